@@ -1,0 +1,104 @@
+"""Input preparation shared by training, evaluation and the service.
+
+One normalisation, used identically everywhere: per-image, per-channel percentile
+scaling so that 8-bit, 16-bit and float inputs of the same scene give the same
+network input. Training (``model_export.data``) and serving (``service.segment``)
+both import these functions; nothing else may re-implement them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.model_metadata import Normalization
+
+#: Above this many pixels per channel, float images are percentiled on a regular
+#: subsample (integer images always use an exact histogram, which is fast).
+_FLOAT_PERCENTILE_SAMPLE = 1 << 22
+
+
+def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """Convert a decoded image to ``channels`` channels.
+
+    ``image`` is ``(H, W)`` or ``(H, W, C)`` with C in 1..4, channel order RGB(A)
+    (alpha is dropped). Returns ``(H, W)`` when ``channels == 1`` else ``(H, W, channels)``;
+    the dtype is kept. Colour → gray uses ITU-R BT.601 luminance weights, which after
+    percentile scaling equals the single channel for pseudo-coloured (one-hue) images.
+    """
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.ndim not in (2, 3):
+        raise ValueError(f"expected a 2-D image with up to 4 channels, got shape {image.shape}")
+    if channels == 1:
+        if image.ndim == 2:
+            return image
+        weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        gray = image.astype(np.float32) @ weights
+        if np.issubdtype(image.dtype, np.integer):
+            gray = np.rint(gray).astype(image.dtype)
+        return gray
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], channels, axis=2)
+    if image.shape[2] == channels:
+        return image
+    raise ValueError(f"cannot convert a {image.shape[2]}-channel image to {channels} channels")
+
+
+def channel_percentiles(channel: np.ndarray, low: float, high: float) -> tuple[float, float]:
+    """The ``low``-th and ``high``-th percentiles of one ``(H, W)`` channel.
+
+    Integer images use an exact histogram ('lower' interpolation): O(pixels), no sort,
+    so an 8192² uint16 image costs tens of milliseconds instead of seconds.
+    """
+    flat = channel.reshape(-1)
+    if flat.size == 0:
+        raise ValueError("cannot normalise an empty image")
+    if flat.dtype in (np.uint8, np.uint16):
+        counts = np.bincount(flat, minlength=256)
+        cumulative = np.cumsum(counts)
+        n = cumulative[-1]
+        ranks = [int(np.floor(q / 100.0 * (n - 1))) for q in (low, high)]
+        lo, hi = (int(np.searchsorted(cumulative, r, side="right")) for r in ranks)
+        return float(lo), float(hi)
+    if flat.size > _FLOAT_PERCENTILE_SAMPLE:
+        flat = flat[:: flat.size // _FLOAT_PERCENTILE_SAMPLE]
+    flat = flat.astype(np.float64)
+    flat = flat[np.isfinite(flat)]
+    if flat.size == 0:
+        return 0.0, 0.0
+    lo, hi = np.percentile(flat, [low, high], method="lower")
+    return float(lo), float(hi)
+
+
+def normalize(image: np.ndarray, norm: Normalization) -> np.ndarray:
+    """Percentile-normalise an ``(H, W)`` or ``(H, W, C)`` image to float32 ``(C, H, W)``.
+
+    Each channel maps its ``norm.low``-th percentile to 0 and ``norm.high``-th to 1,
+    then is clipped to ``norm.clip`` (bright objects stay distinguishable above 1,
+    lone hot pixels cannot blow up the input). A flat channel becomes all zeros.
+    Non-finite values (NaN/inf in float TIFFs) become 0 before scaling.
+    """
+    if norm.method != "percentile":
+        raise ValueError(f"unsupported normalisation method {norm.method!r}")
+    planes = [image] if image.ndim == 2 else [image[:, :, c] for c in range(image.shape[2])]
+    out = np.empty((len(planes), *planes[0].shape), dtype=np.float32)
+    for c, plane in enumerate(planes):
+        lo, hi = channel_percentiles(plane, norm.low, norm.high)
+        target = out[c]
+        np.copyto(target, plane, casting="unsafe")
+        if not np.issubdtype(plane.dtype, np.integer):
+            np.nan_to_num(target, copy=False, nan=lo, posinf=hi, neginf=lo)
+        if hi - lo <= 1e-12:
+            target.fill(0.0)
+            continue
+        target -= np.float32(lo)
+        target *= np.float32(1.0 / (hi - lo))
+        np.clip(target, norm.clip[0], norm.clip[1], out=target)
+    return out
+
+
+def prepare(image: np.ndarray, channels: int, norm: Normalization) -> np.ndarray:
+    """Decoded image → the network's input layout: float32 ``(C, H, W)``."""
+    return normalize(to_channels(image, channels), norm)
