@@ -1,0 +1,574 @@
+"""Batch client for the segmentation service: files, folders or globs in, a folder of results out.
+
+    unet-segment INPUT... --out DIR --url URL [--url URL2 ...] [--concurrency N] [--output KIND]
+
+Needs only httpx and tqdm: no ONNX Runtime, NumPy or OpenCV, so it installs anywhere the images
+are. Each image is one ``POST {url}/segment?output=KIND`` with the raw bytes as the body.
+
+Behaviour a batch of thousands of images needs:
+
+- **Mirroring**: ``in/a/x.png`` → ``out/a/x.png``, so equal names in different folders don't collide
+  (inputs that would still map to the same output are a usage error, before any request).
+- **Resumable**: an output that already exists is skipped without a request unless ``--overwrite``;
+  outputs are written to a temp file in the same folder and renamed, so an interrupted run never
+  leaves a truncated file behind.
+- **Spread and retried**: images go round-robin over the ``--url`` replicas (a retry moves on to the
+  next one); 429/502/503/504, timeouts and connection errors are retried with exponential backoff and
+  full jitter, waiting at least what the server's ``Retry-After`` asks. 400/413/415/422 are the
+  input's fault and are reported at once.
+- **Accountable**: a progress bar with images/s and megapixels/s, a summary line, every failure as
+  one JSON line (file, status, the server's problem detail) in the report, and the exit code:
+  0 all succeeded or were already there, 1 some failed, 2 usage error (130 interrupted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import email.utils
+import glob
+import itertools
+import json
+import os
+import random
+import struct
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from tqdm import tqdm
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """What ``--output NAME`` asks the service for and how the answer is stored."""
+
+    query: str  # value of ``?output=``
+    suffix: str  # extension of the written file, replacing the image's own
+    accept: str  # ``Accept`` header: lets the service pick the format where it offers several
+
+
+#: ``--output`` choices. Object tables and GeoJSON (issue 8) slot in here; ``OBJECT_KINDS`` are the
+#: kinds whose per-folder summary (count, mean area) is planned.
+OUTPUT_KINDS: dict[str, OutputKind] = {
+    "mask": OutputKind("mask", ".png", "image/png"),
+    "probability": OutputKind("probability", ".png", "image/png"),
+    "labels": OutputKind("labels", ".png", "image/png"),
+    "overlay": OutputKind("overlay", ".png", "image/png"),
+    "objects": OutputKind("objects", ".csv", "text/csv"),
+    "geojson": OutputKind("geojson", ".geojson", "application/geo+json"),
+}
+OBJECT_KINDS = frozenset({"objects", "geojson"})
+
+#: Image extensions the service accepts (lower case) → the ``Content-Type`` the upload is sent with.
+CONTENT_TYPES: dict[str, str] = {
+    ".png": "image/png",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".bmp": "image/bmp",
+}
+
+#: Statuses worth another try (overload, a replica restarting, a proxy timing out). Anything else
+#: that is not 200 is final: the same bytes would get the same answer.
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
+RETRY_AFTER_CAP_S = 300.0  # a server asking for longer than this is treated as asking for this
+
+
+class UsageError(Exception):
+    """Bad command line or inputs: reported in one line, exit code 2, no request sent."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to send and where its result goes."""
+
+    source: Path
+    target: Path
+
+
+@dataclass
+class Result:
+    """What became of one job. ``status`` is the last HTTP status (None: no response at all)."""
+
+    job: Job
+    ok: bool
+    status: int | None = None
+    attempts: int = 0
+    pixels: int | None = None
+    object_count: int | None = None
+    problem: dict | None = None  # the server's RFC 9457 problem details, when it sent them
+    error: str | None = None  # one line for a human: what went wrong
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything one run needs, as parsed from the command line."""
+
+    inputs: tuple[str, ...]
+    out: Path
+    urls: tuple[str, ...]
+    kind: str = "mask"
+    concurrency: int = 4
+    overwrite: bool = False
+    timeout_s: float = 120.0
+    retries: int = 5
+    api_key: str | None = None
+    report: Path | None = None
+    progress: bool = True
+
+
+# --------------------------------------------------------------------------- inputs → jobs
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder a glob's matches are mirrored relative to: its leading non-wildcard components."""
+    parts = Path(pattern).parts
+    fixed = list(itertools.takewhile(lambda p: not glob.has_magic(p), parts[:-1]))
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in CONTENT_TYPES
+
+
+def find_images(inputs: Iterable[str]) -> list[tuple[Path, Path]]:
+    """Expand INPUT arguments into ``(image file, path relative to the output folder)`` pairs.
+
+    A file maps to its name; a folder to its images found recursively, relative to the folder; a
+    glob to its image matches, relative to the glob's leading fixed folders. Raises
+    :class:`UsageError` for an input that yields no image.
+    """
+    found: list[tuple[Path, Path]] = []
+    for arg in inputs:
+        path = Path(arg)
+        if path.is_dir():
+            pairs = [(p, p.relative_to(path)) for p in sorted(path.rglob("*")) if _is_image(p)]
+        elif path.is_file():
+            if path.suffix.lower() not in CONTENT_TYPES:
+                raise UsageError(f"{arg}: not an image type the service accepts ({_allowed()})")
+            pairs = [(path, Path(path.name))]
+        elif glob.has_magic(arg):
+            root = _glob_root(arg)
+            matches = (Path(m) for m in sorted(glob.glob(arg, recursive=True)))
+            pairs = [(p, p.relative_to(root)) for p in matches if _is_image(p)]
+        else:
+            raise UsageError(f"{arg}: no such file or folder")
+        if not pairs:
+            raise UsageError(f"{arg}: no image files found ({_allowed()})")
+        found.extend(pairs)
+    return found
+
+
+def _allowed() -> str:
+    return "allowed: " + ", ".join(sorted(CONTENT_TYPES))
+
+
+def plan_jobs(found: Iterable[tuple[Path, Path]], out: Path, kind: OutputKind) -> list[Job]:
+    """One job per distinct image, its target mirrored under ``out`` with the kind's extension.
+
+    The same file named twice is sent once; two different files that would write the same output
+    (``a/x.png`` and ``b/x.png`` given as files, or ``x.png`` beside ``x.tif``) raise
+    :class:`UsageError` rather than overwrite each other.
+    """
+    jobs: dict[Path, Job] = {}
+    for source, relative in found:
+        target = out / relative.with_suffix(kind.suffix)
+        other = jobs.get(target)
+        if other is None:
+            jobs[target] = Job(source, target)
+        elif other.source.resolve() != source.resolve():
+            raise UsageError(
+                f"{other.source} and {source} would both be written to {target}; "
+                "pass their folders instead of the files, or run them separately"
+            )
+    return list(jobs.values())
+
+
+# --------------------------------------------------------------------------- image size sniffing
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` read from a PNG, JPEG, TIFF or BMP header; None if not recognised."""
+    try:
+        if data.startswith(b"\x89PNG\r\n\x1a\n"):
+            return struct.unpack(">II", data[16:24])
+        if data.startswith(b"BM"):
+            width, height = struct.unpack("<ii", data[18:26])
+            return width, abs(height)  # negative height: rows stored top-down
+        if data.startswith(b"\xff\xd8"):
+            return _jpeg_size(data)
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            return _tiff_size(data)
+    except (struct.error, IndexError):
+        pass  # truncated header: the server will say what is wrong with it
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Walk the JPEG markers to the first start-of-frame (SOF0..SOF15 bar DHT, JPG, DAC)."""
+    pos = 2
+    while pos + 9 < len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return width, height
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        pos += 2 + length
+    return None
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    """ImageWidth (256) and ImageLength (257) from the first IFD of a classic TIFF."""
+    order = "<" if data[:2] == b"II" else ">"
+    (ifd,) = struct.unpack(order + "I", data[4:8])
+    (count,) = struct.unpack(order + "H", data[ifd : ifd + 2])
+    size: dict[int, int] = {}
+    for i in range(count):
+        entry = data[ifd + 2 + 12 * i : ifd + 14 + 12 * i]
+        tag, typ = struct.unpack(order + "HH", entry[:4])
+        if tag in (256, 257):
+            fmt = "H" if typ == 3 else "I"  # SHORT or LONG, left-justified in the value field
+            size[tag] = struct.unpack(order + fmt, entry[8 : 8 + struct.calcsize(fmt)])[0]
+    if 256 in size and 257 in size:
+        return size[256], size[257]
+    return None
+
+
+# --------------------------------------------------------------------------- retries
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date); None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def retry_delay(attempt: int, retry_after: float | None, base: float = BACKOFF_BASE_S,
+                cap: float = BACKOFF_CAP_S) -> float:
+    """Seconds to sleep before retry number ``attempt`` (1-based).
+
+    Full jitter (uniform in ``[0, min(cap, base·2^(attempt-1))]``) so that many clients refused at
+    once don't come back at once; never less than the server's ``Retry-After`` (capped).
+    """
+    delay = random.uniform(0.0, min(cap, base * 2 ** (attempt - 1)))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, RETRY_AFTER_CAP_S))
+    return delay
+
+
+def _problem(response: httpx.Response) -> dict | None:
+    """The RFC 9457 body of an error response, or None if it isn't JSON."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _describe(response: httpx.Response, problem: dict | None) -> str:
+    if problem:
+        title, detail = problem.get("title", ""), problem.get("detail", "")
+        return f"HTTP {response.status_code} {title}: {detail}".rstrip(": ")
+    return f"HTTP {response.status_code} {response.reason_phrase}: {response.text[:200]}".rstrip(": ")
+
+
+def _int_header(response: httpx.Response, name: str) -> int | None:
+    value = response.headers.get(name, "")
+    return int(value) if value.isdigit() else None
+
+
+# --------------------------------------------------------------------------- one image
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` is either absent or complete, never truncated.
+
+    The temp file lives in the target's folder so ``os.replace`` is a rename on one filesystem.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the rename must not land before the bytes do
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Segmenter:
+    """Sends jobs to the service replicas round-robin, with retries; safe to call from many threads.
+
+    One ``httpx.Client`` (a keep-alive connection pool) per URL, sized to the concurrency.
+    """
+
+    def __init__(self, config: Config, backoff_base: float = BACKOFF_BASE_S) -> None:
+        self.kind = OUTPUT_KINDS[config.kind]
+        self.retries = config.retries
+        self.backoff_base = backoff_base
+        headers = {"Accept": f"{self.kind.accept}, application/problem+json",
+                   "User-Agent": "unet-segment"}
+        if config.api_key:
+            headers["X-API-Key"] = config.api_key
+        limits = httpx.Limits(max_connections=config.concurrency,
+                              max_keepalive_connections=config.concurrency)
+        self.clients = [
+            httpx.Client(base_url=url, headers=headers, timeout=config.timeout_s, limits=limits)
+            for url in config.urls
+        ]
+        self._next = itertools.count()
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+    def _client(self) -> httpx.Client:
+        with self._lock:
+            return self.clients[next(self._next) % len(self.clients)]
+
+    def __call__(self, job: Job) -> Result:
+        """Segment one image and write its output; never raises for HTTP or network trouble."""
+        try:
+            data = job.source.read_bytes()
+        except OSError as exc:
+            return Result(job, ok=False, error=f"cannot read input: {exc}")
+        content_type = CONTENT_TYPES[job.source.suffix.lower()]
+        result = Result(job, ok=False)
+        for attempt in range(1, self.retries + 2):
+            result.attempts = attempt
+            retry_after = None
+            try:
+                response = self._client().post(
+                    "/segment", params={"output": self.kind.query}, content=data,
+                    headers={"Content-Type": content_type},
+                )
+            except httpx.TransportError as exc:  # refused, reset, timed out: maybe another replica
+                result.status, result.problem = None, None
+                result.error = f"{type(exc).__name__}: {exc}".rstrip(": ")
+            else:
+                result.status = response.status_code
+                if response.status_code == 200:
+                    return self._finish(result, response, data)
+                result.problem = _problem(response)
+                result.error = _describe(response, result.problem)
+                if response.status_code not in TRANSIENT_STATUSES:
+                    return result
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if attempt <= self.retries:
+                time.sleep(retry_delay(attempt, retry_after, base=self.backoff_base))
+        return result
+
+    def _finish(self, result: Result, response: httpx.Response, data: bytes) -> Result:
+        try:
+            write_atomic(result.job.target, response.content)
+        except OSError as exc:
+            result.error = f"cannot write output: {exc}"
+            return result
+        pixels = _int_header(response, "X-Image-Pixels")
+        if pixels is None and (size := image_size(data)) is not None:
+            pixels = size[0] * size[1]
+        result.ok, result.error, result.problem = True, None, None
+        result.pixels = pixels
+        result.object_count = _int_header(response, "X-Object-Count")
+        return result
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Summary:
+    sent: int = 0
+    succeeded: int = 0
+    skipped: int = 0
+    failures: list[Result] = field(default_factory=list)
+    megapixels: float = 0.0
+    seconds: float = 0.0
+
+    def line(self, report: Path | None) -> str:
+        failed = len(self.failures)
+        rate = self.succeeded / self.seconds if self.seconds else 0.0
+        mp_rate = self.megapixels / self.seconds if self.seconds else 0.0
+        text = (f"{self.succeeded} written, {self.skipped} skipped (already there), {failed} failed "
+                f"in {self.seconds:.1f} s: {rate:.2f} images/s, {mp_rate:.2f} MP/s")
+        if failed and report:
+            text += f"; failures listed in {report}"
+        return text
+
+
+def failure_record(result: Result) -> dict:
+    """One line of the JSONL report: which file, what the server said (or why there was no answer)."""
+    record: dict = {"file": str(result.job.source), "status": result.status,
+                    "attempts": result.attempts, "error": result.error}
+    if result.problem:
+        record.update({k: result.problem.get(k) for k in ("type", "title", "detail")})
+    return record
+
+
+def write_report(path: Path, failures: Sequence[Result]) -> None:
+    """The run's failures, one JSON object per line; written whole (atomically) at the end."""
+    lines = "".join(json.dumps(failure_record(r)) + "\n" for r in failures)
+    write_atomic(path, lines.encode())
+
+
+def run(config: Config, jobs: Sequence[Job], backoff_base: float = BACKOFF_BASE_S) -> Summary:
+    """Send every job whose output is missing (or all, with ``overwrite``); write the report."""
+    todo = [j for j in jobs if config.overwrite or not j.target.exists()]
+    summary = Summary(skipped=len(jobs) - len(todo))
+    start = time.perf_counter()
+    segmenter = Segmenter(config, backoff_base=backoff_base)
+    bar = tqdm(total=len(todo), unit="img", desc="segment", disable=not config.progress,
+               dynamic_ncols=True)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=config.concurrency)
+    try:
+        futures = [pool.submit(segmenter, job) for job in todo]
+        for future in concurrent.futures.as_completed(futures):
+            result = future.result()
+            summary.sent += 1
+            if result.ok:
+                summary.succeeded += 1
+                summary.megapixels += (result.pixels or 0) / 1e6
+            else:
+                summary.failures.append(result)
+                bar.write(f"failed: {result.job.source}: {result.error}", file=sys.stderr)
+            elapsed = time.perf_counter() - start
+            bar.set_postfix_str(f"{summary.megapixels / elapsed:.2f} MP/s, {len(summary.failures)} failed",
+                                refresh=False)
+            bar.update()
+    finally:
+        # On Ctrl-C: drop what hasn't started; requests in flight finish and write whole files.
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+        segmenter.close()
+        summary.seconds = time.perf_counter() - start
+        _settle_report(config, summary)
+    return summary
+
+
+def _settle_report(config: Config, summary: Summary) -> None:
+    """Write this run's failures; with none, remove a stale report so its presence means trouble."""
+    path = config.report or config.out / "failures.jsonl"
+    if summary.failures:
+        write_report(path, summary.failures)
+    elif path.exists() and summary.sent:
+        path.unlink()
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {value}")
+    return value
+
+
+def _url(text: str) -> str:
+    parsed = httpx.URL(text)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s) URL, e.g. http://127.0.0.1:8000")
+    return text.rstrip("/")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unet-segment",
+        description="Segment images with a running U-Net service; one output file per image.",
+        epilog="Exit status: 0 all outputs present, 1 some images failed (see the report), 2 usage error.",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, folders (searched recursively) or globs ('**' allowed)")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
+                        help="output folder; input sub-folders are mirrored in it")
+    parser.add_argument("--url", dest="urls", action="append", required=True, type=_url,
+                        metavar="URL", help="service base URL; repeat to spread images over replicas")
+    parser.add_argument("--output", dest="kind", choices=list(OUTPUT_KINDS), default="mask",
+                        help="what to ask for (default: mask)")
+    parser.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
+                        help="requests in flight at once, over all URLs (default: 4)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo images whose output exists (default: skip them, no request)")
+    parser.add_argument("--timeout", dest="timeout_s", type=_positive_float, default=120.0, metavar="S",
+                        help="seconds allowed to connect, to send, and per read of the answer (default: 120)")
+    parser.add_argument("--retries", type=_non_negative_int, default=5, metavar="N",
+                        help="extra tries on 429/502/503/504, timeouts and connection errors (default: 5)")
+    parser.add_argument("--api-key", default=os.environ.get("UNET_API_KEY"), metavar="KEY",
+                        help="sent as X-API-Key (default: $UNET_API_KEY)")
+    parser.add_argument("--report", type=Path, metavar="FILE",
+                        help="JSONL list of failures (default: DIR/failures.jsonl, only when some failed)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar (the summary line is still printed)")
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None) -> Config:
+    """Parse the command line; exits with status 2 on a malformed one (argparse's convention)."""
+    args = build_parser().parse_args(argv)
+    return Config(inputs=tuple(args.inputs), out=args.out, urls=tuple(args.urls), kind=args.kind,
+                  concurrency=args.concurrency, overwrite=args.overwrite, timeout_s=args.timeout_s,
+                  retries=args.retries, api_key=args.api_key or None, report=args.report,
+                  progress=args.progress)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_config(argv)
+    try:
+        if config.out.exists() and not config.out.is_dir():
+            raise UsageError(f"--out {config.out}: exists and is not a folder")
+        jobs = plan_jobs(find_images(config.inputs), config.out, OUTPUT_KINDS[config.kind])
+    except UsageError as exc:
+        print(f"unet-segment: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        summary = run(config, jobs)
+    except KeyboardInterrupt:
+        print("unet-segment: interrupted; finished outputs are kept, rerun to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(summary.line(config.report or config.out / "failures.jsonl"), file=sys.stderr)
+    return EXIT_FAILED if summary.failures else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
