@@ -1,0 +1,145 @@
+"""The service's configuration: one typed object read once from ``UNET_*`` environment variables.
+
+Every knob the deployment can turn lives here (the Dockerfile, compose file and k8s manifests
+rely on these exact names). Tile size, overlap and threshold default to the model's own
+metadata; a setting overrides the model, a request option overrides the setting — resolved in
+:func:`service.app` helpers, never re-derived elsewhere.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: The repository root (parent of the ``service`` package): the default model is found from
+#: here, so ``python -m service`` works from any working directory of a checkout.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_PATH = REPO_ROOT / "models" / "nuclei-unet.onnx"
+
+#: Short provider names accepted in ``UNET_PROVIDERS`` (case-insensitive) → ONNX Runtime names.
+PROVIDER_ALIASES = {
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "dml": "DmlExecutionProvider",
+}
+
+
+class Settings(BaseSettings):
+    """All service settings; environment variable = ``UNET_`` + field name in upper case."""
+
+    model_config = SettingsConfigDict(env_prefix="UNET_", extra="ignore", validate_default=True)
+
+    # --- model and runtime -------------------------------------------------------------------
+    model_path: Path = Field(
+        DEFAULT_MODEL_PATH,
+        description="ONNX model file; relative paths are resolved from the working directory",
+    )
+    providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        description="execution providers in order of preference, comma-separated "
+        "(short names cuda, cpu, tensorrt accepted)",
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, description="ONNX Runtime threads inside one operator; 0 = ORT's default (one per core)"
+    )
+    inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads across operators; 0 = default")
+
+    # --- tiling (None → the model's metadata) -------------------------------------------------
+    tile_size: int | None = Field(None, ge=16, description="tile edge in pixels; default from the model")
+    tile_overlap: int | None = Field(
+        None, ge=0, description="overlap between neighbouring tiles in pixels; default from the model"
+    )
+    max_tile_size: int = Field(
+        2048, ge=16, description="largest tile_size a request may ask for (bounds per-tile memory)"
+    )
+
+    # --- dynamic batching ---------------------------------------------------------------------
+    max_batch_size: int = Field(8, ge=1, description="most tiles in one session run")
+    max_queue_delay_ms: float = Field(
+        2.0, ge=0, description="how long the first queued tile waits for others to fill a batch"
+    )
+    max_queue_tiles: int = Field(
+        64, ge=1, description="tiles waiting for the engine; beyond this requests get 503 + Retry-After"
+    )
+    max_concurrent_requests: int = Field(
+        8, ge=1, description="segment requests being decoded/segmented at once; beyond this 503"
+    )
+
+    # --- limits -------------------------------------------------------------------------------
+    max_upload_bytes: int = Field(
+        256 * 1024 * 1024, ge=1, description="largest request body (Content-Length and streamed bytes)"
+    )
+    max_pixels: int = Field(
+        8192 * 8192, ge=1, description="largest image width × height, checked from the header"
+    )
+    max_batch_files: int = Field(64, ge=1, description="most files in one /segment/batch request")
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="a segmentation still running after this long is abandoned (503)"
+    )
+
+    # --- security -----------------------------------------------------------------------------
+    api_key: SecretStr | None = Field(
+        None, description="when set, required as X-API-Key or Authorization: Bearer on all but health routes"
+    )
+    auth_exempt_metrics: bool = Field(True, description="serve /metrics without the API key")
+
+    # --- process ------------------------------------------------------------------------------
+    log_json: bool = Field(False, description="one JSON object per log line (for log shippers)")
+    log_level: str = Field("INFO", description="root log level")
+    host: str = Field("0.0.0.0", description="bind address for `python -m service`")
+    port: int = Field(8000, ge=0, le=65535, description="bind port for `python -m service`")
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="on SIGTERM, how long in-flight requests may finish before exit"
+    )
+    warmup_delay_s: float = Field(
+        0.0, ge=0, description="extra wait after warm-up before readiness turns true (probe rehearsal, tests)"
+    )
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("providers")
+    @classmethod
+    def _expand_providers(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one execution provider is required (e.g. 'CPU')")
+        return [PROVIDER_ALIASES.get(name.lower(), name) for name in value]
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: Any) -> Any:
+        # An empty UNET_API_KEY= in a compose file means "no key", not "the empty key".
+        return None if value in ("", None) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.max_queue_tiles < self.max_batch_size:
+            # A request submits up to max_batch_size tiles at once; a smaller queue rejects everything.
+            raise ValueError(
+                f"UNET_MAX_QUEUE_TILES ({self.max_queue_tiles}) must be ≥ UNET_MAX_BATCH_SIZE "
+                f"({self.max_batch_size})"
+            )
+        if self.tile_size is not None and self.tile_overlap is not None and (
+            2 * self.tile_overlap >= self.tile_size
+        ):
+            raise ValueError("UNET_TILE_OVERLAP must be less than half of UNET_TILE_SIZE")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once."""
+    return Settings()
