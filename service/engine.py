@@ -1,0 +1,190 @@
+"""ONNX Runtime session around one exported U-Net: load, pick providers, run, warm up.
+
+The engine knows nothing about images or tiles: :meth:`Engine.run` maps a batch
+``(N, C, h, w) float32`` to raw model outputs ``(N, K, h, w) float32``. Tiling lives in
+``service.tiling``, the glue in ``service.segment``.
+
+Provider fallback: ``onnxruntime.get_available_providers()`` lists CUDA even where its
+libraries are missing (see /work/shared/FACTS.md), and asking for CUDA then prints two
+loud native log lines before ORT silently uses the CPU. We silence ORT's logger while
+the session is created and compare the providers actually attached
+(``session.get_providers()``) with those requested, logging ONE warning per dropped
+provider.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from service.model_metadata import MetadataError, ModelMetadata
+
+log = logging.getLogger(__name__)
+
+#: A provider name, or ``(name, provider_options)`` as ORT accepts them.
+ProviderSpec = str | tuple[str, dict[str, Any]]
+
+DEFAULT_PROVIDERS: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+# ORT log severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal.
+_ORT_DEFAULT_SEVERITY = 2
+_ORT_FATAL_ONLY = 4
+# set_default_logger_severity is process-global: serialise loads that touch it.
+_logger_lock = threading.Lock()
+
+
+class ModelLoadError(RuntimeError):
+    """The model file is missing, unreadable, not ONNX, or lacks usable metadata."""
+
+
+def _provider_name(spec: ProviderSpec) -> str:
+    return spec if isinstance(spec, str) else spec[0]
+
+
+class Engine:
+    """One ONNX Runtime inference session plus the model's metadata.
+
+    Build it with :meth:`Engine.load`. ``run`` is thread-safe (ORT sessions are), so the
+    dynamic batcher may call it from a worker thread while requests arrive.
+
+    Attributes:
+        path: the ONNX file.
+        metadata: the model's self-description (``unet.*`` metadata props).
+        providers: execution providers actually attached, in priority order.
+        input_name / output_name: the graph's input and (first) output tensor names.
+        input_dtype: ``np.float32``, or ``np.float16`` for an fp16 model (batches are cast).
+    """
+
+    def __init__(self, session: ort.InferenceSession, metadata: ModelMetadata, path: Path) -> None:
+        self.session = session
+        self.metadata = metadata
+        self.path = path
+        self.providers: list[str] = list(session.get_providers())
+        inp = session.get_inputs()[0]
+        self.input_name: str = inp.name
+        self.output_name: str = session.get_outputs()[0].name
+        self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+        self.warmed_up = False
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        providers: Sequence[ProviderSpec] = DEFAULT_PROVIDERS,
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 1,
+    ) -> Engine:
+        """Open ``path`` with the first usable of ``providers``; CPU is always the last resort.
+
+        Args:
+            path: ONNX file written by ``model_export`` (or ``tests.models``).
+            providers: names (or ``(name, options)``) in priority order. TensorRT is used
+                only when listed here.
+            intra_op_threads: threads inside one operator; 0 lets ORT choose (all cores).
+            inter_op_threads: threads across independent operators; 1 = sequential graph.
+
+        Raises:
+            ModelLoadError: missing/unreadable file, not an ONNX model, missing or invalid
+                ``unet.*`` metadata, or an input/output layout the service cannot drive.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(0, int(intra_op_threads))
+        options.inter_op_num_threads = max(0, int(inter_op_threads))
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        requested = list(providers) or ["CPUExecutionProvider"]
+        if "CPUExecutionProvider" not in [_provider_name(p) for p in requested]:
+            requested.append("CPUExecutionProvider")
+        available = set(ort.get_available_providers())
+        # Providers this onnxruntime build does not even know would only produce an ORT
+        # warning; drop them here and report them with the others below.
+        usable = [p for p in requested if _provider_name(p) in available]
+        with _logger_lock:
+            # Provider libraries that fail to load (no CUDA here) log through the global
+            # default logger, not the session's: silence it for the creation only.
+            ort.set_default_logger_severity(_ORT_FATAL_ONLY)
+            # The session keeps this level: run-time failures still raise exceptions that
+            # carry the message, without a duplicate native log line per failure.
+            options.log_severity_level = _ORT_FATAL_ONLY
+            try:
+                session = ort.InferenceSession(str(path), sess_options=options, providers=usable)
+            except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
+                raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from exc
+            finally:
+                ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
+        try:
+            metadata = ModelMetadata.from_onnx_props(session.get_modelmeta().custom_metadata_map)
+        except MetadataError as exc:
+            raise ModelLoadError(f"{path}: {exc}") from exc
+        engine = cls(session, metadata, path)
+        engine._check_layout()
+        dropped = [_provider_name(p) for p in requested if _provider_name(p) not in engine.providers]
+        if dropped:
+            log.warning(
+                "execution provider(s) %s requested but not usable (libraries missing or no device); "
+                "running on %s",
+                ", ".join(dropped),
+                ", ".join(engine.providers),
+            )
+        return engine
+
+    def _check_layout(self) -> None:
+        """Fail at load, not at the first request, if the graph is not (N, C, H, W) → (N, K, H, W)."""
+        inp = self.session.get_inputs()[0]
+        out = self.session.get_outputs()[0]
+        md = self.metadata
+        if len(inp.shape) != 4 or len(out.shape) != 4:
+            raise ModelLoadError(
+                f"{self.path}: expected a 4-D (N, C, H, W) input and output, "
+                f"got {inp.shape} -> {out.shape}"
+            )
+        if inp.type not in ("tensor(float)", "tensor(float16)"):
+            raise ModelLoadError(f"{self.path}: input type {inp.type} is not float32/float16")
+        checks = (("input channels", inp.shape[1], md.in_channels), ("classes", out.shape[1], md.classes))
+        for what, dim, want in checks:
+            if isinstance(dim, int) and dim != want:
+                raise ModelLoadError(f"{self.path}: graph has {dim} {what}, metadata says {want}")
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Raw model outputs for a batch: ``(N, C, h, w)`` float32 → ``(N, K, h, w)`` float32.
+
+        ``h`` and ``w`` must be multiples of ``metadata.size_divisor`` (the tiler
+        guarantees it). Outputs are logits or probabilities as ``metadata.output_kind`` says.
+        """
+        if batch.ndim != 4 or batch.shape[1] != self.metadata.in_channels:
+            raise ValueError(
+                f"expected a (N, {self.metadata.in_channels}, h, w) batch, got shape {batch.shape}"
+            )
+        feed = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        out = self.session.run([self.output_name], {self.input_name: feed})[0]
+        return out if out.dtype == np.float32 else out.astype(np.float32)
+
+    def warmup(self, size: int | None = None, batch_size: int = 1) -> float:
+        """Run one dummy batch so the first request does not pay for lazy initialisation.
+
+        ``size`` defaults to the model's tile size capped at 256 px (on a CPU a larger
+        warm-up only costs time; on CUDA pass the real tile size so kernels get tuned).
+        Returns the seconds it took.
+        """
+        md = self.metadata
+        edge = min(md.tile_size, 256) if size is None else size
+        edge = max(md.size_divisor, -(-edge // md.size_divisor) * md.size_divisor)
+        dummy = np.zeros((batch_size, md.in_channels, edge, edge), dtype=np.float32)
+        start = time.perf_counter()
+        self.run(dummy)
+        self.warmed_up = True
+        return time.perf_counter() - start
+
+    def __repr__(self) -> str:
+        md = self.metadata
+        return f"Engine({str(self.path)!r}, model={md.name}@{md.version}, providers={self.providers})"
