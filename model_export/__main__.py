@@ -1,0 +1,48 @@
+"""Command line: ``python -m model_export {train,export,evaluate,synth} ...`` (also ``unet-train``)."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: python -m model_export COMMAND [options]
+
+commands:
+  train      train a U-Net on image/mask folders or on synthetic nuclei
+  export     export a checkpoint to a verified, self-describing ONNX file
+  evaluate   Dice/IoU of an ONNX model on an image/mask folder pair (service tiling)
+  synth      write a synthetic nuclei data set (images/ + masks/) to a folder
+
+`python -m model_export COMMAND --help` lists a command's options."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    # Imports are per command: `evaluate` must not pull in PyTorch.
+    if command == "train":
+        from model_export import train
+
+        train.main(rest)
+    elif command == "export":
+        from model_export import export
+
+        export.main(rest)
+    elif command == "evaluate":
+        from model_export import evaluate
+
+        return evaluate.main(rest)
+    elif command == "synth":
+        from model_export import synth
+
+        synth.main(rest)
+    else:
+        print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Train → export → ONNX: the pipeline end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from model_export.export import check_against_torch, load_checkpoint, session
+from model_export.unet import UNet, UNetConfig, count_parameters, receptive_field
+from service.model_metadata import ModelMetadata
+
+
+def test_tiny_training_writes_checkpoint_history_and_plot(tiny_run: Path) -> None:
+    for name in ("best.pt", "last.pt", "history.csv", "history.json", "curves.png"):
+        assert (tiny_run / name).is_file(), name
+    history = json.loads((tiny_run / "history.json").read_text())
+    assert [h["step"] for h in history] == [2, 3]
+    assert all(0.0 <= h["val_dice"] <= 1.0 and np.isfinite(h["train_loss"]) for h in history)
+    checkpoint = torch.load(tiny_run / "best.pt", weights_only=False)
+    assert checkpoint["config"] == {"in_channels": 1, "classes": 1, "depth": 2, "base_channels": 4,
+                                    "fusion": "concat", "upsample": "transpose"}
+    assert checkpoint["command"].startswith("python -m model_export train")
+
+
+def test_export_is_one_self_contained_file(tiny_export: dict) -> None:
+    out = Path(tiny_export["out"])
+    assert out.is_file() and not list(out.parent.glob("*.onnx.data"))
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    assert model.opset_import[0].version >= 17
+    assert [i.name for i in model.graph.input] == ["image"]
+    assert [o.name for o in model.graph.output] == ["logits"]
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims] == ["batch", "", "height", "width"]
+    assert dims[1].dim_value == 1
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_onnx_and_torch_agree_at_two_sizes(tiny_run: Path, tiny_export: dict) -> None:
+    assert tiny_export["max_abs_diff"] <= 1e-4
+    model, _ = load_checkpoint(tiny_run / "best.pt")
+    sess = session(Path(tiny_export["out"]).read_bytes())
+    assert check_against_torch(model, sess, 1, 4, tolerance=1e-4, seed=7) <= 1e-4
+
+
+def test_dynamic_batch_height_and_width(tiny_export: dict) -> None:
+    sess = ort.InferenceSession(tiny_export["out"], providers=["CPUExecutionProvider"])
+    for shape in [(1, 1, 4, 4), (3, 1, 48, 80), (2, 1, 132, 20)]:
+        out = sess.run(["logits"], {"image": np.random.default_rng(0).random(shape, dtype=np.float32)})[0]
+        assert out.shape == (shape[0], 1, shape[2], shape[3]) and out.dtype == np.float32
+
+
+def test_metadata_is_complete_and_parses(tiny_run: Path, tiny_export: dict) -> None:
+    props = {p.key: p.value for p in onnx.load(tiny_export["out"]).metadata_props}
+    meta = ModelMetadata.from_onnx_props(props)
+    assert set(props) == {"unet." + field for field in ModelMetadata.model_fields}
+    config = UNetConfig(depth=2, base_channels=4)
+    assert meta.receptive_field == receptive_field(config) == 1 + (4 + 1) + (4 + 1) * 2 + 4 * 4 + 4 * 2 + 4
+    assert meta.size_divisor == 4 and meta.in_channels == 1 and meta.classes == 1
+    assert meta.class_names == ["nucleus"] and meta.output_kind == "logits" and meta.activation == "sigmoid"
+    assert 0 <= meta.context_margin <= meta.receptive_field
+    assert meta.tile_overlap % 16 == 0 and meta.tile_overlap >= 2 * meta.context_margin
+    assert meta.tile_size == 1024 and meta.threshold == 0.5 and meta.precision == "fp32"
+    assert meta.architecture["parameters"] == count_parameters(UNet(config))
+    assert meta.architecture["flops_per_pixel"] > 0
+    assert {"depth", "base_channels", "fusion", "upsample"} <= set(meta.architecture)
+    assert meta.training["command"].startswith("python -m model_export train")
+    assert meta.training["data"]["kind"] == "synthetic"
+    assert meta.training["steps"] in (2, 3) and 0 <= meta.training["val_dice"] <= 1
