@@ -311,8 +311,11 @@ def synth_nuclei(
         bg_level * gradient * (1 + rng.uniform(0, 0.3) * _smooth_noise((h, w), rng.uniform(40, 150), rng))
     )
     if rng.random() < 0.3:
-        haze = np.maximum(_smooth_noise((h, w), rng.uniform(15, 40), rng), 0)
-        background = background + rng.uniform(0.05, 0.2) * haze
+        # Out-of-focus haze: smooth, dim, without edges (a sharp-edged haze blob would look
+        # like a dim nucleus and teach the model to ignore real dim nuclei).
+        scale = rng.uniform(30, 80)
+        haze = cv2.GaussianBlur(np.maximum(_smooth_noise((h, w), scale, rng), 0), (0, 0), scale / 3)
+        background = background + rng.uniform(0.02, 0.1) * haze / (haze.max() + 1e-6)
     clean = np.maximum(signal + np.maximum(background, 0), 0)
 
     # Camera: Poisson shot noise over a wide photon range, then Gaussian read noise.
