@@ -349,9 +349,10 @@ class Segmenter:
         for client in self.clients:
             client.close()
 
-    def _client(self) -> httpx.Client:
+    def _first_turn(self) -> int:
+        """Index of the replica a new image starts on: round-robin over images."""
         with self._lock:
-            return self.clients[next(self._next) % len(self.clients)]
+            return next(self._next) % len(self.clients)
 
     def __call__(self, job: Job) -> Result:
         """Segment one image and write its output; never raises for HTTP or network trouble."""
@@ -361,17 +362,20 @@ class Segmenter:
             return Result(job, ok=False, error=f"cannot read input: {exc}")
         content_type = CONTENT_TYPES[job.source.suffix.lower()]
         result = Result(job, ok=False)
+        first = self._first_turn()
         for attempt in range(1, self.retries + 2):
             result.attempts = attempt
-            retry_after = None
+            retry_after, unreachable = None, False
+            client = self.clients[(first + attempt - 1) % len(self.clients)]  # a retry moves on
             try:
-                response = self._client().post(
+                response = client.post(
                     "/segment", params={"output": self.kind.query}, content=data,
                     headers={"Content-Type": content_type},
                 )
             except httpx.TransportError as exc:  # refused, reset, timed out: maybe another replica
                 result.status, result.problem = None, None
                 result.error = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                unreachable = True
             else:
                 result.status = response.status_code
                 if response.status_code == 200:
@@ -381,8 +385,11 @@ class Segmenter:
                 if response.status_code not in TRANSIENT_STATUSES:
                     return result
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            if attempt <= self.retries:
-                time.sleep(retry_delay(attempt, retry_after, base=self.backoff_base))
+            if attempt > self.retries:
+                break
+            if unreachable and attempt < len(self.clients):
+                continue  # a replica not tried yet for this image may be up: go there at once
+            time.sleep(retry_delay(attempt, retry_after, base=self.backoff_base))
         return result
 
     def _finish(self, result: Result, response: httpx.Response, data: bytes) -> Result:

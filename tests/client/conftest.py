@@ -1,0 +1,146 @@
+"""A stand-in for the segmentation service: stdlib HTTP on loopback, scripted per test.
+
+It speaks the service's contract (``POST /segment?output=KIND`` with raw image bytes → PNG, RFC 9457
+problem JSON on errors) and records every request, so tests can pin exactly what the client sent.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import struct
+import threading
+import urllib.parse
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_bytes(width: int, height: int, value: int = 0) -> bytes:
+    """A valid 8-bit grey PNG of the given size, every pixel ``value`` (stdlib only)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + bytes([value]) * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data.startswith(PNG_SIGNATURE), "not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def write_png(path: Path, width: int, height: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png_bytes(width, height, value=128))
+    return path
+
+
+@dataclass
+class Request:
+    server: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    truncate_to: int | None = None  # send only this many body bytes, then drop the connection
+    delay_s: float = 0.0
+
+
+def problem(status: int, title: str, detail: str) -> Reply:
+    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail})
+    return Reply(status, {"Content-Type": "application/problem+json"}, body.encode())
+
+
+def segment_like_the_service(request: Request) -> Reply:
+    """A mask of the upload's size for a PNG; 415 problem JSON for anything else."""
+    if not request.body.startswith(PNG_SIGNATURE):
+        return problem(415, "Unsupported Media Type", "the body is not a PNG, TIFF, JPEG or BMP image")
+    width, height = png_size(request.body)
+    return Reply(200, {"Content-Type": "image/png", "X-Object-Count": "3",
+                       "X-Image-Pixels": str(width * height)}, png_bytes(width, height, 255))
+
+
+class StandIn:
+    """One stand-in server; ``behaviour(request) -> Reply`` may be swapped by the test."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.requests: list[Request] = []
+        self.behaviour: Callable[[Request], Reply] = segment_like_the_service
+        self._lock = threading.Lock()
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,),
+                                        daemon=True)
+        self._thread.start()
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        standin = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as the real service
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                url = urllib.parse.urlsplit(self.path)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                request = Request(standin.name, url.path, urllib.parse.parse_qs(url.query),
+                                  {k.lower(): v for k, v in self.headers.items()}, body)
+                with standin._lock:
+                    standin.requests.append(request)
+                reply = standin.behaviour(request)
+                if reply.delay_s:
+                    threading.Event().wait(reply.delay_s)
+                self.send_response(reply.status)
+                for key, value in reply.headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                try:
+                    if reply.truncate_to is None:
+                        self.wfile.write(reply.body)
+                    else:
+                        self.wfile.write(reply.body[: reply.truncate_to])
+                        self.close_connection = True
+                except OSError:
+                    self.close_connection = True  # the client gave up (its timeout): fine
+
+            def log_message(self, *args: object) -> None:
+                pass  # keep test output clean
+
+        return Handler
+
+    def close(self) -> None:
+        """Stop serving; the port then refuses connections (idempotent)."""
+        if self._thread.is_alive():
+            self.httpd.shutdown()
+            self.httpd.server_close()
+
+
+@pytest.fixture
+def standin() -> Iterator[Callable[[str], StandIn]]:
+    """Factory: ``standin("a")`` starts a server; all are shut down after the test."""
+    servers: list[StandIn] = []
+
+    def start(name: str = "server") -> StandIn:
+        servers.append(StandIn(name))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()

@@ -1,0 +1,331 @@
+"""The batch client against stand-in servers: what it sends, retries, skips, writes and reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from service import client
+from tests.client.conftest import Reply, Request, png_size, problem, segment_like_the_service, write_png
+
+ARGS = ["--no-progress", "--retries", "3"]
+
+
+def segment(*args: str | Path) -> int:
+    return client.main([str(a) for a in args] + ARGS)
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    """in/a.png (20×10), in/sub/a.png (30×15), in/sub/deeper/b.png (8×8), in/notes.txt."""
+    folder = tmp_path / "in"
+    write_png(folder / "a.png", 20, 10)
+    write_png(folder / "sub" / "a.png", 30, 15)
+    write_png(folder / "sub" / "deeper" / "b.png", 8, 8)
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_folder_in_masks_out_mirroring_subfolders(standin, images: Path, tmp_path: Path) -> None:
+    server = standin("a")
+    out = tmp_path / "out"
+    assert segment(images, "--out", out, "--url", server.url) == 0
+    assert files_under(out) == ["a.png", "sub/a.png", "sub/deeper/b.png"]
+    assert png_size((out / "sub" / "a.png").read_bytes()) == (30, 15)
+    assert len(server.requests) == 3
+    for request in server.requests:
+        assert request.path == "/segment"
+        assert request.query == {"output": ["mask"]}
+        assert request.headers["content-type"] == "image/png"
+        assert "x-api-key" not in request.headers
+
+
+def test_resume_skips_existing_outputs_without_any_request(standin, images: Path, tmp_path: Path) -> None:
+    server = standin("a")
+    out = tmp_path / "out"
+    assert segment(images, "--out", out, "--url", server.url) == 0
+    assert len(server.requests) == 3
+    (out / "sub" / "a.png").unlink()  # as if the first run had been interrupted before this one
+
+    assert segment(images, "--out", out, "--url", server.url) == 0
+    assert len(server.requests) == 4
+    assert png_size(server.requests[-1].body) == (30, 15)
+
+    assert segment(images, "--out", out, "--url", server.url) == 0
+    assert len(server.requests) == 4
+
+    assert segment(images, "--out", out, "--url", server.url, "--overwrite") == 0
+    assert len(server.requests) == 7
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_transient_refusal_is_retried_after_retry_after(standin, images: Path, tmp_path: Path,
+                                                         status: int) -> None:
+    server = standin("a")
+    seen: Counter[bytes] = Counter()
+
+    def refuse_each_image_once(request: Request) -> Reply:
+        seen[request.body] += 1
+        if seen[request.body] == 1:
+            reply = problem(status, "Service Unavailable", "model warming up")
+            reply.headers["Retry-After"] = "1"
+            return reply
+        return segment_like_the_service(request)
+
+    server.behaviour = refuse_each_image_once
+    out = tmp_path / "out"
+    start = time.monotonic()
+    assert segment(images, "--out", out, "--url", server.url, "--concurrency", "3") == 0
+    assert time.monotonic() - start >= 0.95, "Retry-After: 1 was not honoured"
+    assert len(server.requests) == 6
+    assert files_under(out) == ["a.png", "sub/a.png", "sub/deeper/b.png"]
+
+
+def test_bad_file_is_reported_once_and_the_rest_succeed(standin, images: Path, tmp_path: Path) -> None:
+    server = standin("a")
+    (images / "broken.png").write_bytes(b"this is not a PNG")
+    out, report = tmp_path / "out", tmp_path / "report.jsonl"
+    assert segment(images, "--out", out, "--url", server.url, "--report", report) == 1
+    assert files_under(out) == ["a.png", "sub/a.png", "sub/deeper/b.png"]
+    assert len(server.requests) == 4, "a permanent 415 must not be retried"
+    [record] = [json.loads(line) for line in report.read_text().splitlines()]
+    assert record["file"] == str(images / "broken.png")
+    assert record["status"] == 415
+    assert record["attempts"] == 1
+    assert record["detail"] == "the body is not a PNG, TIFF, JPEG or BMP image"
+    assert record["title"] == "Unsupported Media Type"
+
+    # Fixed input: the rerun sends only that file, succeeds, and the stale report goes away.
+    write_png(images / "broken.png", 5, 5)
+    assert segment(images, "--out", out, "--url", server.url, "--report", report) == 0
+    assert len(server.requests) == 5
+    assert not report.exists()
+
+
+def test_default_report_lands_in_the_output_folder(standin, images: Path, tmp_path: Path) -> None:
+    server = standin("a")
+    server.behaviour = lambda request: problem(422, "Unprocessable Content", "output: bad option")
+    out = tmp_path / "out"
+    assert segment(images, "--out", out, "--url", server.url) == 1
+    lines = (out / "failures.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    assert files_under(out) == ["failures.jsonl"]
+
+
+def test_truncated_response_is_retried_and_never_leaves_a_partial_file(standin, images: Path,
+                                                                        tmp_path: Path) -> None:
+    server = standin("a")
+
+    def cut_off(request: Request) -> Reply:
+        reply = segment_like_the_service(request)
+        reply.truncate_to = 20
+        return reply
+
+    server.behaviour = cut_off
+    out = tmp_path / "out"
+    assert client.main([str(images), "--out", str(out), "--url", server.url, "--no-progress",
+                        "--retries", "1"]) == 1
+    assert len(server.requests) == 6  # each image tried twice
+    assert files_under(out) == ["failures.jsonl"]  # no mask, no temp file
+    record = json.loads((out / "failures.jsonl").read_text().splitlines()[0])
+    assert record["status"] is None and "RemoteProtocolError" in record["error"]
+
+
+def test_atomic_write_leaves_no_temp_file_and_keeps_the_old_output_on_failure(tmp_path: Path,
+                                                                              monkeypatch) -> None:
+    target = tmp_path / "deep" / "x.png"
+    client.write_atomic(target, b"first")
+    assert target.read_bytes() == b"first"
+
+    def fail_replace(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(client.os, "replace", fail_replace)
+    with pytest.raises(OSError):
+        client.write_atomic(target, b"second")
+    assert target.read_bytes() == b"first"
+    assert files_under(tmp_path) == ["deep/x.png"]
+
+
+def test_timeout_is_retried(standin, images: Path, tmp_path: Path) -> None:
+    server = standin("a")
+    slow_once: set[bytes] = set()
+
+    def slow_first_time(request: Request) -> Reply:
+        reply = segment_like_the_service(request)
+        if request.body not in slow_once:
+            slow_once.add(request.body)
+            reply.delay_s = 1.0
+        return reply
+
+    server.behaviour = slow_first_time
+    out = tmp_path / "out"
+    assert segment(images, "--out", out, "--url", server.url, "--timeout", "0.3", "--concurrency", "3") == 0
+    assert len(server.requests) == 6
+
+
+def test_round_robin_uses_every_replica(standin, tmp_path: Path) -> None:
+    first, second = standin("a"), standin("b")
+    folder = tmp_path / "in"
+    for i in range(8):
+        write_png(folder / f"img{i}.png", 10 + i, 10)
+    out = tmp_path / "out"
+    assert segment(folder, "--out", out, "--url", first.url, "--url", second.url, "--concurrency", "2") == 0
+    assert len(first.requests) == 4 and len(second.requests) == 4
+    assert len(files_under(out)) == 8
+
+
+def test_a_dead_replica_is_routed_around(standin, tmp_path: Path) -> None:
+    alive = standin("a")
+    dead = standin("b")
+    dead.close()  # its port now refuses connections
+    folder = tmp_path / "in"
+    for i in range(4):
+        write_png(folder / f"img{i}.png", 10 + i, 10)
+    assert segment(folder, "--out", tmp_path / "out", "--url", dead.url, "--url", alive.url) == 0
+    assert len(alive.requests) == 4
+
+
+def test_unreachable_service_fails_every_image_with_exit_1(standin, images: Path, tmp_path: Path) -> None:
+    server = standin("a")
+    server.close()
+    out = tmp_path / "out"
+    assert client.main([str(images), "--out", str(out), "--url", server.url, "--no-progress",
+                        "--retries", "0"]) == 1
+    records = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert len(records) == 3
+    assert all(r["status"] is None and "ConnectError" in r["error"] for r in records)
+
+
+def test_api_key_from_environment_is_sent(standin, images: Path, tmp_path: Path, monkeypatch) -> None:
+    server = standin("a")
+    monkeypatch.setenv("UNET_API_KEY", "s3cret")
+    assert segment(images, "--out", tmp_path / "out", "--url", server.url) == 0
+    assert {r.headers.get("x-api-key") for r in server.requests} == {"s3cret"}
+
+
+@pytest.mark.parametrize(("kind", "suffix"), [("probability", ".png"), ("objects", ".csv"),
+                                              ("geojson", ".geojson")])
+def test_output_kind_sets_query_and_extension(standin, images: Path, tmp_path: Path, kind: str,
+                                              suffix: str) -> None:
+    server = standin("a")
+    out = tmp_path / "out"
+    assert segment(images, "--out", out, "--url", server.url, "--output", kind) == 0
+    assert {r.query["output"][0] for r in server.requests} == {kind}
+    assert files_under(out) == [f"a{suffix}", f"sub/a{suffix}", f"sub/deeper/b{suffix}"]
+
+
+def test_glob_mirrors_below_its_fixed_folders(standin, images: Path, tmp_path: Path) -> None:
+    server = standin("a")
+    out = tmp_path / "out"
+    assert segment(f"{images}/sub/**/*.png", "--out", out, "--url", server.url) == 0
+    assert files_under(out) == ["a.png", "deeper/b.png"]
+
+
+def test_colliding_outputs_are_a_usage_error_before_any_request(standin, images: Path,
+                                                                tmp_path: Path, capsys) -> None:
+    server = standin("a")
+    code = segment(images / "a.png", images / "sub" / "a.png", "--out", tmp_path / "out", "--url", server.url)
+    assert code == 2
+    assert "would both be written to" in capsys.readouterr().err
+    assert server.requests == []
+    # The same file named twice is not a collision: it is sent once.
+    assert segment(images / "a.png", images / "a.png", "--out", tmp_path / "out", "--url", server.url) == 0
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("argv", [
+    ["missing-folder", "--out", "o", "--url", "http://127.0.0.1:9"],
+    ["{images}/notes.txt", "--out", "o", "--url", "http://127.0.0.1:9"],
+    ["{images}/*.jpg", "--out", "o", "--url", "http://127.0.0.1:9"],
+])
+def test_inputs_without_images_are_a_usage_error(images: Path, argv: list[str], capsys) -> None:
+    assert client.main([a.format(images=images) for a in argv]) == 2
+    assert "unet-segment: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["x.png", "--out", "o"],  # no --url
+    ["x.png", "--out", "o", "--url", "localhost:8000"],  # no scheme
+    ["x.png", "--out", "o", "--url", "http://h", "--concurrency", "0"],
+    ["x.png", "--out", "o", "--url", "http://h", "--output", "bogus"],
+])
+def test_malformed_command_line_exits_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        client.main(argv)
+    assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".tif", ".bmp"])
+def test_image_size_is_read_from_the_header(ext: str) -> None:
+    cv2 = pytest.importorskip("cv2")
+    np = pytest.importorskip("numpy")
+    ok, encoded = cv2.imencode(ext, np.zeros((53, 37, 3), np.uint8))
+    assert ok
+    assert client.image_size(encoded.tobytes()) == (37, 53)
+    assert client.image_size(b"not an image") is None
+
+
+def test_retry_delay_honours_retry_after_and_grows_with_jitter() -> None:
+    assert client.retry_delay(1, retry_after=7.0) >= 7.0
+    assert client.retry_delay(1, retry_after=10_000.0) == client.RETRY_AFTER_CAP_S
+    delays = [client.retry_delay(4, None, base=1.0) for _ in range(200)]
+    assert all(0.0 <= d <= 8.0 for d in delays) and max(delays) > 4.0 and len(set(delays)) > 100
+    assert client.parse_retry_after("3") == 3.0
+    assert client.parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
+    assert client.parse_retry_after("soon") is None
+
+
+def test_importing_the_client_loads_no_inference_stack() -> None:
+    heavy = ("onnxruntime", "numpy", "cv2", "torch", "PIL", "fastapi")
+    code = f"import sys, service.client; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[2]).stdout
+    assert out.strip() == "[]"
+
+
+def test_console_script_and_module_both_run(standin, images: Path, tmp_path: Path) -> None:
+    server = standin("a")
+    script = Path(sys.executable).with_name("unet-segment")
+    for i, command in enumerate([[str(script)], [sys.executable, "-m", "service.client"]]):
+        out = tmp_path / f"out{i}"
+        proc = subprocess.run([*command, str(images), "--out", str(out), "--url", server.url],
+                              capture_output=True, text=True, timeout=30, cwd=Path(__file__).parents[2],
+                              env={**os.environ, "UNET_API_KEY": ""})
+        assert proc.returncode == 0, proc.stderr
+        assert "3 written, 0 skipped" in proc.stderr
+        assert len(files_under(out)) == 3
+
+
+def test_concurrency_keeps_that_many_requests_in_flight(standin, tmp_path: Path) -> None:
+    server = standin("a")
+    in_flight, peak, lock = 0, 0, threading.Lock()
+
+    def slow(request: Request) -> Reply:
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        time.sleep(0.2)
+        with lock:
+            in_flight -= 1
+        return segment_like_the_service(request)
+
+    server.behaviour = slow
+    folder = tmp_path / "in"
+    for i in range(8):
+        write_png(folder / f"img{i}.png", 10 + i, 10)
+    assert segment(folder, "--out", tmp_path / "out", "--url", server.url, "--concurrency", "4") == 0
+    assert peak == 4
