@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from model_export.data import FolderDataset, SyntheticStream, synthetic_set
+from model_export.metrics import dice_iou
 from model_export.unet import UNet, UNetConfig, count_parameters, flops_per_pixel, receptive_field
 
 # ---- defaults (every one is a command-line flag: --steps 400, --base-channels 32, ...) ----
@@ -103,14 +104,6 @@ def targets(labels: torch.Tensor, classes: int) -> torch.Tensor:
     if classes == 1:
         return (labels > 0).float()[:, None]
     return torch.stack([(labels == c + 1) for c in range(classes)], dim=1).float()
-
-
-def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """Foreground Dice and IoU of two boolean masks (1.0 when both are empty)."""
-    inter = float(np.logical_and(pred, truth).sum())
-    total = float(pred.sum() + truth.sum())
-    union = total - inter
-    return (2 * inter / total if total else 1.0), (inter / union if union else 1.0)
 
 
 @torch.no_grad()

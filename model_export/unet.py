@@ -144,7 +144,8 @@ def receptive_field(config: UNetConfig) -> int:
     shorter). Walking it: a k×k conv at a scale where one step spans ``jump`` input
     pixels widens the field by (k-1)·jump; a 2×2 pool by 1·jump before doubling jump;
     a 2×2/stride-2 transposed conv maps each output pixel to one input pixel (adds 0);
-    bilinear ×2 reads two neighbours at the coarse scale (adds 1·coarse jump).
+    bilinear ×2 (align_corners=False) reads two coarse neighbours, which may both lie on
+    one side of the pooling cell the pixel came from, so it is bounded by 2·coarse jump.
     """
     rf, jump = 1, 1
     per_block = 2 * 2  # two 3×3 convs (the 1×1 adds nothing)
@@ -155,7 +156,7 @@ def receptive_field(config: UNetConfig) -> int:
     rf += per_block * jump  # bottleneck block
     for _ in range(config.depth):
         if config.upsample == "bilinear":
-            rf += 1 * jump
+            rf += 2 * jump
         jump //= 2
         rf += per_block * jump  # decoder block
     return rf

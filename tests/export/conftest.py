@@ -13,8 +13,28 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
-TINY = ["--depth", "2", "--base-channels", "4", "--patch", "32", "--batch-size", "2", "--steps", "3",
-        "--eval-every", "2", "--val-images", "2", "--val-size", "32", "--workers", "0", "--threads", "1"]
+TINY = [
+    "--depth",
+    "2",
+    "--base-channels",
+    "4",
+    "--patch",
+    "32",
+    "--batch-size",
+    "2",
+    "--steps",
+    "3",
+    "--eval-every",
+    "2",
+    "--val-images",
+    "2",
+    "--val-size",
+    "32",
+    "--workers",
+    "0",
+    "--threads",
+    "1",
+]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -22,8 +22,14 @@ def test_tiny_training_writes_checkpoint_history_and_plot(tiny_run: Path) -> Non
     assert [h["step"] for h in history] == [2, 3]
     assert all(0.0 <= h["val_dice"] <= 1.0 and np.isfinite(h["train_loss"]) for h in history)
     checkpoint = torch.load(tiny_run / "best.pt", weights_only=False)
-    assert checkpoint["config"] == {"in_channels": 1, "classes": 1, "depth": 2, "base_channels": 4,
-                                    "fusion": "concat", "upsample": "transpose"}
+    assert checkpoint["config"] == {
+        "in_channels": 1,
+        "classes": 1,
+        "depth": 2,
+        "base_channels": 4,
+        "fusion": "concat",
+        "upsample": "transpose",
+    }
     assert checkpoint["command"].startswith("python -m model_export train")
 
 

@@ -1,0 +1,100 @@
+"""Data: the synthetic generator is deterministic and sane; bad folders fail naming the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from model_export.data import FolderDataset, synth_nuclei, write_synthetic
+from model_export.folders import DataError, load_pair, pair_folders, read_mask
+
+
+def test_generator_is_deterministic_per_seed() -> None:
+    a_img, a_lab = synth_nuclei(123, 96)
+    b_img, b_lab = synth_nuclei(123, 96)
+    c_img, _ = synth_nuclei(124, 96)
+    assert np.array_equal(a_img, b_img) and np.array_equal(a_lab, b_lab)
+    assert not np.array_equal(a_img, c_img)
+
+
+def test_generator_returns_raw_image_and_sequential_instance_labels() -> None:
+    dtypes = set()
+    for seed in range(12):
+        image, labels = synth_nuclei(seed, (80, 112))
+        assert image.shape == labels.shape == (80, 112)
+        assert image.dtype in (np.uint8, np.uint16) and labels.dtype == np.int32
+        dtypes.add(image.dtype)
+        ids = np.unique(labels)
+        assert ids[0] == 0 and np.array_equal(ids, np.arange(len(ids)))  # 0..N without gaps
+        if len(ids) > 1:  # nuclei are brighter than background on average
+            assert image[labels > 0].mean() > image[labels == 0].mean()
+    assert dtypes == {np.dtype(np.uint8), np.dtype(np.uint16)}
+
+
+def _write(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), array)
+    return path
+
+
+def test_missing_mask_names_the_image(tmp_path: Path) -> None:
+    _write(tmp_path / "img" / "a.png", np.zeros((8, 8), np.uint8))
+    _write(tmp_path / "img" / "b.png", np.zeros((8, 8), np.uint8))
+    _write(tmp_path / "msk" / "a.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(DataError, match=r"b\.png: no mask with stem 'b'"):
+        pair_folders(tmp_path / "img", tmp_path / "msk")
+
+
+def test_orphan_mask_names_the_mask(tmp_path: Path) -> None:
+    _write(tmp_path / "img" / "a.png", np.zeros((8, 8), np.uint8))
+    _write(tmp_path / "msk" / "a.png", np.zeros((8, 8), np.uint8))
+    _write(tmp_path / "msk" / "zz.tif", np.zeros((8, 8), np.uint8))
+    with pytest.raises(DataError, match=r"zz\.tif: no image with stem 'zz'"):
+        pair_folders(tmp_path / "img", tmp_path / "msk")
+
+
+def test_unreadable_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.png").write_bytes(b"not a png at all")
+    _write(tmp_path / "msk" / "a.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(DataError, match=r"img/a\.png: cannot decode"):
+        FolderDataset(tmp_path / "img", tmp_path / "msk", patch=8)
+
+
+def test_size_mismatch_names_both_files(tmp_path: Path) -> None:
+    image = _write(tmp_path / "img" / "a.png", np.zeros((8, 10), np.uint8))
+    mask = _write(tmp_path / "msk" / "a.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(DataError, match=r"msk/a\.png: mask is 8×8 but image a\.png is 10×8"):
+        load_pair(image, mask)
+
+
+def test_empty_or_missing_folder_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "img").mkdir()
+    with pytest.raises(DataError, match="holds no"):
+        pair_folders(tmp_path / "img", tmp_path / "img")
+    with pytest.raises(DataError, match="does not exist"):
+        pair_folders(tmp_path / "nope", tmp_path / "img")
+
+
+def test_masks_binary_labels_and_colour_all_give_foreground(tmp_path: Path) -> None:
+    labels = np.zeros((6, 6), np.uint16)
+    labels[1:3, 1:3], labels[4:, 4:] = 1, 300
+    assert set(np.unique(read_mask(_write(tmp_path / "l.png", labels)))) == {0, 1, 300}
+    binary = (labels > 0).astype(np.uint8) * 255
+    assert np.array_equal(read_mask(_write(tmp_path / "b.png", binary)) > 0, labels > 0)
+    colour = np.zeros((6, 6, 3), np.uint8)
+    colour[labels > 0] = (0, 0, 255)
+    assert np.array_equal(read_mask(_write(tmp_path / "c.png", colour)) > 0, labels > 0)
+
+
+def test_folder_dataset_reads_16bit_synthetic_set_and_crops(tmp_path: Path) -> None:
+    images, masks = write_synthetic(tmp_path, n=3, size=40, seed=5)
+    data = FolderDataset(images, masks, patch=32, seed=1)
+    x, y = data[0]
+    assert tuple(x.shape) == (1, 32, 32) and tuple(y.shape) == (32, 32)
+    assert str(x.dtype) == "torch.float32" and str(y.dtype) == "torch.int32"
+    small = FolderDataset(images, masks, patch=48, seed=1)  # larger than the image: mirror-padded
+    assert tuple(small[1][0].shape) == (1, 48, 48)
