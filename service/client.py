@@ -19,14 +19,18 @@ Behaviour a batch of thousands of images needs:
 - **Accountable**: a progress bar with images/s and megapixels/s, a summary line, every failure as
   one JSON line (file, status, the server's problem detail) in the report, and the exit code:
   0 all succeeded or were already there, 1 some failed, 2 usage error (130 interrupted).
+- **Objects**: with ``--output objects|geojson`` a ``summary.csv`` in the output folder gives each
+  image's object count and areas, read back from every output present (so resumed runs included).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import csv
 import email.utils
 import glob
+import io
 import itertools
 import json
 import os
@@ -36,7 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +50,27 @@ from tqdm import tqdm
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+def _csv_areas(data: bytes) -> list[float]:
+    """Object areas (px) from the service's object table: CSV with an ``area`` column."""
+    return [float(row["area"]) for row in csv.DictReader(io.StringIO(data.decode("utf-8")))]
+
+
+def _geojson_areas(data: bytes) -> list[float]:
+    """Object areas (px) from a QuPath-style FeatureCollection: the measurement, else the polygon's."""
+    areas = []
+    for feature in json.loads(data)["features"]:
+        measured = feature.get("properties", {}).get("measurements", {}).get("Area px^2")
+        areas.append(float(measured) if measured is not None else _polygon_area(feature["geometry"]))
+    return areas
+
+
+def _polygon_area(geometry: dict) -> float:
+    """Shoelace area of a Polygon's outer ring, in px²."""
+    ring = geometry["coordinates"][0]
+    twice = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in itertools.pairwise(ring))
+    return abs(twice) / 2
+
+
 @dataclass(frozen=True)
 class OutputKind:
     """What ``--output NAME`` asks the service for and how the answer is stored."""
@@ -53,19 +78,35 @@ class OutputKind:
     query: str  # value of ``?output=``
     suffix: str  # extension of the written file, replacing the image's own
     accept: str  # ``Accept`` header: lets the service pick the format where it offers several
+    #: response media type → suffix, where the service may answer in another format than usual
+    #: (labels past 65535 objects come back as 32-bit TIFF rather than wrap around in a PNG)
+    alternates: Mapping[str, str] = field(default_factory=dict)
+    #: output bytes → each object's area in px; kinds that have it get a folder summary CSV
+    object_areas: Callable[[bytes], list[float]] | None = None
+
+    def path_for(self, target: Path, media_type: str) -> Path:
+        return target.with_suffix(self.alternates.get(media_type, self.suffix))
+
+    def existing(self, target: Path) -> Path | None:
+        """The output already written for ``target`` in any of this kind's formats, if any."""
+        for suffix in (self.suffix, *self.alternates.values()):
+            if (path := target.with_suffix(suffix)).exists():
+                return path
+        return None
 
 
-#: ``--output`` choices. Object tables and GeoJSON (issue 8) slot in here; ``OBJECT_KINDS`` are the
-#: kinds whose per-folder summary (count, mean area) is planned.
+#: ``--output`` choices: the ``?output=`` value and the file each answer is written to.
 OUTPUT_KINDS: dict[str, OutputKind] = {
     "mask": OutputKind("mask", ".png", "image/png"),
     "probability": OutputKind("probability", ".png", "image/png"),
-    "labels": OutputKind("labels", ".png", "image/png"),
+    "labels": OutputKind("labels", ".png", "image/png, image/tiff", alternates={"image/tiff": ".tif"}),
     "overlay": OutputKind("overlay", ".png", "image/png"),
-    "objects": OutputKind("objects", ".csv", "text/csv"),
-    "geojson": OutputKind("geojson", ".geojson", "application/geo+json"),
+    "objects": OutputKind("objects", ".csv", "text/csv", object_areas=_csv_areas),
+    "geojson": OutputKind("geojson", ".geojson", "application/geo+json", object_areas=_geojson_areas),
 }
-OBJECT_KINDS = frozenset({"objects", "geojson"})
+SUMMARY_NAME = "summary.csv"  # beside the per-image files, for kinds with ``object_areas``
+REPORT_NAME = "failures.jsonl"
+
 
 #: Image extensions the service accepts (lower case) → the ``Content-Type`` the upload is sent with.
 CONTENT_TYPES: dict[str, str] = {
@@ -393,8 +434,9 @@ class Segmenter:
         return result
 
     def _finish(self, result: Result, response: httpx.Response, data: bytes) -> Result:
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
         try:
-            write_atomic(result.job.target, response.content)
+            write_atomic(self.kind.path_for(result.job.target, media_type), response.content)
         except OSError as exc:
             result.error = f"cannot write output: {exc}"
             return result
@@ -447,7 +489,8 @@ def write_report(path: Path, failures: Sequence[Result]) -> None:
 
 def run(config: Config, jobs: Sequence[Job], backoff_base: float = BACKOFF_BASE_S) -> Summary:
     """Send every job whose output is missing (or all, with ``overwrite``); write the report."""
-    todo = [j for j in jobs if config.overwrite or not j.target.exists()]
+    kind = OUTPUT_KINDS[config.kind]
+    todo = [j for j in jobs if config.overwrite or kind.existing(j.target) is None]
     summary = Summary(skipped=len(jobs) - len(todo))
     start = time.perf_counter()
     segmenter = Segmenter(config, backoff_base=backoff_base)
@@ -481,11 +524,48 @@ def run(config: Config, jobs: Sequence[Job], backoff_base: float = BACKOFF_BASE_
 
 def _settle_report(config: Config, summary: Summary) -> None:
     """Write this run's failures; with none, remove a stale report so its presence means trouble."""
-    path = config.report or config.out / "failures.jsonl"
+    path = config.report or config.out / REPORT_NAME
     if summary.failures:
         write_report(path, summary.failures)
     elif path.exists() and summary.sent:
         path.unlink()
+
+
+def object_summary(jobs: Sequence[Job], kind: OutputKind, out: Path) -> list[dict]:
+    """One row per image whose output exists (this run's or an earlier one's): count and areas.
+
+    Read back from the written files, so a resumed run summarises the whole folder.
+    """
+    assert kind.object_areas is not None
+    rows = []
+    for job in jobs:
+        path = kind.existing(job.target)
+        if path is None:
+            continue  # failed: it is in the failure report
+        try:
+            areas = kind.object_areas(path.read_bytes())
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            print(f"unet-segment: {path}: cannot read objects for the summary: {exc}", file=sys.stderr)
+            continue
+        rows.append({
+            "file": str(job.source),
+            "output": path.relative_to(out).as_posix(),
+            "count": len(areas),
+            "mean_area_px": round(sum(areas) / len(areas), 2) if areas else "",
+            "total_area_px": round(sum(areas), 2),
+            "min_area_px": min(areas, default=""),
+            "max_area_px": max(areas, default=""),
+        })
+    return rows
+
+
+def write_object_summary(path: Path, rows: Sequence[dict]) -> None:
+    fields = ["file", "output", "count", "mean_area_px", "total_area_px", "min_area_px", "max_area_px"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue().encode())
 
 
 # --------------------------------------------------------------------------- command line
@@ -564,7 +644,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if config.out.exists() and not config.out.is_dir():
             raise UsageError(f"--out {config.out}: exists and is not a folder")
-        jobs = plan_jobs(find_images(config.inputs), config.out, OUTPUT_KINDS[config.kind])
+        kind = OUTPUT_KINDS[config.kind]
+        jobs = plan_jobs(find_images(config.inputs), config.out, kind)
+        summary_path = config.out / SUMMARY_NAME
+        if kind.object_areas and any(j.target == summary_path for j in jobs):
+            raise UsageError(f"an image would write {summary_path}, where the object summary goes; rename it")
     except UsageError as exc:
         print(f"unet-segment: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -573,7 +657,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("unet-segment: interrupted; finished outputs are kept, rerun to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(summary.line(config.report or config.out / "failures.jsonl"), file=sys.stderr)
+    if kind.object_areas:
+        write_object_summary(summary_path, object_summary(jobs, kind, config.out))
+    print(summary.line(config.report or config.out / REPORT_NAME), file=sys.stderr)
     return EXIT_FAILED if summary.failures else EXIT_OK
 
 

@@ -71,8 +71,24 @@ def segment_like_the_service(request: Request) -> Reply:
     if not request.body.startswith(PNG_SIGNATURE):
         return problem(415, "Unsupported Media Type", "the body is not a PNG, TIFF, JPEG or BMP image")
     width, height = png_size(request.body)
-    return Reply(200, {"Content-Type": "image/png", "X-Object-Count": "3",
-                       "X-Image-Pixels": str(width * height)}, png_bytes(width, height, 255))
+    headers = {"X-Object-Count": "2", "X-Image-Pixels": str(width * height)}
+    output = request.query.get("output", ["mask"])[0]
+    if output == "objects":  # two objects, areas = width and height (px)
+        table = f"id,centroid_x,centroid_y,area\n1,1.0,1.0,{width}\n2,3.0,3.0,{height}\n"
+        return Reply(200, {**headers, "Content-Type": "text/csv"}, table.encode())
+    if output == "geojson":  # two squares, sides 2 and 4 px; only the first carries its measurement
+        def square(side: int, area: int | None) -> dict:
+            ring = [[0, 0], [side, 0], [side, side], [0, side], [0, 0]]
+            measurements = {"Area px^2": area} if area is not None else {}
+            return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+                    "properties": {"objectType": "detection", "measurements": measurements}}
+
+        collection = {"type": "FeatureCollection", "features": [square(2, 4), square(4, None)]}
+        body = json.dumps(collection).encode()
+        return Reply(200, {**headers, "Content-Type": "application/geo+json"}, body)
+    if output == "labels" and width * height > 400:  # stands in for "past 65535 objects"
+        return Reply(200, {**headers, "Content-Type": "image/tiff"}, b"II*\x00 a 32-bit label TIFF")
+    return Reply(200, {**headers, "Content-Type": "image/png"}, png_bytes(width, height, 255))
 
 
 class StandIn:

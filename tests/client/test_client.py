@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -216,15 +217,62 @@ def test_api_key_from_environment_is_sent(standin, images: Path, tmp_path: Path,
     assert {r.headers.get("x-api-key") for r in server.requests} == {"s3cret"}
 
 
-@pytest.mark.parametrize(("kind", "suffix"), [("probability", ".png"), ("objects", ".csv"),
-                                              ("geojson", ".geojson")])
-def test_output_kind_sets_query_and_extension(standin, images: Path, tmp_path: Path, kind: str,
-                                              suffix: str) -> None:
+@pytest.mark.parametrize("kind", ["probability", "overlay", "mask"])
+def test_output_kind_is_the_query_value(standin, images: Path, tmp_path: Path, kind: str) -> None:
     server = standin("a")
     out = tmp_path / "out"
     assert segment(images, "--out", out, "--url", server.url, "--output", kind) == 0
     assert {r.query["output"][0] for r in server.requests} == {kind}
-    assert files_under(out) == [f"a{suffix}", f"sub/a{suffix}", f"sub/deeper/b{suffix}"]
+    assert files_under(out) == ["a.png", "sub/a.png", "sub/deeper/b.png"]
+
+
+def test_labels_in_tiff_are_kept_as_tif_and_count_as_done(standin, images: Path, tmp_path: Path) -> None:
+    server = standin("a")
+    out = tmp_path / "out"
+    assert segment(images, "--out", out, "--url", server.url, "--output", "labels") == 0
+    assert files_under(out) == ["a.png", "sub/a.tif", "sub/deeper/b.png"]  # sub/a.png is 30×15 > 400 px
+    assert segment(images, "--out", out, "--url", server.url, "--output", "labels") == 0
+    assert len(server.requests) == 3, "an output in the alternate format must count as done"
+
+
+def read_summary(out: Path) -> dict[str, dict[str, str]]:
+    with (out / "summary.csv").open() as f:
+        return {row["output"]: row for row in csv.DictReader(f)}
+
+
+def test_objects_table_per_image_and_folder_summary(standin, images: Path, tmp_path: Path) -> None:
+    server = standin("a")
+    out = tmp_path / "out"
+    assert segment(images, "--out", out, "--url", server.url, "--output", "objects") == 0
+    assert {r.query["output"][0] for r in server.requests} == {"objects"}
+    assert files_under(out) == ["a.csv", "sub/a.csv", "sub/deeper/b.csv", "summary.csv"]
+    summary = read_summary(out)
+    assert summary["sub/a.csv"] == {"file": str(images / "sub" / "a.png"), "output": "sub/a.csv",
+                                    "count": "2", "mean_area_px": "22.5", "total_area_px": "45.0",
+                                    "min_area_px": "15.0", "max_area_px": "30.0"}
+
+    # A resumed run (one new image, nothing else re-sent) still summarises the whole folder.
+    write_png(images / "new.png", 6, 4)
+    assert segment(images, "--out", out, "--url", server.url, "--output", "objects") == 0
+    assert len(server.requests) == 4
+    assert sorted(read_summary(out)) == ["a.csv", "new.csv", "sub/a.csv", "sub/deeper/b.csv"]
+
+
+def test_geojson_per_image_and_summary_areas(standin, images: Path, tmp_path: Path) -> None:
+    server = standin("a")
+    out = tmp_path / "out"
+    assert segment(images, "--out", out, "--url", server.url, "--output", "geojson") == 0
+    assert files_under(out) == ["a.geojson", "sub/a.geojson", "sub/deeper/b.geojson", "summary.csv"]
+    row = read_summary(out)["a.geojson"]
+    assert (row["count"], row["mean_area_px"]) == ("2", "10.0")  # measured 4 and shoelace 16
+
+
+def test_an_image_named_like_the_summary_is_a_usage_error(standin, tmp_path: Path) -> None:
+    server = standin("a")
+    write_png(tmp_path / "in" / "summary.png", 4, 4)
+    code = segment(tmp_path / "in", "--out", tmp_path / "out", "--url", server.url, "--output", "objects")
+    assert code == 2
+    assert server.requests == []
 
 
 def test_glob_mirrors_below_its_fixed_folders(standin, images: Path, tmp_path: Path) -> None:
