@@ -1,0 +1,458 @@
+// Web viewer for the segmentation service: one image in, its segmentation drawn over it.
+//
+// Data flow for one image (each step is one request with the original file bytes):
+//   1. POST ui/preview                        → 8-bit RGB PNG the browser can show (TIFF, 16-bit…)
+//   2. POST segment?output=probability&bits=8 → probability map, thresholded here in the browser,
+//                                               so the threshold slider needs no new upload
+//   3. POST segment?output=geojson            → one polygon per nucleus: the labels view and the count
+// After the threshold slider stops moving, step 3 is repeated with &threshold=… (debounced) so
+// the object count always belongs to the threshold shown.
+"use strict";
+
+const KEY_STORAGE = "unet.apiKey";
+const REFETCH_DELAY_MS = 600;
+const MASK_RGB = [0, 230, 118];
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  file: null,
+  stem: "",
+  width: 0,
+  height: 0,
+  prob: null,            // Uint8Array, H*W, probability × 255
+  features: [],          // GeoJSON features at state.countThreshold
+  countThreshold: null,  // null: the model's own threshold
+  modelThreshold: 0.5,
+  threshold: 0.5,        // the slider's value
+  run: 0,                // bumped per upload: answers for an older upload are dropped
+  countRequest: 0,       // bumped per geojson request: only the newest one counts
+  refetchTimer: null,
+};
+
+// --- HTTP ----------------------------------------------------------------------------------------
+
+/** An RFC 9457 problem (or anything else that failed) as a readable message. */
+class RequestFailed extends Error {
+  constructor(status, problem, fallback) {
+    const title = (problem && problem.title) || fallback || "Request failed";
+    const detail = problem && problem.detail ? `: ${problem.detail}` : "";
+    super(status ? `${title} (HTTP ${status})${detail}` : `${title}${detail}`);
+    this.status = status;
+    this.problem = problem;
+  }
+}
+
+async function problemOf(xhr) {
+  try {
+    const text = await xhr.response.text();
+    const body = JSON.parse(text);
+    return typeof body === "object" && body ? body : null;
+  } catch (_) {
+    return null;
+  }
+}
+
+let keyPrompt = null; // one dialog at a time, shared by concurrent 401s
+
+function askForKey() {
+  if (keyPrompt) return keyPrompt;
+  const dialog = $("key-dialog");
+  keyPrompt = new Promise((resolve) => {
+    $("key-input").value = "";
+    dialog.addEventListener("close", () => {
+      const key = dialog.returnValue === "ok" ? $("key-input").value.trim() : "";
+      if (key) sessionStorage.setItem(KEY_STORAGE, key);
+      keyPrompt = null;
+      resolve(key || null);
+    }, { once: true });
+    dialog.showModal();
+  });
+  return keyPrompt;
+}
+
+/**
+ * One XMLHttpRequest (for upload progress), answered as a Blob.
+ * A 401 asks for the API key (once; again only if the stored key is refused) and retries.
+ */
+function xhrOnce(method, url, body, { contentType, onUploadProgress, onUploaded } = {}) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open(method, url);
+    xhr.responseType = "blob";
+    const key = sessionStorage.getItem(KEY_STORAGE);
+    if (key) xhr.setRequestHeader("X-API-Key", key);
+    if (contentType) xhr.setRequestHeader("Content-Type", contentType);
+    if (onUploadProgress) xhr.upload.onprogress = (e) => e.lengthComputable && onUploadProgress(e.loaded / e.total);
+    if (onUploaded) xhr.upload.onload = onUploaded;
+    xhr.onload = () => resolve(xhr);
+    xhr.onerror = () => reject(new RequestFailed(0, null, "The service could not be reached"));
+    xhr.onabort = () => reject(new RequestFailed(0, null, "Cancelled"));
+    xhr.send(body);
+  });
+}
+
+async function request(method, url, body, options = {}) {
+  for (let attempt = 0; ; attempt++) {
+    const xhr = await xhrOnce(method, url, body, options);
+    if (xhr.status === 401 && attempt < 2) {
+      sessionStorage.removeItem(KEY_STORAGE);
+      if (await askForKey()) continue;
+    }
+    if (xhr.status >= 200 && xhr.status < 300) return xhr;
+    throw new RequestFailed(xhr.status, await problemOf(xhr), xhr.statusText);
+  }
+}
+
+/** POST the current file to `url`, showing upload progress and then `runningText`. */
+function upload(url, step, runningText) {
+  const file = state.file;
+  return request("POST", url, file, {
+    contentType: file.type || "application/octet-stream",
+    onUploadProgress: (f) => showProgress(`${step}: uploading ${Math.round(100 * f)}%`, f),
+    onUploaded: () => showProgress(`${step}: ${runningText}…`, null),
+  });
+}
+
+function segmentUrl(output, threshold) {
+  const params = new URLSearchParams({ output });
+  if (output === "probability") params.set("bits", "8");
+  if (threshold !== null && threshold !== undefined) params.set("threshold", threshold.toFixed(2));
+  return `segment?${params}`;
+}
+
+// --- status line ---------------------------------------------------------------------------------
+
+function showError(message) {
+  $("error").textContent = message || "";
+}
+
+function showProgress(text, fraction) {
+  $("progress-box").hidden = false;
+  $("progress-label").textContent = text;
+  const bar = $("progress");
+  if (fraction === null) bar.removeAttribute("value"); // indeterminate: the server is working
+  else bar.value = fraction;
+}
+
+function hideProgress() {
+  $("progress-box").hidden = true;
+}
+
+// --- model information ---------------------------------------------------------------------------
+
+async function loadModelInfo() {
+  try {
+    const xhr = await request("GET", "v1/model");
+    const info = JSON.parse(await xhr.response.text());
+    const threshold = info.metadata && info.metadata.threshold;
+    if (typeof threshold === "number") {
+      state.modelThreshold = threshold;
+      if (!state.prob) setThreshold(threshold);
+    }
+    $("info-model").textContent = `${info.name} ${info.version}`;
+    $("info-provider").textContent = info.provider || "–";
+    const tiling = info.tiling ? ` · tiles ${info.tiling.tile_size} px, overlap ${info.tiling.overlap} px` : "";
+    $("model-line").textContent = `Model ${info.name} ${info.version} on ${info.provider}${tiling}`;
+  } catch (err) {
+    $("model-line").textContent = `Model information unavailable — ${err.message}`;
+    if (err.status === 503) setTimeout(loadModelInfo, 3000); // loading: ask again shortly
+  }
+}
+
+// --- one image -----------------------------------------------------------------------------------
+
+function stemOf(name) {
+  const base = name.split(/[\\/]/).pop() || "image";
+  const dot = base.lastIndexOf(".");
+  return dot > 0 ? base.slice(0, dot) : base;
+}
+
+async function handleFile(file) {
+  const run = ++state.run;
+  state.file = file;
+  state.stem = stemOf(file.name);
+  state.prob = null;
+  state.features = [];
+  state.countThreshold = null;
+  clearTimeout(state.refetchTimer);
+  setThreshold(state.modelThreshold);
+  showError("");
+  resetInfo();
+  $("result-controls").disabled = true;
+  $("download-mask").disabled = true;
+  $("download-labels").disabled = true;
+  $("stage").dataset.state = "loading";
+  const current = () => run === state.run;
+
+  try {
+    const preview = await upload("ui/preview", "Step 1 of 3, preview", "rendering");
+    if (!current()) return;
+    await showPreview(preview.response);
+
+    const probability = await upload(segmentUrl("probability"), "Step 2 of 3, segmentation", "running the model");
+    if (!current()) return;
+    state.prob = await decodeGray(probability.response, state.width, state.height);
+    showHeaders(probability);
+    $("stage").dataset.state = "ready";
+    $("result-controls").disabled = false;
+    render();
+
+    showProgress("Step 3 of 3, objects: uploading", 0);
+    await refetchObjects(null, "Step 3 of 3, objects");
+    if (!current()) return;
+    $("download-mask").disabled = false;
+    $("download-labels").disabled = false;
+    hideProgress();
+  } catch (err) {
+    if (!current()) return;
+    hideProgress();
+    showError(err.message);
+    if (!state.prob) $("stage").dataset.state = state.width ? "ready" : "empty";
+  }
+}
+
+async function showPreview(blob) {
+  const img = $("preview");
+  if (img.src) URL.revokeObjectURL(img.src);
+  img.src = URL.createObjectURL(blob);
+  await img.decode();
+  state.width = img.naturalWidth;
+  state.height = img.naturalHeight;
+  const canvas = $("overlay");
+  canvas.width = state.width;
+  canvas.height = state.height;
+  canvas.getContext("2d").clearRect(0, 0, state.width, state.height);
+  $("info-size").textContent = `${state.width} × ${state.height} px`;
+}
+
+/** An 8-bit gray PNG → Uint8Array of its values (the red channel of the decoded RGBA). */
+async function decodeGray(blob, width, height) {
+  // No colour management or premultiplication: the bytes are probabilities, not colours.
+  const bitmap = await createImageBitmap(blob, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+  if (bitmap.width !== width || bitmap.height !== height) {
+    throw new RequestFailed(0, null, `The probability map is ${bitmap.width} × ${bitmap.height}, ` +
+      `the image ${width} × ${height}`);
+  }
+  const canvas = document.createElement("canvas");
+  canvas.width = width;
+  canvas.height = height;
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  ctx.drawImage(bitmap, 0, 0);
+  bitmap.close();
+  const rgba = ctx.getImageData(0, 0, width, height).data;
+  const gray = new Uint8Array(width * height);
+  for (let i = 0, j = 0; i < gray.length; i++, j += 4) gray[i] = rgba[j];
+  return gray;
+}
+
+function showHeaders(xhr) {
+  const header = (name) => xhr.getResponseHeader(name);
+  $("info-tiles").textContent = header("X-Tiles") || "–";
+  const ms = parseFloat(header("X-Inference-Ms"));
+  $("info-inference").textContent = Number.isFinite(ms) ? `${ms.toFixed(0)} ms` : "–";
+  const name = header("X-Model-Name");
+  const version = header("X-Model-Version");
+  if (name && version) $("info-model").textContent = `${name} ${version}`; // the model that answered
+}
+
+function resetInfo() {
+  for (const id of ["info-count", "info-count-threshold", "info-foreground", "info-size", "info-tiles",
+    "info-inference"]) {
+    $(id).textContent = "–";
+  }
+}
+
+/** Ask the server for the objects at `threshold` (null: the model's) and show their count. */
+async function refetchObjects(threshold, step) {
+  const run = state.run;
+  const ticket = ++state.countRequest;
+  $("info-count").setAttribute("aria-busy", "true");
+  try {
+    const xhr = await upload(segmentUrl("geojson", threshold), step, "finding objects");
+    if (run !== state.run || ticket !== state.countRequest) return;
+    const collection = JSON.parse(await xhr.response.text());
+    state.features = (collection.features || []).filter((f) => f.geometry);
+    state.countThreshold = threshold;
+    const header = parseInt(xhr.getResponseHeader("X-Object-Count"), 10);
+    const count = Number.isFinite(header) ? header : state.features.length;
+    $("info-count").textContent = String(count);
+    const used = threshold === null ? state.modelThreshold : threshold;
+    $("info-count-threshold").textContent =
+      `${used.toFixed(2)}${threshold === null ? " (model default)" : ""}`;
+    $("info-count").removeAttribute("aria-busy");
+    if (currentView() === "labels") render();
+  } catch (err) {
+    if (run === state.run && ticket === state.countRequest) {
+      $("info-count").removeAttribute("aria-busy");
+      throw err;
+    }
+  }
+}
+
+// --- drawing -------------------------------------------------------------------------------------
+
+function currentView() {
+  return document.querySelector('input[name="view"]:checked').value;
+}
+
+/** Value v (0–255) is foreground when v / 255 > threshold, as the server's mask (prob > threshold). */
+function cutoff(threshold) {
+  return Math.floor(threshold * 255);
+}
+
+function updateForeground() {
+  if (!state.prob) return;
+  const cut = cutoff(state.threshold);
+  let on = 0;
+  for (let i = 0; i < state.prob.length; i++) if (state.prob[i] > cut) on++;
+  $("info-foreground").textContent = `${(100 * on / state.prob.length).toFixed(2)} %`;
+}
+
+// Heat map: black → purple → orange → pale yellow (inferno-like), 256 entries.
+const HEAT = (() => {
+  const stops = [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]];
+  const lut = new Uint8Array(256 * 3);
+  for (let v = 0; v < 256; v++) {
+    const x = (v / 255) * (stops.length - 1);
+    const i = Math.min(Math.floor(x), stops.length - 2);
+    const t = x - i;
+    for (let c = 0; c < 3; c++) lut[3 * v + c] = Math.round(stops[i][c] * (1 - t) + stops[i + 1][c] * t);
+  }
+  return lut;
+})();
+
+function render() {
+  updateForeground();
+  if (!state.prob) return;
+  const canvas = $("overlay");
+  const ctx = canvas.getContext("2d");
+  const { width, height, prob } = state;
+  const view = currentView();
+  ctx.clearRect(0, 0, width, height);
+  if (view === "labels") {
+    drawLabels(ctx);
+    return;
+  }
+  const image = ctx.createImageData(width, height);
+  const px = image.data;
+  if (view === "mask") {
+    const cut = cutoff(state.threshold);
+    for (let i = 0, j = 0; i < prob.length; i++, j += 4) {
+      if (prob[i] > cut) {
+        px[j] = MASK_RGB[0]; px[j + 1] = MASK_RGB[1]; px[j + 2] = MASK_RGB[2]; px[j + 3] = 255;
+      }
+    }
+  } else {
+    for (let i = 0, j = 0; i < prob.length; i++, j += 4) {
+      const k = 3 * prob[i];
+      px[j] = HEAT[k]; px[j + 1] = HEAT[k + 1]; px[j + 2] = HEAT[k + 2]; px[j + 3] = 255;
+    }
+  }
+  ctx.putImageData(image, 0, 0);
+}
+
+/** Each nucleus (a GeoJSON polygon, pixel coordinates) filled in its own colour. */
+function drawLabels(ctx) {
+  ctx.lineWidth = Math.max(1, state.width / 800);
+  state.features.forEach((feature, index) => {
+    const polygons = feature.geometry.type === "MultiPolygon"
+      ? feature.geometry.coordinates : [feature.geometry.coordinates];
+    const path = new Path2D();
+    for (const rings of polygons) {
+      for (const ring of rings) {
+        ring.forEach(([x, y], i) => (i ? path.lineTo(x, y) : path.moveTo(x, y)));
+        path.closePath();
+      }
+    }
+    const hue = (index * 137.508) % 360; // golden angle: neighbours get distant hues
+    ctx.fillStyle = `hsl(${hue} 85% 55%)`;
+    ctx.fill(path, "evenodd");
+    ctx.strokeStyle = `hsl(${hue} 90% 25%)`;
+    ctx.stroke(path);
+  });
+}
+
+// --- controls ------------------------------------------------------------------------------------
+
+function setThreshold(value) {
+  state.threshold = value;
+  $("threshold").value = String(value);
+  $("threshold-value").textContent = value.toFixed(2);
+}
+
+function onThresholdInput() {
+  state.threshold = parseFloat($("threshold").value);
+  $("threshold-value").textContent = state.threshold.toFixed(2);
+  render();
+  if (!state.prob) return;
+  // The count is the server's (object splitting lives there): ask again once the slider rests.
+  $("info-count").textContent = "updating…";
+  clearTimeout(state.refetchTimer);
+  const threshold = state.threshold;
+  state.refetchTimer = setTimeout(async () => {
+    try {
+      await refetchObjects(threshold, "Objects at the new threshold");
+      hideProgress();
+    } catch (err) {
+      hideProgress();
+      showError(err.message);
+    }
+  }, REFETCH_DELAY_MS);
+}
+
+async function download(output) {
+  if (!state.file) return;
+  const label = output === "mask" ? "mask" : "labels";
+  try {
+    const xhr = await upload(segmentUrl(output, state.threshold), `Download ${label}`, "segmenting");
+    const url = URL.createObjectURL(xhr.response);
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = `${state.stem}_${label}.png`;
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  } catch (err) {
+    showError(err.message);
+  } finally {
+    hideProgress();
+  }
+}
+
+function setOpacity() {
+  const value = parseFloat($("opacity").value);
+  $("overlay").style.opacity = String(value);
+  $("opacity-value").textContent = `${Math.round(100 * value)}%`;
+}
+
+function wireDragAndDrop() {
+  const zone = $("drop-zone");
+  // Dropping a file elsewhere on the page must not navigate away from it.
+  for (const type of ["dragover", "drop"]) window.addEventListener(type, (e) => e.preventDefault());
+  zone.addEventListener("dragover", () => zone.classList.add("over"));
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (e) => {
+    zone.classList.remove("over");
+    const file = e.dataTransfer && e.dataTransfer.files[0];
+    if (file) handleFile(file);
+  });
+}
+
+function init() {
+  $("file-input").addEventListener("change", (e) => {
+    const file = e.target.files[0];
+    if (file) handleFile(file);
+  });
+  wireDragAndDrop();
+  $("threshold").addEventListener("input", onThresholdInput);
+  $("opacity").addEventListener("input", setOpacity);
+  for (const radio of document.querySelectorAll('input[name="view"]')) radio.addEventListener("change", render);
+  $("download-mask").addEventListener("click", () => download("mask"));
+  $("download-labels").addEventListener("click", () => download("labels"));
+  setOpacity();
+  loadModelInfo();
+}
+
+init();
