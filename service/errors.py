@@ -1,0 +1,250 @@
+"""Errors as RFC 9457 problem details (``application/problem+json``).
+
+Every error the service answers — its own, FastAPI's validation errors, Starlette's 404/405,
+the image decoder's, the batcher's — leaves as one JSON shape::
+
+    {"type": "/problems/image-too-large", "title": "Image too large", "status": 413,
+     "detail": "the image is 100000×100000 = 1e10 pixels; at most 67108864 are allowed",
+     "instance": "urn:request:3f2a…", "request_id": "3f2a…"}
+
+``type`` is a URI reference naming the kind of problem (stable: clients may switch on it);
+``detail`` says which input was wrong and what is allowed. Bad input is always 4xx; a 500 only
+comes from the last-resort path in the request middleware, which logs the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.log import REQUEST_ID
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem details object."""
+
+    type: str = Field("about:blank", description="URI reference naming the kind of problem")
+    title: str = Field(description="short summary of the kind of problem")
+    status: int = Field(description="the HTTP status code")
+    detail: str = Field("", description="what went wrong with this request and what is allowed")
+    instance: str | None = Field(None, description="this occurrence: urn:request:<request id>")
+    request_id: str | None = Field(None, description="the X-Request-ID of the request")
+    errors: list[dict[str, Any]] | None = Field(
+        None, description="per-field validation errors (422 only)"
+    )
+
+
+class ProblemError(Exception):
+    """An error that becomes a problem response; raise it (or a subclass) from routes."""
+
+    status: int = 500
+    slug: str = "internal-error"
+    title: str = "Internal server error"
+
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        status: int | None = None,
+        slug: str | None = None,
+        title: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if status is not None:
+            self.status = status
+        if slug is not None:
+            self.slug = slug
+        if title is not None:
+            self.title = title
+        self.headers = dict(headers or {})
+        self.errors = errors
+
+
+class BadRequest(ProblemError):
+    status, slug, title = 400, "bad-request", "Bad request"
+
+
+class Unauthorized(ProblemError):
+    status, slug, title = 401, "unauthorized", "Missing or invalid API key"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="unet"'})
+
+
+class PayloadTooLarge(ProblemError):
+    status, slug, title = 413, "payload-too-large", "Request body too large"
+
+
+class InvalidOptions(ProblemError):
+    status, slug, title = 422, "invalid-options", "Invalid request options"
+
+
+class ServiceUnavailable(ProblemError):
+    """503 with a ``Retry-After``: not ready, overloaded, shutting down, timed out."""
+
+    status, slug, title = 503, "unavailable", "Service unavailable"
+
+    def __init__(self, detail: str, *, retry_after_s: int = 5, slug: str | None = None,
+                 title: str | None = None) -> None:
+        super().__init__(detail, slug=slug, title=title, headers={"Retry-After": str(max(1, retry_after_s))})
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised from the body stream when it passes the limit.
+
+    A Starlette ``HTTPException`` on purpose: FastAPI re-raises those unchanged from body
+    parsing (anything else would become a generic 400), so the client gets the 413.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body exceeds the limit of {limit} bytes (UNET_MAX_UPLOAD_BYTES)")
+
+
+def problem_type(slug: str) -> str:
+    return f"/problems/{slug}"
+
+
+def problem_body(
+    status: int, title: str, detail: str = "", *, slug: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The problem object for the current request (request id from the logging context)."""
+    request_id = REQUEST_ID.get()
+    body: dict[str, Any] = {
+        "type": problem_type(slug) if slug else "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if request_id != "-":
+        body["instance"] = f"urn:request:{request_id}"
+        body["request_id"] = request_id
+    if errors is not None:
+        body["errors"] = errors
+    return body
+
+
+def problem_response(
+    status: int, title: str, detail: str = "", *, slug: str | None = None,
+    headers: Mapping[str, str] | None = None, errors: list[dict[str, Any]] | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        jsonable_encoder(problem_body(status, title, detail, slug=slug, errors=errors)),
+        status_code=status,
+        headers=dict(headers or {}),
+        media_type=PROBLEM_JSON,
+    )
+
+
+def from_problem_error(exc: ProblemError) -> JSONResponse:
+    return problem_response(exc.status, exc.title, exc.detail, slug=exc.slug, headers=exc.headers,
+                            errors=exc.errors)
+
+
+# Titles/slugs for Starlette's and FastAPI's own HTTP errors.
+_HTTP_SLUGS = {
+    400: ("bad-request", "Bad request"),
+    401: ("unauthorized", "Unauthorized"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    413: ("payload-too-large", "Request body too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+}
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    out = []
+    for error in exc.errors():
+        item = {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type", "")}
+        if "ctx" in error:
+            item["ctx"] = {k: str(v) for k, v in error["ctx"].items()}
+        out.append(item)
+    return out
+
+
+def _describe_validation(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for error in errors[:5]:
+        loc = ".".join(str(p) for p in error["loc"] if p not in ("query", "body", "path", "header"))
+        parts.append(f"{loc or 'request'}: {error['msg']}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
+
+
+def install(app: FastAPI, domain_errors: Mapping[type[Exception], tuple[int, str, str]] = {}) -> None:  # noqa: B006
+    """Register the problem+json handlers on ``app``.
+
+    ``domain_errors`` maps exception classes from lower layers (the image decoder, …) to
+    ``(status, slug, title)``; their message becomes the detail.
+    """
+
+    @app.exception_handler(ProblemError)
+    async def _problem(_: Request, exc: ProblemError) -> JSONResponse:
+        return from_problem_error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _validation_errors(exc)
+        return problem_response(422, "Invalid request options", _describe_validation(errors),
+                                slug="invalid-options", errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        slug, title = _HTTP_SLUGS.get(exc.status_code, (None, None))
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return problem_response(exc.status_code, title or detail, detail, slug=slug,
+                                headers=getattr(exc, "headers", None))
+
+    for cls, (status, slug, title) in domain_errors.items():
+        app.add_exception_handler(cls, _domain_handler(status, slug, title))
+
+
+def _domain_handler(status: int, slug: str, title: str):  # noqa: ANN202 - Starlette handler signature
+    async def handler(_: Request, exc: Exception) -> JSONResponse:
+        return problem_response(status, title, str(exc), slug=slug)
+
+    return handler
+
+
+def internal_error_body() -> dict[str, Any]:
+    """The last-resort 500 body: no exception text (it may leak internals), the request id to quote."""
+    return problem_body(500, "Internal server error",
+                        "an unexpected error occurred; quote the request id when reporting it",
+                        slug="internal-error")
+
+
+#: OpenAPI ``responses=`` entries, so /docs shows the problem shape for each error status.
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    descriptions = {
+        400: "Undecodable image or malformed request",
+        401: "Missing or invalid API key",
+        404: "Unknown model name",
+        413: "Request body or image pixel count over the limit",
+        415: "Unsupported image type or content type",
+        422: "Invalid or unknown query options",
+        503: "Model not ready, queue full, shutting down or timed out (see Retry-After)",
+    }
+    return {
+        status: {
+            "model": Problem,
+            "description": descriptions.get(status, "Error"),
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }

@@ -1,0 +1,547 @@
+"""``POST /segment`` and ``POST /segment/batch``: image bytes in, PNG (or a ZIP of PNGs) out.
+
+The route reads the upload (multipart field ``file``, or the raw body with an ``image/*``
+type), checks readiness and admission, then runs decode → ``segment.predict`` → postprocess →
+PNG encode on a worker thread: the event loop never touches pixels. Tiles go through the
+shared dynamic batcher; a client that disconnects (or a request past its timeout) stops its
+remaining tiles from being computed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import threading
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import PurePath
+from typing import Any, Literal
+
+import anyio
+import numpy as np
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+
+from service import imaging, metrics, objects, postprocess, segment
+from service.batcher import BatcherClosed, Overloaded
+from service.batcher import Cancelled as BatcherCancelled
+from service.errors import (
+    BadRequest,
+    InvalidOptions,
+    ProblemError,
+    ServiceUnavailable,
+    problem_body,
+    problem_responses,
+)
+from service.model_metadata import ModelMetadata
+from service.preprocess import to_channels
+from service.routes.deps import Runtime, get_runtime, only_query_params, require_api_key
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["segmentation"], dependencies=[Depends(require_api_key)])
+
+#: HTTP status for a request whose client went away (nginx's convention; never actually received).
+CLIENT_CLOSED = 499
+#: How often the disconnect watcher polls the connection, seconds.
+_DISCONNECT_POLL_S = 0.1
+#: Content types accepted as a raw image body besides image/*.
+_RAW_TYPES = ("application/octet-stream",)
+
+
+class Output(str, Enum):
+    mask = "mask"
+    probability = "probability"
+    labels = "labels"
+    overlay = "overlay"
+    objects = "objects"
+    geojson = "geojson"
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    output: Output
+    threshold: float | None
+    bits: int
+    tile_size: int | None
+    overlap: int | None
+    json_table: bool = False  # output=objects as JSON (Accept: application/json) instead of CSV
+
+
+_OPTION_NAMES = ("output", "threshold", "bits", "tile_size", "overlap")
+
+
+def segment_options(
+    output: Output = Query(
+        Output.mask,
+        description="mask: 0/255 8-bit PNG · probability: foreground probability as an 8- or 16-bit PNG "
+        "(see bits) · labels: 16-bit PNG of separate objects (count in X-Object-Count) · "
+        "overlay: the input in colour with mask outlines · objects: one row per nucleus (CSV, or JSON with "
+        "Accept: application/json) · geojson: QuPath-ready polygons",
+    ),
+    threshold: float | None = Query(
+        None, gt=0, lt=1, description="foreground probability threshold; default from the model"
+    ),
+    bits: Literal[8, 16] = Query(8, description="bit depth of output=probability"),
+    tile_size: int | None = Query(
+        None, ge=16, description="tile edge in pixels (≤ the server's max_tile_size, see GET /v1/model); "
+        "a tile at least the image size means a single pass",
+    ),
+    overlap: int | None = Query(None, ge=0, description="overlap between tiles in pixels (< tile_size / 2)"),
+    _known: None = Depends(only_query_params(*_OPTION_NAMES)),
+    accept: str = Header("", include_in_schema=False),
+) -> SegmentOptions:
+    json_table = "application/json" in accept and "text/csv" not in accept
+    return SegmentOptions(output, threshold, bits, tile_size, overlap, json_table)
+
+
+def batch_options(
+    output: Output = Query(Output.mask, description="as for POST /segment"),
+    threshold: float | None = Query(None, gt=0, lt=1, description="as for POST /segment"),
+    bits: Literal[8, 16] = Query(8, description="as for POST /segment"),
+    tile_size: int | None = Query(None, ge=16, description="as for POST /segment"),
+    overlap: int | None = Query(None, ge=0, description="as for POST /segment"),
+    _known: None = Depends(only_query_params(*_OPTION_NAMES)),
+) -> SegmentOptions:
+    return SegmentOptions(output, threshold, bits, tile_size, overlap)
+
+
+# --- the work (runs on a worker thread) ---------------------------------------------------------
+
+@dataclass
+class Result:
+    body: bytes
+    media_type: str
+    width: int
+    height: int
+    tiles: int
+    tile_size: int
+    overlap: int
+    object_count: int | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def inference_ms(self) -> float:
+        return self.timings_ms.get("infer", 0.0)
+
+
+def run_pipeline(
+    runtime: Runtime, data: bytes, options: SegmentOptions, should_stop: Callable[[], bool]
+) -> Result:
+    """Bytes → decoded image → tiled prediction → output array → PNG. Blocking; raises domain errors."""
+    engine, batcher = runtime.require_ready()
+    md = engine.metadata
+    tiling = runtime.tiling(md, options.tile_size, options.overlap)
+    settings = runtime.settings
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    info = imaging.probe(data)
+    imaging.check_pixels(info, settings.max_pixels)  # from the header: no pixel buffer yet
+    image = imaging.decode(data, settings.max_pixels)
+    t1 = time.perf_counter()
+    timings["decode"] = 1000 * (t1 - t0)
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        return batcher.infer(batch, should_stop)
+
+    prediction = segment.predict(
+        image, infer, md, tile_size=tiling.tile_size, overlap=tiling.overlap,
+        batch_size=settings.max_batch_size, should_stop=should_stop,
+    )
+    t2 = time.perf_counter()
+    timings["infer"] = 1000 * (t2 - t1)
+
+    body, media_type, count = render(options, image, prediction, md)
+    timings["output"] = 1000 * (time.perf_counter() - t2)
+
+    for stage in ("decode", "infer", "output"):
+        metrics.SEGMENT_SECONDS.labels(stage=stage).observe(timings[stage] / 1000)
+    metrics.PIXELS.inc(info.pixels)
+    return Result(body=body, media_type=media_type, width=info.width, height=info.height, tiles=prediction.tiles,
+                  tile_size=prediction.tile_size, overlap=prediction.overlap, object_count=count,
+                  timings_ms=timings)
+
+
+def render(
+    options: SegmentOptions, image: np.ndarray, prediction: segment.Prediction, md: ModelMetadata
+) -> tuple[bytes, str, int | None]:
+    """The requested output encoded: ``(body, media type, object count or None)``."""
+    prob = postprocess.foreground_probability(prediction, md)
+    if options.output is Output.probability:
+        return imaging.encode_png(postprocess.probability_png_array(prob, options.bits)), "image/png", None
+    threshold = options.threshold if options.threshold is not None else md.threshold
+    mask = postprocess.mask(prob, threshold)
+    if options.output is Output.mask:
+        return imaging.encode_png(mask), "image/png", None
+    if options.output is Output.overlay:
+        return imaging.encode_png(postprocess.overlay(image, mask)), "image/png", None
+    # Objects are found on the stitched full-image map, so a nucleus cut by a tile border is one object.
+    params = objects.ObjectParams.from_metadata(md.objects)
+    labels = objects.label_objects(mask > 0, params)
+    count = int(labels.max(initial=0))
+    if options.output is Output.labels:
+        body, media_type = objects.encode_labels(labels)  # 16-bit PNG; 32-bit TIFF past 65535 objects
+        return body, media_type, count
+    rows = objects.measure(labels, to_channels(image, 1), prob)
+    if options.output is Output.geojson:
+        return json.dumps(objects.to_geojson(labels, rows)).encode(), "application/geo+json", count
+    if options.json_table:
+        return json.dumps([asdict(row) for row in rows]).encode(), "application/json", count
+    return objects.rows_to_csv(rows).encode(), "text/csv; charset=utf-8", count
+
+
+# --- HTTP glue -----------------------------------------------------------------------------------
+
+def _problem_for(exc: Exception) -> ProblemError | None:
+    """Domain errors → the problem the client gets; None for anything unexpected."""
+    if isinstance(exc, ProblemError):
+        return exc
+    if isinstance(exc, imaging.ImageTooLarge):
+        return ProblemError(str(exc), status=413, slug="image-too-large", title="Image too large")
+    if isinstance(exc, imaging.UnsupportedImageType):
+        return ProblemError(str(exc), status=415, slug="unsupported-image-type", title="Unsupported image type")
+    if isinstance(exc, imaging.ImageError):
+        return ProblemError(str(exc), status=400, slug="undecodable-image", title="Undecodable image")
+    if isinstance(exc, Overloaded):
+        metrics.REJECTED.labels(reason="queue_full").inc()
+        return ServiceUnavailable(str(exc), retry_after_s=exc.retry_after_s, slug="overloaded", title="Overloaded")
+    if isinstance(exc, BatcherClosed):
+        return ServiceUnavailable(str(exc), retry_after_s=5, slug="shutting-down", title="Shutting down")
+    return None
+
+
+class _Cancellation:
+    """The flag a request's tiles check: client disconnected or request timed out."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.disconnected = threading.Event()
+        self.deadline = time.monotonic() + timeout_s
+
+    def __call__(self) -> bool:
+        return self.disconnected.is_set() or time.monotonic() > self.deadline
+
+    @property
+    def timed_out(self) -> bool:
+        return not self.disconnected.is_set() and time.monotonic() > self.deadline
+
+
+async def _watch_disconnect(request: Request, stop: _Cancellation) -> None:
+    while not stop.disconnected.is_set():
+        if await request.is_disconnected():
+            stop.disconnected.set()
+            return
+        await anyio.sleep(_DISCONNECT_POLL_S)
+
+
+async def _run_cancellable(request: Request, work: Callable[[_Cancellation], Any], timeout_s: float) -> Any:
+    """Run ``work(stop)`` on a worker thread while watching for the client to go away."""
+    stop = _Cancellation(timeout_s)
+    result: Any = None
+    error: Exception | None = None
+    async with anyio.create_task_group() as group:
+        group.start_soon(_watch_disconnect, request, stop)
+        try:
+            result = await anyio.to_thread.run_sync(work, stop)
+        except Exception as exc:  # noqa: BLE001 - re-raised below, outside the task group
+            error = exc  # raised inside the group it would arrive wrapped in an ExceptionGroup
+        finally:
+            group.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    return result
+
+
+def _is_cancel(exc: BaseException) -> bool:
+    return isinstance(exc, BatcherCancelled | segment.Cancelled)
+
+
+def _cancelled_response(stop: _Cancellation, timeout_s: float) -> Response:
+    if stop.timed_out:
+        raise ServiceUnavailable(
+            f"segmentation took longer than {timeout_s:g} s (UNET_REQUEST_TIMEOUT_S) and was abandoned",
+            retry_after_s=5, slug="timeout", title="Request timed out",
+        )
+    return Response(status_code=CLIENT_CLOSED)
+
+
+async def _read_single_upload(request: Request) -> bytes:
+    """The image bytes: multipart field ``file`` or the raw body (``image/*``)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        form = await request.form(max_files=1, max_fields=8)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidOptions(
+                "the multipart request has no file field named 'file'",
+                errors=[{"loc": ["body", "file"], "msg": "Field required", "type": "missing"}],
+            )
+        return await upload.read()
+    if content_type.startswith("image/") or content_type in _RAW_TYPES:
+        return await request.body()
+    if not content_type:
+        body = await request.body()
+        if not body:
+            raise BadRequest("no image: send it as multipart field 'file' or as the raw body with an "
+                             "image/* Content-Type", slug="no-image", title="No image")
+    raise ProblemError(
+        f"Content-Type {content_type or '(none)'} is not accepted: send multipart/form-data with field "
+        "'file', or the raw image bytes with Content-Type image/png, image/tiff, image/jpeg or image/bmp",
+        status=415, slug="unsupported-media-type", title="Unsupported media type",
+    )
+
+
+def _result_headers(runtime: Runtime, result: Result) -> dict[str, str]:
+    md = runtime.engine.metadata if runtime.engine else None
+    headers = {
+        "X-Model-Name": md.name if md else "",
+        "X-Model-Version": md.version if md else "",
+        "X-Tiles": str(result.tiles),
+        "X-Tile-Size": str(result.tile_size),
+        "X-Tile-Overlap": str(result.overlap),
+        "X-Inference-Ms": f"{result.inference_ms:.1f}",
+        "X-Image-Width": str(result.width),
+        "X-Image-Height": str(result.height),
+        "X-Image-Pixels": str(result.width * result.height),
+        "Server-Timing": ", ".join(f"{k};dur={v:.1f}" for k, v in result.timings_ms.items()),
+    }
+    if result.object_count is not None:
+        headers["X-Object-Count"] = str(result.object_count)
+    return headers
+
+
+_IMAGE_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {"file": {"type": "string", "format": "binary",
+                                        "description": "PNG, JPEG, TIFF or BMP image"}},
+            }
+        },
+        **{t: {"schema": {"type": "string", "format": "binary"}}
+           for t in ("image/png", "image/tiff", "image/jpeg", "image/bmp", "application/octet-stream")},
+    },
+    "description": "The image, as multipart field `file` or as the raw body with its image/* Content-Type "
+    "(`curl --data-binary @cells.tif -H 'Content-Type: image/tiff'`).",
+}
+
+_PNG_HEADERS = {
+    "X-Model-Version": {"description": "version of the model that produced the result", "schema": {"type": "string"}},
+    "X-Tiles": {"description": "tiles run through the model", "schema": {"type": "integer"}},
+    "X-Inference-Ms": {"description": "time spent tiling and running the model, ms", "schema": {"type": "number"}},
+    "X-Image-Pixels": {"description": "width × height of the input", "schema": {"type": "integer"}},
+    "X-Object-Count": {"description": "objects found (output=labels only)", "schema": {"type": "integer"}},
+    "X-Request-ID": {"description": "the request id (echoed or generated)", "schema": {"type": "string"}},
+}
+
+
+@router.post(
+    "/segment",
+    summary="Segment one image",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+              "description": "PNG of the input's height and width (see output)", "headers": _PNG_HEADERS},
+        **problem_responses(400, 401, 413, 415, 422, 503),
+    },
+    openapi_extra={"requestBody": _IMAGE_BODY},
+)
+async def segment_image(
+    request: Request,
+    options: SegmentOptions = Depends(segment_options),
+    runtime: Runtime = Depends(get_runtime),
+) -> Response:
+    engine, _ = runtime.require_ready()  # before reading a large body
+    runtime.tiling(engine.metadata, options.tile_size, options.overlap)  # 422 before reading, too
+    data = await _read_single_upload(request)
+    timeout_s = runtime.settings.request_timeout_s
+    with runtime.admit():
+        try:
+            result: Result = await _run_cancellable(
+                request, lambda stop: _segment_or_cancel(runtime, data, options, stop), timeout_s
+            )
+        except Exception as exc:
+            metrics.IMAGES.labels(output=options.output.value, outcome="error").inc()
+            problem = _problem_for(exc)
+            if problem is None:
+                raise
+            raise problem from exc
+    if isinstance(result, _Cancelled):
+        metrics.IMAGES.labels(output=options.output.value, outcome="cancelled").inc()
+        return _cancelled_response(result.stop, timeout_s)
+    metrics.IMAGES.labels(output=options.output.value, outcome="ok").inc()
+    return Response(result.body, media_type=result.media_type, headers=_result_headers(runtime, result))
+
+
+@dataclass
+class _Cancelled:
+    stop: _Cancellation
+
+
+def _segment_or_cancel(runtime: Runtime, data: bytes, options: SegmentOptions,
+                       stop: _Cancellation) -> Result | _Cancelled:
+    try:
+        return run_pipeline(runtime, data, options, stop)
+    except Exception as exc:
+        if _is_cancel(exc):
+            return _Cancelled(stop)
+        raise
+
+
+# --- batch -----------------------------------------------------------------------------------------
+
+class ManifestEntry(BaseModel):
+    file: str = Field(description="the uploaded file name")
+    output: str | None = Field(description="member of the ZIP holding the result, null on failure")
+    status: int = Field(description="HTTP status this file would have had on POST /segment")
+    width: int | None = None
+    height: int | None = None
+    tiles: int | None = None
+    inference_ms: float | None = None
+    object_count: int | None = None
+    problem: dict[str, Any] | None = Field(None, description="problem details when status is not 200")
+
+
+class Manifest(BaseModel):
+    model: str
+    version: str
+    output: str
+    succeeded: int
+    failed: int
+    files: list[ManifestEntry]
+
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+_SUFFIXES = {"image/png": ".png", "image/tiff": ".tif", "application/geo+json": ".geojson",
+             "application/json": ".json"}
+
+
+def _member_name(filename: str | None, index: int, media_type: str, taken: set[str]) -> str:
+    """A safe, unique ZIP member for an upload: its stem (no directories) + the output's suffix."""
+    suffix = _SUFFIXES.get(media_type.split(";")[0], ".csv")
+    stem = PurePath((filename or "").replace("\\", "/")).stem
+    stem = _SAFE_NAME.sub("_", stem).strip("._") or f"image-{index + 1}"
+    name, k = f"{stem}{suffix}", 1
+    while name in taken or name == "manifest.json":
+        name, k = f"{stem}-{k}{suffix}", k + 1
+    taken.add(name)
+    return name
+
+
+_BATCH_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["files"],
+                "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                         "description": "images (repeat the field)"}},
+            }
+        }
+    },
+}
+
+
+@router.post(
+    "/segment/batch",
+    summary="Segment several images → ZIP of PNGs + manifest.json",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+              "description": "ZIP with one PNG per successful input and manifest.json (see Manifest schema) "
+              "with a per-file status; one bad file does not fail the others"},
+        **problem_responses(400, 401, 413, 415, 422, 503),
+    },
+    openapi_extra={"requestBody": _BATCH_BODY},
+)
+async def segment_batch(
+    request: Request,
+    options: SegmentOptions = Depends(batch_options),
+    runtime: Runtime = Depends(get_runtime),
+) -> Response:
+    engine, _ = runtime.require_ready()
+    md = engine.metadata
+    runtime.tiling(md, options.tile_size, options.overlap)
+    settings = runtime.settings
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "multipart/form-data":
+        raise ProblemError(f"Content-Type {content_type or '(none)'} is not accepted: send multipart/form-data "
+                           "with the images in repeated fields 'files'",
+                           status=415, slug="unsupported-media-type", title="Unsupported media type")
+    form = await request.form(max_files=settings.max_batch_files, max_fields=8)
+    uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+    if not uploads:
+        raise InvalidOptions("the multipart request has no files in the field 'files'",
+                             errors=[{"loc": ["body", "files"], "msg": "Field required", "type": "missing"}])
+    files = [(u.filename or f"image-{i + 1}", await u.read()) for i, u in enumerate(uploads)]
+    timeout_s = settings.request_timeout_s
+    with runtime.admit():
+        outcome = await _run_cancellable(request, lambda stop: _batch_work(runtime, files, options, stop), timeout_s)
+    if isinstance(outcome, _Cancelled):
+        return _cancelled_response(outcome.stop, timeout_s)
+    entries, members = outcome
+    manifest = Manifest(
+        model=md.name, version=md.version, output=options.output.value,
+        succeeded=sum(e.status == 200 for e in entries), failed=sum(e.status != 200 for e in entries),
+        files=entries,
+    )
+    buffer = io.BytesIO()
+    # PNGs are already deflated: storing them avoids compressing twice for nothing.
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, body in members:
+            archive.writestr(name, body)
+        archive.writestr("manifest.json", json.dumps(manifest.model_dump(), indent=2),
+                         compress_type=zipfile.ZIP_DEFLATED)
+    return Response(buffer.getvalue(), media_type="application/zip", headers={
+        "Content-Disposition": 'attachment; filename="segmentation.zip"',
+        "X-Model-Version": md.version,
+        "X-Files-Succeeded": str(manifest.succeeded),
+        "X-Files-Failed": str(manifest.failed),
+    })
+
+
+def _batch_work(
+    runtime: Runtime, files: list[tuple[str, bytes]], options: SegmentOptions, stop: _Cancellation
+) -> tuple[list[ManifestEntry], list[tuple[str, bytes]]] | _Cancelled:
+    entries: list[ManifestEntry] = []
+    members: list[tuple[str, bytes]] = []
+    taken: set[str] = set()
+    for index, (filename, data) in enumerate(files):
+        try:
+            result = run_pipeline(runtime, data, options, stop)
+        except Exception as exc:
+            if _is_cancel(exc):
+                return _Cancelled(stop)
+            problem = _problem_for(exc)
+            if problem is None:
+                raise
+            if problem.status == 503:
+                raise problem from exc  # overload / shutdown concerns the whole request: retry it
+            metrics.IMAGES.labels(output=options.output.value, outcome="error").inc()
+            entries.append(ManifestEntry(
+                file=filename, output=None, status=problem.status,
+                problem=problem_body(problem.status, problem.title, problem.detail, slug=problem.slug),
+            ))
+            continue
+        metrics.IMAGES.labels(output=options.output.value, outcome="ok").inc()
+        name = _member_name(filename, index, result.media_type, taken)
+        members.append((name, result.body))
+        entries.append(ManifestEntry(
+            file=filename, output=name, status=200, width=result.width, height=result.height,
+            tiles=result.tiles, inference_ms=round(result.inference_ms, 1), object_count=result.object_count,
+        ))
+    return entries, members
+
