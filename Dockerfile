@@ -13,7 +13,8 @@
 
 # onnxruntime-gpu 1.31.1 is built against CUDA 13.0 and cuDNN 9: keep this base on CUDA 13.x.
 ARG CUDA_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+# Same Python minor as the CUDA image's (Ubuntu 24.04: 3.12), so both images share one set of pins.
+ARG PYTHON_IMAGE=python:3.12.12-slim-bookworm
 # gpu | cpu: picks the base-* and build-* stages below.
 ARG VARIANT=gpu
 
@@ -45,6 +46,7 @@ RUN python -m venv /opt/venv
 COPY docker/requirements-cpu.txt /tmp/requirements.txt
 
 FROM base-gpu AS build-gpu
+# DL3008 ignored for the reason given in base-gpu (pinned base, Ubuntu drops old versions).
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3-venv \
@@ -63,6 +65,7 @@ RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --only-binary=:all: -r /t
 
 # --- runtime --------------------------------------------------------------------------------
 
+# DL3006 false positive again: base-${VARIANT} is a stage of this file (see above).
 # hadolint ignore=DL3006
 FROM base-${VARIANT} AS runtime
 ARG VERSION=0.1.0

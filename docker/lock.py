@@ -9,8 +9,8 @@ Run from the repository root with network access to the package index:
 
     .venv/bin/python docker/lock.py
 
-Each lock is resolved for the Python of the image that installs it (Ubuntu 24.04's 3.12 in
-the CUDA image, 3.11 in the slim image) on manylinux x86_64, wheels only.
+Each lock is resolved for the Python of the images (3.12 in both) on manylinux x86_64,
+wheels only.
 """
 
 from __future__ import annotations
@@ -30,9 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ORT_VERSION = "1.31.1"
 
 VARIANTS = {
-    # variant: (Python of the image, its glibc minor version, onnxruntime distribution)
-    "gpu": ("3.12", 39, "onnxruntime-gpu"),  # nvidia/cuda ...-ubuntu24.04: python3.12, glibc 2.39
-    "cpu": ("3.11", 36, "onnxruntime"),  # python:3.11-slim-bookworm: glibc 2.36
+    # variant: (Python of the image, glibc minor version to resolve wheels for, onnxruntime)
+    # Both images run Python 3.12 (Ubuntu 24.04's, and python:3.12-slim-bookworm) and both
+    # locks are resolved for the older glibc of the two (bookworm's 2.36), so they pin the
+    # same versions of everything but ONNX Runtime's distribution (tests/deploy checks it).
+    "gpu": ("3.12", 36, "onnxruntime-gpu"),
+    "cpu": ("3.12", 36, "onnxruntime"),
 }
 
 

@@ -1,0 +1,51 @@
+"""docker/requirements-{gpu,cpu}.txt: the images' locked runtime set agrees with pyproject.toml."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+import pytest
+from packaging.requirements import Requirement
+
+from tests.deploy.helpers import LOCK_FILES, ROOT
+from tests.deploy.test_dockerfile import lock
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def base_dependencies() -> list[Requirement]:
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return [Requirement(d) for d in deps]
+
+
+@pytest.mark.parametrize("variant", LOCK_FILES)
+def test_lock_pins_every_base_dependency_within_its_range(variant: str) -> None:
+    pins = lock(variant)
+    for req in base_dependencies():
+        name = canonical(req.name)
+        if name == "onnxruntime-gpu" and variant == "cpu":
+            # Same module, CPU kernels only; the specifier still applies.
+            name = "onnxruntime"
+        assert name in pins, (
+            f"pyproject depends on {req} but {LOCK_FILES[variant].name} lacks it: run docker/lock.py"
+        )
+        assert req.specifier.contains(pins[name], prereleases=True), (
+            f"{LOCK_FILES[variant].name} pins {name}=={pins[name]}, outside pyproject's {req}"
+        )
+
+
+@pytest.mark.parametrize("variant", LOCK_FILES)
+def test_lock_is_exact_pins_only(variant: str) -> None:
+    for line in LOCK_FILES[variant].read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            assert re.fullmatch(r"[A-Za-z0-9_.\-]+==[A-Za-z0-9.+!\-]+", line), f"not an exact pin: {line!r}"
+
+
+def test_both_images_pin_the_same_versions_but_onnxruntime() -> None:
+    gpu, cpu = lock("gpu"), lock("cpu")
+    assert gpu.pop("onnxruntime-gpu") == cpu.pop("onnxruntime")
+    differ = {n for n in gpu.keys() | cpu.keys() if gpu.get(n) != cpu.get(n)}
+    assert not differ, f"CPU and GPU locks disagree on {sorted(differ)}: run docker/lock.py"
