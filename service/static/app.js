@@ -2,7 +2,8 @@
 //
 // Data flow for one image (each step is one request with the original file bytes):
 //   1. POST ui/preview                        → 8-bit RGB PNG the browser can show (TIFF, 16-bit…)
-//   2. POST segment?output=probability&bits=8 → probability map, thresholded here in the browser,
+//   2. POST segment?output=probability        → 8-bit probability map (bits=8 is the default),
+//                                               thresholded here in the browser,
 //                                               so the threshold slider needs no new upload
 //   3. POST segment?output=geojson            → one polygon per nucleus: the labels view and the count
 // After the threshold slider stops moving, step 3 is repeated with &threshold=… (debounced) so
@@ -116,7 +117,6 @@ function upload(url, step, runningText) {
 
 function segmentUrl(output, threshold) {
   const params = new URLSearchParams({ output });
-  if (output === "probability") params.set("bits", "8");
   if (threshold !== null && threshold !== undefined) params.set("threshold", threshold.toFixed(2));
   return `segment?${params}`;
 }
@@ -224,6 +224,17 @@ async function showPreview(blob) {
   canvas.height = state.height;
   canvas.getContext("2d").clearRect(0, 0, state.width, state.height);
   $("info-size").textContent = `${state.width} × ${state.height} px`;
+  fitStage();
+}
+
+/** Scale the image (and the canvas over it) to fill the viewer: small images up, large ones down. */
+function fitStage() {
+  if (!state.width) return;
+  const box = $("stage").parentElement;
+  const style = getComputedStyle(box);
+  const width = box.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+  const scale = Math.min(width / state.width, (0.85 * window.innerHeight) / state.height);
+  $("preview").style.width = `${Math.max(1, Math.floor(state.width * scale))}px`;
 }
 
 /** An 8-bit gray PNG → Uint8Array of its values (the red channel of the decoded RGBA). */
@@ -279,7 +290,7 @@ async function refetchObjects(threshold, step) {
     $("info-count").textContent = String(count);
     const used = threshold === null ? state.modelThreshold : threshold;
     $("info-count-threshold").textContent =
-      `${used.toFixed(2)}${threshold === null ? " (model default)" : ""}`;
+      `${used.toFixed(2)}${used.toFixed(2) === state.modelThreshold.toFixed(2) ? " (model default)" : ""}`;
     $("info-count").removeAttribute("aria-busy");
     if (currentView() === "labels") render();
   } catch (err) {
@@ -451,6 +462,7 @@ function init() {
   for (const radio of document.querySelectorAll('input[name="view"]')) radio.addEventListener("change", render);
   $("download-mask").addEventListener("click", () => download("mask"));
   $("download-labels").addEventListener("click", () => download("labels"));
+  window.addEventListener("resize", fitStage);
   setOpacity();
   loadModelInfo();
 }
