@@ -20,8 +20,9 @@ import re
 import subprocess
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
+
+import tomllib  # Python >= 3.11 (a maintainer's tool, not part of the package)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +57,8 @@ def resolve(requirements: list[str], python_version: str, glibc_minor: int) -> d
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
              "--only-binary=:all:", "--python-version", python_version,
-             *(f"--platform=manylinux_2_{m}_x86_64" for m in range(17, glibc_minor + 1)), "--platform=manylinux2014_x86_64",
+             *(f"--platform=manylinux_2_{m}_x86_64" for m in range(17, glibc_minor + 1)),
+             "--platform=manylinux2014_x86_64",
              "--target", str(Path(tmp) / "t"),
              "--report", str(report), *requirements],
             check=True,

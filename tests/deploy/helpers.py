@@ -25,7 +25,7 @@ COMPOSE_GPU_FILE = ROOT / "docker" / "compose.gpu.yml"
 PROMETHEUS_CONFIG = ROOT / "docker" / "prometheus.yml"
 K8S_DIR = ROOT / "docker" / "k8s"
 K8S_VARIANTS = ("cpu", "gpu")
-LOCK_FILES = {"cpu": ROOT / "docker" / "requirements-cpu.txt", "gpu": ROOT / "docker" / "requirements-gpu.txt"}
+LOCK_FILES = {v: ROOT / "docker" / f"requirements-{v}.txt" for v in ("cpu", "gpu")}
 
 
 # --- Dockerfile -----------------------------------------------------------------------------

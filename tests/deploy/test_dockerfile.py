@@ -141,7 +141,7 @@ def test_runtime_copies_the_model_the_settings_point_at(variant: str) -> None:
 def test_model_file_is_in_the_build_context() -> None:
     model_rel = service_settings.DEFAULT_MODEL_PATH.relative_to(service_settings.REPO_ROOT)
     if not (ROOT / model_rel).exists():
-        pytest.skip(f"{model_rel} not exported yet: `docker build` needs it (models/ is filled by the export)")
+        pytest.skip(f"{model_rel} not exported yet: `docker build` needs it (the export writes it)")
     assert (ROOT / model_rel).stat().st_size > 0
 
 
@@ -165,7 +165,8 @@ def test_runtime_user_port_health_and_entrypoint(variant: str) -> None:
 
 
 def test_dockerignore_keeps_context_small_but_admits_every_copy_source() -> None:
-    patterns = [p.strip() for p in DOCKERIGNORE.read_text().splitlines() if p.strip() and not p.startswith("#")]
+    lines = DOCKERIGNORE.read_text().splitlines()
+    patterns = [p.strip() for p in lines if p.strip() and not p.startswith("#")]
     assert patterns[0] == "*", "allow-list: ignore everything, then re-include"
     allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
     for variant in VARIANTS:

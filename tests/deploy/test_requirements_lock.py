@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import tomllib
 
 import pytest
 from packaging.requirements import Requirement
@@ -17,6 +16,7 @@ def canonical(name: str) -> str:
 
 
 def base_dependencies() -> list[Requirement]:
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python >= 3.11")
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     return [Requirement(d) for d in deps]
 
