@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,31 +70,14 @@ def write_disc_tiff(path: Path, size: int = 192, seed: int = 3) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``python -m service`` on a free loopback port, ready to serve.
-
-    ``UNET_WEB_TEST_URL`` points the tests at a service that is already running instead.
-    """
-    if os.environ.get("UNET_WEB_TEST_URL"):
-        yield os.environ["UNET_WEB_TEST_URL"].rstrip("/")
-        return
-    reason = _service_missing()
-    if reason:
-        pytest.skip(reason)
-    bundled = REPO / "models" / "nuclei-unet.onnx"
-    if bundled.exists():
-        model = bundled
-    else:
-        from tests.models import write_conv_model
-
-        model = write_conv_model(tmp_path_factory.mktemp("model") / "tiny.onnx")
+@contextmanager
+def _run_service(workdir: Path, model: Path, **settings: str) -> Iterator[str]:
+    """``python -m service`` on a free loopback port with ``UNET_*`` settings; yields its URL once ready."""
     port = _free_port()
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNET_")}
     env.update(UNET_MODEL_PATH=str(model), UNET_HOST="127.0.0.1", UNET_PORT=str(port), UNET_PROVIDERS="cpu",
-               UNET_INTRA_OP_THREADS="2")
-    env.pop("UNET_API_KEY", None)
-    log = tmp_path_factory.mktemp("service") / "service.log"
+               UNET_INTRA_OP_THREADS="2", **settings)
+    log = workdir / "service.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=sink,
                                 stderr=subprocess.STDOUT)
@@ -119,6 +103,44 @@ def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled model when the checkout has one, else a tiny random mini U-Net."""
+    reason = _service_missing()
+    if reason:
+        pytest.skip(reason)
+    bundled = REPO / "models" / "nuclei-unet.onnx"
+    if bundled.exists():
+        return bundled
+    from tests.models import write_conv_model
+
+    return write_conv_model(tmp_path_factory.mktemp("model") / "tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def service_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``python -m service`` without an API key.
+
+    ``UNET_WEB_TEST_URL`` points the tests at a service that is already running instead.
+    """
+    if os.environ.get("UNET_WEB_TEST_URL"):
+        yield os.environ["UNET_WEB_TEST_URL"].rstrip("/")
+        return
+    model = request.getfixturevalue("model_path")
+    with _run_service(tmp_path_factory.mktemp("service"), model) as url:
+        yield url
+
+
+API_KEY = "web-viewer-test-key"
+
+
+@pytest.fixture(scope="module")
+def keyed_service_url(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``python -m service`` that requires ``X-API-Key: API_KEY``."""
+    with _run_service(tmp_path_factory.mktemp("keyed-service"), model_path, UNET_API_KEY=API_KEY) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -261,5 +283,27 @@ def test_text_file_named_png_shows_the_problem_message(
         assert "image" in text.lower(), text
         assert error.get_attribute("role") == "alert"
         assert page.locator("#info-count").text_content() == "–"
+    finally:
+        page.close()
+
+
+def test_api_key_is_asked_once_and_sent_with_every_request(
+    browser: Any, keyed_service_url: str, tiff: Path
+) -> None:
+    page = _new_page(browser, keyed_service_url)
+    keys: dict[str, str | None] = {}
+    page.on("request", lambda r: keys.__setitem__(r.url, r.headers.get("x-api-key")))
+    try:
+        dialog = page.locator("#key-dialog")
+        dialog.wait_for(state="visible", timeout=30_000)  # GET v1/model answered 401
+        page.get_by_label("API key", exact=True).fill(API_KEY)
+        page.locator("#key-ok").click()
+        page.wait_for_function("() => !document.getElementById('model-line').textContent.startsWith('Conn')")
+        page.locator("#file-input").set_input_files(str(tiff))
+        _wait_for_count(page)
+        assert not dialog.is_visible()
+        assert page.evaluate("() => sessionStorage.getItem('unet.apiKey')") == API_KEY
+        uploads = {url: key for url, key in keys.items() if "/segment" in url or "/ui/preview" in url}
+        assert len(uploads) == 3 and set(uploads.values()) == {API_KEY}, uploads
     finally:
         page.close()
