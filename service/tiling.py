@@ -152,6 +152,8 @@ def plan_axis(length: int, tile_size: int, overlap: int, margin: int, divisor: i
                 break
             tile += divisor  # rounding starts to the divisor grid cost some overlap: grow
         if tile < padded:
+            # a coarse divisor can leave fewer divisor steps than tiles: drop duplicates
+            n = min(n, steps + 1)
             starts = tuple(divisor * (i * steps // (n - 1)) for i in range(n))
             return AxisPlan(length, tile, starts, margin, padded - length - margin)
     # one tile: a single pass over the whole (padded) axis
