@@ -6,6 +6,8 @@ Kubernetes manifests into plain data that tests can assert on.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import re
 import shlex
@@ -204,6 +206,11 @@ def compose(*args: str, files: tuple[Path, ...] = (COMPOSE_FILE,)) -> subprocess
 
 def compose_model(*files: Path, profiles: tuple[str, ...] = ()) -> dict[str, Any]:
     """The compose project as the Compose binary resolves it (merged, interpolated, normalised)."""
+    return copy.deepcopy(_compose_model(files, profiles))
+
+
+@functools.cache
+def _compose_model(files: tuple[Path, ...], profiles: tuple[str, ...]) -> dict[str, Any]:
     extra: list[str] = []
     for p in profiles:
         extra += ["--profile", p]
