@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import re
+import sys
+from importlib.metadata import packages_distributions
 
 import pytest
 from packaging.requirements import Requirement
@@ -49,3 +52,30 @@ def test_both_images_pin_the_same_versions_but_onnxruntime() -> None:
     assert gpu.pop("onnxruntime-gpu") == cpu.pop("onnxruntime")
     differ = {n for n in gpu.keys() | cpu.keys() if gpu.get(n) != cpu.get(n)}
     assert not differ, f"CPU and GPU locks disagree on {sorted(differ)}: run docker/lock.py"
+
+
+def service_imports() -> set[str]:
+    """Top-level modules imported anywhere in ``service/`` (static: every import, lazy ones too)."""
+    names: set[str] = set()
+    for path in (ROOT / "service").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {"service", "__future__"}
+
+
+@pytest.mark.parametrize("variant", LOCK_FILES)
+def test_every_module_the_service_imports_is_in_the_image(variant: str) -> None:
+    pins = lock(variant)
+    providers = packages_distributions()
+    for module in sorted(service_imports()):
+        dists = {canonical(d) for d in providers.get(module, [])}
+        if variant == "cpu" and "onnxruntime-gpu" in dists:
+            dists.add("onnxruntime")  # same module, CPU build
+        assert dists, f"service imports {module!r}, which no installed distribution provides"
+        assert dists & pins.keys(), (
+            f"service imports {module!r} (from {sorted(dists)}) but {LOCK_FILES[variant].name} lacks it: "
+            "add it to pyproject's base dependencies and run docker/lock.py (never torch: see FACTS)"
+        )
