@@ -80,9 +80,14 @@ class RequestMiddleware:
             declared = headers.get("content-length", "")
             if declared.isdigit() and int(declared) > limit:
                 # Refuse before reading a byte of a body that is too large anyway.
-                await _send_problem(tagged_send, 413, "Request body too large",
-                                    f"the request body has {int(declared)} bytes; at most {limit} are allowed "
-                                    "(UNET_MAX_UPLOAD_BYTES)", "payload-too-large")
+                await _send_problem(
+                    tagged_send,
+                    413,
+                    "Request body too large",
+                    f"the request body has {int(declared)} bytes; at most {limit} are allowed "
+                    "(UNET_MAX_UPLOAD_BYTES)",
+                    "payload-too-large",
+                )
             else:
                 await self.app(scope, counted_receive, tagged_send)
         except Exception:
@@ -92,8 +97,9 @@ class RequestMiddleware:
         finally:
             duration = time.perf_counter() - started
             route = scope.get("route")
-            template = getattr(route, "path", None) or ("static" if scope["path"].startswith("/static/")
-                                                        else "unmatched")
+            template = getattr(route, "path", None) or (
+                "static" if scope["path"].startswith("/static/") else "unmatched"
+            )
             method = scope.get("method", "")
             status = state["status"] or 500
             metrics.HTTP_IN_FLIGHT.dec()
@@ -101,27 +107,43 @@ class RequestMiddleware:
             metrics.HTTP_LATENCY.labels(route=template, method=method).observe(duration)
             client = scope.get("client")
             log.info(
-                "%s %s %d %.1fms", method, scope["path"], status, 1000 * duration,
+                "%s %s %d %.1fms",
+                method,
+                scope["path"],
+                status,
+                1000 * duration,
                 extra={
-                    "method": method, "path": scope["path"], "route": template, "status": status,
+                    "method": method,
+                    "path": scope["path"],
+                    "route": template,
+                    "status": status,
                     "duration_ms": round(1000 * duration, 1),
                     "client": f"{client[0]}:{client[1]}" if client else None,
-                    "bytes_in": state["bytes_in"], "bytes_out": state["bytes_out"],
+                    "bytes_in": state["bytes_in"],
+                    "bytes_out": state["bytes_out"],
                     "user_agent": headers.get("user-agent"),
                 },
             )
             REQUEST_ID.reset(token)
 
 
-async def _send_problem(send: Send, status: int, title: str, detail: str, slug: str,
-                        body: dict | None = None) -> None:
+async def _send_problem(
+    send: Send, status: int, title: str, detail: str, slug: str, body: dict | None = None
+) -> None:
     import json
 
     payload = json.dumps(body or problem_body(status, title, detail, slug=slug)).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", PROBLEM_JSON.encode()),
-                            (b"content-length", str(len(payload)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", PROBLEM_JSON.encode()),
+                (b"content-length", str(len(payload)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -165,10 +187,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web.router)
     web.mount_static(app)
 
-    @app.get("/metrics", tags=["metrics"], summary="Prometheus metrics", response_class=Response,
-             dependencies=[Depends(require_api_key_for_metrics)],
-             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                              "description": "Prometheus text exposition format"}})
+    @app.get(
+        "/metrics",
+        tags=["metrics"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        dependencies=[Depends(require_api_key_for_metrics)],
+        responses={
+            200: {
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+                "description": "Prometheus text exposition format",
+            }
+        },
+    )
     def metrics_page() -> Response:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)

@@ -41,9 +41,7 @@ class Problem(BaseModel):
     detail: str = Field("", description="what went wrong with this request and what is allowed")
     instance: str | None = Field(None, description="this occurrence: urn:request:<request id>")
     request_id: str | None = Field(None, description="the X-Request-ID of the request")
-    errors: list[dict[str, Any]] | None = Field(
-        None, description="per-field validation errors (422 only)"
-    )
+    errors: list[dict[str, Any]] | None = Field(None, description="per-field validation errors (422 only)")
 
 
 class ProblemError(Exception):
@@ -99,8 +97,9 @@ class ServiceUnavailable(ProblemError):
 
     status, slug, title = 503, "unavailable", "Service unavailable"
 
-    def __init__(self, detail: str, *, retry_after_s: int = 5, slug: str | None = None,
-                 title: str | None = None) -> None:
+    def __init__(
+        self, detail: str, *, retry_after_s: int = 5, slug: str | None = None, title: str | None = None
+    ) -> None:
         super().__init__(detail, slug=slug, title=title, headers={"Retry-After": str(max(1, retry_after_s))})
 
 
@@ -120,7 +119,11 @@ def problem_type(slug: str) -> str:
 
 
 def problem_body(
-    status: int, title: str, detail: str = "", *, slug: str | None = None,
+    status: int,
+    title: str,
+    detail: str = "",
+    *,
+    slug: str | None = None,
     errors: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The problem object for the current request (request id from the logging context)."""
@@ -140,8 +143,13 @@ def problem_body(
 
 
 def problem_response(
-    status: int, title: str, detail: str = "", *, slug: str | None = None,
-    headers: Mapping[str, str] | None = None, errors: list[dict[str, Any]] | None = None,
+    status: int,
+    title: str,
+    detail: str = "",
+    *,
+    slug: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    errors: list[dict[str, Any]] | None = None,
 ) -> JSONResponse:
     return JSONResponse(
         jsonable_encoder(problem_body(status, title, detail, slug=slug, errors=errors)),
@@ -152,8 +160,9 @@ def problem_response(
 
 
 def from_problem_error(exc: ProblemError) -> JSONResponse:
-    return problem_response(exc.status, exc.title, exc.detail, slug=exc.slug, headers=exc.headers,
-                            errors=exc.errors)
+    return problem_response(
+        exc.status, exc.title, exc.detail, slug=exc.slug, headers=exc.headers, errors=exc.errors
+    )
 
 
 # Titles/slugs for Starlette's and FastAPI's own HTTP errors.
@@ -201,15 +210,21 @@ def install(app: FastAPI, domain_errors: Mapping[type[Exception], tuple[int, str
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = _validation_errors(exc)
-        return problem_response(422, "Invalid request options", _describe_validation(errors),
-                                slug="invalid-options", errors=errors)
+        return problem_response(
+            422,
+            "Invalid request options",
+            _describe_validation(errors),
+            slug="invalid-options",
+            errors=errors,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         slug, title = _HTTP_SLUGS.get(exc.status_code, (None, None))
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return problem_response(exc.status_code, title or detail, detail, slug=slug,
-                                headers=getattr(exc, "headers", None))
+        return problem_response(
+            exc.status_code, title or detail, detail, slug=slug, headers=getattr(exc, "headers", None)
+        )
 
     for cls, (status, slug, title) in domain_errors.items():
         app.add_exception_handler(cls, _domain_handler(status, slug, title))
@@ -224,9 +239,12 @@ def _domain_handler(status: int, slug: str, title: str):  # noqa: ANN202 - Starl
 
 def internal_error_body() -> dict[str, Any]:
     """The last-resort 500 body: no exception text (it may leak internals), the request id to quote."""
-    return problem_body(500, "Internal server error",
-                        "an unexpected error occurred; quote the request id when reporting it",
-                        slug="internal-error")
+    return problem_body(
+        500,
+        "Internal server error",
+        "an unexpected error occurred; quote the request id when reporting it",
+        slug="internal-error",
+    )
 
 
 #: OpenAPI ``responses=`` entries, so /docs shows the problem shape for each error status.

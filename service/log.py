@@ -18,8 +18,17 @@ REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 
 #: ``extra=`` keys the JSON formatter copies into the object (the access line's fields).
 _EXTRA_FIELDS = (
-    "method", "path", "route", "status", "duration_ms", "client", "bytes_in", "bytes_out",
-    "tiles", "output", "user_agent",
+    "method",
+    "path",
+    "route",
+    "status",
+    "duration_ms",
+    "client",
+    "bytes_in",
+    "bytes_out",
+    "tiles",
+    "output",
+    "user_agent",
 )
 
 

@@ -39,9 +39,7 @@ HTTP_LATENCY = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
-HTTP_IN_FLIGHT = Gauge(
-    "unet_http_requests_in_flight", "HTTP requests being handled now", registry=REGISTRY
-)
+HTTP_IN_FLIGHT = Gauge("unet_http_requests_in_flight", "HTTP requests being handled now", registry=REGISTRY)
 IMAGES = Counter(
     "unet_images", "Images segmented, by output kind and outcome", ["output", "outcome"], registry=REGISTRY
 )
@@ -118,7 +116,9 @@ class PrometheusBatchObserver:
 
 def set_model(name: str, version: str, file: str, providers: list[str]) -> None:
     """Publish the loaded model and its active providers (the first one does the work)."""
-    MODEL_INFO.info({"name": name, "version": version, "file": file, "provider": providers[0] if providers else ""})
+    MODEL_INFO.info(
+        {"name": name, "version": version, "file": file, "provider": providers[0] if providers else ""}
+    )
     for provider in providers[:1]:
         ACTIVE_PROVIDER.labels(provider=provider).set(1)
 

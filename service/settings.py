@@ -132,8 +132,10 @@ class Settings(BaseSettings):
                 f"UNET_MAX_QUEUE_TILES ({self.max_queue_tiles}) must be ≥ UNET_MAX_BATCH_SIZE "
                 f"({self.max_batch_size})"
             )
-        if self.tile_size is not None and self.tile_overlap is not None and (
-            2 * self.tile_overlap >= self.tile_size
+        if (
+            self.tile_size is not None
+            and self.tile_overlap is not None
+            and (2 * self.tile_overlap >= self.tile_size)
         ):
             raise ValueError("UNET_TILE_OVERLAP must be less than half of UNET_TILE_SIZE")
         return self

@@ -92,7 +92,10 @@ class Runtime:
             metrics.MODEL_READY.set(1)
             log.info(
                 "model %s %s ready on %s (warm-up %.0f ms)",
-                md.name, md.version, engine.providers[0], 1000 * self.warmup_s,
+                md.name,
+                md.version,
+                engine.providers[0],
+                1000 * self.warmup_s,
             )
         except ModelLoadError as exc:
             self._fail(str(exc))
@@ -132,8 +135,19 @@ class Runtime:
         engine, batcher = self.engine, self.batcher
         if self.state != "ready" or engine is None or batcher is None:
             retry = 5 if self.state == "loading" else 30
-            raise ServiceUnavailable(f"the model is not ready: {self.reason}", retry_after_s=retry,
-                                     slug="not-ready", title="Model not ready")
+            raise ServiceUnavailable(
+                f"the model is not ready: {self.reason}",
+                retry_after_s=retry,
+                slug="not-ready",
+                title="Model not ready",
+            )
+        return engine, batcher
+
+    def components(self) -> tuple[Engine, DynamicBatcher]:
+        """The engine and batcher for an ALREADY admitted request: still usable while draining."""
+        engine, batcher = self.engine, self.batcher
+        if engine is None or batcher is None:
+            return self.require_ready()
         return engine, batcher
 
     @contextmanager
@@ -151,7 +165,9 @@ class Runtime:
             raise ServiceUnavailable(
                 f"{self.settings.max_concurrent_requests} images are being segmented already "
                 "(UNET_MAX_CONCURRENT_REQUESTS); retry later",
-                retry_after_s=retry, slug="overloaded", title="Overloaded",
+                retry_after_s=retry,
+                slug="overloaded",
+                title="Overloaded",
             )
         try:
             yield
@@ -159,8 +175,9 @@ class Runtime:
             with self._lock:
                 self._active -= 1
 
-    def tiling(self, metadata: ModelMetadata, tile_size: int | None = None,
-               overlap: int | None = None) -> Tiling:
+    def tiling(
+        self, metadata: ModelMetadata, tile_size: int | None = None, overlap: int | None = None
+    ) -> Tiling:
         """Tile size and overlap: request option, else setting, else the model's metadata.
 
         The one place the three sources are resolved; raises 422 for values outside the limits.
@@ -184,8 +201,11 @@ class Runtime:
                 f"overlap {ovl} must be ≥ 0 and less than half the tile size {tile}",
                 errors=[{"loc": ["query", "overlap"], "msg": "out of range", "type": "value_error"}],
             )
-        source = "request" if tile_size or overlap is not None else (
-            "settings" if s.tile_size or s.tile_overlap is not None else "model")
+        source = (
+            "request"
+            if tile_size or overlap is not None
+            else ("settings" if s.tile_size or s.tile_overlap is not None else "model")
+        )
         return Tiling(tile_size=tile, overlap=ovl, source=source)
 
 
@@ -232,6 +252,7 @@ def require_api_key_for_metrics(
 
 
 # --- query options -------------------------------------------------------------------------------
+
 
 def only_query_params(*allowed: str) -> Callable[[Request], None]:
     """Dependency factory: 422 for query parameters the route does not know.

@@ -61,7 +61,9 @@ def livez() -> Liveness:
     "/readyz",
     response_model=Readiness,
     summary="Readiness: model loaded and warmed up",
-    responses={503: {"model": Readiness, "description": "not ready: loading, failed (see reason) or stopping"}},
+    responses={
+        503: {"model": Readiness, "description": "not ready: loading, failed (see reason) or stopping"}
+    },
 )
 def readyz(runtime: Runtime = Depends(get_runtime)) -> JSONResponse:
     return _ready_response(runtime, readiness(runtime))
@@ -80,4 +82,3 @@ def v2_live() -> V2Live:
 )
 def v2_ready(runtime: Runtime = Depends(get_runtime)) -> JSONResponse:
     return _ready_response(runtime, V2Ready(ready=runtime.ready))
-

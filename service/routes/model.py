@@ -76,8 +76,14 @@ class V2ServerMetadata(BaseModel):
     extensions: list[str]
 
 
-@router.get("/v1/model", response_model=ModelInfo, tags=["model"], summary="The loaded model and settings",
-            responses=_AUTH_401, **_AUTH)
+@router.get(
+    "/v1/model",
+    response_model=ModelInfo,
+    tags=["model"],
+    summary="The loaded model and settings",
+    responses=_AUTH_401,
+    **_AUTH,
+)
 def model_info(runtime: Runtime = Depends(get_runtime)) -> ModelInfo:
     engine, _ = runtime.require_ready()
     md = engine.metadata
@@ -90,19 +96,36 @@ def model_info(runtime: Runtime = Depends(get_runtime)) -> ModelInfo:
         providers=engine.providers,
         provider=engine.providers[0],
         warmup_ms=None if runtime.warmup_s is None else round(1000 * runtime.warmup_s, 1),
-        tiling=TilingInfo(tile_size=tiling.tile_size, overlap=tiling.overlap, source=tiling.source,
-                          max_tile_size=s.max_tile_size),
-        batching=BatchingInfo(max_batch_size=s.max_batch_size, max_queue_delay_ms=s.max_queue_delay_ms,
-                              max_queue_tiles=s.max_queue_tiles,
-                              max_concurrent_requests=s.max_concurrent_requests),
-        limits=LimitsInfo(max_upload_bytes=s.max_upload_bytes, max_pixels=s.max_pixels,
-                          max_batch_files=s.max_batch_files, request_timeout_s=s.request_timeout_s),
+        tiling=TilingInfo(
+            tile_size=tiling.tile_size,
+            overlap=tiling.overlap,
+            source=tiling.source,
+            max_tile_size=s.max_tile_size,
+        ),
+        batching=BatchingInfo(
+            max_batch_size=s.max_batch_size,
+            max_queue_delay_ms=s.max_queue_delay_ms,
+            max_queue_tiles=s.max_queue_tiles,
+            max_concurrent_requests=s.max_concurrent_requests,
+        ),
+        limits=LimitsInfo(
+            max_upload_bytes=s.max_upload_bytes,
+            max_pixels=s.max_pixels,
+            max_batch_files=s.max_batch_files,
+            request_timeout_s=s.request_timeout_s,
+        ),
         metadata=md.model_dump(mode="json"),
     )
 
 
-@router.get("/v2", response_model=V2ServerMetadata, tags=["open inference protocol"],
-            summary="Server metadata", responses=_AUTH_401, **_AUTH)
+@router.get(
+    "/v2",
+    response_model=V2ServerMetadata,
+    tags=["open inference protocol"],
+    summary="Server metadata",
+    responses=_AUTH_401,
+    **_AUTH,
+)
 def v2_server() -> V2ServerMetadata:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -116,16 +139,26 @@ def v2_server() -> V2ServerMetadata:
 def _named(runtime: Runtime, name: str):  # noqa: ANN202 - returns the Engine
     engine, _ = runtime.require_ready()
     if name != engine.metadata.name:
-        raise ProblemError(f"no model named {name!r}; this server serves {engine.metadata.name!r}",
-                           status=404, slug="model-not-found", title="Model not found")
+        raise ProblemError(
+            f"no model named {name!r}; this server serves {engine.metadata.name!r}",
+            status=404,
+            slug="model-not-found",
+            title="Model not found",
+        )
     return engine
 
 
 _NAME = Path(description="the model's name (see GET /v1/model)", max_length=200)
 
 
-@router.get("/v2/models/{name}", response_model=V2ModelMetadata, tags=["open inference protocol"],
-            summary="Model metadata", responses=problem_responses(401, 404), **_AUTH)
+@router.get(
+    "/v2/models/{name}",
+    response_model=V2ModelMetadata,
+    tags=["open inference protocol"],
+    summary="Model metadata",
+    responses=problem_responses(401, 404),
+    **_AUTH,
+)
 def v2_model(name: str = _NAME, runtime: Runtime = Depends(get_runtime)) -> V2ModelMetadata:
     engine = _named(runtime, name)
     md = engine.metadata
@@ -139,12 +172,19 @@ def v2_model(name: str = _NAME, runtime: Runtime = Depends(get_runtime)) -> V2Mo
     )
 
 
-@router.get("/v2/models/{name}/ready", response_model=V2ModelReady, tags=["open inference protocol"],
-            summary="Model readiness (a probe: no API key needed)",
-            responses={404: problem_responses(404)[404], 503: {"model": V2ModelReady, "description": "not ready"}})
+@router.get(
+    "/v2/models/{name}/ready",
+    response_model=V2ModelReady,
+    tags=["open inference protocol"],
+    summary="Model readiness (a probe: no API key needed)",
+    responses={404: problem_responses(404)[404], 503: {"model": V2ModelReady, "description": "not ready"}},
+)
 def v2_model_ready(name: str = _NAME, runtime: Runtime = Depends(get_runtime)) -> JSONResponse:
     if runtime.engine is not None and name != runtime.engine.metadata.name:
         _named(runtime, name)  # raises the 404
     ready = runtime.ready
-    return JSONResponse(V2ModelReady(name=name, ready=ready).model_dump(), status_code=200 if ready else 503,
-                        headers={} if ready else {"Retry-After": "5"})
+    return JSONResponse(
+        V2ModelReady(name=name, ready=ready).model_dump(),
+        status_code=200 if ready else 503,
+        headers={} if ready else {"Retry-After": "5"},
+    )

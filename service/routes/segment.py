@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import PurePath
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import numpy as np
@@ -89,15 +89,20 @@ def segment_options(
     threshold: float | None = Query(
         None, gt=0, lt=1, description="foreground probability threshold; default from the model"
     ),
-    bits: Literal[8, 16] = Query(8, description="bit depth of output=probability"),
+    bits: int = Query(
+        8, description="bit depth of output=probability: 8 or 16", json_schema_extra={"enum": [8, 16]}
+    ),
     tile_size: int | None = Query(
-        None, ge=16, description="tile edge in pixels (≤ the server's max_tile_size, see GET /v1/model); "
+        None,
+        ge=16,
+        description="tile edge in pixels (≤ the server's max_tile_size, see GET /v1/model); "
         "a tile at least the image size means a single pass",
     ),
     overlap: int | None = Query(None, ge=0, description="overlap between tiles in pixels (< tile_size / 2)"),
     _known: None = Depends(only_query_params(*_OPTION_NAMES)),
     accept: str = Header("", include_in_schema=False),
 ) -> SegmentOptions:
+    _check_bits(bits)
     json_table = "application/json" in accept and "text/csv" not in accept
     return SegmentOptions(output, threshold, bits, tile_size, overlap, json_table)
 
@@ -105,15 +110,26 @@ def segment_options(
 def batch_options(
     output: Output = Query(Output.mask, description="as for POST /segment"),
     threshold: float | None = Query(None, gt=0, lt=1, description="as for POST /segment"),
-    bits: Literal[8, 16] = Query(8, description="as for POST /segment"),
+    bits: int = Query(8, description="as for POST /segment", json_schema_extra={"enum": [8, 16]}),
     tile_size: int | None = Query(None, ge=16, description="as for POST /segment"),
     overlap: int | None = Query(None, ge=0, description="as for POST /segment"),
     _known: None = Depends(only_query_params(*_OPTION_NAMES)),
 ) -> SegmentOptions:
+    _check_bits(bits)
     return SegmentOptions(output, threshold, bits, tile_size, overlap)
 
 
+def _check_bits(bits: int) -> None:
+    # A Literal[8, 16] would reject the query string "16" (literals validate strictly).
+    if bits not in (8, 16):
+        raise InvalidOptions(
+            f"bits must be 8 or 16, got {bits}",
+            errors=[{"loc": ["query", "bits"], "msg": "must be 8 or 16", "type": "enum"}],
+        )
+
+
 # --- the work (runs on a worker thread) ---------------------------------------------------------
+
 
 @dataclass
 class Result:
@@ -136,7 +152,7 @@ def run_pipeline(
     runtime: Runtime, data: bytes, options: SegmentOptions, should_stop: Callable[[], bool]
 ) -> Result:
     """Bytes → decoded image → tiled prediction → output array → PNG. Blocking; raises domain errors."""
-    engine, batcher = runtime.require_ready()
+    engine, batcher = runtime.components()
     md = engine.metadata
     tiling = runtime.tiling(md, options.tile_size, options.overlap)
     settings = runtime.settings
@@ -153,8 +169,13 @@ def run_pipeline(
         return batcher.infer(batch, should_stop)
 
     prediction = segment.predict(
-        image, infer, md, tile_size=tiling.tile_size, overlap=tiling.overlap,
-        batch_size=settings.max_batch_size, should_stop=should_stop,
+        image,
+        infer,
+        md,
+        tile_size=tiling.tile_size,
+        overlap=tiling.overlap,
+        batch_size=settings.max_batch_size,
+        should_stop=should_stop,
     )
     t2 = time.perf_counter()
     timings["infer"] = 1000 * (t2 - t1)
@@ -165,9 +186,17 @@ def run_pipeline(
     for stage in ("decode", "infer", "output"):
         metrics.SEGMENT_SECONDS.labels(stage=stage).observe(timings[stage] / 1000)
     metrics.PIXELS.inc(info.pixels)
-    return Result(body=body, media_type=media_type, width=info.width, height=info.height, tiles=prediction.tiles,
-                  tile_size=prediction.tile_size, overlap=prediction.overlap, object_count=count,
-                  timings_ms=timings)
+    return Result(
+        body=body,
+        media_type=media_type,
+        width=info.width,
+        height=info.height,
+        tiles=prediction.tiles,
+        tile_size=prediction.tile_size,
+        overlap=prediction.overlap,
+        object_count=count,
+        timings_ms=timings,
+    )
 
 
 def render(
@@ -200,6 +229,7 @@ def render(
 
 # --- HTTP glue -----------------------------------------------------------------------------------
 
+
 def _problem_for(exc: Exception) -> ProblemError | None:
     """Domain errors → the problem the client gets; None for anything unexpected."""
     if isinstance(exc, ProblemError):
@@ -207,12 +237,16 @@ def _problem_for(exc: Exception) -> ProblemError | None:
     if isinstance(exc, imaging.ImageTooLarge):
         return ProblemError(str(exc), status=413, slug="image-too-large", title="Image too large")
     if isinstance(exc, imaging.UnsupportedImageType):
-        return ProblemError(str(exc), status=415, slug="unsupported-image-type", title="Unsupported image type")
+        return ProblemError(
+            str(exc), status=415, slug="unsupported-image-type", title="Unsupported image type"
+        )
     if isinstance(exc, imaging.ImageError):
         return ProblemError(str(exc), status=400, slug="undecodable-image", title="Undecodable image")
     if isinstance(exc, Overloaded):
         metrics.REJECTED.labels(reason="queue_full").inc()
-        return ServiceUnavailable(str(exc), retry_after_s=exc.retry_after_s, slug="overloaded", title="Overloaded")
+        return ServiceUnavailable(
+            str(exc), retry_after_s=exc.retry_after_s, slug="overloaded", title="Overloaded"
+        )
     if isinstance(exc, BatcherClosed):
         return ServiceUnavailable(str(exc), retry_after_s=5, slug="shutting-down", title="Shutting down")
     return None
@@ -267,7 +301,9 @@ def _cancelled_response(stop: _Cancellation, timeout_s: float) -> Response:
     if stop.timed_out:
         raise ServiceUnavailable(
             f"segmentation took longer than {timeout_s:g} s (UNET_REQUEST_TIMEOUT_S) and was abandoned",
-            retry_after_s=5, slug="timeout", title="Request timed out",
+            retry_after_s=5,
+            slug="timeout",
+            title="Request timed out",
         )
     return Response(status_code=CLIENT_CLOSED)
 
@@ -289,12 +325,17 @@ async def _read_single_upload(request: Request) -> bytes:
     if not content_type:
         body = await request.body()
         if not body:
-            raise BadRequest("no image: send it as multipart field 'file' or as the raw body with an "
-                             "image/* Content-Type", slug="no-image", title="No image")
+            raise BadRequest(
+                "no image: send it as multipart field 'file' or as the raw body with an image/* Content-Type",
+                slug="no-image",
+                title="No image",
+            )
     raise ProblemError(
         f"Content-Type {content_type or '(none)'} is not accepted: send multipart/form-data with field "
         "'file', or the raw image bytes with Content-Type image/png, image/tiff, image/jpeg or image/bmp",
-        status=415, slug="unsupported-media-type", title="Unsupported media type",
+        status=415,
+        slug="unsupported-media-type",
+        title="Unsupported media type",
     )
 
 
@@ -324,21 +365,34 @@ _IMAGE_BODY = {
             "schema": {
                 "type": "object",
                 "required": ["file"],
-                "properties": {"file": {"type": "string", "format": "binary",
-                                        "description": "PNG, JPEG, TIFF or BMP image"}},
+                "properties": {
+                    "file": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "PNG, JPEG, TIFF or BMP image",
+                    }
+                },
             }
         },
-        **{t: {"schema": {"type": "string", "format": "binary"}}
-           for t in ("image/png", "image/tiff", "image/jpeg", "image/bmp", "application/octet-stream")},
+        **{
+            t: {"schema": {"type": "string", "format": "binary"}}
+            for t in ("image/png", "image/tiff", "image/jpeg", "image/bmp", "application/octet-stream")
+        },
     },
     "description": "The image, as multipart field `file` or as the raw body with its image/* Content-Type "
     "(`curl --data-binary @cells.tif -H 'Content-Type: image/tiff'`).",
 }
 
 _PNG_HEADERS = {
-    "X-Model-Version": {"description": "version of the model that produced the result", "schema": {"type": "string"}},
+    "X-Model-Version": {
+        "description": "version of the model that produced the result",
+        "schema": {"type": "string"},
+    },
     "X-Tiles": {"description": "tiles run through the model", "schema": {"type": "integer"}},
-    "X-Inference-Ms": {"description": "time spent tiling and running the model, ms", "schema": {"type": "number"}},
+    "X-Inference-Ms": {
+        "description": "time spent tiling and running the model, ms",
+        "schema": {"type": "number"},
+    },
     "X-Image-Pixels": {"description": "width × height of the input", "schema": {"type": "integer"}},
     "X-Object-Count": {"description": "objects found (output=labels only)", "schema": {"type": "integer"}},
     "X-Request-ID": {"description": "the request id (echoed or generated)", "schema": {"type": "string"}},
@@ -350,8 +404,11 @@ _PNG_HEADERS = {
     summary="Segment one image",
     response_class=Response,
     responses={
-        200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-              "description": "PNG of the input's height and width (see output)", "headers": _PNG_HEADERS},
+        200: {
+            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "PNG of the input's height and width (see output)",
+            "headers": _PNG_HEADERS,
+        },
         **problem_responses(400, 401, 413, 415, 422, 503),
     },
     openapi_extra={"requestBody": _IMAGE_BODY},
@@ -388,8 +445,9 @@ class _Cancelled:
     stop: _Cancellation
 
 
-def _segment_or_cancel(runtime: Runtime, data: bytes, options: SegmentOptions,
-                       stop: _Cancellation) -> Result | _Cancelled:
+def _segment_or_cancel(
+    runtime: Runtime, data: bytes, options: SegmentOptions, stop: _Cancellation
+) -> Result | _Cancelled:
     try:
         return run_pipeline(runtime, data, options, stop)
     except Exception as exc:
@@ -399,6 +457,7 @@ def _segment_or_cancel(runtime: Runtime, data: bytes, options: SegmentOptions,
 
 
 # --- batch -----------------------------------------------------------------------------------------
+
 
 class ManifestEntry(BaseModel):
     file: str = Field(description="the uploaded file name")
@@ -424,8 +483,12 @@ class Manifest(BaseModel):
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-_SUFFIXES = {"image/png": ".png", "image/tiff": ".tif", "application/geo+json": ".geojson",
-             "application/json": ".json"}
+_SUFFIXES = {
+    "image/png": ".png",
+    "image/tiff": ".tif",
+    "application/geo+json": ".geojson",
+    "application/json": ".json",
+}
 
 
 def _member_name(filename: str | None, index: int, media_type: str, taken: set[str]) -> str:
@@ -447,8 +510,13 @@ _BATCH_BODY = {
             "schema": {
                 "type": "object",
                 "required": ["files"],
-                "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
-                                         "description": "images (repeat the field)"}},
+                "properties": {
+                    "files": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": "images (repeat the field)",
+                    }
+                },
             }
         }
     },
@@ -460,9 +528,11 @@ _BATCH_BODY = {
     summary="Segment several images → ZIP of PNGs + manifest.json",
     response_class=Response,
     responses={
-        200: {"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
-              "description": "ZIP with one PNG per successful input and manifest.json (see Manifest schema) "
-              "with a per-file status; one bad file does not fail the others"},
+        200: {
+            "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "ZIP with one PNG per successful input and manifest.json (see Manifest schema) "
+            "with a per-file status; one bad file does not fail the others",
+        },
         **problem_responses(400, 401, 413, 415, 422, 503),
     },
     openapi_extra={"requestBody": _BATCH_BODY},
@@ -478,24 +548,35 @@ async def segment_batch(
     settings = runtime.settings
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "multipart/form-data":
-        raise ProblemError(f"Content-Type {content_type or '(none)'} is not accepted: send multipart/form-data "
-                           "with the images in repeated fields 'files'",
-                           status=415, slug="unsupported-media-type", title="Unsupported media type")
+        raise ProblemError(
+            f"Content-Type {content_type or '(none)'} is not accepted: send multipart/form-data "
+            "with the images in repeated fields 'files'",
+            status=415,
+            slug="unsupported-media-type",
+            title="Unsupported media type",
+        )
     form = await request.form(max_files=settings.max_batch_files, max_fields=8)
     uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
     if not uploads:
-        raise InvalidOptions("the multipart request has no files in the field 'files'",
-                             errors=[{"loc": ["body", "files"], "msg": "Field required", "type": "missing"}])
+        raise InvalidOptions(
+            "the multipart request has no files in the field 'files'",
+            errors=[{"loc": ["body", "files"], "msg": "Field required", "type": "missing"}],
+        )
     files = [(u.filename or f"image-{i + 1}", await u.read()) for i, u in enumerate(uploads)]
     timeout_s = settings.request_timeout_s
     with runtime.admit():
-        outcome = await _run_cancellable(request, lambda stop: _batch_work(runtime, files, options, stop), timeout_s)
+        outcome = await _run_cancellable(
+            request, lambda stop: _batch_work(runtime, files, options, stop), timeout_s
+        )
     if isinstance(outcome, _Cancelled):
         return _cancelled_response(outcome.stop, timeout_s)
     entries, members = outcome
     manifest = Manifest(
-        model=md.name, version=md.version, output=options.output.value,
-        succeeded=sum(e.status == 200 for e in entries), failed=sum(e.status != 200 for e in entries),
+        model=md.name,
+        version=md.version,
+        output=options.output.value,
+        succeeded=sum(e.status == 200 for e in entries),
+        failed=sum(e.status != 200 for e in entries),
         files=entries,
     )
     buffer = io.BytesIO()
@@ -503,14 +584,19 @@ async def segment_batch(
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
         for name, body in members:
             archive.writestr(name, body)
-        archive.writestr("manifest.json", json.dumps(manifest.model_dump(), indent=2),
-                         compress_type=zipfile.ZIP_DEFLATED)
-    return Response(buffer.getvalue(), media_type="application/zip", headers={
-        "Content-Disposition": 'attachment; filename="segmentation.zip"',
-        "X-Model-Version": md.version,
-        "X-Files-Succeeded": str(manifest.succeeded),
-        "X-Files-Failed": str(manifest.failed),
-    })
+        archive.writestr(
+            "manifest.json", json.dumps(manifest.model_dump(), indent=2), compress_type=zipfile.ZIP_DEFLATED
+        )
+    return Response(
+        buffer.getvalue(),
+        media_type="application/zip",
+        headers={
+            "Content-Disposition": 'attachment; filename="segmentation.zip"',
+            "X-Model-Version": md.version,
+            "X-Files-Succeeded": str(manifest.succeeded),
+            "X-Files-Failed": str(manifest.failed),
+        },
+    )
 
 
 def _batch_work(
@@ -531,17 +617,28 @@ def _batch_work(
             if problem.status == 503:
                 raise problem from exc  # overload / shutdown concerns the whole request: retry it
             metrics.IMAGES.labels(output=options.output.value, outcome="error").inc()
-            entries.append(ManifestEntry(
-                file=filename, output=None, status=problem.status,
-                problem=problem_body(problem.status, problem.title, problem.detail, slug=problem.slug),
-            ))
+            entries.append(
+                ManifestEntry(
+                    file=filename,
+                    output=None,
+                    status=problem.status,
+                    problem=problem_body(problem.status, problem.title, problem.detail, slug=problem.slug),
+                )
+            )
             continue
         metrics.IMAGES.labels(output=options.output.value, outcome="ok").inc()
         name = _member_name(filename, index, result.media_type, taken)
         members.append((name, result.body))
-        entries.append(ManifestEntry(
-            file=filename, output=name, status=200, width=result.width, height=result.height,
-            tiles=result.tiles, inference_ms=round(result.inference_ms, 1), object_count=result.object_count,
-        ))
+        entries.append(
+            ManifestEntry(
+                file=filename,
+                output=name,
+                status=200,
+                width=result.width,
+                height=result.height,
+                tiles=result.tiles,
+                inference_ms=round(result.inference_ms, 1),
+                object_count=result.object_count,
+            )
+        )
     return entries, members
-

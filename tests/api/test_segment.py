@@ -1,0 +1,128 @@
+"""POST /segment and POST /segment/batch through a real server, real PNG/TIFF/JPEG bytes."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from tests.api import _images as im
+from tests.api.conftest import Server
+
+GRAY = im.blobs(150, 210)
+ODD = im.blobs(97, 131, seed=3)
+
+
+def test_raw_png_body_returns_a_same_size_binary_mask_with_headers(server: Server) -> None:
+    r = server.client.post(
+        "/segment", content=im.png(ODD), headers={"Content-Type": "image/png", "X-Request-ID": "test-req-42"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    mask = im.decode(r.content)
+    assert mask.shape == ODD.shape and mask.dtype == np.uint8
+    assert set(np.unique(mask)) <= {0, 255}
+    assert r.headers["X-Model-Version"] == "0.0.0"
+    assert int(r.headers["X-Tiles"]) > 1
+    assert float(r.headers["X-Inference-Ms"]) > 0
+    assert r.headers["X-Request-ID"] == "test-req-42"
+    assert int(r.headers["X-Image-Pixels"]) == ODD.size
+
+
+def test_multipart_16_bit_tiff_is_accepted(server: Server) -> None:
+    image = im.blobs(120, 90, seed=5, dtype=np.uint16)
+    r = server.client.post("/segment", files={"file": ("cells.tif", im.tiff(image), "image/tiff")})
+    assert r.status_code == 200, r.text
+    assert im.decode(r.content).shape == image.shape
+    assert len(r.headers["X-Request-ID"]) >= 16  # generated when the client sends none
+
+
+def test_rgb_jpeg_is_converted_to_the_models_channels(server: Server) -> None:
+    r = server.client.post("/segment", content=im.jpeg_rgb(80, 100), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    assert im.decode(r.content).shape == (80, 100)
+
+
+@pytest.mark.parametrize(
+    ("params", "dtype", "channels"),
+    [
+        ({"output": "probability"}, np.uint8, 1),
+        ({"output": "probability", "bits": 16}, np.uint16, 1),
+        ({"output": "labels"}, np.uint16, 1),
+        ({"output": "overlay"}, np.uint8, 3),
+    ],
+)
+def test_image_outputs_have_the_documented_type(
+    server: Server, params: dict, dtype: type, channels: int
+) -> None:
+    r = server.client.post(
+        "/segment", params=params, content=im.png(GRAY), headers={"Content-Type": "image/png"}
+    )
+    assert r.status_code == 200, r.text
+    out = im.decode(r.content)
+    assert out.shape[:2] == GRAY.shape and out.dtype == dtype
+    assert (out.ndim == 2 and channels == 1) or out.shape[2] == channels
+    if params["output"] == "labels":
+        assert int(r.headers["X-Object-Count"]) == int(out.max())
+
+
+def test_object_table_and_geojson(server: Server) -> None:
+    body, headers = im.png(GRAY), {"Content-Type": "image/png"}
+    table = server.client.post("/segment", params={"output": "objects"}, content=body, headers=headers)
+    assert table.status_code == 200 and table.headers["content-type"].startswith("text/csv")
+    rows = table.text.strip().splitlines()
+    assert len(rows) - 1 == int(table.headers["X-Object-Count"])
+    geo = server.client.post("/segment", params={"output": "geojson"}, content=body, headers=headers)
+    assert geo.status_code == 200
+    assert geo.json()["type"] == "FeatureCollection"
+    assert len(geo.json()["features"]) == int(geo.headers["X-Object-Count"])
+
+
+def test_threshold_option_moves_the_mask(server: Server) -> None:
+    def mask(threshold: float) -> np.ndarray:
+        r = server.client.post(
+            "/segment",
+            params={"threshold": threshold},
+            content=im.png(GRAY),
+            headers={"Content-Type": "image/png"},
+        )
+        assert r.status_code == 200
+        return im.decode(r.content) > 0
+
+    low, high = mask(0.2), mask(0.8)
+    assert low.sum() > high.sum()
+    assert not (high & ~low).any()  # a higher threshold never adds foreground
+
+
+def test_tiled_result_matches_a_single_pass(server: Server) -> None:
+    image = im.blobs(200, 260, seed=7)
+    headers = {"Content-Type": "image/png"}
+    tiled = server.client.post("/segment", content=im.png(image), headers=headers)
+    single = server.client.post("/segment", params={"tile_size": 512}, content=im.png(image), headers=headers)
+    assert int(single.headers["X-Tiles"]) == 1 and int(tiled.headers["X-Tiles"]) > 1
+    agree = (im.decode(tiled.content) == im.decode(single.content)).mean()
+    assert agree >= 0.999
+
+
+def test_batch_returns_a_zip_and_one_bad_file_does_not_fail_the_others(server: Server) -> None:
+    files = [
+        ("files", ("a.png", im.png(GRAY), "image/png")),
+        ("files", ("notes.png", b"this is not an image", "image/png")),
+        ("files", ("../../etc/b.tif", im.tiff(ODD), "image/tiff")),
+        ("files", ("a.png", im.png(ODD), "image/png")),
+    ]
+    r = server.client.post("/segment/batch", files=files)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/zip"
+    archive = zipfile.ZipFile(io.BytesIO(r.content))
+    manifest = json.loads(archive.read("manifest.json"))
+    assert [f["status"] for f in manifest["files"]] == [200, 400, 200, 200]
+    assert manifest["succeeded"] == 3 and manifest["failed"] == 1
+    assert manifest["files"][1]["problem"]["type"] == "/problems/undecodable-image"
+    names = [f["output"] for f in manifest["files"]]
+    assert names == ["a.png", None, "b.png", "a-1.png"]  # no directories, no clobbering
+    assert im.decode(archive.read("b.png")).shape == ODD.shape
+    assert im.decode(archive.read("a.png")).shape == GRAY.shape
