@@ -2,8 +2,7 @@
 //
 // Data flow for one image (each step is one request with the original file bytes):
 //   1. POST ui/preview                        → 8-bit RGB PNG the browser can show (TIFF, 16-bit…)
-//   2. POST segment?output=probability        → 8-bit probability map (bits=8 is the default),
-//                                               thresholded here in the browser,
+//   2. POST segment?output=probability&bits=8 → probability map, thresholded here in the browser,
 //                                               so the threshold slider needs no new upload
 //   3. POST segment?output=geojson            → one polygon per nucleus: the labels view and the count
 // After the threshold slider stops moving, step 3 is repeated with &threshold=… (debounced) so
@@ -117,6 +116,7 @@ function upload(url, step, runningText) {
 
 function segmentUrl(output, threshold) {
   const params = new URLSearchParams({ output });
+  if (output === "probability") params.set("bits", "8"); // the browser thresholds 8-bit values
   if (threshold !== null && threshold !== undefined) params.set("threshold", threshold.toFixed(2));
   return `segment?${params}`;
 }
