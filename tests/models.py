@@ -53,6 +53,9 @@ def test_metadata(**overrides: Any) -> ModelMetadata:
     return ModelMetadata(**fields)
 
 
+test_metadata.__test__ = False  # a helper, not a test, even when imported into a test module
+
+
 def _save(model: onnx.ModelProto, metadata: ModelMetadata, path: str | Path) -> Path:
     helper.set_model_props(model, metadata.to_onnx_props())
     model.ir_version = IR_VERSION
