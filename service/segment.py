@@ -91,6 +91,7 @@ def predict(
     overlap: int | None = None,
     batch_size: int = 4,
     should_stop: Callable[[], bool] | None = None,
+    border: int | None = None,
 ) -> Prediction:
     """Segment one decoded image by overlapping tiles.
 
@@ -103,13 +104,15 @@ def predict(
         batch_size: tiles per ``infer`` call (peak memory ∝ batch_size × tile area).
         should_stop: polled before each batch; when it returns True, :class:`Cancelled`
             is raised and no further tiles are computed.
+        border: mirror padding at the image border (``tiling.plan_tiles``); ``None`` →
+            the model's context margin.
 
     Returns:
         :class:`Prediction` with ``(K, H, W)`` float32 probabilities.
     """
     tile, ov = resolve_tiling(metadata, tile_size, overlap)
     height, width = image.shape[:2]
-    plan = plan_tiles(height, width, tile, ov, metadata.context_margin, metadata.size_divisor)
+    plan = plan_tiles(height, width, tile, ov, metadata.context_margin, metadata.size_divisor, border)
     # Normalise the WHOLE image once: per-tile percentiles would differ from tile to tile
     # and leave seams.
     chw = prepare(image, metadata.in_channels, metadata.normalization)

@@ -73,6 +73,14 @@ def test_tiled_equals_single_pass_with_conv_model(conv, shape, tile):
     np.testing.assert_allclose(tiled.probabilities, single.probabilities, atol=1e-5)
 
 
+def test_tiled_equals_single_pass_without_border_padding(conv):
+    image = synthetic_nuclei(150, 170)
+    tiled = predict(image, conv.run, conv.metadata, tile_size=48, border=0)
+    single = predict(image, conv.run, conv.metadata, tile_size=170, border=0)
+    assert tiled.plan.rows.pad_before == 0
+    np.testing.assert_allclose(tiled.probabilities, single.probabilities, atol=1e-5)
+
+
 def test_too_little_context_does_show_seams(tmp_path):
     """The seam test has teeth: claim no context margin and tiles disagree with one pass."""
     path = write_conv_model(tmp_path / "c.onnx", context_margin=0, tile_overlap=0)

@@ -48,7 +48,7 @@ def test_plan_invariants(args):
     for axis, length in ((plan.rows, height), (plan.cols, width)):
         assert axis.tile % divisor == 0 and axis.padded % divisor == 0
         assert all(s % divisor == 0 for s in axis.starts)  # pooling grids of all tiles coincide
-        assert axis.pad_before == margin and axis.pad_after >= margin
+        assert axis.pad_before == margin and axis.pad_after >= margin  # border defaults to margin
         assert axis.starts[0] == 0 and axis.starts[-1] + axis.tile == axis.padded
         for a, b in zip(axis.starts, axis.starts[1:], strict=False):
             assert a < b and a + axis.tile - b >= plan.overlap  # enough overlap everywhere
@@ -163,3 +163,14 @@ def test_blend_is_a_convex_combination_of_disagreeing_tiles():
     result = stitcher.result()
     assert result.min() >= 0 and result.max() <= plan.n_tiles - 1
     assert np.all(np.isfinite(result))
+
+
+@pytest.mark.parametrize("border", [0, 3])
+def test_border_padding_can_be_reduced(border):
+    plan = plan_tiles(100, 70, 40, 16, 8, 16, border=border)
+    assert plan.rows.pad_before == border and plan.cols.pad_before == border
+    image = np.random.default_rng(border).normal(size=(1, 100, 70)).astype(np.float32)
+    np.testing.assert_array_equal(stitch_identity(image, plan), image)
+    assert total_weight(plan).min() >= 1.0 - 1e-6
+    bare = plan_tiles(2048, 2048, 2048, 96, 48, 16, border=0)
+    assert bare.compute_ratio == 1.0
