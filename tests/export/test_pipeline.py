@@ -78,3 +78,15 @@ def test_metadata_is_complete_and_parses(tiny_run: Path, tiny_export: dict) -> N
     assert meta.training["command"].startswith("python -m model_export train")
     assert meta.training["data"]["kind"] == "synthetic"
     assert meta.training["steps"] in (2, 3) and 0 <= meta.training["val_dice"] <= 1
+
+
+def test_fp16_export_keeps_float32_io_and_says_fp16(tiny_run: Path, tmp_path: Path) -> None:
+    from model_export.export import export
+
+    report = export(tiny_run / "best.pt", tmp_path / "half.onnx", fp16=True, margin_images=1)
+    model = onnx.load(report["out"])
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    meta = ModelMetadata.from_onnx_props({p.key: p.value for p in model.metadata_props})
+    assert meta.precision == "fp16"
+    assert report["max_abs_diff"] <= report["tolerance"]
