@@ -16,6 +16,9 @@ import uvicorn
 
 from service.settings import get_settings
 
+#: Largest request line + header section accepted (the body has its own limit, UNET_MAX_UPLOAD_BYTES).
+MAX_HEADER_BYTES = 64 * 1024
+
 
 class _DrainingServer(uvicorn.Server):
     """A uvicorn server that flips readiness off as soon as a shutdown signal arrives."""
@@ -50,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         log_config=None,  # keep the service's own logging setup (plain or JSON)
         proxy_headers=True,
         server_header=False,
+        # h11, not httptools: uvicorn's httptools parser buffers a request's header section
+        # without any bound (an endless header line grew RSS by 240 MB in 20 s, before any
+        # route or API key check could run); h11 answers 400 past MAX_HEADER_BYTES.
+        http="h11",
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
     )
     server = _DrainingServer(config)
     server.run()
