@@ -1,0 +1,346 @@
+"""Shared pieces of the benchmarks: test images, a real service process, peak memory, output.
+
+Every benchmark measures *ratios within one run* (this kind of machine drifts by ±25% between
+runs), prints a markdown table and writes a PNG plot to ``docs/bench/``. Nothing here imports
+PyTorch: torch in the same process slows ONNX Runtime down badly, so images are generated and
+stand-in models exported in subprocesses.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # the scripts import ``service`` from the checkout they are in
+    sys.path.insert(0, str(REPO))
+
+PLOTS = REPO / "docs" / "bench"
+DEFAULT_CHECKPOINT = REPO / "runs" / "default" / "best.pt"
+CACHE = Path(tempfile.gettempdir()) / "unet-bench-cache"
+
+# --------------------------------------------------------------------------- models
+
+_STAND_IN = """
+import sys
+from pathlib import Path
+import onnx, torch
+from model_export.export import build_metadata, to_onnx_bytes
+from model_export.unet import UNet
+torch.manual_seed(0)
+model = UNet(in_channels=1, classes=1, base_channels=16, depth=4).eval()
+md = build_metadata(model, {}, margin=32, name="untrained-unet", version="0.0.0-bench",
+                    class_names=["nucleus"], tile_size=1024, threshold=0.5, precision="fp32",
+                    extra_training={})
+proto = onnx.load_from_string(to_onnx_bytes(model, 1, model.config.size_divisor))
+for key, value in md.to_onnx_props().items():
+    entry = proto.metadata_props.add(); entry.key, entry.value = key, value
+onnx.save(proto, sys.argv[1])
+torch.save({"config": model.config.as_dict(), "state_dict": model.state_dict()}, sys.argv[2])
+"""
+
+
+def stand_in_model(folder: Path) -> tuple[Path, Path]:
+    """An UNTRAINED U-Net of the default architecture: ``(onnx path, matching checkpoint path)``.
+
+    Exported in a subprocess (PyTorch must not share a process with ONNX Runtime).
+    """
+    onnx_path, checkpoint = folder / "stand-in.onnx", folder / "stand-in.pt"
+    subprocess.run(
+        [sys.executable, "-c", _STAND_IN, str(onnx_path), str(checkpoint)],
+        cwd=REPO, check=True, stdout=subprocess.DEVNULL,
+    )
+    return onnx_path, checkpoint
+
+
+def resolve_model(model: Path, tmp: Path) -> Path:
+    """``model`` if it exists, else an untrained stand-in (said on stdout, so tables are not misread)."""
+    if model.is_file():
+        return model
+    print(f"{model} not found: using an UNTRAINED stand-in U-Net (base 16, depth 4)")
+    return stand_in_model(tmp)[0]
+
+
+# --------------------------------------------------------------------------- images
+
+_SYNTH = """
+import sys
+import numpy as np
+from model_export.data import SynthConfig, synth_nuclei
+size, seed = int(sys.argv[1]), int(sys.argv[2])
+# A typical fluorescence field: nuclei of radius ~8-12 px covering ~25-30% of the area.
+config = SynthConfig(radius=(8.0, 12.0), coverage=(0.25, 0.3), photons=(200.0, 1000.0))
+image, labels = synth_nuclei(seed, size, config)
+np.save(sys.argv[3], image)
+"""
+
+#: Edge of the one image generated; smaller images are crops of it, bigger ones mirror-tiled from
+#: it, so every size has the same nuclei density, bit depth and intensity range (and the
+#: generator's per-nucleus loop and full-size float buffers never run at 8192²).
+GENERATED = 4096
+
+
+def nuclei_image(size: int, seed: int = 2) -> np.ndarray:
+    """A ``(size, size)`` synthetic fluorescence-nuclei image (uint16 for the default seed).
+
+    From ``model_export``'s generator, run in a subprocess (it imports PyTorch) and cached in
+    the temp folder: a crop of one generated ``GENERATED``² image, or that image mirror-tiled.
+    """
+    path = CACHE / f"nuclei-{GENERATED}-seed{seed}.npy"
+    if not path.is_file():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.npy")
+        subprocess.run([sys.executable, "-c", _SYNTH, str(GENERATED), str(seed), str(tmp)], cwd=REPO,
+                       check=True)
+        os.replace(tmp, path)
+    image = np.load(path)
+    if size > GENERATED:
+        extra = -(-size // GENERATED) * GENERATED - GENERATED
+        image = np.pad(image, ((0, extra), (0, extra)), mode="symmetric")
+    return np.ascontiguousarray(image[:size, :size])
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes at a fast compression level (uploads are what a client sends, not archives)."""
+    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+# --------------------------------------------------------------------------- the service
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` takes (wall clock)."""
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+class Service:
+    """A real ``python -m service`` process on a loopback port.
+
+    Args:
+        model: ONNX file to serve.
+        threads: ONNX Runtime intra-op threads (inter-op 1).
+        env: extra ``UNET_*`` settings (e.g. ``{"UNET_MAX_BATCH_SIZE": "1"}``).
+    """
+
+    def __init__(self, model: Path, threads: int, env: Mapping[str, str] | None = None) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        full_env = {
+            **os.environ,
+            "UNET_MODEL_PATH": str(model),
+            "UNET_PROVIDERS": "cpu",
+            "UNET_INTRA_OP_THREADS": str(threads),
+            "UNET_INTER_OP_THREADS": "1",
+            "UNET_HOST": "127.0.0.1",
+            "UNET_PORT": str(port),
+            "UNET_LOG_LEVEL": "WARNING",
+            **(env or {}),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service"],
+            cwd=REPO,
+            env=full_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.pid = self.proc.pid
+        self.client = httpx.Client(base_url=self.url, timeout=600)
+        self.headers: dict[str, dict] = {}
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if self.client.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.close()
+                raise RuntimeError("the service did not become ready")
+            time.sleep(0.1)
+
+    def model_info(self) -> dict:
+        return self.client.get("/v1/model").json()
+
+    def segment(self, body: bytes, params: Mapping[str, object], label: str = "last") -> httpx.Response:
+        """``POST /segment`` with a PNG body; keeps the tiling/timing headers under ``label``."""
+        r = self.client.post("/segment", params=dict(params), content=body,
+                             headers={"Content-Type": "image/png"})
+        r.raise_for_status()
+        self.headers[label] = {k: r.headers.get(k) for k in ("X-Tiles", "Server-Timing")}
+        return r
+
+    def close(self) -> None:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- memory
+
+
+class PeakRss:
+    """Peak resident memory of a process over a stretch of time, in bytes.
+
+    Exact where the kernel allows it: ``/proc/PID/status`` ``VmHWM`` (the high-water mark) after
+    resetting it by writing ``5`` to ``/proc/PID/clear_refs`` (Linux ≥ 4.0, own process or root).
+    Elsewhere, psutil samples the RSS every ``interval`` seconds (may miss short spikes).
+    """
+
+    def __init__(self, pid: int, interval: float = 0.01) -> None:
+        import psutil  # benchmark-only dependency
+
+        self.pid, self.interval = pid, interval
+        self.process = psutil.Process(pid)
+        self.exact = self._reset()
+        self._peak = 0
+        self._stop = False
+        self._thread = None
+
+    def _reset(self) -> bool:
+        try:
+            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+            return self._hwm() is not None
+        except OSError:
+            return False
+
+    def _hwm(self) -> int | None:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return None
+
+    def rss(self) -> int:
+        return self.process.memory_info().rss
+
+    def __enter__(self) -> PeakRss:
+        import threading
+
+        self._peak = self.rss()
+        if self.exact:
+            self._reset()
+        else:
+            self._stop = False
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop:
+            self._peak = max(self._peak, self.rss())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.exact:
+            self._peak = max(self._peak, self._hwm() or 0)
+        else:
+            self._stop = True
+            if self._thread is not None:
+                self._thread.join()
+            self._peak = max(self._peak, self.rss())
+
+    @property
+    def peak(self) -> int:
+        return self._peak
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine() -> str:
+    """One line: CPU, cores, memory, Python and the versions that matter (torch not imported)."""
+    try:
+        import psutil
+
+        memory = f", {psutil.virtual_memory().total / 2**30:.0f} GiB"
+    except ImportError:
+        memory = ""
+    ort = _version("onnxruntime-gpu")
+    if ort == "not installed":
+        ort = _version("onnxruntime")
+    return (
+        f"{cpu_model()}, {os.cpu_count()} CPUs{memory}; Python {platform.python_version()}; "
+        f"onnxruntime {ort}; torch {_version('torch')}; monai {_version('monai')}; "
+        f"numpy {_version('numpy')}; opencv {_version('opencv-python-headless')}"
+    )
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub markdown table; floats as given (format them before)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def save_figure(fig, name: str) -> str:
+    """Save ``fig`` as ``docs/bench/NAME`` (or NAME itself if absolute); the path to print."""
+    path = PLOTS / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return f"plot: {path.relative_to(REPO) if path.is_relative_to(REPO) else path}"
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display here)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
