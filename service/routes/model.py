@@ -156,7 +156,7 @@ _NAME = Path(description="the model's name (see GET /v1/model)", max_length=200)
     response_model=V2ModelMetadata,
     tags=["open inference protocol"],
     summary="Model metadata",
-    responses=problem_responses(401, 404),
+    responses=problem_responses(401, 404, 422),
     **_AUTH,
 )
 def v2_model(name: str = _NAME, runtime: Runtime = Depends(get_runtime)) -> V2ModelMetadata:
@@ -177,7 +177,10 @@ def v2_model(name: str = _NAME, runtime: Runtime = Depends(get_runtime)) -> V2Mo
     response_model=V2ModelReady,
     tags=["open inference protocol"],
     summary="Model readiness (a probe: no API key needed)",
-    responses={404: problem_responses(404)[404], 503: {"model": V2ModelReady, "description": "not ready"}},
+    responses={
+        **problem_responses(404, 422),
+        503: {"model": V2ModelReady, "description": "not ready"},
+    },
 )
 def v2_model_ready(name: str = _NAME, runtime: Runtime = Depends(get_runtime)) -> JSONResponse:
     if runtime.engine is not None and name != runtime.engine.metadata.name:
