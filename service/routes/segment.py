@@ -405,8 +405,16 @@ _PNG_HEADERS = {
     response_class=Response,
     responses={
         200: {
-            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-            "description": "PNG of the input's height and width (see output)",
+            "content": {
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+                # output=labels past 65535 objects (32-bit), objects (CSV / JSON), geojson
+                "image/tiff": {"schema": {"type": "string", "format": "binary"}},
+                "text/csv": {"schema": {"type": "string"}},
+                "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+                "application/geo+json": {"schema": {"type": "object"}},
+            },
+            "description": "PNG of the input's height and width (see output); a TIFF, CSV, JSON or GeoJSON "
+            "for the outputs that say so",
             "headers": _PNG_HEADERS,
         },
         **problem_responses(400, 401, 413, 415, 422, 503),
