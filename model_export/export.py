@@ -27,6 +27,7 @@ from torch import nn
 from model_export.data import synth_nuclei
 from model_export.unet import UNet, UNetConfig, count_parameters, flops_per_pixel, receptive_field
 from service.model_metadata import ModelMetadata, Normalization
+from service.objects import ObjectParams
 from service.preprocess import prepare
 
 OPSET = 17
@@ -198,11 +199,16 @@ def build_metadata(
         output_kind="logits",
         activation="sigmoid",
         foreground_channel=0,
-        objects={"method": "connected_components"},
+        objects=ObjectParams().as_metadata(),  # distance-transform watershed splits touching nuclei
         normalization=Normalization(),
         size_divisor=divisor,
         receptive_field=receptive_field(config),
         context_margin=margin,
+        # Mirror context at the image border bought nothing measurable: on 12 synthetic 520²
+        # images, Dice in the 24-px border band was 0.9585 / 0.9569 / 0.9564 with 0 / 32 / 96 px
+        # (the model trained on zero-padded crops). Padding only up to the divisor saves ~20%
+        # of the compute of a 2048² image.
+        border=0,
         tile_size=max(tile_size, overlap + divisor),
         tile_overlap=overlap,
         threshold=threshold,
@@ -232,7 +238,7 @@ def export(
     name: str = "nuclei-unet",
     version: str = "1.0.0",
     class_names: list[str] | None = None,
-    tile_size: int = 1024,
+    tile_size: int = 2048,
     threshold: float = 0.5,
     tolerance: float | None = None,
     margin_images: int = 3,
@@ -320,7 +326,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--name", default="nuclei-unet")
     parser.add_argument("--version", default="1.0.0")
     parser.add_argument("--class-names", nargs="+", default=None)
-    parser.add_argument("--tile-size", type=int, default=1024, help="recommended tile edge, px")
+    # 2048: on a CPU throughput per pixel does not depend on tile size (FACTS), so the largest
+    # tile that keeps per-tile memory modest wastes the least on overlap; typical micrographs
+    # run as one pass.
+    parser.add_argument("--tile-size", type=int, default=2048, help="recommended tile edge, px")
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument(
         "--tolerance", type=float, default=None, help="max |ORT − torch| (default 1e-4, fp16 5e-2)"

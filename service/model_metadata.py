@@ -51,10 +51,15 @@ class ModelMetadata(BaseModel):
     size_divisor: int = Field(16, ge=1, description="height/width of an input must be multiples of this")
     receptive_field: int = Field(ge=1, description="theoretical receptive field, pixels")
     context_margin: int = Field(ge=0, description="recommended context halo per tile side, pixels")
+    border: int | None = Field(
+        None,
+        ge=0,
+        description="mirror padding at the image border, pixels (U-Net paper); None → context_margin",
+    )
     tile_size: int = Field(ge=16, description="recommended tile edge, pixels")
     tile_overlap: int = Field(ge=0, description="recommended overlap between neighbouring tiles, pixels")
     threshold: float = Field(0.5, gt=0, lt=1, description="decision threshold on foreground probability")
-    architecture: dict = Field(default_factory=dict, description="depth, base_channels, fusion, upsample, ...")
+    architecture: dict = Field(default_factory=dict, description="depth, base_channels, fusion, upsample")
     training: dict = Field(default_factory=dict, description="command, data, metrics")
     precision: Literal["fp32", "fp16"] = "fp32"
 

@@ -42,8 +42,15 @@ class ObjectParams:
 
     method: str = "distance_watershed"
     min_area: int = 15
-    seed_prominence: float = 1.0
+    # Chosen on a held-out synthetic tuning set (seed 3000003, 24 images 520²), object F1 at
+    # IoU 0.5 for h = 0.1/0.25/0.5/1/2/3 px (σ = 1): 0.653/0.638/0.621/0.587/0.507/0.474 (16 of
+    # them). 0.25 keeps a margin above the distance map's pixel noise where 0.1 sits on it.
+    seed_prominence: float = 0.25
     smoothing_sigma: float = 1.0
+
+    def as_metadata(self) -> dict[str, object]:
+        """The ``objects`` entry written into the model metadata."""
+        return asdict(self)
 
     @classmethod
     def from_metadata(cls, objects: Mapping[str, object]) -> ObjectParams:

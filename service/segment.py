@@ -105,13 +105,15 @@ def predict(
         should_stop: polled before each batch; when it returns True, :class:`Cancelled`
             is raised and no further tiles are computed.
         border: mirror padding at the image border (``tiling.plan_tiles``); ``None`` →
-            the model's context margin.
+            the model's ``border``, else its context margin.
 
     Returns:
         :class:`Prediction` with ``(K, H, W)`` float32 probabilities.
     """
     tile, ov = resolve_tiling(metadata, tile_size, overlap)
     height, width = image.shape[:2]
+    if border is None:
+        border = metadata.border
     plan = plan_tiles(height, width, tile, ov, metadata.context_margin, metadata.size_divisor, border)
     # Normalise the WHOLE image once: per-tile percentiles would differ from tile to tile
     # and leave seams.

@@ -71,7 +71,8 @@ def test_metadata_is_complete_and_parses(tiny_run: Path, tiny_export: dict) -> N
     assert meta.class_names == ["nucleus"] and meta.output_kind == "logits" and meta.activation == "sigmoid"
     assert 0 <= meta.context_margin <= meta.receptive_field
     assert meta.tile_overlap % 16 == 0 and meta.tile_overlap >= 2 * meta.context_margin
-    assert meta.tile_size == 1024 and meta.threshold == 0.5 and meta.precision == "fp32"
+    assert meta.tile_size == 2048 and meta.threshold == 0.5 and meta.precision == "fp32"
+    assert meta.border == 0 and meta.objects["method"] == "distance_watershed"
     assert meta.architecture["parameters"] == count_parameters(UNet(config))
     assert meta.architecture["flops_per_pixel"] > 0
     assert {"depth", "base_channels", "fusion", "upsample"} <= set(meta.architecture)
