@@ -98,6 +98,7 @@ class DynamicBatcher:
         max_batch_size: int = 8,
         max_queue_delay_s: float = 0.002,
         max_queue_tiles: int = 64,
+        max_batch_pixels: int | None = None,
         observer: BatchObserver | None = None,
         name: str = "batcher",
     ) -> None:
@@ -107,6 +108,7 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
         self.max_queue_tiles = max_queue_tiles
+        self.max_batch_pixels = max_batch_pixels
         self._observer = observer
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
@@ -195,6 +197,17 @@ class DynamicBatcher:
 
     # --- worker side ---------------------------------------------------------------------------
 
+    def _batch_limit(self, shape: tuple[int, ...]) -> int:
+        """Most tiles of ``shape`` in one run: ``max_batch_size``, fewer for big tiles.
+
+        Session memory grows with the pixels of a run, so eight 2048² tiles must not run
+        together just because eight 256² tiles may; one tile always fits.
+        """
+        if self.max_batch_pixels is None:
+            return self.max_batch_size
+        pixels = shape[-1] * shape[-2]
+        return max(1, min(self.max_batch_size, self.max_batch_pixels // max(1, pixels)))
+
     def _take_batch(self) -> list[_Item] | None:
         """Wait for the next batch; None when closed. Called with no lock held."""
         with self._cond:
@@ -210,7 +223,7 @@ class DynamicBatcher:
                 while not self._closed:
                     same = sum(1 for item in self._queue if item.shape == shape)
                     remaining = deadline - time.monotonic()
-                    if same >= self.max_batch_size or remaining <= 0:
+                    if same >= self._batch_limit(shape) or remaining <= 0:
                         break
                     self._cond.wait(remaining)
                 if self._closed:
@@ -218,12 +231,13 @@ class DynamicBatcher:
                 if not self._queue:  # everything was cancelled while we waited
                     continue
                 shape = self._queue[0].shape  # the head may have changed (cancellation)
+                limit = self._batch_limit(shape)
                 batch: list[_Item] = []
                 rest: deque[_Item] = deque()
                 for item in self._queue:
                     if item.job.error is not None:
                         continue  # an earlier batch of this caller failed; the caller has its answer
-                    if len(batch) < self.max_batch_size and item.shape == shape:
+                    if len(batch) < limit and item.shape == shape:
                         batch.append(item)
                     else:
                         rest.append(item)

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
 
     # --- dynamic batching ---------------------------------------------------------------------
     max_batch_size: int = Field(8, ge=1, description="most tiles in one session run")
+    max_batch_pixels: int = Field(
+        8 * 1024 * 1024,
+        ge=1,
+        description="most tile pixels in one session run (bounds session memory: big tiles run in "
+        "smaller batches; one tile always runs)",
+    )
     max_queue_delay_ms: float = Field(
         2.0, ge=0, description="how long the first queued tile waits for others to fill a batch"
     )

@@ -77,6 +77,7 @@ class Runtime:
                 max_batch_size=s.max_batch_size,
                 max_queue_delay_s=s.max_queue_delay_ms / 1000.0,
                 max_queue_tiles=s.max_queue_tiles,
+                max_batch_pixels=s.max_batch_pixels,
                 observer=metrics.PrometheusBatchObserver(),
                 name="inference",
             )

@@ -204,18 +204,20 @@ def render(
 ) -> tuple[bytes, str, int | None]:
     """The requested output encoded: ``(body, media type, object count or None)``."""
     prob = postprocess.foreground_probability(prediction, md)
-    if options.output is Output.probability:
-        return imaging.encode_png(postprocess.probability_png_array(prob, options.bits)), "image/png", None
     threshold = options.threshold if options.threshold is not None else md.threshold
     mask = postprocess.mask(prob, threshold)
-    if options.output is Output.mask:
-        return imaging.encode_png(mask), "image/png", None
-    if options.output is Output.overlay:
-        return imaging.encode_png(postprocess.overlay(image, mask)), "image/png", None
-    # Objects are found on the stitched full-image map, so a nucleus cut by a tile border is one object.
+    # Objects are found on the stitched full-image map, so a nucleus cut by a tile border is
+    # one object. Every output reports the count (X-Object-Count); splitting costs a few % of
+    # the model's time (benchmarks/objects_cost.py).
     params = objects.ObjectParams.from_metadata(md.objects)
     labels = objects.label_objects(mask > 0, params)
     count = int(labels.max(initial=0))
+    if options.output is Output.probability:
+        return imaging.encode_png(postprocess.probability_png_array(prob, options.bits)), "image/png", count
+    if options.output is Output.mask:
+        return imaging.encode_png(mask), "image/png", count
+    if options.output is Output.overlay:
+        return imaging.encode_png(postprocess.overlay(image, mask)), "image/png", count
     if options.output is Output.labels:
         body, media_type = objects.encode_labels(labels)  # 16-bit PNG; 32-bit TIFF past 65535 objects
         return body, media_type, count
@@ -394,7 +396,10 @@ _PNG_HEADERS = {
         "schema": {"type": "number"},
     },
     "X-Image-Pixels": {"description": "width × height of the input", "schema": {"type": "integer"}},
-    "X-Object-Count": {"description": "objects found (output=labels only)", "schema": {"type": "integer"}},
+    "X-Object-Count": {
+        "description": "separate objects (nuclei) found at the threshold, on every output",
+        "schema": {"type": "integer"},
+    },
     "X-Request-ID": {"description": "the request id (echoed or generated)", "schema": {"type": "string"}},
 }
 

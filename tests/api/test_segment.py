@@ -79,6 +79,10 @@ def test_object_table_and_geojson(server: Server) -> None:
     assert geo.status_code == 200
     assert geo.json()["type"] == "FeatureCollection"
     assert len(geo.json()["features"]) == int(geo.headers["X-Object-Count"])
+    # Every output carries the same count, not only the object outputs.
+    for output in ("mask", "probability", "overlay", "labels"):
+        r = server.client.post("/segment", params={"output": output}, content=body, headers=headers)
+        assert r.headers["X-Object-Count"] == geo.headers["X-Object-Count"], output
 
 
 def test_threshold_option_moves_the_mask(server: Server) -> None:

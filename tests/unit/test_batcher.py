@@ -89,6 +89,26 @@ def test_large_chunks_are_split_at_the_max_batch_size() -> None:
         batcher.close()
 
 
+def test_big_tiles_run_in_smaller_batches_under_the_pixel_cap() -> None:
+    engine = RecordingEngine()
+    # 16x16 tiles are 256 px: a 600-px cap allows 2 per run; 8x8 tiles (64 px) still get 4.
+    batcher = DynamicBatcher(
+        engine, max_batch_size=4, max_queue_delay_s=0.0, max_queue_tiles=16, max_batch_pixels=600
+    )
+    try:
+        out = batcher.infer(tiles(5, 0.0, size=16))
+        np.testing.assert_array_equal(out, tiles(5, 0.0, size=16) * 2)
+        assert [b[0] for b in engine.batches] == [2, 2, 1]
+        engine.batches.clear()
+        batcher.infer(tiles(4, 0.0, size=8))
+        assert [b[0] for b in engine.batches] == [4]
+        engine.batches.clear()
+        batcher.infer(tiles(2, 0.0, size=32))  # one tile over the cap still runs, alone
+        assert [b[0] for b in engine.batches] == [1, 1]
+    finally:
+        batcher.close()
+
+
 def test_a_full_queue_rejects_at_once_with_a_retry_hint() -> None:
     engine = RecordingEngine()
     engine.gate.clear()  # the first batch blocks in the engine
