@@ -6,6 +6,10 @@ peak resident memory of the *service process* during that request (``_common.Pea
 kernel's exact high-water mark, reset before each request). Sizes up to ``--many-below`` run
 ``--repeat`` times (min taken), bigger ones once (8192² takes ~40 s here).
 
+Runs one sweep per ``--batch-sizes`` value (``UNET_MAX_BATCH_SIZE``; default 8 = the service's
+default, and 1), because the ONNX Runtime working set is ∝ batch × tile area. A size that kills
+the service (out of memory) is reported as failed and ends that sweep.
+
 Shows (a) time ∝ pixels: a least-squares fit ``t = a + pixels / rate`` over the sizes, and the
 throughput (MP/s) of each size, which should be flat above the small sizes; (b) memory bounded:
 peak RSS per size, as the idle RSS plus bytes per image pixel (full-size image, probability and
@@ -22,6 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import httpx
 import numpy as np
 from _common import (
     PeakRss,
@@ -39,10 +44,56 @@ from _common import (
 from service.settings import DEFAULT_MODEL_PATH
 
 
+def sweep(model: Path, threads: int, sizes: list[int], batch: int, repeat: int, many_below: int) -> dict:
+    """One service with ``UNET_MAX_BATCH_SIZE=batch``; each size in turn until done or the service dies."""
+    results: list[dict] = []
+    failure = None
+    with Service(model, threads, {"UNET_MAX_BATCH_SIZE": str(batch)}) as service:
+        info = service.model_info()
+        service.segment(encode_png(nuclei_image(sizes[0])), {"output": "mask"})  # warm-up
+        monitor = PeakRss(service.pid)
+        idle = monitor.rss()
+        for size in sizes:
+            body = encode_png(nuclei_image(size))
+            runs, peaks = [], []
+            try:
+                for _ in range(repeat if size <= many_below else 1):
+                    with monitor:
+                        runs.append(timed(lambda body=body: service.segment(body, {"output": "mask"})))
+                    peaks.append(monitor.peak)
+            except httpx.HTTPError as exc:
+                code = service.proc.wait(30) if service.proc.poll() is None else service.proc.returncode
+                failure = {"size": size, "error": f"{type(exc).__name__}; service exit code {code}"
+                           + (" (SIGKILL: the kernel's OOM killer here)" if code == -9 else "")}
+                print(f"  max batch {batch}, {size}²: FAILED, {failure['error']}", flush=True)
+                break
+            finally:
+                del body
+            headers = service.headers["last"]
+            results.append({
+                "size": size, "pixels": size * size, "seconds": min(runs), "runs": len(runs),
+                "peak": max(peaks), "tiles": headers["X-Tiles"], "timing": headers["Server-Timing"],
+            })
+            print(f"  max batch {batch}, {size}²: {min(runs):.2f} s, peak RSS {max(peaks) / 2**20:.0f} MiB",
+                  flush=True)
+    return {"batch": batch, "results": results, "idle": idle, "info": info, "exact": monitor.exact,
+            "failure": failure}
+
+
+def fit(results: list[dict]) -> tuple[float, float, float]:
+    """``(intercept s, slope s/pixel, largest relative deviation)`` of ``t = a + b · pixels``."""
+    px = np.array([r["pixels"] for r in results], dtype=np.float64)
+    t = np.array([r["seconds"] for r in results])
+    slope, intercept = np.polyfit(px, t, 1)
+    return intercept, slope, float(np.max(np.abs(t - (intercept + slope * px)) / t))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 1],
+                        help="UNET_MAX_BATCH_SIZE of each sweep (8 = the service's default)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeat", type=int, default=3, help="runs per size up to --many-below")
     parser.add_argument("--many-below", type=int, default=2048)
@@ -50,92 +101,87 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sizes = sorted(args.sizes)
-    results = []
     with tempfile.TemporaryDirectory() as tmp:
         model = resolve_model(args.model, Path(tmp))
-        with Service(model, args.threads) as service:
-            warm = encode_png(nuclei_image(sizes[0]))
-            service.segment(warm, {"output": "mask"})  # warm-up: steady-state allocations
-            monitor = PeakRss(service.pid)
-            idle = monitor.rss()
-            for size in sizes:
-                body = encode_png(nuclei_image(size))
-                runs, peaks = [], []
-                for _ in range(args.repeat if size <= args.many_below else 1):
-                    with monitor:
-                        runs.append(timed(lambda body=body: service.segment(body, {"output": "mask"})))
-                    peaks.append(monitor.peak)
-                del body
-                headers = service.headers["last"]
-                results.append({
-                    "size": size, "pixels": size * size, "seconds": min(runs), "runs": len(runs),
-                    "peak": max(peaks), "tiles": headers["X-Tiles"], "timing": headers["Server-Timing"],
-                })
-                print(f"  {size}²: {min(runs):.2f} s, peak RSS {max(peaks) / 2**20:.0f} MiB", flush=True)
-            info = service.model_info()
+        # One sweep after the other: a service that just ran big batches keeps its memory.
+        sweeps = [sweep(model, args.threads, sizes, batch, args.repeat, args.many_below)
+                  for batch in args.batch_sizes]
 
-    px = np.array([r["pixels"] for r in results], dtype=np.float64)
-    t = np.array([r["seconds"] for r in results])
-    slope, intercept = np.polyfit(px, t, 1)
-    rate = 1e-6 / slope  # MP/s of the fitted line
-    residual = np.max(np.abs(t - (intercept + slope * px)) / t)
-    table = []
-    for r in results:
-        fit = intercept + slope * r["pixels"]
-        extra = r["peak"] - idle
-        table.append([
-            f"{r['size']}²", f"{r['pixels'] / 1e6:.2f}", r["tiles"], r["runs"], f"{r['seconds']:.2f}",
-            f"{fit:.2f}", f"{r['pixels'] / 1e6 / r['seconds']:.2f}", f"{r['peak'] / 2**20:.0f}",
-            f"{extra / 2**20:.0f}", f"{extra / r['pixels']:.1f}",
-        ])
+    info = sweeps[0]["info"]
     md = info["metadata"]
     print(f"\n## Scaling: {sizes[0]}² → {sizes[-1]}²\n\n{machine()}\n")
     print(
         f"model {md['name']} {md['version']} (tile {info['tiling']['tile_size']}, overlap "
-        f"{info['tiling']['overlap']}, max batch {info['batching']['max_batch_size']}); synthetic nuclei "
-        f"images, PNG upload, mask output; {args.threads} intra-op threads; peak RSS "
-        f"{'exact (VmHWM reset per request)' if monitor.exact else 'sampled every 10 ms (psutil)'}; "
-        f"idle RSS after warm-up {idle / 2**20:.0f} MiB\n"
+        f"{info['tiling']['overlap']}); synthetic nuclei images (uint16 PNG upload), mask output; "
+        f"{args.threads} intra-op threads; one service per max batch size, sizes ascending; peak RSS of "
+        f"the service process {'exact (VmHWM reset per request)' if sweeps[0]['exact'] else 'sampled'}\n"
     )
+    table = []
+    for sw in sweeps:
+        results, idle = sw["results"], sw["idle"]
+        intercept, slope, _ = fit(results) if len(results) >= 2 else (0.0, float("nan"), 0.0)
+        for r in results:
+            table.append([
+                sw["batch"], f"{r['size']}²", f"{r['pixels'] / 1e6:.2f}", r["tiles"], r["runs"],
+                f"{r['seconds']:.2f}", f"{intercept + slope * r['pixels']:.2f}",
+                f"{r['pixels'] / 1e6 / r['seconds']:.2f}", f"{idle / 2**20:.0f}", f"{r['peak'] / 2**20:.0f}",
+                f"{(r['peak'] - idle) / r['pixels']:.0f}",
+            ])
+        if sw["failure"]:
+            f = sw["failure"]
+            table.append([sw["batch"], f"{f['size']}²", f"{f['size'] ** 2 / 1e6:.2f}", "", "",
+                          "**failed**", "", "", "", "", f["error"]])
     print(markdown_table(
-        ["size", "MP", "tiles", "runs", "seconds (min)", "fit s", "MP/s", "peak RSS MiB",
-         "peak − idle MiB", "bytes / pixel"],
+        ["max batch", "size", "MP", "tiles", "runs", "seconds (min)", "fit s", "MP/s", "idle RSS MiB",
+         "peak RSS MiB", "(peak − idle) bytes / pixel"],
         table,
     ))
-    print(
-        f"\nlinear fit t = {intercept:.3f} s + pixels / ({rate:.2f} MP/s); largest deviation from the fit "
-        f"{100 * residual:.0f}% of the measured time; {sizes[-1]}² / {sizes[0]}² time ratio "
-        f"{t[-1] / t[0]:.0f}× for {px[-1] / px[0]:.0f}× the pixels"
-    )
-    big = px >= px[-1] / 16  # the sizes where per-pixel buffers, not one tile batch, dominate
-    if big.sum() >= 2:
-        chosen = [r for r, b in zip(results, big, strict=True) if b]
-        per_px, base_mem = np.polyfit(px[big], [r["peak"] for r in chosen], 1)
-        names = ", ".join(f"{r['size']}²" for r in chosen)
-        print(f"peak RSS fit over {names}: {base_mem / 2**20:.0f} MiB + {per_px:.1f} bytes per image pixel")
-    for r in results:
-        print(f"- {r['size']}²: `{r['timing']}`")
+    print()
+    for sw in sweeps:
+        results = sw["results"]
+        if len(results) < 2:
+            continue
+        intercept, slope, residual = fit(results)
+        t = [r["seconds"] for r in results]
+        print(
+            f"- max batch {sw['batch']}: fit t = {intercept:.3f} s + pixels / ({1e-6 / slope:.2f} MP/s), "
+            f"largest deviation {100 * residual:.0f}%; {results[-1]['size']}² / {results[0]['size']}² "
+            f"time ratio {t[-1] / t[0]:.0f}× for {results[-1]['pixels'] / results[0]['pixels']:.0f}× "
+            "the pixels"
+        )
+    for sw in sweeps:
+        for r in sw["results"]:
+            print(f"- max batch {sw['batch']}, {r['size']}²: `{r['timing']}`")
 
     plt = pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    mp = px / 1e6
-    line = np.geomspace(mp[0], mp[-1], 50)
-    ax1.loglog(mp, t, "o", color="#4878a8", label="measured")
-    ax1.loglog(line, intercept + slope * line * 1e6, "-", color="gray",
-               label=f"fit: {intercept:.2f} s + MP / {rate:.2f}")
-    for r, x, y in zip(results, mp, t, strict=True):
-        ax1.annotate(f"{r['size']}²", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    fig, (ax1, ax3, ax2) = plt.subplots(1, 3, figsize=(14, 3.8))
+    colors = ["#4878a8", "#d08040", "#60a060", "#a060a0"]
+    for sw, color in zip(sweeps, colors, strict=False):
+        results = sw["results"]
+        if not results:
+            continue
+        mp = np.array([r["pixels"] for r in results]) / 1e6
+        t = np.array([r["seconds"] for r in results])
+        label = f"max batch {sw['batch']}"
+        ax1.loglog(mp, t, "o-", color=color, label=label)
+        ax3.semilogx(mp, mp / t, "o-", color=color, label=label)
+        ax2.semilogx(mp, np.array([r["peak"] for r in results]) / 2**30, "o-", color=color, label=label)
+        if sw["failure"]:
+            size = sw["failure"]["size"]
+            ax2.semilogx([size**2 / 1e6], [0], "x", color=color, ms=10, mew=2,
+                         label=f"{label}: {size}² killed")
     ax1.set_xlabel("image megapixels")
     ax1.set_ylabel("seconds per image")
     ax1.set_title("time per image (POST /segment)")
-    ax1.legend(fontsize=8)
-    peak_mib = np.array([r["peak"] for r in results]) / 2**20
-    ax2.plot(mp, peak_mib, "o-", color="#d08040", label="peak RSS during the request")
-    ax2.axhline(idle / 2**20, color="gray", ls="--", label="idle RSS")
+    ax3.set_ylim(bottom=0)
+    ax3.set_xlabel("image megapixels")
+    ax3.set_ylabel("MP/s")
+    ax3.set_title("throughput per size (flat = linear time)")
     ax2.set_xlabel("image megapixels")
-    ax2.set_ylabel("MiB")
-    ax2.set_title("service process memory")
-    ax2.legend(fontsize=8)
+    ax2.set_ylabel("GiB")
+    ax2.set_title("peak RSS of the service process")
+    for ax in (ax1, ax2, ax3):
+        ax.legend(fontsize=8)
     fig.tight_layout()
     print("\n" + save_figure(fig, args.plot))
     return 0
