@@ -8,98 +8,18 @@ their own.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.api._images import write_slow_model
 from tests.models import write_conv_model
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.server import Server
 
 #: Limits of the main test server: small so that 413s are cheap to provoke.
 MAX_UPLOAD_BYTES = 3_000_000
 MAX_PIXELS = 2_000_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """A service process on a loopback port; ``client`` talks to it."""
-
-    def __init__(self, env: dict[str, str], log_path: Path, module: bool = True) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {
-            **os.environ,
-            "UNET_PROVIDERS": "cpu",
-            "UNET_INTRA_OP_THREADS": "1",
-            "UNET_HOST": "127.0.0.1",
-            "UNET_PORT": str(self.port),
-            **env,
-        }
-        if module:  # the production entry point
-            cmd = [sys.executable, "-m", "service"]
-        else:  # the other documented entry point
-            cmd = [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "service.app:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ]
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
-        self.client = httpx.Client(base_url=self.url, timeout=30)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_live(self, timeout_s: float = 30) -> Server:
-        return self._wait("/livez", timeout_s)
-
-    def wait_ready(self, timeout_s: float = 30) -> Server:
-        return self._wait("/readyz", timeout_s)
-
-    def _wait(self, path: str, timeout_s: float) -> Server:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if self.client.get(path, timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"{path} not 200 after {timeout_s} s:\n{self.log()}")
-
-    def stop(self) -> None:
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 @pytest.fixture(scope="session")

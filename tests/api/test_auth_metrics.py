@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from tests.api import _images as im
-from tests.api.conftest import Server
+from tests.server import Server
 
 PNG = im.png(im.blobs(64, 64))
 RAW = {"Content-Type": "image/png"}

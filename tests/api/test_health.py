@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.api import _images as im
-from tests.api.conftest import Server
+from tests.server import Server
 
 PNG = im.png(im.blobs(64, 64))
 

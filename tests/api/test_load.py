@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 
 from tests.api import _images as im
-from tests.api.conftest import Server
 from tests.api.test_auth_metrics import metric
+from tests.server import Server
 
 RAW = {"Content-Type": "image/png"}
 #: 64 tiles of 64 px: about 0.8 s on the slow model.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.api import _images as im
-from tests.api.conftest import Server
+from tests.server import Server
 
 GRAY = im.blobs(150, 210)
 ODD = im.blobs(97, 131, seed=3)

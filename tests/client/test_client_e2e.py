@@ -3,74 +3,28 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.client.conftest import write_png
+from tests.models import write_conv_model
+from tests.server import REPO, Server
 
-REPO = Path(__file__).resolve().parents[2]
 SIZES = {"a.png": (64, 48), "b.png": (100, 37), "sub/c.png": (31, 90)}  # name → (width, height)
-
-
-def _missing_pieces() -> str | None:
-    """Why the service can't be started from this tree yet (None once it can)."""
-    missing = [p for p in ("service/app.py", "service/__main__.py") if not (REPO / p).exists()]
-    try:
-        from tests.models import write_conv_model  # noqa: F401
-    except ImportError:
-        missing.append("tests.models.write_conv_model")
-    return f"service not built yet: missing {', '.join(missing)}" if missing else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def service_url(tmp_path: Path) -> Iterator[str]:
-    if reason := _missing_pieces():
-        pytest.skip(reason)
-    from tests.models import write_conv_model
-
     model = write_conv_model(tmp_path / "conv.onnx")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UNET_")}
-    env.update(UNET_MODEL_PATH=str(model), UNET_HOST="127.0.0.1", UNET_PORT=str(port), UNET_PROVIDERS="cpu")
-    log = tmp_path / "service.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=sink,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    server = Server({"UNET_MODEL_PATH": str(model)}, tmp_path / "service.log")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"service exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"service not ready within 60 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
-        yield url
+        yield server.wait_ready(60).url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 def test_folder_of_pngs_comes_back_as_masks_of_the_same_sizes(service_url: str, tmp_path: Path) -> None:

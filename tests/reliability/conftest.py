@@ -13,7 +13,6 @@ import psutil
 import pytest
 
 from tests.api.conftest import (  # noqa: F401 - fixtures re-exported for this directory
-    Server,
     _server_stays_healthy,
     auth_server,
     conv_model,
@@ -23,6 +22,7 @@ from tests.api.conftest import (  # noqa: F401 - fixtures re-exported for this d
     start_server,
 )
 from tests.api.test_errors import assert_problem  # noqa: F401 - shared by the modules here
+from tests.server import Server
 
 
 def rss_mb(srv: Server) -> float:

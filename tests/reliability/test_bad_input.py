@@ -23,8 +23,8 @@ import tifffile
 from PIL import Image
 
 from tests.api import _images as im
-from tests.api.conftest import Server
 from tests.reliability.conftest import assert_problem, rss_mb
+from tests.server import Server
 
 GRAY = im.blobs(40, 50, seed=4)
 GRAY16 = im.blobs(40, 50, seed=4, dtype=np.uint16)

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 
 from tests.api import _images as im
-from tests.api.conftest import Server
 from tests.reliability.conftest import rss_mb
+from tests.server import Server
 
 #: (name, bytes, content type, (H, W)) — sizes from a sliver to a few tiles, 8/16-bit, PNG/TIFF/JPEG.
 MIX = [

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.api.conftest import Server
+from tests.server import Server
 
 schemathesis = pytest.importorskip("schemathesis")
 

@@ -17,8 +17,8 @@ import pytest
 from service.routes import deps
 from service.settings import Settings
 from tests.api import _images as im
-from tests.api.conftest import Server
 from tests.reliability.conftest import assert_problem, rss_mb
+from tests.server import Server
 
 PNG = im.png(im.blobs(40, 50))
 RAW = {"Content-Type": "image/png"}

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +20,8 @@ import httpx
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.server import REPO, Server
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -35,17 +32,6 @@ ARTIFACTS = REPO / "artifacts"
 RESULT_TIMEOUT_MS = 120_000
 
 pytestmark = pytest.mark.slow
-
-
-def _service_missing() -> str | None:
-    missing = [p for p in ("service/app.py", "service/__main__.py") if not (REPO / p).exists()]
-    return f"service not built yet: missing {', '.join(missing)}" if missing else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _no_browser(reason: str) -> None:
@@ -73,44 +59,17 @@ def write_disc_tiff(path: Path, size: int = 192, seed: int = 3) -> Path:
 @contextmanager
 def _run_service(workdir: Path, model: Path, **settings: str) -> Iterator[str]:
     """``python -m service`` on a free loopback port with ``UNET_*`` settings; yields its URL once ready."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UNET_")}
-    env.update(UNET_MODEL_PATH=str(model), UNET_HOST="127.0.0.1", UNET_PORT=str(port), UNET_PROVIDERS="cpu",
-               UNET_INTRA_OP_THREADS="2", **settings)
-    log = workdir / "service.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=sink,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    env = {"UNET_MODEL_PATH": str(model), "UNET_INTRA_OP_THREADS": "2", **settings}
+    server = Server(env, workdir / "service.log")
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"service exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"service not ready within 90 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield url
+        yield server.wait_ready(90).url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled model when the checkout has one, else a tiny random mini U-Net."""
-    reason = _service_missing()
-    if reason:
-        pytest.skip(reason)
     bundled = REPO / "models" / "nuclei-unet.onnx"
     if bundled.exists():
         return bundled
