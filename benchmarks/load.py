@@ -13,7 +13,7 @@ reports only totals). Each level sends ``--images`` small synthetic nuclei image
 crops, ``--size``², default 256²); the two services take turns level by level, so drift hits
 both alike. Throughput = image megapixels / wall time of the level.
 
-    .venv/bin/python benchmarks/load.py [--levels 1 2 4 8 16 32] [--images 160] [--size 256]
+    .venv/bin/python benchmarks/load.py [--levels 1 2 4 8 16 32] [--images 128] [--size 256]
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
-    parser.add_argument("--images", type=int, default=160, help="images per concurrency level")
+    parser.add_argument("--images", type=int, default=128, help="images per concurrency level")
     parser.add_argument("--size", type=int, default=256, help="image edge, px")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--plot", default="load.png", help="file name under docs/bench/")

@@ -7,8 +7,9 @@ kernel's exact high-water mark, reset before each request). Sizes up to ``--many
 ``--repeat`` times (min taken), bigger ones once (8192² takes ~40 s here).
 
 Runs one sweep per ``--batch-sizes`` value (``UNET_MAX_BATCH_SIZE``; default 8 = the service's
-default, and 1), because the ONNX Runtime working set is ∝ batch × tile area. A size that kills
-the service (out of memory) is reported as failed and ends that sweep.
+default, and 1), because the ONNX Runtime working set is ∝ batch × tile area. A size whose peak,
+extrapolated from the two sizes before it, would not fit in the available memory is skipped
+(and said so); one that kills the service anyway is reported as failed. Either ends that sweep.
 
 Shows (a) time ∝ pixels: a least-squares fit ``t = a + pixels / rate`` over the sizes, and the
 throughput (MP/s) of each size, which should be flat above the small sizes; (b) memory bounded:
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 from _common import (
     PeakRss,
     Service,
@@ -54,6 +56,19 @@ def sweep(model: Path, threads: int, sizes: list[int], batch: int, repeat: int, 
         monitor = PeakRss(service.pid)
         idle = monitor.rss()
         for size in sizes:
+            if len(results) >= 2:
+                # Don't push a shared machine into its OOM killer: extrapolate the peak linearly in
+                # pixels from the last two sizes and skip a size that would not fit.
+                a, b = results[-2], results[-1]
+                per_px = (b["peak"] - a["peak"]) / (b["pixels"] - a["pixels"])
+                predicted = b["peak"] + per_px * (size * size - b["pixels"])
+                room = psutil.virtual_memory().available + monitor.rss()
+                if predicted > 0.9 * room:
+                    reason = (f"skipped: predicted peak {predicted / 2**30:.1f} GiB > 90% of the "
+                              f"{room / 2**30:.1f} GiB this process could have")
+                    failure = {"size": size, "error": reason}
+                    print(f"  max batch {batch}, {size}²: {failure['error']}", flush=True)
+                    break
             body = encode_png(nuclei_image(size))
             runs, peaks = [], []
             try:
