@@ -180,7 +180,7 @@ def run_pipeline(
     t2 = time.perf_counter()
     timings["infer"] = 1000 * (t2 - t1)
 
-    body, media_type, count = render(options, image, prediction, md)
+    body, media_type, count = render(options, image, prediction, md, settings.count_objects_on_every_output)
     timings["output"] = 1000 * (time.perf_counter() - t2)
 
     for stage in ("decode", "infer", "output"):
@@ -200,24 +200,34 @@ def run_pipeline(
 
 
 def render(
-    options: SegmentOptions, image: np.ndarray, prediction: segment.Prediction, md: ModelMetadata
+    options: SegmentOptions,
+    image: np.ndarray,
+    prediction: segment.Prediction,
+    md: ModelMetadata,
+    count_every_output: bool = True,
 ) -> tuple[bytes, str, int | None]:
-    """The requested output encoded: ``(body, media type, object count or None)``."""
+    """The requested output encoded: ``(body, media type, object count or None)``.
+
+    ``count_every_output`` (``UNET_COUNT_OBJECTS_ON_EVERY_OUTPUT``): also split and count
+    objects for mask/probability/overlay; splitting costs ~0.1–0.25× of the model's time
+    on dense images (docs/benchmarks.md), so throughput-bound deployments may turn it off.
+    """
     prob = postprocess.foreground_probability(prediction, md)
     threshold = options.threshold if options.threshold is not None else md.threshold
     mask = postprocess.mask(prob, threshold)
-    # Objects are found on the stitched full-image map, so a nucleus cut by a tile border is
-    # one object. Every output reports the count (X-Object-Count); splitting costs a few % of
-    # the model's time (benchmarks/objects_cost.py).
-    params = objects.ObjectParams.from_metadata(md.objects)
-    labels = objects.label_objects(mask > 0, params)
-    count = int(labels.max(initial=0))
+    count = None
+    if count_every_output or options.output not in (Output.mask, Output.probability, Output.overlay):
+        # Objects are found on the stitched full-image map, so a nucleus cut by a tile border
+        # is one object.
+        labels = objects.label_objects(mask > 0, objects.ObjectParams.from_metadata(md.objects))
+        count = int(labels.max(initial=0))
     if options.output is Output.probability:
         return imaging.encode_png(postprocess.probability_png_array(prob, options.bits)), "image/png", count
     if options.output is Output.mask:
         return imaging.encode_png(mask), "image/png", count
     if options.output is Output.overlay:
         return imaging.encode_png(postprocess.overlay(image, mask)), "image/png", count
+    assert count is not None  # object outputs always label
     if options.output is Output.labels:
         body, media_type = objects.encode_labels(labels)  # 16-bit PNG; 32-bit TIFF past 65535 objects
         return body, media_type, count
@@ -397,7 +407,8 @@ _PNG_HEADERS = {
     },
     "X-Image-Pixels": {"description": "width × height of the input", "schema": {"type": "integer"}},
     "X-Object-Count": {
-        "description": "separate objects (nuclei) found at the threshold, on every output",
+        "description": "separate objects (nuclei) found at the threshold; on every output unless "
+        "the server sets UNET_COUNT_OBJECTS_ON_EVERY_OUTPUT=false (then labels/objects/geojson only)",
         "schema": {"type": "integer"},
     },
     "X-Request-ID": {"description": "the request id (echoed or generated)", "schema": {"type": "string"}},

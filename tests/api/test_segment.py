@@ -130,3 +130,14 @@ def test_batch_returns_a_zip_and_one_bad_file_does_not_fail_the_others(server: S
     assert names == ["a.png", None, "b.png", "a-1.png"]  # no directories, no clobbering
     assert im.decode(archive.read("b.png")).shape == ODD.shape
     assert im.decode(archive.read("a.png")).shape == GRAY.shape
+
+
+def test_counting_on_plain_outputs_can_be_turned_off(start_server, conv_model) -> None:
+    srv = start_server(
+        {"UNET_MODEL_PATH": str(conv_model), "UNET_COUNT_OBJECTS_ON_EVERY_OUTPUT": "false"}
+    ).wait_ready()
+    body, headers = im.png(GRAY), {"Content-Type": "image/png"}
+    plain = srv.client.post("/segment", params={"output": "mask"}, content=body, headers=headers)
+    assert plain.status_code == 200 and "X-Object-Count" not in plain.headers
+    labels = srv.client.post("/segment", params={"output": "labels"}, content=body, headers=headers)
+    assert int(labels.headers["X-Object-Count"]) == int(im.decode(labels.content).max())
