@@ -13,6 +13,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -330,6 +331,25 @@ def save_figure(fig, name: str) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return f"plot: {path.relative_to(REPO) if path.is_relative_to(REPO) else path}"
+
+
+def plot_rounds(
+    times: dict[str, list[float]], title: str, name: str, colors: Sequence[str] = ("#4878a8",)
+) -> str:
+    """Horizontal bars of each path's median seconds, with every round as a dot; saved as ``name``."""
+    plt = pyplot()
+    labels = list(times)
+    fig, ax = plt.subplots(figsize=(7.5, 3.2))
+    bar_colors = [colors[i % len(colors)] for i in range(len(labels))]
+    ax.barh(labels, [statistics.median(times[k]) for k in labels], color=bar_colors)
+    ax.scatter([v for k in labels for v in times[k]], [k for k in labels for _ in times[k]],
+               color="black", s=12, zorder=3, label="each round")
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds per image (bar: median)")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, name)
 
 
 def pyplot():

@@ -37,9 +37,8 @@ from _common import (
     machine,
     markdown_table,
     nuclei_image,
-    pyplot,
+    plot_rounds,
     resolve_model,
-    save_figure,
     timed,
 )
 
@@ -128,18 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{statistics.median(default) / base_med:.2f}× by median** (goal ≤ 1.15×)"
     )
 
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    labels = list(times)
-    ax.barh(labels, [statistics.median(times[k]) for k in labels], color="#4878a8", label="median")
-    ax.scatter([v for k in labels for v in times[k]], [k for k in labels for _ in times[k]],
-               color="black", s=12, zorder=3, label="each round")
-    ax.invert_yaxis()
-    ax.set_xlabel("seconds per image")
-    ax.set_title(f"POST /segment vs bare ORT, {args.size}² image, {args.threads} threads")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    print("\n" + save_figure(fig, args.plot))
+    title = f"POST /segment vs bare ORT, {args.size}² image, {args.threads} threads"
+    print("\n" + plot_rounds(times, title, args.plot))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

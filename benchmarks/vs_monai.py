@@ -44,8 +44,7 @@ from _common import (
     machine,
     markdown_table,
     nuclei_image,
-    pyplot,
-    save_figure,
+    plot_rounds,
     stand_in_model,
     timed,
 )
@@ -184,18 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         f"card's tiling{same_text} (by min)"
     )
 
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 3.2))
-    colors = ["#4878a8", "#d08040", "#e0a060"][: len(labels)]
-    ax.barh(labels, [statistics.median(times[k]) for k in labels], color=colors)
-    ax.scatter([v for k in labels for v in times[k]], [k for k in labels for _ in times[k]],
-               color="black", s=12, zorder=3, label="each round")
-    ax.invert_yaxis()
-    ax.set_xlabel("seconds per image (bar: median)")
-    ax.set_title(f"{args.size}² nuclei image, {args.threads} threads: ours (HTTP) vs MONAI (in-process)")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    print("\n" + save_figure(fig, args.plot))
+    title = f"{args.size}² nuclei image, {args.threads} threads: ours (HTTP) vs MONAI (in-process)"
+    print("\n" + plot_rounds(times, title, args.plot, colors=("#4878a8", "#d08040", "#e0a060")))
     return 0
 
 
