@@ -131,6 +131,10 @@ class SynthConfig:
     photons: tuple[float, float] = (8.0, 3000.0)  # photons at unit brightness (log-uniform)
     blur: tuple[float, float] = (0.4, 2.2)  # optical blur sigma, px
     gamma: tuple[float, float] = (0.6, 1.6)
+    # Straight-edged steps in the background, as where fields of a mosaic or a padded canvas
+    # meet: without them the model took such a step for the rim of a huge bright object.
+    field_step: float = 0.25  # probability of a region with another background level
+    flat_padding: float = 0.15  # probability of a flat, noise-free band at one edge (no nuclei)
 
 
 def _smooth_noise(shape: tuple[int, int], scale: float, rng: np.random.Generator) -> np.ndarray:
@@ -243,6 +247,10 @@ def synth_nuclei(
         scale = rng.uniform(30, 80)
         haze = cv2.GaussianBlur(np.maximum(_smooth_noise((h, w), scale, rng), 0), (0, 0), scale / 3)
         background = background + rng.uniform(0.02, 0.1) * haze / (haze.max() + 1e-6)
+    if rng.random() < cfg.field_step:
+        # Another field's background: a rectangle from an image edge, level ×0.25–4.
+        region = _edge_rectangle(h, w, rng)
+        background[region] *= math.exp(rng.uniform(math.log(0.25), math.log(4.0)))
     clean = np.maximum(signal + np.maximum(background, 0), 0)
 
     # Camera: Poisson shot noise over a wide photon range, then Gaussian read noise.
@@ -262,7 +270,25 @@ def synth_nuclei(
     image = np.clip(np.rint(counts / peak * full * rng.uniform(0.7, 1.0)), 0, np.iinfo(dtype).max).astype(
         dtype
     )
+    if rng.random() < cfg.flat_padding:
+        # A padded canvas: one flat value (from zero to about the background), no nuclei.
+        region = _edge_rectangle(h, w, rng)
+        image[region] = dtype(np.percentile(image, rng.uniform(0, 30)) * rng.uniform(0, 1))
+        labels[region] = 0
     return image, relabel_sequential(labels)
+
+
+def _edge_rectangle(h: int, w: int, rng: np.random.Generator) -> tuple[slice, slice]:
+    """A rectangle touching one image edge, covering 10–50% of the other axis' extent."""
+    side = int(rng.integers(4))
+    depth = rng.uniform(0.1, 0.5)
+    if side == 0:
+        return slice(0, max(1, int(h * depth))), slice(None)
+    if side == 1:
+        return slice(h - max(1, int(h * depth)), None), slice(None)
+    if side == 2:
+        return slice(None), slice(0, max(1, int(w * depth)))
+    return slice(None), slice(w - max(1, int(w * depth)), None)
 
 
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:

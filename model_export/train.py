@@ -58,6 +58,7 @@ DEFAULTS: dict[str, object] = {
     "dice_weight": 1.0,  # loss = BCE + dice_weight * soft Dice loss
     "eval_every": 50,
     "seed": 0,
+    "init": None,  # a checkpoint to start from (same architecture): fine-tuning
     "threads": 2,
     "out": "runs/default",
 }
@@ -74,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if key in ("fusion", "upsample"):
             choices = ["concat", "add"] if key == "fusion" else ["transpose", "bilinear"]
             parser.add_argument(flag, default=value, choices=choices)
+        elif key == "init":
+            parser.add_argument(flag, type=Path, default=None, help="checkpoint to start from (fine-tune)")
         elif key in ("images", "masks"):
             parser.add_argument(
                 flag, type=Path, default=value, help="folder of image/mask files paired by stem"
@@ -218,6 +221,14 @@ def main(argv: list[str] | None = None) -> Path:
         upsample=args.upsample,
     )
     model = UNet(config)
+    if args.init is not None:
+        start = torch.load(args.init, map_location="cpu", weights_only=False)
+        if start["config"] != config.as_dict():
+            raise SystemExit(
+                f"--init {args.init}: architecture {start['config']} differs from {config.as_dict()}"
+            )
+        model.load_state_dict(start["state_dict"])
+        data_desc["init"] = {"checkpoint": str(args.init), "command": start.get("command", "")}
     print(
         f"U-Net {config.as_dict()}: {count_parameters(model):,} parameters, "
         f"{flops_per_pixel(model) / 1e3:.1f} kFLOP/pixel, receptive field {receptive_field(config)} px"

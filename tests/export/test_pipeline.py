@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 
 from model_export.export import check_against_torch, load_checkpoint, session
@@ -91,3 +92,23 @@ def test_fp16_export_keeps_float32_io_and_says_fp16(tiny_run: Path, tmp_path: Pa
     meta = ModelMetadata.from_onnx_props({p.key: p.value for p in model.metadata_props})
     assert meta.precision == "fp16"
     assert report["max_abs_diff"] <= report["tolerance"]
+
+
+def test_training_can_start_from_a_checkpoint_of_the_same_architecture(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    from model_export import train
+    from tests.export.conftest import TINY
+
+    start = torch.load(tiny_run / "best.pt", map_location="cpu", weights_only=False)
+    out = tmp_path / "fine"
+    init = ["--init", str(tiny_run / "best.pt"), "--out", str(out)]
+    train.main([*TINY, "--steps", "1", "--eval-every", "1", "--lr", "1e-9", *init])
+    tuned = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    assert tuned["data"]["init"]["checkpoint"] == str(tiny_run / "best.pt")
+    # One step at a vanishing learning rate: the weights are the starting ones, not a fresh init.
+    first = next(k for k in start["state_dict"] if k.endswith("weight"))
+    assert torch.allclose(tuned["state_dict"][first], start["state_dict"][first], atol=1e-6)
+
+    with pytest.raises(SystemExit, match="architecture"):
+        train.main([*TINY, "--base-channels", "8", *init])
