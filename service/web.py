@@ -24,7 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from service import imaging
 from service.errors import PayloadTooLarge, problem_responses
 from service.routes.deps import Runtime, get_runtime, require_api_key
-from service.routes.segment import _problem_for as problem_for_domain_error
+from service.routes.segment import problem_for as problem_for_domain_error
 
 #: The page and its assets.
 STATIC_DIR = Path(__file__).resolve().parent / "static"

@@ -242,7 +242,7 @@ def render(
 # --- HTTP glue -----------------------------------------------------------------------------------
 
 
-def _problem_for(exc: Exception) -> ProblemError | None:
+def problem_for(exc: Exception) -> ProblemError | None:
     """Domain errors → the problem the client gets; None for anything unexpected."""
     if isinstance(exc, ProblemError):
         return exc
@@ -453,7 +453,7 @@ async def segment_image(
             )
         except Exception as exc:
             metrics.IMAGES.labels(output=options.output.value, outcome="error").inc()
-            problem = _problem_for(exc)
+            problem = problem_for(exc)
             if problem is None:
                 raise
             raise problem from exc
@@ -635,7 +635,7 @@ def _batch_work(
         except Exception as exc:
             if _is_cancel(exc):
                 return _Cancelled(stop)
-            problem = _problem_for(exc)
+            problem = problem_for(exc)
             if problem is None:
                 raise
             if problem.status == 503:
