@@ -7,8 +7,9 @@ with the inference they are compared with:
 - **inference**: ``segment.predict`` with the model's default tiling, batched like the service
   (normalise, tile, ONNX Runtime, stitch, sigmoid) → the foreground probability map;
 - **threshold**: probability → binary mask (shared with ``output=mask``);
-- **label**: ``objects.label_objects`` with each method — ``connected_components`` and
-  ``distance_watershed`` (splits touching nuclei); the model's metadata picks the one the service uses;
+- **label**: ``objects.label_prediction`` with each method — ``connected_components``,
+  ``distance_watershed`` and, for a model with a centre channel, ``center_watershed`` (both
+  split touching nuclei); the model's metadata picks the one the service uses;
 - **measure**: ``objects.measure`` (centroid, area, box, intensity, confidence per object);
 - **csv**: ``objects.rows_to_csv`` (the ``output=objects`` body);
 - **geojson**: ``objects.to_geojson`` + ``json.dumps`` (one outline per object).
@@ -42,8 +43,6 @@ from service.engine import Engine
 from service.preprocess import to_channels
 from service.settings import DEFAULT_MODEL_PATH, Settings
 
-METHODS = ("connected_components", "distance_watershed")
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -59,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         engine = Engine.load(model, ["CPUExecutionProvider"], intra_op_threads=args.threads)
     md = engine.metadata
     batch_size = Settings().max_batch_size
-    service_method = objects.ObjectParams.from_metadata(md.objects).method
+    service_params = objects.ObjectParams.from_metadata(md.objects)
+    service_method = service_params.method
+    methods = ["connected_components", "distance_watershed"]
+    if service_params.uses_centers:
+        methods.append(service_method)
     image = nuclei_image(args.size)
     intensity = to_channels(image, 1)
     engine.warmup()
@@ -67,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def infer() -> None:
         prediction = segment.predict(image, engine.run, md, batch_size=batch_size)
+        state["probabilities"] = prediction.probabilities
         state["prob"] = postprocess.foreground_probability(prediction, md)
         state["tiles"] = prediction.tiles
 
@@ -74,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         state["mask"] = postprocess.mask(state["prob"], md.threshold) > 0
 
     def label(method: str) -> None:
-        state[method] = objects.label_objects(state["mask"], objects.ObjectParams(method=method))
+        params = service_params if method == service_method else objects.ObjectParams(method=method)
+        state[method] = objects.label_prediction(state["mask"], state["probabilities"], params)
 
     def measure(method: str) -> None:
         state[f"rows {method}"] = objects.measure(state[method], intensity, state["prob"])
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(objects.to_geojson(state[method], state[f"rows {method}"]))
 
     steps = {"inference (probability map)": infer, "threshold → mask": threshold}
-    for method in METHODS:
+    for method in methods:
         steps[f"label: {method}"] = lambda m=method: label(m)
         steps[f"measure ({method} labels)"] = lambda m=method: measure(m)
         steps[f"csv ({method} rows)"] = lambda m=method: table_csv(m)
@@ -96,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, fn in steps.items():
             times[name].append(timed(fn))
     best = {name: min(values) for name, values in times.items()}
-    counts = {method: int(state[method].max()) for method in METHODS}
+    counts = {method: int(state[method].max()) for method in methods}
     base = best["inference (probability map)"]
 
     print(f"\n## Objects cost: extraction vs inference, {args.size}²\n\n{machine()}\n")
@@ -104,13 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         f"model {md.name} {md.version} (tile {md.tile_size}, overlap {md.tile_overlap}, {state['tiles']} "
         f"tiles, batch {batch_size}); synthetic nuclei image {args.size}² {image.dtype}, "
         f"{100 * state['mask'].mean():.0f}% foreground; objects: "
-        + ", ".join(f"{counts[m]} ({m})" for m in METHODS)
+        + ", ".join(f"{counts[m]} ({m})" for m in methods)
         + f"; the model's metadata uses **{service_method}**; {args.threads} threads; min of {args.repeat} "
         f"interleaved rounds\n"
     )
     table = [[name, f"{best[name]:.3f}", f"{best[name] / base:.3f}"] for name in steps]
     totals = {}
-    for method in METHODS:
+    for method in methods:
         core = best[f"label: {method}"] + best[f"measure ({method} labels)"]
         totals[f"objects CSV, {method}: label + measure + csv"] = core + best[f"csv ({method} rows)"]
         totals[f"geojson, {method}: label + measure + geojson"] = core + best[f"geojson ({method} labels)"]
@@ -123,13 +128,18 @@ def main(argv: list[str] | None = None) -> int:
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    names = ["inference", *[f"{'CC' if m == 'connected_components' else 'watershed'}" for m in METHODS]]
+    short = {
+        "connected_components": "CC",
+        "distance_watershed": "distance WS",
+        "center_watershed": "centre WS",
+    }
+    names = ["inference", *[short[m] for m in methods]]
     bottoms = [0.0] * len(names)
     ax.bar(names[0], base, color="#4878a8", label="inference")
     parts = {"label": "#d08040", "measure": "#e0a060", "geojson": "#a0c080"}
     for part, color in parts.items():
         heights = [0.0]
-        for method in METHODS:
+        for method in methods:
             key = f"label: {method}" if part == "label" else f"{part} ({method} labels)"
             heights.append(best[key])
         ax.bar(names, heights, bottom=bottoms, color=color, label=part)

@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from scipy import ndimage
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from model_export.folders import DataError, load_pair, pair_folders, read_image, read_mask
@@ -26,6 +27,7 @@ from service.preprocess import prepare
 __all__ = [
     "DataError",
     "FolderDataset",
+    "center_target",
     "SyntheticStream",
     "load_pair",
     "pair_folders",
@@ -35,6 +37,38 @@ __all__ = [
     "synthetic_set",
     "write_synthetic",
 ]
+
+def center_target(labels: np.ndarray) -> np.ndarray:
+    """Instance labels ``(H, W)`` → the centre channel's target ``(H, W)`` float32 in [0, 1].
+
+    Each pixel's Euclidean distance to the edge of its own object (background, or a pixel of
+    another object) divided by the largest such distance in that object: 1 at the centre,
+    falling to ~0 at the rim and exactly 0 where two objects touch and on background. A
+    binary mask counts each connected blob as one object.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype == bool or labels.max(initial=0) <= 1:
+        labels = cv2.connectedComponents((labels > 0).astype(np.uint8), connectivity=8)[1]
+    labels = labels.astype(np.int32, copy=False)
+    inside = labels > 0
+    if not inside.any():
+        return np.zeros(labels.shape, np.float32)
+    # A pixel with a 4-neighbour of another object is boundary: the distance measured from
+    # there splits two touching objects' targets with a valley of zeros.
+    padded = np.pad(labels, 1, mode="edge")
+    h, w = labels.shape
+    touching = np.zeros_like(inside)
+    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        neighbour = padded[dy : dy + h, dx : dx + w]
+        touching |= (neighbour != labels) & (neighbour > 0)
+    core = (inside & ~touching).astype(np.uint8)
+    # Outside the image counts as inside the object (OpenCV's border rule): a nucleus cut
+    # by the crop keeps its distances rather than gaining a false rim along the cut.
+    distance = cv2.distanceTransform(core, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    peak = ndimage.maximum(distance, labels, index=np.arange(labels.max() + 1))
+    peak = np.maximum(np.asarray(peak, np.float32), 1.0)
+    return np.where(inside, distance / peak[labels], 0).astype(np.float32)
+
 
 # --------------------------------------------------------------------------------------
 # Augmentation (numpy, on normalised (C, H, W) images and (H, W) labels)

@@ -32,7 +32,7 @@ from model_export.metrics import dice_iou
 from model_export.object_metrics import ObjectScores, score_objects
 from service.engine import Engine
 from service.imaging import decode
-from service.objects import ObjectParams, label_objects
+from service.objects import ObjectParams, label_prediction
 from service.segment import predict
 
 #: No pixel limit worth enforcing offline; the service's own limit applies to uploads.
@@ -89,7 +89,8 @@ def evaluate_folder(
         dice, iou = dice_iou(pred, truth)
         object_scores = None
         if score_instances and len(np.unique(true_labels)) > 2:
-            object_scores = score_objects(true_labels, label_objects(pred, object_params))
+            labels = label_prediction(pred, result.probabilities, object_params)
+            object_scores = score_objects(true_labels, labels)
         scores.append(
             ImageScore(
                 image_path.stem, *truth.shape, dice, iou, result.tiles, round(seconds, 3), object_scores

@@ -16,6 +16,7 @@ import argparse
 import io
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +111,8 @@ def check_against_torch(
 
 
 def _probabilities(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
-    logits = sess.run(["logits"], {"image": x[None]})[0][0, 0]
+    """``(C, H, W)`` input → ``(K, H, W)`` sigmoid probabilities of every output channel."""
+    logits = sess.run(["logits"], {"image": x[None]})[0][0]
     return 1.0 / (1.0 + np.exp(-logits))
 
 
@@ -150,8 +152,9 @@ def measure_context_margin(
         for x, full in images:
             for y0, x0 in origins:
                 crop = x[:, y0 - m : y0 + window + m, x0 - m : x0 + window + m]
-                part = _probabilities(sess, np.ascontiguousarray(crop))[m : m + window, m : m + window]
-                ref = full[y0 : y0 + window, x0 : x0 + window]
+                # Every output channel: the centre map's seeds must not seam either.
+                part = _probabilities(sess, np.ascontiguousarray(crop))[:, m : m + window, m : m + window]
+                ref = full[:, y0 : y0 + window, x0 : x0 + window]
                 worst = max(worst, float(np.abs(part - ref).max()))
                 flips += int(((part > 0.5) != (ref > 0.5)).sum())
         curve[m] = (worst, flips)
@@ -180,8 +183,16 @@ def build_metadata(
     threshold: float,
     precision: str,
     extra_training: dict,
+    split: str = "distance",
 ) -> ModelMetadata:
     config = model.config
+    objects = ObjectParams()  # distance-transform watershed: needs only the foreground
+    if config.center:
+        objects = replace(objects, center_channel=config.classes)
+    if split == "center":
+        if not config.center:
+            raise ExportError("--split center needs a model trained with the centre output (--center 1)")
+        objects = replace(objects, method="center_watershed")
     divisor = config.size_divisor
     overlap = int(math.ceil(2 * margin / 16) * 16)  # both neighbours' halos, on the 16-px grid
     history = checkpoint.get("history", [])
@@ -190,16 +201,18 @@ def build_metadata(
         version=version,
         description=(
             f"U-Net (depth {config.depth}, base {config.base_channels}, {config.fusion} fusion, "
-            f"{config.upsample} upsampling) for fluorescence nuclei; outputs per-class logits, "
-            f"sigmoid gives probabilities."
+            f"{config.upsample} upsampling) for fluorescence nuclei; outputs per-class logits"
+            + (" and a nucleus-centre logit" if config.center else "")
+            + ", sigmoid gives probabilities."
         ),
         in_channels=config.in_channels,
-        classes=config.classes,
-        class_names=class_names,
+        classes=config.outputs,
+        class_names=[*class_names, "center"] if config.center else class_names,
         output_kind="logits",
         activation="sigmoid",
         foreground_channel=0,
-        objects=ObjectParams().as_metadata(),  # distance-transform watershed splits touching nuclei
+        # How the service splits touching nuclei unless a request says otherwise (split=...).
+        objects=objects.as_metadata(),
         normalization=Normalization(),
         size_divisor=divisor,
         receptive_field=receptive_field(config),
@@ -242,6 +255,7 @@ def export(
     threshold: float = 0.5,
     tolerance: float | None = None,
     margin_images: int = 3,
+    split: str = "distance",
 ) -> dict:
     """Export, verify and describe; returns a report (max diff, context margin, metadata)."""
     model, checkpoint = load_checkpoint(Path(checkpoint_path))
@@ -286,6 +300,7 @@ def export(
             "ort_vs_torch_max_abs_diff": max_diff,
             "opset": OPSET,
         },
+        split,
     )
     proto = onnx.load_from_string(model_bytes)
     proto.doc_string = metadata.description
@@ -334,6 +349,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--tolerance", type=float, default=None, help="max |ORT − torch| (default 1e-4, fp16 5e-2)"
     )
+    parser.add_argument(
+        "--split",
+        choices=["distance", "center"],
+        default="distance",
+        help="the service's default way to split touching nuclei (center: needs the centre output); "
+        "requests may override it",
+    )
     args = parser.parse_args(argv)
     report = export(
         args.checkpoint,
@@ -345,6 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
         tile_size=args.tile_size,
         threshold=args.threshold,
         tolerance=args.tolerance,
+        split=args.split,
     )
     meta = report["metadata"]
     print(json.dumps({"context_curve": report["context"]["curve"]}))

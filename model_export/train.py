@@ -6,8 +6,9 @@
 Budget is in optimiser steps (not epochs): on a 2-core CPU one step of 8×256² takes
 ~4 s for the default network in float32 and ~1–1.5 s with bfloat16 autocast (the
 default). Every ``eval_every`` steps (one "epoch" of the history) the model is
-scored on a fixed validation set; the checkpoint with the best validation Dice is
-kept as ``best.pt`` next to ``history.csv/json`` and ``curves.png``.
+scored on a fixed validation set; the best checkpoint (validation Dice, or validation
+loss for a model with the centre channel) is kept as ``best.pt`` next to
+``history.csv/json`` and ``curves.png``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from model_export.data import FolderDataset, SyntheticStream, synthetic_set
+from model_export.data import FolderDataset, SyntheticStream, center_target, synthetic_set
 from model_export.metrics import dice_iou
 from model_export.unet import UNet, UNetConfig, count_parameters, flops_per_pixel, receptive_field
 
@@ -49,6 +50,7 @@ DEFAULTS: dict[str, object] = {
     "base_channels": 16,
     "fusion": "concat",
     "upsample": "transpose",
+    "center": 1,  # 1: one more output, the nucleus-centre map that splits touching nuclei
     # optimisation
     "steps": 1400,  # ~25 min at ~1.1 s/step (bf16) on an idle 2-core CPU
     "bf16": 1,  # 1: bfloat16 autocast for forward/backward (~2.5× faster on AVX-512-BF16 CPUs)
@@ -56,6 +58,7 @@ DEFAULTS: dict[str, object] = {
     "min_lr_ratio": 0.05,  # cosine decay to lr * this by the last step
     "warmup": 10,
     "dice_weight": 1.0,  # loss = BCE + dice_weight * soft Dice loss
+    "center_weight": 1.0,  # + center_weight * BCE of the centre channel against its soft target
     "eval_every": 50,
     "seed": 0,
     "init": None,  # a checkpoint to start from (same architecture): fine-tuning
@@ -86,44 +89,84 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if (args.images is None) != (args.masks is None):
         parser.error("--images and --masks go together")
+    if args.center and args.classes != 1:
+        parser.error("--center 1 needs --classes 1: the centre map is built from instance labels")
     return args
 
 
-def loss_fn(logits: torch.Tensor, target: torch.Tensor, dice_weight: float) -> torch.Tensor:
-    """BCE + soft Dice. ``logits``/``target``: ``(N, K, H, W)``, target in {0, 1}."""
-    bce = F.binary_cross_entropy_with_logits(logits, target)
-    prob = torch.sigmoid(logits)
+def loss_fn(
+    logits: torch.Tensor, target: torch.Tensor, dice_weight: float, classes: int, center_weight: float = 1.0
+) -> torch.Tensor:
+    """BCE + soft Dice on the ``classes`` channels; BCE on the centre channel after them, if any.
+
+    ``logits``/``target``: ``(N, outputs, H, W)``; class targets in {0, 1}, the centre
+    target in [0, 1] (see :func:`model_export.data.center_target`).
+    """
+    class_logits, class_target = logits[:, :classes], target[:, :classes]
+    bce = F.binary_cross_entropy_with_logits(class_logits, class_target)
+    prob = torch.sigmoid(class_logits)
     dims = (0, 2, 3)  # Dice over the whole batch per class: stable on empty crops
-    dice = (2 * (prob * target).sum(dims) + 1) / (prob.sum(dims) + target.sum(dims) + 1)
-    return bce + dice_weight * (1 - dice.mean())
+    dice = (2 * (prob * class_target).sum(dims) + 1) / (prob.sum(dims) + class_target.sum(dims) + 1)
+    loss = bce + dice_weight * (1 - dice.mean())
+    if logits.shape[1] > classes:
+        centre = F.binary_cross_entropy_with_logits(logits[:, classes:], target[:, classes:])
+        loss = loss + center_weight * centre
+    return loss
 
 
-def targets(labels: torch.Tensor, classes: int) -> torch.Tensor:
-    """int ``(N, H, W)`` labels → float ``(N, classes, H, W)`` targets.
+def targets(labels: torch.Tensor, classes: int, center: bool = False) -> torch.Tensor:
+    """int ``(N, H, W)`` labels → float ``(N, classes + center, H, W)`` targets.
 
     One class: foreground = any non-zero label (binary masks and instance label images
-    alike). Several: channel c is class index c + 1 (0 is background).
+    alike). Several: channel c is class index c + 1 (0 is background). With ``center``,
+    a last channel holds each object's normalised distance to its edge.
     """
     if classes == 1:
-        return (labels > 0).float()[:, None]
-    return torch.stack([(labels == c + 1) for c in range(classes)], dim=1).float()
+        out = (labels > 0).float()[:, None]
+    else:
+        out = torch.stack([(labels == c + 1) for c in range(classes)], dim=1).float()
+    if center:
+        centres = np.stack([center_target(item) for item in labels.numpy()])
+        out = torch.cat([out, torch.from_numpy(centres)[:, None]], dim=1)
+    return out
 
 
 @torch.no_grad()
 def evaluate(
-    model: UNet, xs: torch.Tensor, ys: torch.Tensor, classes: int, dice_weight: float, batch: int = 8
+    model: UNet, xs: torch.Tensor, ys: torch.Tensor, args: argparse.Namespace, batch: int = 8
 ) -> tuple[float, float]:
     """Mean loss and mean per-image foreground Dice (channel 0, threshold 0.5) on a fixed set."""
     model.eval()
     losses, dices = [], []
     for i in range(0, len(xs), batch):
-        x, y = xs[i : i + batch], targets(ys[i : i + batch], classes)
+        x, y = xs[i : i + batch], targets(ys[i : i + batch], args.classes, model.config.center)
         logits = model(x)
-        losses.append(loss_fn(logits, y, dice_weight).item() * len(x))
+        losses.append(loss_fn(logits, y, args.dice_weight, args.classes, args.center_weight).item() * len(x))
         pred = (logits[:, 0] > 0).numpy()
         dices += [dice_iou(p, t)[0] for p, t in zip(pred, y[:, 0].numpy().astype(bool), strict=True)]
     model.train()
     return sum(losses) / len(xs), float(np.mean(dices))
+
+
+def init_weights(model: UNet, start: dict, path: Path) -> None:
+    """Load a checkpoint's weights into ``model`` (fine-tuning).
+
+    The architecture must match, except that ``model`` may add the centre channel to a
+    checkpoint without one: the class channels of the head are copied and the new
+    channel starts from the layer's own initialisation.
+    """
+    config = model.config.as_dict()
+    saved = {"center": False, **start["config"]}
+    if {**saved, "center": config["center"]} != config or (saved["center"] and not config["center"]):
+        raise SystemExit(f"--init {path}: architecture {saved} differs from {config}")
+    state = dict(start["state_dict"])
+    if not saved["center"] and config["center"]:
+        head = model.state_dict()
+        for key in ("head.weight", "head.bias"):
+            grown = head[key].clone()
+            grown[: state[key].shape[0]] = state[key]
+            state[key] = grown
+    model.load_state_dict(state)
 
 
 def plot_history(history: list[dict], path: Path) -> None:
@@ -219,15 +262,12 @@ def main(argv: list[str] | None = None) -> Path:
         base_channels=args.base_channels,
         fusion=args.fusion,
         upsample=args.upsample,
+        center=bool(args.center),
     )
     model = UNet(config)
     if args.init is not None:
         start = torch.load(args.init, map_location="cpu", weights_only=False)
-        if start["config"] != config.as_dict():
-            raise SystemExit(
-                f"--init {args.init}: architecture {start['config']} differs from {config.as_dict()}"
-            )
-        model.load_state_dict(start["state_dict"])
+        init_weights(model, start, args.init)
         data_desc["init"] = {"checkpoint": str(args.init), "command": start.get("command", "")}
     print(
         f"U-Net {config.as_dict()}: {count_parameters(model):,} parameters, "
@@ -246,7 +286,10 @@ def main(argv: list[str] | None = None) -> Path:
 
     # ---- loop ----
     history: list[dict] = []
-    best_dice, best_path = -1.0, out / "best.pt"
+    # The best checkpoint: highest validation Dice, or with a centre channel lowest validation
+    # loss (Dice says nothing about the centre map; the loss weighs both).
+    select_by = "val_loss" if config.center else "val_dice"
+    best_score, best_path = -math.inf, out / "best.pt"
     running: list[float] = []
     started = time.time()
     batches = iter(loader)
@@ -263,15 +306,18 @@ def main(argv: list[str] | None = None) -> Path:
         # convolutions run in bfloat16. Validation and export use float32.
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(args.bf16)):
             logits = model(x)
-        loss = loss_fn(logits.float(), targets(labels, args.classes), args.dice_weight)
+        loss = loss_fn(
+            logits.float(), targets(labels, args.classes, config.center), args.dice_weight, args.classes,
+            args.center_weight,
+        )
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         running.append(loss.item())
-        bar.set_postfix(loss=f"{running[-1]:.4f}", best_dice=f"{max(best_dice, 0):.4f}")
+        bar.set_postfix(loss=f"{running[-1]:.4f}")
 
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-            val_loss, val_dice = evaluate(model, val_x, val_y, args.classes, args.dice_weight)
+            val_loss, val_dice = evaluate(model, val_x, val_y, args)
             history.append(
                 {
                     "epoch": len(history) + 1,
@@ -290,14 +336,16 @@ def main(argv: list[str] | None = None) -> Path:
                 "state_dict": model.state_dict(),
                 "step": step + 1,
                 "val_dice": val_dice,
+                "selected_by": select_by,
                 "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                 "command": command,
                 "data": data_desc,
                 "history": history,
             }
             torch.save(checkpoint, out / "last.pt")
-            if val_dice > best_dice:
-                best_dice = val_dice
+            score = -val_loss if config.center else val_dice
+            if score > best_score:
+                best_score = score
                 torch.save(checkpoint, best_path)
             with open(out / "history.json", "w") as f:
                 json.dump(history, f, indent=1)
@@ -306,7 +354,11 @@ def main(argv: list[str] | None = None) -> Path:
                 writer.writeheader()
                 writer.writerows(history)
             plot_history(history, out / "curves.png")
-    print(f"done in {time.time() - started:.0f} s; best val Dice {best_dice:.4f} → {best_path}")
+    best = torch.load(best_path, map_location="cpu", weights_only=False)
+    print(
+        f"done in {time.time() - started:.0f} s; best by {select_by}: step {best['step']}, "
+        f"val Dice {best['val_dice']:.4f}, val loss {best['history'][-1]['val_loss']:.4f} → {best_path}"
+    )
     return best_path
 
 

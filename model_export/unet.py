@@ -30,6 +30,10 @@ class UNetConfig:
     base_channels: int = 16  # width of the first level, doubled per level
     fusion: Fusion = "concat"
     upsample: Upsample = "transpose"
+    # One more output channel after the classes: each pixel's distance to the boundary of
+    # its nucleus, divided by that nucleus' largest (1 at the centre, 0 at the rim and on
+    # background). Its cores seed the watershed that splits touching nuclei.
+    center: bool = False
 
     def __post_init__(self) -> None:
         if self.depth < 1:
@@ -43,6 +47,11 @@ class UNetConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def outputs(self) -> int:
+        """Output channels: the classes, then the centre channel when there is one."""
+        return self.classes + int(self.center)
 
     @property
     def size_divisor(self) -> int:
@@ -106,7 +115,7 @@ class Up(nn.Module):
 
 
 class UNet(nn.Module):
-    """``(N, in_channels, H, W)`` float32 → ``(N, classes, H, W)`` logits.
+    """``(N, in_channels, H, W)`` float32 → ``(N, config.outputs, H, W)`` logits.
 
     H and W must be multiples of ``2**depth`` (the service pads to that).
     """
@@ -121,7 +130,7 @@ class UNet(nn.Module):
         self.ups = nn.ModuleList(
             Up(widths[i + 1], widths[i], widths[i], c.fusion, c.upsample) for i in reversed(range(c.depth))
         )
-        self.head = nn.Conv2d(widths[0], c.classes, kernel_size=1)
+        self.head = nn.Conv2d(widths[0], c.outputs, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = [self.stem(x)]

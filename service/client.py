@@ -160,6 +160,7 @@ class Config:
     out: Path
     urls: tuple[str, ...]
     kind: str = "mask"
+    split: str | None = None  # the service's split option; None: the model's own
     concurrency: int = 4
     overwrite: bool = False
     timeout_s: float = 120.0
@@ -371,6 +372,9 @@ class Segmenter:
 
     def __init__(self, config: Config, backoff_base: float = BACKOFF_BASE_S) -> None:
         self.kind = OUTPUT_KINDS[config.kind]
+        self.params = {"output": self.kind.query}
+        if config.split:
+            self.params["split"] = config.split
         self.retries = config.retries
         self.backoff_base = backoff_base
         headers = {"Accept": f"{self.kind.accept}, application/problem+json",
@@ -410,7 +414,7 @@ class Segmenter:
             client = self.clients[(first + attempt - 1) % len(self.clients)]  # a retry moves on
             try:
                 response = client.post(
-                    "/segment", params={"output": self.kind.query}, content=data,
+                    "/segment", params=self.params, content=data,
                     headers={"Content-Type": content_type},
                 )
             except httpx.TransportError as exc:  # refused, reset, timed out: maybe another replica
@@ -613,6 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="URL", help="service base URL; repeat to spread images over replicas")
     parser.add_argument("--output", dest="kind", choices=list(OUTPUT_KINDS), default="mask",
                         help="what to ask for (default: mask)")
+    parser.add_argument("--split", choices=["center", "distance", "none"], default=None,
+                        help="how touching nuclei are split into objects (default: the model's choice)")
     parser.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
                         help="requests in flight at once, over all URLs (default: 4)")
     parser.add_argument("--overwrite", action="store_true",
@@ -634,9 +640,9 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     """Parse the command line; exits with status 2 on a malformed one (argparse's convention)."""
     args = build_parser().parse_args(argv)
     return Config(inputs=tuple(args.inputs), out=args.out, urls=tuple(args.urls), kind=args.kind,
-                  concurrency=args.concurrency, overwrite=args.overwrite, timeout_s=args.timeout_s,
-                  retries=args.retries, api_key=args.api_key or None, report=args.report,
-                  progress=args.progress)
+                  split=args.split, concurrency=args.concurrency, overwrite=args.overwrite,
+                  timeout_s=args.timeout_s, retries=args.retries, api_key=args.api_key or None,
+                  report=args.report, progress=args.progress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

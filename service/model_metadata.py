@@ -63,6 +63,11 @@ class ModelMetadata(BaseModel):
     training: dict = Field(default_factory=dict, description="command, data, metrics")
     precision: Literal["fp32", "fp16"] = "fp32"
 
+    @property
+    def center_channel(self) -> int | None:
+        """The output channel of the nucleus-centre map (class name ``center``), if any."""
+        return self.class_names.index("center") if "center" in self.class_names else None
+
     def to_onnx_props(self) -> dict[str, str]:
         return {PREFIX + key: json.dumps(value) for key, value in self.model_dump(mode="json").items()}
 

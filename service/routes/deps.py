@@ -184,7 +184,9 @@ class Runtime:
         The one place the three sources are resolved; raises 422 for values outside the limits.
         """
         s = self.settings
-        tile = tile_size or s.tile_size or metadata.tile_size
+        # The model's recommendation yields to the operator's cap (a 2048-px model on a server
+        # capped at 1024 runs 1024-px tiles); an explicit request or setting is checked instead.
+        tile = tile_size or s.tile_size or min(metadata.tile_size, s.max_tile_size)
         if overlap is not None:
             ovl = overlap
         elif s.tile_overlap is not None:

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from service.errors import ProblemError, problem_responses
+from service.objects import ObjectParams
 from service.routes.deps import Runtime, get_runtime, require_api_key
 
 router = APIRouter(responses=problem_responses(503))
@@ -26,6 +27,7 @@ class TilingInfo(BaseModel):
 
 class BatchingInfo(BaseModel):
     max_batch_size: int
+    max_batch_pixels: int = Field(description="pixels one model run may hold (caps a batch of large tiles)")
     max_queue_delay_ms: float
     max_queue_tiles: int
     max_concurrent_requests: int
@@ -38,6 +40,13 @@ class LimitsInfo(BaseModel):
     request_timeout_s: float
 
 
+class ObjectsInfo(BaseModel):
+    method: str = Field(description="how the mask becomes separate nuclei (from the model's metadata)")
+    count_on_every_output: bool = Field(
+        description="whether mask/probability/overlay responses also carry X-Object-Count"
+    )
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -47,6 +56,7 @@ class ModelInfo(BaseModel):
     warmup_ms: float | None
     tiling: TilingInfo
     batching: BatchingInfo
+    objects: ObjectsInfo
     limits: LimitsInfo
     metadata: dict[str, Any] = Field(description="the model's own metadata (unet.* ONNX props)")
 
@@ -104,9 +114,14 @@ def model_info(runtime: Runtime = Depends(get_runtime)) -> ModelInfo:
         ),
         batching=BatchingInfo(
             max_batch_size=s.max_batch_size,
+            max_batch_pixels=s.max_batch_pixels,
             max_queue_delay_ms=s.max_queue_delay_ms,
             max_queue_tiles=s.max_queue_tiles,
             max_concurrent_requests=s.max_concurrent_requests,
+        ),
+        objects=ObjectsInfo(
+            method=ObjectParams.from_metadata(md.objects).method,
+            count_on_every_output=s.count_objects_on_every_output,
         ),
         limits=LimitsInfo(
             max_upload_bytes=s.max_upload_bytes,

@@ -65,6 +65,20 @@ class Output(str, Enum):
     geojson = "geojson"
 
 
+class Split(str, Enum):
+    center = "center"
+    distance = "distance"
+    none = "none"
+
+
+_SPLIT_DESCRIPTION = (
+    "how touching nuclei are split into objects; default: the model's own choice (GET /v1/model, "
+    "objects.method) · center: at the peaks of the model's nucleus-centre output (models that have "
+    "one; best on dense, overlapping nuclei) · distance: at the peaks of the mask's distance "
+    "transform · none: connected components"
+)
+
+
 @dataclass(frozen=True)
 class SegmentOptions:
     output: Output
@@ -73,9 +87,10 @@ class SegmentOptions:
     tile_size: int | None
     overlap: int | None
     json_table: bool = False  # output=objects as JSON (Accept: application/json) instead of CSV
+    split: Split | None = None  # None: the model's own method
 
 
-_OPTION_NAMES = ("output", "threshold", "bits", "tile_size", "overlap")
+_OPTION_NAMES = ("output", "threshold", "bits", "tile_size", "overlap", "split")
 
 
 def segment_options(
@@ -99,12 +114,13 @@ def segment_options(
         "a tile at least the image size means a single pass",
     ),
     overlap: int | None = Query(None, ge=0, description="overlap between tiles in pixels (< tile_size / 2)"),
+    split: Split | None = Query(None, description=_SPLIT_DESCRIPTION),
     _known: None = Depends(only_query_params(*_OPTION_NAMES)),
     accept: str = Header("", include_in_schema=False),
 ) -> SegmentOptions:
     _check_bits(bits)
     json_table = "application/json" in accept and "text/csv" not in accept
-    return SegmentOptions(output, threshold, bits, tile_size, overlap, json_table)
+    return SegmentOptions(output, threshold, bits, tile_size, overlap, json_table, split)
 
 
 def batch_options(
@@ -113,10 +129,11 @@ def batch_options(
     bits: int = Query(8, description="as for POST /segment", json_schema_extra={"enum": [8, 16]}),
     tile_size: int | None = Query(None, ge=16, description="as for POST /segment"),
     overlap: int | None = Query(None, ge=0, description="as for POST /segment"),
+    split: Split | None = Query(None, description="as for POST /segment"),
     _known: None = Depends(only_query_params(*_OPTION_NAMES)),
 ) -> SegmentOptions:
     _check_bits(bits)
-    return SegmentOptions(output, threshold, bits, tile_size, overlap)
+    return SegmentOptions(output, threshold, bits, tile_size, overlap, split=split)
 
 
 def _check_bits(bits: int) -> None:
@@ -199,6 +216,18 @@ def run_pipeline(
     )
 
 
+def object_params(options: SegmentOptions, md: ModelMetadata) -> objects.ObjectParams:
+    """The model's object parameters with the request's ``split`` applied."""
+    params = objects.ObjectParams.from_metadata(md.objects)
+    split = None if options.split is None else options.split.value
+    try:
+        return objects.params_for_split(params, split, md.center_channel)
+    except ValueError as exc:
+        raise InvalidOptions(
+            str(exc), errors=[{"loc": ["query", "split"], "msg": str(exc), "type": "value_error"}]
+        ) from exc
+
+
 def render(
     options: SegmentOptions,
     image: np.ndarray,
@@ -219,7 +248,7 @@ def render(
     if count_every_output or options.output not in (Output.mask, Output.probability, Output.overlay):
         # Objects are found on the stitched full-image map, so a nucleus cut by a tile border
         # is one object.
-        labels = objects.label_objects(mask > 0, objects.ObjectParams.from_metadata(md.objects))
+        labels = objects.label_prediction(mask > 0, prediction.probabilities, object_params(options, md))
         count = int(labels.max(initial=0))
     if options.output is Output.probability:
         return imaging.encode_png(postprocess.probability_png_array(prob, options.bits)), "image/png", count
@@ -444,6 +473,7 @@ async def segment_image(
 ) -> Response:
     engine, _ = runtime.require_ready()  # before reading a large body
     runtime.tiling(engine.metadata, options.tile_size, options.overlap)  # 422 before reading, too
+    object_params(options, engine.metadata)
     data = await _read_single_upload(request)
     timeout_s = runtime.settings.request_timeout_s
     with runtime.admit():
@@ -569,6 +599,7 @@ async def segment_batch(
     engine, _ = runtime.require_ready()
     md = engine.metadata
     runtime.tiling(md, options.tile_size, options.overlap)
+    object_params(options, md)  # once for the request, not a 422 per file
     settings = runtime.settings
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "multipart/form-data":

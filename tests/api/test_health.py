@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from service.objects import ObjectParams
+from service.settings import Settings
 from tests.api import _images as im
 from tests.server import Server
 
@@ -27,6 +29,11 @@ def test_model_info_and_open_inference_metadata(server: Server) -> None:
     assert info["provider"] == "CPUExecutionProvider"
     assert info["tiling"] == {"tile_size": 64, "overlap": 24, "source": "model", "max_tile_size": 1024}
     assert info["metadata"]["context_margin"] == 8
+    assert info["batching"]["max_batch_pixels"] == Settings.model_fields["max_batch_pixels"].default
+    assert info["objects"] == {
+        "method": ObjectParams.from_metadata(info["metadata"]["objects"]).method,
+        "count_on_every_output": True,
+    }
     v2 = server.client.get("/v2/models/test-conv").json()
     assert v2["platform"] == "onnxruntime_onnx" and v2["versions"] == ["0.0.0"]
     assert v2["inputs"][0]["shape"] == [-1, 1, -1, -1]

@@ -141,3 +141,51 @@ def test_counting_on_plain_outputs_can_be_turned_off(start_server, conv_model) -
     assert plain.status_code == 200 and "X-Object-Count" not in plain.headers
     labels = srv.client.post("/segment", params={"output": "labels"}, content=body, headers=headers)
     assert int(labels.headers["X-Object-Count"]) == int(im.decode(labels.content).max())
+
+
+def _touching_nuclei() -> np.ndarray:
+    """Pairs of overlapping bright discs on a dim noisy background, 16-bit, like a micrograph."""
+    rng = np.random.default_rng(4)
+    rows, cols = np.indices((200, 240))
+    image = 300 + rng.normal(0, 25, rows.shape)
+    for r, c in [(50, 50), (50, 72), (140, 60), (140, 84), (100, 180)]:
+        image[(rows - r) ** 2 + (cols - c) ** 2 <= 13**2] = 3000 + rng.normal(0, 60)
+    return np.clip(image, 0, 65535).astype(np.uint16)
+
+
+def test_split_option_picks_how_touching_nuclei_become_objects(start_server) -> None:
+    # The bundled model: it has the nucleus-centre output that split=center needs.
+    srv = start_server({"UNET_MAX_TILE_SIZE": "1024"}).wait_ready()
+    body, headers = im.png(_touching_nuclei()), {"Content-Type": "image/png"}
+    counts = {}
+    for split in ("center", "distance", "none", None):
+        params = {"output": "labels"} | ({"split": split} if split else {})
+        r = srv.client.post("/segment", params=params, content=body, headers=headers)
+        assert r.status_code == 200, r.text
+        counts[split] = int(r.headers["X-Object-Count"])
+        assert counts[split] == int(im.decode(r.content).max())
+    # Two touching pairs and one single nucleus: the splitting methods see five, plain
+    # connected components three; the default is the model's own method.
+    assert counts["center"] == counts["distance"] == 5 and counts["none"] == 3
+    info = srv.client.get("/v1/model").json()
+    method = info["objects"]["method"]
+    assert counts[None] == counts[{"distance_watershed": "distance", "center_watershed": "center"}[method]]
+    # The model recommends 2048-px tiles; the server's cap of 1024 wins without failing requests.
+    assert info["metadata"]["tile_size"] == 2048 and info["tiling"]["tile_size"] == 1024
+
+
+def test_split_center_on_a_model_without_a_centre_output_is_a_422(server: Server) -> None:
+    headers = {"Content-Type": "image/png"}
+    r = server.client.post("/segment", params={"split": "center"}, content=im.png(GRAY), headers=headers)
+    assert r.status_code == 422 and r.json()["type"] == "/problems/invalid-options"
+    assert "centre" in r.json()["detail"]
+    batch = server.client.post(
+        "/segment/batch", params={"split": "center"}, files=[("files", ("a.png", im.png(GRAY), "image/png"))]
+    )
+    assert batch.status_code == 422  # once for the request, not once per file
+    bad = server.client.post("/segment", params={"split": "fancy"}, content=im.png(GRAY), headers=headers)
+    assert bad.status_code == 422
+    # The other choices need only the foreground: any model can do them.
+    for split in ("distance", "none"):
+        ok = server.client.post("/segment", params={"split": split}, content=im.png(GRAY), headers=headers)
+        assert ok.status_code == 200, ok.text

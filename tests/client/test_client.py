@@ -226,6 +226,16 @@ def test_output_kind_is_the_query_value(standin, images: Path, tmp_path: Path, k
     assert files_under(out) == ["a.png", "sub/a.png", "sub/deeper/b.png"]
 
 
+def test_split_is_sent_only_when_asked_for(standin, images: Path, tmp_path: Path) -> None:
+    server = standin("a")
+    assert segment(images, "--out", tmp_path / "default", "--url", server.url, "--output", "labels") == 0
+    assert all("split" not in r.query for r in server.requests)  # the model's own method
+    server.requests.clear()
+    out = tmp_path / "centre"
+    assert segment(images, "--out", out, "--url", server.url, "--output", "labels", "--split", "center") == 0
+    assert {r.query["split"][0] for r in server.requests} == {"center"}
+
+
 def test_labels_in_tiff_are_kept_as_tif_and_count_as_done(standin, images: Path, tmp_path: Path) -> None:
     server = standin("a")
     out = tmp_path / "out"

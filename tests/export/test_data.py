@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from model_export.data import FolderDataset, synth_nuclei, write_synthetic
+from model_export.data import FolderDataset, center_target, synth_nuclei, write_synthetic
 from model_export.folders import DataError, load_pair, pair_folders, read_mask
 
 
@@ -32,6 +32,24 @@ def test_generator_returns_raw_image_and_sequential_instance_labels() -> None:
         if len(ids) > 1:  # nuclei are brighter than background on average
             assert image[labels > 0].mean() > image[labels == 0].mean()
     assert dtypes == {np.dtype(np.uint8), np.dtype(np.uint16)}
+
+
+def test_centre_target_peaks_at_each_nucleus_and_parts_touching_ones() -> None:
+    labels = np.zeros((60, 100), np.int32)
+    cv2.circle(labels, (30, 30), 14, 1, -1)
+    cv2.circle(labels, (55, 30), 14, 2, -1)  # overlaps disc 1: drawn over it, the two touch
+    target = center_target(labels)
+    assert target.dtype == np.float32 and target.shape == labels.shape
+    assert target[labels == 0].max() == 0 and target.min() >= 0 and target.max() == 1
+    # Each object peaks at 1 inside itself, and the seam between the two is a valley of zeros.
+    assert target[labels == 1].max() == 1 and target[labels == 2].max() == 1
+    seam = (labels == 1) & (np.roll(labels, -1, axis=1) == 2)
+    assert seam.any() and target[seam].max() == 0
+    assert target[30, 28] > 0.8 and target[30, 57] > 0.8 and target[30, 43] < 0.3
+    # A binary mask: each blob is its own object (touching ones cannot be told apart).
+    binary = center_target(labels > 0)
+    assert binary.max() == 1 and binary[30, 43] > 0.5 and binary[labels == 0].max() == 0
+    assert not center_target(np.zeros((8, 8), np.int32)).any()
 
 
 def _write(path: Path, array: np.ndarray) -> Path:

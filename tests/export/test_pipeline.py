@@ -30,6 +30,7 @@ def test_tiny_training_writes_checkpoint_history_and_plot(tiny_run: Path) -> Non
         "base_channels": 4,
         "fusion": "concat",
         "upsample": "transpose",
+        "center": True,
     }
     assert checkpoint["command"].startswith("python -m model_export train")
 
@@ -59,27 +60,39 @@ def test_dynamic_batch_height_and_width(tiny_export: dict) -> None:
     sess = ort.InferenceSession(tiny_export["out"], providers=["CPUExecutionProvider"])
     for shape in [(1, 1, 4, 4), (3, 1, 48, 80), (2, 1, 132, 20)]:
         out = sess.run(["logits"], {"image": np.random.default_rng(0).random(shape, dtype=np.float32)})[0]
-        assert out.shape == (shape[0], 1, shape[2], shape[3]) and out.dtype == np.float32
+        # Two outputs: the foreground and the nucleus-centre map.
+        assert out.shape == (shape[0], 2, shape[2], shape[3]) and out.dtype == np.float32
 
 
 def test_metadata_is_complete_and_parses(tiny_run: Path, tiny_export: dict) -> None:
     props = {p.key: p.value for p in onnx.load(tiny_export["out"]).metadata_props}
     meta = ModelMetadata.from_onnx_props(props)
     assert set(props) == {"unet." + field for field in ModelMetadata.model_fields}
-    config = UNetConfig(depth=2, base_channels=4)
+    config = UNetConfig(depth=2, base_channels=4, center=True)
     assert meta.receptive_field == receptive_field(config) == 1 + (4 + 1) + (4 + 1) * 2 + 4 * 4 + 4 * 2 + 4
-    assert meta.size_divisor == 4 and meta.in_channels == 1 and meta.classes == 1
-    assert meta.class_names == ["nucleus"] and meta.output_kind == "logits" and meta.activation == "sigmoid"
+    assert meta.size_divisor == 4 and meta.in_channels == 1 and meta.classes == 2
+    assert meta.class_names == ["nucleus", "center"] and meta.foreground_channel == 0
+    assert meta.output_kind == "logits" and meta.activation == "sigmoid"
     assert 0 <= meta.context_margin <= meta.receptive_field
     assert meta.tile_overlap % 16 == 0 and meta.tile_overlap >= 2 * meta.context_margin
     assert meta.tile_size == 2048 and meta.threshold == 0.5 and meta.precision == "fp32"
-    assert meta.border == 0 and meta.objects["method"] == "distance_watershed"
+    assert meta.border == 0
+    assert meta.objects["method"] == "distance_watershed" and meta.objects["center_channel"] == 1
+    assert meta.center_channel == 1
     assert meta.architecture["parameters"] == count_parameters(UNet(config))
     assert meta.architecture["flops_per_pixel"] > 0
     assert {"depth", "base_channels", "fusion", "upsample"} <= set(meta.architecture)
     assert meta.training["command"].startswith("python -m model_export train")
     assert meta.training["data"]["kind"] == "synthetic"
     assert meta.training["steps"] in (2, 3) and 0 <= meta.training["val_dice"] <= 1
+
+
+def test_export_records_the_split_the_service_uses_by_default(tiny_run: Path, tmp_path: Path) -> None:
+    from model_export.export import export
+
+    report = export(tiny_run / "best.pt", tmp_path / "centre.onnx", margin_images=1, split="center")
+    assert report["metadata"]["objects"]["method"] == "center_watershed"
+    assert report["metadata"]["objects"]["center_channel"] == 1
 
 
 def test_fp16_export_keeps_float32_io_and_says_fp16(tiny_run: Path, tmp_path: Path) -> None:
@@ -112,3 +125,33 @@ def test_training_can_start_from_a_checkpoint_of_the_same_architecture(
 
     with pytest.raises(SystemExit, match="architecture"):
         train.main([*TINY, "--base-channels", "8", *init])
+    # A centre-map model cannot drop its centre channel by fine-tuning.
+    with pytest.raises(SystemExit, match="architecture"):
+        train.main([*TINY, "--center", "0", *init])
+
+
+def test_fine_tuning_adds_a_centre_channel_to_a_foreground_model(tmp_path: Path) -> None:
+    from model_export import train
+    from tests.export.conftest import TINY
+
+    plain = tmp_path / "plain"
+    train.main([*TINY, "--center", "0", "--steps", "1", "--eval-every", "1", "--out", str(plain)])
+    start = torch.load(plain / "best.pt", map_location="cpu", weights_only=False)
+    assert start["state_dict"]["head.weight"].shape[0] == 1
+    out = tmp_path / "grown"
+    init = ["--init", str(plain / "best.pt"), "--out", str(out)]
+    train.main([*TINY, "--steps", "1", "--eval-every", "1", "--lr", "1e-9", *init])
+    grown = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    assert grown["config"]["center"] is True
+    head = grown["state_dict"]["head.weight"]
+    assert head.shape[0] == 2
+    # The foreground row is the trained one; the centre row starts fresh.
+    assert torch.allclose(head[:1], start["state_dict"]["head.weight"], atol=1e-6)
+
+
+def test_centre_channel_needs_instance_labels_of_one_class(tmp_path: Path) -> None:
+    from model_export import train
+    from tests.export.conftest import TINY
+
+    with pytest.raises(SystemExit):
+        train.main([*TINY, "--classes", "2", "--out", str(tmp_path)])

@@ -16,6 +16,7 @@ from service.objects import (
     fill_holes,
     h_maxima,
     label_objects,
+    label_prediction,
     measure,
     rows_to_csv,
     to_geojson,
@@ -57,6 +58,50 @@ def test_single_ellipse_is_not_split():
 def test_connected_components_method_does_not_split():
     mask = _disc_mask((80, 120), [(40, 40, 15), (66, 40, 15)])
     assert label_objects(mask, ObjectParams(method="connected_components")).max() == 1
+
+
+def _centre_map(shape, discs):
+    """A centre map like the model's: 1 at each disc's centre, falling to 0 at its rim."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    centres = np.zeros(shape, np.float32)
+    for x, y, r in discs:
+        centres = np.maximum(centres, np.clip(1 - np.hypot(xx - x, yy - y) / r, 0, 1))
+    return centres
+
+
+CENTRE = ObjectParams(method="center_watershed", center_channel=1, center_prominence=0.1, center_floor=0.0)
+
+
+def test_centre_cores_split_overlapping_nuclei():
+    discs = [(50, 50, 20), (72, 50, 20)]  # overlapping by almost half a diameter
+    mask = _disc_mask((100, 130), discs)
+    labels = label_objects(mask, CENTRE, _centre_map(mask.shape, discs))
+    assert labels.max() == 2 and labels[50, 45] != labels[50, 77]
+    # Every mask pixel is in one of the two objects: the flood loses nothing.
+    assert ((labels > 0) == fill_holes(mask)).all()
+    # The same through the model's (K, H, W) probabilities.
+    probabilities = np.stack([mask.astype(np.float32), _centre_map(mask.shape, discs)])
+    assert np.array_equal(label_prediction(mask, probabilities, CENTRE), labels)
+
+
+def test_centre_peaks_below_the_floor_do_not_seed():
+    mask = _disc_mask((80, 80), [(40, 40, 25)])
+    centres = _centre_map(mask.shape, [(40, 40, 25)])
+    centres = np.maximum(centres, _centre_map(mask.shape, [(40, 20, 5)]) * 0.45)  # a bump at the rim
+    assert label_objects(mask, CENTRE, centres).max() == 2  # the bump rises ~0.15 above its saddle
+    with_floor = ObjectParams(method="center_watershed", center_prominence=0.1, center_floor=0.5)
+    assert label_objects(mask, with_floor, centres).max() == 1
+
+
+def test_centre_method_keeps_one_core_or_none_as_one_object_and_needs_the_map():
+    mask = _disc_mask((80, 160), [(40, 40, 15), (120, 40, 15)])
+    centres = _centre_map(mask.shape, [(40, 40, 15)])  # the second disc has no core at all
+    labels = label_objects(mask, CENTRE, centres)
+    assert labels.max() == 2 and labels[40, 40] == 1 and labels[40, 120] == 2
+    with pytest.raises(ValueError, match="centre map"):
+        label_objects(mask, CENTRE)
+    with pytest.raises(ValueError, match="outside"):
+        label_prediction(mask, mask[None].astype(np.float32), CENTRE)
 
 
 def test_labels_are_numbered_in_raster_order_of_first_pixel():
@@ -116,6 +161,45 @@ def test_geojson_is_valid_closed_inside_and_round_trips_areas():
         xy = np.asarray(ring)
         assert xy.min() >= 0 and xy[:, 0].max() <= 300 and xy[:, 1].max() <= 300
         assert _polygon_area(ring) == pytest.approx(row.area, rel=0.02)
+
+
+def _ring_of(labels, object_id):
+    rows = measure(labels, np.zeros(labels.shape), np.zeros(labels.shape))
+    feature = to_geojson(labels, rows)["features"][object_id - 1]
+    return feature["geometry"]["coordinates"][0]
+
+
+def test_outlines_follow_pixel_edges_exactly_and_run_counter_clockwise():
+    rng = np.random.default_rng(11)
+    for _ in range(60):
+        mask = np.zeros((48, 48), np.uint8)
+        for _ in range(int(rng.integers(1, 4))):
+            centre = (int(v) for v in rng.integers(12, 36, 2))
+            axes = (int(rng.integers(2, 12)), int(rng.integers(2, 9)))
+            cv2.ellipse(mask, tuple(centre), axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        labels = cv2.connectedComponents(mask, connectivity=4)[1]
+        ring = _ring_of(labels, 1)
+        xy = np.asarray(ring)
+        # Integer pixel corners; the staircase encloses exactly the object's pixels.
+        assert np.issubdtype(xy.dtype, np.integer)
+        assert _polygon_area(ring) == (labels == 1).sum()
+        # Counter-clockwise in a y-up frame (positive shoelace), as RFC 7946 asks of exteriors.
+        x, y = xy[:-1, 0], xy[:-1, 1]
+        assert np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)) > 0
+        # Corners only: no vertex repeats and none sits mid-way along a straight edge.
+        assert len({tuple(p) for p in ring[:-1]}) == len(ring) - 1
+        before, after = xy[1:-1] - xy[:-2], xy[2:] - xy[1:-1]
+        assert (before[:, 0] * after[:, 1] != before[:, 1] * after[:, 0]).all()
+
+
+def test_outline_of_parts_touching_at_a_corner_does_not_touch_itself():
+    labels = np.zeros((12, 12), np.int32)
+    labels[2:6, 2:6] = 1
+    labels[6:10, 6:10] = 1  # joined to the first square only at the corner (6, 6)
+    ring = _ring_of(labels, 1)
+    assert ring[0] == ring[-1]
+    assert len({tuple(p) for p in ring[:-1]}) == len(ring) - 1  # a simple ring (valid in JTS)
+    assert _polygon_area(ring) == pytest.approx(32, rel=0.02)
 
 
 def test_labels_encode_as_16_bit_png_and_32_bit_tiff_past_65535():

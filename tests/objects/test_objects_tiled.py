@@ -9,7 +9,7 @@ import pytest
 
 from model_export.object_metrics import match_ious
 from service.engine import Engine
-from service.objects import ObjectParams, label_objects
+from service.objects import ObjectParams, label_prediction, params_for_split
 from service.postprocess import foreground_probability
 from service.segment import predict
 
@@ -22,11 +22,16 @@ def engine() -> Engine:
     return Engine.load(REAL_MODEL, providers=["CPUExecutionProvider"])
 
 
-def _labels(engine: Engine, image: np.ndarray, tile_size: int) -> tuple[np.ndarray, int]:
+#: Both ways the bundled model splits nuclei (it has the centre output).
+SPLITS = ["center", "distance"]
+
+
+def _labels(engine: Engine, image: np.ndarray, tile_size: int, split: str) -> tuple[np.ndarray, int]:
     md = engine.metadata
     prediction = predict(image, engine.run, md, tile_size=tile_size, batch_size=4)
     mask = foreground_probability(prediction, md) > md.threshold
-    return label_objects(mask, ObjectParams.from_metadata(md.objects)), prediction.tiles
+    params = params_for_split(ObjectParams.from_metadata(md.objects), split, md.center_channel)
+    return label_prediction(mask, prediction.probabilities, params), prediction.tiles
 
 
 def _nuclei_image(shape: tuple[int, int], centres: list[tuple[int, int]], radius: int) -> np.ndarray:
@@ -40,26 +45,28 @@ def _nuclei_image(shape: tuple[int, int], centres: list[tuple[int, int]], radius
     return np.clip(image, 0, 65535).astype(np.uint16)
 
 
+@pytest.mark.parametrize("split", SPLITS)
 @pytest.mark.parametrize("tile_size", [96, 128, 160])
-def test_a_nucleus_on_a_tile_border_is_one_object(engine: Engine, tile_size: int) -> None:
+def test_a_nucleus_on_a_tile_border_is_one_object(engine: Engine, tile_size: int, split: str) -> None:
     # Nuclei straddling many candidate tile borders (every 16 px multiple is one).
     centres = [(40 + 48 * i, 64 + 32 * i) for i in range(6)]
     image = _nuclei_image((320, 400), centres, radius=11)
-    labels, tiles = _labels(engine, image, tile_size)
+    labels, tiles = _labels(engine, image, tile_size, split)
     assert tiles > 1
     ids = [int(labels[r, c]) for r, c in centres]
     assert all(ids) and len(set(ids)) == len(centres)
     assert labels.max() == len(centres)
 
 
-def test_tiled_objects_match_a_single_pass(engine: Engine) -> None:
+@pytest.mark.parametrize("split", SPLITS)
+def test_tiled_objects_match_a_single_pass(engine: Engine, split: str) -> None:
     from model_export.data import synth_nuclei
 
     image, _ = synth_nuclei(seed=11, size=(400, 520))
-    single, tiles = _labels(engine, image, tile_size=1024)
+    single, tiles = _labels(engine, image, 1024, split)
     assert tiles == 1
     for tile_size in (128, 256):
-        tiled, tiles = _labels(engine, image, tile_size)
+        tiled, tiles = _labels(engine, image, tile_size, split)
         assert tiles > 1
         iou = match_ious(single, tiled)
         matched = (iou >= 0.9).any(axis=1).mean()
