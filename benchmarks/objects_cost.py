@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     service_params = objects.ObjectParams.from_metadata(md.objects)
     service_method = service_params.method
     methods = ["connected_components", "distance_watershed"]
-    if service_params.uses_centers:
-        methods.append(service_method)
+    if md.center_channel is not None:  # the model can split at its centre map too (?split=center)
+        methods.append("center_watershed")
     image = nuclei_image(args.size)
     intensity = to_channels(image, 1)
     engine.warmup()
@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         state["mask"] = postprocess.mask(state["prob"], md.threshold) > 0
 
     def label(method: str) -> None:
-        params = service_params if method == service_method else objects.ObjectParams(method=method)
+        split = {v: k for k, v in objects.SPLIT_METHODS.items()}[method]
+        params = objects.params_for_split(service_params, split, md.center_channel)
         state[method] = objects.label_prediction(state["mask"], state["probabilities"], params)
 
     def measure(method: str) -> None:

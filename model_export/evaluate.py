@@ -32,7 +32,7 @@ from model_export.metrics import dice_iou
 from model_export.object_metrics import ObjectScores, score_objects
 from service.engine import Engine
 from service.imaging import decode
-from service.objects import ObjectParams, label_prediction
+from service.objects import SPLIT_METHODS, ObjectParams, label_prediction, params_for_split
 from service.segment import predict
 
 #: No pixel limit worth enforcing offline; the service's own limit applies to uploads.
@@ -62,15 +62,20 @@ def evaluate_folder(
     batch_size: int = 4,
     threads: int = 0,
     score_instances: bool = True,
+    split: str | None = None,
 ) -> tuple[list[ImageScore], dict]:
     """Score every image/mask pair; returns per-image scores and a summary.
 
     The summary holds the mean per-image Dice/IoU and the pooled Dice/IoU (all pixels of
-    all images counted together, so large images weigh more).
+    all images counted together, so large images weigh more). ``split`` picks how objects
+    are split, as the service's request option does (None: the model's own method).
     """
     engine = Engine.load(model, providers=["CPUExecutionProvider"], intra_op_threads=threads)
     meta = engine.metadata
-    object_params = ObjectParams.from_metadata(meta.objects)
+    try:
+        object_params = params_for_split(ObjectParams.from_metadata(meta.objects), split, meta.center_channel)
+    except ValueError as exc:
+        raise DataError(f"{model}: {exc}") from exc
     scores: list[ImageScore] = []
     inter = pred_sum = truth_sum = 0
     for image_path, mask_path in pair_folders(images, masks):
@@ -140,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = all cores)")
     parser.add_argument("--json", type=Path, default=None, help="also write scores here (JSON)")
     parser.add_argument(
+        "--split",
+        choices=list(SPLIT_METHODS),
+        default=None,
+        help="how touching nuclei are split (as the service's ?split=); default: the model's method",
+    )
+    parser.add_argument(
         "--no-objects", action="store_true", help="skip object metrics even where masks are label images"
     )
     args = parser.parse_args(argv)
@@ -153,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             args.batch_size,
             args.threads,
             score_instances=not args.no_objects,
+            split=args.split,
         )
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)

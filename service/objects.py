@@ -21,8 +21,10 @@ Library code does the pixel work (OpenCV, scikit-image, SciPy).
 from __future__ import annotations
 
 import csv
+import gc
 import io
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 import cv2
@@ -135,7 +137,7 @@ def h_maxima(surface: np.ndarray, h: float) -> np.ndarray:
     marker = surface - np.float32(h)
     while True:
         grown = np.minimum(cv2.dilate(marker, _CROSS_AND_DIAGONALS), surface)
-        if np.array_equal(grown, marker):
+        if cv2.norm(grown, marker, cv2.NORM_INF) == 0:  # stable (np.array_equal, ~4× faster)
             break
         marker = grown
     # float32 rounding of (surface - h) may leave the residue a hair under h.
@@ -167,9 +169,14 @@ def _split_at_peaks(
     return watershed(-surface, markers, mask=inside, connectivity=2)
 
 
+def _framed(array: np.ndarray) -> np.ndarray:
+    """``array`` inside a one-pixel frame of zeros (OpenCV: ~10× faster than ``np.pad``)."""
+    return cv2.copyMakeBorder(array, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+
+
 def _split_by_distance(crop: np.ndarray, params: ObjectParams) -> np.ndarray | None:
     """Split one component's crop at the peaks of its distance transform."""
-    padded = np.pad(crop.astype(np.uint8), 1)
+    padded = _framed(crop.view(np.uint8))
     distance = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     if params.smoothing_sigma > 0:
         distance = cv2.GaussianBlur(distance, (0, 0), params.smoothing_sigma) * padded
@@ -179,8 +186,8 @@ def _split_by_distance(crop: np.ndarray, params: ObjectParams) -> np.ndarray | N
 
 def _split_by_centers(crop: np.ndarray, centers: np.ndarray, params: ObjectParams) -> np.ndarray | None:
     """Split one component's crop at the peaks of the model's centre map."""
-    padded = np.pad(crop, 1)
-    surface = np.pad(np.where(crop, centers, 0).astype(np.float32), 1)
+    padded = _framed(crop.view(np.uint8)).view(bool)
+    surface = _framed(np.where(crop, centers, 0).astype(np.float32))
     split = _split_at_peaks(surface, padded, params.center_prominence, params.center_floor)
     return None if split is None else split[1:-1, 1:-1]
 
@@ -217,16 +224,18 @@ def label_objects(
         left, top, w, h, area = (int(v) for v in stats[component])
         if area < params.min_area:
             continue
-        crop = components[top : top + h, left : left + w] == component
         sub = None
-        if area < 2 * params.min_area or params.method == "connected_components":
-            pass  # a single object by method, or too small to hold two kept ones
-        elif params.uses_centers:
-            sub = _split_by_centers(crop, centers[top : top + h, left : left + w], params)
-        else:
-            sub = _split_by_distance(crop, params)
+        if area >= 2 * params.min_area and params.method != "connected_components":
+            # (else a single object by method, or too small to hold two kept ones)
+            crop = components[top : top + h, left : left + w] == component
+            if params.uses_centers:
+                sub = _split_by_centers(crop, centers[top : top + h, left : left + w], params)
+            else:
+                sub = _split_by_distance(crop, params)
         if sub is None:
-            objects.append((_first_pixel(crop, top, left, width), component, 0))
+            # A whole component: its first pixel lies in the top row of its box.
+            first = int(np.argmax(components[top, left : left + w] == component))
+            objects.append(((top * width) + left + first, component, 0))
             continue
         sub = sub.astype(np.int32)
         for sub_label in range(1, int(sub.max()) + 1):
@@ -418,8 +427,30 @@ def _shoelace(xy: np.ndarray) -> float:
     return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building a large acyclic structure.
+
+    Each of its collections re-scans every container allocated so far, so building ~10⁵
+    small lists costs twice as much with it running (measured on 2660 outlines: 0.38 s
+    vs 0.19 s). Nothing built here forms a cycle; reference counting frees it all.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def to_geojson(labels: np.ndarray, rows: list[ObjectRow], classification: str = "Nucleus") -> dict:
     """A GeoJSON FeatureCollection QuPath imports: one Polygon detection per object."""
+    with _gc_paused():
+        return _feature_collection(labels, rows, classification)
+
+
+def _feature_collection(labels: np.ndarray, rows: list[ObjectRow], classification: str) -> dict:
     boxes = ndimage.find_objects(labels)
     features = []
     for row in rows:

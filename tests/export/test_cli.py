@@ -40,6 +40,12 @@ def test_synth_then_evaluate_through_service_tiling(
     scores = json.loads(report.read_text())
     assert len(scores["images"]) == 2 and all(s["tiles"] > 1 for s in scores["images"])
     assert 0 <= scores["summary"]["mean_dice"] <= 1
+    assert scores["summary"]["objects"]["method"]["method"] == "distance_watershed"  # the model's default
+    # --split center scores the objects the service's ?split=center would return.
+    centre = tmp_path / "centre.json"
+    args = ["evaluate", "--model", tiny_export["out"], "--images", str(tmp_path / "images")]
+    assert main([*args, "--masks", str(tmp_path / "masks"), "--split", "center", "--json", str(centre)]) == 0
+    assert json.loads(centre.read_text())["summary"]["objects"]["method"]["method"] == "center_watershed"
 
 
 def test_evaluate_reports_a_missing_mask_by_name(
