@@ -25,6 +25,7 @@ const state = {
   countThreshold: null,  // null: the model's own threshold
   modelThreshold: 0.5,
   threshold: 0.5,        // the slider's value
+  split: "",             // the request's split option; "": the model's default
   run: 0,                // bumped per upload: answers for an older upload are dropped
   countRequest: 0,       // bumped per geojson request: only the newest one counts
   refetchTimer: null,
@@ -118,6 +119,7 @@ function segmentUrl(output, threshold) {
   const params = new URLSearchParams({ output });
   if (output === "probability") params.set("bits", "8"); // the browser thresholds 8-bit values
   if (threshold !== null && threshold !== undefined) params.set("threshold", threshold.toFixed(2));
+  if (state.split) params.set("split", state.split);
   return `segment?${params}`;
 }
 
@@ -150,6 +152,9 @@ async function loadModelInfo() {
       state.modelThreshold = threshold;
       if (!state.prob) setThreshold(threshold);
     }
+    // split=center needs the model's centre output; without one the server would answer 422.
+    const names = (info.metadata && info.metadata.class_names) || [];
+    $("split").querySelector('option[value="center"]').disabled = !names.includes("center");
     $("info-model").textContent = `${info.name} ${info.version}`;
     $("info-provider").textContent = info.provider || "–";
     const tiling = info.tiling ? ` · tiles ${info.tiling.tile_size} px, overlap ${info.tiling.overlap} px` : "";
@@ -412,6 +417,20 @@ function onThresholdInput() {
   }, REFETCH_DELAY_MS);
 }
 
+function onSplitChange() {
+  state.split = $("split").value;
+  if (!state.prob) return;
+  $("info-count").textContent = "updating…";
+  clearTimeout(state.refetchTimer); // a pending threshold re-count is folded into this one
+  const atDefault = state.countThreshold === null && state.threshold === state.modelThreshold;
+  refetchObjects(atDefault ? null : state.threshold, "Objects with the new split")
+    .then(hideProgress)
+    .catch((err) => {
+      hideProgress();
+      showError(err.message);
+    });
+}
+
 async function download(output) {
   if (!state.file) return;
   const label = output === "mask" ? "mask" : "labels";
@@ -458,6 +477,7 @@ function init() {
   });
   wireDragAndDrop();
   $("threshold").addEventListener("input", onThresholdInput);
+  $("split").addEventListener("change", onSplitChange);
   $("opacity").addEventListener("input", setOpacity);
   for (const radio of document.querySelectorAll('input[name="view"]')) radio.addEventListener("change", render);
   $("download-mask").addEventListener("click", () => download("mask"));

@@ -213,6 +213,29 @@ def test_threshold_slider_changes_foreground_area_without_new_upload(
     page.screenshot(path=str(ARTIFACTS / "web-viewer.png"), full_page=True)
 
 
+def test_split_choice_recounts_on_the_server(viewer: Viewer, service_url: str, tiff: Path) -> None:
+    page = viewer.page
+    model = httpx.get(f"{service_url}/v1/model", timeout=10).json()
+    assert "center" in model["metadata"]["class_names"]  # the bundled model: every choice is offered
+    assert not page.locator('#split option[value="center"]').is_disabled()
+
+    def server_count(split: str) -> int:
+        reply = httpx.post(f"{service_url}/segment", params={"output": "labels", "split": split},
+                           content=tiff.read_bytes(), headers={"Content-Type": "image/tiff"}, timeout=120)
+        assert reply.status_code == 200, reply.text
+        return int(reply.headers["X-Object-Count"])
+
+    for split in ("none", "center", ""):
+        page.locator("#split").select_option(split)
+        _wait_for_count(page)
+        if split:
+            assert any("output=geojson" in url and f"split={split}" in url for url in viewer.requests)
+        expected = server_count(split or {"distance_watershed": "distance", "center_watershed": "center"}[
+            model["objects"]["method"]])
+        assert int(page.locator("#info-count").text_content()) == expected, split
+    assert page.locator("#error").text_content() == ""
+
+
 def test_download_buttons_name_files_after_the_input(viewer: Viewer) -> None:
     page = viewer.page
     for output in ("mask", "labels"):
