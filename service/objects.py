@@ -7,7 +7,7 @@ Touching nuclei are split per connected component of the mask, on its bounding-b
 crop; most components are single nuclei and cost almost nothing. Two ways to seed the
 watershed that splits the rest:
 
-- ``center_watershed`` (models with a centre channel, the default model): the model
+- ``center_watershed`` (models with a centre channel, e.g. the bundled one): the model
   predicts each pixel's normalised distance to the edge of its own nucleus; each peak of
   that map rising ``center_prominence`` above the saddle to its neighbours seeds one
   nucleus, and the component is flooded from the seeds downhill on the map. The model
@@ -51,7 +51,7 @@ MAX_PNG_LABEL = 65535
 class ObjectParams:
     """How a foreground mask becomes objects (defaults suit nuclei of radius ~4–40 px).
 
-    method: ``"center_watershed"`` splits touching nuclei at the cores of the model's centre
+    method: ``"center_watershed"`` splits touching nuclei at the peaks of the model's centre
         channel (models trained with one); ``"distance_watershed"`` splits them at the peaks of
         the mask's distance transform (any model); ``"connected_components"`` does not split.
     min_area: objects smaller than this many pixels are dropped as specks.
