@@ -169,6 +169,7 @@ class SynthConfig:
     # meet: without them the model took such a step for the rim of a huge bright object.
     field_step: float = 0.25  # probability of a region with another background level
     flat_padding: float = 0.15  # probability of a flat, noise-free band at one edge (no nuclei)
+    glow: float = 0.5  # probability of a wide, dim out-of-focus halo around the nuclei
 
 
 def _smooth_noise(shape: tuple[int, int], scale: float, rng: np.random.Generator) -> np.ndarray:
@@ -264,9 +265,18 @@ def synth_nuclei(
 
     # Optics: blur both the textured signal and the plain one identically.
     sigma = rng.uniform(*cfg.blur)
+    emitted = signal
     signal = cv2.GaussianBlur(signal, (0, 0), sigma)
     plain = cv2.GaussianBlur(plain, (0, 0), sigma)
     labels[plain < 0.5 * level] = 0  # tight to the half-maximum edge of each nucleus
+    # A widefield PSF has long tails: out-of-focus light puts a dim glow around every
+    # nucleus, bright ones most. It is not nucleus: the labels keep the sharp edge. Drawn
+    # from a stream of its own, so an image without a glow is exactly what it was before
+    # the glow existed (with one, the noise drawn after it differs).
+    glow_rng = np.random.default_rng((seed, 1))
+    if glow_rng.random() < cfg.glow:
+        halo = cv2.GaussianBlur(emitted, (0, 0), glow_rng.uniform(3.0, 10.0))
+        signal = signal + np.float32(glow_rng.uniform(0.05, 0.3)) * halo
 
     # Uneven background: offset + slow gradient/vignetting + optional out-of-focus haze.
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
