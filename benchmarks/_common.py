@@ -30,7 +30,8 @@ if str(REPO) not in sys.path:  # the scripts import ``service`` from the checkou
     sys.path.insert(0, str(REPO))
 
 PLOTS = REPO / "docs" / "bench"
-DEFAULT_CHECKPOINT = REPO / "runs" / "default" / "best.pt"
+# The training run the bundled model was exported from (models/README.md; runs/ is not in git).
+DEFAULT_CHECKPOINT = REPO / "runs" / "glow" / "best.pt"
 CACHE = Path(tempfile.gettempdir()) / "unet-bench-cache"
 
 # --------------------------------------------------------------------------- models
