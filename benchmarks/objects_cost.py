@@ -58,11 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         engine = Engine.load(model, ["CPUExecutionProvider"], intra_op_threads=args.threads)
     md = engine.metadata
     batch_size = Settings().max_batch_size
-    service_params = objects.ObjectParams.from_metadata(md.objects)
-    service_method = service_params.method
-    methods = ["connected_components", "distance_watershed"]
-    if md.center_channel is not None:  # the model can split at its centre map too (?split=center)
-        methods.append("center_watershed")
+    service_method = objects.params_for_model(md).method
+    splits = ["none", "distance"] + (["center"] if md.center_channel is not None else [])
+    params = {objects.SPLIT_METHODS[split]: objects.params_for_model(md, split) for split in splits}
+    methods = list(params)
     image = nuclei_image(args.size)
     intensity = to_channels(image, 1)
     engine.warmup()
@@ -78,9 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         state["mask"] = postprocess.mask(state["prob"], md.threshold) > 0
 
     def label(method: str) -> None:
-        split = {v: k for k, v in objects.SPLIT_METHODS.items()}[method]
-        params = objects.params_for_split(service_params, split, md.center_channel)
-        state[method] = objects.label_prediction(state["mask"], state["probabilities"], params)
+        state[method] = objects.label_prediction(state["mask"], state["probabilities"], params[method])
 
     def measure(method: str) -> None:
         state[f"rows {method}"] = objects.measure(state[method], intensity, state["prob"])

@@ -32,7 +32,7 @@ from model_export.metrics import dice_iou
 from model_export.object_metrics import ObjectScores, score_objects
 from service.engine import Engine
 from service.imaging import decode
-from service.objects import SPLIT_METHODS, ObjectParams, label_prediction, params_for_split
+from service.objects import SPLIT_METHODS, label_prediction, params_for_model
 from service.segment import predict
 
 #: No pixel limit worth enforcing offline; the service's own limit applies to uploads.
@@ -73,7 +73,7 @@ def evaluate_folder(
     engine = Engine.load(model, providers=["CPUExecutionProvider"], intra_op_threads=threads)
     meta = engine.metadata
     try:
-        object_params = params_for_split(ObjectParams.from_metadata(meta.objects), split, meta.center_channel)
+        object_params = params_for_model(meta, split)
     except ValueError as exc:
         raise DataError(f"{model}: {exc}") from exc
     scores: list[ImageScore] = []

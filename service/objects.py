@@ -33,6 +33,8 @@ from scipy import ndimage
 from skimage.measure import find_contours
 from skimage.segmentation import watershed
 
+from service.model_metadata import ModelMetadata
+
 #: How a foreground mask becomes objects (see :class:`ObjectParams`).
 METHODS = ("center_watershed", "distance_watershed", "connected_components")
 
@@ -236,8 +238,8 @@ def label_objects(
                 sub = _split_by_distance(crop, params)
         if sub is None:
             # A whole component: its first pixel lies in the top row of its box.
-            first = int(np.argmax(components[top, left : left + w] == component))
-            objects.append(((top * width) + left + first, component, 0))
+            top_row = components[top : top + 1, left : left + w] == component
+            objects.append((_first_pixel(top_row, top, left, width), component, 0))
             continue
         sub = sub.astype(np.int32)
         for sub_label in range(1, int(sub.max()) + 1):
@@ -268,21 +270,21 @@ def label_objects(
     return labels
 
 
-def params_for_split(params: ObjectParams, split: str | None, center_channel: int | None) -> ObjectParams:
-    """The model's object parameters with a request's ``split`` choice applied.
+def params_for_model(metadata: ModelMetadata, split: str | None = None) -> ObjectParams:
+    """The object parameters a model's metadata records, with a request's ``split`` applied.
 
-    ``split``: a key of :data:`SPLIT_METHODS`, or None for the model's own method.
-    ``center_channel``: the model's centre-map channel, None when it has none (then
-    ``split="center"`` is a ValueError).
+    ``split``: a key of :data:`SPLIT_METHODS`, or None for the model's own method;
+    ``"center"`` on a model without a centre output is a ValueError.
     """
+    params = ObjectParams.from_metadata(metadata.objects)
     if split is None:
         return params
     if split not in SPLIT_METHODS:
         raise ValueError(f"split must be one of {', '.join(SPLIT_METHODS)}, got {split!r}")
     if split == "center":
-        if center_channel is None:
+        if metadata.center_channel is None:
             raise ValueError("split=center needs a model with a nucleus-centre output; this one has none")
-        return replace(params, method=SPLIT_METHODS[split], center_channel=center_channel)
+        return replace(params, method=SPLIT_METHODS[split], center_channel=metadata.center_channel)
     return replace(params, method=SPLIT_METHODS[split])
 
 
@@ -381,8 +383,7 @@ def _outline(mask: np.ndarray, top: int, left: int) -> list[list[float]]:
     ``ceil(i / 2)`` (index 2k is the top/left edge k of pixel k, 2k + 1 its bottom/right
     edge k + 1). One C++ call per object instead of marching squares assembled in Python.
     """
-    padded = cv2.copyMakeBorder(mask.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    grown = cv2.resize(padded, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    grown = cv2.resize(_framed(mask.astype(np.uint8)), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
     contours, _ = cv2.findContours(grown, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     ring = max(contours, key=cv2.contourArea) if len(contours) > 1 else contours[0]
     xy = (ring.reshape(-1, 2) + 1) >> 1
@@ -409,8 +410,7 @@ def _outline_marching_squares(mask: np.ndarray, top: int, left: int) -> list[lis
     """Outer ring by marching squares at level 0.5: midway between inside and outside pixel
     centres, so corners are cut (area within a few % of the pixel count for nuclei), and
     pixels touching at a corner stay joined by a narrow neck (``fully_connected``)."""
-    padded = np.pad(mask.astype(np.uint8), 1).astype(np.float32)
-    contours = find_contours(padded, 0.5, fully_connected="high")
+    contours = find_contours(_framed(mask.astype(np.float32)), 0.5, fully_connected="high")
     ring = max(contours, key=lambda c: abs(_shoelace(c[:, ::-1])))[:, ::-1]  # (row, col) → (x, y)
     if np.array_equal(ring[0], ring[-1]):
         ring = ring[:-1]

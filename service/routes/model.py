@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from service.errors import ProblemError, problem_responses
-from service.objects import ObjectParams
+from service.objects import params_for_model
 from service.routes.deps import Runtime, get_runtime, require_api_key
 
 router = APIRouter(responses=problem_responses(503))
@@ -120,7 +120,7 @@ def model_info(runtime: Runtime = Depends(get_runtime)) -> ModelInfo:
             max_concurrent_requests=s.max_concurrent_requests,
         ),
         objects=ObjectsInfo(
-            method=ObjectParams.from_metadata(md.objects).method,
+            method=params_for_model(md).method,
             count_on_every_output=s.count_objects_on_every_output,
         ),
         limits=LimitsInfo(

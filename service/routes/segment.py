@@ -32,6 +32,7 @@ from starlette.datastructures import UploadFile
 from service import imaging, metrics, objects, postprocess, segment
 from service.batcher import BatcherClosed, Overloaded
 from service.batcher import Cancelled as BatcherCancelled
+from service.engine import Engine
 from service.errors import (
     BadRequest,
     InvalidOptions,
@@ -218,14 +219,22 @@ def run_pipeline(
 
 def object_params(options: SegmentOptions, md: ModelMetadata) -> objects.ObjectParams:
     """The model's object parameters with the request's ``split`` applied."""
-    params = objects.ObjectParams.from_metadata(md.objects)
     split = None if options.split is None else options.split.value
     try:
-        return objects.params_for_split(params, split, md.center_channel)
+        return objects.params_for_model(md, split)
     except ValueError as exc:
         raise InvalidOptions(
             str(exc), errors=[{"loc": ["query", "split"], "msg": str(exc), "type": "value_error"}]
         ) from exc
+
+
+def _checked_engine(runtime: Runtime, options: SegmentOptions) -> Engine:
+    """The ready engine, once the options are checked against its model: every 503 or 422
+    that needs no image comes before the body is read."""
+    engine, _ = runtime.require_ready()
+    runtime.tiling(engine.metadata, options.tile_size, options.overlap)
+    object_params(options, engine.metadata)
+    return engine
 
 
 def render(
@@ -471,9 +480,7 @@ async def segment_image(
     options: SegmentOptions = Depends(segment_options),
     runtime: Runtime = Depends(get_runtime),
 ) -> Response:
-    engine, _ = runtime.require_ready()  # before reading a large body
-    runtime.tiling(engine.metadata, options.tile_size, options.overlap)  # 422 before reading, too
-    object_params(options, engine.metadata)
+    _checked_engine(runtime, options)  # 503/422 before reading a large body
     data = await _read_single_upload(request)
     timeout_s = runtime.settings.request_timeout_s
     with runtime.admit():
@@ -596,10 +603,7 @@ async def segment_batch(
     options: SegmentOptions = Depends(batch_options),
     runtime: Runtime = Depends(get_runtime),
 ) -> Response:
-    engine, _ = runtime.require_ready()
-    md = engine.metadata
-    runtime.tiling(md, options.tile_size, options.overlap)
-    object_params(options, md)  # once for the request, not a 422 per file
+    md = _checked_engine(runtime, options).metadata  # once for the request, not a 422 per file
     settings = runtime.settings
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "multipart/form-data":

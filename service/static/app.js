@@ -406,15 +406,18 @@ function onThresholdInput() {
   $("info-count").textContent = "updating…";
   clearTimeout(state.refetchTimer);
   const threshold = state.threshold;
-  state.refetchTimer = setTimeout(async () => {
-    try {
-      await refetchObjects(threshold, "Objects at the new threshold");
-      hideProgress();
-    } catch (err) {
-      hideProgress();
-      showError(err.message);
-    }
-  }, REFETCH_DELAY_MS);
+  state.refetchTimer = setTimeout(() => recount(threshold, "Objects at the new threshold"), REFETCH_DELAY_MS);
+}
+
+/** Re-count the objects on the server after a control changed; errors go to the status line. */
+async function recount(threshold, step) {
+  try {
+    await refetchObjects(threshold, step);
+    hideProgress();
+  } catch (err) {
+    hideProgress();
+    showError(err.message);
+  }
 }
 
 function onSplitChange() {
@@ -423,12 +426,7 @@ function onSplitChange() {
   $("info-count").textContent = "updating…";
   clearTimeout(state.refetchTimer); // a pending threshold re-count is folded into this one
   const atDefault = state.countThreshold === null && state.threshold === state.modelThreshold;
-  refetchObjects(atDefault ? null : state.threshold, "Objects with the new split")
-    .then(hideProgress)
-    .catch((err) => {
-      hideProgress();
-      showError(err.message);
-    });
+  recount(atDefault ? null : state.threshold, "Objects with the new split");
 }
 
 async function download(output) {

@@ -9,7 +9,7 @@ import pytest
 
 from model_export.object_metrics import match_ious
 from service.engine import Engine
-from service.objects import ObjectParams, label_prediction, params_for_split
+from service.objects import label_prediction, params_for_model
 from service.postprocess import foreground_probability
 from service.segment import predict
 
@@ -30,8 +30,7 @@ def _labels(engine: Engine, image: np.ndarray, tile_size: int, split: str) -> tu
     md = engine.metadata
     prediction = predict(image, engine.run, md, tile_size=tile_size, batch_size=4)
     mask = foreground_probability(prediction, md) > md.threshold
-    params = params_for_split(ObjectParams.from_metadata(md.objects), split, md.center_channel)
-    return label_prediction(mask, prediction.probabilities, params), prediction.tiles
+    return label_prediction(mask, prediction.probabilities, params_for_model(md, split)), prediction.tiles
 
 
 def _nuclei_image(shape: tuple[int, int], centres: list[tuple[int, int]], radius: int) -> np.ndarray:
