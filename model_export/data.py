@@ -28,6 +28,7 @@ __all__ = [
     "DataError",
     "FolderDataset",
     "center_target",
+    "ScaledDataset",
     "SyntheticStream",
     "load_pair",
     "pair_folders",
@@ -107,6 +108,87 @@ def augment_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray
         image = image + rng.normal(0, rng.uniform(0.0, 0.05), image.shape).astype(np.float32)
     clip = Normalization().clip
     return np.clip(image, clip[0], clip[1]).astype(np.float32)
+
+
+def scaled_crop(
+    image: np.ndarray, labels: np.ndarray, scale: float, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random ``size``² crop of ``(C, H, W)``/``(H, W)`` after resizing by ``scale``.
+
+    Only the source window that lands in the crop is resized (cheap for large images).
+    Where the window overhangs the image, the image is zero (the normalised background
+    level, as where the service pads) and labels are 0: a mirror would duplicate nuclei.
+    """
+    _, h, w = image.shape
+    window = max(1, int(round(size / scale)))
+    y = int(rng.integers(min(0, h - window), max(0, h - window) + 1))
+    x = int(rng.integers(min(0, w - window), max(0, w - window) + 1))
+    src = (slice(max(0, y), min(h, y + window)), slice(max(0, x), min(w, x + window)))
+    canvas = np.zeros((image.shape[0], window, window), np.float32)
+    canvas_labels = np.zeros((window, window), np.int32)
+    dst = (slice(src[0].start - y, src[0].stop - y), slice(src[1].start - x, src[1].stop - x))
+    canvas[:, dst[0], dst[1]] = image[:, src[0], src[1]]
+    canvas_labels[dst] = labels[src]
+    if window == size:
+        return canvas, canvas_labels
+    interpolation = cv2.INTER_AREA if window > size else cv2.INTER_LINEAR
+    resized = np.stack([cv2.resize(c, (size, size), interpolation=interpolation) for c in canvas])
+    resized_labels = cv2.resize(canvas_labels, (size, size), interpolation=cv2.INTER_NEAREST)
+    return resized, resized_labels
+
+
+class ScaledDataset(Dataset):
+    """Real images with instance labels, brought to one nucleus scale, mixed with synthetic ones.
+
+    Each sample resizes a random window of one image so that its nuclei come out at
+    ``diameter`` px (the image's median equivalent diameter → ``diameter``) times a random
+    factor in ``scale_jitter`` (log-uniform), so the model tolerates an imperfect scale
+    estimate in the service. With probability ``synthetic`` the sample is a synthetic image
+    whose nuclei are drawn at the same scale instead.
+
+    ``items``: ``(raw image, int32 labels, median diameter px)``; images are normalised once
+    here, as the service normalises the whole image before tiling.
+    """
+
+    def __init__(
+        self,
+        items: list[tuple[np.ndarray, np.ndarray, float]],
+        patch: int,
+        diameter: float,
+        scale_jitter: tuple[float, float] = (0.67, 1.5),
+        synthetic: float = 0.0,
+        in_channels: int = 1,
+        seed: int = 0,
+        samples_per_epoch: int = 1000,
+        augment: bool = True,
+    ) -> None:
+        norm = Normalization()
+        self.items = [(prepare(image, in_channels, norm), labels, d) for image, labels, d in items]
+        self.patch, self.diameter, self.jitter = patch, diameter, scale_jitter
+        self.synthetic, self.in_channels, self.seed = synthetic, in_channels, seed
+        self.samples, self.augment = samples_per_epoch, augment
+        radius = diameter / 2
+        self.synth_config = SynthConfig(radius=(radius * scale_jitter[0], radius * scale_jitter[1]))
+        self._calls = 0
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self._calls += 1
+        rng = np.random.default_rng((self.seed, index, self._calls if self.augment else 0))
+        if self.augment and rng.random() < self.synthetic:
+            image, labels = synth_nuclei(int(rng.integers(1 << 62)), self.patch, self.synth_config)
+            x = prepare(image, self.in_channels, Normalization())
+        else:
+            x, labels, d = self.items[index % len(self.items)]
+            jitter = math.exp(rng.uniform(*np.log(self.jitter))) if self.augment else 1.0
+            scale = self.diameter / max(d, 1.0) * jitter
+            x, labels = scaled_crop(x, labels, scale, self.patch, rng)
+        if self.augment:
+            x, labels = flip_rotate(x, labels, rng)
+            x = augment_intensity(x, rng)
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(labels))
 
 
 class FolderDataset(Dataset):

@@ -2,6 +2,7 @@
 
     python -m model_export train                       # default model, synthetic nuclei
     python -m model_export train --images DIR --masks DIR --steps 2000
+    python -m model_export train --dsb stage1_train --init runs/default/best.pt   # DSB 2018 layout
 
 Budget is in optimiser steps (not epochs): on a 2-core CPU one step of 8×256² takes
 ~4 s for the default network in float32 and ~1–1.5 s with bfloat16 autocast (the
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from model_export.data import FolderDataset, SyntheticStream, center_target, synthetic_set
+from model_export.data import FolderDataset, ScaledDataset, SyntheticStream, center_target, synthetic_set
 from model_export.metrics import dice_iou
 from model_export.unet import UNet, UNetConfig, count_parameters, flops_per_pixel, receptive_field
 
@@ -37,7 +38,14 @@ DEFAULTS: dict[str, object] = {
     # data: no folders → the built-in synthetic generator
     "images": None,
     "masks": None,
-    "val_fraction": 0.2,  # folder data: share of files held out for validation
+    "dsb": None,  # a DSB 2018 / BBBC038 stage1_train folder (<id>/images, <id>/masks)
+    "val_fraction": 0.2,  # folder/DSB data: share of files held out (DSB: whole series)
+    # DSB data: every sample is resized so its nuclei come out at `diameter` px (median
+    # equivalent diameter) × a log-uniform factor in [1/jitter, jitter]; the service brings
+    # each image to this scale before the model. `synthetic`: share of synthetic samples.
+    "diameter": 20.0,
+    "scale_jitter": 1.5,
+    "synthetic": 0.25,
     "patch": 256,
     "batch_size": 8,
     "val_images": 24,  # synthetic data: size of the fixed validation set
@@ -80,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.add_argument(flag, default=value, choices=choices)
         elif key == "init":
             parser.add_argument(flag, type=Path, default=None, help="checkpoint to start from (fine-tune)")
+        elif key == "dsb":
+            parser.add_argument(flag, type=Path, default=None, help="DSB 2018 layout folder (stage1_train)")
         elif key in ("images", "masks"):
             parser.add_argument(
                 flag, type=Path, default=value, help="folder of image/mask files paired by stem"
@@ -89,6 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if (args.images is None) != (args.masks is None):
         parser.error("--images and --masks go together")
+    if args.dsb is not None and args.images is not None:
+        parser.error("--dsb and --images/--masks are two different data sources: choose one")
     if args.center and args.classes != 1:
         parser.error("--center 1 needs --classes 1: the centre map is built from instance labels")
     return args
@@ -169,6 +181,58 @@ def init_weights(model: UNet, start: dict, path: Path) -> None:
     model.load_state_dict(state)
 
 
+def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.Tensor, dict]:
+    """Training loader and fixed validation crops from a DSB-layout folder (fluorescence only).
+
+    Validation holds out whole acquisition series (``dsb.split_by_series``); its crops are
+    brought to the model's nucleus scale without jitter, as the service would.
+    """
+    from model_export import dsb
+
+    items = dsb.load_set(args.dsb)
+    train_items, val_items = dsb.split_by_series(items, args.val_fraction, args.seed)
+    if not train_items or not val_items:
+        raise SystemExit(f"--dsb {args.dsb}: {len(items)} fluorescence images; too few to split by series")
+    jitter = (1 / args.scale_jitter, args.scale_jitter)
+    as_tuples = [(i.image, i.labels, i.diameter) for i in train_items]
+    train_set = ScaledDataset(
+        as_tuples, args.patch, args.diameter, jitter, args.synthetic, args.in_channels, args.seed,
+        samples_per_epoch=max(len(train_items), args.batch_size) * 16,
+    )
+    val_set = ScaledDataset(
+        [(i.image, i.labels, i.diameter) for i in val_items], args.patch, args.diameter,
+        in_channels=args.in_channels, seed=args.seed, samples_per_epoch=len(val_items), augment=False,
+    )
+    pairs = [val_set[i] for i in range(len(val_items))]
+    val_x, val_y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    data_desc = {
+        "kind": "dsb2018",
+        "dsb": str(args.dsb),
+        "licence": "CC0 (BBBC038 / Kaggle DSB 2018 stage 1 train, community-fixed masks)",
+        "fluorescence_images": len(items),
+        "train_images": len(train_items),
+        "val_images": len(val_items),
+        "val_series": sorted({i.series for i in val_items}),
+        "val_ids": sorted(i.id for i in val_items),
+        "nucleus_diameter_px": args.diameter,
+        "scale_jitter": args.scale_jitter,
+        "synthetic_share": args.synthetic,
+    }
+    print(
+        f"DSB: {len(items)} fluorescence images, {len(train_items)} train / {len(val_items)} val "
+        f"({len(data_desc['val_series'])} held-out series)"
+    )
+    loader = DataLoader(
+        train_set,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.workers,
+        persistent_workers=args.workers > 0,
+    )
+    return loader, val_x, val_y, data_desc
+
+
 def plot_history(history: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -204,7 +268,9 @@ def main(argv: list[str] | None = None) -> Path:
     torch.set_num_threads(args.threads)
 
     # ---- data ----
-    if args.images is not None:
+    if args.dsb is not None:
+        loader, val_x, val_y, data_desc = dsb_data(args)
+    elif args.images is not None:
         full = FolderDataset(
             args.images, args.masks, args.patch, args.in_channels, augment=True, seed=args.seed
         )
