@@ -225,6 +225,8 @@ def build_metadata(
         tile_size=max(tile_size, overlap + divisor),
         tile_overlap=overlap,
         threshold=threshold,
+        # Trained at one nucleus scale (DSB data brought to it): the service resizes to it.
+        nucleus_diameter=checkpoint.get("data", {}).get("nucleus_diameter_px"),
         architecture={
             **config.as_dict(),
             "parameters": count_parameters(model),

@@ -59,6 +59,12 @@ class ModelMetadata(BaseModel):
     tile_size: int = Field(ge=16, description="recommended tile edge, pixels")
     tile_overlap: int = Field(ge=0, description="recommended overlap between neighbouring tiles, pixels")
     threshold: float = Field(0.5, gt=0, lt=1, description="decision threshold on foreground probability")
+    nucleus_diameter: float | None = Field(
+        None,
+        gt=0,
+        description="median nucleus equivalent diameter (px) the model was trained at; the service "
+        "resizes each image so its nuclei come out this size. None: the model is used at the image's scale",
+    )
     architecture: dict = Field(default_factory=dict, description="depth, base_channels, fusion, upsample")
     training: dict = Field(default_factory=dict, description="command, data, metrics")
     precision: Literal["fp32", "fp16"] = "fp32"

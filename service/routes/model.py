@@ -47,6 +47,18 @@ class ObjectsInfo(BaseModel):
     )
 
 
+class DefaultsInfo(BaseModel):
+    threshold: float = Field(description="foreground probability threshold when a request does not ask")
+    nucleus_diameter: float | None = Field(
+        description="nucleus diameter (px) the model was trained at: each image is resized so its nuclei "
+        "come out this size; null: images are segmented at their own scale"
+    )
+    diameter: str = Field(
+        description="how a request's nucleus diameter is found when it sends no diameter=: 'estimated' per "
+        "image, or 'model-scale' (not resized) for a model without a nucleus diameter"
+    )
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -57,6 +69,7 @@ class ModelInfo(BaseModel):
     tiling: TilingInfo
     batching: BatchingInfo
     objects: ObjectsInfo
+    defaults: DefaultsInfo
     limits: LimitsInfo
     metadata: dict[str, Any] = Field(description="the model's own metadata (unet.* ONNX props)")
 
@@ -122,6 +135,11 @@ def model_info(runtime: Runtime = Depends(get_runtime)) -> ModelInfo:
         objects=ObjectsInfo(
             method=params_for_model(md).method,
             count_on_every_output=s.count_objects_on_every_output,
+        ),
+        defaults=DefaultsInfo(
+            threshold=md.threshold,
+            nucleus_diameter=md.nucleus_diameter,
+            diameter="estimated" if md.nucleus_diameter else "model-scale",
         ),
         limits=LimitsInfo(
             max_upload_bytes=s.max_upload_bytes,

@@ -29,7 +29,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
-from service import imaging, metrics, objects, postprocess, segment
+from service import imaging, metrics, objects, pipeline, postprocess, segment
 from service.batcher import BatcherClosed, Overloaded
 from service.batcher import Cancelled as BatcherCancelled
 from service.engine import Engine
@@ -41,6 +41,7 @@ from service.errors import (
     problem_body,
     problem_responses,
 )
+from service.modality import check_modality
 from service.model_metadata import ModelMetadata
 from service.preprocess import to_channels
 from service.routes.deps import Runtime, get_runtime, only_query_params, require_api_key
@@ -89,9 +90,17 @@ class SegmentOptions:
     overlap: int | None
     json_table: bool = False  # output=objects as JSON (Accept: application/json) instead of CSV
     split: Split | None = None  # None: the model's own method
+    diameter: float | None = None  # typical nucleus diameter, input px; None: estimated
 
 
-_OPTION_NAMES = ("output", "threshold", "bits", "tile_size", "overlap", "split")
+_OPTION_NAMES = ("output", "threshold", "bits", "tile_size", "overlap", "split", "diameter")
+
+_DIAMETER_DESCRIPTION = (
+    "typical nucleus diameter in the image, pixels; the image is resized so its nuclei come out at "
+    "the model's trained diameter (GET /v1/model, defaults.nucleus_diameter) and the outputs come back "
+    "at the input's size. Default: estimated per image by a quick model pass at a few scales "
+    "(X-Nucleus-Diameter and X-Diameter-Source say what was used)"
+)
 
 
 def segment_options(
@@ -116,12 +125,13 @@ def segment_options(
     ),
     overlap: int | None = Query(None, ge=0, description="overlap between tiles in pixels (< tile_size / 2)"),
     split: Split | None = Query(None, description=_SPLIT_DESCRIPTION),
+    diameter: float | None = Query(None, ge=1, le=1000, description=_DIAMETER_DESCRIPTION),
     _known: None = Depends(only_query_params(*_OPTION_NAMES)),
     accept: str = Header("", include_in_schema=False),
 ) -> SegmentOptions:
     _check_bits(bits)
     json_table = "application/json" in accept and "text/csv" not in accept
-    return SegmentOptions(output, threshold, bits, tile_size, overlap, json_table, split)
+    return SegmentOptions(output, threshold, bits, tile_size, overlap, json_table, split, diameter)
 
 
 def batch_options(
@@ -131,10 +141,13 @@ def batch_options(
     tile_size: int | None = Query(None, ge=16, description="as for POST /segment"),
     overlap: int | None = Query(None, ge=0, description="as for POST /segment"),
     split: Split | None = Query(None, description="as for POST /segment"),
+    diameter: float | None = Query(
+        None, ge=1, le=1000, description="as for POST /segment (one for every file; default: per file)"
+    ),
     _known: None = Depends(only_query_params(*_OPTION_NAMES)),
 ) -> SegmentOptions:
     _check_bits(bits)
-    return SegmentOptions(output, threshold, bits, tile_size, overlap, split=split)
+    return SegmentOptions(output, threshold, bits, tile_size, overlap, split=split, diameter=diameter)
 
 
 def _check_bits(bits: int) -> None:
@@ -160,6 +173,8 @@ class Result:
     overlap: int
     object_count: int | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    scale: pipeline.ScaleChoice | None = None
+    warnings: list[str] = field(default_factory=list)  # for the user: X-Warnings, manifest
 
     @property
     def inference_ms(self) -> float:
@@ -183,11 +198,25 @@ def run_pipeline(
     t1 = time.perf_counter()
     timings["decode"] = 1000 * (t1 - t0)
 
+    warnings: list[str] = []
+    modality = check_modality(image)
+    if modality.warning:
+        warnings.append(modality.warning)
+
     def infer(batch: np.ndarray) -> np.ndarray:
         return batcher.infer(batch, should_stop)
 
-    prediction = segment.predict(
+    threshold = options.threshold if options.threshold is not None else md.threshold
+    scale = pipeline.choose_scale(
+        image, infer, md, object_params(options, md), threshold, options.diameter, settings.max_pixels
+    )
+    if scale.warning:
+        warnings.append(scale.warning)
+    t_scale = time.perf_counter()
+    timings["scale"] = 1000 * (t_scale - t1)
+    prediction = pipeline.predict_scaled(
         image,
+        scale,
         infer,
         md,
         tile_size=tiling.tile_size,
@@ -196,7 +225,7 @@ def run_pipeline(
         should_stop=should_stop,
     )
     t2 = time.perf_counter()
-    timings["infer"] = 1000 * (t2 - t1)
+    timings["infer"] = 1000 * (t2 - t_scale)
 
     body, media_type, count = render(options, image, prediction, md, settings.count_objects_on_every_output)
     timings["output"] = 1000 * (time.perf_counter() - t2)
@@ -214,6 +243,8 @@ def run_pipeline(
         overlap=prediction.overlap,
         object_count=count,
         timings_ms=timings,
+        scale=scale,
+        warnings=warnings,
     )
 
 
@@ -234,6 +265,14 @@ def _checked_engine(runtime: Runtime, options: SegmentOptions) -> Engine:
     engine, _ = runtime.require_ready()
     runtime.tiling(engine.metadata, options.tile_size, options.overlap)
     object_params(options, engine.metadata)
+    if options.diameter is not None and engine.metadata.nucleus_diameter is None:
+        md = engine.metadata
+        message = (
+            f"diameter needs a model that records the nucleus diameter it was trained at; "
+            f"{md.name} {md.version} does not (it segments images at their own scale)"
+        )
+        error = {"loc": ["query", "diameter"], "msg": message, "type": "value_error"}
+        raise InvalidOptions(message, errors=[error])
     return engine
 
 
@@ -249,23 +288,23 @@ def render(
     ``count_every_output`` (``UNET_COUNT_OBJECTS_ON_EVERY_OUTPUT``): also split and count
     objects for mask/probability/overlay; splitting costs ~0.1–0.25× of the model's time
     on dense images (docs/benchmarks.md), so throughput-bound deployments may turn it off.
+    ``prediction`` may be at the model's nucleus scale; every output is on ``image``'s grid.
     """
-    prob = postprocess.foreground_probability(prediction, md)
     threshold = options.threshold if options.threshold is not None else md.threshold
-    mask = postprocess.mask(prob, threshold)
-    count = None
-    if count_every_output or options.output not in (Output.mask, Output.probability, Output.overlay):
-        # Objects are found on the stitched full-image map, so a nucleus cut by a tile border
-        # is one object.
-        labels = objects.label_prediction(mask > 0, prediction.probabilities, object_params(options, md))
-        count = int(labels.max(initial=0))
+    plain = (Output.mask, Output.probability, Output.overlay)
+    want_labels = count_every_output or options.output not in plain
+    grid = pipeline.on_input_grid(
+        prediction, md, image.shape[:2], threshold, object_params(options, md) if want_labels else None
+    )
+    prob, mask, labels = grid.probability, grid.mask, grid.labels
+    count = None if labels is None else int(labels.max(initial=0))
     if options.output is Output.probability:
         return imaging.encode_png(postprocess.probability_png_array(prob, options.bits)), "image/png", count
     if options.output is Output.mask:
         return imaging.encode_png(mask), "image/png", count
     if options.output is Output.overlay:
         return imaging.encode_png(postprocess.overlay(image, mask)), "image/png", count
-    assert count is not None  # object outputs always label
+    assert labels is not None and count is not None  # object outputs always label
     if options.output is Output.labels:
         body, media_type = objects.encode_labels(labels)  # 16-bit PNG; 32-bit TIFF past 65535 objects
         return body, media_type, count
@@ -405,6 +444,14 @@ def _result_headers(runtime: Runtime, result: Result) -> dict[str, str]:
     }
     if result.object_count is not None:
         headers["X-Object-Count"] = str(result.object_count)
+    if result.scale is not None:
+        headers["X-Diameter-Source"] = result.scale.source
+        headers["X-Scale-Factor"] = f"{result.scale.factor:.4g}"
+        if result.scale.diameter is not None:
+            headers["X-Nucleus-Diameter"] = f"{result.scale.diameter:.1f}"
+    if result.warnings:
+        # One header, a JSON array: warnings may hold commas; ASCII-escaped for HTTP.
+        headers["X-Warnings"] = json.dumps(result.warnings, ensure_ascii=True)
     return headers
 
 
@@ -450,6 +497,24 @@ _PNG_HEADERS = {
         "schema": {"type": "integer"},
     },
     "X-Request-ID": {"description": "the request id (echoed or generated)", "schema": {"type": "string"}},
+    "X-Nucleus-Diameter": {
+        "description": "typical nucleus diameter used, input pixels (absent when not known)",
+        "schema": {"type": "number"},
+    },
+    "X-Diameter-Source": {
+        "description": "request (diameter=), estimated (per image), or model-scale (the model records no "
+        "diameter, or no nuclei were found: the image was used at its own scale)",
+        "schema": {"type": "string"},
+    },
+    "X-Scale-Factor": {
+        "description": "model pixels per input pixel the image was resized by (1: not resized)",
+        "schema": {"type": "number"},
+    },
+    "X-Warnings": {
+        "description": "present when the result may be unreliable: a JSON array of sentences (e.g. the "
+        "image does not look like fluorescence)",
+        "schema": {"type": "string"},
+    },
 }
 
 
@@ -529,6 +594,9 @@ class ManifestEntry(BaseModel):
     tiles: int | None = None
     inference_ms: float | None = None
     object_count: int | None = None
+    nucleus_diameter: float | None = Field(None, description="typical nucleus diameter used, px")
+    diameter_source: str | None = Field(None, description="request, estimated or model-scale")
+    warnings: list[str] = Field(default_factory=list, description="why this result may be unreliable")
     problem: dict[str, Any] | None = Field(None, description="problem details when status is not 200")
 
 
@@ -698,6 +766,10 @@ def _batch_work(
                 tiles=result.tiles,
                 inference_ms=round(result.inference_ms, 1),
                 object_count=result.object_count,
+                nucleus_diameter=None if result.scale is None or result.scale.diameter is None
+                else round(result.scale.diameter, 1),
+                diameter_source=None if result.scale is None else result.scale.source,
+                warnings=result.warnings,
             )
         )
     return entries, members

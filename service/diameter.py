@@ -1,0 +1,171 @@
+"""How large are the nuclei in this image? A quick model pass at a few scales.
+
+The model was trained on nuclei about ``nucleus_diameter`` px across (× up to 1.5 either
+way). Shown nuclei far larger, it sees their chromatin spots as nuclei; far smaller, it
+merges them. So the estimate probes a small window of the image at a ladder of scales
+(×4 … ×1/8) and keeps the scale at which the objects it finds come out closest to the
+model's own diameter: at that scale the model sees what it learned, and the median size
+of its objects, divided by the scale, is the image's nucleus diameter. One more probe at
+the scale that estimate implies refines it.
+
+This follows Cellpose's idea of a size estimate before segmentation (there a regression
+on the network's style vector, refined by a first segmentation's median mask diameter);
+here the segmentation itself at several scales is the size model, which needs no second
+network and works for any exported model that records its diameter.
+
+Cost: at most ``len(factors) + 1`` windows of ``probe_size``² model pixels (~0.3 MP with the
+defaults), whatever the image size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from service.model_metadata import ModelMetadata
+from service.objects import ObjectParams, label_objects
+from service.preprocess import prepare
+from service.rescale import scaled_shape
+
+#: ``(1, C, h, w) float32`` → raw outputs ``(1, K, h, w)``: the service's batcher or an Engine.
+Infer = Callable[[np.ndarray], np.ndarray]
+
+#: Resize factors tried, model px per image px: nuclei from ~3 px to ~250 px across map
+#: into the model's ×1.5 range at one of them.
+PROBE_FACTORS = (4.0, 2.0, 1.0, 0.5, 0.25, 0.125)
+#: Edge of the probe window, in model pixels.
+PROBE_SIZE = 256
+#: A probe counts when it finds at least this many whole nuclei (not cut by the window).
+MIN_OBJECTS = 3
+
+
+@dataclass(frozen=True)
+class Probe:
+    factor: float  # model px per image px
+    median_diameter: float  # of the objects found, in model px (0 if none)
+    objects: int  # whole objects found (not touching the window's edge)
+
+
+@dataclass(frozen=True)
+class DiameterEstimate:
+    """``diameter``: typical nucleus equivalent diameter in image px; None when no probe found nuclei."""
+
+    diameter: float | None
+    probes: list[Probe] = field(default_factory=list)
+
+
+def _best_window(grey: np.ndarray, window: tuple[int, int]) -> tuple[int, int]:
+    """Top-left corner of the ``window`` (h, w) with the most signal (mean of the clipped normalised image).
+
+    Evaluated on a thumbnail: cheap on any image size. Nuclei are where the signal is,
+    and a probe of empty background would measure nothing.
+    """
+    h, w = grey.shape
+    wh, ww = window
+    if wh >= h and ww >= w:
+        return 0, 0
+    step = max(1, min(h, w) // 128)
+    thumb = np.clip(grey[::step, ::step], 0, 1).astype(np.float32)
+    kh, kw = max(1, min(thumb.shape[0], wh // step)), max(1, min(thumb.shape[1], ww // step))
+    means = cv2.boxFilter(thumb, -1, (kw, kh), normalize=True, borderType=cv2.BORDER_REPLICATE)
+    # Only centres whose window lies inside the image.
+    y0, x0 = kh // 2, kw // 2
+    valid = means[y0 : thumb.shape[0] - (kh - 1 - kh // 2), x0 : thumb.shape[1] - (kw - 1 - kw // 2)]
+    if valid.size == 0:
+        return 0, 0
+    iy, ix = np.unravel_index(int(np.argmax(valid)), valid.shape)
+    top, left = min(int(iy) * step, max(0, h - wh)), min(int(ix) * step, max(0, w - ww))
+    return top, left
+
+
+def _foreground(chw: np.ndarray, infer: Infer, metadata: ModelMetadata) -> tuple[np.ndarray, np.ndarray]:
+    """One model pass on a normalised ``(C, h, w)`` window: (foreground prob, all probs (K, h, w))."""
+    _, h, w = chw.shape
+    divisor = metadata.size_divisor
+    ph, pw = (-h) % divisor, (-w) % divisor
+    padded = np.pad(chw, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(h, w) > 1 else "edge")
+    raw = np.asarray(infer(np.ascontiguousarray(padded[None], dtype=np.float32)))[0, :, :h, :w]
+    probs = raw.astype(np.float32, copy=True)
+    if metadata.output_kind == "logits":
+        if metadata.activation == "sigmoid":
+            probs = 1.0 / (1.0 + np.exp(-np.clip(probs, -60, 60)))
+        else:
+            probs = np.exp(probs - probs.max(axis=0, keepdims=True))
+            probs /= probs.sum(axis=0, keepdims=True)
+    return probs[metadata.foreground_channel], probs
+
+
+def _probe(
+    normalised: np.ndarray,
+    grey: np.ndarray,
+    factor: float,
+    infer: Infer,
+    metadata: ModelMetadata,
+    params: ObjectParams,
+    threshold: float,
+    probe_size: int,
+) -> Probe | None:
+    _, h, w = normalised.shape
+    window = (min(h, math.ceil(probe_size / factor)), min(w, math.ceil(probe_size / factor)))
+    scaled = scaled_shape(window, factor)
+    if min(scaled) < 3 * (metadata.nucleus_diameter or 16):
+        return None  # too few model pixels to hold a few nuclei at this scale
+    top, left = _best_window(grey, window)
+    crop = normalised[:, top : top + window[0], left : left + window[1]]
+    interpolation = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+    resized = np.stack([cv2.resize(c, scaled[::-1], interpolation=interpolation) for c in crop])
+    foreground, probs = _foreground(resized, infer, metadata)
+    centers = probs[params.center_channel] if params.uses_centers else None
+    labels = label_objects(foreground > threshold, params, centers)
+    # Nuclei cut by the window's edge would bias the size down: measure whole ones only.
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    areas = np.bincount(labels.reshape(-1))
+    areas[edge] = 0
+    areas = areas[1:][areas[1:] > 0]
+    if areas.size == 0:
+        return Probe(factor, 0.0, 0)
+    return Probe(factor, float(np.median(np.sqrt(4 * areas / np.pi))), int(areas.size))
+
+
+def estimate_diameter(
+    image: np.ndarray,
+    infer: Infer,
+    metadata: ModelMetadata,
+    params: ObjectParams,
+    threshold: float | None = None,
+    factors: tuple[float, ...] = PROBE_FACTORS,
+    probe_size: int = PROBE_SIZE,
+) -> DiameterEstimate:
+    """Typical nucleus diameter of a decoded ``(H, W)``/``(H, W, C)`` image, in its own pixels.
+
+    ``params``: how objects are split (the request's); ``threshold``: foreground threshold
+    (default the model's). The model must record ``nucleus_diameter``.
+    """
+    target = metadata.nucleus_diameter
+    if not target:
+        raise ValueError("the model does not record the nucleus diameter it was trained at")
+    threshold = metadata.threshold if threshold is None else threshold
+    # Whole-image normalisation, as the segmentation itself will use.
+    normalised = prepare(image, metadata.in_channels, metadata.normalization)
+    grey = normalised.mean(axis=0)
+
+    def run(factor: float) -> Probe | None:
+        return _probe(normalised, grey, factor, infer, metadata, params, threshold, probe_size)
+
+    probes = [p for p in (run(f) for f in factors) if p is not None]
+    counted = [p for p in probes if p.objects >= MIN_OBJECTS] or [p for p in probes if p.objects > 0]
+    if not counted:
+        return DiameterEstimate(None, probes)
+    best = min(counted, key=lambda p: abs(math.log(p.median_diameter / target)))
+    estimate = best.median_diameter / best.factor
+    refine_factor = target / estimate
+    if abs(math.log(refine_factor / best.factor)) > math.log(1.1):
+        refined = run(refine_factor)
+        if refined is not None and refined.objects >= min(MIN_OBJECTS, best.objects):
+            probes.append(refined)
+            estimate = refined.median_diameter / refined.factor
+    return DiameterEstimate(float(estimate), probes)

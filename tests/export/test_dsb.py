@@ -1,0 +1,69 @@
+"""The DSB 2018 layout: reading, sorting out non-fluorescence, series split, and training on it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model_export import dsb
+from tests.dsb_layout import write_dsb_folder
+
+
+def test_reader_builds_instance_labels_and_drops_colour_images(tmp_path: Path) -> None:
+    root = write_dsb_folder(tmp_path, n=3)
+    samples = dsb.find_samples(tmp_path)  # the parent of stage1_train works too
+    assert len(samples) == 4
+    image, labels = dsb.read_sample(samples[0])
+    assert image.shape[:2] == labels.shape and labels.dtype == np.int32
+    assert labels.max() == len(samples[0].masks)  # one label per nucleus file
+    items = dsb.load_set(root)
+    assert len(items) == 3  # the colour (H&E-like) image is not fluorescence
+    assert all(item.modality == "fluorescence" and item.diameter > 5 for item in items)
+    assert all(item.series.startswith("96x96/") for item in items)
+
+
+def test_a_folder_without_masks_is_named_in_the_error(tmp_path: Path) -> None:
+    root = write_dsb_folder(tmp_path, n=2, colour=False)
+    broken = sorted(root.iterdir())[0]
+    for mask in (broken / "masks").iterdir():
+        mask.unlink()
+    with pytest.raises(dsb.DataError, match=broken.name):
+        dsb.find_samples(root)
+
+
+def test_series_split_keeps_each_series_on_one_side() -> None:
+    def item(name: str, shape: tuple[int, int], level: float, diameter: float) -> dsb.DsbImage:
+        image = np.full(shape, level, np.uint8)
+        image[0, 0] = 255
+        return dsb.DsbImage(name, image, np.zeros(shape, np.int32), "fluorescence", diameter)
+
+    # Two acquisitions of one size, three crops each, and one of another size.
+    items = [item(f"a{i}", (64, 64), 10, 12.0) for i in range(3)]
+    items += [item(f"b{i}", (64, 64), 60, 30.0) for i in range(3)]
+    items += [item(f"c{i}", (32, 48), 10, 12.0) for i in range(2)]
+    dsb.assign_series(items)
+    assert len({i.series for i in items}) == 3
+    for seed in range(4):
+        train, val = dsb.split_by_series(items, val_fraction=0.5, seed=seed)
+        assert len(train) + len(val) == len(items)
+        for series in {i.series for i in items}:
+            sides = {("val" if i in val else "train") for i in items if i.series == series}
+            assert len(sides) == 1, f"series {series} split across train and val"
+        assert not any(i.id.startswith("c") for i in val)  # a size with one series stays in training
+
+
+def test_training_a_few_steps_on_a_dsb_folder_records_the_scale(tmp_path: Path) -> None:
+    from model_export import train
+    from tests.export.conftest import TINY
+
+    root = write_dsb_folder(tmp_path / "data", n=6, seed=10)
+    out = tmp_path / "run"
+    train.main([*TINY, "--dsb", str(root), "--val-fraction", "0.5", "--diameter", "12", "--out", str(out)])
+    checkpoint = __import__("torch").load(out / "best.pt", weights_only=False)
+    data = checkpoint["data"]
+    assert data["kind"] == "dsb2018" and data["nucleus_diameter_px"] == 12
+    assert data["train_images"] + data["val_images"] == 6
+    assert json.loads((out / "history.json").read_text())[-1]["step"] == 3
