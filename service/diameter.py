@@ -5,15 +5,16 @@ way). Shown nuclei far larger, it sees their chromatin spots as nuclei; far smal
 merges them. So the estimate probes a small window of the image at a ladder of scales
 (×4 … ×1/8) and keeps the scale at which the objects it finds come out closest to the
 model's own diameter: at that scale the model sees what it learned, and the median size
-of its objects, divided by the scale, is the image's nucleus diameter. One more probe at
-the scale that estimate implies refines it.
+of its objects, divided by the scale, is the image's nucleus diameter. A few more probes
+at the scale each estimate implies refine it (the model pulls sizes toward the one it
+learned, so the estimate converges where the objects come out exactly that size).
 
 This follows Cellpose's idea of a size estimate before segmentation (there a regression
 on the network's style vector, refined by a first segmentation's median mask diameter);
 here the segmentation itself at several scales is the size model, which needs no second
 network and works for any exported model that records its diameter.
 
-Cost: at most ``len(factors) + 1`` windows of ``probe_size``² model pixels (~0.3 MP with the
+Cost: at most ``len(factors) + REFINE_STEPS`` windows of ``probe_size``² model pixels (~0.3 MP with the
 defaults), whatever the image size.
 """
 
@@ -41,6 +42,10 @@ PROBE_FACTORS = (4.0, 2.0, 1.0, 0.5, 0.25, 0.125)
 PROBE_SIZE = 256
 #: A probe counts when it finds at least this many whole nuclei (not cut by the window).
 MIN_OBJECTS = 3
+#: Refinement: at most this many more probes, stopping once the objects come out within
+#: this ratio of the model's diameter.
+REFINE_STEPS = 3
+REFINE_TOLERANCE = 1.05
 
 
 @dataclass(frozen=True)
@@ -125,10 +130,11 @@ def _probe(
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     areas = np.bincount(labels.reshape(-1))
     areas[edge] = 0
-    areas = areas[1:][areas[1:] > 0]
-    if areas.size == 0:
+    keep = np.flatnonzero(areas > 0)
+    keep = keep[keep > 0]
+    if keep.size == 0:
         return Probe(factor, 0.0, 0)
-    return Probe(factor, float(np.median(np.sqrt(4 * areas / np.pi))), int(areas.size))
+    return Probe(factor, float(np.median(np.sqrt(4 * areas[keep] / np.pi))), int(keep.size))
 
 
 def estimate_diameter(
@@ -161,11 +167,23 @@ def estimate_diameter(
     if not counted:
         return DiameterEstimate(None, probes)
     best = min(counted, key=lambda p: abs(math.log(p.median_diameter / target)))
+    # The model pulls what it outlines toward the size it learned, so one probe's size is
+    # biased toward the target; at the scale where it outlines exactly the target size the
+    # bias vanishes. Fixed-point steps toward that scale, each kept only if it came closer.
+    for _ in range(REFINE_STEPS):
+        if abs(math.log(best.median_diameter / target)) < math.log(REFINE_TOLERANCE):
+            break
+        factor = best.factor * target / best.median_diameter
+        refined = run(factor)
+        if refined is None or refined.objects < min(MIN_OBJECTS, best.objects):
+            break
+        probes.append(refined)
+        # Where the model fragments or merges nuclei the size is not monotonic in the scale:
+        # keep a step only if it came closer.
+        if abs(math.log(max(refined.median_diameter, 1e-3) / target)) >= abs(
+            math.log(best.median_diameter / target)
+        ):
+            break
+        best = refined
     estimate = best.median_diameter / best.factor
-    refine_factor = target / estimate
-    if abs(math.log(refine_factor / best.factor)) > math.log(1.1):
-        refined = run(refine_factor)
-        if refined is not None and refined.objects >= min(MIN_OBJECTS, best.objects):
-            probes.append(refined)
-            estimate = refined.median_diameter / refined.factor
     return DiameterEstimate(float(estimate), probes)
