@@ -161,6 +161,7 @@ class Config:
     urls: tuple[str, ...]
     kind: str = "mask"
     split: str | None = None  # the service's split option; None: the model's own
+    diameter: float | None = None  # typical nucleus diameter, px; None: the service estimates per image
     concurrency: int = 4
     overwrite: bool = False
     timeout_s: float = 120.0
@@ -375,6 +376,8 @@ class Segmenter:
         self.params = {"output": self.kind.query}
         if config.split:
             self.params["split"] = config.split
+        if config.diameter is not None:
+            self.params["diameter"] = f"{config.diameter:g}"
         self.retries = config.retries
         self.backoff_base = backoff_base
         headers = {"Accept": f"{self.kind.accept}, application/problem+json",
@@ -619,6 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what to ask for (default: mask)")
     parser.add_argument("--split", choices=["center", "distance", "none"], default=None,
                         help="how touching nuclei are split into objects (default: the model's choice)")
+    parser.add_argument("--diameter", type=_positive_float, default=None, metavar="PX",
+                        help="typical nucleus diameter in pixels, the same for every image "
+                             "(default: the service estimates it per image)")
     parser.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
                         help="requests in flight at once, over all URLs (default: 4)")
     parser.add_argument("--overwrite", action="store_true",
@@ -640,7 +646,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     """Parse the command line; exits with status 2 on a malformed one (argparse's convention)."""
     args = build_parser().parse_args(argv)
     return Config(inputs=tuple(args.inputs), out=args.out, urls=tuple(args.urls), kind=args.kind,
-                  split=args.split, concurrency=args.concurrency, overwrite=args.overwrite,
+                  split=args.split, diameter=args.diameter, concurrency=args.concurrency,
+                  overwrite=args.overwrite,
                   timeout_s=args.timeout_s, retries=args.retries, api_key=args.api_key or None,
                   report=args.report, progress=args.progress)
 

@@ -387,3 +387,14 @@ def test_concurrency_keeps_that_many_requests_in_flight(standin, tmp_path: Path)
         write_png(folder / f"img{i}.png", 10 + i, 10)
     assert segment(folder, "--out", tmp_path / "out", "--url", server.url, "--concurrency", "4") == 0
     assert peak == 4
+
+
+def test_diameter_is_sent_only_when_asked_for(standin, images: Path, tmp_path: Path) -> None:
+    server = standin("a")
+    assert segment(images, "--out", tmp_path / "default", "--url", server.url) == 0
+    assert all("diameter" not in r.query for r in server.requests)  # the service estimates per image
+    server.requests.clear()
+    assert segment(images, "--out", tmp_path / "d", "--url", server.url, "--diameter", "32.5") == 0
+    assert {r.query["diameter"][0] for r in server.requests} == {"32.5"}
+    with pytest.raises(SystemExit):
+        segment(images, "--out", tmp_path / "bad", "--url", server.url, "--diameter", "-3")
