@@ -1,19 +1,31 @@
-"""``python -m model_export evaluate``: Dice and IoU of an ONNX model on a folder pair.
+"""``python -m model_export evaluate``: how well an ONNX model segments, against truth and a baseline.
 
     python -m model_export evaluate --model models/nuclei-unet.onnx --images DIR --masks DIR
+    python -m model_export evaluate --model M.onnx --dsb stage1_train [--subset val|train|all]
+        [--baseline otsu] [--json scores.json]
 
-Runs exactly what the service runs — ``service.imaging.decode`` for the image bytes,
-``service.engine.Engine`` for the ONNX session and ``service.segment.predict`` for
-normalisation, tiling, stitching and activation — so the numbers are the service's
-numbers. Foreground = probability of the model's foreground channel above its
-threshold; truth = mask > 0 (binary masks, class masks and instance label images
-alike). No PyTorch is imported here.
+Runs exactly what the service runs — ``service.engine.Engine`` for the ONNX session,
+``service.segment.predict`` for normalisation, tiling, stitching and activation and
+``service.objects.label_prediction`` for the objects — so the numbers are the service's
+numbers. Foreground = probability of the model's foreground channel above its threshold;
+truth = mask > 0 (binary masks, class masks and instance label images alike). No PyTorch
+is imported here.
 
-Where a mask is an instance label image (more than one distinct non-zero value), the
-objects the service would return (``service.objects.label_objects`` with the model's
-``objects`` metadata, on the stitched map) are matched one-to-one to the true objects:
-precision, recall and F1 at IoU 0.5, mean F1 and the DSB mean AP over IoU 0.5–0.95, and
-the count error. ``--no-objects`` skips this (e.g. for multi-class index masks).
+Where the truth is an instance label image (more than one distinct non-zero value), the
+predicted objects are matched one-to-one to the true ones: precision, recall and F1 at
+IoU 0.5, mean F1 and the DSB mean AP over IoU 0.5–0.95, and the count error.
+``--no-objects`` skips this (e.g. for multi-class index masks).
+
+``--dsb DIR`` reads the DSB 2018 layout (``<id>/images/<id>.png``, one PNG per nucleus in
+``<id>/masks/``; fluorescence images only, see ``model_export.dsb``) and reports per
+acquisition series and per image size besides the overall means. ``--subset val`` scores
+the images the model's training held out (``training.data.val_ids`` in its metadata),
+``train`` the other fluorescence images, ``all`` every one. ``--baseline otsu`` scores a
+classical Otsu + watershed pipeline (``model_export.baselines``) on the same images with
+the same scoring, side by side.
+
+One function turns an image into the model's answer (:func:`predict_labels`); scoring
+(:func:`score_segmentation`) only ever sees that answer, whoever produced it.
 """
 
 from __future__ import annotations
@@ -22,21 +34,115 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from model_export import dsb
+from model_export.baselines import BASELINES
 from model_export.folders import DataError, pair_folders, read_mask
 from model_export.metrics import dice_iou
 from model_export.object_metrics import ObjectScores, score_objects
 from service.engine import Engine
 from service.imaging import decode
-from service.objects import SPLIT_METHODS, label_prediction, params_for_model
+from service.model_metadata import ModelMetadata
+from service.objects import SPLIT_METHODS, ObjectParams, label_prediction, params_for_model
 from service.segment import predict
 
 #: No pixel limit worth enforcing offline; the service's own limit applies to uploads.
 _MAX_PIXELS = 1 << 31
+
+#: ``--subset`` choices for ``--dsb``.
+SUBSETS = ("val", "train", "all")
+
+#: The name the model's scores go under, next to the baselines' names.
+MODEL = "model"
+
+
+# --- predicting -----------------------------------------------------------------------
+
+
+@dataclass
+class Segmentation:
+    """One image's answer, all that scoring sees.
+
+    foreground: ``(H, W)`` bool mask (the model: probability above its threshold).
+    labels: ``(H, W)`` int32 objects, 0 = background; None where objects were not asked for.
+    tiles: model tiles run for the image (0 for a baseline).
+    """
+
+    foreground: np.ndarray
+    labels: np.ndarray | None
+    tiles: int = 0
+
+
+#: A decoded image → its :class:`Segmentation` (the model or a baseline).
+Segmenter = Callable[[np.ndarray], Segmentation]
+
+
+def predict_labels(
+    engine: Engine,
+    image: np.ndarray,
+    object_params: ObjectParams | None,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 4,
+) -> Segmentation:
+    """The model's answer for one decoded image, as the service computes it.
+
+    The one place evaluation runs the model: tiled prediction (``service.segment.predict``,
+    tiling from the arguments, else the model's metadata), the foreground at the model's
+    threshold, and the objects the service would return (``label_prediction`` on the
+    stitched maps). ``object_params`` None skips the objects (``labels`` is then None).
+
+    Args:
+        engine: the loaded model.
+        image: ``(H, W)`` or ``(H, W, C)`` as decoded (uint8/uint16/float32).
+        object_params: how the foreground becomes objects (``params_for_model``).
+        tile_size, overlap, batch_size: tiling overrides, as ``service.segment.predict``.
+    """
+    meta = engine.metadata
+    result = predict(image, engine.run, meta, tile_size=tile_size, overlap=overlap, batch_size=batch_size)
+    foreground = result.probabilities[meta.foreground_channel] > meta.threshold
+    labels = None
+    if object_params is not None:
+        labels = label_prediction(foreground, result.probabilities, object_params)
+    return Segmentation(foreground, labels, result.tiles)
+
+
+def baseline_segmenter(name: str) -> Segmenter:
+    """A :data:`Segmenter` running the baseline ``name`` of :data:`BASELINES`; foreground = its objects."""
+    function = BASELINES[name]
+
+    def segment(image: np.ndarray) -> Segmentation:
+        labels = function(image)
+        return Segmentation(labels > 0, labels)
+
+    return segment
+
+
+# --- scoring ---------------------------------------------------------------------------
+
+
+def score_segmentation(
+    true_labels: np.ndarray, segmentation: Segmentation, instances: bool = True
+) -> tuple[float, float, ObjectScores | None]:
+    """(Dice, IoU, object scores) of one answer against the truth.
+
+    ``true_labels``: ``(H, W)`` int labels, foreground = > 0. Objects are scored when
+    ``instances`` (the truth is an instance label image) and the answer has labels; else
+    the object scores are None.
+    """
+    dice, iou = dice_iou(segmentation.foreground, true_labels > 0)
+    objects = None
+    if instances and segmentation.labels is not None:
+        objects = score_objects(true_labels, segmentation.labels)
+    return dice, iou, objects
+
+
+# --- image/mask folder pairs -------------------------------------------------------------
 
 
 @dataclass
@@ -51,6 +157,14 @@ class ImageScore:
     tiles: int
     seconds: float
     objects: ObjectScores | None = None
+
+
+def _load_engine(model: Path, threads: int, split: str | None) -> tuple[Engine, ObjectParams]:
+    engine = Engine.load(model, providers=["CPUExecutionProvider"], intra_op_threads=threads)
+    try:
+        return engine, params_for_model(engine.metadata, split)
+    except ValueError as exc:
+        raise DataError(f"{model}: {exc}") from exc
 
 
 def evaluate_folder(
@@ -70,12 +184,7 @@ def evaluate_folder(
     all images counted together, so large images weigh more). ``split`` picks how objects
     are split, as the service's request option does (None: the model's own method).
     """
-    engine = Engine.load(model, providers=["CPUExecutionProvider"], intra_op_threads=threads)
-    meta = engine.metadata
-    try:
-        object_params = params_for_model(meta, split)
-    except ValueError as exc:
-        raise DataError(f"{model}: {exc}") from exc
+    engine, object_params = _load_engine(model, threads, split)
     scores: list[ImageScore] = []
     inter = pred_sum = truth_sum = 0
     for image_path, mask_path in pair_folders(images, masks):
@@ -87,20 +196,19 @@ def evaluate_folder(
                 f"{mask_path}: mask is {truth.shape[1]}×{truth.shape[0]} but image {image_path.name} "
                 f"is {image.shape[1]}×{image.shape[0]} (width×height)"
             )
+        instances = score_instances and len(np.unique(true_labels)) > 2
         started = time.perf_counter()
-        result = predict(image, engine.run, meta, tile_size=tile_size, overlap=overlap, batch_size=batch_size)
+        answer = predict_labels(
+            engine, image, object_params if instances else None, tile_size, overlap, batch_size
+        )
         seconds = time.perf_counter() - started
-        pred = result.probabilities[meta.foreground_channel] > meta.threshold
-        dice, iou = dice_iou(pred, truth)
-        object_scores = None
-        if score_instances and len(np.unique(true_labels)) > 2:
-            labels = label_prediction(pred, result.probabilities, object_params)
-            object_scores = score_objects(true_labels, labels)
+        dice, iou, object_scores = score_segmentation(true_labels, answer, instances)
         scores.append(
             ImageScore(
-                image_path.stem, *truth.shape, dice, iou, result.tiles, round(seconds, 3), object_scores
+                image_path.stem, *truth.shape, dice, iou, answer.tiles, round(seconds, 3), object_scores
             )
         )
+        pred = answer.foreground
         inter += int(np.logical_and(pred, truth).sum())
         pred_sum, truth_sum = pred_sum + int(pred.sum()), truth_sum + int(truth.sum())
     total = pred_sum + truth_sum
@@ -130,45 +238,7 @@ def evaluate_folder(
     return scores, summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m model_export evaluate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--model", type=Path, required=True, help="ONNX file written by export")
-    parser.add_argument("--images", type=Path, required=True)
-    parser.add_argument("--masks", type=Path, required=True)
-    parser.add_argument("--tile-size", type=int, default=None, help="default: the model's recommendation")
-    parser.add_argument("--overlap", type=int, default=None, help="default: the model's recommendation")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = all cores)")
-    parser.add_argument("--json", type=Path, default=None, help="also write scores here (JSON)")
-    parser.add_argument(
-        "--split",
-        choices=list(SPLIT_METHODS),
-        default=None,
-        help="how touching nuclei are split (as the service's ?split=); default: the model's method",
-    )
-    parser.add_argument(
-        "--no-objects", action="store_true", help="skip object metrics even where masks are label images"
-    )
-    args = parser.parse_args(argv)
-    try:
-        scores, summary = evaluate_folder(
-            args.model,
-            args.images,
-            args.masks,
-            args.tile_size,
-            args.overlap,
-            args.batch_size,
-            args.threads,
-            score_instances=not args.no_objects,
-            split=args.split,
-        )
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def print_folder_report(scores: list[ImageScore], summary: dict) -> None:
     width = max(len(s.name) for s in scores)
     header = f"{'image':<{width}}  {'size':>11}  {'tiles':>5}  {'dice':>6}  {'iou':>6}"
     print(header + (f"  {'obj F1':>6}  {'count':>9}" if "objects" in summary else ""))
@@ -193,8 +263,300 @@ def main(argv: list[str] | None = None) -> int:
             f"mean F1@0.5:0.95 {o['mean_mean_f1']:.4f}, DSB mAP {o['mean_mean_ap']:.4f}, "
             f"|count error| {o['mean_abs_count_error']:.1f} ({o['predicted_objects']}/{o['true_objects']})"
         )
-    if args.json is not None:
+
+
+# --- the DSB 2018 layout -----------------------------------------------------------------
+
+
+@dataclass
+class DsbScore:
+    """One DSB image scored by one method. ``size`` is ``"<height>x<width>"``, as in ``series``."""
+
+    id: str
+    series: str
+    size: str
+    dice: float
+    iou: float
+    f1: float  # objects at IoU 0.5
+    precision: float
+    recall: float
+    ap: float  # the DSB 2018 score: mean over IoU 0.5–0.95 of TP / (TP + FP + FN)
+    mean_f1: float  # F1 averaged over IoU 0.5–0.95
+    true_objects: int
+    predicted_objects: int
+    seconds: float
+
+
+def held_out_ids(metadata: ModelMetadata) -> list[str] | None:
+    """The DSB ids the model's training held out for validation (``training.data.val_ids``), or None."""
+    data = metadata.training.get("data")
+    ids = data.get("val_ids") if isinstance(data, dict) else None
+    return [str(i) for i in ids] if ids else None
+
+
+def check_subset(subset: str, val_ids: Sequence[str] | None, model: Path) -> None:
+    """Raise :class:`DataError` where ``subset`` cannot be chosen for this model (before any reading)."""
+    if subset not in SUBSETS:
+        raise DataError(f"--subset must be one of {', '.join(SUBSETS)}, got {subset!r}")
+    if subset != "all" and not val_ids:
+        raise DataError(
+            f"{model}: its metadata records no held-out DSB images (training.data.val_ids), so "
+            f"--subset {subset} is undefined: it was not trained with --dsb. Use --subset all."
+        )
+
+
+def select_subset(
+    items: Sequence[dsb.DsbImage], subset: str, val_ids: Sequence[str] | None, model: Path
+) -> list[dsb.DsbImage]:
+    """The items of ``subset``: ``val`` = ``val_ids``, ``train`` = the others, ``all``.
+
+    ``val`` and ``train`` need the model's ``val_ids`` (a model not trained on the DSB layout
+    has none); ``val`` with none of them in the folder is an error too (another folder?).
+    """
+    check_subset(subset, val_ids, model)
+    if subset == "all":
+        return list(items)
+    held = set(val_ids or ())
+    chosen = [i for i in items if (i.id in held) == (subset == "val")]
+    if subset == "val" and not chosen:
+        raise DataError(
+            f"none of the {len(held)} images {model} held out for validation are among the "
+            f"{len(items)} fluorescence images read: is --dsb the folder it was trained on?"
+        )
+    return chosen
+
+
+def score_dsb(items: Sequence[dsb.DsbImage], segmenter: Segmenter) -> list[DsbScore]:
+    """Run ``segmenter`` on every item and score it against the item's labels."""
+    rows = []
+    for item in items:
+        started = time.perf_counter()
+        answer = segmenter(item.image)
+        seconds = time.perf_counter() - started
+        dice, iou, objects = score_segmentation(item.labels, answer)  # DSB truth: always instances
+        if objects is None:
+            raise ValueError("a segmenter for DSB scoring must return labels")
+        h, w = item.labels.shape
+        rows.append(
+            DsbScore(
+                item.id, item.series, f"{h}x{w}", dice, iou, objects.f1, objects.precision, objects.recall,
+                objects.mean_ap, objects.mean_f1, objects.true_objects, objects.predicted_objects,
+                round(seconds, 4),
+            )
+        )
+    return rows
+
+
+def summarise_group(rows: Sequence[DsbScore]) -> dict:
+    """Means over images (each image weighs the same) and object totals."""
+    summary: dict = {"images": len(rows)}
+    for key in ("f1", "dice", "ap", "precision", "recall", "iou", "mean_f1"):
+        summary[f"mean_{key}"] = float(np.mean([getattr(r, key) for r in rows]))
+    summary["true_objects"] = int(sum(r.true_objects for r in rows))
+    summary["predicted_objects"] = int(sum(r.predicted_objects for r in rows))
+    summary["seconds"] = round(float(sum(r.seconds for r in rows)), 2)
+    return summary
+
+
+def summarise_dsb(rows: Sequence[DsbScore]) -> dict:
+    """``{"overall": ..., "by_size": {size: ...}, "by_series": {series: ...}}`` (groups sorted by name)."""
+    by_size: dict[str, list[DsbScore]] = {}
+    by_series: dict[str, list[DsbScore]] = {}
+    for row in rows:
+        by_size.setdefault(row.size, []).append(row)
+        by_series.setdefault(row.series, []).append(row)
+    return {
+        "overall": summarise_group(rows),
+        "by_size": {k: summarise_group(v) for k, v in sorted(by_size.items(), key=_size_key)},
+        "by_series": {k: summarise_group(v) for k, v in sorted(by_series.items(), key=_size_key)},
+    }
+
+
+def _size_key(entry: tuple[str, object]) -> tuple[int, int, str]:
+    """Sort ``"HxW[/...]"`` names by pixel count, then name."""
+    h, _, rest = entry[0].partition("x")
+    w = rest.split("/")[0]
+    return (int(h) * int(w), int(h), entry[0]) if h.isdigit() and w.isdigit() else (0, 0, entry[0])
+
+
+def evaluate_dsb(
+    model: Path,
+    dsb_dir: Path,
+    subset: str = "val",
+    baselines: Sequence[str] = (),
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 4,
+    threads: int = 0,
+    split: str | None = None,
+) -> dict:
+    """Score the model (and ``baselines``) on a DSB-layout folder's fluorescence images.
+
+    Returns the report: what was scored (folder, subset, model, object method) and, per
+    method (``"model"`` and each baseline), ``overall`` / ``by_size`` / ``by_series``
+    summaries and the per-image ``images`` rows (:class:`DsbScore` as dicts).
+    """
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise DataError(f"unknown baseline {unknown[0]!r}; known: {', '.join(BASELINES)}")
+    engine, object_params = _load_engine(model, threads, split)
+    meta = engine.metadata
+    val_ids = held_out_ids(meta)
+    check_subset(subset, val_ids, model)  # before a minute of reading
+    items = dsb.load_set(dsb_dir)
+    chosen = select_subset(items, subset, val_ids, model)
+    if not chosen:
+        raise DataError(f"{dsb_dir}: no fluorescence images in --subset {subset}")
+    print(
+        f"{dsb_dir}: {len(items)} fluorescence images in {len({i.series for i in items})} series; "
+        f"scoring --subset {subset}: {len(chosen)} images",
+        file=sys.stderr,
+    )
+    segmenters: dict[str, Segmenter] = {
+        MODEL: lambda image: predict_labels(engine, image, object_params, tile_size, overlap, batch_size)
+    }
+    segmenters.update({name: baseline_segmenter(name) for name in baselines})
+    methods = {}
+    for name, segmenter in segmenters.items():
+        rows = score_dsb(chosen, segmenter)
+        methods[name] = {**summarise_dsb(rows), "images": [asdict(r) for r in rows]}
+    present = {i.id for i in items}
+    return {
+        "dsb": str(dsb_dir),
+        "subset": subset,
+        "images": len(chosen),
+        "fluorescence_images": len(items),
+        "missing_val_ids": sorted(set(val_ids or ()) - present),
+        "model": {
+            "path": str(model),
+            "name": meta.name,
+            "version": meta.version,
+            "objects": object_params.as_metadata(),
+            "providers": engine.providers,
+        },
+        "methods": methods,
+    }
+
+
+def print_dsb_report(report: dict) -> None:
+    """Per-size and per-series tables (F1@0.5 and Dice of every method side by side), then overall."""
+    methods = report["methods"]
+    names = list(methods)
+    model = report["model"]
+    print(
+        f"{report['dsb']} --subset {report['subset']}: {report['images']} of "
+        f"{report['fluorescence_images']} fluorescence images; model {model['name']} {model['version']} "
+        f"({model['objects']['method']}, {', '.join(model['providers'])})"
+    )
+    if report["missing_val_ids"]:
+        print(f"warning: {len(report['missing_val_ids'])} of the model's held-out ids are not in this folder")
+    for group, title in (("by_size", "size"), ("by_series", "series")):
+        width = max(len(title), *(len(k) for k in methods[names[0]][group]))
+        columns = [f"{n} F1" for n in names] + [f"{n} Dice" for n in names]
+        print()
+        print(f"{title:<{width}}  {'images':>6}  " + "  ".join(f"{c:>10}" for c in columns))
+        for key, first in methods[names[0]][group].items():
+            f1s = [methods[n][group][key]["mean_f1"] for n in names]
+            dices = [methods[n][group][key]["mean_dice"] for n in names]
+            print(f"{key:<{width}}  {first['images']:>6}  " + "  ".join(f"{v:>10.3f}" for v in f1s + dices))
+    print()
+    for name in names:
+        o = methods[name]["overall"]
+        print(
+            f"{name:>8}: object F1@0.5 {o['mean_f1']:.3f} (precision {o['mean_precision']:.3f}, "
+            f"recall {o['mean_recall']:.3f}), Dice {o['mean_dice']:.3f}, DSB mAP {o['mean_ap']:.3f}, "
+            f"objects {o['predicted_objects']}/{o['true_objects']}, {o['seconds']:.1f} s "
+            f"({o['images']} images)"
+        )
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m model_export evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", type=Path, required=True, help="ONNX file written by export")
+    parser.add_argument("--images", type=Path, default=None, help="image folder (with --masks)")
+    parser.add_argument("--masks", type=Path, default=None, help="mask folder, files paired by stem")
+    parser.add_argument(
+        "--dsb", type=Path, default=None, help="a DSB 2018 stage1_train folder (instead of --images/--masks)"
+    )
+    parser.add_argument(
+        "--subset",
+        choices=SUBSETS,
+        default=None,
+        help="with --dsb: the model's held-out images (val, default), the others (train), or all",
+    )
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        choices=list(BASELINES),
+        default=[],
+        help="with --dsb: also score this classical pipeline on the same images (repeatable)",
+    )
+    parser.add_argument("--tile-size", type=int, default=None, help="default: the model's recommendation")
+    parser.add_argument("--overlap", type=int, default=None, help="default: the model's recommendation")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = all cores)")
+    parser.add_argument("--json", type=Path, default=None, help="also write scores here (JSON)")
+    parser.add_argument(
+        "--split",
+        choices=list(SPLIT_METHODS),
+        default=None,
+        help="how touching nuclei are split (as the service's ?split=); default: the model's method",
+    )
+    parser.add_argument(
+        "--no-objects", action="store_true", help="skip object metrics even where masks are label images"
+    )
+    args = parser.parse_args(argv)
+    if args.dsb is not None:
+        if args.images is not None or args.masks is not None:
+            parser.error("--dsb replaces --images/--masks: give one or the other")
+        if args.no_objects:
+            parser.error("--no-objects does not apply to --dsb (its masks are nuclei)")
+    else:
+        if args.images is None or args.masks is None:
+            parser.error("give --images and --masks, or --dsb")
+        if args.subset is not None or args.baseline:
+            parser.error("--subset and --baseline need --dsb")
+    try:
+        if args.dsb is not None:
+            report = evaluate_dsb(
+                args.model,
+                args.dsb,
+                args.subset or "val",
+                tuple(dict.fromkeys(args.baseline)),
+                args.tile_size,
+                args.overlap,
+                args.batch_size,
+                args.threads,
+                args.split,
+            )
+        else:
+            scores, summary = evaluate_folder(
+                args.model,
+                args.images,
+                args.masks,
+                args.tile_size,
+                args.overlap,
+                args.batch_size,
+                args.threads,
+                score_instances=not args.no_objects,
+                split=args.split,
+            )
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.dsb is not None:
+        print_dsb_report(report)
+    else:
+        print_folder_report(scores, summary)
         report = {"summary": summary, "images": [asdict(s) for s in scores]}
+    if args.json is not None:
         args.json.write_text(json.dumps(report, indent=1))
     return 0
 
