@@ -4,10 +4,10 @@
     python -m model_export evaluate --model M.onnx --dsb stage1_train [--subset val|train|all]
         [--baseline otsu] [--json scores.json]
 
-Runs exactly what the service runs — ``service.engine.Engine`` for the ONNX session,
-``service.segment.predict`` for normalisation, tiling, stitching and activation and
-``service.objects.label_prediction`` for the objects — so the numbers are the service's
-numbers. Foreground = probability of the model's foreground channel above its threshold;
+Runs exactly what the service runs — ``service.engine.Engine`` for the ONNX session and
+``service.pipeline`` for the nucleus scale (estimated per image unless ``--diameter``),
+normalisation, tiling, stitching, activation and objects — so the numbers are the
+service's numbers. Foreground = probability of the model's foreground channel above its threshold;
 truth = mask > 0 (binary masks, class masks and instance label images alike). No PyTorch
 is imported here.
 
@@ -45,11 +45,11 @@ from model_export.baselines import BASELINES
 from model_export.folders import DataError, pair_folders, read_mask
 from model_export.metrics import dice_iou
 from model_export.object_metrics import ObjectScores, score_objects
+from service import pipeline
 from service.engine import Engine
 from service.imaging import decode
 from service.model_metadata import ModelMetadata
-from service.objects import SPLIT_METHODS, ObjectParams, label_prediction, params_for_model
-from service.segment import predict
+from service.objects import SPLIT_METHODS, ObjectParams, params_for_model
 
 #: No pixel limit worth enforcing offline; the service's own limit applies to uploads.
 _MAX_PIXELS = 1 << 31
@@ -71,11 +71,14 @@ class Segmentation:
     foreground: ``(H, W)`` bool mask (the model: probability above its threshold).
     labels: ``(H, W)`` int32 objects, 0 = background; None where objects were not asked for.
     tiles: model tiles run for the image (0 for a baseline).
+    diameter: the nucleus diameter used to bring the image to the model's scale (estimated
+    or given), input px; None for a baseline or a model without a trained diameter.
     """
 
     foreground: np.ndarray
     labels: np.ndarray | None
     tiles: int = 0
+    diameter: float | None = None  # nucleus diameter the model was run at, input px (None: not resized)
 
 
 #: A decoded image → its :class:`Segmentation` (the model or a baseline).
@@ -89,27 +92,33 @@ def predict_labels(
     tile_size: int | None = None,
     overlap: int | None = None,
     batch_size: int = 4,
+    diameter: float | None = None,
 ) -> Segmentation:
     """The model's answer for one decoded image, as the service computes it.
 
-    The one place evaluation runs the model: tiled prediction (``service.segment.predict``,
-    tiling from the arguments, else the model's metadata), the foreground at the model's
-    threshold, and the objects the service would return (``label_prediction`` on the
-    stitched maps). ``object_params`` None skips the objects (``labels`` is then None).
+    The one place evaluation runs the model, through ``service.pipeline`` exactly as the
+    service: the nucleus scale (``diameter`` if given, else estimated per image), tiled
+    prediction at that scale (tiling from the arguments, else the model's metadata), the
+    objects the service would return, and everything back on the image's grid.
+    ``object_params`` None skips the objects (``labels`` is then None).
 
     Args:
         engine: the loaded model.
         image: ``(H, W)`` or ``(H, W, C)`` as decoded (uint8/uint16/float32).
         object_params: how the foreground becomes objects (``params_for_model``).
         tile_size, overlap, batch_size: tiling overrides, as ``service.segment.predict``.
+        diameter: typical nucleus diameter in px (the service's ``diameter=``); None: estimated.
     """
     meta = engine.metadata
-    result = predict(image, engine.run, meta, tile_size=tile_size, overlap=overlap, batch_size=batch_size)
-    foreground = result.probabilities[meta.foreground_channel] > meta.threshold
-    labels = None
-    if object_params is not None:
-        labels = label_prediction(foreground, result.probabilities, object_params)
-    return Segmentation(foreground, labels, result.tiles)
+    scale = pipeline.choose_scale(
+        image, engine.run, meta, object_params or ObjectParams(), meta.threshold, diameter, _MAX_PIXELS
+    )
+    result = pipeline.predict_scaled(
+        image, scale, engine.run, meta, tile_size=tile_size, overlap=overlap, batch_size=batch_size
+    )
+    grid = pipeline.on_input_grid(result, meta, image.shape[:2], meta.threshold, object_params)
+    used = scale.diameter if scale.factor != 1.0 or scale.source != "model-scale" else None
+    return Segmentation(grid.mask > 0, grid.labels, result.tiles, used)
 
 
 def baseline_segmenter(name: str) -> Segmenter:
@@ -177,6 +186,7 @@ def evaluate_folder(
     threads: int = 0,
     score_instances: bool = True,
     split: str | None = None,
+    diameter: float | None = None,
 ) -> tuple[list[ImageScore], dict]:
     """Score every image/mask pair; returns per-image scores and a summary.
 
@@ -199,7 +209,7 @@ def evaluate_folder(
         instances = score_instances and len(np.unique(true_labels)) > 2
         started = time.perf_counter()
         answer = predict_labels(
-            engine, image, object_params if instances else None, tile_size, overlap, batch_size
+            engine, image, object_params if instances else None, tile_size, overlap, batch_size, diameter
         )
         seconds = time.perf_counter() - started
         dice, iou, object_scores = score_segmentation(true_labels, answer, instances)
@@ -285,6 +295,8 @@ class DsbScore:
     true_objects: int
     predicted_objects: int
     seconds: float
+    true_diameter: float = 0.0  # median equivalent diameter of the true nuclei, px
+    used_diameter: float | None = None  # the diameter the model was run at (None: baselines)
 
 
 def held_out_ids(metadata: ModelMetadata) -> list[str] | None:
@@ -341,7 +353,8 @@ def score_dsb(items: Sequence[dsb.DsbImage], segmenter: Segmenter) -> list[DsbSc
             DsbScore(
                 item.id, item.series, f"{h}x{w}", dice, iou, objects.f1, objects.precision, objects.recall,
                 objects.mean_ap, objects.mean_f1, objects.true_objects, objects.predicted_objects,
-                round(seconds, 4),
+                round(seconds, 4), round(item.diameter, 2),
+                None if answer.diameter is None else round(answer.diameter, 2),
             )
         )
     return rows
@@ -355,6 +368,12 @@ def summarise_group(rows: Sequence[DsbScore]) -> dict:
     summary["true_objects"] = int(sum(r.true_objects for r in rows))
     summary["predicted_objects"] = int(sum(r.predicted_objects for r in rows))
     summary["seconds"] = round(float(sum(r.seconds for r in rows)), 2)
+    scaled = [r for r in rows if r.used_diameter and r.true_diameter]
+    if scaled:
+        # How far the diameter the model ran at was from the truth (log ratio, as a factor).
+        errors = np.abs(np.log([r.used_diameter / r.true_diameter for r in scaled]))
+        summary["diameter_error_median"] = round(float(np.exp(np.median(errors))), 3)
+        summary["diameter_within_20pct"] = round(float(np.mean(errors < np.log(1.2))), 3)
     return summary
 
 
@@ -389,6 +408,7 @@ def evaluate_dsb(
     batch_size: int = 4,
     threads: int = 0,
     split: str | None = None,
+    diameter: float | None = None,
 ) -> dict:
     """Score the model (and ``baselines``) on a DSB-layout folder's fluorescence images.
 
@@ -413,7 +433,9 @@ def evaluate_dsb(
         file=sys.stderr,
     )
     segmenters: dict[str, Segmenter] = {
-        MODEL: lambda image: predict_labels(engine, image, object_params, tile_size, overlap, batch_size)
+        MODEL: lambda image: predict_labels(
+            engine, image, object_params, tile_size, overlap, batch_size, diameter
+        )
     }
     segmenters.update({name: baseline_segmenter(name) for name in baselines})
     methods = {}
@@ -468,6 +490,11 @@ def print_dsb_report(report: dict) -> None:
             f"objects {o['predicted_objects']}/{o['true_objects']}, {o['seconds']:.1f} s "
             f"({o['images']} images)"
         )
+        if "diameter_error_median" in o:
+            print(
+                f"{'':>8}  nucleus diameter used vs true: median error ×{o['diameter_error_median']:.2f}, "
+                f"within 20 % on {100 * o['diameter_within_20pct']:.0f} % of images"
+            )
 
 
 # --- command line ------------------------------------------------------------------------
@@ -512,6 +539,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-objects", action="store_true", help="skip object metrics even where masks are label images"
     )
+    parser.add_argument(
+        "--diameter",
+        type=float,
+        default=None,
+        help="nucleus diameter in px for every image (as the service's ?diameter=); default: estimated",
+    )
     args = parser.parse_args(argv)
     if args.dsb is not None:
         if args.images is not None or args.masks is not None:
@@ -535,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.batch_size,
                 args.threads,
                 args.split,
+                args.diameter,
             )
         else:
             scores, summary = evaluate_folder(
@@ -547,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.threads,
                 score_instances=not args.no_objects,
                 split=args.split,
+                diameter=args.diameter,
             )
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
