@@ -69,13 +69,17 @@ class SelectionError(ValueError):
     """The request does not say which channel/plane to segment, or names one the image lacks.
 
     ``params`` names the query parameters concerned (``channel``, ``z``, ``t``, ``project``);
-    ``choices`` is what the image offers, JSON-ready (``channels``, ``planes``, ``axes``...).
+    ``choices`` is what the image offers, JSON-ready (``channels``, ``planes``, ``axes``...);
+    ``missing``: the request chose nothing where it must (else it chose what is not there).
     """
 
-    def __init__(self, message: str, params: tuple[str, ...], choices: dict[str, Any]) -> None:
+    def __init__(
+        self, message: str, params: tuple[str, ...], choices: dict[str, Any], missing: bool = False
+    ) -> None:
         super().__init__(message)
         self.params = params
         self.choices = choices
+        self.missing = missing
 
 
 class TooManyPages(UnsupportedImageType):
@@ -103,6 +107,11 @@ class PixelSize:
     x_um: float
     y_um: float
     source: str
+
+    def __post_init__(self) -> None:
+        # 1 / (20/13 px per µm) is 0.6499999999999999: keep the digits a calibration has.
+        object.__setattr__(self, "x_um", float(f"{self.x_um:.10g}"))
+        object.__setattr__(self, "y_um", float(f"{self.y_um:.10g}"))
 
     def as_dict(self) -> dict[str, Any]:
         return {"x": self.x_um, "y": self.y_um, "source": self.source}
@@ -740,6 +749,7 @@ def _select(source: _Source, sel: Selection, model_channels: int) -> Plane:
             + ". 3-D segmentation is not offered: one plane is segmented at a time.",
             tuple(missing),
             layout.choices(),
+            missing=True,
         )
 
     channel = chosen if isinstance(chosen, Channel) else None
