@@ -42,6 +42,9 @@ class Problem(BaseModel):
     instance: str | None = Field(None, description="this occurrence: urn:request:<request id>")
     request_id: str | None = Field(None, description="the X-Request-ID of the request")
     errors: list[dict[str, Any]] | None = Field(None, description="per-field validation errors (422 only)")
+    choices: dict[str, Any] | None = Field(
+        None, description="what an image offers (channels, planes, axes) when a request must choose (422)"
+    )
 
 
 class ProblemError(Exception):
@@ -60,8 +63,10 @@ class ProblemError(Exception):
         title: str | None = None,
         headers: Mapping[str, str] | None = None,
         errors: list[dict[str, Any]] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(detail)
+        self.extra = dict(extra or {})  # RFC 9457 extension members, e.g. ``choices``
         self.detail = detail
         if status is not None:
             self.status = status
@@ -125,8 +130,10 @@ def problem_body(
     *,
     slug: str | None = None,
     errors: list[dict[str, Any]] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The problem object for the current request (request id from the logging context)."""
+    """The problem object for the current request (request id from the logging context);
+    ``extra``: extension members (never overriding the standard ones)."""
     request_id = REQUEST_ID.get()
     body: dict[str, Any] = {
         "type": problem_type(slug) if slug else "about:blank",
@@ -139,6 +146,8 @@ def problem_body(
         body["request_id"] = request_id
     if errors is not None:
         body["errors"] = errors
+    for key, value in (extra or {}).items():
+        body.setdefault(key, value)
     return body
 
 
@@ -150,9 +159,10 @@ def problem_response(
     slug: str | None = None,
     headers: Mapping[str, str] | None = None,
     errors: list[dict[str, Any]] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> JSONResponse:
     return JSONResponse(
-        jsonable_encoder(problem_body(status, title, detail, slug=slug, errors=errors)),
+        jsonable_encoder(problem_body(status, title, detail, slug=slug, errors=errors, extra=extra)),
         status_code=status,
         headers=dict(headers or {}),
         media_type=PROBLEM_JSON,
@@ -161,7 +171,8 @@ def problem_response(
 
 def from_problem_error(exc: ProblemError) -> JSONResponse:
     return problem_response(
-        exc.status, exc.title, exc.detail, slug=exc.slug, headers=exc.headers, errors=exc.errors
+        exc.status, exc.title, exc.detail, slug=exc.slug, headers=exc.headers, errors=exc.errors,
+        extra=exc.extra,
     )
 
 

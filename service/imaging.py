@@ -205,7 +205,12 @@ def _from_pillow(im: Image.Image) -> np.ndarray:
 
 
 def _normalise_dtype(image: np.ndarray, info: ImageInfo) -> np.ndarray:
-    """Map any decoded dtype onto uint8 / uint16 / float32 without losing range."""
+    return supported_dtype(image, info.format)
+
+
+def supported_dtype(image: np.ndarray, fmt: str) -> np.ndarray:
+    """Map any decoded dtype onto uint8 / uint16 / float32 without losing range
+    (bool → 0/255; other integers → uint16 when they fit, else float32)."""
     if image.dtype in (np.uint8, np.uint16, np.float32):
         return np.ascontiguousarray(image)
     if image.dtype == bool:
@@ -217,7 +222,7 @@ def _normalise_dtype(image: np.ndarray, info: ImageInfo) -> np.ndarray:
         return image.astype(np.float32)
     if np.issubdtype(image.dtype, np.floating):
         return image.astype(np.float32)
-    raise UnsupportedImageType(f"{info.format} pixel type {image.dtype} is not supported")
+    raise UnsupportedImageType(f"{fmt} pixel type {image.dtype} is not supported")
 
 
 def encode_png(array: np.ndarray, compression: int = 1) -> bytes:

@@ -302,7 +302,11 @@ def label_prediction(foreground: np.ndarray, probabilities: np.ndarray, params: 
 
 @dataclass(frozen=True)
 class ObjectRow:
-    """One object's measurements; coordinates in pixels, (x, y) = (column, row) of pixel centres."""
+    """One object's measurements; coordinates in pixels, (x, y) = (column, row) of pixel centres.
+
+    The ``*_um`` fields are the same in micrometres, present only when the pixel size is known
+    (the file's calibration or the request's ``pixel_size``); tables leave them out otherwise.
+    """
 
     id: int
     centroid_x: float
@@ -315,15 +319,29 @@ class ObjectRow:
     mean_intensity: float
     integrated_intensity: float
     mean_confidence: float
+    area_um2: float | None = None
+    centroid_x_um: float | None = None
+    centroid_y_um: float | None = None
+    equivalent_diameter_um: float | None = None
 
 
-def measure(labels: np.ndarray, intensity: np.ndarray, probability: np.ndarray) -> list[ObjectRow]:
+#: The micrometre columns, in table order.
+UM_FIELDS = ("area_um2", "centroid_x_um", "centroid_y_um", "equivalent_diameter_um")
+
+
+def measure(
+    labels: np.ndarray,
+    intensity: np.ndarray,
+    probability: np.ndarray,
+    pixel_size_um: tuple[float, float] | None = None,
+) -> list[ObjectRow]:
     """Per-object measurements.
 
     Args:
         labels: ``(H, W)`` int labels from :func:`label_objects`.
         intensity: ``(H, W)`` input intensity in its original units (gray).
         probability: ``(H, W)`` float foreground probability.
+        pixel_size_um: ``(x, y)`` µm per pixel, to add the ``*_um`` fields; None leaves them out.
     """
     count = int(labels.max(initial=0))
     if count == 0:
@@ -361,16 +379,43 @@ def measure(labels: np.ndarray, intensity: np.ndarray, probability: np.ndarray) 
                 mean_confidence=round(sum_p[i] / n, 4),
             )
         )
+    if pixel_size_um is not None:
+        rows = [calibrate(row, pixel_size_um) for row in rows]
     return rows
 
 
-def rows_to_csv(rows: list[ObjectRow]) -> str:
-    """Object table as CSV text with a header row (also for an empty table)."""
+def calibrate(row: ObjectRow, pixel_size_um: tuple[float, float]) -> ObjectRow:
+    """``row`` with its micrometre fields: area × pixel area, centroid × pixel size, and the
+    diameter of the circle of that area."""
+    px, py = pixel_size_um
+    area_um2 = row.area * px * py
+    return replace(
+        row,
+        area_um2=round(area_um2, 6),
+        centroid_x_um=round(row.centroid_x * px, 4),
+        centroid_y_um=round(row.centroid_y * py, 4),
+        equivalent_diameter_um=round(2.0 * float(np.sqrt(area_um2 / np.pi)), 4),
+    )
+
+
+def table_fields(calibrated: bool) -> list[str]:
+    """The object table's columns: pixel ones, plus the micrometre ones when ``calibrated``."""
+    return [f for f in ObjectRow.__dataclass_fields__ if calibrated or f not in UM_FIELDS]
+
+
+def row_dicts(rows: list[ObjectRow], calibrated: bool) -> list[dict]:
+    """Rows as dicts with exactly :func:`table_fields` (``output=objects`` as JSON)."""
+    fields = table_fields(calibrated)
+    return [{f: getattr(row, f) for f in fields} for row in rows]
+
+
+def rows_to_csv(rows: list[ObjectRow], calibrated: bool = False) -> str:
+    """Object table as CSV text with a header row (also for an empty table); the micrometre
+    columns when ``calibrated``."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(ObjectRow.__dataclass_fields__), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=table_fields(calibrated), lineterminator="\n")
     writer.writeheader()
-    for row in rows:
-        writer.writerow(asdict(row))
+    writer.writerows(row_dicts(rows, calibrated))
     return buffer.getvalue()
 
 
@@ -446,10 +491,22 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def to_geojson(labels: np.ndarray, rows: list[ObjectRow], classification: str = "Nucleus") -> dict:
-    """A GeoJSON FeatureCollection QuPath imports: one Polygon detection per object."""
+def to_geojson(
+    labels: np.ndarray,
+    rows: list[ObjectRow],
+    classification: str = "Nucleus",
+    properties: Mapping[str, object] | None = None,
+) -> dict:
+    """A GeoJSON FeatureCollection QuPath imports: one Polygon detection per object.
+
+    ``properties``: the collection's own (a foreign member GeoJSON readers keep), e.g. the pixel
+    size and the plane segmented. Rows with micrometre fields add them to each measurement list.
+    """
     with _gc_paused():
-        return _feature_collection(labels, rows, classification)
+        collection = _feature_collection(labels, rows, classification)
+    if properties:
+        collection["properties"] = dict(properties)
+    return collection
 
 
 def _feature_collection(labels: np.ndarray, rows: list[ObjectRow], classification: str) -> dict:
@@ -475,11 +532,23 @@ def _feature_collection(labels: np.ndarray, rows: list[ObjectRow], classificatio
                         "Mean intensity": row.mean_intensity,
                         "Integrated intensity": row.integrated_intensity,
                         "Mean confidence": row.mean_confidence,
+                        **_um_measurements(row),
                     },
                 },
             }
         )
     return {"type": "FeatureCollection", "features": features}
+
+
+def _um_measurements(row: ObjectRow) -> dict[str, float]:
+    if row.area_um2 is None:
+        return {}
+    return {  # QuPath's own names for calibrated measurements
+        "Area µm^2": row.area_um2,
+        "Centroid X µm": row.centroid_x_um,
+        "Centroid Y µm": row.centroid_y_um,
+        "Equivalent diameter µm": row.equivalent_diameter_um,
+    }
 
 
 def encode_labels(labels: np.ndarray) -> tuple[bytes, str]:

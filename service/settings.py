@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     max_pixels: int = Field(
         8192 * 8192, ge=1, description="largest image width × height, checked from the header"
     )
+    max_tiff_pages: int = Field(
+        10_000, ge=1, description="most pages (IFDs) a TIFF may have; counted before they are indexed"
+    )
     max_batch_files: int = Field(64, ge=1, description="most files in one /segment/batch request")
     request_timeout_s: float = Field(
         300.0, gt=0, description="a segmentation still running after this long is abandoned (503)"

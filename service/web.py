@@ -21,9 +21,10 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from service import imaging
+from service import imaging, microscopy
 from service.errors import PayloadTooLarge, problem_responses
 from service.routes.deps import Runtime, get_runtime, require_api_key
+from service.routes.segment import plane_selection
 from service.routes.segment import problem_for as problem_for_domain_error
 
 #: The page and its assets.
@@ -39,17 +40,21 @@ def index() -> FileResponse:
                         headers={"Cache-Control": "no-cache"})
 
 
-def render_preview(data: bytes, max_pixels: int) -> tuple[bytes, int, int]:
+def render_preview(
+    data: bytes, max_pixels: int, selection: microscopy.Selection | None = None, max_pages: int = 10_000
+) -> tuple[bytes, int, int]:
     """Upload bytes → ``(PNG bytes of an (H, W, 3) uint8 display image, width, height)``.
 
-    Same decoder and pixel limit as ``POST /segment``, so the preview is pixel-aligned with the
-    masks (same size, EXIF orientation ignored, first TIFF page).
+    Same reader and pixel limit as ``POST /segment``, so the preview is pixel-aligned with the
+    masks (same size, EXIF orientation ignored); ``selection`` picks the channel / plane shown
+    (what it leaves open defaults for display: a composite in colour, the first plane).
 
     Raises:
-        imaging.ImageError subclasses (undecodable, unsupported, too large).
+        imaging.ImageError subclasses (undecodable, unsupported, too large);
+        microscopy.SelectionError (a channel or plane the image lacks).
     """
-    image = imaging.decode(data, max_pixels)
-    rgb = imaging.to_display_rgb(image)
+    plane = microscopy.preview_plane(data, selection or microscopy.Selection(), max_pixels, max_pages)
+    rgb = imaging.to_display_rgb(plane.image)
     return imaging.encode_png(rgb), int(rgb.shape[1]), int(rgb.shape[0])
 
 
@@ -79,19 +84,25 @@ async def _read_body(request: Request, limit: int) -> bytes:
     responses={
         200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
               "description": "8-bit RGB PNG of the input, same width and height, contrast-stretched"},
-        **problem_responses(400, 401, 413, 415),
+        **problem_responses(400, 401, 413, 415, 422),
     },
     openapi_extra={"requestBody": {"required": True, "description": "the raw image bytes (any Content-Type)",
                                    "content": {"application/octet-stream": {
                                        "schema": {"type": "string", "format": "binary"}}}}},
 )
-async def preview(request: Request, runtime: Runtime = Depends(get_runtime)) -> Response:
+async def preview(
+    request: Request,
+    runtime: Runtime = Depends(get_runtime),
+    selection: microscopy.Selection = Depends(plane_selection),
+) -> Response:
     settings = runtime.settings
     data = await _read_body(request, settings.max_upload_bytes)
     try:
         # Decoding a large TIFF takes a while: keep the event loop free.
-        png, width, height = await anyio.to_thread.run_sync(render_preview, data, settings.max_pixels)
-    except imaging.ImageError as exc:
+        png, width, height = await anyio.to_thread.run_sync(
+            render_preview, data, settings.max_pixels, selection, settings.max_tiff_pages
+        )
+    except (imaging.ImageError, microscopy.SelectionError) as exc:
         problem = problem_for_domain_error(exc)
         if problem is None:  # pragma: no cover - every ImageError maps to a problem
             raise

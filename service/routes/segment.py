@@ -17,10 +17,11 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import PurePath
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import numpy as np
@@ -29,7 +30,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
-from service import imaging, metrics, objects, pipeline, postprocess, segment
+from service import imaging, metrics, microscopy, objects, pipeline, postprocess, segment
 from service.batcher import BatcherClosed, Overloaded
 from service.batcher import Cancelled as BatcherCancelled
 from service.engine import Engine
@@ -91,9 +92,46 @@ class SegmentOptions:
     json_table: bool = False  # output=objects as JSON (Accept: application/json) instead of CSV
     split: Split | None = None  # None: the model's own method
     diameter: float | None = None  # typical nucleus diameter, input px; None: estimated
+    plane: microscopy.Selection = microscopy.Selection()  # channel / z / t / project / pixel_size
 
 
 _OPTION_NAMES = ("output", "threshold", "bits", "tile_size", "overlap", "split", "diameter")
+#: Which channel / plane of a microscopy file, and its pixel size (service.microscopy).
+_PLANE_OPTION_NAMES = ("channel", "z", "t", "project", "pixel_size")
+
+
+class Project(str, Enum):
+    max = "max"
+
+
+def plane_selection(
+    channel: str | None = Query(
+        None,
+        min_length=1,
+        max_length=200,
+        description="the channel holding the nuclei: its 0-based index, or its name from the file's "
+        "OME/ImageJ metadata (any case; red/green/blue for colour images; `gray` mixes a colour image's "
+        "channels). Needed when the image has several channels that differ: without it, 422 listing them",
+    ),
+    z: int | None = Query(None, ge=0, description="the z-slice to segment, 0-based (Fiji's slice 1 is z=0)"),
+    t: int | None = Query(None, ge=0, description="the time point to segment, 0-based"),
+    project: Project | None = Query(
+        None, description="max: segment the maximum projection over Z instead of one slice"
+    ),
+    pixel_size: float | None = Query(
+        None, gt=0, le=10_000, description="µm per pixel; overrides the file's calibration"
+    ),
+) -> microscopy.Selection:
+    """Which plane of a multi-channel / multi-plane image; a stack without z/t/project, or
+    several channels without channel, is a 422 that lists the choices (never a guess)."""
+    return microscopy.Selection(
+        channel=channel,
+        z=z,
+        t=t,
+        project=None if project is None else project.value,
+        pixel_size_um=pixel_size,
+    )
+
 
 _DIAMETER_DESCRIPTION = (
     "typical nucleus diameter in the image, pixels; the image is resized so its nuclei come out at "
@@ -126,12 +164,13 @@ def segment_options(
     overlap: int | None = Query(None, ge=0, description="overlap between tiles in pixels (< tile_size / 2)"),
     split: Split | None = Query(None, description=_SPLIT_DESCRIPTION),
     diameter: float | None = Query(None, ge=1, le=1000, description=_DIAMETER_DESCRIPTION),
-    _known: None = Depends(only_query_params(*_OPTION_NAMES)),
+    plane: microscopy.Selection = Depends(plane_selection),
+    _known: None = Depends(only_query_params(*_OPTION_NAMES, *_PLANE_OPTION_NAMES)),
     accept: str = Header("", include_in_schema=False),
 ) -> SegmentOptions:
     _check_bits(bits)
     json_table = "application/json" in accept and "text/csv" not in accept
-    return SegmentOptions(output, threshold, bits, tile_size, overlap, json_table, split, diameter)
+    return SegmentOptions(output, threshold, bits, tile_size, overlap, json_table, split, diameter, plane)
 
 
 def batch_options(
@@ -144,10 +183,13 @@ def batch_options(
     diameter: float | None = Query(
         None, ge=1, le=1000, description="as for POST /segment (one for every file; default: per file)"
     ),
-    _known: None = Depends(only_query_params(*_OPTION_NAMES)),
+    plane: microscopy.Selection = Depends(plane_selection),
+    _known: None = Depends(only_query_params(*_OPTION_NAMES, *_PLANE_OPTION_NAMES)),
 ) -> SegmentOptions:
     _check_bits(bits)
-    return SegmentOptions(output, threshold, bits, tile_size, overlap, split=split, diameter=diameter)
+    return SegmentOptions(
+        output, threshold, bits, tile_size, overlap, split=split, diameter=diameter, plane=plane
+    )
 
 
 def _check_bits(bits: int) -> None:
@@ -173,8 +215,10 @@ class Result:
     overlap: int
     object_count: int | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
-    scale: pipeline.ScaleChoice | None = None
-    warnings: list[str] = field(default_factory=list)  # for the user: X-Warnings, manifest
+    scale: pipeline.ScaleChoice | None = None  # the nucleus scale the image was segmented at
+    # Human-readable notices for the caller (X-Warnings, JSON outputs): what was assumed or ignored.
+    warnings: list[str] = field(default_factory=list)
+    plane: microscopy.Plane | None = None  # which channel / plane / projection, and the pixel size
 
     @property
     def inference_ms(self) -> float:
@@ -192,13 +236,16 @@ def run_pipeline(
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    info = imaging.probe(data)
-    imaging.check_pixels(info, settings.max_pixels)  # from the header: no pixel buffer yet
-    image = imaging.decode(data, settings.max_pixels)
+    # The one plane to segment: channel / z / t / projection chosen, pixel limits checked from
+    # the header first; a stack or multi-channel image without a choice is a SelectionError (422).
+    plane = microscopy.select(
+        data, options.plane, settings.max_pixels, settings.max_tiff_pages, md.in_channels
+    )
+    image = plane.image
+    warnings = list(plane.warnings)
     t1 = time.perf_counter()
     timings["decode"] = 1000 * (t1 - t0)
 
-    warnings: list[str] = []
     modality = check_modality(image)
     if modality.warning:
         warnings.append(modality.warning)
@@ -227,17 +274,20 @@ def run_pipeline(
     t2 = time.perf_counter()
     timings["infer"] = 1000 * (t2 - t_scale)
 
-    body, media_type, count = render(options, image, prediction, md, settings.count_objects_on_every_output)
+    body, media_type, count = render(
+        options, image, prediction, md, settings.count_objects_on_every_output, plane=plane, warnings=warnings
+    )
     timings["output"] = 1000 * (time.perf_counter() - t2)
 
     for stage in ("decode", "infer", "output"):
         metrics.SEGMENT_SECONDS.labels(stage=stage).observe(timings[stage] / 1000)
-    metrics.PIXELS.inc(info.pixels)
+    height, width = image.shape[:2]
+    metrics.PIXELS.inc(width * height)
     return Result(
         body=body,
         media_type=media_type,
-        width=info.width,
-        height=info.height,
+        width=width,
+        height=height,
         tiles=prediction.tiles,
         tile_size=prediction.tile_size,
         overlap=prediction.overlap,
@@ -245,6 +295,7 @@ def run_pipeline(
         timings_ms=timings,
         scale=scale,
         warnings=warnings,
+        plane=plane,
     )
 
 
@@ -282,8 +333,13 @@ def render(
     prediction: segment.Prediction,
     md: ModelMetadata,
     count_every_output: bool = True,
+    plane: microscopy.Plane | None = None,
+    warnings: list[str] | None = None,
 ) -> tuple[bytes, str, int | None]:
     """The requested output encoded: ``(body, media type, object count or None)``.
+
+    ``plane``: what was segmented (its pixel size adds the µm columns; GeoJSON carries it and
+    ``warnings`` in its properties).
 
     ``count_every_output`` (``UNET_COUNT_OBJECTS_ON_EVERY_OUTPUT``): also split and count
     objects for mask/probability/overlay; splitting costs ~0.1–0.25× of the model's time
@@ -308,12 +364,16 @@ def render(
     if options.output is Output.labels:
         body, media_type = objects.encode_labels(labels)  # 16-bit PNG; 32-bit TIFF past 65535 objects
         return body, media_type, count
-    rows = objects.measure(labels, to_channels(image, 1), prob)
+    size = plane.pixel_size if plane is not None else None
+    um = (size.x_um, size.y_um) if size is not None else None
+    rows = objects.measure(labels, to_channels(image, 1), prob, pixel_size_um=um)
     if options.output is Output.geojson:
-        return json.dumps(objects.to_geojson(labels, rows)).encode(), "application/geo+json", count
+        properties = {**(plane.describe() if plane else {}), "warnings": list(warnings or [])}
+        collection = objects.to_geojson(labels, rows, properties=properties)
+        return json.dumps(collection).encode(), "application/geo+json", count
     if options.json_table:
-        return json.dumps([asdict(row) for row in rows]).encode(), "application/json", count
-    return objects.rows_to_csv(rows).encode(), "text/csv; charset=utf-8", count
+        return json.dumps(objects.row_dicts(rows, um is not None)).encode(), "application/json", count
+    return objects.rows_to_csv(rows, um is not None).encode(), "text/csv; charset=utf-8", count
 
 
 # --- HTTP glue -----------------------------------------------------------------------------------
@@ -323,6 +383,10 @@ def problem_for(exc: Exception) -> ProblemError | None:
     """Domain errors → the problem the client gets; None for anything unexpected."""
     if isinstance(exc, ProblemError):
         return exc
+    if isinstance(exc, microscopy.SelectionError):
+        return selection_problem(exc)
+    if isinstance(exc, microscopy.TooManyPages):
+        return ProblemError(str(exc), status=413, slug="too-many-pages", title="Too many TIFF pages")
     if isinstance(exc, imaging.ImageTooLarge):
         return ProblemError(str(exc), status=413, slug="image-too-large", title="Image too large")
     if isinstance(exc, imaging.UnsupportedImageType):
@@ -339,6 +403,22 @@ def problem_for(exc: Exception) -> ProblemError | None:
     if isinstance(exc, BatcherClosed):
         return ServiceUnavailable(str(exc), retry_after_s=5, slug="shutting-down", title="Shutting down")
     return None
+
+
+def selection_problem(exc: microscopy.SelectionError) -> InvalidOptions:
+    """422 naming the query options concerned, with what the image offers in ``choices``."""
+    missing = exc.missing
+    return InvalidOptions(
+        str(exc),
+        slug="choose-plane" if missing else "invalid-options",
+        title="Choose a channel or plane" if missing else "Invalid request options",
+        errors=[
+            {"loc": ["query", p], "msg": "required for this image" if missing else "not in this image",
+             "type": "missing" if missing else "value_error"}
+            for p in exc.params
+        ],
+        extra={"choices": exc.choices},
+    )
 
 
 class _Cancellation:
@@ -449,9 +529,33 @@ def _result_headers(runtime: Runtime, result: Result) -> dict[str, str]:
         headers["X-Scale-Factor"] = f"{result.scale.factor:.4g}"
         if result.scale.diameter is not None:
             headers["X-Nucleus-Diameter"] = f"{result.scale.diameter:.1f}"
+    if result.plane is not None:
+        headers.update(plane_headers(result.plane))
     if result.warnings:
-        # One header, a JSON array: warnings may hold commas; ASCII-escaped for HTTP.
         headers["X-Warnings"] = json.dumps(result.warnings, ensure_ascii=True)
+    return headers
+
+
+def plane_headers(plane: microscopy.Plane) -> dict[str, str]:
+    """What was segmented: ``X-Channel`` (index) and ``X-Channel-Name`` (percent-encoded UTF-8)
+    when the image has several channels, ``X-Z`` / ``X-T`` / ``X-Projection`` when it has planes,
+    ``X-Pixel-Size-Um`` (``x`` or ``x,y``) and ``X-Pixel-Size-Source`` when the size is known."""
+    headers: dict[str, str] = {}
+    if plane.channel is not None:
+        headers["X-Channel"] = str(plane.channel.index)
+        if plane.channel.name:
+            headers["X-Channel-Name"] = quote(plane.channel.name, safe=" ()+-_.")
+    if plane.mixed:
+        headers["X-Channel"] = microscopy.MIX
+    if plane.z is not None:
+        headers["X-Z"] = str(plane.z)
+    if plane.t is not None:
+        headers["X-T"] = str(plane.t)
+    if plane.projection is not None:
+        headers["X-Projection"] = f"{plane.projection}-z"
+    if plane.pixel_size is not None:
+        headers["X-Pixel-Size-Um"] = plane.pixel_size.header()
+        headers["X-Pixel-Size-Source"] = plane.pixel_size.source
     return headers
 
 
@@ -510,11 +614,25 @@ _PNG_HEADERS = {
         "description": "model pixels per input pixel the image was resized by (1: not resized)",
         "schema": {"type": "number"},
     },
-    "X-Warnings": {
-        "description": "present when the result may be unreliable: a JSON array of sentences (e.g. the "
-        "image does not look like fluorescence)",
+    "X-Channel": {
+        "description": "the channel segmented (0-based index; `gray` when colours were mixed); only for "
+        "images with several channels",
         "schema": {"type": "string"},
     },
+    "X-Channel-Name": {"description": "its name from the file, percent-encoded UTF-8",
+                       "schema": {"type": "string"}},
+    "X-Z": {"description": "the z-slice segmented (0-based); only for z-stacks",
+            "schema": {"type": "integer"}},
+    "X-T": {"description": "the time point segmented (0-based)", "schema": {"type": "integer"}},
+    "X-Projection": {"description": "`max-z`: the maximum projection over Z was segmented",
+                     "schema": {"type": "string"}},
+    "X-Pixel-Size-Um": {"description": "µm per pixel used for the µm columns: `x` or `x,y`; absent "
+                        "when unknown",
+                        "schema": {"type": "string"}},
+    "X-Pixel-Size-Source": {"description": "ome | imagej | tiff | request", "schema": {"type": "string"}},
+    "X-Warnings": {"description": "JSON array of human-readable notices: what was assumed or ignored, "
+                   "and why a result may be unreliable (e.g. the image does not look like fluorescence)",
+                   "schema": {"type": "string"}},
 }
 
 
@@ -596,7 +714,12 @@ class ManifestEntry(BaseModel):
     object_count: int | None = None
     nucleus_diameter: float | None = Field(None, description="typical nucleus diameter used, px")
     diameter_source: str | None = Field(None, description="request, estimated or model-scale")
-    warnings: list[str] = Field(default_factory=list, description="why this result may be unreliable")
+    image: dict[str, Any] | None = Field(
+        None, description="what was segmented: channel, z, t, projection, pixel_size_um, axes, shape"
+    )
+    warnings: list[str] = Field(
+        default_factory=list, description="what was assumed or ignored, and why a result may be unreliable"
+    )
     problem: dict[str, Any] | None = Field(None, description="problem details when status is not 200")
 
 
@@ -749,7 +872,14 @@ def _batch_work(
                     file=filename,
                     output=None,
                     status=problem.status,
-                    problem=problem_body(problem.status, problem.title, problem.detail, slug=problem.slug),
+                    problem=problem_body(
+                        problem.status,
+                        problem.title,
+                        problem.detail,
+                        slug=problem.slug,
+                        errors=problem.errors,
+                        extra=problem.extra,
+                    ),
                 )
             )
             continue
@@ -769,6 +899,7 @@ def _batch_work(
                 nucleus_diameter=None if result.scale is None or result.scale.diameter is None
                 else round(result.scale.diameter, 1),
                 diameter_source=None if result.scale is None else result.scale.source,
+                image=result.plane.describe() if result.plane else None,
                 warnings=result.warnings,
             )
         )

@@ -12,6 +12,7 @@ import pytest
 from tests.api import _images as im
 from tests.models import write_conv_model
 from tests.server import Server
+from tests.unit.test_segment import synthetic_nuclei
 
 PNG = {"Content-Type": "image/png"}
 
@@ -66,14 +67,20 @@ def test_diameter_on_a_model_that_does_not_know_its_scale_is_a_422(server: Serve
     assert bad.status_code == 422
 
 
-def test_a_colour_stain_is_segmented_with_a_warning_not_silently(scaled_server: Server) -> None:
-    grey = im.blobs(120, 160).astype(np.float32) / 255
+def test_a_colour_stain_is_never_segmented_silently(scaled_server: Server) -> None:
+    nuclei = synthetic_nuclei(120, 160).astype(np.float32)
+    grey = nuclei / nuclei.max()  # sparse bright nuclei on a dark field
     he = (np.array([235, 200, 220]) * (1 - grey[:, :, None]) + np.array([90, 50, 150]) * grey[:, :, None])
     body = im.png(he.astype(np.uint8))
+    # Its channels differ: the service asks which one holds the nuclei.
     r = scaled_server.client.post("/segment", params={"diameter": 20}, content=body, headers=PNG)
+    assert r.status_code == 422, r.text
+    # Mixed to grey on request: segmented, with a warning that this is not fluorescence.
+    r = scaled_server.client.post(
+        "/segment", params={"diameter": 20, "channel": "gray"}, content=body, headers=PNG
+    )
     assert r.status_code == 200, r.text
-    warnings = json.loads(r.headers["X-Warnings"])
-    assert any("colour" in w for w in warnings)
+    assert any("fluorescence" in w and "unreliable" in w for w in json.loads(r.headers["X-Warnings"]))
     grey = im.png(im.blobs(120, 160))
     grey_ok = scaled_server.client.post("/segment", params={"diameter": 20}, content=grey, headers=PNG)
     assert "X-Warnings" not in grey_ok.headers

@@ -1,0 +1,800 @@
+"""Microscopy files as biologists have them: which channel, which plane, what pixel size.
+
+A fluorescence file is rarely one grey plane: an ImageJ hyperstack or OME-TIFF holds channels
+(C), z-slices (Z) and time points (T); an RGB composite holds one stain per colour. This module
+reads what the file says about itself and turns a request's choice into the one 2-D plane the
+model segments — and refuses, with the choices listed, whenever the choice is not obvious.
+Nothing here guesses: an image with several channels or planes and no choice is a
+:class:`SelectionError` (HTTP 422), never "the first page".
+
+Pure functions on ``bytes`` and ``numpy`` arrays; no files, no HTTP.
+
+- TIFF (OME-TIFF, ImageJ hyperstacks, multi-page, BigTIFF, any compression tifffile and
+  imagecodecs decode) is read by **tifffile**: it knows the OME and ImageJ conventions for
+  axes, channel names and calibration, which no general image library does. The IFD chain is
+  counted first (:func:`count_tiff_pages`, a few bytes per page) so a file of a million tiny
+  pages is refused before tifffile indexes them, and the plane's size is checked from the
+  header before any pixel buffer exists. Only the pages the choice needs are decoded (a max
+  projection reads its z-slices one at a time).
+- PNG, JPEG and BMP keep their decoder (``imaging.decode``); their only "axis" is colour.
+- An RGB image whose channels are equal (grey saved as colour, also JPEG-grey within a few
+  levels) is grey and needs no choice; one whose channels differ is a composite.
+
+Units: pixel sizes in micrometres (µm) per pixel; plane indices 0-based (Fiji's slice 1 is
+``z=0``).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import struct
+import warnings
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from service import imaging
+from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType
+
+#: TIFF signatures: classic (42) and BigTIFF (43), both byte orders.
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+#: Axes a plane can be chosen along, and what a request calls them.
+PLANE_AXES = ("Z", "T")
+#: tifffile's letters for a page sequence nobody labelled (Pillow, plain tifffile writes).
+_UNLABELLED = ("I", "Q")
+#: Names of an RGB image's channels (alpha is never segmented).
+RGB_NAMES = ("red", "green", "blue")
+#: ``channel=`` value that mixes an RGB image's channels to grey (BT.601 luminance).
+MIX = "gray"
+#: The one projection offered (over Z).
+PROJECTIONS = ("max",)
+
+# TIFF photometric interpretations tifffile hands back as the stored samples.
+_MINISWHITE, _MINISBLACK, _RGB, _PALETTE, _YCBCR = 0, 1, 2, 3, 6
+#: Length units → µm (OME's UnitsLength symbols, ImageJ's spellings).
+_UNIT_UM = {
+    "m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0,
+    "micrometer": 1.0, "micrometre": 1.0, "nm": 1e-3, "nanometer": 1e-3, "å": 1e-4, "angstrom": 1e-4,
+    "pm": 1e-6,
+}
+
+
+class SelectionError(ValueError):
+    """The request does not say which channel/plane to segment, or names one the image lacks.
+
+    ``params`` names the query parameters concerned (``channel``, ``z``, ``t``, ``project``);
+    ``choices`` is what the image offers, JSON-ready (``channels``, ``planes``, ``axes``...);
+    ``missing``: the request chose nothing where it must (else it chose what is not there).
+    """
+
+    def __init__(
+        self, message: str, params: tuple[str, ...], choices: dict[str, Any], missing: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.params = params
+        self.choices = choices
+        self.missing = missing
+
+
+class TooManyPages(UnsupportedImageType):
+    """A TIFF with more pages (IFDs) than the service indexes (HTTP 413)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"the TIFF has more than {limit:,} pages (UNET_MAX_TIFF_PAGES); send fewer planes")
+
+
+@dataclass(frozen=True)
+class Channel:
+    index: int
+    name: str | None = None
+
+    def label(self) -> str:
+        return f"{self.index} ({self.name})" if self.name else str(self.index)
+
+
+@dataclass(frozen=True)
+class PixelSize:
+    """Micrometres per pixel along x (columns) and y (rows); ``source`` says who said so:
+    ``ome`` · ``imagej`` · ``tiff`` (ResolutionUnit centimetre) · ``request`` (``pixel_size=``)."""
+
+    x_um: float
+    y_um: float
+    source: str
+
+    def __post_init__(self) -> None:
+        # 1 / (20/13 px per µm) is 0.6499999999999999: keep the digits a calibration has.
+        object.__setattr__(self, "x_um", float(f"{self.x_um:.10g}"))
+        object.__setattr__(self, "y_um", float(f"{self.y_um:.10g}"))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"x": self.x_um, "y": self.y_um, "source": self.source}
+
+    def header(self) -> str:
+        """``0.65`` for square pixels, ``x,y`` otherwise."""
+        x, y = f"{self.x_um:.6g}", f"{self.y_um:.6g}"
+        return x if x == y else f"{x},{y}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a file holds, from its header (and, for colour, its pixels).
+
+    ``axes``/``shape``: the image's dimensions in tifffile letters, singletons dropped
+    (``TZCYX``, ``YXS``...); ``channels``: one entry per channel (one for grey); ``planes``:
+    sizes of the plane axes with more than one plane (``{"Z": 31}``); ``rgb``: the channels are
+    the samples of a colour image (red, green, blue); ``grey_rgb``: ... and they are equal.
+    """
+
+    format: str
+    width: int
+    height: int
+    dtype: str
+    axes: str
+    shape: tuple[int, ...]
+    channels: tuple[Channel, ...]
+    planes: dict[str, int]
+    pixel_size: PixelSize | None
+    rgb: bool = False
+    grey_rgb: bool = False
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def needs_channel(self) -> bool:
+        """Whether segmenting needs ``channel=`` (for a one-channel model)."""
+        return len(self.channels) > 1 and not self.grey_rgb
+
+    def channel_choices(self) -> list[dict[str, Any]]:
+        return [{"index": c.index, "name": c.name} for c in self.channels]
+
+    def choices(self) -> dict[str, Any]:
+        """The JSON a 422 and ``POST /probe`` carry: what a request may choose."""
+        out: dict[str, Any] = {
+            "axes": self.axes,
+            "shape": list(self.shape),
+            "channels": self.channel_choices(),
+            "planes": dict(self.planes),
+        }
+        if self.rgb and not self.grey_rgb:
+            out["mix"] = MIX
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """``POST /probe``'s answer (less what the route adds)."""
+        return {
+            "format": self.format,
+            "width": self.width,
+            "height": self.height,
+            "dtype": self.dtype,
+            "axes": self.axes,
+            "shape": list(self.shape),
+            "channels": self.channel_choices(),
+            "planes": dict(self.planes),
+            "rgb": self.rgb,
+            "grey_rgb": self.grey_rgb,
+            "pixel_size_um": self.pixel_size.as_dict() if self.pixel_size else None,
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a request chose: ``channel`` (index as text, a name, or :data:`MIX`), ``z``/``t``
+    (0-based), ``project`` (``"max"`` over Z), ``pixel_size_um`` (overrides the file's)."""
+
+    channel: str | None = None
+    z: int | None = None
+    t: int | None = None
+    project: str | None = None
+    pixel_size_um: float | None = None
+
+
+@dataclass(frozen=True)
+class Plane:
+    """The plane to segment and what it is.
+
+    ``image``: ``(H, W)``, or ``(H, W, 3|4)`` when a colour image is kept whole (grey stored as
+    RGB, :data:`MIX`, or a model that takes colour); uint8/uint16/float32.
+    ``channel``: the channel chosen (None: the image has one, or colour kept whole).
+    """
+
+    image: np.ndarray
+    layout: Layout
+    channel: Channel | None = None
+    mixed: bool = False
+    z: int | None = None
+    t: int | None = None
+    projection: str | None = None
+    pixel_size: PixelSize | None = None
+    warnings: tuple[str, ...] = ()
+
+    def describe(self) -> dict[str, Any]:
+        """What was segmented, JSON-ready (GeoJSON properties, batch manifest)."""
+        return {
+            "channel": None if self.channel is None else asdict(self.channel),
+            "mixed": self.mixed,
+            "z": self.z,
+            "t": self.t,
+            "projection": self.projection,
+            "pixel_size_um": self.pixel_size.as_dict() if self.pixel_size else None,
+            "axes": self.layout.axes,
+            "shape": list(self.layout.shape),
+        }
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def is_tiff(data: bytes) -> bool:
+    return data[:4] in _TIFF_MAGIC
+
+
+def count_tiff_pages(data: bytes, limit: int) -> int:
+    """Pages (top-level IFDs) in a TIFF, counted along the IFD chain; :class:`TooManyPages`
+    past ``limit``. Stops at a loop or a chain running off the end (tifffile then reports it).
+    """
+    big = data[2:4] in (b"+\x00", b"\x00+")
+    order = "<" if data[:2] == b"II" else ">"
+    count_fmt, entry, off_fmt = ("Q", 20, "Q") if big else ("H", 12, "I")
+    count_size, off_size = struct.calcsize(count_fmt), struct.calcsize(off_fmt)
+    if len(data) < (16 if big else 8):
+        return 0
+    offset = struct.unpack_from(order + off_fmt, data, 8 if big else 4)[0]
+    seen: set[int] = set()
+    while offset and offset not in seen and offset + count_size <= len(data):
+        seen.add(offset)
+        if len(seen) > limit:
+            raise TooManyPages(limit)
+        entries = struct.unpack_from(order + count_fmt, data, offset)[0]
+        nxt = offset + count_size + entries * entry
+        if nxt + off_size > len(data):
+            break
+        offset = struct.unpack_from(order + off_fmt, data, nxt)[0]
+    return len(seen)
+
+
+@dataclass
+class _Source:
+    """A file opened for reading planes: its layout and how to fetch one page's samples."""
+
+    layout: Layout
+    # (plane coordinates {"Z": z, "T": t, "C": c}) → (H, W) or (H, W, S) array
+    read: Callable[[dict[str, int]], np.ndarray]
+    close: Callable[[], None] = lambda: None
+    # RGB pixels read while probing (to tell grey from colour), reused by select
+    first: np.ndarray | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def probe(data: bytes, max_pixels: int, max_pages: int) -> Layout:
+    """What the file holds (axes, channels, planes, pixel size) — ``POST /probe``.
+
+    Reads pixels only for a colour image (to tell grey saved as RGB from a composite).
+
+    Raises:
+        imaging.ImageError subclasses: undecodable, unsupported, too large, too many pages.
+    """
+    source = _open(data, max_pixels, max_pages)
+    try:
+        return source.layout
+    finally:
+        source.close()
+
+
+def select(
+    data: bytes, selection: Selection, max_pixels: int, max_pages: int, model_channels: int = 1
+) -> Plane:
+    """The plane a request asked for, read from the upload.
+
+    ``model_channels``: input channels of the model; a 3-channel model takes an RGB image whole.
+
+    Raises:
+        SelectionError: several channels/planes and no choice, or a choice the image lacks.
+        imaging.ImageError subclasses: undecodable, unsupported, too large, too many pages.
+    """
+    source = _open(data, max_pixels, max_pages)
+    try:
+        return _select(source, selection, model_channels)
+    finally:
+        source.close()
+
+
+def preview_plane(data: bytes, selection: Selection, max_pixels: int, max_pages: int) -> Plane:
+    """Like :func:`select`, but what is not chosen defaults for display: a composite stays in
+    colour, the first channel of a C axis, the first plane. For the web page's preview only."""
+    source = _open(data, max_pixels, max_pages)
+    try:
+        layout = source.layout
+        filled = selection
+        if filled.channel is None and layout.needs_channel and not layout.rgb:
+            filled = replace(filled, channel="0")
+        if filled.project is None and filled.z is None and "Z" in layout.planes:
+            filled = replace(filled, z=0)
+        if filled.t is None and "T" in layout.planes:
+            filled = replace(filled, t=0)
+        return _select(source, filled, model_channels=3 if layout.rgb else 1)
+    finally:
+        source.close()
+
+
+def _open(data: bytes, max_pixels: int, max_pages: int) -> _Source:
+    if not is_tiff(data):
+        return _open_flat(data, max_pixels, fmt=None)
+    count_tiff_pages(data, max_pages)
+    try:
+        return _open_tiff(data, max_pixels)
+    except _NotForTifffile:
+        # A single page in a layout tifffile returns raw (palette, CMYK, YCbCr, min-is-white,
+        # old JPEG): the decoder the service always used reads it.
+        return _open_flat(data, max_pixels, fmt="TIFF")
+
+
+class _NotForTifffile(Exception):
+    """A single-page TIFF better read by the general decoder."""
+
+
+def _open_flat(data: bytes, max_pixels: int, fmt: str | None) -> _Source:
+    """PNG / JPEG / BMP (and simple single-page TIFF fallbacks): one plane, maybe colour."""
+    info = imaging.probe(data)
+    imaging.check_pixels(info, max_pixels)
+    image = imaging.decode(data, max_pixels)
+    height, width = image.shape[:2]
+    if image.ndim == 3 and image.shape[2] >= 3:
+        grey = channels_equal(image[:, :, :3])
+        layout = Layout(
+            format=fmt or info.format,
+            width=width,
+            height=height,
+            dtype=str(image.dtype),
+            axes="YXS",
+            shape=tuple(image.shape),
+            channels=tuple(Channel(i, n) for i, n in enumerate(RGB_NAMES)),
+            planes={},
+            pixel_size=None,
+            rgb=True,
+            grey_rgb=grey,
+        )
+    else:
+        layout = Layout(fmt or info.format, width, height, str(image.dtype), "YX", (height, width),
+                        (Channel(0),), {}, None)
+    return _Source(layout, read=lambda _coords: image, first=image)
+
+
+def _open_tiff(data: bytes, max_pixels: int) -> _Source:
+    import tifffile  # the service imports it only for TIFF uploads
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tifffile warns about odd tags; errors still raise
+            tif = tifffile.TiffFile(io.BytesIO(data))
+    except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds on corrupt input
+        if _single_page(data):
+            raise _NotForTifffile from exc
+        raise UndecodableImage(f"unreadable TIFF: {exc}") from exc
+    try:
+        return _tiff_source(tif, data, max_pixels)
+    except BaseException:
+        tif.close()
+        raise
+
+
+def _single_page(data: bytes) -> bool:
+    try:
+        return count_tiff_pages(data, 1) <= 1
+    except TooManyPages:
+        return False
+
+
+def _tiff_source(tif: Any, data: bytes, max_pixels: int) -> _Source:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            all_series = tif.series
+            series = all_series[0]
+            keyframe = series.keyframe
+            full_axes, full_shape = series.get_axes(False), series.get_shape(False)
+            pages = series.pages
+            n_pages = len(pages)
+    except Exception as exc:  # noqa: BLE001
+        raise UndecodableImage(f"unreadable TIFF structure: {exc}") from exc
+    photometric = int(keyframe.photometric)
+    page_axes = keyframe.axes  # "YX", "YXS" or "SYX"
+    samples = int(keyframe.shape[page_axes.index("S")]) if "S" in page_axes else 1
+    height, width = int(keyframe.imagelength), int(keyframe.imagewidth)
+    if width * height > max_pixels:
+        raise ImageTooLarge(width * height, max_pixels, width, height)
+    exotic = photometric not in (_MINISBLACK, _RGB, _YCBCR) or int(keyframe.bitspersample) == 1
+    if exotic and n_pages == 1 and len(all_series) == 1:
+        raise _NotForTifffile
+    if exotic:
+        raise UnsupportedImageType(
+            f"TIFF stacks with photometric interpretation {keyframe.photometric.name} are not supported; "
+            "save the stack as grey or RGB planes"
+        )
+
+    notes: list[str] = []
+    # Plane axes: the series' axes outside one page, in page order (C-order over pages).
+    lead = [(a, int(n)) for a, n in zip(full_axes, full_shape, strict=True)
+            if a not in page_axes and not (a == "S" and n == 1)]
+    if math.prod(n for _, n in lead) != n_pages:
+        raise UnsupportedImageType(
+            f"cannot map this TIFF's {n_pages} pages onto its axes {full_axes} {tuple(full_shape)}"
+        )
+    names = [a for a, _ in lead]
+    renamed = []
+    for a, n in lead:
+        if a in _UNLABELLED and n > 1:
+            if "Z" in names or "T" in names:
+                raise UnsupportedImageType(f"the TIFF has an unlabelled axis of {n} pages besides Z/T")
+            notes.append(
+                f"the file does not say whether its {n} pages are z-slices, time points or channels; "
+                "they are offered as z-planes (z=0..{})".format(n - 1)
+            )
+            a = "Z"
+        elif a not in ("C", "Z", "T") and n > 1:
+            raise UnsupportedImageType(
+                f"the TIFF has an axis {a!r} of size {n} (axes {full_axes}); the service reads C, Z, T, Y, X"
+            )
+        renamed.append((a, n))
+    lead = renamed
+    sizes = dict(lead)
+    n_channels_c = sizes.get("C", 1)
+    if n_channels_c > 1 and samples > 1:
+        raise UnsupportedImageType(
+            f"the TIFF has {n_channels_c} channels of {samples}-sample colour pages; the service reads "
+            "either channels or colour samples"
+        )
+    if len(all_series) > 1:
+        notes.append(
+            f"the file holds {len(all_series)} images (series); the first "
+            f"({width}×{height}, axes {series.axes}) is used"
+        )
+
+    rgb = photometric in (_RGB, _YCBCR) and samples >= 3
+    if samples > 1:
+        channel_axis, n_channels = "S", (3 if rgb else samples)
+    else:
+        channel_axis, n_channels = "C", n_channels_c
+    fmt, pixel_size, channel_names = _tiff_metadata(tif, series, lead, n_channels, channel_axis, notes)
+    if rgb:
+        channel_names = list(RGB_NAMES)
+    channels = tuple(
+        Channel(i, channel_names[i] if i < len(channel_names) else None) for i in range(n_channels)
+    )
+
+    index_shape = tuple(n for _, n in lead)
+    index_axes = [a for a, _ in lead]
+    planar = page_axes.startswith("S")
+
+    def read(coords: dict[str, int]) -> np.ndarray:
+        key = tuple(coords.get(a, 0) for a in index_axes)
+        index = int(np.ravel_multi_index(key, index_shape)) if index_shape else 0
+        page = pages[index]
+        if page is None:
+            raise UndecodableImage(
+                f"page {index} of the TIFF is missing (an OME-TIFF split over several files?)"
+            )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                array = page.asarray()
+        except Exception as exc:  # noqa: BLE001 - codec errors, truncated strips
+            raise UndecodableImage(f"cannot decode page {index} of the TIFF: {exc}") from exc
+        array = np.asarray(array)
+        if planar and array.ndim == 3:
+            array = np.moveaxis(array, 0, -1)
+        if array.shape[:2] != (height, width):
+            array = array.reshape(height, width, -1)
+        if array.ndim == 3 and array.shape[2] == 1:
+            array = array[:, :, 0]
+        return imaging.supported_dtype(array, "TIFF")
+
+    axes = "".join(a for a, n in lead if n > 1) + "YX" + ("S" if samples > 1 else "")
+    shape = tuple(n for _, n in lead if n > 1) + (height, width) + ((samples,) if samples > 1 else ())
+    layout = Layout(
+        format=fmt,
+        width=width,
+        height=height,
+        dtype=str(keyframe.dtype),
+        axes=axes,
+        shape=shape,
+        channels=channels,
+        planes={a: sizes[a] for a in PLANE_AXES if sizes.get(a, 1) > 1},
+        pixel_size=pixel_size,
+        rgb=rgb,
+        warnings=tuple(notes),
+    )
+    source = _Source(layout, read=read, close=tif.close)
+    if rgb:
+        first = read({})
+        source.first = first
+        source.layout = replace(layout, grey_rgb=channels_equal(first[:, :, :3]))
+    return source
+
+
+def _tiff_metadata(
+    tif: Any, series: Any, lead: list[tuple[str, int]], n_channels: int, channel_axis: str, notes: list[str]
+) -> tuple[str, PixelSize | None, list[str | None]]:
+    """(format name, pixel size, channel names) from OME-XML, ImageJ metadata or resolution tags."""
+    page = series.keyframe
+    if tif.is_ome:
+        try:
+            size, names = _ome_metadata(tif.ome_metadata or "", notes)
+        except ET.ParseError:
+            notes.append("the OME-XML metadata is not well-formed; channel names and pixel size unknown")
+            size, names = None, []
+        return "OME-TIFF", size, names
+    if tif.is_imagej:
+        meta = tif.imagej_metadata or {}
+        names = _imagej_channel_names(meta, lead, n_channels)
+        return "ImageJ TIFF", _imagej_pixel_size(page, meta, notes), names
+    return "TIFF", _tiff_pixel_size(page, notes), []
+
+
+def _ome_metadata(xml: str, notes: list[str]) -> tuple[PixelSize | None, list[str | None]]:
+    root = ET.fromstring(xml)
+    pixels = root.find("./{*}Image/{*}Pixels")
+    if pixels is None:
+        return None, []
+    names = [c.get("Name") or None for c in pixels.findall("{*}Channel")]
+    size = None
+    x = _ome_length(pixels.get("PhysicalSizeX"), pixels.get("PhysicalSizeXUnit"), notes)
+    y = _ome_length(pixels.get("PhysicalSizeY"), pixels.get("PhysicalSizeYUnit"), notes)
+    if x or y:
+        size = PixelSize(x or y, y or x, "ome")  # type: ignore[arg-type]
+    return size, names
+
+
+def _ome_length(value: str | None, unit: str | None, notes: list[str]) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        notes.append(f"the OME pixel size {value!r} is not a number; ignored")
+        return None
+    factor = _unit_um(unit or "µm")
+    if factor is None:
+        notes.append(f"the OME pixel size unit {unit!r} is not a length; ignored")
+        return None
+    um = number * factor
+    return um if math.isfinite(um) and um > 0 else None
+
+
+def _unit_um(unit: str) -> float | None:
+    """µm per ``unit`` (``µm``, ``micron``, ``\\u00B5m``, ``nm``...), None if not a length."""
+    key = unit.strip().replace("\\u00B5", "µ").replace("\\u00b5", "µ").replace("μ", "µ").lower()
+    return _UNIT_UM.get(key)
+
+
+def _imagej_pixel_size(page: Any, meta: dict, notes: list[str]) -> PixelSize | None:
+    unit = str(meta.get("unit", "")).strip()
+    if not unit or unit.lower() in ("pixel", "pixels", "px"):
+        return None
+    factor = _unit_um(unit)
+    if factor is None:
+        notes.append(f"the ImageJ calibration unit {unit!r} is not a length; no pixel size")
+        return None
+    res = _resolution(page)
+    if res is None:
+        return None
+    x, y = res
+    return PixelSize(factor / x, factor / y, "imagej")
+
+
+def _imagej_channel_names(meta: dict, lead: list[tuple[str, int]], n_channels: int) -> list[str | None]:
+    """ImageJ keeps a label per plane; a channel's name is its label when every plane of the
+    channel carries the same one (Fiji names channel planes after the channel)."""
+    labels = meta.get("Labels")
+    axes = [a for a, _ in lead]
+    if not isinstance(labels, list) or "C" not in axes or n_channels < 2:
+        return []
+    shape = tuple(n for _, n in lead)
+    if len(labels) != math.prod(shape):
+        return []
+    grid = np.array(labels, dtype=object).reshape(shape)
+    grid = np.moveaxis(grid, axes.index("C"), 0).reshape(n_channels, -1)
+    names: list[str | None] = []
+    for row in grid:
+        values = {str(v).strip() for v in row}
+        names.append(values.pop() if len(values) == 1 and "" not in values else None)
+    return names
+
+
+def _resolution(page: Any) -> tuple[float, float] | None:
+    """Pixels per unit along x and y from the XResolution/YResolution tags."""
+    tags = page.tags
+    if "XResolution" not in tags:
+        return None
+    out = []
+    for name in ("XResolution", "YResolution"):
+        tag = tags.get(name) or tags["XResolution"]
+        num, den = tag.value if isinstance(tag.value, tuple) else (tag.value, 1)
+        if not den or not num:
+            return None
+        out.append(num / den)
+    return out[0], out[1]
+
+
+def _tiff_pixel_size(page: Any, notes: list[str]) -> PixelSize | None:
+    """A plain TIFF's calibration: ResolutionUnit centimetre counts; inch is a print setting."""
+    unit_tag = page.tags.get("ResolutionUnit")
+    unit = int(unit_tag.value) if unit_tag is not None else 2  # the TIFF default is inch
+    res = _resolution(page)
+    if res is None:
+        return None
+    if unit == 3:
+        return PixelSize(1e4 / res[0], 1e4 / res[1], "tiff")
+    if unit == 2 and res != (1.0, 1.0):
+        notes.append(
+            f"the file gives a print resolution of {res[0]:g} dpi, not taken as a pixel size; "
+            "pass pixel_size= (µm) if the image is calibrated"
+        )
+    return None
+
+
+def channels_equal(rgb: np.ndarray) -> bool:
+    """Whether an ``(H, W, 3)`` image is grey saved as colour: its channels differ nowhere by
+    more than 2 levels or 1% of the image's range (JPEG's chroma rounding stays inside)."""
+    lo, hi = float(np.min(rgb)), float(np.max(rgb))
+    tol = max(2.0 if np.issubdtype(rgb.dtype, np.integer) else 0.0, 0.01 * (hi - lo))
+    work = rgb.astype(np.float32) if rgb.dtype == np.float32 else rgb.astype(np.int32)
+    for row in range(0, rgb.shape[0], 512):  # bounded temporaries on large images
+        part = work[row : row + 512]
+        for a, b in ((0, 1), (1, 2)):
+            if np.abs(part[:, :, a] - part[:, :, b]).max() > tol:
+                return False
+    return True
+
+
+# --- choosing ------------------------------------------------------------------------------------
+
+
+def _channel_list(layout: Layout) -> str:
+    return ", ".join(c.label() for c in layout.channels)
+
+
+def _plane_list(layout: Layout) -> str:
+    return ", ".join(f"{a}: {n}" for a, n in layout.planes.items())
+
+
+def _resolve_channel(layout: Layout, wanted: str) -> Channel | str:
+    """``wanted`` (an index, a name in any case, or :data:`MIX`) → the channel, or MIX."""
+    text = wanted.strip()
+    if text.lower() == MIX and layout.rgb:
+        return MIX
+    if re.fullmatch(r"\d+", text):
+        index = int(text)
+        if index < len(layout.channels):
+            return layout.channels[index]
+    else:
+        matches = [c for c in layout.channels if c.name and c.name.casefold() == text.casefold()]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise SelectionError(
+                f"channel {wanted!r} names {len(matches)} channels "
+                f"({', '.join(c.label() for c in matches)}); choose one by index",
+                ("channel",),
+                layout.choices(),
+            )
+    offer = _channel_list(layout) + (f", or {MIX} (colours mixed)" if layout.rgb else "")
+    raise SelectionError(
+        f"the image has no channel {wanted!r}; its channels are {offer}",
+        ("channel",),
+        layout.choices(),
+    )
+
+
+def _check_index(layout: Layout, axis: str, value: int, param: str) -> None:
+    size = layout.planes.get(axis, 1)
+    if not 0 <= value < size:
+        if size > 1:
+            have = f"{size} {axis}-planes ({param}=0..{size - 1})"
+        else:
+            have = f"no {axis} axis ({param}=0 only)"
+        raise SelectionError(
+            f"{param}={value} is outside the image: it has {have}", (param,), layout.choices()
+        )
+
+
+def _select(source: _Source, sel: Selection, model_channels: int) -> Plane:
+    layout = source.layout
+    notes = list(layout.warnings)
+    # Choices the image lacks come first: a typo is a clearer error than a missing choice.
+    chosen = None if sel.channel is None else _resolve_channel(layout, sel.channel)
+    if sel.project is not None and sel.project not in PROJECTIONS:
+        raise SelectionError(
+            f"project must be one of {', '.join(PROJECTIONS)}", ("project",), layout.choices()
+        )
+    if sel.project is not None and sel.z is not None:
+        raise SelectionError("choose z= or project=, not both", ("z", "project"), layout.choices())
+    if sel.project is not None and "Z" not in layout.planes:
+        raise SelectionError(
+            f"project={sel.project} projects over Z, and the image has no z-planes"
+            + (f" ({_plane_list(layout)})" if layout.planes else ""),
+            ("project",),
+            layout.choices(),
+        )
+    for axis, value, param in (("Z", sel.z, "z"), ("T", sel.t, "t")):
+        if value is not None:
+            _check_index(layout, axis, value, param)
+
+    missing: list[str] = []
+    parts: list[str] = []
+    colour_whole = layout.rgb and (layout.grey_rgb or model_channels == 3)
+    if chosen is None and layout.needs_channel and not colour_whole:
+        missing.append("channel")
+        offer = _channel_list(layout)
+        if layout.rgb:
+            offer += f"; or channel={MIX} to mix the colours to grey (brightfield, H&E)"
+        parts.append(f"{len(layout.channels)} channels — choose one with channel= (index or name): {offer}")
+    if "Z" in layout.planes and sel.z is None and sel.project is None:
+        missing.append("z")
+        parts.append(f"{layout.planes['Z']} z-planes — choose one with z=0..{layout.planes['Z'] - 1} "
+                     "or project=max")
+    if "T" in layout.planes and sel.t is None:
+        missing.append("t")
+        parts.append(f"{layout.planes['T']} time points — choose one with t=0..{layout.planes['T'] - 1}")
+    if missing:
+        raise SelectionError(
+            f"the image ({layout.format}, axes {layout.axes}, shape {'×'.join(map(str, layout.shape))}) has "
+            + "; and ".join(parts)
+            + ". 3-D segmentation is not offered: one plane is segmented at a time.",
+            tuple(missing),
+            layout.choices(),
+            missing=True,
+        )
+
+    channel = chosen if isinstance(chosen, Channel) else None
+    coords: dict[str, int] = {}
+    if sel.t is not None and "T" in layout.planes:
+        coords["T"] = sel.t
+    if channel is not None and "S" not in layout.axes:
+        coords["C"] = channel.index
+
+    def plane_at(z: int | None) -> np.ndarray:
+        at = dict(coords)
+        if z is not None:
+            at["Z"] = z
+        array = source.first if (not at and source.first is not None) else source.read(at)
+        if channel is not None and array.ndim == 3:
+            array = np.ascontiguousarray(array[:, :, channel.index])
+        return array
+
+    z = sel.z if "Z" in layout.planes else None
+    if sel.project == "max":
+        image = plane_at(0).copy()
+        for k in range(1, layout.planes["Z"]):
+            np.maximum(image, plane_at(k), out=image)
+    else:
+        image = plane_at(z)
+    if image.ndim == 3 and chosen is None and not colour_whole and image.shape[2] > 1:
+        # a C-less multi-sample page with one sample is handled above; anything left is a bug
+        raise AssertionError(f"unexpected plane shape {image.shape}")
+
+    pixel_size = layout.pixel_size
+    if sel.pixel_size_um is not None:
+        if pixel_size is not None:
+            notes.append(
+                f"pixel_size={sel.pixel_size_um:g} µm replaces the file's "
+                f"{pixel_size.header()} µm ({pixel_size.source})"
+            )
+        pixel_size = PixelSize(sel.pixel_size_um, sel.pixel_size_um, "request")
+    return Plane(
+        image=image,
+        layout=layout,
+        channel=channel if (channel is not None and len(layout.channels) > 1) else None,
+        mixed=chosen == MIX,
+        z=z,
+        t=sel.t if "T" in layout.planes else None,
+        projection="max" if sel.project == "max" else None,
+        pixel_size=pixel_size,
+        warnings=tuple(notes),
+    )

@@ -1,0 +1,86 @@
+"""``POST /probe``: what an image file holds — channels, planes, pixel size — before segmenting it.
+
+The web page calls it when a file is chosen, to offer a channel and plane picker; scripts call it
+to learn which ``channel=`` / ``z=`` / ``t=`` a file needs. No model is needed, so it answers
+while the model is still loading.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+
+from service import microscopy
+from service.errors import problem_responses
+from service.routes.deps import Runtime, get_runtime, only_query_params, require_api_key
+from service.routes.segment import _IMAGE_BODY, _read_single_upload, problem_for
+
+router = APIRouter(tags=["segmentation"], dependencies=[Depends(require_api_key)])
+
+
+class ChannelInfo(BaseModel):
+    index: int
+    name: str | None = Field(description="from the OME/ImageJ metadata; red/green/blue for colour")
+
+
+class PixelSizeInfo(BaseModel):
+    x: float = Field(description="µm per pixel along x (columns)")
+    y: float = Field(description="µm per pixel along y (rows)")
+    source: str = Field(description="ome | imagej | tiff")
+
+
+class ProbeResult(BaseModel):
+    format: str = Field(description="OME-TIFF, ImageJ TIFF, TIFF, PNG, JPEG, BMP")
+    width: int
+    height: int
+    dtype: str
+    axes: str = Field(description="dimensions in tifffile letters, singletons dropped: TZCYX, YXS...")
+    shape: list[int]
+    channels: list[ChannelInfo]
+    planes: dict[str, int] = Field(description="sizes of the plane axes with more than one plane: Z, T")
+    rgb: bool = Field(description="the channels are a colour image's red, green, blue")
+    grey_rgb: bool = Field(description="... and they are equal: grey saved as colour, no choice needed")
+    pixel_size_um: PixelSizeInfo | None
+    required: list[str] = Field(
+        description="query options POST /segment needs for this file (channel, z, t); z can be "
+        "replaced by project=max"
+    )
+    warnings: list[str]
+
+
+def probe_result(layout: microscopy.Layout, model_channels: int) -> dict[str, Any]:
+    required = []
+    if layout.needs_channel and not (layout.rgb and model_channels == 3):
+        required.append("channel")
+    required += [axis.lower() for axis in microscopy.PLANE_AXES if axis in layout.planes]
+    return {**layout.describe(), "required": required}
+
+
+@router.post(
+    "/probe",
+    summary="What an image holds: channels, planes, pixel size",
+    response_model=ProbeResult,
+    responses=problem_responses(400, 401, 413, 415, 422),
+    openapi_extra={"requestBody": _IMAGE_BODY},
+)
+async def probe(
+    request: Request,
+    runtime: Runtime = Depends(get_runtime),
+    _known: None = Depends(only_query_params()),
+) -> dict[str, Any]:
+    data = await _read_single_upload(request)
+    settings = runtime.settings
+    try:
+        layout = await anyio.to_thread.run_sync(
+            microscopy.probe, data, settings.max_pixels, settings.max_tiff_pages
+        )
+    except Exception as exc:
+        problem = problem_for(exc)
+        if problem is None:
+            raise
+        raise problem from exc
+    model_channels = runtime.engine.metadata.in_channels if runtime.engine else 1
+    return probe_result(layout, model_channels)

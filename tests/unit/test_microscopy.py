@@ -1,0 +1,297 @@
+"""microscopy: which channel, which plane, what pixel size — on TIFF bytes written by tifffile
+the way ImageJ/Fiji, OME writers and plain scripts write them."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from service import imaging, microscopy
+from service.microscopy import Selection, SelectionError
+
+LIMIT = 10_000_000
+PAGES = 1000
+RNG = np.random.default_rng(7)
+H, W = 40, 52
+
+
+def plane(seed: int, dtype: type = np.uint16) -> np.ndarray:
+    """A distinct random plane per seed, so a wrong channel/plane never compares equal."""
+    top = np.iinfo(dtype).max
+    return np.random.default_rng(seed).integers(0, top, (H, W), dtype=dtype)
+
+
+def tiff(array: np.ndarray, **options) -> bytes:
+    out = io.BytesIO()
+    tifffile.imwrite(out, array, **options)
+    return out.getvalue()
+
+
+def select(data: bytes, **choice) -> microscopy.Plane:
+    return microscopy.select(data, Selection(**choice), LIMIT, PAGES)
+
+
+CYTO, NUCLEI = plane(1), plane(2)
+IJ_TWO_CHANNEL = tiff(
+    np.stack([CYTO, NUCLEI]), imagej=True, resolution=(1 / 0.65, 1 / 0.65),
+    metadata={"axes": "CYX", "unit": "micron", "Labels": ["Cytoplasm", "DAPI"]},
+)
+OME_CHANNELS = [plane(10 + k) for k in range(3)]
+OME_THREE_CHANNEL = tiff(
+    np.stack(OME_CHANNELS), ome=True,
+    metadata={"axes": "CYX", "Channel": {"Name": ["GFP", "DAPI", "mCherry"]},
+              "PhysicalSizeX": 650, "PhysicalSizeXUnit": "nm",
+              "PhysicalSizeY": 0.7, "PhysicalSizeYUnit": "µm"},
+)
+Z_PLANES = np.stack([plane(20 + k) for k in range(10)])
+IJ_ZSTACK = tiff(Z_PLANES, imagej=True, metadata={"axes": "ZYX"})
+
+
+# --- channels ---------------------------------------------------------------------------------
+
+
+def test_imagej_two_channel_needs_a_channel_and_lists_both_by_index_and_name() -> None:
+    layout = microscopy.probe(IJ_TWO_CHANNEL, LIMIT, PAGES)
+    assert layout.format == "ImageJ TIFF" and layout.axes == "CYX"
+    assert [(c.index, c.name) for c in layout.channels] == [(0, "Cytoplasm"), (1, "DAPI")]
+    with pytest.raises(SelectionError) as err:
+        select(IJ_TWO_CHANNEL)
+    assert err.value.params == ("channel",)
+    assert err.value.choices["channels"] == [{"index": 0, "name": "Cytoplasm"}, {"index": 1, "name": "DAPI"}]
+    assert "DAPI" in str(err.value) and "Cytoplasm" in str(err.value)
+
+
+@pytest.mark.parametrize("channel", ["1", "DAPI", "dapi", " Dapi "])
+def test_the_nuclei_channel_is_chosen_by_index_or_name_in_any_case(channel: str) -> None:
+    chosen = select(IJ_TWO_CHANNEL, channel=channel)
+    assert np.array_equal(chosen.image, NUCLEI)
+    assert chosen.channel == microscopy.Channel(1, "DAPI")
+
+
+@pytest.mark.parametrize("channel", ["2", "Hoechst", "-1"])
+def test_a_channel_the_image_lacks_is_refused_with_the_choices(channel: str) -> None:
+    with pytest.raises(SelectionError) as err:
+        select(IJ_TWO_CHANNEL, channel=channel)
+    assert err.value.params == ("channel",)
+    assert "0 (Cytoplasm), 1 (DAPI)" in str(err.value)
+
+
+def test_ome_channel_names_and_pixel_size_in_its_units() -> None:
+    layout = microscopy.probe(OME_THREE_CHANNEL, LIMIT, PAGES)
+    assert layout.format == "OME-TIFF"
+    assert [c.name for c in layout.channels] == ["GFP", "DAPI", "mCherry"]
+    assert layout.pixel_size == microscopy.PixelSize(0.65, 0.7, "ome")
+    for index, name in enumerate(["gfp", "DAPI", "MCHERRY"]):
+        assert np.array_equal(select(OME_THREE_CHANNEL, channel=name).image, OME_CHANNELS[index])
+
+
+def test_a_single_channel_image_needs_no_choice_and_accepts_channel_zero() -> None:
+    grey = plane(3)
+    data = tiff(grey)
+    assert np.array_equal(select(data).image, grey)
+    assert np.array_equal(select(data, channel="0").image, grey)
+    with pytest.raises(SelectionError):
+        select(data, channel="1")
+
+
+# --- colour -----------------------------------------------------------------------------------
+
+
+def composite() -> np.ndarray:
+    """Cytoplasm in red and green, nuclei in blue: channels that differ."""
+    return np.dstack([plane(30, np.uint8), plane(31, np.uint8), plane(32, np.uint8)])
+
+
+@pytest.mark.parametrize("encode", ["png", "tiff"])
+def test_an_rgb_composite_needs_a_channel_and_blue_is_the_blue_plane(encode: str) -> None:
+    rgb = composite()
+    if encode == "png":
+        data = cv2.imencode(".png", rgb[:, :, ::-1])[1].tobytes()
+    else:
+        data = tiff(rgb, photometric="rgb")
+    with pytest.raises(SelectionError) as err:
+        select(data)
+    assert [c["name"] for c in err.value.choices["channels"]] == ["red", "green", "blue"]
+    assert "channel=gray" in str(err.value)
+    assert np.array_equal(select(data, channel="blue").image, rgb[:, :, 2])
+    assert np.array_equal(select(data, channel="2").image, rgb[:, :, 2])
+    mixed = select(data, channel="gray")
+    assert mixed.mixed and mixed.image.shape == rgb.shape  # kept whole: the model's input mixes it
+
+
+def test_a_three_channel_model_takes_an_rgb_composite_whole() -> None:
+    rgb = composite()
+    chosen = microscopy.select(tiff(rgb, photometric="rgb"), Selection(), LIMIT, PAGES, model_channels=3)
+    assert np.array_equal(chosen.image, rgb)
+
+
+@pytest.mark.parametrize("fmt", [".png", ".jpg", ".tif"])
+def test_grey_saved_as_rgb_just_works(fmt: str) -> None:
+    grey = cv2.GaussianBlur(plane(33, np.uint8), (0, 0), 2)
+    data = cv2.imencode(fmt, np.dstack([grey] * 3))[1].tobytes()
+    chosen = select(data)
+    assert chosen.layout.rgb and chosen.layout.grey_rgb
+    assert chosen.channel is None and chosen.image.shape == (H, W, 3)
+
+
+# --- planes -----------------------------------------------------------------------------------
+
+
+def test_a_z_stack_needs_z_or_a_projection_and_says_how_many_planes() -> None:
+    with pytest.raises(SelectionError) as err:
+        select(IJ_ZSTACK)
+    assert err.value.params == ("z",)
+    assert err.value.choices["planes"] == {"Z": 10}
+    assert "z=0..9" in str(err.value) and "project=max" in str(err.value)
+
+
+@pytest.mark.parametrize("z", [0, 4, 9])
+def test_z_selects_that_plane(z: int) -> None:
+    chosen = select(IJ_ZSTACK, z=z)
+    assert np.array_equal(chosen.image, Z_PLANES[z]) and chosen.z == z
+
+
+def test_project_max_is_the_maximum_over_z() -> None:
+    chosen = select(IJ_ZSTACK, project="max")
+    assert np.array_equal(chosen.image, Z_PLANES.max(axis=0)) and chosen.projection == "max"
+
+
+@pytest.mark.parametrize(
+    ("choice", "params"),
+    [({"z": 10}, ("z",)), ({"z": 2, "project": "max"}, ("z", "project")), ({"z": 0, "t": 1}, ("t",))],
+)
+def test_impossible_plane_choices_are_refused(choice: dict, params: tuple) -> None:
+    with pytest.raises(SelectionError) as err:
+        select(IJ_ZSTACK, **choice)
+    assert err.value.params == params
+
+
+def test_an_unlabelled_page_sequence_is_offered_as_z_with_a_warning() -> None:
+    data = tiff(Z_PLANES[:3], photometric="minisblack")  # no metadata: axes Q
+    with pytest.raises(SelectionError):
+        select(data)
+    chosen = select(data, z=1)
+    assert np.array_equal(chosen.image, Z_PLANES[1])
+    assert any("z-slices, time points or channels" in w for w in chosen.warnings)
+
+
+def test_a_pillow_multipage_tiff_is_a_stack_too() -> None:
+    pages = [Image.fromarray(Z_PLANES[k]) for k in range(4)]
+    out = io.BytesIO()
+    pages[0].save(out, "TIFF", save_all=True, append_images=pages[1:])
+    assert np.array_equal(select(out.getvalue(), z=3).image, Z_PLANES[3])
+
+
+def test_a_hyperstack_names_every_missing_choice_and_reads_the_right_page() -> None:
+    stack = np.arange(3 * 4 * 2 * H * W, dtype=np.uint16).reshape(3, 4, 2, H, W)
+    data = tiff(stack, imagej=True, metadata={"axes": "TZCYX"})
+    with pytest.raises(SelectionError) as err:
+        select(data)
+    assert err.value.params == ("channel", "z", "t")
+    assert err.value.choices["planes"] == {"Z": 4, "T": 3}
+    assert np.array_equal(select(data, channel="1", z=2, t=1).image, stack[1, 2, 1])
+    assert np.array_equal(select(data, channel="0", t=2, project="max").image, stack[2, :, 0].max(axis=0))
+
+
+def test_an_rgb_z_stack_needs_both_choices() -> None:
+    stack = np.stack([composite(), composite()[::-1].copy()])
+    data = tiff(stack, photometric="rgb")
+    with pytest.raises(SelectionError) as err:
+        select(data)
+    assert err.value.params == ("channel", "z")
+    assert np.array_equal(select(data, channel="green", z=1).image, stack[1, :, :, 1])
+
+
+# --- pixel size -------------------------------------------------------------------------------
+
+
+def test_imagej_calibration_is_read_in_micrometres() -> None:
+    assert microscopy.probe(IJ_TWO_CHANNEL, LIMIT, PAGES).pixel_size.x_um == pytest.approx(0.65, rel=1e-6)
+    nm = tiff(plane(4), imagej=True, resolution=(1 / 325, 1 / 325), metadata={"unit": "nm"})
+    assert microscopy.probe(nm, LIMIT, PAGES).pixel_size == pytest.approx(
+        microscopy.PixelSize(0.325, 0.325, "imagej")
+    )
+
+
+def test_fiji_micro_sign_escapes_are_micrometres() -> None:
+    data = tiff(plane(5), imagej=True, resolution=(2.0, 2.0), metadata={"unit": "\\u00B5m"})
+    assert microscopy.probe(data, LIMIT, PAGES).pixel_size.x_um == pytest.approx(0.5)
+
+
+def test_a_plain_tiff_in_centimetres_is_calibrated_and_a_print_dpi_is_not() -> None:
+    cm = tiff(plane(6), resolution=(1e4 / 0.65, 1e4 / 0.65), resolutionunit="CENTIMETER")
+    size = microscopy.probe(cm, LIMIT, PAGES).pixel_size
+    assert size.source == "tiff" and size.x_um == pytest.approx(0.65, rel=1e-6)
+    dpi = microscopy.probe(tiff(plane(6), resolution=(72, 72), resolutionunit="INCH"), LIMIT, PAGES)
+    assert dpi.pixel_size is None and any("72 dpi" in w for w in dpi.warnings)
+    assert microscopy.probe(tiff(plane(6)), LIMIT, PAGES).pixel_size is None
+
+
+def test_pixel_size_from_the_request_overrides_the_files_and_says_so() -> None:
+    chosen = select(IJ_TWO_CHANNEL, channel="1", pixel_size_um=0.5)
+    assert chosen.pixel_size == microscopy.PixelSize(0.5, 0.5, "request")
+    assert any("0.65" in w and "0.5" in w for w in chosen.warnings)
+    assert select(tiff(plane(7)), pixel_size_um=0.3).pixel_size.x_um == 0.3
+
+
+# --- formats, limits --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"bigtiff": True}, {"compression": "zlib"}, {"compression": "lzw"}, {"compression": "zstd"},
+     {"compression": "lzma"}, {"bigtiff": True, "compression": "zstd", "tile": (16, 16)}],
+    ids=["bigtiff", "deflate", "lzw", "zstd", "lzma", "bigtiff-zstd-tiled"],
+)
+def test_bigtiff_and_compressed_stacks_read_the_same_planes(options: dict) -> None:
+    data = tiff(Z_PLANES[:3], photometric="minisblack", metadata={"axes": "ZYX"}, **options)
+    assert np.array_equal(select(data, z=2).image, Z_PLANES[2])
+
+
+@pytest.mark.parametrize(
+    "array",
+    [plane(8, np.uint8), plane(8), plane(8).astype(np.float32) / 7, plane(8).astype(np.int32) - 900],
+    ids=["uint8", "uint16", "float32", "int32"],
+)
+def test_single_page_tiffs_decode_exactly_as_before(array: np.ndarray) -> None:
+    data = io.BytesIO()
+    Image.fromarray(array).save(data, "TIFF")
+    assert np.array_equal(select(data.getvalue()).image, imaging.decode(data.getvalue(), LIMIT))
+
+
+def test_a_palette_tiff_falls_back_to_the_general_decoder() -> None:
+    out = io.BytesIO()
+    Image.fromarray(plane(9, np.uint8)).convert("P").save(out, "TIFF")
+    chosen = select(out.getvalue(), channel="0")
+    assert np.array_equal(chosen.image, imaging.decode(out.getvalue(), LIMIT)[:, :, 0])
+
+
+def test_a_plane_over_the_pixel_limit_is_refused_from_the_header() -> None:
+    with pytest.raises(imaging.ImageTooLarge):
+        microscopy.select(IJ_ZSTACK, Selection(z=0), H * W - 1, PAGES)
+
+
+def test_page_count_is_bounded_before_tifffile_indexes_the_pages() -> None:
+    data = tiff(np.zeros((30, 8, 9), np.uint8), photometric="minisblack")
+    assert microscopy.count_tiff_pages(data, 100) == 30
+    with pytest.raises(microscopy.TooManyPages):
+        microscopy.select(data, Selection(z=0), LIMIT, 29)
+
+
+def test_a_looping_ifd_chain_is_counted_once() -> None:
+    data = bytearray(tiff(np.zeros((4, 4), np.uint8)))
+    first = struct.unpack_from("<I", data, 4)[0]
+    entries = struct.unpack_from("<H", data, first)[0]
+    struct.pack_into("<I", data, first + 2 + 12 * entries, first)  # next IFD = itself
+    assert microscopy.count_tiff_pages(bytes(data), 10) == 1
+
+
+def test_bigtiff_pages_are_counted() -> None:
+    data = tiff(np.zeros((7, 8, 9), np.uint8), photometric="minisblack", bigtiff=True)
+    assert microscopy.count_tiff_pages(data, 100) == 7
