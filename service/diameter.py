@@ -5,7 +5,8 @@ way). Shown nuclei far larger, it sees their chromatin spots as nuclei; far smal
 merges them. So the estimate probes a small window of the image at a ladder of scales
 (×4 … ×1/8) and keeps the scale at which the objects it finds come out closest to the
 model's own diameter: at that scale the model sees what it learned, and the median size
-of its objects, divided by the scale, is the image's nucleus diameter. A few more probes
+of its objects, divided by the scale, is the image's nucleus diameter — where the
+neighbouring scale agrees (see :func:`_most_consistent`). A few more probes
 at the scale each estimate implies refine it (the model pulls sizes toward the one it
 learned, so the estimate converges where the objects come out exactly that size).
 
@@ -46,6 +47,9 @@ MIN_OBJECTS = 3
 #: this ratio of the model's diameter.
 REFINE_STEPS = 3
 REFINE_TOLERANCE = 1.05
+#: A probe's objects must be within this ratio of the model's diameter to count (the model
+#: was trained on nuclei within ×1.5 of it).
+PLAUSIBLE_RATIO = 2.0
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,46 @@ def _probe(
     return Probe(factor, float(np.median(np.sqrt(4 * areas[keep] / np.pi))), int(keep.size))
 
 
+def _closeness(probe: Probe, target: float) -> float:
+    """How far the probe's objects are from the model's diameter (|log ratio|)."""
+    return abs(math.log(probe.median_diameter / target))
+
+
+def _most_consistent(probes: list[Probe], target: float) -> Probe | None:
+    """The probe to start refining from: of two neighbouring scales that agree, the closer one.
+
+    At a scale where the model sees nuclei of about its own size, the size it measures,
+    divided by the scale, is the same at the neighbouring scale too. Far off its size the
+    model outlines pieces of its own size whatever the scale — chromatin spots of large
+    nuclei, clumps of tiny ones — so the estimates of neighbouring scales disagree by about
+    their ratio. Such a piece can come out closer to the model's size than the true
+    nuclei at the right scale: agreement between neighbours, not closeness alone, picks the
+    scale. Probes must find a few whole objects within ×2 of the model's size.
+    """
+    usable = [
+        p
+        for p in probes
+        if p.objects >= MIN_OBJECTS
+        and target / PLAUSIBLE_RATIO <= p.median_diameter <= target * PLAUSIBLE_RATIO
+    ]
+    pairs = [
+        (a, b)
+        for a in usable
+        for b in usable
+        if a.factor > b.factor and abs(math.log(a.factor / b.factor) - math.log(2)) < 1e-6
+    ]
+    if pairs:
+
+        def disagreement(pair: tuple[Probe, Probe]) -> float:
+            a, b = pair
+            agree = abs(math.log((a.median_diameter / a.factor) / (b.median_diameter / b.factor)))
+            return agree + 0.5 * (_closeness(a, target) + _closeness(b, target)) / 2
+
+        return min(min(pairs, key=disagreement), key=lambda p: _closeness(p, target))
+    counted = usable or [p for p in probes if p.objects > 0]
+    return min(counted, key=lambda p: _closeness(p, target)) if counted else None
+
+
 def estimate_diameter(
     image: np.ndarray,
     infer: Infer,
@@ -163,10 +207,9 @@ def estimate_diameter(
         return _probe(normalised, grey, factor, infer, metadata, params, threshold, probe_size)
 
     probes = [p for p in (run(f) for f in factors) if p is not None]
-    counted = [p for p in probes if p.objects >= MIN_OBJECTS] or [p for p in probes if p.objects > 0]
-    if not counted:
+    best = _most_consistent(probes, target)
+    if best is None:
         return DiameterEstimate(None, probes)
-    best = min(counted, key=lambda p: abs(math.log(p.median_diameter / target)))
     # The model pulls what it outlines toward the size it learned, so one probe's size is
     # biased toward the target; at the scale where it outlines exactly the target size the
     # bias vanishes. Fixed-point steps toward that scale, each kept only if it came closer.
