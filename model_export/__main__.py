@@ -7,9 +7,10 @@ import sys
 USAGE = """usage: python -m model_export COMMAND [options]
 
 commands:
-  train      train a U-Net on image/mask folders or on synthetic nuclei
+  train      train a U-Net on image/mask folders, the DSB 2018 layout, or synthetic nuclei
   export     export a checkpoint to a verified, self-describing ONNX file
-  evaluate   Dice/IoU of an ONNX model on an image/mask folder pair (service tiling)
+  evaluate   Dice and object F1 of an ONNX model (the service's pipeline) on folders or
+             the DSB 2018 layout, beside a classical baseline (--baseline otsu)
   synth      write a synthetic nuclei data set (images/ + masks/) to a folder
 
 `python -m model_export COMMAND --help` lists a command's options."""
