@@ -427,11 +427,16 @@ def _tiff_source(tif: Any, data: bytes, max_pixels: int) -> _Source:
             f"cannot map this TIFF's {n_pages} pages onto its axes {full_axes} {tuple(full_shape)}"
         )
     names = [a for a, _ in lead]
+    unlabelled = [n for a, n in lead if a in _UNLABELLED and n > 1]
+    if len(unlabelled) > 1 or (unlabelled and ("Z" in names or "T" in names)):
+        raise UnsupportedImageType(
+            f"the TIFF's pages form {len(unlabelled)} unlabelled axes ({' × '.join(map(str, unlabelled))}) "
+            f"besides {', '.join(a for a in names if a not in _UNLABELLED) or 'none'}; save the stack "
+            "with ImageJ or OME metadata so its axes are known"
+        )
     renamed = []
     for a, n in lead:
         if a in _UNLABELLED and n > 1:
-            if "Z" in names or "T" in names:
-                raise UnsupportedImageType(f"the TIFF has an unlabelled axis of {n} pages besides Z/T")
             notes.append(
                 f"the file does not say whether its {n} pages are z-slices, time points or channels; "
                 "they are offered as z-planes (z=0..{})".format(n - 1)
