@@ -161,6 +161,13 @@ class Config:
     urls: tuple[str, ...]
     kind: str = "mask"
     split: str | None = None  # the service's split option; None: the model's own
+    # Which channel / plane of multi-channel or stacked files, and the pixel size (µm); None: not sent
+    # (a file that needs a choice then fails with the server's 422, which lists the choices).
+    channel: str | None = None
+    z: int | None = None
+    t: int | None = None
+    project: str | None = None
+    pixel_size: float | None = None
     concurrency: int = 4
     overwrite: bool = False
     timeout_s: float = 120.0
@@ -375,6 +382,10 @@ class Segmenter:
         self.params = {"output": self.kind.query}
         if config.split:
             self.params["split"] = config.split
+        for name in ("channel", "z", "t", "project", "pixel_size"):
+            value = getattr(config, name)
+            if value is not None:
+                self.params[name] = str(value)
         self.retries = config.retries
         self.backoff_base = backoff_base
         headers = {"Accept": f"{self.kind.accept}, application/problem+json",
@@ -619,6 +630,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what to ask for (default: mask)")
     parser.add_argument("--split", choices=["center", "distance", "none"], default=None,
                         help="how touching nuclei are split into objects (default: the model's choice)")
+    plane = parser.add_argument_group(
+        "multi-channel and stacked images",
+        "Which plane of each file to segment (a file that needs a choice and gets none fails with the "
+        "server's list of its channels / planes; POST /probe shows them)",
+    )
+    plane.add_argument("--channel", metavar="C",
+                       help="the nuclei channel: 0-based index or name from the file (e.g. DAPI; "
+                       "red/green/blue for colour; gray mixes colour to grey)")
+    plane.add_argument("--z", type=_non_negative_int, metavar="Z", help="z-slice, 0-based")
+    plane.add_argument("--t", type=_non_negative_int, metavar="T", help="time point, 0-based")
+    plane.add_argument("--project", choices=["max"], help="max: the maximum projection over Z")
+    plane.add_argument("--pixel-size", dest="pixel_size", type=_positive_float, metavar="UM",
+                       help="µm per pixel (overrides the files' calibration; adds µm columns)")
     parser.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
                         help="requests in flight at once, over all URLs (default: 4)")
     parser.add_argument("--overwrite", action="store_true",
@@ -640,7 +664,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     """Parse the command line; exits with status 2 on a malformed one (argparse's convention)."""
     args = build_parser().parse_args(argv)
     return Config(inputs=tuple(args.inputs), out=args.out, urls=tuple(args.urls), kind=args.kind,
-                  split=args.split, concurrency=args.concurrency, overwrite=args.overwrite,
+                  split=args.split, channel=args.channel, z=args.z, t=args.t, project=args.project,
+                  pixel_size=args.pixel_size, concurrency=args.concurrency, overwrite=args.overwrite,
                   timeout_s=args.timeout_s, retries=args.retries, api_key=args.api_key or None,
                   report=args.report, progress=args.progress)
 

@@ -387,3 +387,15 @@ def test_concurrency_keeps_that_many_requests_in_flight(standin, tmp_path: Path)
         write_png(folder / f"img{i}.png", 10 + i, 10)
     assert segment(folder, "--out", tmp_path / "out", "--url", server.url, "--concurrency", "4") == 0
     assert peak == 4
+
+
+def test_plane_options_are_sent_only_when_asked_for(standin, images: Path, tmp_path: Path) -> None:
+    server = standin("a")
+    assert segment(images, "--out", tmp_path / "default", "--url", server.url) == 0
+    assert all(not {"channel", "z", "t", "project", "pixel_size"} & set(r.query) for r in server.requests)
+    server.requests.clear()
+    out = tmp_path / "chosen"
+    assert segment(images, "--out", out, "--url", server.url, "--channel", "DAPI", "--t", "2",
+                   "--project", "max", "--pixel-size", "0.65") == 0
+    sent = {(k, v[0]) for r in server.requests for k, v in r.query.items() if k != "output"}
+    assert sent == {("channel", "DAPI"), ("t", "2"), ("project", "max"), ("pixel_size", "0.65")}
