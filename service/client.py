@@ -103,6 +103,7 @@ OUTPUT_KINDS: dict[str, OutputKind] = {
     "overlay": OutputKind("overlay", ".png", "image/png"),
     "objects": OutputKind("objects", ".csv", "text/csv", object_areas=_csv_areas),
     "geojson": OutputKind("geojson", ".geojson", "application/geo+json", object_areas=_geojson_areas),
+    "rois": OutputKind("rois", ".zip", "application/zip"),  # ImageJ ROI set for Fiji's ROI Manager
 }
 SUMMARY_NAME = "summary.csv"  # beside the per-image files, for kinds with ``object_areas``
 REPORT_NAME = "failures.jsonl"

@@ -214,6 +214,12 @@ class Plane:
     pixel_size: PixelSize | None = None
     warnings: tuple[str, ...] = ()
 
+    def position(self) -> tuple[int | None, int | None, int | None]:
+        """0-based (channel, z, t) of this plane in the file, None where not applicable (no C
+        axis, a projection): where Fiji should show ROIs drawn on it."""
+        c = self.channel.index if self.channel is not None and "C" in self.layout.axes else None
+        return c, self.z, self.t
+
     def describe(self) -> dict[str, Any]:
         """What was segmented, JSON-ready (GeoJSON properties, batch manifest)."""
         return {

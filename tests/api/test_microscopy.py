@@ -259,3 +259,25 @@ def test_batch_reports_the_plane_per_file_and_a_422_with_choices(server: Server,
     assert first["image"]["pixel_size_um"]["x"] == pytest.approx(UM)
     # the z-stack has no channel called DAPI
     assert second["status"] == 422 and second["problem"]["choices"]["planes"] == {"Z": 10}
+
+
+def _shoelace(xy: np.ndarray) -> float:
+    x, y = xy[:, 0].astype(float), xy[:, 1].astype(float)
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def test_rois_is_an_imagej_roi_set_with_one_roi_per_object(server: Server, tmp_path) -> None:
+    roifile = pytest.importorskip("roifile")
+    r = post(server, IJ_ZSTACK, output="rois", z=6)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/zip"
+    path = tmp_path / "rois.zip"
+    path.write_bytes(r.content)
+    rois = roifile.roiread(path)
+    rows = table(server, IJ_ZSTACK, z=6)
+    assert len(rois) == int(r.headers["X-Object-Count"]) == len(rows) > 0
+    for roi, row in zip(rois, rows, strict=True):
+        # each outline runs along its object's pixel edges: its area is the object's pixel count
+        assert _shoelace(roi.coordinates()) == pytest.approx(float(row["area"]))
+        assert roi.z_position == 7  # Fiji's 1-based slice of z=6
+        assert roi.name == f"Nucleus {row['id']}"
