@@ -214,6 +214,10 @@ class Plane:
     pixel_size: PixelSize | None = None
     warnings: tuple[str, ...] = ()
 
+    def without_pixels(self) -> Plane:
+        """This description with an empty image, to keep after the pixels are done with."""
+        return replace(self, image=np.empty((0, 0), self.image.dtype))
+
     def position(self) -> tuple[int | None, int | None, int | None]:
         """0-based (channel, z, t) of this plane in the file, None where not applicable (no C
         axis, a projection): where Fiji should show ROIs drawn on it."""

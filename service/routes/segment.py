@@ -137,9 +137,9 @@ def segment_options(
         Output.mask,
         description="mask: 0/255 8-bit PNG · probability: foreground probability as an 8- or 16-bit PNG "
         "(see bits) · labels: 16-bit PNG of separate objects (count in X-Object-Count) · "
-        "overlay: the input in colour with mask outlines · objects: one row per nucleus (CSV, or JSON with "
-        "Accept: application/json) · geojson: QuPath-ready polygons · rois: ImageJ ROI set (.zip) for "
-        "Fiji's ROI Manager",
+        "overlay: the input in colour with each object outlined · objects: one row per nucleus (CSV, or "
+        "JSON with Accept: application/json) · geojson: QuPath-ready polygons · rois: ImageJ ROI set "
+        "(.zip) for Fiji's ROI Manager",
     ),
     threshold: float | None = Query(
         None, gt=0, lt=1, description="foreground probability threshold; default from the model"
@@ -266,7 +266,7 @@ def run_pipeline(
         object_count=count,
         timings_ms=timings,
         warnings=warnings,
-        plane=plane,
+        plane=plane.without_pixels(),  # the response outlives the pixels: don't keep them
     )
 
 
