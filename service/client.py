@@ -103,6 +103,7 @@ OUTPUT_KINDS: dict[str, OutputKind] = {
     "overlay": OutputKind("overlay", ".png", "image/png"),
     "objects": OutputKind("objects", ".csv", "text/csv", object_areas=_csv_areas),
     "geojson": OutputKind("geojson", ".geojson", "application/geo+json", object_areas=_geojson_areas),
+    "rois": OutputKind("rois", ".zip", "application/zip"),  # ImageJ ROI set for Fiji's ROI Manager
 }
 SUMMARY_NAME = "summary.csv"  # beside the per-image files, for kinds with ``object_areas``
 REPORT_NAME = "failures.jsonl"
@@ -162,6 +163,13 @@ class Config:
     kind: str = "mask"
     split: str | None = None  # the service's split option; None: the model's own
     diameter: float | None = None  # typical nucleus diameter, px; None: the service estimates per image
+    # Which channel / plane of multi-channel or stacked files, and the pixel size (µm); None: not sent
+    # (a file that needs a choice then fails with the server's 422, which lists the choices).
+    channel: str | None = None
+    z: int | None = None
+    t: int | None = None
+    project: str | None = None
+    pixel_size: float | None = None
     concurrency: int = 4
     overwrite: bool = False
     timeout_s: float = 120.0
@@ -378,6 +386,10 @@ class Segmenter:
             self.params["split"] = config.split
         if config.diameter is not None:
             self.params["diameter"] = f"{config.diameter:g}"
+        for name in ("channel", "z", "t", "project", "pixel_size"):
+            value = getattr(config, name)
+            if value is not None:
+                self.params[name] = str(value)
         self.retries = config.retries
         self.backoff_base = backoff_base
         headers = {"Accept": f"{self.kind.accept}, application/problem+json",
@@ -625,6 +637,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--diameter", type=_positive_float, default=None, metavar="PX",
                         help="typical nucleus diameter in pixels, the same for every image "
                              "(default: the service estimates it per image)")
+    plane = parser.add_argument_group(
+        "multi-channel and stacked images",
+        "Which plane of each file to segment (a file that needs a choice and gets none fails with the "
+        "server's list of its channels / planes; POST /probe shows them)",
+    )
+    plane.add_argument("--channel", metavar="C",
+                       help="the nuclei channel: 0-based index or name from the file (e.g. DAPI; "
+                       "red/green/blue for colour; gray mixes colour to grey)")
+    plane.add_argument("--z", type=_non_negative_int, metavar="Z", help="z-slice, 0-based")
+    plane.add_argument("--t", type=_non_negative_int, metavar="T", help="time point, 0-based")
+    plane.add_argument("--project", choices=["max"], help="max: the maximum projection over Z")
+    plane.add_argument("--pixel-size", dest="pixel_size", type=_positive_float, metavar="UM",
+                       help="µm per pixel (overrides the files' calibration; adds µm columns)")
     parser.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
                         help="requests in flight at once, over all URLs (default: 4)")
     parser.add_argument("--overwrite", action="store_true",
@@ -646,7 +671,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     """Parse the command line; exits with status 2 on a malformed one (argparse's convention)."""
     args = build_parser().parse_args(argv)
     return Config(inputs=tuple(args.inputs), out=args.out, urls=tuple(args.urls), kind=args.kind,
-                  split=args.split, diameter=args.diameter, concurrency=args.concurrency,
+                  split=args.split, diameter=args.diameter, channel=args.channel, z=args.z, t=args.t,
+                  project=args.project, pixel_size=args.pixel_size, concurrency=args.concurrency,
                   overwrite=args.overwrite,
                   timeout_s=args.timeout_s, retries=args.retries, api_key=args.api_key or None,
                   report=args.report, progress=args.progress)

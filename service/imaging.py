@@ -13,8 +13,10 @@ Decoding policy:
   end-of-image marker (a truncated JPEG must be an error, not a grey-filled image).
 - EXIF orientation is ignored: masks must align with the pixel grid as stored, which is
   what microscopy software (ImageJ/Fiji, QuPath) shows.
-- Multi-page TIFF: the FIRST page is segmented (``ImageInfo.pages`` reports how many
-  there are so the caller can say so); 3-D stacks are not split into slices.
+- Multi-page TIFF: this decoder reads the FIRST page only. The service reads TIFF through
+  ``service.microscopy`` (tifffile: channels, planes, pixel size, a choice or a 422); this
+  module remains the decoder for PNG, JPEG, BMP and single-page TIFFs tifffile hands back raw
+  (palette, CMYK, YCbCr, min-is-white, 1-bit).
 - Result: ``(H, W)`` or ``(H, W, C)`` with C in {3, 4}, channel order RGB(A), dtype
   uint8, uint16 or float32. Palette images are expanded to RGB(A); 1-bit to 0/255.
 """

@@ -214,6 +214,16 @@ class Plane:
     pixel_size: PixelSize | None = None
     warnings: tuple[str, ...] = ()
 
+    def without_pixels(self) -> Plane:
+        """This description with an empty image, to keep after the pixels are done with."""
+        return replace(self, image=np.empty((0, 0), self.image.dtype))
+
+    def position(self) -> tuple[int | None, int | None, int | None]:
+        """0-based (channel, z, t) of this plane in the file, None where not applicable (no C
+        axis, a projection): where Fiji should show ROIs drawn on it."""
+        c = self.channel.index if self.channel is not None and "C" in self.layout.axes else None
+        return c, self.z, self.t
+
     def describe(self) -> dict[str, Any]:
         """What was segmented, JSON-ready (GeoJSON properties, batch manifest)."""
         return {
@@ -427,11 +437,16 @@ def _tiff_source(tif: Any, data: bytes, max_pixels: int) -> _Source:
             f"cannot map this TIFF's {n_pages} pages onto its axes {full_axes} {tuple(full_shape)}"
         )
     names = [a for a, _ in lead]
+    unlabelled = [n for a, n in lead if a in _UNLABELLED and n > 1]
+    if len(unlabelled) > 1 or (unlabelled and ("Z" in names or "T" in names)):
+        raise UnsupportedImageType(
+            f"the TIFF's pages form {len(unlabelled)} unlabelled axes ({' × '.join(map(str, unlabelled))}) "
+            f"besides {', '.join(a for a in names if a not in _UNLABELLED) or 'none'}; save the stack "
+            "with ImageJ or OME metadata so its axes are known"
+        )
     renamed = []
     for a, n in lead:
         if a in _UNLABELLED and n > 1:
-            if "Z" in names or "T" in names:
-                raise UnsupportedImageType(f"the TIFF has an unlabelled axis of {n} pages besides Z/T")
             notes.append(
                 f"the file does not say whether its {n} pages are z-slices, time points or channels; "
                 "they are offered as z-planes (z=0..{})".format(n - 1)

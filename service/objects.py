@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import gc
 import io
+import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -509,13 +510,17 @@ def to_geojson(
     return collection
 
 
-def _feature_collection(labels: np.ndarray, rows: list[ObjectRow], classification: str) -> dict:
+def outlines(labels: np.ndarray, rows: list[ObjectRow]) -> Iterator[tuple[ObjectRow, list[list[float]]]]:
+    """Each object's closed outer ring along its pixel edges, in image coordinates (x, y)."""
     boxes = ndimage.find_objects(labels)
-    features = []
     for row in rows:
         box = boxes[row.id - 1]
-        crop = labels[box] == row.id
-        ring = _outline(crop, box[0].start, box[1].start)
+        yield row, _outline(labels[box] == row.id, box[0].start, box[1].start)
+
+
+def _feature_collection(labels: np.ndarray, rows: list[ObjectRow], classification: str) -> dict:
+    features = []
+    for row, ring in outlines(labels, rows):
         features.append(
             {
                 "type": "Feature",
@@ -549,6 +554,35 @@ def _um_measurements(row: ObjectRow) -> dict[str, float]:
         "Centroid Y µm": row.centroid_y_um,
         "Equivalent diameter µm": row.equivalent_diameter_um,
     }
+
+
+def to_imagej_rois(
+    labels: np.ndarray,
+    rows: list[ObjectRow],
+    position: tuple[int | None, int | None, int | None] | None = None,
+    classification: str = "Nucleus",
+) -> bytes:
+    """An ImageJ ROI set (the ``.zip`` Fiji's ROI Manager opens): one ROI per object.
+
+    Outlines run along pixel edges with integer corner coordinates, ImageJ's own convention for
+    traced (wand) ROIs, so each ROI covers exactly its object's pixels in Fiji. ``position``:
+    0-based (channel, z, t) of the plane segmented, stored so that Fiji shows each ROI on that
+    plane of a hyperstack (None entries: not set).
+    """
+    import roifile  # only for output=rois
+
+    c, z, t = position or (None, None, None)
+    buffer = io.BytesIO()
+    with _gc_paused(), zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for row, ring in outlines(labels, rows):
+            points = np.asarray(ring[:-1])
+            roi = roifile.ImagejRoi.frompoints(
+                points, name=f"{classification} {row.id}", c=c, z=z, t=t
+            )
+            if roi.subpixel_coordinates is None:
+                roi.roitype = roifile.ROI_TYPE.TRACED  # pixel-edge outline, as Fiji's wand makes
+            archive.writestr(f"{row.id:05d}-{classification.lower()}.roi", roi.tobytes())
+    return buffer.getvalue()
 
 
 def encode_labels(labels: np.ndarray) -> tuple[bytes, str]:

@@ -68,16 +68,33 @@ def labels(binary: np.ndarray, connectivity: int = 8) -> np.ndarray:
     return lab.astype(np.uint16 if count - 1 <= 0xFFFF else np.uint32)
 
 
-def overlay(image: np.ndarray, binary: np.ndarray, color: tuple[int, int, int] = OUTLINE_RGB) -> np.ndarray:
-    """The input as an 8-bit RGB preview ``(H, W, 3) uint8`` with the mask's outlines drawn in.
+def overlay(
+    image: np.ndarray,
+    binary: np.ndarray,
+    color: tuple[int, int, int] = OUTLINE_RGB,
+    labels: np.ndarray | None = None,
+) -> np.ndarray:
+    """The input as an 8-bit RGB preview ``(H, W, 3) uint8`` with outlines drawn in.
 
-    ``image`` is the decoded ``(H, W[, C])`` array; ``binary`` the ``(H, W)`` mask.
-    Outlines are the mask pixels with a background 4-neighbour (1 px, inside the objects),
-    so they stay aligned with the mask at any zoom.
+    ``image`` is the decoded ``(H, W[, C])`` array; ``binary`` the ``(H, W)`` mask; ``labels``
+    (optional) the ``(H, W)`` objects: then each object is outlined on its own, so touching
+    nuclei show the line between them. Outlines are the object pixels with a 4-neighbour outside
+    the object (1 px, inside it), so they stay aligned with the mask at any zoom.
     """
     rgb = to_display_rgb(image)
-    fg = (binary > 0).view(np.uint8)
-    eroded = cv2.erode(fg, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)
-    outline = (fg > eroded)
-    rgb[outline] = color
+    rgb[object_edges(binary if labels is None else labels)] = color
     return rgb
+
+
+def object_edges(labels: np.ndarray) -> np.ndarray:
+    """``(H, W)`` bool: pixels of an object (label > 0) with a 4-neighbour of another label
+    (background or a touching object). A binary mask is one label."""
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    if labels.dtype in (np.uint8, bool):
+        fg = (labels > 0).view(np.uint8)
+        return fg > cv2.erode(fg, cross, borderType=cv2.BORDER_REPLICATE)
+    # float32 holds labels exactly up to 2**24; OpenCV has no int32 morphology
+    lab = labels.astype(np.float32)
+    low = cv2.erode(lab, cross, borderType=cv2.BORDER_REPLICATE)
+    high = cv2.dilate(lab, cross, borderType=cv2.BORDER_REPLICATE)
+    return (lab > 0) & ((low != lab) | (high != lab))

@@ -57,15 +57,17 @@ class Server:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
-        self.client = httpx.Client(base_url=self.url, timeout=30)
+        self.client = httpx.Client(base_url=self.url, timeout=120)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_live(self, timeout_s: float = 30) -> Server:
+    # Generous start-up bounds: on a shared 2-core machine a niced test run can wait a minute
+    # for the CPU before the service has even imported (about 1 s of CPU).
+    def wait_live(self, timeout_s: float = 180) -> Server:
         return self._wait("/livez", timeout_s)
 
-    def wait_ready(self, timeout_s: float = 30) -> Server:
+    def wait_ready(self, timeout_s: float = 180) -> Server:
         return self._wait("/readyz", timeout_s)
 
     def _wait(self, path: str, timeout_s: float) -> Server:

@@ -66,6 +66,7 @@ class Output(str, Enum):
     overlay = "overlay"
     objects = "objects"
     geojson = "geojson"
+    rois = "rois"
 
 
 class Split(str, Enum):
@@ -146,8 +147,9 @@ def segment_options(
         Output.mask,
         description="mask: 0/255 8-bit PNG · probability: foreground probability as an 8- or 16-bit PNG "
         "(see bits) · labels: 16-bit PNG of separate objects (count in X-Object-Count) · "
-        "overlay: the input in colour with mask outlines · objects: one row per nucleus (CSV, or JSON with "
-        "Accept: application/json) · geojson: QuPath-ready polygons",
+        "overlay: the input in colour with each object outlined · objects: one row per nucleus (CSV, or "
+        "JSON with Accept: application/json) · geojson: QuPath-ready polygons · rois: ImageJ ROI set "
+        "(.zip) for Fiji's ROI Manager",
     ),
     threshold: float | None = Query(
         None, gt=0, lt=1, description="foreground probability threshold; default from the model"
@@ -295,7 +297,7 @@ def run_pipeline(
         timings_ms=timings,
         scale=scale,
         warnings=warnings,
-        plane=plane,
+        plane=plane.without_pixels(),  # the response outlives the pixels: don't keep them
     )
 
 
@@ -347,8 +349,8 @@ def render(
     ``prediction`` may be at the model's nucleus scale; every output is on ``image``'s grid.
     """
     threshold = options.threshold if options.threshold is not None else md.threshold
-    plain = (Output.mask, Output.probability, Output.overlay)
-    want_labels = count_every_output or options.output not in plain
+    # The overlay outlines each object (touching nuclei visibly apart), so it always labels.
+    want_labels = count_every_output or options.output not in (Output.mask, Output.probability)
     grid = pipeline.on_input_grid(
         prediction, md, image.shape[:2], threshold, object_params(options, md) if want_labels else None
     )
@@ -359,7 +361,7 @@ def render(
     if options.output is Output.mask:
         return imaging.encode_png(mask), "image/png", count
     if options.output is Output.overlay:
-        return imaging.encode_png(postprocess.overlay(image, mask)), "image/png", count
+        return imaging.encode_png(postprocess.overlay(image, mask, labels=labels)), "image/png", count
     assert labels is not None and count is not None  # object outputs always label
     if options.output is Output.labels:
         body, media_type = objects.encode_labels(labels)  # 16-bit PNG; 32-bit TIFF past 65535 objects
@@ -367,6 +369,9 @@ def render(
     size = plane.pixel_size if plane is not None else None
     um = (size.x_um, size.y_um) if size is not None else None
     rows = objects.measure(labels, to_channels(image, 1), prob, pixel_size_um=um)
+    if options.output is Output.rois:
+        position = plane.position() if plane is not None else None
+        return objects.to_imagej_rois(labels, rows, position), "application/zip", count
     if options.output is Output.geojson:
         properties = {**(plane.describe() if plane else {}), "warnings": list(warnings or [])}
         collection = objects.to_geojson(labels, rows, properties=properties)
@@ -649,6 +654,7 @@ _PNG_HEADERS = {
                 "text/csv": {"schema": {"type": "string"}},
                 "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
                 "application/geo+json": {"schema": {"type": "object"}},
+                "application/zip": {"schema": {"type": "string", "format": "binary"}},
             },
             "description": "PNG of the input's height and width (see output); a TIFF, CSV, JSON or GeoJSON "
             "for the outputs that say so",
@@ -740,6 +746,7 @@ _SUFFIXES = {
     "image/tiff": ".tif",
     "application/geo+json": ".geojson",
     "application/json": ".json",
+    "application/zip": ".zip",
 }
 
 

@@ -1,12 +1,16 @@
 // Web viewer for the segmentation service: one image in, its segmentation drawn over it.
 //
 // Data flow for one image (each step is one request with the original file bytes):
+//   0. POST probe                             → its channels, z/t planes, pixel size, warnings; when
+//                                               the file needs a choice (several channels, a stack)
+//                                               the page offers pickers and waits for it
 //   1. POST ui/preview                        → 8-bit RGB PNG the browser can show (TIFF, 16-bit…)
 //   2. POST segment?output=probability&bits=8 → probability map, thresholded here in the browser,
 //                                               so the threshold slider needs no new upload
 //   3. POST segment?output=geojson            → one polygon per nucleus: the labels view and the count
 // After the threshold slider stops moving, step 3 is repeated with &threshold=… (debounced) so
-// the object count always belongs to the threshold shown.
+// the object count always belongs to the threshold shown. Every request after the probe carries
+// the chosen channel / z / t (or project=max). Zoom and pan are a CSS transform of the stage.
 "use strict";
 
 const KEY_STORAGE = "unet.apiKey";
@@ -29,6 +33,9 @@ const state = {
   run: 0,                // bumped per upload: answers for an older upload are dropped
   countRequest: 0,       // bumped per geojson request: only the newest one counts
   refetchTimer: null,
+  probe: null,           // POST probe's answer for the current file
+  plane: { channel: "", z: "", t: "" },  // the pickers; z may be "max" (project=max)
+  warnings: [],          // from the probe and the last segmentation (X-Warnings)
 };
 
 // --- HTTP ----------------------------------------------------------------------------------------
@@ -115,8 +122,20 @@ function upload(url, step, runningText) {
   });
 }
 
+/** The chosen channel / plane as query parameters (only those chosen). */
+function planeParams() {
+  const params = new URLSearchParams();
+  const { channel, z, t } = state.plane;
+  if (channel !== "") params.set("channel", channel);
+  if (z === "max") params.set("project", "max");
+  else if (z !== "") params.set("z", z);
+  if (t !== "") params.set("t", t);
+  return params;
+}
+
 function segmentUrl(output, threshold) {
-  const params = new URLSearchParams({ output });
+  const params = planeParams();
+  params.set("output", output);
   if (output === "probability") params.set("bits", "8"); // the browser thresholds 8-bit values
   if (threshold !== null && threshold !== undefined) params.set("threshold", threshold.toFixed(2));
   if (state.split) params.set("split", state.split);
@@ -173,27 +192,119 @@ function stemOf(name) {
   return dot > 0 ? base.slice(0, dot) : base;
 }
 
-async function handleFile(file) {
+const DOWNLOADS = ["mask", "labels", "objects", "geojson", "rois"];
+
+/** A new run: answers for an older one are dropped; the result shown so far is cleared. */
+function startRun() {
   const run = ++state.run;
-  state.file = file;
-  state.stem = stemOf(file.name);
   state.prob = null;
   state.features = [];
   state.countThreshold = null;
   clearTimeout(state.refetchTimer);
-  setThreshold(state.modelThreshold);
   showError("");
-  resetInfo();
   $("result-controls").disabled = true;
-  $("download-mask").disabled = true;
-  $("download-labels").disabled = true;
-  $("stage").dataset.state = "loading";
-  const current = () => run === state.run;
+  for (const name of DOWNLOADS) $(`download-${name}`).disabled = true;
+  for (const id of ["info-count", "info-count-threshold", "info-foreground", "info-tiles", "info-inference",
+    "info-plane"]) {
+    $(id).textContent = "–";
+  }
+  return run;
+}
 
+async function handleFile(file) {
+  const run = startRun();
+  state.file = file;
+  state.stem = stemOf(file.name);
+  state.probe = null;
+  state.plane = { channel: "", z: "", t: "" };
+  setThreshold(state.modelThreshold);
+  resetInfo();
+  resetView();
+  showWarnings([]);
+  $("plane-controls").hidden = true;
+  $("stage").dataset.state = "loading";
   try {
-    const preview = await upload("ui/preview", "Step 1 of 3, preview", "rendering");
+    const probe = await upload("probe", "Reading the file", "listing its channels and planes");
+    if (run !== state.run) return;
+    state.probe = JSON.parse(await probe.response.text());
+  } catch (err) {
+    if (run !== state.run) return;
+    hideProgress();
+    showError(err.message);
+    $("stage").dataset.state = "empty";
+    return;
+  }
+  showProbe(state.probe);
+  await processPlane(run);
+}
+
+/** What the probe found: file facts in the info panel, pickers for what must be chosen. */
+function showProbe(probe) {
+  const size = probe.pixel_size_um;
+  $("info-pixel-size").textContent = size ? `${formatUm(size.x, size.y)} (${size.source})` : "unknown";
+  const planes = Object.entries(probe.planes).map(([axis, n]) => `${n} ${axis}`).join(", ");
+  $("info-file").textContent = `${probe.format}, ${probe.axes}` +
+    (probe.channels.length > 1 ? `, ${probe.channels.length} channels` : "") + (planes ? `, ${planes}` : "");
+  showWarnings(probe.warnings);
+
+  const needsChannel = probe.required.includes("channel");
+  const channel = $("channel");
+  channel.replaceChildren(new Option(needsChannel ? "— choose the channel with the nuclei —" : "(default)", ""));
+  for (const c of probe.channels) channel.add(new Option(c.name ? `${c.index} · ${c.name}` : `${c.index}`, String(c.index)));
+  if (probe.rgb && !probe.grey_rgb) channel.add(new Option("gray · all colours mixed (brightfield, H&E)", "gray"));
+  $("channel-box").hidden = probe.channels.length < 2 || probe.grey_rgb;
+
+  const fill = (select, box, axis, extra) => {
+    const n = probe.planes[axis] || 0;
+    select.replaceChildren(new Option(`— choose one of ${n} —`, ""));
+    if (extra) select.add(new Option(extra[1], extra[0]));
+    for (let k = 0; k < n; k++) select.add(new Option(`${k}`, String(k)));
+    box.hidden = n < 2;
+  };
+  fill($("zplane"), $("z-box"), "Z", ["max", "maximum projection"]);
+  fill($("tplane"), $("t-box"), "T", null);
+  $("plane-controls").hidden = $("channel-box").hidden && $("z-box").hidden && $("t-box").hidden;
+}
+
+function formatUm(x, y) {
+  const fx = Number(x.toPrecision(4)), fy = Number(y.toPrecision(4));
+  return fx === fy ? `${fx} µm/px` : `${fx} × ${fy} µm/px`;
+}
+
+/** Choices the file needs that the pickers do not have yet. */
+function missingChoices() {
+  if (!state.probe) return [];
+  const missing = [];
+  for (const need of state.probe.required) {
+    if (need === "channel" && state.plane.channel === "") missing.push("the nuclei channel");
+    if (need === "z" && state.plane.z === "") missing.push("a z-slice (or the maximum projection)");
+    if (need === "t" && state.plane.t === "") missing.push("a time point");
+  }
+  return missing;
+}
+
+function onPlaneChange() {
+  state.plane = { channel: $("channel").value, z: $("zplane").value, t: $("tplane").value };
+  if (!state.file || !state.probe) return;
+  processPlane(startRun());
+}
+
+/** Preview the chosen plane; once every needed choice is made, segment it. */
+async function processPlane(run) {
+  const current = () => run === state.run;
+  try {
+    const params = planeParams().toString();
+    const preview = await upload(`ui/preview${params ? `?${params}` : ""}`, "Step 1 of 3, preview", "rendering");
     if (!current()) return;
     await showPreview(preview.response);
+    const missing = missingChoices();
+    $("plane-help").textContent = missing.length
+      ? `This file holds more than one image: choose ${missing.join(" and ")} to segment.` : "";
+    if (missing.length) {
+      hideProgress();
+      $("stage").dataset.state = "ready";
+      return;
+    }
 
     const probability = await upload(segmentUrl("probability"), "Step 2 of 3, segmentation", "running the model");
     if (!current()) return;
@@ -206,8 +317,7 @@ async function handleFile(file) {
     showProgress("Step 3 of 3, objects: uploading", 0);
     await refetchObjects(null, "Step 3 of 3, objects");
     if (!current()) return;
-    $("download-mask").disabled = false;
-    $("download-labels").disabled = false;
+    for (const name of DOWNLOADS) $(`download-${name}`).disabled = false;
     hideProgress();
   } catch (err) {
     if (!current()) return;
@@ -232,6 +342,76 @@ async function showPreview(blob) {
   fitStage();
 }
 
+function showWarnings(list) {
+  state.warnings = [...new Set(list)];
+  $("warnings").replaceChildren(...state.warnings.map((text) => {
+    const item = document.createElement("li");
+    item.textContent = text;
+    return item;
+  }));
+}
+
+// --- zoom and pan --------------------------------------------------------------------------------
+
+const view = { scale: 1, x: 0, y: 0 };
+
+function applyView() {
+  $("stage").style.transform = `translate(${view.x}px, ${view.y}px) scale(${view.scale})`;
+  $("zoom-level").textContent = `${Math.round(100 * view.scale)}%`;
+}
+
+function resetView() {
+  Object.assign(view, { scale: 1, x: 0, y: 0 });
+  applyView();
+}
+
+/** Zoom by `factor` keeping the point (cx, cy) of the viewport where it is. */
+function zoomAt(factor, cx, cy) {
+  const scale = Math.min(64, Math.max(1, view.scale * factor));
+  const k = scale / view.scale;
+  view.x = cx - k * (cx - view.x);
+  view.y = cy - k * (cy - view.y);
+  view.scale = scale;
+  if (scale === 1) { view.x = 0; view.y = 0; }
+  applyView();
+}
+
+function zoomCentre(factor) {
+  const box = $("viewport");
+  zoomAt(factor, box.clientWidth / 2, box.clientHeight / 2);
+}
+
+function wireZoom() {
+  const box = $("viewport");
+  box.addEventListener("wheel", (e) => {
+    if (!state.width) return;
+    e.preventDefault();
+    const r = box.getBoundingClientRect();
+    zoomAt(Math.exp(-e.deltaY * 0.0015), e.clientX - r.left, e.clientY - r.top);
+  }, { passive: false });
+  let drag = null;
+  box.addEventListener("pointerdown", (e) => {
+    if (view.scale === 1) return;
+    drag = { x: e.clientX, y: e.clientY };
+    box.setPointerCapture(e.pointerId);
+    box.classList.add("panning");
+  });
+  box.addEventListener("pointermove", (e) => {
+    if (!drag) return;
+    view.x += e.clientX - drag.x;
+    view.y += e.clientY - drag.y;
+    drag = { x: e.clientX, y: e.clientY };
+    applyView();
+  });
+  const end = () => { drag = null; box.classList.remove("panning"); };
+  box.addEventListener("pointerup", end);
+  box.addEventListener("pointercancel", end);
+  box.addEventListener("dblclick", resetView);
+  $("zoom-in").addEventListener("click", () => zoomCentre(1.5));
+  $("zoom-out").addEventListener("click", () => zoomCentre(1 / 1.5));
+  $("zoom-reset").addEventListener("click", resetView);
+}
+
 /** Scale the image (and the canvas over it) to fill the viewer: small images up, large ones down. */
 function fitStage() {
   if (!state.width) return;
@@ -240,6 +420,7 @@ function fitStage() {
   const width = box.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
   const scale = Math.min(width / state.width, (0.85 * window.innerHeight) / state.height);
   $("preview").style.width = `${Math.max(1, Math.floor(state.width * scale))}px`;
+  $("viewport").style.height = `${Math.max(1, Math.floor(state.height * scale))}px`;
 }
 
 /** An 8-bit gray PNG → Uint8Array of its values (the red channel of the decoded RGBA). */
@@ -270,11 +451,31 @@ function showHeaders(xhr) {
   const name = header("X-Model-Name");
   const version = header("X-Model-Version");
   if (name && version) $("info-model").textContent = `${name} ${version}`; // the model that answered
+  // What was segmented, as the server says (not as the pickers say).
+  const parts = [];
+  const channel = header("X-Channel");
+  if (channel) {
+    const label = header("X-Channel-Name");
+    parts.push(channel === "gray" ? "colours mixed to grey"
+      : `channel ${channel}${label ? ` (${decodeURIComponent(label)})` : ""}`);
+  }
+  if (header("X-Projection")) parts.push("maximum projection over Z");
+  if (header("X-Z")) parts.push(`z ${header("X-Z")}`);
+  if (header("X-T")) parts.push(`t ${header("X-T")}`);
+  $("info-plane").textContent = parts.length ? parts.join(", ") : "the whole image (one plane)";
+  const size = header("X-Pixel-Size-Um");
+  if (size) {
+    const [x, y] = size.split(",").map(Number);
+    $("info-pixel-size").textContent = `${formatUm(x, y ?? x)} (${header("X-Pixel-Size-Source")})`;
+  }
+  let extra = [];
+  try { extra = JSON.parse(header("X-Warnings") || "[]"); } catch (_) { extra = []; }
+  showWarnings([...(state.probe ? state.probe.warnings : []), ...extra]);
 }
 
 function resetInfo() {
   for (const id of ["info-count", "info-count-threshold", "info-foreground", "info-size", "info-tiles",
-    "info-inference"]) {
+    "info-inference", "info-file", "info-plane", "info-pixel-size"]) {
     $(id).textContent = "–";
   }
 }
@@ -297,7 +498,7 @@ async function refetchObjects(threshold, step) {
     $("info-count-threshold").textContent =
       `${used.toFixed(2)}${used.toFixed(2) === state.modelThreshold.toFixed(2) ? " (model default)" : ""}`;
     $("info-count").removeAttribute("aria-busy");
-    if (currentView() === "labels") render();
+    if (currentView() === "labels" || currentView() === "outlines") render();
   } catch (err) {
     if (run === state.run && ticket === state.countRequest) {
       $("info-count").removeAttribute("aria-busy");
@@ -346,8 +547,8 @@ function render() {
   const { width, height, prob } = state;
   const view = currentView();
   ctx.clearRect(0, 0, width, height);
-  if (view === "labels") {
-    drawLabels(ctx);
+  if (view === "labels" || view === "outlines") {
+    drawLabels(ctx, view === "outlines");
     return;
   }
   const image = ctx.createImageData(width, height);
@@ -368,9 +569,12 @@ function render() {
   ctx.putImageData(image, 0, 0);
 }
 
-/** Each nucleus (a GeoJSON polygon, pixel coordinates) filled in its own colour. */
-function drawLabels(ctx) {
-  ctx.lineWidth = Math.max(1, state.width / 800);
+/**
+ * Each nucleus (a GeoJSON polygon along pixel edges) filled in its own colour, or only outlined:
+ * every object its own ring, so two touching nuclei show the line between them.
+ */
+function drawLabels(ctx, outlineOnly = false) {
+  ctx.lineWidth = outlineOnly ? 1 : Math.max(1, state.width / 800);
   state.features.forEach((feature, index) => {
     const polygons = feature.geometry.type === "MultiPolygon"
       ? feature.geometry.coordinates : [feature.geometry.coordinates];
@@ -382,6 +586,11 @@ function drawLabels(ctx) {
       }
     }
     const hue = (index * 137.508) % 360; // golden angle: neighbours get distant hues
+    if (outlineOnly) {
+      ctx.strokeStyle = `hsl(${hue} 100% 60%)`;
+      ctx.stroke(path);
+      return;
+    }
     ctx.fillStyle = `hsl(${hue} 85% 55%)`;
     ctx.fill(path, "evenodd");
     ctx.strokeStyle = `hsl(${hue} 90% 25%)`;
@@ -429,15 +638,23 @@ function onSplitChange() {
   recount(atDefault ? null : state.threshold, "Objects with the new split");
 }
 
+/** File name of a download: the input's stem, what it is, the suffix of what the server sent. */
+function downloadName(output, mediaType) {
+  const type = (mediaType || "").split(";")[0].trim();
+  const suffix = { "image/png": ".png", "image/tiff": ".tif", "text/csv": ".csv", "application/geo+json": ".geojson",
+    "application/zip": ".zip" }[type] || "";
+  const what = { mask: "_mask", labels: "_labels", objects: "_objects", geojson: "", rois: "_rois" }[output];
+  return `${state.stem}${what}${suffix}`;
+}
+
 async function download(output) {
   if (!state.file) return;
-  const label = output === "mask" ? "mask" : "labels";
   try {
-    const xhr = await upload(segmentUrl(output, state.threshold), `Download ${label}`, "segmenting");
+    const xhr = await upload(segmentUrl(output, state.threshold), `Download ${output}`, "segmenting");
     const url = URL.createObjectURL(xhr.response);
     const a = document.createElement("a");
     a.href = url;
-    a.download = `${state.stem}_${label}.png`;
+    a.download = downloadName(output, xhr.getResponseHeader("Content-Type"));
     document.body.appendChild(a);
     a.click();
     a.remove();
@@ -478,8 +695,9 @@ function init() {
   $("split").addEventListener("change", onSplitChange);
   $("opacity").addEventListener("input", setOpacity);
   for (const radio of document.querySelectorAll('input[name="view"]')) radio.addEventListener("change", render);
-  $("download-mask").addEventListener("click", () => download("mask"));
-  $("download-labels").addEventListener("click", () => download("labels"));
+  for (const name of DOWNLOADS) $(`download-${name}`).addEventListener("click", () => download(name));
+  for (const id of ["channel", "zplane", "tplane"]) $(id).addEventListener("change", onPlaneChange);
+  wireZoom();
   window.addEventListener("resize", fitStage);
   setOpacity();
   loadModelInfo();

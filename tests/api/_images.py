@@ -41,6 +41,13 @@ def jpeg_rgb(height: int, width: int) -> bytes:
     return buf.tobytes()
 
 
+def jpeg_grey_rgb(height: int, width: int) -> bytes:
+    """A grey image saved as a colour JPEG (what many microscope exports do): no channel needed."""
+    ok, buf = cv2.imencode(".jpg", np.dstack([blobs(height, width, seed=9)] * 3))
+    assert ok
+    return buf.tobytes()
+
+
 def decode(data: bytes) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     assert image is not None, "response is not a decodable image"

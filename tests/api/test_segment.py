@@ -40,8 +40,19 @@ def test_multipart_16_bit_tiff_is_accepted(server: Server) -> None:
     assert len(r.headers["X-Request-ID"]) >= 16  # generated when the client sends none
 
 
-def test_rgb_jpeg_is_converted_to_the_models_channels(server: Server) -> None:
-    r = server.client.post("/segment", content=im.jpeg_rgb(80, 100), headers={"Content-Type": "image/jpeg"})
+def test_a_colour_jpeg_needs_a_channel_and_gray_mixes_it_to_the_models_channels(server: Server) -> None:
+    data, headers = im.jpeg_rgb(80, 100), {"Content-Type": "image/jpeg"}
+    r = server.client.post("/segment", content=data, headers=headers)
+    assert r.status_code == 422 and r.json()["type"] == "/problems/choose-plane", r.text
+    assert "channel=gray" in r.json()["detail"]
+    r = server.client.post("/segment", params={"channel": "gray"}, content=data, headers=headers)
+    assert r.status_code == 200, r.text
+    assert im.decode(r.content).shape == (80, 100) and r.headers["X-Channel"] == "gray"
+
+
+def test_grey_saved_as_a_colour_jpeg_needs_no_channel(server: Server) -> None:
+    data = im.jpeg_grey_rgb(80, 100)
+    r = server.client.post("/segment", content=data, headers={"Content-Type": "image/jpeg"})
     assert r.status_code == 200, r.text
     assert im.decode(r.content).shape == (80, 100)
 

@@ -398,3 +398,15 @@ def test_diameter_is_sent_only_when_asked_for(standin, images: Path, tmp_path: P
     assert {r.query["diameter"][0] for r in server.requests} == {"32.5"}
     with pytest.raises(SystemExit):
         segment(images, "--out", tmp_path / "bad", "--url", server.url, "--diameter", "-3")
+
+
+def test_plane_options_are_sent_only_when_asked_for(standin, images: Path, tmp_path: Path) -> None:
+    server = standin("a")
+    assert segment(images, "--out", tmp_path / "default", "--url", server.url) == 0
+    assert all(not {"channel", "z", "t", "project", "pixel_size"} & set(r.query) for r in server.requests)
+    server.requests.clear()
+    out = tmp_path / "chosen"
+    assert segment(images, "--out", out, "--url", server.url, "--channel", "DAPI", "--t", "2",
+                   "--project", "max", "--pixel-size", "0.65") == 0
+    sent = {(k, v[0]) for r in server.requests for k, v in r.query.items() if k != "output"}
+    assert sent == {("channel", "DAPI"), ("t", "2"), ("project", "max"), ("pixel_size", "0.65")}

@@ -46,3 +46,34 @@ def test_folder_of_pngs_comes_back_as_masks_of_the_same_sizes(service_url: str, 
         assert mask is not None, f"{name}: not a decodable PNG"
         assert mask.shape[:2] == (height, width), name
     assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["a.png", "b.png", "c.png"]
+
+
+def test_a_two_channel_tiff_fails_with_its_channels_until_channel_is_given(
+    service_url: str, tmp_path: Path
+) -> None:
+    np = pytest.importorskip("numpy")
+    tifffile = pytest.importorskip("tifffile")
+    images = tmp_path / "in"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    stack = rng.integers(0, 60000, (2, 48, 64), dtype=np.uint16)
+    tifffile.imwrite(images / "cells.tif", stack, imagej=True, resolution=(1 / 0.5, 1 / 0.5),
+                     metadata={"axes": "CYX", "unit": "micron", "Labels": ["Cytoplasm", "DAPI"]})
+    env = {k: v for k, v in os.environ.items() if k != "UNET_API_KEY"}
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "service.client", str(images), "--url", service_url, "--no-progress",
+             "--output", "objects", *extra],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        )
+
+    refused = run("--out", str(tmp_path / "no-channel"))
+    assert refused.returncode == 1
+    report = (tmp_path / "no-channel" / "failures.jsonl").read_text()
+    assert "422" in report and "DAPI" in report and "Cytoplasm" in report
+
+    chosen = run("--out", str(tmp_path / "dapi"), "--channel", "dapi")
+    assert chosen.returncode == 0, chosen.stderr
+    header = (tmp_path / "dapi" / "cells.csv").read_text().splitlines()[0].split(",")
+    assert "area_um2" in header and "equivalent_diameter_um" in header

@@ -5,8 +5,9 @@ Each input gets its documented answer — a 200 PNG of the input's height × wid
 the service accepts, or the documented 4xx as problem JSON — and the server is healthy afterwards
 (the ``_server_stays_healthy`` fixture, imported from the API suite, checks after every test).
 
-Policy pinned here: a multi-page TIFF or a 3-D stack (ImageJ hyperstack, tifffile ``(Z, H, W)``)
-is segmented on its FIRST page; the other pages are ignored (``service/imaging.py``).
+Policy pinned here: a multi-page TIFF or a 3-D stack (ImageJ hyperstack, tifffile ``(Z, H, W)``,
+Pillow pages) is a 422 naming its planes unless the request says ``z=`` or ``project=max``; ``z=0``
+is its first page (``service/microscopy.py``). Pages whose axes cannot be known are a 415.
 """
 
 from __future__ import annotations
@@ -65,11 +66,7 @@ ACCEPTED = [
     ("gray-alpha.png", pil(Image.fromarray(GRAY).convert("LA"), "PNG"), (40, 50)),
     ("one-bit.png", pil(Image.fromarray(GRAY > 100), "PNG"), (40, 50)),
     ("bmp.bmp", pil(Image.fromarray(GRAY), "BMP"), (40, 50)),
-    ("multipage.tif", pil(Image.fromarray(GRAY), "TIFF", save_all=True,
-                          append_images=[Image.fromarray(GRAY[::-1].copy())] * 3), (40, 50)),
-    ("imagej-zstack.tif", tiff_stack(np.stack([GRAY, GRAY[::-1], 255 - GRAY]), imagej=True), (40, 50)),
-    ("zstack16.tif", tiff_stack(np.stack([GRAY16] * 5)), (40, 50)),
-    ("tczyx.tif", tiff_stack(np.zeros((2, 3, 40, 50), np.uint8), photometric="minisblack"), (40, 50)),
+    ("float64.tif", tiff_stack(GRAY.astype(np.float64)), (40, 50)),  # tifffile reads it (MATLAB's default)
 ]
 
 
@@ -86,19 +83,31 @@ def test_every_accepted_kind_gives_a_png_of_the_input_size(
 
 
 @pytest.mark.parametrize(
-    "stack",
+    ("stack", "first_page"),
     [
-        pil(Image.fromarray(GRAY), "TIFF", save_all=True, append_images=[Image.fromarray(255 - GRAY)] * 2),
-        tiff_stack(np.stack([GRAY, 255 - GRAY, GRAY[::-1]]), imagej=True),
-        tiff_stack(np.stack([GRAY, 255 - GRAY])),
+        (pil(Image.fromarray(GRAY), "TIFF", save_all=True, append_images=[Image.fromarray(~GRAY)]), GRAY),
+        (tiff_stack(np.stack([GRAY, 255 - GRAY, GRAY[::-1]]), imagej=True, metadata={"axes": "ZYX"}), GRAY),
+        (tiff_stack(np.stack([GRAY16, 65535 - GRAY16]), photometric="minisblack"), GRAY16),
+        (tiff_stack(np.stack([GRAY16] * 5)), GRAY16),
     ],
-    ids=["pillow-multipage", "imagej-hyperstack", "tifffile-zyx"],
+    ids=["pillow-multipage", "imagej-zstack", "tifffile-zyx", "tifffile-5-pages"],
 )
-def test_a_stack_is_segmented_on_its_first_page(server: Server, stack: bytes) -> None:
-    first = segment(server, "first.png", im.png(GRAY), output="probability")
-    whole = segment(server, "stack.tif", stack, output="probability")
-    assert whole.status_code == 200, whole.text
-    assert np.array_equal(im.decode(whole.content), im.decode(first.content))
+def test_a_stack_needs_a_plane_and_z0_is_its_first_page(
+    server: Server, stack: bytes, first_page: np.ndarray
+) -> None:
+    body = assert_problem(segment(server, "stack.tif", stack), 422, "/problems/choose-plane")
+    planes = body["choices"]["planes"]["Z"]
+    assert planes > 1 and f"z=0..{planes - 1}" in body["detail"]
+    first = segment(server, "first.tif", im.tiff(first_page), output="probability")
+    chosen = segment(server, "stack.tif", stack, output="probability", z=0)
+    assert chosen.status_code == 200, chosen.text
+    assert np.array_equal(im.decode(chosen.content), im.decode(first.content))
+
+
+def test_pages_whose_axes_cannot_be_known_are_415(server: Server) -> None:
+    data = tiff_stack(np.zeros((2, 3, 40, 50), np.uint8), photometric="minisblack")  # axes QQYX
+    body = assert_problem(segment(server, "tczyx.tif", data, z=0), 415, "/problems/unsupported-image-type")
+    assert "ImageJ or OME" in body["detail"]
 
 
 def test_float_nan_and_inf_pixels_do_not_poison_the_image(server: Server) -> None:
@@ -161,7 +170,6 @@ def test_header_bombs_are_413_before_any_pixel_buffer(server: Server, name: str,
         ("random.png", np.random.default_rng(0).bytes(4096), "/problems/undecodable-image"),
         ("truncated.jpg", im.jpeg_rgb(40, 50)[:300], "/problems/undecodable-image"),
         ("truncated.tif", im.tiff(GRAY)[:500], "/problems/undecodable-image"),
-        ("float64.tif", tiff_stack(GRAY.astype(np.float64)), "/problems/undecodable-image"),
         ("animated.gif", im.gif(), "/problems/unsupported-image-type"),
     ],
 )
@@ -224,11 +232,11 @@ def test_batch_keeps_the_good_files_whatever_is_wrong_with_the_bad_ones(server: 
         ("good-2.tif", im.tiff(GRAY16), 200, None),
         ("truncated.jpg", im.jpeg_rgb(40, 50)[:300], 400, "/problems/undecodable-image"),
         ("anim.gif", im.gif(), 415, "/problems/unsupported-image-type"),
-        ("stack.tif", tiff_stack(np.stack([GRAY] * 3), imagej=True), 200, None),
+        ("stack.tif", tiff_stack(np.stack([GRAY] * 3), imagej=True), 422, "/problems/choose-plane"),
     ]
     r = server.client.post("/segment/batch", files=[("files", (n, d)) for n, d, _, _ in files])
     assert r.status_code == 200, r.text
-    assert (r.headers["X-Files-Succeeded"], r.headers["X-Files-Failed"]) == ("3", "4")
+    assert (r.headers["X-Files-Succeeded"], r.headers["X-Files-Failed"]) == ("2", "5")
     archive = zipfile.ZipFile(io.BytesIO(r.content))
     manifest = json.loads(archive.read("manifest.json"))
     for entry, (name, _, status, type_) in zip(manifest["files"], files, strict=True):

@@ -36,7 +36,7 @@ MIX = [
     ("tile", im.png(im.blobs(64, 64, seed=3)), "image/png", (64, 64)),
     ("odd", im.png(im.blobs(97, 131, seed=4)), "image/png", (97, 131)),
     ("16-bit", im.tiff(im.blobs(150, 110, seed=5, dtype=np.uint16)), "image/tiff", (150, 110)),
-    ("rgb-jpeg", im.jpeg_rgb(120, 160), "image/jpeg", (120, 160)),
+    ("grey-as-rgb-jpeg", im.jpeg_grey_rgb(120, 160), "image/jpeg", (120, 160)),
     ("large", im.png(im.blobs(256, 256, seed=6)), "image/png", (256, 256)),
 ]
 

@@ -69,3 +69,18 @@ def test_overlay_outlines_objects_in_colour():
     outline = np.all(out == (255, 255, 0), axis=2)
     assert outline[5, 5:15].all() and outline[5:15, 5].all()  # the object's edge
     assert not outline[7:13, 7:13].any() and not outline[:4].any()  # not inside, not outside
+
+
+def test_overlay_outlines_touching_objects_each_on_its_own():
+    lab = np.zeros((12, 20), np.int32)
+    lab[2:10, 2:10] = 1
+    lab[2:10, 10:18] = 2  # touches object 1 along columns 9 | 10
+    image = np.zeros((12, 20), np.uint8)
+    binary = (lab > 0).astype(np.uint8) * 255
+    merged = overlay(image, binary)
+    split = overlay(image, binary, labels=lab)
+    yellow = np.array([255, 255, 0], np.uint8)
+    seam = [(row, col) for row in range(3, 9) for col in (9, 10)]
+    assert not any((merged[r, c] == yellow).all() for r, c in seam)  # one blob: no line between
+    assert all((split[r, c] == yellow).all() for r, c in seam)  # per object: the seam is drawn
+    assert (split[5, 5] != yellow).any() and (split[5, 14] != yellow).any()  # interiors stay clear

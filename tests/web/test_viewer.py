@@ -289,3 +289,87 @@ def test_api_key_is_asked_once_and_sent_with_every_request(
         assert len(uploads) == 3 and set(uploads.values()) == {API_KEY}, uploads
     finally:
         page.close()
+
+
+def _server_count(service_url: str, path: Path, **params: str) -> int:
+    reply = httpx.post(f"{service_url}/segment", params={"output": "labels", **params},
+                       content=path.read_bytes(), headers={"Content-Type": "image/tiff"}, timeout=120)
+    assert reply.status_code == 200, reply.text
+    return int(reply.headers["X-Object-Count"])
+
+
+@pytest.fixture(scope="module")
+def two_channel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-channel ImageJ TIFF calibrated at 0.65 µm/px: cytoplasm first, nuclei (discs) second."""
+    tifffile = pytest.importorskip("tifffile")
+    folder = tmp_path_factory.mktemp("two-channel")
+    nuclei = cv2.imread(str(write_disc_tiff(folder / "nuclei.tif", seed=5)), cv2.IMREAD_UNCHANGED)
+    cyto = cv2.GaussianBlur(nuclei, (0, 0), 12)  # a smooth glow: not the discs
+    path = folder / "two-channel.tif"
+    tifffile.imwrite(path, np.stack([cyto, nuclei]), imagej=True, resolution=(1 / 0.65, 1 / 0.65),
+                     metadata={"axes": "CYX", "unit": "micron", "Labels": ["Cytoplasm", "DAPI"]})
+    return path
+
+
+def test_channel_picker_lists_the_files_channels_and_segments_the_one_chosen(
+    browser: Any, service_url: str, two_channel: Path
+) -> None:
+    page = _new_page(browser, service_url)
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    try:
+        page.locator("#file-input").set_input_files(str(two_channel))
+        picker = page.get_by_label("Nuclei channel")
+        picker.wait_for(state="visible")
+        options = picker.locator("option").all_text_contents()
+        assert options[1:] == ["0 · Cytoplasm", "1 · DAPI"], options
+        page.wait_for_function("() => document.getElementById('plane-help').textContent.includes('channel')")
+        assert not any("/segment" in url for url in requests), "segmented before a channel was chosen"
+        assert page.locator("#info-pixel-size").text_content() == "0.65 µm/px (imagej)"
+
+        for channel in ("1", "0"):
+            picker.select_option(channel)
+            shown = _wait_for_count(page)
+            assert shown == _server_count(service_url, two_channel, channel=channel), channel
+            assert any("output=geojson" in url and f"channel={channel}" in url for url in requests)
+        assert page.locator("#info-plane").text_content() == "channel 0 (Cytoplasm)"
+
+        picker.select_option("1")
+        _wait_for_count(page)
+        with page.expect_download() as info:
+            page.locator("#download-objects").click()
+        assert info.value.suggested_filename == "two-channel_objects.csv"
+        header = Path(info.value.path()).read_text().splitlines()[0].split(",")
+        assert "area_um2" in header
+        with page.expect_download() as info:
+            page.locator("#download-rois").click()
+        assert info.value.suggested_filename == "two-channel_rois.zip"
+    finally:
+        page.close()
+
+
+def test_an_unlabelled_stack_shows_its_warning_and_a_max_projection_is_offered(
+    browser: Any, service_url: str, tmp_path: Path
+) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    planes = [cv2.imread(str(write_disc_tiff(tmp_path / f"p{k}.tif", seed=k)), cv2.IMREAD_UNCHANGED)
+              for k in range(3)]
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.stack(planes), photometric="minisblack")  # no metadata: pages of unknown kind
+    page = _new_page(browser, service_url)
+    try:
+        page.locator("#file-input").set_input_files(str(stack))
+        zplane = page.get_by_label("Z-slice")
+        zplane.wait_for(state="visible")
+        assert "z-slices, time points or channels" in page.locator("#warnings").text_content()
+        zplane.select_option("max")
+        assert _wait_for_count(page) == _server_count(service_url, stack, project="max")
+        assert page.locator("#info-plane").text_content() == "maximum projection over Z"
+
+        page.locator("#zoom-in").click()
+        assert page.locator("#zoom-level").text_content() == "150%"
+        assert "scale(1.5)" in page.locator("#stage").get_attribute("style")
+        page.locator("#zoom-reset").click()
+        assert page.locator("#zoom-level").text_content() == "100%"
+    finally:
+        page.close()
