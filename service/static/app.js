@@ -30,6 +30,7 @@ const state = {
   modelThreshold: 0.5,
   threshold: 0.5,        // the slider's value
   split: "",             // the request's split option; "": the model's default
+  diameter: "",          // typical nucleus diameter in px; "": the server estimates it
   run: 0,                // bumped per upload: answers for an older upload are dropped
   countRequest: 0,       // bumped per geojson request: only the newest one counts
   refetchTimer: null,
@@ -139,6 +140,7 @@ function segmentUrl(output, threshold) {
   if (output === "probability") params.set("bits", "8"); // the browser thresholds 8-bit values
   if (threshold !== null && threshold !== undefined) params.set("threshold", threshold.toFixed(2));
   if (state.split) params.set("split", state.split);
+  if (state.diameter) params.set("diameter", state.diameter);
   return `segment?${params}`;
 }
 
@@ -281,6 +283,14 @@ function missingChoices() {
     if (need === "t" && state.plane.t === "") missing.push("a time point");
   }
   return missing;
+}
+
+/** A new nucleus diameter changes the scale the model runs at: segment again. */
+function onDiameterChange() {
+  const value = $("diameter").value.trim();
+  state.diameter = value !== "" && Number(value) >= 1 ? value : "";
+  if (!state.file || !state.probe) return;
+  processPlane(startRun());
 }
 
 function onPlaneChange() {
@@ -468,6 +478,11 @@ function showHeaders(xhr) {
     const [x, y] = size.split(",").map(Number);
     $("info-pixel-size").textContent = `${formatUm(x, y ?? x)} (${header("X-Pixel-Size-Source")})`;
   }
+  const diameter = header("X-Nucleus-Diameter");
+  const source = { request: "as entered", estimated: "estimated", "model-scale": "not resized" }[
+    header("X-Diameter-Source")] || header("X-Diameter-Source") || "";
+  $("info-diameter").textContent = diameter ? `${Number(diameter).toFixed(1)} px (${source})`
+    : source || "–";
   let extra = [];
   try { extra = JSON.parse(header("X-Warnings") || "[]"); } catch (_) { extra = []; }
   showWarnings([...(state.probe ? state.probe.warnings : []), ...extra]);
@@ -475,7 +490,7 @@ function showHeaders(xhr) {
 
 function resetInfo() {
   for (const id of ["info-count", "info-count-threshold", "info-foreground", "info-size", "info-tiles",
-    "info-inference", "info-file", "info-plane", "info-pixel-size"]) {
+    "info-inference", "info-file", "info-plane", "info-pixel-size", "info-diameter"]) {
     $(id).textContent = "–";
   }
 }
@@ -693,6 +708,7 @@ function init() {
   wireDragAndDrop();
   $("threshold").addEventListener("input", onThresholdInput);
   $("split").addEventListener("change", onSplitChange);
+  $("diameter").addEventListener("change", onDiameterChange);
   $("opacity").addEventListener("input", setOpacity);
   for (const radio of document.querySelectorAll('input[name="view"]')) radio.addEventListener("change", render);
   for (const name of DOWNLOADS) $(`download-${name}`).addEventListener("click", () => download(name));

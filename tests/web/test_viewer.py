@@ -236,6 +236,27 @@ def test_split_choice_recounts_on_the_server(viewer: Viewer, service_url: str, t
     assert page.locator("#error").text_content() == ""
 
 
+def test_nucleus_diameter_is_shown_and_can_be_entered(viewer: Viewer, service_url: str, tiff: Path) -> None:
+    page = viewer.page
+    # The bundled model knows its nucleus size: the server estimated this image's.
+    assert page.locator("#info-diameter").text_content().endswith("px (estimated)")
+    page.locator("#diameter").fill("30")
+    page.locator("#diameter").dispatch_event("change")
+    page.wait_for_function(
+        "() => document.getElementById('info-diameter').textContent.includes('as entered')"
+    )
+    shown = _wait_for_count(page)
+    assert page.locator("#info-diameter").text_content() == "30.0 px (as entered)"
+    assert any("output=probability" in url and "diameter=30" in url for url in viewer.requests)
+    reply = httpx.post(f"{service_url}/segment", params={"output": "labels", "diameter": 30},
+                       content=tiff.read_bytes(), headers={"Content-Type": "image/tiff"}, timeout=120)
+    assert shown == int(reply.headers["X-Object-Count"])
+    page.locator("#diameter").fill("")  # back to the estimate for the tests that follow
+    page.locator("#diameter").dispatch_event("change")
+    page.wait_for_function("() => document.getElementById('info-diameter').textContent.includes('estimated')")
+    _wait_for_count(page)
+
+
 def test_download_buttons_name_files_after_the_input(viewer: Viewer) -> None:
     page = viewer.page
     for output in ("mask", "labels"):
