@@ -117,8 +117,7 @@ def predict_labels(
         image, scale, engine.run, meta, tile_size=tile_size, overlap=overlap, batch_size=batch_size
     )
     grid = pipeline.on_input_grid(result, meta, image.shape[:2], meta.threshold, object_params)
-    used = scale.diameter if scale.factor != 1.0 or scale.source != "model-scale" else None
-    return Segmentation(grid.mask > 0, grid.labels, result.tiles, used)
+    return Segmentation(grid.mask > 0, grid.labels, result.tiles, scale.diameter)
 
 
 def baseline_segmenter(name: str) -> Segmenter:

@@ -201,7 +201,7 @@ def estimate_diameter(
     threshold = metadata.threshold if threshold is None else threshold
     # Whole-image normalisation, as the segmentation itself will use.
     normalised = prepare(image, metadata.in_channels, metadata.normalization)
-    grey = normalised.mean(axis=0)
+    grey = normalised[0] if len(normalised) == 1 else normalised.mean(axis=0)  # a view when grey
 
     def run(factor: float) -> Probe | None:
         return _probe(normalised, grey, factor, infer, metadata, params, threshold, probe_size)

@@ -32,7 +32,7 @@ def model() -> Engine:
                 strict=True,
                 reason="known limit of model 2.0.0: synthetic nuclei of radius 4 px, mostly touching, "
                 "come out merged at every scale and the estimate lands ×1.3 high (on the real DSB "
-                "validation images the median error is ×1.05); see the model card",
+                "validation images the median error is ×1.04); see the model card",
             ),
         ),
         15,
