@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from service.model_metadata import ModelMetadata
+from service.model_metadata import ModelMetadata, Normalization
 from service.objects import ObjectParams, label_objects
-from service.preprocess import prepare
+from service.preprocess import normalize, percentile_limits, to_channels
 from service.rescale import scaled_shape
+from service.segment import apply_activation
 
 #: ``(1, C, h, w) float32`` → raw outputs ``(1, K, h, w)``: the service's batcher or an Engine.
 Infer = Callable[[np.ndarray], np.ndarray]
@@ -67,18 +68,44 @@ class DiameterEstimate:
     probes: list[Probe] = field(default_factory=list)
 
 
-def _best_window(grey: np.ndarray, window: tuple[int, int]) -> tuple[int, int]:
+@dataclass(frozen=True)
+class _Image:
+    """The image as the probes read it: raw channels, whole-image scaling, and a thumbnail.
+
+    Windows are normalised one by one with the whole image's percentile limits (the same
+    values as a window of the normalised image), so no full-size float copy is made.
+    """
+
+    channels: np.ndarray  # (H, W) or (H, W, C), the model's channel count, raw dtype
+    limits: list[tuple[float, float]]  # per channel, from preprocess.percentile_limits
+    thumb: np.ndarray  # (h, w) float32: the normalised grey image every `step` px, clipped to [0, 1]
+    step: int
+
+    @classmethod
+    def of(cls, image: np.ndarray, metadata: ModelMetadata) -> _Image:
+        channels = to_channels(image, metadata.in_channels)
+        limits = percentile_limits(channels, metadata.normalization)
+        step = max(1, min(channels.shape[:2]) // 128)
+        small = normalize(channels[::step, ::step], metadata.normalization, limits)
+        return cls(channels, limits, np.clip(small.mean(axis=0), 0, 1).astype(np.float32), step)
+
+    def window(self, top: int, left: int, size: tuple[int, int], norm: Normalization) -> np.ndarray:
+        """Normalised float32 ``(C, h, w)`` window, scaled as the whole image."""
+        crop = self.channels[top : top + size[0], left : left + size[1]]
+        return normalize(crop, norm, self.limits)
+
+
+def _best_window(source: _Image, window: tuple[int, int]) -> tuple[int, int]:
     """Top-left corner of the ``window`` (h, w) with the most signal (mean of the clipped normalised image).
 
     Evaluated on a thumbnail: cheap on any image size. Nuclei are where the signal is,
     and a probe of empty background would measure nothing.
     """
-    h, w = grey.shape
+    h, w = source.channels.shape[:2]
     wh, ww = window
     if wh >= h and ww >= w:
         return 0, 0
-    step = max(1, min(h, w) // 128)
-    thumb = np.clip(grey[::step, ::step], 0, 1).astype(np.float32)
+    step, thumb = source.step, source.thumb
     kh, kw = max(1, min(thumb.shape[0], wh // step)), max(1, min(thumb.shape[1], ww // step))
     means = cv2.boxFilter(thumb, -1, (kw, kh), normalize=True, borderType=cv2.BORDER_REPLICATE)
     # Only centres whose window lies inside the image.
@@ -98,19 +125,12 @@ def _foreground(chw: np.ndarray, infer: Infer, metadata: ModelMetadata) -> tuple
     ph, pw = (-h) % divisor, (-w) % divisor
     padded = np.pad(chw, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(h, w) > 1 else "edge")
     raw = np.asarray(infer(np.ascontiguousarray(padded[None], dtype=np.float32)))[0, :, :h, :w]
-    probs = raw.astype(np.float32, copy=True)
-    if metadata.output_kind == "logits":
-        if metadata.activation == "sigmoid":
-            probs = 1.0 / (1.0 + np.exp(-np.clip(probs, -60, 60)))
-        else:
-            probs = np.exp(probs - probs.max(axis=0, keepdims=True))
-            probs /= probs.sum(axis=0, keepdims=True)
+    probs = apply_activation(raw.astype(np.float32, copy=True), metadata)
     return probs[metadata.foreground_channel], probs
 
 
 def _probe(
-    normalised: np.ndarray,
-    grey: np.ndarray,
+    source: _Image,
     factor: float,
     infer: Infer,
     metadata: ModelMetadata,
@@ -118,13 +138,13 @@ def _probe(
     threshold: float,
     probe_size: int,
 ) -> Probe | None:
-    _, h, w = normalised.shape
+    h, w = source.channels.shape[:2]
     window = (min(h, math.ceil(probe_size / factor)), min(w, math.ceil(probe_size / factor)))
     scaled = scaled_shape(window, factor)
     if min(scaled) < 3 * (metadata.nucleus_diameter or 16):
         return None  # too few model pixels to hold a few nuclei at this scale
-    top, left = _best_window(grey, window)
-    crop = normalised[:, top : top + window[0], left : left + window[1]]
+    top, left = _best_window(source, window)
+    crop = source.window(top, left, window, metadata.normalization)
     interpolation = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
     resized = np.stack([cv2.resize(c, scaled[::-1], interpolation=interpolation) for c in crop])
     foreground, probs = _foreground(resized, infer, metadata)
@@ -199,12 +219,11 @@ def estimate_diameter(
     if not target:
         raise ValueError("the model does not record the nucleus diameter it was trained at")
     threshold = metadata.threshold if threshold is None else threshold
-    # Whole-image normalisation, as the segmentation itself will use.
-    normalised = prepare(image, metadata.in_channels, metadata.normalization)
-    grey = normalised[0] if len(normalised) == 1 else normalised.mean(axis=0)  # a view when grey
+    # Whole-image normalisation limits, as the segmentation itself will use.
+    source = _Image.of(image, metadata)
 
     def run(factor: float) -> Probe | None:
-        return _probe(normalised, grey, factor, infer, metadata, params, threshold, probe_size)
+        return _probe(source, factor, infer, metadata, params, threshold, probe_size)
 
     probes = [p for p in (run(f) for f in factors) if p is not None]
     best = _most_consistent(probes, target)

@@ -123,13 +123,13 @@ def on_input_grid(
     renumbered in raster order.
     """
     prob = postprocess.foreground_probability(prediction, metadata)
+    mask = postprocess.mask(prob, threshold)
     labels = None
     if params is not None:
-        labels = objects.label_prediction(
-            postprocess.mask(prob, threshold) > 0, prediction.probabilities, params
-        )
+        labels = objects.label_prediction(mask > 0, prediction.probabilities, params)
     if prob.shape != tuple(shape):
         prob = rescale.resize_maps(prob[None], shape)[0]
+        mask = postprocess.mask(prob, threshold)  # thresholded on the input grid, after smoothing
         if labels is not None:
             labels = rescale.renumber(rescale.resize_labels(labels, shape))
-    return GridOutputs(prob, postprocess.mask(prob, threshold), labels)
+    return GridOutputs(prob, mask, labels)

@@ -72,20 +72,35 @@ def channel_percentiles(channel: np.ndarray, low: float, high: float) -> tuple[f
     return float(lo), float(hi)
 
 
-def normalize(image: np.ndarray, norm: Normalization) -> np.ndarray:
+def _planes(image: np.ndarray) -> list[np.ndarray]:
+    return [image] if image.ndim == 2 else [image[:, :, c] for c in range(image.shape[2])]
+
+
+def percentile_limits(image: np.ndarray, norm: Normalization) -> list[tuple[float, float]]:
+    """Per channel of an ``(H, W)`` / ``(H, W, C)`` image: the values :func:`normalize` maps to 0 and 1."""
+    if norm.method != "percentile":
+        raise ValueError(f"unsupported normalisation method {norm.method!r}")
+    return [channel_percentiles(plane, norm.low, norm.high) for plane in _planes(image)]
+
+
+def normalize(
+    image: np.ndarray, norm: Normalization, limits: list[tuple[float, float]] | None = None
+) -> np.ndarray:
     """Percentile-normalise an ``(H, W)`` or ``(H, W, C)`` image to float32 ``(C, H, W)``.
 
     Each channel maps its ``norm.low``-th percentile to 0 and ``norm.high``-th to 1,
     then is clipped to ``norm.clip`` (bright objects stay distinguishable above 1,
     lone hot pixels cannot blow up the input). A flat channel becomes all zeros.
     Non-finite values (NaN/inf in float TIFFs) become 0 before scaling.
+
+    ``limits``: the channels' ``(low, high)`` values from :func:`percentile_limits` of a
+    larger image this one is a window of, so the window is scaled as the whole image is.
     """
-    if norm.method != "percentile":
-        raise ValueError(f"unsupported normalisation method {norm.method!r}")
-    planes = [image] if image.ndim == 2 else [image[:, :, c] for c in range(image.shape[2])]
+    if limits is None:
+        limits = percentile_limits(image, norm)
+    planes = _planes(image)
     out = np.empty((len(planes), *planes[0].shape), dtype=np.float32)
-    for c, plane in enumerate(planes):
-        lo, hi = channel_percentiles(plane, norm.low, norm.high)
+    for c, (plane, (lo, hi)) in enumerate(zip(planes, limits, strict=True)):
         target = out[c]
         np.copyto(target, plane, casting="unsafe")
         if not np.issubdtype(plane.dtype, np.integer):
