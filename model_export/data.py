@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from model_export.folders import DataError, load_pair, pair_folders, read_image, read_mask
 from service.model_metadata import Normalization
 from service.preprocess import prepare
+from service.rescale import renumber
 
 __all__ = [
     "DataError",
@@ -401,7 +402,7 @@ def synth_nuclei(
         region = _edge_rectangle(h, w, rng)
         image[region] = dtype(np.percentile(image, rng.uniform(0, 30)) * rng.uniform(0, 1))
         labels[region] = 0
-    return image, relabel_sequential(labels)
+    return image, renumber(labels)
 
 
 def _edge_rectangle(h: int, w: int, rng: np.random.Generator) -> tuple[slice, slice]:
@@ -415,18 +416,6 @@ def _edge_rectangle(h: int, w: int, rng: np.random.Generator) -> tuple[slice, sl
     if side == 2:
         return slice(None), slice(0, max(1, int(w * depth)))
     return slice(None), slice(w - max(1, int(w * depth)), None)
-
-
-def relabel_sequential(labels: np.ndarray) -> np.ndarray:
-    """Renumber labels to 1..N in order of first appearance (raster order), 0 stays 0."""
-    flat = labels.reshape(-1)
-    ids, first = np.unique(flat, return_index=True)
-    keep = ids != 0
-    ids, first = ids[keep], first[keep]
-    order = ids[np.argsort(first)]
-    lut = np.zeros(int(labels.max()) + 1, np.int32)
-    lut[order] = np.arange(1, len(order) + 1, dtype=np.int32)
-    return lut[labels]
 
 
 class SyntheticStream(IterableDataset):

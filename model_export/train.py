@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from model_export.data import FolderDataset, ScaledDataset, SyntheticStream, center_target, synthetic_set
@@ -222,7 +222,12 @@ def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.
         f"DSB: {len(items)} fluorescence images, {len(train_items)} train / {len(val_items)} val "
         f"({len(data_desc['val_series'])} held-out series)"
     )
-    loader = DataLoader(
+    return shuffled_loader(train_set, args), val_x, val_y, data_desc
+
+
+def shuffled_loader(train_set: Dataset, args: argparse.Namespace) -> DataLoader:
+    """Batches of a finite training set in a fresh random order each pass (image folders, DSB)."""
+    return DataLoader(
         train_set,
         batch_size=args.batch_size,
         shuffle=True,
@@ -230,7 +235,6 @@ def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.
         num_workers=args.workers,
         persistent_workers=args.workers > 0,
     )
-    return loader, val_x, val_y, data_desc
 
 
 def plot_history(history: list[dict], path: Path) -> None:
@@ -294,14 +298,7 @@ def main(argv: list[str] | None = None) -> Path:
             "train_files": len(train_idx),
             "val_files": len(val_idx),
         }
-        loader = DataLoader(
-            train_set,
-            batch_size=args.batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=args.workers,
-            persistent_workers=args.workers > 0,
-        )
+        loader = shuffled_loader(train_set, args)
     else:
         # Training and validation draw from disjoint seed streams (seed vs seed + 1_000_003).
         val_x, val_y = synthetic_set(args.val_images, args.val_size, args.seed + 1_000_003, args.in_channels)
