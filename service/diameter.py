@@ -3,20 +3,19 @@
 The model was trained on nuclei about ``nucleus_diameter`` px across (× up to 1.5 either
 way). Shown nuclei far larger, it sees their chromatin spots as nuclei; far smaller, it
 merges them. So the estimate probes a small window of the image at a ladder of scales
-(×4 … ×1/8) and keeps the scale at which the objects it finds come out closest to the
-model's own diameter: at that scale the model sees what it learned, and the median size
-of its objects, divided by the scale, is the image's nucleus diameter — where the
-neighbouring scale agrees (see :func:`_most_consistent`). A few more probes
-at the scale each estimate implies refine it (the model pulls sizes toward the one it
-learned, so the estimate converges where the objects come out exactly that size).
+(×4 … ×1/16, steps of √2) and looks for the *plateau*: consecutive scales at which the
+objects it finds, divided by the scale, give the same size in image pixels (see
+:func:`_plateau`). That size is the image's nucleus diameter. A few more probes at the
+scale each estimate implies refine it (the model pulls sizes toward the one it learned,
+so the estimate converges where the objects come out exactly that size).
 
 This follows Cellpose's idea of a size estimate before segmentation (there a regression
 on the network's style vector, refined by a first segmentation's median mask diameter);
 here the segmentation itself at several scales is the size model, which needs no second
 network and works for any exported model that records its diameter.
 
-Cost: at most ``len(factors) + REFINE_STEPS`` windows of ``probe_size``² model pixels (~0.3 MP with the
-defaults), whatever the image size.
+Cost: at most ``len(factors) + REFINE_STEPS`` windows of ``probe_size``² model pixels (16 passes,
+~1 MP of model work with the defaults, about what a 1024² image costs), whatever the image size.
 """
 
 from __future__ import annotations
@@ -37,9 +36,10 @@ from service.segment import apply_activation
 #: ``(1, C, h, w) float32`` → raw outputs ``(1, K, h, w)``: the service's batcher or an Engine.
 Infer = Callable[[np.ndarray], np.ndarray]
 
-#: Resize factors tried, model px per image px: nuclei from ~3 px to ~250 px across map
-#: into the model's ×1.5 range at one of them.
-PROBE_FACTORS = (4.0, 2.0, 1.0, 0.5, 0.25, 0.125)
+#: Resize factors tried, model px per image px, in steps of √2: nuclei from ~3 px to ~500 px
+#: across map into the model's ×1.5 range at several of them. √2 rather than 2 so that the
+#: plateau of nuclei seen whole spans at least three probes (see :func:`_plateau`).
+PROBE_FACTORS = tuple(2.0 ** (k / 2) for k in range(4, -9, -1))
 #: Edge of the probe window, in model pixels.
 PROBE_SIZE = 256
 #: A probe counts when it finds at least this many whole nuclei (not cut by the window).
@@ -48,9 +48,12 @@ MIN_OBJECTS = 3
 #: this ratio of the model's diameter.
 REFINE_STEPS = 3
 REFINE_TOLERANCE = 1.05
-#: A probe's objects must be within this ratio of the model's diameter to count (the model
-#: was trained on nuclei within ×1.5 of it).
-PLAUSIBLE_RATIO = 2.0
+#: A probe's objects must be within this ratio of the model's diameter to count: the model
+#: was trained on nuclei within ×1.5 of it and still outlines whole ones a little beyond.
+PLAUSIBLE_RATIO = 2.5
+#: Neighbouring probes are on one plateau when their sizes in image px agree within this
+#: factor (a √2 step of the scale moves a fragment's implied size by ~×1.4).
+PLATEAU_AGREEMENT = math.exp(0.2)
 
 
 @dataclass(frozen=True)
@@ -166,39 +169,46 @@ def _closeness(probe: Probe, target: float) -> float:
     return abs(math.log(probe.median_diameter / target))
 
 
-def _most_consistent(probes: list[Probe], target: float) -> Probe | None:
-    """The probe to start refining from: of two neighbouring scales that agree, the closer one.
+def _plateau(probes: list[Probe], target: float) -> list[Probe]:
+    """The probes on the longest run of neighbouring scales that agree on the size in image px.
 
-    At a scale where the model sees nuclei of about its own size, the size it measures,
-    divided by the scale, is the same at the neighbouring scale too. Far off its size the
-    model outlines pieces of its own size whatever the scale — chromatin spots of large
-    nuclei, clumps of tiny ones — so the estimates of neighbouring scales disagree by about
-    their ratio. Such a piece can come out closer to the model's size than the true
-    nuclei at the right scale: agreement between neighbours, not closeness alone, picks the
-    scale. Probes must find a few whole objects within ×2 of the model's size.
+    Seen whole, nuclei keep one size in image px, ``median_diameter / factor``, over a range
+    of scales: from a little larger than the model's diameter down to where they get too
+    small to see (in DSB images upscaled ×1–×4 the plateau spans ~5 steps of √2). Far from
+    its size the model outlines pieces of about its own size whatever the scale — the
+    chromatin spots of large nuclei, clumps of tiny ones — so their size in image px moves
+    with each step. Such a piece can come out closer to the model's size than the true
+    nuclei at the right scale: the length of the run, not closeness alone, picks it. Ties go
+    to the run that comes closest to the model's size. ``probes``: in ladder order (largest
+    factor first), each step √2. Empty when no probe found a few whole plausible objects.
     """
-    usable = [
-        p
-        for p in probes
-        if p.objects >= MIN_OBJECTS
-        and target / PLAUSIBLE_RATIO <= p.median_diameter <= target * PLAUSIBLE_RATIO
-    ]
-    pairs = [
-        (a, b)
-        for a in usable
-        for b in usable
-        if a.factor > b.factor and abs(math.log(a.factor / b.factor) - math.log(2)) < 1e-6
-    ]
-    if pairs:
+    runs: list[list[Probe]] = []
+    current: list[Probe] = []
+    for probe in probes:
+        plausible = (
+            probe.objects >= MIN_OBJECTS
+            and target / PLAUSIBLE_RATIO <= probe.median_diameter <= target * PLAUSIBLE_RATIO
+        )
+        if not plausible:
+            current = []
+            continue
+        if current and _neighbours(current[-1], probe) and _agree(current[-1], probe):
+            current.append(probe)
+        else:
+            current = [probe]
+            runs.append(current)
+    if not runs:
+        return []
+    return max(runs, key=lambda run: (len(run), -min(_closeness(p, target) for p in run)))
 
-        def disagreement(pair: tuple[Probe, Probe]) -> float:
-            a, b = pair
-            agree = abs(math.log((a.median_diameter / a.factor) / (b.median_diameter / b.factor)))
-            return agree + 0.5 * (_closeness(a, target) + _closeness(b, target)) / 2
 
-        return min(min(pairs, key=disagreement), key=lambda p: _closeness(p, target))
-    counted = usable or [p for p in probes if p.objects > 0]
-    return min(counted, key=lambda p: _closeness(p, target)) if counted else None
+def _neighbours(a: Probe, b: Probe) -> bool:
+    return abs(math.log(a.factor / b.factor) - math.log(2) / 2) < 1e-6
+
+
+def _agree(a: Probe, b: Probe) -> bool:
+    implied_a, implied_b = a.median_diameter / a.factor, b.median_diameter / b.factor
+    return abs(math.log(implied_a / implied_b)) < math.log(PLATEAU_AGREEMENT)
 
 
 def estimate_diameter(
@@ -226,9 +236,15 @@ def estimate_diameter(
         return _probe(source, factor, infer, metadata, params, threshold, probe_size)
 
     probes = [p for p in (run(f) for f in factors) if p is not None]
-    best = _most_consistent(probes, target)
-    if best is None:
-        return DiameterEstimate(None, probes)
+    plateau = _plateau(probes, target)
+    if plateau:
+        best = min(plateau, key=lambda p: _closeness(p, target))
+    else:
+        # No few whole plausible objects at any scale: the closest of what was found.
+        counted = [p for p in probes if p.objects > 0]
+        if not counted:
+            return DiameterEstimate(None, probes)
+        best = min(counted, key=lambda p: _closeness(p, target))
     # The model pulls what it outlines toward the size it learned, so one probe's size is
     # biased toward the target; at the scale where it outlines exactly the target size the
     # bias vanishes. Fixed-point steps toward that scale, each kept only if it came closer.

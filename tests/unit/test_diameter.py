@@ -10,7 +10,7 @@ import pytest
 
 from model_export.data import SynthConfig, synth_nuclei
 from model_export.dsb import median_diameter
-from service.diameter import PROBE_SIZE, estimate_diameter
+from service.diameter import PROBE_FACTORS, PROBE_SIZE, Probe, _plateau, estimate_diameter
 from service.engine import Engine
 from service.objects import params_for_model
 
@@ -67,3 +67,32 @@ def test_an_empty_image_has_no_diameter(model: Engine) -> None:
     flat = np.full((300, 300), 100, np.uint16)
     estimate = estimate_diameter(flat, model.run, model.metadata, params_for_model(model.metadata))
     assert estimate.diameter is None
+
+
+def _ladder(sizes: list[tuple[float, int]]) -> list[Probe]:
+    """Probes on the service's √2 ladder from ×4 down: (median diameter in model px, objects)."""
+    return [Probe(f, d, n) for f, (d, n) in zip(PROBE_FACTORS, sizes, strict=False)]
+
+
+def test_the_plateau_of_whole_nuclei_beats_fragments_closer_to_the_model_size() -> None:
+    # Large nuclei (~170 px): zoomed in, the model outlines chromatin spots of about its own
+    # size (20 px) whose implied size moves with each step; from ×1/4 down it sees whole
+    # nuclei whose implied size stays put although they come out farther from 20 px.
+    probes = _ladder(
+        [(10, 3), (13, 4), (10, 7), (9, 6), (11, 21), (8, 48), (20, 22), (50, 6),
+         (44, 4), (29, 9), (21, 18), (16, 18), (12, 16)]  # fmt: skip
+    )
+    implied = [p.median_diameter / p.factor for p in _plateau(probes, 20.0)]
+    assert len(implied) >= 3
+    assert all(150 < d < 200 for d in implied), implied
+
+
+def test_no_plausible_probe_means_no_plateau() -> None:
+    probes = _ladder([(0, 0), (3, 1), (90, 2)])
+    assert _plateau(probes, 20.0) == []
+
+
+def test_a_gap_in_the_ladder_breaks_a_plateau() -> None:
+    # Same implied size, but the probe between them is missing (window too small).
+    a, c = Probe(PROBE_FACTORS[4], 20.0, 5), Probe(PROBE_FACTORS[6], 10.0, 5)
+    assert [len(run) for run in [_plateau([a, c], 20.0)]] == [1]
