@@ -109,7 +109,9 @@ def test_two_seals_or_a_malformed_seal_are_refused(tmp_path: Path) -> None:
         model_checksum.verify(model.SerializeToString())
 
 
-@pytest.mark.parametrize("data", [b"\x0f", b"\x0a\x05abc", b"\x08\xff\xff"], ids=["wire-7", "short", "varint"])
+@pytest.mark.parametrize(
+    "data", [b"\x0f", b"\x0a\x05abc", b"\x08\xff\xff"], ids=["wire-7", "short", "varint"]
+)
 def test_bytes_that_are_not_protobuf_are_reported_as_such(data: bytes) -> None:
     with pytest.raises(model_checksum.NotProtobuf):
         model_checksum.digest(data)
