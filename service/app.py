@@ -24,7 +24,7 @@ from service import log as service_log
 from service import metrics, web
 from service.errors import PROBLEM_JSON, BodyTooLarge, install, internal_error_body, problem_body
 from service.log import REQUEST_ID
-from service.routes import health, model, probe, segment
+from service.routes import health, model, probe, problems, segment
 from service.routes.deps import Runtime, require_api_key_for_metrics
 from service.settings import Settings, get_settings
 
@@ -201,6 +201,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(probe.router)
     app.include_router(model.router)
     app.include_router(web.router)
+    app.include_router(problems.router)
     web.mount_static(app)
 
     @app.get(
