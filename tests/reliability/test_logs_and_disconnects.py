@@ -167,3 +167,30 @@ def test_a_client_gone_mid_upload_is_a_499_at_info_without_traceback(server: Ser
     assert _count(after, "unet_client_disconnects_total", route="/segment", stage="upload") == (
         _count(before, "unet_client_disconnects_total", route="/segment", stage="upload") + 1
     )
+
+
+def test_a_client_gone_while_segmenting_is_a_499_at_info_without_traceback(slow_server: Server) -> None:
+    before = slow_server.client.get("/metrics").text
+    log_start = len(slow_server.log())
+    body = im.png(im.blobs(512, 512, seed=11))  # 64 tiles on the slow model
+    request_id = uuid.uuid4().hex
+    head = (
+        f"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        f"Content-Length: {len(body)}\r\nX-Request-ID: {request_id}\r\n\r\n"
+    ).encode()
+    sock = socket.create_connection(("127.0.0.1", slow_server.port), timeout=60)
+    sock.sendall(head + body)
+    deadline = time.monotonic() + 60  # wait until its tiles are being computed, then hang up
+    while _count(slow_server.client.get("/metrics").text, "unet_tiles_total") == _count(
+        before, "unet_tiles_total"
+    ) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    sock.close()
+    text = _wait_for(slow_server, request_id)
+    lines = [line for line in text.split("\n") if request_id in line]
+    assert len(lines) == 1 and " INFO service.access " in lines[0] and " 499 " in lines[0], lines
+    assert "Traceback" not in text[log_start:] and " ERROR " not in text[log_start:]
+    after = slow_server.client.get("/metrics").text
+    assert _count(after, "unet_client_disconnects_total", route="/segment", stage="processing") == (
+        _count(before, "unet_client_disconnects_total", route="/segment", stage="processing") + 1
+    )
