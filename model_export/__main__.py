@@ -1,4 +1,4 @@
-"""Command line: ``python -m model_export {train,export,evaluate,synth} ...`` (also ``unet-train``)."""
+"""Command line: ``python -m model_export {train,export,evaluate,synth,seal} ...`` (also ``unet-train``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ commands:
   evaluate   Dice and object F1 of an ONNX model (the service's pipeline) on folders or
              the DSB 2018 layout, beside a classical baseline (--baseline otsu)
   synth      write a synthetic nuclei data set (images/ + masks/) to a folder
+  seal       add the checksum the service verifies at load to an exported ONNX file
 
 `python -m model_export COMMAND --help` lists a command's options."""
 
@@ -35,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         from model_export import evaluate
 
         return evaluate.main(rest)
+    elif command == "seal":
+        from model_export import seal
+
+        seal.main(rest)
     elif command == "synth":
         from model_export import synth
 

@@ -7,7 +7,8 @@ of ``2**depth``) and returns ``logits``: float32 ``(N, classes, H, W)``. The exp
 checks itself — ONNX Runtime against PyTorch on random batches of two sizes, failing
 above ``--tolerance`` — measures the model's effective context margin on synthetic
 images, and writes a :class:`service.model_metadata.ModelMetadata` into
-``metadata_props``.
+``metadata_props``, sealed with a SHA-256 checksum (``unet.sha256``, see
+``model_export.seal``) that the service verifies before it serves the file.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import torch
 from torch import nn
 
 from model_export.data import synth_nuclei
+from model_export.seal import seal_proto
 from model_export.unet import UNet, UNetConfig, count_parameters, flops_per_pixel, receptive_field
+from service import model_checksum
 from service.model_metadata import ModelMetadata, Normalization
 from service.objects import ObjectParams
 from service.preprocess import prepare
@@ -310,6 +313,7 @@ def export(
     for key, value in metadata.to_onnx_props().items():
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto)
+    checksum = seal_proto(proto)  # last: the seal covers the graph, weights and metadata above
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(proto, str(out), save_as_external_data=False)
@@ -319,9 +323,16 @@ def export(
     parsed = ModelMetadata.from_onnx_props({p.key: p.value for p in written.metadata_props})
     if parsed != metadata:
         raise ExportError(f"{out}: metadata did not round-trip")
+    try:
+        verified = model_checksum.verify(out.read_bytes())
+    except model_checksum.ChecksumError as exc:
+        raise ExportError(f"{out}: {exc}") from exc
+    if verified != checksum:
+        raise ExportError(f"{out}: the written file is not sealed")
     return {
         "out": str(out),
         "bytes": out.stat().st_size,
+        "checksum": checksum,
         "max_abs_diff": max_diff,
         "tolerance": tolerance,
         "context": context,

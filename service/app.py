@@ -17,18 +17,23 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import log as service_log
 from service import metrics, web
 from service.errors import PROBLEM_JSON, BodyTooLarge, install, internal_error_body, problem_body
 from service.log import REQUEST_ID
-from service.routes import health, model, probe, segment
+from service.routes import health, model, probe, problems, segment
 from service.routes.deps import Runtime, require_api_key_for_metrics
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("service.access")
 errors_log = logging.getLogger("service.errors")
+
+#: The status logged and counted for a request whose client went away before the answer (nginx's
+#: convention); it is never sent, there is nobody to send it to.
+CLIENT_CLOSED = 499
 
 #: A client-supplied X-Request-ID is echoed only if it looks like an id (no log injection).
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
@@ -54,7 +59,7 @@ class RequestMiddleware:
         request_id = supplied if _REQUEST_ID_OK.match(supplied) else uuid.uuid4().hex
         token = REQUEST_ID.set(request_id)
         started = time.perf_counter()
-        state = {"status": 0, "bytes_out": 0, "bytes_in": 0, "started": False}
+        state: dict = {"status": 0, "bytes_out": 0, "bytes_in": 0, "started": False}
         limit = self.max_body_bytes
         metrics.HTTP_IN_FLIGHT.inc()
 
@@ -90,6 +95,9 @@ class RequestMiddleware:
                 )
             else:
                 await self.app(scope, counted_receive, tagged_send)
+        except ClientDisconnect:
+            # The client hung up mid-upload: its problem, not ours — no traceback, no 500.
+            state["disconnected_in"] = "upload"
         except Exception:
             errors_log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if not state["started"]:
@@ -101,7 +109,14 @@ class RequestMiddleware:
                 "static" if scope["path"].startswith("/static/") else "unmatched"
             )
             method = scope.get("method", "")
-            status = state["status"] or 500
+            if state.get("disconnected_in") and not state["started"]:
+                status = CLIENT_CLOSED
+            else:
+                status = state["status"] or 500
+            if status == CLIENT_CLOSED:
+                # Routes answer 499 themselves when the client left while its image was segmented.
+                stage = state.get("disconnected_in", "processing")
+                metrics.CLIENT_DISCONNECTS.labels(route=template, stage=stage).inc()
             metrics.HTTP_IN_FLIGHT.dec()
             metrics.HTTP_REQUESTS.labels(route=template, method=method, status=str(status)).inc()
             metrics.HTTP_LATENCY.labels(route=template, method=method).observe(duration)
@@ -186,6 +201,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(probe.router)
     app.include_router(model.router)
     app.include_router(web.router)
+    app.include_router(problems.router)
     web.mount_static(app)
 
     @app.get(

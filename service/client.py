@@ -14,8 +14,10 @@ Behaviour a batch of thousands of images needs:
   leaves a truncated file behind.
 - **Spread and retried**: images go round-robin over the ``--url`` replicas (a retry moves on to the
   next one); 429/502/503/504, timeouts and connection errors are retried with exponential backoff and
-  full jitter, waiting at least what the server's ``Retry-After`` asks. 400/413/415/422 are the
-  input's fault and are reported at once.
+  full jitter (capped at 10 s), waiting at least what the server's ``Retry-After`` asks, for at least
+  ``--retry-for`` seconds (default 60, ``UNET_RETRY_FOR_S``) after an image's first failure: longer
+  than a replica takes to restart, so a restart loses no image. 400/413/415/422 are the input's
+  fault and are reported at once.
 - **Accountable**: a progress bar with images/s and megapixels/s, a summary line, every failure as
   one JSON line (file, status, the server's problem detail) in the report, and the exit code:
   0 all succeeded or were already there, 1 some failed, 2 usage error (130 interrupted).
@@ -123,7 +125,11 @@ CONTENT_TYPES: dict[str, str] = {
 #: that is not 200 is final: the same bytes would get the same answer.
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 BACKOFF_BASE_S = 0.5
-BACKOFF_CAP_S = 30.0
+#: Longest wait between two tries: a replica that is back is found within this long.
+BACKOFF_CAP_S = 10.0
+#: How long an image keeps being retried after its first failure, unless --retry-for says otherwise:
+#: a restarted replica (process start, model load, warm-up) is back well within this.
+RETRY_FOR_S = 60.0
 RETRY_AFTER_CAP_S = 300.0  # a server asking for longer than this is treated as asking for this
 
 
@@ -173,7 +179,8 @@ class Config:
     concurrency: int = 4
     overwrite: bool = False
     timeout_s: float = 120.0
-    retries: int = 5
+    retries: int | None = None  # most extra tries per image; None: as many as fit in retry_for_s
+    retry_for_s: float = RETRY_FOR_S  # retry an image this long after its first failure
     api_key: str | None = None
     report: Path | None = None
     progress: bool = True
@@ -325,7 +332,7 @@ def retry_delay(attempt: int, retry_after: float | None, base: float = BACKOFF_B
     Full jitter (uniform in ``[0, min(cap, base·2^(attempt-1))]``) so that many clients refused at
     once don't come back at once; never less than the server's ``Retry-After`` (capped).
     """
-    delay = random.uniform(0.0, min(cap, base * 2 ** (attempt - 1)))
+    delay = random.uniform(0.0, min(cap, base * 2 ** min(attempt - 1, 32)))
     if retry_after is not None:
         delay = max(delay, min(retry_after, RETRY_AFTER_CAP_S))
     return delay
@@ -391,6 +398,7 @@ class Segmenter:
             if value is not None:
                 self.params[name] = str(value)
         self.retries = config.retries
+        self.retry_for_s = config.retry_for_s
         self.backoff_base = backoff_base
         headers = {"Accept": f"{self.kind.accept}, application/problem+json",
                    "User-Agent": "unet-segment"}
@@ -423,7 +431,8 @@ class Segmenter:
         content_type = CONTENT_TYPES[job.source.suffix.lower()]
         result = Result(job, ok=False)
         first = self._first_turn()
-        for attempt in range(1, self.retries + 2):
+        deadline: float | None = None  # set at the first failure: retry_for_s from then
+        for attempt in itertools.count(1):
             result.attempts = attempt
             retry_after, unreachable = None, False
             client = self.clients[(first + attempt - 1) % len(self.clients)]  # a retry moves on
@@ -445,11 +454,17 @@ class Segmenter:
                 if response.status_code not in TRANSIENT_STATUSES:
                     return result
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            if attempt > self.retries:
+            if self.retries is not None and attempt > self.retries:
+                break
+            now = time.monotonic()
+            deadline = now + self.retry_for_s if deadline is None else deadline
+            if now >= deadline:
                 break
             if unreachable and attempt < len(self.clients):
                 continue  # a replica not tried yet for this image may be up: go there at once
-            time.sleep(retry_delay(attempt, retry_after, base=self.backoff_base))
+            # The last wait ends at the deadline, so the final try comes retry_for_s after the first
+            # failure: a replica restarting within the window always gets the image.
+            time.sleep(min(retry_delay(attempt, retry_after, base=self.backoff_base), deadline - now))
         return result
 
     def _finish(self, result: Result, response: httpx.Response, data: bytes) -> Result:
@@ -604,6 +619,16 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -656,8 +681,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="redo images whose output exists (default: skip them, no request)")
     parser.add_argument("--timeout", dest="timeout_s", type=_positive_float, default=120.0, metavar="S",
                         help="seconds allowed to connect, to send, and per read of the answer (default: 120)")
-    parser.add_argument("--retries", type=_non_negative_int, default=5, metavar="N",
-                        help="extra tries on 429/502/503/504, timeouts and connection errors (default: 5)")
+    parser.add_argument("--retry-for", dest="retry_for_s", type=_non_negative_float,
+                        default=os.environ.get("UNET_RETRY_FOR_S", str(RETRY_FOR_S)), metavar="S",
+                        help="keep retrying an image on 429/502/503/504, timeouts and connection errors for "
+                        "this many seconds after its first failure, with exponential backoff and jitter "
+                        f"(default: $UNET_RETRY_FOR_S or {RETRY_FOR_S:g}: longer than a replica restart)")
+    parser.add_argument("--retries", type=_non_negative_int, default=None, metavar="N",
+                        help="also stop after this many extra tries (default: no count limit)")
     parser.add_argument("--api-key", default=os.environ.get("UNET_API_KEY"), metavar="KEY",
                         help="sent as X-API-Key (default: $UNET_API_KEY)")
     parser.add_argument("--report", type=Path, metavar="FILE",
@@ -674,7 +704,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                   split=args.split, diameter=args.diameter, channel=args.channel, z=args.z, t=args.t,
                   project=args.project, pixel_size=args.pixel_size, concurrency=args.concurrency,
                   overwrite=args.overwrite,
-                  timeout_s=args.timeout_s, retries=args.retries, api_key=args.api_key or None,
+                  timeout_s=args.timeout_s, retries=args.retries, retry_for_s=args.retry_for_s,
+                  api_key=args.api_key or None,
                   report=args.report, progress=args.progress)
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from service import model_checksum
 from service.model_metadata import MetadataError, ModelMetadata
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ class Engine:
         providers: execution providers actually attached, in priority order.
         input_name / output_name: the graph's input and (first) output tensor names.
         input_dtype: ``np.float32``, or ``np.float16`` for an fp16 model (batches are cast).
+        checksum: ``sha256:<hex>`` of the file when its seal (``unet.sha256``) was verified,
+            None for an unsealed file.
     """
 
     def __init__(self, session: ort.InferenceSession, metadata: ModelMetadata, path: Path) -> None:
@@ -72,6 +75,7 @@ class Engine:
         self.output_name: str = session.get_outputs()[0].name
         self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
         self.warmed_up = False
+        self.checksum: str | None = None
 
     @classmethod
     def load(
@@ -80,6 +84,7 @@ class Engine:
         providers: Sequence[ProviderSpec] = DEFAULT_PROVIDERS,
         intra_op_threads: int = 0,
         inter_op_threads: int = 1,
+        require_checksum: bool = False,
     ) -> Engine:
         """Open ``path`` with the first usable of ``providers``; CPU is always the last resort.
 
@@ -89,14 +94,18 @@ class Engine:
                 only when listed here.
             intra_op_threads: threads inside one operator; 0 lets ORT choose (all cores).
             inter_op_threads: threads across independent operators; 1 = sequential graph.
+            require_checksum: refuse a file without the ``unet.sha256`` seal (a sealed file
+                is always verified; an unsealed one otherwise loads with one warning).
 
         Raises:
-            ModelLoadError: missing/unreadable file, not an ONNX model, missing or invalid
-                ``unet.*`` metadata, or an input/output layout the service cannot drive.
+            ModelLoadError: missing/unreadable file, a seal that does not match the file (or
+                none when required), not an ONNX model, missing or invalid ``unet.*``
+                metadata, or an input/output layout the service cannot drive.
         """
         path = Path(path)
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
+        checksum = cls._verify(path, require_checksum)
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(0, int(intra_op_threads))
         options.inter_op_num_threads = max(0, int(inter_op_threads))
@@ -127,6 +136,7 @@ class Engine:
         except MetadataError as exc:
             raise ModelLoadError(f"{path}: {exc}") from exc
         engine = cls(session, metadata, path)
+        engine.checksum = checksum
         engine._check_layout()
         dropped = [_provider_name(p) for p in requested if _provider_name(p) not in engine.providers]
         if dropped:
@@ -137,6 +147,33 @@ class Engine:
                 ", ".join(engine.providers),
             )
         return engine
+
+    @staticmethod
+    def _verify(path: Path, required: bool) -> str | None:
+        """The file's verified seal, None if it has none (allowed unless ``required``)."""
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelLoadError(f"cannot read model file {path}: {exc}") from exc
+        try:
+            checksum = model_checksum.verify(data)
+        except model_checksum.NotProtobuf as exc:
+            raise ModelLoadError(f"cannot load ONNX model {path}: not an ONNX file ({exc})") from exc
+        except model_checksum.ChecksumError as exc:
+            raise ModelLoadError(f"{path}: {exc}") from exc
+        if checksum is None:
+            if required:
+                raise ModelLoadError(
+                    f"{path} carries no '{model_checksum.CHECKSUM_KEY}' checksum and "
+                    "UNET_REQUIRE_MODEL_CHECKSUM is set; seal it with `python -m model_export seal`"
+                )
+            log.warning(
+                "model %s carries no '%s' checksum (exported before seals existed): its integrity is "
+                "not verified; `python -m model_export seal` adds one",
+                path,
+                model_checksum.CHECKSUM_KEY,
+            )
+        return checksum
 
     def _check_layout(self) -> None:
         """Fail at load, not at the first request, if the graph is not (N, C, H, W) → (N, K, H, W)."""

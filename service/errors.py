@@ -7,8 +7,10 @@ the image decoder's, the batcher's — leaves as one JSON shape::
      "detail": "the image is 100000×100000 = 1e10 pixels; at most 67108864 are allowed",
      "instance": "urn:request:3f2a…", "request_id": "3f2a…"}
 
-``type`` is a URI reference naming the kind of problem (stable: clients may switch on it);
-``detail`` says which input was wrong and what is allowed. Bad input is always 4xx; a 500 only
+``type`` is a URI reference naming the kind of problem (stable: clients may switch on it); it
+resolves: ``GET /problems/<slug>`` is a short page saying what the problem means and what to
+do (:data:`PROBLEM_TYPES`, served by ``service.routes.problems``). ``detail`` says which input
+was wrong and what is allowed. Bad input is always 4xx; a 500 only
 comes from the last-resort path in the request middleware, which logs the traceback.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -117,6 +120,95 @@ class BodyTooLarge(StarletteHTTPException):
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"the request body exceeds the limit of {limit} bytes (UNET_MAX_UPLOAD_BYTES)")
+
+
+@dataclass(frozen=True)
+class ProblemType:
+    """What a problem ``type`` means, for its page at ``/problems/<slug>``."""
+
+    title: str
+    status: int
+    means: str
+    todo: str
+
+
+#: Every problem type the service answers with. A new slug needs an entry here (the tests check
+#: that every slug in the code has one, and that its page resolves).
+PROBLEM_TYPES: dict[str, ProblemType] = {
+    "bad-request": ProblemType(
+        "Bad request", 400, "The request could not be understood as sent.",
+        "Check the request against the API description at /docs."),
+    "no-image": ProblemType(
+        "No image", 400, "The request carried no image.",
+        "Send the image as multipart field 'file', or as the raw body with its image/* Content-Type."),
+    "undecodable-image": ProblemType(
+        "Undecodable image", 400,
+        "The body claims to be a supported image type but could not be decoded: truncated, corrupt, or "
+        "a variant the decoders do not read.",
+        "Check that the file opens in an image viewer; re-export it as PNG or TIFF if it does."),
+    "unauthorized": ProblemType(
+        "Missing or invalid API key", 401,
+        "This service requires an API key and none, or a wrong one, was sent.",
+        "Send the key as the X-API-Key header or as Authorization: Bearer <key>."),
+    "forbidden": ProblemType(
+        "Forbidden", 403, "The request is not allowed.", "Ask the service's operator for access."),
+    "not-found": ProblemType(
+        "Not found", 404, "There is nothing at this path.", "See /docs for the service's routes."),
+    "model-not-found": ProblemType(
+        "Model not found", 404, "No model of that name is loaded on this server.",
+        "GET /v1/model names the model this server serves."),
+    "method-not-allowed": ProblemType(
+        "Method not allowed", 405, "The path exists but not with this HTTP method.",
+        "See /docs for the methods each route accepts."),
+    "payload-too-large": ProblemType(
+        "Request body too large", 413, "The request body is larger than the server accepts.",
+        "Send a smaller file, or ask the operator to raise UNET_MAX_UPLOAD_BYTES."),
+    "image-too-large": ProblemType(
+        "Image too large", 413,
+        "The image has more pixels than the server segments (checked from its header).",
+        "Crop or downscale the image, or ask the operator to raise UNET_MAX_PIXELS."),
+    "too-many-pages": ProblemType(
+        "Too many TIFF pages", 413, "The TIFF has more pages (IFDs) than the server reads.",
+        "Send the plane you need as its own file, or ask the operator to raise UNET_MAX_TIFF_PAGES."),
+    "unsupported-media-type": ProblemType(
+        "Unsupported media type", 415, "The request's Content-Type is not one this route accepts.",
+        "Send multipart/form-data with field 'file' (or 'files' for /segment/batch), or the raw image "
+        "with Content-Type image/png, image/tiff, image/jpeg or image/bmp."),
+    "unsupported-image-type": ProblemType(
+        "Unsupported image type", 415, "The body is not a PNG, TIFF, JPEG or BMP image.",
+        "Convert the image to PNG or TIFF."),
+    "invalid-options": ProblemType(
+        "Invalid request options", 422,
+        "A query option is unknown, out of range, or does not fit this image; 'errors' names each one.",
+        "Fix the options named in 'errors'; /docs lists every option and its range."),
+    "choose-plane": ProblemType(
+        "Choose a channel or plane", 422,
+        "The image has several channels, z-slices or time points, and the request did not say which to "
+        "segment; the service never guesses. 'choices' lists what the image offers.",
+        "Repeat the request with channel=, z=, t= or project=max, picking from 'choices'."),
+    "unavailable": ProblemType(
+        "Service unavailable", 503, "The service cannot take the request right now.",
+        "Retry after the number of seconds in the Retry-After header."),
+    "not-ready": ProblemType(
+        "Model not ready", 503,
+        "The model is loading or warming up, or failed to load; 'detail' (and GET /readyz) says which.",
+        "Retry after Retry-After while it loads; a failed load (missing file, checksum mismatch) needs "
+        "the operator."),
+    "overloaded": ProblemType(
+        "Overloaded", 503, "The server is busy with other images; the request was refused before any work.",
+        "Retry after the number of seconds in the Retry-After header (unet-segment does this itself)."),
+    "shutting-down": ProblemType(
+        "Shutting down", 503, "This server is draining before it stops.",
+        "Retry: another replica, or this one after its restart, will take the request."),
+    "timeout": ProblemType(
+        "Request timed out", 503,
+        "Segmenting the image took longer than the server allows (UNET_REQUEST_TIMEOUT_S) and was abandoned.",
+        "Retry when the server is less busy, send a smaller image, or ask the operator to raise "
+        "the timeout."),
+    "internal-error": ProblemType(
+        "Internal server error", 500, "An unexpected error occurred in the service; it was logged.",
+        "Report it to the operator, quoting the request id."),
+}
 
 
 def problem_type(slug: str) -> str:

@@ -1,8 +1,16 @@
-"""Logging: plain or JSON lines, each stamped with the current request id.
+r"""Logging: plain or JSON lines, each stamped with the current request id.
 
 The request id lives in a context variable set by the request middleware, so log lines from
 anywhere in the request (the route, the segmentation thread via ``anyio.to_thread``, which
 copies the context) carry it without passing it around.
+
+Nothing a client sends can forge a log line or drive a terminal: request paths arrive
+percent-decoded (``GET /livez%0A2026-… INFO …`` holds a real line feed), headers may hold
+obs-text that decodes to C1 controls, and exception messages quote inputs. So the plain format
+escapes every control character (``\n``, ``\r``, ``\t``, ``\x1b``, ``\x85``, ``\u2028`` …)
+and the backslash itself, which keeps the escaping reversible; a traceback's lines are escaped
+too and indented, so a line that starts at column 0 is always the start of a record. JSON mode
+escapes the same characters as JSON ``\uXXXX`` escapes: one valid JSON object per line.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -30,6 +39,31 @@ _EXTRA_FIELDS = (
     "output",
     "user_agent",
 )
+
+
+#: C0 controls, DEL, C1 controls and the Unicode line/paragraph separators: everything a terminal
+#: or a line-splitting log reader (Python's ``str.splitlines`` among them) may act on.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape(text: str) -> str:
+    """``text`` on one line without control characters: backslash-escaped, reversibly."""
+    return _CONTROL.sub(_escape_char, text.replace("\\", "\\\\"))
+
+
+def _json_escape(text: str) -> str:
+    # json.dumps already escapes C0 controls; DEL, C1 and U+2028/9 are legal raw in JSON but
+    # split lines (or drive terminals) in readers downstream.
+    return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 class _RequestIdFilter(logging.Filter):
@@ -55,7 +89,27 @@ class JsonFormatter(logging.Formatter):
                 obj[key] = getattr(record, key)
         if record.exc_info:
             obj["exc"] = self.formatException(record.exc_info)
-        return json.dumps(obj, ensure_ascii=False, default=str)
+        return _json_escape(json.dumps(obj, ensure_ascii=False, default=str))
+
+
+class PlainFormatter(logging.Formatter):
+    """``time level logger [request id] message``, every field escaped onto one line.
+
+    A traceback keeps its lines (readable) but each is escaped and indented by two spaces:
+    an exception message that quotes a client's line feed cannot start a line of its own.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's API
+        return escape(super().formatMessage(record))
+
+    def formatException(self, ei) -> str:  # noqa: ANN001, N802 - logging's API
+        return "\n".join("  " + escape(line) for line in super().formatException(ei).splitlines())
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging's API
+        return "\n".join("  " + escape(line) for line in stack_info.splitlines())
 
 
 def configure(json_lines: bool, level: str = "INFO") -> None:
@@ -70,9 +124,7 @@ def configure(json_lines: bool, level: str = "INFO") -> None:
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
-        )
+        handler.setFormatter(PlainFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -39,6 +39,13 @@ HTTP_LATENCY = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+CLIENT_DISCONNECTS = Counter(
+    "unet_client_disconnects",
+    "Requests whose client went away before the answer (also counted as status 499 in "
+    "unet_http_requests), by route and stage: upload (mid-body) or processing (while segmented)",
+    ["route", "stage"],
+    registry=REGISTRY,
+)
 HTTP_IN_FLIGHT = Gauge("unet_http_requests_in_flight", "HTTP requests being handled now", registry=REGISTRY)
 IMAGES = Counter(
     "unet_images", "Images segmented, by output kind and outcome", ["output", "outcome"], registry=REGISTRY

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
         description="execution providers in order of preference, comma-separated "
         "(short names cuda, cpu, tensorrt accepted)",
     )
+    require_model_checksum: bool = Field(
+        False,
+        description="refuse a model file without the unet.sha256 seal (a sealed file is always "
+        "verified at load; a mismatch keeps the service not-ready)",
+    )
     intra_op_threads: int = Field(
         0, ge=0, description="ONNX Runtime threads inside one operator; 0 = ORT's default (one per core)"
     )

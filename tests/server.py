@@ -28,8 +28,10 @@ def free_port() -> int:
 class Server:
     """A service process on a loopback port; ``client`` talks to it."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, module: bool = True) -> None:
-        self.port = free_port()
+    def __init__(
+        self, env: dict[str, str], log_path: Path, module: bool = True, port: int | None = None
+    ) -> None:
+        self.port = port or free_port()  # a given port: a restart where the last process listened
         self.url = f"http://127.0.0.1:{self.port}"
         # Settings reach the process only through ``env``: inherited UNET_* variables are dropped.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("UNET_")}

@@ -63,7 +63,13 @@ class Runtime:
         s = self.settings
         try:
             log.info("loading model %s (providers %s)", s.model_path, ", ".join(s.providers))
-            engine = Engine.load(s.model_path, s.providers, s.intra_op_threads, s.inter_op_threads)
+            engine = Engine.load(
+                s.model_path,
+                s.providers,
+                s.intra_op_threads,
+                s.inter_op_threads,
+                require_checksum=s.require_model_checksum,
+            )
             self.reason = "the model is warming up"
             md = engine.metadata
             tile = s.tile_size or md.tile_size
@@ -92,11 +98,12 @@ class Runtime:
             metrics.set_model(md.name, md.version, s.model_path.name, engine.providers)
             metrics.MODEL_READY.set(1)
             log.info(
-                "model %s %s ready on %s (warm-up %.0f ms)",
+                "model %s %s ready on %s (warm-up %.0f ms; %s)",
                 md.name,
                 md.version,
                 engine.providers[0],
                 1000 * self.warmup_s,
+                f"checksum {engine.checksum} verified" if engine.checksum else "no checksum",
             )
         except ModelLoadError as exc:
             self._fail(str(exc))

@@ -63,6 +63,9 @@ class ModelInfo(BaseModel):
     name: str
     version: str
     file: str = Field(description="model file name (the directory is not disclosed)")
+    checksum: str | None = Field(
+        None, description="sha256:<hex> of the model file, verified at load; null: the file carries no seal"
+    )
     providers: list[str] = Field(description="execution providers attached, in priority order")
     provider: str = Field(description="the active provider (the first attached)")
     warmup_ms: float | None
@@ -116,6 +119,7 @@ def model_info(runtime: Runtime = Depends(get_runtime)) -> ModelInfo:
         name=md.name,
         version=md.version,
         file=s.model_path.name,
+        checksum=engine.checksum,
         providers=engine.providers,
         provider=engine.providers[0],
         warmup_ms=None if runtime.warmup_s is None else round(1000 * runtime.warmup_s, 1),

@@ -30,7 +30,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
-from service import imaging, metrics, microscopy, objects, pipeline, postprocess, segment
+from service import filenames, imaging, metrics, microscopy, objects, pipeline, postprocess, segment
 from service.batcher import BatcherClosed, Overloaded
 from service.batcher import Cancelled as BatcherCancelled
 from service.engine import Engine
@@ -493,6 +493,7 @@ async def _read_single_upload(request: Request) -> bytes:
                 "the multipart request has no file field named 'file'",
                 errors=[{"loc": ["body", "file"], "msg": "Field required", "type": "missing"}],
             )
+        request.state.upload_filename = upload.filename  # names the output (Content-Disposition)
         return await upload.read()
     if content_type.startswith("image/") or content_type in _RAW_TYPES:
         return await request.body()
@@ -606,6 +607,11 @@ _PNG_HEADERS = {
         "schema": {"type": "integer"},
     },
     "X-Request-ID": {"description": "the request id (echoed or generated)", "schema": {"type": "string"}},
+    "Content-Disposition": {
+        "description": "attachment with a file name from the upload's: `cells.tif` → `cells_mask.png`, "
+        "`cells_objects.csv`, `cells.geojson` … (`filename*` too when it is not ASCII)",
+        "schema": {"type": "string"},
+    },
     "X-Nucleus-Diameter": {
         "description": "typical nucleus diameter used, input pixels (absent when not known)",
         "schema": {"type": "number"},
@@ -687,7 +693,18 @@ async def segment_image(
         metrics.IMAGES.labels(output=options.output.value, outcome="cancelled").inc()
         return _cancelled_response(result.stop, timeout_s)
     metrics.IMAGES.labels(output=options.output.value, outcome="ok").inc()
-    return Response(result.body, media_type=result.media_type, headers=_result_headers(runtime, result))
+    headers = _result_headers(runtime, result)
+    headers["Content-Disposition"] = _output_disposition(request, options.output.value, result.media_type)
+    return Response(result.body, media_type=result.media_type, headers=headers)
+
+
+def _output_disposition(request: Request, output: str, media_type: str) -> str:
+    """``attachment; filename="cells_mask.png"``: named after the multipart file name, or the raw
+    body's own Content-Disposition, else ``image_…``."""
+    upload = getattr(request.state, "upload_filename", None) or filenames.request_filename(
+        request.headers.get("content-disposition")
+    )
+    return filenames.content_disposition(filenames.output_name(upload, output, media_type))
 
 
 @dataclass
@@ -848,7 +865,13 @@ async def segment_batch(
         buffer.getvalue(),
         media_type="application/zip",
         headers={
-            "Content-Disposition": 'attachment; filename="segmentation.zip"',
+            "Content-Disposition": filenames.content_disposition(
+                filenames.output_name(
+                    uploads[0].filename if len(uploads) == 1 else "segmentation",
+                    options.output.value,
+                    "application/zip",
+                )
+            ),
             "X-Model-Version": md.version,
             "X-Files-Succeeded": str(manifest.succeeded),
             "X-Files-Failed": str(manifest.failed),

@@ -410,3 +410,42 @@ def test_plane_options_are_sent_only_when_asked_for(standin, images: Path, tmp_p
                    "--project", "max", "--pixel-size", "0.65") == 0
     sent = {(k, v[0]) for r in server.requests for k, v in r.query.items() if k != "output"}
     assert sent == {("channel", "DAPI"), ("t", "2"), ("project", "max"), ("pixel_size", "0.65")}
+
+
+def test_retries_go_on_for_the_retry_window_then_fail(standin, tmp_path: Path) -> None:
+    server = standin("a")
+    times: list[float] = []
+
+    def always_unavailable(request: Request) -> Reply:
+        times.append(time.monotonic())
+        return problem(503, "Service Unavailable", "restarting")
+
+    server.behaviour = always_unavailable
+    write_png(tmp_path / "in" / "a.png", 8, 8)
+    out = tmp_path / "out"
+    assert client.main([str(tmp_path / "in"), "--out", str(out), "--url", server.url, "--no-progress",
+                        "--retry-for", "1.5"]) == 1
+    # No count limit by default: tries go on until the window has passed; the last one is at its end.
+    assert len(times) >= 3
+    assert times[-1] - times[0] >= 1.5
+    record = json.loads((out / "failures.jsonl").read_text())
+    assert record["status"] == 503 and record["attempts"] == len(times)
+
+
+def test_the_retry_window_defaults_to_60_s_and_follows_the_environment(monkeypatch) -> None:
+    argv = ["in", "--out", "out", "--url", "http://127.0.0.1:1"]
+    monkeypatch.delenv("UNET_RETRY_FOR_S", raising=False)
+    config = client.parse_config(argv)
+    assert config.retry_for_s == client.RETRY_FOR_S == 60.0 and config.retries is None
+    monkeypatch.setenv("UNET_RETRY_FOR_S", "90")
+    assert client.parse_config(argv).retry_for_s == 90.0
+    assert client.parse_config([*argv, "--retry-for", "5"]).retry_for_s == 5.0
+    monkeypatch.setenv("UNET_RETRY_FOR_S", "soon")
+    with pytest.raises(SystemExit) as info:
+        client.parse_config(argv)
+    assert info.value.code == 2
+
+
+def test_backoff_is_capped_and_never_overflows() -> None:
+    delays = [client.retry_delay(attempt, None) for attempt in range(1, 2000)]
+    assert all(0.0 <= d <= client.BACKOFF_CAP_S for d in delays)

@@ -13,6 +13,8 @@ import torch
 
 from model_export.export import check_against_torch, load_checkpoint, session
 from model_export.unet import UNet, UNetConfig, count_parameters, receptive_field
+from service import model_checksum
+from service.model_checksum import CHECKSUM_KEY
 from service.model_metadata import ModelMetadata
 
 
@@ -67,7 +69,8 @@ def test_dynamic_batch_height_and_width(tiny_export: dict) -> None:
 def test_metadata_is_complete_and_parses(tiny_run: Path, tiny_export: dict) -> None:
     props = {p.key: p.value for p in onnx.load(tiny_export["out"]).metadata_props}
     meta = ModelMetadata.from_onnx_props(props)
-    assert set(props) == {"unet." + field for field in ModelMetadata.model_fields}
+    assert set(props) == {"unet." + field for field in ModelMetadata.model_fields} | {CHECKSUM_KEY}
+    assert model_checksum.verify(Path(tiny_export["out"]).read_bytes()) == tiny_export["checksum"]
     config = UNetConfig(depth=2, base_channels=4, center=True)
     assert meta.receptive_field == receptive_field(config) == 1 + (4 + 1) + (4 + 1) * 2 + 4 * 4 + 4 * 2 + 4
     assert meta.size_divisor == 4 and meta.in_channels == 1 and meta.classes == 2

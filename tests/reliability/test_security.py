@@ -33,9 +33,12 @@ def test_no_operation_takes_a_path_like_parameter(server: Server) -> None:
             for param in op.get("parameters", []):
                 name = param["name"].lower()
                 if param["in"] == "path":
-                    # the only path parameter is the open-inference model NAME, matched against the
-                    # loaded model's name; it is never used to open anything (test below)
-                    assert name == "name" and route.startswith("/v2/models/{name}"), route
+                    # the open-inference model NAME, matched against the loaded model's name, and a
+                    # problem type's slug, looked up in a fixed table: neither is used to open
+                    # anything (test below)
+                    assert (name == "name" and route.startswith("/v2/models/{name}")) or (
+                        name == "slug" and route == "/problems/{slug}"
+                    ), route
                     continue
                 assert not any(word in name for word in PATHLIKE), f"{method.upper()} {route}: {name}"
 
@@ -58,6 +61,8 @@ def test_a_query_naming_a_file_or_model_is_refused(server: Server, route: str, n
         "/static/../service/settings.py",
         "/static/%2e%2e/%2e%2e/service/settings.py",
         "/static/..%2f..%2fpyproject.toml",
+        "/problems/..%2F..%2Fpyproject.toml",
+        "/problems/%2e%2e%2fservice%2fsettings.py",
     ],
 )
 def test_paths_cannot_reach_files_outside_the_static_folder(server: Server, path: str) -> None:

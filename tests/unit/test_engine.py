@@ -9,6 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from model_export.seal import seal_proto
 from service.engine import Engine, ModelLoadError
 from tests.models import IR_VERSION, OPSET, write_conv_model, write_identity_model
 
@@ -89,6 +90,7 @@ def test_metadata_that_contradicts_the_graph_is_a_load_error(tmp_path):
             prop.value = "3"
         if prop.key == "unet.class_names":
             prop.value = '["a", "b", "c"]'
+    seal_proto(model)  # consistently sealed, so it is the contradiction that is caught
     onnx.save(model, str(path))
     with pytest.raises(ModelLoadError, match="classes"):
         Engine.load(path, providers=CPU)
