@@ -170,9 +170,16 @@ class Segmenter:
             updates["intra_op_threads"] = threads
         # Built anew (not model_copy) so the overrides are validated: "cpu" → CPUExecutionProvider.
         merged = Settings(**{**base.model_dump(), **updates}) if updates else base
-        engine = Engine.load(
-            merged.model_path, merged.providers, merged.intra_op_threads, merged.inter_op_threads
-        )
+        wanted = merged.providers
+        if providers is None:
+            # The default list names CUDA first; on a CPU-only onnxruntime (macOS, Linux ARM) that
+            # is not a degradation worth a warning on every load, so ask only for what this build
+            # has. A CUDA build without its libraries still lists CUDA, and still warns.
+            import onnxruntime
+
+            built = set(onnxruntime.get_available_providers())
+            wanted = [p for p in wanted if p in built] or ["CPUExecutionProvider"]
+        engine = Engine.load(merged.model_path, wanted, merged.intra_op_threads, merged.inter_op_threads)
         return cls(engine, merged)
 
     @property
