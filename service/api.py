@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 
@@ -47,7 +47,7 @@ from service.tile_options import resolve as resolve_tiling
 Output = Literal["mask", "probability", "labels", "objects"]
 OUTPUTS: tuple[Output, ...] = ("mask", "probability", "labels", "objects")
 #: A file path, the file's bytes, or the pixels (see :meth:`Segmenter.segment` for arrays).
-ImageInput = Union[str, os.PathLike, bytes, np.ndarray]  # noqa: UP007 - a runtime alias, py3.10-safe
+ImageInput = str | os.PathLike | bytes | np.ndarray
 Split = Literal["center", "distance", "none"]
 
 #: Letters ``axes=`` may use for an array: time, z, channel, rows, columns, colour samples.

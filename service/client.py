@@ -481,13 +481,19 @@ class LocalSegmenter:
 
     One model for all jobs; safe to call from many threads (their tiles share model runs, as
     concurrent requests do on the server). A file the pipeline refuses becomes a failed
-    :class:`Result` with the reason, as the server's 4xx would; ``status`` stays None.
+    :class:`Result` carrying the status and problem details the service would have answered
+    (422 ``choose-plane`` with the channels, 400 ``undecodable-image``, ...), so the failure
+    report reads the same in both modes.
     """
 
     def __init__(self, config: Config) -> None:
         # Imported here: the HTTP mode needs neither ONNX Runtime nor NumPy.
         from service import api, outputs
         from service.engine import ModelLoadError
+        from service.errors import problem_body
+        from service.routes.segment import problem_for
+
+        self._problem_for, self._problem_body = problem_for, problem_body
 
         self.kind = OUTPUT_KINDS[config.kind]
         try:
@@ -516,7 +522,14 @@ class LocalSegmenter:
             segmentation = self.segmenter.segment(data, outputs=self.outputs, **self.options)
             body, media_type = segmentation.encode(self.kind.query)
         except Exception as exc:  # noqa: BLE001 - one bad image must not end a batch of thousands
-            result.error = f"{type(exc).__name__}: {exc}"
+            problem = self._problem_for(exc)  # the service's own mapping of domain errors
+            if problem is None:
+                result.error = f"{type(exc).__name__}: {exc}"
+            else:
+                result.status = problem.status
+                result.problem = self._problem_body(problem.status, problem.title, problem.detail,
+                                                    slug=problem.slug, extra=problem.extra)
+                result.error = f"{problem.title}: {problem.detail}"
             return result
         try:
             write_atomic(self.kind.path_for(job.target, media_type.split(";")[0]), body)

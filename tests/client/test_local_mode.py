@@ -77,9 +77,14 @@ def test_local_mode_writes_the_same_files_as_a_server(
         mask = cv2.imread(str(local / "a.png"), cv2.IMREAD_UNCHANGED)
         assert mask.shape == (160, 160) and set(mask.ravel().tolist()) <= {0, 255} and mask.any()
 
+    # The broken file's report: the status and problem the server answered, in both modes.
     failure = json.loads((local / "failures.jsonl").read_text())
-    assert failure["file"].endswith("broken.png")
-    assert "not a recognised image" in failure["error"]
+    from_server = json.loads((remote / "failures.jsonl").read_text())
+    assert failure["file"].endswith("broken.png") and failure["status"] == 400
+    assert {k: failure[k] for k in ("file", "status", "type", "title", "detail")} == {
+        k: from_server[k] for k in ("file", "status", "type", "title", "detail")
+    }
+    assert "not a recognised image" in failure["detail"]
 
 
 def test_local_mode_resumes_without_loading_work_twice(images: Path, tmp_path: Path) -> None:
@@ -106,7 +111,7 @@ def test_local_mode_options_reach_the_pipeline(tmp_path: Path) -> None:
                      resolution=(2.0, 2.0), metadata={"axes": "CYX", "unit": "um"})
     without = unet_segment(str(folder), "--out", str(tmp_path / "o1"), "--output", "objects")
     assert without.returncode == 1
-    assert "SelectionError" in without.stderr and "channel=" in without.stderr
+    assert "Choose a channel or plane" in without.stderr and "choose one with channel=" in without.stderr
     chosen = unet_segment(str(folder), "--out", str(tmp_path / "o2"), "--output", "objects", "--channel", "1")
     assert chosen.returncode == 0, chosen.stderr
     table = (tmp_path / "o2" / "cells.csv").read_text().splitlines()
