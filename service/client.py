@@ -494,7 +494,6 @@ class LocalSegmenter:
         from service.routes.segment import problem_for
 
         self._problem_for, self._problem_body = problem_for, problem_body
-
         self.kind = OUTPUT_KINDS[config.kind]
         try:
             self.segmenter = api.Segmenter.load(config.model)
