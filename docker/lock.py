@@ -41,12 +41,17 @@ VARIANTS = {
 
 
 def base_requirements(ort_dist: str) -> list[str]:
-    """The project's base dependencies with ONNX Runtime pinned to ``ort_dist==ORT_VERSION``."""
+    """The project's base dependencies with ONNX Runtime pinned to ``ort_dist==ORT_VERSION``.
+
+    pyproject.toml picks ``onnxruntime-gpu`` or ``onnxruntime`` by platform markers; an image
+    chooses by its variant instead, so both entries become the one pin.
+    """
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    out = []
+    out = [f"{ort_dist}=={ORT_VERSION}"]
     for dep in deps:
         name = re.split(r"[\s<>=!~;\[]", dep, maxsplit=1)[0]
-        out.append(f"{ort_dist}=={ORT_VERSION}" if name.startswith("onnxruntime") else dep)
+        if not name.startswith("onnxruntime"):
+            out.append(dep)
     return out
 
 

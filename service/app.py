@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -34,6 +35,9 @@ errors_log = logging.getLogger("service.errors")
 #: The status logged and counted for a request whose client went away before the answer (nginx's
 #: convention); it is never sent, there is nobody to send it to.
 CLIENT_CLOSED = 499
+
+#: Where the Swagger UI / ReDoc assets of /docs and /redoc are served from.
+DOCS_ASSETS_URL = "/static/docs"
 
 #: A client-supplied X-Request-ID is echoed only if it looks like an id (no log injection).
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
@@ -180,7 +184,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         runtime.close()
 
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from assets installed with fastapi-offline (a
+    # FastAPI factory, maintained, that serves them as static files) instead of a CDN: the docs
+    # work on an offline microscope PC like the web page does. Under /static/ with the page's own
+    # assets (metrics count them as "static"); mounted before /static, so it is matched first.
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS_URL,
         title="U-Net segmentation service",
         version="0.1.0",
         summary="Nuclei segmentation of images of any size: overlapping tiles, ONNX Runtime, PNG masks.",

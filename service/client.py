@@ -1,9 +1,13 @@
 """Batch client for the segmentation service: files, folders or globs in, a folder of results out.
 
     unet-segment INPUT... --out DIR --url URL [--url URL2 ...] [--concurrency N] [--output KIND]
+    unet-segment INPUT... --out DIR [--model FILE.onnx] [--output KIND]      # local mode, no server
 
-Needs only httpx and tqdm: no ONNX Runtime, NumPy or OpenCV, so it installs anywhere the images
-are. Each image is one ``POST {url}/segment?output=KIND`` with the raw bytes as the body.
+With ``--url`` it needs only httpx and tqdm: no ONNX Runtime, NumPy or OpenCV, so it installs
+anywhere the images are. Each image is one ``POST {url}/segment?output=KIND`` with the raw bytes
+as the body. Without ``--url`` (local mode) the images are segmented in this process by the
+Python API (``service.api``), on the same pipeline and ``UNET_*`` settings as the service, and
+written exactly as the service would answer: the same files, summary, progress, resume and report.
 
 Behaviour a batch of thousands of images needs:
 
@@ -165,7 +169,7 @@ class Config:
 
     inputs: tuple[str, ...]
     out: Path
-    urls: tuple[str, ...]
+    urls: tuple[str, ...]  # empty: local mode, in this process
     kind: str = "mask"
     split: str | None = None  # the service's split option; None: the model's own
     diameter: float | None = None  # typical nucleus diameter, px; None: the service estimates per image
@@ -184,6 +188,7 @@ class Config:
     api_key: str | None = None
     report: Path | None = None
     progress: bool = True
+    model: Path | None = None  # local mode's ONNX file; None: the service's default (the bundled model)
 
 
 # --------------------------------------------------------------------------- inputs → jobs
@@ -483,6 +488,80 @@ class Segmenter:
         return result
 
 
+# --------------------------------------------------------------------------- local mode
+
+
+class LocalSegmenter:
+    """Segments jobs in this process with the Python API (``service.api``): no server, same files.
+
+    One model for all jobs; safe to call from many threads (their tiles share model runs, as
+    concurrent requests do on the server). A file the pipeline refuses becomes a failed
+    :class:`Result` carrying the status and problem details the service would have answered
+    (422 ``choose-plane`` with the channels, 400 ``undecodable-image``, ...), so the failure
+    report reads the same in both modes.
+    """
+
+    def __init__(self, config: Config) -> None:
+        # Imported here: the HTTP mode needs neither ONNX Runtime nor NumPy.
+        from service import api, outputs
+        from service.engine import ModelLoadError
+        from service.errors import problem_body
+        from service.routes.segment import problem_for
+
+        self._problem_for, self._problem_body = problem_for, problem_body
+        self.kind = OUTPUT_KINDS[config.kind]
+        try:
+            self.segmenter = api.Segmenter.load(config.model)
+        except ModelLoadError as exc:
+            raise UsageError(f"cannot load the model: {exc}") from exc
+        self.options: dict = {
+            "split": config.split, "diameter": config.diameter, "channel": config.channel,
+            "z": config.z, "t": config.t, "project": config.project, "pixel_size": config.pixel_size,
+        }
+        # Only the arrays this kind is drawn from: labels cost a watershed, probabilities memory.
+        self.outputs = tuple(outputs.NEEDS[self.kind.query] & set(api.OUTPUTS))
+
+    def close(self) -> None:
+        self.segmenter.close()
+
+    def __call__(self, job: Job) -> Result:
+        """Segment one image and write its output; never raises for a bad image."""
+        result = Result(job, ok=False, attempts=1)
+        try:
+            data = job.source.read_bytes()
+        except OSError as exc:
+            result.error = f"cannot read input: {exc}"
+            return result
+        try:
+            segmentation = self.segmenter.segment(data, outputs=self.outputs, **self.options)
+            body, media_type = segmentation.encode(self.kind.query)
+        except Exception as exc:  # noqa: BLE001 - one bad image must not end a batch of thousands
+            problem = self._problem_for(exc)  # the service's own mapping of domain errors
+            if problem is None:
+                result.error = f"{type(exc).__name__}: {exc}"
+            else:
+                result.status = problem.status
+                result.problem = self._problem_body(problem.status, problem.title, problem.detail,
+                                                    slug=problem.slug, extra=problem.extra)
+                result.error = f"{problem.title}: {problem.detail}"
+            return result
+        try:
+            write_atomic(self.kind.path_for(job.target, media_type.split(";")[0]), body)
+        except OSError as exc:
+            result.error = f"cannot write output: {exc}"
+            return result
+        height, width = segmentation.image.shape[:2]
+        result.ok, result.pixels, result.object_count = True, width * height, segmentation.object_count
+        return result
+
+
+def make_segmenter(config: Config, backoff_base: float = BACKOFF_BASE_S) -> Segmenter | LocalSegmenter:
+    """The service replicas at ``config.urls``, or this process when there are none."""
+    if not config.urls:
+        return LocalSegmenter(config)
+    return Segmenter(config, backoff_base=backoff_base)
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -527,7 +606,7 @@ def run(config: Config, jobs: Sequence[Job], backoff_base: float = BACKOFF_BASE_
     todo = [j for j in jobs if config.overwrite or kind.existing(j.target) is None]
     summary = Summary(skipped=len(jobs) - len(todo))
     start = time.perf_counter()
-    segmenter = Segmenter(config, backoff_base=backoff_base)
+    segmenter = make_segmenter(config, backoff_base)
     bar = tqdm(total=len(todo), unit="img", desc="segment", disable=not config.progress,
                dynamic_ncols=True)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=config.concurrency)
@@ -646,15 +725,20 @@ def _url(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unet-segment",
-        description="Segment images with a running U-Net service; one output file per image.",
+        description="Segment images with a running U-Net service (--url), or in this process without "
+                    "one (local mode); one output file per image.",
         epilog="Exit status: 0 all outputs present, 1 some images failed (see the report), 2 usage error.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders (searched recursively) or globs ('**' allowed)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR",
                         help="output folder; input sub-folders are mirrored in it")
-    parser.add_argument("--url", dest="urls", action="append", required=True, type=_url,
-                        metavar="URL", help="service base URL; repeat to spread images over replicas")
+    parser.add_argument("--url", dest="urls", action="append", default=[], type=_url,
+                        metavar="URL", help="service base URL; repeat to spread images over replicas "
+                        "(none: local mode, the model runs in this process)")
+    parser.add_argument("--model", type=Path, metavar="FILE",
+                        help="local mode only: the ONNX model (default: the bundled one, or "
+                        "$UNET_MODEL_PATH)")
     parser.add_argument("--output", dest="kind", choices=list(OUTPUT_KINDS), default="mask",
                         help="what to ask for (default: mask)")
     parser.add_argument("--split", choices=["center", "distance", "none"], default=None,
@@ -676,7 +760,8 @@ def build_parser() -> argparse.ArgumentParser:
     plane.add_argument("--pixel-size", dest="pixel_size", type=_positive_float, metavar="UM",
                        help="µm per pixel (overrides the files' calibration; adds µm columns)")
     parser.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
-                        help="requests in flight at once, over all URLs (default: 4)")
+                        help="requests in flight at once, over all URLs; local mode: images in "
+                        "progress at once (default: 4)")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo images whose output exists (default: skip them, no request)")
     parser.add_argument("--timeout", dest="timeout_s", type=_positive_float, default=120.0, metavar="S",
@@ -699,14 +784,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_config(argv: Sequence[str] | None = None) -> Config:
     """Parse the command line; exits with status 2 on a malformed one (argparse's convention)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.model is not None and args.urls:
+        parser.error("--model is for local mode: the server at --url uses its own model")
     return Config(inputs=tuple(args.inputs), out=args.out, urls=tuple(args.urls), kind=args.kind,
                   split=args.split, diameter=args.diameter, channel=args.channel, z=args.z, t=args.t,
                   project=args.project, pixel_size=args.pixel_size, concurrency=args.concurrency,
                   overwrite=args.overwrite,
                   timeout_s=args.timeout_s, retries=args.retries, retry_for_s=args.retry_for_s,
                   api_key=args.api_key or None,
-                  report=args.report, progress=args.progress)
+                  report=args.report, progress=args.progress, model=args.model)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -724,6 +812,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         summary = run(config, jobs)
+    except UsageError as exc:  # local mode: the model would not load
+        print(f"unet-segment: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("unet-segment: interrupted; finished outputs are kept, rerun to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Literal
 
 from fastapi import Request, Security
@@ -25,17 +24,12 @@ from service.engine import Engine, ModelLoadError
 from service.errors import InvalidOptions, ServiceUnavailable, Unauthorized
 from service.model_metadata import ModelMetadata
 from service.settings import Settings
+from service.tile_options import Tiling, TilingError
+from service.tile_options import resolve as resolve_tiling
 
 log = logging.getLogger(__name__)
 
 State = Literal["loading", "ready", "failed", "stopping"]
-
-
-@dataclass(frozen=True)
-class Tiling:
-    tile_size: int
-    overlap: int
-    source: str  # where the values came from: request | settings | model
 
 
 class Runtime:
@@ -186,37 +180,14 @@ class Runtime:
     def tiling(
         self, metadata: ModelMetadata, tile_size: int | None = None, overlap: int | None = None
     ) -> Tiling:
-        """Tile size and overlap: request option, else setting, else the model's metadata.
-
-        The one place the three sources are resolved; raises 422 for values outside the limits.
-        """
-        s = self.settings
-        # The model's recommendation yields to the operator's cap (a 2048-px model on a server
-        # capped at 1024 runs 1024-px tiles); an explicit request or setting is checked instead.
-        tile = tile_size or s.tile_size or min(metadata.tile_size, s.max_tile_size)
-        if overlap is not None:
-            ovl = overlap
-        elif s.tile_overlap is not None:
-            ovl = s.tile_overlap
-        else:
-            ovl = metadata.tile_overlap
-        low = max(16, metadata.size_divisor)
-        if not low <= tile <= s.max_tile_size:
+        """Tile size and overlap: request option, else setting, else the model's metadata
+        (``service.tile_options``); raises 422 for values outside the limits."""
+        try:
+            return resolve_tiling(self.settings, metadata, tile_size, overlap)
+        except TilingError as exc:
             raise InvalidOptions(
-                f"tile_size {tile} is outside {low}..{s.max_tile_size} (UNET_MAX_TILE_SIZE)",
-                errors=[{"loc": ["query", "tile_size"], "msg": "out of range", "type": "value_error"}],
-            )
-        if not 0 <= 2 * ovl < tile:
-            raise InvalidOptions(
-                f"overlap {ovl} must be ≥ 0 and less than half the tile size {tile}",
-                errors=[{"loc": ["query", "overlap"], "msg": "out of range", "type": "value_error"}],
-            )
-        source = (
-            "request"
-            if tile_size or overlap is not None
-            else ("settings" if s.tile_size or s.tile_overlap is not None else "model")
-        )
-        return Tiling(tile_size=tile, overlap=ovl, source=source)
+                str(exc), errors=[{"loc": ["query", exc.param], "msg": "out of range", "type": "value_error"}]
+            ) from exc
 
 
 def get_runtime(request: Request) -> Runtime:

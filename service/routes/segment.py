@@ -30,7 +30,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
-from service import filenames, imaging, metrics, microscopy, objects, pipeline, postprocess, segment
+from service import filenames, imaging, metrics, microscopy, objects, outputs, pipeline, segment
 from service.batcher import BatcherClosed, Overloaded
 from service.batcher import Cancelled as BatcherCancelled
 from service.engine import Engine
@@ -44,7 +44,6 @@ from service.errors import (
 )
 from service.modality import check_modality
 from service.model_metadata import ModelMetadata
-from service.preprocess import to_channels
 from service.routes.deps import Runtime, get_runtime, only_query_params, require_api_key
 
 log = logging.getLogger(__name__)
@@ -354,31 +353,19 @@ def render(
     grid = pipeline.on_input_grid(
         prediction, md, image.shape[:2], threshold, object_params(options, md) if want_labels else None
     )
-    prob, mask, labels = grid.probability, grid.mask, grid.labels
-    count = None if labels is None else int(labels.max(initial=0))
-    if options.output is Output.probability:
-        return imaging.encode_png(postprocess.probability_png_array(prob, options.bits)), "image/png", count
-    if options.output is Output.mask:
-        return imaging.encode_png(mask), "image/png", count
-    if options.output is Output.overlay:
-        return imaging.encode_png(postprocess.overlay(image, mask, labels=labels)), "image/png", count
-    assert labels is not None and count is not None  # object outputs always label
-    if options.output is Output.labels:
-        body, media_type = objects.encode_labels(labels)  # 16-bit PNG; 32-bit TIFF past 65535 objects
-        return body, media_type, count
-    size = plane.pixel_size if plane is not None else None
-    um = (size.x_um, size.y_um) if size is not None else None
-    rows = objects.measure(labels, to_channels(image, 1), prob, pixel_size_um=um)
-    if options.output is Output.rois:
-        position = plane.position() if plane is not None else None
-        return objects.to_imagej_rois(labels, rows, position), "application/zip", count
-    if options.output is Output.geojson:
-        properties = {**(plane.describe() if plane else {}), "warnings": list(warnings or [])}
-        collection = objects.to_geojson(labels, rows, properties=properties)
-        return json.dumps(collection).encode(), "application/geo+json", count
-    if options.json_table:
-        return json.dumps(objects.row_dicts(rows, um is not None)).encode(), "application/json", count
-    return objects.rows_to_csv(rows, um is not None).encode(), "text/csv; charset=utf-8", count
+    count = None if grid.labels is None else int(grid.labels.max(initial=0))
+    body, media_type = outputs.encode(
+        options.output.value,
+        image,
+        probability=grid.probability,
+        mask=grid.mask,
+        labels=grid.labels,
+        plane=plane,
+        warnings=warnings or (),
+        bits=options.bits,
+        json_table=options.json_table,
+    )
+    return body, media_type, count
 
 
 # --- HTTP glue -----------------------------------------------------------------------------------

@@ -315,7 +315,7 @@ def test_inputs_without_images_are_a_usage_error(images: Path, argv: list[str], 
 
 
 @pytest.mark.parametrize("argv", [
-    ["x.png", "--out", "o"],  # no --url
+    ["x.png", "--url", "http://h"],  # no --out (without --url is local mode, not an error)
     ["x.png", "--out", "o", "--url", "localhost:8000"],  # no scheme
     ["x.png", "--out", "o", "--url", "http://h", "--concurrency", "0"],
     ["x.png", "--out", "o", "--url", "http://h", "--output", "bogus"],

@@ -18,10 +18,17 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+#: The images' platform (both: Python 3.12 on Linux x86-64), for pyproject's environment markers.
+IMAGE_ENVIRONMENT = {"sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
+                     "os_name": "posix", "python_version": "3.12", "python_full_version": "3.12.0"}
+
+
 def base_dependencies() -> list[Requirement]:
+    """pyproject's base dependencies that apply in the images (markers evaluated for their platform)."""
     tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python >= 3.11")
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    return [Requirement(d) for d in deps]
+    requirements = [Requirement(d) for d in deps]
+    return [r for r in requirements if r.marker is None or r.marker.evaluate(IMAGE_ENVIRONMENT)]
 
 
 @pytest.mark.parametrize("variant", LOCK_FILES)

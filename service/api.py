@@ -1,0 +1,395 @@
+"""Segment images from Python, in this process: the service's pipeline without HTTP.
+
+    from service.api import Segmenter
+
+    segmenter = Segmenter.load()                        # the bundled model; Segmenter.load("my.onnx")
+    result = segmenter.segment("cells.tif", channel="DAPI")
+    result.labels                                       # (H, W) int32, 0 = background
+    result.objects                                      # one dict per nucleus (centroid, area, ...)
+
+An image is read, scaled to the model's nucleus size, tiled, run, stitched, split into objects
+and measured by the same functions as ``POST /segment`` (``service.microscopy``,
+``service.pipeline``, ``service.objects``, ``service.outputs``), with the same settings
+(``service.settings.Settings``), so an API call and a request with the same options give the
+same result. Tiles go through the same dynamic batcher: ``segment`` may be called from several
+threads at once, and their tiles share model runs as concurrent requests do.
+
+Errors are the domain's own exceptions, all ``ValueError``\\ s that say what to change:
+``microscopy.SelectionError`` (a stack or multi-channel image without ``z=``/``channel=``, with
+the choices in ``.choices``), ``imaging.ImageError`` (undecodable, unsupported, too large) and
+plain ``ValueError`` for options out of range.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+
+from service import imaging, microscopy, objects, pipeline
+from service.batcher import DynamicBatcher
+from service.engine import Engine
+from service.modality import check_modality
+from service.model_metadata import ModelMetadata
+from service.outputs import encode as encode_output
+from service.outputs import object_rows
+from service.settings import Settings
+from service.tile_options import resolve as resolve_tiling
+
+#: Arrays and tables :meth:`Segmenter.segment` can return.
+Output = Literal["mask", "probability", "labels", "objects"]
+OUTPUTS: tuple[Output, ...] = ("mask", "probability", "labels", "objects")
+#: A file path, the file's bytes, or the pixels (see :meth:`Segmenter.segment` for arrays).
+ImageInput = str | os.PathLike | bytes | np.ndarray
+Split = Literal["center", "distance", "none"]
+
+#: Letters ``axes=`` may use for an array: time, z, channel, rows, columns, colour samples.
+ARRAY_AXES = "TZCYXS"
+#: The service's limits on request options, kept for API calls (same results, same refusals).
+DIAMETER_RANGE_PX = (1.0, 1000.0)
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """One image's result, on the image's own grid.
+
+    Attributes:
+        mask: ``(H, W)`` uint8, 255 = nucleus, 0 = background (``threshold`` applied).
+        probability: ``(H, W)`` float32 in [0, 1], the model's foreground probability.
+        labels: ``(H, W)`` int32, 0 = background, 1..N one per nucleus (touching nuclei split).
+        objects: one dict per nucleus, in label order: ``id`` (its value in ``labels``),
+            ``centroid_x``/``centroid_y``, ``area`` (px), bounding box, intensities, mean
+            confidence; plus ``area_um2``, ``centroid_*_um``, ``equivalent_diameter_um`` when
+            the pixel size is known — the columns of ``POST /segment?output=objects``.
+        Each of the four is None unless asked for in ``outputs``.
+        object_count: number of nuclei (None when neither labels nor objects were asked for).
+        diameter: typical nucleus diameter in input px that the image was scaled by (None: not
+            known, the image was segmented as it is).
+        diameter_source: ``request`` (``diameter=``), ``estimated``, or ``model-scale``.
+        scale_factor: model px per input px (1.0: not resized).
+        warnings: notices about a result that may be unreliable (not fluorescence, no nuclei
+            found while estimating their size, a file's calibration overridden, ...).
+        plane: which channel / z / t / projection was segmented and its pixel size
+            (``plane.describe()`` as JSON); its ``image`` is empty.
+        image: the plane segmented, ``(H, W)`` or ``(H, W, C)`` as read.
+        tiles: how many tiles the model ran on.
+    """
+
+    mask: np.ndarray | None
+    probability: np.ndarray | None
+    labels: np.ndarray | None
+    objects: list[dict[str, Any]] | None
+    object_count: int | None
+    diameter: float | None
+    diameter_source: pipeline.DiameterSource
+    scale_factor: float
+    warnings: tuple[str, ...]
+    plane: microscopy.Plane
+    image: np.ndarray
+    tiles: int
+
+    def encode(self, output: str, *, bits: int = 8, json_table: bool = False) -> tuple[bytes, str]:
+        """``(file bytes, media type)`` exactly as ``POST /segment?output=...`` answers.
+
+        ``output``: ``mask``, ``probability``, ``labels``, ``overlay``, ``objects``, ``geojson`` or
+        ``rois``; the arrays it is drawn from must have been asked for (``service.outputs.NEEDS``).
+        """
+        return encode_output(
+            output,
+            self.image,
+            probability=self.probability,
+            mask=self.mask,
+            labels=self.labels,
+            plane=self.plane,
+            warnings=self.warnings,
+            bits=bits,
+            json_table=json_table,
+        )
+
+
+class Segmenter:
+    """A model loaded once, segmenting any number of images in this process; thread-safe.
+
+    Build it with :meth:`load`; close it (or use it as a context manager) to stop its batching
+    thread, which is a daemon and never keeps the interpreter alive.
+    """
+
+    def __init__(self, engine: Engine, settings: Settings | None = None) -> None:
+        self.engine = engine
+        self.settings = settings if settings is not None else Settings()
+        s = self.settings
+        self._batcher = DynamicBatcher(
+            engine.run,
+            max_batch_size=s.max_batch_size,
+            max_queue_delay_s=s.max_queue_delay_ms / 1000.0,
+            # No admission control in-process: the calling threads are the bound, so a caller is
+            # never refused for a full queue (the server's 503) — it waits its turn.
+            max_queue_tiles=sys.maxsize,
+            max_batch_pixels=s.max_batch_pixels,
+            name="segmenter",
+        )
+
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike | None = None,
+        *,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        settings: Settings | None = None,
+    ) -> Segmenter:
+        """Load an exported model.
+
+        Args:
+            model: ONNX file written by ``python -m model_export export``; None: the settings'
+                ``model_path`` — the bundled ``models/nuclei-unet.onnx`` unless ``UNET_MODEL_PATH``
+                says otherwise.
+            providers: ONNX Runtime execution providers in order of preference (``"cuda"``,
+                ``"cpu"``, or full names); None: the settings' (CUDA, falling back to CPU).
+            threads: ONNX Runtime threads inside one operator; None: the settings' (0 = one per core).
+            settings: limits, batching and tiling defaults; None: read from the ``UNET_*``
+                environment as the service does.
+
+        Raises:
+            engine.ModelLoadError: the file is missing, not ONNX, or lacks the model's metadata.
+        """
+        base = settings if settings is not None else Settings()
+        updates: dict[str, Any] = {}
+        if model is not None:
+            updates["model_path"] = Path(model)
+        if providers is not None:
+            updates["providers"] = list(providers)
+        if threads is not None:
+            updates["intra_op_threads"] = threads
+        # Built anew (not model_copy) so the overrides are validated: "cpu" → CPUExecutionProvider.
+        merged = Settings(**{**base.model_dump(), **updates}) if updates else base
+        wanted = merged.providers
+        if providers is None:
+            # The default list names CUDA first; on a CPU-only onnxruntime (macOS, Linux ARM) that
+            # is not a degradation worth a warning on every load, so ask only for what this build
+            # has. A CUDA build without its libraries still lists CUDA, and still warns.
+            import onnxruntime
+
+            built = set(onnxruntime.get_available_providers())
+            wanted = [p for p in wanted if p in built] or ["CPUExecutionProvider"]
+        engine = Engine.load(merged.model_path, wanted, merged.intra_op_threads, merged.inter_op_threads)
+        return cls(engine, merged)
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        """The model's self-description: name, version, nucleus diameter, threshold, tiling, ..."""
+        return self.engine.metadata
+
+    def segment(
+        self,
+        image: ImageInput,
+        *,
+        channel: str | int | None = None,
+        z: int | None = None,
+        t: int | None = None,
+        project: Literal["max"] | None = None,
+        pixel_size: float | None = None,
+        axes: str | None = None,
+        diameter: float | None = None,
+        threshold: float | None = None,
+        split: Split | None = None,
+        tile_size: int | None = None,
+        overlap: int | None = None,
+        outputs: Iterable[Output] = OUTPUTS,
+    ) -> Segmentation:
+        """Segment one image; the options are ``POST /segment``'s.
+
+        Args:
+            image: a file path (PNG, JPEG, BMP, TIFF / OME-TIFF / ImageJ hyperstack), the file's
+                bytes, or a NumPy array: ``(H, W)`` grey, ``(H, W, 3|4)`` colour, or any other
+                shape with ``axes`` saying what its dimensions are.
+            channel: the channel holding the nuclei: index, or name from the file (any case);
+                ``"red"``/``"green"``/``"blue"`` for colour, ``"gray"`` to mix colour to grey.
+                Needed when the image has several channels that differ.
+            z, t: the z-slice / time point (0-based); ``project="max"``: the maximum projection
+                over Z instead of one slice. A stack needs one of them.
+            pixel_size: µm per pixel, overriding the file's calibration (adds µm columns).
+            axes: an array's dimensions in the letters ``T Z C Y X S`` (S: colour samples), e.g.
+                ``"ZYX"``, ``"CYX"``, ``"YXC"``; default ``"YX"`` for 2-D, ``"YXS"`` for
+                ``(H, W, 3|4)``; other shapes must say. Only for arrays.
+            diameter: typical nucleus diameter in px; None: estimated per image.
+            threshold: foreground probability threshold in (0, 1); None: the model's.
+            split: how touching nuclei become objects; None: the model's choice.
+            tile_size, overlap: tiling in px; None: the settings', else the model's.
+            outputs: which of ``mask``, ``probability``, ``labels``, ``objects`` to return
+                (labels and objects cost a watershed split; probability holds H×W float32).
+
+        Raises:
+            microscopy.SelectionError: a multi-channel image or stack without a choice, or a
+                choice the image lacks (``.choices`` lists what it has).
+            imaging.ImageError: undecodable, unsupported, or over the pixel limit.
+            ValueError: an option out of range.
+        """
+        wanted = _check_outputs(outputs)
+        md = self.metadata
+        s = self.settings
+        _check_range("threshold", threshold, 0.0, 1.0, open_interval=True)
+        _check_range("diameter", diameter, *DIAMETER_RANGE_PX)
+        if pixel_size is not None and not pixel_size > 0:
+            raise ValueError(f"pixel_size must be more than 0 µm, got {pixel_size}")
+        tiling = resolve_tiling(s, md, tile_size, overlap)
+        params = objects.params_for_model(md, split)
+        selection = microscopy.Selection(
+            channel=None if channel is None else str(channel),
+            z=z,
+            t=t,
+            project=project,
+            pixel_size_um=pixel_size,
+        )
+        plane = microscopy.select(
+            self._read(image, axes), selection, s.max_pixels, s.max_tiff_pages, md.in_channels
+        )
+        pixels = plane.image
+        notes = list(plane.warnings)
+        modality = check_modality(pixels)
+        if modality.warning:
+            notes.append(modality.warning)
+
+        level = threshold if threshold is not None else md.threshold
+        scale = pipeline.choose_scale(pixels, self._batcher.infer, md, params, level, diameter, s.max_pixels)
+        if scale.warning:
+            notes.append(scale.warning)
+        prediction = pipeline.predict_scaled(
+            pixels,
+            scale,
+            self._batcher.infer,
+            md,
+            tile_size=tiling.tile_size,
+            overlap=tiling.overlap,
+            batch_size=s.max_batch_size,
+        )
+        want_labels = bool(wanted & {"labels", "objects"})
+        grid = pipeline.on_input_grid(
+            prediction, md, pixels.shape[:2], level, params if want_labels else None
+        )
+        table = None
+        if "objects" in wanted:
+            assert grid.labels is not None
+            rows = object_rows(grid.labels, pixels, grid.probability, plane)
+            table = [_plain(row) for row in objects.row_dicts(rows, plane.pixel_size is not None)]
+        return Segmentation(
+            mask=grid.mask if "mask" in wanted else None,
+            probability=grid.probability if "probability" in wanted else None,
+            labels=grid.labels if "labels" in wanted else None,
+            objects=table,
+            object_count=None if grid.labels is None else int(grid.labels.max(initial=0)),
+            diameter=scale.diameter,
+            diameter_source=scale.source,
+            scale_factor=scale.factor,
+            warnings=tuple(notes),
+            plane=plane.without_pixels(),
+            image=pixels,
+            tiles=prediction.tiles,
+        )
+
+    def _read(self, image: ImageInput, axes: str | None) -> bytes:
+        """The bytes ``microscopy.select`` reads: the file's, or an array's as a TIFF."""
+        if isinstance(image, np.ndarray):
+            return array_as_tiff(image, axes)
+        if axes is not None:
+            raise ValueError("axes= describes an array's dimensions; a file says its own")
+        if isinstance(image, bytes | bytearray | memoryview):
+            return bytes(image)
+        if isinstance(image, str | os.PathLike):
+            return Path(image).read_bytes()
+        raise TypeError(f"image must be a path, bytes or a NumPy array, got {type(image).__name__}")
+
+    def close(self) -> None:
+        """Stop the batching thread; ``segment`` raises ``BatcherClosed`` afterwards."""
+        self._batcher.close()
+
+    def __enter__(self) -> Segmenter:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        md = self.metadata
+        return f"Segmenter({md.name} {md.version}, {self.engine.path}, providers={self.engine.providers})"
+
+
+def array_as_tiff(array: np.ndarray, axes: str | None = None) -> bytes:
+    """An array as the bytes of an uncompressed TIFF whose axes are ``axes``.
+
+    Arrays then go through the same reader as files (``microscopy.select``): the same channel /
+    plane choices and refusals, projections, colour handling and pixel limit, with no second
+    implementation of them. The copy costs one pass over the pixels.
+    """
+    import tifffile  # as in service.microscopy: only where TIFF is needed
+
+    array = np.asarray(array)
+    if axes is None:
+        if array.ndim == 2:
+            axes = "YX"
+        elif array.ndim == 3 and array.shape[2] in (3, 4):
+            axes = "YXS"
+        else:
+            raise ValueError(
+                f"an array of shape {array.shape} needs axes= to say what its dimensions are, e.g. "
+                f"'ZYX' (a z-stack), 'CYX' or 'YXC' (channels), 'TZCYX'; letters {', '.join(ARRAY_AXES)} "
+                "(S: colour samples)"
+            )
+    axes = axes.upper()
+    if (
+        len(axes) != array.ndim
+        or len(set(axes)) != len(axes)
+        or set(axes) - set(ARRAY_AXES)
+        or not {"Y", "X"} <= set(axes)
+    ):
+        raise ValueError(
+            f"axes={axes!r} does not describe an array of shape {array.shape}: one letter per dimension, "
+            f"each once, from {ARRAY_AXES}, with Y and X"
+        )
+    samples = array.shape[axes.index("S")] if "S" in axes else None
+    if samples not in (None, 3, 4):
+        raise ValueError(f"S (colour samples) must have 3 (RGB) or 4 (RGBA) values, not {samples}")
+    # tifffile stores planes of (Y, X[, S]) in C order over the other axes: put them last.
+    order = [a for a in "TZC" if a in axes] + ["Y", "X"] + (["S"] if "S" in axes else [])
+    array = np.transpose(array, [axes.index(a) for a in order])
+    array = imaging.supported_dtype(array, "array")
+    buffer = io.BytesIO()
+    tifffile.imwrite(
+        buffer, array, metadata={"axes": "".join(order)}, photometric="rgb" if "S" in axes else "minisblack"
+    )
+    return buffer.getvalue()
+
+
+def _check_outputs(wanted: Iterable[str]) -> frozenset[str]:
+    if isinstance(wanted, str):
+        wanted = (wanted,)  # outputs="labels" would otherwise be read letter by letter
+    chosen = frozenset(wanted)
+    unknown = sorted(chosen - set(OUTPUTS))
+    if unknown:
+        raise ValueError(f"outputs may be {', '.join(OUTPUTS)}; not {', '.join(unknown)}")
+    return chosen
+
+
+def _check_range(
+    name: str, value: float | None, low: float, high: float, open_interval: bool = False
+) -> None:
+    if value is None:
+        return
+    inside = low < value < high if open_interval else low <= value <= high
+    if not inside:
+        bounds = f"between {low:g} and {high:g}" + (" (exclusive)" if open_interval else "")
+        raise ValueError(f"{name} must be {bounds}, got {value}")
+
+
+def _plain(record: dict[str, Any]) -> dict[str, Any]:
+    """NumPy scalars as Python numbers: records that print cleanly and go straight to json / pandas."""
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in record.items()}

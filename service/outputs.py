@@ -1,0 +1,104 @@
+"""A segmentation as the file a user keeps: mask / probability / label images, object tables,
+GeoJSON, ImageJ ROI sets.
+
+One encoder for the HTTP routes (``POST /segment``) and the in-process API and batch CLI
+(``service.api``, ``unet-segment`` without ``--url``), so the same image and options give the
+same bytes either way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+
+from service import imaging, objects, postprocess
+from service.microscopy import Plane
+from service.preprocess import to_channels
+
+#: What can be encoded, as ``POST /segment?output=`` names it.
+KINDS = ("mask", "probability", "labels", "overlay", "objects", "geojson", "rois")
+
+#: The arrays each kind is drawn from (names of ``service.api.Segmentation`` fields).
+NEEDS: dict[str, frozenset[str]] = {
+    "mask": frozenset({"mask"}),
+    "probability": frozenset({"probability"}),
+    "labels": frozenset({"labels"}),
+    "overlay": frozenset({"mask", "labels"}),
+    "objects": frozenset({"labels", "probability"}),
+    "geojson": frozenset({"labels", "probability"}),
+    "rois": frozenset({"labels", "probability"}),
+}
+
+
+def object_rows(
+    labels: np.ndarray, image: np.ndarray, probability: np.ndarray, plane: Plane | None
+) -> list[objects.ObjectRow]:
+    """One measured row per object; in µm too when the plane's pixel size is known.
+
+    ``image``: the plane segmented, ``(H, W)`` or ``(H, W, C)`` (intensities are taken from
+    its grey version); ``probability``: foreground probability on the same grid.
+    """
+    size = plane.pixel_size if plane is not None else None
+    um = (size.x_um, size.y_um) if size is not None else None
+    return objects.measure(labels, to_channels(image, 1), probability, pixel_size_um=um)
+
+
+def encode(
+    kind: str,
+    image: np.ndarray,
+    *,
+    probability: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    plane: Plane | None = None,
+    warnings: Sequence[str] = (),
+    bits: int = 8,
+    json_table: bool = False,
+) -> tuple[bytes, str]:
+    """``(body, media type)`` of output ``kind`` (one of :data:`KINDS`).
+
+    Args:
+        image: the plane segmented (the overlay is drawn on it; intensities in the table).
+        probability: ``(H, W)`` float32 foreground probability; mask: ``(H, W)`` uint8 0/255;
+            labels: ``(H, W)`` int labels. Only those in ``NEEDS[kind]`` are required.
+        plane: what was segmented: its pixel size adds µm columns; GeoJSON carries it and
+            ``warnings`` in its properties; ROIs are placed at its channel / z / t.
+        bits: 8 or 16, for ``probability``.
+        json_table: ``objects`` as a JSON array instead of CSV.
+
+    Raises:
+        ValueError: an unknown ``kind``, or an array it needs is None.
+    """
+    if kind not in NEEDS:
+        raise ValueError(f"output must be one of {', '.join(KINDS)}, got {kind!r}")
+    given = {"probability": probability, "mask": mask, "labels": labels}
+    missing = sorted(name for name in NEEDS[kind] if given[name] is None)
+    if missing:
+        raise ValueError(f"output {kind} needs {' and '.join(missing)}, which this result does not hold")
+    if kind == "probability":
+        assert probability is not None
+        return imaging.encode_png(postprocess.probability_png_array(probability, bits)), "image/png"
+    if kind == "mask":
+        assert mask is not None
+        return imaging.encode_png(mask), "image/png"
+    assert labels is not None
+    if kind == "overlay":
+        assert mask is not None
+        return imaging.encode_png(postprocess.overlay(image, mask, labels=labels)), "image/png"
+    if kind == "labels":
+        return objects.encode_labels(labels)  # 16-bit PNG; 32-bit TIFF past 65535 objects
+    assert probability is not None
+    rows = object_rows(labels, image, probability, plane)
+    calibrated = plane is not None and plane.pixel_size is not None
+    if kind == "rois":
+        position = plane.position() if plane is not None else None
+        return objects.to_imagej_rois(labels, rows, position), "application/zip"
+    if kind == "geojson":
+        properties = {**(plane.describe() if plane else {}), "warnings": list(warnings)}
+        collection = objects.to_geojson(labels, rows, properties=properties)
+        return json.dumps(collection).encode(), "application/geo+json"
+    if json_table:
+        return json.dumps(objects.row_dicts(rows, calibrated)).encode(), "application/json"
+    return objects.rows_to_csv(rows, calibrated).encode(), "text/csv; charset=utf-8"

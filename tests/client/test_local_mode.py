@@ -1,0 +1,126 @@
+"""``unet-segment`` without ``--url``: the model runs in the client's process (``service.api``)
+and writes what a real server (``python -m service``) would have sent, byte for byte."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import pytest
+
+from tests.python_api.conftest import BUNDLED_MODEL, nuclei_image, write_nuclei_tiff
+from tests.server import REPO, Server
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder as a user has one: 16-bit TIFFs, an 8-bit PNG in a sub-folder, one broken file."""
+    folder = tmp_path_factory.mktemp("images")
+    write_nuclei_tiff(folder / "a.tif", size=160, grid=4, seed=1)
+    write_nuclei_tiff(folder / "b.tif", size=128, grid=3, seed=2)
+    image, _ = nuclei_image(size=144, grid=3, seed=4)
+    (folder / "plate2").mkdir()
+    assert cv2.imwrite(str(folder / "plate2" / "c.png"), (image >> 8).astype("uint8"))
+    (folder / "broken.png").write_bytes(b"not a PNG at all")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    logs = tmp_path_factory.mktemp("service")
+    server = Server({"UNET_MODEL_PATH": str(BUNDLED_MODEL), "UNET_INTRA_OP_THREADS": "2"}, logs / "log")
+    try:
+        yield server.wait_ready(120).url
+    finally:
+        server.stop()
+
+
+def unet_segment(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNET_")}
+    return subprocess.run(
+        [sys.executable, "-m", "service.client", *args, "--no-progress"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+def outputs(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("kind", ["mask", "objects"])
+def test_local_mode_writes_the_same_files_as_a_server(
+    kind: str, images: Path, service_url: str, tmp_path: Path
+) -> None:
+    remote, local = tmp_path / "remote", tmp_path / "local"
+    by_server = unet_segment(str(images), "--out", str(remote), "--url", service_url, "--output", kind)
+    in_process = unet_segment(str(images), "--out", str(local), "--output", kind, "--concurrency", "2")
+    # The broken file fails in both modes (exit 1), the others are written.
+    assert by_server.returncode == in_process.returncode == 1, by_server.stderr + in_process.stderr
+    assert "3 written" in by_server.stderr and "3 written" in in_process.stderr, in_process.stderr
+
+    server_files, local_files = outputs(remote), outputs(local)
+    suffix = ".png" if kind == "mask" else ".csv"
+    expected = {f"a{suffix}", f"b{suffix}", f"plate2/c{suffix}", "failures.jsonl"}
+    if kind == "objects":
+        expected.add("summary.csv")  # per-image counts and areas, read back from the tables
+    assert set(server_files) == set(local_files) == expected
+    for name in expected - {"failures.jsonl"}:
+        assert local_files[name] == server_files[name], f"{name} differs between local mode and the server"
+    if kind == "mask":
+        mask = cv2.imread(str(local / "a.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == (160, 160) and set(mask.ravel().tolist()) <= {0, 255} and mask.any()
+
+    # The broken file's report: the status and problem the server answered, in both modes.
+    failure = json.loads((local / "failures.jsonl").read_text())
+    from_server = json.loads((remote / "failures.jsonl").read_text())
+    assert failure["file"].endswith("broken.png") and failure["status"] == 400
+    assert {k: failure[k] for k in ("file", "status", "type", "title", "detail")} == {
+        k: from_server[k] for k in ("file", "status", "type", "title", "detail")
+    }
+    assert "not a recognised image" in failure["detail"]
+
+
+def test_local_mode_resumes_without_loading_work_twice(images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = unet_segment(str(images / "a.tif"), str(images / "plate2"), "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    assert "2 written, 0 skipped" in first.stderr
+    written = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    again = unet_segment(str(images / "a.tif"), str(images / "plate2"), "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    assert "0 written, 2 skipped" in again.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == written  # untouched
+
+
+def test_local_mode_options_reach_the_pipeline(tmp_path: Path) -> None:
+    # A two-channel ImageJ TIFF fails without --channel (the choices are in the report) and is
+    # segmented with it, in micrometres from the file's calibration.
+    tifffile = pytest.importorskip("tifffile")
+    np = pytest.importorskip("numpy")
+    nuclei, count = nuclei_image(size=128, grid=3, seed=6)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "cells.tif", np.stack([np.zeros_like(nuclei), nuclei]), imagej=True,
+                     resolution=(2.0, 2.0), metadata={"axes": "CYX", "unit": "um"})
+    without = unet_segment(str(folder), "--out", str(tmp_path / "o1"), "--output", "objects")
+    assert without.returncode == 1
+    assert "Choose a channel or plane" in without.stderr and "choose one with channel=" in without.stderr
+    chosen = unet_segment(str(folder), "--out", str(tmp_path / "o2"), "--output", "objects", "--channel", "1")
+    assert chosen.returncode == 0, chosen.stderr
+    table = (tmp_path / "o2" / "cells.csv").read_text().splitlines()
+    assert "area_um2" in table[0] and len(table) == 1 + count
+
+
+def test_model_option_is_for_local_mode_only(images: Path, tmp_path: Path) -> None:
+    both = unet_segment(str(images), "--out", str(tmp_path / "o"), "--url", "http://127.0.0.1:9",
+                        "--model", str(BUNDLED_MODEL))
+    assert both.returncode == 2 and "--model is for local mode" in both.stderr
+    missing = unet_segment(str(images), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "none.onnx"))
+    assert missing.returncode == 2 and "cannot load the model" in missing.stderr

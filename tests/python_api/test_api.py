@@ -1,0 +1,186 @@
+"""The Python API (``service.api``) on the bundled model: the service's answers without HTTP."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from service import microscopy
+from service.api import Segmenter
+from service.batcher import BatcherClosed
+from service.engine import ModelLoadError
+from service.tile_options import TilingError
+from tests.python_api.conftest import BUNDLED_MODEL, nuclei_image, write_nuclei_tiff
+from tests.server import Server
+
+pytestmark = pytest.mark.slow
+
+KINDS = ("mask", "probability", "labels", "overlay", "objects", "geojson", "rois")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``python -m service`` on the bundled model, default settings."""
+    logs = tmp_path_factory.mktemp("server")
+    server = Server({"UNET_MODEL_PATH": str(BUNDLED_MODEL), "UNET_INTRA_OP_THREADS": "2"}, logs / "log")
+    try:
+        yield server.wait_ready(120)
+    finally:
+        server.stop()
+
+
+def test_every_output_is_byte_identical_to_the_servers_answer(
+    segmenter: Segmenter, server: Server, tmp_path: Path
+) -> None:
+    # A two-channel ImageJ TIFF with a calibration: channel choice, µm columns, diameter estimate
+    # and the resize to the model's nucleus scale are all on the path.
+    nuclei, count = nuclei_image(seed=5)
+    stack = np.stack([np.full_like(nuclei, 500), nuclei])
+    path = tmp_path / "two-channel.tif"
+    tifffile.imwrite(
+        path, stack, imagej=True, resolution=(1 / 0.5, 1 / 0.5), metadata={"axes": "CYX", "unit": "um"}
+    )
+
+    result = segmenter.segment(path, channel=1)
+    assert result.object_count == count
+    assert result.diameter_source == "estimated" and result.scale_factor != 1.0
+    for kind in KINDS:
+        response = server.client.post(
+            "/segment", params={"output": kind, "channel": "1"}, content=path.read_bytes(),
+            headers={"Content-Type": "image/tiff"},
+        )
+        assert response.status_code == 200, response.text
+        body, media_type = result.encode(kind)
+        assert media_type == response.headers["content-type"], kind
+        assert body == response.content, f"output={kind} differs between the API and the server"
+        assert int(response.headers["X-Object-Count"]) == result.object_count
+        assert float(response.headers["X-Nucleus-Diameter"]) == pytest.approx(result.diameter, abs=0.05)
+        assert float(response.headers["X-Scale-Factor"]) == pytest.approx(result.scale_factor, rel=1e-3)
+    # The records are the server's JSON table, µm columns included.
+    table = server.client.post(
+        "/segment", params={"output": "objects", "channel": "1"}, content=path.read_bytes(),
+        headers={"Content-Type": "image/tiff", "Accept": "application/json"},
+    ).json()
+    assert result.objects == table
+    assert "area_um2" in result.objects[0]
+    assert json.dumps(result.objects)  # plain Python numbers
+
+
+def test_arrays_are_read_as_the_file_they_would_be(segmenter: Segmenter, tmp_path: Path) -> None:
+    image, count = nuclei_image(seed=7)
+    path = tmp_path / "nuclei.tif"
+    assert cv2.imwrite(str(path), image)
+    from_file = segmenter.segment(path, outputs=("mask", "labels"))
+    from_array = segmenter.segment(image, outputs=("mask", "labels"))
+    assert np.array_equal(from_file.mask, from_array.mask)
+    assert np.array_equal(from_file.labels, from_array.labels)
+    assert from_array.object_count == count
+
+    # A (Z, C, Y, X) stack: the nuclei are channel 1 of slice 2; axes in any order.
+    stack = np.zeros((3, 2, *image.shape), np.uint16)
+    stack[2, 1] = image
+    chosen = segmenter.segment(stack, axes="ZCYX", z=2, channel=1, outputs=("mask",))
+    assert np.array_equal(chosen.mask, from_file.mask)
+    assert chosen.plane.z == 2 and chosen.plane.channel is not None and chosen.plane.channel.index == 1
+    z_last = np.moveaxis(stack[:, 1], 0, -1)
+    projected = segmenter.segment(z_last, axes="YXZ", project="max", outputs=("mask",))
+    assert np.array_equal(projected.mask, from_file.mask)
+
+    with pytest.raises(microscopy.SelectionError) as missing:
+        segmenter.segment(stack, axes="ZCYX")
+    assert set(missing.value.params) == {"channel", "z"}
+    assert missing.value.choices["planes"] == {"Z": 3}
+    with pytest.raises(ValueError, match="needs axes="):
+        segmenter.segment(stack[0])
+    with pytest.raises(ValueError, match="does not describe"):
+        segmenter.segment(stack, axes="ZCY")
+
+
+def test_outputs_choose_what_is_returned(segmenter: Segmenter) -> None:
+    image, count = nuclei_image(seed=9)
+    mask_only = segmenter.segment(image, outputs=("mask",))
+    assert mask_only.mask is not None and mask_only.mask.dtype == np.uint8
+    assert set(np.unique(mask_only.mask)) <= {0, 255}
+    assert mask_only.probability is None and mask_only.labels is None and mask_only.objects is None
+    assert mask_only.object_count is None
+    with pytest.raises(ValueError, match="needs labels"):
+        mask_only.encode("overlay")
+
+    labels_only = segmenter.segment(image, outputs="labels")
+    assert labels_only.labels is not None and labels_only.labels.max() == count
+    assert labels_only.mask is None and labels_only.objects is None
+    with pytest.raises(ValueError, match="outputs may be"):
+        segmenter.segment(image, outputs=("mask", "contours"))
+
+
+def test_a_given_diameter_sets_the_scale(segmenter: Segmenter) -> None:
+    image, _ = nuclei_image(seed=3)
+    result = segmenter.segment(image, diameter=16.0, outputs=("mask",))
+    assert result.diameter_source == "request" and result.diameter == 16.0
+    assert result.scale_factor == pytest.approx(segmenter.metadata.nucleus_diameter / 16.0, rel=0.02)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "words"),
+    [
+        ({"threshold": 1.5}, ValueError, "threshold must be between 0 and 1"),
+        ({"diameter": 0.5}, ValueError, "diameter must be between 1 and 1000"),
+        ({"pixel_size": -1.0}, ValueError, "pixel_size"),
+        ({"tile_size": 8}, TilingError, "tile_size 8 is outside"),
+        ({"overlap": 500, "tile_size": 256}, TilingError, "less than half"),
+        ({"split": "watershed"}, ValueError, "split must be one of"),
+        ({"z": 3}, microscopy.SelectionError, "z=3 is outside the image"),
+    ],
+)
+def test_bad_options_are_value_errors_that_say_what_to_change(
+    segmenter: Segmenter, options: dict, error: type[Exception], words: str
+) -> None:
+    image, _ = nuclei_image(size=64, grid=2)
+    with pytest.raises(error, match=words):
+        segmenter.segment(image, **options)
+
+
+def test_bad_input_is_a_clear_error() -> None:
+    with pytest.raises(ModelLoadError, match="not found"):
+        Segmenter.load("no-such-model.onnx")
+    with Segmenter.load(BUNDLED_MODEL, providers=["cpu"], threads=1) as closing:
+        with pytest.raises(ValueError, match="not a recognised image"):
+            closing.segment(b"this is text, not an image")
+        with pytest.raises(TypeError, match="path, bytes or a NumPy array"):
+            closing.segment(42)  # type: ignore[arg-type]
+    with pytest.raises(BatcherClosed):
+        closing.segment(np.zeros((32, 32), np.uint8))
+
+
+def test_threads_share_one_segmenter_and_get_what_they_would_alone(
+    segmenter: Segmenter, tmp_path: Path
+) -> None:
+    paths = [tmp_path / f"n{seed}.tif" for seed in range(4)]
+    for seed, path in enumerate(paths):
+        write_nuclei_tiff(path, size=128, grid=3, seed=seed)
+    alone = [segmenter.segment(p, outputs=("labels",)).labels for p in paths]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda p: segmenter.segment(p, outputs=("labels",)).labels, paths))
+    for a, b in zip(alone, together, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_bytes_and_paths_give_the_same_result(segmenter: Segmenter, tmp_path: Path) -> None:
+    image, _ = nuclei_image(size=96, grid=3, seed=11)
+    ok, png = cv2.imencode(".png", image)
+    assert ok
+    path = tmp_path / "n.png"
+    path.write_bytes(png.tobytes())
+    a = segmenter.segment(path, outputs=("probability",))
+    b = segmenter.segment(io.BytesIO(png.tobytes()).getvalue(), outputs=("probability",))
+    assert a.probability is not None and a.probability.dtype == np.float32
+    assert a.probability.shape == image.shape
+    assert np.array_equal(a.probability, b.probability)
