@@ -150,9 +150,16 @@ class Admission:
 
     # --- requests --------------------------------------------------------------------------------
 
-    def request(self, pixels: int, wake: Callable[[], None] = lambda: None, measure: bool = True) -> Ticket:
+    def request(
+        self,
+        pixels: int,
+        wake: Callable[[], None] = lambda: None,
+        measure: bool = True,
+        max_wait_s: float | None = None,
+    ) -> Ticket:
         """Admit ``pixels`` now (``ticket.admitted``) or queue them (``wake()`` is called, from
-        whichever thread frees the room, once admitted).
+        whichever thread frees the room, once admitted). ``max_wait_s`` overrides the limit's
+        (a batch's later files may wait longer: their response is already streaming).
 
         Raises:
             Rejected: the queue is full, or the estimated wait exceeds ``max_wait_s``.
@@ -172,12 +179,13 @@ class Admission:
                     f"{queued} requests are already waiting to be admitted; retry later",
                 )
             wait = self._wait_estimate(lane, pixels)
-            if wait > self.limits.max_wait_s:
+            limit = self.limits.max_wait_s if max_wait_s is None else max_wait_s
+            if wait > limit:
                 raise Rejected(
                     "wait_estimate",
                     self._retry_after(lane, pixels),
                     f"about {wait:.0f} s of work is ahead of this image ({pixels:,} pixels), more than "
-                    f"the {self.limits.max_wait_s:g} s a request may wait; retry later",
+                    f"the {limit:g} s a request may wait; retry later",
                 )
             self._queues[lane].append(ticket)
         return ticket

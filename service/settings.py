@@ -82,7 +82,41 @@ class Settings(BaseSettings):
         64, ge=1, description="tiles waiting for the engine; beyond this requests get 503 + Retry-After"
     )
     max_concurrent_requests: int = Field(
-        8, ge=1, description="segment requests being decoded/segmented at once; beyond this 503"
+        8,
+        ge=1,
+        description="requests admitted at once (any size); beyond this they wait like requests over "
+        "the pixel budget (see admission_pixels)",
+    )
+
+    # --- admission by work (service/admission.py; derivation of the defaults: docker/README.md) --
+    admission_pixels: int = Field(
+        64 * 1024 * 1024,
+        ge=1,
+        description="pixels (width × height) of large requests in progress at once; a larger image "
+        "runs alone. Bounds memory (~40 B per pixel beyond the model's working set) and the time "
+        "admitted work needs",
+    )
+    admission_small_pixels: int = Field(
+        4 * 1024 * 1024,
+        ge=1,
+        description="requests up to this many pixels use the small lane, which large ones cannot take",
+    )
+    admission_small_lane_pixels: int = Field(
+        8 * 1024 * 1024,
+        ge=1,
+        description="pixels of small requests in progress at once (≥ admission_small_pixels)",
+    )
+    admission_max_wait_s: float = Field(
+        10.0,
+        ge=0,
+        description="longest a request waits for admission; one whose estimated wait is longer gets 503 + "
+        "Retry-After at once",
+    )
+    admission_max_queued: int = Field(32, ge=0, description="requests waiting for admission; beyond this 503")
+    admission_throughput_mps: float = Field(
+        1.0,
+        gt=0,
+        description="work rate assumed for wait estimates until one is measured, megapixels per second",
     )
 
     # --- limits -------------------------------------------------------------------------------
@@ -145,6 +179,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"UNET_MAX_QUEUE_TILES ({self.max_queue_tiles}) must be ≥ UNET_MAX_BATCH_SIZE "
                 f"({self.max_batch_size})"
+            )
+        if self.admission_small_lane_pixels < self.admission_small_pixels:
+            raise ValueError(
+                f"UNET_ADMISSION_SMALL_LANE_PIXELS ({self.admission_small_lane_pixels}) must hold one small "
+                f"request (UNET_ADMISSION_SMALL_PIXELS, {self.admission_small_pixels})"
             )
         if (
             self.tile_size is not None
