@@ -162,7 +162,7 @@ def test_grow_waits_ahead_of_new_requests() -> None:
     assert adm.grow(grower, 8 * MP) is False
     newcomer = adm.request(2 * MP, woken("newcomer"))
     assert not newcomer.admitted or newcomer.charged_lane == "small"
-    late_large = adm.request(3 * MP, woken("late"))
+    adm.request(3 * MP, woken("late"))
     adm.release(other)
     assert woken.order[0] == "grower" and grower.admitted and grower.charge == 8 * MP
     assert "late" not in woken.order, "8 + 3 > 10: the newcomer still waits"
