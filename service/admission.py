@@ -69,6 +69,8 @@ class Limits:
     def __post_init__(self) -> None:
         if min(self.budget, self.small_pixels, self.max_requests) < 1 or self.max_queued < 0:
             raise ValueError("budgets, sizes and max_requests must be ≥ 1, max_queued ≥ 0")
+        if self.small_pixels > self.budget:
+            raise ValueError(f"a small request ({self.small_pixels} px) must fit the budget ({self.budget})")
         if self.small_budget < self.small_pixels:
             raise ValueError(
                 f"the small lane's budget ({self.small_budget}) must hold one small request "

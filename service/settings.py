@@ -180,6 +180,11 @@ class Settings(BaseSettings):
                 f"UNET_MAX_QUEUE_TILES ({self.max_queue_tiles}) must be ≥ UNET_MAX_BATCH_SIZE "
                 f"({self.max_batch_size})"
             )
+        if self.admission_small_pixels > self.admission_pixels:
+            raise ValueError(
+                f"UNET_ADMISSION_SMALL_PIXELS ({self.admission_small_pixels}) must not exceed "
+                f"UNET_ADMISSION_PIXELS ({self.admission_pixels}): a small request is one the budget holds"
+            )
         if self.admission_small_lane_pixels < self.admission_small_pixels:
             raise ValueError(
                 f"UNET_ADMISSION_SMALL_LANE_PIXELS ({self.admission_small_lane_pixels}) must hold one small "
