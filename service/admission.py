@@ -51,7 +51,7 @@ class Limits:
         budget: pixels in flight in the large lane (an oversize request runs there alone).
         small_pixels: requests up to this size use the small lane.
         small_budget: pixels in flight in the small lane (≥ ``small_pixels``).
-        max_requests: requests admitted at once in both lanes together.
+        max_requests: requests admitted at once in each lane.
         max_queued: requests waiting in both lanes together; beyond this, refused at once.
         max_wait_s: longest a request waits to be admitted; an estimated wait beyond it is
             refused at once.
@@ -271,8 +271,6 @@ class Admission:
     def _fits(self, ticket: Ticket, pixels: int) -> bool:
         """Whether ``ticket`` can hold ``pixels`` now; sets nothing. A grower's own charge counts as free."""
         own = ticket.charge if ticket.charged_lane is not None else 0
-        if ticket.charged_lane is None and len(self._holders) >= self.limits.max_requests:
-            return False
         return self._lane_with_room(ticket, pixels, own) is not None
 
     def _lane_with_room(self, ticket: Ticket, pixels: int, own: int) -> Lane | None:
@@ -280,14 +278,22 @@ class Admission:
         held_small = own if ticket.charged_lane == "small" else 0
         held_large = own if ticket.charged_lane == "large" else 0
         lane = self.limits.lane_for(pixels)
-        if lane == "small" and self._used["small"] - held_small + pixels <= small:
+        room_small = self._used["small"] - held_small + pixels <= small
+        if lane == "small" and room_small and self._has_seat(ticket, "small"):
             return "small"
         if lane == "small" and (self._queues["large"] or "large" in self._promised(besides=ticket)):
             return None  # a large request is waiting: no borrowing, so it gets its turn
         used_large = self._used["large"] - held_large
-        if used_large + pixels <= large or used_large == 0:
+        if (used_large + pixels <= large or used_large == 0) and self._has_seat(ticket, "large"):
             return "large"  # fits, or runs alone in the large lane (bigger than its budget)
         return None
+
+    def _has_seat(self, ticket: Ticket, lane: Lane) -> bool:
+        """``max_requests`` per lane (a lane's count never blocks the other: small requests do
+        not wait behind a lane full of large ones). A grower keeps its seat."""
+        if ticket.charged_lane is not None:
+            return True
+        return sum(1 for t in self._holders if t.charged_lane == lane) < self.limits.max_requests
 
     def _admit(self, ticket: Ticket, pixels: int) -> None:
         own = ticket.charge if ticket.charged_lane is not None else 0

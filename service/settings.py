@@ -84,8 +84,8 @@ class Settings(BaseSettings):
     max_concurrent_requests: int = Field(
         8,
         ge=1,
-        description="requests admitted at once (any size); beyond this they wait like requests over "
-        "the pixel budget (see admission_pixels)",
+        description="requests admitted at once in each admission lane (small, large); beyond this they "
+        "wait like requests over the pixel budget (see admission_pixels)",
     )
 
     # --- admission by work (service/admission.py; derivation of the defaults: docker/README.md) --

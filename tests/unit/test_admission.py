@@ -131,11 +131,13 @@ def test_a_wait_longer_than_allowed_is_refused_up_front_from_throughput() -> Non
     assert adm.snapshot().queued_requests["large"] == 1
 
 
-def test_max_requests_caps_the_count_too() -> None:
+def test_max_requests_caps_each_lanes_count_too() -> None:
     adm = controller(max_requests=2)
-    a, b = adm.request(1), adm.request(1)
-    c = adm.request(1)
-    assert a.admitted and b.admitted and not c.admitted
+    a, b = adm.request(3 * MP), adm.request(3 * MP)
+    c = adm.request(3 * MP)
+    assert a.admitted and b.admitted and not c.admitted, "9 MP would fit: the count holds it back"
+    small = adm.request(1 * MP)
+    assert small.admitted, "a lane full of large requests does not hold small ones back"
     adm.release(b)
     assert c.admitted
 
