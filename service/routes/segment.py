@@ -981,8 +981,9 @@ class _Batch:
             if isinstance(outcome, _Cancelled):
                 return outcome
             name = _member_name(file.name, index, outcome.media_type, self._taken)
+            chunk = self.zip.add(name, outcome.body)
             self.entries.append(_ok_entry(file.name, name, outcome))
-            return outcome, self.zip.add(name, outcome.body)
+            return outcome, chunk
 
         try:
             done = await _run_cancellable(self.request, work, timeout_s)

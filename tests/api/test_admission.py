@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.api import _images as im
+from tests.api._images import write_slow_model
 from tests.api.test_auth_metrics import metric
 from tests.server import Server
 
@@ -60,22 +61,24 @@ def waiting_server(start_server, slow_model: Path) -> Server:
 
 
 @contextmanager
-def holding_the_large_lane(srv: Server) -> Iterator[None]:
-    """A huge image admitted and working (seen in the in-flight gauge) for the block's duration;
-    its client then disconnects, so its remaining tiles are dropped."""
+def holding_the_large_lane(
+    srv: Server, body: bytes = HUGE, target: str = "/segment", pixels: int = 1024 * 1024
+) -> Iterator[None]:
+    """An image of ``pixels`` admitted and working (seen in the in-flight gauge) for the block's
+    duration; its client then disconnects, so its remaining tiles are dropped."""
     sock = socket.create_connection(("127.0.0.1", srv.port))
-    head = f"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {len(HUGE)}\r\n"
-    sock.sendall(head.encode() + b"\r\n" + HUGE)
+    head = f"POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {len(body)}\r\n"
+    sock.sendall(head.encode() + b"\r\n" + body)
     try:
         for _ in range(600):
-            if metric(metrics(srv), "unet_admission_pixels_in_flight", lane="large") >= 1024 * 1024:
+            if metric(metrics(srv), "unet_admission_pixels_in_flight", lane="large") >= pixels:
                 break
             time.sleep(0.05)
         else:
-            pytest.fail("the huge image was never admitted")
+            pytest.fail("the holding image was never admitted")
         yield
         # Still working when the block ends: what the block observed happened beside it.
-        assert metric(metrics(srv), "unet_admission_pixels_in_flight", lane="large") >= 1024 * 1024
+        assert metric(metrics(srv), "unet_admission_pixels_in_flight", lane="large") >= pixels
     finally:
         sock.close()
         for _ in range(600):  # the disconnect is noticed and the budget freed
@@ -153,6 +156,36 @@ def test_previews_and_probes_go_through_admission(no_wait_server: Server) -> Non
     assert small_preview.status_code == 200, "a small preview uses the small lane"
     assert metric(after, "unet_rejected_requests_total", reason="wait_estimate") - metric(
         before, "unet_rejected_requests_total", reason="wait_estimate") == 2
+
+
+def test_an_enlarged_image_grows_its_charge_before_any_tile_runs(
+    start_server, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A slow model trained at nuclei 20 px across; the large lane holds 1 Mi px and a 1000² image
+    (diameter=20: not resized) is working. A 100² image fits beside it as uploaded, but at
+    nuclei 5 px across it is enlarged ×4 to 400²: its charge must grow before its tiles run, it
+    does not fit, and with no waiting allowed it is refused — 503, counted as a wait timeout."""
+    model = write_slow_model(tmp_path_factory.mktemp("m") / "slow20.onnx", nucleus_diameter=20.0)
+    srv = start_server({
+        "UNET_MODEL_PATH": str(model),
+        "UNET_ADMISSION_PIXELS": str(1024 * 1024),
+        "UNET_ADMISSION_SMALL_PIXELS": str(64 * 64),
+        "UNET_ADMISSION_MAX_WAIT_S": "0",
+    }).wait_ready()
+    holder = im.png(im.blobs(1000, 1000, seed=24))
+    small_upload = im.png(im.blobs(100, 100, seed=25))
+    with holding_the_large_lane(srv, holder, "/segment?diameter=20", 1000 * 1000):
+        before = metrics(srv)
+        as_sent = srv.client.post("/segment", params={"diameter": 20}, content=small_upload, headers=RAW)
+        enlarged = srv.client.post("/segment", params={"diameter": 5}, content=small_upload, headers=RAW)
+        after = metrics(srv)
+    assert as_sent.status_code == 200, "as uploaded, it fits beside the 1000² image"
+    assert enlarged.status_code == 503 and enlarged.json()["type"] == "/problems/overloaded"
+    assert "160,000 pixels at its nucleus scale" in enlarged.json()["detail"]
+    timeouts = {"name": "unet_rejected_requests_total", "reason": "wait_timeout"}
+    assert metric(after, **timeouts) - metric(before, **timeouts) == 1
+    r = srv.client.post("/segment", params={"diameter": 5}, content=small_upload, headers=RAW)
+    assert r.status_code == 200 and float(r.headers["X-Scale-Factor"]) == pytest.approx(4.0)
 
 
 def test_v1_model_reports_the_admission_budget_and_state(no_wait_server: Server) -> None:
