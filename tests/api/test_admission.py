@@ -60,15 +60,21 @@ def waiting_server(start_server, slow_model: Path) -> Server:
     ).wait_ready()
 
 
+def send_raw(srv: Server, target: str, body: bytes) -> socket.socket:
+    """A request whose connection the test closes when it likes (a client that leaves)."""
+    sock = socket.create_connection(("127.0.0.1", srv.port))
+    head = f"POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {len(body)}\r\n"
+    sock.sendall(head.encode() + b"\r\n" + body)
+    return sock
+
+
 @contextmanager
 def holding_the_large_lane(
     srv: Server, body: bytes = HUGE, target: str = "/segment", pixels: int = 1024 * 1024
 ) -> Iterator[None]:
     """An image of ``pixels`` admitted and working (seen in the in-flight gauge) for the block's
     duration; its client then disconnects, so its remaining tiles are dropped."""
-    sock = socket.create_connection(("127.0.0.1", srv.port))
-    head = f"POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {len(body)}\r\n"
-    sock.sendall(head.encode() + b"\r\n" + body)
+    sock = send_raw(srv, target, body)
     try:
         for _ in range(600):
             if metric(metrics(srv), "unet_admission_pixels_in_flight", lane="large") >= pixels:
@@ -141,6 +147,28 @@ def test_small_images_pass_a_huge_one_and_a_queued_large_one(waiting_server: Ser
                 assert r.status_code == 200 and im.decode(r.content).shape == (64, 48)
             assert not queued.done(), "the large request is still waiting for the huge one"
         assert queued.result().status_code == 200, "... and is admitted once the huge one has gone"
+
+
+def test_a_client_that_leaves_while_queued_leaves_the_queue(waiting_server: Server) -> None:
+    srv = waiting_server
+    before = metrics(srv)
+    with holding_the_large_lane(srv):
+        sock = send_raw(srv, "/segment", OVERSIZE)
+        for _ in range(600):
+            if metric(metrics(srv), "unet_admission_queued_requests", lane="large") == 1:
+                break
+            time.sleep(0.05)
+        sock.close()
+        for _ in range(600):
+            if metric(metrics(srv), "unet_admission_queued_requests", lane="large") == 0:
+                break
+            time.sleep(0.05)
+        during = metrics(srv)
+    assert metric(during, "unet_admission_queued_requests", lane="large") == 0
+    admitted = {"name": "unet_admitted_requests_total", "lane": "large"}
+    assert metric(during, **admitted) - metric(before, **admitted) == 1, "only the holding image ran"
+    gone = {"name": "unet_http_requests_total", "route": "/segment", "status": "499"}
+    assert metric(during, **gone) - (metric(before, **gone) if 'status="499"' in before else 0) == 1
 
 
 def test_previews_and_probes_go_through_admission(no_wait_server: Server) -> None:
