@@ -79,7 +79,10 @@ class Settings(BaseSettings):
         2.0, ge=0, description="how long the first queued tile waits for others to fill a batch"
     )
     max_queue_tiles: int = Field(
-        64, ge=1, description="tiles waiting for the engine; beyond this requests get 503 + Retry-After"
+        64,
+        ge=1,
+        description="tiles waiting for the engine; raised to 2 × max_concurrent_requests × max_batch_size "
+        "so that admitted requests are never refused half-way (admission bounds the work instead)",
     )
     max_concurrent_requests: int = Field(
         8,

@@ -87,8 +87,9 @@ class Runtime:
                 max_batch_size=s.max_batch_size,
                 max_queue_delay_s=s.max_queue_delay_ms / 1000.0,
                 # Admitted requests never overflow the tile queue (each has at most one chunk of
-                # max_batch_size tiles queued): work that was admitted is not thrown away half-done.
-                max_queue_tiles=max(s.max_queue_tiles, s.max_concurrent_requests * s.max_batch_size),
+                # max_batch_size tiles queued, and each of the two admission lanes admits at most
+                # max_concurrent_requests): work that was admitted is not thrown away half-done.
+                max_queue_tiles=max(s.max_queue_tiles, 2 * s.max_concurrent_requests * s.max_batch_size),
                 max_batch_pixels=s.max_batch_pixels,
                 observer=metrics.PrometheusBatchObserver(),
                 name="inference",
