@@ -7,6 +7,8 @@ resident memory and CPU seconds are what a leak or saturation alert watches.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -18,6 +20,8 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+
+from service.admission import Snapshot
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -81,8 +85,42 @@ QUEUE_REJECTED = Counter(
 )
 REJECTED = Counter(
     "unet_rejected_requests",
-    "Requests refused before work started, by reason",
+    "Requests refused before work started, by reason: queue_full / wait_estimate / wait_timeout "
+    "(admission), tile_queue_full (the batcher's tile queue)",
     ["reason"],
+    registry=REGISTRY,
+)
+ADMITTED = Counter(
+    "unet_admitted_requests",
+    "Requests admitted to work on pixels, by lane (service/admission.py)",
+    ["lane"],
+    registry=REGISTRY,
+)
+ADMISSION_WAIT_SECONDS = Histogram(
+    "unet_admission_wait_seconds",
+    "Time an admitted request waited for room in the pixel budget",
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+    registry=REGISTRY,
+)
+ADMISSION_PIXELS = Gauge(
+    "unet_admission_pixels_in_flight",
+    "Pixels of admitted requests not yet finished, by lane",
+    ["lane"],
+    registry=REGISTRY,
+)
+ADMISSION_BUDGET = Gauge(
+    "unet_admission_budget_pixels", "The pixel budget of each lane", ["lane"], registry=REGISTRY
+)
+ADMISSION_QUEUED = Gauge(
+    "unet_admission_queued_requests", "Requests waiting for admission, by lane", ["lane"], registry=REGISTRY
+)
+ADMISSION_QUEUED_PIXELS = Gauge(
+    "unet_admission_queued_pixels", "Pixels of the requests waiting for admission, by lane", ["lane"],
+    registry=REGISTRY,
+)
+ADMISSION_THROUGHPUT = Gauge(
+    "unet_admission_throughput_pixels_per_second",
+    "Work rate the wait estimates use: measured from finished requests (assumed until then)",
     registry=REGISTRY,
 )
 CANCELLED_TILES = Counter(
@@ -119,6 +157,26 @@ class PrometheusBatchObserver:
 
     def cancelled(self, tiles: int) -> None:
         CANCELLED_TILES.inc(tiles)
+
+
+# Every label value exists from the start (at 0): a rate() over a counter that appears only at
+# its first event misses that event, and dashboards show the reason before it happens.
+for _reason in ("queue_full", "wait_estimate", "wait_timeout", "tile_queue_full"):
+    REJECTED.labels(reason=_reason)
+for _lane in ("small", "large"):
+    ADMITTED.labels(lane=_lane)
+
+
+def watch_admission(snapshot: Callable[[], Snapshot], budgets: dict[str, int]) -> None:
+    """Publish the admission controller's state, read at each scrape (no bookkeeping per request)."""
+    for lane, budget in budgets.items():
+        ADMISSION_BUDGET.labels(lane=lane).set(budget)
+        ADMISSION_PIXELS.labels(lane=lane).set_function(lambda lane=lane: snapshot().in_flight_pixels[lane])
+        ADMISSION_QUEUED.labels(lane=lane).set_function(lambda lane=lane: snapshot().queued_requests[lane])
+        ADMISSION_QUEUED_PIXELS.labels(lane=lane).set_function(
+            lambda lane=lane: snapshot().queued_pixels[lane]
+        )
+    ADMISSION_THROUGHPUT.set_function(lambda: snapshot().throughput)
 
 
 def set_model(name: str, version: str, file: str, providers: list[str]) -> None:

@@ -84,10 +84,47 @@ class Settings(BaseSettings):
         2.0, ge=0, description="how long the first queued tile waits for others to fill a batch"
     )
     max_queue_tiles: int = Field(
-        64, ge=1, description="tiles waiting for the engine; beyond this requests get 503 + Retry-After"
+        64,
+        ge=1,
+        description="tiles waiting for the engine; raised to 2 × max_concurrent_requests × max_batch_size "
+        "so that admitted requests are never refused half-way (admission bounds the work instead)",
     )
     max_concurrent_requests: int = Field(
-        8, ge=1, description="segment requests being decoded/segmented at once; beyond this 503"
+        8,
+        ge=1,
+        description="requests admitted at once in each admission lane (small, large); beyond this they "
+        "wait like requests over the pixel budget (see admission_pixels)",
+    )
+
+    # --- admission by work (service/admission.py; derivation of the defaults: docker/README.md) --
+    admission_pixels: int = Field(
+        64 * 1024 * 1024,
+        ge=1,
+        description="pixels (width × height) of large requests in progress at once; a larger image "
+        "runs alone. Bounds memory (~40 B per pixel beyond the model's working set) and the time "
+        "admitted work needs",
+    )
+    admission_small_pixels: int = Field(
+        4 * 1024 * 1024,
+        ge=1,
+        description="requests up to this many pixels use the small lane, which large ones cannot take",
+    )
+    admission_small_lane_pixels: int = Field(
+        8 * 1024 * 1024,
+        ge=1,
+        description="pixels of small requests in progress at once (≥ admission_small_pixels)",
+    )
+    admission_max_wait_s: float = Field(
+        10.0,
+        ge=0,
+        description="longest a request waits for admission; one whose estimated wait is longer gets 503 + "
+        "Retry-After at once",
+    )
+    admission_max_queued: int = Field(32, ge=0, description="requests waiting for admission; beyond this 503")
+    admission_throughput_mps: float = Field(
+        1.0,
+        gt=0,
+        description="work rate assumed for wait estimates until one is measured, megapixels per second",
     )
 
     # --- limits -------------------------------------------------------------------------------
@@ -150,6 +187,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"UNET_MAX_QUEUE_TILES ({self.max_queue_tiles}) must be ≥ UNET_MAX_BATCH_SIZE "
                 f"({self.max_batch_size})"
+            )
+        if self.admission_small_pixels > self.admission_pixels:
+            raise ValueError(
+                f"UNET_ADMISSION_SMALL_PIXELS ({self.admission_small_pixels}) must not exceed "
+                f"UNET_ADMISSION_PIXELS ({self.admission_pixels}): a small request is one the budget holds"
+            )
+        if self.admission_small_lane_pixels < self.admission_small_pixels:
+            raise ValueError(
+                f"UNET_ADMISSION_SMALL_LANE_PIXELS ({self.admission_small_lane_pixels}) must hold one small "
+                f"request (UNET_ADMISSION_SMALL_PIXELS, {self.admission_small_pixels})"
             )
         if (
             self.tile_size is not None

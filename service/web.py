@@ -24,7 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from service import imaging, microscopy
 from service.errors import PayloadTooLarge, problem_responses
 from service.routes.deps import Runtime, get_runtime, require_api_key
-from service.routes.segment import plane_selection
+from service.routes.segment import plane_selection, upload_pixels
 from service.routes.segment import problem_for as problem_for_domain_error
 
 #: The page and its assets.
@@ -84,7 +84,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     responses={
         200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
               "description": "8-bit RGB PNG of the input, same width and height, contrast-stretched"},
-        **problem_responses(400, 401, 413, 415, 422),
+        **problem_responses(400, 401, 413, 415, 422, 503),
     },
     openapi_extra={"requestBody": {"required": True, "description": "the raw image bytes (any Content-Type)",
                                    "content": {"application/octet-stream": {
@@ -97,16 +97,20 @@ async def preview(
 ) -> Response:
     settings = runtime.settings
     data = await _read_body(request, settings.max_upload_bytes)
-    try:
-        # Decoding a large TIFF takes a while: keep the event loop free.
-        png, width, height = await anyio.to_thread.run_sync(
-            render_preview, data, settings.max_pixels, selection, settings.max_tiff_pages
-        )
-    except (imaging.ImageError, microscopy.SelectionError) as exc:
-        problem = problem_for_domain_error(exc)
-        if problem is None:  # pragma: no cover - every ImageError maps to a problem
-            raise
-        raise problem from exc
+    # Decoding is where a preview spends its memory: it is admitted by its pixels like a
+    # segmentation (its quick work does not count toward the measured throughput).
+    pixels = await upload_pixels(runtime, data)
+    async with runtime.admitted(pixels, measure=False, disconnected=request.is_disconnected):
+        try:
+            # Decoding a large TIFF takes a while: keep the event loop free.
+            png, width, height = await anyio.to_thread.run_sync(
+                render_preview, data, settings.max_pixels, selection, settings.max_tiff_pages
+            )
+        except (imaging.ImageError, microscopy.SelectionError) as exc:
+            problem = problem_for_domain_error(exc)
+            if problem is None:  # pragma: no cover - every ImageError maps to a problem
+                raise
+            raise problem from exc
     return Response(png, media_type="image/png", headers={
         "X-Image-Width": str(width),
         "X-Image-Height": str(height),

@@ -7,27 +7,34 @@ through :func:`get_runtime`, so tests and the lifespan control it, never a modul
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Literal
 
+import anyio
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service import metrics
+from service.admission import Admission, Limits, Rejected, Ticket
 from service.batcher import DynamicBatcher
 from service.engine import Engine, ModelLoadError
-from service.errors import InvalidOptions, ServiceUnavailable, Unauthorized
+from service.errors import InvalidOptions, ProblemError, ServiceUnavailable, Unauthorized
 from service.model_metadata import ModelMetadata
+from service.segment import Cancelled
 from service.settings import Settings
 from service.tile_options import Tiling, TilingError
 from service.tile_options import resolve as resolve_tiling
 
 log = logging.getLogger(__name__)
+
+#: How often a request waiting for admission checks its client and its deadline, seconds.
+_DISCONNECT_POLL_S = 0.1
 
 State = Literal["loading", "ready", "failed", "stopping"]
 
@@ -48,7 +55,10 @@ class Runtime:
         self.batcher: DynamicBatcher | None = None
         self.warmup_s: float | None = None
         self._lock = threading.Lock()
-        self._active = 0  # segment requests admitted and not finished
+        self.admission = Admission(admission_limits(settings))
+        self._finished: set[int] = set()  # tickets whose work completed (for the throughput)
+        metrics.watch_admission(self.admission.snapshot, {"small": settings.admission_small_lane_pixels,
+                                                          "large": settings.admission_pixels})
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -76,7 +86,10 @@ class Runtime:
                 engine.run,
                 max_batch_size=s.max_batch_size,
                 max_queue_delay_s=s.max_queue_delay_ms / 1000.0,
-                max_queue_tiles=s.max_queue_tiles,
+                # Admitted requests never overflow the tile queue (each has at most one chunk of
+                # max_batch_size tiles queued, and each of the two admission lanes admits at most
+                # max_concurrent_requests): work that was admitted is not thrown away half-done.
+                max_queue_tiles=max(s.max_queue_tiles, 2 * s.max_concurrent_requests * s.max_batch_size),
                 max_batch_pixels=s.max_batch_pixels,
                 observer=metrics.PrometheusBatchObserver(),
                 name="inference",
@@ -152,30 +165,98 @@ class Runtime:
             return self.require_ready()
         return engine, batcher
 
-    @contextmanager
-    def admit(self) -> Iterator[None]:
-        """Hold one of ``max_concurrent_requests`` segmentation slots, or 503 at once."""
-        with self._lock:
-            if self._active >= self.settings.max_concurrent_requests:
-                full = True
-            else:
-                full = False
-                self._active += 1
-        if full:
-            metrics.REJECTED.labels(reason="concurrency").inc()
-            retry = self.batcher.retry_after_s() if self.batcher else 1
-            raise ServiceUnavailable(
-                f"{self.settings.max_concurrent_requests} images are being segmented already "
-                "(UNET_MAX_CONCURRENT_REQUESTS); retry later",
-                retry_after_s=retry,
-                slug="overloaded",
-                title="Overloaded",
-            )
+    # --- admission (service/admission.py): every route that touches pixels ------------------------
+
+    @asynccontextmanager
+    async def admitted(
+        self,
+        pixels: int,
+        *,
+        measure: bool = True,
+        disconnected: Callable[[], Awaitable[bool]] | None = None,
+        max_wait_s: float | None = None,
+    ) -> AsyncIterator[Ticket]:
+        """Hold ``pixels`` of the admission budget for the block, waiting (without a thread) up to
+        ``max_wait_s`` (default UNET_ADMISSION_MAX_WAIT_S) for room; 503 + Retry-After when refused.
+
+        ``measure``: the block's work counts toward the measured throughput (segmentation; not
+        previews). ``disconnected``: polled while waiting, a client gone leaves the queue (499).
+        On leaving the block the pixels are freed; :meth:`finished` marks the work as complete.
+        """
+        loop = asyncio.get_running_loop()
+        granted = asyncio.Event()
+        limit = self.settings.admission_max_wait_s if max_wait_s is None else max_wait_s
         try:
-            yield
+            ticket = self.admission.request(
+                pixels, lambda: loop.call_soon_threadsafe(granted.set), measure=measure, max_wait_s=limit
+            )
+        except Rejected as exc:
+            raise _overloaded(exc) from exc
+        try:
+            if not ticket.admitted:
+                await self._wait_for_admission(ticket, granted, limit, disconnected)
+            metrics.ADMITTED.labels(lane=ticket.charged_lane or ticket.lane).inc()
+            waited = (ticket.admitted_at or ticket.enqueued_at) - ticket.enqueued_at
+            metrics.ADMISSION_WAIT_SECONDS.observe(waited)
+            yield ticket
         finally:
-            with self._lock:
-                self._active -= 1
+            self.admission.release(ticket, completed=ticket.id in self._finished)
+            self._finished.discard(ticket.id)
+
+    def finished(self, ticket: Ticket) -> None:
+        """The ticket's work ran to the end: its pixels count toward the measured throughput."""
+        self._finished.add(ticket.id)
+
+    async def _wait_for_admission(
+        self,
+        ticket: Ticket,
+        granted: asyncio.Event,
+        limit: float,
+        disconnected: Callable[[], Awaitable[bool]] | None,
+    ) -> None:
+        deadline = time.monotonic() + limit
+        while not granted.is_set():
+            remaining = deadline - time.monotonic()
+            with anyio.move_on_after(max(0.0, min(remaining, _DISCONNECT_POLL_S))):
+                await granted.wait()
+            if granted.is_set():
+                return
+            if disconnected is not None and await disconnected():
+                if self.admission.withdraw(ticket):
+                    raise ClientGone("the client went away while its request waited for admission")
+                return
+            if time.monotonic() >= deadline and self.admission.withdraw(ticket):
+                raise _overloaded(
+                    Rejected(
+                        "wait_timeout",
+                        self.admission.retry_after_s(ticket.pixels),
+                        f"no room for this image ({ticket.pixels:,} pixels) within {limit:g} s "
+                        "(UNET_ADMISSION_MAX_WAIT_S); retry later",
+                    )
+                )
+
+    def grow(self, ticket: Ticket, pixels: int, should_stop: Callable[[], bool]) -> None:
+        """Blocking (worker thread): raise ``ticket`` to ``pixels`` once the request's scale is known;
+        waits ahead of new requests up to UNET_ADMISSION_MAX_WAIT_S, then 503 + Retry-After."""
+        event = threading.Event()
+        ticket.wake = event.set
+        if self.admission.grow(ticket, pixels):
+            return
+        deadline = time.monotonic() + self.settings.admission_max_wait_s
+        while not event.wait(_DISCONNECT_POLL_S):
+            if should_stop():
+                if self.admission.withdraw_grow(ticket):
+                    raise Cancelled("the request was cancelled while it waited for room to grow")
+                return
+            if time.monotonic() >= deadline and self.admission.withdraw_grow(ticket):
+                raise _overloaded(
+                    Rejected(
+                        "wait_timeout",
+                        self.admission.retry_after_s(pixels),
+                        f"this image needs {pixels:,} pixels at its nucleus scale and there was no room "
+                        f"for them within {self.settings.admission_max_wait_s:g} s; retry later",
+                    )
+                )
 
     def tiling(
         self, metadata: ModelMetadata, tile_size: int | None = None, overlap: int | None = None
@@ -188,6 +269,32 @@ class Runtime:
             raise InvalidOptions(
                 str(exc), errors=[{"loc": ["query", exc.param], "msg": "out of range", "type": "value_error"}]
             ) from exc
+
+
+class ClientGone(ProblemError):
+    """The client disconnected while its request waited for admission (nginx's 499; never received)."""
+
+    status, slug, title = 499, "client-closed-request", "Client closed request"
+
+
+def _overloaded(exc: Rejected) -> ServiceUnavailable:
+    metrics.REJECTED.labels(reason=exc.reason).inc()
+    return ServiceUnavailable(
+        str(exc), retry_after_s=exc.retry_after_s, slug="overloaded", title="Overloaded"
+    )
+
+
+def admission_limits(settings: Settings) -> Limits:
+    """The admission policy from the settings (docker/README.md: how the defaults were derived)."""
+    return Limits(
+        budget=settings.admission_pixels,
+        small_pixels=settings.admission_small_pixels,
+        small_budget=settings.admission_small_lane_pixels,
+        max_requests=settings.max_concurrent_requests,
+        max_queued=settings.admission_max_queued,
+        max_wait_s=settings.admission_max_wait_s,
+        throughput=settings.admission_throughput_mps * 1e6,
+    )
 
 
 def get_runtime(request: Request) -> Runtime:

@@ -33,6 +33,20 @@ class BatchingInfo(BaseModel):
     max_concurrent_requests: int
 
 
+class AdmissionInfo(BaseModel):
+    """Admission by work (service/admission.py): settings and the state now."""
+
+    budget_pixels: int = Field(description="pixels of large requests at once (a larger one runs alone)")
+    small_pixels: int = Field(description="requests up to this size use the small lane")
+    small_lane_pixels: int = Field(description="pixels of small requests in progress at once")
+    max_wait_s: float = Field(description="longest a request waits for admission before 503")
+    max_queued: int = Field(description="requests that may wait for admission")
+    in_flight_pixels: dict[str, int] = Field(description="pixels admitted and not finished, by lane")
+    queued_requests: dict[str, int] = Field(description="requests waiting, by lane")
+    throughput_mps: float = Field(description="work rate used for wait estimates, megapixels per second")
+    throughput_measured: bool = Field(description="false: still the assumed UNET_ADMISSION_THROUGHPUT_MPS")
+
+
 class LimitsInfo(BaseModel):
     max_upload_bytes: int
     max_pixels: int
@@ -71,6 +85,7 @@ class ModelInfo(BaseModel):
     warmup_ms: float | None
     tiling: TilingInfo
     batching: BatchingInfo
+    admission: AdmissionInfo
     objects: ObjectsInfo
     defaults: DefaultsInfo
     limits: LimitsInfo
@@ -136,6 +151,7 @@ def model_info(runtime: Runtime = Depends(get_runtime)) -> ModelInfo:
             max_queue_tiles=s.max_queue_tiles,
             max_concurrent_requests=s.max_concurrent_requests,
         ),
+        admission=admission_info(runtime),
         objects=ObjectsInfo(
             method=params_for_model(md).method,
             count_on_every_output=s.count_objects_on_every_output,
@@ -152,6 +168,21 @@ def model_info(runtime: Runtime = Depends(get_runtime)) -> ModelInfo:
             request_timeout_s=s.request_timeout_s,
         ),
         metadata=md.model_dump(mode="json"),
+    )
+
+
+def admission_info(runtime: Runtime) -> AdmissionInfo:
+    s, now = runtime.settings, runtime.admission.snapshot()
+    return AdmissionInfo(
+        budget_pixels=s.admission_pixels,
+        small_pixels=s.admission_small_pixels,
+        small_lane_pixels=s.admission_small_lane_pixels,
+        max_wait_s=s.admission_max_wait_s,
+        max_queued=s.admission_max_queued,
+        in_flight_pixels=now.in_flight_pixels,
+        queued_requests=now.queued_requests,
+        throughput_mps=round(now.throughput / 1e6, 3),
+        throughput_measured=now.measured,
     )
 
 

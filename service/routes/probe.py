@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from service import microscopy
 from service.errors import problem_responses
 from service.routes.deps import Runtime, get_runtime, only_query_params, require_api_key
-from service.routes.segment import _IMAGE_BODY, _read_single_upload, problem_for
+from service.routes.segment import _IMAGE_BODY, _read_single_upload, problem_for, upload_pixels
 
 router = APIRouter(tags=["segmentation"], dependencies=[Depends(require_api_key)])
 
@@ -63,7 +63,7 @@ def probe_result(layout: microscopy.Layout, model_channels: int) -> dict[str, An
     "/probe",
     summary="What an image holds: channels, planes, pixel size",
     response_model=ProbeResult,
-    responses=problem_responses(400, 401, 413, 415, 422),
+    responses=problem_responses(400, 401, 413, 415, 422, 503),
     openapi_extra={"requestBody": _IMAGE_BODY},
 )
 async def probe(
@@ -73,14 +73,17 @@ async def probe(
 ) -> dict[str, Any]:
     data = await _read_single_upload(request)
     settings = runtime.settings
-    try:
-        layout = await anyio.to_thread.run_sync(
-            microscopy.probe, data, settings.max_pixels, settings.max_tiff_pages
-        )
-    except Exception as exc:
-        problem = problem_for(exc)
-        if problem is None:
-            raise
-        raise problem from exc
+    # PNG/JPEG/BMP and colour TIFFs are decoded to describe them: admitted by their pixels.
+    pixels = await upload_pixels(runtime, data)
+    async with runtime.admitted(pixels, measure=False, disconnected=request.is_disconnected):
+        try:
+            layout = await anyio.to_thread.run_sync(
+                microscopy.probe, data, settings.max_pixels, settings.max_tiff_pages
+            )
+        except Exception as exc:
+            problem = problem_for(exc)
+            if problem is None:
+                raise
+            raise problem from exc
     model_channels = runtime.engine.metadata.in_channels if runtime.engine else 1
     return probe_result(layout, model_channels)

@@ -9,14 +9,14 @@ remaining tiles from being computed.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
+import math
 import re
 import threading
 import time
-import zipfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import PurePath
@@ -26,11 +26,24 @@ from urllib.parse import quote
 import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
-from service import filenames, imaging, metrics, microscopy, objects, outputs, pipeline, segment
+from service import (
+    filenames,
+    imaging,
+    metrics,
+    microscopy,
+    objects,
+    outputs,
+    pipeline,
+    rescale,
+    segment,
+    workload,
+)
+from service.admission import Ticket
 from service.batcher import BatcherClosed, Overloaded
 from service.batcher import Cancelled as BatcherCancelled
 from service.engine import Engine
@@ -45,6 +58,7 @@ from service.errors import (
 from service.modality import check_modality
 from service.model_metadata import ModelMetadata
 from service.routes.deps import Runtime, get_runtime, only_query_params, require_api_key
+from service.zipstream import ZipStream
 
 log = logging.getLogger(__name__)
 
@@ -227,9 +241,18 @@ class Result:
 
 
 def run_pipeline(
-    runtime: Runtime, data: bytes, options: SegmentOptions, should_stop: Callable[[], bool]
+    runtime: Runtime,
+    data: bytes,
+    options: SegmentOptions,
+    should_stop: Callable[[], bool],
+    reserve: Callable[[int], None] | None = None,
 ) -> Result:
-    """Bytes → decoded image → tiled prediction → output array → PNG. Blocking; raises domain errors."""
+    """Bytes → decoded image → tiled prediction → output array → PNG. Blocking; raises domain errors.
+
+    ``reserve(pixels)``: called once the nucleus scale is known, with the pixels the model will
+    work on (more than the upload's when the image is enlarged); it may wait for admission room
+    or raise (503) — before any tile of the prediction is computed.
+    """
     engine, batcher = runtime.components()
     md = engine.metadata
     tiling = runtime.tiling(md, options.tile_size, options.overlap)
@@ -260,6 +283,8 @@ def run_pipeline(
     )
     if scale.warning:
         warnings.append(scale.warning)
+    if reserve is not None:
+        reserve(math.prod(rescale.scaled_shape(image.shape[:2], scale.factor)))
     t_scale = time.perf_counter()
     timings["scale"] = 1000 * (t_scale - t1)
     prediction = pipeline.predict_scaled(
@@ -388,7 +413,7 @@ def problem_for(exc: Exception) -> ProblemError | None:
     if isinstance(exc, imaging.ImageError):
         return ProblemError(str(exc), status=400, slug="undecodable-image", title="Undecodable image")
     if isinstance(exc, Overloaded):
-        metrics.REJECTED.labels(reason="queue_full").inc()
+        metrics.REJECTED.labels(reason="tile_queue_full").inc()
         return ServiceUnavailable(
             str(exc), retry_after_s=exc.retry_after_s, slug="overloaded", title="Overloaded"
         )
@@ -467,6 +492,21 @@ def _cancelled_response(stop: _Cancellation, timeout_s: float) -> Response:
             title="Request timed out",
         )
     return Response(status_code=CLIENT_CLOSED)
+
+
+async def upload_pixels(runtime: Runtime, data: bytes) -> int:
+    """What the upload costs admission: its plane's pixels from the header (a worker thread:
+    hostile headers can be slow); 400/413/415 problems for a header that says no."""
+    settings = runtime.settings
+    try:
+        return await anyio.to_thread.run_sync(
+            workload.plane_pixels, data, settings.max_pixels, settings.max_tiff_pages
+        )
+    except Exception as exc:
+        problem = problem_for(exc)
+        if problem is None:
+            raise
+        raise problem from exc
 
 
 async def _read_single_upload(request: Request) -> bytes:
@@ -665,10 +705,13 @@ async def segment_image(
     _checked_engine(runtime, options)  # 503/422 before reading a large body
     data = await _read_single_upload(request)
     timeout_s = runtime.settings.request_timeout_s
-    with runtime.admit():
+    pixels = await upload_pixels(runtime, data)
+    # Admission by work: the request's pixels against the budget (waits, or 503 + Retry-After,
+    # before anything is decoded); the timeout counts from admission.
+    async with runtime.admitted(pixels, disconnected=request.is_disconnected) as ticket:
         try:
             result: Result = await _run_cancellable(
-                request, lambda stop: _segment_or_cancel(runtime, data, options, stop), timeout_s
+                request, lambda stop: _segment_or_cancel(runtime, data, options, stop, ticket), timeout_s
             )
         except Exception as exc:
             metrics.IMAGES.labels(output=options.output.value, outcome="error").inc()
@@ -676,6 +719,8 @@ async def segment_image(
             if problem is None:
                 raise
             raise problem from exc
+        if not isinstance(result, _Cancelled):
+            runtime.finished(ticket)
     if isinstance(result, _Cancelled):
         metrics.IMAGES.labels(output=options.output.value, outcome="cancelled").inc()
         return _cancelled_response(result.stop, timeout_s)
@@ -700,10 +745,10 @@ class _Cancelled:
 
 
 def _segment_or_cancel(
-    runtime: Runtime, data: bytes, options: SegmentOptions, stop: _Cancellation
+    runtime: Runtime, data: bytes, options: SegmentOptions, stop: _Cancellation, ticket: Ticket
 ) -> Result | _Cancelled:
     try:
-        return run_pipeline(runtime, data, options, stop)
+        return run_pipeline(runtime, data, options, stop, lambda px: runtime.grow(ticket, px, stop))
     except Exception as exc:
         if _is_cancel(exc):
             return _Cancelled(stop)
@@ -793,8 +838,9 @@ _BATCH_BODY = {
     responses={
         200: {
             "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
-            "description": "ZIP with one PNG per successful input and manifest.json (see Manifest schema) "
-            "with a per-file status; one bad file does not fail the others",
+            "description": "ZIP streamed image by image: each finished output is sent as soon as it is done; "
+            "manifest.json (see Manifest schema) comes last with a per-file status, so one bad, refused or "
+            "timed-out file does not fail the others",
         },
         **problem_responses(400, 401, 413, 415, 422, 503),
     },
@@ -823,101 +869,192 @@ async def segment_batch(
             "the multipart request has no files in the field 'files'",
             errors=[{"loc": ["body", "files"], "msg": "Field required", "type": "missing"}],
         )
-    files = [(u.filename or f"image-{i + 1}", await u.read()) for i, u in enumerate(uploads)]
-    timeout_s = settings.request_timeout_s
-    with runtime.admit():
-        outcome = await _run_cancellable(
-            request, lambda stop: _batch_work(runtime, files, options, stop), timeout_s
-        )
-    if isinstance(outcome, _Cancelled):
-        return _cancelled_response(outcome.stop, timeout_s)
-    entries, members = outcome
-    manifest = Manifest(
-        model=md.name,
-        version=md.version,
-        output=options.output.value,
-        succeeded=sum(e.status == 200 for e in entries),
-        failed=sum(e.status != 200 for e in entries),
-        files=entries,
-    )
-    buffer = io.BytesIO()
-    # PNGs are already deflated: storing them avoids compressing twice for nothing.
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name, body in members:
-            archive.writestr(name, body)
-        archive.writestr(
-            "manifest.json", json.dumps(manifest.model_dump(), indent=2), compress_type=zipfile.ZIP_DEFLATED
-        )
-    return Response(
-        buffer.getvalue(),
-        media_type="application/zip",
-        headers={
-            "Content-Disposition": filenames.content_disposition(
-                filenames.output_name(
-                    uploads[0].filename if len(uploads) == 1 else "segmentation",
-                    options.output.value,
-                    "application/zip",
-                )
-            ),
-            "X-Model-Version": md.version,
-            "X-Files-Succeeded": str(manifest.succeeded),
-            "X-Files-Failed": str(manifest.failed),
-        },
-    )
-
-
-def _batch_work(
-    runtime: Runtime, files: list[tuple[str, bytes]], options: SegmentOptions, stop: _Cancellation
-) -> tuple[list[ManifestEntry], list[tuple[str, bytes]]] | _Cancelled:
-    entries: list[ManifestEntry] = []
-    members: list[tuple[str, bytes]] = []
-    taken: set[str] = set()
-    for index, (filename, data) in enumerate(files):
+    files = []
+    for i, upload in enumerate(uploads):
+        data = await upload.read()
         try:
-            result = run_pipeline(runtime, data, options, stop)
+            cost: int | ProblemError = await upload_pixels(runtime, data)
+        except ProblemError as problem:
+            cost = problem
+        files.append(_BatchFile(upload.filename or f"image-{i + 1}", data, cost))
+    batch = _Batch(runtime, request, files, options, md)
+    # The first image is admitted before the response starts: a service with no room answers
+    # 503 + Retry-After for the whole request, before anything is computed.
+    await batch.admit_first()
+    archive_name = filenames.output_name(
+        uploads[0].filename if len(uploads) == 1 else "segmentation", options.output.value, "application/zip"
+    )
+    return _BatchResponse(batch, md.version, archive_name)
+
+
+@dataclass
+class _BatchFile:
+    name: str
+    data: bytes
+    cost: int | ProblemError  # pixels, or why its header was refused
+
+
+class _BatchResponse(StreamingResponse):
+    """The streamed ZIP; whatever happens to the connection, the batch's admission is released.
+
+    Disconnects are watched by each file's own watcher (as on ``/segment``), which stops that
+    file's tiles; Starlette's parallel listener (ASGI < 2.4) would instead cancel the stream
+    while the file's worker thread runs on, unstoppable, to the end of the image.
+    """
+
+    def __init__(self, batch: _Batch, version: str, archive_name: str) -> None:
+        headers = {
+            "Content-Disposition": filenames.content_disposition(archive_name),
+            "X-Model-Version": version,
+        }
+        super().__init__(batch.chunks(), media_type="application/zip", headers=headers)
+        self._batch = batch
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await self.stream_response(send)
+        except OSError as exc:
+            raise ClientDisconnect() from exc
+        finally:
+            await self._batch.aclose()
+
+
+class _Batch:
+    """One ``/segment/batch`` request: files segmented one after another, each admitted on its own
+    and under its own timeout, each output sent as soon as it is done (``service.zipstream``).
+
+    A file's failure — bad bytes, no room in the budget, past its timeout — becomes its manifest
+    entry; the manifest is the archive's last member. A client that reads the stream has every
+    finished image even if a later one fails or the connection drops.
+    """
+
+    def __init__(
+        self, runtime: Runtime, request: Request, files: list[_BatchFile], options: SegmentOptions,
+        md: ModelMetadata,
+    ) -> None:
+        self.runtime, self.request, self.files, self.options, self.md = runtime, request, files, options, md
+        self.entries: list[ManifestEntry] = []
+        self.zip = ZipStream()
+        self._taken: set[str] = set()
+        self._held = AsyncExitStack()  # the admission of the file being worked on
+        self._ticket: Ticket | None = None
+        self._first: int | None = None  # index of the file admitted before the response started
+        self._stops: list[_Cancellation] = []
+
+    async def admit_first(self) -> None:
+        for index, file in enumerate(self.files):
+            if isinstance(file.cost, int):
+                await self._admit(file.cost, self.runtime.settings.admission_max_wait_s)
+                self._first = index
+                return
+
+    async def _admit(self, pixels: int, max_wait_s: float) -> None:
+        self._ticket = await self._held.enter_async_context(
+            self.runtime.admitted(pixels, disconnected=self.request.is_disconnected, max_wait_s=max_wait_s)
+        )
+
+    async def aclose(self) -> None:
+        for stop in self._stops:
+            stop.disconnected.set()  # work still running for a client that is gone stops its tiles
+        await self._held.aclose()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        timeout_s = self.runtime.settings.request_timeout_s
+        refused: ProblemError | None = None  # no room, shutting down: the rest are not tried
+        for index, file in enumerate(self.files):
+            if isinstance(file.cost, ProblemError):
+                self._failed(file, file.cost)
+                continue
+            if refused is not None:
+                self._failed(file, refused)
+                continue
+            try:
+                if index != self._first:
+                    # Later files may wait for room as long as one image may take: the client is
+                    # already reading this response.
+                    await self._admit(file.cost, max(timeout_s, self.runtime.settings.admission_max_wait_s))
+                chunk = await self._one(index, file, timeout_s)
+            except ProblemError as problem:
+                if problem.status == CLIENT_CLOSED:
+                    return
+                self._failed(file, problem)
+                if problem.status == 503 and problem.slug != "timeout":
+                    refused = problem
+                continue
+            finally:
+                await self._held.aclose()
+            if chunk is None:  # the client went away
+                return
+            yield chunk
+        yield self.zip.add("manifest.json", json.dumps(self._manifest().model_dump(), indent=2).encode(),
+                           deflate=True)
+        yield self.zip.close()
+
+    async def _one(self, index: int, file: _BatchFile, timeout_s: float) -> bytes | None:
+        """Segment one admitted file; its ZIP bytes, None if the client is gone; raises its problem."""
+        ticket = self._ticket
+        assert ticket is not None
+
+        def work(stop: _Cancellation) -> tuple[Result, bytes] | _Cancelled:
+            self._stops.append(stop)
+            outcome = _segment_or_cancel(self.runtime, file.data, self.options, stop, ticket)
+            if isinstance(outcome, _Cancelled):
+                return outcome
+            name = _member_name(file.name, index, outcome.media_type, self._taken)
+            chunk = self.zip.add(name, outcome.body)
+            self.entries.append(_ok_entry(file.name, name, outcome))
+            return outcome, chunk
+
+        try:
+            done = await _run_cancellable(self.request, work, timeout_s)
         except Exception as exc:
-            if _is_cancel(exc):
-                return _Cancelled(stop)
             problem = problem_for(exc)
             if problem is None:
-                raise
-            if problem.status == 503:
-                raise problem from exc  # overload / shutdown concerns the whole request: retry it
-            metrics.IMAGES.labels(output=options.output.value, outcome="error").inc()
-            entries.append(
-                ManifestEntry(
-                    file=filename,
-                    output=None,
-                    status=problem.status,
-                    problem=problem_body(
-                        problem.status,
-                        problem.title,
-                        problem.detail,
-                        slug=problem.slug,
-                        errors=problem.errors,
-                        extra=problem.extra,
-                    ),
-                )
-            )
-            continue
-        metrics.IMAGES.labels(output=options.output.value, outcome="ok").inc()
-        name = _member_name(filename, index, result.media_type, taken)
-        members.append((name, result.body))
-        entries.append(
-            ManifestEntry(
-                file=filename,
-                output=name,
-                status=200,
-                width=result.width,
-                height=result.height,
-                tiles=result.tiles,
-                inference_ms=round(result.inference_ms, 1),
-                object_count=result.object_count,
-                nucleus_diameter=None if result.scale is None or result.scale.diameter is None
-                else round(result.scale.diameter, 1),
-                diameter_source=None if result.scale is None else result.scale.source,
-                image=result.plane.describe() if result.plane else None,
-                warnings=result.warnings,
-            )
+                log.exception("segmenting %r of a batch failed", file.name)
+                problem = ProblemError("segmenting this file failed unexpectedly; the others are unaffected")
+            raise problem from exc
+        if isinstance(done, _Cancelled):
+            if not done.stop.timed_out:
+                metrics.IMAGES.labels(output=self.options.output.value, outcome="cancelled").inc()
+                return None
+            _cancelled_response(done.stop, timeout_s)  # raises the 503 timeout problem
+        self.runtime.finished(ticket)
+        metrics.IMAGES.labels(output=self.options.output.value, outcome="ok").inc()
+        return done[1]
+
+    def _failed(self, file: _BatchFile, problem: ProblemError) -> None:
+        metrics.IMAGES.labels(output=self.options.output.value, outcome="error").inc()
+        body = problem_body(problem.status, problem.title, problem.detail, slug=problem.slug,
+                            errors=problem.errors, extra=problem.extra)
+        if "Retry-After" in problem.headers:
+            body["retry_after_s"] = int(problem.headers["Retry-After"])
+        self.entries.append(ManifestEntry(file=file.name, output=None, status=problem.status, problem=body))
+
+    def _manifest(self) -> Manifest:
+        entries = self.entries  # in upload order: the files are worked on one after another
+        return Manifest(
+            model=self.md.name,
+            version=self.md.version,
+            output=self.options.output.value,
+            succeeded=sum(e.status == 200 for e in entries),
+            failed=sum(e.status != 200 for e in entries),
+            files=entries,
         )
-    return entries, members
+
+
+def _ok_entry(filename: str, member: str, result: Result) -> ManifestEntry:
+    scale = result.scale
+    return ManifestEntry(
+        file=filename,
+        output=member,
+        status=200,
+        width=result.width,
+        height=result.height,
+        tiles=result.tiles,
+        inference_ms=round(result.inference_ms, 1),
+        object_count=result.object_count,
+        nucleus_diameter=None if scale is None or scale.diameter is None else round(scale.diameter, 1),
+        diameter_source=None if scale is None else scale.source,
+        image=result.plane.describe() if result.plane else None,
+        warnings=result.warnings,
+    )

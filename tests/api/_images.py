@@ -6,6 +6,7 @@ import io
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -73,9 +74,10 @@ def gif() -> bytes:
     return out.getvalue()
 
 
-def write_slow_model(path: str | Path, convs: int = 6, channels: int = 48) -> Path:
+def write_slow_model(path: str | Path, convs: int = 6, channels: int = 48, **metadata: Any) -> Path:
     """A deliberately heavy 1→1 channel conv stack (~20 ms per 64² tile on one core), so that a
-    request lasts long enough to be cancelled or drained mid-way. Valid service metadata."""
+    request lasts long enough to be cancelled or drained mid-way. Valid service metadata
+    (``metadata``: more fields, e.g. ``nucleus_diameter``)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -103,6 +105,7 @@ def write_slow_model(path: str | Path, convs: int = 6, channels: int = 48) -> Pa
         context_margin=convs + 1,
         tile_size=64,
         tile_overlap=2 * convs + 2,
+        **metadata,
     )
     helper.set_model_props(model, metadata.to_onnx_props())
     path = Path(path)

@@ -3,7 +3,10 @@ readiness and metrics), and a request past UNET_REQUEST_TIMEOUT_S (a clear 503, 
 
 from __future__ import annotations
 
+import io
+import json
 import time
+import zipfile
 from pathlib import Path
 
 import onnxruntime as ort
@@ -56,15 +59,23 @@ def test_a_request_past_the_timeout_is_a_503_problem_not_a_hang(
     started = time.monotonic()
     if route == "/segment":
         r = srv.client.post(route, content=body, headers=RAW)
+        elapsed = time.monotonic() - started
+        problem = assert_problem(r, 503, "/problems/timeout")
+        assert "UNET_REQUEST_TIMEOUT_S" in problem["detail"]
+        assert int(r.headers["Retry-After"]) >= 1
+        assert elapsed < 3, f"answered after {elapsed:.1f} s for a 0.3 s timeout"
+        images = 1
     else:
+        # The batch streams: the timeout applies to each image, and each one's problem is in the manifest.
         r = srv.client.post(route, files=[("files", ("a.png", body)), ("files", ("b.png", body))])
-    elapsed = time.monotonic() - started
-    problem = assert_problem(r, 503, "/problems/timeout")
-    assert "UNET_REQUEST_TIMEOUT_S" in problem["detail"]
-    assert int(r.headers["Retry-After"]) >= 1
-    assert elapsed < 3, f"answered after {elapsed:.1f} s for a 0.3 s timeout"
+        assert r.status_code == 200
+        manifest = json.loads(zipfile.ZipFile(io.BytesIO(r.content)).read("manifest.json"))
+        for entry in manifest["files"]:
+            assert entry["status"] == 503 and entry["problem"]["type"] == "/problems/timeout"
+            assert "UNET_REQUEST_TIMEOUT_S" in entry["problem"]["detail"]
+        images = 2
     time.sleep(0.3)
     after = srv.client.get("/metrics").text
     tiles = metric(after, "unet_tiles_total") - metric(before, "unet_tiles_total")
-    assert tiles < 64, "the abandoned request's remaining tiles were still computed"
+    assert tiles < 64 * images, "the abandoned images' remaining tiles were still computed"
     healthy(srv)  # small images finish within the timeout: the server serves on
