@@ -205,6 +205,10 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "Segmenting the image took longer than the server allows (UNET_REQUEST_TIMEOUT_S) and was abandoned.",
         "Retry when the server is less busy, send a smaller image, or ask the operator to raise "
         "the timeout."),
+    "client-closed-request": ProblemType(
+        "Client closed request", 499,
+        "The client disconnected before the answer (nginx's 499); logged and counted, never sent.",
+        "Nothing to do on the server; a client that gave up early may send the image again."),
     "internal-error": ProblemType(
         "Internal server error", 500, "An unexpected error occurred in the service; it was logged.",
         "Report it to the operator, quoting the request id."),
