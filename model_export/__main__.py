@@ -1,4 +1,4 @@
-"""Command line: ``python -m model_export {train,export,evaluate,synth} ...`` (also ``unet-train``)."""
+"""Command line: ``python -m model_export {train,export,evaluate,synth,bioimageio} ...`` (``unet-train``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ commands:
   evaluate   Dice and object F1 of an ONNX model (the service's pipeline) on folders or
              the DSB 2018 layout, beside a classical baseline (--baseline otsu)
   synth      write a synthetic nuclei data set (images/ + masks/) to a folder
+  bioimageio package an ONNX model for the bioimage.io model zoo (Fiji/deepImageJ, ilastik,
+             QuPath); needs the bioimageio extra
 
 `python -m model_export COMMAND --help` lists a command's options."""
 
@@ -39,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         from model_export import synth
 
         synth.main(rest)
+    elif command == "bioimageio":
+        from model_export import bioimageio
+
+        bioimageio.main(rest)
     else:
         print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
