@@ -28,7 +28,11 @@ How the service's steps map onto the spec:
   image so its nuclei come out ``nucleus_diameter`` px across. The spec has no such steps;
   the package takes one channel at the model's scale, and the documentation says so.
 - **Tiling**: the spec's ``halo`` on the outputs is the service's context margin: tools that
-  tile crop that much from each tile's edges.
+  tile crop that much from each tile's edges. They also pad the whole image by the halo
+  (bioimageio.core: mirror) *before* normalising, where the service pads nothing: the
+  percentiles shift slightly and the border sees mirrored context. On the 105 DSB
+  validation images (own scale) masks agree on 99.80 % of pixels (min 99.08 %), foreground
+  Dice vs the truth 0.918 against the service's 0.919.
 - **Output**: ``sigmoid`` postprocessing turns the logits into the probabilities the service
   thresholds; the channels keep the model's class names.
 """
@@ -210,6 +214,10 @@ def documentation(facts: OnnxFacts, test_shape: tuple[int, ...]) -> str:
         "fluorescence images: 58 get different percentiles, a normalised pixel moves by at most 0.032; "
         "with model 2.0.0 on the five most affected images the foreground probability moves by at most "
         "0.049 and the masks agree on at least 99.988 % of the pixels.",
+        "Tools that pad the image by the halo before normalising (bioimageio.core mirrors it) shift "
+        "the percentiles slightly and give the image border mirrored context, where the service pads "
+        "nothing: on the 105 DSB 2018 validation images, masks agree with the service's on 99.80 % of the "
+        "pixels (at least 99.08 %), foreground Dice against the truth 0.918 vs 0.919.",
         f"## Output `{OUTPUT_ID}`",
         "float32 `(batch, channel, y, x)`, the input's `y, x`, values in [0, 1]: the `sigmoid` of the "
         f"network's logits. Channels: {channels}. Channel {m.foreground_channel} is the foreground "
