@@ -51,9 +51,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import tifffile
+from google.protobuf.message import DecodeError
+from pydantic import ValidationError
 
 from service import imaging
-from service.model_metadata import ModelMetadata
+from service.model_metadata import MetadataError, ModelMetadata
 from service.objects import label_prediction, params_for_model
 from service.postprocess import mask, overlay
 from service.preprocess import normalize, to_channels
@@ -101,8 +103,11 @@ class OnnxFacts:
 
 
 def read_onnx(path: Path) -> OnnxFacts:
-    proto = onnx.load(str(path), load_external_data=False)
-    metadata = ModelMetadata.from_onnx_props({p.key: p.value for p in proto.metadata_props})
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        metadata = ModelMetadata.from_onnx_props({p.key: p.value for p in proto.metadata_props})
+    except (OSError, MetadataError, DecodeError) as exc:
+        raise PackageError(f"{path}: not a model written by `python -m model_export export` ({exc})") from exc
     opsets = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
     if not opsets:
         raise PackageError(f"{path}: no default-domain opset in the ONNX file")
@@ -275,10 +280,17 @@ def build(
 ) -> Path:
     """Write the package for ``model`` into ``out``; returns the path of ``out/rdf.yaml``."""
     # Imported here: the spec library is an optional extra, and slow to import.
-    from bioimageio.spec import ValidationContext, save_bioimageio_package, save_bioimageio_yaml_only
-    from bioimageio.spec.model import v0_5 as spec
+    try:
+        from bioimageio.spec import ValidationContext, save_bioimageio_package, save_bioimageio_yaml_only
+        from bioimageio.spec.model import v0_5 as spec
+    except ImportError as exc:
+        raise PackageError(f"{exc}: install the bioimageio extra (pip install -e '.[bioimageio]')") from exc
 
     model, out = Path(model), Path(out)
+    try:
+        licence_id = spec.LicenseId(licence)
+    except ValidationError as exc:
+        raise PackageError(f"{licence!r} is not an SPDX licence identifier (Apache-2.0, MIT, ...)") from exc
     facts = read_onnx(model)
     m = facts.metadata
     if m.output_kind == "logits" and m.activation != "sigmoid":
@@ -367,7 +379,7 @@ def build(
             description=(m.description or "U-Net for fluorescence nuclei")[:1024],
             authors=[spec.Author(name=name) for name in authors],
             cite=cite,
-            license=spec.LicenseId(licence),
+            license=licence_id,
             covers=[file(COVER)],
             documentation=file(DOCUMENTATION),
             tags=[
@@ -462,18 +474,21 @@ def main(argv: list[str] | None = None) -> Path:
         "--no-test", action="store_true", help="skip bioimageio.core's test of the written package"
     )
     args = parser.parse_args(argv)
-    rdf = build(
-        args.model,
-        args.out,
-        image=args.image,
-        authors=tuple(args.author or ("unet-segmentation-service maintainers",)),
-        licence=args.license,
-        zip_path=args.zip,
-    )
+    try:
+        rdf = build(
+            args.model,
+            args.out,
+            image=args.image,
+            authors=tuple(args.author or ("unet-segmentation-service maintainers",)),
+            licence=args.license,
+            zip_path=args.zip,
+        )
+    except (PackageError, ValidationError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
     print(f"wrote {rdf}" + (f" and {args.zip}" if args.zip else ""))
     if not args.no_test:
         summary = run_core_test(rdf)
         if summary.status != "passed":
-            raise PackageError(f"{rdf}: bioimageio.core's test {summary.status}:\n{summary.format()}")
+            raise SystemExit(f"error: {rdf}: bioimageio.core's test {summary.status}:\n{summary.format()}")
         print(f"bioimageio.core test {summary.status}: the test outputs reproduce")
     return rdf

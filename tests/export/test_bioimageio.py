@@ -193,3 +193,22 @@ def test_an_image_smaller_than_the_model_allows_is_refused(tmp_path: Path):
     cv2.imwrite(str(small), np.full((100, 300), 40, np.uint8))
     with pytest.raises(bio.PackageError, match=r"100×300 px is too small.*at least 208 px"):
         bio.build(MODEL, tmp_path / "pkg", image=small)
+
+
+@pytest.mark.parametrize(
+    ("model", "licence", "message"),
+    [
+        ("garbage", "MIT", "not-a-model.onnx: not a model written by `python -m model_export export`"),
+        ("bundled", "Proprietary", "'Proprietary' is not an SPDX licence identifier"),
+    ],
+)
+def test_cli_says_what_is_wrong(tmp_path: Path, model: str, licence: str, message: str):
+    path = MODEL
+    if model == "garbage":
+        path = tmp_path / "not-a-model.onnx"
+        path.write_bytes(b"this is no ONNX file")
+    with pytest.raises(SystemExit) as exit_info:
+        bio.main(["--model", str(path), "--license", licence, "--out", str(tmp_path / "pkg")])
+    assert str(exit_info.value).startswith("error: ")
+    assert message in str(exit_info.value)
+    assert not (tmp_path / "pkg").exists()
