@@ -1,4 +1,4 @@
-"""Command line: ``python -m model_export {train,export,evaluate,synth,seal} ...`` (also ``unet-train``)."""
+"""Command line: ``python -m model_export {train,export,evaluate,synth,seal,bioimageio} ...``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ commands:
              the DSB 2018 layout, beside a classical baseline (--baseline otsu)
   synth      write a synthetic nuclei data set (images/ + masks/) to a folder
   seal       add the checksum the service verifies at load to an exported ONNX file
+  bioimageio package an ONNX model for the bioimage.io model zoo (Fiji/deepImageJ, ilastik,
+             QuPath); needs the bioimageio extra
 
 `python -m model_export COMMAND --help` lists a command's options."""
 
@@ -44,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         from model_export import synth
 
         synth.main(rest)
+    elif command == "bioimageio":
+        from model_export import bioimageio
+
+        bioimageio.main(rest)
     else:
         print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
