@@ -44,6 +44,19 @@ class ModelLoadError(RuntimeError):
     """The model file is missing, unreadable, not ONNX, or lacks usable metadata."""
 
 
+#: ``UNET_PRECISION`` values: ``auto`` serves the int8 copy when the active provider is the CPU
+#: and the copy exists, ``fp32`` always the file named, ``int8`` always the int8 copy (on the CPU).
+PRECISIONS = ("auto", "fp32", "int8")
+
+_CPU = "CPUExecutionProvider"
+
+
+def int8_path(model_path: str | Path) -> Path:
+    """Where a model's int8 copy lives: ``models/nuclei-unet.onnx`` → ``models/nuclei-unet.int8.onnx``."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}.int8{path.suffix}")
+
+
 def _provider_name(spec: ProviderSpec) -> str:
     return spec if isinstance(spec, str) else spec[0]
 
@@ -135,6 +148,60 @@ class Engine:
                 "running on %s",
                 ", ".join(dropped),
                 ", ".join(engine.providers),
+            )
+        return engine
+
+    @classmethod
+    def load_with_precision(
+        cls,
+        path: str | Path,
+        precision: str = "auto",
+        providers: Sequence[ProviderSpec] = DEFAULT_PROVIDERS,
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 1,
+    ) -> Engine:
+        """:meth:`load` of ``path`` or of its int8 copy (:func:`int8_path`), as ``precision`` says.
+
+        int8 runs on the CPU only: ONNX Runtime's GPU providers gain nothing from the QDQ graph
+        (they dequantise or fall back node by node), so ``auto`` keeps the file named on any
+        other provider and ``int8`` drops the others with a warning. ``auto`` first opens the
+        file named, since only an open session tells which provider really attached (CUDA is
+        listed as available even where its libraries are missing).
+
+        Raises:
+            ModelLoadError: as :meth:`load`; ``int8`` without an int8 copy (or with a copy
+                whose metadata does not say int8); an unknown ``precision``.
+        """
+        if precision not in PRECISIONS:
+            raise ModelLoadError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        quantised = int8_path(path)
+        if precision == "int8":
+            if not quantised.is_file():
+                raise ModelLoadError(
+                    f"UNET_PRECISION=int8 but there is no int8 model at {quantised} "
+                    f"(make one with `python -m model_export quantize --model {path}`)"
+                )
+            others = [_provider_name(p) for p in providers if _provider_name(p) != _CPU]
+            if others:
+                log.warning("the int8 model runs on the CPU only; not using %s", ", ".join(others))
+            return cls._load_int8(quantised, intra_op_threads, inter_op_threads)
+        engine = cls.load(path, providers, intra_op_threads, inter_op_threads)
+        if precision == "fp32" or engine.providers[0] != _CPU or not quantised.is_file():
+            return engine
+        try:
+            chosen = cls._load_int8(quantised, intra_op_threads, inter_op_threads)
+        except ModelLoadError as exc:
+            log.warning("not using the int8 model: %s; serving %s", exc, engine.path.name)
+            return engine
+        log.info("serving the int8 model %s on the CPU (UNET_PRECISION=auto)", quantised.name)
+        return chosen
+
+    @classmethod
+    def _load_int8(cls, path: Path, intra_op_threads: int, inter_op_threads: int) -> Engine:
+        engine = cls.load(path, [_CPU], intra_op_threads, inter_op_threads)
+        if engine.metadata.precision != "int8":
+            raise ModelLoadError(
+                f"{path}: its metadata says precision {engine.metadata.precision!r}, not 'int8'"
             )
         return engine
 

@@ -62,8 +62,11 @@ class Runtime:
         """Load, warm up, start the batcher; never raises (failures become the not-ready reason)."""
         s = self.settings
         try:
-            log.info("loading model %s (providers %s)", s.model_path, ", ".join(s.providers))
-            engine = Engine.load(s.model_path, s.providers, s.intra_op_threads, s.inter_op_threads)
+            providers = ", ".join(s.providers)
+            log.info("loading model %s (providers %s, precision %s)", s.model_path, providers, s.precision)
+            engine = Engine.load_with_precision(
+                s.model_path, s.precision, s.providers, s.intra_op_threads, s.inter_op_threads
+            )
             self.reason = "the model is warming up"
             md = engine.metadata
             tile = s.tile_size or md.tile_size
@@ -89,12 +92,14 @@ class Runtime:
                     return
                 self.engine, self.batcher = engine, batcher
                 self.state, self.reason = "ready", "ready"
-            metrics.set_model(md.name, md.version, s.model_path.name, engine.providers)
+            metrics.set_model(md.name, md.version, engine.path.name, engine.providers)
             metrics.MODEL_READY.set(1)
             log.info(
-                "model %s %s ready on %s (warm-up %.0f ms)",
+                "model %s %s (%s, %s) ready on %s (warm-up %.0f ms)",
                 md.name,
                 md.version,
+                md.precision,
+                engine.path.name,
                 engine.providers[0],
                 1000 * self.warmup_s,
             )

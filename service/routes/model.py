@@ -62,7 +62,10 @@ class DefaultsInfo(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     version: str
-    file: str = Field(description="model file name (the directory is not disclosed)")
+    file: str = Field(description="model file served (name only, the directory is not disclosed)")
+    precision: str = Field(
+        description="fp32, fp16 or int8: the weights served (UNET_PRECISION=auto serves the int8 copy on CPU)"
+    )
     providers: list[str] = Field(description="execution providers attached, in priority order")
     provider: str = Field(description="the active provider (the first attached)")
     warmup_ms: float | None
@@ -115,7 +118,8 @@ def model_info(runtime: Runtime = Depends(get_runtime)) -> ModelInfo:
     return ModelInfo(
         name=md.name,
         version=md.version,
-        file=s.model_path.name,
+        file=engine.path.name,
+        precision=md.precision,
         providers=engine.providers,
         provider=engine.providers[0],
         warmup_ms=None if runtime.warmup_s is None else round(1000 * runtime.warmup_s, 1),
