@@ -14,6 +14,7 @@ provider.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -168,9 +169,14 @@ class Engine:
         file named, since only an open session tells which provider really attached (CUDA is
         listed as available even where its libraries are missing).
 
+        A copy made from another file than the one named (its ``quantization.source.sha256``
+        differs: the model was replaced and the old copy left beside it) is never served:
+        ``auto`` serves the file named and warns, ``int8`` fails.
+
         Raises:
-            ModelLoadError: as :meth:`load`; ``int8`` without an int8 copy (or with a copy
-                whose metadata does not say int8); an unknown ``precision``.
+            ModelLoadError: as :meth:`load`; ``int8`` without an int8 copy, with a copy whose
+                metadata does not say int8 or that was made from another model file; an
+                unknown ``precision``.
         """
         if precision not in PRECISIONS:
             raise ModelLoadError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -184,12 +190,12 @@ class Engine:
             others = [_provider_name(p) for p in providers if _provider_name(p) != _CPU]
             if others:
                 log.warning("the int8 model runs on the CPU only; not using %s", ", ".join(others))
-            return cls._load_int8(quantised, intra_op_threads, inter_op_threads)
+            return cls._load_int8(quantised, Path(path), intra_op_threads, inter_op_threads)
         engine = cls.load(path, providers, intra_op_threads, inter_op_threads)
         if precision == "fp32" or engine.providers[0] != _CPU or not quantised.is_file():
             return engine
         try:
-            chosen = cls._load_int8(quantised, intra_op_threads, inter_op_threads)
+            chosen = cls._load_int8(quantised, Path(path), intra_op_threads, inter_op_threads)
         except ModelLoadError as exc:
             log.warning("not using the int8 model: %s; serving %s", exc, engine.path.name)
             return engine
@@ -197,11 +203,17 @@ class Engine:
         return chosen
 
     @classmethod
-    def _load_int8(cls, path: Path, intra_op_threads: int, inter_op_threads: int) -> Engine:
+    def _load_int8(cls, path: Path, source: Path, intra_op_threads: int, inter_op_threads: int) -> Engine:
+        """The int8 copy ``path`` on the CPU, checked to be an int8 model made from ``source``."""
         engine = cls.load(path, [_CPU], intra_op_threads, inter_op_threads)
-        if engine.metadata.precision != "int8":
+        md = engine.metadata
+        if md.precision != "int8":
+            raise ModelLoadError(f"{path}: its metadata says precision {md.precision!r}, not 'int8'")
+        recorded = md.quantization.get("source", {}).get("sha256")
+        if recorded and source.is_file() and hashlib.sha256(source.read_bytes()).hexdigest() != recorded:
             raise ModelLoadError(
-                f"{path}: its metadata says precision {engine.metadata.precision!r}, not 'int8'"
+                f"{path.name} was made from another {source.name} than the one there now (stale copy); "
+                f"re-run `python -m model_export quantize --model {source}`"
             )
         return engine
 

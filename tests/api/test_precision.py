@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -34,6 +35,23 @@ def with_int8(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def without_int8(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same mini U-Net alone in its folder."""
     return write_conv_model(tmp_path_factory.mktemp("fp32-only") / "conv.onnx", seed=1)
+
+
+@pytest.fixture(scope="module")
+def stale_int8(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model replaced after its int8 copy was made: the copy beside it is stale."""
+    fp32 = write_conv_model(tmp_path_factory.mktemp("stale") / "conv.onnx", seed=1)
+    _quantise(fp32)
+    write_conv_model(fp32, seed=2)  # re-exported under the same name, other weights
+    return fp32
+
+
+def _verdict(server: Server) -> httpx.Response:
+    """/readyz once the background load has finished (ready or failed)."""
+    deadline = time.monotonic() + 60
+    while (r := server.client.get("/readyz")).json()["status"] == "loading" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return r
 
 
 def _served(server: Server) -> tuple[dict, dict]:
@@ -71,10 +89,7 @@ def test_auto_without_an_int8_copy_serves_fp32(start_server, without_int8: Path)
 def test_int8_setting_without_an_int8_copy_is_not_ready_and_says_how_to_make_one(
     start_server, without_int8: Path
 ) -> None:
-    server = start_server({"UNET_MODEL_PATH": str(without_int8), "UNET_PRECISION": "int8"})
-    deadline = time.monotonic() + 60  # the load runs in the background: wait for its verdict
-    while (r := server.client.get("/readyz")).json()["status"] == "loading" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    r = _verdict(start_server({"UNET_MODEL_PATH": str(without_int8), "UNET_PRECISION": "int8"}))
     assert r.status_code == 503
     body = r.json()
     assert body["status"] == "failed" and body["precision"] is None
@@ -101,3 +116,13 @@ def test_int8_and_fp32_servers_give_nearly_the_same_mask(start_server, with_int8
     ]
     assert masks[0].shape == masks[1].shape == (160, 200)
     assert float(np.mean(masks[0] == masks[1])) >= 0.98
+
+
+def test_a_stale_int8_copy_is_never_served(start_server, stale_int8: Path) -> None:
+    auto = start_server({"UNET_MODEL_PATH": str(stale_int8)}).wait_ready()
+    info, ready = _served(auto)
+    assert info["precision"] == ready["precision"] == "fp32" and info["file"] == "conv.onnx"
+    assert "stale copy" in auto.log()
+    r = _verdict(start_server({"UNET_MODEL_PATH": str(stale_int8), "UNET_PRECISION": "int8"}))
+    assert r.status_code == 503 and r.json()["status"] == "failed"
+    assert "stale copy" in r.json()["reason"] and "model_export quantize" in r.json()["reason"]

@@ -27,6 +27,9 @@ def test_the_int8_copy_describes_the_same_model(engines: tuple[Engine, Engine]) 
     assert int8.metadata.precision == "int8" and fp32.metadata.precision == "fp32"
     assert int8.metadata.model_copy(update={"precision": "fp32", "quantization": {}}) == fp32.metadata
     assert int8.metadata.quantization["source"]["file"] == FP32.name
+    # Made from the bundled fp32 file as it is now (a stale copy would be refused).
+    served = Engine.load_with_precision(FP32, "int8", ["CPUExecutionProvider"], intra_op_threads=1)
+    assert served.path == int8_path(FP32)
 
 
 @pytest.mark.parametrize("seed", [6_000_001, 6_000_002])
