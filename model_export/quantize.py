@@ -30,10 +30,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,6 +168,25 @@ class _Reader(CalibrationDataReader):
 # --- quantising --------------------------------------------------------------------------
 
 
+class _DropPreprocessingAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextmanager
+def _without_preprocessing_advice() -> Iterator[None]:
+    """Silence ORT's advice to pre-process: its symbolic shape inference fails on our dynamic
+    H/W ("Incomplete symbolic shape inference"), and what it would do is done already (the
+    exporter folds batch norm into the convolutions; the graph is Conv/Relu/MaxPool/
+    ConvTranspose/Concat)."""
+    root, advice = logging.getLogger(), _DropPreprocessingAdvice()
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
+
+
 def quantize(model: Path, out: Path, calibration: CalibrationSet) -> dict:
     """Write the int8 QDQ copy of ``model`` to ``out`` with the fp32 metadata + quantisation details.
 
@@ -178,7 +199,7 @@ def quantize(model: Path, out: Path, calibration: CalibrationSet) -> dict:
     input_name = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).get_inputs()[0].name
     started = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _without_preprocessing_advice():
         # The calibrator writes an augmented copy of the model beside its temporary files.
         raw = Path(tmp) / "int8.onnx"
         quantize_static(

@@ -320,6 +320,10 @@ def count_prediction(foreground: np.ndarray, probabilities: np.ndarray, params: 
     :func:`label_prediction`."""
     if not params.uses_centers:
         return count_objects(foreground, params)
+    if not 0 <= params.center_channel < probabilities.shape[0]:
+        raise ValueError(
+            f"centre channel {params.center_channel} is outside the model's {probabilities.shape[0]} outputs"
+        )
     return count_objects(foreground, params, probabilities[params.center_channel])
 
 
