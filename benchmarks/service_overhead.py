@@ -6,27 +6,36 @@ In ONE run, on the same 2048×2048 image and the same thread counts:
 2. **service**: ``POST /segment`` end to end over HTTP on loopback to a real ``python -m service``
    process (upload, decode, normalise, tile with overlap, dynamic batcher, stitch, threshold,
    PNG encode, response), with the model's default tiling.
-3. **service, single pass**: the same with ``?tile_size=2048`` (no overlap cost), to separate the
-   tiling overhead from the HTTP/decode/encode overhead.
+3. **service without the count**: the same with ``UNET_COUNT_OBJECTS_ON_EVERY_OUTPUT=false``, so the
+   difference is what counting the nuclei for ``X-Object-Count`` costs.
+4. with ``--int8``: **bare ORT and the service on the model's int8 copy** (``<stem>.int8.onnx``,
+   ``python -m model_export quantize``), so int8 / fp32 and the int8 service's own overhead are
+   measured in the same run. The fp32 services pin ``UNET_PRECISION=fp32``: the default ``auto``
+   would pick the int8 copy on this CPU.
 
 Prints a markdown table, writes ``docs/bench/service_overhead.png`` and the ratio service / bare
-(goal ≤ 1.15×), by min and by median of ``--repeat`` interleaved rounds after a warm-up run. The
+(goal ≤ 1.15×), by min and by median of ``--repeat`` interleaved rounds after a warm-up run. Each
+path's CPU time (user + system, of the service process or of this one for bare ORT) is reported
+too: on a machine shared with other work, wall time swings with the load while CPU seconds per
+request stay much steadier, so they show what a change costs even when the wall ratios are noise. The
 image is a synthetic nuclei image (``_common.nuclei_image``). The model is ``--model`` (default: the
 bundled ``models/nuclei-unet.onnx``); if that file does not exist yet, an UNTRAINED U-Net of the
 default architecture is exported to a temporary file first (in a subprocess: PyTorch must not
 share a process with ONNX Runtime).
 
-    .venv/bin/python benchmarks/service_overhead.py [--model PATH] [--threads N] [--repeat 3]
+    .venv/bin/python benchmarks/service_overhead.py [--model PATH] [--threads N] [--repeat 3] [--int8]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +51,18 @@ from _common import (
     timed,
 )
 
+from service.engine import int8_path
 from service.model_metadata import ModelMetadata
 from service.preprocess import prepare
 from service.settings import DEFAULT_MODEL_PATH
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system, all threads) of process ``pid`` so far; of this process when None."""
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, in ticks
 
 
 class BareOrt:
@@ -73,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--int8", action="store_true", help="also time the service on the model's int8 copy (same run)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--plot", default="service_overhead.png", help="file name under docs/bench/")
     args = parser.parse_args(argv)
@@ -85,8 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         md = bare.metadata
         # The second service skips splitting nuclei for X-Object-Count on plain mask outputs:
         # the difference is what the count costs.
-        no_count = {"UNET_COUNT_OBJECTS_ON_EVERY_OUTPUT": "false"}
-        with Service(model, args.threads) as service, Service(model, args.threads, no_count) as lean:
+        fp32 = {"UNET_PRECISION": "fp32"}
+        no_count = {**fp32, "UNET_COUNT_OBJECTS_ON_EVERY_OUTPUT": "false"}
+        if args.int8 and not int8_path(model).is_file():
+            parser.error(f"--int8: no int8 copy at {int8_path(model)} (python -m model_export quantize)")
+        with contextlib.ExitStack() as stack:
+            service = stack.enter_context(Service(model, args.threads, fp32))
+            lean = stack.enter_context(Service(model, args.threads, no_count))
             paths = {
                 "bare ORT single pass (normalised input)": bare,
                 "service (default settings)": lambda: service.segment(body, {}, "default"),
@@ -94,13 +120,36 @@ def main(argv: list[str] | None = None) -> int:
                     body, {}, "no-count"
                 ),
             }
+            servers = [service, lean]
+            pids: dict[str, int | None] = {label: None for label in paths}
+            pids.update(
+                {
+                    "service (default settings)": service.pid,
+                    "service (UNET_COUNT_OBJECTS_ON_EVERY_OUTPUT=false)": lean.pid,
+                }
+            )
+            if args.int8:
+                bare8 = BareOrt(int8_path(model), image, args.threads)
+                quantised = stack.enter_context(Service(model, args.threads, {"UNET_PRECISION": "int8"}))
+                paths["bare ORT single pass, int8 model"] = bare8
+                paths["service, int8 model (default settings)"] = lambda: quantised.segment(body, {}, "int8")
+                servers.append(quantised)
+                pids.update(
+                    {
+                        "bare ORT single pass, int8 model": None,
+                        "service, int8 model (default settings)": quantised.pid,
+                    }
+                )
             for fn in paths.values():
                 fn()  # warm-up: first-run allocations and kernel selection are not steady state
             # Interleaved rounds: a CPU shared with other work drifts, and drift must hit all paths alike.
             times: dict[str, list[float]] = {label: [] for label in paths}
+            cpu: dict[str, list[float]] = {label: [] for label in paths}
             for _ in range(args.repeat):
                 for label, fn in paths.items():
+                    before = cpu_seconds(pids[label])
                     times[label].append(timed(fn))
+                    cpu[label].append(cpu_seconds(pids[label]) - before)
 
     print(f"\n## Service overhead\n\n{machine()}\n")
     print(
@@ -111,21 +160,42 @@ def main(argv: list[str] | None = None) -> int:
     )
     base_min = min(times[next(iter(paths))])
     base_med = statistics.median(times[next(iter(paths))])
+    base_cpu = statistics.median(cpu[next(iter(paths))])
     rows: dict[str, dict] = {}
     table = []
     for label, values in times.items():
-        lo, med = min(values), statistics.median(values)
-        table.append([label, f"{lo:.3f}", f"{med:.3f}", f"{lo / base_min:.2f}×", f"{med / base_med:.2f}×"])
-        rows[label] = {"min_s": lo, "median_s": med, "all_s": values}
-    print(markdown_table(["path", "min s", "median s", "× bare (min)", "× bare (median)"], table))
+        lo, med, cpu_med = min(values), statistics.median(values), statistics.median(cpu[label])
+        table.append(
+            [
+                label,
+                f"{lo:.3f}",
+                f"{med:.3f}",
+                f"{lo / base_min:.2f}×",
+                f"{med / base_med:.2f}×",
+                f"{cpu_med:.2f}",
+                f"{cpu_med / base_cpu:.2f}×",
+            ]
+        )
+        rows[label] = {"min_s": lo, "median_s": med, "all_s": values, "cpu_s": cpu[label]}
+    headers = ["path", "min s", "median s", "× bare (min)", "× bare (median)", "CPU s (median)", "× bare CPU"]
+    print(markdown_table(headers, table))
     print()
-    for key, headers in {**service.headers, **lean.headers}.items():
+    for key, headers in {k: v for server in servers for k, v in server.headers.items()}.items():
         print(f"- last {key} request: tiles={headers['X-Tiles']}, `{headers['Server-Timing']}`")
     default = times["service (default settings)"]
     print(
         f"\nratio service / bare = **{min(default) / base_min:.2f}× by min, "
         f"{statistics.median(default) / base_med:.2f}× by median** (goal ≤ 1.15×)"
     )
+    if args.int8:
+        quick = times["service, int8 model (default settings)"]
+        floor8 = times["bare ORT single pass, int8 model"]
+        print(
+            f"int8 / fp32 through the service = **{min(quick) / min(default):.2f}× by min, "
+            f"{statistics.median(quick) / statistics.median(default):.2f}× by median**; "
+            f"int8 service / bare int8 ORT = {min(quick) / min(floor8):.2f}× by min, "
+            f"{statistics.median(quick) / statistics.median(floor8):.2f}× by median"
+        )
 
     title = f"POST /segment vs bare ORT, {args.size}² image, {args.threads} threads"
     print("\n" + plot_rounds(times, title, args.plot))

@@ -1,4 +1,4 @@
-"""Command line: ``python -m model_export {train,export,evaluate,synth,seal,bioimageio} ...``."""
+"""Command line: ``python -m model_export {train,export,quantize,evaluate,synth,seal,bioimageio} ...``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ USAGE = """usage: python -m model_export COMMAND [options]
 commands:
   train      train a U-Net on image/mask folders, the DSB 2018 layout, or synthetic nuclei
   export     export a checkpoint to a verified, self-describing ONNX file
+  quantize   an int8 copy of an exported model for CPU serving (calibrated on training
+             images; --check compares it with fp32 on the DSB validation split)
   evaluate   Dice and object F1 of an ONNX model (the service's pipeline) on folders or
              the DSB 2018 layout, beside a classical baseline (--baseline otsu)
   synth      write a synthetic nuclei data set (images/ + masks/) to a folder
@@ -25,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    # Imports are per command: `evaluate` must not pull in PyTorch.
+    # Imports are per command: `evaluate` and `quantize` must not pull in PyTorch.
     if command == "train":
         from model_export import train
 
@@ -34,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         from model_export import export
 
         export.main(rest)
+    elif command == "quantize":
+        from model_export import quantize
+
+        return quantize.main(rest)
     elif command == "evaluate":
         from model_export import evaluate
 

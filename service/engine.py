@@ -45,6 +45,19 @@ class ModelLoadError(RuntimeError):
     """The model file is missing, unreadable, not ONNX, or lacks usable metadata."""
 
 
+#: ``UNET_PRECISION`` values: ``auto`` serves the int8 copy when the active provider is the CPU
+#: and the copy exists, ``fp32`` always the file named, ``int8`` always the int8 copy (on the CPU).
+PRECISIONS = ("auto", "fp32", "int8")
+
+_CPU = "CPUExecutionProvider"
+
+
+def int8_path(model_path: str | Path) -> Path:
+    """Where a model's int8 copy lives: ``models/nuclei-unet.onnx`` → ``models/nuclei-unet.int8.onnx``."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}.int8{path.suffix}")
+
+
 def _provider_name(spec: ProviderSpec) -> str:
     return spec if isinstance(spec, str) else spec[0]
 
@@ -174,6 +187,82 @@ class Engine:
                 model_checksum.CHECKSUM_KEY,
             )
         return checksum
+
+    @classmethod
+    def load_with_precision(
+        cls,
+        path: str | Path,
+        precision: str = "auto",
+        providers: Sequence[ProviderSpec] = DEFAULT_PROVIDERS,
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 1,
+        require_checksum: bool = False,
+    ) -> Engine:
+        """:meth:`load` of ``path`` or of its int8 copy (:func:`int8_path`), as ``precision`` says.
+
+        int8 runs on the CPU only: ONNX Runtime's GPU providers gain nothing from the QDQ graph
+        (they dequantise or fall back node by node), so ``auto`` keeps the file named on any
+        other provider and ``int8`` drops the others with a warning. ``auto`` first opens the
+        file named, since only an open session tells which provider really attached (CUDA is
+        listed as available even where its libraries are missing).
+
+        A copy made from another file than the one named (its ``quantization.source.sha256``
+        differs: the model was replaced and the old copy left beside it) is never served:
+        ``auto`` serves the file named and warns, ``int8`` fails.
+
+        Raises:
+            ModelLoadError: as :meth:`load`; ``int8`` without an int8 copy, with a copy whose
+                metadata does not say int8 or that was made from another model file; an
+                unknown ``precision``.
+        """
+        if precision not in PRECISIONS:
+            raise ModelLoadError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        quantised = int8_path(path)
+        if precision == "int8":
+            if not quantised.is_file():
+                raise ModelLoadError(
+                    f"UNET_PRECISION=int8 but there is no int8 model at {quantised} "
+                    f"(make one with `python -m model_export quantize --model {path}`)"
+                )
+            others = [_provider_name(p) for p in providers if _provider_name(p) != _CPU]
+            if others:
+                log.warning("the int8 model runs on the CPU only; not using %s", ", ".join(others))
+            return cls._load_int8(quantised, Path(path), intra_op_threads, inter_op_threads, require_checksum)
+        engine = cls.load(path, providers, intra_op_threads, inter_op_threads, require_checksum)
+        if precision == "fp32" or engine.providers[0] != _CPU or not quantised.is_file():
+            return engine
+        try:
+            chosen = cls._load_int8(
+                quantised, Path(path), intra_op_threads, inter_op_threads, require_checksum
+            )
+        except ModelLoadError as exc:
+            log.warning("not using the int8 model: %s; serving %s", exc, engine.path.name)
+            return engine
+        log.info("serving the int8 model %s on the CPU (UNET_PRECISION=auto)", quantised.name)
+        return chosen
+
+    @classmethod
+    def _load_int8(
+        cls, path: Path, source: Path, intra_op_threads: int, inter_op_threads: int, require_checksum: bool
+    ) -> Engine:
+        """The int8 copy ``path`` on the CPU, checked to be an int8 model made from ``source``.
+
+        The source is recognised by its seal digest (``model_checksum.digest``: the file less its
+        own seal entry), so sealing the fp32 file after quantising it does not make the copy stale.
+        """
+        engine = cls.load(path, [_CPU], intra_op_threads, inter_op_threads, require_checksum)
+        md = engine.metadata
+        if md.precision != "int8":
+            raise ModelLoadError(f"{path}: its metadata says precision {md.precision!r}, not 'int8'")
+        recorded = str(md.quantization.get("source", {}).get("sha256") or "")
+        if recorded and not recorded.startswith("sha256:"):
+            recorded = f"sha256:{recorded}"  # copies written before the seal existed: bare hex
+        if recorded and source.is_file() and model_checksum.digest(source.read_bytes()) != recorded:
+            raise ModelLoadError(
+                f"{path.name} was made from another {source.name} than the one there now (stale copy); "
+                f"re-run `python -m model_export quantize --model {source}`"
+            )
+        return engine
 
     def _check_layout(self) -> None:
         """Fail at load, not at the first request, if the graph is not (N, C, H, W) → (N, K, H, W)."""

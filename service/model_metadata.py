@@ -67,7 +67,11 @@ class ModelMetadata(BaseModel):
     )
     architecture: dict = Field(default_factory=dict, description="depth, base_channels, fusion, upsample")
     training: dict = Field(default_factory=dict, description="command, data, metrics")
-    precision: Literal["fp32", "fp16"] = "fp32"
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    quantization: dict = Field(
+        default_factory=dict,
+        description="int8 models: how they were quantised and calibrated (model_export.quantize); else empty",
+    )
 
     @property
     def center_channel(self) -> int | None:

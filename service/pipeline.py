@@ -102,11 +102,12 @@ def predict_scaled(
 @dataclass
 class GridOutputs:
     """The model's answer on the input's grid: ``probability`` ``(H, W)`` float32, ``mask`` 0/255 uint8,
-    ``labels`` int32 (None when not asked for)."""
+    ``labels`` int32 (None when not asked for), ``count`` of objects (None when not asked for)."""
 
     probability: np.ndarray
     mask: np.ndarray
     labels: np.ndarray | None
+    count: int | None = None
 
 
 def on_input_grid(
@@ -115,21 +116,27 @@ def on_input_grid(
     shape: tuple[int, int],
     threshold: float,
     params: objects.ObjectParams | None,
+    count_only: bool = False,
 ) -> GridOutputs:
     """Foreground probability, mask and (when ``params`` is given) object labels at ``shape``.
 
     Objects are split at the model's scale, on the stitched full-image maps (so a nucleus
     cut by a tile border is one object), then brought back by nearest neighbour and
-    renumbered in raster order.
+    renumbered in raster order. ``count_only``: only count them (``objects.count_prediction``,
+    a fraction of the cost; ``labels`` stays None).
     """
     prob = postprocess.foreground_probability(prediction, metadata)
     mask = postprocess.mask(prob, threshold)
-    labels = None
-    if params is not None:
+    labels = count = None
+    if params is not None and count_only:
+        count = objects.count_prediction(mask > 0, prediction.probabilities, params)
+    elif params is not None:
         labels = objects.label_prediction(mask > 0, prediction.probabilities, params)
     if prob.shape != tuple(shape):
         prob = rescale.resize_maps(prob[None], shape)[0]
         mask = postprocess.mask(prob, threshold)  # thresholded on the input grid, after smoothing
         if labels is not None:
             labels = rescale.renumber(rescale.resize_labels(labels, shape))
-    return GridOutputs(prob, mask, labels)
+    if labels is not None:
+        count = int(labels.max(initial=0))
+    return GridOutputs(prob, mask, labels, count)

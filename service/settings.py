@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -52,6 +52,11 @@ class Settings(BaseSettings):
         False,
         description="refuse a model file without the unet.sha256 seal (a sealed file is always "
         "verified at load; a mismatch keeps the service not-ready)",
+    )
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto",
+        description="auto: the model's int8 copy (<stem>.int8.onnx beside it) when running on the CPU and "
+        "the copy exists, else the model; fp32: the model as named; int8: the int8 copy, on the CPU",
     )
     intra_op_threads: int = Field(
         0, ge=0, description="ONNX Runtime threads inside one operator; 0 = ORT's default (one per core)"

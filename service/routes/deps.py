@@ -66,9 +66,11 @@ class Runtime:
         """Load, warm up, start the batcher; never raises (failures become the not-ready reason)."""
         s = self.settings
         try:
-            log.info("loading model %s (providers %s)", s.model_path, ", ".join(s.providers))
-            engine = Engine.load(
+            providers = ", ".join(s.providers)
+            log.info("loading model %s (providers %s, precision %s)", s.model_path, providers, s.precision)
+            engine = Engine.load_with_precision(
                 s.model_path,
+                s.precision,
                 s.providers,
                 s.intra_op_threads,
                 s.inter_op_threads,
@@ -102,12 +104,14 @@ class Runtime:
                     return
                 self.engine, self.batcher = engine, batcher
                 self.state, self.reason = "ready", "ready"
-            metrics.set_model(md.name, md.version, s.model_path.name, engine.providers)
+            metrics.set_model(md.name, md.version, engine.path.name, engine.providers)
             metrics.MODEL_READY.set(1)
             log.info(
-                "model %s %s ready on %s (warm-up %.0f ms; %s)",
+                "model %s %s (%s, %s) ready on %s (warm-up %.0f ms; %s)",
                 md.name,
                 md.version,
+                md.precision,
+                engine.path.name,
                 engine.providers[0],
                 1000 * self.warmup_s,
                 f"checksum {engine.checksum} verified" if engine.checksum else "no checksum",

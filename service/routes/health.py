@@ -26,6 +26,7 @@ class Readiness(BaseModel):
     reason: str = Field(description="why not ready (or 'ready')")
     provider: str | None = Field(None, description="active execution provider, once loaded")
     model: str | None = Field(None, description="model name and version, once loaded")
+    precision: str | None = Field(None, description="fp32, fp16 or int8: the weights served, once loaded")
 
 
 class V2Live(BaseModel):
@@ -44,6 +45,7 @@ def readiness(runtime: Runtime) -> Readiness:
         reason=runtime.reason,
         provider=runtime.provider,
         model=f"{md.name}:{md.version}" if md else None,
+        precision=md.precision if md else None,
     )
 
 

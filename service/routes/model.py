@@ -76,7 +76,10 @@ class DefaultsInfo(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     version: str
-    file: str = Field(description="model file name (the directory is not disclosed)")
+    file: str = Field(description="model file served (name only, the directory is not disclosed)")
+    precision: str = Field(
+        description="fp32, fp16 or int8: the weights served (UNET_PRECISION=auto serves the int8 copy on CPU)"
+    )
     checksum: str | None = Field(
         None, description="sha256:<hex> of the model file, verified at load; null: the file carries no seal"
     )
@@ -133,8 +136,9 @@ def model_info(runtime: Runtime = Depends(get_runtime)) -> ModelInfo:
     return ModelInfo(
         name=md.name,
         version=md.version,
-        file=s.model_path.name,
+        file=engine.path.name,
         checksum=engine.checksum,
+        precision=md.precision,
         providers=engine.providers,
         provider=engine.providers[0],
         warmup_ms=None if runtime.warmup_s is None else round(1000 * runtime.warmup_s, 1),

@@ -367,18 +367,24 @@ def render(
     ``plane``: what was segmented (its pixel size adds the µm columns; GeoJSON carries it and
     ``warnings`` in its properties).
 
-    ``count_every_output`` (``UNET_COUNT_OBJECTS_ON_EVERY_OUTPUT``): also split and count
-    objects for mask/probability/overlay; splitting costs ~0.1–0.25× of the model's time
-    on dense images (docs/benchmarks.md), so throughput-bound deployments may turn it off.
+    ``count_every_output`` (``UNET_COUNT_OBJECTS_ON_EVERY_OUTPUT``): also count objects for
+    mask/probability (by their split seeds, without labelling: ``objects.count_objects``);
+    deployments that want no count at all may turn it off (docs/benchmarks.md).
     ``prediction`` may be at the model's nucleus scale; every output is on ``image``'s grid.
     """
     threshold = options.threshold if options.threshold is not None else md.threshold
-    # The overlay outlines each object (touching nuclei visibly apart), so it always labels.
-    want_labels = count_every_output or options.output not in (Output.mask, Output.probability)
+    # The overlay outlines each object (touching nuclei visibly apart), so it always labels;
+    # mask and probability need only the count, which costs a fraction of labelling.
+    count_only = options.output in (Output.mask, Output.probability)
     grid = pipeline.on_input_grid(
-        prediction, md, image.shape[:2], threshold, object_params(options, md) if want_labels else None
+        prediction,
+        md,
+        image.shape[:2],
+        threshold,
+        object_params(options, md) if count_every_output or not count_only else None,
+        count_only=count_only,
     )
-    count = None if grid.labels is None else int(grid.labels.max(initial=0))
+    count = grid.count
     body, media_type = outputs.encode(
         options.output.value,
         image,
