@@ -150,7 +150,8 @@ class Segmenter:
         Args:
             model: ONNX file written by ``python -m model_export export``; None: the settings'
                 ``model_path`` — the bundled ``models/nuclei-unet.onnx`` unless ``UNET_MODEL_PATH``
-                says otherwise.
+                says otherwise. On the CPU its int8 copy ``<stem>.int8.onnx`` is served when it
+                sits beside it, as in the service (``UNET_PRECISION``: auto, fp32 or int8).
             providers: ONNX Runtime execution providers in order of preference (``"cuda"``,
                 ``"cpu"``, or full names); None: the settings' (CUDA, falling back to CPU).
             threads: ONNX Runtime threads inside one operator; None: the settings' (0 = one per core).
@@ -158,7 +159,8 @@ class Segmenter:
                 environment as the service does.
 
         Raises:
-            engine.ModelLoadError: the file is missing, not ONNX, or lacks the model's metadata.
+            engine.ModelLoadError: the file is missing, not ONNX, fails its checksum, or lacks the
+                model's metadata.
         """
         base = settings if settings is not None else Settings()
         updates: dict[str, Any] = {}
@@ -179,7 +181,15 @@ class Segmenter:
 
             built = set(onnxruntime.get_available_providers())
             wanted = [p for p in wanted if p in built] or ["CPUExecutionProvider"]
-        engine = Engine.load(merged.model_path, wanted, merged.intra_op_threads, merged.inter_op_threads)
+        # As the service: UNET_PRECISION picks the int8 copy on the CPU, the seal is verified.
+        engine = Engine.load_with_precision(
+            merged.model_path,
+            merged.precision,
+            wanted,
+            merged.intra_op_threads,
+            merged.inter_op_threads,
+            require_checksum=merged.require_model_checksum,
+        )
         return cls(engine, merged)
 
     @property
