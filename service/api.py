@@ -16,7 +16,8 @@ threads at once, and their tiles share model runs as concurrent requests do.
 
 Errors are the domain's own exceptions, all ``ValueError``\\ s that say what to change:
 ``microscopy.SelectionError`` (a stack or multi-channel image without ``z=``/``channel=``, with
-the choices in ``.choices``), ``imaging.ImageError`` (undecodable, unsupported, too large) and
+the choices in ``.choices``), ``imaging.ImageError`` (undecodable, unsupported, too large, too
+complex: ``structure.TooComplex``) and
 plain ``ValueError`` for options out of range.
 """
 
@@ -239,7 +240,8 @@ class Segmenter:
         Raises:
             microscopy.SelectionError: a multi-channel image or stack without a choice, or a
                 choice the image lacks (``.choices`` lists what it has).
-            imaging.ImageError: undecodable, unsupported, or over the pixel limit.
+            imaging.ImageError: undecodable, unsupported, over the pixel limit, or over a
+                structure limit (pages, chunks, segments, metadata: ``structure.TooComplex``).
             ValueError: an option out of range.
         """
         wanted = _check_outputs(outputs)
@@ -259,7 +261,7 @@ class Segmenter:
             pixel_size_um=pixel_size,
         )
         plane = microscopy.select(
-            self._read(image, axes), selection, s.max_pixels, s.max_tiff_pages, md.in_channels
+            self._read(image, axes), selection, s.max_pixels, s.decode_limits(), md.in_channels
         )
         pixels = plane.image
         notes = list(plane.warnings)

@@ -170,6 +170,12 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     "too-many-pages": ProblemType(
         "Too many TIFF pages", 413, "The TIFF has more pages (IFDs) than the server reads.",
         "Send the plane you need as its own file, or ask the operator to raise UNET_MAX_TIFF_PAGES."),
+    "image-too-complex": ProblemType(
+        "Image structure too large", 413,
+        "The file has more chunks, marker segments, scans, TIFF tags or metadata bytes than the server "
+        "parses; the detail names the limit and its setting (checked before the image is decoded).",
+        "Re-save the image with a standard writer (which stays far below the limits), strip its "
+        "metadata, or ask the operator to raise the setting named in the detail."),
     "unsupported-media-type": ProblemType(
         "Unsupported media type", 415, "The request's Content-Type is not one this route accepts.",
         "Send multipart/form-data with field 'file' (or 'files' for /segment/batch), or the raw image "

@@ -17,6 +17,9 @@ Decoding policy:
   ``service.microscopy`` (tifffile: channels, planes, pixel size, a choice or a 422); this
   module remains the decoder for PNG, JPEG, BMP and single-page TIFFs tifffile hands back raw
   (palette, CMYK, YCbCr, min-is-white, 1-bit).
+- Untrusted bytes go through ``service.microscopy``, which bounds their structure first
+  (``service.structure``: chunks, segments, pages, metadata bytes); every exception a decoder
+  raises here becomes :class:`UndecodableImage`, never anything else.
 - Result: ``(H, W)`` or ``(H, W, C)`` with C in {3, 4}, channel order RGB(A), dtype
   uint8, uint16 or float32. Palette images are expanded to RGB(A); 1-bit to 0/255.
 """
@@ -120,8 +123,10 @@ def probe(data: bytes) -> ImageInfo:
             f"not a recognised image ({len(data)} bytes starting {data[:8]!r}); "
             f"send PNG, JPEG, TIFF or BMP"
         ) from exc
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise UndecodableImage(f"unreadable image header: {exc}") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow raises TypeError, KeyError, struct.error... on hostile headers
+        raise UndecodableImage(f"unreadable image header: {type(exc).__name__}: {exc}") from exc
     if fmt not in SUPPORTED_FORMATS:
         raise UnsupportedImageType(f"image format {fmt} is not supported; send PNG, JPEG, TIFF or BMP")
     if width <= 0 or height <= 0:
@@ -148,7 +153,10 @@ def decode(data: bytes, max_pixels: int) -> np.ndarray:
     check_pixels(info, max_pixels)
     image = None
     if not (info.format in ("JPEG", "MPO") and not _jpeg_complete(data)):
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        try:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            image = None  # Pillow gets its chance, and its error is the one reported
     if image is not None and image.shape[:2] == (info.height, info.width):
         image = _from_opencv(image)
     else:
@@ -180,7 +188,9 @@ def _decode_pillow(data: bytes, info: ImageInfo) -> np.ndarray:
             im.seek(0)
             im.load()
             return _from_pillow(im)
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError) as exc:
+    except (ImageError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure on these bytes is the file's
         raise UndecodableImage(
             f"cannot decode this {info.format} ({info.width}×{info.height}, mode {info.mode}): {exc}"
         ) from exc

@@ -11,12 +11,15 @@ Pure functions on ``bytes`` and ``numpy`` arrays; no files, no HTTP.
 
 - TIFF (OME-TIFF, ImageJ hyperstacks, multi-page, BigTIFF, any compression tifffile and
   imagecodecs decode) is read by **tifffile**: it knows the OME and ImageJ conventions for
-  axes, channel names and calibration, which no general image library does. The IFD chain is
-  counted first (:func:`count_tiff_pages`, a few bytes per page) so a file of a million tiny
-  pages is refused before tifffile indexes them, and the plane's size is checked from the
-  header before any pixel buffer exists. Only the pages the choice needs are decoded (a max
-  projection reads its z-slices one at a time).
+  axes, channel names and calibration, which no general image library does. Every upload's
+  structure is walked first (:mod:`service.structure`: the IFD chain and its tags, PNG chunks,
+  JPEG segments) so a file of a million tiny pages or chunks is refused before a decoder parses
+  them, and the plane's size is checked from the header before any pixel buffer exists. Only
+  the pages the choice needs are decoded (a max projection reads its z-slices one at a time).
 - PNG, JPEG and BMP keep their decoder (``imaging.decode``); their only "axis" is colour.
+- Whatever a decoder raises on hostile bytes becomes :class:`~service.imaging.UndecodableImage`
+  (HTTP 400): a file is refused, never a crash (issue 15's fuzzing found TypeError, ValueError
+  and struct.error escaping Pillow and tifffile).
 - An RGB image whose channels are equal (grey saved as colour, also JPEG-grey within a few
   levels) is grey and needs no choice; one whose channels differ is a composite.
 
@@ -26,20 +29,29 @@ Units: pixel sizes in micrometres (µm) per pixel; plane indices 0-based (Fiji's
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import math
 import re
-import struct
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from service import imaging
-from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType
+from service import imaging, structure
+from service.imaging import ImageError, ImageTooLarge, UndecodableImage, UnsupportedImageType
+from service.structure import Limits, TooManyPages
+
+__all__ = ["TooManyPages"]  # re-exported: raised for TIFFs past UNET_MAX_TIFF_PAGES
+
+log = logging.getLogger(__name__)
+# tifffile logs every malformed upload at ERROR level; such input is reported to the caller as
+# UndecodableImage, so its chatter would only flood the service log (as OpenCV's, in imaging).
+logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
 #: TIFF signatures: classic (42) and BigTIFF (43), both byte orders.
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -82,12 +94,8 @@ class SelectionError(ValueError):
         self.missing = missing
 
 
-class TooManyPages(UnsupportedImageType):
-    """A TIFF with more pages (IFDs) than the service indexes (HTTP 413)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        super().__init__(f"the TIFF has more than {limit:,} pages (UNET_MAX_TIFF_PAGES); send fewer planes")
+class DecodeCancelled(Exception):
+    """``should_stop`` asked to stop between planes (timeout, client gone); no plane."""
 
 
 @dataclass(frozen=True)
@@ -246,27 +254,27 @@ def is_tiff(data: bytes) -> bool:
 
 
 def count_tiff_pages(data: bytes, limit: int) -> int:
-    """Pages (top-level IFDs) in a TIFF, counted along the IFD chain; :class:`TooManyPages`
-    past ``limit``. Stops at a loop or a chain running off the end (tifffile then reports it).
+    """Pages (top-level IFDs) in a TIFF; :class:`TooManyPages` past ``limit``
+    (:func:`service.structure.count_tiff` with only the page limit)."""
+    return structure.count_tiff(data, Limits(max_tiff_pages=limit, max_tiff_tags=1 << 62))
+
+
+@contextlib.contextmanager
+def _decoder_errors() -> Iterator[None]:
+    """Anything a decoder raises on hostile bytes → :class:`UndecodableImage` (HTTP 400).
+
+    Pillow, OpenCV and tifffile raise TypeError, KeyError, struct.error, ... on corrupt input,
+    not only their documented errors; none of it may become a 500. What this module raises on
+    purpose passes through, and so does MemoryError (the server's state, not the file's). The
+    traceback is logged at DEBUG: a bug of ours would otherwise be silent.
     """
-    big = data[2:4] in (b"+\x00", b"\x00+")
-    order = "<" if data[:2] == b"II" else ">"
-    count_fmt, entry, off_fmt = ("Q", 20, "Q") if big else ("H", 12, "I")
-    count_size, off_size = struct.calcsize(count_fmt), struct.calcsize(off_fmt)
-    if len(data) < (16 if big else 8):
-        return 0
-    offset = struct.unpack_from(order + off_fmt, data, 8 if big else 4)[0]
-    seen: set[int] = set()
-    while offset and offset not in seen and offset + count_size <= len(data):
-        seen.add(offset)
-        if len(seen) > limit:
-            raise TooManyPages(limit)
-        entries = struct.unpack_from(order + count_fmt, data, offset)[0]
-        nxt = offset + count_size + entries * entry
-        if nxt + off_size > len(data):
-            break
-        offset = struct.unpack_from(order + off_fmt, data, nxt)[0]
-    return len(seen)
+    try:
+        yield
+    except (ImageError, SelectionError, DecodeCancelled, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        log.debug("decoder error on an upload, answered as undecodable", exc_info=True)
+        raise UndecodableImage(f"cannot read this image: {type(exc).__name__}: {exc}") from exc
 
 
 @dataclass
@@ -282,43 +290,61 @@ class _Source:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def probe(data: bytes, max_pixels: int, max_pages: int) -> Layout:
+def probe(data: bytes, max_pixels: int, limits: Limits | int) -> Layout:
     """What the file holds (axes, channels, planes, pixel size) — ``POST /probe``.
 
     Reads pixels only for a colour image (to tell grey saved as RGB from a composite).
+    ``limits``: bounds on the file's structure (an int: the page limit, other bounds default).
 
     Raises:
-        imaging.ImageError subclasses: undecodable, unsupported, too large, too many pages.
+        imaging.ImageError subclasses: undecodable, unsupported, too large, too many pages,
+        too complex (structure.TooComplex).
     """
-    source = _open(data, max_pixels, max_pages)
-    try:
-        return source.layout
-    finally:
-        source.close()
+    with _decoder_errors():
+        source = _open(data, max_pixels, structure.as_limits(limits))
+        try:
+            return source.layout
+        finally:
+            source.close()
 
 
 def select(
-    data: bytes, selection: Selection, max_pixels: int, max_pages: int, model_channels: int = 1
+    data: bytes,
+    selection: Selection,
+    max_pixels: int,
+    limits: Limits | int,
+    model_channels: int = 1,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Plane:
     """The plane a request asked for, read from the upload.
 
     ``model_channels``: input channels of the model; a 3-channel model takes an RGB image whole.
+    ``should_stop``: asked between the planes of a projection (a request's timeout or
+    disconnect), so a long projection can be abandoned.
 
     Raises:
         SelectionError: several channels/planes and no choice, or a choice the image lacks.
-        imaging.ImageError subclasses: undecodable, unsupported, too large, too many pages.
+        imaging.ImageError subclasses: undecodable, unsupported, too large, too many pages,
+        too complex (structure.TooComplex).
+        DecodeCancelled: ``should_stop`` said so.
     """
-    source = _open(data, max_pixels, max_pages)
-    try:
-        return _select(source, selection, model_channels)
-    finally:
-        source.close()
+    with _decoder_errors():
+        source = _open(data, max_pixels, structure.as_limits(limits))
+        try:
+            return _select(source, selection, model_channels, should_stop)
+        finally:
+            source.close()
 
 
-def preview_plane(data: bytes, selection: Selection, max_pixels: int, max_pages: int) -> Plane:
+def preview_plane(data: bytes, selection: Selection, max_pixels: int, limits: Limits | int) -> Plane:
     """Like :func:`select`, but what is not chosen defaults for display: a composite stays in
     colour, the first channel of a C axis, the first plane. For the web page's preview only."""
-    source = _open(data, max_pixels, max_pages)
+    with _decoder_errors():
+        return _preview_plane(data, selection, max_pixels, structure.as_limits(limits))
+
+
+def _preview_plane(data: bytes, selection: Selection, max_pixels: int, limits: Limits) -> Plane:
+    source = _open(data, max_pixels, limits)
     try:
         layout = source.layout
         filled = selection
@@ -333,10 +359,11 @@ def preview_plane(data: bytes, selection: Selection, max_pixels: int, max_pages:
         source.close()
 
 
-def _open(data: bytes, max_pixels: int, max_pages: int) -> _Source:
+def _open(data: bytes, max_pixels: int, limits: Limits) -> _Source:
+    # Pages, tags, chunks, segments and metadata bytes are bounded before any decoder parses them.
+    structure.check(data, limits)
     if not is_tiff(data):
         return _open_flat(data, max_pixels, fmt=None)
-    count_tiff_pages(data, max_pages)
     try:
         return _open_tiff(data, max_pixels)
     except _NotForTifffile:
@@ -397,7 +424,7 @@ def _open_tiff(data: bytes, max_pixels: int) -> _Source:
 def _single_page(data: bytes) -> bool:
     try:
         return count_tiff_pages(data, 1) <= 1
-    except TooManyPages:
+    except structure.TooComplex:
         return False
 
 
@@ -417,6 +444,8 @@ def _tiff_source(tif: Any, data: bytes, max_pixels: int) -> _Source:
     page_axes = keyframe.axes  # "YX", "YXS" or "SYX"
     samples = int(keyframe.shape[page_axes.index("S")]) if "S" in page_axes else 1
     height, width = int(keyframe.imagelength), int(keyframe.imagewidth)
+    if width <= 0 or height <= 0:
+        raise UndecodableImage(f"the TIFF's first page has an empty size {width}×{height}")
     if width * height > max_pixels:
         raise ImageTooLarge(width * height, max_pixels, width, height)
     exotic = photometric not in (_MINISBLACK, _RGB, _YCBCR) or int(keyframe.bitspersample) == 1
@@ -508,6 +537,8 @@ def _tiff_source(tif: Any, data: bytes, max_pixels: int) -> _Source:
             array = array.reshape(height, width, -1)
         if array.ndim == 3 and array.shape[2] == 1:
             array = array[:, :, 0]
+        if array.ndim not in (2, 3) or array.size == 0:
+            raise UndecodableImage(f"page {index} of the TIFF decodes to no plane (shape {array.shape})")
         return imaging.supported_dtype(array, "TIFF")
 
     axes = "".join(a for a, n in lead if n > 1) + "YX" + ("S" if samples > 1 else "")
@@ -719,7 +750,9 @@ def _check_index(layout: Layout, axis: str, value: int, param: str) -> None:
         )
 
 
-def _select(source: _Source, sel: Selection, model_channels: int) -> Plane:
+def _select(
+    source: _Source, sel: Selection, model_channels: int, should_stop: Callable[[], bool] | None = None
+) -> Plane:
     layout = source.layout
     notes = list(layout.warnings)
     # Choices the image lacks come first: a typo is a clearer error than a missing choice.
@@ -787,6 +820,8 @@ def _select(source: _Source, sel: Selection, model_channels: int) -> Plane:
     if sel.project == "max":
         image = plane_at(0).copy()
         for k in range(1, layout.planes["Z"]):
+            if should_stop is not None and should_stop():
+                raise DecodeCancelled(f"stopped after {k} of {layout.planes['Z']} planes of the projection")
             np.maximum(image, plane_at(k), out=image)
     else:
         image = plane_at(z)

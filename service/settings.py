@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from service.structure import Limits
 
 #: The repository root (parent of the ``service`` package): the default model is found from
 #: here, so ``python -m service`` works from any working directory of a checkout.
@@ -142,6 +145,26 @@ class Settings(BaseSettings):
     max_tiff_pages: int = Field(
         10_000, ge=1, description="most pages (IFDs) a TIFF may have; counted before they are indexed"
     )
+    max_tiff_tags: int = Field(
+        500_000, ge=1, description="most tags (IFD entries) a TIFF's pages may have in all; counted before "
+        "tifffile parses them"
+    )
+    max_image_segments: int = Field(
+        1_000, ge=1, description="most JPEG marker segments, or PNG chunks besides image data, an image may "
+        "have; counted before it is decoded"
+    )
+    max_png_data_chunks: int = Field(
+        100_000, ge=1, description="most image data chunks (IDAT) a PNG may have; counted before it is "
+        "decoded"
+    )
+    max_metadata_bytes: int = Field(
+        16 * 1024 * 1024, ge=1, description="most bytes of metadata (PNG ancillary chunks, JPEG APPn/COM "
+        "segments: Exif, XMP, ICC, text) an image may carry"
+    )
+    max_jpeg_scans: int = Field(
+        32, ge=1, description="most scans a (progressive) JPEG may have; the decoder goes over the image "
+        "once per scan"
+    )
     max_batch_files: int = Field(64, ge=1, description="most files in one /segment/batch request")
     request_timeout_s: float = Field(
         300.0, gt=0, description="a segmentation still running after this long is abandoned (503)"
@@ -210,6 +233,19 @@ class Settings(BaseSettings):
         ):
             raise ValueError("UNET_TILE_OVERLAP must be less than half of UNET_TILE_SIZE")
         return self
+
+    def decode_limits(self) -> Limits:
+        """The bounds on an upload's structure (pages, tags, chunks, metadata) for the decoders."""
+        from service.structure import Limits  # the decoders' module; settings stays light to import
+
+        return Limits(
+            max_tiff_pages=self.max_tiff_pages,
+            max_tiff_tags=self.max_tiff_tags,
+            max_image_segments=self.max_image_segments,
+            max_png_data_chunks=self.max_png_data_chunks,
+            max_metadata_bytes=self.max_metadata_bytes,
+            max_jpeg_scans=self.max_jpeg_scans,
+        )
 
 
 @lru_cache(maxsize=1)

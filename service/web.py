@@ -26,6 +26,7 @@ from service.errors import PayloadTooLarge, problem_responses
 from service.routes.deps import Runtime, get_runtime, require_api_key
 from service.routes.segment import plane_selection, upload_pixels
 from service.routes.segment import problem_for as problem_for_domain_error
+from service.structure import Limits
 
 #: The page and its assets.
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -41,19 +42,23 @@ def index() -> FileResponse:
 
 
 def render_preview(
-    data: bytes, max_pixels: int, selection: microscopy.Selection | None = None, max_pages: int = 10_000
+    data: bytes,
+    max_pixels: int,
+    selection: microscopy.Selection | None = None,
+    limits: Limits | int = Limits(),  # noqa: B008 - frozen, so one shared default is safe
 ) -> tuple[bytes, int, int]:
     """Upload bytes → ``(PNG bytes of an (H, W, 3) uint8 display image, width, height)``.
 
     Same reader and pixel limit as ``POST /segment``, so the preview is pixel-aligned with the
     masks (same size, EXIF orientation ignored); ``selection`` picks the channel / plane shown
-    (what it leaves open defaults for display: a composite in colour, the first plane).
+    (what it leaves open defaults for display: a composite in colour, the first plane);
+    ``limits`` bound the file's structure (``service.structure``).
 
     Raises:
-        imaging.ImageError subclasses (undecodable, unsupported, too large);
+        imaging.ImageError subclasses (undecodable, unsupported, too large, too complex);
         microscopy.SelectionError (a channel or plane the image lacks).
     """
-    plane = microscopy.preview_plane(data, selection or microscopy.Selection(), max_pixels, max_pages)
+    plane = microscopy.preview_plane(data, selection or microscopy.Selection(), max_pixels, limits)
     rgb = imaging.to_display_rgb(plane.image)
     return imaging.encode_png(rgb), int(rgb.shape[1]), int(rgb.shape[0])
 
@@ -104,7 +109,7 @@ async def preview(
         try:
             # Decoding a large TIFF takes a while: keep the event loop free.
             png, width, height = await anyio.to_thread.run_sync(
-                render_preview, data, settings.max_pixels, selection, settings.max_tiff_pages
+                render_preview, data, settings.max_pixels, selection, settings.decode_limits()
             )
         except (imaging.ImageError, microscopy.SelectionError) as exc:
             problem = problem_for_domain_error(exc)

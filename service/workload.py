@@ -2,8 +2,9 @@
 
 Admission (``service.admission``) charges a request by these pixels *before* decoding, because
 decoding is where memory is first spent (eight 8192² RGBA16 previews decoded at once took
-14.6 GB). Only headers are read here: a TIFF's first IFD (after its pages are counted against
-the page limit), another format's header through Pillow, as ``imaging.probe`` does.
+14.6 GB). Only headers are read here, after the file's structure is walked and bounded
+(``service.structure``: Pillow's header parsing is what a hostile file makes slow): a TIFF's
+first IFD, another format's header through Pillow, as ``imaging.probe`` does.
 """
 
 from __future__ import annotations
@@ -11,18 +12,20 @@ from __future__ import annotations
 import io
 import warnings
 
-from service import imaging, microscopy
+from service import imaging, microscopy, structure
 
 
-def plane_pixels(data: bytes, max_pixels: int, max_pages: int) -> int:
+def plane_pixels(data: bytes, max_pixels: int, limits: structure.Limits | int) -> int:
     """Width × height of the image (of one page, for a TIFF stack).
 
     Raises:
         imaging.ImageTooLarge: over ``max_pixels`` (413 before admission, not after it).
-        microscopy.TooManyPages: a TIFF with more than ``max_pages`` pages.
+        structure.TooComplex: more pages, tags, chunks, segments or metadata than ``limits``
+            (an int: the page limit, the other bounds at their defaults).
         imaging.UndecodableImage / UnsupportedImageType: no readable header.
     """
-    width, height = _tiff_size(data, max_pages) if microscopy.is_tiff(data) else (None, None)
+    structure.check(data, structure.as_limits(limits))
+    width, height = _tiff_size(data) if microscopy.is_tiff(data) else (None, None)
     if width is None or height is None:
         try:
             info = imaging.probe(data)
@@ -36,12 +39,11 @@ def plane_pixels(data: bytes, max_pixels: int, max_pages: int) -> int:
     return width * height
 
 
-def _tiff_size(data: bytes, max_pages: int) -> tuple[int | None, int | None]:
+def _tiff_size(data: bytes) -> tuple[int | None, int | None]:
     """``(width, height)`` of a TIFF's first page, or ``(None, None)`` when tifffile cannot say
     (the general decoder may still read it, as ``microscopy`` falls back to it)."""
     import tifffile  # imported only for TIFF uploads, as in service.microscopy
 
-    microscopy.count_tiff_pages(data, max_pages)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -55,7 +55,7 @@ def _ready_response(runtime: Runtime, body: BaseModel) -> JSONResponse:
 
 
 @router.get("/livez", response_model=Liveness, summary="Liveness: the process answers")
-def livez() -> Liveness:
+async def livez() -> Liveness:  # on the event loop: no worker thread needed, however busy they are
     return Liveness()
 
 
@@ -72,7 +72,7 @@ def readyz(runtime: Runtime = Depends(get_runtime)) -> JSONResponse:
 
 
 @router.get("/v2/health/live", response_model=V2Live, summary="Open inference protocol: server live")
-def v2_live() -> V2Live:
+async def v2_live() -> V2Live:
     return V2Live(live=True)
 
 

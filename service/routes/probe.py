@@ -78,7 +78,7 @@ async def probe(
     async with runtime.admitted(pixels, measure=False, disconnected=request.is_disconnected):
         try:
             layout = await anyio.to_thread.run_sync(
-                microscopy.probe, data, settings.max_pixels, settings.max_tiff_pages
+                microscopy.probe, data, settings.max_pixels, settings.decode_limits()
             )
         except Exception as exc:
             problem = problem_for(exc)

@@ -41,6 +41,7 @@ from service import (
     pipeline,
     rescale,
     segment,
+    structure,
     workload,
 )
 from service.admission import Ticket
@@ -263,8 +264,10 @@ def run_pipeline(
     # The one plane to segment: channel / z / t / projection chosen, pixel limits checked from
     # the header first; a stack or multi-channel image without a choice is a SelectionError (422).
     plane = microscopy.select(
-        data, options.plane, settings.max_pixels, settings.max_tiff_pages, md.in_channels
+        data, options.plane, settings.max_pixels, settings.decode_limits(), md.in_channels, should_stop
     )
+    if should_stop():  # decoding counts against the request's time: don't start the model late
+        raise segment.Cancelled("stopped after decoding")
     image = plane.image
     warnings = list(plane.warnings)
     t1 = time.perf_counter()
@@ -408,8 +411,8 @@ def problem_for(exc: Exception) -> ProblemError | None:
         return exc
     if isinstance(exc, microscopy.SelectionError):
         return selection_problem(exc)
-    if isinstance(exc, microscopy.TooManyPages):
-        return ProblemError(str(exc), status=413, slug="too-many-pages", title="Too many TIFF pages")
+    if isinstance(exc, structure.TooComplex):  # too many pages, tags, chunks, segments, metadata bytes
+        return ProblemError(str(exc), status=413, slug=exc.slug, title=exc.title)
     if isinstance(exc, imaging.ImageTooLarge):
         return ProblemError(str(exc), status=413, slug="image-too-large", title="Image too large")
     if isinstance(exc, imaging.UnsupportedImageType):
@@ -486,7 +489,7 @@ async def _run_cancellable(request: Request, work: Callable[[_Cancellation], Any
 
 
 def _is_cancel(exc: BaseException) -> bool:
-    return isinstance(exc, BatcherCancelled | segment.Cancelled)
+    return isinstance(exc, BatcherCancelled | segment.Cancelled | microscopy.DecodeCancelled)
 
 
 def _cancelled_response(stop: _Cancellation, timeout_s: float) -> Response:
@@ -506,7 +509,7 @@ async def upload_pixels(runtime: Runtime, data: bytes) -> int:
     settings = runtime.settings
     try:
         return await anyio.to_thread.run_sync(
-            workload.plane_pixels, data, settings.max_pixels, settings.max_tiff_pages
+            workload.plane_pixels, data, settings.max_pixels, settings.decode_limits()
         )
     except Exception as exc:
         problem = problem_for(exc)

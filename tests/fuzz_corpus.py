@@ -1,0 +1,184 @@
+"""A fixed-seed corpus of mutated image files for the decoder fuzz tests (issue 15).
+
+Real PNG (8/16-bit; grey, RGB, RGBA), JPEG (grey, colour, progressive), TIFF (single page,
+multi-page, tiled, compressed, OME-TIFF with channels, ImageJ hyperstack) bytes, small so a few
+hundred mutants decode in seconds, each mutated by one of: byte flips, truncation, duplicating
+a chunk / marker segment / IFD entry, corrupting a length field (PNG chunk length, JPEG segment
+length, TIFF entry count / value count / offset). The same seed always gives the same mutants,
+so a failure is reproducible from its name.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import tifffile
+
+
+def _blobs(height: int, width: int, seed: int, dtype: type = np.uint8) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    small = rng.random((max(2, height // 8), max(2, width // 8))).astype(np.float32)
+    image = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+    image = (image - image.min()) / (np.ptp(image) or 1.0)
+    return (image * np.iinfo(dtype).max).astype(dtype)
+
+
+def _png(array: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", array)
+    assert ok
+    return buf.tobytes()
+
+
+def _jpeg(array: np.ndarray, progressive: bool = False) -> bytes:
+    ok, buf = cv2.imencode(".jpg", array, [cv2.IMWRITE_JPEG_PROGRESSIVE, int(progressive)])
+    assert ok
+    return buf.tobytes()
+
+
+def _tiff(array: np.ndarray, **kwargs: object) -> bytes:
+    out = io.BytesIO()
+    tifffile.imwrite(out, array, **kwargs)
+    # OME-XML carries a random UUID: a fixed one of the same length keeps the corpus reproducible
+    fixed = b"urn:uuid:00000000-0000-4000-8000-000000000000"
+    return re.sub(rb"urn:uuid:[0-9a-f-]{36}", fixed, out.getvalue())
+
+
+def seeds() -> dict[str, bytes]:
+    """The valid files the mutants start from: name → bytes (each under ~10 KB)."""
+    h, w = 24, 32
+    grey8, grey16 = _blobs(h, w, 1), _blobs(h, w, 2, np.uint16)
+    rgb8 = np.dstack([_blobs(h, w, k) for k in (3, 4, 5)])
+    rgba8 = np.dstack([rgb8, _blobs(h, w, 6)])
+    rgba16 = np.dstack([_blobs(h, w, k, np.uint16) for k in (7, 8, 9, 10)])
+    stack = np.stack([_blobs(h, w, k, np.uint16) for k in range(3)])
+    channels = np.stack([_blobs(h, w, k, np.uint16) for k in (11, 12)])
+    hyper = np.stack([np.stack([_blobs(h, w, 10 * z + c) for c in range(2)]) for z in range(2)])
+    return {
+        "png-grey8": _png(grey8),
+        "png-grey16": _png(grey16),
+        "png-rgb8": _png(rgb8),
+        "png-rgba8": _png(rgba8),
+        "png-rgba16": _png(rgba16),
+        "jpeg-grey": _jpeg(grey8),
+        "jpeg-rgb": _jpeg(rgb8),
+        "jpeg-progressive": _jpeg(rgb8, progressive=True),
+        "tiff-page": _tiff(grey16),
+        "tiff-rgb": _tiff(rgb8, photometric="rgb"),
+        "tiff-pages": _tiff(stack, photometric="minisblack"),
+        "tiff-tiled": _tiff(_blobs(32, 48, 13, np.uint16), tile=(16, 16), compression="zlib"),
+        "tiff-lzw": _tiff(grey8, compression="lzw"),
+        "ome-tiff-channels": _tiff(
+            channels, ome=True, photometric="minisblack",
+            metadata={"axes": "CYX", "Channel": {"Name": ["Actin", "DAPI"]}, "PhysicalSizeX": 0.65},
+        ),
+        "imagej-hyperstack": _tiff(hyper, imagej=True, metadata={"axes": "ZCYX"}),
+    }
+
+
+# --- structure: where the length fields and segments are ----------------------------------------
+
+
+def _png_chunks(data: bytes) -> list[tuple[int, int]]:
+    """(start, total length) of each PNG chunk."""
+    out, pos = [], 8
+    while pos + 12 <= len(data):
+        length = struct.unpack_from(">I", data, pos)[0]
+        out.append((pos, 12 + length))
+        pos += 12 + length
+    return out
+
+
+def _jpeg_segments(data: bytes) -> list[tuple[int, int]]:
+    """(start, total length) of each marker segment before the first scan's data."""
+    out, pos = [], 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        length = struct.unpack_from(">H", data, pos + 2)[0]
+        out.append((pos, 2 + length))
+        pos += 2 + length
+        if marker == 0xDA:
+            break
+    return out
+
+
+def _tiff_entries(data: bytes) -> list[int]:
+    """Offsets of the first IFD's 12-byte entries (classic TIFF)."""
+    order = "<" if data[:2] == b"II" else ">"
+    ifd = struct.unpack_from(order + "I", data, 4)[0]
+    count = struct.unpack_from(order + "H", data, ifd)[0]
+    return [ifd + 2 + 12 * k for k in range(count) if ifd + 14 + 12 * k <= len(data)]
+
+
+def _segments(name: str, data: bytes) -> list[tuple[int, int]]:
+    if name.startswith("png"):
+        return _png_chunks(data)
+    if name.startswith("jpeg"):
+        return _jpeg_segments(data)
+    return [(offset, 12) for offset in _tiff_entries(data)]
+
+
+# --- mutations ------------------------------------------------------------------------------------
+
+
+def flip_bytes(rng: random.Random, name: str, data: bytes) -> bytes:
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        out[rng.randrange(len(out))] = rng.randrange(256)
+    return bytes(out)
+
+
+def truncate(rng: random.Random, name: str, data: bytes) -> bytes:
+    return data[: rng.randrange(1, len(data))]
+
+
+def duplicate_segment(rng: random.Random, name: str, data: bytes) -> bytes:
+    start, length = rng.choice(_segments(name, data))
+    segment = data[start : start + length]
+    return data[: start + length] + segment * rng.randint(1, 3) + data[start + length :]
+
+
+def corrupt_length(rng: random.Random, name: str, data: bytes) -> bytes:
+    out = bytearray(data)
+    start, _ = rng.choice(_segments(name, data))
+    value = rng.choice([0, 1, 2, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, rng.randrange(1 << 16)])
+    if name.startswith("png"):
+        struct.pack_into(">I", out, start, value)
+    elif name.startswith("jpeg"):
+        struct.pack_into(">H", out, start + 2, value & 0xFFFF)
+    else:  # an IFD entry's value count or value/offset, or the IFD's entry count
+        order = "<" if data[:2] == b"II" else ">"
+        where = rng.choice([start + 4, start + 8, _tiff_entries(data)[0] - 2])
+        fmt = "H" if where == _tiff_entries(data)[0] - 2 else "I"
+        struct.pack_into(order + fmt, out, where, value & (0xFFFF if fmt == "H" else 0xFFFFFFFF))
+    return bytes(out)
+
+
+MUTATIONS: dict[str, Callable[[random.Random, str, bytes], bytes]] = {
+    "flip": flip_bytes,
+    "truncate": truncate,
+    "duplicate": duplicate_segment,
+    "length": corrupt_length,
+}
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str  # seed file, mutation, index: enough to rebuild it
+    data: bytes
+
+
+def mutants(per_seed: int, seed: int = 15) -> Iterator[Mutant]:
+    """``per_seed`` mutants of every seed file, mutations taken in turn, from a fixed seed."""
+    rng = random.Random(seed)
+    kinds = list(MUTATIONS)
+    for name, data in seeds().items():
+        for k in range(per_seed):
+            kind = kinds[k % len(kinds)]
+            yield Mutant(f"{name}-{kind}-{k}", MUTATIONS[kind](rng, name, data))
