@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from service import model_checksum
 from service.settings import DEFAULT_MODEL_PATH
 from tests.server import Server
@@ -36,10 +38,15 @@ def test_flipped_weight_bits_keep_the_service_not_ready_with_the_reason(start_se
     assert srv.client.get("/livez").status_code == 200  # alive: no restart loop, the reason is visible
 
 
-def test_the_bundled_model_passes_even_when_a_seal_is_required(start_server) -> None:
-    srv = start_server({"UNET_REQUIRE_MODEL_CHECKSUM": "true"})  # the default model path
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_the_bundled_model_passes_even_when_a_seal_is_required(start_server, precision: str) -> None:
+    # auto serves the bundled int8 copy on this CPU: it is sealed too.
+    srv = start_server({"UNET_REQUIRE_MODEL_CHECKSUM": "true", "UNET_PRECISION": precision})
     status, body = _settled_readiness(srv)
     assert status == 200, body
     info = srv.client.get("/v1/model").json()
-    assert info["checksum"] == model_checksum.digest(DEFAULT_MODEL_PATH.read_bytes())
+    served = DEFAULT_MODEL_PATH.parent / info["file"]
+    on_cpu = info["provider"] == "CPUExecutionProvider"
+    assert info["precision"] == ("int8" if precision == "auto" and on_cpu else "fp32")
+    assert info["checksum"] == model_checksum.digest(served.read_bytes())
     assert "verified" in srv.log()
