@@ -209,6 +209,27 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "Client closed request", 499,
         "The client disconnected before the answer (nginx's 499); logged and counted, never sent.",
         "Nothing to do on the server; a client that gave up early may send the image again."),
+    "job-not-found": ProblemType(
+        "Job not found", 404,
+        "There is no job with this id: it never existed, was deleted, or expired after the server's "
+        "retention (UNET_JOBS_RETENTION_S).",
+        "Submit the image again with POST /jobs; fetch results before they expire."),
+    "job-not-finished": ProblemType(
+        "Job not finished", 409, "The job has no result: it is still queued or running, or was cancelled.",
+        "Poll GET /jobs/{id} until its status is succeeded, then fetch the result."),
+    "jobs-full": ProblemType(
+        "Too many jobs", 503, "The server already keeps as many jobs as it allows (UNET_JOBS_MAX).",
+        "Delete finished jobs you no longer need (DELETE /jobs/{id}) or retry after Retry-After."),
+    "insufficient-storage": ProblemType(
+        "Insufficient storage", 507,
+        "The jobs folder has no room for this upload (UNET_JOBS_MAX_BYTES).",
+        "Delete finished jobs you no longer need, retry after Retry-After, or ask the operator for more "
+        "room."),
+    "job-interrupted": ProblemType(
+        "Job interrupted", 503,
+        "The server restarted while the job was queued or running; jobs are not re-run after a restart "
+        "(one may be what stopped the server).",
+        "Submit the image again with POST /jobs."),
     "internal-error": ProblemType(
         "Internal server error", 500, "An unexpected error occurred in the service; it was logged.",
         "Report it to the operator, quoting the request id."),
