@@ -17,6 +17,7 @@ comes from the last-resort path in the request middleware, which logs the traceb
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -347,15 +348,27 @@ def install(app: FastAPI, domain_errors: Mapping[type[Exception], tuple[int, str
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         slug, title = _HTTP_SLUGS.get(exc.status_code, (None, None))
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return problem_response(
-            exc.status_code, title or detail, detail, slug=slug, headers=getattr(exc, "headers", None)
-        )
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request, headers.get("Allow", ""))
+        return problem_response(exc.status_code, title or detail, detail, slug=slug, headers=headers)
 
     for cls, (status, slug, title) in domain_errors.items():
         app.add_exception_handler(cls, _domain_handler(status, slug, title))
+
+
+def _allowed_methods(request: Request, first: str) -> str:
+    """Every method the API document lists for this path: Starlette's 405 names only the first
+    route's (``GET /jobs/{id}`` and ``DELETE /jobs/{id}`` are two routes)."""
+    methods = {m.strip() for m in first.split(",") if m.strip()}
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = "[^/]+".join(re.escape(part) for part in re.split(r"\{[^}/]+\}", template))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {m.upper() for m in operations if m.isalpha()}
+    return ", ".join(sorted(methods))
 
 
 def _domain_handler(status: int, slug: str, title: str):  # noqa: ANN202 - Starlette handler signature
