@@ -382,7 +382,10 @@ async def job_result(job_id: str, request: Request) -> Response:
             title="Job not finished",
             headers={"Retry-After": "1"} if record.status in ("queued", "running") else {},
         )
-    return FileResponse(jobs.store.result_path(job_id), media_type=record.media_type, headers=record.headers)
+    path = jobs.store.result_path(job_id)
+    if not path.is_file():  # deleted or swept since the status was read
+        raise _unknown(job_id)
+    return FileResponse(path, media_type=record.media_type, headers=record.headers)
 
 
 @router.delete(

@@ -4,6 +4,8 @@ running; every wait is a poll on the job's state under a generous overall bound.
 
 from __future__ import annotations
 
+import re
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -90,6 +92,28 @@ def test_a_jobs_result_is_what_post_segment_answers(jobs_server: Server, output:
                    "x-image-pixels"):
         assert job.headers.get(header) == direct.headers.get(header), header
     assert job.headers["content-disposition"].startswith('attachment; filename="cells_')
+
+
+def test_a_job_goes_through_admission_like_a_request(jobs_server: Server) -> None:
+    client = jobs_server.client
+    before = metric(client.get("/metrics").text, "unet_admitted_requests_total")
+    assert wait_until(client, submit(client), finished)["status"] == "succeeded"
+    after = metric(client.get("/metrics").text, "unet_admitted_requests_total")
+    assert after - before == 1  # charged against the same pixel budget as POST /segment
+
+
+def test_a_client_that_hangs_up_after_submitting_does_not_lose_its_job(jobs_server: Server) -> None:
+    head = (f"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {len(SMALL)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", jobs_server.port)) as sock:
+        sock.sendall(head + SMALL)
+        answer = sock.recv(65536).decode("latin-1")  # the 202's head, then the client is gone
+    assert answer.startswith("HTTP/1.1 202")
+    location = re.search(r"(?im)^location: (/jobs/[0-9a-f]+)", answer)
+    assert location is not None, answer
+    job_id = location.group(1).rsplit("/", 1)[1]
+    assert wait_until(jobs_server.client, job_id, finished)["status"] == "succeeded"
+    assert jobs_server.client.get(f"/jobs/{job_id}/result").status_code == 200
 
 
 def test_unknown_ids_are_404_problems_and_ids_are_never_paths(jobs_server: Server) -> None:
