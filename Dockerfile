@@ -103,7 +103,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     UNET_DRAIN_TIMEOUT_S=30
 
 # Byte-compile as root at build time: the non-root, read-only container never writes .pyc.
-RUN python -m compileall -q /app/service
+# /data/jobs: the jobs folder (POST /jobs), owned by the service user so that a named volume
+# mounted there starts writable; mount a volume on it, the root filesystem is read-only.
+RUN python -m compileall -q /app/service \
+    && mkdir -p /data/jobs && chown 10001:10001 /data/jobs
+ENV UNET_JOBS_DIR=/data/jobs
 
 USER 10001:10001
 EXPOSE 8000

@@ -25,7 +25,7 @@ from service import log as service_log
 from service import metrics, web
 from service.errors import PROBLEM_JSON, BodyTooLarge, install, internal_error_body, problem_body
 from service.log import REQUEST_ID
-from service.routes import health, model, probe, problems, segment
+from service.routes import health, jobs, model, probe, problems, segment
 from service.routes.deps import Runtime, require_api_key_for_metrics
 from service.settings import Settings, get_settings
 
@@ -175,13 +175,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     service_log.configure(settings.log_json, settings.log_level)
     runtime = Runtime(settings)
+    job_runner = jobs.create_runner(runtime)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Load on a daemon thread, not in the lifespan itself: liveness answers at once, and a
         # shutdown during a slow load does not wait for it.
         threading.Thread(target=runtime.load, name="model-load", daemon=True).start()
+        await job_runner.start()
         yield
+        await job_runner.stop()  # before the batcher closes: running jobs stop at their next tiles
         runtime.close()
 
     # /docs and /redoc load Swagger UI and ReDoc from assets installed with fastapi-offline (a
@@ -204,9 +207,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     app.state.settings = settings
+    app.state.jobs = job_runner
     install(app)
     app.include_router(health.router)
     app.include_router(segment.router)
+    app.include_router(jobs.router)
     app.include_router(probe.router)
     app.include_router(model.router)
     app.include_router(web.router)

@@ -17,6 +17,7 @@ comes from the last-resort path in the request middleware, which logs the traceb
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -215,6 +216,27 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "Client closed request", 499,
         "The client disconnected before the answer (nginx's 499); logged and counted, never sent.",
         "Nothing to do on the server; a client that gave up early may send the image again."),
+    "job-not-found": ProblemType(
+        "Job not found", 404,
+        "There is no job with this id: it never existed, was deleted, or expired after the server's "
+        "retention (UNET_JOBS_RETENTION_S).",
+        "Submit the image again with POST /jobs; fetch results before they expire."),
+    "job-not-finished": ProblemType(
+        "Job not finished", 409, "The job has no result: it is still queued or running, or was cancelled.",
+        "Poll GET /jobs/{id} until its status is succeeded, then fetch the result."),
+    "jobs-full": ProblemType(
+        "Too many jobs", 503, "The server already keeps as many jobs as it allows (UNET_JOBS_MAX).",
+        "Delete finished jobs you no longer need (DELETE /jobs/{id}) or retry after Retry-After."),
+    "insufficient-storage": ProblemType(
+        "Insufficient storage", 507,
+        "The jobs folder has no room for this upload (UNET_JOBS_MAX_BYTES).",
+        "Delete finished jobs you no longer need, retry after Retry-After, or ask the operator for more "
+        "room."),
+    "job-interrupted": ProblemType(
+        "Job interrupted", 503,
+        "The server restarted while the job was queued or running; jobs are not re-run after a restart "
+        "(one may be what stopped the server).",
+        "Submit the image again with POST /jobs."),
     "internal-error": ProblemType(
         "Internal server error", 500, "An unexpected error occurred in the service; it was logged.",
         "Report it to the operator, quoting the request id."),
@@ -332,15 +354,27 @@ def install(app: FastAPI, domain_errors: Mapping[type[Exception], tuple[int, str
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         slug, title = _HTTP_SLUGS.get(exc.status_code, (None, None))
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return problem_response(
-            exc.status_code, title or detail, detail, slug=slug, headers=getattr(exc, "headers", None)
-        )
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request, headers.get("Allow", ""))
+        return problem_response(exc.status_code, title or detail, detail, slug=slug, headers=headers)
 
     for cls, (status, slug, title) in domain_errors.items():
         app.add_exception_handler(cls, _domain_handler(status, slug, title))
+
+
+def _allowed_methods(request: Request, first: str) -> str:
+    """Every method the API document lists for this path: Starlette's 405 names only the first
+    route's (``GET /jobs/{id}`` and ``DELETE /jobs/{id}`` are two routes)."""
+    methods = {m.strip() for m in first.split(",") if m.strip()}
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = "[^/]+".join(re.escape(part) for part in re.split(r"\{[^}/]+\}", template))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {m.upper() for m in operations if m.isalpha()}
+    return ", ".join(sorted(methods))
 
 
 def _domain_handler(status: int, slug: str, title: str):  # noqa: ANN202 - Starlette handler signature

@@ -92,6 +92,7 @@ def predict(
     batch_size: int = 4,
     should_stop: Callable[[], bool] | None = None,
     border: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Prediction:
     """Segment one decoded image by overlapping tiles.
 
@@ -106,6 +107,8 @@ def predict(
             is raised and no further tiles are computed.
         border: mirror padding at the image border (``tiling.plan_tiles``); ``None`` →
             the model's ``border``, else its context margin.
+        progress: called with ``(tiles done, tiles in the plan)`` before the first batch and
+            after each one (a job's progress report); cheap calls only.
 
     Returns:
         :class:`Prediction` with ``(K, H, W)`` float32 probabilities.
@@ -122,6 +125,8 @@ def predict(
     del chw  # only the padded copy is needed from here on
     stitcher = Stitcher(plan, metadata.classes)
     expected = (metadata.classes, plan.tile_h, plan.tile_w)
+    if progress is not None:
+        progress(0, plan.n_tiles)
     for indices, batch in iter_tile_batches(padded, plan, batch_size):
         if should_stop is not None and should_stop():
             raise Cancelled(f"stopped after {stitcher.added} of {plan.n_tiles} tiles")
@@ -133,6 +138,8 @@ def predict(
             )
         for index, output in zip(indices, outputs, strict=True):
             stitcher.add(index, output)
+        if progress is not None:
+            progress(stitcher.added, plan.n_tiles)
     del padded
     probabilities = apply_activation(stitcher.result(), metadata)
     return Prediction(probabilities, plan.n_tiles, tile, plan.overlap, plan)

@@ -8,6 +8,7 @@ metadata; a setting overrides the model, a request option overrides the setting 
 
 from __future__ import annotations
 
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -168,6 +169,25 @@ class Settings(BaseSettings):
     max_batch_files: int = Field(64, ge=1, description="most files in one /segment/batch request")
     request_timeout_s: float = Field(
         300.0, gt=0, description="a segmentation still running after this long is abandoned (503)"
+    )
+
+    # --- jobs (service/jobs.py: POST /jobs, work that outlives a request) ---------------------
+    jobs_dir: Path = Field(
+        Path(tempfile.gettempdir()) / "unet-jobs",
+        description="where jobs keep their upload, status and result (one folder per job); a volume in "
+        "containers, so results survive a restart",
+    )
+    jobs_workers: int = Field(
+        1, ge=1, description="jobs segmented at once (each also goes through admission)"
+    )
+    jobs_retention_s: float = Field(
+        24 * 3600.0, gt=0, description="finished jobs older than this are deleted by a periodic sweep"
+    )
+    jobs_max: int = Field(100, ge=1, description="most jobs kept at once; beyond this POST /jobs answers 503")
+    jobs_max_bytes: int = Field(
+        10 * 1024**3,
+        ge=1,
+        description="most bytes the jobs folder may hold; beyond this POST /jobs answers 507",
     )
 
     # --- security -----------------------------------------------------------------------------

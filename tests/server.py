@@ -41,6 +41,9 @@ class Server:
             "UNET_INTRA_OP_THREADS": "1",
             "UNET_HOST": "127.0.0.1",
             "UNET_PORT": str(self.port),
+            # Its own jobs folder (beside its log): a server that starts fails the jobs it finds
+            # running, so two servers must never share one.
+            "UNET_JOBS_DIR": str(log_path.parent / f"{log_path.stem}-jobs"),
             **env,
         }
         if module:  # the production entry point

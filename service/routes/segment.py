@@ -247,12 +247,14 @@ def run_pipeline(
     options: SegmentOptions,
     should_stop: Callable[[], bool],
     reserve: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Result:
     """Bytes → decoded image → tiled prediction → output array → PNG. Blocking; raises domain errors.
 
     ``reserve(pixels)``: called once the nucleus scale is known, with the pixels the model will
     work on (more than the upload's when the image is enlarged); it may wait for admission room
-    or raise (503) — before any tile of the prediction is computed.
+    or raise (503) — before any tile of the prediction is computed. ``progress(done, total)``:
+    the prediction's tiles (``segment.predict``), for a job's status.
     """
     engine, batcher = runtime.components()
     md = engine.metadata
@@ -299,6 +301,7 @@ def run_pipeline(
         overlap=tiling.overlap,
         batch_size=settings.max_batch_size,
         should_stop=should_stop,
+        progress=progress,
     )
     t2 = time.perf_counter()
     timings["infer"] = 1000 * (t2 - t_scale)

@@ -1,0 +1,410 @@
+"""``/jobs``: segmentation that outlives a request (``service.jobs`` keeps the folders and the queue).
+
+``POST /jobs`` takes the same image and options as ``POST /segment``, writes the upload to the
+job's folder as it streams in and answers ``202`` + ``Location`` at once; the job then runs in
+the background through the SAME admission (``Runtime.admitted``) and pipeline
+(``segment.run_pipeline``) as the request would have, so jobs and requests share one budget.
+``GET /jobs/{id}`` polls it, ``GET /jobs/{id}/result`` answers exactly what ``POST /segment``
+would have, ``DELETE /jobs/{id}`` cancels it (or removes a finished one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import anyio
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+
+from service import filenames, metrics
+from service.errors import (
+    PROBLEM_JSON,
+    BadRequest,
+    InvalidOptions,
+    ProblemError,
+    ServiceUnavailable,
+    problem_body,
+    problem_responses,
+)
+from service.jobs import (
+    Active,
+    Execute,
+    JobFailed,
+    JobRecord,
+    JobResult,
+    JobRunner,
+    JobStore,
+    StoreFull,
+    UnknownJob,
+)
+from service.routes.deps import ClientGone, Runtime, get_runtime, require_api_key
+from service.routes.segment import (
+    _IMAGE_BODY,
+    _RAW_TYPES,
+    SegmentOptions,
+    _checked_engine,
+    _is_cancel,
+    _result_headers,
+    problem_for,
+    run_pipeline,
+    segment_options,
+    upload_pixels,
+)
+
+router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
+
+#: Upload chunks are written to disk on a worker thread once this many bytes have gathered.
+_WRITE_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class JobInput:
+    """What a job's worker needs besides the upload: the parsed options and the file's name."""
+
+    options: SegmentOptions
+    filename: str | None
+
+
+class JobStatus(BaseModel):
+    id: str
+    status: str = Field(description="queued · running · succeeded · failed · cancelled")
+    stage: str = Field(description="queued · waiting (for admission) · segmenting · done")
+    tiles_done: int = Field(description="tiles of the image run through the model so far")
+    tiles_total: int | None = Field(None, description="tiles the image needs (null until known)")
+    created: str = Field(description="RFC 3339 UTC")
+    started: str | None = None
+    finished: str | None = None
+    options: dict[str, str] = Field(description="the query options the job was submitted with")
+    status_url: str
+    result_url: str | None = Field(None, description="where the result is, once the job succeeded")
+    problem: dict[str, Any] | None = Field(None, description="problem details when the job failed")
+
+
+def create_runner(runtime: Runtime) -> JobRunner:
+    s = runtime.settings
+    store = JobStore(s.jobs_dir, s.jobs_max, s.jobs_max_bytes, s.jobs_retention_s)
+    return JobRunner(store, executor(runtime), s.jobs_workers)
+
+
+def get_jobs(request: Request) -> JobRunner:
+    return request.app.state.jobs
+
+
+# --- the work (background) -----------------------------------------------------------------------
+
+
+def executor(runtime: Runtime) -> Execute:
+    """The job's work: admission for its pixels (waiting as long as it takes: nobody is holding a
+    connection open), then ``run_pipeline`` on a worker thread, stopped by the job's cancel flag."""
+
+    async def execute(job: Active, input_path: Path) -> JobResult | None:
+        given: JobInput = job.options
+        options = given.options
+        stop = job.cancel.is_set
+        data = await anyio.to_thread.run_sync(input_path.read_bytes)
+
+        async def gone() -> bool:
+            return stop()
+
+        def work(ticket: Any) -> Any:
+            try:
+                return run_pipeline(
+                    runtime, data, options, stop, lambda px: runtime.grow(ticket, px, stop),
+                    progress=job.progress,
+                )
+            except Exception as exc:
+                if _is_cancel(exc):
+                    return None
+                raise
+
+        try:
+            pixels = await upload_pixels(runtime, data)
+            while True:
+                entered = False
+                try:
+                    async with runtime.admitted(pixels, disconnected=gone, max_wait_s=math.inf) as ticket:
+                        entered = True
+                        job.stage = "segmenting"
+                        result = await anyio.to_thread.run_sync(work, ticket)
+                        if result is not None:
+                            runtime.finished(ticket)
+                    break
+                except ServiceUnavailable as exc:
+                    if entered or exc.slug != "overloaded":
+                        raise
+                    # Refused before admission (the admission queue is full): wait and ask again.
+                    await _sleep_unless(stop, float(exc.headers.get("Retry-After", 1)))
+                    if stop():
+                        return None
+        except ClientGone:
+            return None  # cancelled while waiting for admission
+        except Exception as exc:
+            metrics.IMAGES.labels(output=options.output.value, outcome="error").inc()
+            problem = problem_for(exc)
+            if problem is None:
+                raise
+            body = problem_body(problem.status, problem.title, problem.detail, slug=problem.slug,
+                                errors=problem.errors, extra=problem.extra)
+            raise JobFailed(problem.status, body, problem.headers) from exc
+        if result is None:
+            metrics.IMAGES.labels(output=options.output.value, outcome="cancelled").inc()
+            return None
+        metrics.IMAGES.labels(output=options.output.value, outcome="ok").inc()
+        headers = _result_headers(runtime, result)
+        name = filenames.output_name(given.filename, options.output.value, result.media_type)
+        headers["Content-Disposition"] = filenames.content_disposition(name)
+        return JobResult(result.body, result.media_type, headers)
+
+    return execute
+
+
+async def _sleep_unless(stop: Any, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not stop() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+
+
+# --- routes ---------------------------------------------------------------------------------------
+
+
+def _status(record: JobRecord) -> JobStatus:
+    def when(t: float | None) -> str | None:
+        return None if t is None else datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+    return JobStatus(
+        id=record.id,
+        status=record.status,
+        stage=record.stage,
+        tiles_done=record.tiles_done,
+        tiles_total=record.tiles_total,
+        created=when(record.created) or "",
+        started=when(record.started),
+        finished=when(record.finished),
+        options=record.options,
+        status_url=f"/jobs/{record.id}",
+        result_url=f"/jobs/{record.id}/result" if record.status == "succeeded" else None,
+        problem=record.problem,
+    )
+
+
+def _unknown(job_id: str) -> ProblemError:
+    return ProblemError(
+        "there is no job with this id: it never existed, was deleted, or expired after UNET_JOBS_RETENTION_S",
+        status=404,
+        slug="job-not-found",
+        title="Job not found",
+    )
+
+
+def _load(jobs: JobRunner, job_id: str) -> JobRecord:
+    try:
+        return jobs.status(job_id)
+    except UnknownJob as exc:
+        raise _unknown(job_id) from exc
+
+
+def _store_full(exc: StoreFull) -> ProblemError:
+    headers = {"Retry-After": str(exc.retry_after_s)}
+    if exc.kind == "jobs":
+        return ProblemError(str(exc), status=503, slug="jobs-full", title="Too many jobs", headers=headers)
+    return ProblemError(str(exc), status=507, slug="insufficient-storage", title="Insufficient storage",
+                        headers=headers)
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _copy_limited(source: BinaryIO, target: Path, room: int) -> int:
+    """Copy the spooled multipart file to the job's folder; ``_TooBig`` past ``room`` bytes."""
+    written = 0
+    with open(target, "wb") as out:
+        while chunk := source.read(_WRITE_CHUNK):
+            written += len(chunk)
+            if written > room:
+                raise _TooBig
+            out.write(chunk)
+    return written
+
+
+def _unsupported(content_type: str) -> ProblemError:
+    return ProblemError(
+        f"Content-Type {content_type or '(none)'} is not accepted: send multipart/form-data with field "
+        "'file', or the raw image bytes with Content-Type image/png, image/tiff, image/jpeg or image/bmp",
+        status=415,
+        slug="unsupported-media-type",
+        title="Unsupported media type",
+    )
+
+
+async def _receive(request: Request, path: Path, room: int) -> str | None:
+    """Write the upload (multipart field ``file`` or the raw body) to ``path``; its file name."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        form = await request.form(max_files=1, max_fields=8)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidOptions(
+                "the multipart request has no file field named 'file'",
+                errors=[{"loc": ["body", "file"], "msg": "Field required", "type": "missing"}],
+            )
+        written = await anyio.to_thread.run_sync(_copy_limited, upload.file, path, room)
+        filename = upload.filename
+    elif content_type.startswith("image/") or content_type in _RAW_TYPES or not content_type:
+        written, pending = 0, bytearray()
+        with open(path, "wb") as out:
+            async for chunk in request.stream():
+                written += len(chunk)
+                if written > room:
+                    raise _TooBig
+                pending += chunk
+                if len(pending) >= _WRITE_CHUNK:
+                    await anyio.to_thread.run_sync(out.write, bytes(pending))
+                    pending.clear()
+            await anyio.to_thread.run_sync(out.write, bytes(pending))
+        if written and not content_type:
+            raise _unsupported(content_type)
+        filename = filenames.request_filename(request.headers.get("content-disposition"))
+    else:
+        raise _unsupported(content_type)
+    if written == 0:
+        raise BadRequest(
+            "no image: send it as multipart field 'file' or as the raw body with an image/* Content-Type",
+            slug="no-image",
+            title="No image",
+        )
+    return filename
+
+
+_STATUS_RESPONSE = {"model": JobStatus, "description": "the job's status"}
+
+
+@router.post(
+    "/jobs",
+    summary="Submit an image as a background job",
+    status_code=202,
+    response_model=JobStatus,
+    responses={
+        202: {
+            "description": "accepted: poll the Location (GET /jobs/{id}); the result is then at "
+            "GET /jobs/{id}/result",
+            "headers": {"Location": {"description": "/jobs/{id}", "schema": {"type": "string"}}},
+        },
+        **problem_responses(400, 401, 413, 415, 422, 503),
+        507: {"description": "the jobs folder is full (UNET_JOBS_MAX_BYTES)",
+              "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}},
+    },
+    openapi_extra={"requestBody": _IMAGE_BODY},
+)
+async def submit_job(
+    request: Request,
+    options: SegmentOptions = Depends(segment_options),
+    runtime: Runtime = Depends(get_runtime),
+) -> JSONResponse:
+    _checked_engine(runtime, options)  # 503/422 before reading the body, as on POST /segment
+    jobs = get_jobs(request)
+    if jobs.unavailable:
+        raise ServiceUnavailable(f"jobs are not available: {jobs.unavailable}", retry_after_s=30)
+    store = jobs.store
+    declared = request.headers.get("content-length", "")
+    try:
+        job_id, room = store.new_job(int(declared) if declared.isdigit() else None)
+    except StoreFull as exc:
+        raise _store_full(exc) from exc
+    submitted = False
+    try:
+        try:
+            filename = await _receive(request, store.input_path(job_id), room)
+        except _TooBig as exc:
+            raise _store_full(StoreFull(
+                "bytes", f"the upload does not fit in the {room:,} bytes the jobs folder has free "
+                "(UNET_JOBS_MAX_BYTES)", 60)) from exc
+        data = await anyio.to_thread.run_sync(store.input_path(job_id).read_bytes)
+        await upload_pixels(runtime, data)  # 400/413/415 now, from the header, not as a failed job
+        del data
+        record = JobRecord(
+            id=job_id, status="queued", created=time.time(), options=dict(request.query_params),
+            filename=filename,
+        )
+        jobs.submit(record, JobInput(options, filename))
+        submitted = True
+    finally:
+        if not submitted:
+            store.received(job_id)
+            await anyio.to_thread.run_sync(store.delete, job_id)
+    return JSONResponse(
+        _status(record).model_dump(), status_code=202, headers={"Location": f"/jobs/{job_id}"}
+    )
+
+
+@router.get(
+    "/jobs/{job_id}",
+    summary="A job's status and progress",
+    response_model=JobStatus,
+    responses={200: _STATUS_RESPONSE, **problem_responses(401, 404)},
+)
+async def job_status(job_id: str, request: Request) -> JobStatus:
+    return _status(_load(get_jobs(request), job_id))
+
+
+@router.get(
+    "/jobs/{job_id}/result",
+    summary="A finished job's result: what POST /segment would have answered",
+    response_class=Response,
+    responses={
+        200: {"description": "the result's bytes and headers, as from POST /segment"},
+        **problem_responses(401, 404),
+        409: {"description": "the job has not finished, or was cancelled",
+              "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}},
+    },
+)
+async def job_result(job_id: str, request: Request) -> Response:
+    jobs = get_jobs(request)
+    record = _load(jobs, job_id)
+    if record.status == "failed" and record.problem is not None:
+        # The problem POST /segment would have answered, with its status.
+        return JSONResponse(record.problem, status_code=int(record.problem.get("status", 500)),
+                            headers=record.problem_headers, media_type=PROBLEM_JSON)
+    if record.status != "succeeded" or record.media_type is None:
+        why = "it has no result" if record.status == "cancelled" else f"poll /jobs/{job_id} until it is done"
+        raise ProblemError(
+            f"the job is {record.status}: {why}",
+            status=409,
+            slug="job-not-finished",
+            title="Job not finished",
+            headers={"Retry-After": "1"} if record.status in ("queued", "running") else {},
+        )
+    path = jobs.store.result_path(job_id)
+    if not path.is_file():  # deleted or swept since the status was read
+        raise _unknown(job_id)
+    return FileResponse(path, media_type=record.media_type, headers=record.headers)
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    summary="Cancel a job, or delete a finished one and its result",
+    status_code=204,
+    responses={
+        200: {"model": JobStatus, "description": "the job was queued or running: it is now cancelled "
+              "(its record stays until the retention sweep; its files are deleted)"},
+        204: {"description": "the finished job and its result were deleted"},
+        **problem_responses(401, 404),
+    },
+)
+async def delete_job(job_id: str, request: Request) -> Response:
+    jobs = get_jobs(request)
+    try:
+        record = await jobs.delete(job_id)
+    except UnknownJob as exc:
+        raise _unknown(job_id) from exc
+    if record is None:
+        return Response(status_code=204)
+    return JSONResponse(_status(record).model_dump())
