@@ -159,6 +159,14 @@ def decode(data: bytes, max_pixels: int) -> np.ndarray:
             image = None  # Pillow gets its chance, and its error is the one reported
     if image is not None and image.shape[:2] == (info.height, info.width):
         image = _from_opencv(image)
+    elif info.format in ("BMP", "DIB"):
+        # OpenCV reads every common BMP (palette, RLE4/RLE8, bit fields). What it refuses would
+        # go to Pillow, whose RLE decoder is pure Python: minutes of a worker thread holding the
+        # GIL on a crafted file within the pixel limit. Such a file is refused instead.
+        raise UndecodableImage(
+            "cannot decode this BMP (truncated, or a variant OpenCV does not read); "
+            "save the image as PNG or TIFF"
+        )
     else:
         image = _decode_pillow(data, info)
     return _normalise_dtype(image, info)
