@@ -37,7 +37,6 @@ import numpy as np
 from service import imaging, microscopy, objects, pipeline
 from service.batcher import DynamicBatcher
 from service.engine import Engine
-from service.modality import check_modality
 from service.model_metadata import ModelMetadata
 from service.outputs import encode as encode_output
 from service.outputs import object_rows
@@ -264,24 +263,21 @@ class Segmenter:
             self._read(image, axes), selection, s.max_pixels, s.decode_limits(), md.in_channels
         )
         pixels = plane.image
-        notes = list(plane.warnings)
-        modality = check_modality(pixels)
-        if modality.warning:
-            notes.append(modality.warning)
-
         level = threshold if threshold is not None else md.threshold
-        scale = pipeline.choose_scale(pixels, self._batcher.infer, md, params, level, diameter, s.max_pixels)
-        if scale.warning:
-            notes.append(scale.warning)
-        prediction = pipeline.predict_scaled(
+        planned = pipeline.predict_plane(
             pixels,
-            scale,
             self._batcher.infer,
             md,
+            params,
+            level,
+            diameter,
+            s.max_pixels,
             tile_size=tiling.tile_size,
             overlap=tiling.overlap,
             batch_size=s.max_batch_size,
         )
+        scale, prediction = planned.scale, planned.prediction
+        notes = [*plane.warnings, *planned.warnings]
         want_labels = bool(wanted & {"labels", "objects"})
         grid = pipeline.on_input_grid(
             prediction, md, pixels.shape[:2], level, params if want_labels else None

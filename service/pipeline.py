@@ -5,6 +5,8 @@ The glue that the service's routes and ``model_export.evaluate`` share:
 1. :func:`choose_scale`: the nucleus diameter from the request, else estimated
    (``service.diameter``), → a resize factor to the model's ``nucleus_diameter``;
 2. :func:`predict_scaled`: resize, then ``segment.predict`` (tiling, batching, stitching);
+   :func:`predict_plane` does 1–2 for a selected plane with the warnings a caller shows (what
+   ``POST /segment``, jobs and the Python API run);
 3. :func:`on_input_grid`: foreground probability, mask and labels back on the input's grid —
    objects are found at the model's scale (where the splitting parameters were chosen),
    then labels come back by nearest neighbour and probabilities smoothly.
@@ -13,13 +15,16 @@ The glue that the service's routes and ``model_export.evaluate`` share:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from service import objects, postprocess, rescale, segment
 from service.diameter import estimate_diameter
+from service.modality import check_modality
 from service.model_metadata import ModelMetadata
 
 DiameterSource = Literal["request", "estimated", "model-scale"]
@@ -97,6 +102,70 @@ def predict_scaled(
     """``segment.predict`` on the image resized by ``scale.factor`` (probabilities at the model's scale)."""
     resized = rescale.resize_image(image, scale.factor)
     return segment.predict(resized, infer, metadata, **predict_options)  # type: ignore[arg-type]
+
+
+@dataclass
+class PlanePrediction:
+    """:func:`predict_plane`'s answer: the scale chosen, the prediction at it, what to tell the user,
+    and how long choosing the scale (the estimate, when there was one) and predicting took, in ms
+    (a wait inside ``reserve`` counts in neither)."""
+
+    scale: ScaleChoice
+    prediction: segment.Prediction
+    warnings: list[str] = field(default_factory=list)
+    scale_ms: float = 0.0
+    predict_ms: float = 0.0
+
+
+def predict_plane(
+    image: np.ndarray,
+    infer: segment.Infer,
+    metadata: ModelMetadata,
+    params: objects.ObjectParams,
+    threshold: float,
+    diameter: float | None,
+    max_pixels: int,
+    *,
+    tile_size: int,
+    overlap: int,
+    batch_size: int,
+    should_stop: Callable[[], bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    reserve: Callable[[int], None] | None = None,
+) -> PlanePrediction:
+    """One selected plane → the model's prediction at the nucleus scale, with the user's warnings.
+
+    The modality check (colour / bright-field images get a warning, not a refusal), the scale
+    (:func:`choose_scale`; ``diameter`` from the request wins), then :func:`predict_scaled`.
+    ``reserve(pixels)`` is called once the scale is known, with the pixels the model will work
+    on, before any tile runs (admission may wait or refuse there); ``should_stop`` and
+    ``progress(done, total)`` go to ``segment.predict``.
+    """
+    warnings: list[str] = []
+    modality = check_modality(image)
+    if modality.warning:
+        warnings.append(modality.warning)
+    started = time.perf_counter()
+    scale = choose_scale(image, infer, metadata, params, threshold, diameter, max_pixels)
+    if scale.warning:
+        warnings.append(scale.warning)
+    scale_ms = 1000 * (time.perf_counter() - started)
+    if reserve is not None:
+        reserve(math.prod(rescale.scaled_shape(image.shape[:2], scale.factor)))
+    started = time.perf_counter()
+    prediction = predict_scaled(
+        image,
+        scale,
+        infer,
+        metadata,
+        tile_size=tile_size,
+        overlap=overlap,
+        batch_size=batch_size,
+        should_stop=should_stop,
+        progress=progress,
+    )
+    predict_ms = 1000 * (time.perf_counter() - started)
+    return PlanePrediction(scale, prediction, warnings, scale_ms, predict_ms)
 
 
 @dataclass

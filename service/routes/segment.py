@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import threading
 import time
@@ -39,7 +38,6 @@ from service import (
     objects,
     outputs,
     pipeline,
-    rescale,
     segment,
     structure,
     workload,
@@ -56,7 +54,6 @@ from service.errors import (
     problem_body,
     problem_responses,
 )
-from service.modality import check_modality
 from service.model_metadata import ModelMetadata
 from service.routes.deps import Runtime, get_runtime, only_query_params, require_api_key
 from service.zipstream import ZipStream
@@ -275,36 +272,30 @@ def run_pipeline(
     t1 = time.perf_counter()
     timings["decode"] = 1000 * (t1 - t0)
 
-    modality = check_modality(image)
-    if modality.warning:
-        warnings.append(modality.warning)
-
     def infer(batch: np.ndarray) -> np.ndarray:
         return batcher.infer(batch, should_stop)
 
     threshold = options.threshold if options.threshold is not None else md.threshold
-    scale = pipeline.choose_scale(
-        image, infer, md, object_params(options, md), threshold, options.diameter, settings.max_pixels
-    )
-    if scale.warning:
-        warnings.append(scale.warning)
-    if reserve is not None:
-        reserve(math.prod(rescale.scaled_shape(image.shape[:2], scale.factor)))
-    t_scale = time.perf_counter()
-    timings["scale"] = 1000 * (t_scale - t1)
-    prediction = pipeline.predict_scaled(
+    planned = pipeline.predict_plane(
         image,
-        scale,
         infer,
         md,
+        object_params(options, md),
+        threshold,
+        options.diameter,
+        settings.max_pixels,
         tile_size=tiling.tile_size,
         overlap=tiling.overlap,
         batch_size=settings.max_batch_size,
         should_stop=should_stop,
         progress=progress,
+        reserve=reserve,
     )
+    scale, prediction = planned.scale, planned.prediction
+    warnings += planned.warnings
+    timings["scale"] = planned.scale_ms
+    timings["infer"] = planned.predict_ms
     t2 = time.perf_counter()
-    timings["infer"] = 1000 * (t2 - t_scale)
 
     body, media_type, count = render(
         options, image, prediction, md, settings.count_objects_on_every_output, plane=plane, warnings=warnings
