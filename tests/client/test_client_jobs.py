@@ -1,0 +1,177 @@
+"""The batch client sends large images through ``POST /jobs``: the real service on loopback, the
+real client, real PNGs; which path each image took is read from the server's own counters."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service import client
+from tests.api.test_auth_metrics import metric
+from tests.client.conftest import Reply, Request, png_bytes, png_size, segment_like_the_service, write_png
+from tests.models import write_conv_model
+from tests.server import Server
+
+ARGS = ["--no-progress", "--retries", "3"]
+#: 128² = 16,384 px is over it, 48² = 2,304 px under it.
+THRESHOLD = "10000"
+
+
+def segment(*args: str | Path) -> int:
+    return client.main([str(a) for a in args] + ARGS)
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("jobs-client")
+    model = write_conv_model(folder / "conv.onnx")
+    service = Server({"UNET_MODEL_PATH": str(model)}, folder / "service.log")
+    try:
+        yield service.wait_ready(180)
+    finally:
+        service.stop()
+
+
+def counts(server: Server) -> tuple[float, float, float]:
+    """POST /segment 200s, POST /jobs 202s, DELETE /jobs/{id} answers so far."""
+    text = server.client.get("/metrics").text
+
+    def count(route: str, method: str, status: str | None = None) -> float:
+        labels = {"route": route, "method": method} | ({"status": status} if status else {})
+        try:
+            return metric(text, "unet_http_requests_total", **labels)
+        except AssertionError:  # never requested yet: no sample
+            return 0.0
+
+    return (count("/segment", "POST", "200"), count("/jobs", "POST", "202"),
+            count("/jobs/{job_id}", "DELETE"))
+
+
+def job_folders(server: Server) -> list[Path]:
+    jobs_dir = server.log_path.parent / f"{server.log_path.stem}-jobs"
+    return [p for p in jobs_dir.iterdir() if p.is_dir()] if jobs_dir.exists() else []
+
+
+@pytest.mark.parametrize("output", ["labels", "objects"])
+def test_the_large_image_goes_through_jobs_with_the_same_outputs_and_the_job_is_deleted(
+    server: Server, tmp_path: Path, output: str
+) -> None:
+    images = tmp_path / "in"
+    write_png(images / "large.png", 128, 128)
+    write_png(images / "sub" / "small.png", 48, 48)
+
+    before = counts(server)
+    direct = tmp_path / "direct"
+    assert segment(images, "--out", direct, "--url", server.url, "--output", output,
+                   "--job-above", "never") == 0
+    after_direct = counts(server)
+    assert after_direct[0] - before[0] == 2 and after_direct[1] == before[1]
+
+    via_jobs = tmp_path / "jobs"
+    assert segment(images, "--out", via_jobs, "--url", server.url, "--output", output,
+                   "--job-above", THRESHOLD) == 0
+    after = counts(server)
+    assert after[0] - after_direct[0] == 1, "the small image goes to /segment"
+    assert after[1] - after_direct[1] == 1, "the large image goes to /jobs"
+    assert after[2] - after_direct[2] == 1, "its job is deleted once the result is saved"
+    assert job_folders(server) == []
+
+    # Same names, same bytes (summary.csv included, for objects).
+    written, expected = files_under(via_jobs), files_under(direct)
+    assert sorted(written) == sorted(expected)
+    for name, data in expected.items():
+        assert written[name] == data, name
+
+    # Resume: nothing missing, nothing sent.
+    assert segment(images, "--out", via_jobs, "--url", server.url, "--output", output,
+                   "--job-above", "0") == 0
+    assert counts(server) == after
+
+
+def corrupt_png(width: int, height: int) -> bytes:
+    """A PNG whose header and chunk structure are sound (so it passes submission) but whose
+    compressed pixels are garbage: it fails only when the job decodes it."""
+    good = png_bytes(width, height, value=128)
+    garbage = bytes(range(256)) * 8
+    idat = b"IDAT" + garbage
+    chunk = struct.pack(">I", len(garbage)) + idat + struct.pack(">I", zlib.crc32(idat))
+    end = b"\x00\x00\x00\x00IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+    return good[:33] + chunk + end  # signature (8) + IHDR chunk (25)
+
+
+def test_a_job_that_fails_is_in_the_failure_report_and_deleted(server: Server, tmp_path: Path) -> None:
+    images, out = tmp_path / "in", tmp_path / "out"
+    images.mkdir()
+    (images / "broken.png").write_bytes(corrupt_png(128, 128))
+    write_png(images / "fine.png", 128, 128)
+    before = counts(server)
+
+    assert segment(images, "--out", out, "--url", server.url, "--job-above", "0") == 1
+
+    after = counts(server)
+    assert after[1] - before[1] == 2, "both were accepted as jobs (the header is sound)"
+    assert after[2] - before[2] == 2, "the failed job is deleted too"
+    assert after[0] == before[0], "no fallback to /segment"
+    assert job_folders(server) == []
+    assert sorted(files_under(out)) == ["failures.jsonl", "fine.png"]
+    (record,) = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert record["file"] == str(images / "broken.png")
+    assert record["status"] == 400
+    assert record["type"].endswith("/problems/undecodable-image"), record
+    assert "job failed" in record["error"]
+
+
+def test_a_server_without_jobs_gets_segment(standin, tmp_path: Path) -> None:
+    """An older server answers 404 to POST /jobs: the image goes to /segment on the same run."""
+    old = standin("old")
+
+    def without_jobs(request: Request) -> Reply:
+        if request.path == "/jobs":
+            return Reply(404, {"Content-Type": "application/json"}, b'{"detail": "Not Found"}')
+        return segment_like_the_service(request)
+
+    old.behaviour = without_jobs
+    write_png(tmp_path / "in" / "large.png", 40, 30)
+    out = tmp_path / "out"
+    assert segment(tmp_path / "in", "--out", out, "--url", old.url, "--job-above", "0") == 0
+    assert [r.path for r in old.requests] == ["/jobs", "/segment"]
+    assert png_size((out / "large.png").read_bytes()) == (40, 30)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("0", 0), ("16777216", 4096 * 4096), ("4096x4096", 4096 * 4096), ("never", None), ("NEVER", None),
+])
+def test_job_above_accepts_pixels_sizes_and_never(value: str, expected: int | None, tmp_path: Path) -> None:
+    config = client.parse_config(["x.png", "--out", str(tmp_path), "--url", "http://h",
+                                  "--job-above", value])
+    assert config.job_above == expected
+
+
+@pytest.mark.parametrize("value", ["-1", "big", "4096x", "10MB"])
+def test_a_bad_job_above_is_a_usage_error(value: str, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        client.parse_config(["x.png", "--out", str(tmp_path), "--url", "http://h", "--job-above", value])
+    assert exc.value.code == 2
+
+
+def test_the_default_sends_only_images_over_4096_squared_as_jobs(tmp_path: Path) -> None:
+    config = client.parse_config(["x.png", "--out", str(tmp_path), "--url", "http://h"])
+    segmenter = client.Segmenter(config)
+    try:
+        header_only = png_bytes(1, 1)[:8] + struct.pack(">I", 13) + b"IHDR"
+        assert not segmenter.wants_job(header_only + struct.pack(">II", 4096, 4096))
+        assert segmenter.wants_job(header_only + struct.pack(">II", 4097, 4096))
+        # A header the client cannot read is judged by the file's size.
+        assert not segmenter.wants_job(b"II+\x00" + bytes(100))
+        assert segmenter.wants_job(b"II+\x00" + bytes(4096 * 4096))
+    finally:
+        segmenter.close()
