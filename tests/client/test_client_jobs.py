@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from service import client
+from tests.api import _images as im
+from tests.api._images import write_slow_model
 from tests.api.test_auth_metrics import metric
 from tests.client.conftest import Reply, Request, png_bytes, png_size, segment_like_the_service, write_png
 from tests.models import write_conv_model
@@ -175,3 +179,88 @@ def test_the_default_sends_only_images_over_4096_squared_as_jobs(tmp_path: Path)
         assert segmenter.wants_job(b"II+\x00" + bytes(4096 * 4096))
     finally:
         segmenter.close()
+
+
+# --- on the slow model: a job long enough to watch and to interrupt --------------------------------
+
+POLL_LIMIT_S = 300  # an overall bound for a loaded machine, not a performance claim
+
+
+def test_a_jobs_tiles_are_reported_as_they_are_done(tmp_path: Path) -> None:
+    slow = write_slow_model(tmp_path / "slow.onnx")
+    server = Server({"UNET_MODEL_PATH": str(slow), "UNET_MAX_BATCH_SIZE": "1"}, tmp_path / "s.log")
+    try:
+        server.wait_ready(180)
+        source = tmp_path / "big.png"
+        source.write_bytes(im.png(im.blobs(512, 512, seed=5)))
+        config = client.parse_config([str(source), "--out", str(tmp_path / "out"), "--url", server.url,
+                                      "--job-above", "0"])
+        segmenter = client.Segmenter(config)
+        seen: list[tuple[int | None, int | None]] = []
+        segmenter.progress = lambda job, done, total: seen.append((done, total))
+        try:
+            result = segmenter(client.Job(source, tmp_path / "out" / "big.png"))
+        finally:
+            segmenter.close()
+    finally:
+        server.stop()
+    assert result.ok, result.error
+    assert seen[-1] == (None, None), "the bar forgets the job once it is over"
+    reports = seen[:-1]
+    total = reports[-1][1]
+    assert total is not None and total > 1 and reports[-1][0] == total
+    assert any(done < total or known is None for done, known in reports), "seen before it finished"
+    dones = [done for done, _ in reports]
+    assert dones == sorted(dones)
+    assert {known for _, known in reports} <= {None, total}
+
+
+def test_a_job_cut_short_by_a_server_restart_is_submitted_again(tmp_path: Path) -> None:
+    slow = write_slow_model(tmp_path / "slow.onnx")
+    env = {"UNET_MODEL_PATH": str(slow), "UNET_MAX_BATCH_SIZE": "1",
+           "UNET_JOBS_DIR": str(tmp_path / "jobs")}  # one folder for both: the restart fails the job
+    first = Server(env, tmp_path / "first.log").wait_ready(180)
+    images, out = tmp_path / "in", tmp_path / "out"
+    images.mkdir()
+    #: Hundreds of tiles on the slow model: still running when the server is killed.
+    (images / "big.png").write_bytes(im.png(im.blobs(1024, 1024, seed=5)))
+    codes: list[int] = []
+    runner = threading.Thread(target=lambda: codes.append(client.main(
+        [str(images), "--out", str(out), "--url", first.url, "--job-above", "0", "--no-progress",
+         "--retry-for", str(POLL_LIMIT_S)])))
+    runner.start()
+    second = None
+    try:
+        jobs_dir = tmp_path / "jobs"
+        wait_running(first, jobs_dir)
+        first.proc.kill()  # a crash: the job is left "running" on disk
+        first.stop()
+        second = Server(env, tmp_path / "second.log", port=first.port).wait_ready(180)
+        runner.join(POLL_LIMIT_S)
+        assert not runner.is_alive()
+        assert codes == [0]
+        assert (out / "big.png").is_file() and not (out / "failures.jsonl").exists()
+        assert [p.name for p in jobs_dir.iterdir() if p.is_dir()] == [], \
+            "the interrupted job and the second one are both deleted"
+        text = second.client.get("/metrics").text
+        assert metric(text, "unet_http_requests_total", route="/jobs", method="POST", status="202") == 1
+    finally:
+        if second is not None:
+            second.stop()
+        first.stop()
+        runner.join(10)
+
+
+def wait_running(server: Server, jobs_dir: Path) -> str:
+    """The id of the first job (its folder's name) once the server says it has tiles done."""
+    deadline = time.monotonic() + POLL_LIMIT_S
+    while time.monotonic() < deadline:
+        for folder in jobs_dir.iterdir() if jobs_dir.exists() else ():
+            status = server.client.get(f"/jobs/{folder.name}")
+            if status.status_code == 200:
+                record = status.json()
+                assert record["status"] in ("queued", "running"), record
+                if record["status"] == "running" and record["tiles_done"] > 0:
+                    return record["id"]
+        time.sleep(0.05)
+    raise AssertionError("no job started running")
