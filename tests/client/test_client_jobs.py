@@ -4,7 +4,11 @@ real client, real PNGs; which path each image took is read from the server's own
 from __future__ import annotations
 
 import json
+import os
+import signal
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -19,7 +23,7 @@ from tests.api._images import write_slow_model
 from tests.api.test_auth_metrics import metric
 from tests.client.conftest import Reply, Request, png_bytes, png_size, segment_like_the_service, write_png
 from tests.models import write_conv_model
-from tests.server import Server
+from tests.server import REPO, Server
 
 ARGS = ["--no-progress", "--retries", "3"]
 #: 128² = 16,384 px is over it, 48² = 2,304 px under it.
@@ -264,3 +268,31 @@ def wait_running(server: Server, jobs_dir: Path) -> str:
                     return record["id"]
         time.sleep(0.05)
     raise AssertionError("no job started running")
+
+
+def test_ctrl_c_cancels_the_job_on_the_server(tmp_path: Path) -> None:
+    slow = write_slow_model(tmp_path / "slow.onnx")
+    jobs_dir = tmp_path / "jobs"
+    server = Server({"UNET_MODEL_PATH": str(slow), "UNET_MAX_BATCH_SIZE": "1",
+                     "UNET_JOBS_DIR": str(jobs_dir)}, tmp_path / "s.log").wait_ready(180)
+    images, out = tmp_path / "in", tmp_path / "out"
+    images.mkdir()
+    (images / "big.png").write_bytes(im.png(im.blobs(1024, 1024, seed=5)))
+    env = {k: v for k, v in os.environ.items() if k != "UNET_API_KEY"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.client", str(images), "--out", str(out), "--url", server.url,
+         "--job-above", "0", "--no-progress"],
+        cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        job_id = wait_running(server, jobs_dir)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=POLL_LIMIT_S)
+        assert proc.returncode == 130, stderr
+        status = server.client.get(f"/jobs/{job_id}").json()
+        assert status["status"] == "cancelled", status
+        assert not (out / "big.png").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.stop()
