@@ -25,6 +25,11 @@ Behaviour a batch of thousands of images needs:
 - **Accountable**: a progress bar with images/s and megapixels/s, a summary line, every failure as
   one JSON line (file, status, the server's problem detail) in the report, and the exit code:
   0 all succeeded or were already there, 1 some failed, 2 usage error (130 interrupted).
+- **Jobs for large images**: an image over ``--job-above`` pixels (default 4096×4096, read from
+  its header) is sent as ``POST /jobs`` instead, polled (``GET /jobs/{id}``, its tiles done/total
+  shown on the progress bar), its result fetched and written exactly as ``/segment``'s would be,
+  then the job is deleted so the server's disk is freed. A server without ``/jobs`` (404) gets
+  ``/segment``.
 - **Objects**: with ``--output objects|geojson`` a ``summary.csv`` in the output folder gives each
   image's object count and areas, read back from every output present (so resumed runs included).
 """
@@ -135,6 +140,14 @@ BACKOFF_CAP_S = 10.0
 #: a restarted replica (process start, model load, warm-up) is back well within this.
 RETRY_FOR_S = 60.0
 RETRY_AFTER_CAP_S = 300.0  # a server asking for longer than this is treated as asking for this
+#: Images with more pixels than this go through ``POST /jobs`` unless --job-above says otherwise:
+#: 4096² is where one request holds the server for minutes on a CPU and ~3.5 GB of its memory
+#: (issue #16), longer than a proxy or this client's --timeout may wait on one connection.
+JOB_ABOVE_PIXELS = 4096 * 4096
+#: Polling a job: the first wait, growing ×1.5 per poll up to the cap (a job's tiles take seconds).
+POLL_FIRST_S, POLL_GROWTH, POLL_CAP_S = 0.25, 1.5, 5.0
+#: A job answered ``failed`` with this problem type was cut short by a server restart: sent again.
+JOB_INTERRUPTED = "/problems/job-interrupted"
 
 
 class UsageError(Exception):
@@ -161,6 +174,7 @@ class Result:
     object_count: int | None = None
     problem: dict | None = None  # the server's RFC 9457 problem details, when it sent them
     error: str | None = None  # one line for a human: what went wrong
+    turn: int = 0  # index of the replica that answered last (a job is polled where it was sent)
 
 
 @dataclass(frozen=True)
@@ -189,6 +203,7 @@ class Config:
     report: Path | None = None
     progress: bool = True
     model: Path | None = None  # local mode's ONNX file; None: the service's default (the bundled model)
+    job_above: int | None = JOB_ABOVE_PIXELS  # pixels above which POST /jobs is used; None: never
 
 
 # --------------------------------------------------------------------------- inputs → jobs
@@ -417,6 +432,10 @@ class Segmenter:
         ]
         self._next = itertools.count()
         self._lock = threading.Lock()
+        self.job_above = config.job_above
+        self._stop = threading.Event()
+        #: ``(job, tiles done, tiles total)`` while a job runs; ``(job, None, None)`` when it ends
+        self.progress: Callable[[Job, int | None, int | None], None] | None = None
 
     def close(self) -> None:
         for client in self.clients:
@@ -436,15 +455,39 @@ class Segmenter:
         content_type = CONTENT_TYPES[job.source.suffix.lower()]
         result = Result(job, ok=False)
         first = self._first_turn()
+        if self.wants_job(data):
+            done = self._via_job(result, data, content_type, first)
+            if done is not None:
+                return done
+            result = Result(job, ok=False, attempts=result.attempts)  # no /jobs there: /segment
+        response = self._send(result, "/segment", data, content_type, first)
+        if response is not None and response.status_code == 200:
+            return self._finish(result, response, data)
+        return result
+
+    def wants_job(self, data: bytes) -> bool:
+        """Whether this image goes through ``POST /jobs``: its pixels (from the header) over the
+        threshold. A header the client cannot read (BigTIFF, an odd TIFF layout) is judged by the
+        file's size instead: an uncompressed image has at least one byte per pixel."""
+        if self.job_above is None:
+            return False
+        size = image_size(data)
+        amount = size[0] * size[1] if size is not None else len(data)
+        return amount > self.job_above
+
+    def _send(self, result: Result, path: str, data: bytes, content_type: str, first: int,
+              ) -> httpx.Response | None:
+        """POST the image to ``path`` with retries, moving over the replicas; the final response
+        (success or an error that is not transient), or None when the retries ran out (``result``
+        says why). ``result.turn`` is the index of the replica that answered."""
         deadline: float | None = None  # set at the first failure: retry_for_s from then
-        for attempt in itertools.count(1):
+        for attempt in itertools.count(result.attempts + 1):
             result.attempts = attempt
             retry_after, unreachable = None, False
-            client = self.clients[(first + attempt - 1) % len(self.clients)]  # a retry moves on
+            turn = (first + attempt - 1) % len(self.clients)  # a retry moves on
             try:
-                response = client.post(
-                    "/segment", params=self.params, content=data,
-                    headers={"Content-Type": content_type},
+                response = self.clients[turn].post(
+                    path, params=self.params, content=data, headers={"Content-Type": content_type},
                 )
             except httpx.TransportError as exc:  # refused, reset, timed out: maybe another replica
                 result.status, result.problem = None, None
@@ -452,12 +495,14 @@ class Segmenter:
                 unreachable = True
             else:
                 result.status = response.status_code
-                if response.status_code == 200:
-                    return self._finish(result, response, data)
+                if response.status_code in (200, 202):
+                    result.turn = turn
+                    return response
                 result.problem = _problem(response)
                 result.error = _describe(response, result.problem)
                 if response.status_code not in TRANSIENT_STATUSES:
-                    return result
+                    result.turn = turn
+                    return response
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
             if self.retries is not None and attempt > self.retries:
                 break
@@ -470,7 +515,116 @@ class Segmenter:
             # The last wait ends at the deadline, so the final try comes retry_for_s after the first
             # failure: a replica restarting within the window always gets the image.
             time.sleep(min(retry_delay(attempt, retry_after, base=self.backoff_base), deadline - now))
-        return result
+        return None
+
+    # ----------------------------------------------------------------------- the jobs path
+
+    def _via_job(self, result: Result, data: bytes, content_type: str, first: int) -> Result | None:
+        """Submit the image as a job, poll it, write its result, delete it. None: the replica has
+        no ``/jobs`` (an older server; the caller uses ``/segment``)."""
+        job = result.job
+        deadline: float | None = None  # for resubmitting a job lost to a server restart
+        while True:
+            response = self._send(result, "/jobs", data, content_type, first)
+            if response is None:
+                return result
+            if response.status_code == 404:
+                return None
+            if response.status_code != 202:
+                return result  # the input's fault (400/413/415/422), as /segment would have said
+            client = self.clients[result.turn]
+            location = response.headers.get("Location") or f"/jobs/{response.json()['id']}"
+            try:
+                outcome = self._await_job(result, client, location)
+                if outcome == "succeeded":
+                    fetched = self._request(result, client, "GET", f"{location}/result", final=(200,))
+                    if fetched is not None:
+                        return self._finish(result, fetched, data)
+            finally:
+                self._report(job, None, None)
+                # Its result is on this disk now (or it failed, or we stop): free the server's.
+                self._request(result, client, "DELETE", location, final=(200, 204, 404), quiet=True)
+            if outcome == "lost":  # the server restarted under it, or lost it: send it again
+                now = time.monotonic()
+                deadline = now + self.retry_for_s if deadline is None else deadline
+                if now >= deadline or (self.retries is not None and result.attempts > self.retries):
+                    return result
+                continue
+            return result
+
+    def _await_job(self, result: Result, client: httpx.Client, location: str) -> str:
+        """Poll until the job is finished: ``succeeded``, ``failed`` (``result`` holds its problem),
+        ``lost`` (404, or interrupted by a restart) or ``gone`` (cancelled, unreachable, stopped)."""
+        wait = POLL_FIRST_S
+        while True:
+            if self._stop.wait(wait):
+                result.error = "interrupted before the job finished"
+                return "gone"  # Ctrl-C: the caller's DELETE cancels it on the server
+            response = self._request(result, client, "GET", location, final=(200, 404))
+            if response is None:
+                return "gone"
+            if response.status_code == 404:
+                result.status, result.problem = 404, _problem(response)
+                result.error = "the server lost the job (restarted or swept it)"
+                return "lost"
+            status = response.json()
+            self._report(result.job, status.get("tiles_done", 0), status.get("tiles_total"))
+            state = status.get("status")
+            if state == "succeeded":
+                return "succeeded"
+            if state in ("failed", "cancelled"):
+                problem = status.get("problem") or {}
+                result.status = problem.get("status")
+                result.problem = problem or None
+                title, detail = problem.get("title", state), problem.get("detail", "")
+                result.error = f"job {state}: {title}: {detail}".rstrip(": ")
+                if str(problem.get("type", "")).endswith(JOB_INTERRUPTED):
+                    return "lost"
+                return "failed"
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            wait = min(POLL_CAP_S, wait * POLL_GROWTH)
+            if retry_after is not None:
+                wait = max(wait, min(retry_after, RETRY_AFTER_CAP_S))
+
+    def _request(self, result: Result, client: httpx.Client, method: str, url: str,
+                 final: tuple[int, ...], quiet: bool = False) -> httpx.Response | None:
+        """One call about a job on the replica that holds it, retried on transient trouble for
+        ``retry_for_s`` (a job lives on one replica: no moving on). The response with a status in
+        ``final``, else None with ``result`` saying why (unless ``quiet``: a DELETE's failure
+        costs only disk until the server's retention sweep)."""
+        deadline: float | None = None
+        for attempt in itertools.count(1):
+            retry_after = None
+            try:
+                response = client.request(method, url)
+            except httpx.TransportError as exc:
+                error, status, problem = f"{type(exc).__name__}: {exc}".rstrip(": "), None, None
+            else:
+                if response.status_code in final:
+                    return response
+                status, problem = response.status_code, _problem(response)
+                error = _describe(response, problem)
+                if status not in TRANSIENT_STATUSES:
+                    break
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            now = time.monotonic()
+            deadline = now + self.retry_for_s if deadline is None else deadline
+            if now >= deadline or (self.retries is not None and attempt > self.retries):
+                break
+            if self._stop.wait(min(retry_delay(attempt, retry_after, base=self.backoff_base),
+                                   deadline - now)):
+                break
+        if not quiet:
+            result.status, result.problem, result.error = status, problem, f"{method} {url}: {error}"
+        return None
+
+    def _report(self, job: Job, done: int | None, total: int | None) -> None:
+        if self.progress is not None:
+            self.progress(job, done, total)
+
+    def interrupt(self) -> None:
+        """Stop polling jobs (Ctrl-C): each poller cancels its job on the server and returns."""
+        self._stop.set()
 
     def _finish(self, result: Result, response: httpx.Response, data: bytes) -> Result:
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
@@ -610,6 +764,21 @@ def run(config: Config, jobs: Sequence[Job], backoff_base: float = BACKOFF_BASE_
     bar = tqdm(total=len(todo), unit="img", desc="segment", disable=not config.progress,
                dynamic_ncols=True)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=config.concurrency)
+    rate = ""
+    running: dict[Job, str] = {}  # jobs on the server → "name done/total tiles"
+    lock = threading.Lock()
+
+    def show(job: Job, done: int | None, total: int | None) -> None:
+        """The bar's postfix: the rate, failures, and each server job's tiles done/total."""
+        with lock:
+            if done is None:
+                running.pop(job, None)
+            else:
+                running[job] = f"{job.source.name} {done}/{total if total is not None else '?'} tiles"
+            bar.set_postfix_str(", ".join([rate, *running.values()]).strip(", "))
+
+    if isinstance(segmenter, Segmenter):
+        segmenter.progress = show
     try:
         futures = [pool.submit(segmenter, job) for job in todo]
         for future in concurrent.futures.as_completed(futures):
@@ -622,9 +791,14 @@ def run(config: Config, jobs: Sequence[Job], backoff_base: float = BACKOFF_BASE_
                 summary.failures.append(result)
                 bar.write(f"failed: {result.job.source}: {result.error}", file=sys.stderr)
             elapsed = time.perf_counter() - start
-            bar.set_postfix_str(f"{summary.megapixels / elapsed:.2f} MP/s, {len(summary.failures)} failed",
-                                refresh=False)
-            bar.update()
+            with lock:
+                rate = f"{summary.megapixels / elapsed:.2f} MP/s, {len(summary.failures)} failed"
+                bar.set_postfix_str(", ".join([rate, *running.values()]), refresh=False)
+                bar.update()
+    except BaseException:
+        if isinstance(segmenter, Segmenter):
+            segmenter.interrupt()  # jobs being polled are cancelled on the server, not waited for
+        raise
     finally:
         # On Ctrl-C: drop what hasn't started; requests in flight finish and write whole files.
         pool.shutdown(wait=True, cancel_futures=True)
@@ -715,6 +889,25 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _job_above(text: str) -> int | None:
+    """``--job-above``: pixels (``16777216``), a size (``4096x4096``), or ``never``."""
+    text = text.strip().lower()
+    if text == "never":
+        return None
+    try:
+        if "x" in text:
+            width, height = (int(part) for part in text.split("x"))
+            value = width * height
+        else:
+            value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a pixel count, WIDTHxHEIGHT or 'never', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _url(text: str) -> str:
     parsed = httpx.URL(text)
     if parsed.scheme not in ("http", "https") or not parsed.host:
@@ -773,6 +966,11 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: $UNET_RETRY_FOR_S or {RETRY_FOR_S:g}: longer than a replica restart)")
     parser.add_argument("--retries", type=_non_negative_int, default=None, metavar="N",
                         help="also stop after this many extra tries (default: no count limit)")
+    parser.add_argument("--job-above", dest="job_above", type=_job_above,
+                        default=JOB_ABOVE_PIXELS, metavar="PIXELS",
+                        help="send images with more pixels than this (a count or WIDTHxHEIGHT, read from "
+                        "the header) as server jobs (POST /jobs), polled with their tiles shown on the "
+                        "bar; 0: every image; never: none (default: 4096x4096)")
     parser.add_argument("--api-key", default=os.environ.get("UNET_API_KEY"), metavar="KEY",
                         help="sent as X-API-Key (default: $UNET_API_KEY)")
     parser.add_argument("--report", type=Path, metavar="FILE",
@@ -794,7 +992,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                   overwrite=args.overwrite,
                   timeout_s=args.timeout_s, retries=args.retries, retry_for_s=args.retry_for_s,
                   api_key=args.api_key or None,
-                  report=args.report, progress=args.progress, model=args.model)
+                  report=args.report, progress=args.progress, model=args.model,
+                  job_above=args.job_above)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
