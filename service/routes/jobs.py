@@ -47,13 +47,13 @@ from service.jobs import (
 )
 from service.routes.deps import ClientGone, Runtime, get_runtime, require_api_key
 from service.routes.segment import (
-    _IMAGE_BODY,
-    _RAW_TYPES,
+    IMAGE_BODY,
+    RAW_TYPES,
     SegmentOptions,
-    _checked_engine,
-    _is_cancel,
-    _result_headers,
+    checked_engine,
+    is_cancel,
     problem_for,
+    result_headers,
     run_pipeline,
     segment_options,
     upload_pixels,
@@ -121,7 +121,7 @@ def executor(runtime: Runtime) -> Execute:
                     progress=job.progress,
                 )
             except Exception as exc:
-                if _is_cancel(exc):
+                if is_cancel(exc):
                     return None
                 raise
 
@@ -158,7 +158,7 @@ def executor(runtime: Runtime) -> Execute:
             metrics.IMAGES.labels(output=options.output.value, outcome="cancelled").inc()
             return None
         metrics.IMAGES.labels(output=options.output.value, outcome="ok").inc()
-        headers = _result_headers(runtime, result)
+        headers = result_headers(runtime, result)
         name = filenames.output_name(given.filename, options.output.value, result.media_type)
         headers["Content-Disposition"] = filenames.content_disposition(name)
         return JobResult(result.body, result.media_type, headers)
@@ -258,7 +258,7 @@ async def _receive(request: Request, path: Path, room: int) -> str | None:
             )
         written = await anyio.to_thread.run_sync(_copy_limited, upload.file, path, room)
         filename = upload.filename
-    elif content_type.startswith("image/") or content_type in _RAW_TYPES or not content_type:
+    elif content_type.startswith("image/") or content_type in RAW_TYPES or not content_type:
         written, pending = 0, bytearray()
         with open(path, "wb") as out:
             async for chunk in request.stream():
@@ -302,14 +302,14 @@ _STATUS_RESPONSE = {"model": JobStatus, "description": "the job's status"}
         507: {"description": "the jobs folder is full (UNET_JOBS_MAX_BYTES)",
               "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}},
     },
-    openapi_extra={"requestBody": _IMAGE_BODY},
+    openapi_extra={"requestBody": IMAGE_BODY},
 )
 async def submit_job(
     request: Request,
     options: SegmentOptions = Depends(segment_options),
     runtime: Runtime = Depends(get_runtime),
 ) -> JSONResponse:
-    _checked_engine(runtime, options)  # 503/422 before reading the body, as on POST /segment
+    checked_engine(runtime, options)  # 503/422 before reading the body, as on POST /segment
     jobs = get_jobs(request)
     if jobs.unavailable:
         raise ServiceUnavailable(f"jobs are not available: {jobs.unavailable}", retry_after_s=30)

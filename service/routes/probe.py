@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from service import microscopy
 from service.errors import problem_responses
 from service.routes.deps import Runtime, get_runtime, only_query_params, require_api_key
-from service.routes.segment import _IMAGE_BODY, _read_single_upload, problem_for, upload_pixels
+from service.routes.segment import IMAGE_BODY, _read_single_upload, problem_for, upload_pixels
 
 router = APIRouter(tags=["segmentation"], dependencies=[Depends(require_api_key)])
 
@@ -64,7 +64,7 @@ def probe_result(layout: microscopy.Layout, model_channels: int) -> dict[str, An
     summary="What an image holds: channels, planes, pixel size",
     response_model=ProbeResult,
     responses=problem_responses(400, 401, 413, 415, 422, 503),
-    openapi_extra={"requestBody": _IMAGE_BODY},
+    openapi_extra={"requestBody": IMAGE_BODY},
 )
 async def probe(
     request: Request,

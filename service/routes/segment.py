@@ -67,7 +67,7 @@ CLIENT_CLOSED = 499
 #: How often the disconnect watcher polls the connection, seconds.
 _DISCONNECT_POLL_S = 0.1
 #: Content types accepted as a raw image body besides image/*.
-_RAW_TYPES = ("application/octet-stream",)
+RAW_TYPES = ("application/octet-stream",)
 
 
 class Output(str, Enum):
@@ -333,7 +333,7 @@ def object_params(options: SegmentOptions, md: ModelMetadata) -> objects.ObjectP
         ) from exc
 
 
-def _checked_engine(runtime: Runtime, options: SegmentOptions) -> Engine:
+def checked_engine(runtime: Runtime, options: SegmentOptions) -> Engine:
     """The ready engine, once the options are checked against its model: every 503 or 422
     that needs no image comes before the body is read."""
     engine, _ = runtime.require_ready()
@@ -482,7 +482,7 @@ async def _run_cancellable(request: Request, work: Callable[[_Cancellation], Any
     return result
 
 
-def _is_cancel(exc: BaseException) -> bool:
+def is_cancel(exc: BaseException) -> bool:
     return isinstance(exc, BatcherCancelled | segment.Cancelled | microscopy.DecodeCancelled)
 
 
@@ -525,7 +525,7 @@ async def _read_single_upload(request: Request) -> bytes:
             )
         request.state.upload_filename = upload.filename  # names the output (Content-Disposition)
         return await upload.read()
-    if content_type.startswith("image/") or content_type in _RAW_TYPES:
+    if content_type.startswith("image/") or content_type in RAW_TYPES:
         return await request.body()
     if not content_type:
         body = await request.body()
@@ -544,7 +544,7 @@ async def _read_single_upload(request: Request) -> bytes:
     )
 
 
-def _result_headers(runtime: Runtime, result: Result) -> dict[str, str]:
+def result_headers(runtime: Runtime, result: Result) -> dict[str, str]:
     md = runtime.engine.metadata if runtime.engine else None
     headers = {
         "X-Model-Name": md.name if md else "",
@@ -595,7 +595,7 @@ def plane_headers(plane: microscopy.Plane) -> dict[str, str]:
     return headers
 
 
-_IMAGE_BODY = {
+IMAGE_BODY = {
     "required": True,
     "content": {
         "multipart/form-data": {
@@ -698,14 +698,14 @@ _PNG_HEADERS = {
         },
         **problem_responses(400, 401, 413, 415, 422, 503),
     },
-    openapi_extra={"requestBody": _IMAGE_BODY},
+    openapi_extra={"requestBody": IMAGE_BODY},
 )
 async def segment_image(
     request: Request,
     options: SegmentOptions = Depends(segment_options),
     runtime: Runtime = Depends(get_runtime),
 ) -> Response:
-    _checked_engine(runtime, options)  # 503/422 before reading a large body
+    checked_engine(runtime, options)  # 503/422 before reading a large body
     data = await _read_single_upload(request)
     timeout_s = runtime.settings.request_timeout_s
     pixels = await upload_pixels(runtime, data)
@@ -728,7 +728,7 @@ async def segment_image(
         metrics.IMAGES.labels(output=options.output.value, outcome="cancelled").inc()
         return _cancelled_response(result.stop, timeout_s)
     metrics.IMAGES.labels(output=options.output.value, outcome="ok").inc()
-    headers = _result_headers(runtime, result)
+    headers = result_headers(runtime, result)
     headers["Content-Disposition"] = _output_disposition(request, options.output.value, result.media_type)
     return Response(result.body, media_type=result.media_type, headers=headers)
 
@@ -753,7 +753,7 @@ def _segment_or_cancel(
     try:
         return run_pipeline(runtime, data, options, stop, lambda px: runtime.grow(ticket, px, stop))
     except Exception as exc:
-        if _is_cancel(exc):
+        if is_cancel(exc):
             return _Cancelled(stop)
         raise
 
@@ -854,7 +854,7 @@ async def segment_batch(
     options: SegmentOptions = Depends(batch_options),
     runtime: Runtime = Depends(get_runtime),
 ) -> Response:
-    md = _checked_engine(runtime, options).metadata  # once for the request, not a 422 per file
+    md = checked_engine(runtime, options).metadata  # once for the request, not a 422 per file
     settings = runtime.settings
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "multipart/form-data":
