@@ -22,13 +22,10 @@ import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
-from starlette.datastructures import UploadFile
 
 from service import filenames, metrics
 from service.errors import (
     PROBLEM_JSON,
-    BadRequest,
-    InvalidOptions,
     ProblemError,
     ServiceUnavailable,
     problem_body,
@@ -52,10 +49,14 @@ from service.routes.segment import (
     SegmentOptions,
     checked_engine,
     is_cancel,
+    multipart_file,
+    no_image,
     problem_for,
     result_headers,
     run_pipeline,
     segment_options,
+    unsupported_media_type,
+    upload_content_type,
     upload_pixels,
 )
 
@@ -235,27 +236,11 @@ def _copy_limited(source: BinaryIO, target: Path, room: int) -> int:
     return written
 
 
-def _unsupported(content_type: str) -> ProblemError:
-    return ProblemError(
-        f"Content-Type {content_type or '(none)'} is not accepted: send multipart/form-data with field "
-        "'file', or the raw image bytes with Content-Type image/png, image/tiff, image/jpeg or image/bmp",
-        status=415,
-        slug="unsupported-media-type",
-        title="Unsupported media type",
-    )
-
-
 async def _receive(request: Request, path: Path, room: int) -> str | None:
     """Write the upload (multipart field ``file`` or the raw body) to ``path``; its file name."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = upload_content_type(request)
     if content_type == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=8)
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise InvalidOptions(
-                "the multipart request has no file field named 'file'",
-                errors=[{"loc": ["body", "file"], "msg": "Field required", "type": "missing"}],
-            )
+        upload = await multipart_file(request)
         written = await anyio.to_thread.run_sync(_copy_limited, upload.file, path, room)
         filename = upload.filename
     elif content_type.startswith("image/") or content_type in RAW_TYPES or not content_type:
@@ -271,16 +256,12 @@ async def _receive(request: Request, path: Path, room: int) -> str | None:
                     pending.clear()
             await anyio.to_thread.run_sync(out.write, bytes(pending))
         if written and not content_type:
-            raise _unsupported(content_type)
+            raise unsupported_media_type(content_type)
         filename = filenames.request_filename(request.headers.get("content-disposition"))
     else:
-        raise _unsupported(content_type)
+        raise unsupported_media_type(content_type)
     if written == 0:
-        raise BadRequest(
-            "no image: send it as multipart field 'file' or as the raw body with an image/* Content-Type",
-            slug="no-image",
-            title="No image",
-        )
+        raise no_image()
     return filename
 
 

@@ -512,17 +512,46 @@ async def upload_pixels(runtime: Runtime, data: bytes) -> int:
         raise problem from exc
 
 
+def upload_content_type(request: Request) -> str:
+    """The request's media type, lower case, without parameters ('' when none was sent)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def multipart_file(request: Request) -> UploadFile:
+    """The multipart form's field ``file`` (422 when it has none)."""
+    form = await request.form(max_files=1, max_fields=8)
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise InvalidOptions(
+            "the multipart request has no file field named 'file'",
+            errors=[{"loc": ["body", "file"], "msg": "Field required", "type": "missing"}],
+        )
+    return upload
+
+
+def no_image() -> BadRequest:
+    return BadRequest(
+        "no image: send it as multipart field 'file' or as the raw body with an image/* Content-Type",
+        slug="no-image",
+        title="No image",
+    )
+
+
+def unsupported_media_type(content_type: str) -> ProblemError:
+    return ProblemError(
+        f"Content-Type {content_type or '(none)'} is not accepted: send multipart/form-data with field "
+        "'file', or the raw image bytes with Content-Type image/png, image/tiff, image/jpeg or image/bmp",
+        status=415,
+        slug="unsupported-media-type",
+        title="Unsupported media type",
+    )
+
+
 async def _read_single_upload(request: Request) -> bytes:
     """The image bytes: multipart field ``file`` or the raw body (``image/*``)."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = upload_content_type(request)
     if content_type == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=8)
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise InvalidOptions(
-                "the multipart request has no file field named 'file'",
-                errors=[{"loc": ["body", "file"], "msg": "Field required", "type": "missing"}],
-            )
+        upload = await multipart_file(request)
         request.state.upload_filename = upload.filename  # names the output (Content-Disposition)
         return await upload.read()
     if content_type.startswith("image/") or content_type in RAW_TYPES:
@@ -530,18 +559,8 @@ async def _read_single_upload(request: Request) -> bytes:
     if not content_type:
         body = await request.body()
         if not body:
-            raise BadRequest(
-                "no image: send it as multipart field 'file' or as the raw body with an image/* Content-Type",
-                slug="no-image",
-                title="No image",
-            )
-    raise ProblemError(
-        f"Content-Type {content_type or '(none)'} is not accepted: send multipart/form-data with field "
-        "'file', or the raw image bytes with Content-Type image/png, image/tiff, image/jpeg or image/bmp",
-        status=415,
-        slug="unsupported-media-type",
-        title="Unsupported media type",
-    )
+            raise no_image()
+    raise unsupported_media_type(content_type)
 
 
 def result_headers(runtime: Runtime, result: Result) -> dict[str, str]:
