@@ -11,8 +11,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
+from onnx import helper
 
 from model_export.data import SynthConfig, synth_nuclei
+from service.model_metadata import ModelMetadata
 
 
 def write_dsb_folder(root: Path, n: int = 4, size: int = 96, seed: int = 0, colour: bool = True) -> Path:
@@ -37,3 +40,14 @@ def write_dsb_folder(root: Path, n: int = 4, size: int = 96, seed: int = 0, colo
                 nucleus = ((labels == k) * 255).astype(np.uint8)
                 cv2.imwrite(str(folder / "masks" / f"m{k:04d}.png"), nucleus)
     return train
+
+
+def with_val_ids(src: str | Path, dst: Path, val_ids: list[str]) -> Path:
+    """A copy of an exported model whose metadata says its training held out ``val_ids``."""
+    model = onnx.load(str(src))
+    meta = ModelMetadata.from_onnx_props({p.key: p.value for p in model.metadata_props})
+    data = {**meta.training.get("data", {}), "kind": "dsb2018", "val_ids": val_ids}
+    meta = meta.model_copy(update={"training": {**meta.training, "data": data}})
+    helper.set_model_props(model, meta.to_onnx_props())
+    onnx.save(model, str(dst))
+    return dst

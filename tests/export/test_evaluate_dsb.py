@@ -7,15 +7,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
-from onnx import helper
 
 from model_export import dsb
 from model_export.__main__ import main
 from model_export.data import SynthConfig, synth_nuclei
 from model_export.evaluate import Segmentation, score_dsb, summarise_dsb
-from service.model_metadata import ModelMetadata
+from tests.dsb_layout import with_val_ids
 
 #: Clean fluorescence: bright, well-separated, sharp nuclei on an even field (Otsu's home ground).
 CLEAN = SynthConfig(
@@ -75,15 +73,6 @@ def dsb_folder(tmp_path_factory: pytest.TempPathFactory) -> Folder:
     return root, counts
 
 
-def _with_val_ids(src: str | Path, dst: Path, val_ids: list[str]) -> Path:
-    """A copy of an exported model whose metadata says its training held out ``val_ids``."""
-    model = onnx.load(str(src))
-    meta = ModelMetadata.from_onnx_props({p.key: p.value for p in model.metadata_props})
-    data = {**meta.training.get("data", {}), "kind": "dsb2018", "val_ids": val_ids}
-    meta = meta.model_copy(update={"training": {**meta.training, "data": data}})
-    helper.set_model_props(model, meta.to_onnx_props())
-    onnx.save(model, str(dst))
-    return dst
 
 
 def _evaluate(model: str | Path, folder: Path, tmp_path: Path, *extra: str) -> tuple[int, dict | None]:
@@ -132,7 +121,7 @@ def test_subset_val_is_the_models_held_out_ids_and_train_the_rest(
 ) -> None:
     folder, counts = dsb_folder
     held_out = ["aaa1", "bbb0", "not-in-this-folder"]
-    model = _with_val_ids(tiny_export["out"], tmp_path / "held_out.onnx", held_out)
+    model = with_val_ids(tiny_export["out"], tmp_path / "held_out.onnx", held_out)
     code, val = _evaluate(model, folder, tmp_path)  # --subset val is the default
     assert code == 0 and val is not None and val["subset"] == "val"
     code, train = _evaluate(model, folder, tmp_path, "--subset", "train")
@@ -158,7 +147,7 @@ def test_val_ids_from_another_folder_are_an_error(
     dsb_folder: Folder, tiny_export: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder, _ = dsb_folder
-    model = _with_val_ids(tiny_export["out"], tmp_path / "other.onnx", ["elsewhere1", "elsewhere2"])
+    model = with_val_ids(tiny_export["out"], tmp_path / "other.onnx", ["elsewhere1", "elsewhere2"])
     code, _ = _evaluate(model, folder, tmp_path)
     assert code == 2
     assert "is --dsb the folder it was trained on" in capsys.readouterr().err

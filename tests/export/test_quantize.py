@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
 
 from model_export.__main__ import main
 from model_export.quantize import (
@@ -19,19 +18,7 @@ from model_export.quantize import (
     read_metadata,
 )
 from service.engine import Engine, int8_path
-from service.model_metadata import ModelMetadata
-from tests.dsb_layout import write_dsb_folder
-
-
-def _with_val_ids(src: str | Path, dst: Path, val_ids: list[str]) -> Path:
-    """A copy of an exported model whose metadata says its training held out ``val_ids``."""
-    model = onnx.load(str(src))
-    meta = ModelMetadata.from_onnx_props({p.key: p.value for p in model.metadata_props})
-    data = {**meta.training.get("data", {}), "kind": "dsb2018", "val_ids": val_ids}
-    meta = meta.model_copy(update={"training": {**meta.training, "data": data}})
-    helper.set_model_props(model, meta.to_onnx_props())
-    onnx.save(model, str(dst))
-    return dst
+from tests.dsb_layout import with_val_ids, write_dsb_folder
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +92,7 @@ def test_calibration_draws_only_dsb_training_images(
 ) -> None:
     ids = sorted(p.name for p in dsb_root.iterdir() if p.name[4] == "f")  # the fluorescence ones
     held_out = ids[:2]
-    model = _with_val_ids(tiny_export["out"], tmp_path / "held.onnx", held_out)
+    model = with_val_ids(tiny_export["out"], tmp_path / "held.onnx", held_out)
     calibration = calibration_set(
         read_metadata(model), dsb_root, dsb_images=3, synthetic_images=1, max_edge=48
     )
@@ -120,7 +107,7 @@ def test_calibration_draws_only_dsb_training_images(
 def test_asking_for_more_training_images_than_exist_says_how_many(
     tiny_export: dict, dsb_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    model = _with_val_ids(tiny_export["out"], tmp_path / "held.onnx", [])
+    model = with_val_ids(tiny_export["out"], tmp_path / "held.onnx", [])
     code = main(["quantize", "--model", str(model), "--dsb", str(dsb_root), "--dsb-images", "9"])
     assert code == 2
     assert "only 5 fluorescence training images, 9 asked" in capsys.readouterr().err
@@ -131,7 +118,7 @@ def test_cli_writes_beside_the_model_and_checks_it_on_the_held_out_images(
     tiny_export: dict, dsb_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ids = sorted(p.name for p in dsb_root.iterdir() if p.name[4] == "f")
-    model = _with_val_ids(tiny_export["out"], tmp_path / "tiny.onnx", ids[:2])
+    model = with_val_ids(tiny_export["out"], tmp_path / "tiny.onnx", ids[:2])
     report_path = tmp_path / "report.json"
     args = [
         "--dsb-images",
