@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from service import microscopy
 from service.errors import problem_responses
 from service.routes.deps import Runtime, get_runtime, only_query_params, require_api_key
-from service.routes.segment import IMAGE_BODY, _read_single_upload, problem_for, upload_pixels
+from service.routes.segment import IMAGE_BODY, read_single_upload, problem_for, upload_pixels
 
 router = APIRouter(tags=["segmentation"], dependencies=[Depends(require_api_key)])
 
@@ -71,7 +71,7 @@ async def probe(
     runtime: Runtime = Depends(get_runtime),
     _known: None = Depends(only_query_params()),
 ) -> dict[str, Any]:
-    data = await _read_single_upload(request)
+    data = await read_single_upload(request)
     settings = runtime.settings
     # PNG/JPEG/BMP and colour TIFFs are decoded to describe them: admitted by their pixels.
     pixels = await upload_pixels(runtime, data)
