@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from service import microscopy
 from service.errors import problem_responses
 from service.routes.deps import Runtime, get_runtime, only_query_params, require_api_key
-from service.routes.segment import IMAGE_BODY, read_single_upload, problem_for, upload_pixels
+from service.routes.segment import IMAGE_BODY, problem_for, read_single_upload, upload_pixels
 
 router = APIRouter(tags=["segmentation"], dependencies=[Depends(require_api_key)])
 
