@@ -14,7 +14,18 @@ What runs a job is injected (:data:`Execute`): the HTTP layer passes a function 
 through the same admission and pipeline as ``POST /segment`` (``service.routes.jobs``); this
 module only knows folders, records, the queue and cancellation.
 
-Restart policy: jobs found ``queued`` or ``running`` when the service starts are marked
+Replicas may share one folder (a ``ReadWriteMany`` volume behind a Kubernetes Service): any
+replica answers a job's status, result and ``DELETE``; the replica that accepted a job runs it.
+Each server process is an *owner* — ``<replica>/<boot id>``, the replica from
+``UNET_REPLICA_ID`` (default: the host name, which is the pod's name on Kubernetes) — and
+
+- beats: touches ``.owners/<owner>`` every :data:`WATCH_INTERVAL_S`, and saves its running jobs'
+  progress to their ``status.json`` at the same pace (so other replicas show it);
+- polls its jobs for a ``cancel`` file, which a ``DELETE`` on another replica writes;
+- fails the queued/running jobs of an owner that stopped beating for ``owner_timeout_s`` (a
+  replica that died), and at start-up those of its own replica's earlier life.
+
+Restart policy: jobs found ``queued`` or ``running`` when their owner is gone are marked
 ``failed`` ("the server restarted while the job ran"), not re-queued. A job that was running
 when the process died may be what killed it (an image too large for the pod's memory): re-run
 at every start it would crash-loop the service and take every other request down with it. The
@@ -29,6 +40,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -50,6 +62,26 @@ RESTART_REASON = "the server restarted while the job ran"
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
 _STATUS, _INPUT, _RESULT = "status.json", "input", "result"
+#: ``cancel``: written by a DELETE on a replica that does not run the job; ``.owner``: who is
+#: receiving the upload of a job that has no status yet.
+_CANCEL, _UPLOADER = "cancel", ".owner"
+_OWNERS = ".owners"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+#: Seconds between an owner's heartbeats, progress saves and looks for cancel requests.
+WATCH_INTERVAL_S = 1.0
+#: Every this many beats, the jobs of owners that stopped beating are failed.
+_REAP_EVERY = 10
+
+
+def process_owner(replica: str | None = None) -> str:
+    """This server process as a job owner: ``<replica>/<boot id>`` (replica: the host name)."""
+    name = _UNSAFE.sub("_", replica or socket.gethostname()).strip("._") or "replica"
+    return f"{name}/{uuid.uuid4().hex[:12]}"
+
+
+def _replica(owner: str) -> str:
+    return owner.split("/", 1)[0]
 
 
 class JobRecord(BaseModel):
@@ -70,6 +102,7 @@ class JobRecord(BaseModel):
     media_type: str | None = None
     headers: dict[str, str] = Field(default_factory=dict, description="the result's response headers")
     result_bytes: int | None = None
+    owner: str | None = Field(None, description="the server process that runs it: <replica>/<boot id>")
 
 
 class UnknownJob(LookupError):
@@ -110,6 +143,7 @@ class Active:
     stage: str = "queued"
     tiles_done: int = 0
     tiles_total: int | None = None
+    wants_cancel: bool = False  # another replica asked (a ``cancel`` file)
 
     def progress(self, done: int, total: int) -> None:
         """Called from the worker thread after each batch of tiles (ints: no lock needed)."""
@@ -121,12 +155,23 @@ Execute = Callable[[Active, Path], Awaitable[JobResult | None]]
 
 
 class JobStore:
-    """Job folders under ``root``, bounded by ``max_jobs`` folders and ``max_bytes`` on disk."""
+    """Job folders under ``root``, bounded by ``max_jobs`` folders and ``max_bytes`` on disk.
 
-    def __init__(self, root: Path, max_jobs: int, max_bytes: int, retention_s: float) -> None:
+    ``owner``: this process (:func:`process_owner`); ``owner_timeout_s``: how long another
+    owner may go without a heartbeat before its unfinished jobs are failed.
+    """
+
+    def __init__(
+        self, root: Path, max_jobs: int, max_bytes: int, retention_s: float,
+        owner: str | None = None, owner_timeout_s: float = 60.0,
+    ) -> None:
         self.root = Path(root)
         self.max_jobs, self.max_bytes, self.retention_s = max_jobs, max_bytes, retention_s
+        self.owner = owner or process_owner()
+        self.owner_timeout_s = owner_timeout_s
         self._receiving: set[str] = set()  # uploads still streaming in: no status.json yet
+        # load-modify-save of one record (progress) must not interleave with a save of its end
+        self._lock = threading.RLock()
 
     # --- paths ---------------------------------------------------------------------------------
 
@@ -152,6 +197,24 @@ class JobStore:
 
     def save(self, record: JobRecord) -> None:
         """Replace ``status.json`` atomically; a job deleted meanwhile stays deleted."""
+        with self._lock:
+            self._save(record)
+
+    def save_progress(self, job_id: str, stage: str, done: int, total: int | None) -> None:
+        """Record a running job's progress on disk (for the other replicas); nothing once it ended."""
+        with self._lock:
+            try:
+                record = self.load(job_id)
+            except (UnknownJob, ValueError):
+                return
+            if record.status != "running" or (record.stage, record.tiles_done, record.tiles_total) == (
+                stage, done, total,
+            ):
+                return
+            record.stage, record.tiles_done, record.tiles_total = stage, done, total
+            self._save(record)
+
+    def _save(self, record: JobRecord) -> None:
         folder = self.folder(record.id)
         tmp = folder / f".{_STATUS}.{uuid.uuid4().hex[:8]}"
         try:
@@ -174,6 +237,38 @@ class JobStore:
 
     def delete(self, job_id: str) -> None:
         shutil.rmtree(self.folder(job_id), ignore_errors=True)
+
+    # --- owners (replicas sharing the folder) ---------------------------------------------------
+
+    def _heartbeat(self, owner: str) -> Path:
+        return self.root / _OWNERS / _UNSAFE.sub("_", owner)
+
+    def beat(self) -> None:
+        """This owner is alive (its heartbeat file's time is now)."""
+        path = self._heartbeat(self.owner)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+
+    def owner_alive(self, owner: str | None) -> bool:
+        """Whether ``owner`` still runs its jobs: this process, or another replica that beat within
+        ``owner_timeout_s``. An earlier life of this replica (same name, other boot) is gone."""
+        if owner == self.owner:
+            return True
+        if owner is None or _replica(owner) == _replica(self.owner):
+            return False
+        try:
+            age = time.time() - self._heartbeat(owner).stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return age <= self.owner_timeout_s
+
+    def request_cancel(self, job_id: str) -> None:
+        """Ask the job's owner (another replica) to cancel it."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.folder(job_id) / _CANCEL).touch()
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return (self.folder(job_id) / _CANCEL).exists()
 
     # --- capacity ------------------------------------------------------------------------------
 
@@ -208,10 +303,14 @@ class JobStore:
         job_id = uuid.uuid4().hex
         self._receiving.add(job_id)
         self.folder(job_id).mkdir()
+        (self.folder(job_id) / _UPLOADER).write_text(self.owner)
         return job_id, room
 
     def received(self, job_id: str) -> None:
+        """The upload is in and the job has its status (which names its owner from now on)."""
         self._receiving.discard(job_id)
+        with contextlib.suppress(FileNotFoundError):
+            (self.folder(job_id) / _UPLOADER).unlink()
 
     def _retry_after_s(self) -> int:
         """Seconds until the oldest finished job expires (room frees up then), at least 1."""
@@ -232,23 +331,48 @@ class JobStore:
         return out
 
     def recover(self) -> int:
-        """At start-up: uploads cut short are removed; jobs left queued/running are failed with
-        :data:`RESTART_REASON` (see the module's docstring for why not re-queued). Returns how many."""
+        """At start-up: beat, then :meth:`reap` (the unfinished work of this replica's earlier life
+        and of replicas that stopped beating). Returns how many jobs were failed."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self.beat()
+        return self.reap()
+
+    def reap(self) -> int:
+        """Uploads cut short are removed and jobs left queued/running are failed with
+        :data:`RESTART_REASON` (see the module's docstring for why not re-queued) — those whose
+        owner is gone (:meth:`owner_alive`); another live replica's are left alone. How many failed."""
         failed = 0
         for folder in self._folders():
             try:
                 record = self.load(folder.name)
             except (UnknownJob, ValueError):
-                shutil.rmtree(folder, ignore_errors=True)  # no (valid) status: an upload never finished
+                # no (valid) status: an upload that never finished, unless its owner still receives it
+                if not self.owner_alive(self._uploader(folder)):
+                    shutil.rmtree(folder, ignore_errors=True)
                 continue
-            if record.status in ACTIVE:
+            if record.status in ACTIVE and not self.owner_alive(record.owner):
                 record.status, record.stage, record.finished = "failed", "done", time.time()
                 record.problem = interrupted_problem()
                 self.save(record)
                 self.remove_input(record.id)
                 failed += 1
+        self._forget_old_owners()
         return failed
+
+    def _forget_old_owners(self) -> None:
+        """Heartbeat files of owners long gone (each boot leaves one) are removed."""
+        with contextlib.suppress(FileNotFoundError):
+            for path in (self.root / _OWNERS).iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    if time.time() - path.stat().st_mtime > 10 * self.owner_timeout_s:
+                        path.unlink()
+
+    @staticmethod
+    def _uploader(folder: Path) -> str | None:
+        try:
+            return (folder / _UPLOADER).read_text().strip() or None
+        except OSError:
+            return None
 
     def sweep(self, now: float | None = None) -> list[str]:
         """Delete finished jobs whose ``finished`` time is older than the retention; their ids."""
@@ -300,6 +424,7 @@ class JobRunner:
             log.warning("%d job(s) were queued or running when the server stopped: marked failed", failed)
         self._tasks = [asyncio.create_task(self._work(), name=f"job-worker-{k}") for k in range(self.workers)]
         self._tasks.append(asyncio.create_task(self._sweep(), name="job-sweep"))
+        self._tasks.append(asyncio.create_task(self._watch(), name="job-watch"))
 
     async def stop(self) -> None:
         """Stop computing (running jobs stay ``running`` on disk: the next start fails them)."""
@@ -313,6 +438,7 @@ class JobRunner:
     # --- requests ------------------------------------------------------------------------------
 
     def submit(self, record: JobRecord, options: Any) -> None:
+        record.owner = self.store.owner
         self.store.save(record)
         self.store.received(record.id)
         self._active[record.id] = Active(record.id, options)
@@ -330,12 +456,38 @@ class JobRunner:
 
     async def delete(self, job_id: str, wait_s: float = 60.0) -> JobRecord | None:
         """Cancel a queued/running job (its record stays, ``cancelled``, until the retention
-        sweep; input and partial results go) → the record; a finished job is removed → None."""
-        record = self.store.load(job_id)  # UnknownJob → 404
+        sweep; input and partial results go) → the record; a finished job is removed → None.
+
+        A job another live replica runs is cancelled by that replica (asked through a ``cancel``
+        file); this waits up to ``wait_s`` for it and returns the record as it then is."""
+        store = self.store
+        record = store.load(job_id)  # UnknownJob → 404
         active = self._active.get(job_id)
+        if record.status in ACTIVE and active is None and store.owner_alive(record.owner):
+            return await self._delete_elsewhere(job_id, wait_s)
         if active is None or record.status not in ACTIVE:
-            await anyio.to_thread.run_sync(self.store.delete, job_id)
+            await anyio.to_thread.run_sync(store.delete, job_id)
             return None
+        return await self._cancel_here(active, wait_s)
+
+    async def _delete_elsewhere(self, job_id: str, wait_s: float) -> JobRecord:
+        store = self.store
+        await anyio.to_thread.run_sync(store.request_cancel, job_id)
+        record = store.load(job_id)
+        with anyio.move_on_after(wait_s):
+            while record.status in ACTIVE and store.owner_alive(record.owner):
+                await anyio.sleep(WATCH_INTERVAL_S / 4)
+                record = store.load(job_id)
+        if record.status in ACTIVE and not store.owner_alive(record.owner):
+            await anyio.to_thread.run_sync(store.reap)  # its owner died meanwhile
+            record = store.load(job_id)
+        return record
+
+    async def _cancel_here(self, active: Active, wait_s: float) -> JobRecord:
+        job_id = active.id
+        record = self.store.load(job_id)
+        if record.status not in ACTIVE:  # finished meanwhile
+            return record
         active.cancel.set()
         if record.status == "running":
             with anyio.move_on_after(wait_s):  # the thread stops at its next batch of tiles
@@ -392,6 +544,34 @@ class JobRunner:
         record.tiles_done, record.tiles_total = active.tiles_done, active.tiles_total
         store.save(record)
         store.remove_input(active.id)
+
+    async def _watch(self) -> None:
+        """This owner's pulse: heartbeat, progress of running jobs on disk, cancel requests from
+        other replicas, and (every few beats) failing the jobs of owners that stopped beating."""
+        beats = 0
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            beats += 1
+            try:
+                await anyio.to_thread.run_sync(self._pulse, beats % _REAP_EVERY == 0)
+            except Exception:  # noqa: BLE001 - a failed beat is retried at the next interval
+                log.exception("the jobs heartbeat failed")
+            for active in list(self._active.values()):
+                if active.wants_cancel and not active.cancel.is_set():
+                    asyncio.create_task(self._cancel_here(active, 60.0), name=f"job-cancel-{active.id}")
+
+    def _pulse(self, reap: bool) -> None:
+        store = self.store
+        store.beat()
+        for active in list(self._active.values()):
+            if store.cancel_requested(active.id):
+                active.wants_cancel = True
+            elif active.stage != "queued":
+                store.save_progress(active.id, active.stage, active.tiles_done, active.tiles_total)
+        if reap:
+            failed = store.reap()
+            if failed:
+                log.warning("%d job(s) of replicas that stopped were marked failed", failed)
 
     async def _sweep(self) -> None:
         # Often enough that a job outlives its retention by at most half of it (and 5 minutes).

@@ -189,6 +189,18 @@ class Settings(BaseSettings):
         ge=1,
         description="most bytes the jobs folder may hold; beyond this POST /jobs answers 507",
     )
+    replica_id: str | None = Field(
+        None,
+        description="this replica's name among those sharing UNET_JOBS_DIR (default: the host name, "
+        "i.e. the pod's name on Kubernetes); a restart under the same name fails the jobs its earlier "
+        "life left unfinished",
+    )
+    jobs_owner_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="a replica sharing UNET_JOBS_DIR that has not beaten (every second) for this long is "
+        "taken as gone: its queued and running jobs are marked failed",
+    )
 
     # --- security -----------------------------------------------------------------------------
     api_key: SecretStr | None = Field(

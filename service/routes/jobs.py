@@ -41,6 +41,7 @@ from service.jobs import (
     JobStore,
     StoreFull,
     UnknownJob,
+    process_owner,
 )
 from service.routes.deps import ClientGone, Runtime, get_runtime, require_api_key
 from service.routes.segment import (
@@ -91,7 +92,10 @@ class JobStatus(BaseModel):
 
 def create_runner(runtime: Runtime) -> JobRunner:
     s = runtime.settings
-    store = JobStore(s.jobs_dir, s.jobs_max, s.jobs_max_bytes, s.jobs_retention_s)
+    store = JobStore(
+        s.jobs_dir, s.jobs_max, s.jobs_max_bytes, s.jobs_retention_s,
+        owner=process_owner(s.replica_id), owner_timeout_s=s.jobs_owner_timeout_s,
+    )
     return JobRunner(store, executor(runtime), s.jobs_workers)
 
 

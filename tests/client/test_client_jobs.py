@@ -65,8 +65,14 @@ def counts(server: Server) -> tuple[float, float, float]:
 
 
 def job_folders(server: Server) -> list[Path]:
-    jobs_dir = server.log_path.parent / f"{server.log_path.stem}-jobs"
-    return [p for p in jobs_dir.iterdir() if p.is_dir()] if jobs_dir.exists() else []
+    """The job folders the server keeps (not ``.owners``, the replicas' heartbeats)."""
+    return _jobs_in(server.log_path.parent / f"{server.log_path.stem}-jobs")
+
+
+def _jobs_in(jobs_dir: Path) -> list[Path]:
+    if not jobs_dir.exists():
+        return []
+    return [p for p in jobs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
 
 
 @pytest.mark.parametrize("output", ["labels", "objects"])
@@ -244,7 +250,7 @@ def test_a_job_cut_short_by_a_server_restart_is_submitted_again(tmp_path: Path) 
         assert not runner.is_alive()
         assert codes == [0]
         assert (out / "big.png").is_file() and not (out / "failures.jsonl").exists()
-        assert [p.name for p in jobs_dir.iterdir() if p.is_dir()] == [], \
+        assert _jobs_in(jobs_dir) == [], \
             "the interrupted job and the second one are both deleted"
         text = second.client.get("/metrics").text
         assert metric(text, "unet_http_requests_total", route="/jobs", method="POST", status="202") == 1
