@@ -1,0 +1,131 @@
+"""Object measurements for an image that arrives as row bands (slides: never whole in memory).
+
+``objects.measure`` needs the whole label image. Every measurement it reports is a sum or an
+extreme over an object's pixels — area, coordinate and intensity sums, bounding box — so it can be
+gathered band by band and each object's row written as soon as the object is finished, with the
+same numbers ``measure`` gives on the whole image. Memory: one small record per object whose rows
+are still arriving (the objects crossing the current band), never a full-size array.
+
+An object is finished when a band arrives that it does not touch and it last appeared more than
+:data:`FINISHED_AFTER_ROWS` rows above that band (labels brought back to the input grid by nearest
+neighbour can leave an object a gap of a row or two; nuclei are never that tall a gap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.objects import ObjectRow, calibrate
+
+#: An object not seen for this many rows (and absent from a whole band) is finished.
+FINISHED_AFTER_ROWS = 64
+
+
+@dataclass
+class _Sums:
+    area: int = 0
+    sum_x: float = 0.0
+    sum_y: float = 0.0
+    sum_i: float = 0.0
+    sum_p: float = 0.0
+    x0: int = 1 << 62
+    y0: int = 1 << 62
+    x1: int = -1
+    y1: int = -1  # last row seen + 1
+
+
+class ObjectStream:
+    """Accumulates per-object sums over row bands; yields each object's row once it is finished.
+
+    Feed bands top to bottom with :meth:`add`; :meth:`finish` returns the objects still open.
+    Rows come out ordered by object id within each call. ``pixel_size_um``: ``(x, y)`` µm per
+    pixel, to add the micrometre fields (as ``objects.measure``).
+    """
+
+    def __init__(self, pixel_size_um: tuple[float, float] | None = None) -> None:
+        self.pixel_size_um = pixel_size_um
+        self._open: dict[int, _Sums] = {}
+        self._next_row = 0
+        self.finished = 0
+
+    def add(
+        self, y0: int, labels: np.ndarray, intensity: np.ndarray, probability: np.ndarray
+    ) -> list[ObjectRow]:
+        """Take the band of rows ``y0 ..`` (``labels`` int, ``intensity`` grey, ``probability``
+        float, all ``(h, W)``); the rows of the objects this band shows to be finished."""
+        if y0 != self._next_row:
+            raise ValueError(
+                f"bands must arrive in order without gaps: expected row {self._next_row}, got {y0}"
+            )
+        if not labels.shape == intensity.shape[:2] == probability.shape:
+            raise ValueError(
+                f"labels {labels.shape}, intensity {intensity.shape} and probability "
+                f"{probability.shape} differ"
+            )
+        height = labels.shape[0]
+        self._next_row = y0 + height
+        flat = labels.ravel()
+        where = np.flatnonzero(flat)
+        seen: set[int] = set()
+        if where.size:
+            ids = flat[where]
+            rows, cols = np.divmod(where, labels.shape[1])
+            present, index = np.unique(ids, return_inverse=True)
+            n = len(present)
+            area = np.bincount(index, minlength=n)
+            sum_x = np.bincount(index, weights=cols, minlength=n)
+            sum_y = np.bincount(index, weights=rows + y0, minlength=n)
+            sum_i = np.bincount(index, weights=intensity.ravel()[where].astype(np.float64), minlength=n)
+            sum_p = np.bincount(index, weights=probability.ravel()[where].astype(np.float64), minlength=n)
+            x_min = np.full(n, np.iinfo(np.int64).max)
+            x_max = np.full(n, -1)
+            y_min = np.full(n, np.iinfo(np.int64).max)
+            y_max = np.full(n, -1)
+            np.minimum.at(x_min, index, cols)
+            np.maximum.at(x_max, index, cols)
+            np.minimum.at(y_min, index, rows)
+            np.maximum.at(y_max, index, rows)
+            for k, object_id in enumerate(present.tolist()):
+                sums = self._open.setdefault(object_id, _Sums())
+                sums.area += int(area[k])
+                sums.sum_x += float(sum_x[k])
+                sums.sum_y += float(sum_y[k])
+                sums.sum_i += float(sum_i[k])
+                sums.sum_p += float(sum_p[k])
+                sums.x0 = min(sums.x0, int(x_min[k]))
+                sums.x1 = max(sums.x1, int(x_max[k]) + 1)
+                sums.y0 = min(sums.y0, y0 + int(y_min[k]))
+                sums.y1 = max(sums.y1, y0 + int(y_max[k]) + 1)
+                seen.add(object_id)
+        done = [
+            object_id for object_id, sums in self._open.items()
+            if object_id not in seen and sums.y1 <= y0 - FINISHED_AFTER_ROWS
+        ]
+        return list(self._rows(sorted(done)))
+
+    def finish(self) -> list[ObjectRow]:
+        """The rows of every object still open (the image has no more rows)."""
+        return list(self._rows(sorted(self._open)))
+
+    def _rows(self, ids: list[int]) -> Iterator[ObjectRow]:
+        for object_id in ids:
+            sums = self._open.pop(object_id)
+            n = float(sums.area)
+            row = ObjectRow(
+                id=object_id,
+                centroid_x=round(sums.sum_x / n, 2),
+                centroid_y=round(sums.sum_y / n, 2),
+                area=sums.area,
+                bbox_x=sums.x0,
+                bbox_y=sums.y0,
+                bbox_width=sums.x1 - sums.x0,
+                bbox_height=sums.y1 - sums.y0,
+                mean_intensity=round(sums.sum_i / n, 4),
+                integrated_intensity=round(sums.sum_i, 4),
+                mean_confidence=round(sums.sum_p / n, 4),
+            )
+            self.finished += 1
+            yield row if self.pixel_size_um is None else calibrate(row, self.pixel_size_um)

@@ -1,0 +1,80 @@
+"""Object measurements gathered band by band (service/object_stream.py) equal ``objects.measure``
+on the whole label image, and objects leave the stream as soon as they are finished."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from service import objects
+from service.object_stream import FINISHED_AFTER_ROWS, ObjectStream
+
+
+def _nuclei_labels(height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Touching discs of varied size (some taller than a band), their labels, an intensity and a
+    probability image."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((height, width), np.uint8)
+    for _ in range(height * width // 1500):
+        y, x = int(rng.integers(0, height)), int(rng.integers(0, width))
+        cv2.circle(mask, (x, y), int(rng.integers(3, 22)) if rng.random() < 0.9 else 45, 1, -1)
+    labels = objects.label_objects(mask > 0)
+    intensity = rng.integers(0, 65535, (height, width)).astype(np.uint16)
+    probability = rng.random((height, width)).astype(np.float32)
+    return labels, intensity, probability
+
+
+def _bands(height: int, seed: int) -> list[tuple[int, int]]:
+    rng = np.random.default_rng(seed)
+    cuts, y = [], 0
+    while y < height:
+        step = int(rng.integers(1, 90))
+        cuts.append((y, min(height, y + step)))
+        y += step
+    return cuts
+
+
+@pytest.mark.parametrize("pixel_size", [None, (0.25, 0.3)])
+def test_bands_of_any_height_give_the_rows_measure_gives_on_the_whole_image(pixel_size) -> None:
+    labels, intensity, probability = _nuclei_labels(400, 333, seed=1)
+    expected = objects.measure(labels, intensity, probability, pixel_size)
+    assert len(expected) > 30 and max(r.bbox_height for r in expected) > 90  # taller than any band
+
+    stream = ObjectStream(pixel_size)
+    got = []
+    for y0, y1 in _bands(labels.shape[0], seed=2):
+        got += stream.add(y0, labels[y0:y1], intensity[y0:y1], probability[y0:y1])
+    early = len(got)
+    got += stream.finish()
+
+    assert 0 < early < len(expected)  # most objects left before the last band, not all at the end
+    assert sorted(got, key=lambda r: r.id) == expected
+    assert stream.finished == len(expected)
+
+
+def test_an_object_leaves_once_a_band_passes_it_by_the_margin_and_not_before() -> None:
+    labels = np.zeros((300, 20), np.int32)
+    labels[10:30, 5:9] = 7
+    zeros = np.zeros((1, 20))
+    stream = ObjectStream()
+    assert stream.add(0, labels[:40], labels[:40], labels[:40].astype(np.float32)) == []
+    last_row = 30
+    # bands that do not touch it, ending before the margin has passed: still open
+    y = 40
+    while y < last_row + FINISHED_AFTER_ROWS:
+        assert stream.add(y, labels[y : y + 1], zeros, zeros.astype(np.float32)) == []
+        y += 1
+    (row,) = stream.add(y, labels[y : y + 1], zeros, zeros.astype(np.float32))
+    assert (row.id, row.area, row.bbox_y, row.bbox_height) == (7, 80, 10, 20)
+    assert stream.finish() == []
+
+
+def test_bands_out_of_order_or_of_mismatched_shapes_are_refused() -> None:
+    stream = ObjectStream()
+    band = np.zeros((4, 5), np.int32)
+    stream.add(0, band, band, band.astype(np.float32))
+    with pytest.raises(ValueError, match="in order"):
+        stream.add(5, band, band, band.astype(np.float32))
+    with pytest.raises(ValueError, match="differ"):
+        stream.add(4, band, band[:3], band.astype(np.float32))
