@@ -96,7 +96,8 @@ class JobStatus(BaseModel):
     created: str = Field(description="RFC 3339 UTC")
     started: str | None = None
     finished: str | None = None
-    options: dict[str, str] = Field(description="the query options the job was submitted with")
+    options: dict[str, str] = Field(description="the options the job was submitted with (and `path`, for a "
+                                    "file under the data root)")
     status_url: str
     result_url: str | None = Field(None, description="where the result is, once the job succeeded")
     problem: dict[str, Any] | None = Field(None, description="problem details when the job failed")
@@ -291,6 +292,7 @@ async def _receive(request: Request, path: Path, room: int) -> str | None:
 
 
 _STATUS_RESPONSE = {"model": JobStatus, "description": "the job's status"}
+_PROBLEM_CONTENT = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 
 
 @router.post(
@@ -305,8 +307,11 @@ _STATUS_RESPONSE = {"model": JobStatus, "description": "the job's status"}
             "headers": {"Location": {"description": "/jobs/{id}", "schema": {"type": "string"}}},
         },
         **problem_responses(400, 401, 413, 415, 422, 503),
-        507: {"description": "the jobs folder is full (UNET_JOBS_MAX_BYTES)",
-              "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}},
+        403: {"description": "a JSON body's path: UNET_DATA_ROOT is not set, or the path is absolute or "
+              "leads outside it", "content": _PROBLEM_CONTENT},
+        404: {"description": "a JSON body's path: no such file under UNET_DATA_ROOT",
+              "content": _PROBLEM_CONTENT},
+        507: {"description": "the jobs folder is full (UNET_JOBS_MAX_BYTES)", "content": _PROBLEM_CONTENT},
     },
     openapi_extra={"requestBody": {**IMAGE_BODY, "content": {
         **IMAGE_BODY["content"],
@@ -497,7 +502,7 @@ async def _path_job_body(request: Request, query_options: SegmentOptions) -> tup
         errors = [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         detail = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in errors[:5])
         raise InvalidOptions(detail, errors=errors) from exc
-    given = {k: v for k, v in body.items() if k != "path"}
+    given = {k: v for k, v in body.items() if k != "path" and v is not None}  # null: not given
     if not given:  # the options, if any, came in the query string (as for an upload)
         return parsed.path, query_options, dict(request.query_params)
     if request.query_params:

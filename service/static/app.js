@@ -169,7 +169,7 @@ async function segmentRequest(output, threshold, step, runningText, purpose) {
   if (state.useJobs) {
     const answer = await viaJob(params, step, purpose);
     if (answer) return answer;
-    state.useJobs = false; // the server has no jobs route (404): the direct path from now on
+    state.useJobs = state.jobsOn = false; // the server has no jobs route (404): the direct path
   }
   return upload(`segment?${params}`, step, runningText);
 }
