@@ -76,8 +76,10 @@ class DataFile:
         and still within ``max_bytes``; :class:`Changed` / :class:`TooLarge` otherwise."""
         try:
             # O_NOFOLLOW: the last component must not have become a symlink; the inode check
-            # below catches a swapped folder higher up.
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+            # below catches a swapped folder higher up. O_NONBLOCK: a FIFO put in the file's place
+            # would block the open until a writer came (no effect on regular files).
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+            fd = os.open(self.path, flags)
         except OSError as exc:
             raise Changed(f"{self.relative}: the file is gone or was replaced since the job was "
                           "submitted") from exc

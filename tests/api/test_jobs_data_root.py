@@ -193,7 +193,7 @@ def test_without_a_data_root_path_jobs_are_off(start_server, conv_model: Path) -
     assert server.client.get("/problems/data-root-off").status_code == 200
 
 
-@pytest.mark.parametrize("swap", ["replaced", "symlinked-out"])
+@pytest.mark.parametrize("swap", ["replaced", "symlinked-out", "fifo"])
 def test_a_file_swapped_after_submission_is_not_read(
     start_server, slow_model: Path, tmp_path: Path, swap: str
 ) -> None:
@@ -215,9 +215,12 @@ def test_a_file_swapped_after_submission_is_not_read(
     if swap == "replaced":
         (root / "new.png").write_bytes(im.png(im.blobs(96, 128, seed=98)))
         os.replace(root / "new.png", root / "cells.png")  # a new inode at the same name
-    else:
+    elif swap == "symlinked-out":
         (root / "cells.png").unlink()
         (root / "cells.png").symlink_to(outside / "secret.png")
+    else:  # opening a FIFO would wait for a writer: the worker must not hang on it
+        (root / "cells.png").unlink()
+        os.mkfifo(root / "cells.png")
     assert client.delete(f"/jobs/{busy}").status_code == 200
     status = wait_until(client, queued, finished)
     assert status["status"] == "failed", status
