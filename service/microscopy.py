@@ -432,7 +432,7 @@ def _single_page(data: bytes) -> bool:
 
 def tiff_layout(tif: Any, max_pixels: int) -> Layout:
     """The layout of an open ``tifffile.TiffFile`` from its header alone (slides: no page is
-    decoded; ``grey_rgb`` is left False for the caller to decide from a downsampled view).
+    decoded; ``grey_rgb`` is left False for the caller to decide from a sample of windows).
 
     Raises:
         imaging.ImageError subclasses: unsupported layout, more than ``max_pixels``.

@@ -338,16 +338,25 @@ def _source(
             layout.choices(),
         )
     if layout.rgb:
-        # Grey saved as RGB or a colour composite? Decided on a small view, not the whole slide.
-        probe_source = SlideSource(levels, axes, {}, None, _bare_plane(layout), lambda: None)
-        view = overview(probe_source, 512 * 512).image
-        layout = replace(layout, grey_rgb=microscopy.channels_equal(view[:, :, :3]))
+        # Grey saved as RGB or a colour composite? Decided on a few windows, not the whole slide.
+        whole = SlideSource(levels, axes, {}, None, _bare_plane(layout), lambda: None)
+        layout = replace(layout, grey_rgb=microscopy.channels_equal(_sample(whole)[:, :, :3]))
     choice = microscopy.resolve(layout, selection, model_channels)
     fixed = dict(choice.coords)
     if choice.z is not None:
         fixed["Z"] = choice.z
     sample = choice.channel.index if choice.samples and choice.channel is not None else None
     return SlideSource(levels, axes, fixed, sample, choice.plane(np.empty((0, 0), np.uint8)), close)
+
+
+def _sample(source: SlideSource, grid: int = 4, size: int = 256) -> np.ndarray:
+    """``grid``² windows of ``size``² spread evenly over level 0, side by side in one array
+    (decodes ~``grid``² tiles, whatever the slide's size)."""
+    height, width = source.shape[:2]
+    h, w = min(size, height), min(size, width)
+    ys = np.linspace(0, height - h, grid).astype(int)
+    xs = np.linspace(0, width - w, grid).astype(int)
+    return np.concatenate([source.read(y, y + h, x, x + w) for y in ys for x in xs], axis=1)
 
 
 def _bare_plane(layout: Layout) -> microscopy.Plane:
