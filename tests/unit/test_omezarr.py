@@ -119,6 +119,8 @@ def test_bands_out_of_order_missing_or_short_are_refused(tmp_path):
         writer.write_rows(10, **{k: v[10:20, :30] for k, v in result.items()})
     with pytest.raises(ValueError, match="only 10 of 64 rows"):
         writer.finish()
+    with pytest.raises(FileExistsError):
+        OmeZarrWriter(tmp_path / "r.ome.zarr", (64, 40))
     # no metadata yet: no reader takes an unfinished store for a result
     assert "multiscales" not in zarr.open_group(tmp_path / "r.ome.zarr", mode="r").attrs
 
