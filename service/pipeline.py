@@ -270,6 +270,7 @@ def _windowed_grid(
     labels = np.zeros((height, width), np.int32) if want_labels else None
     probability = np.empty((height, width), np.float32) if want_probability else None
     done = 0
+    order = _FirstSeen()
     for band in prediction.bands(
         threshold, params, labels=want_labels, probability=want_probability, count_only=count_only
     ):
@@ -277,13 +278,41 @@ def _windowed_grid(
         mask[rows] = band.mask
         if labels is not None:
             labels[rows] = band.labels
+            order.add(band.labels)
         if probability is not None:
             probability[rows] = band.probability
         done = band.objects_done
     count = None
     if labels is not None:
-        labels = rescale.renumber(labels)  # band order → raster order of first pixels, as in memory
-        count = int(labels.max(initial=0))
+        # band order → raster order of first pixels (rescale.renumber's ids), a band at a time
+        lut = order.lut()
+        for start in range(0, height, windows.OUTPUT_ROWS):
+            labels[start : start + windows.OUTPUT_ROWS] = lut[labels[start : start + windows.OUTPUT_ROWS]]
+        count = int(lut.max(initial=0))
     elif params is not None:
         count = done
     return GridOutputs(probability, mask, labels, count, list(prediction.warnings))
+
+
+class _FirstSeen:
+    """Label ids in raster order of their first pixel, fed band by band from the top: the order
+    ``rescale.renumber`` gives the whole image, without its full-size sort."""
+
+    def __init__(self) -> None:
+        self.order: list[np.ndarray] = []
+        self.seen = np.zeros(1, bool)
+
+    def add(self, labels: np.ndarray) -> None:
+        ids, first = np.unique(labels.reshape(-1), return_index=True)
+        if ids.size and ids[-1] >= self.seen.size:
+            self.seen = np.concatenate([self.seen, np.zeros(int(ids[-1]) + 1 - self.seen.size, bool)])
+        new = (ids != 0) & ~self.seen[ids]
+        self.order.append(ids[new][np.argsort(first[new], kind="stable")])
+        self.seen[ids] = True
+
+    def lut(self) -> np.ndarray:
+        """``lut[id]``: the id's rank among first pixels (1..N), 0 for the background."""
+        ranked = np.concatenate([np.zeros(0, np.int64), *self.order])
+        lut = np.zeros(self.seen.size, np.int32)
+        lut[ranked] = np.arange(1, ranked.size + 1, dtype=np.int32)
+        return lut

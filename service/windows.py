@@ -3,11 +3,13 @@
 What ``segment.predict`` + ``pipeline.on_input_grid`` compute, without full-size float maps:
 
 1. **Read by window.** The model-scale image is made window by window from a
-   :class:`~service.regions.RegionSource`: rows read from the source, resampled with the global
-   separable taps of ``rescale.axis_taps`` (so windows agree where they meet) and normalised with
-   limits computed once for the whole image (:func:`source_limits`; per-window limits would
-   leave seams). One padded tile row at a time is cut from them, mirrored at the image border by
-   index arithmetic (``tiling.reflect_index``), exactly as ``tiling.pad_image`` pads.
+   :class:`~service.regions.RegionSource`: rows read from the source, resized with the global
+   separable taps of ``rescale.axis_taps`` (:class:`ResampledSource`: windows agree where they
+   meet) and normalised with limits computed once for the whole resized image
+   (:func:`source_limits`; per-window limits would leave seams). The rows under one tile row are
+   read at a time, mirrored at the top and bottom by index arithmetic (``tiling.reflect_index``),
+   and each tile's columns cut from them, mirrored at the left and right: exactly the pixels
+   ``tiling.pad_image`` gives.
 2. **Stitch by band.** Tiles run in raster order into a ``tiling.BandStitcher`` (the same plan
    and running mean as ``Stitcher``, bit for bit); each finished tile row hands back the rows no
    later tile touches.
@@ -20,9 +22,14 @@ What ``segment.predict`` + ``pipeline.on_input_grid`` compute, without full-size
 4. **Back to the input grid by band**: probabilities with the global taps, labels by nearest
    neighbour (``rescale.resize_labels``' index arithmetic), the mask thresholded after.
 
-Memory: the source, one padded tile row (``C × tile_h × W`` float32), the stitcher's open rows
-(``(K + 1) × ~tile_h × W`` float32), the carried rows and the outputs a caller keeps. Tile rows
+Memory: the source, the rows of one tile row (``C × tile_h × W`` float32), the stitcher's buffer
+(``(K + 1) × tile_h × W`` float32), the carried rows and the outputs a caller keeps. Tile rows
 use the model's whole width, so a band's width is the image's.
+
+Use: ``pipeline.predict_plane(..., window_policy=...)`` answers a :class:`WindowedPrediction` for
+images past the policy's size (``pipeline.on_input_grid`` runs it into full-size outputs);
+:meth:`WindowedPrediction.prepare` plans one for any region source (a slide), and
+:meth:`WindowedPrediction.bands` runs it, yielding :class:`RowBand` s for a writer.
 """
 
 from __future__ import annotations

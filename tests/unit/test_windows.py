@@ -222,6 +222,13 @@ def test_the_bundled_model_windowed_equals_in_memory(factor, tile):
     np.testing.assert_array_equal(windowed.probability, in_memory.probability)
     np.testing.assert_array_equal(windowed.mask, in_memory.mask)
     np.testing.assert_array_equal(windowed.labels, in_memory.labels)
+    # what POST /segment runs: on_input_grid of the windowed prediction, renumbered band by band
+    prediction = windows.WindowedPrediction.prepare(ArraySource(image), factor, engine.run, engine.metadata,
+                                                    tile_size=tile)
+    grid = pipeline.on_input_grid(prediction, engine.metadata, image.shape, engine.metadata.threshold, params,
+                                  need={"labels"})
+    np.testing.assert_array_equal(grid.labels, in_memory.labels)
+    assert grid.count == in_memory.count and grid.probability is None and not grid.warnings
 
 
 def test_stopping_stops_between_tiles_and_progress_counts_them(conv20):
@@ -319,3 +326,28 @@ def test_a_component_taller_than_the_cap_is_cut_with_a_warning():
     for i in short:
         ids = np.unique(banded[whole == i])
         assert len(ids) == 1 and np.array_equal(banded == ids[0], whole == i)
+
+
+@pytest.mark.parametrize("factor", [0.37, 0.7, 1.0001, 1.45, 2.5])
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint8, np.float32])
+def test_a_resampled_window_equals_the_resampled_image_cropped(factor, dtype):
+    """Reading a window of the resized image (source rows read, then resampled) gives exactly the
+    pixels of resizing the whole image and cropping: windows agree where they meet."""
+    image = synthetic_nuclei(157, 211, seed=4, dtype=dtype)
+    shape = rescale.scaled_shape(image.shape, factor)
+    lazy = LazySource(image)
+    source = windows.ResampledSource(lazy, 1, shape)
+    whole = rescale.resample_image(image, shape)
+    assert whole.dtype == dtype and source.shape == shape
+    h, w = shape
+    for y0, y1, x0, x1 in [(0, 1, 0, w), (3, 29, 5, 40), (h - 11, h, w - 7, w), (h // 2, h // 2 + 5, 0, 3)]:
+        np.testing.assert_array_equal(source.read(y0, y1, x0, x1), whole[y0:y1, x0:x1])
+    assert max(y1 - y0 for y0, y1, _, _ in lazy.reads) < image.shape[0]  # only the rows the taps need
+    np.testing.assert_array_equal(source.read(0, h, 0, w), whole)
+
+
+def test_a_colour_image_is_resampled_as_its_grey_channel():
+    image = np.random.default_rng(3).integers(0, 255, (90, 70, 3), dtype=np.uint8)
+    source = windows.ResampledSource(ArraySource(image), 1, (45, 35))
+    expected = rescale.resample_image(to_channels(image, 1), (45, 35))
+    np.testing.assert_array_equal(source.read(0, 45, 0, 35), expected)
