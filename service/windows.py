@@ -483,7 +483,10 @@ class WindowedPrediction:
         finder = None
         if params is not None:
             cap = max_object_rows or MAX_OBJECT_TILE_ROWS * self.plan.tile_h
-            finder = BandObjects(self.plan.height, threshold, params, count_only, cap, self.warnings)
+            # objects without their labels are only counted (objects.count_objects: the same
+            # components and seeds, without flooding)
+            counting = count_only or not labels
+            finder = BandObjects(self.plan.height, threshold, params, counting, cap, self.warnings)
         grid = _InputGrid(reader, threshold, labels, probability)
         for y_band, band in model_bands:
             # Objects and outputs in slices of the stitched band: their temporaries (a few full-
