@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
-from service.rescale import factor_for, renumber, resize_image, resize_labels, resize_maps, scaled_shape
+from service.rescale import (
+    axis_taps,
+    factor_for,
+    renumber,
+    resample_axis,
+    resample_image,
+    resize_image,
+    resize_labels,
+    resize_maps,
+    round_to,
+    scaled_shape,
+)
 
 
 def disks(shape: tuple[int, int], radius: int, spacing: int) -> np.ndarray:
@@ -60,3 +72,39 @@ def test_resize_maps_back_to_the_input_grid_is_smooth() -> None:
     assert up.shape == (1, 80, 100) and up.dtype == np.float32
     assert np.all(np.diff(up[0, 10]) >= -1e-6)  # still a ramp: interpolated, not blocky jumps
     assert up.min() >= 0 and up.max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("n_in", "n_out"), [(203, 101), (203, 406), (157, 120), (61, 47), (10, 33), (1, 5), (5, 1)]
+)
+def test_resample_axis_matches_opencv_on_float_images(n_in: int, n_out: int) -> None:
+    """The global taps reproduce cv2.resize's INTER_AREA (shrink) / INTER_LINEAR (enlarge) mapping:
+    on [0, 1] data the two differ by float rounding only."""
+    image = np.random.default_rng(n_in * n_out).random((n_in, 37)).astype(np.float32)
+    ours = resample_axis(image, axis_taps(n_in, n_out), 0)
+    interpolation = cv2.INTER_AREA if n_out < n_in else cv2.INTER_LINEAR
+    theirs = cv2.resize(image, (37, n_out), interpolation=interpolation)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=3e-7)
+
+
+@pytest.mark.parametrize(("n_in", "n_out"), [(203, 101), (203, 406), (157, 120), (64, 64)])
+def test_a_window_of_rows_resamples_to_exactly_the_whole_image_rows(n_in: int, n_out: int) -> None:
+    image = np.random.default_rng(n_out).random((n_in, 50)).astype(np.float32)
+    taps = axis_taps(n_in, n_out)
+    whole = resample_axis(image, taps, 0)
+    for start, stop in [(0, 1), (0, 17), (5, 33), (n_out - 9, n_out), (n_out // 2, n_out // 2 + 1)]:
+        lo, hi = taps.span(start, stop)
+        window = resample_axis(image[lo:hi], taps, 0, start, stop, offset=lo)
+        np.testing.assert_array_equal(window, whole[start:stop])
+    with pytest.raises(ValueError, match="does not hold"):
+        resample_axis(image[1:10], taps, 0, 0, 5, offset=1)
+
+
+def test_resampled_integers_are_rounded_and_clipped_to_their_type() -> None:
+    values = np.array([-3.2, 0.5, 1.5, 2.49, 65535.7, 70000.0], np.float32)
+    np.testing.assert_array_equal(round_to(values.copy(), np.uint16), [0, 0, 2, 2, 65535, 65535])
+    assert round_to(values.copy(), np.float32).dtype == np.float32
+    image = np.arange(48, dtype=np.uint16).reshape(6, 8)
+    resized = resample_image(image, (3, 4))
+    assert resized.dtype == np.uint16 and resized.shape == (3, 4)
+    assert resample_image(image, (6, 8)) is image
