@@ -32,6 +32,13 @@ Behaviour a batch of thousands of images needs:
   ``/segment``.
 - **Objects**: with ``--output objects|geojson`` a ``summary.csv`` in the output folder gives each
   image's object count and areas, read back from every output present (so resumed runs included).
+- **Shards**: ``--shard INDEX/COUNT`` takes only this run's share of the images, so that COUNT runs
+  (the pods of an indexed Kubernetes Job, ``docker/k8s/batch``) split a folder between them with
+  no overlap and no coordination: the images sorted by their output path, every COUNT-th from
+  INDEX. ``--shard COUNT`` takes INDEX from ``$JOB_COMPLETION_INDEX`` (set in each pod of an
+  indexed Job). Shard membership comes from the whole list, before finished outputs are skipped,
+  so a re-run shard does the same images and skips those already written. Each shard writes its
+  own ``summary.shard-I-of-N.csv`` and ``failures.shard-I-of-N.jsonl``.
 """
 
 from __future__ import annotations
@@ -118,6 +125,8 @@ OUTPUT_KINDS: dict[str, OutputKind] = {
 }
 SUMMARY_NAME = "summary.csv"  # beside the per-image files, for kinds with ``object_areas``
 REPORT_NAME = "failures.jsonl"
+#: Set by Kubernetes in each pod of an indexed Job (0 … completions − 1): ``--shard COUNT``'s INDEX.
+SHARD_INDEX_ENV = "JOB_COMPLETION_INDEX"
 
 
 #: Image extensions the service accepts (lower case) → the ``Content-Type`` the upload is sent with.
@@ -162,6 +171,20 @@ class Job:
     target: Path
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This run's share of the images: every ``count``-th from ``index`` (0-based)."""
+
+    index: int
+    count: int
+
+    def name(self, filename: str) -> str:
+        """``summary.csv`` → ``summary.shard-2-of-4.csv``: shards sharing an output folder never
+        write (or remove) each other's summary and report."""
+        stem, dot, suffix = filename.rpartition(".")
+        return f"{stem}.shard-{self.index}-of-{self.count}{dot}{suffix}"
+
+
 @dataclass
 class Result:
     """What became of one job. ``status`` is the last HTTP status (None: no response at all)."""
@@ -204,6 +227,15 @@ class Config:
     progress: bool = True
     model: Path | None = None  # local mode's ONNX file; None: the service's default (the bundled model)
     job_above: int | None = JOB_ABOVE_PIXELS  # pixels above which POST /jobs is used; None: never
+    shard: Shard | None = None  # None: every image
+
+    def summary_path(self) -> Path:
+        return self.out / (self.shard.name(SUMMARY_NAME) if self.shard else SUMMARY_NAME)
+
+    def report_path(self) -> Path:
+        if self.report is not None:
+            return self.report
+        return self.out / (self.shard.name(REPORT_NAME) if self.shard else REPORT_NAME)
 
 
 # --------------------------------------------------------------------------- inputs → jobs
@@ -250,6 +282,20 @@ def find_images(inputs: Iterable[str]) -> list[tuple[Path, Path]]:
 
 def _allowed() -> str:
     return "allowed: " + ", ".join(sorted(CONTENT_TYPES))
+
+
+def shard_jobs(jobs: Sequence[Job], out: Path, shard: Shard | None) -> list[Job]:
+    """The jobs of ``shard``: all jobs sorted by output path (relative to ``out``, as POSIX text,
+    so every machine sorts them alike), then every ``count``-th from ``index``.
+
+    The shards of one COUNT are disjoint and together hold every job; the same inputs always give
+    the same shards. Membership is decided on the whole list, not on what is left to do, so runs
+    started at different moments (or re-run) still agree.
+    """
+    if shard is None:
+        return list(jobs)
+    ordered = sorted(jobs, key=lambda job: job.target.relative_to(out).as_posix())
+    return ordered[shard.index :: shard.count]
 
 
 def plan_jobs(found: Iterable[tuple[Path, Path]], out: Path, kind: OutputKind) -> list[Job]:
@@ -811,7 +857,7 @@ def run(config: Config, jobs: Sequence[Job], backoff_base: float = BACKOFF_BASE_
 
 def _settle_report(config: Config, summary: Summary) -> None:
     """Write this run's failures; with none, remove a stale report so its presence means trouble."""
-    path = config.report or config.out / REPORT_NAME
+    path = config.report_path()
     if summary.failures:
         write_report(path, summary.failures)
     elif path.exists() and summary.sent:
@@ -908,6 +954,26 @@ def _job_above(text: str) -> int | None:
     return value
 
 
+def _shard(text: str) -> Shard:
+    """``--shard``: ``INDEX/COUNT``, or ``COUNT`` with INDEX from ``$JOB_COMPLETION_INDEX``."""
+    index_text, slash, count_text = text.strip().rpartition("/")
+    if not slash:
+        index_text = os.environ.get(SHARD_INDEX_ENV, "")
+        if not index_text:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} gives no INDEX and ${SHARD_INDEX_ENV} is not set (Kubernetes sets it in the "
+                "pods of an indexed Job): write INDEX/COUNT, e.g. 0/4")
+    try:
+        index, count = int(index_text), int(count_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be INDEX/COUNT (e.g. 0/4) or COUNT, got {text!r}"
+                                         + (f" with ${SHARD_INDEX_ENV}={index_text!r}" if not slash else "")
+                                         ) from None
+    if count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"needs COUNT ≥ 1 and 0 ≤ INDEX < COUNT, got {index}/{count}")
+    return Shard(index, count)
+
+
 def _url(text: str) -> str:
     parsed = httpx.URL(text)
     if parsed.scheme not in ("http", "https") or not parsed.host:
@@ -971,6 +1037,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="send images with more pixels than this (a count or WIDTHxHEIGHT, read from "
                         "the header) as server jobs (POST /jobs), polled with their tiles shown on the "
                         "bar; 0: every image; never: none (default: 4096x4096)")
+    parser.add_argument("--shard", type=_shard, default=None, metavar="INDEX/COUNT",
+                        help="segment only this share of the images: sorted by output path, every COUNT-th "
+                        "from INDEX (0-based), so COUNT runs split a folder with no overlap; COUNT alone "
+                        f"takes INDEX from ${SHARD_INDEX_ENV} (each pod of an indexed Kubernetes Job). "
+                        "Summary and failure report get the shard in their names")
     parser.add_argument("--api-key", default=os.environ.get("UNET_API_KEY"), metavar="KEY",
                         help="sent as X-API-Key (default: $UNET_API_KEY)")
     parser.add_argument("--report", type=Path, metavar="FILE",
@@ -993,7 +1064,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                   timeout_s=args.timeout_s, retries=args.retries, retry_for_s=args.retry_for_s,
                   api_key=args.api_key or None,
                   report=args.report, progress=args.progress, model=args.model,
-                  job_above=args.job_above)
+                  job_above=args.job_above, shard=args.shard)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1002,13 +1073,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.out.exists() and not config.out.is_dir():
             raise UsageError(f"--out {config.out}: exists and is not a folder")
         kind = OUTPUT_KINDS[config.kind]
-        jobs = plan_jobs(find_images(config.inputs), config.out, kind)
-        summary_path = config.out / SUMMARY_NAME
-        if kind.object_areas and any(j.target == summary_path for j in jobs):
+        every = plan_jobs(find_images(config.inputs), config.out, kind)
+        jobs = shard_jobs(every, config.out, config.shard)
+        summary_path = config.summary_path()
+        if kind.object_areas and any(j.target == summary_path for j in every):
             raise UsageError(f"an image would write {summary_path}, where the object summary goes; rename it")
     except UsageError as exc:
         print(f"unet-segment: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if config.shard is not None:
+        print(f"unet-segment: shard {config.shard.index}/{config.shard.count}: {len(jobs)} of "
+              f"{len(every)} images", file=sys.stderr)
     try:
         summary = run(config, jobs)
     except UsageError as exc:  # local mode: the model would not load
@@ -1019,7 +1094,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     if kind.object_areas:
         write_object_summary(summary_path, object_summary(jobs, kind, config.out))
-    print(summary.line(config.report or config.out / REPORT_NAME), file=sys.stderr)
+    print(summary.line(config.report_path()), file=sys.stderr)
     return EXIT_FAILED if summary.failures else EXIT_OK
 
 

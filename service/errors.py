@@ -237,6 +237,33 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "The server restarted while the job was queued or running; jobs are not re-run after a restart "
         "(one may be what stopped the server).",
         "Submit the image again with POST /jobs."),
+    "data-root-off": ProblemType(
+        "Reading files on the server is off", 403,
+        "The job named a file by path, but this server reads no files from its own volumes: its "
+        "operator has not set UNET_DATA_ROOT.",
+        "Upload the image instead (POST /jobs with the image as the body), or ask the operator for a data "
+        "root."),
+    "path-outside-data-root": ProblemType(
+        "Path outside the data root", 403,
+        "The path is absolute, or leads (through '..' or a symbolic link) outside the folder this server "
+        "reads images from (UNET_DATA_ROOT). Nothing outside it is ever read.",
+        "Give the file's path relative to the data root, e.g. slides/a.tif; ask the operator where the "
+        "root is mounted."),
+    "data-file-not-found": ProblemType(
+        "File not found", 404, "No file the service may read exists at that path under the data root.",
+        "Check the path's spelling and case, relative to the data root."),
+    "not-a-file": ProblemType(
+        "Not a file", 400, "The path names a folder or a special file (device, FIFO, socket), not an image.",
+        "Name one image file; submit one job per file (unet-segment does this for a folder)."),
+    "file-too-large": ProblemType(
+        "File too large", 413, "The file has more bytes than the server reads for one image "
+        "(UNET_MAX_UPLOAD_BYTES, the upload limit).",
+        "Crop or convert the image, or ask the operator to raise UNET_MAX_UPLOAD_BYTES."),
+    "data-file-changed": ProblemType(
+        "File changed", 409,
+        "The file named by the job was removed or replaced by another file between the job's submission "
+        "and its run, so the job did not read it.",
+        "Submit the job again once the file is in place."),
     "internal-error": ProblemType(
         "Internal server error", 500, "An unexpected error occurred in the service; it was logged.",
         "Report it to the operator, quoting the request id."),

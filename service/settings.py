@@ -201,6 +201,18 @@ class Settings(BaseSettings):
         description="a replica sharing UNET_JOBS_DIR that has not beaten (every second) for this long is "
         "taken as gone: its queued and running jobs are marked failed",
     )
+    data_root: Path | None = Field(
+        None,
+        description="folder POST /jobs may read images from by relative path (JSON body {\"path\": ...}), "
+        "e.g. a cluster volume of slides; unset: jobs take uploads only. Nothing outside it is ever read "
+        "(symlinks and '..' resolved first)",
+    )
+    web_job_above_pixels: int = Field(
+        4096 * 4096,
+        ge=0,
+        description="the web page sends images with more pixels than this (width × height from the file's "
+        "header) as jobs, with a progress bar and a Cancel button; 0: every image",
+    )
 
     # --- security -----------------------------------------------------------------------------
     api_key: SecretStr | None = Field(

@@ -1,10 +1,13 @@
 """The web viewer: ``GET /`` serves a static page that segments one image in the browser.
 
 The page (``service/static/``: plain HTML/CSS/JS, no build step, no CDN, so it works offline)
-talks to the public API (``POST /segment``, ``GET /v1/model``) like any other client. The one
-thing it needs from the server that the API does not give is a picture the browser can show:
-browsers cannot display TIFF or 16-bit images, so ``POST /ui/preview`` renders an 8-bit RGB PNG
-of the upload with the service's own imaging code.
+talks to the public API (``POST /segment``, ``POST /jobs``, ``GET /v1/model``) like any other
+client. What it needs from the server that the API does not give:
+
+- a picture the browser can show: browsers cannot display TIFF or 16-bit images, so
+  ``POST /ui/preview`` renders an 8-bit RGB PNG of the upload with the service's own imaging code;
+- ``GET /ui/config``: whether jobs are on and above how many pixels the page uses them
+  (``UNET_WEB_JOB_ABOVE_PIXELS``) instead of holding one ``POST /segment`` open for minutes.
 
 Wiring (two lines in the app factory)::
 
@@ -24,6 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from service import imaging, microscopy
 from service.errors import PayloadTooLarge, problem_responses
 from service.routes.deps import Runtime, get_runtime, require_api_key
+from service.routes.jobs import get_jobs
 from service.routes.segment import plane_selection, upload_pixels
 from service.routes.segment import problem_for as problem_for_domain_error
 from service.structure import Limits
@@ -39,6 +43,16 @@ def index() -> FileResponse:
     """The viewer page. No API key: the page itself asks for one when the API answers 401."""
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html",
                         headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/ui/config", summary="What the web page needs to know about this server",
+            include_in_schema=False)
+def config(request: Request, runtime: Runtime = Depends(get_runtime)) -> dict[str, object]:
+    """No API key, like the page itself: it says nothing about the model or the images."""
+    return {
+        "jobs": get_jobs(request).unavailable is None,
+        "job_above_pixels": runtime.settings.web_job_above_pixels,
+    }
 
 
 def render_preview(

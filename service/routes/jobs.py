@@ -6,26 +6,36 @@ the background through the SAME admission (``Runtime.admitted``) and pipeline
 (``segment.run_pipeline``) as the request would have, so jobs and requests share one budget.
 ``GET /jobs/{id}`` polls it, ``GET /jobs/{id}/result`` answers exactly what ``POST /segment``
 would have, ``DELETE /jobs/{id}`` cancels it (or removes a finished one).
+
+With a JSON body ``{"path": "slides/a.tif", ...options}`` the job reads a file under the server's
+data root (``UNET_DATA_ROOT``: a cluster volume) instead of an upload (:func:`submit_path_job`,
+checks in ``service.data_root``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import json
 import math
 import time
+import typing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import anyio
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, params
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from service import filenames, metrics
+from service import data_root, filenames, metrics
 from service.errors import (
     PROBLEM_JSON,
+    BadRequest,
+    InvalidOptions,
+    PayloadTooLarge,
     ProblemError,
     ServiceUnavailable,
     problem_body,
@@ -52,6 +62,7 @@ from service.routes.segment import (
     is_cancel,
     multipart_file,
     no_image,
+    plane_selection,
     problem_for,
     result_headers,
     run_pipeline,
@@ -69,10 +80,12 @@ _WRITE_CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class JobInput:
-    """What a job's worker needs besides the upload: the parsed options and the file's name."""
+    """What a job's worker needs besides the upload: the parsed options and the file's name;
+    ``source``: the file under the data root it reads instead of an upload."""
 
     options: SegmentOptions
     filename: str | None
+    source: data_root.DataFile | None = None
 
 
 class JobStatus(BaseModel):
@@ -84,7 +97,8 @@ class JobStatus(BaseModel):
     created: str = Field(description="RFC 3339 UTC")
     started: str | None = None
     finished: str | None = None
-    options: dict[str, str] = Field(description="the query options the job was submitted with")
+    options: dict[str, str] = Field(description="the options the job was submitted with (and `path`, for a "
+                                    "file under the data root)")
     status_url: str
     result_url: str | None = Field(None, description="where the result is, once the job succeeded")
     problem: dict[str, Any] | None = Field(None, description="problem details when the job failed")
@@ -114,7 +128,6 @@ def executor(runtime: Runtime) -> Execute:
         given: JobInput = job.options
         options = given.options
         stop = job.cancel.is_set
-        data = await anyio.to_thread.run_sync(input_path.read_bytes)
 
         async def gone() -> bool:
             return stop()
@@ -131,6 +144,8 @@ def executor(runtime: Runtime) -> Execute:
                 raise
 
         try:
+            data = await anyio.to_thread.run_sync(_read_input, given, input_path,
+                                                  runtime.settings.max_upload_bytes)
             pixels = await upload_pixels(runtime, data)
             while True:
                 entered = False
@@ -169,6 +184,17 @@ def executor(runtime: Runtime) -> Execute:
         return JobResult(result.body, result.media_type, headers)
 
     return execute
+
+
+def _read_input(given: JobInput, input_path: Path, max_bytes: int) -> bytes:
+    """The job's image: its upload, or its file under the data root if that is still the file
+    checked at submission (else a problem: the job fails with it)."""
+    if given.source is None:
+        return input_path.read_bytes()
+    try:
+        return given.source.read(max_bytes)
+    except data_root.DataPathError as exc:
+        raise data_path_problem(exc) from exc
 
 
 async def _sleep_unless(stop: Any, seconds: float) -> None:
@@ -270,6 +296,7 @@ async def _receive(request: Request, path: Path, room: int) -> str | None:
 
 
 _STATUS_RESPONSE = {"model": JobStatus, "description": "the job's status"}
+_PROBLEM_CONTENT = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 
 
 @router.post(
@@ -284,10 +311,26 @@ _STATUS_RESPONSE = {"model": JobStatus, "description": "the job's status"}
             "headers": {"Location": {"description": "/jobs/{id}", "schema": {"type": "string"}}},
         },
         **problem_responses(400, 401, 413, 415, 422, 503),
-        507: {"description": "the jobs folder is full (UNET_JOBS_MAX_BYTES)",
-              "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}},
+        403: {"description": "a JSON body's path: UNET_DATA_ROOT is not set, or the path is absolute or "
+              "leads outside it", "content": _PROBLEM_CONTENT},
+        404: {"description": "a JSON body's path: no such file under UNET_DATA_ROOT",
+              "content": _PROBLEM_CONTENT},
+        507: {"description": "the jobs folder is full (UNET_JOBS_MAX_BYTES)", "content": _PROBLEM_CONTENT},
     },
-    openapi_extra={"requestBody": IMAGE_BODY},
+    openapi_extra={"requestBody": {**IMAGE_BODY, "content": {
+        **IMAGE_BODY["content"],
+        "application/json": {"schema": {
+            "type": "object",
+            "required": ["path"],
+            "properties": {"path": {
+                "type": "string",
+                "description": "an image file relative to the server's UNET_DATA_ROOT (e.g. a cluster "
+                "volume); absolute paths and paths leading outside it are refused (403)",
+            }},
+            "additionalProperties": {"description": "the query options of POST /segment (output, "
+                                     "threshold, channel, …) as JSON values, or in the query string"},
+        }},
+    }}},
 )
 async def submit_job(
     request: Request,
@@ -298,6 +341,8 @@ async def submit_job(
     jobs = get_jobs(request)
     if jobs.unavailable:
         raise ServiceUnavailable(f"jobs are not available: {jobs.unavailable}", retry_after_s=30)
+    if upload_content_type(request) == "application/json":
+        return await submit_path_job(request, options, runtime, jobs)
     store = jobs.store
     declared = request.headers.get("content-length", "")
     try:
@@ -393,3 +438,125 @@ async def delete_job(job_id: str, request: Request) -> Response:
     if record is None:
         return Response(status_code=204)
     return JSONResponse(_status(record).model_dump())
+
+
+# --- jobs on files under the data root ----------------------------------------------------------
+
+
+def _query_fields() -> dict[str, Any]:
+    """The query options of ``POST /segment`` as pydantic fields, with their declared types and
+    ranges, so that a JSON body's options are checked exactly as the query's are."""
+    fields: dict[str, Any] = {}
+    for declared in (segment_options, plane_selection):
+        hints = typing.get_type_hints(declared)
+        for name, parameter in inspect.signature(declared).parameters.items():
+            if isinstance(parameter.default, params.Query):
+                fields[name] = (hints[name], parameter.default)
+    return fields
+
+
+PathJob = create_model(
+    "PathJob",
+    __config__=ConfigDict(extra="forbid"),
+    path=(str, Field(min_length=1, max_length=data_root.MAX_PATH_CHARS,
+                     description="an image file relative to UNET_DATA_ROOT")),
+    **_query_fields(),
+)
+_PLANE_FIELDS = frozenset(inspect.signature(plane_selection).parameters)
+#: A path and a dozen options: far below this.
+_MAX_JSON_BYTES = 64 * 1024
+
+
+def data_path_problem(exc: data_root.DataPathError) -> ProblemError:
+    """What is wrong with a path under the data root, as the problem the client gets."""
+    if isinstance(exc, data_root.OutsideRoot):
+        return ProblemError(str(exc), status=403, slug="path-outside-data-root",
+                            title="Path outside the data root")
+    if isinstance(exc, data_root.NotFound):
+        return ProblemError(str(exc), status=404, slug="data-file-not-found", title="File not found")
+    if isinstance(exc, data_root.NotAFile):
+        return ProblemError(str(exc), status=400, slug="not-a-file", title="Not a file")
+    if isinstance(exc, data_root.TooLarge):
+        return ProblemError(str(exc), status=413, slug="file-too-large", title="File too large")
+    return ProblemError(str(exc), status=409, slug="data-file-changed", title="File changed")
+
+
+async def _path_job_body(request: Request, query_options: SegmentOptions) -> tuple[str, SegmentOptions,
+                                                                                   dict[str, str]]:
+    """``(path, options, options as sent)`` from the JSON body; its options are checked like the
+    query's (422 naming each bad one), and may be given in one place only."""
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > _MAX_JSON_BYTES:
+            raise PayloadTooLarge(f"a job's JSON body (a path and options) has at most {_MAX_JSON_BYTES:,} "
+                                  "bytes")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidOptions(
+            'the JSON body must be an object: {"path": "relative/path.tif", ...options}',
+            errors=[{"loc": ["body"], "msg": "Input should be an object", "type": "dict_type"}],
+        )
+    try:
+        parsed = PathJob.model_validate(body)
+    except ValidationError as exc:
+        errors = [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        detail = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in errors[:5])
+        raise InvalidOptions(detail, errors=errors) from exc
+    given = {k: v for k, v in body.items() if k != "path" and v is not None}  # null: not given
+    if not given:  # the options, if any, came in the query string (as for an upload)
+        return parsed.path, query_options, dict(request.query_params)
+    if request.query_params:
+        raise InvalidOptions(
+            "options were given both in the query string and in the JSON body: use one of them",
+            errors=[{"loc": ["query"], "msg": "options also given in the body", "type": "value_error"}],
+        )
+    values = parsed.model_dump(exclude={"path"})
+    plane = plane_selection(**{k: v for k, v in values.items() if k in _PLANE_FIELDS})
+    options = segment_options(**{k: v for k, v in values.items() if k not in _PLANE_FIELDS}, plane=plane,
+                              _known=None, accept=request.headers.get("accept", ""))
+    return parsed.path, options, {k: json.dumps(v) if not isinstance(v, str) else v for k, v in given.items()}
+
+
+async def submit_path_job(
+    request: Request, query_options: SegmentOptions, runtime: Runtime, jobs: JobRunner
+) -> JSONResponse:
+    """``POST /jobs`` with ``{"path": ...}``: a job on a file under ``UNET_DATA_ROOT``, checked
+    (inside the root, a regular file, the upload's byte and pixel limits) before it is queued."""
+    settings = runtime.settings
+    if settings.data_root is None:
+        raise ProblemError(
+            "this server reads no files by path (UNET_DATA_ROOT is not set): upload the image as the body",
+            status=403, slug="data-root-off", title="Reading files on the server is off",
+        )
+    path, options, sent = await _path_job_body(request, query_options)
+    checked_engine(runtime, options)
+    try:
+        source = await anyio.to_thread.run_sync(data_root.locate, settings.data_root, path,
+                                                settings.max_upload_bytes)
+    except data_root.DataPathError as exc:
+        raise data_path_problem(exc) from exc
+    except OSError as exc:  # the root itself is missing or unreadable: the operator's to fix
+        raise ServiceUnavailable(f"the data root cannot be read: {exc.strerror}", retry_after_s=60) from exc
+    data = await anyio.to_thread.run_sync(_read_input, JobInput(options, None, source), Path(),
+                                          settings.max_upload_bytes)
+    await upload_pixels(runtime, data)  # 400/413/415 now, from the header, as for an upload
+    del data
+    try:
+        job_id, _ = jobs.store.new_job(None)  # nothing is copied: only the result takes room
+    except StoreFull as exc:
+        raise _store_full(exc) from exc
+    record = JobRecord(id=job_id, status="queued", created=time.time(), options={"path": path, **sent},
+                       filename=source.name)
+    try:
+        jobs.submit(record, JobInput(options, source.name, source))
+    except BaseException:
+        jobs.store.received(job_id)
+        jobs.store.delete(job_id)
+        raise
+    return JSONResponse(
+        _status(record).model_dump(), status_code=202, headers={"Location": f"/jobs/{job_id}"}
+    )

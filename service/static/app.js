@@ -11,11 +11,21 @@
 // After the threshold slider stops moving, step 3 is repeated with &threshold=… (debounced) so
 // the object count always belongs to the threshold shown. Every request after the probe carries
 // the chosen channel / z / t (or project=max). Zoom and pan are a CSS transform of the stage.
+//
+// Large images (more pixels than GET ui/config's job_above_pixels, judged from the probe: the
+// width × height the server read from the file's header) send steps 2 and 3 and the downloads as
+// jobs instead: POST jobs?… (the same options) → 202, GET jobs/{id} every JOB_POLL_MS for the
+// progress bar (tiles done / total, and an ETA), GET jobs/{id}/result (the bytes POST segment would
+// have answered), DELETE jobs/{id} to free the server's disk. Cancel (or a new file) DELETEs the
+// running job, which stops its tiles on the server.
 "use strict";
 
 const KEY_STORAGE = "unet.apiKey";
 const REFETCH_DELAY_MS = 600;
 const MASK_RGB = [0, 230, 118];
+/** Until GET ui/config answers (or if it cannot): unet-segment's --job-above default. */
+const DEFAULT_JOB_ABOVE_PIXELS = 4096 * 4096;
+const JOB_POLL_MS = 500;
 
 const $ = (id) => document.getElementById(id);
 
@@ -37,6 +47,10 @@ const state = {
   probe: null,           // POST probe's answer for the current file
   plane: { channel: "", z: "", t: "" },  // the pickers; z may be "max" (project=max)
   warnings: [],          // from the probe and the last segmentation (X-Warnings)
+  jobsOn: true,          // the server runs jobs (GET ui/config)
+  jobAbove: DEFAULT_JOB_ABOVE_PIXELS,
+  useJobs: false,        // this file goes through jobs (its pixels are over jobAbove)
+  jobs: new Map(),       // purpose ("segment", "objects", "download-mask"…) → the job running for it
 };
 
 // --- HTTP ----------------------------------------------------------------------------------------
@@ -134,14 +148,133 @@ function planeParams() {
   return params;
 }
 
-function segmentUrl(output, threshold) {
+/** The options of one segmentation (POST segment and POST jobs take the same). */
+function segmentParams(output, threshold) {
   const params = planeParams();
   params.set("output", output);
   if (output === "probability") params.set("bits", "8"); // the browser thresholds 8-bit values
   if (threshold !== null && threshold !== undefined) params.set("threshold", threshold.toFixed(2));
   if (state.split) params.set("split", state.split);
   if (state.diameter) params.set("diameter", state.diameter);
-  return `segment?${params}`;
+  return params;
+}
+
+/**
+ * One segmentation of the current file, answered as POST segment answers it (a Blob and the
+ * X-… headers): directly, or through a job for a large image. `purpose` names the job slot:
+ * a new request for the same purpose cancels the older job.
+ */
+async function segmentRequest(output, threshold, step, runningText, purpose) {
+  const params = segmentParams(output, threshold);
+  if (state.useJobs) {
+    const answer = await viaJob(params, step, purpose);
+    if (answer) return answer;
+    state.useJobs = state.jobsOn = false; // the server has no jobs route (404): the direct path
+  }
+  return upload(`segment?${params}`, step, runningText);
+}
+
+// --- jobs (large images) -------------------------------------------------------------------------
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function cancelledError() {
+  const err = new RequestFailed(0, null, "Cancelled: the job was stopped on the server");
+  err.cancelled = true;
+  return err;
+}
+
+/**
+ * Submit the current file as a job, poll it with a progress bar, fetch its result and delete it.
+ * Resolves to the result's XMLHttpRequest, or null when the server has no jobs (404).
+ */
+async function viaJob(params, step, purpose) {
+  cancelJob(purpose);
+  let submitted;
+  try {
+    submitted = await upload(`jobs?${params}`, step, "submitting the job");
+  } catch (err) {
+    if (err.status === 404) return null;
+    throw err;
+  }
+  let status = JSON.parse(await submitted.response.text());
+  const job = { id: status.id, cancelled: false };
+  const url = `jobs/${encodeURIComponent(job.id)}`;
+  state.jobs.set(purpose, job);
+  showCancel();
+  const rate = { at: null, done: 0 }; // first progress seen: the ETA is measured from there
+  try {
+    for (;;) {
+      if (job.cancelled) throw cancelledError();
+      showJobProgress(step, status, rate);
+      if (status.status === "succeeded") break;
+      if (status.status === "cancelled") throw cancelledError();
+      if (status.status === "failed") {
+        const problem = status.problem || {};
+        throw new RequestFailed(problem.status || 0, problem, "The job failed");
+      }
+      await sleep(JOB_POLL_MS);
+      if (job.cancelled) throw cancelledError();
+      status = JSON.parse(await (await request("GET", url)).response.text());
+    }
+    return await request("GET", `${url}/result`);
+  } finally {
+    if (state.jobs.get(purpose) === job) state.jobs.delete(purpose);
+    showCancel();
+    // The result is in the page now (or there is none): free the server's disk. A cancelled job
+    // was deleted by cancelJob already.
+    if (!job.cancelled) request("DELETE", url).catch(() => {});
+  }
+}
+
+/** Stop the job running for `purpose` on the server (DELETE cancels its remaining tiles). */
+function cancelJob(purpose) {
+  const job = state.jobs.get(purpose);
+  if (!job) return;
+  job.cancelled = true;
+  state.jobs.delete(purpose);
+  showCancel();
+  request("DELETE", `jobs/${encodeURIComponent(job.id)}`).catch(() => {});
+}
+
+function cancelAllJobs() {
+  for (const purpose of [...state.jobs.keys()]) cancelJob(purpose);
+}
+
+function showCancel() {
+  $("cancel-job").hidden = state.jobs.size === 0;
+}
+
+/** A job's status on the progress bar: tiles done of total, and the time left at the rate seen. */
+function showJobProgress(step, status, rate) {
+  const done = status.tiles_done || 0;
+  const total = status.tiles_total;
+  if (status.status === "queued") return showProgress(`${step}: queued on the server`, null);
+  if (status.stage === "waiting") return showProgress(`${step}: waiting for room on the server`, null);
+  if (status.status !== "running" && status.status !== "succeeded") return undefined;
+  if (!total) return showProgress(`${step}: reading the image, estimating the nucleus size`, null);
+  const now = performance.now();
+  if (rate.at === null) Object.assign(rate, { at: now, done });
+  let left = Number.isFinite(status.eta_s) ? status.eta_s : null; // a server that estimates it
+  if (left === null && done > rate.done) left = ((total - done) * (now - rate.at)) / 1000 / (done - rate.done);
+  const eta = left !== null && done < total ? `, about ${formatDuration(left)} left` : "";
+  const what = done < total ? `${done} of ${total} tiles${eta}` : `all ${total} tiles done, finishing`;
+  return showProgress(`${step}: ${what}`, done / total);
+}
+
+function formatDuration(seconds) {
+  if (seconds < 90) return `${Math.max(1, Math.round(seconds))} s`;
+  return `${Math.round(seconds / 60)} min`;
+}
+
+async function loadConfig() {
+  try {
+    const config = JSON.parse(await (await request("GET", "ui/config")).response.text());
+    state.jobsOn = config.jobs !== false;
+    if (Number.isFinite(config.job_above_pixels)) state.jobAbove = config.job_above_pixels;
+  } catch (_) {
+    // An older server without ui/config: the defaults (POST jobs answering 404 turns jobs off).
+  }
 }
 
 // --- status line ---------------------------------------------------------------------------------
@@ -199,6 +332,7 @@ const DOWNLOADS = ["mask", "labels", "objects", "geojson", "rois"];
 /** A new run: answers for an older one are dropped; the result shown so far is cleared. */
 function startRun() {
   const run = ++state.run;
+  cancelAllJobs(); // their answers would be dropped: stop their work on the server too
   state.prob = null;
   state.features = [];
   state.countThreshold = null;
@@ -229,6 +363,8 @@ async function handleFile(file) {
     const probe = await upload("probe", "Reading the file", "listing its channels and planes");
     if (run !== state.run) return;
     state.probe = JSON.parse(await probe.response.text());
+    await configReady;
+    state.useJobs = state.jobsOn && state.probe.width * state.probe.height > state.jobAbove;
   } catch (err) {
     if (run !== state.run) return;
     hideProgress();
@@ -316,7 +452,8 @@ async function processPlane(run) {
       return;
     }
 
-    const probability = await upload(segmentUrl("probability"), "Step 2 of 3, segmentation", "running the model");
+    const probability = await segmentRequest("probability", null, "Step 2 of 3, segmentation", "running the model",
+      "segment");
     if (!current()) return;
     state.prob = await decodeGray(probability.response, state.width, state.height);
     showHeaders(probability);
@@ -501,7 +638,7 @@ async function refetchObjects(threshold, step) {
   const ticket = ++state.countRequest;
   $("info-count").setAttribute("aria-busy", "true");
   try {
-    const xhr = await upload(segmentUrl("geojson", threshold), step, "finding objects");
+    const xhr = await segmentRequest("geojson", threshold, step, "finding objects", "objects");
     if (run !== state.run || ticket !== state.countRequest) return;
     const collection = JSON.parse(await xhr.response.text());
     state.features = (collection.features || []).filter((f) => f.geometry);
@@ -665,7 +802,8 @@ function downloadName(output, mediaType) {
 async function download(output) {
   if (!state.file) return;
   try {
-    const xhr = await upload(segmentUrl(output, state.threshold), `Download ${output}`, "segmenting");
+    const xhr = await segmentRequest(output, state.threshold, `Download ${output}`, "segmenting",
+      `download-${output}`);
     const url = URL.createObjectURL(xhr.response);
     const a = document.createElement("a");
     a.href = url;
@@ -715,8 +853,10 @@ function init() {
   for (const id of ["channel", "zplane", "tplane"]) $(id).addEventListener("change", onPlaneChange);
   wireZoom();
   window.addEventListener("resize", fitStage);
+  $("cancel-job").addEventListener("click", cancelAllJobs);
   setOpacity();
   loadModelInfo();
 }
 
+const configReady = loadConfig();
 init();

@@ -136,8 +136,11 @@ def test_bad_input_is_refused_at_submission_and_leaves_nothing_on_disk(
     assert bad.status_code in (400, 415) and bad.json()["type"].startswith("/problems/")
     unknown = client.post("/jobs", params={"treshold": "0.3"}, content=SMALL, headers=RAW)
     assert unknown.status_code == 422 and unknown.json()["type"] == "/problems/invalid-options"
-    wrong_type = client.post("/jobs", content=b"{}", headers={"Content-Type": "application/json"})
+    wrong_type = client.post("/jobs", content=b"cells", headers={"Content-Type": "text/plain"})
     assert wrong_type.status_code == 415
+    # JSON names a file on the server's volume: off here (no UNET_DATA_ROOT; tests/api/test_jobs_data_root.py)
+    by_path = client.post("/jobs", json={"path": "cells.png"})
+    assert by_path.status_code == 403 and by_path.json()["type"] == "/problems/data-root-off"
     assert set(jobs_dir.iterdir()) == before
 
 

@@ -431,3 +431,125 @@ def test_api_docs_render_offline_and_list_segment(browser: Any, service_url: str
     assert outside == [], f"the docs pages asked for outside resources: {outside}"
     assert any(u.endswith("/swagger-ui-bundle.js") for u in loaded)
     assert any(u.endswith("/redoc.standalone.js") for u in loaded)
+
+
+# --- large images go through jobs ----------------------------------------------------------------
+
+#: The jobs server's UNET_WEB_JOB_ABOVE_PIXELS: the 192² TIFF stays direct, the 1024² one is a job.
+JOB_ABOVE = 512 * 512
+#: Every change of the progress bar and its label, recorded in the page as it happens.
+RECORD_PROGRESS = """
+window.__progress = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const bar = document.getElementById("progress");
+  const label = document.getElementById("progress-label");
+  new MutationObserver(() => window.__progress.push(
+    [bar.hasAttribute("value") ? bar.value : null, label.textContent])
+  ).observe(document.getElementById("progress-box"),
+            {attributes: true, subtree: true, childList: true, characterData: true});
+});
+"""
+JOB_ID = re.compile(r"/jobs/([0-9a-f]{32})(?:/result)?$")
+
+
+@pytest.fixture(scope="module")
+def jobs_service_url(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real model on small tiles, one per run: a 1024² job has a hundred-odd tiles, so its
+    progress is seen advancing between the page's polls."""
+    with _run_service(tmp_path_factory.mktemp("jobs-service"), model_path,
+                      UNET_WEB_JOB_ABOVE_PIXELS=str(JOB_ABOVE), UNET_TILE_SIZE="128", UNET_TILE_OVERLAP="32",
+                      UNET_MAX_BATCH_SIZE="1") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def large_tiff(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_disc_tiff(tmp_path_factory.mktemp("large") / "large.tif", size=1024, seed=7)
+
+
+def _recording_page(browser: Any, url: str) -> tuple[Any, list[tuple[str, str]]]:
+    """A page on the viewer that records its progress bar and every request (method, URL)."""
+    page = browser.new_page(viewport={"width": 1180, "height": 760})
+    page.set_default_timeout(3 * RESULT_TIMEOUT_MS)  # two jobs of a hundred-odd tiles each
+    page.add_init_script(RECORD_PROGRESS)
+    requests: list[tuple[str, str]] = []
+    page.on("request", lambda r: requests.append((r.method, r.url)))
+    page.goto(url + "/")
+    return page, requests
+
+
+def test_a_large_image_runs_as_jobs_with_an_advancing_progress_bar_and_its_result_is_shown(
+    browser: Any, jobs_service_url: str, large_tiff: Path
+) -> None:
+    page, requests = _recording_page(browser, jobs_service_url)
+    try:
+        page.locator("#file-input").set_input_files(str(large_tiff))
+        shown = _wait_for_count(page)
+        progress = page.evaluate("() => window.__progress")
+        width = page.evaluate("() => document.getElementById('preview').naturalWidth")
+    finally:
+        page.close()
+    assert shown == _server_count(jobs_service_url, large_tiff)
+    assert width == 1024
+
+    posts = [url for method, url in requests if method == "POST"]
+    assert any("/jobs?" in u and "output=probability" in u for u in posts), posts
+    assert any("/jobs?" in u and "output=geojson" in u for u in posts), posts
+    assert not any("/segment?" in u for u in posts), "a large image was sent to POST /segment"
+    # Offline: no host but the service (blob: and data: URLs are the page's own memory).
+    network = [url for _, url in requests if url.split(":", 1)[0] in ("http", "https", "ws", "wss")]
+    outside = [url for url in network if not url.startswith(jobs_service_url + "/")]
+    assert network and not outside, outside
+
+    # The bar showed tiles done of total, and advanced between polls, with a time left.
+    fractions = [value for value, label in progress if value is not None and " tiles" in label]
+    partial = [f for f in fractions if 0 < f < 1]
+    assert partial, f"the bar never showed a job part-way: {progress}"
+    assert any(later > partial[0] for later in fractions[fractions.index(partial[0]):]), progress
+    eta = re.compile(r"\d+ of \d+ tiles, about \d+ (s|min) left")
+    assert any(eta.search(label) for _, label in progress), progress
+
+    # Each job's result was fetched, then the job deleted: nothing left on the server's disk.
+    ids = {m.group(1) for _, url in requests if (m := JOB_ID.search(url))}
+    assert len(ids) == 2, ids
+    for job_id in ids:
+        assert ("GET", f"{jobs_service_url}/jobs/{job_id}/result") in requests
+        assert ("DELETE", f"{jobs_service_url}/jobs/{job_id}") in requests
+        assert httpx.get(f"{jobs_service_url}/jobs/{job_id}", timeout=10).status_code == 404
+
+
+def test_a_small_image_keeps_the_direct_path(browser: Any, jobs_service_url: str, tiff: Path) -> None:
+    page, requests = _recording_page(browser, jobs_service_url)
+    try:
+        page.locator("#file-input").set_input_files(str(tiff))
+        shown = _wait_for_count(page)
+    finally:
+        page.close()
+    assert shown == _server_count(jobs_service_url, tiff)
+    posts = [url for method, url in requests if method == "POST"]
+    assert any("/segment?" in u and "output=probability" in u for u in posts), posts
+    assert not any("/jobs" in u for _, u in requests), requests
+
+
+def test_cancel_stops_the_job_on_the_server_and_shows_no_result(
+    browser: Any, jobs_service_url: str, large_tiff: Path
+) -> None:
+    page, requests = _recording_page(browser, jobs_service_url)
+    try:
+        page.locator("#file-input").set_input_files(str(large_tiff))
+        page.wait_for_function(  # the job is running: some tiles done, not all
+            "() => { const bar = document.getElementById('progress');"
+            " return bar.hasAttribute('value') && bar.value > 0 && bar.value < 1; }")
+        cancel = page.locator("#cancel-job")
+        assert cancel.is_visible()
+        cancel.click()
+        page.wait_for_function("() => document.getElementById('error').textContent.includes('Cancelled')")
+        assert page.locator("#progress-box").is_hidden() and cancel.is_hidden()
+        assert page.locator("#info-count").text_content() == "–"
+    finally:
+        page.close()
+    (job_id,) = {m.group(1) for _, url in requests if (m := JOB_ID.search(url))}
+    assert ("DELETE", f"{jobs_service_url}/jobs/{job_id}") in requests
+    assert ("GET", f"{jobs_service_url}/jobs/{job_id}/result") not in requests
+    status = httpx.get(f"{jobs_service_url}/jobs/{job_id}", timeout=10).json()
+    assert status["status"] == "cancelled", status
