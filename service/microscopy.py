@@ -74,6 +74,8 @@ _UNIT_UM = {
     "m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0,
     "micrometer": 1.0, "micrometre": 1.0, "nm": 1e-3, "nanometer": 1e-3, "å": 1e-4, "angstrom": 1e-4,
     "pm": 1e-6,
+    # OME-Zarr (NGFF) spells units out, UDUNITS-2 style
+    "meter": 1e6, "centimeter": 1e4, "millimeter": 1e3, "picometer": 1e-6,
 }
 
 
@@ -428,7 +430,23 @@ def _single_page(data: bytes) -> bool:
         return False
 
 
-def _tiff_source(tif: Any, data: bytes, max_pixels: int) -> _Source:
+def tiff_layout(tif: Any, max_pixels: int) -> Layout:
+    """The layout of an open ``tifffile.TiffFile`` from its header alone (slides: no page is
+    decoded; ``grey_rgb`` is left False for the caller to decide from a sample of windows).
+
+    Raises:
+        imaging.ImageError subclasses: unsupported layout, more than ``max_pixels``.
+    """
+    try:
+        return _tiff_source(tif, b"", max_pixels, colour_pixels=False).layout
+    except _NotForTifffile as exc:
+        raise UnsupportedImageType(
+            "this TIFF's photometric interpretation (palette, CMYK, YCbCr, min-is-white or 1-bit) "
+            "is read only for uploads decoded whole; save the slide as grey or RGB"
+        ) from exc
+
+
+def _tiff_source(tif: Any, data: bytes, max_pixels: int, colour_pixels: bool = True) -> _Source:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -557,7 +575,7 @@ def _tiff_source(tif: Any, data: bytes, max_pixels: int) -> _Source:
         warnings=tuple(notes),
     )
     source = _Source(layout, read=read, close=tif.close)
-    if rgb:
+    if rgb and colour_pixels:
         first = read({})
         source.first = first
         source.layout = replace(layout, grey_rgb=channels_equal(first[:, :, :3]))
@@ -605,7 +623,7 @@ def _ome_length(value: str | None, unit: str | None, notes: list[str]) -> float 
     except ValueError:
         notes.append(f"the OME pixel size {value!r} is not a number; ignored")
         return None
-    factor = _unit_um(unit or "µm")
+    factor = unit_um(unit or "µm")
     if factor is None:
         notes.append(f"the OME pixel size unit {unit!r} is not a length; ignored")
         return None
@@ -613,8 +631,9 @@ def _ome_length(value: str | None, unit: str | None, notes: list[str]) -> float 
     return um if math.isfinite(um) and um > 0 else None
 
 
-def _unit_um(unit: str) -> float | None:
-    """µm per ``unit`` (``µm``, ``micron``, ``\\u00B5m``, ``nm``...), None if not a length."""
+def unit_um(unit: str) -> float | None:
+    """µm per ``unit`` (``µm``, ``micron``, ``\\u00B5m``, ``nm``, OME-Zarr's ``micrometer``...), None if
+    not a length."""
     key = unit.strip().replace("\\u00B5", "µ").replace("\\u00b5", "µ").replace("μ", "µ").lower()
     return _UNIT_UM.get(key)
 
@@ -623,7 +642,7 @@ def _imagej_pixel_size(page: Any, meta: dict, notes: list[str]) -> PixelSize | N
     unit = str(meta.get("unit", "")).strip()
     if not unit or unit.lower() in ("pixel", "pixels", "px"):
         return None
-    factor = _unit_um(unit)
+    factor = unit_um(unit)
     if factor is None:
         notes.append(f"the ImageJ calibration unit {unit!r} is not a length; no pixel size")
         return None
@@ -750,10 +769,53 @@ def _check_index(layout: Layout, axis: str, value: int, param: str) -> None:
         )
 
 
-def _select(
-    source: _Source, sel: Selection, model_channels: int, should_stop: Callable[[], bool] | None = None
-) -> Plane:
-    layout = source.layout
+@dataclass(frozen=True)
+class Choice:
+    """A request's :class:`Selection` checked against a :class:`Layout`: which plane to read,
+    decided before any pixel is (:func:`resolve`). Slide sources read it window by window.
+
+    ``channel``: the channel to take (None: the image has one, or colour is kept whole);
+    ``coords``: page coordinates besides Z (``{"T": t, "C": c}``); ``z``: the z-plane (None: no Z
+    axis, or a projection); ``samples``: ``channel`` is a sample of colour pages (take it from
+    the last axis of a page) rather than a page of its own.
+    """
+
+    layout: Layout
+    channel: Channel | None
+    mixed: bool
+    coords: dict[str, int]
+    z: int | None
+    t: int | None
+    projection: str | None
+    pixel_size: PixelSize | None
+    warnings: tuple[str, ...]
+
+    @property
+    def samples(self) -> bool:
+        return self.channel is not None and "S" in self.layout.axes
+
+    def plane(self, image: np.ndarray) -> Plane:
+        """The :class:`Plane` of this choice holding ``image`` (an empty one for slides)."""
+        channel = self.channel
+        return Plane(
+            image=image,
+            layout=self.layout,
+            channel=channel if (channel is not None and len(self.layout.channels) > 1) else None,
+            mixed=self.mixed,
+            z=self.z,
+            t=self.t,
+            projection=self.projection,
+            pixel_size=self.pixel_size,
+            warnings=self.warnings,
+        )
+
+
+def resolve(layout: Layout, sel: Selection, model_channels: int = 1) -> Choice:
+    """Check ``sel`` against ``layout`` and say which plane it chooses; reads no pixels.
+
+    Raises:
+        SelectionError: several channels/planes and no choice, or a choice the image lacks.
+    """
     notes = list(layout.warnings)
     # Choices the image lacks come first: a typo is a clearer error than a missing choice.
     chosen = None if sel.channel is None else _resolve_channel(layout, sel.channel)
@@ -807,28 +869,6 @@ def _select(
     if channel is not None and "S" not in layout.axes:
         coords["C"] = channel.index
 
-    def plane_at(z: int | None) -> np.ndarray:
-        at = dict(coords)
-        if z is not None:
-            at["Z"] = z
-        array = source.first if (not at and source.first is not None) else source.read(at)
-        if channel is not None and array.ndim == 3:
-            array = np.ascontiguousarray(array[:, :, channel.index])
-        return array
-
-    z = sel.z if "Z" in layout.planes else None
-    if sel.project == "max":
-        image = plane_at(0).copy()
-        for k in range(1, layout.planes["Z"]):
-            if should_stop is not None and should_stop():
-                raise DecodeCancelled(f"stopped after {k} of {layout.planes['Z']} planes of the projection")
-            np.maximum(image, plane_at(k), out=image)
-    else:
-        image = plane_at(z)
-    if image.ndim == 3 and chosen is None and not colour_whole and image.shape[2] > 1:
-        # a C-less multi-sample page with one sample is handled above; anything left is a bug
-        raise AssertionError(f"unexpected plane shape {image.shape}")
-
     pixel_size = layout.pixel_size
     if sel.pixel_size_um is not None:
         if pixel_size is not None:
@@ -837,14 +877,45 @@ def _select(
                 f"{pixel_size.header()} µm ({pixel_size.source})"
             )
         pixel_size = PixelSize(sel.pixel_size_um, sel.pixel_size_um, "request")
-    return Plane(
-        image=image,
+    return Choice(
         layout=layout,
-        channel=channel if (channel is not None and len(layout.channels) > 1) else None,
+        channel=channel,
         mixed=chosen == MIX,
-        z=z,
+        coords=coords,
+        z=sel.z if "Z" in layout.planes else None,
         t=sel.t if "T" in layout.planes else None,
         projection="max" if sel.project == "max" else None,
         pixel_size=pixel_size,
         warnings=tuple(notes),
     )
+
+
+def _select(
+    source: _Source, sel: Selection, model_channels: int, should_stop: Callable[[], bool] | None = None
+) -> Plane:
+    layout = source.layout
+    choice = resolve(layout, sel, model_channels)
+    channel = choice.channel
+    colour_whole = layout.rgb and (layout.grey_rgb or model_channels == 3)
+
+    def plane_at(z: int | None) -> np.ndarray:
+        at = dict(choice.coords)
+        if z is not None:
+            at["Z"] = z
+        array = source.first if (not at and source.first is not None) else source.read(at)
+        if channel is not None and array.ndim == 3:
+            array = np.ascontiguousarray(array[:, :, channel.index])
+        return array
+
+    if choice.projection == "max":
+        image = plane_at(0).copy()
+        for k in range(1, layout.planes["Z"]):
+            if should_stop is not None and should_stop():
+                raise DecodeCancelled(f"stopped after {k} of {layout.planes['Z']} planes of the projection")
+            np.maximum(image, plane_at(k), out=image)
+    else:
+        image = plane_at(choice.z)
+    if image.ndim == 3 and channel is None and not choice.mixed and not colour_whole and image.shape[2] > 1:
+        # a C-less multi-sample page with one sample is handled above; anything left is a bug
+        raise AssertionError(f"unexpected plane shape {image.shape}")
+    return choice.plane(image)

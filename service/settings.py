@@ -143,6 +143,12 @@ class Settings(BaseSettings):
     max_pixels: int = Field(
         8192 * 8192, ge=1, description="largest image width × height, checked from the header"
     )
+    max_slide_pixels: int = Field(
+        100_000 * 100_000,
+        ge=1,
+        description="largest slide width × height read window by window from a file "
+        "(service/slide_files.py); memory does not grow with it, time and output size do",
+    )
     max_tiff_pages: int = Field(
         10_000, ge=1, description="most pages (IFDs) a TIFF may have; counted before they are indexed"
     )

@@ -1,0 +1,525 @@
+"""Slide-scale files read window by window: tiled TIFF / OME-TIFF / BigTIFF and OME-Zarr.
+
+A slide of 50,000² px cannot be decoded whole (issue 16). :func:`open_slide` opens a file by
+*path*, reads only its header and metadata, checks the request's plane choice exactly as an
+upload's (:func:`service.microscopy.resolve`: same options, same 422 with the choices listed),
+and returns a :class:`SlideSource` — a :class:`~service.regions.RegionSource` whose
+``read(y0, y1, x0, x1)`` decodes only the chunks (TIFF tiles or strips, Zarr chunks) that the
+window touches. :func:`overview` gives a small whole-plane view (a pyramid level when the file
+has one, else a strided sample read window by window) for the normalisation percentiles.
+
+How each layout is read:
+
+- **Tiled or compressed TIFF**: tifffile's Zarr store (``TiffPageSeries.aszarr``) exposes every
+  tile or strip as a chunk; ``zarr`` fetches and decodes the chunks of a window only.
+- **Uncompressed contiguous TIFF** (ImageJ and many writers store one strip of the whole plane):
+  Zarr would see one chunk of the whole image, so the window is read from a memory map of the
+  file's pixel data instead, mapped for that one read and unmapped after it (pages touched by
+  earlier windows do not stay in the process).
+- **OME-Zarr** (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3, also bioformats2raw's layout): level 0 of
+  the first multiscale image, its axes and ``coordinateTransformations`` scale.
+
+What is refused, before any pixel is read: a plane over ``UNET_MAX_SLIDE_PIXELS``
+(:class:`SlideTooLarge`, 413); chunks over :data:`MAX_CHUNK_BYTES` decoded (a compressed
+single-strip image: any window would decode it whole); ``project=`` (a projection reads every
+z-plane of every window; choose ``z=``). The TIFF's IFD chain is walked and bounded
+(``UNET_MAX_TIFF_PAGES``/``TAGS``, :mod:`service.structure`) before tifffile parses it.
+
+Windows are ``[y0, y1) × [x0, x1)`` on level 0 (the input grid), as ``(h, w)`` or, when a colour
+image is kept whole, ``(h, w, S)``; uint8, uint16 or float32 like ``imaging.decode``.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service import microscopy, structure
+from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType
+from service.microscopy import Channel, Layout, PixelSize, Selection, SelectionError
+from service.regions import RegionSource, check_window
+
+#: Largest decoded chunk (tile, strip, Zarr chunk) a slide may have: each window decodes whole
+#: chunks, and Zarr decodes up to ``async.concurrency`` (10) at once, so this bounds a read's
+#: memory at ~10 × 32 MiB. Tiles are ~0.1–4 MiB; only an image stored as a few huge compressed
+#: strips comes near (a 32768² 8-bit image in one zlib strip is 1 GiB).
+MAX_CHUNK_BYTES = 32 * 1024 * 1024
+
+#: Input pixels read per overview window (bounded memory whatever the slide's size).
+_OVERVIEW_WINDOW = 2048
+
+#: NGFF axis names → the letters microscopy's layouts use.
+_NGFF_AXES = {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}
+
+
+class SlideTooLarge(ImageTooLarge):
+    """The slide's plane has more pixels than ``UNET_MAX_SLIDE_PIXELS`` (HTTP 413)."""
+
+    def __init__(self, pixels: int, limit: int, width: int, height: int) -> None:
+        super().__init__(pixels, limit, width, height)
+        self.args = (
+            f"slide has {width}×{height} = {pixels:,} pixels; the slide limit is {limit:,} "
+            "(UNET_MAX_SLIDE_PIXELS)",
+        )
+
+
+# --- levels: one resolution's array, indexed like numpy ---------------------------------------
+
+
+class _MappedArray:
+    """An uncompressed contiguous TIFF series, mapped from the file for each read only.
+
+    A long-lived ``np.memmap`` keeps every page a read touched counted in the process's RSS
+    until unmapped; mapping per read keeps a whole-slide pass at one window's pages.
+    """
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.path, self.offset, self.shape, self.dtype = path, offset, shape, dtype
+        self.chunks = shape  # for the chunk bound: not applicable (reads are by byte range)
+
+    def __getitem__(self, index: tuple) -> np.ndarray:
+        with open(self.path, "rb") as handle:
+            mapped = np.memmap(handle, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape)
+            try:
+                return np.array(mapped[index])  # a copy: the map goes away below
+            finally:
+                mapped._mmap.close()  # type: ignore[attr-defined]  # unmap now, not at GC
+
+
+@dataclass(frozen=True)
+class _Level:
+    array: Any  # zarr.Array or _MappedArray, axes as the slide's
+    height: int
+    width: int
+
+
+# --- the source -------------------------------------------------------------------------------
+
+
+class SlideSource:
+    """One plane of a slide file as a :class:`~service.regions.RegionSource`.
+
+    ``plane``: what was chosen (channel, z, t, pixel size, layout, warnings), as
+    ``microscopy.select`` describes an upload's plane, with an empty image.
+    ``levels``: ``(H, W)`` of each resolution the file holds, level 0 first.
+    """
+
+    def __init__(
+        self,
+        levels: list[_Level],
+        axes: str,
+        fixed: dict[str, int],
+        sample: int | None,
+        plane: microscopy.Plane,
+        close: Callable[[], None],
+    ) -> None:
+        self._levels = levels
+        self._axes = axes
+        self._fixed = fixed
+        self._sample = sample
+        self._close = close
+        self.plane = plane
+        stored = np.dtype(levels[0].array.dtype)
+        self._dtype = window_dtype(stored)
+        extra = ()
+        if "S" in axes and sample is None:
+            extra = (int(levels[0].array.shape[axes.index("S")]),)
+        self._shape = (levels[0].height, levels[0].width, *extra)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+    @property
+    def levels(self) -> list[tuple[int, int]]:
+        return [(level.height, level.width) for level in self._levels]
+
+    @property
+    def pixel_size(self) -> PixelSize | None:
+        return self.plane.pixel_size
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """The pixels ``[y0:y1, x0:x1]`` of level 0; decodes only the chunks they lie in."""
+        return self.read_level(0, y0, y1, x0, x1)
+
+    def read_level(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """The pixels ``[y0:y1, x0:x1]`` of pyramid ``level`` (coordinates on that level)."""
+        lv = self._levels[level]
+        check_window((lv.height, lv.width), y0, y1, x0, x1)
+        index = []
+        for axis in self._axes:
+            if axis == "Y":
+                index.append(slice(y0, y1))
+            elif axis == "X":
+                index.append(slice(x0, x1))
+            elif axis == "S":
+                index.append(slice(None) if self._sample is None else self._sample)
+            else:
+                index.append(self._fixed.get(axis, 0))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                window = np.asarray(lv.array[tuple(index)])
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - codec errors, truncated tiles
+            raise UndecodableImage(f"cannot decode the slide's window [{y0}:{y1}, {x0}:{x1}]: {exc}") from exc
+        kept = [a for a in self._axes if a in "YXS" and not (a == "S" and self._sample is not None)]
+        if kept != ["Y", "X"] and kept != ["Y", "X", "S"]:
+            window = np.moveaxis(window, [kept.index(a) for a in "YXS" if a in kept], range(len(kept)))
+        return _convert(window, self._dtype)
+
+    def close(self) -> None:
+        self._close()
+
+    def __enter__(self) -> SlideSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def window_dtype(stored: np.dtype) -> np.dtype:
+    """The dtype windows are given in: uint8/uint16/float32 kept, bool → uint8 (0/255), anything
+    else → float32. Fixed per file (``imaging.supported_dtype`` looks at the pixels' range,
+    which differs from window to window)."""
+    if stored in (np.uint8, np.uint16, np.float32):
+        return np.dtype(stored)
+    if stored == np.dtype(bool):
+        return np.dtype(np.uint8)
+    if np.issubdtype(stored, np.integer) or np.issubdtype(stored, np.floating):
+        return np.dtype(np.float32)
+    raise UnsupportedImageType(f"slide pixel type {stored} is not supported")
+
+
+def _convert(window: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if window.dtype == bool:
+        return window.astype(np.uint8) * np.uint8(255)
+    return np.ascontiguousarray(window, dtype=dtype)
+
+
+# --- opening ----------------------------------------------------------------------------------
+
+
+def is_slide_path(path: str | Path) -> bool:
+    """Whether ``path`` looks like something :func:`open_slide` reads (a TIFF or a Zarr folder)."""
+    p = Path(path)
+    if p.is_dir():
+        return any((p / name).exists() for name in (".zattrs", ".zgroup", "zarr.json"))
+    try:
+        with open(p, "rb") as handle:
+            return microscopy.is_tiff(handle.read(4))
+    except OSError:
+        return False
+
+
+def open_slide(
+    path: str | Path,
+    selection: Selection | None = None,
+    *,
+    max_pixels: int,
+    limits: structure.Limits | int,
+    model_channels: int = 1,
+) -> SlideSource:
+    """Open a slide file by path for reading the chosen plane window by window.
+
+    ``max_pixels``: the slide limit (``UNET_MAX_SLIDE_PIXELS``) on level 0's width × height.
+    ``limits``: bounds on a TIFF's structure (pages, tags), checked before tifffile parses it.
+
+    Raises:
+        SelectionError: several channels/planes and no choice, a choice the file lacks, or
+            ``project=`` (not offered for slides).
+        imaging.ImageError subclasses: undecodable, unsupported layout, too large, too many pages.
+    """
+    selection = selection or Selection()
+    p = Path(path)
+    if p.is_dir():
+        return _open_zarr(p, selection, max_pixels, model_channels)
+    try:
+        with open(p, "rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        raise UndecodableImage(f"cannot open the slide file: {exc.strerror}") from exc
+    if not microscopy.is_tiff(head):
+        raise UnsupportedImageType(
+            "slides are read from TIFF (OME-TIFF, BigTIFF, tiled or not) or OME-Zarr; this file is neither"
+        )
+    return _open_tiff(p, selection, max_pixels, structure.as_limits(limits), model_channels)
+
+
+def _open_tiff(
+    path: Path, selection: Selection, max_pixels: int, limits: structure.Limits, model_channels: int
+) -> SlideSource:
+    import tifffile
+
+    # The IFD chain is walked (bounded) on a map of the file before tifffile indexes it.
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        structure.count_tiff(view, limits)  # type: ignore[arg-type]  # bytes-like: slices, unpack_from
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tif = tifffile.TiffFile(path)
+    except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds on corrupt input
+        raise UndecodableImage(f"unreadable TIFF: {exc}") from exc
+    stores: list[Any] = []
+
+    def close() -> None:
+        for store in stores:
+            store.close()
+        tif.close()
+
+    try:
+        try:
+            layout = microscopy.tiff_layout(tif, max_pixels)
+        except ImageTooLarge as exc:
+            raise SlideTooLarge(exc.pixels, exc.limit, exc.width, exc.height) from exc
+        series = tif.series[0]
+        axes = "".join("Z" if a in ("I", "Q") else a for a in series.axes)
+        levels = [_tiff_level(tif, path, series, i, stores) for i in range(len(series.levels))]
+        return _source(levels, axes, layout, selection, model_channels, close)
+    except BaseException:
+        close()
+        raise
+
+
+def _tiff_level(tif: Any, path: Path, base: Any, index: int, stores: list[Any]) -> _Level:
+    import zarr
+
+    series = base.levels[index]
+    height, width = (int(series.shape[series.axes.index(a)]) for a in "YX")
+    keyframe = series.keyframe
+    if series.dataoffset is not None and keyframe.is_memmappable:
+        dtype = np.dtype(series.dtype).newbyteorder(tif.byteorder)
+        array: Any = _MappedArray(path, int(series.dataoffset), tuple(series.shape), dtype)
+    else:
+        store = base.aszarr(level=index)
+        stores.append(store)
+        array = zarr.open_array(store, mode="r")
+        _check_chunks(array, "TIFF " + ("tile" if keyframe.is_tiled else "strip"))
+    return _Level(array, height, width)
+
+
+def _check_chunks(array: Any, kind: str) -> None:
+    size = math.prod(array.chunks) * np.dtype(array.dtype).itemsize
+    if size > MAX_CHUNK_BYTES:
+        raise UnsupportedImageType(
+            f"the slide stores its pixels in chunks ({kind}s) of {'×'.join(map(str, array.chunks))} = "
+            f"{size / 2**20:.0f} MiB decoded, over the {MAX_CHUNK_BYTES // 2**20} MiB a window may decode "
+            "at once; re-save it tiled (e.g. 512² tiles: `bfconvert -tilex 512 -tiley 512`, "
+            "`vips tiffsave --tile`, or tifffile's tile=)"
+        )
+
+
+def _source(
+    levels: list[_Level],
+    axes: str,
+    layout: Layout,
+    selection: Selection,
+    model_channels: int,
+    close: Callable[[], None],
+) -> SlideSource:
+    """The chosen plane of a file whose level arrays have ``axes`` (C, Z, T, Y, X, S letters)."""
+    if selection.project is not None:
+        raise SelectionError(
+            f"project={selection.project} is not offered for slides (it reads every z-plane of every "
+            "window); choose one plane with z=",
+            ("project",),
+            layout.choices(),
+        )
+    if layout.rgb:
+        # Grey saved as RGB or a colour composite? Decided on a few windows, not the whole slide.
+        whole = SlideSource(levels, axes, {}, None, _bare_plane(layout), lambda: None)
+        layout = replace(layout, grey_rgb=microscopy.channels_equal(_sample(whole)[:, :, :3]))
+    choice = microscopy.resolve(layout, selection, model_channels)
+    fixed = dict(choice.coords)
+    if choice.z is not None:
+        fixed["Z"] = choice.z
+    sample = choice.channel.index if choice.samples and choice.channel is not None else None
+    return SlideSource(levels, axes, fixed, sample, choice.plane(np.empty((0, 0), np.uint8)), close)
+
+
+def _sample(source: SlideSource, grid: int = 4, size: int = 256) -> np.ndarray:
+    """``grid``² windows of ``size``² spread evenly over level 0, side by side in one array
+    (decodes ~``grid``² tiles, whatever the slide's size)."""
+    height, width = source.shape[:2]
+    h, w = min(size, height), min(size, width)
+    ys = np.linspace(0, height - h, grid).astype(int)
+    xs = np.linspace(0, width - w, grid).astype(int)
+    return np.concatenate([source.read(y, y + h, x, x + w) for y in ys for x in xs], axis=1)
+
+
+def _bare_plane(layout: Layout) -> microscopy.Plane:
+    return microscopy.Plane(image=np.empty((0, 0), np.uint8), layout=layout)
+
+
+# --- OME-Zarr ---------------------------------------------------------------------------------
+
+
+def _open_zarr(path: Path, selection: Selection, max_pixels: int, model_channels: int) -> SlideSource:
+    import zarr
+
+    try:
+        group = zarr.open_group(path, mode="r")
+        attrs = group.attrs.asdict()
+        notes: list[str] = []
+        if "bioformats2raw.layout" in attrs and "multiscales" not in attrs.get("ome", attrs):
+            # bioformats2raw writes the first image at 0/ and only a marker at the root.
+            group = group["0"]
+            attrs = group.attrs.asdict()
+        meta = attrs.get("ome", attrs)  # NGFF 0.5 nests its keys under "ome"
+        if "multiscales" not in meta:
+            raise UnsupportedImageType(
+                "this Zarr store has no OME-NGFF 'multiscales' metadata; slides are read from OME-Zarr images"
+            )
+        multiscale = meta["multiscales"][0]
+        version = str(meta.get("version") or multiscale.get("version") or "?")
+        axes_meta = [a if isinstance(a, dict) else {"name": a} for a in multiscale.get("axes", [])]
+        datasets = multiscale["datasets"]
+        arrays = [group[d["path"]] for d in datasets]
+    except (UnsupportedImageType, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - missing keys, bad JSON, missing arrays
+        raise UndecodableImage(f"unreadable OME-Zarr metadata: {type(exc).__name__}: {exc}") from exc
+
+    if len(meta["multiscales"]) > 1:
+        notes.append(f"the store holds {len(meta['multiscales'])} multiscale images; the first is used")
+    base = arrays[0]
+    if not axes_meta and base.ndim in (2, 5):  # NGFF 0.1/0.2: always TCZYX (or YX)
+        axes_meta = [{"name": n} for n in ("tczyx" if base.ndim == 5 else "yx")]
+    if len(axes_meta) != base.ndim:
+        raise UndecodableImage(f"the OME-Zarr axes ({len(axes_meta)}) do not match its {base.ndim}-D arrays")
+    names = [str(a.get("name", "")).lower() for a in axes_meta]
+    axes = ""
+    for name, size in zip(names, base.shape, strict=True):
+        letter = _NGFF_AXES.get(name)
+        if letter is None:
+            if size > 1:
+                raise UnsupportedImageType(
+                    f"the OME-Zarr has an axis {name!r} of size {size}; the service reads t, c, z, y, x"
+                )
+            letter = "?"
+        axes += letter
+    if "Y" not in axes or "X" not in axes:
+        raise UnsupportedImageType(f"the OME-Zarr's axes {names} have no y and x")
+    height, width = int(base.shape[axes.index("Y")]), int(base.shape[axes.index("X")])
+    if width * height > max_pixels:
+        raise SlideTooLarge(width * height, max_pixels, width, height)
+    for array in arrays:
+        if array.ndim != base.ndim:
+            raise UndecodableImage("the OME-Zarr's resolution levels differ in dimensions")
+        _check_chunks(array, "Zarr chunk")
+
+    sizes = {a: int(n) for a, n in zip(axes, base.shape, strict=True) if a != "?"}
+    n_channels = sizes.get("C", 1)
+    omero = meta.get("omero") or attrs.get("omero") or {}
+    labels = [c.get("label") if isinstance(c, dict) else None for c in omero.get("channels", [])]
+    channels = tuple(
+        Channel(i, str(labels[i]) if i < len(labels) and labels[i] else None) for i in range(n_channels)
+    )
+    layout = Layout(
+        format=f"OME-Zarr {version}",
+        width=width,
+        height=height,
+        dtype=str(base.dtype),
+        axes="".join(a for a in "TCZ" if sizes.get(a, 1) > 1) + "YX",
+        shape=tuple(sizes[a] for a in "TCZ" if sizes.get(a, 1) > 1) + (height, width),
+        channels=channels,
+        planes={a: sizes[a] for a in microscopy.PLANE_AXES if sizes.get(a, 1) > 1},
+        pixel_size=_ngff_pixel_size(multiscale, datasets[0], axes_meta, axes, notes),
+        warnings=tuple(notes),
+    )
+    levels = [
+        _Level(a, int(a.shape[axes.index("Y")]), int(a.shape[axes.index("X")])) for a in arrays
+    ]
+    return _source(levels, axes, layout, selection, model_channels, lambda: None)
+
+
+def _ngff_pixel_size(
+    multiscale: dict, dataset: dict, axes_meta: list[dict], axes: str, notes: list[str]
+) -> PixelSize | None:
+    """µm per pixel of level 0 from its ``scale`` transform (× the multiscale's own, if any)."""
+    scale = [1.0] * len(axes)
+    found = False
+    for transforms in (dataset.get("coordinateTransformations"), multiscale.get("coordinateTransformations")):
+        for t in transforms or []:
+            if t.get("type") == "scale" and len(t.get("scale", [])) == len(axes):
+                scale = [s * float(v) for s, v in zip(scale, t["scale"], strict=True)]
+                found = True
+    if not found:
+        return None
+    um = []
+    for letter in "XY":
+        meta = axes_meta[axes.index(letter)]
+        unit = meta.get("unit")
+        if unit is None:
+            notes.append("the OME-Zarr's x/y axes have no unit; its scale is not taken as a pixel size")
+            return None
+        factor = microscopy.unit_um(str(unit))
+        if factor is None:
+            notes.append(f"the OME-Zarr axis unit {unit!r} is not a length; no pixel size")
+            return None
+        value = scale[axes.index(letter)] * factor
+        if not (math.isfinite(value) and value > 0):
+            return None
+        um.append(value)
+    return PixelSize(um[0], um[1], "ome-zarr")
+
+
+# --- overview ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Overview:
+    """A small whole-plane view. ``image``: ``(h, w)`` or ``(h, w, S)`` in the source's dtype;
+    ``scale``: input (level-0) pixels per overview pixel along (y, x); ``level``: the pyramid
+    level it was taken from (0: a strided sample of the full resolution)."""
+
+    image: np.ndarray
+    scale: tuple[float, float]
+    level: int
+
+
+def overview(source: RegionSource, max_pixels: int, use_pyramid: bool = True) -> Overview:
+    """The whole plane downsampled to at most ``max_pixels`` pixels, read window by window.
+
+    From the largest pyramid level that fits when the source has levels (``use_pyramid``), else
+    every ``f``-th pixel of every ``f``-th row of the finest level that was available (a strided
+    sample keeps the pixel value distribution that the percentile normalisation measures; a
+    pyramid level is usually a mean, which pulls the high percentiles of sparse bright nuclei
+    down). Memory: the output plus one window of :data:`_OVERVIEW_WINDOW`² input pixels.
+    """
+    if max_pixels < 1:
+        raise ValueError("max_pixels must be positive")
+    levels = source.levels if isinstance(source, SlideSource) and use_pyramid else [source.shape[:2]]
+    level = next((i for i, (h, w) in enumerate(levels) if h * w <= max_pixels), len(levels) - 1)
+    height, width = levels[level]
+    if level > 0:
+        assert isinstance(source, SlideSource)
+
+        def read(y0: int, y1: int, x0: int, x1: int, _level: int = level) -> np.ndarray:
+            return source.read_level(_level, y0, y1, x0, x1)
+    else:
+        read = source.read
+    step = max(1, math.ceil(math.sqrt(height * width / max_pixels)))
+    while math.ceil(height / step) * math.ceil(width / step) > max_pixels:
+        step += 1
+    span = step * max(1, _OVERVIEW_WINDOW // step)  # a multiple of step: samples at 0, step, 2·step...
+    out_h, out_w = math.ceil(height / step), math.ceil(width / step)
+    out = np.empty((out_h, out_w, *source.shape[2:]), source.dtype)
+    for y0 in range(0, height, span):
+        for x0 in range(0, width, span):
+            window = read(y0, min(y0 + span, height), x0, min(x0 + span, width))[::step, ::step]
+            out[y0 // step : y0 // step + window.shape[0], x0 // step : x0 // step + window.shape[1]] = window
+    h0, w0 = source.shape[:2]
+    return Overview(out, (h0 / out_h, w0 / out_w), level)

@@ -1,0 +1,251 @@
+"""Slide files read by window (service/slide_files.py) on files the tests write with tifffile and
+ome-zarr: windows equal the same crop of the written array, the plane choice is an upload's,
+and reading a window decodes only what it touches."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from ome_zarr.format import FormatV04, FormatV05
+from ome_zarr.writer import write_image
+
+from service import slide_files
+from service.imaging import UnsupportedImageType
+from service.microscopy import Selection, SelectionError
+from service.regions import ArraySource, RegionSource
+from service.slide_files import SlideTooLarge, open_slide, overview
+from service.structure import TooManyPages
+
+BIG = 10**10  # the default slide limit's order: no refusal by size
+
+
+def _pattern(shape: tuple[int, ...], dtype=np.uint16) -> np.ndarray:
+    """Distinct values everywhere (a window taken from the wrong place differs)."""
+    size = int(np.prod(shape))
+    return (np.arange(size, dtype=np.uint64) * 7919 % 60013).astype(dtype).reshape(shape)
+
+
+def _write_pyramid(path: Path, data: np.ndarray, axes: str, levels: int, **meta) -> None:
+    """A tiled pyramidal OME-TIFF (sub-resolutions as SubIFDs, as bfconvert and QuPath write)."""
+    opts = dict(tile=(128, 128), compression="zlib", photometric="minisblack")
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        tw.write(data, subifds=levels - 1, metadata={"axes": axes, **meta}, **opts)
+        for k in range(1, levels):
+            tw.write(data[..., :: 2**k, :: 2**k], subfiletype=1, **opts)
+
+
+@pytest.fixture(scope="module")
+def cyx(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    data = _pattern((3, 700, 900))
+    path = tmp_path_factory.mktemp("slides") / "cyx.ome.tif"
+    _write_pyramid(path, data, "CYX", 3, PhysicalSizeX=0.5, PhysicalSizeY=0.5,
+                   Channel={"Name": ["DAPI", "GFP", "RFP"]})
+    return path, data
+
+
+def test_tiled_ome_tiff_windows_equal_crops_of_the_chosen_channel(cyx):
+    path, data = cyx
+    for channel, index in (("GFP", 1), ("2", 2), ("dapi", 0)):
+        with open_slide(path, Selection(channel=channel), max_pixels=BIG, limits=100) as source:
+            assert isinstance(source, RegionSource)
+            assert source.shape == (700, 900) and source.dtype == np.uint16
+            windows = ((0, 700, 0, 900), (5, 133, 250, 257), (690, 700, 899, 900), (127, 129, 0, 900))
+            for y0, y1, x0, x1 in windows:
+                assert np.array_equal(source.read(y0, y1, x0, x1), data[index, y0:y1, x0:x1])
+            assert source.plane.channel is not None and source.plane.channel.index == index
+    assert source.pixel_size is not None and (source.pixel_size.x_um, source.pixel_size.y_um) == (0.5, 0.5)
+    assert source.levels == [(700, 900), (350, 450), (175, 225)]
+    with pytest.raises(ValueError):
+        source.read(0, 701, 0, 10)
+
+
+def test_several_channels_and_no_choice_is_the_uploads_selection_error(cyx):
+    path, _ = cyx
+    with pytest.raises(SelectionError) as caught:
+        open_slide(path, max_pixels=BIG, limits=100)
+    assert caught.value.missing and caught.value.params == ("channel",)
+    assert [c["name"] for c in caught.value.choices["channels"]] == ["DAPI", "GFP", "RFP"]
+    with pytest.raises(SelectionError, match="no channel 'CY5'"):
+        open_slide(path, Selection(channel="CY5"), max_pixels=BIG, limits=100)
+
+
+def test_projection_is_refused_for_slides(tmp_path):
+    path = tmp_path / "zyx.ome.tif"
+    tifffile.imwrite(path, _pattern((4, 64, 64)), ome=True, metadata={"axes": "ZYX"}, tile=(32, 32))
+    with pytest.raises(SelectionError, match="not offered for slides") as caught:
+        open_slide(path, Selection(project="max"), max_pixels=BIG, limits=100)
+    assert caught.value.params == ("project",)
+
+
+def test_z_t_and_channel_pick_the_plane_of_a_hyperstack(tmp_path):
+    data = _pattern((2, 3, 2, 96, 80))
+    path = tmp_path / "tzcyx.ome.tif"
+    tifffile.imwrite(path, data, ome=True, metadata={"axes": "TZCYX"}, tile=(32, 32), compression="zlib")
+    with open_slide(path, Selection(channel="1", z=2, t=1), max_pixels=BIG, limits=100) as source:
+        assert np.array_equal(source.read(10, 90, 7, 80), data[1, 2, 1, 10:90, 7:80])
+        assert (source.plane.z, source.plane.t) == (2, 1)
+    with pytest.raises(SelectionError) as caught:
+        open_slide(path, Selection(channel="1"), max_pixels=BIG, limits=100)
+    assert set(caught.value.params) == {"z", "t"}
+    with pytest.raises(SelectionError, match="z=3 is outside"):
+        open_slide(path, Selection(channel="1", z=3, t=0), max_pixels=BIG, limits=100)
+
+
+def test_rgb_slide_keeps_colour_or_takes_one_sample(tmp_path):
+    rgb = _pattern((200, 300, 3), np.uint8)
+    path = tmp_path / "rgb.tif"
+    tifffile.imwrite(path, rgb, photometric="rgb", tile=(64, 64), compression="zlib")
+    with pytest.raises(SelectionError) as caught:
+        open_slide(path, max_pixels=BIG, limits=100)
+    assert caught.value.params == ("channel",) and caught.value.choices.get("mix") == "gray"
+    with open_slide(path, Selection(channel="green"), max_pixels=BIG, limits=100) as source:
+        assert source.shape == (200, 300)
+        assert np.array_equal(source.read(3, 170, 40, 299), rgb[3:170, 40:299, 1])
+    with open_slide(path, max_pixels=BIG, limits=100, model_channels=3) as source:
+        assert source.shape == (200, 300, 3)
+        assert np.array_equal(source.read(3, 170, 40, 299), rgb[3:170, 40:299])
+    grey = np.repeat(_pattern((200, 300, 1), np.uint8), 3, axis=2)
+    tifffile.imwrite(path, grey, photometric="rgb", tile=(64, 64))
+    with open_slide(path, max_pixels=BIG, limits=100) as source:  # grey saved as RGB: no choice
+        assert source.plane.layout.grey_rgb and source.shape == (200, 300, 3)
+
+
+def test_strip_tiffs_read_by_window_and_huge_compressed_strips_are_refused(tmp_path):
+    data = _pattern((1000, 1200))
+    path = tmp_path / "strips.tif"
+    tifffile.imwrite(path, data, compression="zlib", rowsperstrip=16)
+    with open_slide(path, max_pixels=BIG, limits=100) as source:
+        assert np.array_equal(source.read(100, 420, 33, 1100), data[100:420, 33:1100])
+    # one uncompressed strip of the whole plane (ImageJ's way): read through a per-read map
+    tifffile.imwrite(path, data, rowsperstrip=1000)
+    with open_slide(path, max_pixels=BIG, limits=100) as source:
+        assert np.array_equal(source.read(999, 1000, 0, 1200), data[999:1000])
+        assert np.array_equal(source.read(17, 509, 1000, 1199), data[17:509, 1000:1199])
+    # one compressed strip of 6000² × 1 B = 34 MiB: every window would decode all of it
+    tifffile.imwrite(path, np.zeros((6000, 6000), np.uint8), compression="zlib", rowsperstrip=6000)
+    with pytest.raises(UnsupportedImageType, match="re-save it tiled"):
+        open_slide(path, max_pixels=BIG, limits=100)
+
+
+def test_size_and_structure_limits_are_checked_before_pixels(cyx, tmp_path):
+    path, _ = cyx
+    with pytest.raises(SlideTooLarge, match="UNET_MAX_SLIDE_PIXELS") as caught:
+        open_slide(path, Selection(channel="0"), max_pixels=700 * 900 - 1, limits=100)
+    assert caught.value.width == 900 and caught.value.height == 700
+    pages = tmp_path / "pages.tif"
+    with tifffile.TiffWriter(pages) as tw:
+        for _ in range(5):
+            tw.write(np.zeros((8, 8), np.uint8))
+    with pytest.raises(TooManyPages):
+        open_slide(pages, max_pixels=BIG, limits=4)
+    png = tmp_path / "image.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 32)
+    with pytest.raises(UnsupportedImageType, match="TIFF .* or OME-Zarr"):
+        open_slide(png, max_pixels=BIG, limits=100)
+
+
+@pytest.mark.parametrize("fmt", [FormatV04(), FormatV05()], ids=["ngff-0.4", "ngff-0.5"])
+def test_ome_zarr_input_level_zero_axes_and_scale(tmp_path, fmt):
+    data = _pattern((2, 3, 300, 260))  # c, z, y, x
+    path = tmp_path / "image.ome.zarr"
+    root = zarr.open_group(path, mode="w", zarr_format=fmt.zarr_format)
+    write_image(
+        data, root, fmt=fmt, scale_factors=(2, 4), axes="czyx", scale={"z": 2.0, "y": 0.25, "x": 0.25},
+        axes_units={a: "micrometer" for a in "zyx"}, storage_options={"chunks": (1, 1, 64, 64)},
+    )
+    # channel names (OME's "omero" block, beside the multiscales; under "ome" in 0.5)
+    omero = {"channels": [{"label": "DAPI"}, {"label": "GFP"}]}
+    if fmt.version == "0.4":
+        root.attrs["omero"] = omero
+    else:
+        root.attrs["ome"] = {**root.attrs["ome"], "omero": omero}
+    with pytest.raises(SelectionError) as caught:
+        open_slide(path, max_pixels=BIG, limits=100)
+    assert set(caught.value.params) == {"channel", "z"}
+    with open_slide(path, Selection(channel="gfp", z=2), max_pixels=BIG, limits=100) as source:
+        assert source.shape == (300, 260) and source.dtype == np.uint16
+        assert np.array_equal(source.read(31, 290, 5, 199), data[1, 2, 31:290, 5:199])
+        assert source.pixel_size is not None and source.pixel_size.x_um == 0.25
+        assert source.plane.layout.format == f"OME-Zarr {fmt.version}"
+        assert source.levels[0] == (300, 260) and len(source.levels) == 3
+        small = overview(source, 80 * 70)
+        assert small.level == 2 and small.image.shape == source.levels[2]
+        assert np.array_equal(small.image, source.read_level(2, 0, 75, 0, 65))
+
+
+def test_overview_without_a_pyramid_is_a_strided_sample_read_by_window():
+    image = _pattern((5000, 3001))
+    view = overview(ArraySource(image), 1000 * 700)
+    step = 5  # the smallest stride that brings 5000 × 3001 under 700,000 pixels
+    assert view.image.shape == (1000, 601) and view.level == 0
+    assert np.array_equal(view.image, image[::step, ::step])
+    assert view.scale == pytest.approx((5.0, 3001 / 601))
+
+
+def test_overview_prefers_the_largest_pyramid_level_that_fits(cyx):
+    path, data = cyx
+    with open_slide(path, Selection(channel="0"), max_pixels=BIG, limits=100) as source:
+        view = overview(source, 400 * 500)
+        assert view.level == 1 and np.array_equal(view.image, data[0, ::2, ::2])
+        flat = overview(source, 400 * 500, use_pyramid=False)
+        assert flat.level == 0 and np.array_equal(flat.image, data[0, ::2, ::2])
+
+
+def _tiles(height: int, width: int, tile: int):
+    for y in range(0, height, tile):
+        for x in range(0, width, tile):
+            yy, xx = np.mgrid[y : y + tile, x : x + tile]
+            yield ((yy * 3 + xx * 5) % 251).astype(np.uint8)
+
+
+@pytest.mark.slow
+def test_reading_a_window_of_a_large_tiled_tiff_decodes_only_its_tiles(tmp_path):
+    n, tile = 16384, 512  # 256 MiB decoded
+    path = tmp_path / "large.tif"
+    tifffile.imwrite(path, _tiles(n, n, tile), shape=(n, n), dtype=np.uint8, tile=(tile, tile),
+                     compression="zlib", bigtiff=True)
+    with open_slide(path, max_pixels=BIG, limits=100) as source:
+        tracemalloc.start()
+        try:
+            window = source.read(9000, 10024, 12000, 13024)
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            view = overview(source, 1024 * 1024)
+            _, overview_peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    yy, xx = np.mgrid[9000:10024, 12000:13024]
+    assert np.array_equal(window, ((yy * 3 + xx * 5) % 251).astype(np.uint8))
+    # the window (1 MiB) touches 3 × 3 tiles of 256 KiB; the whole plane is 256 MiB
+    assert peak < 12 * 2**20
+    assert view.image.shape == (1024, 1024) and view.scale == (16.0, 16.0)
+    assert overview_peak < 24 * 2**20  # output 1 MiB + one 2048² window (4 MiB) + its tiles
+
+
+def test_uncompressed_single_strip_window_copies_only_the_window(tmp_path):
+    n = 4096
+    path = tmp_path / "raw.tif"
+    tifffile.imwrite(path, _pattern((n, n)), rowsperstrip=n)  # 32 MiB, one strip
+    with open_slide(path, max_pixels=BIG, limits=100) as source:
+        tracemalloc.start()
+        try:
+            window = source.read(1000, 1256, 3000, 3256)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert np.array_equal(window, _pattern((n, n))[1000:1256, 3000:3256])
+    assert peak < 2 * 2**20
+
+
+def test_is_slide_path(cyx, tmp_path):
+    path, _ = cyx
+    assert slide_files.is_slide_path(path)
+    root = zarr.open_group(tmp_path / "z.zarr", mode="w", zarr_format=2)
+    assert slide_files.is_slide_path(tmp_path / "z.zarr") and root is not None
+    (tmp_path / "x.txt").write_text("hello")
+    assert not slide_files.is_slide_path(tmp_path / "x.txt")
