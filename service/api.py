@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service import imaging, microscopy, objects, pipeline
+from service import imaging, microscopy, objects, pipeline, windows
 from service.batcher import DynamicBatcher
 from service.engine import Engine
 from service.model_metadata import ModelMetadata
@@ -275,13 +275,16 @@ class Segmenter:
             tile_size=tiling.tile_size,
             overlap=tiling.overlap,
             batch_size=s.max_batch_size,
+            window_policy=windows.policy(s, tiling.source),
         )
         scale, prediction = planned.scale, planned.prediction
         notes = [*plane.warnings, *planned.warnings]
         want_labels = bool(wanted & {"labels", "objects"})
         grid = pipeline.on_input_grid(
-            prediction, md, pixels.shape[:2], level, params if want_labels else None
+            prediction, md, pixels.shape[:2], level, params if want_labels else None,
+            need={"mask", "probability"} if wanted & {"probability", "objects"} else {"mask"},
         )
+        notes += grid.warnings
         table = None
         if "objects" in wanted:
             assert grid.labels is not None

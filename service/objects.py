@@ -176,6 +176,20 @@ def _framed(array: np.ndarray) -> np.ndarray:
     return cv2.copyMakeBorder(array, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
 
 
+def _aligned_empty(shape: tuple[int, ...], align: int = 64) -> np.ndarray:
+    """An uninitialised float32 array whose data starts on an ``align``-byte boundary.
+
+    OpenCV's precise distance transform (opencv 5.0) gives results that differ in the last bit
+    with the alignment of its output buffer (8 different maps over 16 offsets of one crop), and
+    such a bit decides near-tie watershed splits: a fixed alignment makes labels reproducible,
+    whatever the allocator hands out (issue #16: band-wise labels equal whole-image labels).
+    """
+    size = int(np.prod(shape)) * 4
+    raw = np.empty(size + align, np.uint8)
+    start = (-raw.ctypes.data) % align
+    return raw[start : start + size].view(np.float32).reshape(shape)
+
+
 def _component_seeds(
     crop: np.ndarray, params: ObjectParams, centers: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
@@ -189,7 +203,9 @@ def _component_seeds(
         seeded = _seed_markers(surface, inside, params.center_prominence, params.center_floor)
     else:
         padded = _framed(crop.view(np.uint8))
-        surface = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        surface = cv2.distanceTransform(
+            padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE, dst=_aligned_empty(padded.shape)
+        )
         if params.smoothing_sigma > 0:
             surface = cv2.GaussianBlur(surface, (0, 0), params.smoothing_sigma) * padded
         inside = padded > 0

@@ -10,22 +10,29 @@ The glue that the service's routes and ``model_export.evaluate`` share:
 3. :func:`on_input_grid`: foreground probability, mask and labels back on the input's grid —
    objects are found at the model's scale (where the splitting parameters were chosen),
    then labels come back by nearest neighbour and probabilities smoothly.
+
+Large images take the windowed path (``service.windows``, chosen in :func:`predict_plane` by a
+``windows.WindowPolicy``): :func:`predict_plane` then answers a ``windows.WindowedPrediction``
+that runs in :func:`on_input_grid`, band by band, without full-size float maps; the outputs are
+the same pixels as the in-memory path's (both resample with ``rescale.resample_axis``).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
-from service import objects, postprocess, rescale, segment
+from service import objects, postprocess, rescale, segment, windows
 from service.diameter import estimate_diameter
 from service.modality import check_modality
 from service.model_metadata import ModelMetadata
+from service.preprocess import percentile_limits, to_channels
+from service.regions import ArraySource
 
 DiameterSource = Literal["request", "estimated", "model-scale"]
 
@@ -99,9 +106,18 @@ def predict_scaled(
     metadata: ModelMetadata,
     **predict_options: object,
 ) -> segment.Prediction:
-    """``segment.predict`` on the image resized by ``scale.factor`` (probabilities at the model's scale)."""
-    resized = rescale.resize_image(image, scale.factor)
-    return segment.predict(resized, infer, metadata, **predict_options)  # type: ignore[arg-type]
+    """``segment.predict`` on the image resized by ``scale.factor`` (probabilities at the model's scale).
+
+    The image is resampled (``rescale.resample_image``, float32) and normalised with the limits
+    of the image as sent — what the windowed path computes window by window.
+    """
+    if scale.factor == 1.0:
+        return segment.predict(image, infer, metadata, **predict_options)  # type: ignore[arg-type]
+    channels = to_channels(image, metadata.in_channels)
+    limits = percentile_limits(channels, metadata.normalization)
+    resized = rescale.resample_image(channels, rescale.scaled_shape(image.shape[:2], scale.factor))
+    del channels
+    return segment.predict(resized, infer, metadata, limits=limits, **predict_options)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -111,7 +127,7 @@ class PlanePrediction:
     (a wait inside ``reserve`` counts in neither)."""
 
     scale: ScaleChoice
-    prediction: segment.Prediction
+    prediction: segment.Prediction | windows.WindowedPrediction
     warnings: list[str] = field(default_factory=list)
     scale_ms: float = 0.0
     predict_ms: float = 0.0
@@ -132,6 +148,7 @@ def predict_plane(
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
     reserve: Callable[[int], None] | None = None,
+    window_policy: windows.WindowPolicy | None = None,
 ) -> PlanePrediction:
     """One selected plane → the model's prediction at the nucleus scale, with the user's warnings.
 
@@ -140,6 +157,10 @@ def predict_plane(
     ``reserve(pixels)`` is called once the scale is known, with the pixels the model will work
     on, before any tile runs (admission may wait or refuse there); ``should_stop`` and
     ``progress(done, total)`` go to ``segment.predict``.
+
+    ``window_policy``: images of at least ``min_pixels`` model pixels take the windowed path: the
+    answer's ``prediction`` is then a ``windows.WindowedPrediction`` that has not run yet
+    (:func:`on_input_grid` runs it band by band). None: always in memory.
     """
     warnings: list[str] = []
     modality = check_modality(image)
@@ -150,9 +171,24 @@ def predict_plane(
     if scale.warning:
         warnings.append(scale.warning)
     scale_ms = 1000 * (time.perf_counter() - started)
+    model_pixels = math.prod(rescale.scaled_shape(image.shape[:2], scale.factor))
     if reserve is not None:
-        reserve(math.prod(rescale.scaled_shape(image.shape[:2], scale.factor)))
+        reserve(model_pixels)
     started = time.perf_counter()
+    prediction: segment.Prediction | windows.WindowedPrediction
+    if window_policy is not None and model_pixels >= window_policy.min_pixels:
+        prediction = windows.WindowedPrediction.prepare(
+            ArraySource(image),
+            scale.factor,
+            infer,
+            metadata,
+            tile_size=window_policy.tile_size or tile_size,
+            overlap=overlap,
+            batch_size=window_policy.batch_size,
+            should_stop=should_stop,
+            progress=progress,
+        )
+        return PlanePrediction(scale, prediction, warnings, scale_ms, 0.0)
     prediction = predict_scaled(
         image,
         scale,
@@ -170,30 +206,37 @@ def predict_plane(
 
 @dataclass
 class GridOutputs:
-    """The model's answer on the input's grid: ``probability`` ``(H, W)`` float32, ``mask`` 0/255 uint8,
-    ``labels`` int32 (None when not asked for), ``count`` of objects (None when not asked for)."""
+    """The model's answer on the input's grid: ``probability`` ``(H, W)`` float32 (None when not
+    asked for), ``mask`` 0/255 uint8, ``labels`` int32 (None when not asked for), ``count`` of
+    objects (None when not asked for); ``warnings`` for the user (the windowed path's)."""
 
-    probability: np.ndarray
+    probability: np.ndarray | None
     mask: np.ndarray
     labels: np.ndarray | None
     count: int | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def on_input_grid(
-    prediction: segment.Prediction,
+    prediction: segment.Prediction | windows.WindowedPrediction,
     metadata: ModelMetadata,
     shape: tuple[int, int],
     threshold: float,
     params: objects.ObjectParams | None,
     count_only: bool = False,
+    need: Collection[str] | None = None,
 ) -> GridOutputs:
     """Foreground probability, mask and (when ``params`` is given) object labels at ``shape``.
 
     Objects are split at the model's scale, on the stitched full-image maps (so a nucleus
     cut by a tile border is one object), then brought back by nearest neighbour and
     renumbered in raster order. ``count_only``: only count them (``objects.count_prediction``,
-    a fraction of the cost; ``labels`` stays None).
+    a fraction of the cost; ``labels`` stays None). ``need``: the arrays the caller keeps
+    (``outputs.NEEDS`` names; None: all); a windowed prediction leaves the probability out
+    unless it is needed (the mask always comes).
     """
+    if isinstance(prediction, windows.WindowedPrediction):
+        return _windowed_grid(prediction, shape, threshold, params, count_only, need)
     prob = postprocess.foreground_probability(prediction, metadata)
     mask = postprocess.mask(prob, threshold)
     labels = count = None
@@ -209,3 +252,39 @@ def on_input_grid(
     if labels is not None:
         count = int(labels.max(initial=0))
     return GridOutputs(prob, mask, labels, count)
+
+
+def _windowed_grid(
+    prediction: windows.WindowedPrediction,
+    shape: tuple[int, int],
+    threshold: float,
+    params: objects.ObjectParams | None,
+    count_only: bool,
+    need: Collection[str] | None,
+) -> GridOutputs:
+    """:func:`on_input_grid` of a windowed prediction: run it band by band into the full-size
+    outputs asked for (uint8 mask; int32 labels and float32 probability only when needed)."""
+    want_labels = params is not None and not count_only
+    want_probability = need is None or "probability" in need
+    height, width = shape
+    mask = np.empty((height, width), np.uint8)
+    labels = np.zeros((height, width), np.int32) if want_labels else None
+    probability = np.empty((height, width), np.float32) if want_probability else None
+    done = 0
+    for band in prediction.bands(
+        threshold, params, labels=want_labels, probability=want_probability, count_only=count_only
+    ):
+        rows = slice(band.y0, band.y0 + band.mask.shape[0])
+        mask[rows] = band.mask
+        if labels is not None:
+            labels[rows] = band.labels
+        if probability is not None:
+            probability[rows] = band.probability
+        done = band.objects_done
+    count = None
+    if labels is not None:
+        labels = rescale.renumber(labels)  # band order → raster order of first pixels, as in memory
+        count = int(labels.max(initial=0))
+    elif params is not None:
+        count = done
+    return GridOutputs(probability, mask, labels, count, list(prediction.warnings))

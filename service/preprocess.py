@@ -15,6 +15,8 @@ from service.model_metadata import Normalization
 #: Above this many pixels per channel, float images are percentiled on a regular
 #: subsample (integer images always use an exact histogram, which is fast).
 _FLOAT_PERCENTILE_SAMPLE = 1 << 22
+#: Pixels per histogram chunk of an integer channel.
+_HISTOGRAM_CHUNK = 1 << 22
 
 
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -56,14 +58,34 @@ def channel_percentiles(channel: np.ndarray, low: float, high: float) -> tuple[f
     if flat.size == 0:
         raise ValueError("cannot normalise an empty image")
     if flat.dtype in (np.uint8, np.uint16):
-        counts = np.bincount(flat, minlength=256)
-        cumulative = np.cumsum(counts)
-        n = cumulative[-1]
-        ranks = [int(np.floor(q / 100.0 * (n - 1))) for q in (low, high)]
-        lo, hi = (int(np.searchsorted(cumulative, r, side="right")) for r in ranks)
-        return float(lo), float(hi)
+        # in chunks: bincount casts its input to int64, 4× a 16-bit image's size at once
+        counts = np.zeros(256 if flat.dtype == np.uint8 else 65536, np.int64)
+        for start in range(0, flat.size, _HISTOGRAM_CHUNK):
+            part = np.bincount(flat[start : start + _HISTOGRAM_CHUNK], minlength=counts.size)
+            counts[: part.size] += part
+        return histogram_percentiles(counts, low, high)
     if flat.size > _FLOAT_PERCENTILE_SAMPLE:
-        flat = flat[:: flat.size // _FLOAT_PERCENTILE_SAMPLE]
+        flat = flat[:: float_sample_step(flat.size)]
+    return sample_percentiles(flat, low, high)
+
+
+def histogram_percentiles(counts: np.ndarray, low: float, high: float) -> tuple[float, float]:
+    """:func:`channel_percentiles` of an integer channel from its histogram (``counts[v]``: pixels
+    of value ``v``), so a channel read window by window gives the same limits as whole."""
+    cumulative = np.cumsum(counts)
+    n = cumulative[-1]
+    ranks = [int(np.floor(q / 100.0 * (n - 1))) for q in (low, high)]
+    lo, hi = (int(np.searchsorted(cumulative, r, side="right")) for r in ranks)
+    return float(lo), float(hi)
+
+
+def float_sample_step(size: int) -> int:
+    """Stride of the raster-order subsample a float channel of ``size`` pixels is percentiled on."""
+    return 1 if size <= _FLOAT_PERCENTILE_SAMPLE else size // _FLOAT_PERCENTILE_SAMPLE
+
+
+def sample_percentiles(flat: np.ndarray, low: float, high: float) -> tuple[float, float]:
+    """:func:`channel_percentiles` of a float channel's subsample (non-finite values ignored)."""
     flat = flat.astype(np.float64)
     flat = flat[np.isfinite(flat)]
     if flat.size == 0:
@@ -114,6 +136,9 @@ def normalize(
     return out
 
 
-def prepare(image: np.ndarray, channels: int, norm: Normalization) -> np.ndarray:
-    """Decoded image → the network's input layout: float32 ``(C, H, W)``."""
-    return normalize(to_channels(image, channels), norm)
+def prepare(
+    image: np.ndarray, channels: int, norm: Normalization, limits: list[tuple[float, float]] | None = None
+) -> np.ndarray:
+    """Decoded image → the network's input layout: float32 ``(C, H, W)``; ``limits`` as for
+    :func:`normalize` (those of the image before it was resized to the nucleus scale)."""
+    return normalize(to_channels(image, channels), norm, limits)

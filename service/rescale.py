@@ -4,11 +4,20 @@ The model learned nuclei of one size (``ModelMetadata.nucleus_diameter``, px). A
 whose nuclei are ``d`` px across is resized by ``factor = nucleus_diameter / d`` before the
 model; its outputs are resized back to the input's grid: probabilities smoothly (linear),
 labels by nearest neighbour (ids are never blended).
+
+The pipeline resamples with :func:`resample_axis`, a separable resampler whose output row
+``j`` depends only on the global taps of ``j`` (area averaging when shrinking, linear when
+enlarging, OpenCV's pixel-centre mapping): resampling a window of rows gives exactly the rows
+of resampling the whole image, so the windowed pipeline (``service.windows``) and the
+in-memory one give the same pixels. ``cv2.resize`` of a sub-window does not map like
+``cv2.resize`` of the whole image (its grid is fixed by the window's own size).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -60,12 +69,111 @@ def resize_image(image: np.ndarray, factor: float) -> np.ndarray:
 
 
 def resize_maps(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """``(K, h, w)`` float32 maps → ``(K, H, W)`` on the input grid, linear interpolation."""
+    """``(K, h, w)`` float32 maps → ``(K, H, W)`` on the input grid (:func:`resample_axis`:
+    linear when enlarging, area averaging when shrinking)."""
     if maps.shape[1:] == tuple(shape):
         return maps
-    h, w = shape
-    interpolation = cv2.INTER_AREA if h < maps.shape[1] else cv2.INTER_LINEAR
-    return np.stack([cv2.resize(m, (w, h), interpolation=interpolation) for m in maps]).astype(np.float32)
+    rows = resample_axis(maps.astype(np.float32, copy=False), axis_taps(maps.shape[1], shape[0]), 1)
+    return resample_axis(rows, axis_taps(maps.shape[2], shape[1]), 2)
+
+
+@dataclass(frozen=True)
+class AxisTaps:
+    """How one axis of ``n_in`` pixels is resampled to ``len(index)`` pixels.
+
+    Output pixel ``j`` is ``sum_k weight[j, k] * input[index[j, k]]`` (``(n_out, K)`` arrays;
+    unused taps have weight 0 and a valid index). Rows of the output depend on these global
+    taps only, never on which window of the input was read.
+    """
+
+    n_in: int
+    index: np.ndarray  # (n_out, K) int64
+    weight: np.ndarray  # (n_out, K) float32
+
+    @property
+    def n_out(self) -> int:
+        return self.index.shape[0]
+
+    def span(self, start: int, stop: int) -> tuple[int, int]:
+        """Input pixels ``[lo, hi)`` that outputs ``[start, stop)`` read."""
+        block = self.index[start:stop]
+        return int(block.min()), int(block.max()) + 1
+
+
+@lru_cache(maxsize=16)
+def axis_taps(n_in: int, n_out: int) -> AxisTaps:
+    """The taps resampling ``n_in`` pixels to ``n_out`` (cached; arrays read-only).
+
+    With ``scale = n_in / n_out`` (the axis's own ratio, as OpenCV takes it):
+
+    - enlarging (``n_out >= n_in``): linear between the two input pixels around the source
+      position ``(j + 0.5) * scale - 0.5``, the edge pixel repeated past the border
+      (``cv2.INTER_LINEAR``'s mapping);
+    - shrinking: the mean of the input over ``[j * scale, (j + 1) * scale)``, each pixel
+      weighted by the length it overlaps (``cv2.INTER_AREA``'s definition): small bright spots
+      are averaged, never aliased.
+    """
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"cannot resample {n_in} pixels to {n_out}")
+    scale = n_in / n_out
+    j = np.arange(n_out, dtype=np.float64)
+    if n_out >= n_in:
+        src = (j + 0.5) * scale - 0.5
+        i0 = np.floor(src)
+        t = src - i0
+        t[src < 0] = 0.0
+        i0 = np.clip(i0, 0, n_in - 1).astype(np.int64)
+        t[i0 >= n_in - 1] = 0.0
+        index = np.stack([i0, np.minimum(i0 + 1, n_in - 1)], axis=1)
+        weight = np.stack([1.0 - t, t], axis=1)
+    else:
+        start, stop = j * scale, (j + 1) * scale
+        first = np.floor(start).astype(np.int64)
+        taps = math.ceil(scale) + 1
+        index = first[:, None] + np.arange(taps)[None, :]
+        overlap = np.minimum(index + 1, stop[:, None]) - np.maximum(index, start[:, None])
+        weight = np.clip(overlap, 0.0, None)
+        weight[index >= n_in] = 0.0
+        weight /= weight.sum(axis=1, keepdims=True)
+        index = np.minimum(index, n_in - 1)
+    index.setflags(write=False)
+    weight = weight.astype(np.float32)
+    weight.setflags(write=False)
+    return AxisTaps(n_in, index, weight)
+
+
+def resample_axis(
+    array: np.ndarray, taps: AxisTaps, axis: int, start: int = 0, stop: int | None = None, offset: int = 0
+) -> np.ndarray:
+    """Outputs ``[start, stop)`` of resampling ``array`` along ``axis`` with ``taps``, float32.
+
+    ``array`` holds input pixels ``[offset, offset + array.shape[axis])`` of that axis (a window;
+    it must include ``taps.span(start, stop)``). Each output is the same float32 sum, in the same
+    order, whatever the window: a window's rows equal the whole image's, bit for bit.
+    """
+    stop = taps.n_out if stop is None else stop
+    index = taps.index[start:stop] - offset
+    weight = taps.weight[start:stop]
+    if index.size and (index.min() < 0 or index.max() >= array.shape[axis]):
+        raise ValueError(f"the window does not hold input pixels {taps.span(start, stop)} of axis {axis}")
+    shape = [1] * array.ndim
+    shape[axis] = stop - start
+    source = array.astype(np.float32, copy=False)
+    out = np.take(source, index[:, 0], axis=axis)
+    out *= weight[:, 0].reshape(shape)
+    for k in range(1, index.shape[1]):
+        term = np.take(source, index[:, k], axis=axis)
+        term *= weight[:, k].reshape(shape)
+        out += term
+    return out
+
+
+def resample_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """An ``(H, W)`` / ``(H, W, C)`` image resampled to ``shape`` with :func:`resample_axis`, float32."""
+    if image.shape[:2] == tuple(shape):
+        return image
+    rows = resample_axis(image, axis_taps(image.shape[0], shape[0]), 0)
+    return resample_axis(rows, axis_taps(image.shape[1], shape[1]), 1)
 
 
 def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -76,12 +184,18 @@ def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """
     if labels.shape == tuple(shape):
         return labels
-    h, w = shape
-    # Nearest neighbour by index arithmetic at pixel centres: exact for int32 ids, which
-    # OpenCV's resize would not take.
-    rows = np.minimum(((np.arange(h) + 0.5) * labels.shape[0] / h).astype(np.int64), labels.shape[0] - 1)
-    cols = np.minimum(((np.arange(w) + 0.5) * labels.shape[1] / w).astype(np.int64), labels.shape[1] - 1)
+    rows = nearest_index(labels.shape[0], shape[0])
+    cols = nearest_index(labels.shape[1], shape[1])
     return labels[rows[:, None], cols[None, :]]
+
+
+def nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    """``(n_out,)`` int64: the input pixel whose centre is nearest each output pixel's centre.
+
+    Nearest neighbour by index arithmetic: exact for int32 ids, which OpenCV's resize would not
+    take, and global (a window of output rows reads the same input rows as the whole).
+    """
+    return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)
 
 
 def renumber(labels: np.ndarray) -> np.ndarray:

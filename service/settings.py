@@ -75,6 +75,22 @@ class Settings(BaseSettings):
     max_tile_size: int = Field(
         2048, ge=16, description="largest tile_size a request may ask for (bounds per-tile memory)"
     )
+    windowed_min_pixels: int = Field(
+        2048 * 2048 + 1,
+        ge=1,
+        description="images of at least this many pixels (at the model's nucleus scale) are segmented "
+        "band by band (service/windows.py: no full-size float maps; the same outputs)",
+    )
+    windowed_tile_size: int | None = Field(
+        1024,
+        ge=16,
+        description="tile edge for images segmented band by band when neither the request nor "
+        "UNET_TILE_SIZE sets one (bounds ONNX Runtime's working set; docs/benchmarks.md §8); "
+        "unset: the model's",
+    )
+    windowed_batch_size: int = Field(
+        1, ge=1, description="tiles per session run for images segmented band by band (1 on a CPU)"
+    )
 
     # --- dynamic batching ---------------------------------------------------------------------
     max_batch_size: int = Field(8, ge=1, description="most tiles in one session run")

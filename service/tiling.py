@@ -334,3 +334,130 @@ class Stitcher:
         if self.added < self.plan.n_tiles:
             raise RuntimeError(f"only {self.added} of {self.plan.n_tiles} tiles were added")
         return self.mean
+
+
+def reflect_index(index: np.ndarray, length: int) -> np.ndarray:
+    """Positions on an axis of ``length`` pixels for ``index`` (may lie outside ``[0, length)``),
+    mirrored as :func:`pad_image` mirrors: ``numpy.pad(mode="reflect")``, the edge pixel not
+    repeated, pads longer than the axis reflecting again; a 1-pixel axis repeats its pixel.
+
+    What lets a window of the padded image be read from the unpadded one (``service.windows``).
+    """
+    index = np.asarray(index, dtype=np.int64)
+    if length == 1:
+        return np.zeros_like(index)
+    period = 2 * (length - 1)
+    folded = np.mod(index, period)
+    return np.where(folded < length, folded, period - folded)
+
+
+class BandStitcher:
+    """:class:`Stitcher`'s running weighted mean over a band of rows instead of the whole image.
+
+    Tiles are added in raster order (index 0, 1, 2, …). The accumulators are one buffer of a
+    tile's height across the image, holding the rows the current tile row covers that are still
+    open; once a tile row is complete, :meth:`add` returns the rows no later tile touches, as
+    ``(y0, (K, h, W) float32)`` in image coordinates — a view of the buffer, valid until the next
+    :meth:`add` (which moves the open rows to the top of the buffer). Every value equals
+    :class:`Stitcher`'s for the same plan and tiles, bit for bit: each pixel sees the same tiles
+    in the same order and the same float32 operations.
+
+    Memory: ``(K + 1) × tile_h × W`` float32, whatever the image's height.
+    """
+
+    def __init__(self, plan: TilePlan, channels: int) -> None:
+        self.plan = plan
+        self.channels = channels
+        self.added = 0
+        self.top = 0  # image row held in the buffer's first row
+        self.valid = 0  # buffer rows in use (open rows, plus handed-back ones until the next add)
+        self._handed = 0  # rows handed back by the last add, dropped at the next one
+        rows = min(plan.tile_h, plan.height)
+        self.mean = np.zeros((channels, rows, plan.width), dtype=np.float32)
+        self.weight = np.zeros((rows, plan.width), dtype=np.float32)
+
+    def _image_rows(self, tile_row: int) -> tuple[int, int]:
+        """Image rows ``[y0, y1)`` tile row ``tile_row`` covers (clipped to the image)."""
+        plan = self.plan
+        start = plan.rows.starts[tile_row] - plan.rows.pad_before
+        return max(0, start), max(0, min(plan.height, start + plan.tile_h))
+
+    def _drop_handed(self) -> None:
+        """Move the open rows below the rows handed back last time to the top of the buffer."""
+        h = self._handed
+        if h == 0:
+            return
+        keep = self.valid - h
+        self.mean[:, :keep] = self.mean[:, h : self.valid]
+        self.weight[:keep] = self.weight[h : self.valid]
+        self.top += h
+        self.valid = keep
+        self._handed = 0
+
+    def _open(self, tile_row: int) -> None:
+        """Open the image rows down to the last one of ``tile_row`` (new rows start at zero)."""
+        _, y1 = self._image_rows(tile_row)
+        need = y1 - self.top
+        if need <= self.valid:
+            return
+        if need > self.weight.shape[0]:  # not for plans from plan_tiles; kept for safety
+            grow = need - self.weight.shape[0]
+            self.mean = np.concatenate(
+                [self.mean, np.empty((self.channels, grow, self.plan.width), np.float32)], axis=1
+            )
+            self.weight = np.concatenate([self.weight, np.empty((grow, self.plan.width), np.float32)])
+        self.mean[:, self.valid : need] = 0.0
+        self.weight[self.valid : need] = 0.0
+        self.valid = need
+
+    def add(self, index: int, output: np.ndarray) -> tuple[int, np.ndarray] | None:
+        """Blend the ``(K, tile_h, tile_w)`` output of tile ``index`` (the next in raster order).
+
+        Returns ``(y0, rows)`` when the tile completes a tile row and image rows are finished:
+        ``rows`` ``(K, h, W)`` float32, image rows ``[y0, y0 + h)``, a view of the buffer valid
+        until the next call (callers may change it in place); else None.
+        """
+        plan = self.plan
+        if index != self.added:
+            raise ValueError(f"tiles must come in raster order: expected tile {self.added}, got {index}")
+        if output.shape != (self.channels, plan.tile_h, plan.tile_w):
+            raise ValueError(
+                f"tile output has shape {output.shape}; expected {(self.channels, plan.tile_h, plan.tile_w)}"
+            )
+        self._drop_handed()
+        ny, nx = plan.grid
+        tile_row, tile_col = divmod(index, nx)
+        if tile_col == 0:
+            self._open(tile_row)
+        y, x = plan.tile_origin(index)
+        top, left = plan.rows.pad_before, plan.cols.pad_before
+        y0, y1 = max(y, top), min(y + plan.tile_h, top + plan.height)
+        x0, x1 = max(x, left), min(x + plan.tile_w, left + plan.width)
+        self.added += 1
+        if y0 < y1 and x0 < x1:
+            # exactly Stitcher.add's arithmetic, on rows counted from self.top
+            w = plan.tile_weights(index)[y0 - y : y1 - y, x0 - x : x1 - x]
+            out = output[:, y0 - y : y1 - y, x0 - x : x1 - x]
+            rows = slice(y0 - top - self.top, y1 - top - self.top)
+            cols = slice(x0 - left, x1 - left)
+            total = self.weight[rows, cols]
+            total += w
+            share = np.divide(w, total, out=np.zeros_like(w), where=total > 0)
+            mean = self.mean[:, rows, cols]
+            delta = out - mean
+            delta *= share
+            mean += delta
+        if tile_col < nx - 1:
+            return None
+        # the tile row is complete: rows above the next tile row's first image row are final
+        done = plan.height if tile_row == ny - 1 else self._image_rows(tile_row + 1)[0]
+        h = max(0, min(done, self.top + self.valid) - self.top)
+        if h == 0:
+            return None
+        self._handed = h
+        return self.top, self.mean[:, :h]
+
+    @property
+    def complete(self) -> bool:
+        """Every tile added and every image row handed back."""
+        return self.added == self.plan.n_tiles and self.top + self._handed == self.plan.height

@@ -35,6 +35,7 @@ from service import (
     pipeline,
     segment,
     structure,
+    windows,
     workload,
 )
 from service.admission import Ticket
@@ -283,6 +284,7 @@ def run_pipeline(
         should_stop=should_stop,
         progress=progress,
         reserve=reserve,
+        window_policy=windows.policy(settings, tiling.source),
     )
     scale, prediction = planned.scale, planned.prediction
     warnings += planned.warnings
@@ -294,6 +296,10 @@ def run_pipeline(
         options, image, prediction, md, settings.count_objects_on_every_output, plane=plane, warnings=warnings
     )
     timings["output"] = 1000 * (time.perf_counter() - t2)
+    if isinstance(prediction, windows.WindowedPrediction):  # it ran while rendering, band by band
+        timings["infer"] += prediction.infer_ms
+        timings["output"] -= prediction.infer_ms
+        warnings += prediction.warnings
 
     for stage in ("decode", "infer", "output"):
         metrics.SEGMENT_SECONDS.labels(stage=stage).observe(timings[stage] / 1000)
@@ -346,7 +352,7 @@ def checked_engine(runtime: Runtime, options: SegmentOptions) -> Engine:
 def render(
     options: SegmentOptions,
     image: np.ndarray,
-    prediction: segment.Prediction,
+    prediction: segment.Prediction | windows.WindowedPrediction,
     md: ModelMetadata,
     count_every_output: bool = True,
     plane: microscopy.Plane | None = None,
@@ -373,6 +379,7 @@ def render(
         threshold,
         object_params(options, md) if count_every_output or not count_only else None,
         count_only=count_only,
+        need=outputs.NEEDS[options.output.value],
     )
     count = grid.count
     body, media_type = outputs.encode(

@@ -1,0 +1,179 @@
+"""Peak server memory of one large ``POST /segment``: the in-memory path vs the windowed one (issue #16).
+
+For each image size (16-bit PNGs of synthetic nuclei, ``_common.nuclei_image``) and each path, a
+fresh ``python -m service`` (default settings but the ones named), one 512² warm-up request, then
+one ``output=mask`` request with the service's defaults (the nucleus size estimated, the count in
+``X-Object-Count``). Reported per run: the server's ``VmHWM`` over its whole life (what the bar
+reads: "peak server RSS"), the peak of the request alone (``VmHWM`` reset before it), wall and
+CPU seconds, the ``Server-Timing`` split, and whether the two paths' masks are byte-identical.
+
+- **in-memory** (today's path): ``UNET_WINDOWED_MIN_PIXELS`` past the image, so the whole image
+  goes through ``segment.predict`` with full-size float maps, tile = the model's (2048).
+- **windowed**: the defaults (``service/windows.py``; tile ``UNET_WINDOWED_TILE_SIZE``, batch 1).
+
+Then the 2048² request's CPU cost, the default (in-memory, below ``UNET_WINDOWED_MIN_PIXELS``)
+against the windowed path forced on it (``UNET_WINDOWED_MIN_PIXELS=1``) at the windowed tile and
+at the model's tile: three services alive at once, requests interleaved over ``--rounds`` rounds,
+CPU-seconds ratios per round (the machine is shared: wall times swing, CPU seconds less).
+
+    .venv/bin/python benchmarks/windowed_memory.py               # 4096² and 8192², then 2048² × 5 rounds
+    .venv/bin/python benchmarks/windowed_memory.py --sizes 4096 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import statistics
+import time
+from pathlib import Path
+
+import psutil
+from _common import (
+    REPO,
+    PeakRss,
+    Service,
+    encode_png,
+    machine,
+    markdown_table,
+    nuclei_image,
+)
+
+MODEL = REPO / "models" / "nuclei-unet.onnx"
+WARM_UP = 512
+NEVER = str(1 << 40)  # UNET_WINDOWED_MIN_PIXELS that no image reaches: today's in-memory path
+
+
+def server_timing(header: str | None) -> str:
+    return ", ".join(
+        f"{name.strip()} {float(dur) / 1000:.1f}"
+        for name, _, dur in (part.partition(";dur=") for part in (header or "").split(","))
+        if dur
+    )
+
+
+def vm_hwm(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM")
+
+
+def cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def one_request(env: dict[str, str], body: bytes, warm: bytes, threads: int) -> dict:
+    """A fresh service: warm-up, then one default ``output=mask`` request with its peaks."""
+    with Service(MODEL, threads, env) as service:
+        service.segment(warm, {"output": "mask"})
+        before = vm_hwm(service.pid)  # start-up and warm-up, before PeakRss resets the mark
+        monitor = PeakRss(service.pid)
+        cpu = cpu_seconds(service.pid)
+        with monitor:
+            started = time.perf_counter()
+            response = service.segment(body, {"output": "mask"}, label="run")
+            seconds = time.perf_counter() - started
+        return {
+            "life_peak": max(before, monitor.peak),  # the server's VmHWM over its whole life
+            "request_peak": monitor.peak,
+            "exact": monitor.exact,
+            "seconds": seconds,
+            "cpu": cpu_seconds(service.pid) - cpu,
+            "timing": server_timing(response.headers.get("Server-Timing")),
+            "tiles": response.headers.get("X-Tiles"),
+            "count": response.headers.get("X-Object-Count"),
+            "diameter": response.headers.get("X-Nucleus-Diameter"),
+            "digest": hashlib.sha256(response.content).hexdigest()[:12],
+        }
+
+
+def memory_table(sizes: list[int], threads: int) -> str:
+    warm = encode_png(nuclei_image(WARM_UP))
+    rows = []
+    digests: dict[int, set[str]] = {}
+    for size in sizes:
+        body = encode_png(nuclei_image(size))
+        for path, env in (("in-memory", {"UNET_WINDOWED_MIN_PIXELS": NEVER}), ("windowed", {})):
+            if path == "in-memory" and size * size * 40 > psutil.virtual_memory().available:
+                rows.append([f"{size}²", path, "skipped: not enough free memory"] + [""] * 8)
+                continue
+            run = one_request(env, body, warm, threads)
+            life = run["life_peak"]
+            digests.setdefault(size, set()).add(run["digest"])
+            rows.append([
+                f"{size}²", path, f"{life / 2**20:.0f}", f"{run['request_peak'] / 2**20:.0f}",
+                f"{run['seconds']:.1f}", f"{run['cpu']:.1f}", run["timing"], run["tiles"], run["count"],
+                run["diameter"], run["digest"],
+            ])
+            print(rows[-1], flush=True)
+    table = markdown_table(
+        ["size", "path", "server VmHWM MiB (life)", "request peak MiB", "wall s", "CPU s",
+         "Server-Timing s", "tiles", "objects", "diameter", "mask sha256"],
+        rows,
+    )
+    same = {size: len(d) == 1 for size, d in digests.items()}
+    return table + f"\n\nmasks byte-identical between the paths: {same}"
+
+
+def cpu_ratio_table(rounds: int, threads: int) -> str:
+    body = encode_png(nuclei_image(2048))
+    variants = {
+        "in-memory (default at 2048²)": {},
+        "windowed, tile 1536": {"UNET_WINDOWED_MIN_PIXELS": "1"},
+        "windowed, tile 2048": {"UNET_WINDOWED_MIN_PIXELS": "1", "UNET_WINDOWED_TILE_SIZE": "2048"},
+    }
+    services = {name: Service(MODEL, threads, env) for name, env in variants.items()}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    wall: dict[str, list[float]] = {name: [] for name in variants}
+    digests: dict[str, set[str]] = {name: set() for name in variants}
+    try:
+        for service in services.values():
+            service.segment(body, {"output": "mask"})  # warm-up at full size
+        names = list(variants)
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[: r % len(names)]:  # rotate the order
+                service = services[name]
+                before = cpu_seconds(service.pid)
+                started = time.perf_counter()
+                response = service.segment(body, {"output": "mask"})
+                wall[name].append(time.perf_counter() - started)
+                cpu[name].append(cpu_seconds(service.pid) - before)
+                digests[name].add(hashlib.sha256(response.content).hexdigest()[:12])
+    finally:
+        for service in services.values():
+            service.close()
+    base = names[0]
+    rows = []
+    for name in names:
+        ratios = [c / b for c, b in zip(cpu[name], cpu[base], strict=True)]
+        rows.append([
+            name, rounds, f"{statistics.median(cpu[name]):.2f}",
+            f"{min(ratios):.3f} / {statistics.median(ratios):.3f} / {max(ratios):.3f}",
+            f"{statistics.median(wall[name]):.2f}", ", ".join(sorted(digests[name])),
+        ])
+    return markdown_table(
+        ["2048² request", "rounds", "CPU s (median)", "CPU × in-memory (min / median / max)",
+         "wall s (median)", "mask sha256"],
+        rows,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=int, nargs="*", default=[4096, 8192])
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the 2048² CPU comparison (0: skip)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    print(machine())
+    if args.sizes:
+        print(memory_table(args.sizes, args.threads), flush=True)
+    if args.rounds:
+        print(cpu_ratio_table(args.rounds, args.threads))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,535 @@
+"""The windowed pipeline: one image → finished row bands on its own grid, in bounded memory.
+
+What ``segment.predict`` + ``pipeline.on_input_grid`` compute, without full-size float maps:
+
+1. **Read by window.** The model-scale image is made window by window from a
+   :class:`~service.regions.RegionSource`: rows read from the source, resampled with the global
+   separable taps of ``rescale.axis_taps`` (so windows agree where they meet) and normalised with
+   limits computed once for the whole image (:func:`source_limits`; per-window limits would
+   leave seams). One padded tile row at a time is cut from them, mirrored at the image border by
+   index arithmetic (``tiling.reflect_index``), exactly as ``tiling.pad_image`` pads.
+2. **Stitch by band.** Tiles run in raster order into a ``tiling.BandStitcher`` (the same plan
+   and running mean as ``Stitcher``, bit for bit); each finished tile row hands back the rows no
+   later tile touches.
+3. **Objects by band, exactly** (:class:`BandObjects`): label (or count) the finished rows plus
+   the rows carried from the previous band; a connected component touching the last row may
+   continue below, so it is deferred and its rows carried; pixels of finalised objects are
+   removed from the carry. Objects are split per connected component on its own crop
+   (``objects.label_objects``), so a component seen whole gives the same objects as in the
+   whole image.
+4. **Back to the input grid by band**: probabilities with the global taps, labels by nearest
+   neighbour (``rescale.resize_labels``' index arithmetic), the mask thresholded after.
+
+Memory: the source, one padded tile row (``C × tile_h × W`` float32), the stitcher's open rows
+(``(K + 1) × ~tile_h × W`` float32), the carried rows and the outputs a caller keeps. Tile rows
+use the model's whole width, so a band's width is the image's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from service import objects, postprocess, rescale
+from service.model_metadata import ModelMetadata
+from service.preprocess import (
+    float_sample_step,
+    histogram_percentiles,
+    normalize,
+    percentile_limits,
+    sample_percentiles,
+    to_channels,
+)
+from service.regions import ArraySource, RegionSource
+from service.segment import Cancelled, Infer, apply_activation, resolve_tiling
+from service.settings import Settings
+from service.tiling import BandStitcher, TilePlan, plan_tiles, reflect_index
+
+log = logging.getLogger(__name__)
+
+#: A connected component taller than this many tile heights (a confluent sheet of cells) is cut
+#: at the band border instead of being carried for ever (with a warning).
+MAX_OBJECT_TILE_ROWS = 4
+#: Rows per read when the normalisation limits of a lazy source are accumulated.
+LIMIT_ROWS = 512
+#: Rows of a stitched band handled at once by the objects and output stages (bounds their
+#: temporaries; the rows carried between slices are re-labelled, a few % of the object work).
+OUTPUT_ROWS = 256
+
+
+@dataclass
+class RowBand:
+    """Finished rows ``[y0, y0 + h)`` of the outputs on the input grid."""
+
+    y0: int  # first row of the band on the input grid
+    mask: np.ndarray  # (h, W) uint8 0/255
+    labels: np.ndarray | None  # (h, W) int32, global ids (one object = one id in every band)
+    probability: np.ndarray | None  # (h, W) float32 foreground probability
+    objects_done: int  # objects finalised so far (for progress / counts)
+
+
+@dataclass(frozen=True)
+class WindowPolicy:
+    """When and how ``pipeline.predict_plane`` takes the windowed path.
+
+    ``min_pixels``: model-scale pixels from which an image is segmented by windows;
+    ``tile_size``: the tile for those images (None: the caller's); ``batch_size``: tiles per run
+    (1 on a CPU: a batch of tiles multiplies ONNX Runtime's working set and buys no speed).
+    """
+
+    min_pixels: int
+    tile_size: int | None = None
+    batch_size: int = 1
+
+
+def policy(settings: Settings, tile_source: str) -> WindowPolicy:
+    """The windowed-path policy from the settings; ``tile_source`` (``tile_options.Tiling.source``):
+    an explicit tile (request or ``UNET_TILE_SIZE``) is kept, the model's default gives way to
+    ``UNET_WINDOWED_TILE_SIZE``."""
+    tile = settings.windowed_tile_size if tile_source == "model" else None
+    if tile is not None:
+        tile = min(tile, settings.max_tile_size)
+    return WindowPolicy(settings.windowed_min_pixels, tile, settings.windowed_batch_size)
+
+
+def source_limits(source: RegionSource, channels: int, metadata: ModelMetadata) -> list[tuple[float, float]]:
+    """Per-channel normalisation limits of the whole source, equal to
+    ``preprocess.percentile_limits`` of the decoded image: an exact histogram for 8/16-bit
+    pixels, the same raster-order subsample for float ones, read :data:`LIMIT_ROWS` rows at a time.
+    """
+    norm = metadata.normalization
+    if isinstance(source, ArraySource):
+        return percentile_limits(to_channels(source.image, channels), norm)
+    if norm.method != "percentile":
+        raise ValueError(f"unsupported normalisation method {norm.method!r}")
+    height, width = source.shape[:2]
+    step = float_sample_step(height * width)
+    counts: list[np.ndarray] = []
+    samples: list[list[np.ndarray]] = []
+    integer = False
+    for y0 in range(0, height, LIMIT_ROWS):
+        y1 = min(height, y0 + LIMIT_ROWS)
+        window = to_channels(source.read(y0, y1, 0, width), channels)
+        planes = [window] if window.ndim == 2 else [window[:, :, c] for c in range(window.shape[2])]
+        integer = window.dtype in (np.uint8, np.uint16)
+        if not counts:
+            counts = [np.zeros(256, np.int64) for _ in planes]
+            samples = [[] for _ in planes]
+        for c, plane in enumerate(planes):
+            flat = plane.reshape(-1)
+            if integer:
+                hist = np.bincount(flat, minlength=256)
+                if hist.size > counts[c].size:
+                    hist[: counts[c].size] += counts[c]
+                    counts[c] = hist
+                else:
+                    counts[c][: hist.size] += hist
+            else:
+                first = -(-y0 * width // step) * step  # the next flat index of the global subsample
+                samples[c].append(flat[np.arange(first, y1 * width, step) - y0 * width])
+    if integer:
+        return [histogram_percentiles(c, norm.low, norm.high) for c in counts]
+    return [sample_percentiles(np.concatenate(s), norm.low, norm.high) for s in samples]
+
+
+class ModelRows:
+    """Rows of the model-scale, normalised image ``(C, Hs, Ws)``, made from the source on demand.
+
+    The same pixels as ``rescale.resample_image`` of the whole image followed by
+    ``preprocess.normalize`` with the whole image's limits (what ``pipeline.predict_scaled``
+    runs): each output row depends only on its global taps.
+    """
+
+    def __init__(
+        self, source: RegionSource, metadata: ModelMetadata, factor: float, limits: list[tuple[float, float]]
+    ) -> None:
+        self.source = source
+        self.metadata = metadata
+        self.limits = limits
+        self.input_shape = (int(source.shape[0]), int(source.shape[1]))
+        self.shape = self.input_shape if factor == 1.0 else rescale.scaled_shape(self.input_shape, factor)
+        self.resized = self.shape != self.input_shape
+        if self.resized:
+            self.row_taps = rescale.axis_taps(self.input_shape[0], self.shape[0])
+            self.col_taps = rescale.axis_taps(self.input_shape[1], self.shape[1])
+
+    def read(self, y0: int, y1: int) -> np.ndarray:
+        """Model-scale rows ``[y0, y1)``, all columns: ``(C, y1 - y0, Ws)`` float32."""
+        md = self.metadata
+        width = self.input_shape[1]
+        if not self.resized:
+            raw = to_channels(self.source.read(y0, y1, 0, width), md.in_channels)
+            return normalize(raw, md.normalization, self.limits)
+        lo, hi = self.row_taps.span(y0, y1)
+        raw = to_channels(self.source.read(lo, hi, 0, width), md.in_channels)
+        rows = rescale.resample_axis(raw, self.row_taps, 0, y0, y1, offset=lo)
+        del raw
+        return normalize(rescale.resample_axis(rows, self.col_taps, 1), md.normalization, self.limits)
+
+
+def tile_row_rows(reader: ModelRows, plan: TilePlan, tile_row: int) -> np.ndarray:
+    """The model-scale rows under tile row ``tile_row``, mirrored at the top and bottom as
+    ``tiling.pad_image`` pads: ``(C, tile_h, Ws)`` float32 (columns are padded per tile,
+    :func:`cut_tile`, so no padded copy of the whole width is made)."""
+    start = plan.rows.starts[tile_row]
+    rows = reflect_index(np.arange(start, start + plan.tile_h) - plan.rows.pad_before, plan.height)
+    lo, hi = int(rows.min()), int(rows.max()) + 1
+    block = reader.read(lo, hi)
+    if np.array_equal(rows, np.arange(lo, hi)):
+        return block
+    return block[:, rows - lo]
+
+
+def cut_tile(rows: np.ndarray, plan: TilePlan, tile_col: int, out: np.ndarray) -> None:
+    """Write tile column ``tile_col`` of the padded image's rows ``rows`` (from
+    :func:`tile_row_rows`) into ``out`` ``(C, tile_h, tile_w)``: columns mirrored at the left and
+    right borders as ``tiling.pad_image`` pads."""
+    x = plan.cols.starts[tile_col]
+    cols = np.arange(x, x + plan.tile_w) - plan.cols.pad_before
+    if cols[0] >= 0 and cols[-1] < plan.width:
+        out[...] = rows[:, :, cols[0] : cols[-1] + 1]
+    else:
+        np.take(rows, reflect_index(cols, plan.width), axis=2, out=out)
+
+
+def stitched_bands(
+    reader: ModelRows,
+    plan: TilePlan,
+    infer: Infer,
+    metadata: ModelMetadata,
+    batch_size: int = 1,
+    should_stop: Callable[[], bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Finished model-scale rows ``(y0, (K, h, Ws) float32 probabilities)``, top to bottom.
+
+    Tiles run tile row by tile row, ``batch_size`` at a time; ``should_stop`` is polled before
+    each batch (``segment.Cancelled``), ``progress(done, total)`` called as ``segment.predict`` does.
+    """
+    stitcher = BandStitcher(plan, metadata.classes)
+    ny, nx = plan.grid
+    expected = (metadata.classes, plan.tile_h, plan.tile_w)
+    batch_size = max(1, int(batch_size))
+    if progress is not None:
+        progress(0, plan.n_tiles)
+    for tile_row in range(ny):
+        strip = tile_row_rows(reader, plan, tile_row)
+        for first in range(0, nx, batch_size):
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"stopped after {stitcher.added} of {plan.n_tiles} tiles")
+            columns = range(first, min(first + batch_size, nx))
+            batch = np.empty((len(columns), strip.shape[0], plan.tile_h, plan.tile_w), np.float32)
+            for slot, col in enumerate(columns):
+                cut_tile(strip, plan, col, batch[slot])
+            outputs = np.asarray(infer(batch))
+            del batch
+            if outputs.shape != (len(columns), *expected):
+                raise RuntimeError(
+                    f"model returned {outputs.shape} for a batch of {len(columns)} tiles; "
+                    f"expected {(len(columns), *expected)}"
+                )
+            for col, output in zip(columns, outputs, strict=True):
+                finished = stitcher.add(tile_row * nx + col, output)
+                if finished is not None:
+                    # a view of the stitcher's buffer: used up before the next add
+                    yield finished[0], apply_activation(finished[1], metadata)
+                    del finished
+            del outputs
+            if progress is not None:
+                progress(stitcher.added, plan.n_tiles)
+        del strip
+
+
+def _fill_holes_open_bottom(mask: np.ndarray) -> np.ndarray:
+    """``objects.fill_holes`` of a band whose bottom edge is not the image's: background that
+    reaches the image's top, left or right border (through the band) stays, the rest is filled —
+    including pockets open only to the bottom, which may or may not be holes. Those are filled,
+    so the component around them touches the last row and is deferred until it is seen whole."""
+    framed = cv2.copyMakeBorder(mask.astype(np.uint8), 1, 0, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    cv2.floodFill(framed, None, (0, 0), 2)
+    return framed[1:, 1:-1] != 2
+
+
+@dataclass
+class BandObjects:
+    """Objects found band by band at the model's scale, exactly as on the whole mask.
+
+    Feed finished rows top to bottom (:meth:`push`); it answers the rows whose objects are all
+    final, with global ids (``labels``) or a running count (``count_only``). ``centers`` come
+    from the probabilities as ``objects.label_prediction`` takes them.
+
+    Exactness: a component (of the hole-filled mask) that does not touch the last available row
+    cannot continue below, and every component above the carried rows was final, so it is a
+    component of the whole image; it is split on its own crop as ``label_objects`` splits it.
+    Ids are given in band order, raster order within a band; renumbering (``rescale.renumber``)
+    gives ``label_objects``' raster-order ids.
+    """
+
+    height: int  # model-scale image rows
+    threshold: float
+    params: objects.ObjectParams
+    count_only: bool = False
+    max_rows: int | None = None  # cap on a deferred component's height (rows)
+    warnings: list[str] = field(default_factory=list)
+    top: int = 0  # first held row
+    held_probs: np.ndarray | None = None  # (K, n, W) float32
+    held_mask: np.ndarray | None = None  # (n, W) bool: mask minus finalised objects
+    held_labels: np.ndarray | None = None  # (n, W) int32 global ids of finalised objects
+    done: int = 0
+
+    def push(self, y0: int, probs: np.ndarray, fg_channel: int) -> tuple[int, np.ndarray, np.ndarray | None]:
+        """Add finished rows ``[y0, y0 + h)``; returns ``(y_first, probs, labels or None)`` of the
+        rows now final (possibly none: ``probs`` with 0 rows)."""
+        mask = probs[fg_channel] > np.float32(self.threshold)
+        if self.held_probs is None:
+            self.top = y0
+            held_probs, held_mask = probs, mask
+            held_labels = np.zeros(mask.shape, np.int32)
+        else:
+            expected = self.top + self.held_mask.shape[0]
+            if y0 != expected:
+                raise ValueError(f"rows must come in order: expected row {expected}, got {y0}")
+            held_probs = np.concatenate([self.held_probs, probs], axis=1)
+            held_mask = np.concatenate([self.held_mask, mask])
+            held_labels = np.concatenate([self.held_labels, np.zeros(mask.shape, np.int32)])
+        n = held_mask.shape[0]
+        last = self.top + n >= self.height
+        filled = objects.fill_holes(held_mask) if last else _fill_holes_open_bottom(held_mask)
+        count, components, stats, _ = cv2.connectedComponentsWithStats(
+            filled.view(np.uint8), connectivity=8, ltype=cv2.CV_32S
+        )
+        tops = stats[:, cv2.CC_STAT_TOP]
+        bottoms = tops + stats[:, cv2.CC_STAT_HEIGHT]
+        deferred = np.zeros(count, bool)
+        if not last:
+            deferred[1:] = bottoms[1:] == n
+            if self.max_rows is not None:
+                tall = deferred & (n - tops >= self.max_rows)
+                if tall.any():
+                    deferred &= ~tall
+                    self._warn_cut(int(tall.sum()))
+        final = ~deferred
+        final[0] = False
+        final_mask = final[components]
+        if final_mask.any():
+            if self.count_only:
+                self.done += objects.count_prediction(final_mask, held_probs, self.params)
+            else:
+                local = objects.label_prediction(final_mask, held_probs, self.params)
+                found = int(local.max(initial=0))
+                if found:
+                    inside = local > 0
+                    held_labels[inside] = local[inside] + np.int32(self.done)
+                    self.done += found
+            held_mask &= ~final_mask
+        keep_from = int(tops[deferred].min()) if deferred.any() else n
+        out = (self.top, held_probs[:, :keep_from], None if self.count_only else held_labels[:keep_from])
+        if keep_from < n:
+            # copies: the carried rows must not keep the whole band's arrays alive
+            self.held_probs = held_probs[:, keep_from:].copy()
+            self.held_mask = held_mask[keep_from:].copy()
+            self.held_labels = held_labels[keep_from:].copy()
+            self.top += keep_from
+        else:
+            self.held_probs = self.held_mask = self.held_labels = None
+            self.top += n
+        return out
+
+    def _warn_cut(self, cut: int) -> None:
+        message = (
+            f"{cut} connected region(s) of foreground taller than {self.max_rows} px (a confluent sheet?) "
+            "were cut at a band border into separate objects"
+        )
+        log.warning(message)
+        if not self.warnings:
+            self.warnings.append(message)
+
+
+@dataclass
+class WindowedPrediction:
+    """A prediction that has not run yet: :meth:`bands` runs it band by band.
+
+    Stands where ``segment.Prediction`` stands for ``pipeline.on_input_grid`` (``tiles``,
+    ``tile_size``, ``overlap``, ``plan`` as there; no full-size ``probabilities``).
+    """
+
+    source: RegionSource
+    infer: Infer
+    metadata: ModelMetadata
+    factor: float
+    plan: TilePlan  # on the model-scale image
+    tile_size: int
+    batch_size: int = 1
+    should_stop: Callable[[], bool] | None = None
+    progress: Callable[[int, int], None] | None = None
+    limits: list[tuple[float, float]] | None = None
+    warnings: list[str] = field(default_factory=list)
+    infer_ms: float = 0.0
+
+    @classmethod
+    def prepare(
+        cls,
+        source: RegionSource,
+        factor: float,
+        infer: Infer,
+        metadata: ModelMetadata,
+        tile_size: int | None = None,
+        overlap: int | None = None,
+        batch_size: int = 1,
+        should_stop: Callable[[], bool] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        border: int | None = None,
+    ) -> WindowedPrediction:
+        """Plan the tiles of ``source`` resized by ``factor`` (arguments as ``segment.predict``'s)."""
+        tile, ov = resolve_tiling(metadata, tile_size, overlap)
+        shape = (int(source.shape[0]), int(source.shape[1]))
+        height, width = shape if factor == 1.0 else rescale.scaled_shape(shape, factor)
+        border = metadata.border if border is None else border
+        plan = plan_tiles(height, width, tile, ov, metadata.context_margin, metadata.size_divisor, border)
+        return cls(source, infer, metadata, factor, plan, tile, batch_size, should_stop, progress)
+
+    @property
+    def tiles(self) -> int:
+        return self.plan.n_tiles
+
+    @property
+    def overlap(self) -> int:
+        return self.plan.overlap
+
+    def bands(
+        self,
+        threshold: float,
+        params: objects.ObjectParams | None = None,
+        *,
+        labels: bool = False,
+        probability: bool = False,
+        count_only: bool = False,
+        max_object_rows: int | None = None,
+        output_rows: int = OUTPUT_ROWS,
+    ) -> Iterator[RowBand]:
+        """Run the model and yield the outputs on the input grid, band by band, top to bottom.
+
+        ``params``: find objects (None: no objects, ``labels`` must be False); ``labels``: their
+        global ids per band (else only counted, ``count_only``); ``probability``: the foreground
+        probability per band. ``max_object_rows`` (model px): the height past which a connected
+        component is cut; default :data:`MAX_OBJECT_TILE_ROWS` tile heights. ``output_rows``:
+        model rows handed to the object and output stages at once (:data:`OUTPUT_ROWS`).
+
+        Each band owns its arrays. A nucleus is never cut by a band border: its rows come out
+        once it is complete.
+        """
+        if labels and (params is None or count_only):
+            raise ValueError("labels need object parameters and count_only=False")
+        md = self.metadata
+        log.info(
+            "segmenting %d×%d model px band by band: %d×%d tiles of %d×%d",
+            self.plan.height, self.plan.width, *self.plan.grid, self.plan.tile_h, self.plan.tile_w,
+        )
+        if self.limits is None:
+            self.limits = source_limits(self.source, md.in_channels, md)
+        reader = ModelRows(self.source, md, self.factor, self.limits)
+        model_bands = stitched_bands(
+            reader, self.plan, self._timed_infer, md, self.batch_size, self.should_stop, self.progress
+        )
+        finder = None
+        if params is not None:
+            cap = max_object_rows or MAX_OBJECT_TILE_ROWS * self.plan.tile_h
+            finder = BandObjects(self.plan.height, threshold, params, count_only, cap, self.warnings)
+        grid = _InputGrid(reader, threshold, labels, probability)
+        for y_band, band in model_bands:
+            # Objects and outputs in slices of the stitched band: their temporaries (a few full-
+            # width int32 / float32 arrays each) scale with the slice, not with the tile height.
+            for start in range(0, band.shape[1], output_rows):
+                y0, probs = y_band + start, band[:, start : start + output_rows]
+                labs = None
+                if finder is not None:
+                    y0, probs, labs = finder.push(y0, probs, md.foreground_channel)
+                done = finder.done if finder is not None else 0
+                yield from grid.push(y0, probs[md.foreground_channel], labs, done)
+            del band
+
+    def _timed_infer(self, batch: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        try:
+            return self.infer(batch)
+        finally:
+            self.infer_ms += 1000 * (time.perf_counter() - started)
+
+
+class _InputGrid:
+    """Model-scale rows → rows of the input grid, as ``pipeline.on_input_grid`` maps the whole:
+    probabilities with ``rescale.resize_maps``' taps, labels by ``rescale.resize_labels``' nearest
+    rows and columns, the mask thresholded on the input grid."""
+
+    def __init__(self, reader: ModelRows, threshold: float, labels: bool, probability: bool) -> None:
+        self.threshold = threshold
+        self.want_labels = labels
+        self.want_probability = probability
+        self.resized = reader.resized
+        self.height, self.width = reader.input_shape
+        self.model_shape = reader.shape
+        self.next_row = 0
+        if self.resized:
+            (h, w), (hs, ws) = reader.input_shape, reader.shape
+            self.row_taps = rescale.axis_taps(hs, h)
+            self.col_taps = rescale.axis_taps(ws, w)
+            # the model rows each input row needs (taps for probabilities, nearest for labels)
+            self.label_rows = rescale.nearest_index(hs, h)
+            self.label_cols = rescale.nearest_index(ws, w)
+            need = [self.row_taps.index.min(axis=1), self.row_taps.index.max(axis=1)]
+            if labels:
+                need.append(self.label_rows)
+            self.need_lo = np.minimum.reduce(need)
+            self.need_hi = np.maximum.reduce(need) + 1
+            self.top = 0
+            self.fg: np.ndarray | None = None
+            self.labs: np.ndarray | None = None
+
+    def push(self, y0: int, fg: np.ndarray, labs: np.ndarray | None, done: int) -> Iterator[RowBand]:
+        if fg.shape[0] == 0:
+            return
+        if not self.resized:
+            # fg is a view of the stitcher's buffer: a band handed out must own its arrays
+            yield self._band(y0, fg.copy() if self.want_probability else fg, labs, done)
+            return
+        if self.fg is None:  # copies: the rows come from the stitcher's buffer, reused after this
+            self.top, self.fg = y0, fg.copy()
+            self.labs = None if labs is None else labs.copy()
+        else:
+            self.fg = np.concatenate([self.fg, fg])
+            if self.want_labels:
+                self.labs = np.concatenate([self.labs, labs])
+        available = self.top + self.fg.shape[0]
+        stop = int(np.searchsorted(self.need_hi, available, side="right"))
+        start = self.next_row
+        if stop <= start:
+            return
+        rows = rescale.resample_axis(self.fg, self.row_taps, 0, start, stop, offset=self.top)
+        prob = rescale.resample_axis(rows, self.col_taps, 1)
+        lab = None
+        if self.want_labels:
+            lab = self.labs[self.label_rows[start:stop] - self.top][:, self.label_cols]
+        self.next_row = stop
+        if stop < self.height:
+            drop = int(self.need_lo[stop]) - self.top
+            if drop > 0:
+                self.fg = self.fg[drop:].copy()
+                if self.want_labels:
+                    self.labs = self.labs[drop:].copy()
+                self.top += drop
+        yield self._band(start, prob, lab, done)
+
+    def _band(self, y0: int, prob: np.ndarray, labs: np.ndarray | None, done: int) -> RowBand:
+        return RowBand(
+            y0=y0,
+            mask=postprocess.mask(prob, self.threshold),
+            labels=labs if self.want_labels else None,
+            probability=prob if self.want_probability else None,
+            objects_done=done,
+        )
+

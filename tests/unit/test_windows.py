@@ -1,0 +1,317 @@
+"""service.windows: the windowed pipeline gives the in-memory pipeline's outputs, band by band.
+
+Real parts throughout: the tiler's plans, ONNX models run by ONNX Runtime (the seeded conv
+U-Net of tests/models.py, and the bundled model where it exists), ``objects.label_objects`` for
+the whole-image reference.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from service import objects, pipeline, rescale, windows
+from service.engine import Engine
+from service.model_metadata import Normalization
+from service.objects import ObjectParams
+from service.preprocess import percentile_limits, to_channels
+from service.regions import ArraySource, check_window
+from service.segment import Cancelled
+from service.settings import DEFAULT_MODEL_PATH
+from service.tiling import BandStitcher, Stitcher, pad_image, plan_tiles, reflect_index
+from tests.models import write_conv_model
+from tests.unit.test_segment import synthetic_nuclei
+
+CPU = ("CPUExecutionProvider",)
+
+
+class LazySource:
+    """A RegionSource that is not an array in memory (as a TIFF/Zarr source is): counts reads."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        self._image = image
+        self.reads: list[tuple[int, int, int, int]] = []
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._image.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._image.dtype
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        check_window(self.shape, y0, y1, x0, x1)
+        self.reads.append((y0, y1, x0, x1))
+        return self._image[y0:y1, x0:x1].copy()
+
+
+# --- geometry -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "tile", "overlap", "margin", "divisor", "border"),
+    [
+        (301, 233, 64, 24, 8, 2, None),  # odd sizes, several tile rows and columns
+        (97, 410, 40, 16, 4, 16, 0),  # coarse divisor, no mirror border
+        (50, 50, 200, 10, 3, 1, 5),  # one tile
+        (7, 300, 64, 8, 2, 4, 20),  # the mirror border is longer than the image is high
+        (513, 129, 100, 30, 10, 8, 10),
+    ],
+)
+def test_band_stitcher_equals_stitcher_bit_for_bit(height, width, tile, overlap, margin, divisor, border):
+    plan = plan_tiles(height, width, tile, overlap, margin, divisor, border)
+    rng = np.random.default_rng(height * width)
+    whole, bands = Stitcher(plan, 2), BandStitcher(plan, 2)
+    rows: list[tuple[int, np.ndarray]] = []
+    for index in range(plan.n_tiles):
+        output = rng.normal(size=(2, plan.tile_h, plan.tile_w)).astype(np.float32)
+        whole.add(index, output)
+        finished = bands.add(index, output)
+        if finished is not None:
+            rows.append((finished[0], finished[1].copy()))  # a view, valid until the next add
+    assert bands.complete
+    starts = [y0 for y0, _ in rows]
+    assert starts[0] == 0 and starts == sorted(starts)
+    stitched = np.concatenate([band for _, band in rows], axis=1)
+    assert stitched.shape == (2, height, width)
+    np.testing.assert_array_equal(stitched, whole.result())
+    assert bands.weight.shape[0] <= plan.tile_h  # never more rows than a tile's height
+
+
+def test_band_stitcher_takes_tiles_in_raster_order_only():
+    plan = plan_tiles(100, 100, 40, 16, 4, 2)
+    stitcher = BandStitcher(plan, 1)
+    with pytest.raises(ValueError, match="raster order"):
+        stitcher.add(1, np.zeros((1, plan.tile_h, plan.tile_w), np.float32))
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 5, 16])
+@pytest.mark.parametrize("pad", [0, 1, 4, 13, 40])
+def test_reflect_index_mirrors_as_numpy_pad_reflect(length, pad):
+    axis = np.arange(length)
+    expected = np.pad(axis, (pad, pad + 3), mode="reflect")
+    np.testing.assert_array_equal(axis[reflect_index(np.arange(-pad, length + pad + 3), length)], expected)
+
+
+@pytest.mark.parametrize("shape", [(37, 300), (5, 64), (130, 7)])
+def test_tile_rows_cut_from_the_source_equal_the_padded_image(shape):
+    image = np.random.default_rng(1).integers(0, 4000, shape, dtype=np.uint16)
+    md = write_conv_model_metadata()
+    plan = plan_tiles(*shape, 32, 12, 3, 4, 9)  # border 9: longer than a 5-px-high image
+    limits = percentile_limits(image, md.normalization)
+    reader = windows.ModelRows(LazySource(image), md, 1.0, limits)
+    padded = pad_image(pipeline_normalized(image, md), plan)
+    tile = np.empty((1, plan.tile_h, plan.tile_w), np.float32)
+    for index in range(plan.n_tiles):
+        row, col = divmod(index, plan.grid[1])
+        strip = windows.tile_row_rows(reader, plan, row)
+        windows.cut_tile(strip, plan, col, tile)
+        y, x = plan.tile_origin(index)
+        np.testing.assert_array_equal(tile, padded[:, y : y + plan.tile_h, x : x + plan.tile_w])
+
+
+def write_conv_model_metadata():
+    from tests.models import test_metadata
+
+    return test_metadata(size_divisor=4, context_margin=3, tile_size=32, tile_overlap=12)
+
+
+def pipeline_normalized(image: np.ndarray, md) -> np.ndarray:
+    from service.preprocess import prepare
+
+    return prepare(image, md.in_channels, md.normalization)
+
+
+# --- normalisation limits -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.random.default_rng(0).integers(0, 65535, (1100, 333), dtype=np.uint16),
+        np.random.default_rng(1).integers(0, 255, (517, 260, 3), dtype=np.uint8),
+        # more than 2 × 2**22 float pixels: the limits come from a strided subsample
+        np.random.default_rng(2).normal(100, 30, (3001, 2900)).astype(np.float32),
+    ],
+    ids=["uint16", "rgb-uint8", "float32-subsampled"],
+)
+def test_limits_read_window_by_window_equal_the_whole_image_limits(image):
+    md = write_conv_model_metadata()
+    source = LazySource(image)
+    got = windows.source_limits(source, 1, md)
+    assert got == percentile_limits(to_channels(image, 1), Normalization())
+    assert len(source.reads) == -(-image.shape[0] // windows.LIMIT_ROWS)  # band by band, never whole
+
+
+# --- windowed == in memory, on real models ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def conv20(tmp_path_factory) -> Engine:
+    """The seeded conv U-Net, told it was trained on nuclei 20 px across (so factors apply)."""
+    path = write_conv_model(tmp_path_factory.mktemp("m") / "conv20.onnx", seed=3, nucleus_diameter=20.0)
+    return Engine.load(path, providers=CPU, intra_op_threads=1)
+
+
+def both_paths(engine, image, factor, tile, params, count_only=False, output_rows=windows.OUTPUT_ROWS,
+               source=None):
+    """(in-memory GridOutputs, windowed GridOutputs, the windowed prediction)."""
+    md = engine.metadata
+    scale = pipeline.ScaleChoice(20.0 / factor, "request", factor)
+    memory = pipeline.predict_scaled(image, scale, engine.run, md, tile_size=tile, batch_size=1)
+    in_memory = pipeline.on_input_grid(memory, md, image.shape[:2], md.threshold, params, count_only)
+    windowed = windows.WindowedPrediction.prepare(source or ArraySource(image), factor, engine.run, md,
+                                                  tile_size=tile)
+    assert windowed.plan == memory.plan
+    # no cap on tall components here: the random conv net's mask is one confluent sheet
+    bands = list(windowed.bands(md.threshold, params, labels=params is not None and not count_only,
+                                probability=True, count_only=count_only, output_rows=output_rows,
+                                max_object_rows=10**9))
+    height, width = image.shape[:2]
+    grid = pipeline.GridOutputs(
+        np.concatenate([b.probability for b in bands]), np.concatenate([b.mask for b in bands]),
+        None if bands[0].labels is None else rescale.renumber(np.concatenate([b.labels for b in bands])),
+        bands[-1].objects_done,
+    )
+    assert [b.y0 for b in bands] == sorted({b.y0 for b in bands}) and grid.mask.shape == (height, width)
+    return in_memory, grid, bands
+
+
+@pytest.mark.parametrize("factor", [0.55, 1.0, 1.6])
+@pytest.mark.parametrize(("shape", "tile"), [((301, 187), 48), ((163, 250), 90), ((77, 61), 200)])
+def test_windowed_outputs_equal_the_in_memory_ones(conv20, factor, shape, tile):
+    image = synthetic_nuclei(*shape, seed=shape[0])
+    params = ObjectParams(min_area=4)
+    in_memory, windowed, bands = both_paths(conv20, image, factor, tile, params, output_rows=40)
+    np.testing.assert_array_equal(windowed.probability, in_memory.probability)
+    np.testing.assert_array_equal(windowed.mask, in_memory.mask)
+    np.testing.assert_array_equal(windowed.labels, in_memory.labels)
+    assert in_memory.count == int(windowed.labels.max()) > 0
+    # ids are global: an object keeps one id in every band it spans
+    raw = np.concatenate([b.labels for b in bands])
+    pairs = set(zip(raw.ravel().tolist(), windowed.labels.ravel().tolist(), strict=True))
+    assert len(pairs) == len(np.unique(raw))
+    counted, windowed_count, _ = both_paths(conv20, image, factor, tile, params, count_only=True)
+    assert windowed_count.count == counted.count
+
+
+def test_a_lazy_source_gives_the_outputs_of_the_image_in_memory(conv20):
+    image = synthetic_nuclei(700, 173, seed=5)  # taller than a read of the normalisation pass
+    source = LazySource(image)
+    in_memory, windowed, _ = both_paths(conv20, image, 0.8, 64, ObjectParams(min_area=4), source=source)
+    np.testing.assert_array_equal(windowed.labels, in_memory.labels)
+    np.testing.assert_array_equal(windowed.probability, in_memory.probability)
+    assert max(y1 - y0 for y0, y1, _, _ in source.reads) <= windows.LIMIT_ROWS < image.shape[0]
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL_PATH.is_file(), reason="the bundled model is not in this checkout")
+@pytest.mark.parametrize(("factor", "tile"), [(1.0, 448), (0.62, 640)])
+def test_the_bundled_model_windowed_equals_in_memory(factor, tile):
+    engine = Engine.load(DEFAULT_MODEL_PATH, providers=CPU)
+    image = synthetic_nuclei(1001, 777, seed=3)
+    params = objects.params_for_model(engine.metadata)
+    in_memory, windowed, bands = both_paths(engine, image, factor, tile, params)
+    assert len(bands) > 2
+    np.testing.assert_array_equal(windowed.probability, in_memory.probability)
+    np.testing.assert_array_equal(windowed.mask, in_memory.mask)
+    np.testing.assert_array_equal(windowed.labels, in_memory.labels)
+
+
+def test_stopping_stops_between_tiles_and_progress_counts_them(conv20):
+    image = synthetic_nuclei(300, 200, seed=1)
+    calls: list[int] = []
+    seen: list[tuple[int, int]] = []
+
+    def infer(batch):
+        calls.append(len(batch))
+        return conv20.run(batch)
+
+    prediction = windows.WindowedPrediction.prepare(
+        ArraySource(image), 1.0, infer, conv20.metadata, tile_size=48,
+        should_stop=lambda: len(calls) >= 5, progress=lambda done, total: seen.append((done, total)),
+    )
+    with pytest.raises(Cancelled):
+        list(prediction.bands(0.5))
+    assert len(calls) == 5 < prediction.tiles
+    assert seen[0] == (0, prediction.tiles) and [d for d, _ in seen] == list(range(6))
+
+
+def test_only_the_outputs_asked_for_are_computed(conv20):
+    image = synthetic_nuclei(120, 90, seed=2)
+    prediction = windows.WindowedPrediction.prepare(ArraySource(image), 1.0, conv20.run, conv20.metadata)
+    grid = pipeline.on_input_grid(prediction, conv20.metadata, image.shape, 0.5, None, need={"mask"})
+    assert grid.probability is None and grid.labels is None and grid.count is None
+    assert grid.mask.dtype == np.uint8 and grid.mask.shape == image.shape
+
+
+# --- objects band by band -----------------------------------------------------------------------
+
+
+def tricky_maps(height: int = 260, width: int = 200, seed: int = 0) -> np.ndarray:
+    """``(2, H, W)`` float32 'probabilities' (foreground, centre) with what band borders must
+    survive: touching pairs to split, a ring with a nucleus in its hole, a U open at the bottom
+    of some bands, a tall snake, specks below the minimum area."""
+    rng = np.random.default_rng(seed)
+    fg = np.zeros((height, width), np.float32)
+    centre = np.zeros((height, width), np.float32)
+    for _ in range(40):
+        x, y, r = int(rng.integers(0, width)), int(rng.integers(0, height)), int(rng.integers(3, 12))
+        cv2.circle(fg, (x, y), r, 1.0, -1)
+        cv2.circle(centre, (x, y), max(1, r // 2), 1.0, -1)
+        cv2.circle(fg, (x + r, y + r // 2), r, 1.0, -1)  # a touching twin
+        cv2.circle(centre, (x + r, y + r // 2), max(1, r // 2), 1.0, -1)
+    cv2.circle(fg, (100, 130), 40, 1.0, 6)  # a ring across several bands, with a nucleus inside
+    cv2.circle(fg, (100, 130), 8, 1.0, -1)
+    fg[60:110, 20:26] = 1.0  # a U: open towards the bottom until its base arrives
+    fg[60:110, 44:50] = 1.0
+    fg[104:110, 20:50] = 1.0
+    fg[10:250, 185:189] = 1.0  # a tall snake
+    fg[200, 5] = 1.0  # a speck
+    centre = cv2.GaussianBlur(centre, (0, 0), 2.0)
+    return np.stack([fg * 0.9, centre / max(1e-6, centre.max())])
+
+
+@pytest.mark.parametrize("method", ["distance_watershed", "center_watershed", "connected_components"])
+@pytest.mark.parametrize("band", [7, 23, 64])
+def test_band_objects_equal_whole_image_objects(method, band):
+    maps = tricky_maps(seed=band)
+    params = ObjectParams(method=method, min_area=10)
+    whole = objects.label_prediction(maps[0] > 0.5, maps, params)
+    finder = windows.BandObjects(maps.shape[1], 0.5, params)
+    rows, labels = [], []
+    for y0 in range(0, maps.shape[1], band):
+        first, probs, labs = finder.push(y0, maps[:, y0 : y0 + band], 0)
+        rows.append((first, probs.shape[1]))
+        labels.append(labs)
+    assert sum(h for _, h in rows) == maps.shape[1]  # every row once, in order
+    assert all(a + h == b for (a, h), (b, _) in zip(rows, rows[1:], strict=False))
+    np.testing.assert_array_equal(rescale.renumber(np.concatenate(labels)), whole)
+    assert finder.done == whole.max() and not finder.warnings
+    counter = windows.BandObjects(maps.shape[1], 0.5, params, count_only=True)
+    for y0 in range(0, maps.shape[1], band):
+        counter.push(y0, maps[:, y0 : y0 + band], 0)
+    assert counter.done == objects.count_prediction(maps[0] > 0.5, maps, params)
+
+
+def test_a_component_taller_than_the_cap_is_cut_with_a_warning():
+    maps = tricky_maps(seed=1)
+    params = ObjectParams(method="connected_components", min_area=10)
+    whole = objects.label_prediction(maps[0] > 0.5, maps, params)
+    cap = 120
+    finder = windows.BandObjects(maps.shape[1], 0.5, params, max_rows=cap)
+    labels = [finder.push(y0, maps[:, y0 : y0 + 20], 0)[2] for y0 in range(0, maps.shape[1], 20)]
+    banded = rescale.renumber(np.concatenate(labels))
+    assert "cut" in finder.warnings[0]
+    boxes = ndimage.find_objects(whole)
+    snake = whole[100, 186]
+    assert boxes[snake - 1][0].stop - boxes[snake - 1][0].start > 2 * cap
+    assert len(np.unique(banded[whole == snake])) > 1  # the snake came out in pieces
+    # every object shorter than the cap is exactly the whole image's
+    short = [i + 1 for i, box in enumerate(boxes) if box[0].stop - box[0].start < cap]
+    assert len(short) >= 10
+    for i in short:
+        ids = np.unique(banded[whole == i])
+        assert len(ids) == 1 and np.array_equal(banded == ids[0], whole == i)
