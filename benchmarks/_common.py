@@ -146,9 +146,12 @@ class Service:
         model: ONNX file to serve.
         threads: ONNX Runtime intra-op threads (inter-op 1).
         env: extra ``UNET_*`` settings (e.g. ``{"UNET_MAX_BATCH_SIZE": "1"}``).
+        cwd: where ``python -m service`` runs: the ``service`` package found there is served.
     """
 
-    def __init__(self, model: Path, threads: int, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, model: Path, threads: int, env: Mapping[str, str] | None = None, cwd: Path = REPO
+    ) -> None:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         full_env = {
@@ -164,7 +167,7 @@ class Service:
         }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service"],
-            cwd=REPO,
+            cwd=cwd,  # another checkout's service package (a baseline), or this one's
             env=full_env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -93,6 +93,8 @@ def write_slide(
     options = dict(
         tile=(tile, tile), dtype=np.uint16, photometric="minisblack", compression="zlib",
         compressionargs={"level": 6}, maxworkers=workers,
+        # tifffile compresses this many bytes of tiles per pass (default 512 MiB: it buffers them)
+        buffersize=32 * 2**20,
     )
     metadata = {
         "axes": "YX", "PhysicalSizeX": pixel_size_um, "PhysicalSizeY": pixel_size_um,

@@ -9,12 +9,14 @@ CPU seconds, the ``Server-Timing`` split, and whether the two paths' masks are b
 
 - **in-memory** (today's path): ``UNET_WINDOWED_MIN_PIXELS`` past the image, so the whole image
   goes through ``segment.predict`` with full-size float maps, tile = the model's (2048).
-- **windowed**: the defaults (``service/windows.py``; tile ``UNET_WINDOWED_TILE_SIZE``, batch 1).
+- **windowed**: the defaults (``service/windows.py``, batch 1), for each ``--tiles`` value of
+  ``UNET_WINDOWED_TILE_SIZE``.
 
 Then the 2048² request's CPU cost, the default (in-memory, below ``UNET_WINDOWED_MIN_PIXELS``)
-against the windowed path forced on it (``UNET_WINDOWED_MIN_PIXELS=1``) at the windowed tile and
-at the model's tile: three services alive at once, requests interleaved over ``--rounds`` rounds,
-CPU-seconds ratios per round (the machine is shared: wall times swing, CPU seconds less).
+against ``--baseline`` (the code before issue #16) and the windowed path forced on it
+(``UNET_WINDOWED_MIN_PIXELS=1``) at each ``--tiles`` value and at the model's 2048: all services
+alive at once, requests interleaved over ``--rounds`` rounds in a rotating order, CPU-seconds
+ratios per round (the machine is shared: wall times swing, CPU seconds less).
 
     .venv/bin/python benchmarks/windowed_memory.py               # 4096² and 8192², then 2048² × 5 rounds
     .venv/bin/python benchmarks/windowed_memory.py --sizes 4096 --rounds 3
@@ -89,13 +91,15 @@ def one_request(env: dict[str, str], body: bytes, warm: bytes, threads: int) -> 
         }
 
 
-def memory_table(sizes: list[int], threads: int) -> str:
+def memory_table(sizes: list[int], threads: int, tiles: list[int], in_memory: bool = True) -> str:
     warm = encode_png(nuclei_image(WARM_UP))
     rows = []
     digests: dict[int, set[str]] = {}
+    paths = [("in-memory", {"UNET_WINDOWED_MIN_PIXELS": NEVER})] if in_memory else []
+    paths += [(f"windowed, tile {t}", {"UNET_WINDOWED_TILE_SIZE": str(t)}) for t in tiles]
     for size in sizes:
         body = encode_png(nuclei_image(size))
-        for path, env in (("in-memory", {"UNET_WINDOWED_MIN_PIXELS": NEVER}), ("windowed", {})):
+        for path, env in paths:
             if path == "in-memory" and size * size * 40 > psutil.virtual_memory().available:
                 rows.append([f"{size}²", path, "skipped: not enough free memory"] + [""] * 8)
                 continue
@@ -117,14 +121,15 @@ def memory_table(sizes: list[int], threads: int) -> str:
     return table + f"\n\nmasks byte-identical between the paths: {same}"
 
 
-def cpu_ratio_table(rounds: int, threads: int) -> str:
+def cpu_ratio_table(rounds: int, threads: int, tiles: list[int], baseline: Path | None) -> str:
     body = encode_png(nuclei_image(2048))
-    variants = {
-        "in-memory (default at 2048²)": {},
-        "windowed, tile 1536": {"UNET_WINDOWED_MIN_PIXELS": "1"},
-        "windowed, tile 2048": {"UNET_WINDOWED_MIN_PIXELS": "1", "UNET_WINDOWED_TILE_SIZE": "2048"},
-    }
-    services = {name: Service(MODEL, threads, env) for name, env in variants.items()}
+    variants: dict[str, tuple[dict[str, str], Path]] = {"in-memory (default at 2048²)": ({}, REPO)}
+    if baseline is not None:
+        variants[f"baseline: {baseline.name}"] = ({}, baseline)
+    for tile in [*tiles, 2048]:
+        env = {"UNET_WINDOWED_MIN_PIXELS": "1", "UNET_WINDOWED_TILE_SIZE": str(tile)}
+        variants[f"windowed forced, tile {tile}"] = (env, REPO)
+    services = {name: Service(MODEL, threads, env, cwd) for name, (env, cwd) in variants.items()}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     wall: dict[str, list[float]] = {name: [] for name in variants}
     digests: dict[str, set[str]] = {name: set() for name in variants}
@@ -167,12 +172,20 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[4096, 8192])
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the 2048² CPU comparison (0: skip)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tiles", type=int, nargs="+", default=[1024],
+                        help="UNET_WINDOWED_TILE_SIZE values to measure")
+    parser.add_argument("--no-in-memory", action="store_true", help="measure the windowed path only")
+    parser.add_argument(
+        "--baseline", type=Path, default=None,
+        help="a folder holding another version's service/ package (e.g. `git archive BASE service | "
+        "tar -x -C DIR`): its 2048² request joins the CPU comparison",
+    )
     args = parser.parse_args()
     print(machine())
     if args.sizes:
-        print(memory_table(args.sizes, args.threads), flush=True)
+        print(memory_table(args.sizes, args.threads, args.tiles, not args.no_in_memory), flush=True)
     if args.rounds:
-        print(cpu_ratio_table(args.rounds, args.threads))
+        print(cpu_ratio_table(args.rounds, args.threads, args.tiles, args.baseline))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from service import objects, postprocess, rescale, segment, windows
 from service.diameter import estimate_diameter
 from service.modality import check_modality
 from service.model_metadata import ModelMetadata
-from service.preprocess import percentile_limits, to_channels
+from service.preprocess import to_channels
 from service.regions import ArraySource
 
 DiameterSource = Literal["request", "estimated", "model-scale"]
@@ -108,16 +108,15 @@ def predict_scaled(
 ) -> segment.Prediction:
     """``segment.predict`` on the image resized by ``scale.factor`` (probabilities at the model's scale).
 
-    The image is resampled (``rescale.resample_image``, float32) and normalised with the limits
-    of the image as sent — what the windowed path computes window by window.
+    The resize is ``rescale.resample_image`` (global separable taps), which the windowed path
+    (``service.windows``) applies window by window with the same result.
     """
     if scale.factor == 1.0:
         return segment.predict(image, infer, metadata, **predict_options)  # type: ignore[arg-type]
     channels = to_channels(image, metadata.in_channels)
-    limits = percentile_limits(channels, metadata.normalization)
     resized = rescale.resample_image(channels, rescale.scaled_shape(image.shape[:2], scale.factor))
     del channels
-    return segment.predict(resized, infer, metadata, limits=limits, **predict_options)  # type: ignore[arg-type]
+    return segment.predict(resized, infer, metadata, **predict_options)  # type: ignore[arg-type]
 
 
 @dataclass

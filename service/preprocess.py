@@ -136,9 +136,6 @@ def normalize(
     return out
 
 
-def prepare(
-    image: np.ndarray, channels: int, norm: Normalization, limits: list[tuple[float, float]] | None = None
-) -> np.ndarray:
-    """Decoded image → the network's input layout: float32 ``(C, H, W)``; ``limits`` as for
-    :func:`normalize` (those of the image before it was resized to the nucleus scale)."""
-    return normalize(to_channels(image, channels), norm, limits)
+def prepare(image: np.ndarray, channels: int, norm: Normalization) -> np.ndarray:
+    """Decoded image → the network's input layout: float32 ``(C, H, W)``."""
+    return normalize(to_channels(image, channels), norm)

@@ -169,11 +169,24 @@ def resample_axis(
 
 
 def resample_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """An ``(H, W)`` / ``(H, W, C)`` image resampled to ``shape`` with :func:`resample_axis`, float32."""
+    """An ``(H, W)`` / ``(H, W, C)`` image resampled to ``shape`` with :func:`resample_axis`, in its
+    own dtype (:func:`round_to`): what ``pipeline.predict_scaled`` gives the model."""
     if image.shape[:2] == tuple(shape):
         return image
     rows = resample_axis(image, axis_taps(image.shape[0], shape[0]), 0)
-    return resample_axis(rows, axis_taps(image.shape[1], shape[1]), 1)
+    return round_to(resample_axis(rows, axis_taps(image.shape[1], shape[1]), 1), image.dtype)
+
+
+def round_to(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Resampled float32 ``array`` back in ``dtype``: integers rounded half to even and clipped to
+    the type's range (as ``cv2.resize`` rounds), floats kept as float32."""
+    dtype = np.dtype(dtype)
+    if not np.issubdtype(dtype, np.integer):
+        return array.astype(np.float32, copy=False)
+    info = np.iinfo(dtype)
+    np.rint(array, out=array)
+    np.clip(array, info.min, info.max, out=array)
+    return array.astype(dtype)
 
 
 def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -93,7 +93,6 @@ def predict(
     should_stop: Callable[[], bool] | None = None,
     border: int | None = None,
     progress: Callable[[int, int], None] | None = None,
-    limits: list[tuple[float, float]] | None = None,
 ) -> Prediction:
     """Segment one decoded image by overlapping tiles.
 
@@ -110,8 +109,6 @@ def predict(
             the model's ``border``, else its context margin.
         progress: called with ``(tiles done, tiles in the plan)`` before the first batch and
             after each one (a job's progress report); cheap calls only.
-        limits: per-channel normalisation limits (``preprocess.percentile_limits``) of the image
-            this one was resized from; ``None`` → the image's own.
 
     Returns:
         :class:`Prediction` with ``(K, H, W)`` float32 probabilities.
@@ -123,7 +120,7 @@ def predict(
     plan = plan_tiles(height, width, tile, ov, metadata.context_margin, metadata.size_divisor, border)
     # Normalise the WHOLE image once: per-tile percentiles would differ from tile to tile
     # and leave seams.
-    chw = prepare(image, metadata.in_channels, metadata.normalization, limits)
+    chw = prepare(image, metadata.in_channels, metadata.normalization)
     padded = pad_image(chw, plan)
     del chw  # only the padded copy is needed from here on
     stitcher = Stitcher(plan, metadata.classes)

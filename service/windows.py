@@ -45,7 +45,7 @@ from service.preprocess import (
     sample_percentiles,
     to_channels,
 )
-from service.regions import ArraySource, RegionSource
+from service.regions import ArraySource, RegionSource, check_window
 from service.segment import Cancelled, Infer, apply_activation, resolve_tiling
 from service.settings import Settings
 from service.tiling import BandStitcher, TilePlan, plan_tiles, reflect_index
@@ -55,8 +55,8 @@ log = logging.getLogger(__name__)
 #: A connected component taller than this many tile heights (a confluent sheet of cells) is cut
 #: at the band border instead of being carried for ever (with a warning).
 MAX_OBJECT_TILE_ROWS = 4
-#: Rows per read when the normalisation limits of a lazy source are accumulated.
-LIMIT_ROWS = 512
+#: Pixels per read when the normalisation limits of a lazy source are accumulated (whole rows).
+LIMIT_PIXELS = 1 << 22
 #: Rows of a stitched band handled at once by the objects and output stages (bounds their
 #: temporaries; the rows carried between slices are re-labelled, a few % of the object work).
 OUTPUT_ROWS = 256
@@ -97,10 +97,13 @@ def policy(settings: Settings, tile_source: str) -> WindowPolicy:
     return WindowPolicy(settings.windowed_min_pixels, tile, settings.windowed_batch_size)
 
 
-def source_limits(source: RegionSource, channels: int, metadata: ModelMetadata) -> list[tuple[float, float]]:
+def source_limits(
+    source: RegionSource, channels: int, metadata: ModelMetadata, pixels_per_read: int = LIMIT_PIXELS
+) -> list[tuple[float, float]]:
     """Per-channel normalisation limits of the whole source, equal to
     ``preprocess.percentile_limits`` of the decoded image: an exact histogram for 8/16-bit
-    pixels, the same raster-order subsample for float ones, read :data:`LIMIT_ROWS` rows at a time.
+    pixels, the same raster-order subsample for float ones, read in whole rows of about
+    ``pixels_per_read`` pixels.
     """
     norm = metadata.normalization
     if isinstance(source, ArraySource):
@@ -112,8 +115,9 @@ def source_limits(source: RegionSource, channels: int, metadata: ModelMetadata) 
     counts: list[np.ndarray] = []
     samples: list[list[np.ndarray]] = []
     integer = False
-    for y0 in range(0, height, LIMIT_ROWS):
-        y1 = min(height, y0 + LIMIT_ROWS)
+    rows = max(1, pixels_per_read // width)
+    for y0 in range(0, height, rows):
+        y1 = min(height, y0 + rows)
         window = to_channels(source.read(y0, y1, 0, width), channels)
         planes = [window] if window.ndim == 2 else [window[:, :, c] for c in range(window.shape[2])]
         integer = window.dtype in (np.uint8, np.uint16)
@@ -137,39 +141,73 @@ def source_limits(source: RegionSource, channels: int, metadata: ModelMetadata) 
     return [sample_percentiles(np.concatenate(s), norm.low, norm.high) for s in samples]
 
 
+class ResampledSource:
+    """A :class:`~service.regions.RegionSource` of the image resized to the model's nucleus scale,
+    made window by window: ``(Hs, Ws)`` / ``(Hs, Ws, C)`` in the source's dtype (integers rounded,
+    as ``cv2.resize`` of the whole image rounds).
+
+    Row ``j`` of a window equals row ``j`` of ``rescale.resample_image`` of the whole image (the
+    taps are global), so windows agree where they meet and match the in-memory path.
+    """
+
+    def __init__(self, source: RegionSource, channels: int, shape: tuple[int, int]) -> None:
+        self.source = source
+        self.channels = channels
+        self.input_shape = (int(source.shape[0]), int(source.shape[1]))
+        self._shape = shape
+        self.row_taps = rescale.axis_taps(self.input_shape[0], shape[0])
+        self.col_taps = rescale.axis_taps(self.input_shape[1], shape[1])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape if self.channels == 1 else (*self._shape, self.channels)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.source.dtype
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        check_window(self.shape, y0, y1, x0, x1)
+        lo, hi = self.row_taps.span(y0, y1)
+        raw = to_channels(self.source.read(lo, hi, 0, self.input_shape[1]), self.channels)
+        rows = rescale.resample_axis(raw, self.row_taps, 0, y0, y1, offset=lo)
+        del raw
+        cols = rescale.resample_axis(rows, self.col_taps, 1, x0, x1)
+        return rescale.round_to(cols, self.source.dtype)
+
+
 class ModelRows:
     """Rows of the model-scale, normalised image ``(C, Hs, Ws)``, made from the source on demand.
 
-    The same pixels as ``rescale.resample_image`` of the whole image followed by
-    ``preprocess.normalize`` with the whole image's limits (what ``pipeline.predict_scaled``
-    runs): each output row depends only on its global taps.
+    The same pixels as ``pipeline.predict_scaled`` gives the model: the image resized
+    (:class:`ResampledSource`, ``rescale.resample_image`` for the whole image) and normalised
+    with the limits of the resized image (:func:`source_limits`).
     """
 
-    def __init__(
-        self, source: RegionSource, metadata: ModelMetadata, factor: float, limits: list[tuple[float, float]]
-    ) -> None:
-        self.source = source
+    def __init__(self, source: RegionSource, metadata: ModelMetadata, factor: float) -> None:
         self.metadata = metadata
-        self.limits = limits
         self.input_shape = (int(source.shape[0]), int(source.shape[1]))
         self.shape = self.input_shape if factor == 1.0 else rescale.scaled_shape(self.input_shape, factor)
         self.resized = self.shape != self.input_shape
-        if self.resized:
-            self.row_taps = rescale.axis_taps(self.input_shape[0], self.shape[0])
-            self.col_taps = rescale.axis_taps(self.input_shape[1], self.shape[1])
+        self.source: RegionSource = (
+            ResampledSource(source, metadata.in_channels, self.shape) if self.resized else source
+        )
+        self.limits: list[tuple[float, float]] | None = None
+
+    def prepare_limits(self, limits: list[tuple[float, float]] | None = None) -> list[tuple[float, float]]:
+        """The normalisation limits: ``limits`` if given, else those of the whole (resized) image,
+        in one pass over it window by window."""
+        if limits is None:
+            limits = source_limits(self.source, self.metadata.in_channels, self.metadata)
+        self.limits = limits
+        return limits
 
     def read(self, y0: int, y1: int) -> np.ndarray:
         """Model-scale rows ``[y0, y1)``, all columns: ``(C, y1 - y0, Ws)`` float32."""
         md = self.metadata
-        width = self.input_shape[1]
-        if not self.resized:
-            raw = to_channels(self.source.read(y0, y1, 0, width), md.in_channels)
-            return normalize(raw, md.normalization, self.limits)
-        lo, hi = self.row_taps.span(y0, y1)
-        raw = to_channels(self.source.read(lo, hi, 0, width), md.in_channels)
-        rows = rescale.resample_axis(raw, self.row_taps, 0, y0, y1, offset=lo)
-        del raw
-        return normalize(rescale.resample_axis(rows, self.col_taps, 1), md.normalization, self.limits)
+        limits = self.limits if self.limits is not None else self.prepare_limits()
+        raw = to_channels(self.source.read(y0, y1, 0, self.shape[1]), md.in_channels)
+        return normalize(raw, md.normalization, limits)
 
 
 def tile_row_rows(reader: ModelRows, plan: TilePlan, tile_row: int) -> np.ndarray:
@@ -430,9 +468,8 @@ class WindowedPrediction:
             "segmenting %d×%d model px band by band: %d×%d tiles of %d×%d",
             self.plan.height, self.plan.width, *self.plan.grid, self.plan.tile_h, self.plan.tile_w,
         )
-        if self.limits is None:
-            self.limits = source_limits(self.source, md.in_channels, md)
-        reader = ModelRows(self.source, md, self.factor, self.limits)
+        reader = ModelRows(self.source, md, self.factor)
+        self.limits = reader.prepare_limits(self.limits)
         model_bands = stitched_bands(
             reader, self.plan, self._timed_infer, md, self.batch_size, self.should_stop, self.progress
         )

@@ -14,7 +14,7 @@ import zarr
 from ome_zarr.format import FormatV04, FormatV05
 from ome_zarr.writer import write_image
 
-from service import slide_files
+from service import microscopy, slide_files
 from service.imaging import UnsupportedImageType
 from service.microscopy import Selection, SelectionError
 from service.regions import ArraySource, RegionSource
@@ -249,3 +249,33 @@ def test_is_slide_path(cyx, tmp_path):
     assert slide_files.is_slide_path(tmp_path / "z.zarr") and root is not None
     (tmp_path / "x.txt").write_text("hello")
     assert not slide_files.is_slide_path(tmp_path / "x.txt")
+
+
+@pytest.mark.parametrize("selection", [Selection(channel="GFP"), Selection(channel="2", pixel_size_um=0.3)])
+def test_a_slide_plane_is_the_uploads_plane(cyx, selection):
+    """The same file and options give the same pixels and the same description either way."""
+    path, _ = cyx
+    upload = microscopy.select(path.read_bytes(), selection, max_pixels=BIG, limits=100)
+    with open_slide(path, selection, max_pixels=BIG, limits=100) as slide:
+        assert np.array_equal(slide.read(0, 700, 0, 900), upload.image)
+        assert slide.plane.describe() == upload.describe()
+        assert slide.plane.warnings == upload.warnings
+
+
+def test_ome_zarr_from_bioformats2raw_without_units_and_with_one_huge_chunk(tmp_path):
+    data = _pattern((1, 1, 1, 120, 100))  # t, c, z, y, x
+    path = tmp_path / "b2r.ome.zarr"
+    root = zarr.open_group(path, mode="w", zarr_format=2)
+    root.attrs["bioformats2raw.layout"] = 3
+    write_image(data, root.create_group("0"), fmt=FormatV04(), scale_factors=(), axes="tczyx")
+    with open_slide(path, max_pixels=BIG, limits=100) as source:
+        assert source.shape == (120, 100)
+        assert np.array_equal(source.read(7, 99, 3, 100), data[0, 0, 0, 7:99, 3:100])
+        assert source.pixel_size is None  # a scale without a unit is not a size in µm
+        assert any("no unit" in note for note in source.plane.warnings)
+    big = tmp_path / "one-chunk.ome.zarr"
+    root = zarr.open_group(big, mode="w", zarr_format=2)
+    write_image(np.zeros((6000, 6000), np.uint8), root, fmt=FormatV04(), scale_factors=(), axes="yx",
+                storage_options={"chunks": (6000, 6000)})
+    with pytest.raises(UnsupportedImageType, match="re-save it tiled"):
+        open_slide(big, max_pixels=BIG, limits=100)

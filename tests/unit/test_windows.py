@@ -102,7 +102,8 @@ def test_tile_rows_cut_from_the_source_equal_the_padded_image(shape):
     md = write_conv_model_metadata()
     plan = plan_tiles(*shape, 32, 12, 3, 4, 9)  # border 9: longer than a 5-px-high image
     limits = percentile_limits(image, md.normalization)
-    reader = windows.ModelRows(LazySource(image), md, 1.0, limits)
+    reader = windows.ModelRows(LazySource(image), md, 1.0)
+    assert reader.prepare_limits() == limits
     padded = pad_image(pipeline_normalized(image, md), plan)
     tile = np.empty((1, plan.tile_h, plan.tile_w), np.float32)
     for index in range(plan.n_tiles):
@@ -141,9 +142,10 @@ def pipeline_normalized(image: np.ndarray, md) -> np.ndarray:
 def test_limits_read_window_by_window_equal_the_whole_image_limits(image):
     md = write_conv_model_metadata()
     source = LazySource(image)
-    got = windows.source_limits(source, 1, md)
+    got = windows.source_limits(source, 1, md, pixels_per_read=50_000)
     assert got == percentile_limits(to_channels(image, 1), Normalization())
-    assert len(source.reads) == -(-image.shape[0] // windows.LIMIT_ROWS)  # band by band, never whole
+    rows = 50_000 // image.shape[1]
+    assert len(source.reads) == -(-image.shape[0] // rows) > 1  # band by band, never whole
 
 
 # --- windowed == in memory, on real models ------------------------------------------------------
@@ -199,12 +201,14 @@ def test_windowed_outputs_equal_the_in_memory_ones(conv20, factor, shape, tile):
 
 
 def test_a_lazy_source_gives_the_outputs_of_the_image_in_memory(conv20):
-    image = synthetic_nuclei(700, 173, seed=5)  # taller than a read of the normalisation pass
+    image = synthetic_nuclei(211, 173, seed=5)
     source = LazySource(image)
     in_memory, windowed, _ = both_paths(conv20, image, 0.8, 64, ObjectParams(min_area=4), source=source)
     np.testing.assert_array_equal(windowed.labels, in_memory.labels)
     np.testing.assert_array_equal(windowed.probability, in_memory.probability)
-    assert max(y1 - y0 for y0, y1, _, _ in source.reads) <= windows.LIMIT_ROWS < image.shape[0]
+    tile_reads = source.reads[1:]  # after the one read of the normalisation pass (a small image)
+    assert source.reads[0] == (0, 211, 0, 173)
+    assert tile_reads and max(y1 - y0 for y0, y1, _, _ in tile_reads) < image.shape[0]
 
 
 @pytest.mark.skipif(not DEFAULT_MODEL_PATH.is_file(), reason="the bundled model is not in this checkout")
