@@ -37,7 +37,7 @@ from service.preprocess import to_channels
 from service.regions import RegionSource
 from service.segment import Infer
 from service.slide_files import overview
-from service.windows import WindowedPrediction
+from service.windows import OUTPUT_ROWS, WindowedPrediction
 
 #: Edge of the full-resolution window the nucleus size is estimated on (input px).
 ESTIMATE_WINDOW = 2048
@@ -98,6 +98,7 @@ def segment_slide(
     overlap: int | None,
     batch_size: int,
     chunk: int = 1024,
+    output_rows: int = OUTPUT_ROWS,
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> SlideResult:
@@ -136,7 +137,7 @@ def segment_slide(
     )
     stream = ObjectStream(pixel_size_um)
     with ObjectTableWriter(table_path, calibrated=pixel_size_um is not None) as table:
-        for band in prediction.bands(threshold, params, labels=True, probability=True):
+        for band in prediction.bands(threshold, params, labels=True, probability=True, output_rows=output_rows):
             assert band.labels is not None and band.probability is not None
             writer.write_rows(band.y0, band.mask, band.labels, band.probability)
             rows = band.mask.shape[0]
