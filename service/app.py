@@ -25,7 +25,7 @@ from service import log as service_log
 from service import metrics, web
 from service.errors import PROBLEM_JSON, BodyTooLarge, install, internal_error_body, problem_body
 from service.log import REQUEST_ID
-from service.routes import batch, health, jobs, model, probe, problems, segment
+from service.routes import batch, health, jobs, model, probe, problems, segment, slide_jobs
 from service.routes.deps import Runtime, require_api_key_for_metrics
 from service.settings import Settings, get_settings
 
@@ -213,6 +213,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(segment.router)
     app.include_router(batch.router)
     app.include_router(jobs.router)
+    app.include_router(slide_jobs.router)
     app.include_router(probe.router)
     app.include_router(model.router)
     app.include_router(web.router)

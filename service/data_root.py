@@ -71,6 +71,17 @@ class DataFile:
     def name(self) -> str:
         return self.path.name
 
+    def check_unchanged(self) -> None:
+        """:class:`Changed` unless the path still names the file that was checked (same device and
+        inode, a regular file, the last component not a symlink) — for readers that open the
+        path themselves (a slide read by region)."""
+        try:
+            st = os.lstat(self.path)
+        except OSError as exc:
+            raise Changed(f"{self.relative}: the file is gone since the job was submitted") from exc
+        if (st.st_dev, st.st_ino) != (self.device, self.inode) or not stat.S_ISREG(st.st_mode):
+            raise Changed(f"{self.relative}: the file was replaced since the job was submitted")
+
     def read(self, max_bytes: int) -> bytes:
         """The file's bytes, if it is still the file that was checked (same device and inode)
         and still within ``max_bytes``; :class:`Changed` / :class:`TooLarge` otherwise."""

@@ -277,8 +277,11 @@ class JobStore:
         jobs = used = 0
         for folder in self._folders():
             jobs += 1
-            with contextlib.suppress(FileNotFoundError):
-                used += sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+            # recursively: a slide job's result is a folder (an OME-Zarr store of many chunks)
+            for root, _, files in os.walk(folder):
+                for name in files:
+                    with contextlib.suppress(FileNotFoundError):
+                        used += os.stat(os.path.join(root, name)).st_size
         return jobs, used
 
     def new_job(self, declared_bytes: int | None) -> tuple[str, int]:

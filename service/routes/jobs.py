@@ -18,6 +18,7 @@ import asyncio
 import inspect
 import json
 import math
+import sys
 import time
 import typing
 from dataclasses import dataclass
@@ -53,9 +54,11 @@ from service.jobs import (
     UnknownJob,
     process_owner,
 )
+from service.routes import slide_jobs
 from service.routes.deps import ClientGone, Runtime, get_runtime, require_api_key
 from service.routes.segment import (
     IMAGE_BODY,
+    JOB_ONLY_OUTPUTS,
     RAW_TYPES,
     SegmentOptions,
     checked_engine,
@@ -132,8 +135,14 @@ def executor(runtime: Runtime) -> Execute:
         async def gone() -> bool:
             return stop()
 
+        slide = options.output in JOB_ONLY_OUTPUTS
+        data = b""
+
         def work(ticket: Any) -> Any:
             try:
+                if slide:
+                    return slide_jobs.run(runtime, _slide_path(given, input_path), options,
+                                          input_path.parent, stop, job.progress)
                 return run_pipeline(
                     runtime, data, options, stop, lambda px: runtime.grow(ticket, px, stop),
                     progress=job.progress,
@@ -144,9 +153,12 @@ def executor(runtime: Runtime) -> Execute:
                 raise
 
         try:
-            data = await anyio.to_thread.run_sync(_read_input, given, input_path,
-                                                  runtime.settings.max_upload_bytes)
-            pixels = await upload_pixels(runtime, data)
+            if slide:  # read by region: admitted for its windows' working set, not its size
+                pixels = slide_jobs.working_pixels(runtime)
+            else:
+                data = await anyio.to_thread.run_sync(_read_input, given, input_path,
+                                                      runtime.settings.max_upload_bytes)
+                pixels = await upload_pixels(runtime, data)
             while True:
                 entered = False
                 try:
@@ -178,12 +190,38 @@ def executor(runtime: Runtime) -> Execute:
             metrics.IMAGES.labels(output=options.output.value, outcome="cancelled").inc()
             return None
         metrics.IMAGES.labels(output=options.output.value, outcome="ok").inc()
+        if slide:
+            version = runtime.components()[0].metadata.version
+            return slide_jobs.job_result(job.id, result, given.filename, version)
         headers = result_headers(runtime, result)
         name = filenames.output_name(given.filename, options.output.value, result.media_type)
         headers["Content-Disposition"] = filenames.content_disposition(name)
         return JobResult(result.body, result.media_type, headers)
 
     return execute
+
+
+def _slide_path(given: JobInput, input_path: Path) -> Path:
+    """Where a slide job's file is: its upload, or its file under the data root if that is still
+    the file checked at submission (else the job fails with the problem)."""
+    if given.source is None:
+        return input_path
+    try:
+        given.source.check_unchanged()
+    except data_root.DataPathError as exc:
+        raise data_path_problem(exc) from exc
+    return given.source.path
+
+
+async def _check_slide(runtime: Runtime, path: Path, options: SegmentOptions) -> None:
+    """A slide refused at submission (too large, undecodable, ambiguous plane) → its problem now."""
+    try:
+        await anyio.to_thread.run_sync(slide_jobs.check, runtime, path, options)
+    except Exception as exc:
+        problem = problem_for(exc)
+        if problem is None:
+            raise
+        raise problem from exc
 
 
 def _read_input(given: JobInput, input_path: Path, max_bytes: int) -> bytes:
@@ -357,9 +395,12 @@ async def submit_job(
             raise _store_full(StoreFull(
                 "bytes", f"the upload does not fit in the {room:,} bytes the jobs folder has free "
                 "(UNET_JOBS_MAX_BYTES)", 60)) from exc
-        data = await anyio.to_thread.run_sync(store.input_path(job_id).read_bytes)
-        await upload_pixels(runtime, data)  # 400/413/415 now, from the header, not as a failed job
-        del data
+        if options.output in JOB_ONLY_OUTPUTS:  # a slide: its header, never its pixels
+            await _check_slide(runtime, store.input_path(job_id), options)
+        else:
+            data = await anyio.to_thread.run_sync(store.input_path(job_id).read_bytes)
+            await upload_pixels(runtime, data)  # 400/413/415 now, from the header, not as a failed job
+            del data
         record = JobRecord(
             id=job_id, status="queued", created=time.time(), options=dict(request.query_params),
             filename=filename,
@@ -534,17 +575,21 @@ async def submit_path_job(
         )
     path, options, sent = await _path_job_body(request, query_options)
     checked_engine(runtime, options)
+    slide = options.output in JOB_ONLY_OUTPUTS  # read by region: no byte limit, the slide pixel limit
     try:
         source = await anyio.to_thread.run_sync(data_root.locate, settings.data_root, path,
-                                                settings.max_upload_bytes)
+                                                sys.maxsize if slide else settings.max_upload_bytes)
     except data_root.DataPathError as exc:
         raise data_path_problem(exc) from exc
     except OSError as exc:  # the root itself is missing or unreadable: the operator's to fix
         raise ServiceUnavailable(f"the data root cannot be read: {exc.strerror}", retry_after_s=60) from exc
-    data = await anyio.to_thread.run_sync(_read_input, JobInput(options, None, source), Path(),
-                                          settings.max_upload_bytes)
-    await upload_pixels(runtime, data)  # 400/413/415 now, from the header, as for an upload
-    del data
+    if slide:
+        await _check_slide(runtime, source.path, options)
+    else:
+        data = await anyio.to_thread.run_sync(_read_input, JobInput(options, None, source), Path(),
+                                              settings.max_upload_bytes)
+        await upload_pixels(runtime, data)  # 400/413/415 now, from the header, as for an upload
+        del data
     try:
         job_id, _ = jobs.store.new_job(None)  # nothing is copied: only the result takes room
     except StoreFull as exc:

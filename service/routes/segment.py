@@ -72,6 +72,22 @@ class Output(str, Enum):
     objects = "objects"
     geojson = "geojson"
     rois = "rois"
+    ome_zarr = "ome-zarr"  # jobs only (POST /jobs): a slide's result is a folder, not one response
+
+
+#: Outputs only a job writes (``routes.jobs``): POST /segment and /segment/batch refuse them.
+JOB_ONLY_OUTPUTS = (Output.ome_zarr,)
+
+
+def refuse_job_only(options: SegmentOptions) -> None:
+    """422 for an output that only ``POST /jobs`` writes."""
+    if options.output in JOB_ONLY_OUTPUTS:
+        raise InvalidOptions(
+            f"output={options.output.value} is written by jobs only: "
+            f"POST /jobs?output={options.output.value} (a slide's OME-Zarr result is a folder of files, "
+            "fetched by URL when the job is done)",
+            errors=[{"loc": ["query", "output"], "msg": "a job-only output", "type": "enum"}],
+        )
 
 
 class Split(str, Enum):
@@ -154,7 +170,9 @@ def segment_options(
         "(see bits) · labels: 16-bit PNG of separate objects (count in X-Object-Count) · "
         "overlay: the input in colour with each object outlined · objects: one row per nucleus (CSV, or "
         "JSON with Accept: application/json) · geojson: QuPath-ready polygons · rois: ImageJ ROI set "
-        "(.zip) for Fiji's ROI Manager",
+        "(.zip) for Fiji's ROI Manager · ome-zarr: POST /jobs only — a slide read by region from a tiled "
+        "(OME-)TIFF or OME-Zarr and written band by band as OME-Zarr (probability, labels, mask, with a "
+        "pyramid) plus an objects CSV, in bounded memory",
     ),
     threshold: float | None = Query(
         None, gt=0, lt=1, description="foreground probability threshold; default from the model"
@@ -194,9 +212,11 @@ def batch_options(
     _known: None = Depends(only_query_params(*_OPTION_NAMES, *_PLANE_OPTION_NAMES)),
 ) -> SegmentOptions:
     _check_bits(bits)
-    return SegmentOptions(
+    options = SegmentOptions(
         output, threshold, bits, tile_size, overlap, split=split, diameter=diameter, plane=plane
     )
+    refuse_job_only(options)
+    return options
 
 
 def _check_bits(bits: int) -> None:
@@ -725,6 +745,7 @@ async def segment_image(
     options: SegmentOptions = Depends(segment_options),
     runtime: Runtime = Depends(get_runtime),
 ) -> Response:
+    refuse_job_only(options)
     checked_engine(runtime, options)  # 503/422 before reading a large body
     data = await read_single_upload(request)
     timeout_s = runtime.settings.request_timeout_s

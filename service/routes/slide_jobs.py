@@ -1,0 +1,228 @@
+"""Slide jobs: ``POST /jobs?output=ome-zarr`` and the files they leave (issue 16).
+
+A slide (a tiled OME-TIFF, BigTIFF or OME-Zarr of up to ``UNET_MAX_SLIDE_PIXELS``) is never
+decoded whole: the job opens it by path (its upload on disk, or a file under ``UNET_DATA_ROOT``),
+``service.slides.segment_slide`` segments it band by band, and the job's folder receives
+
+- ``result.ome.zarr/``: probability, labels and mask with a pyramid (``service.omezarr``), and
+- ``objects.csv``: one row per nucleus, as ``output=objects``.
+
+``GET /jobs/{id}/result`` then answers a JSON summary with their URLs. Each file of the store is
+served at ``GET /jobs/{id}/files/result.ome.zarr/...``, so a viewer that reads OME-Zarr over HTTP
+(napari with ome-zarr, ``ome_zarr.reader``, neuroglancer) opens the URL as it is;
+``GET /jobs/{id}/files.zip`` streams the whole folder as one ZIP for a download.
+
+This module translates between HTTP / job records and :mod:`service.slides`; the routes only
+check the id and the path and hand out files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path, PurePosixPath
+
+import anyio
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, Response, StreamingResponse
+
+from service import filenames, slide_files, slides, windows
+from service.errors import ProblemError, problem_responses
+from service.jobs import JobResult, UnknownJob
+from service.routes.deps import Runtime, require_api_key
+from service.routes.segment import SegmentOptions, object_params
+from service.zipstream import ZipStream
+
+router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
+
+#: What a slide job leaves in its folder, by the names the URLs use.
+RESULT_FILES = (slides.STORE_NAME, slides.TABLE_NAME)
+SUMMARY_TYPE = "application/json"
+
+
+def open_checked(runtime: Runtime, path: Path, options: SegmentOptions) -> slide_files.SlideSource:
+    """The slide at ``path`` opened for the request's plane choice (header and metadata only):
+    too large, undecodable, unsupported or ambiguous files raise the domain errors ``POST
+    /segment`` maps to problems (413, 400, 415, 422 choose-plane)."""
+    settings = runtime.settings
+    md = runtime.components()[0].metadata
+    return slide_files.open_slide(
+        path, options.plane, max_pixels=settings.max_slide_pixels, limits=settings.decode_limits(),
+        model_channels=md.in_channels,
+    )
+
+
+def check(runtime: Runtime, path: Path, options: SegmentOptions) -> None:
+    """At submission: refuse now, not as a failed job, what :func:`open_checked` refuses."""
+    open_checked(runtime, path, options).close()
+
+
+def working_pixels(runtime: Runtime) -> int:
+    """What a slide job is admitted for: its windows hold about what an image at the windowed
+    path's threshold holds in memory (``UNET_WINDOWED_MIN_PIXELS``), whatever the slide's size."""
+    return runtime.settings.windowed_min_pixels
+
+
+def run(
+    runtime: Runtime,
+    path: Path,
+    options: SegmentOptions,
+    folder: Path,
+    should_stop: Callable[[], bool],
+    progress: Callable[[int, int], None],
+) -> slides.SlideResult:
+    """Segment the slide at ``path`` into ``folder``. Blocking. What a failed or stopped run wrote
+    is deleted (a half-written store is no result)."""
+    engine, batcher = runtime.components()
+    md = engine.metadata
+    tiling = runtime.tiling(md, options.tile_size, options.overlap)
+    windowed = windows.policy(runtime.settings, tiling.source)  # the tile a windowed run takes
+
+    def infer(batch):  # type: ignore[no-untyped-def]
+        return batcher.infer(batch, should_stop)
+
+    threshold = options.threshold if options.threshold is not None else md.threshold
+    try:
+        with open_checked(runtime, path, options) as source:
+            size = source.pixel_size  # the file's, or the request's pixel_size= (microscopy.resolve)
+            pixel_size = (size.x_um, size.y_um) if size is not None else None
+            result = slides.segment_slide(
+                source, folder, infer, md, object_params(options, md), threshold, options.diameter,
+                pixel_size_um=pixel_size,
+                tile_size=windowed.tile_size or tiling.tile_size, overlap=tiling.overlap,
+                batch_size=windowed.batch_size,
+                should_stop=should_stop, progress=progress,
+            )
+            result.warnings[:0] = list(source.plane.warnings)
+            return result
+    except BaseException:
+        remove_outputs(folder)
+        raise
+
+
+def remove_outputs(folder: Path) -> None:
+    shutil.rmtree(folder / slides.STORE_NAME, ignore_errors=True)
+    (folder / slides.TABLE_NAME).unlink(missing_ok=True)
+
+
+def job_result(
+    job_id: str, result: slides.SlideResult, filename: str | None, model_version: str
+) -> JobResult:
+    """The job's ``/result``: a JSON summary with the URLs of the files."""
+    base = f"/jobs/{job_id}/files"
+    scale = result.scale
+    summary = {
+        "width": result.width,
+        "height": result.height,
+        "objects": result.objects,
+        "tiles": result.tiles,
+        "nucleus_diameter": None if scale.diameter is None else round(scale.diameter, 2),
+        "diameter_source": scale.source,
+        "scale_factor": round(scale.factor, 4),
+        "estimate_window": result.estimate_window,
+        "levels": result.levels,
+        "warnings": result.warnings,
+        "store_url": f"{base}/{slides.STORE_NAME}",
+        "objects_url": f"{base}/{slides.TABLE_NAME}",
+        "zip_url": f"/jobs/{job_id}/files.zip",
+        "layout": {
+            "image": "foreground probability, uint8 (255 = 1.0)",
+            "labels/nuclei": "object ids, uint32 (0 = background; the objects table's id)",
+            "labels/mask": "the mask, uint8 0/255",
+        },
+        "timings_ms": {"scale": round(result.scale_ms, 1), "segment": round(result.segment_ms, 1)},
+    }
+    name = filenames.output_name(filename, "ome-zarr", SUMMARY_TYPE)
+    headers = {
+        "X-Model-Version": model_version,
+        "X-Object-Count": str(result.objects),
+        "X-Tiles": str(result.tiles),
+        "Content-Disposition": filenames.content_disposition(name),
+    }
+    if result.warnings:
+        headers["X-Warnings"] = json.dumps(result.warnings, ensure_ascii=True)
+    return JobResult(json.dumps(summary, indent=1).encode(), SUMMARY_TYPE, headers)
+
+
+# --- the files -----------------------------------------------------------------------------------
+
+
+def _finished_folder(request: Request, job_id: str) -> Path:
+    """The folder of a succeeded slide job, else the 404 / 409 problem."""
+    jobs = request.app.state.jobs
+    try:
+        record = jobs.store.load(job_id)
+    except UnknownJob as exc:
+        raise _not_found(f"no job {job_id!r}") from exc
+    if record.status != "succeeded":
+        raise ProblemError(
+            f"the job is {record.status}: its files exist once it has succeeded",
+            status=409, slug="job-not-finished", title="Job not finished",
+            headers={"Retry-After": "1"} if record.status in ("queued", "running") else {},
+        )
+    if record.options.get("output") != "ome-zarr":
+        raise _not_found("this job's result is one response: GET its /result")
+    return jobs.store.folder(job_id)
+
+
+def _not_found(detail: str) -> ProblemError:
+    return ProblemError(detail, status=404, slug="job-not-found", title="Job not found")
+
+
+@router.get(
+    "/jobs/{job_id}/files/{name:path}",
+    summary="A file of a slide job's result (OME-Zarr store, objects table), readable over HTTP",
+    response_class=FileResponse,
+    responses={200: {"description": "the file's bytes"}, **problem_responses(401, 404), 409: {
+        "description": "the job has not succeeded (yet)"}},
+)
+async def job_file(job_id: str, name: str, request: Request) -> Response:
+    folder = _finished_folder(request, job_id)
+    parts = PurePosixPath(name).parts
+    if not parts or parts[0] not in RESULT_FILES or any(p in ("..", ".") or p.startswith("/") for p in parts):
+        raise _not_found(f"{name!r} is not a file of this job (only {' and '.join(RESULT_FILES)} hold files)")
+    path = folder.joinpath(*parts)
+    if not path.resolve().is_relative_to(folder.resolve()) or not path.is_file():
+        # a chunk never written (all background) is absent: zarr readers take 404 as the fill value
+        raise _not_found(f"{name!r} is not a file of this job")
+    media = "text/csv" if name == slides.TABLE_NAME else (
+        "application/json" if parts[-1].startswith(".z") else "application/octet-stream"
+    )
+    return FileResponse(path, media_type=media)
+
+
+@router.get(
+    "/jobs/{job_id}/files.zip",
+    summary="A slide job's result folder as one ZIP (streamed)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/zip": {}}}, **problem_responses(401, 404), 409: {
+        "description": "the job has not succeeded (yet)"}},
+)
+async def job_files_zip(job_id: str, request: Request) -> Response:
+    folder = _finished_folder(request, job_id)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        archive = ZipStream()
+        for root_name in RESULT_FILES:
+            for path in await anyio.to_thread.run_sync(_files_under, folder / root_name):
+                member = path.relative_to(folder).as_posix()
+                data = await anyio.to_thread.run_sync(path.read_bytes)
+                yield archive.add(member, data, deflate=path.suffix == ".csv")
+        yield archive.close()
+
+    name = f"{job_id}.ome.zarr.zip"
+    return StreamingResponse(chunks(), media_type="application/zip",
+                             headers={"Content-Disposition": filenames.content_disposition(name)})
+
+
+def _files_under(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    found = []
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        found += [Path(root) / f for f in sorted(files)]
+    return found
+

@@ -1,0 +1,154 @@
+"""A slide segmented in bounded memory: read by region, segmented band by band, written as OME-Zarr.
+
+The domain side of a slide job (``POST /jobs`` with ``output=ome-zarr``; issue 16). Nothing here
+holds a full-size array: the slide is a :class:`~service.regions.RegionSource` (a file opened by
+``service.slide_files``), the model's outputs come out as finished row bands
+(``service.windows``), and each band goes straight to
+
+- the OME-Zarr store (``service.omezarr``: probability, labels, mask, with a pyramid), and
+- the objects table (``service.object_stream`` measures objects across bands, exactly as
+  ``objects.measure`` on the whole image; ``service.object_table`` appends them to a CSV).
+
+The nucleus size, unless the request gives it, is estimated on one window of the slide at full
+resolution (:data:`ESTIMATE_WINDOW` px): the brightest region of a whole-slide overview, where
+the nuclei are — an overview itself is far too coarse to see nuclei, and most of a slide can be
+background. The normalisation limits are the whole slide's (``windows.source_limits``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from service import pipeline
+from service.modality import check_modality
+from service.model_metadata import ModelMetadata
+from service.object_stream import ObjectStream
+from service.object_table import ObjectTableWriter
+from service.objects import ObjectParams
+from service.omezarr import OmeZarrWriter
+from service.preprocess import to_channels
+from service.regions import RegionSource
+from service.segment import Infer
+from service.slide_files import overview
+from service.windows import OUTPUT_ROWS, WindowedPrediction
+
+#: Edge of the full-resolution window the nucleus size is estimated on (input px).
+ESTIMATE_WINDOW = 2048
+#: Pixels of the whole-slide overview used to choose that window and check the modality.
+OVERVIEW_PIXELS = 1 << 20
+
+STORE_NAME = "result.ome.zarr"
+TABLE_NAME = "objects.csv"
+
+
+@dataclass
+class SlideResult:
+    """What a slide job wrote and how: ``store`` (OME-Zarr) and ``table`` (CSV) in the job's folder."""
+
+    store: Path
+    table: Path
+    height: int
+    width: int
+    objects: int
+    tiles: int
+    scale: pipeline.ScaleChoice
+    estimate_window: tuple[int, int, int, int] | None  # y0, y1, x0, x1 (None: diameter given)
+    levels: list[list[int]]
+    warnings: list[str] = field(default_factory=list)
+    scale_ms: float = 0.0
+    segment_ms: float = 0.0
+
+
+def brightest_window(
+    source: RegionSource, edge: int, overview_pixels: int = OVERVIEW_PIXELS
+) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)``: the ``edge``² window (clipped to the slide) whose overview mean is highest."""
+    height, width = source.shape[:2]
+    if height <= edge and width <= edge:
+        return 0, height, 0, width
+    view = overview(source, overview_pixels)
+    grey = to_channels(view.image, 1).astype(np.float32)
+    sy, sx = view.scale
+    box = (max(1, round(min(edge, width) / sx)), max(1, round(min(edge, height) / sy)))
+    means = cv2.blur(grey, box, borderType=cv2.BORDER_REFLECT)
+    cy, cx = np.unravel_index(int(np.argmax(means)), means.shape)
+    y0 = int(np.clip(round(cy * sy) - edge // 2, 0, max(0, height - edge)))
+    x0 = int(np.clip(round(cx * sx) - edge // 2, 0, max(0, width - edge)))
+    return y0, min(height, y0 + edge), x0, min(width, x0 + edge)
+
+
+def segment_slide(
+    source: RegionSource,
+    folder: Path,
+    infer: Infer,
+    metadata: ModelMetadata,
+    params: ObjectParams,
+    threshold: float,
+    diameter: float | None,
+    *,
+    pixel_size_um: tuple[float, float] | None,
+    tile_size: int | None,
+    overlap: int | None,
+    batch_size: int,
+    chunk: int = 1024,
+    output_rows: int = OUTPUT_ROWS,
+    should_stop: Callable[[], bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SlideResult:
+    """Segment ``source`` band by band into ``folder``/:data:`STORE_NAME` and :data:`TABLE_NAME`.
+
+    ``diameter`` (input px) from the request wins over the estimate; ``pixel_size_um`` ``(x, y)``
+    calibrates the store's axes and the table's µm columns. ``should_stop``/``progress`` as for
+    ``segment.predict`` (``segment.Cancelled`` when stopped; the partial store is left for the
+    caller to delete).
+    """
+    height, width = (int(n) for n in source.shape[:2])
+    warnings: list[str] = []
+    started = time.perf_counter()
+    modality = check_modality(overview(source, OVERVIEW_PIXELS).image)
+    if modality.warning:
+        warnings.append(modality.warning)
+    window = None
+    if diameter is None and metadata.nucleus_diameter is not None:
+        window = brightest_window(source, ESTIMATE_WINDOW)
+    sample = source.read(*window) if window else np.zeros((1, 1), source.dtype)
+    # The window stands in for the slide: its size must not cap the factor (slides have their own limit).
+    scale = pipeline.choose_scale(sample, infer, metadata, params, threshold, diameter, max_pixels=math.inf)
+    if scale.warning:
+        warnings.append(scale.warning)
+    scale_ms = 1000 * (time.perf_counter() - started)
+
+    started = time.perf_counter()
+    prediction = WindowedPrediction.prepare(
+        source, scale.factor, infer, metadata, tile_size=tile_size, overlap=overlap,
+        batch_size=batch_size, should_stop=should_stop, progress=progress,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    store_path, table_path = folder / STORE_NAME, folder / TABLE_NAME
+    writer = OmeZarrWriter(
+        store_path, (height, width), pixel_size_um=pixel_size_um, chunk=chunk, overwrite=True
+    )
+    stream = ObjectStream(pixel_size_um)
+    with ObjectTableWriter(table_path, calibrated=pixel_size_um is not None) as table:
+        for band in prediction.bands(threshold, params, labels=True, probability=True, output_rows=output_rows):
+            assert band.labels is not None and band.probability is not None
+            writer.write_rows(band.y0, band.mask, band.labels, band.probability)
+            rows = band.mask.shape[0]
+            intensity = to_channels(source.read(band.y0, band.y0 + rows, 0, width), 1)
+            table.write(stream.add(band.y0, band.labels, intensity, band.probability))
+        table.write(stream.finish())
+    summary = writer.finish()
+    warnings += prediction.warnings
+    return SlideResult(
+        store=store_path, table=table_path, height=height, width=width, objects=stream.finished,
+        tiles=prediction.tiles, scale=scale, estimate_window=window,
+        levels=summary["levels"], warnings=warnings, scale_ms=scale_ms,
+        segment_ms=1000 * (time.perf_counter() - started),
+    )

@@ -1,0 +1,139 @@
+"""Slide jobs on a real server: ``POST /jobs?output=ome-zarr`` on a tiled OME-TIFF (under the data
+root, or uploaded) → an OME-Zarr store read back over HTTP by ``ome_zarr`` and an objects CSV, with
+the labels ``POST /segment`` gives for the same image; the refusals around it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from service import rescale
+from service.settings import DEFAULT_MODEL_PATH
+from tests.api import _images as im
+from tests.api.test_jobs import finished, wait_until
+from tests.server import Server
+from tests.unit.test_segment import synthetic_nuclei
+
+pytestmark = pytest.mark.skipif(not DEFAULT_MODEL_PATH.is_file(), reason="the bundled model is not here")
+
+DIAMETER = "30"  # nuclei of 10–30 px: resized ×~0.6, so resampling is part of what is compared
+#: One tile plan for the job and POST /segment (each path's default tile differs by image size).
+SAME_PLAN = {"diameter": DIAMETER, "tile_size": "512"}
+
+
+def _ome_tiff(image: np.ndarray, pixel_size: float = 0.65) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, image, tile=(256, 256), compression="zlib", photometric="minisblack",
+                     metadata={"axes": "YX", "PhysicalSizeX": pixel_size, "PhysicalSizeY": pixel_size},
+                     ome=True)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def slide_image() -> np.ndarray:
+    return synthetic_nuclei(2300, 1900, seed=21)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory, slide_image) -> Path:
+    root = tmp_path_factory.mktemp("data-root")
+    (root / "slides").mkdir()
+    (root / "slides" / "s1.ome.tif").write_bytes(_ome_tiff(slide_image))
+    (root / "slides" / "flat.png").write_bytes(im.png(slide_image[:300, :300]))
+    return root
+
+
+@pytest.fixture(scope="module")
+def slide_server(start_server, data_root: Path, tmp_path_factory) -> Server:
+    return start_server({
+        "UNET_MODEL_PATH": str(DEFAULT_MODEL_PATH),
+        "UNET_DATA_ROOT": str(data_root),
+        "UNET_JOBS_DIR": str(tmp_path_factory.mktemp("slide-jobs")),
+    }).wait_ready()
+
+
+def test_a_slide_under_the_data_root_becomes_an_ome_zarr_store_readable_over_http(
+    slide_server: Server, slide_image: np.ndarray, tmp_path: Path
+) -> None:
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+
+    client = slide_server.client
+    submitted = client.post("/jobs", params={"output": "ome-zarr", **SAME_PLAN},
+                            json={"path": "slides/s1.ome.tif"})
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    status = wait_until(client, job_id, finished)
+    assert status["status"] == "succeeded", status
+    assert status["tiles_total"] == status["tiles_done"] > 1
+
+    summary = client.get(f"/jobs/{job_id}/result")
+    assert summary.status_code == 200 and summary.headers["content-type"].startswith("application/json")
+    body = summary.json()
+    assert (body["height"], body["width"]) == slide_image.shape
+    assert body["diameter_source"] == "request" and body["objects"] > 300
+    assert summary.headers["X-Object-Count"] == str(body["objects"])
+
+    # The store opens over HTTP, as a viewer would open the URL.
+    nodes = list(Reader(parse_url(slide_server.url + body["store_url"]))())
+    image_node = nodes[0]
+    assert image_node.data[0].shape == slide_image.shape and len(image_node.data) == len(body["levels"]) > 1
+    scale = image_node.metadata["coordinateTransformations"][0][0]["scale"]
+    assert scale == pytest.approx([0.65, 0.65])  # the file's calibration, in µm
+    labels_url = slide_server.url + body["store_url"] + "/labels/nuclei"
+    label_nodes = [node for node in Reader(parse_url(labels_url))() if node.load(Label)]
+    (labels_node,) = [node for node in label_nodes if "/labels/nuclei/" in str(node.zarr)]
+    assert labels_node.data[0].dtype == np.uint32
+    labels = np.asarray(labels_node.data[0]).astype(np.int32)
+
+    # The same image through POST /segment (in memory): the same objects, pixel for pixel.
+    answer = client.post("/segment", params={"output": "labels", **SAME_PLAN},
+                         content=im.png(slide_image), headers={"Content-Type": "image/png"})
+    assert answer.status_code == 200, answer.text
+    expected = cv2.imdecode(np.frombuffer(answer.content, np.uint8), cv2.IMREAD_UNCHANGED).astype(np.int32)
+    np.testing.assert_array_equal(rescale.renumber(labels), expected)
+    assert int(answer.headers["X-Object-Count"]) == body["objects"]
+
+    # The objects table: one row per object of the store, in µm too.
+    table = list(csv.DictReader(io.StringIO(client.get(slide_server.url + body["objects_url"]).text)))
+    assert len(table) == body["objects"] and {int(r["id"]) for r in table} == set(np.unique(labels)) - {0}
+    assert "area_um2" in table[0]
+
+    # One ZIP of everything, and nothing outside the result is served.
+    archive = zipfile.ZipFile(io.BytesIO(client.get(f"/jobs/{job_id}/files.zip").content))
+    names = archive.namelist()
+    assert "objects.csv" in names and "result.ome.zarr/.zattrs" in names
+    assert "result.ome.zarr/labels/nuclei/.zattrs" in names
+    for outside in ("status.json", "result", "result.ome.zarr/%2e%2e/status.json", "objects.csv/x"):
+        assert client.get(f"/jobs/{job_id}/files/{outside}").status_code == 404, outside
+
+
+def test_a_slide_can_be_uploaded_and_what_is_no_slide_is_refused_at_submission(
+    slide_server: Server, slide_image: np.ndarray
+) -> None:
+    client = slide_server.client
+    small = slide_image[:700, :600]
+    job = client.post("/jobs", params={"output": "ome-zarr", "diameter": DIAMETER}, content=_ome_tiff(small),
+                      headers={"Content-Type": "image/tiff"})
+    assert job.status_code == 202, job.text
+    status = wait_until(client, job.json()["id"], finished)
+    assert status["status"] == "succeeded", status
+    assert client.get(f"/jobs/{job.json()['id']}/result").json()["width"] == 600
+
+    png = client.post("/jobs", params={"output": "ome-zarr"}, json={"path": "slides/flat.png"})
+    assert png.status_code == 415 and png.json()["type"] == "/problems/unsupported-image-type"
+    segment = client.post("/segment", params={"output": "ome-zarr"}, content=im.png(small),
+                          headers={"Content-Type": "image/png"})
+    assert segment.status_code == 422 and "POST /jobs" in segment.json()["detail"]
+    # a PNG job's result is one response: it has no files
+    plain = client.post("/jobs", content=im.png(small[:200, :200]), headers={"Content-Type": "image/png"})
+    plain_id = plain.json()["id"]
+    wait_until(client, plain_id, finished)
+    assert client.get(f"/jobs/{plain_id}/files/objects.csv").status_code == 404

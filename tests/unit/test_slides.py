@@ -1,0 +1,94 @@
+"""service.slides: a slide file segmented band by band into OME-Zarr + an objects CSV gives what the
+in-memory pipeline gives for the same image. Real parts: a tiled pyramidal OME-TIFF written by
+tifffile, the bundled model run by ONNX Runtime, the store read back with zarr and ome_zarr."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from service import objects, pipeline, rescale, slides
+from service.engine import Engine
+from service.outputs import object_rows
+from service.regions import ArraySource
+from service.settings import DEFAULT_MODEL_PATH
+from service.slide_files import open_slide
+from tests.unit.test_segment import synthetic_nuclei
+
+pytestmark = pytest.mark.skipif(not DEFAULT_MODEL_PATH.is_file(), reason="the bundled model is not here")
+CPU = ("CPUExecutionProvider",)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine.load(DEFAULT_MODEL_PATH, providers=CPU)
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory):
+    image = synthetic_nuclei(1100, 900, seed=11)
+    path = tmp_path_factory.mktemp("slide") / "slide.ome.tif"
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        tw.write(image, tile=(256, 256), compression="zlib", photometric="minisblack",
+                 metadata={"axes": "YX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+    return path, image
+
+
+def test_a_slide_gives_the_in_memory_pipelines_labels_mask_and_objects(engine, slide, tmp_path):
+    path, image = slide
+    md = engine.metadata
+    params = objects.params_for_model(md)
+    diameter = 2 * md.nucleus_diameter  # nuclei resized ×0.5: the resampling path too
+    with open_slide(path, max_pixels=10**10, limits=64) as source:
+        assert source.pixel_size is not None and source.pixel_size.x_um == 0.5
+        result = slides.segment_slide(
+            source, tmp_path / "job", engine.run, md, params, md.threshold, diameter,
+            pixel_size_um=(0.5, 0.5), tile_size=256, overlap=None, batch_size=1, chunk=256,
+        )
+    assert (result.height, result.width) == image.shape and result.scale.source == "request"
+    assert result.estimate_window is None and result.tiles > 4
+
+    scale = pipeline.ScaleChoice(diameter, "request", result.scale.factor)
+    memory = pipeline.predict_scaled(image, scale, engine.run, md, tile_size=256, batch_size=1)
+    grid = pipeline.on_input_grid(memory, md, image.shape, md.threshold, params)
+
+    store = zarr.open_group(result.store, mode="r")
+    labels = np.asarray(store["labels/nuclei/0"])
+    np.testing.assert_array_equal(rescale.renumber(labels.astype(np.int32)), grid.labels)
+    np.testing.assert_array_equal(np.asarray(store["labels/mask/0"]), grid.mask)
+    assert len(store["labels/nuclei"].attrs["multiscales"][0]["datasets"]) == len(result.levels) > 1
+
+    # The CSV is the in-memory objects table, object for object (ids are the store's).
+    with open(result.table, newline="") as f:
+        table = list(csv.DictReader(f))
+    expected = object_rows(grid.labels, image, grid.probability, source.plane)
+    assert result.objects == len(table) == len(expected) > 100
+    by_box = {(r.bbox_x, r.bbox_y, r.bbox_width, r.bbox_height): r for r in expected}
+    for row in table:
+        box = tuple(int(row[k]) for k in ("bbox_x", "bbox_y", "bbox_width", "bbox_height"))
+        want = by_box[box]
+        assert int(row["area"]) == want.area and float(row["area_um2"]) == want.area_um2
+        assert float(row["mean_intensity"]) == pytest.approx(want.mean_intensity, abs=1e-3)
+        assert labels[int(float(row["centroid_y"])), int(float(row["centroid_x"]))] in (0, int(row["id"]))
+
+
+def test_without_a_diameter_the_size_is_estimated_on_the_brightest_window(engine, tmp_path):
+    md = engine.metadata
+    image = np.zeros((3000, 2600), np.uint16)
+    nuclei = synthetic_nuclei(700, 600, seed=4)
+    image[1900:2600, 300:900] = nuclei  # one region holds nuclei, the rest is empty background
+    window = slides.brightest_window(ArraySource(image), 1024)
+    y0, y1, x0, x1 = window
+    assert (y1 - y0, x1 - x0) == (1024, 1024)
+    assert y0 <= 1900 + 350 <= y1 and x0 <= 300 + 300 <= x1  # the nuclei's centre is inside
+    result = slides.segment_slide(
+        ArraySource(image[1600:2900, 0:1300]), tmp_path / "job", engine.run, md,
+        objects.params_for_model(md), md.threshold, None, pixel_size_um=None, tile_size=512,
+        overlap=None, batch_size=1, chunk=512,
+    )
+    assert result.scale.source == "estimated" and result.objects > 50
+    assert result.estimate_window is not None
