@@ -137,7 +137,8 @@ def segment_slide(
     )
     stream = ObjectStream(pixel_size_um)
     with ObjectTableWriter(table_path, calibrated=pixel_size_um is not None) as table:
-        for band in prediction.bands(threshold, params, labels=True, probability=True, output_rows=output_rows):
+        bands = prediction.bands(threshold, params, labels=True, probability=True, output_rows=output_rows)
+        for band in bands:
             assert band.labels is not None and band.probability is not None
             writer.write_rows(band.y0, band.mask, band.labels, band.probability)
             rows = band.mask.shape[0]
