@@ -127,6 +127,11 @@ def test_a_slide_can_be_uploaded_and_what_is_no_slide_is_refused_at_submission(
     assert status["status"] == "succeeded", status
     assert client.get(f"/jobs/{job.json()['id']}/result").json()["width"] == 600
 
+    # the options in the JSON body instead of the query (README's example); cancelled at once
+    in_body = client.post("/jobs", json={"path": "slides/s1.ome.tif", "output": "ome-zarr", "diameter": 30})
+    assert in_body.status_code == 202, in_body.text
+    assert client.delete(f"/jobs/{in_body.json()['id']}").status_code in (200, 204)
+
     png = client.post("/jobs", params={"output": "ome-zarr"}, json={"path": "slides/flat.png"})
     assert png.status_code == 415 and png.json()["type"] == "/problems/unsupported-image-type"
     segment = client.post("/segment", params={"output": "ome-zarr"}, content=im.png(small),
