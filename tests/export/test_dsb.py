@@ -34,6 +34,19 @@ def test_a_folder_without_masks_is_named_in_the_error(tmp_path: Path) -> None:
         dsb.find_samples(root)
 
 
+def test_median_diameter_of_whole_nuclei_leaves_out_those_cut_by_the_edge() -> None:
+    yy, xx = np.mgrid[0:120, 0:120]
+    labels = np.zeros((120, 120), np.int32)
+    for k, (cy, cx) in enumerate([(60, 60), (60, 30), (30, 90), (0, 60), (119, 60), (90, 0)], start=1):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= 12**2] = k  # the last three are halves
+    whole = float(np.sqrt(4 * (labels == 1).sum() / np.pi))
+    assert dsb.median_diameter(labels, whole_only=True) == pytest.approx(whole)
+    assert dsb.median_diameter(labels) < whole  # the halves pull the median of all down
+    # Only cut ones: fall back to all of them rather than to nothing.
+    edge_only = np.where(labels >= 4, labels, 0)
+    assert dsb.median_diameter(edge_only, whole_only=True) == dsb.median_diameter(edge_only) > 0
+
+
 def test_series_split_keeps_each_series_on_one_side() -> None:
     def item(name: str, shape: tuple[int, int], level: float, diameter: float) -> dsb.DsbImage:
         image = np.full(shape, level, np.uint8)
