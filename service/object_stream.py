@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from service.objects import ObjectRow, calibrate
 
@@ -65,40 +66,40 @@ class ObjectStream:
                 f"labels {labels.shape}, intensity {intensity.shape} and probability "
                 f"{probability.shape} differ"
             )
-        height = labels.shape[0]
+        height, width = labels.shape
         self._next_row = y0 + height
-        flat = labels.ravel()
-        where = np.flatnonzero(flat)
         seen: set[int] = set()
-        if where.size:
+        top = int(labels.max(initial=0))
+        if top > 0:
+            # Ids in a band are a narrow range (they are given out in raster order): count over
+            # ``id - base`` with bincount (one pass, no sort) and take the boxes from find_objects.
+            base = int(labels[labels > 0].min())
+            rel = labels.astype(np.int64) - (base - 1)
+            rel[labels <= 0] = 0
+            flat = rel.ravel()
+            where = np.flatnonzero(flat)  # nuclei cover a fraction of a slide: sum their pixels only
             ids = flat[where]
-            rows, cols = np.divmod(where, labels.shape[1])
-            present, index = np.unique(ids, return_inverse=True)
-            n = len(present)
-            area = np.bincount(index, minlength=n)
-            sum_x = np.bincount(index, weights=cols, minlength=n)
-            sum_y = np.bincount(index, weights=rows + y0, minlength=n)
-            sum_i = np.bincount(index, weights=intensity.ravel()[where].astype(np.float64), minlength=n)
-            sum_p = np.bincount(index, weights=probability.ravel()[where].astype(np.float64), minlength=n)
-            x_min = np.full(n, np.iinfo(np.int64).max)
-            x_max = np.full(n, -1)
-            y_min = np.full(n, np.iinfo(np.int64).max)
-            y_max = np.full(n, -1)
-            np.minimum.at(x_min, index, cols)
-            np.maximum.at(x_max, index, cols)
-            np.minimum.at(y_min, index, rows)
-            np.maximum.at(y_max, index, rows)
-            for k, object_id in enumerate(present.tolist()):
+            rows, cols = np.divmod(where, width)
+            n = top - base + 2
+            area = np.bincount(ids, minlength=n)
+            sum_x = np.bincount(ids, weights=cols, minlength=n)
+            sum_y = np.bincount(ids, weights=rows + y0, minlength=n)
+            sum_i = np.bincount(ids, weights=intensity.ravel()[where].astype(np.float64), minlength=n)
+            sum_p = np.bincount(ids, weights=probability.ravel()[where].astype(np.float64), minlength=n)
+            boxes = ndimage.find_objects(rel)
+            for k in np.flatnonzero(area[1:]) + 1:
+                object_id = int(k) + base - 1
+                box_y, box_x = boxes[k - 1]
                 sums = self._open.setdefault(object_id, _Sums())
                 sums.area += int(area[k])
                 sums.sum_x += float(sum_x[k])
                 sums.sum_y += float(sum_y[k])
                 sums.sum_i += float(sum_i[k])
                 sums.sum_p += float(sum_p[k])
-                sums.x0 = min(sums.x0, int(x_min[k]))
-                sums.x1 = max(sums.x1, int(x_max[k]) + 1)
-                sums.y0 = min(sums.y0, y0 + int(y_min[k]))
-                sums.y1 = max(sums.y1, y0 + int(y_max[k]) + 1)
+                sums.x0 = min(sums.x0, box_x.start)
+                sums.x1 = max(sums.x1, box_x.stop)
+                sums.y0 = min(sums.y0, y0 + box_y.start)
+                sums.y1 = max(sums.y1, y0 + box_y.stop)
                 seen.add(object_id)
         done = [
             object_id for object_id, sums in self._open.items()
