@@ -72,6 +72,7 @@ class _Job:
     output: np.ndarray | None = None
     error: BaseException | None = None
     cancelled: bool = False
+    in_flight: int = 0  # tiles taken into a batch that is running (guarded by the condition)
 
 
 @dataclass(eq=False, slots=True)
@@ -175,6 +176,11 @@ class DynamicBatcher:
             self._queue = deque(item for item in self._queue if item.job is not job)
             dropped = before - len(self._queue)
             depth = len(self._queue)
+            # Tiles of this caller already in a running batch finish first: once ``infer`` has
+            # raised Cancelled, nothing of the caller is computed any more (a job's DELETE, a
+            # client gone, say so to the tile counters too). At most one batch's time.
+            while job.in_flight and not self._closed:
+                self._cond.wait(_POLL_S)
         if self._observer:
             self._observer.queue_depth(depth)
             if dropped:
@@ -242,6 +248,8 @@ class DynamicBatcher:
                     else:
                         rest.append(item)
                 self._queue = rest
+                for item in batch:
+                    item.job.in_flight += 1
                 if batch:
                     return batch
 
@@ -260,10 +268,12 @@ class DynamicBatcher:
                     raise RuntimeError(f"engine returned {outputs.shape[0]} outputs for {len(batch)} tiles")
             except BaseException as exc:  # noqa: BLE001 - any engine failure belongs to its callers
                 log.exception("inference batch of %d tiles failed", len(batch))
+                self._landed(batch)
                 for job in {item.job for item in batch}:
                     job.error = exc
                     job.done.set()
                 continue
+            self._landed(batch)
             run_s = time.monotonic() - started
             self._tile_s = 0.8 * self._tile_s + 0.2 * (run_s / len(batch))
             if self._observer:
@@ -278,6 +288,14 @@ class DynamicBatcher:
                 job.remaining -= 1
                 if job.remaining == 0:
                     job.done.set()
+
+
+    def _landed(self, batch: list[_Item]) -> None:
+        """The batch has run: its callers' tiles are no longer in flight (a cancel may return)."""
+        with self._cond:
+            for item in batch:
+                item.job.in_flight -= 1
+            self._cond.notify_all()
 
 
 def _stack(batch: list[_Item]) -> np.ndarray:

@@ -407,6 +407,7 @@ class JobRunner:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._active: dict[str, Active] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._cancels: set[asyncio.Task[Any]] = set()  # cancels asked for by other replicas
         self._closing = False
         #: Why jobs are off (the jobs folder cannot be used), None when they work.
         self.unavailable: str | None = "the job workers have not started"
@@ -561,7 +562,10 @@ class JobRunner:
                 log.exception("the jobs heartbeat failed")
             for active in list(self._active.values()):
                 if active.wants_cancel and not active.cancel.is_set():
-                    asyncio.create_task(self._cancel_here(active, 60.0), name=f"job-cancel-{active.id}")
+                    cancel = self._cancel_here(active, 60.0)
+                    task = asyncio.create_task(cancel, name=f"job-cancel-{active.id}")
+                    self._cancels.add(task)  # the loop keeps only weak references to tasks
+                    task.add_done_callback(self._cancels.discard)
 
     def _pulse(self, reap: bool) -> None:
         store = self.store

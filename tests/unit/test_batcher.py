@@ -201,3 +201,28 @@ def test_close_fails_queued_callers_and_refuses_new_ones() -> None:
     finally:
         engine.gate.set()
         pool.shutdown()
+
+
+def test_a_cancelled_caller_returns_only_once_its_running_tiles_have_landed() -> None:
+    # The caller's tile is in the running batch when it cancels: infer raises Cancelled only after
+    # that batch has finished, so nothing of the caller is computed once it has its answer (what a
+    # job's DELETE promises, tests/api/test_jobs.py).
+    engine = RecordingEngine()
+    engine.gate.clear()
+    batcher = DynamicBatcher(engine, max_batch_size=2, max_queue_delay_s=0.0, max_queue_tiles=16)
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(1)
+    try:
+        victim = pool.submit(batcher.infer, tiles(1, 7.0), stop.is_set)
+        assert engine.entered.wait(5)  # its tile is running, held at the gate
+        stop.set()
+        time.sleep(0.2)  # several of infer's polls of should_stop
+        assert not victim.done(), "Cancelled was raised while the caller's tile was still running"
+        engine.gate.set()
+        with pytest.raises(Cancelled):
+            victim.result(5)
+        assert len(engine.seen) == 1
+    finally:
+        engine.gate.set()
+        batcher.close()
+        pool.shutdown()
