@@ -154,7 +154,9 @@ def executor(runtime: Runtime) -> Execute:
 
         try:
             if slide:  # read by region: admitted for its windows' working set, not its size
-                pixels = slide_jobs.working_pixels(runtime)
+                pixels = await anyio.to_thread.run_sync(
+                    slide_jobs.working_pixels, runtime, _slide_path(given, input_path), options
+                )
             else:
                 data = await anyio.to_thread.run_sync(_read_input, given, input_path,
                                                       runtime.settings.max_upload_bytes)

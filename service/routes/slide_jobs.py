@@ -59,10 +59,21 @@ def check(runtime: Runtime, path: Path, options: SegmentOptions) -> None:
     open_checked(runtime, path, options).close()
 
 
-def working_pixels(runtime: Runtime) -> int:
-    """What a slide job is admitted for: its windows hold about what an image at the windowed
-    path's threshold holds in memory (``UNET_WINDOWED_MIN_PIXELS``), whatever the slide's size."""
-    return runtime.settings.windowed_min_pixels
+#: Admission pixels per pixel of slide width. A slide job's memory grows with the slide's width,
+#: not its height: ~20 bytes × one tile row (1,200 px) per column (stitcher rows, input strip,
+#: store buffers) — 1.6 GB above idle at 32768 px wide (docs/benchmarks.md §9) — and admission
+#: counts ~48 bytes per pixel of an image in memory (docs/benchmarks.md), so 512 px per column.
+ADMITTED_PER_COLUMN = 512
+
+
+def working_pixels(runtime: Runtime, path: Path, options: SegmentOptions) -> int:
+    """What a slide job is admitted for: the image an in-memory request of the same memory would
+    be (:data:`ADMITTED_PER_COLUMN` × the slide's width), at least ``UNET_WINDOWED_MIN_PIXELS``
+    and at most ``UNET_MAX_PIXELS`` (what one request may take), whatever the slide's height."""
+    settings = runtime.settings
+    with open_checked(runtime, path, options) as source:
+        width = int(source.shape[1])
+    return min(max(settings.windowed_min_pixels, ADMITTED_PER_COLUMN * width), settings.max_pixels)
 
 
 def run(
