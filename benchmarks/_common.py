@@ -218,6 +218,22 @@ class Service:
 # --------------------------------------------------------------------------- memory
 
 
+def vm_hwm(pid: int) -> int | None:
+    """The process's peak resident memory so far (``VmHWM``), bytes; None where Linux does not say."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads) so far."""
+    import psutil  # benchmark-only dependency
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 class PeakRss:
     """Peak resident memory of a process over a stretch of time, in bytes.
 
@@ -244,10 +260,7 @@ class PeakRss:
             return False
 
     def _hwm(self) -> int | None:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        return None
+        return vm_hwm(self.pid)
 
     def rss(self) -> int:
         return self.process.memory_info().rss

@@ -40,26 +40,22 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, Service, encode_png, machine, markdown_table, nuclei_image  # noqa: E402
+from _common import (  # noqa: E402
+    REPO,
+    Service,
+    cpu_seconds,
+    encode_png,
+    machine,
+    markdown_table,
+    nuclei_image,
+    vm_hwm,
+)
 
 MODEL = REPO / "models" / "nuclei-unet.onnx"
 NEVER = str(1 << 40)  # UNET_WINDOWED_MIN_PIXELS no image reaches: the in-memory path
-
-
-def vm_hwm(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM")
-
-
-def cpu_seconds(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
 
 
 def run_job(slide: Path, diameter: float, threads: int, jobs_dir: Path) -> dict:
@@ -72,10 +68,8 @@ def run_job(slide: Path, diameter: float, threads: int, jobs_dir: Path) -> dict:
                                 json={"path": slide.name})
         r.raise_for_status()
         job_id = r.json()["id"]
-        peak_rss_seen = 0
         while True:
             status = service.client.get(f"/jobs/{job_id}").json()
-            peak_rss_seen = max(peak_rss_seen, psutil.Process(service.pid).memory_info().rss)
             if status["status"] not in ("queued", "running"):
                 break
             time.sleep(2)

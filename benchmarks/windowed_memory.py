@@ -35,10 +35,12 @@ from _common import (
     REPO,
     PeakRss,
     Service,
+    cpu_seconds,
     encode_png,
     machine,
     markdown_table,
     nuclei_image,
+    vm_hwm,
 )
 
 MODEL = REPO / "models" / "nuclei-unet.onnx"
@@ -52,18 +54,6 @@ def server_timing(header: str | None) -> str:
         for name, _, dur in (part.partition(";dur=") for part in (header or "").split(","))
         if dur
     )
-
-
-def vm_hwm(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM")
-
-
-def cpu_seconds(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
 
 
 def one_request(env: dict[str, str], body: bytes, warm: bytes, threads: int) -> dict:
