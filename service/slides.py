@@ -36,7 +36,7 @@ from service.omezarr import OmeZarrWriter
 from service.preprocess import to_channels
 from service.regions import RegionSource
 from service.segment import Infer
-from service.slide_files import overview
+from service.slide_files import Overview, overview
 from service.windows import WindowedPrediction
 
 #: Edge of the full-resolution window the nucleus size is estimated on (input px).
@@ -77,14 +77,12 @@ class SlideResult:
     segment_ms: float = 0.0
 
 
-def brightest_window(
-    source: RegionSource, edge: int, overview_pixels: int = OVERVIEW_PIXELS
-) -> tuple[int, int, int, int]:
-    """``(y0, y1, x0, x1)``: the ``edge``² window (clipped to the slide) whose overview mean is highest."""
-    height, width = source.shape[:2]
+def brightest_window(view: Overview, shape: tuple[int, ...], edge: int) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)``: the ``edge``² window (clipped to a slide of ``shape``) whose mean in
+    the slide's overview ``view`` is highest."""
+    height, width = shape[:2]
     if height <= edge and width <= edge:
         return 0, height, 0, width
-    view = overview(source, overview_pixels)
     grey = to_channels(view.image, 1).astype(np.float32)
     sy, sx = view.scale
     box = (max(1, round(min(edge, width) / sx)), max(1, round(min(edge, height) / sy)))
@@ -123,12 +121,13 @@ def segment_slide(
     height, width = (int(n) for n in source.shape[:2])
     warnings: list[str] = []
     started = time.perf_counter()
-    modality = check_modality(overview(source, OVERVIEW_PIXELS).image)
+    view = overview(source, OVERVIEW_PIXELS)  # read once: without a pyramid it is a pass over the slide
+    modality = check_modality(view.image)
     if modality.warning:
         warnings.append(modality.warning)
     window = None
     if diameter is None and metadata.nucleus_diameter is not None:
-        window = brightest_window(source, ESTIMATE_WINDOW)
+        window = brightest_window(view, source.shape, ESTIMATE_WINDOW)
     sample = source.read(*window) if window else np.zeros((1, 1), source.dtype)
     # The window stands in for the slide: its size must not cap the factor (slides have their own limit).
     scale = pipeline.choose_scale(sample, infer, metadata, params, threshold, diameter, max_pixels=math.inf)

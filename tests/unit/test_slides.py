@@ -16,7 +16,7 @@ from service.engine import Engine
 from service.outputs import object_rows
 from service.regions import ArraySource
 from service.settings import DEFAULT_MODEL_PATH
-from service.slide_files import open_slide
+from service.slide_files import open_slide, overview
 from tests.unit.test_segment import synthetic_nuclei
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL_PATH.is_file(), reason="the bundled model is not here")
@@ -81,7 +81,8 @@ def test_without_a_diameter_the_size_is_estimated_on_the_brightest_window(engine
     image = np.zeros((3000, 2600), np.uint16)
     nuclei = synthetic_nuclei(700, 600, seed=4)
     image[1900:2600, 300:900] = nuclei  # one region holds nuclei, the rest is empty background
-    window = slides.brightest_window(ArraySource(image), 1024)
+    view = overview(ArraySource(image), slides.OVERVIEW_PIXELS)
+    window = slides.brightest_window(view, image.shape, 1024)
     y0, y1, x0, x1 = window
     assert (y1 - y0, x1 - x0) == (1024, 1024)
     assert y0 <= 1900 + 350 <= y1 and x0 <= 300 + 300 <= x1  # the nuclei's centre is inside
