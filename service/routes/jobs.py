@@ -61,6 +61,7 @@ from service.routes.segment import (
     JOB_ONLY_OUTPUTS,
     RAW_TYPES,
     SegmentOptions,
+    as_problems,
     checked_engine,
     is_cancel,
     multipart_file,
@@ -217,13 +218,8 @@ def _slide_path(given: JobInput, input_path: Path) -> Path:
 
 async def _check_slide(runtime: Runtime, path: Path, options: SegmentOptions) -> None:
     """A slide refused at submission (too large, undecodable, ambiguous plane) → its problem now."""
-    try:
+    with as_problems():
         await anyio.to_thread.run_sync(slide_jobs.check, runtime, path, options)
-    except Exception as exc:
-        problem = problem_for(exc)
-        if problem is None:
-            raise
-        raise problem from exc
 
 
 def _read_input(given: JobInput, input_path: Path, max_bytes: int) -> bytes:

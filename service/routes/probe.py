@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from service import microscopy
 from service.errors import problem_responses
 from service.routes.deps import Runtime, get_runtime, only_query_params, require_api_key
-from service.routes.segment import IMAGE_BODY, problem_for, read_single_upload, upload_pixels
+from service.routes.segment import IMAGE_BODY, as_problems, read_single_upload, upload_pixels
 
 router = APIRouter(tags=["segmentation"], dependencies=[Depends(require_api_key)])
 
@@ -76,14 +76,9 @@ async def probe(
     # PNG/JPEG/BMP and colour TIFFs are decoded to describe them: admitted by their pixels.
     pixels = await upload_pixels(runtime, data)
     async with runtime.admitted(pixels, measure=False, disconnected=request.is_disconnected):
-        try:
+        with as_problems():
             layout = await anyio.to_thread.run_sync(
                 microscopy.probe, data, settings.max_pixels, settings.decode_limits()
             )
-        except Exception as exc:
-            problem = problem_for(exc)
-            if problem is None:
-                raise
-            raise problem from exc
     model_channels = runtime.engine.metadata.in_channels if runtime.engine else 1
     return probe_result(layout, model_channels)

@@ -13,7 +13,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -445,6 +446,19 @@ def problem_for(exc: Exception) -> ProblemError | None:
     return None
 
 
+@contextmanager
+def as_problems() -> Iterator[None]:
+    """Domain errors raised inside leave as the HTTP problem :func:`problem_for` gives them;
+    anything unexpected leaves as it is (a logged 500)."""
+    try:
+        yield
+    except Exception as exc:
+        problem = problem_for(exc)
+        if problem is None:
+            raise
+        raise problem from exc
+
+
 def selection_problem(exc: microscopy.SelectionError) -> InvalidOptions:
     """422 naming the query options concerned, with what the image offers in ``choices``."""
     missing = exc.missing
@@ -522,15 +536,10 @@ async def upload_pixels(runtime: Runtime, data: bytes) -> int:
     """What the upload costs admission: its plane's pixels from the header (a worker thread:
     hostile headers can be slow); 400/413/415 problems for a header that says no."""
     settings = runtime.settings
-    try:
+    with as_problems():
         return await anyio.to_thread.run_sync(
             workload.plane_pixels, data, settings.max_pixels, settings.decode_limits()
         )
-    except Exception as exc:
-        problem = problem_for(exc)
-        if problem is None:
-            raise
-        raise problem from exc
 
 
 def upload_content_type(request: Request) -> str:
