@@ -347,21 +347,32 @@ def require_api_key_for_metrics(
 
 
 def only_query_params(*allowed: str) -> Callable[[Request], None]:
-    """Dependency factory: 422 for query parameters the route does not know.
+    """Dependency factory: 422 for query parameters the route does not know, or given twice.
 
     A misspelt option (``?treshold=0.3``) silently ignored would give the caller a result
-    computed with the default — worse than an error naming the allowed options.
+    computed with the default — worse than an error naming the allowed options. Every option
+    takes one value: ``?channel=1&channel=2`` would otherwise use one of them without a word.
     """
     allowed_set = frozenset(allowed)
 
     def check(request: Request) -> None:
-        unknown = sorted(set(request.query_params.keys()) - allowed_set)
+        names = [name for name, _ in request.query_params.multi_items()]
+        unknown = sorted(set(names) - allowed_set)
         if unknown:
             raise InvalidOptions(
                 f"unknown query option(s): {', '.join(unknown)}; allowed: {', '.join(sorted(allowed_set))}",
                 errors=[
                     {"loc": ["query", name], "msg": "unknown query option", "type": "extra_forbidden"}
                     for name in unknown
+                ],
+            )
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise InvalidOptions(
+                f"query option(s) given more than once: {', '.join(repeated)}; each takes one value",
+                errors=[
+                    {"loc": ["query", name], "msg": "given more than once", "type": "value_error"}
+                    for name in repeated
                 ],
             )
 

@@ -77,6 +77,15 @@ def test_bad_options_are_422_naming_the_option(server: Server, params: dict) -> 
     assert any(name in body["detail"] for name in params)
 
 
+@pytest.mark.parametrize("route", ["/segment", "/segment/batch"])
+def test_an_option_given_twice_is_422_not_one_of_its_values(server: Server, route: str) -> None:
+    field = "files" if route.endswith("batch") else "file"
+    twice = [("channel", "0"), ("channel", "1")]
+    r = server.client.post(route, params=twice, files=[(field, ("a.png", PNG))])
+    body = assert_problem(r, 422, "/problems/invalid-options")
+    assert "channel" in body["detail"] and "more than once" in body["detail"]
+
+
 def test_body_over_the_limit_by_content_length(server: Server) -> None:
     big = b"\0" * (MAX_UPLOAD_BYTES + 1)
     assert_problem(server.client.post("/segment", content=big, headers={"Content-Type": "image/png"}), 413)
