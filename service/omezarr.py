@@ -2,8 +2,8 @@
 
 The windowed pipeline (issue 16) finishes full-width row bands top to bottom; this module stores
 them without ever holding a whole output: :class:`OmeZarrWriter` buffers one row of chunks
-(``chunk`` rows × the width, per output), writes it when full, and :meth:`~OmeZarrWriter.finish`
-builds every pyramid level from the level above it, one output chunk at a time.
+(``chunk`` rows × the width, per output), writes it when full together with its share of every
+pyramid level (2× smaller rows each), so :meth:`~OmeZarrWriter.finish` reads nothing back.
 
 Layout (OME-NGFF 0.4 on Zarr v2; metadata written by ``ome_zarr.writer``)::
 
@@ -78,6 +78,15 @@ def downsample(block: np.ndarray, mean: bool) -> np.ndarray:
     padded = np.pad(block, ((0, h % 2), (0, w % 2)), mode="edge").astype(np.float32)
     sums = padded[0::2, 0::2] + padded[1::2, 0::2] + padded[0::2, 1::2] + padded[1::2, 1::2]
     return np.rint(sums / 4).astype(block.dtype)
+
+
+def downsample_rows(block: np.ndarray, mean: bool) -> np.ndarray:
+    """:func:`downsample` of a wide block, :data:`_STRIP` × 2 rows at a time: the mean's float32
+    temporaries stay a few MB whatever the width (pairs of rows never straddle two strips)."""
+    if not mean or block.shape[0] <= 2 * _STRIP:
+        return downsample(block, mean)
+    strips = range(0, block.shape[0], 2 * _STRIP)
+    return np.concatenate([downsample(block[y : y + 2 * _STRIP], mean) for y in strips])
 
 
 class OmeZarrWriter:
@@ -166,6 +175,11 @@ class OmeZarrWriter:
         # one row of chunks per output, filled by write_rows, written when full
         self._buffers = {name: np.zeros((min(chunk, height), width), _DTYPES[name]) for name in self.outputs}
         self._filled = 0  # rows in the buffers
+        # levels [1, this) are written as level 0's rows are flushed: those whose rows start on an
+        # even row of the level above, i.e. while 2^k divides the chunk (the rest at finish())
+        self._incremental_levels = 1
+        while self._incremental_levels < len(self.levels) and chunk % (2**self._incremental_levels) == 0:
+            self._incremental_levels += 1
         self._next = 0  # the next input row expected
         self._finished = False
 
@@ -228,7 +242,19 @@ class OmeZarrWriter:
             return
         top = self._next - self._filled
         for name in self.outputs:
-            self._arrays[name][0][top : self._next] = self._buffers[name][: self._filled]
+            rows = self._buffers[name][: self._filled]
+            arrays = self._arrays[name]
+            arrays[0][top : self._next] = rows
+            # The levels below, from these rows while they are here: no pass reading level 0 back
+            # at the end. A level's rows start on an even row of the level above while 2^k divides
+            # the chunk (every flush starts on a chunk row), so each 2 × 2 block is the one
+            # finish() would take; the rows of a level's chunk row arrive in 2^k parts, which zarr
+            # merges into the chunk.
+            y = top
+            for k in range(1, self._incremental_levels):
+                rows = downsample_rows(rows, mean=name == "probability")
+                y //= 2
+                arrays[k][y : y + rows.shape[0]] = rows
         self._filled = 0
 
     def finish(self) -> dict[str, Any]:
@@ -244,7 +270,7 @@ class OmeZarrWriter:
         self._buffers.clear()
         for name in self.outputs:
             arrays = self._arrays[name]
-            for k in range(1, len(arrays)):
+            for k in range(self._incremental_levels, len(arrays)):
                 _downsample_level(arrays[k - 1], arrays[k], self.chunk, mean=name == "probability")
         self._write_metadata()
         self._finished = True

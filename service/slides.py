@@ -9,6 +9,10 @@ holds a full-size array: the slide is a :class:`~service.regions.RegionSource` (
 - the objects table (``service.object_stream`` measures objects across bands, exactly as
   ``objects.measure`` on the whole image; ``service.object_table`` appends them to a CSV).
 
+Both take each band in a thread of their own (:class:`_Behind`), a band or two behind the model:
+the store's compression and pyramid and the table overlap the model's next tiles and the object
+split, which leave part of the CPU idle (ONNX Runtime's two threads keep ~1.6 cores busy).
+
 The nucleus size, unless the request gives it, is estimated on one window of the slide at full
 resolution (:data:`ESTIMATE_WINDOW` px): the brightest region of a whole-slide overview, where
 the nuclei are — an overview itself is far too coarse to see nuclei, and most of a slide can be
@@ -19,7 +23,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +43,7 @@ from service.preprocess import to_channels
 from service.regions import RegionSource
 from service.segment import Infer
 from service.slide_files import Overview, overview
-from service.windows import WindowedPrediction
+from service.windows import RowBand, WindowedPrediction
 
 #: Edge of the full-resolution window the nucleus size is estimated on (input px).
 ESTIMATE_WINDOW = 2048
@@ -54,6 +60,11 @@ CHUNK = 512
 #: 1024² chunks, 1.51 GB at 128 and 1.39 GB at 64 with 512² chunks, for ~5 % more time at 64 (the
 #: rows carried between slices are labelled again).
 OUTPUT_ROWS = 64
+
+#: Bands handed to the writer's thread that it has not finished yet, at most: the model and the
+#: object split run while the store and the objects table take the bands before (each band owns
+#: its ``output_rows`` × width arrays: ~19 MB at 64 × 32768, so the queue's memory is small).
+WRITE_AHEAD = 2
 
 STORE_NAME = "result.ome.zarr"
 TABLE_NAME = "objects.csv"
@@ -147,13 +158,18 @@ def segment_slide(
     )
     stream = ObjectStream(pixel_size_um)
     with ObjectTableWriter(table_path, calibrated=pixel_size_um is not None) as table:
-        bands = prediction.bands(threshold, params, labels=True, probability=True, output_rows=output_rows)
-        for band in bands:
+
+        def store(band: RowBand, intensity: np.ndarray) -> None:
             assert band.labels is not None and band.probability is not None
             writer.write_rows(band.y0, band.mask, band.labels, band.probability)
-            rows = band.mask.shape[0]
-            intensity = to_channels(source.read(band.y0, band.y0 + rows, 0, width), 1)
             table.write(stream.add(band.y0, band.labels, intensity, band.probability))
+
+        bands = prediction.bands(threshold, params, labels=True, probability=True, output_rows=output_rows)
+        with _Behind(WRITE_AHEAD) as behind:
+            for band in bands:
+                # read here, not in the writer's thread: one reader of the source at a time
+                intensity = to_channels(source.read(band.y0, band.y0 + band.mask.shape[0], 0, width), 1)
+                behind.submit(store, band, intensity)
         table.write(stream.finish())
     summary = writer.finish()
     warnings += prediction.warnings
@@ -163,3 +179,38 @@ def segment_slide(
         levels=summary["levels"], warnings=warnings, scale_ms=scale_ms,
         segment_ms=1000 * (time.perf_counter() - started),
     )
+
+
+class _Behind:
+    """Runs calls in one thread of their own, in order, at most ``ahead`` of them unfinished: the
+    caller goes on (the model's next tiles) while the thread writes what came before.
+
+    ``submit`` re-raises the first failure of a call before it (the caller stops producing), and
+    leaving the block waits for every call, re-raising a failure; on the way out of an exception,
+    calls not yet started are dropped and the running one is waited for, so nothing writes after
+    the block (a stopped job's folder is deleted next).
+    """
+
+    def __init__(self, ahead: int) -> None:
+        self.ahead = max(1, int(ahead))
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="slide-writer")
+        self._pending: deque[Future[None]] = deque()
+
+    def submit(self, call: Callable[..., None], *args: object) -> None:
+        while len(self._pending) >= self.ahead:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(call, *args))
+
+    def __enter__(self) -> _Behind:
+        return self
+
+    def __exit__(self, kind: object, *exc: object) -> None:
+        try:
+            if kind is None:
+                while self._pending:
+                    self._pending.popleft().result()
+            else:
+                for future in self._pending:
+                    future.cancel()
+        finally:
+            self._pool.shutdown(wait=True)

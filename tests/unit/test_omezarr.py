@@ -64,12 +64,20 @@ def test_store_written_from_uneven_bands_equals_the_full_arrays(tmp_path):
     assert summary["levels"] == [[1000, 777], [500, 389]] and summary["bytes"] > 0
 
 
-def test_pyramid_levels_equal_the_arrays_downsampled(tmp_path):
+@pytest.mark.parametrize(
+    ("chunk", "levels"),
+    [
+        (64, 4),  # every level written with level 0's chunk rows
+        (256, 3),  # chunk rows taller than the writer's strips: the mean taken strip by strip
+        (16, 7),  # 2^5 does not divide the chunk: levels 5 and 6 are built at finish() instead
+    ],
+)
+def test_pyramid_levels_equal_the_arrays_downsampled(tmp_path, chunk, levels):
     result = _result(1001, 643, seed=1)  # odd sizes: the last row and column of each level
-    _write(tmp_path / "r.ome.zarr", result, [333, 333, 335], chunk=64, levels=4)
+    _write(tmp_path / "r.ome.zarr", result, [333, 333, 335], chunk=chunk, levels=levels)
     root = zarr.open_group(tmp_path / "r.ome.zarr", mode="r")
     probability = root["0"][:]
-    for k in range(1, 4):
+    for k in range(1, levels):
         assert np.array_equal(root[f"labels/nuclei/{k}"][:], result["labels"][:: 2**k, :: 2**k])
         assert np.array_equal(root[f"labels/mask/{k}"][:], result["mask"][:: 2**k, :: 2**k])
         probability = _mean_of_available(probability)

@@ -93,3 +93,38 @@ def test_without_a_diameter_the_size_is_estimated_on_the_brightest_window(engine
     )
     assert result.scale.source == "estimated" and result.objects > 50
     assert result.estimate_window is not None
+
+
+def test_the_writers_thread_runs_calls_in_order_and_stops_on_the_first_failure():
+    done: list[int] = []
+
+    def write(k: int) -> None:
+        if k == 3:
+            raise OSError("disk full")
+        done.append(k)
+
+    with pytest.raises(OSError, match="disk full"), slides._Behind(2) as behind:
+        for k in range(10):
+            behind.submit(write, k)
+    # the failure surfaced within `ahead` more submissions, and the calls queued then were dropped
+    assert done[:3] == [0, 1, 2]
+    assert len(done) <= 3 + 2
+
+
+def test_the_writers_thread_drops_queued_calls_when_the_producer_fails():
+    import threading
+
+    never = threading.Event()
+    done: list[int] = []
+
+    def write(k: int) -> None:
+        if k == 0:
+            never.wait(1.0)  # busy while the producer fails: calls 1 and 2 are still queued
+        done.append(k)
+
+    with pytest.raises(RuntimeError, match="cancelled"), slides._Behind(3) as behind:
+        for k in range(3):
+            behind.submit(write, k)
+        raise RuntimeError("cancelled")  # e.g. segment.Cancelled from the model's side
+    # the running call was waited for before the block was left; the queued ones never ran
+    assert done == [0]

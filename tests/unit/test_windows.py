@@ -109,7 +109,7 @@ def test_tile_rows_cut_from_the_source_equal_the_padded_image(shape):
     for index in range(plan.n_tiles):
         row, col = divmod(index, plan.grid[1])
         strip = windows.tile_row_rows(reader, plan, row)
-        windows.cut_tile(strip, plan, col, tile)
+        windows.cut_tile(strip, plan, col, tile, reader)
         y, x = plan.tile_origin(index)
         np.testing.assert_array_equal(tile, padded[:, y : y + plan.tile_h, x : x + plan.tile_w])
 
