@@ -107,6 +107,12 @@ class ObjectStream:
         ]
         return list(self._rows(sorted(done)))
 
+    @property
+    def first_open_row(self) -> int:
+        """The top row of the highest object still open (the next row when none is): no row
+        above it belongs to an object not yet handed out."""
+        return min((sums.y0 for sums in self._open.values()), default=self._next_row)
+
     def finish(self) -> list[ObjectRow]:
         """The rows of every object still open (the image has no more rows)."""
         return list(self._rows(sorted(self._open)))

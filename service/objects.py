@@ -492,7 +492,7 @@ def rows_to_csv(rows: list[ObjectRow], calibrated: bool = False) -> str:
     return buffer.getvalue()
 
 
-def _outline(mask: np.ndarray, top: int, left: int) -> list[list[float]]:
+def outline(mask: np.ndarray, top: int, left: int) -> list[list[float]]:
     """Closed outer ring of a binary crop along pixel edges, in image coordinates.
 
     Pixel (r, c) spans [c, c+1) × [r, r+1), as in QuPath, so the ring's area is exactly the
@@ -587,34 +587,36 @@ def outlines(labels: np.ndarray, rows: list[ObjectRow]) -> Iterator[tuple[Object
     boxes = ndimage.find_objects(labels)
     for row in rows:
         box = boxes[row.id - 1]
-        yield row, _outline(labels[box] == row.id, box[0].start, box[1].start)
+        yield row, outline(labels[box] == row.id, box[0].start, box[1].start)
 
 
 def _feature_collection(labels: np.ndarray, rows: list[ObjectRow], classification: str) -> dict:
-    features = []
-    for row, ring in outlines(labels, rows):
-        features.append(
-            {
-                "type": "Feature",
-                "id": str(row.id),
-                "geometry": {"type": "Polygon", "coordinates": [ring]},
-                "properties": {
-                    "objectType": "detection",
-                    "name": f"{classification} {row.id}",
-                    "classification": {"name": classification},
-                    "measurements": {
-                        "Area px^2": row.area,
-                        "Centroid X px": row.centroid_x,
-                        "Centroid Y px": row.centroid_y,
-                        "Mean intensity": row.mean_intensity,
-                        "Integrated intensity": row.integrated_intensity,
-                        "Mean confidence": row.mean_confidence,
-                        **_um_measurements(row),
-                    },
-                },
-            }
-        )
+    features = [feature(row, ring, classification) for row, ring in outlines(labels, rows)]
     return {"type": "FeatureCollection", "features": features}
+
+
+def feature(row: ObjectRow, ring: list[list[float]], classification: str = "Nucleus") -> dict:
+    """One object as the GeoJSON Feature QuPath imports as a detection: its outline ``ring``
+    (from :func:`outline`) and its measurements under QuPath's own names."""
+    return {
+        "type": "Feature",
+        "id": str(row.id),
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {
+            "objectType": "detection",
+            "name": f"{classification} {row.id}",
+            "classification": {"name": classification},
+            "measurements": {
+                "Area px^2": row.area,
+                "Centroid X px": row.centroid_x,
+                "Centroid Y px": row.centroid_y,
+                "Mean intensity": row.mean_intensity,
+                "Integrated intensity": row.integrated_intensity,
+                "Mean confidence": row.mean_confidence,
+                **_um_measurements(row),
+            },
+        },
+    }
 
 
 def _um_measurements(row: ObjectRow) -> dict[str, float]:

@@ -10,6 +10,8 @@ only a sink that hands back what ``zipfile`` wrote since the last call — no de
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator
+from pathlib import Path
 
 
 class _Sink:
@@ -44,6 +46,20 @@ class ZipStream:
     def add(self, name: str, data: bytes, deflate: bool = False) -> bytes:
         self._zip.writestr(name, data, compress_type=zipfile.ZIP_DEFLATED if deflate else None)
         return self._sink.take()
+
+    def add_file(self, name: str, path: Path, deflate: bool = False, piece: int = 1 << 20) -> Iterator[bytes]:
+        """A member read from ``path`` ``piece`` bytes at a time, yielding the archive bytes as they
+        come: a file of any size (a slide's objects GeoJSON: ~1 GB) never sits in memory. Zip64
+        extras are written for it, since its size is not told to ``zipfile`` before its data."""
+        info = zipfile.ZipInfo.from_file(path, name)
+        info.compress_type = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+        with open(path, "rb") as source, self._zip.open(info, "w", force_zip64=True) as member:
+            while chunk := source.read(piece):
+                member.write(chunk)
+                out = self._sink.take()
+                if out:
+                    yield out
+        yield self._sink.take()
 
     def close(self) -> bytes:
         self._zip.close()

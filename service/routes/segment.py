@@ -116,6 +116,7 @@ class SegmentOptions:
     split: Split | None = None  # None: the model's own method
     diameter: float | None = None  # typical nucleus diameter, input px; None: estimated
     plane: microscopy.Selection = microscopy.Selection()  # channel / z / t / project / pixel_size
+    geojson: bool = False  # output=ome-zarr (jobs): also the objects' outlines as GeoJSON
 
 
 _OPTION_NAMES = ("output", "threshold", "bits", "tile_size", "overlap", "split", "diameter")
@@ -190,13 +191,26 @@ def segment_options(
     overlap: int | None = Query(None, ge=0, description="overlap between tiles in pixels (< tile_size / 2)"),
     split: Split | None = Query(None, description=_SPLIT_DESCRIPTION),
     diameter: float | None = Query(None, ge=1, le=1000, description=_DIAMETER_DESCRIPTION),
+    geojson: bool = Query(
+        False,
+        description="output=ome-zarr (POST /jobs) only: also write objects.geojson, every nucleus' outline "
+        "as output=geojson gives them (QuPath detections), streamed object by object (~1 kB per nucleus)",
+    ),
     plane: microscopy.Selection = Depends(plane_selection),
-    _known: None = Depends(only_query_params(*_OPTION_NAMES, *_PLANE_OPTION_NAMES)),
+    _known: None = Depends(only_query_params(*_OPTION_NAMES, "geojson", *_PLANE_OPTION_NAMES)),
     accept: str = Header("", include_in_schema=False),
 ) -> SegmentOptions:
     _check_bits(bits)
+    if geojson and output not in JOB_ONLY_OUTPUTS:
+        raise InvalidOptions(
+            f"geojson=true adds outlines to a slide job's files (output=ome-zarr); for output={output.value} "
+            "ask output=geojson for the outlines instead",
+            errors=[{"loc": ["query", "geojson"], "msg": "only with output=ome-zarr", "type": "value_error"}],
+        )
     json_table = "application/json" in accept and "text/csv" not in accept
-    return SegmentOptions(output, threshold, bits, tile_size, overlap, json_table, split, diameter, plane)
+    return SegmentOptions(
+        output, threshold, bits, tile_size, overlap, json_table, split, diameter, plane, geojson=geojson
+    )
 
 
 def batch_options(

@@ -5,7 +5,8 @@ decoded whole: the job opens it by path (its upload on disk, or a file under ``U
 ``service.slides.segment_slide`` segments it band by band, and the job's folder receives
 
 - ``result.ome.zarr/``: probability, labels and mask with a pyramid (``service.omezarr``), and
-- ``objects.csv``: one row per nucleus, as ``output=objects``.
+- ``objects.csv``: one row per nucleus, as ``output=objects``, and
+- ``objects.geojson`` with ``geojson=true``: their outlines, as ``output=geojson``.
 
 ``GET /jobs/{id}/result`` then answers a JSON summary with their URLs. Each file of the store is
 served at ``GET /jobs/{id}/files/result.ome.zarr/...``, so a viewer that reads OME-Zarr over HTTP
@@ -38,7 +39,7 @@ from service.zipstream import ZipStream
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
 
 #: What a slide job leaves in its folder, by the names the URLs use.
-RESULT_FILES = (slides.STORE_NAME, slides.TABLE_NAME)
+RESULT_FILES = (slides.STORE_NAME, slides.TABLE_NAME, slides.GEOJSON_NAME)
 SUMMARY_TYPE = "application/json"
 
 
@@ -105,6 +106,7 @@ def run(
                 tile_size=windowed.tile_size or tiling.tile_size, overlap=tiling.overlap,
                 batch_size=windowed.batch_size,
                 should_stop=should_stop, progress=progress,
+                geojson=options.geojson, geojson_properties=source.plane.describe(),
             )
             result.warnings[:0] = list(source.plane.warnings)
             return result
@@ -116,6 +118,7 @@ def run(
 def remove_outputs(folder: Path) -> None:
     shutil.rmtree(folder / slides.STORE_NAME, ignore_errors=True)
     (folder / slides.TABLE_NAME).unlink(missing_ok=True)
+    (folder / slides.GEOJSON_NAME).unlink(missing_ok=True)
 
 
 def job_result(
@@ -137,6 +140,7 @@ def job_result(
         "warnings": result.warnings,
         "store_url": f"{base}/{slides.STORE_NAME}",
         "objects_url": f"{base}/{slides.TABLE_NAME}",
+        "geojson_url": f"{base}/{slides.GEOJSON_NAME}" if result.geojson is not None else None,
         "zip_url": f"/jobs/{job_id}/files.zip",
         "layout": {
             "image": "foreground probability, uint8 (255 = 1.0)",
@@ -198,7 +202,7 @@ async def job_file(job_id: str, name: str, request: Request) -> Response:
     if not path.resolve().is_relative_to(folder.resolve()) or not path.is_file():
         # a chunk never written (all background) is absent: zarr readers take 404 as the fill value
         raise _not_found(f"{name!r} is not a file of this job")
-    media = "text/csv" if name == slides.TABLE_NAME else (
+    media = {slides.TABLE_NAME: "text/csv", slides.GEOJSON_NAME: "application/geo+json"}.get(name) or (
         "application/json" if parts[-1].startswith(".z") else "application/octet-stream"
     )
     return FileResponse(path, media_type=media)
@@ -219,8 +223,13 @@ async def job_files_zip(job_id: str, request: Request) -> Response:
         for root_name in RESULT_FILES:
             for path in await anyio.to_thread.run_sync(_files_under, folder / root_name):
                 member = path.relative_to(folder).as_posix()
-                data = await anyio.to_thread.run_sync(path.read_bytes)
-                yield archive.add(member, data, deflate=path.suffix == ".csv")
+                if path.suffix in (".csv", ".geojson"):  # the tables: large, compressible, read in pieces
+                    pieces = archive.add_file(member, path, deflate=True)
+                    while (piece := await anyio.to_thread.run_sync(next, pieces, None)) is not None:
+                        yield piece
+                else:  # one chunk of the store: a few MB at most
+                    data = await anyio.to_thread.run_sync(path.read_bytes)
+                    yield archive.add(member, data)
         yield archive.close()
 
     name = f"{job_id}.ome.zarr.zip"

@@ -66,7 +66,7 @@ def test_a_slide_under_the_data_root_becomes_an_ome_zarr_store_readable_over_htt
     from ome_zarr.reader import Label, Reader
 
     client = slide_server.client
-    submitted = client.post("/jobs", params={"output": "ome-zarr", **SAME_PLAN},
+    submitted = client.post("/jobs", params={"output": "ome-zarr", "geojson": "true", **SAME_PLAN},
                             json={"path": "slides/s1.ome.tif"})
     assert submitted.status_code == 202, submitted.text
     job_id = submitted.json()["id"]
@@ -106,10 +106,20 @@ def test_a_slide_under_the_data_root_becomes_an_ome_zarr_store_readable_over_htt
     assert len(table) == body["objects"] and {int(r["id"]) for r in table} == set(np.unique(labels)) - {0}
     assert "area_um2" in table[0]
 
+    # The outlines (geojson=true): one QuPath detection per object of the store.
+    outlines = client.get(slide_server.url + body["geojson_url"])
+    assert outlines.headers["content-type"].startswith("application/geo+json")
+    collection = outlines.json()
+    assert collection["type"] == "FeatureCollection" and len(collection["features"]) == body["objects"]
+    assert {int(f["id"]) for f in collection["features"]} == {int(r["id"]) for r in table}
+    assert collection["properties"]["warnings"] == body["warnings"]
+
     # One ZIP of everything, and nothing outside the result is served.
     archive = zipfile.ZipFile(io.BytesIO(client.get(f"/jobs/{job_id}/files.zip").content))
     names = archive.namelist()
     assert "objects.csv" in names and "result.ome.zarr/.zattrs" in names
+    assert archive.read("objects.geojson") == outlines.content  # read in pieces, CRC checked
+    assert archive.read("objects.csv").decode() == client.get(slide_server.url + body["objects_url"]).text
     assert "result.ome.zarr/labels/nuclei/.zattrs" in names
     for outside in ("status.json", "result", "result.ome.zarr/%2e%2e/status.json", "objects.csv/x"):
         assert client.get(f"/jobs/{job_id}/files/{outside}").status_code == 404, outside
@@ -125,7 +135,9 @@ def test_a_slide_can_be_uploaded_and_what_is_no_slide_is_refused_at_submission(
     assert job.status_code == 202, job.text
     status = wait_until(client, job.json()["id"], finished)
     assert status["status"] == "succeeded", status
-    assert client.get(f"/jobs/{job.json()['id']}/result").json()["width"] == 600
+    result = client.get(f"/jobs/{job.json()['id']}/result").json()
+    assert result["width"] == 600 and result["geojson_url"] is None  # outlines only when asked
+    assert client.get(result["objects_url"].replace("objects.csv", "objects.geojson")).status_code == 404
 
     # the options in the JSON body instead of the query (README's example); cancelled at once
     in_body = client.post("/jobs", json={"path": "slides/s1.ome.tif", "output": "ome-zarr", "diameter": 30})
@@ -137,6 +149,10 @@ def test_a_slide_can_be_uploaded_and_what_is_no_slide_is_refused_at_submission(
     segment = client.post("/segment", params={"output": "ome-zarr"}, content=im.png(small),
                           headers={"Content-Type": "image/png"})
     assert segment.status_code == 422 and "POST /jobs" in segment.json()["detail"]
+    for where, output in (("/segment", "geojson"), ("/jobs", "labels")):  # geojson= is for slide jobs
+        refused = client.post(where, params={"output": output, "geojson": "true"}, content=im.png(small),
+                              headers={"Content-Type": "image/png"})
+        assert refused.status_code == 422 and "output=geojson" in refused.json()["detail"], where
     # a PNG job's result is one response: it has no files
     plain = client.post("/jobs", content=im.png(small[:200, :200]), headers={"Content-Type": "image/png"})
     plain_id = plain.json()["id"]

@@ -5,6 +5,7 @@ tifffile, the bundled model run by ONNX Runtime, the store read back with zarr a
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -48,6 +49,7 @@ def test_a_slide_gives_the_in_memory_pipelines_labels_mask_and_objects(engine, s
         result = slides.segment_slide(
             source, tmp_path / "job", engine.run, md, params, md.threshold, diameter,
             pixel_size_um=(0.5, 0.5), tile_size=256, overlap=None, batch_size=1, chunk=256,
+            geojson=True, geojson_properties={"pixel_size_um": 0.5},
         )
     assert (result.height, result.width) == image.shape and result.scale.source == "request"
     assert result.estimate_window is None and result.tiles > 4
@@ -74,6 +76,23 @@ def test_a_slide_gives_the_in_memory_pipelines_labels_mask_and_objects(engine, s
         assert int(row["area"]) == want.area and float(row["area_um2"]) == want.area_um2
         assert float(row["mean_intensity"]) == pytest.approx(want.mean_intensity, abs=1e-3)
         assert labels[int(float(row["centroid_y"])), int(float(row["centroid_x"]))] in (0, int(row["id"]))
+
+    # The GeoJSON, written object by object across 64-row bands, is output=geojson's collection
+    # feature for feature: the same outlines and measurements (ids are the store's).
+    with open(result.geojson, encoding="utf-8") as f:
+        streamed = json.load(f)
+    whole = objects.to_geojson(grid.labels, expected)["features"]
+    assert streamed["properties"] == {"pixel_size_um": 0.5, "warnings": result.warnings}
+    assert len(streamed["features"]) == len(whole) == result.objects
+    want_by_ring = {json.dumps(f["geometry"]): f for f in whole}
+    table_ids = {row["id"] for row in table}
+    for feature in streamed["features"]:
+        want = want_by_ring[json.dumps(feature["geometry"])]
+        got, wanted = feature["properties"]["measurements"], want["properties"]["measurements"]
+        assert got.keys() == wanted.keys() and got["Area px^2"] == wanted["Area px^2"]
+        # sums gathered band by band: the last rounded digit of a centroid may differ
+        assert got == pytest.approx({k: float(v) for k, v in wanted.items()}, abs=0.011)
+        assert feature["id"] in table_ids and feature["properties"]["name"] == f"Nucleus {feature['id']}"
 
 
 def test_without_a_diameter_the_size_is_estimated_on_the_brightest_window(engine, tmp_path):
