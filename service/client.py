@@ -1200,4 +1200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m service.client` runs this file as __main__; service.client_slides imports it as
+    # service.client. Run that one, so there is one copy of the module (one UsageError class).
+    from service.client import main as module_main
+
+    sys.exit(module_main())
