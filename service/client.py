@@ -39,6 +39,10 @@ Behaviour a batch of thousands of images needs:
   indexed Job). Shard membership comes from the whole list, before finished outputs are skipped,
   so a re-run shard does the same images and skips those already written. Each shard writes its
   own ``summary.shard-I-of-N.csv`` and ``failures.shard-I-of-N.jsonl``.
+- **Slides**: ``--output ome-zarr`` makes every file a slide job (``POST /jobs?output=ome-zarr``,
+  the file streamed, or its path under ``--data-root``; in local mode the slide job's own code),
+  written to ``NAME.ome.zarr/`` and ``NAME.objects.csv``, the store renamed into place last
+  (``service.client_slides``).
 """
 
 from __future__ import annotations
