@@ -300,17 +300,39 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in CONTENT_TYPES
 
 
-def find_images(inputs: Iterable[str]) -> list[tuple[Path, Path]]:
+def _is_store(path: Path) -> bool:
+    """An OME-Zarr store (a folder named ``*.zarr``): one slide, not a folder of images."""
+    return path.suffix.lower() == ".zarr" and path.is_dir()
+
+
+def _images_and_stores(folder: Path) -> list[Path]:
+    """Image files and OME-Zarr stores under ``folder``, sorted; a store's own files (up to 10⁵
+    chunks for a slide) are never listed."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        base = Path(root)
+        found += [base / d for d in dirs if _is_store(base / d)]
+        dirs[:] = [d for d in dirs if not _is_store(base / d)]
+        found += [base / f for f in files if _is_image(base / f)]
+    return sorted(found)
+
+
+def find_images(inputs: Iterable[str], stores: bool = False) -> list[tuple[Path, Path]]:
     """Expand INPUT arguments into ``(image file, path relative to the output folder)`` pairs.
 
     A file maps to its name; a folder to its images found recursively, relative to the folder; a
-    glob to its image matches, relative to the glob's leading fixed folders. Raises
+    glob to its image matches, relative to the glob's leading fixed folders. With ``stores``
+    (slides), an OME-Zarr store (``*.zarr`` folder) is an image too, never searched. Raises
     :class:`UsageError` for an input that yields no image.
     """
     found: list[tuple[Path, Path]] = []
     for arg in inputs:
         path = Path(arg)
-        if path.is_dir():
+        if stores and _is_store(path):
+            pairs = [(path, Path(path.name))]
+        elif stores and path.is_dir():
+            pairs = [(p, p.relative_to(path)) for p in _images_and_stores(path)]
+        elif path.is_dir():
             pairs = [(p, p.relative_to(path)) for p in sorted(path.rglob("*")) if _is_image(p)]
         elif path.is_file():
             if path.suffix.lower() not in CONTENT_TYPES:
@@ -319,7 +341,7 @@ def find_images(inputs: Iterable[str]) -> list[tuple[Path, Path]]:
         elif glob.has_magic(arg):
             root = _glob_root(arg)
             matches = (Path(m) for m in sorted(glob.glob(arg, recursive=True)))
-            pairs = [(p, p.relative_to(root)) for p in matches if _is_image(p)]
+            pairs = [(p, p.relative_to(root)) for p in matches if _is_image(p) or (stores and _is_store(p))]
         else:
             raise UsageError(f"{arg}: no such file or folder")
         if not pairs:
@@ -1080,7 +1102,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 all outputs present, 1 some images failed (see the report), 2 usage error.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="image files, folders (searched recursively) or globs ('**' allowed)")
+                        help="image files, folders (searched recursively) or globs ('**' allowed); with "
+                        "--output ome-zarr in local mode also OME-Zarr stores (*.zarr folders)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR",
                         help="output folder; input sub-folders are mirrored in it")
     parser.add_argument("--url", dest="urls", action="append", default=[], type=_url,
@@ -1173,11 +1196,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.out.exists() and not config.out.is_dir():
             raise UsageError(f"--out {config.out}: exists and is not a folder")
         kind = OUTPUT_KINDS[config.kind]
-        every = plan_jobs(find_images(config.inputs), config.out, kind)
+        every = plan_jobs(find_images(config.inputs, stores=isinstance(kind, SlideOutput)), config.out, kind)
         jobs = shard_jobs(every, config.out, config.shard)
         summary_path = config.summary_path()
         if kind.object_areas and any(j.target == summary_path for j in every):
             raise UsageError(f"an image would write {summary_path}, where the object summary goes; rename it")
+        if config.urls and (store := next((j.source for j in jobs if j.source.is_dir()), None)):
+            raise UsageError(f"{store}: an OME-Zarr store (a folder) is segmented in local mode only "
+                             "(leave out --url): the service takes files, uploaded or by path")
         if config.data_root is not None:
             from service.client_slides import data_path
 

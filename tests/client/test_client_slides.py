@@ -56,10 +56,15 @@ def unet_segment(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def slide_image() -> np.ndarray:
+    return synthetic_nuclei(1200, 1500, seed=16)
+
+
+@pytest.fixture(scope="module")
+def slides(slide_image: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A shared volume's folder: one slide in a sub-folder, a corrupt TIFF and a PNG (no slide)."""
     root = tmp_path_factory.mktemp("volume") / "slides"
-    write_slide(root / SLIDE, synthetic_nuclei(1200, 1500, seed=16))
+    write_slide(root / SLIDE, slide_image)
     (root / "broken.tif").write_bytes(b"II*\x00" + bytes(range(256)) * 4)  # a TIFF header, then garbage
     (root / "flat.png").write_bytes(png_bytes(64, 64, 128))
     return root
@@ -181,6 +186,33 @@ def test_data_root_sends_paths_and_refuses_a_file_outside_it_before_any_request(
     assert refused.returncode == client.EXIT_USAGE
     assert f"{outside} is not under --data-root" in refused.stderr, refused.stderr
     assert counts(server) == before and not (tmp_path / "o2").exists()
+
+
+def test_an_ome_zarr_store_is_a_slide_in_local_mode_only(
+    slide_image: np.ndarray, locally, server: Server, tmp_path: Path
+) -> None:
+    import zarr
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_image
+
+    folder = tmp_path / "in"
+    store = folder / "b" / "s1.ome.zarr"  # NGFF 0.4, as bioformats2raw writes; chunks 256²
+    write_image(slide_image, zarr.open_group(store, mode="w", zarr_format=2), fmt=FormatV04(),
+                scale_factors=(), axes="yx", storage_options={"chunks": (256, 256)})
+    out = tmp_path / "out"
+    run = unet_segment(folder, "--out", out, "--output", "ome-zarr")
+    assert run.returncode == 0 and "1 written" in run.stderr, run.stderr
+    layout = [f"b/s1.ome.zarr/{name}" for name in files_under(locally[0] / "a" / "s1.ome.zarr")]
+    assert sorted(files_under(out)) == sorted(["summary.csv", "b/s1.objects.csv", *layout]), \
+        "the store was one input (its own files not searched for images), written in the same layout"
+    from_tiff = zarr.open(str(locally[0] / "a" / "s1.ome.zarr" / "labels" / "nuclei"), mode="r")["0"][:]
+    from_zarr = zarr.open(str(out / "b" / "s1.ome.zarr" / "labels" / "nuclei"), mode="r")["0"][:]
+    np.testing.assert_array_equal(from_zarr, from_tiff)  # the same pixels, the same objects
+
+    before = counts(server)
+    refused = unet_segment(folder, "--out", tmp_path / "o2", "--url", server.url, "--output", "ome-zarr")
+    assert refused.returncode == client.EXIT_USAGE and "local mode only" in refused.stderr, refused.stderr
+    assert counts(server) == before
 
 
 # --- a scripted server: downloads that break ----------------------------------------------------------
