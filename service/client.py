@@ -65,7 +65,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from tqdm import tqdm
@@ -754,7 +754,6 @@ class Segmenter:
         """Stop polling jobs (Ctrl-C): each poller cancels its job on the server and returns."""
         self._stop.set()
 
-
     def _finish(self, result: Result, response: httpx.Response, data: bytes) -> Result:
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
         try:
@@ -769,7 +768,6 @@ class Segmenter:
         result.pixels = pixels
         result.object_count = _int_header(response, "X-Object-Count")
         return result
-
 
 
 def _save(client: httpx.Client, url: str, path: Path) -> httpx.Response:
@@ -863,10 +861,22 @@ def failed_locally(result: Result, exc: Exception) -> Result:
     return result
 
 
-def make_segmenter(config: Config, backoff_base: float = BACKOFF_BASE_S) -> Any:
+class BatchSegmenter(Protocol):
+    """What :func:`run` drives: one call per job, from many threads, never raising for bad input."""
+
+    #: ``(job, tiles done, tiles total)`` while a job runs; ``(job, None, None)`` when it ends
+    progress: Callable[[Job, int | None, int | None], None] | None
+
+    def __call__(self, job: Job) -> Result: ...
+
+    def interrupt(self) -> None: ...  # Ctrl-C: stop what can stop
+
+    def close(self) -> None: ...
+
+
+def make_segmenter(config: Config, backoff_base: float = BACKOFF_BASE_S) -> BatchSegmenter:
     """The service replicas at ``config.urls``, or this process when there are none; slides
-    (``--output ome-zarr``) by ``service.client_slides``. Each is called with a :class:`Job` and
-    answers a :class:`Result`; ``progress``, ``interrupt()`` and ``close()`` as :class:`Segmenter`'s."""
+    (``--output ome-zarr``) by ``service.client_slides``."""
     if isinstance(OUTPUT_KINDS[config.kind], SlideOutput):
         from service import client_slides
 

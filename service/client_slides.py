@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import threading
 import zipfile
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -230,7 +230,7 @@ class LocalSlideSegmenter:
             plane=plane,
         )
         self._stop = threading.Event()
-        self.progress: Any = None  # (job, tiles done, tiles total), as Segmenter's
+        self.progress: Callable[[Job, int | None, int | None], None] | None = None
 
     def __call__(self, job: Job) -> Result:
         """Segment one slide and write its files; never raises for a bad file."""
