@@ -10,8 +10,10 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,8 +24,9 @@ import tifffile
 
 from service import client
 from service.settings import DEFAULT_MODEL_PATH
+from tests.api._images import write_slow_model
 from tests.client.conftest import Reply, Request, png_bytes
-from tests.client.test_client_jobs import counts, job_folders
+from tests.client.test_client_jobs import POLL_LIMIT_S, counts, job_folders
 from tests.server import REPO, Server
 from tests.unit.test_segment import synthetic_nuclei
 
@@ -213,6 +216,29 @@ def test_an_ome_zarr_store_is_a_slide_in_local_mode_only(
     refused = unet_segment(folder, "--out", tmp_path / "o2", "--url", server.url, "--output", "ome-zarr")
     assert refused.returncode == client.EXIT_USAGE and "local mode only" in refused.stderr, refused.stderr
     assert counts(server) == before
+
+
+def test_ctrl_c_in_local_mode_stops_the_slide_and_leaves_no_store(tmp_path: Path) -> None:
+    slow = write_slow_model(tmp_path / "slow.onnx")  # seconds per tile: the slide is caught mid-way
+    write_slide(tmp_path / "in" / "s.ome.tif", synthetic_nuclei(600, 700, seed=5))
+    out = tmp_path / "out"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("UNET_")}, **SETTINGS}
+    args = [tmp_path / "in", "--out", out, "--output", "ome-zarr", "--model", slow, "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "service.client", *map(str, args)], cwd=REPO, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + POLL_LIMIT_S
+        while not list(out.glob(".s.ome.zarr.*.part")):  # the slide is being segmented
+            assert proc.poll() is None and time.monotonic() < deadline, "the slide never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=POLL_LIMIT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == client.EXIT_INTERRUPTED, stderr
+    assert "interrupted" in stderr
+    assert sorted(p.name for p in out.iterdir()) == [], "no store, no table, no staging folder"
 
 
 # --- a scripted server: downloads that break ----------------------------------------------------------
