@@ -201,8 +201,9 @@ class LocalSlideSegmenter:
         import onnxruntime
 
         from service import microscopy
+        from service.errors import ProblemError
         from service.routes.deps import Runtime
-        from service.routes.segment import Output, SegmentOptions, Split
+        from service.routes.segment import Output, SegmentOptions, Split, checked_engine
         from service.settings import Settings
 
         settings = Settings()
@@ -229,6 +230,10 @@ class LocalSlideSegmenter:
             split=None if config.split is None else Split(config.split), diameter=config.diameter,
             plane=plane,
         )
+        try:  # what the server refuses before reading any file (422: --split or --diameter this model lacks)
+            checked_engine(self.runtime, self.options)
+        except ProblemError as exc:
+            raise UsageError(exc.detail) from exc
         self._stop = threading.Event()
         self.progress: Callable[[Job, int | None, int | None], None] | None = None
 

@@ -27,6 +27,7 @@ from service.settings import DEFAULT_MODEL_PATH
 from tests.api._images import write_slow_model
 from tests.client.conftest import Reply, Request, png_bytes
 from tests.client.test_client_jobs import POLL_LIMIT_S, counts, job_folders
+from tests.models import write_conv_model
 from tests.server import REPO, Server
 from tests.unit.test_segment import synthetic_nuclei
 
@@ -371,3 +372,12 @@ def test_data_root_is_for_slide_jobs_on_a_server(args: list[str], tmp_path: Path
     config = client.parse_config(["x.tif", "--out", str(tmp_path), "--data-root", str(tmp_path),
                                   "--output", "ome-zarr", "--url", "http://h"])
     assert config.data_root == tmp_path
+
+
+def test_local_mode_refuses_an_option_the_model_lacks_before_any_slide(slides: Path, tmp_path: Path) -> None:
+    conv = write_conv_model(tmp_path / "conv.onnx")  # no nucleus-centre output: split=center is a 422
+    out = tmp_path / "out"
+    run = unet_segment(slides / "a", "--out", out, "--output", "ome-zarr", "--model", conv,
+                       "--split", "center")
+    assert run.returncode == client.EXIT_USAGE and "needs a model with a nucleus-centre output" in run.stderr
+    assert not out.exists()
