@@ -39,6 +39,10 @@ Behaviour a batch of thousands of images needs:
   indexed Job). Shard membership comes from the whole list, before finished outputs are skipped,
   so a re-run shard does the same images and skips those already written. Each shard writes its
   own ``summary.shard-I-of-N.csv`` and ``failures.shard-I-of-N.jsonl``.
+- **Slides**: ``--output ome-zarr`` makes every file a slide job (``POST /jobs?output=ome-zarr``,
+  the file streamed, or its path under ``--data-root``; in local mode the slide job's own code),
+  written to ``NAME.ome.zarr/`` and ``NAME.objects.csv``, the store renamed into place last
+  (``service.client_slides``).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import httpx
 from tqdm import tqdm
@@ -102,6 +107,10 @@ class OutputKind:
     #: output bytes → each object's area in px; kinds that have it get a folder summary CSV
     object_areas: Callable[[bytes], list[float]] | None = None
 
+    def target_for(self, relative: Path) -> Path:
+        """Where the output of the input at ``relative`` goes, relative to the output folder."""
+        return relative.with_suffix(self.suffix)
+
     def path_for(self, target: Path, media_type: str) -> Path:
         return target.with_suffix(self.alternates.get(media_type, self.suffix))
 
@@ -111,6 +120,40 @@ class OutputKind:
             if (path := target.with_suffix(suffix)).exists():
                 return path
         return None
+
+    def areas(self, path: Path) -> list[float]:
+        """Each object's area (px) in the output at ``path``, for the folder summary."""
+        assert self.object_areas is not None
+        return self.object_areas(path.read_bytes())
+
+
+@dataclass(frozen=True)
+class SlideOutput(OutputKind):
+    """``--output ome-zarr``: a slide job's result, a folder (the OME-Zarr store) with the objects
+    table beside it: ``in/a/x.ome.tif`` → ``out/a/x.ome.zarr/`` and ``out/a/x.objects.csv``. The
+    store is moved into place last (``service.client_slides``), so its presence means done."""
+
+    table_suffix: str = ".objects.csv"
+
+    def target_for(self, relative: Path) -> Path:
+        stem = relative.name[: len(relative.name) - len(relative.suffix)]
+        if stem.lower().endswith(".ome"):  # x.ome.tif → x.ome.zarr, not x.ome.ome.zarr
+            stem = stem[:-4]
+        return relative.with_name(stem + self.suffix)
+
+    def path_for(self, target: Path, media_type: str) -> Path:
+        return target
+
+    def existing(self, target: Path) -> Path | None:
+        return target if target.is_dir() else None
+
+    def table(self, target: Path) -> Path:
+        """The objects table beside the store ``target``."""
+        return target.with_name(target.name.removesuffix(self.suffix) + self.table_suffix)
+
+    def areas(self, path: Path) -> list[float]:
+        with open(self.table(path), encoding="utf-8", newline="") as f:  # streamed: a slide has ~10⁶ rows
+            return [float(row["area"]) for row in csv.DictReader(f)]
 
 
 #: ``--output`` choices: the ``?output=`` value and the file each answer is written to.
@@ -122,6 +165,8 @@ OUTPUT_KINDS: dict[str, OutputKind] = {
     "objects": OutputKind("objects", ".csv", "text/csv", object_areas=_csv_areas),
     "geojson": OutputKind("geojson", ".geojson", "application/geo+json", object_areas=_geojson_areas),
     "rois": OutputKind("rois", ".zip", "application/zip"),  # ImageJ ROI set for Fiji's ROI Manager
+    # A slide (tiled OME-TIFF of any size) as a job: an OME-Zarr store + objects CSV (client_slides)
+    "ome-zarr": SlideOutput("ome-zarr", ".ome.zarr", "application/json", object_areas=_csv_areas),
 }
 SUMMARY_NAME = "summary.csv"  # beside the per-image files, for kinds with ``object_areas``
 REPORT_NAME = "failures.jsonl"
@@ -228,6 +273,9 @@ class Config:
     model: Path | None = None  # local mode's ONNX file; None: the service's default (the bundled model)
     job_above: int | None = JOB_ABOVE_PIXELS  # pixels above which POST /jobs is used; None: never
     shard: Shard | None = None  # None: every image
+    #: --data-root: the local folder the server sees as its UNET_DATA_ROOT; inputs under it are
+    #: sent as ``{"path": ...}`` instead of their bytes (slides only). None: uploaded.
+    data_root: Path | None = None
 
     def summary_path(self) -> Path:
         return self.out / (self.shard.name(SUMMARY_NAME) if self.shard else SUMMARY_NAME)
@@ -252,17 +300,39 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in CONTENT_TYPES
 
 
-def find_images(inputs: Iterable[str]) -> list[tuple[Path, Path]]:
+def _is_store(path: Path) -> bool:
+    """An OME-Zarr store (a folder named ``*.zarr``): one slide, not a folder of images."""
+    return path.suffix.lower() == ".zarr" and path.is_dir()
+
+
+def _images_and_stores(folder: Path) -> list[Path]:
+    """Image files and OME-Zarr stores under ``folder``, sorted; a store's own files (up to 10⁵
+    chunks for a slide) are never listed."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        base = Path(root)
+        found += [base / d for d in dirs if _is_store(base / d)]
+        dirs[:] = [d for d in dirs if not _is_store(base / d)]
+        found += [base / f for f in files if _is_image(base / f)]
+    return sorted(found)
+
+
+def find_images(inputs: Iterable[str], stores: bool = False) -> list[tuple[Path, Path]]:
     """Expand INPUT arguments into ``(image file, path relative to the output folder)`` pairs.
 
     A file maps to its name; a folder to its images found recursively, relative to the folder; a
-    glob to its image matches, relative to the glob's leading fixed folders. Raises
+    glob to its image matches, relative to the glob's leading fixed folders. With ``stores``
+    (slides), an OME-Zarr store (``*.zarr`` folder) is an image too, never searched. Raises
     :class:`UsageError` for an input that yields no image.
     """
     found: list[tuple[Path, Path]] = []
     for arg in inputs:
         path = Path(arg)
-        if path.is_dir():
+        if stores and _is_store(path):
+            pairs = [(path, Path(path.name))]
+        elif stores and path.is_dir():
+            pairs = [(p, p.relative_to(path)) for p in _images_and_stores(path)]
+        elif path.is_dir():
             pairs = [(p, p.relative_to(path)) for p in sorted(path.rglob("*")) if _is_image(p)]
         elif path.is_file():
             if path.suffix.lower() not in CONTENT_TYPES:
@@ -271,7 +341,7 @@ def find_images(inputs: Iterable[str]) -> list[tuple[Path, Path]]:
         elif glob.has_magic(arg):
             root = _glob_root(arg)
             matches = (Path(m) for m in sorted(glob.glob(arg, recursive=True)))
-            pairs = [(p, p.relative_to(root)) for p in matches if _is_image(p)]
+            pairs = [(p, p.relative_to(root)) for p in matches if _is_image(p) or (stores and _is_store(p))]
         else:
             raise UsageError(f"{arg}: no such file or folder")
         if not pairs:
@@ -307,7 +377,7 @@ def plan_jobs(found: Iterable[tuple[Path, Path]], out: Path, kind: OutputKind) -
     """
     jobs: dict[Path, Job] = {}
     for source, relative in found:
-        target = out / relative.with_suffix(kind.suffix)
+        target = out / kind.target_for(relative)
         other = jobs.get(target)
         if other is None:
             jobs[target] = Job(source, target)
@@ -428,6 +498,15 @@ def _int_header(response: httpx.Response, name: str) -> int | None:
 # --------------------------------------------------------------------------- one image
 
 
+#: What one try of a POST sends: keyword arguments for ``httpx.Client.post`` (``content=`` and
+#: headers, or ``json=``), made anew for each try, since a streamed file is read once per try.
+Upload = Callable[[], dict[str, Any]]
+
+
+def bytes_upload(data: bytes, content_type: str) -> Upload:
+    return lambda: {"content": data, "headers": {"Content-Type": content_type}}
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that ``path`` is either absent or complete, never truncated.
 
@@ -498,15 +577,15 @@ class Segmenter:
             data = job.source.read_bytes()
         except OSError as exc:
             return Result(job, ok=False, error=f"cannot read input: {exc}")
-        content_type = CONTENT_TYPES[job.source.suffix.lower()]
+        upload = bytes_upload(data, CONTENT_TYPES[job.source.suffix.lower()])
         result = Result(job, ok=False)
         first = self._first_turn()
         if self.wants_job(data):
-            done = self._via_job(result, data, content_type, first)
+            done = self._via_job(result, upload, first, data)
             if done is not None:
                 return done
             result = Result(job, ok=False, attempts=result.attempts)  # no /jobs there: /segment
-        response = self._send(result, "/segment", data, content_type, first)
+        response = self._send(result, "/segment", upload, first)
         if response is not None and response.status_code == 200:
             return self._finish(result, response, data)
         return result
@@ -521,8 +600,7 @@ class Segmenter:
         amount = size[0] * size[1] if size is not None else len(data)
         return amount > self.job_above
 
-    def _send(self, result: Result, path: str, data: bytes, content_type: str, first: int,
-              ) -> httpx.Response | None:
+    def _send(self, result: Result, path: str, upload: Upload, first: int) -> httpx.Response | None:
         """POST the image to ``path`` with retries, moving over the replicas; the final response
         (success or an error that is not transient), or None when the retries ran out (``result``
         says why). ``result.turn`` is the index of the replica that answered."""
@@ -532,9 +610,7 @@ class Segmenter:
             retry_after, unreachable = None, False
             turn = (first + attempt - 1) % len(self.clients)  # a retry moves on
             try:
-                response = self.clients[turn].post(
-                    path, params=self.params, content=data, headers={"Content-Type": content_type},
-                )
+                response = self.clients[turn].post(path, params=self.params, **upload())
             except httpx.TransportError as exc:  # refused, reset, timed out: maybe another replica
                 result.status, result.problem = None, None
                 result.error = f"{type(exc).__name__}: {exc}".rstrip(": ")
@@ -565,13 +641,13 @@ class Segmenter:
 
     # ----------------------------------------------------------------------- the jobs path
 
-    def _via_job(self, result: Result, data: bytes, content_type: str, first: int) -> Result | None:
-        """Submit the image as a job, poll it, write its result, delete it. None: the replica has
-        no ``/jobs`` (an older server; the caller uses ``/segment``)."""
+    def _via_job(self, result: Result, upload: Upload, first: int, data: bytes = b"") -> Result | None:
+        """Submit the image as a job, poll it, write its result (:meth:`_collect`), delete it. None:
+        the replica has no ``/jobs`` (an older server; the caller uses ``/segment``)."""
         job = result.job
         deadline: float | None = None  # for resubmitting a job lost to a server restart
         while True:
-            response = self._send(result, "/jobs", data, content_type, first)
+            response = self._send(result, "/jobs", upload, first)
             if response is None:
                 return result
             if response.status_code == 404:
@@ -583,9 +659,7 @@ class Segmenter:
             try:
                 outcome = self._await_job(result, client, location)
                 if outcome == "succeeded":
-                    fetched = self._request(result, client, "GET", f"{location}/result", final=(200,))
-                    if fetched is not None:
-                        return self._finish(result, fetched, data)
+                    return self._collect(result, client, location, data)
             finally:
                 self._report(job, None, None)
                 # Its result is on this disk now (or it failed, or we stop): free the server's.
@@ -597,6 +671,11 @@ class Segmenter:
                     return result
                 continue
             return result
+
+    def _collect(self, result: Result, client: httpx.Client, location: str, data: bytes) -> Result:
+        """Fetch a succeeded job's result and write it, as ``/segment``'s answer would be."""
+        fetched = self._request(result, client, "GET", f"{location}/result", final=(200,))
+        return result if fetched is None else self._finish(result, fetched, data)
 
     def _await_job(self, result: Result, client: httpx.Client, location: str) -> str:
         """Poll until the job is finished: ``succeeded``, ``failed`` (``result`` holds its problem),
@@ -633,16 +712,19 @@ class Segmenter:
                 wait = max(wait, min(retry_after, RETRY_AFTER_CAP_S))
 
     def _request(self, result: Result, client: httpx.Client, method: str, url: str,
-                 final: tuple[int, ...], quiet: bool = False) -> httpx.Response | None:
+                 final: tuple[int, ...], quiet: bool = False, save_to: Path | None = None,
+                 ) -> httpx.Response | None:
         """One call about a job on the replica that holds it, retried on transient trouble for
         ``retry_for_s`` (a job lives on one replica: no moving on). The response with a status in
         ``final``, else None with ``result`` saying why (unless ``quiet``: a DELETE's failure
-        costs only disk until the server's retention sweep)."""
+        costs only disk until the server's retention sweep). ``save_to``: a 200's body is
+        streamed to that file (a slide's files, larger than memory); a body cut short is a
+        transport error like any other, and the next try writes the file anew."""
         deadline: float | None = None
         for attempt in itertools.count(1):
             retry_after = None
             try:
-                response = client.request(method, url)
+                response = client.request(method, url) if save_to is None else _save(client, url, save_to)
             except httpx.TransportError as exc:
                 error, status, problem = f"{type(exc).__name__}: {exc}".rstrip(": "), None, None
             else:
@@ -688,6 +770,18 @@ class Segmenter:
         return result
 
 
+def _save(client: httpx.Client, url: str, path: Path) -> httpx.Response:
+    """GET ``url``; a 200's body is streamed into ``path`` (others are read into the response)."""
+    with client.stream("GET", url) as response:
+        if response.status_code == 200:
+            with open(path, "wb") as f:
+                for chunk in response.iter_bytes(1 << 20):
+                    f.write(chunk)
+        else:
+            response.read()
+    return response
+
+
 # --------------------------------------------------------------------------- local mode
 
 
@@ -701,14 +795,14 @@ class LocalSegmenter:
     report reads the same in both modes.
     """
 
+    #: unused: an image's tiles are not shown (it is segmented in one call)
+    progress: Callable[[Job, int | None, int | None], None] | None = None
+
     def __init__(self, config: Config) -> None:
         # Imported here: the HTTP mode needs neither ONNX Runtime nor NumPy.
         from service import api, outputs
         from service.engine import ModelLoadError
-        from service.errors import problem_body
-        from service.routes.segment import problem_for
 
-        self._problem_for, self._problem_body = problem_for, problem_body
         self.kind = OUTPUT_KINDS[config.kind]
         try:
             self.segmenter = api.Segmenter.load(config.model)
@@ -724,6 +818,9 @@ class LocalSegmenter:
     def close(self) -> None:
         self.segmenter.close()
 
+    def interrupt(self) -> None:
+        """Ctrl-C: images being segmented finish (seconds each) and are written whole."""
+
     def __call__(self, job: Job) -> Result:
         """Segment one image and write its output; never raises for a bad image."""
         result = Result(job, ok=False, attempts=1)
@@ -736,15 +833,7 @@ class LocalSegmenter:
             segmentation = self.segmenter.segment(data, outputs=self.outputs, **self.options)
             body, media_type = segmentation.encode(self.kind.query)
         except Exception as exc:  # noqa: BLE001 - one bad image must not end a batch of thousands
-            problem = self._problem_for(exc)  # the service's own mapping of domain errors
-            if problem is None:
-                result.error = f"{type(exc).__name__}: {exc}"
-            else:
-                result.status = problem.status
-                result.problem = self._problem_body(problem.status, problem.title, problem.detail,
-                                                    slug=problem.slug, extra=problem.extra)
-                result.error = f"{problem.title}: {problem.detail}"
-            return result
+            return failed_locally(result, exc)
         try:
             write_atomic(self.kind.path_for(job.target, media_type.split(";")[0]), body)
         except OSError as exc:
@@ -755,8 +844,45 @@ class LocalSegmenter:
         return result
 
 
-def make_segmenter(config: Config, backoff_base: float = BACKOFF_BASE_S) -> Segmenter | LocalSegmenter:
-    """The service replicas at ``config.urls``, or this process when there are none."""
+def failed_locally(result: Result, exc: Exception) -> Result:
+    """``result`` as failed by ``exc``, with the status and problem details the service would have
+    answered for it (its own mapping of domain errors), so both modes' reports read alike."""
+    from service.errors import problem_body
+    from service.routes.segment import problem_for
+
+    problem = problem_for(exc)
+    if problem is None:
+        result.error = f"{type(exc).__name__}: {exc}"
+    else:
+        result.status = problem.status
+        result.problem = problem_body(problem.status, problem.title, problem.detail,
+                                      slug=problem.slug, extra=problem.extra)
+        result.error = f"{problem.title}: {problem.detail}"
+    return result
+
+
+class BatchSegmenter(Protocol):
+    """What :func:`run` drives: one call per job, from many threads, never raising for bad input."""
+
+    #: ``(job, tiles done, tiles total)`` while a job runs; ``(job, None, None)`` when it ends
+    progress: Callable[[Job, int | None, int | None], None] | None
+
+    def __call__(self, job: Job) -> Result: ...
+
+    def interrupt(self) -> None: ...  # Ctrl-C: stop what can stop
+
+    def close(self) -> None: ...
+
+
+def make_segmenter(config: Config, backoff_base: float = BACKOFF_BASE_S) -> BatchSegmenter:
+    """The service replicas at ``config.urls``, or this process when there are none; slides
+    (``--output ome-zarr``) by ``service.client_slides``."""
+    if isinstance(OUTPUT_KINDS[config.kind], SlideOutput):
+        from service import client_slides
+
+        if not config.urls:
+            return client_slides.LocalSlideSegmenter(config)
+        return client_slides.SlideSegmenter(config, backoff_base=backoff_base)
     if not config.urls:
         return LocalSegmenter(config)
     return Segmenter(config, backoff_base=backoff_base)
@@ -823,8 +949,7 @@ def run(config: Config, jobs: Sequence[Job], backoff_base: float = BACKOFF_BASE_
                 running[job] = f"{job.source.name} {done}/{total if total is not None else '?'} tiles"
             bar.set_postfix_str(", ".join([rate, *running.values()]).strip(", "))
 
-    if isinstance(segmenter, Segmenter):
-        segmenter.progress = show
+    segmenter.progress = show
     try:
         futures = [pool.submit(segmenter, job) for job in todo]
         for future in concurrent.futures.as_completed(futures):
@@ -842,8 +967,7 @@ def run(config: Config, jobs: Sequence[Job], backoff_base: float = BACKOFF_BASE_
                 bar.set_postfix_str(", ".join([rate, *running.values()]), refresh=False)
                 bar.update()
     except BaseException:
-        if isinstance(segmenter, Segmenter):
-            segmenter.interrupt()  # jobs being polled are cancelled on the server, not waited for
+        segmenter.interrupt()  # jobs being polled (or slides segmented here) are cancelled, not waited for
         raise
     finally:
         # On Ctrl-C: drop what hasn't started; requests in flight finish and write whole files.
@@ -869,14 +993,13 @@ def object_summary(jobs: Sequence[Job], kind: OutputKind, out: Path) -> list[dic
 
     Read back from the written files, so a resumed run summarises the whole folder.
     """
-    assert kind.object_areas is not None
     rows = []
     for job in jobs:
         path = kind.existing(job.target)
         if path is None:
             continue  # failed: it is in the failure report
         try:
-            areas = kind.object_areas(path.read_bytes())
+            areas = kind.areas(path)
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
             print(f"unet-segment: {path}: cannot read objects for the summary: {exc}", file=sys.stderr)
             continue
@@ -989,7 +1112,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 all outputs present, 1 some images failed (see the report), 2 usage error.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="image files, folders (searched recursively) or globs ('**' allowed)")
+                        help="image files, folders (searched recursively) or globs ('**' allowed); with "
+                        "--output ome-zarr in local mode also OME-Zarr stores (*.zarr folders)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR",
                         help="output folder; input sub-folders are mirrored in it")
     parser.add_argument("--url", dest="urls", action="append", default=[], type=_url,
@@ -999,7 +1123,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="local mode only: the ONNX model (default: the bundled one, or "
                         "$UNET_MODEL_PATH)")
     parser.add_argument("--output", dest="kind", choices=list(OUTPUT_KINDS), default="mask",
-                        help="what to ask for (default: mask)")
+                        help="what to ask for (default: mask); ome-zarr: slides of any size (tiled "
+                        "OME-TIFF), each as a job written to NAME.ome.zarr/ (probability, labels, mask, "
+                        "pyramid) and NAME.objects.csv")
+    parser.add_argument("--data-root", dest="data_root", type=Path, metavar="DIR",
+                        help="with --url and --output ome-zarr: DIR is the server's UNET_DATA_ROOT as "
+                        "mounted here (a shared volume); inputs are sent as their path under it instead "
+                        "of their bytes, and inputs outside it are an error")
     parser.add_argument("--split", choices=["center", "distance", "none"], default=None,
                         help="how touching nuclei are split into objects (default: the model's choice)")
     parser.add_argument("--diameter", type=_positive_float, default=None, metavar="PX",
@@ -1057,6 +1187,9 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     args = parser.parse_args(argv)
     if args.model is not None and args.urls:
         parser.error("--model is for local mode: the server at --url uses its own model")
+    if args.data_root is not None and (not args.urls or args.kind != "ome-zarr"):
+        parser.error("--data-root is for slide jobs on a server (--url with --output ome-zarr): "
+                     "local mode reads the files where they are")
     return Config(inputs=tuple(args.inputs), out=args.out, urls=tuple(args.urls), kind=args.kind,
                   split=args.split, diameter=args.diameter, channel=args.channel, z=args.z, t=args.t,
                   project=args.project, pixel_size=args.pixel_size, concurrency=args.concurrency,
@@ -1064,7 +1197,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                   timeout_s=args.timeout_s, retries=args.retries, retry_for_s=args.retry_for_s,
                   api_key=args.api_key or None,
                   report=args.report, progress=args.progress, model=args.model,
-                  job_above=args.job_above, shard=args.shard)
+                  job_above=args.job_above, shard=args.shard, data_root=args.data_root)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1073,11 +1206,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.out.exists() and not config.out.is_dir():
             raise UsageError(f"--out {config.out}: exists and is not a folder")
         kind = OUTPUT_KINDS[config.kind]
-        every = plan_jobs(find_images(config.inputs), config.out, kind)
+        every = plan_jobs(find_images(config.inputs, stores=isinstance(kind, SlideOutput)), config.out, kind)
         jobs = shard_jobs(every, config.out, config.shard)
         summary_path = config.summary_path()
         if kind.object_areas and any(j.target == summary_path for j in every):
             raise UsageError(f"an image would write {summary_path}, where the object summary goes; rename it")
+        if config.urls and (store := next((j.source for j in jobs if j.source.is_dir()), None)):
+            raise UsageError(f"{store}: an OME-Zarr store (a folder) is segmented in local mode only "
+                             "(leave out --url): the service takes files, uploaded or by path")
+        if config.data_root is not None:
+            from service.client_slides import data_path
+
+            for job in jobs:
+                data_path(job.source, config.data_root)  # inside the root, or a usage error now
     except UsageError as exc:
         print(f"unet-segment: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -1099,4 +1240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m service.client` runs this file as __main__; service.client_slides imports it as
+    # service.client. Run that one, so there is one copy of the module (one UsageError class).
+    from service.client import main as module_main
+
+    sys.exit(module_main())

@@ -1,7 +1,8 @@
 """A stand-in for the segmentation service: stdlib HTTP on loopback, scripted per test.
 
 It speaks the service's contract (``POST /segment?output=KIND`` with raw image bytes → PNG, RFC 9457
-problem JSON on errors) and records every request, so tests can pin exactly what the client sent.
+problem JSON on errors; GET and DELETE where a test scripts a job's life) and records every request,
+so tests can pin exactly what the client sent.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]  # lower-case names
     body: bytes
+    method: str = "POST"
 
 
 @dataclass
@@ -113,10 +115,19 @@ class StandIn:
             protocol_version = "HTTP/1.1"  # keep-alive, as the real service
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                self._answer()
+
+            def do_GET(self) -> None:  # noqa: N802 - polling a job, fetching its result
+                self._answer()
+
+            def do_DELETE(self) -> None:  # noqa: N802 - deleting a job
+                self._answer()
+
+            def _answer(self) -> None:
                 url = urllib.parse.urlsplit(self.path)
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 request = Request(standin.name, url.path, urllib.parse.parse_qs(url.query),
-                                  {k.lower(): v for k, v in self.headers.items()}, body)
+                                  {k.lower(): v for k, v in self.headers.items()}, body, self.command)
                 with standin._lock:
                     standin.requests.append(request)
                 reply = standin.behaviour(request)
