@@ -14,12 +14,6 @@ on the network's style vector, refined by a first segmentation's median mask dia
 here the segmentation itself at several scales is the size model, which needs no second
 network and works for any exported model that records its diameter.
 
-What a probe measures is chosen so that merged nuclei do not pass for large ones: objects
-where the model is sure of the foreground (:data:`PROBE_THRESHOLD`, not the segmentation's
-threshold; the seam between touching nuclei and the blurred rim are where it is unsure), and
-of those only the convex ones (:data:`MIN_SOLIDITY`; two nuclei merged into one object leave
-a notch between them).
-
 Cost: at most ``len(factors) + REFINE_STEPS`` windows of ``probe_size``² model pixels (16 passes,
 ~1 MP of model work with the defaults, about what a 1024² image costs), whatever the image size.
 """
@@ -32,7 +26,6 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-from skimage.measure import regionprops
 
 from service.model_metadata import ModelMetadata, Normalization
 from service.objects import ObjectParams, label_objects
@@ -64,20 +57,6 @@ REFINE_TOLERANCE = 1.05
 #: A probe's objects must be within this ratio of the model's diameter to count: the model
 #: was trained on nuclei within ×1.5 of it and still outlines whole ones a little beyond.
 PLAUSIBLE_RATIO = 2.5
-#: The probes outline objects where the model's foreground probability exceeds this (or the
-#: request's threshold, if higher). At the segmentation threshold (0.5) the probes' objects
-#: read large: touching nuclei merge across the seam between them and the outline follows the
-#: blurred rim. Median estimate / true diameter on 109 DSB training images (every 4th of the
-#: training split) at 0.5 / 0.9 / 0.95: ×1.08 / ×1.02 / ×1.00 (within 20 %: 85 / 90 / 89 %);
-#: on synthetic images (radius 3–60, seeds 9000000 + 100 r + k) within 20 % on 71 / 76 / 81 %.
-PROBE_THRESHOLD = 0.95
-#: A probe's median is taken over its objects at least this convex (area / convex hull area),
-#: when it has any: an object holding two or more nuclei merged leaves notches between them.
-#: With :data:`PROBE_THRESHOLD`, within 20 % on the same DSB training images for no threshold /
-#: 0.90 / 0.93 / 0.95: 89 / 91 / 90 / 88 % (every median bias within 1 %), on the synthetic ones
-#: 81 / 76 / **90** / 71 %. At radius 4 (touching nuclei, mostly merged) the median error of the
-#: three test images went ×1.34 → ×1.13 (issue #13).
-MIN_SOLIDITY = 0.93
 #: Neighbouring probes are on one plateau when their sizes in image px agree within this
 #: factor (a √2 step of the scale moves a fragment's implied size by ~×1.4).
 PLATEAU_AGREEMENT = math.exp(0.2)
@@ -188,21 +167,7 @@ def _probe(
     keep = keep[keep > 0]
     if keep.size == 0:
         return Probe(factor, 0.0, 0)
-    return Probe(factor, float(np.median(_convex_diameters(labels, keep))), int(keep.size))
-
-
-def _convex_diameters(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Equivalent diameters √(4·area/π), px, of the objects ``keep`` of ``labels`` ``(h, w)`` int.
-
-    Only those at least :data:`MIN_SOLIDITY` convex, unless none is: then all of them.
-    """
-    wanted = set(keep.tolist())
-    measured = [(region.area, region.solidity) for region in regionprops(labels) if region.label in wanted]
-    areas = np.array([area for area, _ in measured], np.float64)
-    convex = np.array([solidity >= MIN_SOLIDITY for _, solidity in measured])
-    if convex.any():
-        areas = areas[convex]
-    return np.sqrt(4 * areas / np.pi)
+    return Probe(factor, float(np.median(np.sqrt(4 * areas[keep] / np.pi))), int(keep.size))
 
 
 def _closeness(probe: Probe, target: float) -> float:
@@ -263,14 +228,13 @@ def estimate_diameter(
 ) -> DiameterEstimate:
     """Typical nucleus diameter of a decoded ``(H, W)``/``(H, W, C)`` image, in its own pixels.
 
-    ``params``: how objects are split (the request's); ``threshold``: the request's foreground
-    threshold (default the model's): the probes outline objects at the higher of it and
-    :data:`PROBE_THRESHOLD`. The model must record ``nucleus_diameter``.
+    ``params``: how objects are split (the request's); ``threshold``: foreground threshold
+    (default the model's). The model must record ``nucleus_diameter``.
     """
     target = metadata.nucleus_diameter
     if not target:
         raise ValueError("the model does not record the nucleus diameter it was trained at")
-    threshold = max(metadata.threshold if threshold is None else threshold, PROBE_THRESHOLD)
+    threshold = metadata.threshold if threshold is None else threshold
     # Whole-image normalisation limits, as the segmentation itself will use.
     source = _Image.of(image, metadata)
 
