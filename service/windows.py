@@ -34,10 +34,13 @@ images past the policy's size (``pipeline.on_input_grid`` runs it into full-size
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -263,13 +266,20 @@ def stitched_bands(
     batch_size: int = 1,
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    channels: Sequence[int] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Finished model-scale rows ``(y0, (K, h, Ws) float32 probabilities)``, top to bottom.
 
     Tiles run tile row by tile row, ``batch_size`` at a time; ``should_stop`` is polled before
     each batch (``segment.Cancelled``), ``progress(done, total)`` called as ``segment.predict`` does.
+    ``channels``: the model outputs to stitch, in this order (None: all); a sigmoid model's
+    channels are independent, so leaving out one nobody reads (the centre map, when the split is
+    by distance) saves its third of the stitcher's memory and blending, with the same values.
     """
-    stitcher = BandStitcher(plan, metadata.classes)
+    if channels is not None and metadata.activation != "sigmoid" and len(channels) != metadata.classes:
+        raise ValueError("only a sigmoid model's outputs can be stitched apart (softmax couples them)")
+    picked = list(range(metadata.classes)) if channels is None else list(channels)
+    stitcher = BandStitcher(plan, len(picked))
     ny, nx = plan.grid
     expected = (metadata.classes, plan.tile_h, plan.tile_w)
     batch_size = max(1, int(batch_size))
@@ -292,6 +302,8 @@ def stitched_bands(
                     f"model returned {outputs.shape} for a batch of {len(columns)} tiles; "
                     f"expected {(len(columns), *expected)}"
                 )
+            if channels is not None:
+                outputs = outputs[:, picked]
             for col, output in zip(columns, outputs, strict=True):
                 done = stitcher.add(tile_row * nx + col, output)
                 if done is not None:  # only the tile row's last tile finishes rows
@@ -495,9 +507,15 @@ class WindowedPrediction:
         )
         reader = ModelRows(self.source, md, self.factor)
         self.limits = reader.prepare_limits(self.limits)
-        model_bands = stitched_bands(
-            reader, self.plan, self._timed_infer, md, self.batch_size, self.should_stop, self.progress
-        )
+        # Only the channels read below: the foreground, and the centre map if the split uses it.
+        channels = [md.foreground_channel]
+        if params is not None and params.uses_centers:
+            channels.append(params.center_channel)
+        if md.activation != "sigmoid" or len(set(channels)) != len(channels):
+            channels = list(range(md.classes))
+        fg = channels.index(md.foreground_channel)
+        if params is not None and params.uses_centers:
+            params = replace(params, center_channel=channels.index(params.center_channel))
         finder = None
         if params is not None:
             cap = max_object_rows or MAX_OBJECT_TILE_ROWS * self.plan.tile_h
@@ -506,17 +524,27 @@ class WindowedPrediction:
             counting = count_only or not labels
             finder = BandObjects(self.plan.height, threshold, params, counting, cap, self.warnings)
         grid = _InputGrid(reader, threshold, labels, probability)
-        for y_band, band in model_bands:
+        stopped = threading.Event()
+
+        def should_stop() -> bool:
+            return stopped.is_set() or (self.should_stop is not None and self.should_stop())
+
+        model_bands = stitched_bands(
+            reader, self.plan, self._timed_infer, md, self.batch_size, should_stop, self.progress, channels
+        )
+        probs = labs = None
+        for y_band, band in handed_over(model_bands, stopped):
             # Objects and outputs in slices of the stitched band: their temporaries (a few full-
             # width int32 / float32 arrays each) scale with the slice, not with the tile height.
             for start in range(0, band.shape[1], output_rows):
                 y0, probs = y_band + start, band[:, start : start + output_rows]
                 labs = None
                 if finder is not None:
-                    y0, probs, labs = finder.push(y0, probs, md.foreground_channel)
+                    y0, probs, labs = finder.push(y0, probs, fg)
                 done = finder.done if finder is not None else 0
-                yield from grid.push(y0, probs[md.foreground_channel], labs, done)
-            del band
+                yield from grid.push(y0, probs[fg], labs, done)
+            # no view of the band may outlive it: handed_over copies the next one only then
+            del band, probs, labs
 
     def _timed_infer(self, batch: np.ndarray) -> np.ndarray:
         started = time.perf_counter()
@@ -524,6 +552,73 @@ class WindowedPrediction:
             return self.infer(batch)
         finally:
             self.infer_ms += 1000 * (time.perf_counter() - started)
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+def handed_over(
+    bands: Iterator[tuple[int, np.ndarray]], stopped: threading.Event
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``bands`` (:func:`stitched_bands`) run in a thread of their own, one band ahead.
+
+    The model and the stitching of the next tile row run while the caller splits and writes the
+    rows of the last one (the split is single-threaded and ONNX Runtime's two threads leave part
+    of the CPU idle; in one thread they took turns). Each band is handed over as a copy — the
+    stitcher reuses its buffer — and the next copy is made only once the caller has asked for
+    the next band (and so dropped the last: at most one copy exists; the caller must keep no view
+    of it). The stitcher then holds only the channels the caller reads (``channels=`` of
+    :func:`stitched_bands`), so the copy costs less than the channel it saves.
+
+    ``stopped`` is set when the caller stops early (an error, a closed generator): the thread's
+    ``should_stop`` sees it at its next batch, and the thread is joined before this returns.
+    A failure in the thread (``Cancelled`` included) is raised here.
+    """
+    slot: queue.Queue[object] = queue.Queue(maxsize=1)
+    released = threading.Semaphore(1)  # the caller holds no copy
+
+    def produce() -> None:
+        try:
+            for y0, view in bands:
+                while not released.acquire(timeout=0.05):
+                    if stopped.is_set():
+                        return
+                if stopped.is_set():
+                    return
+                slot.put((y0, view.copy()))
+                del view
+            slot.put(_END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
+            slot.put(_Failed(exc))
+        finally:
+            bands.close()
+
+    worker = threading.Thread(target=produce, name="model-bands", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = slot.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            assert isinstance(item, tuple)
+            y0, band = item
+            del item
+            yield y0, band
+            del band
+            released.release()
+    finally:
+        stopped.set()
+        while worker.is_alive():  # a producer blocked on the full slot: let it put and see stopped
+            with contextlib.suppress(queue.Empty):
+                slot.get(timeout=0.05)
+        worker.join()
 
 
 class _InputGrid:

@@ -351,3 +351,60 @@ def test_a_colour_image_is_resampled_as_its_grey_channel():
     source = windows.ResampledSource(ArraySource(image), 1, (45, 35))
     expected = rescale.resample_image(to_channels(image, 1), (45, 35))
     np.testing.assert_array_equal(source.read(0, 45, 0, 35), expected)
+
+
+def test_bands_handed_over_from_the_models_thread_are_copies_taken_one_at_a_time():
+    import threading
+
+    buffer = np.zeros((1, 2, 3), np.float32)  # reused for every band, as the stitcher does
+    made = []
+
+    def bands():
+        for k in range(5):
+            buffer[:] = k
+            made.append(k)
+            yield 2 * k, buffer
+
+    seen = []
+    for y0, band in windows.handed_over(bands(), threading.Event()):
+        # the next band is computed meanwhile, but not copied until this one is let go
+        assert len(made) <= len(seen) + 2
+        seen.append((y0, float(band.min()), float(band.max())))
+        del band
+    assert seen == [(2 * k, k, k) for k in range(5)]
+
+
+def test_a_failure_in_the_models_thread_is_raised_to_the_caller():
+    import threading
+
+    def bands():
+        yield 0, np.zeros((1, 1, 1), np.float32)
+        raise RuntimeError("model failed")
+
+    got = []
+    with pytest.raises(RuntimeError, match="model failed"):
+        for y0, _band in windows.handed_over(bands(), threading.Event()):
+            got.append(y0)
+    assert got == [0]
+
+
+def test_a_caller_that_stops_early_stops_the_models_thread():
+    import threading
+
+    stopped = threading.Event()
+    closed = threading.Event()
+
+    def bands():  # as stitched_bands with should_stop=stopped.is_set: endless until stopped
+        try:
+            k = 0
+            while not stopped.is_set():
+                yield k, np.full((1, 1, 1), k, np.float32)
+                k += 1
+            raise windows.Cancelled("stopped")
+        finally:
+            closed.set()
+
+    handed = windows.handed_over(bands(), stopped)
+    assert next(handed)[0] == 0
+    handed.close()  # the consumer gives up (an error downstream, a closed request)
+    assert stopped.is_set() and closed.is_set()  # the thread ran its generator's cleanup and ended
