@@ -12,7 +12,9 @@ What ``segment.predict`` + ``pipeline.on_input_grid`` compute, without full-size
    ``tiling.pad_image`` gives.
 2. **Stitch by band.** Tiles run in raster order into a ``tiling.BandStitcher`` (the same plan
    and running mean as ``Stitcher``, bit for bit); each finished tile row hands back the rows no
-   later tile touches.
+   later tile touches. This runs in a thread of its own (:func:`handed_over`), one band ahead
+   of steps 3–4, so the model's next tile row overlaps the split of the last one; only the
+   channels read later are stitched (the foreground, and the centre map if the split uses it).
 3. **Objects by band, exactly** (:class:`BandObjects`): label (or count) the finished rows plus
    the rows carried from the previous band; a connected component touching the last row may
    continue below, so it is deferred and its rows carried; pixels of finalised objects are
@@ -22,9 +24,10 @@ What ``segment.predict`` + ``pipeline.on_input_grid`` compute, without full-size
 4. **Back to the input grid by band**: probabilities with the global taps, labels by nearest
    neighbour (``rescale.resize_labels``' index arithmetic), the mask thresholded after.
 
-Memory: the source, the rows of one tile row (``C × tile_h × W`` float32), the stitcher's buffer
-(``(K + 1) × tile_h × W`` float32), the carried rows and the outputs a caller keeps. Tile rows
-use the model's whole width, so a band's width is the image's.
+Memory: the source, the rows of one tile row (``C × tile_h × W`` in the source's dtype), the
+stitcher's buffer (``(K' + 1) × tile_h × W`` float32 for the ``K'`` channels read), one finished
+band handed over (``K' × step × W`` float32), the carried rows and the outputs a caller keeps.
+Tile rows use the model's whole width, so a band's width is the image's.
 
 Use: ``pipeline.predict_plane(..., window_policy=...)`` answers a :class:`WindowedPrediction` for
 images past the policy's size (``pipeline.on_input_grid`` runs it into full-size outputs);
