@@ -143,8 +143,8 @@ def _check_store(base: Path, folder: Path, relative: str, deep: bool = True) -> 
     file, and every symlink among them resolves under ``base``: else :class:`OutsideRoot` /
     :class:`NotAFile`, naming the entry relative to the store. ``os.scandir`` gives each entry's
     kind from the directory listing, so a store of 10⁵ chunks costs no stat per chunk; only
-    symlinks cost a ``resolve``; a symlinked folder
-    inside the root is checked once as a link and then searched as the folder it names."""
+    symlinks cost a ``resolve``. A symlinked folder inside the root is checked as a link and then
+    searched as the folder it names (once: a cycle of links ends)."""
     pending = [folder]
     seen: set[tuple[int, int]] = set()  # folders already searched (a symlink cycle inside the root)
     while pending:
