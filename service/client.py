@@ -40,9 +40,10 @@ Behaviour a batch of thousands of images needs:
   so a re-run shard does the same images and skips those already written. Each shard writes its
   own ``summary.shard-I-of-N.csv`` and ``failures.shard-I-of-N.jsonl``.
 - **Slides**: ``--output ome-zarr`` makes every file a slide job (``POST /jobs?output=ome-zarr``,
-  the file streamed, or its path under ``--data-root``; in local mode the slide job's own code),
-  written to ``NAME.ome.zarr/`` and ``NAME.objects.csv``, the store renamed into place last
-  (``service.client_slides``).
+  the file streamed, or its path under ``--data-root``, also an OME-Zarr folder's; in local mode
+  the slide job's own code, one slide at a time unless ``--concurrency`` says otherwise), written
+  to ``NAME.ome.zarr/`` and ``NAME.objects.csv`` (and ``NAME.objects.geojson`` with ``--geojson``),
+  the store renamed into place last (``service.client_slides``).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -130,10 +131,13 @@ class OutputKind:
 @dataclass(frozen=True)
 class SlideOutput(OutputKind):
     """``--output ome-zarr``: a slide job's result, a folder (the OME-Zarr store) with the objects
-    table beside it: ``in/a/x.ome.tif`` → ``out/a/x.ome.zarr/`` and ``out/a/x.objects.csv``. The
-    store is moved into place last (``service.client_slides``), so its presence means done."""
+    table beside it: ``in/a/x.ome.tif`` → ``out/a/x.ome.zarr/`` and ``out/a/x.objects.csv``, and
+    with ``geojson`` (``--geojson``) the outlines too, ``out/a/x.objects.geojson``. The store is
+    moved into place last (``service.client_slides``), so its presence means done."""
 
     table_suffix: str = ".objects.csv"
+    geojson_suffix: str = ".objects.geojson"
+    geojson: bool = False  # --geojson: the outlines are part of the result
 
     def target_for(self, relative: Path) -> Path:
         stem = relative.name[: len(relative.name) - len(relative.suffix)]
@@ -145,11 +149,18 @@ class SlideOutput(OutputKind):
         return target
 
     def existing(self, target: Path) -> Path | None:
-        return target if target.is_dir() else None
+        # A store from a run without --geojson lacks the outlines: not done when they are asked for.
+        if not target.is_dir() or (self.geojson and not self.outlines(target).is_file()):
+            return None
+        return target
 
     def table(self, target: Path) -> Path:
         """The objects table beside the store ``target``."""
         return target.with_name(target.name.removesuffix(self.suffix) + self.table_suffix)
+
+    def outlines(self, target: Path) -> Path:
+        """The objects' outlines (GeoJSON) beside the store ``target``."""
+        return target.with_name(target.name.removesuffix(self.suffix) + self.geojson_suffix)
 
     def areas(self, path: Path) -> list[float]:
         with open(self.table(path), encoding="utf-8", newline="") as f:  # streamed: a slide has ~10⁶ rows
@@ -168,6 +179,16 @@ OUTPUT_KINDS: dict[str, OutputKind] = {
     # A slide (tiled OME-TIFF of any size) as a job: an OME-Zarr store + objects CSV (client_slides)
     "ome-zarr": SlideOutput("ome-zarr", ".ome.zarr", "application/json", object_areas=_csv_areas),
 }
+
+
+def output_kind(config: Config) -> OutputKind:
+    """What ``config`` asks for: ``--output``'s kind, with ``--geojson`` for slides."""
+    kind = OUTPUT_KINDS[config.kind]
+    if isinstance(kind, SlideOutput) and config.geojson:
+        return replace(kind, geojson=True)
+    return kind
+
+
 SUMMARY_NAME = "summary.csv"  # beside the per-image files, for kinds with ``object_areas``
 REPORT_NAME = "failures.jsonl"
 #: Set by Kubernetes in each pod of an indexed Job (0 … completions − 1): ``--shard COUNT``'s INDEX.
@@ -198,6 +219,9 @@ RETRY_AFTER_CAP_S = 300.0  # a server asking for longer than this is treated as 
 #: 4096² is where one request holds the server for minutes on a CPU and ~3.5 GB of its memory
 #: (issue #16), longer than a proxy or this client's --timeout may wait on one connection.
 JOB_ABOVE_PIXELS = 4096 * 4096
+#: --concurrency unless given: requests in flight (images in progress in local mode), except local
+#: slides, one at a time (:func:`default_concurrency`).
+DEFAULT_CONCURRENCY = 4
 #: Polling a job: the first wait, growing ×1.5 per poll up to the cap (a job's tiles take seconds).
 POLL_FIRST_S, POLL_GROWTH, POLL_CAP_S = 0.25, 1.5, 5.0
 #: A job answered ``failed`` with this problem type was cut short by a server restart: sent again.
@@ -262,7 +286,7 @@ class Config:
     t: int | None = None
     project: str | None = None
     pixel_size: float | None = None
-    concurrency: int = 4
+    concurrency: int = DEFAULT_CONCURRENCY
     overwrite: bool = False
     timeout_s: float = 120.0
     retries: int | None = None  # most extra tries per image; None: as many as fit in retry_for_s
@@ -276,6 +300,8 @@ class Config:
     #: --data-root: the local folder the server sees as its UNET_DATA_ROOT; inputs under it are
     #: sent as ``{"path": ...}`` instead of their bytes (slides only). None: uploaded.
     data_root: Path | None = None
+    #: --geojson (slides only): also each slide's outlines, NAME.objects.geojson.
+    geojson: bool = False
 
     def summary_path(self) -> Path:
         return self.out / (self.shard.name(SUMMARY_NAME) if self.shard else SUMMARY_NAME)
@@ -532,8 +558,10 @@ class Segmenter:
     """
 
     def __init__(self, config: Config, backoff_base: float = BACKOFF_BASE_S) -> None:
-        self.kind = OUTPUT_KINDS[config.kind]
+        self.kind = output_kind(config)
         self.params = {"output": self.kind.query}
+        if config.geojson:
+            self.params["geojson"] = "true"
         if config.split:
             self.params["split"] = config.split
         if config.diameter is not None:
@@ -928,7 +956,7 @@ def write_report(path: Path, failures: Sequence[Result]) -> None:
 
 def run(config: Config, jobs: Sequence[Job], backoff_base: float = BACKOFF_BASE_S) -> Summary:
     """Send every job whose output is missing (or all, with ``overwrite``); write the report."""
-    kind = OUTPUT_KINDS[config.kind]
+    kind = output_kind(config)
     todo = [j for j in jobs if config.overwrite or kind.existing(j.target) is None]
     summary = Summary(skipped=len(jobs) - len(todo))
     start = time.perf_counter()
@@ -1113,7 +1141,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders (searched recursively) or globs ('**' allowed); with "
-                        "--output ome-zarr in local mode also OME-Zarr stores (*.zarr folders)")
+                        "--output ome-zarr also OME-Zarr stores (*.zarr folders; with --url only under "
+                        "--data-root)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR",
                         help="output folder; input sub-folders are mirrored in it")
     parser.add_argument("--url", dest="urls", action="append", default=[], type=_url,
@@ -1126,6 +1155,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what to ask for (default: mask); ome-zarr: slides of any size (tiled "
                         "OME-TIFF), each as a job written to NAME.ome.zarr/ (probability, labels, mask, "
                         "pyramid) and NAME.objects.csv")
+    parser.add_argument("--geojson", action="store_true",
+                        help="with --output ome-zarr: also each slide's nucleus outlines, "
+                        "NAME.objects.geojson (QuPath detections) beside the store")
     parser.add_argument("--data-root", dest="data_root", type=Path, metavar="DIR",
                         help="with --url and --output ome-zarr: DIR is the server's UNET_DATA_ROOT as "
                         "mounted here (a shared volume); inputs are sent as their path under it instead "
@@ -1148,9 +1180,11 @@ def build_parser() -> argparse.ArgumentParser:
     plane.add_argument("--project", choices=["max"], help="max: the maximum projection over Z")
     plane.add_argument("--pixel-size", dest="pixel_size", type=_positive_float, metavar="UM",
                        help="µm per pixel (overrides the files' calibration; adds µm columns)")
-    parser.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
+    parser.add_argument("--concurrency", type=_positive_int, default=None, metavar="N",
                         help="requests in flight at once, over all URLs; local mode: images in "
-                        "progress at once (default: 4)")
+                        f"progress at once (default: {DEFAULT_CONCURRENCY}; local mode with --output "
+                        "ome-zarr: 1, as each slide in progress holds ~2 GB at 32768 px wide, growing "
+                        "with the width)")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo images whose output exists (default: skip them, no request)")
     parser.add_argument("--timeout", dest="timeout_s", type=_positive_float, default=120.0, metavar="S",
@@ -1181,23 +1215,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_concurrency(urls: Sequence[str], kind: str) -> int:
+    """``--concurrency`` when not given: :data:`DEFAULT_CONCURRENCY`, but one slide at a time in
+    local mode (each holds a slide job's memory in this process: ~2 GB at 32768 px wide,
+    docs/benchmarks.md §9; four at once would need 8 GB)."""
+    if not urls and isinstance(OUTPUT_KINDS[kind], SlideOutput):
+        return 1
+    return DEFAULT_CONCURRENCY
+
+
 def parse_config(argv: Sequence[str] | None = None) -> Config:
     """Parse the command line; exits with status 2 on a malformed one (argparse's convention)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.model is not None and args.urls:
         parser.error("--model is for local mode: the server at --url uses its own model")
+    if args.geojson and args.kind != "ome-zarr":
+        parser.error("--geojson is for slides (--output ome-zarr); for images use --output geojson")
     if args.data_root is not None and (not args.urls or args.kind != "ome-zarr"):
         parser.error("--data-root is for slide jobs on a server (--url with --output ome-zarr): "
                      "local mode reads the files where they are")
     return Config(inputs=tuple(args.inputs), out=args.out, urls=tuple(args.urls), kind=args.kind,
                   split=args.split, diameter=args.diameter, channel=args.channel, z=args.z, t=args.t,
-                  project=args.project, pixel_size=args.pixel_size, concurrency=args.concurrency,
+                  project=args.project, pixel_size=args.pixel_size,
+                  concurrency=args.concurrency or default_concurrency(args.urls, args.kind),
                   overwrite=args.overwrite,
                   timeout_s=args.timeout_s, retries=args.retries, retry_for_s=args.retry_for_s,
                   api_key=args.api_key or None,
                   report=args.report, progress=args.progress, model=args.model,
-                  job_above=args.job_above, shard=args.shard, data_root=args.data_root)
+                  job_above=args.job_above, shard=args.shard, data_root=args.data_root, geojson=args.geojson)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1205,15 +1251,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if config.out.exists() and not config.out.is_dir():
             raise UsageError(f"--out {config.out}: exists and is not a folder")
-        kind = OUTPUT_KINDS[config.kind]
+        kind = output_kind(config)
         every = plan_jobs(find_images(config.inputs, stores=isinstance(kind, SlideOutput)), config.out, kind)
         jobs = shard_jobs(every, config.out, config.shard)
         summary_path = config.summary_path()
         if kind.object_areas and any(j.target == summary_path for j in every):
             raise UsageError(f"an image would write {summary_path}, where the object summary goes; rename it")
-        if config.urls and (store := next((j.source for j in jobs if j.source.is_dir()), None)):
-            raise UsageError(f"{store}: an OME-Zarr store (a folder) is segmented in local mode only "
-                             "(leave out --url): the service takes files, uploaded or by path")
+        if (config.urls and config.data_root is None
+                and (store := next((j.source for j in jobs if j.source.is_dir()), None))):
+            raise UsageError(f"{store}: an OME-Zarr store (a folder) cannot be uploaded (an upload is one "
+                             "file): give the server's data root with --data-root to send its path, or "
+                             "leave out --url (local mode)")
         if config.data_root is not None:
             from service.client_slides import data_path
 

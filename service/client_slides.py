@@ -4,11 +4,12 @@ A slide (a tiled OME-TIFF of 20,000–100,000 px a side) is larger than any imag
 or the in-memory local mode takes. Each one becomes what a slide job writes
 (``service.routes.slide_jobs``): an OME-Zarr store (probability, ``labels/nuclei``,
 ``labels/mask``, with a pyramid) and an objects CSV, placed at ``out/<mirrored path>/NAME.ome.zarr/``
-and ``NAME.objects.csv``.
+and ``NAME.objects.csv``; with ``--geojson`` also the outlines, ``NAME.objects.geojson``.
 
 - **Server mode** (:class:`SlideSegmenter`): ``POST /jobs?output=ome-zarr`` with the file's bytes
   streamed from disk (never held in memory), or with ``{"path": ...}`` under ``--data-root`` (the
-  server's ``UNET_DATA_ROOT`` mounted here); polled like any job, then ``GET /jobs/{id}/files.zip``
+  server's ``UNET_DATA_ROOT`` mounted here; the only way to send an OME-Zarr folder); polled like
+  any job, then ``GET /jobs/{id}/files.zip``
   streamed to a file and unpacked. The ZIP rather than file by file: it is the one answer that
   lists the store's files (Zarr over HTTP has no listing, and chunks never written are absent, so
   file by file would mean a request per possible chunk), it comes in one request, and each
@@ -18,8 +19,9 @@ and ``NAME.objects.csv``.
   the same files from the same code.
 
 Either way the files are built in a hidden folder beside the target and moved into place when
-complete, the store last (:func:`install`): a store that exists is whole, so a resumed run may
-skip it, and an interrupted run leaves no half store behind.
+complete, the store last (:func:`install`): a store that exists is whole (with its table, and its
+outlines when they were asked for), so a resumed run may skip it, and an interrupted run leaves no
+half store behind.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import shutil
 import tempfile
 import threading
 import zipfile
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -39,7 +41,6 @@ import httpx
 from service.client import (
     BACKOFF_BASE_S,
     CONTENT_TYPES,
-    OUTPUT_KINDS,
     Config,
     Job,
     Result,
@@ -48,6 +49,7 @@ from service.client import (
     Upload,
     UsageError,
     failed_locally,
+    output_kind,
 )
 
 #: Bytes read from the slide per chunk of a streamed upload.
@@ -95,17 +97,42 @@ def staging(store: Path) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def install(folder: Path, store_name: str, table_name: str, store: Path, table: Path) -> None:
-    """Move the finished ``folder/store_name`` to ``store`` and ``folder/table_name`` to ``table``,
-    each a rename on one filesystem. The table goes first and the store last, so the store's
-    presence means both are there; an existing store (``--overwrite``) is first moved into
-    ``folder``, which its caller removes (a rename cannot replace a folder that has files)."""
-    if not (folder / store_name).is_dir() or not (folder / table_name).is_file():
-        raise ValueError(f"the job's files are incomplete: {store_name}/ and {table_name} expected")
-    os.replace(folder / table_name, table)
+def install(
+    folder: Path,
+    store_name: str,
+    store: Path,
+    beside: Sequence[tuple[str, Path]],
+    stale: Sequence[Path] = (),
+) -> None:
+    """Move the finished ``folder/store_name`` to ``store`` and each ``folder/name`` of ``beside``
+    (the table, the outlines) to its path, each a rename on one filesystem. The files beside go
+    first and the store last, so the store's presence means all are there. ``stale``: files an
+    earlier run left beside the store that the new one does not replace (its outlines, when this
+    run asks for none), removed before the new store arrives: they would describe the old one. An
+    existing store (``--overwrite``) is first moved into ``folder``, which its caller removes (a
+    rename cannot replace a folder that has files)."""
+    missing = [name for name in (store_name, *(name for name, _ in beside))
+               if not (folder / name).exists()]
+    if missing or not (folder / store_name).is_dir():
+        raise ValueError(f"the job's files are incomplete: {', '.join(missing or [store_name])} missing")
+    for name, path in beside:
+        os.replace(folder / name, path)
+    for path in stale:
+        path.unlink(missing_ok=True)
     if store.exists():
         os.replace(store, folder / f"replaced-{store.name}")
     os.replace(folder / store_name, store)
+
+
+def placement(
+    kind: SlideOutput, store: Path, table_name: str, outlines_name: str | None
+) -> tuple[list[tuple[str, Path]], list[Path]]:
+    """:func:`install`'s ``beside`` and ``stale`` for the store ``store``: the table, and the
+    outlines when ``outlines_name`` (the job wrote them), else the outlines an earlier run left."""
+    beside = [(table_name, kind.table(store))]
+    if outlines_name is None:
+        return beside, [kind.outlines(store)]
+    return [*beside, (outlines_name, kind.outlines(store))], []
 
 
 def unpack(archive: Path, folder: Path, names: Collection[str]) -> None:
@@ -136,7 +163,7 @@ class SlideSegmenter(Segmenter):
     def __init__(self, config: Config, backoff_base: float = BACKOFF_BASE_S) -> None:
         super().__init__(config, backoff_base)
         self.data_root = config.data_root
-        self.slide_kind = OUTPUT_KINDS[config.kind]
+        self.slide_kind = output_kind(config)
         assert isinstance(self.slide_kind, SlideOutput)
 
     def __call__(self, job: Job) -> Result:
@@ -167,6 +194,12 @@ class SlideSegmenter(Segmenter):
             store_name, table_name = _file_name(summary["store_url"]), _file_name(summary["objects_url"])
             zip_url, objects = str(summary["zip_url"]), int(summary["objects"])
             pixels = int(summary["width"]) * int(summary["height"])
+            outlines_name = None
+            if self.slide_kind.geojson:
+                if summary.get("geojson_url") is None:
+                    raise ValueError("it has no geojson_url although geojson=true was asked (a server "
+                                     "older than --geojson?)")
+                outlines_name = _file_name(summary["geojson_url"])
         except (ValueError, KeyError, TypeError) as exc:
             result.error = f"the job's result is not a slide job's summary: {type(exc).__name__}: {exc}"
             return result
@@ -176,9 +209,10 @@ class SlideSegmenter(Segmenter):
                 archive = folder / ARCHIVE_NAME
                 if self._request(result, client, "GET", zip_url, final=(200,), save_to=archive) is None:
                     return result
-                unpack(archive, folder, {store_name, table_name})
+                beside, stale = placement(self.slide_kind, store, table_name, outlines_name)
+                unpack(archive, folder, {store_name, *(name for name, _ in beside)})
                 archive.unlink()
-                install(folder, store_name, table_name, store, self.slide_kind.table(store))
+                install(folder, store_name, store, beside, stale)
         except (OSError, ValueError, zipfile.BadZipFile) as exc:  # BadZipFile: a damaged download
             result.error = f"cannot unpack the job's files: {type(exc).__name__}: {exc}"
             return result
@@ -191,9 +225,9 @@ class LocalSlideSegmenter:
     """Local mode: the slide job's own work (``slide_jobs.run``) on the service's own runtime,
     in this process; the same files, written the same way as :class:`SlideSegmenter` does.
 
-    ``--concurrency`` slides are segmented at once, each in its own bounded memory (about 2 GB
-    for a 32768-px-wide slide, growing with the width: docs/benchmarks.md §9), their tiles
-    sharing the model's batcher.
+    ``--concurrency`` slides (1 unless given: :func:`~service.client.default_concurrency`) are
+    segmented at once, each in its own bounded memory (about 2 GB for a 32768-px-wide slide,
+    growing with the width: docs/benchmarks.md §9), their tiles sharing the model's batcher.
     """
 
     def __init__(self, config: Config) -> None:
@@ -219,7 +253,7 @@ class LocalSlideSegmenter:
         self.runtime.load()  # what `python -m service` does at start: precision, checksum, warm-up
         if not self.runtime.ready:
             raise UsageError(f"cannot load the model: {self.runtime.reason}")
-        self.kind = OUTPUT_KINDS[config.kind]
+        self.kind = output_kind(config)
         assert isinstance(self.kind, SlideOutput)
         plane = microscopy.Selection(channel=config.channel, z=config.z, t=config.t, project=config.project,
                                      pixel_size_um=config.pixel_size)
@@ -228,7 +262,7 @@ class LocalSlideSegmenter:
         self.options = SegmentOptions(
             Output.ome_zarr, None, 8, None, None,
             split=None if config.split is None else Split(config.split), diameter=config.diameter,
-            plane=plane,
+            plane=plane, geojson=config.geojson,
         )
         try:  # what the server refuses before reading any file (422: --split or --diameter this model lacks)
             checked_engine(self.runtime, self.options)
@@ -254,7 +288,9 @@ class LocalSlideSegmenter:
             with staging(store) as folder:
                 slide = slide_jobs.run(self.runtime, job.source, self.options, folder, self._stop.is_set,
                                        progress)
-                install(folder, slides.STORE_NAME, slides.TABLE_NAME, store, self.kind.table(store))
+                outlines = slides.GEOJSON_NAME if self.kind.geojson else None
+                beside, stale = placement(self.kind, store, slides.TABLE_NAME, outlines)
+                install(folder, slides.STORE_NAME, store, beside, stale)
         except Exception as exc:  # noqa: BLE001 - one bad slide must not end the batch
             if is_cancel(exc):
                 result.error = "interrupted before the slide was finished"

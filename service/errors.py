@@ -255,6 +255,12 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     "not-a-file": ProblemType(
         "Not a file", 400, "The path names a folder or a special file (device, FIFO, socket), not an image.",
         "Name one image file; submit one job per file (unet-segment does this for a folder)."),
+    "not-a-zarr-store": ProblemType(
+        "Not a Zarr store", 400,
+        "The path names a folder, and a folder is read only as an OME-Zarr slide (output=ome-zarr): this "
+        "one has no .zattrs, .zgroup or zarr.json at its top.",
+        "Name the OME-Zarr folder itself (the one holding .zattrs or zarr.json, e.g. scans/a.ome.zarr), or "
+        "one image file; submit one job per slide (unet-segment does this for a folder)."),
     "file-too-large": ProblemType(
         "File too large", 413, "The file has more bytes than the server reads for one image "
         "(UNET_MAX_UPLOAD_BYTES, the upload limit).",

@@ -9,7 +9,7 @@ would have, ``DELETE /jobs/{id}`` cancels it (or removes a finished one).
 
 With a JSON body ``{"path": "slides/a.tif", ...options}`` the job reads a file under the server's
 data root (``UNET_DATA_ROOT``: a cluster volume) instead of an upload (:func:`submit_path_job`,
-checks in ``service.data_root``).
+checks in ``service.data_root``); a slide job (``output=ome-zarr``) also an OME-Zarr folder there.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from fastapi import APIRouter, Depends, Request, params
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from service import data_root, filenames, metrics
+from service import data_root, filenames, metrics, slide_files
 from service.errors import (
     PROBLEM_JSON,
     BadRequest,
@@ -361,7 +361,8 @@ _PROBLEM_CONTENT = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Prob
             "properties": {"path": {
                 "type": "string",
                 "description": "an image file relative to the server's UNET_DATA_ROOT (e.g. a cluster "
-                "volume); absolute paths and paths leading outside it are refused (403)",
+                "volume), or with output=ome-zarr an OME-Zarr folder; absolute paths and paths leading "
+                "outside it (also by a symlink inside an OME-Zarr folder) are refused (403)",
             }},
             "additionalProperties": {"description": "the query options of POST /segment (output, "
                                      "threshold, channel, …) as JSON values, or in the query string"},
@@ -515,6 +516,8 @@ def data_path_problem(exc: data_root.DataPathError) -> ProblemError:
         return ProblemError(str(exc), status=404, slug="data-file-not-found", title="File not found")
     if isinstance(exc, data_root.NotAFile):
         return ProblemError(str(exc), status=400, slug="not-a-file", title="Not a file")
+    if isinstance(exc, data_root.NotAStore):
+        return ProblemError(str(exc), status=400, slug="not-a-zarr-store", title="Not a Zarr store")
     if isinstance(exc, data_root.TooLarge):
         return ProblemError(str(exc), status=413, slug="file-too-large", title="File too large")
     return ProblemError(str(exc), status=409, slug="data-file-changed", title="File changed")
@@ -564,7 +567,8 @@ async def submit_path_job(
     request: Request, query_options: SegmentOptions, runtime: Runtime, jobs: JobRunner
 ) -> JSONResponse:
     """``POST /jobs`` with ``{"path": ...}``: a job on a file under ``UNET_DATA_ROOT``, checked
-    (inside the root, a regular file, the upload's byte and pixel limits) before it is queued."""
+    (inside the root, a regular file, the upload's byte and pixel limits; for a slide, a file or
+    an OME-Zarr folder and the slide limits) before it is queued."""
     settings = runtime.settings
     if settings.data_root is None:
         raise ProblemError(
@@ -574,9 +578,11 @@ async def submit_path_job(
     path, options, sent = await _path_job_body(request, query_options)
     checked_engine(runtime, options)
     slide = options.output in JOB_ONLY_OUTPUTS  # read by region: no byte limit, the slide pixel limit
+    # Slides may also be OME-Zarr folders (every entry checked); other outputs read one file.
+    store = slide_files.is_slide_path if slide else None
     try:
         source = await anyio.to_thread.run_sync(data_root.locate, settings.data_root, path,
-                                                sys.maxsize if slide else settings.max_upload_bytes)
+                                                sys.maxsize if slide else settings.max_upload_bytes, store)
     except data_root.DataPathError as exc:
         raise data_path_problem(exc) from exc
     except OSError as exc:  # the root itself is missing or unreadable: the operator's to fix

@@ -449,3 +449,24 @@ def test_the_retry_window_defaults_to_60_s_and_follows_the_environment(monkeypat
 def test_backoff_is_capped_and_never_overflows() -> None:
     delays = [client.retry_delay(attempt, None) for attempt in range(1, 2000)]
     assert all(0.0 <= d <= client.BACKOFF_CAP_S for d in delays)
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--url", "http://h"], client.DEFAULT_CONCURRENCY),  # requests in flight
+    (["--url", "http://h", "--output", "ome-zarr"], client.DEFAULT_CONCURRENCY),  # jobs on the server
+    ([], client.DEFAULT_CONCURRENCY),  # local mode, images in memory
+    (["--output", "ome-zarr"], 1),  # local slides: each holds ~2 GB here
+    (["--output", "ome-zarr", "--concurrency", "3"], 3),  # unless asked for
+])
+def test_local_slide_mode_segments_one_slide_at_a_time_unless_told(argv: list[str], expected: int) -> None:
+    assert client.parse_config(["in", "--out", "out", *argv]).concurrency == expected
+
+
+def test_geojson_is_for_slides_and_is_asked_of_the_server(capsys) -> None:
+    argv = ["in", "--out", "out", "--url", "http://h"]
+    with pytest.raises(SystemExit) as exc:
+        client.parse_config([*argv, "--output", "labels", "--geojson"])
+    assert exc.value.code == client.EXIT_USAGE and "--output ome-zarr" in capsys.readouterr().err
+    config = client.parse_config([*argv, "--output", "ome-zarr", "--geojson"])
+    assert config.geojson and client.Segmenter(config).params["geojson"] == "true"
+    assert "geojson" not in client.Segmenter(client.parse_config([*argv, "--output", "ome-zarr"])).params

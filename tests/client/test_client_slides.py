@@ -88,14 +88,14 @@ def server(slides: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 def by_server(server: Server, slides: Path, tmp_path_factory: pytest.TempPathFactory,
               ) -> tuple[Path, subprocess.CompletedProcess[str]]:
     out = tmp_path_factory.mktemp("by-server")
-    return out, unet_segment(slides, "--out", out, "--url", server.url, "--output", "ome-zarr")
+    return out, unet_segment(slides, "--out", out, "--url", server.url, "--output", "ome-zarr", "--geojson")
 
 
 @pytest.fixture(scope="module")
 def locally(slides: Path, tmp_path_factory: pytest.TempPathFactory,
             ) -> tuple[Path, subprocess.CompletedProcess[str]]:
     out = tmp_path_factory.mktemp("locally")
-    return out, unet_segment(slides, "--out", out, "--output", "ome-zarr")
+    return out, unet_segment(slides, "--out", out, "--output", "ome-zarr", "--geojson")
 
 
 def test_server_mode_writes_a_store_ome_zarr_reads_with_the_labels_local_mode_writes(
@@ -132,6 +132,13 @@ def test_server_mode_writes_a_store_ome_zarr_reads_with_the_labels_local_mode_wr
     for name in set(remote_files) - {"failures.jsonl"}:
         assert remote_files[name] == local_files[name], f"{name} differs between the modes"
 
+    # --geojson: the outlines beside the store, one feature per row of the table, byte-identical in
+    # both modes (compared with every other file above; named here so that its absence fails).
+    outlines = remote / "a" / "s1.objects.geojson"
+    assert outlines.read_bytes() == (local / "a" / "s1.objects.geojson").read_bytes()
+    features = json.loads(outlines.read_text())["features"]
+    assert len(features) == len(rows) and {int(f["id"]) for f in features} == {int(r["id"]) for r in rows}
+
     # The folder summary counts the table's objects; no staging folder is left behind.
     (summary,) = csv.DictReader(io.StringIO((remote / "summary.csv").read_text()))
     assert summary["output"] == "a/s1.ome.zarr" and int(summary["count"]) == len(rows)
@@ -160,6 +167,13 @@ def test_a_rerun_skips_a_finished_store_and_overwrite_redoes_it(
     assert again.returncode == 0 and "0 written, 1 skipped" in again.stderr, again.stderr
     assert counts(server) == before, "nothing was sent"
 
+    outlines = out / "s1.objects.geojson"
+    with_outlines = unet_segment(slides / "a", "--out", out, "--url", server.url, "--output", "ome-zarr",
+                                 "--geojson")
+    assert with_outlines.returncode == 0 and "0 written, 1 skipped" in with_outlines.stderr
+    assert counts(server) == before, "store, table and outlines are there: nothing was sent"
+
+    # Redone without --geojson: the earlier outlines would describe the old store, so they go.
     zattrs = (store / ".zattrs").stat().st_ino
     redo = unet_segment(slides / "a", "--out", out, "--url", server.url, "--output", "ome-zarr",
                         "--overwrite")
@@ -167,8 +181,17 @@ def test_a_rerun_skips_a_finished_store_and_overwrite_redoes_it(
     after = counts(server)
     assert after[1] - before[1] == 1 and after[2] - before[2] == 1, "one job, deleted"
     assert (store / ".zattrs").stat().st_ino != zattrs, "the store was replaced"
+    written.pop(outlines.name)
     assert files_under(out) == written | {"summary.csv": (out / "summary.csv").read_bytes()}
     assert sorted(p.name for p in out.iterdir()) == ["s1.objects.csv", "s1.ome.zarr", "summary.csv"]
+
+    # A store without outlines is not done for a run that asks for them: it is redone, not skipped.
+    resumed = unet_segment(slides / "a", "--out", out, "--url", server.url, "--output", "ome-zarr",
+                           "--geojson")
+    assert resumed.returncode == 0 and "1 written, 0 skipped" in resumed.stderr, resumed.stderr
+    assert outlines.read_bytes() == (by_server[0] / "a" / outlines.name).read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == [
+        "s1.objects.csv", "s1.objects.geojson", "s1.ome.zarr", "summary.csv"]
 
 
 def test_data_root_sends_paths_and_refuses_a_file_outside_it_before_any_request(
@@ -192,14 +215,15 @@ def test_data_root_sends_paths_and_refuses_a_file_outside_it_before_any_request(
     assert counts(server) == before and not (tmp_path / "o2").exists()
 
 
-def test_an_ome_zarr_store_is_a_slide_in_local_mode_only(
-    slide_image: np.ndarray, locally, server: Server, tmp_path: Path
+def test_an_ome_zarr_store_is_a_slide_locally_and_by_path_on_a_server_but_is_never_uploaded(
+    by_server, locally, slide_image: np.ndarray, slides: Path, server: Server, tmp_path: Path
 ) -> None:
     import zarr
     from ome_zarr.format import FormatV04
     from ome_zarr.writer import write_image
 
-    folder = tmp_path / "in"
+    # Under the server's data root (by_server and locally, which read the whole root, are done).
+    folder = slides / "stores"
     store = folder / "b" / "s1.ome.zarr"  # NGFF 0.4, as bioformats2raw writes; chunks 256²
     write_image(slide_image, zarr.open_group(store, mode="w", zarr_format=2), fmt=FormatV04(),
                 scale_factors=(), axes="yx", storage_options={"chunks": (256, 256)})
@@ -213,9 +237,20 @@ def test_an_ome_zarr_store_is_a_slide_in_local_mode_only(
     from_zarr = zarr.open(str(out / "b" / "s1.ome.zarr" / "labels" / "nuclei"), mode="r")["0"][:]
     np.testing.assert_array_equal(from_zarr, from_tiff)  # the same pixels, the same objects
 
+    # Server mode with --data-root: the store's path is sent ({"path": "stores/b/s1.ome.zarr"}) and
+    # the server reads it where it is; the same files as local mode's.
+    before = counts(server)
+    by_path = unet_segment(folder, "--out", tmp_path / "by-path", "--url", server.url, "--output", "ome-zarr",
+                           "--data-root", slides)
+    assert by_path.returncode == 0 and "1 written" in by_path.stderr, by_path.stderr
+    assert counts(server)[1] - before[1] == 1, "one job"
+    assert files_under(tmp_path / "by-path" / "b") == files_under(out / "b")
+
+    # Without --data-root a store could only be uploaded, and an upload is one file: refused up front.
     before = counts(server)
     refused = unet_segment(folder, "--out", tmp_path / "o2", "--url", server.url, "--output", "ome-zarr")
-    assert refused.returncode == client.EXIT_USAGE and "local mode only" in refused.stderr, refused.stderr
+    assert refused.returncode == client.EXIT_USAGE and "cannot be uploaded" in refused.stderr, refused.stderr
+    assert "--data-root" in refused.stderr
     assert counts(server) == before
 
 
