@@ -547,7 +547,8 @@ class WindowedPrediction:
                 done = finder.done if finder is not None else 0
                 yield from grid.push(y0, probs[fg], labs, done)
             # no view of the band may outlive it: handed_over copies the next one only then
-            del band, probs, labs
+            probs = labs = None
+            del band
 
     def _timed_infer(self, batch: np.ndarray) -> np.ndarray:
         started = time.perf_counter()
