@@ -185,7 +185,8 @@ def segment_slide(
             )
             with _Behind(WRITE_AHEAD) as behind:
                 for band in bands:
-                    # read here, not in the writer's thread: one reader of the source at a time
+                    # the model's thread reads the source too: tifffile's store serialises its file
+                    # reads with a lock, zarr's stores and arrays are safe to read from threads
                     intensity = to_channels(source.read(band.y0, band.y0 + band.mask.shape[0], 0, width), 1)
                     behind.submit(store, band, intensity)
             rest = stream.finish()
