@@ -190,7 +190,8 @@ class ResampledSource:
 
 
 class ModelRows:
-    """Rows of the model-scale, normalised image ``(C, Hs, Ws)``, made from the source on demand.
+    """Rows of the model-scale image, made from the source on demand: read raw (:meth:`raw`) and
+    normalised window by window (:meth:`normalized`) into the model's ``(C, h, w)`` input.
 
     The same pixels as ``pipeline.predict_scaled`` gives the model: the image resized
     (:class:`ResampledSource`, ``rescale.resample_image`` for the whole image) and normalised
@@ -218,8 +219,6 @@ class ModelRows:
     def raw(self, y0: int, y1: int) -> np.ndarray:
         """Model-scale rows ``[y0, y1)``, all columns, before normalisation: ``(h, Ws)`` or
         ``(h, Ws, C)`` in the source's dtype (a 16-bit strip is half a float32 one)."""
-        if self.limits is None:
-            self.prepare_limits()
         return to_channels(self.source.read(y0, y1, 0, self.shape[1]), self.metadata.in_channels)
 
     def normalized(self, raw: np.ndarray) -> np.ndarray:
@@ -227,10 +226,6 @@ class ModelRows:
         normalisation is per pixel, with the whole image's limits)."""
         limits = self.limits if self.limits is not None else self.prepare_limits()
         return normalize(raw, self.metadata.normalization, limits)
-
-    def read(self, y0: int, y1: int) -> np.ndarray:
-        """Model-scale rows ``[y0, y1)``, all columns: ``(C, y1 - y0, Ws)`` float32."""
-        return self.normalized(self.raw(y0, y1))
 
 
 def tile_row_rows(reader: ModelRows, plan: TilePlan, tile_row: int) -> np.ndarray:
