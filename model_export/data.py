@@ -20,6 +20,7 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from model_export.dsb import median_diameter
 from model_export.folders import DataError, load_pair, pair_folders, read_image, read_mask
 from service.model_metadata import Normalization
 from service.preprocess import prepare
@@ -145,7 +146,13 @@ class ScaledDataset(Dataset):
     ``diameter`` px (the image's median equivalent diameter → ``diameter``) times a random
     factor in ``scale_jitter`` (log-uniform), so the model tolerates an imperfect scale
     estimate in the service. With probability ``synthetic`` the sample is a synthetic image
-    whose nuclei are drawn at the same scale instead.
+    instead: drawn at the model's scale, or — with ``synthetic_radius`` set — drawn at a
+    typical nucleus radius from that range (log-uniform) and then brought to the model's
+    scale exactly as a real image is (median diameter of its labels, jitter, the same
+    resize). The second is what the service does to a user's image of tiny or huge nuclei:
+    enlarged tiny nuclei come with blur and noise stretched over several pixels, shrunk
+    large ones with their texture averaged away, neither of which the generator draws at
+    the model's scale.
 
     ``items``: ``(raw image, int32 labels, median diameter px)``; images are normalised once
     here, as the service normalises the whole image before tiling.
@@ -162,6 +169,7 @@ class ScaledDataset(Dataset):
         seed: int = 0,
         samples_per_epoch: int = 1000,
         augment: bool = True,
+        synthetic_radius: tuple[float, float] | None = None,
     ) -> None:
         norm = Normalization()
         self.items = [(prepare(image, in_channels, norm), labels, d) for image, labels, d in items]
@@ -170,6 +178,7 @@ class ScaledDataset(Dataset):
         self.samples, self.augment = samples_per_epoch, augment
         radius = diameter / 2
         self.synth_config = SynthConfig(radius=(radius * scale_jitter[0], radius * scale_jitter[1]))
+        self.synthetic_radius = synthetic_radius
         self._calls = 0
 
     def __len__(self) -> int:
@@ -179,8 +188,11 @@ class ScaledDataset(Dataset):
         self._calls += 1
         rng = np.random.default_rng((self.seed, index, self._calls if self.augment else 0))
         if self.augment and rng.random() < self.synthetic:
-            image, labels = synth_nuclei(int(rng.integers(1 << 62)), self.patch, self.synth_config)
-            x = prepare(image, self.in_channels, Normalization())
+            if self.synthetic_radius is not None:
+                x, labels = self._native_synthetic(rng)
+            else:
+                image, labels = synth_nuclei(int(rng.integers(1 << 62)), self.patch, self.synth_config)
+                x = prepare(image, self.in_channels, Normalization())
         else:
             x, labels, d = self.items[index % len(self.items)]
             jitter = math.exp(rng.uniform(*np.log(self.jitter))) if self.augment else 1.0
@@ -190,6 +202,21 @@ class ScaledDataset(Dataset):
             x, labels = flip_rotate(x, labels, rng)
             x = augment_intensity(x, rng)
         return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(labels))
+
+    def _native_synthetic(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A synthetic image drawn at its own nucleus size, then scaled like a real one."""
+        low, high = self.synthetic_radius
+        radius = math.exp(rng.uniform(math.log(low), math.log(high)))
+        jitter = math.exp(rng.uniform(*np.log(self.jitter)))
+        # Draw about the window the crop will take (the labels' median diameter is only
+        # known afterwards; a short window is padded like the border of a real image).
+        expected_scale = self.diameter / (2 * radius) * jitter
+        side = int(math.ceil(self.patch / expected_scale * 1.15)) + 8
+        config = SynthConfig(radius=(radius, radius))
+        image, labels = synth_nuclei(int(rng.integers(1 << 62)), side, config)
+        x = prepare(image, self.in_channels, Normalization())
+        diameter = median_diameter(labels) or 2 * radius
+        return scaled_crop(x, labels, self.diameter / diameter * jitter, self.patch, rng)
 
 
 class FolderDataset(Dataset):

@@ -46,6 +46,10 @@ DEFAULTS: dict[str, object] = {
     "diameter": 20.0,
     "scale_jitter": 1.5,
     "synthetic": 0.25,
+    # "LO,HI": synthetic nuclei of typical radius LO–HI px drawn at that size and resized to
+    # the model's scale like real images (what the service does to tiny/huge nuclei);
+    # empty: drawn at the model's scale.
+    "synthetic_radius": "",
     "patch": 256,
     "batch_size": 8,
     "val_images": 24,  # synthetic data: size of the fixed validation set
@@ -181,6 +185,19 @@ def init_weights(model: UNet, start: dict, path: Path) -> None:
     model.load_state_dict(state)
 
 
+def parse_radius_range(text: str) -> tuple[float, float] | None:
+    """``"LO,HI"`` → ``(LO, HI)`` px; empty → None."""
+    if not text:
+        return None
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise SystemExit(f"--synthetic-radius {text!r}: expected LO,HI in px, e.g. 2.5,45") from None
+    if not 0 < low <= high:
+        raise SystemExit(f"--synthetic-radius {text!r}: need 0 < LO <= HI")
+    return low, high
+
+
 def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.Tensor, dict]:
     """Training loader and fixed validation crops from a DSB-layout folder (fluorescence only).
 
@@ -198,6 +215,7 @@ def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.
     train_set = ScaledDataset(
         as_tuples, args.patch, args.diameter, jitter, args.synthetic, args.in_channels, args.seed,
         samples_per_epoch=max(len(train_items), args.batch_size) * 16,
+        synthetic_radius=parse_radius_range(args.synthetic_radius),
     )
     val_set = ScaledDataset(
         [(i.image, i.labels, i.diameter) for i in val_items], args.patch, args.diameter,
@@ -217,6 +235,7 @@ def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.
         "nucleus_diameter_px": args.diameter,
         "scale_jitter": args.scale_jitter,
         "synthetic_share": args.synthetic,
+        "synthetic_radius_px": parse_radius_range(args.synthetic_radius),
     }
     print(
         f"DSB: {len(items)} fluorescence images, {len(train_items)} train / {len(val_items)} val "

@@ -133,3 +133,38 @@ def test_folder_dataset_reads_16bit_synthetic_set_and_crops(tmp_path: Path) -> N
     assert str(x.dtype) == "torch.float32" and str(y.dtype) == "torch.int32"
     small = FolderDataset(images, masks, patch=48, seed=1)  # larger than the image: mirror-padded
     assert tuple(small[1][0].shape) == (1, 48, 48)
+
+
+@pytest.mark.parametrize("radius", [3.0, 40.0])
+def test_native_synthetic_samples_come_out_at_the_models_nucleus_scale(radius: float) -> None:
+    """Tiny and huge synthetic nuclei are drawn at their own size, then resized to the model's 20 px."""
+    from model_export.data import ScaledDataset
+    from model_export.dsb import median_diameter
+
+    patch, diameter, jitter = 160, 20.0, (1 / 1.5, 1.5)
+    dataset = ScaledDataset(
+        [], patch, diameter, jitter, synthetic=1.0, seed=3, samples_per_epoch=6,
+        synthetic_radius=(radius, radius),
+    )
+    sizes = []
+    for i in range(6):
+        x, labels = dataset[i]
+        assert x.shape == (1, patch, patch) and labels.shape == (patch, patch)
+        if labels.max() > 0:
+            sizes.append(median_diameter(labels.numpy()))
+    assert len(sizes) >= 4
+    # Drawn at 6 or 80 px across, scaled by the whole drawn image's median diameter to
+    # 20 × jitter; one crop holds few nuclei, so its own median scatters around that.
+    low, high = diameter * jitter[0] * 0.8, diameter * jitter[1] * 1.2
+    assert low <= float(np.median(sizes)) <= high, sizes
+    assert all(diameter / 4 <= d <= diameter * 4 for d in sizes), sizes
+
+
+def test_synthetic_radius_flag_is_parsed_and_checked() -> None:
+    from model_export.train import parse_radius_range
+
+    assert parse_radius_range("") is None
+    assert parse_radius_range("2.5,45") == (2.5, 45.0)
+    for bad in ("45", "a,b", "10,5", "0,4"):
+        with pytest.raises(SystemExit, match="synthetic-radius"):
+            parse_radius_range(bad)
