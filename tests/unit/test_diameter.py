@@ -81,6 +81,25 @@ def test_the_probes_stay_bounded_on_a_large_image(model: Engine) -> None:
     assert shapes and all(max(s[2:]) <= PROBE_SIZE + 16 for s in shapes)  # never the whole image
 
 
+def test_the_ladder_runs_in_batches_with_the_same_answer_as_one_probe_at_a_time(model: Engine) -> None:
+    batches: list[int] = []
+
+    def batched(batch: np.ndarray) -> np.ndarray:
+        batches.append(batch.shape[0])
+        return model.run(batch)
+
+    def one_by_one(batch: np.ndarray) -> np.ndarray:
+        return np.concatenate([model.run(batch[i : i + 1]) for i in range(batch.shape[0])])
+
+    image, _ = synth_nuclei(5, (1500, 1300), SynthConfig(radius=(10.0, 10.0)))
+    params = params_for_model(model.metadata)
+    together = estimate_diameter(image, batched, model.metadata, params)
+    apart = estimate_diameter(image, one_by_one, model.metadata, params)
+    # probes of one shape share a model run: far fewer runs than probes
+    assert max(batches) >= 6 and len(batches) <= len(together.probes) // 2
+    assert together == apart
+
+
 def test_an_empty_image_has_no_diameter(model: Engine) -> None:
     flat = np.full((300, 300), 100, np.uint16)
     estimate = estimate_diameter(flat, model.run, model.metadata, params_for_model(model.metadata))
