@@ -237,7 +237,8 @@ def build_metadata(
         },
         training={
             "command": checkpoint.get("command", ""),
-            "data": checkpoint.get("data", {}),
+            # as the ONNX metadata will hold it (JSON: a checkpoint's tuples come back as lists)
+            "data": json.loads(json.dumps(checkpoint.get("data", {}))),
             "steps": checkpoint.get("step"),
             "total_steps": checkpoint.get("args", {}).get("steps"),
             "val_dice": checkpoint.get("val_dice"),

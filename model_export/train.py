@@ -235,7 +235,7 @@ def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.
         "nucleus_diameter_px": args.diameter,
         "scale_jitter": args.scale_jitter,
         "synthetic_share": args.synthetic,
-        "synthetic_radius_px": parse_radius_range(args.synthetic_radius),
+        "synthetic_radius_px": list(parse_radius_range(args.synthetic_radius) or []) or None,
     }
     print(
         f"DSB: {len(items)} fluorescence images, {len(train_items)} train / {len(val_items)} val "

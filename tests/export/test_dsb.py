@@ -80,3 +80,20 @@ def test_training_a_few_steps_on_a_dsb_folder_records_the_scale(tmp_path: Path) 
     assert data["kind"] == "dsb2018" and data["nucleus_diameter_px"] == 12
     assert data["train_images"] + data["val_images"] == 6
     assert json.loads((out / "history.json").read_text())[-1]["step"] == 3
+
+
+def test_native_scale_synthetic_training_exports_with_its_settings_in_the_metadata(tmp_path: Path) -> None:
+    from model_export import train
+    from model_export.export import export
+    from tests.export.conftest import TINY
+
+    root = write_dsb_folder(tmp_path / "data", n=6, seed=10)
+    out = tmp_path / "run"
+    train.main([
+        *TINY, "--dsb", str(root), "--val-fraction", "0.5", "--diameter", "12",
+        "--synthetic", "0.5", "--synthetic-radius", "3,30", "--out", str(out),
+    ])
+    # the checkpoint's settings survive the trip through the ONNX metadata (JSON)
+    report = export(out / "best.pt", tmp_path / "m.onnx", margin_images=1)
+    data = report["metadata"]["training"]["data"]
+    assert data["synthetic_share"] == 0.5 and data["synthetic_radius_px"] == [3.0, 30.0]
