@@ -195,7 +195,9 @@ class Service:
         r = self.client.post("/segment", params=dict(params), content=body,
                              headers={"Content-Type": "image/png"})
         r.raise_for_status()
-        self.headers[label] = {k: r.headers.get(k) for k in ("X-Tiles", "Server-Timing")}
+        self.headers[label] = {
+            k: r.headers.get(k) for k in ("X-Tiles", "Server-Timing", "X-Nucleus-Diameter")
+        }
         return r
 
     def close(self) -> None:

@@ -10,8 +10,9 @@ In ONE run, on the same 2048×2048 image and the same thread counts:
    difference is what counting the nuclei for ``X-Object-Count`` costs.
 4. with ``--int8``: **bare ORT and the service on the model's int8 copy** (``<stem>.int8.onnx``,
    ``python -m model_export quantize``), so int8 / fp32 and the int8 service's own overhead are
-   measured in the same run. The fp32 services pin ``UNET_PRECISION=fp32``: the default ``auto``
-   would pick the int8 copy on this CPU.
+   measured in the same run, and the int8 request once more with ``diameter=`` set to what the
+   default request estimated (the size estimate's share). The fp32 services pin
+   ``UNET_PRECISION=fp32``: the default ``auto`` would pick the int8 copy on this CPU.
 
 Prints a markdown table, writes ``docs/bench/service_overhead.png`` and the ratio service / bare
 (goal ≤ 1.15×), by min and by median of ``--repeat`` interleaved rounds after a warm-up run. Each
@@ -133,11 +134,17 @@ def main(argv: list[str] | None = None) -> int:
                 quantised = stack.enter_context(Service(model, args.threads, {"UNET_PRECISION": "int8"}))
                 paths["bare ORT single pass, int8 model"] = bare8
                 paths["service, int8 model (default settings)"] = lambda: quantised.segment(body, {}, "int8")
+                # The same request with the diameter the default one estimated, given: what the
+                # size estimate (a fixed ~1 MP of model work whatever the image) adds.
+                paths["service, int8 model, diameter= given"] = lambda: quantised.segment(
+                    body, {"diameter": quantised.headers["int8"]["X-Nucleus-Diameter"]}, "int8-diameter"
+                )
                 servers.append(quantised)
                 pids.update(
                     {
                         "bare ORT single pass, int8 model": None,
                         "service, int8 model (default settings)": quantised.pid,
+                        "service, int8 model, diameter= given": quantised.pid,
                     }
                 )
             for fn in paths.values():
@@ -195,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{statistics.median(quick) / statistics.median(default):.2f}× by median**; "
             f"int8 service / bare int8 ORT = {min(quick) / min(floor8):.2f}× by min, "
             f"{statistics.median(quick) / statistics.median(floor8):.2f}× by median"
+        )
+        given = times["service, int8 model, diameter= given"]
+        print(
+            f"int8 service with diameter= / bare int8 ORT = {min(given) / min(floor8):.2f}× by min, "
+            f"{statistics.median(given) / statistics.median(floor8):.2f}× by median"
         )
 
     title = f"POST /segment vs bare ORT, {args.size}² image, {args.threads} threads"
