@@ -31,7 +31,7 @@ import numpy as np
 
 from model_export.data import SynthConfig, synth_nuclei
 from model_export.dsb import load_set, median_diameter, split_by_series
-from service.diameter import estimate_diameter
+from service.diameter import PROBE_SIZE, estimate_diameter
 from service.engine import Engine
 from service.objects import params_for_model
 
@@ -96,6 +96,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=9_000_000, help="image k of radius r: seed + 100 r + k")
     parser.add_argument("--radii", default="3,4,8,15,30,40,60")
     parser.add_argument("--images", type=int, default=3, help="synthetic images per radius")
+    parser.add_argument(
+        "--probe-size", type=int, default=PROBE_SIZE, help="edge of each probe window, model px"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if (args.dsb is None) == (not args.synthetic):
@@ -111,7 +114,9 @@ def main() -> None:
     rows = []
     groups: dict[str, list[float | None]] = defaultdict(list)
     for group, name, image, truth in cases:
-        estimate = estimate_diameter(image, engine.run, engine.metadata, params).diameter
+        estimate = estimate_diameter(
+            image, engine.run, engine.metadata, params, probe_size=args.probe_size
+        ).diameter
         ratio = None if estimate is None or truth <= 0 else estimate / truth
         groups[group].append(ratio)
         rows.append(
