@@ -143,12 +143,15 @@ def _probe_input(
     return np.stack([cv2.resize(c, scaled[::-1], interpolation=interpolation) for c in crop])
 
 
-def _probabilities(inputs: list[np.ndarray], infer: Infer, metadata: ModelMetadata) -> list[np.ndarray]:
+def _probabilities(
+    inputs: list[np.ndarray], infer: Infer, metadata: ModelMetadata, batch_size: int | None
+) -> list[np.ndarray]:
     """Model probabilities ``(K, h, w)`` of each normalised ``(C, h, w)`` input.
 
-    Inputs of one padded shape go to the model as one batch: the ladder's probes are mostly
-    ``probe_size``² (one ORT run of 12 such windows took 0.7–0.75× the time of 12 runs of one
-    on the 2-core CPU, fp32 and int8, with the same outputs to the bit).
+    Inputs of one padded shape go to the model together, ``batch_size`` at most at a time (the
+    service's queue is sized for each request handing over one tile batch at a time): the
+    ladder's probes are mostly ``probe_size``² (one ORT run of 12 such windows took 0.7–0.75×
+    the time of 12 runs of one on the 2-core CPU, fp32 and int8, with the same outputs to the bit).
     """
     divisor = metadata.size_divisor
     padded: list[np.ndarray] = []
@@ -157,13 +160,16 @@ def _probabilities(inputs: list[np.ndarray], infer: Infer, metadata: ModelMetada
         ph, pw = (-h) % divisor, (-w) % divisor
         padded.append(np.pad(chw, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(h, w) > 1 else "edge"))
     results: list[np.ndarray | None] = [None] * len(inputs)
+    step = max(1, batch_size or len(inputs))
     for shape in dict.fromkeys(x.shape for x in padded):
-        members = [i for i, x in enumerate(padded) if x.shape == shape]
-        batch = np.ascontiguousarray(np.stack([padded[i] for i in members]), dtype=np.float32)
-        raw = np.asarray(infer(batch))
-        for slot, i in enumerate(members):
-            _, h, w = inputs[i].shape
-            results[i] = apply_activation(raw[slot, :, :h, :w].astype(np.float32, copy=True), metadata)
+        same = [i for i, x in enumerate(padded) if x.shape == shape]
+        for start in range(0, len(same), step):
+            members = same[start : start + step]
+            batch = np.ascontiguousarray(np.stack([padded[i] for i in members]), dtype=np.float32)
+            raw = np.asarray(infer(batch))
+            for slot, i in enumerate(members):
+                _, h, w = inputs[i].shape
+                results[i] = apply_activation(raw[slot, :, :h, :w].astype(np.float32, copy=True), metadata)
     return [r for r in results if r is not None]
 
 
@@ -193,11 +199,12 @@ def _probes(
     params: ObjectParams,
     threshold: float,
     probe_size: int,
+    batch_size: int | None,
 ) -> list[Probe]:
     """The probes at ``factors`` that fit the image (in that order), their model passes batched."""
     inputs = [(f, _probe_input(source, f, metadata, probe_size)) for f in factors]
     kept = [(f, x) for f, x in inputs if x is not None]
-    probs = _probabilities([x for _, x in kept], infer, metadata)
+    probs = _probabilities([x for _, x in kept], infer, metadata, batch_size)
     return [_measure(f, p, metadata, params, threshold) for (f, _), p in zip(kept, probs, strict=True)]
 
 
@@ -256,11 +263,13 @@ def estimate_diameter(
     threshold: float | None = None,
     factors: tuple[float, ...] = PROBE_FACTORS,
     probe_size: int = PROBE_SIZE,
+    batch_size: int | None = None,
 ) -> DiameterEstimate:
     """Typical nucleus diameter of a decoded ``(H, W)``/``(H, W, C)`` image, in its own pixels.
 
     ``params``: how objects are split (the request's); ``threshold``: foreground threshold
-    (default the model's). The model must record ``nucleus_diameter``.
+    (default the model's); ``batch_size``: most windows handed to ``infer`` at once (None: all
+    probes of one shape together). The model must record ``nucleus_diameter``.
     """
     target = metadata.nucleus_diameter
     if not target:
@@ -270,10 +279,10 @@ def estimate_diameter(
     source = _Image.of(image, metadata)
 
     def run(factor: float) -> Probe | None:
-        found = _probes(source, [factor], infer, metadata, params, threshold, probe_size)
+        found = _probes(source, [factor], infer, metadata, params, threshold, probe_size, batch_size)
         return found[0] if found else None
 
-    probes = _probes(source, factors, infer, metadata, params, threshold, probe_size)
+    probes = _probes(source, factors, infer, metadata, params, threshold, probe_size, batch_size)
     plateau = _plateau(probes, target)
     if plateau:
         best = min(plateau, key=lambda p: _closeness(p, target))

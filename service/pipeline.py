@@ -60,11 +60,13 @@ def choose_scale(
     threshold: float | None,
     diameter: float | None,
     max_pixels: int,
+    batch_size: int | None = None,
 ) -> ScaleChoice:
     """The scale to segment ``image`` at; ``diameter`` (px) from the request wins over an estimate.
 
     The resized image never exceeds ``max_pixels`` (the service's own pixel limit): a
-    factor that would is reduced, with a warning.
+    factor that would is reduced, with a warning. ``batch_size``: most windows the estimate
+    hands ``infer`` at once (the request's tile batch; None: no limit).
     """
     model_diameter = metadata.nucleus_diameter
     if model_diameter is None:
@@ -76,7 +78,7 @@ def choose_scale(
         return ScaleChoice(None, "model-scale", 1.0)
     source: DiameterSource = "request"
     if diameter is None:
-        estimate = estimate_diameter(image, infer, metadata, params, threshold)
+        estimate = estimate_diameter(image, infer, metadata, params, threshold, batch_size=batch_size)
         if estimate.diameter is None:
             return ScaleChoice(
                 None,
@@ -166,7 +168,7 @@ def predict_plane(
     if modality.warning:
         warnings.append(modality.warning)
     started = time.perf_counter()
-    scale = choose_scale(image, infer, metadata, params, threshold, diameter, max_pixels)
+    scale = choose_scale(image, infer, metadata, params, threshold, diameter, max_pixels, batch_size)
     if scale.warning:
         warnings.append(scale.warning)
     scale_ms = 1000 * (time.perf_counter() - started)

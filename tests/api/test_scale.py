@@ -93,3 +93,23 @@ def test_batch_manifest_says_the_diameter_per_file(scaled_server: Server) -> Non
     manifest = json.loads(zipfile.ZipFile(io.BytesIO(r.content)).read("manifest.json"))
     assert [f["diameter_source"] for f in manifest["files"]] == ["request", "request"]
     assert [f["nucleus_diameter"] for f in manifest["files"]] == [10.0, 10.0]
+
+
+def test_the_size_estimate_hands_the_queue_no_more_than_one_tile_batch(
+    start_server, tmp_path_factory
+) -> None:
+    # The queue is sized for each admitted request handing over at most UNET_MAX_BATCH_SIZE tiles
+    # at a time (2 × requests × batch): the estimate's probes must keep to that, or an admitted
+    # request is refused half-way with a 503.
+    model = write_conv_model(tmp_path_factory.mktemp("m") / "conv20.onnx", seed=1, nucleus_diameter=20.0)
+    tight = start_server(
+        {
+            "UNET_MODEL_PATH": str(model),
+            "UNET_MAX_BATCH_SIZE": "1",
+            "UNET_MAX_QUEUE_TILES": "1",
+            "UNET_MAX_CONCURRENT_REQUESTS": "1",
+        }
+    ).wait_ready()
+    r = tight.client.post("/segment", content=im.png(im.blobs(900, 900, seed=3)), headers=PNG)
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Diameter-Source"] in ("estimated", "model-scale")

@@ -98,6 +98,10 @@ def test_the_ladder_runs_in_batches_with_the_same_answer_as_one_probe_at_a_time(
     # probes of one shape share a model run: far fewer runs than probes
     assert max(batches) >= 6 and len(batches) <= len(together.probes) // 2
     assert together == apart
+    # and never more than the caller's batch at once (the service's queue is sized for that)
+    batches.clear()
+    limited = estimate_diameter(image, batched, model.metadata, params, batch_size=2)
+    assert max(batches) == 2 and limited == together
 
 
 def test_an_empty_image_has_no_diameter(model: Engine) -> None:
