@@ -14,8 +14,9 @@ on the network's style vector, refined by a first segmentation's median mask dia
 here the segmentation itself at several scales is the size model, which needs no second
 network and works for any exported model that records its diameter.
 
-Cost: at most ``len(factors) + REFINE_STEPS`` windows of ``probe_size``² model pixels (16 passes,
-~1 MP of model work with the defaults, about what a 1024² image costs), whatever the image size.
+Cost: at most ``len(factors) + REFINE_STEPS`` windows of ``probe_size``² model pixels (16 windows,
+~1 MP of model work with the defaults, about what a 1024² image costs), whatever the image size;
+the ladder's windows of one shape go to the model together (up to the caller's batch size).
 """
 
 from __future__ import annotations
