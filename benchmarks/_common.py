@@ -30,6 +30,11 @@ if str(REPO) not in sys.path:  # the scripts import ``service`` from the checkou
     sys.path.insert(0, str(REPO))
 
 PLOTS = REPO / "docs" / "bench"
+#: The bundled model, for the benchmarks that always measure it.
+BUNDLED_MODEL = REPO / "models" / "nuclei-unet.onnx"
+#: A server environment that keeps every request on the in-memory path: a
+#: UNET_WINDOWED_MIN_PIXELS that no image reaches.
+IN_MEMORY_ONLY = {"UNET_WINDOWED_MIN_PIXELS": str(1 << 40)}
 # The training run the bundled model was exported from (models/README.md; runs/ is not in git).
 DEFAULT_CHECKPOINT = REPO / "runs" / "glow" / "best.pt"
 CACHE = Path(tempfile.gettempdir()) / "unet-bench-cache"

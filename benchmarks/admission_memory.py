@@ -15,9 +15,7 @@ import argparse
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from _common import REPO, PeakRss, Service, encode_png, machine, markdown_table, nuclei_image
-
-MODEL = REPO / "models" / "nuclei-unet.onnx"
+from _common import BUNDLED_MODEL, PeakRss, Service, encode_png, machine, markdown_table, nuclei_image
 
 
 def run(sizes: list[int], pair: int | None, threads: int, output: str) -> list[list[object]]:
@@ -25,7 +23,7 @@ def run(sizes: list[int], pair: int | None, threads: int, output: str) -> list[l
     cases: list[tuple[int, int]] = [(s, 1) for s in sizes] + ([(pair, 2)] if pair else [])
     for size, count in cases:
         body = encode_png(nuclei_image(size))
-        with Service(MODEL, threads) as svc:
+        with Service(BUNDLED_MODEL, threads) as svc:
             idle = PeakRss(svc.pid).rss()
             params = {"diameter": 20, "output": output}
             with PeakRss(svc.pid) as peak, ThreadPoolExecutor(count) as pool:

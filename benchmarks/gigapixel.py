@@ -44,7 +44,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    REPO,
+    BUNDLED_MODEL,
+    IN_MEMORY_ONLY,
     Service,
     cpu_seconds,
     encode_png,
@@ -54,13 +55,10 @@ from _common import (  # noqa: E402
     vm_hwm,
 )
 
-MODEL = REPO / "models" / "nuclei-unet.onnx"
-NEVER = str(1 << 40)  # UNET_WINDOWED_MIN_PIXELS no image reaches: the in-memory path
-
 
 def run_job(slide: Path, diameter: float, threads: int, jobs_dir: Path) -> dict:
     env = {"UNET_DATA_ROOT": str(slide.parent), "UNET_JOBS_DIR": str(jobs_dir)}
-    with Service(MODEL, threads, env) as service:
+    with Service(BUNDLED_MODEL, threads, env) as service:
         service.segment(encode_png(nuclei_image(512)), {"output": "mask"})  # warm-up
         cpu = cpu_seconds(service.pid)
         started = time.perf_counter()
@@ -98,7 +96,7 @@ def run_crop(
         level0 = zarr.open(tif.series[0].aszarr(level=0), mode="r")
         image = np.asarray(level0[y : y + n, x : x + n])
     body = encode_png(image)
-    with Service(MODEL, threads, env) as service:
+    with Service(BUNDLED_MODEL, threads, env) as service:
         service.segment(encode_png(nuclei_image(512)), {"output": "mask"})  # warm-up
         cpu = cpu_seconds(service.pid)
         started = time.perf_counter()
@@ -149,7 +147,7 @@ def main() -> None:
 
     from service.engine import Engine  # the model's diameter, read from its metadata
 
-    metadata = Engine.load(MODEL, providers=("CPUExecutionProvider",)).metadata
+    metadata = Engine.load(BUNDLED_MODEL, providers=("CPUExecutionProvider",)).metadata
     diameter = args.diameter or metadata.nucleus_diameter
     if args.crop[0] % metadata.size_divisor or args.crop[1] % metadata.size_divisor:
         print(f"warning: the crop does not start on the model's {metadata.size_divisor}-px pooling grid: "
@@ -157,7 +155,7 @@ def main() -> None:
     jobs_dir = Path(tempfile.mkdtemp(prefix="gigapixel-jobs-"))
     try:
         job = run_job(args.slide, diameter, args.threads, jobs_dir)
-        in_memory = {"UNET_WINDOWED_MIN_PIXELS": NEVER}
+        in_memory = IN_MEMORY_ONLY
         crop = run_crop(args.slide, tuple(args.crop), diameter, args.threads, in_memory)
         # today's default for an image of the crop's size (band by band above UNET_WINDOWED_MIN_PIXELS)
         default = run_crop(args.slide, tuple(args.crop), diameter, args.threads, {})

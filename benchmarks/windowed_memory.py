@@ -32,6 +32,8 @@ from pathlib import Path
 
 import psutil
 from _common import (
+    BUNDLED_MODEL,
+    IN_MEMORY_ONLY,
     REPO,
     PeakRss,
     Service,
@@ -43,9 +45,7 @@ from _common import (
     vm_hwm,
 )
 
-MODEL = REPO / "models" / "nuclei-unet.onnx"
 WARM_UP = 512
-NEVER = str(1 << 40)  # UNET_WINDOWED_MIN_PIXELS that no image reaches: today's in-memory path
 
 
 def server_timing(header: str | None) -> str:
@@ -58,7 +58,7 @@ def server_timing(header: str | None) -> str:
 
 def one_request(env: dict[str, str], body: bytes, warm: bytes, threads: int) -> dict:
     """A fresh service: warm-up, then one default ``output=mask`` request with its peaks."""
-    with Service(MODEL, threads, env) as service:
+    with Service(BUNDLED_MODEL, threads, env) as service:
         service.segment(warm, {"output": "mask"})
         before = vm_hwm(service.pid)  # start-up and warm-up, before PeakRss resets the mark
         monitor = PeakRss(service.pid)
@@ -85,7 +85,7 @@ def memory_table(sizes: list[int], threads: int, tiles: list[int], in_memory: bo
     warm = encode_png(nuclei_image(WARM_UP))
     rows = []
     digests: dict[int, set[str]] = {}
-    paths = [("in-memory", {"UNET_WINDOWED_MIN_PIXELS": NEVER})] if in_memory else []
+    paths = [("in-memory", IN_MEMORY_ONLY)] if in_memory else []
     paths += [(f"windowed, tile {t}", {"UNET_WINDOWED_TILE_SIZE": str(t)}) for t in tiles]
     for size in sizes:
         body = encode_png(nuclei_image(size))
@@ -119,7 +119,7 @@ def cpu_ratio_table(rounds: int, threads: int, tiles: list[int], baseline: Path 
     for tile in [*tiles, 2048]:
         env = {"UNET_WINDOWED_MIN_PIXELS": "1", "UNET_WINDOWED_TILE_SIZE": str(tile)}
         variants[f"windowed forced, tile {tile}"] = (env, REPO)
-    services = {name: Service(MODEL, threads, env, cwd) for name, (env, cwd) in variants.items()}
+    services = {name: Service(BUNDLED_MODEL, threads, env, cwd) for name, (env, cwd) in variants.items()}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     wall: dict[str, list[float]] = {name: [] for name in variants}
     digests: dict[str, set[str]] = {name: set() for name in variants}
