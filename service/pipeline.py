@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 
 from service import objects, postprocess, rescale, segment, windows
-from service.diameter import estimate_diameter
+from service.diameter import PROBE_FACTORS, estimate_diameter
 from service.modality import check_modality
 from service.model_metadata import ModelMetadata
 from service.preprocess import to_channels
@@ -79,6 +79,16 @@ def choose_scale(
     source: DiameterSource = "request"
     if diameter is None:
         estimate = estimate_diameter(image, infer, metadata, params, threshold, batch_size=batch_size)
+        if estimate.out_of_range is not None:
+            return ScaleChoice(
+                None,
+                "model-scale",
+                1.0,
+                f"the size estimate read {estimate.out_of_range:.1f} px, outside the "
+                f"{model_diameter / max(PROBE_FACTORS):.0f}–{model_diameter / min(PROBE_FACTORS):.0f} px "
+                "it can measure (a field without nuclei reads as specks of noise); the image was "
+                "segmented as it is (send diameter=... if it does hold nuclei)",
+            )
         if estimate.diameter is None:
             return ScaleChoice(
                 None,

@@ -104,6 +104,23 @@ def test_the_ladder_runs_in_batches_with_the_same_answer_as_one_probe_at_a_time(
     assert max(batches) == 2 and limited == together
 
 
+@pytest.mark.parametrize("seed", [6_100_001, 6_100_027])
+def test_a_field_of_noise_without_nuclei_is_not_enlarged(model: Engine, seed: int) -> None:
+    # Noise, background and haze without nuclei (1 and 0 true ones): its specks read 1.6 and
+    # 3.1 px, and the image used to be enlarged ×12 and ×6 into thousands of "nuclei".
+    from service import pipeline
+
+    image, _ = synth_nuclei(seed, 512, SynthConfig(coverage=(0.0, 0.0)))
+    params = params_for_model(model.metadata)
+    estimate = estimate_diameter(image, model.run, model.metadata, params)
+    smallest = model.metadata.nucleus_diameter / max(PROBE_FACTORS)
+    assert estimate.diameter is None and estimate.out_of_range is not None
+    assert estimate.out_of_range < smallest
+    scale = pipeline.choose_scale(image, model.run, model.metadata, params, None, None, 10**8)
+    assert (scale.source, scale.factor, scale.diameter) == ("model-scale", 1.0, None)
+    assert "outside" in scale.warning and "diameter=" in scale.warning
+
+
 def test_an_empty_image_has_no_diameter(model: Engine) -> None:
     flat = np.full((300, 300), 100, np.uint16)
     estimate = estimate_diameter(flat, model.run, model.metadata, params_for_model(model.metadata))
