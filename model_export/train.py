@@ -211,11 +211,12 @@ def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.
     if not train_items or not val_items:
         raise SystemExit(f"--dsb {args.dsb}: {len(items)} fluorescence images; too few to split by series")
     jitter = (1 / args.scale_jitter, args.scale_jitter)
+    synthetic_radius = parse_radius_range(args.synthetic_radius)
     as_tuples = [(i.image, i.labels, i.diameter) for i in train_items]
     train_set = ScaledDataset(
         as_tuples, args.patch, args.diameter, jitter, args.synthetic, args.in_channels, args.seed,
         samples_per_epoch=max(len(train_items), args.batch_size) * 16,
-        synthetic_radius=parse_radius_range(args.synthetic_radius),
+        synthetic_radius=synthetic_radius,
     )
     val_set = ScaledDataset(
         [(i.image, i.labels, i.diameter) for i in val_items], args.patch, args.diameter,
@@ -235,7 +236,7 @@ def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.
         "nucleus_diameter_px": args.diameter,
         "scale_jitter": args.scale_jitter,
         "synthetic_share": args.synthetic,
-        "synthetic_radius_px": list(parse_radius_range(args.synthetic_radius) or []) or None,
+        "synthetic_radius_px": synthetic_radius,  # a tuple: export stores it as JSON (a list)
     }
     print(
         f"DSB: {len(items)} fluorescence images, {len(train_items)} train / {len(val_items)} val "
