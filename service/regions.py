@@ -19,6 +19,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+#: Sources whose chunks are taller than this are read as they are (:func:`by_chunk_rows`): a kept
+#: block of rows costs its height × the width, and a tile row's input strip is about this tall.
+MAX_BLOCK_ROWS = 1024
+
 
 @runtime_checkable
 class RegionSource(Protocol):
@@ -58,6 +62,71 @@ class ArraySource:
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         check_window(self.shape, y0, y1, x0, x1)
         return self.image[y0:y1, x0:x1]
+
+
+class RowBlockReader:
+    """A lazy source read in whole blocks of rows (its chunk rows), the last block kept.
+
+    Compressed files decode whole chunks: a 64-row read of a slide stored in 512² tiles decodes
+    the 512-row chunk row under it, so the slide job's sequential reads (64-row output bands,
+    the histogram's 128-row windows on a 32768-px-wide slide, tile rows that overlap the last
+    one) decoded most chunk rows several times — 0.72 s of wall time (1.25 CPU-s) per 1024 rows
+    in 64-row reads against 0.11–0.17 s (0.2 CPU-s) in whole chunk rows (issue #16). Here each
+    block is read once as long as reads move down the image: the block under a read's last row
+    is kept for the next read. Full-width reads only go through blocks; others pass through.
+
+    Memory: one block (``block_rows`` × the width) beyond what the reads return. Not thread-safe:
+    one reader per thread.
+    """
+
+    def __init__(self, source: RegionSource, block_rows: int) -> None:
+        if block_rows < 1:
+            raise ValueError(f"block_rows must be positive, got {block_rows}")
+        self.source = source
+        self.block_rows = int(block_rows)
+        self._kept: tuple[int, np.ndarray] | None = None  # (block index, its rows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.source.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.source.dtype
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        check_window(self.shape, y0, y1, x0, x1)
+        height, width = self.shape[:2]
+        if (x0, x1) != (0, width):
+            return self.source.read(y0, y1, x0, x1)
+        step = self.block_rows
+        first, last = y0 // step, (y1 - 1) // step
+        out = np.empty((y1 - y0, *self.shape[1:]), self.dtype)
+        for block in range(first, last + 1):
+            top, bottom = max(y0, block * step), min(y1, (block + 1) * step)
+            if self._kept is not None and self._kept[0] == block:
+                rows = self._kept[1][top - block * step : bottom - block * step]
+            elif block == last:
+                # the next read (further down) most likely starts in this block: read all of it,
+                # after letting the last one go (one block held, not two)
+                self._kept = None
+                whole = self.source.read(block * step, min(height, (block + 1) * step), 0, width)
+                self._kept = (block, whole)
+                rows = whole[top - block * step : bottom - block * step]
+            else:
+                rows = self.source.read(top, bottom, 0, width)
+            out[top - y0 : bottom - y0] = rows
+        return out
+
+
+def by_chunk_rows(source: RegionSource) -> RegionSource:
+    """``source`` behind a :class:`RowBlockReader` of its chunk height when it decodes by chunk
+    (``chunk_rows``: rows per chunk of a compressed file; None or absent for in-memory and
+    uncompressed sources, which read any rows at the cost of those rows), else ``source``."""
+    rows = getattr(source, "chunk_rows", None)
+    if rows is None or not 1 < rows <= MAX_BLOCK_ROWS:
+        return source
+    return RowBlockReader(source, rows)
 
 
 def check_window(shape: tuple[int, ...], y0: int, y1: int, x0: int, x1: int) -> None:

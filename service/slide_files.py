@@ -156,6 +156,15 @@ class SlideSource:
     def pixel_size(self) -> PixelSize | None:
         return self.plane.pixel_size
 
+    @property
+    def chunk_rows(self) -> int | None:
+        """Rows per chunk of level 0 when a read decodes whole chunks (tiles, strips, Zarr
+        chunks); None for an uncompressed contiguous series (read by byte range)."""
+        array = self._levels[0].array
+        if isinstance(array, _MappedArray):
+            return None
+        return int(array.chunks[self._axes.index("Y")])
+
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """The pixels ``[y0:y1, x0:x1]`` of level 0; decodes only the chunks they lie in."""
         return self.read_level(0, y0, y1, x0, x1)

@@ -42,7 +42,7 @@ from service.object_table import ObjectTableWriter
 from service.objects import ObjectParams, ObjectRow
 from service.omezarr import OmeZarrWriter
 from service.preprocess import to_channels
-from service.regions import RegionSource
+from service.regions import RegionSource, by_chunk_rows
 from service.segment import Infer
 from service.slide_files import Overview, overview
 from service.windows import RowBand, WindowedPrediction
@@ -185,11 +185,15 @@ def segment_slide(
             bands = prediction.bands(
                 threshold, params, labels=True, probability=True, output_rows=output_rows
             )
+            # The table's intensities, band by band: whole chunk rows, each decoded once.
+            intensities = by_chunk_rows(source)
             with _Behind(WRITE_AHEAD) as behind:
                 for band in bands:
                     # the model's thread reads the source too: tifffile's store serialises its file
                     # reads with a lock, zarr's stores and arrays are safe to read from threads
-                    intensity = to_channels(source.read(band.y0, band.y0 + band.mask.shape[0], 0, width), 1)
+                    intensity = to_channels(
+                        intensities.read(band.y0, band.y0 + band.mask.shape[0], 0, width), 1
+                    )
                     behind.submit(store, band, intensity)
             rest = stream.finish()
             table.write(rest)

@@ -58,7 +58,7 @@ from service.preprocess import (
     sample_percentiles,
     to_channels,
 )
-from service.regions import ArraySource, RegionSource, check_window
+from service.regions import ArraySource, RegionSource, by_chunk_rows, check_window
 from service.segment import Cancelled, Infer, apply_activation, resolve_tiling
 from service.settings import Settings
 from service.tiling import BandStitcher, TilePlan, plan_tiles, reflect_index
@@ -200,19 +200,27 @@ class ModelRows:
 
     def __init__(self, source: RegionSource, metadata: ModelMetadata, factor: float) -> None:
         self.metadata = metadata
+        self.input = source
         self.input_shape = (int(source.shape[0]), int(source.shape[1]))
         self.shape = self.input_shape if factor == 1.0 else rescale.scaled_shape(self.input_shape, factor)
         self.resized = self.shape != self.input_shape
-        self.source: RegionSource = (
-            ResampledSource(source, metadata.in_channels, self.shape) if self.resized else source
-        )
+        self.source: RegionSource = self._model_scale(source)
         self.limits: list[tuple[float, float]] | None = None
+
+    def _model_scale(self, source: RegionSource) -> RegionSource:
+        return ResampledSource(source, self.metadata.in_channels, self.shape) if self.resized else source
 
     def prepare_limits(self, limits: list[tuple[float, float]] | None = None) -> list[tuple[float, float]]:
         """The normalisation limits: ``limits`` if given, else those of the whole (resized) image,
-        in one pass over it window by window."""
+        in one pass over it window by window.
+
+        The pass reads whole chunk rows of a compressed source (``regions.by_chunk_rows``): its
+        windows are a few MP of whole rows, 128 rows of a 32768-px-wide slide, and each 512-row
+        chunk row would be decoded four times. Tile rows are read without it: they are taller than
+        a chunk row, and a kept block would add its rows × the width to the peak memory."""
         if limits is None:
-            limits = source_limits(self.source, self.metadata.in_channels, self.metadata)
+            whole_rows = self._model_scale(by_chunk_rows(self.input))
+            limits = source_limits(whole_rows, self.metadata.in_channels, self.metadata)
         self.limits = limits
         return limits
 

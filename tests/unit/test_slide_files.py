@@ -58,6 +58,7 @@ def test_tiled_ome_tiff_windows_equal_crops_of_the_chosen_channel(cyx):
             for y0, y1, x0, x1 in windows:
                 assert np.array_equal(source.read(y0, y1, x0, x1), data[index, y0:y1, x0:x1])
             assert source.plane.channel is not None and source.plane.channel.index == index
+            assert source.chunk_rows == 128  # the tile height
     assert source.pixel_size is not None and (source.pixel_size.x_um, source.pixel_size.y_um) == (0.5, 0.5)
     assert source.levels == [(700, 900), (350, 450), (175, 225)]
     with pytest.raises(ValueError):
@@ -121,9 +122,11 @@ def test_strip_tiffs_read_by_window_and_huge_compressed_strips_are_refused(tmp_p
     tifffile.imwrite(path, data, compression="zlib", rowsperstrip=16)
     with open_slide(path, max_pixels=BIG, limits=100) as source:
         assert np.array_equal(source.read(100, 420, 33, 1100), data[100:420, 33:1100])
+        assert source.chunk_rows == 16  # a read decodes whole strips
     # one uncompressed strip of the whole plane (ImageJ's way): read through a per-read map
     tifffile.imwrite(path, data, rowsperstrip=1000)
     with open_slide(path, max_pixels=BIG, limits=100) as source:
+        assert source.chunk_rows is None  # read by byte range: any rows cost only those rows
         assert np.array_equal(source.read(999, 1000, 0, 1200), data[999:1000])
         assert np.array_equal(source.read(17, 509, 1000, 1199), data[17:509, 1000:1199])
     # one compressed strip of 6000² × 1 B = 34 MiB: every window would decode all of it
@@ -171,6 +174,7 @@ def test_ome_zarr_input_level_zero_axes_and_scale(tmp_path, fmt):
         assert source.shape == (300, 260) and source.dtype == np.uint16
         assert np.array_equal(source.read(31, 290, 5, 199), data[1, 2, 31:290, 5:199])
         assert source.pixel_size is not None and source.pixel_size.x_um == 0.25
+        assert source.chunk_rows == 64  # the chunks' y edge (axis 2 of 4)
         assert source.plane.layout.format == f"OME-Zarr {fmt.version}"
         assert source.levels[0] == (300, 260) and len(source.levels) == 3
         small = overview(source, 80 * 70)
