@@ -26,12 +26,14 @@ The U-Net paper's overlap-tile strategy, with MONAI-style explicit parameters:
    the total weight of every pixel is ≥ 1: no division by a near-zero sum (the
    instability MONAI avoids by clamping its Gaussian).
 
-3. :class:`Stitcher` blends tile outputs into full-size accumulators as a running
-   weighted mean, ``mean += w / W * (x - mean)``, which is exact wherever the tiles
-   agree: an identity model reproduces its input bit for bit.
+3. :class:`Stitcher` blends tile outputs, in raster order, into a full-size accumulator as
+   a running weighted mean, ``mean += w / W * (x - mean)``, which is exact wherever the
+   tiles agree: an identity model reproduces its input bit for bit. ``W``, the weight of
+   the tiles so far, comes from per-axis sums (:meth:`TilePlan.total_weight_so_far`: the
+   weights are separable and the tiles a grid), not from a second full-size buffer.
 
-Memory: the padded input, one batch of tiles, and the ``(K, H, W)`` + ``(H, W)``
-float32 accumulators; tiles are cut lazily (:func:`iter_tile_batches`), never all at once.
+Memory: the padded input, one batch of tiles, and the ``(K, H, W)`` float32 accumulator;
+tiles are cut lazily (:func:`iter_tile_batches`), never all at once.
 """
 
 from __future__ import annotations
@@ -121,6 +123,22 @@ class TilePlan:
             self.tile_h, self.tile_w, self.margin, self.ramp,
             top=iy > 0, bottom=iy < ny - 1, left=ix > 0, right=ix < nx - 1,
         )
+
+    def total_weight_so_far(self, index: int) -> np.ndarray:
+        """``(tile_h, tile_w)`` float32: the summed weights of tiles ``0 … index`` (raster order)
+        over tile ``index``'s footprint — what a running-mean stitcher divides by.
+
+        The weights are separable and the tiles a grid, so the sum is ``before(y) · all(x) +
+        w_row(y) · upto(x)`` from per-axis sums (:func:`axis_weight_sums`): no full-size weight
+        accumulator (a float32 per pixel: half the band stitcher's buffer with one channel).
+        """
+        iy, ix = divmod(index, len(self.cols.starts))
+        rows, cols = axis_weight_sums(self.rows, self.margin, self.ramp), axis_weight_sums(
+            self.cols, self.margin, self.ramp
+        )
+        total = np.multiply.outer(rows.before[iy], cols.every[ix])
+        total += np.multiply.outer(rows.profiles[iy], cols.upto[ix])
+        return total
 
     @property
     def compute_ratio(self) -> float:
@@ -270,6 +288,36 @@ def blend_weights(
     return weights
 
 
+@dataclass(frozen=True)
+class AxisWeightSums:
+    """Per tile ``k`` of an axis, over its own span (float32, ``(tile,)`` each): its blending
+    ``profiles[k]``, and the profiles summed over the tiles ``before[k]`` it, ``upto[k]`` and
+    including it, and ``every`` tile (``every[k]``), in tile order."""
+
+    profiles: tuple[np.ndarray, ...]
+    before: tuple[np.ndarray, ...]
+    upto: tuple[np.ndarray, ...]
+    every: tuple[np.ndarray, ...]
+
+
+@lru_cache(maxsize=16)
+def axis_weight_sums(axis: AxisPlan, margin: int, ramp: int) -> AxisWeightSums:
+    """The per-axis sums :meth:`TilePlan.total_weight_so_far` combines (computed once per axis)."""
+    n = len(axis.starts)
+    profiles = tuple(blend_profile(axis.tile, margin, ramp, k > 0, k < n - 1) for k in range(n))
+    running = np.zeros(axis.padded, dtype=np.float32)
+    before, upto = [], []
+    for start, profile in zip(axis.starts, profiles, strict=True):
+        span = slice(start, start + axis.tile)
+        before.append(running[span].copy())
+        running[span] += profile
+        upto.append(running[span].copy())
+    every = tuple(running[start : start + axis.tile].copy() for start in axis.starts)
+    for array in (*profiles, *before, *upto, *every):
+        array.setflags(write=False)
+    return AxisWeightSums(profiles, tuple(before), tuple(upto), every)
+
+
 def total_weight(plan: TilePlan) -> np.ndarray:
     """The ``(H, W)`` float32 sum of all tiles' weights over the image (diagnostics, tests).
 
@@ -291,7 +339,7 @@ def total_weight(plan: TilePlan) -> np.ndarray:
 class Stitcher:
     """Blend tile outputs into a full-size ``(K, H, W)`` float32 result.
 
-    ``add`` tiles in any order (each once); ``result`` returns the weighted mean of all
+    ``add`` tiles in raster order (each once); ``result`` returns the weighted mean of all
     tile outputs covering each pixel, cropped to the image.
     """
 
@@ -299,12 +347,13 @@ class Stitcher:
         self.plan = plan
         self.channels = channels
         self.mean = np.zeros((channels, plan.height, plan.width), dtype=np.float32)
-        self.weight = np.zeros((plan.height, plan.width), dtype=np.float32)
         self.added = 0
 
     def add(self, index: int, output: np.ndarray) -> None:
-        """Blend the ``(K, tile_h, tile_w)`` output of tile ``index`` into the accumulators."""
+        """Blend the ``(K, tile_h, tile_w)`` output of tile ``index`` (the next in raster order)."""
         plan = self.plan
+        if index != self.added:
+            raise ValueError(f"tiles must come in raster order: expected tile {self.added}, got {index}")
         if output.shape != (self.channels, plan.tile_h, plan.tile_w):
             raise ValueError(
                 f"tile output has shape {output.shape}; expected {(self.channels, plan.tile_h, plan.tile_w)}"
@@ -317,13 +366,9 @@ class Stitcher:
         self.added += 1
         if y0 >= y1 or x0 >= x1:
             return
-        w = plan.tile_weights(index)[y0 - y : y1 - y, x0 - x : x1 - x]
+        share = _share(plan, index, (y0 - y, y1 - y), (x0 - x, x1 - x))
         out = output[:, y0 - y : y1 - y, x0 - x : x1 - x]
         image = (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
-        total = self.weight[image]
-        total += w
-        # share of this tile in the running mean; 0 where neither it nor earlier tiles count
-        share = np.divide(w, total, out=np.zeros_like(w), where=total > 0)
         mean = self.mean[(slice(None), *image)]
         delta = out - mean
         delta *= share
@@ -334,6 +379,15 @@ class Stitcher:
         if self.added < self.plan.n_tiles:
             raise RuntimeError(f"only {self.added} of {self.plan.n_tiles} tiles were added")
         return self.mean
+
+
+def _share(plan: TilePlan, index: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+    """Tile ``index``'s share in the running mean over its ``rows`` × ``cols`` (tile coordinates):
+    its weight over the weight of every tile so far; 0 where neither it nor earlier tiles count.
+    The one computation both stitchers make, so their results agree bit for bit."""
+    w = plan.tile_weights(index)[rows[0] : rows[1], cols[0] : cols[1]]
+    total = plan.total_weight_so_far(index)[rows[0] : rows[1], cols[0] : cols[1]]
+    return np.divide(w, total, out=np.zeros_like(w), where=total > 0)
 
 
 def reflect_index(index: np.ndarray, length: int) -> np.ndarray:
@@ -362,7 +416,7 @@ class BandStitcher:
     :class:`Stitcher`'s for the same plan and tiles, bit for bit: each pixel sees the same tiles
     in the same order and the same float32 operations.
 
-    Memory: ``(K + 1) × tile_h × W`` float32, whatever the image's height.
+    Memory: ``K × tile_h × W`` float32, whatever the image's height.
     """
 
     def __init__(self, plan: TilePlan, channels: int) -> None:
@@ -374,7 +428,6 @@ class BandStitcher:
         self._handed = 0  # rows handed back by the last add, dropped at the next one
         rows = min(plan.tile_h, plan.height)
         self.mean = np.zeros((channels, rows, plan.width), dtype=np.float32)
-        self.weight = np.zeros((rows, plan.width), dtype=np.float32)
 
     def _image_rows(self, tile_row: int) -> tuple[int, int]:
         """Image rows ``[y0, y1)`` tile row ``tile_row`` covers (clipped to the image)."""
@@ -389,7 +442,6 @@ class BandStitcher:
             return
         keep = self.valid - h
         self.mean[:, :keep] = self.mean[:, h : self.valid]
-        self.weight[:keep] = self.weight[h : self.valid]
         self.top += h
         self.valid = keep
         self._handed = 0
@@ -400,14 +452,12 @@ class BandStitcher:
         need = y1 - self.top
         if need <= self.valid:
             return
-        if need > self.weight.shape[0]:  # not for plans from plan_tiles; kept for safety
-            grow = need - self.weight.shape[0]
+        if need > self.mean.shape[1]:  # not for plans from plan_tiles; kept for safety
+            grow = need - self.mean.shape[1]
             self.mean = np.concatenate(
                 [self.mean, np.empty((self.channels, grow, self.plan.width), np.float32)], axis=1
             )
-            self.weight = np.concatenate([self.weight, np.empty((grow, self.plan.width), np.float32)])
         self.mean[:, self.valid : need] = 0.0
-        self.weight[self.valid : need] = 0.0
         self.valid = need
 
     def add(self, index: int, output: np.ndarray) -> tuple[int, np.ndarray] | None:
@@ -436,13 +486,10 @@ class BandStitcher:
         self.added += 1
         if y0 < y1 and x0 < x1:
             # exactly Stitcher.add's arithmetic, on rows counted from self.top
-            w = plan.tile_weights(index)[y0 - y : y1 - y, x0 - x : x1 - x]
+            share = _share(plan, index, (y0 - y, y1 - y), (x0 - x, x1 - x))
             out = output[:, y0 - y : y1 - y, x0 - x : x1 - x]
             rows = slice(y0 - top - self.top, y1 - top - self.top)
             cols = slice(x0 - left, x1 - left)
-            total = self.weight[rows, cols]
-            total += w
-            share = np.divide(w, total, out=np.zeros_like(w), where=total > 0)
             mean = self.mean[:, rows, cols]
             delta = out - mean
             delta *= share

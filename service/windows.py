@@ -25,7 +25,7 @@ What ``segment.predict`` + ``pipeline.on_input_grid`` compute, without full-size
    neighbour (``rescale.resize_labels``' index arithmetic), the mask thresholded after.
 
 Memory: the source, the rows of one tile row (``C × tile_h × W`` in the source's dtype), the
-stitcher's buffer (``(K' + 1) × tile_h × W`` float32 for the ``K'`` channels read), one finished
+stitcher's buffer (``K' × tile_h × W`` float32 for the ``K'`` channels read), one finished
 band handed over (``K' × step × W`` float32), the carried rows and the outputs a caller keeps.
 Tile rows use the model's whole width, so a band's width is the image's.
 

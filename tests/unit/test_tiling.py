@@ -174,3 +174,30 @@ def test_border_padding_can_be_reduced(border):
     assert total_weight(plan).min() >= 1.0 - 1e-6
     bare = plan_tiles(2048, 2048, 2048, 96, 48, 16, border=0)
     assert bare.compute_ratio == 1.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(plan_args)
+def test_weight_so_far_is_the_sum_of_the_tiles_added_so_far(args):
+    """The stitchers divide by per-axis sums instead of accumulating a weight map: the same sums."""
+    height, width, tile_size, overlap, margin, divisor = args
+    plan = plan_tiles(height, width, tile_size, overlap, margin, divisor)
+    accumulated = np.zeros(plan.padded_shape, np.float64)
+    for index in range(plan.n_tiles):
+        y, x = plan.tile_origin(index)
+        footprint = (slice(y, y + plan.tile_h), slice(x, x + plan.tile_w))
+        accumulated[footprint] += plan.tile_weights(index)
+        so_far = plan.total_weight_so_far(index)
+        assert so_far.dtype == np.float32 and so_far.shape == (plan.tile_h, plan.tile_w)
+        np.testing.assert_allclose(so_far, accumulated[footprint], rtol=1e-6, atol=1e-6)
+    image = (slice(plan.rows.pad_before, plan.rows.pad_before + height),
+             slice(plan.cols.pad_before, plan.cols.pad_before + width))
+    np.testing.assert_allclose(accumulated[image], total_weight(plan), rtol=1e-6)
+
+
+def test_stitcher_takes_tiles_in_raster_order_only():
+    plan = plan_tiles(100, 100, 40, 16, 4, 2)
+    stitcher = Stitcher(plan, 1)
+    stitcher.add(0, np.zeros((1, plan.tile_h, plan.tile_w), np.float32))
+    with pytest.raises(ValueError, match="raster order"):
+        stitcher.add(2, np.zeros((1, plan.tile_h, plan.tile_w), np.float32))

@@ -78,7 +78,7 @@ def test_band_stitcher_equals_stitcher_bit_for_bit(height, width, tile, overlap,
     stitched = np.concatenate([band for _, band in rows], axis=1)
     assert stitched.shape == (2, height, width)
     np.testing.assert_array_equal(stitched, whole.result())
-    assert bands.weight.shape[0] <= plan.tile_h  # never more rows than a tile's height
+    assert bands.mean.shape[1] <= plan.tile_h  # never more rows than a tile's height
 
 
 def test_band_stitcher_takes_tiles_in_raster_order_only():
