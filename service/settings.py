@@ -164,8 +164,8 @@ class Settings(BaseSettings):
         ge=1,
         description="largest slide width × height read window by window from a file "
         "(service/slide_files.py); memory does not grow with the height, but grows with the width "
-        "(bands span it: peak RSS ~1.2 GB at 12,288 px wide, ~1.8 GB at 32,768, ~3.3 GB projected at "
-        "100,000; docs/benchmarks.md), time and output size grow with both",
+        "(bands span it: peak RSS ~1.7 GB at 32,768 px wide, ~2.8 GB projected at 100,000; "
+        "docs/benchmarks.md §9), time and output size grow with both",
     )
     max_tiff_pages: int = Field(
         10_000, ge=1, description="most pages (IFDs) a TIFF may have; counted before they are indexed"

@@ -128,9 +128,10 @@ class TilePlan:
         """``(tile_h, tile_w)`` float32: the summed weights of tiles ``0 … index`` (raster order)
         over tile ``index``'s footprint — what a running-mean stitcher divides by.
 
-        The weights are separable and the tiles a grid, so the sum is ``before(y) · all(x) +
-        w_row(y) · upto(x)`` from per-axis sums (:func:`axis_weight_sums`): no full-size weight
-        accumulator (a float32 per pixel: half the band stitcher's buffer with one channel).
+        The weights are separable and the tiles a grid, so the sum is ``before(y) · every(x) +
+        profile(y) · upto(x)`` from per-axis sums (:func:`axis_weight_sums`): the tile rows above
+        in full, and this tile row up to this tile. No full-size weight accumulator (a float32 per
+        pixel: half the band stitcher's buffer with one channel).
         """
         iy, ix = divmod(index, len(self.cols.starts))
         rows, cols = axis_weight_sums(self.rows, self.margin, self.ramp), axis_weight_sums(

@@ -1,12 +1,26 @@
-"""service.regions: the row-block reader serves the same pixels as its source and reads each block of
-rows once while reads move down the image (a compressed slide decodes whole chunk rows)."""
+"""service.regions: the in-memory source reads windows as views; the row-block reader serves the same
+pixels as its source and reads each block of rows once while reads move down the image (a
+compressed slide decodes whole chunk rows)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from service.regions import MAX_BLOCK_ROWS, ArraySource, RowBlockReader, by_chunk_rows
+from service.regions import MAX_BLOCK_ROWS, ArraySource, RegionSource, RowBlockReader, by_chunk_rows
+
+
+def test_array_source_reads_windows_as_views_and_refuses_windows_outside():
+    image = np.arange(60, dtype=np.uint16).reshape(6, 10)
+    source = ArraySource(image)
+    assert isinstance(source, RegionSource)
+    assert source.shape == (6, 10) and source.dtype == np.uint16
+    assert np.array_equal(source.read(1, 3, 2, 5), image[1:3, 2:5])
+    assert np.shares_memory(source.read(1, 3, 2, 5), image)
+    with pytest.raises(ValueError):
+        source.read(0, 7, 0, 1)
+    with pytest.raises(ValueError):
+        source.read(2, 2, 0, 1)
 
 
 class CountingSource(ArraySource):
