@@ -26,6 +26,7 @@ half store behind.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -301,6 +302,10 @@ class LocalSlideSegmenter:
                 self.progress(job, None, None)
         result.ok, result.pixels, result.object_count = True, slide.width * slide.height, slide.objects
         return result
+
+    def use_diameter(self, diameter: float) -> None:
+        """Segment every slide at ``diameter`` from now on (between slides, not during)."""
+        self.options = dataclasses.replace(self.options, diameter=diameter)
 
     def interrupt(self) -> None:
         """Ctrl-C: slides being segmented stop at their next tile; their staging folders go."""

@@ -10,6 +10,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -319,6 +321,9 @@ def test_inputs_without_images_are_a_usage_error(images: Path, argv: list[str], 
     ["x.png", "--out", "o", "--url", "localhost:8000"],  # no scheme
     ["x.png", "--out", "o", "--url", "http://h", "--concurrency", "0"],
     ["x.png", "--out", "o", "--url", "http://h", "--output", "bogus"],
+    ["x.png", "--out", "o", "--url", "http://h", "--diameter", "twice"],
+    ["x.png", "--out", "o", "--url", "http://h", "--diameter", "-3"],
+    ["x.tif", "--out", "o", "--url", "http://h", "--output", "ome-zarr", "--diameter", "once"],
 ])
 def test_malformed_command_line_exits_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
@@ -470,3 +475,54 @@ def test_geojson_is_for_slides_and_is_asked_of_the_server(capsys) -> None:
     config = client.parse_config([*argv, "--output", "ome-zarr", "--geojson"])
     assert config.geojson and client.Segmenter(config).params["geojson"] == "true"
     assert "geojson" not in client.Segmenter(client.parse_config([*argv, "--output", "ome-zarr"])).params
+
+
+def estimating(diameters: dict[int, str]) -> Callable[[Request], Reply]:
+    """The service's size answers: an image without ``diameter=`` is estimated (``diameters`` by
+    its width; a width not listed has no nuclei: model scale), one with it is segmented at it."""
+
+    def behaviour(request: Request) -> Reply:
+        reply = segment_like_the_service(request)
+        sent = request.query.get("diameter")
+        width, _ = png_size(request.body)
+        if sent:
+            extra = {"X-Diameter-Source": "request", "X-Nucleus-Diameter": sent[0]}
+        elif width in diameters:
+            extra = {"X-Diameter-Source": "estimated", "X-Nucleus-Diameter": diameters[width]}
+        else:
+            extra = {"X-Diameter-Source": "model-scale"}
+        return replace(reply, headers={**reply.headers, **extra})
+
+    return behaviour
+
+
+def test_diameter_once_sends_the_median_of_the_first_estimates_with_the_rest(standin, tmp_path: Path,
+                                                                            capsys) -> None:
+    folder = tmp_path / "in"
+    for name, width in (("a", 11), ("b", 12), ("c", 13), ("d", 14), ("e", 15)):
+        write_png(folder / f"{name}.png", width, 9)
+    server = standin("a")
+    server.behaviour = estimating({11: "21.5", 12: "9.0", 13: "14.2", 14: "30.0", 15: "30.0"})
+    out = tmp_path / "out"
+    assert segment(folder, "--out", out, "--url", server.url, "--diameter", "once", "--concurrency", "4") == 0
+    by_width = {png_size(r.body)[0]: r.query.get("diameter") for r in server.requests}
+    # a, b, c (the first three in output order) are estimated; d and e get their median, 14.2 px
+    assert by_width == {11: None, 12: None, 13: None, 14: ["14.2"], 15: ["14.2"]}
+    assert [png_size(r.body)[0] for r in server.requests][3:] in ([14, 15], [15, 14])  # after the three
+    err = capsys.readouterr().err
+    assert "nucleus diameter 14.2 px for the batch (estimated on a.png, b.png, c.png)" in err
+    assert "5 written" in err and "--diameter 14.2 reuses it" in err
+
+
+def test_diameter_once_without_any_estimate_leaves_every_image_its_own(standin, tmp_path: Path,
+                                                                      capsys) -> None:
+    folder = tmp_path / "in"
+    for name, width in (("a", 11), ("b", 12), ("c", 13), ("d", 14)):
+        write_png(folder / f"{name}.png", width, 9)
+    server = standin("a")
+    server.behaviour = estimating({14: "20.0"})  # the first three are empty fields
+    assert segment(folder, "--out", tmp_path / "out", "--url", server.url, "--diameter", "once") == 0
+    assert all("diameter" not in r.query for r in server.requests) and len(server.requests) == 4
+    err = capsys.readouterr().err
+    assert "no nucleus diameter was estimated on the first 3 image(s)" in err
+    assert "for the batch" not in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -124,3 +125,28 @@ def test_model_option_is_for_local_mode_only(images: Path, tmp_path: Path) -> No
     assert both.returncode == 2 and "--model is for local mode" in both.stderr
     missing = unet_segment(str(images), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "none.onnx"))
     assert missing.returncode == 2 and "cannot load the model" in missing.stderr
+
+
+def test_diameter_once_segments_the_batch_at_the_scale_estimated_on_its_first_images(
+    images: Path, service_url: str, tmp_path: Path
+) -> None:
+    remote, local = tmp_path / "remote", tmp_path / "local"
+    by_server = unet_segment(str(images), "--out", str(remote), "--url", service_url, "--diameter", "once")
+    in_process = unet_segment(str(images), "--out", str(local), "--diameter", "once")
+    assert by_server.returncode == in_process.returncode == 1, by_server.stderr + in_process.stderr
+    # The first three images in output order: a.tif and b.tif estimated, broken.png failed; the
+    # median of the two estimates is sent with plate2/c.png.
+    said = [re.search(r"nucleus diameter ([\d.]+) px for the batch, estimated on 2 image", p.stderr)
+            for p in (by_server, in_process)]
+    assert said[0] and said[1], by_server.stderr + in_process.stderr
+    assert said[0].group(1) == said[1].group(1)
+    diameter = float(said[0].group(1))
+    assert "(estimated on a.tif, b.tif)" in by_server.stderr
+    # c.png was segmented at that diameter: what `--diameter PX` gives it, in both modes.
+    fixed_out = tmp_path / "fixed"
+    again = unet_segment(str(images / "plate2"), "--out", str(fixed_out), "--diameter", str(diameter))
+    assert again.returncode == 0, again.stderr
+    fixed = (fixed_out / "c.png").read_bytes()
+    assert (remote / "plate2" / "c.png").read_bytes() == fixed == (local / "plate2" / "c.png").read_bytes()
+    for name in ("a.png", "b.png"):  # estimated on their own, as without the option
+        assert (remote / name).read_bytes() == (local / name).read_bytes()
