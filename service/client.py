@@ -1065,6 +1065,8 @@ def settle_diameter(
     # then take the same one
     estimated = sorted((round(r.diameter, 1), r.job.source) for r in results
                        if r.ok and r.diameter_source == "estimated" and r.diameter is not None)
+    if not results:
+        return  # nothing left to segment (a resumed run)
     if not estimated:
         bar.write("unet-segment: --diameter once: no nucleus diameter was estimated on the first "
                   f"{len(results)} image(s); each image is estimated on its own", file=sys.stderr)

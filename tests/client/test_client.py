@@ -526,3 +526,7 @@ def test_diameter_once_without_any_estimate_leaves_every_image_its_own(standin, 
     err = capsys.readouterr().err
     assert "no nucleus diameter was estimated on the first 3 image(s)" in err
     assert "for the batch" not in err
+    # Resumed with everything written: nothing to estimate on, nothing said about it.
+    assert segment(folder, "--out", tmp_path / "out", "--url", server.url, "--diameter", "once") == 0
+    err = capsys.readouterr().err
+    assert len(server.requests) == 4 and "0 written, 4 skipped" in err and "diameter" not in err
