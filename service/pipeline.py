@@ -89,6 +89,15 @@ def choose_scale(
                 "it can measure (a field without nuclei reads as specks of noise); the image was "
                 "segmented as it is (send diameter=... if it does hold nuclei)",
             )
+        if estimate.not_nuclei is not None:
+            return ScaleChoice(
+                None,
+                "model-scale",
+                1.0,
+                f"the size estimate read {estimate.not_nuclei:.1f} px, but the objects it measured did "
+                "not grow with the image as nuclei do (noise or debris in a near-empty field?); the "
+                "image was segmented as it is (send diameter=... if it does hold nuclei)",
+            )
         if estimate.diameter is None:
             return ScaleChoice(
                 None,
