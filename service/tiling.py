@@ -128,7 +128,7 @@ class TilePlan:
         """``(tile_h, tile_w)`` float32: the summed weights of tiles ``0 … index`` (raster order)
         over tile ``index``'s footprint — what a running-mean stitcher divides by.
 
-        The weights are separable and the tiles a grid, so the sum is ``before(y) · every(x) +
+        The weights are separable and the tiles a grid, so the sum is ``before(y) · total(x) +
         profile(y) · upto(x)`` from per-axis sums (:func:`axis_weight_sums`): the tile rows above
         in full, and this tile row up to this tile. No full-size weight accumulator (a float32 per
         pixel: half the band stitcher's buffer with one channel).
@@ -137,7 +137,8 @@ class TilePlan:
         rows, cols = axis_weight_sums(self.rows, self.margin, self.ramp), axis_weight_sums(
             self.cols, self.margin, self.ramp
         )
-        total = np.multiply.outer(rows.before[iy], cols.every[ix])
+        x = self.cols.starts[ix]
+        total = np.multiply.outer(rows.before[iy], cols.total[x : x + self.tile_w])
         total += np.multiply.outer(rows.profiles[iy], cols.upto[ix])
         return total
 
@@ -292,13 +293,13 @@ def blend_weights(
 @dataclass(frozen=True)
 class AxisWeightSums:
     """Per tile ``k`` of an axis, over its own span (float32, ``(tile,)`` each): its blending
-    ``profiles[k]``, and the profiles summed over the tiles ``before[k]`` it, ``upto[k]`` and
-    including it, and ``every`` tile (``every[k]``), in tile order."""
+    ``profiles[k]``, and the profiles summed over the tiles ``before[k]`` it and ``upto[k]``
+    including it, in tile order; ``total``: every tile's profile summed over the padded axis."""
 
     profiles: tuple[np.ndarray, ...]
     before: tuple[np.ndarray, ...]
     upto: tuple[np.ndarray, ...]
-    every: tuple[np.ndarray, ...]
+    total: np.ndarray
 
 
 @lru_cache(maxsize=16)
@@ -313,28 +314,22 @@ def axis_weight_sums(axis: AxisPlan, margin: int, ramp: int) -> AxisWeightSums:
         before.append(running[span].copy())
         running[span] += profile
         upto.append(running[span].copy())
-    every = tuple(running[start : start + axis.tile].copy() for start in axis.starts)
-    for array in (*profiles, *before, *upto, *every):
+    for array in (*profiles, *before, *upto, running):
         array.setflags(write=False)
-    return AxisWeightSums(profiles, tuple(before), tuple(upto), every)
+    return AxisWeightSums(profiles, tuple(before), tuple(upto), running)
 
 
 def total_weight(plan: TilePlan) -> np.ndarray:
     """The ``(H, W)`` float32 sum of all tiles' weights over the image (diagnostics, tests).
 
-    Computed from the separable profiles (no tile is materialised).
+    Computed from the per-axis sums the stitchers use (no tile is materialised).
     """
-    ny, nx = plan.grid
 
-    def axis_sum(axis: AxisPlan, n: int) -> np.ndarray:
-        total = np.zeros(axis.padded, dtype=np.float64)
-        for i, start in enumerate(axis.starts):
-            total[start : start + axis.tile] += blend_profile(
-                axis.tile, plan.margin, plan.ramp, i > 0, i < n - 1
-            )
+    def on_image(axis: AxisPlan) -> np.ndarray:
+        total = axis_weight_sums(axis, plan.margin, plan.ramp).total
         return total[axis.pad_before : axis.pad_before + axis.length]
 
-    return np.outer(axis_sum(plan.rows, ny), axis_sum(plan.cols, nx)).astype(np.float32)
+    return np.outer(on_image(plan.rows), on_image(plan.cols)).astype(np.float32)
 
 
 class Stitcher:

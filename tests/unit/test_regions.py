@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from service.regions import MAX_BLOCK_ROWS, ArraySource, RegionSource, RowBlockReader, by_chunk_rows
+from tests.unit.test_windows import LazySource
 
 
 def test_array_source_reads_windows_as_views_and_refuses_windows_outside():
@@ -23,17 +24,11 @@ def test_array_source_reads_windows_as_views_and_refuses_windows_outside():
         source.read(2, 2, 0, 1)
 
 
-class CountingSource(ArraySource):
-    """An in-memory source that records every read it serves."""
-
-    def __init__(self, image: np.ndarray, chunk_rows: int | None = None) -> None:
-        super().__init__(image)
-        self.chunk_rows = chunk_rows
-        self.reads: list[tuple[int, int, int, int]] = []
-
-    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        self.reads.append((y0, y1, x0, x1))
-        return super().read(y0, y1, x0, x1).copy()
+def counting(image: np.ndarray, chunk_rows: int | None = None) -> LazySource:
+    """A lazy source that records every read it serves, decoding ``chunk_rows`` rows per chunk."""
+    source = LazySource(image)
+    source.chunk_rows = chunk_rows  # type: ignore[attr-defined]
+    return source
 
 
 def _image(height: int, width: int, colour: bool = False) -> np.ndarray:
@@ -45,7 +40,7 @@ def _image(height: int, width: int, colour: bool = False) -> np.ndarray:
 @pytest.mark.parametrize("colour", [False, True])
 def test_reads_equal_the_sources_in_any_order(colour):
     image = _image(1000, 37, colour)
-    reader = RowBlockReader(CountingSource(image), 128)
+    reader = RowBlockReader(counting(image), 128)
     assert reader.shape == image.shape and reader.dtype == image.dtype
     rng = np.random.default_rng(5)
     windows = [(0, 1000), (999, 1000), (127, 129), (128, 256), (500, 900), (3, 4), (0, 128)]
@@ -59,7 +54,7 @@ def test_reads_equal_the_sources_in_any_order(colour):
 
 def test_sequential_short_reads_read_each_block_once():
     image = _image(1000, 64)
-    source = CountingSource(image)
+    source = counting(image)
     reader = RowBlockReader(source, 128)
     for y0 in range(0, 1000, 48):  # bands that straddle block borders
         np.testing.assert_array_equal(reader.read(y0, min(1000, y0 + 48), 0, 64), image[y0 : y0 + 48])
@@ -77,8 +72,8 @@ def test_sequential_short_reads_read_each_block_once():
 def test_only_sources_that_decode_by_chunk_rows_get_a_reader():
     image = _image(300, 20)
     assert by_chunk_rows(ArraySource(image)).__class__ is ArraySource  # in memory: any rows cost the same
-    assert isinstance(by_chunk_rows(CountingSource(image, 64)), RowBlockReader)
-    assert by_chunk_rows(CountingSource(image, 64)).block_rows == 64  # type: ignore[attr-defined]
+    assert isinstance(by_chunk_rows(counting(image, 64)), RowBlockReader)
+    assert by_chunk_rows(counting(image, 64)).block_rows == 64  # type: ignore[attr-defined]
     for rows in (None, 1, MAX_BLOCK_ROWS + 1):  # uncompressed, single rows, a block too tall to keep
-        source = CountingSource(image, rows)
+        source = counting(image, rows)
         assert by_chunk_rows(source) is source
