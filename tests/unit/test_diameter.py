@@ -10,7 +10,16 @@ import pytest
 
 from model_export.data import SynthConfig, synth_nuclei
 from model_export.dsb import median_diameter
-from service.diameter import PROBE_FACTORS, PROBE_SIZE, Probe, _plateau, estimate_diameter
+from service import diameter
+from service.diameter import (
+    FIRST_LOOK_FACTORS,
+    PROBE_FACTORS,
+    PROBE_SIZE,
+    Probe,
+    _first_look,
+    _plateau,
+    estimate_diameter,
+)
 from service.engine import Engine
 from service.objects import params_for_model
 
@@ -81,7 +90,10 @@ def test_the_probes_stay_bounded_on_a_large_image(model: Engine) -> None:
     assert shapes and all(max(s[2:]) <= PROBE_SIZE + 16 for s in shapes)  # never the whole image
 
 
-def test_the_ladder_runs_in_batches_with_the_same_answer_as_one_probe_at_a_time(model: Engine) -> None:
+def test_the_ladder_runs_in_batches_with_the_same_answer_as_one_probe_at_a_time(
+    model: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(diameter, "FIRST_LOOK_FACTORS", ())  # the whole ladder at once
     batches: list[int] = []
 
     def batched(batch: np.ndarray) -> np.ndarray:
@@ -165,8 +177,21 @@ def test_the_plateau_of_whole_nuclei_beats_fragments_closer_to_the_model_size() 
     # size (20 px) whose implied size moves with each step; from ×1/4 down it sees whole
     # nuclei whose implied size stays put although they come out farther from 20 px.
     probes = _ladder(
-        [(10, 3), (13, 4), (10, 7), (9, 6), (11, 21), (8, 48), (20, 22), (50, 6),
-         (44, 4), (29, 9), (21, 18), (16, 18), (12, 16)]  # fmt: skip
+        [
+            (10, 3),
+            (13, 4),
+            (10, 7),
+            (9, 6),
+            (11, 21),
+            (8, 48),
+            (20, 22),
+            (50, 6),
+            (44, 4),
+            (29, 9),
+            (21, 18),
+            (16, 18),
+            (12, 16),
+        ]  # fmt: skip
     )
     implied = [p.median_diameter / p.factor for p in _plateau(probes, 20.0)]
     assert len(implied) >= 3
@@ -178,8 +203,21 @@ def test_a_long_plateau_of_two_whole_nuclei_beats_a_pair_of_agreeing_fragments()
     # their size in image px stays put over five steps; zoomed in, the model outlines many
     # chromatin spots, two neighbouring scales of which happen to agree.
     probes = _ladder(
-        [(8.2, 10), (8.7, 14), (12.0, 25), (9.0, 37), (24.0, 10), (85.0, 2), (60.0, 2),
-         (42.0, 2), (30.0, 2), (21.0, 2), (15.0, 2), (10.6, 2), (7.5, 2)]  # fmt: skip
+        [
+            (8.2, 10),
+            (8.7, 14),
+            (12.0, 25),
+            (9.0, 37),
+            (24.0, 10),
+            (85.0, 2),
+            (60.0, 2),
+            (42.0, 2),
+            (30.0, 2),
+            (21.0, 2),
+            (15.0, 2),
+            (10.6, 2),
+            (7.5, 2),
+        ]  # fmt: skip
     )
     implied = [p.median_diameter / p.factor for p in _plateau(probes, 20.0)]
     assert len(implied) == 5
@@ -195,3 +233,81 @@ def test_a_gap_in_the_ladder_breaks_a_plateau() -> None:
     # Same implied size, but the probe between them is missing (window too small).
     a, c = Probe(PROBE_FACTORS[4], 20.0, 5), Probe(PROBE_FACTORS[6], 10.0, 5)
     assert [len(run) for run in [_plateau([a, c], 20.0)]] == [1]
+
+
+def _middle(sizes: list[tuple[float, int]]) -> list[Probe]:
+    """Probes at the first look's factors (×√2, ×1, ×1/√2): (median diameter in model px, objects)."""
+    return [Probe(f, d, n) for f, (d, n) in zip(FIRST_LOOK_FACTORS, sizes, strict=True)]
+
+
+def test_the_first_look_settles_on_nuclei_of_about_the_model_size_seen_whole_at_all_three_scales() -> None:
+    # ~21 px nuclei: 29.7 / 21 / 14.8 model px at ×√2 / ×1 / ×1/√2, one size in image px.
+    settled = _first_look(_middle([(29.7, 20), (21.0, 40), (14.8, 80)]), 20.0)
+    assert [round(p.factor, 3) for p in settled] == [1.414, 1.0, 0.707]
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        # One size, but ×1/√2 (×√2) reads it closest to the model's size: the scale beyond it may be
+        # closer still, so the rest of the ladder decides.
+        [(48.8, 20), (34.5, 40), (24.4, 80)],
+        [(21.0, 20), (14.8, 40), (10.5, 80)],
+        [(29.7, 20), (21.0, 40), (8.0, 1)],  # one scale sees too few whole nuclei
+        [(12.0, 30), (21.0, 40), (14.8, 80)],  # ×√2 sees fragments: the sizes disagree
+    ],
+)
+def test_the_first_look_leaves_anything_less_clear_to_the_whole_ladder(
+    sizes: list[tuple[float, int]],
+) -> None:
+    assert _first_look(_middle(sizes), 20.0) == []
+
+
+def test_when_an_end_of_the_first_look_reads_closest_the_probe_past_it_decides() -> None:
+    # ~15 px nuclei: ×√2 reads closest (21 px), so ×2 is probed next.
+    middle = _middle([(21.0, 20), (14.8, 40), (10.5, 80)])
+    assert diameter._beyond_closest_end(middle, PROBE_FACTORS, 20.0) == PROBE_FACTORS[2]  # ×2
+    farther = [Probe(PROBE_FACTORS[2], 29.5, 10), *middle]  # ×2 reads farther: ×√2 is the closest
+    assert [round(p.factor, 3) for p in _first_look(farther, 20.0)] == [2.0, 1.414, 1.0, 0.707]
+    closer = [Probe(PROBE_FACTORS[2], 21.5, 10), *_middle([(17.0, 20), (12.0, 40), (8.5, 80)])]
+    assert _first_look(closer, 20.0) == []  # still nearing the model's size: the ladder decides
+    # Nothing to probe past a bracketed closest, nor past a broken plateau.
+    for sizes in ([(29.7, 20), (21.0, 40), (14.8, 80)], [(12.0, 30), (21.0, 40), (14.8, 80)]):
+        assert diameter._beyond_closest_end(_middle(sizes), PROBE_FACTORS, 20.0) is None
+
+
+def test_the_first_look_needs_all_three_scales() -> None:
+    # A small image whose ×1/√2 window is too small to hold a few nuclei: no probe there.
+    assert _first_look(_middle([(29.7, 20), (21.0, 40), (14.8, 80)])[:2], 20.0) == []
+
+
+def _counting(model: Engine) -> tuple[list[int], object]:
+    windows: list[int] = []
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        windows.append(batch.shape[0])
+        return model.run(batch)
+
+    return windows, infer
+
+
+@pytest.mark.parametrize(("radius", "settles"), [(7, True), (40, False)])
+def test_the_first_look_gives_the_whole_ladders_estimate(
+    model: Engine, radius: int, settles: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nuclei of the model's size are settled by the three middle probes (and up to three refinement
+    # steps); large ones need the rest of the ladder. Either way the answer is the whole ladder's.
+    config = SynthConfig(radius=(radius, radius), flat_padding=0.0, field_step=0.0)
+    image, _ = synth_nuclei(7_100_000 + radius, 14 * radius + 280, config)
+    params = params_for_model(model.metadata)
+    looked_windows, infer = _counting(model)
+    first = estimate_diameter(image, infer, model.metadata, params)
+    monkeypatch.setattr(diameter, "FIRST_LOOK_FACTORS", ())
+    ladder_windows, infer = _counting(model)
+    whole = estimate_diameter(image, infer, model.metadata, params)
+    assert first.diameter is not None and first.diameter == whole.diameter
+    if settles:
+        assert sum(looked_windows) <= len(FIRST_LOOK_FACTORS) + 1 + diameter.REFINE_STEPS
+        assert sum(ladder_windows) >= len(PROBE_FACTORS) - 2  # the full ladder (less what did not fit)
+    else:
+        assert sum(looked_windows) == sum(ladder_windows)  # nothing run twice
