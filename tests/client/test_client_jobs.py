@@ -283,7 +283,9 @@ def test_ctrl_c_cancels_the_job_on_the_server(tmp_path: Path) -> None:
                      "UNET_JOBS_DIR": str(jobs_dir)}, tmp_path / "s.log").wait_ready(180)
     images, out = tmp_path / "in", tmp_path / "out"
     images.mkdir()
-    (images / "big.png").write_bytes(im.png(im.blobs(1024, 1024, seed=5)))
+    # 2048², four times the slow model's tiles of 1024²: the job must still be running when Ctrl-C
+    # lands, however fast the machine (a 1024² job once ran to the end in 3.4 s, before the signal).
+    (images / "big.png").write_bytes(im.png(im.blobs(2048, 2048, seed=5)))
     env = {k: v for k, v in os.environ.items() if k != "UNET_API_KEY"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "service.client", str(images), "--out", str(out), "--url", server.url,

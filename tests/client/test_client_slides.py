@@ -256,7 +256,8 @@ def test_an_ome_zarr_store_is_a_slide_locally_and_by_path_on_a_server_but_is_nev
 
 def test_ctrl_c_in_local_mode_stops_the_slide_and_leaves_no_store(tmp_path: Path) -> None:
     slow = write_slow_model(tmp_path / "slow.onnx")  # seconds per tile: the slide is caught mid-way
-    write_slide(tmp_path / "in" / "s.ome.tif", synthetic_nuclei(600, 700, seed=5))
+    # Four times the tiles of 600×700, which once ran to the end before Ctrl-C landed.
+    write_slide(tmp_path / "in" / "s.ome.tif", synthetic_nuclei(1200, 1400, seed=5))
     out = tmp_path / "out"
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("UNET_")}, **SETTINGS}
     args = [tmp_path / "in", "--out", out, "--output", "ome-zarr", "--model", slow, "--no-progress"]
