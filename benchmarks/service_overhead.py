@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                 paths["bare ORT single pass, int8 model"] = bare8
                 paths["service, int8 model (default settings)"] = lambda: quantised.segment(body, {}, "int8")
                 # The same request with the diameter the default one estimated, given: what the
-                # size estimate (a fixed ~1 MP of model work whatever the image) adds.
+                # size estimate (up to ~1 MP of model work whatever the image; less when its first
+                # look settles it) adds.
                 paths["service, int8 model, diameter= given"] = lambda: quantised.segment(
                     body, {"diameter": quantised.headers["int8"]["X-Nucleus-Diameter"]}, "int8-diameter"
                 )
