@@ -26,7 +26,7 @@ from service import client
 from service.settings import DEFAULT_MODEL_PATH
 from tests.api._images import write_slow_model
 from tests.client.conftest import Reply, Request, png_bytes
-from tests.client.test_client_jobs import POLL_LIMIT_S, counts, job_folders
+from tests.client.test_client_jobs import POLL_LIMIT_S, counts, ctrl_c_reaches_python, job_folders
 from tests.models import write_conv_model
 from tests.server import REPO, Server
 from tests.unit.test_segment import synthetic_nuclei
@@ -256,13 +256,12 @@ def test_an_ome_zarr_store_is_a_slide_locally_and_by_path_on_a_server_but_is_nev
 
 def test_ctrl_c_in_local_mode_stops_the_slide_and_leaves_no_store(tmp_path: Path) -> None:
     slow = write_slow_model(tmp_path / "slow.onnx")  # seconds per tile: the slide is caught mid-way
-    # Four times the tiles of 600×700, which once ran to the end before Ctrl-C landed.
-    write_slide(tmp_path / "in" / "s.ome.tif", synthetic_nuclei(1200, 1400, seed=5))
+    write_slide(tmp_path / "in" / "s.ome.tif", synthetic_nuclei(600, 700, seed=5))
     out = tmp_path / "out"
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("UNET_")}, **SETTINGS}
     args = [tmp_path / "in", "--out", out, "--output", "ome-zarr", "--model", slow, "--no-progress"]
     proc = subprocess.Popen([sys.executable, "-m", "service.client", *map(str, args)], cwd=REPO, env=env,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_reaches_python)
     try:
         deadline = time.monotonic() + POLL_LIMIT_S
         while not list(out.glob(".s.ome.zarr.*.part")):  # the slide is being segmented
