@@ -1,4 +1,4 @@
-"""Command line: ``python -m model_export {train,export,quantize,evaluate,synth,seal,bioimageio} ...``."""
+"""Command line: ``python -m model_export COMMAND ...`` (the commands: :data:`USAGE`)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ commands:
              the DSB 2018 layout, beside a classical baseline (--baseline otsu)
   synth      write a synthetic nuclei data set (images/ + masks/) to a folder
   seal       add the checksum the service verifies at load to an exported ONNX file
+  objects    set how an exported model's foreground becomes objects (e.g. the
+             confidence cut chosen on validation data), with a new version; re-sealed
   bioimageio package an ONNX model for the bioimage.io model zoo (Fiji/deepImageJ, ilastik,
              QuPath); needs the bioimageio extra
 
@@ -48,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         from model_export import seal
 
         seal.main(rest)
+    elif command == "objects":
+        from model_export import objects_entry
+
+        return objects_entry.main(rest)
     elif command == "synth":
         from model_export import synth
 

@@ -46,6 +46,13 @@ def seal_file(path: str | Path) -> str:
         raise SealError(f"{path}: re-serialising the model changed its content; not sealed")
     if model_checksum.verify(data) != checksum:
         raise SealError(f"{path}: the sealed bytes do not verify")
+    replace_file(path, data)
+    return checksum
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Put ``data`` at the existing ``path`` atomically (a reader sees the old file or the new), with
+    the old file's permissions."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -55,7 +62,6 @@ def seal_file(path: str | Path) -> str:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return checksum
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -368,6 +368,9 @@ def estimate_diameter(
     if not target:
         raise ValueError("the model does not record the nucleus diameter it was trained at")
     threshold = metadata.threshold if threshold is None else threshold
+    # The probes measure every object the model outlines: the rules above (plateau, growth) were
+    # chosen on those, and a probe far from the model's scale is less sure of true nuclei too.
+    params = replace(params, min_confidence=0.0)
     # Whole-image normalisation limits, as the segmentation itself will use.
     source = _Image.of(image, metadata)
 

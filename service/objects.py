@@ -66,6 +66,9 @@ class ObjectParams:
     center_prominence: (``center_watershed``) a peak of the centre map must rise this much
         (in probability) above the saddle to its neighbour to seed its own object.
     center_floor: (``center_watershed``) ... and reach at least this centre probability.
+    min_confidence: components of the mask whose mean foreground probability (over the pixels the
+        model marked) is below this are dropped whole, as specks are; 0 keeps every one.
+    foreground_channel: the output channel with the foreground probability (``min_confidence``).
     """
 
     method: str = "distance_watershed"
@@ -86,6 +89,10 @@ class ObjectParams:
     # after rim fragments showed on the real check image; kept as it did not hurt on the
     # synthetic strata (above).
     center_floor: float = 0.5
+    # Off unless the model records a value chosen on its own validation data (models/README.md):
+    # a stand-in or other model's probabilities need not be calibrated alike.
+    min_confidence: float = 0.0
+    foreground_channel: int = 0
 
     @property
     def uses_centers(self) -> bool:
@@ -93,8 +100,11 @@ class ObjectParams:
         return self.method == "center_watershed"
 
     def as_metadata(self) -> dict[str, object]:
-        """The ``objects`` entry written into the model metadata."""
-        return asdict(self)
+        """The ``objects`` entry written into the model metadata (the foreground channel is the
+        model's own ``foreground_channel`` entry, not repeated here)."""
+        entry = asdict(self)
+        del entry["foreground_channel"]
+        return entry
 
     @classmethod
     def from_metadata(cls, objects: Mapping[str, object]) -> ObjectParams:
@@ -115,7 +125,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     flood = padded.copy()
     # Flood the background from the (padded) corner: whatever stays 0 is enclosed.
     cv2.floodFill(flood, None, (0, 0), 2)
-    return (flood[1:-1, 1:-1] != 2)
+    return flood[1:-1, 1:-1] != 2
 
 
 def _first_pixel(crop: np.ndarray, top: int, left: int, width: int) -> int:
@@ -223,8 +233,35 @@ def _split_component(crop: np.ndarray, params: ObjectParams, centers: np.ndarray
     return watershed(-surface, markers, mask=inside, connectivity=2)[1:-1, 1:-1]
 
 
+def _unsure_components(
+    foreground: np.ndarray,
+    components: np.ndarray,
+    count: int,
+    params: ObjectParams,
+    confidence: np.ndarray | None,
+) -> np.ndarray:
+    """``(count,)`` bool: the components whose mean foreground probability over ``foreground``'s
+    pixels is under ``params.min_confidence`` (all False when it is 0).
+
+    Sums in raster order of the component's pixels, whatever the array around them: a band that
+    holds a component whole gives the same mean, to the bit, as the whole image.
+    """
+    if params.min_confidence <= 0:
+        return np.zeros(count, bool)
+    if confidence is None or confidence.shape != foreground.shape:
+        raise ValueError("min_confidence needs the foreground probability map, the shape of the mask")
+    marked = foreground.reshape(-1)
+    ids = components.reshape(-1)[marked]
+    sums = np.bincount(ids, weights=confidence.reshape(-1)[marked], minlength=count)
+    pixels = np.bincount(ids, minlength=count)
+    return sums < params.min_confidence * np.maximum(pixels, 1)
+
+
 def label_objects(
-    foreground: np.ndarray, params: ObjectParams = ObjectParams(), centers: np.ndarray | None = None
+    foreground: np.ndarray,
+    params: ObjectParams = ObjectParams(),
+    centers: np.ndarray | None = None,
+    confidence: np.ndarray | None = None,
 ) -> np.ndarray:
     """Label separate objects in a binary foreground mask.
 
@@ -233,6 +270,8 @@ def label_objects(
         params: splitting parameters (see :class:`ObjectParams`).
         centers: ``(H, W)`` float centre probabilities (the model's centre channel); needed
             by ``center_watershed`` only.
+        confidence: ``(H, W)`` float foreground probabilities; needed when ``params.min_confidence``
+            is set.
 
     Returns:
         ``(H, W)`` int32 labels, 0 = background, 1..N numbered in raster order of each
@@ -243,17 +282,19 @@ def label_objects(
             raise ValueError("center_watershed needs the model's centre map")
         if centers.shape != foreground.shape:
             raise ValueError(f"centre map {centers.shape} does not match the mask {foreground.shape}")
-    mask = fill_holes(foreground.astype(bool))
+    marked = foreground.astype(bool)
+    mask = fill_holes(marked)
     height, width = mask.shape
     count, components, stats, _ = cv2.connectedComponentsWithStats(
         mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S
     )
+    unsure = _unsure_components(marked, components, count, params, confidence)
     # Each kept object: (first raster index, component id, sub-label or 0 for "whole component").
     objects: list[tuple[int, int, int]] = []
     split_crops: dict[int, np.ndarray] = {}
     for component in range(1, count):
         left, top, w, h, area = (int(v) for v in stats[component])
-        if area < params.min_area:
+        if area < params.min_area or unsure[component]:
             continue
         sub = None
         if area >= 2 * params.min_area and params.method != "connected_components":
@@ -296,7 +337,10 @@ def label_objects(
 
 
 def count_objects(
-    foreground: np.ndarray, params: ObjectParams = ObjectParams(), centers: np.ndarray | None = None
+    foreground: np.ndarray,
+    params: ObjectParams = ObjectParams(),
+    centers: np.ndarray | None = None,
+    confidence: np.ndarray | None = None,
 ) -> int:
     """How many objects :func:`label_objects` finds, without flooding or numbering them.
 
@@ -312,17 +356,19 @@ def count_objects(
     """
     if params.uses_centers and (centers is None or centers.shape != foreground.shape):
         raise ValueError("center_watershed needs the model's centre map, the shape of the mask")
-    mask = fill_holes(foreground.astype(bool))
+    marked = foreground.astype(bool)
+    mask = fill_holes(marked)
     count, components, stats, _ = cv2.connectedComponentsWithStats(
         mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S
     )
     areas = stats[1:, cv2.CC_STAT_AREA]
-    kept = areas >= params.min_area
+    unsure = _unsure_components(marked, components, count, params, confidence)
+    kept = (areas >= params.min_area) & ~unsure[1:]
     if params.method == "connected_components":
         return int(kept.sum())
     # Components too small to hold two kept objects are one object each, as when labelling.
     total = int((kept & (areas < 2 * params.min_area)).sum())
-    for component in np.flatnonzero(areas >= 2 * params.min_area) + 1:
+    for component in np.flatnonzero(kept & (areas >= 2 * params.min_area)) + 1:
         left, top, w, h = (int(v) for v in stats[component, :4])
         crop = components[top : top + h, left : left + w] == component
         crop_centers = None if centers is None else centers[top : top + h, left : left + w]
@@ -332,15 +378,27 @@ def count_objects(
 
 
 def count_prediction(foreground: np.ndarray, probabilities: np.ndarray, params: ObjectParams) -> int:
-    """:func:`count_objects` with the centre map taken from the model's probabilities, as
-    :func:`label_prediction`."""
-    if not params.uses_centers:
-        return count_objects(foreground, params)
-    if not 0 <= params.center_channel < probabilities.shape[0]:
-        raise ValueError(
-            f"centre channel {params.center_channel} is outside the model's {probabilities.shape[0]} outputs"
-        )
-    return count_objects(foreground, params, probabilities[params.center_channel])
+    """:func:`count_objects` with the centre and foreground maps taken from the model's
+    probabilities, as :func:`label_prediction`."""
+    return count_objects(foreground, params, *_prediction_maps(probabilities, params))
+
+
+def _prediction_maps(
+    probabilities: np.ndarray, params: ObjectParams
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(centre map, foreground map) of the model's ``(K, H, W)`` probabilities, each None when
+    ``params`` does not need it."""
+    maps = []
+    for needed, channel, name in (
+        (params.uses_centers, params.center_channel, "centre"),
+        (params.min_confidence > 0, params.foreground_channel, "foreground"),
+    ):
+        if needed and not 0 <= channel < probabilities.shape[0]:
+            raise ValueError(
+                f"{name} channel {channel} is outside the model's {probabilities.shape[0]} outputs"
+            )
+        maps.append(probabilities[channel] if needed else None)
+    return maps[0], maps[1]
 
 
 def params_for_model(metadata: ModelMetadata, split: str | None = None) -> ObjectParams:
@@ -349,7 +407,10 @@ def params_for_model(metadata: ModelMetadata, split: str | None = None) -> Objec
     ``split``: a key of :data:`SPLIT_METHODS`, or None for the model's own method;
     ``"center"`` on a model without a centre output is a ValueError.
     """
-    params = ObjectParams.from_metadata(metadata.objects)
+    # The foreground channel is the model's, whatever its objects entry says.
+    params = replace(
+        ObjectParams.from_metadata(metadata.objects), foreground_channel=metadata.foreground_channel
+    )
     if split is None:
         return params
     if split not in SPLIT_METHODS:
@@ -362,15 +423,9 @@ def params_for_model(metadata: ModelMetadata, split: str | None = None) -> Objec
 
 
 def label_prediction(foreground: np.ndarray, probabilities: np.ndarray, params: ObjectParams) -> np.ndarray:
-    """:func:`label_objects` with the centre map taken from the model's ``(K, H, W)``
-    probabilities where ``params`` needs one."""
-    if not params.uses_centers:
-        return label_objects(foreground, params)
-    if not 0 <= params.center_channel < probabilities.shape[0]:
-        raise ValueError(
-            f"centre channel {params.center_channel} is outside the model's {probabilities.shape[0]} outputs"
-        )
-    return label_objects(foreground, params, probabilities[params.center_channel])
+    """:func:`label_objects` with the centre and foreground maps taken from the model's ``(K, H, W)``
+    probabilities where ``params`` needs them."""
+    return label_objects(foreground, params, *_prediction_maps(probabilities, params))
 
 
 @dataclass(frozen=True)
@@ -650,9 +705,7 @@ def to_imagej_rois(
     with _gc_paused(), zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for row, ring in outlines(labels, rows):
             points = np.asarray(ring[:-1])
-            roi = roifile.ImagejRoi.frompoints(
-                points, name=f"{classification} {row.id}", c=c, z=z, t=t
-            )
+            roi = roifile.ImagejRoi.frompoints(points, name=f"{classification} {row.id}", c=c, z=z, t=t)
             if roi.subpixel_coordinates is None:
                 roi.roitype = roifile.ROI_TYPE.TRACED  # pixel-edge outline, as Fiji's wand makes
             archive.writestr(f"{row.id:05d}-{classification.lower()}.roi", roi.tobytes())

@@ -398,10 +398,13 @@ class BandObjects:
         final[0] = False
         final_mask = final[components]
         if final_mask.any():
+            # What the model marked of them: objects fill the holes again themselves, and a
+            # component's confidence is the mean over its marked pixels, as on the whole image.
+            marked = final_mask & held_mask
             if self.count_only:
-                self.done += objects.count_prediction(final_mask, held_probs, self.params)
+                self.done += objects.count_prediction(marked, held_probs, self.params)
             else:
-                local = objects.label_prediction(final_mask, held_probs, self.params)
+                local = objects.label_prediction(marked, held_probs, self.params)
                 found = int(local.max(initial=0))
                 if found:
                     inside = local > 0

@@ -59,6 +59,10 @@ class ObjectsInfo(BaseModel):
     count_on_every_output: bool = Field(
         description="whether mask/probability/overlay responses also carry X-Object-Count"
     )
+    min_confidence: float = Field(
+        description="a connected region of the mask whose mean foreground probability is under this is "
+        "not an object (not labelled, listed or counted; the mask still shows it); 0: every region counts"
+    )
 
 
 class DefaultsInfo(BaseModel):
@@ -159,6 +163,7 @@ def model_info(runtime: Runtime = Depends(get_runtime)) -> ModelInfo:
         objects=ObjectsInfo(
             method=params_for_model(md).method,
             count_on_every_output=s.count_objects_on_every_output,
+            min_confidence=params_for_model(md).min_confidence,
         ),
         defaults=DefaultsInfo(
             threshold=md.threshold,

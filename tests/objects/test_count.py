@@ -81,3 +81,37 @@ def test_count_only_agrees_with_the_labels_through_the_real_pipeline(bundled: En
 def test_center_count_needs_the_centre_map() -> None:
     with pytest.raises(ValueError, match="centre map"):
         count_objects(np.ones((8, 8), bool), CENTER)
+
+
+def test_unsure_components_are_dropped_whole_by_labelling_and_counting_alike() -> None:
+    # Three nuclei the model is sure of (one a touching pair), and two faint blobs it marked
+    # at ~0.6: dropped whole, as specks are, by both; the pair still splits.
+    mask = _discs((120, 200), [(20, 20, 10), (70, 30, 12), (90, 30, 12), (150, 80, 9), (40, 90, 11)])
+    confidence = np.where(mask, np.float32(0.95), np.float32(0.1))
+    confidence[60:105, 130:170] = np.where(mask[60:105, 130:170], 0.62, 0.1)
+    confidence[75:105, 25:55] = np.where(mask[75:105, 25:55], 0.58, 0.1)
+    for params in (DISTANCE, COMPONENTS):
+        sure = ObjectParams(method=params.method, min_confidence=0.7)
+        labels = label_objects(mask, sure, confidence=confidence)
+        kept = 2 if params is COMPONENTS else 3
+        assert int(labels.max()) == kept == count_objects(mask, sure, confidence=confidence)
+        assert not labels[80:100, 140:160].any() and not labels[80:100, 30:50].any()
+        assert int(label_objects(mask, params).max()) == kept + 2  # off: all of them
+
+
+def test_the_confidence_of_a_component_is_the_mean_over_what_the_model_marked() -> None:
+    # A ring the model is sure of, whose hole (filled as part of the nucleus) it gave 0: the
+    # hole does not pull the mean under the cut.
+    mask = np.zeros((60, 60), np.uint8)
+    cv2.circle(mask, (30, 30), 20, 1, 6)
+    confidence = np.where(mask > 0, np.float32(0.8), np.float32(0.0))
+    sure = ObjectParams(method="connected_components", min_confidence=0.75)
+    assert count_objects(mask > 0, sure, confidence=confidence) == 1
+    assert int(label_objects(mask > 0, sure, confidence=confidence).max()) == 1
+
+
+def test_a_confidence_cut_needs_the_foreground_map() -> None:
+    sure = ObjectParams(min_confidence=0.7)
+    for find in (label_objects, count_objects):
+        with pytest.raises(ValueError, match="foreground probability"):
+            find(np.ones((8, 8), bool), sure)

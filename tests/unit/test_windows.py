@@ -287,9 +287,18 @@ def tricky_maps(height: int = 260, width: int = 200, seed: int = 0) -> np.ndarra
 
 @pytest.mark.parametrize("method", ["distance_watershed", "center_watershed", "connected_components"])
 @pytest.mark.parametrize("band", [7, 23, 64])
-def test_band_objects_equal_whole_image_objects(method, band):
+@pytest.mark.parametrize("min_confidence", [0.0, 0.7])
+def test_band_objects_equal_whole_image_objects(method, band, min_confidence):
     maps = tricky_maps(seed=band)
-    params = ObjectParams(method=method, min_area=10)
+    if min_confidence:
+        # Foreground probabilities that vary across the image, so that some components (the
+        # snake and the ring among them, spanning many bands) average under the cut and some over.
+        ramp = np.linspace(0.55, 1.0, maps.shape[2], dtype=np.float32)[None, :]
+        maps[0] = np.where(maps[0] > 0, ramp * (0.9 + 0.1 * np.cos(np.arange(maps.shape[1]))[:, None]), 0)
+        every = objects.label_prediction(maps[0] > 0.5, maps, ObjectParams(method=method, min_area=10))
+        sure = ObjectParams(method=method, min_area=10, min_confidence=min_confidence)
+        assert every.max() > objects.label_prediction(maps[0] > 0.5, maps, sure).max() > 0
+    params = ObjectParams(method=method, min_area=10, min_confidence=min_confidence)
     whole = objects.label_prediction(maps[0] > 0.5, maps, params)
     finder = windows.BandObjects(maps.shape[1], 0.5, params)
     rows, labels = [], []
