@@ -68,7 +68,7 @@ PLATEAU_AGREEMENT = math.exp(0.2)
 #: The first look: the ladder's three middle scales (×√2, ×1, ×1/√2) go first. Many images hold
 #: nuclei near the model's size (DSB's median 19.5 px, the model's 20); when these scales see them
 #: whole (with at most one more past the end nearest the model's size), the other nine or ten
-#: probes are not run, and the estimate costs about a third of the full ladder. See :func:`_first_look`.
+#: probes are not run, and the estimate costs a third to a half of the full ladder. See :func:`_first_look`.
 FIRST_LOOK_FACTORS = (math.sqrt(2), 1.0, math.sqrt(0.5))
 #: Nuclei grow with the image: before an estimate may enlarge the image, the first refinement
 #: step's objects must change size by at least this share of the step's scale change (observed ÷
@@ -281,6 +281,15 @@ def _agree(a: Probe, b: Probe) -> bool:
     return abs(math.log(implied_a / implied_b)) < math.log(PLATEAU_AGREEMENT)
 
 
+def _closest_on_one_plateau(probes: list[Probe], target: float) -> tuple[list[Probe], int] | None:
+    """The plateau of ``probes`` (neighbouring scales, in ladder order) with the index of its probe
+    closest to the model's diameter, when all of them (three at least) are on it; else None."""
+    plateau = _plateau(probes, target)
+    if len(probes) < len(FIRST_LOOK_FACTORS) or len(plateau) < len(probes):
+        return None
+    return plateau, min(range(len(plateau)), key=lambda i: _closeness(plateau[i], target))
+
+
 def _first_look(probes: list[Probe], target: float) -> list[Probe]:
     """The probes' plateau when it settles the estimate without the rest of the ladder, else [].
 
@@ -293,23 +302,18 @@ def _first_look(probes: list[Probe], target: float) -> list[Probe]:
     this one, which no DSB training image (as they are or enlarged ×3) nor synthetic tuning image
     did (issue #16).
     """
-    plateau = _plateau(probes, target)
-    if len(probes) < len(FIRST_LOOK_FACTORS) or len(plateau) < len(probes):
-        return []
-    closest = min(range(len(plateau)), key=lambda i: _closeness(plateau[i], target))
-    return plateau if 0 < closest < len(plateau) - 1 else []
+    found = _closest_on_one_plateau(probes, target)
+    return found[0] if found and 0 < found[1] < len(found[0]) - 1 else []
 
 
 def _beyond_closest_end(probes: list[Probe], factors: tuple[float, ...], target: float) -> float | None:
     """The ladder's next factor past the end of ``probes`` that reads closest to the model's size,
     when all of them are on one plateau: the probe that tells whether the size read keeps nearing
     the model's past that end (then the ladder decides) or turns away (:func:`_first_look`)."""
-    plateau = _plateau(probes, target)
-    if len(probes) < len(FIRST_LOOK_FACTORS) or len(plateau) < len(probes):
+    found = _closest_on_one_plateau(probes, target)
+    if found is None or 0 < found[1] < len(found[0]) - 1:
         return None
-    closest = min(range(len(plateau)), key=lambda i: _closeness(plateau[i], target))
-    if 0 < closest < len(plateau) - 1:
-        return None
+    plateau, closest = found
     at = factors.index(plateau[closest].factor) + (-1 if closest == 0 else 1)
     return factors[at] if 0 <= at < len(factors) else None
 
