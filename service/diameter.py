@@ -217,21 +217,27 @@ def _measure(
     return Probe(factor, float(np.median(np.sqrt(4 * areas[keep] / np.pi))), int(keep.size))
 
 
-def _probes(
-    source: _Image,
-    factors: tuple[float, ...] | list[float],
-    infer: Infer,
-    metadata: ModelMetadata,
-    params: ObjectParams,
-    threshold: float,
-    probe_size: int,
-    batch_size: int | None,
-) -> list[Probe]:
-    """The probes at ``factors`` that fit the image (in that order), their model passes batched."""
-    inputs = [(f, _probe_input(source, f, metadata, probe_size)) for f in factors]
-    kept = [(f, x) for f, x in inputs if x is not None]
-    probs = _probabilities([x for _, x in kept], infer, metadata, batch_size)
-    return [_measure(f, p, metadata, params, threshold) for (f, _), p in zip(kept, probs, strict=True)]
+@dataclass(frozen=True)
+class _Prober:
+    """What every probe of one image shares: the image, the model and how objects are measured."""
+
+    source: _Image
+    infer: Infer
+    metadata: ModelMetadata
+    params: ObjectParams
+    threshold: float
+    probe_size: int
+    batch_size: int | None
+
+    def probes(self, factors: tuple[float, ...] | list[float]) -> list[Probe]:
+        """The probes at ``factors`` that fit the image (in that order), their model passes batched."""
+        inputs = [(f, _probe_input(self.source, f, self.metadata, self.probe_size)) for f in factors]
+        kept = [(f, x) for f, x in inputs if x is not None]
+        probs = _probabilities([x for _, x in kept], self.infer, self.metadata, self.batch_size)
+        return [
+            _measure(f, p, self.metadata, self.params, self.threshold)
+            for (f, _), p in zip(kept, probs, strict=True)
+        ]
 
 
 def _closeness(probe: Probe, target: float) -> float:
@@ -318,24 +324,12 @@ def _beyond_closest_end(probes: list[Probe], factors: tuple[float, ...], target:
     return factors[at] if 0 <= at < len(factors) else None
 
 
-def _ladder(
-    source: _Image,
-    factors: tuple[float, ...],
-    infer: Infer,
-    metadata: ModelMetadata,
-    params: ObjectParams,
-    threshold: float,
-    probe_size: int,
-    batch_size: int | None,
-) -> tuple[list[Probe], list[Probe]]:
+def _ladder(prober: _Prober, factors: tuple[float, ...]) -> tuple[list[Probe], list[Probe]]:
     """The ladder's probes (in ladder order) and their plateau: the middle ones first (and the one
     past their end nearest the model's size, if that may decide), the rest only when those do not
     settle it (:func:`_first_look`)."""
-    target = metadata.nucleus_diameter or 0.0
-
-    def run(chosen: list[float]) -> list[Probe]:
-        return _probes(source, chosen, infer, metadata, params, threshold, probe_size, batch_size)
-
+    target = prober.metadata.nucleus_diameter or 0.0
+    run = prober.probes
     tried = [f for f in factors if any(math.isclose(f, m) for m in FIRST_LOOK_FACTORS)]
     if not tried or len(tried) < len(FIRST_LOOK_FACTORS):
         probes = run(list(factors))
@@ -376,13 +370,13 @@ def estimate_diameter(
     # chosen on those, and a probe far from the model's scale is less sure of true nuclei too.
     params = replace(params, min_confidence=0.0)
     # Whole-image normalisation limits, as the segmentation itself will use.
-    source = _Image.of(image, metadata)
+    prober = _Prober(_Image.of(image, metadata), infer, metadata, params, threshold, probe_size, batch_size)
 
     def run(factor: float) -> Probe | None:
-        found = _probes(source, [factor], infer, metadata, params, threshold, probe_size, batch_size)
+        found = prober.probes([factor])
         return found[0] if found else None
 
-    probes, plateau = _ladder(source, factors, infer, metadata, params, threshold, probe_size, batch_size)
+    probes, plateau = _ladder(prober, factors)
     if plateau:
         best = min(plateau, key=lambda p: _closeness(p, target))
     else:
