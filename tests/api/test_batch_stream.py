@@ -19,8 +19,11 @@ from tests.server import Server
 
 SMALL_A = im.png(im.blobs(64, 48, seed=31))
 SMALL_C = im.png(im.blobs(40, 72, seed=33))
-#: ~440 tiles of the slow model: seconds of work, well past a 3 s timeout.
+#: ~440 tiles of the slow model: seconds of work.
 HUGE = im.png(im.blobs(1024, 1024, seed=32))
+#: Nine times HUGE's tiles, for a 3 s timeout: HUGE itself once finished inside it (in a
+#: clean-clone CI run of this 4-image batch).
+PAST_THE_TIMEOUT = im.png(im.blobs(3072, 3072, seed=32))
 
 
 def files(*named: tuple[str, bytes]) -> list:
@@ -70,7 +73,7 @@ def test_each_finished_image_reaches_the_client_while_the_next_is_worked_on(batc
 def test_the_timeout_applies_per_image_and_finished_ones_are_delivered(short_timeout_server: Server) -> None:
     srv = short_timeout_server
     bad = b"not an image at all"
-    batch = files(("a.png", SMALL_A), ("big.png", HUGE), ("bad.png", bad), ("c.png", SMALL_C))
+    batch = files(("a.png", SMALL_A), ("big.png", PAST_THE_TIMEOUT), ("bad.png", bad), ("c.png", SMALL_C))
     r = srv.client.post("/segment/batch", files=batch)
     assert r.status_code == 200
     with zipfile.ZipFile(io.BytesIO(r.content)) as archive:
