@@ -54,14 +54,16 @@ def test_concurrent_callers_share_one_run_and_get_their_own_results() -> None:
 def test_a_lone_tile_runs_after_the_queue_delay() -> None:
     engine = RecordingEngine()
     batcher = DynamicBatcher(engine, max_batch_size=8, max_queue_delay_s=0.02, max_queue_tiles=16)
+    caller = ThreadPoolExecutor(1)
     try:
-        started = time.monotonic()
-        out = batcher.infer(tiles(1, 3.0))
-        assert time.monotonic() - started < 1.0
+        # Nothing else ever arrives: it runs alone (a batcher waiting for a full batch would never
+        # answer, and result() would time out) rather than after some wall-clock bound.
+        out = caller.submit(batcher.infer, tiles(1, 3.0)).result(60)
         assert engine.batches == [(1, 1, 8, 8)]
         np.testing.assert_array_equal(out, tiles(1, 3.0) * 2)
     finally:
         batcher.close()
+        caller.shutdown(wait=False)
 
 
 def test_tiles_of_different_shapes_are_never_mixed() -> None:
@@ -113,7 +115,7 @@ def test_a_full_queue_rejects_at_once_with_a_retry_hint() -> None:
     engine = RecordingEngine()
     engine.gate.clear()  # the first batch blocks in the engine
     batcher = DynamicBatcher(engine, max_batch_size=1, max_queue_delay_s=0.0, max_queue_tiles=2)
-    pool = ThreadPoolExecutor(2)
+    pool, caller = ThreadPoolExecutor(2), ThreadPoolExecutor(1)
     try:
         running = pool.submit(batcher.infer, tiles(1, 0.0))
         assert engine.entered.wait(5)
@@ -121,10 +123,11 @@ def test_a_full_queue_rejects_at_once_with_a_retry_hint() -> None:
         deadline = time.monotonic() + 5
         while batcher.depth < 2 and time.monotonic() < deadline:
             time.sleep(0.005)
-        started = time.monotonic()
+        # Refused while the engine is still blocked: it did not wait for room in the queue (that
+        # would need the gate opened, which happens only below).
         with pytest.raises(Overloaded) as info:
-            batcher.infer(tiles(1, 2.0))
-        assert time.monotonic() - started < 0.5
+            caller.submit(batcher.infer, tiles(1, 2.0)).result(60)
+        assert not engine.gate.is_set() and batcher.depth == 2
         assert info.value.retry_after_s >= 1
         engine.gate.set()
         running.result(5)
@@ -133,6 +136,7 @@ def test_a_full_queue_rejects_at_once_with_a_retry_hint() -> None:
         engine.gate.set()
         batcher.close()
         pool.shutdown()
+        caller.shutdown()
 
 
 def test_cancelled_callers_tiles_are_never_computed() -> None:
