@@ -388,17 +388,18 @@ def _prediction_maps(
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(centre map, foreground map) of the model's ``(K, H, W)`` probabilities, each None when
     ``params`` does not need it."""
-    maps = []
-    for needed, channel, name in (
-        (params.uses_centers, params.center_channel, "centre"),
-        (params.min_confidence > 0, params.foreground_channel, "foreground"),
-    ):
-        if needed and not 0 <= channel < probabilities.shape[0]:
-            raise ValueError(
-                f"{name} channel {channel} is outside the model's {probabilities.shape[0]} outputs"
-            )
-        maps.append(probabilities[channel] if needed else None)
-    return maps[0], maps[1]
+    centers = confidence = None
+    if params.uses_centers:
+        centers = _channel(probabilities, params.center_channel, "centre")
+    if params.min_confidence > 0:
+        confidence = _channel(probabilities, params.foreground_channel, "foreground")
+    return centers, confidence
+
+
+def _channel(probabilities: np.ndarray, channel: int, name: str) -> np.ndarray:
+    if not 0 <= channel < probabilities.shape[0]:
+        raise ValueError(f"{name} channel {channel} is outside the model's {probabilities.shape[0]} outputs")
+    return probabilities[channel]
 
 
 def params_for_model(metadata: ModelMetadata, split: str | None = None) -> ObjectParams:

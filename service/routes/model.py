@@ -137,6 +137,7 @@ def model_info(runtime: Runtime = Depends(get_runtime)) -> ModelInfo:
     md = engine.metadata
     s = runtime.settings
     tiling = runtime.tiling(md)
+    params = params_for_model(md)
     return ModelInfo(
         name=md.name,
         version=md.version,
@@ -161,9 +162,9 @@ def model_info(runtime: Runtime = Depends(get_runtime)) -> ModelInfo:
         ),
         admission=admission_info(runtime),
         objects=ObjectsInfo(
-            method=params_for_model(md).method,
+            method=params.method,
             count_on_every_output=s.count_objects_on_every_output,
-            min_confidence=params_for_model(md).min_confidence,
+            min_confidence=params.min_confidence,
         ),
         defaults=DefaultsInfo(
             threshold=md.threshold,
