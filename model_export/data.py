@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -170,6 +170,7 @@ class ScaledDataset(Dataset):
         samples_per_epoch: int = 1000,
         augment: bool = True,
         synthetic_radius: tuple[float, float] | None = None,
+        empty_fields: float = 0.0,
     ) -> None:
         norm = Normalization()
         self.items = [(prepare(image, in_channels, norm), labels, d) for image, labels, d in items]
@@ -179,6 +180,7 @@ class ScaledDataset(Dataset):
         radius = diameter / 2
         self.synth_config = SynthConfig(radius=(radius * scale_jitter[0], radius * scale_jitter[1]))
         self.synthetic_radius = synthetic_radius
+        self.empty_fields = empty_fields
         self._calls = 0
 
     def __len__(self) -> int:
@@ -187,7 +189,10 @@ class ScaledDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         self._calls += 1
         rng = np.random.default_rng((self.seed, index, self._calls if self.augment else 0))
-        if self.augment and rng.random() < self.synthetic:
+        # Drawn only when asked for, so that runs without them keep their sample stream.
+        if self.augment and self.empty_fields > 0 and rng.random() < self.empty_fields:
+            x, labels = self._empty_field(rng)
+        elif self.augment and rng.random() < self.synthetic:
             if self.synthetic_radius is not None:
                 x, labels = self._native_synthetic(rng)
             else:
@@ -202,6 +207,17 @@ class ScaledDataset(Dataset):
             x, labels = flip_rotate(x, labels, rng)
             x = augment_intensity(x, rng)
         return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(labels))
+
+    def _empty_field(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A near-empty synthetic field: background, noise, haze and glow with 0–2 nuclei.
+
+        Normalised on its own, as the service normalises a whole image, such a field's noise and
+        haze fill the range real nuclei fill elsewhere; DSB holds almost no such images, and the
+        model marked their specks as nuclei (issue #13).
+        """
+        config = replace(self.synth_config, coverage=(0.0, 0.0))
+        image, labels = synth_nuclei(int(rng.integers(1 << 62)), self.patch, config)
+        return prepare(image, self.in_channels, Normalization()), labels
 
     def _native_synthetic(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """A synthetic image drawn at its own nucleus size, then scaled like a real one."""

@@ -1,7 +1,7 @@
 """Set how an exported model's foreground becomes objects, without touching its weights.
 
-    python -m model_export objects --model models/nuclei-unet.onnx --set min_confidence=0.8 \\
-        --version 2.1.0
+    python -m model_export objects --model models/nuclei-unet.onnx --set min_confidence=0.75 \\
+        --version 2.2.0
 
 The ``unet.objects`` metadata entry (``service.objects.ObjectParams``: split method, minimum
 area, seed prominence, confidence cut, ...) is chosen on validation data after training; this

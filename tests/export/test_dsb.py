@@ -91,9 +91,10 @@ def test_native_scale_synthetic_training_exports_with_its_settings_in_the_metada
     out = tmp_path / "run"
     train.main([
         *TINY, "--dsb", str(root), "--val-fraction", "0.5", "--diameter", "12",
-        "--synthetic", "0.5", "--synthetic-radius", "3,30", "--out", str(out),
+        "--synthetic", "0.5", "--synthetic-radius", "3,30", "--empty-fields", "0.25", "--out", str(out),
     ])
     # the checkpoint's settings survive the trip through the ONNX metadata (JSON)
     report = export(out / "best.pt", tmp_path / "m.onnx", margin_images=1)
     data = report["metadata"]["training"]["data"]
     assert data["synthetic_share"] == 0.5 and data["synthetic_radius_px"] == [3.0, 30.0]
+    assert data["empty_field_share"] == 0.25
