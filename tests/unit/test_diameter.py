@@ -17,6 +17,7 @@ from service.diameter import (
     PROBE_SIZE,
     Probe,
     _first_look,
+    _outvoted_by_one_object,
     _plateau,
     estimate_diameter,
 )
@@ -153,6 +154,20 @@ def test_specks_that_do_not_grow_with_the_image_do_not_enlarge_it(model: Engine)
     assert "did not grow with the image" in scale.warning and "diameter=" in scale.warning
 
 
+def test_the_one_nucleus_of_a_near_empty_field_sets_the_scale_not_its_specks(model: Engine) -> None:
+    # Seed 6100021 (a tuning field: one nucleus of 19 px): several probes see it whole; without the
+    # one-object run a lone probe of haze won and the estimate read 122 px (the image shrunk ×0.16).
+    # Seed 6100049 (two nuclei, 33 px median): a lone probe of specks won at 5.4 px, enlarging the
+    # image ×3.7 into specks.
+    params = params_for_model(model.metadata)
+    image, truth = synth_nuclei(6_100_021, 512, SynthConfig(coverage=(0.0, 0.0)))
+    estimate = estimate_diameter(image, model.run, model.metadata, params)
+    assert estimate.diameter == pytest.approx(median_diameter(truth), rel=0.2)
+    image, _ = synth_nuclei(6_100_049, 512, SynthConfig(coverage=(0.0, 0.0)))
+    estimate = estimate_diameter(image, model.run, model.metadata, params)
+    assert estimate.diameter is not None and estimate.diameter > model.metadata.nucleus_diameter
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("radius", [3, 4, 6, 8])
 def test_small_nuclei_enlarged_by_the_estimate_grow_with_it(model: Engine, radius: int) -> None:
@@ -201,6 +216,36 @@ def test_the_plateau_of_whole_nuclei_beats_fragments_closer_to_the_model_size() 
     implied = [p.median_diameter / p.factor for p in _plateau(probes, 20.0)]
     assert len(implied) >= 3
     assert all(150 < d < 200 for d in implied), implied
+
+
+def test_one_nucleus_seen_alike_at_many_scales_outvotes_a_lone_probe_of_specks() -> None:
+    # A near-empty field holding one nucleus of ~46 px (as 2.2.0 saw seed 6100049): zoomed in,
+    # one probe finds 14 noise specks near the model's size; from ×1 down every probe finds the
+    # one nucleus, 46 px in image px at each scale. Before, the lone speck probe won and the
+    # image was enlarged ×3.7.
+    specks = [(9.0, 9), (15.2, 14)]
+    one_nucleus = [(91.6, 1), (65.5, 1), (46.2, 1), (32.7, 1), (23.0, 1), (16.5, 1), (11.6, 1), (7.9, 1)]
+    probes = _ladder(specks + one_nucleus)
+    plateau = _plateau(probes, 20.0)
+    assert [p.objects for p in plateau] == [14]  # several objects, one probe
+    chosen = _outvoted_by_one_object(probes, plateau, 20.0)
+    assert len(chosen) == 5 and all(44 < p.median_diameter / p.factor < 47 for p in chosen)
+    # the estimate starts from the probe nearest the model's size on it
+    assert min(chosen, key=lambda p: abs(math.log(p.median_diameter / 20))).median_diameter == 23.0
+
+
+def test_one_object_per_probe_does_not_outvote_an_as_long_run_of_many_or_a_short_run() -> None:
+    # Many nuclei of ~11 px seen whole at three scales; zoomed in, the window holds one whole
+    # nucleus at three scales too: the run of many stays (not longer), and two agreeing
+    # single-object probes never count.
+    many = _ladder([(45, 1), (32, 1), (22.5, 1), (16, 30), (11.3, 60), (8.1, 80), (5, 90)])
+    plateau = _plateau(many, 20.0)
+    assert [p.objects for p in plateau] == [30, 60, 80]
+    assert len(_plateau(many, 20.0, min_objects=1, max_objects=1)) == 3  # as long: not taken
+    assert _outvoted_by_one_object(many, plateau, 20.0) == plateau
+    two = _ladder([(9.0, 9), (15.2, 14), (0, 0), (46.2, 1), (32.7, 1), (0, 0)])
+    plateau = _plateau(two, 20.0)
+    assert _outvoted_by_one_object(two, plateau, 20.0) == plateau
 
 
 def test_a_long_plateau_of_two_whole_nuclei_beats_a_pair_of_agreeing_fragments() -> None:
