@@ -9,7 +9,9 @@ Budget is in optimiser steps (not epochs): on a 2-core CPU one step of 8×256² 
 default). Every ``eval_every`` steps (one "epoch" of the history) the model is
 scored on a fixed validation set; the best checkpoint (validation Dice, or validation
 loss for a model with the centre channel) is kept as ``best.pt`` next to
-``history.csv/json`` and ``curves.png``.
+``history.csv/json`` and ``curves.png``. ``--patience N`` ends the run once N evaluations in a
+row brought no better checkpoint: the learning-rate schedule still spans ``--steps``, so every step
+before the stop is the one a full run takes, and ``best.pt`` is the same.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ DEFAULTS: dict[str, object] = {
     "dice_weight": 1.0,  # loss = BCE + dice_weight * soft Dice loss
     "center_weight": 1.0,  # + center_weight * BCE of the centre channel against its soft target
     "eval_every": 50,
+    "patience": 0,  # end after this many evaluations in a row without a better checkpoint (0: never)
     "seed": 0,
     "init": None,  # a checkpoint to start from (same architecture): fine-tuning
     "threads": 2,
@@ -111,6 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--dsb and --images/--masks are two different data sources: choose one")
     if args.center and args.classes != 1:
         parser.error("--center 1 needs --classes 1: the centre map is built from instance labels")
+    if args.patience < 0:
+        parser.error("--patience must be 0 (run every step) or more")
     return args
 
 
@@ -263,6 +268,16 @@ def shuffled_loader(train_set: Dataset, args: argparse.Namespace) -> DataLoader:
         num_workers=args.workers,
         persistent_workers=args.workers > 0,
     )
+
+
+def evaluations_since_best(history: list[dict], select_by: str) -> int:
+    """How many of the last evaluations in ``history`` came after its best one (``select_by``:
+    ``val_loss``, lower is better, or ``val_dice``, higher is better; ties are not better)."""
+    scores = [h[select_by] if select_by == "val_dice" else -h[select_by] for h in history]
+    if not scores:
+        return 0
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))  # the first of equal bests
+    return len(scores) - 1 - best
 
 
 def plot_history(history: list[dict], path: Path) -> None:
@@ -445,6 +460,12 @@ def main(argv: list[str] | None = None) -> Path:
                 writer.writeheader()
                 writer.writerows(history)
             plot_history(history, out / "curves.png")
+            if args.patience and evaluations_since_best(history, select_by) >= args.patience:
+                tqdm.write(
+                    f"stopping at step {step + 1} of {args.steps}: {args.patience} evaluations without a "
+                    f"better {select_by} (--patience)"
+                )
+                break
     best = torch.load(best_path, map_location="cpu", weights_only=False)
     print(
         f"done in {time.time() - started:.0f} s; best by {select_by}: step {best['step']}, "

@@ -158,3 +158,33 @@ def test_centre_channel_needs_instance_labels_of_one_class(tmp_path: Path) -> No
 
     with pytest.raises(SystemExit):
         train.main([*TINY, "--classes", "2", "--out", str(tmp_path)])
+
+
+def test_evaluations_since_best_counts_what_came_after_the_best() -> None:
+    from model_export.train import evaluations_since_best
+
+    losses = [{"val_loss": v, "val_dice": 1 - v} for v in (0.30, 0.31, 0.29, 0.295, 0.29)]
+    assert evaluations_since_best(losses, "val_loss") == 2  # a tie with the best is not better
+    assert evaluations_since_best(losses, "val_dice") == 2
+    assert evaluations_since_best(losses[:3], "val_loss") == 0
+    assert evaluations_since_best([], "val_loss") == 0
+
+
+def test_patience_ends_the_run_at_the_first_evaluation_that_makes_it_run_out(tmp_path: Path) -> None:
+    from model_export import train
+    from tests.export.conftest import TINY
+
+    # Learning rate 0: the weights stay put and only BatchNorm's running statistics move, which
+    # here makes every later validation loss a little higher than the first (1.9266, 1.9273, ...).
+    args = [*TINY, "--steps", "12", "--eval-every", "1", "--lr", "0", "--warmup", "0", "--patience", "2"]
+    train.main([*args, "--out", str(tmp_path)])
+    history = json.loads((tmp_path / "history.json").read_text())
+    losses = [h["val_loss"] for h in history]
+    assert len(history) < 12, losses  # it did stop early ...
+    # ... exactly at the first evaluation two after the best so far, not before
+    for n in range(1, len(losses) + 1):
+        best = losses.index(min(losses[:n]))
+        assert (n - 1 - best >= 2) == (n == len(losses)), losses
+    best_checkpoint = torch.load(tmp_path / "best.pt", map_location="cpu", weights_only=False)
+    assert best_checkpoint["step"] == history[losses.index(min(losses))]["step"]
+    assert best_checkpoint["args"]["steps"] == 12  # the schedule still spans the steps asked for
