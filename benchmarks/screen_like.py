@@ -1,0 +1,121 @@
+"""Nuclei of different brightness in one 16-bit image: does the model still find them? (issue #13)
+
+16-bit screens and time-lapse movies hold nuclei whose brightness differs by far more than DSB's
+crops do: mitotic and G2 nuclei among G1 ones, weakly stained or slightly defocused ones. Each DSB
+image (its grey level; background = the median outside the labels) is re-recorded as a 16-bit
+camera would, ``100 + 12 × grey``, and the signal above background of some of its nuclei is changed:
+
+- ``16-bit``: none (the same image in a 16-bit container);
+- ``bright``: 5 % of the nuclei (at least one) ×4;
+- ``dim``: half of them ×0.3.
+
+The model goes through the service's pipeline (estimated scale, its own object settings), Otsu +
+watershed as ``evaluate --baseline otsu``; both are scored as ``evaluate`` scores (object F1 at IoU
+0.5, foreground Dice), and the model's recall is split between the changed nuclei and the others.
+Which nuclei change is drawn per image from its id: every run and model sees the same images.
+
+    .venv/bin/python benchmarks/screen_like.py --dsb DIR/stage1_train [--subset train] [--every 4]
+
+Nothing was chosen on it so far; choose on ``--subset train``, report ``val``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from model_export import dsb
+from model_export.evaluate import baseline_segmenter, predict_labels, score_segmentation
+from model_export.object_metrics import match_ious
+from service.engine import Engine
+from service.objects import params_for_model
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFSET, GAIN = 100, 12  # a camera's dark level and a 12-bit range in 16 bits
+
+
+def grey(image: np.ndarray) -> np.ndarray:
+    return image[:, :, :3].astype(np.float32).mean(axis=2) if image.ndim == 3 else image.astype(np.float32)
+
+
+def variants(item: dsb.DsbImage) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, 16-bit image, ids of the nuclei whose brightness changed) for one DSB image."""
+    rng = np.random.default_rng(int(item.id[:8], 16))
+    g = grey(item.image)
+    outside = item.labels == 0
+    background = float(np.median(g[outside])) if outside.any() else float(g.min())
+    signal = g - background  # what lies below the background stays as it was recorded
+    ids = np.unique(item.labels[item.labels > 0])
+
+    def recorded(gain_of: np.ndarray) -> np.ndarray:
+        s = signal.copy()
+        for factor in np.unique(gain_of[gain_of != 1]):
+            s[np.isin(item.labels, ids[gain_of == factor])] *= factor
+        return np.clip(OFFSET + (background + s) * GAIN, 0, 65535).astype(np.uint16)
+
+    plain = np.ones(len(ids))
+    yield "16-bit", recorded(plain), ids[:0]
+    bright = plain.copy()
+    bright[rng.choice(len(ids), max(1, round(0.05 * len(ids))), replace=False)] = 4.0
+    yield "bright", recorded(bright), ids[bright != 1]
+    dim = plain.copy()
+    dim[rng.choice(len(ids), len(ids) // 2, replace=False)] = 0.3
+    yield "dim", recorded(dim), ids[dim != 1]
+
+
+def found(truth: np.ndarray, labels: np.ndarray) -> dict[int, bool]:
+    """Per true nucleus id: matched by a predicted object at IoU ≥ 0.5."""
+    ids = np.unique(truth[truth > 0])
+    if labels.max(initial=0) == 0:
+        return {int(i): False for i in ids}
+    best = match_ious(truth.astype(np.int32), labels).max(axis=1)
+    return {int(i): bool(b >= 0.5) for i, b in zip(ids, best, strict=True)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dsb", type=Path, required=True, help="DSB stage1_train folder")
+    parser.add_argument("--subset", choices=["train", "val"], default="train")
+    parser.add_argument("--every", type=int, default=4, help="every n-th image of the subset")
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "nuclei-unet.onnx")
+    args = parser.parse_args()
+
+    train, val = dsb.split_by_series(dsb.load_set(args.dsb))
+    items = (train if args.subset == "train" else val)[:: args.every]
+    engine = Engine.load(args.model, providers=["CPUExecutionProvider"], intra_op_threads=2)
+    params = params_for_model(engine.metadata)
+    segmenters = {"model": lambda x: predict_labels(engine, x, params), "otsu": baseline_segmenter("otsu")}
+    scores: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    recall: dict[tuple[str, bool], list[bool]] = defaultdict(list)
+    for item in items:
+        for variant, image, changed in variants(item):
+            for who, segment in segmenters.items():
+                answer = segment(image)
+                dice, _, objects = score_segmentation(item.labels, answer)
+                assert objects is not None and answer.labels is not None
+                scores[(variant, who)].append((objects.f1, dice))
+                if who == "model":
+                    for nucleus, hit in found(item.labels, answer.labels).items():
+                        recall[(variant, nucleus in set(changed.tolist()))].append(hit)
+    name = f"{args.model.name} {engine.metadata.version}"
+    print(f"{name}, {len(items)} DSB {args.subset} images (every {args.every})")
+    print("| image | model F1 | model Dice | Otsu F1 | Otsu Dice | recall (pooled): changed / other nuclei |")
+    print("|---|---|---|---|---|---|")
+    for variant in ("16-bit", "bright", "dim"):
+        m, o = np.array(scores[(variant, "model")]), np.array(scores[(variant, "otsu")])
+        changed, others = recall[(variant, True)], recall[(variant, False)]
+        split = f"{np.mean(changed):.3f} ({len(changed)}) / " if changed else "– / "
+        print(
+            f"| {variant} | {m[:, 0].mean():.4f} | {m[:, 1].mean():.4f} | {o[:, 0].mean():.4f} | "
+            f"{o[:, 1].mean():.4f} | {split}{np.mean(others):.3f} ({len(others)}) |"
+        )
+
+
+if __name__ == "__main__":
+    main()
