@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from model_export import onnx_init
 from model_export.data import FolderDataset, ScaledDataset, SyntheticStream, center_target, synthetic_set
 from model_export.metrics import dice_iou
 from model_export.unet import UNet, UNetConfig, count_parameters, flops_per_pixel, receptive_field
@@ -98,7 +99,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             choices = ["concat", "add"] if key == "fusion" else ["transpose", "bilinear"]
             parser.add_argument(flag, default=value, choices=choices)
         elif key == "init":
-            parser.add_argument(flag, type=Path, default=None, help="checkpoint to start from (fine-tune)")
+            parser.add_argument(
+                flag, type=Path, default=None,
+                help="checkpoint to start from (fine-tune), or an exported .onnx file (the bundled model)",
+            )
         elif key == "dsb":
             parser.add_argument(flag, type=Path, default=None, help="DSB 2018 layout folder (stage1_train)")
         elif key in ("images", "masks"):
@@ -192,6 +196,8 @@ def init_weights(model: UNet, start: dict, path: Path) -> None:
             grown[: state[key].shape[0]] = state[key]
             state[key] = grown
     model.load_state_dict(state)
+    if start.get("frozen_batchnorm"):  # started from an ONNX file: its BatchNorms hold no batch statistics
+        model.freeze_batchnorm()
 
 
 def parse_radius_range(text: str) -> tuple[float, float] | None:
@@ -371,7 +377,12 @@ def main(argv: list[str] | None = None) -> Path:
         center=bool(args.center),
     )
     model = UNet(config)
-    if args.init is not None:
+    if args.init is not None and args.init.suffix.lower() == ".onnx":
+        try:
+            data_desc["init"] = onnx_init.load_into(model, args.init)
+        except onnx_init.InitError as exc:
+            raise SystemExit(f"--init {args.init}: {exc}") from exc
+    elif args.init is not None:
         start = torch.load(args.init, map_location="cpu", weights_only=False)
         init_weights(model, start, args.init)
         data_desc["init"] = {"checkpoint": str(args.init), "command": start.get("command", "")}
@@ -443,6 +454,7 @@ def main(argv: list[str] | None = None) -> Path:
                 "step": step + 1,
                 "val_dice": val_dice,
                 "selected_by": select_by,
+                "frozen_batchnorm": model.frozen_batchnorm,
                 "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                 "command": command,
                 "data": data_desc,

@@ -131,6 +131,25 @@ class UNet(nn.Module):
             Up(widths[i + 1], widths[i], widths[i], c.fusion, c.upsample) for i in reversed(range(c.depth))
         )
         self.head = nn.Conv2d(widths[0], c.outputs, kernel_size=1)
+        self.frozen_batchnorm = False
+
+    def freeze_batchnorm(self) -> UNet:
+        """Keep every BatchNorm on its running statistics, also in training mode (they stop updating).
+
+        For weights that come without batch statistics (an exported ONNX file folds them into the
+        convolutions: ``model_export.onnx_init``): normalising by batch statistics would change what
+        the network computes at the first step.
+        """
+        self.frozen_batchnorm = True
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> UNet:
+        super().train(mode)
+        if self.frozen_batchnorm:
+            for module in self.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = [self.stem(x)]
