@@ -18,6 +18,7 @@ from pathlib import Path
 
 import onnx
 import torch
+from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 from torch import nn
 
@@ -57,7 +58,10 @@ def _conv_bn_pairs(model: UNet) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
 def load_into(model: UNet, path: Path) -> dict:
     """Put the weights of the ONNX file at ``path`` into ``model`` (same architecture), freeze its
     BatchNorms, and check the result against ONNX Runtime. Returns what the run should record."""
-    proto = onnx.load(str(path))
+    try:
+        proto = onnx.load(str(path))
+    except (OSError, DecodeError) as exc:
+        raise InitError(f"cannot read it as ONNX: {exc}") from exc
     recorded = architecture(proto)
     expected = {k: v for k, v in model.config.as_dict().items() if k in recorded}
     if recorded != expected:

@@ -81,7 +81,7 @@ DEFAULTS: dict[str, object] = {
     "eval_every": 50,
     "patience": 0,  # end after this many evaluations in a row without a better checkpoint (0: never)
     "seed": 0,
-    "init": None,  # a checkpoint to start from (same architecture): fine-tuning
+    "init": None,  # a checkpoint or exported fp32 .onnx to start from (same architecture): fine-tuning
     "threads": 2,
     "out": "runs/default",
 }

@@ -273,7 +273,8 @@ def _plateau(
     current: list[Probe] = []
     for probe in probes:
         plausible = (
-            min_objects <= probe.objects <= (max_objects or probe.objects)
+            min_objects <= probe.objects
+            and (max_objects is None or probe.objects <= max_objects)
             and target / PLAUSIBLE_RATIO <= probe.median_diameter <= target * PLAUSIBLE_RATIO
         )
         if not plausible:

@@ -75,6 +75,10 @@ def test_files_that_cannot_start_a_run_are_refused_with_the_reason(
 
     with pytest.raises(SystemExit, match="architecture"):  # the bundled model is not the tiny one
         train.main([*TINY, "--init", str(BUNDLED), "--out", str(tmp_path / "a")])
+    garbage = tmp_path / "notes.onnx"
+    garbage.write_bytes(b"not a model")
+    with pytest.raises(SystemExit, match="cannot read it as ONNX"):
+        train.main([*TINY, "--init", str(garbage), "--out", str(tmp_path / "c")])
     half = export(tiny_run / "best.pt", tmp_path / "half.onnx", fp16=True, margin_images=1)["out"]
     with pytest.raises(SystemExit, match="fp32"):
         train.main([*TINY, "--init", half, "--out", str(tmp_path / "b")])
