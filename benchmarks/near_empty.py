@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from model_export.data import SynthConfig, synth_nuclei
+from model_export.evaluate import predict_labels
 from model_export.object_metrics import match_ious
-from service import pipeline
 from service.engine import Engine
 from service.objects import params_for_model
 
@@ -36,13 +36,9 @@ def field(seed: int) -> tuple[np.ndarray, np.ndarray]:
 def objects_on(engine: Engine, image: np.ndarray) -> tuple[np.ndarray, float]:
     """The service's labels for ``image`` (estimated scale, the model's object settings) and the
     resize factor it chose."""
-    md = engine.metadata
-    params = params_for_model(md)
-    scale = pipeline.choose_scale(image, engine.run, md, params, None, None, 8192 * 8192, batch_size=8)
-    prediction = pipeline.predict_scaled(image, scale, engine.run, md, batch_size=8)
-    labels = pipeline.on_input_grid(prediction, md, image.shape[:2], md.threshold, params).labels
-    assert labels is not None
-    return labels, scale.factor
+    answer = predict_labels(engine, image, params_for_model(engine.metadata), batch_size=8)
+    assert answer.labels is not None
+    return answer.labels, answer.scale_factor
 
 
 def score(truth: np.ndarray, labels: np.ndarray) -> tuple[int, int, int]:

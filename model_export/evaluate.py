@@ -73,12 +73,14 @@ class Segmentation:
     tiles: model tiles run for the image (0 for a baseline).
     diameter: the nucleus diameter used to bring the image to the model's scale (estimated
     or given), input px; None for a baseline or a model without a trained diameter.
+    scale_factor: the resize the model ran at (model px per input px; 1 for a baseline).
     """
 
     foreground: np.ndarray
     labels: np.ndarray | None
     tiles: int = 0
     diameter: float | None = None  # nucleus diameter the model was run at, input px (None: not resized)
+    scale_factor: float = 1.0
 
 
 #: A decoded image → its :class:`Segmentation` (the model or a baseline).
@@ -117,7 +119,7 @@ def predict_labels(
         image, scale, engine.run, meta, tile_size=tile_size, overlap=overlap, batch_size=batch_size
     )
     grid = pipeline.on_input_grid(result, meta, image.shape[:2], meta.threshold, object_params)
-    return Segmentation(grid.mask > 0, grid.labels, result.tiles, scale.diameter)
+    return Segmentation(grid.mask > 0, grid.labels, result.tiles, scale.diameter, scale.factor)
 
 
 def baseline_segmenter(name: str) -> Segmenter:

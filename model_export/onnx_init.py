@@ -24,6 +24,8 @@ from torch import nn
 
 from model_export.export import ExportError, check_against_torch, session
 from model_export.unet import UNet, UNetConfig
+from service.model_checksum import CHECKSUM_KEY
+from service.model_metadata import MetadataError, ModelMetadata
 
 #: The ONNX file must reproduce through the unfolded network within this (max |Δ logit|).
 TOLERANCE = 1e-3
@@ -33,16 +35,17 @@ class InitError(ValueError):
     """The ONNX file cannot start this training run (wrong precision, architecture or graph)."""
 
 
-def architecture(model: onnx.ModelProto) -> dict:
-    """The ``unet.architecture`` the file records, as :class:`UNetConfig` keys."""
-    props = {p.key: p.value for p in model.metadata_props}
-    if "unet.architecture" not in props:
+def _metadata(proto: onnx.ModelProto) -> ModelMetadata:
+    """The file's metadata, as the service reads it; refused unless it can start training."""
+    try:
+        metadata = ModelMetadata.from_onnx_props({p.key: p.value for p in proto.metadata_props})
+    except MetadataError as exc:
+        raise InitError(str(exc)) from exc
+    if not metadata.architecture:
         raise InitError("the file records no unet.architecture: only files `export` wrote can start training")
-    precision = json.loads(props.get("unet.precision", '"fp32"'))
-    if precision != "fp32":
-        raise InitError(f"the file is {precision}; start from the fp32 file (weights as trained)")
-    recorded = json.loads(props["unet.architecture"])
-    return {key: recorded[key] for key in UNetConfig().as_dict() if key in recorded}
+    if metadata.precision != "fp32":
+        raise InitError(f"the file is {metadata.precision}; start from the fp32 file (weights as trained)")
+    return metadata
 
 
 def _conv_bn_pairs(model: UNet) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
@@ -62,7 +65,8 @@ def load_into(model: UNet, path: Path) -> dict:
         proto = onnx.load(str(path))
     except (OSError, DecodeError) as exc:
         raise InitError(f"cannot read it as ONNX: {exc}") from exc
-    recorded = architecture(proto)
+    metadata = _metadata(proto)
+    recorded = {k: v for k, v in metadata.architecture.items() if k in UNetConfig().as_dict()}
     expected = {k: v for k, v in model.config.as_dict().items() if k in recorded}
     if recorded != expected:
         raise InitError(f"architecture {recorded} differs from this run's {expected}")
@@ -70,9 +74,10 @@ def load_into(model: UNet, path: Path) -> dict:
         raise InitError("the graph keeps its BatchNorms unfolded; start from a file `export` wrote")
     weights = {init.name: numpy_helper.to_array(init).copy() for init in proto.graph.initializer}
     own = dict(model.named_parameters())
-    folded = {id(p) for pair in _conv_bn_pairs(model) for module in pair for p in module.parameters()}
+    conv_bn = _conv_bn_pairs(model)
+    folded = {id(p) for pair in conv_bn for module in pair for p in module.parameters()}
     by_name = {name for name, p in own.items() if id(p) not in folded}
-    pairs = iter(_conv_bn_pairs(model))
+    pairs = iter(conv_bn)
     loaded: set[str] = set()
     for node in proto.graph.node:
         if node.op_type not in ("Conv", "ConvTranspose"):
@@ -105,12 +110,12 @@ def load_into(model: UNet, path: Path) -> dict:
     except ExportError as exc:
         raise InitError(f"the unfolded network does not reproduce the file: {exc}") from exc
     model.train()
-    props = {p.key: json.loads(p.value) for p in proto.metadata_props if p.key.startswith("unet.")}
+    seal = next((p.value for p in proto.metadata_props if p.key == CHECKSUM_KEY), None)
     return {
         "onnx": str(path),
-        "name": props.get("unet.name"),
-        "version": props.get("unet.version"),
-        "sha256": props.get("unet.sha256"),
+        "name": metadata.name,
+        "version": metadata.version,
+        "sha256": None if seal is None else json.loads(seal),
         "max_abs_diff": float(worst),
         "batchnorm": "frozen (folded into the convolutions by export)",
     }
