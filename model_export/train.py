@@ -57,6 +57,10 @@ DEFAULTS: dict[str, object] = {
     # which DSB almost never shows: without them the model marked their specks as nuclei;
     # `synthetic` is then the share of the other samples
     "empty_fields": 0.0,
+    # share of the DSB samples with some of their nuclei dimmed to 0.15–0.7 of their signal
+    # (model_export.data.dim_some_nuclei): DSB's nuclei are much alike in brightness within an
+    # image, screens' are not
+    "dim_nuclei": 0.0,
     "patch": 256,
     "batch_size": 8,
     "val_images": 24,  # synthetic data: size of the fixed validation set
@@ -227,14 +231,16 @@ def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.
         raise SystemExit(f"--dsb {args.dsb}: {len(items)} fluorescence images; too few to split by series")
     jitter = (1 / args.scale_jitter, args.scale_jitter)
     synthetic_radius = parse_radius_range(args.synthetic_radius)
-    if not 0.0 <= args.empty_fields <= 1.0:
-        raise SystemExit(f"--empty-fields {args.empty_fields}: expected a share in [0, 1]")
+    for flag, share in (("--empty-fields", args.empty_fields), ("--dim-nuclei", args.dim_nuclei)):
+        if not 0.0 <= share <= 1.0:
+            raise SystemExit(f"{flag} {share}: expected a share in [0, 1]")
     as_tuples = [(i.image, i.labels, i.diameter) for i in train_items]
     train_set = ScaledDataset(
         as_tuples, args.patch, args.diameter, jitter, args.synthetic, args.in_channels, args.seed,
         samples_per_epoch=max(len(train_items), args.batch_size) * 16,
         synthetic_radius=synthetic_radius,
         empty_fields=args.empty_fields,
+        dim_nuclei=args.dim_nuclei,
     )
     val_set = ScaledDataset(
         [(i.image, i.labels, i.diameter) for i in val_items], args.patch, args.diameter,
@@ -256,6 +262,7 @@ def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.
         "synthetic_share": args.synthetic,
         "synthetic_radius_px": synthetic_radius,  # a tuple: export stores it as JSON (a list)
         "empty_field_share": args.empty_fields,
+        "dim_nuclei_share": args.dim_nuclei,
     }
     print(
         f"DSB: {len(items)} fluorescence images, {len(train_items)} train / {len(val_items)} val "

@@ -179,6 +179,69 @@ def test_empty_field_samples_hold_at_most_two_nuclei_and_leave_other_runs_unchan
         assert np.array_equal(before[i][0].numpy(), after[i][0].numpy())
 
 
+def _square_nuclei(count: int = 16, side: int = 10, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """A normalised ``(1, H, W)`` image of ``count`` separate square nuclei (signal 1 on background 0.1)."""
+    labels = np.zeros((size, size), np.int32)
+    per_row = int(np.ceil(np.sqrt(count)))
+    pitch = size // per_row
+    for k in range(count):
+        y, x = divmod(k, per_row)
+        labels[4 + pitch * y : 4 + pitch * y + side, 4 + pitch * x : 4 + pitch * x + side] = k + 1
+    image = np.where(labels > 0, 1.0, 0.1).astype(np.float32)[None]
+    image = cv2.GaussianBlur(image[0], (0, 0), 1.0)[None]  # a rim outside the labels, as microscopes draw
+    return image, labels
+
+
+def test_dim_some_nuclei_scales_the_signal_of_a_share_of_them_and_leaves_the_rest() -> None:
+    from model_export.data import DIM_FACTORS, dim_some_nuclei
+
+    image, labels = _square_nuclei()
+    out = dim_some_nuclei(image, labels, np.random.default_rng(3), share=(0.5, 0.5))
+    background = 0.1
+    kept = {
+        i: (out[0][labels == i].mean() - background) / (image[0][labels == i].mean() - background)
+        for i in range(1, 17)
+    }
+    dimmed = [i for i, k in kept.items() if k < 0.99]
+    assert len(dimmed) == 8, kept  # half of the 16, each by its own factor within the range
+    assert all(DIM_FACTORS[0] - 0.02 <= kept[i] <= DIM_FACTORS[1] + 0.05 for i in dimmed), kept
+    assert len({round(kept[i], 3) for i in dimmed}) > 1
+    assert all(abs(kept[i] - 1) < 1e-5 for i in kept if i not in dimmed)  # nuclei apart: untouched
+    # the rim just outside a dimmed nucleus dims with it; the background far from nuclei does not
+    far = cv2.dilate((labels > 0).astype(np.uint8), np.ones((9, 9), np.uint8)) == 0
+    np.testing.assert_allclose(out[0][far], image[0][far], atol=1e-6)
+    around_dimmed = cv2.dilate(np.isin(labels, dimmed).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    rim = around_dimmed & (labels == 0)
+    assert (out[0][rim] - background).mean() < 0.8 * (image[0][rim] - background).mean()
+    # no nuclei: the image comes back as it was
+    assert dim_some_nuclei(image, np.zeros_like(labels), np.random.default_rng(0)) is image
+
+
+def test_dim_nuclei_samples_change_only_real_samples_and_only_when_asked() -> None:
+    from model_export.data import ScaledDataset
+
+    image, labels = _square_nuclei(size=256)
+    raw = (image[0] * 200).astype(np.uint8)
+    items = [(raw, labels, 11.0)]
+    same = {"scale_jitter": (1.0, 1.0), "seed": 5, "samples_per_epoch": 6}
+    plain = ScaledDataset(items, 128, 11.0, **same)
+    dim = ScaledDataset(items, 128, 11.0, **same, dim_nuclei=1.0)
+    off = ScaledDataset(items, 128, 11.0, **same, dim_nuclei=0.0)
+    def dim_whole_nuclei(sample: tuple) -> int:
+        """Whole nuclei (≥ 60 px) whose signal above background is under 0.75 of the brightest one's."""
+        x, lab = sample[0].numpy()[0], sample[1].numpy()
+        background = float(np.median(x[lab == 0]))
+        ids = [k for k in np.unique(lab[lab > 0]) if (lab == k).sum() >= 60]
+        signal = np.array([x[lab == k].mean() - background for k in ids])
+        return int((signal < 0.75 * signal.max()).sum()) if len(ids) else 0
+
+    for i in range(6):  # one call per dataset and index: the draws depend on the call count
+        a, b, c = plain[i], dim[i], off[i]
+        assert np.array_equal(a[0].numpy(), c[0].numpy())  # 0: the sample stream of runs before it
+        assert dim_whole_nuclei(a) == 0
+        assert dim_whole_nuclei(b) >= 1
+
+
 def test_synthetic_radius_flag_is_parsed_and_checked() -> None:
     from model_export.train import parse_radius_range
 

@@ -91,10 +91,24 @@ def test_native_scale_synthetic_training_exports_with_its_settings_in_the_metada
     out = tmp_path / "run"
     train.main([
         *TINY, "--dsb", str(root), "--val-fraction", "0.5", "--diameter", "12",
-        "--synthetic", "0.5", "--synthetic-radius", "3,30", "--empty-fields", "0.25", "--out", str(out),
+        "--synthetic", "0.5", "--synthetic-radius", "3,30", "--empty-fields", "0.25",
+        "--dim-nuclei", "0.5", "--out", str(out),
     ])
     # the checkpoint's settings survive the trip through the ONNX metadata (JSON)
     report = export(out / "best.pt", tmp_path / "m.onnx", margin_images=1)
     data = report["metadata"]["training"]["data"]
     assert data["synthetic_share"] == 0.5 and data["synthetic_radius_px"] == [3.0, 30.0]
-    assert data["empty_field_share"] == 0.25
+    assert data["empty_field_share"] == 0.25 and data["dim_nuclei_share"] == 0.5
+
+
+@pytest.mark.parametrize("flag", ["--empty-fields", "--dim-nuclei"])
+def test_a_sample_share_outside_zero_to_one_is_refused_by_name(tmp_path: Path, flag: str) -> None:
+    from model_export import train
+    from tests.export.conftest import TINY
+
+    root = write_dsb_folder(tmp_path / "data", n=6, seed=10)
+    with pytest.raises(SystemExit, match=f"{flag} 1.5: expected a share in"):
+        train.main([
+            *TINY, "--dsb", str(root), "--val-fraction", "0.5", flag, "1.5", "--out", str(tmp_path / "r"),
+        ])
+    assert not (tmp_path / "r" / "best.pt").exists()
