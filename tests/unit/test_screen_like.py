@@ -3,26 +3,14 @@ the images it builds change exactly the nuclei it says, by the factor it says, a
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
 from model_export.dsb import DsbImage
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _screen_like():
-    spec = importlib.util.spec_from_file_location("screen_like", REPO / "benchmarks" / "screen_like.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmark_scripts import load_benchmark
 
 
 def test_variants_change_the_named_nuclei_by_their_factor_only() -> None:
-    screen_like = _screen_like()
+    screen_like = load_benchmark("screen_like")
     rng = np.random.default_rng(0)
     labels = np.zeros((120, 120), np.int32)
     for k in range(20):  # 20 square nuclei of 8 px on a grid
