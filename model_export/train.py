@@ -91,6 +91,10 @@ DEFAULTS: dict[str, object] = {
 }
 
 
+# Options that only the DSB data path reads (``dsb_data``); given with other data they are refused.
+DSB_MIX_OPTIONS = ("synthetic_radius", "empty_fields", "dim_nuclei")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m model_export train",
@@ -124,6 +128,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--center 1 needs --classes 1: the centre map is built from instance labels")
     if args.patience < 0:
         parser.error("--patience must be 0 (run every step) or more")
+    if args.dsb is None:
+        # Options of the DSB sample mix: with other data they would do nothing, silently.
+        for key in DSB_MIX_OPTIONS:
+            if getattr(args, key) != DEFAULTS[key]:
+                parser.error(f"--{key.replace('_', '-')} shapes the --dsb sample mix: it needs --dsb")
     return args
 
 

@@ -112,3 +112,19 @@ def test_a_sample_share_outside_zero_to_one_is_refused_by_name(tmp_path: Path, f
             *TINY, "--dsb", str(root), "--val-fraction", "0.5", flag, "1.5", "--out", str(tmp_path / "r"),
         ])
     assert not (tmp_path / "r" / "best.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--dim-nuclei", "0.3"), ("--empty-fields", "0.1"), ("--synthetic-radius", "3,30")]
+)
+def test_dsb_mix_options_without_dsb_data_are_refused_not_ignored(
+    tmp_path: Path, flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from model_export import train
+
+    with pytest.raises(SystemExit):
+        train.parse_args([flag, value, "--images", str(tmp_path), "--masks", str(tmp_path)])
+    assert f"{flag} shapes the --dsb sample mix: it needs --dsb" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.parse_args([flag, value])  # synthetic-only training
+    assert train.parse_args([flag, value, "--dsb", str(tmp_path)]).dsb == tmp_path
