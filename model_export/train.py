@@ -128,6 +128,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--center 1 needs --classes 1: the centre map is built from instance labels")
     if args.patience < 0:
         parser.error("--patience must be 0 (run every step) or more")
+    for flag, share in (("--empty-fields", args.empty_fields), ("--dim-nuclei", args.dim_nuclei)):
+        if not 0.0 <= share <= 1.0:
+            raise SystemExit(f"{flag} {share}: expected a share in [0, 1]")
     if args.dsb is None:
         # Options of the DSB sample mix: with other data they would do nothing, silently.
         for key in DSB_MIX_OPTIONS:
@@ -240,9 +243,6 @@ def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.
         raise SystemExit(f"--dsb {args.dsb}: {len(items)} fluorescence images; too few to split by series")
     jitter = (1 / args.scale_jitter, args.scale_jitter)
     synthetic_radius = parse_radius_range(args.synthetic_radius)
-    for flag, share in (("--empty-fields", args.empty_fields), ("--dim-nuclei", args.dim_nuclei)):
-        if not 0.0 <= share <= 1.0:
-            raise SystemExit(f"{flag} {share}: expected a share in [0, 1]")
     as_tuples = [(i.image, i.labels, i.diameter) for i in train_items]
     train_set = ScaledDataset(
         as_tuples, args.patch, args.diameter, jitter, args.synthetic, args.in_channels, args.seed,
