@@ -100,8 +100,14 @@ DSB_MIX_OPTIONS = ("synthetic_radius", "empty_fields", "dim_nuclei")
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bfloat16 convolutions natively on this CPU (PyTorch's own test check)."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """Whether oneDNN runs bfloat16 convolutions natively on this CPU (PyTorch's own test check).
+
+    The check is a private op: a PyTorch build without it counts as "no", float32 being always safe.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def use_bf16(flag: str, native: bool) -> bool:
