@@ -95,6 +95,9 @@ DEFAULTS: dict[str, object] = {
 }
 
 
+# Options that take one of a few words (the rest take the type of their default).
+CHOICES = {"fusion": ["concat", "add"], "upsample": ["transpose", "bilinear"], "bf16": ["auto", "1", "0"]}
+
 # Options that only the DSB data path reads (``dsb_data``); given with other data they are refused.
 DSB_MIX_OPTIONS = ("synthetic_radius", "empty_fields", "dim_nuclei")
 
@@ -131,11 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     for key, value in DEFAULTS.items():
         flag = "--" + key.replace("_", "-")
-        if key == "bf16":
-            parser.add_argument(flag, default=value, choices=["auto", "1", "0"], help=f"default {value}")
-        elif key in ("fusion", "upsample"):
-            choices = ["concat", "add"] if key == "fusion" else ["transpose", "bilinear"]
-            parser.add_argument(flag, default=value, choices=choices)
+        if key in CHOICES:
+            parser.add_argument(flag, default=value, choices=CHOICES[key], help=f"default {value}")
         elif key == "init":
             parser.add_argument(
                 flag, type=Path, default=None,
@@ -161,12 +161,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag, share in (("--empty-fields", args.empty_fields), ("--dim-nuclei", args.dim_nuclei)):
         if not 0.0 <= share <= 1.0:
             raise SystemExit(f"{flag} {share}: expected a share in [0, 1]")
-    args.bf16 = int(use_bf16(args.bf16, cpu_has_native_bf16()))
     if args.dsb is None:
         # Options of the DSB sample mix: with other data they would do nothing, silently.
         for key in DSB_MIX_OPTIONS:
             if getattr(args, key) != DEFAULTS[key]:
                 parser.error(f"--{key.replace('_', '-')} shapes the --dsb sample mix: it needs --dsb")
+    # Resolved after every refusal, so a refused command prints no bf16 warning first.
+    args.bf16 = int(use_bf16(args.bf16, cpu_has_native_bf16()))
     return args
 
 
