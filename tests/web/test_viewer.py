@@ -537,9 +537,13 @@ def test_cancel_stops_the_job_on_the_server_and_shows_no_result(
     page, requests = _recording_page(browser, jobs_service_url)
     try:
         page.locator("#file-input").set_input_files(str(large_tiff))
-        page.wait_for_function(  # the job is running: some tiles done, not all
+        # The job is running: some tiles done, not all. The label must name tiles: the same bar
+        # shows the upload's fraction first, before the job (and its Cancel button) exists.
+        page.wait_for_function(
             "() => { const bar = document.getElementById('progress');"
-            " return bar.hasAttribute('value') && bar.value > 0 && bar.value < 1; }")
+            " const label = document.getElementById('progress-label').textContent;"
+            " return label.includes(' tiles') && bar.hasAttribute('value')"
+            " && bar.value > 0 && bar.value < 1; }")
         cancel = page.locator("#cancel-job")
         assert cancel.is_visible()
         cancel.click()
