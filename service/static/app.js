@@ -51,6 +51,7 @@ const state = {
   jobAbove: DEFAULT_JOB_ABOVE_PIXELS,
   useJobs: false,        // this file goes through jobs (its pixels are over jobAbove)
   jobs: new Map(),       // purpose ("segment", "objects", "download-mask"…) → the job running for it
+  uploads: new Set(),    // XMLHttpRequests still sending the file (Cancel aborts them)
 };
 
 // --- HTTP ----------------------------------------------------------------------------------------
@@ -98,10 +99,11 @@ function askForKey() {
  * One XMLHttpRequest (for upload progress), answered as a Blob.
  * A 401 asks for the API key (once; again only if the stored key is refused) and retries.
  */
-function xhrOnce(method, url, body, { contentType, onUploadProgress, onUploaded } = {}) {
+function xhrOnce(method, url, body, { contentType, onOpen, onUploadProgress, onUploaded } = {}) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open(method, url);
+    if (onOpen) onOpen(xhr);
     xhr.responseType = "blob";
     const key = sessionStorage.getItem(KEY_STORAGE);
     if (key) xhr.setRequestHeader("X-API-Key", key);
@@ -110,7 +112,11 @@ function xhrOnce(method, url, body, { contentType, onUploadProgress, onUploaded 
     if (onUploaded) xhr.upload.onload = onUploaded;
     xhr.onload = () => resolve(xhr);
     xhr.onerror = () => reject(new RequestFailed(0, null, "The service could not be reached"));
-    xhr.onabort = () => reject(new RequestFailed(0, null, "Cancelled"));
+    xhr.onabort = () => {
+      const err = new RequestFailed(0, null, "Cancelled: the upload was stopped");
+      err.cancelled = true;
+      reject(err);
+    };
     xhr.send(body);
   });
 }
@@ -127,14 +133,39 @@ async function request(method, url, body, options = {}) {
   }
 }
 
-/** POST the current file to `url`, showing upload progress and then `runningText`. */
+/**
+ * POST the current file to `url`, showing upload progress and then `runningText`. While the
+ * file is still being sent, Cancel aborts the upload (shown once an upload is seen part-way,
+ * so a small file's upload does not flash the button).
+ */
 function upload(url, step, runningText) {
   const file = state.file;
+  let sending = null;
+  const sent = () => {
+    if (!sending) return;
+    state.uploads.delete(sending);
+    sending = null;
+    showCancel();
+  };
   return request("POST", url, file, {
     contentType: file.type || "application/octet-stream",
-    onUploadProgress: (f) => showProgress(`${step}: uploading ${Math.round(100 * f)}%`, f),
-    onUploaded: () => showProgress(`${step}: ${runningText}…`, null),
-  });
+    onOpen: (xhr) => {
+      sent(); // a retry after a 401: the earlier request is over
+      sending = xhr;
+      state.uploads.add(xhr);
+    },
+    onUploadProgress: (f) => {
+      if (sending && f < 1 && !sending.partWay) {
+        sending.partWay = true;
+        showCancel();
+      }
+      showProgress(`${step}: uploading ${Math.round(100 * f)}%`, f);
+    },
+    onUploaded: () => {
+      sent();
+      showProgress(`${step}: ${runningText}…`, null);
+    },
+  }).finally(sent);
 }
 
 /** The chosen channel / plane as query parameters (only those chosen). */
@@ -237,12 +268,15 @@ function cancelJob(purpose) {
   request("DELETE", `jobs/${encodeURIComponent(job.id)}`).catch(() => {});
 }
 
-function cancelAllJobs() {
+/** Cancel: stop every upload still sending the file and every job running on the server. */
+function cancelAll() {
+  for (const xhr of [...state.uploads]) xhr.abort();
   for (const purpose of [...state.jobs.keys()]) cancelJob(purpose);
 }
 
 function showCancel() {
-  $("cancel-job").hidden = state.jobs.size === 0;
+  const uploading = [...state.uploads].some((xhr) => xhr.partWay);
+  $("cancel-job").hidden = state.jobs.size === 0 && !uploading;
 }
 
 /** A job's status on the progress bar: tiles done of total, and the time left at the rate seen. */
@@ -332,7 +366,7 @@ const DOWNLOADS = ["mask", "labels", "objects", "geojson", "rois"];
 /** A new run: answers for an older one are dropped; the result shown so far is cleared. */
 function startRun() {
   const run = ++state.run;
-  cancelAllJobs(); // their answers would be dropped: stop their work on the server too
+  cancelAll(); // their answers would be dropped: stop their uploads, and their work on the server
   state.prob = null;
   state.features = [];
   state.countThreshold = null;
@@ -853,7 +887,7 @@ function init() {
   for (const id of ["channel", "zplane", "tplane"]) $(id).addEventListener("change", onPlaneChange);
   wireZoom();
   window.addEventListener("resize", fitStage);
-  $("cancel-job").addEventListener("click", cancelAllJobs);
+  $("cancel-job").addEventListener("click", cancelAll);
   setOpacity();
   loadModelInfo();
 }

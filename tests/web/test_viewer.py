@@ -557,3 +557,36 @@ def test_cancel_stops_the_job_on_the_server_and_shows_no_result(
     assert ("GET", f"{jobs_service_url}/jobs/{job_id}/result") not in requests
     status = httpx.get(f"{jobs_service_url}/jobs/{job_id}", timeout=10).json()
     assert status["status"] == "cancelled", status
+
+
+def test_cancel_during_the_upload_stops_it_and_the_page_takes_the_next_file(
+    browser: Any, jobs_service_url: str, large_tiff: Path, tiff: Path
+) -> None:
+    page, requests = _recording_page(browser, jobs_service_url)
+    try:
+        # Uploads throttled to 64 kB/s: the file (~2 MB) is still being sent when Cancel is pressed.
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        slow = {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 64 * 1024}
+        cdp.send("Network.emulateNetworkConditions", slow)
+        page.locator("#file-input").set_input_files(str(large_tiff))
+        page.wait_for_function(
+            "() => document.getElementById('progress-label').textContent.includes('uploading')")
+        cancel = page.locator("#cancel-job")
+        cancel.wait_for(state="visible")
+        cancel.click()
+        page.wait_for_function("() => document.getElementById('error').textContent.includes('Cancelled')")
+        assert page.locator("#progress-box").is_hidden() and cancel.is_hidden()
+        assert page.locator("#info-count").text_content() == "–"
+        cancelled_requests = list(requests)
+
+        # Nothing of the cancelled file is left running, and the next file is segmented as usual.
+        cdp.send("Network.emulateNetworkConditions", {**slow, "uploadThroughput": -1})
+        page.locator("#file-input").set_input_files(str(tiff))
+        shown = _wait_for_count(page)
+    finally:
+        page.close()
+    posts = [url for method, url in cancelled_requests if method == "POST"]
+    assert posts == [f"{jobs_service_url}/probe"], cancelled_requests
+    assert not any("/jobs" in u for _, u in requests), requests
+    assert shown == _server_count(jobs_service_url, tiff)
