@@ -52,7 +52,8 @@ def model_grid_f1(
     scale = pipeline.choose_scale(image, engine.run, meta, params, meta.threshold, diameter, 1 << 31)
     prediction = pipeline.predict_scaled(image, scale, engine.run, meta)
     mask = postprocess.foreground_probability(prediction, meta) > meta.threshold
-    labels = objects.label_prediction(mask, prediction.probabilities, params)
+    around = pipeline.surroundings(prediction, mask, params)
+    labels = objects.label_prediction(mask, prediction.probabilities, params, around)
     return score_objects(rescale.resize_labels(truth, labels.shape), labels).f1
 
 

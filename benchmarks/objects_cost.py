@@ -38,7 +38,7 @@ from _common import (
     timed,
 )
 
-from service import objects, postprocess, segment
+from service import objects, pipeline, postprocess, segment
 from service.engine import Engine
 from service.preprocess import to_channels
 from service.settings import DEFAULT_MODEL_PATH, Settings
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def infer() -> None:
         prediction = segment.predict(image, engine.run, md, batch_size=batch_size)
+        state["prediction"] = prediction
         state["probabilities"] = prediction.probabilities
         state["prob"] = postprocess.foreground_probability(prediction, md)
         state["tiles"] = prediction.tiles
@@ -77,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         state["mask"] = postprocess.mask(state["prob"], md.threshold) > 0
 
     def label(method: str) -> None:
-        state[method] = objects.label_prediction(state["mask"], state["probabilities"], params[method])
+        mask = state["mask"]
+        around = pipeline.surroundings(state["prediction"], mask, params[method])
+        state[method] = objects.label_prediction(mask, state["probabilities"], params[method], around)
 
     def measure(method: str) -> None:
         state[f"rows {method}"] = objects.measure(state[method], intensity, state["prob"])

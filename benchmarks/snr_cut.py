@@ -1,16 +1,15 @@
-"""A contrast cut on connected regions at the model's scale: measured, not built (issue #13).
+"""Choose the contrast cut (``min_snr``, ``service.objects``) on DSB images and near-empty fields.
 
-``benchmarks/false_objects.py`` measures each object's ``snr`` on the input image. This script
-measures the form the service could build beside its confidence cut: per connected region of the
-hole-filled mask at the model's scale (the grid objects are found on, in every path), its mean
-normalised model input over the pixels the model marked, minus the median of a ring around it
-(half the model's nucleus diameter wide, other foreground left out), in units of the ring's
-standard deviation. Regions with under 5 ring pixels (inside a crowded cluster) are kept. For each
-cut the regions under it are removed from the mask before the objects are made as the service
-makes them (``objects.label_prediction`` with the model's settings, its confidence cut included),
-then brought back to the input grid and scored as ``evaluate`` scores (object F1, precision and
-recall at IoU 0.5, mean over images), with the false objects (no true nucleus at IoU ≥ 0.5) and
-the true nuclei found, summed. Two sets: DSB images of ``--subset`` (every ``--every``-th) and
+The cut drops a connected region of the mask at the model's scale whose mean normalised model
+input (over the pixels the model marked) stands less than ``min_snr`` ring standard deviations
+above the median of a ring around it (``snr_ring`` px; other marked pixels left out); regions with
+under 5 ring pixels (inside a crowded cluster) are kept. Each image is segmented once and its
+objects made once per cut, as the service makes them (``objects.label_prediction`` with the model's
+settings, its confidence cut included, and the cut), then brought back to the input grid and
+scored as ``evaluate`` scores (object F1, precision and recall at IoU 0.5, mean over images), with
+the false objects (no true nucleus at IoU ≥ 0.5) and the true nuclei found, summed. The rule used
+for 2.3.0 is the confidence cut's: on the training images, the largest F1 gain over no cut that
+loses at most 0.001 of recall. Two sets: DSB images of ``--subset`` (every ``--every``-th) and
 synthetic near-empty fields (``--fields`` from seed ``--first``; 6100000–29 are the tuning fields
 of ``service.diameter``, 6100030–149 those of ``benchmarks/near_empty.py``).
 
@@ -22,9 +21,9 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from model_export import dsb
@@ -35,34 +34,10 @@ from service import objects, pipeline, rescale
 from service.engine import Engine
 from service.objects import params_for_model
 from service.preprocess import prepare, to_channels
+from service.segment import model_input_grey
 
 ROOT = Path(__file__).resolve().parents[1]
 CUTS = (0.0, 1.0, 1.5, 2.0, 2.5, 3.0)
-MIN_RING = 5  # ring pixels a region needs to be measured
-
-
-def region_snr(grey: np.ndarray, marked: np.ndarray, ring_px: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(regions, snr)``: the hole-filled mask's 8-connected regions and each one's snr
-    (``inf`` for the background id 0 and for regions without ``MIN_RING`` ring pixels)."""
-    filled = objects.fill_holes(marked)
-    count, regions, stats, _ = cv2.connectedComponentsWithStats(
-        filled.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S
-    )
-    snr = np.full(count, np.inf)
-    kernel = np.ones((2 * ring_px + 1, 2 * ring_px + 1), np.uint8)
-    height, width = marked.shape
-    for region in range(1, count):
-        left, top, w, h = (int(v) for v in stats[region, :4])
-        y0, y1 = max(0, top - ring_px), min(height, top + h + ring_px)
-        x0, x1 = max(0, left - ring_px), min(width, left + w + ring_px)
-        inside = regions[y0:y1, x0:x1] == region
-        ring = (cv2.dilate(inside.astype(np.uint8), kernel) > 0) & ~filled[y0:y1, x0:x1]
-        if ring.sum() < MIN_RING:
-            continue
-        crop = grey[y0:y1, x0:x1]
-        around = crop[ring]
-        snr[region] = (crop[inside & marked[y0:y1, x0:x1]].mean() - np.median(around)) / (around.std() + 1e-6)
-    return regions, snr
 
 
 def scores_per_cut(engine: Engine, image: np.ndarray, truth: np.ndarray) -> dict[float, tuple]:
@@ -75,13 +50,12 @@ def scores_per_cut(engine: Engine, image: np.ndarray, truth: np.ndarray) -> dict
     if scale.factor != 1.0:  # the model's input, as pipeline.predict_scaled resizes it
         shape = rescale.scaled_shape(image.shape[:2], scale.factor)
         model_image = rescale.resample_image(to_channels(image, md.in_channels), shape)
-    grey = prepare(model_image, md.in_channels, md.normalization).mean(axis=0)
+    grey = model_input_grey(prepare(model_image, md.in_channels, md.normalization))
     marked = probabilities[md.foreground_channel] > md.threshold
-    regions, snr = region_snr(grey, marked, int(round(md.nucleus_diameter / 2)))
+    around = objects.Surroundings(grey, marked)
     out = {}
     for cut in CUTS:
-        kept = marked & (snr[regions] >= cut) if cut > 0 else marked
-        labels = objects.label_prediction(kept, probabilities, params)
+        labels = objects.label_prediction(marked, probabilities, replace(params, min_snr=cut), around)
         if labels.shape != image.shape[:2]:
             labels = rescale.renumber(rescale.resize_labels(labels, image.shape[:2]))
         scores = score_objects(truth, labels)
@@ -112,7 +86,7 @@ def main() -> None:
     md = engine.metadata
     items = select_subset(dsb.load_set(args.dsb), args.subset, held_out_ids(md), args.model)[:: args.every]
     rows = run(engine, ((item.image, item.labels) for item in items))
-    ring = round(md.nucleus_diameter / 2)
+    ring = params_for_model(md).snr_ring
     print(f"DSB {args.subset}, every {args.every}: {len(rows)} images; ring {ring} px")
     print("| min snr | F1 | precision | recall | false objects | true found |\n|---|---|---|---|---|---|")
     for cut in CUTS:

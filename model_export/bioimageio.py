@@ -56,10 +56,10 @@ from pydantic import ValidationError
 
 from service import imaging
 from service.model_metadata import MetadataError, ModelMetadata
-from service.objects import label_prediction, params_for_model
+from service.objects import Surroundings, label_prediction, params_for_model
 from service.postprocess import mask, overlay
 from service.preprocess import normalize, to_channels
-from service.segment import apply_activation
+from service.segment import apply_activation, model_input_grey
 
 if TYPE_CHECKING:
     from bioimageio.spec import ValidationSummary
@@ -170,7 +170,11 @@ def cover(x: np.ndarray, probabilities: np.ndarray, metadata: ModelMetadata) -> 
     image = planes[0] if planes.shape[0] == 1 else planes.transpose(1, 2, 0)
     probs = probabilities[0]
     binary = mask(probs[metadata.foreground_channel], metadata.threshold)
-    labels = label_prediction(binary, probs, params_for_model(metadata))
+    params = params_for_model(metadata)
+    around = None
+    if params.min_snr > 0:  # the contrast cut reads the model's input, as the service gives it
+        around = Surroundings(model_input_grey(normalize(image, metadata.normalization)), binary > 0)
+    labels = label_prediction(binary, probs, params, around)
     panels = np.concatenate([imaging.to_display_rgb(image), overlay(image, binary, labels=labels)], axis=1)
     return cv2.resize(panels, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
 

@@ -388,7 +388,7 @@ def estimate_diameter(
     threshold = metadata.threshold if threshold is None else threshold
     # The probes measure every object the model outlines: the rules above (plateau, growth) were
     # chosen on those, and a probe far from the model's scale is less sure of true nuclei too.
-    params = replace(params, min_confidence=0.0)
+    params = replace(params, min_confidence=0.0, min_snr=0.0)
     # Whole-image normalisation limits, as the segmentation itself will use.
     prober = _Prober(_Image.of(image, metadata), infer, metadata, params, threshold, probe_size, batch_size)
 

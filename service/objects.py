@@ -69,6 +69,11 @@ class ObjectParams:
     min_confidence: components of the mask whose mean foreground probability (over the pixels the
         model marked) is below this are dropped whole, as specks are; 0 keeps every one.
     foreground_channel: the output channel with the foreground probability (``min_confidence``).
+    min_snr: components of the mask whose mean model input (over the pixels the model marked)
+        stands less than this above the median of a ring around them, in units of the ring's
+        standard deviation, are dropped whole; 0 keeps every one. Measured on the model's
+        normalised input at its own scale, so it needs that input (``grey``).
+    snr_ring: the ring's width in model pixels (half the model's nucleus diameter).
     """
 
     method: str = "distance_watershed"
@@ -93,6 +98,10 @@ class ObjectParams:
     # a stand-in or other model's probabilities need not be calibrated alike.
     min_confidence: float = 0.0
     foreground_channel: int = 0
+    # Off unless the model records a value chosen on its own data (models/README.md, 2.3.0):
+    # faint haze and noise specks stand barely above their surroundings, nuclei far above.
+    min_snr: float = 0.0
+    snr_ring: int = 10
 
     @property
     def uses_centers(self) -> bool:
@@ -257,11 +266,90 @@ def _unsure_components(
     return sums < params.min_confidence * np.maximum(pixels, 1)
 
 
+#: Ring pixels a component needs for its contrast to be measured; with fewer (inside a crowded
+#: cluster) it is kept.
+MIN_RING_PIXELS = 5
+
+
+@dataclass(frozen=True)
+class Surroundings:
+    """What the contrast cut (``min_snr``) reads around the components: the model's normalised
+    input ``grey`` and its thresholded mask ``marked`` (every marked pixel, other objects'
+    included), with ``above`` more rows on top of the component arrays' first row — a band's
+    context (``windows.BandObjects``); 0 for a whole image."""
+
+    grey: np.ndarray
+    marked: np.ndarray
+    above: int = 0
+
+
+def _faint_components(
+    components: np.ndarray,
+    stats: np.ndarray,
+    skip: np.ndarray,
+    params: ObjectParams,
+    around: Surroundings | None,
+) -> np.ndarray:
+    """``(count,)`` bool: the components (not in ``skip``) whose mean input over ``marked``
+    pixels is under ``params.min_snr`` ring standard deviations above the ring's median.
+
+    The ring: pixels within ``snr_ring`` (a square) of the component, clipped to the arrays,
+    that the model did not mark. A band that holds a component with ``snr_ring`` rows around it
+    gives the same value as the whole image.
+    """
+    count = len(stats)
+    faint = np.zeros(count, bool)
+    if params.min_snr <= 0:
+        return faint
+    if around is None or around.grey.shape != around.marked.shape:
+        raise ValueError("min_snr needs the model's input and mask around the components")
+    if around.grey.shape != (components.shape[0] + around.above, components.shape[1]):
+        raise ValueError(f"input {around.grey.shape} does not frame the components {components.shape}")
+    ring_px = int(params.snr_ring)
+    kernel = np.ones((2 * ring_px + 1, 2 * ring_px + 1), np.uint8)
+    height, width = around.grey.shape
+    for component in np.flatnonzero(~skip[1:]) + 1:
+        left, top, w, h = (int(v) for v in stats[component, :4])
+        top += around.above
+        y0, y1 = max(0, top - ring_px), min(height, top + h + ring_px)
+        x0, x1 = max(0, left - ring_px), min(width, left + w + ring_px)
+        inside = np.zeros((y1 - y0, x1 - x0), bool)
+        inside[top - y0 : top - y0 + h, left - x0 : left - x0 + w] = (
+            components[top - around.above : top - around.above + h, left : left + w] == component
+        )
+        near = around.marked[y0:y1, x0:x1]
+        ring = (cv2.dilate(inside.view(np.uint8), kernel) > 0) & ~inside & ~near
+        if int(ring.sum()) < MIN_RING_PIXELS:
+            continue
+        crop = around.grey[y0:y1, x0:x1]
+        background = crop[ring].astype(np.float64)
+        signal = float(crop[inside & near].astype(np.float64).mean()) if (inside & near).any() else 0.0
+        snr = (signal - float(np.median(background))) / (float(background.std()) + 1e-6)
+        faint[component] = snr < params.min_snr
+    return faint
+
+
+def _dropped_components(
+    marked: np.ndarray,
+    components: np.ndarray,
+    stats: np.ndarray,
+    params: ObjectParams,
+    confidence: np.ndarray | None,
+    around: Surroundings | None,
+) -> np.ndarray:
+    """``(count,)`` bool: the components the confidence cut or the contrast cut drops whole
+    (specks under ``min_area`` are dropped by the callers; their contrast is not measured)."""
+    unsure = _unsure_components(marked, components, len(stats), params, confidence)
+    specks = stats[:, cv2.CC_STAT_AREA] < params.min_area
+    return unsure | _faint_components(components, stats, unsure | specks, params, around)
+
+
 def label_objects(
     foreground: np.ndarray,
     params: ObjectParams = ObjectParams(),
     centers: np.ndarray | None = None,
     confidence: np.ndarray | None = None,
+    around: Surroundings | None = None,
 ) -> np.ndarray:
     """Label separate objects in a binary foreground mask.
 
@@ -272,6 +360,8 @@ def label_objects(
             by ``center_watershed`` only.
         confidence: ``(H, W)`` float foreground probabilities; needed when ``params.min_confidence``
             is set.
+        around: the model's input and mask around the components; needed when
+            ``params.min_snr`` is set.
 
     Returns:
         ``(H, W)`` int32 labels, 0 = background, 1..N numbered in raster order of each
@@ -288,7 +378,7 @@ def label_objects(
     count, components, stats, _ = cv2.connectedComponentsWithStats(
         mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S
     )
-    unsure = _unsure_components(marked, components, count, params, confidence)
+    unsure = _dropped_components(marked, components, stats, params, confidence, around)
     # Each kept object: (first raster index, component id, sub-label or 0 for "whole component").
     objects: list[tuple[int, int, int]] = []
     split_crops: dict[int, np.ndarray] = {}
@@ -341,6 +431,7 @@ def count_objects(
     params: ObjectParams = ObjectParams(),
     centers: np.ndarray | None = None,
     confidence: np.ndarray | None = None,
+    around: Surroundings | None = None,
 ) -> int:
     """How many objects :func:`label_objects` finds, without flooding or numbering them.
 
@@ -362,7 +453,7 @@ def count_objects(
         mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S
     )
     areas = stats[1:, cv2.CC_STAT_AREA]
-    unsure = _unsure_components(marked, components, count, params, confidence)
+    unsure = _dropped_components(marked, components, stats, params, confidence, around)
     kept = (areas >= params.min_area) & ~unsure[1:]
     if params.method == "connected_components":
         return int(kept.sum())
@@ -377,10 +468,15 @@ def count_objects(
     return total
 
 
-def count_prediction(foreground: np.ndarray, probabilities: np.ndarray, params: ObjectParams) -> int:
+def count_prediction(
+    foreground: np.ndarray,
+    probabilities: np.ndarray,
+    params: ObjectParams,
+    around: Surroundings | None = None,
+) -> int:
     """:func:`count_objects` with the centre and foreground maps taken from the model's
     probabilities, as :func:`label_prediction`."""
-    return count_objects(foreground, params, *_prediction_maps(probabilities, params))
+    return count_objects(foreground, params, *_prediction_maps(probabilities, params), around)
 
 
 def _prediction_maps(
@@ -423,10 +519,15 @@ def params_for_model(metadata: ModelMetadata, split: str | None = None) -> Objec
     return replace(params, method=SPLIT_METHODS[split])
 
 
-def label_prediction(foreground: np.ndarray, probabilities: np.ndarray, params: ObjectParams) -> np.ndarray:
+def label_prediction(
+    foreground: np.ndarray,
+    probabilities: np.ndarray,
+    params: ObjectParams,
+    around: Surroundings | None = None,
+) -> np.ndarray:
     """:func:`label_objects` with the centre and foreground maps taken from the model's ``(K, H, W)``
     probabilities where ``params`` needs them."""
-    return label_objects(foreground, params, *_prediction_maps(probabilities, params))
+    return label_objects(foreground, params, *_prediction_maps(probabilities, params), around)
 
 
 @dataclass(frozen=True)

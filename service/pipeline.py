@@ -260,10 +260,11 @@ def on_input_grid(
     prob = postprocess.foreground_probability(prediction, metadata)
     mask = postprocess.mask(prob, threshold)
     labels = count = None
+    around = None if params is None else surroundings(prediction, mask > 0, params)
     if params is not None and count_only:
-        count = objects.count_prediction(mask > 0, prediction.probabilities, params)
+        count = objects.count_prediction(mask > 0, prediction.probabilities, params, around)
     elif params is not None:
-        labels = objects.label_prediction(mask > 0, prediction.probabilities, params)
+        labels = objects.label_prediction(mask > 0, prediction.probabilities, params, around)
     if prob.shape != tuple(shape):
         prob = rescale.resize_maps(prob[None], shape)[0]
         mask = postprocess.mask(prob, threshold)  # thresholded on the input grid, after smoothing
@@ -272,6 +273,18 @@ def on_input_grid(
     if labels is not None:
         count = int(labels.max(initial=0))
     return GridOutputs(prob, mask, labels, count)
+
+
+def surroundings(
+    prediction: segment.Prediction, marked: np.ndarray, params: objects.ObjectParams
+) -> objects.Surroundings | None:
+    """What ``params``' contrast cut reads around the objects of an in-memory prediction (its
+    model input and ``marked``, the thresholded mask); None when ``params`` has no such cut."""
+    if params.min_snr <= 0:
+        return None
+    if prediction.input_grey is None:
+        raise ValueError("min_snr needs the model's input: a model whose objects record min_snr keeps it")
+    return objects.Surroundings(prediction.input_grey, marked)
 
 
 def _windowed_grid(

@@ -39,6 +39,8 @@ class Prediction:
         tile_size, overlap: the resolved tiling parameters (``overlap`` as enforced,
             i.e. at least twice the model's context margin).
         plan: the full tile plan (tile edge, grid, padding).
+        input_grey: ``(H, W)`` float32, the normalised model input (mean over its channels),
+            kept when the model's objects need it (a contrast cut, ``min_snr``); else None.
     """
 
     probabilities: np.ndarray
@@ -46,6 +48,7 @@ class Prediction:
     tile_size: int
     overlap: int
     plan: TilePlan
+    input_grey: np.ndarray | None = None
 
 
 def resolve_tiling(
@@ -122,6 +125,7 @@ def predict(
     # and leave seams.
     chw = prepare(image, metadata.in_channels, metadata.normalization)
     padded = pad_image(chw, plan)
+    input_grey = model_input_grey(chw) if needs_input(metadata) else None
     del chw  # only the padded copy is needed from here on
     stitcher = Stitcher(plan, metadata.classes)
     expected = (metadata.classes, plan.tile_h, plan.tile_w)
@@ -142,4 +146,14 @@ def predict(
             progress(stitcher.added, plan.n_tiles)
     del padded
     probabilities = apply_activation(stitcher.result(), metadata)
-    return Prediction(probabilities, plan.n_tiles, tile, plan.overlap, plan)
+    return Prediction(probabilities, plan.n_tiles, tile, plan.overlap, plan, input_grey)
+
+
+def needs_input(metadata: ModelMetadata) -> bool:
+    """Whether the model's objects read its input (a contrast cut, ``objects.min_snr``)."""
+    return float(metadata.objects.get("min_snr", 0) or 0) > 0
+
+
+def model_input_grey(chw: np.ndarray) -> np.ndarray:
+    """``(H, W)`` float32 of a normalised ``(C, H, W)`` model input: its channels' mean."""
+    return chw[0].copy() if chw.shape[0] == 1 else chw.mean(axis=0, dtype=np.float32)

@@ -59,7 +59,7 @@ from service.preprocess import (
     to_channels,
 )
 from service.regions import ArraySource, RegionSource, by_chunk_rows, check_window
-from service.segment import Cancelled, Infer, apply_activation, resolve_tiling
+from service.segment import Cancelled, Infer, apply_activation, model_input_grey, resolve_tiling
 from service.settings import Settings
 from service.tiling import BandStitcher, TilePlan, plan_tiles, reflect_index
 
@@ -273,6 +273,7 @@ def stitched_bands(
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
     channels: Sequence[int] | None = None,
+    with_input: bool = False,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Finished model-scale rows ``(y0, (K, h, Ws) float32 probabilities)``, top to bottom.
 
@@ -281,6 +282,8 @@ def stitched_bands(
     ``channels``: the model outputs to stitch, in this order (None: all); a sigmoid model's
     channels are independent, so leaving out one nobody reads (the centre map, when the split is
     by distance) saves its third of the stitcher's memory and blending, with the same values.
+    ``with_input``: one more channel after them, the rows' normalised model input (its channels'
+    mean, ``segment.model_input_grey``), cut from the tile row's strip (no second read).
     """
     if channels is not None and metadata.activation != "sigmoid" and len(channels) != metadata.classes:
         raise ValueError("only a sigmoid model's outputs can be stitched apart (softmax couples them)")
@@ -317,13 +320,24 @@ def stitched_bands(
             del outputs
             if progress is not None:
                 progress(stitcher.added, plan.n_tiles)
+        grey = None
+        if with_input and finished is not None:
+            # Finished rows were all under this tile row (a row no tile of it covers was finished
+            # with the row before), so they are in its strip.
+            first = finished[0] - (plan.rows.starts[tile_row] - plan.rows.pad_before)
+            rows = strip[first : first + finished[1].shape[1]]
+            assert first >= 0 and len(rows) == finished[1].shape[1], "finished rows outside the strip"
+            grey = model_input_grey(reader.normalized(rows))
         # The tile row's input is dropped before its finished rows go down the object and output
         # stages (a full-width strip: 79 MB of 16-bit pixels on a 32768-px-wide slide at tile 1024).
         del strip
         if finished is not None:
             # a view of the stitcher's buffer: used up before the next add
-            yield finished[0], apply_activation(finished[1], metadata)
-            del finished
+            probabilities = apply_activation(finished[1], metadata)
+            if grey is not None:
+                probabilities = np.concatenate([probabilities, grey[None]])
+            yield finished[0], probabilities
+            del finished, grey
 
 
 def _fill_holes_open_bottom(mask: np.ndarray) -> np.ndarray:
@@ -349,6 +363,11 @@ class BandObjects:
     component of the whole image; it is split on its own crop as ``label_objects`` splits it.
     Ids are given in band order, raster order within a band; renumbering (``rescale.renumber``)
     gives ``label_objects``' raster-order ids.
+
+    A contrast cut (``params.min_snr``) reads ``snr_ring`` rows around each component: the rows
+    come with their normalised model input as their last channel (``stitched_bands(...,
+    with_input=True)``), a component is final only once that many rows below it are here, and
+    the last ``snr_ring`` rows handed on are kept as the context above the held ones.
     """
 
     height: int  # model-scale image rows
@@ -362,6 +381,13 @@ class BandObjects:
     held_mask: np.ndarray | None = None  # (n, W) bool: mask minus finalised objects
     held_labels: np.ndarray | None = None  # (n, W) int32 global ids of finalised objects
     done: int = 0
+    context_grey: np.ndarray | None = None  # (≤ snr_ring, W): model input of the rows above ``top``
+    context_marked: np.ndarray | None = None  # (≤ snr_ring, W) bool: their thresholded mask
+
+    @property
+    def reads_input(self) -> bool:
+        """Whether pushed rows must carry the model input as their last channel."""
+        return self.params.min_snr > 0
 
     def push(self, y0: int, probs: np.ndarray, fg_channel: int) -> tuple[int, np.ndarray, np.ndarray | None]:
         """Add finished rows ``[y0, y0 + h)``; returns ``(y_first, probs, labels or None)`` of the
@@ -387,8 +413,10 @@ class BandObjects:
         tops = stats[:, cv2.CC_STAT_TOP]
         bottoms = tops + stats[:, cv2.CC_STAT_HEIGHT]
         deferred = np.zeros(count, bool)
+        # rows a component needs below it before it is final: its ring's, for the contrast cut
+        below = int(self.params.snr_ring) if self.reads_input else 0
         if not last:
-            deferred[1:] = bottoms[1:] == n
+            deferred[1:] = (bottoms[1:] == n) | (bottoms[1:] + below > n)
             if self.max_rows is not None:
                 tall = deferred & (n - tops >= self.max_rows)
                 if tall.any():
@@ -401,10 +429,11 @@ class BandObjects:
             # What the model marked of them: objects fill the holes again themselves, and a
             # component's confidence is the mean over its marked pixels, as on the whole image.
             marked = final_mask & held_mask
+            around = self._surroundings(held_probs, fg_channel)
             if self.count_only:
-                self.done += objects.count_prediction(marked, held_probs, self.params)
+                self.done += objects.count_prediction(marked, held_probs, self.params, around)
             else:
-                local = objects.label_prediction(marked, held_probs, self.params)
+                local = objects.label_prediction(marked, held_probs, self.params, around)
                 found = int(local.max(initial=0))
                 if found:
                     inside = local > 0
@@ -412,6 +441,8 @@ class BandObjects:
                     self.done += found
             held_mask &= ~final_mask
         keep_from = int(tops[deferred].min()) if deferred.any() else n
+        if self.reads_input:
+            self._keep_context(held_probs[:, :keep_from], fg_channel)
         out = (self.top, held_probs[:, :keep_from], None if self.count_only else held_labels[:keep_from])
         if keep_from < n:
             # copies: the carried rows must not keep the whole band's arrays alive
@@ -423,6 +454,26 @@ class BandObjects:
             self.held_probs = self.held_mask = self.held_labels = None
             self.top += n
         return out
+
+    def _surroundings(self, held_probs: np.ndarray, fg_channel: int) -> objects.Surroundings | None:
+        """The held rows' model input and whole mask, below the context rows kept above them."""
+        if not self.reads_input:
+            return None
+        grey, marked = held_probs[-1], held_probs[fg_channel] > np.float32(self.threshold)
+        if self.context_grey is not None:
+            grey = np.concatenate([self.context_grey, grey])
+            marked = np.concatenate([self.context_marked, marked])
+        above = 0 if self.context_grey is None else len(self.context_grey)
+        return objects.Surroundings(grey, marked, above)
+
+    def _keep_context(self, handed_on: np.ndarray, fg_channel: int) -> None:
+        """Keep the last ``snr_ring`` rows handed on (after the context already kept)."""
+        ring = int(self.params.snr_ring)
+        grey, marked = handed_on[-1], handed_on[fg_channel] > np.float32(self.threshold)
+        if self.context_grey is not None:
+            grey = np.concatenate([self.context_grey, grey])
+            marked = np.concatenate([self.context_marked, marked])
+        self.context_grey, self.context_marked = grey[-ring:].copy(), marked[-ring:].copy()
 
     def _warn_cut(self, cut: int) -> None:
         message = (
@@ -538,8 +589,10 @@ class WindowedPrediction:
         def should_stop() -> bool:
             return stopped.is_set() or (self.should_stop is not None and self.should_stop())
 
+        with_input = finder is not None and finder.reads_input
         model_bands = stitched_bands(
-            reader, self.plan, self._timed_infer, md, self.batch_size, should_stop, self.progress, channels
+            reader, self.plan, self._timed_infer, md, self.batch_size, should_stop, self.progress, channels,
+            with_input,
         )
         probs = labs = None
         for y_band, band in handed_over(model_bands, stopped):

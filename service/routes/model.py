@@ -63,6 +63,11 @@ class ObjectsInfo(BaseModel):
         description="a connected region of the mask whose mean foreground probability is under this is "
         "not an object (not labelled, listed or counted; the mask still shows it); 0: every region counts"
     )
+    min_snr: float = Field(
+        description="a connected region of the mask whose signal stands less than this many standard "
+        "deviations of a ring around it above the ring's median is not an object (faint haze and noise "
+        "specks); 0: every region counts"
+    )
 
 
 class DefaultsInfo(BaseModel):
@@ -165,6 +170,7 @@ def model_info(runtime: Runtime = Depends(get_runtime)) -> ModelInfo:
             method=params.method,
             count_on_every_output=s.count_objects_on_every_output,
             min_confidence=params.min_confidence,
+            min_snr=params.min_snr,
         ),
         defaults=DefaultsInfo(
             threshold=md.threshold,

@@ -34,6 +34,7 @@ def test_model_info_and_open_inference_metadata(server: Server) -> None:
         "method": ObjectParams.from_metadata(info["metadata"]["objects"]).method,
         "count_on_every_output": True,
         "min_confidence": 0.0,  # the test model records none: every region counts
+        "min_snr": 0.0,
     }
     v2 = server.client.get("/v2/models/test-conv").json()
     assert v2["platform"] == "onnxruntime_onnx" and v2["versions"] == ["0.0.0"]

@@ -10,6 +10,7 @@ import pytest
 from model_export.object_metrics import match_ious
 from service.engine import Engine
 from service.objects import label_prediction, params_for_model
+from service.pipeline import surroundings
 from service.postprocess import foreground_probability
 from service.segment import predict
 
@@ -30,7 +31,9 @@ def _labels(engine: Engine, image: np.ndarray, tile_size: int, split: str) -> tu
     md = engine.metadata
     prediction = predict(image, engine.run, md, tile_size=tile_size, batch_size=4)
     mask = foreground_probability(prediction, md) > md.threshold
-    return label_prediction(mask, prediction.probabilities, params_for_model(md, split)), prediction.tiles
+    params = params_for_model(md, split)
+    around = surroundings(prediction, mask, params)  # the model's contrast cut reads its input
+    return label_prediction(mask, prediction.probabilities, params, around), prediction.tiles
 
 
 def _nuclei_image(shape: tuple[int, int], centres: list[tuple[int, int]], radius: int) -> np.ndarray:

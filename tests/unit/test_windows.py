@@ -7,6 +7,8 @@ the whole-image reference.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -200,6 +202,31 @@ def test_windowed_outputs_equal_the_in_memory_ones(conv20, factor, shape, tile):
     assert windowed_count.count == counted.count
 
 
+@pytest.mark.skipif(not DEFAULT_MODEL_PATH.is_file(), reason="the bundled model is not in this checkout")
+@pytest.mark.parametrize(("factor", "tile", "output_rows"), [(1.0, 96, 13), (0.62, 128, 40), (1.6, 96, 7)])
+def test_a_contrast_cut_gives_the_same_objects_windowed(factor, tile, output_rows):
+    engine = Engine.load(DEFAULT_MODEL_PATH, providers=CPU)
+    # These clean synthetic nuclei stand 10-20 ring σ above their background: a cut of 10 drops
+    # some and keeps others, which is what a comparison of the two paths needs.
+    engine.metadata = engine.metadata.model_copy(
+        update={"objects": {**engine.metadata.objects, "min_snr": 10.0, "snr_ring": 10}}
+    )
+    image = synthetic_nuclei(301, 257, seed=4)
+    params = objects.params_for_model(engine.metadata)
+    in_memory, windowed, bands = both_paths(engine, image, factor, tile, params, output_rows=output_rows)
+    assert len(bands) > 2
+    np.testing.assert_array_equal(windowed.labels, in_memory.labels)
+    np.testing.assert_array_equal(windowed.probability, in_memory.probability)
+    scale = pipeline.ScaleChoice(20.0 / factor, "request", factor)
+    prediction = pipeline.predict_scaled(image, scale, engine.run, engine.metadata, tile_size=tile)
+    without = pipeline.on_input_grid(
+        prediction, engine.metadata, image.shape, engine.metadata.threshold, replace(params, min_snr=0.0)
+    )
+    assert without.count > in_memory.count > 0  # the cut dropped some objects here, not all
+    counted, windowed_count, _ = both_paths(engine, image, factor, tile, params, count_only=True)
+    assert windowed_count.count == counted.count == in_memory.count
+
+
 def test_a_lazy_source_gives_the_outputs_of_the_image_in_memory(conv20):
     image = synthetic_nuclei(211, 173, seed=5)
     source = LazySource(image)
@@ -285,6 +312,16 @@ def tricky_maps(height: int = 260, width: int = 200, seed: int = 0) -> np.ndarra
     return np.stack([fg * 0.9, centre / max(1e-6, centre.max())])
 
 
+def push_in_bands(finder: windows.BandObjects, maps: np.ndarray, band: int) -> tuple[list, list]:
+    """Feed ``maps`` to ``finder`` ``band`` rows at a time: ((first row, rows) handed on, labels) per push."""
+    rows, labels = [], []
+    for y0 in range(0, maps.shape[1], band):
+        first, probs, labs = finder.push(y0, maps[:, y0 : y0 + band], 0)
+        rows.append((first, probs.shape[1]))
+        labels.append(labs)
+    return rows, labels
+
+
 @pytest.mark.parametrize("method", ["distance_watershed", "center_watershed", "connected_components"])
 @pytest.mark.parametrize("band", [7, 23, 64])
 @pytest.mark.parametrize("min_confidence", [0.0, 0.7])
@@ -301,11 +338,7 @@ def test_band_objects_equal_whole_image_objects(method, band, min_confidence):
     params = ObjectParams(method=method, min_area=10, min_confidence=min_confidence)
     whole = objects.label_prediction(maps[0] > 0.5, maps, params)
     finder = windows.BandObjects(maps.shape[1], 0.5, params)
-    rows, labels = [], []
-    for y0 in range(0, maps.shape[1], band):
-        first, probs, labs = finder.push(y0, maps[:, y0 : y0 + band], 0)
-        rows.append((first, probs.shape[1]))
-        labels.append(labs)
+    rows, labels = push_in_bands(finder, maps, band)
     assert sum(h for _, h in rows) == maps.shape[1]  # every row once, in order
     assert all(a + h == b for (a, h), (b, _) in zip(rows, rows[1:], strict=False))
     np.testing.assert_array_equal(rescale.renumber(np.concatenate(labels)), whole)
@@ -314,6 +347,69 @@ def test_band_objects_equal_whole_image_objects(method, band, min_confidence):
     for y0 in range(0, maps.shape[1], band):
         counter.push(y0, maps[:, y0 : y0 + band], 0)
     assert counter.done == objects.count_prediction(maps[0] > 0.5, maps, params)
+
+
+def with_input(maps: np.ndarray, seed: int) -> np.ndarray:
+    """``maps`` with a third channel, a 'model input': a background of noise and horizontal
+    stripes (so a ring's statistics change with every row it reads, above a component as
+    below), every marked component lifted by its own amount, from within the noise to far above."""
+    rng = np.random.default_rng(seed)
+    grey = rng.normal(0.1, 0.02, maps.shape[1:]).astype(np.float32)
+    grey += 0.1 * ((np.arange(maps.shape[1]) // 4) % 2).astype(np.float32)[:, None]
+    count, components = cv2.connectedComponents((maps[0] > 0.5).astype(np.uint8), connectivity=8)
+    lift = rng.uniform(0.0, 0.4, size=count).astype(np.float32)
+    lift[0] = 0
+    grey += lift[components]
+    return np.concatenate([maps, grey[None]])
+
+
+@pytest.mark.parametrize("method", ["distance_watershed", "connected_components"])
+@pytest.mark.parametrize("band", [5, 23, 64])
+def test_band_objects_with_a_contrast_cut_equal_whole_image_objects(method, band):
+    maps = with_input(tricky_maps(seed=band), seed=band)
+    params = ObjectParams(method=method, min_area=10, min_snr=2.0, snr_ring=6)
+    around = objects.Surroundings(maps[2], maps[0] > 0.5)
+    whole = objects.label_prediction(maps[0] > 0.5, maps, params, around)
+    every = objects.label_prediction(maps[0] > 0.5, maps, replace(params, min_snr=0.0))
+    assert every.max() > whole.max() > 0  # the cut drops some components, not all
+    finder = windows.BandObjects(maps.shape[1], 0.5, params)
+    rows, labels = push_in_bands(finder, maps, band)
+    assert sum(h for _, h in rows) == maps.shape[1]
+    assert all(a + h == b for (a, h), (b, _) in zip(rows, rows[1:], strict=False))
+    np.testing.assert_array_equal(rescale.renumber(np.concatenate(labels)), whole)
+    counter = windows.BandObjects(maps.shape[1], 0.5, params, count_only=True)
+    for y0 in range(0, maps.shape[1], band):
+        counter.push(y0, maps[:, y0 : y0 + band], 0)
+    assert counter.done == objects.count_prediction(maps[0] > 0.5, maps, params, around) == whole.max()
+
+
+@pytest.mark.parametrize(
+    ("glow_rows", "band", "cut_off"),
+    [
+        # glow above: the band border cuts the nucleus, whose rows above were handed on already
+        ((24, 30), 35, slice(30, 60)),
+        # glow below: the nucleus ends 2 rows above the band border, its ring does not
+        ((42, 46), 42, slice(0, 42)),
+    ],
+)
+def test_the_ring_of_a_component_crosses_band_borders(glow_rows, band, cut_off):
+    # One nucleus (rows 30-39) lifted 0.3 above a noisy background, with an unmarked glow of
+    # 0.5 along one side of it: read whole, its ring holds the glow and the nucleus is faint
+    # (dropped); a ring cut at the band border would see only the background and keep it.
+    maps = np.zeros((3, 60, 40), np.float32)
+    maps[0, 30:40, 15:25] = 0.9
+    maps[2] = np.random.default_rng(0).normal(0.1, 0.02, (60, 40))
+    maps[2, glow_rows[0] : glow_rows[1]] += 0.5
+    maps[2, 30:40, 15:25] += 0.3
+    params = ObjectParams(method="connected_components", min_area=10, min_snr=2.0, snr_ring=6)
+    around = objects.Surroundings(maps[2], maps[0] > 0.5)
+    assert objects.label_prediction(maps[0] > 0.5, maps, params, around).max() == 0  # dropped
+    seen = maps[:, cut_off]  # the rows a band would give it without the glow's side
+    clipped = objects.Surroundings(seen[2], seen[0] > 0.5)
+    assert objects.label_prediction(seen[0] > 0.5, seen, params, clipped).max() == 1  # kept
+    finder = windows.BandObjects(maps.shape[1], 0.5, params)
+    labels = [finder.push(y0, maps[:, y0 : y0 + band], 0)[2] for y0 in range(0, maps.shape[1], band)]
+    assert np.concatenate(labels).shape == (60, 40) and np.concatenate(labels).max() == 0 and finder.done == 0
 
 
 def test_a_component_taller_than_the_cap_is_cut_with_a_warning():

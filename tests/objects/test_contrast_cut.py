@@ -1,0 +1,66 @@
+"""The contrast cut (``ObjectParams.min_snr``): a component of the mask whose mean model input
+stands less than ``min_snr`` ring standard deviations above the median of a ring around it is
+dropped whole, by labelling and counting alike; one without a ring around it is kept."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from service.objects import ObjectParams, Surroundings, count_objects, label_objects
+
+CUT = ObjectParams(method="connected_components", min_snr=2.0, snr_ring=6)
+
+
+def _scene() -> tuple[np.ndarray, np.ndarray]:
+    """(mask, input): a bright disc (25 σ above the noise), a faint one (half a σ), a speck."""
+    grey = np.random.default_rng(0).normal(0.1, 0.02, (96, 96)).astype(np.float32)
+    mask = np.zeros((96, 96), np.uint8)
+    cv2.circle(mask, (25, 30), 8, 1, -1)
+    grey[mask > 0] += 0.5
+    faint = np.zeros_like(mask)
+    cv2.circle(faint, (70, 60), 8, 1, -1)
+    grey[faint > 0] += 0.01
+    mask |= faint
+    mask[90:92, 5:7] = 1  # a speck under min_area: dropped as a speck, not measured
+    return mask > 0, grey
+
+
+def test_a_faint_component_is_dropped_and_a_bright_one_kept() -> None:
+    mask, grey = _scene()
+    around = Surroundings(grey, mask)
+    labels = label_objects(mask, CUT, around=around)
+    assert int(labels.max()) == 1 == count_objects(mask, CUT, around=around)
+    assert labels[30, 25] == 1 and labels[60, 70] == 0
+    off = ObjectParams(method="connected_components", snr_ring=6)
+    assert int(label_objects(mask, off).max()) == 2  # min_snr 0: every component
+
+
+def test_the_ring_leaves_out_what_the_model_marked() -> None:
+    # A disc 10 σ above the noise beside a bright neighbour inside its ring: the neighbour's pixels
+    # are marked, so they do not spread the ring's values and the disc is kept.
+    grey = np.random.default_rng(1).normal(0.1, 0.02, (96, 96)).astype(np.float32)
+    disc, neighbour = np.zeros((96, 96), np.uint8), np.zeros((96, 96), np.uint8)
+    cv2.circle(disc, (40, 40), 8, 1, -1)
+    cv2.circle(neighbour, (40, 56), 6, 1, -1)  # one row below the disc, inside its ring
+    grey[disc > 0] += 0.2
+    grey[neighbour > 0] += 0.5
+    both = (disc | neighbour) > 0
+    labels = label_objects(both, CUT, around=Surroundings(grey, both))
+    assert labels[40, 40] > 0 and labels[56, 40] > 0 and int(labels.max()) == 2
+
+
+def test_a_component_without_background_around_it_is_kept() -> None:
+    grey = np.full((40, 40), 0.3, np.float32)
+    everything = np.ones((40, 40), bool)
+    assert count_objects(everything, CUT, around=Surroundings(grey, everything)) == 1
+
+
+def test_the_cut_needs_the_input_around_the_components() -> None:
+    mask, grey = _scene()
+    for find in (label_objects, count_objects):
+        with pytest.raises(ValueError, match="min_snr needs"):
+            find(mask, CUT)
+        with pytest.raises(ValueError, match="does not frame"):
+            find(mask, CUT, around=Surroundings(grey[:-1], mask[:-1]))
