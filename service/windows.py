@@ -416,9 +416,12 @@ class BandObjects:
         # rows a component needs below it before it is final: its ring's, for the contrast cut
         below = int(self.params.snr_ring) if self.reads_input else 0
         if not last:
-            deferred[1:] = (bottoms[1:] == n) | (bottoms[1:] + below > n)
+            open_below = bottoms == n  # may continue in the next rows
+            open_below[0] = False
+            deferred[1:] = open_below[1:] | (bottoms[1:] + below > n)
             if self.max_rows is not None:
-                tall = deferred & (n - tops >= self.max_rows)
+                # only a component that may continue is cut; one waiting for its ring's rows is not
+                tall = open_below & (n - tops >= self.max_rows)
                 if tall.any():
                     deferred &= ~tall
                     self._warn_cut(int(tall.sum()))
