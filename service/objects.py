@@ -72,7 +72,7 @@ class ObjectParams:
     min_snr: components of the mask whose mean model input (over the pixels the model marked)
         stands less than this above the median of a ring around them, in units of the ring's
         standard deviation, are dropped whole; 0 keeps every one. Measured on the model's
-        normalised input at its own scale, so it needs that input (``grey``).
+        normalised input at its own scale, so it needs that input (:class:`Surroundings`).
     snr_ring: the ring's width in model pixels (half the model's nucleus diameter).
     """
 
