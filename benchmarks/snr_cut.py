@@ -33,8 +33,6 @@ from model_export.object_metrics import match_ious, score_objects
 from service import objects, pipeline, rescale
 from service.engine import Engine
 from service.objects import params_for_model
-from service.preprocess import prepare, to_channels
-from service.segment import model_input_grey
 
 ROOT = Path(__file__).resolve().parents[1]
 CUTS = (0.0, 1.0, 1.5, 2.0, 2.5, 3.0)
@@ -45,14 +43,11 @@ def scores_per_cut(engine: Engine, image: np.ndarray, truth: np.ndarray) -> dict
     md = engine.metadata
     params = params_for_model(md)
     scale = pipeline.choose_scale(image, engine.run, md, params, md.threshold, None, 8192 * 8192)
-    probabilities = pipeline.predict_scaled(image, scale, engine.run, md, batch_size=4).probabilities
-    model_image = image
-    if scale.factor != 1.0:  # the model's input, as pipeline.predict_scaled resizes it
-        shape = rescale.scaled_shape(image.shape[:2], scale.factor)
-        model_image = rescale.resample_image(to_channels(image, md.in_channels), shape)
-    grey = model_input_grey(prepare(model_image, md.in_channels, md.normalization))
+    # the model's input kept whether or not this model records a cut (2.2.0 did not)
+    prediction = pipeline.predict_scaled(image, scale, engine.run, md, batch_size=4, keep_input=True)
+    probabilities = prediction.probabilities
     marked = probabilities[md.foreground_channel] > md.threshold
-    around = objects.Surroundings(grey, marked)
+    around = objects.Surroundings(prediction.input_grey, marked)
     out = {}
     for cut in CUTS:
         labels = objects.label_prediction(marked, probabilities, replace(params, min_snr=cut), around)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.model_metadata import ModelMetadata
+from service.objects import ObjectParams
 from service.preprocess import prepare
 from service.tiling import Stitcher, TilePlan, iter_tile_batches, pad_image, plan_tiles
 
@@ -96,6 +97,7 @@ def predict(
     should_stop: Callable[[], bool] | None = None,
     border: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    keep_input: bool | None = None,
 ) -> Prediction:
     """Segment one decoded image by overlapping tiles.
 
@@ -112,6 +114,8 @@ def predict(
             the model's ``border``, else its context margin.
         progress: called with ``(tiles done, tiles in the plan)`` before the first batch and
             after each one (a job's progress report); cheap calls only.
+        keep_input: keep the normalised model input (``Prediction.input_grey``); None: when the
+            model's objects read it (a contrast cut, ``min_snr``).
 
     Returns:
         :class:`Prediction` with ``(K, H, W)`` float32 probabilities.
@@ -125,7 +129,9 @@ def predict(
     # and leave seams.
     chw = prepare(image, metadata.in_channels, metadata.normalization)
     padded = pad_image(chw, plan)
-    input_grey = model_input_grey(chw) if needs_input(metadata) else None
+    if keep_input is None:
+        keep_input = ObjectParams.from_metadata(metadata.objects).min_snr > 0
+    input_grey = model_input_grey(chw) if keep_input else None
     del chw  # only the padded copy is needed from here on
     stitcher = Stitcher(plan, metadata.classes)
     expected = (metadata.classes, plan.tile_h, plan.tile_w)
@@ -147,11 +153,6 @@ def predict(
     del padded
     probabilities = apply_activation(stitcher.result(), metadata)
     return Prediction(probabilities, plan.n_tiles, tile, plan.overlap, plan, input_grey)
-
-
-def needs_input(metadata: ModelMetadata) -> bool:
-    """Whether the model's objects read its input (a contrast cut, ``objects.min_snr``)."""
-    return float(metadata.objects.get("min_snr", 0) or 0) > 0
 
 
 def model_input_grey(chw: np.ndarray) -> np.ndarray:

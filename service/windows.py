@@ -460,23 +460,24 @@ class BandObjects:
 
     def _surroundings(self, held_probs: np.ndarray, fg_channel: int) -> objects.Surroundings | None:
         """The held rows' model input and whole mask, below the context rows kept above them."""
-        if not self.reads_input:
-            return None
-        grey, marked = held_probs[-1], held_probs[fg_channel] > np.float32(self.threshold)
-        if self.context_grey is not None:
-            grey = np.concatenate([self.context_grey, grey])
-            marked = np.concatenate([self.context_marked, marked])
-        above = 0 if self.context_grey is None else len(self.context_grey)
-        return objects.Surroundings(grey, marked, above)
+        return self._below_context(held_probs, fg_channel) if self.reads_input else None
 
     def _keep_context(self, handed_on: np.ndarray, fg_channel: int) -> None:
         """Keep the last ``snr_ring`` rows handed on (after the context already kept)."""
         ring = int(self.params.snr_ring)
-        grey, marked = handed_on[-1], handed_on[fg_channel] > np.float32(self.threshold)
-        if self.context_grey is not None:
-            grey = np.concatenate([self.context_grey, grey])
-            marked = np.concatenate([self.context_marked, marked])
-        self.context_grey, self.context_marked = grey[-ring:].copy(), marked[-ring:].copy()
+        rows = self._below_context(handed_on, fg_channel)
+        self.context_grey, self.context_marked = rows.grey[-ring:].copy(), rows.marked[-ring:].copy()
+
+    def _below_context(self, probs: np.ndarray, fg_channel: int) -> objects.Surroundings:
+        """``probs``' rows (input last channel, mask thresholded) under the context rows kept."""
+        grey, marked = probs[-1], probs[fg_channel] > np.float32(self.threshold)
+        if self.context_grey is None:
+            return objects.Surroundings(grey, marked)
+        return objects.Surroundings(
+            np.concatenate([self.context_grey, grey]),
+            np.concatenate([self.context_marked, marked]),
+            len(self.context_grey),
+        )
 
     def _warn_cut(self, cut: int) -> None:
         message = (
