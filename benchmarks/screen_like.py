@@ -17,11 +17,16 @@ Which nuclei change is drawn per image from its id: every run and model sees the
     .venv/bin/python benchmarks/screen_like.py --dsb DIR/stage1_train [--subset train] [--every 4]
 
 Nothing was chosen on it so far; choose on ``--subset train``, report ``val``.
+
+``--diagnose`` looks at where the dim images' nuclei go instead (model only): found with the
+object cuts as shipped, without the contrast cut, without both cuts, and at the diameter estimated
+on the same image before dimming; the best IoU of each missed dim nucleus; the estimate's change.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +37,7 @@ from model_export import dsb
 from model_export.evaluate import baseline_segmenter, predict_labels, score_segmentation
 from model_export.object_metrics import match_ious
 from service.engine import Engine
-from service.objects import params_for_model
+from service.objects import ObjectParams, params_for_model
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFSET, GAIN = 100, 12  # a camera's dark level and a 12-bit range in 16 bits
@@ -84,12 +89,16 @@ def main() -> None:
     parser.add_argument("--subset", choices=["train", "val"], default="train")
     parser.add_argument("--every", type=int, default=4, help="every n-th image of the subset")
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "nuclei-unet.onnx")
+    parser.add_argument("--diagnose", action="store_true", help="where the dim nuclei go (see above)")
     args = parser.parse_args()
 
     train, val = dsb.split_by_series(dsb.load_set(args.dsb))
     items = (train if args.subset == "train" else val)[:: args.every]
     engine = Engine.load(args.model, providers=["CPUExecutionProvider"], intra_op_threads=2)
     params = params_for_model(engine.metadata)
+    if args.diagnose:
+        diagnose(engine, params, items, f"{args.subset}, every {args.every}")
+        return
     segmenters = {"model": lambda x: predict_labels(engine, x, params), "otsu": baseline_segmenter("otsu")}
     scores: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     recall: dict[tuple[str, bool], list[bool]] = defaultdict(list)
@@ -115,6 +124,61 @@ def main() -> None:
             f"| {variant} | {m[:, 0].mean():.4f} | {m[:, 1].mean():.4f} | {o[:, 0].mean():.4f} | "
             f"{o[:, 1].mean():.4f} | {split}{np.mean(others):.3f} ({len(others)}) |"
         )
+
+
+def diagnose(engine: Engine, params: ObjectParams, items: list[dsb.DsbImage], which: str) -> None:
+    """Dim images only: recall of dim / other nuclei under four settings, what the missed dim
+    nuclei overlap, and how much the scale estimate moved when half the nuclei dimmed."""
+    settings = {
+        "as shipped": (params, False),
+        "no contrast cut": (dataclasses.replace(params, min_snr=0.0), False),
+        "no cuts": (dataclasses.replace(params, min_snr=0.0, min_confidence=0.0), False),
+        "at the undimmed image's estimate": (params, True),
+    }
+    recall: dict[tuple[str, bool], list[bool]] = defaultdict(list)
+    f1: dict[str, list[float]] = defaultdict(list)
+    missed_iou: list[float] = []
+    ratios: list[float] = []
+    for item in items:
+        (_, plain, _), _, (_, image, changed) = variants(item)
+        undimmed = predict_labels(engine, plain, None).diameter
+        dimmed = set(changed.tolist())
+        for name, (p, pinned) in settings.items():
+            answer = predict_labels(engine, image, p, diameter=undimmed if pinned else None)
+            assert answer.labels is not None
+            f1[name].append(score_segmentation(item.labels, answer)[2].f1)  # type: ignore[union-attr]
+            for nucleus, hit in found(item.labels, answer.labels).items():
+                recall[(name, nucleus in dimmed)].append(hit)
+            if name != "as shipped":
+                continue
+            if undimmed and answer.diameter:
+                ratios.append(answer.diameter / undimmed)
+            ids = np.unique(item.labels[item.labels > 0])
+            best = (
+                match_ious(item.labels.astype(np.int32), answer.labels).max(axis=1)
+                if answer.labels.max(initial=0) > 0
+                else np.zeros(len(ids))
+            )
+            missed_iou += [float(b) for i, b in zip(ids, best, strict=True) if i in dimmed and b < 0.5]
+    print(f"{engine.metadata.version}, dim images of {len(items)} DSB images ({which})")
+    print("| setting | F1 | dim nuclei found | other nuclei found |")
+    print("|---|---|---|---|")
+    for name in settings:
+        print(
+            f"| {name} | {np.mean(f1[name]):.4f} | {np.mean(recall[(name, True)]):.3f} | "
+            f"{np.mean(recall[(name, False)]):.3f} |"
+        )
+    bins = [0.0, 0.01, 0.2, 0.35, 0.5]
+    counts = np.histogram(missed_iou, bins=bins)[0]
+    print(
+        f"missed dim nuclei ({len(missed_iou)}) by their best IoU with an object: "
+        + ", ".join(f"[{a:g}, {b:g}) {c}" for a, b, c in zip(bins[:-1], bins[1:], counts, strict=True))
+    )
+    r = np.array(ratios)
+    print(
+        f"estimate on the dim image / on the undimmed one: median ×{np.median(r):.3f}, "
+        f"p10 ×{np.percentile(r, 10):.3f}, p90 ×{np.percentile(r, 90):.3f} ({len(r)} images)"
+    )
 
 
 if __name__ == "__main__":
