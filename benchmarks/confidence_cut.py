@@ -37,7 +37,7 @@ def scores_per_cut(engine: Engine, image: np.ndarray, truth: np.ndarray, cuts: l
     """Dice of the mask and, per cut, (F1, precision, recall) of the objects of one image."""
     md = engine.metadata
     base = params_for_model(md)
-    scale = pipeline.choose_scale(image, engine.run, md, base, md.threshold, None, 8192 * 8192)
+    scale = pipeline.choose_scale(image, engine.run, md, None, 8192 * 8192)
     prediction = pipeline.predict_scaled(image, scale, engine.run, md, batch_size=4)
     out: dict = {"cuts": {}}
     for cut in cuts:

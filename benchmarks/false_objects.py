@@ -43,9 +43,7 @@ CUTOFFS = {"snr": (1.5, 2.0, 2.5, 3.0, 4.0), "contrast": (0.1, 0.2, 0.3), "proba
 def segment(engine: Engine, image: np.ndarray) -> tuple[pipeline.ScaleChoice, pipeline.GridOutputs]:
     md = engine.metadata
     params = params_for_model(md)
-    scale = pipeline.choose_scale(
-        image, engine.run, md, params, md.threshold, None, 8192 * 8192, batch_size=8
-    )
+    scale = pipeline.choose_scale(image, engine.run, md, None, 8192 * 8192, batch_size=8)
     prediction = pipeline.predict_scaled(image, scale, engine.run, md, batch_size=8)
     return scale, pipeline.on_input_grid(prediction, md, image.shape[:2], md.threshold, params)
 

@@ -53,7 +53,7 @@ def segmenter(engine: Engine, averaged: bool) -> Callable[[np.ndarray], Segmenta
     predict_run = flip_averaged(engine.run) if averaged else engine.run
 
     def segment(image: np.ndarray) -> Segmentation:
-        scale = pipeline.choose_scale(image, engine.run, md, params, md.threshold, None, 8192 * 8192)
+        scale = pipeline.choose_scale(image, engine.run, md, None, 8192 * 8192)
         result = pipeline.predict_scaled(image, scale, predict_run, md, batch_size=4)
         grid = pipeline.on_input_grid(result, md, image.shape[:2], md.threshold, params)
         return Segmentation(grid.mask > 0, grid.labels, result.tiles, scale.diameter, scale.factor)

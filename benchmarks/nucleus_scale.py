@@ -49,7 +49,7 @@ def model_grid_f1(
 ) -> float:
     """Object F1 on the model's own grid at ``diameter``, truth brought there by nearest neighbour."""
     meta = engine.metadata
-    scale = pipeline.choose_scale(image, engine.run, meta, params, meta.threshold, diameter, 1 << 31)
+    scale = pipeline.choose_scale(image, engine.run, meta, diameter, 1 << 31)
     prediction = pipeline.predict_scaled(image, scale, engine.run, meta)
     mask = postprocess.foreground_probability(prediction, meta) > meta.threshold
     around = pipeline.surroundings(prediction, mask, params)

@@ -42,7 +42,7 @@ def scores_per_cut(engine: Engine, image: np.ndarray, truth: np.ndarray) -> dict
     """Per cut: (F1, precision, recall, false objects, true nuclei found) of one image."""
     md = engine.metadata
     params = params_for_model(md)
-    scale = pipeline.choose_scale(image, engine.run, md, params, md.threshold, None, 8192 * 8192)
+    scale = pipeline.choose_scale(image, engine.run, md, None, 8192 * 8192)
     # the model's input kept whether or not this model records a cut (2.2.0 did not)
     prediction = pipeline.predict_scaled(image, scale, engine.run, md, batch_size=4, keep_input=True)
     probabilities = prediction.probabilities

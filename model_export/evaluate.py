@@ -112,9 +112,7 @@ def predict_labels(
         diameter: typical nucleus diameter in px (the service's ``diameter=``); None: estimated.
     """
     meta = engine.metadata
-    scale = pipeline.choose_scale(
-        image, engine.run, meta, object_params or ObjectParams(), meta.threshold, diameter, _MAX_PIXELS
-    )
+    scale = pipeline.choose_scale(image, engine.run, meta, diameter, _MAX_PIXELS)
     result = pipeline.predict_scaled(
         image, scale, engine.run, meta, tile_size=tile_size, overlap=overlap, batch_size=batch_size
     )

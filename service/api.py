@@ -268,8 +268,6 @@ class Segmenter:
             pixels,
             self._batcher.infer,
             md,
-            params,
-            level,
             diameter,
             s.max_pixels,
             tile_size=tiling.tile_size,

@@ -378,7 +378,8 @@ def estimate_diameter(
 ) -> DiameterEstimate:
     """Typical nucleus diameter of a decoded ``(H, W)``/``(H, W, C)`` image, in its own pixels.
 
-    ``params``: how objects are split (the request's); ``threshold``: foreground threshold
+    ``params``: how objects are split (the service passes the model's own: the size is the image's,
+    not the request's choice of objects); ``threshold``: foreground threshold
     (default the model's); ``batch_size``: most windows handed to ``infer`` at once (None: all
     probes of one shape together). The model must record ``nucleus_diameter``.
     """

@@ -56,6 +56,12 @@ IMAGES = Counter(
 )
 PIXELS = Counter("unet_pixels", "Input image pixels segmented", registry=REGISTRY)
 TILES = Counter("unet_tiles", "Tiles run through the model (overlap included)", registry=REGISTRY)
+PREDICTION_CACHE = Counter(
+    "unet_prediction_cache",
+    "Requests whose in-memory prediction was reused (hit: the model did not run) or made (miss)",
+    ["outcome"],
+    registry=REGISTRY,
+)
 SEGMENT_SECONDS = Histogram(
     "unet_segment_duration_seconds",
     "Time per image inside the service by stage (decode, infer, encode)",

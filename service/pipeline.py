@@ -31,6 +31,7 @@ from service import objects, postprocess, rescale, segment, windows
 from service.diameter import PROBE_FACTORS, estimate_diameter
 from service.modality import check_modality
 from service.model_metadata import ModelMetadata
+from service.prediction_cache import PlaneEntry, array_bytes, frozen
 from service.preprocess import to_channels
 from service.regions import ArraySource
 
@@ -56,13 +57,16 @@ def choose_scale(
     image: np.ndarray,
     infer: segment.Infer,
     metadata: ModelMetadata,
-    params: objects.ObjectParams,
-    threshold: float | None,
     diameter: float | None,
     max_pixels: int,
     batch_size: int | None = None,
 ) -> ScaleChoice:
     """The scale to segment ``image`` at; ``diameter`` (px) from the request wins over an estimate.
+
+    The estimate reads the model's own answer — its threshold and its object settings — whatever
+    the request asks of its objects: the nucleus size is the image's, and a threshold slider or a
+    split choice must not move the scale the image is segmented at (nor make the model run again
+    for a prediction it already made: ``service.prediction_cache``).
 
     The resized image never exceeds ``max_pixels`` (the service's own pixel limit): a
     factor that would is reduced, with a warning. ``batch_size``: most windows the estimate
@@ -78,7 +82,8 @@ def choose_scale(
         return ScaleChoice(None, "model-scale", 1.0)
     source: DiameterSource = "request"
     if diameter is None:
-        estimate = estimate_diameter(image, infer, metadata, params, threshold, batch_size=batch_size)
+        own = objects.params_for_model(metadata)
+        estimate = estimate_diameter(image, infer, metadata, own, metadata.threshold, batch_size=batch_size)
         if estimate.out_of_range is not None:
             return ScaleChoice(
                 None,
@@ -144,21 +149,21 @@ def predict_scaled(
 class PlanePrediction:
     """:func:`predict_plane`'s answer: the scale chosen, the prediction at it, what to tell the user,
     and how long choosing the scale (the estimate, when there was one) and predicting took, in ms
-    (a wait inside ``reserve`` counts in neither)."""
+    (a wait inside ``reserve`` counts in neither); ``reused``: the prediction was kept from an
+    earlier request (``predict_plane``'s ``kept``)."""
 
     scale: ScaleChoice
     prediction: segment.Prediction | windows.WindowedPrediction
     warnings: list[str] = field(default_factory=list)
     scale_ms: float = 0.0
     predict_ms: float = 0.0
+    reused: bool = False  # the prediction came from the cache: the model did not run for it
 
 
 def predict_plane(
     image: np.ndarray,
     infer: segment.Infer,
     metadata: ModelMetadata,
-    params: objects.ObjectParams,
-    threshold: float,
     diameter: float | None,
     max_pixels: int,
     *,
@@ -169,6 +174,7 @@ def predict_plane(
     progress: Callable[[int, int], None] | None = None,
     reserve: Callable[[int], None] | None = None,
     window_policy: windows.WindowPolicy | None = None,
+    kept: PlaneEntry | None = None,
 ) -> PlanePrediction:
     """One selected plane → the model's prediction at the nucleus scale, with the user's warnings.
 
@@ -181,13 +187,21 @@ def predict_plane(
     ``window_policy``: images of at least ``min_pixels`` model pixels take the windowed path: the
     answer's ``prediction`` is then a ``windows.WindowedPrediction`` that has not run yet
     (:func:`on_input_grid` runs it band by band). None: always in memory.
+
+    ``kept``: this plane's entry in the service's prediction cache (``service.prediction_cache``):
+    the scale chosen before for the same ``diameter`` (or its estimate) and the in-memory prediction
+    made before at that scale are reused (``reused`` in the answer), and new ones are kept there.
     """
     warnings: list[str] = []
     modality = check_modality(image)
     if modality.warning:
         warnings.append(modality.warning)
     started = time.perf_counter()
-    scale = choose_scale(image, infer, metadata, params, threshold, diameter, max_pixels, batch_size)
+
+    def new_scale() -> ScaleChoice:
+        return choose_scale(image, infer, metadata, diameter, max_pixels, batch_size)
+
+    scale = new_scale() if kept is None else kept.scale(diameter, new_scale)[0]
     if scale.warning:
         warnings.append(scale.warning)
     scale_ms = 1000 * (time.perf_counter() - started)
@@ -209,19 +223,33 @@ def predict_plane(
             progress=progress,
         )
         return PlanePrediction(scale, prediction, warnings, scale_ms, 0.0)
-    prediction = predict_scaled(
-        image,
-        scale,
-        infer,
-        metadata,
-        tile_size=tile_size,
-        overlap=overlap,
-        batch_size=batch_size,
-        should_stop=should_stop,
-        progress=progress,
-    )
+
+    def new_prediction() -> segment.Prediction:
+        return predict_scaled(
+            image,
+            scale,
+            infer,
+            metadata,
+            tile_size=tile_size,
+            overlap=overlap,
+            batch_size=batch_size,
+            should_stop=should_stop,
+            progress=progress,
+        )
+
+    reused = False
+    if kept is None:
+        prediction = new_prediction()
+    else:
+        prediction, reused = kept.prediction(scale.factor, new_prediction, _kept_bytes)
     predict_ms = 1000 * (time.perf_counter() - started)
-    return PlanePrediction(scale, prediction, warnings, scale_ms, predict_ms)
+    return PlanePrediction(scale, prediction, warnings, scale_ms, predict_ms, reused)
+
+
+def _kept_bytes(prediction: segment.Prediction) -> int:
+    """Bytes a kept prediction holds; its arrays are made read-only, as later requests share them."""
+    frozen(prediction.probabilities, prediction.input_grey)
+    return array_bytes(prediction.probabilities, prediction.input_grey)
 
 
 @dataclass

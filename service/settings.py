@@ -99,6 +99,14 @@ class Settings(BaseSettings):
         description="split and count nuclei for X-Object-Count on mask/probability/overlay outputs too "
         "(labels/objects/geojson always count); false saves ~0.1–0.25× of the model's time per request",
     )
+    prediction_cache_mb: int = Field(
+        256,
+        ge=0,
+        description="MiB of recent decoded planes and the model's in-memory predictions on them, kept so "
+        "that asking again for the same upload (another output, threshold or split: the web page does, "
+        "and scripts that fetch the mask, then the labels) does not run the model again; least recently "
+        "used first out; 0 = off (service/prediction_cache.py). Resident memory beside admission's budget",
+    )
     max_batch_pixels: int = Field(
         8 * 1024 * 1024,
         ge=1,

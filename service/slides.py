@@ -150,7 +150,7 @@ def segment_slide(
     sample = source.read(*window) if window else np.zeros((1, 1), source.dtype)
     # The window stands in for the slide: its size must not cap the factor (slides have their own limit).
     scale = pipeline.choose_scale(
-        sample, infer, metadata, params, threshold, diameter, max_pixels=math.inf, batch_size=batch_size
+        sample, infer, metadata, diameter, max_pixels=math.inf, batch_size=batch_size
     )
     if scale.warning:
         warnings.append(scale.warning)

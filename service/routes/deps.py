@@ -26,6 +26,7 @@ from service.batcher import DynamicBatcher
 from service.engine import Engine, ModelLoadError
 from service.errors import InvalidOptions, ProblemError, ServiceUnavailable, Unauthorized
 from service.model_metadata import ModelMetadata
+from service.prediction_cache import PredictionCache
 from service.segment import Cancelled
 from service.settings import Settings
 from service.tile_options import Tiling, TilingError
@@ -56,6 +57,8 @@ class Runtime:
         self.warmup_s: float | None = None
         self._lock = threading.Lock()
         self.admission = Admission(admission_limits(settings))
+        # Recent planes and predictions (another output of the same upload skips the model).
+        self.prediction_cache = PredictionCache(settings.prediction_cache_mb * 1024 * 1024)
         self._finished: set[int] = set()  # tickets whose work completed (for the throughput)
         metrics.watch_admission(self.admission.snapshot, {"small": settings.admission_small_lane_pixels,
                                                           "large": settings.admission_pixels})

@@ -144,9 +144,11 @@ def executor(runtime: Runtime) -> Execute:
                 if slide:
                     return slide_jobs.run(runtime, _slide_path(given, input_path), options,
                                           input_path.parent, stop, job.progress)
+                # Not through the prediction cache: a job reports the tiles it runs, and keeps its
+                # result in its folder for as long as anyone needs it.
                 return run_pipeline(
                     runtime, data, options, stop, lambda px: runtime.grow(ticket, px, stop),
-                    progress=job.progress,
+                    progress=job.progress, cached=False,
                 )
             except Exception as exc:
                 if is_cancel(exc):

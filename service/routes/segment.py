@@ -51,7 +51,10 @@ from service.errors import (
     problem_responses,
 )
 from service.model_metadata import ModelMetadata
+from service.prediction_cache import PlaneKey, frozen
 from service.routes.deps import Runtime, get_runtime, only_query_params, require_api_key
+from service.settings import Settings
+from service.tile_options import Tiling
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +264,9 @@ class Result:
     # Human-readable notices for the caller (X-Warnings, JSON outputs): what was assumed or ignored.
     warnings: list[str] = field(default_factory=list)
     plane: microscopy.Plane | None = None  # which channel / plane / projection, and the pixel size
+    # The prediction came from the cache (service.prediction_cache): True / False; None when the
+    # cache is off or the image was predicted band by band.
+    reused: bool | None = None
 
     @property
     def inference_ms(self) -> float:
@@ -274,13 +280,16 @@ def run_pipeline(
     should_stop: Callable[[], bool],
     reserve: Callable[[int], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    cached: bool = True,
 ) -> Result:
     """Bytes → decoded image → tiled prediction → output array → PNG. Blocking; raises domain errors.
 
     ``reserve(pixels)``: called once the nucleus scale is known, with the pixels the model will
     work on (more than the upload's when the image is enlarged); it may wait for admission room
     or raise (503) — before any tile of the prediction is computed. ``progress(done, total)``:
-    the prediction's tiles (``segment.predict``), for a job's status.
+    the prediction's tiles (``segment.predict``), for a job's status. ``cached``: look for the
+    plane and its prediction in the runtime's prediction cache and keep them there
+    (``service.prediction_cache``; a hit reports no tile progress).
     """
     engine, batcher = runtime.components()
     md = engine.metadata
@@ -289,11 +298,18 @@ def run_pipeline(
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    # The one plane to segment: channel / z / t / projection chosen, pixel limits checked from
-    # the header first; a stack or multi-channel image without a choice is a SelectionError (422).
-    plane = microscopy.select(
-        data, options.plane, settings.max_pixels, settings.decode_limits(), md.in_channels, should_stop
-    )
+    cache = runtime.prediction_cache
+    kept = cache.entry(plane_key(engine, data, options, tiling, settings)) if cached else None
+    plane = kept.plane if kept is not None else None
+    if plane is None:
+        # The one plane to segment: channel / z / t / projection chosen, pixel limits checked from
+        # the header first; a stack or multi-channel image without a choice is a SelectionError (422).
+        plane = microscopy.select(
+            data, options.plane, settings.max_pixels, settings.decode_limits(), md.in_channels, should_stop
+        )
+        if kept is not None:
+            frozen(plane.image)  # kept: shared by later requests
+            kept.keep_plane(plane, plane.image.nbytes)
     if should_stop():  # decoding counts against the request's time: don't start the model late
         raise segment.Cancelled("stopped after decoding")
     image = plane.image
@@ -304,13 +320,10 @@ def run_pipeline(
     def infer(batch: np.ndarray) -> np.ndarray:
         return batcher.infer(batch, should_stop)
 
-    threshold = options.threshold if options.threshold is not None else md.threshold
     planned = pipeline.predict_plane(
         image,
         infer,
         md,
-        object_params(options, md),
-        threshold,
         options.diameter,
         settings.max_pixels,
         tile_size=tiling.tile_size,
@@ -320,8 +333,13 @@ def run_pipeline(
         progress=progress,
         reserve=reserve,
         window_policy=windows.policy(settings, tiling.source),
+        kept=kept,
     )
     scale, prediction = planned.scale, planned.prediction
+    reused = None  # not kept: the cache is off, or the prediction runs band by band
+    if kept is not None and not isinstance(prediction, windows.WindowedPrediction):
+        reused = planned.reused
+        metrics.PREDICTION_CACHE.labels(outcome="hit" if reused else "miss").inc()
     warnings += planned.warnings
     timings["scale"] = planned.scale_ms
     timings["infer"] = planned.predict_ms
@@ -353,6 +371,27 @@ def run_pipeline(
         scale=scale,
         warnings=warnings,
         plane=plane.without_pixels(),  # the response outlives the pixels: don't keep them
+        reused=reused,
+    )
+
+
+def plane_key(
+    engine: Engine, data: bytes, options: SegmentOptions, tiling: Tiling, settings: Settings
+) -> PlaneKey:
+    """What decides the plane a request reads and the predictions made on it, bar the options
+    ``pipeline.predict_plane`` keys itself (diameter, threshold, split)."""
+    return PlaneKey(
+        upload=PlaneKey.digest(data),
+        selection=options.plane,
+        model=(engine.checksum, str(engine.path), engine.metadata.precision, tuple(engine.providers)),
+        reading=(
+            settings.max_pixels,
+            settings.decode_limits(),
+            tiling.tile_size,
+            tiling.overlap,
+            tiling.source,
+            settings.max_batch_size,
+        ),
     )
 
 
@@ -632,6 +671,8 @@ def result_headers(runtime: Runtime, result: Result) -> dict[str, str]:
         headers.update(plane_headers(result.plane))
     if result.warnings:
         headers["X-Warnings"] = json.dumps(result.warnings, ensure_ascii=True)
+    if result.reused is not None:
+        headers["X-Prediction-Cache"] = "hit" if result.reused else "miss"
     return headers
 
 
@@ -734,6 +775,11 @@ _PNG_HEADERS = {
                         "when unknown",
                         "schema": {"type": "string"}},
     "X-Pixel-Size-Source": {"description": "ome | imagej | tiff | request", "schema": {"type": "string"}},
+    "X-Prediction-Cache": {"description": "hit: the model's prediction for this upload, plane and scale was "
+                           "kept from an earlier request and reused (only the output was made); miss: "
+                           "it was computed (and kept). Absent when the server keeps none "
+                           "(UNET_PREDICTION_CACHE_MB=0) or the image was segmented band by band",
+                           "schema": {"type": "string"}},
     "X-Warnings": {"description": "JSON array of human-readable notices: what was assumed or ignored, "
                    "and why a result may be unreliable (e.g. the image does not look like fluorescence)",
                    "schema": {"type": "string"}},

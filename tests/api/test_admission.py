@@ -54,9 +54,11 @@ def no_wait_server(start_server, slow_model: Path) -> Server:
 
 @pytest.fixture(scope="module")
 def waiting_server(start_server, slow_model: Path) -> Server:
-    """Lets requests wait for room as long as they need (and the wait estimate is generous)."""
+    """Lets requests wait for room as long as they need (and the wait estimate is generous). Its
+    tests send one image several times and count the model's tiles: no prediction cache."""
     return start_server(
-        {"UNET_MODEL_PATH": str(slow_model), "UNET_ADMISSION_MAX_WAIT_S": "600", **BUDGET}
+        {"UNET_MODEL_PATH": str(slow_model), "UNET_ADMISSION_MAX_WAIT_S": "600",
+         "UNET_PREDICTION_CACHE_MB": "0", **BUDGET}
     ).wait_ready()
 
 

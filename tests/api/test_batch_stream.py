@@ -44,7 +44,9 @@ def in_flight(srv: Server) -> float:
 
 @pytest.fixture(scope="module")
 def batch_server(start_server, slow_model: Path) -> Server:
-    return start_server({"UNET_MODEL_PATH": str(slow_model)}).wait_ready()
+    # Its tests send the same images again and need the model to run on them (to be stopped
+    # part-way): no prediction cache.
+    return start_server({"UNET_MODEL_PATH": str(slow_model), "UNET_PREDICTION_CACHE_MB": "0"}).wait_ready()
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,8 @@ def test_the_cpu_pod_holds_what_admission_lets_in_including_a_max_size_image() -
     limit = _quantity(c["resources"]["limits"]["memory"])
     # Large lane: its budget, or one max-size image alone; plus the small lane.
     admitted = max(settings.admission_pixels, settings.max_pixels) + settings.admission_small_lane_pixels
-    peak = FIXED_BYTES + PER_PIXEL_BYTES * admitted
+    # ... and the prediction cache, resident beside whatever is admitted (service/prediction_cache.py).
+    peak = FIXED_BYTES + PER_PIXEL_BYTES * admitted + settings.prediction_cache_mb * 2**20
     assert settings.max_batch_pixels <= 2048 * 2048, "FIXED_BYTES holds one 2048² run, no more"
     assert peak <= 0.8 * limit, f"peak {peak / GIB:.1f} GiB vs limit {limit / GIB:.1f} GiB: keep 20 %"
     assert _quantity(c["resources"]["requests"]["memory"]) >= peak * 0.95

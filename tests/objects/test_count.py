@@ -68,7 +68,7 @@ def test_count_only_agrees_with_the_labels_through_the_real_pipeline(bundled: En
     md = bundled.metadata
     params = params_for_model(md, split)
     image, _ = synth_nuclei(5_100_000, 320, SynthConfig(coverage=(0.3, 0.4), radius=(7.0, 11.0)))
-    scale = pipeline.choose_scale(image, bundled.run, md, params, md.threshold, None, 1 << 24)
+    scale = pipeline.choose_scale(image, bundled.run, md, None, 1 << 24)
     prediction = pipeline.predict_scaled(image, scale, bundled.run, md)
     full = pipeline.on_input_grid(prediction, md, image.shape, md.threshold, params)
     quick = pipeline.on_input_grid(prediction, md, image.shape, md.threshold, params, count_only=True)

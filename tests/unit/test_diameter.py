@@ -130,7 +130,7 @@ def test_a_field_of_noise_without_nuclei_is_not_enlarged(model: Engine, seed: in
     smallest = model.metadata.nucleus_diameter / max(PROBE_FACTORS)
     assert estimate.diameter is None and estimate.out_of_range is not None
     assert estimate.out_of_range < smallest
-    scale = pipeline.choose_scale(image, model.run, model.metadata, params, None, None, 10**8)
+    scale = pipeline.choose_scale(image, model.run, model.metadata, None, 10**8)
     assert (scale.source, scale.factor, scale.diameter) == ("model-scale", 1.0, None)
     assert "outside" in scale.warning and "diameter=" in scale.warning
 
@@ -149,7 +149,7 @@ def test_specks_that_do_not_grow_with_the_image_do_not_enlarge_it(model: Engine)
     assert estimate.diameter is None and estimate.not_nuclei == pytest.approx(8.5, abs=0.3)
     refined = estimate.probes[-1]  # the refinement step, past the ladder
     assert refined.factor > 2 and refined.objects > 100 and refined.median_diameter < 8.5
-    scale = pipeline.choose_scale(image, model.run, model.metadata, params, None, None, 10**8)
+    scale = pipeline.choose_scale(image, model.run, model.metadata, None, 10**8)
     assert (scale.source, scale.factor, scale.diameter) == ("model-scale", 1.0, None)
     assert "did not grow with the image" in scale.warning and "diameter=" in scale.warning
 

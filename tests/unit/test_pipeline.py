@@ -32,23 +32,23 @@ def never_called(batch: np.ndarray) -> np.ndarray:
 
 def test_a_requested_diameter_sets_the_factor_without_probing(scaled) -> None:
     image = synthetic_nuclei(120, 90)
-    choice = pipeline.choose_scale(image, never_called, scaled.metadata, ObjectParams(), None, 40.0, 10**7)
+    choice = pipeline.choose_scale(image, never_called, scaled.metadata, 40.0, 10**7)
     assert (choice.source, choice.factor, choice.diameter) == ("request", 0.5, 40.0)
 
 
 def test_an_enlargement_past_the_pixel_limit_is_capped_with_a_warning(scaled) -> None:
     image = synthetic_nuclei(100, 100)
-    choice = pipeline.choose_scale(image, never_called, scaled.metadata, ObjectParams(), None, 5.0, 40_000)
+    choice = pipeline.choose_scale(image, never_called, scaled.metadata, 5.0, 40_000)
     assert choice.factor == pytest.approx(2.0)  # sqrt(40 000 / 10 000), not the ×4 the diameter asks
     assert "pixel limit" in choice.warning
 
 
 def test_a_model_without_a_diameter_segments_at_the_image_scale(unscaled) -> None:
     image = synthetic_nuclei(64, 64)
-    choice = pipeline.choose_scale(image, never_called, unscaled.metadata, ObjectParams(), None, None, 10**7)
+    choice = pipeline.choose_scale(image, never_called, unscaled.metadata, None, 10**7)
     assert (choice.source, choice.factor) == ("model-scale", 1.0)
     with pytest.raises(ValueError, match="diameter"):
-        pipeline.choose_scale(image, never_called, unscaled.metadata, ObjectParams(), None, 30.0, 10**7)
+        pipeline.choose_scale(image, never_called, unscaled.metadata, 30.0, 10**7)
 
 
 def test_the_estimate_runs_the_model_and_reports_its_source(scaled) -> None:
@@ -59,9 +59,7 @@ def test_the_estimate_runs_the_model_and_reports_its_source(scaled) -> None:
         return scaled.run(batch)
 
     image = synthetic_nuclei(300, 260, seed=4)
-    choice = pipeline.choose_scale(
-        image, infer, scaled.metadata, ObjectParams(), None, None, 10**7, batch_size=2
-    )
+    choice = pipeline.choose_scale(image, infer, scaled.metadata, None, 10**7, batch_size=2)
     assert calls, "the estimate must probe the model"
     # bounded probe windows, at most the caller's batch of them at once
     assert all(shape[0] <= 2 and max(shape[2:]) <= 256 + 2 for shape in calls)

@@ -270,6 +270,35 @@ def test_download_buttons_name_files_after_the_input(viewer: Viewer) -> None:
         assert image.dtype == (np.uint8 if output == "mask" else np.uint16)
 
 
+def _cache_outcomes(service_url: str) -> dict[str, float]:
+    """``unet_prediction_cache_total`` by outcome, from the service's /metrics."""
+    text = httpx.get(f"{service_url}/metrics", timeout=10).text
+    found = dict(re.findall(r'^unet_prediction_cache_total\{outcome="(\w+)"\} (\S+)$', text, re.M))
+    return {k: float(found.get(k, 0)) for k in ("hit", "miss")}
+
+
+def test_a_dropped_file_runs_the_model_once_for_its_map_and_its_outlines(
+    browser: Any, service_url: str, tmp_path: Path
+) -> None:
+    """The page asks for the probability map and then the outlines of the same file: the second
+    answer is made from the first's prediction (service.prediction_cache), and so is a download."""
+    fresh = write_disc_tiff(tmp_path / "fresh.tif", seed=17)  # never sent before: nothing kept
+    before = _cache_outcomes(service_url)
+    page = _new_page(browser, service_url)
+    try:
+        page.locator("#file-input").set_input_files(str(fresh))
+        _wait_for_count(page)
+        shown = _cache_outcomes(service_url)
+        assert shown["miss"] - before["miss"] == 1  # the probability map: the model ran
+        assert shown["hit"] - before["hit"] == 1  # the outlines: it did not
+        with page.expect_download():
+            page.locator("#download-labels").click()
+        after = _cache_outcomes(service_url)
+        assert (after["miss"], after["hit"]) == (shown["miss"], shown["hit"] + 1)
+    finally:
+        page.close()
+
+
 def test_text_file_named_png_shows_the_problem_message(
     browser: Any, service_url: str, tmp_path: Path
 ) -> None:
