@@ -154,6 +154,13 @@ class PredictionCache:
                 self.nbytes -= oldest.nbytes
             return created
 
+    def discard(self, entry: PlaneEntry) -> None:
+        """Forget ``entry`` and what it holds (a plane whose prediction is not kept: band by band)."""
+        with self._lock:
+            if self._entries.get(entry.key) is entry:
+                del self._entries[entry.key]
+                self.nbytes -= entry.nbytes
+
     def _grew(self, entry: PlaneEntry, nbytes: int) -> None:
         """``entry`` keeps ``nbytes`` more: evict the least recently used until within budget
         (the entry itself too when it alone is over)."""

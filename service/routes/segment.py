@@ -337,7 +337,9 @@ def run_pipeline(
     )
     scale, prediction = planned.scale, planned.prediction
     reused = None  # not kept: the cache is off, or the prediction runs band by band
-    if kept is not None and not isinstance(prediction, windows.WindowedPrediction):
+    if kept is not None and isinstance(prediction, windows.WindowedPrediction):
+        cache.discard(kept)  # its pixels alone would push out planes whose predictions are kept
+    elif kept is not None:
         reused = planned.reused
         metrics.PREDICTION_CACHE.labels(outcome="hit" if reused else "miss").inc()
     warnings += planned.warnings
@@ -378,8 +380,8 @@ def run_pipeline(
 def plane_key(
     engine: Engine, data: bytes, options: SegmentOptions, tiling: Tiling, settings: Settings
 ) -> PlaneKey:
-    """What decides the plane a request reads and the predictions made on it, bar the options
-    ``pipeline.predict_plane`` keys itself (diameter, threshold, split)."""
+    """What decides the plane a request reads and the predictions made on it, bar the diameter,
+    which ``pipeline.predict_plane`` keys itself (threshold and split act after the prediction)."""
     return PlaneKey(
         upload=PlaneKey.digest(data),
         selection=options.plane,

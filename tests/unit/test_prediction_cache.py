@@ -118,3 +118,15 @@ def test_uploads_that_keep_nothing_do_not_grow_the_table_without_bound() -> None
     for name in "hij":
         cache.entry(key(name))
     assert len(cache) == 3 and cache.nbytes == 0  # "g" went with its bytes
+
+
+def test_a_discarded_plane_gives_its_bytes_back_and_is_not_found_again() -> None:
+    cache = PredictionCache(1000)
+    entry = cache.entry(key("large"))
+    assert entry is not None
+    entry.keep_plane("pixels", 400)
+    cache.discard(entry)
+    assert len(cache) == 0 and cache.nbytes == 0
+    assert cache.entry(key("large")).plane is None  # type: ignore[union-attr]
+    cache.discard(entry)  # twice, or after eviction: nothing happens
+    assert len(cache) == 1 and cache.nbytes == 0
