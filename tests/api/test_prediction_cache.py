@@ -4,6 +4,7 @@ answers exactly what a server without the cache answers (service.prediction_cach
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -31,6 +32,15 @@ def servers(start_server, tmp_path_factory) -> tuple[Server, Server]:
 
 def tiles_run(server: Server) -> float:
     return metric(server.client.get("/metrics").text, "unet_tiles_total")
+
+
+def cache_outcomes(server: Server) -> dict[str, float]:
+    """``unet_prediction_cache_total`` by outcome (0 before the first of its kind)."""
+    text = server.client.get("/metrics").text
+    return {
+        k: metric(text, "unet_prediction_cache_total", outcome=k) if f'outcome="{k}"' in text else 0.0
+        for k in ("hit", "miss")
+    }
 
 
 def post(server: Server, data: bytes = IMAGE, content_type: str = "image/png", **params):
@@ -134,3 +144,21 @@ def test_images_segmented_band_by_band_are_not_kept(start_server, tmp_path_facto
     text = server.client.get("/metrics").text
     assert metric(text, "unet_prediction_cache_total", outcome="hit") == 1
     assert metric(text, "unet_prediction_cache_total", outcome="miss") == 1
+
+
+def test_concurrent_requests_for_one_upload_all_get_the_same_answer(servers) -> None:
+    """Eight clients send one new image at once, asking for different outputs: each gets the
+    answer of a server without the cache, whatever it shared with the others."""
+    cached, plain = servers
+    data = im.png(im.blobs(190, 170, seed=21))
+    outputs = ["labels", "mask", "geojson", "objects"] * 2
+    before = cache_outcomes(cached)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda o: post(cached, data, output=o, diameter=28), outputs))
+    for output, answer in zip(outputs, answers, strict=True):
+        assert_same_answer(answer, post(plain, data, output=output, diameter=28))
+    after = cache_outcomes(cached)
+    # Requests that arrive together each compute (no request waits on another's work) and one
+    # prediction is kept: the next request finds it.
+    assert after["hit"] + after["miss"] - before["hit"] - before["miss"] == 8
+    assert post(cached, data, output="labels", diameter=28).headers["X-Prediction-Cache"] == "hit"
