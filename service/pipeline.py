@@ -241,7 +241,12 @@ def predict_plane(
     if kept is None:
         prediction = new_prediction()
     else:
-        prediction, reused = kept.prediction(scale.factor, new_prediction, _kept_bytes)
+
+        def give_up_if_stopped() -> None:  # while another request computes this very prediction
+            if should_stop is not None and should_stop():
+                raise segment.Cancelled("stopped while waiting for the same image's prediction")
+
+        prediction, reused = kept.prediction(scale.factor, new_prediction, _kept_bytes, give_up_if_stopped)
     predict_ms = 1000 * (time.perf_counter() - started)
     return PlanePrediction(scale, prediction, warnings, scale_ms, predict_ms, reused)
 

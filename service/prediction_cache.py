@@ -56,7 +56,8 @@ class PlaneKey:
 class PlaneEntry:
     """One kept plane: its decoded pixels, scales chosen on it, predictions at those scales.
 
-    Thread-safe; a value computed by two requests at once is computed twice and kept once.
+    Thread-safe. Scales asked for by two requests at once are estimated twice and kept once;
+    a prediction is computed once, the other requests waiting for it.
     """
 
     def __init__(self, cache: PredictionCache, key: PlaneKey) -> None:
@@ -65,6 +66,7 @@ class PlaneEntry:
         self._plane: Any = None
         self._scales: dict[Hashable, Any] = {}
         self._predictions: dict[Hashable, Any] = {}
+        self._running: dict[Hashable, threading.Event] = {}  # predictions being computed now
         self.nbytes = 0
 
     @property
@@ -90,22 +92,47 @@ class PlaneEntry:
         return value, False
 
     def prediction(
-        self, key: Hashable, compute: Callable[[], T], nbytes: Callable[[T], int]
+        self,
+        key: Hashable,
+        compute: Callable[[], T],
+        nbytes: Callable[[T], int],
+        while_waiting: Callable[[], None] | None = None,
     ) -> tuple[T, bool]:
         """``(prediction, reused)``: the one made before at ``key`` (the scale factor), else
-        ``compute()``, kept when ``nbytes(it)`` fits the budget with the plane."""
-        with self._lock:
-            if key in self._predictions:
-                return self._predictions[key], True
-        value = compute()
-        size = nbytes(value)
-        with self._lock:
-            if key in self._predictions:
-                return value, False
-            self._predictions[key] = value
+        ``compute()``, kept (``nbytes(it)`` counts against the budget).
+
+        One computation per key at a time: a request that finds another computing the same
+        prediction waits for it and reuses it (a script asking for the mask, the labels and the
+        table of one image at once runs the model once), calling ``while_waiting()`` every
+        :data:`WAIT_POLL_S` — it raises to give up (the waiter's client left). If the computing
+        request fails or is cancelled, one of the waiters computes instead.
+        """
+        while True:
+            with self._lock:
+                if key in self._predictions:
+                    return self._predictions[key], True
+                running = self._running.get(key)
+                if running is None:
+                    running = self._running[key] = threading.Event()
+                    break  # this request computes
+            while not running.wait(WAIT_POLL_S):
+                if while_waiting is not None:
+                    while_waiting()
+        try:
+            value = compute()
+            size = nbytes(value)
+            with self._lock:
+                self._predictions[key] = value
+        finally:
+            with self._lock:
+                del self._running[key]
+            running.set()
         self._cache._grew(self, size)
         return value, False
 
+
+#: How often a request waiting for another's prediction asks whether to give up, seconds.
+WAIT_POLL_S = 0.1
 
 #: Most planes kept whatever their size: an upload that fails to decode leaves an empty entry,
 #: and a stream of such uploads must not grow the table without bound.

@@ -158,7 +158,21 @@ def test_concurrent_requests_for_one_upload_all_get_the_same_answer(servers) -> 
     for output, answer in zip(outputs, answers, strict=True):
         assert_same_answer(answer, post(plain, data, output=output, diameter=28))
     after = cache_outcomes(cached)
-    # Requests that arrive together each compute (no request waits on another's work) and one
-    # prediction is kept: the next request finds it.
     assert after["hit"] + after["miss"] - before["hit"] - before["miss"] == 8
     assert post(cached, data, output="labels", diameter=28).headers["X-Prediction-Cache"] == "hit"
+
+
+def test_requests_that_arrive_while_the_model_runs_wait_for_its_prediction(start_server, slow_model) -> None:
+    """The heavy test model (~20 ms per 64² tile: over a second for this image) and four requests
+    for one image at once, as a script asking for several outputs in parallel: the model runs
+    once, the three others wait for its prediction."""
+    server = start_server({"UNET_MODEL_PATH": str(slow_model)}).wait_ready()
+    data = im.png(im.blobs(384, 384, seed=4))
+    before, tiles_before = cache_outcomes(server), tiles_run(server)
+    with ThreadPoolExecutor(4) as pool:
+        outputs = ["mask", "labels", "geojson", "objects"]
+        answers = list(pool.map(lambda o: post(server, data, output=o), outputs))
+    after = cache_outcomes(server)
+    assert (after["miss"] - before["miss"], after["hit"] - before["hit"]) == (1, 3)
+    assert tiles_run(server) - tiles_before == int(answers[0].headers["X-Tiles"])  # one pass
+    assert sorted(a.headers["X-Prediction-Cache"] for a in answers) == ["hit", "hit", "hit", "miss"]

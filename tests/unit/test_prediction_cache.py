@@ -86,25 +86,104 @@ def test_a_zero_budget_turns_the_cache_off() -> None:
     assert not cache.enabled and cache.entry(key("a")) is None
 
 
-def test_concurrent_requests_keep_one_prediction_per_scale() -> None:
+def test_requests_that_arrive_together_compute_one_prediction_and_the_others_wait_for_it() -> None:
     cache = PredictionCache(10_000)
     entry = cache.entry(key("a"))
     assert entry is not None
-    start = threading.Barrier(4)
+    release = threading.Event()
+    computed: list[int] = []
+
+    def compute(i: int):
+        def run() -> str:
+            computed.append(i)
+            release.wait(5)  # hold the first computation until every request has arrived
+            return f"p{i}"
+
+        return run
+
     answers: list[tuple[object, bool]] = []
-
-    def ask(i: int) -> None:
-        start.wait()
-        answers.append(entry.prediction(1.0, lambda: f"p{i}", lambda _: 10))
-
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    threads = [
+        threading.Thread(target=lambda i=i: answers.append(entry.prediction(1.0, compute(i), lambda _: 10)))
+        for i in range(4)
+    ]
     for t in threads:
         t.start()
+    while len(computed) < 1:
+        threading.Event().wait(0.01)
+    threading.Event().wait(0.3)  # the other three are waiting now (or about to)
+    release.set()
     for t in threads:
-        t.join()
-    assert len(answers) == 4
-    assert cache.nbytes == 10  # counted once, however many computed it
-    assert entry.prediction(1.0, lambda: "late", lambda _: 10)[1] is True
+        t.join(5)
+    assert len(computed) == 1
+    assert len(answers) == 4 and {a for a, _ in answers} == {f"p{computed[0]}"}
+    assert sorted(reused for _, reused in answers) == [False, True, True, True]
+    assert cache.nbytes == 10
+
+
+def test_when_the_computing_request_fails_a_waiting_one_computes_instead() -> None:
+    cache = PredictionCache(10_000)
+    entry = cache.entry(key("a"))
+    assert entry is not None
+    started, fail = threading.Event(), threading.Event()
+
+    def failing() -> str:
+        started.set()
+        fail.wait(5)
+        raise RuntimeError("cancelled half-way")
+
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            entry.prediction(1.0, failing, lambda _: 10)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    leader = threading.Thread(target=first)
+    leader.start()
+    started.wait(5)
+    answers: list[tuple[object, bool]] = []
+    waiter = threading.Thread(
+        target=lambda: answers.append(entry.prediction(1.0, lambda: "p2", lambda _: 10))
+    )
+    waiter.start()
+    threading.Event().wait(0.2)
+    fail.set()
+    leader.join(5)
+    waiter.join(5)
+    assert len(errors) == 1 and answers == [("p2", False)]
+    assert entry.prediction(1.0, lambda: "p3", lambda _: 10) == ("p2", True)
+
+
+def test_a_waiting_request_can_give_up() -> None:
+    cache = PredictionCache(10_000)
+    entry = cache.entry(key("a"))
+    assert entry is not None
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        started.set()
+        release.wait(5)
+        return "p"
+
+    leader = threading.Thread(target=lambda: entry.prediction(1.0, slow, lambda _: 10))
+    leader.start()
+    started.wait(5)
+    asked: list[int] = []
+
+    def stop() -> None:
+        asked.append(1)
+        raise TimeoutError("the client left")
+
+    try:
+        entry.prediction(1.0, lambda: "never", lambda _: 10, while_waiting=stop)
+        raise AssertionError("the waiting request did not give up")
+    except TimeoutError:
+        pass
+    assert asked == [1]
+    release.set()
+    leader.join(5)
+    assert entry.prediction(1.0, lambda: "never", lambda _: 10) == ("p", True)
 
 
 def test_uploads_that_keep_nothing_do_not_grow_the_table_without_bound() -> None:
