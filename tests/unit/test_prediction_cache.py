@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
-from service.prediction_cache import PlaneKey, PredictionCache
+from service.prediction_cache import PlaneEntry, PlaneKey, PredictionCache
 
 
 def key(name: str, selection: object = None) -> PlaneKey:
@@ -120,28 +121,31 @@ def test_requests_that_arrive_together_compute_one_prediction_and_the_others_wai
     assert cache.nbytes == 10
 
 
-def test_when_the_computing_request_fails_a_waiting_one_computes_instead() -> None:
-    cache = PredictionCache(10_000)
-    entry = cache.entry(key("a"))
+def computing_in_the_background(outcome: object) -> tuple[PlaneEntry, threading.Event]:
+    """A fresh entry whose prediction at 1.0 a background thread is computing now; it ends with
+    ``outcome`` (returned, or raised if an exception) once the event it hands back is set."""
+    entry = PredictionCache(10_000).entry(key("a"))
     assert entry is not None
-    started, fail = threading.Event(), threading.Event()
+    started, release = threading.Event(), threading.Event()
 
-    def failing() -> str:
+    def compute() -> object:
         started.set()
-        fail.wait(5)
-        raise RuntimeError("cancelled half-way")
+        release.wait(5)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
-    errors: list[BaseException] = []
+    def run() -> None:
+        with contextlib.suppress(BaseException):
+            entry.prediction(1.0, compute, lambda _: 10)
 
-    def first() -> None:
-        try:
-            entry.prediction(1.0, failing, lambda _: 10)
-        except RuntimeError as exc:
-            errors.append(exc)
-
-    leader = threading.Thread(target=first)
-    leader.start()
+    threading.Thread(target=run, daemon=True).start()
     started.wait(5)
+    return entry, release
+
+
+def test_when_the_computing_request_fails_a_waiting_one_computes_instead() -> None:
+    entry, fail = computing_in_the_background(RuntimeError("cancelled half-way"))
     answers: list[tuple[object, bool]] = []
     waiter = threading.Thread(
         target=lambda: answers.append(entry.prediction(1.0, lambda: "p2", lambda _: 10))
@@ -149,26 +153,13 @@ def test_when_the_computing_request_fails_a_waiting_one_computes_instead() -> No
     waiter.start()
     threading.Event().wait(0.2)
     fail.set()
-    leader.join(5)
     waiter.join(5)
-    assert len(errors) == 1 and answers == [("p2", False)]
+    assert answers == [("p2", False)]
     assert entry.prediction(1.0, lambda: "p3", lambda _: 10) == ("p2", True)
 
 
 def test_a_waiting_request_can_give_up() -> None:
-    cache = PredictionCache(10_000)
-    entry = cache.entry(key("a"))
-    assert entry is not None
-    started, release = threading.Event(), threading.Event()
-
-    def slow() -> str:
-        started.set()
-        release.wait(5)
-        return "p"
-
-    leader = threading.Thread(target=lambda: entry.prediction(1.0, slow, lambda _: 10))
-    leader.start()
-    started.wait(5)
+    entry, release = computing_in_the_background("p")
     asked: list[int] = []
 
     def stop() -> None:
@@ -181,8 +172,7 @@ def test_a_waiting_request_can_give_up() -> None:
     except TimeoutError:
         pass
     assert asked == [1]
-    release.set()
-    leader.join(5)
+    release.set()  # a request arriving now waits for the computation and takes its prediction
     assert entry.prediction(1.0, lambda: "never", lambda _: 10) == ("p", True)
 
 
