@@ -12,7 +12,7 @@ finds what it can and computes the rest; the answer is the one it would get with
 because everything a result depends on is in the key at the step that uses it (the upload, plane,
 model, tiling and limits key the entry; the diameter keys the scale; the scale keys the
 prediction; threshold and split act only after it, on the objects). Windowed predictions (large
-images, band by band) are not kept: they never exist whole.
+images, band by band) are not kept, nor their planes: they never exist whole. Jobs do not use it.
 
 Least recently used planes go first once the kept bytes pass the budget (``UNET_PREDICTION_CACHE_MB``;
 0 turns it off). The budget is outside admission control's pixel budget: it is resident memory the
