@@ -67,13 +67,15 @@ def server(start_server, conv_model: Path) -> Server:
 @pytest.fixture(scope="session")
 def slow_server(start_server, slow_model: Path) -> Server:
     """The slow model, one tile per run and a queue of ONE tile: easy to overload, and a request
-    lasts long enough (~12 ms per tile) to be cancelled mid-way. Started with ``uvicorn service.app:app``."""
+    lasts long enough (~12 ms per tile) to be cancelled mid-way. Started with ``uvicorn service.app:app``.
+    No prediction cache: its tests wait for a request's tiles to run, whatever was sent before."""
     return start_server(
         {
             "UNET_MODEL_PATH": str(slow_model),
             "UNET_MAX_BATCH_SIZE": "1",
             "UNET_MAX_QUEUE_TILES": "1",
             "UNET_MAX_CONCURRENT_REQUESTS": "64",
+            "UNET_PREDICTION_CACHE_MB": "0",
         },
         module=False,
     ).wait_ready()

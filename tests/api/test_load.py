@@ -24,11 +24,13 @@ def test_admitted_requests_are_never_refused_by_the_tile_queue(slow_server: Serv
     """``slow_server`` asks for a tile queue of ONE tile; eight concurrent requests used to overflow
     it half-way through and lose their computed tiles. Admission now bounds the work in flight and
     the queue holds what admitted requests submit, so every one finishes."""
-    body = im.png(im.blobs(256, 256, seed=2))
+    # Eight images: one image sent by all eight at once would run the model once (the prediction
+    # cache), and this test counts the tiles each answer ran.
+    bodies = [im.png(im.blobs(256, 256, seed=200 + k)) for k in range(8)]
     before = slow_server.client.get("/metrics").text
 
-    def post(_: int) -> httpx.Response:
-        return httpx.post(f"{slow_server.url}/segment", content=body, headers=RAW, timeout=120)
+    def post(k: int) -> httpx.Response:
+        return httpx.post(f"{slow_server.url}/segment", content=bodies[k], headers=RAW, timeout=120)
 
     with ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(post, range(8)))

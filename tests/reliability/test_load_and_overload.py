@@ -141,12 +141,14 @@ def test_when_full_the_refused_requests_compute_nothing_and_the_admitted_finish(
         "UNET_ADMISSION_MAX_WAIT_S": "0",
         "UNET_MAX_BATCH_SIZE": "4",
     }).wait_ready()
-    body = im.png(im.blobs(256, 256, seed=8))
+    # Sixteen clients, sixteen images: one image sent at once by several would run the model once
+    # (the prediction cache), and this test counts the tiles each answer ran.
+    bodies = [im.png(im.blobs(256, 256, seed=800 + k)) for k in range(16)]
     headers = {"Content-Type": "image/png"}
     before = srv.client.get("/metrics").text
 
-    def post(_: int) -> httpx.Response:
-        return httpx.post(f"{srv.url}/segment", content=body, headers=headers, timeout=120)
+    def post(k: int) -> httpx.Response:
+        return httpx.post(f"{srv.url}/segment", content=bodies[k], headers=headers, timeout=120)
 
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(post, range(16)))
