@@ -176,9 +176,7 @@ class PredictionCache:
             self.misses += 1
             created = PlaneEntry(self, key)
             self._entries[key] = created
-            while len(self._entries) > self.max_entries:
-                _, oldest = self._entries.popitem(last=False)
-                self.nbytes -= oldest.nbytes
+            self._trim()
             return created
 
     def discard(self, entry: PlaneEntry) -> None:
@@ -196,9 +194,13 @@ class PredictionCache:
                 return  # evicted while it was computing: what it holds dies with the request
             entry.nbytes += nbytes
             self.nbytes += nbytes
-            while self.nbytes > self.max_bytes and self._entries:
-                _, oldest = self._entries.popitem(last=False)
-                self.nbytes -= oldest.nbytes
+            self._trim()
+
+    def _trim(self) -> None:
+        """Evict the least recently used entries until within both bounds (lock held)."""
+        while self._entries and (self.nbytes > self.max_bytes or len(self._entries) > self.max_entries):
+            _, oldest = self._entries.popitem(last=False)
+            self.nbytes -= oldest.nbytes
 
 
 def frozen(*arrays: np.ndarray | None) -> None:
