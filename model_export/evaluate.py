@@ -50,6 +50,7 @@ from service.engine import Engine
 from service.imaging import decode
 from service.model_metadata import ModelMetadata
 from service.objects import SPLIT_METHODS, ObjectParams, params_for_model
+from service.polarity import DarkToBright, Polarity
 
 #: No pixel limit worth enforcing offline; the service's own limit applies to uploads.
 _MAX_PIXELS = 1 << 31
@@ -95,6 +96,7 @@ def predict_labels(
     overlap: int | None = None,
     batch_size: int = 4,
     diameter: float | None = None,
+    polarity: Polarity = "bright",
 ) -> Segmentation:
     """The model's answer for one decoded image, as the service computes it.
 
@@ -110,8 +112,12 @@ def predict_labels(
         object_params: how the foreground becomes objects (``params_for_model``).
         tile_size, overlap, batch_size: tiling overrides, as ``service.segment.predict``.
         diameter: typical nucleus diameter in px (the service's ``diameter=``); None: estimated.
+        polarity: ``dark``: the image turned into optical density first, as the service's
+            ``polarity=dark`` turns it (``service.polarity``).
     """
     meta = engine.metadata
+    if polarity == "dark":
+        image = DarkToBright.of(image, meta.in_channels)(image)
     scale = pipeline.choose_scale(image, engine.run, meta, diameter, _MAX_PIXELS)
     result = pipeline.predict_scaled(
         image, scale, engine.run, meta, tile_size=tile_size, overlap=overlap, batch_size=batch_size

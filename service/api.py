@@ -40,6 +40,7 @@ from service.engine import Engine
 from service.model_metadata import ModelMetadata
 from service.outputs import encode as encode_output
 from service.outputs import object_rows
+from service.polarity import POLARITIES, Polarity
 from service.settings import Settings
 from service.tile_options import resolve as resolve_tiling
 
@@ -206,6 +207,7 @@ class Segmenter:
         t: int | None = None,
         project: Literal["max"] | None = None,
         pixel_size: float | None = None,
+        polarity: Polarity = "bright",
         axes: str | None = None,
         diameter: float | None = None,
         threshold: float | None = None,
@@ -226,6 +228,9 @@ class Segmenter:
             z, t: the z-slice / time point (0-based); ``project="max"``: the maximum projection
                 over Z instead of one slice. A stack needs one of them.
             pixel_size: µm per pixel, overriding the file's calibration (adds µm columns).
+            polarity: ``"dark"`` for nuclei darker than their background (bright field, H&E): the
+                image is segmented as its optical density (``service.polarity``), a colour image's
+                colours mixed unless ``channel`` says otherwise.
             axes: an array's dimensions in the letters ``T Z C Y X S`` (S: colour samples), e.g.
                 ``"ZYX"``, ``"CYX"``, ``"YXC"``; default ``"YX"`` for 2-D, ``"YXS"`` for
                 ``(H, W, 3|4)``; other shapes must say. Only for arrays.
@@ -250,6 +255,8 @@ class Segmenter:
         _check_range("diameter", diameter, *DIAMETER_RANGE_PX)
         if pixel_size is not None and not pixel_size > 0:
             raise ValueError(f"pixel_size must be more than 0 µm, got {pixel_size}")
+        if polarity not in POLARITIES:
+            raise ValueError(f"polarity must be one of {', '.join(POLARITIES)}, got {polarity!r}")
         tiling = resolve_tiling(s, md, tile_size, overlap)
         params = objects.params_for_model(md, split)
         selection = microscopy.Selection(
@@ -258,6 +265,7 @@ class Segmenter:
             t=t,
             project=project,
             pixel_size_um=pixel_size,
+            polarity=polarity,
         )
         plane = microscopy.select(
             self._read(image, axes), selection, s.max_pixels, s.decode_limits(), md.in_channels
@@ -274,6 +282,7 @@ class Segmenter:
             overlap=tiling.overlap,
             batch_size=s.max_batch_size,
             window_policy=windows.policy(s, tiling.source),
+            polarity=plane.polarity,
         )
         scale, prediction = planned.scale, planned.prediction
         notes = [*plane.warnings, *planned.warnings]

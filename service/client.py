@@ -299,6 +299,7 @@ class Config:
     t: int | None = None
     project: str | None = None
     pixel_size: float | None = None
+    polarity: str | None = None  # dark: nuclei darker than their background (bright field, H&E)
     concurrency: int = DEFAULT_CONCURRENCY
     overwrite: bool = False
     timeout_s: float = 120.0
@@ -579,7 +580,7 @@ class Segmenter:
             self.params["split"] = config.split
         if config.diameter is not None:
             self.params["diameter"] = f"{config.diameter:g}"
-        for name in ("channel", "z", "t", "project", "pixel_size"):
+        for name in ("channel", "z", "t", "project", "pixel_size", "polarity"):
             value = getattr(config, name)
             if value is not None:
                 self.params[name] = str(value)
@@ -861,6 +862,7 @@ class LocalSegmenter:
         self.options: dict = {
             "split": config.split, "diameter": config.diameter, "channel": config.channel,
             "z": config.z, "t": config.t, "project": config.project, "pixel_size": config.pixel_size,
+            "polarity": config.polarity or "bright",
         }
         # Only the arrays this kind is drawn from: labels cost a watershed, probabilities memory.
         self.outputs = tuple(outputs.NEEDS[self.kind.query] & set(api.OUTPUTS))
@@ -1264,6 +1266,10 @@ def build_parser() -> argparse.ArgumentParser:
     plane.add_argument("--project", choices=["max"], help="max: the maximum projection over Z")
     plane.add_argument("--pixel-size", dest="pixel_size", type=_positive_float, metavar="UM",
                        help="µm per pixel (overrides the files' calibration; adds µm columns)")
+    plane.add_argument("--polarity", choices=["bright", "dark"],
+                       help="dark: nuclei darker than their background (bright field, H&E), segmented as "
+                       "the image's optical density, a colour image's colours mixed (default: bright, "
+                       "fluorescence)")
     parser.add_argument("--concurrency", type=_positive_int, default=None, metavar="N",
                         help="requests in flight at once, over all URLs; local mode: images in "
                         f"progress at once (default: {DEFAULT_CONCURRENCY}; local mode with --output "
@@ -1326,7 +1332,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     return Config(inputs=tuple(args.inputs), out=args.out, urls=tuple(args.urls), kind=args.kind,
                   split=args.split, diameter=None if once else args.diameter, diameter_once=once,
                   channel=args.channel, z=args.z, t=args.t,
-                  project=args.project, pixel_size=args.pixel_size,
+                  project=args.project, pixel_size=args.pixel_size, polarity=args.polarity,
                   concurrency=args.concurrency or default_concurrency(args.urls, args.kind),
                   overwrite=args.overwrite,
                   timeout_s=args.timeout_s, retries=args.retries, retry_for_s=args.retry_for_s,

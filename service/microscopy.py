@@ -44,6 +44,7 @@ import numpy as np
 
 from service import imaging, structure
 from service.imaging import ImageError, ImageTooLarge, UndecodableImage, UnsupportedImageType
+from service.polarity import Polarity
 from service.structure import Limits, TooManyPages
 
 __all__ = ["TooManyPages"]  # re-exported: raised for TIFFs past UNET_MAX_TIFF_PAGES
@@ -196,13 +197,15 @@ class Layout:
 @dataclass(frozen=True)
 class Selection:
     """What a request chose: ``channel`` (index as text, a name, or :data:`MIX`), ``z``/``t``
-    (0-based), ``project`` (``"max"`` over Z), ``pixel_size_um`` (overrides the file's)."""
+    (0-based), ``project`` (``"max"`` over Z), ``pixel_size_um`` (overrides the file's),
+    ``polarity`` (``dark``: the nuclei are darker than their background, ``service.polarity``)."""
 
     channel: str | None = None
     z: int | None = None
     t: int | None = None
     project: str | None = None
     pixel_size_um: float | None = None
+    polarity: Polarity = "bright"
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,7 @@ class Plane:
     projection: str | None = None
     pixel_size: PixelSize | None = None
     warnings: tuple[str, ...] = ()
+    polarity: Polarity = "bright"  # dark: turned to optical density before the model
 
     def without_pixels(self) -> Plane:
         """This description with an empty image, to keep after the pixels are done with."""
@@ -243,6 +247,7 @@ class Plane:
             "t": self.t,
             "projection": self.projection,
             "pixel_size_um": self.pixel_size.as_dict() if self.pixel_size else None,
+            "polarity": self.polarity,
             "axes": self.layout.axes,
             "shape": list(self.layout.shape),
         }
@@ -789,6 +794,7 @@ class Choice:
     projection: str | None
     pixel_size: PixelSize | None
     warnings: tuple[str, ...]
+    polarity: Polarity = "bright"
 
     @property
     def samples(self) -> bool:
@@ -807,6 +813,7 @@ class Choice:
             projection=self.projection,
             pixel_size=self.pixel_size,
             warnings=self.warnings,
+            polarity=self.polarity,
         )
 
 
@@ -819,6 +826,10 @@ def resolve(layout: Layout, sel: Selection, model_channels: int = 1) -> Choice:
     notes = list(layout.warnings)
     # Choices the image lacks come first: a typo is a clearer error than a missing choice.
     chosen = None if sel.channel is None else _resolve_channel(layout, sel.channel)
+    if chosen is None and sel.polarity == "dark" and layout.rgb:
+        # Transmitted light (bright field, H&E): every colour absorbs a share of the light, and
+        # the nuclei are what absorbs most; the colours mixed to grey are the image meant.
+        chosen = MIX
     if sel.project is not None and sel.project not in PROJECTIONS:
         raise SelectionError(
             f"project must be one of {', '.join(PROJECTIONS)}", ("project",), layout.choices()
@@ -843,7 +854,8 @@ def resolve(layout: Layout, sel: Selection, model_channels: int = 1) -> Choice:
         missing.append("channel")
         offer = _channel_list(layout)
         if layout.rgb:
-            offer += f"; or channel={MIX} to mix the colours to grey (brightfield, H&E)"
+            offer += (f"; or channel={MIX} to mix the colours to grey; or polarity=dark for dark nuclei "
+                      "on a bright field (bright field, H&E: the colours mixed, as optical density)")
         parts.append(f"{len(layout.channels)} channels — choose one with channel= (index or name): {offer}")
     if "Z" in layout.planes and sel.z is None and sel.project is None:
         missing.append("z")
@@ -887,6 +899,7 @@ def resolve(layout: Layout, sel: Selection, model_channels: int = 1) -> Choice:
         projection="max" if sel.project == "max" else None,
         pixel_size=pixel_size,
         warnings=tuple(notes),
+        polarity=sel.polarity,
     )
 
 

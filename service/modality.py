@@ -42,18 +42,34 @@ class ModalityCheck:
 
     @property
     def warning(self) -> str | None:
-        """A sentence for the user, or None for fluorescence."""
+        """A sentence for the user of ``polarity=bright`` (the default), or None for fluorescence."""
+        return self.warning_for("bright")
+
+    def warning_for(self, polarity: str) -> str | None:
+        """A sentence for the user, or None: the image looks like what ``polarity`` says it is
+        (``bright``: fluorescence; ``dark``: dark nuclei on a bright field, ``service.polarity``)."""
+        if polarity == "dark":
+            if self.modality == "fluorescence":
+                return (
+                    "polarity=dark, but the image looks like fluorescence (bright objects on a dark "
+                    "background): its dark background was segmented as the signal; drop polarity=dark"
+                )
+            return (
+                "segmented as dark nuclei on a bright field (polarity=dark, the image's optical density); "
+                "the model learned fluorescence nuclei: check the result"
+            )
         if self.modality == "colour":
             return (
                 "the image is in colour (e.g. an H&E stain), not a fluorescence channel: "
                 "the model was trained on fluorescence nuclei and its result is unreliable; "
-                "send the nuclear channel alone (channel=...)"
+                "send the nuclear channel alone (channel=...), or polarity=dark where nuclei are "
+                "stained dark (H&E)"
             )
         if self.modality == "bright-field":
             return (
                 "the image looks like bright field (dark objects on a bright background), "
                 "not fluorescence: the model was trained on bright nuclei on a dark field and "
-                "its result is unreliable"
+                "its result is unreliable; polarity=dark segments dark nuclei"
             )
         return None
 

@@ -31,9 +31,10 @@ from service import objects, postprocess, rescale, segment, windows
 from service.diameter import PROBE_FACTORS, estimate_diameter
 from service.modality import check_modality
 from service.model_metadata import ModelMetadata
+from service.polarity import DarkToBright, DarkToBrightSource, Polarity
 from service.prediction_cache import PlaneEntry, array_bytes, frozen
 from service.preprocess import to_channels
-from service.regions import ArraySource
+from service.regions import ArraySource, RegionSource
 
 DiameterSource = Literal["request", "estimated", "model-scale"]
 
@@ -175,6 +176,7 @@ def predict_plane(
     reserve: Callable[[int], None] | None = None,
     window_policy: windows.WindowPolicy | None = None,
     kept: PlaneEntry | None = None,
+    polarity: Polarity = "bright",
 ) -> PlanePrediction:
     """One selected plane → the model's prediction at the nucleus scale, with the user's warnings.
 
@@ -190,12 +192,24 @@ def predict_plane(
 
     ``kept``: this plane's entry in the service's prediction cache (``service.prediction_cache``):
     the scale chosen before for the same ``diameter`` (or its estimate) and the in-memory prediction
-    made before at that scale are reused (``reused`` in the answer), and new ones are kept there.
+    made before at that scale are reused (``reused`` in the answer), and new ones are kept there
+    (the caller keys ``kept`` by ``polarity`` too).
+
+    ``polarity``: ``dark`` turns the image into its optical density before anything else sees it
+    (``service.polarity``: dark nuclei on a bright field become bright on dark); ``image`` stays
+    as it is for the caller's outputs (the overlay draws on it).
     """
     warnings: list[str] = []
-    modality = check_modality(image)
-    if modality.warning:
-        warnings.append(modality.warning)
+    modality_warning = check_modality(image).warning_for(polarity)
+    if modality_warning:
+        warnings.append(modality_warning)
+    source: RegionSource = ArraySource(image)
+    if polarity == "dark":
+        # The model's channels as optical density: one float32 copy of the model's channels (what
+        # the in-memory path normalises anyway); band by band, each window is turned as it is read.
+        turn = DarkToBright.of(image, metadata.in_channels)
+        source = DarkToBrightSource(source, turn)
+        image = turn(image)
     started = time.perf_counter()
 
     def new_scale() -> ScaleChoice:
@@ -211,8 +225,9 @@ def predict_plane(
     started = time.perf_counter()
     prediction: segment.Prediction | windows.WindowedPrediction
     if window_policy is not None and model_pixels >= window_policy.min_pixels:
+        del image  # band by band, the source is read window by window: the turned copy is not kept
         prediction = windows.WindowedPrediction.prepare(
-            ArraySource(image),
+            source,
             scale.factor,
             infer,
             metadata,

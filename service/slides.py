@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -41,6 +41,7 @@ from service.object_stream import ObjectStream
 from service.object_table import ObjectTableWriter
 from service.objects import ObjectParams, ObjectRow
 from service.omezarr import OmeZarrWriter
+from service.polarity import DarkToBright, DarkToBrightSource, Polarity
 from service.preprocess import to_channels
 from service.regions import RegionSource, by_chunk_rows
 from service.segment import Infer
@@ -127,6 +128,7 @@ def segment_slide(
     progress: Callable[[int, int], None] | None = None,
     geojson: bool = False,
     geojson_properties: Mapping[str, object] | None = None,
+    polarity: Polarity = "bright",
 ) -> SlideResult:
     """Segment ``source`` band by band into ``folder``/:data:`STORE_NAME` and :data:`TABLE_NAME`.
 
@@ -136,14 +138,21 @@ def segment_slide(
     caller to delete). ``geojson``: also write :data:`GEOJSON_NAME`, the objects' outlines as
     ``output=geojson`` gives them (QuPath detections; ``geojson_properties`` and the warnings
     as the collection's properties) — ~100 µs of CPU and ~1 kB per object, so asked for.
+    ``polarity``: ``dark`` reads every window as optical density (``service.polarity``, the white
+    level from the overview); the table's intensities stay those of the slide as stored.
     """
     height, width = (int(n) for n in source.shape[:2])
     warnings: list[str] = []
     started = time.perf_counter()
     view = overview(source, OVERVIEW_PIXELS)  # read once: without a pyramid it is a pass over the slide
-    modality = check_modality(view.image)
-    if modality.warning:
-        warnings.append(modality.warning)
+    modality_warning = check_modality(view.image).warning_for(polarity)
+    if modality_warning:
+        warnings.append(modality_warning)
+    stored = source  # as the file holds it: the table's intensities
+    if polarity == "dark":
+        turn = DarkToBright.of(view.image, metadata.in_channels)
+        source = DarkToBrightSource(source, turn)
+        view = replace(view, image=turn(view.image))  # where the nuclei are is where stain is
     window = None
     if diameter is None and metadata.nucleus_diameter is not None:
         window = brightest_window(view, source.shape, ESTIMATE_WINDOW)
@@ -186,7 +195,7 @@ def segment_slide(
                 threshold, params, labels=True, probability=True, output_rows=output_rows
             )
             # The table's intensities, band by band: whole chunk rows, each decoded once.
-            intensities = by_chunk_rows(source)
+            intensities = by_chunk_rows(stored)
             with _Behind(WRITE_AHEAD) as behind:
                 for band in bands:
                     # the model's thread reads the source too: tifffile's store serialises its file

@@ -61,7 +61,8 @@ class ManifestEntry(BaseModel):
     nucleus_diameter: float | None = Field(None, description="typical nucleus diameter used, px")
     diameter_source: str | None = Field(None, description="request, estimated or model-scale")
     image: dict[str, Any] | None = Field(
-        None, description="what was segmented: channel, z, t, projection, pixel_size_um, axes, shape"
+        None,
+        description="what was segmented: channel, z, t, projection, pixel_size_um, polarity, axes, shape",
     )
     warnings: list[str] = Field(
         default_factory=list, description="what was assumed or ignored, and why a result may be unreliable"

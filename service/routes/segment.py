@@ -124,11 +124,16 @@ class SegmentOptions:
 
 _OPTION_NAMES = ("output", "threshold", "bits", "tile_size", "overlap", "split", "diameter")
 #: Which channel / plane of a microscopy file, and its pixel size (service.microscopy).
-_PLANE_OPTION_NAMES = ("channel", "z", "t", "project", "pixel_size")
+_PLANE_OPTION_NAMES = ("channel", "z", "t", "project", "pixel_size", "polarity")
 
 
 class Project(str, Enum):
     max = "max"
+
+
+class Polarity(str, Enum):
+    bright = "bright"
+    dark = "dark"
 
 
 def plane_selection(
@@ -148,6 +153,12 @@ def plane_selection(
     pixel_size: float | None = Query(
         None, gt=0, le=10_000, description="µm per pixel; overrides the file's calibration"
     ),
+    polarity: Polarity = Query(
+        Polarity.bright,
+        description="bright: nuclei brighter than their background (fluorescence) · dark: nuclei darker "
+        "than a bright background (bright field, H&E): the image is turned into its optical density "
+        "before the model, a colour image's colours mixed unless channel= says otherwise",
+    ),
 ) -> microscopy.Selection:
     """Which plane of a multi-channel / multi-plane image; a stack without z/t/project, or
     several channels without channel, is a 422 that lists the choices (never a guess)."""
@@ -157,6 +168,7 @@ def plane_selection(
         t=t,
         project=None if project is None else project.value,
         pixel_size_um=pixel_size,
+        polarity=polarity.value,
     )
 
 
@@ -334,6 +346,7 @@ def run_pipeline(
         reserve=reserve,
         window_policy=windows.policy(settings, tiling.source),
         kept=kept,
+        polarity=plane.polarity,
     )
     scale, prediction = planned.scale, planned.prediction
     reused = None  # not kept: the cache is off, or the prediction runs band by band

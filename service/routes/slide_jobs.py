@@ -107,6 +107,7 @@ def run(
                 batch_size=windowed.batch_size,
                 should_stop=should_stop, progress=progress,
                 geojson=options.geojson, geojson_properties=source.plane.describe(),
+                polarity=source.plane.polarity,
             )
             result.warnings[:0] = list(source.plane.warnings)
             return result

@@ -41,6 +41,7 @@ const state = {
   threshold: 0.5,        // the slider's value
   split: "",             // the request's split option; "": the model's default
   diameter: "",          // typical nucleus diameter in px; "": the server estimates it
+  polarity: "bright",    // dark: nuclei darker than their background (bright field, H&E)
   run: 0,                // bumped per upload: answers for an older upload are dropped
   countRequest: 0,       // bumped per geojson request: only the newest one counts
   refetchTimer: null,
@@ -187,6 +188,7 @@ function segmentParams(output, threshold) {
   if (threshold !== null && threshold !== undefined) params.set("threshold", threshold.toFixed(2));
   if (state.split) params.set("split", state.split);
   if (state.diameter) params.set("diameter", state.diameter);
+  if (state.polarity === "dark") params.set("polarity", "dark");
   return params;
 }
 
@@ -448,7 +450,9 @@ function missingChoices() {
   if (!state.probe) return [];
   const missing = [];
   for (const need of state.probe.required) {
-    if (need === "channel" && state.plane.channel === "") missing.push("the nuclei channel");
+    // polarity=dark mixes a colour image's colours itself (bright field, H&E)
+    const mixedByPolarity = state.polarity === "dark" && state.probe.rgb;
+    if (need === "channel" && state.plane.channel === "" && !mixedByPolarity) missing.push("the nuclei channel");
     if (need === "z" && state.plane.z === "") missing.push("a z-slice (or the maximum projection)");
     if (need === "t" && state.plane.t === "") missing.push("a time point");
   }
@@ -459,6 +463,13 @@ function missingChoices() {
 function onDiameterChange() {
   const value = $("diameter").value.trim();
   state.diameter = value !== "" && Number(value) >= 1 ? value : "";
+  if (!state.file || !state.probe) return;
+  processPlane(startRun());
+}
+
+/** Dark nuclei on a bright field are read as optical density by the server: segment again. */
+function onPolarityChange() {
+  state.polarity = $("polarity").value === "dark" ? "dark" : "bright";
   if (!state.file || !state.probe) return;
   processPlane(startRun());
 }
@@ -881,6 +892,7 @@ function init() {
   $("threshold").addEventListener("input", onThresholdInput);
   $("split").addEventListener("change", onSplitChange);
   $("diameter").addEventListener("change", onDiameterChange);
+  $("polarity").addEventListener("change", onPolarityChange);
   $("opacity").addEventListener("input", setOpacity);
   for (const radio of document.querySelectorAll('input[name="view"]')) radio.addEventListener("change", render);
   for (const name of DOWNLOADS) $(`download-${name}`).addEventListener("click", () => download(name));

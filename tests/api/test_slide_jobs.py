@@ -158,3 +158,31 @@ def test_a_slide_can_be_uploaded_and_what_is_no_slide_is_refused_at_submission(
     plain_id = plain.json()["id"]
     wait_until(client, plain_id, finished)
     assert client.get(f"/jobs/{plain_id}/files/objects.csv").status_code == 404
+
+
+def test_a_bright_field_slide_with_polarity_dark_gives_the_labels_of_post_segment(
+    slide_server: Server, slide_image: np.ndarray
+) -> None:
+    """polarity=dark band by band (each window turned to optical density with the slide's one white
+    level) gives the objects ``POST /segment`` gives in memory; the table measures the slide as stored."""
+    from tests.unit.test_polarity import transmitted
+
+    client = slide_server.client
+    bright_field = transmitted(slide_image[:700, :600])
+    plan = {"output": "ome-zarr", "polarity": "dark", **SAME_PLAN}
+    job = client.post("/jobs", params=plan, content=_ome_tiff(bright_field),
+                      headers={"Content-Type": "image/tiff"})
+    assert job.status_code == 202, job.text
+    status = wait_until(client, job.json()["id"], finished)
+    assert status["status"] == "succeeded", status
+    result = client.get(f"/jobs/{job.json()['id']}/result").json()
+    assert any("optical density" in w for w in result["warnings"])
+    archive = zipfile.ZipFile(io.BytesIO(client.get(f"/jobs/{job.json()['id']}/files.zip").content))
+    table = list(csv.DictReader(io.StringIO(archive.read("objects.csv").decode())))
+
+    answer = client.post("/segment", params={"output": "labels", "polarity": "dark", **SAME_PLAN},
+                         content=im.png(bright_field), headers={"Content-Type": "image/png"})
+    assert answer.status_code == 200, answer.text
+    assert int(answer.headers["X-Object-Count"]) == result["objects"] == len(table) > 50
+    # Nuclei are where the stored bright field is dark: their mean intensity is below the field's.
+    assert np.median([float(r["mean_intensity"]) for r in table]) < np.median(bright_field)

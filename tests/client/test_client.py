@@ -408,13 +408,15 @@ def test_diameter_is_sent_only_when_asked_for(standin, images: Path, tmp_path: P
 def test_plane_options_are_sent_only_when_asked_for(standin, images: Path, tmp_path: Path) -> None:
     server = standin("a")
     assert segment(images, "--out", tmp_path / "default", "--url", server.url) == 0
-    assert all(not {"channel", "z", "t", "project", "pixel_size"} & set(r.query) for r in server.requests)
+    chosen_names = {"channel", "z", "t", "project", "pixel_size", "polarity"}
+    assert all(not chosen_names & set(r.query) for r in server.requests)
     server.requests.clear()
     out = tmp_path / "chosen"
     assert segment(images, "--out", out, "--url", server.url, "--channel", "DAPI", "--t", "2",
-                   "--project", "max", "--pixel-size", "0.65") == 0
+                   "--project", "max", "--pixel-size", "0.65", "--polarity", "dark") == 0
     sent = {(k, v[0]) for r in server.requests for k, v in r.query.items() if k != "output"}
-    assert sent == {("channel", "DAPI"), ("t", "2"), ("project", "max"), ("pixel_size", "0.65")}
+    assert sent == {("channel", "DAPI"), ("t", "2"), ("project", "max"), ("pixel_size", "0.65"),
+                    ("polarity", "dark")}
 
 
 def test_retries_go_on_for_the_retry_window_then_fail(standin, tmp_path: Path) -> None:

@@ -398,6 +398,40 @@ def test_channel_picker_lists_the_files_channels_and_segments_the_one_chosen(
         page.close()
 
 
+@pytest.fixture(scope="module")
+def stained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An H&E-like colour PNG: dark purple nuclei (the discs) on a pink field."""
+    from tests.api.test_polarity import he_like
+
+    folder = tmp_path_factory.mktemp("stained")
+    nuclei = cv2.imread(str(write_disc_tiff(folder / "nuclei.tif", seed=7)), cv2.IMREAD_UNCHANGED)
+    path = folder / "stained.png"
+    cv2.imwrite(str(path), he_like(nuclei)[:, :, ::-1])  # OpenCV writes BGR
+    return path
+
+
+def test_dark_nuclei_choice_segments_a_colour_stain_without_a_channel(
+    browser: Any, service_url: str, stained: Path
+) -> None:
+    page = _new_page(browser, service_url)
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    try:
+        page.locator("#file-input").set_input_files(str(stained))
+        page.wait_for_function("() => document.getElementById('plane-help').textContent.includes('channel')")
+        assert not any("/segment" in url for url in requests), "segmented a colour image without a choice"
+        page.get_by_label("Nuclei are").select_option("dark")
+        shown = _wait_for_count(page)
+        assert any("output=geojson" in url and "polarity=dark" in url for url in requests)
+        reply = httpx.post(f"{service_url}/segment", params={"output": "labels", "polarity": "dark"},
+                           content=stained.read_bytes(), headers={"Content-Type": "image/png"}, timeout=120)
+        assert reply.status_code == 200, reply.text
+        assert shown == int(reply.headers["X-Object-Count"]) > 0
+        assert "colours mixed" in page.locator("#info-plane").text_content()
+    finally:
+        page.close()
+
+
 def test_an_unlabelled_stack_shows_its_warning_and_a_max_projection_is_offered(
     browser: Any, service_url: str, tmp_path: Path
 ) -> None:
