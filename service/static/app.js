@@ -489,8 +489,10 @@ async function processPlane(run) {
     if (!current()) return;
     await showPreview(preview.response);
     const missing = missingChoices();
+    const stain = state.probe.rgb && missing.includes("the nuclei channel")
+      ? " For a stain that darkens nuclei (H&E, bright field), choose “Dark on a bright background” above." : "";
     $("plane-help").textContent = missing.length
-      ? `This file holds more than one image: choose ${missing.join(" and ")} to segment.` : "";
+      ? `This file holds more than one image: choose ${missing.join(" and ")} to segment.${stain}` : "";
     if (missing.length) {
       hideProgress();
       $("stage").dataset.state = "ready";

@@ -419,6 +419,7 @@ def test_dark_nuclei_choice_segments_a_colour_stain_without_a_channel(
     try:
         page.locator("#file-input").set_input_files(str(stained))
         page.wait_for_function("() => document.getElementById('plane-help').textContent.includes('channel')")
+        assert "Dark on a bright background" in page.locator("#plane-help").text_content()
         assert not any("/segment" in url for url in requests), "segmented a colour image without a choice"
         page.get_by_label("Nuclei are").select_option("dark")
         shown = _wait_for_count(page)
