@@ -203,17 +203,26 @@ def predict_plane(
     modality_warning = check_modality(image).warning_for(polarity)
     if modality_warning:
         warnings.append(modality_warning)
+    turn = DarkToBright.of(image, metadata.in_channels) if polarity == "dark" else None
     source: RegionSource = ArraySource(image)
-    if polarity == "dark":
-        # The model's channels as optical density: one float32 copy of the model's channels (what
-        # the in-memory path normalises anyway); band by band, each window is turned as it is read.
-        turn = DarkToBright.of(image, metadata.in_channels)
-        source = DarkToBrightSource(source, turn)
-        image = turn(image)
+    if turn is not None:
+        source = DarkToBrightSource(source, turn)  # band by band: each window turned as it is read
+    turned: list[np.ndarray] = []
+
+    def model_view() -> np.ndarray:
+        """The image as the model reads it. Turned once, when first needed (kept scales and
+        predictions need none): a float32 copy of the model's channels, 4 bytes per pixel, held
+        while the scale is chosen and, in memory, while the model runs."""
+        if turn is None:
+            return image
+        if not turned:
+            turned.append(turn(image))
+        return turned[0]
+
     started = time.perf_counter()
 
     def new_scale() -> ScaleChoice:
-        return choose_scale(image, infer, metadata, diameter, max_pixels, batch_size)
+        return choose_scale(model_view(), infer, metadata, diameter, max_pixels, batch_size)
 
     scale = new_scale() if kept is None else kept.scale(diameter, new_scale)[0]
     if scale.warning:
@@ -225,7 +234,7 @@ def predict_plane(
     started = time.perf_counter()
     prediction: segment.Prediction | windows.WindowedPrediction
     if window_policy is not None and model_pixels >= window_policy.min_pixels:
-        del image  # band by band, the source is read window by window: the turned copy is not kept
+        turned.clear()  # band by band, the source turns each window as it reads it
         prediction = windows.WindowedPrediction.prepare(
             source,
             scale.factor,
@@ -241,7 +250,7 @@ def predict_plane(
 
     def new_prediction() -> segment.Prediction:
         return predict_scaled(
-            image,
+            model_view(),
             scale,
             infer,
             metadata,

@@ -75,3 +75,20 @@ def test_only_the_windowed_server_segments_band_by_band(servers, image):
     after = {name: server.log().count(BAND_LOG) for name, server in servers.items()}
     assert after["windowed"] == before["windowed"] + 1
     assert after["in-memory"] == before["in-memory"] == 0
+
+
+@pytest.mark.parametrize("output", ["labels", "probability"])
+def test_polarity_dark_band_by_band_answers_what_it_answers_in_memory(servers, image, output):
+    """Band by band, each window is turned to optical density as it is read, with the whole
+    image's white level: the same bytes as turning the whole image in memory."""
+    dark = (int(image.max()) - image.astype(np.int64)).astype(np.uint16)  # dark nuclei, bright field
+    before = servers["windowed"].log().count(BAND_LOG)
+    answers = {}
+    for name, server in servers.items():
+        params = {"output": output, "diameter": 31, "polarity": "dark", "bits": 16}
+        r = server.client.post("/segment", params=params, content=im.png(dark), headers=PNG)
+        assert r.status_code == 200, r.text
+        answers[name] = r
+    assert servers["windowed"].log().count(BAND_LOG) == before + 1
+    assert answers["windowed"].content == answers["in-memory"].content
+    assert "optical density" in answers["windowed"].headers["X-Warnings"]
