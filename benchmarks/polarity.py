@@ -52,6 +52,7 @@ INPUTS = {
     "negated": (negated, "bright"),
     "polarity=dark": (lambda g: g, "dark"),
 }
+TRUE_DIAMETER = "polarity=dark at the true diameter"
 OTSU_INPUT = {"as sent": lambda g: g, "negated": negated, "polarity=dark": optical_density}
 
 
@@ -63,6 +64,9 @@ def main() -> None:
     parser.add_argument("--subset", choices=["train", "val", "all"], default="all")
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "nuclei-unet.onnx")
     parser.add_argument("--inputs", nargs="+", choices=list(INPUTS), default=list(INPUTS))
+    parser.add_argument("--true-diameter", action="store_true",
+                        help="also polarity=dark at each image's true median nucleus diameter (diameter=), "
+                        "and the estimate's ratio to it")
     args = parser.parse_args()
     items = dsb.load_set(args.dsb, modalities=("colour", "bright-field"))
     train, val = dsb.split_by_series(items)
@@ -71,6 +75,7 @@ def main() -> None:
     params = params_for_model(engine.metadata)
     otsu = baseline_segmenter("otsu")
     scores: dict[tuple[str, str, str], list[tuple[float, float]]] = defaultdict(list)
+    ratios: dict[str, list[float]] = defaultdict(list)  # estimated / true diameter, polarity=dark
     for item in chosen:
         grey = to_channels(item.image, 1).astype(np.float32)
         for name in args.inputs:
@@ -84,19 +89,29 @@ def main() -> None:
                 assert objects is not None
                 for group in (item.modality, "all"):
                     scores[(group, name, who)].append((objects.f1, dice))
+            if name == "polarity=dark" and answers["model"].diameter:
+                ratios[item.modality].append(answers["model"].diameter / item.diameter)
+        if args.true_diameter:
+            answer = predict_labels(engine, grey, params, polarity="dark", diameter=item.diameter)
+            dice, _, objects = score_segmentation(item.labels, answer)
+            assert objects is not None
+            for group in (item.modality, "all"):
+                scores[(group, TRUE_DIAMETER, "model")].append((objects.f1, dice))
     version = engine.metadata.version
     print(f"{args.model.name} {version}, {len(chosen)} non-fluorescence DSB images ({args.subset})")
     print("| images | input | model F1 | model Dice | Otsu F1 | Otsu Dice |")
     print("|---|---|---|---|---|---|")
     for group in ("colour", "bright-field", "all"):
-        for name in args.inputs:
+        for name in [*args.inputs, TRUE_DIAMETER]:
             m, o = np.array(scores[(group, name, "model")]), np.array(scores[(group, name, "otsu")])
             if m.size == 0:
                 continue
-            print(
-                f"| {group} ({len(m)}) | {name} | {m[:, 0].mean():.4f} | {m[:, 1].mean():.4f} | "
-                f"{o[:, 0].mean():.4f} | {o[:, 1].mean():.4f} |"
-            )
+            otsu_cells = f"{o[:, 0].mean():.4f} | {o[:, 1].mean():.4f}" if o.size else "– | –"
+            model_cells = f"{m[:, 0].mean():.4f} | {m[:, 1].mean():.4f}"
+            print(f"| {group} ({len(m)}) | {name} | {model_cells} | {otsu_cells} |")
+    for group, values in ratios.items():
+        print(f"polarity=dark, {group}: estimated / true diameter, median ×{np.median(values):.2f} "
+              f"({len(values)} images)")
 
 
 if __name__ == "__main__":

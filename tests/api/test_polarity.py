@@ -20,6 +20,9 @@ from tests.unit.test_polarity import transmitted
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL_PATH.is_file(), reason="the bundled model is not here")
 
 PNG = {"Content-Type": "image/png"}
+TIFF = {"Content-Type": "image/tiff"}
+#: A float image with no bright field at all: a NaN diagonal on a negative background.
+NAN_AND_NEGATIVE = np.where(np.eye(64, 80) > 0, np.nan, -3.5).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +138,21 @@ def test_batch_and_python_api_take_polarity(bundled: Server, nuclei, fluorescenc
     assert any("optical density" in w for w in answer.warnings)
     with pytest.raises(ValueError, match="polarity"):
         Segmenter.load().segment(bright_field, polarity="up")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "headers"),
+    [
+        ("flat", im.png(np.full((64, 80), 200, np.uint8)), PNG),
+        ("black", im.png(np.zeros((64, 80), np.uint8)), PNG),
+        ("one pixel", im.png(np.full((1, 1), 9, np.uint8)), PNG),
+        ("float with NaN and negatives", im.tiff(NAN_AND_NEGATIVE), TIFF),
+    ],
+)
+def test_images_without_a_bright_field_get_an_answer_not_an_error(
+    bundled: Server, name: str, body: bytes, headers: dict
+) -> None:
+    r = bundled.client.post("/segment", params={"output": "labels", "polarity": "dark"}, content=body,
+                            headers=headers)
+    assert r.status_code == 200, (name, r.text)
+    assert int(r.headers["X-Object-Count"]) == 0, name

@@ -72,6 +72,7 @@ def test_the_modality_warning_says_what_polarity_to_use() -> None:
     assert bright_field.modality == "bright-field"
     assert "polarity=dark" in bright_field.warning_for("bright")
     assert "optical density" in bright_field.warning_for("dark")  # said, and to be checked
+    assert "diameter=" in bright_field.warning_for("dark")  # the estimate can read whole cells
     fluorescent = check_modality(fluorescence)
     assert fluorescent.warning_for("bright") is None
     assert "looks like fluorescence" in fluorescent.warning_for("dark")
