@@ -66,6 +66,14 @@ def test_an_image_without_a_bright_field_gives_finite_values(image: np.ndarray) 
     assert np.isfinite(DarkToBright.of(image)(image)).all()
 
 
+def test_missing_values_are_background_not_stain() -> None:
+    image = np.full((8, 8), 100.0, np.float32)
+    image[2, 2], image[3, 3], image[4, 4], image[5, 5] = np.nan, np.inf, -np.inf, 20.0
+    density = DarkToBright.of(image)(image)
+    assert density[2, 2] == density[3, 3] == density[4, 4] == density[0, 0] == 0.0
+    assert density[5, 5] > 1  # a real dark pixel is stain
+
+
 def test_the_modality_warning_says_what_polarity_to_use() -> None:
     fluorescence, _ = synth_nuclei(4, 128)
     bright_field = check_modality(transmitted(fluorescence))
