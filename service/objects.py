@@ -787,6 +787,11 @@ def _um_measurements(row: ObjectRow) -> dict[str, float]:
     }
 
 
+#: Time stamp of every member of an ROI set: the ZIP format's epoch (the clock's time made the
+#: bytes of one answer depend on the second it was written).
+ROI_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
 def to_imagej_rois(
     labels: np.ndarray,
     rows: list[ObjectRow],
@@ -810,7 +815,11 @@ def to_imagej_rois(
             roi = roifile.ImagejRoi.frompoints(points, name=f"{classification} {row.id}", c=c, z=z, t=t)
             if roi.subpixel_coordinates is None:
                 roi.roitype = roifile.ROI_TYPE.TRACED  # pixel-edge outline, as Fiji's wand makes
-            archive.writestr(f"{row.id:05d}-{classification.lower()}.roi", roi.tobytes())
+            # A fixed time stamp, not the clock's: the same objects give the same bytes (an answer
+            # from the prediction cache equals a fresh one; two requests a second apart differed).
+            member = zipfile.ZipInfo(f"{row.id:05d}-{classification.lower()}.roi", date_time=ROI_ZIP_TIME)
+            member.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(member, roi.tobytes())
     return buffer.getvalue()
 
 
