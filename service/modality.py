@@ -20,6 +20,8 @@ from typing import Literal
 
 import numpy as np
 
+from service.preprocess import grid_subsample
+
 Modality = Literal["fluorescence", "colour", "bright-field"]
 
 #: Mean absolute difference between colour channels, as a share of the image's range,
@@ -82,15 +84,9 @@ class ModalityCheck:
         return None
 
 
-def _subsample(image: np.ndarray) -> np.ndarray:
-    pixels = image.shape[0] * image.shape[1]
-    step = max(1, int(np.sqrt(pixels / _SAMPLE)))
-    return image[::step, ::step]
-
-
 def check_modality(image: np.ndarray) -> ModalityCheck:
     """Classify a decoded ``(H, W)`` or ``(H, W, C)`` image (RGB(A) order; alpha ignored)."""
-    sample = _subsample(np.asarray(image)).astype(np.float32)
+    sample = grid_subsample(np.asarray(image), _SAMPLE).astype(np.float32)
     colour_difference = 0.0
     if sample.ndim == 3 and sample.shape[2] >= 3:
         rgb = sample[:, :, :3]

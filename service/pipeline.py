@@ -19,6 +19,7 @@ the same pixels as the in-memory path's (both resample with ``rescale.resample_a
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Collection
@@ -207,17 +208,13 @@ def predict_plane(
     source: RegionSource = ArraySource(image)
     if turn is not None:
         source = DarkToBrightSource(source, turn)  # band by band: each window turned as it is read
-    turned: list[np.ndarray] = []
 
+    @functools.cache
     def model_view() -> np.ndarray:
         """The image as the model reads it. Turned once, when first needed (kept scales and
         predictions need none): a float32 copy of the model's channels, 4 bytes per pixel, held
         while the scale is chosen and, in memory, while the model runs."""
-        if turn is None:
-            return image
-        if not turned:
-            turned.append(turn(image))
-        return turned[0]
+        return image if turn is None else turn(image)
 
     started = time.perf_counter()
 
@@ -234,7 +231,7 @@ def predict_plane(
     started = time.perf_counter()
     prediction: segment.Prediction | windows.WindowedPrediction
     if window_policy is not None and model_pixels >= window_policy.min_pixels:
-        turned.clear()  # band by band, the source turns each window as it reads it
+        model_view.cache_clear()  # band by band, the source turns each window as it reads it
         prediction = windows.WindowedPrediction.prepare(
             source,
             scale.factor,

@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from service.preprocess import to_channels
+from service.preprocess import grid_subsample, to_channels
 
 Polarity = Literal["bright", "dark"]
 POLARITIES: tuple[Polarity, ...] = ("bright", "dark")
@@ -46,9 +46,7 @@ class DarkToBright:
     def of(cls, image: np.ndarray, channels: int = 1) -> DarkToBright:
         """The turn for ``image`` (``(H, W)`` or ``(H, W, C)``, any dtype) as a model of ``channels``
         input channels reads it (``preprocess.to_channels``): the white level of each channel."""
-        pixels = image.shape[0] * image.shape[1]
-        step = max(1, int(np.sqrt(pixels / _SAMPLE)))
-        sample = to_channels(np.asarray(image[::step, ::step]), channels).astype(np.float32)
+        sample = to_channels(grid_subsample(np.asarray(image), _SAMPLE), channels).astype(np.float32)
         if sample.ndim == 2:
             sample = sample[:, :, None]
         white = []

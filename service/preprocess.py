@@ -69,6 +69,13 @@ def channel_percentiles(channel: np.ndarray, low: float, high: float) -> tuple[f
     return sample_percentiles(flat, low, high)
 
 
+def grid_subsample(image: np.ndarray, max_pixels: int) -> np.ndarray:
+    """Every ``step``-th row and column of ``(H, W)``/``(H, W, C)`` ``image``, a view of at most about
+    ``max_pixels`` pixels: image statistics that need not see every pixel, cheap on any size."""
+    step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / max_pixels)))
+    return image[::step, ::step]
+
+
 def histogram_percentiles(counts: np.ndarray, low: float, high: float) -> tuple[float, float]:
     """:func:`channel_percentiles` of an integer channel from its histogram (``counts[v]``: pixels
     of value ``v``), so a channel read window by window gives the same limits as whole."""
