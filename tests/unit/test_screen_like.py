@@ -1,35 +1,76 @@
 """benchmarks/screen_like.py re-records DSB images as 16-bit with some nuclei brighter or dimmer:
-the images it builds change exactly the nuclei it says, by the factor it says, and nothing else."""
+the images it builds change exactly the nuclei it says (with their blurred rims), by the factor it
+says, and nothing else."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from model_export.dsb import DsbImage
 from tests.benchmark_scripts import load_benchmark
 
 
-def test_variants_change_the_named_nuclei_by_their_factor_only() -> None:
-    screen_like = load_benchmark("screen_like")
+def _grid_of_nuclei(blur: float) -> DsbImage:
+    """20 square nuclei of 8 px, 14–17 px apart, on a noisy background; blurred by ``blur`` px."""
     rng = np.random.default_rng(0)
     labels = np.zeros((120, 120), np.int32)
-    for k in range(20):  # 20 square nuclei of 8 px on a grid
+    for k in range(20):
         y, x = divmod(k, 5)
         labels[5 + 25 * y : 13 + 25 * y, 5 + 22 * x : 13 + 22 * x] = k + 1
-    image = (rng.integers(10, 20, labels.shape) + 100 * (labels > 0)).astype(np.uint8)
-    item = DsbImage("0123abcd" + "0" * 56, image, labels, "fluorescence", 9.0)
+    light = 100.0 * (labels > 0)
+    if blur:
+        light = cv2.GaussianBlur(light, (0, 0), blur)
+    image = np.round(rng.integers(10, 20, labels.shape) + light).astype(np.uint8)
+    return DsbImage("0123abcd" + "0" * 56, image, labels, "fluorescence", 9.0)
 
+
+def test_variants_change_the_named_nuclei_and_their_rims_by_their_factor_only() -> None:
+    screen_like = load_benchmark("screen_like")
+    item = _grid_of_nuclei(blur=0)
     made = {name: (recorded, changed) for name, recorded, changed in screen_like.variants(item)}
     assert set(made) == {"16-bit", "bright", "dim"}
     plain, none = made["16-bit"]
     assert plain.dtype == np.uint16 and none.size == 0
-    np.testing.assert_array_equal(plain, 100 + 12 * image.astype(np.int64))
-    background = 100 + 12 * float(np.median(image[labels == 0]))
+    np.testing.assert_array_equal(plain, 100 + 12 * item.image.astype(np.int64))
+    background = 100 + 12 * float(np.median(item.image[item.labels == 0]))
+    owner = screen_like.light_owner(item.labels, screen_like.RIM_REACH)
     for name, factor, count in (("bright", 4.0, 1), ("dim", 0.3, 10)):
         recorded, changed = made[name]
         assert len(changed) == count
-        inside = np.isin(labels, changed)
-        np.testing.assert_array_equal(recorded[~inside], plain[~inside])  # the rest untouched
-        signal_before = plain[inside].astype(np.float64) - background
-        signal_after = recorded[inside].astype(np.float64) - background
-        np.testing.assert_allclose(signal_after, factor * signal_before, atol=1.0)  # rounding
+        theirs = np.isin(owner, changed)
+        assert theirs.sum() > np.isin(item.labels, changed).sum()  # the rims count
+        np.testing.assert_array_equal(recorded[~theirs], plain[~theirs])  # the rest untouched
+        signal_before = plain[theirs].astype(np.float64) - background
+        signal_after = recorded[theirs].astype(np.float64) - background
+        np.testing.assert_allclose(
+            np.clip(signal_after, 0, None), np.clip(factor * signal_before, 0, None), atol=1.0
+        )
+
+
+def test_light_owner_gives_each_rim_pixel_its_nearest_nucleus_within_reach() -> None:
+    screen_like = load_benchmark("screen_like")
+    labels = np.zeros((9, 20), np.int32)
+    labels[4, 2] = 1
+    labels[4, 9] = 2
+    owner = screen_like.light_owner(labels, reach=3)
+    assert owner[4, 5] == 1 and owner[4, 6] == 2  # split halfway between the two
+    assert owner[4, 12] == 2 and owner[4, 13] == 0  # 3 px reach, not 4
+    assert owner[0, 2] == 0 and owner[1, 2] == 1
+    np.testing.assert_array_equal(screen_like.light_owner(np.zeros((4, 4), np.int32), 3), 0)
+
+
+def test_a_dimmed_nucleus_keeps_no_ring_of_its_former_brightness() -> None:
+    """A blurred nucleus's light spreads past its annotation: dimmed, its rim must dim with it
+    (before 2026-12-02 the rim stayed as bright as the dimmed interior, a ring the model outlined)."""
+    screen_like = load_benchmark("screen_like")
+    item = _grid_of_nuclei(blur=1.5)
+    (_, plain, _), _, (_, dim, changed) = screen_like.variants(item)
+    inside = np.isin(item.labels, changed)
+    rim = cv2.dilate(inside.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & (item.labels == 0)
+    background = float(np.median(dim[item.labels == 0]))
+    interior = dim[inside].mean() - background
+    assert dim[rim].mean() - background < 0.6 * interior  # fades outward, as before dimming
+    before = (plain[rim].mean() - background) / (plain[inside].mean() - background)
+    after = (dim[rim].mean() - background) / interior
+    assert abs(after - before) < 0.05

@@ -203,7 +203,10 @@ def test_windowed_outputs_equal_the_in_memory_ones(conv20, factor, shape, tile):
 
 
 @pytest.mark.skipif(not DEFAULT_MODEL_PATH.is_file(), reason="the bundled model is not in this checkout")
-@pytest.mark.parametrize(("factor", "tile", "output_rows"), [(1.0, 96, 13), (0.62, 128, 40), (1.6, 96, 7)])
+# Bands of 13 rows and 96² tiles at ×1, 7 rows at ×1.6: narrower than a nucleus and its ring, so
+# regions and rings span bands. At ×1.6, 128² tiles: with 96² ones this case alone took over a
+# minute of the suite (the tiles' halo is most of each tile) and tested nothing more.
+@pytest.mark.parametrize(("factor", "tile", "output_rows"), [(1.0, 96, 13), (0.62, 128, 40), (1.6, 128, 7)])
 def test_a_contrast_cut_gives_the_same_objects_windowed(factor, tile, output_rows):
     engine = Engine.load(DEFAULT_MODEL_PATH, providers=CPU)
     # These clean synthetic nuclei stand 10-20 ring σ above their background: a cut of 10 drops
