@@ -98,7 +98,7 @@ class ObjectParams:
     # a stand-in or other model's probabilities need not be calibrated alike.
     min_confidence: float = 0.0
     foreground_channel: int = 0
-    # Off unless the model records a value chosen on its own data (models/README.md, 2.3.0):
+    # Off unless the model records a value chosen on its own data (models/README.md, 2.3.0 and 2.3.1):
     # faint haze and noise specks stand barely above their surroundings, nuclei far above.
     min_snr: float = 0.0
     snr_ring: int = 10
