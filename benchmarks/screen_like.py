@@ -27,6 +27,10 @@ Nothing was chosen on it so far; choose on ``--subset train``, report ``val``.
 ``--diagnose`` looks at where the dim images' nuclei go instead (model only): found with the
 object cuts as shipped, without the contrast cut, without both cuts, and at the diameter estimated
 on the same image before dimming; the best IoU of each missed dim nucleus; the estimate's change.
+
+``--cuts 0,1,1.5,2,2.5`` sweeps the contrast cut (``min_snr``) instead, on the 16-bit and dim images:
+one prediction per image, its objects at each cut; F1, objects, dim and other nuclei found (how
+2.3.1's cut was chosen, models/README.md).
 """
 
 from __future__ import annotations
@@ -41,13 +45,15 @@ import numpy as np
 from scipy import ndimage
 
 from model_export import dsb
-from model_export.evaluate import baseline_segmenter, predict_labels, score_segmentation
+from model_export.evaluate import Segmentation, baseline_segmenter, predict_labels, score_segmentation
 from model_export.object_metrics import match_ious
+from service import pipeline
 from service.engine import Engine
 from service.objects import ObjectParams, params_for_model
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFSET, GAIN = 100, 12  # a camera's dark level and a 12-bit range in 16 bits
+MAX_PIXELS = 1 << 31  # no pixel limit on the resized image, as `evaluate`
 #: How far past its annotation a nucleus's own light is changed with it, px. On every fourth DSB
 #: training image the signal above background 1 / 2 / 3 / 4 / 5 px outside the labels is (median)
 #: 0.30 / 0.15 / 0.09 / 0.07 / 0.05 of the signal inside: by 4 px the blur's share is down to what
@@ -114,6 +120,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=4, help="every n-th image of the subset")
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "nuclei-unet.onnx")
     parser.add_argument("--diagnose", action="store_true", help="where the dim nuclei go (see above)")
+    parser.add_argument("--cuts", help="comma-separated min_snr values to sweep (see above)")
     args = parser.parse_args()
 
     train, val = dsb.split_by_series(dsb.load_set(args.dsb))
@@ -122,6 +129,9 @@ def main() -> None:
     params = params_for_model(engine.metadata)
     if args.diagnose:
         diagnose(engine, params, items, f"{args.subset}, every {args.every}")
+        return
+    if args.cuts:
+        sweep_contrast_cut(engine, params, items, [float(c) for c in args.cuts.split(",")])
         return
     segmenters = {"model": lambda x: predict_labels(engine, x, params), "otsu": baseline_segmenter("otsu")}
     scores: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
@@ -148,6 +158,43 @@ def main() -> None:
             f"| {variant} | {m[:, 0].mean():.4f} | {m[:, 1].mean():.4f} | {o[:, 0].mean():.4f} | "
             f"{o[:, 1].mean():.4f} | {split}{np.mean(others):.3f} ({len(others)}) |"
         )
+
+
+def sweep_contrast_cut(
+    engine: Engine, params: ObjectParams, items: list[dsb.DsbImage], cuts: list[float]
+) -> None:
+    """The 16-bit and dim images' objects at each ``min_snr`` in ``cuts``, from one prediction each."""
+    md = engine.metadata
+    f1: dict[tuple[str, float], list[float]] = defaultdict(list)
+    objects: dict[tuple[str, float], int] = defaultdict(int)
+    recall: dict[tuple[str, float, bool], list[bool]] = defaultdict(list)
+    for item in items:
+        for variant, image, changed in variants(item):
+            if variant == "bright":
+                continue
+            scale = pipeline.choose_scale(image, engine.run, md, None, MAX_PIXELS)
+            prediction = pipeline.predict_scaled(image, scale, engine.run, md, batch_size=4)
+            for cut in cuts:
+                grid = pipeline.on_input_grid(
+                    prediction, md, image.shape[:2], md.threshold, dataclasses.replace(params, min_snr=cut)
+                )
+                answer = Segmentation(
+                    grid.mask > 0, grid.labels, prediction.tiles, scale.diameter, scale.factor
+                )
+                f1[(variant, cut)].append(score_segmentation(item.labels, answer)[2].f1)  # type: ignore[union-attr]
+                objects[(variant, cut)] += int(grid.labels.max())  # type: ignore[union-attr]
+                for nucleus, hit in found(item.labels, grid.labels).items():  # type: ignore[arg-type]
+                    recall[(variant, cut, nucleus in set(changed.tolist()))].append(hit)
+    print(f"{md.version}, {len(items)} DSB images: objects at each min_snr")
+    print("| image | min_snr | F1 | objects | dim nuclei found | the others found |")
+    print("|---|---|---|---|---|---|")
+    for variant in ("16-bit", "dim"):
+        for cut in cuts:
+            dim = recall[(variant, cut, True)]
+            print(
+                f"| {variant} | {cut:g} | {np.mean(f1[(variant, cut)]):.4f} | {objects[(variant, cut)]} | "
+                f"{f'{np.mean(dim):.3f}' if dim else '–'} | {np.mean(recall[(variant, cut, False)]):.3f} |"
+            )
 
 
 def diagnose(engine: Engine, params: ObjectParams, items: list[dsb.DsbImage], which: str) -> None:
