@@ -22,7 +22,7 @@ Which nuclei change is drawn per image from its id: every run and model sees the
 
     .venv/bin/python benchmarks/screen_like.py --dsb DIR/stage1_train [--subset train] [--every 4]
 
-Nothing was chosen on it so far; choose on ``--subset train``, report ``val``.
+Choose on ``--subset train``, report ``val`` (2.3.1's contrast cut was chosen so: ``--cuts`` below).
 
 ``--diagnose`` looks at where the dim images' nuclei go instead (model only): found with the
 object cuts as shipped, without the contrast cut, without both cuts, and at the diameter estimated
