@@ -23,10 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from model_export import dsb
-from model_export.evaluate import held_out_ids, select_subset
+from model_export.evaluate import held_out_ids, predict, select_subset
 from model_export.metrics import dice_iou
 from model_export.object_metrics import score_objects
-from service import pipeline
 from service.engine import Engine
 from service.objects import ObjectParams, params_for_model
 
@@ -37,16 +36,15 @@ def scores_per_cut(engine: Engine, image: np.ndarray, truth: np.ndarray, cuts: l
     """Dice of the mask and, per cut, (F1, precision, recall) of the objects of one image."""
     md = engine.metadata
     base = params_for_model(md)
-    scale = pipeline.choose_scale(image, engine.run, md, None, 8192 * 8192)
-    prediction = pipeline.predict_scaled(image, scale, engine.run, md, batch_size=4)
+    prediction = predict(engine, image, batch_size=4)  # once; the objects at every cut
     out: dict = {"cuts": {}}
     for cut in cuts:
         params: ObjectParams = replace(base, min_confidence=cut)
-        grid = pipeline.on_input_grid(prediction, md, image.shape[:2], md.threshold, params)
-        assert grid.labels is not None
-        objects = score_objects(truth, grid.labels)
+        answer = prediction.segmentation(params)
+        assert answer.labels is not None
+        objects = score_objects(truth, answer.labels)
         out["cuts"][cut] = (objects.f1, objects.precision, objects.recall)
-    out["dice"] = dice_iou(grid.mask > 0, truth > 0)[0]  # the mask is the same at every cut
+    out["dice"] = dice_iou(answer.foreground, truth > 0)[0]  # the mask is the same at every cut
     return out
 
 

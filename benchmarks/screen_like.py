@@ -45,15 +45,13 @@ import numpy as np
 from scipy import ndimage
 
 from model_export import dsb
-from model_export.evaluate import Segmentation, baseline_segmenter, predict_labels, score_segmentation
+from model_export.evaluate import baseline_segmenter, predict, predict_labels, score_segmentation
 from model_export.object_metrics import match_ious
-from service import pipeline
 from service.engine import Engine
 from service.objects import ObjectParams, params_for_model
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFSET, GAIN = 100, 12  # a camera's dark level and a 12-bit range in 16 bits
-MAX_PIXELS = 1 << 31  # no pixel limit on the resized image, as `evaluate`
 #: How far past its annotation a nucleus's own light is changed with it, px. On every fourth DSB
 #: training image the signal above background 1 / 2 / 3 / 4 / 5 px outside the labels is (median)
 #: 0.30 / 0.15 / 0.09 / 0.07 / 0.05 of the signal inside: by 4 px the blur's share is down to what
@@ -138,6 +136,7 @@ def main() -> None:
     recall: dict[tuple[str, bool], list[bool]] = defaultdict(list)
     for item in items:
         for variant, image, changed in variants(item):
+            changed_ids = set(changed.tolist())
             for who, segment in segmenters.items():
                 answer = segment(image)
                 dice, _, objects = score_segmentation(item.labels, answer)
@@ -145,7 +144,7 @@ def main() -> None:
                 scores[(variant, who)].append((objects.f1, dice))
                 if who == "model":
                     for nucleus, hit in found(item.labels, answer.labels).items():
-                        recall[(variant, nucleus in set(changed.tolist()))].append(hit)
+                        recall[(variant, nucleus in changed_ids)].append(hit)
     name = f"{args.model.name} {engine.metadata.version}"
     print(f"{name}, {len(items)} DSB {args.subset} images (every {args.every})")
     print("| image | model F1 | model Dice | Otsu F1 | Otsu Dice | recall (pooled): changed / other nuclei |")
@@ -172,19 +171,15 @@ def sweep_contrast_cut(
         for variant, image, changed in variants(item):
             if variant == "bright":
                 continue
-            scale = pipeline.choose_scale(image, engine.run, md, None, MAX_PIXELS)
-            prediction = pipeline.predict_scaled(image, scale, engine.run, md, batch_size=4)
+            prediction = predict(engine, image, keep_input=True)  # once; the objects at every cut
+            dimmed = set(changed.tolist())
             for cut in cuts:
-                grid = pipeline.on_input_grid(
-                    prediction, md, image.shape[:2], md.threshold, dataclasses.replace(params, min_snr=cut)
-                )
-                answer = Segmentation(
-                    grid.mask > 0, grid.labels, prediction.tiles, scale.diameter, scale.factor
-                )
+                answer = prediction.segmentation(dataclasses.replace(params, min_snr=cut))
+                assert answer.labels is not None
                 f1[(variant, cut)].append(score_segmentation(item.labels, answer)[2].f1)  # type: ignore[union-attr]
-                objects[(variant, cut)] += int(grid.labels.max())  # type: ignore[union-attr]
-                for nucleus, hit in found(item.labels, grid.labels).items():  # type: ignore[arg-type]
-                    recall[(variant, cut, nucleus in set(changed.tolist()))].append(hit)
+                objects[(variant, cut)] += int(answer.labels.max())
+                for nucleus, hit in found(item.labels, answer.labels).items():
+                    recall[(variant, cut, nucleus in dimmed)].append(hit)
     print(f"{md.version}, {len(items)} DSB images: objects at each min_snr")
     print("| image | min_snr | F1 | objects | dim nuclei found | the others found |")
     print("|---|---|---|---|---|---|")

@@ -45,7 +45,7 @@ from model_export.baselines import BASELINES
 from model_export.folders import DataError, pair_folders, read_mask
 from model_export.metrics import dice_iou
 from model_export.object_metrics import ObjectScores, score_objects
-from service import pipeline
+from service import pipeline, segment
 from service.engine import Engine
 from service.imaging import decode
 from service.model_metadata import ModelMetadata
@@ -88,6 +88,60 @@ class Segmentation:
 Segmenter = Callable[[np.ndarray], Segmentation]
 
 
+@dataclass(frozen=True)
+class ModelPrediction:
+    """The model's prediction for one image at the scale chosen for it, before objects: the
+    objects at any settings come from it without running the model again (cut sweeps)."""
+
+    metadata: ModelMetadata
+    shape: tuple[int, int]  # the image's (H, W)
+    scale: pipeline.ScaleChoice
+    result: segment.Prediction
+
+    def segmentation(self, object_params: ObjectParams | None) -> Segmentation:
+        """The answer with ``object_params``' objects (None: none, ``labels`` None), on the image's grid."""
+        md, scale = self.metadata, self.scale
+        grid = pipeline.on_input_grid(self.result, md, self.shape, md.threshold, object_params)
+        return Segmentation(grid.mask > 0, grid.labels, self.result.tiles, scale.diameter, scale.factor)
+
+
+def predict(
+    engine: Engine,
+    image: np.ndarray,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 4,
+    diameter: float | None = None,
+    polarity: Polarity = "bright",
+    keep_input: bool | None = None,
+) -> ModelPrediction:
+    """The model's prediction for one decoded image, as the service computes it.
+
+    The one place evaluation runs the model, through ``service.pipeline`` exactly as the
+    service: the nucleus scale (``diameter`` if given, else estimated per image) and tiled
+    prediction at that scale (tiling from the arguments, else the model's metadata).
+
+    Args:
+        engine: the loaded model.
+        image: ``(H, W)`` or ``(H, W, C)`` as decoded (uint8/uint16/float32).
+        tile_size, overlap, batch_size: tiling overrides, as ``service.segment.predict``.
+        diameter: typical nucleus diameter in px (the service's ``diameter=``); None: estimated.
+        polarity: ``dark``: the image turned into optical density first, as the service's
+            ``polarity=dark`` turns it (``service.polarity``).
+        keep_input: keep the model input the contrast cut needs (``segment.predict``; None: when
+            the model records a cut). True to sweep ``min_snr`` on a model that records none.
+    """
+    meta = engine.metadata
+    if polarity == "dark":
+        image = DarkToBright.of(image, meta.in_channels)(image)
+    scale = pipeline.choose_scale(image, engine.run, meta, diameter, _MAX_PIXELS)
+    result = pipeline.predict_scaled(
+        image, scale, engine.run, meta, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+        keep_input=keep_input,
+    )
+    return ModelPrediction(meta, image.shape[:2], scale, result)
+
+
 def predict_labels(
     engine: Engine,
     image: np.ndarray,
@@ -98,32 +152,11 @@ def predict_labels(
     diameter: float | None = None,
     polarity: Polarity = "bright",
 ) -> Segmentation:
-    """The model's answer for one decoded image, as the service computes it.
-
-    The one place evaluation runs the model, through ``service.pipeline`` exactly as the
-    service: the nucleus scale (``diameter`` if given, else estimated per image), tiled
-    prediction at that scale (tiling from the arguments, else the model's metadata), the
-    objects the service would return, and everything back on the image's grid.
-    ``object_params`` None skips the objects (``labels`` is then None).
-
-    Args:
-        engine: the loaded model.
-        image: ``(H, W)`` or ``(H, W, C)`` as decoded (uint8/uint16/float32).
-        object_params: how the foreground becomes objects (``params_for_model``).
-        tile_size, overlap, batch_size: tiling overrides, as ``service.segment.predict``.
-        diameter: typical nucleus diameter in px (the service's ``diameter=``); None: estimated.
-        polarity: ``dark``: the image turned into optical density first, as the service's
-            ``polarity=dark`` turns it (``service.polarity``).
-    """
-    meta = engine.metadata
-    if polarity == "dark":
-        image = DarkToBright.of(image, meta.in_channels)(image)
-    scale = pipeline.choose_scale(image, engine.run, meta, diameter, _MAX_PIXELS)
-    result = pipeline.predict_scaled(
-        image, scale, engine.run, meta, tile_size=tile_size, overlap=overlap, batch_size=batch_size
-    )
-    grid = pipeline.on_input_grid(result, meta, image.shape[:2], meta.threshold, object_params)
-    return Segmentation(grid.mask > 0, grid.labels, result.tiles, scale.diameter, scale.factor)
+    """The model's answer for one decoded image, as the service computes it: :func:`predict`, then
+    the objects the service would return (``object_params``, from ``params_for_model``; None skips
+    them and ``labels`` is None), everything back on the image's grid."""
+    prediction = predict(engine, image, tile_size, overlap, batch_size, diameter, polarity)
+    return prediction.segmentation(object_params)
 
 
 def baseline_segmenter(name: str) -> Segmenter:
