@@ -42,7 +42,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from model_export import dsb
 from model_export.evaluate import baseline_segmenter, predict, predict_labels, score_segmentation
@@ -52,11 +51,9 @@ from service.objects import ObjectParams, params_for_model
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFSET, GAIN = 100, 12  # a camera's dark level and a 12-bit range in 16 bits
-#: How far past its annotation a nucleus's own light is changed with it, px. On every fourth DSB
-#: training image the signal above background 1 / 2 / 3 / 4 / 5 px outside the labels is (median)
-#: 0.30 / 0.15 / 0.09 / 0.07 / 0.05 of the signal inside: by 4 px the blur's share is down to what
-#: haze and neighbours leave.
-RIM_REACH = 4
+#: How far past its annotation a nucleus's own light is changed with it, px (the measurement is
+#: with the constant, shared with training's per-nucleus dimming).
+RIM_REACH = dsb.RIM_REACH
 
 
 def grey(image: np.ndarray) -> np.ndarray:
@@ -71,7 +68,7 @@ def variants(item: dsb.DsbImage) -> Iterator[tuple[str, np.ndarray, np.ndarray]]
     background = float(np.median(g[outside])) if outside.any() else float(g.min())
     signal = g - background  # what lies below the background stays as it was recorded
     ids = np.unique(item.labels[item.labels > 0])
-    owner = light_owner(item.labels, RIM_REACH)
+    owner = dsb.light_owner(item.labels, RIM_REACH)
 
     def recorded(gain_of: np.ndarray) -> np.ndarray:
         s = signal.copy()
@@ -87,17 +84,6 @@ def variants(item: dsb.DsbImage) -> Iterator[tuple[str, np.ndarray, np.ndarray]]
     dim = plain.copy()
     dim[rng.choice(len(ids), len(ids) // 2, replace=False)] = 0.3
     yield "dim", recorded(dim), ids[dim != 1]
-
-
-def light_owner(labels: np.ndarray, reach: float) -> np.ndarray:
-    """Whose light each pixel holds: its label inside a nucleus, the nearest nucleus's label up to
-    ``reach`` px outside (where that nucleus's blurred rim lies), 0 farther out."""
-    if not labels.any():
-        return labels.copy()
-    distance, (rows, cols) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
-    owner = labels[rows, cols]
-    owner[distance > reach] = 0
-    return owner
 
 
 def found(truth: np.ndarray, labels: np.ndarray) -> dict[int, bool]:

@@ -20,7 +20,7 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from model_export.dsb import median_diameter
+from model_export.dsb import RIM_REACH, light_owner, median_diameter
 from model_export.folders import DataError, load_pair, pair_folders, read_image, read_mask
 from service.model_metadata import Normalization
 from service.preprocess import prepare
@@ -126,13 +126,16 @@ def dim_some_nuclei(
     rng: np.random.Generator,
     factors: tuple[float, float] = DIM_FACTORS,
     share: tuple[float, float] = DIM_SHARE,
+    rim_reach: float = RIM_REACH,
 ) -> np.ndarray:
     """Scale the signal above background of some of the labelled nuclei of ``(C, H, W)`` down.
 
     A share of the crop's nuclei (at least one), each with its own factor. The background is
-    the median outside the labels. The gain map is feathered by a pixel beyond each label, so
-    that the blurred rim outside the annotation dims with its nucleus instead of staying a
-    bright ring. Labels are unchanged: a dim nucleus is still a nucleus.
+    the median outside the labels. Every pixel up to ``rim_reach`` px outside the labels dims
+    with its nearest nucleus (:func:`light_owner`), so that the blurred rim goes with it instead
+    of staying a bright ring: until 2026-12-02 the rim dimmed one pixel out only, which left the
+    outer rim of a dimmed nucleus as bright as its inside (the flaw the screen_like benchmark
+    had). Labels are unchanged: a dim nucleus is still a nucleus.
     """
     ids = np.unique(labels[labels > 0])
     if ids.size == 0:
@@ -140,14 +143,10 @@ def dim_some_nuclei(
     count = max(1, int(round(rng.uniform(*share) * ids.size)))
     chosen = rng.choice(ids, size=min(count, ids.size), replace=False)
     kept = np.exp(rng.uniform(np.log(factors[0]), np.log(factors[1]), size=chosen.size))
-    loss = np.zeros(int(labels.max()) + 1, np.float32)
-    loss[chosen] = 1.0 - kept
-    loss_map = loss[labels]
-    # Spread each nucleus' loss one pixel outward (grey dilation), then soften the step.
-    loss_map = cv2.dilate(loss_map, np.ones((3, 3), np.uint8))
-    loss_map = cv2.GaussianBlur(loss_map, (0, 0), 1.0)
+    gain_of = np.ones(int(labels.max()) + 1, np.float32)
+    gain_of[chosen] = kept
+    gain = gain_of[light_owner(labels, rim_reach)]
     outside = labels == 0
-    gain = 1.0 - loss_map
     out = np.empty_like(image)
     for c in range(image.shape[0]):
         background = np.float32(np.median(image[c][outside])) if outside.any() else np.float32(0)
@@ -253,7 +252,8 @@ class ScaledDataset(Dataset):
             scale = self.diameter / max(d, 1.0) * jitter
             x, labels = scaled_crop(x, labels, scale, self.patch, rng)
             if self.augment and self.dim_nuclei > 0 and rng.random() < self.dim_nuclei:
-                x = dim_some_nuclei(x, labels, rng)
+                # The rim's reach was measured at the source's scale; the crop was resized.
+                x = dim_some_nuclei(x, labels, rng, rim_reach=RIM_REACH * scale)
         if self.augment:
             x, labels = flip_rotate(x, labels, rng)
             x = augment_intensity(x, rng)

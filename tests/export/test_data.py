@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from model_export.data import FolderDataset, SynthConfig, center_target, synth_nuclei, write_synthetic
 from model_export.folders import DataError, load_pair, pair_folders, read_mask
@@ -215,6 +216,24 @@ def test_dim_some_nuclei_scales_the_signal_of_a_share_of_them_and_leaves_the_res
     assert (out[0][rim] - background).mean() < 0.8 * (image[0][rim] - background).mean()
     # no nuclei: the image comes back as it was
     assert dim_some_nuclei(image, np.zeros_like(labels), np.random.default_rng(0)) is image
+
+
+def test_dim_some_nuclei_dims_the_blurred_rim_with_its_nucleus_out_to_the_reach() -> None:
+    """The outer rim (2–4 px out) of a dimmed nucleus dims by its factor: no bright ring is left."""
+    from model_export.data import dim_some_nuclei
+
+    labels = np.zeros((64, 64), np.int32)
+    labels[22:42, 22:42] = 1
+    background = 0.1
+    image = cv2.GaussianBlur(np.where(labels > 0, 1.0, background).astype(np.float32), (0, 0), 2.0)[None]
+    out = dim_some_nuclei(image, labels, np.random.default_rng(0), factors=(0.3, 0.3), rim_reach=4)
+    distance = ndimage.distance_transform_edt(labels == 0)
+    median = float(np.median(image[0][labels == 0]))
+    for ring in (1, 2, 3, 4):
+        at = (distance > ring - 1) & (distance <= ring)
+        np.testing.assert_allclose(out[0][at] - median, 0.3 * (image[0][at] - median), atol=1e-5)
+    beyond = distance > 4
+    np.testing.assert_array_equal(out[0][beyond], image[0][beyond])
 
 
 def test_dim_nuclei_samples_change_only_real_samples_and_only_when_asked() -> None:

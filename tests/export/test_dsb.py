@@ -128,3 +128,14 @@ def test_dsb_mix_options_without_dsb_data_are_refused_not_ignored(
     with pytest.raises(SystemExit):
         train.parse_args([flag, value])  # synthetic-only training
     assert train.parse_args([flag, value, "--dsb", str(tmp_path)]).dsb == tmp_path
+
+
+def test_light_owner_gives_each_rim_pixel_its_nearest_nucleus_within_reach() -> None:
+    labels = np.zeros((9, 20), np.int32)
+    labels[4, 2] = 1
+    labels[4, 9] = 2
+    owner = dsb.light_owner(labels, reach=3)
+    assert owner[4, 5] == 1 and owner[4, 6] == 2  # split halfway between the two
+    assert owner[4, 12] == 2 and owner[4, 13] == 0  # 3 px reach, not 4
+    assert owner[0, 2] == 0 and owner[1, 2] == 1
+    np.testing.assert_array_equal(dsb.light_owner(np.zeros((4, 4), np.int32), 3), 0)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from model_export.dsb import DsbImage
+from model_export.dsb import DsbImage, light_owner
 from tests.benchmark_scripts import load_benchmark
 
 
@@ -34,7 +34,7 @@ def test_variants_change_the_named_nuclei_and_their_rims_by_their_factor_only() 
     assert plain.dtype == np.uint16 and none.size == 0
     np.testing.assert_array_equal(plain, 100 + 12 * item.image.astype(np.int64))
     background = 100 + 12 * float(np.median(item.image[item.labels == 0]))
-    owner = screen_like.light_owner(item.labels, screen_like.RIM_REACH)
+    owner = light_owner(item.labels, screen_like.RIM_REACH)
     for name, factor, count in (("bright", 4.0, 1), ("dim", 0.3, 10)):
         recorded, changed = made[name]
         assert len(changed) == count
@@ -46,18 +46,6 @@ def test_variants_change_the_named_nuclei_and_their_rims_by_their_factor_only() 
         np.testing.assert_allclose(
             np.clip(signal_after, 0, None), np.clip(factor * signal_before, 0, None), atol=1.0
         )
-
-
-def test_light_owner_gives_each_rim_pixel_its_nearest_nucleus_within_reach() -> None:
-    screen_like = load_benchmark("screen_like")
-    labels = np.zeros((9, 20), np.int32)
-    labels[4, 2] = 1
-    labels[4, 9] = 2
-    owner = screen_like.light_owner(labels, reach=3)
-    assert owner[4, 5] == 1 and owner[4, 6] == 2  # split halfway between the two
-    assert owner[4, 12] == 2 and owner[4, 13] == 0  # 3 px reach, not 4
-    assert owner[0, 2] == 0 and owner[1, 2] == 1
-    np.testing.assert_array_equal(screen_like.light_owner(np.zeros((4, 4), np.int32), 3), 0)
 
 
 def test_a_dimmed_nucleus_keeps_no_ring_of_its_former_brightness() -> None:
