@@ -57,11 +57,17 @@ class Blob(NamedTuple):  # not a dataclass: the tests load this script without r
     diameter: float  # the image's median nucleus diameter, px
 
 
-def top_hat(image: np.ndarray, diameter: float) -> np.ndarray:
+def normalised(image: np.ndarray) -> np.ndarray:
+    """The grey image stretched as the service stretches it (1st percentile → 0, 99.8th → 1)."""
     grey = image[:, :, :3].mean(axis=2) if image.ndim == 3 else image.astype(np.float32)
     low, high = np.percentile(grey, [1, 99.8])
-    normalised = np.clip((grey - low) / max(high - low, 1e-6), 0, None).astype(np.float32)
-    smooth = cv2.GaussianBlur(normalised, (0, 0), max(diameter / 8, 0.7))
+    return (grey - low) / max(high - low, 1e-6)
+
+
+def top_hat(image: np.ndarray, diameter: float) -> np.ndarray:
+    smooth = cv2.GaussianBlur(
+        np.clip(normalised(image), 0, None).astype(np.float32), (0, 0), max(diameter / 8, 0.7)
+    )
     size = int(1.5 * diameter) | 1
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
     return cv2.morphologyEx(smooth, cv2.MORPH_TOPHAT, disc)
@@ -78,7 +84,7 @@ def image_contrasts(item: dsb.DsbImage) -> tuple[np.ndarray, list[Blob]]:
         return means, []
     median = float(np.median(means))
     candidate = (hat > BLOB_FLOOR * median) & ~ndi.binary_dilation(labels > 0, iterations=3)
-    parts, count = ndi.label(candidate)
+    parts, _ = ndi.label(candidate)
     nucleus_area = np.pi * (diameter / 2) ** 2
     blobs = []
     for index, box in enumerate(ndi.find_objects(parts), start=1):
@@ -99,8 +105,6 @@ def found_by(engine: Engine, item: dsb.DsbImage) -> np.ndarray:
     """Per labelled nucleus (ascending id, as :func:`image_contrasts`), whether ``engine`` found it."""
     answer = predict_labels(engine, item.image, params_for_model(engine.metadata))
     assert answer.labels is not None
-    if answer.labels.max() == 0:
-        return np.zeros(len(np.unique(item.labels[item.labels > 0])), bool)
     return (match_ious(item.labels, answer.labels) > 0.5).any(axis=1)
 
 
@@ -110,9 +114,7 @@ def montage(items: dict[str, dsb.DsbImage], blobs: list[Blob], path: Path, count
     tiles = []
     for blob in [blobs[i] for i in rng.choice(len(blobs), min(count, len(blobs)), replace=False)]:
         item = items[blob.id]
-        grey = item.image[:, :, :3].mean(axis=2) if item.image.ndim == 3 else item.image.astype(np.float32)
-        low, high = np.percentile(grey, [1, 99.8])
-        rgb = np.dstack([np.clip((grey - low) / max(high - low, 1e-6), 0, 1)] * 3)
+        rgb = np.dstack([np.clip(normalised(item.image), 0, 1)] * 3)
         mask = (item.labels > 0).astype(np.uint8)
         rgb[mask.astype(bool) & ~cv2.erode(mask, np.ones((3, 3), np.uint8)).astype(bool)] = (0, 1, 0)
         half = int(max(24, 1.5 * blob.diameter))
