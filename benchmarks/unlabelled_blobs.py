@@ -11,7 +11,8 @@ images (the training side of the series split by default), two things in the sam
   nucleus's area, whose centroid lies inside them (rings of halo around a bright nucleus
   are not blobs).
 
-Contrast is relative to the image's median labelled nucleus, in bands. The top-hat is taken on
+Contrast is relative to the image's median labelled nucleus, in bands (``model_export.contrast``,
+the measure training's ``--dim-weight`` uses). The top-hat is taken on
 the image normalised as the service does (1st percentile → 0, 99.8th → 1), lightly smoothed
 (σ = diameter / 8), with a disc of 1.5 × the image's median nucleus diameter, so that haze
 broader than a nucleus is not counted. A blob's contrast is the mean over its thresholded part,
@@ -37,6 +38,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from model_export import dsb
+from model_export.contrast import normalised, nucleus_means, top_hat
 from model_export.evaluate import predict_labels
 from model_export.object_metrics import match_ious
 from service.engine import Engine
@@ -57,28 +59,12 @@ class Blob(NamedTuple):  # not a dataclass: the tests load this script without r
     diameter: float  # the image's median nucleus diameter, px
 
 
-def normalised(image: np.ndarray) -> np.ndarray:
-    """The grey image stretched as the service stretches it (1st percentile → 0, 99.8th → 1)."""
-    grey = image[:, :, :3].mean(axis=2) if image.ndim == 3 else image.astype(np.float32)
-    low, high = np.percentile(grey, [1, 99.8])
-    return (grey - low) / max(high - low, 1e-6)
-
-
-def top_hat(image: np.ndarray, diameter: float) -> np.ndarray:
-    smooth = cv2.GaussianBlur(
-        np.clip(normalised(image), 0, None).astype(np.float32), (0, 0), max(diameter / 8, 0.7)
-    )
-    size = int(1.5 * diameter) | 1
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
-    return cv2.morphologyEx(smooth, cv2.MORPH_TOPHAT, disc)
-
-
 def image_contrasts(item: dsb.DsbImage) -> tuple[np.ndarray, list[Blob]]:
     """(relative contrast of every labelled nucleus, the blobs outside the masks) of one image."""
     diameter = max(item.diameter, 4.0)
     hat = top_hat(item.image, diameter)
     labels = item.labels
-    means = np.asarray(ndi.mean(hat, labels, index=np.arange(1, labels.max() + 1)))
+    means = nucleus_means(hat, labels)[1:]
     means = means[np.isfinite(means)]
     if means.size == 0:
         return means, []

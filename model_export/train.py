@@ -63,6 +63,9 @@ DEFAULTS: dict[str, object] = {
     # (model_export.data.dim_some_nuclei): DSB's nuclei are much alike in brightness within an
     # image, screens' are not
     "dim_nuclei": 0.0,
+    # loss weight gain on DSB nuclei dim against their own image's others (relative contrast c
+    # below 0.5 weighs 1 + dim_weight * (1 - c / 0.5); model_export.contrast): 0 = plain loss
+    "dim_weight": 0.0,
     "patch": 256,
     "batch_size": 8,
     "val_images": 24,  # synthetic data: size of the fixed validation set
@@ -99,7 +102,7 @@ DEFAULTS: dict[str, object] = {
 CHOICES = {"fusion": ["concat", "add"], "upsample": ["transpose", "bilinear"], "bf16": ["auto", "1", "0"]}
 
 # Options that only the DSB data path reads (``dsb_data``); given with other data they are refused.
-DSB_MIX_OPTIONS = ("synthetic_radius", "empty_fields", "dim_nuclei")
+DSB_MIX_OPTIONS = ("synthetic_radius", "empty_fields", "dim_nuclei", "dim_weight")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -161,6 +164,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag, share in (("--empty-fields", args.empty_fields), ("--dim-nuclei", args.dim_nuclei)):
         if not 0.0 <= share <= 1.0:
             raise SystemExit(f"{flag} {share}: expected a share in [0, 1]")
+    if not args.dim_weight >= 0:  # also refuses NaN
+        raise SystemExit(f"--dim-weight {args.dim_weight}: expected a gain of 0 (off) or more")
     if args.dsb is None:
         # Options of the DSB sample mix: with other data they would do nothing, silently.
         for key in DSB_MIX_OPTIONS:
@@ -172,21 +177,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def loss_fn(
-    logits: torch.Tensor, target: torch.Tensor, dice_weight: float, classes: int, center_weight: float = 1.0
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    dice_weight: float,
+    classes: int,
+    center_weight: float = 1.0,
+    pixel_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """BCE + soft Dice on the ``classes`` channels; BCE on the centre channel after them, if any.
 
     ``logits``/``target``: ``(N, outputs, H, W)``; class targets in {0, 1}, the centre
-    target in [0, 1] (see :func:`model_export.data.center_target`).
+    target in [0, 1] (see :func:`model_export.data.center_target`). ``pixel_weight``
+    ``(N, 1, H, W)``, if given, weighs every pixel's share of all three terms (``--dim-weight``);
+    ones give the plain loss.
     """
+    weight = torch.ones_like(logits[:, :1]) if pixel_weight is None else pixel_weight
     class_logits, class_target = logits[:, :classes], target[:, :classes]
-    bce = F.binary_cross_entropy_with_logits(class_logits, class_target)
+    bce = F.binary_cross_entropy_with_logits(class_logits, class_target, weight=weight)
     prob = torch.sigmoid(class_logits)
     dims = (0, 2, 3)  # Dice over the whole batch per class: stable on empty crops
-    dice = (2 * (prob * class_target).sum(dims) + 1) / (prob.sum(dims) + class_target.sum(dims) + 1)
+    overlap, total = (weight * prob * class_target).sum(dims), (weight * (prob + class_target)).sum(dims)
+    dice = (2 * overlap + 1) / (total + 1)
     loss = bce + dice_weight * (1 - dice.mean())
     if logits.shape[1] > classes:
-        centre = F.binary_cross_entropy_with_logits(logits[:, classes:], target[:, classes:])
+        centre = F.binary_cross_entropy_with_logits(logits[:, classes:], target[:, classes:], weight=weight)
         loss = loss + center_weight * centre
     return loss
 
@@ -282,6 +296,7 @@ def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.
         synthetic_radius=synthetic_radius,
         empty_fields=args.empty_fields,
         dim_nuclei=args.dim_nuclei,
+        dim_weight=args.dim_weight,
     )
     val_set = ScaledDataset(
         [(i.image, i.labels, i.diameter) for i in val_items], args.patch, args.diameter,
@@ -304,6 +319,7 @@ def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.
         "synthetic_radius_px": synthetic_radius,  # a tuple: export stores it as JSON (a list)
         "empty_field_share": args.empty_fields,
         "dim_nuclei_share": args.dim_nuclei,
+        "dim_weight": args.dim_weight,
     }
     print(
         f"DSB: {len(items)} fluorescence images, {len(train_items)} train / {len(val_items)} val "
@@ -462,10 +478,12 @@ def main(argv: list[str] | None = None) -> Path:
     bar = tqdm(range(args.steps), desc="train", unit="step", dynamic_ncols=True)
     for step in bar:
         try:
-            x, labels = next(batches)
+            batch = next(batches)
         except StopIteration:  # folder data: start another pass
             batches = iter(loader)
-            x, labels = next(batches)
+            batch = next(batches)
+        x, labels = batch[:2]
+        pixel_weight = batch[2][:, None] if len(batch) > 2 else None  # --dim-weight
         for group in optimiser.param_groups:
             group["lr"] = lr_at(step)
         # Weights, optimiser state and BatchNorm statistics stay float32; only the
@@ -474,7 +492,7 @@ def main(argv: list[str] | None = None) -> Path:
             logits = model(x)
         loss = loss_fn(
             logits.float(), targets(labels, args.classes, config.center), args.dice_weight, args.classes,
-            args.center_weight,
+            args.center_weight, pixel_weight,
         )
         optimiser.zero_grad(set_to_none=True)
         loss.backward()

@@ -115,7 +115,11 @@ def test_a_sample_share_outside_zero_to_one_is_refused_by_name(tmp_path: Path, f
 
 
 @pytest.mark.parametrize(
-    "flag, value", [("--dim-nuclei", "0.3"), ("--empty-fields", "0.1"), ("--synthetic-radius", "3,30")]
+    "flag, value",
+    [
+        ("--dim-nuclei", "0.3"), ("--empty-fields", "0.1"), ("--synthetic-radius", "3,30"),
+        ("--dim-weight", "4"),
+    ],
 )
 def test_dsb_mix_options_without_dsb_data_are_refused_not_ignored(
     tmp_path: Path, flag: str, value: str, capsys: pytest.CaptureFixture[str]
