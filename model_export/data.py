@@ -20,7 +20,7 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from model_export import contrast
+from model_export import contact, contrast
 from model_export.dsb import RIM_REACH, light_owner, median_diameter
 from model_export.folders import DataError, load_pair, pair_folders, read_image, read_mask
 from service.model_metadata import Normalization
@@ -208,6 +208,9 @@ class ScaledDataset(Dataset):
     7.5 % of DSB's labelled ones, and BCE + Dice weigh nuclei by area: the model found 11.5 % of
     those below a quarter of their image's median contrast (issue #13). Synthetic samples and
     nuclei dimmed by ``dim_nuclei`` keep weight 1: the weight reads the source image.
+    With ``contact_weight`` > 0 the weight is also multiplied, in every sample, by the classic
+    U-Net's map of where nuclei meet (:func:`model_export.contact.contact_weights`, read off the
+    sample's final labels at the model's scale).
 
     ``items``: ``(raw image, int32 labels, median diameter px)``; images are normalised once
     here, as the service normalises the whole image before tiling.
@@ -228,10 +231,11 @@ class ScaledDataset(Dataset):
         empty_fields: float = 0.0,
         dim_nuclei: float = 0.0,
         dim_weight: float = 0.0,
+        contact_weight: float = 0.0,
     ) -> None:
         norm = Normalization()
         self.items = [(prepare(image, in_channels, norm), labels, d) for image, labels, d in items]
-        self.dim_weight = dim_weight
+        self.dim_weight, self.contact_weight = dim_weight, contact_weight
         # Per item, the loss weight of each label id (index 0: background).
         self.weight_of = [
             contrast.nucleus_dim_weights(image, labels, d, dim_weight)
@@ -277,10 +281,12 @@ class ScaledDataset(Dataset):
             x, labels = flip_rotate(x, labels, rng)
             x = augment_intensity(x, rng)
         sample = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(labels))
-        if self.dim_weight <= 0:
+        if self.dim_weight <= 0 and self.contact_weight <= 0:
             return sample
         # Crops, resizes (nearest) and flips keep label ids, so the weight follows its nucleus.
         weight = np.ones(labels.shape, np.float32) if weight_of is None else weight_of[labels]
+        if self.contact_weight > 0:
+            weight = weight * contact.contact_weights(labels, self.contact_weight)
         return *sample, torch.from_numpy(np.ascontiguousarray(weight))
 
     def _empty_field(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -66,6 +66,9 @@ DEFAULTS: dict[str, object] = {
     # loss weight gain on DSB nuclei dim against their own image's others (relative contrast c
     # below 0.5 weighs 1 + dim_weight * (1 - c / 0.5); model_export.contrast): 0 = plain loss
     "dim_weight": 0.0,
+    # loss weight gain where two nuclei meet (the classic U-Net's w0; sigma 5 px; model_export.contact):
+    # 0 = plain loss
+    "contact_weight": 0.0,
     "patch": 256,
     "batch_size": 8,
     "val_images": 24,  # synthetic data: size of the fixed validation set
@@ -102,7 +105,7 @@ DEFAULTS: dict[str, object] = {
 CHOICES = {"fusion": ["concat", "add"], "upsample": ["transpose", "bilinear"], "bf16": ["auto", "1", "0"]}
 
 # Options that only the DSB data path reads (``dsb_data``); given with other data they are refused.
-DSB_MIX_OPTIONS = ("synthetic_radius", "empty_fields", "dim_nuclei", "dim_weight")
+DSB_MIX_OPTIONS = ("synthetic_radius", "empty_fields", "dim_nuclei", "dim_weight", "contact_weight")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -164,8 +167,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag, share in (("--empty-fields", args.empty_fields), ("--dim-nuclei", args.dim_nuclei)):
         if not 0.0 <= share <= 1.0:
             raise SystemExit(f"{flag} {share}: expected a share in [0, 1]")
-    if not args.dim_weight >= 0:  # also refuses NaN
-        raise SystemExit(f"--dim-weight {args.dim_weight}: expected a gain of 0 (off) or more")
+    for flag, gain in (("--dim-weight", args.dim_weight), ("--contact-weight", args.contact_weight)):
+        if not gain >= 0:  # also refuses NaN
+            raise SystemExit(f"{flag} {gain}: expected a gain of 0 (off) or more")
     if args.dsb is None:
         # Options of the DSB sample mix: with other data they would do nothing, silently.
         for key in DSB_MIX_OPTIONS:
@@ -297,6 +301,7 @@ def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.
         empty_fields=args.empty_fields,
         dim_nuclei=args.dim_nuclei,
         dim_weight=args.dim_weight,
+        contact_weight=args.contact_weight,
     )
     val_set = ScaledDataset(
         [(i.image, i.labels, i.diameter) for i in val_items], args.patch, args.diameter,
@@ -320,6 +325,7 @@ def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.
         "empty_field_share": args.empty_fields,
         "dim_nuclei_share": args.dim_nuclei,
         "dim_weight": args.dim_weight,
+        "contact_weight": args.contact_weight,
     }
     print(
         f"DSB: {len(items)} fluorescence images, {len(train_items)} train / {len(val_items)} val "
@@ -483,7 +489,7 @@ def main(argv: list[str] | None = None) -> Path:
             batches = iter(loader)
             batch = next(batches)
         x, labels = batch[:2]
-        pixel_weight = batch[2][:, None] if len(batch) > 2 else None  # --dim-weight
+        pixel_weight = batch[2][:, None] if len(batch) > 2 else None  # --dim-weight, --contact-weight
         for group in optimiser.param_groups:
             group["lr"] = lr_at(step)
         # Weights, optimiser state and BatchNorm statistics stay float32; only the

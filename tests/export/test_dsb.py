@@ -118,7 +118,7 @@ def test_a_sample_share_outside_zero_to_one_is_refused_by_name(tmp_path: Path, f
     "flag, value",
     [
         ("--dim-nuclei", "0.3"), ("--empty-fields", "0.1"), ("--synthetic-radius", "3,30"),
-        ("--dim-weight", "4"),
+        ("--dim-weight", "4"), ("--contact-weight", "10"),
     ],
 )
 def test_dsb_mix_options_without_dsb_data_are_refused_not_ignored(

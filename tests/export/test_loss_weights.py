@@ -1,4 +1,5 @@
-"""--dim-weight: the loss weighs nuclei that are dim against their own image's others more.
+"""Loss weights: --dim-weight (nuclei dim against their own image's others) and --contact-weight
+(where two nuclei meet, the classic U-Net's map).
 
 The contrast measure is the one benchmarks/unlabelled_blobs.py counts dim nuclei with
 (model_export.contrast); these tests pin what it reads, how it becomes a weight, that the weight
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from model_export import contrast
+from model_export import contact, contrast
 from tests.dsb_layout import write_dsb_folder
 
 
@@ -107,24 +108,72 @@ def test_unit_weights_give_the_plain_loss_and_weight_pulls_harder_on_dim_pixels(
     assert weighted_loss > plain_loss and weighted_pull > 2 * plain_pull > 0
 
 
-def test_training_a_few_steps_with_dim_weight_records_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("flag", ["--dim-weight", "--contact-weight"])
+@pytest.mark.parametrize("value, shown", [("-1", "-1.0"), ("nan", "nan")])
+def test_a_negative_or_nan_weight_gain_is_refused_by_name(
+    tmp_path: Path, flag: str, value: str, shown: str
+) -> None:
+    from model_export import train
+
+    with pytest.raises(SystemExit, match=f"{flag} {shown}: expected a gain of 0"):
+        train.parse_args(["--dsb", str(tmp_path), flag, value])
+
+
+def test_contact_weight_falls_on_the_gap_between_two_nuclei_and_their_line_of_contact() -> None:
+    labels = np.zeros((40, 70), np.int32)
+    labels[10:30, 5:25] = 1
+    labels[10:30, 28:48] = 2  # a 3 px gap
+    weight = contact.contact_weights(labels, 10.0)
+    # across the 3 px gap (columns 25-27) every pixel lies 4 px from the two nuclei together
+    # (1 + 3, 2 + 2, 3 + 1), so each weighs 1 + 10 exp(-16 / 50)
+    np.testing.assert_allclose(weight[10:30, 25:28], 1 + 10 * np.exp(-16 / 50), rtol=1e-5)
+    assert (weight[labels > 0] == 1).all()  # no contact line: nucleus pixels weigh 1
+    assert weight[20, 60] == pytest.approx(1, abs=1e-3) and weight[2, 10] == pytest.approx(1, abs=0.02)
+    # the same nuclei touching: their line of contact takes the full weight, the rest of them 1
+    touching = np.zeros((40, 70), np.int32)
+    touching[10:30, 5:25] = 1
+    touching[10:30, 25:45] = 2
+    weight = contact.contact_weights(touching, 10.0)
+    np.testing.assert_allclose(weight[10:30, 24:26], 11.0)
+    assert (weight[10:30, 5:23] == 1).all() and (weight[10:30, 27:45] == 1).all()
+    assert weight[8, 24] > 5  # the notch just outside, where a gap would show
+    # one nucleus, none, or no gain: nothing to weigh
+    for lonely, gain in ((labels * (labels == 1), 10.0), (np.zeros_like(labels), 10.0), (labels, 0.0)):
+        assert (contact.contact_weights(lonely, gain) == 1).all()
+
+
+def test_contact_weight_multiplies_into_every_sample_of_the_dataset() -> None:
+    from model_export.data import ScaledDataset
+
+    image, labels = _three_nuclei_on_a_slope()
+    labels[95:105, 60:70] = 4  # a fourth, touching nothing
+    labels[100, 50:60] = 0
+    items = [(image, labels, 21.0)]
+    same = {"scale_jitter": (1.0, 1.0), "seed": 2, "samples_per_epoch": 6, "synthetic": 0.5}
+    both = ScaledDataset(items, 96, 21.0, **same, dim_weight=4.0, contact_weight=10.0)
+    dim_only = ScaledDataset(items, 96, 21.0, **same, dim_weight=4.0)
+    for i in range(6):
+        a, b = both[i], dim_only[i]
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        expected = b[2].numpy() * contact.contact_weights(b[1].numpy(), 10.0)
+        np.testing.assert_allclose(a[2].numpy(), expected)
+    synthetic = ScaledDataset(items, 96, 21.0, **{**same, "synthetic": 1.0}, contact_weight=10.0)
+    assert any(float(synthetic[i][2].max()) > 5 for i in range(3))  # synthetic nuclei touch too
+
+
+@pytest.mark.parametrize(
+    "flag, key", [("--dim-weight", "dim_weight"), ("--contact-weight", "contact_weight")]
+)
+def test_training_a_few_steps_with_a_weight_gain_records_it(tmp_path: Path, flag: str, key: str) -> None:
     from model_export import train
     from tests.export.conftest import TINY
 
     root = write_dsb_folder(tmp_path / "data", n=6, seed=10)
     out = tmp_path / "run"
     train.main([
-        *TINY, "--dsb", str(root), "--val-fraction", "0.5", "--diameter", "12", "--dim-weight", "4",
-        "--out", str(out),
+        *TINY, "--dsb", str(root), "--val-fraction", "0.5", "--diameter", "12", flag, "4", "--out", str(out),
     ])
     checkpoint = torch.load(out / "last.pt", weights_only=False)
-    assert checkpoint["data"]["dim_weight"] == 4.0 and checkpoint["step"] == 3
+    other = ({"dim_weight", "contact_weight"} - {key}).pop()
+    assert checkpoint["data"][key] == 4.0 and checkpoint["data"][other] == 0.0 and checkpoint["step"] == 3
     assert np.isfinite(checkpoint["history"][-1]["train_loss"])
-
-
-@pytest.mark.parametrize("value, shown", [("-1", "-1.0"), ("nan", "nan")])
-def test_a_negative_or_nan_dim_weight_is_refused_by_name(tmp_path: Path, value: str, shown: str) -> None:
-    from model_export import train
-
-    with pytest.raises(SystemExit, match=f"--dim-weight {shown}: expected a gain of 0"):
-        train.parse_args(["--dsb", str(tmp_path), "--dim-weight", value])
