@@ -4,8 +4,8 @@ The classic U-Net's weight map (Ronneberger et al. 2015, eq. 2): ``w0 · exp(-(d
 top of 1, where ``d1`` and ``d2`` are a pixel's distances to the nearest and the second-nearest
 nucleus, so that the thin background between touching cells, which decides whether they come out
 as one object or two, weighs as much as a whole nucleus. On DSB, merges are the largest share of
-the nuclei 2.3.1 misses: 7.3 % of the nuclei of every fourth training image, against 4.1 % not
-marked at all (issue #13).
+the nuclei 2.3.1 misses: 7.1 % of the nuclei of every fourth training image, against 5.8 % not
+marked at all (``benchmarks/missed_nuclei.py``; issue #13).
 
 The weight falls on background pixels, as the map is usually read. ``d2`` comes from the Voronoi
 partition of the nearest-nucleus map instead of one distance transform per nucleus (a crop holds a
