@@ -206,8 +206,8 @@ class ScaledDataset(Dataset):
     to ``1 + dim_weight`` (:func:`model_export.contrast.dim_weights`; contrast measured once per
     whole image here, then carried through crop, resize and flips by the labels). Dim nuclei are
     7.5 % of DSB's labelled ones, and BCE + Dice weigh nuclei by area: the model found 11.5 % of
-    those below a quarter of their image's median contrast (issue #13). Synthetic samples and
-    nuclei dimmed by ``dim_nuclei`` keep weight 1: the weight reads the source image.
+    those below a quarter of their image's median contrast (issue #13). Synthetic samples weigh 1,
+    and a nucleus dimmed by ``dim_nuclei`` keeps its source image's weight: the weight reads the source.
     With ``contact_weight`` > 0 the weight is also multiplied, in every sample, by the classic
     U-Net's map of where nuclei meet (:func:`model_export.contact.contact_weights`, read off the
     sample's final labels at the model's scale).

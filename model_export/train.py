@@ -192,8 +192,8 @@ def loss_fn(
 
     ``logits``/``target``: ``(N, outputs, H, W)``; class targets in {0, 1}, the centre
     target in [0, 1] (see :func:`model_export.data.center_target`). ``pixel_weight``
-    ``(N, 1, H, W)``, if given, weighs every pixel's share of all three terms (``--dim-weight``);
-    ones give the plain loss.
+    ``(N, 1, H, W)``, if given, weighs every pixel's share of all three terms (``--dim-weight``,
+    ``--contact-weight``); ones give the plain loss.
     """
     weight = torch.ones_like(logits[:, :1]) if pixel_weight is None else pixel_weight
     class_logits, class_target = logits[:, :classes], target[:, :classes]
