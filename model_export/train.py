@@ -95,6 +95,10 @@ DEFAULTS: dict[str, object] = {
     "eval_every": 50,
     "patience": 0,  # end after this many evaluations in a row without a better checkpoint (0: never)
     "seed": 0,
+    # which data is held out for validation (DSB series and their crops, or folder files): fixed
+    # apart from --seed so runs that differ only in their training seed are scored on the same
+    # images (the seed-to-seed spread of a recipe); synthetic validation follows --seed
+    "split_seed": 0,
     "init": None,  # a checkpoint or exported fp32 .onnx to start from (same architecture): fine-tuning
     "threads": 2,
     "out": "runs/default",
@@ -175,6 +179,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for key in DSB_MIX_OPTIONS:
             if getattr(args, key) != DEFAULTS[key]:
                 parser.error(f"--{key.replace('_', '-')} shapes the --dsb sample mix: it needs --dsb")
+    if args.dsb is None and args.images is None and args.split_seed != DEFAULTS["split_seed"]:
+        # Synthetic validation images are drawn from --seed's stream: this flag would do nothing.
+        parser.error("--split-seed chooses the held-out part of --dsb or --images data: it needs one")
     # Resolved after every refusal, so a refused command prints no bf16 warning first.
     args.bf16 = int(use_bf16(args.bf16, cpu_has_native_bf16()))
     return args
@@ -288,7 +295,7 @@ def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.
     from model_export import dsb
 
     items = dsb.load_set(args.dsb)
-    train_items, val_items = dsb.split_by_series(items, args.val_fraction, args.seed)
+    train_items, val_items = dsb.split_by_series(items, args.val_fraction, args.split_seed)
     if not train_items or not val_items:
         raise SystemExit(f"--dsb {args.dsb}: {len(items)} fluorescence images; too few to split by series")
     jitter = (1 / args.scale_jitter, args.scale_jitter)
@@ -305,7 +312,7 @@ def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.
     )
     val_set = ScaledDataset(
         [(i.image, i.labels, i.diameter) for i in val_items], args.patch, args.diameter,
-        in_channels=args.in_channels, seed=args.seed, samples_per_epoch=len(val_items), augment=False,
+        in_channels=args.in_channels, seed=args.split_seed, samples_per_epoch=len(val_items), augment=False,
     )
     pairs = [val_set[i] for i in range(len(val_items))]
     val_x, val_y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
@@ -318,6 +325,7 @@ def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.
         "val_images": len(val_items),
         "val_series": sorted({i.series for i in val_items}),
         "val_ids": sorted(i.id for i in val_items),
+        "split_seed": args.split_seed,
         "nucleus_diameter_px": args.diameter,
         "scale_jitter": args.scale_jitter,
         "synthetic_share": args.synthetic,
@@ -397,7 +405,7 @@ def main(argv: list[str] | None = None) -> Path:
         full = FolderDataset(
             args.images, args.masks, args.patch, args.in_channels, augment=True, seed=args.seed
         )
-        order = np.random.default_rng(args.seed).permutation(len(full.items))
+        order = np.random.default_rng(args.split_seed).permutation(len(full.items))
         n_val = max(1, round(args.val_fraction * len(order))) if len(order) > 1 else 0
         if n_val == 0:
             raise SystemExit("folder training needs at least 2 image/mask pairs (one for validation)")
@@ -406,7 +414,7 @@ def main(argv: list[str] | None = None) -> Path:
         train_set = Subset(full, [train_idx[i % len(train_idx)] for i in range(full.samples)])
         # Validation: deterministic centre-ish crops of the held-out files, no augmentation.
         val = FolderDataset(
-            args.images, args.masks, args.patch, args.in_channels, augment=False, seed=args.seed
+            args.images, args.masks, args.patch, args.in_channels, augment=False, seed=args.split_seed
         )
         pairs = [val[i] for i in val_idx]
         val_x, val_y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
@@ -416,6 +424,7 @@ def main(argv: list[str] | None = None) -> Path:
             "masks": str(args.masks),
             "train_files": len(train_idx),
             "val_files": len(val_idx),
+            "split_seed": args.split_seed,
         }
         loader = shuffled_loader(train_set, args)
     else:
