@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from model_export import dsb
-from model_export.evaluate import held_out_ids, predict, select_subset
+from model_export.evaluate import model_subset, predict
 from model_export.metrics import dice_iou
 from model_export.object_metrics import score_objects
 from service.engine import Engine
@@ -63,7 +63,7 @@ def main() -> None:
     )
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--dsb", type=Path, required=True, help="DSB stage1_train folder")
-    parser.add_argument("--subset", choices=("train", "val"), default="train")
+    parser.add_argument("--subset", choices=("train", "tune", "val"), default="train")
     parser.add_argument("--cuts", default="0,0.7,0.75,0.8,0.85", help="comma-separated; 0 = no cut")
     parser.add_argument("--every", type=int, default=1, help="every n-th image of the subset")
     parser.add_argument("--json", type=Path, help="also write the per-cut means here")
@@ -71,7 +71,7 @@ def main() -> None:
     cuts = sorted({0.0, *(float(c) for c in args.cuts.split(","))})
 
     engine = Engine.load(args.model, providers=["CPUExecutionProvider"])
-    items = select_subset(dsb.load_set(args.dsb), args.subset, held_out_ids(engine.metadata), args.model)
+    items = model_subset(dsb.load_set(args.dsb), args.subset, engine.metadata, args.model)
     items = items[:: args.every]
     rows = [scores_per_cut(engine, item.image, item.labels, cuts) for item in items]
     table = {c: tuple(float(np.mean([r["cuts"][c][k] for r in rows])) for k in range(3)) for c in cuts}

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from model_export import dsb
-from model_export.evaluate import Segmentation, held_out_ids, score_dsb, select_subset, summarise_dsb
+from model_export.evaluate import Segmentation, model_subset, score_dsb, summarise_dsb
 from service import pipeline
 from service.engine import Engine
 from service.objects import params_for_model
@@ -67,12 +67,11 @@ def main() -> None:
     )
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "nuclei-unet.onnx")
     parser.add_argument("--dsb", type=Path, required=True, help="DSB stage1_train folder")
-    parser.add_argument("--subset", default="train", choices=("train", "val", "all"))
+    parser.add_argument("--subset", default="train", choices=("train", "tune", "val", "all"))
     parser.add_argument("--every", type=int, default=1, help="every n-th image of the subset")
     args = parser.parse_args()
     engine = Engine.load(args.model, providers=["CPUExecutionProvider"], intra_op_threads=2)
-    val_ids = held_out_ids(engine.metadata)
-    chosen = select_subset(dsb.load_set(args.dsb), args.subset, val_ids, args.model)[:: args.every]
+    chosen = model_subset(dsb.load_set(args.dsb), args.subset, engine.metadata, args.model)[:: args.every]
     print(f"{len(chosen)} images of --subset {args.subset}", flush=True)
     print("| prediction | F1@0.5 | precision | recall | Dice | mAP | objects | seconds |")
     print("|---|---|---|---|---|---|---|---|")

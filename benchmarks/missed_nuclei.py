@@ -14,7 +14,7 @@ Merges and unmarked nuclei want different cures (the map where nuclei meet again
 so this is what a training change aimed at either is checked against.
 
     .venv/bin/python benchmarks/missed_nuclei.py --dsb DIR/stage1_train --model M.onnx [--model ...]
-        [--subset train|val] [--every 4]
+        [--subset train|tune|val] [--every 4]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from model_export import dsb
-from model_export.evaluate import predict_labels
+from model_export.evaluate import held_out_ids, model_subset_in_series_order, predict_labels, tuning_ids
 from model_export.object_metrics import match_ious
 from service.engine import Engine
 from service.objects import params_for_model
@@ -72,16 +72,20 @@ def main() -> None:
     )
     parser.add_argument("--dsb", type=Path, required=True)
     parser.add_argument("--model", type=Path, action="append", required=True, help="repeat to compare")
-    parser.add_argument("--subset", choices=["train", "val"], default="train")
+    parser.add_argument("--subset", choices=["train", "tune", "val"], default="train")
     parser.add_argument("--every", type=int, default=4, help="every n-th image of the subset")
     args = parser.parse_args()
-    train, val = dsb.split_by_series(dsb.load_set(args.dsb))
-    chosen = {"train": train, "val": val}[args.subset][:: args.every]
+    engines = [Engine.load(p, providers=["CPUExecutionProvider"], intra_op_threads=2) for p in args.model]
+    held = [(held_out_ids(e.metadata), tuning_ids(e.metadata)) for e in engines]
+    if any(h != held[0] for h in held):
+        parser.error("these models held out different DSB images: compare them one --model at a time")
+    items = dsb.load_set(args.dsb)
+    chosen = model_subset_in_series_order(items, args.subset, engines[0].metadata, args.model[0])
+    chosen = chosen[:: args.every]
     print(f"{len(chosen)} DSB {args.subset} images (every {args.every})")
     print("| model | nuclei | " + " | ".join(KINDS) + " |")
     print("|---|---|" + "---|" * len(KINDS))
-    for path in args.model:
-        engine = Engine.load(path, providers=["CPUExecutionProvider"], intra_op_threads=2)
+    for engine in engines:
         params = params_for_model(engine.metadata)
         totals = dict.fromkeys(KINDS, 0)
         for item in chosen:

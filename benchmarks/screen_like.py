@@ -22,7 +22,9 @@ Which nuclei change is drawn per image from its id: every run and model sees the
 
     .venv/bin/python benchmarks/screen_like.py --dsb DIR/stage1_train [--subset train] [--every 4]
 
-Choose on ``--subset train``, report ``val`` (2.3.1's contrast cut was chosen so: ``--cuts`` below).
+Choose on ``--subset train``, report ``val`` (2.3.1's contrast cut was chosen so: ``--cuts`` below);
+a model trained with ``--tune-fraction`` has ``--subset tune`` to choose on instead. The subsets are
+the model's own (its metadata), in the order ``split_by_series`` lists them.
 
 ``--diagnose`` looks at where the dim images' nuclei go instead (model only): found with the
 object cuts as shipped, without the contrast cut, without both cuts, and at the diameter estimated
@@ -44,7 +46,13 @@ from pathlib import Path
 import numpy as np
 
 from model_export import dsb
-from model_export.evaluate import baseline_segmenter, predict, predict_labels, score_segmentation
+from model_export.evaluate import (
+    baseline_segmenter,
+    model_subset_in_series_order,
+    predict,
+    predict_labels,
+    score_segmentation,
+)
 from model_export.object_metrics import match_ious
 from service.engine import Engine
 from service.objects import ObjectParams, params_for_model
@@ -100,16 +108,16 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--dsb", type=Path, required=True, help="DSB stage1_train folder")
-    parser.add_argument("--subset", choices=["train", "val"], default="train")
+    parser.add_argument("--subset", choices=["train", "tune", "val"], default="train")
     parser.add_argument("--every", type=int, default=4, help="every n-th image of the subset")
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "nuclei-unet.onnx")
     parser.add_argument("--diagnose", action="store_true", help="where the dim nuclei go (see above)")
     parser.add_argument("--cuts", help="comma-separated min_snr values to sweep (see above)")
     args = parser.parse_args()
 
-    train, val = dsb.split_by_series(dsb.load_set(args.dsb))
-    items = (train if args.subset == "train" else val)[:: args.every]
     engine = Engine.load(args.model, providers=["CPUExecutionProvider"], intra_op_threads=2)
+    items = dsb.load_set(args.dsb)
+    items = model_subset_in_series_order(items, args.subset, engine.metadata, args.model)[:: args.every]
     params = params_for_model(engine.metadata)
     if args.diagnose:
         diagnose(engine, params, items, f"{args.subset}, every {args.every}")

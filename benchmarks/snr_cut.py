@@ -28,7 +28,7 @@ import numpy as np
 
 from model_export import dsb
 from model_export.data import SynthConfig, synth_nuclei
-from model_export.evaluate import held_out_ids, select_subset
+from model_export.evaluate import model_subset
 from model_export.object_metrics import match_ious, score_objects
 from service import objects, pipeline, rescale
 from service.engine import Engine
@@ -72,14 +72,14 @@ def main() -> None:
     )
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "nuclei-unet.onnx")
     parser.add_argument("--dsb", type=Path, required=True, help="DSB stage1_train folder")
-    parser.add_argument("--subset", choices=("train", "val"), default="train")
+    parser.add_argument("--subset", choices=("train", "tune", "val"), default="train")
     parser.add_argument("--every", type=int, default=2, help="every n-th image of the subset")
     parser.add_argument("--fields", type=int, default=30, help="near-empty synthetic fields")
     parser.add_argument("--first", type=int, default=6_100_000, help="seed of the first field")
     args = parser.parse_args()
     engine = Engine.load(args.model, providers=["CPUExecutionProvider"], intra_op_threads=2)
     md = engine.metadata
-    items = select_subset(dsb.load_set(args.dsb), args.subset, held_out_ids(md), args.model)[:: args.every]
+    items = model_subset(dsb.load_set(args.dsb), args.subset, md, args.model)[:: args.every]
     rows = run(engine, ((item.image, item.labels) for item in items))
     ring = params_for_model(md).snr_ring
     print(f"DSB {args.subset}, every {args.every}: {len(rows)} images; ring {ring} px")

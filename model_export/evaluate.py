@@ -1,7 +1,7 @@
 """``python -m model_export evaluate``: how well an ONNX model segments, against truth and a baseline.
 
     python -m model_export evaluate --model models/nuclei-unet.onnx --images DIR --masks DIR
-    python -m model_export evaluate --model M.onnx --dsb stage1_train [--subset val|train|all]
+    python -m model_export evaluate --model M.onnx --dsb stage1_train [--subset val|train|tune|all]
         [--baseline otsu] [--json scores.json]
 
 Runs exactly what the service runs — ``service.engine.Engine`` for the ONNX session and
@@ -20,7 +20,9 @@ IoU 0.5, mean F1 and the DSB mean AP over IoU 0.5–0.95, and the count error.
 ``<id>/masks/``; fluorescence images only, see ``model_export.dsb``) and reports per
 acquisition series and per image size besides the overall means. ``--subset val`` scores
 the images the model's training held out (``training.data.val_ids`` in its metadata),
-``train`` the other fluorescence images, ``all`` every one. ``--baseline otsu`` scores a
+``tune`` those it held out for choosing between recipes (``training.data.tune_ids``, from
+``train --tune-fraction``), ``train`` the other fluorescence images (the ones it trained on),
+``all`` every one. ``--baseline otsu`` scores a
 classical Otsu + watershed pipeline (``model_export.baselines``) on the same images with
 the same scoring, side by side.
 
@@ -56,7 +58,7 @@ from service.polarity import DarkToBright, Polarity
 _MAX_PIXELS = 1 << 31
 
 #: ``--subset`` choices for ``--dsb``.
-SUBSETS = ("val", "train", "all")
+SUBSETS = ("val", "train", "tune", "all")
 
 #: The name the model's scores go under, next to the baselines' names.
 MODEL = "model"
@@ -344,7 +346,17 @@ def held_out_ids(metadata: ModelMetadata) -> list[str] | None:
     return [str(i) for i in ids] if ids else None
 
 
-def check_subset(subset: str, val_ids: Sequence[str] | None, model: Path) -> None:
+def tuning_ids(metadata: ModelMetadata) -> list[str] | None:
+    """The DSB ids the model's training held out for choosing between recipes
+    (``training.data.tune_ids``, ``train --tune-fraction``), or None."""
+    data = metadata.training.get("data")
+    ids = data.get("tune_ids") if isinstance(data, dict) else None
+    return [str(i) for i in ids] if ids else None
+
+
+def check_subset(
+    subset: str, val_ids: Sequence[str] | None, model: Path, tune_ids: Sequence[str] | None = None
+) -> None:
     """Raise :class:`DataError` where ``subset`` cannot be chosen for this model (before any reading)."""
     if subset not in SUBSETS:
         raise DataError(f"--subset must be one of {', '.join(SUBSETS)}, got {subset!r}")
@@ -353,27 +365,59 @@ def check_subset(subset: str, val_ids: Sequence[str] | None, model: Path) -> Non
             f"{model}: its metadata records no held-out DSB images (training.data.val_ids), so "
             f"--subset {subset} is undefined: it was not trained with --dsb. Use --subset all."
         )
+    if subset == "tune" and not tune_ids:
+        raise DataError(
+            f"{model}: its metadata records no tuning images (training.data.tune_ids): it was "
+            "trained without --tune-fraction, so --subset tune is undefined"
+        )
 
 
 def select_subset(
-    items: Sequence[dsb.DsbImage], subset: str, val_ids: Sequence[str] | None, model: Path
+    items: Sequence[dsb.DsbImage],
+    subset: str,
+    val_ids: Sequence[str] | None,
+    model: Path,
+    tune_ids: Sequence[str] | None = None,
 ) -> list[dsb.DsbImage]:
-    """The items of ``subset``: ``val`` = ``val_ids``, ``train`` = the others, ``all``.
+    """The items of ``subset``: ``val`` = ``val_ids``, ``tune`` = ``tune_ids``, ``train`` = the
+    others (what the model trained on), ``all``.
 
-    ``val`` and ``train`` need the model's ``val_ids`` (a model not trained on the DSB layout
-    has none); ``val`` with none of them in the folder is an error too (another folder?).
+    ``val``, ``tune`` and ``train`` need the model's ``val_ids`` (a model not trained on the DSB
+    layout has none), ``tune`` its ``tune_ids``; ``val`` or ``tune`` with none of their images in
+    the folder is an error too (another folder?).
     """
-    check_subset(subset, val_ids, model)
+    check_subset(subset, val_ids, model, tune_ids)
     if subset == "all":
         return list(items)
-    held = set(val_ids or ())
-    chosen = [i for i in items if (i.id in held) == (subset == "val")]
-    if subset == "val" and not chosen:
+    held = {"val": set(val_ids or ()), "tune": set(tune_ids or ())}
+    if subset == "train":
+        return [i for i in items if i.id not in held["val"] and i.id not in held["tune"]]
+    chosen = [i for i in items if i.id in held[subset]]
+    if not chosen:
+        purpose = "for validation" if subset == "val" else "for tuning"
         raise DataError(
-            f"none of the {len(held)} images {model} held out for validation are among the "
+            f"none of the {len(held[subset])} images {model} held out {purpose} are among the "
             f"{len(items)} fluorescence images read: is --dsb the folder it was trained on?"
         )
     return chosen
+
+
+def model_subset(
+    items: Sequence[dsb.DsbImage], subset: str, metadata: ModelMetadata, model: Path
+) -> list[dsb.DsbImage]:
+    """:func:`select_subset` with the held-out ids the model's own metadata records."""
+    return select_subset(items, subset, held_out_ids(metadata), model, tuning_ids(metadata))
+
+
+def model_subset_in_series_order(
+    items: Sequence[dsb.DsbImage], subset: str, metadata: ModelMetadata, model: Path
+) -> list[dsb.DsbImage]:
+    """:func:`model_subset` in the order ``dsb.split_by_series`` lists the images (by size, then
+    series hash): the order the benchmarks' ``--every`` has always sampled, so that their
+    published rows stay reproducible."""
+    chosen = {item.id for item in model_subset(items, subset, metadata, model)}
+    train, val = dsb.split_by_series(list(items))
+    return [item for item in train + val if item.id in chosen]
 
 
 def score_dsb(items: Sequence[dsb.DsbImage], segmenter: Segmenter) -> list[DsbScore]:
@@ -460,9 +504,9 @@ def evaluate_dsb(
     engine, object_params = _load_engine(model, threads, split)
     meta = engine.metadata
     val_ids = held_out_ids(meta)
-    check_subset(subset, val_ids, model)  # before a minute of reading
+    check_subset(subset, val_ids, model, tuning_ids(meta))  # before a minute of reading
     items = dsb.load_set(dsb_dir)
-    chosen = select_subset(items, subset, val_ids, model)
+    chosen = model_subset(items, subset, meta, model)
     if not chosen:
         raise DataError(f"{dsb_dir}: no fluorescence images in --subset {subset}")
     print(
@@ -554,7 +598,8 @@ def main(argv: list[str] | None = None) -> int:
         "--subset",
         choices=SUBSETS,
         default=None,
-        help="with --dsb: the model's held-out images (val, default), the others (train), or all",
+        help="with --dsb: the model's held-out images (val, default), its tuning images (tune), "
+        "the ones it trained on (train), or all",
     )
     parser.add_argument(
         "--baseline",

@@ -51,7 +51,7 @@ from onnxruntime.quantization import (
 )
 
 from model_export import dsb
-from model_export.evaluate import held_out_ids, predict_labels, score_segmentation, select_subset
+from model_export.evaluate import held_out_ids, model_subset, predict_labels, score_segmentation, tuning_ids
 from model_export.folders import DataError
 from model_export.seal import seal_proto
 from service import model_checksum, rescale
@@ -124,13 +124,13 @@ def calibration_set(
     """``dsb_images`` fluorescence training images of the DSB set plus ``synthetic_images`` synthetic ones.
 
     DSB images are drawn in a reproducible order (a hash of ``seed`` and the id) from those not
-    in the model's validation ids; bright-field and H&E images are skipped as in training.
+    in the model's validation (or tuning) ids; bright-field and H&E images are skipped as in training.
     A model trained without ``--dsb`` records no validation ids: then any DSB image may be drawn.
     """
     inputs: list[np.ndarray] = []
     ids: list[str] = []
     if dsb_root is not None and dsb_images > 0:
-        held = set(held_out_ids(metadata) or ())
+        held = set(held_out_ids(metadata) or ()) | set(tuning_ids(metadata) or ())
         samples = [s for s in dsb.find_samples(dsb_root) if s.id not in held]
         samples.sort(key=lambda s: hashlib.sha256(f"{seed}:{s.id}".encode()).hexdigest())
         for sample in samples:
@@ -285,7 +285,7 @@ def compare_dsb(
         name: Engine.load(path, providers=["CPUExecutionProvider"], intra_op_threads=threads)
         for name, path in (("fp32", fp32), ("int8", int8))
     }
-    items = select_subset(dsb.load_set(dsb_root), subset, held_out_ids(engines["fp32"].metadata), fp32)
+    items = model_subset(dsb.load_set(dsb_root), subset, engines["fp32"].metadata, fp32)
     rows = []
     for item in items:
         results = {}

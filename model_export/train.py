@@ -99,6 +99,10 @@ DEFAULTS: dict[str, object] = {
     # apart from --seed so runs that differ only in their training seed are scored on the same
     # images (the seed-to-seed spread of a recipe); synthetic validation follows --seed
     "split_seed": 0,
+    # DSB data: share of the training images (whole series, as for validation) also held out, to
+    # choose between recipes on images neither trained on nor kept for the final report
+    # (`evaluate --subset tune`); 0 = none. Scores on the images trained on are in-sample.
+    "tune_fraction": 0.0,
     "init": None,  # a checkpoint or exported fp32 .onnx to start from (same architecture): fine-tuning
     "threads": 2,
     "out": "runs/default",
@@ -179,6 +183,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for key in DSB_MIX_OPTIONS:
             if getattr(args, key) != DEFAULTS[key]:
                 parser.error(f"--{key.replace('_', '-')} shapes the --dsb sample mix: it needs --dsb")
+    if not 0.0 <= args.tune_fraction < 1.0:  # also refuses NaN
+        raise SystemExit(f"--tune-fraction {args.tune_fraction}: expected a share in [0, 1)")
+    if args.dsb is None and args.tune_fraction:
+        parser.error("--tune-fraction holds out DSB series: it needs --dsb")
     if args.dsb is None and args.images is None and args.split_seed != DEFAULTS["split_seed"]:
         # Synthetic validation images are drawn from --seed's stream: this flag would do nothing.
         parser.error("--split-seed chooses the held-out part of --dsb or --images data: it needs one")
@@ -298,6 +306,15 @@ def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.
     train_items, val_items = dsb.split_by_series(items, args.val_fraction, args.split_seed)
     if not train_items or not val_items:
         raise SystemExit(f"--dsb {args.dsb}: {len(items)} fluorescence images; too few to split by series")
+    tune_items: list = []
+    if args.tune_fraction:
+        # A second, disjoint draw of whole series from what is left (its own hash order).
+        train_items, tune_items = dsb.split_by_series(train_items, args.tune_fraction, args.split_seed + 1)
+        if not tune_items or not train_items:
+            raise SystemExit(
+                f"--tune-fraction {args.tune_fraction}: the {len(train_items) + len(tune_items)} "
+                "training images hold no series that can be set aside for tuning"
+            )
     jitter = (1 / args.scale_jitter, args.scale_jitter)
     synthetic_radius = parse_radius_range(args.synthetic_radius)
     as_tuples = [(i.image, i.labels, i.diameter) for i in train_items]
@@ -326,6 +343,11 @@ def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.
         "val_series": sorted({i.series for i in val_items}),
         "val_ids": sorted(i.id for i in val_items),
         "split_seed": args.split_seed,
+        **(
+            {"tune_images": len(tune_items), "tune_ids": sorted(i.id for i in tune_items)}
+            if tune_items
+            else {}
+        ),
         "nucleus_diameter_px": args.diameter,
         "scale_jitter": args.scale_jitter,
         "synthetic_share": args.synthetic,
@@ -338,6 +360,7 @@ def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.
     print(
         f"DSB: {len(items)} fluorescence images, {len(train_items)} train / {len(val_items)} val "
         f"({len(data_desc['val_series'])} held-out series)"
+        + (f", {len(tune_items)} set aside for tuning" if tune_items else "")
     )
     return shuffled_loader(train_set, args), val_x, val_y, data_desc
 

@@ -42,11 +42,14 @@ def write_dsb_folder(root: Path, n: int = 4, size: int = 96, seed: int = 0, colo
     return train
 
 
-def with_val_ids(src: str | Path, dst: Path, val_ids: list[str]) -> Path:
-    """A copy of an exported model whose metadata says its training held out ``val_ids``."""
+def with_val_ids(src: str | Path, dst: Path, val_ids: list[str], tune_ids: list[str] | None = None) -> Path:
+    """A copy of an exported model whose metadata says its training held out ``val_ids`` (and
+    ``tune_ids`` for tuning, as ``train --tune-fraction`` records them)."""
     model = onnx.load(str(src))
     meta = ModelMetadata.from_onnx_props({p.key: p.value for p in model.metadata_props})
     data = {**meta.training.get("data", {}), "kind": "dsb2018", "val_ids": val_ids}
+    if tune_ids is not None:
+        data["tune_ids"] = tune_ids
     meta = meta.model_copy(update={"training": {**meta.training, "data": data}})
     helper.set_model_props(model, meta.to_onnx_props())
     onnx.save(model, str(dst))

@@ -7,8 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.api.test_jobs import BIG, SMALL, finished, job_env, running_with_tiles, submit, wait_until
+from tests.api import _images as im
+from tests.api.test_jobs import SMALL, finished, job_env, running_with_tiles, submit, wait_until
 from tests.server import Server
+
+#: Nine times test_jobs' BIG in tiles. The job this test cancels must outlast a second replica's
+#: start-up and a small job on it; BIG (1024²) once finished first on a fast CPU, so the DELETE
+#: found it succeeded. The job is cancelled or killed part-way, so its size costs no test time.
+LONG = im.png(im.blobs(3072, 3072, seed=5))
 
 
 def _replica(name: str, model: Path, jobs_dir: Path, log: Path) -> Server:
@@ -22,7 +28,7 @@ def test_replicas_sharing_a_jobs_folder_serve_each_others_jobs(slow_model: Path,
     a = _replica("a", slow_model, jobs_dir, tmp_path / "a.log").wait_ready()
     b = None
     try:
-        running = submit(a.client, BIG)
+        running = submit(a.client, LONG)
         wait_until(a.client, running, running_with_tiles)
         # B starts while A runs a job: A is alive, so B's start-up must not fail it.
         b = _replica("b", slow_model, jobs_dir, tmp_path / "b.log").wait_ready()
@@ -46,7 +52,7 @@ def test_replicas_sharing_a_jobs_folder_serve_each_others_jobs(slow_model: Path,
         assert not (jobs_dir / running / "input").exists()
 
         # A dies while running a job: B fails it once A has not beaten for the owner timeout.
-        orphan = submit(a.client, BIG)
+        orphan = submit(a.client, LONG)
         wait_until(a.client, orphan, running_with_tiles)
         a.proc.kill()  # no shutdown code runs
         a.stop()

@@ -175,3 +175,39 @@ def test_a_split_seed_without_data_to_split_is_refused(capsys: pytest.CaptureFix
     with pytest.raises(SystemExit):
         train.parse_args(["--split-seed", "3"])  # synthetic-only: its validation follows --seed
     assert "--split-seed chooses the held-out part of --dsb or --images data" in capsys.readouterr().err
+
+
+def test_tune_fraction_sets_whole_series_aside_apart_from_validation(tmp_path: Path) -> None:
+    from model_export import train
+
+    root = write_dsb_folder(tmp_path / "data", n=8, seed=10, colour=False)
+
+    def data_of(*flags: str) -> dict:
+        args = train.parse_args(["--dsb", str(root), "--val-fraction", "0.3", "--diameter", "12", *flags])
+        return train.dsb_data(args)[3]
+
+    plain, tuned = data_of(), data_of("--tune-fraction", "0.5")
+    assert "tune_ids" not in plain  # without the flag the metadata is as before
+    assert tuned["val_ids"] == plain["val_ids"]  # validation does not move
+    tune, val = set(tuned["tune_ids"]), set(tuned["val_ids"])
+    assert tune and not tune & val
+    assert tuned["train_images"] == plain["train_images"] - len(tune) == 8 - len(val) - len(tune)
+    series = {i.id: i.series for i in dsb.load_set(root)}
+    kept = set(series) - tune - val
+    assert not {series[i] for i in tune} & {series[i] for i in kept}  # whole series, as validation
+
+
+@pytest.mark.parametrize("value, shown", [("1", "1.0"), ("-0.1", "-0.1"), ("nan", "nan")])
+def test_a_tune_fraction_outside_zero_to_one_is_refused(tmp_path: Path, value: str, shown: str) -> None:
+    from model_export import train
+
+    with pytest.raises(SystemExit, match=rf"--tune-fraction {shown}: expected a share in \[0, 1\)"):
+        train.parse_args(["--dsb", str(tmp_path), "--tune-fraction", value])
+
+
+def test_a_tune_fraction_without_dsb_data_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from model_export import train
+
+    with pytest.raises(SystemExit):
+        train.parse_args(["--tune-fraction", "0.2"])
+    assert "--tune-fraction holds out DSB series: it needs --dsb" in capsys.readouterr().err

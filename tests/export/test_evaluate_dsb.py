@@ -133,6 +133,41 @@ def test_subset_val_is_the_models_held_out_ids_and_train_the_rest(
     assert val["missing_val_ids"] == ["not-in-this-folder"]
 
 
+def test_subset_tune_is_the_models_tuning_ids_and_train_leaves_them_out(
+    dsb_folder: Folder, tiny_export: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, counts = dsb_folder
+    model = with_val_ids(tiny_export["out"], tmp_path / "tuned.onnx", ["aaa1"], tune_ids=["bbb0"])
+    code, tune = _evaluate(model, folder, tmp_path, "--subset", "tune")
+    assert code == 0 and tune is not None and tune["subset"] == "tune"
+    assert {r["id"] for r in tune["methods"]["model"]["images"]} == {"bbb0"}
+    code, train = _evaluate(model, folder, tmp_path, "--subset", "train")
+    assert code == 0 and train is not None
+    assert {r["id"] for r in train["methods"]["model"]["images"]} == set(counts) - {"aaa1", "bbb0"}
+    # A model trained without --tune-fraction has no tuning images: said so, nothing scored.
+    plain = with_val_ids(tiny_export["out"], tmp_path / "plain.onnx", ["aaa1"])
+    code, report = _evaluate(plain, folder, tmp_path, "--subset", "tune")
+    assert code == 2 and report is None
+    assert "tune_ids" in capsys.readouterr().err
+
+
+def test_benchmark_subsets_keep_the_series_order_their_every_samples_from(dsb_folder: Folder) -> None:
+    """``model_subset_in_series_order`` picks the model's images in ``split_by_series``'s order, so
+    ``screen_like``/``missed_nuclei --every N`` rows published before it stay reproducible."""
+    from model_export.evaluate import model_subset_in_series_order
+    from service.model_metadata import ModelMetadata
+
+    folder, _ = dsb_folder
+    items = dsb.load_set(folder)
+    train, val = dsb.split_by_series(items)
+    assert [i.id for i in train + val] != [i.id for i in items]  # the two orders differ here
+    meta = ModelMetadata.model_construct(training={"data": {"val_ids": [i.id for i in val]}})
+    picked = model_subset_in_series_order(items, "all", meta, Path("m.onnx"))
+    assert [i.id for i in picked] == [i.id for i in train + val]
+    picked = model_subset_in_series_order(items, "val", meta, Path("m.onnx"))
+    assert [i.id for i in picked] == [i.id for i in val]
+
+
 def test_subset_val_of_a_model_without_held_out_ids_says_what_to_do(
     dsb_folder: Folder, tiny_export: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
