@@ -412,9 +412,9 @@ def model_subset(
 def model_subset_in_series_order(
     items: Sequence[dsb.DsbImage], subset: str, metadata: ModelMetadata, model: Path
 ) -> list[dsb.DsbImage]:
-    """:func:`model_subset` in the order ``dsb.split_by_series`` lists the images (by size, then
-    series hash): the order the benchmarks' ``--every`` has always sampled, so that their
-    published rows stay reproducible."""
+    """:func:`model_subset` in the order ``dsb.split_by_series`` lists the images (its training
+    side, then its validation side, each by image size, then series hash): the order the
+    benchmarks' ``--every`` has always sampled, so that their published rows stay reproducible."""
     chosen = {item.id for item in model_subset(items, subset, metadata, model)}
     train, val = dsb.split_by_series(list(items))
     return [item for item in train + val if item.id in chosen]

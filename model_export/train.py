@@ -306,7 +306,7 @@ def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.
     train_items, val_items = dsb.split_by_series(items, args.val_fraction, args.split_seed)
     if not train_items or not val_items:
         raise SystemExit(f"--dsb {args.dsb}: {len(items)} fluorescence images; too few to split by series")
-    tune_items: list = []
+    tune_items: list[dsb.DsbImage] = []
     if args.tune_fraction:
         # A second, disjoint draw of whole series from what is left (its own hash order).
         train_items, tune_items = dsb.split_by_series(train_items, args.tune_fraction, args.split_seed + 1)
