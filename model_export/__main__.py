@@ -9,6 +9,8 @@ USAGE = """usage: python -m model_export COMMAND [options]
 commands:
   train      train a U-Net on image/mask folders, the DSB 2018 layout, or synthetic nuclei
   export     export a checkpoint to a verified, self-describing ONNX file
+  soup       average the weights of fine-tunes of one file (e.g. two seeds) into one
+             checkpoint, for export
   quantize   an int8 copy of an exported model for CPU serving (calibrated on training
              images; --check compares it with fp32 on the DSB validation split)
   evaluate   Dice and object F1 of an ONNX model (the service's pipeline) on folders or
@@ -38,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         from model_export import export
 
         export.main(rest)
+    elif command == "soup":
+        from model_export import soup
+
+        soup.main(rest)
     elif command == "quantize":
         from model_export import quantize
 
