@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import pickle
 import shlex
 import sys
 from pathlib import Path
@@ -106,9 +107,20 @@ def average_state_dicts(state_dicts: list[dict[str, torch.Tensor]]) -> dict[str,
     return averaged
 
 
+def _load(path: Path) -> dict:
+    """A checkpoint ``train`` wrote, or a :class:`SoupError` saying why the file is not one."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as exc:
+        raise SoupError(f"{path}: cannot read it as a training checkpoint ({exc})") from exc
+    if not isinstance(checkpoint, dict) or not {"config", "state_dict", "data"} <= checkpoint.keys():
+        raise SoupError(f"{path}: not a checkpoint written by `python -m model_export train`")
+    return checkpoint
+
+
 def make_soup(paths: list[Path], command: str = "") -> dict:
     """The checkpoint whose weights are the mean of the checkpoints at ``paths``."""
-    checkpoints = [torch.load(p, map_location="cpu", weights_only=False) for p in paths]
+    checkpoints = [_load(p) for p in paths]
     names = [str(p) for p in paths]
     check_compatible(checkpoints, names)
     first = checkpoints[0]
@@ -159,7 +171,7 @@ def main(argv: list[str] | None = None) -> Path:
     command = "python -m model_export soup " + shlex.join(sys.argv[2:] if argv is None else argv)
     try:
         soup = make_soup(args.checkpoints, command)
-    except (SoupError, OSError) as exc:
+    except SoupError as exc:
         parser.error(str(exc))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(soup, args.out)

@@ -100,7 +100,11 @@ def test_checkpoints_that_do_not_average_are_refused_by_name(
     from model_export.soup import SoupError, make_soup
 
     good = two_seeds[0]
+    garbage = tmp_path / "notes.pt"
+    garbage.write_bytes(b"not a checkpoint")
     cases = [
+        ([good, garbage], "cannot read it as a training checkpoint"),
+        ([good, tmp_path / "missing.pt"], "cannot read it"),
         ([good], "at least two"),
         ([tiny_run / "best.pt", good], "trained from scratch"),
         ([good, _altered(two_seeds[1], tmp_path, lambda c: c.update(frozen_batchnorm=False))], "BatchNorm"),
