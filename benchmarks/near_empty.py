@@ -9,7 +9,8 @@ ten or more extra). Seeds 6100000–6100029 tuned the service's rules (the size 
 growth checks, the confidence cut); 6100030–6100149 (the default) are the held-out report. Totals
 rest on a few fields (2.3.1: its 12 worst of these 120 hold 74 % of its extra objects), so 30
 fields can rank two close models either way, and did (docs/benchmarks.md, "W0 = 3 on what chose
-nothing"): a rule that chooses on these fields should take 120 or more fresh ones (6100150 on).
+nothing"): a rule that chooses on these fields should take 120 or more fresh ones. 6100150–269
+chose between fine-tune recipes on 2026-12-03 ("Two seeds averaged"); the next rule starts at 6100270.
 
     .venv/bin/python benchmarks/near_empty.py [--first 6100030] [--fields 120]
         [--model models/nuclei-unet.onnx --model OTHER.onnx] [--per-field]
