@@ -11,13 +11,14 @@ from pathlib import Path
 import httpx
 
 from tests.api import _images as im
-from tests.api.test_auth_metrics import metric
+from tests.api.test_auth_metrics import metric, metric_or_zero
 from tests.server import Server
 
 RAW = {"Content-Type": "image/png"}
 #: 64 tiles of 64 px: about 0.8 s on the slow model.
 SLOW_IMAGE = im.png(im.blobs(512, 512, seed=11))
-SLOW_TILES = 64
+#: Four times SLOW_IMAGE's tiles: a request left at its first tiles still has most of its work ahead.
+BIG_SLOW_IMAGE = im.png(im.blobs(1024, 1024, seed=11))
 
 
 def test_admitted_requests_are_never_refused_by_the_tile_queue(slow_server: Server) -> None:
@@ -55,19 +56,40 @@ def _raw_request(port: int, body: bytes) -> socket.socket:
     return sock
 
 
+def _wait_until(condition, what: str, timeout_s: float = 60.0) -> None:
+    """Poll ``condition`` until true; the timeout only stops a broken server from hanging the test."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"never saw {what}"
+        time.sleep(0.01)
+
+
 def test_a_disconnected_client_stops_its_remaining_tiles(slow_server: Server) -> None:
-    before = slow_server.client.get("/metrics").text
-    sock = _raw_request(slow_server.port, SLOW_IMAGE)
-    time.sleep(0.4)
+    # Ordered by events, not by the clock: the client leaves once the server has run the request's
+    # first tiles (a fixed 0.4 s let a fast CPU finish 55 of 64 tiles first), and the tiles are
+    # counted once the server has recorded the request as cancelled. What a whole request needs is
+    # measured on the same image (the slow server keeps no prediction cache).
+    whole = httpx.post(f"{slow_server.url}/segment", content=BIG_SLOW_IMAGE, headers=RAW, timeout=120)
+    assert whole.status_code == 200, whole.text[:200]
+    needed = int(whole.headers["X-Tiles"])
+
+    def metrics() -> str:
+        return slow_server.client.get("/metrics").text
+
+    before = metrics()
+    sock = _raw_request(slow_server.port, BIG_SLOW_IMAGE)
+    tiles_before = metric(before, "unet_tiles_total")
+    _wait_until(lambda: metric(metrics(), "unet_tiles_total") > tiles_before, "a tile run")
     sock.close()
-    time.sleep(1.2)  # longer than the whole request would have taken
-    after = slow_server.client.get("/metrics").text
-    tiles = metric(after, "unet_tiles_total") - metric(before, "unet_tiles_total")
-    assert 0 < tiles < SLOW_TILES * 0.8, (
-        f"{tiles} of {SLOW_TILES} tiles computed for a request abandoned early"
+    cancelled = {"name": "unet_images_total", "outcome": "cancelled"}
+    cancelled_before = metric_or_zero(before, **cancelled)
+    _wait_until(lambda: metric_or_zero(metrics(), **cancelled) > cancelled_before, "the request cancelled")
+    after = metrics()
+    tiles = metric(after, "unet_tiles_total") - tiles_before
+    assert 0 < tiles < needed / 2, f"{tiles} of {needed} tiles run for a request abandoned at its first tiles"
+    assert metric_or_zero(after, "unet_http_requests_total", route="/segment", status="499") > metric_or_zero(
+        before, "unet_http_requests_total", route="/segment", status="499"
     )
-    assert metric(after, "unet_images_total", outcome="cancelled") >= 1
-    assert metric(after, "unet_http_requests_total", route="/segment", status="499") >= 1
 
 
 def test_sigterm_drains_in_flight_requests_then_exits(start_server, slow_model: Path) -> None:
