@@ -19,6 +19,15 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 
 
+def wait_until(condition, what: str, timeout_s: float = 60.0) -> None:
+    """Poll ``condition`` until true, for tests ordered by the server's events rather than by the
+    clock; the timeout only stops a broken server from hanging the test."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"never saw {what}"
+        time.sleep(0.01)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

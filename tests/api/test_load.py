@@ -12,7 +12,7 @@ import httpx
 
 from tests.api import _images as im
 from tests.api.test_auth_metrics import metric, metric_or_zero
-from tests.server import Server
+from tests.server import Server, wait_until
 
 RAW = {"Content-Type": "image/png"}
 #: 64 tiles of 64 px: about 0.8 s on the slow model.
@@ -56,14 +56,6 @@ def _raw_request(port: int, body: bytes) -> socket.socket:
     return sock
 
 
-def _wait_until(condition, what: str, timeout_s: float = 60.0) -> None:
-    """Poll ``condition`` until true; the timeout only stops a broken server from hanging the test."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"never saw {what}"
-        time.sleep(0.01)
-
-
 def test_a_disconnected_client_stops_its_remaining_tiles(slow_server: Server) -> None:
     # Ordered by events, not by the clock: the client leaves once the server has run the request's
     # first tiles (a fixed 0.4 s let a fast CPU finish 55 of 64 tiles first), and the tiles are
@@ -79,11 +71,11 @@ def test_a_disconnected_client_stops_its_remaining_tiles(slow_server: Server) ->
     before = metrics()
     sock = _raw_request(slow_server.port, BIG_SLOW_IMAGE)
     tiles_before = metric(before, "unet_tiles_total")
-    _wait_until(lambda: metric(metrics(), "unet_tiles_total") > tiles_before, "a tile run")
+    wait_until(lambda: metric(metrics(), "unet_tiles_total") > tiles_before, "a tile run")
     sock.close()
     cancelled = {"name": "unet_images_total", "outcome": "cancelled"}
     cancelled_before = metric_or_zero(before, **cancelled)
-    _wait_until(lambda: metric_or_zero(metrics(), **cancelled) > cancelled_before, "the request cancelled")
+    wait_until(lambda: metric_or_zero(metrics(), **cancelled) > cancelled_before, "the request cancelled")
     after = metrics()
     tiles = metric(after, "unet_tiles_total") - tiles_before
     assert 0 < tiles < needed / 2, f"{tiles} of {needed} tiles run for a request abandoned at its first tiles"

@@ -22,7 +22,7 @@ import pytest
 from service.log import PlainFormatter, escape
 from tests.api import _images as im
 from tests.api.test_auth_metrics import metric_or_zero as _count
-from tests.server import Server
+from tests.server import Server, wait_until
 
 #: What an attacker wants to see as its own line in the log.
 FORGED = "2026-11-30 12:00:00,000 INFO service.access [-] GET /admin 200 1.0ms"
@@ -172,11 +172,10 @@ def test_a_client_gone_while_segmenting_is_a_499_at_info_without_traceback(slow_
     ).encode()
     sock = socket.create_connection(("127.0.0.1", slow_server.port), timeout=60)
     sock.sendall(head + body)
-    deadline = time.monotonic() + 60  # wait until its tiles are being computed, then hang up
-    while _count(slow_server.client.get("/metrics").text, "unet_tiles_total") == _count(
-        before, "unet_tiles_total"
-    ) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    # Wait until its tiles are being computed, then hang up.
+    tiles_before = _count(before, "unet_tiles_total")
+    get = slow_server.client.get
+    wait_until(lambda: _count(get("/metrics").text, "unet_tiles_total") > tiles_before, "a tile run")
     sock.close()
     text = _wait_for(slow_server, request_id)
     lines = [line for line in text.split("\n") if request_id in line]
