@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import pickle
 import shlex
@@ -43,10 +44,6 @@ HELD_OUT_KEYS = ("nucleus_diameter_px", "val_ids", "tune_ids", "split_seed")
 
 class SoupError(ValueError):
     """The checkpoints cannot be averaged into one network (the reason says which differ and how)."""
-
-
-def _sha256(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _start(checkpoint: dict) -> str | None:
@@ -107,20 +104,23 @@ def average_state_dicts(state_dicts: list[dict[str, torch.Tensor]]) -> dict[str,
     return averaged
 
 
-def _load(path: Path) -> dict:
-    """A checkpoint ``train`` wrote, or a :class:`SoupError` saying why the file is not one."""
+def _load(path: Path) -> tuple[dict, str]:
+    """A checkpoint ``train`` wrote and the SHA-256 of its file (read once), or a
+    :class:`SoupError` saying why the file is not one."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        data = path.read_bytes()
+        checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as exc:
         raise SoupError(f"{path}: cannot read it as a training checkpoint ({exc})") from exc
     if not isinstance(checkpoint, dict) or not {"config", "state_dict", "data"} <= checkpoint.keys():
         raise SoupError(f"{path}: not a checkpoint written by `python -m model_export train`")
-    return checkpoint
+    return checkpoint, "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def make_soup(paths: list[Path], command: str = "") -> dict:
     """The checkpoint whose weights are the mean of the checkpoints at ``paths``."""
-    checkpoints = [_load(p) for p in paths]
+    loaded = [_load(p) for p in paths]
+    checkpoints = [checkpoint for checkpoint, _ in loaded]
     names = [str(p) for p in paths]
     check_compatible(checkpoints, names)
     first = checkpoints[0]
@@ -135,13 +135,13 @@ def make_soup(paths: list[Path], command: str = "") -> dict:
     ingredients = [
         {
             "checkpoint": str(path),
-            "sha256": _sha256(path),
+            "sha256": checksum,
             "command": checkpoint.get("command", ""),
             "step": checkpoint.get("step"),
             "val_dice": checkpoint.get("val_dice"),
             "seconds": checkpoint["history"][-1]["seconds"] if checkpoint.get("history") else None,
         }
-        for path, checkpoint in zip(paths, checkpoints, strict=True)
+        for path, (checkpoint, checksum) in zip(paths, loaded, strict=True)
     ]
     return {
         "config": first["config"],

@@ -3,6 +3,7 @@ ONNX file, and refuses checkpoints whose average would not be a network of their
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,9 @@ def test_the_soup_is_the_mean_of_its_ingredients_and_exports_verified(
     recipe = metadata.training["data"]["soup"]
     assert [i["checkpoint"] for i in recipe["ingredients"]] == [str(p) for p in two_seeds]
     assert all(i["sha256"].startswith("sha256:") and "--seed" in i["command"] for i in recipe["ingredients"])
+    assert [i["sha256"] for i in recipe["ingredients"]] == [
+        "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest() for p in two_seeds
+    ]
     assert metadata.training["data"]["init"] == a["data"]["init"]
     assert metadata.training["command"].startswith("python -m model_export soup --checkpoints")
 
