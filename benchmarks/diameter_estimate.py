@@ -37,8 +37,8 @@ from service.objects import params_for_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: (group, name, image, true diameter px)
-Case = tuple[str, str, np.ndarray, float]
+#: (group, name, image, its instance labels, true diameter px)
+Case = tuple[str, str, np.ndarray, np.ndarray, float]
 
 
 def dsb_cases(root: Path, subset: str, every: int, upscale: float) -> Iterator[Case]:
@@ -46,10 +46,11 @@ def dsb_cases(root: Path, subset: str, every: int, upscale: float) -> Iterator[C
     for index, item in enumerate(train if subset == "train" else val):
         if index % every:
             continue
-        image = item.image
+        image, labels = item.image, item.labels
         if upscale != 1:
             image = cv2.resize(image, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_LINEAR)
-        yield item.series, item.id[:8], image, item.diameter * upscale
+            labels = cv2.resize(labels, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_NEAREST)
+        yield item.series, item.id[:8], image, labels, item.diameter * upscale
 
 
 def synthetic_cases(seed: int, radii: list[int], images: int) -> Iterator[Case]:
@@ -62,6 +63,7 @@ def synthetic_cases(seed: int, radii: list[int], images: int) -> Iterator[Case]:
                 f"radius {radius}",
                 str(seed + 100 * radius + k),
                 image,
+                truth,
                 median_diameter(truth, whole_only=True),
             )
 
@@ -113,7 +115,7 @@ def main() -> None:
     )
     rows = []
     groups: dict[str, list[float | None]] = defaultdict(list)
-    for group, name, image, truth in cases:
+    for group, name, image, _, truth in cases:
         estimate = estimate_diameter(
             image, engine.run, engine.metadata, params, probe_size=args.probe_size
         ).diameter
