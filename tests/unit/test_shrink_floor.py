@@ -1,0 +1,34 @@
+"""benchmarks/shrink_floor.py asks the service to shrink large nuclei only down to a floor × the
+model's diameter, by the ``diameter=`` it sends; enlargement and floor 1 stay the service's own."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.rescale import factor_for
+from tests.benchmark_scripts import load_benchmark
+
+MODEL_DIAMETER = 20.0
+
+
+@pytest.mark.parametrize("estimate", [30.0, 60.0, 140.0])
+@pytest.mark.parametrize("floor", [1.25, 1.5])
+def test_large_nuclei_come_out_at_the_floor(estimate: float, floor: float) -> None:
+    floor_diameter = load_benchmark("shrink_floor").floor_diameter
+    diameter = floor_diameter(estimate, MODEL_DIAMETER, floor)
+    assert diameter is not None
+    model_px = estimate * factor_for(diameter, MODEL_DIAMETER)
+    if estimate > floor * MODEL_DIAMETER:
+        assert model_px == pytest.approx(floor * MODEL_DIAMETER)
+    else:  # between the model's diameter and the floor: not resized at all
+        assert factor_for(diameter, MODEL_DIAMETER) == 1.0
+
+
+def test_floor_one_small_nuclei_and_no_estimate_are_left_to_the_service() -> None:
+    floor_diameter = load_benchmark("shrink_floor").floor_diameter
+    assert floor_diameter(60.0, MODEL_DIAMETER, 1.0) is None  # floor 1 is the service
+    assert floor_diameter(10.0, MODEL_DIAMETER, 1.25) is None  # enlarged as the service does
+    assert floor_diameter(21.0, MODEL_DIAMETER, 1.25) is None  # within the skip ratio: not resized
+    assert floor_diameter(None, MODEL_DIAMETER, 1.25) is None
+    # Just past the skip ratio but under the floor: sent as the model's own diameter (factor 1).
+    assert floor_diameter(23.0, MODEL_DIAMETER, 1.25) == MODEL_DIAMETER
