@@ -30,6 +30,11 @@ the model's own (its metadata), in the order ``split_by_series`` lists them.
 object cuts as shipped, without the contrast cut, without both cuts, and at the diameter estimated
 on the same image before dimming; the best IoU of each missed dim nucleus; the estimate's change.
 
+``--upscale 3`` enlarges each image once its brightness has changed (linearly; the labels by
+nearest neighbour): nuclei of 30–80 px, as time-lapse movies at high magnification record them;
+the service then estimates the scale and shrinks them back. Enlarging first and changing after
+would dim only the inner third of each rim (see :func:`cases`).
+
 ``--cuts 0,1,1.5,2,2.5`` sweeps the contrast cut (``min_snr``) instead, on the 16-bit and dim images:
 one prediction per image, its objects at each cut; F1, objects, dim and other nuclei found (how
 2.3.1's cut was chosen, models/README.md).
@@ -43,6 +48,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from model_export import dsb
@@ -94,6 +100,31 @@ def variants(item: dsb.DsbImage) -> Iterator[tuple[str, np.ndarray, np.ndarray]]
     yield "dim", recorded(dim), ids[dim != 1]
 
 
+def enlarged(image: np.ndarray, factor: float, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    return cv2.resize(image, None, fx=factor, fy=factor, interpolation=interpolation)
+
+
+def cases(
+    items: list[dsb.DsbImage], upscale: float = 1.0
+) -> Iterator[tuple[dsb.DsbImage, list[tuple[str, np.ndarray, np.ndarray]]]]:
+    """Per DSB image: the image with its labels enlarged ``upscale`` × (labels by nearest neighbour)
+    and its :func:`variants`, enlarged linearly. The variants are made at the recorded scale and
+    then enlarged, so that a nucleus's rim changes as far out as its light is blurred: changed
+    after enlarging, :data:`RIM_REACH` would reach only a third as far at ×3 and leave each dim
+    nucleus inside a ring of its former brightness (the flaw "A correction" in docs/benchmarks.md
+    describes)."""
+    for item in items:
+        made = list(variants(item))
+        if upscale == 1:
+            yield item, made
+            continue
+        labels = enlarged(item.labels.astype(np.int32), upscale, cv2.INTER_NEAREST)
+        big = dataclasses.replace(
+            item, image=enlarged(item.image, upscale), labels=labels, diameter=item.diameter * upscale
+        )
+        yield big, [(name, enlarged(image, upscale), changed) for name, image, changed in made]
+
+
 def found(truth: np.ndarray, labels: np.ndarray) -> dict[int, bool]:
     """Per true nucleus id: matched by a predicted object at IoU ≥ 0.5."""
     ids = np.unique(truth[truth > 0])
@@ -113,6 +144,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "nuclei-unet.onnx")
     parser.add_argument("--diagnose", action="store_true", help="where the dim nuclei go (see above)")
     parser.add_argument("--cuts", help="comma-separated min_snr values to sweep (see above)")
+    parser.add_argument("--upscale", type=float, default=1.0, help="enlarge each DSB image first (see above)")
     args = parser.parse_args()
 
     engine = Engine.load(args.model, providers=["CPUExecutionProvider"], intra_op_threads=2)
@@ -120,16 +152,16 @@ def main() -> None:
     items = model_subset_in_series_order(items, args.subset, engine.metadata, args.model)[:: args.every]
     params = params_for_model(engine.metadata)
     if args.diagnose:
-        diagnose(engine, params, items, f"{args.subset}, every {args.every}")
+        diagnose(engine, params, items, args.upscale, f"{args.subset}, every {args.every}")
         return
     if args.cuts:
-        sweep_contrast_cut(engine, params, items, [float(c) for c in args.cuts.split(",")])
+        sweep_contrast_cut(engine, params, items, args.upscale, [float(c) for c in args.cuts.split(",")])
         return
     segmenters = {"model": lambda x: predict_labels(engine, x, params), "otsu": baseline_segmenter("otsu")}
     scores: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     recall: dict[tuple[str, bool], list[bool]] = defaultdict(list)
-    for item in items:
-        for variant, image, changed in variants(item):
+    for item, made in cases(items, args.upscale):
+        for variant, image, changed in made:
             changed_ids = set(changed.tolist())
             for who, segment in segmenters.items():
                 answer = segment(image)
@@ -140,7 +172,8 @@ def main() -> None:
                     for nucleus, hit in found(item.labels, answer.labels).items():
                         recall[(variant, nucleus in changed_ids)].append(hit)
     name = f"{args.model.name} {engine.metadata.version}"
-    print(f"{name}, {len(items)} DSB {args.subset} images (every {args.every})")
+    scale = f", enlarged ×{args.upscale:g}" if args.upscale != 1 else ""
+    print(f"{name}, {len(items)} DSB {args.subset} images (every {args.every}){scale}")
     print("| image | model F1 | model Dice | Otsu F1 | Otsu Dice | recall (pooled): changed / other nuclei |")
     print("|---|---|---|---|---|---|")
     for variant in ("16-bit", "bright", "dim"):
@@ -154,15 +187,15 @@ def main() -> None:
 
 
 def sweep_contrast_cut(
-    engine: Engine, params: ObjectParams, items: list[dsb.DsbImage], cuts: list[float]
+    engine: Engine, params: ObjectParams, items: list[dsb.DsbImage], upscale: float, cuts: list[float]
 ) -> None:
     """The 16-bit and dim images' objects at each ``min_snr`` in ``cuts``, from one prediction each."""
     md = engine.metadata
     f1: dict[tuple[str, float], list[float]] = defaultdict(list)
     objects: dict[tuple[str, float], int] = defaultdict(int)
     recall: dict[tuple[str, float, bool], list[bool]] = defaultdict(list)
-    for item in items:
-        for variant, image, changed in variants(item):
+    for item, made in cases(items, upscale):
+        for variant, image, changed in made:
             if variant == "bright":
                 continue
             prediction = predict(engine, image, keep_input=True)  # once; the objects at every cut
@@ -186,7 +219,9 @@ def sweep_contrast_cut(
             )
 
 
-def diagnose(engine: Engine, params: ObjectParams, items: list[dsb.DsbImage], which: str) -> None:
+def diagnose(
+    engine: Engine, params: ObjectParams, items: list[dsb.DsbImage], upscale: float, which: str
+) -> None:
     """Dim images only: recall of dim / other nuclei under four settings, what the missed dim
     nuclei overlap, and how much the scale estimate moved when half the nuclei dimmed."""
     settings = {
@@ -199,8 +234,8 @@ def diagnose(engine: Engine, params: ObjectParams, items: list[dsb.DsbImage], wh
     f1: dict[str, list[float]] = defaultdict(list)
     missed_iou: list[float] = []
     ratios: list[float] = []
-    for item in items:
-        (_, plain, _), _, (_, image, changed) = variants(item)
+    for item, made in cases(items, upscale):
+        (_, plain, _), _, (_, image, changed) = made
         undimmed = predict_labels(engine, plain, None).diameter
         dimmed = set(changed.tolist())
         for name, (p, pinned) in settings.items():

@@ -62,3 +62,32 @@ def test_a_dimmed_nucleus_keeps_no_ring_of_its_former_brightness() -> None:
     before = (plain[rim].mean() - background) / (plain[inside].mean() - background)
     after = (dim[rim].mean() - background) / interior
     assert abs(after - before) < 0.05
+
+
+def test_enlarged_cases_keep_the_labels_and_dim_each_rim_as_far_as_it_is_blurred() -> None:
+    """``--upscale 3`` stands for high-magnification movies: the labels keep their ids at 3× the
+    size, and a dimmed nucleus's rim dims out to 3 × RIM_REACH (the variants are made before
+    enlarging; dimming after would leave each dim nucleus in a ring of its former brightness)."""
+    screen_like = load_benchmark("screen_like")
+    item = _grid_of_nuclei(blur=1.5)
+    ((native, made_native),) = screen_like.cases([item])
+    ((big, made_big),) = screen_like.cases([item], upscale=3)
+    assert native is item
+    assert big.labels.shape == (360, 360) and big.diameter == 3 * item.diameter
+    assert set(np.unique(big.labels)) == set(np.unique(item.labels))
+    assert [name for name, _, _ in made_big] == [name for name, _, _ in made_native]
+    (_, plain, _), _, (_, dim, changed) = made_big
+    np.testing.assert_array_equal(changed, made_native[2][2])
+    assert plain.shape == dim.shape == (360, 360) and dim.dtype == np.uint16
+    # The outer part of the rim, beyond the reach the variants would have had if made at ×3:
+    inside = np.isin(big.labels, changed)
+    reach = round(screen_like.RIM_REACH)
+    near = cv2.dilate(inside.astype(np.uint8), np.ones((2 * reach + 1,) * 2, np.uint8)).astype(bool)
+    far = cv2.dilate(inside.astype(np.uint8), np.ones((6 * reach + 1,) * 2, np.uint8)).astype(bool)
+    outer_rim = far & ~near & (big.labels == 0)
+    assert outer_rim.any()
+    background = float(np.median(plain[big.labels == 0]))
+    lit = plain[outer_rim] > background + 24  # the blurred light that reaches this far out
+    assert lit.sum() > 50
+    ratio = (dim[outer_rim][lit] - background) / (plain[outer_rim][lit] - background)
+    assert np.median(ratio) < 0.45  # dimmed with its nucleus (×0.3), not left at its former level
