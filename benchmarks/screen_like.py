@@ -16,7 +16,8 @@ brightness: the model outlined the ring (dim nuclei too large or found as partia
 size estimate read the dim images ×1.07 larger. Numbers measured before then are not comparable.
 
 The model goes through the service's pipeline (estimated scale, its own object settings), Otsu +
-watershed as ``evaluate --baseline otsu``; both are scored as ``evaluate`` scores (object F1 at IoU
+watershed as ``evaluate --baseline otsu`` and ``otsu-sized`` (told each image's labelled nucleus
+size: the classical method at its best scale); all are scored as ``evaluate`` scores (object F1 at IoU
 0.5, foreground Dice), and the model's recall is split between the changed nuclei and the others.
 Which nuclei change is drawn per image from its id: every run and model sees the same images.
 
@@ -45,7 +46,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -53,6 +54,7 @@ import numpy as np
 
 from model_export import dsb
 from model_export.evaluate import (
+    Segmentation,
     baseline_segmenter,
     model_subset_in_series_order,
     predict,
@@ -157,14 +159,20 @@ def main() -> None:
     if args.cuts:
         sweep_contrast_cut(engine, params, items, args.upscale, [float(c) for c in args.cuts.split(",")])
         return
-    segmenters = {"model": lambda x: predict_labels(engine, x, params), "otsu": baseline_segmenter("otsu")}
+    otsu = baseline_segmenter("otsu")
+    segmenters: dict[str, Callable[[np.ndarray, dsb.DsbImage], Segmentation]] = {
+        "model": lambda image, _: predict_labels(engine, image, params),
+        "otsu": lambda image, _: otsu(image),
+        # Told the labels' diameter: the classical method at the nuclei's own scale.
+        "otsu-sized": lambda image, item: baseline_segmenter("otsu-sized", item.diameter)(image),
+    }
     scores: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     recall: dict[tuple[str, bool], list[bool]] = defaultdict(list)
     for item, made in cases(items, args.upscale):
         for variant, image, changed in made:
             changed_ids = set(changed.tolist())
             for who, segment in segmenters.items():
-                answer = segment(image)
+                answer = segment(image, item)
                 dice, _, objects = score_segmentation(item.labels, answer)
                 assert objects is not None and answer.labels is not None
                 scores[(variant, who)].append((objects.f1, dice))
@@ -174,15 +182,20 @@ def main() -> None:
     name = f"{args.model.name} {engine.metadata.version}"
     scale = f", enlarged ×{args.upscale:g}" if args.upscale != 1 else ""
     print(f"{name}, {len(items)} DSB {args.subset} images (every {args.every}){scale}")
-    print("| image | model F1 | model Dice | Otsu F1 | Otsu Dice | recall (pooled): changed / other nuclei |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| image | model F1 | model Dice | Otsu F1 | Otsu Dice | Otsu sized F1 | Otsu sized Dice "
+        "| recall (pooled): changed / other nuclei |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for variant in ("16-bit", "bright", "dim"):
         m, o = np.array(scores[(variant, "model")]), np.array(scores[(variant, "otsu")])
+        sized = np.array(scores[(variant, "otsu-sized")])
         changed, others = recall[(variant, True)], recall[(variant, False)]
         split = f"{np.mean(changed):.3f} ({len(changed)}) / " if changed else "– / "
         print(
             f"| {variant} | {m[:, 0].mean():.4f} | {m[:, 1].mean():.4f} | {o[:, 0].mean():.4f} | "
-            f"{o[:, 1].mean():.4f} | {split}{np.mean(others):.3f} ({len(others)}) |"
+            f"{o[:, 1].mean():.4f} | {sized[:, 0].mean():.4f} | {sized[:, 1].mean():.4f} | "
+            f"{split}{np.mean(others):.3f} ({len(others)}) |"
         )
 
 

@@ -24,7 +24,9 @@ the images the model's training held out (``training.data.val_ids`` in its metad
 ``train --tune-fraction``), ``train`` the other fluorescence images (the ones it trained on),
 ``all`` every one. ``--baseline otsu`` scores a
 classical Otsu + watershed pipeline (``model_export.baselines``) on the same images with
-the same scoring, side by side.
+the same scoring, side by side; ``--baseline otsu-sized`` the same pipeline with its seed
+spacing and smallest object set for each image's nuclei (the labels' median diameter): the
+classical method at its best scale, where a fixed 5 px suits only DSB's own sizes.
 
 One function turns an image into the model's answer (:func:`predict_labels`); scoring
 (:func:`score_segmentation`) only ever sees that answer, whoever produced it.
@@ -43,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from model_export import dsb
-from model_export.baselines import BASELINES
+from model_export.baselines import BASELINES, SIZED_BASELINES
 from model_export.folders import DataError, pair_folders, read_mask
 from model_export.metrics import dice_iou
 from model_export.object_metrics import ObjectScores, score_objects
@@ -62,6 +64,8 @@ SUBSETS = ("val", "train", "tune", "all")
 
 #: The name the model's scores go under, next to the baselines' names.
 MODEL = "model"
+#: ``--baseline`` choices: the classical pipelines, plain and told the nuclei's size.
+KNOWN_BASELINES = (*BASELINES, *SIZED_BASELINES)
 
 
 # --- predicting -----------------------------------------------------------------------
@@ -161,9 +165,18 @@ def predict_labels(
     return prediction.segmentation(object_params)
 
 
-def baseline_segmenter(name: str) -> Segmenter:
-    """A :data:`Segmenter` running the baseline ``name`` of :data:`BASELINES`; foreground = its objects."""
-    function = BASELINES[name]
+def baseline_segmenter(name: str, diameter: float | None = None) -> Segmenter:
+    """A :data:`Segmenter` running the baseline ``name`` of :data:`BASELINES` (or of
+    :data:`SIZED_BASELINES`, told the nuclei's ``diameter`` in px); foreground = its objects."""
+    if name in SIZED_BASELINES:
+        if diameter is None:
+            raise ValueError(f"the baseline {name!r} needs the nuclei's diameter")
+        sized, told = SIZED_BASELINES[name], diameter
+
+        def function(image: np.ndarray) -> np.ndarray:
+            return sized(image, told)
+    else:
+        function = BASELINES[name]
 
     def segment(image: np.ndarray) -> Segmentation:
         labels = function(image)
@@ -422,10 +435,17 @@ def model_subset_in_series_order(
 
 def score_dsb(items: Sequence[dsb.DsbImage], segmenter: Segmenter) -> list[DsbScore]:
     """Run ``segmenter`` on every item and score it against the item's labels."""
+    return score_dsb_each(items, lambda _: segmenter)
+
+
+def score_dsb_each(
+    items: Sequence[dsb.DsbImage], segmenter_for: Callable[[dsb.DsbImage], Segmenter]
+) -> list[DsbScore]:
+    """:func:`score_dsb` with a segmenter per item: a sized baseline is told each image's diameter."""
     rows = []
     for item in items:
         started = time.perf_counter()
-        answer = segmenter(item.image)
+        answer = segmenter_for(item)(item.image)
         seconds = time.perf_counter() - started
         dice, iou, objects = score_segmentation(item.labels, answer)  # DSB truth: always instances
         if objects is None:
@@ -498,9 +518,9 @@ def evaluate_dsb(
     method (``"model"`` and each baseline), ``overall`` / ``by_size`` / ``by_series``
     summaries and the per-image ``images`` rows (:class:`DsbScore` as dicts).
     """
-    unknown = [b for b in baselines if b not in BASELINES]
+    unknown = [b for b in baselines if b not in KNOWN_BASELINES]
     if unknown:
-        raise DataError(f"unknown baseline {unknown[0]!r}; known: {', '.join(BASELINES)}")
+        raise DataError(f"unknown baseline {unknown[0]!r}; known: {', '.join(KNOWN_BASELINES)}")
     engine, object_params = _load_engine(model, threads, split)
     meta = engine.metadata
     val_ids = held_out_ids(meta)
@@ -514,15 +534,17 @@ def evaluate_dsb(
         f"scoring --subset {subset}: {len(chosen)} images",
         file=sys.stderr,
     )
-    segmenters: dict[str, Segmenter] = {
-        MODEL: lambda image: predict_labels(
-            engine, image, object_params, tile_size, overlap, batch_size, diameter
-        )
-    }
-    segmenters.update({name: baseline_segmenter(name) for name in baselines})
+
+    def model_segmenter(image: np.ndarray) -> Segmentation:
+        return predict_labels(engine, image, object_params, tile_size, overlap, batch_size, diameter)
+
+    # Per image: a sized baseline is told the labels' median diameter (the model never is).
+    segmenters: dict[str, Callable[[dsb.DsbImage], Segmenter]] = {MODEL: lambda _: model_segmenter}
+    for name in baselines:
+        segmenters[name] = lambda item, name=name: baseline_segmenter(name, item.diameter)
     methods = {}
-    for name, segmenter in segmenters.items():
-        rows = score_dsb(chosen, segmenter)
+    for name, segmenter_for in segmenters.items():
+        rows = score_dsb_each(chosen, segmenter_for)
         methods[name] = {**summarise_dsb(rows), "images": [asdict(r) for r in rows]}
     present = {i.id for i in items}
     return {
@@ -604,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--baseline",
         action="append",
-        choices=list(BASELINES),
+        choices=list(KNOWN_BASELINES),
         default=[],
         help="with --dsb: also score this classical pipeline on the same images (repeatable)",
     )

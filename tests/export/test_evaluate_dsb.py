@@ -11,6 +11,7 @@ import pytest
 
 from model_export import dsb
 from model_export.__main__ import main
+from model_export.baselines import otsu_watershed_sized
 from model_export.data import SynthConfig, synth_nuclei
 from model_export.evaluate import Segmentation, score_dsb, summarise_dsb
 from tests.dsb_layout import with_val_ids
@@ -114,6 +115,22 @@ def test_model_and_otsu_are_scored_per_image_series_and_size(
     series = list(report["methods"]["otsu"]["by_series"])
     for text in ("model F1", "otsu F1", "otsu Dice", "64x64", "80x96", *series):
         assert text in out
+
+
+def test_the_sized_baseline_is_told_each_images_own_nucleus_diameter(
+    dsb_folder: Folder, tiny_export: dict, tmp_path: Path
+) -> None:
+    folder, _ = dsb_folder
+    code, report = _evaluate(tiny_export["out"], folder, tmp_path, "--subset", "all", "--baseline", "otsu-sized")
+    assert code == 0 and report is not None
+    assert set(report["methods"]) == {"model", "otsu-sized"}
+    rows = {r["id"]: r for r in report["methods"]["otsu-sized"]["images"]}
+    items = dsb.load_set(folder)
+    assert sorted(rows) == sorted(i.id for i in items)
+    for item in items:  # the same objects as the baseline told this image's labels' diameter
+        labels = otsu_watershed_sized(item.image, item.diameter)
+        assert rows[item.id]["predicted_objects"] == int(labels.max())
+        assert rows[item.id]["true_diameter"] == round(item.diameter, 2)
 
 
 def test_subset_val_is_the_models_held_out_ids_and_train_the_rest(

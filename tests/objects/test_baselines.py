@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
-from model_export.baselines import BASELINES, otsu_watershed
+from model_export.baselines import BASELINES, REFERENCE_DIAMETER, otsu_watershed, otsu_watershed_sized
+from model_export.evaluate import baseline_segmenter
 
 
 def _image(shape: tuple[int, int], discs: list[tuple[int, int, int]], speck: tuple[int, int] | None = None):
@@ -55,3 +57,28 @@ def test_flat_image_has_no_objects() -> None:
 
 def test_evaluate_finds_the_baseline_by_name() -> None:
     assert BASELINES["otsu"] is otsu_watershed
+
+
+def test_the_sized_baseline_is_the_plain_one_at_dsbs_median_nucleus_size() -> None:
+    image = _image((80, 100), [(35, 40, 12), (57, 40, 12)], speck=(80, 10))
+    assert np.array_equal(otsu_watershed_sized(image, REFERENCE_DIAMETER), otsu_watershed(image))
+
+
+def test_the_sized_baseline_spaces_seeds_and_drops_specks_by_the_nuclei_told() -> None:
+    """Told nuclei 3× DSB's median, it keeps seeds 15 px apart (two small touching discs are one
+    object, as pieces of one large nucleus would be) and drops objects under 9 × 15 px."""
+    discs = _image((64, 96), [(20, 30, 5), (30, 30, 5)])  # centres 10 px apart, radius 5: touching
+    assert otsu_watershed(discs).max() == 2
+    assert otsu_watershed_sized(discs, 3 * REFERENCE_DIAMETER).max() == 1
+    speck = _image((64, 64), [(20, 20, 12)], speck=(50, 8))
+    speck[8:15, 50:57] = 200  # 7×7 = 49 px: kept at the plain minimum (15), dropped at 135
+    assert otsu_watershed(speck).max() == 2
+    assert otsu_watershed_sized(speck, 3 * REFERENCE_DIAMETER).max() == 1
+
+
+def test_evaluate_tells_the_sized_baseline_the_diameter_and_nobody_else() -> None:
+    image = _image((64, 96), [(20, 30, 5), (30, 30, 5)])
+    assert baseline_segmenter("otsu-sized", 3 * REFERENCE_DIAMETER)(image).labels.max() == 1
+    assert baseline_segmenter("otsu", 3 * REFERENCE_DIAMETER)(image).labels.max() == 2
+    with pytest.raises(ValueError, match="diameter"):
+        baseline_segmenter("otsu-sized")
