@@ -23,8 +23,9 @@ from service.preprocess import to_channels
 MIN_DISTANCE = 5
 #: Objects smaller than this many pixels are dropped (as the model's default ``min_area``).
 MIN_AREA = 15
-#: The nucleus diameter (px) the two settings above suit: DSB 2018's median (radius 8.3 px), the
-#: images this baseline was first scored on (issue #13).
+#: The nucleus diameter (px) the two settings above suit: the median over DSB 2018's 541
+#: fluorescence images of each image's median equivalent diameter (16.56; p10 10.3, p90 47.8),
+#: the images this baseline was first scored on (issue #13).
 REFERENCE_DIAMETER = 16.6
 
 
@@ -69,8 +70,8 @@ def otsu_watershed_sized(image: np.ndarray, diameter: float) -> np.ndarray:
 
     Scored with the labels' own diameter it is an oracle of that one setting: the classical method
     at its best scale. At a fixed 5 px, seeds fall on every bump of a large nucleus's distance
-    transform (DSB images enlarged ×3: F1 0.796 → 0.672 as recorded → enlarged, where scaled they
-    score 0.807 → 0.829; ``benchmarks/screen_like.py``).
+    transform: on 16-bit re-recordings of every eighth DSB training image, F1 0.796 as recorded →
+    0.672 enlarged ×3, where scaled 0.807 → 0.829 (``benchmarks/screen_like.py --upscale 3``).
     """
     k = diameter / REFERENCE_DIAMETER
     return otsu_watershed(image, max(1, round(MIN_DISTANCE * k)), max(1, round(MIN_AREA * k * k)))
