@@ -121,7 +121,9 @@ def test_the_sized_baseline_is_told_each_images_own_nucleus_diameter(
     dsb_folder: Folder, tiny_export: dict, tmp_path: Path
 ) -> None:
     folder, _ = dsb_folder
-    code, report = _evaluate(tiny_export["out"], folder, tmp_path, "--subset", "all", "--baseline", "otsu-sized")
+    code, report = _evaluate(
+        tiny_export["out"], folder, tmp_path, "--subset", "all", "--baseline", "otsu-sized"
+    )
     assert code == 0 and report is not None
     assert set(report["methods"]) == {"model", "otsu-sized"}
     rows = {r["id"]: r for r in report["methods"]["otsu-sized"]["images"]}
