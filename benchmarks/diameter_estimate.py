@@ -26,11 +26,10 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from model_export.data import SynthConfig, synth_nuclei
-from model_export.dsb import load_set, median_diameter, split_by_series
+from model_export.dsb import enlarged, load_set, median_diameter, split_by_series
 from service.diameter import PROBE_SIZE, estimate_diameter
 from service.engine import Engine
 from service.objects import params_for_model
@@ -46,11 +45,9 @@ def dsb_cases(root: Path, subset: str, every: int, upscale: float) -> Iterator[C
     for index, item in enumerate(train if subset == "train" else val):
         if index % every:
             continue
-        image, labels = item.image, item.labels
         if upscale != 1:
-            image = cv2.resize(image, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_LINEAR)
-            labels = cv2.resize(labels, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_NEAREST)
-        yield item.series, item.id[:8], image, labels, item.diameter * upscale
+            item = enlarged(item, upscale)
+        yield item.series, item.id[:8], item.image, item.labels, item.diameter
 
 
 def synthetic_cases(seed: int, radii: list[int], images: int) -> Iterator[Case]:

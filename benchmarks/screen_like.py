@@ -49,7 +49,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from model_export import dsb
@@ -102,10 +101,6 @@ def variants(item: dsb.DsbImage) -> Iterator[tuple[str, np.ndarray, np.ndarray]]
     yield "dim", recorded(dim), ids[dim != 1]
 
 
-def enlarged(image: np.ndarray, factor: float, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
-    return cv2.resize(image, None, fx=factor, fy=factor, interpolation=interpolation)
-
-
 def cases(
     items: list[dsb.DsbImage], upscale: float = 1.0
 ) -> Iterator[tuple[dsb.DsbImage, list[tuple[str, np.ndarray, np.ndarray]]]]:
@@ -120,11 +115,8 @@ def cases(
         if upscale == 1:
             yield item, made
             continue
-        labels = enlarged(item.labels.astype(np.int32), upscale, cv2.INTER_NEAREST)
-        big = dataclasses.replace(
-            item, image=enlarged(item.image, upscale), labels=labels, diameter=item.diameter * upscale
-        )
-        yield big, [(name, enlarged(image, upscale), changed) for name, image, changed in made]
+        big = dsb.enlarged(item, upscale)
+        yield big, [(name, dsb.enlarged_image(image, upscale), changed) for name, image, changed in made]
 
 
 def found(truth: np.ndarray, labels: np.ndarray) -> dict[int, bool]:

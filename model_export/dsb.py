@@ -21,7 +21,7 @@ numpy/OpenCV only (no PyTorch): ``evaluate`` imports it.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -147,6 +147,20 @@ class DsbImage:
     modality: str
     diameter: float  # median nucleus equivalent diameter, px
     series: str = ""
+
+
+def enlarged_image(image: np.ndarray, factor: float) -> np.ndarray:
+    """``image`` resized ``factor`` × linearly: as a higher magnification records the same field."""
+    return cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_LINEAR)
+
+
+def enlarged(item: DsbImage, factor: float) -> DsbImage:
+    """``item`` at ``factor`` × the magnification: the image linearly (:func:`enlarged_image`), the
+    labels by nearest neighbour (ids kept), the diameter × ``factor``. The benchmarks' stand-in for
+    nuclei larger than DSB's (``diameter_estimate.py`` and ``screen_like.py --upscale``)."""
+    labels = cv2.resize(item.labels, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+    image = enlarged_image(item.image, factor)
+    return replace(item, image=image, labels=labels, diameter=item.diameter * factor)
 
 
 def _appearance(image: np.ndarray) -> tuple[float, float]:

@@ -35,6 +35,7 @@ One function turns an image into the model's answer (:func:`predict_labels`); sc
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -171,10 +172,9 @@ def baseline_segmenter(name: str, diameter: float | None = None) -> Segmenter:
     if name in SIZED_BASELINES:
         if diameter is None:
             raise ValueError(f"the baseline {name!r} needs the nuclei's diameter")
-        sized, told = SIZED_BASELINES[name], diameter
-
-        def function(image: np.ndarray) -> np.ndarray:
-            return sized(image, told)
+        function: Callable[[np.ndarray], np.ndarray] = functools.partial(
+            SIZED_BASELINES[name], diameter=diameter
+        )
     else:
         function = BASELINES[name]
 
