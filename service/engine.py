@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service import model_checksum
+from service import cuda_libraries, model_checksum
 from service.model_metadata import MetadataError, ModelMetadata
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ class ModelLoadError(RuntimeError):
 PRECISIONS = ("auto", "fp32", "int8")
 
 _CPU = "CPUExecutionProvider"
+#: Providers that load CUDA and cuDNN (``service.cuda_libraries``).
+_NEEDS_CUDA_LIBRARIES = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
 
 
 def int8_path(model_path: str | Path) -> Path:
@@ -135,6 +137,8 @@ class Engine:
         # Providers this onnxruntime build does not even know would only produce an ORT
         # warning; drop them here and report them with the others below.
         usable = [p for p in requested if _provider_name(p) in available]
+        if any(_provider_name(p) in _NEEDS_CUDA_LIBRARIES for p in usable):
+            cuda_libraries.preload()
         with _logger_lock:
             # Provider libraries that fail to load (no CUDA here) log through the global
             # default logger, not the session's: silence it for the creation only.
