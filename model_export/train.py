@@ -162,8 +162,7 @@ def use_bf16(flag: str, native: bool, device: str = "cpu") -> bool:
     if flag == "1" and not native:
         print(
             f"warning: --bf16 1 on a {'GPU' if device == 'cuda' else 'CPU'} without native bfloat16: "
-            "autocast emulates it, "
-            "about 18x slower than float32 on a CPU (--bf16 auto chooses)",
+            "autocast emulates it, about 18x slower than float32 on a CPU (--bf16 auto chooses)",
             file=sys.stderr,
         )
     return flag == "1"
@@ -417,18 +416,21 @@ def dsb_data(args: argparse.Namespace) -> tuple[DataLoader, torch.Tensor, torch.
     return shuffled_loader(train_set, args), val_x, val_y, data_desc
 
 
+def loader_options(args: argparse.Namespace) -> dict:
+    """What every training loader shares: batch size, targets built by the workers, pinned batches
+    for a GPU."""
+    return {
+        "batch_size": args.batch_size,
+        "collate_fn": WithTargets(args.classes, bool(args.center)),
+        "num_workers": args.workers,
+        "persistent_workers": args.workers > 0,
+        "pin_memory": args.device == "cuda",
+    }
+
+
 def shuffled_loader(train_set: Dataset, args: argparse.Namespace) -> DataLoader:
     """Batches of a finite training set in a fresh random order each pass (image folders, DSB)."""
-    return DataLoader(
-        train_set,
-        batch_size=args.batch_size,
-        shuffle=True,
-        drop_last=True,
-        collate_fn=WithTargets(args.classes, bool(args.center)),
-        num_workers=args.workers,
-        persistent_workers=args.workers > 0,
-        pin_memory=args.device == "cuda",
-    )
+    return DataLoader(train_set, shuffle=True, drop_last=True, **loader_options(args))
 
 
 def evaluations_since_best(history: list[dict], select_by: str) -> int:
@@ -520,14 +522,7 @@ def main(argv: list[str] | None = None) -> Path:
             "val_seed": args.seed + 1_000_003,
             "val_images": args.val_images,
         }
-        loader = DataLoader(
-            SyntheticStream(args.patch, args.in_channels, args.seed),
-            batch_size=args.batch_size,
-            collate_fn=WithTargets(args.classes, bool(args.center)),
-            num_workers=args.workers,
-            persistent_workers=args.workers > 0,
-            pin_memory=args.device == "cuda",
-        )
+        loader = DataLoader(SyntheticStream(args.patch, args.in_channels, args.seed), **loader_options(args))
 
     # ---- model and optimiser ----
     config = UNetConfig(
