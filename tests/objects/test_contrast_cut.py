@@ -7,8 +7,19 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from service.objects import ObjectParams, Surroundings, count_objects, label_objects
+from service.objects import (
+    MIN_RING_PIXELS,
+    ObjectParams,
+    Surroundings,
+    _faint_components,
+    _median,
+    _std,
+    count_objects,
+    fill_holes,
+    label_objects,
+)
 
 CUT = ObjectParams(method="connected_components", min_snr=2.0, snr_ring=6)
 
@@ -64,3 +75,63 @@ def test_the_cut_needs_the_input_around_the_components() -> None:
             find(mask, CUT)
         with pytest.raises(ValueError, match="does not frame"):
             find(mask, CUT, around=Surroundings(grey[:-1], mask[:-1]))
+
+
+def _reference_faint(
+    components: np.ndarray, count: int, skip: np.ndarray, params: ObjectParams, around: Surroundings
+) -> np.ndarray:
+    """The cut as its definition reads, one component at a time on whole-size arrays (slow, plain):
+    the ring is every pixel within ``snr_ring`` (a square) of the component, neither in it nor
+    marked."""
+    faint = np.zeros(count, bool)
+    square = np.ones((2 * params.snr_ring + 1,) * 2, bool)
+    marked = around.marked
+    for component in range(1, count):
+        if skip[component]:
+            continue
+        inside = np.zeros(marked.shape, bool)
+        inside[around.above :] = components == component
+        ring = ndimage.binary_dilation(inside, square) & ~inside & ~marked
+        if ring.sum() < MIN_RING_PIXELS:
+            continue
+        background = around.grey[ring].astype(np.float64)
+        core = around.grey[inside & marked].astype(np.float64)
+        signal = core.mean() if core.size else 0.0
+        faint[component] = (signal - np.median(background)) / (background.std() + 1e-6) < params.min_snr
+    return faint
+
+
+@pytest.mark.parametrize("above", [0, 7])
+def test_the_cut_drops_exactly_what_its_definition_drops(above: int) -> None:
+    # Crowded discs of every contrast, some touching the borders, some with holes (the components
+    # are the filled mask's, the core only what was marked), seen with `above` rows of context
+    # (a band's): the fast per-crop cut and the plain definition agree on every component.
+    rng = np.random.default_rng(3)
+    grey = rng.normal(0.1, 0.03, (150, 170)).astype(np.float32)
+    marked = np.zeros(grey.shape, np.uint8)
+    for _ in range(60):
+        disc = np.zeros_like(marked)
+        centre = (int(rng.integers(-3, 173)), int(rng.integers(-3, 153)))
+        cv2.circle(disc, centre, int(rng.integers(2, 9)), 1, -1)
+        grey[disc > 0] += np.float32(rng.uniform(0.0, 0.3))
+        marked |= disc
+    marked[rng.random(grey.shape) < 0.03] = 0  # pin holes: filled in the components, not marked
+    marked = marked > 0
+    filled = fill_holes(marked[above:])
+    count, components, stats, _ = cv2.connectedComponentsWithStats(
+        filled.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S
+    )
+    skip = stats[:, cv2.CC_STAT_AREA] < 4
+    around = Surroundings(grey, marked, above)
+    params = ObjectParams(method="connected_components", min_snr=1.5, snr_ring=5)
+    fast = _faint_components(components, stats, skip, params, around)
+    assert count > 20 and 0 < fast.sum() < count - 1  # both answers occur
+    assert np.array_equal(fast, _reference_faint(components, count, skip, params, around))
+
+
+def test_the_ring_statistics_are_numpys_own_to_the_bit() -> None:
+    rng = np.random.default_rng(4)
+    for size in [*range(1, 40), 127, 128, 129, 1000, 4097]:
+        values = (rng.random(size) * rng.uniform(0.01, 3)).astype(np.float32).astype(np.float64)
+        assert _std(values.copy()) == values.std()
+        assert _median(values.copy()) == np.median(values)
