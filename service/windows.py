@@ -24,9 +24,11 @@ What ``segment.predict`` + ``pipeline.on_input_grid`` compute, without full-size
 4. **Back to the input grid by band**: probabilities with the global taps, labels by nearest
    neighbour (``rescale.resize_labels``' index arithmetic), the mask thresholded after.
 
-Memory: the source, the rows of one tile row (``C × tile_h × W`` in the source's dtype), the
-stitcher's buffer (``K' × tile_h × W`` float32 for the ``K'`` channels read), one finished
-band handed over (``K' × step × W`` float32), the carried rows and the outputs a caller keeps.
+Memory: the source (and, for an image in memory that shrinks, its resized copy in its own
+dtype, made once: smaller than the image), the rows of one tile row (``C × tile_h × W`` in the
+source's dtype), the stitcher's buffer (``K' × tile_h × W`` float32 for the ``K'`` channels
+read), one finished band handed over (``K' × step × W`` float32), the carried rows and the
+outputs a caller keeps.
 Tile rows use the model's whole width, so a band's width is the image's.
 
 Use: ``pipeline.predict_plane(..., window_policy=...)`` answers a :class:`WindowedPrediction` for
@@ -154,6 +156,18 @@ def source_limits(
     return [sample_percentiles(np.concatenate(s), norm.low, norm.high) for s in samples]
 
 
+def read_whole(source: RegionSource, pixels_per_read: int = LIMIT_PIXELS) -> np.ndarray:
+    """All of ``source`` as one array, read in whole rows of about ``pixels_per_read`` pixels (a
+    :class:`ResampledSource`'s float32 temporaries stay the size of one read)."""
+    height, width = source.shape[:2]
+    whole = np.empty(source.shape, source.dtype)
+    rows = max(1, pixels_per_read // width)
+    for y0 in range(0, height, rows):
+        y1 = min(height, y0 + rows)
+        whole[y0:y1] = source.read(y0, y1, 0, width)
+    return whole
+
+
 class ResampledSource:
     """A :class:`~service.regions.RegionSource` of the image resized to the model's nucleus scale,
     made window by window: ``(Hs, Ws)`` / ``(Hs, Ws, C)`` in the source's dtype (integers rounded,
@@ -206,6 +220,13 @@ class ModelRows:
         self.resized = self.shape != self.input_shape
         self.source: RegionSource = self._model_scale(source)
         self.limits: list[tuple[float, float]] | None = None
+        #: The resized image is made once and held (:meth:`prepare_limits`): an image in memory that
+        #: shrinks, whose copy in its own dtype is no larger than the image already held.
+        self.holds_model_scale = (
+            self.resized
+            and isinstance(source, ArraySource)
+            and self.shape[0] * self.shape[1] <= self.input_shape[0] * self.input_shape[1]
+        )
 
     def _model_scale(self, source: RegionSource) -> RegionSource:
         return ResampledSource(source, self.metadata.in_channels, self.shape) if self.resized else source
@@ -217,10 +238,16 @@ class ModelRows:
         The pass reads whole chunk rows of a compressed source (``regions.by_chunk_rows``): its
         windows are a few MP of whole rows, 128 rows of a 32768-px-wide slide, and each 512-row
         chunk row would be decoded four times. Tile rows are read without it: they are taller than
-        a chunk row, and a kept block would add its rows × the width to the peak memory."""
+        a chunk row, and a kept block would add its rows × the width to the peak memory.
+
+        Where the reader :attr:`holds_model_scale`, the resized image is made here, once, and the
+        limits and tiles read it: resizing each tile row again (overlaps included) was half of the
+        work around the network on a GPU (docs/benchmarks.md, section 11)."""
+        if self.holds_model_scale and not isinstance(self.source, ArraySource):
+            self.source = ArraySource(read_whole(self.source))
         if limits is None:
-            whole_rows = self._model_scale(by_chunk_rows(self.input))
-            limits = source_limits(whole_rows, self.metadata.in_channels, self.metadata)
+            whole = self.source if self.holds_model_scale else self._model_scale(by_chunk_rows(self.input))
+            limits = source_limits(whole, self.metadata.in_channels, self.metadata)
         self.limits = limits
         return limits
 

@@ -516,3 +516,31 @@ def test_a_caller_that_stops_early_stops_the_models_thread():
     assert next(handed)[0] == 0
     handed.close()  # the consumer gives up (an error downstream, a closed request)
     assert stopped.is_set() and closed.is_set()  # the thread ran its generator's cleanup and ended
+
+
+class RowCountingArraySource(ArraySource):
+    """An image in memory that counts the rows read from it."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        super().__init__(image)
+        self.rows_read = 0
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        self.rows_read += y1 - y0
+        return super().read(y0, y1, x0, x1)
+
+
+@pytest.mark.parametrize(("factor", "held"), [(0.7, True), (1.6, False)])
+def test_an_image_in_memory_that_shrinks_is_resized_once(conv20, factor, held):
+    # Shrinking, the resized copy (the image's dtype) is smaller than the image: it is made once
+    # and the limits and every tile row read it. Enlarged, it would outgrow the image: the rows
+    # are resized for the limits, then again under each tile row.
+    image = synthetic_nuclei(301, 187, seed=7)
+    source = RowCountingArraySource(image)
+    prediction = windows.WindowedPrediction.prepare(source, factor, conv20.run, conv20.metadata, tile_size=48)
+    grid = pipeline.on_input_grid(prediction, conv20.metadata, image.shape, 0.5, None, need={"mask"})
+    assert grid.mask.shape == image.shape
+    if held:
+        assert source.rows_read == image.shape[0]
+    else:
+        assert source.rows_read > 2 * image.shape[0]
