@@ -391,7 +391,7 @@ class _FirstSeen:
         self.seen = np.zeros(1, bool)
 
     def add(self, labels: np.ndarray) -> None:
-        ids, first = np.unique(labels.reshape(-1), return_index=True)
+        ids, first = rescale.first_pixels(labels)
         if ids.size and ids[-1] >= self.seen.size:
             self.seen = np.concatenate([self.seen, np.zeros(int(ids[-1]) + 1 - self.seen.size, bool)])
         new = (ids != 0) & ~self.seen[ids]

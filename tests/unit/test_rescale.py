@@ -9,6 +9,7 @@ import pytest
 from service.rescale import (
     axis_taps,
     factor_for,
+    first_pixels,
     renumber,
     resample_axis,
     resample_image,
@@ -55,6 +56,25 @@ def test_label_round_trip_keeps_ids_and_image_size(factor: float) -> None:
 def test_renumber_gives_raster_order_without_gaps() -> None:
     labels = np.array([[0, 7, 7], [3, 0, 9], [3, 0, 0]], np.int32)
     assert renumber(labels).tolist() == [[0, 1, 1], [2, 0, 3], [2, 0, 0]]
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (1, 1), (3, 1), (40, 37), (7, 300)])
+@pytest.mark.parametrize("background", [True, False])
+def test_first_pixels_answers_what_a_sort_of_every_pixel_does(
+    shape: tuple[int, int], background: bool
+) -> None:
+    # overlapping random boxes of shuffled ids: runs that break mid-row and ids that come back
+    rng = np.random.default_rng(shape[0] * 1000 + shape[1])
+    labels = np.zeros(shape, np.int32) if background else np.full(shape, 5, np.int32)
+    for k in rng.permutation(60) + 1:
+        if labels.size == 0:
+            break
+        y, x = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+        labels[y : y + rng.integers(1, 9), x : x + rng.integers(1, 30)] = k
+    ids, first = first_pixels(labels)
+    expected_ids, expected_first = np.unique(labels.reshape(-1), return_index=True)
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_array_equal(first, expected_first)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
