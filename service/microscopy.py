@@ -21,7 +21,10 @@ Pure functions on ``bytes`` and ``numpy`` arrays; no files, no HTTP.
   (HTTP 400): a file is refused, never a crash (issue 15's fuzzing found TypeError, ValueError
   and struct.error escaping Pillow and tifffile).
 - An RGB image whose channels are equal (grey saved as colour, also JPEG-grey within a few
-  levels) is grey and needs no choice; one whose channels differ is a composite.
+  levels) is grey and needs no choice; so is one whose signal is all in one channel, the other two
+  empty (one stain exported in its colour, as Fiji's "RGB Color" of a DAPI channel with a blue
+  LUT): that channel is read, and a note says so. One whose channels differ otherwise is a
+  composite.
 
 Units: pixel sizes in micrometres (µm) per pixel; plane indices 0-based (Fiji's slice 1 is
 ``z=0``).
@@ -140,7 +143,8 @@ class Layout:
     ``axes``/``shape``: the image's dimensions in tifffile letters, singletons dropped
     (``TZCYX``, ``YXS``...); ``channels``: one entry per channel (one for grey); ``planes``:
     sizes of the plane axes with more than one plane (``{"Z": 31}``); ``rgb``: the channels are
-    the samples of a colour image (red, green, blue); ``grey_rgb``: ... and they are equal.
+    the samples of a colour image (red, green, blue); ``grey_rgb``: ... and they are equal;
+    ``signal_channel``: ... or only this one holds signal, the other two empty (:func:`with_colour`).
     """
 
     format: str
@@ -154,12 +158,13 @@ class Layout:
     pixel_size: PixelSize | None
     rgb: bool = False
     grey_rgb: bool = False
+    signal_channel: int | None = None
     warnings: tuple[str, ...] = ()
 
     @property
     def needs_channel(self) -> bool:
         """Whether segmenting needs ``channel=`` (for a one-channel model)."""
-        return len(self.channels) > 1 and not self.grey_rgb
+        return len(self.channels) > 1 and not self.grey_rgb and self.signal_channel is None
 
     def channel_choices(self) -> list[dict[str, Any]]:
         return [{"index": c.index, "name": c.name} for c in self.channels]
@@ -189,6 +194,7 @@ class Layout:
             "planes": dict(self.planes),
             "rgb": self.rgb,
             "grey_rgb": self.grey_rgb,
+            "signal_channel": self.signal_channel,
             "pixel_size_um": self.pixel_size.as_dict() if self.pixel_size else None,
             "warnings": list(self.warnings),
         }
@@ -390,7 +396,6 @@ def _open_flat(data: bytes, max_pixels: int, fmt: str | None) -> _Source:
     image = imaging.decode(data, max_pixels)
     height, width = image.shape[:2]
     if image.ndim == 3 and image.shape[2] >= 3:
-        grey = channels_equal(image[:, :, :3])
         layout = Layout(
             format=fmt or info.format,
             width=width,
@@ -402,8 +407,8 @@ def _open_flat(data: bytes, max_pixels: int, fmt: str | None) -> _Source:
             planes={},
             pixel_size=None,
             rgb=True,
-            grey_rgb=grey,
         )
+        layout = with_colour(layout, image)
     else:
         layout = Layout(fmt or info.format, width, height, str(image.dtype), "YX", (height, width),
                         (Channel(0),), {}, None)
@@ -583,7 +588,7 @@ def _tiff_source(tif: Any, data: bytes, max_pixels: int, colour_pixels: bool = T
     if rgb and colour_pixels:
         first = read({})
         source.first = first
-        source.layout = replace(layout, grey_rgb=channels_equal(first[:, :, :3]))
+        source.layout = with_colour(layout, first)
     return source
 
 
@@ -723,6 +728,28 @@ def channels_equal(rgb: np.ndarray) -> bool:
     return True
 
 
+def signal_channel(rgb: np.ndarray) -> int | None:
+    """The one channel of an ``(H, W, 3)`` image that holds signal, the other two empty (each within
+    :func:`channels_equal`'s tolerance of constant); None when two or more hold some, or none does.
+
+    Lossless exports of one stain in its colour are so. A JPEG's chroma rounding leaks a few percent
+    of the signal into the other channels at its edges (up to 48 of 246 levels at quality 50), so a
+    colour JPEG is left to the caller's choice: telling a leak from a faint second stain would be
+    a guess.
+    """
+    lo, hi = float(np.min(rgb)), float(np.max(rgb))
+    tol = max(2.0 if np.issubdtype(rgb.dtype, np.integer) else 0.0, 0.01 * (hi - lo))
+    lit = [k for k in range(3) if float(np.max(rgb[:, :, k])) - float(np.min(rgb[:, :, k])) > tol]
+    return lit[0] if len(lit) == 1 else None
+
+
+def with_colour(layout: Layout, rgb: np.ndarray) -> Layout:
+    """``layout`` of a colour image with what its pixels ``rgb`` (``(H, W, 3|4)``, or a sample of
+    windows) say: grey saved as colour, or one channel holding all the signal, or neither."""
+    grey = channels_equal(rgb[:, :, :3])
+    return replace(layout, grey_rgb=grey, signal_channel=None if grey else signal_channel(rgb[:, :, :3]))
+
+
 # --- choosing ------------------------------------------------------------------------------------
 
 
@@ -830,6 +857,12 @@ def resolve(layout: Layout, sel: Selection, model_channels: int = 1) -> Choice:
         # Transmitted light (bright field, H&E): every colour absorbs a share of the light, and
         # the nuclei are what absorbs most; the colours mixed to grey are the image meant.
         chosen = MIX
+    if chosen is None and layout.signal_channel is not None and model_channels != 3:
+        chosen = layout.channels[layout.signal_channel]
+        notes.append(
+            f"only the {chosen.name} channel of this colour image holds signal (the other two are "
+            "empty): it is the one segmented"
+        )
     if sel.project is not None and sel.project not in PROJECTIONS:
         raise SelectionError(
             f"project must be one of {', '.join(PROJECTIONS)}", ("project",), layout.choices()

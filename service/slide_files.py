@@ -35,7 +35,7 @@ import math
 import mmap
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -356,7 +356,7 @@ def _source(
     if layout.rgb:
         # Grey saved as RGB or a colour composite? Decided on a few windows, not the whole slide.
         whole = SlideSource(levels, axes, {}, None, _bare_plane(layout), lambda: None)
-        layout = replace(layout, grey_rgb=microscopy.channels_equal(_sample(whole)[:, :, :3]))
+        layout = microscopy.with_colour(layout, _sample(whole))
     choice = microscopy.resolve(layout, selection, model_channels)
     fixed = dict(choice.coords)
     if choice.z is not None:

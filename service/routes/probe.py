@@ -43,6 +43,10 @@ class ProbeResult(BaseModel):
     planes: dict[str, int] = Field(description="sizes of the plane axes with more than one plane: Z, T")
     rgb: bool = Field(description="the channels are a colour image's red, green, blue")
     grey_rgb: bool = Field(description="... and they are equal: grey saved as colour, no choice needed")
+    signal_channel: int | None = Field(
+        description="... or only this channel holds signal, the other two empty (one stain exported in "
+        "its colour): it is read when no channel= is given, no choice needed"
+    )
     pixel_size_um: PixelSizeInfo | None
     required: list[str] = Field(
         description="query options POST /segment needs for this file (channel, z, t); z can be "

@@ -423,7 +423,9 @@ function showProbe(probe) {
 
   const needsChannel = probe.required.includes("channel");
   const channel = $("channel");
-  channel.replaceChildren(new Option(needsChannel ? "— choose the channel with the nuclei —" : "(default)", ""));
+  const lone = probe.signal_channel == null ? null : probe.channels[probe.signal_channel];
+  const byDefault = lone ? `(default: ${lone.name}, the only colour with signal)` : "(default)";
+  channel.replaceChildren(new Option(needsChannel ? "— choose the channel with the nuclei —" : byDefault, ""));
   for (const c of probe.channels) channel.add(new Option(c.name ? `${c.index} · ${c.name}` : `${c.index}`, String(c.index)));
   if (probe.rgb && !probe.grey_rgb) channel.add(new Option("gray · all colours mixed (brightfield, H&E)", "gray"));
   $("channel-box").hidden = probe.channels.length < 2 || probe.grey_rgb;

@@ -163,6 +163,23 @@ def test_grey_saved_as_rgb_needs_no_channel(server: Server) -> None:
     assert "X-Channel" not in r.headers
 
 
+def test_one_stain_exported_in_blue_is_segmented_as_its_grey_with_a_note(server: Server) -> None:
+    grey = (NUCLEI >> 8).astype(np.uint8)
+    zero = np.zeros_like(grey)
+    data = im.png(np.dstack([grey, zero, zero]))  # OpenCV order: blue first
+    probe = server.client.post("/probe", content=data, headers={"Content-Type": "image/png"})
+    assert probe.status_code == 200, probe.text
+    assert probe.json()["signal_channel"] == 2 and probe.json()["required"] == []
+    r = server.client.post("/segment", params={"output": "labels"}, content=data,
+                           headers={"Content-Type": "image/png"})
+    assert r.status_code == 200, r.text
+    assert (r.headers["X-Channel"], r.headers["X-Channel-Name"]) == ("2", "blue")
+    assert any("only the blue channel" in w for w in json.loads(r.headers["X-Warnings"]))
+    expected = labels_of(server, im.png(grey))
+    assert int(r.headers["X-Object-Count"]) == expected[1]
+    assert np.array_equal(im.decode(r.content), expected[0])
+
+
 def test_single_plane_files_answer_as_before_with_no_new_headers(server: Server) -> None:
     body = im.png(im.blobs(50, 60))
     r = server.client.post("/segment", content=body, headers={"Content-Type": "image/png"})

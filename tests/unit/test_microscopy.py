@@ -140,6 +140,61 @@ def test_grey_saved_as_rgb_just_works(fmt: str) -> None:
     assert chosen.channel is None and chosen.image.shape == (H, W, 3)
 
 
+@pytest.mark.parametrize("colour", [0, 1, 2])
+@pytest.mark.parametrize("encode", ["png", "tiff"])
+def test_one_stain_exported_in_its_colour_is_that_channel_with_a_note(colour: int, encode: str) -> None:
+    # Fiji's "RGB Color" of a DAPI channel with a blue LUT: the other two channels are empty
+    stain = cv2.GaussianBlur(plane(34, np.uint8), (0, 0), 2)
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[:, :, colour] = stain
+    if encode == "png":
+        data = cv2.imencode(".png", rgb[:, :, ::-1])[1].tobytes()
+    else:
+        data = tiff(rgb, photometric="rgb")
+    layout = microscopy.probe(data, LIMIT, PAGES)
+    assert layout.rgb and not layout.grey_rgb and layout.signal_channel == colour
+    assert not layout.needs_channel
+    chosen = select(data)
+    assert chosen.channel == microscopy.Channel(colour, microscopy.RGB_NAMES[colour])
+    assert np.array_equal(chosen.image, stain)
+    assert any(f"only the {microscopy.RGB_NAMES[colour]} channel" in w for w in chosen.warnings)
+    # asked for, another channel is still read as asked
+    assert np.array_equal(select(data, channel=str((colour + 1) % 3)).image, rgb[:, :, (colour + 1) % 3])
+    # a three-channel model takes the image whole, as any colour image
+    whole = microscopy.select(data, Selection(), LIMIT, PAGES, model_channels=3)
+    assert np.array_equal(whole.image, rgb)
+
+
+@pytest.mark.parametrize("second", [3, 255])
+def test_a_second_stain_however_faint_still_needs_a_choice(second: int) -> None:
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[:, :, 2] = cv2.GaussianBlur(plane(35, np.uint8), (0, 0), 2)
+    rgb[5:9, 5:9, 1] = second  # a few pixels of another stain, 3 levels above empty at the least
+    data = cv2.imencode(".png", rgb[:, :, ::-1])[1].tobytes()
+    assert microscopy.probe(data, LIMIT, PAGES).signal_channel is None
+    with pytest.raises(SelectionError):
+        select(data)
+
+
+def test_a_colour_jpeg_of_one_stain_still_needs_a_choice() -> None:
+    # its chroma rounding leaks the stain into the other channels: a leak is not told from a stain
+    rgb = np.zeros((H * 4, W * 4, 3), np.uint8)
+    rgb[:, :, 2] = cv2.resize(cv2.GaussianBlur(plane(36, np.uint8), (0, 0), 2), (W * 4, H * 4))
+    data = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 75])[1].tobytes()
+    assert microscopy.probe(data, LIMIT, PAGES).signal_channel is None
+    with pytest.raises(SelectionError):
+        select(data)
+
+
+def test_signal_channel_is_none_for_a_blank_image_and_for_grey() -> None:
+    assert microscopy.signal_channel(np.zeros((4, 5, 3), np.uint16)) is None
+    grey = plane(37, np.uint16)
+    assert microscopy.signal_channel(np.dstack([grey] * 3)) is None
+    lone = np.zeros((H, W, 3), np.float32)
+    lone[:, :, 1] = plane(38, np.uint16) / 65535.0
+    assert microscopy.signal_channel(lone) == 1
+
+
 # --- planes -----------------------------------------------------------------------------------
 
 

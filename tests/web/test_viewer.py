@@ -398,6 +398,26 @@ def test_channel_picker_lists_the_files_channels_and_segments_the_one_chosen(
         page.close()
 
 
+def test_one_stain_exported_in_blue_is_segmented_at_once_and_the_page_says_which_channel(
+    browser: Any, service_url: str, tmp_path: Path
+) -> None:
+    discs = cv2.imread(str(write_disc_tiff(tmp_path / "discs.tif", seed=5)), cv2.IMREAD_UNCHANGED)
+    blue = np.zeros((*discs.shape, 3), np.uint8)
+    blue[:, :, 0] = (discs >> 8).astype(np.uint8)  # OpenCV writes BGR: blue first
+    path = tmp_path / "dapi_rgb.png"
+    cv2.imwrite(str(path), blue)
+    page = _new_page(browser, service_url)
+    try:
+        page.locator("#file-input").set_input_files(str(path))
+        shown = _wait_for_count(page)  # no choice asked for
+        assert shown == _server_count(service_url, path) > 0
+        options = page.get_by_label("Nuclei channel").locator("option").all_text_contents()
+        assert options[0] == "(default: blue, the only colour with signal)", options
+        assert "only the blue channel" in page.locator("#warnings").text_content()
+    finally:
+        page.close()
+
+
 @pytest.fixture(scope="module")
 def stained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An H&E-like colour PNG: dark purple nuclei (the discs) on a pink field."""
