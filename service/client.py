@@ -231,6 +231,8 @@ DEFAULT_CONCURRENCY = 4
 ONCE_IMAGES = 3
 #: Polling a job: the first wait, growing ×1.5 per poll up to the cap (a job's tiles take seconds).
 POLL_FIRST_S, POLL_GROWTH, POLL_CAP_S = 0.25, 1.5, 5.0
+#: ``--t all`` / ``--z all``: every plane along the axis, each its own job.
+ALL_PLANES = "all"
 #: A job answered ``failed`` with this problem type was cut short by a server restart: sent again.
 JOB_INTERRUPTED = "/problems/job-interrupted"
 
@@ -245,6 +247,9 @@ class Job:
 
     source: Path
     target: Path
+    #: the plane of a stack this job segments (``(("t", 7),)``, sent as ``t=7``), where ``--t all``
+    #: or ``--z all`` made one job per plane; empty: the options of the command line alone
+    plane: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -300,6 +305,8 @@ class Config:
     project: str | None = None
     pixel_size: float | None = None
     polarity: str | None = None  # dark: nuclei darker than their background (bright field, H&E)
+    #: ``--t all`` / ``--z all``: "t" or "z", every plane along it its own job and output
+    every_plane: str | None = None
     concurrency: int = DEFAULT_CONCURRENCY
     overwrite: bool = False
     timeout_s: float = 120.0
@@ -408,25 +415,68 @@ def shard_jobs(jobs: Sequence[Job], out: Path, shard: Shard | None) -> list[Job]
     return ordered[shard.index :: shard.count]
 
 
-def plan_jobs(found: Iterable[tuple[Path, Path]], out: Path, kind: OutputKind) -> list[Job]:
+def plan_jobs(
+    found: Iterable[tuple[Path, Path]],
+    out: Path,
+    kind: OutputKind,
+    every_plane: str | None = None,
+    planes_of: Callable[[Path, str], int] | None = None,
+) -> list[Job]:
     """One job per distinct image, its target mirrored under ``out`` with the kind's extension.
 
     The same file named twice is sent once; two different files that would write the same output
     (``a/x.png`` and ``b/x.png`` given as files, or ``x.png`` beside ``x.tif``) raise
     :class:`UsageError` rather than overwrite each other.
+
+    ``every_plane`` (``"t"`` or ``"z"``): a file with several planes along that axis
+    (``planes_of(source, axis)``, :func:`count_planes` by default) becomes one job per plane,
+    written as ``NAME_t007``; a file with one is one job, named and sent as without it.
     """
+    count = planes_of or count_planes
     jobs: dict[Path, Job] = {}
     for source, relative in found:
-        target = out / kind.target_for(relative)
-        other = jobs.get(target)
-        if other is None:
-            jobs[target] = Job(source, target)
-        elif other.source.resolve() != source.resolve():
-            raise UsageError(
-                f"{other.source} and {source} would both be written to {target}; "
-                "pass their folders instead of the files, or run them separately"
-            )
+        planes = count(source, every_plane) if every_plane else 1
+        for named, plane in _per_plane(relative, every_plane, planes):
+            target = out / kind.target_for(named)
+            other = jobs.get(target)
+            if other is None:
+                jobs[target] = Job(source, target, plane)
+            elif other.source.resolve() != source.resolve():
+                raise UsageError(
+                    f"{other.source} and {source} would both be written to {target}; "
+                    "pass their folders instead of the files, or run them separately"
+                )
     return list(jobs.values())
+
+
+def _per_plane(
+    relative: Path, axis: str | None, planes: int
+) -> list[tuple[Path, tuple[tuple[str, int], ...]]]:
+    """``(name, plane)`` of each job of one file: ``movie_t000.tif`` … ``movie_t099.tif`` (zero-padded
+    so that they sort in order) for 100 planes along ``axis``; the file's own name for one."""
+    if axis is None or planes <= 1:
+        return [(relative, ())]
+    width = len(str(planes - 1))
+    return [
+        (relative.with_name(f"{relative.stem}_{axis}{k:0{width}d}{relative.suffix}"), ((axis, k),))
+        for k in range(planes)
+    ]
+
+
+def count_planes(source: Path, axis: str) -> int:
+    """How many planes ``source`` holds along ``axis`` (``"t"`` or ``"z"``), read from its header as
+    the service reads it (``service.microscopy.probe``); 1 for a file that cannot be read so (it then
+    fails as one job, with the reason the service gives)."""
+    # Imported here: only --t all / --z all read files while planning (NumPy, tifffile).
+    from service import imaging, microscopy
+    from service.settings import Settings
+
+    settings = Settings()
+    try:
+        layout = microscopy.probe(source.read_bytes(), settings.max_pixels, settings.decode_limits())
+    except (OSError, imaging.ImageError):
+        return 1
+    return layout.planes.get(axis.upper(), 1)
 
 
 # --------------------------------------------------------------------------- image size sniffing
@@ -612,6 +662,10 @@ class Segmenter:
         """Send ``diameter=`` with every image from now on (between requests, not during)."""
         self.params["diameter"] = f"{diameter:g}"
 
+    def params_for(self, job: Job) -> dict[str, str]:
+        """The query options of ``job``: the command line's, and the plane it segments."""
+        return {**self.params, **{name: str(index) for name, index in job.plane}}
+
     def _first_turn(self) -> int:
         """Index of the replica a new image starts on: round-robin over images."""
         with self._lock:
@@ -656,7 +710,7 @@ class Segmenter:
             retry_after, unreachable = None, False
             turn = (first + attempt - 1) % len(self.clients)  # a retry moves on
             try:
-                response = self.clients[turn].post(path, params=self.params, **upload())
+                response = self.clients[turn].post(path, params=self.params_for(result.job), **upload())
             except httpx.TransportError as exc:  # refused, reset, timed out: maybe another replica
                 result.status, result.problem = None, None
                 result.error = f"{type(exc).__name__}: {exc}".rstrip(": ")
@@ -886,7 +940,8 @@ class LocalSegmenter:
             result.error = f"cannot read input: {exc}"
             return result
         try:
-            segmentation = self.segmenter.segment(data, outputs=self.outputs, **self.options)
+            options = {**self.options, **dict(job.plane)}
+            segmentation = self.segmenter.segment(data, outputs=self.outputs, **options)
             body, media_type = segmentation.encode(self.kind.query)
         except Exception as exc:  # noqa: BLE001 - one bad image must not end a batch of thousands
             return failed_locally(result, exc)
@@ -1142,6 +1197,18 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _plane_index(text: str) -> int | str:
+    """``--t`` / ``--z``: a 0-based index, or ``all``."""
+    if text.strip().lower() == ALL_PLANES:
+        return ALL_PLANES
+    try:
+        return _non_negative_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be an index (0 or more) or {ALL_PLANES}, got {text!r}"
+        ) from None
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -1261,8 +1328,11 @@ def build_parser() -> argparse.ArgumentParser:
     plane.add_argument("--channel", metavar="C",
                        help="the nuclei channel: 0-based index or name from the file (e.g. DAPI; "
                        "red/green/blue for colour; gray mixes colour to grey)")
-    plane.add_argument("--z", type=_non_negative_int, metavar="Z", help="z-slice, 0-based")
-    plane.add_argument("--t", type=_non_negative_int, metavar="T", help="time point, 0-based")
+    plane.add_argument("--z", type=_plane_index, metavar="Z|all",
+                       help="z-slice, 0-based; all: every z-slice, each its own output (NAME_z07...)")
+    plane.add_argument("--t", type=_plane_index, metavar="T|all",
+                       help="time point, 0-based; all: every time point of a movie, each its own output "
+                       "(NAME_t007...), a file with one time point as it is")
     plane.add_argument("--project", choices=["max"], help="max: the maximum projection over Z")
     plane.add_argument("--pixel-size", dest="pixel_size", type=_positive_float, metavar="UM",
                        help="µm per pixel (overrides the files' calibration; adds µm columns)")
@@ -1325,13 +1395,23 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     if args.data_root is not None and (not args.urls or args.kind != "ome-zarr"):
         parser.error("--data-root is for slide jobs on a server (--url with --output ome-zarr): "
                      "local mode reads the files where they are")
+    every = [axis for axis in ("t", "z") if getattr(args, axis) == ALL_PLANES]
+    if len(every) > 1:
+        parser.error("--t all and --z all together would segment every plane of a movie of stacks: "
+                     "give one of them an index (or --project max for z)")
+    if every and args.kind == "ome-zarr":
+        parser.error(f"--{every[0]} all is for stacks of images; a slide is one plane (give an index)")
+    if args.z == ALL_PLANES and args.project is not None:
+        parser.error("--z all segments each z-slice; --project max segments their projection: choose one")
     once = args.diameter == "once"
     if once and args.kind == "ome-zarr":
         parser.error("--diameter once is for images: a slide's own estimate costs a fraction of a "
                      "percent of its segmentation (give a number to segment every slide at one scale)")
     return Config(inputs=tuple(args.inputs), out=args.out, urls=tuple(args.urls), kind=args.kind,
                   split=args.split, diameter=None if once else args.diameter, diameter_once=once,
-                  channel=args.channel, z=args.z, t=args.t,
+                  channel=args.channel,
+                  z=None if args.z == ALL_PLANES else args.z, t=None if args.t == ALL_PLANES else args.t,
+                  every_plane=every[0] if every else None,
                   project=args.project, pixel_size=args.pixel_size, polarity=args.polarity,
                   concurrency=args.concurrency or default_concurrency(args.urls, args.kind),
                   overwrite=args.overwrite,
@@ -1347,7 +1427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.out.exists() and not config.out.is_dir():
             raise UsageError(f"--out {config.out}: exists and is not a folder")
         kind = output_kind(config)
-        every = plan_jobs(find_images(config.inputs, stores=isinstance(kind, SlideOutput)), config.out, kind)
+        found = find_images(config.inputs, stores=isinstance(kind, SlideOutput))
+        every = plan_jobs(found, config.out, kind, config.every_plane)
         jobs = shard_jobs(every, config.out, config.shard)
         summary_path = config.summary_path()
         if kind.object_areas and any(j.target == summary_path for j in every):

@@ -17,7 +17,15 @@ from pathlib import Path
 import pytest
 
 from service import client
-from tests.client.conftest import Reply, Request, png_size, problem, segment_like_the_service, write_png
+from tests.client.conftest import (
+    Reply,
+    Request,
+    png_bytes,
+    png_size,
+    problem,
+    segment_like_the_service,
+    write_png,
+)
 
 ARGS = ["--no-progress", "--retries", "3"]
 
@@ -532,3 +540,80 @@ def test_diameter_once_without_any_estimate_leaves_every_image_its_own(standin, 
     assert segment(folder, "--out", tmp_path / "out", "--url", server.url, "--diameter", "once") == 0
     err = capsys.readouterr().err
     assert len(server.requests) == 4 and "0 written, 4 skipped" in err and "diameter" not in err
+
+
+def write_movie(path: Path, frames: int) -> Path:
+    """An ImageJ TIFF movie (T, Y, X) of 16-bit frames, each of its own brightness."""
+    import numpy as np
+    import tifffile
+
+    movie = np.stack([np.full((6, 9), 1000 * (k + 1), np.uint16) for k in range(frames)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, movie, imagej=True, metadata={"axes": "TYX"})
+    return path
+
+
+def test_t_all_sends_each_time_point_of_a_movie_and_names_its_outputs(standin, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    write_movie(folder / "movie.tif", 11)
+    write_png(folder / "still.png", 20, 10)  # one time point: sent and named as without --t all
+    server = standin("a")
+
+    def answer(request: Request) -> Reply:  # the stand-in reads PNGs only: a mask for a frame
+        if request.body.startswith(b"II*"):
+            return Reply(200, {"Content-Type": "image/png", "X-Object-Count": "1"}, png_bytes(9, 6, 255))
+        return segment_like_the_service(request)
+
+    server.behaviour = answer
+    out = tmp_path / "out"
+    assert segment(folder, "--out", out, "--url", server.url, "--t", "all", "--channel", "0") == 0
+    sent = sorted((r.body[:3], r.query.get("t", [None])[0], r.query["channel"][0]) for r in server.requests)
+    assert sent == sorted([(b"II*", str(k), "0") for k in range(11)] + [(b"\x89PN", None, "0")])
+    assert files_under(out) == [f"movie_t{k:02d}.png" for k in range(11)] + ["still.png"]
+    # a rerun finds every plane written: nothing is sent again
+    server.requests.clear()
+    assert segment(folder, "--out", out, "--url", server.url, "--t", "all", "--channel", "0") == 0
+    assert server.requests == []
+
+
+def test_z_all_makes_a_job_per_slice_that_sharding_splits(tmp_path: Path) -> None:
+    kind = client.OUTPUT_KINDS["mask"]
+    found = [(tmp_path / "stack.tif", Path("plate/stack.tif")), (tmp_path / "one.tif", Path("one.tif"))]
+    planes = {"stack.tif": 3, "one.tif": 1}
+    jobs = client.plan_jobs(found, tmp_path / "out", kind, "z", lambda source, axis: planes[source.name])
+    assert [(j.target.relative_to(tmp_path / "out").as_posix(), j.plane) for j in jobs] == [
+        ("plate/stack_z0.png", (("z", 0),)), ("plate/stack_z1.png", (("z", 1),)),
+        ("plate/stack_z2.png", (("z", 2),)), ("one.png", ()),
+    ]
+    halves = [client.shard_jobs(jobs, tmp_path / "out", client.Shard(i, 2)) for i in range(2)]
+    assert sorted(j.target for half in halves for j in half) == sorted(j.target for j in jobs)
+    # a plane's name that another file already has is a collision, as for any two files
+    clash = [*found, (tmp_path / "x.png", Path("plate/stack_z1.png"))]
+    with pytest.raises(client.UsageError, match="would both be written"):
+        client.plan_jobs(clash, tmp_path / "out", kind, "z", lambda source, axis: planes.get(source.name, 1))
+
+
+def test_count_planes_reads_the_header_as_the_service_does(tmp_path: Path) -> None:
+    movie = write_movie(tmp_path / "movie.tif", 4)
+    assert client.count_planes(movie, "t") == 4 and client.count_planes(movie, "z") == 1
+    assert client.count_planes(write_png(tmp_path / "a.png", 5, 5), "t") == 1
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"II*\x00 not really")
+    assert client.count_planes(broken, "t") == 1  # it fails as one job, with the service's reason
+
+
+@pytest.mark.parametrize("argv", [
+    ["--t", "all", "--z", "all"],
+    ["--z", "all", "--project", "max"],
+    ["--t", "all", "--output", "ome-zarr"],
+    ["--t", "every"],
+])
+def test_all_planes_options_that_contradict_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        client.parse_config(["x.tif", "--out", "o", *argv])
+    assert exc.value.code == 2
+
+
+def test_all_planes_config_sends_no_index_for_that_axis() -> None:
+    config = client.parse_config(["x.tif", "--out", "o", "--t", "all", "--z", "3"])
+    assert (config.every_plane, config.t, config.z) == ("t", None, 3)

@@ -150,3 +150,33 @@ def test_diameter_once_segments_the_batch_at_the_scale_estimated_on_its_first_im
     assert (remote / "plate2" / "c.png").read_bytes() == fixed == (local / "plate2" / "c.png").read_bytes()
     for name in ("a.png", "b.png"):  # estimated on their own, as without the option
         assert (remote / name).read_bytes() == (local / name).read_bytes()
+
+
+def test_every_time_point_of_a_movie_is_segmented_as_that_frame_alone(
+    service_url: str, tmp_path: Path
+) -> None:
+    import numpy as np
+    import tifffile
+
+    frames = [nuclei_image(size=128, grid=3, seed=20 + k)[0] for k in range(3)]
+    movie = tmp_path / "in" / "movie.tif"
+    movie.parent.mkdir()
+    tifffile.imwrite(movie, np.stack(frames), imagej=True, metadata={"axes": "TYX"})
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for k, frame in enumerate(frames):
+        tifffile.imwrite(alone / f"movie_t{k}.tif", frame)
+
+    remote, local, expected = tmp_path / "remote", tmp_path / "local", tmp_path / "expected"
+    by_server = unet_segment(str(movie.parent), "--out", str(remote), "--url", service_url, "--t", "all")
+    in_process = unet_segment(str(movie.parent), "--out", str(local), "--t", "all")
+    frame_by_frame = unet_segment(str(alone), "--out", str(expected))
+    assert by_server.returncode == in_process.returncode == frame_by_frame.returncode == 0, (
+        by_server.stderr + in_process.stderr + frame_by_frame.stderr
+    )
+    names = {f"movie_t{k}.png" for k in range(3)}
+    assert set(outputs(remote)) - {"failures.jsonl"} == names
+    assert outputs(remote) == outputs(local)
+    for name in names:
+        assert outputs(local)[name] == outputs(expected)[name], name
+    assert outputs(local)["movie_t0.png"] != outputs(local)["movie_t1.png"]  # each frame its own
