@@ -22,47 +22,25 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
+from _sweep import add_dsb_options, near_empty_fields, scores_per_variant
 
 from model_export import dsb
-from model_export.data import SynthConfig, synth_nuclei
 from model_export.evaluate import model_subset
-from model_export.object_metrics import match_ious, score_objects
-from service import objects, pipeline, rescale
 from service.engine import Engine
 from service.objects import params_for_model
 
-ROOT = Path(__file__).resolve().parents[1]
 CUTS = (0.0, 1.0, 1.5, 2.0, 2.5, 3.0)
 
 
-def scores_per_cut(engine: Engine, image: np.ndarray, truth: np.ndarray) -> dict[float, tuple]:
-    """Per cut: (F1, precision, recall, false objects, true nuclei found) of one image."""
-    md = engine.metadata
-    params = params_for_model(md)
-    scale = pipeline.choose_scale(image, engine.run, md, None, 8192 * 8192)
-    # the model's input kept whether or not this model records a cut (2.2.0 did not)
-    prediction = pipeline.predict_scaled(image, scale, engine.run, md, batch_size=4, keep_input=True)
-    probabilities = prediction.probabilities
-    marked = probabilities[md.foreground_channel] > md.threshold
-    around = objects.Surroundings(prediction.input_grey, marked)
-    out = {}
-    for cut in CUTS:
-        labels = objects.label_prediction(marked, probabilities, replace(params, min_snr=cut), around)
-        if labels.shape != image.shape[:2]:
-            labels = rescale.renumber(rescale.resize_labels(labels, image.shape[:2]))
-        scores = score_objects(truth, labels)
-        found = int(labels.max(initial=0))
-        matched = 0
-        if found and truth.max() > 0:
-            matched = int((match_ious(truth, labels).max(axis=0) >= 0.5).sum())
-        out[cut] = (scores.f1, scores.precision, scores.recall, found - matched, matched)
-    return out
+def scores_per_cut(engine: Engine, image: np.ndarray, truth: np.ndarray) -> dict[float, dict]:
+    """Per cut: one image's scores (``_sweep.scores_per_variant``), the model's settings otherwise."""
+    params = params_for_model(engine.metadata)
+    return scores_per_variant(engine, image, truth, {cut: replace(params, min_snr=cut) for cut in CUTS})
 
 
-def run(engine: Engine, images: Iterable[tuple[np.ndarray, np.ndarray]]) -> list[dict[float, tuple]]:
+def run(engine: Engine, images: Iterable[tuple[np.ndarray, np.ndarray]]) -> list[dict[float, dict]]:
     return [scores_per_cut(engine, image, truth.astype(np.int32)) for image, truth in images]
 
 
@@ -70,12 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "nuclei-unet.onnx")
-    parser.add_argument("--dsb", type=Path, required=True, help="DSB stage1_train folder")
-    parser.add_argument("--subset", choices=("train", "tune", "val"), default="train")
-    parser.add_argument("--every", type=int, default=2, help="every n-th image of the subset")
-    parser.add_argument("--fields", type=int, default=30, help="near-empty synthetic fields")
-    parser.add_argument("--first", type=int, default=6_100_000, help="seed of the first field")
+    add_dsb_options(parser, every=2)
     args = parser.parse_args()
     engine = Engine.load(args.model, providers=["CPUExecutionProvider"], intra_op_threads=2)
     md = engine.metadata
@@ -85,16 +58,15 @@ def main() -> None:
     print(f"DSB {args.subset}, every {args.every}: {len(rows)} images; ring {ring} px")
     print("| min snr | F1 | precision | recall | false objects | true found |\n|---|---|---|---|---|---|")
     for cut in CUTS:
-        f1, precision, recall = (np.mean([r[cut][k] for r in rows]) for k in range(3))
-        false, true = (sum(r[cut][k] for r in rows) for k in (3, 4))
+        f1, precision, recall = (np.mean([r[cut][k] for r in rows]) for k in ("f1", "precision", "recall"))
+        false, true = (sum(r[cut][k] for r in rows) for k in ("false", "true"))
         print(f"| {cut} | {f1:.4f} | {precision:.4f} | {recall:.4f} | {false} | {true} |", flush=True)
-    seeds = range(args.first, args.first + args.fields)
-    fields = run(engine, (synth_nuclei(seed, 512, SynthConfig(coverage=(0.0, 0.0))) for seed in seeds))
+    fields = run(engine, near_empty_fields(args.first, args.fields))
     print(f"\n{args.fields} near-empty fields from seed {args.first}")
     print("| min snr | false objects | per field: mean / max | true found |\n|---|---|---|---|")
     for cut in CUTS:
-        false = [r[cut][3] for r in fields]
-        true = sum(r[cut][4] for r in fields)
+        false = [r[cut]["false"] for r in fields]
+        true = sum(r[cut]["true"] for r in fields)
         print(f"| {cut} | {sum(false)} | {np.mean(false):.1f} / {max(false)} | {true} |", flush=True)
 
 

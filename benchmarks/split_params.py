@@ -24,16 +24,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from _sweep import add_dsb_options, near_empty_fields, scores_per_variant
 
 from model_export import dsb
-from model_export.data import SynthConfig, synth_nuclei
 from model_export.evaluate import model_subset
-from model_export.object_metrics import match_ious, score_objects
-from service import objects, pipeline, rescale
 from service.engine import Engine
-from service.objects import ObjectParams, params_for_model
+from service.objects import params_for_model
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMINENCES = (0.1, 0.25, 0.5, 1.0)
 SIGMAS = (0.5, 1.0, 1.5, 2.0)
 
@@ -45,32 +42,14 @@ def settings(prominences: Iterable[float], sigmas: Iterable[float]) -> list[tupl
 def scores_per_setting(
     engine: Engine, image: np.ndarray, truth: np.ndarray, grid: list[tuple[float, float]]
 ) -> dict[tuple[float, float], dict]:
-    """Per ``(seed_prominence, smoothing_sigma)``: one image's scores and false objects."""
-    md = engine.metadata
-    params: ObjectParams = params_for_model(md, "distance")
-    scale = pipeline.choose_scale(image, engine.run, md, None, 8192 * 8192)
-    prediction = pipeline.predict_scaled(
-        image, scale, engine.run, md, batch_size=4, keep_input=params.min_snr > 0
-    )
-    probabilities = prediction.probabilities
-    marked = probabilities[md.foreground_channel] > md.threshold
-    around = objects.Surroundings(prediction.input_grey, marked) if params.min_snr > 0 else None
-    out = {}
-    for prominence, sigma in grid:
-        setting = replace(params, seed_prominence=prominence, smoothing_sigma=sigma)
-        labels = objects.label_prediction(marked, probabilities, setting, around)
-        if labels.shape != image.shape[:2]:
-            labels = rescale.renumber(rescale.resize_labels(labels, image.shape[:2]))
-        scores = score_objects(truth, labels)
-        found = int(labels.max(initial=0))
-        matched = 0
-        if found and truth.max() > 0:
-            matched = int((match_ious(truth, labels).max(axis=0) >= 0.5).sum())
-        out[(prominence, sigma)] = {
-            "f1": scores.f1, "precision": scores.precision, "recall": scores.recall, "ap": scores.mean_ap,
-            "objects": found, "false": found - matched,
-        }
-    return out
+    """Per ``(seed_prominence, smoothing_sigma)``: one image's scores and false objects
+    (``_sweep.scores_per_variant``), the distance split and the model's settings otherwise."""
+    params = params_for_model(engine.metadata, "distance")
+    variants = {
+        (prominence, sigma): replace(params, seed_prominence=prominence, smoothing_sigma=sigma)
+        for prominence, sigma in grid
+    }
+    return scores_per_variant(engine, image, truth, variants)
 
 
 def summary(rows: list[dict], grid: list[tuple[float, float]]) -> dict[tuple[float, float], dict]:
@@ -88,12 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "nuclei-unet.onnx")
-    parser.add_argument("--dsb", type=Path, required=True, help="DSB stage1_train folder")
-    parser.add_argument("--subset", choices=("train", "tune", "val"), default="train")
-    parser.add_argument("--every", type=int, default=1, help="every n-th image of the subset")
-    parser.add_argument("--fields", type=int, default=30, help="near-empty synthetic fields")
-    parser.add_argument("--first", type=int, default=6_100_000, help="seed of the first field")
+    add_dsb_options(parser, every=1)
     parser.add_argument("--prominence", type=float, nargs="+", default=PROMINENCES)
     parser.add_argument("--sigma", type=float, nargs="+", default=SIGMAS)
     parser.add_argument("--threads", type=int, default=2)
@@ -103,11 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine.load(args.model, providers=["CPUExecutionProvider"], intra_op_threads=args.threads)
     items = model_subset(dsb.load_set(args.dsb), args.subset, engine.metadata, args.model)[:: args.every]
     rows = [scores_per_setting(engine, i.image, i.labels.astype(np.int32), grid) for i in items]
-    seeds = range(args.first, args.first + args.fields)
-    empty = SynthConfig(coverage=(0.0, 0.0))
     fields = [
         scores_per_setting(engine, image, truth.astype(np.int32), grid)
-        for image, truth in (synth_nuclei(seed, 512, empty) for seed in seeds)
+        for image, truth in near_empty_fields(args.first, args.fields)
     ]
     on_dsb, on_fields = summary(rows, grid), summary(fields, grid)
     print(f"DSB {args.subset}, every {args.every}: {len(rows)} images; {args.fields} near-empty fields")

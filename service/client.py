@@ -469,9 +469,9 @@ def count_planes(source: Path, axis: str) -> int:
     fails as one job, with the reason the service gives)."""
     # Imported here: only --t all / --z all read files while planning (NumPy, tifffile).
     from service import imaging, microscopy
-    from service.settings import Settings
+    from service.settings import get_settings
 
-    settings = Settings()
+    settings = get_settings()  # read once for all the files planned
     try:
         layout = microscopy.probe(source.read_bytes(), settings.max_pixels, settings.decode_limits())
     except (OSError, imaging.ImageError):
