@@ -44,6 +44,10 @@ Behaviour a batch of thousands of images needs:
   other image: the batch is segmented at one scale, and the per-image estimate — 1.6× the
   segmentation's own time on a 520×696 image, 4–5× on a 256² one — is paid a few times, not for
   every image. The value used is printed, to be given as ``--diameter PX`` next time.
+- **Movies and stacks**: ``--t all`` / ``--z all`` make each time point (z-slice) of a file its
+  own job and output (``NAME_t007.png``); each is sent as that frame alone, cut out of the file
+  as a partial OME-TIFF that the service reads as the file (``service.frames``), so a movie is
+  not uploaded once per frame and may be larger than the server's upload limit.
 - **Slides**: ``--output ome-zarr`` makes every file a slide job (``POST /jobs?output=ome-zarr``,
   the file streamed, or its path under ``--data-root``, also an OME-Zarr folder's; in local mode
   the slide job's own code, one slide at a time unless ``--concurrency`` says otherwise), written
@@ -250,6 +254,10 @@ class Job:
     #: the plane of a stack this job segments (``(("t", 7),)``, sent as ``t=7``), where ``--t all``
     #: or ``--z all`` made one job per plane; empty: the options of the command line alone
     plane: tuple[tuple[str, int], ...] = ()
+
+    def label(self) -> str:
+        """The input as a person names it: ``movie.tif``, or ``movie.tif t=7`` for one plane."""
+        return " ".join([str(self.source), *(f"{axis}={index}" for axis, index in self.plane)])
 
 
 @dataclass(frozen=True)
@@ -465,18 +473,38 @@ def _per_plane(
 
 def count_planes(source: Path, axis: str) -> int:
     """How many planes ``source`` holds along ``axis`` (``"t"`` or ``"z"``), read from its header as
-    the service reads it (``service.microscopy.probe``); 1 for a file that cannot be read so (it then
-    fails as one job, with the reason the service gives)."""
+    the service reads it (``service.frames.file_layout``, on ``service.microscopy``'s reader); 1 for
+    a file that cannot be read so (it then fails as one job, with the reason the service gives)."""
     # Imported here: only --t all / --z all read files while planning (NumPy, tifffile).
-    from service import imaging, microscopy
+    from service import frames
     from service.settings import get_settings
 
-    settings = get_settings()  # read once for all the files planned
-    try:
-        layout = microscopy.probe(source.read_bytes(), settings.max_pixels, settings.decode_limits())
-    except (OSError, imaging.ImageError):
-        return 1
-    return layout.planes.get(axis.upper(), 1)
+    # Only TIFFs hold planes; the header is read, not the file (a movie may be larger than memory).
+    layout = frames.file_layout(source, get_settings().max_pixels)
+    return 1 if layout is None else layout.planes.get(axis.upper(), 1)
+
+
+def job_bytes(job: Job, config: Config) -> tuple[bytes, str]:
+    """``(bytes, content type)`` to segment for ``job``: the file's, or, for one plane of a stack
+    (``--t all`` / ``--z all``), a partial OME-TIFF of the pages that plane needs
+    (``service.frames.cut_frame``: the service reads it as the file, at the same ``t=``/``z=``), so
+    a movie is not sent or read whole once per frame. A file that cannot be cut is sent whole.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    if job.plane:
+        # Imported here: only --t all / --z all cut files (NumPy, tifffile).
+        from service import frames, microscopy
+        from service.settings import get_settings
+
+        (axis, index), = job.plane
+        selection = microscopy.Selection(channel=config.channel, z=config.z, t=config.t,
+                                         project=config.project, polarity=config.polarity or "bright")
+        cut = frames.cut_frame(job.source, axis, index, selection, get_settings().max_pixels)
+        if cut is not None:
+            return cut, "image/tiff"
+    return job.source.read_bytes(), CONTENT_TYPES[job.source.suffix.lower()]
 
 
 # --------------------------------------------------------------------------- image size sniffing
@@ -622,6 +650,7 @@ class Segmenter:
     """
 
     def __init__(self, config: Config, backoff_base: float = BACKOFF_BASE_S) -> None:
+        self.config = config
         self.kind = output_kind(config)
         self.params = {"output": self.kind.query}
         if config.geojson:
@@ -674,10 +703,10 @@ class Segmenter:
     def __call__(self, job: Job) -> Result:
         """Segment one image and write its output; never raises for HTTP or network trouble."""
         try:
-            data = job.source.read_bytes()
+            data, content_type = job_bytes(job, self.config)
         except OSError as exc:
             return Result(job, ok=False, error=f"cannot read input: {exc}")
-        upload = bytes_upload(data, CONTENT_TYPES[job.source.suffix.lower()])
+        upload = bytes_upload(data, content_type)
         result = Result(job, ok=False)
         first = self._first_turn()
         if self.wants_job(data):
@@ -908,6 +937,7 @@ class LocalSegmenter:
         from service import api, outputs
         from service.engine import ModelLoadError
 
+        self.config = config
         self.kind = OUTPUT_KINDS[config.kind]
         try:
             self.segmenter = api.Segmenter.load(config.model)
@@ -935,7 +965,7 @@ class LocalSegmenter:
         """Segment one image and write its output; never raises for a bad image."""
         result = Result(job, ok=False, attempts=1)
         try:
-            data = job.source.read_bytes()
+            data, _ = job_bytes(job, self.config)
         except OSError as exc:
             result.error = f"cannot read input: {exc}"
             return result
@@ -1033,7 +1063,7 @@ class Summary:
 
 def failure_record(result: Result) -> dict:
     """One line of the JSONL report: which file, what the server said (or why there was no answer)."""
-    record: dict = {"file": str(result.job.source), "status": result.status,
+    record: dict = {"file": str(result.job.source), **dict(result.job.plane), "status": result.status,
                     "attempts": result.attempts, "error": result.error}
     if result.problem:
         record.update({k: result.problem.get(k) for k in ("type", "title", "detail")})
@@ -1084,7 +1114,7 @@ def run(config: Config, jobs: Sequence[Job], backoff_base: float = BACKOFF_BASE_
                 summary.megapixels += (result.pixels or 0) / 1e6
             else:
                 summary.failures.append(result)
-                bar.write(f"failed: {result.job.source}: {result.error}", file=sys.stderr)
+                bar.write(f"failed: {result.job.label()}: {result.error}", file=sys.stderr)
             elapsed = time.perf_counter() - start
             with lock:
                 rate = f"{summary.megapixels / elapsed:.2f} MP/s, {len(summary.failures)} failed"

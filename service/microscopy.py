@@ -456,6 +456,23 @@ def tiff_layout(tif: Any, max_pixels: int) -> Layout:
         ) from exc
 
 
+def tiff_planes(tif: Any, max_pixels: int) -> tuple[Layout, Callable[[dict[str, int]], np.ndarray]]:
+    """The layout of an open ``tifffile.TiffFile`` (its first series) and a reader of its pages by
+    plane coordinates (``{"T": t, "Z": z, "C": c}``, 0 where left out), each decoded as an
+    upload's: ``(H, W)`` or ``(H, W, S)``, uint8 / uint16 / float32. For reading a file from disk
+    page by page (``service.frames`` cuts one frame of a movie with it).
+
+    Raises:
+        imaging.ImageError subclasses: undecodable, unsupported, more than ``max_pixels``.
+    """
+    with _decoder_errors():
+        try:
+            source = _tiff_source(tif, b"", max_pixels)
+        except _NotForTifffile as exc:
+            raise UnsupportedImageType("a single page of this kind is read whole, not by plane") from exc
+    return source.layout, source.read
+
+
 def _tiff_source(tif: Any, data: bytes, max_pixels: int, colour_pixels: bool = True) -> _Source:
     try:
         with warnings.catch_warnings():

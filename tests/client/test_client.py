@@ -569,11 +569,39 @@ def test_t_all_sends_each_time_point_of_a_movie_and_names_its_outputs(standin, t
     assert segment(folder, "--out", out, "--url", server.url, "--t", "all", "--channel", "0") == 0
     sent = sorted((r.body[:3], r.query.get("t", [None])[0], r.query["channel"][0]) for r in server.requests)
     assert sent == sorted([(b"II*", str(k), "0") for k in range(11)] + [(b"\x89PN", None, "0")])
+    # Each frame's request carries that frame's page alone (service.frames), read by the service's
+    # own reader at the t= sent, as the movie would be.
+    from service import microscopy
+
+    for request in server.requests:
+        if request.body.startswith(b"II*"):
+            t = int(request.query["t"][0])
+            assert microscopy.count_tiff_pages(request.body, 100) == 1
+            frame = microscopy.select(request.body, microscopy.Selection(channel="0", t=t), 10**6, 100)
+            assert (frame.image == 1000 * (t + 1)).all() and frame.layout.planes == {"T": 11}
     assert files_under(out) == [f"movie_t{k:02d}.png" for k in range(11)] + ["still.png"]
     # a rerun finds every plane written: nothing is sent again
     server.requests.clear()
     assert segment(folder, "--out", out, "--url", server.url, "--t", "all", "--channel", "0") == 0
     assert server.requests == []
+
+
+def test_a_failed_frame_is_reported_with_its_time_point(standin, tmp_path: Path, capsys) -> None:
+    write_movie(tmp_path / "in" / "movie.tif", 3)
+    server = standin("a")
+
+    def answer(request: Request) -> Reply:
+        if request.query["t"][0] == "1":
+            return problem(422, "Invalid options", "a frame this server refuses")
+        return Reply(200, {"Content-Type": "image/png", "X-Object-Count": "1"}, png_bytes(9, 6, 255))
+
+    server.behaviour = answer
+    out = tmp_path / "out"
+    assert segment(tmp_path / "in", "--out", out, "--url", server.url, "--t", "all") == 1
+    assert "movie.tif t=1: HTTP 422" in capsys.readouterr().err
+    (record,) = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert (Path(record["file"]).name, record["t"], record["status"]) == ("movie.tif", 1, 422)
+    assert files_under(out) == ["failures.jsonl", "movie_t0.png", "movie_t2.png"]
 
 
 def test_z_all_makes_a_job_per_slice_that_sharding_splits(tmp_path: Path) -> None:

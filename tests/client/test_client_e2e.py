@@ -77,3 +77,37 @@ def test_a_two_channel_tiff_fails_with_its_channels_until_channel_is_given(
     assert chosen.returncode == 0, chosen.stderr
     header = (tmp_path / "dapi" / "cells.csv").read_text().splitlines()[0].split(",")
     assert "area_um2" in header and "equivalent_diameter_um" in header
+
+
+def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Path) -> None:
+    # --t all sends each frame cut out of the movie (service.frames), so a movie larger than the
+    # server takes in one request (UNET_MAX_UPLOAD_BYTES) is still segmented, every frame of it;
+    # sent whole, each frame would be a 413. The frames' objects come back in µm: the calibration
+    # travels with the cut.
+    np = pytest.importorskip("numpy")
+    tifffile = pytest.importorskip("tifffile")
+    rng = np.random.default_rng(0)
+    movie = rng.integers(0, 4000, (6, 2, 64, 80), dtype=np.uint16)  # TCYX
+    images = tmp_path / "in"
+    images.mkdir()
+    tifffile.imwrite(images / "movie.tif", movie, imagej=True, resolution=(1 / 0.5, 1 / 0.5),
+                     metadata={"axes": "TCYX", "unit": "micron", "Labels": ["Actin", "DAPI"] * 6})
+    limit = (images / "movie.tif").stat().st_size // 3
+    assert limit > 64 * 80 * 2 * 2  # one frame's pages fit, the movie does not
+    model = write_conv_model(tmp_path / "conv.onnx")
+    server = Server({"UNET_MODEL_PATH": str(model), "UNET_MAX_UPLOAD_BYTES": str(limit)}, tmp_path / "log")
+    env = {k: v for k, v in os.environ.items() if k != "UNET_API_KEY"}
+    try:
+        url = server.wait_ready(60).url
+        proc = subprocess.run(
+            [sys.executable, "-m", "service.client", str(images), "--out", str(tmp_path / "out"),
+             "--url", url, "--no-progress", "--t", "all", "--channel", "DAPI", "--output", "objects"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        )
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stderr
+    assert "6 written" in proc.stderr
+    tables = sorted((tmp_path / "out").glob("movie_t*.csv"))
+    assert [p.name for p in tables] == [f"movie_t{k}.csv" for k in range(6)]
+    assert all("area_um2" in p.read_text().splitlines()[0] for p in tables)

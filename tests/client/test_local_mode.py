@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+import roifile
 
 from tests.python_api.conftest import BUNDLED_MODEL, nuclei_image, write_nuclei_tiff
 from tests.server import REPO, Server
@@ -180,3 +181,11 @@ def test_every_time_point_of_a_movie_is_segmented_as_that_frame_alone(
     for name in names:
         assert outputs(local)[name] == outputs(expected)[name], name
     assert outputs(local)["movie_t0.png"] != outputs(local)["movie_t1.png"]  # each frame its own
+    # Each frame is sent as that frame alone (service.frames), yet its ImageJ ROIs are placed at
+    # its own time point in the movie, as when the whole movie is sent with t=.
+    rois = tmp_path / "rois"
+    assert unet_segment(str(movie.parent), "--out", str(rois), "--url", service_url, "--t", "all",
+                        "--output", "rois").returncode == 0
+    for k in range(3):
+        placed = {roi.t_position for roi in roifile.roiread(rois / f"movie_t{k}.zip")}
+        assert placed == {k + 1}, (k, placed)  # ImageJ counts frames from 1

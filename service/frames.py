@@ -1,0 +1,193 @@
+"""One frame of a stack as a small file: what ``unet-segment --t all`` / ``--z all`` sends.
+
+A movie is one file of many frames. Segmenting it frame by frame used to send (over HTTP) or read
+(in local mode) the whole file once per frame: a 500-frame movie of 1024² 16-bit frames (1 GB)
+went over the wire 500 times, and a file past the service's upload limit (``UNET_MAX_UPLOAD_BYTES``,
+256 MB) could not be segmented at all: every frame was a 413.
+
+:func:`cut_frame` reads only the pages one frame needs and writes them as a **partial OME-TIFF**:
+its OME-XML describes the whole series (every axis and its size, the channel names, the pixel
+size) and places each page it holds at its own C/Z/T (``TiffData FirstC/FirstZ/FirstT``), as the
+files of an OME-TIFF fileset split over several files do. The service reads the cut as it reads
+the file (tifffile maps the pages; :mod:`service.microscopy` knows a missing page): the same
+axes, channels and plane choices, ``t=7`` still means the eighth time point, and ROIs and GeoJSON
+place the objects at that frame. A page the request needs and the cut lacks is the service's
+clear 400, never a plane of zeros.
+
+Which pages: those of the frame the command line's choices need (the channel chosen, the z-slice,
+or every slice for ``--project max``), read with the service's own choice logic
+(:func:`service.microscopy.resolve`); where the choices are incomplete (no channel for a
+two-channel movie), every page of the frame, so the service answers with the file's choices.
+
+What does not carry over: the pixel size is given as OME's, so ``X-Pixel-Size-Source`` reads
+``ome`` where the file said ``imagej`` or ``tiff``, and notices about the file's own metadata (a
+print resolution ignored, a second series) are not repeated per frame. Anything this module
+cannot cut (not a TIFF, pages of mixed pixel types, colour samples that are not RGB) is sent
+whole, as before, and the service says what it makes of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from service import imaging, microscopy
+from service.microscopy import Layout, Selection
+
+OME_NAMESPACE = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
+#: OME ``Pixels/@Type`` of each pixel type a decoded page has (``imaging.supported_dtype``).
+OME_TYPES = {"uint8": "uint8", "uint16": "uint16", "float32": "float"}
+#: Past this many bytes of pages the cut is written as BigTIFF (classic TIFF offsets are 32-bit).
+BIGTIFF_ABOVE = 2**32 - 2**25
+
+Page = dict[str, int]  # {"C": c, "Z": z, "T": t}
+
+
+def pages_for(layout: Layout, axis: str, index: int, selection: Selection) -> list[Page]:
+    """The pages (C/Z/T coordinates) plane ``index`` along ``axis`` (``"T"`` or ``"Z"``) needs
+    with ``selection`` (the command line's channel / z / t / project), in the order they are
+    written. A colour file's first page comes too: the service tells grey or one stain saved as
+    RGB from a composite on that page (``microscopy.with_colour``), whichever frame is asked for.
+    """
+    sizes = {
+        "C": 1 if "S" in layout.axes else len(layout.channels),  # colour: channels are samples of a page
+        "Z": layout.planes.get("Z", 1),
+        "T": layout.planes.get("T", 1),
+    }
+    keep: dict[str, list[int]] = {a: list(range(n)) for a, n in sizes.items()}
+    keep[axis] = [index]
+    try:
+        choice = microscopy.resolve(layout, replace(selection, **{axis.lower(): index}))
+    except microscopy.SelectionError:
+        pass  # incomplete or wrong choices: the whole frame, and the service lists the file's choices
+    else:
+        if "C" in choice.coords:
+            keep["C"] = [choice.coords["C"]]
+        if choice.z is not None:
+            keep["Z"] = [choice.z]
+        if choice.t is not None:
+            keep["T"] = [choice.t]
+    pages = [{"C": c, "Z": z, "T": t} for t in keep["T"] for z in keep["Z"] for c in keep["C"]]
+    first = {"C": 0, "Z": 0, "T": 0}
+    if layout.rgb and first not in pages:
+        pages.insert(0, first)
+    return pages
+
+
+def ome_xml(layout: Layout, pages: list[Page], dtype: np.dtype) -> str:
+    """OME-XML describing ``layout``'s whole series, of which the file holds ``pages`` (IFD k is
+    ``pages[k]``). ASCII: non-ASCII names and units become character references, as TIFF's
+    ImageDescription is an ASCII tag."""
+    ET.register_namespace("", OME_NAMESPACE)
+
+    def tag(name: str) -> str:
+        return f"{{{OME_NAMESPACE}}}{name}"
+
+    samples = layout.shape[-1] if "S" in layout.axes else 1
+    size_c = samples if samples > 1 else len(layout.channels)
+    root = ET.Element(tag("OME"))
+    image = ET.SubElement(root, tag("Image"), ID="Image:0")
+    attributes = {
+        "ID": "Pixels:0",
+        "DimensionOrder": "XYCZT",
+        "Type": OME_TYPES[str(dtype)],
+        "SizeX": str(layout.width),
+        "SizeY": str(layout.height),
+        "SizeC": str(size_c),
+        "SizeZ": str(layout.planes.get("Z", 1)),
+        "SizeT": str(layout.planes.get("T", 1)),
+    }
+    if samples > 1:
+        attributes["Interleaved"] = "true"
+    if layout.pixel_size is not None:
+        attributes |= {
+            "PhysicalSizeX": repr(layout.pixel_size.x_um), "PhysicalSizeXUnit": "µm",
+            "PhysicalSizeY": repr(layout.pixel_size.y_um), "PhysicalSizeYUnit": "µm",
+        }
+    pixels = ET.SubElement(image, tag("Pixels"), attributes)
+    if samples > 1:
+        ET.SubElement(pixels, tag("Channel"), ID="Channel:0:0", SamplesPerPixel=str(samples))
+    else:
+        for channel in layout.channels:
+            named = {"Name": channel.name} if channel.name else {}
+            ET.SubElement(pixels, tag("Channel"), ID=f"Channel:0:{channel.index}", SamplesPerPixel="1",
+                          **named)
+    for ifd, page in enumerate(pages):
+        ET.SubElement(pixels, tag("TiffData"), FirstC=str(page["C"]), FirstZ=str(page["Z"]),
+                      FirstT=str(page["T"]), IFD=str(ifd), PlaneCount="1")
+    text = ET.tostring(root, encoding="unicode")
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + text.encode("ascii", "xmlcharrefreplace").decode()
+
+
+def file_layout(path: Path, max_pixels: int) -> Layout | None:
+    """What the TIFF at ``path`` holds, read from its header and first page as the service reads
+    an upload, without reading the file whole; None: not a TIFF tifffile reads, or a plane over
+    ``max_pixels`` (sent whole, the service says why)."""
+    with _opened(path, max_pixels) as opened:
+        return None if opened is None else opened[0]
+
+
+def cut_frame(path: Path, axis: str, index: int, selection: Selection, max_pixels: int) -> bytes | None:
+    """The partial OME-TIFF of plane ``index`` along ``axis`` (``"t"`` or ``"z"``) of the TIFF at
+    ``path``, holding the pages :func:`pages_for` names; None where the file is not cut (not a
+    TIFF stack with that plane, unreadable, a frame over ``max_pixels``, pages of mixed pixel
+    types): the caller sends the file whole and the service says what it makes of it."""
+    axis = axis.upper()
+    with _opened(path, max_pixels) as opened:
+        if opened is None:
+            return None
+        layout, read = opened
+        if not 0 <= index < layout.planes.get(axis, 0) or ("S" in layout.axes and not layout.rgb):
+            return None
+        try:
+            return _write(layout, pages_for(layout, axis, index, selection), read)
+        except (imaging.ImageError, OSError):
+            return None
+
+
+@contextlib.contextmanager
+def _opened(path: Path, max_pixels: int) -> Iterator[tuple[Layout, Callable[[Page], np.ndarray]] | None]:
+    """The file's layout and page reader while open; None for what is not read by plane."""
+    import tifffile  # only --t all / --z all read files this way
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # odd tags; what matters is whether the pages read
+            tif = tifffile.TiffFile(path)
+    except Exception:  # noqa: BLE001 - not a TIFF tifffile reads: sent whole, and answered as such
+        yield None
+        return
+    try:
+        try:
+            opened = microscopy.tiff_planes(tif, max_pixels)
+        except (imaging.ImageError, OSError):
+            opened = None
+        yield opened
+    finally:
+        tif.close()
+
+
+def _write(layout: Layout, pages: list[Page], read: Callable[[Page], np.ndarray]) -> bytes | None:
+    """The pages, read one at a time and written as they come (one page in memory besides the
+    output), the OME-XML in the first page's description."""
+    import tifffile
+
+    first = read(pages[0])
+    big = first.nbytes * len(pages) > BIGTIFF_ABOVE
+    photometric = "rgb" if layout.rgb else "minisblack"
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer, bigtiff=big, ome=False) as writer:
+        for k, page in enumerate(pages):
+            array = first if k == 0 else read(page)
+            if array.dtype != first.dtype or array.shape != first.shape:
+                return None  # one OME pixel type per series: send the file as it is
+            description = ome_xml(layout, pages, first.dtype) if k == 0 else None
+            writer.write(array, photometric=photometric, description=description, metadata=None)
+    return buffer.getvalue()

@@ -1,0 +1,124 @@
+"""One frame of a movie cut into a partial OME-TIFF (``service.frames``): read back by the
+service's own reader (``service.microscopy``) as the same file, at the same plane, holding only
+the pages that plane needs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from service import frames, microscopy
+from service.imaging import UndecodableImage
+
+MAX_PIXELS, MAX_PAGES = 10**8, 10_000
+
+
+def read(data: bytes, **choice: object) -> microscopy.Plane:
+    return microscopy.select(data, microscopy.Selection(**choice), MAX_PIXELS, MAX_PAGES)  # type: ignore[arg-type]
+
+
+def page_count(data: bytes) -> int:
+    return microscopy.count_tiff_pages(data, MAX_PAGES)
+
+
+@pytest.fixture
+def hyperstack(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """An ImageJ hyperstack as Fiji saves one: 5 time points × 3 slices × 2 named channels,
+    calibrated at 0.65 µm, every page different."""
+    rng = np.random.default_rng(0)
+    movie = rng.integers(0, 4000, (5, 3, 2, 40, 50), dtype=np.uint16)  # TZCYX
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, movie, imagej=True, resolution=(1 / 0.65, 1 / 0.65),
+                     metadata={"axes": "TZCYX", "unit": "um", "Labels": ["Actin", "DAPI"] * 15})
+    return path, movie
+
+
+def test_the_cut_reads_as_the_file_at_the_same_plane_and_holds_one_page(hyperstack) -> None:
+    path, movie = hyperstack
+    whole = path.read_bytes()
+    cut = frames.cut_frame(path, "t", 3, microscopy.Selection(channel="DAPI", z=1), MAX_PIXELS)
+    assert cut is not None and page_count(cut) == 1 and len(cut) < len(whole) / 20
+    before = microscopy.probe(whole, MAX_PIXELS, MAX_PAGES)
+    after = microscopy.probe(cut, MAX_PIXELS, MAX_PAGES)
+    # The same axes, channels (with their names), planes and pixel size: the service offers and
+    # reads the same choices; only the calibration's source and the format say it is OME now.
+    assert replace(after, format=before.format, pixel_size=before.pixel_size) == before
+    assert after.pixel_size == microscopy.PixelSize(0.65, 0.65, "ome")
+    plane = read(cut, channel="DAPI", z=1, t=3)
+    assert np.array_equal(plane.image, movie[3, 1, 1])
+    assert plane.position() == read(whole, channel="DAPI", z=1, t=3).position() == (1, 1, 3)
+    # A plane the cut does not hold is the service's clear 400, never a plane of zeros.
+    with pytest.raises(UndecodableImage, match="missing"):
+        read(cut, channel="DAPI", z=1, t=2)
+
+
+def test_a_projection_takes_every_slice_of_the_chosen_channel(hyperstack) -> None:
+    path, movie = hyperstack
+    cut = frames.cut_frame(path, "t", 4, microscopy.Selection(channel="1", project="max"), MAX_PIXELS)
+    assert cut is not None and page_count(cut) == 3
+    assert np.array_equal(read(cut, channel="1", project="max", t=4).image, movie[4, :, 1].max(axis=0))
+
+
+def test_z_all_with_a_time_point_takes_that_slice_of_that_time_point(hyperstack) -> None:
+    path, movie = hyperstack
+    cut = frames.cut_frame(path, "z", 2, microscopy.Selection(channel="0", t=1), MAX_PIXELS)
+    assert cut is not None and page_count(cut) == 1
+    assert np.array_equal(read(cut, channel="0", z=2, t=1).image, movie[1, 2, 0])
+
+
+def test_without_a_channel_the_whole_frame_goes_and_the_service_lists_the_files_choices(hyperstack) -> None:
+    path, _ = hyperstack
+    whole = path.read_bytes()
+    cut = frames.cut_frame(path, "t", 0, microscopy.Selection(z=1), MAX_PIXELS)
+    assert cut is not None and page_count(cut) == 3 * 2  # every slice and channel of time point 0
+    with pytest.raises(microscopy.SelectionError) as from_cut:
+        read(cut, z=1, t=0)
+    with pytest.raises(microscopy.SelectionError) as from_file:
+        read(whole, z=1, t=0)
+    assert from_cut.value.params == from_file.value.params == ("channel",)
+    assert from_cut.value.choices == from_file.value.choices
+
+
+def test_a_colour_movie_keeps_its_first_page_for_the_colour_check(tmp_path: Path) -> None:
+    # One stain exported in its colour (blue only): the service reads blue without a choice,
+    # judged on the file's first page, so the cut of a later frame carries that page too.
+    rng = np.random.default_rng(1)
+    movie = np.zeros((4, 30, 20, 3), np.uint8)
+    movie[..., 2] = rng.integers(0, 255, (4, 30, 20), dtype=np.uint8)
+    path = tmp_path / "blue.tif"
+    tifffile.imwrite(path, movie, imagej=True, metadata={"axes": "TYXS"}, photometric="rgb")
+    cut = frames.cut_frame(path, "t", 2, microscopy.Selection(), MAX_PIXELS)
+    assert cut is not None and page_count(cut) == 2
+    plane = read(cut, t=2)
+    assert plane.channel == microscopy.Channel(2, "blue") and np.array_equal(plane.image, movie[2, :, :, 2])
+
+
+def test_an_ome_tiff_keeps_its_channel_names_and_non_ascii_units(tmp_path: Path) -> None:
+    movie = np.arange(3 * 2 * 8 * 9, dtype=np.uint8).reshape(3, 2, 8, 9)  # TCYX
+    path = tmp_path / "movie.ome.tif"
+    tifffile.imwrite(path, movie, metadata={"axes": "TCYX", "Channel": {"Name": ["Hoechst", "GFP µ"]},
+                                            "PhysicalSizeX": 0.5, "PhysicalSizeXUnit": "µm",
+                                            "PhysicalSizeY": 0.25, "PhysicalSizeYUnit": "µm"})
+    cut = frames.cut_frame(path, "t", 1, microscopy.Selection(channel="hoechst"), MAX_PIXELS)
+    assert cut is not None
+    layout = microscopy.probe(cut, MAX_PIXELS, MAX_PAGES)
+    assert [c.name for c in layout.channels] == ["Hoechst", "GFP µ"]
+    assert layout.pixel_size == microscopy.PixelSize(0.5, 0.25, "ome")
+    assert np.array_equal(read(cut, channel="Hoechst", t=1).image, movie[1, 0])
+
+
+def test_what_is_not_a_stack_with_that_plane_is_sent_whole(hyperstack, tmp_path: Path) -> None:
+    path, _ = hyperstack
+    selection = microscopy.Selection(channel="0", z=0)
+    assert frames.cut_frame(path, "t", 5, selection, MAX_PIXELS) is None  # past the last time point
+    assert frames.cut_frame(path, "t", 0, selection, 40 * 50 - 1) is None  # a frame over the limit
+    single = tmp_path / "single.tif"
+    tifffile.imwrite(single, np.zeros((8, 8), np.uint16))
+    assert frames.cut_frame(single, "t", 0, microscopy.Selection(), MAX_PIXELS) is None
+    png = tmp_path / "x.tif"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n not a TIFF")
+    assert frames.cut_frame(png, "t", 0, microscopy.Selection(), MAX_PIXELS) is None
