@@ -46,8 +46,9 @@ Behaviour a batch of thousands of images needs:
   every image. The value used is printed, to be given as ``--diameter PX`` next time.
 - **Movies and stacks**: ``--t all`` / ``--z all`` make each time point (z-slice) of a file its
   own job and output (``NAME_t007.png``); each is sent as that frame alone, cut out of the file
-  as a partial OME-TIFF that the service reads as the file (``service.frames``), so a movie is
-  not uploaded once per frame and may be larger than the server's upload limit.
+  (a TIFF or a Zeiss CZI) as a partial OME-TIFF that the service reads as the file
+  (``service.frames``), so a movie is not uploaded once per frame and may be larger than the
+  server's upload limit.
 - **Slides**: ``--output ome-zarr`` makes every file a slide job (``POST /jobs?output=ome-zarr``,
   the file streamed, or its path under ``--data-root``, also an OME-Zarr folder's; in local mode
   the slide job's own code, one slide at a time unless ``--concurrency`` says otherwise), written
@@ -212,6 +213,7 @@ CONTENT_TYPES: dict[str, str] = {
     ".jpg": "image/jpeg",
     ".jpeg": "image/jpeg",
     ".bmp": "image/bmp",
+    ".czi": "application/octet-stream",  # Zeiss ZEN: no registered media type; the service sniffs it
 }
 
 #: Statuses worth another try (overload, a replica restarting, a proxy timing out). Anything else

@@ -21,8 +21,10 @@ two-channel movie), every page of the frame, so the service answers with the fil
 
 What does not carry over: the pixel size is given as OME's, so ``X-Pixel-Size-Source`` reads
 ``ome`` where the file said ``imagej`` or ``tiff``, and notices about the file's own metadata (a
-print resolution ignored, a second series) are not repeated per frame. Anything this module
-cannot cut (not a TIFF, pages of mixed pixel types, colour samples that are not RGB) is sent
+print resolution ignored, a second series) are not repeated per frame. A Zeiss CZI is cut
+the same way (its planes read by :mod:`service.czi`), so a time-lapse past the upload limit is
+segmented frame by frame, each frame sent as an OME-TIFF. Anything this module cannot cut
+(neither TIFF nor CZI, pages of mixed pixel types, colour samples that are not RGB) is sent
 whole, as before, and the service says what it makes of it.
 """
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import mmap
 import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -38,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service import imaging, microscopy
+from service import czi, imaging, microscopy, structure
 from service.microscopy import Layout, Selection
 
 OME_NAMESPACE = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
@@ -127,9 +130,9 @@ def ome_xml(layout: Layout, pages: list[Page], dtype: np.dtype) -> str:
 
 
 def file_layout(path: Path, max_pixels: int) -> Layout | None:
-    """What the TIFF at ``path`` holds, read from its header and first page as the service reads
-    an upload, without reading the file whole; None: not a TIFF tifffile reads, or a plane over
-    ``max_pixels`` (sent whole, the service says why)."""
+    """What the TIFF or CZI at ``path`` holds, read from its header (and a TIFF's first page) as
+    the service reads an upload, without reading the file whole; None: neither, unreadable, or a
+    plane over ``max_pixels`` (sent whole, the service says why)."""
     with _opened(path, max_pixels) as opened:
         return None if opened is None else opened[0]
 
@@ -157,6 +160,10 @@ def _opened(path: Path, max_pixels: int) -> Iterator[tuple[Layout, Callable[[Pag
     """The file's layout and page reader while open; None for what is not read by plane."""
     import tifffile  # only --t all / --z all read files this way
 
+    if _is_czi(path):
+        with _czi_opened(path, max_pixels) as opened:
+            yield opened
+        return
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # odd tags; what matters is whether the pages read
@@ -172,6 +179,31 @@ def _opened(path: Path, max_pixels: int) -> Iterator[tuple[Layout, Callable[[Pag
         yield opened
     finally:
         tif.close()
+
+
+def _is_czi(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return czi.is_czi(handle.read(10))
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _czi_opened(path: Path, max_pixels: int) -> Iterator[tuple[Layout, Callable[[Page], np.ndarray]] | None]:
+    """A CZI's planes, read from the file where it lies (its directory walked on a map of it, as
+    the service walks an upload's): a movie of any length is cut frame by frame."""
+    try:
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            structure.check_czi(view, structure.Limits())  # type: ignore[arg-type]  # bytes-like
+        layout, read, close = czi.open_planes(path, max_pixels)
+    except (imaging.ImageError, OSError, ValueError):
+        yield None
+        return
+    try:
+        yield layout, read
+    finally:
+        close()
 
 
 def _write(layout: Layout, pages: list[Page], read: Callable[[Page], np.ndarray]) -> bytes | None:

@@ -16,6 +16,7 @@ Pure functions on ``bytes`` and ``numpy`` arrays; no files, no HTTP.
   JPEG segments) so a file of a million tiny pages or chunks is refused before a decoder parses
   them, and the plane's size is checked from the header before any pixel buffer exists. Only
   the pages the choice needs are decoded (a max projection reads its z-slices one at a time).
+- CZI (Zeiss ZEN) is read by :mod:`service.czi` into the same layout and plane reader.
 - PNG, JPEG and BMP keep their decoder (``imaging.decode``); their only "axis" is colour.
 - Whatever a decoder raises on hostile bytes becomes :class:`~service.imaging.UndecodableImage`
   (HTTP 400): a file is refused, never a crash (issue 15's fuzzing found TypeError, ValueError
@@ -116,7 +117,8 @@ class Channel:
 @dataclass(frozen=True)
 class PixelSize:
     """Micrometres per pixel along x (columns) and y (rows); ``source`` says who said so:
-    ``ome`` · ``imagej`` · ``tiff`` (ResolutionUnit centimetre) · ``request`` (``pixel_size=``)."""
+    ``ome`` · ``imagej`` · ``tiff`` (ResolutionUnit centimetre) · ``czi`` (ZEN's Scaling) ·
+    ``request`` (``pixel_size=``)."""
 
     x_um: float
     y_um: float
@@ -273,7 +275,7 @@ def count_tiff_pages(data: bytes, limit: int) -> int:
 
 
 @contextlib.contextmanager
-def _decoder_errors() -> Iterator[None]:
+def decoder_errors() -> Iterator[None]:
     """Anything a decoder raises on hostile bytes → :class:`UndecodableImage` (HTTP 400).
 
     Pillow, OpenCV and tifffile raise TypeError, KeyError, struct.error, ... on corrupt input,
@@ -313,7 +315,7 @@ def probe(data: bytes, max_pixels: int, limits: Limits | int) -> Layout:
         imaging.ImageError subclasses: undecodable, unsupported, too large, too many pages,
         too complex (structure.TooComplex).
     """
-    with _decoder_errors():
+    with decoder_errors():
         source = _open(data, max_pixels, structure.as_limits(limits))
         try:
             return source.layout
@@ -341,7 +343,7 @@ def select(
         too complex (structure.TooComplex).
         DecodeCancelled: ``should_stop`` said so.
     """
-    with _decoder_errors():
+    with decoder_errors():
         source = _open(data, max_pixels, structure.as_limits(limits))
         try:
             return _select(source, selection, model_channels, should_stop)
@@ -352,7 +354,7 @@ def select(
 def preview_plane(data: bytes, selection: Selection, max_pixels: int, limits: Limits | int) -> Plane:
     """Like :func:`select`, but what is not chosen defaults for display: a composite stays in
     colour, the first channel of a C axis, the first plane. For the web page's preview only."""
-    with _decoder_errors():
+    with decoder_errors():
         return _preview_plane(data, selection, max_pixels, structure.as_limits(limits))
 
 
@@ -375,6 +377,8 @@ def _preview_plane(data: bytes, selection: Selection, max_pixels: int, limits: L
 def _open(data: bytes, max_pixels: int, limits: Limits) -> _Source:
     # Pages, tags, chunks, segments and metadata bytes are bounded before any decoder parses them.
     structure.check(data, limits)
+    if data[:10] == structure.CZI_MAGIC:
+        return _open_czi(data, max_pixels)
     if not is_tiff(data):
         return _open_flat(data, max_pixels, fmt=None)
     try:
@@ -383,6 +387,21 @@ def _open(data: bytes, max_pixels: int, limits: Limits) -> _Source:
         # A single page in a layout tifffile returns raw (palette, CMYK, YCbCr, min-is-white,
         # old JPEG): the decoder the service always used reads it.
         return _open_flat(data, max_pixels, fmt="TIFF")
+
+
+def _open_czi(data: bytes, max_pixels: int) -> _Source:
+    from service import czi  # it builds on this module's Layout
+
+    layout, read, close = czi.open_planes(data, max_pixels)
+    source = _Source(layout, read=read, close=close)
+    if layout.rgb:
+        try:
+            source.first = read({})
+        except BaseException:
+            close()
+            raise
+        source.layout = with_colour(layout, source.first)
+    return source
 
 
 class _NotForTifffile(Exception):
@@ -465,7 +484,7 @@ def tiff_planes(tif: Any, max_pixels: int) -> tuple[Layout, Callable[[dict[str, 
     Raises:
         imaging.ImageError subclasses: undecodable, unsupported, more than ``max_pixels``.
     """
-    with _decoder_errors():
+    with decoder_errors():
         try:
             source = _tiff_source(tif, b"", max_pixels)
         except _NotForTifffile as exc:

@@ -198,6 +198,10 @@ class Settings(BaseSettings):
         32, ge=1, description="most scans a (progressive) JPEG may have; the decoder goes over the image "
         "once per scan"
     )
+    max_czi_subblocks: int = Field(
+        20_000, ge=1, description="most subblocks (tiles of a plane) a CZI file may have; counted before "
+        "its directory is parsed"
+    )
     max_batch_files: int = Field(64, ge=1, description="most files in one /segment/batch request")
     request_timeout_s: float = Field(
         300.0, gt=0, description="a segmentation still running after this long is abandoned (503)"
@@ -321,6 +325,7 @@ class Settings(BaseSettings):
             max_png_data_chunks=self.max_png_data_chunks,
             max_metadata_bytes=self.max_metadata_bytes,
             max_jpeg_scans=self.max_jpeg_scans,
+            max_czi_subblocks=self.max_czi_subblocks,
         )
 
 

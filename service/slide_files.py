@@ -268,8 +268,11 @@ def open_slide(
     except OSError as exc:
         raise UndecodableImage(f"cannot open the slide file: {exc.strerror}") from exc
     if not microscopy.is_tiff(head):
+        czi = head == structure.CZI_MAGIC[:8]
         raise UnsupportedImageType(
-            "slides are read from TIFF (OME-TIFF, BigTIFF, tiled or not) or OME-Zarr; this file is neither"
+            "slides are read from TIFF (OME-TIFF, BigTIFF, tiled or not) or OME-Zarr; this file is "
+            + ("a CZI, read as an upload only: convert the slide to OME-TIFF (Bio-Formats' bfconvert)"
+               if czi else "neither")
         )
     return _open_tiff(p, selection, max_pixels, structure.as_limits(limits), model_channels)
 

@@ -22,6 +22,10 @@ what the decoders are then given is bounded by :class:`Limits`, whatever the upl
   are malformed past :data:`_MAX_JPEG_GAP`.
 - **TIFF** (classic and BigTIFF): the top-level IFD chain, loops stopped; pages against
   ``max_tiff_pages``, IFD entries summed over the pages against ``max_tiff_tags``.
+- **CZI** (Zeiss ZEN): the file header, the subblock directory and the metadata segment.
+  Directory entries against ``max_czi_subblocks`` (each is a tile of one plane, parsed in Python
+  by czifile); every entry's dimension count and subblock position checked against the file, so
+  a truncated upload is named here, not deep in a decoder; the XML against ``max_metadata_bytes``.
 - Other formats (BMP) have no variable structure to walk.
 
 Too much structure is :class:`TooComplex` (HTTP 413, naming the limit and its setting);
@@ -40,6 +44,7 @@ from service.imaging import ImageError, UndecodableImage
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SOI = b"\xff\xd8"
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+CZI_MAGIC = b"ZISRAWFILE"
 
 #: PNG chunks that carry pixels; every other chunk is structure or metadata.
 _PNG_DATA = frozenset({b"IDAT", b"fdAT"})
@@ -74,6 +79,7 @@ class Limits:
     max_png_data_chunks: int = 100_000  # UNET_MAX_PNG_DATA_CHUNKS
     max_metadata_bytes: int = 16 * 1024 * 1024  # UNET_MAX_METADATA_BYTES
     max_jpeg_scans: int = 32  # UNET_MAX_JPEG_SCANS
+    max_czi_subblocks: int = 20_000  # UNET_MAX_CZI_SUBBLOCKS
 
 
 def as_limits(limits: Limits | int) -> Limits:
@@ -122,6 +128,8 @@ def check(data: bytes, limits: Limits) -> None:
         check_jpeg(data, limits)
     elif data[:4] in _TIFF_MAGIC:
         count_tiff(data, limits)
+    elif data[:10] == CZI_MAGIC:
+        check_czi(data, limits)
 
 
 def check_png(data: bytes, limits: Limits) -> None:
@@ -261,3 +269,73 @@ def count_tiff(data: bytes, limits: Limits) -> int:
             )
         offset = struct.unpack_from(order + off_fmt, data, nxt)[0]
     return len(seen)
+
+
+# CZI (ZISRAW) layout: every segment starts with a 32-byte header (16-byte id, allocated and used
+# sizes); the file header's data holds the directory's and the metadata's positions at these offsets.
+_CZI_SEGMENT_HEADER = 32
+_CZI_DIRECTORY_AT, _CZI_METADATA_AT = 32 + 52, 32 + 60
+_CZI_ENTRY_FIXED, _CZI_DIMENSION_ENTRY = 32, 20
+#: More dimensions than a subblock can have (X Y C Z T R I H V B S M and the sample axis).
+_CZI_MAX_DIMENSIONS = 16
+
+
+def check_czi(data: bytes, limits: Limits) -> int:
+    """Subblocks in a CZI's directory, walked entry by entry; :class:`TooComplex` past
+    ``limits.max_czi_subblocks`` or metadata past ``limits.max_metadata_bytes``,
+    :class:`~service.imaging.UndecodableImage` for a directory or subblock outside the file.
+
+    czifile would otherwise scan the whole file for subblocks when the directory is missing, and
+    parse every entry in Python whatever their number.
+    """
+    size = len(data)
+    if size < _CZI_METADATA_AT + 8:
+        raise UndecodableImage(f"truncated CZI: {size} bytes, shorter than its file header")
+    directory, metadata = struct.unpack_from("<qq", data, _CZI_DIRECTORY_AT)
+    _czi_segment(data, directory, b"ZISRAWDIRECTORY", "subblock directory")
+    count = struct.unpack_from("<i", data, directory + _CZI_SEGMENT_HEADER)[0]
+    if count < 0:
+        raise UndecodableImage(f"malformed CZI: the directory claims {count} subblocks")
+    if count > limits.max_czi_subblocks:
+        raise TooComplex(
+            f"the CZI has {count:,} subblocks, more than {limits.max_czi_subblocks:,}",
+            limits.max_czi_subblocks, "UNET_MAX_CZI_SUBBLOCKS", "; export the planes you need",
+        )
+    pos = directory + _CZI_SEGMENT_HEADER + 128
+    for index in range(count):
+        if pos + _CZI_ENTRY_FIXED > size:
+            raise UndecodableImage(f"truncated CZI: its directory ends inside entry {index} of {count}")
+        schema = data[pos : pos + 2]
+        block_at = struct.unpack_from("<q", data, pos + 6)[0]
+        dimensions = struct.unpack_from("<i", data, pos + 28)[0]
+        if schema != b"DV" or not 0 < dimensions <= _CZI_MAX_DIMENSIONS:
+            raise UndecodableImage(f"malformed CZI: directory entry {index} is not a subblock entry")
+        if not 0 < block_at < size - _CZI_SEGMENT_HEADER:
+            raise UndecodableImage(
+                f"truncated CZI: subblock {index} of {count} lies past the end of the file ({size:,} bytes)"
+            )
+        pos += _CZI_ENTRY_FIXED + dimensions * _CZI_DIMENSION_ENTRY
+    if pos > size:
+        raise UndecodableImage("truncated CZI: the file ends inside its subblock directory")
+    if metadata:
+        _czi_segment(data, metadata, b"ZISRAWMETADATA", "metadata")
+        xml_size = struct.unpack_from("<i", data, metadata + _CZI_SEGMENT_HEADER)[0]
+        if xml_size > limits.max_metadata_bytes:
+            raise TooComplex(
+                f"the CZI's metadata has {xml_size:,} bytes, more than {limits.max_metadata_bytes:,}",
+                limits.max_metadata_bytes, "UNET_MAX_METADATA_BYTES",
+            )
+        if xml_size < 0 or metadata + _CZI_SEGMENT_HEADER + 256 + xml_size > size:
+            raise UndecodableImage("truncated CZI: the file ends inside its metadata")
+    return count
+
+
+def _czi_segment(data: bytes, at: int, sid: bytes, what: str) -> None:
+    if not 0 < at <= len(data) - _CZI_SEGMENT_HEADER - 8:
+        raise UndecodableImage(
+            f"the CZI's {what} is not in the file (position {at:,} of {len(data):,} bytes): a truncated "
+            "upload, or a file ZEN did not finish writing"
+        )
+    found = data[at : at + 16].rstrip(b"\x00")
+    if found != sid:
+        raise UndecodableImage(f"malformed CZI: no {what} segment at byte {at:,} ({found[:16]!r})")

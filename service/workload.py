@@ -4,7 +4,7 @@ Admission (``service.admission``) charges a request by these pixels *before* dec
 decoding is where memory is first spent (eight 8192² RGBA16 previews decoded at once took
 14.6 GB). Only headers are read here, after the file's structure is walked and bounded
 (``service.structure``: Pillow's header parsing is what a hostile file makes slow): a TIFF's
-first IFD, another format's header through Pillow, as ``imaging.probe`` does.
+first IFD, a CZI's subblock directory, another format's header through Pillow, as ``imaging.probe`` does.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ def plane_pixels(data: bytes, max_pixels: int, limits: structure.Limits | int) -
         imaging.UndecodableImage / UnsupportedImageType: no readable header.
     """
     structure.check(data, structure.as_limits(limits))
+    if data[:10] == structure.CZI_MAGIC:
+        return _czi_pixels(data, max_pixels)
     width, height = _tiff_size(data) if microscopy.is_tiff(data) else (None, None)
     if width is None or height is None:
         try:
@@ -37,6 +39,16 @@ def plane_pixels(data: bytes, max_pixels: int, limits: structure.Limits | int) -
     if width * height > max_pixels:
         raise imaging.ImageTooLarge(width * height, max_pixels, width, height)
     return width * height
+
+
+def _czi_pixels(data: bytes, max_pixels: int) -> int:
+    """A CZI's plane from its subblock directory (the extent of its full-resolution tiles)."""
+    from service import czi
+
+    with microscopy.decoder_errors():
+        layout, _read, close = czi.open_planes(data, max_pixels)
+    close()
+    return layout.width * layout.height
 
 
 def _tiff_size(data: bytes) -> tuple[int | None, int | None]:

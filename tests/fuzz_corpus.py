@@ -1,11 +1,12 @@
 """A fixed-seed corpus of mutated image files for the decoder fuzz tests (issue 15).
 
 Real PNG (8/16-bit; grey, RGB, RGBA), JPEG (grey, colour, progressive), TIFF (single page,
-multi-page, tiled, compressed, OME-TIFF with channels, ImageJ hyperstack) bytes, small so a few
-hundred mutants decode in seconds, each mutated by one of: byte flips, truncation, duplicating
-a chunk / marker segment / IFD entry, corrupting a length field (PNG chunk length, JPEG segment
-length, TIFF entry count / value count / offset). The same seed always gives the same mutants,
-so a failure is reproducible from its name.
+multi-page, tiled, compressed, OME-TIFF with channels, ImageJ hyperstack) and Zeiss CZI (zstd1
+channels and slices; a tile scan) bytes, small so a few hundred mutants decode in seconds, each
+mutated by one of: byte flips, truncation, duplicating a chunk / marker segment / IFD entry /
+CZI directory entry, corrupting a length field (PNG chunk length, JPEG segment length, TIFF
+entry count / value count / offset, CZI entry count / dimension count / subblock position).
+The same seed always gives the same mutants, so a failure is reproducible from its name.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import tifffile
+
+from tests.czi_files import ZSTD1, Tile, czi_bytes
 
 
 def _blobs(height: int, width: int, seed: int, dtype: type = np.uint8) -> np.ndarray:
@@ -79,6 +82,11 @@ def seeds() -> dict[str, bytes]:
             metadata={"axes": "CYX", "Channel": {"Name": ["Actin", "DAPI"]}, "PhysicalSizeX": 0.65},
         ),
         "imagej-hyperstack": _tiff(hyper, imagej=True, metadata={"axes": "ZCYX"}),
+        "czi-zstd1": czi_bytes(
+            [Tile(_blobs(h, w, 10 * z + c, np.uint16), c=c, z=z) for z in range(2) for c in range(2)],
+            {0: "Actin", 1: "DAPI"}, 0.65e-6, ZSTD1,
+        ),
+        "czi-tiles": czi_bytes([Tile(grey8), Tile(_blobs(h, w, 14), x=w - 4, y=6)]),
     }
 
 
@@ -116,11 +124,25 @@ def _tiff_entries(data: bytes) -> list[int]:
     return [ifd + 2 + 12 * k for k in range(count) if ifd + 14 + 12 * k <= len(data)]
 
 
+def _czi_entries(data: bytes) -> list[tuple[int, int]]:
+    """(start, length) of each entry of a CZI's subblock directory."""
+    directory = struct.unpack_from("<q", data, 84)[0]
+    count = struct.unpack_from("<i", data, directory + 32)[0]
+    out, pos = [], directory + 160
+    for _ in range(count):
+        length = 32 + 20 * struct.unpack_from("<i", data, pos + 28)[0]
+        out.append((pos, length))
+        pos += length
+    return out
+
+
 def _segments(name: str, data: bytes) -> list[tuple[int, int]]:
     if name.startswith("png"):
         return _png_chunks(data)
     if name.startswith("jpeg"):
         return _jpeg_segments(data)
+    if name.startswith("czi"):
+        return _czi_entries(data)
     return [(offset, 12) for offset in _tiff_entries(data)]
 
 
@@ -152,6 +174,10 @@ def corrupt_length(rng: random.Random, name: str, data: bytes) -> bytes:
         struct.pack_into(">I", out, start, value)
     elif name.startswith("jpeg"):
         struct.pack_into(">H", out, start + 2, value & 0xFFFF)
+    elif name.startswith("czi"):  # an entry's dimension count or subblock position, or the entry count
+        directory = struct.unpack_from("<q", data, 84)[0]
+        where, fmt = rng.choice([(start + 28, "<i"), (start + 6, "<q"), (directory + 32, "<i")])
+        struct.pack_into(fmt, out, where, value if fmt == "<q" else value - (1 << 32) * (value >= 1 << 31))
     else:  # an IFD entry's value count or value/offset, or the IFD's entry count
         order = "<" if data[:2] == b"II" else ">"
         where = rng.choice([start + 4, start + 8, _tiff_entries(data)[0] - 2])

@@ -29,7 +29,7 @@ class ChannelInfo(BaseModel):
 class PixelSizeInfo(BaseModel):
     x: float = Field(description="µm per pixel along x (columns)")
     y: float = Field(description="µm per pixel along y (rows)")
-    source: str = Field(description="ome | imagej | tiff")
+    source: str = Field(description="ome | imagej | tiff | czi")
 
 
 class ProbeResult(BaseModel):

@@ -725,7 +725,7 @@ IMAGE_BODY = {
                     "file": {
                         "type": "string",
                         "format": "binary",
-                        "description": "PNG, JPEG, TIFF or BMP image",
+                        "description": "PNG, JPEG, TIFF, BMP or Zeiss CZI image",
                     }
                 },
             }
@@ -789,7 +789,9 @@ _PNG_HEADERS = {
     "X-Pixel-Size-Um": {"description": "µm per pixel used for the µm columns: `x` or `x,y`; absent "
                         "when unknown",
                         "schema": {"type": "string"}},
-    "X-Pixel-Size-Source": {"description": "ome | imagej | tiff | request", "schema": {"type": "string"}},
+    "X-Pixel-Size-Source": {
+        "description": "ome | imagej | tiff | czi | request", "schema": {"type": "string"}
+    },
     "X-Prediction-Cache": {"description": "hit: the model's prediction for this upload, plane and scale was "
                            "kept from an earlier request and reused (only the output was made); miss: "
                            "it was computed (and kept). Absent when the server keeps none "

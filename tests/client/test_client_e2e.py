@@ -79,20 +79,27 @@ def test_a_two_channel_tiff_fails_with_its_channels_until_channel_is_given(
     assert "area_um2" in header and "equivalent_diameter_um" in header
 
 
-def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".tif", ".czi"])
+def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Path, suffix: str) -> None:
     # --t all sends each frame cut out of the movie (service.frames), so a movie larger than the
     # server takes in one request (UNET_MAX_UPLOAD_BYTES) is still segmented, every frame of it;
     # sent whole, each frame would be a 413. The frames' objects come back in µm: the calibration
-    # travels with the cut.
+    # travels with the cut. An ImageJ hyperstack, and a Zeiss CZI as ZEN saves a time-lapse.
     np = pytest.importorskip("numpy")
     tifffile = pytest.importorskip("tifffile")
     rng = np.random.default_rng(0)
     movie = rng.integers(0, 4000, (6, 2, 64, 80), dtype=np.uint16)  # TCYX
     images = tmp_path / "in"
     images.mkdir()
-    tifffile.imwrite(images / "movie.tif", movie, imagej=True, resolution=(1 / 0.5, 1 / 0.5),
-                     metadata={"axes": "TCYX", "unit": "micron", "Labels": ["Actin", "DAPI"] * 6})
-    limit = (images / "movie.tif").stat().st_size // 3
+    if suffix == ".tif":
+        tifffile.imwrite(images / "movie.tif", movie, imagej=True, resolution=(1 / 0.5, 1 / 0.5),
+                         metadata={"axes": "TCYX", "unit": "micron", "Labels": ["Actin", "DAPI"] * 6})
+    else:
+        from tests.czi_files import Tile, czi_bytes
+
+        tiles = [Tile(movie[t, c], c=c, t=t) for t in range(6) for c in range(2)]
+        (images / "movie.czi").write_bytes(czi_bytes(tiles, {0: "Actin", 1: "DAPI"}, 0.5e-6))
+    limit = (images / f"movie{suffix}").stat().st_size // 3
     assert limit > 64 * 80 * 2 * 2  # one frame's pages fit, the movie does not
     model = write_conv_model(tmp_path / "conv.onnx")
     server = Server({"UNET_MODEL_PATH": str(model), "UNET_MAX_UPLOAD_BYTES": str(limit)}, tmp_path / "log")

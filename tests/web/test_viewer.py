@@ -398,6 +398,31 @@ def test_channel_picker_lists_the_files_channels_and_segments_the_one_chosen(
         page.close()
 
 
+def test_a_zeiss_czi_is_dropped_as_saved_and_its_channels_offered_by_name(
+    browser: Any, service_url: str, tmp_path: Path
+) -> None:
+    """ZEN's own file, not an export: the page takes a .czi, offers its channels by name, shows
+    ZEN's calibration and segments the channel chosen as the server does."""
+    from tests.czi_files import ZSTD1, Tile, czi_bytes
+
+    nuclei = cv2.imread(str(write_disc_tiff(tmp_path / "nuclei.tif", seed=6)), cv2.IMREAD_UNCHANGED)
+    cyto = cv2.GaussianBlur(nuclei, (0, 0), 12)
+    path = tmp_path / "experiment.czi"
+    path.write_bytes(czi_bytes([Tile(cyto, c=0), Tile(nuclei, c=1)], {0: "AF488", 1: "DAPI"}, 0.65e-6, ZSTD1))
+    page = _new_page(browser, service_url)
+    try:
+        page.locator("#file-input").set_input_files(str(path))
+        picker = page.get_by_label("Nuclei channel")
+        picker.wait_for(state="visible")
+        assert picker.locator("option").all_text_contents()[1:] == ["0 · AF488", "1 · DAPI"]
+        page.wait_for_function("() => document.getElementById('info-pixel-size').textContent.includes('czi')")
+        assert page.locator("#info-pixel-size").text_content() == "0.65 µm/px (czi)"
+        picker.select_option("1")
+        assert _wait_for_count(page) == _server_count(service_url, path, channel="1") > 0
+    finally:
+        page.close()
+
+
 def test_one_stain_exported_in_blue_is_segmented_at_once_and_the_page_says_which_channel(
     browser: Any, service_url: str, tmp_path: Path
 ) -> None:

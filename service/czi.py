@@ -1,0 +1,330 @@
+"""Zeiss CZI files (ZEN's own format) read as uploads: channels, z-slices, time points, pixel size.
+
+A CZI holds its image as *subblocks*: tiles, each one plane (one C, Z, T ...) at a position in
+pixels, full resolution or a pyramid level, stored raw or compressed. This module turns that into
+the :class:`~service.microscopy.Layout` and plane reader every other format has, so the channel,
+plane and pixel-size rules of :mod:`service.microscopy` apply to a CZI unchanged.
+
+- **Container**: czifile (C. Gohlke) parses the file header, the subblock directory and the
+  metadata, in pure Python and from memory. Pure Python matters on uploads: Zeiss's own libCZI
+  (pylibCZIrw) crashed its process with SIGSEGV on 4 of 200 mutated files, where a parser that
+  raises gives the caller a 400. :func:`service.structure.check_czi` bounds the directory first.
+- **Pixels**: each full-resolution subblock of the plane is decoded here through imagecodecs
+  (zstd, JPEG XR, JPEG, LZW, as ZEN writes them; czifile's release for Python 3.11 predates ZEN's
+  zstd) and pasted at its position: a tile scan (mosaic) comes out as one plane. Pyramid levels
+  are skipped: the service resamples by itself.
+- **What is refused, naming what to do**: several scenes (positions of a multi-well or tile-region
+  experiment), other dimensions with more than one index (rotation, illumination, phase, view,
+  block), colour subblocks beside other channels, complex or camera-raw pixels.
+- **Metadata**: channel names (``Information/Image/Dimensions/Channels/Channel/@Name``) and the
+  pixel size (``Scaling/Items/Distance[@Id='X'|'Y']/Value``, in metres).
+
+Colour subblocks (Bgr24/Bgr48) are stored blue first; planes come out red first, as every other
+decoder of the service gives them.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType
+from service.microscopy import PLANE_AXES, RGB_NAMES, Channel, Layout, PixelSize
+
+#: CZI dimensions that may index planes; any other with more than one index is refused.
+_PLANE_DIMENSIONS = ("C", *PLANE_AXES)
+_DIMENSION_NAMES = {
+    "S": "scenes", "R": "rotations", "I": "illuminations", "H": "phases", "V": "views", "B": "blocks",
+}
+#: Subblock pixel types, as czifile spells them (Gray8, Gray16, Gray32Float, Bgr24, Bgr48) →
+#: (numpy dtype, samples). Others (complex, 32/64-bit integer, BGRA, float colour) are not what a
+#: microscope's fluorescence channel holds.
+_PIXEL_TYPES = {
+    "<u1": ("uint8", 1), "<u2": ("uint16", 1), "<f4": ("float32", 1),
+    "<3u1": ("uint8", 3), "<3u2": ("uint16", 3),
+}
+_UNCOMPRESSED, _JPEG, _LZW, _JPEGXR, _ZSTD0, _ZSTD1 = 0, 1, 2, 4, 5, 6
+
+
+def is_czi(data: bytes) -> bool:
+    return data[:10] == b"ZISRAWFILE"
+
+
+@dataclass(frozen=True)
+class _Tile:
+    """One full-resolution subblock: where it goes and how to get its pixels."""
+
+    index: dict[str, int]  # plane coordinates, 0-based: {"C": c, "Z": z, "T": t}
+    x: int
+    y: int
+    width: int
+    height: int
+    pixel_type: str  # czifile's dtype string, a key of _PIXEL_TYPES
+    compression: int
+    mosaic: int
+    entry: Any  # czifile.DirectoryEntryDV
+
+
+Reader = Callable[[dict[str, int]], np.ndarray]
+
+
+def open_planes(source: bytes | Path, max_pixels: int) -> tuple[Layout, Reader, Callable[[], None]]:
+    """The layout of a CZI (an upload's bytes, or a file) and a reader of its planes by
+    coordinates (``{"C": c, "Z": z, "T": t}``, 0 where left out): ``(H, W)`` grey or ``(H, W, 3)``
+    RGB, uint8/uint16/float32; and what closes the file when reading is done.
+
+    The caller has walked the file with :func:`service.structure.check_czi`.
+
+    Raises:
+        UndecodableImage: what czifile cannot parse, a subblock that does not decode.
+        UnsupportedImageType: scenes, other dimensions, pixel types or compressions not read.
+        ImageTooLarge: a plane over ``max_pixels``.
+    """
+    import czifile  # imported only for CZI uploads
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # czifile warns of pending updates, unknown segments
+            czi = czifile.CziFile(
+                str(source) if isinstance(source, Path) else io.BytesIO(source), multifile=False,
+                detectmosaic=False,
+            )
+    except Exception as exc:  # noqa: BLE001 - czifile raises struct.error, KeyError, ... on bad bytes
+        raise UndecodableImage(f"unreadable CZI: {type(exc).__name__}: {exc}") from exc
+    try:
+        layout, read = _planes(czi, max_pixels)
+    except BaseException:
+        czi.close()
+        raise
+    return layout, read, czi.close
+
+
+def _planes(czi: Any, max_pixels: int) -> tuple[Layout, Reader]:
+    """:func:`open_planes` on an open ``czifile.CziFile``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            entries = list(czi.subblock_directory)
+            xml = czi.metadata() or ""
+    except Exception as exc:  # noqa: BLE001 - as above
+        raise UndecodableImage(f"unreadable CZI: {type(exc).__name__}: {exc}") from exc
+    tiles, sizes = _tiles(entries)
+    x0, y0 = min(t.x for t in tiles), min(t.y for t in tiles)
+    width = max(t.x + t.width for t in tiles) - x0
+    height = max(t.y + t.height for t in tiles) - y0
+    if width * height > max_pixels:
+        raise ImageTooLarge(width * height, max_pixels, width, height)
+
+    dtypes = {_PIXEL_TYPES[t.pixel_type] for t in tiles}
+    samples = max(s for _, s in dtypes)
+    rgb = samples == 3
+    if rgb and (len(dtypes) > 1 or sizes.get("C", 1) > 1):
+        raise UnsupportedImageType(
+            "the CZI mixes colour (brightfield) subblocks with other channels; export the "
+            "fluorescence channel on its own"
+        )
+    names, pixel_size, notes = _metadata(xml)
+    if rgb:
+        channels = tuple(Channel(i, n) for i, n in enumerate(RGB_NAMES))
+    else:
+        channels = tuple(
+            Channel(c, names[c] if c < len(names) else None) for c in range(sizes.get("C", 1))
+        )
+    lead = [a for a in ("T", "Z", "C") if sizes.get(a, 1) > 1]
+    axes = "".join(lead) + "YX" + ("S" if rgb else "")
+    shape = tuple(sizes[a] for a in lead) + (height, width) + ((3,) if rgb else ())
+    by_plane: dict[tuple[int, int, int], list[_Tile]] = {}
+    for tile in sorted(tiles, key=lambda t: t.mosaic):  # higher mosaic indices on top, as libCZI draws
+        by_plane.setdefault(_key(tile.index), []).append(tile)
+    # Channels may differ in pixel type (an 8-bit and a 16-bit camera): the layout names the first's.
+    first_dtype = _PIXEL_TYPES[by_plane[min(by_plane)][0].pixel_type][0]
+
+    def read(coords: dict[str, int]) -> np.ndarray:
+        plane_tiles = by_plane.get(_key(coords))
+        if not plane_tiles:
+            raise UndecodableImage(f"the CZI has no subblock for plane {_describe(coords)}")
+        dtype, tile_samples = _PIXEL_TYPES[plane_tiles[0].pixel_type]
+        plane = np.zeros((height, width, tile_samples) if rgb else (height, width), dtype)
+        for tile in plane_tiles:
+            pixels = _decode(tile)
+            if pixels.dtype != plane.dtype:
+                raise UnsupportedImageType(f"the CZI's plane {_describe(coords)} mixes pixel types")
+            plane[tile.y - y0 : tile.y - y0 + tile.height, tile.x - x0 : tile.x - x0 + tile.width] = pixels
+        return plane
+
+    layout = Layout(
+        format="CZI",
+        width=width,
+        height=height,
+        dtype=first_dtype,
+        axes=axes,
+        shape=shape,
+        channels=channels,
+        planes={a: sizes[a] for a in PLANE_AXES if sizes.get(a, 1) > 1},
+        pixel_size=pixel_size,
+        rgb=rgb,
+        warnings=tuple(notes),
+    )
+    return layout, read
+
+
+def _key(coords: dict[str, int]) -> tuple[int, int, int]:
+    return coords.get("C", 0), coords.get("Z", 0), coords.get("T", 0)
+
+
+def _describe(coords: dict[str, int]) -> str:
+    return ", ".join(f"{a.lower()}={coords.get(a, 0)}" for a in _PLANE_DIMENSIONS)
+
+
+def _tiles(entries: list[Any]) -> tuple[list[_Tile], dict[str, int]]:
+    """The full-resolution subblocks, their plane indices made 0-based, and each plane axis's size."""
+    full: list[tuple[Any, dict[str, Any]]] = []
+    for entry in entries:
+        dims = {d.dimension: d for d in entry.dimension_entries}
+        if "X" not in dims or "Y" not in dims:
+            raise UndecodableImage("malformed CZI: a subblock without an X or Y extent")
+        x, y = dims["X"], dims["Y"]
+        if x.stored_size != x.size or y.stored_size != y.size or entry.pyramid_type:
+            continue  # a pyramid level: a downsampled copy of full-resolution tiles
+        if x.size <= 0 or y.size <= 0:
+            raise UndecodableImage("malformed CZI: a subblock of empty size")
+        full.append((entry, dims))
+    if not full:
+        raise UndecodableImage("the CZI has no full-resolution subblock")
+    starts: dict[str, list[int]] = {}
+    for _, dims in full:
+        for name, dim in dims.items():
+            if name not in ("X", "Y", "M"):
+                starts.setdefault(name, []).append(dim.start)
+    firsts = {name: sorted(set(values)) for name, values in starts.items()}
+    for name, values in firsts.items():
+        if name in _PLANE_DIMENSIONS or len(values) == 1:
+            continue
+        what = _DIMENSION_NAMES.get(name, f"indices along {name!r}")
+        advice = (
+            "export one scene as its own file (ZEN: Split Scenes; Fiji: Bio-Formats, one series)"
+            if name == "S"
+            else "export the planes to segment as a TIFF"
+        )
+        raise UnsupportedImageType(
+            f"the CZI holds {len(values)} {what}; the service reads C, Z, T, Y, X: {advice}"
+        )
+    sizes = {name: len(values) for name, values in firsts.items() if name in _PLANE_DIMENSIONS}
+    for name, values in firsts.items():
+        if name in _PLANE_DIMENSIONS and values != list(range(values[0], values[0] + len(values))):
+            raise UnsupportedImageType(f"the CZI's {name} indices have gaps ({values[:8]}...)")
+    tiles = []
+    for entry, dims in full:
+        if entry.dtype not in _PIXEL_TYPES:
+            raise UnsupportedImageType(
+                f"CZI pixel type {entry.pixel_type} is not read; the service reads Gray8, Gray16, "
+                "Gray32Float, Bgr24 and Bgr48"
+            )
+        tiles.append(_Tile(
+            index={a: dims[a].start - firsts[a][0] for a in _PLANE_DIMENSIONS if a in dims},
+            x=dims["X"].start, y=dims["Y"].start, width=dims["X"].size, height=dims["Y"].size,
+            pixel_type=entry.dtype, compression=entry.compression,
+            mosaic=dims["M"].start if "M" in dims else 0, entry=entry,
+        ))
+    return tiles, sizes
+
+
+def _decode(tile: _Tile) -> np.ndarray:
+    """One subblock's pixels, ``(height, width)`` or ``(height, width, 3)`` red first."""
+    import imagecodecs
+
+    dtype, samples = _PIXEL_TYPES[tile.pixel_type]
+    expected = tile.width * tile.height * samples * np.dtype(dtype).itemsize
+    try:
+        raw = tile.entry.data_segment().data(raw=True)
+        if tile.compression == _UNCOMPRESSED:
+            buffer = raw
+        elif tile.compression == _ZSTD0:
+            buffer = imagecodecs.zstd_decode(raw, out=expected)
+        elif tile.compression == _ZSTD1:
+            buffer = _zstd1(raw, expected, np.dtype(dtype).itemsize)
+        elif tile.compression in (_JPEGXR, _JPEG, _LZW):
+            decode = {_JPEGXR: imagecodecs.jpegxr_decode, _JPEG: imagecodecs.jpeg8_decode,
+                      _LZW: imagecodecs.lzw_decode}[tile.compression]
+            decoded = decode(raw)
+            if tile.compression == _JPEGXR:  # the codec gives colour in display order already
+                return _shaped(np.asarray(decoded), tile, dtype, samples)
+            buffer = decoded.tobytes() if isinstance(decoded, np.ndarray) else decoded
+        else:
+            raise UnsupportedImageType(
+                f"CZI compression {tile.compression} (camera raw or unknown) is not read; save the "
+                "file uncompressed, zstd or JPEG XR"
+            )
+    except (UndecodableImage, UnsupportedImageType):
+        raise
+    except Exception as exc:  # noqa: BLE001 - codecs raise their own errors on corrupt data
+        raise UndecodableImage(f"cannot decode a subblock of the CZI: {type(exc).__name__}: {exc}") from exc
+    if len(buffer) < expected:
+        raise UndecodableImage(f"a subblock of the CZI holds {len(buffer):,} bytes, not {expected:,}")
+    little = np.dtype(dtype).newbyteorder("<")
+    pixels = np.frombuffer(buffer, little, count=expected // little.itemsize)
+    pixels = _shaped(pixels, tile, dtype, samples)
+    return pixels[:, :, ::-1] if samples == 3 else pixels
+
+
+def _shaped(pixels: np.ndarray, tile: _Tile, dtype: str, samples: int) -> np.ndarray:
+    shape = (tile.height, tile.width, samples) if samples > 1 else (tile.height, tile.width)
+    if pixels.size != math.prod(shape):
+        raise UndecodableImage(f"a subblock of the CZI decodes to {pixels.shape}, not {shape}")
+    return pixels.reshape(shape).astype(dtype, copy=False)
+
+
+def _zstd1(raw: bytes, expected: int, itemsize: int) -> bytes:
+    """ZEN's "zstd1": a header (its own size first; chunk 1 says whether the bytes of 16-bit pixels
+    were split, all low bytes then all high bytes, which compresses better), then a zstd frame."""
+    import imagecodecs
+
+    header = raw[0] if raw else 0
+    if header < 1 or header > len(raw):
+        raise UndecodableImage("malformed zstd1 subblock header in the CZI")
+    hilo = header >= 3 and raw[1] == 1 and bool(raw[2] & 1)
+    buffer = imagecodecs.zstd_decode(raw[header:], out=expected)
+    if not hilo or itemsize != 2:
+        return bytes(buffer)
+    split = np.frombuffer(buffer, np.uint8, count=expected)
+    joined = np.empty(expected, np.uint8)
+    joined[0::2], joined[1::2] = split[: expected // 2], split[expected // 2 :]
+    return joined.tobytes()
+
+
+def _metadata(xml: str) -> tuple[list[str | None], PixelSize | None, list[str]]:
+    """Channel names and the pixel size from the CZI's XML; notes on what could not be read."""
+    notes: list[str] = []
+    if not xml.strip():
+        return [], None, ["the CZI has no metadata: no channel names or pixel size"]
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        return [], None, [f"the CZI's metadata is not readable XML ({exc}): no channel names or pixel size"]
+    names: list[str | None] = [
+        c.get("Name") or c.get("Id")
+        for c in root.iterfind(".//Information/Image/Dimensions/Channels/Channel")
+    ]
+    lengths: dict[str, float] = {}
+    for distance in root.iterfind(".//Scaling/Items/Distance"):
+        axis, value = distance.get("Id"), distance.findtext("Value")
+        try:
+            metres = float(value) if value is not None else math.nan
+        except ValueError:
+            metres = math.nan
+        if axis in ("X", "Y") and math.isfinite(metres) and metres > 0:
+            lengths[axis] = metres * 1e6
+    pixel_size = None
+    if "X" in lengths:
+        pixel_size = PixelSize(lengths["X"], lengths.get("Y", lengths["X"]), "czi")
+    else:
+        notes.append("the CZI does not give its pixel size (Scaling): sizes are in pixels")
+    return names, pixel_size, notes

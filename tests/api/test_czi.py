@@ -1,0 +1,111 @@
+"""A Zeiss CZI through a real server, as a ZEN user sends it: the file as saved (libCZI writes it,
+``tests/czi_files.py``), multipart with its name or as the raw body.
+
+The bar is the one TIFFs meet (tests/api/test_microscopy.py): the channel and plane asked for are
+the ones segmented (labels equal those of the same plane sent alone as a PNG), an open choice is a
+422 naming the file's channels, and sizes come in µm from ZEN's calibration.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+
+from tests.api import _images as im
+from tests.czi_files import ZSTD1, Tile, czi_bytes, libczi_plane
+from tests.server import Server
+
+H, W = 96, 120
+UM = 0.65
+CYTO = im.blobs(H, W, seed=11, dtype=np.uint16)
+NUCLEI = im.blobs(H, W, seed=12, dtype=np.uint16)
+#: Two named channels over two time points (the second frame's nuclei shifted), zstd1 as ZEN saves.
+MOVIE = czi_bytes(
+    [Tile(CYTO, c=0, t=0), Tile(NUCLEI, c=1, t=0),
+     Tile(CYTO, c=0, t=1), Tile(np.roll(NUCLEI, 9, axis=1), c=1, t=1)],
+    {0: "Cytoplasm", 1: "DAPI"}, UM * 1e-6, ZSTD1,
+)
+
+
+def segment(server: Server, data: bytes, **params):
+    return server.client.post("/segment", params=params, files={"file": ("cells.czi", data)})
+
+
+def labels_of(response) -> tuple[np.ndarray, int]:
+    assert response.status_code == 200, response.text
+    return im.decode(response.content), int(response.headers["X-Object-Count"])
+
+
+def test_without_a_choice_the_422_lists_the_channels_and_time_points(server: Server) -> None:
+    r = segment(server, MOVIE)
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["type"] == "/problems/choose-plane"
+    assert {e["loc"][1] for e in body["errors"]} == {"channel", "t"}
+    assert body["choices"]["channels"] == [{"index": 0, "name": "Cytoplasm"}, {"index": 1, "name": "DAPI"}]
+    assert body["choices"]["planes"] == {"T": 2}
+
+
+@pytest.mark.parametrize("t", [0, 1])
+def test_the_chosen_channel_and_frame_are_the_ones_segmented(server: Server, t: int) -> None:
+    alone = labels_of(server.client.post("/segment", params={"output": "labels"},
+                                         content=im.png(libczi_plane(MOVIE, c=1, t=t)),
+                                         headers={"Content-Type": "image/png"}))
+    assert alone[1] > 0
+    r = segment(server, MOVIE, channel="DAPI", t=t, output="labels")
+    labels, count = labels_of(r)
+    assert (count, labels.tolist()) == (alone[1], alone[0].tolist())
+    assert (r.headers["X-Channel"], r.headers["X-Channel-Name"], r.headers["X-T"]) == ("1", "DAPI", str(t))
+    assert r.headers["Content-Disposition"].endswith('cells_labels.png"')
+
+
+def test_sizes_are_in_micrometres_from_zens_scaling(server: Server) -> None:
+    r = segment(server, MOVIE, channel="DAPI", t=0, output="objects")
+    assert r.status_code == 200, r.text
+    assert (r.headers["X-Pixel-Size-Um"], r.headers["X-Pixel-Size-Source"]) == ("0.65", "czi")
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert rows
+    for row in rows:
+        assert float(row["area_um2"]) == pytest.approx(int(row["area"]) * UM * UM, rel=0.01)
+
+
+def test_the_raw_body_as_octet_stream_is_read_by_its_signature(server: Server) -> None:
+    r = server.client.post("/segment", params={"channel": "DAPI", "t": 0, "output": "labels"}, content=MOVIE,
+                           headers={"Content-Type": "application/octet-stream"})
+    by_name = labels_of(segment(server, MOVIE, channel="DAPI", t=0, output="labels"))
+    labels, count = labels_of(r)
+    assert (count, labels.tolist()) == (by_name[1], by_name[0].tolist())
+
+
+def test_probe_describes_the_czi(server: Server) -> None:
+    r = server.client.post("/probe", files={"file": ("cells.czi", MOVIE)})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["format"], body["axes"], body["planes"]) == ("CZI", "TCYX", {"T": 2})
+    assert body["pixel_size_um"] == {"x": UM, "y": UM, "source": "czi"}
+    assert sorted(body["required"]) == ["channel", "t"]
+
+
+def test_a_scene_file_and_a_truncated_file_are_clear_4xx(server: Server) -> None:
+    scenes = czi_bytes([Tile(NUCLEI, scene=0), Tile(NUCLEI, x=500, scene=1)])
+    r = segment(server, scenes)
+    assert r.status_code == 415 and "2 scenes" in r.json()["detail"], r.text
+    r = segment(server, MOVIE[: len(MOVIE) // 2], channel="DAPI", t=0)
+    assert r.status_code == 400 and "truncated" in r.json()["detail"], r.text
+
+
+def test_hostile_czis_are_refused_before_anything_is_decoded(server: Server) -> None:
+    """A directory that claims two billion subblocks, and a small zstd file whose plane is past
+    the server's UNET_MAX_PIXELS (2,000,000 here): 413s naming the limit."""
+    claims = bytearray(MOVIE)
+    directory = int.from_bytes(claims[84:92], "little")
+    claims[directory + 32 : directory + 36] = (2**31 - 1).to_bytes(4, "little")
+    r = segment(server, bytes(claims), channel="DAPI", t=0)
+    assert r.status_code == 413 and "UNET_MAX_CZI_SUBBLOCKS" in r.json()["detail"], r.text
+    wide = czi_bytes([Tile(np.zeros((1500, 1500), np.uint16))], compression=ZSTD1)
+    assert len(wide) < 100_000
+    r = segment(server, wide)
+    assert r.status_code == 413 and r.json()["type"] == "/problems/image-too-large", r.text

@@ -1,0 +1,189 @@
+"""Zeiss CZI files read as uploads (``service.czi`` through ``service.microscopy``).
+
+Every file is written by Zeiss's own libCZI (``tests/czi_files.py``), and every plane the service
+reads is compared with libCZI's reading of the same plane: channels, z, time, the compressions
+ZEN writes, a tile scan composed from its tiles, colour stored blue first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service import frames, microscopy, structure, workload
+from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType
+from service.structure import Limits, TooComplex
+from tests.czi_files import ZSTD0, ZSTD1, Tile, czi_bytes, libczi_plane
+
+MAX_PIXELS = 10**8
+UM = 0.65
+H, W = 40, 56
+
+
+def read(data: bytes, limits: Limits | None = None, **choice: object) -> microscopy.Plane:
+    return microscopy.select(data, microscopy.Selection(**choice), MAX_PIXELS, limits or Limits())  # type: ignore[arg-type]
+
+
+def movie_tiles(seed: int = 0, channels: int = 2, slices: int = 3, times: int = 2) -> list[Tile]:
+    rng = np.random.default_rng(seed)
+    return [Tile(rng.integers(0, 4000, (H, W), dtype=np.uint16), c=c, z=z, t=t)
+            for t in range(times) for z in range(slices) for c in range(channels)]
+
+
+@pytest.fixture(scope="module")
+def movie() -> bytes:
+    """2 named channels × 3 slices × 2 time points, 16-bit, 0.65 µm, zstd1 as ZEN saves by default."""
+    return czi_bytes(movie_tiles(), {0: "DAPI", 1: "GFP"}, UM * 1e-6, ZSTD1)
+
+
+def test_channels_planes_and_pixel_size_come_from_the_file(movie: bytes) -> None:
+    layout = microscopy.probe(movie, MAX_PIXELS, Limits())
+    assert (layout.format, layout.width, layout.height, layout.dtype) == ("CZI", W, H, "uint16")
+    assert (layout.axes, layout.shape) == ("TZCYX", (2, 3, 2, H, W))
+    assert [(c.index, c.name) for c in layout.channels] == [(0, "DAPI"), (1, "GFP")]
+    assert layout.planes == {"Z": 3, "T": 2}
+    assert layout.pixel_size == microscopy.PixelSize(UM, UM, "czi")
+    assert layout.needs_channel and not layout.warnings
+
+
+@pytest.mark.parametrize("compression", [None, ZSTD0, ZSTD1], ids=["raw", "zstd0", "zstd1"])
+def test_every_plane_is_libczis_plane(compression: str | None) -> None:
+    data = czi_bytes(movie_tiles(seed=1), {0: "DAPI", 1: "GFP"}, UM * 1e-6, compression)
+    for t in range(2):
+        for z in range(3):
+            for c, name in enumerate(["DAPI", "GFP"]):
+                plane = read(data, channel=name, z=z, t=t)
+                assert (plane.channel.index, plane.z, plane.t) == (c, z, t)
+                np.testing.assert_array_equal(plane.image, libczi_plane(data, c=c, z=z, t=t))
+
+
+def test_8_bit_and_float_planes_keep_their_type() -> None:
+    rng = np.random.default_rng(2)
+    for pixels in (rng.integers(0, 255, (H, W), dtype=np.uint8), rng.random((H, W), dtype=np.float32)):
+        data = czi_bytes([Tile(pixels)], compression=None)
+        plane = read(data)
+        assert plane.image.dtype == pixels.dtype
+        np.testing.assert_array_equal(plane.image, pixels)
+
+
+def test_an_open_choice_lists_what_the_file_offers(movie: bytes) -> None:
+    with pytest.raises(microscopy.SelectionError) as caught:
+        read(movie)
+    assert set(caught.value.params) == {"channel", "z", "t"}
+    assert caught.value.choices["channels"] == [{"index": 0, "name": "DAPI"}, {"index": 1, "name": "GFP"}]
+    assert caught.value.choices["planes"] == {"Z": 3, "T": 2}
+    with pytest.raises(microscopy.SelectionError, match="DAPI"):
+        read(movie, channel="Cy5", z=0, t=0)
+
+
+def test_a_max_projection_over_z(movie: bytes) -> None:
+    plane = read(movie, channel="GFP", t=1, project="max")
+    expected = np.max([libczi_plane(movie, c=1, z=z, t=1) for z in range(3)], axis=0)
+    np.testing.assert_array_equal(plane.image, expected)
+
+
+def test_a_tile_scan_is_composed_from_its_tiles_as_libczi_composes_it() -> None:
+    """Three overlapping tiles with a gap between them: where they overlap, the same tile wins as in
+    libCZI; the gap is black; the plane spans the tiles' extent."""
+    rng = np.random.default_rng(3)
+    tiles = [Tile(rng.integers(1, 4000, (30, 40), dtype=np.uint16), x=x, y=y)
+             for x, y in ((0, 0), (30, 5), (90, 20))]
+    data = czi_bytes(tiles, {0: "DAPI"}, UM * 1e-6, ZSTD1)
+    plane = read(data)
+    assert plane.image.shape == (50, 130)
+    expected = libczi_plane(data)
+    np.testing.assert_array_equal(plane.image, expected)
+    assert (plane.image[30:, :30] == 0).all()  # below the first tile: no tile there
+
+
+def test_colour_is_read_red_first_and_one_stain_in_its_colour_needs_no_choice() -> None:
+    rng = np.random.default_rng(4)
+    composite = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)  # blue, green, red as stored
+    data = czi_bytes([Tile(composite)], compression=ZSTD0)
+    layout = microscopy.probe(data, MAX_PIXELS, Limits())
+    names = [c.name for c in layout.channels]
+    assert (layout.rgb, layout.axes, names) == (True, "YXS", ["red", "green", "blue"])
+    np.testing.assert_array_equal(read(data, channel="red").image, composite[:, :, 2])
+    np.testing.assert_array_equal(read(data, channel="blue").image, libczi_plane(data)[:, :, 2])
+
+    dapi = np.zeros((H, W, 3), np.uint8)
+    dapi[:, :, 0] = composite[:, :, 0]  # signal only in blue, as a DAPI channel exported in its colour
+    plane = read(czi_bytes([Tile(dapi)]))
+    np.testing.assert_array_equal(plane.image, dapi[:, :, 0])
+    assert plane.channel.name == "blue"
+
+
+def test_several_scenes_are_refused_saying_how_to_split_them() -> None:
+    pixels = np.ones((H, W), np.uint16)
+    data = czi_bytes([Tile(pixels, scene=0), Tile(pixels, x=200, scene=1)])
+    with pytest.raises(UnsupportedImageType, match="2 scenes.*Split Scenes"):
+        microscopy.probe(data, MAX_PIXELS, Limits())
+
+
+def test_without_a_scaling_the_pixel_size_is_unknown_and_said() -> None:
+    layout = microscopy.probe(czi_bytes([Tile(np.ones((H, W), np.uint16))]), MAX_PIXELS, Limits())
+    assert layout.pixel_size is None
+    assert any("pixel size" in note for note in layout.warnings)
+
+
+def test_the_plane_size_is_known_before_any_subblock_is_decoded(movie: bytes) -> None:
+    assert workload.plane_pixels(movie, MAX_PIXELS, Limits()) == H * W
+    with pytest.raises(ImageTooLarge):
+        workload.plane_pixels(movie, H * W - 1, Limits())
+    with pytest.raises(ImageTooLarge):
+        microscopy.probe(movie, H * W - 1, Limits())
+
+
+def test_too_many_subblocks_are_refused_before_the_directory_is_parsed(movie: bytes) -> None:
+    assert structure.check_czi(movie, Limits()) == 12
+    with pytest.raises(TooComplex, match="UNET_MAX_CZI_SUBBLOCKS") as caught:
+        microscopy.probe(movie, MAX_PIXELS, Limits(max_czi_subblocks=11))
+    assert caught.value.limit == 11
+    with pytest.raises(TooComplex, match="UNET_MAX_METADATA_BYTES"):
+        microscopy.probe(movie, MAX_PIXELS, Limits(max_metadata_bytes=100))
+
+
+@pytest.mark.parametrize("keep", [0.2, 0.5, 0.9, 0.999])
+def test_a_truncated_upload_is_named_as_such(movie: bytes, keep: float) -> None:
+    with pytest.raises(UndecodableImage, match="truncated|not in the file"):
+        read(movie[: int(len(movie) * keep)], channel="DAPI", z=0, t=0)
+
+
+def test_a_frame_of_a_czi_movie_is_cut_into_an_ome_tiff_read_as_the_file(
+    movie: bytes, tmp_path: Path
+) -> None:
+    """``unet-segment --t all`` on a CZI: each frame goes as an OME-TIFF of the pages it needs,
+    read by the service as that plane of the CZI, with its channel names and pixel size."""
+    path = tmp_path / "movie.czi"
+    path.write_bytes(movie)
+    layout = frames.file_layout(path, MAX_PIXELS)
+    assert layout is not None and layout.planes == {"Z": 3, "T": 2}
+    cut = frames.cut_frame(path, "t", 1, microscopy.Selection(channel="GFP", z=2), MAX_PIXELS)
+    assert cut is not None and microscopy.is_tiff(cut) and len(cut) < len(movie)
+    assert microscopy.count_tiff_pages(cut, 100) == 1
+    plane = read(cut, channel="GFP", z=2, t=1)
+    np.testing.assert_array_equal(plane.image, libczi_plane(movie, c=1, z=2, t=1))
+    assert plane.pixel_size is not None and plane.pixel_size.x_um == pytest.approx(UM)
+    with pytest.raises(UndecodableImage, match="missing"):
+        read(cut, channel="GFP", z=2, t=0)  # the cut holds frame 1 only
+
+
+def test_pyramid_levels_are_skipped() -> None:
+    """A slide scan stores downsampled copies of its tiles (a subblock whose stored size is smaller
+    than the extent it covers): the plane is the full-resolution tile alone. libCZI writes no
+    pyramid, so the file's directory is edited to make the second subblock one."""
+    full = np.random.default_rng(5).integers(1, 4000, (H, W), dtype=np.uint16)
+    data = bytearray(czi_bytes([Tile(full), Tile(full[::2, ::2].copy(), c=0, x=0, y=0)]))
+    directory = int.from_bytes(data[84:92], "little")
+    entry = directory + 32 + 128
+    entry += 32 + 20 * int.from_bytes(data[entry + 28 : entry + 32], "little")  # the second entry
+    data[entry + 22] = 1  # PyramidType: single subblock
+    for k in range(int.from_bytes(data[entry + 28 : entry + 32], "little")):
+        dimension = entry + 32 + 20 * k
+        if data[dimension : dimension + 1] in (b"X", b"Y"):  # logical size twice the stored size
+            stored = int.from_bytes(data[dimension + 16 : dimension + 20], "little")
+            data[dimension + 8 : dimension + 12] = (2 * stored).to_bytes(4, "little")
+    plane = read(bytes(data))
+    np.testing.assert_array_equal(plane.image, full)
