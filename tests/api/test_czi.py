@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -109,3 +111,17 @@ def test_hostile_czis_are_refused_before_anything_is_decoded(server: Server) -> 
     assert len(wide) < 100_000
     r = segment(server, wide)
     assert r.status_code == 413 and r.json()["type"] == "/problems/image-too-large", r.text
+
+
+def test_a_batch_of_czis_reports_each_files_plane(server: Server) -> None:
+    single = czi_bytes([Tile(NUCLEI)], {0: "DAPI"}, UM * 1e-6)
+    files = [("files", ("movie.czi", MOVIE)), ("files", ("field.czi", single))]
+    r = server.client.post("/segment/batch", params={"channel": "DAPI", "t": 1, "output": "labels"}, files=files)
+    assert r.status_code == 200, r.text
+    manifest = json.loads(zipfile.ZipFile(io.BytesIO(r.content)).read("manifest.json"))
+    movie, field = manifest["files"]
+    alone = labels_of(segment(server, MOVIE, channel="DAPI", t=1, output="labels"))
+    assert movie["status"] == 200 and movie["object_count"] == alone[1]
+    assert (movie["image"]["channel"], movie["image"]["t"]) == ({"index": 1, "name": "DAPI"}, 1)
+    assert movie["image"]["pixel_size_um"] == {"x": UM, "y": UM, "source": "czi"}
+    assert field["status"] == 422 and field["problem"]["choices"]["planes"] == {}  # no time point 1
