@@ -116,7 +116,8 @@ def test_hostile_czis_are_refused_before_anything_is_decoded(server: Server) -> 
 def test_a_batch_of_czis_reports_each_files_plane(server: Server) -> None:
     single = czi_bytes([Tile(NUCLEI)], {0: "DAPI"}, UM * 1e-6)
     files = [("files", ("movie.czi", MOVIE)), ("files", ("field.czi", single))]
-    r = server.client.post("/segment/batch", params={"channel": "DAPI", "t": 1, "output": "labels"}, files=files)
+    params = {"channel": "DAPI", "t": 1, "output": "labels"}
+    r = server.client.post("/segment/batch", params=params, files=files)
     assert r.status_code == 200, r.text
     manifest = json.loads(zipfile.ZipFile(io.BytesIO(r.content)).read("manifest.json"))
     movie, field = manifest["files"]
