@@ -187,3 +187,27 @@ def test_pyramid_levels_are_skipped() -> None:
             data[dimension + 8 : dimension + 12] = (2 * stored).to_bytes(4, "little")
     plane = read(bytes(data))
     np.testing.assert_array_equal(plane.image, full)
+
+
+def test_a_jpeg_xr_subblock_is_decoded() -> None:
+    """ZEN compresses with JPEG XR (lossless or not) where libCZI writes no JPEG XR: a raw file's
+    subblock is replaced by imagecodecs' lossless JPEG XR of the same pixels, and the directory and
+    the subblock's own entry say so (compression 4)."""
+    import imagecodecs
+
+    yy, xx = np.mgrid[0:H, 0:W]
+    pixels = (yy * 50 + xx * 20).astype(np.uint16)  # smooth: its JPEG XR is smaller than raw
+    data = bytearray(czi_bytes([Tile(pixels)], {0: "DAPI"}))
+    payload = imagecodecs.jpegxr_encode(pixels, level=1.0)
+    assert len(payload) < pixels.nbytes
+    entry = int.from_bytes(data[84:92], "little") + 32 + 128
+    entry_size = 32 + 20 * int.from_bytes(data[entry + 28 : entry + 32], "little")
+    block = int.from_bytes(data[entry + 6 : entry + 14], "little")
+    metadata_size = int.from_bytes(data[block + 32 : block + 36], "little")
+    pixels_at = block + 48 + entry_size + max(240 - entry_size, 0) + metadata_size
+    assert data[pixels_at : pixels_at + pixels.nbytes] == pixels.tobytes()  # found the raw pixels
+    data[pixels_at : pixels_at + len(payload)] = payload
+    data[block + 40 : block + 48] = len(payload).to_bytes(8, "little")
+    for at in (entry + 18, block + 48 + 18):  # DirectoryEntryDV.Compression: JpgXr
+        data[at : at + 4] = (4).to_bytes(4, "little")
+    np.testing.assert_array_equal(read(bytes(data)).image, pixels)
