@@ -208,6 +208,7 @@ class Segmenter:
         project: Literal["max"] | None = None,
         pixel_size: float | None = None,
         polarity: Polarity = "bright",
+        series: int | None = None,
         axes: str | None = None,
         diameter: float | None = None,
         threshold: float | None = None,
@@ -219,7 +220,7 @@ class Segmenter:
         """Segment one image; the options are ``POST /segment``'s.
 
         Args:
-            image: a file path (PNG, JPEG, BMP, TIFF / OME-TIFF / ImageJ hyperstack), the file's
+            image: a file path (PNG, JPEG, BMP, TIFF / OME-TIFF / ImageJ hyperstack, Zeiss CZI), the file's
                 bytes, or a NumPy array: ``(H, W)`` grey, ``(H, W, 3|4)`` colour, or any other
                 shape with ``axes`` saying what its dimensions are.
             channel: the channel holding the nuclei: index, or name from the file (any case);
@@ -231,6 +232,8 @@ class Segmenter:
             polarity: ``"dark"`` for nuclei darker than their background (bright field, H&E): the
                 image is segmented as its optical density (``service.polarity``), a colour image's
                 colours mixed unless ``channel`` says otherwise.
+            series: which image of a file holding several (an OME-TIFF's Images, a CZI's scenes),
+                0-based; None: the first (a notice in ``warnings`` says how many there are).
             axes: an array's dimensions in the letters ``T Z C Y X S`` (S: colour samples), e.g.
                 ``"ZYX"``, ``"CYX"``, ``"YXC"``; default ``"YX"`` for 2-D, ``"YXS"`` for
                 ``(H, W, 3|4)``; other shapes must say. Only for arrays.
@@ -266,6 +269,7 @@ class Segmenter:
             project=project,
             pixel_size_um=pixel_size,
             polarity=polarity,
+            series=series,
         )
         plane = microscopy.select(
             self._read(image, axes), selection, s.max_pixels, s.decode_limits(), md.in_channels

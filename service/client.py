@@ -237,8 +237,10 @@ DEFAULT_CONCURRENCY = 4
 ONCE_IMAGES = 3
 #: Polling a job: the first wait, growing ×1.5 per poll up to the cap (a job's tiles take seconds).
 POLL_FIRST_S, POLL_GROWTH, POLL_CAP_S = 0.25, 1.5, 5.0
-#: ``--t all`` / ``--z all``: every plane along the axis, each its own job.
+#: ``--t all`` / ``--z all`` / ``--series all``: every plane (image) along the axis, each its own job.
 ALL_PLANES = "all"
+#: The letter an output's name gets per axis of ``--… all``: ``movie_t007``, ``stack_z12``, ``plate_s03``.
+PLANE_LETTERS = {"t": "t", "z": "z", "series": "s"}
 #: A job answered ``failed`` with this problem type was cut short by a server restart: sent again.
 JOB_INTERRUPTED = "/problems/job-interrupted"
 
@@ -315,7 +317,9 @@ class Config:
     project: str | None = None
     pixel_size: float | None = None
     polarity: str | None = None  # dark: nuclei darker than their background (bright field, H&E)
-    #: ``--t all`` / ``--z all``: "t" or "z", every plane along it its own job and output
+    series: int | None = None  # which image of a file holding several (OME-TIFF Images, CZI scenes)
+    #: ``--t all`` / ``--z all`` / ``--series all``: "t", "z" or "series", every plane (image) along
+    #: it its own job and output
     every_plane: str | None = None
     concurrency: int = DEFAULT_CONCURRENCY
     overwrite: bool = False
@@ -438,9 +442,10 @@ def plan_jobs(
     (``a/x.png`` and ``b/x.png`` given as files, or ``x.png`` beside ``x.tif``) raise
     :class:`UsageError` rather than overwrite each other.
 
-    ``every_plane`` (``"t"`` or ``"z"``): a file with several planes along that axis
-    (``planes_of(source, axis)``, :func:`count_planes` by default) becomes one job per plane,
-    written as ``NAME_t007``; a file with one is one job, named and sent as without it.
+    ``every_plane`` (``"t"``, ``"z"`` or ``"series"``): a file with several planes (images) along
+    that axis (``planes_of(source, axis)``, :func:`count_planes` by default) becomes one job per
+    plane, written as ``NAME_t007`` (``NAME_s03`` for a series); a file with one is one job, named
+    and sent as without it.
     """
     count = planes_of or count_planes
     jobs: dict[Path, Job] = {}
@@ -467,35 +472,40 @@ def _per_plane(
     if axis is None or planes <= 1:
         return [(relative, ())]
     width = len(str(planes - 1))
+    letter = PLANE_LETTERS[axis]
     return [
-        (relative.with_name(f"{relative.stem}_{axis}{k:0{width}d}{relative.suffix}"), ((axis, k),))
+        (relative.with_name(f"{relative.stem}_{letter}{k:0{width}d}{relative.suffix}"), ((axis, k),))
         for k in range(planes)
     ]
 
 
 def count_planes(source: Path, axis: str) -> int:
-    """How many planes ``source`` holds along ``axis`` (``"t"`` or ``"z"``), read from its header as
-    the service reads it (``service.frames.file_layout``, on ``service.microscopy``'s reader); 1 for
-    a file that cannot be read so (it then fails as one job, with the reason the service gives)."""
+    """How many planes ``source`` holds along ``axis`` (``"t"`` or ``"z"``; ``"series"``: images in
+    the file), read from its header as the service reads it (``service.frames.file_layout``, on
+    ``service.microscopy``'s reader); 1 for a file that cannot be read so (it then fails as one job,
+    with the reason the service gives)."""
     # Imported here: only --t all / --z all read files while planning (NumPy, tifffile).
     from service import frames
     from service.settings import get_settings
 
     # Only TIFFs hold planes; the header is read, not the file (a movie may be larger than memory).
     layout = frames.file_layout(source, get_settings().max_pixels)
-    return 1 if layout is None else layout.planes.get(axis.upper(), 1)
+    if layout is None:
+        return 1
+    return layout.series_count if axis == "series" else layout.planes.get(axis.upper(), 1)
 
 
 def job_bytes(job: Job, config: Config) -> tuple[bytes, str]:
     """``(bytes, content type)`` to segment for ``job``: the file's, or, for one plane of a stack
     (``--t all`` / ``--z all``), a partial OME-TIFF of the pages that plane needs
     (``service.frames.cut_frame``: the service reads it as the file, at the same ``t=``/``z=``), so
-    a movie is not sent or read whole once per frame. A file that cannot be cut is sent whole.
+    a movie is not sent or read whole once per frame. A file that cannot be cut is sent whole, and
+    so is every job of a file holding several images (``--series``: sent with ``series=``).
 
     Raises:
         OSError: the file cannot be read.
     """
-    if job.plane:
+    if job.plane and config.series is None and dict(job.plane).get("series") is None:
         # Imported here: only --t all / --z all cut files (NumPy, tifffile).
         from service import frames, microscopy
         from service.settings import get_settings
@@ -661,7 +671,7 @@ class Segmenter:
             self.params["split"] = config.split
         if config.diameter is not None:
             self.params["diameter"] = f"{config.diameter:g}"
-        for name in ("channel", "z", "t", "project", "pixel_size", "polarity"):
+        for name in ("channel", "z", "t", "project", "pixel_size", "polarity", "series"):
             value = getattr(config, name)
             if value is not None:
                 self.params[name] = str(value)
@@ -948,7 +958,7 @@ class LocalSegmenter:
         self.options: dict = {
             "split": config.split, "diameter": config.diameter, "channel": config.channel,
             "z": config.z, "t": config.t, "project": config.project, "pixel_size": config.pixel_size,
-            "polarity": config.polarity or "bright",
+            "polarity": config.polarity or "bright", "series": config.series,
         }
         # Only the arrays this kind is drawn from: labels cost a watershed, probabilities memory.
         self.outputs = tuple(outputs.NEEDS[self.kind.query] & set(api.OUTPUTS))
@@ -1366,6 +1376,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="time point, 0-based; all: every time point of a movie, each its own output "
                        "(NAME_t007...), a file with one time point as it is")
     plane.add_argument("--project", choices=["max"], help="max: the maximum projection over Z")
+    plane.add_argument("--series", type=_plane_index, metavar="S|all",
+                       help="which image of a file holding several (an OME-TIFF's Images, a CZI's scenes: "
+                       "the positions of a multi-position experiment), 0-based; all: every one its own "
+                       "output (NAME_s03...); default: the first, with a warning")
     plane.add_argument("--pixel-size", dest="pixel_size", type=_positive_float, metavar="UM",
                        help="µm per pixel (overrides the files' calibration; adds µm columns)")
     plane.add_argument("--polarity", choices=["bright", "dark"],
@@ -1427,10 +1441,10 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     if args.data_root is not None and (not args.urls or args.kind != "ome-zarr"):
         parser.error("--data-root is for slide jobs on a server (--url with --output ome-zarr): "
                      "local mode reads the files where they are")
-    every = [axis for axis in ("t", "z") if getattr(args, axis) == ALL_PLANES]
+    every = [axis for axis in ("t", "z", "series") if getattr(args, axis) == ALL_PLANES]
     if len(every) > 1:
-        parser.error("--t all and --z all together would segment every plane of a movie of stacks: "
-                     "give one of them an index (or --project max for z)")
+        parser.error(f"--{every[0]} all and --{every[1]} all together: one axis at a time; give the "
+                     "other an index (or --project max for z)")
     if every and args.kind == "ome-zarr":
         parser.error(f"--{every[0]} all is for stacks of images; a slide is one plane (give an index)")
     if args.z == ALL_PLANES and args.project is not None:
@@ -1443,6 +1457,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                   split=args.split, diameter=None if once else args.diameter, diameter_once=once,
                   channel=args.channel,
                   z=None if args.z == ALL_PLANES else args.z, t=None if args.t == ALL_PLANES else args.t,
+                  series=None if args.series == ALL_PLANES else args.series,
                   every_plane=every[0] if every else None,
                   project=args.project, pixel_size=args.pixel_size, polarity=args.polarity,
                   concurrency=args.concurrency or default_concurrency(args.urls, args.kind),

@@ -257,7 +257,8 @@ class LocalSlideSegmenter:
         self.kind = output_kind(config)
         assert isinstance(self.kind, SlideOutput)
         plane = microscopy.Selection(channel=config.channel, z=config.z, t=config.t, project=config.project,
-                                     pixel_size_um=config.pixel_size, polarity=config.polarity or "bright")
+                                     pixel_size_um=config.pixel_size, polarity=config.polarity or "bright",
+                                     series=config.series)
         # What POST /jobs?output=ome-zarr makes of the same options (no tile_size, overlap, threshold
         # or bits: the client has no options for them, so the server's defaults hold in both modes).
         self.options = SegmentOptions(

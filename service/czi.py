@@ -13,11 +13,15 @@ plane and pixel-size rules of :mod:`service.microscopy` apply to a CZI unchanged
   (zstd, JPEG XR, JPEG, LZW, as ZEN writes them; czifile's release for Python 3.11 predates ZEN's
   zstd) and pasted at its position: a tile scan (mosaic) comes out as one plane. Pyramid levels
   are skipped: the service resamples by itself.
-- **What is refused, naming what to do**: several scenes (positions of a multi-well or tile-region
-  experiment), other dimensions with more than one index (rotation, illumination, phase, view,
-  block), colour subblocks beside other channels, complex or camera-raw pixels.
-- **Metadata**: channel names (``Information/Image/Dimensions/Channels/Channel/@Name``) and the
-  pixel size (``Scaling/Items/Distance[@Id='X'|'Y']/Value``, in metres).
+- **Scenes** (the positions of a multi-well or multi-position experiment, the regions of a tile
+  scan) are the file's images, chosen as ``series=`` like an OME-TIFF's Images: the first is read
+  unless the request says, with a notice naming how many there are.
+- **What is refused, naming what to do**: other dimensions with more than one index (rotation,
+  illumination, phase, view, block), colour subblocks beside other channels, complex or
+  camera-raw pixels.
+- **Metadata**: channel names (``Information/Image/Dimensions/Channels/Channel/@Name``), scene
+  names (``.../Dimensions/S/Scenes/Scene/@Name``) and the pixel size
+  (``Scaling/Items/Distance[@Id='X'|'Y']/Value``, in metres).
 
 Colour subblocks (Bgr24/Bgr48) are stored blue first; planes come out red first, as every other
 decoder of the service gives them.
@@ -37,12 +41,20 @@ from typing import Any
 import numpy as np
 
 from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType
-from service.microscopy import PLANE_AXES, RGB_NAMES, Channel, Layout, PixelSize
+from service.microscopy import (
+    PLANE_AXES,
+    RGB_NAMES,
+    Channel,
+    Layout,
+    PixelSize,
+    check_series,
+    first_series_note,
+)
 
 #: CZI dimensions that may index planes; any other with more than one index is refused.
 _PLANE_DIMENSIONS = ("C", *PLANE_AXES)
 _DIMENSION_NAMES = {
-    "S": "scenes", "R": "rotations", "I": "illuminations", "H": "phases", "V": "views", "B": "blocks",
+    "R": "rotations", "I": "illuminations", "H": "phases", "V": "views", "B": "blocks",
 }
 #: Subblock pixel types, as czifile spells them (Gray8, Gray16, Gray32Float, Bgr24, Bgr48) →
 #: (numpy dtype, samples). Others (complex, 32/64-bit integer, BGRA, float colour) are not what a
@@ -76,8 +88,11 @@ class _Tile:
 Reader = Callable[[dict[str, int]], np.ndarray]
 
 
-def open_planes(source: bytes | Path, max_pixels: int) -> tuple[Layout, Reader, Callable[[], None]]:
-    """The layout of a CZI (an upload's bytes, or a file) and a reader of its planes by
+def open_planes(
+    source: bytes | Path, max_pixels: int, scene: int | None = None
+) -> tuple[Layout, Reader, Callable[[], None]]:
+    """The layout of a CZI (an upload's bytes, or a file) at ``scene`` (0-based among its scenes;
+    None: the first, with a notice when there are more) and a reader of its planes by
     coordinates (``{"C": c, "Z": z, "T": t}``, 0 where left out): ``(H, W)`` grey or ``(H, W, 3)``
     RGB, uint8/uint16/float32; and what closes the file when reading is done.
 
@@ -85,8 +100,9 @@ def open_planes(source: bytes | Path, max_pixels: int) -> tuple[Layout, Reader, 
 
     Raises:
         UndecodableImage: what czifile cannot parse, a subblock that does not decode.
-        UnsupportedImageType: scenes, other dimensions, pixel types or compressions not read.
+        UnsupportedImageType: other dimensions, pixel types or compressions not read.
         ImageTooLarge: a plane over ``max_pixels``.
+        SelectionError: ``scene`` is not in the file.
     """
     import czifile  # imported only for CZI uploads
 
@@ -100,14 +116,14 @@ def open_planes(source: bytes | Path, max_pixels: int) -> tuple[Layout, Reader, 
     except Exception as exc:  # noqa: BLE001 - czifile raises struct.error, KeyError, ... on bad bytes
         raise UndecodableImage(f"unreadable CZI: {type(exc).__name__}: {exc}") from exc
     try:
-        layout, read = _planes(czi, max_pixels)
+        layout, read = _planes(czi, max_pixels, scene)
     except BaseException:
         czi.close()
         raise
     return layout, read, czi.close
 
 
-def _planes(czi: Any, max_pixels: int) -> tuple[Layout, Reader]:
+def _planes(czi: Any, max_pixels: int, scene: int | None) -> tuple[Layout, Reader]:
     """:func:`open_planes` on an open ``czifile.CziFile``."""
     try:
         with warnings.catch_warnings():
@@ -116,7 +132,8 @@ def _planes(czi: Any, max_pixels: int) -> tuple[Layout, Reader]:
             xml = czi.metadata() or ""
     except Exception as exc:  # noqa: BLE001 - as above
         raise UndecodableImage(f"unreadable CZI: {type(exc).__name__}: {exc}") from exc
-    tiles, sizes = _tiles(entries)
+    names, pixel_size, notes, scene_names = _metadata(xml)
+    tiles, sizes, scenes, scene_index = _tiles(entries, scene, scene_names)
     x0, y0 = min(t.x for t in tiles), min(t.y for t in tiles)
     width = max(t.x + t.width for t in tiles) - x0
     height = max(t.y + t.height for t in tiles) - y0
@@ -131,7 +148,8 @@ def _planes(czi: Any, max_pixels: int) -> tuple[Layout, Reader]:
             "the CZI mixes colour (brightfield) subblocks with other channels; export the "
             "fluorescence channel on its own"
         )
-    names, pixel_size, notes = _metadata(xml)
+    if scenes > 1 and scene is None:
+        notes.append(first_series_note(scenes, "scenes (positions)", f"{width}×{height}"))
     if rgb:
         channels = tuple(Channel(i, n) for i, n in enumerate(RGB_NAMES))
     else:
@@ -172,6 +190,9 @@ def _planes(czi: Any, max_pixels: int) -> tuple[Layout, Reader]:
         pixel_size=pixel_size,
         rgb=rgb,
         warnings=tuple(notes),
+        series_count=scenes,
+        series=scene_index,
+        series_names=scene_names[:scenes] if scenes > 1 else (),
     )
     return layout, read
 
@@ -184,8 +205,11 @@ def _describe(coords: dict[str, int]) -> str:
     return ", ".join(f"{a.lower()}={coords.get(a, 0)}" for a in _PLANE_DIMENSIONS)
 
 
-def _tiles(entries: list[Any]) -> tuple[list[_Tile], dict[str, int]]:
-    """The full-resolution subblocks, their plane indices made 0-based, and each plane axis's size."""
+def _tiles(
+    entries: list[Any], scene: int | None, scene_names: tuple[str | None, ...]
+) -> tuple[list[_Tile], dict[str, int], int, int]:
+    """The full-resolution subblocks of ``scene`` (None: the first), their plane indices made
+    0-based, each plane axis's size, the number of scenes and the index of the one read."""
     full: list[tuple[Any, dict[str, Any]]] = []
     for entry in entries:
         dims = {d.dimension: d for d in entry.dimension_entries}
@@ -199,23 +223,25 @@ def _tiles(entries: list[Any]) -> tuple[list[_Tile], dict[str, int]]:
         full.append((entry, dims))
     if not full:
         raise UndecodableImage("the CZI has no full-resolution subblock")
+    scene_starts = sorted({dims["S"].start for _, dims in full if "S" in dims})
+    scenes = max(1, len(scene_starts))
+    scene_index = check_series(scenes, scene_names, scene)
+    if scenes > 1:
+        chosen = scene_starts[scene_index]
+        full = [(entry, dims) for entry, dims in full if "S" in dims and dims["S"].start == chosen]
     starts: dict[str, list[int]] = {}
     for _, dims in full:
         for name, dim in dims.items():
-            if name not in ("X", "Y", "M"):
+            if name not in ("X", "Y", "M", "S"):
                 starts.setdefault(name, []).append(dim.start)
     firsts = {name: sorted(set(values)) for name, values in starts.items()}
     for name, values in firsts.items():
         if name in _PLANE_DIMENSIONS or len(values) == 1:
             continue
         what = _DIMENSION_NAMES.get(name, f"indices along {name!r}")
-        advice = (
-            "export one scene as its own file (ZEN: Split Scenes; Fiji: Bio-Formats, one series)"
-            if name == "S"
-            else "export the planes to segment as a TIFF"
-        )
         raise UnsupportedImageType(
-            f"the CZI holds {len(values)} {what}; the service reads C, Z, T, Y, X: {advice}"
+            f"the CZI holds {len(values)} {what}; the service reads scenes, C, Z, T, Y, X: export the "
+            "planes to segment as a TIFF"
         )
     sizes = {name: len(values) for name, values in firsts.items() if name in _PLANE_DIMENSIONS}
     for name, values in firsts.items():
@@ -234,7 +260,7 @@ def _tiles(entries: list[Any]) -> tuple[list[_Tile], dict[str, int]]:
             pixel_type=entry.dtype, compression=entry.compression,
             mosaic=dims["M"].start if "M" in dims else 0, entry=entry,
         ))
-    return tiles, sizes
+    return tiles, sizes, scenes, scene_index
 
 
 def _decode(tile: _Tile) -> np.ndarray:
@@ -300,15 +326,17 @@ def _zstd1(raw: bytes, expected: int, itemsize: int) -> bytes:
     return joined.tobytes()
 
 
-def _metadata(xml: str) -> tuple[list[str | None], PixelSize | None, list[str]]:
-    """Channel names and the pixel size from the CZI's XML; notes on what could not be read."""
+def _metadata(xml: str) -> tuple[list[str | None], PixelSize | None, list[str], tuple[str | None, ...]]:
+    """Channel names, the pixel size and the scenes' names from the CZI's XML; notes on what
+    could not be read."""
     notes: list[str] = []
     if not xml.strip():
-        return [], None, ["the CZI has no metadata: no channel names or pixel size"]
+        return [], None, ["the CZI has no metadata: no channel names or pixel size"], ()
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:
-        return [], None, [f"the CZI's metadata is not readable XML ({exc}): no channel names or pixel size"]
+        note = f"the CZI's metadata is not readable XML ({exc}): no channel names or pixel size"
+        return [], None, [note], ()
     names: list[str | None] = [
         c.get("Name") or c.get("Id")
         for c in root.iterfind(".//Information/Image/Dimensions/Channels/Channel")
@@ -327,4 +355,8 @@ def _metadata(xml: str) -> tuple[list[str | None], PixelSize | None, list[str]]:
         pixel_size = PixelSize(lengths["X"], lengths.get("Y", lengths["X"]), "czi")
     else:
         notes.append("the CZI does not give its pixel size (Scaling): sizes are in pixels")
-    return names, pixel_size, notes
+    scene_names = tuple(
+        scene.get("Name") or None
+        for scene in root.iterfind(".//Information/Image/Dimensions/S/Scenes/Scene")
+    )
+    return names, pixel_size, notes, scene_names

@@ -162,6 +162,11 @@ class Layout:
     grey_rgb: bool = False
     signal_channel: int | None = None
     warnings: tuple[str, ...] = ()
+    #: Images in the file (OME-TIFF Images / TIFF series, CZI scenes: positions of a multi-position
+    #: experiment), which one this layout describes, and their names where the file gives them.
+    series_count: int = 1
+    series: int = 0
+    series_names: tuple[str | None, ...] = ()
 
     @property
     def needs_channel(self) -> bool:
@@ -181,6 +186,8 @@ class Layout:
         }
         if self.rgb and not self.grey_rgb:
             out["mix"] = MIX
+        if self.series_count > 1:
+            out["series"] = series_choices(self.series_count, self.series_names)
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -199,14 +206,44 @@ class Layout:
             "signal_channel": self.signal_channel,
             "pixel_size_um": self.pixel_size.as_dict() if self.pixel_size else None,
             "warnings": list(self.warnings),
+            "series": {"index": self.series, "count": self.series_count,
+                       "names": list(self.series_names)},
         }
+
+
+def series_choices(count: int, names: tuple[str | None, ...]) -> list[dict[str, Any]]:
+    return [{"index": k, "name": names[k] if k < len(names) else None} for k in range(count)]
+
+
+def check_series(count: int, names: tuple[str | None, ...], wanted: int | None) -> int:
+    """The 0-based image (series) to read of ``count``: ``wanted``, or the first.
+
+    Raises:
+        SelectionError: ``wanted`` is not in the file.
+    """
+    if wanted is None:
+        return 0
+    if not 0 <= wanted < count:
+        raise SelectionError(
+            f"series={wanted}: the file holds {count} image{'s' if count > 1 else ''} "
+            f"(series=0..{count - 1})", ("series",), {"series": series_choices(count, names)},
+        )
+    return wanted
+
+
+def first_series_note(count: int, what: str, first: str) -> str:
+    """The notice that a file of several images was read at its first, and how to choose another."""
+    others = "series=1 chooses the other" if count == 2 else f"series=1..{count - 1} chooses another"
+    return f"the file holds {count} {what}; the first ({first}) is segmented: {others}"
 
 
 @dataclass(frozen=True)
 class Selection:
     """What a request chose: ``channel`` (index as text, a name, or :data:`MIX`), ``z``/``t``
     (0-based), ``project`` (``"max"`` over Z), ``pixel_size_um`` (overrides the file's),
-    ``polarity`` (``dark``: the nuclei are darker than their background, ``service.polarity``)."""
+    ``polarity`` (``dark``: the nuclei are darker than their background, ``service.polarity``);
+    ``series``: which image of a file holding several (OME-TIFF Images, CZI scenes), 0-based;
+    None: the first, with a notice."""
 
     channel: str | None = None
     z: int | None = None
@@ -214,6 +251,7 @@ class Selection:
     project: str | None = None
     pixel_size_um: float | None = None
     polarity: Polarity = "bright"
+    series: int | None = None
 
 
 @dataclass(frozen=True)
@@ -256,6 +294,7 @@ class Plane:
             "projection": self.projection,
             "pixel_size_um": self.pixel_size.as_dict() if self.pixel_size else None,
             "polarity": self.polarity,
+            "series": self.layout.series if self.layout.series_count > 1 else None,
             "axes": self.layout.axes,
             "shape": list(self.layout.shape),
         }
@@ -305,8 +344,9 @@ class _Source:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def probe(data: bytes, max_pixels: int, limits: Limits | int) -> Layout:
-    """What the file holds (axes, channels, planes, pixel size) — ``POST /probe``.
+def probe(data: bytes, max_pixels: int, limits: Limits | int, series: int | None = None) -> Layout:
+    """What the file holds (axes, channels, planes, pixel size) — ``POST /probe`` — at image
+    ``series`` of a file holding several (None: the first).
 
     Reads pixels only for a colour image (to tell grey saved as RGB from a composite).
     ``limits``: bounds on the file's structure (an int: the page limit, other bounds default).
@@ -316,7 +356,7 @@ def probe(data: bytes, max_pixels: int, limits: Limits | int) -> Layout:
         too complex (structure.TooComplex).
     """
     with decoder_errors():
-        source = _open(data, max_pixels, structure.as_limits(limits))
+        source = _open(data, max_pixels, structure.as_limits(limits), series)
         try:
             return source.layout
         finally:
@@ -344,7 +384,7 @@ def select(
         DecodeCancelled: ``should_stop`` said so.
     """
     with decoder_errors():
-        source = _open(data, max_pixels, structure.as_limits(limits))
+        source = _open(data, max_pixels, structure.as_limits(limits), selection.series)
         try:
             return _select(source, selection, model_channels, should_stop)
         finally:
@@ -359,7 +399,7 @@ def preview_plane(data: bytes, selection: Selection, max_pixels: int, limits: Li
 
 
 def _preview_plane(data: bytes, selection: Selection, max_pixels: int, limits: Limits) -> Plane:
-    source = _open(data, max_pixels, limits)
+    source = _open(data, max_pixels, limits, selection.series)
     try:
         layout = source.layout
         filled = selection
@@ -374,25 +414,28 @@ def _preview_plane(data: bytes, selection: Selection, max_pixels: int, limits: L
         source.close()
 
 
-def _open(data: bytes, max_pixels: int, limits: Limits) -> _Source:
+def _open(data: bytes, max_pixels: int, limits: Limits, series: int | None = None) -> _Source:
+    """The file opened at image ``series`` (None: the first, with a notice if there are more)."""
     # Pages, tags, chunks, segments and metadata bytes are bounded before any decoder parses them.
     structure.check(data, limits)
     if data[:10] == structure.CZI_MAGIC:
-        return _open_czi(data, max_pixels)
+        return _open_czi(data, max_pixels, series)
     if not is_tiff(data):
+        check_series(1, (), series)
         return _open_flat(data, max_pixels, fmt=None)
     try:
-        return _open_tiff(data, max_pixels)
+        return _open_tiff(data, max_pixels, series)
     except _NotForTifffile:
         # A single page in a layout tifffile returns raw (palette, CMYK, YCbCr, min-is-white,
         # old JPEG): the decoder the service always used reads it.
+        check_series(1, (), series)
         return _open_flat(data, max_pixels, fmt="TIFF")
 
 
-def _open_czi(data: bytes, max_pixels: int) -> _Source:
+def _open_czi(data: bytes, max_pixels: int, scene: int | None) -> _Source:
     from service import czi  # it builds on this module's Layout
 
-    layout, read, close = czi.open_planes(data, max_pixels)
+    layout, read, close = czi.open_planes(data, max_pixels, scene)
     source = _Source(layout, read=read, close=close)
     if layout.rgb:
         try:
@@ -434,7 +477,7 @@ def _open_flat(data: bytes, max_pixels: int, fmt: str | None) -> _Source:
     return _Source(layout, read=lambda _coords: image, first=image)
 
 
-def _open_tiff(data: bytes, max_pixels: int) -> _Source:
+def _open_tiff(data: bytes, max_pixels: int, series: int | None = None) -> _Source:
     import tifffile  # the service imports it only for TIFF uploads
 
     try:
@@ -446,7 +489,7 @@ def _open_tiff(data: bytes, max_pixels: int) -> _Source:
             raise _NotForTifffile from exc
         raise UndecodableImage(f"unreadable TIFF: {exc}") from exc
     try:
-        return _tiff_source(tif, data, max_pixels)
+        return _tiff_source(tif, data, max_pixels, series=series)
     except BaseException:
         tif.close()
         raise
@@ -459,15 +502,17 @@ def _single_page(data: bytes) -> bool:
         return False
 
 
-def tiff_layout(tif: Any, max_pixels: int) -> Layout:
-    """The layout of an open ``tifffile.TiffFile`` from its header alone (slides: no page is
-    decoded; ``grey_rgb`` is left False for the caller to decide from a sample of windows).
+def tiff_layout(tif: Any, max_pixels: int, series: int | None = None) -> Layout:
+    """The layout of an open ``tifffile.TiffFile`` (at image ``series``, None: the first) from its
+    header alone (slides: no page is decoded; ``grey_rgb`` is left False for the caller to decide
+    from a sample of windows).
 
     Raises:
         imaging.ImageError subclasses: unsupported layout, more than ``max_pixels``.
+        SelectionError: ``series`` is not in the file.
     """
     try:
-        return _tiff_source(tif, b"", max_pixels, colour_pixels=False).layout
+        return _tiff_source(tif, b"", max_pixels, colour_pixels=False, series=series).layout
     except _NotForTifffile as exc:
         raise UnsupportedImageType(
             "this TIFF's photometric interpretation (palette, CMYK, YCbCr, min-is-white or 1-bit) "
@@ -492,16 +537,22 @@ def tiff_planes(tif: Any, max_pixels: int) -> tuple[Layout, Callable[[dict[str, 
     return source.layout, source.read
 
 
-def _tiff_source(tif: Any, data: bytes, max_pixels: int, colour_pixels: bool = True) -> _Source:
+def _tiff_source(
+    tif: Any, data: bytes, max_pixels: int, colour_pixels: bool = True, series: int | None = None
+) -> _Source:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             all_series = tif.series
-            series = all_series[0]
+            series_names = tuple(getattr(s, "name", None) or None for s in all_series)
+            series_arg, series_index = series, check_series(len(all_series), series_names, series)
+            series = all_series[series_index]
             keyframe = series.keyframe
             full_axes, full_shape = series.get_axes(False), series.get_shape(False)
             pages = series.pages
             n_pages = len(pages)
+    except SelectionError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise UndecodableImage(f"unreadable TIFF structure: {exc}") from exc
     photometric = int(keyframe.photometric)
@@ -558,18 +609,18 @@ def _tiff_source(tif: Any, data: bytes, max_pixels: int, colour_pixels: bool = T
             f"the TIFF has {n_channels_c} channels of {samples}-sample colour pages; the service reads "
             "either channels or colour samples"
         )
-    if len(all_series) > 1:
-        notes.append(
-            f"the file holds {len(all_series)} images (series); the first "
-            f"({width}×{height}, axes {series.axes}) is used"
-        )
+    if len(all_series) > 1 and series_index == 0 and series_arg is None:
+        first = f"{width}×{height}, axes {series.axes}"
+        notes.append(first_series_note(len(all_series), "images (series)", first))
 
     rgb = photometric in (_RGB, _YCBCR) and samples >= 3
     if samples > 1:
         channel_axis, n_channels = "S", (3 if rgb else samples)
     else:
         channel_axis, n_channels = "C", n_channels_c
-    fmt, pixel_size, channel_names = _tiff_metadata(tif, series, lead, n_channels, channel_axis, notes)
+    fmt, pixel_size, channel_names = _tiff_metadata(
+        tif, series, lead, n_channels, channel_axis, notes, series_index
+    )
     if rgb:
         channel_names = list(RGB_NAMES)
     channels = tuple(
@@ -619,6 +670,9 @@ def _tiff_source(tif: Any, data: bytes, max_pixels: int, colour_pixels: bool = T
         pixel_size=pixel_size,
         rgb=rgb,
         warnings=tuple(notes),
+        series_count=len(all_series),
+        series=series_index,
+        series_names=series_names if len(all_series) > 1 else (),
     )
     source = _Source(layout, read=read, close=tif.close)
     if rgb and colour_pixels:
@@ -629,13 +683,15 @@ def _tiff_source(tif: Any, data: bytes, max_pixels: int, colour_pixels: bool = T
 
 
 def _tiff_metadata(
-    tif: Any, series: Any, lead: list[tuple[str, int]], n_channels: int, channel_axis: str, notes: list[str]
+    tif: Any, series: Any, lead: list[tuple[str, int]], n_channels: int, channel_axis: str, notes: list[str],
+    series_index: int = 0,
 ) -> tuple[str, PixelSize | None, list[str | None]]:
-    """(format name, pixel size, channel names) from OME-XML, ImageJ metadata or resolution tags."""
+    """(format name, pixel size, channel names) from OME-XML (its ``series_index``-th Image: tifffile
+    makes one series per OME Image, in order), ImageJ metadata or resolution tags."""
     page = series.keyframe
     if tif.is_ome:
         try:
-            size, names = _ome_metadata(tif.ome_metadata or "", notes)
+            size, names = _ome_metadata(tif.ome_metadata or "", notes, series_index)
         except ET.ParseError:
             notes.append("the OME-XML metadata is not well-formed; channel names and pixel size unknown")
             size, names = None, []
@@ -647,9 +703,10 @@ def _tiff_metadata(
     return "TIFF", _tiff_pixel_size(page, notes), []
 
 
-def _ome_metadata(xml: str, notes: list[str]) -> tuple[PixelSize | None, list[str | None]]:
+def _ome_metadata(xml: str, notes: list[str], image: int = 0) -> tuple[PixelSize | None, list[str | None]]:
     root = ET.fromstring(xml)
-    pixels = root.find("./{*}Image/{*}Pixels")
+    images = root.findall("./{*}Image")
+    pixels = images[image].find("{*}Pixels") if image < len(images) else None
     if pixels is None:
         return None, []
     names = [c.get("Name") or None for c in pixels.findall("{*}Channel")]

@@ -300,10 +300,10 @@ def _open_tiff(
 
     try:
         try:
-            layout = microscopy.tiff_layout(tif, max_pixels)
+            layout = microscopy.tiff_layout(tif, max_pixels, selection.series)
         except ImageTooLarge as exc:
             raise SlideTooLarge(exc.pixels, exc.limit, exc.width, exc.height) from exc
-        series = tif.series[0]
+        series = tif.series[layout.series]
         axes = "".join("Z" if a in ("I", "Q") else a for a in series.axes)
         levels = [_tiff_level(tif, path, series, i, stores) for i in range(len(series.levels))]
         return _source(levels, axes, layout, selection, model_channels, close)
@@ -387,6 +387,8 @@ def _bare_plane(layout: Layout) -> microscopy.Plane:
 
 def _open_zarr(path: Path, selection: Selection, max_pixels: int, model_channels: int) -> SlideSource:
     import zarr
+
+    microscopy.check_series(1, (), selection.series)  # the first multiscale image is the one read
 
     try:
         group = zarr.open_group(path, mode="r")

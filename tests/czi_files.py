@@ -72,3 +72,14 @@ def libczi_plane(data: bytes, c: int = 0, z: int = 0, t: int = 0) -> np.ndarray:
         with pyczi.open_czi(str(path)) as reader:
             plane = reader.read(plane={"C": c, "Z": z, "T": t})
     return plane[:, :, 0] if plane.shape[2] == 1 else plane[:, :, ::-1]
+
+
+def libczi_scene(data: bytes, scene: int, c: int = 0) -> np.ndarray:
+    """Scene ``scene``'s plane of channel ``c`` as libCZI reads it (its own bounding box), grey."""
+    from pylibCZIrw import czi as pyczi
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "file.czi"
+        path.write_bytes(data)
+        with pyczi.open_czi(str(path)) as reader:
+            return reader.read(plane={"C": c}, scene=scene)[:, :, 0]

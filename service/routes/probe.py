@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from service import microscopy
@@ -32,8 +32,14 @@ class PixelSizeInfo(BaseModel):
     source: str = Field(description="ome | imagej | tiff | czi")
 
 
+class SeriesInfo(BaseModel):
+    index: int = Field(description="the image described, 0-based (series= on /segment)")
+    count: int = Field(description="images in the file: an OME-TIFF's Images, a CZI's scenes; 1 for most")
+    names: list[str | None] = Field(description="their names where the file gives them (empty for one)")
+
+
 class ProbeResult(BaseModel):
-    format: str = Field(description="OME-TIFF, ImageJ TIFF, TIFF, PNG, JPEG, BMP")
+    format: str = Field(description="OME-TIFF, ImageJ TIFF, TIFF, CZI, PNG, JPEG, BMP")
     width: int
     height: int
     dtype: str
@@ -48,6 +54,7 @@ class ProbeResult(BaseModel):
         "its colour): it is read when no channel= is given, no choice needed"
     )
     pixel_size_um: PixelSizeInfo | None
+    series: SeriesInfo
     required: list[str] = Field(
         description="query options POST /segment needs for this file (channel, z, t); z can be "
         "replaced by project=max"
@@ -73,7 +80,10 @@ def probe_result(layout: microscopy.Layout, model_channels: int) -> dict[str, An
 async def probe(
     request: Request,
     runtime: Runtime = Depends(get_runtime),
-    _known: None = Depends(only_query_params()),
+    series: int | None = Query(
+        None, ge=0, description="which image of a file holding several to describe (default: the first)"
+    ),
+    _known: None = Depends(only_query_params("series")),
 ) -> dict[str, Any]:
     data = await read_single_upload(request)
     settings = runtime.settings
@@ -82,7 +92,7 @@ async def probe(
     async with runtime.admitted(pixels, measure=False, disconnected=request.is_disconnected):
         with as_problems():
             layout = await anyio.to_thread.run_sync(
-                microscopy.probe, data, settings.max_pixels, settings.decode_limits()
+                microscopy.probe, data, settings.max_pixels, settings.decode_limits(), series
             )
     model_channels = runtime.engine.metadata.in_channels if runtime.engine else 1
     return probe_result(layout, model_channels)

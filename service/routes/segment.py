@@ -124,7 +124,7 @@ class SegmentOptions:
 
 _OPTION_NAMES = ("output", "threshold", "bits", "tile_size", "overlap", "split", "diameter")
 #: Which channel / plane of a microscopy file, and its pixel size (service.microscopy).
-_PLANE_OPTION_NAMES = ("channel", "z", "t", "project", "pixel_size", "polarity")
+_PLANE_OPTION_NAMES = ("channel", "z", "t", "project", "pixel_size", "polarity", "series")
 
 
 class Project(str, Enum):
@@ -159,6 +159,11 @@ def plane_selection(
         "than a bright background (bright field, H&E): the image is turned into its optical density "
         "before the model, a colour image's colours mixed unless channel= says otherwise",
     ),
+    series: int | None = Query(
+        None, ge=0, description="which image of a file holding several, 0-based: an OME-TIFF's Images, "
+        "a CZI's scenes (the positions of a multi-position experiment). Default: the first, with a "
+        "notice in X-Warnings naming how many there are",
+    ),
 ) -> microscopy.Selection:
     """Which plane of a multi-channel / multi-plane image; a stack without z/t/project, or
     several channels without channel, is a 422 that lists the choices (never a guess)."""
@@ -169,6 +174,7 @@ def plane_selection(
         project=None if project is None else project.value,
         pixel_size_um=pixel_size,
         polarity=polarity.value,
+        series=series,
     )
 
 
@@ -694,8 +700,11 @@ def result_headers(runtime: Runtime, result: Result) -> dict[str, str]:
 def plane_headers(plane: microscopy.Plane) -> dict[str, str]:
     """What was segmented: ``X-Channel`` (index) and ``X-Channel-Name`` (percent-encoded UTF-8)
     when the image has several channels, ``X-Z`` / ``X-T`` / ``X-Projection`` when it has planes,
-    ``X-Pixel-Size-Um`` (``x`` or ``x,y``) and ``X-Pixel-Size-Source`` when the size is known."""
+    ``X-Pixel-Size-Um`` (``x`` or ``x,y``) and ``X-Pixel-Size-Source`` when the size is known,
+    ``X-Series`` when the file holds several images."""
     headers: dict[str, str] = {}
+    if plane.layout.series_count > 1:
+        headers["X-Series"] = str(plane.layout.series)
     if plane.channel is not None:
         headers["X-Channel"] = str(plane.channel.index)
         if plane.channel.name:
@@ -784,6 +793,8 @@ _PNG_HEADERS = {
     "X-Z": {"description": "the z-slice segmented (0-based); only for z-stacks",
             "schema": {"type": "integer"}},
     "X-T": {"description": "the time point segmented (0-based)", "schema": {"type": "integer"}},
+    "X-Series": {"description": "the image of a file holding several (OME-TIFF Images, CZI scenes) that "
+                 "was segmented (0-based)", "schema": {"type": "integer"}},
     "X-Projection": {"description": "`max-z`: the maximum projection over Z was segmented",
                      "schema": {"type": "string"}},
     "X-Pixel-Size-Um": {"description": "µm per pixel used for the µm columns: `x` or `x,y`; absent "

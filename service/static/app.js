@@ -172,7 +172,8 @@ function upload(url, step, runningText) {
 /** The chosen channel / plane as query parameters (only those chosen). */
 function planeParams() {
   const params = new URLSearchParams();
-  const { channel, z, t } = state.plane;
+  const { channel, z, t, series } = state.plane;
+  if (series !== "") params.set("series", series);
   if (channel !== "") params.set("channel", channel);
   if (z === "max") params.set("project", "max");
   else if (z !== "") params.set("z", z);
@@ -388,15 +389,26 @@ async function handleFile(file) {
   state.file = file;
   state.stem = stemOf(file.name);
   state.probe = null;
-  state.plane = { channel: "", z: "", t: "" };
+  state.plane = { channel: "", z: "", t: "", series: "" };
   setThreshold(state.modelThreshold);
   resetInfo();
   resetView();
   showWarnings([]);
   $("plane-controls").hidden = true;
   $("stage").dataset.state = "loading";
+  await probeImage(run);
+}
+
+/**
+ * POST probe for the file's image chosen in state.plane.series (the first by default), show what
+ * it holds, and preview / segment it. The images of one file (OME-TIFF Images, CZI scenes) may
+ * differ in size, channels and planes: each is probed when chosen.
+ */
+async function probeImage(run) {
   try {
-    const probe = await upload("probe", "Reading the file", "listing its channels and planes");
+    const series = state.plane.series;
+    const probe = await upload(series === "" ? "probe" : `probe?series=${series}`, "Reading the file",
+      "listing its channels and planes");
     if (run !== state.run) return;
     state.probe = JSON.parse(await probe.response.text());
     await configReady;
@@ -439,7 +451,18 @@ function showProbe(probe) {
   };
   fill($("zplane"), $("z-box"), "Z", ["max", "maximum projection"]);
   fill($("tplane"), $("t-box"), "T", null);
-  $("plane-controls").hidden = $("channel-box").hidden && $("z-box").hidden && $("t-box").hidden;
+
+  const series = $("series");
+  const count = probe.series.count;
+  series.replaceChildren(new Option(`(default: the first of ${count})`, ""));
+  for (let k = 0; k < count; k++) {
+    const name = probe.series.names[k];
+    series.add(new Option(name ? `${k} · ${name}` : `${k}`, String(k)));
+  }
+  series.value = state.plane.series;
+  $("series-box").hidden = count < 2;
+  $("plane-controls").hidden = $("series-box").hidden && $("channel-box").hidden && $("z-box").hidden &&
+    $("t-box").hidden;
 }
 
 function formatUm(x, y) {
@@ -477,9 +500,19 @@ function onPolarityChange() {
 }
 
 function onPlaneChange() {
-  state.plane = { channel: $("channel").value, z: $("zplane").value, t: $("tplane").value };
+  state.plane = { channel: $("channel").value, z: $("zplane").value, t: $("tplane").value,
+    series: state.plane.series };
   if (!state.file || !state.probe) return;
   processPlane(startRun());
+}
+
+/** Another image of the file: its own channels and planes, so probed afresh and chosen anew. */
+function onSeriesChange() {
+  state.plane = { channel: "", z: "", t: "", series: $("series").value };
+  if (!state.file || !state.probe) return;
+  const run = startRun();
+  resetView();
+  probeImage(run);
 }
 
 /** Preview the chosen plane; once every needed choice is made, segment it. */
@@ -901,6 +934,7 @@ function init() {
   for (const radio of document.querySelectorAll('input[name="view"]')) radio.addEventListener("change", render);
   for (const name of DOWNLOADS) $(`download-${name}`).addEventListener("click", () => download(name));
   for (const id of ["channel", "zplane", "tplane"]) $(id).addEventListener("change", onPlaneChange);
+  $("series").addEventListener("change", onSeriesChange);
   wireZoom();
   window.addEventListener("resize", fitStage);
   $("cancel-job").addEventListener("click", cancelAll);

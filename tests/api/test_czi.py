@@ -91,10 +91,30 @@ def test_probe_describes_the_czi(server: Server) -> None:
     assert sorted(body["required"]) == ["channel", "t"]
 
 
-def test_a_scene_file_and_a_truncated_file_are_clear_4xx(server: Server) -> None:
-    scenes = czi_bytes([Tile(NUCLEI, scene=0), Tile(NUCLEI, x=500, scene=1)])
-    r = segment(server, scenes)
-    assert r.status_code == 415 and "2 scenes" in r.json()["detail"], r.text
+def test_scenes_are_chosen_with_series(server: Server) -> None:
+    """A two-position experiment: the first scene by default (X-Series 0, a warning naming the
+    other), the second with series=1 segmented as that scene alone, series=2 a 422 listing both."""
+    scenes = czi_bytes([Tile(NUCLEI, scene=0), Tile(np.roll(NUCLEI, 30, axis=0), x=500, scene=1)],
+                       {0: "DAPI"}, UM * 1e-6, ZSTD1)
+    first = segment(server, scenes, output="labels")
+    assert first.status_code == 200, first.text
+    assert first.headers["X-Series"] == "0" and "series=1" in first.headers["X-Warnings"]
+    alone = labels_of(server.client.post("/segment", params={"output": "labels"},
+                                         content=im.png(np.roll(NUCLEI, 30, axis=0)),
+                                         headers={"Content-Type": "image/png"}))
+    second = segment(server, scenes, series=1, output="labels")
+    labels, count = labels_of(second)
+    assert (count, labels.tolist()) == (alone[1], alone[0].tolist())
+    assert second.headers["X-Series"] == "1" and "X-Warnings" not in second.headers
+    assert labels.tolist() != im.decode(first.content).tolist()
+    r = segment(server, scenes, series=2)
+    assert r.status_code == 422 and r.json()["choices"]["series"] == [
+        {"index": 0, "name": None}, {"index": 1, "name": None}], r.text
+    probe = server.client.post("/probe", params={"series": 1}, files={"file": ("plate.czi", scenes)}).json()
+    assert probe["series"] == {"index": 1, "count": 2, "names": []}
+
+
+def test_a_truncated_czi_is_a_400_that_says_so(server: Server) -> None:
     r = segment(server, MOVIE[: len(MOVIE) // 2], channel="DAPI", t=0)
     assert r.status_code == 400 and "truncated" in r.json()["detail"], r.text
 

@@ -301,3 +301,29 @@ def test_rois_is_an_imagej_roi_set_with_one_roi_per_object(server: Server, tmp_p
     # No clock in the bytes: the same objects give the same archive whenever it is written.
     with zipfile.ZipFile(path) as archive:
         assert {m.date_time for m in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+
+
+def test_an_ome_tiff_of_several_images_is_read_at_the_one_asked_for(server: Server, alone) -> None:
+    """A multi-position acquisition saved as one OME-TIFF: the first image by default (X-Series 0
+    and a warning naming series=1), the second with series=1 segmented as that image alone."""
+    out = io.BytesIO()
+    with tifffile.TiffWriter(out, ome=True) as writer:
+        writer.write(CYTO, metadata={"axes": "YX", "Name": "Pos0"})
+        writer.write(np.stack([CYTO, NUCLEI]), metadata={"axes": "CYX", "Name": "Pos1",
+                                                          "Channel": {"Name": ["Actin", "DAPI"]}})
+    data = out.getvalue()
+    first = post(server, data, output="labels")
+    assert first.status_code == 200, first.text
+    assert first.headers["X-Series"] == "0" and "series=1" in first.headers["X-Warnings"]
+    second = post(server, data, output="labels", series=1, channel="DAPI")
+    labels, count = labels_of(server, data, series=1, channel="DAPI")
+    assert (count, labels.tolist()) == (alone["nuclei"][1], alone["nuclei"][0].tolist())
+    assert second.headers["X-Series"] == "1" and "X-Warnings" not in second.headers
+    body = assert_choose(post(server, data, series=1), {"channel"})
+    assert body["choices"]["series"] == [{"index": 0, "name": "Pos0"}, {"index": 1, "name": "Pos1"}]
+    r = post(server, data, series=2)
+    assert r.status_code == 422 and r.json()["type"] == "/problems/invalid-options", r.text
+    probe = server.client.post("/probe", params={"series": 1}, content=data,
+                               headers={"Content-Type": "image/tiff"}).json()
+    assert probe["series"] == {"index": 1, "count": 2, "names": ["Pos0", "Pos1"]}
+    assert probe["required"] == ["channel"] and [c["name"] for c in probe["channels"]] == ["Actin", "DAPI"]

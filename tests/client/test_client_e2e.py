@@ -118,3 +118,43 @@ def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Pat
     tables = sorted((tmp_path / "out").glob("movie_t*.csv"))
     assert [p.name for p in tables] == [f"movie_t{k}.csv" for k in range(6)]
     assert all("area_um2" in p.read_text().splitlines()[0] for p in tables)
+
+
+def test_series_all_segments_every_image_of_a_plate_file(service_url: str, tmp_path: Path) -> None:
+    # A two-position CZI and a two-image OME-TIFF: one output per image (NAME_s0, NAME_s1), each
+    # what the service answers for that series=; a single PNG beside them as it is.
+    np = pytest.importorskip("numpy")
+    tifffile = pytest.importorskip("tifffile")
+    import httpx
+
+    from tests.api import _images as im
+    from tests.czi_files import Tile, czi_bytes
+
+    images = tmp_path / "in"
+    images.mkdir()
+    wells = [im.blobs(48, 64, seed=k, dtype=np.uint16) for k in (1, 2)]
+    (images / "plate.czi").write_bytes(czi_bytes([Tile(wells[0], scene=0), Tile(wells[1], x=900, scene=1)]))
+    with tifffile.TiffWriter(images / "positions.ome.tif", ome=True) as writer:
+        for k, well in enumerate(wells):
+            writer.write(well[::-1], metadata={"axes": "YX", "Name": f"Pos{k}"})
+    (images / "single.png").write_bytes(im.png(wells[0]))
+    env = {k: v for k, v in os.environ.items() if k != "UNET_API_KEY"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "service.client", str(images), "--out", str(tmp_path / "out"),
+         "--url", service_url, "--no-progress", "--series", "all", "--output", "probability"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    written = sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".png")
+    assert written == ["plate_s0.png", "plate_s1.png", "positions.ome_s0.png", "positions.ome_s1.png",
+                       "single.png"]
+    for name, source in (("plate", "plate.czi"), ("positions.ome", "positions.ome.tif")):
+        for k in (0, 1):
+            expected = httpx.post(f"{service_url}/segment", params={"output": "probability", "series": k},
+                                  content=(images / source).read_bytes(),
+                                  headers={"Content-Type": "application/octet-stream"}, timeout=60)
+            assert expected.status_code == 200, expected.text
+            got = (tmp_path / "out" / f"{name}_s{k}.png").read_bytes()
+            assert im.decode(got).tolist() == im.decode(expected.content).tolist(), (name, k)
+        first, second = (im.decode((tmp_path / "out" / f"{name}_s{k}.png").read_bytes()) for k in (0, 1))
+        assert first.tolist() != second.tolist()

@@ -15,7 +15,7 @@ import pytest
 from service import frames, microscopy, structure, workload
 from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType
 from service.structure import Limits, TooComplex
-from tests.czi_files import ZSTD0, ZSTD1, Tile, czi_bytes, libczi_plane
+from tests.czi_files import ZSTD0, ZSTD1, Tile, czi_bytes, libczi_plane, libczi_scene
 
 MAX_PIXELS = 10**8
 UM = 0.65
@@ -115,11 +115,44 @@ def test_colour_is_read_red_first_and_one_stain_in_its_colour_needs_no_choice() 
     assert plane.channel.name == "blue"
 
 
-def test_several_scenes_are_refused_saying_how_to_split_them() -> None:
-    pixels = np.ones((H, W), np.uint16)
-    data = czi_bytes([Tile(pixels, scene=0), Tile(pixels, x=200, scene=1)])
-    with pytest.raises(UnsupportedImageType, match="2 scenes.*Split Scenes"):
-        microscopy.probe(data, MAX_PIXELS, Limits())
+def test_scenes_are_the_files_images_chosen_by_series() -> None:
+    """A multi-position experiment: each scene its own image, of its own size, where libCZI reads
+    it; the first by default with a notice, another by series=, one not there a SelectionError."""
+    rng = np.random.default_rng(6)
+    first = rng.integers(1, 4000, (H, W), dtype=np.uint16)
+    second = rng.integers(1, 4000, (30, 20), dtype=np.uint16)
+    tiles = [Tile(first, scene=0), Tile(second, x=500, y=40, scene=1)]
+    data = czi_bytes(tiles, {0: "DAPI"}, UM * 1e-6, ZSTD1)
+    layout = microscopy.probe(data, MAX_PIXELS, Limits())
+    assert (layout.series_count, layout.series, layout.width, layout.height) == (2, 0, W, H)
+    assert any("2 scenes" in note and "series=1" in note for note in layout.warnings)
+    assert layout.choices()["series"] == [{"index": 0, "name": None}, {"index": 1, "name": None}]
+    plane = read(data, series=1)
+    assert plane.describe()["series"] == 1 and not plane.warnings
+    np.testing.assert_array_equal(plane.image, second)
+    np.testing.assert_array_equal(read(data).image, first)
+    np.testing.assert_array_equal(plane.image, libczi_scene(data, 1))
+    assert microscopy.probe(data, MAX_PIXELS, Limits(), series=1).width == 20
+    with pytest.raises(microscopy.SelectionError, match="series=0..1") as caught:
+        read(data, series=2)
+    assert caught.value.params == ("series",) and len(caught.value.choices["series"]) == 2
+
+
+def test_other_dimensions_with_several_indices_are_refused_naming_them() -> None:
+    """Rotations (or illuminations, phases, views) are not planes the service offers: a file with
+    two of them is a 415 naming the dimension. libCZI writes only C/Z/T, so two time points are
+    renamed R in the directory."""
+    data = bytearray(czi_bytes([Tile(np.ones((H, W), np.uint16), t=t) for t in range(2)]))
+    entry = int.from_bytes(data[84:92], "little") + 32 + 128
+    for _ in range(2):
+        dimensions = int.from_bytes(data[entry + 28 : entry + 32], "little")
+        for k in range(dimensions):
+            at = entry + 32 + 20 * k
+            if data[at : at + 1] == b"T":
+                data[at : at + 1] = b"R"
+        entry += 32 + 20 * dimensions
+    with pytest.raises(UnsupportedImageType, match="2 rotations"):
+        microscopy.probe(bytes(data), MAX_PIXELS, Limits())
 
 
 def test_without_a_scaling_the_pixel_size_is_unknown_and_said() -> None:

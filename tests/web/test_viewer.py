@@ -423,6 +423,37 @@ def test_a_zeiss_czi_is_dropped_as_saved_and_its_channels_offered_by_name(
         page.close()
 
 
+def test_a_file_of_several_images_offers_them_and_each_is_probed_when_chosen(
+    browser: Any, service_url: str, tmp_path: Path
+) -> None:
+    """A two-position OME-TIFF: the first image is segmented at once (one channel), the picker
+    names both; the second, chosen, brings its own two channels to choose from and is segmented
+    as the server segments series=1."""
+    tifffile = pytest.importorskip("tifffile")
+    nuclei = cv2.imread(str(write_disc_tiff(tmp_path / "nuclei.tif", seed=7)), cv2.IMREAD_UNCHANGED)
+    path = tmp_path / "positions.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as writer:
+        writer.write(nuclei, metadata={"axes": "YX", "Name": "Pos0"})
+        writer.write(np.stack([cv2.GaussianBlur(nuclei, (0, 0), 12), np.ascontiguousarray(nuclei[::-1])]),
+                     metadata={"axes": "CYX", "Name": "Pos1", "Channel": {"Name": ["Actin", "DAPI"]}})
+    page = _new_page(browser, service_url)
+    try:
+        page.locator("#file-input").set_input_files(str(path))
+        first = _wait_for_count(page)
+        assert first == _server_count(service_url, path) > 0
+        series = page.get_by_label("Image in the file")
+        assert series.is_visible()
+        assert series.locator("option").all_text_contents()[1:] == ["0 · Pos0", "1 · Pos1"]
+        series.select_option("1")
+        picker = page.get_by_label("Nuclei channel")
+        picker.wait_for(state="visible")
+        assert picker.locator("option").all_text_contents()[1:] == ["0 · Actin", "1 · DAPI"]
+        picker.select_option("1")
+        assert _wait_for_count(page) == _server_count(service_url, path, series="1", channel="1")
+    finally:
+        page.close()
+
+
 def test_one_stain_exported_in_blue_is_segmented_at_once_and_the_page_says_which_channel(
     browser: Any, service_url: str, tmp_path: Path
 ) -> None:
