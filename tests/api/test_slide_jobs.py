@@ -186,3 +186,24 @@ def test_a_bright_field_slide_with_polarity_dark_gives_the_labels_of_post_segmen
     assert int(answer.headers["X-Object-Count"]) == result["objects"] == len(table) > 50
     # Nuclei are where the stored bright field is dark: their mean intensity is below the field's.
     assert np.median([float(r["mean_intensity"]) for r in table]) < np.median(bright_field)
+
+
+def test_a_slide_job_segments_the_image_series_names(slide_server: Server, slide_image: np.ndarray) -> None:
+    """A file of two images (a two-position OME-TIFF) uploaded as a slide job: series=1 makes the job
+    segment the second, as POST /segment segments that image alone."""
+    client = slide_server.client
+    second = np.ascontiguousarray(slide_image[:640, :520])
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer, ome=True) as writer:
+        writer.write(slide_image[:300, :400], tile=(256, 256), metadata={"axes": "YX", "Name": "Pos0"})
+        writer.write(second, tile=(256, 256), metadata={"axes": "YX", "Name": "Pos1"})
+    job = client.post("/jobs", params={"output": "ome-zarr", "series": 1, **SAME_PLAN},
+                      content=buffer.getvalue(), headers={"Content-Type": "image/tiff"})
+    assert job.status_code == 202, job.text
+    status = wait_until(client, job.json()["id"], finished)
+    assert status["status"] == "succeeded", status
+    result = client.get(f"/jobs/{job.json()['id']}/result").json()
+    assert (result["height"], result["width"]) == second.shape
+    answer = client.post("/segment", params={"output": "labels", **SAME_PLAN}, content=im.png(second),
+                         headers={"Content-Type": "image/png"})
+    assert int(answer.headers["X-Object-Count"]) == result["objects"] > 10
