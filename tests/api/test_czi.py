@@ -146,3 +146,17 @@ def test_a_batch_of_czis_reports_each_files_plane(server: Server) -> None:
     assert (movie["image"]["channel"], movie["image"]["t"]) == ({"index": 1, "name": "DAPI"}, 1)
     assert movie["image"]["pixel_size_um"] == {"x": UM, "y": UM, "source": "czi"}
     assert field["status"] == 422 and field["problem"]["choices"]["planes"] == {}  # no time point 1
+
+
+def test_a_czi_sent_as_a_job_answers_what_segment_answers(server: Server) -> None:
+    """The web page and unet-segment send large images as jobs: a CZI goes through the same reader."""
+    from tests.api.test_jobs import finished, wait_until
+
+    params = {"channel": "DAPI", "t": 1, "output": "labels"}
+    job = server.client.post("/jobs", params=params, files={"file": ("movie.czi", MOVIE)})
+    assert job.status_code == 202, job.text
+    status = wait_until(server.client, job.json()["id"], finished)
+    assert status["status"] == "succeeded", status
+    result = server.client.get(f"/jobs/{job.json()['id']}/result")
+    direct = segment(server, MOVIE, **params)
+    assert labels_of(result)[0].tolist() == labels_of(direct)[0].tolist()
