@@ -86,6 +86,8 @@ class _Tile:
 
 
 Reader = Callable[[dict[str, int]], np.ndarray]
+#: ``(coords, y0, y1, x0, x1)`` → the pixels ``[y0:y1, x0:x1]`` of that plane.
+WindowReader = Callable[[dict[str, int], int, int, int, int], np.ndarray]
 
 
 def open_planes(
@@ -116,15 +118,46 @@ def open_planes(
     except Exception as exc:  # noqa: BLE001 - czifile raises struct.error, KeyError, ... on bad bytes
         raise UndecodableImage(f"unreadable CZI: {type(exc).__name__}: {exc}") from exc
     try:
-        layout, read = _planes(czi, max_pixels, scene)
+        layout, read_window, _tile = _planes(czi, max_pixels, scene)
     except BaseException:
         czi.close()
         raise
+
+    def read(coords: dict[str, int]) -> np.ndarray:
+        return read_window(coords, 0, layout.height, 0, layout.width)
+
     return layout, read, czi.close
 
 
-def _planes(czi: Any, max_pixels: int, scene: int | None) -> tuple[Layout, Reader]:
-    """:func:`open_planes` on an open ``czifile.CziFile``."""
+def open_windows(
+    path: Path, max_pixels: int, scene: int | None = None
+) -> tuple[Layout, WindowReader, tuple[int, int], Callable[[], None]]:
+    """A CZI file read by window, for slide jobs (a tile scan of any size, within ``max_pixels``):
+    its layout, a reader of ``[y0:y1, x0:x1]`` of a plane that decodes only the subblocks the
+    window touches, the largest subblock's (height, width), and what closes the file. The caller
+    has walked the file (:func:`service.structure.check_czi`).
+
+    Raises: as :func:`open_planes`.
+    """
+    import czifile
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            czi = czifile.CziFile(str(path), multifile=False, detectmosaic=False)
+    except Exception as exc:  # noqa: BLE001 - czifile raises struct.error, KeyError, ... on bad bytes
+        raise UndecodableImage(f"unreadable CZI: {type(exc).__name__}: {exc}") from exc
+    try:
+        layout, read_window, tile = _planes(czi, max_pixels, scene)
+    except BaseException:
+        czi.close()
+        raise
+    return layout, read_window, tile, czi.close
+
+
+def _planes(czi: Any, max_pixels: int, scene: int | None) -> tuple[Layout, WindowReader, tuple[int, int]]:
+    """The layout, the window reader and the largest subblock's (height, width) of an open
+    ``czifile.CziFile``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -165,18 +198,25 @@ def _planes(czi: Any, max_pixels: int, scene: int | None) -> tuple[Layout, Reade
     # Channels may differ in pixel type (an 8-bit and a 16-bit camera): the layout names the first's.
     first_dtype = _PIXEL_TYPES[by_plane[min(by_plane)][0].pixel_type][0]
 
-    def read(coords: dict[str, int]) -> np.ndarray:
+    def read_window(coords: dict[str, int], top: int, bottom: int, left: int, right: int) -> np.ndarray:
         plane_tiles = by_plane.get(_key(coords))
         if not plane_tiles:
             raise UndecodableImage(f"the CZI has no subblock for plane {_describe(coords)}")
         dtype, tile_samples = _PIXEL_TYPES[plane_tiles[0].pixel_type]
-        plane = np.zeros((height, width, tile_samples) if rgb else (height, width), dtype)
+        rows, columns = bottom - top, right - left
+        window = np.zeros((rows, columns, tile_samples) if rgb else (rows, columns), dtype)
         for tile in plane_tiles:
+            # The tile's rectangle on the plane, and the part of it inside the window.
+            ty, tx = tile.y - y0, tile.x - x0
+            a, b = max(ty, top), min(ty + tile.height, bottom)
+            c, d = max(tx, left), min(tx + tile.width, right)
+            if a >= b or c >= d:
+                continue
             pixels = _decode(tile)
-            if pixels.dtype != plane.dtype:
+            if pixels.dtype != window.dtype:
                 raise UnsupportedImageType(f"the CZI's plane {_describe(coords)} mixes pixel types")
-            plane[tile.y - y0 : tile.y - y0 + tile.height, tile.x - x0 : tile.x - x0 + tile.width] = pixels
-        return plane
+            window[a - top : b - top, c - left : d - left] = pixels[a - ty : b - ty, c - tx : d - tx]
+        return window
 
     layout = Layout(
         format="CZI",
@@ -194,7 +234,7 @@ def _planes(czi: Any, max_pixels: int, scene: int | None) -> tuple[Layout, Reade
         series=scene_index,
         series_names=scene_names[:scenes] if scenes > 1 else (),
     )
-    return layout, read
+    return layout, read_window, (max(t.height for t in tiles), max(t.width for t in tiles))
 
 
 def _key(coords: dict[str, int]) -> tuple[int, int, int]:

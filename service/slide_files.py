@@ -1,4 +1,4 @@
-"""Slide-scale files read window by window: tiled TIFF / OME-TIFF / BigTIFF and OME-Zarr.
+"""Slide-scale files read window by window: tiled TIFF / OME-TIFF / BigTIFF, OME-Zarr and CZI.
 
 A slide of 50,000² px cannot be decoded whole (issue 16). :func:`open_slide` opens a file by
 *path*, reads only its header and metadata, checks the request's plane choice exactly as an
@@ -18,6 +18,10 @@ How each layout is read:
   earlier windows do not stay in the process).
 - **OME-Zarr** (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3, also bioformats2raw's layout): level 0 of
   the first multiscale image, its axes and ``coordinateTransformations`` scale.
+- **CZI** (a Zeiss tile scan, an Axioscan slide): :func:`service.czi.open_windows` decodes the
+  full-resolution subblocks a window touches, placed as the file says; pyramid subblocks are
+  not read (one level), and the directory is walked and bounded first
+  (``UNET_MAX_CZI_SUBBLOCKS``).
 
 What is refused, before any pixel is read: a plane over ``UNET_MAX_SLIDE_PIXELS``
 (:class:`SlideTooLarge`, 413); chunks over :data:`MAX_CHUNK_BYTES` decoded (a compressed
@@ -229,13 +233,15 @@ def _convert(window: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def is_slide_path(path: str | Path) -> bool:
-    """Whether ``path`` looks like something :func:`open_slide` reads (a TIFF or a Zarr folder)."""
+    """Whether ``path`` looks like something :func:`open_slide` reads (a TIFF, a CZI or a Zarr
+    folder)."""
     p = Path(path)
     if p.is_dir():
         return any((p / name).exists() for name in (".zattrs", ".zgroup", "zarr.json"))
     try:
         with open(p, "rb") as handle:
-            return microscopy.is_tiff(handle.read(4))
+            head = handle.read(len(structure.CZI_MAGIC))
+            return microscopy.is_tiff(head) or head == structure.CZI_MAGIC
     except OSError:
         return False
 
@@ -264,15 +270,14 @@ def open_slide(
         return _open_zarr(p, selection, max_pixels, model_channels)
     try:
         with open(p, "rb") as handle:
-            head = handle.read(8)
+            head = handle.read(len(structure.CZI_MAGIC))
     except OSError as exc:
         raise UndecodableImage(f"cannot open the slide file: {exc.strerror}") from exc
+    if head == structure.CZI_MAGIC:
+        return _open_czi(p, selection, max_pixels, structure.as_limits(limits), model_channels)
     if not microscopy.is_tiff(head):
-        czi = head == structure.CZI_MAGIC[:8]
         raise UnsupportedImageType(
-            "slides are read from TIFF (OME-TIFF, BigTIFF, tiled or not) or OME-Zarr; this file is "
-            + ("a CZI, read as an upload only: convert the slide to OME-TIFF (Bio-Formats' bfconvert)"
-               if czi else "neither")
+            "slides are read from TIFF (OME-TIFF, BigTIFF, tiled or not), OME-Zarr or CZI; this file is none"
         )
     return _open_tiff(p, selection, max_pixels, structure.as_limits(limits), model_channels)
 
@@ -380,6 +385,59 @@ def _sample(source: SlideSource, grid: int = 4, size: int = 256) -> np.ndarray:
 
 def _bare_plane(layout: Layout) -> microscopy.Plane:
     return microscopy.Plane(image=np.empty((0, 0), np.uint8), layout=layout)
+
+
+# --- CZI -------------------------------------------------------------------------------------
+
+
+class _CziArray:
+    """A CZI's planes indexed like the numpy array of its layout's axes (an int for each of T, Z,
+    C; slices for Y and X; the colour samples), each read decoding only the subblocks the window
+    touches (:func:`service.czi.open_windows`)."""
+
+    def __init__(self, layout: Layout, read_window: Callable[..., np.ndarray], tile: tuple[int, int]) -> None:
+        self.axes, self.shape, self.dtype = layout.axes, layout.shape, np.dtype(layout.dtype)
+        self.chunks = tuple(tile[0] if a == "Y" else tile[1] if a == "X" else n if a == "S" else 1
+                            for a, n in zip(layout.axes, layout.shape, strict=True))
+        self._read = read_window
+
+    def __getitem__(self, index: tuple) -> np.ndarray:
+        coords: dict[str, int] = {}
+        rows = columns = slice(None)
+        sample: int | slice = slice(None)
+        for axis, size, value in zip(self.axes, self.shape, index, strict=True):
+            if axis == "Y":
+                rows = slice(*value.indices(size)[:2])
+            elif axis == "X":
+                columns = slice(*value.indices(size)[:2])
+            elif axis == "S":
+                sample = value
+            else:
+                coords[axis] = int(value)
+        window = self._read(coords, rows.start, rows.stop, columns.start, columns.stop)
+        return window[..., sample] if window.ndim == 3 else window
+
+
+def _open_czi(
+    path: Path, selection: Selection, max_pixels: int, limits: structure.Limits, model_channels: int
+) -> SlideSource:
+    from service import czi
+
+    # The directory is walked (bounded) on a map of the file before czifile parses it.
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        structure.check_czi(view, limits)  # type: ignore[arg-type]  # bytes-like: slices, unpack_from
+    try:
+        layout, read_window, tile, close = czi.open_windows(path, max_pixels, selection.series)
+    except ImageTooLarge as exc:
+        raise SlideTooLarge(exc.pixels, exc.limit, exc.width, exc.height) from exc
+    try:
+        array = _CziArray(layout, read_window, tile)
+        _check_chunks(array, "CZI subblock")
+        return _source([_Level(array, layout.height, layout.width)], layout.axes, layout, selection,
+                       model_channels, close)
+    except BaseException:
+        close()
+        raise
 
 
 # --- OME-Zarr ---------------------------------------------------------------------------------

@@ -207,3 +207,24 @@ def test_a_slide_job_segments_the_image_series_names(slide_server: Server, slide
     answer = client.post("/segment", params={"output": "labels", **SAME_PLAN}, content=im.png(second),
                          headers={"Content-Type": "image/png"})
     assert int(answer.headers["X-Object-Count"]) == result["objects"] > 10
+
+
+def test_a_czi_tile_scan_is_a_slide_job(slide_server: Server, slide_image: np.ndarray) -> None:
+    """A Zeiss tile scan (overlapping fields, as ZEN stitches none) uploaded as a slide job: read
+    window by window from its subblocks, it gives the objects POST /segment gives for the plane."""
+    from tests.czi_files import ZSTD1, Tile, czi_bytes
+
+    plane = np.ascontiguousarray(slide_image[:900, :1100])
+    tiles = [Tile(plane[y : y + 400, x : x + 500].copy(), x=x, y=y)
+             for y in (0, 350, 500) for x in (0, 450, 600)]
+    scan = czi_bytes(tiles, {0: "DAPI"}, 0.65e-6, ZSTD1)
+    job = slide_server.client.post("/jobs", params={"output": "ome-zarr", **SAME_PLAN},
+                                   files={"file": ("scan.czi", scan)})
+    assert job.status_code == 202, job.text
+    status = wait_until(slide_server.client, job.json()["id"], finished)
+    assert status["status"] == "succeeded", status
+    result = slide_server.client.get(f"/jobs/{job.json()['id']}/result").json()
+    assert (result["height"], result["width"]) == plane.shape
+    answer = slide_server.client.post("/segment", params={"output": "labels", **SAME_PLAN},
+                                      content=im.png(plane), headers={"Content-Type": "image/png"})
+    assert int(answer.headers["X-Object-Count"]) == result["objects"] > 10

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import frames, microscopy, structure, workload
+from service import czi, frames, microscopy, structure, workload
 from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType
 from service.structure import Limits, TooComplex
 from tests.czi_files import ZSTD0, ZSTD1, Tile, czi_bytes, libczi_plane, libczi_scene
@@ -244,3 +244,30 @@ def test_a_jpeg_xr_subblock_is_decoded() -> None:
     for at in (entry + 18, block + 48 + 18):  # DirectoryEntryDV.Compression: JpgXr
         data[at : at + 4] = (4).to_bytes(4, "little")
     np.testing.assert_array_equal(read(bytes(data)).image, pixels)
+
+
+def test_a_tile_scan_is_read_window_by_window_as_a_slide(tmp_path: Path, monkeypatch) -> None:
+    """A slide job reads a CZI tile scan by window (service.slide_files): every window equals that
+    part of the whole plane, each read decoding only the subblocks it touches."""
+    from service import slide_files
+    from service.slide_files import SlideTooLarge
+
+    rng = np.random.default_rng(7)
+    plane = {c: rng.integers(1, 4000, (100, 150), dtype=np.uint16) for c in range(2)}
+    tiles = [Tile(plane[c][y : y + 40, x : x + 60].copy(), c=c, x=x, y=y)
+             for c in range(2) for y in (0, 35, 60) for x in (0, 50, 90)]
+    path = tmp_path / "scan.czi"
+    path.write_bytes(czi_bytes(tiles, {0: "AF488", 1: "DAPI"}, UM * 1e-6, ZSTD1))
+    decoded: list[int] = []
+    real_decode = czi._decode
+    monkeypatch.setattr(czi, "_decode", lambda tile: decoded.append(1) or real_decode(tile))
+    selection = microscopy.Selection(channel="DAPI")
+    with slide_files.open_slide(path, selection, max_pixels=MAX_PIXELS, limits=Limits()) as slide:
+        assert slide.shape == (100, 150) and slide.pixel_size.x_um == pytest.approx(UM)
+        assert slide.plane.channel.name == "DAPI"
+        for y0, y1, x0, x1 in ((0, 100, 0, 150), (10, 30, 20, 45), (36, 100, 100, 150), (0, 1, 149, 150)):
+            decoded.clear()
+            np.testing.assert_array_equal(slide.read(y0, y1, x0, x1), plane[1][y0:y1, x0:x1])
+        assert len(decoded) == 1  # the last window lies in one subblock
+    with pytest.raises(SlideTooLarge):
+        slide_files.open_slide(path, selection, max_pixels=100 * 150 - 1, limits=Limits())
