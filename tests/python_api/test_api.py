@@ -184,3 +184,23 @@ def test_bytes_and_paths_give_the_same_result(segmenter: Segmenter, tmp_path: Pa
     assert a.probability is not None and a.probability.dtype == np.float32
     assert a.probability.shape == image.shape
     assert np.array_equal(a.probability, b.probability)
+
+
+def test_a_czi_path_and_its_scenes_read_as_the_service_reads_them(
+    segmenter: Segmenter, tmp_path: Path
+) -> None:
+    """A Zeiss CZI by path, two positions (scenes) of one named channel: series=1 is the second
+    position, segmented as that image alone; the default is the first, with a notice."""
+    from tests.czi_files import ZSTD1, Tile, czi_bytes
+
+    first, _ = nuclei_image(size=96, grid=3, seed=12)
+    second, _ = nuclei_image(size=96, grid=4, seed=13)
+    path = tmp_path / "positions.czi"
+    tiles = [Tile(first.astype(np.uint16), scene=0), Tile(second.astype(np.uint16), x=300, scene=1)]
+    path.write_bytes(czi_bytes(tiles, {0: "DAPI"}, 0.65e-6, ZSTD1))
+    chosen = segmenter.segment(path, series=1, outputs=("labels",))
+    alone = segmenter.segment(second.astype(np.uint16), outputs=("labels",))
+    assert chosen.plane.describe()["series"] == 1 and chosen.plane.pixel_size.source == "czi"
+    assert np.array_equal(chosen.labels, alone.labels) and chosen.object_count == alone.object_count > 0
+    default = segmenter.segment(path, outputs=("labels",))
+    assert default.plane.describe()["series"] == 0 and any("series=1" in w for w in default.warnings)
