@@ -489,7 +489,7 @@ def _open_tiff(data: bytes, max_pixels: int, series: int | None = None) -> _Sour
             raise _NotForTifffile from exc
         raise UndecodableImage(f"unreadable TIFF: {exc}") from exc
     try:
-        return _tiff_source(tif, data, max_pixels, series=series)
+        return _tiff_source(tif, data, max_pixels, wanted_series=series)
     except BaseException:
         tif.close()
         raise
@@ -512,7 +512,7 @@ def tiff_layout(tif: Any, max_pixels: int, series: int | None = None) -> Layout:
         SelectionError: ``series`` is not in the file.
     """
     try:
-        return _tiff_source(tif, b"", max_pixels, colour_pixels=False, series=series).layout
+        return _tiff_source(tif, b"", max_pixels, colour_pixels=False, wanted_series=series).layout
     except _NotForTifffile as exc:
         raise UnsupportedImageType(
             "this TIFF's photometric interpretation (palette, CMYK, YCbCr, min-is-white or 1-bit) "
@@ -538,14 +538,14 @@ def tiff_planes(tif: Any, max_pixels: int) -> tuple[Layout, Callable[[dict[str, 
 
 
 def _tiff_source(
-    tif: Any, data: bytes, max_pixels: int, colour_pixels: bool = True, series: int | None = None
+    tif: Any, data: bytes, max_pixels: int, colour_pixels: bool = True, wanted_series: int | None = None
 ) -> _Source:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             all_series = tif.series
             series_names = tuple(getattr(s, "name", None) or None for s in all_series)
-            series_arg, series_index = series, check_series(len(all_series), series_names, series)
+            series_index = check_series(len(all_series), series_names, wanted_series)
             series = all_series[series_index]
             keyframe = series.keyframe
             full_axes, full_shape = series.get_axes(False), series.get_shape(False)
@@ -609,7 +609,7 @@ def _tiff_source(
             f"the TIFF has {n_channels_c} channels of {samples}-sample colour pages; the service reads "
             "either channels or colour samples"
         )
-    if len(all_series) > 1 and series_index == 0 and series_arg is None:
+    if len(all_series) > 1 and wanted_series is None:
         first = f"{width}×{height}, axes {series.axes}"
         notes.append(first_series_note(len(all_series), "images (series)", first))
 
