@@ -488,7 +488,7 @@ def count_planes(source: Path, axis: str) -> int:
     from service import frames
     from service.settings import get_settings
 
-    # Only TIFFs hold planes; the header is read, not the file (a movie may be larger than memory).
+    # Only TIFFs and CZIs hold planes; the header is read, not the file (a movie may be larger than memory).
     layout = frames.file_layout(source, get_settings().max_pixels)
     if layout is None:
         return 1
