@@ -321,7 +321,9 @@ def _decode(tile: _Tile) -> np.ndarray:
             decode = {_JPEGXR: imagecodecs.jpegxr_decode, _JPEG: imagecodecs.jpeg8_decode,
                       _LZW: imagecodecs.lzw_decode}[tile.compression]
             decoded = decode(raw)
-            if tile.compression == _JPEGXR:  # the codec gives colour in display order already
+            if tile.compression == _JPEGXR:
+                # ZEN's JPEG XR colour decodes red first; raw, zstd and JPEG subblocks hold blue
+                # first (czifile's reading of ZEN's files; only grey JPEG XR is tested here).
                 return _shaped(np.asarray(decoded), tile, dtype, samples)
             buffer = decoded.tobytes() if isinstance(decoded, np.ndarray) else decoded
         else:
