@@ -106,7 +106,25 @@ def open_planes(
         ImageTooLarge: a plane over ``max_pixels``.
         SelectionError: ``scene`` is not in the file.
     """
-    import czifile  # imported only for CZI uploads
+    layout, read_window, _tile, close = open_windows(source, max_pixels, scene)
+
+    def read(coords: dict[str, int]) -> np.ndarray:
+        return read_window(coords, 0, layout.height, 0, layout.width)
+
+    return layout, read, close
+
+
+def open_windows(
+    source: bytes | Path, max_pixels: int, scene: int | None = None
+) -> tuple[Layout, WindowReader, tuple[int, int], Callable[[], None]]:
+    """A CZI read by window, for slide jobs (a tile scan of any size, within ``max_pixels``): its
+    layout, a reader of ``[y0:y1, x0:x1]`` of a plane that decodes only the subblocks the window
+    touches, the largest subblock's (height, width), and what closes the file. The caller has
+    walked the file (:func:`service.structure.check_czi`).
+
+    Raises: as :func:`open_planes`.
+    """
+    import czifile  # imported only for CZI files
 
     try:
         with warnings.catch_warnings():
@@ -115,36 +133,6 @@ def open_planes(
                 str(source) if isinstance(source, Path) else io.BytesIO(source), multifile=False,
                 detectmosaic=False,
             )
-    except Exception as exc:  # noqa: BLE001 - czifile raises struct.error, KeyError, ... on bad bytes
-        raise UndecodableImage(f"unreadable CZI: {type(exc).__name__}: {exc}") from exc
-    try:
-        layout, read_window, _tile = _planes(czi, max_pixels, scene)
-    except BaseException:
-        czi.close()
-        raise
-
-    def read(coords: dict[str, int]) -> np.ndarray:
-        return read_window(coords, 0, layout.height, 0, layout.width)
-
-    return layout, read, czi.close
-
-
-def open_windows(
-    path: Path, max_pixels: int, scene: int | None = None
-) -> tuple[Layout, WindowReader, tuple[int, int], Callable[[], None]]:
-    """A CZI file read by window, for slide jobs (a tile scan of any size, within ``max_pixels``):
-    its layout, a reader of ``[y0:y1, x0:x1]`` of a plane that decodes only the subblocks the
-    window touches, the largest subblock's (height, width), and what closes the file. The caller
-    has walked the file (:func:`service.structure.check_czi`).
-
-    Raises: as :func:`open_planes`.
-    """
-    import czifile
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            czi = czifile.CziFile(str(path), multifile=False, detectmosaic=False)
     except Exception as exc:  # noqa: BLE001 - czifile raises struct.error, KeyError, ... on bad bytes
         raise UndecodableImage(f"unreadable CZI: {type(exc).__name__}: {exc}") from exc
     try:

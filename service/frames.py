@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import mmap
 import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -194,8 +193,7 @@ def _czi_opened(path: Path, max_pixels: int) -> Iterator[tuple[Layout, Callable[
     """A CZI's planes, read from the file where it lies (its directory walked on a map of it, as
     the service walks an upload's): a movie of any length is cut frame by frame."""
     try:
-        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            structure.check_czi(view, structure.Limits())  # type: ignore[arg-type]  # bytes-like
+        structure.walk_file(path, structure.check_czi, structure.Limits())
         layout, read, close = czi.open_planes(path, max_pixels)
     except (imaging.ImageError, OSError, ValueError):
         yield None

@@ -36,7 +36,6 @@ image is kept whole, ``(h, w, S)``; uint8, uint16 or float32 like ``imaging.deco
 from __future__ import annotations
 
 import math
-import mmap
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -287,9 +286,7 @@ def _open_tiff(
 ) -> SlideSource:
     import tifffile
 
-    # The IFD chain is walked (bounded) on a map of the file before tifffile indexes it.
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-        structure.count_tiff(view, limits)  # type: ignore[arg-type]  # bytes-like: slices, unpack_from
+    structure.walk_file(path, structure.count_tiff, limits)  # bounded before tifffile indexes it
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -423,9 +420,7 @@ def _open_czi(
 ) -> SlideSource:
     from service import czi
 
-    # The directory is walked (bounded) on a map of the file before czifile parses it.
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-        structure.check_czi(view, limits)  # type: ignore[arg-type]  # bytes-like: slices, unpack_from
+    structure.walk_file(path, structure.check_czi, limits)  # bounded before czifile parses it
     try:
         layout, read_window, tile, close = czi.open_windows(path, max_pixels, selection.series)
     except ImageTooLarge as exc:

@@ -35,9 +35,12 @@ A JPEG or TIFF truncated inside its image data is left to the decoders, which re
 
 from __future__ import annotations
 
+import mmap
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from service.imaging import ImageError, UndecodableImage
 
@@ -113,6 +116,13 @@ class TooManyPages(TooComplex):
         super().__init__(
             f"the TIFF has more than {limit:,} pages", limit, "UNET_MAX_TIFF_PAGES", "; send fewer planes"
         )
+
+
+def walk_file(path: Path, walk: Callable[[bytes, Limits], object], limits: Limits) -> None:
+    """``walk`` (:func:`count_tiff`, :func:`check_czi`) over a file read by path, on a memory map
+    of it: a slide or a movie of gigabytes is bounded without being read into memory."""
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        walk(view, limits)  # type: ignore[arg-type]  # bytes-like: slices, unpack_from
 
 
 def check(data: bytes, limits: Limits) -> None:
