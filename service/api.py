@@ -34,13 +34,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service import imaging, microscopy, objects, pipeline, windows
+from service import imaging, microscopy, objects, pipeline, windows, zstack
 from service.batcher import DynamicBatcher
 from service.engine import Engine
 from service.model_metadata import ModelMetadata
 from service.outputs import encode as encode_output
 from service.outputs import object_rows
 from service.polarity import POLARITIES, Polarity
+from service.preprocess import to_channels
 from service.settings import Settings
 from service.tile_options import resolve as resolve_tiling
 
@@ -113,6 +114,39 @@ class Segmentation:
             bits=bits,
             json_table=json_table,
         )
+
+
+@dataclass(frozen=True)
+class StackSegmentation:
+    """A z-stack's nuclei in 3-D (:meth:`Segmenter.segment_stack`).
+
+    Attributes:
+        labels: ``(Z, H, W)`` int32, 0 = background, 1..N one per nucleus across its slices.
+        objects: one dict per nucleus, in id order (``service.zstack.StackTable.rows``): volume in
+            voxels, slices, z extent, centroid, largest cross-section, mean intensity, whether it
+            reaches the first or last slice; with the pixel size centroids in µm, with the z-step
+            too volume (µm³) and equivalent sphere diameter (µm).
+        object_count: number of nuclei.
+        diameter: the nucleus diameter (px) every slice was segmented at.
+        diameter_source: ``request``, ``estimated`` (on the middle slice) or ``model-scale``.
+        voxel_size: µm per voxel (z None where the file does not give its z-step); None: uncalibrated.
+        warnings: the slices' notices, each once, with the slices it came from (``(z=0, 1)``).
+        plane: the middle slice's description (channel, t, pixel size); its ``image`` is empty.
+    """
+
+    labels: np.ndarray
+    objects: list[dict[str, Any]]
+    object_count: int
+    diameter: float | None
+    diameter_source: pipeline.DiameterSource
+    voxel_size: zstack.VoxelSize | None
+    warnings: tuple[str, ...]
+    plane: microscopy.Plane
+
+    def objects_csv(self) -> str:
+        """The objects table as CSV: the columns of ``unet-segment --stitch-z``'s ``.objects3d.csv``
+        and ``mean_intensity`` (the client links the written labels, without the pixels)."""
+        return zstack.rows_to_csv(self.objects)
 
 
 class Segmenter:
@@ -314,6 +348,82 @@ class Segmenter:
             plane=plane.without_pixels(),
             image=pixels,
             tiles=prediction.tiles,
+        )
+
+    def segment_stack(
+        self,
+        image: ImageInput,
+        *,
+        channel: str | int | None = None,
+        t: int | None = None,
+        pixel_size: float | None = None,
+        polarity: Polarity = "bright",
+        series: int | None = None,
+        axes: str | None = None,
+        diameter: float | None = None,
+        threshold: float | None = None,
+        split: Split | None = None,
+        tile_size: int | None = None,
+        overlap: int | None = None,
+        min_iou: float = zstack.DEFAULT_MIN_IOU,
+    ) -> StackSegmentation:
+        """Segment every z-slice of a stack and link the slices' nuclei into 3-D ones (``service.zstack``).
+
+        The options are :meth:`segment`'s (``t=`` picks the time point of a 4-D file);
+        ``min_iou``: the overlap (IoU) a nucleus needs with one in the slice before to be the same.
+        Every slice is segmented at one scale: ``diameter``, or the one estimated on the middle slice
+        (a nucleus's top and bottom caps, smaller and dimmer, would otherwise each get their own).
+        An image without a Z axis is a stack of one slice.
+
+        Raises: what :meth:`segment` raises; ``ValueError`` for ``min_iou`` outside (0, 1].
+        """
+        _check_range("min_iou", min_iou, 0.0, 1.0)
+        if not min_iou > 0:
+            raise ValueError(f"min_iou must be more than 0, got {min_iou}")
+        data = self._read(image, axes)
+        s = self.settings
+        depth = microscopy.probe(data, s.max_pixels, s.decode_limits(), series).planes.get("Z", 1)
+        options: dict[str, Any] = dict(
+            channel=channel, t=t, pixel_size=pixel_size, polarity=polarity, series=series,
+            threshold=threshold, split=split, tile_size=tile_size, overlap=overlap, outputs=("labels",),
+        )
+        middle = self.segment(data, z=depth // 2 if depth > 1 else None, diameter=diameter, **options)
+        scale = diameter
+        if scale is None:
+            # No estimate (no nuclei in the middle slice): every slice at the model's own scale.
+            scale = middle.diameter if middle.diameter is not None else self.metadata.nucleus_diameter
+
+        def slices() -> Iterable[Segmentation]:
+            for z in range(depth):
+                if z == depth // 2:
+                    yield middle
+                else:
+                    yield self.segment(data, z=z if depth > 1 else None, diameter=scale, **options)
+
+        table = zstack.StackTable()
+        stacked: list[np.ndarray] = []
+        notes: dict[str, list[int]] = {}  # each notice once, with the slices it came from
+        previous, next_id = None, 1
+        for z, result in enumerate(slices()):
+            assert result.labels is not None
+            id_map, next_id = zstack.link_slice(previous, result.labels, next_id, min_iou)
+            previous = id_map[result.labels].astype(np.int32)
+            table.add(z, previous, to_channels(result.image, 1))
+            stacked.append(previous)
+            for warning in result.warnings:
+                notes.setdefault(warning, []).append(z)
+        size = middle.plane.pixel_size
+        voxel = None if size is None else zstack.VoxelSize(size.x_um, size.y_um, size.z_um)
+        rows = table.rows(voxel)
+        return StackSegmentation(
+            labels=np.stack(stacked),
+            objects=[_plain(row) for row in rows],
+            object_count=len(rows),
+            diameter=middle.diameter,
+            diameter_source=middle.diameter_source,
+            voxel_size=voxel,
+            warnings=tuple(f"{w} (z={', '.join(map(str, zs))})" for w, zs in notes.items()),
+            plane=middle.plane,
         )
 
     def _read(self, image: ImageInput, axes: str | None) -> bytes:

@@ -20,8 +20,8 @@ plane and pixel-size rules of :mod:`service.microscopy` apply to a CZI unchanged
   illumination, phase, view, block), colour subblocks beside other channels, complex or
   camera-raw pixels.
 - **Metadata**: channel names (``Information/Image/Dimensions/Channels/Channel/@Name``), scene
-  names (``.../Dimensions/S/Scenes/Scene/@Name``) and the pixel size
-  (``Scaling/Items/Distance[@Id='X'|'Y']/Value``, in metres).
+  names (``.../Dimensions/S/Scenes/Scene/@Name``), the pixel size
+  (``Scaling/Items/Distance[@Id='X'|'Y']/Value``, in metres) and the z-step (``Distance[@Id='Z']``).
 
 Colour subblocks (Bgr24/Bgr48) are stored blue first; planes come out red first, as every other
 decoder of the service gives them.
@@ -378,11 +378,11 @@ def _metadata(xml: str) -> tuple[list[str | None], PixelSize | None, list[str], 
             metres = float(value) if value is not None else math.nan
         except ValueError:
             metres = math.nan
-        if axis in ("X", "Y") and math.isfinite(metres) and metres > 0:
+        if axis in ("X", "Y", "Z") and math.isfinite(metres) and metres > 0:
             lengths[axis] = metres * 1e6
     pixel_size = None
     if "X" in lengths:
-        pixel_size = PixelSize(lengths["X"], lengths.get("Y", lengths["X"]), "czi")
+        pixel_size = PixelSize(lengths["X"], lengths.get("Y", lengths["X"]), "czi", lengths.get("Z"))
     else:
         notes.append("the CZI does not give its pixel size (Scaling): sizes are in pixels")
     scene_names = tuple(

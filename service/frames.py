@@ -113,6 +113,8 @@ def ome_xml(layout: Layout, pages: list[Page], dtype: np.dtype) -> str:
             "PhysicalSizeX": repr(layout.pixel_size.x_um), "PhysicalSizeXUnit": "µm",
             "PhysicalSizeY": repr(layout.pixel_size.y_um), "PhysicalSizeYUnit": "µm",
         }
+        if layout.pixel_size.z_um is not None:  # the z-step, for volumes measured from the cut frames
+            attributes |= {"PhysicalSizeZ": repr(layout.pixel_size.z_um), "PhysicalSizeZUnit": "µm"}
     pixels = ET.SubElement(image, tag("Pixels"), attributes)
     if samples > 1:
         ET.SubElement(pixels, tag("Channel"), ID="Channel:0:0", SamplesPerPixel=str(samples))

@@ -118,19 +118,29 @@ class Channel:
 class PixelSize:
     """Micrometres per pixel along x (columns) and y (rows); ``source`` says who said so:
     ``ome`` · ``imagej`` · ``tiff`` (ResolutionUnit centimetre) · ``czi`` (ZEN's Scaling) ·
-    ``request`` (``pixel_size=``)."""
+    ``request`` (``pixel_size=``). ``z_um``: the z-step (µm between z-slices) where the file
+    gives one (OME ``PhysicalSizeZ``, ImageJ ``spacing``, ZEN's Scaling Z), for volumes in µm³;
+    None for a file without it (a plain TIFF's resolution tags have no z)."""
 
     x_um: float
     y_um: float
     source: str
+    z_um: float | None = None
 
     def __post_init__(self) -> None:
         # 1 / (20/13 px per µm) is 0.6499999999999999: keep the digits a calibration has.
         object.__setattr__(self, "x_um", float(f"{self.x_um:.10g}"))
         object.__setattr__(self, "y_um", float(f"{self.y_um:.10g}"))
+        if self.z_um is not None:
+            object.__setattr__(self, "z_um", float(f"{self.z_um:.10g}"))
 
     def as_dict(self) -> dict[str, Any]:
-        return {"x": self.x_um, "y": self.y_um, "source": self.source}
+        """``x``, ``y`` (µm), ``source``; ``z`` (µm) only where the file gives a z-step, so the
+        answer for a 2-D file is as it was."""
+        out: dict[str, Any] = {"x": self.x_um, "y": self.y_um, "source": self.source}
+        if self.z_um is not None:
+            out["z"] = self.z_um
+        return out
 
     def header(self) -> str:
         """``0.65`` for square pixels, ``x,y`` otherwise."""
@@ -714,7 +724,9 @@ def _ome_metadata(xml: str, notes: list[str], image: int = 0) -> tuple[PixelSize
     x = _ome_length(pixels.get("PhysicalSizeX"), pixels.get("PhysicalSizeXUnit"), notes)
     y = _ome_length(pixels.get("PhysicalSizeY"), pixels.get("PhysicalSizeYUnit"), notes)
     if x or y:
-        size = PixelSize(x or y, y or x, "ome")  # type: ignore[arg-type]
+        # A z-step alone is dropped: a PixelSize is an x/y size first.
+        z = _ome_length(pixels.get("PhysicalSizeZ"), pixels.get("PhysicalSizeZUnit"), notes)
+        size = PixelSize(x or y, y or x, "ome", z)  # type: ignore[arg-type]
     return size, names
 
 
@@ -753,7 +765,17 @@ def _imagej_pixel_size(page: Any, meta: dict, notes: list[str]) -> PixelSize | N
     if res is None:
         return None
     x, y = res
-    return PixelSize(factor / x, factor / y, "imagej")
+    return PixelSize(factor / x, factor / y, "imagej", _imagej_spacing(meta, factor))
+
+
+def _imagej_spacing(meta: dict, factor: float) -> float | None:
+    """The z-step in µm from ImageJ's ``spacing`` (in the calibration's ``unit``, ``factor`` µm
+    each); None where absent or not a positive finite number."""
+    try:
+        um = float(meta["spacing"]) * factor
+    except (KeyError, TypeError, ValueError):
+        return None
+    return um if math.isfinite(um) and um > 0 else None
 
 
 def _imagej_channel_names(meta: dict, lead: list[tuple[str, int]], n_channels: int) -> list[str | None]:
@@ -1014,7 +1036,9 @@ def resolve(layout: Layout, sel: Selection, model_channels: int = 1) -> Choice:
                 f"pixel_size={sel.pixel_size_um:g} µm replaces the file's "
                 f"{pixel_size.header()} µm ({pixel_size.source})"
             )
-        pixel_size = PixelSize(sel.pixel_size_um, sel.pixel_size_um, "request")
+        # The request gives x/y only: the file's z-step, if any, still holds.
+        z_um = pixel_size.z_um if pixel_size is not None else None
+        pixel_size = PixelSize(sel.pixel_size_um, sel.pixel_size_um, "request", z_um)
     return Choice(
         layout=layout,
         channel=channel,

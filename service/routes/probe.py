@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 from service import microscopy
 from service.errors import problem_responses
@@ -30,6 +30,18 @@ class PixelSizeInfo(BaseModel):
     x: float = Field(description="µm per pixel along x (columns)")
     y: float = Field(description="µm per pixel along y (rows)")
     source: str = Field(description="ome | imagej | tiff | czi")
+    z: float | None = Field(
+        default=None, description="µm between z-slices, where the file gives it (OME, ImageJ, CZI)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _z_only_when_known(self, handler: SerializerFunctionWrapHandler):  # noqa: ANN202
+        # A 2-D file's answer stays as it was: no "z": null. No return annotation: pydantic would
+        # take it for the schema (a bare object), where without one the fields stay documented.
+        out = handler(self)
+        if out.get("z") is None:
+            out.pop("z", None)
+        return out
 
 
 class SeriesInfo(BaseModel):

@@ -161,6 +161,34 @@ def test_without_a_scaling_the_pixel_size_is_unknown_and_said() -> None:
     assert any("pixel size" in note for note in layout.warnings)
 
 
+def test_a_z_scaling_is_the_z_step(tmp_path: Path) -> None:
+    from pylibCZIrw import czi as pyczi
+
+    path = tmp_path / "stack.czi"
+    with pyczi.create_czi(str(path), exist_ok=True) as writer:
+        for z in range(3):
+            writer.write(np.full((H, W, 1), z, np.uint16), plane={"C": 0, "Z": z, "T": 0})
+        writer.write_metadata(document_name="test", scale_x=UM * 1e-6, scale_y=UM * 1e-6, scale_z=2.5e-6)
+    data = path.read_bytes()
+    layout = microscopy.probe(data, MAX_PIXELS, Limits())
+    assert layout.pixel_size == microscopy.PixelSize(UM, UM, "czi", 2.5)
+    assert layout.describe()["pixel_size_um"]["z"] == 2.5
+    assert read(data, z=1).pixel_size.z_um == 2.5
+
+
+def scaling(*distances: tuple[str, str]) -> str:
+    items = "".join(f'<Distance Id="{axis}"><Value>{value}</Value></Distance>' for axis, value in distances)
+    return f"<ImageDocument><Metadata><Scaling><Items>{items}</Items></Scaling></Metadata></ImageDocument>"
+
+
+def test_a_czi_without_a_usable_z_scaling_has_no_z_step(movie: bytes) -> None:
+    assert microscopy.probe(movie, MAX_PIXELS, Limits()).pixel_size.z_um is None  # libCZI wrote Z 0
+    for z in ("-1e-6", "nan", "deep"):
+        assert czi._metadata(scaling(("X", "5e-7"), ("Z", z)))[1] == microscopy.PixelSize(0.5, 0.5, "czi")
+    _, size, notes, _ = czi._metadata(scaling(("Z", "2e-6")))  # a z-step alone gives no pixel size
+    assert size is None and any("pixel size" in note for note in notes)
+
+
 def test_the_plane_size_is_known_before_any_subblock_is_decoded(movie: bytes) -> None:
     assert workload.plane_pixels(movie, MAX_PIXELS, Limits()) == H * W
     with pytest.raises(ImageTooLarge):

@@ -111,6 +111,19 @@ def test_an_ome_tiff_keeps_its_channel_names_and_non_ascii_units(tmp_path: Path)
     assert np.array_equal(read(cut, channel="Hoechst", t=1).image, movie[1, 0])
 
 
+def test_a_cut_of_a_calibrated_z_stack_keeps_the_z_step(tmp_path: Path) -> None:
+    stack = np.arange(2 * 4 * 8 * 9, dtype=np.uint16).reshape(2, 4, 8, 9)  # TZYX
+    path = tmp_path / "stack.ome.tif"
+    tifffile.imwrite(path, stack, metadata={"axes": "TZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.25,
+                                            "PhysicalSizeZ": 2000, "PhysicalSizeZUnit": "nm"})
+    for axis, index, selection in [("t", 1, microscopy.Selection(project="max")),
+                                   ("z", 2, microscopy.Selection(t=0))]:
+        cut = frames.cut_frame(path, axis, index, selection, MAX_PIXELS)
+        assert cut is not None
+        size = microscopy.probe(cut, MAX_PIXELS, MAX_PAGES).pixel_size
+        assert size == microscopy.PixelSize(0.5, 0.25, "ome", 2.0)
+
+
 def test_what_is_not_a_stack_with_that_plane_is_sent_whole(hyperstack, tmp_path: Path) -> None:
     path, _ = hyperstack
     selection = microscopy.Selection(channel="0", z=0)

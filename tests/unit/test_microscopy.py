@@ -295,6 +295,71 @@ def test_pixel_size_from_the_request_overrides_the_files_and_says_so() -> None:
     assert select(tiff(plane(7)), pixel_size_um=0.3).pixel_size.x_um == 0.3
 
 
+# --- z-step -----------------------------------------------------------------------------------
+
+
+def ome_zstack(**sizes: object) -> bytes:
+    return tiff(Z_PLANES, ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 0.65, "PhysicalSizeY": 0.65,
+                                              **sizes})
+
+
+@pytest.mark.parametrize(("sizes", "z_um"), [
+    ({"PhysicalSizeZ": 2.5}, 2.5),  # OME's default unit is µm
+    ({"PhysicalSizeZ": 2.5, "PhysicalSizeZUnit": "µm"}, 2.5),
+    ({"PhysicalSizeZ": 500, "PhysicalSizeZUnit": "nm"}, 0.5),
+])
+def test_an_ome_z_stack_gives_its_z_step_in_micrometres(sizes: dict, z_um: float) -> None:
+    layout = microscopy.probe(ome_zstack(**sizes), LIMIT, PAGES)
+    assert layout.pixel_size == microscopy.PixelSize(0.65, 0.65, "ome", z_um)
+    assert layout.describe()["pixel_size_um"] == {"x": 0.65, "y": 0.65, "source": "ome", "z": z_um}
+    assert select(ome_zstack(**sizes), z=3).pixel_size.z_um == z_um
+
+
+def test_an_ome_z_step_that_is_not_a_length_is_a_note_and_one_without_x_y_is_dropped() -> None:
+    def ome(attributes: str) -> str:
+        return f'<OME><Image ID="Image:0"><Pixels ID="Pixels:0" {attributes}/></Image></OME>'
+
+    notes: list[str] = []
+    size, _ = microscopy._ome_metadata(ome('PhysicalSizeX="0.5" PhysicalSizeZ="two"'), notes)
+    assert size == microscopy.PixelSize(0.5, 0.5, "ome") and any("'two'" in n for n in notes)
+    assert microscopy._ome_metadata(ome('PhysicalSizeZ="2.5"'), [])[0] is None
+
+
+def test_an_imagej_hyperstack_gives_its_spacing_as_the_z_step() -> None:
+    data = tiff(Z_PLANES, imagej=True, resolution=(1 / 0.5, 1 / 0.5),
+                metadata={"spacing": 3.0, "unit": "um", "axes": "ZYX"})
+    assert microscopy.probe(data, LIMIT, PAGES).pixel_size == microscopy.PixelSize(0.5, 0.5, "imagej", 3.0)
+    nm = tiff(Z_PLANES, imagej=True, resolution=(1 / 250, 1 / 250),
+              metadata={"spacing": 700, "unit": "nm", "axes": "ZYX"})
+    assert microscopy.probe(nm, LIMIT, PAGES).pixel_size.z_um == 0.7  # not 0.7000000000000001
+
+
+@pytest.mark.parametrize("spacing", [float("nan"), float("inf"), 0, -2.0, "thick"])
+def test_an_imagej_spacing_that_is_not_a_positive_number_is_ignored(spacing: object) -> None:
+    data = tiff(Z_PLANES, imagej=True, resolution=(2.0, 2.0),
+                metadata={"spacing": spacing, "unit": "um", "axes": "ZYX"})
+    assert microscopy.probe(data, LIMIT, PAGES).pixel_size == microscopy.PixelSize(0.5, 0.5, "imagej")
+
+
+def test_an_imagej_spacing_without_a_pixel_size_gives_no_size() -> None:
+    data = tiff(Z_PLANES, imagej=True, metadata={"spacing": 3.0, "axes": "ZYX"})  # unit: pixels
+    assert microscopy.probe(data, LIMIT, PAGES).pixel_size is None
+
+
+def test_a_file_without_a_z_step_answers_as_before() -> None:
+    size = microscopy.probe(IJ_TWO_CHANNEL, LIMIT, PAGES).pixel_size
+    assert size.z_um is None and size.as_dict() == {"x": 0.65, "y": 0.65, "source": "imagej"}
+    cm = tiff(Z_PLANES, resolution=(1e4 / 0.65, 1e4 / 0.65), resolutionunit="CENTIMETER")
+    assert microscopy.probe(cm, LIMIT, PAGES).pixel_size == microscopy.PixelSize(0.65, 0.65, "tiff")
+    assert "z" not in microscopy.probe(OME_THREE_CHANNEL, LIMIT, PAGES).describe()["pixel_size_um"]
+
+
+def test_pixel_size_from_the_request_keeps_the_files_z_step() -> None:
+    chosen = select(ome_zstack(PhysicalSizeZ=2.5), z=0, pixel_size_um=0.5)
+    assert chosen.pixel_size == microscopy.PixelSize(0.5, 0.5, "request", 2.5)
+    assert select(IJ_ZSTACK, z=0, pixel_size_um=0.5).pixel_size == microscopy.PixelSize(0.5, 0.5, "request")
+
+
 # --- formats, limits --------------------------------------------------------------------------
 
 

@@ -1,0 +1,247 @@
+"""Nuclei in 3-D from a z-stack segmented slice by slice.
+
+The model is 2-D. A confocal z-stack of nuclei segmented one slice at a time (``--z all``) gives
+each nucleus once per slice it crosses: counted 2-D, one nucleus ten slices deep is ten objects.
+Here each slice's objects are linked to those of the slice before by overlap, as Cellpose links
+its 2-D masks into 3-D ones (``stitch_threshold``): an object takes the id of the previous
+slice's object it overlaps most by intersection over union (IoU), if that IoU reaches
+``min_iou``; otherwise it starts a new nucleus. Links are one-to-one, chosen greedily by IoU,
+highest first (ties: lower labels), so no two objects of a slice share an id and which voxels
+make a nucleus does not depend on the slices' label order.
+
+Pure functions over label arrays; the stack is never held whole: :func:`link_slice` gives a
+slice's id map (its own label → stitched id) from that slice and the one before, so a caller
+can link a stack of any depth holding two slices, and write the stitched slices in a second pass
+(:func:`write_labels_tiff`) once the number of nuclei, and so the pixel type, is known.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+#: The IoU a slice's object needs with one of the slice before to be the same nucleus
+#: (``docs/benchmarks.md``, "Nuclei in 3-D from a z-stack": chosen on synthetic stacks).
+DEFAULT_MIN_IOU = 0.25
+
+
+def link_slice(
+    previous: np.ndarray | None, labels: np.ndarray, next_id: int, min_iou: float = DEFAULT_MIN_IOU
+) -> tuple[np.ndarray, int]:
+    """``(id_map, next_id)``: ``id_map[k]`` is the stitched id of object ``k`` of ``labels``.
+
+    Args:
+        previous: the slice before, already stitched (its values are stitched ids), or None for
+            the first slice.
+        labels: this slice's 2-D labels as segmented (0 background, any positive ids).
+        next_id: the first stitched id not yet given out.
+        min_iou: the IoU in (0, 1] a link needs.
+
+    ``id_map[0]`` is 0 and ids absent from ``labels`` map to 0; the stitched slice is
+    ``id_map[labels]``. ``next_id`` comes back advanced past the new nuclei.
+    """
+    if not 0 < min_iou <= 1:
+        raise ValueError(f"min_iou must be in (0, 1], got {min_iou}")
+    labels = np.asarray(labels)
+    if previous is not None and previous.shape != labels.shape:
+        raise ValueError(f"slices differ in size: {previous.shape} then {labels.shape}")
+    top = int(labels.max(initial=0))
+    id_map = np.zeros(top + 1, dtype=np.int64)
+    present = np.flatnonzero(np.bincount(labels.ravel(), minlength=top + 1)[1:]) + 1
+    linked: dict[int, int] = {}
+    if previous is not None and present.size:
+        linked = _links(previous, labels, min_iou)
+    for label in present:  # new nuclei numbered in label order: the same stack, the same ids
+        if label in linked:
+            id_map[label] = linked[label]
+        else:
+            id_map[label] = next_id
+            next_id += 1
+    return id_map, next_id
+
+
+def _links(previous: np.ndarray, labels: np.ndarray, min_iou: float) -> dict[int, int]:
+    """{this slice's label: previous stitched id}, one-to-one, greedy by IoU (ties: lower ids)."""
+    both = (previous > 0) & (labels > 0)
+    if not both.any():
+        return {}
+    pairs, overlap = np.unique(
+        np.stack([labels[both].astype(np.int64), previous[both].astype(np.int64)]), axis=1, return_counts=True
+    )
+    current_area = np.bincount(labels.ravel())
+    previous_ids, previous_counts = np.unique(previous[previous > 0], return_counts=True)
+    previous_area = dict(zip(previous_ids.tolist(), previous_counts.tolist(), strict=True))
+    candidates = []
+    for (label, prev), inter in zip(pairs.T.tolist(), overlap.tolist(), strict=True):
+        iou = inter / (current_area[label] + previous_area[prev] - inter)
+        if iou >= min_iou:
+            candidates.append((-iou, label, prev))
+    links: dict[int, int] = {}
+    taken: set[int] = set()
+    for _, label, prev in sorted(candidates):
+        if label not in links and prev not in taken:
+            links[label] = prev
+            taken.add(prev)
+    return links
+
+
+def stitch(slices: Iterable[np.ndarray], min_iou: float = DEFAULT_MIN_IOU) -> Iterator[np.ndarray]:
+    """Each slice of ``slices`` (2-D labels, top to bottom) with stitched ids, in order."""
+    previous, next_id = None, 1
+    for labels in slices:
+        id_map, next_id = link_slice(previous, labels, next_id, min_iou)
+        previous = id_map[np.asarray(labels)]
+        yield previous
+
+
+@dataclass(frozen=True)
+class VoxelSize:
+    """µm per voxel along x, y and z (the z-step); ``z_um`` None where the file does not say."""
+
+    x_um: float
+    y_um: float
+    z_um: float | None
+
+
+class StackTable:
+    """Per-nucleus sums over a stack, slice by slice: size, extent, centroid, intensity.
+
+    :meth:`add` takes each stitched slice once (and its image, for intensities); :meth:`rows`
+    gives one row per nucleus. Memory: a few numbers per nucleus, never a slice kept.
+    """
+
+    _FIELDS = ("voxels", "sum_z", "sum_y", "sum_x", "z_first", "z_last", "max_area", "sum_intensity")
+
+    def __init__(self) -> None:
+        self._data = {name: np.zeros(0, dtype=np.float64) for name in self._FIELDS}
+        self._data["z_first"] = np.zeros(0, dtype=np.int64)
+        self._data["z_last"] = np.zeros(0, dtype=np.int64)
+        self._slices = 0
+        self._with_intensity = True
+
+    def _grow(self, size: int) -> None:
+        for name, values in self._data.items():
+            if values.size < size:
+                grown = np.zeros(max(size, 2 * values.size), dtype=values.dtype)
+                if name == "z_first":
+                    grown[:] = -1
+                grown[: values.size] = values
+                self._data[name] = grown
+
+    def add(self, z: int, stitched: np.ndarray, image: np.ndarray | None = None) -> None:
+        """Count slice ``z`` (its stitched labels; ``image``: its grey pixels on the same grid)."""
+        top = int(stitched.max(initial=0))
+        self._slices = max(self._slices, z + 1)
+        if image is None:
+            self._with_intensity = False
+        if top == 0:
+            return
+        self._grow(top + 1)
+        flat = stitched.ravel()
+        rows, cols = np.indices(stitched.shape)
+        area = np.bincount(flat, minlength=top + 1).astype(np.float64)
+        seen = np.flatnonzero(area)
+        seen = seen[seen > 0]
+        d = self._data
+        d["voxels"][: top + 1] += area
+        d["sum_z"][: top + 1] += area * z
+        d["sum_y"][: top + 1] += np.bincount(flat, weights=rows.ravel(), minlength=top + 1)
+        d["sum_x"][: top + 1] += np.bincount(flat, weights=cols.ravel(), minlength=top + 1)
+        if image is not None:
+            d["sum_intensity"][: top + 1] += np.bincount(
+                flat, weights=np.asarray(image, dtype=np.float64).ravel(), minlength=top + 1
+            )
+        first = d["z_first"][seen]
+        d["z_first"][seen] = np.where(first < 0, z, np.minimum(first, z))
+        d["z_last"][seen] = np.maximum(d["z_last"][seen], z)
+        d["max_area"][seen] = np.maximum(d["max_area"][seen], area[seen])
+
+    def rows(self, voxel: VoxelSize | None = None) -> list[dict[str, float | int]]:
+        """One row per nucleus (stitched id order): ``id``, ``volume_voxels``, ``slices``,
+        ``z_first``/``z_last``, ``centroid_x``/``_y``/``_z`` (px, slice index), ``max_area_px`` (the
+        largest cross-section), ``touches_stack_end`` (1: it reaches the first or last slice, so
+        may be cut), ``mean_intensity``; with a pixel size ``centroid_*_um``, and with a z-step too
+        ``volume_um3`` and ``equivalent_diameter_um`` (of the sphere of that volume)."""
+        d = self._data
+        out: list[dict[str, float | int]] = []
+        for label in np.flatnonzero(d["voxels"]):
+            if label == 0:
+                continue
+            n = float(d["voxels"][label])
+            z_first, z_last = int(d["z_first"][label]), int(d["z_last"][label])
+            row: dict[str, float | int] = {
+                "id": int(label),
+                "volume_voxels": int(n),
+                "slices": z_last - z_first + 1,
+                "z_first": z_first,
+                "z_last": z_last,
+                "centroid_x": round(float(d["sum_x"][label]) / n, 2),
+                "centroid_y": round(float(d["sum_y"][label]) / n, 2),
+                "centroid_z": round(float(d["sum_z"][label]) / n, 2),
+                "max_area_px": int(d["max_area"][label]),
+                "touches_stack_end": int(z_first == 0 or z_last == self._slices - 1),
+            }
+            if self._with_intensity:
+                row["mean_intensity"] = round(float(d["sum_intensity"][label]) / n, 3)
+            if voxel is not None:
+                row["centroid_x_um"] = round(row["centroid_x"] * voxel.x_um, 3)
+                row["centroid_y_um"] = round(row["centroid_y"] * voxel.y_um, 3)
+                if voxel.z_um is not None:
+                    row["centroid_z_um"] = round(row["centroid_z"] * voxel.z_um, 3)
+                    volume = n * voxel.x_um * voxel.y_um * voxel.z_um
+                    row["volume_um3"] = round(volume, 3)
+                    row["equivalent_diameter_um"] = round((6 * volume / math.pi) ** (1 / 3), 3)
+            out.append(row)
+        return out
+
+
+def rows_to_csv(rows: list[dict[str, float | int]]) -> str:
+    """The rows as CSV, a header even with no nucleus (its columns those of an uncalibrated table)."""
+    fields = list(rows[0]) if rows else [
+        "id", "volume_voxels", "slices", "z_first", "z_last", "centroid_x", "centroid_y", "centroid_z",
+        "max_area_px", "touches_stack_end",
+    ]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def label_dtype(count: int) -> np.dtype:
+    """uint16 up to 65535 nuclei; past that float32, which Fiji opens (ImageJ has no 32-bit
+    integer images) and which holds every id exactly up to 2**24."""
+    if count <= np.iinfo(np.uint16).max:
+        return np.dtype(np.uint16)
+    if count <= 2**24:
+        return np.dtype(np.float32)
+    raise ValueError(f"{count} nuclei are more than a label stack can number exactly (2**24)")
+
+
+def write_labels_tiff(
+    path: str, slices: Callable[[], Iterator[np.ndarray]], shape: tuple[int, int, int], count: int,
+    voxel: VoxelSize | None = None,
+) -> None:
+    """Write stitched slices as an ImageJ hyperstack (axes ZYX) that Fiji and napari open as a
+    3-D label image, calibrated when ``voxel`` is known. ``slices()`` yields the ``shape[0]``
+    slices in order (read one at a time: the stack is never held whole)."""
+    import tifffile  # the Python API and the client need it only here
+
+    dtype = label_dtype(count)
+    metadata: dict[str, object] = {"axes": "ZYX"}
+    resolution = None
+    if voxel is not None:
+        resolution = (1 / voxel.x_um, 1 / voxel.y_um)
+        metadata["unit"] = "um"
+        if voxel.z_um is not None:
+            metadata["spacing"] = voxel.z_um
+    pages = (np.asarray(s).astype(dtype) for s in slices())
+    tifffile.imwrite(
+        path, data=pages, shape=shape, dtype=dtype, imagej=True, resolution=resolution, metadata=metadata,
+        compression="zlib",
+    )
