@@ -49,6 +49,12 @@ Behaviour a batch of thousands of images needs:
   (a TIFF or a Zeiss CZI) as a partial OME-TIFF that the service reads as the file
   (``service.frames``), so a movie is not uploaded once per frame and may be larger than the
   server's upload limit.
+- **3-D nuclei from a z-stack**: ``--z all --output labels --stitch-z`` links each stack's slices'
+  nuclei into 3-D ones once every slice is written (``service.client_stacks``):
+  ``NAME.labels3d.tif`` (a ZYX label hyperstack for Fiji / napari) and ``NAME.objects3d.csv``
+  (volume, extent, centroid; µm and µm³ where the file gives its pixel size and z-step). All
+  slices are segmented at one diameter (``--diameter PX``, else estimated on the stack's middle
+  slice, as ``Segmenter.segment_stack``).
 - **Slides**: ``--output ome-zarr`` makes every file a slide job (``POST /jobs?output=ome-zarr``,
   the file streamed, or its path under ``--data-root``, also an OME-Zarr folder's; in local mode
   the slide job's own code, one slide at a time unless ``--concurrency`` says otherwise), written
@@ -237,6 +243,8 @@ DEFAULT_CONCURRENCY = 4
 ONCE_IMAGES = 3
 #: Polling a job: the first wait, growing ×1.5 per poll up to the cap (a job's tiles take seconds).
 POLL_FIRST_S, POLL_GROWTH, POLL_CAP_S = 0.25, 1.5, 5.0
+#: ``--stitch-z`` without a value: service.zstack.DEFAULT_MIN_IOU, read only when asked for (NumPy).
+STITCH_DEFAULT = "default"
 #: ``--t all`` / ``--z all`` / ``--series all``: every plane (image) along the axis, each its own job.
 ALL_PLANES = "all"
 #: The letter an output's name gets per axis of ``--… all``: ``movie_t007``, ``stack_z12``, ``plate_s03``.
@@ -337,6 +345,8 @@ class Config:
     data_root: Path | None = None
     #: --geojson (slides only): also each slide's outlines, NAME.objects.geojson.
     geojson: bool = False
+    #: --stitch-z: link each stack's slices into 3-D nuclei at this IoU (``service.zstack``); None: no
+    stitch_z: float | None = None
 
     def summary_path(self) -> Path:
         return self.out / (self.shard.name(SUMMARY_NAME) if self.shard else SUMMARY_NAME)
@@ -1137,7 +1147,11 @@ def run(config: Config, jobs: Sequence[Job], backoff_base: float = BACKOFF_BASE_
     try:
         rest: Sequence[Job] = todo
         if config.diameter_once and config.diameter is None:
-            first, rest = todo[:ONCE_IMAGES], todo[ONCE_IMAGES:]
+            count = ONCE_IMAGES
+            if config.stitch_z is not None:
+                # As Segmenter.segment_stack: the middle slice (the top and bottom ones hold only caps).
+                todo, count = middle_slice_first(todo), 1
+            first, rest = todo[:count], todo[count:]
             settle_diameter(send(first), segmenter, summary, bar)
         send(rest)
     except BaseException:
@@ -1151,6 +1165,20 @@ def run(config: Config, jobs: Sequence[Job], backoff_base: float = BACKOFF_BASE_
         summary.seconds = time.perf_counter() - start
         _settle_report(config, summary)
     return summary
+
+
+def middle_slice_first(jobs: Sequence[Job]) -> list[Job]:
+    """``jobs`` with the middle z-slice of the first stack (slice ``depth // 2``) first, the rest in
+    their order: what ``--stitch-z`` estimates the diameter on, as ``Segmenter.segment_stack``."""
+    first = next((j.source for j in jobs if j.plane and j.plane[0][0] == "z"), None)
+    stack = [j for j in jobs if j.source == first and j.plane and j.plane[0][0] == "z"]
+    if not stack:
+        return list(jobs)
+    depth = count_planes(first, "z") if first is not None else 0
+    middle = next((j for j in stack if j.plane[0][1] == depth // 2), None)
+    if middle is None:  # a resumed run whose middle slice is done: the nearest one left
+        middle = min(stack, key=lambda j: abs(j.plane[0][1] - depth // 2))
+    return [middle, *(j for j in jobs if j is not middle)]
 
 
 def settle_diameter(
@@ -1173,8 +1201,10 @@ def settle_diameter(
     diameter = estimated[(len(estimated) - 1) // 2][0]  # the median; of two, the smaller
     segmenter.use_diameter(diameter)
     summary.diameter, summary.diameter_from = diameter, [source for _, source in estimated]
+    named = sorted(" ".join([r.job.source.name, *(f"{a}={i}" for a, i in r.job.plane)]) for r in results
+                   if r.ok and r.diameter_source == "estimated" and r.diameter is not None)
     bar.write(f"unet-segment: nucleus diameter {diameter:g} px for the batch (estimated on "
-              f"{', '.join(sorted(p.name for _, p in estimated))})", file=sys.stderr)
+              f"{', '.join(named)})", file=sys.stderr)
 
 
 def _settle_report(config: Config, summary: Summary) -> None:
@@ -1278,6 +1308,19 @@ def _diameter(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"must be a number of pixels or 'once', got {text!r}") from None
 
 
+def _min_iou(text: str) -> float:
+    """``--stitch-z``: an IoU in (0, 1] (or :data:`STITCH_DEFAULT`, the flag alone)."""
+    if text == STITCH_DEFAULT:
+        return text  # type: ignore[return-value]  # resolved in parse_config
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
+    return value
+
+
 def _job_above(text: str) -> int | None:
     """``--job-above``: pixels (``16777216``), a size (``4096x4096``), or ``never``."""
     text = text.strip().lower()
@@ -1376,6 +1419,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="time point, 0-based; all: every time point of a movie, each its own output "
                        "(NAME_t007...), a file with one time point as it is")
     plane.add_argument("--project", choices=["max"], help="max: the maximum projection over Z")
+    plane.add_argument("--stitch-z", dest="stitch_z", type=_min_iou, nargs="?", const=STITCH_DEFAULT,
+                       default=None, metavar="MIN_IOU",
+                       help="with --z all --output labels: link each stack's slices into 3-D nuclei "
+                       "(NAME.labels3d.tif, NAME.objects3d.csv): a nucleus continues into the next slice "
+                       "where it overlaps one there by this IoU (default: 0.25, service.zstack's); every "
+                       "slice at one diameter, estimated on the middle slice unless --diameter says")
     plane.add_argument("--series", type=_plane_index, metavar="S|all",
                        help="which image of a file holding several (an OME-TIFF's Images, a CZI's scenes: "
                        "the positions of a multi-position experiment), 0-based; all: every one its own "
@@ -1449,7 +1498,14 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         parser.error(f"--{every[0]} all is for stacks of images; a slide is one plane (give an index)")
     if args.z == ALL_PLANES and args.project is not None:
         parser.error("--z all segments each z-slice; --project max segments their projection: choose one")
-    once = args.diameter == "once"
+    if args.stitch_z is not None and (args.z != ALL_PLANES or args.kind != "labels"):
+        parser.error("--stitch-z links the slices' labels: it needs --z all and --output labels")
+    if args.stitch_z == STITCH_DEFAULT:
+        from service.zstack import DEFAULT_MIN_IOU
+
+        args.stitch_z = DEFAULT_MIN_IOU
+    # Stitching needs one scale for every slice: without --diameter PX it is estimated once.
+    once = args.diameter == "once" or (args.stitch_z is not None and args.diameter is None)
     if once and args.kind == "ome-zarr":
         parser.error("--diameter once is for images: a slide's own estimate costs a fraction of a "
                      "percent of its segmentation (give a number to segment every slide at one scale)")
@@ -1465,7 +1521,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                   timeout_s=args.timeout_s, retries=args.retries, retry_for_s=args.retry_for_s,
                   api_key=args.api_key or None,
                   report=args.report, progress=args.progress, model=args.model,
-                  job_above=args.job_above, shard=args.shard, data_root=args.data_root, geojson=args.geojson)
+                  job_above=args.job_above, shard=args.shard, data_root=args.data_root, geojson=args.geojson,
+                  stitch_z=args.stitch_z)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1506,8 +1563,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     if kind.object_areas:
         write_object_summary(summary_path, object_summary(jobs, kind, config.out))
+    stitch_problems: list[str] = []
+    if config.stitch_z is not None:
+        from service import client_stacks
+
+        # Over every job, not the shard's: a stack is stitched by whichever run finds all its slices.
+        stitched, stitch_problems = client_stacks.stitch_outputs(every, kind.existing, config.stitch_z,
+                                                                 config.pixel_size)
+        client_stacks.report(stitched, stitch_problems)
     print(summary.line(config.report_path()), file=sys.stderr)
-    return EXIT_FAILED if summary.failures else EXIT_OK
+    return EXIT_FAILED if summary.failures or stitch_problems else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -66,7 +66,9 @@ def test_every_slice_is_the_2d_segmentation_at_the_stacks_one_diameter(
     assert "volume_um3" not in result.objects[0] and "mean_intensity" in result.objects[0]
 
 
-def test_a_2d_image_is_a_stack_of_one_slice(segmenter: Segmenter, stack: tuple[np.ndarray, np.ndarray]) -> None:
+def test_a_2d_image_is_a_stack_of_one_slice(
+    segmenter: Segmenter, stack: tuple[np.ndarray, np.ndarray]
+) -> None:
     plane = stack[0][8]
     flat = segmenter.segment(plane, outputs=("labels",))
     result = segmenter.segment_stack(plane)

@@ -1,0 +1,145 @@
+"""``unet-segment --z all --stitch-z``: a z-stack's slices' labels linked into 3-D nuclei.
+
+After a run has written every slice's labels of a stack (``NAME_z00.png`` … from ``--z all
+--output labels``, this run's or an earlier one's), each stack gets two files beside them:
+
+- ``NAME.labels3d.tif``: the 3-D label image, an ImageJ hyperstack (axes ZYX, calibrated with the
+  file's pixel size and z-step) that Fiji and napari open; uint16, float32 past 65535 nuclei;
+- ``NAME.objects3d.csv``: one row per nucleus (``service.zstack.StackTable.rows``).
+
+Linked as ``Segmenter.segment_stack`` links them (``service.zstack``); the slices are read from
+the written files twice, one at a time (ids, then the image), so a stack of any depth needs two
+slices of memory. A stack with a slice missing (it failed) gets no 3-D files: the run says which,
+and a rerun segments what is missing and stitches then. Both files are written whole (a temporary
+file renamed), so their presence means done.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from service import zstack
+
+LABELS_SUFFIX = ".labels3d.tif"
+TABLE_SUFFIX = ".objects3d.csv"
+
+
+def read_labels(path: Path) -> np.ndarray:
+    """One slice's labels as written by ``--output labels``: a 16-bit PNG, or a 32-bit TIFF."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        return tifffile.imread(path).astype(np.int64)
+    import cv2
+
+    labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if labels is None or labels.ndim != 2:
+        raise ValueError(f"{path}: not a label image")
+    return labels.astype(np.int64)
+
+
+def stack_groups(jobs: Sequence) -> dict[Path, list]:
+    """``{source: its jobs in z order}`` for the files ``--z all`` cut into slices (jobs whose
+    plane is ``(("z", k),)``); a file without a Z axis is one job and no stack."""
+    groups: dict[Path, list] = {}
+    for job in jobs:
+        if len(job.plane) == 1 and job.plane[0][0] == "z":
+            groups.setdefault(job.source, []).append(job)
+    return {source: sorted(group, key=lambda j: j.plane[0][1]) for source, group in groups.items()}
+
+
+def outputs_for(first_target: Path, source: Path) -> tuple[Path, Path]:
+    """Where a stack's 3-D labels and table go: beside its slices, named after the file."""
+    return (first_target.with_name(source.stem + LABELS_SUFFIX),
+            first_target.with_name(source.stem + TABLE_SUFFIX))
+
+
+def stitch_outputs(
+    jobs: Sequence, existing, min_iou: float, pixel_size_um: float | None = None
+) -> tuple[int, list[str]]:
+    """Stitch every stack whose slices all exist; ``(stacks stitched, problems)``.
+
+    ``existing(target)``: the written file of a job's target, or None (the output kind's
+    ``existing``); ``pixel_size_um``: ``--pixel-size``, over the file's x/y calibration.
+    """
+    done, problems = 0, []
+    for source, group in stack_groups(jobs).items():
+        paths = [existing(job.target) for job in group]
+        missing = [job.plane[0][1] for job, path in zip(group, paths, strict=True) if path is None]
+        if missing:
+            problems.append(f"{source}: {len(missing)} of {len(group)} slices have no labels "
+                            f"(z={', '.join(map(str, missing[:10]))}{' …' if len(missing) > 10 else ''}); "
+                            "no 3-D labels: rerun to segment them")
+            continue
+        try:
+            stitch_stack(source, paths, group[0].target, min_iou, pixel_size_um)
+        except (OSError, ValueError) as exc:
+            problems.append(f"{source}: cannot stitch its slices: {exc}")
+            continue
+        done += 1
+    return done, problems
+
+
+def stitch_stack(
+    source: Path, paths: Sequence[Path], first_target: Path, min_iou: float, pixel_size_um: float | None
+) -> None:
+    """Link the slices at ``paths`` (z order) and write the stack's 3-D labels and table."""
+    id_maps, previous, next_id = [], None, 1
+    table = zstack.StackTable()
+    shape = None
+    for z, path in enumerate(paths):
+        labels = read_labels(path)
+        if shape is None:
+            shape = labels.shape
+        id_map, next_id = zstack.link_slice(previous, labels, next_id, min_iou)
+        previous = id_map[labels]
+        table.add(z, previous)
+        id_maps.append(id_map)
+    assert shape is not None
+    voxel = voxel_size(source, pixel_size_um)
+
+    def stitched() -> Iterator[np.ndarray]:
+        for id_map, path in zip(id_maps, paths, strict=True):
+            yield id_map[read_labels(path)]
+
+    labels_path, table_path = outputs_for(first_target, source)
+    _write_whole(labels_path, lambda tmp: zstack.write_labels_tiff(
+        str(tmp), stitched, (len(paths), *shape), next_id - 1, voxel))
+    csv_text = zstack.rows_to_csv(table.rows(voxel))
+    _write_whole(table_path, lambda tmp: tmp.write_text(csv_text, encoding="utf-8"))
+
+
+def voxel_size(source: Path, pixel_size_um: float | None) -> zstack.VoxelSize | None:
+    """µm per voxel: the file's x/y/z calibration as the service reads it (``--pixel-size``
+    overrides x/y); None where neither gives an x/y size."""
+    from service import frames
+    from service.settings import get_settings
+
+    layout = frames.file_layout(source, get_settings().max_pixels)
+    size = layout.pixel_size if layout is not None else None
+    z_um = size.z_um if size is not None else None
+    if pixel_size_um is not None:
+        return zstack.VoxelSize(pixel_size_um, pixel_size_um, z_um)
+    return None if size is None else zstack.VoxelSize(size.x_um, size.y_um, z_um)
+
+
+def _write_whole(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def report(done: int, problems: Sequence[str]) -> None:
+    for problem in problems:
+        print(f"unet-segment: --stitch-z: {problem}", file=sys.stderr)
+    if done:
+        print(f"unet-segment: --stitch-z: {done} stack(s) linked into 3-D nuclei "
+              f"(NAME{LABELS_SUFFIX}, NAME{TABLE_SUFFIX})", file=sys.stderr)

@@ -1,0 +1,123 @@
+"""``unet-segment --z all --output labels --stitch-z``: a stack's slices linked into 3-D nuclei, by a
+real server and in local mode, the same as ``Segmenter.segment_stack`` (service.client_stacks)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from model_export.synth_stack import StackConfig, synth_stack
+from service import client, client_stacks, zstack
+from service.api import Segmenter
+from tests.client.test_local_mode import unet_segment
+from tests.python_api.conftest import BUNDLED_MODEL
+from tests.server import Server
+
+pytestmark = pytest.mark.slow
+
+XY_UM, Z_UM = 0.4, 1.2
+
+
+@pytest.fixture(scope="module")
+def stack_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A calibrated ImageJ z-stack as Fiji saves one, beside a 2-D image (no stack: no 3-D files)."""
+    folder = tmp_path_factory.mktemp("stacks")
+    image, _ = synth_stack(5, StackConfig(depth=12, size=112, nuclei=8))
+    tifffile.imwrite(folder / "cells.tif", image, imagej=True, resolution=(1 / XY_UM, 1 / XY_UM),
+                     metadata={"axes": "ZYX", "spacing": Z_UM, "unit": "um"})
+    tifffile.imwrite(folder / "flat.tif", image[6])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    logs = tmp_path_factory.mktemp("service")
+    server = Server({"UNET_MODEL_PATH": str(BUNDLED_MODEL), "UNET_INTRA_OP_THREADS": "2"}, logs / "log")
+    try:
+        yield server.wait_ready(120).url
+    finally:
+        server.stop()
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+
+
+def test_a_stack_becomes_3d_nuclei_as_the_python_api_finds_them(
+    stack_folder: Path, service_url: str, tmp_path: Path
+) -> None:
+    remote, local = tmp_path / "remote", tmp_path / "local"
+    args = ("--z", "all", "--output", "labels", "--stitch-z")
+    by_server = unet_segment(str(stack_folder), "--out", str(remote), "--url", service_url, *args)
+    in_process = unet_segment(str(stack_folder), "--out", str(local), *args)
+    assert by_server.returncode == in_process.returncode == 0, by_server.stderr + in_process.stderr
+    assert "1 stack(s) linked into 3-D nuclei" in by_server.stderr
+    assert "(estimated on cells.tif z=6)" in by_server.stderr  # the middle slice, as segment_stack
+
+    with Segmenter.load(BUNDLED_MODEL) as segmenter:
+        expected = segmenter.segment_stack(stack_folder / "cells.tif")
+    for out in (remote, local):
+        with tifffile.TiffFile(out / "cells.labels3d.tif") as tif:
+            labels = tif.asarray()
+            assert tif.is_imagej and tif.series[0].axes == "ZYX"
+            assert tif.imagej_metadata["spacing"] == pytest.approx(Z_UM)
+        assert np.array_equal(labels, expected.labels), out
+        rows = read_rows(out / "cells.objects3d.csv")
+        assert [int(r["id"]) for r in rows] == [row["id"] for row in expected.objects]
+        for row, want in zip(rows, expected.objects, strict=True):
+            assert float(row["volume_um3"]) == pytest.approx(want["volume_um3"])
+            assert float(row["centroid_z_um"]) == pytest.approx(want["centroid_z_um"])
+        # A 2-D file in the same run is segmented as before and gets no 3-D files.
+        assert (out / "flat.png").is_file() and not (out / "flat.labels3d.tif").exists()
+    assert expected.object_count >= 6
+    per_slice = sum(int(client_stacks.read_labels(p).max()) for p in local.glob("cells_z*.png"))
+    assert per_slice > 3 * expected.object_count  # what counting slice by slice said before
+
+
+def test_a_resumed_run_stitches_and_a_missing_slice_is_said(stack_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = (str(stack_folder / "cells.tif"), "--out", str(out), "--z", "all", "--output", "labels")
+    assert unet_segment(*args).returncode == 0  # slices only
+    assert not (out / "cells.labels3d.tif").exists()
+    again = unet_segment(*args, "--stitch-z", "0.5")
+    assert again.returncode == 0, again.stderr
+    assert "0 written, 12 skipped" in again.stderr and (out / "cells.labels3d.tif").is_file()
+
+    (out / "cells.labels3d.tif").unlink()
+    (out / "cells_z03.png").unlink()
+    kind = client.OUTPUT_KINDS["labels"]
+    jobs = client.plan_jobs([(stack_folder / "cells.tif", Path("cells.tif"))], out, kind, "z")
+    done, problems = client_stacks.stitch_outputs(jobs, kind.existing, 0.25)
+    assert done == 0 and len(problems) == 1 and "1 of 12 slices have no labels (z=3)" in problems[0]
+    assert not (out / "cells.labels3d.tif").exists()
+
+
+def test_the_command_line_says_what_stitching_needs(stack_folder: Path, tmp_path: Path) -> None:
+    for wrong in (("--z", "all"), ("--output", "labels"), ("--z", "3", "--output", "labels")):
+        done = unet_segment(str(stack_folder), "--out", str(tmp_path), *wrong, "--stitch-z")
+        assert done.returncode == 2 and "needs --z all and --output labels" in done.stderr, wrong
+    done = unet_segment(str(stack_folder), "--out", str(tmp_path), "--z", "all", "--output", "labels",
+                        "--stitch-z", "0")
+    assert done.returncode == 2 and "must be in (0, 1]" in done.stderr
+    config = client.parse_config([str(stack_folder), "--out", str(tmp_path), "--z", "all", "--output",
+                                  "labels", "--stitch-z"])
+    assert config.stitch_z == zstack.DEFAULT_MIN_IOU and config.diameter_once
+    assert f"default: {zstack.DEFAULT_MIN_IOU:g}," in client.build_parser().format_help().replace("\n", " ")
+    given = client.parse_config([str(stack_folder), "--out", str(tmp_path), "--z", "all", "--output",
+                                 "labels", "--stitch-z", "0.4", "--diameter", "18"])
+    assert given.stitch_z == 0.4 and not given.diameter_once and given.diameter == 18
+
+
+def test_the_middle_slice_goes_first(stack_folder: Path, tmp_path: Path) -> None:
+    kind = client.OUTPUT_KINDS["labels"]
+    jobs = client.plan_jobs([(stack_folder / "cells.tif", Path("cells.tif"))], tmp_path, kind, "z")
+    ordered = client.middle_slice_first(jobs)
+    assert ordered[0].plane == (("z", 6),) and sorted(ordered, key=jobs.index) == jobs
+    resumed = [j for j in jobs if j.plane != (("z", 6),)]
+    assert client.middle_slice_first(resumed)[0].plane in ((("z", 5),), (("z", 7),))
