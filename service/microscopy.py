@@ -69,6 +69,9 @@ _UNLABELLED = ("I", "Q")
 RGB_NAMES = ("red", "green", "blue")
 #: ``channel=`` value that mixes an RGB image's channels to grey (BT.601 luminance).
 MIX = "gray"
+#: What a request for a stack without ``z=`` is told about 3-D (the linking is the client's and the API's).
+STACK_HINT = ("; for nuclei in 3-D, `unet-segment --z all --output labels --stitch-z` (or the Python API's "
+              "Segmenter.segment_stack) segments every slice and links them.")
 #: The one projection offered (over Z).
 PROJECTIONS = ("max",)
 
@@ -1016,7 +1019,8 @@ def resolve(layout: Layout, sel: Selection, model_channels: int = 1) -> Choice:
         raise SelectionError(
             f"the image ({layout.format}, axes {layout.axes}, shape {'×'.join(map(str, layout.shape))}) has "
             + "; and ".join(parts)
-            + ". 3-D segmentation is not offered: one plane is segmented at a time.",
+            + ". One plane is segmented per request"
+            + (STACK_HINT if "z" in missing else "."),
             tuple(missing),
             layout.choices(),
             missing=True,

@@ -106,7 +106,7 @@ IJ_ZSTACK = tiff(ZSTACK, imagej=True, metadata={"axes": "ZYX"})
 def test_a_z_stack_without_z_is_a_422_with_the_axes_and_sizes(server: Server) -> None:
     body = assert_choose(post(server, IJ_ZSTACK), {"z"})
     assert body["choices"]["planes"] == {"Z": 10} and body["choices"]["axes"] == "ZYX"
-    assert "project=max" in body["detail"] and "3-D" in body["detail"]
+    assert "project=max" in body["detail"] and "3-D" in body["detail"] and "--stitch-z" in body["detail"]
 
 
 @pytest.mark.parametrize("z", [0, 6])
@@ -256,6 +256,11 @@ def test_probe_lists_channels_planes_and_pixel_size(server: Server) -> None:
     assert body["pixel_size_um"]["x"] == pytest.approx(UM) and body["required"] == ["channel"]
     stack = server.client.post("/probe", content=IJ_ZSTACK, headers={"Content-Type": "image/tiff"}).json()
     assert stack["planes"] == {"Z": 10} and stack["required"] == ["z"]
+    assert "z" not in body["pixel_size_um"]  # no z-step in a 2-D file's answer
+    calibrated = tiff(ZSTACK, imagej=True, resolution=(1 / UM, 1 / UM),
+                      metadata={"axes": "ZYX", "unit": "micron", "spacing": 2.0})
+    z_step = server.client.post("/probe", content=calibrated, headers={"Content-Type": "image/tiff"}).json()
+    assert z_step["pixel_size_um"] == {"x": UM, "y": UM, "source": "imagej", "z": 2.0}
 
 
 def test_probe_refuses_what_segment_refuses(server: Server) -> None:
