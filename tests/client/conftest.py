@@ -171,3 +171,17 @@ def standin() -> Iterator[Callable[[str], StandIn]]:
     yield start
     for server in servers:
         server.close()
+
+
+@pytest.fixture(scope="module")
+def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real service (``python -m service``) on the bundled model, one per test module."""
+    from tests.python_api.conftest import BUNDLED_MODEL
+    from tests.server import Server
+
+    logs = tmp_path_factory.mktemp("service")
+    server = Server({"UNET_MODEL_PATH": str(BUNDLED_MODEL), "UNET_INTRA_OP_THREADS": "2"}, logs / "log")
+    try:
+        yield server.wait_ready(120).url
+    finally:
+        server.stop()

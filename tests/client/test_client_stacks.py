@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ from service import client, client_stacks, zstack
 from service.api import Segmenter
 from tests.client.test_local_mode import unet_segment
 from tests.python_api.conftest import BUNDLED_MODEL
-from tests.server import Server
 
 pytestmark = pytest.mark.slow
 
@@ -33,16 +31,6 @@ def stack_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
                      metadata={"axes": "ZYX", "spacing": Z_UM, "unit": "um"})
     tifffile.imwrite(folder / "flat.tif", image[6])
     return folder
-
-
-@pytest.fixture(scope="module")
-def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    logs = tmp_path_factory.mktemp("service")
-    server = Server({"UNET_MODEL_PATH": str(BUNDLED_MODEL), "UNET_INTRA_OP_THREADS": "2"}, logs / "log")
-    try:
-        yield server.wait_ready(120).url
-    finally:
-        server.stop()
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

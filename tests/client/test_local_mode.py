@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -16,7 +15,7 @@ import pytest
 import roifile
 
 from tests.python_api.conftest import BUNDLED_MODEL, nuclei_image, write_nuclei_tiff
-from tests.server import REPO, Server
+from tests.server import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -32,16 +31,6 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert cv2.imwrite(str(folder / "plate2" / "c.png"), (image >> 8).astype("uint8"))
     (folder / "broken.png").write_bytes(b"not a PNG at all")
     return folder
-
-
-@pytest.fixture(scope="module")
-def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    logs = tmp_path_factory.mktemp("service")
-    server = Server({"UNET_MODEL_PATH": str(BUNDLED_MODEL), "UNET_INTRA_OP_THREADS": "2"}, logs / "log")
-    try:
-        yield server.wait_ready(120).url
-    finally:
-        server.stop()
 
 
 def unet_segment(*args: str) -> subprocess.CompletedProcess[str]:
