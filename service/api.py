@@ -127,7 +127,9 @@ class StackSegmentation:
             reaches the first or last slice; with the pixel size centroids in µm, with the z-step
             too volume (µm³) and equivalent sphere diameter (µm).
         object_count: number of nuclei.
-        diameter: the nucleus diameter (px) every slice was segmented at.
+        diameter: the nucleus diameter (px) given, or estimated on the middle slice; the other slices
+            were segmented at it to 0.1 px (as ``unet-segment --stitch-z`` sends it). None: no
+            estimate, every slice at the model's own scale.
         diameter_source: ``request``, ``estimated`` (on the middle slice) or ``model-scale``.
         voxel_size: µm per voxel (z None where the file does not give its z-step); None: uncalibrated.
         warnings: the slices' notices, each once, with the slices it came from (``(z=0, 1)``).
@@ -390,8 +392,10 @@ class Segmenter:
         middle = self.segment(data, z=depth // 2 if depth > 1 else None, diameter=diameter, **options)
         scale = diameter
         if scale is None:
-            # No estimate (no nuclei in the middle slice): every slice at the model's own scale.
-            scale = middle.diameter if middle.diameter is not None else self.metadata.nucleus_diameter
+            # To 0.1 px, as `unet-segment --stitch-z` sends it (the service's header): the same
+            # slices either way. No estimate (no nuclei in the middle slice): the model's own scale.
+            estimated = middle.diameter
+            scale = round(estimated, 1) if estimated is not None else self.metadata.nucleus_diameter
 
         def slices() -> Iterable[Segmentation]:
             for z in range(depth):
