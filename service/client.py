@@ -52,7 +52,8 @@ Behaviour a batch of thousands of images needs:
 - **3-D nuclei from a z-stack**: ``--z all --output labels --stitch-z`` links each stack's slices'
   nuclei into 3-D ones once every slice is written (``service.client_stacks``):
   ``NAME.labels3d.tif`` (a ZYX label hyperstack for Fiji / napari) and ``NAME.objects3d.csv``
-  (volume, extent, centroid; µm and µm³ where the file gives its pixel size and z-step). All
+  (volume, extent, centroid; µm and µm³ where the file gives its pixel size and z-step), and a
+  line per stack in ``stacks.csv`` (nuclei, mean volume). All
   slices are segmented at one diameter (``--diameter PX``, else estimated on the stack's middle
   slice, as ``Segmenter.segment_stack``).
 - **Slides**: ``--output ome-zarr`` makes every file a slide job (``POST /jobs?output=ome-zarr``,
@@ -1570,7 +1571,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Over every job, not the shard's: a stack is stitched by whichever run finds all its slices.
         stitched, stitch_problems = client_stacks.stitch_outputs(every, kind.existing, config.stitch_z,
                                                                  config.pixel_size)
-        client_stacks.report(stitched, stitch_problems)
+        stacks_path = config.out / (config.shard.name(client_stacks.SUMMARY_NAME) if config.shard
+                                    else client_stacks.SUMMARY_NAME)
+        if stitched:
+            client_stacks.write_summary(stacks_path, stitched)
+        client_stacks.report(len(stitched), stitch_problems, stacks_path)
     print(summary.line(config.report_path()), file=sys.stderr)
     return EXIT_FAILED if summary.failures or stitch_problems else EXIT_OK
 

@@ -5,7 +5,10 @@ After a run has written every slice's labels of a stack (``NAME_z00.png`` … fr
 
 - ``NAME.labels3d.tif``: the 3-D label image, an ImageJ hyperstack (axes ZYX, calibrated with the
   file's pixel size and z-step) that Fiji and napari open; uint16, float32 past 65535 nuclei;
-- ``NAME.objects3d.csv``: one row per nucleus (``service.zstack.StackTable.rows``).
+- ``NAME.objects3d.csv``: one row per nucleus (``service.zstack.StackTable.rows``);
+
+and the output folder a ``stacks.csv`` (``stacks.shard-I-of-N.csv`` for a shard): one row per
+stack linked, its nuclei counted and their mean volume, for a batch of thousands of stacks.
 
 Linked as ``Segmenter.segment_stack`` links them (``service.zstack``); the slices are read from
 the written files twice, one at a time (ids, then the image), so a stack of any depth needs two
@@ -16,6 +19,8 @@ file renamed), so their presence means done.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -27,6 +32,8 @@ from service import zstack
 
 LABELS_SUFFIX = ".labels3d.tif"
 TABLE_SUFFIX = ".objects3d.csv"
+SUMMARY_NAME = "stacks.csv"
+SUMMARY_FIELDS = ("file", "labels", "nuclei", "touching_stack_end", "mean_volume_voxels", "mean_volume_um3")
 
 
 def read_labels(path: Path) -> np.ndarray:
@@ -61,13 +68,14 @@ def outputs_for(first_target: Path, source: Path) -> tuple[Path, Path]:
 
 def stitch_outputs(
     jobs: Sequence, existing, min_iou: float, pixel_size_um: float | None = None
-) -> tuple[int, list[str]]:
-    """Stitch every stack whose slices all exist; ``(stacks stitched, problems)``.
+) -> tuple[list[dict], list[str]]:
+    """Stitch every stack whose slices all exist; ``(one summary row per stack stitched, problems)``.
 
     ``existing(target)``: the written file of a job's target, or None (the output kind's
     ``existing``); ``pixel_size_um``: ``--pixel-size``, over the file's x/y calibration.
     """
-    done, problems = 0, []
+    done: list[dict] = []
+    problems: list[str] = []
     for source, group in stack_groups(jobs).items():
         paths = [existing(job.target) for job in group]
         missing = [job.plane[0][1] for job, path in zip(group, paths, strict=True) if path is None]
@@ -77,18 +85,44 @@ def stitch_outputs(
                             "no 3-D labels: rerun to segment them")
             continue
         try:
-            stitch_stack(source, paths, group[0].target, min_iou, pixel_size_um)
+            rows = stitch_stack(source, paths, group[0].target, min_iou, pixel_size_um)
         except (OSError, ValueError) as exc:
             problems.append(f"{source}: cannot stitch its slices: {exc}")
             continue
-        done += 1
+        done.append(summary_row(source, outputs_for(group[0].target, source)[0], rows))
     return done, problems
+
+
+def summary_row(source: Path, labels_path: Path, rows: Sequence[dict]) -> dict:
+    """One stack's line of ``stacks.csv``: its nuclei, how many reach its first or last slice (the
+    stack may cut them), their mean volume (µm³ where the file gives its voxel size)."""
+    def mean(key: str) -> float | str:
+        values = [row[key] for row in rows if key in row]
+        return round(sum(values) / len(values), 3) if values else ""
+
+    return {
+        "file": str(source),
+        "labels": labels_path.name,
+        "nuclei": len(rows),
+        "touching_stack_end": sum(int(row["touches_stack_end"]) for row in rows),
+        "mean_volume_voxels": mean("volume_voxels"),
+        "mean_volume_um3": mean("volume_um3"),
+    }
+
+
+def write_summary(path: Path, rows: Sequence[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    text = buffer.getvalue()
+    _write_whole(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def stitch_stack(
     source: Path, paths: Sequence[Path], first_target: Path, min_iou: float, pixel_size_um: float | None
-) -> None:
-    """Link the slices at ``paths`` (z order) and write the stack's 3-D labels and table."""
+) -> list[dict]:
+    """Link the slices at ``paths`` (z order), write the stack's 3-D labels and table; its rows."""
     id_maps, previous, next_id = [], None, 1
     table = zstack.StackTable()
     shape = None
@@ -110,8 +144,10 @@ def stitch_stack(
     labels_path, table_path = outputs_for(first_target, source)
     _write_whole(labels_path, lambda tmp: zstack.write_labels_tiff(
         str(tmp), stitched, (len(paths), *shape), next_id - 1, voxel))
-    csv_text = zstack.rows_to_csv(table.rows(voxel))
+    rows = table.rows(voxel)
+    csv_text = zstack.rows_to_csv(rows)
     _write_whole(table_path, lambda tmp: tmp.write_text(csv_text, encoding="utf-8"))
+    return rows
 
 
 def voxel_size(source: Path, pixel_size_um: float | None) -> zstack.VoxelSize | None:
@@ -137,9 +173,9 @@ def _write_whole(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def report(done: int, problems: Sequence[str]) -> None:
+def report(done: int, problems: Sequence[str], summary: Path) -> None:
     for problem in problems:
         print(f"unet-segment: --stitch-z: {problem}", file=sys.stderr)
     if done:
         print(f"unet-segment: --stitch-z: {done} stack(s) linked into 3-D nuclei "
-              f"(NAME{LABELS_SUFFIX}, NAME{TABLE_SUFFIX})", file=sys.stderr)
+              f"(NAME{LABELS_SUFFIX}, NAME{TABLE_SUFFIX}; counts in {summary})", file=sys.stderr)

@@ -64,6 +64,14 @@ def test_a_stack_becomes_3d_nuclei_as_the_python_api_finds_them(
         # A 2-D file in the same run is segmented as before and gets no 3-D files.
         assert (out / "flat.png").is_file() and not (out / "flat.labels3d.tif").exists()
     assert expected.object_count >= 6
+    for out in (remote, local):  # one line per stack, for a batch of many
+        [line] = read_rows(out / "stacks.csv")
+        assert (line["file"], line["labels"]) == (str(stack_folder / "cells.tif"), "cells.labels3d.tif")
+        assert int(line["nuclei"]) == expected.object_count
+        volumes = [row["volume_um3"] for row in expected.objects]
+        assert float(line["mean_volume_um3"]) == pytest.approx(sum(volumes) / len(volumes), abs=1e-3)
+        ends = sum(row["touches_stack_end"] for row in expected.objects)
+        assert int(line["touching_stack_end"]) == ends
     per_slice = sum(int(client_stacks.read_labels(p).max()) for p in local.glob("cells_z*.png"))
     assert per_slice > 3 * expected.object_count  # what counting slice by slice said before
 
@@ -82,7 +90,7 @@ def test_a_resumed_run_stitches_and_a_missing_slice_is_said(stack_folder: Path, 
     kind = client.OUTPUT_KINDS["labels"]
     jobs = client.plan_jobs([(stack_folder / "cells.tif", Path("cells.tif"))], out, kind, "z")
     done, problems = client_stacks.stitch_outputs(jobs, kind.existing, 0.25)
-    assert done == 0 and len(problems) == 1 and "1 of 12 slices have no labels (z=3)" in problems[0]
+    assert done == [] and len(problems) == 1 and "1 of 12 slices have no labels (z=3)" in problems[0]
     assert not (out / "cells.labels3d.tif").exists()
 
 
