@@ -92,6 +92,11 @@ def test_a_resumed_run_stitches_and_a_missing_slice_is_said(stack_folder: Path, 
     done, problems = client_stacks.stitch_outputs(jobs, kind.existing, 0.25)
     assert done == [] and len(problems) == 1 and "1 of 12 slices have no labels (z=3)" in problems[0]
     assert not (out / "cells.labels3d.tif").exists()
+    # A slice that is not a label image (overwritten by hand, a disk fault) is said, not a crash.
+    (out / "cells_z03.png").write_bytes(b"not a PNG")
+    done, problems = client_stacks.stitch_outputs(jobs, kind.existing, 0.25)
+    assert done == [] and "cannot stitch its slices" in problems[0] and "cells_z03.png" in problems[0]
+    assert not (out / "cells.labels3d.tif").exists() and not list(out.glob(".*partial"))
 
 
 def test_the_command_line_says_what_stitching_needs(stack_folder: Path, tmp_path: Path) -> None:
