@@ -55,7 +55,7 @@ Behaviour a batch of thousands of images needs:
   (volume, extent, centroid; µm and µm³ where the file gives its pixel size and z-step), and a
   line per stack in ``stacks.csv`` (nuclei, mean volume). All
   slices are segmented at one diameter (``--diameter PX``, else estimated on the stack's middle
-  slice, as ``Segmenter.segment_stack``).
+  slice, as ``Segmenter.segment_stack``; with ``--shard``, ``--diameter PX`` is required).
 - **Slides**: ``--output ome-zarr`` makes every file a slide job (``POST /jobs?output=ome-zarr``,
   the file streamed, or its path under ``--data-root``, also an OME-Zarr folder's; in local mode
   the slide job's own code, one slide at a time unless ``--concurrency`` says otherwise), written
@@ -1501,6 +1501,10 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         parser.error("--z all segments each z-slice; --project max segments their projection: choose one")
     if args.stitch_z is not None and (args.z != ALL_PLANES or args.kind != "labels"):
         parser.error("--stitch-z links the slices' labels: it needs --z all and --output labels")
+    if args.stitch_z is not None and args.shard is not None and not isinstance(args.diameter, float):
+        parser.error("--stitch-z with --shard needs --diameter PX: each shard would estimate its own, and "
+                     "a stack's slices must all be segmented at one scale (a run on one stack without "
+                     "--shard prints the diameter it estimated)")
     if args.stitch_z == STITCH_DEFAULT:
         from service.zstack import DEFAULT_MIN_IOU
 

@@ -110,6 +110,11 @@ def test_the_command_line_says_what_stitching_needs(stack_folder: Path, tmp_path
                                   "labels", "--stitch-z"])
     assert config.stitch_z == zstack.DEFAULT_MIN_IOU and config.diameter_once
     assert f"default: {zstack.DEFAULT_MIN_IOU:g}," in client.build_parser().format_help().replace("\n", " ")
+    sharded = unet_segment(str(stack_folder), "--out", str(tmp_path), "--z", "all", "--output", "labels",
+                           "--stitch-z", "--shard", "0/2")
+    assert sharded.returncode == 2 and "--stitch-z with --shard needs --diameter PX" in sharded.stderr
+    assert client.parse_config([str(stack_folder), "--out", str(tmp_path), "--z", "all", "--output", "labels",
+                                "--stitch-z", "--shard", "0/2", "--diameter", "20"]).shard is not None
     given = client.parse_config([str(stack_folder), "--out", str(tmp_path), "--z", "all", "--output",
                                  "labels", "--stitch-z", "0.4", "--diameter", "18"])
     assert given.stitch_z == 0.4 and not given.diameter_once and given.diameter == 18
