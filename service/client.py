@@ -244,6 +244,8 @@ DEFAULT_CONCURRENCY = 4
 ONCE_IMAGES = 3
 #: Polling a job: the first wait, growing ×1.5 per poll up to the cap (a job's tiles take seconds).
 POLL_FIRST_S, POLL_GROWTH, POLL_CAP_S = 0.25, 1.5, 5.0
+#: ``--stitch-z``: the diameter the stacks' slices are segmented at, kept for a resumed run.
+STITCH_DIAMETER_FILE = ".stitch-z-diameter.json"
 #: ``--stitch-z`` without a value: service.zstack.DEFAULT_MIN_IOU, read only when asked for (NumPy).
 STITCH_DEFAULT = "default"
 #: ``--t all`` / ``--z all`` / ``--series all``: every plane (image) along the axis, each its own job.
@@ -1147,13 +1149,23 @@ def run(config: Config, jobs: Sequence[Job], backoff_base: float = BACKOFF_BASE_
 
     try:
         rest: Sequence[Job] = todo
-        if config.diameter_once and config.diameter is None:
+        # --stitch-z: a resumed run segments the slices left at the diameter the first run settled on
+        # (a stack's slices are linked only if all are at one scale), kept in the output folder.
+        kept = stitch_diameter_kept(config) if config.diameter_once and config.diameter is None else None
+        if kept is not None and todo:
+            segmenter.use_diameter(kept)
+            bar.write(f"unet-segment: nucleus diameter {kept:g} px for the stacks, as the run that "
+                      f"segmented their first slices ({STITCH_DIAMETER_FILE})", file=sys.stderr)
+        elif config.diameter_once and config.diameter is None:
             count = ONCE_IMAGES
             if config.stitch_z is not None:
                 # As Segmenter.segment_stack: the middle slice (the top and bottom ones hold only caps).
                 todo, count = middle_slice_first(todo), 1
             first, rest = todo[:count], todo[count:]
             settle_diameter(send(first), segmenter, summary, bar)
+            if config.stitch_z is not None and summary.diameter is not None:
+                write_atomic(config.out / STITCH_DIAMETER_FILE,
+                             json.dumps({"diameter": summary.diameter}).encode())
         send(rest)
     except BaseException:
         segmenter.interrupt()  # jobs being polled (or slides segmented here) are cancelled, not waited for
@@ -1166,6 +1178,19 @@ def run(config: Config, jobs: Sequence[Job], backoff_base: float = BACKOFF_BASE_
         summary.seconds = time.perf_counter() - start
         _settle_report(config, summary)
     return summary
+
+
+def stitch_diameter_kept(config: Config) -> float | None:
+    """``--stitch-z``: the diameter an earlier run in this output folder settled on (None: none, or
+    ``--overwrite``, which segments every slice again)."""
+    path = config.out / STITCH_DIAMETER_FILE
+    if config.stitch_z is None or config.overwrite or not path.is_file():
+        return None
+    try:
+        diameter = float(json.loads(path.read_text(encoding="utf-8"))["diameter"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # unreadable: estimated again, as without it
+    return diameter if diameter > 0 else None
 
 
 def middle_slice_first(jobs: Sequence[Job]) -> list[Job]:

@@ -99,6 +99,26 @@ def test_a_resumed_run_stitches_and_a_missing_slice_is_said(stack_folder: Path, 
     assert not (out / "cells.labels3d.tif").exists() and not list(out.glob(".*partial"))
 
 
+def test_a_resumed_run_segments_the_slices_left_at_the_first_runs_diameter(
+    stack_folder: Path, tmp_path: Path
+) -> None:
+    """Interrupted after some slices (the middle one among them), a rerun must not estimate again on
+    another slice: the stack would be segmented at two scales. It reuses the first run's."""
+    out = tmp_path / "out"
+    args = (str(stack_folder / "cells.tif"), "--out", str(out), "--z", "all", "--output", "labels",
+            "--stitch-z")
+    first = unet_segment(*args)
+    assert first.returncode == 0, first.stderr
+    whole = tifffile.imread(out / "cells.labels3d.tif")
+    for z in (2, 6, 7, 11):  # the middle slice and others lost, as if the run had stopped early
+        (out / f"cells_z{z:02d}.png").unlink()
+    (out / "cells.labels3d.tif").unlink()
+    again = unet_segment(*args)
+    assert again.returncode == 0, again.stderr
+    assert "4 written, 8 skipped" in again.stderr and "as the run that segmented their first" in again.stderr
+    assert np.array_equal(tifffile.imread(out / "cells.labels3d.tif"), whole)
+
+
 def test_the_command_line_says_what_stitching_needs(stack_folder: Path, tmp_path: Path) -> None:
     for wrong in (("--z", "all"), ("--output", "labels"), ("--z", "3", "--output", "labels")):
         done = unet_segment(str(stack_folder), "--out", str(tmp_path), *wrong, "--stitch-z")
