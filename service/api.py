@@ -123,9 +123,9 @@ class StackSegmentation:
     Attributes:
         labels: ``(Z, H, W)`` int32, 0 = background, 1..N one per nucleus across its slices.
         objects: one dict per nucleus, in id order (``service.zstack.StackTable.rows``): volume in
-            voxels, slices, z extent, centroid, largest cross-section, mean intensity, whether it
-            reaches the first or last slice; with the pixel size centroids in µm, with the z-step
-            too volume (µm³) and equivalent sphere diameter (µm).
+            voxels, slices, z extent, centroid, largest cross-section, mean and integrated
+            intensity, whether it reaches the first or last slice; with the pixel size centroids
+            in µm, with the z-step too volume (µm³) and equivalent sphere diameter (µm).
         object_count: number of nuclei.
         diameter: the nucleus diameter (px) given, or estimated on the middle slice; the other slices
             were segmented at it to 0.1 px (as ``unet-segment --stitch-z`` sends it). None: no
@@ -146,8 +146,7 @@ class StackSegmentation:
     plane: microscopy.Plane
 
     def objects_csv(self) -> str:
-        """The objects table as CSV: the columns of ``unet-segment --stitch-z``'s ``.objects3d.csv``
-        and ``mean_intensity`` (the client links the written labels, without the pixels)."""
+        """The objects table as CSV, as ``unet-segment --stitch-z`` writes ``NAME.objects3d.csv``."""
         return zstack.rows_to_csv(self.objects)
 
 

@@ -1598,8 +1598,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from service import client_stacks
 
         # Over every job, not the shard's: a stack is stitched by whichever run finds all its slices.
-        stitched, stitch_problems = client_stacks.stitch_outputs(every, kind.existing, config.stitch_z,
-                                                                 config.pixel_size)
+        stitched, stitch_problems = client_stacks.stitch_outputs(
+            every, kind.existing, config.stitch_z, config.pixel_size,
+            pixels_of=lambda job: client_stacks.slice_pixels(job, config),
+        )
         stacks_path = config.out / (config.shard.name(client_stacks.SUMMARY_NAME) if config.shard
                                     else client_stacks.SUMMARY_NAME)
         if stitched:

@@ -12,9 +12,10 @@ stack linked, its nuclei counted and their mean volume, for a batch of thousands
 
 Linked as ``Segmenter.segment_stack`` links them (``service.zstack``); the slices are read from
 the written files twice, one at a time (ids, then the image), so a stack of any depth needs two
-slices of memory. A stack with a slice missing (it failed) gets no 3-D files: the run says which,
-and a rerun segments what is missing and stitches then. Both files are written whole (a temporary
-file renamed), so their presence means done.
+slices of memory. Intensities come from each slice's pixels read again from the input, as the
+service read them (the same cut, channel and time point). A stack with a slice missing (it
+failed) gets no 3-D files: the run says which, and a rerun segments what is missing and stitches
+then. Both files are written whole (a temporary file renamed), so their presence means done.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import csv
 import io
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,12 +69,15 @@ def outputs_for(first_target: Path, source: Path) -> tuple[Path, Path]:
 
 
 def stitch_outputs(
-    jobs: Sequence, existing, min_iou: float, pixel_size_um: float | None = None
+    jobs: Sequence, existing, min_iou: float, pixel_size_um: float | None = None,
+    pixels_of: Callable[[Any], np.ndarray] | None = None,
 ) -> tuple[list[dict], list[str]]:
     """Stitch every stack whose slices all exist; ``(one summary row per stack stitched, problems)``.
 
     ``existing(target)``: the written file of a job's target, or None (the output kind's
-    ``existing``); ``pixel_size_um``: ``--pixel-size``, over the file's x/y calibration.
+    ``existing``); ``pixel_size_um``: ``--pixel-size``, over the file's x/y calibration;
+    ``pixels_of(job)``: the grey pixels the job's slice was segmented on (:func:`slice_pixels`),
+    for intensities; None: a table without them.
     """
     done: list[dict] = []
     problems: list[str] = []
@@ -85,7 +90,8 @@ def stitch_outputs(
                             "no 3-D labels: rerun to segment them")
             continue
         try:
-            rows = stitch_stack(source, paths, group[0].target, min_iou, pixel_size_um)
+            images = None if pixels_of is None else [lambda job=job: pixels_of(job) for job in group]
+            rows = stitch_stack(source, paths, group[0].target, min_iou, pixel_size_um, images)
         except (OSError, ValueError) as exc:
             problems.append(f"{source}: cannot stitch its slices: {exc}")
             continue
@@ -120,9 +126,11 @@ def write_summary(path: Path, rows: Sequence[dict]) -> None:
 
 
 def stitch_stack(
-    source: Path, paths: Sequence[Path], first_target: Path, min_iou: float, pixel_size_um: float | None
+    source: Path, paths: Sequence[Path], first_target: Path, min_iou: float, pixel_size_um: float | None,
+    images: Sequence[Callable[[], np.ndarray]] | None = None,
 ) -> list[dict]:
-    """Link the slices at ``paths`` (z order), write the stack's 3-D labels and table; its rows."""
+    """Link the slices at ``paths`` (z order), write the stack's 3-D labels and table; its rows.
+    ``images``: each slice's grey pixels, read when needed (one slice at a time), for intensities."""
     id_maps, previous, next_id = [], None, 1
     table = zstack.StackTable()
     shape = None
@@ -132,7 +140,10 @@ def stitch_stack(
             shape = labels.shape
         id_map, next_id = zstack.link_slice(previous, labels, next_id, min_iou)
         previous = id_map[labels]
-        table.add(z, previous)
+        image = None if images is None else images[z]()
+        if image is not None and image.shape != labels.shape:
+            raise ValueError(f"slice z={z} of {source} is {image.shape}, its labels {labels.shape}")
+        table.add(z, previous, image)
         id_maps.append(id_map)
     assert shape is not None
     voxel = voxel_size(source, pixel_size_um)
@@ -148,6 +159,24 @@ def stitch_stack(
     csv_text = zstack.rows_to_csv(rows)
     _write_whole(table_path, lambda tmp: tmp.write_text(csv_text, encoding="utf-8"))
     return rows
+
+
+def slice_pixels(job: Any, config: Any) -> np.ndarray:
+    """The grey pixels of ``job``'s slice as the service read them: the same cut (``client.job_bytes``)
+    and the same choice of channel, time point and image (``microscopy.select``)."""
+    from service import microscopy
+    from service.client import job_bytes
+    from service.preprocess import to_channels
+    from service.settings import get_settings
+
+    settings = get_settings()
+    data, _ = job_bytes(job, config)
+    selection = microscopy.Selection(
+        channel=config.channel, z=dict(job.plane)["z"], t=config.t, pixel_size_um=config.pixel_size,
+        polarity=config.polarity or "bright", series=config.series,
+    )
+    plane = microscopy.select(data, selection, settings.max_pixels, settings.decode_limits(), 1)
+    return to_channels(plane.image, 1)
 
 
 def voxel_size(source: Path, pixel_size_um: float | None) -> zstack.VoxelSize | None:

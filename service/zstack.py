@@ -167,7 +167,8 @@ class StackTable:
         """One row per nucleus (stitched id order): ``id``, ``volume_voxels``, ``slices``,
         ``z_first``/``z_last``, ``centroid_x``/``_y``/``_z`` (px, slice index), ``max_area_px`` (the
         largest cross-section), ``touches_stack_end`` (1: it reaches the first or last slice, so
-        may be cut), ``mean_intensity``; with a pixel size ``centroid_*_um``, and with a z-step too
+        may be cut), ``mean_intensity`` and ``integrated_intensity`` (the sum over its voxels) where
+        every slice came with its image; with a pixel size ``centroid_*_um``, and with a z-step too
         ``volume_um3`` and ``equivalent_diameter_um`` (of the sphere of that volume)."""
         d = self._data
         out: list[dict[str, float | int]] = []
@@ -189,7 +190,10 @@ class StackTable:
                 "touches_stack_end": int(z_first == 0 or z_last == self._slices - 1),
             }
             if self._with_intensity:
-                row["mean_intensity"] = round(float(d["sum_intensity"][label]) / n, 3)
+                total = float(d["sum_intensity"][label])
+                row["mean_intensity"] = round(total / n, 3)
+                # Fiji's RawIntDen: over a whole nucleus, a DNA stain's total is its DNA content.
+                row["integrated_intensity"] = round(total, 3)
             if voxel is not None:
                 row["centroid_x_um"] = round(row["centroid_x"] * voxel.x_um, 3)
                 row["centroid_y_um"] = round(row["centroid_y"] * voxel.y_um, 3)

@@ -57,10 +57,15 @@ def test_a_stack_becomes_3d_nuclei_as_the_python_api_finds_them(
             assert tif.imagej_metadata["spacing"] == pytest.approx(Z_UM)
         assert np.array_equal(labels, expected.labels), out
         rows = read_rows(out / "cells.objects3d.csv")
+        header = (out / "cells.objects3d.csv").read_text(encoding="utf-8").splitlines()[0]
+        assert header == expected.objects_csv().splitlines()[0]  # the API's columns, intensities too
         assert [int(r["id"]) for r in rows] == [row["id"] for row in expected.objects]
         for row, want in zip(rows, expected.objects, strict=True):
             assert float(row["volume_um3"]) == pytest.approx(want["volume_um3"])
             assert float(row["centroid_z_um"]) == pytest.approx(want["centroid_z_um"])
+            # Intensities from the slices as the service read them (the client reads them back).
+            assert float(row["mean_intensity"]) == pytest.approx(want["mean_intensity"])
+            assert float(row["integrated_intensity"]) == pytest.approx(want["integrated_intensity"])
         # A 2-D file in the same run is segmented as before and gets no 3-D files.
         assert (out / "flat.png").is_file() and not (out / "flat.labels3d.tif").exists()
     assert expected.object_count >= 6

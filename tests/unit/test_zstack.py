@@ -97,7 +97,7 @@ def test_table_sums_each_nucleus_over_its_slices() -> None:
     assert first["max_area_px"] == int((b > 0).sum() - (b == 2).sum())
     assert first["touches_stack_end"] == 1  # it starts in the first slice
     assert first["volume_um3"] == pytest.approx(voxels * 0.5 * 0.5 * 2.0)
-    assert first["mean_intensity"] == 10.0
+    assert first["mean_intensity"] == 10.0 and first["integrated_intensity"] == 10.0 * voxels
     z_mean = sum(z * (s == 1).sum() for z, s in enumerate(stitched)) / voxels
     assert first["centroid_z"] == pytest.approx(z_mean, abs=0.01)
     assert first["centroid_z_um"] == pytest.approx(z_mean * 2.0, abs=0.02)
