@@ -192,7 +192,7 @@ class StackTable:
             if self._with_intensity:
                 total = float(d["sum_intensity"][label])
                 row["mean_intensity"] = round(total / n, 3)
-                # Fiji's RawIntDen: over a whole nucleus, a DNA stain's total is proportional to its DNA content.
+                # Fiji's RawIntDen: over a whole nucleus, a DNA stain's total goes with its DNA content.
                 row["integrated_intensity"] = round(total, 3)
             if voxel is not None:
                 row["centroid_x_um"] = round(row["centroid_x"] * voxel.x_um, 3)
