@@ -403,21 +403,17 @@ class Segmenter:
                 else:
                     yield self.segment(data, z=z if depth > 1 else None, diameter=scale, **options)
 
-        table = zstack.StackTable()
+        linker = zstack.Linker(min_iou)
         stacked: list[np.ndarray] = []
         notes: dict[str, list[int]] = {}  # each notice once, with the slices it came from
-        previous, next_id = None, 1
         for z, result in enumerate(slices()):
             assert result.labels is not None
-            id_map, next_id = zstack.link_slice(previous, result.labels, next_id, min_iou)
-            previous = id_map[result.labels].astype(np.int32)
-            table.add(z, previous, to_channels(result.image, 1))
-            stacked.append(previous)
+            stacked.append(linker.add(result.labels, to_channels(result.image, 1))[1].astype(np.int32))
             for warning in result.warnings:
                 notes.setdefault(warning, []).append(z)
         size = middle.plane.pixel_size
         voxel = None if size is None else zstack.VoxelSize(size.x_um, size.y_um, size.z_um)
-        rows = table.rows(voxel)
+        rows = linker.table.rows(voxel)
         return StackSegmentation(
             labels=np.stack(stacked),
             objects=[_plain(row) for row in rows],

@@ -651,16 +651,22 @@ def bytes_upload(data: bytes, content_type: str) -> Upload:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is either absent or complete, never truncated.
+    """Write ``data`` to ``path`` so that ``path`` is either absent or complete, never truncated."""
+    replace_atomic(path, lambda tmp: tmp.write_bytes(data))
+
+
+def replace_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Have ``write`` fill a temporary file beside ``path`` (a writer that wants a path: a TIFF
+    written slice by slice), then put it in place: ``path`` is either absent or complete.
 
     The temp file lives in the target's folder so ``os.replace`` is a rename on one filesystem.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())  # the rename must not land before the bytes do
         os.replace(tmp, path)
     except BaseException:

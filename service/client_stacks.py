@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from service import zstack
+from service.client import replace_atomic, write_atomic
 
 LABELS_SUFFIX = ".labels3d.tif"
 TABLE_SUFFIX = ".objects3d.csv"
@@ -121,8 +121,7 @@ def write_summary(path: Path, rows: Sequence[dict]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    text = buffer.getvalue()
-    _write_whole(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_atomic(path, buffer.getvalue().encode())
 
 
 def stitch_stack(
@@ -131,21 +130,15 @@ def stitch_stack(
 ) -> list[dict]:
     """Link the slices at ``paths`` (z order), write the stack's 3-D labels and table; its rows.
     ``images``: each slice's grey pixels, read when needed (one slice at a time), for intensities."""
-    id_maps, previous, next_id = [], None, 1
-    table = zstack.StackTable()
-    shape = None
+    linker = zstack.Linker(min_iou)
+    id_maps = []
     for z, path in enumerate(paths):
         labels = read_labels(path)
-        if shape is None:
-            shape = labels.shape
-        id_map, next_id = zstack.link_slice(previous, labels, next_id, min_iou)
-        previous = id_map[labels]
-        image = None if images is None else images[z]()
-        if image is not None and image.shape != labels.shape:
-            raise ValueError(f"slice z={z} of {source} is {image.shape}, its labels {labels.shape}")
-        table.add(z, previous, image)
-        id_maps.append(id_map)
-    assert shape is not None
+        try:
+            id_maps.append(linker.add(labels, None if images is None else images[z]())[0])
+        except ValueError as exc:  # a slice of another size than the others
+            raise ValueError(f"{source}: {exc}") from exc
+    shape = labels.shape
     voxel = voxel_size(source, pixel_size_um)
 
     def stitched() -> Iterator[np.ndarray]:
@@ -153,11 +146,10 @@ def stitch_stack(
             yield id_map[read_labels(path)]
 
     labels_path, table_path = outputs_for(first_target, source)
-    _write_whole(labels_path, lambda tmp: zstack.write_labels_tiff(
-        str(tmp), stitched, (len(paths), *shape), next_id - 1, voxel))
-    rows = table.rows(voxel)
-    csv_text = zstack.rows_to_csv(rows)
-    _write_whole(table_path, lambda tmp: tmp.write_text(csv_text, encoding="utf-8"))
+    replace_atomic(labels_path, lambda tmp: zstack.write_labels_tiff(
+        str(tmp), stitched, (len(paths), *shape), linker.count, voxel))
+    rows = linker.table.rows(voxel)
+    write_atomic(table_path, zstack.rows_to_csv(rows).encode())
     return rows
 
 
@@ -191,15 +183,6 @@ def voxel_size(source: Path, pixel_size_um: float | None) -> zstack.VoxelSize | 
     if pixel_size_um is not None:
         return zstack.VoxelSize(pixel_size_um, pixel_size_um, z_um)
     return None if size is None else zstack.VoxelSize(size.x_um, size.y_um, z_um)
-
-
-def _write_whole(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def report(done: int, problems: Sequence[str], summary: Path) -> None:

@@ -94,11 +94,9 @@ def _links(previous: np.ndarray, labels: np.ndarray, min_iou: float) -> dict[int
 
 def stitch(slices: Iterable[np.ndarray], min_iou: float = DEFAULT_MIN_IOU) -> Iterator[np.ndarray]:
     """Each slice of ``slices`` (2-D labels, top to bottom) with stitched ids, in order."""
-    previous, next_id = None, 1
+    linker = Linker(min_iou)
     for labels in slices:
-        id_map, next_id = link_slice(previous, labels, next_id, min_iou)
-        previous = id_map[np.asarray(labels)]
-        yield previous
+        yield linker.add(labels)[1]
 
 
 @dataclass(frozen=True)
@@ -204,6 +202,36 @@ class StackTable:
                     row["equivalent_diameter_um"] = round((6 * volume / math.pi) ** (1 / 3), 3)
             out.append(row)
         return out
+
+
+class Linker:
+    """A stack linked slice by slice, top to bottom, each nucleus counted in :attr:`table` as it
+    goes: the one loop behind ``Segmenter.segment_stack``, ``unet-segment --stitch-z`` and
+    :func:`stitch`. Holds the slice before, never the stack."""
+
+    def __init__(self, min_iou: float = DEFAULT_MIN_IOU) -> None:
+        self.min_iou = min_iou
+        self.table = StackTable()
+        self._previous: np.ndarray | None = None
+        self._next_id = 1
+        self._z = 0
+
+    def add(self, labels: np.ndarray, image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Link the next slice (its 2-D labels as segmented; ``image``: its grey pixels, for
+        intensities): ``(id_map, stitched slice)``, as :func:`link_slice` defines ``id_map``."""
+        labels = np.asarray(labels)
+        if image is not None and image.shape != labels.shape:
+            raise ValueError(f"slice z={self._z}: pixels {image.shape}, labels {labels.shape}")
+        id_map, self._next_id = link_slice(self._previous, labels, self._next_id, self.min_iou)
+        stitched = id_map[labels]
+        self.table.add(self._z, stitched, image)
+        self._previous, self._z = stitched, self._z + 1
+        return id_map, stitched
+
+    @property
+    def count(self) -> int:
+        """Nuclei so far: the stitched ids are 1..count."""
+        return self._next_id - 1
 
 
 def rows_to_csv(rows: list[dict[str, float | int]]) -> str:

@@ -101,7 +101,7 @@ def test_a_resumed_run_stitches_and_a_missing_slice_is_said(stack_folder: Path, 
     (out / "cells_z03.png").write_bytes(b"not a PNG")
     done, problems = client_stacks.stitch_outputs(jobs, kind.existing, 0.25)
     assert done == [] and "cannot stitch its slices" in problems[0] and "cells_z03.png" in problems[0]
-    assert not (out / "cells.labels3d.tif").exists() and not list(out.glob(".*partial"))
+    assert not (out / "cells.labels3d.tif").exists() and not list(out.glob(".*.part"))
 
 
 def test_a_resumed_run_segments_the_slices_left_at_the_first_runs_diameter(
