@@ -388,29 +388,22 @@ class Segmenter:
             channel=channel, t=t, pixel_size=pixel_size, polarity=polarity, series=series,
             threshold=threshold, split=split, tile_size=tile_size, overlap=overlap, outputs=("labels",),
         )
-        middle = self.segment(data, z=depth // 2 if depth > 1 else None, diameter=diameter, **options)
-        scale = diameter
-        if scale is None:
-            # To 0.1 px, as `unet-segment --stitch-z` sends it (the service's header): the same
-            # slices either way. No estimate (no nuclei in the middle slice): the model's own scale.
-            estimated = middle.diameter
-            scale = round(estimated, 1) if estimated is not None else self.metadata.nucleus_diameter
 
-        def slices() -> Iterable[Segmentation]:
-            for z in range(depth):
-                if z == depth // 2:
-                    yield middle
-                else:
-                    yield self.segment(data, z=z if depth > 1 else None, diameter=scale, **options)
+        def segment_slice(z: int, at: float | None) -> Segmentation:
+            return self.segment(data, z=z if depth > 1 else None, diameter=at, **options)
 
         linker = zstack.Linker(min_iou)
         stacked: list[np.ndarray] = []
-        notes: dict[str, list[int]] = {}  # each notice once, with the slices it came from
-        for z, result in enumerate(slices()):
+        notes = zstack.SliceNotices()
+        slices = zstack.at_one_diameter(
+            depth, segment_slice, diameter, lambda s: s.diameter, self.metadata.nucleus_diameter
+        )
+        for z, result in slices:
             assert result.labels is not None
             stacked.append(linker.add(result.labels, to_channels(result.image, 1))[1].astype(np.int32))
-            for warning in result.warnings:
-                notes.setdefault(warning, []).append(z)
+            notes.add(z, result.warnings)
+            if z == depth // 2:
+                middle = result
         size = middle.plane.pixel_size
         voxel = None if size is None else zstack.VoxelSize(size.x_um, size.y_um, size.z_um)
         rows = linker.table.rows(voxel)
@@ -421,7 +414,7 @@ class Segmenter:
             diameter=middle.diameter,
             diameter_source=middle.diameter_source,
             voxel_size=voxel,
-            warnings=tuple(f"{w} (z={', '.join(map(str, zs))})" for w, zs in notes.items()),
+            warnings=tuple(notes.lines()),
             plane=middle.plane,
         )
 

@@ -69,9 +69,9 @@ _UNLABELLED = ("I", "Q")
 RGB_NAMES = ("red", "green", "blue")
 #: ``channel=`` value that mixes an RGB image's channels to grey (BT.601 luminance).
 MIX = "gray"
-#: What a request for a stack without ``z=`` is told about 3-D (the linking is the client's and the API's).
-STACK_HINT = ("; for nuclei in 3-D, `unet-segment --z all --output labels --stitch-z` (or the Python API's "
-              "Segmenter.segment_stack) segments every slice and links them.")
+#: What a request for a stack without ``z=`` is told about 3-D.
+STACK_HINT = ("; for nuclei in 3-D, POST /jobs?output=labels3d (or `unet-segment --z all --output labels "
+              "--stitch-z`, or the Python API's Segmenter.segment_stack) segments every slice and links them.")
 #: The one projection offered (over Z).
 PROJECTIONS = ("max",)
 

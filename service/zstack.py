@@ -22,8 +22,11 @@ import io
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+
+Slice = TypeVar("Slice")
 
 #: The IoU a slice's object needs with one of the slice before to be the same nucleus
 #: (``docs/benchmarks.md``, "Nuclei in 3-D from a z-stack": chosen on synthetic stacks).
@@ -90,6 +93,32 @@ def _links(previous: np.ndarray, labels: np.ndarray, min_iou: float) -> dict[int
             links[label] = prev
             taken.add(prev)
     return links
+
+
+def at_one_diameter(
+    depth: int,
+    segment: Callable[[int, float | None], Slice],
+    diameter: float | None,
+    estimate_of: Callable[[Slice], float | None],
+    model_diameter: float | None,
+) -> Iterator[tuple[int, Slice]]:
+    """``(z, segment(z, d))`` for every slice, top to bottom, all at one nucleus diameter ``d``.
+
+    The middle slice is segmented first, at ``diameter`` (None: the service estimates it there);
+    the others at ``diameter``, else at that estimate to 0.1 px (what ``unet-segment --stitch-z``
+    sends, as the service's header gives it), else, where the middle slice gave none, at
+    ``model_diameter``. A nucleus's top and bottom caps, smaller and dimmer, would each get a
+    scale of their own if every slice were estimated: the middle slice is the one most nuclei
+    cross. ``estimate_of``: the diameter a segmented slice was estimated at (None: none).
+    """
+    middle_z = depth // 2
+    middle = segment(middle_z, diameter)
+    at = diameter
+    if at is None:
+        estimated = estimate_of(middle)
+        at = round(estimated, 1) if estimated is not None else model_diameter
+    for z in range(depth):
+        yield z, middle if z == middle_z else segment(z, at)
 
 
 def stitch(slices: Iterable[np.ndarray], min_iou: float = DEFAULT_MIN_IOU) -> Iterator[np.ndarray]:
@@ -232,6 +261,21 @@ class Linker:
     def count(self) -> int:
         """Nuclei so far: the stitched ids are 1..count."""
         return self._next_id - 1
+
+
+class SliceNotices:
+    """The slices' notices for the user, each once, with the slices it came from (``(z=0, 1)``):
+    a stack of 60 slices would otherwise say the same thing 60 times."""
+
+    def __init__(self) -> None:
+        self._slices: dict[str, list[int]] = {}
+
+    def add(self, z: int, notices: Iterable[str]) -> None:
+        for notice in notices:
+            self._slices.setdefault(notice, []).append(z)
+
+    def lines(self) -> list[str]:
+        return [f"{notice} (z={', '.join(map(str, zs))})" for notice, zs in self._slices.items()]
 
 
 def rows_to_csv(rows: list[dict[str, float | int]]) -> str:

@@ -54,12 +54,12 @@ from service.jobs import (
     UnknownJob,
     process_owner,
 )
-from service.routes import slide_jobs
+from service.routes import slide_jobs, stack_jobs
 from service.routes.deps import ClientGone, Runtime, get_runtime, require_api_key
 from service.routes.segment import (
     IMAGE_BODY,
-    JOB_ONLY_OUTPUTS,
     RAW_TYPES,
+    Output,
     SegmentOptions,
     as_problems,
     checked_engine,
@@ -136,7 +136,8 @@ def executor(runtime: Runtime) -> Execute:
         async def gone() -> bool:
             return stop()
 
-        slide = options.output in JOB_ONLY_OUTPUTS
+        slide = options.output is Output.ome_zarr
+        stack = options.output is Output.labels3d
         data = b""
 
         def work(ticket: Any) -> Any:
@@ -144,6 +145,9 @@ def executor(runtime: Runtime) -> Execute:
                 if slide:
                     return slide_jobs.run(runtime, _slide_path(given, input_path), options,
                                           input_path.parent, stop, job.progress)
+                if stack:
+                    return stack_jobs.run(runtime, data, options, input_path.parent, stop, job.progress,
+                                          lambda px: runtime.grow(ticket, px, stop))
                 # Not through the prediction cache: a job reports the tiles it runs, and keeps its
                 # result in its folder for as long as anyone needs it.
                 return run_pipeline(
@@ -164,10 +168,13 @@ def executor(runtime: Runtime) -> Execute:
                 data = await anyio.to_thread.run_sync(_read_input, given, input_path,
                                                       runtime.settings.max_upload_bytes)
                 pixels = await upload_pixels(runtime, data)
+                if stack:  # one slice at a time, for all its slices: not a measure of throughput
+                    pixels = stack_jobs.admitted_pixels(pixels)
             while True:
                 entered = False
                 try:
-                    async with runtime.admitted(pixels, disconnected=gone, max_wait_s=math.inf) as ticket:
+                    async with runtime.admitted(pixels, disconnected=gone, max_wait_s=math.inf,
+                                                measure=not stack) as ticket:
                         entered = True
                         job.stage = "segmenting"
                         result = await anyio.to_thread.run_sync(work, ticket)
@@ -195,9 +202,11 @@ def executor(runtime: Runtime) -> Execute:
             metrics.IMAGES.labels(output=options.output.value, outcome="cancelled").inc()
             return None
         metrics.IMAGES.labels(output=options.output.value, outcome="ok").inc()
+        version = runtime.components()[0].metadata.version
         if slide:
-            version = runtime.components()[0].metadata.version
             return slide_jobs.job_result(job.id, result, given.filename, version)
+        if stack:
+            return stack_jobs.job_result(job.id, result, given.filename, version)
         headers = result_headers(runtime, result)
         name = filenames.output_name(given.filename, options.output.value, result.media_type)
         headers["Content-Disposition"] = filenames.content_disposition(name)
@@ -222,6 +231,15 @@ async def _check_slide(runtime: Runtime, path: Path, options: SegmentOptions) ->
     """A slide refused at submission (too large, undecodable, ambiguous plane) → its problem now."""
     with as_problems():
         await anyio.to_thread.run_sync(slide_jobs.check, runtime, path, options)
+
+
+async def _check_image(runtime: Runtime, data: bytes, options: SegmentOptions) -> None:
+    """What the header says no to (400/413/415), now rather than as a failed job; for a stack job
+    also a channel or time point left to choose (422, listing the choices)."""
+    await upload_pixels(runtime, data)
+    if options.output is Output.labels3d:
+        with as_problems():
+            await anyio.to_thread.run_sync(stack_jobs.plan, runtime, data, options)
 
 
 def _read_input(given: JobInput, input_path: Path, max_bytes: int) -> bytes:
@@ -396,11 +414,11 @@ async def submit_job(
             raise _store_full(StoreFull(
                 "bytes", f"the upload does not fit in the {room:,} bytes the jobs folder has free "
                 "(UNET_JOBS_MAX_BYTES)", 60)) from exc
-        if options.output in JOB_ONLY_OUTPUTS:  # a slide: its header, never its pixels
+        if options.output is Output.ome_zarr:  # a slide: its header, never its pixels
             await _check_slide(runtime, store.input_path(job_id), options)
         else:
             data = await anyio.to_thread.run_sync(store.input_path(job_id).read_bytes)
-            await upload_pixels(runtime, data)  # 400/413/415 now, from the header, not as a failed job
+            await _check_image(runtime, data, options)
             del data
         record = JobRecord(
             id=job_id, status="queued", created=time.time(), options=dict(request.query_params),
@@ -579,7 +597,7 @@ async def submit_path_job(
         )
     path, options, sent = await _path_job_body(request, query_options)
     checked_engine(runtime, options)
-    slide = options.output in JOB_ONLY_OUTPUTS  # read by region: no byte limit, the slide pixel limit
+    slide = options.output is Output.ome_zarr  # read by region: no byte limit, the slide pixel limit
     # Slides may also be OME-Zarr folders (every entry checked); other outputs read one file.
     store = slide_files.is_slide_path if slide else None
     try:
@@ -594,7 +612,7 @@ async def submit_path_job(
     else:
         data = await anyio.to_thread.run_sync(_read_input, JobInput(options, None, source), Path(),
                                               settings.max_upload_bytes)
-        await upload_pixels(runtime, data)  # 400/413/415 now, from the header, as for an upload
+        await _check_image(runtime, data, options)
         del data
     try:
         job_id, _ = jobs.store.new_job(None)  # nothing is copied: only the result takes room

@@ -77,10 +77,15 @@ class Output(str, Enum):
     geojson = "geojson"
     rois = "rois"
     ome_zarr = "ome-zarr"  # jobs only (POST /jobs): a slide's result is a folder, not one response
+    labels3d = "labels3d"  # jobs only: a z-stack's nuclei in 3-D, written slice by slice as files
 
 
 #: Outputs only a job writes (``routes.jobs``): POST /segment and /segment/batch refuse them.
-JOB_ONLY_OUTPUTS = (Output.ome_zarr,)
+JOB_ONLY_OUTPUTS = (Output.ome_zarr, Output.labels3d)
+_JOB_ONLY_WHY = {
+    Output.ome_zarr: "a slide's OME-Zarr result is a folder of files",
+    Output.labels3d: "every slice of the stack is segmented, and the result is a 3-D label image and a table",
+}
 
 
 def refuse_job_only(options: SegmentOptions) -> None:
@@ -88,7 +93,7 @@ def refuse_job_only(options: SegmentOptions) -> None:
     if options.output in JOB_ONLY_OUTPUTS:
         raise InvalidOptions(
             f"output={options.output.value} is written by jobs only: "
-            f"POST /jobs?output={options.output.value} (a slide's OME-Zarr result is a folder of files, "
+            f"POST /jobs?output={options.output.value} ({_JOB_ONLY_WHY[options.output]}, "
             "fetched by URL when the job is done)",
             errors=[{"loc": ["query", "output"], "msg": "a job-only output", "type": "enum"}],
         )
@@ -120,9 +125,12 @@ class SegmentOptions:
     diameter: float | None = None  # typical nucleus diameter, input px; None: estimated
     plane: microscopy.Selection = microscopy.Selection()  # channel / z / t / project / pixel_size
     geojson: bool = False  # output=ome-zarr (jobs): also the objects' outlines as GeoJSON
+    min_iou: float | None = None  # output=labels3d (jobs): the overlap linking slices; None: the default
 
 
 _OPTION_NAMES = ("output", "threshold", "bits", "tile_size", "overlap", "split", "diameter")
+#: Options of job-only outputs, which POST /segment's own options never include.
+_JOB_OPTION_NAMES = ("geojson", "min_iou")
 #: Which channel / plane of a microscopy file, and its pixel size (service.microscopy).
 _PLANE_OPTION_NAMES = ("channel", "z", "t", "project", "pixel_size", "polarity", "series")
 
@@ -195,7 +203,9 @@ def segment_options(
         "JSON with Accept: application/json) · geojson: QuPath-ready polygons · rois: ImageJ ROI set "
         "(.zip) for Fiji's ROI Manager · ome-zarr: POST /jobs only — a slide read by region from a tiled "
         "(OME-)TIFF or OME-Zarr and written band by band as OME-Zarr (probability, labels, mask, with a "
-        "pyramid) plus an objects CSV, in bounded memory",
+        "pyramid) plus an objects CSV, in bounded memory · labels3d: POST /jobs only — every z-slice of a "
+        "stack segmented at one nucleus diameter and its nuclei linked across slices: a 3-D label image "
+        "(ImageJ hyperstack) and one row per nucleus (volume, µm³ with the voxel size)",
     ),
     threshold: float | None = Query(
         None, gt=0, lt=1, description="foreground probability threshold; default from the model"
@@ -217,21 +227,46 @@ def segment_options(
         description="output=ome-zarr (POST /jobs) only: also write objects.geojson, every nucleus' outline "
         "as output=geojson gives them (QuPath detections), streamed object by object (~1 kB per nucleus)",
     ),
+    min_iou: float | None = Query(
+        None, gt=0, le=1,
+        description="output=labels3d (POST /jobs) only: the overlap (intersection over union) a nucleus "
+        "needs with one in the slice before to be the same nucleus; default 0.25",
+    ),
     plane: microscopy.Selection = Depends(plane_selection),
-    _known: None = Depends(only_query_params(*_OPTION_NAMES, "geojson", *_PLANE_OPTION_NAMES)),
+    _known: None = Depends(only_query_params(*_OPTION_NAMES, *_JOB_OPTION_NAMES, *_PLANE_OPTION_NAMES)),
     accept: str = Header("", include_in_schema=False),
 ) -> SegmentOptions:
     _check_bits(bits)
-    if geojson and output not in JOB_ONLY_OUTPUTS:
+    if geojson and output is not Output.ome_zarr:
         raise InvalidOptions(
             f"geojson=true adds outlines to a slide job's files (output=ome-zarr); for output={output.value} "
             "ask output=geojson for the outlines instead",
             errors=[{"loc": ["query", "geojson"], "msg": "only with output=ome-zarr", "type": "value_error"}],
         )
+    _check_stack_options(output, min_iou, plane)
     json_table = "application/json" in accept and "text/csv" not in accept
     return SegmentOptions(
-        output, threshold, bits, tile_size, overlap, json_table, split, diameter, plane, geojson=geojson
+        output, threshold, bits, tile_size, overlap, json_table, split, diameter, plane, geojson=geojson,
+        min_iou=min_iou,
     )
+
+
+def _check_stack_options(output: Output, min_iou: float | None, plane: microscopy.Selection) -> None:
+    """``min_iou`` only for a stack job; a stack job takes every slice, so no ``z`` or ``project``."""
+    if min_iou is not None and output is not Output.labels3d:
+        raise InvalidOptions(
+            f"min_iou links a stack's slices (output=labels3d, POST /jobs); output={output.value} "
+            "segments one plane",
+            errors=[{"loc": ["query", "min_iou"], "msg": "only with output=labels3d", "type": "value_error"}],
+        )
+    chosen = [name for name, value in (("z", plane.z), ("project", plane.project)) if value is not None]
+    if output is Output.labels3d and chosen:
+        raise InvalidOptions(
+            f"output=labels3d segments every z-slice and links them; leave out {' and '.join(chosen)} "
+            "(for one slice or the projection, ask a 2-D output)",
+            errors=[{"loc": ["query", name], "msg": "not with output=labels3d", "type": "value_error"}
+                    for name in chosen],
+        )
 
 
 def batch_options(

@@ -11,7 +11,8 @@ decoded whole: the job opens it by path (its upload on disk, or a file under ``U
 ``GET /jobs/{id}/result`` then answers a JSON summary with their URLs. Each file of the store is
 served at ``GET /jobs/{id}/files/result.ome.zarr/...``, so a viewer that reads OME-Zarr over HTTP
 (napari with ome-zarr, ``ome_zarr.reader``, neuroglancer) opens the URL as it is;
-``GET /jobs/{id}/files.zip`` streams the whole folder as one ZIP for a download.
+``GET /jobs/{id}/files.zip`` streams the whole folder as one ZIP for a download. The same two
+routes serve a stack job's files (``output=labels3d``: ``routes.stack_jobs``).
 
 This module translates between HTTP / job records and :mod:`service.slides`; the routes only
 check the id and the path and hand out files.
@@ -29,7 +30,7 @@ import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
-from service import filenames, slide_files, slides, windows
+from service import filenames, slide_files, slides, stack_files, windows
 from service.errors import ProblemError, problem_responses
 from service.jobs import JobResult, UnknownJob
 from service.routes.deps import Runtime, require_api_key
@@ -40,6 +41,12 @@ router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
 
 #: What a slide job leaves in its folder, by the names the URLs use.
 RESULT_FILES = (slides.STORE_NAME, slides.TABLE_NAME, slides.GEOJSON_NAME)
+#: The jobs whose result is a folder of files (by output), and the files each leaves.
+_FOLDER_RESULTS = {"ome-zarr": RESULT_FILES, "labels3d": stack_files.RESULT_FILES}
+_MEDIA_TYPES = {
+    slides.TABLE_NAME: "text/csv", slides.GEOJSON_NAME: "application/geo+json",
+    stack_files.LABELS_NAME: "image/tiff", stack_files.TABLE_NAME: "text/csv",
+}
 SUMMARY_TYPE = "application/json"
 
 
@@ -165,8 +172,9 @@ def job_result(
 # --- the files -----------------------------------------------------------------------------------
 
 
-def _finished_folder(request: Request, job_id: str) -> Path:
-    """The folder of a succeeded slide job, else the 404 / 409 problem."""
+def _finished_folder(request: Request, job_id: str) -> tuple[Path, tuple[str, ...]]:
+    """The folder of a succeeded slide or stack job and the names of its files, else the 404 /
+    409 problem."""
     jobs = request.app.state.jobs
     try:
         record = jobs.store.load(job_id)
@@ -178,9 +186,10 @@ def _finished_folder(request: Request, job_id: str) -> Path:
             status=409, slug="job-not-finished", title="Job not finished",
             headers={"Retry-After": "1"} if record.status in ("queued", "running") else {},
         )
-    if record.options.get("output") != "ome-zarr":
+    names = _FOLDER_RESULTS.get(record.options.get("output", ""))
+    if names is None:
         raise _not_found("this job's result is one response: GET its /result")
-    return jobs.store.folder(job_id)
+    return jobs.store.folder(job_id), names
 
 
 def _not_found(detail: str) -> ProblemError:
@@ -189,21 +198,22 @@ def _not_found(detail: str) -> ProblemError:
 
 @router.get(
     "/jobs/{job_id}/files/{name:path}",
-    summary="A file of a slide job's result (OME-Zarr store, objects table), readable over HTTP",
+    summary="A file of a slide or stack job's result (OME-Zarr store, 3-D labels, objects table), readable "
+    "over HTTP",
     response_class=FileResponse,
     responses={200: {"description": "the file's bytes"}, **problem_responses(401, 404), 409: {
         "description": "the job has not succeeded (yet)"}},
 )
 async def job_file(job_id: str, name: str, request: Request) -> Response:
-    folder = _finished_folder(request, job_id)
+    folder, names = _finished_folder(request, job_id)
     parts = PurePosixPath(name).parts
-    if not parts or parts[0] not in RESULT_FILES or any(p in ("..", ".") or p.startswith("/") for p in parts):
-        raise _not_found(f"{name!r} is not a file of this job (only {' and '.join(RESULT_FILES)} hold files)")
+    if not parts or parts[0] not in names or any(p in ("..", ".") or p.startswith("/") for p in parts):
+        raise _not_found(f"{name!r} is not a file of this job (only {' and '.join(names)} hold files)")
     path = folder.joinpath(*parts)
     if not path.resolve().is_relative_to(folder.resolve()) or not path.is_file():
         # a chunk never written (all background) is absent: zarr readers take 404 as the fill value
         raise _not_found(f"{name!r} is not a file of this job")
-    media = {slides.TABLE_NAME: "text/csv", slides.GEOJSON_NAME: "application/geo+json"}.get(name) or (
+    media = _MEDIA_TYPES.get(name) or (
         "application/json" if parts[-1].startswith(".z") else "application/octet-stream"
     )
     return FileResponse(path, media_type=media)
@@ -211,21 +221,22 @@ async def job_file(job_id: str, name: str, request: Request) -> Response:
 
 @router.get(
     "/jobs/{job_id}/files.zip",
-    summary="A slide job's result folder as one ZIP (streamed)",
+    summary="A slide or stack job's result folder as one ZIP (streamed)",
     response_class=StreamingResponse,
     responses={200: {"content": {"application/zip": {}}}, **problem_responses(401, 404), 409: {
         "description": "the job has not succeeded (yet)"}},
 )
 async def job_files_zip(job_id: str, request: Request) -> Response:
-    folder = _finished_folder(request, job_id)
+    folder, names = _finished_folder(request, job_id)
 
     async def chunks() -> AsyncIterator[bytes]:
         archive = ZipStream()
-        for root_name in RESULT_FILES:
+        for root_name in names:
             for path in await anyio.to_thread.run_sync(_files_under, folder / root_name):
                 member = path.relative_to(folder).as_posix()
-                if path.suffix in (".csv", ".geojson"):  # the tables: large, compressible, read in pieces
-                    pieces = archive.add_file(member, path, deflate=True)
+                if path.suffix in (".csv", ".geojson", ".tif"):  # large: read in pieces
+                    # The tables deflate well; the label TIFF is zlib-compressed already.
+                    pieces = archive.add_file(member, path, deflate=path.suffix != ".tif")
                     while (piece := await anyio.to_thread.run_sync(next, pieces, None)) is not None:
                         yield piece
                 else:  # one chunk of the store: a few MB at most
@@ -233,7 +244,7 @@ async def job_files_zip(job_id: str, request: Request) -> Response:
                     yield archive.add(member, data)
         yield archive.close()
 
-    name = f"{job_id}.ome.zarr.zip"
+    name = f"{job_id}.ome.zarr.zip" if slides.STORE_NAME in names else f"{job_id}.labels3d.zip"
     return StreamingResponse(chunks(), media_type="application/zip",
                              headers={"Content-Disposition": filenames.content_disposition(name)})
 

@@ -1,0 +1,222 @@
+"""Stack jobs: ``POST /jobs?output=labels3d``, a z-stack's nuclei in 3-D, and the files they leave.
+
+The model is 2-D. A stack job segments every z-slice of an uploaded (or data-root) stack at one
+nucleus diameter (``zstack.at_one_diameter``: the one given, or estimated on the middle slice),
+links each slice's nuclei to those of the slice before (``zstack.Linker``, ``min_iou=``) and
+writes, in the job's folder (``service.stack_files``),
+
+- ``labels3d.tif``: the 3-D labels as an ImageJ ZYX hyperstack that Fiji and napari open,
+  calibrated (x, y and the z-step) when the file says its voxel size;
+- ``objects3d.csv``: one row per nucleus (volume, slices, centroid, intensities; µm and µm³
+  with a calibration),
+
+the same files ``unet-segment --stitch-z`` and ``Segmenter.segment_stack`` give. ``GET
+/jobs/{id}/result`` answers a JSON summary with their URLs; ``GET /jobs/{id}/files/NAME`` and
+``GET /jobs/{id}/files.zip`` serve them (``routes.slide_jobs``).
+
+Memory: one slice at a time through the same pipeline as ``POST /segment``, plus the middle
+slice's labels kept until its turn and the linker's slice before; the stitched slices wait on
+disk. The job is admitted once for that (:func:`admitted_pixels`), not for the stack's voxels.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from service import filenames, microscopy, pipeline, stack_files, windows, zstack
+from service.jobs import JobResult
+from service.preprocess import to_channels
+from service.routes.deps import Runtime
+from service.routes.segment import SegmentOptions, object_params
+
+SUMMARY_TYPE = "application/json"
+#: Files of a stack job's folder served under ``/jobs/{id}/files/`` (and their media types).
+MEDIA_TYPES = {stack_files.LABELS_NAME: "image/tiff", stack_files.TABLE_NAME: "text/csv"}
+
+
+def admitted_pixels(slice_pixels: int) -> int:
+    """What a stack job holds of the admission budget for slices of ``slice_pixels`` (at the
+    model's scale): one slice through the pipeline (what admission's ~48 bytes per pixel are
+    measured on) and half as much again for what the stack keeps beside it: the middle slice's
+    labels and grey pixels (8 bytes per pixel) until its turn, and the linker's slice before and
+    its id map (8 to 16 bytes per pixel)."""
+    return slice_pixels + slice_pixels // 2
+
+
+@dataclass(frozen=True)
+class SlicePlan:
+    """What a stack is, from its header: its slices and the middle slice's plane choice."""
+
+    depth: int
+    choice: microscopy.Choice
+
+
+def plan(runtime: Runtime, data: bytes, options: SegmentOptions) -> SlicePlan:
+    """The stack's depth (1 for an image without a Z axis) and its plane choice, checked on the
+    middle slice without reading pixels: a channel or time point to choose is a
+    ``microscopy.SelectionError`` (422) at submission, not a failed job."""
+    settings = runtime.settings
+    md = runtime.components()[0].metadata
+    layout = microscopy.probe(data, settings.max_pixels, settings.decode_limits(), options.plane.series)
+    depth = layout.planes.get("Z", 1)
+    choice = microscopy.resolve(layout, _slice(options, depth, depth // 2), md.in_channels)
+    return SlicePlan(depth, choice)
+
+
+def _slice(options: SegmentOptions, depth: int, z: int) -> microscopy.Selection:
+    return replace(options.plane, z=z if depth > 1 else None)
+
+
+@dataclass
+class _Slice:
+    labels: np.ndarray
+    grey: np.ndarray  # the plane's pixels as one channel: what the intensities are measured on
+    scale: pipeline.ScaleChoice
+    warnings: list[str]
+    plane: microscopy.Plane
+    tiles: int
+
+
+@dataclass
+class StackResult:
+    summary: stack_files.StackSummary
+    diameter: float | None
+    diameter_source: str
+    voxel: zstack.VoxelSize | None
+    min_iou: float
+    tiles: int
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class _StackProgress:
+    """Each slice's tile progress as the stack's: slices done × tiles a slice + this slice's."""
+
+    def __init__(self, report: Callable[[int, int], None], depth: int) -> None:
+        self.report, self.depth, self.before = report, depth, 0
+
+    def __call__(self, done: int, total: int) -> None:
+        self.report(self.before + done, max(self.before + total, total * self.depth))
+
+    def slice_done(self, tiles: int) -> None:
+        self.before += tiles
+
+
+def run(
+    runtime: Runtime,
+    data: bytes,
+    options: SegmentOptions,
+    folder: Path,
+    should_stop: Callable[[], bool],
+    progress: Callable[[int, int], None],
+    reserve: Callable[[int], None],
+) -> StackResult:
+    """Segment every slice of the stack in ``data`` and write its 3-D nuclei to ``folder``.
+    Blocking; raises the domain errors ``POST /segment`` maps to problems. ``reserve(pixels)``:
+    raise the job's admission to a slice's working pixels once its scale is known. A failed or
+    stopped run leaves no file."""
+    started = time.perf_counter()
+    engine, batcher = runtime.components()
+    md = engine.metadata
+    settings = runtime.settings
+    tiling = runtime.tiling(md, options.tile_size, options.overlap)
+    params = object_params(options, md)
+    threshold = options.threshold if options.threshold is not None else md.threshold
+    min_iou = options.min_iou if options.min_iou is not None else zstack.DEFAULT_MIN_IOU
+    depth = plan(runtime, data, options).depth
+    stack_progress = _StackProgress(progress, depth)
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        return batcher.infer(batch, should_stop)
+
+    def segment_slice(z: int, diameter: float | None) -> _Slice:
+        plane = microscopy.select(data, _slice(options, depth, z), settings.max_pixels,
+                                  settings.decode_limits(), md.in_channels, should_stop)
+        planned = pipeline.predict_plane(
+            plane.image, infer, md, diameter, settings.max_pixels,
+            tile_size=tiling.tile_size, overlap=tiling.overlap, batch_size=settings.max_batch_size,
+            should_stop=should_stop, progress=stack_progress,
+            reserve=lambda pixels: reserve(admitted_pixels(pixels)),
+            window_policy=windows.policy(settings, tiling.source), polarity=plane.polarity,
+        )
+        grid = pipeline.on_input_grid(planned.prediction, md, plane.image.shape[:2], threshold, params,
+                                      need={"mask"})
+        assert grid.labels is not None
+        stack_progress.slice_done(planned.prediction.tiles)
+        return _Slice(grid.labels, to_channels(plane.image, 1), planned.scale,
+                      [*plane.warnings, *planned.warnings, *grid.warnings], plane.without_pixels(),
+                      planned.prediction.tiles)
+
+    files: stack_files.StackFiles | None = None
+    notices = zstack.SliceNotices()
+    tiles = 0
+    try:
+        slices = zstack.at_one_diameter(depth, segment_slice, options.diameter,
+                                        lambda s: s.scale.diameter, md.nucleus_diameter)
+        for z, result in slices:
+            if files is None:  # the first slice's size is the stack's (every slice is the same plane)
+                files = stack_files.StackFiles(folder, (depth, *result.labels.shape), min_iou)
+            files.add(result.labels, result.grey)
+            notices.add(z, result.warnings)
+            tiles += result.tiles
+            if z == depth // 2:
+                middle = result
+        assert files is not None
+        size = middle.plane.pixel_size
+        voxel = None if size is None else zstack.VoxelSize(size.x_um, size.y_um, size.z_um)
+        summary = files.finish(voxel)
+    except BaseException:
+        if files is not None:
+            files.discard()
+        raise
+    return StackResult(summary, middle.scale.diameter, middle.scale.source, voxel, min_iou, tiles,
+                       notices.lines(), time.perf_counter() - started)
+
+
+def job_result(job_id: str, result: StackResult, filename: str | None, model_version: str) -> JobResult:
+    """The job's ``/result``: a JSON summary with the URLs of the files."""
+    base = f"/jobs/{job_id}/files"
+    s = result.summary
+    voxel = result.voxel
+    summary = {
+        "depth": s.depth,
+        "height": s.height,
+        "width": s.width,
+        "objects": s.objects,
+        "objects_reaching_stack_ends": s.reaching_ends,
+        "nucleus_diameter": None if result.diameter is None else round(result.diameter, 2),
+        "diameter_source": result.diameter_source,
+        "min_iou": result.min_iou,
+        "voxel_size_um": None if voxel is None else {"x": voxel.x_um, "y": voxel.y_um, "z": voxel.z_um},
+        "tiles": result.tiles,
+        "warnings": result.warnings,
+        "labels_url": f"{base}/{stack_files.LABELS_NAME}",
+        "objects_url": f"{base}/{stack_files.TABLE_NAME}",
+        "zip_url": f"/jobs/{job_id}/files.zip",
+        "layout": {
+            stack_files.LABELS_NAME: "ImageJ hyperstack, axes ZYX: one id per nucleus across its slices "
+            "(0 = background; the table's id), uint16, or float32 past 65,535 nuclei",
+            stack_files.TABLE_NAME: "one row per nucleus: volume, slices, z extent, centroid, largest "
+            "cross-section, mean and integrated intensity; µm and µm³ when the voxel size is known",
+        },
+        "timings_ms": {"total": round(1000 * result.seconds, 1)},
+    }
+    name = filenames.output_name(filename, "labels3d", SUMMARY_TYPE)
+    headers = {
+        "X-Model-Version": model_version,
+        "X-Object-Count": str(s.objects),
+        "X-Tiles": str(result.tiles),
+        "Content-Disposition": filenames.content_disposition(name),
+    }
+    if result.diameter is not None:
+        headers["X-Nucleus-Diameter"] = f"{result.diameter:.1f}"
+    headers["X-Diameter-Source"] = result.diameter_source
+    if result.warnings:
+        headers["X-Warnings"] = json.dumps(result.warnings, ensure_ascii=True)
+    return JobResult(json.dumps(summary, indent=1).encode(), SUMMARY_TYPE, headers)

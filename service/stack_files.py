@@ -1,0 +1,94 @@
+"""A z-stack's 3-D nuclei written to a folder as its slices are segmented: a stack job's result.
+
+:class:`StackFiles` links each slice as it comes (``zstack.Linker``) and keeps the stitched
+slice in a scratch file beside the results, so the stack is never held in memory. Once the last
+slice is in, :meth:`StackFiles.finish` writes
+
+- ``labels3d.tif``: the labels as an ImageJ ZYX hyperstack (uint16, or float32 past 65,535
+  nuclei; calibrated when the pixel size is known), what Fiji and napari open as a 3-D label
+  image; the pixel type depends on the count, known only at the end, hence the scratch file;
+- ``objects3d.csv``: one row per nucleus (``zstack.StackTable.rows``),
+
+the same files ``unet-segment --stitch-z`` writes beside a stack's slices.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service import zstack
+
+LABELS_NAME = "labels3d.tif"
+TABLE_NAME = "objects3d.csv"
+RESULT_FILES = (LABELS_NAME, TABLE_NAME)
+#: The stitched slices until the count is known: 4 bytes per voxel, deleted by ``finish``.
+_SCRATCH_NAME = ".labels3d.scratch.npy"
+
+
+@dataclass(frozen=True)
+class StackSummary:
+    depth: int
+    height: int
+    width: int
+    objects: int
+    reaching_ends: int  # nuclei that touch the first or last slice: perhaps cut by the stack's ends
+
+
+class StackFiles:
+    """Slices in, top to bottom (:meth:`add`), the two files out (:meth:`finish`).
+
+    Memory: the slice before (the linker's) and a few numbers per nucleus; the rest is on disk.
+    """
+
+    def __init__(self, folder: Path, shape: tuple[int, int, int], min_iou: float = zstack.DEFAULT_MIN_IOU):
+        self.folder = Path(folder)
+        self.shape = shape
+        self._linker = zstack.Linker(min_iou)
+        self._scratch: np.memmap | None = np.lib.format.open_memmap(
+            self.folder / _SCRATCH_NAME, mode="w+", dtype=np.int32, shape=shape
+        )
+        self._added = 0
+
+    def add(self, labels: np.ndarray, image: np.ndarray | None = None) -> None:
+        """The next slice's 2-D labels as segmented, and its grey pixels (for intensities)."""
+        if self._scratch is None or self._added >= self.shape[0]:
+            raise ValueError(f"the stack has {self.shape[0]} slices; a slice more was added")
+        if labels.shape != self.shape[1:]:
+            raise ValueError(f"slice z={self._added} is {labels.shape}; the stack's are {self.shape[1:]}")
+        self._scratch[self._added] = self._linker.add(labels, image)[1]
+        self._added += 1
+
+    def finish(self, voxel: zstack.VoxelSize | None) -> StackSummary:
+        """Write ``labels3d.tif`` and ``objects3d.csv`` (each to a temporary name, then renamed)
+        and delete the scratch file. Every slice must have been added."""
+        scratch = self._scratch
+        if scratch is None or self._added != self.shape[0]:
+            raise ValueError(f"{self._added} of the stack's {self.shape[0]} slices were added")
+        scratch.flush()
+        count = self._linker.count
+        labels_tmp = self.folder / f".{LABELS_NAME}.tmp"
+        zstack.write_labels_tiff(str(labels_tmp), lambda: iter(scratch), self.shape, count, voxel)
+        rows = self._linker.table.rows(voxel)
+        table_tmp = self.folder / f".{TABLE_NAME}.tmp"
+        table_tmp.write_text(zstack.rows_to_csv(rows), encoding="utf-8")
+        os.replace(labels_tmp, self.folder / LABELS_NAME)
+        os.replace(table_tmp, self.folder / TABLE_NAME)
+        self._drop_scratch()
+        depth, height, width = self.shape
+        ends = sum(int(row["touches_stack_end"]) for row in rows)
+        return StackSummary(depth, height, width, count, ends)
+
+    def discard(self) -> None:
+        """Remove whatever was written: a stopped or failed stack leaves no partial file."""
+        self._drop_scratch()
+        for name in RESULT_FILES:
+            (self.folder / name).unlink(missing_ok=True)
+            (self.folder / f".{name}.tmp").unlink(missing_ok=True)
+
+    def _drop_scratch(self) -> None:
+        self._scratch = None  # the mapping closes with its last reference (unlinked files stay mapped)
+        (self.folder / _SCRATCH_NAME).unlink(missing_ok=True)

@@ -1,0 +1,163 @@
+"""Stack jobs on a real server: ``POST /jobs?output=labels3d`` on a calibrated ImageJ z-stack →
+the 3-D labels and per-nucleus table ``Segmenter.segment_stack`` gives for the same file, served as
+files and as one ZIP; and the refusals around it (at submission, not as failed jobs)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from model_export.synth_stack import StackConfig, synth_stack
+from service.api import Segmenter
+from service.settings import DEFAULT_MODEL_PATH
+from tests.api import _images as im
+from tests.api.test_jobs import finished, wait_until
+from tests.server import Server
+from tests.unit.test_segment import synthetic_nuclei
+
+pytestmark = pytest.mark.skipif(not DEFAULT_MODEL_PATH.is_file(), reason="the bundled model is not here")
+
+CONFIG = StackConfig(depth=12, size=128, nuclei=10)
+XY_UM, Z_UM = 0.5, 1.5
+TIFF = {"Content-Type": "image/tiff"}
+
+
+def imagej_bytes(image: np.ndarray, axes: str = "ZYX") -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, image, imagej=True, resolution=(1 / XY_UM, 1 / XY_UM),
+                     metadata={"axes": axes, "spacing": Z_UM, "unit": "um"})
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def stack_tiff() -> bytes:
+    image, _ = synth_stack(5, CONFIG)
+    return imagej_bytes(image)
+
+
+@pytest.fixture(scope="module")
+def jobs_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("stack-jobs")
+
+
+@pytest.fixture(scope="module")
+def stack_server(start_server, jobs_dir: Path) -> Server:
+    env = {"UNET_MODEL_PATH": str(DEFAULT_MODEL_PATH), "UNET_JOBS_DIR": str(jobs_dir)}
+    return start_server(env).wait_ready()
+
+
+def run_job(server: Server, body: bytes, params: dict[str, str]) -> tuple[str, dict]:
+    query = {"output": "labels3d", **params}
+    submitted = server.client.post("/jobs", content=body, headers=TIFF, params=query)
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    return job_id, wait_until(server.client, job_id, finished)
+
+
+def test_a_stack_job_gives_the_3d_nuclei_the_python_api_finds(
+    stack_server: Server, stack_tiff: bytes, jobs_dir: Path
+) -> None:
+    client = stack_server.client
+    job_id, status = run_job(stack_server, stack_tiff, {"tile_size": "512"})
+    assert status["status"] == "succeeded", status
+    # Progress counts the whole stack's tiles, every slice's: one tile a slice here.
+    assert status["tiles_done"] == status["tiles_total"] == CONFIG.depth
+
+    result = client.get(f"/jobs/{job_id}/result")
+    assert result.status_code == 200 and result.headers["content-type"].startswith("application/json")
+    summary = result.json()
+    with Segmenter.load(DEFAULT_MODEL_PATH) as segmenter:
+        expected = segmenter.segment_stack(stack_tiff, tile_size=512)
+    assert (summary["depth"], summary["height"], summary["width"]) == (CONFIG.depth, CONFIG.size, CONFIG.size)
+    assert summary["objects"] == expected.object_count == int(result.headers["X-Object-Count"])
+    assert 5 <= summary["objects"] <= 15  # ten nuclei, once each (per slice they would be ~100 objects)
+    assert summary["voxel_size_um"] == {"x": XY_UM, "y": XY_UM, "z": Z_UM}
+    assert summary["diameter_source"] == "estimated" == result.headers["X-Diameter-Source"]
+    assert summary["nucleus_diameter"] == pytest.approx(expected.diameter, abs=0.01)
+    assert summary["min_iou"] == 0.25
+    assert summary["objects_reaching_stack_ends"] == sum(r["touches_stack_end"] for r in expected.objects)
+
+    labels = client.get(summary["labels_url"])
+    assert labels.status_code == 200 and labels.headers["content-type"] == "image/tiff"
+    with tifffile.TiffFile(io.BytesIO(labels.content)) as tif:
+        assert tif.is_imagej and tif.series[0].axes == "ZYX"
+        assert tif.imagej_metadata["spacing"] == pytest.approx(Z_UM)
+        stacked = tif.asarray()
+    assert stacked.dtype == np.uint16
+    np.testing.assert_array_equal(stacked, expected.labels)
+
+    table = client.get(summary["objects_url"])
+    assert table.status_code == 200 and table.headers["content-type"].startswith("text/csv")
+    assert table.text == expected.objects_csv()
+    rows = list(csv.DictReader(io.StringIO(table.text)))
+    assert float(rows[0]["volume_um3"]) == pytest.approx(int(rows[0]["volume_voxels"]) * XY_UM * XY_UM * Z_UM,
+                                                         rel=1e-3)
+
+    archive = client.get(summary["zip_url"])
+    assert archive.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as zipped:
+        assert sorted(zipped.namelist()) == ["labels3d.tif", "objects3d.csv"]
+        assert zipped.read("objects3d.csv").decode() == table.text
+        assert zipped.read("labels3d.tif") == labels.content
+    # Only the two results are served; the job's folder holds nothing else of the run.
+    assert client.get(f"/jobs/{job_id}/files/status.json").status_code == 404
+    folder = jobs_dir / job_id
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith("status")) == [
+        "labels3d.tif", "objects3d.csv", "result"]
+
+
+def test_the_given_diameter_and_min_iou_are_used(stack_server: Server, stack_tiff: bytes) -> None:
+    job_id, status = run_job(stack_server, stack_tiff, {"diameter": "16", "min_iou": "0.9"})
+    assert status["status"] == "succeeded", status
+    summary = stack_server.client.get(f"/jobs/{job_id}/result").json()
+    assert summary["nucleus_diameter"] == 16 and summary["min_iou"] == 0.9
+    assert summary["diameter_source"] == "request"
+    with Segmenter.load(DEFAULT_MODEL_PATH) as segmenter:
+        strict = segmenter.segment_stack(stack_tiff, diameter=16, min_iou=0.9)
+        usual = segmenter.segment_stack(stack_tiff, diameter=16)
+    # A link needing 90 % overlap breaks most nuclei into pieces: more objects, as the API counts.
+    assert summary["objects"] == strict.object_count > usual.object_count
+
+
+def test_an_image_without_z_is_a_stack_of_one_slice(stack_server: Server) -> None:
+    job_id, status = run_job(stack_server, im.png(synthetic_nuclei(96, 96, seed=4)), {})
+    assert status["status"] == "succeeded", status
+    summary = stack_server.client.get(f"/jobs/{job_id}/result").json()
+    assert summary["depth"] == 1 and summary["objects"] > 0
+    assert summary["objects_reaching_stack_ends"] == summary["objects"]
+    assert summary["voxel_size_um"] is None
+
+
+def test_what_a_stack_job_cannot_do_is_refused_at_submission(stack_server: Server, stack_tiff: bytes) -> None:
+    client = stack_server.client
+    for query, named in (({"z": "3"}, ["z"]), ({"project": "max"}, ["project"])):
+        r = client.post("/jobs", content=stack_tiff, headers=TIFF, params={"output": "labels3d", **query})
+        assert r.status_code == 422, r.text
+        assert [e["loc"][-1] for e in r.json()["errors"]] == named
+        assert "segments every z-slice" in r.json()["detail"]
+    r = client.post("/segment", content=stack_tiff, headers=TIFF, params={"z": "3", "min_iou": "0.5"})
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["query", "min_iou"]
+    r = client.post("/segment", content=stack_tiff, headers=TIFF, params={"output": "labels3d"})
+    assert r.status_code == 422 and "POST /jobs?output=labels3d" in r.json()["detail"]
+    # Two channels and none chosen: the choice is asked for now, with the choices, not as a failed job.
+    image, _ = synth_stack(5, StackConfig(depth=4, size=64, nuclei=3))
+    two_channels = imagej_bytes(np.stack([image, image // 2], axis=1), axes="ZCYX")
+    r = client.post("/jobs", content=two_channels, headers=TIFF, params={"output": "labels3d"})
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["loc"] == ["query", "channel"] and r.json()["choices"]["channels"]
+    chosen = {"output": "labels3d", "channel": "1"}
+    r = client.post("/jobs", content=two_channels, headers=TIFF, params=chosen)
+    assert r.status_code == 202
+    status = wait_until(client, r.json()["id"], finished)
+    assert status["status"] == "succeeded", status
+
+
+def test_a_stack_sent_for_one_plane_is_told_of_the_stack_job(stack_server: Server, stack_tiff: bytes) -> None:
+    r = stack_server.client.post("/segment", content=stack_tiff, headers=TIFF)
+    assert r.status_code == 422 and "POST /jobs?output=labels3d" in r.json()["detail"]
