@@ -71,7 +71,8 @@ RGB_NAMES = ("red", "green", "blue")
 MIX = "gray"
 #: What a request for a stack without ``z=`` is told about 3-D.
 STACK_HINT = ("; for nuclei in 3-D, POST /jobs?output=labels3d (or `unet-segment --z all --output labels "
-              "--stitch-z`, or the Python API's Segmenter.segment_stack) segments every slice and links them.")
+              "--stitch-z`, or the Python API's Segmenter.segment_stack) segments every slice and links "
+              "them.")
 #: The one projection offered (over Z).
 PROJECTIONS = ("max",)
 

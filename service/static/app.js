@@ -18,6 +18,10 @@
 // progress bar (tiles done / total, and an ETA), GET jobs/{id}/result (the bytes POST segment would
 // have answered), DELETE jobs/{id} to free the server's disk. Cancel (or a new file) DELETEs the
 // running job, which stops its tiles on the server.
+//
+// A z-stack also offers its nuclei in 3-D: POST jobs?output=labels3d (every slice, no z=), polled
+// the same way, then GET jobs/{id}/result (a summary: the count) and jobs/{id}/files.zip (the 3-D
+// labels and the table), saved as a download, then DELETE.
 "use strict";
 
 const KEY_STORAGE = "unet.apiKey";
@@ -221,8 +225,9 @@ function cancelledError() {
 /**
  * Submit the current file as a job, poll it with a progress bar, fetch its result and delete it.
  * Resolves to the result's XMLHttpRequest, or null when the server has no jobs (404).
+ * `fetchResult(url)`: what to fetch of the finished job at `url` (jobs/{id}) before it is deleted.
  */
-async function viaJob(params, step, purpose) {
+async function viaJob(params, step, purpose, fetchResult = (url) => request("GET", `${url}/result`)) {
   cancelJob(purpose);
   let submitted;
   try {
@@ -251,7 +256,7 @@ async function viaJob(params, step, purpose) {
       if (job.cancelled) throw cancelledError();
       status = JSON.parse(await (await request("GET", url)).response.text());
     }
-    return await request("GET", `${url}/result`);
+    return await fetchResult(url);
   } finally {
     if (state.jobs.get(purpose) === job) state.jobs.delete(purpose);
     showCancel();
@@ -378,7 +383,7 @@ function startRun() {
   $("result-controls").disabled = true;
   for (const name of DOWNLOADS) $(`download-${name}`).disabled = true;
   for (const id of ["info-count", "info-count-threshold", "info-foreground", "info-tiles", "info-inference",
-    "info-plane"]) {
+    "info-plane", "info-count-3d"]) {
     $(id).textContent = "–";
   }
   return run;
@@ -451,6 +456,8 @@ function showProbe(probe) {
   };
   fill($("zplane"), $("z-box"), "Z", ["max", "maximum projection"]);
   fill($("tplane"), $("t-box"), "T", null);
+  // Linking slices is a job's work (output=labels3d): offered where the server runs jobs.
+  $("stack-box").hidden = (probe.planes.Z || 0) < 2 || !state.jobsOn;
 
   const series = $("series");
   const count = probe.series.count;
@@ -881,23 +888,63 @@ function downloadName(output, mediaType) {
   return `${state.stem}${what}${suffix}`;
 }
 
+/** Hand `blob` to the browser as a download named `name`. */
+function save(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = name;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
 async function download(output) {
   if (!state.file) return;
   try {
     const xhr = await segmentRequest(output, state.threshold, `Download ${output}`, "segmenting",
       `download-${output}`);
-    const url = URL.createObjectURL(xhr.response);
-    const a = document.createElement("a");
-    a.href = url;
-    a.download = downloadName(output, xhr.getResponseHeader("Content-Type"));
-    document.body.appendChild(a);
-    a.click();
-    a.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 10000);
+    save(xhr.response, downloadName(output, xhr.getResponseHeader("Content-Type")));
   } catch (err) {
     showError(err.message);
   } finally {
     hideProgress();
+  }
+}
+
+/**
+ * The stack's nuclei in 3-D: a job over every z-slice (the channel, time point, diameter, split,
+ * polarity and threshold chosen here; never a z or projection), its count shown and its files
+ * saved as one ZIP.
+ */
+async function downloadStack() {
+  if (!state.file) return;
+  const run = state.run;
+  const missing = missingChoices().filter((need) => !need.startsWith("a z-slice"));
+  if (missing.length) {
+    showError(`Choose ${missing.join(" and ")} first: the 3-D nuclei need it too.`);
+    return;
+  }
+  showError("");
+  const params = segmentParams("labels3d", state.threshold);
+  params.delete("z");
+  params.delete("project");
+  try {
+    const zip = await viaJob(params, "3-D nuclei", "stack", async (url) => {
+      const summary = JSON.parse(await (await request("GET", `${url}/result`)).response.text());
+      if (run === state.run) {
+        $("info-count-3d").textContent = `${summary.objects} in ${summary.depth} slices`;
+        showWarnings([...state.warnings, ...summary.warnings]);
+      }
+      return request("GET", `${url}/files.zip`);
+    });
+    if (!zip) throw new RequestFailed(404, null, "This server runs no jobs, which 3-D nuclei need");
+    if (run === state.run) save(zip.response, `${state.stem}_labels3d.zip`);
+  } catch (err) {
+    if (run === state.run) showError(err.message);
+  } finally {
+    if (run === state.run) hideProgress();
   }
 }
 
@@ -933,6 +980,7 @@ function init() {
   $("opacity").addEventListener("input", setOpacity);
   for (const radio of document.querySelectorAll('input[name="view"]')) radio.addEventListener("change", render);
   for (const name of DOWNLOADS) $(`download-${name}`).addEventListener("click", () => download(name));
+  $("download-stack").addEventListener("click", downloadStack);
   for (const id of ["channel", "zplane", "tplane"]) $(id).addEventListener("change", onPlaneChange);
   $("series").addEventListener("change", onSeriesChange);
   wireZoom();

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
+from model_export.synth_stack import StackConfig, synth_stack
 from tests.server import REPO, Server
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -534,6 +536,44 @@ def test_an_unlabelled_stack_shows_its_warning_and_a_max_projection_is_offered(
         assert page.locator("#zoom-level").text_content() == "100%"
     finally:
         page.close()
+
+
+def test_a_z_stack_offers_its_nuclei_in_3d_as_a_job_and_saves_its_files(
+    browser: Any, service_url: str, tmp_path: Path
+) -> None:
+    """The button runs POST /jobs?output=labels3d (every slice: no z=), shows the count the job
+    found, saves the job's ZIP (the 3-D labels and the table), then deletes the job."""
+    tifffile = pytest.importorskip("tifffile")
+    image, _ = synth_stack(2, StackConfig(depth=6, size=96, nuclei=5))
+    stack = tmp_path / "cells.tif"
+    tifffile.imwrite(stack, image, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "ZYX", "spacing": 1.0, "unit": "um"})
+    page = _new_page(browser, service_url)
+    requests: list[tuple[str, str]] = []
+    page.on("request", lambda r: requests.append((r.method, r.url)))
+    try:
+        page.locator("#file-input").set_input_files(str(stack))
+        button = page.get_by_role("button", name="3-D nuclei of the whole stack (ZIP)")
+        button.wait_for(state="visible")
+        with page.expect_download() as download_info:
+            button.click()
+        saved = tmp_path / "saved.zip"
+        download_info.value.save_as(saved)
+        assert download_info.value.suggested_filename == "cells_labels3d.zip"
+        page.wait_for_function("() => document.getElementById('progress-box').hidden")
+        shown = page.locator("#info-count-3d").text_content()
+        assert page.locator("#error").text_content() == ""
+    finally:
+        page.close()
+    with zipfile.ZipFile(saved) as zipped:
+        assert sorted(zipped.namelist()) == ["labels3d.tif", "objects3d.csv"]
+        rows = zipped.read("objects3d.csv").decode().strip().splitlines()[1:]
+    assert shown == f"{len(rows)} in 6 slices" and rows
+    posts = [url for method, url in requests if method == "POST" and "/jobs?" in url]
+    assert len(posts) == 1 and "output=labels3d" in posts[0] and "z=" not in posts[0], posts
+    (job_id,) = {m.group(1) for _, url in requests if (m := re.search(r"/jobs/([0-9a-f]{32})", url))}
+    assert ("GET", f"{service_url}/jobs/{job_id}/files.zip") in requests
+    assert ("DELETE", f"{service_url}/jobs/{job_id}") in requests
 
 
 REDOC_CREDIT_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
