@@ -233,13 +233,23 @@ async def _check_slide(runtime: Runtime, path: Path, options: SegmentOptions) ->
         await anyio.to_thread.run_sync(slide_jobs.check, runtime, path, options)
 
 
-async def _check_image(runtime: Runtime, data: bytes, options: SegmentOptions) -> None:
+async def _check_image(runtime: Runtime, data: bytes, options: SegmentOptions) -> stack_jobs.SlicePlan | None:
     """What the header says no to (400/413/415), now rather than as a failed job; for a stack job
-    also a channel or time point left to choose (422, listing the choices)."""
+    also a channel or time point left to choose (422, listing the choices), and its plan."""
     await upload_pixels(runtime, data)
-    if options.output is Output.labels3d:
-        with as_problems():
-            await anyio.to_thread.run_sync(stack_jobs.plan, runtime, data, options)
+    if options.output is not Output.labels3d:
+        return None
+    with as_problems():
+        return await anyio.to_thread.run_sync(stack_jobs.plan, runtime, data, options)
+
+
+def _check_room(plan: stack_jobs.SlicePlan | None, room: int) -> None:
+    """A stack job whose scratch file the jobs folder has no room for: 507 now, not a failed job."""
+    if plan is not None and plan.disk_bytes > room:
+        raise _store_full(StoreFull(
+            "bytes", f"a stack job of {plan.depth} slices of {plan.width}×{plan.height} px needs "
+            f"{plan.disk_bytes:,} bytes of the jobs folder while it runs, and it has {max(room, 0):,} free "
+            "(UNET_JOBS_MAX_BYTES)", 60))
 
 
 def _read_input(given: JobInput, input_path: Path, max_bytes: int) -> bytes:
@@ -418,7 +428,7 @@ async def submit_job(
             await _check_slide(runtime, store.input_path(job_id), options)
         else:
             data = await anyio.to_thread.run_sync(store.input_path(job_id).read_bytes)
-            await _check_image(runtime, data, options)
+            _check_room(await _check_image(runtime, data, options), room - len(data))
             del data
         record = JobRecord(
             id=job_id, status="queued", created=time.time(), options=dict(request.query_params),
@@ -607,20 +617,22 @@ async def submit_path_job(
         raise data_path_problem(exc) from exc
     except OSError as exc:  # the root itself is missing or unreadable: the operator's to fix
         raise ServiceUnavailable(f"the data root cannot be read: {exc.strerror}", retry_after_s=60) from exc
+    stack = None
     if slide:
         await _check_slide(runtime, source.path, options)
     else:
         data = await anyio.to_thread.run_sync(_read_input, JobInput(options, None, source), Path(),
                                               settings.max_upload_bytes)
-        await _check_image(runtime, data, options)
+        stack = await _check_image(runtime, data, options)
         del data
     try:
-        job_id, _ = jobs.store.new_job(None)  # nothing is copied: only the result takes room
+        job_id, room = jobs.store.new_job(None)  # nothing is copied: only the result takes room
     except StoreFull as exc:
         raise _store_full(exc) from exc
     record = JobRecord(id=job_id, status="queued", created=time.time(), options={"path": path, **sent},
                        filename=source.name)
     try:
+        _check_room(stack, room)
         jobs.submit(record, JobInput(options, source.name, source))
     except BaseException:
         jobs.store.received(job_id)

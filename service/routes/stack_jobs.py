@@ -21,6 +21,7 @@ disk. The job is admitted once for that (:func:`admitted_pixels`), not for the s
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from service import filenames, microscopy, pipeline, stack_files, windows, zstack
+from service.errors import ProblemError
 from service.jobs import JobResult
 from service.preprocess import to_channels
 from service.routes.deps import Runtime
@@ -51,10 +53,18 @@ def admitted_pixels(slice_pixels: int) -> int:
 
 @dataclass(frozen=True)
 class SlicePlan:
-    """What a stack is, from its header: its slices and the middle slice's plane choice."""
+    """What a stack is, from its header: its slices, their size and the middle slice's plane choice."""
 
     depth: int
+    height: int
+    width: int
     choice: microscopy.Choice
+
+    @property
+    def disk_bytes(self) -> int:
+        """The jobs folder's bytes the job takes while it runs: the stitched slices' scratch file,
+        4 bytes per voxel (the label TIFF written from it at the end is zlib-compressed: a fraction)."""
+        return 4 * self.depth * self.height * self.width
 
 
 def plan(runtime: Runtime, data: bytes, options: SegmentOptions) -> SlicePlan:
@@ -66,7 +76,7 @@ def plan(runtime: Runtime, data: bytes, options: SegmentOptions) -> SlicePlan:
     layout = microscopy.probe(data, settings.max_pixels, settings.decode_limits(), options.plane.series)
     depth = layout.planes.get("Z", 1)
     choice = microscopy.resolve(layout, _slice(options, depth, depth // 2), md.in_channels)
-    return SlicePlan(depth, choice)
+    return SlicePlan(depth, layout.height, layout.width, choice)
 
 
 def _slice(options: SegmentOptions, depth: int, z: int) -> microscopy.Selection:
@@ -171,9 +181,15 @@ def run(
         size = middle.plane.pixel_size
         voxel = None if size is None else zstack.VoxelSize(size.x_um, size.y_um, size.z_um)
         summary = files.finish(voxel)
-    except BaseException:
+    except BaseException as exc:
         if files is not None:
             files.discard()
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise ProblemError(
+                "the jobs folder's disk filled up while the stack's slices were written; retry once "
+                "other jobs are deleted or expire", status=507, slug="insufficient-storage",
+                title="Insufficient storage", headers={"Retry-After": "60"},
+            ) from exc
         raise
     return StackResult(summary, middle.scale.diameter, middle.scale.source, voxel, min_iou, tiles,
                        notices.lines(), time.perf_counter() - started)

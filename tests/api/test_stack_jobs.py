@@ -47,8 +47,12 @@ def jobs_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stack_server(start_server, jobs_dir: Path) -> Server:
-    env = {"UNET_MODEL_PATH": str(DEFAULT_MODEL_PATH), "UNET_JOBS_DIR": str(jobs_dir)}
+def stack_server(start_server, jobs_dir: Path, stack_tiff: bytes, tmp_path_factory) -> Server:
+    root = tmp_path_factory.mktemp("data-root")
+    (root / "stacks").mkdir()
+    (root / "stacks" / "cells.tif").write_bytes(stack_tiff)
+    env = {"UNET_MODEL_PATH": str(DEFAULT_MODEL_PATH), "UNET_JOBS_DIR": str(jobs_dir),
+           "UNET_DATA_ROOT": str(root)}
     return start_server(env).wait_ready()
 
 
@@ -125,6 +129,21 @@ def test_the_given_diameter_and_min_iou_are_used(stack_server: Server, stack_tif
     assert summary["objects"] == strict.object_count > usual.object_count
 
 
+def test_a_stack_under_the_data_root_is_read_by_path(stack_server: Server, stack_tiff: bytes) -> None:
+    client = stack_server.client
+    by_path = client.post("/jobs", json={"path": "stacks/cells.tif", "output": "labels3d", "diameter": 16})
+    assert by_path.status_code == 202, by_path.text
+    status = wait_until(client, by_path.json()["id"], finished)
+    assert status["status"] == "succeeded", status
+    assert status["options"]["output"] == "labels3d" and status["options"]["path"] == "stacks/cells.tif"
+    uploaded_id, _ = run_job(stack_server, stack_tiff, {"diameter": "16"})
+    jobs = (by_path.json()["id"], uploaded_id)
+    files = [client.get(f"/jobs/{job}/files/objects3d.csv").text for job in jobs]
+    assert files[0] == files[1] and files[0].count("\n") > 5
+    refused = client.post("/jobs", json={"path": "stacks/cells.tif", "output": "labels3d", "z": 2})
+    assert refused.status_code == 422 and refused.json()["errors"][0]["loc"][-1] == "z"
+
+
 def test_an_image_without_z_is_a_stack_of_one_slice(stack_server: Server) -> None:
     job_id, status = run_job(stack_server, im.png(synthetic_nuclei(96, 96, seed=4)), {})
     assert status["status"] == "succeeded", status
@@ -161,3 +180,20 @@ def test_what_a_stack_job_cannot_do_is_refused_at_submission(stack_server: Serve
 def test_a_stack_sent_for_one_plane_is_told_of_the_stack_job(stack_server: Server, stack_tiff: bytes) -> None:
     r = stack_server.client.post("/segment", content=stack_tiff, headers=TIFF)
     assert r.status_code == 422 and "POST /jobs?output=labels3d" in r.json()["detail"]
+
+
+def test_a_stack_whose_slices_the_jobs_folder_has_no_room_for_is_refused_at_submission(
+    start_server, stack_tiff: bytes, tmp_path: Path
+) -> None:
+    """The stitched slices wait in a scratch file (4 bytes a voxel: 786,432 here) while the job
+    runs: a folder with room for the upload but not for that is a 507 now, not a failed job."""
+    jobs = tmp_path / "jobs"
+    server = start_server({"UNET_MODEL_PATH": str(DEFAULT_MODEL_PATH), "UNET_JOBS_DIR": str(jobs),
+                           "UNET_JOBS_MAX_BYTES": str(len(stack_tiff) + 300_000)}).wait_ready()
+    r = server.client.post("/jobs", content=stack_tiff, headers=TIFF, params={"output": "labels3d"})
+    assert r.status_code == 507, r.text
+    assert "786,432 bytes" in r.json()["detail"] and r.headers["Retry-After"]
+    assert [p for p in jobs.iterdir() if not p.name.startswith(".")] == []  # nothing kept
+    # The same file for one plane needs no scratch: accepted.
+    r = server.client.post("/jobs", content=stack_tiff, headers=TIFF, params={"z": "3"})
+    assert r.status_code == 202, r.text
