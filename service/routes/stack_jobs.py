@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service import filenames, microscopy, pipeline, stack_files, windows, zstack
+from service import filenames, imaging, microscopy, pipeline, stack_files, windows, zstack
 from service.errors import ProblemError
 from service.jobs import JobResult
 from service.preprocess import to_channels
@@ -146,8 +146,11 @@ def run(
         return batcher.infer(batch, should_stop)
 
     def segment_slice(z: int, diameter: float | None) -> _Slice:
-        plane = microscopy.select(data, _slice(options, depth, z), settings.max_pixels,
-                                  settings.decode_limits(), md.in_channels, should_stop)
+        try:
+            plane = microscopy.select(data, _slice(options, depth, z), settings.max_pixels,
+                                      settings.decode_limits(), md.in_channels, should_stop)
+        except imaging.UndecodableImage as exc:  # one slice's data corrupt: say which, of how many
+            raise imaging.UndecodableImage(f"z-slice {z} of {depth}: {exc}") from exc
         planned = pipeline.predict_plane(
             plane.image, infer, md, diameter, settings.max_pixels,
             tile_size=tiling.tile_size, overlap=tiling.overlap, batch_size=settings.max_batch_size,

@@ -197,3 +197,25 @@ def test_a_stack_whose_slices_the_jobs_folder_has_no_room_for_is_refused_at_subm
     # The same file for one plane needs no scratch: accepted.
     r = server.client.post("/jobs", content=stack_tiff, headers=TIFF, params={"z": "3"})
     assert r.status_code == 202, r.text
+
+
+def test_a_slice_that_cannot_be_decoded_fails_the_job_naming_it_and_leaves_no_file(
+    stack_server: Server, jobs_dir: Path
+) -> None:
+    """The header is sound (accepted), slice 4's compressed data is not: the job fails with the
+    400 POST /segment would give for that slice, and nothing of the slices done before is left."""
+    image, _ = synth_stack(5, StackConfig(depth=6, size=64, nuclei=3))
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, image, imagej=True, metadata={"axes": "ZYX"}, compression="zlib")
+    data = bytearray(buffer.getvalue())
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+        start, length = tif.pages[4].dataoffsets[0], tif.pages[4].databytecounts[0]
+    data[start:start + length] = bytes(length)
+    job_id, status = run_job(stack_server, bytes(data), {"diameter": "16"})
+    assert status["status"] == "failed", status
+    problem = status["problem"]
+    assert problem["status"] == 400 and problem["detail"].startswith("z-slice 4 of 6: "), problem
+    assert stack_server.client.get(f"/jobs/{job_id}/result").status_code == 400
+    assert stack_server.client.get(f"/jobs/{job_id}/files/labels3d.tif").status_code == 409
+    left = sorted(p.name for p in (jobs_dir / job_id).iterdir())
+    assert not [name for name in left if "labels3d" in name or "objects3d" in name], left
