@@ -53,12 +53,11 @@ def admitted_pixels(slice_pixels: int) -> int:
 
 @dataclass(frozen=True)
 class SlicePlan:
-    """What a stack is, from its header: its slices, their size and the middle slice's plane choice."""
+    """What a stack is, from its header: its slices and their size."""
 
     depth: int
     height: int
     width: int
-    choice: microscopy.Choice
 
     @property
     def disk_bytes(self) -> int:
@@ -68,18 +67,18 @@ class SlicePlan:
 
 
 def plan(runtime: Runtime, data: bytes, options: SegmentOptions) -> SlicePlan:
-    """The stack's depth (1 for an image without a Z axis) and its plane choice, checked on the
-    middle slice without reading pixels: a channel or time point to choose is a
+    """The stack's depth (1 for an image without a Z axis) and slice size, with its plane choice
+    checked on the middle slice without reading pixels: a channel or time point to choose is a
     ``microscopy.SelectionError`` (422) at submission, not a failed job."""
     settings = runtime.settings
     md = runtime.components()[0].metadata
     layout = microscopy.probe(data, settings.max_pixels, settings.decode_limits(), options.plane.series)
     depth = layout.planes.get("Z", 1)
-    choice = microscopy.resolve(layout, _slice(options, depth, depth // 2), md.in_channels)
-    return SlicePlan(depth, layout.height, layout.width, choice)
+    microscopy.resolve(layout, _slice_selection(options, depth, depth // 2), md.in_channels)
+    return SlicePlan(depth, layout.height, layout.width)
 
 
-def _slice(options: SegmentOptions, depth: int, z: int) -> microscopy.Selection:
+def _slice_selection(options: SegmentOptions, depth: int, z: int) -> microscopy.Selection:
     return replace(options.plane, z=z if depth > 1 else None)
 
 
@@ -147,7 +146,7 @@ def run(
 
     def segment_slice(z: int, diameter: float | None) -> _Slice:
         try:
-            plane = microscopy.select(data, _slice(options, depth, z), settings.max_pixels,
+            plane = microscopy.select(data, _slice_selection(options, depth, z), settings.max_pixels,
                                       settings.decode_limits(), md.in_channels, should_stop)
         except imaging.UndecodableImage as exc:  # one slice's data corrupt: say which, of how many
             raise imaging.UndecodableImage(f"z-slice {z} of {depth}: {exc}") from exc
