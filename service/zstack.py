@@ -55,21 +55,22 @@ def link_slice(
         raise ValueError(f"slices differ in size: {previous.shape} then {labels.shape}")
     top = int(labels.max(initial=0))
     id_map = np.zeros(top + 1, dtype=np.int64)
-    present = np.flatnonzero(np.bincount(labels.ravel(), minlength=top + 1)[1:]) + 1
+    area = np.bincount(labels.ravel(), minlength=top + 1)
+    present = np.flatnonzero(area[1:]) + 1
     linked: dict[int, int] = {}
     if previous is not None and present.size:
-        linked = _links(previous, labels, min_iou)
-    for label in present:  # new nuclei numbered in label order: the same stack, the same ids
-        if label in linked:
-            id_map[label] = linked[label]
-        else:
-            id_map[label] = next_id
-            next_id += 1
-    return id_map, next_id
+        linked = _links(previous, labels, area, min_iou)
+    if linked:
+        count = len(linked)
+        id_map[np.fromiter(linked, np.int64, count)] = np.fromiter(linked.values(), np.int64, count)
+    new = present[id_map[present] == 0]  # new nuclei numbered in label order: the same stack, the same ids
+    id_map[new] = np.arange(next_id, next_id + new.size)
+    return id_map, next_id + int(new.size)
 
 
-def _links(previous: np.ndarray, labels: np.ndarray, min_iou: float) -> dict[int, int]:
-    """{this slice's label: previous stitched id}, one-to-one, greedy by IoU (ties: lower ids)."""
+def _links(previous: np.ndarray, labels: np.ndarray, area: np.ndarray, min_iou: float) -> dict[int, int]:
+    """{this slice's label: previous stitched id}, one-to-one, greedy by IoU (ties: lower ids);
+    ``area``: each label's pixels in ``labels``."""
     both = (previous > 0) & (labels > 0)
     if not both.any():
         return {}
@@ -77,18 +78,16 @@ def _links(previous: np.ndarray, labels: np.ndarray, min_iou: float) -> dict[int
     # (axis=1) took 0.37 s against 0.08 s on a 2048² slice of 7,744 nuclei.
     base = int(previous.max()) + 1
     keys, overlap = np.unique(labels[both].astype(np.int64) * base + previous[both], return_counts=True)
-    current_area = np.bincount(labels.ravel())
-    previous_ids, previous_counts = np.unique(previous[previous > 0], return_counts=True)
-    previous_area = dict(zip(previous_ids.tolist(), previous_counts.tolist(), strict=True))
-    candidates = []
-    pairs = zip((keys // base).tolist(), (keys % base).tolist(), strict=True)
-    for (label, prev), inter in zip(pairs, overlap.tolist(), strict=True):
-        iou = inter / (current_area[label] + previous_area[prev] - inter)
-        if iou >= min_iou:
-            candidates.append((-iou, label, prev))
+    label_of, previous_of = keys // base, keys % base
+    previous_area = np.bincount(previous.ravel())  # a count per id: O(pixels), where a sort is not
+    iou = overlap / (area[label_of] + previous_area[previous_of] - overlap)
+    kept = iou >= min_iou
+    label_of, previous_of, iou = label_of[kept], previous_of[kept], iou[kept]
     links: dict[int, int] = {}
     taken: set[int] = set()
-    for _, label, prev in sorted(candidates):
+    # Highest IoU first; ties by the lower label, then the lower previous id.
+    for k in np.lexsort((previous_of, label_of, -iou)).tolist():
+        label, prev = int(label_of[k]), int(previous_of[k])
         if label not in links and prev not in taken:
             links[label] = prev
             taken.add(prev)
@@ -171,19 +170,20 @@ class StackTable:
         if top == 0:
             return
         self._grow(top + 1)
-        flat = stitched.ravel()
-        rows, cols = np.indices(stitched.shape)
-        area = np.bincount(flat, minlength=top + 1).astype(np.float64)
+        # Sums over the nuclei's pixels only: half a slice or less, where the background is the rest.
+        inside = np.flatnonzero(stitched)
+        ids = stitched.ravel()[inside]
+        rows, cols = np.divmod(inside, stitched.shape[1])
+        area = np.bincount(ids, minlength=top + 1).astype(np.float64)
         seen = np.flatnonzero(area)
-        seen = seen[seen > 0]
         d = self._data
         d["voxels"][: top + 1] += area
         d["sum_z"][: top + 1] += area * z
-        d["sum_y"][: top + 1] += np.bincount(flat, weights=rows.ravel(), minlength=top + 1)
-        d["sum_x"][: top + 1] += np.bincount(flat, weights=cols.ravel(), minlength=top + 1)
+        d["sum_y"][: top + 1] += np.bincount(ids, weights=rows, minlength=top + 1)
+        d["sum_x"][: top + 1] += np.bincount(ids, weights=cols, minlength=top + 1)
         if image is not None:
             d["sum_intensity"][: top + 1] += np.bincount(
-                flat, weights=np.asarray(image, dtype=np.float64).ravel(), minlength=top + 1
+                ids, weights=np.asarray(image).ravel()[inside].astype(np.float64), minlength=top + 1
             )
         first = d["z_first"][seen]
         d["z_first"][seen] = np.where(first < 0, z, np.minimum(first, z))
