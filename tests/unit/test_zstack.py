@@ -56,6 +56,19 @@ def test_links_are_one_to_one_and_the_better_overlap_wins() -> None:
     assert set(np.unique(right[second == 1])) == {2}
 
 
+def test_equal_overlaps_go_to_the_lower_label_then_the_lower_previous_id() -> None:
+    """Ties in IoU are broken by this slice's lower label, then by the lower id of the slice before:
+    mirror-image overlaps (the same IoU to the last bit) give the same stack on every run."""
+    before = labelled(SHAPE, (1, 30, 32, 8))
+    twins = labelled(SHAPE, (7, 30, 24, 7), (3, 30, 40, 7))  # mirror images about the nucleus before
+    id_map, _ = zstack.link_slice(before, twins, next_id=2, min_iou=0.1)
+    assert (id_map[3], id_map[7]) == (1, 2)  # label 3 continues 1; 7 is new
+    two_before = labelled(SHAPE, (5, 30, 24, 7), (4, 30, 40, 7))
+    middle = labelled(SHAPE, (1, 30, 32, 8))  # between them
+    id_map, _ = zstack.link_slice(two_before, middle, next_id=6, min_iou=0.1)
+    assert id_map[1] == 4
+
+
 def test_the_nuclei_do_not_depend_on_the_slices_label_order() -> None:
     """The same voxels make each nucleus whatever ids the slices came with (the ids themselves
     follow the first slice's label order)."""
