@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Literal
 
 import anyio
@@ -213,6 +214,35 @@ class Runtime:
     def finished(self, ticket: Ticket) -> None:
         """The ticket's work ran to the end: its pixels count toward the measured throughput."""
         self._finished.add(ticket.id)
+
+    @contextmanager
+    def admitted_waiting(self, pixels: int, should_stop: Callable[[], bool]) -> Iterator[Ticket]:
+        """Blocking (worker thread): :meth:`admitted` for work nobody holds a connection open for
+        (a stack job's slices, each admitted in turn): it waits for room as long as it takes, and
+        asks again after a refusal (a full queue) once its ``Retry-After`` has passed.
+        :class:`Cancelled` when ``should_stop`` says so while it waits."""
+        granted = threading.Event()
+        while True:
+            try:
+                ticket = self.admission.request(pixels, granted.set, measure=True, max_wait_s=math.inf)
+                break
+            except Rejected as exc:
+                deadline = time.monotonic() + exc.retry_after_s
+                while time.monotonic() < deadline:
+                    if should_stop():
+                        raise Cancelled("the job was cancelled while it waited for admission") from exc
+                    time.sleep(_DISCONNECT_POLL_S)
+        try:
+            while not ticket.admitted and not granted.wait(_DISCONNECT_POLL_S):
+                if should_stop() and self.admission.withdraw(ticket):
+                    raise Cancelled("the job was cancelled while it waited for admission")
+            metrics.ADMITTED.labels(lane=ticket.charged_lane or ticket.lane).inc()
+            waited = (ticket.admitted_at or ticket.enqueued_at) - ticket.enqueued_at
+            metrics.ADMISSION_WAIT_SECONDS.observe(waited)
+            yield ticket
+        finally:
+            self.admission.release(ticket, completed=ticket.id in self._finished)
+            self._finished.discard(ticket.id)
 
     async def _wait_for_admission(
         self,

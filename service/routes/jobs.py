@@ -21,6 +21,8 @@ import math
 import sys
 import time
 import typing
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -126,7 +128,8 @@ def get_jobs(request: Request) -> JobRunner:
 
 def executor(runtime: Runtime) -> Execute:
     """The job's work: admission for its pixels (waiting as long as it takes: nobody is holding a
-    connection open), then ``run_pipeline`` on a worker thread, stopped by the job's cancel flag."""
+    connection open), then ``run_pipeline`` on a worker thread, stopped by the job's cancel flag;
+    a stack job's slices are admitted one by one (``admit_slice``)."""
 
     async def execute(job: Active, input_path: Path) -> JobResult | None:
         given: JobInput = job.options
@@ -140,6 +143,16 @@ def executor(runtime: Runtime) -> Execute:
         stack = options.output is Output.labels3d
         data = b""
 
+        @contextmanager
+        def admit_slice(pixels: int) -> Iterator[Callable[[int], None]]:
+            """A stack job's slice, admitted in its turn (worker thread): between slices, requests
+            and other work get the budget."""
+            job.stage = "waiting"
+            with runtime.admitted_waiting(pixels, stop) as ticket:
+                job.stage = "segmenting"
+                yield lambda px: runtime.grow(ticket, px, stop)
+                runtime.finished(ticket)
+
         def work(ticket: Any) -> Any:
             try:
                 if slide:
@@ -147,7 +160,7 @@ def executor(runtime: Runtime) -> Execute:
                                           input_path.parent, stop, job.progress)
                 if stack:
                     return stack_jobs.run(runtime, data, options, input_path.parent, stop, job.progress,
-                                          lambda px: runtime.grow(ticket, px, stop))
+                                          admit_slice)
                 # Not through the prediction cache: a job reports the tiles it runs, and keeps its
                 # result in its folder for as long as anyone needs it.
                 return run_pipeline(
@@ -168,26 +181,26 @@ def executor(runtime: Runtime) -> Execute:
                 data = await anyio.to_thread.run_sync(_read_input, given, input_path,
                                                       runtime.settings.max_upload_bytes)
                 pixels = await upload_pixels(runtime, data)
-                if stack:  # one slice at a time, for all its slices: not a measure of throughput
-                    pixels = stack_jobs.admitted_pixels(pixels)
-            while True:
-                entered = False
-                try:
-                    async with runtime.admitted(pixels, disconnected=gone, max_wait_s=math.inf,
-                                                measure=not stack) as ticket:
-                        entered = True
-                        job.stage = "segmenting"
-                        result = await anyio.to_thread.run_sync(work, ticket)
-                        if result is not None:
-                            runtime.finished(ticket)
-                    break
-                except ServiceUnavailable as exc:
-                    if entered or exc.slug != "overloaded":
-                        raise
-                    # Refused before admission (the admission queue is full): wait and ask again.
-                    await _sleep_unless(stop, float(exc.headers.get("Retry-After", 1)))
-                    if stop():
-                        return None
+            if stack:  # each slice admitted in its turn (admit_slice), not the stack at once
+                result = await anyio.to_thread.run_sync(work, None)
+            else:
+                while True:
+                    entered = False
+                    try:
+                        async with runtime.admitted(pixels, disconnected=gone, max_wait_s=math.inf) as ticket:
+                            entered = True
+                            job.stage = "segmenting"
+                            result = await anyio.to_thread.run_sync(work, ticket)
+                            if result is not None:
+                                runtime.finished(ticket)
+                        break
+                    except ServiceUnavailable as exc:
+                        if entered or exc.slug != "overloaded":
+                            raise
+                        # Refused before admission (the admission queue is full): wait and ask again.
+                        await _sleep_unless(stop, float(exc.headers.get("Retry-After", 1)))
+                        if stop():
+                            return None
         except ClientGone:
             return None  # cancelled while waiting for admission
         except Exception as exc:

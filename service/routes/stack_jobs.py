@@ -16,7 +16,9 @@ the same files ``unet-segment --stitch-z`` and ``Segmenter.segment_stack`` give.
 
 Memory: one slice at a time through the same pipeline as ``POST /segment``, plus the middle
 slice's labels kept until its turn and the linker's slice before; the stitched slices wait on
-disk. The job is admitted once for that (:func:`admitted_pixels`), not for the stack's voxels.
+disk. Each slice is admitted in its turn for that (:func:`admitted_pixels`), not the stack for its
+voxels, so requests and other work get the budget between slices: a stack of 200 slices holds
+no lane for the minutes it takes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import errno
 import json
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -117,6 +120,11 @@ class _StackProgress:
         self.before += tiles
 
 
+#: ``admit(pixels)``: a block holding that much of the admission budget (waiting for it), which
+#: gives the function that raises the hold once a slice's scale is known (``Runtime.grow``).
+Admit = Callable[[int], AbstractContextManager[Callable[[int], None]]]
+
+
 def run(
     runtime: Runtime,
     data: bytes,
@@ -124,12 +132,11 @@ def run(
     folder: Path,
     should_stop: Callable[[], bool],
     progress: Callable[[int, int], None],
-    reserve: Callable[[int], None],
+    admit: Admit,
 ) -> StackResult:
     """Segment every slice of the stack in ``data`` and write its 3-D nuclei to ``folder``.
-    Blocking; raises the domain errors ``POST /segment`` maps to problems. ``reserve(pixels)``:
-    raise the job's admission to a slice's working pixels once its scale is known. A failed or
-    stopped run leaves no file."""
+    Blocking; raises the domain errors ``POST /segment`` maps to problems. Each slice is segmented
+    inside ``admit(admitted_pixels(slice pixels))``. A failed or stopped run leaves no file."""
     started = time.perf_counter()
     engine, batcher = runtime.components()
     md = engine.metadata
@@ -138,27 +145,29 @@ def run(
     params = object_params(options, md)
     threshold = options.threshold if options.threshold is not None else md.threshold
     min_iou = options.min_iou if options.min_iou is not None else zstack.DEFAULT_MIN_IOU
-    depth = plan(runtime, data, options).depth
+    stack = plan(runtime, data, options)
+    depth = stack.depth
     stack_progress = _StackProgress(progress, depth)
 
     def infer(batch: np.ndarray) -> np.ndarray:
         return batcher.infer(batch, should_stop)
 
     def segment_slice(z: int, diameter: float | None) -> _Slice:
-        try:
-            plane = microscopy.select(data, _slice_selection(options, depth, z), settings.max_pixels,
-                                      settings.decode_limits(), md.in_channels, should_stop)
-        except imaging.UndecodableImage as exc:  # one slice's data corrupt: say which, of how many
-            raise imaging.UndecodableImage(f"z-slice {z} of {depth}: {exc}") from exc
-        planned = pipeline.predict_plane(
-            plane.image, infer, md, diameter, settings.max_pixels,
-            tile_size=tiling.tile_size, overlap=tiling.overlap, batch_size=settings.max_batch_size,
-            should_stop=should_stop, progress=stack_progress,
-            reserve=lambda pixels: reserve(admitted_pixels(pixels)),
-            window_policy=windows.policy(settings, tiling.source), polarity=plane.polarity,
-        )
-        grid = pipeline.on_input_grid(planned.prediction, md, plane.image.shape[:2], threshold, params,
-                                      need={"mask"})
+        with admit(admitted_pixels(stack.height * stack.width)) as reserve:
+            try:
+                plane = microscopy.select(data, _slice_selection(options, depth, z), settings.max_pixels,
+                                          settings.decode_limits(), md.in_channels, should_stop)
+            except imaging.UndecodableImage as exc:  # one slice's data corrupt: say which, of how many
+                raise imaging.UndecodableImage(f"z-slice {z} of {depth}: {exc}") from exc
+            planned = pipeline.predict_plane(
+                plane.image, infer, md, diameter, settings.max_pixels,
+                tile_size=tiling.tile_size, overlap=tiling.overlap, batch_size=settings.max_batch_size,
+                should_stop=should_stop, progress=stack_progress,
+                reserve=lambda pixels: reserve(admitted_pixels(pixels)),
+                window_policy=windows.policy(settings, tiling.source), polarity=plane.polarity,
+            )
+            grid = pipeline.on_input_grid(planned.prediction, md, plane.image.shape[:2], threshold, params,
+                                          need={"mask"})
         assert grid.labels is not None
         stack_progress.slice_done(planned.prediction.tiles)
         return _Slice(grid.labels, to_channels(plane.image, 1), planned.scale,

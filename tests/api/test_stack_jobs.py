@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 import zipfile
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from model_export.synth_stack import StackConfig, synth_stack
 from service.api import Segmenter
 from service.settings import DEFAULT_MODEL_PATH
 from tests.api import _images as im
+from tests.api.test_admission import BUDGET, holding_the_large_lane
+from tests.api.test_auth_metrics import metric, metric_or_zero
 from tests.api.test_jobs import finished, wait_until
 from tests.server import Server
 from tests.unit.test_segment import synthetic_nuclei
@@ -219,3 +222,58 @@ def test_a_slice_that_cannot_be_decoded_fails_the_job_naming_it_and_leaves_no_fi
     assert stack_server.client.get(f"/jobs/{job_id}/files/labels3d.tif").status_code == 409
     left = sorted(p.name for p in (jobs_dir / job_id).iterdir())
     assert not [name for name in left if "labels3d" in name or "objects3d" in name], left
+
+
+@pytest.fixture(scope="module")
+def budget_server(start_server, slow_model: Path) -> Server:
+    """The slow model and a budget that holds one 192² stack slice (×1.5) and nothing beside it."""
+    return start_server({"UNET_MODEL_PATH": str(slow_model), "UNET_ADMISSION_MAX_WAIT_S": "600",
+                         "UNET_PREDICTION_CACHE_MB": "0", **BUDGET}).wait_ready()
+
+
+def test_each_slice_is_admitted_in_its_turn_so_a_request_gets_in_between_slices(
+    budget_server: Server,
+) -> None:
+    """A request sent while the job runs is admitted after the slice in progress, not after the
+    whole stack."""
+    server = budget_server
+    depth = 8
+    stack = imagej_bytes(np.stack([im.blobs(192, 192, seed=k, dtype=np.uint16) for k in range(depth)]))
+    before = metric_or_zero(server.client.get("/metrics").text, "unet_admitted_requests_total")
+    submitted = server.client.post("/jobs", content=stack, headers=TIFF, params={"output": "labels3d"})
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    wait_until(server.client, job_id, lambda s: s["status"] == "running" and s["tiles_done"] > 0)
+    # 192² + a slice's 1.5 × 192² are more than the 256² budget: the two never run side by side.
+    answer = server.client.post("/segment", content=im.png(im.blobs(192, 192, seed=99)),
+                                headers={"Content-Type": "image/png"})
+    assert answer.status_code == 200, answer.text
+    during = server.client.get(f"/jobs/{job_id}").json()
+    assert during["status"] == "running" and during["tiles_done"] < during["tiles_total"], during
+    status = wait_until(server.client, job_id, finished)
+    assert status["status"] == "succeeded", status
+    after = metric_or_zero(server.client.get("/metrics").text, "unet_admitted_requests_total")
+    assert after - before == depth + 1  # every slice admitted on its own, and the request
+
+
+def test_a_stack_job_cancelled_while_its_slice_waits_for_admission_leaves_the_queue(
+    budget_server: Server,
+) -> None:
+    server = budget_server
+    stack = imagej_bytes(np.stack([im.blobs(192, 192, seed=k, dtype=np.uint16) for k in range(3)]))
+    with holding_the_large_lane(server):
+        submitted = server.client.post("/jobs", content=stack, headers=TIFF, params={"output": "labels3d"})
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["id"]
+        for _ in range(1200):  # its first slice (the middle one) queues behind the image holding the lane
+            if metric(server.client.get("/metrics").text, "unet_admission_queued_requests", lane="large"):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the stack job's slice never queued for admission")
+        waiting = server.client.get(f"/jobs/{job_id}").json()
+        assert (waiting["status"], waiting["stage"], waiting["tiles_done"]) == ("running", "waiting", 0)
+        assert server.client.delete(f"/jobs/{job_id}").json()["status"] == "cancelled"
+        text = server.client.get("/metrics").text
+        assert metric(text, "unet_admission_queued_requests", lane="large") == 0
+    assert server.client.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
