@@ -203,17 +203,19 @@ class Runtime:
         try:
             if not ticket.admitted:
                 await self._wait_for_admission(ticket, granted, limit, disconnected)
-            metrics.ADMITTED.labels(lane=ticket.charged_lane or ticket.lane).inc()
-            waited = (ticket.admitted_at or ticket.enqueued_at) - ticket.enqueued_at
-            metrics.ADMISSION_WAIT_SECONDS.observe(waited)
+            _count_admitted(ticket)
             yield ticket
         finally:
-            self.admission.release(ticket, completed=ticket.id in self._finished)
-            self._finished.discard(ticket.id)
+            self._release(ticket)
 
     def finished(self, ticket: Ticket) -> None:
         """The ticket's work ran to the end: its pixels count toward the measured throughput."""
         self._finished.add(ticket.id)
+
+    def _release(self, ticket: Ticket) -> None:
+        """The block is over: the ticket's pixels are free (a ticket still waiting is withdrawn)."""
+        self.admission.release(ticket, completed=ticket.id in self._finished)
+        self._finished.discard(ticket.id)
 
     @contextmanager
     def admitted_waiting(self, pixels: int, should_stop: Callable[[], bool]) -> Iterator[Ticket]:
@@ -236,13 +238,10 @@ class Runtime:
             while not ticket.admitted and not granted.wait(_DISCONNECT_POLL_S):
                 if should_stop() and self.admission.withdraw(ticket):
                     raise Cancelled("the job was cancelled while it waited for admission")
-            metrics.ADMITTED.labels(lane=ticket.charged_lane or ticket.lane).inc()
-            waited = (ticket.admitted_at or ticket.enqueued_at) - ticket.enqueued_at
-            metrics.ADMISSION_WAIT_SECONDS.observe(waited)
+            _count_admitted(ticket)
             yield ticket
         finally:
-            self.admission.release(ticket, completed=ticket.id in self._finished)
-            self._finished.discard(ticket.id)
+            self._release(ticket)
 
     async def _wait_for_admission(
         self,
@@ -312,6 +311,11 @@ class ClientGone(ProblemError):
     """The client disconnected while its request waited for admission (nginx's 499; never received)."""
 
     status, slug, title = 499, "client-closed-request", "Client closed request"
+
+
+def _count_admitted(ticket: Ticket) -> None:
+    metrics.ADMITTED.labels(lane=ticket.charged_lane or ticket.lane).inc()
+    metrics.ADMISSION_WAIT_SECONDS.observe((ticket.admitted_at or ticket.enqueued_at) - ticket.enqueued_at)
 
 
 def _overloaded(exc: Rejected) -> ServiceUnavailable:

@@ -157,16 +157,27 @@ def job_result(
         },
         "timings_ms": {"scale": round(result.scale_ms, 1), "segment": round(result.segment_ms, 1)},
     }
-    name = filenames.output_name(filename, "ome-zarr", SUMMARY_TYPE)
-    headers = {
+    return summary_result(summary, "ome-zarr", filename, model_version)
+
+
+def summary_result(
+    summary: dict, output: str, filename: str | None, model_version: str,
+    headers: dict[str, str] | None = None,
+) -> JobResult:
+    """A folder job's ``/result``: its JSON ``summary`` (``objects``, ``tiles``, ``warnings`` among
+    its keys), with the headers ``POST /segment`` gives (object count, tiles, warnings) and a file
+    name after the upload's; ``headers``: more of them."""
+    name = filenames.output_name(filename, output, SUMMARY_TYPE)
+    all_headers = {
         "X-Model-Version": model_version,
-        "X-Object-Count": str(result.objects),
-        "X-Tiles": str(result.tiles),
+        "X-Object-Count": str(summary["objects"]),
+        "X-Tiles": str(summary["tiles"]),
         "Content-Disposition": filenames.content_disposition(name),
+        **(headers or {}),
     }
-    if result.warnings:
-        headers["X-Warnings"] = json.dumps(result.warnings, ensure_ascii=True)
-    return JobResult(json.dumps(summary, indent=1).encode(), SUMMARY_TYPE, headers)
+    if summary["warnings"]:
+        all_headers["X-Warnings"] = json.dumps(summary["warnings"], ensure_ascii=True)
+    return JobResult(json.dumps(summary, indent=1).encode(), SUMMARY_TYPE, all_headers)
 
 
 # --- the files -----------------------------------------------------------------------------------

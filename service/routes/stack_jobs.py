@@ -24,7 +24,6 @@ no lane for the minutes it takes.
 from __future__ import annotations
 
 import errno
-import json
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -33,14 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from service import filenames, imaging, microscopy, pipeline, stack_files, windows, zstack
+from service import imaging, microscopy, pipeline, stack_files, windows, zstack
 from service.errors import ProblemError
 from service.jobs import JobResult
 from service.preprocess import to_channels
+from service.routes import slide_jobs
 from service.routes.deps import Runtime
 from service.routes.segment import SegmentOptions, object_params
 
-SUMMARY_TYPE = "application/json"
 #: Files of a stack job's folder served under ``/jobs/{id}/files/`` (and their media types).
 MEDIA_TYPES = {stack_files.LABELS_NAME: "image/tiff", stack_files.TABLE_NAME: "text/csv"}
 
@@ -234,16 +233,7 @@ def job_result(job_id: str, result: StackResult, filename: str | None, model_ver
         },
         "timings_ms": {"total": round(1000 * result.seconds, 1)},
     }
-    name = filenames.output_name(filename, "labels3d", SUMMARY_TYPE)
-    headers = {
-        "X-Model-Version": model_version,
-        "X-Object-Count": str(s.objects),
-        "X-Tiles": str(result.tiles),
-        "Content-Disposition": filenames.content_disposition(name),
-    }
+    headers = {"X-Diameter-Source": result.diameter_source}
     if result.diameter is not None:
         headers["X-Nucleus-Diameter"] = f"{result.diameter:.1f}"
-    headers["X-Diameter-Source"] = result.diameter_source
-    if result.warnings:
-        headers["X-Warnings"] = json.dumps(result.warnings, ensure_ascii=True)
-    return JobResult(json.dumps(summary, indent=1).encode(), SUMMARY_TYPE, headers)
+    return slide_jobs.summary_result(summary, "labels3d", filename, model_version, headers)
