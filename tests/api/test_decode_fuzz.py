@@ -31,3 +31,31 @@ def test_mutants_never_get_a_5xx(server: Server) -> None:
     assert not failures, "\n".join(failures)
     # Both outcomes occur: the corpus reaches the pixels, and the refusals are 4xx problems.
     assert statuses[200] > 50 and statuses[400] > 50, statuses
+
+
+def test_mutants_sent_as_stack_jobs_never_fail_with_a_5xx(server: Server) -> None:
+    """The stack job reads a file its own way (its depth and slice size from the header at
+    submission, then every slice): a mutant is refused at submission with a 4xx, or its job
+    succeeds or fails with one, never a 5xx nor an internal error."""
+    from tests.api.test_jobs import finished, wait_until
+
+    failures: list[str] = []
+    outcomes: collections.Counter[str] = collections.Counter()
+    for mutant in mutants(4, seed=1616):
+        r = server.client.post("/jobs", files={"file": (mutant.name, mutant.data)},
+                               params={"output": "labels3d", "channel": "0"})
+        if r.status_code >= 500:
+            failures.append(f"{mutant.name} submit: {r.status_code} {r.text[:200]}")
+            continue
+        if r.status_code != 202:
+            outcomes[f"refused {r.status_code}"] += 1
+            continue
+        status = wait_until(server.client, r.json()["id"], finished)
+        problem = status.get("problem") or {}
+        outcomes[f"{status['status']} {problem.get('status', '')}".strip()] += 1
+        if status["status"] == "failed" and int(problem.get("status", 500)) >= 500:
+            failures.append(f"{mutant.name} job: {problem}")
+    assert not failures, "\n".join(failures)
+    # The corpus reaches both: stacks that are segmented, and refusals.
+    refused = sum(n for outcome, n in outcomes.items() if outcome.startswith("refused"))
+    assert outcomes["succeeded"] > 10 and refused > 10, outcomes
