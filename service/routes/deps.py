@@ -218,11 +218,14 @@ class Runtime:
         self._finished.discard(ticket.id)
 
     @contextmanager
-    def admitted_waiting(self, pixels: int, should_stop: Callable[[], bool]) -> Iterator[Ticket]:
+    def admitted_waiting(
+        self, pixels: int, should_stop: Callable[[], bool], waiting: Callable[[], None] = lambda: None
+    ) -> Iterator[Ticket]:
         """Blocking (worker thread): :meth:`admitted` for work nobody holds a connection open for
         (a stack job's slices, each admitted in turn): it waits for room as long as it takes, and
         asks again after a refusal (a full queue) once its ``Retry-After`` has passed.
-        :class:`Cancelled` when ``should_stop`` says so while it waits."""
+        :class:`Cancelled` when ``should_stop`` says so while it waits. ``waiting()`` is called
+        once when there is no room at once (a job's status says so)."""
         granted = threading.Event()
         while True:
             try:
@@ -235,6 +238,8 @@ class Runtime:
                         raise Cancelled("the job was cancelled while it waited for admission") from exc
                     time.sleep(_DISCONNECT_POLL_S)
         try:
+            if not ticket.admitted:
+                waiting()
             while not ticket.admitted and not granted.wait(_DISCONNECT_POLL_S):
                 if should_stop() and self.admission.withdraw(ticket):
                     raise Cancelled("the job was cancelled while it waited for admission")

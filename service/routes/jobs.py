@@ -147,8 +147,10 @@ def executor(runtime: Runtime) -> Execute:
         def admit_slice(pixels: int) -> Iterator[Callable[[int], None]]:
             """A stack job's slice, admitted in its turn (worker thread): between slices, requests
             and other work get the budget."""
-            job.stage = "waiting"
-            with runtime.admitted_waiting(pixels, stop) as ticket:
+            def waiting() -> None:
+                job.stage = "waiting"
+
+            with runtime.admitted_waiting(pixels, stop, waiting) as ticket:
                 job.stage = "segmenting"
                 yield lambda px: runtime.grow(ticket, px, stop)
                 runtime.finished(ticket)
