@@ -161,7 +161,7 @@ def executor(runtime: Runtime) -> Execute:
                     return slide_jobs.run(runtime, _slide_path(given, input_path), options,
                                           input_path.parent, stop, job.progress)
                 if stack:
-                    return stack_jobs.run(runtime, data, options, input_path.parent, stop, job.progress,
+                    return stack_jobs.run(runtime, ticket, options, input_path.parent, stop, job.progress,
                                           admit_slice)
                 # Not through the prediction cache: a job reports the tiles it runs, and keeps its
                 # result in its folder for as long as anyone needs it.
@@ -175,17 +175,18 @@ def executor(runtime: Runtime) -> Execute:
                 raise
 
         try:
-            if slide:  # read by region: admitted for its windows' working set, not its size
-                pixels = await anyio.to_thread.run_sync(
-                    slide_jobs.working_pixels, runtime, _slide_path(given, input_path), options
-                )
-            else:
-                data = await anyio.to_thread.run_sync(_read_input, given, input_path,
-                                                      runtime.settings.max_upload_bytes)
-                pixels = await upload_pixels(runtime, data)
             if stack:  # each slice admitted in its turn (admit_slice), not the stack at once
-                result = await anyio.to_thread.run_sync(work, None)
+                slices = await anyio.to_thread.run_sync(_stack_slices, runtime, given, input_path)
+                result = await anyio.to_thread.run_sync(work, slices)
             else:
+                if slide:  # read by region: admitted for its windows' working set, not its size
+                    pixels = await anyio.to_thread.run_sync(
+                        slide_jobs.working_pixels, runtime, _slide_path(given, input_path), options
+                    )
+                else:
+                    data = await anyio.to_thread.run_sync(_read_input, given, input_path,
+                                                          runtime.settings.max_upload_bytes)
+                    pixels = await upload_pixels(runtime, data)
                 while True:
                     entered = False
                     try:
@@ -240,6 +241,41 @@ def _slide_path(given: JobInput, input_path: Path) -> Path:
     except data_root.DataPathError as exc:
         raise data_path_problem(exc) from exc
     return given.source.path
+
+
+def _stack_slices(runtime: Runtime, given: JobInput, input_path: Path) -> stack_jobs.Slices:
+    """How a stack job reads its slices: from its file under the data root, slice by slice, where
+    the file allows (``stack_jobs.file_slices``), else from the file's bytes (an upload)."""
+    if given.source is not None:
+        with as_problems():
+            from_file = stack_jobs.file_slices(runtime, _slide_path(given, input_path), given.options)
+        if from_file is not None:
+            return from_file
+    data = _read_input(given, input_path, runtime.settings.max_upload_bytes)
+    with as_problems():
+        return stack_jobs.UploadSlices(runtime, data, given.options)
+
+
+async def _check_stack_file(
+    runtime: Runtime, source: data_root.DataFile, options: SegmentOptions
+) -> stack_jobs.SlicePlan:
+    """At submission, a stack under the data root: read slice by slice where the file allows (any
+    size), else as an upload (its byte limit, its checks)."""
+    with as_problems():
+        from_file = await anyio.to_thread.run_sync(stack_jobs.file_slices, runtime, source.path, options)
+    if from_file is not None:
+        return from_file.plan
+    limit = runtime.settings.max_upload_bytes
+    if source.is_store or source.size > limit:
+        what = "an OME-Zarr folder" if source.is_store else f"a file of {source.size:,} bytes"
+        raise data_path_problem(data_root.TooLarge(
+            f"{source.relative}: stacks are read slice by slice from TIFF, CZI or OME-Zarr files of grey "
+            f"planes (a channel chosen with channel=); this one would be read whole, as an upload of at "
+            f"most {limit:,} bytes (UNET_MAX_UPLOAD_BYTES), and it is {what}", source.size, limit))
+    data = await anyio.to_thread.run_sync(_read_input, JobInput(options, None, source), Path(), limit)
+    plan = await _check_image(runtime, data, options)
+    assert plan is not None
+    return plan
 
 
 async def _check_slide(runtime: Runtime, path: Path, options: SegmentOptions) -> None:
@@ -623,22 +659,26 @@ async def submit_path_job(
     path, options, sent = await _path_job_body(request, query_options)
     checked_engine(runtime, options)
     slide = options.output is Output.ome_zarr  # read by region: no byte limit, the slide pixel limit
-    # Slides may also be OME-Zarr folders (every entry checked); other outputs read one file.
-    store = slide_files.is_slide_path if slide else None
+    stack = options.output is Output.labels3d  # read slice by slice where the file allows
+    # Slides and stacks may also be OME-Zarr folders (every entry checked); other outputs read one file.
+    store = slide_files.is_slide_path if slide or stack else None
     try:
         source = await anyio.to_thread.run_sync(data_root.locate, settings.data_root, path,
-                                                sys.maxsize if slide else settings.max_upload_bytes, store)
+                                                sys.maxsize if slide or stack else settings.max_upload_bytes,
+                                                store)
     except data_root.DataPathError as exc:
         raise data_path_problem(exc) from exc
     except OSError as exc:  # the root itself is missing or unreadable: the operator's to fix
         raise ServiceUnavailable(f"the data root cannot be read: {exc.strerror}", retry_after_s=60) from exc
-    stack = None
+    stack_plan = None
     if slide:
         await _check_slide(runtime, source.path, options)
+    elif stack:
+        stack_plan = await _check_stack_file(runtime, source, options)
     else:
         data = await anyio.to_thread.run_sync(_read_input, JobInput(options, None, source), Path(),
                                               settings.max_upload_bytes)
-        stack = await _check_image(runtime, data, options)
+        await _check_image(runtime, data, options)
         del data
     try:
         job_id, room = jobs.store.new_job(None)  # nothing is copied: only the result takes room
@@ -647,7 +687,7 @@ async def submit_path_job(
     record = JobRecord(id=job_id, status="queued", created=time.time(), options={"path": path, **sent},
                        filename=source.name)
     try:
-        _check_room(stack, room)
+        _check_room(stack_plan, room)
         jobs.submit(record, JobInput(options, source.name, source))
     except BaseException:
         jobs.store.received(job_id)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service import imaging, microscopy, pipeline, stack_files, windows, zstack
+from service import imaging, microscopy, pipeline, slide_files, stack_files, windows, zstack
 from service.errors import ProblemError
 from service.jobs import JobResult
 from service.preprocess import to_channels
@@ -84,6 +84,84 @@ def _slice_selection(options: SegmentOptions, depth: int, z: int) -> microscopy.
     return replace(options.plane, z=z if depth > 1 else None)
 
 
+class Slices:
+    """A stack's slices read one at a time: ``plan`` (depth, size) and :meth:`plane`."""
+
+    plan: SlicePlan
+
+    def plane(self, z: int, should_stop: Callable[[], bool]) -> microscopy.Plane:
+        raise NotImplementedError
+
+
+class UploadSlices(Slices):
+    """The file's bytes in memory (an upload, or a small file by path), read as ``POST /segment``
+    reads them (``microscopy.select``), a slice at a time."""
+
+    def __init__(self, runtime: Runtime, data: bytes, options: SegmentOptions) -> None:
+        self.runtime, self.data, self.options = runtime, data, options
+        self.plan = plan(runtime, data, options)
+
+    def plane(self, z: int, should_stop: Callable[[], bool]) -> microscopy.Plane:
+        settings = self.runtime.settings
+        md = self.runtime.components()[0].metadata
+        try:
+            selection = _slice_selection(self.options, self.plan.depth, z)
+            return microscopy.select(self.data, selection, settings.max_pixels, settings.decode_limits(),
+                                     md.in_channels, should_stop)
+        except imaging.UndecodableImage as exc:  # one slice's data corrupt: say which, of how many
+            raise imaging.UndecodableImage(f"z-slice {z} of {self.plan.depth}: {exc}") from exc
+
+
+class FileSlices(Slices):
+    """A TIFF, CZI or OME-Zarr stack under the data root, each slice read from the file when its
+    turn comes (``slide_files.open_slide``, which bounds the file's structure before parsing it):
+    the file is never read whole, so it may be larger than an upload. Grey planes only (a colour
+    stack is read as an upload: :func:`file_slices`)."""
+
+    def __init__(self, runtime: Runtime, path: Path, options: SegmentOptions) -> None:
+        self.runtime, self.path, self.options = runtime, path, options
+        try:  # a stack answers a plane without z= with the z-planes it has
+            with self._open(None) as source:
+                depth, shape = 1, source.shape
+        except microscopy.SelectionError as exc:
+            if not exc.missing or "z" not in exc.params:
+                raise
+            depth = int(exc.choices["planes"]["Z"])
+            with self._open(depth // 2) as source:  # the middle slice's choice checked, as for an upload
+                shape = source.shape
+        self.grey = len(shape) == 2
+        self.plan = SlicePlan(depth, int(shape[0]), int(shape[1]))
+
+    def _open(self, z: int | None) -> slide_files.SlideSource:
+        settings = self.runtime.settings
+        md = self.runtime.components()[0].metadata
+        return slide_files.open_slide(self.path, replace(self.options.plane, z=z),
+                                      max_pixels=settings.max_pixels, limits=settings.decode_limits(),
+                                      model_channels=md.in_channels)
+
+    def plane(self, z: int, should_stop: Callable[[], bool]) -> microscopy.Plane:
+        try:
+            with self._open(z if self.plan.depth > 1 else None) as source:
+                height, width = self.plan.height, self.plan.width
+                return replace(source.plane, image=source.read(0, height, 0, width))
+        except imaging.UndecodableImage as exc:
+            raise imaging.UndecodableImage(f"z-slice {z} of {self.plan.depth}: {exc}") from exc
+
+
+def file_slices(runtime: Runtime, path: Path, options: SegmentOptions) -> FileSlices | None:
+    """The stack at ``path`` read slice by slice from the file, or None where it must be read as an
+    upload: not a TIFF, CZI or OME-Zarr, a layout read by region cannot take (a plane in one huge
+    compressed strip), or a colour plane (``microscopy.select`` mixes and picks colours). Raises
+    what an unreadable file or a plane choice it lacks raises."""
+    if not slide_files.is_slide_path(path):
+        return None
+    try:
+        slices = FileSlices(runtime, path, options)
+    except imaging.UnsupportedImageType:
+        return None
+    return slices if slices.grey else None
+
+
 @dataclass
 class _Slice:
     labels: np.ndarray
@@ -126,14 +204,14 @@ Admit = Callable[[int], AbstractContextManager[Callable[[int], None]]]
 
 def run(
     runtime: Runtime,
-    data: bytes,
+    slices: Slices,
     options: SegmentOptions,
     folder: Path,
     should_stop: Callable[[], bool],
     progress: Callable[[int, int], None],
     admit: Admit,
 ) -> StackResult:
-    """Segment every slice of the stack in ``data`` and write its 3-D nuclei to ``folder``.
+    """Segment every slice of the stack ``slices`` reads and write its 3-D nuclei to ``folder``.
     Blocking; raises the domain errors ``POST /segment`` maps to problems. Each slice is segmented
     inside ``admit(admitted_pixels(slice pixels))``. A failed or stopped run leaves no file."""
     started = time.perf_counter()
@@ -144,7 +222,7 @@ def run(
     params = object_params(options, md)
     threshold = options.threshold if options.threshold is not None else md.threshold
     min_iou = options.min_iou if options.min_iou is not None else zstack.DEFAULT_MIN_IOU
-    stack = plan(runtime, data, options)
+    stack = slices.plan
     depth = stack.depth
     stack_progress = _StackProgress(progress, depth)
 
@@ -153,11 +231,7 @@ def run(
 
     def segment_slice(z: int, diameter: float | None) -> _Slice:
         with admit(admitted_pixels(stack.height * stack.width)) as reserve:
-            try:
-                plane = microscopy.select(data, _slice_selection(options, depth, z), settings.max_pixels,
-                                          settings.decode_limits(), md.in_channels, should_stop)
-            except imaging.UndecodableImage as exc:  # one slice's data corrupt: say which, of how many
-                raise imaging.UndecodableImage(f"z-slice {z} of {depth}: {exc}") from exc
+            plane = slices.plane(z, should_stop)
             planned = pipeline.predict_plane(
                 plane.image, infer, md, diameter, settings.max_pixels,
                 tile_size=tiling.tile_size, overlap=tiling.overlap, batch_size=settings.max_batch_size,
@@ -177,9 +251,9 @@ def run(
     notices = zstack.SliceNotices()
     tiles = 0
     try:
-        slices = zstack.at_one_diameter(depth, segment_slice, options.diameter,
-                                        lambda s: s.scale.diameter, md.nucleus_diameter)
-        for z, result in slices:
+        segmented = zstack.at_one_diameter(depth, segment_slice, options.diameter,
+                                           lambda s: s.scale.diameter, md.nucleus_diameter)
+        for z, result in segmented:
             if files is None:  # the first slice's size is the stack's (every slice is the same plane)
                 files = stack_files.StackFiles(folder, (depth, *result.labels.shape), min_iou)
             files.add(result.labels, result.grey)

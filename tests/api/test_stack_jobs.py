@@ -54,6 +54,7 @@ def stack_server(start_server, jobs_dir: Path, stack_tiff: bytes, tmp_path_facto
     root = tmp_path_factory.mktemp("data-root")
     (root / "stacks").mkdir()
     (root / "stacks" / "cells.tif").write_bytes(stack_tiff)
+    (root / "stacks" / "flat.png").write_bytes(im.png(synthetic_nuclei(96, 96, seed=4)))
     env = {"UNET_MODEL_PATH": str(DEFAULT_MODEL_PATH), "UNET_JOBS_DIR": str(jobs_dir),
            "UNET_DATA_ROOT": str(root)}
     return start_server(env).wait_ready()
@@ -145,6 +146,11 @@ def test_a_stack_under_the_data_root_is_read_by_path(stack_server: Server, stack
     assert files[0] == files[1] and files[0].count("\n") > 5
     refused = client.post("/jobs", json={"path": "stacks/cells.tif", "output": "labels3d", "z": 2})
     assert refused.status_code == 422 and refused.json()["errors"][0]["loc"][-1] == "z"
+    # A PNG is no file to read slice by slice: read whole, as an upload, a stack of one slice.
+    flat = client.post("/jobs", json={"path": "stacks/flat.png", "output": "labels3d"})
+    assert flat.status_code == 202, flat.text
+    assert wait_until(client, flat.json()["id"], finished)["status"] == "succeeded"
+    assert client.get(f"/jobs/{flat.json()['id']}/result").json()["depth"] == 1
 
 
 def test_an_image_without_z_is_a_stack_of_one_slice(stack_server: Server) -> None:
@@ -277,3 +283,41 @@ def test_a_stack_job_cancelled_while_its_slice_waits_for_admission_leaves_the_qu
         text = server.client.get("/metrics").text
         assert metric(text, "unet_admission_queued_requests", lane="large") == 0
     assert server.client.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
+
+
+def test_a_stack_by_path_is_read_slice_by_slice_so_it_may_be_larger_than_an_upload(
+    start_server, stack_tiff: bytes, tmp_path: Path
+) -> None:
+    """With uploads capped below the stack's size, the same file by path under the data root is
+    read a slice at a time from disk (a TIFF, and the same stack as an OME-Zarr folder): the
+    labels and table are those of the stack read whole."""
+    import zarr
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_image
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "big.tif").write_bytes(stack_tiff)
+    image = tifffile.imread(io.BytesIO(stack_tiff))
+    write_image(image, zarr.open_group(root / "big.ome.zarr", mode="w", zarr_format=2), fmt=FormatV04(),
+                scale_factors=(), axes="zyx", storage_options={"chunks": (1, 64, 64)})
+    server = start_server({"UNET_MODEL_PATH": str(DEFAULT_MODEL_PATH), "UNET_DATA_ROOT": str(root),
+                           "UNET_MAX_UPLOAD_BYTES": str(len(stack_tiff) // 2)}).wait_ready()
+    client = server.client
+    refused = client.post("/jobs", content=stack_tiff, headers=TIFF, params={"output": "labels3d"})
+    assert refused.status_code == 413, refused.text  # the cap holds for uploads
+    with Segmenter.load(DEFAULT_MODEL_PATH) as segmenter:
+        expected = segmenter.segment_stack(stack_tiff, diameter=16)
+    volumes = [row["volume_voxels"] for row in expected.objects]
+    for name in ("big.tif", "big.ome.zarr"):
+        r = client.post("/jobs", json={"path": name, "output": "labels3d", "diameter": 16})
+        assert r.status_code == 202, (name, r.text)
+        files = f"/jobs/{r.json()['id']}/files"
+        status = wait_until(client, r.json()["id"], finished)
+        assert status["status"] == "succeeded", (name, status)
+        labels = tifffile.imread(io.BytesIO(client.get(f"{files}/labels3d.tif").content))
+        np.testing.assert_array_equal(labels, expected.labels, err_msg=name)
+        table = client.get(f"{files}/objects3d.csv").text
+        if name.endswith(".tif"):  # calibrated as the upload: the same table to the letter
+            assert table == expected.objects_csv()
+        assert [int(row["volume_voxels"]) for row in csv.DictReader(io.StringIO(table))] == volumes
