@@ -14,6 +14,9 @@ the same files ``unet-segment --stitch-z`` and ``Segmenter.segment_stack`` give.
 /jobs/{id}/result`` answers a JSON summary with their URLs; ``GET /jobs/{id}/files/NAME`` and
 ``GET /jobs/{id}/files.zip`` serve them (``routes.slide_jobs``).
 
+An upload is read from its bytes (:class:`UploadSlices`); a TIFF, CZI or OME-Zarr stack under the
+data root from the file, one slice at a time (:class:`FileSlices`), so it may be of any size.
+
 Memory: one slice at a time through the same pipeline as ``POST /segment``, plus the middle
 slice's labels kept until its turn and the linker's slice before; the stitched slices wait on
 disk. Each slice is admitted in its turn for that (:func:`admitted_pixels`), not the stack for its
