@@ -14,7 +14,6 @@ the same files ``unet-segment --stitch-z`` writes beside a stack's slices.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,20 +62,18 @@ class StackFiles:
         self._added += 1
 
     def finish(self, voxel: zstack.VoxelSize | None) -> StackSummary:
-        """Write ``labels3d.tif`` and ``objects3d.csv`` (each to a temporary name, then renamed)
-        and delete the scratch file. Every slice must have been added."""
+        """Write ``labels3d.tif`` and ``objects3d.csv`` and delete the scratch file. Every slice
+        must have been added. The files are written in place: nobody reads them before the job
+        that writes them has succeeded (its ``/files`` answer 409 until then), and a failed job
+        removes them (:meth:`discard`), as a slide job removes its store."""
         scratch = self._scratch
         if scratch is None or self._added != self.shape[0]:
             raise ValueError(f"{self._added} of the stack's {self.shape[0]} slices were added")
-        scratch.flush()
         count = self._linker.count
-        labels_tmp = self.folder / f".{LABELS_NAME}.tmp"
-        zstack.write_labels_tiff(str(labels_tmp), lambda: iter(scratch), self.shape, count, voxel)
+        labels_path = str(self.folder / LABELS_NAME)
+        zstack.write_labels_tiff(labels_path, lambda: iter(scratch), self.shape, count, voxel)
         rows = self._linker.table.rows(voxel)
-        table_tmp = self.folder / f".{TABLE_NAME}.tmp"
-        table_tmp.write_text(zstack.rows_to_csv(rows), encoding="utf-8")
-        os.replace(labels_tmp, self.folder / LABELS_NAME)
-        os.replace(table_tmp, self.folder / TABLE_NAME)
+        (self.folder / TABLE_NAME).write_text(zstack.rows_to_csv(rows), encoding="utf-8")
         self._drop_scratch()
         depth, height, width = self.shape
         ends = sum(int(row["touches_stack_end"]) for row in rows)
@@ -87,7 +84,6 @@ class StackFiles:
         self._drop_scratch()
         for name in RESULT_FILES:
             (self.folder / name).unlink(missing_ok=True)
-            (self.folder / f".{name}.tmp").unlink(missing_ok=True)
 
     def _drop_scratch(self) -> None:
         self._scratch = None  # the mapping closes with its last reference (unlinked files stay mapped)
