@@ -155,29 +155,34 @@ def executor(runtime: Runtime) -> Execute:
                 yield lambda px: runtime.grow(ticket, px, stop)
                 runtime.finished(ticket)
 
-        def work(ticket: Any) -> Any:
+        def unless_cancelled(run: Callable[[], Any]) -> Any:
+            """``run()``'s result, or None when the job's cancel flag stopped it."""
             try:
-                if slide:
-                    return slide_jobs.run(runtime, _slide_path(given, input_path), options,
-                                          input_path.parent, stop, job.progress)
-                if stack:
-                    return stack_jobs.run(runtime, ticket, options, input_path.parent, stop, job.progress,
-                                          admit_slice)
-                # Not through the prediction cache: a job reports the tiles it runs, and keeps its
-                # result in its folder for as long as anyone needs it.
-                return run_pipeline(
-                    runtime, data, options, stop, lambda px: runtime.grow(ticket, px, stop),
-                    progress=job.progress, cached=False,
-                )
+                return run()
             except Exception as exc:
                 if is_cancel(exc):
                     return None
                 raise
 
+        def work(ticket: Any) -> Any:
+            if slide:
+                return unless_cancelled(lambda: slide_jobs.run(
+                    runtime, _slide_path(given, input_path), options, input_path.parent, stop, job.progress))
+            # Not through the prediction cache: a job reports the tiles it runs, and keeps its
+            # result in its folder for as long as anyone needs it.
+            return unless_cancelled(lambda: run_pipeline(
+                runtime, data, options, stop, lambda px: runtime.grow(ticket, px, stop),
+                progress=job.progress, cached=False,
+            ))
+
+        def work_stack(slices: stack_jobs.Slices) -> Any:
+            return unless_cancelled(lambda: stack_jobs.run(
+                runtime, slices, options, input_path.parent, stop, job.progress, admit_slice))
+
         try:
             if stack:  # each slice admitted in its turn (admit_slice), not the stack at once
                 slices = await anyio.to_thread.run_sync(_stack_slices, runtime, given, input_path)
-                result = await anyio.to_thread.run_sync(work, slices)
+                result = await anyio.to_thread.run_sync(work_stack, slices)
             else:
                 if slide:  # read by region: admitted for its windows' working set, not its size
                     pixels = await anyio.to_thread.run_sync(

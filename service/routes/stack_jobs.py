@@ -32,6 +32,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -87,16 +88,15 @@ def _slice_selection(options: SegmentOptions, depth: int, z: int) -> microscopy.
     return replace(options.plane, z=z if depth > 1 else None)
 
 
-class Slices:
-    """A stack's slices read one at a time: ``plan`` (depth, size) and :meth:`plane`."""
+class Slices(Protocol):
+    """A stack's slices read one at a time: ``plan`` (depth, size) and ``plane(z, should_stop)``."""
 
     plan: SlicePlan
 
-    def plane(self, z: int, should_stop: Callable[[], bool]) -> microscopy.Plane:
-        raise NotImplementedError
+    def plane(self, z: int, should_stop: Callable[[], bool]) -> microscopy.Plane: ...
 
 
-class UploadSlices(Slices):
+class UploadSlices:
     """The file's bytes in memory (an upload, or a small file by path), read as ``POST /segment``
     reads them (``microscopy.select``), a slice at a time."""
 
@@ -107,15 +107,12 @@ class UploadSlices(Slices):
     def plane(self, z: int, should_stop: Callable[[], bool]) -> microscopy.Plane:
         settings = self.runtime.settings
         md = self.runtime.components()[0].metadata
-        try:
-            selection = _slice_selection(self.options, self.plan.depth, z)
-            return microscopy.select(self.data, selection, settings.max_pixels, settings.decode_limits(),
-                                     md.in_channels, should_stop)
-        except imaging.UndecodableImage as exc:  # one slice's data corrupt: say which, of how many
-            raise imaging.UndecodableImage(f"z-slice {z} of {self.plan.depth}: {exc}") from exc
+        selection = _slice_selection(self.options, self.plan.depth, z)
+        return microscopy.select(self.data, selection, settings.max_pixels, settings.decode_limits(),
+                                 md.in_channels, should_stop)
 
 
-class FileSlices(Slices):
+class FileSlices:
     """A TIFF, CZI or OME-Zarr stack under the data root, each slice read from the file when its
     turn comes (``slide_files.open_slide``, which bounds the file's structure before parsing it):
     the file is never read whole, so it may be larger than an upload. Grey planes only (a colour
@@ -143,12 +140,8 @@ class FileSlices(Slices):
                                       model_channels=md.in_channels)
 
     def plane(self, z: int, should_stop: Callable[[], bool]) -> microscopy.Plane:
-        try:
-            with self._open(z if self.plan.depth > 1 else None) as source:
-                height, width = self.plan.height, self.plan.width
-                return replace(source.plane, image=source.read(0, height, 0, width))
-        except imaging.UndecodableImage as exc:
-            raise imaging.UndecodableImage(f"z-slice {z} of {self.plan.depth}: {exc}") from exc
+        with self._open(z if self.plan.depth > 1 else None) as source:
+            return replace(source.plane, image=source.read(0, self.plan.height, 0, self.plan.width))
 
 
 def file_slices(runtime: Runtime, path: Path, options: SegmentOptions) -> FileSlices | None:
@@ -234,7 +227,10 @@ def run(
 
     def segment_slice(z: int, diameter: float | None) -> _Slice:
         with admit(admitted_pixels(stack.height * stack.width)) as reserve:
-            plane = slices.plane(z, should_stop)
+            try:
+                plane = slices.plane(z, should_stop)
+            except imaging.UndecodableImage as exc:  # one slice's data corrupt: say which, of how many
+                raise imaging.UndecodableImage(f"z-slice {z} of {depth}: {exc}") from exc
             planned = pipeline.predict_plane(
                 plane.image, infer, md, diameter, settings.max_pixels,
                 tile_size=tiling.tile_size, overlap=tiling.overlap, batch_size=settings.max_batch_size,
