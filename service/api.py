@@ -39,7 +39,7 @@ from service.batcher import DynamicBatcher
 from service.engine import Engine
 from service.model_metadata import ModelMetadata
 from service.outputs import encode as encode_output
-from service.outputs import object_rows
+from service.outputs import measured_keys, object_rows
 from service.polarity import POLARITIES, Polarity
 from service.preprocess import to_channels
 from service.settings import Settings
@@ -69,7 +69,8 @@ class Segmentation:
         objects: one dict per nucleus, in label order: ``id`` (its value in ``labels``),
             ``centroid_x``/``centroid_y``, ``area`` (px), bounding box, intensities, mean
             confidence; plus ``area_um2``, ``centroid_*_um``, ``equivalent_diameter_um`` when
-            the pixel size is known — the columns of ``POST /segment?output=objects``.
+            the pixel size is known, and two columns per channel of ``measure`` — the columns of
+            ``POST /segment?output=objects``.
         Each of the four is None unless asked for in ``outputs``.
         object_count: number of nuclei (None when neither labels nor objects were asked for).
         diameter: typical nucleus diameter in input px that the image was scaled by (None: not
@@ -79,7 +80,8 @@ class Segmentation:
         warnings: notices about a result that may be unreliable (not fluorescence, no nuclei
             found while estimating their size, a file's calibration overridden, ...).
         plane: which channel / z / t / projection was segmented and its pixel size
-            (``plane.describe()`` as JSON); its ``image`` is empty.
+            (``plane.describe()`` as JSON); its ``image`` is empty, and ``plane.measured`` holds the
+            pixels of the channels asked for with ``measure``.
         image: the plane segmented, ``(H, W)`` or ``(H, W, C)`` as read.
         tiles: how many tiles the model ran on.
     """
@@ -244,6 +246,7 @@ class Segmenter:
         pixel_size: float | None = None,
         polarity: Polarity = "bright",
         series: int | None = None,
+        measure: Iterable[str | int] | str | None = None,
         axes: str | None = None,
         diameter: float | None = None,
         threshold: float | None = None,
@@ -269,6 +272,10 @@ class Segmenter:
                 colours mixed unless ``channel`` says otherwise.
             series: which image of a file holding several (an OME-TIFF's Images, a CZI's scenes),
                 0-based; None: the first (a notice in ``warnings`` says how many there are).
+            measure: channels to measure each object in besides the one segmented (indices or
+                names, or ``"all"``): ``objects`` gains ``mean_intensity_KEY`` and
+                ``integrated_intensity_KEY`` per channel (KEY: the channel's name made column-safe,
+                else ``c{index}``), read at the same z / t or projection.
             axes: an array's dimensions in the letters ``T Z C Y X S`` (S: colour samples), e.g.
                 ``"ZYX"``, ``"CYX"``, ``"YXC"``; default ``"YX"`` for 2-D, ``"YXS"`` for
                 ``(H, W, 3|4)``; other shapes must say. Only for arrays.
@@ -305,6 +312,7 @@ class Segmenter:
             pixel_size_um=pixel_size,
             polarity=polarity,
             series=series,
+            measure=microscopy.measure_choice(measure),
         )
         plane = microscopy.select(
             self._read(image, axes), selection, s.max_pixels, s.decode_limits(), md.in_channels
@@ -335,7 +343,8 @@ class Segmenter:
         if "objects" in wanted:
             assert grid.labels is not None
             rows = object_rows(grid.labels, pixels, grid.probability, plane)
-            table = [_plain(row) for row in objects.row_dicts(rows, plane.pixel_size is not None)]
+            calibrated = plane.pixel_size is not None
+            table = [_plain(row) for row in objects.row_dicts(rows, calibrated, measured_keys(plane))]
         return Segmentation(
             mask=grid.mask if "mask" in wanted else None,
             probability=grid.probability if "probability" in wanted else None,
@@ -346,7 +355,7 @@ class Segmenter:
             diameter_source=scale.source,
             scale_factor=scale.factor,
             warnings=tuple(notes),
-            plane=plane.without_pixels(),
+            plane=plane.without_pixels(keep_measured=True),  # encode("objects") measures them again
             image=pixels,
             tiles=prediction.tiles,
         )

@@ -329,6 +329,9 @@ class Config:
     pixel_size: float | None = None
     polarity: str | None = None  # dark: nuclei darker than their background (bright field, H&E)
     series: int | None = None  # which image of a file holding several (OME-TIFF Images, CZI scenes)
+    #: --measure: channels each nucleus is measured in besides the one segmented ("all", or indices /
+    #: names with commas between), for --output objects / geojson; None: not sent
+    measure: str | None = None
     #: ``--t all`` / ``--z all`` / ``--series all``: "t", "z" or "series", every plane (image) along
     #: it its own job and output
     every_plane: str | None = None
@@ -525,7 +528,8 @@ def job_bytes(job: Job, config: Config) -> tuple[bytes, str]:
 
         (axis, index), = job.plane
         selection = microscopy.Selection(channel=config.channel, z=config.z, t=config.t,
-                                         project=config.project, polarity=config.polarity or "bright")
+                                         project=config.project, polarity=config.polarity or "bright",
+                                         measure=microscopy.measure_choice(config.measure))
         cut = frames.cut_frame(job.source, axis, index, selection, get_settings().max_pixels)
         if cut is not None:
             return cut, "image/tiff"
@@ -690,7 +694,7 @@ class Segmenter:
             self.params["split"] = config.split
         if config.diameter is not None:
             self.params["diameter"] = f"{config.diameter:g}"
-        for name in ("channel", "z", "t", "project", "pixel_size", "polarity", "series"):
+        for name in ("channel", "z", "t", "project", "pixel_size", "polarity", "series", "measure"):
             value = getattr(config, name)
             if value is not None:
                 self.params[name] = str(value)
@@ -977,7 +981,7 @@ class LocalSegmenter:
         self.options: dict = {
             "split": config.split, "diameter": config.diameter, "channel": config.channel,
             "z": config.z, "t": config.t, "project": config.project, "pixel_size": config.pixel_size,
-            "polarity": config.polarity or "bright", "series": config.series,
+            "polarity": config.polarity or "bright", "series": config.series, "measure": config.measure,
         }
         # Only the arrays this kind is drawn from: labels cost a watershed, probabilities memory.
         self.outputs = tuple(outputs.NEEDS[self.kind.query] & set(api.OUTPUTS))
@@ -1445,6 +1449,10 @@ def build_parser() -> argparse.ArgumentParser:
     plane.add_argument("--channel", metavar="C",
                        help="the nuclei channel: 0-based index or name from the file (e.g. DAPI; "
                        "red/green/blue for colour; gray mixes colour to grey)")
+    plane.add_argument("--measure", metavar="CHANNELS",
+                       help="with --output objects or geojson: also measure each nucleus in these channels "
+                       "(0-based indices or names, commas between, or all), at the same z / t: the columns "
+                       "mean_intensity_NAME, integrated_intensity_NAME (e.g. --channel DAPI --measure GFP)")
     plane.add_argument("--z", type=_plane_index, metavar="Z|all",
                        help="z-slice, 0-based; all: every z-slice, each its own output (NAME_z07...)")
     plane.add_argument("--t", type=_plane_index, metavar="T|all",
@@ -1530,6 +1538,10 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         parser.error(f"--{every[0]} all is for stacks of images; a slide is one plane (give an index)")
     if args.z == ALL_PLANES and args.project is not None:
         parser.error("--z all segments each z-slice; --project max segments their projection: choose one")
+    if args.measure is not None and args.kind not in ("objects", "geojson"):
+        parser.error("--measure adds columns to the objects table: it needs --output objects or geojson")
+    if args.measure is not None and not args.measure.replace(",", "").strip():
+        parser.error("--measure names no channel: give indices or names, commas between, or all")
     if args.stitch_z is not None and (args.z != ALL_PLANES or args.kind != "labels"):
         parser.error("--stitch-z links the slices' labels: it needs --z all and --output labels")
     if args.stitch_z is not None and args.shard is not None and not isinstance(args.diameter, float):
@@ -1547,7 +1559,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                      "percent of its segmentation (give a number to segment every slide at one scale)")
     return Config(inputs=tuple(args.inputs), out=args.out, urls=tuple(args.urls), kind=args.kind,
                   split=args.split, diameter=None if once else args.diameter, diameter_once=once,
-                  channel=args.channel,
+                  channel=args.channel, measure=args.measure,
                   z=None if args.z == ALL_PLANES else args.z, t=None if args.t == ALL_PLANES else args.t,
                   series=None if args.series == ALL_PLANES else args.series,
                   every_plane=every[0] if every else None,

@@ -70,8 +70,9 @@ def pages_for(layout: Layout, axis: str, index: int, selection: Selection) -> li
     except microscopy.SelectionError:
         pass  # incomplete or wrong choices: the whole frame, and the service lists the file's choices
     else:
-        if "C" in choice.coords:
-            keep["C"] = [choice.coords["C"]]
+        if "C" in choice.coords:  # and the channels measured (measure=), each from its own pages
+            measured = [] if "S" in layout.axes else [m.index for m in choice.measured]
+            keep["C"] = sorted({choice.coords["C"], *measured})
         if choice.z is not None:
             keep["Z"] = [choice.z]
         if choice.t is not None:

@@ -40,7 +40,7 @@ import math
 import re
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -75,6 +75,8 @@ STACK_HINT = ("; for nuclei in 3-D, POST /jobs?output=labels3d (or `unet-segment
               "them.")
 #: The one projection offered (over Z).
 PROJECTIONS = ("max",)
+#: ``measure=`` value that measures the objects in every channel of the image.
+MEASURE_ALL = "all"
 
 # TIFF photometric interpretations tifffile hands back as the stored samples.
 _MINISWHITE, _MINISBLACK, _RGB, _PALETTE, _YCBCR = 0, 1, 2, 3, 6
@@ -266,6 +268,18 @@ class Selection:
     pixel_size_um: float | None = None
     polarity: Polarity = "bright"
     series: int | None = None
+    #: Channels to measure each object in, besides segmenting (``measure=``): indices as text,
+    #: names, or :data:`MEASURE_ALL`. Read at the segmented plane's z / t (or projection).
+    measure: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A channel the objects are measured in (``measure=``): ``image`` ``(H, W)`` in the file's
+    own units, at the same z / t (or projection) as the plane segmented."""
+
+    channel: Channel
+    image: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -287,10 +301,15 @@ class Plane:
     pixel_size: PixelSize | None = None
     warnings: tuple[str, ...] = ()
     polarity: Polarity = "bright"  # dark: turned to optical density before the model
+    measured: tuple[Measured, ...] = ()  # channels the objects are measured in (``measure=``)
 
-    def without_pixels(self) -> Plane:
-        """This description with an empty image, to keep after the pixels are done with."""
-        return replace(self, image=np.empty((0, 0), self.image.dtype))
+    def without_pixels(self, keep_measured: bool = False) -> Plane:
+        """This description with an empty image, to keep after the pixels are done with;
+        ``keep_measured``: with the measured channels' pixels still (to measure objects again)."""
+        measured = self.measured if keep_measured else tuple(
+            replace(m, image=np.empty((0, 0), m.image.dtype)) for m in self.measured
+        )
+        return replace(self, image=np.empty((0, 0), self.image.dtype), measured=measured)
 
     def position(self) -> tuple[int | None, int | None, int | None]:
         """0-based (channel, z, t) of this plane in the file, None where not applicable (no C
@@ -311,6 +330,7 @@ class Plane:
             "series": self.layout.series if self.layout.series_count > 1 else None,
             "axes": self.layout.axes,
             "shape": list(self.layout.shape),
+            **({"measured": [asdict(m.channel) for m in self.measured]} if self.measured else {}),
         }
 
 
@@ -880,10 +900,11 @@ def _plane_list(layout: Layout) -> str:
     return ", ".join(f"{a}: {n}" for a, n in layout.planes.items())
 
 
-def _resolve_channel(layout: Layout, wanted: str) -> Channel | str:
-    """``wanted`` (an index, a name in any case, or :data:`MIX`) → the channel, or MIX."""
+def _resolve_channel(layout: Layout, wanted: str, param: str = "channel") -> Channel | str:
+    """``wanted`` (an index, a name in any case, or :data:`MIX`) → the channel, or MIX.
+    ``param``: the request's option that named it, for the error."""
     text = wanted.strip()
-    if text.lower() == MIX and layout.rgb:
+    if text.lower() == MIX and layout.rgb and param == "channel":
         return MIX
     if re.fullmatch(r"\d+", text):
         index = int(text)
@@ -895,17 +916,46 @@ def _resolve_channel(layout: Layout, wanted: str) -> Channel | str:
             return matches[0]
         if len(matches) > 1:
             raise SelectionError(
-                f"channel {wanted!r} names {len(matches)} channels "
+                f"{param} {wanted!r} names {len(matches)} channels "
                 f"({', '.join(c.label() for c in matches)}); choose one by index",
-                ("channel",),
+                (param,),
                 layout.choices(),
             )
-    offer = _channel_list(layout) + (f", or {MIX} (colours mixed)" if layout.rgb else "")
+    mixable = layout.rgb and param == "channel"
+    offer = _channel_list(layout) + (f", or {MIX} (colours mixed)" if mixable else "")
+    if param == "measure":
+        offer += f", or {MEASURE_ALL} (every channel)"
     raise SelectionError(
-        f"the image has no channel {wanted!r}; its channels are {offer}",
-        ("channel",),
+        ("" if param == "channel" else f"{param}: ")
+        + f"the image has no channel {wanted!r}; its channels are {offer}",
+        (param,),
         layout.choices(),
     )
+
+
+def measure_choice(wanted: Iterable[str | int] | str | None) -> tuple[str, ...]:
+    """``measure=`` as :attr:`Selection.measure` holds it: ``"DAPI,GFP"`` (one text, commas
+    between), a list of indices / names, or None (nothing measured)."""
+    if wanted is None:
+        return ()
+    parts = wanted.split(",") if isinstance(wanted, str) else [str(w) for w in wanted]
+    chosen = tuple(part.strip() for part in parts if part.strip())
+    if not chosen:
+        raise ValueError(f"measure names no channel: {wanted!r} (indices or names, commas between, or all)")
+    return chosen
+
+
+def _resolve_measured(layout: Layout, wanted: tuple[str, ...]) -> tuple[Channel, ...]:
+    """``measure=``'s channels, in the order asked, each once (:data:`MEASURE_ALL`: all of them)."""
+    if any(text.strip().lower() == MEASURE_ALL for text in wanted):
+        return layout.channels
+    chosen: list[Channel] = []
+    for text in wanted:
+        channel = _resolve_channel(layout, text, "measure")
+        assert isinstance(channel, Channel)  # MIX is a channel= choice only
+        if channel not in chosen:
+            chosen.append(channel)
+    return tuple(chosen)
 
 
 def _check_index(layout: Layout, axis: str, value: int, param: str) -> None:
@@ -928,7 +978,8 @@ class Choice:
     ``channel``: the channel to take (None: the image has one, or colour is kept whole);
     ``coords``: page coordinates besides Z (``{"T": t, "C": c}``); ``z``: the z-plane (None: no Z
     axis, or a projection); ``samples``: ``channel`` is a sample of colour pages (take it from
-    the last axis of a page) rather than a page of its own.
+    the last axis of a page) rather than a page of its own; ``measured``: the channels each object is
+    measured in (``measure=``), read at the same coordinates but their own channel.
     """
 
     layout: Layout
@@ -941,13 +992,15 @@ class Choice:
     pixel_size: PixelSize | None
     warnings: tuple[str, ...]
     polarity: Polarity = "bright"
+    measured: tuple[Channel, ...] = ()
 
     @property
     def samples(self) -> bool:
         return self.channel is not None and "S" in self.layout.axes
 
-    def plane(self, image: np.ndarray) -> Plane:
-        """The :class:`Plane` of this choice holding ``image`` (an empty one for slides)."""
+    def plane(self, image: np.ndarray, measured: tuple[Measured, ...] = ()) -> Plane:
+        """The :class:`Plane` of this choice holding ``image`` (an empty one for slides) and the
+        ``measured`` channels' pixels."""
         channel = self.channel
         return Plane(
             image=image,
@@ -960,6 +1013,7 @@ class Choice:
             pixel_size=self.pixel_size,
             warnings=self.warnings,
             polarity=self.polarity,
+            measured=measured,
         )
 
 
@@ -972,6 +1026,7 @@ def resolve(layout: Layout, sel: Selection, model_channels: int = 1) -> Choice:
     notes = list(layout.warnings)
     # Choices the image lacks come first: a typo is a clearer error than a missing choice.
     chosen = None if sel.channel is None else _resolve_channel(layout, sel.channel)
+    measured = _resolve_measured(layout, sel.measure)
     if chosen is None and sel.polarity == "dark" and layout.rgb:
         # Transmitted light (bright field, H&E): every colour absorbs a share of the light, and
         # the nuclei are what absorbs most; the colours mixed to grey are the image meant.
@@ -1055,6 +1110,7 @@ def resolve(layout: Layout, sel: Selection, model_channels: int = 1) -> Choice:
         pixel_size=pixel_size,
         warnings=tuple(notes),
         polarity=sel.polarity,
+        measured=measured,
     )
 
 
@@ -1066,8 +1122,12 @@ def _select(
     channel = choice.channel
     colour_whole = layout.rgb and (layout.grey_rgb or model_channels == 3)
 
-    def plane_at(z: int | None) -> np.ndarray:
+    pages_per_channel = "S" not in layout.axes and len(layout.channels) > 1
+
+    def plane_at(z: int | None, channel: Channel | None = channel) -> np.ndarray:
         at = dict(choice.coords)
+        if channel is not None and channel != choice.channel and pages_per_channel:
+            at["C"] = channel.index  # a measured channel: its own pages, at the same z / t
         if z is not None:
             at["Z"] = z
         array = source.first if (not at and source.first is not None) else source.read(at)
@@ -1075,15 +1135,25 @@ def _select(
             array = np.ascontiguousarray(array[:, :, channel.index])
         return array
 
-    if choice.projection == "max":
-        image = plane_at(0).copy()
+    def read(channel: Channel | None) -> np.ndarray:
+        if choice.projection != "max":
+            return plane_at(choice.z, channel)
+        image = plane_at(0, channel).copy()
         for k in range(1, layout.planes["Z"]):
             if should_stop is not None and should_stop():
                 raise DecodeCancelled(f"stopped after {k} of {layout.planes['Z']} planes of the projection")
-            np.maximum(image, plane_at(k), out=image)
-    else:
-        image = plane_at(choice.z)
+            np.maximum(image, plane_at(k, channel), out=image)
+        return image
+
+    image = read(channel)
     if image.ndim == 3 and channel is None and not choice.mixed and not colour_whole and image.shape[2] > 1:
         # a C-less multi-sample page with one sample is handled above; anything left is a bug
         raise AssertionError(f"unexpected plane shape {image.shape}")
-    return choice.plane(image)
+    measured = []
+    for wanted in choice.measured:
+        # The segmented channel's pixels are already here (a colour image kept whole is not one).
+        pixels = image if (wanted == channel and image.ndim == 2) else read(wanted)
+        if pixels.ndim != 2:  # a one-channel page read whole, e.g. grey: its only plane
+            raise AssertionError(f"unexpected measured plane shape {pixels.shape}")
+        measured.append(Measured(wanted, pixels))
+    return choice.plane(image, tuple(measured))

@@ -25,7 +25,7 @@ import gc
 import io
 import math
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
@@ -585,10 +585,38 @@ class ObjectRow:
     centroid_x_um: float | None = None
     centroid_y_um: float | None = None
     equivalent_diameter_um: float | None = None
+    #: The channels measured besides the one segmented (``measure=``): ``(column, value)`` pairs
+    #: in table order (:func:`channel_columns`), after every other column.
+    channel_values: tuple[tuple[str, float], ...] = ()
 
 
 #: The micrometre columns, in table order.
 UM_FIELDS = ("area_um2", "centroid_x_um", "centroid_y_um", "equivalent_diameter_um")
+#: Fields that are not columns of their own.
+_NOT_COLUMNS = ("channel_values",)
+
+
+def channel_columns(key: str) -> tuple[str, str]:
+    """The two columns of a channel measured (``measure=``), ``key`` naming it (:func:`channel_key`):
+    the mean and the sum of its intensity over each object's pixels, in the file's units."""
+    return f"mean_intensity_{key}", f"integrated_intensity_{key}"
+
+
+def channel_key(index: int, name: str | None) -> str:
+    """A column-safe name for channel ``index``: its name with anything but letters, digits and
+    ``_`` made ``_`` (``Alexa 488`` → ``Alexa_488``), or ``c{index}`` when it has none."""
+    cleaned = "_".join(part for part in "".join(
+        ch if (ch.isascii() and ch.isalnum()) or ch == "_" else " " for ch in (name or "")
+    ).split())
+    return cleaned or f"c{index}"
+
+
+def channel_keys(channels: list[tuple[int, str | None]]) -> list[str]:
+    """:func:`channel_key` of each ``(index, name)``, made unique: where two names clean to one
+    key (``GFP`` twice, ``A-1`` and ``A 1``), each of them is prefixed with ``c{index}_``."""
+    keys = [channel_key(index, name) for index, name in channels]
+    return [f"c{index}_{key}" if keys.count(key) > 1 and key != f"c{index}" else key
+            for (index, _), key in zip(channels, keys, strict=True)]
 
 
 def measure(
@@ -596,6 +624,7 @@ def measure(
     intensity: np.ndarray,
     probability: np.ndarray,
     pixel_size_um: tuple[float, float] | None = None,
+    channels: Sequence[tuple[str, np.ndarray]] = (),
 ) -> list[ObjectRow]:
     """Per-object measurements.
 
@@ -604,6 +633,9 @@ def measure(
         intensity: ``(H, W)`` input intensity in its original units (gray).
         probability: ``(H, W)`` float foreground probability.
         pixel_size_um: ``(x, y)`` µm per pixel, to add the ``*_um`` fields; None leaves them out.
+        channels: ``(key, (H, W) intensity)`` of other channels to measure each object in
+            (:func:`channel_key`): their mean and integrated intensity, as columns
+            :func:`channel_columns` names.
     """
     count = int(labels.max(initial=0))
     if count == 0:
@@ -619,6 +651,12 @@ def measure(
     sum_y = np.bincount(ids, weights=rows_idx, minlength=count + 1)
     sum_i = np.bincount(ids, weights=intensity.ravel()[where].astype(np.float64), minlength=count + 1)
     sum_p = np.bincount(ids, weights=probability.ravel()[where].astype(np.float64), minlength=count + 1)
+    channel_sums = []
+    for key, pixels in channels:
+        if pixels.shape != labels.shape:
+            raise ValueError(f"channel {key!r} is {pixels.shape}, the labels {labels.shape}")
+        sums = np.bincount(ids, weights=pixels.ravel()[where].astype(np.float64), minlength=count + 1)
+        channel_sums.append((channel_columns(key), sums))
     boxes = ndimage.find_objects(labels)
     rows = []
     for i in range(1, count + 1):
@@ -639,6 +677,11 @@ def measure(
                 mean_intensity=round(sum_i[i] / n, 4),
                 integrated_intensity=round(float(sum_i[i]), 4),
                 mean_confidence=round(sum_p[i] / n, 4),
+                channel_values=tuple(
+                    pair
+                    for (mean_column, sum_column), sums in channel_sums
+                    for pair in ((mean_column, round(sums[i] / n, 4)), (sum_column, round(float(sums[i]), 4)))
+                ),
             )
         )
     if pixel_size_um is not None:
@@ -660,24 +703,34 @@ def calibrate(row: ObjectRow, pixel_size_um: tuple[float, float]) -> ObjectRow:
     )
 
 
-def table_fields(calibrated: bool) -> list[str]:
-    """The object table's columns: pixel ones, plus the micrometre ones when ``calibrated``."""
-    return [f for f in ObjectRow.__dataclass_fields__ if calibrated or f not in UM_FIELDS]
+def table_fields(calibrated: bool, channel_keys: Sequence[str] = ()) -> list[str]:
+    """The object table's columns: pixel ones, plus the micrometre ones when ``calibrated``, plus
+    two per channel measured (``channel_keys``, :func:`channel_columns`)."""
+    own = [f for f in ObjectRow.__dataclass_fields__
+           if f not in _NOT_COLUMNS and (calibrated or f not in UM_FIELDS)]
+    return own + [column for key in channel_keys for column in channel_columns(key)]
 
 
-def row_dicts(rows: list[ObjectRow], calibrated: bool) -> list[dict]:
+def row_dicts(rows: list[ObjectRow], calibrated: bool, channel_keys: Sequence[str] = ()) -> list[dict]:
     """Rows as dicts with exactly :func:`table_fields` (``output=objects`` as JSON)."""
-    fields = table_fields(calibrated)
-    return [{f: getattr(row, f) for f in fields} for row in rows]
+    own = table_fields(calibrated)
+    extra = table_fields(calibrated, channel_keys)[len(own):]
+    out = []
+    for row in rows:
+        values = dict(row.channel_values)
+        if sorted(values) != sorted(extra):
+            raise ValueError(f"row {row.id} measures {sorted(values)}, the table {sorted(extra)}")
+        out.append({**{f: getattr(row, f) for f in own}, **{c: values[c] for c in extra}})
+    return out
 
 
-def rows_to_csv(rows: list[ObjectRow], calibrated: bool = False) -> str:
+def rows_to_csv(rows: list[ObjectRow], calibrated: bool = False, channel_keys: Sequence[str] = ()) -> str:
     """Object table as CSV text with a header row (also for an empty table); the micrometre
-    columns when ``calibrated``."""
+    columns when ``calibrated``; the measured channels' columns for ``channel_keys``."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=table_fields(calibrated), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=table_fields(calibrated, channel_keys), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(row_dicts(rows, calibrated))
+    writer.writerows(row_dicts(rows, calibrated, channel_keys))
     return buffer.getvalue()
 
 
@@ -803,6 +856,7 @@ def feature(row: ObjectRow, ring: list[list[float]], classification: str = "Nucl
                 "Integrated intensity": row.integrated_intensity,
                 "Mean confidence": row.mean_confidence,
                 **_um_measurements(row),
+                **dict(row.channel_values),
             },
         },
     }

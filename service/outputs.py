@@ -35,14 +35,25 @@ NEEDS: dict[str, frozenset[str]] = {
 def object_rows(
     labels: np.ndarray, image: np.ndarray, probability: np.ndarray, plane: Plane | None
 ) -> list[objects.ObjectRow]:
-    """One measured row per object; in µm too when the plane's pixel size is known.
+    """One measured row per object; in µm too when the plane's pixel size is known, and in each
+    channel the plane carries for measuring (``measure=``, columns named by :func:`measured_keys`).
 
     ``image``: the plane segmented, ``(H, W)`` or ``(H, W, C)`` (intensities are taken from
     its grey version); ``probability``: foreground probability on the same grid.
     """
     size = plane.pixel_size if plane is not None else None
     um = (size.x_um, size.y_um) if size is not None else None
-    return objects.measure(labels, to_channels(image, 1), probability, pixel_size_um=um)
+    channels = [] if plane is None else [
+        (key, measured.image) for key, measured in zip(measured_keys(plane), plane.measured, strict=True)
+    ]
+    return objects.measure(labels, to_channels(image, 1), probability, pixel_size_um=um, channels=channels)
+
+
+def measured_keys(plane: Plane | None) -> list[str]:
+    """The column names (``objects.channel_key``) of the channels ``plane`` is measured in."""
+    if plane is None:
+        return []
+    return objects.channel_keys([(m.channel.index, m.channel.name) for m in plane.measured])
 
 
 def encode(
@@ -99,6 +110,7 @@ def encode(
         properties = {**(plane.describe() if plane else {}), "warnings": list(warnings)}
         collection = objects.to_geojson(labels, rows, properties=properties)
         return json.dumps(collection).encode(), "application/geo+json"
+    keys = measured_keys(plane)
     if json_table:
-        return json.dumps(objects.row_dicts(rows, calibrated)).encode(), "application/json"
-    return objects.rows_to_csv(rows, calibrated).encode(), "text/csv; charset=utf-8"
+        return json.dumps(objects.row_dicts(rows, calibrated, keys)).encode(), "application/json"
+    return objects.rows_to_csv(rows, calibrated, keys).encode(), "text/csv; charset=utf-8"

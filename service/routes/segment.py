@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 from urllib.parse import quote
@@ -132,7 +132,9 @@ _OPTION_NAMES = ("output", "threshold", "bits", "tile_size", "overlap", "split",
 #: Options of job-only outputs, which POST /segment's own options never include.
 _JOB_OPTION_NAMES = ("geojson", "min_iou")
 #: Which channel / plane of a microscopy file, and its pixel size (service.microscopy).
-_PLANE_OPTION_NAMES = ("channel", "z", "t", "project", "pixel_size", "polarity", "series")
+_PLANE_OPTION_NAMES = ("channel", "z", "t", "project", "pixel_size", "polarity", "series", "measure")
+#: Outputs that carry a table of measurements, which ``measure=`` adds columns to.
+MEASURED_OUTPUTS = ("objects", "geojson")
 
 
 class Project(str, Enum):
@@ -172,9 +174,23 @@ def plane_selection(
         "a CZI's scenes (the positions of a multi-position experiment). Default: the first, with a "
         "notice in X-Warnings naming how many there are",
     ),
+    measure: str | None = Query(
+        None, min_length=1, max_length=1000,
+        description="output=objects / geojson: also measure each nucleus in these channels (0-based "
+        "indices or names, commas between, or `all`), at the same z / t or projection: two columns each, "
+        "mean_intensity_KEY and integrated_intensity_KEY (KEY: the channel's name with anything but "
+        "letters, digits and _ made _, or c{index} for an unnamed channel) — e.g. segment on DAPI and "
+        "measure a marker's intensity per nucleus",
+    ),
 ) -> microscopy.Selection:
     """Which plane of a multi-channel / multi-plane image; a stack without z/t/project, or
     several channels without channel, is a 422 that lists the choices (never a guess)."""
+    try:
+        measured = microscopy.measure_choice(measure)
+    except ValueError as exc:
+        raise InvalidOptions(
+            str(exc), errors=[{"loc": ["query", "measure"], "msg": str(exc), "type": "value_error"}]
+        ) from exc
     return microscopy.Selection(
         channel=channel,
         z=z,
@@ -183,6 +199,7 @@ def plane_selection(
         pixel_size_um=pixel_size,
         polarity=polarity.value,
         series=series,
+        measure=measured,
     )
 
 
@@ -244,11 +261,26 @@ def segment_options(
             errors=[{"loc": ["query", "geojson"], "msg": "only with output=ome-zarr", "type": "value_error"}],
         )
     _check_stack_options(output, min_iou, plane)
+    _check_measure(output, plane)
     json_table = "application/json" in accept and "text/csv" not in accept
     return SegmentOptions(
         output, threshold, bits, tile_size, overlap, json_table, split, diameter, plane, geojson=geojson,
         min_iou=min_iou,
     )
+
+
+def _check_measure(output: Output, plane: microscopy.Selection) -> None:
+    """``measure=`` only where there is a table to add columns to."""
+    if plane.measure and output.value not in MEASURED_OUTPUTS:
+        if output in JOB_ONLY_OUTPUTS:
+            why = f"output={output.value}'s objects table measures the segmented channel only, for now"
+        else:
+            why = f"output={output.value} has no table of measurements"
+        raise InvalidOptions(
+            f"measure= adds columns to the objects table of output={' or '.join(MEASURED_OUTPUTS)}; {why}",
+            errors=[{"loc": ["query", "measure"], "msg": "only with output=objects or geojson",
+                     "type": "value_error"}],
+        )
 
 
 def _check_stack_options(output: Output, min_iou: float | None, plane: microscopy.Selection) -> None:
@@ -287,6 +319,7 @@ def batch_options(
         output, threshold, bits, tile_size, overlap, split=split, diameter=diameter, plane=plane
     )
     refuse_job_only(options)
+    _check_measure(output, plane)
     return options
 
 
@@ -354,15 +387,17 @@ def run_pipeline(
     cache = runtime.prediction_cache
     kept = cache.entry(plane_key(engine, data, options, tiling, settings)) if cached else None
     plane = kept.plane if kept is not None else None
-    if plane is None:
+    if plane is None or options.plane.measure:
         # The one plane to segment: channel / z / t / projection chosen, pixel limits checked from
         # the header first; a stack or multi-channel image without a choice is a SelectionError (422).
+        # Channels to measure are read afresh each time (measure= is not in the cache's key: a table
+        # with a marker's intensities reuses the prediction the outlines shown were drawn from).
         plane = microscopy.select(
             data, options.plane, settings.max_pixels, settings.decode_limits(), md.in_channels, should_stop
         )
-        if kept is not None:
+        if kept is not None and kept.plane is None:
             frozen(plane.image)  # kept: shared by later requests
-            kept.keep_plane(plane, plane.image.nbytes)
+            kept.keep_plane(replace(plane, measured=()), plane.image.nbytes)
     if should_stop():  # decoding counts against the request's time: don't start the model late
         raise segment.Cancelled("stopped after decoding")
     image = plane.image
@@ -438,7 +473,7 @@ def plane_key(
     which ``pipeline.predict_plane`` keys itself (threshold and split act after the prediction)."""
     return PlaneKey(
         upload=PlaneKey.digest(data),
-        selection=options.plane,
+        selection=replace(options.plane, measure=()),  # measured channels change no prediction
         model=(engine.checksum, str(engine.path), engine.metadata.precision, tuple(engine.providers)),
         reading=(
             settings.max_pixels,

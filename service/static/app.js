@@ -202,8 +202,9 @@ function segmentParams(output, threshold) {
  * X-… headers): directly, or through a job for a large image. `purpose` names the job slot:
  * a new request for the same purpose cancels the older job.
  */
-async function segmentRequest(output, threshold, step, runningText, purpose) {
+async function segmentRequest(output, threshold, step, runningText, purpose, measure = false) {
   const params = segmentParams(output, threshold);
+  if (measure) params.set("measure", "all");
   if (state.useJobs) {
     const answer = await viaJob(params, step, purpose);
     if (answer) return answer;
@@ -903,8 +904,12 @@ function save(blob, name) {
 async function download(output) {
   if (!state.file) return;
   try {
+    // A table saved can hold every channel's intensity per nucleus (the box shows for multi-channel
+    // files); only downloads ask for it, so the outlines shown keep their cached prediction.
+    const tables = output === "objects" || output === "geojson";
+    const measure = tables && !$("channel-box").hidden && $("measure-all").checked;
     const xhr = await segmentRequest(output, state.threshold, `Download ${output}`, "segmenting",
-      `download-${output}`);
+      `download-${output}`, measure);
     save(xhr.response, downloadName(output, xhr.getResponseHeader("Content-Type")));
   } catch (err) {
     showError(err.message);

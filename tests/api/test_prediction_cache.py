@@ -132,6 +132,27 @@ def test_other_bytes_another_diameter_or_another_channel_run_the_model(servers) 
         assert r.headers["X-Prediction-Cache"] == "hit" and r.content == answers[channel]
 
 
+def test_a_table_measuring_other_channels_reuses_the_prediction_and_measures_them(servers) -> None:
+    cached, plain = servers
+    two = io.BytesIO()
+    channels = np.stack([im.blobs(120, 150, seed=s, dtype=np.uint16) for s in (3, 4)])
+    tifffile.imwrite(two, channels, imagej=True, metadata={"axes": "CYX", "Labels": ["DAPI", "GFP"]})
+    tif = two.getvalue()
+    shown = post(cached, tif, "image/tiff", output="geojson", channel="DAPI", diameter=30)
+    assert shown.headers["X-Prediction-Cache"] == "miss"
+    before = tiles_run(cached)
+    for measure in ("GFP", "all", "GFP"):  # the channels read afresh each time, the prediction kept
+        r = post(cached, tif, "image/tiff", output="objects", channel="DAPI", diameter=30, measure=measure)
+        assert r.headers["X-Prediction-Cache"] == "hit", measure
+        assert_same_answer(r, post(plain, tif, "image/tiff", output="objects", channel="DAPI", diameter=30,
+                                   measure=measure))
+        assert "mean_intensity_GFP" in r.text.splitlines()[0]
+    assert tiles_run(cached) == before
+    # and the plane kept for later requests is the segmented channel's, whatever was measured
+    again = post(cached, tif, "image/tiff", output="objects", channel="DAPI", diameter=30)
+    assert "GFP" not in again.text and again.headers["X-Prediction-Cache"] == "hit"
+
+
 def test_images_segmented_band_by_band_are_not_kept(start_server, tmp_path_factory) -> None:
     model = write_conv_model(tmp_path_factory.mktemp("m") / "conv.onnx", seed=1)
     server = start_server({"UNET_MODEL_PATH": str(model), "UNET_WINDOWED_MIN_PIXELS": "10000"}).wait_ready()

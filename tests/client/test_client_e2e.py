@@ -78,6 +78,17 @@ def test_a_two_channel_tiff_fails_with_its_channels_until_channel_is_given(
     header = (tmp_path / "dapi" / "cells.csv").read_text().splitlines()[0].split(",")
     assert "area_um2" in header and "equivalent_diameter_um" in header
 
+    # --measure reaches the service: the other channel's columns, the rest of the table as before
+    measured = run("--out", str(tmp_path / "measured"), "--channel", "dapi", "--measure", "Cytoplasm")
+    assert measured.returncode == 0, measured.stderr
+    lines = (tmp_path / "measured" / "cells.csv").read_text().splitlines()
+    assert lines[0].split(",") == [*header, "mean_intensity_Cytoplasm", "integrated_intensity_Cytoplasm"]
+    plain = (tmp_path / "dapi" / "cells.csv").read_text().splitlines()
+    assert [line.rsplit(",", 2)[0] for line in lines[1:]] == plain[1:]
+    wrong_kind = run("--out", str(tmp_path / "labels"), "--channel", "dapi", "--measure", "all",
+                     "--output", "labels")
+    assert wrong_kind.returncode == 2 and "--output objects or geojson" in wrong_kind.stderr
+
 
 @pytest.mark.parametrize("suffix", [".tif", ".czi"])
 def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Path, suffix: str) -> None:

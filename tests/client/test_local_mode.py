@@ -107,6 +107,12 @@ def test_local_mode_options_reach_the_pipeline(tmp_path: Path) -> None:
     assert chosen.returncode == 0, chosen.stderr
     table = (tmp_path / "o2" / "cells.csv").read_text().splitlines()
     assert "area_um2" in table[0] and len(table) == 1 + count
+    measured = unet_segment(str(folder), "--out", str(tmp_path / "o3"), "--output", "objects",
+                            "--channel", "1", "--measure", "0")
+    assert measured.returncode == 0, measured.stderr
+    rows = (tmp_path / "o3" / "cells.csv").read_text().splitlines()
+    assert rows[0].endswith(",mean_intensity_c0,integrated_intensity_c0") and len(rows) == 1 + count
+    assert all(row.endswith(",0.0,0.0") for row in rows[1:])  # the first channel is all zeros
 
 
 def test_model_option_is_for_local_mode_only(images: Path, tmp_path: Path) -> None:

@@ -104,6 +104,27 @@ def test_arrays_are_read_as_the_file_they_would_be(segmenter: Segmenter, tmp_pat
         segmenter.segment(stack, axes="ZCY")
 
 
+def test_measure_adds_each_channels_mean_and_sum_per_nucleus(segmenter: Segmenter) -> None:
+    image, count = nuclei_image(seed=11)
+    marker = np.random.default_rng(2).integers(0, 5000, image.shape, dtype=np.uint16)
+    stack = np.stack([image, marker])  # C Y X: nuclei, then a marker that varies per pixel
+    result = segmenter.segment(stack, axes="CYX", channel=0, measure=[1, "0"],
+                                outputs=("labels", "objects", "probability"))
+    assert result.objects is not None and len(result.objects) == result.object_count == count
+    for row in result.objects:
+        inside = result.labels == row["id"]
+        assert row["mean_intensity_c1"] == pytest.approx(marker[inside].mean(), abs=1e-3)
+        assert row["integrated_intensity_c1"] == pytest.approx(float(marker[inside].sum()), abs=1e-2)
+        assert row["mean_intensity_c0"] == row["mean_intensity"]
+    # encoded later, the table is the one the service would send (the measured pixels were kept)
+    header = result.encode("objects")[0].decode().splitlines()[0]
+    assert header.endswith(
+        "mean_intensity_c1,integrated_intensity_c1,mean_intensity_c0,integrated_intensity_c0"
+    )
+    with pytest.raises(microscopy.SelectionError, match="measure: the image has no channel '2'"):
+        segmenter.segment(stack, axes="CYX", channel=0, measure="2")
+
+
 def test_outputs_choose_what_is_returned(segmenter: Segmenter) -> None:
     image, count = nuclei_image(seed=9)
     mask_only = segmenter.segment(image, outputs=("mask",))

@@ -135,3 +135,14 @@ def test_what_is_not_a_stack_with_that_plane_is_sent_whole(hyperstack, tmp_path:
     png = tmp_path / "x.tif"
     png.write_bytes(b"\x89PNG\r\n\x1a\n not a TIFF")
     assert frames.cut_frame(png, "t", 0, microscopy.Selection(), MAX_PIXELS) is None
+
+
+def test_a_cut_holds_the_measured_channels_pages_too(hyperstack) -> None:
+    path, movie = hyperstack
+    selection = microscopy.Selection(channel="DAPI", z=2, measure=("Actin",))
+    cut = frames.cut_frame(path, "t", 1, selection, MAX_PIXELS)
+    assert cut is not None and page_count(cut) == 2
+    plane = read(cut, channel="DAPI", z=2, t=1, measure=("Actin",))
+    assert np.array_equal(plane.image, movie[1, 2, 1])
+    measured = [(m.channel.name, np.array_equal(m.image, movie[1, 2, 0])) for m in plane.measured]
+    assert measured == [("Actin", True)]

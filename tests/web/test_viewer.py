@@ -392,7 +392,17 @@ def test_channel_picker_lists_the_files_channels_and_segments_the_one_chosen(
             page.locator("#download-objects").click()
         assert info.value.suggested_filename == "two-channel_objects.csv"
         header = Path(info.value.path()).read_text().splitlines()[0].split(",")
-        assert "area_um2" in header
+        assert "area_um2" in header and not any(c.endswith("_Cytoplasm") for c in header)
+        # Every channel measured per nucleus in the saved table, the outlines shown left as they were
+        requests.clear()
+        page.get_by_label("Measure every channel").check()
+        with page.expect_download() as info:
+            page.locator("#download-objects").click()
+        measured = Path(info.value.path()).read_text().splitlines()[0].split(",")
+        assert measured == [*header, "mean_intensity_Cytoplasm", "integrated_intensity_Cytoplasm",
+                            "mean_intensity_DAPI", "integrated_intensity_DAPI"]
+        assert [url for url in requests if "measure=all" in url] and all(
+            "output=objects" in url for url in requests if "measure=" in url)
         with page.expect_download() as info:
             page.locator("#download-rois").click()
         assert info.value.suggested_filename == "two-channel_rois.zip"

@@ -1,0 +1,209 @@
+"""``measure=``: each nucleus measured in other channels of the file, through a real server.
+
+The usual analysis of a multi-channel micrograph: segment the nuclei on the DNA stain and read a
+marker's intensity per nucleus. The bar: the extra columns hold exactly the mean and the sum of
+the measured channel's pixels over each object of the labels the service gives for the same
+request (computed here from the file's own arrays), at the same z / t or projection; the
+objects themselves do not change; every output that has no table, and every channel the file
+lacks, is a 422 that says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+import tifffile
+
+from tests.api import _images as im
+from tests.api.test_jobs import finished, wait_until
+from tests.server import Server
+
+H, W = 96, 120
+NUCLEI = im.blobs(H, W, seed=12, dtype=np.uint16)
+MARKER = (np.arange(H * W, dtype=np.uint16).reshape(H, W) % 997).astype(np.uint16)  # varies per pixel
+EMPTY = np.full((H, W), 3, np.uint16)
+THREE_CHANNELS = np.stack([NUCLEI, MARKER, EMPTY])
+
+
+def tiff(array: np.ndarray, **options) -> bytes:
+    out = io.BytesIO()
+    tifffile.imwrite(out, array, **options)
+    return out.getvalue()
+
+
+IJ_THREE = tiff(THREE_CHANNELS, imagej=True, metadata={"axes": "CYX", "Labels": ["DAPI", "GFP 488", "Cy5"]})
+
+
+def post(server: Server, data: bytes, path: str = "/segment", headers: dict | None = None, **params):
+    return server.client.post(
+        path, params=params, content=data, headers={"Content-Type": "image/tiff", **(headers or {})}
+    )
+
+
+def labels_of(server: Server, data: bytes, **params) -> np.ndarray:
+    r = post(server, data, output="labels", **params)
+    assert r.status_code == 200, r.text
+    return im.decode(r.content).astype(np.int64)
+
+
+def table(server: Server, data: bytes, **params) -> list[dict]:
+    r = post(server, data, output="objects", **params)
+    assert r.status_code == 200, r.text
+    return list(csv.DictReader(io.StringIO(r.text)))
+
+
+def per_object(labels: np.ndarray, pixels: np.ndarray) -> dict[int, tuple[float, float]]:
+    """``{id: (mean, sum)}`` of ``pixels`` over each object of ``labels``."""
+    out = {}
+    for i in np.unique(labels[labels > 0]):
+        values = pixels[labels == i].astype(np.float64)
+        out[int(i)] = (values.mean(), values.sum())
+    return out
+
+
+def test_every_channel_measured_over_the_objects_of_the_labels(server: Server) -> None:
+    labels = labels_of(server, IJ_THREE, channel="DAPI")
+    rows = table(server, IJ_THREE, channel="DAPI", measure="all")
+    assert len(rows) == labels.max() > 0
+    assert list(rows[0])[-6:] == [
+        "mean_intensity_DAPI",
+        "integrated_intensity_DAPI",
+        "mean_intensity_GFP_488",
+        "integrated_intensity_GFP_488",
+        "mean_intensity_Cy5",
+        "integrated_intensity_Cy5",
+    ]
+    for key, pixels in (("DAPI", NUCLEI), ("GFP_488", MARKER), ("Cy5", EMPTY)):
+        expected = per_object(labels, pixels)
+        for row in rows:
+            mean, total = expected[int(row["id"])]
+            assert float(row[f"mean_intensity_{key}"]) == pytest.approx(mean, abs=1e-3)
+            assert float(row[f"integrated_intensity_{key}"]) == pytest.approx(total, abs=1e-2)
+    # the segmented channel's own columns are what mean_intensity always was
+    assert all(row["mean_intensity_DAPI"] == row["mean_intensity"] for row in rows)
+
+
+def test_measuring_changes_no_object_and_no_other_column(server: Server) -> None:
+    plain = table(server, IJ_THREE, channel="0")
+    measured = table(server, IJ_THREE, channel="0", measure="1")
+    assert [{k: v for k, v in row.items() if not k.endswith("_GFP_488")} for row in measured] == plain
+    assert set(measured[0]) - set(plain[0]) == {"mean_intensity_GFP_488", "integrated_intensity_GFP_488"}
+
+
+@pytest.mark.parametrize("measure", ["GFP 488", "gfp 488", "1", " 1 , GFP 488 "])
+def test_a_channel_by_name_in_any_case_or_by_index_once(server: Server, measure: str) -> None:
+    rows = table(server, IJ_THREE, channel="DAPI", measure=measure)
+    assert [k for k in rows[0] if "GFP" in k] == ["mean_intensity_GFP_488", "integrated_intensity_GFP_488"]
+
+
+def test_unnamed_channels_are_keyed_by_index(server: Server) -> None:
+    data = tiff(THREE_CHANNELS, imagej=True, metadata={"axes": "CYX"})
+    rows = table(server, data, channel="0", measure="2,1")
+    assert list(rows[0])[-4:] == [
+        "mean_intensity_c2",
+        "integrated_intensity_c2",
+        "mean_intensity_c1",
+        "integrated_intensity_c1",
+    ]
+
+
+def test_json_table_and_geojson_carry_the_columns(server: Server) -> None:
+    r = post(
+        server,
+        IJ_THREE,
+        headers={"Accept": "application/json"},
+        output="objects",
+        channel="DAPI",
+        measure="GFP 488",
+    )
+    rows = r.json()
+    labels = labels_of(server, IJ_THREE, channel="DAPI")
+    expected = per_object(labels, MARKER)
+    assert rows and all(
+        row["mean_intensity_GFP_488"] == pytest.approx(expected[row["id"]][0], abs=1e-3) for row in rows
+    )
+    geo = post(server, IJ_THREE, output="geojson", channel="DAPI", measure="GFP 488").json()
+    first = geo["features"][0]["properties"]["measurements"]
+    assert first["mean_intensity_GFP_488"] == pytest.approx(
+        expected[int(geo["features"][0]["id"])][0], abs=1e-3
+    )
+    assert geo["properties"]["measured"] == [{"index": 1, "name": "GFP 488"}]
+
+
+def test_a_projection_measures_the_projection_of_each_channel(server: Server) -> None:
+    rng = np.random.default_rng(5)
+    stack = np.stack([THREE_CHANNELS, THREE_CHANNELS[:, ::-1, :]])  # Z C Y X
+    stack[:, 1] = rng.integers(0, 4000, size=(2, H, W), dtype=np.uint16)
+    data = tiff(stack, imagej=True, metadata={"axes": "ZCYX", "Labels": ["DAPI", "GFP", "Cy5"] * 2})
+    labels = labels_of(server, data, channel="DAPI", project="max")
+    rows = table(server, data, channel="DAPI", project="max", measure="GFP")
+    expected = per_object(labels, stack[:, 1].max(axis=0))
+    assert rows and all(
+        float(row["mean_intensity_GFP"]) == pytest.approx(expected[int(row["id"])][0], abs=1e-3)
+        for row in rows
+    )
+    at_z1 = table(server, data, channel="DAPI", z=1, measure="GFP")
+    expected_z1 = per_object(labels_of(server, data, channel="DAPI", z=1), stack[1, 1])
+    assert all(
+        float(row["integrated_intensity_GFP"]) == pytest.approx(expected_z1[int(row["id"])][1], abs=1e-2)
+        for row in at_z1
+    )
+
+
+def test_an_rgb_image_measures_its_colours(server: Server) -> None:
+    rgb = np.stack(
+        [MARKER.astype(np.uint8), (NUCLEI >> 8).astype(np.uint8), NUCLEI.astype(np.uint8)], axis=-1
+    )
+    data = tiff(rgb, photometric="rgb")
+    labels = labels_of(server, data, channel="blue")
+    rows = table(server, data, channel="blue", measure="red")
+    expected = per_object(labels, rgb[:, :, 0])
+    assert rows and all(
+        float(row["mean_intensity_red"]) == pytest.approx(expected[int(row["id"])][0], abs=1e-3)
+        for row in rows
+    )
+
+
+def test_a_channel_the_file_lacks_is_a_422_listing_them(server: Server) -> None:
+    r = post(server, IJ_THREE, output="objects", channel="DAPI", measure="GFP 488,Ki67")
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["type"] == "/problems/invalid-options"
+    assert "Ki67" in body["detail"] and "2 (Cy5)" in body["detail"] and "all" in body["detail"]
+    assert body["errors"][0]["loc"] == ["query", "measure"]
+
+
+@pytest.mark.parametrize("output", ["mask", "labels", "rois", "overlay"])
+def test_outputs_without_a_table_refuse_measure(server: Server, output: str) -> None:
+    r = post(server, IJ_THREE, output=output, channel="DAPI", measure="all")
+    assert r.status_code == 422, r.text
+    assert "output=objects or geojson" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("measure", [",", " , ,"])
+def test_a_measure_naming_nothing_is_a_422(server: Server, measure: str) -> None:
+    r = post(server, IJ_THREE, output="objects", channel="DAPI", measure=measure)
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["query", "measure"], r.text
+
+
+def test_a_job_gives_the_same_table_and_slide_jobs_refuse_measure(server: Server) -> None:
+    direct = post(server, IJ_THREE, output="objects", channel="DAPI", measure="all").text
+    r = post(server, IJ_THREE, path="/jobs", output="objects", channel="DAPI", measure="all")
+    assert r.status_code == 202, r.text
+    status = wait_until(server.client, r.json()["id"], finished)
+    assert status["status"] == "succeeded", status
+    assert server.client.get(f"{r.headers['Location']}/result").text == direct
+    refused = post(server, IJ_THREE, path="/jobs", output="ome-zarr", channel="DAPI", measure="all")
+    assert refused.status_code == 422 and "for now" in refused.json()["detail"], refused.text
+
+
+def test_batch_measures_each_file(server: Server) -> None:
+    files = [("files", ("a.tif", IJ_THREE, "image/tiff")), ("files", ("b.tif", IJ_THREE, "image/tiff"))]
+    r = server.client.post(
+        "/segment/batch", params={"output": "objects", "channel": "DAPI", "measure": "Cy5"}, files=files
+    )
+    assert r.status_code == 200, r.text
+    assert r.text.count("mean_intensity_Cy5") == 2
