@@ -1450,9 +1450,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the nuclei channel: 0-based index or name from the file (e.g. DAPI; "
                        "red/green/blue for colour; gray mixes colour to grey)")
     plane.add_argument("--measure", metavar="CHANNELS",
-                       help="with --output objects or geojson: also measure each nucleus in these channels "
-                       "(0-based indices or names, commas between, or all), at the same z / t: the columns "
-                       "mean_intensity_NAME, integrated_intensity_NAME (e.g. --channel DAPI --measure GFP)")
+                       help="with --output objects, geojson or ome-zarr: also measure each nucleus in these "
+                       "channels (0-based indices or names, commas between, or all), at the same z / t: the "
+                       "columns mean_intensity_NAME, integrated_intensity_NAME (e.g. --channel DAPI "
+                       "--measure GFP)")
     plane.add_argument("--z", type=_plane_index, metavar="Z|all",
                        help="z-slice, 0-based; all: every z-slice, each its own output (NAME_z07...)")
     plane.add_argument("--t", type=_plane_index, metavar="T|all",
@@ -1538,8 +1539,9 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         parser.error(f"--{every[0]} all is for stacks of images; a slide is one plane (give an index)")
     if args.z == ALL_PLANES and args.project is not None:
         parser.error("--z all segments each z-slice; --project max segments their projection: choose one")
-    if args.measure is not None and args.kind not in ("objects", "geojson"):
-        parser.error("--measure adds columns to the objects table: it needs --output objects or geojson")
+    if args.measure is not None and args.kind not in ("objects", "geojson", "ome-zarr"):
+        parser.error("--measure adds columns to the objects table: it needs --output objects, geojson or "
+                     "ome-zarr")
     if args.measure is not None and not args.measure.replace(",", "").strip():
         parser.error("--measure names no channel: give indices or names, commas between, or all")
     if args.stitch_z is not None and (args.z != ALL_PLANES or args.kind != "labels"):

@@ -258,7 +258,7 @@ class LocalSlideSegmenter:
         assert isinstance(self.kind, SlideOutput)
         plane = microscopy.Selection(channel=config.channel, z=config.z, t=config.t, project=config.project,
                                      pixel_size_um=config.pixel_size, polarity=config.polarity or "bright",
-                                     series=config.series)
+                                     series=config.series, measure=microscopy.measure_choice(config.measure))
         # What POST /jobs?output=ome-zarr makes of the same options (no tile_size, overlap, threshold
         # or bits: the client has no options for them, so the server's defaults hold in both modes).
         self.options = SegmentOptions(

@@ -13,13 +13,13 @@ neighbour can leave an object a gap of a row or two; nuclei are never that tall 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
-from service.objects import ObjectRow, calibrate
+from service.objects import ObjectRow, calibrate, channel_columns
 
 #: An object not seen for this many rows (and absent from a whole band) is finished.
 FINISHED_AFTER_ROWS = 64
@@ -36,6 +36,7 @@ class _Sums:
     y0: int = 1 << 62
     x1: int = -1
     y1: int = -1  # last row seen + 1
+    sum_channels: list[float] = field(default_factory=list)  # per measured channel, in key order
 
 
 class ObjectStream:
@@ -43,20 +44,31 @@ class ObjectStream:
 
     Feed bands top to bottom with :meth:`add`; :meth:`finish` returns the objects still open.
     Rows come out ordered by object id within each call. ``pixel_size_um``: ``(x, y)`` µm per
-    pixel, to add the micrometre fields (as ``objects.measure``).
+    pixel, to add the micrometre fields (as ``objects.measure``). ``channel_keys``: the channels
+    measured besides (``measure=``; each band then brings their rows, in this order), whose
+    columns ``objects.channel_columns`` names.
     """
 
-    def __init__(self, pixel_size_um: tuple[float, float] | None = None) -> None:
+    def __init__(
+        self, pixel_size_um: tuple[float, float] | None = None, channel_keys: Sequence[str] = ()
+    ) -> None:
         self.pixel_size_um = pixel_size_um
+        self.channel_keys = tuple(channel_keys)
         self._open: dict[int, _Sums] = {}
         self._next_row = 0
         self.finished = 0
 
     def add(
-        self, y0: int, labels: np.ndarray, intensity: np.ndarray, probability: np.ndarray
+        self,
+        y0: int,
+        labels: np.ndarray,
+        intensity: np.ndarray,
+        probability: np.ndarray,
+        channels: Sequence[np.ndarray] = (),
     ) -> list[ObjectRow]:
         """Take the band of rows ``y0 ..`` (``labels`` int, ``intensity`` grey, ``probability``
-        float, all ``(h, W)``); the rows of the objects this band shows to be finished."""
+        float, all ``(h, W)``; ``channels``: the measured channels' rows, one per
+        ``channel_keys``); the rows of the objects this band shows to be finished."""
         if y0 != self._next_row:
             raise ValueError(
                 f"bands must arrive in order without gaps: expected row {self._next_row}, got {y0}"
@@ -65,6 +77,11 @@ class ObjectStream:
             raise ValueError(
                 f"labels {labels.shape}, intensity {intensity.shape} and probability "
                 f"{probability.shape} differ"
+            )
+        if len(channels) != len(self.channel_keys) or any(c.shape != labels.shape for c in channels):
+            raise ValueError(
+                f"the band brings {[c.shape for c in channels]} for the measured channels "
+                f"{list(self.channel_keys)}; each must be {labels.shape}"
             )
         height, width = labels.shape
         self._next_row = y0 + height
@@ -86,6 +103,9 @@ class ObjectStream:
             sum_y = np.bincount(ids, weights=rows + y0, minlength=n)
             sum_i = np.bincount(ids, weights=intensity.ravel()[where].astype(np.float64), minlength=n)
             sum_p = np.bincount(ids, weights=probability.ravel()[where].astype(np.float64), minlength=n)
+            sum_c = [
+                np.bincount(ids, weights=c.ravel()[where].astype(np.float64), minlength=n) for c in channels
+            ]
             boxes = ndimage.find_objects(rel)
             for k in np.flatnonzero(area[1:]) + 1:
                 object_id = int(k) + base - 1
@@ -96,6 +116,10 @@ class ObjectStream:
                 sums.sum_y += float(sum_y[k])
                 sums.sum_i += float(sum_i[k])
                 sums.sum_p += float(sum_p[k])
+                if not sums.sum_channels:
+                    sums.sum_channels = [0.0] * len(channels)
+                for c, per_object in enumerate(sum_c):
+                    sums.sum_channels[c] += float(per_object[k])
                 sums.x0 = min(sums.x0, box_x.start)
                 sums.x1 = max(sums.x1, box_x.stop)
                 sums.y0 = min(sums.y0, y0 + box_y.start)
@@ -133,6 +157,11 @@ class ObjectStream:
                 mean_intensity=round(sums.sum_i / n, 4),
                 integrated_intensity=round(sums.sum_i, 4),
                 mean_confidence=round(sums.sum_p / n, 4),
+                channel_values=tuple(
+                    pair
+                    for key, total in zip(self.channel_keys, sums.sum_channels, strict=True)
+                    for pair in zip(channel_columns(key), (round(total / n, 4), round(total, 4)), strict=True)
+                ),
             )
             self.finished += 1
             yield row if self.pixel_size_um is None else calibrate(row, self.pixel_size_um)

@@ -10,7 +10,7 @@ bytes for the same rows; rows appear in the order given (the pipeline's, by band
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -21,16 +21,19 @@ class ObjectTableWriter:
     """Appends :class:`~service.objects.ObjectRow` rows to a CSV file, header first.
 
     ``calibrated``: write the micrometre columns (the rows must carry them: ``objects.measure``
-    with a pixel size, or ``objects.calibrate``). Each :meth:`write` is flushed, so a reader (or
-    a job's progress) sees every finalised band, and a crash loses no written row.
+    with a pixel size, or ``objects.calibrate``); ``channel_keys``: the measured channels' columns
+    (the rows carry their values). Each :meth:`write` is flushed, so a reader (or a job's
+    progress) sees every finalised band, and a crash loses no written row.
     """
 
-    def __init__(self, path: str | Path, calibrated: bool = False) -> None:
+    def __init__(self, path: str | Path, calibrated: bool = False, channel_keys: Sequence[str] = ()) -> None:
         self.path = Path(path)
         self.calibrated = calibrated
+        self.channel_keys = tuple(channel_keys)
         self.rows_written = 0
         self._file: TextIO = open(self.path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self._writer = csv.DictWriter(self._file, fieldnames=table_fields(calibrated), lineterminator="\n")
+        fields = table_fields(calibrated, self.channel_keys)
+        self._writer = csv.DictWriter(self._file, fieldnames=fields, lineterminator="\n")
         self._writer.writeheader()
         self._file.flush()
 
@@ -39,7 +42,7 @@ class ObjectTableWriter:
         batch = list(rows)
         if self.calibrated and any(row.area_um2 is None for row in batch):
             raise ValueError("a calibrated table needs rows with their micrometre fields (objects.calibrate)")
-        self._writer.writerows(row_dicts(batch, self.calibrated))
+        self._writer.writerows(row_dicts(batch, self.calibrated, self.channel_keys))
         self._file.flush()
         self.rows_written += len(batch)
         return len(batch)

@@ -199,6 +199,16 @@ class SlideSource:
             window = np.moveaxis(window, [kept.index(a) for a in "YXS" if a in kept], range(len(kept)))
         return _convert(window, self._dtype)
 
+    def of_channel(self, channel: microscopy.Channel) -> SlideSource:
+        """The same plane (z, t, level arrays) in ``channel``, e.g. one measured (``measure=``):
+        its own pages along C, or its sample of colour pixels. Closing it closes nothing."""
+        fixed, sample = dict(self._fixed), self._sample
+        if "S" in self._axes:
+            sample = channel.index
+        else:
+            fixed["C"] = channel.index
+        return SlideSource(self._levels, self._axes, fixed, sample, self.plane, lambda: None)
+
     def close(self) -> None:
         self._close()
 
@@ -367,7 +377,8 @@ def _source(
     if choice.z is not None:
         fixed["Z"] = choice.z
     sample = choice.channel.index if choice.samples and choice.channel is not None else None
-    return SlideSource(levels, axes, fixed, sample, choice.plane(np.empty((0, 0), np.uint8)), close)
+    measured = tuple(microscopy.Measured(c, np.empty((0, 0), np.uint8)) for c in choice.measured)
+    return SlideSource(levels, axes, fixed, sample, choice.plane(np.empty((0, 0), np.uint8), measured), close)
 
 
 def _sample(source: SlideSource, grid: int = 4, size: int = 256) -> np.ndarray:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -129,6 +129,7 @@ def segment_slide(
     geojson: bool = False,
     geojson_properties: Mapping[str, object] | None = None,
     polarity: Polarity = "bright",
+    channels: Sequence[tuple[str, RegionSource]] = (),
 ) -> SlideResult:
     """Segment ``source`` band by band into ``folder``/:data:`STORE_NAME` and :data:`TABLE_NAME`.
 
@@ -140,6 +141,9 @@ def segment_slide(
     as the collection's properties) — ~100 µs of CPU and ~1 kB per object, so asked for.
     ``polarity``: ``dark`` reads every window as optical density (``service.polarity``, the white
     level from the overview); the table's intensities stay those of the slide as stored.
+    ``channels``: ``(key, source)`` of other channels to measure each object in (``measure=``, the
+    same plane in another channel: ``SlideSource.of_channel``), read band by band as the slide is,
+    their columns named by ``objects.channel_columns``.
     """
     height, width = (int(n) for n in source.shape[:2])
     warnings: list[str] = []
@@ -175,18 +179,19 @@ def segment_slide(
     writer = OmeZarrWriter(
         store_path, (height, width), pixel_size_um=pixel_size_um, chunk=chunk, overwrite=True
     )
-    stream = ObjectStream(pixel_size_um)
+    keys = [key for key, _ in channels]
+    stream = ObjectStream(pixel_size_um, keys)
     geojson_path = folder / GEOJSON_NAME if geojson else None
     outlines = _Outlines(geojson_path) if geojson_path is not None else None
     try:
-        with ObjectTableWriter(table_path, calibrated=pixel_size_um is not None) as table:
+        with ObjectTableWriter(table_path, calibrated=pixel_size_um is not None, channel_keys=keys) as table:
 
-            def store(band: RowBand, intensity: np.ndarray) -> None:
+            def store(band: RowBand, intensity: np.ndarray, measured: list[np.ndarray]) -> None:
                 assert band.labels is not None and band.probability is not None
                 writer.write_rows(band.y0, band.mask, band.labels, band.probability)
                 if outlines is not None:
                     outlines.rows.append(band.y0, band.labels)
-                finished = stream.add(band.y0, band.labels, intensity, band.probability)
+                finished = stream.add(band.y0, band.labels, intensity, band.probability, measured)
                 table.write(finished)
                 if outlines is not None:
                     outlines.write(finished, stream.first_open_row)
@@ -196,14 +201,15 @@ def segment_slide(
             )
             # The table's intensities, band by band: whole chunk rows, each decoded once.
             intensities = by_chunk_rows(stored)
+            measured_rows = [by_chunk_rows(channel) for _, channel in channels]
             with _Behind(WRITE_AHEAD) as behind:
                 for band in bands:
                     # the model's thread reads the source too: tifffile's store serialises its file
                     # reads with a lock, zarr's stores and arrays are safe to read from threads
-                    intensity = to_channels(
-                        intensities.read(band.y0, band.y0 + band.mask.shape[0], 0, width), 1
-                    )
-                    behind.submit(store, band, intensity)
+                    y1 = band.y0 + band.mask.shape[0]
+                    intensity = to_channels(intensities.read(band.y0, y1, 0, width), 1)
+                    measured = [to_channels(rows.read(band.y0, y1, 0, width), 1) for rows in measured_rows]
+                    behind.submit(store, band, intensity, measured)
             rest = stream.finish()
             table.write(rest)
             if outlines is not None:

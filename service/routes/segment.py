@@ -134,7 +134,7 @@ _JOB_OPTION_NAMES = ("geojson", "min_iou")
 #: Which channel / plane of a microscopy file, and its pixel size (service.microscopy).
 _PLANE_OPTION_NAMES = ("channel", "z", "t", "project", "pixel_size", "polarity", "series", "measure")
 #: Outputs that carry a table of measurements, which ``measure=`` adds columns to.
-MEASURED_OUTPUTS = ("objects", "geojson")
+MEASURED_OUTPUTS = ("objects", "geojson", "ome-zarr")
 
 
 class Project(str, Enum):
@@ -276,9 +276,10 @@ def _check_measure(output: Output, plane: microscopy.Selection) -> None:
             why = f"output={output.value}'s objects table measures the segmented channel only, for now"
         else:
             why = f"output={output.value} has no table of measurements"
+        outputs = ", ".join(MEASURED_OUTPUTS)
         raise InvalidOptions(
-            f"measure= adds columns to the objects table of output={' or '.join(MEASURED_OUTPUTS)}; {why}",
-            errors=[{"loc": ["query", "measure"], "msg": "only with output=objects or geojson",
+            f"measure= adds columns to the objects table of output={outputs}; {why}",
+            errors=[{"loc": ["query", "measure"], "msg": f"only with output={outputs}",
                      "type": "value_error"}],
         )
 

@@ -33,6 +33,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from service import filenames, slide_files, slides, stack_files, windows
 from service.errors import ProblemError, problem_responses
 from service.jobs import JobResult, UnknownJob
+from service.outputs import measured_keys
 from service.routes.deps import Runtime, require_api_key
 from service.routes.segment import SegmentOptions, object_params
 from service.zipstream import ZipStream
@@ -115,6 +116,8 @@ def run(
                 should_stop=should_stop, progress=progress,
                 geojson=options.geojson, geojson_properties=source.plane.describe(),
                 polarity=source.plane.polarity,
+                channels=[(key, source.of_channel(m.channel))
+                          for key, m in zip(measured_keys(source.plane), source.plane.measured, strict=True)],
             )
             result.warnings[:0] = list(source.plane.warnings)
             return result

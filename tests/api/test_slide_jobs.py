@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -228,3 +229,48 @@ def test_a_czi_tile_scan_is_a_slide_job(slide_server: Server, slide_image: np.nd
     answer = slide_server.client.post("/segment", params={"output": "labels", **SAME_PLAN},
                                       content=im.png(plane), headers={"Content-Type": "image/png"})
     assert int(answer.headers["X-Object-Count"]) == result["objects"] > 10
+
+
+def test_a_slide_job_measures_other_channels_as_post_segment_does(
+    slide_server: Server, slide_image: np.ndarray
+) -> None:
+    """measure= on a two-channel slide: the objects table and the outlines carry the marker's
+    columns, equal to POST /segment's table of the same file; the store is the nuclei's as without it."""
+    client = slide_server.client
+    nuclei = np.ascontiguousarray(slide_image[:700, :600])
+    marker = np.random.default_rng(8).integers(0, 3000, nuclei.shape).astype(nuclei.dtype)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.stack([marker, nuclei]), tile=(256, 256), compression="zlib", ome=True,
+                     photometric="minisblack", metadata={"axes": "CYX", "Channel": {"Name": ["EdU", "DAPI"]}})
+    data = buffer.getvalue()
+    plan = {"channel": "DAPI", "measure": "EdU", **SAME_PLAN}
+    job = client.post("/jobs", params={"output": "ome-zarr", "geojson": "true", **plan}, content=data,
+                      headers={"Content-Type": "image/tiff"})
+    assert job.status_code == 202, job.text
+    status = wait_until(client, job.json()["id"], finished)
+    assert status["status"] == "succeeded", status
+    archive = zipfile.ZipFile(io.BytesIO(client.get(f"/jobs/{job.json()['id']}/files.zip").content))
+    table = list(csv.DictReader(io.StringIO(archive.read("objects.csv").decode())))
+
+    answer = client.post("/segment", params={"output": "objects", **plan}, content=data,
+                         headers={"Content-Type": "image/tiff"})
+    assert answer.status_code == 200, answer.text
+    expected = list(csv.DictReader(io.StringIO(answer.text)))
+    assert len(table) == len(expected) > 50
+    # The same objects (a slide numbers them in its own order), matched by where they are; the
+    # sums agree to their last digit but for the order they were added in
+    columns = ("bbox_y", "bbox_x", "bbox_height", "bbox_width", "area", "mean_intensity_EdU",
+               "integrated_intensity_EdU")
+    got = np.array(sorted([float(r[c]) for c in columns] for r in table))
+    want = np.array(sorted([float(r[c]) for c in columns] for r in expected))
+    assert np.array_equal(got[:, :5], want[:, :5]) and np.allclose(got, want, rtol=0, atol=2e-4)
+    outlines = json.loads(archive.read("objects.geojson"))
+    assert outlines["properties"]["measured"] == [{"index": 0, "name": "EdU"}]
+    by_id = {row["id"]: row for row in table}
+    for feature in outlines["features"][:20]:
+        assert feature["properties"]["measurements"]["mean_intensity_EdU"] == pytest.approx(
+            float(by_id[feature["id"]]["mean_intensity_EdU"]))
+    # a channel the slide lacks is refused at submission, before any work
+    refused = client.post("/jobs", params={"output": "ome-zarr", "channel": "DAPI", "measure": "Ki67",
+                                           **SAME_PLAN}, content=data, headers={"Content-Type": "image/tiff"})
+    assert refused.status_code == 422 and "Ki67" in refused.json()["detail"], refused.text

@@ -87,7 +87,7 @@ def test_a_two_channel_tiff_fails_with_its_channels_until_channel_is_given(
     assert [line.rsplit(",", 2)[0] for line in lines[1:]] == plain[1:]
     wrong_kind = run("--out", str(tmp_path / "labels"), "--channel", "dapi", "--measure", "all",
                      "--output", "labels")
-    assert wrong_kind.returncode == 2 and "--output objects or geojson" in wrong_kind.stderr
+    assert wrong_kind.returncode == 2 and "--output objects, geojson or ome-zarr" in wrong_kind.stderr
 
 
 @pytest.mark.parametrize("suffix", [".tif", ".czi"])

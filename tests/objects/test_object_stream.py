@@ -78,3 +78,23 @@ def test_bands_out_of_order_or_of_mismatched_shapes_are_refused() -> None:
         stream.add(5, band, band, band.astype(np.float32))
     with pytest.raises(ValueError, match="differ"):
         stream.add(4, band, band[:3], band.astype(np.float32))
+
+
+def test_measured_channels_band_by_band_equal_measure_on_the_whole_image() -> None:
+    labels, intensity, probability = _nuclei_labels(300, 250, seed=3)
+    rng = np.random.default_rng(4)
+    marker = rng.integers(0, 4000, labels.shape).astype(np.uint16)
+    other = rng.random(labels.shape).astype(np.float32)
+    expected = objects.measure(labels, intensity, probability, (0.5, 0.5),
+                               channels=[("GFP", marker), ("c2", other)])
+    assert len(expected) > 20 and expected[0].channel_values
+
+    stream = ObjectStream((0.5, 0.5), channel_keys=["GFP", "c2"])
+    got = []
+    for y0, y1 in _bands(labels.shape[0], seed=5):
+        bands = [marker[y0:y1], other[y0:y1]]
+        got += stream.add(y0, labels[y0:y1], intensity[y0:y1], probability[y0:y1], bands)
+    got += stream.finish()
+    assert sorted(got, key=lambda r: r.id) == expected
+    with pytest.raises(ValueError, match="measured channels"):
+        ObjectStream(channel_keys=["GFP"]).add(0, labels[:4], intensity[:4], probability[:4])
