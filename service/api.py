@@ -369,6 +369,7 @@ class Segmenter:
         pixel_size: float | None = None,
         polarity: Polarity = "bright",
         series: int | None = None,
+        measure: Iterable[str | int] | str | None = None,
         axes: str | None = None,
         diameter: float | None = None,
         threshold: float | None = None,
@@ -379,7 +380,8 @@ class Segmenter:
     ) -> StackSegmentation:
         """Segment every z-slice of a stack and link the slices' nuclei into 3-D ones (``service.zstack``).
 
-        The options are :meth:`segment`'s (``t=`` picks the time point of a 4-D file);
+        The options are :meth:`segment`'s (``t=`` picks the time point of a 4-D file; ``measure``
+        adds each channel's mean and integrated intensity over each nucleus's voxels);
         ``min_iou``: the overlap (IoU) a nucleus needs with one in the slice before to be the same.
         Every slice is segmented at one scale: ``diameter``, or the one estimated on the middle slice
         (a nucleus's top and bottom caps, smaller and dimmer, would otherwise each get their own).
@@ -394,14 +396,14 @@ class Segmenter:
         s = self.settings
         depth = microscopy.probe(data, s.max_pixels, s.decode_limits(), series).planes.get("Z", 1)
         options: dict[str, Any] = dict(
-            channel=channel, t=t, pixel_size=pixel_size, polarity=polarity, series=series,
+            channel=channel, t=t, pixel_size=pixel_size, polarity=polarity, series=series, measure=measure,
             threshold=threshold, split=split, tile_size=tile_size, overlap=overlap, outputs=("labels",),
         )
 
         def segment_slice(z: int, at: float | None) -> Segmentation:
             return self.segment(data, z=z if depth > 1 else None, diameter=at, **options)
 
-        linker = zstack.Linker(min_iou)
+        linker: zstack.Linker | None = None  # made with the first slice: its measured channels' keys
         stacked: list[np.ndarray] = []
         notes = zstack.SliceNotices()
         slices = zstack.at_one_diameter(
@@ -409,10 +411,15 @@ class Segmenter:
         )
         for z, result in slices:
             assert result.labels is not None
-            stacked.append(linker.add(result.labels, to_channels(result.image, 1))[1].astype(np.int32))
+            if linker is None:
+                linker = zstack.Linker(min_iou, measured_keys(result.plane))
+            measured = [m.image for m in result.plane.measured]
+            stitched = linker.add(result.labels, to_channels(result.image, 1), measured)[1]
+            stacked.append(stitched.astype(np.int32))
             notes.add(z, result.warnings)
             if z == depth // 2:
                 middle = result
+        assert linker is not None
         size = middle.plane.pixel_size
         voxel = None if size is None else zstack.VoxelSize(size.x_um, size.y_um, size.z_um)
         rows = linker.table.rows(voxel)
@@ -424,7 +431,7 @@ class Segmenter:
             diameter_source=middle.diameter_source,
             voxel_size=voxel,
             warnings=tuple(notes.lines()),
-            plane=middle.plane,
+            plane=middle.plane.without_pixels(),
         )
 
     def _read(self, image: ImageInput, axes: str | None) -> bytes:

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from service.objects import ObjectRow, calibrate, channel_columns
+from service.measured_channels import channel_columns
+from service.objects import ObjectRow, calibrate
 
 #: An object not seen for this many rows (and absent from a whole band) is finished.
 FINISHED_AFTER_ROWS = 64
@@ -46,7 +47,7 @@ class ObjectStream:
     Rows come out ordered by object id within each call. ``pixel_size_um``: ``(x, y)`` µm per
     pixel, to add the micrometre fields (as ``objects.measure``). ``channel_keys``: the channels
     measured besides (``measure=``; each band then brings their rows, in this order), whose
-    columns ``objects.channel_columns`` names.
+    columns ``measured_channels.channel_columns`` names.
     """
 
     def __init__(

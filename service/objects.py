@@ -35,6 +35,7 @@ from scipy import ndimage
 from skimage.measure import find_contours
 from skimage.segmentation import watershed
 
+from service.measured_channels import channel_columns
 from service.model_metadata import ModelMetadata
 
 #: How a foreground mask becomes objects (see :class:`ObjectParams`).
@@ -596,29 +597,6 @@ UM_FIELDS = ("area_um2", "centroid_x_um", "centroid_y_um", "equivalent_diameter_
 _NOT_COLUMNS = ("channel_values",)
 
 
-def channel_columns(key: str) -> tuple[str, str]:
-    """The two columns of a channel measured (``measure=``), ``key`` naming it (:func:`channel_key`):
-    the mean and the sum of its intensity over each object's pixels, in the file's units."""
-    return f"mean_intensity_{key}", f"integrated_intensity_{key}"
-
-
-def channel_key(index: int, name: str | None) -> str:
-    """A column-safe name for channel ``index``: its name with anything but letters, digits and
-    ``_`` made ``_`` (``Alexa 488`` → ``Alexa_488``), or ``c{index}`` when it has none."""
-    cleaned = "_".join(part for part in "".join(
-        ch if (ch.isascii() and ch.isalnum()) or ch == "_" else " " for ch in (name or "")
-    ).split())
-    return cleaned or f"c{index}"
-
-
-def channel_keys(channels: list[tuple[int, str | None]]) -> list[str]:
-    """:func:`channel_key` of each ``(index, name)``, made unique: where two names clean to one
-    key (``GFP`` twice, ``A-1`` and ``A 1``), each of them is prefixed with ``c{index}_``."""
-    keys = [channel_key(index, name) for index, name in channels]
-    return [f"c{index}_{key}" if keys.count(key) > 1 and key != f"c{index}" else key
-            for (index, _), key in zip(channels, keys, strict=True)]
-
-
 def measure(
     labels: np.ndarray,
     intensity: np.ndarray,
@@ -634,7 +612,7 @@ def measure(
         probability: ``(H, W)`` float foreground probability.
         pixel_size_um: ``(x, y)`` µm per pixel, to add the ``*_um`` fields; None leaves them out.
         channels: ``(key, (H, W) intensity)`` of other channels to measure each object in
-            (:func:`channel_key`): their mean and integrated intensity, as columns
+            (``measured_channels.channel_key``): their mean and integrated intensity, as columns
             :func:`channel_columns` names.
     """
     count = int(labels.max(initial=0))

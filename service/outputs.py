@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from service import imaging, objects, postprocess
+from service.measured_channels import channel_keys
 from service.microscopy import Plane
 from service.preprocess import to_channels
 
@@ -50,10 +51,10 @@ def object_rows(
 
 
 def measured_keys(plane: Plane | None) -> list[str]:
-    """The column names (``objects.channel_key``) of the channels ``plane`` is measured in."""
+    """The column names (``measured_channels.channel_key``) of the channels ``plane`` is measured in."""
     if plane is None:
         return []
-    return objects.channel_keys([(m.channel.index, m.channel.name) for m in plane.measured])
+    return channel_keys([(m.channel.index, m.channel.name) for m in plane.measured])
 
 
 def encode(

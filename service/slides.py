@@ -143,7 +143,7 @@ def segment_slide(
     level from the overview); the table's intensities stay those of the slide as stored.
     ``channels``: ``(key, source)`` of other channels to measure each object in (``measure=``, the
     same plane in another channel: ``SlideSource.of_channel``), read band by band as the slide is,
-    their columns named by ``objects.channel_columns``.
+    their columns named by ``measured_channels.channel_columns``.
     """
     height, width = (int(n) for n in source.shape[:2])
     warnings: list[str] = []

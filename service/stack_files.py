@@ -14,6 +14,7 @@ the same files ``unet-segment --stitch-z`` writes beside a stack's slices.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,22 +44,31 @@ class StackFiles:
     Memory: the slice before (the linker's) and a few numbers per nucleus; the rest is on disk.
     """
 
-    def __init__(self, folder: Path, shape: tuple[int, int, int], min_iou: float = zstack.DEFAULT_MIN_IOU):
+    def __init__(
+        self,
+        folder: Path,
+        shape: tuple[int, int, int],
+        min_iou: float = zstack.DEFAULT_MIN_IOU,
+        channel_keys: Sequence[str] = (),
+    ):
         self.folder = Path(folder)
         self.shape = shape
-        self._linker = zstack.Linker(min_iou)
+        self._linker = zstack.Linker(min_iou, channel_keys)
         self._scratch: np.memmap | None = np.lib.format.open_memmap(
             self.folder / _SCRATCH_NAME, mode="w+", dtype=np.int32, shape=shape
         )
         self._added = 0
 
-    def add(self, labels: np.ndarray, image: np.ndarray | None = None) -> None:
-        """The next slice's 2-D labels as segmented, and its grey pixels (for intensities)."""
+    def add(
+        self, labels: np.ndarray, image: np.ndarray | None = None, channels: Sequence[np.ndarray] = ()
+    ) -> None:
+        """The next slice's 2-D labels as segmented, its grey pixels (for intensities) and the
+        measured channels' pixels (one per ``channel_keys``)."""
         if self._scratch is None or self._added >= self.shape[0]:
             raise ValueError(f"the stack has {self.shape[0]} slices; a slice more was added")
         if labels.shape != self.shape[1:]:
             raise ValueError(f"slice z={self._added} is {labels.shape}; the stack's are {self.shape[1:]}")
-        self._scratch[self._added] = self._linker.add(labels, image)[1]
+        self._scratch[self._added] = self._linker.add(labels, image, channels)[1]
         self._added += 1
 
     def finish(self, voxel: zstack.VoxelSize | None) -> StackSummary:

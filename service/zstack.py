@@ -20,11 +20,13 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
+
+from service.measured_channels import channel_columns
 
 Slice = TypeVar("Slice")
 
@@ -139,14 +141,17 @@ class VoxelSize:
 class StackTable:
     """Per-nucleus sums over a stack, slice by slice: size, extent, centroid, intensity.
 
-    :meth:`add` takes each stitched slice once (and its image, for intensities); :meth:`rows`
-    gives one row per nucleus. Memory: a few numbers per nucleus, never a slice kept.
+    :meth:`add` takes each stitched slice once (and its image, for intensities; and the slices of
+    the channels measured besides, ``channel_keys``, for their columns); :meth:`rows` gives one row
+    per nucleus. Memory: a few numbers per nucleus, never a slice kept.
     """
 
     _FIELDS = ("voxels", "sum_z", "sum_y", "sum_x", "z_first", "z_last", "max_area", "sum_intensity")
 
-    def __init__(self) -> None:
-        self._data = {name: np.zeros(0, dtype=np.float64) for name in self._FIELDS}
+    def __init__(self, channel_keys: Sequence[str] = ()) -> None:
+        self.channel_keys = tuple(channel_keys)
+        fields = (*self._FIELDS, *(f"sum_channel_{k}" for k in range(len(self.channel_keys))))
+        self._data = {name: np.zeros(0, dtype=np.float64) for name in fields}
         self._data["z_first"] = np.zeros(0, dtype=np.int64)
         self._data["z_last"] = np.zeros(0, dtype=np.int64)
         self._slices = 0
@@ -161,8 +166,17 @@ class StackTable:
                 grown[: values.size] = values
                 self._data[name] = grown
 
-    def add(self, z: int, stitched: np.ndarray, image: np.ndarray | None = None) -> None:
-        """Count slice ``z`` (its stitched labels; ``image``: its grey pixels on the same grid)."""
+    def add(
+        self, z: int, stitched: np.ndarray, image: np.ndarray | None = None,
+        channels: Sequence[np.ndarray] = (),
+    ) -> None:
+        """Count slice ``z`` (its stitched labels; ``image``: its grey pixels on the same grid;
+        ``channels``: the measured channels' pixels of this slice, one per ``channel_keys``)."""
+        if len(channels) != len(self.channel_keys) or any(c.shape != stitched.shape for c in channels):
+            raise ValueError(
+                f"slice z={z} brings {[c.shape for c in channels]} for the measured channels "
+                f"{list(self.channel_keys)}; each must be {stitched.shape}"
+            )
         top = int(stitched.max(initial=0))
         self._slices = max(self._slices, z + 1)
         if image is None:
@@ -185,6 +199,10 @@ class StackTable:
             d["sum_intensity"][: top + 1] += np.bincount(
                 ids, weights=np.asarray(image).ravel()[inside].astype(np.float64), minlength=top + 1
             )
+        for k, pixels in enumerate(channels):
+            d[f"sum_channel_{k}"][: top + 1] += np.bincount(
+                ids, weights=pixels.ravel()[inside].astype(np.float64), minlength=top + 1
+            )
         first = d["z_first"][seen]
         d["z_first"][seen] = np.where(first < 0, z, np.minimum(first, z))
         d["z_last"][seen] = np.maximum(d["z_last"][seen], z)
@@ -195,7 +213,8 @@ class StackTable:
         ``z_first``/``z_last``, ``centroid_x``/``_y``/``_z`` (px, slice index), ``max_area_px`` (the
         largest cross-section), ``touches_stack_end`` (1: it reaches the first or last slice, so
         may be cut), ``mean_intensity`` and ``integrated_intensity`` (the sum over its voxels) where
-        every slice came with its image; with a pixel size ``centroid_*_um``, and with a z-step too
+        every slice came with its image, and the same two per measured channel
+        (``measured_channels.channel_columns``); with a pixel size ``centroid_*_um``, and with a z-step too
         ``volume_um3`` and ``equivalent_diameter_um`` (of the sphere of that volume)."""
         d = self._data
         out: list[dict[str, float | int]] = []
@@ -221,6 +240,10 @@ class StackTable:
                 row["mean_intensity"] = round(total / n, 3)
                 # Fiji's RawIntDen: over a whole nucleus, a DNA stain's total goes with its DNA content.
                 row["integrated_intensity"] = round(total, 3)
+            for k, key in enumerate(self.channel_keys):
+                total = float(d[f"sum_channel_{k}"][label])
+                mean_column, sum_column = channel_columns(key)
+                row[mean_column], row[sum_column] = round(total / n, 3), round(total, 3)
             if voxel is not None:
                 row["centroid_x_um"] = round(row["centroid_x"] * voxel.x_um, 3)
                 row["centroid_y_um"] = round(row["centroid_y"] * voxel.y_um, 3)
@@ -238,22 +261,25 @@ class Linker:
     goes: the one loop behind ``Segmenter.segment_stack``, ``unet-segment --stitch-z`` and
     :func:`stitch`. Holds the slice before, never the stack."""
 
-    def __init__(self, min_iou: float = DEFAULT_MIN_IOU) -> None:
+    def __init__(self, min_iou: float = DEFAULT_MIN_IOU, channel_keys: Sequence[str] = ()) -> None:
         self.min_iou = min_iou
-        self.table = StackTable()
+        self.table = StackTable(channel_keys)
         self._previous: np.ndarray | None = None
         self._next_id = 1
         self._z = 0
 
-    def add(self, labels: np.ndarray, image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def add(
+        self, labels: np.ndarray, image: np.ndarray | None = None, channels: Sequence[np.ndarray] = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Link the next slice (its 2-D labels as segmented; ``image``: its grey pixels, for
-        intensities): ``(id_map, stitched slice)``, as :func:`link_slice` defines ``id_map``."""
+        intensities; ``channels``: the measured channels' pixels, as :meth:`StackTable.add`):
+        ``(id_map, stitched slice)``, as :func:`link_slice` defines ``id_map``."""
         labels = np.asarray(labels)
         if image is not None and image.shape != labels.shape:
             raise ValueError(f"slice z={self._z}: pixels {image.shape}, labels {labels.shape}")
         id_map, self._next_id = link_slice(self._previous, labels, self._next_id, self.min_iou)
         stitched = id_map[labels]
-        self.table.add(self._z, stitched, image)
+        self.table.add(self._z, stitched, image, channels)
         self._previous, self._z = stitched, self._z + 1
         return id_map, stitched
 

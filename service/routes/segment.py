@@ -50,6 +50,7 @@ from service.errors import (
     ServiceUnavailable,
     problem_responses,
 )
+from service.measured_channels import admitted_extra
 from service.model_metadata import ModelMetadata
 from service.prediction_cache import PlaneKey, frozen
 from service.routes.deps import Runtime, get_runtime, only_query_params, require_api_key
@@ -134,7 +135,7 @@ _JOB_OPTION_NAMES = ("geojson", "min_iou")
 #: Which channel / plane of a microscopy file, and its pixel size (service.microscopy).
 _PLANE_OPTION_NAMES = ("channel", "z", "t", "project", "pixel_size", "polarity", "series", "measure")
 #: Outputs that carry a table of measurements, which ``measure=`` adds columns to.
-MEASURED_OUTPUTS = ("objects", "geojson", "ome-zarr")
+MEASURED_OUTPUTS = ("objects", "geojson", "ome-zarr", "labels3d")
 
 
 class Project(str, Enum):
@@ -272,13 +273,10 @@ def segment_options(
 def _check_measure(output: Output, plane: microscopy.Selection) -> None:
     """``measure=`` only where there is a table to add columns to."""
     if plane.measure and output.value not in MEASURED_OUTPUTS:
-        if output in JOB_ONLY_OUTPUTS:
-            why = f"output={output.value}'s objects table measures the segmented channel only, for now"
-        else:
-            why = f"output={output.value} has no table of measurements"
         outputs = ", ".join(MEASURED_OUTPUTS)
         raise InvalidOptions(
-            f"measure= adds columns to the objects table of output={outputs}; {why}",
+            f"measure= adds columns to the objects table of output={outputs}; output={output.value} has "
+            "no table of measurements",
             errors=[{"loc": ["query", "measure"], "msg": f"only with output={outputs}",
                      "type": "value_error"}],
         )
@@ -409,6 +407,13 @@ def run_pipeline(
     def infer(batch: np.ndarray) -> np.ndarray:
         return batcher.infer(batch, should_stop)
 
+    # The measured planes (measure=) are held through the request too: admitted with the model's pixels.
+    extra = admitted_extra(len(plane.measured), image.shape[0] * image.shape[1])
+
+    def reserve_with_measured(pixels: int) -> None:
+        assert reserve is not None
+        reserve(pixels + extra)
+
     planned = pipeline.predict_plane(
         image,
         infer,
@@ -420,7 +425,7 @@ def run_pipeline(
         batch_size=settings.max_batch_size,
         should_stop=should_stop,
         progress=progress,
-        reserve=reserve,
+        reserve=None if reserve is None else reserve_with_measured,
         window_policy=windows.policy(settings, tiling.source),
         kept=kept,
         polarity=plane.polarity,

@@ -39,6 +39,8 @@ import numpy as np
 from service import imaging, microscopy, pipeline, slide_files, stack_files, windows, zstack
 from service.errors import ProblemError
 from service.jobs import JobResult
+from service.measured_channels import admitted_extra
+from service.outputs import measured_keys
 from service.preprocess import to_channels
 from service.routes import slide_jobs
 from service.routes.deps import Runtime
@@ -48,22 +50,25 @@ from service.routes.segment import SegmentOptions, object_params
 MEDIA_TYPES = {stack_files.LABELS_NAME: "image/tiff", stack_files.TABLE_NAME: "text/csv"}
 
 
-def admitted_pixels(slice_pixels: int) -> int:
+def admitted_pixels(slice_pixels: int, measured: int = 0) -> int:
     """What a stack job holds of the admission budget for slices of ``slice_pixels`` (at the
     model's scale): one slice through the pipeline (what admission's ~48 bytes per pixel are
     measured on) and half as much again for what the stack keeps beside it: the middle slice's
     labels and grey pixels (8 bytes per pixel) until its turn, and the linker's slice before and
-    its id map (8 to 16 bytes per pixel)."""
-    return slice_pixels + slice_pixels // 2
+    its id map (8 to 16 bytes per pixel); plus ``measured`` channels' planes (``measure=``) of the
+    slice and of the middle one."""
+    return slice_pixels + slice_pixels // 2 + admitted_extra(measured, slice_pixels, copies=2)
 
 
 @dataclass(frozen=True)
 class SlicePlan:
-    """What a stack is, from its header: its slices and their size."""
+    """What a stack is, from its header: its slices and their size, and how many channels are
+    measured besides the one segmented (``measure=``)."""
 
     depth: int
     height: int
     width: int
+    measured: int = 0
 
     @property
     def disk_bytes(self) -> int:
@@ -80,8 +85,8 @@ def plan(runtime: Runtime, data: bytes, options: SegmentOptions) -> SlicePlan:
     md = runtime.components()[0].metadata
     layout = microscopy.probe(data, settings.max_pixels, settings.decode_limits(), options.plane.series)
     depth = layout.planes.get("Z", 1)
-    microscopy.resolve(layout, _slice_selection(options, depth, depth // 2), md.in_channels)
-    return SlicePlan(depth, layout.height, layout.width)
+    choice = microscopy.resolve(layout, _slice_selection(options, depth, depth // 2), md.in_channels)
+    return SlicePlan(depth, layout.height, layout.width, len(choice.measured))
 
 
 def _slice_selection(options: SegmentOptions, depth: int, z: int) -> microscopy.Selection:
@@ -122,15 +127,15 @@ class FileSlices:
         self.runtime, self.path, self.options = runtime, path, options
         try:  # a stack answers a plane without z= with the z-planes it has
             with self._open(None) as source:
-                depth, shape = 1, source.shape
+                depth, shape, measured = 1, source.shape, len(source.plane.measured)
         except microscopy.SelectionError as exc:
             if not exc.missing or "z" not in exc.params:
                 raise
             depth = int(exc.choices["planes"]["Z"])
             with self._open(depth // 2) as source:  # the middle slice's choice checked, as for an upload
-                shape = source.shape
+                shape, measured = source.shape, len(source.plane.measured)
         self.grey = len(shape) == 2
-        self.plan = SlicePlan(depth, int(shape[0]), int(shape[1]))
+        self.plan = SlicePlan(depth, int(shape[0]), int(shape[1]), measured)
 
     def _open(self, z: int | None) -> slide_files.SlideSource:
         settings = self.runtime.settings
@@ -140,8 +145,11 @@ class FileSlices:
                                       model_channels=md.in_channels)
 
     def plane(self, z: int, should_stop: Callable[[], bool]) -> microscopy.Plane:
+        h, w = self.plan.height, self.plan.width
         with self._open(z if self.plan.depth > 1 else None) as source:
-            return replace(source.plane, image=source.read(0, self.plan.height, 0, self.plan.width))
+            measured = tuple(replace(m, image=source.of_channel(m.channel).read(0, h, 0, w))
+                             for m in source.plane.measured)
+            return replace(source.plane, image=source.read(0, h, 0, w), measured=measured)
 
 
 def file_slices(runtime: Runtime, path: Path, options: SegmentOptions) -> FileSlices | None:
@@ -162,6 +170,7 @@ def file_slices(runtime: Runtime, path: Path, options: SegmentOptions) -> FileSl
 class _Slice:
     labels: np.ndarray
     grey: np.ndarray  # the plane's pixels as one channel: what the intensities are measured on
+    measured: list[np.ndarray]  # the channels measured besides (measure=), in the plane's order
     scale: pipeline.ScaleChoice
     warnings: list[str]
     plane: microscopy.Plane
@@ -220,13 +229,14 @@ def run(
     min_iou = options.min_iou if options.min_iou is not None else zstack.DEFAULT_MIN_IOU
     stack = slices.plan
     depth = stack.depth
+    measured = stack.measured
     stack_progress = _StackProgress(progress, depth)
 
     def infer(batch: np.ndarray) -> np.ndarray:
         return batcher.infer(batch, should_stop)
 
     def segment_slice(z: int, diameter: float | None) -> _Slice:
-        with admit(admitted_pixels(stack.height * stack.width)) as reserve:
+        with admit(admitted_pixels(stack.height * stack.width, measured)) as reserve:
             try:
                 plane = slices.plane(z, should_stop)
             except imaging.UndecodableImage as exc:  # one slice's data corrupt: say which, of how many
@@ -235,16 +245,16 @@ def run(
                 plane.image, infer, md, diameter, settings.max_pixels,
                 tile_size=tiling.tile_size, overlap=tiling.overlap, batch_size=settings.max_batch_size,
                 should_stop=should_stop, progress=stack_progress,
-                reserve=lambda pixels: reserve(admitted_pixels(pixels)),
+                reserve=lambda pixels: reserve(admitted_pixels(pixels, measured)),
                 window_policy=windows.policy(settings, tiling.source), polarity=plane.polarity,
             )
             grid = pipeline.on_input_grid(planned.prediction, md, plane.image.shape[:2], threshold, params,
                                           need={"mask"})
         assert grid.labels is not None
         stack_progress.slice_done(planned.prediction.tiles)
-        return _Slice(grid.labels, to_channels(plane.image, 1), planned.scale,
-                      [*plane.warnings, *planned.warnings, *grid.warnings], plane.without_pixels(),
-                      planned.prediction.tiles)
+        return _Slice(grid.labels, to_channels(plane.image, 1), [m.image for m in plane.measured],
+                      planned.scale, [*plane.warnings, *planned.warnings, *grid.warnings],
+                      plane.without_pixels(), planned.prediction.tiles)
 
     files: stack_files.StackFiles | None = None
     notices = zstack.SliceNotices()
@@ -254,8 +264,9 @@ def run(
                                            lambda s: s.scale.diameter, md.nucleus_diameter)
         for z, result in segmented:
             if files is None:  # the first slice's size is the stack's (every slice is the same plane)
-                files = stack_files.StackFiles(folder, (depth, *result.labels.shape), min_iou)
-            files.add(result.labels, result.grey)
+                files = stack_files.StackFiles(folder, (depth, *result.labels.shape), min_iou,
+                                               measured_keys(result.plane))
+            files.add(result.labels, result.grey, result.measured)
             notices.add(z, result.warnings)
             tiles += result.tiles
             if z == depth // 2:

@@ -321,3 +321,36 @@ def test_a_stack_by_path_is_read_slice_by_slice_so_it_may_be_larger_than_an_uplo
         if name.endswith(".tif"):  # calibrated as the upload: the same table to the letter
             assert table == expected.objects_csv()
         assert [int(row["volume_voxels"]) for row in csv.DictReader(io.StringIO(table))] == volumes
+
+
+def test_a_stack_job_measures_other_channels_over_each_nuclei_voxels(start_server, tmp_path: Path) -> None:
+    """measure= on a two-channel stack, uploaded and by path (read slice by slice): each nucleus's
+    mean and sum of the marker over its voxels of labels3d.tif, the table the Python API gives."""
+    nuclei, _ = synth_stack(7, StackConfig(depth=6, size=96, nuclei=6))
+    marker = np.random.default_rng(3).integers(0, 3000, nuclei.shape).astype(nuclei.dtype)
+    body = imagej_bytes(np.stack([marker, nuclei], axis=1), axes="ZCYX")  # Z C Y X
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "two.tif").write_bytes(body)
+    env = {"UNET_MODEL_PATH": str(DEFAULT_MODEL_PATH), "UNET_DATA_ROOT": str(root)}
+    server = start_server(env).wait_ready()
+    params = {"channel": "1", "measure": "0", "diameter": "16"}
+    with Segmenter.load(DEFAULT_MODEL_PATH) as segmenter:
+        expected = segmenter.segment_stack(body, channel=1, measure="0", diameter=16)
+    assert expected.object_count > 2
+    for row in expected.objects:
+        inside = expected.labels == row["id"]
+        assert row["mean_intensity_c0"] == pytest.approx(marker[inside].mean(), abs=1e-3)
+        assert row["integrated_intensity_c0"] == pytest.approx(float(marker[inside].sum()), abs=1e-2)
+
+    uploaded, status = run_job(server, body, params)
+    assert status["status"] == "succeeded", status
+    by_path = server.client.post("/jobs", json={"path": "two.tif", "output": "labels3d", **params})
+    assert by_path.status_code == 202, by_path.text
+    assert wait_until(server.client, by_path.json()["id"], finished)["status"] == "succeeded"
+    for job_id in (uploaded, by_path.json()["id"]):
+        table = server.client.get(f"/jobs/{job_id}/files/objects3d.csv").text
+        assert table == expected.objects_csv(), job_id
+    refused = server.client.post("/jobs", content=body, headers=TIFF,
+                                 params={"output": "labels3d", "channel": "1", "measure": "GFP"})
+    assert refused.status_code == 422 and "measure" in refused.json()["detail"], refused.text

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from service import microscopy, objects
+from service import measured_channels, microscopy, objects
 from service.outputs import measured_keys, object_rows
 
 MAX_PIXELS, MAX_PAGES = 10**8, 10_000
@@ -105,11 +105,11 @@ def test_measure_naming_nothing_is_an_error(given) -> None:
     ],
 )
 def test_channel_keys_are_column_safe(index, name, key) -> None:
-    assert objects.channel_key(index, name) == key
+    assert measured_channels.channel_key(index, name) == key
 
 
 def test_names_that_clean_to_one_key_are_told_apart_by_index() -> None:
-    assert objects.channel_keys([(0, "GFP"), (1, "GFP"), (2, "A-1"), (3, "A 1"), (4, None)]) == [
+    assert measured_channels.channel_keys([(0, "GFP"), (1, "GFP"), (2, "A-1"), (3, "A 1"), (4, None)]) == [
         "c0_GFP",
         "c1_GFP",
         "c2_A_1",

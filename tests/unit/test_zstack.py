@@ -145,3 +145,20 @@ def test_label_type_holds_every_id() -> None:
     assert float(np.float32(2**24)) == 2**24
     with pytest.raises(ValueError, match="2\\*\\*24"):
         zstack.label_dtype(2**24 + 1)
+
+
+def test_measured_channels_are_summed_over_each_nucleus_voxels_across_slices() -> None:
+    labels = np.zeros((3, 8, 8), np.int32)
+    labels[0, 1:4, 1:4] = labels[1, 1:4, 1:5] = 1  # one nucleus in two slices
+    labels[2, 5:7, 5:7] = 1  # another, alone in the last slice
+    marker = np.arange(3 * 64, dtype=np.float32).reshape(3, 8, 8)
+    linker = zstack.Linker(channel_keys=["GFP"])
+    stitched = np.stack([linker.add(labels[z], None, [marker[z]])[1] for z in range(3)])
+    rows = linker.table.rows()
+    assert len(rows) == 2
+    for row in rows:
+        inside = stitched == row["id"]
+        assert row["mean_intensity_GFP"] == pytest.approx(marker[inside].mean(), abs=1e-3)
+        assert row["integrated_intensity_GFP"] == pytest.approx(marker[inside].sum())
+    with pytest.raises(ValueError, match="measured channels"):
+        zstack.Linker(channel_keys=["GFP"]).add(labels[0])

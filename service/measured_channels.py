@@ -1,0 +1,42 @@
+"""Column names of the channels each object is measured in besides the one segmented (``measure=``).
+
+One place for every table that carries them — ``POST /segment``'s objects (``service.objects``), a
+slide's streamed table (``service.object_stream``) and a stack's 3-D one (``service.zstack``) — and
+free of NumPy, so the batch client's light paths may import it.
+"""
+
+from __future__ import annotations
+
+
+def channel_columns(key: str) -> tuple[str, str]:
+    """The two columns of a channel measured (``measure=``), ``key`` naming it (:func:`channel_key`):
+    the mean and the sum of its intensity over each object's pixels, in the file's units."""
+    return f"mean_intensity_{key}", f"integrated_intensity_{key}"
+
+
+def channel_key(index: int, name: str | None) -> str:
+    """A column-safe name for channel ``index``: its name with anything but letters, digits and
+    ``_`` made ``_`` (``Alexa 488`` → ``Alexa_488``), or ``c{index}`` when it has none."""
+    cleaned = "_".join(part for part in "".join(
+        ch if (ch.isascii() and ch.isalnum()) or ch == "_" else " " for ch in (name or "")
+    ).split())
+    return cleaned or f"c{index}"
+
+
+def channel_keys(channels: list[tuple[int, str | None]]) -> list[str]:
+    """:func:`channel_key` of each ``(index, name)``, made unique: where two names clean to one
+    key (``GFP`` twice, ``A-1`` and ``A 1``), each of them is prefixed with ``c{index}_``."""
+    keys = [channel_key(index, name) for index, name in channels]
+    return [f"c{index}_{key}" if keys.count(key) > 1 and key != f"c{index}" else key
+            for (index, _), key in zip(channels, keys, strict=True)]
+
+
+#: Bytes of admission's budget per pixel (the pipeline's working set, ``service.admission``), against
+#: the 4 bytes a measured channel's pixel takes at most (float32; 16-bit files: 2).
+_ADMITTED_BYTES_PER_PIXEL, _MEASURED_BYTES_PER_PIXEL = 48, 4
+
+
+def admitted_extra(channels: int, pixels: int, copies: int = 1) -> int:
+    """Pixels of admission's budget to add for ``channels`` measured planes of ``pixels`` each,
+    held ``copies`` times at once: what they weigh beside the pipeline's own working set."""
+    return channels * copies * pixels * _MEASURED_BYTES_PER_PIXEL // _ADMITTED_BYTES_PER_PIXEL
