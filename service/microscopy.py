@@ -48,6 +48,7 @@ import numpy as np
 
 from service import imaging, structure
 from service.imaging import ImageError, ImageTooLarge, UndecodableImage, UnsupportedImageType
+from service.measured_channels import admitted_extra
 from service.polarity import Polarity
 from service.structure import Limits, TooManyPages
 
@@ -105,6 +106,28 @@ class SelectionError(ValueError):
         self.params = params
         self.choices = choices
         self.missing = missing
+
+
+class MeasuredTooLarge(ImageTooLarge):
+    """``measure=`` would hold more channel planes at once than the pixel limit allows (HTTP 413)."""
+
+    def __init__(self, channels: int, width: int, height: int, limit: int) -> None:
+        super().__init__(channels * width * height, limit, width, height)
+        self.args = (
+            f"measure= holds {channels} channel planes of {width}×{height} at once, more than the "
+            f"pixel limit ({limit:,}, UNET_MAX_PIXELS) allows beside the segmentation; measure fewer "
+            "channels per request, or run the file as a slide job (POST /jobs?output=ome-zarr), which "
+            "reads the channels band by band",
+        )
+
+
+def check_measured(channels: int, width: int, height: int, max_pixels: int) -> None:
+    """Refuse a ``measure=`` whose ``channels`` planes of ``width`` × ``height``, held whole with
+    the plane segmented, would weigh more than the largest image's own working set
+    (``measured_channels.admitted_extra`` against ``max_pixels``): a file of many small compressed
+    pages must not expand into gigabytes."""
+    if admitted_extra(channels, width * height) > max_pixels:
+        raise MeasuredTooLarge(channels, width, height, max_pixels)
 
 
 class DecodeCancelled(Exception):
@@ -420,7 +443,7 @@ def select(
     with decoder_errors():
         source = _open(data, max_pixels, structure.as_limits(limits), selection.series)
         try:
-            return _select(source, selection, model_channels, should_stop)
+            return _select(source, selection, model_channels, should_stop, max_pixels)
         finally:
             source.close()
 
@@ -1115,10 +1138,16 @@ def resolve(layout: Layout, sel: Selection, model_channels: int = 1) -> Choice:
 
 
 def _select(
-    source: _Source, sel: Selection, model_channels: int, should_stop: Callable[[], bool] | None = None
+    source: _Source,
+    sel: Selection,
+    model_channels: int,
+    should_stop: Callable[[], bool] | None = None,
+    max_pixels: int | None = None,
 ) -> Plane:
     layout = source.layout
     choice = resolve(layout, sel, model_channels)
+    if max_pixels is not None:
+        check_measured(len(choice.measured), layout.width, layout.height, max_pixels)
     channel = choice.channel
     colour_whole = layout.rgb and (layout.grey_rgb or model_channels == 3)
 

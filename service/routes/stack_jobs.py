@@ -86,6 +86,7 @@ def plan(runtime: Runtime, data: bytes, options: SegmentOptions) -> SlicePlan:
     layout = microscopy.probe(data, settings.max_pixels, settings.decode_limits(), options.plane.series)
     depth = layout.planes.get("Z", 1)
     choice = microscopy.resolve(layout, _slice_selection(options, depth, depth // 2), md.in_channels)
+    microscopy.check_measured(len(choice.measured), layout.width, layout.height, settings.max_pixels)
     return SlicePlan(depth, layout.height, layout.width, len(choice.measured))
 
 
@@ -135,6 +136,7 @@ class FileSlices:
             with self._open(depth // 2) as source:  # the middle slice's choice checked, as for an upload
                 shape, measured = source.shape, len(source.plane.measured)
         self.grey = len(shape) == 2
+        microscopy.check_measured(measured, int(shape[1]), int(shape[0]), runtime.settings.max_pixels)
         self.plan = SlicePlan(depth, int(shape[0]), int(shape[1]), measured)
 
     def _open(self, z: int | None) -> slide_files.SlideSource:

@@ -205,3 +205,18 @@ def test_batch_measures_each_file(server: Server) -> None:
     )
     assert r.status_code == 200, r.text
     assert r.text.count("mean_intensity_Cy5") == 2
+
+
+def test_measuring_more_planes_than_the_pixel_limit_allows_is_a_413(server: Server) -> None:
+    """A few kB of compressed pages could otherwise expand into gigabytes held at once: 100 channels of
+    512² weigh, measured, more than the test server's pixel limit allows (2 MP ≙ 24 M measured pixels)."""
+    many = np.zeros((100, 512, 512), np.uint16)
+    many[0, 100:140, 100:140] = 3000
+    data = tiff(many, imagej=True, metadata={"axes": "CYX"}, compression="zlib")
+    assert len(data) < 200_000
+    r = post(server, data, output="objects", channel="0", measure="all")
+    assert r.status_code == 413, r.text
+    assert r.json()["type"] == "/problems/image-too-large" and "measure=" in r.json()["detail"]
+    assert "100 channel planes" in r.json()["detail"]
+    few = post(server, data, output="objects", channel="0", measure="1,2")
+    assert few.status_code == 200 and "mean_intensity_c2" in few.text
