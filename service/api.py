@@ -38,8 +38,8 @@ from service import imaging, microscopy, objects, pipeline, windows, zstack
 from service.batcher import DynamicBatcher
 from service.engine import Engine
 from service.model_metadata import ModelMetadata
+from service.outputs import CELL_KINDS, MAX_EXPAND_PX, measured_keys, object_rows
 from service.outputs import encode as encode_output
-from service.outputs import measured_keys, object_rows
 from service.polarity import POLARITIES, Polarity
 from service.preprocess import to_channels
 from service.settings import Settings
@@ -84,6 +84,8 @@ class Segmentation:
             pixels of the channels asked for with ``measure``.
         image: the plane segmented, ``(H, W)`` or ``(H, W, C)`` as read.
         tiles: how many tiles the model ran on.
+        expand: the ``expand`` asked for: :meth:`encode` gives ``objects`` and ``geojson`` with
+            the same cells.
     """
 
     mask: np.ndarray | None
@@ -98,12 +100,14 @@ class Segmentation:
     plane: microscopy.Plane
     image: np.ndarray
     tiles: int
+    expand: float | None = None  # the cells asked for (``segment(expand=)``), for :meth:`encode`
 
     def encode(self, output: str, *, bits: int = 8, json_table: bool = False) -> tuple[bytes, str]:
         """``(file bytes, media type)`` exactly as ``POST /segment?output=...`` answers.
 
         ``output``: ``mask``, ``probability``, ``labels``, ``overlay``, ``objects``, ``geojson`` or
         ``rois``; the arrays it is drawn from must have been asked for (``service.outputs.NEEDS``).
+        With :attr:`expand`, ``objects`` and ``geojson`` carry the cells as ``segment`` made them.
         """
         return encode_output(
             output,
@@ -115,6 +119,7 @@ class Segmentation:
             warnings=self.warnings,
             bits=bits,
             json_table=json_table,
+            expand=self.expand if output in CELL_KINDS else None,
         )
 
 
@@ -247,6 +252,7 @@ class Segmenter:
         polarity: Polarity = "bright",
         series: int | None = None,
         measure: Iterable[str | int] | str | None = None,
+        expand: float | None = None,
         axes: str | None = None,
         diameter: float | None = None,
         threshold: float | None = None,
@@ -276,6 +282,9 @@ class Segmenter:
                 names, or ``"all"``): ``objects`` gains ``mean_intensity_KEY`` and
                 ``integrated_intensity_KEY`` per channel (KEY: the channel's name made column-safe,
                 else ``c{index}``), read at the same z / t or projection.
+            expand: a cell around each nucleus, grown by up to this many px into the background and
+                never into a neighbour's: ``objects`` gains ``cell_area``, ``cytoplasm_area`` and,
+                with ``measure``, each channel's intensity over the cytoplasm.
             axes: an array's dimensions in the letters ``T Z C Y X S`` (S: colour samples), e.g.
                 ``"ZYX"``, ``"CYX"``, ``"YXC"``; default ``"YX"`` for 2-D, ``"YXS"`` for
                 ``(H, W, 3|4)``; other shapes must say. Only for arrays.
@@ -298,6 +307,8 @@ class Segmenter:
         s = self.settings
         _check_range("threshold", threshold, 0.0, 1.0, open_interval=True)
         _check_range("diameter", diameter, *DIAMETER_RANGE_PX)
+        if expand is not None and not 0 < expand <= MAX_EXPAND_PX:
+            raise ValueError(f"expand must be in (0, {MAX_EXPAND_PX}] px, got {expand}")
         if pixel_size is not None and not pixel_size > 0:
             raise ValueError(f"pixel_size must be more than 0 µm, got {pixel_size}")
         if polarity not in POLARITIES:
@@ -342,9 +353,11 @@ class Segmenter:
         table = None
         if "objects" in wanted:
             assert grid.labels is not None
-            rows = object_rows(grid.labels, pixels, grid.probability, plane)
+            cells = None if expand is None else objects.expand_cells(grid.labels, expand)
+            rows = object_rows(grid.labels, pixels, grid.probability, plane, cells)
             calibrated = plane.pixel_size is not None
-            table = [_plain(row) for row in objects.row_dicts(rows, calibrated, measured_keys(plane))]
+            dicts = objects.row_dicts(rows, calibrated, measured_keys(plane), cells is not None)
+            table = [_plain(row) for row in dicts]
         return Segmentation(
             mask=grid.mask if "mask" in wanted else None,
             probability=grid.probability if "probability" in wanted else None,
@@ -358,6 +371,7 @@ class Segmenter:
             plane=plane.without_pixels(keep_measured=True),  # encode("objects") measures them again
             image=pixels,
             tiles=prediction.tiles,
+            expand=expand,
         )
 
     def segment_stack(

@@ -332,6 +332,8 @@ class Config:
     #: --measure: channels each nucleus is measured in besides the one segmented ("all", or indices /
     #: names with commas between), for --output objects / geojson; None: not sent
     measure: str | None = None
+    #: --expand: cells, each nucleus grown by this many px (--output objects / geojson); None: not sent
+    expand: float | None = None
     #: ``--t all`` / ``--z all`` / ``--series all``: "t", "z" or "series", every plane (image) along
     #: it its own job and output
     every_plane: str | None = None
@@ -694,6 +696,8 @@ class Segmenter:
             self.params["split"] = config.split
         if config.diameter is not None:
             self.params["diameter"] = f"{config.diameter:g}"
+        if config.expand is not None:
+            self.params["expand"] = f"{config.expand:g}"
         for name in ("channel", "z", "t", "project", "pixel_size", "polarity", "series", "measure"):
             value = getattr(config, name)
             if value is not None:
@@ -982,6 +986,7 @@ class LocalSegmenter:
             "split": config.split, "diameter": config.diameter, "channel": config.channel,
             "z": config.z, "t": config.t, "project": config.project, "pixel_size": config.pixel_size,
             "polarity": config.polarity or "bright", "series": config.series, "measure": config.measure,
+            "expand": config.expand,
         }
         # Only the arrays this kind is drawn from: labels cost a watershed, probabilities memory.
         self.outputs = tuple(outputs.NEEDS[self.kind.query] & set(api.OUTPUTS))
@@ -1344,6 +1349,17 @@ def _diameter(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"must be a number of pixels or 'once', got {text!r}") from None
 
 
+def _expand_px(text: str) -> float:
+    """``--expand``: pixels in (0, 500], the service's bound (``service.outputs.MAX_EXPAND_PX``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of pixels, got {text!r}") from None
+    if not 0 < value <= 500:
+        raise argparse.ArgumentTypeError(f"must be in (0, 500] px, got {text!r}")
+    return value
+
+
 def _min_iou(text: str) -> float:
     """``--stitch-z``: an IoU in (0, 1] (or :data:`STITCH_DEFAULT`, the flag alone)."""
     if text == STITCH_DEFAULT:
@@ -1454,6 +1470,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "channels (0-based indices or names, commas between, or all), at the same z / t: the "
                        "columns mean_intensity_NAME, integrated_intensity_NAME (e.g. --channel DAPI "
                        "--measure GFP)")
+    plane.add_argument("--expand", type=_expand_px, metavar="PX",
+                       help="with --output objects or geojson: a cell around each nucleus, grown by up to "
+                       "PX pixels and never into a neighbour's (QuPath's cell expansion): cell_area, "
+                       "cytoplasm_area and, with --measure, each channel's intensity over the cytoplasm; "
+                       "the GeoJSON holds QuPath cells")
     plane.add_argument("--z", type=_plane_index, metavar="Z|all",
                        help="z-slice, 0-based; all: every z-slice, each its own output (NAME_z07...)")
     plane.add_argument("--t", type=_plane_index, metavar="T|all",
@@ -1544,6 +1565,9 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                      "ome-zarr")
     if args.measure is not None and not args.measure.replace(",", "").strip():
         parser.error("--measure names no channel: give indices or names, commas between, or all")
+    if args.expand is not None and args.kind not in ("objects", "geojson"):
+        parser.error("--expand gives each nucleus a cell in the table or outlines: it needs --output objects "
+                     "or geojson")
     if args.stitch_z is not None and (args.z != ALL_PLANES or args.kind != "labels"):
         parser.error("--stitch-z links the slices' labels: it needs --z all and --output labels")
     if args.stitch_z is not None and args.shard is not None and not isinstance(args.diameter, float):
@@ -1561,7 +1585,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                      "percent of its segmentation (give a number to segment every slide at one scale)")
     return Config(inputs=tuple(args.inputs), out=args.out, urls=tuple(args.urls), kind=args.kind,
                   split=args.split, diameter=None if once else args.diameter, diameter_once=once,
-                  channel=args.channel, measure=args.measure,
+                  channel=args.channel, measure=args.measure, expand=args.expand,
                   z=None if args.z == ALL_PLANES else args.z, t=None if args.t == ALL_PLANES else args.t,
                   series=None if args.series == ALL_PLANES else args.series,
                   every_plane=every[0] if every else None,

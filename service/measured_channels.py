@@ -7,6 +7,8 @@ free of NumPy, so the batch client's light paths may import it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 def channel_columns(key: str) -> tuple[str, str]:
     """The two columns of a channel measured (``measure=``), ``key`` naming it (:func:`channel_key`):
@@ -40,3 +42,30 @@ def admitted_extra(channels: int, pixels: int, copies: int = 1) -> int:
     """Pixels of admission's budget to add for ``channels`` measured planes of ``pixels`` each,
     held ``copies`` times at once: what they weigh beside the pipeline's own working set."""
     return channels * copies * pixels * _MEASURED_BYTES_PER_PIXEL // _ADMITTED_BYTES_PER_PIXEL
+
+
+#: Columns of the cell around each nucleus (``expand=``): its area and its cytoplasm's (the cell
+#: less its nucleus), in px; with a pixel size the cell's area in µm² too.
+CELL_COLUMNS = ("cell_area", "cytoplasm_area")
+CELL_UM_COLUMNS = ("cell_area_um2",)
+
+
+def cytoplasm_columns(key: str) -> tuple[str, str]:
+    """The two columns of a measured channel over each cell's cytoplasm (``expand=``)."""
+    return f"mean_intensity_cytoplasm_{key}", f"integrated_intensity_cytoplasm_{key}"
+
+
+def extra_columns(channel_keys: Sequence[str], cells: bool = False, calibrated: bool = False) -> list[str]:
+    """The columns after an object's own, in table order: the cell's (``cells``), then per measured
+    channel its two over the nucleus and, with cells, its two over the cytoplasm."""
+    columns = [*CELL_COLUMNS, *(CELL_UM_COLUMNS if calibrated else ())] if cells else []
+    for key in channel_keys:
+        columns += [*channel_columns(key), *(cytoplasm_columns(key) if cells else ())]
+    return columns
+
+
+def cells_admitted(pixels: int) -> int:
+    """Pixels of admission's budget for cells grown around the objects of an image of ``pixels``
+    (``expand=``): a distance transform of it with its nearest-object indices and the cell labels,
+    ~28 bytes a pixel while the table is made."""
+    return pixels * 28 // _ADMITTED_BYTES_PER_PIXEL

@@ -158,7 +158,7 @@ class ObjectStream:
                 mean_intensity=round(sums.sum_i / n, 4),
                 integrated_intensity=round(sums.sum_i, 4),
                 mean_confidence=round(sums.sum_p / n, 4),
-                channel_values=tuple(
+                extra_values=tuple(
                     pair
                     for key, total in zip(self.channel_keys, sums.sum_channels, strict=True)
                     for pair in zip(channel_columns(key), (round(total / n, 4), round(total, 4)), strict=True)

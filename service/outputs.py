@@ -21,6 +21,11 @@ from service.preprocess import to_channels
 #: What can be encoded, as ``POST /segment?output=`` names it.
 KINDS = ("mask", "probability", "labels", "overlay", "objects", "geojson", "rois")
 
+#: The kinds that can carry cells around the objects (``expand=``).
+CELL_KINDS = ("objects", "geojson")
+#: Largest ``expand=`` (px): a cell ten nucleus diameters across is no cell any more.
+MAX_EXPAND_PX = 500
+
 #: The arrays each kind is drawn from (names of ``service.api.Segmentation`` fields).
 NEEDS: dict[str, frozenset[str]] = {
     "mask": frozenset({"mask"}),
@@ -34,20 +39,27 @@ NEEDS: dict[str, frozenset[str]] = {
 
 
 def object_rows(
-    labels: np.ndarray, image: np.ndarray, probability: np.ndarray, plane: Plane | None
+    labels: np.ndarray,
+    image: np.ndarray,
+    probability: np.ndarray,
+    plane: Plane | None,
+    cells: np.ndarray | None = None,
 ) -> list[objects.ObjectRow]:
     """One measured row per object; in µm too when the plane's pixel size is known, and in each
     channel the plane carries for measuring (``measure=``, columns named by :func:`measured_keys`).
 
     ``image``: the plane segmented, ``(H, W)`` or ``(H, W, C)`` (intensities are taken from
-    its grey version); ``probability``: foreground probability on the same grid.
+    its grey version); ``probability``: foreground probability on the same grid; ``cells``: each
+    object's cell (``expand=``, ``objects.expand_cells``) for the cell and cytoplasm columns.
     """
     size = plane.pixel_size if plane is not None else None
     um = (size.x_um, size.y_um) if size is not None else None
     channels = [] if plane is None else [
         (key, measured.image) for key, measured in zip(measured_keys(plane), plane.measured, strict=True)
     ]
-    return objects.measure(labels, to_channels(image, 1), probability, pixel_size_um=um, channels=channels)
+    return objects.measure(
+        labels, to_channels(image, 1), probability, pixel_size_um=um, channels=channels, cells=cells
+    )
 
 
 def measured_keys(plane: Plane | None) -> list[str]:
@@ -68,6 +80,7 @@ def encode(
     warnings: Sequence[str] = (),
     bits: int = 8,
     json_table: bool = False,
+    expand: float | None = None,
 ) -> tuple[bytes, str]:
     """``(body, media type)`` of output ``kind`` (one of :data:`KINDS`).
 
@@ -79,12 +92,17 @@ def encode(
             ``warnings`` in its properties; ROIs are placed at its channel / z / t.
         bits: 8 or 16, for ``probability``.
         json_table: ``objects`` as a JSON array instead of CSV.
+        expand: ``objects`` / ``geojson``: each object's cell, the object grown by up to this many
+            px (``objects.expand_cells``): the cell and cytoplasm columns, and QuPath cells with
+            their nuclei in the GeoJSON.
 
     Raises:
         ValueError: an unknown ``kind``, or an array it needs is None.
     """
     if kind not in NEEDS:
         raise ValueError(f"output must be one of {', '.join(KINDS)}, got {kind!r}")
+    if expand is not None and kind not in CELL_KINDS:
+        raise ValueError(f"expand gives cells to output {' / '.join(CELL_KINDS)}, not {kind}")
     given = {"probability": probability, "mask": mask, "labels": labels}
     missing = sorted(name for name in NEEDS[kind] if given[name] is None)
     if missing:
@@ -102,16 +120,18 @@ def encode(
     if kind == "labels":
         return objects.encode_labels(labels)  # 16-bit PNG; 32-bit TIFF past 65535 objects
     assert probability is not None
-    rows = object_rows(labels, image, probability, plane)
+    cells = None if expand is None else objects.expand_cells(labels, expand)
+    rows = object_rows(labels, image, probability, plane, cells)
     calibrated = plane is not None and plane.pixel_size is not None
     if kind == "rois":
         position = plane.position() if plane is not None else None
         return objects.to_imagej_rois(labels, rows, position), "application/zip"
     if kind == "geojson":
         properties = {**(plane.describe() if plane else {}), "warnings": list(warnings)}
-        collection = objects.to_geojson(labels, rows, properties=properties)
+        collection = objects.to_geojson(labels, rows, properties=properties, cells=cells)
         return json.dumps(collection).encode(), "application/geo+json"
-    keys = measured_keys(plane)
+    keys, with_cells = measured_keys(plane), cells is not None
     if json_table:
-        return json.dumps(objects.row_dicts(rows, calibrated, keys)).encode(), "application/json"
-    return objects.rows_to_csv(rows, calibrated, keys).encode(), "text/csv; charset=utf-8"
+        table = objects.row_dicts(rows, calibrated, keys, with_cells)
+        return json.dumps(table).encode(), "application/json"
+    return objects.rows_to_csv(rows, calibrated, keys, with_cells).encode(), "text/csv; charset=utf-8"

@@ -50,7 +50,7 @@ from service.errors import (
     ServiceUnavailable,
     problem_responses,
 )
-from service.measured_channels import admitted_extra
+from service.measured_channels import admitted_extra, cells_admitted
 from service.model_metadata import ModelMetadata
 from service.prediction_cache import PlaneKey, frozen
 from service.routes.deps import Runtime, get_runtime, only_query_params, require_api_key
@@ -127,9 +127,10 @@ class SegmentOptions:
     plane: microscopy.Selection = microscopy.Selection()  # channel / z / t / project / pixel_size
     geojson: bool = False  # output=ome-zarr (jobs): also the objects' outlines as GeoJSON
     min_iou: float | None = None  # output=labels3d (jobs): the overlap linking slices; None: the default
+    expand: float | None = None  # output=objects / geojson: cells, each nucleus grown by this many px
 
 
-_OPTION_NAMES = ("output", "threshold", "bits", "tile_size", "overlap", "split", "diameter")
+_OPTION_NAMES = ("output", "threshold", "bits", "tile_size", "overlap", "split", "diameter", "expand")
 #: Options of job-only outputs, which POST /segment's own options never include.
 _JOB_OPTION_NAMES = ("geojson", "min_iou")
 #: Which channel / plane of a microscopy file, and its pixel size (service.microscopy).
@@ -204,6 +205,12 @@ def plane_selection(
     )
 
 
+_EXPAND_DESCRIPTION = (
+    "output=objects / geojson: a cell around each nucleus, the nucleus grown by up to this many pixels "
+    "into the background and never into a neighbour's (QuPath's cell expansion): the table gains "
+    "cell_area and cytoplasm_area (the cell less its nucleus), and with measure= each channel's mean and "
+    "integrated intensity over the cytoplasm; the GeoJSON holds QuPath cells with their nuclei"
+)
 _DIAMETER_DESCRIPTION = (
     "typical nucleus diameter in the image, pixels; the image is resized so its nuclei come out at "
     "the model's trained diameter (GET /v1/model, defaults.nucleus_diameter) and the outputs come back "
@@ -240,6 +247,7 @@ def segment_options(
     overlap: int | None = Query(None, ge=0, description="overlap between tiles in pixels (< tile_size / 2)"),
     split: Split | None = Query(None, description=_SPLIT_DESCRIPTION),
     diameter: float | None = Query(None, ge=1, le=1000, description=_DIAMETER_DESCRIPTION),
+    expand: float | None = Query(None, gt=0, le=outputs.MAX_EXPAND_PX, description=_EXPAND_DESCRIPTION),
     geojson: bool = Query(
         False,
         description="output=ome-zarr (POST /jobs) only: also write objects.geojson, every nucleus' outline "
@@ -263,11 +271,22 @@ def segment_options(
         )
     _check_stack_options(output, min_iou, plane)
     _check_measure(output, plane)
+    _check_expand(output, expand)
     json_table = "application/json" in accept and "text/csv" not in accept
     return SegmentOptions(
         output, threshold, bits, tile_size, overlap, json_table, split, diameter, plane, geojson=geojson,
-        min_iou=min_iou,
+        min_iou=min_iou, expand=expand,
     )
+
+
+def _check_expand(output: Output, expand: float | None) -> None:
+    """``expand=`` only where objects are written one by one with their outlines."""
+    if expand is not None and output.value not in outputs.CELL_KINDS:
+        kinds = " or ".join(outputs.CELL_KINDS)
+        raise InvalidOptions(
+            f"expand= gives each nucleus a cell in output={kinds}; output={output.value} has none",
+            errors=[{"loc": ["query", "expand"], "msg": f"only with output={kinds}", "type": "value_error"}],
+        )
 
 
 def _check_measure(output: Output, plane: microscopy.Selection) -> None:
@@ -310,15 +329,18 @@ def batch_options(
     diameter: float | None = Query(
         None, ge=1, le=1000, description="as for POST /segment (one for every file; default: per file)"
     ),
+    expand: float | None = Query(None, gt=0, le=outputs.MAX_EXPAND_PX, description="as for POST /segment"),
     plane: microscopy.Selection = Depends(plane_selection),
     _known: None = Depends(only_query_params(*_OPTION_NAMES, *_PLANE_OPTION_NAMES)),
 ) -> SegmentOptions:
     _check_bits(bits)
     options = SegmentOptions(
-        output, threshold, bits, tile_size, overlap, split=split, diameter=diameter, plane=plane
+        output, threshold, bits, tile_size, overlap, split=split, diameter=diameter, plane=plane,
+        expand=expand,
     )
     refuse_job_only(options)
     _check_measure(output, plane)
+    _check_expand(output, expand)
     return options
 
 
@@ -407,10 +429,12 @@ def run_pipeline(
     def infer(batch: np.ndarray) -> np.ndarray:
         return batcher.infer(batch, should_stop)
 
-    # The measured planes (measure=) are held through the request too: admitted with the model's pixels.
-    extra = admitted_extra(len(plane.measured), image.shape[0] * image.shape[1])
+    # The measured planes (measure=) are held through the request too, and cells (expand=) take a
+    # distance transform of the image: admitted with the model's pixels.
+    pixels = image.shape[0] * image.shape[1]
+    extra = admitted_extra(len(plane.measured), pixels) + (cells_admitted(pixels) if options.expand else 0)
 
-    def reserve_with_measured(pixels: int) -> None:
+    def reserve_with_extras(pixels: int) -> None:
         assert reserve is not None
         reserve(pixels + extra)
 
@@ -425,7 +449,7 @@ def run_pipeline(
         batch_size=settings.max_batch_size,
         should_stop=should_stop,
         progress=progress,
-        reserve=None if reserve is None else reserve_with_measured,
+        reserve=None if reserve is None else reserve_with_extras,
         window_policy=windows.policy(settings, tiling.source),
         kept=kept,
         polarity=plane.polarity,
@@ -563,6 +587,7 @@ def render(
         warnings=warnings or (),
         bits=options.bits,
         json_table=options.json_table,
+        expand=options.expand,
     )
     return body, media_type, count
 

@@ -202,9 +202,9 @@ function segmentParams(output, threshold) {
  * X-… headers): directly, or through a job for a large image. `purpose` names the job slot:
  * a new request for the same purpose cancels the older job.
  */
-async function segmentRequest(output, threshold, step, runningText, purpose, measure = false) {
+async function segmentRequest(output, threshold, step, runningText, purpose, extra = {}) {
   const params = segmentParams(output, threshold);
-  if (measure) params.set("measure", "all");
+  for (const [name, value] of Object.entries(extra)) params.set(name, value);
   if (state.useJobs) {
     const answer = await viaJob(params, step, purpose);
     if (answer) return answer;
@@ -905,11 +905,16 @@ async function download(output) {
   if (!state.file) return;
   try {
     // A table saved can hold every channel's intensity per nucleus (the box shows for multi-channel
-    // files); only downloads ask for it, so the outlines shown keep their cached prediction.
-    const tables = output === "objects" || output === "geojson";
-    const measure = tables && !$("channel-box").hidden && $("measure-all").checked;
+    // files) and a cell around each nucleus; only downloads ask for them (neither changes the
+    // prediction: the outlines shown keep theirs, cached on the server).
+    const extra = {};
+    if (output === "objects" || output === "geojson") {
+      if (!$("channel-box").hidden && $("measure-all").checked) extra.measure = "all";
+      const expand = Number($("expand").value);
+      if ($("expand").value !== "" && expand > 0) extra.expand = String(expand);
+    }
     const xhr = await segmentRequest(output, state.threshold, `Download ${output}`, "segmenting",
-      `download-${output}`, measure);
+      `download-${output}`, extra);
     save(xhr.response, downloadName(output, xhr.getResponseHeader("Content-Type")));
   } catch (err) {
     showError(err.message);

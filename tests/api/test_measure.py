@@ -220,3 +220,35 @@ def test_measuring_more_planes_than_the_pixel_limit_allows_is_a_413(server: Serv
     assert "100 channel planes" in r.json()["detail"]
     few = post(server, data, output="objects", channel="0", measure="1,2")
     assert few.status_code == 200 and "mean_intensity_c2" in few.text
+
+
+def test_expand_gives_cells_and_measures_each_channel_over_their_cytoplasm(server: Server) -> None:
+    from skimage.segmentation import expand_labels
+
+    labels = labels_of(server, IJ_THREE, channel="DAPI")
+    cells = expand_labels(labels, 4)
+    rows = table(server, IJ_THREE, channel="DAPI", measure="GFP 488", expand="4")
+    assert len(rows) == labels.max() > 0
+    assert list(rows[0])[-6:] == ["cell_area", "cytoplasm_area", "mean_intensity_GFP_488",
+                                  "integrated_intensity_GFP_488", "mean_intensity_cytoplasm_GFP_488",
+                                  "integrated_intensity_cytoplasm_GFP_488"]
+    for row in rows:
+        i = int(row["id"])
+        cytoplasm = (cells == i) & (labels == 0)
+        assert int(row["cell_area"]) == int((cells == i).sum())
+        assert int(row["cytoplasm_area"]) == cytoplasm.sum()
+        if cytoplasm.any():
+            mean = float(row["mean_intensity_cytoplasm_GFP_488"])
+            assert mean == pytest.approx(MARKER[cytoplasm].mean(), abs=1e-3)
+    geo = post(server, IJ_THREE, output="geojson", channel="DAPI", expand="4").json()
+    first = geo["features"][0]
+    assert first["properties"]["objectType"] == "cell" and "nucleusGeometry" in first
+    assert first["properties"]["measurements"]["cell_area"] == int(rows[0]["cell_area"])
+
+
+@pytest.mark.parametrize(("output", "expand"), [("mask", "4"), ("labels", "4"), ("rois", "4"),
+                                                ("objects", "0"), ("objects", "501"), ("objects", "x")])
+def test_expand_outside_its_outputs_or_range_is_a_422(server: Server, output: str, expand: str) -> None:
+    r = post(server, IJ_THREE, output=output, channel="DAPI", expand=expand)
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["loc"][-1] == "expand"

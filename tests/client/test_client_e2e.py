@@ -88,6 +88,12 @@ def test_a_two_channel_tiff_fails_with_its_channels_until_channel_is_given(
     wrong_kind = run("--out", str(tmp_path / "labels"), "--channel", "dapi", "--measure", "all",
                      "--output", "labels")
     assert wrong_kind.returncode == 2 and "--output objects, geojson or ome-zarr" in wrong_kind.stderr
+    cells = run("--out", str(tmp_path / "cells"), "--channel", "dapi", "--measure", "Cytoplasm",
+                "--expand", "3")
+    assert cells.returncode == 0, cells.stderr
+    header = (tmp_path / "cells" / "cells.csv").read_text().splitlines()[0].split(",")
+    assert header[-7:-4] == ["cell_area", "cytoplasm_area", "cell_area_um2"]  # the file is calibrated
+    assert header[-1] == "integrated_intensity_cytoplasm_Cytoplasm"
 
 
 @pytest.mark.parametrize("suffix", [".tif", ".czi"])

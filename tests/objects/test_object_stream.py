@@ -87,7 +87,7 @@ def test_measured_channels_band_by_band_equal_measure_on_the_whole_image() -> No
     other = rng.random(labels.shape).astype(np.float32)
     expected = objects.measure(labels, intensity, probability, (0.5, 0.5),
                                channels=[("GFP", marker), ("c2", other)])
-    assert len(expected) > 20 and expected[0].channel_values
+    assert len(expected) > 20 and expected[0].extra_values
 
     stream = ObjectStream((0.5, 0.5), channel_keys=["GFP", "c2"])
     got = []

@@ -124,6 +124,18 @@ def test_measure_adds_each_channels_mean_and_sum_per_nucleus(segmenter: Segmente
     with pytest.raises(microscopy.SelectionError, match="measure: the image has no channel '2'"):
         segmenter.segment(stack, axes="CYX", channel=0, measure="2")
 
+    # cells: each nucleus grown by 3 px, the marker over its cytoplasm; encoded later, the same cells
+    cells = segmenter.segment(stack, axes="CYX", channel=0, measure=[1], expand=3,
+                              outputs=("labels", "objects", "probability"))
+    assert cells.objects is not None and [r["id"] for r in cells.objects] == [r["id"] for r in result.objects]
+    assert all(r["cell_area"] == r["area"] + r["cytoplasm_area"] and r["cytoplasm_area"] > 0
+               for r in cells.objects)
+    features = json.loads(cells.encode("geojson")[0])["features"]
+    assert {f["properties"]["objectType"] for f in features} == {"cell"}
+    assert "cytoplasm_area" in cells.encode("objects")[0].decode().splitlines()[0]
+    with pytest.raises(ValueError, match="expand must be"):
+        segmenter.segment(stack, axes="CYX", channel=0, expand=0)
+
 
 def test_outputs_choose_what_is_returned(segmenter: Segmenter) -> None:
     image, count = nuclei_image(seed=9)

@@ -126,13 +126,13 @@ def test_the_columns_are_the_mean_and_the_sum_over_each_object() -> None:
     rows = objects.measure(labels, np.ones((6, 8)), np.ones((6, 8)), channels=[("GFP", marker)])
     for row in rows:
         values = marker[labels == row.id]
-        assert dict(row.channel_values) == {
+        assert dict(row.extra_values) == {
             "mean_intensity_GFP": pytest.approx(values.mean()),
             "integrated_intensity_GFP": pytest.approx(values.sum()),
         }
     fields = objects.table_fields(False, ["GFP"])
     assert (
-        fields[-2:] == ["mean_intensity_GFP", "integrated_intensity_GFP"] and "channel_values" not in fields
+        fields[-2:] == ["mean_intensity_GFP", "integrated_intensity_GFP"] and "extra_values" not in fields
     )
     assert (
         objects.rows_to_csv([], channel_keys=["GFP"])
@@ -154,6 +154,17 @@ def test_object_rows_name_the_columns_by_the_planes_channels(hyperstack) -> None
     labels[5:9, 4:12] = 1
     rows = object_rows(labels, plane.image, np.ones((20, 30), np.float32), plane)
     assert measured_keys(plane) == ["RFP", "GFP"]
-    assert dict(rows[0].channel_values)["mean_intensity_RFP"] == pytest.approx(
+    assert dict(rows[0].extra_values)["mean_intensity_RFP"] == pytest.approx(
         movie[1, 3, 2][5:9, 4:12].mean(), abs=1e-4
     )
+
+
+def test_the_clients_expand_bound_is_the_services() -> None:
+    import argparse
+
+    from service import client, outputs
+
+    assert client._expand_px(str(outputs.MAX_EXPAND_PX)) == outputs.MAX_EXPAND_PX
+    for wrong in (str(outputs.MAX_EXPAND_PX + 1), "0", "two"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            client._expand_px(wrong)

@@ -7,6 +7,7 @@ downloaded browser). When the browser cannot start the tests fail; only a machin
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import zipfile
@@ -403,6 +404,13 @@ def test_channel_picker_lists_the_files_channels_and_segments_the_one_chosen(
                             "mean_intensity_DAPI", "integrated_intensity_DAPI"]
         assert [url for url in requests if "measure=all" in url] and all(
             "output=objects" in url for url in requests if "measure=" in url)
+        # ... and cells around the nuclei, with each channel over their cytoplasm
+        page.get_by_label("Cells: grow each nucleus by (px)").fill("3")
+        with page.expect_download() as info:
+            page.locator("#download-geojson").click()
+        cells = json.loads(Path(info.value.path()).read_text())["features"]
+        assert cells and cells[0]["properties"]["objectType"] == "cell" and "nucleusGeometry" in cells[0]
+        assert "mean_intensity_cytoplasm_Cytoplasm" in cells[0]["properties"]["measurements"]
         with page.expect_download() as info:
             page.locator("#download-rois").click()
         assert info.value.suggested_filename == "two-channel_rois.zip"
