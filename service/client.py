@@ -1349,28 +1349,27 @@ def _diameter(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"must be a number of pixels or 'once', got {text!r}") from None
 
 
-def _expand_px(text: str) -> float:
-    """``--expand``: pixels in (0, 500], the service's bound (``service.outputs.MAX_EXPAND_PX``)."""
+def _number_in(text: str, high: float) -> float:
+    """``text`` as a number in (0, ``high``], else the argument's error."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of pixels, got {text!r}") from None
-    if not 0 < value <= 500:
-        raise argparse.ArgumentTypeError(f"must be in (0, 500] px, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a number in (0, {high:g}], got {text!r}") from None
+    if not 0 < value <= high:
+        raise argparse.ArgumentTypeError(f"must be in (0, {high:g}], got {text!r}")
     return value
+
+
+def _expand_px(text: str) -> float:
+    """``--expand``: pixels in (0, 500], the service's bound (``service.outputs.MAX_EXPAND_PX``)."""
+    return _number_in(text, 500)
 
 
 def _min_iou(text: str) -> float:
     """``--stitch-z``: an IoU in (0, 1] (or :data:`STITCH_DEFAULT`, the flag alone)."""
     if text == STITCH_DEFAULT:
         return text  # type: ignore[return-value]  # resolved in parse_config
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
-    return value
+    return _number_in(text, 1)
 
 
 def _job_above(text: str) -> int | None:
