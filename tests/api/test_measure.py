@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import csv
 import io
+import time
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import numpy as np
 import pytest
 import tifffile
@@ -252,3 +255,29 @@ def test_expand_outside_its_outputs_or_range_is_a_422(server: Server, output: st
     r = post(server, IJ_THREE, output=output, channel="DAPI", expand=expand)
     assert r.status_code == 422, r.text
     assert r.json()["errors"][0]["loc"][-1] == "expand"
+
+
+def test_measured_planes_and_cells_are_admitted_with_the_models_pixels(start_server, slow_model) -> None:
+    """The request's admission grows to the model's pixels plus what the measured planes and the
+    cells' distance transform hold (4 and 28 of admission's ~48 bytes a pixel), seen in the gauge."""
+    from service.measured_channels import admitted_extra, cells_admitted
+    from tests.api.test_auth_metrics import metric
+
+    srv = start_server({"UNET_MODEL_PATH": str(slow_model), "UNET_ADMISSION_MAX_WAIT_S": "600",
+                        "UNET_PREDICTION_CACHE_MB": "0"}).wait_ready()
+    size = 768  # ~150 tiles of the slow model: seconds of work to see the admitted pixels in
+    stack = np.stack([im.blobs(size, size, seed=s, dtype=np.uint16) for s in (1, 2, 3)])
+    data = tiff(stack, imagej=True, metadata={"axes": "CYX"})
+    pixels = size * size
+    expected = pixels + admitted_extra(3, pixels) + cells_admitted(pixels)
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(lambda: httpx.post(
+            f"{srv.url}/segment", content=data, timeout=600, headers={"Content-Type": "image/tiff"},
+            params={"output": "objects", "channel": "0", "measure": "all", "expand": "3"}))
+        seen = 0
+        while not answer.done():
+            # both lanes: which one an image of this size takes is admission's business
+            seen = max(seen, metric(srv.client.get("/metrics").text, "unet_admission_pixels_in_flight"))
+            time.sleep(0.02)
+        assert answer.result().status_code == 200, answer.result().text
+    assert seen == expected
