@@ -260,7 +260,6 @@ def test_expand_outside_its_outputs_or_range_is_a_422(server: Server, output: st
 def test_measured_planes_and_cells_are_admitted_with_the_models_pixels(start_server, slow_model) -> None:
     """The request's admission grows to the model's pixels plus what the measured planes and the
     cells' distance transform hold (4 and 28 of admission's ~48 bytes a pixel), seen in the gauge."""
-    from service.measured_channels import admitted_extra, cells_admitted
     from tests.api.test_auth_metrics import metric
 
     srv = start_server({"UNET_MODEL_PATH": str(slow_model), "UNET_ADMISSION_MAX_WAIT_S": "600",
@@ -269,7 +268,7 @@ def test_measured_planes_and_cells_are_admitted_with_the_models_pixels(start_ser
     stack = np.stack([im.blobs(size, size, seed=s, dtype=np.uint16) for s in (1, 2, 3)])
     data = tiff(stack, imagej=True, metadata={"axes": "CYX"})
     pixels = size * size
-    expected = pixels + admitted_extra(3, pixels) + cells_admitted(pixels)
+    expected = pixels + 3 * pixels * 4 // 48 + pixels * 28 // 48  # as README and the docstrings say
     with ThreadPoolExecutor(1) as pool:
         answer = pool.submit(lambda: httpx.post(
             f"{srv.url}/segment", content=data, timeout=600, headers={"Content-Type": "image/tiff"},
