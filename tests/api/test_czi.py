@@ -160,3 +160,16 @@ def test_a_czi_sent_as_a_job_answers_what_segment_answers(server: Server) -> Non
     result = server.client.get(f"/jobs/{job.json()['id']}/result")
     direct = segment(server, MOVIE, **params)
     assert labels_of(result)[0].tolist() == labels_of(direct)[0].tolist()
+
+
+@pytest.mark.parametrize("t", [0, 1])
+def test_measure_reads_the_other_channel_at_the_chosen_frame(server: Server, t: int) -> None:
+    labels, _ = labels_of(segment(server, MOVIE, channel="DAPI", t=t, output="labels"))
+    r = segment(server, MOVIE, channel="DAPI", t=t, output="objects", measure="Cytoplasm")
+    assert r.status_code == 200, r.text
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    cytoplasm = libczi_plane(MOVIE, c=0, t=t).astype(np.float64)  # as libCZI reads the plane
+    assert len(rows) == labels.max() > 0
+    for row in rows:
+        inside = labels == int(row["id"])
+        assert float(row["mean_intensity_Cytoplasm"]) == pytest.approx(cytoplasm[inside].mean(), abs=1e-3)
