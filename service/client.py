@@ -52,7 +52,8 @@ Behaviour a batch of thousands of images needs:
 - **3-D nuclei from a z-stack**: ``--z all --output labels --stitch-z`` links each stack's slices'
   nuclei into 3-D ones once every slice is written (``service.client_stacks``):
   ``NAME.labels3d.tif`` (a ZYX label hyperstack for Fiji / napari) and ``NAME.objects3d.csv``
-  (volume, extent, centroid; µm and µm³ where the file gives its pixel size and z-step), and a
+  (volume, extent, centroid; µm and µm³ where the file gives its pixel size and z-step; with
+  ``--measure`` each channel's intensity over the nucleus's voxels), and a
   line per stack in ``stacks.csv`` (nuclei, mean volume). All
   slices are segmented at one diameter (``--diameter PX``, else estimated on the stack's middle
   slice, as ``Segmenter.segment_stack``; with ``--shard``, ``--diameter PX`` is required).
@@ -700,8 +701,8 @@ class Segmenter:
             self.params["expand"] = f"{config.expand:g}"
         for name in ("channel", "z", "t", "project", "pixel_size", "polarity", "series", "measure"):
             value = getattr(config, name)
-            if value is not None:
-                self.params[name] = str(value)
+            if value is not None and not (name == "measure" and config.stitch_z is not None):
+                self.params[name] = str(value)  # --stitch-z measures the slices itself, when linking
         self.retries = config.retries
         self.retry_for_s = config.retry_for_s
         self.backoff_base = backoff_base
@@ -985,8 +986,9 @@ class LocalSegmenter:
         self.options: dict = {
             "split": config.split, "diameter": config.diameter, "channel": config.channel,
             "z": config.z, "t": config.t, "project": config.project, "pixel_size": config.pixel_size,
-            "polarity": config.polarity or "bright", "series": config.series, "measure": config.measure,
-            "expand": config.expand,
+            "polarity": config.polarity or "bright", "series": config.series,
+            # --stitch-z measures the slices itself, when it links them
+            "measure": None if config.stitch_z is not None else config.measure, "expand": config.expand,
         }
         # Only the arrays this kind is drawn from: labels cost a watershed, probabilities memory.
         self.outputs = tuple(outputs.NEEDS[self.kind.query] & set(api.OUTPUTS))
@@ -1465,10 +1467,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the nuclei channel: 0-based index or name from the file (e.g. DAPI; "
                        "red/green/blue for colour; gray mixes colour to grey)")
     plane.add_argument("--measure", metavar="CHANNELS",
-                       help="with --output objects, geojson or ome-zarr: also measure each nucleus in these "
-                       "channels (0-based indices or names, commas between, or all), at the same z / t: the "
-                       "columns mean_intensity_NAME, integrated_intensity_NAME (e.g. --channel DAPI "
-                       "--measure GFP)")
+                       help="with --output objects, geojson, ome-zarr or --stitch-z: also measure each "
+                       "nucleus in these channels (0-based indices or names, commas between, or all), at "
+                       "the same z / t: the columns mean_intensity_NAME, integrated_intensity_NAME (e.g. "
+                       "--channel DAPI --measure GFP)")
     plane.add_argument("--expand", type=_expand_px, metavar="PX",
                        help="with --output objects or geojson: a cell around each nucleus, grown by up to "
                        "PX pixels and never into a neighbour's (QuPath's cell expansion): cell_area, "
@@ -1559,9 +1561,10 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         parser.error(f"--{every[0]} all is for stacks of images; a slide is one plane (give an index)")
     if args.z == ALL_PLANES and args.project is not None:
         parser.error("--z all segments each z-slice; --project max segments their projection: choose one")
-    if args.measure is not None and args.kind not in ("objects", "geojson", "ome-zarr"):
+    tables = args.kind in ("objects", "geojson", "ome-zarr") or args.stitch_z is not None
+    if args.measure is not None and not tables:
         parser.error("--measure adds columns to the objects table: it needs --output objects, geojson or "
-                     "ome-zarr")
+                     "ome-zarr, or --stitch-z (the 3-D table)")
     if args.measure is not None and not args.measure.replace(",", "").strip():
         parser.error("--measure names no channel: give indices or names, commas between, or all")
     if args.expand is not None and args.kind not in ("objects", "geojson"):

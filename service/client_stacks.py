@@ -13,7 +13,8 @@ stack linked, its nuclei counted and their mean volume, for a batch of thousands
 Linked as ``Segmenter.segment_stack`` links them (``service.zstack``); the slices are read from
 the written files twice, one at a time (ids, then the image), so a stack of any depth needs two
 slices of memory. Intensities come from each slice's pixels read again from the input, as the
-service read them (the same cut, channel and time point). A stack with a slice missing (it
+service read them (the same cut, channel and time point), and so do those of the channels of
+``--measure`` (their columns in the table, as a stack job writes them). A stack with a slice missing (it
 failed) gets no 3-D files: the run says which, and a rerun segments what is missing and stitches
 then. Both files are written whole (a temporary file renamed), so their presence means done.
 """
@@ -24,6 +25,7 @@ import csv
 import io
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,16 @@ LABELS_SUFFIX = ".labels3d.tif"
 TABLE_SUFFIX = ".objects3d.csv"
 SUMMARY_NAME = "stacks.csv"
 SUMMARY_FIELDS = ("file", "labels", "nuclei", "touching_stack_end", "mean_volume_voxels", "mean_volume_um3")
+
+
+@dataclass(frozen=True)
+class SlicePixels:
+    """One slice's pixels as the service read them: ``grey`` (the segmented channel), and the
+    ``measured`` channels' (``--measure``) with their column keys."""
+
+    grey: np.ndarray
+    measured: tuple[np.ndarray, ...] = ()
+    keys: tuple[str, ...] = ()
 
 
 def read_labels(path: Path) -> np.ndarray:
@@ -70,14 +82,14 @@ def outputs_for(first_target: Path, source: Path) -> tuple[Path, Path]:
 
 def stitch_outputs(
     jobs: Sequence, existing, min_iou: float, pixel_size_um: float | None = None,
-    pixels_of: Callable[[Any], np.ndarray] | None = None,
+    pixels_of: Callable[[Any], SlicePixels] | None = None,
 ) -> tuple[list[dict], list[str]]:
     """Stitch every stack whose slices all exist; ``(one summary row per stack stitched, problems)``.
 
     ``existing(target)``: the written file of a job's target, or None (the output kind's
     ``existing``); ``pixel_size_um``: ``--pixel-size``, over the file's x/y calibration;
-    ``pixels_of(job)``: the grey pixels the job's slice was segmented on (:func:`slice_pixels`),
-    for intensities; None: a table without them.
+    ``pixels_of(job)``: the pixels the job's slice was segmented on (:func:`slice_pixels`), and
+    its measured channels', for intensities; None: a table without them.
     """
     done: list[dict] = []
     problems: list[str] = []
@@ -126,16 +138,22 @@ def write_summary(path: Path, rows: Sequence[dict]) -> None:
 
 def stitch_stack(
     source: Path, paths: Sequence[Path], first_target: Path, min_iou: float, pixel_size_um: float | None,
-    images: Sequence[Callable[[], np.ndarray]] | None = None,
+    images: Sequence[Callable[[], SlicePixels]] | None = None,
 ) -> list[dict]:
     """Link the slices at ``paths`` (z order), write the stack's 3-D labels and table; its rows.
-    ``images``: each slice's grey pixels, read when needed (one slice at a time), for intensities."""
-    linker = zstack.Linker(min_iou)
+    ``images``: each slice's pixels, read when needed (one slice at a time), for intensities."""
+    linker: zstack.Linker | None = None  # made with the first slice: its measured channels' keys
     id_maps = []
     for z, path in enumerate(paths):
         labels = read_labels(path)
+        pixels = None if images is None else images[z]()
+        if linker is None:
+            linker = zstack.Linker(min_iou, () if pixels is None else pixels.keys)
         try:
-            id_maps.append(linker.add(labels, None if images is None else images[z]())[0])
+            if pixels is None:
+                id_maps.append(linker.add(labels)[0])
+            else:
+                id_maps.append(linker.add(labels, pixels.grey, pixels.measured)[0])
         except ValueError as exc:  # a slice of another size than the others
             raise ValueError(f"{source}: {exc}") from exc
     shape = labels.shape
@@ -145,6 +163,7 @@ def stitch_stack(
         for id_map, path in zip(id_maps, paths, strict=True):
             yield id_map[read_labels(path)]
 
+    assert linker is not None, "a stack has at least one slice"
     labels_path, table_path = outputs_for(first_target, source)
     replace_atomic(labels_path, lambda tmp: zstack.write_labels_tiff(
         str(tmp), stitched, (len(paths), *shape), linker.count, voxel))
@@ -153,11 +172,13 @@ def stitch_stack(
     return rows
 
 
-def slice_pixels(job: Any, config: Any) -> np.ndarray:
-    """The grey pixels of ``job``'s slice as the service read them: the same cut (``client.job_bytes``)
-    and the same choice of channel, time point and image (``microscopy.select``)."""
+def slice_pixels(job: Any, config: Any) -> SlicePixels:
+    """The pixels of ``job``'s slice as the service read them: the same cut (``client.job_bytes``)
+    and the same choice of channel, time point and image (``microscopy.select``); with
+    ``--measure``, the measured channels' too."""
     from service import microscopy
     from service.client import job_bytes
+    from service.outputs import measured_keys
     from service.preprocess import to_channels
     from service.settings import get_settings
 
@@ -166,9 +187,11 @@ def slice_pixels(job: Any, config: Any) -> np.ndarray:
     selection = microscopy.Selection(
         channel=config.channel, z=dict(job.plane)["z"], t=config.t, pixel_size_um=config.pixel_size,
         polarity=config.polarity or "bright", series=config.series,
+        measure=microscopy.measure_choice(config.measure),
     )
     plane = microscopy.select(data, selection, settings.max_pixels, settings.decode_limits(), 1)
-    return to_channels(plane.image, 1)
+    return SlicePixels(to_channels(plane.image, 1), tuple(m.image for m in plane.measured),
+                       tuple(measured_keys(plane)))
 
 
 def voxel_size(source: Path, pixel_size_um: float | None) -> zstack.VoxelSize | None:

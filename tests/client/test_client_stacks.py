@@ -152,3 +152,32 @@ def test_the_middle_slice_goes_first(stack_folder: Path, tmp_path: Path) -> None
     assert ordered[0].plane == (("z", 6),) and sorted(ordered, key=jobs.index) == jobs
     resumed = [j for j in jobs if j.plane != (("z", 6),)]
     assert client.middle_slice_first(resumed)[0].plane in ((("z", 5),), (("z", 7),))
+
+
+def test_measure_with_stitch_z_sums_the_other_channels_over_each_nucleus_voxels(
+    service_url: str, tmp_path: Path
+) -> None:
+    """--measure with --stitch-z: the measured channel's columns in the 3-D table, by a server
+    (which gets the slices without measure=, as labels carry no table) and locally, as
+    ``segment_stack(measure=)`` gives them."""
+    nuclei, _ = synth_stack(9, StackConfig(depth=6, size=96, nuclei=6))
+    marker = np.random.default_rng(2).integers(0, 3000, nuclei.shape).astype(nuclei.dtype)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "two.tif", np.stack([nuclei, marker], axis=1), imagej=True,
+                     metadata={"axes": "ZCYX", "Labels": ["DAPI", "EdU"] * 6})
+    args = ("--z", "all", "--output", "labels", "--stitch-z", "--channel", "DAPI", "--measure", "EdU",
+            "--diameter", "16")
+    remote, local = tmp_path / "remote", tmp_path / "local"
+    by_server = unet_segment(str(folder), "--out", str(remote), "--url", service_url, *args)
+    in_process = unet_segment(str(folder), "--out", str(local), *args)
+    assert by_server.returncode == in_process.returncode == 0, by_server.stderr + in_process.stderr
+    with Segmenter.load(BUNDLED_MODEL) as segmenter:
+        expected = segmenter.segment_stack(folder / "two.tif", channel="DAPI", measure="EdU", diameter=16)
+    assert expected.object_count > 2 and "mean_intensity_EdU" in expected.objects[0]
+    for out in (remote, local):
+        rows = read_rows(out / "two.objects3d.csv")
+        assert [int(r["id"]) for r in rows] == [row["id"] for row in expected.objects], out
+        for row, want in zip(rows, expected.objects, strict=True):
+            assert float(row["mean_intensity_EdU"]) == pytest.approx(want["mean_intensity_EdU"])
+            assert float(row["integrated_intensity_EdU"]) == pytest.approx(want["integrated_intensity_EdU"])
