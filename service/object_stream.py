@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from service.intensity_sums import finite_sums, mean_of
 from service.measured_channels import channel_columns
 from service.objects import ObjectRow, calibrate
 
@@ -31,13 +32,15 @@ class _Sums:
     area: int = 0
     sum_x: float = 0.0
     sum_y: float = 0.0
-    sum_i: float = 0.0
     sum_p: float = 0.0
     x0: int = 1 << 62
     y0: int = 1 << 62
     x1: int = -1
     y1: int = -1  # last row seen + 1
-    sum_channels: list[float] = field(default_factory=list)  # per measured channel, in key order
+    # The intensity's sum over finite pixels and their count: the segmented channel's, then each
+    # measured channel's in key order.
+    sum_i: list[float] = field(default_factory=list)
+    finite_i: list[int] = field(default_factory=list)
 
 
 class ObjectStream:
@@ -102,11 +105,8 @@ class ObjectStream:
             area = np.bincount(ids, minlength=n)
             sum_x = np.bincount(ids, weights=cols, minlength=n)
             sum_y = np.bincount(ids, weights=rows + y0, minlength=n)
-            sum_i = np.bincount(ids, weights=intensity.ravel()[where].astype(np.float64), minlength=n)
             sum_p = np.bincount(ids, weights=probability.ravel()[where].astype(np.float64), minlength=n)
-            sum_c = [
-                np.bincount(ids, weights=c.ravel()[where].astype(np.float64), minlength=n) for c in channels
-            ]
+            sum_i = [finite_sums(ids, values.ravel()[where], n) for values in (intensity, *channels)]
             boxes = ndimage.find_objects(rel)
             for k in np.flatnonzero(area[1:]) + 1:
                 object_id = int(k) + base - 1
@@ -115,12 +115,12 @@ class ObjectStream:
                 sums.area += int(area[k])
                 sums.sum_x += float(sum_x[k])
                 sums.sum_y += float(sum_y[k])
-                sums.sum_i += float(sum_i[k])
                 sums.sum_p += float(sum_p[k])
-                if not sums.sum_channels:
-                    sums.sum_channels = [0.0] * len(channels)
-                for c, per_object in enumerate(sum_c):
-                    sums.sum_channels[c] += float(per_object[k])
+                if not sums.sum_i:
+                    sums.sum_i, sums.finite_i = [0.0] * len(sum_i), [0] * len(sum_i)
+                for c, (totals, finite) in enumerate(sum_i):
+                    sums.sum_i[c] += float(totals[k])
+                    sums.finite_i[c] += int(area[k] if finite is None else finite[k])
                 sums.x0 = min(sums.x0, box_x.start)
                 sums.x1 = max(sums.x1, box_x.stop)
                 sums.y0 = min(sums.y0, y0 + box_y.start)
@@ -142,6 +142,13 @@ class ObjectStream:
         """The rows of every object still open (the image has no more rows)."""
         return list(self._rows(sorted(self._open)))
 
+    def _channel_values(self, sums: _Sums) -> tuple[tuple[str, float | None], ...]:
+        values: list[tuple[str, float | None]] = []
+        for key, total, finite in zip(self.channel_keys, sums.sum_i[1:], sums.finite_i[1:], strict=True):
+            mean_column, sum_column = channel_columns(key)
+            values += [(mean_column, mean_of(total, finite)), (sum_column, round(total, 4))]
+        return tuple(values)
+
     def _rows(self, ids: list[int]) -> Iterator[ObjectRow]:
         for object_id in ids:
             sums = self._open.pop(object_id)
@@ -155,14 +162,10 @@ class ObjectStream:
                 bbox_y=sums.y0,
                 bbox_width=sums.x1 - sums.x0,
                 bbox_height=sums.y1 - sums.y0,
-                mean_intensity=round(sums.sum_i / n, 4),
-                integrated_intensity=round(sums.sum_i, 4),
+                mean_intensity=mean_of(sums.sum_i[0], sums.finite_i[0]),
+                integrated_intensity=round(sums.sum_i[0], 4),
                 mean_confidence=round(sums.sum_p / n, 4),
-                extra_values=tuple(
-                    pair
-                    for key, total in zip(self.channel_keys, sums.sum_channels, strict=True)
-                    for pair in zip(channel_columns(key), (round(total / n, 4), round(total, 4)), strict=True)
-                ),
+                extra_values=self._channel_values(sums),
             )
             self.finished += 1
             yield row if self.pixel_size_um is None else calibrate(row, self.pixel_size_um)

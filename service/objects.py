@@ -35,6 +35,7 @@ from scipy import ndimage
 from skimage.measure import find_contours
 from skimage.segmentation import expand_labels, watershed
 
+from service.intensity_sums import finite_sums, mean_of
 from service.measured_channels import channel_columns, cytoplasm_columns, extra_columns
 from service.model_metadata import ModelMetadata
 
@@ -579,7 +580,7 @@ class ObjectRow:
     bbox_y: int
     bbox_width: int
     bbox_height: int
-    mean_intensity: float
+    mean_intensity: float | None  # None: none of the object's pixels is finite (a float image's NaN)
     integrated_intensity: float
     mean_confidence: float
     area_um2: float | None = None
@@ -632,7 +633,7 @@ def measure(
     area = np.bincount(ids, minlength=count + 1)
     sum_x = np.bincount(ids, weights=cols_idx, minlength=count + 1)
     sum_y = np.bincount(ids, weights=rows_idx, minlength=count + 1)
-    sum_i = np.bincount(ids, weights=intensity.ravel()[where].astype(np.float64), minlength=count + 1)
+    sum_i, finite_i = finite_sums(ids, intensity.ravel()[where], count + 1)
     sum_p = np.bincount(ids, weights=probability.ravel()[where].astype(np.float64), minlength=count + 1)
     if cells is not None and cells.shape != labels.shape:
         raise ValueError(f"the cells are {cells.shape}, the labels {labels.shape}")
@@ -646,11 +647,8 @@ def measure(
     for key, pixels in channels:
         if pixels.shape != labels.shape:
             raise ValueError(f"channel {key!r} is {pixels.shape}, the labels {labels.shape}")
-        sums = np.bincount(ids, weights=pixels.ravel()[where].astype(np.float64), minlength=count + 1)
-        cyto = None
-        if cells is not None:
-            cyto = np.bincount(cyto_ids, weights=pixels.ravel()[cyto_where].astype(np.float64),
-                               minlength=count + 1)
+        sums = finite_sums(ids, pixels.ravel()[where], count + 1)
+        cyto = None if cells is None else finite_sums(cyto_ids, pixels.ravel()[cyto_where], count + 1)
         per_channel.append((key, sums, cyto))
 
     def extra(i: int, n: float) -> tuple[tuple[str, float | None], ...]:
@@ -660,14 +658,15 @@ def measure(
             values += [("cell_area", cell_area), ("cytoplasm_area", int(cyto_area[i]))]
             if pixel_size_um is not None:
                 values.append(("cell_area_um2", round(cell_area * pixel_size_um[0] * pixel_size_um[1], 6)))
-        for key, sums, cyto in per_channel:
+        for key, (sums, finite), cyto in per_channel:
             mean_column, sum_column = channel_columns(key)
-            values += [(mean_column, round(sums[i] / n, 4)), (sum_column, round(float(sums[i]), 4))]
+            values += [(mean_column, mean_of(sums[i], n if finite is None else finite[i])),
+                       (sum_column, round(float(sums[i]), 4))]
             if cyto is not None:
                 mean_cyto, sum_cyto = cytoplasm_columns(key)
-                m = int(cyto_area[i])
-                mean = round(cyto[i] / m, 4) if m else None
-                values += [(mean_cyto, mean), (sum_cyto, round(float(cyto[i]), 4))]
+                cyto_sums, cyto_finite = cyto
+                m = int(cyto_area[i]) if cyto_finite is None else int(cyto_finite[i])
+                values += [(mean_cyto, mean_of(cyto_sums[i], m)), (sum_cyto, round(float(cyto_sums[i]), 4))]
         return tuple(values)
 
     boxes = ndimage.find_objects(labels)
@@ -687,7 +686,7 @@ def measure(
                 bbox_y=box[0].start,
                 bbox_width=box[1].stop - box[1].start,
                 bbox_height=box[0].stop - box[0].start,
-                mean_intensity=round(sum_i[i] / n, 4),
+                mean_intensity=mean_of(sum_i[i], n if finite_i is None else finite_i[i]),
                 integrated_intensity=round(float(sum_i[i]), 4),
                 mean_confidence=round(sum_p[i] / n, 4),
                 extra_values=extra(i, n),
@@ -899,11 +898,11 @@ def feature(
                 "Area px^2": row.area,
                 "Centroid X px": row.centroid_x,
                 "Centroid Y px": row.centroid_y,
-                "Mean intensity": row.mean_intensity,
+                **({} if row.mean_intensity is None else {"Mean intensity": row.mean_intensity}),
                 "Integrated intensity": row.integrated_intensity,
                 "Mean confidence": row.mean_confidence,
                 **_um_measurements(row),
-                # QuPath reads measurements as numbers: a cytoplasm's mean without pixels is left out
+                # QuPath reads measurements as numbers: a mean without a pixel to take it over is left out
                 **{name: value for name, value in row.extra_values if value is not None},
             },
         },

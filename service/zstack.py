@@ -26,6 +26,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from service.intensity_sums import finite_sums, mean_of
 from service.measured_channels import channel_columns
 
 Slice = TypeVar("Slice")
@@ -146,11 +147,14 @@ class StackTable:
     per nucleus. Memory: a few numbers per nucleus, never a slice kept.
     """
 
-    _FIELDS = ("voxels", "sum_z", "sum_y", "sum_x", "z_first", "z_last", "max_area", "sum_intensity")
+    _FIELDS = ("voxels", "sum_z", "sum_y", "sum_x", "z_first", "z_last", "max_area")
 
     def __init__(self, channel_keys: Sequence[str] = ()) -> None:
         self.channel_keys = tuple(channel_keys)
-        fields = (*self._FIELDS, *(f"sum_channel_{k}" for k in range(len(self.channel_keys))))
+        # Intensity k (0: the segmented channel's, then each measured one): its sum over a nucleus's
+        # finite voxels and their count (``intensity_sums``).
+        intensities = [f"{kind}_{k}" for k in range(1 + len(self.channel_keys)) for kind in ("sum", "finite")]
+        fields = (*self._FIELDS, *intensities)
         self._data = {name: np.zeros(0, dtype=np.float64) for name in fields}
         self._data["z_first"] = np.zeros(0, dtype=np.int64)
         self._data["z_last"] = np.zeros(0, dtype=np.int64)
@@ -195,20 +199,18 @@ class StackTable:
         d["sum_z"][: top + 1] += area * z
         d["sum_y"][: top + 1] += np.bincount(ids, weights=rows, minlength=top + 1)
         d["sum_x"][: top + 1] += np.bincount(ids, weights=cols, minlength=top + 1)
-        if image is not None:
-            d["sum_intensity"][: top + 1] += np.bincount(
-                ids, weights=np.asarray(image).ravel()[inside].astype(np.float64), minlength=top + 1
-            )
-        for k, pixels in enumerate(channels):
-            d[f"sum_channel_{k}"][: top + 1] += np.bincount(
-                ids, weights=pixels.ravel()[inside].astype(np.float64), minlength=top + 1
-            )
+        for k, pixels in enumerate((image, *channels)):
+            if pixels is None:
+                continue
+            sums, finite = finite_sums(ids, np.asarray(pixels).ravel()[inside], top + 1)
+            d[f"sum_{k}"][: top + 1] += sums
+            d[f"finite_{k}"][: top + 1] += area if finite is None else finite
         first = d["z_first"][seen]
         d["z_first"][seen] = np.where(first < 0, z, np.minimum(first, z))
         d["z_last"][seen] = np.maximum(d["z_last"][seen], z)
         d["max_area"][seen] = np.maximum(d["max_area"][seen], area[seen])
 
-    def rows(self, voxel: VoxelSize | None = None) -> list[dict[str, float | int]]:
+    def rows(self, voxel: VoxelSize | None = None) -> list[dict[str, float | int | None]]:
         """One row per nucleus (stitched id order): ``id``, ``volume_voxels``, ``slices``,
         ``z_first``/``z_last``, ``centroid_x``/``_y``/``_z`` (px, slice index), ``max_area_px`` (the
         largest cross-section), ``touches_stack_end`` (1: it reaches the first or last slice, so
@@ -217,13 +219,13 @@ class StackTable:
         (``measured_channels.channel_columns``); with a pixel size ``centroid_*_um``, and with a z-step too
         ``volume_um3`` and ``equivalent_diameter_um`` (of the sphere of that volume)."""
         d = self._data
-        out: list[dict[str, float | int]] = []
+        out: list[dict[str, float | int | None]] = []
         for label in np.flatnonzero(d["voxels"]):
             if label == 0:
                 continue
             n = float(d["voxels"][label])
             z_first, z_last = int(d["z_first"][label]), int(d["z_last"][label])
-            row: dict[str, float | int] = {
+            row: dict[str, float | int | None] = {
                 "id": int(label),
                 "volume_voxels": int(n),
                 "slices": z_last - z_first + 1,
@@ -235,15 +237,13 @@ class StackTable:
                 "max_area_px": int(d["max_area"][label]),
                 "touches_stack_end": int(z_first == 0 or z_last == self._slices - 1),
             }
-            if self._with_intensity:
-                total = float(d["sum_intensity"][label])
-                row["mean_intensity"] = round(total / n, 3)
+            intensities = [(0, ("mean_intensity", "integrated_intensity"))] if self._with_intensity else []
+            intensities += [(k + 1, channel_columns(key)) for k, key in enumerate(self.channel_keys)]
+            for k, (mean_column, sum_column) in intensities:
+                total = float(d[f"sum_{k}"][label])
+                row[mean_column] = mean_of(total, d[f"finite_{k}"][label], 3)
                 # Fiji's RawIntDen: over a whole nucleus, a DNA stain's total goes with its DNA content.
-                row["integrated_intensity"] = round(total, 3)
-            for k, key in enumerate(self.channel_keys):
-                total = float(d[f"sum_channel_{k}"][label])
-                mean_column, sum_column = channel_columns(key)
-                row[mean_column], row[sum_column] = round(total / n, 3), round(total, 3)
+                row[sum_column] = round(total, 3)
             if voxel is not None:
                 row["centroid_x_um"] = round(row["centroid_x"] * voxel.x_um, 3)
                 row["centroid_y_um"] = round(row["centroid_y"] * voxel.y_um, 3)
@@ -304,7 +304,7 @@ class SliceNotices:
         return [f"{notice} (z={', '.join(map(str, zs))})" for notice, zs in self._slices.items()]
 
 
-def rows_to_csv(rows: list[dict[str, float | int]]) -> str:
+def rows_to_csv(rows: list[dict[str, float | int | None]]) -> str:
     """The rows as CSV, a header even with no nucleus (its columns those of an uncalibrated table)."""
     fields = list(rows[0]) if rows else [
         "id", "volume_voxels", "slices", "z_first", "z_last", "centroid_x", "centroid_y", "centroid_z",
