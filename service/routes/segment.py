@@ -178,7 +178,8 @@ def plane_selection(
     ),
     measure: str | None = Query(
         None, min_length=1, max_length=1000,
-        description="output=objects / geojson: also measure each nucleus in these channels (0-based "
+        description="output=objects / geojson (and the tables of slide and stack jobs): also measure each "
+        "nucleus in these channels (0-based "
         "indices or names, commas between, or `all`), at the same z / t or projection: two columns each, "
         "mean_intensity_KEY and integrated_intensity_KEY (KEY: the channel's name with anything but "
         "letters, digits and _ made _, or c{index} for an unnamed channel) — e.g. segment on DAPI and "
@@ -292,11 +293,11 @@ def _check_expand(output: Output, expand: float | None) -> None:
 def _check_measure(output: Output, plane: microscopy.Selection) -> None:
     """``measure=`` only where there is a table to add columns to."""
     if plane.measure and output.value not in MEASURED_OUTPUTS:
-        outputs = ", ".join(MEASURED_OUTPUTS)
+        allowed = ", ".join(MEASURED_OUTPUTS)
         raise InvalidOptions(
-            f"measure= adds columns to the objects table of output={outputs}; output={output.value} has "
+            f"measure= adds columns to the objects table of output={allowed}; output={output.value} has "
             "no table of measurements",
-            errors=[{"loc": ["query", "measure"], "msg": f"only with output={outputs}",
+            errors=[{"loc": ["query", "measure"], "msg": f"only with output={allowed}",
                      "type": "value_error"}],
         )
 
