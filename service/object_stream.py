@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from service.intensity_sums import finite_sums, mean_of
 from service.measured_channels import channel_columns
-from service.objects import ObjectRow, calibrate
+from service.objects import ObjectRow, calibrate, ellipse
 
 #: An object not seen for this many rows (and absent from a whole band) is finished.
 FINISHED_AFTER_ROWS = 64
@@ -30,8 +30,11 @@ FINISHED_AFTER_ROWS = 64
 @dataclass
 class _Sums:
     area: int = 0
-    sum_x: float = 0.0
-    sum_y: float = 0.0
+    sum_x: int = 0  # coordinate sums and second moments: integers, so bands add up exactly
+    sum_y: int = 0
+    sum_xx: int = 0
+    sum_yy: int = 0
+    sum_xy: int = 0
     sum_p: float = 0.0
     x0: int = 1 << 62
     y0: int = 1 << 62
@@ -103,8 +106,12 @@ class ObjectStream:
             rows, cols = np.divmod(where, width)
             n = top - base + 2
             area = np.bincount(ids, minlength=n)
+            ys = rows + y0
             sum_x = np.bincount(ids, weights=cols, minlength=n)
-            sum_y = np.bincount(ids, weights=rows + y0, minlength=n)
+            sum_y = np.bincount(ids, weights=ys, minlength=n)
+            sum_xx = np.bincount(ids, weights=cols * cols, minlength=n)
+            sum_yy = np.bincount(ids, weights=ys * ys, minlength=n)
+            sum_xy = np.bincount(ids, weights=cols * ys, minlength=n)
             sum_p = np.bincount(ids, weights=probability.ravel()[where].astype(np.float64), minlength=n)
             sum_i = [finite_sums(ids, values.ravel()[where], n) for values in (intensity, *channels)]
             boxes = ndimage.find_objects(rel)
@@ -113,8 +120,11 @@ class ObjectStream:
                 box_y, box_x = boxes[k - 1]
                 sums = self._open.setdefault(object_id, _Sums())
                 sums.area += int(area[k])
-                sums.sum_x += float(sum_x[k])
-                sums.sum_y += float(sum_y[k])
+                sums.sum_x += int(sum_x[k])
+                sums.sum_y += int(sum_y[k])
+                sums.sum_xx += int(sum_xx[k])
+                sums.sum_yy += int(sum_yy[k])
+                sums.sum_xy += int(sum_xy[k])
                 sums.sum_p += float(sum_p[k])
                 if not sums.sum_i:
                     sums.sum_i, sums.finite_i = [0.0] * len(sum_i), [0] * len(sum_i)
@@ -165,6 +175,7 @@ class ObjectStream:
                 mean_intensity=mean_of(sums.sum_i[0], sums.finite_i[0]),
                 integrated_intensity=round(sums.sum_i[0], 4),
                 mean_confidence=round(sums.sum_p / n, 4),
+                **ellipse(sums.area, sums.sum_x, sums.sum_y, sums.sum_xx, sums.sum_yy, sums.sum_xy),
                 extra_values=self._channel_values(sums),
             )
             self.finished += 1

@@ -587,6 +587,11 @@ class ObjectRow:
     centroid_x_um: float | None = None
     centroid_y_um: float | None = None
     equivalent_diameter_um: float | None = None
+    # Its shape: the ellipse with its second moments (:func:`ellipse`).
+    major_axis_length: float = 0.0
+    minor_axis_length: float = 0.0
+    eccentricity: float = 0.0
+    orientation_deg: float = 0.0
     #: The cell around the object (``expand=``) and the channels measured besides the one segmented
     #: (``measure=``): ``(column, value)`` pairs in table order (``measured_channels.extra_columns``),
     #: after every other column. A cytoplasm's mean is None where the cell has no cytoplasm.
@@ -597,6 +602,31 @@ class ObjectRow:
 UM_FIELDS = ("area_um2", "centroid_x_um", "centroid_y_um", "equivalent_diameter_um")
 #: Fields that are not columns of their own.
 _NOT_COLUMNS = ("extra_values",)
+
+
+def ellipse(n: int, sx: int, sy: int, sxx: int, syy: int, sxy: int) -> dict[str, float]:
+    """The shape columns of an object of ``n`` pixels from its coordinate sums (x: column, y: row;
+    ``sxx`` the sum of x², ...): the ellipse with its second moments, as scikit-image's regionprops
+    and ImageJ's Fit Ellipse take it. ``major_axis_length`` / ``minor_axis_length`` (px, 4√λ of
+    the coordinates' covariance: a filled ellipse's own axes), ``eccentricity`` (0 round, → 1
+    elongated) and ``orientation_deg``, the major axis's angle from the x axis counter-clockwise
+    as the image is shown, 0–180 (ImageJ's Angle).
+
+    Integer sums keep it exact: a slide's bands add up to the same sums as the whole image, so
+    both give the same numbers.
+    """
+    n2 = float(n) * n
+    vxx, vyy, vxy = (n * sxx - sx * sx) / n2, (n * syy - sy * sy) / n2, (n * sxy - sx * sy) / n2
+    mean, spread = (vxx + vyy) / 2, math.hypot((vxx - vyy) / 2, vxy)
+    large, small = mean + spread, max(mean - spread, 0.0)
+    # rows grow downwards: counter-clockwise on screen is the angle with y flipped (covariance −vxy)
+    angle = round(math.degrees(0.5 * math.atan2(-2 * vxy, vxx - vyy)) % 180, 2)
+    return {
+        "major_axis_length": round(4 * math.sqrt(large), 3),
+        "minor_axis_length": round(4 * math.sqrt(small), 3),
+        "eccentricity": round(math.sqrt(1 - small / large), 4) if large > 0 else 0.0,
+        "orientation_deg": 0.0 if angle == 180.0 else angle,
+    }
 
 
 def measure(
@@ -633,6 +663,10 @@ def measure(
     area = np.bincount(ids, minlength=count + 1)
     sum_x = np.bincount(ids, weights=cols_idx, minlength=count + 1)
     sum_y = np.bincount(ids, weights=rows_idx, minlength=count + 1)
+    # second moments for the shape (integers, exact in float64 below 2⁵³)
+    sum_xx = np.bincount(ids, weights=cols_idx * cols_idx, minlength=count + 1)
+    sum_yy = np.bincount(ids, weights=rows_idx * rows_idx, minlength=count + 1)
+    sum_xy = np.bincount(ids, weights=cols_idx * rows_idx, minlength=count + 1)
     sum_i, finite_i = finite_sums(ids, intensity.ravel()[where], count + 1)
     sum_p = np.bincount(ids, weights=probability.ravel()[where].astype(np.float64), minlength=count + 1)
     if cells is not None and cells.shape != labels.shape:
@@ -689,6 +723,8 @@ def measure(
                 mean_intensity=mean_of(sum_i[i], n if finite_i is None else finite_i[i]),
                 integrated_intensity=round(float(sum_i[i]), 4),
                 mean_confidence=round(sum_p[i] / n, 4),
+                **ellipse(int(area[i]), int(sum_x[i]), int(sum_y[i]), int(sum_xx[i]), int(sum_yy[i]),
+                          int(sum_xy[i])),
                 extra_values=extra(i, n),
             )
         )
@@ -901,6 +937,10 @@ def feature(
                 **({} if row.mean_intensity is None else {"Mean intensity": row.mean_intensity}),
                 "Integrated intensity": row.integrated_intensity,
                 "Mean confidence": row.mean_confidence,
+                "Major axis px": row.major_axis_length,
+                "Minor axis px": row.minor_axis_length,
+                "Eccentricity": row.eccentricity,
+                "Orientation deg": row.orientation_deg,
                 **_um_measurements(row),
                 # QuPath reads measurements as numbers: a mean without a pixel to take it over is left out
                 **{name: value for name, value in row.extra_values if value is not None},
