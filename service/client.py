@@ -333,7 +333,7 @@ class Config:
     #: --measure: channels each nucleus is measured in besides the one segmented ("all", or indices /
     #: names with commas between), for --output objects / geojson; None: not sent
     measure: str | None = None
-    #: --expand: cells, each nucleus grown by this many px (--output objects / geojson); None: not sent
+    #: --expand: cells, each nucleus grown by this many px (--output objects / geojson / rois); None: not sent
     expand: float | None = None
     #: ``--t all`` / ``--z all`` / ``--series all``: "t", "z" or "series", every plane (image) along
     #: it its own job and output
@@ -1472,10 +1472,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "the same z / t: the columns mean_intensity_NAME, integrated_intensity_NAME (e.g. "
                        "--channel DAPI --measure GFP)")
     plane.add_argument("--expand", type=_expand_px, metavar="PX",
-                       help="with --output objects or geojson: a cell around each nucleus, grown by up to "
-                       "PX pixels and never into a neighbour's (QuPath's cell expansion): cell_area, "
+                       help="with --output objects, geojson or rois: a cell around each nucleus, grown by "
+                       "up to PX pixels and never into a neighbour's (QuPath's cell expansion): cell_area, "
                        "cytoplasm_area and, with --measure, each channel's intensity over the cytoplasm; "
-                       "the GeoJSON holds QuPath cells")
+                       "QuPath cells in the GeoJSON, a cell ROI after each nucleus's in the ROI set")
     plane.add_argument("--z", type=_plane_index, metavar="Z|all",
                        help="z-slice, 0-based; all: every z-slice, each its own output (NAME_z07...)")
     plane.add_argument("--t", type=_plane_index, metavar="T|all",
@@ -1567,9 +1567,9 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                      "ome-zarr, or --stitch-z (the 3-D table)")
     if args.measure is not None and not args.measure.replace(",", "").strip():
         parser.error("--measure names no channel: give indices or names, commas between, or all")
-    if args.expand is not None and args.kind not in ("objects", "geojson"):
-        parser.error("--expand gives each nucleus a cell in the table or outlines: it needs --output objects "
-                     "or geojson")
+    if args.expand is not None and args.kind not in ("objects", "geojson", "rois"):
+        parser.error("--expand gives each nucleus a cell in the table or outlines: it needs --output "
+                     "objects, geojson or rois")
     if args.stitch_z is not None and (args.z != ALL_PLANES or args.kind != "labels"):
         parser.error("--stitch-z links the slices' labels: it needs --z all and --output labels")
     if args.stitch_z is not None and args.shard is not None and not isinstance(args.diameter, float):

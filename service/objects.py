@@ -970,8 +970,10 @@ def to_imagej_rois(
     rows: list[ObjectRow],
     position: tuple[int | None, int | None, int | None] | None = None,
     classification: str = "Nucleus",
+    cells: np.ndarray | None = None,
 ) -> bytes:
-    """An ImageJ ROI set (the ``.zip`` Fiji's ROI Manager opens): one ROI per object.
+    """An ImageJ ROI set (the ``.zip`` Fiji's ROI Manager opens): one ROI per object, and with
+    ``cells`` (:func:`expand_cells`) its cell's after it (``Cell N``).
 
     Outlines run along pixel edges with integer corner coordinates, ImageJ's own convention for
     traced (wand) ROIs, so each ROI covers exactly its object's pixels in Fiji. ``position``:
@@ -981,18 +983,20 @@ def to_imagej_rois(
     import roifile  # only for output=rois
 
     c, z, t = position or (None, None, None)
+    kinds = [(classification, labels)] + ([("Cell", cells)] if cells is not None else [])
     buffer = io.BytesIO()
     with _gc_paused(), zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for row, ring in outlines(labels, rows):
-            points = np.asarray(ring[:-1])
-            roi = roifile.ImagejRoi.frompoints(points, name=f"{classification} {row.id}", c=c, z=z, t=t)
-            if roi.subpixel_coordinates is None:
-                roi.roitype = roifile.ROI_TYPE.TRACED  # pixel-edge outline, as Fiji's wand makes
-            # A fixed time stamp, not the clock's: the same objects give the same bytes (an answer
-            # from the prediction cache equals a fresh one; two requests a second apart differed).
-            member = zipfile.ZipInfo(f"{row.id:05d}-{classification.lower()}.roi", date_time=ROI_ZIP_TIME)
-            member.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(member, roi.tobytes())
+        for traced in zip(*(outlines(image, rows) for _, image in kinds), strict=True):
+            for (kind, _), (row, ring) in zip(kinds, traced, strict=True):
+                points = np.asarray(ring[:-1])
+                roi = roifile.ImagejRoi.frompoints(points, name=f"{kind} {row.id}", c=c, z=z, t=t)
+                if roi.subpixel_coordinates is None:
+                    roi.roitype = roifile.ROI_TYPE.TRACED  # pixel-edge outline, as Fiji's wand makes
+                # A fixed time stamp, not the clock's: the same objects give the same bytes (an answer
+                # from the prediction cache equals a fresh one; two requests a second apart differed).
+                member = zipfile.ZipInfo(f"{row.id:05d}-{kind.lower()}.roi", date_time=ROI_ZIP_TIME)
+                member.compress_type = zipfile.ZIP_DEFLATED
+                archive.writestr(member, roi.tobytes())
     return buffer.getvalue()
 
 

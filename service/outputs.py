@@ -22,7 +22,7 @@ from service.preprocess import to_channels
 KINDS = ("mask", "probability", "labels", "overlay", "objects", "geojson", "rois")
 
 #: The kinds that can carry cells around the objects (``expand=``).
-CELL_KINDS = ("objects", "geojson")
+CELL_KINDS = ("objects", "geojson", "rois")
 #: Largest ``expand=`` (px): a cell ten nucleus diameters across is no cell any more.
 MAX_EXPAND_PX = 500
 
@@ -92,9 +92,9 @@ def encode(
             ``warnings`` in its properties; ROIs are placed at its channel / z / t.
         bits: 8 or 16, for ``probability``.
         json_table: ``objects`` as a JSON array instead of CSV.
-        expand: ``objects`` / ``geojson``: each object's cell, the object grown by up to this many
-            px (``objects.expand_cells``): the cell and cytoplasm columns, and QuPath cells with
-            their nuclei in the GeoJSON.
+        expand: ``objects`` / ``geojson`` / ``rois``: each object's cell, the object grown by up to
+            this many px (``objects.expand_cells``): the cell and cytoplasm columns, QuPath cells
+            with their nuclei in the GeoJSON, a cell ROI after each nucleus's.
 
     Raises:
         ValueError: an unknown ``kind``, or an array it needs is None.
@@ -125,7 +125,7 @@ def encode(
     calibrated = plane is not None and plane.pixel_size is not None
     if kind == "rois":
         position = plane.position() if plane is not None else None
-        return objects.to_imagej_rois(labels, rows, position), "application/zip"
+        return objects.to_imagej_rois(labels, rows, position, cells=cells), "application/zip"
     if kind == "geojson":
         properties = {**(plane.describe() if plane else {}), "warnings": list(warnings)}
         collection = objects.to_geojson(labels, rows, properties=properties, cells=cells)

@@ -127,7 +127,7 @@ class SegmentOptions:
     plane: microscopy.Selection = microscopy.Selection()  # channel / z / t / project / pixel_size
     geojson: bool = False  # output=ome-zarr (jobs): also the objects' outlines as GeoJSON
     min_iou: float | None = None  # output=labels3d (jobs): the overlap linking slices; None: the default
-    expand: float | None = None  # output=objects / geojson: cells, each nucleus grown by this many px
+    expand: float | None = None  # output=objects / geojson / rois: cells, each nucleus grown by this many px
 
 
 _OPTION_NAMES = ("output", "threshold", "bits", "tile_size", "overlap", "split", "diameter", "expand")
@@ -207,10 +207,11 @@ def plane_selection(
 
 
 _EXPAND_DESCRIPTION = (
-    "output=objects / geojson: a cell around each nucleus, the nucleus grown by up to this many pixels "
-    "into the background and never into a neighbour's (QuPath's cell expansion): the table gains "
+    "output=objects / geojson / rois: a cell around each nucleus, the nucleus grown by up to this many "
+    "pixels into the background and never into a neighbour's (QuPath's cell expansion): the table gains "
     "cell_area and cytoplasm_area (the cell less its nucleus), and with measure= each channel's mean and "
-    "integrated intensity over the cytoplasm; the GeoJSON holds QuPath cells with their nuclei"
+    "integrated intensity over the cytoplasm; the GeoJSON holds QuPath cells with their nuclei, the ROI set "
+    "a cell ROI after each nucleus's"
 )
 _DIAMETER_DESCRIPTION = (
     "typical nucleus diameter in the image, pixels; the image is resized so its nuclei come out at "

@@ -910,6 +910,8 @@ async function download(output) {
     const extra = {};
     if (output === "objects" || output === "geojson") {
       if (!$("channel-box").hidden && $("measure-all").checked) extra.measure = "all";
+    }
+    if (output === "objects" || output === "geojson" || output === "rois") {
       const expand = Number($("expand").value);
       if ($("expand").value !== "" && expand > 0) extra.expand = String(expand);
     }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -247,9 +248,13 @@ def test_expand_gives_cells_and_measures_each_channel_over_their_cytoplasm(serve
     first = geo["features"][0]
     assert first["properties"]["objectType"] == "cell" and "nucleusGeometry" in first
     assert first["properties"]["measurements"]["cell_area"] == int(rows[0]["cell_area"])
+    rois = post(server, IJ_THREE, output="rois", channel="DAPI", expand="4")
+    assert rois.status_code == 200, rois.text
+    names = zipfile.ZipFile(io.BytesIO(rois.content)).namelist()
+    assert names[:2] == ["00001-nucleus.roi", "00001-cell.roi"] and len(names) == 2 * len(rows)
 
 
-@pytest.mark.parametrize(("output", "expand"), [("mask", "4"), ("labels", "4"), ("rois", "4"),
+@pytest.mark.parametrize(("output", "expand"), [("mask", "4"), ("labels", "4"), ("overlay", "4"),
                                                 ("objects", "0"), ("objects", "501"), ("objects", "x")])
 def test_expand_outside_its_outputs_or_range_is_a_422(server: Server, output: str, expand: str) -> None:
     r = post(server, IJ_THREE, output=output, channel="DAPI", expand=expand)

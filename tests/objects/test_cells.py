@@ -89,3 +89,27 @@ def test_the_geojson_holds_qupath_cells_with_their_nuclei() -> None:
         assert _shoelace(nucleus_ring) == row.area
     plain = objects.to_geojson(labels, rows)["features"][0]
     assert plain["properties"]["objectType"] == "detection" and "nucleusGeometry" not in plain
+
+
+def test_the_roi_set_holds_each_nucleus_and_then_its_cell() -> None:
+    import zipfile
+
+    import roifile
+
+    labels = _nuclei()
+    cells = objects.expand_cells(labels, 5)
+    rows = objects.measure(labels, np.ones(labels.shape), np.ones(labels.shape), cells=cells)
+    data = objects.to_imagej_rois(labels, rows, (0, 2, None), cells=cells)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        names = archive.namelist()
+        rois = [roifile.ImagejRoi.frombytes(archive.read(name)) for name in names]
+    assert names == ["00001-nucleus.roi", "00001-cell.roi", "00002-nucleus.roi", "00002-cell.roi",
+                     "00003-nucleus.roi", "00003-cell.roi"]
+    assert [roi.name for roi in rois[:2]] == ["Nucleus 1", "Cell 1"]
+    for roi, name in zip(rois, names, strict=True):
+        row = rows[int(name[:5]) - 1]
+        ring = [[float(x), float(y)] for x, y in roi.coordinates()]
+        area = dict(row.extra_values)["cell_area"] if name.endswith("cell.roi") else row.area
+        assert _shoelace([*ring, ring[0]]) == area
+        assert (roi.c_position, roi.z_position) == (1, 3)  # 1-based in ImageJ
+    assert objects.to_imagej_rois(labels, rows) != data  # without cells: nuclei only
