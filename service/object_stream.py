@@ -63,6 +63,7 @@ class ObjectStream:
         self.channel_keys = tuple(channel_keys)
         self._open: dict[int, _Sums] = {}
         self._next_row = 0
+        self._width = 0
         self.finished = 0
 
     def add(
@@ -91,7 +92,7 @@ class ObjectStream:
                 f"{list(self.channel_keys)}; each must be {labels.shape}"
             )
         height, width = labels.shape
-        self._next_row = y0 + height
+        self._next_row, self._width = y0 + height, width
         seen: set[int] = set()
         top = int(labels.max(initial=0))
         if top > 0:
@@ -150,7 +151,7 @@ class ObjectStream:
 
     def finish(self) -> list[ObjectRow]:
         """The rows of every object still open (the image has no more rows)."""
-        return list(self._rows(sorted(self._open)))
+        return list(self._rows(sorted(self._open), last=True))
 
     def _channel_values(self, sums: _Sums) -> tuple[tuple[str, float | None], ...]:
         values: list[tuple[str, float | None]] = []
@@ -159,7 +160,9 @@ class ObjectStream:
             values += [(mean_column, mean_of(total, finite)), (sum_column, round(total, 4))]
         return tuple(values)
 
-    def _rows(self, ids: list[int]) -> Iterator[ObjectRow]:
+    def _rows(self, ids: list[int], last: bool = False) -> Iterator[ObjectRow]:
+        """The rows of objects ``ids``; ``last``: the image has no more rows, so an object reaching
+        the last one touches its bottom edge (one finished before cannot: rows came below it)."""
         for object_id in ids:
             sums = self._open.pop(object_id)
             n = float(sums.area)
@@ -176,6 +179,8 @@ class ObjectStream:
                 integrated_intensity=round(sums.sum_i[0], 4),
                 mean_confidence=round(sums.sum_p / n, 4),
                 **ellipse(sums.area, sums.sum_x, sums.sum_y, sums.sum_xx, sums.sum_yy, sums.sum_xy),
+                touches_border=int(sums.x0 == 0 or sums.y0 == 0 or sums.x1 == self._width
+                                   or (last and sums.y1 == self._next_row)),
                 extra_values=self._channel_values(sums),
             )
             self.finished += 1

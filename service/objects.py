@@ -592,6 +592,8 @@ class ObjectRow:
     minor_axis_length: float = 0.0
     eccentricity: float = 0.0
     orientation_deg: float = 0.0
+    #: 1 where the object reaches the image's edge: perhaps cut by it (analysts often leave those out)
+    touches_border: int = 0
     #: The cell around the object (``expand=``) and the channels measured besides the one segmented
     #: (``measure=``): ``(column, value)`` pairs in table order (``measured_channels.extra_columns``),
     #: after every other column. A cytoplasm's mean is None where the cell has no cytoplasm.
@@ -704,12 +706,14 @@ def measure(
         return tuple(values)
 
     boxes = ndimage.find_objects(labels)
+    height, width = labels.shape
     rows = []
     for i in range(1, count + 1):
         box = boxes[i - 1]
         if box is None or area[i] == 0:
             continue
         n = float(area[i])
+        edge = box[0].start == 0 or box[1].start == 0 or box[0].stop == height or box[1].stop == width
         rows.append(
             ObjectRow(
                 id=i,
@@ -725,6 +729,7 @@ def measure(
                 mean_confidence=round(sum_p[i] / n, 4),
                 **ellipse(int(area[i]), int(sum_x[i]), int(sum_y[i]), int(sum_xx[i]), int(sum_yy[i]),
                           int(sum_xy[i])),
+                touches_border=int(edge),
                 extra_values=extra(i, n),
             )
         )
@@ -941,6 +946,7 @@ def feature(
                 "Minor axis px": row.minor_axis_length,
                 "Eccentricity": row.eccentricity,
                 "Orientation deg": row.orientation_deg,
+                "Touches border": row.touches_border,
                 **_um_measurements(row),
                 # QuPath reads measurements as numbers: a mean without a pixel to take it over is left out
                 **{name: value for name, value in row.extra_values if value is not None},

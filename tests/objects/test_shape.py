@@ -75,3 +75,21 @@ def test_band_by_band_the_same_shape_far_down_a_slide() -> None:
     for want, row in zip(expected, got, strict=True):
         assert (row.major_axis_length, row.minor_axis_length, row.eccentricity, row.orientation_deg) == (
             want.major_axis_length, want.minor_axis_length, want.eccentricity, want.orientation_deg)
+
+
+def test_objects_reaching_the_image_edge_are_flagged_on_the_whole_image_and_band_by_band() -> None:
+    labels = np.zeros((120, 90), np.int32)
+    labels[0:6, 30:40] = 1  # top edge
+    labels[20:30, 0:5] = 2  # left
+    labels[40:50, 40:50] = 3  # inside
+    labels[60:70, 85:90] = 4  # right
+    labels[112:120, 10:20] = 5  # bottom
+    labels[100:111, 60:70] = 6  # one row short of the bottom
+    rows = objects.measure(labels, np.ones(labels.shape), np.ones(labels.shape))
+    assert {row.id: row.touches_border for row in rows} == {1: 1, 2: 1, 3: 0, 4: 1, 5: 1, 6: 0}
+    stream = ObjectStream()
+    got = []
+    for y0 in range(0, 120, 7):
+        band = labels[y0 : y0 + 7]
+        got += stream.add(y0, band, np.ones(band.shape), np.ones(band.shape))
+    assert sorted(got + stream.finish(), key=lambda r: r.id) == rows
