@@ -59,3 +59,26 @@ def test_mutants_sent_as_stack_jobs_never_fail_with_a_5xx(server: Server) -> Non
     # The corpus reaches both: stacks that are segmented, and refusals.
     refused = sum(n for outcome, n in outcomes.items() if outcome.startswith("refused"))
     assert outcomes["succeeded"] > 10 and refused > 10, outcomes
+
+
+def test_mutants_measured_in_every_channel_with_cells_never_get_a_5xx(server: Server) -> None:
+    """measure=all reads every channel's pages of the plane, and expand= grows cells over the
+    objects: a mutant whose other pages are broken (or whose objects are odd) gets a 4xx or a
+    table, never a 5xx, and a table that parses (no NaN)."""
+    import csv
+    import io
+
+    failures: list[str] = []
+    statuses: collections.Counter[int] = collections.Counter()
+    for mutant in mutants(4, seed=1717):
+        r = server.client.post("/segment", files={"file": (mutant.name, mutant.data)},
+                               params={"channel": "0", "z": "0", "output": "objects", "measure": "all",
+                                       "expand": "3"})
+        statuses[r.status_code] += 1
+        if r.status_code >= 500:
+            failures.append(f"{mutant.name}: {r.status_code} {r.text[:200]}")
+        elif r.status_code == 200:
+            rows = list(csv.DictReader(io.StringIO(r.text)))
+            assert all("nan" not in value.lower() for row in rows for value in row.values()), mutant.name
+    assert not failures, "\n".join(failures)
+    assert statuses[200] > 10 and sum(n for s, n in statuses.items() if 400 <= s < 500) > 10, statuses
