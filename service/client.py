@@ -31,7 +31,8 @@ Behaviour a batch of thousands of images needs:
   then the job is deleted so the server's disk is freed. A server without ``/jobs`` (404) gets
   ``/segment``.
 - **Objects**: with ``--output objects|geojson`` a ``summary.csv`` in the output folder gives each
-  image's object count and areas, read back from every output present (so resumed runs included).
+  image's object count and areas, and with ``--measure`` each channel's mean over its nuclei (a
+  well's mean nuclear marker), read back from every output present (so resumed runs included).
 - **Shards**: ``--shard INDEX/COUNT`` takes only this run's share of the images, so that COUNT runs
   (the pods of an indexed Kubernetes Job, ``docker/k8s/batch``) split a folder between them with
   no overlap and no coordination: the images sorted by their output path, every COUNT-th from
@@ -92,18 +93,49 @@ from tqdm import tqdm
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def _csv_areas(data: bytes) -> list[float]:
-    """Object areas (px) from the service's object table: CSV with an ``area`` column."""
-    return [float(row["area"]) for row in csv.DictReader(io.StringIO(data.decode("utf-8")))]
+#: Columns of the objects table that ``summary.csv`` averages over each image's objects: the
+#: channels measured (``--measure``: ``mean_intensity_KEY``, and over the cytoplasm with ``--expand``).
+MEASURED_PREFIX = "mean_intensity_"
 
 
-def _geojson_areas(data: bytes) -> list[float]:
-    """Object areas (px) from a QuPath-style FeatureCollection: the measurement, else the polygon's."""
-    areas = []
+@dataclass(frozen=True)
+class ObjectValues:
+    """What the folder summary reads of an output: each object's area (px), and each measured
+    channel's mean intensity per object (:data:`MEASURED_PREFIX` columns; an object without a value
+    for one, e.g. a cell without cytoplasm, is left out of that one)."""
+
+    areas: list[float]
+    measured: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _table_values(rows: Iterable[Mapping[str, str]]) -> ObjectValues:
+    values = ObjectValues([])
+    for row in rows:
+        values.areas.append(float(row["area"]))
+        for column, value in row.items():
+            if column.startswith(MEASURED_PREFIX):
+                bucket = values.measured.setdefault(column, [])
+                if value not in ("", None):
+                    bucket.append(float(value))
+    return values
+
+
+def _csv_values(data: bytes) -> ObjectValues:
+    """From the service's object table: CSV with an ``area`` column."""
+    return _table_values(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+
+
+def _geojson_values(data: bytes) -> ObjectValues:
+    """From a QuPath-style FeatureCollection: the measurements, else the polygon's area."""
+    values = ObjectValues([])
     for feature in json.loads(data)["features"]:
-        measured = feature.get("properties", {}).get("measurements", {}).get("Area px^2")
-        areas.append(float(measured) if measured is not None else _polygon_area(feature["geometry"]))
-    return areas
+        measurements = feature.get("properties", {}).get("measurements", {})
+        measured = measurements.get("Area px^2")
+        values.areas.append(float(measured) if measured is not None else _polygon_area(feature["geometry"]))
+        for name, value in measurements.items():
+            if name.startswith(MEASURED_PREFIX):
+                values.measured.setdefault(name, []).append(float(value))
+    return values
 
 
 def _polygon_area(geometry: dict) -> float:
@@ -123,8 +155,9 @@ class OutputKind:
     #: response media type → suffix, where the service may answer in another format than usual
     #: (labels past 65535 objects come back as 32-bit TIFF rather than wrap around in a PNG)
     alternates: Mapping[str, str] = field(default_factory=dict)
-    #: output bytes → each object's area in px; kinds that have it get a folder summary CSV
-    object_areas: Callable[[bytes], list[float]] | None = None
+    #: output bytes → each object's area in px (and measured intensities); kinds that have it get a
+    #: folder summary CSV
+    object_values: Callable[[bytes], ObjectValues] | None = None
 
     def target_for(self, relative: Path) -> Path:
         """Where the output of the input at ``relative`` goes, relative to the output folder."""
@@ -140,10 +173,11 @@ class OutputKind:
                 return path
         return None
 
-    def areas(self, path: Path) -> list[float]:
-        """Each object's area (px) in the output at ``path``, for the folder summary."""
-        assert self.object_areas is not None
-        return self.object_areas(path.read_bytes())
+    def values(self, path: Path) -> ObjectValues:
+        """Each object's area (px) and measured intensities in the output at ``path``, for the
+        folder summary."""
+        assert self.object_values is not None
+        return self.object_values(path.read_bytes())
 
 
 @dataclass(frozen=True)
@@ -180,9 +214,9 @@ class SlideOutput(OutputKind):
         """The objects' outlines (GeoJSON) beside the store ``target``."""
         return target.with_name(target.name.removesuffix(self.suffix) + self.geojson_suffix)
 
-    def areas(self, path: Path) -> list[float]:
+    def values(self, path: Path) -> ObjectValues:
         with open(self.table(path), encoding="utf-8", newline="") as f:  # streamed: a slide has ~10⁶ rows
-            return [float(row["area"]) for row in csv.DictReader(f)]
+            return _table_values(csv.DictReader(f))
 
 
 #: ``--output`` choices: the ``?output=`` value and the file each answer is written to.
@@ -191,11 +225,11 @@ OUTPUT_KINDS: dict[str, OutputKind] = {
     "probability": OutputKind("probability", ".png", "image/png"),
     "labels": OutputKind("labels", ".png", "image/png, image/tiff", alternates={"image/tiff": ".tif"}),
     "overlay": OutputKind("overlay", ".png", "image/png"),
-    "objects": OutputKind("objects", ".csv", "text/csv", object_areas=_csv_areas),
-    "geojson": OutputKind("geojson", ".geojson", "application/geo+json", object_areas=_geojson_areas),
+    "objects": OutputKind("objects", ".csv", "text/csv", object_values=_csv_values),
+    "geojson": OutputKind("geojson", ".geojson", "application/geo+json", object_values=_geojson_values),
     "rois": OutputKind("rois", ".zip", "application/zip"),  # ImageJ ROI set for Fiji's ROI Manager
     # A slide (tiled OME-TIFF of any size) as a job: an OME-Zarr store + objects CSV (client_slides)
-    "ome-zarr": SlideOutput("ome-zarr", ".ome.zarr", "application/json", object_areas=_csv_areas),
+    "ome-zarr": SlideOutput("ome-zarr", ".ome.zarr", "application/json", object_values=_csv_values),
 }
 
 
@@ -207,7 +241,7 @@ def output_kind(config: Config) -> OutputKind:
     return kind
 
 
-SUMMARY_NAME = "summary.csv"  # beside the per-image files, for kinds with ``object_areas``
+SUMMARY_NAME = "summary.csv"  # beside the per-image files, for kinds with ``object_values``
 REPORT_NAME = "failures.jsonl"
 #: Set by Kubernetes in each pod of an indexed Job (0 … completions − 1): ``--shard COUNT``'s INDEX.
 SHARD_INDEX_ENV = "JOB_COMPLETION_INDEX"
@@ -1259,8 +1293,13 @@ def _settle_report(config: Config, summary: Summary) -> None:
         path.unlink()
 
 
+SUMMARY_FIELDS = ["file", "output", "count", "mean_area_px", "total_area_px", "min_area_px", "max_area_px"]
+
+
 def object_summary(jobs: Sequence[Job], kind: OutputKind, out: Path) -> list[dict]:
-    """One row per image whose output exists (this run's or an earlier one's): count and areas.
+    """One row per image whose output exists (this run's or an earlier one's): count and areas,
+    and, for each channel measured (``--measure``), the mean over its objects of their mean
+    intensity, under the table's own column name (``mean_intensity_GFP``: a well's mean nuclear GFP).
 
     Read back from the written files, so a resumed run summarises the whole folder.
     """
@@ -1270,10 +1309,11 @@ def object_summary(jobs: Sequence[Job], kind: OutputKind, out: Path) -> list[dic
         if path is None:
             continue  # failed: it is in the failure report
         try:
-            areas = kind.areas(path)
+            values = kind.values(path)
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
             print(f"unet-segment: {path}: cannot read objects for the summary: {exc}", file=sys.stderr)
             continue
+        areas = values.areas
         rows.append({
             "file": str(job.source),
             "output": path.relative_to(out).as_posix(),
@@ -1282,14 +1322,18 @@ def object_summary(jobs: Sequence[Job], kind: OutputKind, out: Path) -> list[dic
             "total_area_px": round(sum(areas), 2),
             "min_area_px": min(areas, default=""),
             "max_area_px": max(areas, default=""),
+            **{column: round(sum(means) / len(means), 4) if means else ""
+               for column, means in values.measured.items()},
         })
     return rows
 
 
 def write_object_summary(path: Path, rows: Sequence[dict]) -> None:
-    fields = ["file", "output", "count", "mean_area_px", "total_area_px", "min_area_px", "max_area_px"]
+    # The measured channels' columns of every image, in the order they first appear (a folder may
+    # mix files of other channels, or runs with other --measure): empty where an image lacks one.
+    measured = list(dict.fromkeys(column for row in rows for column in row if column not in SUMMARY_FIELDS))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=[*SUMMARY_FIELDS, *measured], restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(path, buffer.getvalue().encode())
@@ -1611,7 +1655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         every = plan_jobs(found, config.out, kind, config.every_plane)
         jobs = shard_jobs(every, config.out, config.shard)
         summary_path = config.summary_path()
-        if kind.object_areas and any(j.target == summary_path for j in every):
+        if kind.object_values and any(j.target == summary_path for j in every):
             raise UsageError(f"an image would write {summary_path}, where the object summary goes; rename it")
         if (config.urls and config.data_root is None
                 and (store := next((j.source for j in jobs if j.source.is_dir()), None))):
@@ -1637,7 +1681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("unet-segment: interrupted; finished outputs are kept, rerun to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if kind.object_areas:
+    if kind.object_values:
         write_object_summary(summary_path, object_summary(jobs, kind, config.out))
     stitch_problems: list[str] = []
     if config.stitch_z is not None:

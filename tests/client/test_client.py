@@ -645,3 +645,29 @@ def test_all_planes_options_that_contradict_exit_2(argv: list[str]) -> None:
 def test_all_planes_config_sends_no_index_for_that_axis() -> None:
     config = client.parse_config(["x.tif", "--out", "o", "--t", "all", "--z", "3"])
     assert (config.every_plane, config.t, config.z) == ("t", None, 3)
+
+
+def test_the_summary_averages_each_measured_channel_over_an_images_objects(tmp_path: Path) -> None:
+    table = (b"id,area,mean_intensity,mean_intensity_GFP,integrated_intensity_GFP,"
+             b"mean_intensity_cytoplasm_GFP\n1,10,5,100,1000,20\n2,30,7,300,9000,\n")
+    values = client._csv_values(table)
+    assert values.areas == [10.0, 30.0]
+    # the segmented channel's own mean is not a measured one; a cell without cytoplasm is left out
+    assert values.measured == {"mean_intensity_GFP": [100.0, 300.0], "mean_intensity_cytoplasm_GFP": [20.0]}
+    geojson = json.dumps({"features": [
+        {"geometry": None, "properties": {"measurements": {"Area px^2": 4, "mean_intensity_c1": 2.5}}},
+        {"geometry": None, "properties": {"measurements": {"Area px^2": 6, "mean_intensity_c1": 3.5}}},
+    ]}).encode()
+    expected = client.ObjectValues([4.0, 6.0], {"mean_intensity_c1": [2.5, 3.5]})
+    assert client._geojson_values(geojson) == expected
+
+    jobs = [client.Job(tmp_path / f"{name}.tif", tmp_path / "out" / f"{name}.csv") for name in ("a", "b")]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.csv").write_bytes(table)
+    (tmp_path / "out" / "b.csv").write_bytes(b"id,area,mean_intensity\n1,8,3\n")  # nothing measured
+    rows = client.object_summary(jobs, client.OUTPUT_KINDS["objects"], tmp_path / "out")
+    client.write_object_summary(tmp_path / "out" / "summary.csv", rows)
+    summary = read_summary(tmp_path / "out")
+    assert (summary["a.csv"]["mean_intensity_GFP"], summary["a.csv"]["mean_intensity_cytoplasm_GFP"]) == (
+        "200.0", "20.0")
+    assert summary["b.csv"]["mean_intensity_GFP"] == "" and summary["b.csv"]["count"] == "1"

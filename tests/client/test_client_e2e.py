@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import subprocess
 import sys
@@ -85,6 +87,11 @@ def test_a_two_channel_tiff_fails_with_its_channels_until_channel_is_given(
     assert lines[0].split(",") == [*header, "mean_intensity_Cytoplasm", "integrated_intensity_Cytoplasm"]
     plain = (tmp_path / "dapi" / "cells.csv").read_text().splitlines()
     assert [line.rsplit(",", 2)[0] for line in lines[1:]] == plain[1:]
+    # summary.csv: per image, the mean over its nuclei of their mean Cytoplasm intensity
+    [summary] = list(csv.DictReader(io.StringIO((tmp_path / "measured" / "summary.csv").read_text())))
+    means = [float(line.split(",")[-2]) for line in lines[1:]]
+    assert float(summary["mean_intensity_Cytoplasm"]) == pytest.approx(sum(means) / len(means), abs=1e-3)
+    assert "mean_intensity_Cytoplasm" not in (tmp_path / "dapi" / "summary.csv").read_text()
     wrong_kind = run("--out", str(tmp_path / "labels"), "--channel", "dapi", "--measure", "all",
                      "--output", "labels")
     assert wrong_kind.returncode == 2 and "--output objects, geojson or ome-zarr" in wrong_kind.stderr
@@ -94,6 +101,8 @@ def test_a_two_channel_tiff_fails_with_its_channels_until_channel_is_given(
     header = (tmp_path / "cells" / "cells.csv").read_text().splitlines()[0].split(",")
     assert header[-7:-4] == ["cell_area", "cytoplasm_area", "cell_area_um2"]  # the file is calibrated
     assert header[-1] == "integrated_intensity_cytoplasm_Cytoplasm"
+    summary_header = (tmp_path / "cells" / "summary.csv").read_text().splitlines()[0].split(",")
+    assert summary_header[-2:] == ["mean_intensity_Cytoplasm", "mean_intensity_cytoplasm_Cytoplasm"]
 
 
 @pytest.mark.parametrize("suffix", [".tif", ".czi"])
