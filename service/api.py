@@ -247,7 +247,7 @@ class Segmenter:
         channel: str | int | None = None,
         z: int | None = None,
         t: int | None = None,
-        project: Literal["max"] | None = None,
+        project: Literal["max", "sum"] | None = None,
         pixel_size: float | None = None,
         polarity: Polarity = "bright",
         series: int | None = None,
@@ -270,8 +270,8 @@ class Segmenter:
             channel: the channel holding the nuclei: index, or name from the file (any case);
                 ``"red"``/``"green"``/``"blue"`` for colour, ``"gray"`` to mix colour to grey.
                 Needed when the image has several channels that differ.
-            z, t: the z-slice / time point (0-based); ``project="max"``: the maximum projection
-                over Z instead of one slice. A stack needs one of them.
+            z, t: the z-slice / time point (0-based); ``project="max"`` / ``"sum"``: the maximum /
+                sum (float32) projection over Z instead of one slice. A stack needs one of them.
             pixel_size: µm per pixel, overriding the file's calibration (adds µm columns).
             polarity: ``"dark"`` for nuclei darker than their background (bright field, H&E): the
                 image is segmented as its optical density (``service.polarity``), a colour image's

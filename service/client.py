@@ -1525,7 +1525,8 @@ def build_parser() -> argparse.ArgumentParser:
     plane.add_argument("--t", type=_plane_index, metavar="T|all",
                        help="time point, 0-based; all: every time point of a movie, each its own output "
                        "(NAME_t007...), a file with one time point as it is")
-    plane.add_argument("--project", choices=["max"], help="max: the maximum projection over Z")
+    plane.add_argument("--project", choices=["max", "sum"],
+                       help="max: the maximum projection over Z; sum: the sum (float32, for intensities)")
     plane.add_argument("--stitch-z", dest="stitch_z", type=_min_iou, nargs="?", const=STITCH_DEFAULT,
                        default=None, metavar="MIN_IOU",
                        help="with --z all --output labels: link each stack's slices into 3-D nuclei "

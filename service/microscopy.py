@@ -74,8 +74,9 @@ MIX = "gray"
 STACK_HINT = ("; for nuclei in 3-D, POST /jobs?output=labels3d (or `unet-segment --z all --output labels "
               "--stitch-z`, or the Python API's Segmenter.segment_stack) segments every slice and links "
               "them.")
-#: The one projection offered (over Z).
-PROJECTIONS = ("max",)
+#: The projections offered (over Z): the maximum (segments best: each nucleus at its brightest
+#: slice) and the sum (float32; measures best: a nucleus's whole signal, as Fiji's Sum Slices).
+PROJECTIONS = ("max", "sum")
 #: ``measure=`` value that measures the objects in every channel of the image.
 MEASURE_ALL = "all"
 
@@ -279,7 +280,7 @@ def first_series_note(count: int, what: str, first: str) -> str:
 @dataclass(frozen=True)
 class Selection:
     """What a request chose: ``channel`` (index as text, a name, or :data:`MIX`), ``z``/``t``
-    (0-based), ``project`` (``"max"`` over Z), ``pixel_size_um`` (overrides the file's),
+    (0-based), ``project`` (``"max"`` or ``"sum"`` over Z), ``pixel_size_um`` (overrides the file's),
     ``polarity`` (``dark``: the nuclei are darker than their background, ``service.polarity``);
     ``series``: which image of a file holding several (OME-TIFF Images, CZI scenes), 0-based;
     None: the first, with a notice."""
@@ -1129,7 +1130,7 @@ def resolve(layout: Layout, sel: Selection, model_channels: int = 1) -> Choice:
         coords=coords,
         z=sel.z if "Z" in layout.planes else None,
         t=sel.t if "T" in layout.planes else None,
-        projection="max" if sel.project == "max" else None,
+        projection=sel.project if sel.project in PROJECTIONS else None,
         pixel_size=pixel_size,
         warnings=tuple(notes),
         polarity=sel.polarity,
@@ -1165,13 +1166,16 @@ def _select(
         return array
 
     def read(channel: Channel | None) -> np.ndarray:
-        if choice.projection != "max":
+        if choice.projection is None:
             return plane_at(choice.z, channel)
-        image = plane_at(0, channel).copy()
+        # A sum in float32: a 16-bit stack's sum outgrows its type (exact up to 2²⁴, 256 full slices).
+        first = plane_at(0, channel)
+        image = first.astype(np.float32) if choice.projection == "sum" else first.copy()
+        combine = np.add if choice.projection == "sum" else np.maximum
         for k in range(1, layout.planes["Z"]):
             if should_stop is not None and should_stop():
                 raise DecodeCancelled(f"stopped after {k} of {layout.planes['Z']} planes of the projection")
-            np.maximum(image, plane_at(k, channel), out=image)
+            combine(image, plane_at(k, channel), out=image, casting="unsafe")
         return image
 
     image = read(channel)

@@ -141,6 +141,7 @@ MEASURED_OUTPUTS = ("objects", "geojson", "ome-zarr", "labels3d")
 
 class Project(str, Enum):
     max = "max"
+    sum = "sum"
 
 
 class Polarity(str, Enum):
@@ -160,7 +161,8 @@ def plane_selection(
     z: int | None = Query(None, ge=0, description="the z-slice to segment, 0-based (Fiji's slice 1 is z=0)"),
     t: int | None = Query(None, ge=0, description="the time point to segment, 0-based"),
     project: Project | None = Query(
-        None, description="max: segment the maximum projection over Z instead of one slice"
+        None, description="max: segment the maximum projection over Z instead of one slice (segments best) · "
+        "sum: the sum over Z, as float32 (Fiji's Sum Slices: each nucleus's whole signal, for measure=)"
     ),
     pixel_size: float | None = Query(
         None, gt=0, le=10_000, description="µm per pixel; overrides the file's calibration"
@@ -898,7 +900,7 @@ _PNG_HEADERS = {
     "X-T": {"description": "the time point segmented (0-based)", "schema": {"type": "integer"}},
     "X-Series": {"description": "the image of a file holding several (OME-TIFF Images, CZI scenes) that "
                  "was segmented (0-based)", "schema": {"type": "integer"}},
-    "X-Projection": {"description": "`max-z`: the maximum projection over Z was segmented",
+    "X-Projection": {"description": "`max-z` / `sum-z`: the maximum / sum projection over Z was segmented",
                      "schema": {"type": "string"}},
     "X-Pixel-Size-Um": {"description": "µm per pixel used for the µm columns: `x` or `x,y`; absent "
                         "when unknown",

@@ -10,7 +10,7 @@
 //   3. POST segment?output=geojson            → one polygon per nucleus: the labels view and the count
 // After the threshold slider stops moving, step 3 is repeated with &threshold=… (debounced) so
 // the object count always belongs to the threshold shown. Every request after the probe carries
-// the chosen channel / z / t (or project=max). Zoom and pan are a CSS transform of the stage.
+// the chosen channel / z / t (or project=max|sum). Zoom and pan are a CSS transform of the stage.
 //
 // Large images (more pixels than GET ui/config's job_above_pixels, judged from the probe: the
 // width × height the server read from the file's header) send steps 2 and 3 and the downloads as
@@ -50,7 +50,7 @@ const state = {
   countRequest: 0,       // bumped per geojson request: only the newest one counts
   refetchTimer: null,
   probe: null,           // POST probe's answer for the current file
-  plane: { channel: "", z: "", t: "" },  // the pickers; z may be "max" (project=max)
+  plane: { channel: "", z: "", t: "" },  // the pickers; z may be "max" or "sum" (project=)
   warnings: [],          // from the probe and the last segmentation (X-Warnings)
   jobsOn: true,          // the server runs jobs (GET ui/config)
   jobAbove: DEFAULT_JOB_ABOVE_PIXELS,
@@ -179,7 +179,7 @@ function planeParams() {
   const { channel, z, t, series } = state.plane;
   if (series !== "") params.set("series", series);
   if (channel !== "") params.set("channel", channel);
-  if (z === "max") params.set("project", "max");
+  if (z === "max" || z === "sum") params.set("project", z);
   else if (z !== "") params.set("z", z);
   if (t !== "") params.set("t", t);
   return params;
@@ -448,15 +448,15 @@ function showProbe(probe) {
   if (probe.rgb && !probe.grey_rgb) channel.add(new Option("gray · all colours mixed (brightfield, H&E)", "gray"));
   $("channel-box").hidden = probe.channels.length < 2 || probe.grey_rgb;
 
-  const fill = (select, box, axis, extra) => {
+  const fill = (select, box, axis, extras) => {
     const n = probe.planes[axis] || 0;
     select.replaceChildren(new Option(`— choose one of ${n} —`, ""));
-    if (extra) select.add(new Option(extra[1], extra[0]));
+    for (const [value, text] of extras) select.add(new Option(text, value));
     for (let k = 0; k < n; k++) select.add(new Option(`${k}`, String(k)));
     box.hidden = n < 2;
   };
-  fill($("zplane"), $("z-box"), "Z", ["max", "maximum projection"]);
-  fill($("tplane"), $("t-box"), "T", null);
+  fill($("zplane"), $("z-box"), "Z", [["max", "maximum projection"], ["sum", "sum projection (for intensities)"]]);
+  fill($("tplane"), $("t-box"), "T", []);
   // Linking slices is a job's work (output=labels3d): offered where the server runs jobs.
   $("stack-box").hidden = (probe.planes.Z || 0) < 2 || !state.jobsOn;
 
@@ -696,7 +696,8 @@ function showHeaders(xhr) {
     parts.push(channel === "gray" ? "colours mixed to grey"
       : `channel ${channel}${label ? ` (${decodeURIComponent(label)})` : ""}`);
   }
-  if (header("X-Projection")) parts.push("maximum projection over Z");
+  const projection = header("X-Projection");
+  if (projection) parts.push(`${projection.startsWith("sum") ? "sum" : "maximum"} projection over Z`);
   if (header("X-Z")) parts.push(`z ${header("X-Z")}`);
   if (header("X-T")) parts.push(`t ${header("X-T")}`);
   $("info-plane").textContent = parts.length ? parts.join(", ") : "the whole image (one plane)";

@@ -285,3 +285,18 @@ def test_measured_planes_and_cells_are_admitted_with_the_models_pixels(start_ser
             time.sleep(0.02)
         assert answer.result().status_code == 200, answer.result().text
     assert seen == expected
+
+
+def test_a_sum_projection_is_segmented_and_measured_as_the_sum_sent_alone(server: Server) -> None:
+    stack = np.stack([THREE_CHANNELS, THREE_CHANNELS[:, ::-1, :]])  # Z C Y X
+    data = tiff(stack, imagej=True, metadata={"axes": "ZCYX", "Labels": ["DAPI", "GFP", "Cy5"] * 2})
+    summed = stack.astype(np.float32).sum(axis=0)  # C Y X
+    r = post(server, data, output="labels", channel="DAPI", project="sum")
+    assert r.status_code == 200 and r.headers["X-Projection"] == "sum-z", r.text
+    alone = labels_of(server, tiff(summed[0]))
+    assert np.array_equal(im.decode(r.content), alone)
+    rows = table(server, data, channel="DAPI", project="sum", measure="GFP")
+    expected = per_object(alone, summed[1])
+    assert rows
+    for row in rows:
+        assert float(row["mean_intensity_GFP"]) == pytest.approx(expected[int(row["id"])][0], abs=1e-2)

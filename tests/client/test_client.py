@@ -671,3 +671,12 @@ def test_the_summary_averages_each_measured_channel_over_an_images_objects(tmp_p
     assert (summary["a.csv"]["mean_intensity_GFP"], summary["a.csv"]["mean_intensity_cytoplasm_GFP"]) == (
         "200.0", "20.0")
     assert summary["b.csv"]["mean_intensity_GFP"] == "" and summary["b.csv"]["count"] == "1"
+
+
+def test_project_sum_and_the_measure_options_reach_the_config(tmp_path: Path) -> None:
+    argv = [str(tmp_path), "--out", str(tmp_path / "out"), "--url", "http://127.0.0.1:9"]
+    config = client.parse_config([*argv, "--output", "objects", "--project", "sum", "--measure", "GFP,2",
+                                  "--expand", "4"])
+    assert (config.project, config.measure, config.expand) == ("sum", "GFP,2", 4.0)
+    with pytest.raises(SystemExit):
+        client.parse_config([*argv, "--project", "mean"])

@@ -168,3 +168,12 @@ def test_the_clients_expand_bound_is_the_services() -> None:
     for wrong in (str(outputs.MAX_EXPAND_PX + 1), "0", "two"):
         with pytest.raises(argparse.ArgumentTypeError):
             client._expand_px(wrong)
+
+
+def test_a_sum_projection_sums_every_slice_in_float32_for_each_measured_channel(hyperstack) -> None:
+    data, movie = hyperstack
+    plane = select(data, channel="DAPI", t=1, project="sum", measure=("GFP",))
+    assert plane.image.dtype == np.float32 and plane.projection == "sum"
+    assert np.array_equal(plane.image, movie[1, :, 0].astype(np.float32).sum(axis=0))
+    assert np.array_equal(plane.measured[0].image, movie[1, :, 1].astype(np.float32).sum(axis=0))
+    assert plane.describe()["projection"] == "sum" and plane.position() == (0, None, 1)

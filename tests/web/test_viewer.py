@@ -546,6 +546,10 @@ def test_an_unlabelled_stack_shows_its_warning_and_a_max_projection_is_offered(
         zplane.select_option("max")
         assert _wait_for_count(page) == _server_count(service_url, stack, project="max")
         assert page.locator("#info-plane").text_content() == "maximum projection over Z"
+        zplane.select_option("sum")
+        assert _wait_for_count(page) == _server_count(service_url, stack, project="sum")
+        page.wait_for_function("() => document.getElementById('info-plane').textContent.startsWith('sum')")
+        assert page.locator("#info-plane").text_content() == "sum projection over Z"
 
         page.locator("#zoom-in").click()
         assert page.locator("#zoom-level").text_content() == "150%"
