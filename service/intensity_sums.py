@@ -29,3 +29,12 @@ def mean_of(total: float, count: float, digits: int = 4) -> float | None:
     """``total / count`` rounded to ``digits`` as the tables give intensities; None without a pixel
     to count."""
     return round(float(total) / float(count), digits) if count else None
+
+
+def intensity_columns(
+    columns: tuple[str, str], total: float, count: float, digits: int = 4
+) -> list[tuple[str, float | None]]:
+    """An object's mean and integrated intensity as ``(column, value)`` pairs, from the sum over its
+    finite pixels (``total``) and their ``count``: what every table writes per channel measured."""
+    mean_column, sum_column = columns
+    return [(mean_column, mean_of(total, count, digits)), (sum_column, round(float(total), digits))]

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from service.intensity_sums import finite_sums, mean_of
+from service.intensity_sums import finite_sums, intensity_columns
 from service.measured_channels import channel_columns
-from service.objects import ObjectRow, calibrate, ellipse
+from service.objects import INTENSITY_COLUMNS, ObjectRow, calibrate, ellipse
 
 #: An object not seen for this many rows (and absent from a whole band) is finished.
 FINISHED_AFTER_ROWS = 64
@@ -156,8 +156,7 @@ class ObjectStream:
     def _channel_values(self, sums: _Sums) -> tuple[tuple[str, float | None], ...]:
         values: list[tuple[str, float | None]] = []
         for key, total, finite in zip(self.channel_keys, sums.sum_i[1:], sums.finite_i[1:], strict=True):
-            mean_column, sum_column = channel_columns(key)
-            values += [(mean_column, mean_of(total, finite)), (sum_column, round(total, 4))]
+            values += intensity_columns(channel_columns(key), total, finite)
         return tuple(values)
 
     def _rows(self, ids: list[int], last: bool = False) -> Iterator[ObjectRow]:
@@ -175,8 +174,7 @@ class ObjectStream:
                 bbox_y=sums.y0,
                 bbox_width=sums.x1 - sums.x0,
                 bbox_height=sums.y1 - sums.y0,
-                mean_intensity=mean_of(sums.sum_i[0], sums.finite_i[0]),
-                integrated_intensity=round(sums.sum_i[0], 4),
+                **dict(intensity_columns(INTENSITY_COLUMNS, sums.sum_i[0], sums.finite_i[0])),
                 mean_confidence=round(sums.sum_p / n, 4),
                 **ellipse(sums.area, sums.sum_x, sums.sum_y, sums.sum_xx, sums.sum_yy, sums.sum_xy),
                 touches_border=int(sums.x0 == 0 or sums.y0 == 0 or sums.x1 == self._width

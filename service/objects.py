@@ -35,7 +35,7 @@ from scipy import ndimage
 from skimage.measure import find_contours
 from skimage.segmentation import expand_labels, watershed
 
-from service.intensity_sums import finite_sums, mean_of
+from service.intensity_sums import finite_sums, intensity_columns
 from service.measured_channels import channel_columns, cytoplasm_columns, extra_columns
 from service.model_metadata import ModelMetadata
 
@@ -604,6 +604,8 @@ class ObjectRow:
 UM_FIELDS = ("area_um2", "centroid_x_um", "centroid_y_um", "equivalent_diameter_um")
 #: Fields that are not columns of their own.
 _NOT_COLUMNS = ("extra_values",)
+#: The segmented channel's intensity columns (the measured channels': ``channel_columns``).
+INTENSITY_COLUMNS = ("mean_intensity", "integrated_intensity")
 
 
 def ellipse(n: int, sx: int, sy: int, sxx: int, syy: int, sxy: int) -> dict[str, float]:
@@ -670,6 +672,7 @@ def measure(
     sum_yy = np.bincount(ids, weights=rows_idx * rows_idx, minlength=count + 1)
     sum_xy = np.bincount(ids, weights=cols_idx * rows_idx, minlength=count + 1)
     sum_i, finite_i = finite_sums(ids, intensity.ravel()[where], count + 1)
+    counted_i = area if finite_i is None else finite_i  # the pixels each intensity mean is over
     sum_p = np.bincount(ids, weights=probability.ravel()[where].astype(np.float64), minlength=count + 1)
     if cells is not None and cells.shape != labels.shape:
         raise ValueError(f"the cells are {cells.shape}, the labels {labels.shape}")
@@ -695,14 +698,11 @@ def measure(
             if pixel_size_um is not None:
                 values.append(("cell_area_um2", round(cell_area * pixel_size_um[0] * pixel_size_um[1], 6)))
         for key, (sums, finite), cyto in per_channel:
-            mean_column, sum_column = channel_columns(key)
-            values += [(mean_column, mean_of(sums[i], n if finite is None else finite[i])),
-                       (sum_column, round(float(sums[i]), 4))]
+            values += intensity_columns(channel_columns(key), sums[i], n if finite is None else finite[i])
             if cyto is not None:
-                mean_cyto, sum_cyto = cytoplasm_columns(key)
                 cyto_sums, cyto_finite = cyto
                 m = int(cyto_area[i]) if cyto_finite is None else int(cyto_finite[i])
-                values += [(mean_cyto, mean_of(cyto_sums[i], m)), (sum_cyto, round(float(cyto_sums[i]), 4))]
+                values += intensity_columns(cytoplasm_columns(key), cyto_sums[i], m)
         return tuple(values)
 
     boxes = ndimage.find_objects(labels)
@@ -724,8 +724,7 @@ def measure(
                 bbox_y=box[0].start,
                 bbox_width=box[1].stop - box[1].start,
                 bbox_height=box[0].stop - box[0].start,
-                mean_intensity=mean_of(sum_i[i], n if finite_i is None else finite_i[i]),
-                integrated_intensity=round(float(sum_i[i]), 4),
+                **dict(intensity_columns(INTENSITY_COLUMNS, sum_i[i], counted_i[i])),
                 mean_confidence=round(sum_p[i] / n, 4),
                 **ellipse(int(area[i]), int(sum_x[i]), int(sum_y[i]), int(sum_xx[i]), int(sum_yy[i]),
                           int(sum_xy[i])),

@@ -26,7 +26,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from service.intensity_sums import finite_sums, mean_of
+from service.intensity_sums import finite_sums, intensity_columns
 from service.measured_channels import channel_columns
 
 Slice = TypeVar("Slice")
@@ -219,6 +219,10 @@ class StackTable:
         (``measured_channels.channel_columns``); with a pixel size ``centroid_*_um``, and with a z-step too
         ``volume_um3`` and ``equivalent_diameter_um`` (of the sphere of that volume)."""
         d = self._data
+        # Intensity k's columns: 0 the segmented channel's (where every slice came with its image),
+        # then each measured channel's.
+        intensities = [(0, ("mean_intensity", "integrated_intensity"))] if self._with_intensity else []
+        intensities += [(k + 1, channel_columns(key)) for k, key in enumerate(self.channel_keys)]
         out: list[dict[str, float | int | None]] = []
         for label in np.flatnonzero(d["voxels"]):
             if label == 0:
@@ -237,13 +241,9 @@ class StackTable:
                 "max_area_px": int(d["max_area"][label]),
                 "touches_stack_end": int(z_first == 0 or z_last == self._slices - 1),
             }
-            intensities = [(0, ("mean_intensity", "integrated_intensity"))] if self._with_intensity else []
-            intensities += [(k + 1, channel_columns(key)) for k, key in enumerate(self.channel_keys)]
-            for k, (mean_column, sum_column) in intensities:
-                total = float(d[f"sum_{k}"][label])
-                row[mean_column] = mean_of(total, d[f"finite_{k}"][label], 3)
-                # Fiji's RawIntDen: over a whole nucleus, a DNA stain's total goes with its DNA content.
-                row[sum_column] = round(total, 3)
+            # Fiji's RawIntDen: over a whole nucleus, a DNA stain's total goes with its DNA content.
+            for k, columns in intensities:
+                row.update(intensity_columns(columns, d[f"sum_{k}"][label], d[f"finite_{k}"][label], 3))
             if voxel is not None:
                 row["centroid_x_um"] = round(row["centroid_x"] * voxel.x_um, 3)
                 row["centroid_y_um"] = round(row["centroid_y"] * voxel.y_um, 3)
