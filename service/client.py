@@ -1516,10 +1516,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "the same z / t: the columns mean_intensity_NAME, integrated_intensity_NAME (e.g. "
                        "--channel DAPI --measure GFP)")
     plane.add_argument("--expand", type=_expand_px, metavar="PX",
-                       help="with --output objects, geojson or rois: a cell around each nucleus, grown by "
-                       "up to PX pixels and never into a neighbour's (QuPath's cell expansion): cell_area, "
-                       "cytoplasm_area and, with --measure, each channel's intensity over the cytoplasm; "
-                       "QuPath cells in the GeoJSON, a cell ROI after each nucleus's in the ROI set")
+                       help="with --output objects, geojson, rois or ome-zarr: a cell around each nucleus, "
+                       "grown by up to PX pixels and never into a neighbour's (QuPath's cell expansion): "
+                       "cell_area, cytoplasm_area and, with --measure, each channel's intensity over the "
+                       "cytoplasm; QuPath cells in the GeoJSON, a cell ROI after each nucleus's in the ROI "
+                       "set, labels/cells in a slide's store")
     plane.add_argument("--z", type=_plane_index, metavar="Z|all",
                        help="z-slice, 0-based; all: every z-slice, each its own output (NAME_z07...)")
     plane.add_argument("--t", type=_plane_index, metavar="T|all",
@@ -1612,9 +1613,9 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                      "ome-zarr, or --stitch-z (the 3-D table)")
     if args.measure is not None and not args.measure.replace(",", "").strip():
         parser.error("--measure names no channel: give indices or names, commas between, or all")
-    if args.expand is not None and args.kind not in ("objects", "geojson", "rois"):
+    if args.expand is not None and args.kind not in ("objects", "geojson", "rois", "ome-zarr"):
         parser.error("--expand gives each nucleus a cell in the table or outlines: it needs --output "
-                     "objects, geojson or rois")
+                     "objects, geojson, rois or ome-zarr")
     if args.stitch_z is not None and (args.z != ALL_PLANES or args.kind != "labels"):
         parser.error("--stitch-z links the slices' labels: it needs --z all and --output labels")
     if args.stitch_z is not None and args.shard is not None and not isinstance(args.diameter, float):

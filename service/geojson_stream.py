@@ -5,7 +5,9 @@
 objects table finishes it (``service.object_stream``), from the label rows still held
 (:class:`LabelRows`: the rows from the top of the earliest object still open down to the last
 band, a few bands of the slide's width), and its Feature — the same one ``to_geojson`` writes,
-what QuPath imports as a detection — goes straight to the file (:class:`GeoJsonWriter`).
+what QuPath imports as a detection — goes straight to the file (:class:`GeoJsonWriter`). With
+cells (``expand=``) each Feature is the QuPath cell ``to_geojson`` writes with cells: the cell's
+outline from the cell rows held alike, the nucleus's as its ``nucleusGeometry``.
 """
 
 from __future__ import annotations
@@ -53,11 +55,17 @@ class LabelRows:
 
     def outline(self, row: ObjectRow) -> list[list[float]]:
         """The object's outer ring (``objects.outline``) from its bounding box's rows."""
-        y0 = row.bbox_y - self.top
-        if self._rows is None or y0 < 0 or y0 + row.bbox_height > self._rows.shape[0]:
-            raise ValueError(f"object {row.id}'s rows are no longer held")
-        crop = self._rows[y0 : y0 + row.bbox_height, row.bbox_x : row.bbox_x + row.bbox_width]
-        return objects.outline(crop == row.id, row.bbox_y, row.bbox_x)
+        return self.outline_in(row.id, (row.bbox_x, row.bbox_y, row.bbox_width, row.bbox_height))
+
+    def outline_in(self, object_id: int, box: tuple[int, int, int, int]) -> list[list[float]]:
+        """The outer ring of the pixels ``object_id`` within ``box`` ``(x, y, width, height)``
+        (an object's cell: its ``cell_box``, in rows of cells)."""
+        x, y, width, height = box
+        top = y - self.top
+        if self._rows is None or top < 0 or top + height > self._rows.shape[0]:
+            raise ValueError(f"object {object_id}'s rows are no longer held")
+        crop = self._rows[top : top + height, x : x + width]
+        return objects.outline(crop == object_id, y, x)
 
 
 class GeoJsonWriter:
@@ -74,10 +82,18 @@ class GeoJsonWriter:
         self._file.write('{"type": "FeatureCollection", "features": [')
 
     def write(self, rows: Iterable[tuple[ObjectRow, list[list[float]]]]) -> None:
+        """One detection per ``(row, outline)``, classified as the writer's ``classification``."""
+        self._write(objects.feature(row, ring, self.classification) for row, ring in rows)
+
+    def write_cells(self, rows: Iterable[tuple[ObjectRow, list[list[float]], list[list[float]]]]) -> None:
+        """One QuPath cell per ``(row, cell outline, nucleus outline)``, as ``objects.to_geojson``
+        with cells writes it."""
+        self._write(objects.feature(row, cell, "Cell", nucleus_ring=nucleus) for row, cell, nucleus in rows)
+
+    def _write(self, features: Iterable[dict]) -> None:
         assert self._file is not None, "the collection is closed"
-        for row, ring in rows:
-            text = json.dumps(objects.feature(row, ring, self.classification))
-            self._file.write(("\n" if self.count == 0 else ",\n") + text)
+        for feature in features:
+            self._file.write(("\n" if self.count == 0 else ",\n") + json.dumps(feature))
             self.count += 1
 
     def close(self, properties: Mapping[str, object] | None = None) -> None:

@@ -9,6 +9,11 @@ are still arriving (the objects crossing the current band), never a full-size ar
 An object is finished when a band arrives that it does not touch and it last appeared more than
 :data:`FINISHED_AFTER_ROWS` rows above that band (labels brought back to the input grid by nearest
 neighbour can leave an object a gap of a row or two; nuclei are never that tall a gap).
+
+With cells (``expand=``: each band's cells from ``service.cell_bands``) an object also gathers its
+cell's area and box and, per measured channel, the sums over its cytoplasm (the cell's pixels
+outside every nucleus), as ``objects.measure`` with ``cells``; it stays open while its cell's rows
+arrive, which reach up to the expansion distance beyond its nucleus's.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from service.intensity_sums import finite_sums, intensity_columns
-from service.measured_channels import channel_columns
+from service.measured_channels import channel_columns, cytoplasm_columns
 from service.objects import INTENSITY_COLUMNS, ObjectRow, calibrate, ellipse
 
 #: An object not seen for this many rows (and absent from a whole band) is finished.
@@ -44,6 +49,25 @@ class _Sums:
     # measured channel's in key order.
     sum_i: list[float] = field(default_factory=list)
     finite_i: list[int] = field(default_factory=list)
+    # The cell (with cells only): its box, its cytoplasm's area and each measured channel's sum
+    # over the cytoplasm's finite pixels and their count, in key order.
+    cx0: int = 1 << 62
+    cy0: int = 1 << 62
+    cx1: int = -1
+    cy1: int = -1
+    cyto_area: int = 0
+    cyto_i: list[float] = field(default_factory=list)
+    cyto_finite: list[int] = field(default_factory=list)
+
+    @property
+    def top(self) -> int:
+        """The object's first row seen (its cell's, which holds the nucleus, where there is one)."""
+        return min(self.y0, self.cy0)
+
+    @property
+    def bottom(self) -> int:
+        """One past the object's last row seen (nucleus or cell)."""
+        return max(self.y1, self.cy1)
 
 
 class ObjectStream:
@@ -53,14 +77,22 @@ class ObjectStream:
     Rows come out ordered by object id within each call. ``pixel_size_um``: ``(x, y)`` µm per
     pixel, to add the micrometre fields (as ``objects.measure``). ``channel_keys``: the channels
     measured besides (``measure=``; each band then brings their rows, in this order), whose
-    columns ``measured_channels.channel_columns`` names.
+    columns ``measured_channels.channel_columns`` names. ``cell_distance``: the cells' expansion
+    (``expand=``; each band then brings its cells), for the cell and cytoplasm columns.
     """
 
     def __init__(
-        self, pixel_size_um: tuple[float, float] | None = None, channel_keys: Sequence[str] = ()
+        self,
+        pixel_size_um: tuple[float, float] | None = None,
+        channel_keys: Sequence[str] = (),
+        cell_distance: float | None = None,
     ) -> None:
         self.pixel_size_um = pixel_size_um
         self.channel_keys = tuple(channel_keys)
+        # A cell needs no wider margin than its nucleus: the straight line from a cell pixel to the
+        # nearest pixel of its nucleus runs through the same cell (every point on it is nearer that
+        # nucleus still), so a cell's rows follow on from its nucleus's without a gap.
+        self.cells = cell_distance is not None
         self._open: dict[int, _Sums] = {}
         self._next_row = 0
         self._width = 0
@@ -73,10 +105,12 @@ class ObjectStream:
         intensity: np.ndarray,
         probability: np.ndarray,
         channels: Sequence[np.ndarray] = (),
+        cells: np.ndarray | None = None,
     ) -> list[ObjectRow]:
         """Take the band of rows ``y0 ..`` (``labels`` int, ``intensity`` grey, ``probability``
         float, all ``(h, W)``; ``channels``: the measured channels' rows, one per
-        ``channel_keys``); the rows of the objects this band shows to be finished."""
+        ``channel_keys``; ``cells``: the band's cells, with ``cell_distance``); the rows of the
+        objects this band shows to be finished."""
         if y0 != self._next_row:
             raise ValueError(
                 f"bands must arrive in order without gaps: expected row {self._next_row}, got {y0}"
@@ -91,6 +125,9 @@ class ObjectStream:
                 f"the band brings {[c.shape for c in channels]} for the measured channels "
                 f"{list(self.channel_keys)}; each must be {labels.shape}"
             )
+        if self.cells != (cells is not None) or (cells is not None and cells.shape != labels.shape):
+            raise ValueError(f"a stream {'with' if self.cells else 'without'} cells got cells "
+                             f"{None if cells is None else cells.shape} for labels {labels.shape}")
         height, width = labels.shape
         self._next_row, self._width = y0 + height, width
         seen: set[int] = set()
@@ -137,26 +174,74 @@ class ObjectStream:
                 sums.y0 = min(sums.y0, y0 + box_y.start)
                 sums.y1 = max(sums.y1, y0 + box_y.stop)
                 seen.add(object_id)
+        if cells is not None:
+            seen |= self._add_cells(y0, labels, cells, channels)
         done = [
             object_id for object_id, sums in self._open.items()
-            if object_id not in seen and sums.y1 <= y0 - FINISHED_AFTER_ROWS
+            if object_id not in seen and sums.bottom <= y0 - FINISHED_AFTER_ROWS
         ]
         return list(self._rows(sorted(done)))
 
+    def _add_cells(
+        self, y0: int, labels: np.ndarray, cells: np.ndarray, channels: Sequence[np.ndarray]
+    ) -> set[int]:
+        """Add the band's cells to their objects' sums; the ids it shows."""
+        top = int(cells.max(initial=0))
+        if top <= 0:
+            return set()
+        base = int(cells[cells > 0].min())
+        rel = cells.astype(np.int64) - (base - 1)
+        rel[cells <= 0] = 0
+        # the cytoplasm: a cell's pixels outside every nucleus
+        cyto = np.where(labels.ravel() > 0, 0, rel.ravel())
+        where = np.flatnonzero(cyto)
+        ids = cyto[where]
+        n = top - base + 2
+        cyto_area = np.bincount(ids, minlength=n)
+        cyto_i = [finite_sums(ids, values.ravel()[where], n) for values in channels]
+        shown = set()
+        for k, box in enumerate(ndimage.find_objects(rel), start=1):
+            if box is None:
+                continue
+            object_id = k + base - 1
+            sums = self._open.setdefault(object_id, _Sums())
+            box_y, box_x = box
+            sums.cx0, sums.cx1 = min(sums.cx0, box_x.start), max(sums.cx1, box_x.stop)
+            sums.cy0, sums.cy1 = min(sums.cy0, y0 + box_y.start), max(sums.cy1, y0 + box_y.stop)
+            sums.cyto_area += int(cyto_area[k])
+            if not sums.cyto_i:
+                sums.cyto_i, sums.cyto_finite = [0.0] * len(cyto_i), [0] * len(cyto_i)
+            for c, (totals, finite) in enumerate(cyto_i):
+                sums.cyto_i[c] += float(totals[k])
+                sums.cyto_finite[c] += int(cyto_area[k] if finite is None else finite[k])
+            shown.add(object_id)
+        return shown
+
     @property
     def first_open_row(self) -> int:
-        """The top row of the highest object still open (the next row when none is): no row
-        above it belongs to an object not yet handed out."""
-        return min((sums.y0 for sums in self._open.values()), default=self._next_row)
+        """The top row of the highest object still open, its cell's with cells (the next row when
+        none is): no row above it belongs to an object not yet handed out."""
+        return min((sums.top for sums in self._open.values()), default=self._next_row)
 
     def finish(self) -> list[ObjectRow]:
         """The rows of every object still open (the image has no more rows)."""
         return list(self._rows(sorted(self._open), last=True))
 
-    def _channel_values(self, sums: _Sums) -> tuple[tuple[str, float | None], ...]:
+    def _extra_values(self, sums: _Sums) -> tuple[tuple[str, float | None], ...]:
+        """The cell's columns and the measured channels', in ``measured_channels.extra_columns``'
+        order."""
         values: list[tuple[str, float | None]] = []
-        for key, total, finite in zip(self.channel_keys, sums.sum_i[1:], sums.finite_i[1:], strict=True):
-            values += intensity_columns(channel_columns(key), total, finite)
+        if self.cells:
+            cell_area = sums.area + sums.cyto_area
+            values += [("cell_area", cell_area), ("cytoplasm_area", sums.cyto_area)]
+            if self.pixel_size_um is not None:
+                px, py = self.pixel_size_um
+                values.append(("cell_area_um2", round(cell_area * px * py, 6)))
+        for c, key in enumerate(self.channel_keys):
+            values += intensity_columns(channel_columns(key), sums.sum_i[c + 1], sums.finite_i[c + 1])
+            if self.cells:
+                total, finite = (sums.cyto_i[c], sums.cyto_finite[c]) if sums.cyto_i else (0.0, 0)
+                values += intensity_columns(cytoplasm_columns(key), total, finite)
         return tuple(values)
 
     def _rows(self, ids: list[int], last: bool = False) -> Iterator[ObjectRow]:
@@ -179,7 +264,9 @@ class ObjectStream:
                 **ellipse(sums.area, sums.sum_x, sums.sum_y, sums.sum_xx, sums.sum_yy, sums.sum_xy),
                 touches_border=int(sums.x0 == 0 or sums.y0 == 0 or sums.x1 == self._width
                                    or (last and sums.y1 == self._next_row)),
-                extra_values=self._channel_values(sums),
+                extra_values=self._extra_values(sums),
+                cell_box=((sums.cx0, sums.cy0, sums.cx1 - sums.cx0, sums.cy1 - sums.cy0)
+                          if self.cells else None),
             )
             self.finished += 1
             yield row if self.pixel_size_um is None else calibrate(row, self.pixel_size_um)

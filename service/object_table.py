@@ -22,17 +22,25 @@ class ObjectTableWriter:
 
     ``calibrated``: write the micrometre columns (the rows must carry them: ``objects.measure``
     with a pixel size, or ``objects.calibrate``); ``channel_keys``: the measured channels' columns
-    (the rows carry their values). Each :meth:`write` is flushed, so a reader (or a job's
-    progress) sees every finalised band, and a crash loses no written row.
+    (the rows carry their values); ``cells``: the cell and cytoplasm columns (``expand=``). Each
+    :meth:`write` is flushed, so a reader (or a job's progress) sees every finalised band, and a
+    crash loses no written row.
     """
 
-    def __init__(self, path: str | Path, calibrated: bool = False, channel_keys: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        calibrated: bool = False,
+        channel_keys: Sequence[str] = (),
+        cells: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.calibrated = calibrated
         self.channel_keys = tuple(channel_keys)
+        self.cells = cells
         self.rows_written = 0
         self._file: TextIO = open(self.path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        fields = table_fields(calibrated, self.channel_keys)
+        fields = table_fields(calibrated, self.channel_keys, cells)
         self._writer = csv.DictWriter(self._file, fieldnames=fields, lineterminator="\n")
         self._writer.writeheader()
         self._file.flush()
@@ -42,7 +50,7 @@ class ObjectTableWriter:
         batch = list(rows)
         if self.calibrated and any(row.area_um2 is None for row in batch):
             raise ValueError("a calibrated table needs rows with their micrometre fields (objects.calibrate)")
-        self._writer.writerows(row_dicts(batch, self.calibrated, self.channel_keys))
+        self._writer.writerows(row_dicts(batch, self.calibrated, self.channel_keys, self.cells))
         self._file.flush()
         self.rows_written += len(batch)
         return len(batch)

@@ -598,12 +598,15 @@ class ObjectRow:
     #: (``measure=``): ``(column, value)`` pairs in table order (``measured_channels.extra_columns``),
     #: after every other column. A cytoplasm's mean is None where the cell has no cytoplasm.
     extra_values: tuple[tuple[str, float | None], ...] = ()
+    #: The cell's bounding box ``(x, y, width, height)`` where a slide's stream grew cells
+    #: (``object_stream``), to outline it from the rows still held; not a column.
+    cell_box: tuple[int, int, int, int] | None = None
 
 
 #: The micrometre columns, in table order.
 UM_FIELDS = ("area_um2", "centroid_x_um", "centroid_y_um", "equivalent_diameter_um")
 #: Fields that are not columns of their own.
-_NOT_COLUMNS = ("extra_values",)
+_NOT_COLUMNS = ("extra_values", "cell_box")
 #: The segmented channel's intensity columns (the measured channels': ``channel_columns``).
 INTENSITY_COLUMNS = ("mean_intensity", "integrated_intensity")
 

@@ -13,6 +13,8 @@ Layout (OME-NGFF 0.4 on Zarr v2; metadata written by ``ome_zarr.writer``)::
             nuclei/ 0/ 1/ ...   image-label, uint32 object ids (0 = background; an object's id
                                 is the objects table's ``id``), levels by stride (nearest)
             mask/   0/ 1/ ...   image-label, uint8 0/255 (the service's mask), levels by stride
+            cells/  0/ 1/ ...   with ``expand=`` only: image-label, uint32, each nucleus's cell
+                                under the nucleus's id, levels by stride
 
 Why these choices:
 
@@ -31,7 +33,8 @@ Why these choices:
 
 Memory: ``chunk × width × (1 + 4 + 1)`` bytes of row buffers (6 MiB per 1000 px of width at
 ``chunk=1024``: 192 MiB for a 32768-px-wide slide, 586 MiB at 100,000 px) plus a few chunks
-while the pyramid is built. Take a smaller ``chunk`` for very wide slides.
+while the pyramid is built (4 more bytes a column with the cells). Take a smaller ``chunk`` for
+very wide slides.
 """
 
 from __future__ import annotations
@@ -44,13 +47,15 @@ from typing import Any
 
 import numpy as np
 
-#: What can be written, and the dtype each is stored in.
-OUTPUTS = ("mask", "labels", "probability")
-_DTYPES = {"mask": np.dtype(np.uint8), "labels": np.dtype(np.uint32), "probability": np.dtype(np.uint8)}
+#: What can be written (the cells only with ``expand=``), and the dtype each is stored in.
+OUTPUTS = ("mask", "labels", "probability", "cells")
+DEFAULT_OUTPUTS = ("mask", "labels", "probability")
+_DTYPES = {"mask": np.dtype(np.uint8), "labels": np.dtype(np.uint32), "probability": np.dtype(np.uint8),
+           "cells": np.dtype(np.uint32)}
 #: Where each output lives inside the store: the probability is the image at the root; without
 #: it the mask is (NGFF labels belong to an image), and is not repeated under labels/.
-_PATHS = {"probability": "", "labels": "labels/nuclei", "mask": "labels/mask"}
-_PATHS_NO_PROBABILITY = {"labels": "labels/nuclei", "mask": ""}
+_PATHS = {"probability": "", "labels": "labels/nuclei", "mask": "labels/mask", "cells": "labels/cells"}
+_PATHS_NO_PROBABILITY = {"labels": "labels/nuclei", "mask": "", "cells": "labels/cells"}
 #: Rows converted at a time when a band is buffered (bounds the float temporaries).
 _STRIP = 64
 #: The pyramid stops at the first level whose larger side is at most this many pixels.
@@ -98,7 +103,7 @@ class OmeZarrWriter:
         pixel_size_um: µm per pixel, one number or ``(x, y)``; None: the axes get no unit and
             the scale is in pixels.
         chunk: chunk edge in pixels on every level (and the rows buffered before a write).
-        outputs: which of ``mask``, ``labels``, ``probability`` to store. Without
+        outputs: which of ``mask``, ``labels``, ``probability``, ``cells`` to store. Without
             ``probability`` the mask is also the root image (NGFF labels belong to an image).
         levels: number of pyramid levels; None: down to ≤ 1024 px on the larger side.
         overwrite: replace what is at ``path`` (a job re-run), else FileExistsError.
@@ -111,7 +116,7 @@ class OmeZarrWriter:
         *,
         pixel_size_um: float | tuple[float, float] | None = None,
         chunk: int = 1024,
-        outputs: Sequence[str] = OUTPUTS,
+        outputs: Sequence[str] = DEFAULT_OUTPUTS,
         levels: int | None = None,
         overwrite: bool = False,
     ) -> None:
@@ -158,6 +163,7 @@ class OmeZarrWriter:
         compressors = {
             "probability": Blosc(cname="zstd", clevel=1, shuffle=Blosc.NOSHUFFLE),
             "labels": Blosc(cname="zstd", clevel=1, shuffle=Blosc.NOSHUFFLE),
+            "cells": Blosc(cname="zstd", clevel=1, shuffle=Blosc.NOSHUFFLE),
             "mask": Blosc(cname="zstd", clevel=1, shuffle=Blosc.BITSHUFFLE),
         }
         self._arrays: dict[str, list[Any]] = {}
@@ -198,15 +204,17 @@ class OmeZarrWriter:
         mask: np.ndarray | None = None,
         labels: np.ndarray | None = None,
         probability: np.ndarray | None = None,
+        cells: np.ndarray | None = None,
     ) -> None:
-        """Store the rows ``[y0, y0 + h)``: ``mask`` ``(h, W)`` uint8 0/255, ``labels`` ``(h, W)``
-        non-negative int, ``probability`` ``(h, W)`` float in [0, 1]. Bands come in order, top to
-        bottom, without gaps; each output the writer was made for must be given."""
+        """Store the rows ``[y0, y0 + h)``: ``mask`` ``(h, W)`` uint8 0/255, ``labels`` and
+        ``cells`` ``(h, W)`` non-negative int, ``probability`` ``(h, W)`` float in [0, 1]. Bands
+        come in order, top to bottom, without gaps; each output the writer was made for must be
+        given."""
         if self._finished:
             raise RuntimeError("the store is finished")
         if y0 != self._next:
             raise ValueError(f"rows must come in order: expected a band at row {self._next}, got {y0}")
-        given = {"mask": mask, "labels": labels, "probability": probability}
+        given = {"mask": mask, "labels": labels, "probability": probability, "cells": cells}
         bands = {}
         height = None
         for name in self.outputs:
@@ -348,14 +356,14 @@ def _tidy(value: float) -> float:
 
 
 def _store(name: str, band: np.ndarray, out: np.ndarray) -> None:
-    """Write ``band`` into ``out`` as it is stored: probability → round(p × 255) uint8, labels →
-    uint32, mask → 0/255."""
+    """Write ``band`` into ``out`` as it is stored: probability → round(p × 255) uint8, labels and
+    cells → uint32, mask → 0/255."""
     if name == "probability":
         scaled = np.clip(band, 0.0, 1.0, dtype=np.float32)
         scaled *= 255.0
         np.rint(scaled, out=scaled)
         out[...] = scaled
-    elif name == "labels":
+    elif name in ("labels", "cells"):
         out[...] = band
     else:
         np.greater(band, 0, out=out)

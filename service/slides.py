@@ -10,6 +10,10 @@ holds a full-size array: the slide is a :class:`~service.regions.RegionSource` (
   ``objects.measure`` on the whole image; ``service.object_table`` appends them to a CSV), and,
   when asked, their outlines as GeoJSON (``service.geojson_stream``, as ``output=geojson``).
 
+With ``expand=`` each band waits there until the rows below it decide its cells
+(``service.cell_bands``); the cells go to the store (``labels/cells``), the table (cell and
+cytoplasm columns) and the GeoJSON (QuPath cells), as ``POST /segment`` gives them.
+
 Both take each band in a thread of their own (:class:`_Behind`), a band or two behind the model:
 the store's compression and pyramid and the table overlap the model's next tiles and the object
 split, which leave part of the CPU idle (ONNX Runtime's two threads keep ~1.6 cores busy).
@@ -34,13 +38,14 @@ import cv2
 import numpy as np
 
 from service import pipeline
+from service.cell_bands import CellBands
 from service.geojson_stream import GeoJsonWriter, LabelRows
 from service.modality import check_modality
 from service.model_metadata import ModelMetadata
 from service.object_stream import ObjectStream
 from service.object_table import ObjectTableWriter
 from service.objects import ObjectParams, ObjectRow
-from service.omezarr import OmeZarrWriter
+from service.omezarr import DEFAULT_OUTPUTS, OmeZarrWriter
 from service.polarity import DarkToBright, DarkToBrightSource, Polarity
 from service.preprocess import to_channels
 from service.regions import RegionSource, by_chunk_rows
@@ -89,6 +94,7 @@ class SlideResult:
     estimate_window: tuple[int, int, int, int] | None  # y0, y1, x0, x1 (None: diameter given)
     levels: list[list[int]]
     warnings: list[str] = field(default_factory=list)
+    expand: float | None = None  # the cells' expansion (px); None: no cells
     scale_ms: float = 0.0
     segment_ms: float = 0.0
 
@@ -130,6 +136,7 @@ def segment_slide(
     geojson_properties: Mapping[str, object] | None = None,
     polarity: Polarity = "bright",
     channels: Sequence[tuple[str, RegionSource]] = (),
+    expand: float | None = None,
 ) -> SlideResult:
     """Segment ``source`` band by band into ``folder``/:data:`STORE_NAME` and :data:`TABLE_NAME`.
 
@@ -143,7 +150,10 @@ def segment_slide(
     level from the overview); the table's intensities stay those of the slide as stored.
     ``channels``: ``(key, source)`` of other channels to measure each object in (``measure=``, the
     same plane in another channel: ``SlideSource.of_channel``), read band by band as the slide is,
-    their columns named by ``measured_channels.channel_columns``.
+    their columns named by ``measured_channels.channel_columns``. ``expand``: each nucleus's
+    cell, grown by up to this many px (``objects.expand_cells``, computed band by band by
+    ``cell_bands.CellBands``): the store's ``labels/cells``, the cell and cytoplasm columns, and
+    QuPath cells in the GeoJSON.
     """
     height, width = (int(n) for n in source.shape[:2])
     warnings: list[str] = []
@@ -177,24 +187,43 @@ def segment_slide(
     folder.mkdir(parents=True, exist_ok=True)
     store_path, table_path = folder / STORE_NAME, folder / TABLE_NAME
     writer = OmeZarrWriter(
-        store_path, (height, width), pixel_size_um=pixel_size_um, chunk=chunk, overwrite=True
+        store_path, (height, width), pixel_size_um=pixel_size_um, chunk=chunk, overwrite=True,
+        outputs=DEFAULT_OUTPUTS if expand is None else (*DEFAULT_OUTPUTS, "cells"),
     )
     keys = [key for key, _ in channels]
-    stream = ObjectStream(pixel_size_um, keys)
+    stream = ObjectStream(pixel_size_um, keys, cell_distance=expand)
+    held: CellBands[_Band] | None = None if expand is None else CellBands(expand)
     geojson_path = folder / GEOJSON_NAME if geojson else None
-    outlines = _Outlines(geojson_path) if geojson_path is not None else None
+    outlines = _Outlines(geojson_path, cells=expand is not None) if geojson_path is not None else None
     try:
-        with ObjectTableWriter(table_path, calibrated=pixel_size_um is not None, channel_keys=keys) as table:
+        with ObjectTableWriter(table_path, calibrated=pixel_size_um is not None, channel_keys=keys,
+                               cells=expand is not None) as table:
 
-            def store(band: RowBand, intensity: np.ndarray, measured: list[np.ndarray]) -> None:
-                assert band.labels is not None and band.probability is not None
-                writer.write_rows(band.y0, band.mask, band.labels, band.probability)
+            def store(band: _Band, cells: np.ndarray | None) -> None:
+                rows = band.rows
+                assert rows.labels is not None and rows.probability is not None
+                writer.write_rows(rows.y0, rows.mask, rows.labels, rows.probability, cells)
                 if outlines is not None:
-                    outlines.rows.append(band.y0, band.labels)
-                finished = stream.add(band.y0, band.labels, intensity, band.probability, measured)
+                    outlines.append(rows.y0, rows.labels, cells)
+                finished = stream.add(rows.y0, rows.labels, band.intensity, rows.probability, band.measured,
+                                      cells=cells)
                 table.write(finished)
                 if outlines is not None:
                     outlines.write(finished, stream.first_open_row)
+
+            def take(band: _Band) -> None:
+                """In the writer's thread: the band now, or (cells) the bands its rows decide."""
+                if held is None:
+                    store(band, None)
+                    return
+                assert band.rows.labels is not None
+                for ready in held.push(band.rows.y0, band.rows.labels, band):
+                    store(ready.payload, ready.cells)
+
+            def take_rest() -> None:
+                if held is not None:
+                    for ready in held.finish():
+                        store(ready.payload, ready.cells)
 
             bands = prediction.bands(
                 threshold, params, labels=True, probability=True, output_rows=output_rows
@@ -209,7 +238,8 @@ def segment_slide(
                     y1 = band.y0 + band.mask.shape[0]
                     intensity = to_channels(intensities.read(band.y0, y1, 0, width), 1)
                     measured = [to_channels(rows.read(band.y0, y1, 0, width), 1) for rows in measured_rows]
-                    behind.submit(store, band, intensity, measured)
+                    behind.submit(take, _Band(band, intensity, measured))
+                behind.submit(take_rest)
             rest = stream.finish()
             table.write(rest)
             if outlines is not None:
@@ -225,21 +255,48 @@ def segment_slide(
         store=store_path, table=table_path, geojson=geojson_path, height=height, width=width,
         objects=stream.finished,
         tiles=prediction.tiles, scale=scale, estimate_window=window,
-        levels=summary["levels"], warnings=warnings, scale_ms=scale_ms,
+        levels=summary["levels"], warnings=warnings, scale_ms=scale_ms, expand=expand,
         segment_ms=1000 * (time.perf_counter() - started),
     )
 
 
-class _Outlines:
-    """The GeoJSON side of the objects table: label rows held until their objects are finished."""
+@dataclass(frozen=True)
+class _Band:
+    """A band of the model's outputs with the slide's rows the table measures."""
 
-    def __init__(self, path: Path) -> None:
+    rows: RowBand
+    intensity: np.ndarray  # the segmented channel as stored, grey
+    measured: list[np.ndarray]  # the measured channels' rows (measure=)
+
+
+class _Outlines:
+    """The GeoJSON side of the objects table: label rows (and cell rows, with ``cells``) held
+    until their objects are finished."""
+
+    def __init__(self, path: Path, cells: bool = False) -> None:
         self.rows = LabelRows()
+        self.cell_rows = LabelRows() if cells else None
         self.geojson = GeoJsonWriter(path)
 
+    def append(self, y0: int, labels: np.ndarray, cells: np.ndarray | None) -> None:
+        self.rows.append(y0, labels)
+        if self.cell_rows is not None:
+            assert cells is not None
+            self.cell_rows.append(y0, cells)
+
     def write(self, finished: list[ObjectRow], first_open_row: int) -> None:
-        self.geojson.write((row, self.rows.outline(row)) for row in finished)
+        if self.cell_rows is None:
+            self.geojson.write((row, self.rows.outline(row)) for row in finished)
+        else:
+            self.geojson.write_cells(
+                (row, self._cell_outline(row), self.rows.outline(row)) for row in finished
+            )
+            self.cell_rows.drop_above(first_open_row)
         self.rows.drop_above(first_open_row)
+
+    def _cell_outline(self, row: ObjectRow) -> list[list[float]]:
+        assert self.cell_rows is not None and row.cell_box is not None, "a stream with cells gives cell boxes"
+        return self.cell_rows.outline_in(row.id, row.cell_box)
 
 
 class _Behind:

@@ -137,6 +137,9 @@ _JOB_OPTION_NAMES = ("geojson", "min_iou")
 _PLANE_OPTION_NAMES = ("channel", "z", "t", "project", "pixel_size", "polarity", "series", "measure")
 #: Outputs that carry a table of measurements, which ``measure=`` adds columns to.
 MEASURED_OUTPUTS = ("objects", "geojson", "ome-zarr", "labels3d")
+#: Outputs that can give each nucleus a cell (``expand=``): the answers that write objects one by
+#: one with their outlines, and slide jobs (their table, GeoJSON and store).
+EXPANDED_OUTPUTS = (*outputs.CELL_KINDS, "ome-zarr")
 
 
 class Project(str, Enum):
@@ -209,11 +212,12 @@ def plane_selection(
 
 
 _EXPAND_DESCRIPTION = (
-    "output=objects / geojson / rois: a cell around each nucleus, the nucleus grown by up to this many "
+    "output=objects / geojson / rois, and slide jobs (output=ome-zarr): a cell around each nucleus, the "
+    "nucleus grown by up to this many "
     "pixels into the background and never into a neighbour's (QuPath's cell expansion): the table gains "
     "cell_area and cytoplasm_area (the cell less its nucleus), and with measure= each channel's mean and "
     "integrated intensity over the cytoplasm; the GeoJSON holds QuPath cells with their nuclei, the ROI set "
-    "a cell ROI after each nucleus's"
+    "a cell ROI after each nucleus's; a slide job's store also labels/cells"
 )
 _DIAMETER_DESCRIPTION = (
     "typical nucleus diameter in the image, pixels; the image is resized so its nuclei come out at "
@@ -284,9 +288,9 @@ def segment_options(
 
 
 def _check_expand(output: Output, expand: float | None) -> None:
-    """``expand=`` only where objects are written one by one with their outlines."""
-    if expand is not None and output.value not in outputs.CELL_KINDS:
-        kinds = " or ".join(outputs.CELL_KINDS)
+    """``expand=`` only where objects are written one by one with their outlines (and slides)."""
+    if expand is not None and output.value not in EXPANDED_OUTPUTS:
+        kinds = ", ".join(EXPANDED_OUTPUTS)
         raise InvalidOptions(
             f"expand= gives each nucleus a cell in output={kinds}; output={output.value} has none",
             errors=[{"loc": ["query", "expand"], "msg": f"only with output={kinds}", "type": "value_error"}],

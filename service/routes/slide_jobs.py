@@ -6,7 +6,10 @@ decoded whole: the job opens it by path (its upload on disk, or a file under ``U
 
 - ``result.ome.zarr/``: probability, labels and mask with a pyramid (``service.omezarr``), and
 - ``objects.csv``: one row per nucleus, as ``output=objects``, and
-- ``objects.geojson`` with ``geojson=true``: their outlines, as ``output=geojson``.
+- ``objects.geojson`` with ``geojson=true``: their outlines, as ``output=geojson``;
+
+and with ``expand=PX`` each nucleus's cell: ``labels/cells`` in the store, the cell and cytoplasm
+columns in the table, QuPath cells in the GeoJSON (as ``POST /segment`` with ``expand=``).
 
 ``GET /jobs/{id}/result`` then answers a JSON summary with their URLs. Each file of the store is
 served at ``GET /jobs/{id}/files/result.ome.zarr/...``, so a viewer that reads OME-Zarr over HTTP
@@ -21,6 +24,7 @@ check the id and the path and hand out files.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from collections.abc import AsyncIterator, Callable
@@ -73,16 +77,33 @@ def check(runtime: Runtime, path: Path, options: SegmentOptions) -> None:
 #: store buffers) — 1.6 GB above idle at 32768 px wide (docs/benchmarks.md §9) — and admission
 #: counts ~48 bytes per pixel of an image in memory (docs/benchmarks.md), so 512 px per column.
 ADMITTED_PER_COLUMN = 512
+#: With cells (``expand=PX``), admission pixels per column: the store's row of cell chunks (512
+#: rows × 4 bytes), and for each px of the expansion the rows held until the rows below decide
+#: their cells (mask, labels, probability, the slide's grey rows: ~13 bytes a pixel, 4 more per
+#: measured channel), the labels kept above them and the cell rows the GeoJSON holds (4 bytes
+#: each): ~21 bytes per px, against admission's ~48 per pixel.
+CELLS_ADMITTED_PER_COLUMN = 43
+ADMITTED_PER_COLUMN_PER_EXPAND_PX = 0.5
 
 
 def working_pixels(runtime: Runtime, path: Path, options: SegmentOptions) -> int:
     """What a slide job is admitted for: the image an in-memory request of the same memory would
-    be (:data:`ADMITTED_PER_COLUMN` × the slide's width), at least ``UNET_WINDOWED_MIN_PIXELS``
-    and at most ``UNET_MAX_PIXELS`` (what one request may take), whatever the slide's height."""
+    be (:data:`ADMITTED_PER_COLUMN` × the slide's width, more with cells), at least
+    ``UNET_WINDOWED_MIN_PIXELS`` and at most ``UNET_MAX_PIXELS`` (what one request may take),
+    whatever the slide's height."""
     settings = runtime.settings
     with open_checked(runtime, path, options) as source:
         width = int(source.shape[1])
-    return min(max(settings.windowed_min_pixels, ADMITTED_PER_COLUMN * width), settings.max_pixels)
+    return admitted_pixels(width, options.expand, settings.windowed_min_pixels, settings.max_pixels)
+
+
+def admitted_pixels(width: int, expand: float | None, least: int, most: int) -> int:
+    """:func:`working_pixels` of a slide ``width`` px wide, cells grown by ``expand`` px (None: no
+    cells), within ``[least, most]``."""
+    per_column = ADMITTED_PER_COLUMN
+    if expand is not None:
+        per_column += CELLS_ADMITTED_PER_COLUMN + math.ceil(ADMITTED_PER_COLUMN_PER_EXPAND_PX * expand)
+    return min(max(least, per_column * width), most)
 
 
 def run(
@@ -118,6 +139,7 @@ def run(
                 polarity=source.plane.polarity,
                 channels=[(key, source.of_channel(m.channel))
                           for key, m in zip(measured_keys(source.plane), source.plane.measured, strict=True)],
+                expand=options.expand,
             )
             result.warnings[:0] = list(source.plane.warnings)
             return result
@@ -157,10 +179,17 @@ def job_result(
             "image": "foreground probability, uint8 (255 = 1.0)",
             "labels/nuclei": "object ids, uint32 (0 = background; the objects table's id)",
             "labels/mask": "the mask, uint8 0/255",
+            **_cells_layout(result.expand),
         },
         "timings_ms": {"scale": round(result.scale_ms, 1), "segment": round(result.segment_ms, 1)},
     }
     return summary_result(summary, "ome-zarr", filename, model_version)
+
+
+def _cells_layout(expand: float | None) -> dict[str, str]:
+    if expand is None:
+        return {}
+    return {"labels/cells": f"each nucleus's cell, grown by up to {expand:g} px, uint32 (the nucleus's id)"}
 
 
 def summary_result(

@@ -274,3 +274,50 @@ def test_a_slide_job_measures_other_channels_as_post_segment_does(
     refused = client.post("/jobs", params={"output": "ome-zarr", "channel": "DAPI", "measure": "Ki67",
                                            **SAME_PLAN}, content=data, headers={"Content-Type": "image/tiff"})
     assert refused.status_code == 422 and "Ki67" in refused.json()["detail"], refused.text
+
+
+def test_a_slide_job_grows_cells_as_post_segment_does(slide_server: Server, slide_image: np.ndarray) -> None:
+    """expand= with measure= on a slide: the table's cell and cytoplasm columns equal POST /segment's
+    for the same file, the GeoJSON holds QuPath cells, and the store gains labels/cells."""
+    client = slide_server.client
+    nuclei = np.ascontiguousarray(slide_image[:700, :600])
+    marker = np.random.default_rng(9).integers(0, 3000, nuclei.shape).astype(nuclei.dtype)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.stack([marker, nuclei]), tile=(256, 256), compression="zlib", ome=True,
+                     photometric="minisblack", metadata={"axes": "CYX", "Channel": {"Name": ["EdU", "DAPI"]}})
+    data = buffer.getvalue()
+    plan = {"channel": "DAPI", "measure": "EdU", "expand": "6", **SAME_PLAN}
+    job = client.post("/jobs", params={"output": "ome-zarr", "geojson": "true", **plan}, content=data,
+                      headers={"Content-Type": "image/tiff"})
+    assert job.status_code == 202, job.text
+    status = wait_until(client, job.json()["id"], finished)
+    assert status["status"] == "succeeded", status
+    result = client.get(f"/jobs/{job.json()['id']}/result").json()
+    assert "labels/cells" in result["layout"]
+    archive = zipfile.ZipFile(io.BytesIO(client.get(f"/jobs/{job.json()['id']}/files.zip").content))
+    table = list(csv.DictReader(io.StringIO(archive.read("objects.csv").decode())))
+    assert any(name.startswith("result.ome.zarr/labels/cells/0/") for name in archive.namelist())
+
+    answer = client.post("/segment", params={"output": "objects", **plan}, content=data,
+                         headers={"Content-Type": "image/tiff"})
+    assert answer.status_code == 200, answer.text
+    expected = list(csv.DictReader(io.StringIO(answer.text)))
+    assert list(table[0]) == list(expected[0])  # the same columns in the same order
+    assert len(table) == len(expected) > 50
+    columns = ("bbox_y", "bbox_x", "bbox_height", "bbox_width", "area", "cell_area", "cytoplasm_area",
+               "mean_intensity_cytoplasm_EdU", "integrated_intensity_cytoplasm_EdU")
+    got = np.array(sorted([float(r[c]) for c in columns] for r in table))
+    want = np.array(sorted([float(r[c]) for c in columns] for r in expected))
+    assert np.array_equal(got[:, :7], want[:, :7]) and np.allclose(got, want, rtol=0, atol=2e-4)
+    assert (got[:, 6] > 0).mean() > 0.5  # most nuclei have cytoplasm around them
+    outlines = json.loads(archive.read("objects.geojson"))["features"]
+    assert len(outlines) == len(table)
+    assert all(f["properties"]["objectType"] == "cell" and "nucleusGeometry" in f for f in outlines)
+
+
+def test_cells_are_refused_for_stack_jobs(slide_server: Server) -> None:
+    r = slide_server.client.post("/jobs", params={"output": "labels3d", "expand": "5"},
+                                 content=im.png(np.zeros((64, 64), np.uint8)),
+                                 headers={"Content-Type": "image/png"})
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["query", "expand"], r.text
+    assert "ome-zarr" in r.json()["detail"]

@@ -416,3 +416,18 @@ def test_local_mode_refuses_an_option_the_model_lacks_before_any_slide(slides: P
                        "--split", "center")
     assert run.returncode == client.EXIT_USAGE and "needs a model with a nucleus-centre output" in run.stderr
     assert not out.exists()
+
+
+def test_expand_gives_a_slides_cells_in_local_mode(slide_image: np.ndarray, tmp_path: Path) -> None:
+    """--expand with --output ome-zarr (refused before this option reached slides): the store gains
+    labels/cells, the table the cell columns, the GeoJSON QuPath cells."""
+    write_slide(tmp_path / "in" / "s.ome.tif", slide_image[:500, :600])
+    run = unet_segment(tmp_path / "in", "--out", tmp_path / "out", "--output", "ome-zarr", "--geojson",
+                       "--expand", "5", "--diameter", "20")
+    assert run.returncode == 0, run.stderr
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "s.objects.csv").read_text())))
+    assert len(rows) > 20 and all(int(r["cell_area"]) >= int(r["area"]) for r in rows)
+    assert sum(int(r["cytoplasm_area"]) for r in rows) > 0
+    assert (tmp_path / "out" / "s.ome.zarr" / "labels" / "cells" / "0").is_dir()
+    features = json.loads((tmp_path / "out" / "s.objects.geojson").read_text())["features"]
+    assert len(features) == len(rows) and features[0]["properties"]["objectType"] == "cell"

@@ -3,6 +3,8 @@ on the whole label image, and objects leave the stream as soon as they are finis
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -98,3 +100,48 @@ def test_measured_channels_band_by_band_equal_measure_on_the_whole_image() -> No
     assert sorted(got, key=lambda r: r.id) == expected
     with pytest.raises(ValueError, match="measured channels"):
         ObjectStream(channel_keys=["GFP"]).add(0, labels[:4], intensity[:4], probability[:4])
+
+
+@pytest.mark.parametrize(("distance", "pixel_size"), [(6, (0.5, 0.4)), (150, None)])
+def test_cells_band_by_band_give_the_cell_columns_of_measure_on_the_whole_image(distance, pixel_size) -> None:
+    """With cells from ``CellBands``, the cell and cytoplasm columns (a float channel with NaN pixels
+    too) equal ``measure`` with ``cells``; a cell reaching further than :data:`FINISHED_AFTER_ROWS`
+    below its nucleus keeps its object open until its last row."""
+    from scipy import ndimage
+
+    from service.cell_bands import CellBands
+
+    labels, intensity, probability = _nuclei_labels(360, 280, seed=9)
+    labels[labels > 12] = 0  # sparse nuclei: cells reach far
+    labels = objects.label_objects(labels > 0)
+    rng = np.random.default_rng(10)
+    marker = rng.random(labels.shape).astype(np.float32)
+    marker[rng.random(labels.shape) < 0.02] = np.nan
+    cells = objects.expand_cells(labels, distance)
+    expected = objects.measure(labels, intensity, probability, pixel_size, channels=[("GFP", marker)],
+                               cells=cells)
+    assert len(expected) > 5 and any(r.extra_values[1][1] > 0 for r in expected)
+
+    stream, held, got = ObjectStream(pixel_size, ["GFP"], cell_distance=distance), CellBands(distance), []
+
+    def add(bands) -> None:
+        for band in bands:
+            y0, y1 = band.y0, band.y0 + band.labels.shape[0]
+            got.extend(stream.add(y0, band.labels, intensity[y0:y1], probability[y0:y1], [marker[y0:y1]],
+                                  cells=band.cells))
+
+    for y0, y1 in _bands(labels.shape[0], seed=11):
+        add(held.push(y0, labels[y0:y1], None))
+    add(held.finish())
+    got += stream.finish()
+
+    boxes = ndimage.find_objects(cells)
+    for row in got:
+        box_y, box_x = boxes[row.id - 1]
+        assert row.cell_box == (box_x.start, box_y.start, box_x.stop - box_x.start, box_y.stop - box_y.start)
+    # how far below its nucleus a cell reaches
+    reach = max(boxes[row.id - 1][0].stop - (row.bbox_y + row.bbox_height) for row in got)
+    assert (reach > FINISHED_AFTER_ROWS) == (distance > FINISHED_AFTER_ROWS)
+    assert sorted((replace(r, cell_box=None) for r in got), key=lambda r: r.id) == expected
+    with pytest.raises(ValueError, match="cells"):
+        ObjectStream(cell_distance=3).add(0, labels[:4], intensity[:4], probability[:4])

@@ -147,3 +147,73 @@ def test_the_writers_thread_drops_queued_calls_when_the_producer_fails():
         raise RuntimeError("cancelled")  # e.g. segment.Cancelled from the model's side
     # the running call was waited for before the block was left; the queued ones never ran
     assert done == [0]
+
+
+@pytest.mark.parametrize("expand", [9, 90])
+def test_cells_of_a_slide_are_the_in_memory_cells_in_the_store_table_and_geojson(
+    engine, slide, tmp_path, expand
+):
+    """expand= band by band (64-row bands; 90 px reaches past the bands held): the store's
+    labels/cells, the table's cell and cytoplasm columns and the GeoJSON's QuPath cells are those
+    the in-memory pipeline gives with ``expand_cells`` on the whole image."""
+    path, image = slide
+    md = engine.metadata
+    params = objects.params_for_model(md)
+    diameter = float(md.nucleus_diameter)
+    with open_slide(path, max_pixels=10**10, limits=64) as source:
+        result = slides.segment_slide(
+            source, tmp_path / "job", engine.run, md, params, md.threshold, diameter,
+            pixel_size_um=(0.5, 0.5), tile_size=256, overlap=None, batch_size=1, chunk=256,
+            geojson=True, expand=expand,
+        )
+    scale = pipeline.ScaleChoice(diameter, "request", result.scale.factor)
+    memory = pipeline.predict_scaled(image, scale, engine.run, md, tile_size=256, batch_size=1)
+    grid = pipeline.on_input_grid(memory, md, image.shape, md.threshold, params)
+
+    store = zarr.open_group(result.store, mode="r")
+    labels = np.asarray(store["labels/nuclei/0"]).astype(np.int32)
+    cells = np.asarray(store["labels/cells/0"]).astype(np.int32)
+    np.testing.assert_array_equal(rescale.renumber(labels), grid.labels)
+    np.testing.assert_array_equal(cells, objects.expand_cells(labels, expand))  # the store's own ids
+    assert len(store["labels/cells"].attrs["multiscales"][0]["datasets"]) == len(result.levels)
+    assert "cells" in store["labels"].attrs["labels"]
+
+    whole_cells = objects.expand_cells(grid.labels, expand)
+    expected = object_rows(grid.labels, image, grid.probability, source.plane, cells=whole_cells)
+    with open(result.table, newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(expected) > 100
+    by_box = {(r.bbox_x, r.bbox_y, r.bbox_width, r.bbox_height): dict(r.extra_values) for r in expected}
+    for row in table:
+        want = by_box[tuple(int(row[k]) for k in ("bbox_x", "bbox_y", "bbox_width", "bbox_height"))]
+        assert int(row["cell_area"]) == want["cell_area"]
+        assert int(row["cytoplasm_area"]) == want["cytoplasm_area"]
+        assert float(row["cell_area_um2"]) == want["cell_area_um2"]
+    assert sum(int(r["cytoplasm_area"]) for r in table) == int(((cells > 0) & (labels == 0)).sum()) > 0
+
+    with open(result.geojson, encoding="utf-8") as f:
+        streamed = json.load(f)["features"]
+    whole = objects.to_geojson(grid.labels, expected, cells=whole_cells)["features"]
+    want_by_ring = {json.dumps(f["geometry"]): f for f in whole}
+    assert len(streamed) == len(whole)
+    for feature in streamed:
+        want = want_by_ring[json.dumps(feature["geometry"])]  # the cell's outline
+        assert feature["nucleusGeometry"] == want["nucleusGeometry"]
+        assert feature["properties"]["objectType"] == "cell"
+        assert feature["properties"]["name"].startswith("Cell ")
+        got, wanted = feature["properties"]["measurements"], want["properties"]["measurements"]
+        assert got["cell_area"] == wanted["cell_area"] and got["cytoplasm_area"] == wanted["cytoplasm_area"]
+
+
+def test_cells_admit_a_slide_job_for_the_rows_they_hold_back() -> None:
+    """A slide job's admission grows with its width and, with cells, with the rows held back for
+    them (expand= px above and below each band); never past what one request may take."""
+    from service.routes.slide_jobs import admitted_pixels
+
+    plain = admitted_pixels(20_000, None, 1, 10**12)
+    assert plain < admitted_pixels(20_000, 10, 1, 10**12) < admitted_pixels(20_000, 500, 1, 10**12)
+    assert admitted_pixels(40_000, None, 1, 10**12) == 2 * plain
+    # the store's 512 rows of cells (4 bytes each) and 500 rows of ~21 bytes held back, against
+    # admission's 48 bytes a pixel
+    assert admitted_pixels(20_000, 500, 1, 10**12) - plain >= 20_000 * (512 * 4 + 500 * 21) // 48
+    assert admitted_pixels(20_000, 500, 1, 10**7) == 10**7
