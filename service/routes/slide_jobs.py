@@ -78,12 +78,14 @@ def check(runtime: Runtime, path: Path, options: SegmentOptions) -> None:
 #: counts ~48 bytes per pixel of an image in memory (docs/benchmarks.md), so 512 px per column.
 ADMITTED_PER_COLUMN = 512
 #: With cells (``expand=PX``), admission pixels per column: the store's row of cell chunks (512
-#: rows × 4 bytes), and for each px of the expansion the rows held until the rows below decide
-#: their cells (mask, labels, probability, the slide's grey rows: ~13 bytes a pixel, 4 more per
-#: measured channel), the labels kept above them and the cell rows the GeoJSON holds (4 bytes
-#: each): ~21 bytes per px, against admission's ~48 per pixel.
-CELLS_ADMITTED_PER_COLUMN = 43
-ADMITTED_PER_COLUMN_PER_EXPAND_PX = 0.5
+#: rows × 4 bytes) with its pyramid and the cell rows the GeoJSON holds, and for each px of the
+#: expansion the rows held until the rows below decide their cells (mask, labels, probability,
+#: the slide's grey rows, their copies while cells grow). Measured (``benchmarks/slide_cells.py``,
+#: a 2048 × 16384 slide with geojson=true): peak RSS +94 MiB at expand=10 and +187 MiB at
+#: expand=100 over the job without cells, i.e. ~5.3 kB + ~66 bytes per px per column, against
+#: admission's ~48 bytes per pixel.
+CELLS_ADMITTED_PER_COLUMN = 112
+ADMITTED_PER_COLUMN_PER_EXPAND_PX = 1.5
 
 
 def working_pixels(runtime: Runtime, path: Path, options: SegmentOptions) -> int:
