@@ -252,6 +252,7 @@ class Segmenter:
         polarity: Polarity = "bright",
         series: int | None = None,
         measure: Iterable[str | int] | str | None = None,
+        measure_project: Literal["max", "sum"] | None = None,
         expand: float | None = None,
         axes: str | None = None,
         diameter: float | None = None,
@@ -282,6 +283,8 @@ class Segmenter:
                 names, or ``"all"``): ``objects`` gains ``mean_intensity_KEY`` and
                 ``integrated_intensity_KEY`` per channel (KEY: the channel's name made column-safe,
                 else ``c{index}``), read at the same z / t or projection.
+            measure_project: ``"max"`` / ``"sum"``: read the ``measure`` channels as this
+                projection over Z whatever is segmented (segment on the maximum, measure on the sum).
             expand: a cell around each nucleus, grown by up to this many px into the background and
                 never into a neighbour's: ``objects`` gains ``cell_area``, ``cytoplasm_area`` and,
                 with ``measure``, each channel's intensity over the cytoplasm.
@@ -324,6 +327,7 @@ class Segmenter:
             polarity=polarity,
             series=series,
             measure=microscopy.measure_choice(measure),
+            measure_project=measure_project,
         )
         plane = microscopy.select(
             self._read(image, axes), selection, s.max_pixels, s.decode_limits(), md.in_channels

@@ -367,6 +367,8 @@ class Config:
     #: --measure: channels each nucleus is measured in besides the one segmented ("all", or indices /
     #: names with commas between), for --output objects / geojson; None: not sent
     measure: str | None = None
+    #: --measure-project: the measured channels read as this projection over Z ("max" / "sum"); None: not sent
+    measure_project: str | None = None
     #: --expand: cells, each nucleus grown by this many px (--output objects / geojson / rois); None: not sent
     expand: float | None = None
     #: ``--t all`` / ``--z all`` / ``--series all``: "t", "z" or "series", every plane (image) along
@@ -566,7 +568,8 @@ def job_bytes(job: Job, config: Config) -> tuple[bytes, str]:
         (axis, index), = job.plane
         selection = microscopy.Selection(channel=config.channel, z=config.z, t=config.t,
                                          project=config.project, polarity=config.polarity or "bright",
-                                         measure=microscopy.measure_choice(config.measure))
+                                         measure=microscopy.measure_choice(config.measure),
+                                         measure_project=config.measure_project)
         cut = frames.cut_frame(job.source, axis, index, selection, get_settings().max_pixels)
         if cut is not None:
             return cut, "image/tiff"
@@ -733,7 +736,8 @@ class Segmenter:
             self.params["diameter"] = f"{config.diameter:g}"
         if config.expand is not None:
             self.params["expand"] = f"{config.expand:g}"
-        for name in ("channel", "z", "t", "project", "pixel_size", "polarity", "series", "measure"):
+        for name in ("channel", "z", "t", "project", "pixel_size", "polarity", "series", "measure",
+                     "measure_project"):
             value = getattr(config, name)
             if value is not None and not (name == "measure" and config.stitch_z is not None):
                 self.params[name] = str(value)  # --stitch-z measures the slices itself, when linking
@@ -1023,6 +1027,7 @@ class LocalSegmenter:
             "polarity": config.polarity or "bright", "series": config.series,
             # --stitch-z measures the slices itself, when it links them
             "measure": None if config.stitch_z is not None else config.measure, "expand": config.expand,
+            "measure_project": config.measure_project,
         }
         # Only the arrays this kind is drawn from: labels cost a watershed, probabilities memory.
         self.outputs = tuple(outputs.NEEDS[self.kind.query] & set(api.OUTPUTS))
@@ -1515,6 +1520,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "nucleus in these channels (0-based indices or names, commas between, or all), at "
                        "the same z / t: the columns mean_intensity_NAME, integrated_intensity_NAME (e.g. "
                        "--channel DAPI --measure GFP)")
+    plane.add_argument("--measure-project", choices=["max", "sum"],
+                       help="with --measure: read the measured channels as this projection over Z whatever "
+                       "is segmented, e.g. --project max --measure-project sum: segment on the maximum, "
+                       "measure each nucleus's whole signal on the sum")
     plane.add_argument("--expand", type=_expand_px, metavar="PX",
                        help="with --output objects, geojson, rois or ome-zarr: a cell around each nucleus, "
                        "grown by up to PX pixels and never into a neighbour's (QuPath's cell expansion): "
@@ -1613,6 +1622,10 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                      "ome-zarr, or --stitch-z (the 3-D table)")
     if args.measure is not None and not args.measure.replace(",", "").strip():
         parser.error("--measure names no channel: give indices or names, commas between, or all")
+    if args.measure_project is not None and (args.measure is None or args.kind == "ome-zarr"
+                                             or args.stitch_z is not None):
+        parser.error("--measure-project projects the channels of --measure over Z: it needs --measure, "
+                     "and a 2-D table (not a slide, not --stitch-z)")
     if args.expand is not None and args.kind not in ("objects", "geojson", "rois", "ome-zarr"):
         parser.error("--expand gives each nucleus a cell in the table or outlines: it needs --output "
                      "objects, geojson, rois or ome-zarr")
@@ -1633,7 +1646,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                      "percent of its segmentation (give a number to segment every slide at one scale)")
     return Config(inputs=tuple(args.inputs), out=args.out, urls=tuple(args.urls), kind=args.kind,
                   split=args.split, diameter=None if once else args.diameter, diameter_once=once,
-                  channel=args.channel, measure=args.measure, expand=args.expand,
+                  channel=args.channel, measure=args.measure, measure_project=args.measure_project,
+                  expand=args.expand,
                   z=None if args.z == ALL_PLANES else args.z, t=None if args.t == ALL_PLANES else args.t,
                   series=None if args.series == ALL_PLANES else args.series,
                   every_plane=every[0] if every else None,

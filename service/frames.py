@@ -73,8 +73,8 @@ def pages_for(layout: Layout, axis: str, index: int, selection: Selection) -> li
         if "C" in choice.coords:  # and the channels measured (measure=), each from its own pages
             measured = [] if "S" in layout.axes else [m.index for m in choice.measured]
             keep["C"] = sorted({choice.coords["C"], *measured})
-        if choice.z is not None:
-            keep["Z"] = [choice.z]
+        if choice.z is not None and choice.measured_projection is None:
+            keep["Z"] = [choice.z]  # (measured channels read as a projection need every z)
         if choice.t is not None:
             keep["T"] = [choice.t]
     pages = [{"C": c, "Z": z, "T": t} for t in keep["T"] for z in keep["Z"] for c in keep["C"]]

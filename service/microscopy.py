@@ -295,12 +295,16 @@ class Selection:
     #: Channels to measure each object in, besides segmenting (``measure=``): indices as text,
     #: names, or :data:`MEASURE_ALL`. Read at the segmented plane's z / t (or projection).
     measure: tuple[str, ...] = ()
+    #: The projection over Z the measured channels are read as (``measure_project=``: segment on
+    #: the maximum, measure on the sum); None: the segmented plane's z or projection.
+    measure_project: str | None = None
 
 
 @dataclass(frozen=True)
 class Measured:
     """A channel the objects are measured in (``measure=``): ``image`` ``(H, W)`` in the file's
-    own units, at the same z / t (or projection) as the plane segmented."""
+    own units, at the same z / t (or projection) as the plane segmented, or its own projection
+    (``measure_project=``)."""
 
     channel: Channel
     image: np.ndarray
@@ -326,6 +330,7 @@ class Plane:
     warnings: tuple[str, ...] = ()
     polarity: Polarity = "bright"  # dark: turned to optical density before the model
     measured: tuple[Measured, ...] = ()  # channels the objects are measured in (``measure=``)
+    measured_projection: str | None = None  # their projection over Z, where not the plane's own
 
     def without_pixels(self, keep_measured: bool = False) -> Plane:
         """This description with an empty image, to keep after the pixels are done with;
@@ -355,6 +360,7 @@ class Plane:
             "axes": self.layout.axes,
             "shape": list(self.layout.shape),
             **({"measured": [asdict(m.channel) for m in self.measured]} if self.measured else {}),
+            **({"measured_projection": self.measured_projection} if self.measured_projection else {}),
         }
 
 
@@ -1003,7 +1009,8 @@ class Choice:
     ``coords``: page coordinates besides Z (``{"T": t, "C": c}``); ``z``: the z-plane (None: no Z
     axis, or a projection); ``samples``: ``channel`` is a sample of colour pages (take it from
     the last axis of a page) rather than a page of its own; ``measured``: the channels each object is
-    measured in (``measure=``), read at the same coordinates but their own channel.
+    measured in (``measure=``), read at the same coordinates but their own channel, or as their
+    projection over Z ``measured_projection`` (``measure_project=``; None: as the plane).
     """
 
     layout: Layout
@@ -1017,6 +1024,7 @@ class Choice:
     warnings: tuple[str, ...]
     polarity: Polarity = "bright"
     measured: tuple[Channel, ...] = ()
+    measured_projection: str | None = None
 
     @property
     def samples(self) -> bool:
@@ -1038,6 +1046,7 @@ class Choice:
             warnings=self.warnings,
             polarity=self.polarity,
             measured=measured,
+            measured_projection=self.measured_projection,
         )
 
 
@@ -1074,6 +1083,7 @@ def resolve(layout: Layout, sel: Selection, model_channels: int = 1) -> Choice:
             ("project",),
             layout.choices(),
         )
+    _check_measure_project(layout, sel)
     for axis, value, param in (("Z", sel.z, "z"), ("T", sel.t, "t")):
         if value is not None:
             _check_index(layout, axis, value, param)
@@ -1135,7 +1145,27 @@ def resolve(layout: Layout, sel: Selection, model_channels: int = 1) -> Choice:
         warnings=tuple(notes),
         polarity=sel.polarity,
         measured=measured,
+        # measure_project= as the plane's own projection is no other reading
+        measured_projection=sel.measure_project if sel.measure_project != sel.project else None,
     )
+
+
+def _check_measure_project(layout: Layout, sel: Selection) -> None:
+    """``measure_project=``: a projection, of the channels of ``measure=``, over an image's Z."""
+    if sel.measure_project is None:
+        return
+    if sel.measure_project not in PROJECTIONS:
+        raise SelectionError(f"measure_project must be one of {', '.join(PROJECTIONS)}", ("measure_project",),
+                             layout.choices())
+    if not sel.measure:
+        raise SelectionError(
+            f"measure_project={sel.measure_project} projects the channels measured: give them with measure=",
+            ("measure_project",), layout.choices())
+    if "Z" not in layout.planes:
+        raise SelectionError(
+            f"measure_project={sel.measure_project} projects over Z, and the image has no z-planes"
+            + (f" ({_plane_list(layout)})" if layout.planes else ""),
+            ("measure_project",), layout.choices())
 
 
 def _select(
@@ -1165,13 +1195,13 @@ def _select(
             array = np.ascontiguousarray(array[:, :, channel.index])
         return array
 
-    def read(channel: Channel | None) -> np.ndarray:
-        if choice.projection is None:
+    def read(channel: Channel | None, projection: str | None = choice.projection) -> np.ndarray:
+        if projection is None:
             return plane_at(choice.z, channel)
         # A sum in float32: a 16-bit stack's sum outgrows its type (exact up to 2²⁴, 256 full slices).
         first = plane_at(0, channel)
-        image = first.astype(np.float32) if choice.projection == "sum" else first.copy()
-        combine = np.add if choice.projection == "sum" else np.maximum
+        image = first.astype(np.float32) if projection == "sum" else first.copy()
+        combine = np.add if projection == "sum" else np.maximum
         for k in range(1, layout.planes["Z"]):
             if should_stop is not None and should_stop():
                 raise DecodeCancelled(f"stopped after {k} of {layout.planes['Z']} planes of the projection")
@@ -1183,9 +1213,12 @@ def _select(
         # a C-less multi-sample page with one sample is handled above; anything left is a bug
         raise AssertionError(f"unexpected plane shape {image.shape}")
     measured = []
+    projection = choice.measured_projection or choice.projection
     for wanted in choice.measured:
-        # The segmented channel's pixels are already here (a colour image kept whole is not one).
-        pixels = image if (wanted == channel and image.ndim == 2) else read(wanted)
+        # The segmented channel's pixels are already here (a colour image kept whole is not one),
+        # unless the measured channels are read as another projection.
+        same = wanted == channel and image.ndim == 2 and projection == choice.projection
+        pixels = image if same else read(wanted, projection)
         if pixels.ndim != 2:  # a one-channel page read whole, e.g. grey: its only plane
             raise AssertionError(f"unexpected measured plane shape {pixels.shape}")
         measured.append(Measured(wanted, pixels))

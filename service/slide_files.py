@@ -361,13 +361,14 @@ def _source(
     close: Callable[[], None],
 ) -> SlideSource:
     """The chosen plane of a file whose level arrays have ``axes`` (C, Z, T, Y, X, S letters)."""
-    if selection.project is not None:
-        raise SelectionError(
-            f"project={selection.project} is not offered for slides (it reads every z-plane of every "
-            "window); choose one plane with z=",
-            ("project",),
-            layout.choices(),
-        )
+    for name, value in (("project", selection.project), ("measure_project", selection.measure_project)):
+        if value is not None:
+            raise SelectionError(
+                f"{name}={value} is not offered for slides (it reads every z-plane of every window); "
+                "choose one plane with z=",
+                (name,),
+                layout.choices(),
+            )
     if layout.rgb:
         # Grey saved as RGB or a colour composite? Decided on a few windows, not the whole slide.
         whole = SlideSource(levels, axes, {}, None, _bare_plane(layout), lambda: None)

@@ -134,7 +134,8 @@ _OPTION_NAMES = ("output", "threshold", "bits", "tile_size", "overlap", "split",
 #: Options of job-only outputs, which POST /segment's own options never include.
 _JOB_OPTION_NAMES = ("geojson", "min_iou")
 #: Which channel / plane of a microscopy file, and its pixel size (service.microscopy).
-_PLANE_OPTION_NAMES = ("channel", "z", "t", "project", "pixel_size", "polarity", "series", "measure")
+_PLANE_OPTION_NAMES = ("channel", "z", "t", "project", "pixel_size", "polarity", "series", "measure",
+                       "measure_project")
 #: Outputs that carry a table of measurements, which ``measure=`` adds columns to.
 MEASURED_OUTPUTS = ("objects", "geojson", "ome-zarr", "labels3d")
 #: Outputs that can give each nucleus a cell (``expand=``): the answers that write objects one by
@@ -190,6 +191,12 @@ def plane_selection(
         "letters, digits and _ made _, or c{index} for an unnamed channel) — e.g. segment on DAPI and "
         "measure a marker's intensity per nucleus",
     ),
+    measure_project: Project | None = Query(
+        None, description="with measure=: read the measured channels as this projection over Z, whatever "
+        "plane is segmented — e.g. project=max&measure_project=sum segments on the maximum (segments best) "
+        "and measures each nucleus's whole signal on the sum (measures best); default: the segmented plane's "
+        "z or projection",
+    ),
 ) -> microscopy.Selection:
     """Which plane of a multi-channel / multi-plane image; a stack without z/t/project, or
     several channels without channel, is a 422 that lists the choices (never a guess)."""
@@ -199,6 +206,12 @@ def plane_selection(
         raise InvalidOptions(
             str(exc), errors=[{"loc": ["query", "measure"], "msg": str(exc), "type": "value_error"}]
         ) from exc
+    if measure_project is not None and not measured:
+        detail = (f"measure_project={measure_project.value} projects the channels measured: give them "
+                  "with measure=")
+        raise InvalidOptions(
+            detail, errors=[{"loc": ["query", "measure_project"], "msg": detail, "type": "value_error"}]
+        )
     return microscopy.Selection(
         channel=channel,
         z=z,
@@ -208,6 +221,7 @@ def plane_selection(
         polarity=polarity.value,
         series=series,
         measure=measured,
+        measure_project=None if measure_project is None else measure_project.value,
     )
 
 
@@ -317,7 +331,8 @@ def _check_stack_options(output: Output, min_iou: float | None, plane: microscop
             "segments one plane",
             errors=[{"loc": ["query", "min_iou"], "msg": "only with output=labels3d", "type": "value_error"}],
         )
-    chosen = [name for name, value in (("z", plane.z), ("project", plane.project)) if value is not None]
+    chosen = [name for name, value in (("z", plane.z), ("project", plane.project),
+                                       ("measure_project", plane.measure_project)) if value is not None]
     if output is Output.labels3d and chosen:
         raise InvalidOptions(
             f"output=labels3d segments every z-slice and links them; leave out {' and '.join(chosen)} "
@@ -511,7 +526,8 @@ def plane_key(
     which ``pipeline.predict_plane`` keys itself (threshold and split act after the prediction)."""
     return PlaneKey(
         upload=PlaneKey.digest(data),
-        selection=replace(options.plane, measure=()),  # measured channels change no prediction
+        # measured channels change no prediction
+        selection=replace(options.plane, measure=(), measure_project=None),
         model=(engine.checksum, str(engine.path), engine.metadata.precision, tuple(engine.providers)),
         reading=(
             settings.max_pixels,

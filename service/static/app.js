@@ -457,6 +457,7 @@ function showProbe(probe) {
   };
   fill($("zplane"), $("z-box"), "Z", [["max", "maximum projection"], ["sum", "sum projection (for intensities)"]]);
   fill($("tplane"), $("t-box"), "T", []);
+  $("measure-sum-box").hidden = $("z-box").hidden;  // a stack's channels can be measured on their sum
   // Linking slices is a job's work (output=labels3d): offered where the server runs jobs.
   $("stack-box").hidden = (probe.planes.Z || 0) < 2 || !state.jobsOn;
 
@@ -910,7 +911,10 @@ async function download(output) {
     // prediction: the outlines shown keep theirs, cached on the server).
     const extra = {};
     if (output === "objects" || output === "geojson") {
-      if (!$("channel-box").hidden && $("measure-all").checked) extra.measure = "all";
+      if (!$("channel-box").hidden && $("measure-all").checked) {
+        extra.measure = "all";
+        if (!$("measure-sum-box").hidden && $("measure-sum").checked) extra.measure_project = "sum";
+      }
     }
     if (output === "objects" || output === "geojson" || output === "rois") {
       const expand = Number($("expand").value);

@@ -300,3 +300,61 @@ def test_a_sum_projection_is_segmented_and_measured_as_the_sum_sent_alone(server
     assert rows
     for row in rows:
         assert float(row["mean_intensity_GFP"]) == pytest.approx(expected[int(row["id"])][0], abs=1e-2)
+
+
+ZSTACK = np.stack([THREE_CHANNELS, THREE_CHANNELS[:, ::-1, :], THREE_CHANNELS[:, :, ::-1]])  # Z C Y X
+IJ_ZSTACK = tiff(ZSTACK, imagej=True, metadata={"axes": "ZCYX", "Labels": ["DAPI", "GFP", "Cy5"] * 3})
+
+
+@pytest.mark.parametrize(("plane", "projected"), [
+    ({"project": "max"}, "sum"), ({"z": "1"}, "sum"), ({"z": "2"}, "max"), ({"project": "sum"}, "max"),
+])
+def test_measured_channels_are_read_as_their_own_projection_whatever_is_segmented(
+    server: Server, plane: dict, projected: str
+) -> None:
+    """measure_project= (segment on the maximum, measure on the sum): the objects are those of the
+    plane segmented, the measured columns the channel's projection over every z of the stack."""
+    labels = labels_of(server, IJ_ZSTACK, channel="DAPI", **plane)
+    rows = table(server, IJ_ZSTACK, channel="DAPI", measure="GFP,DAPI", measure_project=projected, **plane)
+    unprojected = table(server, IJ_ZSTACK, channel="DAPI", measure="GFP", **plane)
+    stack = ZSTACK.astype(np.float64)
+    over_z = stack.sum(axis=0) if projected == "sum" else stack.max(axis=0)
+    gfp, dapi = per_object(labels, over_z[1]), per_object(labels, over_z[0])
+    assert len(rows) == len(unprojected) == len(gfp) > 3
+    for row, before in zip(rows, unprojected, strict=True):
+        # the objects and the segmented channel's own columns are the plane's
+        own = [k for k in before if "GFP" not in k]
+        assert {k: row[k] for k in own} == {k: before[k] for k in own}
+        i = int(row["id"])
+        assert float(row["mean_intensity_GFP"]) == pytest.approx(gfp[i][0], abs=1e-2)
+        assert float(row["integrated_intensity_GFP"]) == pytest.approx(gfp[i][1], rel=1e-6)
+        # the segmented channel measured as the projection too (not its plane's pixels reused)
+        assert float(row["mean_intensity_DAPI"]) == pytest.approx(dapi[i][0], abs=1e-2)
+    geo = post(server, IJ_ZSTACK, output="geojson", channel="DAPI", measure="GFP", measure_project=projected,
+               **plane).json()
+    assert geo["properties"]["measured_projection"] == projected
+
+
+@pytest.mark.parametrize(("data", "params", "wanted"), [
+    (IJ_ZSTACK, {"project": "max", "measure_project": "sum"}, "measure="),  # nothing measured
+    (IJ_THREE, {"measure": "GFP 488", "measure_project": "sum"}, "no z-planes"),
+    (IJ_ZSTACK, {"project": "max", "measure": "GFP", "measure_project": "mean"}, "max"),
+])
+def test_measure_project_without_measure_or_z_planes_is_a_422(server: Server, data, params, wanted) -> None:
+    r = post(server, data, output="objects", channel="DAPI", **params)
+    assert r.status_code == 422, r.text
+    assert wanted in r.json()["detail"] and "measure_project" in r.text, r.text
+
+
+def test_measure_project_reuses_the_prediction_and_is_refused_for_stack_and_slide_jobs(
+    server: Server
+) -> None:
+    first = post(server, IJ_ZSTACK, output="objects", channel="DAPI", project="max")
+    again = post(server, IJ_ZSTACK, output="objects", channel="DAPI", project="max", measure="GFP",
+                 measure_project="sum")
+    assert first.status_code == again.status_code == 200, again.text
+    assert again.headers["X-Prediction-Cache"] == "hit"  # it changes no prediction
+    for output in ("labels3d", "ome-zarr"):
+        r = post(server, IJ_ZSTACK, path="/jobs", output=output, channel="DAPI", measure="GFP",
+                 measure_project="sum")
+        assert r.status_code == 422 and "measure_project" in r.text, (output, r.text)

@@ -675,8 +675,13 @@ def test_the_summary_averages_each_measured_channel_over_an_images_objects(tmp_p
 
 def test_project_sum_and_the_measure_options_reach_the_config(tmp_path: Path) -> None:
     argv = [str(tmp_path), "--out", str(tmp_path / "out"), "--url", "http://127.0.0.1:9"]
-    config = client.parse_config([*argv, "--output", "objects", "--project", "sum", "--measure", "GFP,2",
-                                  "--expand", "4"])
-    assert (config.project, config.measure, config.expand) == ("sum", "GFP,2", 4.0)
+    config = client.parse_config([*argv, "--output", "objects", "--project", "max", "--measure", "GFP,2",
+                                  "--measure-project", "sum", "--expand", "4"])
+    assert (config.project, config.measure, config.expand) == ("max", "GFP,2", 4.0)
+    assert config.measure_project == "sum"
+    for refused in (["--measure-project", "sum"],  # nothing measured
+                    ["--output", "ome-zarr", "--measure", "1", "--measure-project", "sum"]):  # a slide
+        with pytest.raises(SystemExit):
+            client.parse_config([*argv, *refused])
     with pytest.raises(SystemExit):
         client.parse_config([*argv, "--project", "mean"])

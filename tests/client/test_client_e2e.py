@@ -105,6 +105,38 @@ def test_a_two_channel_tiff_fails_with_its_channels_until_channel_is_given(
     assert summary_header[-2:] == ["mean_intensity_Cytoplasm", "mean_intensity_cytoplasm_Cytoplasm"]
 
 
+def test_measure_project_reaches_the_service(service_url: str, tmp_path: Path) -> None:
+    """--project max --measure-project sum: the table is the one POST /segment gives for the same
+    options (the marker measured on its sum over Z), not the one measured on the maximum."""
+    np = pytest.importorskip("numpy")
+    tifffile = pytest.importorskip("tifffile")
+    import httpx
+
+    images = tmp_path / "in"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    stack = rng.integers(0, 60000, (3, 2, 48, 64), dtype=np.uint16)
+    tifffile.imwrite(images / "zc.tif", stack, imagej=True,
+                     metadata={"axes": "ZCYX", "Labels": ["Marker", "DAPI"] * 3})
+    env = {k: v for k, v in os.environ.items() if k != "UNET_API_KEY"}
+    options = {"channel": "DAPI", "project": "max", "measure": "Marker", "measure_project": "sum"}
+    run = subprocess.run(
+        [sys.executable, "-m", "service.client", str(images), "--url", service_url, "--no-progress",
+         "--output", "objects", "--out", str(tmp_path / "out"),
+         *(part for name, value in options.items() for part in (f"--{name.replace('_', '-')}", value))],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    written = (tmp_path / "out" / "zc.csv").read_text()
+    def segment(**params: str) -> httpx.Response:
+        return httpx.post(f"{service_url}/segment", params={"output": "objects", **params}, timeout=120,
+                          content=(images / "zc.tif").read_bytes(), headers={"Content-Type": "image/tiff"})
+
+    direct, on_max = segment(**options), segment(**{**options, "measure_project": "max"})
+    assert direct.status_code == on_max.status_code == 200
+    assert written == direct.text != on_max.text
+
+
 @pytest.mark.parametrize("suffix", [".tif", ".czi"])
 def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Path, suffix: str) -> None:
     # --t all sends each frame cut out of the movie (service.frames), so a movie larger than the

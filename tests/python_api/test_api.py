@@ -136,6 +136,16 @@ def test_measure_adds_each_channels_mean_and_sum_per_nucleus(segmenter: Segmente
     with pytest.raises(ValueError, match="expand must be"):
         segmenter.segment(stack, axes="CYX", channel=0, expand=0)
 
+    # a z-stack segmented on its maximum, the marker measured on its sum over Z
+    zstack = np.stack([stack, stack[:, ::-1]])  # Z C Y X
+    summed = segmenter.segment(zstack, axes="ZCYX", channel=0, project="max", measure=[1],
+                               measure_project="sum", outputs=("labels", "objects", "probability"))
+    over_z = zstack[:, 1].astype(np.float64).sum(axis=0)
+    assert summed.objects and summed.plane.measured_projection == "sum"
+    for row in summed.objects:
+        inside = summed.labels == row["id"]
+        assert row["integrated_intensity_c1"] == pytest.approx(over_z[inside].sum(), rel=1e-6)
+
 
 def test_outputs_choose_what_is_returned(segmenter: Segmenter) -> None:
     image, count = nuclei_image(seed=9)

@@ -146,3 +146,15 @@ def test_a_cut_holds_the_measured_channels_pages_too(hyperstack) -> None:
     assert np.array_equal(plane.image, movie[1, 2, 1])
     measured = [(m.channel.name, np.array_equal(m.image, movie[1, 2, 0])) for m in plane.measured]
     assert measured == [("Actin", True)]
+
+
+def test_a_cut_for_channels_measured_as_a_projection_holds_every_slice(hyperstack) -> None:
+    path, movie = hyperstack
+    selection = microscopy.Selection(channel="DAPI", z=2, measure=("Actin",), measure_project="sum")
+    cut = frames.cut_frame(path, "t", 4, selection, MAX_PIXELS)
+    assert cut is not None and page_count(cut) == 3 * 2  # every z of both channels
+    plane = read(cut, channel="DAPI", z=2, t=4, measure=("Actin",), measure_project="sum")
+    assert np.array_equal(plane.image, movie[4, 2, 1])
+    (actin,) = plane.measured
+    assert plane.measured_projection == "sum"
+    assert np.array_equal(actin.image, movie[4, :, 0].astype(np.float32).sum(axis=0))

@@ -396,6 +396,7 @@ def test_channel_picker_lists_the_files_channels_and_segments_the_one_chosen(
         assert "area_um2" in header and not any(c.endswith("_Cytoplasm") for c in header)
         # Every channel measured per nucleus in the saved table, the outlines shown left as they were
         requests.clear()
+        assert not page.get_by_label("… on the sum over Z").is_visible()  # one plane: nothing to sum
         page.get_by_label("Measure every channel").check()
         with page.expect_download() as info:
             page.locator("#download-objects").click()
@@ -525,6 +526,41 @@ def test_dark_nuclei_choice_segments_a_colour_stain_without_a_channel(
         assert reply.status_code == 200, reply.text
         assert shown == int(reply.headers["X-Object-Count"]) > 0
         assert "colours mixed" in page.locator("#info-plane").text_content()
+    finally:
+        page.close()
+
+
+def test_a_stacks_channels_can_be_measured_on_their_sum_while_the_maximum_is_segmented(
+    browser: Any, service_url: str, tmp_path: Path
+) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    nuclei = [cv2.imread(str(write_disc_tiff(tmp_path / f"n{k}.tif", seed=k)), cv2.IMREAD_UNCHANGED)
+              for k in range(3)]
+    marker = [cv2.GaussianBlur(plane, (0, 0), 6) for plane in nuclei]
+    stack = tmp_path / "zc.tif"
+    tifffile.imwrite(stack, np.stack([np.stack(pair) for pair in zip(marker, nuclei, strict=True)]),
+                     imagej=True, metadata={"axes": "ZCYX", "Labels": ["Marker", "DAPI"] * 3})
+    page = _new_page(browser, service_url)
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    try:
+        page.locator("#file-input").set_input_files(str(stack))
+        page.get_by_label("Nuclei channel").wait_for(state="visible")
+        page.get_by_label("Nuclei channel").select_option("1")
+        page.get_by_label("Z-slice").select_option("max")
+        _wait_for_count(page)
+        page.get_by_label("Measure every channel").check()
+        page.get_by_label("… on the sum over Z").check()
+        with page.expect_download() as info:
+            page.locator("#download-objects").click()
+        saved = Path(info.value.path()).read_text()
+        assert [url for url in requests if "measure_project=sum" in url and "project=max" in url]
+        direct = httpx.post(f"{service_url}/segment", content=stack.read_bytes(), timeout=120,
+                            headers={"Content-Type": "image/tiff"},
+                            params={"output": "objects", "channel": "1", "project": "max", "measure": "all",
+                                    "measure_project": "sum"})
+        assert direct.status_code == 200 and saved == direct.text
+        assert "mean_intensity_Marker" in saved.splitlines()[0]
     finally:
         page.close()
 
