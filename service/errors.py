@@ -168,6 +168,12 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "Image too large", 413,
         "The image has more pixels than the server segments (checked from its header).",
         "Crop or downscale the image, or ask the operator to raise UNET_MAX_PIXELS."),
+    "cells-too-large": ProblemType(
+        "Cells too large for this slide", 413,
+        "Cells grown this far (expand=) on a slide this wide hold more rows back than one job is "
+        "admitted for.",
+        "Ask a smaller expand= (the detail names the largest that fits), or ask the operator to raise "
+        "UNET_MAX_PIXELS."),
     "too-many-pages": ProblemType(
         "Too many TIFF pages", 413, "The TIFF has more pages (IFDs) than the server reads.",
         "Send the plane you need as its own file, or ask the operator to raise UNET_MAX_TIFF_PAGES."),

@@ -68,8 +68,28 @@ def open_checked(runtime: Runtime, path: Path, options: SegmentOptions) -> slide
 
 
 def check(runtime: Runtime, path: Path, options: SegmentOptions) -> None:
-    """At submission: refuse now, not as a failed job, what :func:`open_checked` refuses."""
-    open_checked(runtime, path, options).close()
+    """At submission: refuse now, not as a failed job, what :func:`open_checked` refuses, and
+    cells too wide for the server (:func:`check_cells`)."""
+    with open_checked(runtime, path, options) as source:
+        check_cells(int(source.shape[1]), options.expand, runtime.settings.max_pixels)
+
+
+def check_cells(width: int, expand: float | None, max_pixels: int) -> None:
+    """A 413 for cells (``expand=``) whose rows held back on a slide ``width`` px wide would take
+    more than one request may (``UNET_MAX_PIXELS``) where the slide alone would not: admission
+    stops at that maximum, so the job would run with more memory than it was admitted for."""
+    if expand is None or admitted_pixels(width, expand, 1, math.inf) <= max_pixels:  # type: ignore[arg-type]
+        return
+    if admitted_pixels(width, None, 1, math.inf) > max_pixels:  # type: ignore[arg-type]
+        return  # the slide alone is admitted at the maximum already: cells do not change that
+    spare = max_pixels // width - ADMITTED_PER_COLUMN - CELLS_ADMITTED_PER_COLUMN  # per column
+    room = spare / ADMITTED_PER_COLUMN_PER_EXPAND_PX
+    fits = f"at most expand={math.floor(room)} fits" if room >= 1 else "no expand fits"
+    raise ProblemError(
+        f"cells grown by {expand:g} px on a slide {width:,} px wide hold more rows back than this server "
+        f"admits for one job (UNET_MAX_PIXELS {max_pixels:,}); {fits} on this slide",
+        status=413, slug="cells-too-large", title="Cells too large for this slide",
+    )
 
 
 #: Admission pixels per pixel of slide width. A slide job's memory grows with the slide's width,

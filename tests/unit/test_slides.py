@@ -217,3 +217,21 @@ def test_cells_admit_a_slide_job_for_the_rows_they_hold_back() -> None:
     # against admission's 48 bytes a pixel
     assert admitted_pixels(20_000, 500, 1, 10**12) - plain >= 20_000 * (5300 + 500 * 66) // 48
     assert admitted_pixels(20_000, 500, 1, 10**7) == 10**7
+
+
+def test_cells_a_wide_slide_cannot_hold_are_a_413_naming_what_fits() -> None:
+    """100,000 px wide in the default 8192² budget: the slide alone fits, expand=500 does not (it
+    would run on more memory than admitted); the refusal names the largest expansion that fits."""
+    from service.errors import ProblemError
+    from service.routes.slide_jobs import admitted_pixels, check_cells
+
+    budget = 8192 * 8192
+    check_cells(100_000, None, budget)
+    check_cells(100_000, 20, budget)
+    check_cells(20_000, 500, budget)  # narrower: room for it
+    with pytest.raises(ProblemError) as refused:
+        check_cells(100_000, 500, budget)
+    assert refused.value.status == 413 and "expand=" in refused.value.detail
+    fits = int(refused.value.detail.split("at most expand=")[1].split()[0])
+    assert admitted_pixels(100_000, fits, 1, 10**12) <= budget < admitted_pixels(100_000, fits + 1, 1, 10**12)
+    check_cells(300_000, 5, budget)  # the slide alone is over the budget already: cells change nothing
