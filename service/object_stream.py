@@ -70,6 +70,35 @@ class _Sums:
         return max(self.y1, self.cy1)
 
 
+def _relative_ids(labels: np.ndarray) -> tuple[int, int, np.ndarray] | None:
+    """``(base, n, rel)``: a band's ids as ``id - base + 1`` (0 elsewhere), ``n`` the bincount
+    length they need; None for a band without objects. Ids in a band are a narrow range (they are
+    given out in raster order): counted over ``rel`` with bincount (one pass, no sort), boxes from
+    find_objects."""
+    top = int(labels.max(initial=0))
+    if top <= 0:
+        return None
+    base = int(labels[labels > 0].min())
+    rel = labels.astype(np.int64) - (base - 1)
+    rel[labels <= 0] = 0
+    return base, top - base + 2, rel
+
+
+def _add_channel_sums(
+    totals: list[float], counts: list[int], per_channel: Sequence[tuple[np.ndarray, np.ndarray | None]],
+    k: int, pixels: int,
+) -> tuple[list[float], list[int]]:
+    """``totals`` / ``counts`` (one per channel; empty before an object's first band) with object
+    ``k``'s sums over its finite pixels in this band added (``finite_sums``' pairs; a None count:
+    all ``pixels`` are finite)."""
+    if not totals:
+        totals, counts = [0.0] * len(per_channel), [0] * len(per_channel)
+    for c, (sums, finite) in enumerate(per_channel):
+        totals[c] += float(sums[k])
+        counts[c] += pixels if finite is None else int(finite[k])
+    return totals, counts
+
+
 class ObjectStream:
     """Accumulates per-object sums over row bands; yields each object's row once it is finished.
 
@@ -131,18 +160,13 @@ class ObjectStream:
         height, width = labels.shape
         self._next_row, self._width = y0 + height, width
         seen: set[int] = set()
-        top = int(labels.max(initial=0))
-        if top > 0:
-            # Ids in a band are a narrow range (they are given out in raster order): count over
-            # ``id - base`` with bincount (one pass, no sort) and take the boxes from find_objects.
-            base = int(labels[labels > 0].min())
-            rel = labels.astype(np.int64) - (base - 1)
-            rel[labels <= 0] = 0
+        relative = _relative_ids(labels)
+        if relative is not None:
+            base, n, rel = relative
             flat = rel.ravel()
             where = np.flatnonzero(flat)  # nuclei cover a fraction of a slide: sum their pixels only
             ids = flat[where]
             rows, cols = np.divmod(where, width)
-            n = top - base + 2
             area = np.bincount(ids, minlength=n)
             ys = rows + y0
             sum_x = np.bincount(ids, weights=cols, minlength=n)
@@ -164,11 +188,8 @@ class ObjectStream:
                 sums.sum_yy += int(sum_yy[k])
                 sums.sum_xy += int(sum_xy[k])
                 sums.sum_p += float(sum_p[k])
-                if not sums.sum_i:
-                    sums.sum_i, sums.finite_i = [0.0] * len(sum_i), [0] * len(sum_i)
-                for c, (totals, finite) in enumerate(sum_i):
-                    sums.sum_i[c] += float(totals[k])
-                    sums.finite_i[c] += int(area[k] if finite is None else finite[k])
+                sums.sum_i, sums.finite_i = _add_channel_sums(sums.sum_i, sums.finite_i, sum_i, k,
+                                                              int(area[k]))
                 sums.x0 = min(sums.x0, box_x.start)
                 sums.x1 = max(sums.x1, box_x.stop)
                 sums.y0 = min(sums.y0, y0 + box_y.start)
@@ -186,17 +207,14 @@ class ObjectStream:
         self, y0: int, labels: np.ndarray, cells: np.ndarray, channels: Sequence[np.ndarray]
     ) -> set[int]:
         """Add the band's cells to their objects' sums; the ids it shows."""
-        top = int(cells.max(initial=0))
-        if top <= 0:
+        relative = _relative_ids(cells)
+        if relative is None:
             return set()
-        base = int(cells[cells > 0].min())
-        rel = cells.astype(np.int64) - (base - 1)
-        rel[cells <= 0] = 0
+        base, n, rel = relative
         # the cytoplasm: a cell's pixels outside every nucleus
         cyto = np.where(labels.ravel() > 0, 0, rel.ravel())
         where = np.flatnonzero(cyto)
         ids = cyto[where]
-        n = top - base + 2
         cyto_area = np.bincount(ids, minlength=n)
         cyto_i = [finite_sums(ids, values.ravel()[where], n) for values in channels]
         shown = set()
@@ -209,11 +227,8 @@ class ObjectStream:
             sums.cx0, sums.cx1 = min(sums.cx0, box_x.start), max(sums.cx1, box_x.stop)
             sums.cy0, sums.cy1 = min(sums.cy0, y0 + box_y.start), max(sums.cy1, y0 + box_y.stop)
             sums.cyto_area += int(cyto_area[k])
-            if not sums.cyto_i:
-                sums.cyto_i, sums.cyto_finite = [0.0] * len(cyto_i), [0] * len(cyto_i)
-            for c, (totals, finite) in enumerate(cyto_i):
-                sums.cyto_i[c] += float(totals[k])
-                sums.cyto_finite[c] += int(cyto_area[k] if finite is None else finite[k])
+            sums.cyto_i, sums.cyto_finite = _add_channel_sums(sums.cyto_i, sums.cyto_finite, cyto_i, k,
+                                                              int(cyto_area[k]))
             shown.add(object_id)
         return shown
 
