@@ -231,18 +231,23 @@ def test_a_czi_tile_scan_is_a_slide_job(slide_server: Server, slide_image: np.nd
     assert int(answer.headers["X-Object-Count"]) == result["objects"] > 10
 
 
+def _two_channel_slide(slide_image: np.ndarray, seed: int) -> bytes:
+    """A tiled OME-TIFF of a noise marker ("EdU") and the nuclei ("DAPI"), 700 × 600."""
+    nuclei = np.ascontiguousarray(slide_image[:700, :600])
+    marker = np.random.default_rng(seed).integers(0, 3000, nuclei.shape).astype(nuclei.dtype)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.stack([marker, nuclei]), tile=(256, 256), compression="zlib", ome=True,
+                     photometric="minisblack", metadata={"axes": "CYX", "Channel": {"Name": ["EdU", "DAPI"]}})
+    return buffer.getvalue()
+
+
 def test_a_slide_job_measures_other_channels_as_post_segment_does(
     slide_server: Server, slide_image: np.ndarray
 ) -> None:
     """measure= on a two-channel slide: the objects table and the outlines carry the marker's
     columns, equal to POST /segment's table of the same file; the store is the nuclei's as without it."""
     client = slide_server.client
-    nuclei = np.ascontiguousarray(slide_image[:700, :600])
-    marker = np.random.default_rng(8).integers(0, 3000, nuclei.shape).astype(nuclei.dtype)
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, np.stack([marker, nuclei]), tile=(256, 256), compression="zlib", ome=True,
-                     photometric="minisblack", metadata={"axes": "CYX", "Channel": {"Name": ["EdU", "DAPI"]}})
-    data = buffer.getvalue()
+    data = _two_channel_slide(slide_image, seed=8)
     plan = {"channel": "DAPI", "measure": "EdU", **SAME_PLAN}
     job = client.post("/jobs", params={"output": "ome-zarr", "geojson": "true", **plan}, content=data,
                       headers={"Content-Type": "image/tiff"})
@@ -280,12 +285,7 @@ def test_a_slide_job_grows_cells_as_post_segment_does(slide_server: Server, slid
     """expand= with measure= on a slide: the table's cell and cytoplasm columns equal POST /segment's
     for the same file, the GeoJSON holds QuPath cells, and the store gains labels/cells."""
     client = slide_server.client
-    nuclei = np.ascontiguousarray(slide_image[:700, :600])
-    marker = np.random.default_rng(9).integers(0, 3000, nuclei.shape).astype(nuclei.dtype)
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, np.stack([marker, nuclei]), tile=(256, 256), compression="zlib", ome=True,
-                     photometric="minisblack", metadata={"axes": "CYX", "Channel": {"Name": ["EdU", "DAPI"]}})
-    data = buffer.getvalue()
+    data = _two_channel_slide(slide_image, seed=9)
     plan = {"channel": "DAPI", "measure": "EdU", "expand": "6", **SAME_PLAN}
     job = client.post("/jobs", params={"output": "ome-zarr", "geojson": "true", **plan}, content=data,
                       headers={"Content-Type": "image/tiff"})
