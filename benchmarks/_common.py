@@ -349,6 +349,55 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return "\n".join(lines)
 
 
+def job_on_fresh_server(
+    threads: int, env: Mapping[str, str], submit: Callable[[httpx.Client], httpx.Response]
+) -> tuple[float, int, int]:
+    """``(seconds, peak RSS bytes, objects)`` of one job on a fresh ``python -m service`` (bundled
+    model, ``env`` added): ``submit(client)`` posts it, after a warm-up request; the seconds run
+    from the post to its success (polled), the peak is the server's ``VmHWM`` over its life."""
+    with Service(BUNDLED_MODEL, threads, env) as service:
+        service.segment(encode_png(nuclei_image(512)), {"output": "mask"})  # warm-up
+        started = time.perf_counter()
+        submitted = submit(service.client)
+        submitted.raise_for_status()
+        url = f"/jobs/{submitted.json()['id']}"
+        while (status := service.client.get(url).json())["status"] in ("queued", "running"):
+            time.sleep(0.2)
+        seconds = time.perf_counter() - started
+        if status["status"] != "succeeded":
+            raise RuntimeError(f"the job did not succeed: {status}")
+        objects = int(service.client.get(f"{url}/result").json()["objects"])
+        peak = vm_hwm(service.pid) or 0
+        service.client.delete(url)
+        return seconds, peak, objects
+
+
+def cells_cost_table(
+    expands: Sequence[float], repeat: int, run: Callable[[dict[str, str]], tuple[float, int, int]],
+    counted: str,
+) -> str:
+    """Jobs without cells and with ``expand=`` each of ``expands``, interleaved for ``repeat`` rounds;
+    ``run(params)`` runs one on a fresh server: ``(seconds, peak RSS bytes, objects)``. A markdown
+    table: objects (``counted`` names them), median seconds, its ratio to the job without cells,
+    and the highest peak over the rounds."""
+    variants = {"no cells": {}, **{f"expand={e:g}": {"expand": f"{e:g}"} for e in expands}}
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    peaks: dict[str, int] = dict.fromkeys(variants, 0)
+    counts: dict[str, int] = {}
+    for _ in range(repeat):
+        for name, params in variants.items():
+            took, peak, objects = run(params)
+            seconds[name].append(took)
+            peaks[name] = max(peaks[name], peak)
+            counts[name] = objects
+    base = statistics.median(seconds["no cells"])
+    return markdown_table(
+        ["variant", counted, "job s (median)", "× no cells", "peak RSS MiB"],
+        [[name, counts[name], f"{statistics.median(s):.1f}", f"{statistics.median(s) / base:.3f}",
+          f"{peaks[name] / 2**20:.0f}"] for name, s in seconds.items()],
+    )
+
+
 def save_figure(fig, name: str) -> str:
     """Save ``fig`` as ``docs/bench/NAME`` (or NAME itself if absolute); the path to print."""
     path = PLOTS / name

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service import imaging, microscopy, objects, pipeline, windows, zstack
+from service import cells3d, imaging, microscopy, objects, pipeline, windows, zstack
 from service.batcher import DynamicBatcher
 from service.engine import Engine
 from service.model_metadata import ModelMetadata
@@ -141,6 +141,8 @@ class StackSegmentation:
         voxel_size: µm per voxel (z None where the file does not give its z-step); None: uncalibrated.
         warnings: the slices' notices, each once, with the slices it came from (``(z=0, 1)``).
         plane: the middle slice's description (channel, t, pixel size); its ``image`` is empty.
+        cells: with ``expand``, ``(Z, H, W)`` int32, each nucleus's cell grown in 3-D (its id);
+            else None.
     """
 
     labels: np.ndarray
@@ -151,6 +153,7 @@ class StackSegmentation:
     voxel_size: zstack.VoxelSize | None
     warnings: tuple[str, ...]
     plane: microscopy.Plane
+    cells: np.ndarray | None = None
 
     def objects_csv(self) -> str:
         """The objects table as CSV, as ``unet-segment --stitch-z`` writes ``NAME.objects3d.csv``."""
@@ -310,8 +313,7 @@ class Segmenter:
         s = self.settings
         _check_range("threshold", threshold, 0.0, 1.0, open_interval=True)
         _check_range("diameter", diameter, *DIAMETER_RANGE_PX)
-        if expand is not None and not 0 < expand <= MAX_EXPAND_PX:
-            raise ValueError(f"expand must be in (0, {MAX_EXPAND_PX}] px, got {expand}")
+        _check_expand(expand)
         if pixel_size is not None and not pixel_size > 0:
             raise ValueError(f"pixel_size must be more than 0 µm, got {pixel_size}")
         if polarity not in POLARITIES:
@@ -395,24 +397,34 @@ class Segmenter:
         tile_size: int | None = None,
         overlap: int | None = None,
         min_iou: float = zstack.DEFAULT_MIN_IOU,
+        expand: float | None = None,
     ) -> StackSegmentation:
         """Segment every z-slice of a stack and link the slices' nuclei into 3-D ones (``service.zstack``).
 
         The options are :meth:`segment`'s (``t=`` picks the time point of a 4-D file; ``measure``
         adds each channel's mean and integrated intensity over each nucleus's voxels);
         ``min_iou``: the overlap (IoU) a nucleus needs with one in the slice before to be the same.
+        ``expand``: a cell around each nucleus grown in 3-D by up to this many px (z in the
+        z-step's proportion, as cubes where the file gives none: a warning says so;
+        ``service.cells3d``): :attr:`StackSegmentation.cells`, and the table's cell columns.
         Every slice is segmented at one scale: ``diameter``, or the one estimated on the middle slice
         (a nucleus's top and bottom caps, smaller and dimmer, would otherwise each get their own).
         An image without a Z axis is a stack of one slice.
 
-        Raises: what :meth:`segment` raises; ``ValueError`` for ``min_iou`` outside (0, 1].
+        Raises: what :meth:`segment` raises; ``ValueError`` for ``min_iou`` outside (0, 1], and
+        ``cells3d.CellsTooFar`` (a ``ValueError``) for cells that reach too far for the stack.
         """
         _check_range("min_iou", min_iou, 0.0, 1.0)
         if not min_iou > 0:
             raise ValueError(f"min_iou must be more than 0, got {min_iou}")
+        _check_expand(expand)
         data = self._read(image, axes)
         s = self.settings
-        depth = microscopy.probe(data, s.max_pixels, s.decode_limits(), series).planes.get("Z", 1)
+        layout = microscopy.probe(data, s.max_pixels, s.decode_limits(), series)
+        depth = layout.planes.get("Z", 1)
+        # cells that reach too far are refused before any slice is segmented
+        cells3d.check_cells((depth, layout.height, layout.width), expand,
+                            zstack.VoxelSize.of(layout.pixel_size, pixel_size))
         options: dict[str, Any] = dict(
             channel=channel, t=t, pixel_size=pixel_size, polarity=polarity, series=series, measure=measure,
             threshold=threshold, split=split, tile_size=tile_size, overlap=overlap, outputs=("labels",),
@@ -423,6 +435,7 @@ class Segmenter:
 
         linker: zstack.Linker | None = None  # made with the first slice: its measured channels' keys
         stacked: list[np.ndarray] = []
+        measured_slices: list[list[np.ndarray]] = []  # with cells: for the cytoplasm's intensities
         notes = zstack.SliceNotices()
         slices = zstack.at_one_diameter(
             depth, segment_slice, diameter, lambda s: s.diameter, self.metadata.nucleus_diameter
@@ -434,21 +447,38 @@ class Segmenter:
             measured = [m.image for m in result.plane.measured]
             stitched = linker.add(result.labels, to_channels(result.image, 1), measured)[1]
             stacked.append(stitched.astype(np.int32))
+            if expand is not None:
+                measured_slices.append(measured)
             notes.add(z, result.warnings)
             if z == depth // 2:
                 middle = result
         assert linker is not None
-        size = middle.plane.pixel_size
-        voxel = None if size is None else zstack.VoxelSize(size.x_um, size.y_um, size.z_um)
+        voxel = zstack.VoxelSize.of(middle.plane.pixel_size)
         rows = linker.table.rows(voxel)
+        labels = np.stack(stacked)
+        cells = None
+        warnings = notes.lines()
+        if expand is not None:
+            cells = np.zeros_like(labels)
+
+            def nuclei(z0: int, z1: int) -> np.ndarray:
+                return labels[z0:z1]
+
+            cells3d.grow_cells(nuclei, cells, expand, cells3d.spacing_of(voxel))
+            sums = cells3d.CellSums(linker.table.channel_keys)
+            cells3d.measure_cells(nuclei, cells, sums, measured_slices.__getitem__)
+            sums.extend(rows, voxel)
+            if notice := cells3d.unknown_z_step_notice(voxel, expand):
+                warnings.append(notice)
         return StackSegmentation(
-            labels=np.stack(stacked),
+            labels=labels,
+            cells=cells,
             objects=[_plain(row) for row in rows],
             object_count=len(rows),
             diameter=middle.diameter,
             diameter_source=middle.diameter_source,
             voxel_size=voxel,
-            warnings=tuple(notes.lines()),
+            warnings=tuple(warnings),
             plane=middle.plane.without_pixels(),
         )
 
@@ -535,6 +565,11 @@ def _check_outputs(wanted: Iterable[str]) -> frozenset[str]:
     if unknown:
         raise ValueError(f"outputs may be {', '.join(OUTPUTS)}; not {', '.join(unknown)}")
     return chosen
+
+
+def _check_expand(expand: float | None) -> None:
+    if expand is not None and not 0 < expand <= MAX_EXPAND_PX:
+        raise ValueError(f"expand must be in (0, {MAX_EXPAND_PX}] px, got {expand}")
 
 
 def _check_range(

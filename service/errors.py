@@ -174,6 +174,13 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "admitted for.",
         "Ask a smaller expand= (the detail names the largest that fits), or ask the operator to raise "
         "UNET_MAX_PIXELS."),
+    "stack-cells-too-far": ProblemType(
+        "Cells reach too far for this stack", 413,
+        "Cells grown this far (expand=) in 3-D on this stack would reach so many slices and pixels "
+        "around each voxel that growing them in blocks of bounded memory would be mostly margin: far "
+        "more memory or time than one job takes.",
+        "Ask a smaller expand= (the detail names the largest that fits); a file that gives its z-step "
+        "(several pixel widths on most confocals) reaches fewer slices than one grown as cubes."),
     "too-many-pages": ProblemType(
         "Too many TIFF pages", 413, "The TIFF has more pages (IFDs) than the server reads.",
         "Send the plane you need as its own file, or ask the operator to raise UNET_MAX_TIFF_PAGES."),

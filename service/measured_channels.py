@@ -38,6 +38,11 @@ def channel_keys(channels: list[tuple[int, str | None]]) -> list[str]:
 _ADMITTED_BYTES_PER_PIXEL, _MEASURED_BYTES_PER_PIXEL = 48, 4
 
 
+def admitted_for_bytes(nbytes: int) -> int:
+    """Pixels of admission's budget that weigh ``nbytes`` of working memory beside the pipeline's."""
+    return nbytes // _ADMITTED_BYTES_PER_PIXEL
+
+
 def admitted_extra(channels: int, pixels: int, copies: int = 1) -> int:
     """Pixels of admission's budget to add for ``channels`` measured planes of ``pixels`` each,
     held ``copies`` times at once: what they weigh beside the pipeline's own working set."""

@@ -22,7 +22,7 @@ import io
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -130,6 +130,14 @@ def stitch(slices: Iterable[np.ndarray], min_iou: float = DEFAULT_MIN_IOU) -> It
         yield linker.add(labels)[1]
 
 
+class PixelSizeLike(Protocol):
+    """What :meth:`VoxelSize.of` reads of ``microscopy.PixelSize`` (not imported: it is heavy)."""
+
+    x_um: float
+    y_um: float
+    z_um: float | None
+
+
 @dataclass(frozen=True)
 class VoxelSize:
     """µm per voxel along x, y and z (the z-step); ``z_um`` None where the file does not say."""
@@ -137,6 +145,15 @@ class VoxelSize:
     x_um: float
     y_um: float
     z_um: float | None
+
+    @classmethod
+    def of(cls, pixel_size: PixelSizeLike | None, override_um: float | None = None) -> VoxelSize | None:
+        """A plane's pixel size (``microscopy.PixelSize``) as a voxel size, None where uncalibrated;
+        ``override_um``: a request's ``pixel_size=``, which replaces x and y and keeps the z-step."""
+        z_um = None if pixel_size is None else pixel_size.z_um
+        if override_um is not None:
+            return cls(override_um, override_um, z_um)
+        return None if pixel_size is None else cls(pixel_size.x_um, pixel_size.y_um, z_um)
 
 
 class StackTable:

@@ -139,8 +139,8 @@ _PLANE_OPTION_NAMES = ("channel", "z", "t", "project", "pixel_size", "polarity",
 #: Outputs that carry a table of measurements, which ``measure=`` adds columns to.
 MEASURED_OUTPUTS = ("objects", "geojson", "ome-zarr", "labels3d")
 #: Outputs that can give each nucleus a cell (``expand=``): the answers that write objects one by
-#: one with their outlines, and slide jobs (their table, GeoJSON and store).
-EXPANDED_OUTPUTS = (*outputs.CELL_KINDS, "ome-zarr")
+#: one with their outlines, slide jobs (their table, GeoJSON and store) and stack jobs (cells in 3-D).
+EXPANDED_OUTPUTS = (*outputs.CELL_KINDS, "ome-zarr", "labels3d")
 
 
 class Project(str, Enum):
@@ -226,12 +226,14 @@ def plane_selection(
 
 
 _EXPAND_DESCRIPTION = (
-    "output=objects / geojson / rois, and slide jobs (output=ome-zarr): a cell around each nucleus, the "
+    "output=objects / geojson / rois, and slide and stack jobs: a cell around each nucleus, the "
     "nucleus grown by up to this many "
     "pixels into the background and never into a neighbour's (QuPath's cell expansion): the table gains "
     "cell_area and cytoplasm_area (the cell less its nucleus), and with measure= each channel's mean and "
     "integrated intensity over the cytoplasm; the GeoJSON holds QuPath cells with their nuclei, the ROI set "
-    "a cell ROI after each nucleus's; a slide job's store also labels/cells"
+    "a cell ROI after each nucleus's; a slide job's store also labels/cells; a stack job (output=labels3d) "
+    "grows the cells in 3-D (z in the file's z-step) into cells3d.tif, with cell_volume_voxels and "
+    "cytoplasm_volume_voxels"
 )
 _DIAMETER_DESCRIPTION = (
     "typical nucleus diameter in the image, pixels; the image is resized so its nuclei come out at "

@@ -51,6 +51,7 @@ _FOLDER_RESULTS = {"ome-zarr": RESULT_FILES, "labels3d": stack_files.RESULT_FILE
 _MEDIA_TYPES = {
     slides.TABLE_NAME: "text/csv", slides.GEOJSON_NAME: "application/geo+json",
     stack_files.LABELS_NAME: "image/tiff", stack_files.TABLE_NAME: "text/csv",
+    stack_files.CELLS_NAME: "image/tiff",
 }
 SUMMARY_TYPE = "application/json"
 

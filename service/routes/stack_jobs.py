@@ -36,7 +36,7 @@ from typing import Protocol
 
 import numpy as np
 
-from service import imaging, microscopy, pipeline, slide_files, stack_files, windows, zstack
+from service import cells3d, imaging, microscopy, pipeline, slide_files, stack_files, windows, zstack
 from service.errors import ProblemError
 from service.jobs import JobResult
 from service.measured_channels import admitted_extra
@@ -45,9 +45,6 @@ from service.preprocess import to_channels
 from service.routes import slide_jobs
 from service.routes.deps import Runtime
 from service.routes.segment import SegmentOptions, object_params
-
-#: Files of a stack job's folder served under ``/jobs/{id}/files/`` (and their media types).
-MEDIA_TYPES = {stack_files.LABELS_NAME: "image/tiff", stack_files.TABLE_NAME: "text/csv"}
 
 
 def admitted_pixels(slice_pixels: int, measured: int = 0) -> int:
@@ -62,19 +59,23 @@ def admitted_pixels(slice_pixels: int, measured: int = 0) -> int:
 
 @dataclass(frozen=True)
 class SlicePlan:
-    """What a stack is, from its header: its slices and their size, and how many channels are
-    measured besides the one segmented (``measure=``)."""
+    """What a stack is, from its header: its slices and their size, how many channels are
+    measured besides the one segmented (``measure=``) and whether cells are grown (``expand=``)."""
 
     depth: int
     height: int
     width: int
     measured: int = 0
+    cells: bool = False
 
     @property
     def disk_bytes(self) -> int:
         """The jobs folder's bytes the job takes while it runs: the stitched slices' scratch file,
-        4 bytes per voxel (the label TIFF written from it at the end is zlib-compressed: a fraction)."""
-        return 4 * self.depth * self.height * self.width
+        4 bytes per voxel (the label TIFFs written from it at the end are zlib-compressed: a
+        fraction), and with cells the cells' scratch file, 4 more, and each measured channel's
+        slices, up to 8 bytes per voxel."""
+        voxels = self.depth * self.height * self.width
+        return 4 * voxels + ((4 + 8 * self.measured) * voxels if self.cells else 0)
 
 
 def plan(runtime: Runtime, data: bytes, options: SegmentOptions) -> SlicePlan:
@@ -87,7 +88,20 @@ def plan(runtime: Runtime, data: bytes, options: SegmentOptions) -> SlicePlan:
     depth = layout.planes.get("Z", 1)
     choice = microscopy.resolve(layout, _slice_selection(options, depth, depth // 2), md.in_channels)
     microscopy.check_measured(len(choice.measured), layout.width, layout.height, settings.max_pixels)
-    return SlicePlan(depth, layout.height, layout.width, len(choice.measured))
+    stack = SlicePlan(depth, layout.height, layout.width, len(choice.measured), options.expand is not None)
+    check_cells(stack, layout.pixel_size, options)
+    return stack
+
+
+def check_cells(stack: SlicePlan, pixel_size: microscopy.PixelSize | None, options: SegmentOptions) -> None:
+    """A 413 at submission for cells (``expand=``) that reach too far for the stack to grow them
+    within their working set (``cells3d.check_cells``), rather than a job that runs for hours."""
+    try:
+        cells3d.check_cells((stack.depth, stack.height, stack.width), options.expand,
+                            zstack.VoxelSize.of(pixel_size, options.plane.pixel_size_um))
+    except cells3d.CellsTooFar as exc:
+        raise ProblemError(str(exc), status=413, slug="stack-cells-too-far",
+                           title="Cells reach too far for this stack") from exc
 
 
 def _slice_selection(options: SegmentOptions, depth: int, z: int) -> microscopy.Selection:
@@ -128,16 +142,18 @@ class FileSlices:
         self.runtime, self.path, self.options = runtime, path, options
         try:  # a stack answers a plane without z= with the z-planes it has
             with self._open(None) as source:
-                depth, shape, measured = 1, source.shape, len(source.plane.measured)
+                depth, shape, plane = 1, source.shape, source.plane
         except microscopy.SelectionError as exc:
             if not exc.missing or "z" not in exc.params:
                 raise
             depth = int(exc.choices["planes"]["Z"])
             with self._open(depth // 2) as source:  # the middle slice's choice checked, as for an upload
-                shape, measured = source.shape, len(source.plane.measured)
+                shape, plane = source.shape, source.plane
         self.grey = len(shape) == 2
+        measured = len(plane.measured)
         microscopy.check_measured(measured, int(shape[1]), int(shape[0]), runtime.settings.max_pixels)
-        self.plan = SlicePlan(depth, int(shape[0]), int(shape[1]), measured)
+        self.plan = SlicePlan(depth, int(shape[0]), int(shape[1]), measured, options.expand is not None)
+        check_cells(self.plan, plane.pixel_size, options)
 
     def _open(self, z: int | None) -> slide_files.SlideSource:
         settings = self.runtime.settings
@@ -189,6 +205,7 @@ class StackResult:
     tiles: int
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    expand: float | None = None  # the cells' distance (px), None: no cells
 
 
 class _StackProgress:
@@ -267,16 +284,19 @@ def run(
         for z, result in segmented:
             if files is None:  # the first slice's size is the stack's (every slice is the same plane)
                 files = stack_files.StackFiles(folder, (depth, *result.labels.shape), min_iou,
-                                               measured_keys(result.plane))
+                                               measured_keys(result.plane), options.expand)
             files.add(result.labels, result.grey, result.measured)
             notices.add(z, result.warnings)
             tiles += result.tiles
             if z == depth // 2:
                 middle = result
         assert files is not None
-        size = middle.plane.pixel_size
-        voxel = None if size is None else zstack.VoxelSize(size.x_um, size.y_um, size.z_um)
-        summary = files.finish(voxel)
+        voxel = zstack.VoxelSize.of(middle.plane.pixel_size)
+        if options.expand is None:
+            summary = files.finish(voxel)
+        else:  # the cells are grown once every slice is in: admitted for their working set
+            with admit(cells3d.admitted_pixels(files.shape, options.expand, voxel)):
+                summary = files.finish(voxel, should_stop)
     except BaseException as exc:
         if files is not None:
             files.discard()
@@ -287,8 +307,11 @@ def run(
                 title="Insufficient storage", headers={"Retry-After": "60"},
             ) from exc
         raise
+    warnings = notices.lines()
+    if options.expand is not None and (notice := cells3d.unknown_z_step_notice(voxel, options.expand)):
+        warnings.append(notice)
     return StackResult(summary, middle.scale.diameter, middle.scale.source, voxel, min_iou, tiles,
-                       notices.lines(), time.perf_counter() - started)
+                       warnings, time.perf_counter() - started, options.expand)
 
 
 def job_result(job_id: str, result: StackResult, filename: str | None, model_version: str) -> JobResult:
@@ -319,6 +342,14 @@ def job_result(job_id: str, result: StackResult, filename: str | None, model_ver
         },
         "timings_ms": {"total": round(1000 * result.seconds, 1)},
     }
+    if result.expand is not None:
+        summary["expand"] = result.expand
+        summary["cells_url"] = f"{base}/{stack_files.CELLS_NAME}"
+        summary["layout"][stack_files.CELLS_NAME] = (  # type: ignore[index]
+            f"each nucleus's cell, grown in 3-D by up to {result.expand:g} px (z in the z-step's "
+            "proportion), as the labels: the nucleus's id; the table gains cell_volume_voxels, "
+            "cytoplasm_volume_voxels (the cell less every nucleus), cell_volume_um3 with a voxel size, "
+            "and the cytoplasm's intensity per measured channel")
     headers = {"X-Diameter-Source": result.diameter_source}
     if result.diameter is not None:
         headers["X-Nucleus-Diameter"] = f"{result.diameter:.1f}"

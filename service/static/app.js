@@ -947,6 +947,10 @@ async function downloadStack() {
   const params = segmentParams("labels3d", state.threshold);
   params.delete("z");
   params.delete("project");
+  // The 3-D table measures every channel per nucleus as the 2-D one does, and grows the cells in 3-D.
+  if (!$("channel-box").hidden && $("measure-all").checked) params.set("measure", "all");
+  const expand = Number($("expand").value);
+  if ($("expand").value !== "" && expand > 0) params.set("expand", String(expand));
   try {
     const zip = await viaJob(params, "3-D nuclei", "stack", async (url) => {
       const summary = JSON.parse(await (await request("GET", `${url}/result`)).response.text());

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from skimage.segmentation import expand_labels
 
 from model_export.synth_stack import StackConfig, synth_stack
 from service.api import Segmenter
@@ -66,6 +67,17 @@ def run_job(server: Server, body: bytes, params: dict[str, str]) -> tuple[str, d
     assert submitted.status_code == 202, submitted.text
     job_id = submitted.json()["id"]
     return job_id, wait_until(server.client, job_id, finished)
+
+
+def uploaded_and_by_path(server: Server, body: bytes, path: str, params: dict[str, str]) -> tuple[str, str]:
+    """The ids of two stack jobs that succeeded on the same stack: ``body`` uploaded, and the file at
+    ``path`` under the server's data root."""
+    uploaded, status = run_job(server, body, params)
+    assert status["status"] == "succeeded", status
+    by_path = server.client.post("/jobs", json={"path": path, "output": "labels3d", **params})
+    assert by_path.status_code == 202, by_path.text
+    assert wait_until(server.client, by_path.json()["id"], finished)["status"] == "succeeded"
+    return uploaded, by_path.json()["id"]
 
 
 def test_a_stack_job_gives_the_3d_nuclei_the_python_api_finds(
@@ -343,14 +355,77 @@ def test_a_stack_job_measures_other_channels_over_each_nuclei_voxels(start_serve
         assert row["mean_intensity_c0"] == pytest.approx(marker[inside].mean(), abs=1e-3)
         assert row["integrated_intensity_c0"] == pytest.approx(float(marker[inside].sum()), abs=1e-2)
 
-    uploaded, status = run_job(server, body, params)
-    assert status["status"] == "succeeded", status
-    by_path = server.client.post("/jobs", json={"path": "two.tif", "output": "labels3d", **params})
-    assert by_path.status_code == 202, by_path.text
-    assert wait_until(server.client, by_path.json()["id"], finished)["status"] == "succeeded"
-    for job_id in (uploaded, by_path.json()["id"]):
+    jobs_done = uploaded_and_by_path(server, body, "two.tif", params)
+    for job_id in jobs_done:
         table = server.client.get(f"/jobs/{job_id}/files/objects3d.csv").text
         assert table == expected.objects_csv(), job_id
     refused = server.client.post("/jobs", content=body, headers=TIFF,
                                  params={"output": "labels3d", "channel": "1", "measure": "GFP"})
     assert refused.status_code == 422 and "measure" in refused.json()["detail"], refused.text
+
+
+def test_a_stack_job_grows_cells_in_3d_and_measures_their_cytoplasm(start_server, tmp_path: Path) -> None:
+    """expand= on a two-channel stack, uploaded and by path: cells3d.tif holds each nucleus grown in
+    3-D (z in the z-step's proportion), the table each cell's volume and the marker over its
+    cytoplasm; the Python API gives the same, and no scratch file is left."""
+    nuclei, _ = synth_stack(8, StackConfig(depth=8, size=96, nuclei=6))
+    marker = np.random.default_rng(5).integers(0, 3000, nuclei.shape).astype(nuclei.dtype)
+    body = imagej_bytes(np.stack([nuclei, marker], axis=1), axes="ZCYX")
+    root, jobs = tmp_path / "root", tmp_path / "jobs"
+    root.mkdir()
+    (root / "two.tif").write_bytes(body)
+    env = {"UNET_MODEL_PATH": str(DEFAULT_MODEL_PATH), "UNET_DATA_ROOT": str(root),
+           "UNET_JOBS_DIR": str(jobs)}
+    server = start_server(env).wait_ready()
+    params = {"channel": "0", "measure": "1", "diameter": "16", "expand": "3"}
+    with Segmenter.load(DEFAULT_MODEL_PATH) as segmenter:
+        expected = segmenter.segment_stack(body, channel=0, measure="1", diameter=16, expand=3)
+    assert expected.cells is not None and expected.object_count > 2 and not expected.warnings
+    # The z-step is 3 pixel widths: 3 px reach one slice up and down.
+    np.testing.assert_array_equal(
+        expected.cells, expand_labels(expected.labels, distance=3, spacing=(Z_UM / XY_UM, 1.0, 1.0)))
+    for row in expected.objects:
+        cell = expected.cells == row["id"]
+        cytoplasm = cell & (expected.labels == 0)
+        assert (row["cell_volume_voxels"], row["cytoplasm_volume_voxels"]) == (cell.sum(), cytoplasm.sum())
+        assert row["cell_volume_um3"] == pytest.approx(cell.sum() * XY_UM * XY_UM * Z_UM, abs=1e-3)
+        assert row["mean_intensity_cytoplasm_c1"] == pytest.approx(marker[cytoplasm].mean(), abs=1e-3)
+    assert sum(row["cytoplasm_volume_voxels"] > 0 for row in expected.objects) > 2
+
+    jobs_done = uploaded_and_by_path(server, body, "two.tif", params)
+    for job_id in jobs_done:
+        summary = server.client.get(f"/jobs/{job_id}/result").json()
+        assert summary["expand"] == 3 and summary["warnings"] == [] and "cells3d.tif" in summary["layout"]
+        assert server.client.get(summary["objects_url"]).text == expected.objects_csv(), job_id
+        cells = server.client.get(summary["cells_url"])
+        assert cells.status_code == 200 and cells.headers["content-type"] == "image/tiff"
+        with tifffile.TiffFile(io.BytesIO(cells.content)) as tif:
+            assert tif.is_imagej and tif.series[0].axes == "ZYX"
+            np.testing.assert_array_equal(tif.asarray(), expected.cells)
+        with zipfile.ZipFile(io.BytesIO(server.client.get(summary["zip_url"]).content)) as zipped:
+            assert sorted(zipped.namelist()) == ["cells3d.tif", "labels3d.tif", "objects3d.csv"]
+        assert sorted(p.name for p in (jobs / job_id).iterdir() if not p.name.startswith("status")) == [
+            "cells3d.tif", "labels3d.tif", "objects3d.csv", "result"]
+
+    # Cells reaching 200 px (67 slices) around each voxel of a deep stack would be blocks of mostly
+    # margin: refused at submission, uploaded and by path, naming the largest expand that fits.
+    deep = imagej_bytes(np.zeros((64, 512, 512), np.uint8))
+    (root / "deep.tif").write_bytes(deep)
+    too_far = {"output": "labels3d", "expand": "200"}
+    for answer in (server.client.post("/jobs", params=too_far, content=deep, headers=TIFF),
+                   server.client.post("/jobs", json={"path": "deep.tif", **too_far})):
+        assert answer.status_code == 413, answer.text
+        problem = answer.json()
+        assert problem["type"] == "/problems/stack-cells-too-far" and "at most expand=" in problem["detail"]
+    made = sorted(p.name for p in jobs.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert made == sorted(jobs_done)  # no job was made for them
+
+
+def test_cells_of_a_stack_without_a_z_step_are_grown_as_cubes_with_a_warning() -> None:
+    nuclei, _ = synth_stack(9, StackConfig(depth=5, size=64, nuclei=3))
+    with Segmenter.load(DEFAULT_MODEL_PATH) as segmenter:
+        result = segmenter.segment_stack(nuclei, axes="ZYX", diameter=16, expand=2)
+    assert result.cells is not None and result.voxel_size is None
+    np.testing.assert_array_equal(result.cells, expand_labels(result.labels, distance=2))
+    assert any("no z-step" in w for w in result.warnings)
+    assert "cell_volume_um3" not in result.objects[0] and result.objects[0]["cell_volume_voxels"] > 0

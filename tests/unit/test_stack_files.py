@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from skimage.segmentation import expand_labels
 
 from service import stack_files, zstack
+from service.segment import Cancelled
 
 
 def two_nuclei(depth: int = 5) -> np.ndarray:
@@ -61,6 +63,34 @@ def test_slices_too_many_too_few_or_of_another_size_are_refused_and_discard_leav
         files.add(slices[2])
     files.discard()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cells_are_grown_in_3d_from_the_stitched_stack_and_a_stop_leaves_no_file(tmp_path: Path) -> None:
+    slices = two_nuclei()
+    marker = np.arange(slices.size, dtype=np.float32).reshape(slices.shape)
+    done, stopped = tmp_path / "done", tmp_path / "stopped"
+    for folder in (stopped, done):
+        folder.mkdir()
+        files = stack_files.StackFiles(folder, slices.shape, channel_keys=["m"], expand=4)
+        for z, labels in enumerate(slices):
+            files.add(labels, None, [marker[z]])
+        assert sorted(p.name for p in folder.iterdir()) == [".channel0.scratch.npy", ".labels3d.scratch.npy"]
+        if folder is stopped:
+            with pytest.raises(Cancelled, match="growing the cells, at slice 0 of 5"):
+                files.finish(None, should_stop=lambda: True)
+            files.discard()
+            assert list(folder.iterdir()) == []
+        else:
+            files.finish(zstack.VoxelSize(0.5, 0.5, 2.0))
+    assert sorted(p.name for p in done.iterdir()) == ["cells3d.tif", "labels3d.tif", "objects3d.csv"]
+    nuclei = tifffile.imread(done / "labels3d.tif")
+    cells = tifffile.imread(done / "cells3d.tif")
+    np.testing.assert_array_equal(cells, expand_labels(nuclei, distance=4, spacing=(4.0, 1.0, 1.0)))
+    rows = list(csv.DictReader((done / "objects3d.csv").open()))
+    for row in rows:
+        cytoplasm = (cells == int(row["id"])) & (nuclei == 0)
+        assert int(row["cytoplasm_volume_voxels"]) == cytoplasm.sum() > 0
+        assert float(row["mean_intensity_cytoplasm_m"]) == pytest.approx(marker[cytoplasm].mean(), rel=1e-6)
 
 
 def test_the_middle_slice_is_segmented_first_and_sets_every_slices_diameter() -> None:

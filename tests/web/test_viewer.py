@@ -621,15 +621,31 @@ def test_a_z_stack_offers_its_nuclei_in_3d_as_a_job_and_saves_its_files(
         page.wait_for_function("() => document.getElementById('progress-box').hidden")
         shown = page.locator("#info-count-3d").text_content()
         assert page.locator("#error").text_content() == ""
+        job_ids = {m.group(1) for _, url in requests if (m := re.search(r"/jobs/([0-9a-f]{32})", url))}
+        # With cells asked for (set beside a slice's result), the same button grows them in 3-D: a
+        # third file in the ZIP.
+        page.get_by_label("Z-slice").select_option("max")
+        _wait_for_count(page)
+        page.get_by_label("Cells: grow each nucleus by (px)").fill("3")
+        with page.expect_download() as with_cells:
+            button.click()
+        saved_cells = tmp_path / "saved_cells.zip"
+        with_cells.value.save_as(saved_cells)
+        page.wait_for_function("() => document.getElementById('progress-box').hidden")
+        assert page.locator("#error").text_content() == ""
     finally:
         page.close()
     with zipfile.ZipFile(saved) as zipped:
         assert sorted(zipped.namelist()) == ["labels3d.tif", "objects3d.csv"]
         rows = zipped.read("objects3d.csv").decode().strip().splitlines()[1:]
     assert shown == f"{len(rows)} in 6 slices" and rows
+    with zipfile.ZipFile(saved_cells) as zipped:
+        assert sorted(zipped.namelist()) == ["cells3d.tif", "labels3d.tif", "objects3d.csv"]
+        assert "cell_volume_voxels" in zipped.read("objects3d.csv").decode().splitlines()[0]
     posts = [url for method, url in requests if method == "POST" and "/jobs?" in url]
-    assert len(posts) == 1 and "output=labels3d" in posts[0] and "z=" not in posts[0], posts
-    (job_id,) = {m.group(1) for _, url in requests if (m := re.search(r"/jobs/([0-9a-f]{32})", url))}
+    assert len(posts) == 2 and all("output=labels3d" in p and "z=" not in p for p in posts), posts
+    assert "expand" not in posts[0] and "expand=3" in posts[1]
+    (job_id,) = job_ids
     assert ("GET", f"{service_url}/jobs/{job_id}/files.zip") in requests
     assert ("DELETE", f"{service_url}/jobs/{job_id}") in requests
 
