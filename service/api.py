@@ -464,9 +464,8 @@ class Segmenter:
             def nuclei(z0: int, z1: int) -> np.ndarray:
                 return labels[z0:z1]
 
-            cells3d.grow_cells(nuclei, cells, expand, cells3d.spacing_of(voxel))
-            sums = cells3d.CellSums(linker.table.channel_keys)
-            cells3d.measure_cells(nuclei, cells, sums, measured_slices.__getitem__)
+            sums = cells3d.grow_and_measure(nuclei, cells, expand, voxel, linker.table.channel_keys,
+                                            measured_slices.__getitem__)
             sums.extend(rows, voxel)
             if notice := cells3d.unknown_z_step_notice(voxel, expand):
                 warnings.append(notice)

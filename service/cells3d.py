@@ -295,16 +295,24 @@ def admitted_pixels(shape: tuple[int, int, int], distance: float, voxel: VoxelSi
     return admitted_for_bytes(plan(shape, distance, spacing_of(voxel)).held_bytes)
 
 
-def measure_cells(
+def grow_and_measure(
     nuclei: Callable[[int, int], np.ndarray],
-    cells: np.ndarray,
-    sums: CellSums,
+    out: np.ndarray,
+    distance: float,
+    voxel: VoxelSize | None,
+    channel_keys: Sequence[str] = (),
     channels: Callable[[int], Sequence[np.ndarray]] = lambda z: (),
-) -> None:
-    """Count a stack's grown ``cells`` (:func:`grow_cells`'s ``out``) into ``sums``, slice by slice,
-    with its stitched ``nuclei`` (as ``read`` there) and the measured channels' pixels ``channels(z)``."""
-    for z in range(cells.shape[0]):
-        sums.add(np.asarray(nuclei(z, z + 1))[0], np.asarray(cells[z]), channels(z))
+    should_stop: Callable[[], bool] = lambda: False,
+) -> CellSums:
+    """A stack's cells into ``out`` (:func:`grow_cells` of its stitched ``nuclei``, in the voxel's
+    proportions), then counted slice by slice with the measured channels' pixels ``channels(z)``
+    (one per ``channel_keys``): their sums, for :meth:`CellSums.extend`. What a stack job, the
+    Python API and ``unet-segment --stitch-z`` all do."""
+    grow_cells(nuclei, out, distance, spacing_of(voxel), should_stop=should_stop)
+    sums = CellSums(channel_keys)
+    for z in range(out.shape[0]):
+        sums.add(np.asarray(nuclei(z, z + 1))[0], np.asarray(out[z]), channels(z))
+    return sums
 
 
 def voxel_um3(voxel: VoxelSize | None) -> float | None:

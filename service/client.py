@@ -369,7 +369,8 @@ class Config:
     measure: str | None = None
     #: --measure-project: the measured channels read as this projection over Z ("max" / "sum"); None: not sent
     measure_project: str | None = None
-    #: --expand: cells, each nucleus grown by this many px (--output objects / geojson / rois); None: not sent
+    #: --expand: cells, each nucleus grown by this many px (--output objects / geojson / rois; with
+    #: --stitch-z grown in 3-D when the slices are linked); None: none
     expand: float | None = None
     #: ``--t all`` / ``--z all`` / ``--series all``: "t", "z" or "series", every plane (image) along
     #: it its own job and output
@@ -734,7 +735,7 @@ class Segmenter:
             self.params["split"] = config.split
         if config.diameter is not None:
             self.params["diameter"] = f"{config.diameter:g}"
-        if config.expand is not None:
+        if config.expand is not None and config.stitch_z is None:  # --stitch-z grows them in 3-D itself
             self.params["expand"] = f"{config.expand:g}"
         for name in ("channel", "z", "t", "project", "pixel_size", "polarity", "series", "measure",
                      "measure_project"):
@@ -1026,7 +1027,8 @@ class LocalSegmenter:
             "z": config.z, "t": config.t, "project": config.project, "pixel_size": config.pixel_size,
             "polarity": config.polarity or "bright", "series": config.series,
             # --stitch-z measures the slices itself, when it links them
-            "measure": None if config.stitch_z is not None else config.measure, "expand": config.expand,
+            "measure": None if config.stitch_z is not None else config.measure,
+            "expand": None if config.stitch_z is not None else config.expand,
             "measure_project": config.measure_project,
         }
         # Only the arrays this kind is drawn from: labels cost a watershed, probabilities memory.
@@ -1529,7 +1531,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "grown by up to PX pixels and never into a neighbour's (QuPath's cell expansion): "
                        "cell_area, cytoplasm_area and, with --measure, each channel's intensity over the "
                        "cytoplasm; QuPath cells in the GeoJSON, a cell ROI after each nucleus's in the ROI "
-                       "set, labels/cells in a slide's store")
+                       "set, labels/cells in a slide's store; with --stitch-z cells grown in 3-D "
+                       "(NAME.cells3d.tif, cell volumes)")
     plane.add_argument("--z", type=_plane_index, metavar="Z|all",
                        help="z-slice, 0-based; all: every z-slice, each its own output (NAME_z07...)")
     plane.add_argument("--t", type=_plane_index, metavar="T|all",
@@ -1626,9 +1629,10 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                                              or args.stitch_z is not None):
         parser.error("--measure-project projects the channels of --measure over Z: it needs --measure, "
                      "and a 2-D table (not a slide, not --stitch-z)")
-    if args.expand is not None and args.kind not in ("objects", "geojson", "rois", "ome-zarr"):
+    if args.expand is not None and args.kind not in ("objects", "geojson", "rois", "ome-zarr") \
+            and args.stitch_z is None:
         parser.error("--expand gives each nucleus a cell in the table or outlines: it needs --output "
-                     "objects, geojson, rois or ome-zarr")
+                     "objects, geojson, rois or ome-zarr, or --stitch-z (cells grown in 3-D)")
     if args.stitch_z is not None and (args.z != ALL_PLANES or args.kind != "labels"):
         parser.error("--stitch-z links the slices' labels: it needs --z all and --output labels")
     if args.stitch_z is not None and args.shard is not None and not isinstance(args.diameter, float):
@@ -1706,7 +1710,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Over every job, not the shard's: a stack is stitched by whichever run finds all its slices.
         stitched, stitch_problems = client_stacks.stitch_outputs(
             every, kind.existing, config.stitch_z, config.pixel_size,
-            pixels_of=lambda job: client_stacks.slice_pixels(job, config),
+            pixels_of=lambda job: client_stacks.slice_pixels(job, config), expand=config.expand,
         )
         stacks_path = config.out / (config.shard.name(client_stacks.SUMMARY_NAME) if config.shard
                                     else client_stacks.SUMMARY_NAME)

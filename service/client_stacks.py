@@ -6,6 +6,8 @@ After a run has written every slice's labels of a stack (``NAME_z00.png`` … fr
 - ``NAME.labels3d.tif``: the 3-D label image, an ImageJ hyperstack (axes ZYX, calibrated with the
   file's pixel size and z-step) that Fiji and napari open; uint16, float32 past 65535 nuclei;
 - ``NAME.objects3d.csv``: one row per nucleus (``service.zstack.StackTable.rows``);
+- with ``--expand PX``, ``NAME.cells3d.tif``: each nucleus's cell grown in 3-D (``service.cells3d``,
+  as a stack job grows them), and the cell columns in the table;
 
 and the output folder a ``stacks.csv`` (``stacks.shard-I-of-N.csv`` for a shard): one row per
 stack linked, its nuclei counted and their mean volume, for a batch of thousands of stacks.
@@ -16,7 +18,8 @@ slices of memory. Intensities come from each slice's pixels read again from the 
 service read them (the same cut, channel and time point), and so do those of the channels of
 ``--measure`` (their columns in the table, as a stack job writes them). A stack with a slice missing (it
 failed) gets no 3-D files: the run says which, and a rerun segments what is missing and stitches
-then. Both files are written whole (a temporary file renamed), so their presence means done.
+then. Each file is written whole (a temporary file renamed), the table last, so its presence means
+done.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import csv
 import io
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +40,7 @@ from service.client import replace_atomic, write_atomic
 
 LABELS_SUFFIX = ".labels3d.tif"
 TABLE_SUFFIX = ".objects3d.csv"
+CELLS_SUFFIX = ".cells3d.tif"
 SUMMARY_NAME = "stacks.csv"
 SUMMARY_FIELDS = ("file", "labels", "nuclei", "touching_stack_end", "mean_volume_voxels", "mean_volume_um3")
 
@@ -82,14 +87,15 @@ def outputs_for(first_target: Path, source: Path) -> tuple[Path, Path]:
 
 def stitch_outputs(
     jobs: Sequence, existing, min_iou: float, pixel_size_um: float | None = None,
-    pixels_of: Callable[[Any], SlicePixels] | None = None,
+    pixels_of: Callable[[Any], SlicePixels] | None = None, expand: float | None = None,
 ) -> tuple[list[dict], list[str]]:
     """Stitch every stack whose slices all exist; ``(one summary row per stack stitched, problems)``.
 
     ``existing(target)``: the written file of a job's target, or None (the output kind's
     ``existing``); ``pixel_size_um``: ``--pixel-size``, over the file's x/y calibration;
     ``pixels_of(job)``: the pixels the job's slice was segmented on (:func:`slice_pixels`), and
-    its measured channels', for intensities; None: a table without them.
+    its measured channels', for intensities; None: a table without them; ``expand``: cells grown
+    in 3-D by this many px (``--expand``), ``NAME.cells3d.tif`` and the table's cell columns.
     """
     done: list[dict] = []
     problems: list[str] = []
@@ -103,7 +109,7 @@ def stitch_outputs(
             continue
         try:
             images = None if pixels_of is None else [lambda job=job: pixels_of(job) for job in group]
-            rows = stitch_stack(source, paths, group[0].target, min_iou, pixel_size_um, images)
+            rows = stitch_stack(source, paths, group[0].target, min_iou, pixel_size_um, images, expand)
         except (OSError, ValueError) as exc:
             problems.append(f"{source}: cannot stitch its slices: {exc}")
             continue
@@ -138,10 +144,12 @@ def write_summary(path: Path, rows: Sequence[dict]) -> None:
 
 def stitch_stack(
     source: Path, paths: Sequence[Path], first_target: Path, min_iou: float, pixel_size_um: float | None,
-    images: Sequence[Callable[[], SlicePixels]] | None = None,
+    images: Sequence[Callable[[], SlicePixels]] | None = None, expand: float | None = None,
 ) -> list[dict]:
     """Link the slices at ``paths`` (z order), write the stack's 3-D labels and table; its rows.
-    ``images``: each slice's pixels, read when needed (one slice at a time), for intensities."""
+    ``images``: each slice's pixels, read when needed (one slice at a time), for intensities;
+    ``expand``: also grow each nucleus's cell in 3-D (:func:`write_cells`). Raises ``ValueError``
+    (``cells3d.CellsTooFar``) before writing anything for cells that reach too far for the stack."""
     linker: zstack.Linker | None = None  # made with the first slice: its measured channels' keys
     id_maps = []
     for z, path in enumerate(paths):
@@ -156,8 +164,12 @@ def stitch_stack(
                 id_maps.append(linker.add(labels, pixels.grey, pixels.measured)[0])
         except ValueError as exc:  # a slice of another size than the others
             raise ValueError(f"{source}: {exc}") from exc
-    shape = labels.shape
+    shape = (len(paths), *labels.shape)
     voxel = voxel_size(source, pixel_size_um)
+    if expand is not None:
+        from service import cells3d
+
+        cells3d.check_cells(shape, expand, voxel)
 
     def stitched() -> Iterator[np.ndarray]:
         for id_map, path in zip(id_maps, paths, strict=True):
@@ -166,10 +178,45 @@ def stitch_stack(
     assert linker is not None, "a stack has at least one slice"
     labels_path, table_path = outputs_for(first_target, source)
     replace_atomic(labels_path, lambda tmp: zstack.write_labels_tiff(
-        str(tmp), stitched, (len(paths), *shape), linker.count, voxel))
+        str(tmp), stitched, shape, linker.count, voxel))
     rows = linker.table.rows(voxel)
-    write_atomic(table_path, zstack.rows_to_csv(rows).encode())
+    if expand is not None:
+        measured = None if images is None else [lambda z=z: images[z]().measured for z in range(len(paths))]
+        cells_path = first_target.with_name(source.stem + CELLS_SUFFIX)
+        write_cells(cells_path, stitched, shape, linker.count, expand, voxel, linker.table.channel_keys,
+                    measured).extend(rows, voxel)
+        if notice := cells3d.unknown_z_step_notice(voxel, expand):
+            print(f"unet-segment: --stitch-z: {source}: {notice}", file=sys.stderr)
+    write_atomic(table_path, zstack.rows_to_csv(rows).encode())  # last: its presence means done
     return rows
+
+
+def write_cells(
+    path: Path, stitched: Callable[[], Iterator[np.ndarray]], shape: tuple[int, int, int], count: int,
+    expand: float, voxel: zstack.VoxelSize | None, keys: Sequence[str],
+    measured: Sequence[Callable[[], Sequence[np.ndarray]]] | None,
+) -> Any:
+    """Grow the stitched stack's cells in 3-D (``cells3d.grow_and_measure``) and write them as
+    ``path`` (the labels' hyperstack layout, the nuclei's ids); their ``cells3d.CellSums``.
+    ``measured``: each slice's measured channels (read again, one slice at a time), for the
+    cytoplasm's intensities. The nuclei and the cells wait in scratch files beside ``path``
+    (8 bytes a voxel, removed after): the stack is never held in memory."""
+    from service import cells3d
+
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".cells3d-") as scratch:
+        nuclei, cells = (np.lib.format.open_memmap(Path(scratch, name), "w+", np.int32, shape)
+                         for name in ("nuclei.npy", "cells.npy"))
+        for z, labels in enumerate(stitched()):
+            nuclei[z] = labels
+
+        def read(z0: int, z1: int) -> np.ndarray:
+            return nuclei[z0:z1]
+
+        sums = cells3d.grow_and_measure(read, cells, expand, voxel, keys,
+                                        (lambda z: ()) if measured is None else (lambda z: measured[z]()))
+        replace_atomic(path, lambda tmp: zstack.write_labels_tiff(
+            str(tmp), lambda: iter(cells), shape, count, voxel))
+    return sums
 
 
 def slice_pixels(job: Any, config: Any) -> SlicePixels:
@@ -201,11 +248,7 @@ def voxel_size(source: Path, pixel_size_um: float | None) -> zstack.VoxelSize | 
     from service.settings import get_settings
 
     layout = frames.file_layout(source, get_settings().max_pixels)
-    size = layout.pixel_size if layout is not None else None
-    z_um = size.z_um if size is not None else None
-    if pixel_size_um is not None:
-        return zstack.VoxelSize(pixel_size_um, pixel_size_um, z_um)
-    return None if size is None else zstack.VoxelSize(size.x_um, size.y_um, z_um)
+    return zstack.VoxelSize.of(layout.pixel_size if layout is not None else None, pixel_size_um)
 
 
 def report(done: int, problems: Sequence[str], summary: Path) -> None:

@@ -117,9 +117,9 @@ class StackFiles:
             def nuclei(z0: int, z1: int) -> np.ndarray:
                 return scratch[z0:z1]
 
-            cells3d.grow_cells(nuclei, cells, self.expand, cells3d.spacing_of(voxel), should_stop=should_stop)
-            sums, channels = cells3d.CellSums(self._linker.table.channel_keys), self._channels
-            cells3d.measure_cells(nuclei, cells, sums, lambda z: [c[z] for c in channels])
+            channels, keys = self._channels, self._linker.table.channel_keys
+            sums = cells3d.grow_and_measure(nuclei, cells, self.expand, voxel, keys,
+                                            lambda z: [c[z] for c in channels], should_stop)
             cells_path = str(self.folder / CELLS_NAME)
             zstack.write_labels_tiff(cells_path, lambda: iter(cells), self.shape, count, voxel)
             sums.extend(rows, voxel)

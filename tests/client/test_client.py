@@ -679,8 +679,12 @@ def test_project_sum_and_the_measure_options_reach_the_config(tmp_path: Path) ->
                                   "--measure-project", "sum", "--expand", "4"])
     assert (config.project, config.measure, config.expand) == ("max", "GFP,2", 4.0)
     assert config.measure_project == "sum"
+    stitched = client.parse_config([*argv, "--output", "labels", "--z", "all", "--stitch-z", "--expand", "4"])
+    assert stitched.expand == 4.0 and stitched.stitch_z is not None  # grown in 3-D when linking
     for refused in (["--measure-project", "sum"],  # nothing measured
-                    ["--output", "ome-zarr", "--measure", "1", "--measure-project", "sum"]):  # a slide
+                    ["--output", "ome-zarr", "--measure", "1", "--measure-project", "sum"],  # a slide
+                    ["--output", "labels", "--expand", "4"],  # cells need a table, or 3-D labels
+                    ["--output", "mask", "--expand", "4"]):
         with pytest.raises(SystemExit):
             client.parse_config([*argv, *refused])
     with pytest.raises(SystemExit):

@@ -154,12 +154,13 @@ def test_the_middle_slice_goes_first(stack_folder: Path, tmp_path: Path) -> None
     assert client.middle_slice_first(resumed)[0].plane in ((("z", 5),), (("z", 7),))
 
 
-def test_measure_with_stitch_z_sums_the_other_channels_over_each_nucleus_voxels(
+def test_measure_and_expand_with_stitch_z_give_the_3d_table_and_cells_of_the_python_api(
     service_url: str, tmp_path: Path
 ) -> None:
-    """--measure with --stitch-z: the measured channel's columns in the 3-D table, by a server
-    (which gets the slices without measure=, as labels carry no table) and locally, as
-    ``segment_stack(measure=)`` gives them."""
+    """--measure and --expand with --stitch-z: the measured channel's columns in the 3-D table,
+    the cells grown in 3-D (``NAME.cells3d.tif``) and their columns, by a server (which gets the
+    slices without measure= or expand=, as labels carry no table) and locally, as
+    ``segment_stack(measure=, expand=)`` gives them."""
     nuclei, _ = synth_stack(9, StackConfig(depth=6, size=96, nuclei=6))
     marker = np.random.default_rng(2).integers(0, 3000, nuclei.shape).astype(nuclei.dtype)
     folder = tmp_path / "in"
@@ -167,17 +168,28 @@ def test_measure_with_stitch_z_sums_the_other_channels_over_each_nucleus_voxels(
     tifffile.imwrite(folder / "two.tif", np.stack([nuclei, marker], axis=1), imagej=True,
                      metadata={"axes": "ZCYX", "Labels": ["DAPI", "EdU"] * 6})
     args = ("--z", "all", "--output", "labels", "--stitch-z", "--channel", "DAPI", "--measure", "EdU",
-            "--diameter", "16")
+            "--diameter", "16", "--expand", "3")
     remote, local = tmp_path / "remote", tmp_path / "local"
     by_server = unet_segment(str(folder), "--out", str(remote), "--url", service_url, *args)
     in_process = unet_segment(str(folder), "--out", str(local), *args)
     assert by_server.returncode == in_process.returncode == 0, by_server.stderr + in_process.stderr
     with Segmenter.load(BUNDLED_MODEL) as segmenter:
-        expected = segmenter.segment_stack(folder / "two.tif", channel="DAPI", measure="EdU", diameter=16)
+        expected = segmenter.segment_stack(folder / "two.tif", channel="DAPI", measure="EdU", diameter=16,
+                                           expand=3)
     assert expected.object_count > 2 and "mean_intensity_EdU" in expected.objects[0]
-    for out in (remote, local):
+    assert expected.cells is not None and sum(r["cytoplasm_volume_voxels"] > 0 for r in expected.objects) > 2
+    for out, run in ((remote, by_server), (local, in_process)):
         rows = read_rows(out / "two.objects3d.csv")
         assert [int(r["id"]) for r in rows] == [row["id"] for row in expected.objects], out
         for row, want in zip(rows, expected.objects, strict=True):
             assert float(row["mean_intensity_EdU"]) == pytest.approx(want["mean_intensity_EdU"])
             assert float(row["integrated_intensity_EdU"]) == pytest.approx(want["integrated_intensity_EdU"])
+            for key in ("cell_volume_voxels", "cytoplasm_volume_voxels"):
+                assert int(row[key]) == want[key], (out, key)
+            assert float(row["mean_intensity_cytoplasm_EdU"] or "nan") == pytest.approx(
+                want["mean_intensity_cytoplasm_EdU"] or float("nan"), nan_ok=True)
+        with tifffile.TiffFile(out / "two.cells3d.tif") as tif:
+            assert tif.is_imagej and tif.series[0].axes == "ZYX"
+            np.testing.assert_array_equal(tif.asarray(), expected.cells)
+        assert "no z-step" in run.stderr  # grown as cubes, and said so
+        assert not list(out.glob(".cells3d-*"))  # no scratch left

@@ -9,7 +9,7 @@ import pytest
 from skimage.segmentation import expand_labels
 
 from service import cells3d
-from service.cells3d import CellSums, grow_cells, measure_cells, spacing_of, unknown_z_step_notice
+from service.cells3d import CellSums, grow_and_measure, grow_cells, spacing_of, unknown_z_step_notice
 from service.segment import Cancelled
 from service.zstack import VoxelSize
 
@@ -146,9 +146,9 @@ def test_cell_sums_are_each_cells_voxels_and_its_cytoplasms_intensity() -> None:
     marker[2, :10] = np.nan  # NaN voxels are left out of the cytoplasm's mean and sum
     counts = rng.integers(0, 4000, nuclei.shape).astype(np.uint16)
     voxel = VoxelSize(0.5, 0.5, 1.0)
-    sums = CellSums(["marker", "counts"])
-    cells = grown(nuclei, 3, spacing_of(voxel))
-    measure_cells(lambda z0, z1: nuclei[z0:z1], cells, sums, lambda z: [marker[z], counts[z]])
+    cells = np.full(nuclei.shape, -1, np.int32)
+    sums = grow_and_measure(lambda z0, z1: nuclei[z0:z1], cells, 3, voxel, ["marker", "counts"],
+                            lambda z: [marker[z], counts[z]])
     np.testing.assert_array_equal(cells, expand_labels(nuclei, distance=3, spacing=(2.0, 1.0, 1.0)))
     rows = [{"id": int(i)} for i in np.unique(nuclei) if i]
     sums.extend(rows, voxel)
