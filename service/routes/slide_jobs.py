@@ -79,9 +79,9 @@ def check_cells(width: int, expand: float | None, max_pixels: int) -> None:
     """A 413 for cells (``expand=``) whose rows held back on a slide ``width`` px wide would take
     more than one request may (``UNET_MAX_PIXELS``) where the slide alone would not: admission
     stops at that maximum, so the job would run with more memory than it was admitted for."""
-    if expand is None or admitted_pixels(width, expand, 1, math.inf) <= max_pixels:  # type: ignore[arg-type]
+    if expand is None or held_pixels(width, expand) <= max_pixels:
         return
-    if admitted_pixels(width, None, 1, math.inf) > max_pixels:  # type: ignore[arg-type]
+    if held_pixels(width, None) > max_pixels:
         return  # the slide alone is admitted at the maximum already: cells do not change that
     spare = max_pixels // width - ADMITTED_PER_COLUMN - CELLS_ADMITTED_PER_COLUMN  # per column
     room = spare / ADMITTED_PER_COLUMN_PER_EXPAND_PX
@@ -122,11 +122,17 @@ def working_pixels(runtime: Runtime, path: Path, options: SegmentOptions) -> int
 
 def admitted_pixels(width: int, expand: float | None, least: int, most: int) -> int:
     """:func:`working_pixels` of a slide ``width`` px wide, cells grown by ``expand`` px (None: no
-    cells), within ``[least, most]``."""
+    cells): :func:`held_pixels` within ``[least, most]``."""
+    return min(max(least, held_pixels(width, expand)), most)
+
+
+def held_pixels(width: int, expand: float | None) -> int:
+    """What a slide job ``width`` px wide holds, in admission pixels, with cells grown by
+    ``expand`` px (None: no cells), before admission's bounds."""
     per_column = ADMITTED_PER_COLUMN
     if expand is not None:
         per_column += CELLS_ADMITTED_PER_COLUMN + math.ceil(ADMITTED_PER_COLUMN_PER_EXPAND_PX * expand)
-    return min(max(least, per_column * width), most)
+    return per_column * width
 
 
 def run(
