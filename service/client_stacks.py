@@ -31,12 +31,15 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from service import zstack
 from service.client import replace_atomic, write_atomic
+
+if TYPE_CHECKING:  # imported when cells are grown: scikit-image is not the client's to load otherwise
+    from service.cells3d import CellSums
 
 LABELS_SUFFIX = ".labels3d.tif"
 TABLE_SUFFIX = ".objects3d.csv"
@@ -195,7 +198,7 @@ def write_cells(
     path: Path, stitched: Callable[[], Iterator[np.ndarray]], shape: tuple[int, int, int], count: int,
     expand: float, voxel: zstack.VoxelSize | None, keys: Sequence[str],
     measured: Sequence[Callable[[], Sequence[np.ndarray]]] | None,
-) -> Any:
+) -> CellSums:
     """Grow the stitched stack's cells in 3-D (``cells3d.grow_and_measure``) and write them as
     ``path`` (the labels' hyperstack layout, the nuclei's ids); their ``cells3d.CellSums``.
     ``measured``: each slice's measured channels (read again, one slice at a time), for the
