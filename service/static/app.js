@@ -955,7 +955,8 @@ async function downloadStack() {
     const zip = await viaJob(params, "3-D nuclei", "stack", async (url) => {
       const summary = JSON.parse(await (await request("GET", `${url}/result`)).response.text());
       if (run === state.run) {
-        $("info-count-3d").textContent = `${summary.objects} in ${summary.depth} slices`;
+        const cells = summary.expand ? `, each with its cell grown ${summary.expand} px in 3-D` : "";
+        $("info-count-3d").textContent = `${summary.objects} in ${summary.depth} slices${cells}`;
         showWarnings([...state.warnings, ...summary.warnings]);
       }
       return request("GET", `${url}/files.zip`);

@@ -633,6 +633,7 @@ def test_a_z_stack_offers_its_nuclei_in_3d_as_a_job_and_saves_its_files(
         with_cells.value.save_as(saved_cells)
         page.wait_for_function("() => document.getElementById('progress-box').hidden")
         assert page.locator("#error").text_content() == ""
+        shown_cells = page.locator("#info-count-3d").text_content()
     finally:
         page.close()
     with zipfile.ZipFile(saved) as zipped:
@@ -641,7 +642,9 @@ def test_a_z_stack_offers_its_nuclei_in_3d_as_a_job_and_saves_its_files(
     assert shown == f"{len(rows)} in 6 slices" and rows
     with zipfile.ZipFile(saved_cells) as zipped:
         assert sorted(zipped.namelist()) == ["cells3d.tif", "labels3d.tif", "objects3d.csv"]
-        assert "cell_volume_voxels" in zipped.read("objects3d.csv").decode().splitlines()[0]
+        table = zipped.read("objects3d.csv").decode().strip().splitlines()
+        assert "cell_volume_voxels" in table[0]
+    assert shown_cells == f"{len(table) - 1} in 6 slices, each with its cell grown 3 px in 3-D"
     posts = [url for method, url in requests if method == "POST" and "/jobs?" in url]
     assert len(posts) == 2 and all("output=labels3d" in p and "z=" not in p for p in posts), posts
     assert "expand" not in posts[0] and "expand=3" in posts[1]
