@@ -46,6 +46,9 @@ MIN_BLOCK_SIDE = 32
 #: cells are refused rather than grown for hours (:func:`check_cells`).
 MAX_REGROWN = 16
 
+#: Pixels of a slice counted at once into the cells' sums (:func:`grow_and_measure`): ~25 MB.
+SUM_BAND_PIXELS = 1_000_000
+
 #: The columns every row gains: the cell's voxels and its cytoplasm's (the cell less its nucleus).
 CELL_COLUMNS = ("cell_volume_voxels", "cytoplasm_volume_voxels")
 
@@ -307,11 +310,19 @@ def grow_and_measure(
     """A stack's cells into ``out`` (:func:`grow_cells` of its stitched ``nuclei``, in the voxel's
     proportions), then counted slice by slice with the measured channels' pixels ``channels(z)``
     (one per ``channel_keys``): their sums, for :meth:`CellSums.extend`. What a stack job, the
-    Python API and ``unet-segment --stitch-z`` all do."""
+    Python API and ``unet-segment --stitch-z`` all do. Each slice is counted in bands of rows of
+    at most :data:`SUM_BAND_PIXELS` (the sums' temporaries, ~25 bytes a pixel, would be GBs on a
+    slide-sized slice)."""
     grow_cells(nuclei, out, distance, spacing_of(voxel), should_stop=should_stop)
     sums = CellSums(channel_keys)
-    for z in range(out.shape[0]):
-        sums.add(np.asarray(nuclei(z, z + 1))[0], np.asarray(out[z]), channels(z))
+    depth, height, width = out.shape
+    rows = max(1, SUM_BAND_PIXELS // width)
+    for z in range(depth):
+        slice_nuclei, slice_channels = nuclei(z, z + 1)[0], channels(z)
+        for y0 in range(0, height, rows):
+            band = slice(y0, min(height, y0 + rows))
+            sums.add(np.asarray(slice_nuclei[band]), np.asarray(out[z, band]),
+                     [np.asarray(c[band]) for c in slice_channels])
     return sums
 
 

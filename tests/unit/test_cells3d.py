@@ -174,6 +174,35 @@ def test_cell_sums_are_each_cells_voxels_and_its_cytoplasms_intensity() -> None:
                                       "integrated_intensity_cytoplasm_marker": 0.0}
 
 
+def test_slices_counted_in_bands_of_rows_sum_as_whole_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(6)
+    nuclei = random_nuclei(rng, (4, 37, 29), 9)
+    marker = rng.normal(100, 20, nuclei.shape).astype(np.float32)
+    voxel = VoxelSize(0.5, 0.5, 1.0)
+    counted: list[tuple[int, ...]] = []
+    real_add = CellSums.add
+
+    def recording(self: CellSums, nuclei_band: np.ndarray, *args) -> None:
+        counted.append(nuclei_band.shape)
+        real_add(self, nuclei_band, *args)
+
+    monkeypatch.setattr(CellSums, "add", recording)
+
+    def measured(band_pixels: int) -> list[dict]:
+        monkeypatch.setattr(cells3d, "SUM_BAND_PIXELS", band_pixels)
+        sums = grow_and_measure(lambda z0, z1: nuclei[z0:z1], np.zeros_like(nuclei), 3, voxel, ["m"],
+                                lambda z: [marker[z]])
+        rows = [{"id": int(i)} for i in np.unique(nuclei) if i]
+        sums.extend(rows, voxel)
+        return rows
+
+    whole = measured(10**6)
+    assert set(counted) == {(37, 29)}
+    counted.clear()
+    assert measured(100) == whole  # 3 rows of 29 at a time: 13 bands a slice
+    assert len(counted) == 4 * 13 and max(shape[0] for shape in counted) == 3
+
+
 def test_bad_arguments_are_refused() -> None:
     labels = np.zeros((2, 8, 8), np.int32)
     with pytest.raises(ValueError, match="distance"):
