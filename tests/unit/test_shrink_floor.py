@@ -3,6 +3,7 @@ model's diameter, by the ``diameter=`` it sends; enlargement and floor 1 stay th
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from service.rescale import factor_for
@@ -32,3 +33,19 @@ def test_floor_one_small_nuclei_and_no_estimate_are_left_to_the_service() -> Non
     assert floor_diameter(None, MODEL_DIAMETER, 1.25) is None
     # Just past the skip ratio but under the floor: sent as the model's own diameter (factor 1).
     assert floor_diameter(23.0, MODEL_DIAMETER, 1.25) == MODEL_DIAMETER
+
+
+def test_touching_counts_whole_objects_that_share_a_boundary() -> None:
+    touching_fraction = load_benchmark("shrink_floor").touching_fraction
+    labels = np.zeros((20, 30), np.int32)
+    labels[2:6, 2:6] = 1
+    labels[2:6, 6:10] = 2  # touches 1 (4-neighbours)
+    labels[10:14, 2:6] = 3  # alone
+    labels[10:14, 7:11] = 4  # one column of background between it and 3: not touching
+    labels[0:5, 25:30] = 5  # cut by the edge: not counted itself, but 6 touches it
+    labels[5:9, 25:29] = 6
+    assert touching_fraction(labels) == pytest.approx(3 / 5)  # 1, 2 and 6 of the whole 1, 2, 3, 4, 6
+    diagonal = np.zeros((10, 10), np.int32)
+    diagonal[2:4, 2:4], diagonal[4:6, 4:6] = 1, 2  # corners only
+    assert touching_fraction(diagonal) == 0.0
+    assert touching_fraction(np.zeros((5, 5), np.int32)) == 0.0
