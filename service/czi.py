@@ -11,8 +11,9 @@ plane and pixel-size rules of :mod:`service.microscopy` apply to a CZI unchanged
   raises gives the caller a 400. :func:`service.structure.check_czi` bounds the directory first.
 - **Pixels**: each full-resolution subblock of the plane is decoded here through imagecodecs
   (zstd, JPEG XR, JPEG, LZW, as ZEN writes them; czifile's release for Python 3.11 predates ZEN's
-  zstd) and pasted at its position: a tile scan (mosaic) comes out as one plane. Pyramid levels
-  are skipped: the service resamples by itself.
+  zstd) and pasted at its position: a tile scan (mosaic) comes out as one plane, its gaps at the
+  plane's dark level (:data:`GAP_PERCENTILE`). Pyramid levels are skipped: the service resamples
+  by itself.
 - **Scenes** (the positions of a multi-well or multi-position experiment, the regions of a tile
   scan) are the file's images, chosen as ``series=`` like an OME-TIFF's Images: the first is read
   unless the request says, with a notice naming how many there are.
@@ -64,6 +65,18 @@ _PIXEL_TYPES = {
     "<3u1": ("uint8", 3), "<3u2": ("uint16", 3),
 }
 _UNCOMPRESSED, _JPEG, _LZW, _JPEGXR, _ZSTD0, _ZSTD1 = 0, 1, 2, 4, 5, 6
+
+#: A tile scan's gaps (no tile there: a round or polygonal tile region in its bounding box) hold no
+#: data. libCZI draws them black, but a fluorescence camera's dark level lies well above 0 (about
+#: 100 on sCMOS cameras), and the normalisation's 1st percentile then reads the gaps, not the
+#: sample's background: DSB images at 16 bits framed by zeros to 56 % of the plane lost F1 0.884 →
+#: 0.850 (every second training image), framed at their own dark level 0.888 → 0.883 (every fourth;
+#: issue #13, docs/benchmarks.md, "A constant fill around the field"). A histogram cannot tell gaps
+#: from a background set to 0, but the reader knows them: a grey plane's gaps are drawn at its dark
+#: level instead, the lowest 1st percentile of its first :data:`GAP_LEVEL_TILES` tiles (the darkest
+#: of a few, as one tile may lie all on tissue). Colour (bright-field) planes keep black gaps.
+GAP_PERCENTILE = 1.0
+GAP_LEVEL_TILES = 4
 
 
 def is_czi(data: bytes) -> bool:
@@ -185,6 +198,19 @@ def _planes(czi: Any, max_pixels: int, scene: int | None) -> tuple[Layout, Windo
         by_plane.setdefault(_key(tile.index), []).append(tile)
     # Channels may differ in pixel type (an 8-bit and a 16-bit camera): the layout names the first's.
     first_dtype = _PIXEL_TYPES[by_plane[min(by_plane)][0].pixel_type][0]
+    gap_levels: dict[tuple[int, int, int], float] = {}
+
+    def gap_level(key: tuple[int, int, int]) -> float:
+        """The plane's dark level (:data:`GAP_PERCENTILE`), once per plane: every window's gaps alike."""
+        if key not in gap_levels:
+            levels = []
+            for tile in by_plane[key][:GAP_LEVEL_TILES]:
+                pixels = _decode(tile)
+                finite = pixels[np.isfinite(pixels)] if pixels.dtype.kind == "f" else pixels
+                if finite.size:
+                    levels.append(float(np.percentile(finite, GAP_PERCENTILE, method="lower")))
+            gap_levels[key] = min(levels, default=0.0)
+        return gap_levels[key]
 
     def read_window(coords: dict[str, int], top: int, bottom: int, left: int, right: int) -> np.ndarray:
         plane_tiles = by_plane.get(_key(coords))
@@ -193,6 +219,7 @@ def _planes(czi: Any, max_pixels: int, scene: int | None) -> tuple[Layout, Windo
         dtype, tile_samples = _PIXEL_TYPES[plane_tiles[0].pixel_type]
         rows, columns = bottom - top, right - left
         window = np.zeros((rows, columns, tile_samples) if rgb else (rows, columns), dtype)
+        covered = None if rgb else np.zeros((rows, columns), bool)
         for tile in plane_tiles:
             # The tile's rectangle on the plane, and the part of it inside the window.
             ty, tx = tile.y - y0, tile.x - x0
@@ -204,6 +231,10 @@ def _planes(czi: Any, max_pixels: int, scene: int | None) -> tuple[Layout, Windo
             if pixels.dtype != window.dtype:
                 raise UnsupportedImageType(f"the CZI's plane {_describe(coords)} mixes pixel types")
             window[a - top : b - top, c - left : d - left] = pixels[a - ty : b - ty, c - tx : d - tx]
+            if covered is not None:
+                covered[a - top : b - top, c - left : d - left] = True
+        if covered is not None and not covered.all():
+            window[~covered] = gap_level(_key(coords))
         return window
 
     layout = Layout(

@@ -86,16 +86,43 @@ def test_a_max_projection_over_z(movie: bytes) -> None:
 
 def test_a_tile_scan_is_composed_from_its_tiles_as_libczi_composes_it() -> None:
     """Three overlapping tiles with a gap between them: where they overlap, the same tile wins as in
-    libCZI; the gap is black; the plane spans the tiles' extent."""
+    libCZI; the plane spans the tiles' extent; the gap, black in libCZI, is at the plane's dark level
+    (czi.GAP_PERCENTILE: the lowest 1st percentile of its tiles)."""
     rng = np.random.default_rng(3)
-    tiles = [Tile(rng.integers(1, 4000, (30, 40), dtype=np.uint16), x=x, y=y)
-             for x, y in ((0, 0), (30, 5), (90, 20))]
+    pixels = [rng.integers(low, 4000, (30, 40), dtype=np.uint16) for low in (300, 100, 200)]
+    tiles = [Tile(p, x=x, y=y) for p, (x, y) in zip(pixels, ((0, 0), (30, 5), (90, 20)), strict=True)]
     data = czi_bytes(tiles, {0: "DAPI"}, UM * 1e-6, ZSTD1)
     plane = read(data)
     assert plane.image.shape == (50, 130)
     expected = libczi_plane(data)
-    np.testing.assert_array_equal(plane.image, expected)
-    assert (plane.image[30:, :30] == 0).all()  # below the first tile: no tile there
+    gap = expected == 0
+    assert gap[30:, :30].all() and gap.sum() > 1000  # below the first tile: no tile there
+    np.testing.assert_array_equal(plane.image[~gap], expected[~gap])
+    dark = min(np.percentile(p, 1, method="lower") for p in pixels)
+    assert 100 <= dark < 200  # the second tile's: the darkest
+    assert (plane.image[gap] == dark).all()
+
+
+def test_a_tile_scans_gaps_are_alike_in_every_window_and_colour_keeps_them_black(tmp_path: Path) -> None:
+    from service import slide_files
+
+    rng = np.random.default_rng(8)
+    tiles = [Tile(rng.integers(500, 900, (40, 60), dtype=np.uint16), x=x, y=y)
+             for x, y in ((0, 0), (100, 50))]
+    path = tmp_path / "gappy.czi"
+    path.write_bytes(czi_bytes(tiles, {0: "DAPI"}, UM * 1e-6, ZSTD1))
+    whole = read(path.read_bytes()).image
+    assert whole.shape == (90, 160) and whole[60, 10] == whole[5, 150] > 500
+    selection = microscopy.Selection()
+    with slide_files.open_slide(path, selection, max_pixels=MAX_PIXELS, limits=Limits()) as slide:
+        # the whole plane, then two windows that lie all in the gaps
+        for y0, y1, x0, x1 in ((0, 90, 0, 160), (45, 90, 0, 100), (0, 30, 120, 160)):
+            np.testing.assert_array_equal(slide.read(y0, y1, x0, x1), whole[y0:y1, x0:x1])
+
+    colour = [Tile(rng.integers(1, 255, (20, 30, 3), dtype=np.uint8), x=x, y=y)
+              for x, y in ((0, 0), (50, 30))]
+    image = read(czi_bytes(colour), channel="red").image
+    assert (image[30:, :30] == 0).all()  # bright-field gaps: as libCZI draws them
 
 
 def test_colour_is_read_red_first_and_one_stain_in_its_colour_needs_no_choice() -> None:
