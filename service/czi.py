@@ -217,24 +217,25 @@ def _planes(czi: Any, max_pixels: int, scene: int | None) -> tuple[Layout, Windo
         if not plane_tiles:
             raise UndecodableImage(f"the CZI has no subblock for plane {_describe(coords)}")
         dtype, tile_samples = _PIXEL_TYPES[plane_tiles[0].pixel_type]
-        rows, columns = bottom - top, right - left
-        window = np.zeros((rows, columns, tile_samples) if rgb else (rows, columns), dtype)
-        covered = None if rgb else np.zeros((rows, columns), bool)
+        # Each tile's rectangle on the plane, and the part of it inside the window.
+        placed = []
         for tile in plane_tiles:
-            # The tile's rectangle on the plane, and the part of it inside the window.
             ty, tx = tile.y - y0, tile.x - x0
             a, b = max(ty, top), min(ty + tile.height, bottom)
             c, d = max(tx, left), min(tx + tile.width, right)
-            if a >= b or c >= d:
-                continue
+            if a < b and c < d:
+                placed.append((tile, ty, tx, (a, b, c, d)))
+        rows, columns = bottom - top, right - left
+        shape = (rows, columns, tile_samples) if rgb else (rows, columns)
+        if rgb or _covers([r for *_, r in placed], (top, bottom, left, right)):
+            window = np.zeros(shape, dtype)
+        else:
+            window = np.full(shape, gap_level(_key(coords)), dtype)
+        for tile, ty, tx, (a, b, c, d) in placed:
             pixels = _decode(tile)
             if pixels.dtype != window.dtype:
                 raise UnsupportedImageType(f"the CZI's plane {_describe(coords)} mixes pixel types")
             window[a - top : b - top, c - left : d - left] = pixels[a - ty : b - ty, c - tx : d - tx]
-            if covered is not None:
-                covered[a - top : b - top, c - left : d - left] = True
-        if covered is not None and not covered.all():
-            window[~covered] = gap_level(_key(coords))
         return window
 
     layout = Layout(
@@ -254,6 +255,19 @@ def _planes(czi: Any, max_pixels: int, scene: int | None) -> tuple[Layout, Windo
         series_names=scene_names[:scenes] if scenes > 1 else (),
     )
     return layout, read_window, (max(t.height for t in tiles), max(t.width for t in tiles))
+
+
+def _covers(rectangles: list[tuple[int, int, int, int]], window: tuple[int, int, int, int]) -> bool:
+    """Whether ``(top, bottom, left, right)`` rectangles, each inside ``window``, cover all of it: on
+    the grid of their edges, without a mask of the window's pixels."""
+    top, bottom, left, right = window
+    ys = sorted({top, bottom, *(r[0] for r in rectangles), *(r[1] for r in rectangles)})
+    xs = sorted({left, right, *(r[2] for r in rectangles), *(r[3] for r in rectangles)})
+    row, column = {y: i for i, y in enumerate(ys)}, {x: i for i, x in enumerate(xs)}
+    cells = np.zeros((len(ys) - 1, len(xs) - 1), bool)
+    for a, b, c, d in rectangles:
+        cells[row[a] : row[b], column[c] : column[d]] = True
+    return bool(cells.all())
 
 
 def _key(coords: dict[str, int]) -> tuple[int, int, int]:

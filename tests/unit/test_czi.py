@@ -125,6 +125,18 @@ def test_a_tile_scans_gaps_are_alike_in_every_window_and_colour_keeps_them_black
     assert (image[30:, :30] == 0).all()  # bright-field gaps: as libCZI draws them
 
 
+def test_a_tile_scan_without_gaps_decodes_each_tile_once(monkeypatch) -> None:
+    rng = np.random.default_rng(9)
+    tiles = [Tile(rng.integers(1, 4000, (20, 30), dtype=np.uint16), x=x, y=y)
+             for x in (0, 30) for y in (0, 20)]
+    data = czi_bytes(tiles, {0: "DAPI"}, UM * 1e-6, ZSTD1)
+    decoded: list[int] = []
+    real_decode = czi._decode
+    monkeypatch.setattr(czi, "_decode", lambda tile: decoded.append(1) or real_decode(tile))
+    assert read(data).image.shape == (40, 60)
+    assert len(decoded) == 4  # no dark level looked for: there is no gap
+
+
 def test_colour_is_read_red_first_and_one_stain_in_its_colour_needs_no_choice() -> None:
     rng = np.random.default_rng(4)
     composite = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)  # blue, green, red as stored
@@ -326,3 +338,12 @@ def test_a_tile_scan_is_read_window_by_window_as_a_slide(tmp_path: Path, monkeyp
         assert len(decoded) == 1  # the last window lies in one subblock
     with pytest.raises(SlideTooLarge):
         slide_files.open_slide(path, selection, max_pixels=100 * 150 - 1, limits=Limits())
+
+
+def test_covers_tells_a_window_tiled_without_gaps_from_one_with_a_pixel_missing() -> None:
+    window = (0, 10, 0, 20)
+    assert czi._covers([(0, 10, 0, 12), (0, 10, 12, 20)], window)  # side by side
+    assert czi._covers([(0, 6, 0, 20), (4, 10, 0, 15), (5, 10, 14, 20)], window)  # overlapping
+    assert not czi._covers([(0, 10, 0, 12), (0, 10, 13, 20)], window)  # one column missing
+    assert not czi._covers([], window)  # no tile at all
+    assert not czi._covers([(0, 9, 0, 20), (9, 10, 0, 19)], window)  # one pixel missing
