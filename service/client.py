@@ -83,7 +83,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -1211,9 +1211,15 @@ def run(config: Config, jobs: Sequence[Job], backoff_base: float = BACKOFF_BASE_
         # (a stack's slices are linked only if all are at one scale), kept in the output folder.
         kept = stitch_diameter_kept(config) if config.diameter_once and config.diameter is None else None
         if kept is not None and todo:
-            segmenter.use_diameter(kept)
-            bar.write(f"unet-segment: nucleus diameter {kept:g} px for the stacks, as the run that "
-                      f"segmented their first slices ({STITCH_DIAMETER_FILE})", file=sys.stderr)
+            # The slice the diameter was estimated on was segmented at that estimate itself (the
+            # others at it to 0.1 px, as Segmenter.segment_stack does): lost, it is estimated again
+            # there, which gives the same value, and the stack comes out as the first run made it.
+            again = [j for j in todo if kept.estimated_on is not None and job_key(j) == kept.estimated_on]
+            send(again)
+            rest = [j for j in todo if j not in again]
+            segmenter.use_diameter(kept.diameter)
+            bar.write(f"unet-segment: nucleus diameter {kept.diameter:g} px for the stacks, as the run "
+                      f"that segmented their first slices ({STITCH_DIAMETER_FILE})", file=sys.stderr)
         elif config.diameter_once and config.diameter is None:
             count = ONCE_IMAGES
             if config.stitch_z is not None:
@@ -1222,8 +1228,8 @@ def run(config: Config, jobs: Sequence[Job], backoff_base: float = BACKOFF_BASE_
             first, rest = todo[:count], todo[count:]
             settle_diameter(send(first), segmenter, summary, bar)
             if config.stitch_z is not None and summary.diameter is not None:
-                write_atomic(config.out / STITCH_DIAMETER_FILE,
-                             json.dumps({"diameter": summary.diameter}).encode())
+                kept_now = KeptDiameter(summary.diameter, job_key(first[0]))
+                write_atomic(config.out / STITCH_DIAMETER_FILE, json.dumps(asdict(kept_now)).encode())
         send(rest)
     except BaseException:
         segmenter.interrupt()  # jobs being polled (or slides segmented here) are cancelled, not waited for
@@ -1238,17 +1244,35 @@ def run(config: Config, jobs: Sequence[Job], backoff_base: float = BACKOFF_BASE_
     return summary
 
 
-def stitch_diameter_kept(config: Config) -> float | None:
+@dataclass(frozen=True)
+class KeptDiameter:
+    """What ``--stitch-z`` keeps in the output folder (:data:`STITCH_DIAMETER_FILE`): the diameter the
+    run settled on, and the slice it was estimated on (:func:`job_key`; None in files written before
+    it was kept)."""
+
+    diameter: float
+    estimated_on: str | None = None
+
+
+def job_key(job: Job) -> str:
+    """A job's file and plane as one string, to name it across runs."""
+    return json.dumps([str(job.source), [list(p) for p in job.plane]])
+
+
+def stitch_diameter_kept(config: Config) -> KeptDiameter | None:
     """``--stitch-z``: the diameter an earlier run in this output folder settled on (None: none, or
     ``--overwrite``, which segments every slice again)."""
     path = config.out / STITCH_DIAMETER_FILE
     if config.stitch_z is None or config.overwrite or not path.is_file():
         return None
     try:
-        diameter = float(json.loads(path.read_text(encoding="utf-8"))["diameter"])
-    except (OSError, ValueError, KeyError, TypeError):
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        diameter, estimated_on = float(kept["diameter"]), kept.get("estimated_on")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # unreadable: estimated again, as without it
-    return diameter if diameter > 0 else None
+    if diameter <= 0:
+        return None
+    return KeptDiameter(diameter, estimated_on if isinstance(estimated_on, str) else None)
 
 
 def middle_slice_first(jobs: Sequence[Job]) -> list[Job]:

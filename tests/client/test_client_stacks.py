@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,10 @@ def test_a_resumed_run_segments_the_slices_left_at_the_first_runs_diameter(
     first = unet_segment(*args)
     assert first.returncode == 0, first.stderr
     whole = tifffile.imread(out / "cells.labels3d.tif")
+    # The middle slice is segmented at its own estimate, the others at it to 0.1 px: the folder
+    # says which slice that was, so that a rerun that lost it estimates it there again.
+    kept = json.loads((out / client.STITCH_DIAMETER_FILE).read_text(encoding="utf-8"))
+    assert json.loads(kept["estimated_on"]) == [str(stack_folder / "cells.tif"), [["z", 6]]]
     for z in (2, 6, 7, 11):  # the middle slice and others lost, as if the run had stopped early
         (out / f"cells_z{z:02d}.png").unlink()
     (out / "cells.labels3d.tif").unlink()
@@ -122,6 +127,17 @@ def test_a_resumed_run_segments_the_slices_left_at_the_first_runs_diameter(
     assert again.returncode == 0, again.stderr
     assert "4 written, 8 skipped" in again.stderr and "as the run that segmented their first" in again.stderr
     assert np.array_equal(tifffile.imread(out / "cells.labels3d.tif"), whole)
+
+
+def test_a_kept_diameter_from_before_the_slice_was_named_is_still_used(tmp_path: Path) -> None:
+    config = client.parse_config([str(tmp_path), "--out", str(tmp_path), "--z", "all", "--output", "labels",
+                                  "--stitch-z"])
+    path = tmp_path / client.STITCH_DIAMETER_FILE
+    path.write_text('{"diameter": 15.7}', encoding="utf-8")
+    assert client.stitch_diameter_kept(config) == client.KeptDiameter(15.7, None)
+    for broken in ('{"diameter": 0}', "[15.7]", "not JSON", '{"diameter": "x"}'):
+        path.write_text(broken, encoding="utf-8")
+        assert client.stitch_diameter_kept(config) is None, broken
 
 
 def test_the_command_line_says_what_stitching_needs(stack_folder: Path, tmp_path: Path) -> None:
