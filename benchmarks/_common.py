@@ -9,6 +9,7 @@ stand-in models exported in subprocesses.
 from __future__ import annotations
 
 import importlib.metadata
+import io
 import os
 import platform
 import signal
@@ -347,6 +348,32 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def add_stack_options(parser) -> None:
+    """``--depth``, ``--size``, ``--nuclei``: the synthetic stack of the stack benchmarks
+    (``stack_job.py``, ``stack_cells.py``), 16 × 512² with 120 nuclei by default."""
+    parser.add_argument("--depth", type=int, default=16)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--nuclei", type=int, default=120)
+
+
+def synthetic_stack(depth: int, size: int, nuclei: int) -> np.ndarray:
+    """The stack benchmarks' ``(Z, Y, X)`` stack (``model_export.synth_stack``, seed 7)."""
+    from model_export.synth_stack import StackConfig, synth_stack
+
+    return synth_stack(7, StackConfig(depth=depth, size=size, nuclei=nuclei))[0]
+
+
+def imagej_stack(image: np.ndarray, axes: str) -> bytes:
+    """``image`` as Fiji saves a hyperstack of ``axes`` (``"ZYX"``, ``"ZCYX"``): 0.5 µm pixels, a 1 µm
+    z-step."""
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, image, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": axes, "spacing": 1.0, "unit": "um"})
+    return buffer.getvalue()
 
 
 def job_on_fresh_server(

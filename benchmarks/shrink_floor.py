@@ -35,7 +35,7 @@ from model_export.evaluate import predict_labels, score_segmentation
 from service import diameter as size_probes
 from service.diameter import DiameterEstimate, estimate_diameter
 from service.engine import Engine
-from service.objects import label_objects, params_for_model
+from service.objects import params_for_model
 from service.rescale import SKIP_RESIZE_RATIO
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,8 +55,7 @@ def floor_diameter(estimate: float | None, model_diameter: float, floor: float) 
 def touching_fraction(labels: np.ndarray) -> float:
     """Fraction of the whole objects (not cut by the edge) of ``labels`` that share a 4-neighbour
     boundary with another object (0 without whole objects)."""
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    whole = np.setdiff1d(np.unique(labels), np.concatenate([[0], edge]))
+    whole = np.setdiff1d(np.unique(labels), np.concatenate([[0], size_probes.edge_ids(labels)]))
     touching: set[int] = set()
     for a, b in ((labels[1:], labels[:-1]), (labels[:, 1:], labels[:, :-1])):
         contact = (a != b) & (a > 0) & (b > 0)
@@ -79,9 +78,7 @@ def chosen_probe_touching(engine: Engine, image: np.ndarray, estimate: DiameterE
     if window is None:
         return None
     probs = size_probes._probabilities([window], engine.run, metadata, None)[0]
-    centers = probs[params.center_channel] if params.uses_centers else None
-    mask = probs[metadata.foreground_channel] > metadata.threshold
-    return touching_fraction(label_objects(mask, params, centers))
+    return touching_fraction(size_probes.probe_objects(probs, metadata, params, metadata.threshold))
 
 
 def score_floors(engine: Engine, case: Case, floors: list[float]) -> dict:

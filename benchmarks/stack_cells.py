@@ -16,33 +16,32 @@ job seconds (median), its ratio to the job without cells, and the peak RSS (high
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cells_cost_table, job_on_fresh_server, machine  # noqa: E402
-
-from model_export.synth_stack import StackConfig, synth_stack  # noqa: E402
+from _common import (  # noqa: E402
+    add_stack_options,
+    cells_cost_table,
+    imagej_stack,
+    job_on_fresh_server,
+    machine,
+    synthetic_stack,
+)
 
 TIFF = {"Content-Type": "image/tiff"}
 
 
 def stack_tiff(depth: int, size: int, nuclei: int, tiles: int) -> bytes:
-    image, _ = synth_stack(7, StackConfig(depth=depth, size=size, nuclei=nuclei))
-    image = np.tile(image, (tiles, tiles, tiles))
+    image = np.tile(synthetic_stack(depth, size, nuclei), (tiles, tiles, tiles))
     marker = np.random.default_rng(7).integers(0, 2000, image.shape).astype(image.dtype)
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, np.stack([image, marker], axis=1), imagej=True, resolution=(2.0, 2.0),
-                     metadata={"axes": "ZCYX", "spacing": 1.0, "unit": "um"})
-    return buffer.getvalue()
+    return imagej_stack(np.stack([image, marker], axis=1), "ZCYX")
 
 
 def run_job(body: bytes, params: dict[str, str], threads: int, jobs_dir: Path) -> tuple[float, int, int]:
@@ -54,9 +53,7 @@ def run_job(body: bytes, params: dict[str, str], threads: int, jobs_dir: Path) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--depth", type=int, default=16)
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--nuclei", type=int, default=120)
+    add_stack_options(parser)
     parser.add_argument("--tiles", type=int, default=1, help="repeat the stack this many times along z, y, x")
     parser.add_argument("--expand", type=float, nargs="+", default=[5.0, 20.0])
     parser.add_argument("--diameter", default="24")

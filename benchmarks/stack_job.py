@@ -19,31 +19,30 @@ polling. Prints a markdown table. The model is the bundled one (int8 on a CPU, a
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import tifffile
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import Service, machine, markdown_table  # noqa: E402
+from _common import (  # noqa: E402
+    Service,
+    add_stack_options,
+    imagej_stack,
+    machine,
+    markdown_table,
+    synthetic_stack,
+)
 
-from model_export.synth_stack import StackConfig, synth_stack  # noqa: E402
 from service.settings import DEFAULT_MODEL_PATH  # noqa: E402
 
 TIFF = {"Content-Type": "image/tiff"}
 
 
 def stack_tiff(depth: int, size: int, nuclei: int) -> bytes:
-    image, _ = synth_stack(7, StackConfig(depth=depth, size=size, nuclei=nuclei))
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, image, imagej=True, resolution=(2.0, 2.0),
-                     metadata={"axes": "ZYX", "spacing": 1.0, "unit": "um"})
-    return buffer.getvalue()
+    return imagej_stack(synthetic_stack(depth, size, nuclei), "ZYX")
 
 
 def run_job(service: Service, body: bytes) -> dict:
@@ -73,9 +72,7 @@ def per_slice(service: Service, body: bytes, depth: int, diameter: float) -> int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--depth", type=int, default=16)
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--nuclei", type=int, default=120)
+    add_stack_options(parser)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

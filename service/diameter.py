@@ -207,15 +207,27 @@ def _probabilities(
     return [r for r in results if r is not None]
 
 
+def probe_objects(
+    probs: np.ndarray, metadata: ModelMetadata, params: ObjectParams, threshold: float
+) -> np.ndarray:
+    """The objects of a probe's probabilities ``(K, h, w)``, as the estimate makes them."""
+    foreground = probs[metadata.foreground_channel]
+    centers = probs[params.center_channel] if params.uses_centers else None
+    return label_objects(foreground > threshold, params, centers)
+
+
+def edge_ids(labels: np.ndarray) -> np.ndarray:
+    """The ids of ``labels`` on its border (0 among them where background reaches it)."""
+    return np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+
+
 def _measure(
     factor: float, probs: np.ndarray, metadata: ModelMetadata, params: ObjectParams, threshold: float
 ) -> Probe:
     """The probe's whole objects (not cut by the window's edge) and their median diameter."""
-    foreground = probs[metadata.foreground_channel]
-    centers = probs[params.center_channel] if params.uses_centers else None
-    labels = label_objects(foreground > threshold, params, centers)
+    labels = probe_objects(probs, metadata, params, threshold)
     # Nuclei cut by the window's edge would bias the size down: measure whole ones only.
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    edge = edge_ids(labels)
     areas = np.bincount(labels.reshape(-1))
     areas[edge] = 0
     keep = np.flatnonzero(areas > 0)
