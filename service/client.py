@@ -47,7 +47,7 @@ Behaviour a batch of thousands of images needs:
   every image. The value used is printed, to be given as ``--diameter PX`` next time.
 - **Movies and stacks**: ``--t all`` / ``--z all`` make each time point (z-slice) of a file its
   own job and output (``NAME_t007.png``); each is sent as that frame alone, cut out of the file
-  (a TIFF or a Zeiss CZI) as a partial OME-TIFF that the service reads as the file
+  (a TIFF, a Zeiss CZI or a Leica LIF) as a partial OME-TIFF that the service reads as the file
   (``service.frames``), so a movie is not uploaded once per frame and may be larger than the
   server's upload limit.
 - **3-D nuclei from a z-stack**: ``--z all --output labels --stitch-z`` links each stack's slices'
@@ -256,6 +256,7 @@ CONTENT_TYPES: dict[str, str] = {
     ".jpeg": "image/jpeg",
     ".bmp": "image/bmp",
     ".czi": "application/octet-stream",  # Zeiss ZEN: no registered media type; the service sniffs it
+    ".lif": "application/octet-stream",  # Leica LAS X: likewise
 }
 
 #: Statuses worth another try (overload, a replica restarting, a proxy timing out). Anything else
@@ -363,7 +364,7 @@ class Config:
     project: str | None = None
     pixel_size: float | None = None
     polarity: str | None = None  # dark: nuclei darker than their background (bright field, H&E)
-    series: int | None = None  # which image of a file holding several (OME-TIFF Images, CZI scenes)
+    series: int | None = None  # which image of a file of several (OME-TIFF Images, CZI scenes, LIF images)
     #: --measure: channels each nucleus is measured in besides the one segmented ("all", or indices /
     #: names with commas between), for --output objects / geojson; None: not sent
     measure: str | None = None
@@ -544,7 +545,8 @@ def count_planes(source: Path, axis: str) -> int:
     from service import frames
     from service.settings import get_settings
 
-    # Only TIFFs and CZIs hold planes; the header is read, not the file (a movie may be larger than memory).
+    # Only TIFFs, CZIs and LIFs hold planes; the header is read, not the file (a movie may be larger than
+    # memory).
     layout = frames.file_layout(source, get_settings().max_pixels)
     if layout is None:
         return 1
@@ -1572,8 +1574,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "slice at one diameter, estimated on the middle slice unless --diameter says")
     plane.add_argument("--series", type=_plane_index, metavar="S|all",
                        help="which image of a file holding several (an OME-TIFF's Images, a CZI's scenes: "
-                       "the positions of a multi-position experiment), 0-based; all: every one its own "
-                       "output (NAME_s03...); default: the first, with a warning")
+                       "the positions of a multi-position experiment, a LIF project's images), 0-based; "
+                       "all: every one its own output (NAME_s03...); default: the first, with a warning")
     plane.add_argument("--pixel-size", dest="pixel_size", type=_positive_float, metavar="UM",
                        help="µm per pixel (overrides the files' calibration; adds µm columns)")
     plane.add_argument("--polarity", choices=["bright", "dark"],

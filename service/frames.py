@@ -21,11 +21,12 @@ two-channel movie), every page of the frame, so the service answers with the fil
 
 What does not carry over: the pixel size is given as OME's, so ``X-Pixel-Size-Source`` reads
 ``ome`` where the file said ``imagej`` or ``tiff``, and notices about the file's own metadata (a
-print resolution ignored, a second series) are not repeated per frame. A Zeiss CZI is cut
-the same way (its planes read by :mod:`service.czi`), so a time-lapse past the upload limit is
-segmented frame by frame, each frame sent as an OME-TIFF. Anything this module cannot cut
-(neither TIFF nor CZI, pages of mixed pixel types, colour samples that are not RGB) is sent
-whole, as before, and the service says what it makes of it.
+print resolution ignored, a second series) are not repeated per frame. A Zeiss CZI and a Leica
+LIF are cut the same way (their planes read by :mod:`service.czi` and :mod:`service.lif`; a LIF at
+its first image), so a time-lapse past the upload limit is segmented frame by frame, each frame
+sent as an OME-TIFF. Anything this module cannot cut (neither TIFF, CZI nor LIF, pages of mixed
+pixel types, colour samples that are not RGB) is sent whole, as before, and the service says what
+it makes of it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service import czi, imaging, microscopy, structure
+from service import czi, imaging, lif, microscopy, structure
 from service.microscopy import Layout, Selection
 
 OME_NAMESPACE = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
@@ -163,7 +164,11 @@ def _opened(path: Path, max_pixels: int) -> Iterator[tuple[Layout, Callable[[Pag
     import tifffile  # only --t all / --z all read files this way
 
     if _is_czi(path):
-        with _czi_opened(path, max_pixels) as opened:
+        with _vendor_opened(path, max_pixels, structure.check_czi, czi.open_planes) as opened:
+            yield opened
+        return
+    if _is_lif(path):
+        with _vendor_opened(path, max_pixels, structure.check_lif, lif.open_planes) as opened:
             yield opened
         return
     try:
@@ -191,13 +196,27 @@ def _is_czi(path: Path) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _czi_opened(path: Path, max_pixels: int) -> Iterator[tuple[Layout, Callable[[Page], np.ndarray]] | None]:
-    """A CZI's planes, read from the file where it lies (its directory walked on a map of it, as
-    the service walks an upload's): a movie of any length is cut frame by frame."""
+def _is_lif(path: Path) -> bool:
     try:
-        structure.walk_file(path, structure.check_czi, structure.Limits())
-        layout, read, close = czi.open_planes(path, max_pixels)
+        with open(path, "rb") as handle:
+            return structure.is_lif(handle.read(9))
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _vendor_opened(
+    path: Path,
+    max_pixels: int,
+    walk: Callable[[bytes, structure.Limits], object],
+    open_planes: Callable[[Path, int], tuple[Layout, Callable[[Page], np.ndarray], Callable[[], None]]],
+) -> Iterator[tuple[Layout, Callable[[Page], np.ndarray]] | None]:
+    """A CZI's or a LIF's planes (its first image), read from the file where it lies, its structure
+    walked on a map of it as the service walks an upload's: a movie or a project of any size is cut
+    frame by frame."""
+    try:
+        structure.walk_file(path, walk, structure.Limits())
+        layout, read, close = open_planes(path, max_pixels)
     except (imaging.ImageError, OSError, ValueError):
         yield None
         return

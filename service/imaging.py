@@ -121,14 +121,16 @@ def probe(data: bytes) -> ImageInfo:
     except UnidentifiedImageError as exc:
         raise UndecodableImage(
             f"not a recognised image ({len(data)} bytes starting {data[:8]!r}); "
-            f"send PNG, JPEG, TIFF, BMP or CZI"
+            f"send PNG, JPEG, TIFF, BMP, CZI or LIF"
         ) from exc
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises TypeError, KeyError, struct.error... on hostile headers
         raise UndecodableImage(f"unreadable image header: {type(exc).__name__}: {exc}") from exc
     if fmt not in SUPPORTED_FORMATS:
-        raise UnsupportedImageType(f"image format {fmt} is not supported; send PNG, JPEG, TIFF, BMP or CZI")
+        raise UnsupportedImageType(
+            f"image format {fmt} is not supported; send PNG, JPEG, TIFF, BMP, CZI or LIF"
+        )
     if width <= 0 or height <= 0:
         raise UndecodableImage(f"image header gives an empty size {width}×{height}")
     return ImageInfo(fmt, width, height, pages, mode, _PIL_MODE_DTYPE.get(mode, "unknown"))

@@ -16,7 +16,8 @@ Pure functions on ``bytes`` and ``numpy`` arrays; no files, no HTTP.
   JPEG segments) so a file of a million tiny pages or chunks is refused before a decoder parses
   them, and the plane's size is checked from the header before any pixel buffer exists. Only
   the pages the choice needs are decoded (a max projection reads its z-slices one at a time).
-- CZI (Zeiss ZEN) is read by :mod:`service.czi` into the same layout and plane reader.
+- CZI (Zeiss ZEN) is read by :mod:`service.czi`, LIF (Leica LAS X) by :mod:`service.lif`, into
+  the same layout and plane reader.
 - PNG, JPEG and BMP keep their decoder (``imaging.decode``); their only "axis" is colour.
 - Whatever a decoder raises on hostile bytes becomes :class:`~service.imaging.UndecodableImage`
   (HTTP 400): a file is refused, never a crash (issue 15's fuzzing found TypeError, ValueError
@@ -147,7 +148,8 @@ class Channel:
 @dataclass(frozen=True)
 class PixelSize:
     """Micrometres per pixel along x (columns) and y (rows); ``source`` says who said so:
-    ``ome`` · ``imagej`` · ``tiff`` (ResolutionUnit centimetre) · ``czi`` (ZEN's Scaling) ·
+    ``ome`` · ``imagej`` · ``tiff`` (ResolutionUnit centimetre) · ``czi`` (ZEN's Scaling) · ``lif``
+    (the image's dimensions) ·
     ``request`` (``pixel_size=``). ``z_um``: the z-step (µm between z-slices) where the file
     gives one (OME ``PhysicalSizeZ``, ImageJ ``spacing``, ZEN's Scaling Z), for volumes in µm³;
     None for a file without it (a plain TIFF's resolution tags have no z)."""
@@ -484,6 +486,8 @@ def _open(data: bytes, max_pixels: int, limits: Limits, series: int | None = Non
     structure.check(data, limits)
     if data[:10] == structure.CZI_MAGIC:
         return _open_czi(data, max_pixels, series)
+    if structure.is_lif(data):
+        return _open_lif(data, max_pixels, series)
     if not is_tiff(data):
         check_series(1, (), series)
         return _open_flat(data, max_pixels, fmt=None)
@@ -499,7 +503,20 @@ def _open(data: bytes, max_pixels: int, limits: Limits, series: int | None = Non
 def _open_czi(data: bytes, max_pixels: int, scene: int | None) -> _Source:
     from service import czi  # it builds on this module's Layout
 
-    layout, read, close = czi.open_planes(data, max_pixels, scene)
+    return _vendor_source(*czi.open_planes(data, max_pixels, scene))
+
+
+def _open_lif(data: bytes, max_pixels: int, series: int | None) -> _Source:
+    from service import lif  # it builds on this module's Layout
+
+    return _vendor_source(*lif.open_planes(data, max_pixels, series))
+
+
+def _vendor_source(
+    layout: Layout, read: Callable[[dict[str, int]], np.ndarray], close: Callable[[], None]
+) -> _Source:
+    """A vendor file's planes (CZI, LIF) as a source; a colour image's pixels read once, to tell
+    grey saved as colour from a composite."""
     source = _Source(layout, read=read, close=close)
     if layout.rgb:
         try:

@@ -202,6 +202,10 @@ class Settings(BaseSettings):
         20_000, ge=1, description="most subblocks (tiles of a plane) a CZI file may have; counted before "
         "its directory is parsed"
     )
+    max_lif_blocks: int = Field(
+        20_000, ge=1, description="most memory blocks (one per image of a project) a Leica LIF may have; "
+        "counted before it is parsed"
+    )
     max_batch_files: int = Field(64, ge=1, description="most files in one /segment/batch request")
     request_timeout_s: float = Field(
         300.0, gt=0, description="a segmentation still running after this long is abandoned (503)"
@@ -326,6 +330,7 @@ class Settings(BaseSettings):
             max_metadata_bytes=self.max_metadata_bytes,
             max_jpeg_scans=self.max_jpeg_scans,
             max_czi_subblocks=self.max_czi_subblocks,
+            max_lif_blocks=self.max_lif_blocks,
         )
 
 

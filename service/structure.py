@@ -26,6 +26,9 @@ what the decoders are then given is bounded by :class:`Limits`, whatever the upl
   Directory entries against ``max_czi_subblocks`` (each is a tile of one plane, parsed in Python
   by czifile); every entry's dimension count and subblock position checked against the file, so
   a truncated upload is named here, not deep in a decoder; the XML against ``max_metadata_bytes``.
+- **LIF** (Leica LAS X): the XML header against ``max_metadata_bytes``, the memory blocks after it
+  (one per image, each a small header and the image's raw bytes) against ``max_lif_blocks``,
+  walked as liffile walks them (it reads every block's header in Python when it opens the file).
 - Other formats (BMP) have no variable structure to walk.
 
 Too much structure is :class:`TooComplex` (HTTP 413, naming the limit and its setting);
@@ -48,6 +51,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SOI = b"\xff\xd8"
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 CZI_MAGIC = b"ZISRAWFILE"
+#: A LIF's first bytes: the test value 0x70 (uint32 LE); byte 8 is the separator 0x2A.
+LIF_TEST_VALUE = b"\x70\x00\x00\x00"
 
 #: PNG chunks that carry pixels; every other chunk is structure or metadata.
 _PNG_DATA = frozenset({b"IDAT", b"fdAT"})
@@ -83,6 +88,7 @@ class Limits:
     max_metadata_bytes: int = 16 * 1024 * 1024  # UNET_MAX_METADATA_BYTES
     max_jpeg_scans: int = 32  # UNET_MAX_JPEG_SCANS
     max_czi_subblocks: int = 20_000  # UNET_MAX_CZI_SUBBLOCKS
+    max_lif_blocks: int = 20_000  # UNET_MAX_LIF_BLOCKS
 
 
 def as_limits(limits: Limits | int) -> Limits:
@@ -140,6 +146,13 @@ def check(data: bytes, limits: Limits) -> None:
         count_tiff(data, limits)
     elif data[:10] == CZI_MAGIC:
         check_czi(data, limits)
+    elif is_lif(data):
+        check_lif(data, limits)
+
+
+def is_lif(data: bytes) -> bool:
+    """Whether ``data`` starts as a Leica LIF (or its ``.lifext``) does."""
+    return len(data) >= 9 and data[:4] == LIF_TEST_VALUE and data[8] == _LIF_SEPARATOR
 
 
 def check_png(data: bytes, limits: Limits) -> None:
@@ -337,6 +350,56 @@ def check_czi(data: bytes, limits: Limits) -> int:
             )
         if xml_size < 0 or metadata + _CZI_SEGMENT_HEADER + 256 + xml_size > size:
             raise UndecodableImage("truncated CZI: the file ends inside its metadata")
+    return count
+
+
+# LIF layout ("Leica Image File Formats" 3.2): the header is <test value 0x70, size, 0x2A, XML
+# length in UTF-16 units> then the XML; each memory block <0x70, size, 0x2A, block size (uint64 in
+# version 2, uint32 in version 1), 0x2A, id length in UTF-16 units>, its id, then its bytes.
+_LIF_SEPARATOR = 0x2A
+_LIF_HEADER = struct.Struct("<IIBI")
+_LIF_BLOCK = {2: struct.Struct("<IIBQBI"), 1: struct.Struct("<IIBIBI")}
+_LIF_VERSION = re.compile(r'<LMSDataContainer\w*Header[^>]*?\sVersion="(\d+)"')
+
+
+def check_lif(data: bytes, limits: Limits) -> int:
+    """Memory blocks in a LIF, walked header by header as liffile walks them (to the end of the
+    file or the first bytes that are not a block's header); :class:`TooComplex` past
+    ``limits.max_lif_blocks`` or an XML header past ``limits.max_metadata_bytes``,
+    :class:`~service.imaging.UndecodableImage` for a header that runs past the end of the file.
+    """
+    size = len(data)
+    if size < _LIF_HEADER.size:
+        raise UndecodableImage(f"truncated LIF: {size} bytes, shorter than its header")
+    _test, _size, _separator, units = _LIF_HEADER.unpack_from(data, 0)
+    xml_bytes = 2 * units
+    if xml_bytes > limits.max_metadata_bytes:
+        raise TooComplex(
+            f"the LIF's XML header has {xml_bytes:,} bytes, more than {limits.max_metadata_bytes:,}",
+            limits.max_metadata_bytes, "UNET_MAX_METADATA_BYTES",
+        )
+    pos = _LIF_HEADER.size + xml_bytes
+    if pos > size:
+        raise UndecodableImage("truncated LIF: the file ends inside its XML header")
+    head = bytes(data[_LIF_HEADER.size : _LIF_HEADER.size + min(xml_bytes, 400)])
+    found = _LIF_VERSION.search(head.decode("utf-16-le", "replace"))
+    block = _LIF_BLOCK[1] if found and found.group(1) == "1" else _LIF_BLOCK[2]
+    count = 0
+    while pos + block.size <= size:
+        test, _size, first, length, second, id_units = block.unpack_from(data, pos)
+        if test != 0x70 or first != _LIF_SEPARATOR or second != _LIF_SEPARATOR:
+            break  # liffile stops here too: what follows is not read
+        count += 1
+        if count > limits.max_lif_blocks:
+            raise TooComplex(
+                f"the LIF has more than {limits.max_lif_blocks:,} memory blocks",
+                limits.max_lif_blocks, "UNET_MAX_LIF_BLOCKS", "; export the images you need",
+            )
+        pos += block.size + 2 * id_units + length
+        if pos > size:
+            raise UndecodableImage(
+                f"truncated LIF: memory block {count} runs past the end of the file ({size:,} bytes)"
+            )
     return count
 
 

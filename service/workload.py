@@ -27,6 +27,8 @@ def plane_pixels(data: bytes, max_pixels: int, limits: structure.Limits | int) -
     structure.check(data, structure.as_limits(limits))
     if data[:10] == structure.CZI_MAGIC:
         return _czi_pixels(data, max_pixels)
+    if structure.is_lif(data):
+        return _lif_pixels(data, max_pixels)
     width, height = _tiff_size(data) if microscopy.is_tiff(data) else (None, None)
     if width is None or height is None:
         try:
@@ -49,6 +51,14 @@ def _czi_pixels(data: bytes, max_pixels: int) -> int:
         layout, _read, close = czi.open_planes(data, max_pixels)
     close()
     return layout.width * layout.height
+
+
+def _lif_pixels(data: bytes, max_pixels: int) -> int:
+    """A LIF's largest plane within ``max_pixels`` among its images (``lif.admitted_pixels``)."""
+    from service import lif
+
+    with microscopy.decoder_errors():
+        return lif.admitted_pixels(data, max_pixels)
 
 
 def _tiff_size(data: bytes) -> tuple[int | None, int | None]:

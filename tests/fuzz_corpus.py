@@ -1,11 +1,13 @@
 """A fixed-seed corpus of mutated image files for the decoder fuzz tests (issue 15).
 
 Real PNG (8/16-bit; grey, RGB, RGBA), JPEG (grey, colour, progressive), TIFF (single page,
-multi-page, tiled, compressed, OME-TIFF with channels, ImageJ hyperstack) and Zeiss CZI (zstd1
-channels and slices; a tile scan) bytes, small so a few hundred mutants decode in seconds, each
+multi-page, tiled, compressed, OME-TIFF with channels, ImageJ hyperstack), Zeiss CZI (zstd1
+channels and slices; a tile scan) and Leica LIF (a project of a z-stack and a colour image)
+bytes, small so a few hundred mutants decode in seconds, each
 mutated by one of: byte flips, truncation, duplicating a chunk / marker segment / IFD entry /
-CZI directory entry, corrupting a length field (PNG chunk length, JPEG segment length, TIFF
-entry count / value count / offset, CZI entry count / dimension count / subblock position).
+CZI directory entry / LIF memory block, corrupting a length field (PNG chunk length, JPEG segment
+length, TIFF entry count / value count / offset, CZI entry count / dimension count / subblock
+position, LIF block size / id length / XML length).
 The same seed always gives the same mutants, so a failure is reproducible from its name.
 """
 
@@ -23,6 +25,7 @@ import numpy as np
 import tifffile
 
 from tests.czi_files import ZSTD1, Tile, czi_bytes
+from tests.lif_files import Image, lif_bytes
 
 
 def _blobs(height: int, width: int, seed: int, dtype: type = np.uint8) -> np.ndarray:
@@ -87,6 +90,11 @@ def seeds() -> dict[str, bytes]:
             {0: "Actin", 1: "DAPI"}, 0.65e-6, ZSTD1,
         ),
         "czi-tiles": czi_bytes([Tile(grey8), Tile(_blobs(h, w, 14), x=w - 4, y=6)]),
+        # Last: the mutants of the seeds above stay as they were (one random stream, seed by seed).
+        "lif-project": lif_bytes([
+            Image("Series001", np.stack([channels, channels[::-1]]), "ZCYX", ("Green", "Blue"), z_um=0.5),
+            Image("Series002", rgb8, "YXS", folder="Position 2"),
+        ]),
     }
 
 
@@ -136,6 +144,16 @@ def _czi_entries(data: bytes) -> list[tuple[int, int]]:
     return out
 
 
+def _lif_blocks(data: bytes) -> list[tuple[int, int]]:
+    """(start, length) of each memory block of a LIF (version 2): header, id and bytes."""
+    out, pos = [], 13 + 2 * struct.unpack_from("<I", data, 9)[0]
+    while pos + 22 <= len(data):
+        size, id_units = struct.unpack_from("<QxI", data, pos + 9)
+        out.append((pos, 22 + 2 * id_units + size))
+        pos += 22 + 2 * id_units + size
+    return out
+
+
 def _segments(name: str, data: bytes) -> list[tuple[int, int]]:
     if name.startswith("png"):
         return _png_chunks(data)
@@ -143,6 +161,8 @@ def _segments(name: str, data: bytes) -> list[tuple[int, int]]:
         return _jpeg_segments(data)
     if name.startswith("czi"):
         return _czi_entries(data)
+    if name.startswith("lif"):
+        return _lif_blocks(data)
     return [(offset, 12) for offset in _tiff_entries(data)]
 
 
@@ -178,6 +198,9 @@ def corrupt_length(rng: random.Random, name: str, data: bytes) -> bytes:
         directory = struct.unpack_from("<q", data, 84)[0]
         where, fmt = rng.choice([(start + 28, "<i"), (start + 6, "<q"), (directory + 32, "<i")])
         struct.pack_into(fmt, out, where, value if fmt == "<q" else value - (1 << 32) * (value >= 1 << 31))
+    elif name.startswith("lif"):  # a memory block's size or id length, or the XML header's length
+        where, fmt = rng.choice([(start + 9, "<Q"), (start + 18, "<I"), (9, "<I")])
+        struct.pack_into(fmt, out, where, value)
     else:  # an IFD entry's value count or value/offset, or the IFD's entry count
         order = "<" if data[:2] == b"II" else ">"
         where = rng.choice([start + 4, start + 8, _tiff_entries(data)[0] - 2])

@@ -137,12 +137,13 @@ def test_measure_project_reaches_the_service(service_url: str, tmp_path: Path) -
     assert written == direct.text != on_max.text
 
 
-@pytest.mark.parametrize("suffix", [".tif", ".czi"])
+@pytest.mark.parametrize("suffix", [".tif", ".czi", ".lif"])
 def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Path, suffix: str) -> None:
     # --t all sends each frame cut out of the movie (service.frames), so a movie larger than the
     # server takes in one request (UNET_MAX_UPLOAD_BYTES) is still segmented, every frame of it;
     # sent whole, each frame would be a 413. The frames' objects come back in µm: the calibration
-    # travels with the cut. An ImageJ hyperstack, and a Zeiss CZI as ZEN saves a time-lapse.
+    # travels with the cut. An ImageJ hyperstack, a Zeiss CZI as ZEN saves a time-lapse, and a Leica
+    # LIF as LAS X does (its channels named by their colour tables).
     np = pytest.importorskip("numpy")
     tifffile = pytest.importorskip("tifffile")
     rng = np.random.default_rng(0)
@@ -152,11 +153,15 @@ def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Pat
     if suffix == ".tif":
         tifffile.imwrite(images / "movie.tif", movie, imagej=True, resolution=(1 / 0.5, 1 / 0.5),
                          metadata={"axes": "TCYX", "unit": "micron", "Labels": ["Actin", "DAPI"] * 6})
-    else:
+    elif suffix == ".czi":
         from tests.czi_files import Tile, czi_bytes
 
         tiles = [Tile(movie[t, c], c=c, t=t) for t in range(6) for c in range(2)]
         (images / "movie.czi").write_bytes(czi_bytes(tiles, {0: "Actin", 1: "DAPI"}, 0.5e-6))
+    else:
+        from tests.lif_files import Image, lif_bytes
+
+        (images / "movie.lif").write_bytes(lif_bytes([Image("movie", movie, "TCYX", ("Green", "Blue"), 0.5)]))
     limit = (images / f"movie{suffix}").stat().st_size // 3
     assert limit > 64 * 80 * 2 * 2  # one frame's pages fit, the movie does not
     model = write_conv_model(tmp_path / "conv.onnx")
@@ -166,7 +171,8 @@ def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Pat
         url = server.wait_ready(60).url
         proc = subprocess.run(
             [sys.executable, "-m", "service.client", str(images), "--out", str(tmp_path / "out"),
-             "--url", url, "--no-progress", "--t", "all", "--channel", "DAPI", "--output", "objects"],
+             "--url", url, "--no-progress", "--t", "all", "--channel", "Blue" if suffix == ".lif" else "DAPI",
+             "--output", "objects"],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
         )
     finally:
@@ -179,7 +185,8 @@ def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Pat
 
 
 def test_series_all_segments_every_image_of_a_plate_file(service_url: str, tmp_path: Path) -> None:
-    # A two-position CZI and a two-image OME-TIFF: one output per image (NAME_s0, NAME_s1), each
+    # A two-position CZI, a two-image OME-TIFF and a two-image LIF project: one output per image
+    # (NAME_s0, NAME_s1), each
     # what the service answers for that series=; a single PNG beside them as it is.
     np = pytest.importorskip("numpy")
     tifffile = pytest.importorskip("tifffile")
@@ -187,11 +194,13 @@ def test_series_all_segments_every_image_of_a_plate_file(service_url: str, tmp_p
 
     from tests.api import _images as im
     from tests.czi_files import Tile, czi_bytes
+    from tests.lif_files import Image, lif_bytes
 
     images = tmp_path / "in"
     images.mkdir()
     wells = [im.blobs(48, 64, seed=k, dtype=np.uint16) for k in (1, 2)]
     (images / "plate.czi").write_bytes(czi_bytes([Tile(wells[0], scene=0), Tile(wells[1], x=900, scene=1)]))
+    (images / "session.lif").write_bytes(lif_bytes([Image("A1", wells[1]), Image("A2", wells[0][:, ::-1])]))
     with tifffile.TiffWriter(images / "positions.ome.tif", ome=True) as writer:
         for k, well in enumerate(wells):
             writer.write(well[::-1], metadata={"axes": "YX", "Name": f"Pos{k}"})
@@ -205,8 +214,9 @@ def test_series_all_segments_every_image_of_a_plate_file(service_url: str, tmp_p
     assert proc.returncode == 0, proc.stderr
     written = sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".png")
     assert written == ["plate_s0.png", "plate_s1.png", "positions.ome_s0.png", "positions.ome_s1.png",
-                       "single.png"]
-    for name, source in (("plate", "plate.czi"), ("positions.ome", "positions.ome.tif")):
+                       "session_s0.png", "session_s1.png", "single.png"]
+    sources = (("plate", "plate.czi"), ("positions.ome", "positions.ome.tif"), ("session", "session.lif"))
+    for name, source in sources:
         for k in (0, 1):
             expected = httpx.post(f"{service_url}/segment", params={"output": "probability", "series": k},
                                   content=(images / source).read_bytes(),

@@ -444,6 +444,31 @@ def test_a_zeiss_czi_is_dropped_as_saved_and_its_channels_offered_by_name(
         page.close()
 
 
+def test_a_leica_lif_is_dropped_as_saved_and_its_channels_offered_by_their_colours(
+    browser: Any, service_url: str, tmp_path: Path
+) -> None:
+    """LAS X's own project file: the page takes a .lif, offers its channels by their colour
+    tables, shows its calibration and segments the channel chosen as the server does."""
+    from tests.lif_files import Image, lif_bytes
+
+    nuclei = cv2.imread(str(write_disc_tiff(tmp_path / "nuclei.tif", seed=8)), cv2.IMREAD_UNCHANGED)
+    cyto = cv2.GaussianBlur(nuclei, (0, 0), 12)
+    path = tmp_path / "session.lif"
+    path.write_bytes(lif_bytes([Image("Series001", np.stack([cyto, nuclei]), "CYX", ("Green", "Blue"), 0.5)]))
+    page = _new_page(browser, service_url)
+    try:
+        page.locator("#file-input").set_input_files(str(path))
+        picker = page.get_by_label("Nuclei channel")
+        picker.wait_for(state="visible")
+        assert picker.locator("option").all_text_contents()[1:] == ["0 · Green", "1 · Blue"]
+        page.wait_for_function("() => document.getElementById('info-pixel-size').textContent.includes('lif')")
+        assert page.locator("#info-pixel-size").text_content() == "0.5 µm/px (lif)"
+        picker.select_option("1")
+        assert _wait_for_count(page) == _server_count(service_url, path, channel="1") > 0
+    finally:
+        page.close()
+
+
 def test_a_file_of_several_images_offers_them_and_each_is_probed_when_chosen(
     browser: Any, service_url: str, tmp_path: Path
 ) -> None:

@@ -1,0 +1,280 @@
+"""Leica LIF files (a LAS X or LAS AF project as saved) read as uploads: channels, z-slices, time
+points, pixel size, and the project's images as ``series=``.
+
+A LIF is one binary file holding a whole session's acquisitions: an XML header describing a tree of
+images (folders, positions, "Series003"...) and one raw memory block per image. This module turns
+the chosen image into the :class:`~service.microscopy.Layout` and plane reader every other format
+has, so the channel, plane and pixel-size rules of :mod:`service.microscopy` apply unchanged.
+
+- **Container**: liffile (C. Gohlke, BSD-3, the author of tifffile and czifile) parses the header,
+  the XML and the memory blocks in pure Python, from memory or from a file, and reads one plane
+  by its offset: a project of gigabytes costs the plane asked for, not the file.
+  :func:`service.structure.check_lif` bounds the header and the memory blocks first.
+- **Images**: every image of the project, in the order of its tree, is a ``series=``, named by
+  its path in the project (``Position 1/Series003``); the first is read unless the request says,
+  with a notice naming how many there are.
+- **Pixel size**: ``DimensionDescription`` X / Y / Z, ``Length / (NumberOfElements - 1)`` in its
+  ``Unit`` (metres): Leica's Length spans the first to the last pixel's centre, as liffile's
+  coordinates and Bio-Formats read it.
+- **Channel names**: LAS X keeps no dye name beside the pixels, only each channel's colour table
+  (``LUTName``: ``Blue``, ``Green``, ``Gray``...), which is what its viewer shows a channel as;
+  those are the names offered (``channel=blue``), and indices always work.
+- **What is refused, naming what to do**: a tile scan not yet merged (LAS X's Mosaic Merge makes
+  the one image the service reads), wavelength sweeps, rotations, line and XZ scans, FLIM
+  histograms, colour beside other channels, channels of different bit depths; a ``.lifext`` or
+  an XML project (``.xlef``, ``.xlif``: they name other files to read, which a server never opens
+  on an upload's word).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType
+from service.microscopy import (
+    PLANE_AXES,
+    RGB_NAMES,
+    Channel,
+    Layout,
+    PixelSize,
+    check_series,
+    first_series_note,
+    unit_um,
+)
+
+#: Leica's dimension ids (``DimensionDescription/@DimID``, "Leica Image File Formats" 3.2) → the
+#: letters liffile gives them.
+_DIMENSION_IDS = {1: "X", 2: "Y", 3: "Z", 4: "T", 5: "λ", 6: "A", 7: "N", 8: "Q", 9: "Λ", 10: "M", 11: "L"}
+#: LAS X dimension ids (``DimensionDescription/@DimID``) → what a refusal calls them; X, Y, Z, T
+#: are read, and liffile infers channels (C) and colour samples (S) from the strides.
+_DIMENSION_NAMES = {
+    "λ": "emission wavelengths (a λ-scan)", "Λ": "excitation wavelengths (a Λ-scan)",
+    "A": "rotations", "N": "XT slices", "Q": "T slices", "M": "tiles of a tile scan not yet merged",
+    "L": "loops", "H": "TCSPC histogram bins",
+}
+_READ_AXES = ("C", "Z", "T", "Y", "X", "S")
+_ADVICE = {
+    "M": "; merge the tile scan in LAS X (Process → Mosaic Merge) and send the merged image",
+}
+
+Reader = Callable[[dict[str, int]], np.ndarray]
+
+
+def open_planes(
+    source: bytes | Path, max_pixels: int, series: int | None = None
+) -> tuple[Layout, Reader, Callable[[], None]]:
+    """The layout of a LIF (an upload's bytes, or a file) at image ``series`` (0-based among the
+    project's images; None: the first, with a notice when there are more) and a reader of its
+    planes by coordinates (``{"C": c, "Z": z, "T": t}``, 0 where left out): ``(H, W)`` grey or
+    ``(H, W, 3)`` RGB in the file's dtype (float16 read as float32); and what closes the file.
+
+    The caller has walked the file with :func:`service.structure.check_lif`.
+
+    Raises:
+        UndecodableImage: what liffile cannot parse, an image whose pixels the file lacks.
+        UnsupportedImageType: other dimensions, FLIM, mixed bit depths, a ``.lifext``.
+        ImageTooLarge: a plane over ``max_pixels``.
+        SelectionError: ``series`` is not in the file.
+    """
+    lif = _open(source)
+    try:
+        layout, read = _planes(lif, max_pixels, series)
+    except BaseException:
+        lif.close()
+        raise
+    return layout, read, lif.close
+
+
+def admitted_pixels(data: bytes, max_pixels: int) -> int:
+    """What an upload costs admission before its image is chosen: the largest plane (X × Y) among
+    the project's images within ``max_pixels``. A project often holds a merged tile scan beside its
+    fields, and the request may choose either; what the chosen image holds is checked when it is
+    read (:func:`open_planes`).
+
+    Raises:
+        ImageTooLarge: every image's plane is over ``max_pixels``.
+        UndecodableImage / UnsupportedImageType: as :func:`open_planes`.
+    """
+    lif = _open(data)
+    try:
+        planes = []
+        for image in lif.images:
+            dimensions = _dimensions(image.xml_element)
+            width, height = (dimensions.get(a, (1, 0.0, ""))[0] for a in ("X", "Y"))
+            planes.append((width * height, width, height))
+    finally:
+        lif.close()
+    if not planes:
+        raise UnsupportedImageType("the LIF project holds no image")
+    fitting = [p for p in planes if p[0] <= max_pixels]
+    if not fitting:
+        pixels, width, height = min(planes)
+        raise ImageTooLarge(pixels, max_pixels, width, height)
+    return max(fitting)[0]
+
+
+def _open(source: bytes | Path) -> Any:
+    """The ``liffile.LifFile`` of a LIF project; anything else liffile opens (a ``.lifext``, an
+    XML project naming other files) refused."""
+    import liffile  # imported only for LIF files
+
+    try:
+        lif = liffile.LifFile(str(source) if isinstance(source, Path) else io.BytesIO(source))
+    except Exception as exc:  # noqa: BLE001 - liffile raises struct.error, KeyError, ... on bad bytes
+        raise UndecodableImage(f"unreadable LIF: {type(exc).__name__}: {exc}") from exc
+    if lif.type != liffile.LifFileType.LIF:
+        lif.close()
+        raise UnsupportedImageType(f"this is a Leica {lif.type.name} file, not a LIF project; send the .lif")
+    return lif
+
+
+def _planes(lif: Any, max_pixels: int, series: int | None) -> tuple[Layout, Reader]:
+    images = list(lif.images)
+    if not images:
+        raise UnsupportedImageType("the LIF project holds no image")
+    names = tuple(image.path for image in images)
+    index = check_series(len(images), names, series)
+    image = images[index]
+    if image.is_flim:
+        raise UnsupportedImageType(
+            f"image {index} of the LIF ({names[index]}) is a FLIM histogram; export its intensity "
+            "image from LAS X, or choose another with series="
+        )
+    dimensions = _dimensions(image.xml_element)
+    _check_dimensions(dimensions, names[index])
+    channel_types = _channel_types(image.xml_element)
+    if len(set(channel_types)) > 1:
+        raise UnsupportedImageType(
+            f"the LIF image's channels have different bit depths ({', '.join(channel_types)}); "
+            "export the channel to segment as a TIFF"
+        )
+    sizes: dict[str, int] = dict(image.sizes)
+    unknown = [axis for axis in sizes if axis not in _READ_AXES]
+    if unknown or "X" not in sizes or "Y" not in sizes:
+        raise UnsupportedImageType(
+            f"the LIF image {names[index]} has dimensions {''.join(sizes)} (sizes {list(sizes.values())}); "
+            "the service reads images of X, Y and channels, z-slices, time points"
+        )
+    height, width = sizes["Y"], sizes["X"]
+    if width * height > max_pixels:
+        raise ImageTooLarge(width * height, max_pixels, width, height)
+    samples = sizes.get("S", 1)
+    rgb = samples == 3
+    if samples not in (1, 3) or (rgb and sizes.get("C", 1) > 1):
+        raise UnsupportedImageType(
+            f"the LIF image {names[index]} has {samples} samples per pixel in {sizes.get('C', 1)} "
+            "channels; the service reads grey channels, or one colour (RGB) image"
+        )
+    dtype = np.dtype(image.dtype)
+    needed = math.prod(sizes.values()) * dtype.itemsize
+    if needed > image.memory_block.size:
+        raise UndecodableImage(
+            f"truncated LIF: image {names[index]} needs {needed:,} bytes, its memory block holds "
+            f"{image.memory_block.size:,}"
+        )
+
+    notes: list[str] = []
+    if len(images) > 1 and series is None:
+        notes.append(first_series_note(len(images), "images", names[0]))
+    pixel_size = _pixel_size(dimensions)
+    if pixel_size is None:
+        notes.append("the LIF does not give its pixel size: sizes are in pixels")
+    if rgb:
+        channels = tuple(Channel(i, n) for i, n in enumerate(RGB_NAMES))
+    else:
+        luts = _lut_names(image.xml_element)
+        channels = tuple(
+            Channel(c, luts[c] if c < len(luts) else None) for c in range(sizes.get("C", 1))
+        )
+    lead = [a for a in ("T", "Z", "C") if sizes.get(a, 1) > 1]
+    axes = "".join(lead) + "YX" + ("S" if rgb else "")
+    shape = tuple(sizes[a] for a in lead) + (height, width) + ((3,) if rgb else ())
+    present = [a for a in ("C", "Z", "T") if a in sizes]
+
+    def read(coords: dict[str, int]) -> np.ndarray:
+        plane = image.frame(**{a: int(coords.get(a, 0)) for a in present})
+        # LAS X stores FLIM-derived and processed images as float16, which OpenCV and the
+        # normalisation do not take.
+        return plane.astype(np.float32) if plane.dtype == np.float16 else plane
+
+    layout = Layout(
+        format="LIF",
+        width=width,
+        height=height,
+        dtype="float32" if dtype == np.float16 else str(dtype),
+        axes=axes,
+        shape=shape,
+        channels=channels,
+        planes={a: sizes[a] for a in PLANE_AXES if sizes.get(a, 1) > 1},
+        pixel_size=pixel_size,
+        rgb=rgb,
+        warnings=tuple(notes),
+        series_count=len(images),
+        series=index,
+        series_names=names if len(images) > 1 else (),
+    )
+    return layout, read
+
+
+def _dimensions(element: ET.Element) -> dict[str, tuple[int, float, str]]:
+    """The image's ``DimensionDescription`` entries: letter → (NumberOfElements, Length, Unit)."""
+    out: dict[str, tuple[int, float, str]] = {}
+    for dim in element.iterfind("./Data/Image/ImageDescription/Dimensions/DimensionDescription"):
+        letter = _DIMENSION_IDS.get(int(dim.get("DimID", "0")), "?")
+        try:
+            length = float(dim.get("Length", "nan"))
+        except ValueError:
+            length = math.nan
+        out[letter] = (int(dim.get("NumberOfElements", "0")), length, dim.get("Unit", ""))
+    return out
+
+
+def _check_dimensions(dimensions: dict[str, tuple[int, float, str]], name: str) -> None:
+    for letter, (count, _length, _unit) in dimensions.items():
+        if letter in ("X", "Y", "Z", "T") or count <= 1:
+            continue
+        what = _DIMENSION_NAMES.get(letter, f"indices along an unknown dimension ({letter})")
+        raise UnsupportedImageType(
+            f"the LIF image {name} holds {count} {what}; the service reads X, Y, channels, z-slices "
+            f"and time points{_ADVICE.get(letter, ': export the planes to segment as a TIFF')}"
+        )
+
+
+def _channel_types(element: ET.Element) -> list[str]:
+    """Each channel's stored type, ``uint16`` / ``float32``... (``Resolution`` bits rounded up to
+    the bytes that hold them, as liffile reads them)."""
+    out = []
+    for channel in element.iterfind("./Data/Image/ImageDescription/Channels/ChannelDescription"):
+        bits = int(channel.get("Resolution", "0"))
+        kind = "float" if channel.get("DataType") == "1" else "uint"
+        out.append(f"{kind}{next(b for b in (8, 16, 32, 64) if bits <= b or b == 64)}")
+    return out
+
+
+def _lut_names(element: ET.Element) -> list[str | None]:
+    """Each channel's colour table name (``Blue``, ``Green``...), in the order stored."""
+    described = element.iterfind("./Data/Image/ImageDescription/Channels/ChannelDescription")
+    ordered = sorted(described, key=lambda c: int(c.get("BytesInc", "0")))
+    return [c.get("LUTName") or None for c in ordered]
+
+
+def _pixel_size(dimensions: dict[str, tuple[int, float, str]]) -> PixelSize | None:
+    """µm per pixel along X and Y (and the z-step), from the dimensions' Length / (N - 1)."""
+    spacing: dict[str, float] = {}
+    for letter in ("X", "Y", "Z"):
+        if letter not in dimensions:
+            continue
+        count, length, unit = dimensions[letter]
+        factor = unit_um(unit) if unit else None
+        if count > 1 and factor is not None and math.isfinite(length) and length > 0:
+            spacing[letter] = length / (count - 1) * factor
+    if "X" not in spacing:
+        return None
+    return PixelSize(spacing["X"], spacing.get("Y", spacing["X"]), "lif", spacing.get("Z"))
