@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             for k in probed:
                 job = client.Job(movie, Path(folder) / "out.png", (("t", int(k)),))
                 makers = (("whole file (before)", lambda: (movie.read_bytes(), "image/tiff")),
-                          ("the frame cut out (now)", lambda job=job: client.job_bytes(job, config)))
+                          ("the frame cut out (now)", lambda job=job: client.job_bytes(job, config)[:2]))
                 for name, make in makers:
                     t0 = time.perf_counter()
                     data, _ = make()

@@ -49,7 +49,9 @@ Behaviour a batch of thousands of images needs:
   own job and output (``NAME_t007.png``); each is sent as that frame alone, cut out of the file
   (a TIFF, a Zeiss CZI or a Leica LIF) as a partial OME-TIFF that the service reads as the file
   (``service.frames``), so a movie is not uploaded once per frame and may be larger than the
-  server's upload limit.
+  server's upload limit. ``--series`` sends the image chosen (an OME-TIFF's Image, a CZI's scene,
+  a LIF project's image) cut out the same way, as that image alone: a LAS X project of gigabytes
+  goes image by image.
 - **3-D nuclei from a z-stack**: ``--z all --output labels --stitch-z`` links each stack's slices'
   nuclei into 3-D ones once every slice is written (``service.client_stacks``):
   ``NAME.labels3d.tif`` (a ZYX label hyperstack for Fiji / napari) and ``NAME.objects3d.csv``
@@ -85,7 +87,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import httpx
 from tqdm import tqdm
@@ -342,6 +344,8 @@ class Result:
     #: ``estimated``, ``model-scale``), when the answer said so
     diameter: float | None = None
     diameter_source: str | None = None
+    #: the image chosen with ``series`` was sent cut out of its file, alone (``Payload.image_cut``)
+    image_cut: bool = False
 
 
 @dataclass(frozen=True)
@@ -553,30 +557,54 @@ def count_planes(source: Path, axis: str) -> int:
     return layout.series_count if axis == "series" else layout.planes.get(axis.upper(), 1)
 
 
-def job_bytes(job: Job, config: Config) -> tuple[bytes, str]:
-    """``(bytes, content type)`` to segment for ``job``: the file's, or, for one plane of a stack
-    (``--t all`` / ``--z all``), a partial OME-TIFF of the pages that plane needs
-    (``service.frames.cut_frame``: the service reads it as the file, at the same ``t=``/``z=``), so
-    a movie is not sent or read whole once per frame. A file that cannot be cut is sent whole, and
-    so is every job of a file holding several images (``--series``: sent with ``series=``).
+class Payload(NamedTuple):
+    """What is sent for a job: the bytes, their ``Content-Type``, and whether they are the image
+    chosen with ``series`` cut out of its file (then sent without ``series=``: the cut holds that
+    image alone)."""
+
+    data: bytes
+    content_type: str
+    image_cut: bool = False
+
+
+def job_bytes(job: Job, config: Config) -> Payload:
+    """What to segment for ``job``: the file's bytes, or a partial OME-TIFF cut out of it
+    (``service.frames``) that the service reads as the file, so a movie or a project is not sent
+    or read whole once per plane or image:
+
+    - one plane of a stack (``--t all`` / ``--z all``): the pages that plane needs, read at the same
+      ``t=``/``z=`` (``frames.cut_frame``);
+    - one image of a file holding several (``--series``: an OME-TIFF's Images, a CZI's scenes, a LIF
+      project's images): the pages of that image the choices need, sent without ``series=``
+      (``frames.cut_image``), so a LAS X project of gigabytes goes one image at a time, within the
+      server's upload limit.
+
+    A file that cannot be cut is sent whole (with ``series=``), and the service says what it makes
+    of it.
 
     Raises:
         OSError: the file cannot be read.
     """
-    if job.plane and config.series is None and dict(job.plane).get("series") is None:
-        # Imported here: only --t all / --z all cut files (NumPy, tifffile).
+    series = dict(job.plane).get("series", config.series)
+    frame = [(axis, index) for axis, index in job.plane if axis != "series"]
+    if frame or series is not None:
+        # Imported here: only --t all / --z all / --series cut files (NumPy, tifffile).
         from service import frames, microscopy
         from service.settings import get_settings
 
-        (axis, index), = job.plane
         selection = microscopy.Selection(channel=config.channel, z=config.z, t=config.t,
                                          project=config.project, polarity=config.polarity or "bright",
                                          measure=microscopy.measure_choice(config.measure),
                                          measure_project=config.measure_project)
-        cut = frames.cut_frame(job.source, axis, index, selection, get_settings().max_pixels)
+        max_pixels = get_settings().max_pixels
+        if frame:
+            (axis, index), = frame
+            cut = frames.cut_frame(job.source, axis, index, selection, max_pixels, series=series)
+        else:
+            cut = frames.cut_image(job.source, series, selection, max_pixels)
         if cut is not None:
-            return cut, "image/tiff"
-    return job.source.read_bytes(), CONTENT_TYPES[job.source.suffix.lower()]
+            return Payload(cut, "image/tiff", image_cut=series is not None)
+    return Payload(job.source.read_bytes(), CONTENT_TYPES[job.source.suffix.lower()])
 
 
 # --------------------------------------------------------------------------- image size sniffing
@@ -772,9 +800,13 @@ class Segmenter:
         """Send ``diameter=`` with every image from now on (between requests, not during)."""
         self.params["diameter"] = f"{diameter:g}"
 
-    def params_for(self, job: Job) -> dict[str, str]:
-        """The query options of ``job``: the command line's, and the plane it segments."""
-        return {**self.params, **{name: str(index) for name, index in job.plane}}
+    def params_for(self, job: Job, image_cut: bool = False) -> dict[str, str]:
+        """The query options of ``job``: the command line's, and the plane it segments; without
+        ``series`` where the image was cut out of its file (``image_cut``: the cut holds it alone)."""
+        params = {**self.params, **{name: str(index) for name, index in job.plane}}
+        if image_cut:
+            params.pop("series", None)
+        return params
 
     def _first_turn(self) -> int:
         """Index of the replica a new image starts on: round-robin over images."""
@@ -784,17 +816,18 @@ class Segmenter:
     def __call__(self, job: Job) -> Result:
         """Segment one image and write its output; never raises for HTTP or network trouble."""
         try:
-            data, content_type = job_bytes(job, self.config)
+            data, content_type, image_cut = job_bytes(job, self.config)
         except OSError as exc:
             return Result(job, ok=False, error=f"cannot read input: {exc}")
         upload = bytes_upload(data, content_type)
-        result = Result(job, ok=False)
+        result = Result(job, ok=False, image_cut=image_cut)
         first = self._first_turn()
         if self.wants_job(data):
             done = self._via_job(result, upload, first, data)
             if done is not None:
                 return done
-            result = Result(job, ok=False, attempts=result.attempts)  # no /jobs there: /segment
+            # no /jobs there: /segment
+            result = Result(job, ok=False, attempts=result.attempts, image_cut=image_cut)
         response = self._send(result, "/segment", upload, first)
         if response is not None and response.status_code == 200:
             return self._finish(result, response, data)
@@ -820,7 +853,8 @@ class Segmenter:
             retry_after, unreachable = None, False
             turn = (first + attempt - 1) % len(self.clients)  # a retry moves on
             try:
-                response = self.clients[turn].post(path, params=self.params_for(result.job), **upload())
+                params = self.params_for(result.job, result.image_cut)
+                response = self.clients[turn].post(path, params=params, **upload())
             except httpx.TransportError as exc:  # refused, reset, timed out: maybe another replica
                 result.status, result.problem = None, None
                 result.error = f"{type(exc).__name__}: {exc}".rstrip(": ")
@@ -1050,12 +1084,14 @@ class LocalSegmenter:
         """Segment one image and write its output; never raises for a bad image."""
         result = Result(job, ok=False, attempts=1)
         try:
-            data, _ = job_bytes(job, self.config)
+            data, _, image_cut = job_bytes(job, self.config)
         except OSError as exc:
             result.error = f"cannot read input: {exc}"
             return result
         try:
             options = {**self.options, **dict(job.plane)}
+            if image_cut:
+                options["series"] = None  # the cut holds the chosen image alone
             segmentation = self.segmenter.segment(data, outputs=self.outputs, **options)
             body, media_type = segmentation.encode(self.kind.query)
         except Exception as exc:  # noqa: BLE001 - one bad image must not end a batch of thousands

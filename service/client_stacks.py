@@ -233,10 +233,10 @@ def slice_pixels(job: Any, config: Any) -> SlicePixels:
     from service.settings import get_settings
 
     settings = get_settings()
-    data, _ = job_bytes(job, config)
+    data, _, image_cut = job_bytes(job, config)
     selection = microscopy.Selection(
         channel=config.channel, z=dict(job.plane)["z"], t=config.t, pixel_size_um=config.pixel_size,
-        polarity=config.polarity or "bright", series=config.series,
+        polarity=config.polarity or "bright", series=None if image_cut else config.series,
         measure=microscopy.measure_choice(config.measure),
     )
     plane = microscopy.select(data, selection, settings.max_pixels, settings.decode_limits(), 1)

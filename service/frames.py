@@ -51,12 +51,13 @@ OME_TYPES = {"uint8": "uint8", "uint16": "uint16", "float32": "float"}
 BIGTIFF_ABOVE = 2**32 - 2**25
 
 Page = dict[str, int]  # {"C": c, "Z": z, "T": t}
+PageReader = Callable[[Page], np.ndarray]
 
 
-def pages_for(layout: Layout, axis: str, index: int, selection: Selection) -> list[Page]:
-    """The pages (C/Z/T coordinates) plane ``index`` along ``axis`` (``"T"`` or ``"Z"``) needs
-    with ``selection`` (the command line's channel / z / t / project), in the order they are
-    written. A colour file's first page comes too: the service tells grey or one stain saved as
+def pages_for(layout: Layout, axis: str | None, index: int | None, selection: Selection) -> list[Page]:
+    """The pages (C/Z/T coordinates) plane ``index`` along ``axis`` (``"T"`` or ``"Z"``; None: the
+    image whole) needs with ``selection`` (the command line's channel / z / t / project), in the
+    order they are written. A colour file's first page comes too: the service tells grey or one stain saved as
     RGB from a composite on that page (``microscopy.with_colour``), whichever frame is asked for.
     """
     sizes = {
@@ -65,9 +66,11 @@ def pages_for(layout: Layout, axis: str, index: int, selection: Selection) -> li
         "T": layout.planes.get("T", 1),
     }
     keep: dict[str, list[int]] = {a: list(range(n)) for a, n in sizes.items()}
-    keep[axis] = [index]
+    if axis is not None and index is not None:
+        keep[axis] = [index]
+        selection = replace(selection, **{axis.lower(): index})
     try:
-        choice = microscopy.resolve(layout, replace(selection, **{axis.lower(): index}))
+        choice = microscopy.resolve(layout, selection)
     except microscopy.SelectionError:
         pass  # incomplete or wrong choices: the whole frame, and the service lists the file's choices
     else:
@@ -140,17 +143,38 @@ def file_layout(path: Path, max_pixels: int) -> Layout | None:
         return None if opened is None else opened[0]
 
 
-def cut_frame(path: Path, axis: str, index: int, selection: Selection, max_pixels: int) -> bytes | None:
-    """The partial OME-TIFF of plane ``index`` along ``axis`` (``"t"`` or ``"z"``) of the TIFF at
-    ``path``, holding the pages :func:`pages_for` names; None where the file is not cut (not a
-    TIFF stack with that plane, unreadable, a frame over ``max_pixels``, pages of mixed pixel
-    types): the caller sends the file whole and the service says what it makes of it."""
-    axis = axis.upper()
-    with _opened(path, max_pixels) as opened:
+def cut_frame(
+    path: Path, axis: str, index: int, selection: Selection, max_pixels: int, series: int | None = None
+) -> bytes | None:
+    """The partial OME-TIFF of plane ``index`` along ``axis`` (``"t"`` or ``"z"``) of the file at
+    ``path`` (of its image ``series``, None: the first), holding the pages :func:`pages_for` names;
+    None where the file is not cut (not a TIFF, CZI or LIF stack with that plane, unreadable, a
+    frame over ``max_pixels``, pages of mixed pixel types): the caller sends the file whole and the
+    service says what it makes of it."""
+    return _cut(path, selection, max_pixels, series, axis.upper(), index)
+
+
+def cut_image(path: Path, series: int, selection: Selection, max_pixels: int) -> bytes | None:
+    """The OME-TIFF of image ``series`` of a file holding several (an OME-TIFF's Images, a CZI's
+    scenes, a LIF project's images), holding the pages ``selection`` needs (every page of the image
+    where the choices are incomplete), read by the service as that image alone (without
+    ``series=``): a project of gigabytes is sent one image at a time. None where the file holds one
+    image, or is not cut (as :func:`cut_frame`)."""
+    return _cut(path, selection, max_pixels, series, None, None)
+
+
+def _cut(
+    path: Path, selection: Selection, max_pixels: int, series: int | None, axis: str | None, index: int | None
+) -> bytes | None:
+    with _opened(path, max_pixels, series) as opened:
         if opened is None:
             return None
         layout, read = opened
-        if not 0 <= index < layout.planes.get(axis, 0) or ("S" in layout.axes and not layout.rgb):
+        if axis is None and layout.series_count < 2:
+            return None  # one image: nothing to cut it from
+        if axis is not None and not 0 <= (index or 0) < layout.planes.get(axis, 0):
+            return None
+        if "S" in layout.axes and not layout.rgb:
             return None
         try:
             return _write(layout, pages_for(layout, axis, index, selection), read)
@@ -159,16 +183,19 @@ def cut_frame(path: Path, axis: str, index: int, selection: Selection, max_pixel
 
 
 @contextlib.contextmanager
-def _opened(path: Path, max_pixels: int) -> Iterator[tuple[Layout, Callable[[Page], np.ndarray]] | None]:
-    """The file's layout and page reader while open; None for what is not read by plane."""
-    import tifffile  # only --t all / --z all read files this way
+def _opened(
+    path: Path, max_pixels: int, series: int | None = None
+) -> Iterator[tuple[Layout, Callable[[Page], np.ndarray]] | None]:
+    """The file's layout (at image ``series``, None: the first) and page reader while open; None
+    for what is not read by plane, or has no such image."""
+    import tifffile  # only --t all / --z all / --series read files this way
 
     if _is_czi(path):
-        with _vendor_opened(path, max_pixels, structure.check_czi, czi.open_planes) as opened:
+        with _vendor_opened(path, max_pixels, series, structure.check_czi, czi.open_planes) as opened:
             yield opened
         return
     if _is_lif(path):
-        with _vendor_opened(path, max_pixels, structure.check_lif, lif.open_planes) as opened:
+        with _vendor_opened(path, max_pixels, series, structure.check_lif, lif.open_planes) as opened:
             yield opened
         return
     try:
@@ -180,8 +207,8 @@ def _opened(path: Path, max_pixels: int) -> Iterator[tuple[Layout, Callable[[Pag
         return
     try:
         try:
-            opened = microscopy.tiff_planes(tif, max_pixels)
-        except (imaging.ImageError, OSError):
+            opened = microscopy.tiff_planes(tif, max_pixels, series)
+        except (imaging.ImageError, OSError, microscopy.SelectionError):
             opened = None
         yield opened
     finally:
@@ -208,15 +235,16 @@ def _is_lif(path: Path) -> bool:
 def _vendor_opened(
     path: Path,
     max_pixels: int,
+    series: int | None,
     walk: Callable[[bytes, structure.Limits], object],
-    open_planes: Callable[[Path, int], tuple[Layout, Callable[[Page], np.ndarray], Callable[[], None]]],
+    open_planes: Callable[[Path, int, int | None], tuple[Layout, PageReader, Callable[[], None]]],
 ) -> Iterator[tuple[Layout, Callable[[Page], np.ndarray]] | None]:
-    """A CZI's or a LIF's planes (its first image), read from the file where it lies, its structure
-    walked on a map of it as the service walks an upload's: a movie or a project of any size is cut
-    frame by frame."""
+    """A CZI's or a LIF's planes (at image ``series``), read from the file where it lies, its
+    structure walked on a map of it as the service walks an upload's: a movie or a project of any
+    size is cut frame by frame, image by image. (A SelectionError, no such image, is a ValueError.)"""
     try:
         structure.walk_file(path, walk, structure.Limits())
-        layout, read, close = open_planes(path, max_pixels)
+        layout, read, close = open_planes(path, max_pixels, series)
     except (imaging.ImageError, OSError, ValueError):
         yield None
         return

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType
+from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType, supported_dtype
 from service.microscopy import (
     PLANE_AXES,
     RGB_NAMES,
@@ -73,7 +73,8 @@ def open_planes(
     """The layout of a LIF (an upload's bytes, or a file) at image ``series`` (0-based among the
     project's images; None: the first, with a notice when there are more) and a reader of its
     planes by coordinates (``{"C": c, "Z": z, "T": t}``, 0 where left out): ``(H, W)`` grey or
-    ``(H, W, 3)`` RGB in the file's dtype (float16 read as float32); and what closes the file.
+    ``(H, W, 3)`` RGB, uint8 / uint16 / float32 as every decoder's (``imaging.supported_dtype``);
+    and what closes the file.
 
     The caller has walked the file with :func:`service.structure.check_lif`.
 
@@ -200,15 +201,15 @@ def _planes(lif: Any, max_pixels: int, series: int | None) -> tuple[Layout, Read
 
     def read(coords: dict[str, int]) -> np.ndarray:
         plane = image.frame(**{a: int(coords.get(a, 0)) for a in present})
-        # LAS X stores FLIM-derived and processed images as float16, which OpenCV and the
-        # normalisation do not take.
-        return plane.astype(np.float32) if plane.dtype == np.float16 else plane
+        # As every decoder's planes: uint8 / uint16 / float32 (LAS X's float16 of processed images,
+        # 32-bit counts), which the normalisation and the OME-TIFF cuts take.
+        return supported_dtype(plane, "LIF")
 
     layout = Layout(
         format="LIF",
         width=width,
         height=height,
-        dtype="float32" if dtype == np.float16 else str(dtype),
+        dtype=str(dtype),
         axes=axes,
         shape=shape,
         channels=channels,

@@ -601,18 +601,21 @@ def tiff_layout(tif: Any, max_pixels: int, series: int | None = None) -> Layout:
         ) from exc
 
 
-def tiff_planes(tif: Any, max_pixels: int) -> tuple[Layout, Callable[[dict[str, int]], np.ndarray]]:
-    """The layout of an open ``tifffile.TiffFile`` (its first series) and a reader of its pages by
-    plane coordinates (``{"T": t, "Z": z, "C": c}``, 0 where left out), each decoded as an
-    upload's: ``(H, W)`` or ``(H, W, S)``, uint8 / uint16 / float32. For reading a file from disk
-    page by page (``service.frames`` cuts one frame of a movie with it).
+def tiff_planes(
+    tif: Any, max_pixels: int, series: int | None = None
+) -> tuple[Layout, Callable[[dict[str, int]], np.ndarray]]:
+    """The layout of an open ``tifffile.TiffFile`` (at image ``series``, None: the first) and a
+    reader of its pages by plane coordinates (``{"T": t, "Z": z, "C": c}``, 0 where left out),
+    each decoded as an upload's: ``(H, W)`` or ``(H, W, S)``, uint8 / uint16 / float32. For reading
+    a file from disk page by page (``service.frames`` cuts one frame, or one image, with it).
 
     Raises:
         imaging.ImageError subclasses: undecodable, unsupported, more than ``max_pixels``.
+        SelectionError: ``series`` is not in the file.
     """
     with decoder_errors():
         try:
-            source = _tiff_source(tif, b"", max_pixels)
+            source = _tiff_source(tif, b"", max_pixels, wanted_series=series)
         except _NotForTifffile as exc:
             raise UnsupportedImageType("a single page of this kind is read whole, not by plane") from exc
     return source.layout, source.read

@@ -184,6 +184,42 @@ def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Pat
     assert all("area_um2" in p.read_text().splitlines()[0] for p in tables)
 
 
+def test_a_project_over_the_upload_limit_is_segmented_image_by_image(tmp_path: Path) -> None:
+    # A LAS X project holds every acquisition of a session and is often gigabytes, past what a
+    # server takes in one request (UNET_MAX_UPLOAD_BYTES). --series all sends each image cut out of
+    # it (service.frames.cut_image: the pages the choices need, without series=), so every image is
+    # segmented; sent whole, each would be a 413. Sizes come back in µm: the calibration travels.
+    np = pytest.importorskip("numpy")
+    from tests.lif_files import Image, lif_bytes
+
+    rng = np.random.default_rng(1)
+    fields = [rng.integers(0, 4000, (2, 64, 80), dtype=np.uint16) for _ in range(4)]  # CYX
+    images = tmp_path / "in"
+    images.mkdir()
+    project = lif_bytes([Image(f"Series{k + 1:03d}", field, "CYX", ("Green", "Blue"), 0.5)
+                         for k, field in enumerate(fields)])
+    (images / "session.lif").write_bytes(project)
+    limit = len(project) // 3
+    assert limit > 64 * 80 * 2  # one image's nuclei channel fits, the project does not
+    model = write_conv_model(tmp_path / "conv.onnx")
+    server = Server({"UNET_MODEL_PATH": str(model), "UNET_MAX_UPLOAD_BYTES": str(limit)}, tmp_path / "log")
+    env = {k: v for k, v in os.environ.items() if k != "UNET_API_KEY"}
+    try:
+        url = server.wait_ready(60).url
+        proc = subprocess.run(
+            [sys.executable, "-m", "service.client", str(images), "--out", str(tmp_path / "out"),
+             "--url", url, "--no-progress", "--series", "all", "--channel", "Blue", "--output", "objects"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        )
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stderr
+    assert "4 written" in proc.stderr
+    tables = sorted((tmp_path / "out").glob("session_s*.csv"))
+    assert [p.name for p in tables] == [f"session_s{k}.csv" for k in range(4)]
+    assert all("area_um2" in p.read_text().splitlines()[0] for p in tables)
+
+
 def test_series_all_segments_every_image_of_a_plate_file(service_url: str, tmp_path: Path) -> None:
     # A two-position CZI, a two-image OME-TIFF and a two-image LIF project: one output per image
     # (NAME_s0, NAME_s1), each

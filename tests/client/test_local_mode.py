@@ -115,6 +115,30 @@ def test_local_mode_options_reach_the_pipeline(tmp_path: Path) -> None:
     assert all(row.endswith(",0.0,0.0") for row in rows[1:])  # the first channel is all zeros
 
 
+def test_local_mode_segments_each_image_of_a_project_as_a_server_does(
+    service_url: str, tmp_path: Path
+) -> None:
+    # --series all on a LAS X project: each image cut out of the file (service.frames.cut_image)
+    # and read alone, in this process as by a server; the tables are the same, byte for byte.
+    np = pytest.importorskip("numpy")
+    from tests.lif_files import Image, lif_bytes
+
+    fields = [nuclei_image(size=128, grid=3, seed=seed)[0] for seed in (7, 8)]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "session.lif").write_bytes(lif_bytes([
+        Image("Series001", np.stack([np.zeros_like(fields[0]), fields[0]]), "CYX", ("Green", "Blue"), 0.5),
+        Image("Series002", np.stack([np.zeros_like(fields[1]), fields[1]]), "CYX", ("Green", "Blue"), 0.5),
+    ]))
+    options = ("--series", "all", "--channel", "Blue", "--output", "objects")
+    local = unet_segment(str(folder), "--out", str(tmp_path / "local"), *options)
+    remote = unet_segment(str(folder), "--out", str(tmp_path / "remote"), "--url", service_url, *options)
+    assert local.returncode == remote.returncode == 0, local.stderr + remote.stderr
+    local_files, server_files = outputs(tmp_path / "local"), outputs(tmp_path / "remote")
+    assert {"session_s0.csv", "session_s1.csv"} <= set(local_files) and local_files == server_files
+    assert "area_um2" in local_files["session_s1.csv"].decode().splitlines()[0]
+
+
 def test_model_option_is_for_local_mode_only(images: Path, tmp_path: Path) -> None:
     both = unet_segment(str(images), "--out", str(tmp_path / "o"), "--url", "http://127.0.0.1:9",
                         "--model", str(BUNDLED_MODEL))

@@ -158,3 +158,64 @@ def test_a_cut_for_channels_measured_as_a_projection_holds_every_slice(hyperstac
     (actin,) = plane.measured
     assert plane.measured_projection == "sum"
     assert np.array_equal(actin.image, movie[4, :, 0].astype(np.float32).sum(axis=0))
+
+
+# --- one image of a file holding several (--series) ---------------------------------------------
+
+
+def _project(tmp_path: Path) -> tuple[dict[str, Path], list[np.ndarray]]:
+    """The same two images (a 2-channel z-stack, then a single plane) as an OME-TIFF of two
+    Images, a CZI of two scenes and a LIF project of two images."""
+    from tests.czi_files import Tile, czi_bytes
+    from tests.lif_files import Image, lif_bytes
+
+    rng = np.random.default_rng(5)
+    stack = rng.integers(0, 4000, (3, 2, 40, 50), dtype=np.uint16)  # ZCYX
+    field = rng.integers(0, 4000, (30, 20), dtype=np.uint16)
+    paths = {"ome": tmp_path / "positions.ome.tif", "czi": tmp_path / "plate.czi",
+             "lif": tmp_path / "session.lif"}
+    with tifffile.TiffWriter(paths["ome"], ome=True) as writer:
+        writer.write(stack, metadata={"axes": "ZCYX", "Channel": {"Name": ["Actin", "DAPI"]}})
+        writer.write(field, metadata={"axes": "YX"})
+    tiles = [Tile(stack[z, c], c=c, z=z, scene=0) for z in range(3) for c in range(2)]
+    tiles.append(Tile(field, x=900, scene=1))
+    paths["czi"].write_bytes(czi_bytes(tiles, {0: "Actin", 1: "DAPI"}, 0.65e-6))
+    paths["lif"].write_bytes(lif_bytes([Image("Series001", stack, "ZCYX", ("Actin", "DAPI")),
+                                        Image("Series002", field)]))
+    return paths, [stack, field]
+
+
+@pytest.mark.parametrize("kind", ["ome", "czi", "lif"])
+def test_one_image_of_several_is_cut_and_read_alone_as_the_file_reads_it(tmp_path: Path, kind: str) -> None:
+    """``--series``: the chosen image's pages the choices need, read without series= as the whole
+    file reads with it; the other image's pages are not sent."""
+    paths, (stack, field) = _project(tmp_path)
+    path = paths[kind]
+    whole = path.read_bytes()
+    selection = microscopy.Selection(channel="1", z=2)
+    first = frames.cut_image(path, 0, selection, MAX_PIXELS)
+    assert first is not None and page_count(first) == 1
+    assert np.array_equal(read(first, channel="1", z=2).image, stack[2, 1])
+    assert np.array_equal(read(first, channel="1", z=2).image, read(whole, channel="1", z=2, series=0).image)
+    incomplete = frames.cut_image(path, 0, microscopy.Selection(), MAX_PIXELS)
+    assert incomplete is not None and page_count(incomplete) == 3 * 2  # every page: the service lists them
+    second = frames.cut_image(path, 1, microscopy.Selection(), MAX_PIXELS)
+    assert second is not None and page_count(second) == 1
+    plane = read(second)
+    assert np.array_equal(plane.image, field) and plane.layout.series_count == 1
+    assert np.array_equal(plane.image, read(whole, series=1).image)
+    assert frames.cut_image(path, 2, selection, MAX_PIXELS) is None  # no such image: the service says so
+
+
+def test_a_file_of_one_image_is_not_cut(hyperstack) -> None:
+    path, _ = hyperstack
+    assert frames.cut_image(path, 0, microscopy.Selection(channel="0", z=0, t=0), MAX_PIXELS) is None
+
+
+def test_a_frame_of_a_chosen_image_is_cut_from_that_image(tmp_path: Path) -> None:
+    """``--series 0 --z all``: each slice cut from image 0, read alone at that z."""
+    paths, (stack, _) = _project(tmp_path)
+    for kind, path in paths.items():
+        cut = frames.cut_frame(path, "z", 1, microscopy.Selection(channel="DAPI"), MAX_PIXELS, series=0)
+        assert cut is not None and page_count(cut) == 1, kind
+        assert np.array_equal(read(cut, channel="DAPI", z=1).image, stack[1, 1]), kind

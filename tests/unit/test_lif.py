@@ -107,11 +107,15 @@ def test_las_af_version_1_files_are_read() -> None:
     np.testing.assert_array_equal(read(data, series=1, channel="0").image, pixels[1])
 
 
-def test_float16_images_are_read_as_float32() -> None:
-    pixels = np.linspace(0, 1, H * W, dtype=np.float16).reshape(H, W)
+@pytest.mark.parametrize(("stored", "read_as"), [(np.float16, np.float32), (np.float64, np.float32),
+                                                 (np.uint32, np.float32)])
+def test_other_pixel_types_are_read_as_every_decoders_planes(stored: type, read_as: type) -> None:
+    """LAS X's float16 (processed images) and 32-bit counts come out as uint8 / uint16 / float32,
+    which the normalisation and the client's OME-TIFF cuts take."""
+    pixels = (np.linspace(0, 1, H * W).reshape(H, W) * (1 if stored != np.uint32 else 100_000)).astype(stored)
     plane = read(lif_bytes([Image("ratio", pixels)]))
-    assert plane.image.dtype == np.float32
-    np.testing.assert_array_equal(plane.image, pixels.astype(np.float32))
+    assert plane.image.dtype == read_as
+    np.testing.assert_array_equal(plane.image, pixels.astype(read_as))
 
 
 @pytest.mark.parametrize(
