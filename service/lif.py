@@ -33,7 +33,7 @@ import math
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -86,11 +86,40 @@ def open_planes(
     """
     lif = _open(source)
     try:
-        layout, read = _planes(lif, max_pixels, series)
+        layout, read, _stored = _planes(lif, max_pixels, series)
     except BaseException:
         lif.close()
         raise
     return layout, read, lif.close
+
+
+class Stored(NamedTuple):
+    """Where and how an image's pixels lie in the file: a C-order array of ``shape`` (its axes in
+    the order stored, outermost first: ``TZCYX``, ``ZYX``, ``YXS``...) of ``dtype`` at byte
+    ``offset``; ``bgr``: colour samples stored blue first. ``mappable``: the layout is that plain
+    array (LAS X pads colour rows to 4 bytes on some systems: then it is not)."""
+
+    offset: int
+    shape: tuple[int, ...]
+    axes: str
+    dtype: np.dtype
+    bgr: bool
+    mappable: bool
+
+
+def open_stored(path: Path, max_pixels: int, series: int | None = None) -> tuple[Layout, Stored]:
+    """The layout of image ``series`` of the LIF at ``path`` and where its pixels lie, for reading
+    windows from a memory map of the file (slide and stack jobs by path: a plane of any size
+    within ``max_pixels``). The file is closed on return.
+
+    Raises: as :func:`open_planes`.
+    """
+    lif = _open(path)
+    try:
+        layout, _read, stored = _planes(lif, max_pixels, series)
+    finally:
+        lif.close()
+    return layout, stored
 
 
 def admitted_pixels(data: bytes, max_pixels: int) -> int:
@@ -108,7 +137,7 @@ def admitted_pixels(data: bytes, max_pixels: int) -> int:
         planes = []
         for image in lif.images:
             dimensions = _dimensions(image.xml_element)
-            width, height = (dimensions.get(a, (1, 0.0, ""))[0] for a in ("X", "Y"))
+            width, height = (dimensions[a].count if a in dimensions else 1 for a in ("X", "Y"))
             planes.append((width * height, width, height))
     finally:
         lif.close()
@@ -136,7 +165,7 @@ def _open(source: bytes | Path) -> Any:
     return lif
 
 
-def _planes(lif: Any, max_pixels: int, series: int | None) -> tuple[Layout, Reader]:
+def _planes(lif: Any, max_pixels: int, series: int | None) -> tuple[Layout, Reader, Stored]:
     images = list(lif.images)
     if not images:
         raise UnsupportedImageType("the LIF project holds no image")
@@ -221,24 +250,39 @@ def _planes(lif: Any, max_pixels: int, series: int | None) -> tuple[Layout, Read
         series=index,
         series_names=names if len(images) > 1 else (),
     )
-    return layout, read
+    stored = Stored(
+        offset=image.memory_block.offset, shape=tuple(sizes.values()), axes="".join(sizes), dtype=dtype,
+        bgr=rgb and _stored_blue_first(image.xml_element),
+        mappable=_contiguous(sizes, dimensions, dtype.itemsize),
+    )
+    return layout, read, stored
 
 
-def _dimensions(element: ET.Element) -> dict[str, tuple[int, float, str]]:
-    """The image's ``DimensionDescription`` entries: letter → (NumberOfElements, Length, Unit)."""
-    out: dict[str, tuple[int, float, str]] = {}
+class _Dim(NamedTuple):
+    """One ``DimensionDescription``: how many, the length they span (in ``unit``), the stride."""
+
+    count: int
+    length: float
+    unit: str
+    bytes_inc: int
+
+
+def _dimensions(element: ET.Element) -> dict[str, _Dim]:
+    """The image's ``DimensionDescription`` entries by letter."""
+    out: dict[str, _Dim] = {}
     for dim in element.iterfind("./Data/Image/ImageDescription/Dimensions/DimensionDescription"):
         letter = _DIMENSION_IDS.get(int(dim.get("DimID", "0")), "?")
         try:
             length = float(dim.get("Length", "nan"))
         except ValueError:
             length = math.nan
-        out[letter] = (int(dim.get("NumberOfElements", "0")), length, dim.get("Unit", ""))
+        out[letter] = _Dim(int(dim.get("NumberOfElements", "0")), length, dim.get("Unit", ""),
+                           int(dim.get("BytesInc", "0")))
     return out
 
 
-def _check_dimensions(dimensions: dict[str, tuple[int, float, str]], name: str) -> None:
-    for letter, (count, _length, _unit) in dimensions.items():
+def _check_dimensions(dimensions: dict[str, _Dim], name: str) -> None:
+    for letter, (count, *_rest) in dimensions.items():
         if letter in ("X", "Y", "Z", "T") or count <= 1:
             continue
         what = _DIMENSION_NAMES.get(letter, f"indices along an unknown dimension ({letter})")
@@ -259,6 +303,23 @@ def _channel_types(element: ET.Element) -> list[str]:
     return out
 
 
+def _contiguous(sizes: dict[str, int], dimensions: dict[str, _Dim], itemsize: int) -> bool:
+    """Whether each dimension's stride is that of a C-order array of ``sizes`` (storage order)."""
+    stride, strides = itemsize, {}
+    for letter, count in reversed(sizes.items()):
+        strides[letter] = stride
+        stride *= count
+    return all(dim.bytes_inc == strides[letter] for letter, dim in dimensions.items() if letter in strides)
+
+
+def _stored_blue_first(element: ET.Element) -> bool:
+    """Colour channels stored blue first (``ChannelTag`` 3, 2, 1 in storage order), as LAS X and
+    liffile have it."""
+    described = element.iterfind("./Data/Image/ImageDescription/Channels/ChannelDescription")
+    tags = [c.get("ChannelTag") for c in sorted(described, key=lambda c: int(c.get("BytesInc", "0")))]
+    return tags[:2] == ["3", "2"]
+
+
 def _lut_names(element: ET.Element) -> list[str | None]:
     """Each channel's colour table name (``Blue``, ``Green``...), in the order stored."""
     described = element.iterfind("./Data/Image/ImageDescription/Channels/ChannelDescription")
@@ -266,13 +327,13 @@ def _lut_names(element: ET.Element) -> list[str | None]:
     return [c.get("LUTName") or None for c in ordered]
 
 
-def _pixel_size(dimensions: dict[str, tuple[int, float, str]]) -> PixelSize | None:
+def _pixel_size(dimensions: dict[str, _Dim]) -> PixelSize | None:
     """µm per pixel along X and Y (and the z-step), from the dimensions' Length / (N - 1)."""
     spacing: dict[str, float] = {}
     for letter in ("X", "Y", "Z"):
         if letter not in dimensions:
             continue
-        count, length, unit = dimensions[letter]
+        count, length, unit, _stride = dimensions[letter]
         factor = unit_um(unit) if unit else None
         if count > 1 and factor is not None and math.isfinite(length) and length > 0:
             spacing[letter] = length / (count - 1) * factor

@@ -1,4 +1,4 @@
-"""Slide-scale files read window by window: tiled TIFF / OME-TIFF / BigTIFF, OME-Zarr and CZI.
+"""Slide-scale files read window by window: tiled TIFF / OME-TIFF / BigTIFF, OME-Zarr, CZI and LIF.
 
 A slide of 50,000² px cannot be decoded whole (issue 16). :func:`open_slide` opens a file by
 *path*, reads only its header and metadata, checks the request's plane choice exactly as an
@@ -22,6 +22,9 @@ How each layout is read:
   full-resolution subblocks a window touches, placed as the file says; pyramid subblocks are
   not read (one level), and the directory is walked and bounded first
   (``UNET_MAX_CZI_SUBBLOCKS``).
+- **LIF** (a Leica project's image: a merged tile scan, a large z-stack): each image is one raw
+  array in the file (:func:`service.lif.open_stored`), read from a memory map as an uncompressed
+  TIFF is; the memory blocks are walked and bounded first (``UNET_MAX_LIF_BLOCKS``).
 
 What is refused, before any pixel is read: a plane over ``UNET_MAX_SLIDE_PIXELS``
 (:class:`SlideTooLarge`, 413); chunks over :data:`MAX_CHUNK_BYTES` decoded (a compressed
@@ -101,6 +104,16 @@ class _MappedArray:
                 return np.array(mapped[index])  # a copy: the map goes away below
             finally:
                 mapped._mmap.close()  # type: ignore[attr-defined]  # unmap now, not at GC
+
+
+class _BlueFirstArray(_MappedArray):
+    """A colour image stored blue first (a LIF's), its samples read red first."""
+
+    def __getitem__(self, index: tuple) -> np.ndarray:
+        *lead, sample = index
+        if isinstance(sample, int):
+            return super().__getitem__((*lead, self.shape[-1] - 1 - sample))
+        return super().__getitem__(index)[..., ::-1]
 
 
 @dataclass(frozen=True)
@@ -250,7 +263,7 @@ def is_slide_path(path: str | Path) -> bool:
     try:
         with open(p, "rb") as handle:
             head = handle.read(len(structure.CZI_MAGIC))
-            return microscopy.is_tiff(head) or head == structure.CZI_MAGIC
+            return microscopy.is_tiff(head) or head == structure.CZI_MAGIC or structure.is_lif(head)
     except OSError:
         return False
 
@@ -284,9 +297,12 @@ def open_slide(
         raise UndecodableImage(f"cannot open the slide file: {exc.strerror}") from exc
     if head == structure.CZI_MAGIC:
         return _open_czi(p, selection, max_pixels, structure.as_limits(limits), model_channels)
+    if structure.is_lif(head):
+        return _open_lif(p, selection, max_pixels, structure.as_limits(limits), model_channels)
     if not microscopy.is_tiff(head):
         raise UnsupportedImageType(
-            "slides are read from TIFF (OME-TIFF, BigTIFF, tiled or not), OME-Zarr or CZI; this file is none"
+            "slides are read from TIFF (OME-TIFF, BigTIFF, tiled or not), OME-Zarr, CZI or LIF; this file is "
+            "none"
         )
     return _open_tiff(p, selection, max_pixels, structure.as_limits(limits), model_channels)
 
@@ -445,6 +461,32 @@ def _open_czi(
     except BaseException:
         close()
         raise
+
+
+# --- LIF -------------------------------------------------------------------------------------
+
+
+def _open_lif(
+    path: Path, selection: Selection, max_pixels: int, limits: structure.Limits, model_channels: int
+) -> SlideSource:
+    """A Leica LIF project's image (a merged tile scan, a large z-stack) read window by window
+    from a memory map of the file: its pixels are one raw array per image, so a window reads only
+    its own rows' bytes."""
+    from service import lif
+
+    structure.walk_file(path, structure.check_lif, limits)  # bounded before liffile parses it
+    try:
+        layout, stored = lif.open_stored(path, max_pixels, selection.series)
+    except ImageTooLarge as exc:
+        raise SlideTooLarge(exc.pixels, exc.limit, exc.width, exc.height) from exc
+    if not stored.mappable:
+        raise UnsupportedImageType(
+            "this LIF image's rows are padded in the file, so it is not read by region; send it as an upload"
+        )
+    kind = _BlueFirstArray if stored.bgr else _MappedArray
+    array = kind(path, stored.offset, stored.shape, stored.dtype)
+    levels = [_Level(array, layout.height, layout.width)]
+    return _source(levels, stored.axes, layout, selection, model_channels, lambda: None)
 
 
 # --- OME-Zarr ---------------------------------------------------------------------------------

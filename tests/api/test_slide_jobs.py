@@ -231,6 +231,26 @@ def test_a_czi_tile_scan_is_a_slide_job(slide_server: Server, slide_image: np.nd
     assert int(answer.headers["X-Object-Count"]) == result["objects"] > 10
 
 
+def test_a_lif_projects_image_is_a_slide_job(slide_server: Server, slide_image: np.ndarray) -> None:
+    """A merged tile scan in a Leica project, chosen with series=: read window by window from a
+    memory map of the image's bytes, it gives the objects POST /segment gives for the plane."""
+    from tests.lif_files import Image, lif_bytes
+
+    plane = np.ascontiguousarray(slide_image[:900, :1100])
+    merged = Image("TileScan 1 Merged", np.stack([plane // 3, plane]), "CYX", ("Gray", "Blue"), 0.65)
+    project = lif_bytes([Image("Overview", np.zeros((64, 64), plane.dtype)), merged])
+    job = slide_server.client.post("/jobs", params={"output": "ome-zarr", "series": 1, "channel": "blue",
+                                                    **SAME_PLAN}, files={"file": ("session.lif", project)})
+    assert job.status_code == 202, job.text
+    status = wait_until(slide_server.client, job.json()["id"], finished)
+    assert status["status"] == "succeeded", status
+    result = slide_server.client.get(f"/jobs/{job.json()['id']}/result").json()
+    assert (result["height"], result["width"]) == plane.shape
+    answer = slide_server.client.post("/segment", params={"output": "labels", **SAME_PLAN},
+                                      content=im.png(plane), headers={"Content-Type": "image/png"})
+    assert int(answer.headers["X-Object-Count"]) == result["objects"] > 10
+
+
 def _two_channel_slide(slide_image: np.ndarray, seed: int) -> bytes:
     """A tiled OME-TIFF of a noise marker ("EdU") and the nuclei ("DAPI"), 700 × 600."""
     nuclei = np.ascontiguousarray(slide_image[:700, :600])

@@ -148,7 +148,7 @@ def test_size_and_structure_limits_are_checked_before_pixels(cyx, tmp_path):
         open_slide(pages, max_pixels=BIG, limits=4)
     png = tmp_path / "image.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 32)
-    with pytest.raises(UnsupportedImageType, match="TIFF .*, OME-Zarr or CZI"):
+    with pytest.raises(UnsupportedImageType, match="TIFF .*, OME-Zarr, CZI or LIF"):
         open_slide(png, max_pixels=BIG, limits=100)
 
 
@@ -283,3 +283,65 @@ def test_ome_zarr_from_bioformats2raw_without_units_and_with_one_huge_chunk(tmp_
                 storage_options={"chunks": (6000, 6000)})
     with pytest.raises(UnsupportedImageType, match="re-save it tiled"):
         open_slide(big, max_pixels=BIG, limits=100)
+
+
+# --- LIF: a Leica project's image read from a memory map of the file ------------------------------
+
+
+@pytest.fixture(scope="module")
+def lif_project(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A LAS X project: a small field, then a 2-time-point × 3-slice × 2-channel stack of 700×900
+    (storage order TZCYX), then a colour image stored blue first."""
+    from tests.lif_files import Image, lif_bytes
+
+    stack = _pattern((2, 3, 2, 700, 900))
+    colour = _pattern((300, 400, 3), np.uint8)
+    path = tmp_path_factory.mktemp("lif") / "session.lif"
+    path.write_bytes(lif_bytes([Image("field", _pattern((40, 50))),
+                                Image("stack", stack, "TZCYX", ("Green", "Blue"), 0.5, z_um=2.0),
+                                Image("brightfield", colour, "YXS", folder="Position 2")]))
+    return path, stack, colour
+
+
+def test_lif_windows_equal_crops_of_the_chosen_image_plane_and_channel(lif_project):
+    path, stack, _ = lif_project
+    for t, z, channel, index in ((0, 0, "green", 0), (1, 2, "Blue", 1), (1, 1, "0", 0)):
+        selection = Selection(series=1, channel=channel, z=z, t=t)
+        with open_slide(path, selection, max_pixels=BIG, limits=100) as source:
+            assert source.shape == (700, 900) and source.dtype == np.uint16
+            for y0, y1, x0, x1 in ((0, 700, 0, 900), (5, 133, 250, 257), (690, 700, 899, 900)):
+                assert np.array_equal(source.read(y0, y1, x0, x1), stack[t, z, index, y0:y1, x0:x1])
+            assert source.pixel_size == microscopy.PixelSize(0.5, 0.5, "lif", 2.0)
+
+
+def test_a_lif_slide_plane_is_the_uploads_plane_and_colour_comes_out_red_first(lif_project):
+    path, _, colour = lif_project
+    selection = Selection(series=1, channel="Blue", z=2, t=1)
+    upload = microscopy.select(path.read_bytes(), selection, max_pixels=BIG, limits=100)
+    with open_slide(path, selection, max_pixels=BIG, limits=100) as slide:
+        assert np.array_equal(slide.read(0, 700, 0, 900), upload.image)
+        assert slide.plane.describe() == upload.describe()
+    with open_slide(path, Selection(series=2, channel="red"), max_pixels=BIG, limits=100) as red:
+        assert np.array_equal(red.read(10, 20, 30, 40), colour[10:20, 30:40, 0])
+    with open_slide(path, Selection(series=2), max_pixels=BIG, limits=100, model_channels=3) as whole:
+        assert np.array_equal(whole.read(0, 300, 0, 400), colour)
+    assert slide_files.is_slide_path(path)
+
+
+def test_a_lif_window_reads_only_its_own_bytes(lif_project):
+    path, stack, _ = lif_project
+    with open_slide(path, Selection(series=1, channel="1", z=0, t=0), max_pixels=BIG, limits=100) as source:
+        tracemalloc.start()
+        try:
+            window = source.read(100, 164, 200, 264)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert np.array_equal(window, stack[0, 0, 1, 100:164, 200:264])
+    assert peak < 2**20  # the image is 15 MiB
+
+
+def test_a_lif_image_over_the_slide_limit_is_refused(lif_project):
+    path, _, _ = lif_project
+    with pytest.raises(SlideTooLarge):
+        open_slide(path, Selection(series=1, channel="0", z=0, t=0), max_pixels=700 * 900 - 1, limits=100)
