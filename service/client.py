@@ -540,18 +540,19 @@ def _per_plane(
     ]
 
 
-def count_planes(source: Path, axis: str) -> int:
-    """How many planes ``source`` holds along ``axis`` (``"t"`` or ``"z"``; ``"series"``: images in
-    the file), read from its header as the service reads it (``service.frames.file_layout``, on
-    ``service.microscopy``'s reader); 1 for a file that cannot be read so (it then fails as one job,
-    with the reason the service gives)."""
+def count_planes(source: Path, axis: str, series: int | None = None) -> int:
+    """How many planes ``source`` holds along ``axis`` (``"t"`` or ``"z"``, in image ``series`` of a
+    file holding several, None: the first; ``"series"``: images in the file), read from its header
+    as the service reads it (``service.frames.file_layout``, on ``service.microscopy``'s reader); 1
+    for a file that cannot be read so (it then fails as one job, with the reason the service
+    gives)."""
     # Imported here: only --t all / --z all read files while planning (NumPy, tifffile).
     from service import frames
     from service.settings import get_settings
 
     # Only TIFFs, CZIs and LIFs hold planes; the header is read, not the file (a movie may be larger than
     # memory).
-    layout = frames.file_layout(source, get_settings().max_pixels)
+    layout = frames.file_layout(source, get_settings().max_pixels, None if axis == "series" else series)
     if layout is None:
         return 1
     return layout.series_count if axis == "series" else layout.planes.get(axis.upper(), 1)
@@ -1262,7 +1263,7 @@ def run(config: Config, jobs: Sequence[Job], backoff_base: float = BACKOFF_BASE_
             count = ONCE_IMAGES
             if config.stitch_z is not None:
                 # As Segmenter.segment_stack: the middle slice (the top and bottom ones hold only caps).
-                todo, count = middle_slice_first(todo), 1
+                todo, count = middle_slice_first(todo, config.series), 1
             first, rest = todo[:count], todo[count:]
             settle_diameter(send(first), segmenter, summary, bar)
             if config.stitch_z is not None and summary.diameter is not None:
@@ -1313,14 +1314,15 @@ def stitch_diameter_kept(config: Config) -> KeptDiameter | None:
     return KeptDiameter(diameter, estimated_on if isinstance(estimated_on, str) else None)
 
 
-def middle_slice_first(jobs: Sequence[Job]) -> list[Job]:
-    """``jobs`` with the middle z-slice of the first stack (slice ``depth // 2``) first, the rest in
-    their order: what ``--stitch-z`` estimates the diameter on, as ``Segmenter.segment_stack``."""
+def middle_slice_first(jobs: Sequence[Job], series: int | None = None) -> list[Job]:
+    """``jobs`` with the middle z-slice of the first stack (slice ``depth // 2``; of image ``series``
+    of a file holding several) first, the rest in their order: what ``--stitch-z`` estimates the
+    diameter on, as ``Segmenter.segment_stack``."""
     first = next((j.source for j in jobs if j.plane and j.plane[0][0] == "z"), None)
     stack = [j for j in jobs if j.source == first and j.plane and j.plane[0][0] == "z"]
     if not stack:
         return list(jobs)
-    depth = count_planes(first, "z") if first is not None else 0
+    depth = count_planes(first, "z", series) if first is not None else 0
     middle = next((j for j in stack if j.plane[0][1] == depth // 2), None)
     if middle is None:  # a resumed run whose middle slice is done: the nearest one left
         middle = min(stack, key=lambda j: abs(j.plane[0][1] - depth // 2))
@@ -1734,7 +1736,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"--out {config.out}: exists and is not a folder")
         kind = output_kind(config)
         found = find_images(config.inputs, stores=isinstance(kind, SlideOutput))
-        every = plan_jobs(found, config.out, kind, config.every_plane)
+        every = plan_jobs(found, config.out, kind, config.every_plane,
+                          planes_of=lambda source, axis: count_planes(source, axis, config.series))
         jobs = shard_jobs(every, config.out, config.shard)
         summary_path = config.summary_path()
         if kind.object_values and any(j.target == summary_path for j in every):
@@ -1773,6 +1776,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stitched, stitch_problems = client_stacks.stitch_outputs(
             every, kind.existing, config.stitch_z, config.pixel_size,
             pixels_of=lambda job: client_stacks.slice_pixels(job, config), expand=config.expand,
+            series=config.series,
         )
         stacks_path = config.out / (config.shard.name(client_stacks.SUMMARY_NAME) if config.shard
                                     else client_stacks.SUMMARY_NAME)

@@ -91,6 +91,7 @@ def outputs_for(first_target: Path, source: Path) -> tuple[Path, Path]:
 def stitch_outputs(
     jobs: Sequence, existing, min_iou: float, pixel_size_um: float | None = None,
     pixels_of: Callable[[Any], SlicePixels] | None = None, expand: float | None = None,
+    series: int | None = None,
 ) -> tuple[list[dict], list[str]]:
     """Stitch every stack whose slices all exist; ``(one summary row per stack stitched, problems)``.
 
@@ -98,7 +99,8 @@ def stitch_outputs(
     ``existing``); ``pixel_size_um``: ``--pixel-size``, over the file's x/y calibration;
     ``pixels_of(job)``: the pixels the job's slice was segmented on (:func:`slice_pixels`), and
     its measured channels', for intensities; None: a table without them; ``expand``: cells grown
-    in 3-D by this many px (``--expand``), ``NAME.cells3d.tif`` and the table's cell columns.
+    in 3-D by this many px (``--expand``), ``NAME.cells3d.tif`` and the table's cell columns;
+    ``series``: the image of files holding several the stacks are (``--series``), for their voxel size.
     """
     done: list[dict] = []
     problems: list[str] = []
@@ -112,7 +114,8 @@ def stitch_outputs(
             continue
         try:
             images = None if pixels_of is None else [lambda job=job: pixels_of(job) for job in group]
-            rows = stitch_stack(source, paths, group[0].target, min_iou, pixel_size_um, images, expand)
+            rows = stitch_stack(source, paths, group[0].target, min_iou, pixel_size_um, images, expand,
+                                series)
         except (OSError, ValueError) as exc:
             problems.append(f"{source}: cannot stitch its slices: {exc}")
             continue
@@ -148,6 +151,7 @@ def write_summary(path: Path, rows: Sequence[dict]) -> None:
 def stitch_stack(
     source: Path, paths: Sequence[Path], first_target: Path, min_iou: float, pixel_size_um: float | None,
     images: Sequence[Callable[[], SlicePixels]] | None = None, expand: float | None = None,
+    series: int | None = None,
 ) -> list[dict]:
     """Link the slices at ``paths`` (z order), write the stack's 3-D labels and table; its rows.
     ``images``: each slice's pixels, read when needed (one slice at a time), for intensities;
@@ -168,7 +172,7 @@ def stitch_stack(
         except ValueError as exc:  # a slice of another size than the others
             raise ValueError(f"{source}: {exc}") from exc
     shape = (len(paths), *labels.shape)
-    voxel = voxel_size(source, pixel_size_um)
+    voxel = voxel_size(source, pixel_size_um, series)
     if expand is not None:
         from service import cells3d
 
@@ -244,13 +248,15 @@ def slice_pixels(job: Any, config: Any) -> SlicePixels:
                        tuple(measured_keys(plane)))
 
 
-def voxel_size(source: Path, pixel_size_um: float | None) -> zstack.VoxelSize | None:
-    """µm per voxel: the file's x/y/z calibration as the service reads it (``--pixel-size``
-    overrides x/y); None where neither gives an x/y size."""
+def voxel_size(
+    source: Path, pixel_size_um: float | None, series: int | None = None
+) -> zstack.VoxelSize | None:
+    """µm per voxel: the file's x/y/z calibration (of image ``series``) as the service reads it
+    (``--pixel-size`` overrides x/y); None where neither gives an x/y size."""
     from service import frames
     from service.settings import get_settings
 
-    layout = frames.file_layout(source, get_settings().max_pixels)
+    layout = frames.file_layout(source, get_settings().max_pixels, series)
     return zstack.VoxelSize.of(layout.pixel_size if layout is not None else None, pixel_size_um)
 
 

@@ -135,11 +135,12 @@ def ome_xml(layout: Layout, pages: list[Page], dtype: np.dtype) -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + text.encode("ascii", "xmlcharrefreplace").decode()
 
 
-def file_layout(path: Path, max_pixels: int) -> Layout | None:
-    """What the TIFF or CZI at ``path`` holds, read from its header (and a TIFF's first page) as
-    the service reads an upload, without reading the file whole; None: neither, unreadable, or a
-    plane over ``max_pixels`` (sent whole, the service says why)."""
-    with _opened(path, max_pixels) as opened:
+def file_layout(path: Path, max_pixels: int, series: int | None = None) -> Layout | None:
+    """What the TIFF, CZI or LIF at ``path`` holds (at image ``series``, None: the first), read from
+    its header (and a TIFF's first page) as the service reads an upload, without reading the file
+    whole; None: neither, unreadable, no such image, or a plane over ``max_pixels`` (sent whole,
+    the service says why)."""
+    with _opened(path, max_pixels, series) as opened:
         return None if opened is None else opened[0]
 
 

@@ -630,6 +630,21 @@ def test_count_planes_reads_the_header_as_the_service_does(tmp_path: Path) -> No
     assert client.count_planes(broken, "t") == 1  # it fails as one job, with the service's reason
 
 
+def test_count_planes_counts_the_chosen_image_of_a_file_holding_several(tmp_path: Path) -> None:
+    """``--series 1 --t all``: the time points of image 1, not of the first image."""
+    import numpy as np
+
+    from tests.lif_files import Image, lif_bytes
+
+    project = tmp_path / "session.lif"
+    project.write_bytes(lif_bytes([Image("overview", np.zeros((8, 8), np.uint8)),
+                                   Image("movie", np.zeros((3, 8, 8), np.uint8), "TYX")]))
+    assert client.count_planes(project, "t") == 1
+    assert client.count_planes(project, "t", series=1) == 3
+    assert client.count_planes(project, "series") == client.count_planes(project, "series", series=1) == 2
+    assert client.count_planes(project, "t", series=2) == 1  # no such image: one job, the service says why
+
+
 @pytest.mark.parametrize("argv", [
     ["--t", "all", "--z", "all"],
     ["--z", "all", "--project", "max"],

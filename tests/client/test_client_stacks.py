@@ -209,3 +209,31 @@ def test_measure_and_expand_with_stitch_z_give_the_3d_table_and_cells_of_the_pyt
             np.testing.assert_array_equal(tif.asarray(), expected.cells)
         assert "no z-step" in run.stderr  # grown as cubes, and said so
         assert not list(out.glob(".cells3d-*"))  # no scratch left
+
+
+def test_a_stack_chosen_in_a_lif_project_is_linked_as_the_python_api_links_it(tmp_path: Path) -> None:
+    """``--series 1 --z all --stitch-z`` on a LAS X project: each slice is cut out of the chosen
+    image and read back for the 3-D table the same way (without series=: the cut holds that image
+    alone); the nuclei, the z-step and the intensities are ``segment_stack(series=1)``'s."""
+    from tests.lif_files import Image, lif_bytes
+
+    image, _ = synth_stack(5, StackConfig(depth=12, size=112, nuclei=8))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "session.lif").write_bytes(lif_bytes([
+        Image("Overview", image[6, :64, :64]),
+        Image("Stack", image, "ZYX", pixel_um=XY_UM, z_um=Z_UM),
+    ]))
+    done = unet_segment(str(folder), "--out", str(tmp_path / "out"), "--series", "1", "--z", "all",
+                        "--output", "labels", "--stitch-z")
+    assert done.returncode == 0, done.stderr
+    assert "1 stack(s) linked into 3-D nuclei" in done.stderr
+    with Segmenter.load(BUNDLED_MODEL) as segmenter:
+        expected = segmenter.segment_stack(folder / "session.lif", series=1)
+    labels = tifffile.imread(tmp_path / "out" / "session.labels3d.tif")
+    assert np.array_equal(labels, expected.labels) and labels.max() > 0
+    rows = read_rows(tmp_path / "out" / "session.objects3d.csv")
+    assert [int(r["id"]) for r in rows] == [row["id"] for row in expected.objects]
+    for row, want in zip(rows, expected.objects, strict=True):
+        assert float(row["volume_um3"]) == pytest.approx(want["volume_um3"])
+        assert float(row["mean_intensity"]) == pytest.approx(want["mean_intensity"])
