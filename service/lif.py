@@ -9,7 +9,9 @@ has, so the channel, plane and pixel-size rules of :mod:`service.microscopy` app
 - **Container**: liffile (C. Gohlke, BSD-3, the author of tifffile and czifile) parses the header,
   the XML and the memory blocks in pure Python, from memory or from a file, and reads one plane
   by its offset: a project of gigabytes costs the plane asked for, not the file.
-  :func:`service.structure.check_lif` bounds the header and the memory blocks first.
+  :func:`service.structure.check_lif` bounds the header and the memory blocks first. For slide
+  and stack jobs by path, :func:`open_stored` says where an image's bytes lie, and
+  :mod:`service.slide_files` reads windows from a memory map of them.
 - **Images**: every image of the project, in the order of its tree, is a ``series=``, named by
   its path in the project (``Position 1/Series003``); the first is read unless the request says,
   with a notice naming how many there are.
@@ -52,8 +54,8 @@ from service.microscopy import (
 #: Leica's dimension ids (``DimensionDescription/@DimID``, "Leica Image File Formats" 3.2) → the
 #: letters liffile gives them.
 _DIMENSION_IDS = {1: "X", 2: "Y", 3: "Z", 4: "T", 5: "λ", 6: "A", 7: "N", 8: "Q", 9: "Λ", 10: "M", 11: "L"}
-#: LAS X dimension ids (``DimensionDescription/@DimID``) → what a refusal calls them; X, Y, Z, T
-#: are read, and liffile infers channels (C) and colour samples (S) from the strides.
+#: Those letters → what a refusal calls them; X, Y, Z, T are read, and liffile infers channels (C)
+#: and colour samples (S) from the strides.
 _DIMENSION_NAMES = {
     "λ": "emission wavelengths (a λ-scan)", "Λ": "excitation wavelengths (a Λ-scan)",
     "A": "rotations", "N": "XT slices", "Q": "T slices", "M": "tiles of a tile scan not yet merged",

@@ -29,9 +29,9 @@ class ChannelInfo(BaseModel):
 class PixelSizeInfo(BaseModel):
     x: float = Field(description="µm per pixel along x (columns)")
     y: float = Field(description="µm per pixel along y (rows)")
-    source: str = Field(description="ome | imagej | tiff | czi")
+    source: str = Field(description="ome | imagej | tiff | czi | lif")
     z: float | None = Field(
-        default=None, description="µm between z-slices, where the file gives it (OME, ImageJ, CZI)"
+        default=None, description="µm between z-slices, where the file gives it (OME, ImageJ, CZI, LIF)"
     )
 
     @model_serializer(mode="wrap")
@@ -46,12 +46,13 @@ class PixelSizeInfo(BaseModel):
 
 class SeriesInfo(BaseModel):
     index: int = Field(description="the image described, 0-based (series= on /segment)")
-    count: int = Field(description="images in the file: an OME-TIFF's Images, a CZI's scenes; 1 for most")
+    count: int = Field(description="images in the file: an OME-TIFF's Images, a CZI's scenes, a LIF "
+                       "project's images; 1 for most")
     names: list[str | None] = Field(description="their names where the file gives them (empty for one)")
 
 
 class ProbeResult(BaseModel):
-    format: str = Field(description="OME-TIFF, ImageJ TIFF, TIFF, CZI, PNG, JPEG, BMP")
+    format: str = Field(description="OME-TIFF, ImageJ TIFF, TIFF, CZI, LIF, PNG, JPEG, BMP")
     width: int
     height: int
     dtype: str

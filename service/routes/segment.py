@@ -179,8 +179,8 @@ def plane_selection(
     ),
     series: int | None = Query(
         None, ge=0, description="which image of a file holding several, 0-based: an OME-TIFF's Images, "
-        "a CZI's scenes (the positions of a multi-position experiment). Default: the first, with a "
-        "notice in X-Warnings naming how many there are",
+        "a CZI's scenes (the positions of a multi-position experiment), a LIF project's images. Default: "
+        "the first, with a notice in X-Warnings naming how many there are",
     ),
     measure: str | None = Query(
         None, min_length=1, max_length=1000,
@@ -861,7 +861,7 @@ IMAGE_BODY = {
                     "file": {
                         "type": "string",
                         "format": "binary",
-                        "description": "PNG, JPEG, TIFF, BMP or Zeiss CZI image",
+                        "description": "PNG, JPEG, TIFF, BMP, Zeiss CZI or Leica LIF image",
                     }
                 },
             }
@@ -920,8 +920,8 @@ _PNG_HEADERS = {
     "X-Z": {"description": "the z-slice segmented (0-based); only for z-stacks",
             "schema": {"type": "integer"}},
     "X-T": {"description": "the time point segmented (0-based)", "schema": {"type": "integer"}},
-    "X-Series": {"description": "the image of a file holding several (OME-TIFF Images, CZI scenes) that "
-                 "was segmented (0-based)", "schema": {"type": "integer"}},
+    "X-Series": {"description": "the image of a file holding several (OME-TIFF Images, CZI scenes, LIF "
+                 "images) that was segmented (0-based)", "schema": {"type": "integer"}},
     "X-Projection": {"description": "`max-z` / `sum-z`: the maximum / sum projection over Z was segmented",
                      "schema": {"type": "string"}},
     "X-Pixel-Size-Um": {"description": "µm per pixel used for the µm columns: `x` or `x,y`; absent "
