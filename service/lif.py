@@ -205,11 +205,17 @@ def _planes(lif: Any, max_pixels: int, series: int | None) -> tuple[Layout, Read
             "channels; the service reads grey channels, or one colour (RGB) image"
         )
     dtype = np.dtype(image.dtype)
+    try:
+        block = image.memory_block
+    except (KeyError, IndexError) as exc:
+        raise UndecodableImage(
+            f"truncated LIF: image {names[index]} has no pixel data in the file ({exc})"
+        ) from exc
     needed = math.prod(sizes.values()) * dtype.itemsize
-    if needed > image.memory_block.size:
+    if needed > block.size:
         raise UndecodableImage(
             f"truncated LIF: image {names[index]} needs {needed:,} bytes, its memory block holds "
-            f"{image.memory_block.size:,}"
+            f"{block.size:,}"
         )
 
     notes: list[str] = []
@@ -253,7 +259,7 @@ def _planes(lif: Any, max_pixels: int, series: int | None) -> tuple[Layout, Read
         series_names=names if len(images) > 1 else (),
     )
     stored = Stored(
-        offset=image.memory_block.offset, shape=tuple(sizes.values()), axes="".join(sizes), dtype=dtype,
+        offset=block.offset, shape=tuple(sizes.values()), axes="".join(sizes), dtype=dtype,
         bgr=rgb and _stored_blue_first(image.xml_element),
         mappable=_contiguous(sizes, dimensions, dtype.itemsize),
     )

@@ -167,6 +167,9 @@ def test_an_image_whose_pixels_the_file_lacks_is_undecodable() -> None:
                            f'NumberOfElements="{H + 9}"'.encode("utf-16-le"), 1)
     with pytest.raises(UndecodableImage, match="needs"):
         read(claims)
+    unwritten = small[: small.rindex("MemBlock_2".encode("utf-16-le")) - 22]  # the last block never written
+    with pytest.raises(UndecodableImage, match="image b has no pixel data"):
+        read(unwritten, series=1)
 
 
 def test_a_plane_over_the_limit_is_refused_from_the_header() -> None:

@@ -1,0 +1,85 @@
+"""What one image of a Leica LIF project costs to read and to send: the plane from the project's
+bytes (``POST /segment`` with ``series=``), from a memory map of the file (slide and stack jobs by
+path), and the image cut out as an OME-TIFF (``unet-segment --series``, ``frames.cut_image``).
+
+    .venv/bin/python benchmarks/lif_project.py [--images 8] [--slices 10] [--size 1024] [--repeat 3]
+
+Writes a LAS X-style project (``tests/lif_files.py``: ``--images`` images of 2 channels ×
+``--slices`` z-slices × size², uint16, calibrated) to a temporary folder, then for the last image
+(the one furthest into the file) measures, per read: the bytes it needs; the time to get the plane
+(channel 1, the middle slice). Prints a markdown table (medians over ``--repeat`` rounds, ms).
+One process, 2-core CPU: compare the rows of one run, not runs. The file is in the page cache
+after it is written, so the times are of parsing and copying, not of a disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.lif_files: the LAS X layout writer
+
+from service import frames, microscopy, slide_files  # noqa: E402
+from service.structure import Limits  # noqa: E402
+from tests.lif_files import Image, lif_bytes  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--slices", type=int, default=10)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    stacks = [rng.integers(0, 4096, (args.slices, 2, args.size, args.size), dtype=np.uint16)
+              for _ in range(args.images)]
+    last, z = args.images - 1, args.slices // 2
+    expected = stacks[-1][z, 1]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "session.lif"
+        path.write_bytes(lif_bytes([Image(f"Series{k + 1:03d}", s, "ZCYX", ("Green", "Blue"), 0.3, z_um=1.0)
+                                    for k, s in enumerate(stacks)]))
+        del stacks
+        project_bytes = path.stat().st_size
+        choice = microscopy.Selection(series=last, channel="Blue", z=z)
+
+        def from_upload() -> tuple[int, np.ndarray]:
+            data = path.read_bytes()  # what the service holds of an upload
+            return len(data), microscopy.select(data, choice, 1 << 30, Limits()).image
+
+        def from_map() -> tuple[int, np.ndarray]:
+            with slide_files.open_slide(path, choice, max_pixels=1 << 34, limits=Limits()) as source:
+                return args.size * args.size * 2, source.read(0, args.size, 0, args.size)
+
+        def cut() -> tuple[int, np.ndarray]:
+            data = frames.cut_image(path, last, microscopy.Selection(channel="Blue", z=z), 1 << 30)
+            assert data is not None
+            return len(data), microscopy.select(data, microscopy.Selection(channel="Blue", z=z), 1 << 30,
+                                                Limits()).image
+
+        rows = {"the project's bytes, series= (an upload)": from_upload,
+                "a memory map of the file (by path)": from_map,
+                "the image cut out (unet-segment --series)": cut}
+        print(f"project: {args.images} images × {args.slices} slices × 2 channels × {args.size}², uint16, "
+              f"{project_bytes / 2**20:.0f} MiB; the last image's channel 1 at z={z}; {args.repeat} rounds\n")
+        print("| read | MiB held or sent | ms (median) |")
+        print("|---|---|---|")
+        for name, read in rows.items():
+            times, size = [], 0
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                size, plane = read()
+                times.append((time.perf_counter() - t0) * 1000)
+                assert np.array_equal(plane, expected), name
+            print(f"| {name} | {size / 2**20:.1f} | {statistics.median(times):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
