@@ -1,4 +1,5 @@
-"""One frame of a stack as a small file: what ``unet-segment --t all`` / ``--z all`` sends.
+"""One frame of a stack, or one image of a file holding several, as a small file: what
+``unet-segment --t all`` / ``--z all`` / ``--series`` sends.
 
 A movie is one file of many frames. Segmenting it frame by frame used to send (over HTTP) or read
 (in local mode) the whole file once per frame: a 500-frame movie of 1024² 16-bit frames (1 GB)
@@ -19,14 +20,18 @@ or every slice for ``--project max``), read with the service's own choice logic
 (:func:`service.microscopy.resolve`); where the choices are incomplete (no channel for a
 two-channel movie), every page of the frame, so the service answers with the file's choices.
 
+:func:`cut_image` does the same for one image of a file holding several (an OME-TIFF's Images, a
+CZI's scenes, a LIF project's images: a LAS X project is often gigabytes): the pages of that image
+the choices need, written as an OME-TIFF of that image alone, read without ``series=``.
+
 What does not carry over: the pixel size is given as OME's, so ``X-Pixel-Size-Source`` reads
 ``ome`` where the file said ``imagej`` or ``tiff``, and notices about the file's own metadata (a
-print resolution ignored, a second series) are not repeated per frame. A Zeiss CZI and a Leica
-LIF are cut the same way (their planes read by :mod:`service.czi` and :mod:`service.lif`; a LIF at
-its first image), so a time-lapse past the upload limit is segmented frame by frame, each frame
-sent as an OME-TIFF. Anything this module cannot cut (neither TIFF, CZI nor LIF, pages of mixed
-pixel types, colour samples that are not RGB) is sent whole, as before, and the service says what
-it makes of it.
+print resolution ignored, a second series) are not repeated per frame, and the answer for an image
+cut out of several has no ``X-Series``. A Zeiss CZI and a Leica LIF are cut the same way (their
+planes read by :mod:`service.czi` and :mod:`service.lif`), so a time-lapse or a project past the
+upload limit is segmented frame by frame, image by image, each sent as an OME-TIFF. Anything this
+module cannot cut (neither TIFF, CZI nor LIF, pages of mixed pixel types, colour samples that are
+not RGB) is sent whole, as before, and the service says what it makes of it.
 """
 
 from __future__ import annotations
