@@ -18,9 +18,11 @@ has, so the channel, plane and pixel-size rules of :mod:`service.microscopy` app
 - **Pixel size**: ``DimensionDescription`` X / Y / Z, ``Length / (NumberOfElements - 1)`` in its
   ``Unit`` (metres): Leica's Length spans the first to the last pixel's centre, as liffile's
   coordinates and Bio-Formats read it.
-- **Channel names**: LAS X keeps no dye name beside the pixels, only each channel's colour table
-  (``LUTName``: ``Blue``, ``Green``, ``Gray``...), which is what its viewer shows a channel as;
-  those are the names offered (``channel=blue``), and indices always work.
+- **Channel names**: a widefield camera's channels by the dye they were set up with
+  (``WideFieldChannelInfo/@UserDefName``, else the filter cube: ``DAPI``, ``GFP``), as Bio-Formats
+  names them, where LAS X wrote one per channel in the channels' order; otherwise (confocal
+  images) each channel's colour table (``LUTName``: ``Blue``, ``Green``, ``Gray``...), what the
+  LAS X viewer shows a channel as. Indices always work.
 - **What is refused, naming what to do**: a tile scan not yet merged (LAS X's Mosaic Merge makes
   the one image the service reads), wavelength sweeps, rotations, line and XZ scans, FLIM
   histograms, colour beside other channels, channels of different bit depths; a ``.lifext`` or
@@ -227,9 +229,9 @@ def _planes(lif: Any, max_pixels: int, series: int | None) -> tuple[Layout, Read
     if rgb:
         channels = tuple(Channel(i, n) for i, n in enumerate(RGB_NAMES))
     else:
-        luts = _lut_names(image.xml_element)
+        channel_names = _channel_names(image.xml_element)
         channels = tuple(
-            Channel(c, luts[c] if c < len(luts) else None) for c in range(sizes.get("C", 1))
+            Channel(c, channel_names[c] if c < len(channel_names) else None) for c in range(sizes.get("C", 1))
         )
     lead = [a for a in ("T", "Z", "C") if sizes.get(a, 1) > 1]
     axes = "".join(lead) + "YX" + ("S" if rgb else "")
@@ -328,11 +330,30 @@ def _stored_blue_first(element: ET.Element) -> bool:
     return tags[:2] == ["3", "2"]
 
 
-def _lut_names(element: ET.Element) -> list[str | None]:
-    """Each channel's colour table name (``Blue``, ``Green``...), in the order stored."""
-    described = element.iterfind("./Data/Image/ImageDescription/Channels/ChannelDescription")
-    ordered = sorted(described, key=lambda c: int(c.get("BytesInc", "0")))
-    return [c.get("LUTName") or None for c in ordered]
+def _channel_names(element: ET.Element) -> list[str | None]:
+    """Each channel's name, in the order stored: the dye a widefield camera's channel was set up
+    with (``WideFieldChannelInfo``: its ``UserDefName``, else its filter cube's ``FluoCubeName``),
+    where LAS X wrote one per channel with the same colour tables in the same order; else the
+    channel's colour table (``LUTName``: ``Blue``, ``Green``...). Names are never paired by guess:
+    one channel described differently keeps every name a colour."""
+    described = list(element.iterfind("./Data/Image/ImageDescription/Channels/ChannelDescription"))
+    names = [c.get("LUTName") or None for c in described]
+    infos = element.findall(".//ATLCameraSettingDefinition/WideFieldChannelConfigurator/WideFieldChannelInfo")
+    luts = [(c.get("LUTName") or "").casefold() for c in described]
+    if len(infos) == len(described) and luts == [(i.get("LUT") or "").casefold() for i in infos]:
+        dyes = [_dye(info) for info in infos]
+        if all(dyes):
+            names = list(dyes)
+    order = sorted(range(len(described)), key=lambda k: int(described[k].get("BytesInc", "0")))
+    return [names[k] for k in order]
+
+
+def _dye(info: ET.Element) -> str | None:
+    for attribute in ("UserDefName", "FluoCubeName"):
+        value = (info.get(attribute) or "").strip()
+        if value and value.casefold() != "none":
+            return value
+    return None
 
 
 def _pixel_size(dimensions: dict[str, _Dim]) -> PixelSize | None:

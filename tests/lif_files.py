@@ -38,6 +38,9 @@ class Image:
     bits: int | None = None  # Resolution (12 for a 12-bit camera in uint16); the dtype's by default
     channel_bits: tuple[int, ...] = ()  # per channel, where they differ (Resolution only)
     folder: str | None = None  # the image lies in this folder of the project
+    #: a widefield camera's channel set-up, one ``(LUT, UserDefName, FluoCubeName)`` per channel, as
+    #: LAS X writes it in the image's HardwareSetting attachment (DMi8, THUNDER); none: a confocal's
+    widefield: tuple[tuple[str, str, str], ...] = ()
 
 
 def lif_bytes(images: list[Image], project: str = "Project", version: int = 2) -> bytes:
@@ -117,9 +120,22 @@ def _image_element(image: Image, block_id: str, size: int) -> str:
             f'Origin="0.000000e+000" Length="{length:e}" Unit="{"m" if step_um else ""}" BitInc="0" '
             f'BytesInc="{strides[letter]}"/>'
         )
+    hardware = ""
+    if image.widefield:
+        infos = "".join(
+            f'<WideFieldChannelInfo LUT={quoteattr(lut)} UserDefName={quoteattr(dye)} '
+            f'FluoCubeName={quoteattr(cube)} ContrastingMethodName="FLUO" ExposureTime="0.05"/>'
+            for lut, dye, cube in image.widefield
+        )
+        hardware = (
+            '<Attachment Name="HardwareSetting" Application="LAS AF" Software="LAS X 3.7" '
+            'DataSourceTypeName="Camera"><ATLCameraSettingDefinition ObjectiveName="HC PL APO 40x/0.95 DRY">'
+            f'<WideFieldChannelConfigurator CameraName="DFC9000GTC">{infos}</WideFieldChannelConfigurator>'
+            '</ATLCameraSettingDefinition></Attachment>'
+        )
     return (
         f'<Element Name={quoteattr(image.name)} Visibility="1" CopyOption="1" UniqueID="{_uid(image.name)}">'
         f'<Data><Image TextDescription=""><ImageDescription><Channels>{"".join(channels)}</Channels>'
-        f'<Dimensions>{"".join(dimensions)}</Dimensions></ImageDescription></Image></Data>'
+        f'<Dimensions>{"".join(dimensions)}</Dimensions></ImageDescription>{hardware}</Image></Data>'
         f'<Memory Size="{size}" MemoryBlockID="{block_id}"/><Children/></Element>'
     )

@@ -205,3 +205,21 @@ def test_unet_segment_cuts_a_lif_movie_frame_by_frame(tmp_path: Path, movie: byt
     assert plane.layout.pixel_size == microscopy.PixelSize(UM, UM, "ome", 0.5)
     with pytest.raises(UndecodableImage, match="missing"):
         read(cut, channel="Green", z=2, t=0)  # the cut holds frame 1 only
+
+
+def test_a_widefield_cameras_channels_are_named_by_their_dyes() -> None:
+    """LAS X writes a widefield camera's set-up per channel (dye, filter cube) beside the colour
+    tables: the dye names the channel (else the cube), as Bio-Formats reads it; a set-up that does
+    not pair one-to-one with the channels in order names none of them."""
+    pixels = np.zeros((3, H, W), np.uint16)
+    set_up = (("Blue", "DAPI", "DAPI"), ("Green", "None", "GFP"), ("Red", "Phalloidin 594", "TXR"))
+    data = lif_bytes([Image("THUNDER", pixels, "CYX", ("Blue", "Green", "Red"), widefield=set_up)])
+    def names(data: bytes) -> list[str | None]:
+        return [c.name for c in microscopy.probe(data, MAX_PIXELS, Limits()).channels]
+
+    assert names(data) == ["DAPI", "GFP", "Phalloidin 594"]
+    assert read(data, channel="dapi").channel.index == 0
+    shuffled = lif_bytes([Image("THUNDER", pixels, "CYX", ("Green", "Blue", "Red"), widefield=set_up)])
+    assert names(shuffled) == ["Green", "Blue", "Red"]
+    fewer = lif_bytes([Image("THUNDER", pixels, "CYX", ("Blue", "Green", "Red"), widefield=set_up[:2])])
+    assert names(fewer) == ["Blue", "Green", "Red"]
