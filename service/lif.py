@@ -191,10 +191,15 @@ def _planes(lif: Any, max_pixels: int, series: int | None) -> tuple[Layout, Read
         )
     sizes: dict[str, int] = dict(image.sizes)
     unknown = [axis for axis in sizes if axis not in _READ_AXES]
-    if unknown or "X" not in sizes or "Y" not in sizes:
+    # A plane is the two innermost dimensions stored: Y then X. An XZ scan repeated along Y (LAS X's
+    # "xzy") also has a Y, outermost, and its planes are XZ sections (a real file read so gave
+    # 128×128 planes for a layout of 23 rows).
+    innermost = tuple(axis for axis in sizes if axis != "S")[-2:]
+    if unknown or innermost != ("Y", "X"):
         raise UnsupportedImageType(
-            f"the LIF image {names[index]} has dimensions {''.join(sizes)} (sizes {list(sizes.values())}); "
-            "the service reads images of X, Y and channels, z-slices, time points"
+            f"the LIF image {names[index]} has dimensions {''.join(sizes)} (sizes {list(sizes.values())}), "
+            "its planes not XY; the service reads XY images and their channels, z-slices, time points "
+            "(an XZ or XT scan is not one)"
         )
     height, width = sizes["Y"], sizes["X"]
     if width * height > max_pixels:

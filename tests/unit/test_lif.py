@@ -126,8 +126,10 @@ def test_other_pixel_types_are_read_as_every_decoders_planes(stored: type, read_
         (Image("mixed", np.zeros((2, H, W), np.uint16), "CYX", channel_bits=(8, 16)),
          "different bit depths"),
         (Image("xz", np.zeros((H, W), np.uint8), "ZX"), "dimensions ZX"),
+        # LAS X's "xzy": XZ sections repeated along Y, stored Y outermost (as a LAS X 3 file has it)
+        (Image("xzy", np.zeros((5, 2, H, W), np.uint8), "YCZX"), "dimensions YCZX"),
     ],
-    ids=["mosaic", "lambda", "bit-depths", "xz-scan"],
+    ids=["mosaic", "lambda", "bit-depths", "xz-scan", "xzy-scan"],
 )
 def test_what_is_not_read_is_a_415_naming_what_to_do(image: Image, match: str) -> None:
     with pytest.raises(UnsupportedImageType, match=match):
