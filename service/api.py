@@ -24,6 +24,7 @@ plain ``ValueError`` for options out of range.
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -268,7 +269,8 @@ class Segmenter:
         """Segment one image; the options are ``POST /segment``'s.
 
         Args:
-            image: a file path (PNG, JPEG, BMP, TIFF / OME-TIFF / ImageJ hyperstack, Zeiss CZI), the file's
+            image: a file path (PNG, JPEG, BMP, TIFF / OME-TIFF / ImageJ hyperstack, Zeiss CZI, Leica
+                LIF; mapped, not read whole), the file's
                 bytes, or a NumPy array: ``(H, W)`` grey, ``(H, W, 3|4)`` colour, or any other
                 shape with ``axes`` saying what its dimensions are.
             channel: the channel holding the nuclei: index, or name from the file (any case);
@@ -280,8 +282,9 @@ class Segmenter:
             polarity: ``"dark"`` for nuclei darker than their background (bright field, H&E): the
                 image is segmented as its optical density (``service.polarity``), a colour image's
                 colours mixed unless ``channel`` says otherwise.
-            series: which image of a file holding several (an OME-TIFF's Images, a CZI's scenes),
-                0-based; None: the first (a notice in ``warnings`` says how many there are).
+            series: which image of a file holding several (an OME-TIFF's Images, a CZI's scenes, a
+                LIF project's images), 0-based; None: the first (a notice in ``warnings`` says how
+                many there are).
             measure: channels to measure each object in besides the one segmented (indices or
                 names, or ``"all"``): ``objects`` gains ``mean_intensity_KEY`` and
                 ``integrated_intensity_KEY`` per channel (KEY: the channel's name made column-safe,
@@ -430,8 +433,11 @@ class Segmenter:
             threshold=threshold, split=split, tile_size=tile_size, overlap=overlap, outputs=("labels",),
         )
 
+        # Each slice reads the file again by its path (a map of its own: a map is one file position).
+        source = image if isinstance(image, str | os.PathLike) else data
+
         def segment_slice(z: int, at: float | None) -> Segmentation:
-            return self.segment(data, z=z if depth > 1 else None, diameter=at, **options)
+            return self.segment(source, z=z if depth > 1 else None, diameter=at, **options)
 
         linker: zstack.Linker | None = None  # made with the first slice: its measured channels' keys
         stacked: list[np.ndarray] = []
@@ -481,8 +487,13 @@ class Segmenter:
             plane=middle.plane.without_pixels(),
         )
 
-    def _read(self, image: ImageInput, axes: str | None) -> bytes:
-        """The bytes ``microscopy.select`` reads: the file's, or an array's as a TIFF."""
+    def _read(self, image: ImageInput, axes: str | None) -> bytes | mmap.mmap:
+        """What ``microscopy.select`` reads: a file as a read-only memory map of it, bytes, or an
+        array as a TIFF. Mapped, not read: a LAS X project or a CZI plate of gigabytes costs the
+        pages of the plane asked for, not the file in memory (the container parsers take the map
+        as their file; ``microscopy.container_stream``). Each call maps the file anew (a map is one
+        file position: threads never share one), and the map closes when the call's last
+        reference to it goes."""
         if isinstance(image, np.ndarray):
             return array_as_tiff(image, axes)
         if axes is not None:
@@ -490,7 +501,10 @@ class Segmenter:
         if isinstance(image, bytes | bytearray | memoryview):
             return bytes(image)
         if isinstance(image, str | os.PathLike):
-            return Path(image).read_bytes()
+            with open(image, "rb") as handle:
+                if os.fstat(handle.fileno()).st_size == 0:
+                    return b""  # an empty file cannot be mapped; the reader says it is empty
+                return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         raise TypeError(f"image must be a path, bytes or a NumPy array, got {type(image).__name__}")
 
     def close(self) -> None:

@@ -30,7 +30,6 @@ decoder of the service gives them.
 
 from __future__ import annotations
 
-import io
 import math
 import warnings
 import xml.etree.ElementTree as ET
@@ -49,6 +48,7 @@ from service.microscopy import (
     Layout,
     PixelSize,
     check_series,
+    container_stream,
     first_series_note,
 )
 
@@ -143,7 +143,7 @@ def open_windows(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # czifile warns of pending updates, unknown segments
             czi = czifile.CziFile(
-                str(source) if isinstance(source, Path) else io.BytesIO(source), multifile=False,
+                str(source) if isinstance(source, Path) else container_stream(source), multifile=False,
                 detectmosaic=False,
             )
     except Exception as exc:  # noqa: BLE001 - czifile raises struct.error, KeyError, ... on bad bytes

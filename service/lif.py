@@ -32,7 +32,6 @@ has, so the channel, plane and pixel-size rules of :mod:`service.microscopy` app
 
 from __future__ import annotations
 
-import io
 import math
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -49,6 +48,7 @@ from service.microscopy import (
     Layout,
     PixelSize,
     check_series,
+    container_stream,
     first_series_note,
     unit_um,
 )
@@ -160,7 +160,7 @@ def _open(source: bytes | Path) -> Any:
     import liffile  # imported only for LIF files
 
     try:
-        lif = liffile.LifFile(str(source) if isinstance(source, Path) else io.BytesIO(source))
+        lif = liffile.LifFile(str(source) if isinstance(source, Path) else container_stream(source))
     except Exception as exc:  # noqa: BLE001 - liffile raises struct.error, KeyError, ... on bad bytes
         raise UndecodableImage(f"unreadable LIF: {type(exc).__name__}: {exc}") from exc
     if lif.type != liffile.LifFileType.LIF:

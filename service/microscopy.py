@@ -38,6 +38,7 @@ import contextlib
 import io
 import logging
 import math
+import mmap
 import re
 import warnings
 import xml.etree.ElementTree as ET
@@ -558,13 +559,24 @@ def _open_flat(data: bytes, max_pixels: int, fmt: str | None) -> _Source:
     return _Source(layout, read=lambda _coords: image, first=image)
 
 
+def container_stream(data: bytes | mmap.mmap) -> Any:
+    """``data`` as the seekable file a container parser (tifffile, czifile, liffile) reads: a
+    memory map of a file as itself (not copied into memory), rewound (a map is its own file
+    position, and liffile reads its header from where the file stands), bytes in a BytesIO (which
+    shares them). A map is for one reader at a time."""
+    if isinstance(data, mmap.mmap):
+        data.seek(0)
+        return data
+    return io.BytesIO(data)
+
+
 def _open_tiff(data: bytes, max_pixels: int, series: int | None = None) -> _Source:
     import tifffile  # the service imports it only for TIFF uploads
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tifffile warns about odd tags; errors still raise
-            tif = tifffile.TiffFile(io.BytesIO(data))
+            tif = tifffile.TiffFile(container_stream(data))
     except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds on corrupt input
         if _single_page(data):
             raise _NotForTifffile from exc

@@ -247,3 +247,44 @@ def test_a_czi_path_and_its_scenes_read_as_the_service_reads_them(
     assert np.array_equal(chosen.labels, alone.labels) and chosen.object_count == alone.object_count > 0
     default = segmenter.segment(path, outputs=("labels",))
     assert default.plane.describe()["series"] == 0 and any("series=1" in w for w in default.warnings)
+
+
+def test_a_large_project_by_path_is_mapped_not_read_and_equals_its_bytes(
+    segmenter: Segmenter, tmp_path: Path
+) -> None:
+    """A LIF project of 48 MiB by path, its last image chosen: the result is the bytes' result, and
+    the call allocates far less than the file (the file is a read-only memory map, and only the
+    plane asked for is read; reading it whole would allocate the 48 MiB). An empty file is the
+    reader's clear error, and a TIFF stack by path segments as its bytes."""
+    import tracemalloc
+
+    from tests.lif_files import Image, lif_bytes
+
+    nuclei, _ = nuclei_image(size=96, grid=3, seed=14)
+    filler = np.random.default_rng(0).integers(0, 4000, (12, 2, 1024, 1024), dtype=np.uint16)
+    path = tmp_path / "session.lif"
+    path.write_bytes(lif_bytes([Image("big", filler, "ZCYX"),
+                                Image("field", nuclei.astype(np.uint16), pixel_um=0.65)]))
+    del filler
+    assert path.stat().st_size > 48 * 2**20
+    segmenter.segment(path, series=1, outputs=("labels",))  # warm: the model's arenas, caches
+    tracemalloc.start()
+    try:
+        by_path = segmenter.segment(path, series=1, outputs=("labels",))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, peak
+    by_bytes = segmenter.segment(path.read_bytes(), series=1, outputs=("labels",))
+    assert np.array_equal(by_path.labels, by_bytes.labels) and by_path.object_count > 0
+    assert by_path.plane.pixel_size.source == "lif"
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        segmenter.segment(empty)
+    stack = tmp_path / "stack.lif"
+    slices = np.stack([nuclei, np.roll(nuclei, 3, axis=1)]).astype(np.uint16)
+    stack.write_bytes(lif_bytes([Image("z", slices, "ZYX")]))
+    mapped = segmenter.segment_stack(stack, diameter=16)
+    assert np.array_equal(mapped.labels, segmenter.segment_stack(stack.read_bytes(), diameter=16).labels)
+    assert mapped.object_count > 0
