@@ -163,7 +163,9 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "See /docs for the methods each route accepts."),
     "payload-too-large": ProblemType(
         "Request body too large", 413, "The request body is larger than the server accepts.",
-        "Send a smaller file, or ask the operator to raise UNET_MAX_UPLOAD_BYTES."),
+        "Send a smaller file, or ask the operator to raise UNET_MAX_UPLOAD_BYTES. A movie, a z-stack or "
+        "a file of several images (a LAS X project, a CZI plate): unet-segment --t all / --z all / "
+        "--series sends only the pages each plane or image needs, so the file may be any size."),
     "image-too-large": ProblemType(
         "Image too large", 413,
         "The image has more pixels than the server segments (checked from its header).",
@@ -277,7 +279,9 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     "file-too-large": ProblemType(
         "File too large", 413, "The file has more bytes than the server reads for one image "
         "(UNET_MAX_UPLOAD_BYTES, the upload limit).",
-        "Crop or convert the image, or ask the operator to raise UNET_MAX_UPLOAD_BYTES."),
+        "Crop or convert the image, or ask the operator to raise UNET_MAX_UPLOAD_BYTES. A slide or a "
+        "stack (TIFF, CZI, a LIF project's image, OME-Zarr) is read by region from its path at any "
+        "size: output=ome-zarr, or output=labels3d."),
     "data-file-changed": ProblemType(
         "File changed", 409,
         "The file named by the job was removed or replaced by another file between the job's submission "
