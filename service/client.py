@@ -1084,8 +1084,15 @@ class LocalSegmenter:
     def __call__(self, job: Job) -> Result:
         """Segment one image and write its output; never raises for a bad image."""
         result = Result(job, ok=False, attempts=1)
+        data: bytes | Path
         try:
-            data, _, image_cut = job_bytes(job, self.config)
+            if job.plane or self.config.series is not None:
+                data, _, image_cut = job_bytes(job, self.config)
+            else:
+                # The file by path: the API maps it and reads the pages the plane needs, where
+                # reading it here would hold the whole file (a large TIFF stack, a CZI, a LIF).
+                with open(job.source, "rb"):
+                    data, image_cut = job.source, False
         except OSError as exc:
             result.error = f"cannot read input: {exc}"
             return result
