@@ -161,6 +161,10 @@ class StackSegmentation:
         return zstack.rows_to_csv(self.objects)
 
 
+#: Files larger than this are memory-mapped by :meth:`Segmenter.segment`, not read whole.
+MAP_ABOVE_BYTES = 32 * 1024 * 1024
+
+
 class Segmenter:
     """A model loaded once, segmenting any number of images in this process; thread-safe.
 
@@ -488,12 +492,14 @@ class Segmenter:
         )
 
     def _read(self, image: ImageInput, axes: str | None) -> bytes | mmap.mmap:
-        """What ``microscopy.select`` reads: a file as a read-only memory map of it, bytes, or an
-        array as a TIFF. Mapped, not read: a LAS X project or a CZI plate of gigabytes costs the
-        pages of the plane asked for, not the file in memory (the container parsers take the map
-        as their file; ``microscopy.container_stream``). Each call maps the file anew (a map is one
-        file position: threads never share one), and the map closes when the call's last
-        reference to it goes."""
+        """What ``microscopy.select`` reads: bytes, an array as a TIFF, or a file — read whole up to
+        :data:`MAP_ABOVE_BYTES`, above it a read-only memory map. Mapped, not read: a LAS X
+        project or a CZI plate of gigabytes costs the pages of the plane asked for, not the file
+        in memory (the container parsers take the map as their file;
+        ``microscopy.container_stream``). Each call maps the file anew (a map is one file position:
+        threads never share one), and the map closes when the call's last reference to it goes.
+        Only large files are mapped because a map has one hazard a read has not: a file cut
+        short while it is read (rewritten in place) ends the process with SIGBUS."""
         if isinstance(image, np.ndarray):
             return array_as_tiff(image, axes)
         if axes is not None:
@@ -502,8 +508,9 @@ class Segmenter:
             return bytes(image)
         if isinstance(image, str | os.PathLike):
             with open(image, "rb") as handle:
-                if os.fstat(handle.fileno()).st_size == 0:
-                    return b""  # an empty file cannot be mapped; the reader says it is empty
+                size = os.fstat(handle.fileno()).st_size
+                if size <= MAP_ABOVE_BYTES or size == 0:  # an empty file cannot be mapped
+                    return handle.read()
                 return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         raise TypeError(f"image must be a path, bytes or a NumPy array, got {type(image).__name__}")
 

@@ -1089,8 +1089,8 @@ class LocalSegmenter:
             if job.plane or self.config.series is not None:
                 data, _, image_cut = job_bytes(job, self.config)
             else:
-                # The file by path: the API maps it and reads the pages the plane needs, where
-                # reading it here would hold the whole file (a large TIFF stack, a CZI, a LIF).
+                # The file by path: the API maps a large one and reads the pages the plane needs,
+                # where reading it here would hold the whole file (a TIFF stack, a CZI, a LIF).
                 with open(job.source, "rb"):
                     data, image_cut = job.source, False
         except OSError as exc:

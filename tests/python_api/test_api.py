@@ -250,12 +250,13 @@ def test_a_czi_path_and_its_scenes_read_as_the_service_reads_them(
 
 
 def test_a_large_project_by_path_is_mapped_not_read_and_equals_its_bytes(
-    segmenter: Segmenter, tmp_path: Path
+    segmenter: Segmenter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A LIF project of 48 MiB by path, its last image chosen: the result is the bytes' result, and
-    the call allocates far less than the file (the file is a read-only memory map, and only the
-    plane asked for is read; reading it whole would allocate the 48 MiB). An empty file is the
-    reader's clear error, and a TIFF stack by path segments as its bytes."""
+    """A LIF project of 48 MiB by path (over api.MAP_ABOVE_BYTES), its last image chosen: the
+    result is the bytes' result, and the call allocates far less than the file (the file is a
+    read-only memory map, and only the plane asked for is read; reading it whole would allocate
+    the 48 MiB). Mapped whatever their size: an empty file is the reader's clear error, and a
+    stack's slices, each mapping the file anew, segment as its bytes."""
     import tracemalloc
 
     from tests.lif_files import Image, lif_bytes
@@ -278,6 +279,9 @@ def test_a_large_project_by_path_is_mapped_not_read_and_equals_its_bytes(
     by_bytes = segmenter.segment(path.read_bytes(), series=1, outputs=("labels",))
     assert np.array_equal(by_path.labels, by_bytes.labels) and by_path.object_count > 0
     assert by_path.plane.pixel_size.source == "lif"
+    from service import api
+
+    monkeypatch.setattr(api, "MAP_ABOVE_BYTES", 0)
     empty = tmp_path / "empty.tif"
     empty.write_bytes(b"")
     with pytest.raises(ValueError, match="empty"):
