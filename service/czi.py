@@ -50,6 +50,7 @@ from service.microscopy import (
     check_series,
     container_stream,
     first_series_note,
+    image_summary,
 )
 
 #: CZI dimensions that may index planes; any other with more than one index is refused.
@@ -167,7 +168,7 @@ def _planes(czi: Any, max_pixels: int, scene: int | None) -> tuple[Layout, Windo
     except Exception as exc:  # noqa: BLE001 - as above
         raise UndecodableImage(f"unreadable CZI: {type(exc).__name__}: {exc}") from exc
     names, pixel_size, notes, scene_names = _metadata(xml)
-    tiles, sizes, scenes, scene_index = _tiles(entries, scene, scene_names)
+    tiles, sizes, scenes, scene_index, about = _tiles(entries, scene, scene_names)
     x0, y0 = min(t.x for t in tiles), min(t.y for t in tiles)
     width = max(t.x + t.width for t in tiles) - x0
     height = max(t.y + t.height for t in tiles) - y0
@@ -253,6 +254,7 @@ def _planes(czi: Any, max_pixels: int, scene: int | None) -> tuple[Layout, Windo
         series_count=scenes,
         series=scene_index,
         series_names=scene_names[:scenes] if scenes > 1 else (),
+        series_about=about,
     )
     return layout, read_window, (max(t.height for t in tiles), max(t.width for t in tiles))
 
@@ -280,9 +282,10 @@ def _describe(coords: dict[str, int]) -> str:
 
 def _tiles(
     entries: list[Any], scene: int | None, scene_names: tuple[str | None, ...]
-) -> tuple[list[_Tile], dict[str, int], int, int]:
+) -> tuple[list[_Tile], dict[str, int], int, int, tuple[str | None, ...]]:
     """The full-resolution subblocks of ``scene`` (None: the first), their plane indices made
-    0-based, each plane axis's size, the number of scenes and the index of the one read."""
+    0-based, each plane axis's size, the number of scenes, the index of the one read, and each
+    scene's :func:`~service.microscopy.image_summary` (where there are several)."""
     full: list[tuple[Any, dict[str, Any]]] = []
     for entry in entries:
         dims = {d.dimension: d for d in entry.dimension_entries}
@@ -298,7 +301,8 @@ def _tiles(
         raise UndecodableImage("the CZI has no full-resolution subblock")
     scene_starts = sorted({dims["S"].start for _, dims in full if "S" in dims})
     scenes = max(1, len(scene_starts))
-    scene_index = check_series(scenes, scene_names, scene)
+    about = tuple(_scene_summary(full, start) for start in scene_starts) if scenes > 1 else ()
+    scene_index = check_series(scenes, scene_names, scene, about)
     if scenes > 1:
         chosen = scene_starts[scene_index]
         full = [(entry, dims) for entry, dims in full if "S" in dims and dims["S"].start == chosen]
@@ -333,7 +337,16 @@ def _tiles(
             pixel_type=entry.dtype, compression=entry.compression,
             mosaic=dims["M"].start if "M" in dims else 0, entry=entry,
         ))
-    return tiles, sizes, scenes, scene_index
+    return tiles, sizes, scenes, scene_index, about
+
+
+def _scene_summary(full: list[tuple[Any, dict[str, Any]]], start: int) -> str:
+    """One scene's extent and planes, from its full-resolution subblocks' directory entries."""
+    mine = [dims for _, dims in full if "S" in dims and dims["S"].start == start]
+    width = max(d["X"].start + d["X"].size for d in mine) - min(d["X"].start for d in mine)
+    height = max(d["Y"].start + d["Y"].size for d in mine) - min(d["Y"].start for d in mine)
+    sizes = {a: len({d[a].start for d in mine if a in d}) for a in _PLANE_DIMENSIONS}
+    return image_summary(width, height, sizes)
 
 
 def _decode(tile: _Tile) -> np.ndarray:

@@ -50,6 +50,7 @@ from service.microscopy import (
     check_series,
     container_stream,
     first_series_note,
+    image_summary,
     unit_um,
 )
 
@@ -174,7 +175,8 @@ def _planes(lif: Any, max_pixels: int, series: int | None) -> tuple[Layout, Read
     if not images:
         raise UnsupportedImageType("the LIF project holds no image")
     names = tuple(image.path for image in images)
-    index = check_series(len(images), names, series)
+    about = tuple(_summary(image) for image in images) if len(images) > 1 else ()
+    index = check_series(len(images), names, series, about)
     image = images[index]
     if image.is_flim:
         raise UnsupportedImageType(
@@ -264,6 +266,7 @@ def _planes(lif: Any, max_pixels: int, series: int | None) -> tuple[Layout, Read
         series_count=len(images),
         series=index,
         series_names=names if len(images) > 1 else (),
+        series_about=about,
     )
     stored = Stored(
         offset=block.offset, shape=tuple(sizes.values()), axes="".join(sizes), dtype=dtype,
@@ -280,6 +283,24 @@ class _Dim(NamedTuple):
     length: float
     unit: str
     bytes_inc: int
+
+
+def _summary(image: Any) -> str | None:
+    """:func:`~service.microscopy.image_summary` of one image of the project, from its XML alone
+    (none for a FLIM histogram or an image without X and Y)."""
+    if image.is_flim:
+        return "FLIM"
+    dimensions = _dimensions(image.xml_element)
+    if "X" not in dimensions or "Y" not in dimensions:
+        return None
+    channels = sum(1 for _ in image.xml_element.iterfind(
+        "./Data/Image/ImageDescription/Channels/ChannelDescription"))
+    colour = channels == 3 and _stored_blue_first(image.xml_element)
+    sizes = {a: dimensions[a].count for a in ("Z", "T") if a in dimensions}
+    sizes["C"] = 1 if colour else channels
+    summary = image_summary(dimensions["X"].count, dimensions["Y"].count, sizes, colour)
+    tiles = dimensions["M"].count if "M" in dimensions else 1
+    return f"{summary} · {tiles} tiles" if tiles > 1 else summary
 
 
 def _dimensions(element: ET.Element) -> dict[str, _Dim]:

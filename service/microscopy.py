@@ -210,6 +210,9 @@ class Layout:
     series_count: int = 1
     series: int = 0
     series_names: tuple[str | None, ...] = ()
+    #: each image's size and planes as a person tells them apart (:func:`image_summary`), where
+    #: the file holds several: a LAS X project's images are all "Series001", "Series002"...
+    series_about: tuple[str | None, ...] = ()
 
     @property
     def needs_channel(self) -> bool:
@@ -230,7 +233,7 @@ class Layout:
         if self.rgb and not self.grey_rgb:
             out["mix"] = MIX
         if self.series_count > 1:
-            out["series"] = series_choices(self.series_count, self.series_names)
+            out["series"] = series_choices(self.series_count, self.series_names, self.series_about)
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -250,15 +253,33 @@ class Layout:
             "pixel_size_um": self.pixel_size.as_dict() if self.pixel_size else None,
             "warnings": list(self.warnings),
             "series": {"index": self.series, "count": self.series_count,
-                       "names": list(self.series_names)},
+                       "names": list(self.series_names), "about": list(self.series_about)},
         }
 
 
-def series_choices(count: int, names: tuple[str | None, ...]) -> list[dict[str, Any]]:
-    return [{"index": k, "name": names[k] if k < len(names) else None} for k in range(count)]
+def series_choices(
+    count: int, names: tuple[str | None, ...], about: tuple[str | None, ...] = ()
+) -> list[dict[str, Any]]:
+    """The images of a file as a 422's ``choices`` lists them: index, name, and what each holds
+    (:func:`image_summary`) where the reader says."""
+    return [{"index": k, "name": names[k] if k < len(names) else None,
+             **({"about": about[k]} if k < len(about) else {})} for k in range(count)]
 
 
-def check_series(count: int, names: tuple[str | None, ...], wanted: int | None) -> int:
+def image_summary(width: int, height: int, sizes: dict[str, int], colour: bool = False) -> str:
+    """One image of several as a person tells them apart: ``1024×1024 · 2 ch · 30 z · 5 t``
+    (the axes with more than one index; ``RGB`` for colour)."""
+    parts = [f"{width}×{height}"]
+    if colour:
+        parts.append("RGB")
+    parts += [f"{sizes[axis]} {unit}" for axis, unit in (("C", "ch"), ("Z", "z"), ("T", "t"))
+              if sizes.get(axis, 1) > 1]
+    return " · ".join(parts)
+
+
+def check_series(
+    count: int, names: tuple[str | None, ...], wanted: int | None, about: tuple[str | None, ...] = ()
+) -> int:
     """The 0-based image (series) to read of ``count``: ``wanted``, or the first.
 
     Raises:
@@ -269,7 +290,7 @@ def check_series(count: int, names: tuple[str | None, ...], wanted: int | None) 
     if not 0 <= wanted < count:
         raise SelectionError(
             f"series={wanted}: the file holds {count} image{'s' if count > 1 else ''} "
-            f"(series=0..{count - 1})", ("series",), {"series": series_choices(count, names)},
+            f"(series=0..{count - 1})", ("series",), {"series": series_choices(count, names, about)},
         )
     return wanted
 
@@ -641,7 +662,8 @@ def _tiff_source(
             warnings.simplefilter("ignore")
             all_series = tif.series
             series_names = tuple(getattr(s, "name", None) or None for s in all_series)
-            series_index = check_series(len(all_series), series_names, wanted_series)
+            series_about = tuple(_tiff_series_summary(s) for s in all_series) if len(all_series) > 1 else ()
+            series_index = check_series(len(all_series), series_names, wanted_series, series_about)
             series = all_series[series_index]
             keyframe = series.keyframe
             full_axes, full_shape = series.get_axes(False), series.get_shape(False)
@@ -769,6 +791,7 @@ def _tiff_source(
         series_count=len(all_series),
         series=series_index,
         series_names=series_names if len(all_series) > 1 else (),
+        series_about=series_about,
     )
     source = _Source(layout, read=read, close=tif.close)
     if rgb and colour_pixels:
@@ -776,6 +799,17 @@ def _tiff_source(
         source.first = first
         source.layout = with_colour(layout, first)
     return source
+
+
+def _tiff_series_summary(series: Any) -> str | None:
+    """:func:`image_summary` of one tifffile series (an OME-TIFF Image), from its axes and shape;
+    None where it has no X and Y."""
+    sizes = dict(zip(series.axes, (int(n) for n in series.shape), strict=False))
+    if "X" not in sizes or "Y" not in sizes:
+        return None
+    planes = {"C": sizes.get("C", 1), "Z": sizes.get("Z", 1) * sizes.get("I", 1) * sizes.get("Q", 1),
+              "T": sizes.get("T", 1)}
+    return image_summary(sizes["X"], sizes["Y"], planes, colour=sizes.get("S", 1) in (3, 4))
 
 
 def _tiff_metadata(

@@ -49,6 +49,10 @@ class SeriesInfo(BaseModel):
     count: int = Field(description="images in the file: an OME-TIFF's Images, a CZI's scenes, a LIF "
                        "project's images; 1 for most")
     names: list[str | None] = Field(description="their names where the file gives them (empty for one)")
+    about: list[str | None] = Field(
+        default_factory=list,
+        description="what each holds, to tell them apart: `1024×1024 · 2 ch · 30 z` (empty for one)",
+    )
 
 
 class ProbeResult(BaseModel):

@@ -466,7 +466,10 @@ function showProbe(probe) {
   series.replaceChildren(new Option(`(default: the first of ${count})`, ""));
   for (let k = 0; k < count; k++) {
     const name = probe.series.names[k];
-    series.add(new Option(name ? `${k} · ${name}` : `${k}`, String(k)));
+    // what each image holds tells apart a project's "Series001", "Series002"...
+    const about = (probe.series.about || [])[k];
+    const label = (name ? `${k} · ${name}` : `${k}`) + (about ? ` (${about})` : "");
+    series.add(new Option(label, String(k)));
   }
   series.value = state.plane.series;
   $("series-box").hidden = count < 2;

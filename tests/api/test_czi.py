@@ -108,10 +108,11 @@ def test_scenes_are_chosen_with_series(server: Server) -> None:
     assert second.headers["X-Series"] == "1" and "X-Warnings" not in second.headers
     assert labels.tolist() != im.decode(first.content).tolist()
     r = segment(server, scenes, series=2)
+    size = f"{NUCLEI.shape[1]}×{NUCLEI.shape[0]}"
     assert r.status_code == 422 and r.json()["choices"]["series"] == [
-        {"index": 0, "name": None}, {"index": 1, "name": None}], r.text
+        {"index": 0, "name": None, "about": size}, {"index": 1, "name": None, "about": size}], r.text
     probe = server.client.post("/probe", params={"series": 1}, files={"file": ("plate.czi", scenes)}).json()
-    assert probe["series"] == {"index": 1, "count": 2, "names": []}
+    assert probe["series"] == {"index": 1, "count": 2, "names": [], "about": [size, size]}
 
 
 def test_a_truncated_czi_is_a_400_that_says_so(server: Server) -> None:

@@ -55,8 +55,8 @@ def test_without_a_choice_the_422_lists_the_channels_time_points_and_images(serv
     assert {e["loc"][1] for e in body["errors"]} == {"channel", "t"}
     assert body["choices"]["channels"] == [{"index": 0, "name": "Green"}, {"index": 1, "name": "Blue"}]
     assert body["choices"]["planes"] == {"T": 2}
-    assert body["choices"]["series"] == [{"index": 0, "name": "Series001"},
-                                         {"index": 1, "name": "Position 2/Series002"}]
+    assert body["choices"]["series"] == [{"index": 0, "name": "Series001", "about": f"{W}×{H} · 2 ch · 2 t"},
+                                         {"index": 1, "name": "Position 2/Series002", "about": f"{W}×{H}"}]
 
 
 @pytest.mark.parametrize("t", [0, 1])

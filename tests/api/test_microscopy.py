@@ -325,10 +325,13 @@ def test_an_ome_tiff_of_several_images_is_read_at_the_one_asked_for(server: Serv
     assert (count, labels.tolist()) == (alone["nuclei"][1], alone["nuclei"][0].tolist())
     assert second.headers["X-Series"] == "1" and "X-Warnings" not in second.headers
     body = assert_choose(post(server, data, series=1), {"channel"})
-    assert body["choices"]["series"] == [{"index": 0, "name": "Pos0"}, {"index": 1, "name": "Pos1"}]
+    assert [(s["index"], s["name"]) for s in body["choices"]["series"]] == [(0, "Pos0"), (1, "Pos1")]
+    assert body["choices"]["series"][1]["about"].endswith("· 2 ch")
     r = post(server, data, series=2)
     assert r.status_code == 422 and r.json()["type"] == "/problems/invalid-options", r.text
     probe = server.client.post("/probe", params={"series": 1}, content=data,
                                headers={"Content-Type": "image/tiff"}).json()
-    assert probe["series"] == {"index": 1, "count": 2, "names": ["Pos0", "Pos1"]}
+    assert {k: probe["series"][k] for k in ("index", "count", "names")} == {
+        "index": 1, "count": 2, "names": ["Pos0", "Pos1"]}
+    assert len(probe["series"]["about"]) == 2
     assert probe["required"] == ["channel"] and [c["name"] for c in probe["channels"]] == ["Actin", "DAPI"]

@@ -165,7 +165,8 @@ def test_scenes_are_the_files_images_chosen_by_series() -> None:
     layout = microscopy.probe(data, MAX_PIXELS, Limits())
     assert (layout.series_count, layout.series, layout.width, layout.height) == (2, 0, W, H)
     assert any("2 scenes" in note and "series=1" in note for note in layout.warnings)
-    assert layout.choices()["series"] == [{"index": 0, "name": None}, {"index": 1, "name": None}]
+    assert layout.choices()["series"] == [{"index": 0, "name": None, "about": f"{W}×{H}"},
+                                          {"index": 1, "name": None, "about": "20×30"}]
     plane = read(data, series=1)
     assert plane.describe()["series"] == 1 and not plane.warnings
     np.testing.assert_array_equal(plane.image, second)

@@ -85,7 +85,7 @@ def test_a_projects_images_are_series_named_by_their_path() -> None:
     assert not chosen.layout.warnings
     with pytest.raises(microscopy.SelectionError, match=r"series=0\.\.1") as info:
         read(data, series=2)
-    assert info.value.choices["series"][1] == {"index": 1, "name": "Position 2/Series002"}
+    assert info.value.choices["series"][1] == {"index": 1, "name": "Position 2/Series002", "about": "20×30"}
 
 
 def test_colour_stored_blue_first_comes_out_red_first() -> None:

@@ -53,7 +53,8 @@ def test_another_image_with_its_own_size_channels_and_calibration() -> None:
     np.testing.assert_array_equal(plane.image, WELL_A2[1])
     with pytest.raises(microscopy.SelectionError) as caught:
         read(plate(), series=1)  # its two channels need a choice, as in a file of its own
-    assert caught.value.choices["series"] == [{"index": 0, "name": "A1"}, {"index": 1, "name": "A2"}]
+    assert caught.value.choices["series"] == [{"index": 0, "name": "A1", "about": "50×40"},
+                                              {"index": 1, "name": "A2", "about": "20×30 · 2 ch"}]
 
 
 @pytest.mark.parametrize("data", [plate(), im.png(WELL_A1)], ids=["ome-tiff", "png"])
@@ -82,3 +83,29 @@ def test_series_all_makes_one_job_per_image_named_s(tmp_path) -> None:
     jobs = client.plan_jobs(found, tmp_path / "out", kind, every_plane="series")
     assert [(j.target.name, j.plane) for j in jobs] == [
         ("plate.ome_s0.png", (("series", 0),)), ("plate.ome_s1.png", (("series", 1),)), ("single.png", ())]
+
+
+def test_each_image_is_described_so_a_person_can_tell_them_apart() -> None:
+    """A LAS X project's images are all "Series001", "Series002"...: the 422's choices, POST
+    /probe and the web page's picker say what each holds (size, colour, channels, z, t, tiles),
+    read from the headers alone, for OME-TIFF Images, CZI scenes and LIF images."""
+    from tests.czi_files import Tile, czi_bytes
+    from tests.lif_files import Image, lif_bytes
+
+    layout = microscopy.probe(plate(), MAX_PIXELS, Limits())
+    assert layout.series_about == ("50×40", "20×30 · 2 ch")
+    assert layout.choices()["series"][1] == {"index": 1, "name": "A2", "about": "20×30 · 2 ch"}
+    assert layout.describe()["series"]["about"] == ["50×40", "20×30 · 2 ch"]
+    scenes = czi_bytes([Tile(WELL_A1, scene=0), Tile(WELL_A2[0], c=0, x=900, scene=1),
+                        Tile(WELL_A2[1], c=1, x=900, scene=1)])
+    assert microscopy.probe(scenes, MAX_PIXELS, Limits()).series_about == ("50×40", "20×30 · 2 ch")
+    project = lif_bytes([Image("Series001", np.zeros((3, 2, 40, 50), np.uint16), "ZCYX"),
+                         Image("Series002", np.zeros((5, 30, 20), np.uint16), "TYX"),
+                         Image("Series003", np.zeros((30, 20, 3), np.uint8), "YXS"),
+                         Image("TileScan 1", np.zeros((4, 16, 16), np.uint8), "MYX")])
+    about = microscopy.probe(project, MAX_PIXELS, Limits()).series_about
+    assert about == ("50×40 · 2 ch · 3 z", "20×30 · 5 t", "20×30 · RGB", "16×16 · 4 tiles")
+    assert microscopy.probe(im.png(WELL_A1), MAX_PIXELS, Limits()).series_about == ()
+    with pytest.raises(microscopy.SelectionError) as caught:
+        read(project, series=4)  # the 422 for an image the file lacks describes those it has
+    assert [c["about"] for c in caught.value.choices["series"]] == list(about)

@@ -489,7 +489,9 @@ def test_a_file_of_several_images_offers_them_and_each_is_probed_when_chosen(
         assert first == _server_count(service_url, path) > 0
         series = page.get_by_label("Image in the file")
         assert series.is_visible()
-        assert series.locator("option").all_text_contents()[1:] == ["0 · Pos0", "1 · Pos1"]
+        size = f"{nuclei.shape[1]}×{nuclei.shape[0]}"
+        assert series.locator("option").all_text_contents()[1:] == [f"0 · Pos0 ({size})",
+                                                                    f"1 · Pos1 ({size} · 2 ch)"]
         series.select_option("1")
         picker = page.get_by_label("Nuclei channel")
         picker.wait_for(state="visible")
