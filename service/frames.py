@@ -196,11 +196,12 @@ def _opened(
     for what is not read by plane, or has no such image."""
     import tifffile  # only --t all / --z all / --series read files this way
 
-    if _is_czi(path):
+    head = _head(path)
+    if czi.is_czi(head):
         with _vendor_opened(path, max_pixels, series, structure.check_czi, czi.open_planes) as opened:
             yield opened
         return
-    if _is_lif(path):
+    if structure.is_lif(head):
         with _vendor_opened(path, max_pixels, series, structure.check_lif, lif.open_planes) as opened:
             yield opened
         return
@@ -221,20 +222,14 @@ def _opened(
         tif.close()
 
 
-def _is_czi(path: Path) -> bool:
+def _head(path: Path) -> bytes:
+    """The file's first bytes, enough for a CZI's or a LIF's signature (empty if it cannot be read:
+    then it is not read by plane)."""
     try:
         with open(path, "rb") as handle:
-            return czi.is_czi(handle.read(10))
+            return handle.read(len(structure.CZI_MAGIC))
     except OSError:
-        return False
-
-
-def _is_lif(path: Path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            return structure.is_lif(handle.read(9))
-    except OSError:
-        return False
+        return b""
 
 
 @contextlib.contextmanager

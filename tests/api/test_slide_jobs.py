@@ -210,6 +210,23 @@ def test_a_slide_job_segments_the_image_series_names(slide_server: Server, slide
     assert int(answer.headers["X-Object-Count"]) == result["objects"] > 10
 
 
+def _assert_slide_job_matches_the_plane(
+    server: Server, upload: tuple[str, bytes], params: dict, plane: np.ndarray
+) -> None:
+    """The upload as a slide job (with ``params``) succeeds at the plane's size and finds the
+    objects POST /segment finds in the plane sent alone as a PNG."""
+    job = server.client.post("/jobs", params={"output": "ome-zarr", **params, **SAME_PLAN},
+                             files={"file": upload})
+    assert job.status_code == 202, job.text
+    status = wait_until(server.client, job.json()["id"], finished)
+    assert status["status"] == "succeeded", status
+    result = server.client.get(f"/jobs/{job.json()['id']}/result").json()
+    assert (result["height"], result["width"]) == plane.shape
+    answer = server.client.post("/segment", params={"output": "labels", **SAME_PLAN},
+                                content=im.png(plane), headers={"Content-Type": "image/png"})
+    assert int(answer.headers["X-Object-Count"]) == result["objects"] > 10
+
+
 def test_a_czi_tile_scan_is_a_slide_job(slide_server: Server, slide_image: np.ndarray) -> None:
     """A Zeiss tile scan (overlapping fields, as ZEN stitches none) uploaded as a slide job: read
     window by window from its subblocks, it gives the objects POST /segment gives for the plane."""
@@ -219,16 +236,7 @@ def test_a_czi_tile_scan_is_a_slide_job(slide_server: Server, slide_image: np.nd
     tiles = [Tile(plane[y : y + 400, x : x + 500].copy(), x=x, y=y)
              for y in (0, 350, 500) for x in (0, 450, 600)]
     scan = czi_bytes(tiles, {0: "DAPI"}, 0.65e-6, ZSTD1)
-    job = slide_server.client.post("/jobs", params={"output": "ome-zarr", **SAME_PLAN},
-                                   files={"file": ("scan.czi", scan)})
-    assert job.status_code == 202, job.text
-    status = wait_until(slide_server.client, job.json()["id"], finished)
-    assert status["status"] == "succeeded", status
-    result = slide_server.client.get(f"/jobs/{job.json()['id']}/result").json()
-    assert (result["height"], result["width"]) == plane.shape
-    answer = slide_server.client.post("/segment", params={"output": "labels", **SAME_PLAN},
-                                      content=im.png(plane), headers={"Content-Type": "image/png"})
-    assert int(answer.headers["X-Object-Count"]) == result["objects"] > 10
+    _assert_slide_job_matches_the_plane(slide_server, ("scan.czi", scan), {}, plane)
 
 
 def test_a_lif_projects_image_is_a_slide_job(slide_server: Server, slide_image: np.ndarray) -> None:
@@ -239,16 +247,8 @@ def test_a_lif_projects_image_is_a_slide_job(slide_server: Server, slide_image: 
     plane = np.ascontiguousarray(slide_image[:900, :1100])
     merged = Image("TileScan 1 Merged", np.stack([plane // 3, plane]), "CYX", ("Gray", "Blue"), 0.65)
     project = lif_bytes([Image("Overview", np.zeros((64, 64), plane.dtype)), merged])
-    job = slide_server.client.post("/jobs", params={"output": "ome-zarr", "series": 1, "channel": "blue",
-                                                    **SAME_PLAN}, files={"file": ("session.lif", project)})
-    assert job.status_code == 202, job.text
-    status = wait_until(slide_server.client, job.json()["id"], finished)
-    assert status["status"] == "succeeded", status
-    result = slide_server.client.get(f"/jobs/{job.json()['id']}/result").json()
-    assert (result["height"], result["width"]) == plane.shape
-    answer = slide_server.client.post("/segment", params={"output": "labels", **SAME_PLAN},
-                                      content=im.png(plane), headers={"Content-Type": "image/png"})
-    assert int(answer.headers["X-Object-Count"]) == result["objects"] > 10
+    _assert_slide_job_matches_the_plane(slide_server, ("session.lif", project),
+                                        {"series": 1, "channel": "blue"}, plane)
 
 
 def _two_channel_slide(slide_image: np.ndarray, seed: int) -> bytes:

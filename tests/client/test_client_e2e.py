@@ -137,6 +137,25 @@ def test_measure_project_reaches_the_service(service_url: str, tmp_path: Path) -
     assert written == direct.text != on_max.text
 
 
+def _client_under_upload_limit(
+    tmp_path: Path, images: Path, limit: int, *options: str
+) -> subprocess.CompletedProcess[str]:
+    """``unet-segment images --out tmp_path/out`` with ``options`` against a server of the conv
+    model whose uploads are capped at ``limit`` bytes."""
+    model = write_conv_model(tmp_path / "conv.onnx")
+    server = Server({"UNET_MODEL_PATH": str(model), "UNET_MAX_UPLOAD_BYTES": str(limit)}, tmp_path / "log")
+    env = {k: v for k, v in os.environ.items() if k != "UNET_API_KEY"}
+    try:
+        url = server.wait_ready(60).url
+        return subprocess.run(
+            [sys.executable, "-m", "service.client", str(images), "--out", str(tmp_path / "out"),
+             "--url", url, "--no-progress", *options],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        )
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("suffix", [".tif", ".czi", ".lif"])
 def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Path, suffix: str) -> None:
     # --t all sends each frame cut out of the movie (service.frames), so a movie larger than the
@@ -164,19 +183,8 @@ def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Pat
         (images / "movie.lif").write_bytes(lif_bytes([Image("movie", movie, "TCYX", ("Green", "Blue"), 0.5)]))
     limit = (images / f"movie{suffix}").stat().st_size // 3
     assert limit > 64 * 80 * 2 * 2  # one frame's pages fit, the movie does not
-    model = write_conv_model(tmp_path / "conv.onnx")
-    server = Server({"UNET_MODEL_PATH": str(model), "UNET_MAX_UPLOAD_BYTES": str(limit)}, tmp_path / "log")
-    env = {k: v for k, v in os.environ.items() if k != "UNET_API_KEY"}
-    try:
-        url = server.wait_ready(60).url
-        proc = subprocess.run(
-            [sys.executable, "-m", "service.client", str(images), "--out", str(tmp_path / "out"),
-             "--url", url, "--no-progress", "--t", "all", "--channel", "Blue" if suffix == ".lif" else "DAPI",
-             "--output", "objects"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-        )
-    finally:
-        server.stop()
+    proc = _client_under_upload_limit(tmp_path, images, limit, "--t", "all", "--channel",
+                                      "Blue" if suffix == ".lif" else "DAPI", "--output", "objects")
     assert proc.returncode == 0, proc.stderr
     assert "6 written" in proc.stderr
     tables = sorted((tmp_path / "out").glob("movie_t*.csv"))
@@ -201,18 +209,8 @@ def test_a_project_over_the_upload_limit_is_segmented_image_by_image(tmp_path: P
     (images / "session.lif").write_bytes(project)
     limit = len(project) // 3
     assert limit > 64 * 80 * 2  # one image's nuclei channel fits, the project does not
-    model = write_conv_model(tmp_path / "conv.onnx")
-    server = Server({"UNET_MODEL_PATH": str(model), "UNET_MAX_UPLOAD_BYTES": str(limit)}, tmp_path / "log")
-    env = {k: v for k, v in os.environ.items() if k != "UNET_API_KEY"}
-    try:
-        url = server.wait_ready(60).url
-        proc = subprocess.run(
-            [sys.executable, "-m", "service.client", str(images), "--out", str(tmp_path / "out"),
-             "--url", url, "--no-progress", "--series", "all", "--channel", "Blue", "--output", "objects"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-        )
-    finally:
-        server.stop()
+    proc = _client_under_upload_limit(tmp_path, images, limit, "--series", "all", "--channel", "Blue",
+                                      "--output", "objects")
     assert proc.returncode == 0, proc.stderr
     assert "4 written" in proc.stderr
     tables = sorted((tmp_path / "out").glob("session_s*.csv"))

@@ -231,17 +231,22 @@ def test_reading_a_window_of_a_large_tiled_tiff_decodes_only_its_tiles(tmp_path)
     assert overview_peak < 24 * 2**20  # output 1 MiB + one 2048² window (4 MiB) + its tiles
 
 
+def _read_traced(source: RegionSource, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, int]:
+    """The window ``[y0:y1, x0:x1]`` and the peak of Python allocations while reading it."""
+    tracemalloc.start()
+    try:
+        window = source.read(y0, y1, x0, x1)
+        return window, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_uncompressed_single_strip_window_copies_only_the_window(tmp_path):
     n = 4096
     path = tmp_path / "raw.tif"
     tifffile.imwrite(path, _pattern((n, n)), rowsperstrip=n)  # 32 MiB, one strip
     with open_slide(path, max_pixels=BIG, limits=100) as source:
-        tracemalloc.start()
-        try:
-            window = source.read(1000, 1256, 3000, 3256)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        window, peak = _read_traced(source, 1000, 1256, 3000, 3256)
     assert np.array_equal(window, _pattern((n, n))[1000:1256, 3000:3256])
     assert peak < 2 * 2**20
 
@@ -331,12 +336,7 @@ def test_a_lif_slide_plane_is_the_uploads_plane_and_colour_comes_out_red_first(l
 def test_a_lif_window_reads_only_its_own_bytes(lif_project):
     path, stack, _ = lif_project
     with open_slide(path, Selection(series=1, channel="1", z=0, t=0), max_pixels=BIG, limits=100) as source:
-        tracemalloc.start()
-        try:
-            window = source.read(100, 164, 200, 264)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        window, peak = _read_traced(source, 100, 164, 200, 264)
     assert np.array_equal(window, stack[0, 0, 1, 100:164, 200:264])
     assert peak < 2**20  # the image is 15 MiB
 
