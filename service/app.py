@@ -25,7 +25,7 @@ from service import log as service_log
 from service import metrics, web
 from service.errors import PROBLEM_JSON, BodyTooLarge, install, internal_error_body, problem_body
 from service.log import REQUEST_ID
-from service.routes import batch, health, jobs, model, probe, problems, segment, slide_jobs
+from service.routes import batch, health, jobs, model, probe, problems, segment, slide_jobs, uploads
 from service.routes.deps import Runtime, require_api_key_for_metrics
 from service.settings import Settings, get_settings
 
@@ -50,9 +50,12 @@ class RequestMiddleware:
     routes can still see a client disconnect, and the body is counted as it streams in.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, stored_upload_bytes: int | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        #: ``POST /uploads`` stores a file to disk as it streams in: its own limit
+        #: (``UNET_MAX_STORED_UPLOAD_BYTES``), not one request's.
+        self.stored_upload_bytes = stored_upload_bytes or max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,7 +67,9 @@ class RequestMiddleware:
         token = REQUEST_ID.set(request_id)
         started = time.perf_counter()
         state: dict = {"status": 0, "bytes_out": 0, "bytes_in": 0, "started": False}
-        limit = self.max_body_bytes
+        storing = scope.get("method") == "POST" and scope["path"].rstrip("/") == "/uploads"
+        limit = self.stored_upload_bytes if storing else self.max_body_bytes
+        setting = "UNET_MAX_STORED_UPLOAD_BYTES" if storing else "UNET_MAX_UPLOAD_BYTES"
         metrics.HTTP_IN_FLIGHT.inc()
 
         async def counted_receive() -> Message:
@@ -72,7 +77,7 @@ class RequestMiddleware:
             if message["type"] == "http.request":
                 state["bytes_in"] += len(message.get("body", b""))
                 if state["bytes_in"] > limit:
-                    raise BodyTooLarge(limit)
+                    raise BodyTooLarge(limit, setting)
             return message
 
         async def tagged_send(message: Message) -> None:
@@ -93,8 +98,9 @@ class RequestMiddleware:
                     tagged_send,
                     413,
                     "Request body too large",
-                    f"the request body has {int(declared)} bytes; at most {limit} are allowed "
-                    "(UNET_MAX_UPLOAD_BYTES)",
+                    f"the request body has {int(declared)} bytes; at most {limit} are allowed ({setting})"
+                    + ("" if storing else "; a larger file can be stored first (POST /uploads) and named "
+                       "with upload=<id>"),
                     "payload-too-large",
                 )
             else:
@@ -215,6 +221,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(slide_jobs.router)
     app.include_router(probe.router)
+    app.include_router(uploads.router)
     app.include_router(model.router)
     app.include_router(web.router)
     app.include_router(problems.router)
@@ -237,7 +244,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    app.add_middleware(RequestMiddleware, max_body_bytes=settings.max_upload_bytes)
+    app.add_middleware(RequestMiddleware, max_body_bytes=settings.max_upload_bytes,
+                       stored_upload_bytes=settings.max_stored_upload_bytes)
     return app
 
 

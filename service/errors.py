@@ -119,8 +119,8 @@ class BodyTooLarge(StarletteHTTPException):
     parsing (anything else would become a generic 400), so the client gets the 413.
     """
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"the request body exceeds the limit of {limit} bytes (UNET_MAX_UPLOAD_BYTES)")
+    def __init__(self, limit: int, setting: str = "UNET_MAX_UPLOAD_BYTES") -> None:
+        super().__init__(413, f"the request body exceeds the limit of {limit} bytes ({setting})")
 
 
 @dataclass(frozen=True)
@@ -163,9 +163,11 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "See /docs for the methods each route accepts."),
     "payload-too-large": ProblemType(
         "Request body too large", 413, "The request body is larger than the server accepts.",
-        "Send a smaller file, or ask the operator to raise UNET_MAX_UPLOAD_BYTES. A movie, a z-stack or "
-        "a file of several images (a LAS X project, a CZI plate): unet-segment --t all / --z all / "
-        "--series sends only the pages each plane or image needs, so the file may be any size."),
+        "Store a larger file first (POST /uploads, up to UNET_MAX_STORED_UPLOAD_BYTES; the web page does "
+        "this itself) and name it with upload=<id> on /probe, /segment and /jobs: the server reads only "
+        "the planes asked for. Or: unet-segment --t all / --z all / --series sends only the pages each "
+        "plane or image needs of a movie, a z-stack, a LAS X project or a CZI plate. Or ask the operator "
+        "to raise the limit."),
     "image-too-large": ProblemType(
         "Image too large", 413,
         "The image has more pixels than the server segments (checked from its header).",
@@ -247,6 +249,11 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "The jobs folder has no room for this upload (UNET_JOBS_MAX_BYTES).",
         "Delete finished jobs you no longer need, retry after Retry-After, or ask the operator for more "
         "room."),
+    "upload-not-found": ProblemType(
+        "Upload not found", 404,
+        "There is no stored upload with this id: it never existed, was deleted, or expired after "
+        "UNET_JOBS_RETENTION_S without a request naming it.",
+        "Store the file again with POST /uploads and use the new id."),
     "job-interrupted": ProblemType(
         "Job interrupted", 503,
         "The server restarted while the job was queued or running; jobs are not re-run after a restart "

@@ -52,6 +52,8 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel, Field
 
+from service import uploads
+
 log = logging.getLogger(__name__)
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -277,12 +279,9 @@ class JobStore:
         jobs = used = 0
         for folder in self._folders():
             jobs += 1
-            # recursively: a slide job's result is a folder (an OME-Zarr store of many chunks)
-            for root, _, files in os.walk(folder):
-                for name in files:
-                    with contextlib.suppress(FileNotFoundError):
-                        used += os.stat(os.path.join(root, name)).st_size
-        return jobs, used
+            used += _bytes_under(folder)
+        # Stored uploads (service.uploads) share the folder and its budget.
+        return jobs, used + _bytes_under(self.root / uploads.FOLDER)
 
     def new_job(self, declared_bytes: int | None) -> tuple[str, int]:
         """A new job folder and how many upload bytes it may take; :class:`StoreFull` when there
@@ -389,6 +388,17 @@ class JobStore:
         return gone
 
 
+def _bytes_under(folder: Path) -> int:
+    """Bytes of the files under ``folder``, recursively (a slide job's result is a folder: an
+    OME-Zarr store of many chunks)."""
+    used = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                used += os.stat(os.path.join(root, name)).st_size
+    return used
+
+
 def interrupted_problem() -> dict[str, Any]:
     return {
         "type": "/problems/job-interrupted",
@@ -402,8 +412,13 @@ class JobRunner:
     """The queue and ``workers`` asyncio tasks that run jobs through ``execute``, plus the
     retention sweep. Lives on the event loop (started and stopped by the app's lifespan)."""
 
-    def __init__(self, store: JobStore, execute: Execute, workers: int = 1) -> None:
+    def __init__(
+        self, store: JobStore, execute: Execute, workers: int = 1,
+        stored_uploads: uploads.UploadStore | None = None,
+    ) -> None:
         self.store, self.execute, self.workers = store, execute, workers
+        #: Stored uploads in the same folder, swept with the jobs (``service.uploads``).
+        self.uploads = stored_uploads
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._active: dict[str, Active] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -587,9 +602,10 @@ class JobRunner:
             await asyncio.sleep(interval)
             try:
                 gone = await anyio.to_thread.run_sync(self.store.sweep)
+                stale = await anyio.to_thread.run_sync(self.uploads.sweep) if self.uploads else []
             except Exception:  # noqa: BLE001 - a failed sweep is retried at the next interval
                 log.exception("the jobs retention sweep failed")
                 continue
-            if gone:
-                log.info("retention sweep deleted %d job(s)", len(gone))
+            if gone or stale:
+                log.info("retention sweep deleted %d job(s) and %d stored upload(s)", len(gone), len(stale))
 

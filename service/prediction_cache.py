@@ -50,7 +50,8 @@ class PlaneKey:
 
     @staticmethod
     def digest(data: bytes) -> str:
-        return hashlib.sha256(data).hexdigest()
+        # A stored upload (service.uploads.StoredImage) was hashed as it arrived: not gigabytes again.
+        return getattr(data, "sha256", None) or hashlib.sha256(data).hexdigest()
 
 
 class PlaneEntry:

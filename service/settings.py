@@ -164,6 +164,13 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         256 * 1024 * 1024, ge=1, description="largest request body (Content-Length and streamed bytes)"
     )
+    max_stored_upload_bytes: int = Field(
+        8 * 1024**3,
+        ge=1,
+        description="largest file POST /uploads stores (streamed to the jobs folder, within "
+        "UNET_JOBS_MAX_BYTES) for requests to name with upload=<id>: a project or plate past the upload "
+        "limit, read a plane at a time from a memory map",
+    )
     max_pixels: int = Field(
         8192 * 8192, ge=1, description="largest image width × height, checked from the header"
     )

@@ -7,7 +7,8 @@ client. What it needs from the server that the API does not give:
 - a picture the browser can show: browsers cannot display TIFF or 16-bit images, so
   ``POST /ui/preview`` renders an 8-bit RGB PNG of the upload with the service's own imaging code;
 - ``GET /ui/config``: whether jobs are on and above how many pixels the page uses them
-  (``UNET_WEB_JOB_ABOVE_PIXELS``) instead of holding one ``POST /segment`` open for minutes.
+  (``UNET_WEB_JOB_ABOVE_PIXELS``) instead of holding one ``POST /segment`` open for minutes; the
+  upload limits, and whether files may be stored once (``POST /uploads``) and named by id.
 
 Wiring (two lines in the app factory)::
 
@@ -26,6 +27,7 @@ from fastapi.staticfiles import StaticFiles
 
 from service import imaging, microscopy
 from service.errors import PayloadTooLarge, problem_responses
+from service.routes import stored as stored_uploads
 from service.routes.deps import Runtime, get_runtime, require_api_key
 from service.routes.jobs import get_jobs
 from service.routes.segment import plane_selection, upload_pixels
@@ -49,9 +51,14 @@ def index() -> FileResponse:
             include_in_schema=False)
 def config(request: Request, runtime: Runtime = Depends(get_runtime)) -> dict[str, object]:
     """No API key, like the page itself: it says nothing about the model or the images."""
+    jobs = get_jobs(request)
     return {
-        "jobs": get_jobs(request).unavailable is None,
+        "jobs": jobs.unavailable is None,
         "job_above_pixels": runtime.settings.web_job_above_pixels,
+        # A file past max_upload_bytes is stored first (POST /uploads) and named by its id.
+        "max_upload_bytes": runtime.settings.max_upload_bytes,
+        "stored_uploads": jobs.unavailable is None and jobs.uploads is not None,
+        "max_stored_upload_bytes": runtime.settings.max_stored_upload_bytes,
     }
 
 
@@ -113,9 +120,13 @@ async def preview(
     request: Request,
     runtime: Runtime = Depends(get_runtime),
     selection: microscopy.Selection = Depends(plane_selection),
+    upload: str | None = stored_uploads.UPLOAD_QUERY,
 ) -> Response:
     settings = runtime.settings
-    data = await _read_body(request, settings.max_upload_bytes)
+    if upload is not None:
+        data = await stored_uploads.open_stored(request, upload)
+    else:
+        data = await _read_body(request, settings.max_upload_bytes)
     # Decoding is where a preview spends its memory: it is admitted by its pixels like a
     # segmentation (its quick work does not count toward the measured throughput).
     pixels = await upload_pixels(runtime, data)

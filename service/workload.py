@@ -9,7 +9,6 @@ first IFD, a CZI's subblock directory, another format's header through Pillow, a
 
 from __future__ import annotations
 
-import io
 import warnings
 
 from service import imaging, microscopy, structure
@@ -69,7 +68,7 @@ def _tiff_size(data: bytes) -> tuple[int | None, int | None]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            with tifffile.TiffFile(microscopy.container_stream(data)) as tif:
                 page = tif.pages.first
                 return int(page.imagewidth), int(page.imagelength)
     except Exception:  # noqa: BLE001 - tifffile raises many kinds on corrupt input

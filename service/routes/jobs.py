@@ -33,7 +33,7 @@ from fastapi import APIRouter, Depends, Request, params
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from service import data_root, filenames, metrics, slide_files
+from service import data_root, filenames, metrics, slide_files, uploads
 from service.errors import (
     PROBLEM_JSON,
     BadRequest,
@@ -57,6 +57,7 @@ from service.jobs import (
     process_owner,
 )
 from service.routes import slide_jobs, stack_jobs
+from service.routes import stored as stored_uploads
 from service.routes.deps import ClientGone, Runtime, get_runtime, require_api_key
 from service.routes.segment import (
     IMAGE_BODY,
@@ -87,7 +88,7 @@ _WRITE_CHUNK = 1 << 20
 @dataclass(frozen=True)
 class JobInput:
     """What a job's worker needs besides the upload: the parsed options and the file's name;
-    ``source``: the file under the data root it reads instead of an upload."""
+    ``source``: the file under the data root, or the stored upload, it reads instead of an upload."""
 
     options: SegmentOptions
     filename: str | None
@@ -116,7 +117,11 @@ def create_runner(runtime: Runtime) -> JobRunner:
         s.jobs_dir, s.jobs_max, s.jobs_max_bytes, s.jobs_retention_s,
         owner=process_owner(s.replica_id), owner_timeout_s=s.jobs_owner_timeout_s,
     )
-    return JobRunner(store, executor(runtime), s.jobs_workers)
+    stored = uploads.UploadStore(
+        s.jobs_dir, s.max_stored_upload_bytes, s.jobs_max, s.jobs_retention_s,
+        room=lambda: store.max_bytes - store.usage()[1],
+    )
+    return JobRunner(store, executor(runtime, stored), s.jobs_workers, stored_uploads=stored)
 
 
 def get_jobs(request: Request) -> JobRunner:
@@ -126,7 +131,7 @@ def get_jobs(request: Request) -> JobRunner:
 # --- the work (background) -----------------------------------------------------------------------
 
 
-def executor(runtime: Runtime) -> Execute:
+def executor(runtime: Runtime, stored: uploads.UploadStore | None = None) -> Execute:
     """The job's work: admission for its pixels (waiting as long as it takes: nobody is holding a
     connection open), then ``run_pipeline`` on a worker thread, stopped by the job's cancel flag;
     a stack job's slices are admitted one by one (``admit_slice``)."""
@@ -181,7 +186,7 @@ def executor(runtime: Runtime) -> Execute:
 
         try:
             if stack:  # each slice admitted in its turn (admit_slice), not the stack at once
-                slices = await anyio.to_thread.run_sync(_stack_slices, runtime, given, input_path)
+                slices = await anyio.to_thread.run_sync(_stack_slices, runtime, given, input_path, stored)
                 result = await anyio.to_thread.run_sync(work_stack, slices)
             else:
                 if slide:  # read by region: admitted for its windows' working set, not its size
@@ -190,7 +195,7 @@ def executor(runtime: Runtime) -> Execute:
                     )
                 else:
                     data = await anyio.to_thread.run_sync(_read_input, given, input_path,
-                                                          runtime.settings.max_upload_bytes)
+                                                          runtime.settings.max_upload_bytes, stored)
                     pixels = await upload_pixels(runtime, data)
                 while True:
                     entered = False
@@ -248,7 +253,9 @@ def _slide_path(given: JobInput, input_path: Path) -> Path:
     return given.source.path
 
 
-def _stack_slices(runtime: Runtime, given: JobInput, input_path: Path) -> stack_jobs.Slices:
+def _stack_slices(
+    runtime: Runtime, given: JobInput, input_path: Path, stored: uploads.UploadStore | None = None
+) -> stack_jobs.Slices:
     """How a stack job reads its slices: from its file under the data root, slice by slice, where
     the file allows (``stack_jobs.file_slices``), else from the file's bytes (an upload)."""
     if given.source is not None:
@@ -256,28 +263,29 @@ def _stack_slices(runtime: Runtime, given: JobInput, input_path: Path) -> stack_
             from_file = stack_jobs.file_slices(runtime, _slide_path(given, input_path), given.options)
         if from_file is not None:
             return from_file
-    data = _read_input(given, input_path, runtime.settings.max_upload_bytes)
+    data = _read_input(given, input_path, runtime.settings.max_upload_bytes, stored)
     with as_problems():
         return stack_jobs.UploadSlices(runtime, data, given.options)
 
 
 async def _check_stack_file(
-    runtime: Runtime, source: data_root.DataFile, options: SegmentOptions
+    runtime: Runtime, source: data_root.DataFile, options: SegmentOptions, read: Callable[[], bytes]
 ) -> stack_jobs.SlicePlan:
-    """At submission, a stack under the data root: read slice by slice where the file allows (any
-    size), else as an upload (its byte limit, its checks)."""
+    """At submission, a stack under the data root or stored: read slice by slice where the file
+    allows (any size), else as an upload (``read()``; under the data root, the upload's byte limit)."""
     with as_problems():
         from_file = await anyio.to_thread.run_sync(stack_jobs.file_slices, runtime, source.path, options)
     if from_file is not None:
         return from_file.plan
     limit = runtime.settings.max_upload_bytes
-    if source.is_store or source.size > limit:
+    mapped = isinstance(source, _StoredFile)
+    if not mapped and (source.is_store or source.size > limit):
         what = "an OME-Zarr folder" if source.is_store else f"a file of {source.size:,} bytes"
         raise data_path_problem(data_root.TooLarge(
             f"{source.relative}: stacks are read slice by slice from TIFF, CZI, LIF or OME-Zarr files of "
             f"grey planes (a channel chosen with channel=); this one would be read whole, as an upload of at "
             f"most {limit:,} bytes (UNET_MAX_UPLOAD_BYTES), and it is {what}", source.size, limit))
-    data = await anyio.to_thread.run_sync(_read_input, JobInput(options, None, source), Path(), limit)
+    data = await anyio.to_thread.run_sync(read)
     plan = await _check_image(runtime, data, options)
     assert plan is not None
     return plan
@@ -308,11 +316,22 @@ def _check_room(plan: stack_jobs.SlicePlan | None, room: int) -> None:
             "(UNET_JOBS_MAX_BYTES)", 60))
 
 
-def _read_input(given: JobInput, input_path: Path, max_bytes: int) -> bytes:
-    """The job's image: its upload, or its file under the data root if that is still the file
-    checked at submission (else a problem: the job fails with it)."""
+def _read_input(
+    given: JobInput, input_path: Path, max_bytes: int, stored: uploads.UploadStore | None = None
+) -> bytes:
+    """The job's image: its upload; its stored upload, as a memory map (any size); or its file under
+    the data root if that is still the file checked at submission (else a problem: the job fails
+    with it)."""
     if given.source is None:
         return input_path.read_bytes()
+    if isinstance(given.source, _StoredFile):
+        upload = given.source.upload_id
+        try:
+            if stored is None:
+                raise uploads.UnknownUpload(upload)
+            return stored.open(upload)  # type: ignore[return-value]  # a map reads as bytes do
+        except uploads.UnknownUpload as exc:
+            raise stored_uploads.unknown_upload(upload) from exc
     try:
         return given.source.read(max_bytes)
     except data_root.DataPathError as exc:
@@ -459,11 +478,14 @@ async def submit_job(
     request: Request,
     options: SegmentOptions = Depends(segment_options),
     runtime: Runtime = Depends(get_runtime),
+    upload: str | None = stored_uploads.UPLOAD_QUERY,
 ) -> JSONResponse:
     checked_engine(runtime, options)  # 503/422 before reading the body, as on POST /segment
     jobs = get_jobs(request)
     if jobs.unavailable:
         raise ServiceUnavailable(f"jobs are not available: {jobs.unavailable}", retry_after_s=30)
+    if upload is not None:
+        return await submit_stored_job(request, upload, options, runtime, jobs)
     if upload_content_type(request) == "application/json":
         return await submit_path_job(request, options, runtime, jobs)
     store = jobs.store
@@ -675,25 +697,53 @@ async def submit_path_job(
         raise data_path_problem(exc) from exc
     except OSError as exc:  # the root itself is missing or unreadable: the operator's to fix
         raise ServiceUnavailable(f"the data root cannot be read: {exc.strerror}", retry_after_s=60) from exc
+
+    def read() -> bytes:
+        return _read_input(JobInput(options, None, source), Path(), settings.max_upload_bytes)
+
+    return await _queue_file_job(runtime, jobs, source, options, {"path": path, **sent}, read)
+
+
+@dataclass(frozen=True)
+class _StoredFile(data_root.DataFile):
+    """A stored upload's file (``service.uploads``) as a job's source: read through a memory map,
+    so without the upload's byte limit."""
+
+    upload_id: str = ""
+
+
+async def _queue_file_job(
+    runtime: Runtime,
+    jobs: JobRunner,
+    source: data_root.DataFile,
+    options: SegmentOptions,
+    sent: dict[str, str],
+    read: Callable[[], bytes],
+    filename: str | None = None,
+) -> JSONResponse:
+    """A job on a file read where it is (under the data root, or a stored upload), checked before
+    it is queued as an upload would be: a slide's header, a stack's plan, an image's header
+    (``read()``: the file's bytes, or a map of them)."""
+    slide = options.output is Output.ome_zarr
+    stack = options.output is Output.labels3d
     stack_plan = None
     if slide:
         await _check_slide(runtime, source.path, options)
     elif stack:
-        stack_plan = await _check_stack_file(runtime, source, options)
+        stack_plan = await _check_stack_file(runtime, source, options, read)
     else:
-        data = await anyio.to_thread.run_sync(_read_input, JobInput(options, None, source), Path(),
-                                              settings.max_upload_bytes)
+        data = await anyio.to_thread.run_sync(read)
         await _check_image(runtime, data, options)
         del data
     try:
         job_id, room = jobs.store.new_job(None)  # nothing is copied: only the result takes room
     except StoreFull as exc:
         raise _store_full(exc) from exc
-    record = JobRecord(id=job_id, status="queued", created=time.time(), options={"path": path, **sent},
-                       filename=source.name)
+    name = filename or source.name
+    record = JobRecord(id=job_id, status="queued", created=time.time(), options=sent, filename=name)
     try:
         _check_room(stack_plan, room)
-        jobs.submit(record, JobInput(options, source.name, source))
+        jobs.submit(record, JobInput(options, name, source))
     except BaseException:
         jobs.store.received(job_id)
         jobs.store.delete(job_id)
@@ -701,3 +751,22 @@ async def submit_path_job(
     return JSONResponse(
         _status(record).model_dump(), status_code=202, headers={"Location": f"/jobs/{job_id}"}
     )
+
+
+async def submit_stored_job(
+    request: Request, upload: str, options: SegmentOptions, runtime: Runtime, jobs: JobRunner
+) -> JSONResponse:
+    """``POST /jobs?upload=<id>``: a job on a stored upload (``POST /uploads``), read where it is
+    stored — a slide window by window, a stack slice by slice, an image through a memory map — so
+    it may be past the upload limit. Nothing is copied."""
+    mapped = await stored_uploads.open_stored(request, upload)  # 404; a body as well is a 400
+    store = stored_uploads.upload_store(request)
+    try:
+        found = await anyio.to_thread.run_sync(
+            data_root.locate, store.root, f"{upload}/data", sys.maxsize, None
+        )
+    except data_root.DataPathError as exc:  # deleted since it was opened
+        raise stored_uploads.unknown_upload(upload) from exc
+    source = _StoredFile(**{**vars(found), "relative": f"the stored upload {upload}"}, upload_id=upload)
+    sent = {"upload": upload, **{k: v for k, v in request.query_params.items() if k != "upload"}}
+    return await _queue_file_job(runtime, jobs, source, options, sent, lambda: mapped, mapped.filename)

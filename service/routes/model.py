@@ -49,6 +49,9 @@ class AdmissionInfo(BaseModel):
 
 class LimitsInfo(BaseModel):
     max_upload_bytes: int
+    max_stored_upload_bytes: int = Field(
+        description="largest file POST /uploads stores, to name with upload="
+    )
     max_pixels: int
     max_batch_files: int
     request_timeout_s: float
@@ -179,6 +182,7 @@ def model_info(runtime: Runtime = Depends(get_runtime)) -> ModelInfo:
         ),
         limits=LimitsInfo(
             max_upload_bytes=s.max_upload_bytes,
+            max_stored_upload_bytes=s.max_stored_upload_bytes,
             max_pixels=s.max_pixels,
             max_batch_files=s.max_batch_files,
             request_timeout_s=s.request_timeout_s,

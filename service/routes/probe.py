@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_seri
 
 from service import microscopy
 from service.errors import problem_responses
+from service.routes import stored as stored_uploads
 from service.routes.deps import Runtime, get_runtime, only_query_params, require_api_key
 from service.routes.segment import IMAGE_BODY, as_problems, read_single_upload, upload_pixels
 
@@ -100,9 +101,10 @@ async def probe(
     series: int | None = Query(
         None, ge=0, description="which image of a file holding several to describe (default: the first)"
     ),
-    _known: None = Depends(only_query_params("series")),
+    upload: str | None = stored_uploads.UPLOAD_QUERY,
+    _known: None = Depends(only_query_params("series", "upload")),
 ) -> dict[str, Any]:
-    data = await read_single_upload(request)
+    data = await read_single_upload(request, upload)
     settings = runtime.settings
     # PNG/JPEG/BMP and colour TIFFs are decoded to describe them: admitted by their pixels.
     pixels = await upload_pixels(runtime, data)

@@ -53,6 +53,7 @@ from service.errors import (
 from service.measured_channels import admitted_extra, cells_admitted
 from service.model_metadata import ModelMetadata
 from service.prediction_cache import PlaneKey, frozen
+from service.routes import stored as stored_uploads
 from service.routes.deps import Runtime, get_runtime, only_query_params, require_api_key
 from service.settings import Settings
 from service.tile_options import Tiling
@@ -136,6 +137,8 @@ _JOB_OPTION_NAMES = ("geojson", "min_iou")
 #: Which channel / plane of a microscopy file, and its pixel size (service.microscopy).
 _PLANE_OPTION_NAMES = ("channel", "z", "t", "project", "pixel_size", "polarity", "series", "measure",
                        "measure_project")
+#: A stored upload named instead of a body (service.routes.stored): /segment and /jobs, not batches.
+_STORED_OPTION_NAMES = ("upload",)
 #: Outputs that carry a table of measurements, which ``measure=`` adds columns to.
 MEASURED_OUTPUTS = ("objects", "geojson", "ome-zarr", "labels3d")
 #: Outputs that can give each nucleus a cell (``expand=``): the answers that write objects one by
@@ -283,7 +286,9 @@ def segment_options(
         "needs with one in the slice before to be the same nucleus; default 0.25",
     ),
     plane: microscopy.Selection = Depends(plane_selection),
-    _known: None = Depends(only_query_params(*_OPTION_NAMES, *_JOB_OPTION_NAMES, *_PLANE_OPTION_NAMES)),
+    _known: None = Depends(only_query_params(
+        *_OPTION_NAMES, *_JOB_OPTION_NAMES, *_PLANE_OPTION_NAMES, *_STORED_OPTION_NAMES
+    )),
     accept: str = Header("", include_in_schema=False),
 ) -> SegmentOptions:
     _check_bits(bits)
@@ -778,8 +783,13 @@ def unsupported_media_type(content_type: str) -> ProblemError:
     )
 
 
-async def read_single_upload(request: Request) -> bytes:
-    """The image bytes: multipart field ``file`` or the raw body (``image/*``)."""
+async def read_single_upload(request: Request, upload: str | None = None) -> bytes:
+    """The image bytes: multipart field ``file`` or the raw body (``image/*``); with ``upload``,
+    the stored upload of that id instead (a read-only map: ``service.uploads``)."""
+    if upload is not None:
+        stored = await stored_uploads.open_stored(request, upload)
+        request.state.upload_filename = stored.filename
+        return stored  # type: ignore[return-value]  # a map reads as bytes do (microscopy.container_stream)
     content_type = upload_content_type(request)
     if content_type == "multipart/form-data":
         upload = await multipart_file(request)
@@ -968,10 +978,11 @@ async def segment_image(
     request: Request,
     options: SegmentOptions = Depends(segment_options),
     runtime: Runtime = Depends(get_runtime),
+    upload: str | None = stored_uploads.UPLOAD_QUERY,
 ) -> Response:
     refuse_job_only(options)
     checked_engine(runtime, options)  # 503/422 before reading a large body
-    data = await read_single_upload(request)
+    data = await read_single_upload(request, upload)
     timeout_s = runtime.settings.request_timeout_s
     pixels = await upload_pixels(runtime, data)
     # Admission by work: the request's pixels against the budget (waits, or 503 + Retry-After,

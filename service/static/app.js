@@ -19,6 +19,10 @@
 // have answered), DELETE jobs/{id} to free the server's disk. Cancel (or a new file) DELETEs the
 // running job, which stops its tiles on the server.
 //
+// A large file (past GET ui/config's max_upload_bytes, or over STORE_ABOVE_BYTES) is sent ONCE:
+// POST uploads stores it on the server (progress bar, Cancel), and every request above then names
+// it with upload=<id> and sends no body. A new file (or leaving the page) DELETEs it.
+//
 // A z-stack also offers its nuclei in 3-D: POST jobs?output=labels3d (every slice, no z=), polled
 // the same way, then GET jobs/{id}/result (a summary: the count) and jobs/{id}/files.zip (the 3-D
 // labels and the table), saved as a download, then DELETE.
@@ -30,6 +34,8 @@ const MASK_RGB = [0, 230, 118];
 /** Until GET ui/config answers (or if it cannot): unet-segment's --job-above default. */
 const DEFAULT_JOB_ABOVE_PIXELS = 4096 * 4096;
 const JOB_POLL_MS = 500;
+/** Files larger than this are stored once rather than sent with each of the page's requests. */
+const STORE_ABOVE_BYTES = 32 * 1024 * 1024;
 
 const $ = (id) => document.getElementById(id);
 
@@ -57,6 +63,10 @@ const state = {
   useJobs: false,        // this file goes through jobs (its pixels are over jobAbove)
   jobs: new Map(),       // purpose ("segment", "objects", "download-mask"…) → the job running for it
   uploads: new Set(),    // XMLHttpRequests still sending the file (Cancel aborts them)
+  maxUpload: null,       // bytes one request may carry (GET ui/config); null: unknown
+  storedOn: false,       // the server stores files once (POST uploads)
+  maxStored: null,       // bytes a stored file may have
+  stored: null,          // the current file's stored upload id, once stored
 };
 
 // --- HTTP ----------------------------------------------------------------------------------------
@@ -104,7 +114,7 @@ function askForKey() {
  * One XMLHttpRequest (for upload progress), answered as a Blob.
  * A 401 asks for the API key (once; again only if the stored key is refused) and retries.
  */
-function xhrOnce(method, url, body, { contentType, onOpen, onUploadProgress, onUploaded } = {}) {
+function xhrOnce(method, url, body, { contentType, headers, onOpen, onUploadProgress, onUploaded } = {}) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open(method, url);
@@ -113,6 +123,7 @@ function xhrOnce(method, url, body, { contentType, onOpen, onUploadProgress, onU
     const key = sessionStorage.getItem(KEY_STORAGE);
     if (key) xhr.setRequestHeader("X-API-Key", key);
     if (contentType) xhr.setRequestHeader("Content-Type", contentType);
+    for (const [name, value] of Object.entries(headers || {})) xhr.setRequestHeader(name, value);
     if (onUploadProgress) xhr.upload.onprogress = (e) => e.lengthComputable && onUploadProgress(e.loaded / e.total);
     if (onUploaded) xhr.upload.onload = onUploaded;
     xhr.onload = () => resolve(xhr);
@@ -144,6 +155,17 @@ async function request(method, url, body, options = {}) {
  * so a small file's upload does not flash the button).
  */
 function upload(url, step, runningText) {
+  if (state.stored) {
+    // The file is on the server already: name it, send nothing.
+    showProgress(`${step}: ${runningText}…`, null);
+    const named = `${url}${url.includes("?") ? "&" : "?"}upload=${encodeURIComponent(state.stored)}`;
+    return request("POST", named, null);
+  }
+  return sendFile(url, step, runningText);
+}
+
+/** POST the current file's bytes to `url` (see upload); `headers`: extra request headers. */
+function sendFile(url, step, runningText, headers = {}) {
   const file = state.file;
   let sending = null;
   const sent = () => {
@@ -154,6 +176,7 @@ function upload(url, step, runningText) {
   };
   return request("POST", url, file, {
     contentType: file.type || "application/octet-stream",
+    headers,
     onOpen: (xhr) => {
       sent(); // a retry after a 401: the earlier request is over
       sending = xhr;
@@ -315,6 +338,9 @@ async function loadConfig() {
     const config = JSON.parse(await (await request("GET", "ui/config")).response.text());
     state.jobsOn = config.jobs !== false;
     if (Number.isFinite(config.job_above_pixels)) state.jobAbove = config.job_above_pixels;
+    if (Number.isFinite(config.max_upload_bytes)) state.maxUpload = config.max_upload_bytes;
+    state.storedOn = config.stored_uploads === true;
+    if (Number.isFinite(config.max_stored_upload_bytes)) state.maxStored = config.max_stored_upload_bytes;
   } catch (_) {
     // An older server without ui/config: the defaults (POST jobs answering 404 turns jobs off).
   }
@@ -392,6 +418,7 @@ function startRun() {
 
 async function handleFile(file) {
   const run = startRun();
+  forgetStored();
   state.file = file;
   state.stem = stemOf(file.name);
   state.probe = null;
@@ -402,7 +429,64 @@ async function handleFile(file) {
   showWarnings([]);
   $("plane-controls").hidden = true;
   $("stage").dataset.state = "loading";
+  if (!(await storeIfLarge(run))) return;
   await probeImage(run);
+}
+
+function formatBytes(n) {
+  const units = ["bytes", "KB", "MB", "GB", "TB"];
+  let k = 0;
+  while (n >= 1000 && k < units.length - 1) { n /= 1000; k++; }
+  return `${k ? n.toFixed(1) : n} ${units[k]}`;
+}
+
+/**
+ * A file too large for one request (or large enough that sending it with each request wastes
+ * minutes) is stored on the server once: POST uploads. True when the page may go on.
+ */
+async function storeIfLarge(run) {
+  await configReady;
+  const file = state.file;
+  const overLimit = state.maxUpload !== null && file.size > state.maxUpload;
+  if (!overLimit && file.size <= STORE_ABOVE_BYTES) return true;
+  const fail = (message) => {
+    hideProgress();
+    showError(message);
+    $("stage").dataset.state = "empty";
+    return false;
+  };
+  if (!state.storedOn) {
+    if (!overLimit) return true; // sent with each request, as before
+    return fail(`The file has ${formatBytes(file.size)}; this server takes at most ${formatBytes(state.maxUpload)} ` +
+      "per request and does not store files. Use unet-segment, or ask the operator.");
+  }
+  if (state.maxStored !== null && file.size > state.maxStored) {
+    return fail(`The file has ${formatBytes(file.size)}; this server stores files of at most ` +
+      `${formatBytes(state.maxStored)}. Use unet-segment, or ask the operator.`);
+  }
+  try {
+    const name = `attachment; filename*=UTF-8''${encodeURIComponent(file.name)}`;
+    const xhr = await sendFile("uploads", "Sending the file", "storing it on the server",
+      { "Content-Disposition": name });
+    const id = JSON.parse(await xhr.response.text()).id;
+    if (run !== state.run) {
+      request("DELETE", `uploads/${encodeURIComponent(id)}`).catch(() => {});
+      return false;
+    }
+    state.stored = id;
+    return true;
+  } catch (err) {
+    if (run !== state.run) return false;
+    return fail(err.message);
+  }
+}
+
+/** The previous file's stored copy is not needed any more: free the server's disk. */
+function forgetStored() {
+  if (!state.stored) return;
+  const url = `uploads/${encodeURIComponent(state.stored)}`;
+  state.stored = null;
+  request("DELETE", url).catch(() => {});
 }
 
 /**
@@ -1011,6 +1095,13 @@ function init() {
   wireZoom();
   window.addEventListener("resize", fitStage);
   $("cancel-job").addEventListener("click", cancelAll);
+  // Leaving the page: its stored file is of no use to anyone (the server would expire it later).
+  window.addEventListener("pagehide", () => {
+    if (!state.stored) return;
+    const key = sessionStorage.getItem(KEY_STORAGE);
+    fetch(`uploads/${encodeURIComponent(state.stored)}`,
+      { method: "DELETE", keepalive: true, headers: key ? { "X-API-Key": key } : {} }).catch(() => {});
+  });
   setOpacity();
   loadModelInfo();
 }

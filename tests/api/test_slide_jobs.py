@@ -9,6 +9,7 @@ import io
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -192,31 +193,20 @@ def test_a_bright_field_slide_with_polarity_dark_gives_the_labels_of_post_segmen
 def test_a_slide_job_segments_the_image_series_names(slide_server: Server, slide_image: np.ndarray) -> None:
     """A file of two images (a two-position OME-TIFF) uploaded as a slide job: series=1 makes the job
     segment the second, as POST /segment segments that image alone."""
-    client = slide_server.client
     second = np.ascontiguousarray(slide_image[:640, :520])
     buffer = io.BytesIO()
     with tifffile.TiffWriter(buffer, ome=True) as writer:
         writer.write(slide_image[:300, :400], tile=(256, 256), metadata={"axes": "YX", "Name": "Pos0"})
         writer.write(second, tile=(256, 256), metadata={"axes": "YX", "Name": "Pos1"})
-    job = client.post("/jobs", params={"output": "ome-zarr", "series": 1, **SAME_PLAN},
-                      content=buffer.getvalue(), headers={"Content-Type": "image/tiff"})
-    assert job.status_code == 202, job.text
-    status = wait_until(client, job.json()["id"], finished)
-    assert status["status"] == "succeeded", status
-    result = client.get(f"/jobs/{job.json()['id']}/result").json()
-    assert (result["height"], result["width"]) == second.shape
-    answer = client.post("/segment", params={"output": "labels", **SAME_PLAN}, content=im.png(second),
-                         headers={"Content-Type": "image/png"})
-    assert int(answer.headers["X-Object-Count"]) == result["objects"] > 10
+    _assert_slide_job_matches_the_plane(slide_server, {"series": 1}, second, content=buffer.getvalue(),
+                                        headers={"Content-Type": "image/tiff"})
 
 
-def _assert_slide_job_matches_the_plane(
-    server: Server, upload: tuple[str, bytes], params: dict, plane: np.ndarray
-) -> None:
-    """The upload as a slide job (with ``params``) succeeds at the plane's size and finds the
-    objects POST /segment finds in the plane sent alone as a PNG."""
-    job = server.client.post("/jobs", params={"output": "ome-zarr", **params, **SAME_PLAN},
-                             files={"file": upload})
+def _assert_slide_job_matches_the_plane(server: Server, params: dict, plane: np.ndarray, **sent: Any) -> None:
+    """A slide job (with ``params``; ``sent``: the upload, as httpx's ``files=`` or ``content=`` and
+    ``headers=``, or nothing for a stored one) succeeds at the plane's size and finds the objects
+    POST /segment finds in the plane sent alone as a PNG."""
+    job = server.client.post("/jobs", params={"output": "ome-zarr", **params, **SAME_PLAN}, **sent)
     assert job.status_code == 202, job.text
     status = wait_until(server.client, job.json()["id"], finished)
     assert status["status"] == "succeeded", status
@@ -236,7 +226,7 @@ def test_a_czi_tile_scan_is_a_slide_job(slide_server: Server, slide_image: np.nd
     tiles = [Tile(plane[y : y + 400, x : x + 500].copy(), x=x, y=y)
              for y in (0, 350, 500) for x in (0, 450, 600)]
     scan = czi_bytes(tiles, {0: "DAPI"}, 0.65e-6, ZSTD1)
-    _assert_slide_job_matches_the_plane(slide_server, ("scan.czi", scan), {}, plane)
+    _assert_slide_job_matches_the_plane(slide_server, {}, plane, files={"file": ("scan.czi", scan)})
 
 
 def test_a_lif_projects_image_is_a_slide_job(slide_server: Server, slide_image: np.ndarray) -> None:
@@ -247,8 +237,25 @@ def test_a_lif_projects_image_is_a_slide_job(slide_server: Server, slide_image: 
     plane = np.ascontiguousarray(slide_image[:900, :1100])
     merged = Image("TileScan 1 Merged", np.stack([plane // 3, plane]), "CYX", ("Gray", "Blue"), 0.65)
     project = lif_bytes([Image("Overview", np.zeros((64, 64), plane.dtype)), merged])
-    _assert_slide_job_matches_the_plane(slide_server, ("session.lif", project),
-                                        {"series": 1, "channel": "blue"}, plane)
+    _assert_slide_job_matches_the_plane(slide_server, {"series": 1, "channel": "blue"}, plane,
+                                        files={"file": ("session.lif", project)})
+
+
+def test_a_stored_projects_image_is_a_slide_job(slide_server: Server, slide_image: np.ndarray) -> None:
+    """The same project stored once (POST /uploads) and named by upload=: the slide job reads the
+    stored file where it is and finds what POST /segment finds in the plane."""
+    from tests.lif_files import Image, lif_bytes
+
+    client = slide_server.client
+    plane = np.ascontiguousarray(slide_image[:700, :800])
+    project = lif_bytes([Image("Overview", np.zeros((64, 64), plane.dtype)),
+                         Image("TileScan 1 Merged", plane, "YX", ("Gray",), 0.65)])
+    stored = client.post("/uploads", content=project, headers={"Content-Type": "application/octet-stream"})
+    assert stored.status_code == 201, stored.text
+    upload = stored.json()["id"]
+    _assert_slide_job_matches_the_plane(slide_server, {"upload": upload, "series": 1}, plane)
+    assert client.delete(f"/uploads/{upload}").status_code == 204
+    assert client.post("/jobs", params={"upload": upload, "output": "ome-zarr"}).status_code == 404
 
 
 def _two_channel_slide(slide_image: np.ndarray, seed: int) -> bytes:

@@ -165,6 +165,21 @@ def test_a_stack_under_the_data_root_is_read_by_path(stack_server: Server, stack
     assert client.get(f"/jobs/{flat.json()['id']}/result").json()["depth"] == 1
 
 
+def test_a_stored_stack_is_read_where_it_is_stored(stack_server: Server, stack_tiff: bytes) -> None:
+    """A stack stored once (POST /uploads) and named by upload=: the same 3-D nuclei as uploaded."""
+    client = stack_server.client
+    stored = client.post("/uploads", content=stack_tiff, headers=TIFF)
+    assert stored.status_code == 201, stored.text
+    job = client.post("/jobs", params={"upload": stored.json()["id"], "output": "labels3d", "diameter": "16"})
+    assert job.status_code == 202, job.text
+    assert wait_until(client, job.json()["id"], finished)["status"] == "succeeded"
+    uploaded_id, _ = run_job(stack_server, stack_tiff, {"diameter": "16"})
+    files = [client.get(f"/jobs/{j}/files/objects3d.csv").text for j in (job.json()["id"], uploaded_id)]
+    assert files[0] == files[1] and files[0].count("\n") > 5
+    refused = client.post("/jobs", params={"upload": stored.json()["id"], "output": "labels3d", "z": 2})
+    assert refused.status_code == 422 and refused.json()["errors"][0]["loc"][-1] == "z"
+
+
 def test_an_image_without_z_is_a_stack_of_one_slice(stack_server: Server) -> None:
     job_id, status = run_job(stack_server, im.png(synthetic_nuclei(96, 96, seed=4)), {})
     assert status["status"] == "succeeded", status

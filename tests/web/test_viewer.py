@@ -874,3 +874,68 @@ def test_cancel_during_the_upload_stops_it_and_the_page_takes_the_next_file(
     assert posts == [f"{jobs_service_url}/probe"], cancelled_requests
     assert not any("/jobs" in u for _, u in requests), requests
     assert shown == _server_count(jobs_service_url, tiff)
+
+
+#: A server that takes 200 kB per request: the project below must be stored to be read at all.
+SMALL_UPLOAD_BYTES = 200_000
+
+
+@pytest.fixture(scope="module")
+def small_upload_service(
+    model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path]]:
+    """The real model behind a 200 kB request limit, and its jobs folder (where stored files go)."""
+    jobs = tmp_path_factory.mktemp("small-upload-jobs")
+    with _run_service(tmp_path_factory.mktemp("small-upload-service"), model_path,
+                      UNET_MAX_UPLOAD_BYTES=str(SMALL_UPLOAD_BYTES), UNET_JOBS_DIR=str(jobs)) as url:
+        yield url, jobs
+
+
+def test_a_project_past_the_upload_limit_is_sent_once_and_its_images_segmented(
+    browser: Any, small_upload_service: tuple[str, Path], tmp_path: Path
+) -> None:
+    """A LAS X project three times what one request may carry: the page stores it once (POST
+    uploads), then the probe, the preview and the segmentations name it (upload=) and send nothing;
+    the image chosen is segmented as the server segments it; the next file frees the stored one."""
+    from tests.lif_files import Image, lif_bytes
+
+    url, jobs = small_upload_service
+    nuclei = cv2.imread(str(write_disc_tiff(tmp_path / "nuclei.tif", seed=9)), cv2.IMREAD_UNCHANGED)
+    rng = np.random.default_rng(4)
+    filler = [Image(f"Series{k:03d}", rng.integers(0, 4096, (192, 192), dtype=np.uint16), "YX", ("Gray",))
+              for k in range(1, 11)]
+    project = tmp_path / "session.lif"
+    project.write_bytes(lif_bytes([*filler, Image("Series099", nuclei, "YX", ("Gray",), 0.5)]))
+    assert project.stat().st_size > 3 * SMALL_UPLOAD_BYTES
+    page, requests = _recording_page(browser, url)
+    try:
+        page.locator("#file-input").set_input_files(str(project))
+        _wait_for_count(page)  # the first image, segmented at once
+        series = page.get_by_label("Image in the file")
+        series.select_option(str(len(filler)))
+        page.wait_for_function("() => document.getElementById('info-pixel-size').textContent.includes('lif')")
+        shown = _wait_for_count(page)
+        (upload_id,) = [p.name for p in (jobs / "uploads").iterdir()]
+        first_file = list(requests)
+        page.locator("#file-input").set_input_files(str(tmp_path / "nuclei.tif"))
+        _wait_for_count(page)
+    finally:
+        page.close()
+    posts = [u for method, u in first_file if method == "POST"]
+    assert posts[0] == f"{url}/uploads", posts
+    # every later request of that file named the stored copy instead of sending it
+    assert all(f"upload={upload_id}" in u for u in posts[1:]), posts
+    assert {u.split("?")[0].removeprefix(url) for u in posts[1:]} >= {"/probe", "/ui/preview", "/segment"}
+    # the next file freed it
+    assert ("DELETE", f"{url}/uploads/{upload_id}") in requests
+    assert httpx.get(f"{url}/uploads/{upload_id}", timeout=10).status_code == 404
+    # what the page showed is what the server gives for that image of the project
+    direct = httpx.post(f"{url}/segment", params={"series": str(len(filler))}, content=project.read_bytes(),
+                        headers={"Content-Type": "application/octet-stream"}, timeout=120)
+    assert direct.status_code == 413  # no request may carry it
+    again = httpx.post(f"{url}/uploads", content=project.read_bytes(),
+                       headers={"Content-Type": "application/octet-stream"}, timeout=120).json()
+    reply = httpx.post(f"{url}/segment", params={"output": "labels", "series": str(len(filler)),
+                                                  "upload": again["id"]}, timeout=120)
+    assert reply.status_code == 200, reply.text
+    assert shown == int(reply.headers["X-Object-Count"]) > 0

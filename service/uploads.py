@@ -1,0 +1,193 @@
+"""Stored uploads: a file sent once and then named by its id in any number of requests.
+
+A Leica project, a CZI plate or a large OME-TIFF is gigabytes: past the upload limit of one request
+(``UNET_MAX_UPLOAD_BYTES``), and sent again by every request that reads it (the web page sends its
+file to ``/probe``, the preview, each segmentation). ``POST /uploads`` writes a file to disk as it
+streams in (up to ``UNET_MAX_STORED_UPLOAD_BYTES``); ``/probe``, ``/ui/preview``, ``/segment`` and
+``/jobs`` then take ``upload=<id>`` instead of a body and read the stored file through a read-only
+memory map (:meth:`UploadStore.open`), so a request costs the pages of the plane it reads, not
+the file in memory — as the Python API reads large files by path.
+
+Layout: ``<UNET_JOBS_DIR>/uploads/<id>/`` holding ``data`` (the bytes) and ``info.json``
+(:class:`UploadInfo`, written once the bytes are all in: an upload without it is still arriving,
+or was cut short). The folder shares the jobs folder's byte budget (``UNET_JOBS_MAX_BYTES``, which
+``JobStore.usage`` counts it in) and its replicas: any replica sharing the folder serves any upload.
+
+Ids are ``uuid4`` hex, never derived from user input and checked before a path is built. A stored
+file is never written again once its info is saved, so a map of it cannot be cut short under a
+reader (the SIGBUS hazard of mapping a file someone rewrites); deleting it unlinks the name, and
+maps already open keep their pages until they close.
+
+Expiry: an upload not used for ``retention_s`` (``UNET_JOBS_RETENTION_S``) is deleted by the
+retention sweep; every use (a probe, a segmentation, a job) renews it. An upload cut short (no
+info after ``retention_s`` without a byte written) is swept too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+#: The folder under the jobs folder that holds stored uploads (not a job id: ``JobStore`` skips it).
+FOLDER = "uploads"
+_ID = re.compile(r"^[0-9a-f]{32}$")
+_DATA, _INFO = "data", "info.json"
+
+
+class UploadInfo(BaseModel):
+    """What ``info.json`` holds; times are Unix seconds (UTC)."""
+
+    id: str
+    size: int = Field(description="bytes")
+    sha256: str = Field(description="hex digest of the bytes (the prediction cache's key)")
+    filename: str | None = Field(None, description="the file's name as sent (names the outputs)")
+    created: float
+
+
+class UnknownUpload(LookupError):
+    """No stored upload with that id (never made, deleted, expired, or still arriving)."""
+
+
+class UploadsFull(Exception):
+    """No room for another upload (the jobs folder's bytes or count)."""
+
+
+class StoredImage(mmap.mmap):
+    """A stored upload's bytes as a read-only memory map, with what is known of it.
+
+    A map, so everything that reads uploads reads it (the container parsers take it as their file:
+    ``microscopy.container_stream``); ``sha256`` saves hashing gigabytes for the prediction cache's
+    key; ``filename`` names the outputs. One map per request: a map has one file position.
+    """
+
+    sha256: str
+    filename: str | None
+    upload_id: str
+
+
+class UploadStore:
+    """Stored uploads under ``<root>/uploads``.
+
+    ``room()``: bytes the jobs folder has free (shared with jobs); ``max_uploads``: most stored
+    uploads at once; ``max_bytes``: most bytes of one upload.
+    """
+
+    def __init__(
+        self, root: Path, max_bytes: int, max_uploads: int, retention_s: float, room: Callable[[], int]
+    ) -> None:
+        self.root = Path(root) / FOLDER
+        self.max_bytes, self.max_uploads, self.retention_s = max_bytes, max_uploads, retention_s
+        self._room = room
+
+    # --- paths ---------------------------------------------------------------------------------
+
+    def folder(self, upload_id: str) -> Path:
+        if not _ID.fullmatch(upload_id):  # never build a path from anything but our own ids
+            raise UnknownUpload(upload_id)
+        return self.root / upload_id
+
+    def data_path(self, upload_id: str) -> Path:
+        return self.folder(upload_id) / _DATA
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def new(self, declared_bytes: int | None) -> tuple[str, int]:
+        """A new upload's id and how many bytes it may take; :class:`UploadsFull` when there is no
+        room (``declared_bytes``: the request's Content-Length, when it sent one)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        count = sum(1 for p in self.root.iterdir() if _ID.fullmatch(p.name))
+        if count >= self.max_uploads:
+            raise UploadsFull(
+                f"the server already keeps {count} stored uploads (UNET_JOBS_MAX); delete ones you no longer "
+                "need (DELETE /uploads/{id}) or retry once older ones expire"
+            )
+        room = self._room()
+        if room <= 0 or (declared_bytes is not None and declared_bytes > room):
+            raise UploadsFull(
+                f"the jobs folder, which keeps stored uploads, has {max(room, 0):,} bytes free "
+                "(UNET_JOBS_MAX_BYTES)" + (f"; this upload has {declared_bytes:,}" if declared_bytes else "")
+            )
+        upload_id = uuid.uuid4().hex
+        self.folder(upload_id).mkdir()
+        return upload_id, min(room, self.max_bytes)
+
+    def finish(self, upload_id: str, filename: str | None, size: int, sha256: str) -> UploadInfo:
+        """The bytes are all in (``size`` of them, hashed as they came): write the info that makes
+        the upload usable."""
+        info = UploadInfo(id=upload_id, size=size, sha256=sha256, filename=filename, created=time.time())
+        tmp = self.folder(upload_id) / f".{_INFO}.tmp"
+        tmp.write_text(info.model_dump_json())
+        os.replace(tmp, self.folder(upload_id) / _INFO)
+        return info
+
+    def discard(self, upload_id: str) -> None:
+        """An upload that did not arrive whole (refused, cut short)."""
+        shutil.rmtree(self.folder(upload_id), ignore_errors=True)
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def info(self, upload_id: str) -> UploadInfo:
+        try:
+            text = (self.folder(upload_id) / _INFO).read_text()
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise UnknownUpload(upload_id) from exc
+        return UploadInfo.model_validate_json(text)
+
+    def open(self, upload_id: str) -> StoredImage:
+        """The upload's bytes as a read-only map (:class:`StoredImage`); renews its expiry."""
+        info = self.info(upload_id)
+        try:
+            with open(self.data_path(upload_id), "rb") as handle:
+                stored = StoredImage(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except (FileNotFoundError, ValueError) as exc:  # deleted meanwhile; ValueError: an empty file
+            raise UnknownUpload(upload_id) from exc
+        stored.sha256, stored.filename, stored.upload_id = info.sha256, info.filename, upload_id
+        self.touch(upload_id)
+        return stored
+
+    def touch(self, upload_id: str) -> None:
+        """Used now: the expiry counts from here."""
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.folder(upload_id) / _INFO)
+
+    # --- removal ---------------------------------------------------------------------------------
+
+    def delete(self, upload_id: str) -> None:
+        """:class:`UnknownUpload` when there is none (or it is still arriving)."""
+        self.info(upload_id)
+        shutil.rmtree(self.folder(upload_id), ignore_errors=True)
+
+    def sweep(self, now: float | None = None) -> list[str]:
+        """Delete uploads unused for ``retention_s``, and uploads cut short (no info, no byte
+        written for ``retention_s``); their ids."""
+        now = time.time() if now is None else now
+        gone = []
+        with contextlib.suppress(FileNotFoundError):
+            for folder in self.root.iterdir():
+                if not _ID.fullmatch(folder.name):
+                    continue
+                last = _last_use(folder)
+                if last is not None and now - last > self.retention_s:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    gone.append(folder.name)
+        return gone
+
+
+def _last_use(folder: Path) -> float | None:
+    """When an upload was last used (its info's time), or for one still arriving its last byte."""
+    for name in (_INFO, _DATA):
+        with contextlib.suppress(FileNotFoundError):
+            return (folder / name).stat().st_mtime
+    try:
+        return folder.stat().st_mtime
+    except FileNotFoundError:
+        return None
