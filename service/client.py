@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import csv
 import email.utils
 import glob
@@ -84,6 +85,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -566,6 +568,9 @@ class Payload(NamedTuple):
     data: bytes
     content_type: str
     image_cut: bool = False
+    #: the file's own bytes, whole (nothing could be cut out): past the server's upload limit it
+    #: is stored there once (``POST /uploads``) and named (``Segmenter._via_stored``)
+    whole: bool = False
 
 
 def job_bytes(job: Job, config: Config) -> Payload:
@@ -605,7 +610,7 @@ def job_bytes(job: Job, config: Config) -> Payload:
             cut = frames.cut_image(job.source, series, selection, max_pixels)
         if cut is not None:
             return Payload(cut, "image/tiff", image_cut=series is not None)
-    return Payload(job.source.read_bytes(), CONTENT_TYPES[job.source.suffix.lower()])
+    return Payload(job.source.read_bytes(), CONTENT_TYPES[job.source.suffix.lower()], whole=True)
 
 
 # --------------------------------------------------------------------------- image size sniffing
@@ -700,6 +705,12 @@ def _problem(response: httpx.Response) -> dict | None:
     except ValueError:
         return None
     return body if isinstance(body, dict) else None
+
+
+def _problem_slug(result: Result) -> str | None:
+    """The last problem's type as its slug (``/problems/payload-too-large`` → ``payload-too-large``)."""
+    kind = (result.problem or {}).get("type")
+    return kind.rsplit("/", 1)[-1] if isinstance(kind, str) else None
 
 
 def _describe(response: httpx.Response, problem: dict | None) -> str:
@@ -817,22 +828,57 @@ class Segmenter:
     def __call__(self, job: Job) -> Result:
         """Segment one image and write its output; never raises for HTTP or network trouble."""
         try:
-            data, content_type, image_cut = job_bytes(job, self.config)
+            payload = job_bytes(job, self.config)
         except OSError as exc:
             return Result(job, ok=False, error=f"cannot read input: {exc}")
-        upload = bytes_upload(data, content_type)
-        result = Result(job, ok=False, image_cut=image_cut)
-        first = self._first_turn()
+        data, image_cut = payload.data, payload.image_cut
+        result = self._segment(Result(job, ok=False, image_cut=image_cut), data,
+                               bytes_upload(data, payload.content_type), self._first_turn())
+        if payload.whole and result.status == 413 and _problem_slug(result) == "payload-too-large":
+            # Past the upload limit and nothing to cut: stored on the replica once, then named.
+            return self._via_stored(result, payload)
+        return result
+
+    def _segment(
+        self, result: Result, data: bytes, upload: Upload, first: int, stored: str | None = None
+    ) -> Result:
+        """``POST /jobs`` for a large image, else (or on a server without jobs) ``POST /segment``;
+        ``stored``: name the file stored on replica ``first`` (``upload=``) instead of sending it."""
         if self.wants_job(data):
-            done = self._via_job(result, upload, first, data)
+            done = self._via_job(result, upload, first, data, stored)
             if done is not None:
                 return done
             # no /jobs there: /segment
-            result = Result(job, ok=False, attempts=result.attempts, image_cut=image_cut)
-        response = self._send(result, "/segment", upload, first)
+            result = Result(result.job, ok=False, attempts=result.attempts, image_cut=result.image_cut)
+        response = self._send(result, "/segment", upload, first, stored)
         if response is not None and response.status_code == 200:
             return self._finish(result, response, data)
         return result
+
+    def _via_stored(self, refused: Result, payload: Payload) -> Result:
+        """A whole file the replica refused as too large (413): store it there (``POST /uploads``),
+        segment it by its id on that replica alone, then delete it — so a file past the limit that
+        cannot be cut (one image or stack, a tile scan the service refuses) gets the answer its
+        content deserves rather than the 413. Without ``/uploads`` there (an older server, or no
+        room), the 413 stands."""
+        turn = refused.turn
+        client = self.clients[turn]
+        name = refused.job.source.name
+        try:
+            response = client.post("/uploads", content=payload.data, headers={
+                "Content-Type": payload.content_type,
+                "Content-Disposition": f"attachment; filename*=UTF-8''{urllib.parse.quote(name)}"})
+        except httpx.TransportError:
+            return refused
+        if response.status_code != 201:
+            return refused
+        stored = response.json()["id"]
+        try:
+            result = Result(refused.job, ok=False, attempts=refused.attempts, image_cut=refused.image_cut)
+            return self._segment(result, payload.data, lambda: {}, turn, stored)
+        finally:
+            with contextlib.suppress(httpx.HTTPError):
+                client.delete(f"/uploads/{stored}")
 
     def wants_job(self, data: bytes) -> bool:
         """Whether this image goes through ``POST /jobs``: its pixels (from the header) over the
@@ -844,17 +890,23 @@ class Segmenter:
         amount = size[0] * size[1] if size is not None else len(data)
         return amount > self.job_above
 
-    def _send(self, result: Result, path: str, upload: Upload, first: int) -> httpx.Response | None:
+    def _send(
+        self, result: Result, path: str, upload: Upload, first: int, stored: str | None = None
+    ) -> httpx.Response | None:
         """POST the image to ``path`` with retries, moving over the replicas; the final response
         (success or an error that is not transient), or None when the retries ran out (``result``
-        says why). ``result.turn`` is the index of the replica that answered."""
+        says why). ``result.turn`` is the index of the replica that answered. ``stored``: the id of
+        the file stored on replica ``first``, named instead of sent, and retried there alone."""
         deadline: float | None = None  # set at the first failure: retry_for_s from then
         for attempt in itertools.count(result.attempts + 1):
             result.attempts = attempt
             retry_after, unreachable = None, False
-            turn = (first + attempt - 1) % len(self.clients)  # a retry moves on
+            # A retry moves on, but a stored file is on its replica only.
+            turn = first if stored is not None else (first + attempt - 1) % len(self.clients)
             try:
                 params = self.params_for(result.job, result.image_cut)
+                if stored is not None:
+                    params["upload"] = stored
                 response = self.clients[turn].post(path, params=params, **upload())
             except httpx.TransportError as exc:  # refused, reset, timed out: maybe another replica
                 result.status, result.problem = None, None
@@ -877,7 +929,7 @@ class Segmenter:
             deadline = now + self.retry_for_s if deadline is None else deadline
             if now >= deadline:
                 break
-            if unreachable and attempt < len(self.clients):
+            if unreachable and attempt < len(self.clients) and stored is None:
                 continue  # a replica not tried yet for this image may be up: go there at once
             # The last wait ends at the deadline, so the final try comes retry_for_s after the first
             # failure: a replica restarting within the window always gets the image.
@@ -886,13 +938,16 @@ class Segmenter:
 
     # ----------------------------------------------------------------------- the jobs path
 
-    def _via_job(self, result: Result, upload: Upload, first: int, data: bytes = b"") -> Result | None:
+    def _via_job(
+        self, result: Result, upload: Upload, first: int, data: bytes = b"", stored: str | None = None
+    ) -> Result | None:
         """Submit the image as a job, poll it, write its result (:meth:`_collect`), delete it. None:
-        the replica has no ``/jobs`` (an older server; the caller uses ``/segment``)."""
+        the replica has no ``/jobs`` (an older server; the caller uses ``/segment``). ``stored``:
+        as for :meth:`_send`."""
         job = result.job
         deadline: float | None = None  # for resubmitting a job lost to a server restart
         while True:
-            response = self._send(result, "/jobs", upload, first)
+            response = self._send(result, "/jobs", upload, first, stored)
             if response is None:
                 return result
             if response.status_code == 404:
@@ -1087,7 +1142,8 @@ class LocalSegmenter:
         data: bytes | Path
         try:
             if job.plane or self.config.series is not None:
-                data, _, image_cut = job_bytes(job, self.config)
+                payload = job_bytes(job, self.config)
+                data, image_cut = payload.data, payload.image_cut
             else:
                 # The file by path: the API maps a large one and reads the pages the plane needs,
                 # where reading it here would hold the whole file (a TIFF stack, a CZI, a LIF).

@@ -237,7 +237,8 @@ def slice_pixels(job: Any, config: Any) -> SlicePixels:
     from service.settings import get_settings
 
     settings = get_settings()
-    data, _, image_cut = job_bytes(job, config)
+    payload = job_bytes(job, config)
+    data, image_cut = payload.data, payload.image_cut
     selection = microscopy.Selection(
         channel=config.channel, z=dict(job.plane)["z"], t=config.t, pixel_size_um=config.pixel_size,
         polarity=config.polarity or "bright", series=None if image_cut else config.series,

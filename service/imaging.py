@@ -27,8 +27,10 @@ Decoding policy:
 from __future__ import annotations
 
 import io
+import mmap
 import warnings
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -101,6 +103,16 @@ class ImageInfo:
         return self.width * self.height
 
 
+def _as_file(data: bytes) -> BinaryIO:
+    """``data`` as the file Pillow reads: a memory map (a stored upload, ``service.uploads``, or a
+    large file the Python API maps) as itself, rewound — a BytesIO would copy it whole, and a stored
+    file may be gigabytes; bytes in a BytesIO, which shares them."""
+    if isinstance(data, mmap.mmap):
+        data.seek(0)
+        return data  # type: ignore[return-value]  # read / seek / tell: what Pillow needs
+    return io.BytesIO(data)
+
+
 def probe(data: bytes) -> ImageInfo:
     """Read format, size, page count and pixel mode from the header only.
 
@@ -113,7 +125,7 @@ def probe(data: bytes) -> ImageInfo:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. TIFF tag warnings on odd headers
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(_as_file(data))
             fmt = im.format or "unknown"
             width, height = im.size
             mode = im.mode
@@ -175,8 +187,10 @@ def decode(data: bytes, max_pixels: int) -> np.ndarray:
 
 
 def _jpeg_complete(data: bytes) -> bool:
-    """Whether a JPEG stream ends with its EOI marker (trailing padding tolerated)."""
-    return data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
+    """Whether a JPEG stream ends with its EOI marker (trailing padding tolerated). Only the last
+    64 KiB are looked at (a memory map has no ``rstrip``, and copying all of it to look at its
+    end would not do): a file padded with more is read as incomplete, by the tolerant decoder."""
+    return bytes(data[-65536:]).rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
 
 
 def _from_opencv(image: np.ndarray) -> np.ndarray:
@@ -194,7 +208,7 @@ def _decode_pillow(data: bytes, info: ImageInfo) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(_as_file(data))
             im.seek(0)
             im.load()
             return _from_pillow(im)

@@ -65,3 +65,28 @@ def test_replicas_sharing_a_jobs_folder_serve_each_others_jobs(slow_model: Path,
         a.stop()
         if b is not None:
             b.stop()
+
+
+def test_a_file_stored_on_one_replica_is_read_and_deleted_through_another(
+    conv_model: Path, tmp_path: Path
+) -> None:
+    """Behind a Service, the web page's requests for one stored file land on any replica: with a
+    shared jobs folder each reads what another stored (and a DELETE on one frees it for all)."""
+    jobs_dir = tmp_path / "jobs"
+    a = _replica("a", conv_model, jobs_dir, tmp_path / "a.log").wait_ready()
+    b = _replica("b", conv_model, jobs_dir, tmp_path / "b.log").wait_ready()
+    try:
+        stored = a.client.post("/uploads", content=SMALL, headers={"Content-Type": "image/png"})
+        assert stored.status_code == 201, stored.text
+        upload = stored.json()["id"]
+        on_b = b.client.post("/segment", params={"upload": upload, "output": "labels"})
+        direct = a.client.post("/segment", params={"output": "labels"}, content=SMALL,
+                               headers={"Content-Type": "image/png"})
+        assert on_b.status_code == direct.status_code == 200, on_b.text
+        assert on_b.content == direct.content
+        assert b.client.get(f"/uploads/{upload}").json() == stored.json()
+        assert b.client.delete(f"/uploads/{upload}").status_code == 204
+        assert a.client.post("/probe", params={"upload": upload}).status_code == 404
+    finally:
+        a.stop()
+        b.stop()

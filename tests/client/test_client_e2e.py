@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -216,6 +217,59 @@ def test_a_project_over_the_upload_limit_is_segmented_image_by_image(tmp_path: P
     tables = sorted((tmp_path / "out").glob("session_s*.csv"))
     assert [p.name for p in tables] == [f"session_s{k}.csv" for k in range(4)]
     assert all("area_um2" in p.read_text().splitlines()[0] for p in tables)
+
+
+def test_a_stack_over_the_upload_limit_is_stored_on_the_server_and_projected_there(tmp_path: Path) -> None:
+    # Nothing to cut out of one z-stack that is projected whole (--project max needs every slice):
+    # sent whole it is a 413; the client stores it on the server (POST /uploads), names it, and
+    # deletes it after. The labels are those the same model gives the stack in local mode.
+    np = pytest.importorskip("numpy")
+    tifffile = pytest.importorskip("tifffile")
+    from tests.api import _images as im
+
+    images = tmp_path / "in"
+    images.mkdir()
+    stack = np.stack([im.blobs(96, 128, seed=k, dtype=np.uint16) for k in range(12)])
+    tifffile.imwrite(images / "stack.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    limit = (images / "stack.tif").stat().st_size // 3
+    proc = _client_under_upload_limit(tmp_path, images, limit, "--project", "max", "--output", "labels")
+    assert proc.returncode == 0 and "1 written" in proc.stderr, proc.stderr
+    local = subprocess.run(
+        [sys.executable, "-m", "service.client", str(images), "--out", str(tmp_path / "local"),
+         "--no-progress", "--model", str(tmp_path / "conv.onnx"), "--project", "max", "--output", "labels"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert local.returncode == 0, local.stderr
+    served, alone = (im.decode((tmp_path / d / "stack.png").read_bytes()) for d in ("out", "local"))
+    np.testing.assert_array_equal(served, alone)
+    assert served.max() > 0
+    jobs = tmp_path / "log-jobs" / "uploads"
+    assert not jobs.exists() or not any(jobs.iterdir())  # deleted once segmented
+
+
+def test_an_image_the_service_refuses_in_a_project_over_the_limit_gets_its_own_refusal(
+    tmp_path: Path,
+) -> None:
+    # A tile scan LAS X has not merged cannot be cut out (the client's reader refuses it too), so
+    # it was sent whole and got a 413 for the project's size. Stored and named, it gets the service's
+    # word on it: a 415 saying to merge it. The other image is segmented as before.
+    np = pytest.importorskip("numpy")
+    from tests.lif_files import Image, lif_bytes
+
+    rng = np.random.default_rng(2)
+    images = tmp_path / "in"
+    images.mkdir()
+    field = rng.integers(0, 4000, (64, 80), dtype=np.uint16)
+    tiles = rng.integers(0, 4000, (6, 64, 80), dtype=np.uint16)
+    project = lif_bytes([Image("Field", field), Image("TileScan 1", tiles, "MYX")])
+    (images / "session.lif").write_bytes(project)
+    proc = _client_under_upload_limit(tmp_path, images, len(project) // 3, "--series", "all",
+                                      "--output", "objects")
+    assert proc.returncode == 1, proc.stderr
+    assert (tmp_path / "out" / "session_s0.csv").is_file()
+    (failure,) = [json.loads(line) for line in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
+    assert failure["status"] == 415, failure
+    assert "Mosaic Merge" in json.dumps(failure)
 
 
 def test_series_all_segments_every_image_of_a_plate_file(service_url: str, tmp_path: Path) -> None:
