@@ -111,6 +111,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
         200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
               "description": "8-bit RGB PNG of the input, same width and height, contrast-stretched"},
         **problem_responses(400, 401, 413, 415, 422, 503),
+        **stored_uploads.UNKNOWN_UPLOAD_RESPONSE,
     },
     openapi_extra={"requestBody": {"required": True, "description": "the raw image bytes (any Content-Type)",
                                    "content": {"application/octet-stream": {

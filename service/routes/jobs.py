@@ -454,7 +454,8 @@ _PROBLEM_CONTENT = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Prob
         **problem_responses(400, 401, 413, 415, 422, 503),
         403: {"description": "a JSON body's path: UNET_DATA_ROOT is not set, or the path is absolute or "
               "leads outside it", "content": _PROBLEM_CONTENT},
-        404: {"description": "a JSON body's path: no such file under UNET_DATA_ROOT",
+        404: {"description": "a JSON body's path: no such file under UNET_DATA_ROOT; upload=: no stored "
+              "upload with this id",
               "content": _PROBLEM_CONTENT},
         507: {"description": "the jobs folder is full (UNET_JOBS_MAX_BYTES)", "content": _PROBLEM_CONTENT},
     },

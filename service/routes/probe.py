@@ -92,7 +92,7 @@ def probe_result(layout: microscopy.Layout, model_channels: int) -> dict[str, An
     "/probe",
     summary="What an image holds: channels, planes, pixel size",
     response_model=ProbeResult,
-    responses=problem_responses(400, 401, 413, 415, 422, 503),
+    responses={**problem_responses(400, 401, 413, 415, 422, 503), **stored_uploads.UNKNOWN_UPLOAD_RESPONSE},
     openapi_extra={"requestBody": IMAGE_BODY},
 )
 async def probe(

@@ -971,6 +971,7 @@ _PNG_HEADERS = {
             "headers": _PNG_HEADERS,
         },
         **problem_responses(400, 401, 413, 415, 422, 503),
+        **stored_uploads.UNKNOWN_UPLOAD_RESPONSE,
     },
     openapi_extra={"requestBody": IMAGE_BODY},
 )

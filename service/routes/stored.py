@@ -7,9 +7,15 @@ from __future__ import annotations
 import anyio
 from fastapi import Query, Request
 
-from service.errors import ProblemError, ServiceUnavailable
+from service.errors import PROBLEM_JSON, ProblemError, ServiceUnavailable
 from service.jobs import JobRunner
 from service.uploads import StoredImage, UnknownUpload, UploadStore
+
+#: OpenAPI for the 404 a request naming an unknown stored upload gets.
+UNKNOWN_UPLOAD_RESPONSE = {404: {
+    "description": "upload=: no stored upload with this id (never stored, deleted, or expired)",
+    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}}
 
 UPLOAD_QUERY = Query(
     None,

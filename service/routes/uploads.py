@@ -29,7 +29,7 @@ from service.routes.segment import (
     unsupported_media_type,
     upload_content_type,
 )
-from service.routes.stored import unknown_upload, upload_store
+from service.routes.stored import UNKNOWN_UPLOAD_RESPONSE, unknown_upload, upload_store
 from service.uploads import UnknownUpload, UploadInfo, UploadsFull
 
 router = APIRouter(tags=["uploads"], dependencies=[Depends(require_api_key)])
@@ -130,7 +130,7 @@ def _copy_hashed(source: BinaryIO, path: Path, limit: int) -> tuple[int, str]:
     responses={
         201: {"description": "stored: name it with upload=<id> on /probe, /ui/preview, /segment and /jobs",
               "headers": {"Location": {"description": "/uploads/{id}", "schema": {"type": "string"}}}},
-        **problem_responses(400, 401, 413, 415, 503, 507),
+        **problem_responses(400, 401, 413, 415, 422, 503, 507),
     },
     openapi_extra={"requestBody": {"required": True, "description": "the file's bytes (any Content-Type), or "
                                    "multipart/form-data with field 'file'",
@@ -189,7 +189,7 @@ async def store_upload(request: Request) -> JSONResponse:
     "/uploads/{upload_id}",
     summary="A stored upload: its size, hash and name",
     response_model=StoredUpload,
-    responses=problem_responses(401, 404, 503),
+    responses={**problem_responses(401, 503), **UNKNOWN_UPLOAD_RESPONSE},
 )
 async def describe_upload(upload_id: str, request: Request) -> dict[str, Any]:
     store = upload_store(request)
@@ -203,7 +203,7 @@ async def describe_upload(upload_id: str, request: Request) -> dict[str, Any]:
     "/uploads/{upload_id}",
     summary="Remove a stored upload",
     status_code=204,
-    responses={204: {"description": "removed"}, **problem_responses(401, 404, 503)},
+    responses={204: {"description": "removed"}, **problem_responses(401, 503), **UNKNOWN_UPLOAD_RESPONSE},
 )
 async def delete_upload(upload_id: str, request: Request) -> Response:
     store = upload_store(request)

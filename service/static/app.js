@@ -465,7 +465,9 @@ async function storeIfLarge(run) {
       `${formatBytes(state.maxStored)}. Use unet-segment, or ask the operator.`);
   }
   try {
-    const name = `attachment; filename*=UTF-8''${encodeURIComponent(file.name)}`;
+    // RFC 8187: encodeURIComponent leaves ' ( ) * as they are, which the header's syntax excludes
+    const encoded = encodeURIComponent(file.name).replace(/['()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+    const name = `attachment; filename*=UTF-8''${encoded}`;
     const xhr = await sendFile("uploads", "Sending the file", "storing it on the server",
       { "Content-Disposition": name });
     const id = JSON.parse(await xhr.response.text()).id;
