@@ -160,6 +160,9 @@ def test_requests_that_name_a_stored_upload_wrongly_get_a_clear_4xx(server: Serv
         assert r.status_code == 404 and r.json()["type"] == "/problems/upload-not-found", (path, r.text)
         malformed = client.post(path, params={"upload": "../../etc/passwd"})
         assert malformed.status_code == 422, (path, malformed.text)
+    for odd in ("%2e%2e", "%2e%2e%2fjobs", "A" * 32, "0" * 33, ".." + "0" * 30):  # not our ids: no path
+        assert client.get(f"/uploads/{odd}").status_code == 404, odd
+        assert client.delete(f"/uploads/{odd}").status_code == 404, odd
     stored = store(server, im.tiff(FIELD), "field.tif")
     both = client.post("/segment", params={"upload": stored["id"]}, content=im.png(FIELD),
                        headers={"Content-Type": "image/png"})

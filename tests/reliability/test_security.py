@@ -39,12 +39,14 @@ def test_no_operation_takes_a_path_like_parameter(server: Server) -> None:
                     # any path is built from it (service.jobs; tests/api/test_jobs.py); the name of
                     # a file a finished slide job wrote, served only from inside its result folder
                     # (routes.slide_jobs: first part result.ome.zarr or objects.csv, no '..', resolved
-                    # under the job's folder; tests/api/test_slide_jobs.py tries to get out)
+                    # under the job's folder; tests/api/test_slide_jobs.py tries to get out); a stored
+                    # upload's id, refused unless it is 32 hex digits before any path is built from it
+                    # (service.uploads; tests/unit/test_uploads.py, tests/api/test_stored_uploads.py)
                     assert (name == "name" and route.startswith("/v2/models/{name}")) or (
                         name == "slug" and route == "/problems/{slug}"
                     ) or (name == "job_id" and route.startswith("/jobs/{job_id}")) or (
                         name == "name" and route == "/jobs/{job_id}/files/{name}"
-                    ), route
+                    ) or (name == "upload_id" and route == "/uploads/{upload_id}"), route
                     continue
                 assert not any(word in name for word in PATHLIKE), f"{method.upper()} {route}: {name}"
 
