@@ -164,9 +164,13 @@ function upload(url, step, runningText) {
   return sendFile(url, step, runningText);
 }
 
-/** POST the current file's bytes to `url` (see upload); `headers`: extra request headers. */
-function sendFile(url, step, runningText, headers = {}) {
+/**
+ * POST the current file's bytes to `url` (see upload); `headers`: extra request headers;
+ * `withRate`: the progress also says how much is sent and the time left (storing a large file).
+ */
+function sendFile(url, step, runningText, headers = {}, withRate = false) {
   const file = state.file;
+  const rate = { at: null, done: 0 }; // first progress seen: the time left is measured from there
   let sending = null;
   const sent = () => {
     if (!sending) return;
@@ -181,19 +185,35 @@ function sendFile(url, step, runningText, headers = {}) {
       sent(); // a retry after a 401: the earlier request is over
       sending = xhr;
       state.uploads.add(xhr);
+      rate.at = null;
     },
     onUploadProgress: (f) => {
       if (sending && f < 1 && !sending.partWay) {
         sending.partWay = true;
         showCancel();
       }
-      showProgress(`${step}: uploading ${Math.round(100 * f)}%`, f);
+      const more = withRate ? uploadedSoFar(file.size, f, rate) : "";
+      showProgress(`${step}: uploading ${Math.round(100 * f)}%${more}`, f);
     },
     onUploaded: () => {
       sent();
       showProgress(`${step}: ${runningText}…`, null);
     },
   }).finally(sent);
+}
+
+/**
+ * " · 950.0 MB of 2.7 GB, about 3 min left": what is sent, and the time left at the rate seen
+ * since the first progress event (after a second of it).
+ */
+function uploadedSoFar(size, fraction, rate) {
+  const done = size * fraction;
+  const now = performance.now();
+  if (rate.at === null) Object.assign(rate, { at: now, done });
+  const so = ` · ${formatBytes(done)} of ${formatBytes(size)}`;
+  if (done <= rate.done || now - rate.at < 1000) return so;
+  const left = ((size - done) * (now - rate.at)) / 1000 / (done - rate.done);
+  return `${so}, about ${formatDuration(left)} left`;
 }
 
 /** The chosen channel / plane as query parameters (only those chosen). */
@@ -437,7 +457,7 @@ function formatBytes(n) {
   const units = ["bytes", "KB", "MB", "GB", "TB"];
   let k = 0;
   while (n >= 1000 && k < units.length - 1) { n /= 1000; k++; }
-  return `${k ? n.toFixed(1) : n} ${units[k]}`;
+  return `${k ? n.toFixed(1) : Math.round(n)} ${units[k]}`;
 }
 
 /**
@@ -469,7 +489,7 @@ async function storeIfLarge(run) {
     const encoded = encodeURIComponent(file.name).replace(/['()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
     const name = `attachment; filename*=UTF-8''${encoded}`;
     const xhr = await sendFile("uploads", "Sending the file", "storing it on the server",
-      { "Content-Disposition": name });
+      { "Content-Disposition": name }, true);
     const id = JSON.parse(await xhr.response.text()).id;
     if (run !== state.run) {
       request("DELETE", `uploads/${encodeURIComponent(id)}`).catch(() => {});

@@ -909,8 +909,18 @@ def test_a_project_past_the_upload_limit_is_sent_once_and_its_images_segmented(
     assert project.stat().st_size > 3 * SMALL_UPLOAD_BYTES
     page, requests = _recording_page(browser, url)
     try:
+        # Uploads throttled to 256 kB/s: the file takes seconds to store, and the bar says how far
+        # it is and how long is left.
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        slow = {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 256 * 1024}
+        cdp.send("Network.emulateNetworkConditions", slow)
         page.locator("#file-input").set_input_files(str(project))
         _wait_for_count(page)  # the first image, segmented at once
+        labels = [label for _, label in page.evaluate("() => window.__progress")]
+        sending = re.compile(r"Sending the file: uploading \d+% · [\d.]+ (bytes|KB|MB) of [\d.]+ (KB|MB), "
+                             r"about \d+ s left")
+        assert any(sending.fullmatch(label) for label in labels), labels
         series = page.get_by_label("Image in the file")
         series.select_option(str(len(filler)))
         page.wait_for_function("() => document.getElementById('info-pixel-size').textContent.includes('lif')")
