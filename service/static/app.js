@@ -1012,31 +1012,146 @@ function save(blob, name) {
   setTimeout(() => URL.revokeObjectURL(url), 10000);
 }
 
+/**
+ * What a saved table or outline set adds: every channel's intensity per nucleus (the box shows for
+ * multi-channel files) and a cell around each nucleus. Only downloads ask for them (neither changes
+ * the prediction: the outlines shown keep theirs, cached on the server).
+ */
+function downloadExtras(output) {
+  const extra = {};
+  if (output === "objects" || output === "geojson") {
+    if (!$("channel-box").hidden && $("measure-all").checked) {
+      extra.measure = "all";
+      if (!$("measure-sum-box").hidden && $("measure-sum").checked) extra.measure_project = "sum";
+    }
+  }
+  if (output === "objects" || output === "geojson" || output === "rois") {
+    const expand = Number($("expand").value);
+    if ($("expand").value !== "" && expand > 0) extra.expand = String(expand);
+  }
+  return extra;
+}
+
 async function download(output) {
   if (!state.file) return;
   try {
-    // A table saved can hold every channel's intensity per nucleus (the box shows for multi-channel
-    // files) and a cell around each nucleus; only downloads ask for them (neither changes the
-    // prediction: the outlines shown keep theirs, cached on the server).
-    const extra = {};
-    if (output === "objects" || output === "geojson") {
-      if (!$("channel-box").hidden && $("measure-all").checked) {
-        extra.measure = "all";
-        if (!$("measure-sum-box").hidden && $("measure-sum").checked) extra.measure_project = "sum";
-      }
-    }
-    if (output === "objects" || output === "geojson" || output === "rois") {
-      const expand = Number($("expand").value);
-      if ($("expand").value !== "" && expand > 0) extra.expand = String(expand);
-    }
     const xhr = await segmentRequest(output, state.threshold, `Download ${output}`, "segmenting",
-      `download-${output}`, extra);
+      `download-${output}`, downloadExtras(output));
     save(xhr.response, downloadName(output, xhr.getResponseHeader("Content-Type")));
   } catch (err) {
     showError(err.message);
   } finally {
     hideProgress();
   }
+}
+
+/**
+ * Every image of a file holding several (a LAS X project's, a CZI's scenes, an OME-TIFF's Images),
+ * segmented one after another with the choices made here, their tables saved as one ZIP
+ * (NAME_s0.csv, … as unet-segment --series all names them) with manifest.json: each image's object
+ * count, or the problem that stopped it (a channel it lacks). A stored file is sent nothing again.
+ */
+async function downloadEveryImage() {
+  if (!state.file || !state.probe) return;
+  const run = state.run;
+  const count = state.probe.series.count;
+  const names = state.probe.series.names || [];
+  const missing = missingChoices();
+  if (missing.length) {
+    showError(`Choose ${missing.join(" and ")} first: every image is segmented with it.`);
+    return;
+  }
+  const files = [];
+  const images = [];
+  showError("");
+  try {
+    for (let k = 0; k < count; k++) {
+      const entry = { series: k, name: names[k] || null };
+      try {
+        const xhr = await segmentRequest("objects", state.threshold, `Image ${k + 1} of ${count}`, "segmenting",
+          "download-every", { ...downloadExtras("objects"), series: String(k) });
+        if (run !== state.run) return;
+        const output = `${state.stem}_s${k}.csv`;
+        files.push([output, new Uint8Array(await xhr.response.arrayBuffer())]);
+        Object.assign(entry, { output, status: 200, object_count: Number(xhr.getResponseHeader("X-Object-Count")) });
+      } catch (err) {
+        if (err.cancelled || run !== state.run) throw err;
+        Object.assign(entry, { output: null, status: err.status || 0, problem: err.problem || { detail: err.message } });
+      }
+      images.push(entry);
+    }
+    const manifest = { file: state.file.name, output: "objects", images };
+    files.push(["manifest.json", new TextEncoder().encode(JSON.stringify(manifest, null, 2))]);
+    save(zipStored(files), `${state.stem}_objects.zip`);
+  } catch (err) {
+    if (run === state.run) showError(err.message);
+  } finally {
+    if (run === state.run) hideProgress();
+  }
+}
+
+const CRC_TABLE = (() => {
+  const table = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    table[n] = c >>> 0;
+  }
+  return table;
+})();
+
+function crc32(bytes) {
+  let c = 0xffffffff;
+  for (const b of bytes) c = CRC_TABLE[(c ^ b) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+/**
+ * A ZIP of `files` ([name, Uint8Array] pairs) stored, not compressed (tables of a few MB; no
+ * library: the page works offline), names in UTF-8. APPNOTE 6.3.x: a local header before each
+ * member, the central directory, then its end record.
+ */
+function zipStored(files) {
+  const utf8 = new TextEncoder();
+  const DOS_DATE_1980 = 0x21; // 1980-01-01: the page does not date the tables
+  const parts = [];
+  const directory = [];
+  let offset = 0;
+  for (const [name, data] of files) {
+    const nameBytes = utf8.encode(name);
+    const crc = crc32(data);
+    const local = new DataView(new ArrayBuffer(30));
+    local.setUint32(0, 0x04034b50, true);
+    local.setUint16(4, 20, true);
+    local.setUint16(6, 0x0800, true); // names in UTF-8
+    local.setUint16(12, DOS_DATE_1980, true);
+    local.setUint32(14, crc, true);
+    local.setUint32(18, data.length, true);
+    local.setUint32(22, data.length, true);
+    local.setUint16(26, nameBytes.length, true);
+    parts.push(new Uint8Array(local.buffer), nameBytes, data);
+    const entry = new DataView(new ArrayBuffer(46));
+    entry.setUint32(0, 0x02014b50, true);
+    entry.setUint16(4, 20, true);
+    entry.setUint16(6, 20, true);
+    entry.setUint16(8, 0x0800, true);
+    entry.setUint16(14, DOS_DATE_1980, true);
+    entry.setUint32(16, crc, true);
+    entry.setUint32(20, data.length, true);
+    entry.setUint32(24, data.length, true);
+    entry.setUint16(28, nameBytes.length, true);
+    entry.setUint32(42, offset, true);
+    directory.push(new Uint8Array(entry.buffer), nameBytes);
+    offset += 30 + nameBytes.length + data.length;
+  }
+  const size = directory.reduce((n, part) => n + part.length, 0);
+  const end = new DataView(new ArrayBuffer(22));
+  end.setUint32(0, 0x06054b50, true);
+  end.setUint16(8, files.length, true);
+  end.setUint16(10, files.length, true);
+  end.setUint32(12, size, true);
+  end.setUint32(16, offset, true);
+  return new Blob([...parts, ...directory, new Uint8Array(end.buffer)], { type: "application/zip" });
 }
 
 /**
@@ -1112,6 +1227,7 @@ function init() {
   for (const radio of document.querySelectorAll('input[name="view"]')) radio.addEventListener("change", render);
   for (const name of DOWNLOADS) $(`download-${name}`).addEventListener("click", () => download(name));
   $("download-stack").addEventListener("click", downloadStack);
+  $("download-every").addEventListener("click", downloadEveryImage);
   for (const id of ["channel", "zplane", "tplane"]) $(id).addEventListener("change", onPlaneChange);
   $("series").addEventListener("change", onSeriesChange);
   wireZoom();

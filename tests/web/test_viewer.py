@@ -949,3 +949,58 @@ def test_a_project_past_the_upload_limit_is_sent_once_and_its_images_segmented(
                                                   "upload": again["id"]}, timeout=120)
     assert reply.status_code == 200, reply.text
     assert shown == int(reply.headers["X-Object-Count"]) > 0
+
+
+def test_the_tables_of_every_image_of_a_project_are_saved_as_one_zip(
+    browser: Any, small_upload_service: tuple[str, Path], tmp_path: Path
+) -> None:
+    """A LAS X project of three images past the upload limit: with the nuclei channel chosen, one
+    click saves each image's table (NAME_s0.csv…) and a manifest; the image without that channel is
+    listed with the 422 that says so. Every table is what the server gives for that image, and the
+    stored file is not sent again."""
+    from tests.lif_files import Image, lif_bytes
+
+    url, _ = small_upload_service
+    discs = [cv2.imread(str(write_disc_tiff(tmp_path / f"n{k}.tif", seed=k)), cv2.IMREAD_UNCHANGED)
+             for k in (11, 12)]
+    noise = np.random.default_rng(6).integers(0, 4096, (192, 192), dtype=np.uint16)
+    project = tmp_path / "plate.lif"
+    project.write_bytes(lif_bytes([
+        Image("A1", np.stack([noise, discs[0]]), "CYX", ("Green", "Blue"), 0.5),
+        Image("A2", np.stack([noise, discs[1]])[:, :, :100], "CYX", ("Green", "Blue"), 0.5),  # half the discs
+        Image("Overview", np.stack([noise] * 10), "ZYX", ("Gray",), 0.5),
+    ]))
+    assert project.stat().st_size > SMALL_UPLOAD_BYTES
+    page, requests = _recording_page(browser, url)
+    try:
+        page.locator("#file-input").set_input_files(str(project))
+        picker = page.get_by_label("Nuclei channel")
+        picker.wait_for(state="visible")
+        picker.select_option("1")
+        _wait_for_count(page)
+        posts_before = [u for method, u in requests if method == "POST"]
+        with page.expect_download() as info:
+            page.locator("#download-every").click()
+        assert info.value.suggested_filename == "plate_objects.zip"
+        with zipfile.ZipFile(info.value.path()) as archive:
+            assert archive.testzip() is None  # every member's CRC-32 checks
+            members = {name: archive.read(name) for name in archive.namelist()}
+        every = [u for method, u in requests if method == "POST"][len(posts_before):]
+    finally:
+        page.close()
+    assert sorted(members) == ["manifest.json", "plate_s0.csv", "plate_s1.csv"]
+    manifest = json.loads(members["manifest.json"])
+    assert [(e["series"], e["name"], e["status"]) for e in manifest["images"]] == [
+        (0, "A1", 200), (1, "A2", 200), (2, "Overview", 422)]
+    assert "channel" in manifest["images"][2]["problem"]["detail"]
+    assert every and all("upload=" in u and "output=objects" in u for u in every), every
+    stored = httpx.post(f"{url}/uploads", content=project.read_bytes(),
+                        headers={"Content-Type": "application/octet-stream"}, timeout=120).json()
+    for k in (0, 1):
+        reply = httpx.post(f"{url}/segment", params={"upload": stored["id"], "series": str(k), "channel": "1",
+                                                      "output": "objects"}, timeout=120)
+        assert reply.status_code == 200, reply.text
+        assert manifest["images"][k]["object_count"] == int(reply.headers["X-Object-Count"]) > 0
+        table = members[f"plate_s{k}.csv"].decode()
+        assert table.count("\n") == reply.text.count("\n")  # one row per nucleus, as the server's
+    assert manifest["images"][0]["object_count"] > manifest["images"][1]["object_count"]
