@@ -579,6 +579,7 @@ function showProbe(probe) {
   }
   series.value = state.plane.series;
   $("series-box").hidden = count < 2;
+  $("every-box").hidden = count < 2; // after the choices it uses: channel, plane
   $("plane-controls").hidden = $("series-box").hidden && $("channel-box").hidden && $("z-box").hidden &&
     $("t-box").hidden;
 }
