@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, Request, params
@@ -56,18 +56,16 @@ from service.jobs import (
     UnknownJob,
     process_owner,
 )
-from service.routes import slide_jobs, stack_jobs
+from service.routes import bodies, slide_jobs, stack_jobs
 from service.routes import stored as stored_uploads
 from service.routes.deps import ClientGone, Runtime, get_runtime, require_api_key
 from service.routes.segment import (
     IMAGE_BODY,
-    RAW_TYPES,
     Output,
     SegmentOptions,
     as_problems,
     checked_engine,
     is_cancel,
-    multipart_file,
     no_image,
     plane_selection,
     problem_for,
@@ -80,10 +78,6 @@ from service.routes.segment import (
 )
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
-
-#: Upload chunks are written to disk on a worker thread once this many bytes have gathered.
-_WRITE_CHUNK = 1 << 20
-
 
 @dataclass(frozen=True)
 class JobInput:
@@ -391,49 +385,15 @@ def _store_full(exc: StoreFull) -> ProblemError:
                         headers=headers)
 
 
-class _TooBig(Exception):
-    pass
-
-
-def _copy_limited(source: BinaryIO, target: Path, room: int) -> int:
-    """Copy the spooled multipart file to the job's folder; ``_TooBig`` past ``room`` bytes."""
-    written = 0
-    with open(target, "wb") as out:
-        while chunk := source.read(_WRITE_CHUNK):
-            written += len(chunk)
-            if written > room:
-                raise _TooBig
-            out.write(chunk)
-    return written
-
-
 async def _receive(request: Request, path: Path, room: int) -> str | None:
-    """Write the upload (multipart field ``file`` or the raw body) to ``path``; its file name."""
-    content_type = upload_content_type(request)
-    if content_type == "multipart/form-data":
-        upload = await multipart_file(request)
-        written = await anyio.to_thread.run_sync(_copy_limited, upload.file, path, room)
-        filename = upload.filename
-    elif content_type.startswith("image/") or content_type in RAW_TYPES or not content_type:
-        written, pending = 0, bytearray()
-        with open(path, "wb") as out:
-            async for chunk in request.stream():
-                written += len(chunk)
-                if written > room:
-                    raise _TooBig
-                pending += chunk
-                if len(pending) >= _WRITE_CHUNK:
-                    await anyio.to_thread.run_sync(out.write, bytes(pending))
-                    pending.clear()
-            await anyio.to_thread.run_sync(out.write, bytes(pending))
-        if written and not content_type:
-            raise unsupported_media_type(content_type)
-        filename = filenames.request_filename(request.headers.get("content-disposition"))
-    else:
-        raise unsupported_media_type(content_type)
-    if written == 0:
+    """Write the upload (multipart field ``file`` or the raw body) to ``path``; its file name.
+    ``bodies.TooBig`` past ``room`` bytes; an untyped body is refused (415), an empty one (400)."""
+    received = await bodies.receive_file(request, path, room)
+    if received.size and not received.typed:
+        raise unsupported_media_type("")
+    if received.size == 0:
         raise no_image()
-    return filename
+    return received.filename
 
 
 _STATUS_RESPONSE = {"model": JobStatus, "description": "the job's status"}
@@ -499,7 +459,7 @@ async def submit_job(
     try:
         try:
             filename = await _receive(request, store.input_path(job_id), room)
-        except _TooBig as exc:
+        except bodies.TooBig as exc:
             raise _store_full(StoreFull(
                 "bytes", f"the upload does not fit in the {room:,} bytes the jobs folder has free "
                 "(UNET_JOBS_MAX_BYTES)", 60)) from exc

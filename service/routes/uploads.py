@@ -9,33 +9,24 @@ lifts for this route alone — written to the jobs folder as it streams in and h
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from service import filenames, microscopy, structure
+from service import microscopy, structure
 from service.errors import ProblemError, problem_responses
+from service.routes import bodies
 from service.routes.deps import require_api_key
-from service.routes.segment import (
-    RAW_TYPES,
-    multipart_file,
-    no_image,
-    unsupported_media_type,
-    upload_content_type,
-)
+from service.routes.segment import no_image
 from service.routes.stored import UNKNOWN_UPLOAD_RESPONSE, unknown_upload, upload_store
 from service.uploads import UnknownUpload, UploadInfo, UploadsFull
 
 router = APIRouter(tags=["uploads"], dependencies=[Depends(require_api_key)])
 
-#: Bytes gathered before a write to disk (on a worker thread).
-_WRITE_CHUNK = 1 << 22
 #: What a stored file must start with: the formats the service reads.
 _READABLE = "TIFF (OME-TIFF, BigTIFF, ImageJ), Zeiss CZI, Leica LIF, PNG, JPEG or BMP"
 
@@ -58,20 +49,6 @@ def _described(info: UploadInfo, retention_s: float) -> dict[str, Any]:
     ).model_dump()
 
 
-def _readable(head: bytes) -> bool:
-    """Whether a file starts as one of the formats the service reads."""
-    return (
-        microscopy.is_tiff(head)
-        or head[:10] == structure.CZI_MAGIC
-        or structure.is_lif(head)
-        or head.startswith((structure.PNG_SIGNATURE, b"\xff\xd8\xff", b"BM"))
-    )
-
-
-class _TooBig(Exception):
-    pass
-
-
 def _refuse_unreadable(head: bytes) -> None:
     if not _readable(head):
         raise ProblemError(
@@ -80,46 +57,14 @@ def _refuse_unreadable(head: bytes) -> None:
         )
 
 
-async def _receive_raw(request: Request, path: Path, limit: int) -> tuple[int, str]:
-    """The raw body to ``path``, hashed as it comes; its size and SHA-256. The first bytes are
-    checked before the rest is waited for."""
-    sha, written, pending, checked = hashlib.sha256(), 0, bytearray(), False
-    with open(path, "wb") as out:
-        async for chunk in request.stream():
-            written += len(chunk)
-            if written > limit:
-                raise _TooBig
-            pending += chunk
-            if not checked and len(pending) >= 16:
-                _refuse_unreadable(bytes(pending[:16]))
-                checked = True
-            if len(pending) >= _WRITE_CHUNK:
-                block = bytes(pending)
-                pending.clear()
-                await anyio.to_thread.run_sync(_write, out, sha, block)
-        if pending and not checked:
-            _refuse_unreadable(bytes(pending[:16]))
-        await anyio.to_thread.run_sync(_write, out, sha, bytes(pending))
-    return written, sha.hexdigest()
-
-
-def _write(out: BinaryIO, sha: Any, block: bytes) -> None:
-    sha.update(block)
-    out.write(block)
-
-
-def _copy_hashed(source: BinaryIO, path: Path, limit: int) -> tuple[int, str]:
-    """A multipart file (spooled by the form parser) to ``path``; its size and SHA-256."""
-    sha, written = hashlib.sha256(), 0
-    _refuse_unreadable(source.read(16))
-    source.seek(0)
-    with open(path, "wb") as out:
-        while chunk := source.read(_WRITE_CHUNK):
-            written += len(chunk)
-            if written > limit:
-                raise _TooBig
-            _write(out, sha, chunk)
-    return written, sha.hexdigest()
+def _readable(head: bytes) -> bool:
+    """Whether a file starts as one of the formats the service reads."""
+    return (
+        microscopy.is_tiff(head)
+        or head[:10] == structure.CZI_MAGIC
+        or structure.is_lif(head)
+        or head.startswith((structure.PNG_SIGNATURE, b"\xff\xd8\xff", b"BM"))
+    )
 
 
 @router.post(
@@ -147,23 +92,14 @@ async def store_upload(request: Request) -> JSONResponse:
     except UploadsFull as exc:
         raise ProblemError(str(exc), status=507, slug="insufficient-storage", title="Insufficient storage",
                            headers={"Retry-After": "60"}) from exc
-    limit = min(room, store.max_bytes)
     path = store.data_path(upload_id)
     stored = False
     try:
-        content_type = upload_content_type(request)
-        try:
-            if content_type == "multipart/form-data":
-                form_file = await multipart_file(request)
-                size, digest = await anyio.to_thread.run_sync(_copy_hashed, form_file.file, path, limit)
-                filename = form_file.filename
-            elif content_type.startswith("image/") or content_type in RAW_TYPES or not content_type:
-                size, digest = await _receive_raw(request, path, limit)
-                filename = filenames.request_filename(request.headers.get("content-disposition"))
-            else:
-                raise unsupported_media_type(content_type)
-        except _TooBig as exc:
-            if limit == store.max_bytes:
+        try:  # room: the bytes it may take, the stored limit or the jobs folder's free room
+            received = await bodies.receive_file(request, path, room, hashed=True,
+                                                 check_head=_refuse_unreadable)
+        except bodies.TooBig as exc:
+            if room == store.max_bytes:
                 raise ProblemError(
                     f"a stored upload has at most {store.max_bytes:,} bytes (UNET_MAX_STORED_UPLOAD_BYTES)",
                     status=413, slug="payload-too-large", title="Request body too large",
@@ -174,9 +110,11 @@ async def store_upload(request: Request) -> JSONResponse:
                 status=507, slug="insufficient-storage", title="Insufficient storage",
                 headers={"Retry-After": "60"},
             ) from exc
-        if size == 0:
+        if received.size == 0:
             raise no_image()
-        info = await anyio.to_thread.run_sync(store.finish, upload_id, filename, size, digest)
+        info = await anyio.to_thread.run_sync(
+            store.finish, upload_id, received.filename, received.size, received.sha256
+        )
         stored = True
     finally:
         if not stored:
