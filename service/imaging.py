@@ -103,13 +103,16 @@ class ImageInfo:
         return self.width * self.height
 
 
-def _as_file(data: bytes) -> BinaryIO:
-    """``data`` as the file Pillow reads: a memory map (a stored upload, ``service.uploads``, or a
-    large file the Python API maps) as itself, rewound — a BytesIO would copy it whole, and a stored
-    file may be gigabytes; bytes in a BytesIO, which shares them."""
+def as_file(data: bytes) -> BinaryIO:
+    """``data`` as the seekable file a reader takes (Pillow here; tifffile, czifile and liffile
+    through ``microscopy.container_stream``): a memory map (a stored upload, ``service.uploads``, or
+    a large file the Python API maps) as itself, rewound (a map is its own file position, and
+    liffile reads its header from where the file stands) — a BytesIO would copy it whole, and a
+    stored file may be gigabytes; bytes in a BytesIO, which shares them. A map is for one reader at
+    a time."""
     if isinstance(data, mmap.mmap):
         data.seek(0)
-        return data  # type: ignore[return-value]  # read / seek / tell: what Pillow needs
+        return data  # type: ignore[return-value]  # read / seek / tell: what the readers need
     return io.BytesIO(data)
 
 
@@ -125,7 +128,7 @@ def probe(data: bytes) -> ImageInfo:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. TIFF tag warnings on odd headers
-            im = Image.open(_as_file(data))
+            im = Image.open(as_file(data))
             fmt = im.format or "unknown"
             width, height = im.size
             mode = im.mode
@@ -208,7 +211,7 @@ def _decode_pillow(data: bytes, info: ImageInfo) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            im = Image.open(_as_file(data))
+            im = Image.open(as_file(data))
             im.seek(0)
             im.load()
             return _from_pillow(im)

@@ -35,10 +35,8 @@ Units: pixel sizes in micrometres (µm) per pixel; plane indices 0-based (Fiji's
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import math
-import mmap
 import re
 import warnings
 import xml.etree.ElementTree as ET
@@ -580,15 +578,8 @@ def _open_flat(data: bytes, max_pixels: int, fmt: str | None) -> _Source:
     return _Source(layout, read=lambda _coords: image, first=image)
 
 
-def container_stream(data: bytes | mmap.mmap) -> Any:
-    """``data`` as the seekable file a container parser (tifffile, czifile, liffile) reads: a
-    memory map of a file as itself (not copied into memory), rewound (a map is its own file
-    position, and liffile reads its header from where the file stands), bytes in a BytesIO (which
-    shares them). A map is for one reader at a time."""
-    if isinstance(data, mmap.mmap):
-        data.seek(0)
-        return data
-    return io.BytesIO(data)
+#: An upload as the file a container parser (tifffile, czifile, liffile) reads (``imaging.as_file``).
+container_stream = imaging.as_file
 
 
 def _open_tiff(data: bytes, max_pixels: int, series: int | None = None) -> _Source:
