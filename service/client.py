@@ -85,7 +85,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -863,11 +862,12 @@ class Segmenter:
         room), the 413 stands."""
         turn = refused.turn
         client = self.clients[turn]
-        name = refused.job.source.name
+        from service.filenames import content_disposition  # stdlib only, as the client must be
+
         try:
             response = client.post("/uploads", content=payload.data, headers={
                 "Content-Type": payload.content_type,
-                "Content-Disposition": f"attachment; filename*=UTF-8''{urllib.parse.quote(name)}"})
+                "Content-Disposition": content_disposition(refused.job.source.name)})
         except httpx.TransportError:
             return refused
         if response.status_code != 201:
