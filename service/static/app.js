@@ -208,12 +208,20 @@ function sendFile(url, step, runningText, headers = {}, withRate = false) {
  */
 function uploadedSoFar(size, fraction, rate) {
   const done = size * fraction;
+  const left = secondsLeft(rate, done, size);
+  const so = ` · ${formatBytes(done)} of ${formatBytes(size)}`;
+  if (left === null || performance.now() - rate.at < 1000) return so;
+  return `${so}, about ${formatDuration(left)} left`;
+}
+
+/**
+ * Seconds until `done` reaches `total` at the rate seen since `rate` ({at, done}) was first set,
+ * here when it is still unset; null until `done` has moved past it.
+ */
+function secondsLeft(rate, done, total) {
   const now = performance.now();
   if (rate.at === null) Object.assign(rate, { at: now, done });
-  const so = ` · ${formatBytes(done)} of ${formatBytes(size)}`;
-  if (done <= rate.done || now - rate.at < 1000) return so;
-  const left = ((size - done) * (now - rate.at)) / 1000 / (done - rate.done);
-  return `${so}, about ${formatDuration(left)} left`;
+  return done > rate.done ? ((total - done) * (now - rate.at)) / 1000 / (done - rate.done) : null;
 }
 
 /** The chosen channel / plane as query parameters (only those chosen). */
@@ -339,10 +347,8 @@ function showJobProgress(step, status, rate) {
   if (status.stage === "waiting") return showProgress(`${step}: waiting for room on the server`, null);
   if (status.status !== "running" && status.status !== "succeeded") return undefined;
   if (!total) return showProgress(`${step}: reading the image, estimating the nucleus size`, null);
-  const now = performance.now();
-  if (rate.at === null) Object.assign(rate, { at: now, done });
-  let left = Number.isFinite(status.eta_s) ? status.eta_s : null; // a server that estimates it
-  if (left === null && done > rate.done) left = ((total - done) * (now - rate.at)) / 1000 / (done - rate.done);
+  const measured = secondsLeft(rate, done, total);
+  const left = Number.isFinite(status.eta_s) ? status.eta_s : measured; // a server that estimates it
   const eta = left !== null && done < total ? `, about ${formatDuration(left)} left` : "";
   const what = done < total ? `${done} of ${total} tiles${eta}` : `all ${total} tiles done, finishing`;
   return showProgress(`${step}: ${what}`, done / total);
