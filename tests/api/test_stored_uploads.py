@@ -16,6 +16,7 @@ import pytest
 
 from tests.api import _images as im
 from tests.api.test_jobs import finished, wait_until
+from tests.api.test_lif import alone, labels_of
 from tests.lif_files import Image, lif_bytes
 from tests.server import Server
 
@@ -63,17 +64,6 @@ def store(server: Server, data: bytes, name: str = "session.lif") -> dict:
 
 def stored_files(jobs_dir: Path) -> list[Path]:
     return sorted(p for p in (jobs_dir / "uploads").glob("*/*") if p.is_file())
-
-
-def labels_of(response) -> tuple[np.ndarray, int]:
-    assert response.status_code == 200, response.text
-    return im.decode(response.content), int(response.headers["X-Object-Count"])
-
-
-def alone(server: Server, plane: np.ndarray) -> tuple[np.ndarray, int]:
-    """The labels of ``plane`` sent by itself as a PNG: what reading the project must give."""
-    return labels_of(server.client.post("/segment", params={"output": "labels"}, content=im.png(plane),
-                                        headers={"Content-Type": "image/png"}))
 
 
 def test_a_project_past_the_upload_limit_is_stored_once_and_segmented_image_by_image(server: Server) -> None:

@@ -762,6 +762,16 @@ def _recording_page(browser: Any, url: str) -> tuple[Any, list[tuple[str, str]]]
     return page, requests
 
 
+def _throttle_uploads(page: Any, bytes_per_s: int, cdp: Any = None) -> Any:
+    """Chromium's own network throttling of the page's uploads (-1: none); its DevTools session."""
+    if cdp is None:
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0, "downloadThroughput": -1,
+                                                  "uploadThroughput": bytes_per_s})
+    return cdp
+
+
 def test_a_large_image_runs_as_jobs_with_an_advancing_progress_bar_and_its_result_is_shown(
     browser: Any, jobs_service_url: str, large_tiff: Path
 ) -> None:
@@ -849,10 +859,7 @@ def test_cancel_during_the_upload_stops_it_and_the_page_takes_the_next_file(
     page, requests = _recording_page(browser, jobs_service_url)
     try:
         # Uploads throttled to 64 kB/s: the file (~2 MB) is still being sent when Cancel is pressed.
-        cdp = page.context.new_cdp_session(page)
-        cdp.send("Network.enable")
-        slow = {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 64 * 1024}
-        cdp.send("Network.emulateNetworkConditions", slow)
+        cdp = _throttle_uploads(page, 64 * 1024)
         page.locator("#file-input").set_input_files(str(large_tiff))
         page.wait_for_function(
             "() => document.getElementById('progress-label').textContent.includes('uploading')")
@@ -865,7 +872,7 @@ def test_cancel_during_the_upload_stops_it_and_the_page_takes_the_next_file(
         cancelled_requests = list(requests)
 
         # Nothing of the cancelled file is left running, and the next file is segmented as usual.
-        cdp.send("Network.emulateNetworkConditions", {**slow, "uploadThroughput": -1})
+        _throttle_uploads(page, -1, cdp)
         page.locator("#file-input").set_input_files(str(tiff))
         shown = _wait_for_count(page)
     finally:
@@ -911,10 +918,7 @@ def test_a_project_past_the_upload_limit_is_sent_once_and_its_images_segmented(
     try:
         # Uploads throttled to 256 kB/s: the file takes seconds to store, and the bar says how far
         # it is and how long is left.
-        cdp = page.context.new_cdp_session(page)
-        cdp.send("Network.enable")
-        slow = {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 256 * 1024}
-        cdp.send("Network.emulateNetworkConditions", slow)
+        _throttle_uploads(page, 256 * 1024)
         page.locator("#file-input").set_input_files(str(project))
         _wait_for_count(page)  # the first image, segmented at once
         labels = [label for _, label in page.evaluate("() => window.__progress")]
