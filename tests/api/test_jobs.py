@@ -138,6 +138,10 @@ def test_bad_input_is_refused_at_submission_and_leaves_nothing_on_disk(
     assert unknown.status_code == 422 and unknown.json()["type"] == "/problems/invalid-options"
     wrong_type = client.post("/jobs", content=b"cells", headers={"Content-Type": "text/plain"})
     assert wrong_type.status_code == 415
+    untyped = client.post("/jobs", content=SMALL)  # an image without a Content-Type: say which
+    assert untyped.status_code == 415 and untyped.json()["type"] == "/problems/unsupported-media-type"
+    empty = client.post("/jobs", content=b"", headers=RAW)
+    assert empty.status_code == 400 and empty.json()["type"] == "/problems/no-image"
     # JSON names a file on the server's volume: off here (no UNET_DATA_ROOT; tests/api/test_jobs_data_root.py)
     by_path = client.post("/jobs", json={"path": "cells.png"})
     assert by_path.status_code == 403 and by_path.json()["type"] == "/problems/data-root-off"
