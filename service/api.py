@@ -35,11 +35,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service import cells3d, imaging, microscopy, objects, pipeline, windows, zstack
+from service import background, cells3d, imaging, microscopy, objects, pipeline, windows, zstack
 from service.batcher import DynamicBatcher
 from service.engine import Engine
 from service.model_metadata import ModelMetadata
-from service.outputs import CELL_KINDS, MAX_EXPAND_PX, measured_keys, object_rows
+from service.outputs import BACKGROUND_KINDS, CELL_KINDS, MAX_EXPAND_PX, measured_keys, object_rows
 from service.outputs import encode as encode_output
 from service.polarity import POLARITIES, Polarity
 from service.preprocess import to_channels
@@ -87,6 +87,8 @@ class Segmentation:
         tiles: how many tiles the model ran on.
         expand: the ``expand`` asked for: :meth:`encode` gives ``objects`` and ``geojson`` with
             the same cells.
+        background_ring: the ``background_ring`` asked for: :meth:`encode` gives ``objects`` and
+            ``geojson`` with the same local backgrounds.
     """
 
     mask: np.ndarray | None
@@ -102,13 +104,15 @@ class Segmentation:
     image: np.ndarray
     tiles: int
     expand: float | None = None  # the cells asked for (``segment(expand=)``), for :meth:`encode`
+    background_ring: float | None = None  # ``segment(background_ring=)``, for :meth:`encode`
 
     def encode(self, output: str, *, bits: int = 8, json_table: bool = False) -> tuple[bytes, str]:
         """``(file bytes, media type)`` exactly as ``POST /segment?output=...`` answers.
 
         ``output``: ``mask``, ``probability``, ``labels``, ``overlay``, ``objects``, ``geojson`` or
         ``rois``; the arrays it is drawn from must have been asked for (``service.outputs.NEEDS``).
-        With :attr:`expand`, ``objects`` and ``geojson`` carry the cells as ``segment`` made them.
+        With :attr:`expand`, ``objects`` and ``geojson`` carry the cells as ``segment`` made them,
+        and with :attr:`background_ring` the measured channels' local backgrounds.
         """
         return encode_output(
             output,
@@ -121,6 +125,7 @@ class Segmentation:
             bits=bits,
             json_table=json_table,
             expand=self.expand if output in CELL_KINDS else None,
+            background_ring=self.background_ring if output in BACKGROUND_KINDS else None,
         )
 
 
@@ -262,6 +267,7 @@ class Segmenter:
         measure: Iterable[str | int] | str | None = None,
         measure_project: Literal["max", "sum"] | None = None,
         expand: float | None = None,
+        background_ring: float | None = None,
         axes: str | None = None,
         diameter: float | None = None,
         threshold: float | None = None,
@@ -298,6 +304,11 @@ class Segmenter:
             expand: a cell around each nucleus, grown by up to this many px into the background and
                 never into a neighbour's: ``objects`` gains ``cell_area``, ``cytoplasm_area`` and,
                 with ``measure``, each channel's intensity over the cytoplasm.
+            background_ring: with ``measure``, each channel's local background around each nucleus:
+                the median of a ring this many px wide starting 2 px outside it (outside its cell
+                with ``expand``; ``service.background``): ``objects`` gains ``background_KEY``,
+                ``mean_intensity_corrected_KEY`` and ``integrated_intensity_corrected_KEY`` per
+                channel (the cytoplasm's two corrected ones too with ``expand``).
             axes: an array's dimensions in the letters ``T Z C Y X S`` (S: colour samples), e.g.
                 ``"ZYX"``, ``"CYX"``, ``"YXC"``; default ``"YX"`` for 2-D, ``"YXS"`` for
                 ``(H, W, 3|4)``; other shapes must say. Only for arrays.
@@ -321,6 +332,7 @@ class Segmenter:
         _check_range("threshold", threshold, 0.0, 1.0, open_interval=True)
         _check_range("diameter", diameter, *DIAMETER_RANGE_PX)
         _check_expand(expand)
+        _check_background_ring(background_ring, measure)
         if pixel_size is not None and not pixel_size > 0:
             raise ValueError(f"pixel_size must be more than 0 µm, got {pixel_size}")
         if polarity not in POLARITIES:
@@ -367,9 +379,12 @@ class Segmenter:
         if "objects" in wanted:
             assert grid.labels is not None
             cells = None if expand is None else objects.expand_cells(grid.labels, expand)
-            rows = object_rows(grid.labels, pixels, grid.probability, plane, cells)
+            rings = None if background_ring is None else background.ring_labels(
+                grid.labels, background_ring, expand or 0.0)
+            rows = object_rows(grid.labels, pixels, grid.probability, plane, cells, rings)
             calibrated = plane.pixel_size is not None
-            dicts = objects.row_dicts(rows, calibrated, measured_keys(plane), cells is not None)
+            dicts = objects.row_dicts(rows, calibrated, measured_keys(plane), cells is not None,
+                                      rings is not None)
             table = [_plain(row) for row in dicts]
         return Segmentation(
             mask=grid.mask if "mask" in wanted else None,
@@ -385,6 +400,7 @@ class Segmenter:
             image=pixels,
             tiles=prediction.tiles,
             expand=expand,
+            background_ring=background_ring,
         )
 
     def segment_stack(
@@ -590,6 +606,17 @@ def _check_outputs(wanted: Iterable[str]) -> frozenset[str]:
 def _check_expand(expand: float | None) -> None:
     if expand is not None and not 0 < expand <= MAX_EXPAND_PX:
         raise ValueError(f"expand must be in (0, {MAX_EXPAND_PX}] px, got {expand}")
+
+
+def _check_background_ring(background_ring: float | None, measure: object) -> None:
+    if background_ring is None:
+        return
+    if not 0 < background_ring <= background.MAX_RING_PX:
+        raise ValueError(
+            f"background_ring must be in (0, {background.MAX_RING_PX}] px, got {background_ring}")
+    if not measure:
+        raise ValueError("background_ring measures the local background of the channels measured: give them "
+                         "with measure")
 
 
 def _check_range(

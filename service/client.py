@@ -97,7 +97,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 #: Columns of the objects table that ``summary.csv`` averages over each image's objects: the
-#: channels measured (``--measure``: ``mean_intensity_KEY``, and over the cytoplasm with ``--expand``).
+#: channels measured (``--measure``: ``mean_intensity_KEY``, over the cytoplasm with ``--expand``, and
+#: less the local background with ``--background-ring``: ``mean_intensity_corrected_KEY``).
 MEASURED_PREFIX = "mean_intensity_"
 
 
@@ -378,6 +379,9 @@ class Config:
     #: --expand: cells, each nucleus grown by this many px (--output objects / geojson / rois; with
     #: --stitch-z grown in 3-D when the slices are linked); None: none
     expand: float | None = None
+    #: --background-ring: each measured channel's local background, a ring this many px wide around
+    #: each nucleus (--output objects / geojson with --measure); None: not sent
+    background_ring: float | None = None
     #: ``--t all`` / ``--z all`` / ``--series all``: "t", "z" or "series", every plane (image) along
     #: it its own job and output
     every_plane: str | None = None
@@ -778,6 +782,8 @@ class Segmenter:
             self.params["diameter"] = f"{config.diameter:g}"
         if config.expand is not None and config.stitch_z is None:  # --stitch-z grows them in 3-D itself
             self.params["expand"] = f"{config.expand:g}"
+        if config.background_ring is not None:
+            self.params["background_ring"] = f"{config.background_ring:g}"
         for name in ("channel", "z", "t", "project", "pixel_size", "polarity", "series", "measure",
                      "measure_project"):
             value = getattr(config, name)
@@ -1122,6 +1128,7 @@ class LocalSegmenter:
             "measure": None if config.stitch_z is not None else config.measure,
             "expand": None if config.stitch_z is not None else config.expand,
             "measure_project": config.measure_project,
+            "background_ring": config.background_ring,
         }
         # Only the arrays this kind is drawn from: labels cost a watershed, probabilities memory.
         self.outputs = tuple(outputs.NEEDS[self.kind.query] & set(api.OUTPUTS))
@@ -1545,6 +1552,11 @@ def _expand_px(text: str) -> float:
     return _number_in(text, 500)
 
 
+def _ring_px(text: str) -> float:
+    """``--background-ring``: pixels in (0, 500], the service's bound (``service.background.MAX_RING_PX``)."""
+    return _number_in(text, 500)
+
+
 def _min_iou(text: str) -> float:
     """``--stitch-z``: an IoU in (0, 1] (or :data:`STITCH_DEFAULT`, the flag alone)."""
     if text == STITCH_DEFAULT:
@@ -1660,6 +1672,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "cytoplasm; QuPath cells in the GeoJSON, a cell ROI after each nucleus's in the ROI "
                        "set, labels/cells in a slide's store; with --stitch-z cells grown in 3-D "
                        "(NAME.cells3d.tif, cell volumes)")
+    plane.add_argument("--background-ring", type=_ring_px, metavar="PX",
+                       help="with --measure and --output objects or geojson: each measured channel's local "
+                       "background around each nucleus, the median of a ring PX pixels wide starting 2 px "
+                       "outside it (outside its cell with --expand): the columns background_NAME, "
+                       "mean_intensity_corrected_NAME and integrated_intensity_corrected_NAME (the mean and "
+                       "the sum less it: corrected total fluorescence)")
     plane.add_argument("--z", type=_plane_index, metavar="Z|all",
                        help="z-slice, 0-based; all: every z-slice, each its own output (NAME_z07...)")
     plane.add_argument("--t", type=_plane_index, metavar="T|all",
@@ -1760,6 +1778,9 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
             and args.stitch_z is None:
         parser.error("--expand gives each nucleus a cell in the table or outlines: it needs --output "
                      "objects, geojson, rois or ome-zarr, or --stitch-z (cells grown in 3-D)")
+    if args.background_ring is not None and (args.measure is None or args.kind not in ("objects", "geojson")):
+        parser.error("--background-ring measures the local background of the channels of --measure: it "
+                     "needs --measure and --output objects or geojson (not slides, not --stitch-z)")
     if args.stitch_z is not None and (args.z != ALL_PLANES or args.kind != "labels"):
         parser.error("--stitch-z links the slices' labels: it needs --z all and --output labels")
     if args.stitch_z is not None and args.shard is not None and not isinstance(args.diameter, float):
@@ -1778,7 +1799,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     return Config(inputs=tuple(args.inputs), out=args.out, urls=tuple(args.urls), kind=args.kind,
                   split=args.split, diameter=None if once else args.diameter, diameter_once=once,
                   channel=args.channel, measure=args.measure, measure_project=args.measure_project,
-                  expand=args.expand,
+                  expand=args.expand, background_ring=args.background_ring,
                   z=None if args.z == ALL_PLANES else args.z, t=None if args.t == ALL_PLANES else args.t,
                   series=None if args.series == ALL_PLANES else args.series,
                   every_plane=every[0] if every else None,

@@ -38,3 +38,16 @@ def intensity_columns(
     finite pixels (``total``) and their ``count``: what every table writes per channel measured."""
     mean_column, sum_column = columns
     return [(mean_column, mean_of(total, count, digits)), (sum_column, round(float(total), digits))]
+
+
+def corrected_columns(
+    columns: tuple[str, str], total: float, count: float, background: float, digits: int = 4
+) -> list[tuple[str, float | None]]:
+    """An object's mean and integrated intensity less its local ``background`` (NaN: none could be
+    measured, and both are None): the mean less it, and the sum less ``count`` × it over the same
+    finite pixels (corrected total fluorescence). A mean over no pixel stays None."""
+    mean_column, sum_column = columns
+    if not np.isfinite(background):
+        return [(mean_column, None), (sum_column, None)]
+    mean = round(float(total) / float(count) - background, digits) if count else None
+    return [(mean_column, mean), (sum_column, round(float(total) - float(count) * background, digits))]

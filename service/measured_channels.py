@@ -60,12 +60,36 @@ def cytoplasm_columns(key: str) -> tuple[str, str]:
     return f"mean_intensity_cytoplasm_{key}", f"integrated_intensity_cytoplasm_{key}"
 
 
-def extra_columns(channel_keys: Sequence[str], cells: bool = False, calibrated: bool = False) -> list[str]:
+def background_column(key: str) -> str:
+    """The column of a measured channel's local background around each object (``background_ring=``,
+    ``service.background``): the median of its ring, in the file's units."""
+    return f"background_{key}"
+
+
+def channel_corrected_columns(key: str) -> tuple[str, str]:
+    """A measured channel's two columns over the nucleus less its local background: the mean less
+    the background, and the sum less area × background (Fiji's corrected total fluorescence)."""
+    return f"mean_intensity_corrected_{key}", f"integrated_intensity_corrected_{key}"
+
+
+def cytoplasm_corrected_columns(key: str) -> tuple[str, str]:
+    """:func:`channel_corrected_columns` over each cell's cytoplasm (``expand=``)."""
+    return f"mean_intensity_cytoplasm_corrected_{key}", f"integrated_intensity_cytoplasm_corrected_{key}"
+
+
+def extra_columns(
+    channel_keys: Sequence[str], cells: bool = False, calibrated: bool = False, background: bool = False
+) -> list[str]:
     """The columns after an object's own, in table order: the cell's (``cells``), then per measured
-    channel its two over the nucleus and, with cells, its two over the cytoplasm."""
+    channel its two over the nucleus and, with cells, its two over the cytoplasm; with
+    ``background`` (``background_ring=``), then its background and the corrected two (and two more
+    over the cytoplasm with cells)."""
     columns = [*CELL_COLUMNS, *(CELL_UM_COLUMNS if calibrated else ())] if cells else []
     for key in channel_keys:
         columns += [*channel_columns(key), *(cytoplasm_columns(key) if cells else ())]
+        if background:
+            columns += [background_column(key), *channel_corrected_columns(key),
+                        *(cytoplasm_corrected_columns(key) if cells else ())]
     return columns
 
 

@@ -35,8 +35,16 @@ from scipy import ndimage
 from skimage.measure import find_contours
 from skimage.segmentation import expand_labels, watershed
 
-from service.intensity_sums import finite_sums, intensity_columns
-from service.measured_channels import channel_columns, cytoplasm_columns, extra_columns
+from service.background import ring_medians
+from service.intensity_sums import corrected_columns, finite_sums, intensity_columns
+from service.measured_channels import (
+    background_column,
+    channel_columns,
+    channel_corrected_columns,
+    cytoplasm_columns,
+    cytoplasm_corrected_columns,
+    extra_columns,
+)
 from service.model_metadata import ModelMetadata
 
 #: How a foreground mask becomes objects (see :class:`ObjectParams`).
@@ -643,6 +651,7 @@ def measure(
     pixel_size_um: tuple[float, float] | None = None,
     channels: Sequence[tuple[str, np.ndarray]] = (),
     cells: np.ndarray | None = None,
+    rings: np.ndarray | None = None,
 ) -> list[ObjectRow]:
     """Per-object measurements.
 
@@ -657,6 +666,9 @@ def measure(
         cells: ``(H, W)`` int, each object's cell (:func:`expand_cells`, the same ids): adds the
             cell's and its cytoplasm's area and, per channel, its intensity over the cytoplasm
             (the cell less its nucleus).
+        rings: ``(H, W)`` int, each object's background ring (``background.ring_labels``, the same
+            ids): adds per channel its local background (the ring's median) and its intensities
+            less it, over the nucleus and, with ``cells``, over the cytoplasm.
     """
     count = int(labels.max(initial=0))
     if count == 0:
@@ -677,8 +689,9 @@ def measure(
     sum_i, finite_i = finite_sums(ids, intensity.ravel()[where], count + 1)
     counted_i = area if finite_i is None else finite_i  # the pixels each intensity mean is over
     sum_p = np.bincount(ids, weights=probability.ravel()[where].astype(np.float64), minlength=count + 1)
-    if cells is not None and cells.shape != labels.shape:
-        raise ValueError(f"the cells are {cells.shape}, the labels {labels.shape}")
+    for name, other in (("cells", cells), ("rings", rings)):
+        if other is not None and other.shape != labels.shape:
+            raise ValueError(f"the {name} are {other.shape}, the labels {labels.shape}")
     if cells is not None:
         # A cell's cytoplasm: its pixels outside every nucleus (its own, and no other's).
         cyto_flat = np.where(flat == 0, cells.ravel(), 0)
@@ -691,7 +704,8 @@ def measure(
             raise ValueError(f"channel {key!r} is {pixels.shape}, the labels {labels.shape}")
         sums = finite_sums(ids, pixels.ravel()[where], count + 1)
         cyto = None if cells is None else finite_sums(cyto_ids, pixels.ravel()[cyto_where], count + 1)
-        per_channel.append((key, sums, cyto))
+        local = None if rings is None else ring_medians(rings, pixels, count)
+        per_channel.append((key, sums, cyto, local))
 
     def extra(i: int, n: float) -> tuple[tuple[str, float | None], ...]:
         values: list[tuple[str, float | None]] = []
@@ -700,12 +714,19 @@ def measure(
             values += [("cell_area", cell_area), ("cytoplasm_area", int(cyto_area[i]))]
             if pixel_size_um is not None:
                 values.append(("cell_area_um2", round(cell_area * pixel_size_um[0] * pixel_size_um[1], 6)))
-        for key, (sums, finite), cyto in per_channel:
-            values += intensity_columns(channel_columns(key), sums[i], n if finite is None else finite[i])
+        for key, (sums, finite), cyto, local in per_channel:
+            counted = n if finite is None else finite[i]
+            values += intensity_columns(channel_columns(key), sums[i], counted)
             if cyto is not None:
                 cyto_sums, cyto_finite = cyto
                 m = int(cyto_area[i]) if cyto_finite is None else int(cyto_finite[i])
                 values += intensity_columns(cytoplasm_columns(key), cyto_sums[i], m)
+            if local is not None:
+                ring = float(local[i])
+                values.append((background_column(key), round(ring, 4) if np.isfinite(ring) else None))
+                values += corrected_columns(channel_corrected_columns(key), sums[i], counted, ring)
+                if cyto is not None:
+                    values += corrected_columns(cytoplasm_corrected_columns(key), cyto_sums[i], m, ring)
         return tuple(values)
 
     boxes = ndimage.find_objects(labels)
@@ -754,21 +775,28 @@ def calibrate(row: ObjectRow, pixel_size_um: tuple[float, float]) -> ObjectRow:
     )
 
 
-def table_fields(calibrated: bool, channel_keys: Sequence[str] = (), cells: bool = False) -> list[str]:
+def table_fields(
+    calibrated: bool, channel_keys: Sequence[str] = (), cells: bool = False, background: bool = False
+) -> list[str]:
     """The object table's columns: pixel ones, plus the micrometre ones when ``calibrated``, plus
-    the cells' (``cells``: ``expand=``) and two or four per channel measured (``channel_keys``):
+    the cells' (``cells``: ``expand=``) and two or four per channel measured (``channel_keys``),
+    three or five more with its local background (``background``: ``background_ring=``):
     ``measured_channels.extra_columns``."""
     own = [f for f in ObjectRow.__dataclass_fields__
            if f not in _NOT_COLUMNS and (calibrated or f not in UM_FIELDS)]
-    return own + extra_columns(channel_keys, cells, calibrated)
+    return own + extra_columns(channel_keys, cells, calibrated, background)
 
 
 def row_dicts(
-    rows: list[ObjectRow], calibrated: bool, channel_keys: Sequence[str] = (), cells: bool = False
+    rows: list[ObjectRow],
+    calibrated: bool,
+    channel_keys: Sequence[str] = (),
+    cells: bool = False,
+    background: bool = False,
 ) -> list[dict]:
     """Rows as dicts with exactly :func:`table_fields` (``output=objects`` as JSON)."""
     own = table_fields(calibrated)
-    extra = extra_columns(channel_keys, cells, calibrated)
+    extra = extra_columns(channel_keys, cells, calibrated, background)
     out = []
     for row in rows:
         values = dict(row.extra_values)
@@ -779,16 +807,20 @@ def row_dicts(
 
 
 def rows_to_csv(
-    rows: list[ObjectRow], calibrated: bool = False, channel_keys: Sequence[str] = (), cells: bool = False
+    rows: list[ObjectRow],
+    calibrated: bool = False,
+    channel_keys: Sequence[str] = (),
+    cells: bool = False,
+    background: bool = False,
 ) -> str:
     """Object table as CSV text with a header row (also for an empty table); the micrometre
     columns when ``calibrated``; the cells' for ``cells``; the measured channels' for
-    ``channel_keys``."""
+    ``channel_keys``, with their local background's for ``background``."""
     buffer = io.StringIO()
-    fields = table_fields(calibrated, channel_keys, cells)
+    fields = table_fields(calibrated, channel_keys, cells, background)
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(row_dicts(rows, calibrated, channel_keys, cells))
+    writer.writerows(row_dicts(rows, calibrated, channel_keys, cells, background))
     return buffer.getvalue()
 
 

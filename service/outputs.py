@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service import imaging, objects, postprocess
+from service import background, imaging, objects, postprocess
 from service.measured_channels import channel_keys
 from service.microscopy import Plane
 from service.preprocess import to_channels
@@ -25,6 +25,8 @@ KINDS = ("mask", "probability", "labels", "overlay", "objects", "geojson", "rois
 CELL_KINDS = ("objects", "geojson", "rois")
 #: Largest ``expand=`` (px): a cell ten nucleus diameters across is no cell any more.
 MAX_EXPAND_PX = 500
+#: The kinds whose table can give each measured channel's local background (``background_ring=``).
+BACKGROUND_KINDS = ("objects", "geojson")
 
 #: The arrays each kind is drawn from (names of ``service.api.Segmentation`` fields).
 NEEDS: dict[str, frozenset[str]] = {
@@ -44,13 +46,16 @@ def object_rows(
     probability: np.ndarray,
     plane: Plane | None,
     cells: np.ndarray | None = None,
+    rings: np.ndarray | None = None,
 ) -> list[objects.ObjectRow]:
     """One measured row per object; in µm too when the plane's pixel size is known, and in each
     channel the plane carries for measuring (``measure=``, columns named by :func:`measured_keys`).
 
     ``image``: the plane segmented, ``(H, W)`` or ``(H, W, C)`` (intensities are taken from
     its grey version); ``probability``: foreground probability on the same grid; ``cells``: each
-    object's cell (``expand=``, ``objects.expand_cells``) for the cell and cytoplasm columns.
+    object's cell (``expand=``, ``objects.expand_cells``) for the cell and cytoplasm columns;
+    ``rings``: each object's background ring (``background.ring_labels``) for each measured
+    channel's local background and corrected intensities.
     """
     size = plane.pixel_size if plane is not None else None
     um = (size.x_um, size.y_um) if size is not None else None
@@ -58,7 +63,8 @@ def object_rows(
         (key, measured.image) for key, measured in zip(measured_keys(plane), plane.measured, strict=True)
     ]
     return objects.measure(
-        labels, to_channels(image, 1), probability, pixel_size_um=um, channels=channels, cells=cells
+        labels, to_channels(image, 1), probability, pixel_size_um=um, channels=channels, cells=cells,
+        rings=rings,
     )
 
 
@@ -81,6 +87,7 @@ def encode(
     bits: int = 8,
     json_table: bool = False,
     expand: float | None = None,
+    background_ring: float | None = None,
 ) -> tuple[bytes, str]:
     """``(body, media type)`` of output ``kind`` (one of :data:`KINDS`).
 
@@ -95,6 +102,10 @@ def encode(
         expand: ``objects`` / ``geojson`` / ``rois``: each object's cell, the object grown by up to
             this many px (``objects.expand_cells``): the cell and cytoplasm columns, QuPath cells
             with their nuclei in the GeoJSON, a cell ROI after each nucleus's.
+        background_ring: ``objects`` / ``geojson`` of a plane with measured channels: each
+            object's local background in each of them, the median of a ring this many px wide
+            around the object, or around its cell with ``expand`` (``service.background``), and
+            its intensities less that background.
 
     Raises:
         ValueError: an unknown ``kind``, or an array it needs is None.
@@ -103,6 +114,10 @@ def encode(
         raise ValueError(f"output must be one of {', '.join(KINDS)}, got {kind!r}")
     if expand is not None and kind not in CELL_KINDS:
         raise ValueError(f"expand gives cells to output {' / '.join(CELL_KINDS)}, not {kind}")
+    if background_ring is not None and (kind not in BACKGROUND_KINDS or not measured_keys(plane)):
+        raise ValueError(f"background_ring measures the background of the channels measured (measure=) in "
+                         f"output {' / '.join(BACKGROUND_KINDS)}; this is output {kind} of "
+                         f"{len(measured_keys(plane))} measured channels")
     given = {"probability": probability, "mask": mask, "labels": labels}
     missing = sorted(name for name in NEEDS[kind] if given[name] is None)
     if missing:
@@ -121,7 +136,10 @@ def encode(
         return objects.encode_labels(labels)  # 16-bit PNG; 32-bit TIFF past 65535 objects
     assert probability is not None
     cells = None if expand is None else objects.expand_cells(labels, expand)
-    rows = object_rows(labels, image, probability, plane, cells)
+    # beyond each cell where cells are grown: a cytoplasmic marker's background lies outside the cell
+    reach = expand or 0.0
+    rings = None if background_ring is None else background.ring_labels(labels, background_ring, reach)
+    rows = object_rows(labels, image, probability, plane, cells, rings)
     calibrated = plane is not None and plane.pixel_size is not None
     if kind == "rois":
         position = plane.position() if plane is not None else None
@@ -130,8 +148,9 @@ def encode(
         properties = {**(plane.describe() if plane else {}), "warnings": list(warnings)}
         collection = objects.to_geojson(labels, rows, properties=properties, cells=cells)
         return json.dumps(collection).encode(), "application/geo+json"
-    keys, with_cells = measured_keys(plane), cells is not None
+    keys, with_cells, with_background = measured_keys(plane), cells is not None, rings is not None
     if json_table:
-        table = objects.row_dicts(rows, calibrated, keys, with_cells)
+        table = objects.row_dicts(rows, calibrated, keys, with_cells, with_background)
         return json.dumps(table).encode(), "application/json"
-    return objects.rows_to_csv(rows, calibrated, keys, with_cells).encode(), "text/csv; charset=utf-8"
+    csv_text = objects.rows_to_csv(rows, calibrated, keys, with_cells, with_background)
+    return csv_text.encode(), "text/csv; charset=utf-8"

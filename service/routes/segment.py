@@ -27,6 +27,7 @@ from fastapi.responses import Response
 from starlette.datastructures import UploadFile
 
 from service import (
+    background,
     filenames,
     imaging,
     metrics,
@@ -129,9 +130,11 @@ class SegmentOptions:
     geojson: bool = False  # output=ome-zarr (jobs): also the objects' outlines as GeoJSON
     min_iou: float | None = None  # output=labels3d (jobs): the overlap linking slices; None: the default
     expand: float | None = None  # output=objects / geojson / rois: cells, each nucleus grown by this many px
+    background_ring: float | None = None  # with measure=: each channel's local background, a ring this wide
 
 
-_OPTION_NAMES = ("output", "threshold", "bits", "tile_size", "overlap", "split", "diameter", "expand")
+_OPTION_NAMES = ("output", "threshold", "bits", "tile_size", "overlap", "split", "diameter", "expand",
+                 "background_ring")
 #: Options of job-only outputs, which POST /segment's own options never include.
 _JOB_OPTION_NAMES = ("geojson", "min_iou")
 #: Which channel / plane of a microscopy file, and its pixel size (service.microscopy).
@@ -238,6 +241,14 @@ _EXPAND_DESCRIPTION = (
     "grows the cells in 3-D (z in the file's z-step) into cells3d.tif, with cell_volume_voxels and "
     "cytoplasm_volume_voxels"
 )
+_BACKGROUND_RING_DESCRIPTION = (
+    "with measure= (output=objects / geojson): each measured channel's local background around each "
+    "nucleus, the median of a ring of this many pixels starting 2 px outside it (outside its cell with "
+    "expand=), each background pixel given to its nearest nucleus: per channel the columns "
+    "background_KEY, mean_intensity_corrected_KEY (the mean less it) and integrated_intensity_corrected_KEY "
+    "(the sum less area × it: corrected total fluorescence), with expand= the cytoplasm's two corrected "
+    "columns too; empty where the ring holds fewer than 10 pixels (a nucleus packed among others)"
+)
 _DIAMETER_DESCRIPTION = (
     "typical nucleus diameter in the image, pixels; the image is resized so its nuclei come out at "
     "the model's trained diameter (GET /v1/model, defaults.nucleus_diameter) and the outputs come back "
@@ -275,6 +286,9 @@ def segment_options(
     split: Split | None = Query(None, description=_SPLIT_DESCRIPTION),
     diameter: float | None = Query(None, ge=1, le=1000, description=_DIAMETER_DESCRIPTION),
     expand: float | None = Query(None, gt=0, le=outputs.MAX_EXPAND_PX, description=_EXPAND_DESCRIPTION),
+    background_ring: float | None = Query(
+        None, gt=0, le=background.MAX_RING_PX, description=_BACKGROUND_RING_DESCRIPTION
+    ),
     geojson: bool = Query(
         False,
         description="output=ome-zarr (POST /jobs) only: also write objects.geojson, every nucleus' outline "
@@ -301,10 +315,11 @@ def segment_options(
     _check_stack_options(output, min_iou, plane)
     _check_measure(output, plane)
     _check_expand(output, expand)
+    _check_background_ring(output, plane, background_ring)
     json_table = "application/json" in accept and "text/csv" not in accept
     return SegmentOptions(
         output, threshold, bits, tile_size, overlap, json_table, split, diameter, plane, geojson=geojson,
-        min_iou=min_iou, expand=expand,
+        min_iou=min_iou, expand=expand, background_ring=background_ring,
     )
 
 
@@ -316,6 +331,26 @@ def _check_expand(output: Output, expand: float | None) -> None:
             f"expand= gives each nucleus a cell in output={kinds}; output={output.value} has none",
             errors=[{"loc": ["query", "expand"], "msg": f"only with output={kinds}", "type": "value_error"}],
         )
+
+
+def _check_background_ring(
+    output: Output, plane: microscopy.Selection, background_ring: float | None
+) -> None:
+    """``background_ring=`` measures the channels of ``measure=``, in the answers of one image's table."""
+    if background_ring is None:
+        return
+    if not plane.measure:
+        detail = ("background_ring= measures the local background of the channels measured: give them "
+                  "with measure=")
+    elif output.value not in outputs.BACKGROUND_KINDS:
+        allowed = ", ".join(outputs.BACKGROUND_KINDS)
+        detail = (f"background_ring= is measured in output={allowed}; slide and stack jobs "
+                  f"(output={output.value}) do not measure it")
+    else:
+        return
+    raise InvalidOptions(
+        detail, errors=[{"loc": ["query", "background_ring"], "msg": detail, "type": "value_error"}]
+    )
 
 
 def _check_measure(output: Output, plane: microscopy.Selection) -> None:
@@ -360,17 +395,21 @@ def batch_options(
         None, ge=1, le=1000, description="as for POST /segment (one for every file; default: per file)"
     ),
     expand: float | None = Query(None, gt=0, le=outputs.MAX_EXPAND_PX, description="as for POST /segment"),
+    background_ring: float | None = Query(
+        None, gt=0, le=background.MAX_RING_PX, description="as for POST /segment"
+    ),
     plane: microscopy.Selection = Depends(plane_selection),
     _known: None = Depends(only_query_params(*_OPTION_NAMES, *_PLANE_OPTION_NAMES)),
 ) -> SegmentOptions:
     _check_bits(bits)
     options = SegmentOptions(
         output, threshold, bits, tile_size, overlap, split=split, diameter=diameter, plane=plane,
-        expand=expand,
+        expand=expand, background_ring=background_ring,
     )
     refuse_job_only(options)
     _check_measure(output, plane)
     _check_expand(output, expand)
+    _check_background_ring(output, plane, background_ring)
     return options
 
 
@@ -462,7 +501,9 @@ def run_pipeline(
     # The measured planes (measure=) are held through the request too, and cells (expand=) take a
     # distance transform of the image: admitted with the model's pixels.
     pixels = image.shape[0] * image.shape[1]
-    extra = admitted_extra(len(plane.measured), pixels) + (cells_admitted(pixels) if options.expand else 0)
+    # A background ring (background_ring=) takes another such transform, the cells held meanwhile.
+    transforms = (options.expand is not None) + (options.background_ring is not None)
+    extra = admitted_extra(len(plane.measured), pixels) + transforms * cells_admitted(pixels)
 
     def reserve_with_extras(pixels: int) -> None:
         assert reserve is not None
@@ -619,6 +660,7 @@ def render(
         bits=options.bits,
         json_table=options.json_table,
         expand=options.expand,
+        background_ring=options.background_ring,
     )
     return body, media_type, count
 

@@ -1021,8 +1021,9 @@ function save(blob, name) {
 
 /**
  * What a saved table or outline set adds: every channel's intensity per nucleus (the box shows for
- * multi-channel files) and a cell around each nucleus. Only downloads ask for them (neither changes
- * the prediction: the outlines shown keep theirs, cached on the server).
+ * multi-channel files), with its local background if a ring is given, and a cell around each
+ * nucleus. Only downloads ask for them (none changes the prediction: the outlines shown keep theirs,
+ * cached on the server).
  */
 function downloadExtras(output) {
   const extra = {};
@@ -1030,6 +1031,8 @@ function downloadExtras(output) {
     if (!$("channel-box").hidden && $("measure-all").checked) {
       extra.measure = "all";
       if (!$("measure-sum-box").hidden && $("measure-sum").checked) extra.measure_project = "sum";
+      const ring = Number($("background-ring").value);
+      if ($("background-ring").value !== "" && ring > 0) extra.background_ring = String(ring);
     }
   }
   if (output === "objects" || output === "geojson" || output === "rois") {
