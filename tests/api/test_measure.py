@@ -262,9 +262,14 @@ def test_expand_outside_its_outputs_or_range_is_a_422(server: Server, output: st
     assert r.json()["errors"][0]["loc"][-1] == "expand"
 
 
-def test_measured_planes_and_cells_are_admitted_with_the_models_pixels(start_server, slow_model) -> None:
+@pytest.mark.parametrize(("extras", "transforms"), [({"expand": "3"}, 1),
+                                                    ({"expand": "3", "background_ring": "5"}, 2)])
+def test_measured_planes_and_cells_are_admitted_with_the_models_pixels(
+    start_server, slow_model, extras: dict, transforms: int
+) -> None:
     """The request's admission grows to the model's pixels plus what the measured planes and the
-    cells' distance transform hold (4 and 28 of admission's ~48 bytes a pixel), seen in the gauge."""
+    cells' distance transform hold (4 and 28 of admission's ~48 bytes a pixel), seen in the gauge;
+    a background ring (``background_ring=``) takes a second transform while the cells are held."""
     from tests.api.test_auth_metrics import metric
 
     srv = start_server({"UNET_MODEL_PATH": str(slow_model), "UNET_ADMISSION_MAX_WAIT_S": "600",
@@ -273,11 +278,11 @@ def test_measured_planes_and_cells_are_admitted_with_the_models_pixels(start_ser
     stack = np.stack([im.blobs(size, size, seed=s, dtype=np.uint16) for s in (1, 2, 3)])
     data = tiff(stack, imagej=True, metadata={"axes": "CYX"})
     pixels = size * size
-    expected = pixels + 3 * pixels * 4 // 48 + pixels * 28 // 48  # as README and the docstrings say
+    expected = pixels + 3 * pixels * 4 // 48 + transforms * (pixels * 28 // 48)  # as README and docs say
     with ThreadPoolExecutor(1) as pool:
         answer = pool.submit(lambda: httpx.post(
             f"{srv.url}/segment", content=data, timeout=600, headers={"Content-Type": "image/tiff"},
-            params={"output": "objects", "channel": "0", "measure": "all", "expand": "3"}))
+            params={"output": "objects", "channel": "0", "measure": "all", **extras}))
         seen = 0
         while not answer.done():
             # both lanes: which one an image of this size takes is admission's business

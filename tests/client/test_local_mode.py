@@ -113,6 +113,12 @@ def test_local_mode_options_reach_the_pipeline(tmp_path: Path) -> None:
     rows = (tmp_path / "o3" / "cells.csv").read_text().splitlines()
     assert rows[0].endswith(",mean_intensity_c0,integrated_intensity_c0") and len(rows) == 1 + count
     assert all(row.endswith(",0.0,0.0") for row in rows[1:])  # the first channel is all zeros
+    ringed = unet_segment(str(folder), "--out", str(tmp_path / "o4"), "--output", "objects",
+                          "--channel", "1", "--measure", "0", "--background-ring", "4")
+    assert ringed.returncode == 0, ringed.stderr
+    rows = (tmp_path / "o4" / "cells.csv").read_text().splitlines()
+    assert rows[0].endswith(",background_c0,mean_intensity_corrected_c0,integrated_intensity_corrected_c0")
+    assert all(row.endswith(",0.0,0.0,0.0,0.0,0.0") for row in rows[1:])
 
 
 def test_local_mode_segments_each_image_of_a_project_as_a_server_does(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import csv
 import io
 import json
 from collections.abc import Iterator
@@ -135,6 +136,22 @@ def test_measure_adds_each_channels_mean_and_sum_per_nucleus(segmenter: Segmente
     assert "cytoplasm_area" in cells.encode("objects")[0].decode().splitlines()[0]
     with pytest.raises(ValueError, match="expand must be"):
         segmenter.segment(stack, axes="CYX", channel=0, expand=0)
+
+    # each nucleus's local background in the marker, and its intensities less it; encoded later, the same
+    ringed = segmenter.segment(stack, axes="CYX", channel=0, measure=[1], background_ring=5,
+                               outputs=("labels", "objects", "probability"))
+    assert ringed.objects is not None
+    assert [r["id"] for r in ringed.objects] == [r["id"] for r in result.objects]
+    for row in ringed.objects:
+        assert row["background_c1"] is not None  # the nuclei stand apart: room for a ring round each
+        corrected = row["mean_intensity_c1"] - row["background_c1"]
+        assert row["mean_intensity_corrected_c1"] == pytest.approx(corrected)
+    encoded = list(csv.DictReader(io.StringIO(ringed.encode("objects")[0].decode())))
+    assert [float(r["background_c1"]) for r in encoded] == [r["background_c1"] for r in ringed.objects]
+    with pytest.raises(ValueError, match="give them with measure"):
+        segmenter.segment(stack, axes="CYX", channel=0, background_ring=5)
+    with pytest.raises(ValueError, match="background_ring must be"):
+        segmenter.segment(stack, axes="CYX", channel=0, measure=[1], background_ring=501)
 
     # a z-stack segmented on its maximum, the marker measured on its sum over Z
     zstack = np.stack([stack, stack[:, ::-1]])  # Z C Y X
