@@ -405,16 +405,30 @@ def test_channel_picker_lists_the_files_channels_and_segments_the_one_chosen(
                             "mean_intensity_DAPI", "integrated_intensity_DAPI"]
         assert [url for url in requests if "measure=all" in url] and all(
             "output=objects" in url for url in requests if "measure=" in url)
-        # ... and cells around the nuclei, with each channel over their cytoplasm
+        # ... each less its local background around each nucleus
+        requests.clear()
+        page.get_by_label("… less the local background: a ring of (px)").fill("4")
+        with page.expect_download() as info:
+            page.locator("#download-objects").click()
+        ringed = Path(info.value.path()).read_text().splitlines()[0].split(",")
+        assert ringed == [*measured[:-2], "background_Cytoplasm", "mean_intensity_corrected_Cytoplasm",
+                          "integrated_intensity_corrected_Cytoplasm", *measured[-2:], "background_DAPI",
+                          "mean_intensity_corrected_DAPI", "integrated_intensity_corrected_DAPI"]
+        assert [url for url in requests if "background_ring=4" in url and "measure=all" in url]
+        # ... and cells around the nuclei, with each channel over their cytoplasm, the ring beyond them
         page.get_by_label("Cells: grow each nucleus by (px)").fill("3")
         with page.expect_download() as info:
             page.locator("#download-geojson").click()
         cells = json.loads(Path(info.value.path()).read_text())["features"]
         assert cells and cells[0]["properties"]["objectType"] == "cell" and "nucleusGeometry" in cells[0]
         assert "mean_intensity_cytoplasm_Cytoplasm" in cells[0]["properties"]["measurements"]
+        assert "mean_intensity_cytoplasm_corrected_Cytoplasm" in cells[0]["properties"]["measurements"]
+        requests.clear()
         with page.expect_download() as info:
             page.locator("#download-rois").click()
         assert info.value.suggested_filename == "two-channel_rois.zip"
+        # an ROI set has no table: neither the channels nor their background are asked for
+        assert not [url for url in requests if "measure=" in url or "background_ring" in url]
     finally:
         page.close()
 
