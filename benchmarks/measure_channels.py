@@ -1,6 +1,7 @@
-"""What do ``measure=`` and ``expand=`` cost? ``POST /segment?output=objects`` on a multi-channel image
-without them, with one other channel, with every channel, and with every channel over cells grown
-5 px around the nuclei, in ONE run on one real ``python -m service``.
+"""What do ``measure=``, ``expand=`` and ``background_ring=`` cost? ``POST /segment?output=objects`` on a
+multi-channel image without them, with one other channel, with every channel, with every channel over
+cells grown 5 px around the nuclei, and each channel's local background in an 8 px ring (around the
+nuclei, and beyond the cells), in ONE run on one real ``python -m service``.
 
 A ``--size``² synthetic nuclei image (``_common.nuclei_image``) is the DAPI channel of an ImageJ
 TIFF whose other ``--markers`` channels are noise (uint16), sent with ``channel=DAPI`` and a fixed
@@ -8,8 +9,8 @@ TIFF whose other ``--markers`` channels are noise (uint16), sent with ``channel=
 request would be answered from it). Interleaved for ``--repeat`` rounds after a warm-up of each;
 each variant's time over the plain request's, by median, is what measuring adds: reading the
 channels' pages and two sums per channel over the nuclei's pixels (four with cells, and the cells'
-distance transform). Prints a markdown table. The
-model is the bundled one (int8 on a CPU, as served).
+distance transform; the ring's own distance transform and a median per nucleus and channel). Prints
+a markdown table. The model is the bundled one (int8 on a CPU, as served).
 
     .venv/bin/python benchmarks/measure_channels.py [--size 2048] [--markers 3] [--repeat 3]
 """
@@ -58,7 +59,9 @@ def main() -> None:
     body = multichannel_tiff(args.size, args.markers)
     variants: dict[str, dict[str, str]] = {
         "no measure": {}, "measure=marker1": {"measure": "marker1"}, "measure=all": {"measure": "all"},
-        "measure=all&expand=5": {"measure": "all", "expand": "5"}}
+        "measure=all&expand=5": {"measure": "all", "expand": "5"},
+        "measure=all&background_ring=8": {"measure": "all", "background_ring": "8"},
+        "measure=all&expand=5&background_ring=8": {"measure": "all", "expand": "5", "background_ring": "8"}}
     times: dict[str, list[float]] = {name: [] for name in variants}
     columns: dict[str, int] = {}
     with Service(DEFAULT_MODEL_PATH, args.threads, {"UNET_PREDICTION_CACHE_MB": "0"}) as service:

@@ -119,6 +119,8 @@ def test_local_mode_options_reach_the_pipeline(tmp_path: Path) -> None:
     rows = (tmp_path / "o4" / "cells.csv").read_text().splitlines()
     assert rows[0].endswith(",background_c0,mean_intensity_corrected_c0,integrated_intensity_corrected_c0")
     assert all(row.endswith(",0.0,0.0,0.0,0.0,0.0") for row in rows[1:])
+    # the folder's summary averages the corrected mean too, as every measured mean
+    assert "mean_intensity_corrected_c0" in (tmp_path / "o4" / "summary.csv").read_text().splitlines()[0]
 
 
 def test_local_mode_segments_each_image_of_a_project_as_a_server_does(

@@ -58,17 +58,27 @@ def test_an_image_without_objects_has_no_ring_and_a_width_must_be_positive() -> 
         background.ring_labels(np.ones((8, 8), np.int32), 2, inner=-1)
 
 
-def test_the_median_of_each_ring_over_its_finite_pixels() -> None:
+@pytest.mark.parametrize(("dtype", "low", "high"), [
+    (np.uint8, 0, 255), (np.uint16, 0, 65535), (np.int16, -32768, 32767), (np.uint32, 0, 2**32 - 1),
+    (np.int32, -(2**31), 2**31 - 1), (np.int64, -(2**40), 2**40), (np.float32, -1e6, 1e6), (np.float64, 0, 1),
+])
+def test_the_median_of_each_ring_over_its_finite_pixels(dtype: type, low: float, high: float) -> None:
+    """Every pixel type a plane is read as, its whole range: integers sort in one key with the id
+    (``_by_id_then_value``), anything else by rank."""
     rng = np.random.default_rng(4)
-    rings = rng.integers(0, 4, (40, 40)).astype(np.int32)
-    values = rng.normal(100, 20, (40, 40)).astype(np.float32)
-    values[5, :] = np.nan  # left out, as every intensity leaves non-finite pixels out
-    values[6, :3] = np.inf
-    medians = background.ring_medians(rings, values, 3)
+    rings = rng.integers(0, 5, (40, 40)).astype(np.int32)
+    if np.dtype(dtype).kind == "f":
+        values = rng.uniform(low, high, (40, 40)).astype(dtype)
+        values[5, :] = np.nan  # left out, as every intensity leaves non-finite pixels out
+        values[6, :3] = np.inf
+    else:
+        values = rng.integers(low, high, (40, 40), endpoint=True, dtype=np.int64).astype(dtype)
+        values[0, :4] = [low, high, low, high]  # both ends of the range, in one ring or another
+    medians = background.ring_medians(rings, values, 4)
     assert np.isnan(medians[0])
-    for i in (1, 2, 3):
-        pixels = values[(rings == i) & np.isfinite(values)].astype(np.float64)
-        assert medians[i] == pytest.approx(float(np.median(pixels)), abs=1e-9)
+    for i in (1, 2, 3, 4):
+        pixels = values[(rings == i) & np.isfinite(values.astype(np.float64))].astype(np.float64)
+        assert medians[i] == float(np.median(pixels))
 
 
 def test_a_ring_too_small_has_no_background() -> None:
