@@ -18,6 +18,8 @@ nucleus in the ring shifts it little.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import ndimage
 
@@ -73,6 +75,15 @@ def ring_medians(rings: np.ndarray, values: np.ndarray, count: int) -> np.ndarra
     high = starts[enough] + sizes[enough] // 2
     medians[enough] = (ordered[low] + ordered[high]) / 2
     return medians
+
+
+def median_of(values: np.ndarray) -> float:
+    """The median of one ring's ``values`` over its finite ones (float64), NaN with fewer than
+    :data:`MIN_RING_PIXELS` of them: what :func:`ring_medians` gives each object, for a ring
+    gathered piece by piece (a slide's bands, ``service.object_stream``)."""
+    pixels = values.astype(np.float64).ravel()
+    pixels = pixels[np.isfinite(pixels)]
+    return float(np.median(pixels)) if pixels.size >= MIN_RING_PIXELS else math.nan
 
 
 def _by_id_then_value(ids: np.ndarray, pixels: np.ndarray) -> np.ndarray:

@@ -380,7 +380,7 @@ class Config:
     #: --stitch-z grown in 3-D when the slices are linked); None: none
     expand: float | None = None
     #: --background-ring: each measured channel's local background, a ring this many px wide around
-    #: each nucleus (--output objects / geojson with --measure); None: not sent
+    #: each nucleus (--output objects / geojson / ome-zarr with --measure); None: not sent
     background_ring: float | None = None
     #: ``--t all`` / ``--z all`` / ``--series all``: "t", "z" or "series", every plane (image) along
     #: it its own job and output
@@ -1673,8 +1673,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "set, labels/cells in a slide's store; with --stitch-z cells grown in 3-D "
                        "(NAME.cells3d.tif, cell volumes)")
     plane.add_argument("--background-ring", type=_ring_px, metavar="PX",
-                       help="with --measure and --output objects or geojson: each measured channel's local "
-                       "background around each nucleus, the median of a ring PX pixels wide starting 2 px "
+                       help="with --measure and --output objects, geojson or ome-zarr: each measured "
+                       "channel's local background around each nucleus, the median of a ring PX pixels wide "
+                       "starting 2 px "
                        "outside it (outside its cell with --expand): the columns background_NAME, "
                        "mean_intensity_corrected_NAME and integrated_intensity_corrected_NAME (the mean and "
                        "the sum less it: corrected total fluorescence)")
@@ -1778,9 +1779,10 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
             and args.stitch_z is None:
         parser.error("--expand gives each nucleus a cell in the table or outlines: it needs --output "
                      "objects, geojson, rois or ome-zarr, or --stitch-z (cells grown in 3-D)")
-    if args.background_ring is not None and (args.measure is None or args.kind not in ("objects", "geojson")):
+    if args.background_ring is not None and (args.measure is None
+                                             or args.kind not in ("objects", "geojson", "ome-zarr")):
         parser.error("--background-ring measures the local background of the channels of --measure: it "
-                     "needs --measure and --output objects or geojson (not slides, not --stitch-z)")
+                     "needs --measure and --output objects, geojson or ome-zarr (not --stitch-z)")
     if args.stitch_z is not None and (args.z != ALL_PLANES or args.kind != "labels"):
         parser.error("--stitch-z links the slices' labels: it needs --z all and --output labels")
     if args.stitch_z is not None and args.shard is not None and not isinstance(args.diameter, float):

@@ -264,7 +264,7 @@ class LocalSlideSegmenter:
         self.options = SegmentOptions(
             Output.ome_zarr, None, 8, None, None,
             split=None if config.split is None else Split(config.split), diameter=config.diameter,
-            plane=plane, geojson=config.geojson, expand=config.expand,
+            plane=plane, geojson=config.geojson, expand=config.expand, background_ring=config.background_ring,
         )
         try:  # what the server refuses before reading any file (422: --split or --diameter this model lacks)
             checked_engine(self.runtime, self.options)

@@ -174,10 +174,10 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "Crop or downscale the image, or ask the operator to raise UNET_MAX_PIXELS."),
     "cells-too-large": ProblemType(
         "Cells too large for this slide", 413,
-        "Cells grown this far (expand=) on a slide this wide hold more rows back than one job is "
-        "admitted for.",
-        "Ask a smaller expand= (the detail names the largest that fits), or ask the operator to raise "
-        "UNET_MAX_PIXELS."),
+        "Cells grown this far (expand=), or background rings reaching this far beyond them "
+        "(background_ring=), on a slide this wide hold more rows back than one job is admitted for.",
+        "Ask a smaller expand= or background_ring= (the detail names the largest reach that fits), or ask "
+        "the operator to raise UNET_MAX_PIXELS."),
     "stack-cells-too-far": ProblemType(
         "Cells reach too far for this stack", 413,
         "Cells grown this far (expand=) in 3-D on this stack would reach so many slices and pixels "

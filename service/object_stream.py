@@ -14,18 +14,33 @@ With cells (``expand=``: each band's cells from ``service.cell_bands``) an objec
 cell's area and box and, per measured channel, the sums over its cytoplasm (the cell's pixels
 outside every nucleus), as ``objects.measure`` with ``cells``; it stays open while its cell's rows
 arrive, which reach up to the expansion distance beyond its nucleus's.
+
+With background rings (``background_ring=``: each band's rings from ``service.cell_bands`` too) an
+object gathers its ring's pixels in each measured channel — a median is no sum, so the pixels
+themselves, a few hundred to a few thousand per object, until it is finished — and stays open while
+its ring's rows arrive. The straight line from a ring pixel to the nearest pixel of its nucleus runs
+through pixels nearer that nucleus than any other (its ring, its cell, or the 2 px gap between), so
+its rows follow on from the nucleus's with a gap of at most those 2 px.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
-from service.intensity_sums import finite_sums, intensity_columns
-from service.measured_channels import channel_columns, cytoplasm_columns
+from service.background import median_of
+from service.intensity_sums import corrected_columns, finite_sums, intensity_columns
+from service.measured_channels import (
+    background_column,
+    channel_columns,
+    channel_corrected_columns,
+    cytoplasm_columns,
+    cytoplasm_corrected_columns,
+)
 from service.objects import INTENSITY_COLUMNS, ObjectRow, calibrate, ellipse
 
 #: An object not seen for this many rows (and absent from a whole band) is finished.
@@ -58,6 +73,10 @@ class _Sums:
     cyto_area: int = 0
     cyto_i: list[float] = field(default_factory=list)
     cyto_finite: list[int] = field(default_factory=list)
+    # The background ring (with rings only): its pixels so far in each measured channel, in key
+    # order, and one past its last row seen.
+    ring_pixels: list[list[np.ndarray]] = field(default_factory=list)
+    ry1: int = -1
 
     @property
     def top(self) -> int:
@@ -66,8 +85,8 @@ class _Sums:
 
     @property
     def bottom(self) -> int:
-        """One past the object's last row seen (nucleus or cell)."""
-        return max(self.y1, self.cy1)
+        """One past the object's last row seen (nucleus, cell or background ring)."""
+        return max(self.y1, self.cy1, self.ry1)
 
 
 def _relative_ids(labels: np.ndarray) -> tuple[int, int, np.ndarray] | None:
@@ -108,6 +127,8 @@ class ObjectStream:
     measured besides (``measure=``; each band then brings their rows, in this order), whose
     columns ``measured_channels.channel_columns`` names. ``cell_distance``: the cells' expansion
     (``expand=``; each band then brings its cells), for the cell and cytoplasm columns.
+    ``background``: each band brings each object's background ring (``background_ring=``), for the
+    measured channels' background and corrected columns.
     """
 
     def __init__(
@@ -115,6 +136,7 @@ class ObjectStream:
         pixel_size_um: tuple[float, float] | None = None,
         channel_keys: Sequence[str] = (),
         cell_distance: float | None = None,
+        background: bool = False,
     ) -> None:
         self.pixel_size_um = pixel_size_um
         self.channel_keys = tuple(channel_keys)
@@ -122,6 +144,7 @@ class ObjectStream:
         # nearest pixel of its nucleus runs through the same cell (every point on it is nearer that
         # nucleus still), so a cell's rows follow on from its nucleus's without a gap.
         self.cells = cell_distance is not None
+        self.background = background
         self._open: dict[int, _Sums] = {}
         self._next_row = 0
         self._width = 0
@@ -135,11 +158,13 @@ class ObjectStream:
         probability: np.ndarray,
         channels: Sequence[np.ndarray] = (),
         cells: np.ndarray | None = None,
+        rings: np.ndarray | None = None,
     ) -> list[ObjectRow]:
         """Take the band of rows ``y0 ..`` (``labels`` int, ``intensity`` grey, ``probability``
         float, all ``(h, W)``; ``channels``: the measured channels' rows, one per
-        ``channel_keys``; ``cells``: the band's cells, with ``cell_distance``); the rows of the
-        objects this band shows to be finished."""
+        ``channel_keys``; ``cells``: the band's cells, with ``cell_distance``; ``rings``: its
+        background rings, with ``background``); the rows of the objects this band shows to be
+        finished."""
         if y0 != self._next_row:
             raise ValueError(
                 f"bands must arrive in order without gaps: expected row {self._next_row}, got {y0}"
@@ -157,6 +182,9 @@ class ObjectStream:
         if self.cells != (cells is not None) or (cells is not None and cells.shape != labels.shape):
             raise ValueError(f"a stream {'with' if self.cells else 'without'} cells got cells "
                              f"{None if cells is None else cells.shape} for labels {labels.shape}")
+        if self.background != (rings is not None) or (rings is not None and rings.shape != labels.shape):
+            raise ValueError(f"a stream {'with' if self.background else 'without'} rings got rings "
+                             f"{None if rings is None else rings.shape} for labels {labels.shape}")
         height, width = labels.shape
         self._next_row, self._width = y0 + height, width
         seen: set[int] = set()
@@ -197,6 +225,8 @@ class ObjectStream:
                 seen.add(object_id)
         if cells is not None:
             seen |= self._add_cells(y0, labels, cells, channels)
+        if rings is not None:
+            seen |= self._add_rings(y0, rings, channels)
         done = [
             object_id for object_id, sums in self._open.items()
             if object_id not in seen and sums.bottom <= y0 - FINISHED_AFTER_ROWS
@@ -232,6 +262,34 @@ class ObjectStream:
             shown.add(object_id)
         return shown
 
+    def _add_rings(self, y0: int, rings: np.ndarray, channels: Sequence[np.ndarray]) -> set[int]:
+        """Keep the band's ring pixels of each measured channel with their objects; the ids it shows."""
+        relative = _relative_ids(rings)
+        if relative is None:
+            return set()
+        base, n, rel = relative
+        flat = rel.ravel()
+        where = np.flatnonzero(flat)
+        order = np.argsort(flat[where], kind="stable")
+        where = where[order]  # grouped by object
+        counts = np.bincount(flat[where], minlength=n)
+        ends = np.cumsum(counts)
+        pieces = [values.ravel()[where] for values in channels]
+        shown = set()
+        for k, box in enumerate(ndimage.find_objects(rel), start=1):
+            if box is None:
+                continue
+            object_id = k + base - 1
+            sums = self._open.setdefault(object_id, _Sums())
+            sums.ry1 = max(sums.ry1, y0 + box[0].stop)
+            start = ends[k] - counts[k]
+            if not sums.ring_pixels:
+                sums.ring_pixels = [[] for _ in channels]
+            for kept, values in zip(sums.ring_pixels, pieces, strict=True):
+                kept.append(values[start : ends[k]])
+            shown.add(object_id)
+        return shown
+
     @property
     def first_open_row(self) -> int:
         """The top row of the highest object still open, its cell's with cells (the next row when
@@ -257,6 +315,13 @@ class ObjectStream:
             if self.cells:
                 total, finite = (sums.cyto_i[c], sums.cyto_finite[c]) if sums.cyto_i else (0.0, 0)
                 values += intensity_columns(cytoplasm_columns(key), total, finite)
+            if self.background:
+                ring = median_of(np.concatenate(sums.ring_pixels[c])) if sums.ring_pixels else math.nan
+                values.append((background_column(key), round(ring, 4) if math.isfinite(ring) else None))
+                values += corrected_columns(channel_corrected_columns(key), sums.sum_i[c + 1],
+                                            sums.finite_i[c + 1], ring)
+                if self.cells:
+                    values += corrected_columns(cytoplasm_corrected_columns(key), total, finite, ring)
         return tuple(values)
 
     def _rows(self, ids: list[int], last: bool = False) -> Iterator[ObjectRow]:

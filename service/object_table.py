@@ -22,7 +22,8 @@ class ObjectTableWriter:
 
     ``calibrated``: write the micrometre columns (the rows must carry them: ``objects.measure``
     with a pixel size, or ``objects.calibrate``); ``channel_keys``: the measured channels' columns
-    (the rows carry their values); ``cells``: the cell and cytoplasm columns (``expand=``). Each
+    (the rows carry their values); ``cells``: the cell and cytoplasm columns (``expand=``);
+    ``background``: the measured channels' background and corrected columns (``background_ring=``). Each
     :meth:`write` is flushed, so a reader (or a job's progress) sees every finalised band, and a
     crash loses no written row.
     """
@@ -33,14 +34,16 @@ class ObjectTableWriter:
         calibrated: bool = False,
         channel_keys: Sequence[str] = (),
         cells: bool = False,
+        background: bool = False,
     ) -> None:
         self.path = Path(path)
         self.calibrated = calibrated
         self.channel_keys = tuple(channel_keys)
         self.cells = cells
+        self.background = background
         self.rows_written = 0
         self._file: TextIO = open(self.path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        fields = table_fields(calibrated, self.channel_keys, cells)
+        fields = table_fields(calibrated, self.channel_keys, cells, background)
         self._writer = csv.DictWriter(self._file, fieldnames=fields, lineterminator="\n")
         self._writer.writeheader()
         self._file.flush()
@@ -50,7 +53,8 @@ class ObjectTableWriter:
         batch = list(rows)
         if self.calibrated and any(row.area_um2 is None for row in batch):
             raise ValueError("a calibrated table needs rows with their micrometre fields (objects.calibrate)")
-        self._writer.writerows(row_dicts(batch, self.calibrated, self.channel_keys, self.cells))
+        rows = row_dicts(batch, self.calibrated, self.channel_keys, self.cells, self.background)
+        self._writer.writerows(rows)
         self._file.flush()
         self.rows_written += len(batch)
         return len(batch)

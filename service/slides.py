@@ -12,7 +12,9 @@ holds a full-size array: the slide is a :class:`~service.regions.RegionSource` (
 
 With ``expand=`` each band waits there until the rows below it decide its cells
 (``service.cell_bands``); the cells go to the store (``labels/cells``), the table (cell and
-cytoplasm columns) and the GeoJSON (QuPath cells), as ``POST /segment`` gives them.
+cytoplasm columns) and the GeoJSON (QuPath cells), as ``POST /segment`` gives them; with
+``background_ring=`` likewise for its background rings (their pixels go to the table's background
+columns).
 
 Both take each band in a thread of their own (:class:`_Behind`), a band or two behind the model:
 the store's compression and pyramid and the table overlap the model's next tiles and the object
@@ -137,6 +139,7 @@ def segment_slide(
     polarity: Polarity = "bright",
     channels: Sequence[tuple[str, RegionSource]] = (),
     expand: float | None = None,
+    background_ring: float | None = None,
 ) -> SlideResult:
     """Segment ``source`` band by band into ``folder``/:data:`STORE_NAME` and :data:`TABLE_NAME`.
 
@@ -153,7 +156,10 @@ def segment_slide(
     their columns named by ``measured_channels.channel_columns``. ``expand``: each nucleus's
     cell, grown by up to this many px (``objects.expand_cells``, computed band by band by
     ``cell_bands.CellBands``): the store's ``labels/cells``, the cell and cytoplasm columns, and
-    QuPath cells in the GeoJSON.
+    QuPath cells in the GeoJSON. ``background_ring``: each measured channel's local background
+    around each nucleus (beyond its cell with ``expand``), in a ring this many px wide
+    (``background.ring_labels``, band by band), and its intensities less it, as columns of the table
+    and measurements in the GeoJSON.
     """
     height, width = (int(n) for n in source.shape[:2])
     warnings: list[str] = []
@@ -191,39 +197,41 @@ def segment_slide(
         outputs=DEFAULT_OUTPUTS if expand is None else (*DEFAULT_OUTPUTS, "cells"),
     )
     keys = [key for key, _ in channels]
-    stream = ObjectStream(pixel_size_um, keys, cell_distance=expand)
-    held: CellBands[_Band] | None = None if expand is None else CellBands(expand)
+    stream = ObjectStream(pixel_size_um, keys, cell_distance=expand, background=background_ring is not None)
+    held: CellBands[_Band] | None = None
+    if expand is not None or background_ring is not None:
+        held = CellBands(expand, ring_width=background_ring)
     geojson_path = folder / GEOJSON_NAME if geojson else None
     outlines = _Outlines(geojson_path, cells=expand is not None) if geojson_path is not None else None
     try:
         with ObjectTableWriter(table_path, calibrated=pixel_size_um is not None, channel_keys=keys,
-                               cells=expand is not None) as table:
+                               cells=expand is not None, background=background_ring is not None) as table:
 
-            def store(band: _Band, cells: np.ndarray | None) -> None:
+            def store(band: _Band, cells: np.ndarray | None, rings: np.ndarray | None = None) -> None:
                 rows = band.rows
                 assert rows.labels is not None and rows.probability is not None
                 writer.write_rows(rows.y0, rows.mask, rows.labels, rows.probability, cells)
                 if outlines is not None:
                     outlines.append(rows.y0, rows.labels, cells)
                 finished = stream.add(rows.y0, rows.labels, band.intensity, rows.probability, band.measured,
-                                      cells=cells)
+                                      cells=cells, rings=rings)
                 table.write(finished)
                 if outlines is not None:
                     outlines.write(finished, stream.first_open_row)
 
             def take(band: _Band) -> None:
-                """In the writer's thread: the band now, or (cells) the bands its rows decide."""
+                """In the writer's thread: the band now, or (cells, rings) the bands its rows decide."""
                 if held is None:
                     store(band, None)
                     return
                 assert band.rows.labels is not None
                 for ready in held.push(band.rows.y0, band.rows.labels, band):
-                    store(ready.payload, ready.cells)
+                    store(ready.payload, ready.cells, ready.rings)
 
             def take_rest() -> None:
                 if held is not None:
                     for ready in held.finish():
-                        store(ready.payload, ready.cells)
+                        store(ready.payload, ready.cells, ready.rings)
 
             bands = prediction.bands(
                 threshold, params, labels=True, probability=True, output_rows=output_rows

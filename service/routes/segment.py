@@ -144,6 +144,9 @@ _PLANE_OPTION_NAMES = ("channel", "z", "t", "project", "pixel_size", "polarity",
 _STORED_OPTION_NAMES = ("upload",)
 #: Outputs that carry a table of measurements, which ``measure=`` adds columns to.
 MEASURED_OUTPUTS = ("objects", "geojson", "ome-zarr", "labels3d")
+#: Outputs whose table can give each measured channel's local background (``background_ring=``):
+#: one image's, and a slide job's (band by band); not a stack's 3-D table.
+BACKGROUND_OUTPUTS = (*outputs.BACKGROUND_KINDS, "ome-zarr")
 #: Outputs that can give each nucleus a cell (``expand=``): the answers that write objects one by
 #: one with their outlines, slide jobs (their table, GeoJSON and store) and stack jobs (cells in 3-D).
 EXPANDED_OUTPUTS = (*outputs.CELL_KINDS, "ome-zarr", "labels3d")
@@ -242,7 +245,8 @@ _EXPAND_DESCRIPTION = (
     "cytoplasm_volume_voxels"
 )
 _BACKGROUND_RING_DESCRIPTION = (
-    "with measure= (output=objects / geojson): each measured channel's local background around each "
+    "with measure= (output=objects / geojson, and slide jobs' tables): each measured channel's local "
+    "background around each "
     "nucleus, the median of a ring of this many pixels starting 2 px outside it (outside its cell with "
     "expand=), each background pixel given to its nearest nucleus: per channel the columns "
     "background_KEY, mean_intensity_corrected_KEY (the mean less it) and integrated_intensity_corrected_KEY "
@@ -336,16 +340,16 @@ def _check_expand(output: Output, expand: float | None) -> None:
 def _check_background_ring(
     output: Output, plane: microscopy.Selection, background_ring: float | None
 ) -> None:
-    """``background_ring=`` measures the channels of ``measure=``, in the answers of one image's table."""
+    """``background_ring=`` measures the channels of ``measure=``, in the tables of one image or a slide."""
     if background_ring is None:
         return
     if not plane.measure:
         detail = ("background_ring= measures the local background of the channels measured: give them "
                   "with measure=")
-    elif output.value not in outputs.BACKGROUND_KINDS:
-        allowed = ", ".join(outputs.BACKGROUND_KINDS)
-        detail = (f"background_ring= is measured in output={allowed}; slide and stack jobs "
-                  f"(output={output.value}) do not measure it")
+    elif output.value not in BACKGROUND_OUTPUTS:
+        allowed = ", ".join(BACKGROUND_OUTPUTS)
+        detail = (f"background_ring= is measured in output={allowed}; a stack job's 3-D table "
+                  f"(output={output.value}) does not measure it")
     else:
         return
     raise InvalidOptions(

@@ -35,6 +35,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from service import filenames, slide_files, slides, stack_files, windows
+from service.background import RING_GAP_PX
 from service.errors import ProblemError, problem_responses
 from service.jobs import JobResult, UnknownJob
 from service.outputs import measured_keys
@@ -70,27 +71,45 @@ def open_checked(runtime: Runtime, path: Path, options: SegmentOptions) -> slide
 
 def check(runtime: Runtime, path: Path, options: SegmentOptions) -> None:
     """At submission: refuse now, not as a failed job, what :func:`open_checked` refuses, and
-    cells too wide for the server (:func:`check_cells`)."""
+    cells or background rings too wide for the server (:func:`check_cells`)."""
     with open_checked(runtime, path, options) as source:
-        check_cells(int(source.shape[1]), options.expand, runtime.settings.max_pixels)
+        check_cells(int(source.shape[1]), options.expand, runtime.settings.max_pixels,
+                    options.background_ring)
 
 
-def check_cells(width: int, expand: float | None, max_pixels: int) -> None:
-    """A 413 for cells (``expand=``) whose rows held back on a slide ``width`` px wide would take
-    more than one request may (``UNET_MAX_PIXELS``) where the slide alone would not: admission
-    stops at that maximum, so the job would run with more memory than it was admitted for."""
-    if expand is None or held_pixels(width, expand) <= max_pixels:
+def check_cells(width: int, expand: float | None, max_pixels: int, ring: float | None = None) -> None:
+    """A 413 for cells (``expand=``) or background rings (``background_ring=``) whose rows held back
+    on a slide ``width`` px wide would take more than one request may (``UNET_MAX_PIXELS``) where
+    the slide alone would not: admission stops at that maximum, so the job would run with more
+    memory than it was admitted for."""
+    reach = held_reach(expand, ring)
+    if reach is None or held_pixels(width, expand, ring) <= max_pixels:
         return
     if held_pixels(width, None) > max_pixels:
         return  # the slide alone is admitted at the maximum already: cells do not change that
-    spare = max_pixels // width - ADMITTED_PER_COLUMN - CELLS_ADMITTED_PER_COLUMN  # per column
-    room = spare / ADMITTED_PER_COLUMN_PER_EXPAND_PX
-    fits = f"at most expand={math.floor(room)} fits" if room >= 1 else "no expand fits"
+    spare = max_pixels // width - ADMITTED_PER_COLUMN - (CELLS_ADMITTED_PER_COLUMN if expand else 0)
+    room = spare / ADMITTED_PER_COLUMN_PER_EXPAND_PX  # px of reach, per column
+    if ring is None:
+        fits = f"at most expand={math.floor(room)} fits" if room >= 1 else "no expand fits"
+        what = f"cells grown by {expand:g} px"
+    else:
+        fits = (f"at most {math.floor(room)} px of reach (expand + {RING_GAP_PX:g} + background_ring) fits"
+                if room >= 1 else "no background ring fits")
+        cells = f"cells grown by {expand:g} px and " if expand else ""
+        what = f"{cells}a background ring {ring:g} px wide (reaching {reach:g} px beyond each nucleus)"
     raise ProblemError(
-        f"cells grown by {expand:g} px on a slide {width:,} px wide hold more rows back than this server "
+        f"{what} on a slide {width:,} px wide hold more rows back than this server "
         f"admits for one job (UNET_MAX_PIXELS {max_pixels:,}); {fits} on this slide",
         status=413, slug="cells-too-large", title="Cells too large for this slide",
     )
+
+
+def held_reach(expand: float | None, ring: float | None) -> float | None:
+    """How far beyond a nucleus a slide job holds rows back: the cells' expansion and, past it,
+    the background ring's gap and width (``cell_bands.CellBands``' margin); None: nothing held."""
+    if ring is None:
+        return expand
+    return (expand or 0.0) + RING_GAP_PX + ring
 
 
 #: Admission pixels per pixel of slide width. A slide job's memory grows with the slide's width,
@@ -117,21 +136,30 @@ def working_pixels(runtime: Runtime, path: Path, options: SegmentOptions) -> int
     settings = runtime.settings
     with open_checked(runtime, path, options) as source:
         width = int(source.shape[1])
-    return admitted_pixels(width, options.expand, settings.windowed_min_pixels, settings.max_pixels)
+    return admitted_pixels(width, options.expand, settings.windowed_min_pixels, settings.max_pixels,
+                           options.background_ring)
 
 
-def admitted_pixels(width: int, expand: float | None, least: int, most: int) -> int:
+def admitted_pixels(
+    width: int, expand: float | None, least: int, most: int, ring: float | None = None
+) -> int:
     """:func:`working_pixels` of a slide ``width`` px wide, cells grown by ``expand`` px (None: no
-    cells): :func:`held_pixels` within ``[least, most]``."""
-    return min(max(least, held_pixels(width, expand)), most)
+    cells), background rings ``ring`` px wide (None: none): :func:`held_pixels` within
+    ``[least, most]``."""
+    return min(max(least, held_pixels(width, expand, ring)), most)
 
 
-def held_pixels(width: int, expand: float | None) -> int:
+def held_pixels(width: int, expand: float | None, ring: float | None = None) -> int:
     """What a slide job ``width`` px wide holds, in admission pixels, with cells grown by
-    ``expand`` px (None: no cells), before admission's bounds."""
+    ``expand`` px (None: no cells) and background rings ``ring`` px wide (None: none), before
+    admission's bounds: the rows held back scale with :func:`held_reach` (a ring's pixels, kept per
+    open nucleus until it is finished, are a few thousand per nucleus: within the rows' margin)."""
     per_column = ADMITTED_PER_COLUMN
     if expand is not None:
-        per_column += CELLS_ADMITTED_PER_COLUMN + math.ceil(ADMITTED_PER_COLUMN_PER_EXPAND_PX * expand)
+        per_column += CELLS_ADMITTED_PER_COLUMN
+    reach = held_reach(expand, ring)
+    if reach is not None:
+        per_column += math.ceil(ADMITTED_PER_COLUMN_PER_EXPAND_PX * reach)
     return per_column * width
 
 
@@ -169,6 +197,7 @@ def run(
                 channels=[(key, source.of_channel(m.channel))
                           for key, m in zip(measured_keys(source.plane), source.plane.measured, strict=True)],
                 expand=options.expand,
+                background_ring=options.background_ring,
             )
             result.warnings[:0] = list(source.plane.warnings)
             return result

@@ -10,6 +10,7 @@ import io
 
 import numpy as np
 import pytest
+import tifffile
 from scipy import ndimage
 
 from tests.api.test_jobs import finished, wait_until
@@ -137,8 +138,7 @@ def test_json_geojson_batch_and_jobs_carry_the_same_columns(server: Server) -> N
     ("/segment", {"output": "objects", "background_ring": "0", "measure": "GFP"}, "greater than 0"),
     ("/segment", {"output": "objects", "background_ring": "501", "measure": "GFP"}, "less than or equal"),
     ("/segment/batch", {"output": "objects"}, "give them with measure="),
-    ("/jobs", {"output": "ome-zarr", "measure": "GFP"}, "slide and stack jobs"),
-    ("/jobs", {"output": "labels3d", "measure": "GFP"}, "slide and stack jobs"),
+    ("/jobs", {"output": "labels3d", "measure": "GFP"}, "a stack job's 3-D table"),
 ])
 def test_without_measured_channels_or_a_table_of_one_image_it_is_a_422(
     server: Server, path: str, params: dict, wanted: str
@@ -150,3 +150,27 @@ def test_without_measured_channels_or_a_table_of_one_image_it_is_a_422(
         r = post(server, TWO, path=path, **params)
     assert r.status_code == 422, r.text
     assert wanted in r.text and r.json()["errors"][0]["loc"][-1] == "background_ring", r.text
+
+
+def test_a_slide_job_measures_the_same_backgrounds_band_by_band(server: Server) -> None:
+    """The same two channels as a tiled OME-TIFF slide job: its streamed table has the columns, each
+    nucleus's background as ``POST /segment`` measures it on the whole image (same diameter)."""
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.stack([NUCLEI, MARKER]), tile=(64, 64), photometric="minisblack", ome=True,
+                     metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "GFP"]}})
+    params = {"channel": "DAPI", "measure": "GFP", "background_ring": str(RING), "diameter": "12"}
+    job = server.client.post("/jobs", params={"output": "ome-zarr", **params}, content=buffer.getvalue(),
+                             headers={"Content-Type": "image/tiff"})
+    assert job.status_code == 202, job.text
+    assert wait_until(server.client, job.json()["id"], finished)["status"] == "succeeded"
+    result = server.client.get(f"{job.headers['Location']}/result").json()
+    streamed = list(csv.DictReader(io.StringIO(server.client.get(result["objects_url"]).text)))
+    whole = {(r["bbox_x"], r["bbox_y"], r["bbox_width"], r["bbox_height"]): r
+             for r in table(server, TWO, **params)}
+    assert list(streamed[0])[-3:] == ["background_GFP", "mean_intensity_corrected_GFP",
+                                      "integrated_intensity_corrected_GFP"]
+    assert len(streamed) == len(whole) > 3
+    for row in streamed:
+        same = whole[(row["bbox_x"], row["bbox_y"], row["bbox_width"], row["bbox_height"])]
+        assert row["background_GFP"] == same["background_GFP"] != ""
+        assert row["mean_intensity_corrected_GFP"] == same["mean_intensity_corrected_GFP"]

@@ -708,14 +708,15 @@ def test_project_sum_and_the_measure_options_reach_the_config(tmp_path: Path) ->
 
 def test_background_ring_reaches_the_request_and_needs_measured_channels_in_a_table(tmp_path: Path) -> None:
     argv = [str(tmp_path), "--out", str(tmp_path / "out"), "--url", "http://127.0.0.1:9"]
-    for kind in ("objects", "geojson"):
+    for kind in ("objects", "geojson", "ome-zarr"):
         config = client.parse_config([*argv, "--output", kind, "--measure", "GFP", "--background-ring", "6"])
         assert config.background_ring == 6.0
         assert client.Segmenter(config).params["background_ring"] == "6"
     plain = client.parse_config([*argv, "--output", "objects", "--measure", "GFP"])
     assert "background_ring" not in client.Segmenter(plain).params
     for refused in (["--output", "objects", "--background-ring", "6"],  # nothing measured
-                    ["--output", "ome-zarr", "--measure", "1", "--background-ring", "6"],  # a slide
+                    ["--output", "ome-zarr", "--background-ring", "6"],  # a slide with nothing measured
+                    ["--output", "labels", "--measure", "1", "--background-ring", "6"],  # no table
                     ["--output", "labels", "--z", "all", "--stitch-z", "--measure", "1",  # 3-D
                      "--background-ring", "6"],
                     ["--output", "objects", "--measure", "1", "--background-ring", "0"],

@@ -431,3 +431,21 @@ def test_expand_gives_a_slides_cells_in_local_mode(slide_image: np.ndarray, tmp_
     assert (tmp_path / "out" / "s.ome.zarr" / "labels" / "cells" / "0").is_dir()
     features = json.loads((tmp_path / "out" / "s.objects.geojson").read_text())["features"]
     assert len(features) == len(rows) and features[0]["properties"]["objectType"] == "cell"
+
+
+def test_background_ring_reaches_a_slide_in_local_mode(slide_image: np.ndarray, tmp_path: Path) -> None:
+    """--measure with --background-ring and --output ome-zarr: the slide's table gains each measured
+    channel's background around each nucleus and its intensities less it."""
+    write_slide(tmp_path / "in" / "s.ome.tif", slide_image[:500, :600])
+    run = unet_segment(tmp_path / "in", "--out", tmp_path / "out", "--output", "ome-zarr", "--measure", "0",
+                       "--background-ring", "5", "--diameter", "20")
+    assert run.returncode == 0, run.stderr
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "s.objects.csv").read_text())))
+    assert len(rows) > 20 and list(rows[0])[-3:] == [
+        "background_c0", "mean_intensity_corrected_c0", "integrated_intensity_corrected_c0"]
+    ringed = [r for r in rows if r["background_c0"]]
+    assert len(ringed) > 20
+    for row in ringed:
+        corrected = float(row["mean_intensity_c0"]) - float(row["background_c0"])
+        assert float(row["mean_intensity_corrected_c0"]) == pytest.approx(corrected, abs=1e-3)
+        assert corrected > 0  # nuclei brighter than their surroundings

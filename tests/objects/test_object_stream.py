@@ -145,3 +145,53 @@ def test_cells_band_by_band_give_the_cell_columns_of_measure_on_the_whole_image(
     assert sorted((replace(r, cell_box=None) for r in got), key=lambda r: r.id) == expected
     with pytest.raises(ValueError, match="cells"):
         ObjectStream(cell_distance=3).add(0, labels[:4], intensity[:4], probability[:4])
+
+
+@pytest.mark.parametrize(("distance", "ring_width", "pixel_size"),
+                         [(None, 8, None), (6, 10, (0.5, 0.4)), (None, 120, None)])
+def test_background_rings_band_by_band_give_the_columns_of_measure_on_the_whole_image(
+    distance, ring_width, pixel_size
+) -> None:
+    """With rings from ``CellBands`` (beyond the cells, with cells), each measured channel's
+    background and corrected columns — a float channel with NaN pixels and a uint16 one — equal
+    ``measure`` with ``rings`` on the whole image; a ring reaching further than
+    :data:`FINISHED_AFTER_ROWS` below its nucleus keeps its object open until its last row."""
+    from scipy import ndimage
+
+    from service.background import ring_labels
+    from service.cell_bands import CellBands
+
+    labels, intensity, probability = _nuclei_labels(360, 280, seed=12)
+    labels[labels > 14] = 0  # sparse nuclei: rings with room, and far to reach
+    labels = objects.label_objects(labels > 0)
+    rng = np.random.default_rng(13)
+    marker = rng.random(labels.shape).astype(np.float32)
+    marker[rng.random(labels.shape) < 0.02] = np.nan
+    counts = rng.integers(0, 4000, labels.shape).astype(np.uint16)
+    channels = [("GFP", marker), ("Cy5", counts)]
+    cells = None if distance is None else objects.expand_cells(labels, distance)
+    rings = ring_labels(labels, ring_width, distance or 0.0)
+    expected = objects.measure(labels, intensity, probability, pixel_size, channels=channels, cells=cells,
+                               rings=rings)
+    assert len(expected) > 5 and all(dict(r.extra_values)["background_Cy5"] is not None for r in expected)
+
+    stream = ObjectStream(pixel_size, ["GFP", "Cy5"], cell_distance=distance, background=True)
+    held, got = CellBands(distance, ring_width=ring_width), []
+
+    def add(bands) -> None:
+        for band in bands:
+            y0, y1 = band.y0, band.y0 + band.labels.shape[0]
+            got.extend(stream.add(y0, band.labels, intensity[y0:y1], probability[y0:y1],
+                                  [marker[y0:y1], counts[y0:y1]], cells=band.cells, rings=band.rings))
+
+    for y0, y1 in _bands(labels.shape[0], seed=14):
+        add(held.push(y0, labels[y0:y1], None))
+    add(held.finish())
+    got += stream.finish()
+
+    boxes = ndimage.find_objects(rings)
+    reach = max(boxes[row.id - 1][0].stop - (row.bbox_y + row.bbox_height) for row in got)
+    assert (reach > FINISHED_AFTER_ROWS) == (ring_width > FINISHED_AFTER_ROWS)
+    assert sorted((replace(r, cell_box=None) for r in got), key=lambda r: r.id) == expected
+    with pytest.raises(ValueError, match="rings"):
+        ObjectStream(background=True).add(0, labels[:4], intensity[:4], probability[:4])

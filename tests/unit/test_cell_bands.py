@@ -1,11 +1,13 @@
 """Cells grown band by band (service/cell_bands.py) are the cells ``objects.expand_cells`` grows on
-the whole label image, whatever the bands' heights, the column blocks and the distance."""
+the whole label image, and background rings the rings ``background.ring_labels`` gives it, whatever
+the bands' heights, the column blocks and the distances."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from service.background import RING_GAP_PX, ring_labels
 from service.cell_bands import CellBands
 from service.objects import expand_cells
 from tests.objects.test_object_stream import _bands, _nuclei_labels
@@ -71,3 +73,36 @@ def test_bands_out_of_order_or_of_another_width_and_no_distance_are_refused() ->
         list(held.push(4, np.zeros((4, 9), np.int32), None))
     with pytest.raises(ValueError, match="positive"):
         CellBands(distance=0)
+    with pytest.raises(ValueError, match="neither"):
+        CellBands(distance=None)
+    with pytest.raises(ValueError, match="positive"):
+        CellBands(distance=None, ring_width=0)
+
+
+@pytest.mark.parametrize(("distance", "ring_width", "column_block"),
+                         [(None, 6, 64), (None, 0.5, 2048), (4, 8, 45), (None, 60, 70), (30, 45, 2048)])
+def test_bands_give_the_background_rings_of_the_whole_image(
+    distance: float | None, ring_width: float, column_block: int
+) -> None:
+    """``background_ring=`` band by band: the rings (beyond the cells, with cells) are
+    ``background.ring_labels`` of the whole image, wherever the bands and column blocks are cut."""
+    labels, _, _ = _nuclei_labels(420, 333, seed=7)
+    whole = ring_labels(labels, ring_width, distance or 0.0)
+    cuts = _bands(labels.shape[0], seed=int(ring_width * 2))
+    held = CellBands(distance, column_block=column_block, ring_width=ring_width)
+    out, most = [], 0
+    for y0, y1 in cuts:
+        out += held.push(y0, labels[y0:y1], (y0, y1))
+        most = max(most, held.held_rows)
+    out += held.finish()
+    assert [band.payload for band in out] == cuts
+    np.testing.assert_array_equal(np.concatenate([band.rings for band in out]), whole)
+    assert whole.any()
+    if distance is None:
+        assert all(band.cells is None for band in out)
+    else:
+        np.testing.assert_array_equal(np.concatenate([band.cells for band in out]),
+                                      expand_cells(labels, distance))
+    # held: the rings reach (cells + 2 px gap + width) above and below each band (a band ≤ 89 rows)
+    reach = (distance or 0) + RING_GAP_PX + ring_width
+    assert most <= 2 * int(reach) + 2 * 89

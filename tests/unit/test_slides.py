@@ -205,6 +205,56 @@ def test_cells_of_a_slide_are_the_in_memory_cells_in_the_store_table_and_geojson
         assert got["cell_area"] == wanted["cell_area"] and got["cytoplasm_area"] == wanted["cytoplasm_area"]
 
 
+@pytest.mark.parametrize(("expand", "ring"), [(None, 6), (9, 80)])
+def test_background_rings_of_a_slide_are_the_in_memory_rings_in_the_table_and_geojson(
+    engine, slide, tmp_path, expand, ring
+):
+    """background_ring= band by band (64-row bands; 9 + 2 + 80 px reaches past the bands held): the
+    table's background and corrected columns of a measured channel, and the GeoJSON's measurements,
+    are those ``objects.measure`` gives with ``ring_labels`` of the whole image."""
+    from service.background import ring_labels
+
+    path, image = slide
+    md = engine.metadata
+    params = objects.params_for_model(md)
+    diameter = float(md.nucleus_diameter)
+    rng = np.random.default_rng(3)
+    floor = np.linspace(100, 900, image.shape[1])[None, :]  # uneven illumination across the slide
+    marker = (floor + rng.normal(0, 20, image.shape)).astype(np.uint16)
+    with open_slide(path, max_pixels=10**10, limits=64) as source:
+        result = slides.segment_slide(
+            source, tmp_path / "job", engine.run, md, params, md.threshold, diameter,
+            pixel_size_um=None, tile_size=256, overlap=None, batch_size=1, chunk=256, geojson=True,
+            channels=[("GFP", ArraySource(marker))], expand=expand, background_ring=ring,
+        )
+    scale = pipeline.ScaleChoice(diameter, "request", result.scale.factor)
+    memory = pipeline.predict_scaled(image, scale, engine.run, md, tile_size=256, batch_size=1)
+    grid = pipeline.on_input_grid(memory, md, image.shape, md.threshold, params)
+    cells = None if expand is None else objects.expand_cells(grid.labels, expand)
+    expected = objects.measure(grid.labels, image, grid.probability, channels=[("GFP", marker)], cells=cells,
+                               rings=ring_labels(grid.labels, ring, expand or 0.0))
+    columns = ["background_GFP", "mean_intensity_corrected_GFP", "integrated_intensity_corrected_GFP"]
+    if expand is not None:
+        columns += ["mean_intensity_cytoplasm_corrected_GFP", "integrated_intensity_cytoplasm_corrected_GFP"]
+    with open(result.table, newline="") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0])[-len(columns):] == columns
+    assert len(table) == len(expected) > 100
+    by_box = {(r.bbox_x, r.bbox_y, r.bbox_width, r.bbox_height): dict(r.extra_values) for r in expected}
+    measured = 0
+    for row in table:
+        want = by_box[tuple(int(row[k]) for k in ("bbox_x", "bbox_y", "bbox_width", "bbox_height"))]
+        for column in columns:
+            assert (float(row[column]) if row[column] else None) == want[column], column
+        measured += row["background_GFP"] != ""
+    assert measured > 100
+    with open(result.geojson, encoding="utf-8") as f:
+        streamed = json.load(f)["features"]
+    backgrounds = sorted(f["properties"]["measurements"].get("background_GFP", -1.0) for f in streamed)
+    assert backgrounds == sorted(v["background_GFP"] if v["background_GFP"] is not None else -1.0
+                                 for v in by_box.values())
+
+
 def test_cells_admit_a_slide_job_for_the_rows_they_hold_back() -> None:
     """A slide job's admission grows with its width and, with cells, with the rows held back for
     them (expand= px above and below each band); never past what one request may take."""
@@ -235,3 +285,27 @@ def test_cells_a_wide_slide_cannot_hold_are_a_413_naming_what_fits() -> None:
     fits = int(refused.value.detail.split("at most expand=")[1].split()[0])
     assert admitted_pixels(100_000, fits, 1, 10**12) <= budget < admitted_pixels(100_000, fits + 1, 1, 10**12)
     check_cells(300_000, 5, budget)  # the slide alone is over the budget already: cells change nothing
+
+
+def test_background_rings_admit_a_slide_job_for_the_rows_they_hold_back_and_a_413_names_the_reach() -> None:
+    """A ring holds rows back as far as it reaches beyond each nucleus (the cells' expansion, the
+    2 px gap and its width), as cells do for theirs; too far for the budget is a 413 naming the
+    reach that fits."""
+    from service.errors import ProblemError
+    from service.routes.slide_jobs import admitted_pixels, check_cells
+
+    plain = admitted_pixels(20_000, None, 1, 10**12)
+    assert plain < admitted_pixels(20_000, None, 1, 10**12, ring=8) < admitted_pixels(20_000, None, 1, 10**12,
+                                                                                         ring=100)
+    # cells of 10 px with a 20 px ring hold the rows cells of 32 px would (10 + 2 + 20)
+    assert admitted_pixels(20_000, 10, 1, 10**12, ring=20) == admitted_pixels(20_000, 32, 1, 10**12)
+    budget = 8192 * 8192
+    check_cells(100_000, None, budget, ring=20)
+    for expand, ring in ((None, 500), (10, 100)):
+        with pytest.raises(ProblemError) as refused:
+            check_cells(100_000, expand, budget, ring=ring)
+        assert refused.value.status == 413 and "background ring" in refused.value.detail
+        reach = int(refused.value.detail.split("at most ")[1].split()[0])
+        fits_ring = reach - (expand or 0) - 2
+        assert admitted_pixels(100_000, expand, 1, 10**12, ring=fits_ring) <= budget
+        assert admitted_pixels(100_000, expand, 1, 10**12, ring=fits_ring + 1) > budget
