@@ -18,9 +18,10 @@ arrive, which reach up to the expansion distance beyond its nucleus's.
 With background rings (``background_ring=``: each band's rings from ``service.cell_bands`` too) an
 object gathers its ring's pixels in each measured channel — a median is no sum, so the pixels
 themselves, a few hundred to a few thousand per object, until it is finished — and stays open while
-its ring's rows arrive. The straight line from a ring pixel to the nearest pixel of its nucleus runs
-through pixels nearer that nucleus than any other (its ring, its cell, or the 2 px gap between), so
-its rows follow on from the nucleus's with a gap of at most those 2 px.
+its ring's rows arrive: each band showing its ring shows the object. The straight line from a ring
+pixel to the nearest pixel of its nucleus runs through pixels nearer that nucleus than any other
+(its ring, its cell, or the 2 px gap between), so its ring's rows follow on from the nucleus's
+without a gap of more than those 2 px, well within :data:`FINISHED_AFTER_ROWS`.
 """
 
 from __future__ import annotations
@@ -73,10 +74,8 @@ class _Sums:
     cyto_area: int = 0
     cyto_i: list[float] = field(default_factory=list)
     cyto_finite: list[int] = field(default_factory=list)
-    # The background ring (with rings only): its pixels so far in each measured channel, in key
-    # order, and one past its last row seen.
+    # The background ring (with rings only): its pixels so far in each measured channel, in key order.
     ring_pixels: list[list[np.ndarray]] = field(default_factory=list)
-    ry1: int = -1
 
     @property
     def top(self) -> int:
@@ -85,8 +84,8 @@ class _Sums:
 
     @property
     def bottom(self) -> int:
-        """One past the object's last row seen (nucleus, cell or background ring)."""
-        return max(self.y1, self.cy1, self.ry1)
+        """One past the object's last row seen (nucleus or cell)."""
+        return max(self.y1, self.cy1)
 
 
 def _relative_ids(labels: np.ndarray) -> tuple[int, int, np.ndarray] | None:
@@ -281,7 +280,6 @@ class ObjectStream:
                 continue
             object_id = k + base - 1
             sums = self._open.setdefault(object_id, _Sums())
-            sums.ry1 = max(sums.ry1, y0 + box[0].stop)
             start = ends[k] - counts[k]
             if not sums.ring_pixels:
                 sums.ring_pixels = [[] for _ in channels]
