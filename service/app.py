@@ -43,6 +43,12 @@ DOCS_ASSETS_URL = "/static/docs"
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 
 
+def _stores_an_upload(method: str, path: str) -> bool:
+    """``POST /uploads`` (a whole file) and ``PATCH /uploads/{id}`` (a resumable one's bytes)."""
+    path = path.rstrip("/")
+    return (method == "POST" and path == "/uploads") or (method == "PATCH" and path.startswith("/uploads/"))
+
+
 class RequestMiddleware:
     """Per request: id, body-size limit, one access log line, metrics, last-resort 500.
 
@@ -53,8 +59,8 @@ class RequestMiddleware:
     def __init__(self, app: ASGIApp, max_body_bytes: int, stored_upload_bytes: int | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        #: ``POST /uploads`` stores a file to disk as it streams in: its own limit
-        #: (``UNET_MAX_STORED_UPLOAD_BYTES``), not one request's.
+        #: ``POST /uploads`` stores a file to disk as it streams in, ``PATCH /uploads/{id}`` adds to a
+        #: resumable one: their own limit (``UNET_MAX_STORED_UPLOAD_BYTES``), not one request's.
         self.stored_upload_bytes = stored_upload_bytes or max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -67,7 +73,7 @@ class RequestMiddleware:
         token = REQUEST_ID.set(request_id)
         started = time.perf_counter()
         state: dict = {"status": 0, "bytes_out": 0, "bytes_in": 0, "started": False}
-        storing = scope.get("method") == "POST" and scope["path"].rstrip("/") == "/uploads"
+        storing = _stores_an_upload(scope.get("method", ""), scope["path"])
         limit = self.stored_upload_bytes if storing else self.max_body_bytes
         setting = "UNET_MAX_STORED_UPLOAD_BYTES" if storing else "UNET_MAX_UPLOAD_BYTES"
         metrics.HTTP_IN_FLIGHT.inc()

@@ -70,6 +70,7 @@ Behaviour a batch of thousands of images needs:
 from __future__ import annotations
 
 import argparse
+import base64
 import concurrent.futures
 import contextlib
 import csv
@@ -266,6 +267,8 @@ CONTENT_TYPES: dict[str, str] = {
 #: Statuses worth another try (overload, a replica restarting, a proxy timing out). Anything else
 #: that is not 200 is final: the same bytes would get the same answer.
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+#: Bytes per request when a file is stored on a replica piece by piece (``Segmenter._store``).
+STORE_PIECE_BYTES = 64 << 20
 BACKOFF_BASE_S = 0.5
 #: Longest wait between two tries: a replica that is back is found within this long.
 BACKOFF_CAP_S = 10.0
@@ -792,6 +795,8 @@ class Segmenter:
         self.retries = config.retries
         self.retry_for_s = config.retry_for_s
         self.backoff_base = backoff_base
+        #: Bytes per request of a file stored on a replica (:meth:`_store`): what a lost connection costs.
+        self.store_piece_bytes = STORE_PIECE_BYTES
         headers = {"Accept": f"{self.kind.accept}, application/problem+json",
                    "User-Agent": "unet-segment"}
         if config.api_key:
@@ -868,23 +873,61 @@ class Segmenter:
         room), the 413 stands."""
         turn = refused.turn
         client = self.clients[turn]
-        from service.filenames import content_disposition  # stdlib only, as the client must be
-
-        try:
-            response = client.post("/uploads", content=payload.data, headers={
-                "Content-Type": payload.content_type,
-                "Content-Disposition": content_disposition(refused.job.source.name)})
-        except httpx.TransportError:
+        stored = self._store(client, payload, refused.job.source.name)
+        if stored is None:
             return refused
-        if response.status_code != 201:
-            return refused
-        stored = response.json()["id"]
         try:
             result = Result(refused.job, ok=False, attempts=refused.attempts, image_cut=refused.image_cut)
             return self._segment(result, payload.data, lambda: {}, turn, stored)
         finally:
             with contextlib.suppress(httpx.HTTPError):
                 client.delete(f"/uploads/{stored}")
+
+    def _store(self, client: httpx.Client, payload: Payload, name: str) -> str | None:
+        """Store ``payload`` on ``client``'s replica; its id, or None (no ``/uploads`` there, no room,
+        or the replica gone for longer than ``--retry-for``). As a resumable upload (tus 1.0), sent
+        :attr:`store_piece_bytes` at a time: a piece lost with the connection, or refused while the
+        replica is busy, is sent again from the offset the replica kept (``HEAD``), so a file of
+        gigabytes is not sent again from its start. A server without resumable uploads takes it whole."""
+        from service.filenames import content_disposition  # stdlib only, as the client must be
+
+        data = payload.data
+        tus = {"Tus-Resumable": "1.0.0"}
+        try:
+            created = client.post("/uploads", headers={
+                **tus, "Upload-Length": str(len(data)),
+                "Upload-Metadata": f"filename {base64.b64encode(name.encode()).decode()}"})
+            if created.status_code != 201 or "tus-resumable" not in created.headers:
+                whole = client.post("/uploads", content=data, headers={
+                    "Content-Type": payload.content_type, "Content-Disposition": content_disposition(name)})
+                return whole.json()["id"] if whole.status_code == 201 else None
+        except httpx.TransportError:
+            return None
+        url, offset, deadline, attempt = created.headers["Location"], 0, None, 0
+        while offset < len(data):
+            try:
+                response = client.patch(url, content=data[offset:offset + self.store_piece_bytes], headers={
+                    **tus, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"})
+            except httpx.TransportError:
+                response = None
+            if response is not None and response.status_code == 204:
+                offset, deadline, attempt = int(response.headers["Upload-Offset"]), None, 0
+                continue
+            if response is not None and response.status_code not in (409, *TRANSIENT_STATUSES):
+                break  # refused for good (415: not an image; 404: removed)
+            attempt += 1
+            now = time.monotonic()
+            deadline = now + self.retry_for_s if deadline is None else deadline
+            if now >= deadline:
+                break
+            time.sleep(min(retry_delay(attempt, None, base=self.backoff_base), deadline - now))
+            with contextlib.suppress(httpx.TransportError, KeyError, ValueError):
+                offset = int(client.head(url).headers["Upload-Offset"])  # what the replica kept
+        else:
+            return created.json()["id"]
+        with contextlib.suppress(httpx.HTTPError):
+            client.delete(url)
+        return None
 
     def wants_job(self, data: bytes) -> bool:
         """Whether this image goes through ``POST /jobs``: its pixels (from the header) over the

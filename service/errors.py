@@ -252,8 +252,20 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     "upload-not-found": ProblemType(
         "Upload not found", 404,
         "There is no stored upload with this id: it never existed, was deleted, or expired after "
-        "UNET_JOBS_RETENTION_S without a request naming it.",
-        "Store the file again with POST /uploads and use the new id."),
+        "UNET_JOBS_RETENTION_S without a request naming it; or it is a resumable upload whose bytes "
+        "are not all in yet (the detail says how many are).",
+        "Store the file again with POST /uploads and use the new id, or finish a resumable upload with "
+        "PATCH /uploads/{id} from the offset HEAD /uploads/{id} gives."),
+    "upload-offset-conflict": ProblemType(
+        "Upload offset conflict", 409,
+        "The bytes were sent for another offset than the resumable upload has reached, or another "
+        "request is adding bytes to it now.",
+        "Ask HEAD /uploads/{id} for Upload-Offset and send the bytes from there, one request at a time."),
+    "tus-version": ProblemType(
+        "Unsupported tus version", 412,
+        "The request's Tus-Resumable header names a version of the tus protocol this server does not "
+        "speak.",
+        "Use tus 1.0.0 (the Tus-Version header lists what the server speaks)."),
     "job-interrupted": ProblemType(
         "Job interrupted", 503,
         "The server restarted while the job was queued or running; jobs are not re-run after a restart "

@@ -21,26 +21,42 @@ maps already open keep their pages until they close.
 Expiry: an upload not used for ``retention_s`` (``UNET_JOBS_RETENTION_S``) is deleted by the
 retention sweep; every use (a probe, a segmentation, a job) renews it. An upload cut short (no
 info after ``retention_s`` without a byte written) is swept too.
+
+Resumable uploads (the tus 1.0 protocol's core and its creation and termination extensions,
+https://tus.io/protocols/resumable-upload, so tus clients — tus-js-client, Uppy, tuspy — resume
+against it): :meth:`UploadStore.create` makes an upload of a declared length, holding
+``pending.json`` (:class:`PendingUpload`) beside the ``data`` that grows;
+:meth:`UploadStore.appending` adds bytes at the offset the client says it has reached (the data's
+size on disk is the offset: a request cut short keeps what arrived), one request at a time (an
+exclusive ``flock``: replicas on one host honour it, and across hosts where the shared file system
+has locks, as NFSv4 does); :meth:`UploadStore.complete`, once every byte is in, hashes the data (a
+second read: a hash's state cannot be kept between requests) and writes the info that makes it
+usable, as a whole upload's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import mmap
 import os
 import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from pydantic import BaseModel, Field
 
 #: The folder under the jobs folder that holds stored uploads (not a job id: ``JobStore`` skips it).
 FOLDER = "uploads"
 _ID = re.compile(r"^[0-9a-f]{32}$")
-_DATA, _INFO = "data", "info.json"
+_DATA, _INFO, _PENDING = "data", "info.json", "pending.json"
+#: Bytes read at once to hash a resumable upload when it is complete.
+_HASH_BLOCK = 8 << 20
 
 
 class UploadInfo(BaseModel):
@@ -53,8 +69,41 @@ class UploadInfo(BaseModel):
     created: float
 
 
+class PendingUpload(BaseModel):
+    """What ``pending.json`` holds while a resumable upload's bytes arrive."""
+
+    id: str
+    length: int = Field(description="bytes the upload will have (tus Upload-Length)")
+    filename: str | None = None
+    created: float
+
+
 class UnknownUpload(LookupError):
     """No stored upload with that id (never made, deleted, expired, or still arriving)."""
+
+
+class UploadIncomplete(UnknownUpload):
+    """A resumable upload whose bytes are not all in yet: not a file to read."""
+
+    def __init__(self, upload_id: str, offset: int, length: int) -> None:
+        super().__init__(upload_id)
+        self.offset, self.length = offset, length
+
+
+class OffsetMismatch(Exception):
+    """The client's offset is not the upload's (tus: 409); ``offset`` is the upload's."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(offset)
+        self.offset = offset
+
+
+class UploadBusy(Exception):
+    """Another request is adding bytes to this upload now."""
+
+
+class UploadTooLarge(Exception):
+    """A declared length past the largest stored upload (``UNET_MAX_STORED_UPLOAD_BYTES``)."""
 
 
 class UploadsFull(Exception):
@@ -129,6 +178,81 @@ class UploadStore:
         os.replace(tmp, self.folder(upload_id) / _INFO)
         return info
 
+    def create(self, length: int, filename: str | None) -> PendingUpload:
+        """A resumable upload of ``length`` bytes, none of them in yet; :class:`UploadTooLarge` past
+        the stored limit, :class:`UploadsFull` past the jobs folder's room or count."""
+        if length > self.max_bytes:
+            raise UploadTooLarge(f"a stored upload has at most {self.max_bytes:,} bytes "
+                                 f"(UNET_MAX_STORED_UPLOAD_BYTES); this one has {length:,}")
+        upload_id, _ = self.new(length)
+        pending = PendingUpload(id=upload_id, length=length, filename=filename, created=time.time())
+        self.data_path(upload_id).touch()
+        (self.folder(upload_id) / _PENDING).write_text(pending.model_dump_json())
+        return pending
+
+    def progress(self, upload_id: str) -> tuple[int, int]:
+        """``(offset, length)``: the bytes in and the bytes it will have (equal once complete; a
+        whole upload's are its size)."""
+        with contextlib.suppress(UploadIncomplete):
+            size = self.info(upload_id).size
+            return size, size
+        pending = self._pending(upload_id)
+        try:
+            return self.data_path(upload_id).stat().st_size, pending.length
+        except FileNotFoundError as exc:  # deleted meanwhile
+            raise UnknownUpload(upload_id) from exc
+
+    @contextlib.contextmanager
+    def appending(self, upload_id: str, offset: int) -> Iterator[tuple[BinaryIO, PendingUpload]]:
+        """The data open to add bytes at ``offset``, and the upload's pending info, while no other
+        request may add any: :class:`UploadBusy` if one does, :class:`OffsetMismatch` if the data
+        has another size, :class:`UnknownUpload` for an upload complete or unknown."""
+        pending = self._pending(upload_id)
+        try:
+            out = open(self.data_path(upload_id), "r+b")  # noqa: SIM115 - closed below
+        except FileNotFoundError as exc:
+            raise UnknownUpload(upload_id) from exc
+        try:
+            try:
+                fcntl.flock(out.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise UploadBusy(upload_id) from exc
+            size = os.fstat(out.fileno()).st_size
+            if size != offset:
+                raise OffsetMismatch(size)
+            out.seek(size)
+            yield out, pending
+            out.flush()
+        finally:
+            out.close()  # releases the lock
+
+    def complete(self, upload_id: str) -> UploadInfo:
+        """A resumable upload whose bytes are all in: hash them and write the info that makes it
+        usable (as :meth:`finish` does for a whole upload)."""
+        pending = self._pending(upload_id)
+        sha = hashlib.sha256()
+        with open(self.data_path(upload_id), "rb") as data:
+            while block := data.read(_HASH_BLOCK):
+                sha.update(block)
+            size = data.tell()
+        if size != pending.length:
+            raise ValueError(f"upload {upload_id} has {size} of its {pending.length} bytes")
+        info = self.finish(upload_id, pending.filename, size, sha.hexdigest())
+        (self.folder(upload_id) / _PENDING).unlink(missing_ok=True)
+        return info
+
+    def head(self, upload_id: str, count: int) -> bytes:
+        """The data's first ``count`` bytes (what a signature check reads)."""
+        with open(self.data_path(upload_id), "rb") as data:
+            return data.read(count)
+
+    def _pending(self, upload_id: str) -> PendingUpload:
+        try:
+            text = (self.folder(upload_id) / _PENDING).read_text()
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise UnknownUpload(upload_id) from exc
+        return PendingUpload.model_validate_json(text)
+
     def discard(self, upload_id: str) -> None:
         """An upload that did not arrive whole (refused, cut short)."""
         shutil.rmtree(self.folder(upload_id), ignore_errors=True)
@@ -136,10 +260,16 @@ class UploadStore:
     # --- reading ---------------------------------------------------------------------------------
 
     def info(self, upload_id: str) -> UploadInfo:
+        """A usable upload's info; :class:`UploadIncomplete` for a resumable one still arriving."""
         try:
             text = (self.folder(upload_id) / _INFO).read_text()
         except (FileNotFoundError, NotADirectoryError) as exc:
-            raise UnknownUpload(upload_id) from exc
+            try:
+                length = self._pending(upload_id).length
+                offset = self.data_path(upload_id).stat().st_size
+            except (UnknownUpload, FileNotFoundError):
+                raise UnknownUpload(upload_id) from exc
+            raise UploadIncomplete(upload_id, offset, length) from exc
         return UploadInfo.model_validate_json(text)
 
     def open(self, upload_id: str) -> StoredImage:
@@ -162,8 +292,10 @@ class UploadStore:
     # --- removal ---------------------------------------------------------------------------------
 
     def delete(self, upload_id: str) -> None:
-        """:class:`UnknownUpload` when there is none (or it is still arriving)."""
-        self.info(upload_id)
+        """Remove an upload, whole or still arriving (tus termination); :class:`UnknownUpload` when
+        there is none."""
+        with contextlib.suppress(UploadIncomplete):
+            self.info(upload_id)
         shutil.rmtree(self.folder(upload_id), ignore_errors=True)
 
     def sweep(self, now: float | None = None) -> list[str]:

@@ -325,7 +325,7 @@ def _read_input(
                 raise uploads.UnknownUpload(upload)
             return stored.open(upload)  # type: ignore[return-value]  # a map reads as bytes do
         except uploads.UnknownUpload as exc:
-            raise stored_uploads.unknown_upload(upload) from exc
+            raise stored_uploads.unknown_upload(upload, exc) from exc
     try:
         return given.source.read(max_bytes)
     except data_root.DataPathError as exc:
@@ -727,7 +727,7 @@ async def submit_stored_job(
             data_root.locate, store.root, f"{upload}/data", sys.maxsize, None
         )
     except data_root.DataPathError as exc:  # deleted since it was opened
-        raise stored_uploads.unknown_upload(upload) from exc
+        raise stored_uploads.unknown_upload(upload, exc) from exc
     source = _StoredFile(**{**vars(found), "relative": f"the stored upload {upload}"}, upload_id=upload)
     sent = {"upload": upload, **{k: v for k, v in request.query_params.items() if k != "upload"}}
     return await _queue_file_job(runtime, jobs, source, options, sent, lambda: mapped, mapped.filename)

@@ -9,7 +9,7 @@ from fastapi import Query, Request
 
 from service.errors import PROBLEM_JSON, ProblemError, ServiceUnavailable
 from service.jobs import JobRunner
-from service.uploads import StoredImage, UnknownUpload, UploadStore
+from service.uploads import StoredImage, UnknownUpload, UploadIncomplete, UploadStore
 
 #: OpenAPI for the 404 a request naming an unknown stored upload gets.
 UNKNOWN_UPLOAD_RESPONSE = {404: {
@@ -33,7 +33,16 @@ def upload_store(request: Request) -> UploadStore:
     return jobs.uploads
 
 
-def unknown_upload(upload_id: str) -> ProblemError:
+def unknown_upload(upload_id: str, missing: Exception | None = None) -> ProblemError:
+    """The 404 for an upload that is not there to read; ``missing``: why (a resumable upload still
+    arriving says how far it is)."""
+    if isinstance(missing, UploadIncomplete):
+        return ProblemError(
+            f"the resumable upload {upload_id!r} is still arriving: {missing.offset:,} of its "
+            f"{missing.length:,} bytes are in; send the rest with PATCH /uploads/{upload_id} from the "
+            "Upload-Offset that HEAD gives",
+            status=404, slug="upload-not-found", title="Upload not found",
+        )
     return ProblemError(
         f"there is no stored upload {upload_id!r}: it never existed, was deleted, or expired after "
         "UNET_JOBS_RETENTION_S without use; store the file again with POST /uploads (replicas of one "
@@ -55,4 +64,4 @@ async def open_stored(request: Request, upload_id: str) -> StoredImage:
     try:
         return await anyio.to_thread.run_sync(store.open, upload_id)
     except UnknownUpload as exc:
-        raise unknown_upload(upload_id) from exc
+        raise unknown_upload(upload_id, exc) from exc

@@ -20,8 +20,11 @@
 // running job, which stops its tiles on the server.
 //
 // A large file (past GET ui/config's max_upload_bytes, or over STORE_ABOVE_BYTES) is sent ONCE:
-// POST uploads stores it on the server (progress bar, Cancel), and every request above then names
-// it with upload=<id> and sends no body. A new file (or leaving the page) DELETEs it.
+// stored on the server as a resumable upload (tus 1.0: POST uploads with Upload-Length, then PATCH
+// uploads/{id} piece by piece, PIECE_BYTES at a time; a piece lost with the connection is sent
+// again from the offset HEAD uploads/{id} gives, up to RESUME_TRIES times in a row, waiting longer
+// each time), with a progress bar and Cancel; every request above then names it with upload=<id>
+// and sends no body. A new file (or leaving the page) DELETEs it.
 //
 // A z-stack also offers its nuclei in 3-D: POST jobs?output=labels3d (every slice, no z=), polled
 // the same way, then GET jobs/{id}/result (a summary: the count) and jobs/{id}/files.zip (the 3-D
@@ -36,6 +39,10 @@ const DEFAULT_JOB_ABOVE_PIXELS = 4096 * 4096;
 const JOB_POLL_MS = 500;
 /** Files larger than this are stored once rather than sent with each of the page's requests. */
 const STORE_ABOVE_BYTES = 32 * 1024 * 1024;
+/** Bytes of a stored file sent per request: what a lost connection costs at most. */
+const PIECE_BYTES = 8 * 1024 * 1024;
+/** Pieces lost in a row before storing gives up (each retried after 1, 2, 4, 8… s). */
+const RESUME_TRIES = 5;
 
 const $ = (id) => document.getElementById(id);
 
@@ -165,12 +172,10 @@ function upload(url, step, runningText) {
 }
 
 /**
- * POST the current file's bytes to `url` (see upload); `headers`: extra request headers;
- * `withRate`: the progress also says how much is sent and the time left (storing a large file).
+ * POST the current file's bytes to `url` (see upload).
  */
-function sendFile(url, step, runningText, headers = {}, withRate = false) {
+function sendFile(url, step, runningText) {
   const file = state.file;
-  const rate = { at: null, done: 0 }; // first progress seen: the time left is measured from there
   let sending = null;
   const sent = () => {
     if (!sending) return;
@@ -180,20 +185,17 @@ function sendFile(url, step, runningText, headers = {}, withRate = false) {
   };
   return request("POST", url, file, {
     contentType: file.type || "application/octet-stream",
-    headers,
     onOpen: (xhr) => {
       sent(); // a retry after a 401: the earlier request is over
       sending = xhr;
       state.uploads.add(xhr);
-      rate.at = null;
     },
     onUploadProgress: (f) => {
       if (sending && f < 1 && !sending.partWay) {
         sending.partWay = true;
         showCancel();
       }
-      const more = withRate ? uploadedSoFar(file.size, f, rate) : "";
-      showProgress(`${step}: uploading ${Math.round(100 * f)}%${more}`, f);
+      showProgress(`${step}: uploading ${Math.round(100 * f)}%`, f);
     },
     onUploaded: () => {
       sent();
@@ -491,12 +493,7 @@ async function storeIfLarge(run) {
       `${formatBytes(state.maxStored)}. Use unet-segment, or ask the operator.`);
   }
   try {
-    // RFC 8187: encodeURIComponent leaves ' ( ) * as they are, which the header's syntax excludes
-    const encoded = encodeURIComponent(file.name).replace(/['()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
-    const name = `attachment; filename*=UTF-8''${encoded}`;
-    const xhr = await sendFile("uploads", "Sending the file", "storing it on the server",
-      { "Content-Disposition": name }, true);
-    const id = JSON.parse(await xhr.response.text()).id;
+    const id = await storeResumably(file, run);
     if (run !== state.run) {
       request("DELETE", `uploads/${encodeURIComponent(id)}`).catch(() => {});
       return false;
@@ -506,6 +503,87 @@ async function storeIfLarge(run) {
   } catch (err) {
     if (run !== state.run) return false;
     return fail(err.message);
+  }
+}
+
+/**
+ * Store `file` on the server as a resumable upload (tus 1.0) and resolve to its id: created empty,
+ * then sent PIECE_BYTES at a time. A piece that fails on the way (the connection lost, the server
+ * restarting) is sent again from the offset the server says it kept; other refusals (415: not an
+ * image) end it. The upload is deleted on the server if storing does not finish.
+ */
+async function storeResumably(file, run) {
+  const step = "Sending the file";
+  const tus = { "Tus-Resumable": "1.0.0" };
+  const name = btoa(String.fromCharCode(...new TextEncoder().encode(file.name))); // base64 of UTF-8
+  const created = await request("POST", "uploads", null, {
+    headers: { ...tus, "Upload-Length": String(file.size), "Upload-Metadata": `filename ${name}` },
+  });
+  const url = `uploads/${encodeURIComponent(JSON.parse(await created.response.text()).id)}`;
+  const rate = { at: null, done: 0 }; // first progress seen: the time left is measured from there
+  let offset = 0;
+  let lost = 0;
+  try {
+    while (offset < file.size) {
+      if (run !== state.run) throw Object.assign(new Error("another file was chosen"), { cancelled: true });
+      const end = Math.min(file.size, offset + PIECE_BYTES);
+      try {
+        const xhr = await sendPiece(url, file.slice(offset, end), offset, (sent) => {
+          const done = offset + sent;
+          const more = uploadedSoFar(file.size, done / file.size, rate);
+          showProgress(`${step}: uploading ${Math.round((100 * done) / file.size)}%${more}`, done / file.size);
+        });
+        offset = Number(xhr.getResponseHeader("Upload-Offset"));
+        lost = 0;
+      } catch (err) {
+        const resumable = !err.status || err.status === 409 || err.status >= 500;
+        if (err.cancelled || !resumable || ++lost > RESUME_TRIES) throw err;
+        const wait = 2 ** (lost - 1);
+        showProgress(`${step}: connection lost at ${formatBytes(offset)}; resuming in ${wait} s ` +
+          `(try ${lost} of ${RESUME_TRIES})`, offset / file.size);
+        await sleep(1000 * wait);
+        offset = await keptOffset(url, offset);
+      }
+    }
+  } catch (err) {
+    request("DELETE", url).catch(() => {});
+    throw err;
+  }
+  showProgress(`${step}: stored on the server`, null);
+  return decodeURIComponent(url.slice("uploads/".length));
+}
+
+/** PATCH one piece of a stored file at `offset`; Cancel aborts it; `onSent(bytes)` as it goes. */
+function sendPiece(url, piece, offset, onSent) {
+  let sending = null;
+  const over = () => {
+    if (!sending) return;
+    state.uploads.delete(sending);
+    sending = null;
+    showCancel();
+  };
+  return request("PATCH", url, piece, {
+    contentType: "application/offset+octet-stream",
+    headers: { "Tus-Resumable": "1.0.0", "Upload-Offset": String(offset) },
+    onOpen: (xhr) => {
+      over();
+      sending = xhr;
+      xhr.partWay = true; // storing a large file: Cancel is offered from the start
+      state.uploads.add(xhr);
+      showCancel();
+    },
+    onUploadProgress: (f) => onSent(f * piece.size),
+  }).finally(over);
+}
+
+/** The bytes the server kept of a stored file (HEAD: Upload-Offset); `known` if it cannot say. */
+async function keptOffset(url, known) {
+  try {
+    const xhr = await request("HEAD", url, null);
+    const kept = Number(xhr.getResponseHeader("Upload-Offset"));
+    return Number.isFinite(kept) ? kept : known;
+  } catch (_) {
+    return known; // not reachable yet: the next PATCH finds out, and a 409 says where the server is
   }
 }
 

@@ -30,8 +30,10 @@ AUTH_KEY = "s3cret-key"
 MAX_EXAMPLES = 25
 
 
-# Raw image bodies are opaque bytes, like the image/png and application/octet-stream ones.
-schemathesis.serializer.alias(["image/tiff", "image/bmp"], "application/octet-stream")
+# Raw image bodies, and the pieces of a resumable upload (tus PATCH), are opaque bytes, like the
+# image/png and application/octet-stream ones.
+schemathesis.serializer.alias(["image/tiff", "image/bmp", "application/offset+octet-stream"],
+                              "application/octet-stream")
 
 
 def _service_openapi() -> dict:

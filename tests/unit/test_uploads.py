@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 
 from service.jobs import JobStore
-from service.uploads import StoredImage, UnknownUpload, UploadsFull, UploadStore
+from service.uploads import (
+    OffsetMismatch,
+    StoredImage,
+    UnknownUpload,
+    UploadBusy,
+    UploadIncomplete,
+    UploadsFull,
+    UploadStore,
+    UploadTooLarge,
+)
 
 DAY = 24 * 3600.0
 
@@ -107,3 +116,48 @@ def test_delete_removes_the_files_and_an_open_map_keeps_reading(tmp_path: Path) 
     assert stored[:] == b"II*\x00 the bytes"  # unlinked, not cut short: no SIGBUS for a reader
     with pytest.raises(UnknownUpload):
         store.delete(upload_id)
+
+
+def test_a_resumable_upload_grows_at_its_offset_one_writer_at_a_time_and_completes_hashed(
+    tmp_path: Path
+) -> None:
+    store, jobs = stores(tmp_path)
+    data = b"II*\x00" + bytes(range(256)) * 20
+    pending = store.create(len(data), "cells.tif")
+    upload_id = pending.id
+    assert store.progress(upload_id) == (0, len(data))
+    with pytest.raises(UploadIncomplete) as incomplete:  # not a file to read yet
+        store.open(upload_id)
+    assert (incomplete.value.offset, incomplete.value.length) == (0, len(data))
+    with store.appending(upload_id, 0) as (out, _):
+        out.write(data[:1000])
+        with pytest.raises(UploadBusy), store.appending(upload_id, 0):  # another request adding bytes
+            pass
+    assert store.progress(upload_id) == (1000, len(data))
+    assert jobs.usage()[1] >= 1000  # counted in the folder's budget as it grows
+    with pytest.raises(OffsetMismatch) as mismatch, store.appending(upload_id, 0):  # a client that lost track
+        pass
+    assert mismatch.value.offset == 1000
+    with store.appending(upload_id, 1000) as (out, _):
+        out.write(data[1000:])
+    info = store.complete(upload_id)
+    assert (info.size, info.filename) == (len(data), "cells.tif")
+    assert info.sha256 == hashlib.sha256(data).hexdigest()
+    assert store.open(upload_id)[:] == data and store.progress(upload_id) == (len(data), len(data))
+    with pytest.raises(UnknownUpload), store.appending(upload_id, len(data)):  # complete: nothing to add
+        pass
+
+
+def test_a_resumable_upload_is_bounded_deletable_part_way_and_swept_when_abandoned(tmp_path: Path) -> None:
+    store, _ = stores(tmp_path, max_bytes=5_000)
+    with pytest.raises(UploadTooLarge):
+        store.create(5_001, None)
+    kept, abandoned = store.create(100, None).id, store.create(100, None).id
+    store.delete(kept)  # tus termination, part-way
+    with pytest.raises(UnknownUpload):
+        store.progress(kept)
+    with store.appending(abandoned, 0) as (out, _):
+        out.write(b"II*\x00")
+    past = os.stat(store.data_path(abandoned)).st_mtime - DAY - 1
+    os.utime(store.data_path(abandoned), (past, past))  # no byte written for longer than the retention
+    assert store.sweep() == [abandoned] and not store.folder(abandoned).exists()

@@ -969,6 +969,57 @@ def test_a_project_past_the_upload_limit_is_sent_once_and_its_images_segmented(
     assert shown == int(reply.headers["X-Object-Count"]) > 0
 
 
+def test_a_piece_lost_while_storing_is_sent_again_from_what_the_server_kept(
+    browser: Any, small_upload_service: tuple[str, Path], tmp_path: Path
+) -> None:
+    """A project of ~11 MB is stored in 8 MiB pieces (a resumable upload); the connection drops on
+    the second piece: the page asks the server how far it got (HEAD), sends the rest from there, and
+    the stored file is the file, byte for byte; its image is then segmented as the server does."""
+    from tests.lif_files import Image, lif_bytes
+
+    url, jobs = small_upload_service
+    nuclei = cv2.imread(str(write_disc_tiff(tmp_path / "nuclei.tif", seed=9)), cv2.IMREAD_UNCHANGED)
+    rng = np.random.default_rng(5)
+    filler = [Image(f"Series{k:03d}", rng.integers(0, 4096, (1024, 1024), dtype=np.uint16), "YX", ("Gray",))
+              for k in range(1, 6)]
+    project = tmp_path / "session.lif"
+    project.write_bytes(lif_bytes([Image("Series000", nuclei, "YX", ("Gray",), 0.5), *filler]))
+    piece = 8 * 1024 * 1024
+    assert piece < project.stat().st_size < 2 * piece
+    page, requests = _recording_page(browser, url)
+    dropped: list[str] = []
+
+    def drop_the_second_piece(route: Any) -> None:
+        if route.request.method == "PATCH" and route.request.headers.get("upload-offset") == str(piece) \
+                and not dropped:
+            dropped.append(route.request.url)
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    page.route("**/uploads/*", drop_the_second_piece)
+    try:
+        page.locator("#file-input").set_input_files(str(project))
+        shown = _wait_for_count(page)
+        labels = [label for _, label in page.evaluate("() => window.__progress")]
+        # read before the page is closed (leaving it deletes the stored file)
+        (upload_id,) = {u.rsplit("/", 1)[1] for method, u in requests if method == "PATCH"}
+        stored = (jobs / "uploads" / upload_id / "data").read_bytes()
+        reply = httpx.post(f"{url}/segment", params={"output": "labels", "series": "0", "upload": upload_id},
+                           timeout=120)
+    finally:
+        page.close()
+    assert dropped and any(re.fullmatch(r"Sending the file: connection lost at 8\.4 MB; resuming in 1 s "
+                                        r"\(try 1 of 5\)", label) for label in labels), labels
+    calls = [(method, u.removeprefix(url)) for method, u in requests if "/uploads" in u]
+    upload = f"/uploads/{upload_id}"
+    assert calls[:5] == [("POST", "/uploads"), ("PATCH", upload), ("PATCH", upload), ("HEAD", upload),
+                         ("PATCH", upload)], calls
+    assert stored == project.read_bytes()
+    assert reply.status_code == 200, reply.text
+    assert shown == int(reply.headers["X-Object-Count"]) > 0
+
+
 def test_the_tables_of_every_image_of_a_project_are_saved_as_one_zip(
     browser: Any, small_upload_service: tuple[str, Path], tmp_path: Path
 ) -> None:
