@@ -295,6 +295,12 @@ async def add_to_upload(upload_id: str, request: Request) -> Response:
     try:
         with store.appending(upload_id, offset) as (out, pending):
             reached = await _append(request, out, offset, pending.length)
+            out.flush()
+            # still holding the upload: no other request sees it half-checked or half-hashed
+            if offset < bodies.HEAD_BYTES and (reached >= bodies.HEAD_BYTES or reached == pending.length):
+                await _check_first_bytes(store, upload_id)
+            if reached == pending.length:
+                await anyio.to_thread.run_sync(store.complete, upload_id)
     except UnknownUpload as exc:
         raise unknown_upload(upload_id, exc) from exc
     except OffsetMismatch as exc:
@@ -308,15 +314,17 @@ async def add_to_upload(upload_id: str, request: Request) -> Response:
             "another request is adding bytes to this upload now: wait for it, then HEAD for the offset",
             status=409, slug="upload-offset-conflict", title="Upload offset conflict",
         ) from exc
-    if offset < bodies.HEAD_BYTES <= reached or (offset == 0 and reached == pending.length):
-        try:
-            _refuse_unreadable(await anyio.to_thread.run_sync(store.head, upload_id, bodies.HEAD_BYTES))
-        except ProblemError:
-            await anyio.to_thread.run_sync(store.discard, upload_id)
-            raise
-    if reached == pending.length:
-        await anyio.to_thread.run_sync(store.complete, upload_id)
     return Response(status_code=204, headers=_tus_headers(**{"Upload-Offset": str(reached)}))
+
+
+async def _check_first_bytes(store: UploadStore, upload_id: str) -> None:
+    """A resumable upload whose first bytes are in must start as a file the service reads: else
+    415, and the upload is removed (as a whole upload is refused at its first bytes)."""
+    try:
+        _refuse_unreadable(await anyio.to_thread.run_sync(store.head, upload_id, bodies.HEAD_BYTES))
+    except ProblemError:
+        await anyio.to_thread.run_sync(store.discard, upload_id)
+        raise
 
 
 async def _append(request: Request, out: BinaryIO, offset: int, length: int) -> int:

@@ -167,3 +167,11 @@ def test_a_piece_larger_than_one_request_may_carry_is_taken(server: Server) -> N
     assert patch(server, created["url"], 0, PROJECT).status_code == 204
     assert server.client.get(created["url"]).json()["size"] == len(PROJECT)
     server.client.delete(created["url"])
+
+
+def test_a_file_shorter_than_a_signature_sent_in_pieces_is_still_checked(server: Server) -> None:
+    """Ten bytes in two pieces: the check of a file's first bytes does not wait for sixteen."""
+    url = create(server, 10)["url"]
+    assert patch(server, url, 0, b"hello").status_code == 204
+    refused = patch(server, url, 5, b"world")
+    assert refused.status_code == 415 and server.client.head(url).status_code == 404
