@@ -247,12 +247,7 @@ class ObjectStream:
         cyto_area = np.bincount(ids, minlength=n)
         cyto_i = [finite_sums(ids, values.ravel()[where], n) for values in channels]
         shown = set()
-        for k, box in enumerate(ndimage.find_objects(rel), start=1):
-            if box is None:
-                continue
-            object_id = k + base - 1
-            sums = self._open.setdefault(object_id, _Sums())
-            box_y, box_x = box
+        for k, object_id, (box_y, box_x), sums in self._shown(rel, base):
             sums.cx0, sums.cx1 = min(sums.cx0, box_x.start), max(sums.cx1, box_x.stop)
             sums.cy0, sums.cy1 = min(sums.cy0, y0 + box_y.start), max(sums.cy1, y0 + box_y.stop)
             sums.cyto_area += int(cyto_area[k])
@@ -260,6 +255,14 @@ class ObjectStream:
                                                               int(cyto_area[k]))
             shown.add(object_id)
         return shown
+
+    def _shown(self, rel: np.ndarray, base: int) -> Iterator[tuple[int, int, tuple[slice, slice], _Sums]]:
+        """Each object a band's relative ids (``_relative_ids``) show: its index there, its id, its
+        box in the band and its sums (opened here if it is new)."""
+        for k, box in enumerate(ndimage.find_objects(rel), start=1):
+            if box is not None:
+                object_id = k + base - 1
+                yield k, object_id, box, self._open.setdefault(object_id, _Sums())
 
     def _add_rings(self, y0: int, rings: np.ndarray, channels: Sequence[np.ndarray]) -> set[int]:
         """Keep the band's ring pixels of each measured channel with their objects; the ids it shows."""
@@ -275,11 +278,7 @@ class ObjectStream:
         ends = np.cumsum(counts)
         pieces = [values.ravel()[where] for values in channels]
         shown = set()
-        for k, box in enumerate(ndimage.find_objects(rel), start=1):
-            if box is None:
-                continue
-            object_id = k + base - 1
-            sums = self._open.setdefault(object_id, _Sums())
+        for k, object_id, _, sums in self._shown(rel, base):
             start = ends[k] - counts[k]
             if not sums.ring_pixels:
                 sums.ring_pixels = [[] for _ in channels]
