@@ -49,9 +49,9 @@ router = APIRouter(tags=["uploads"], dependencies=[Depends(require_api_key)])
 
 #: What a stored file must start with: the formats the service reads.
 _READABLE = "TIFF (OME-TIFF, BigTIFF, ImageJ), Zeiss CZI, Leica LIF, PNG, JPEG or BMP"
-#: The tus protocol version spoken, and its extensions (https://tus.io/protocols/resumable-upload).
+#: The tus protocol version spoken (https://tus.io/protocols/resumable-upload: the core, and the
+#: creation and termination extensions; no OPTIONS discovery, which tus clients do without).
 TUS_VERSION = "1.0.0"
-TUS_EXTENSIONS = "creation,termination"
 #: The body type tus requires of a PATCH.
 OFFSET_STREAM = "application/offset+octet-stream"
 
