@@ -407,7 +407,7 @@ def test_channel_picker_lists_the_files_channels_and_segments_the_one_chosen(
             "output=objects" in url for url in requests if "measure=" in url)
         # ... each less its local background around each nucleus
         requests.clear()
-        page.get_by_label("… less the local background: a ring of (px)").fill("4")
+        page.get_by_label("Local background: ring of (px)").fill("4")
         with page.expect_download() as info:
             page.locator("#download-objects").click()
         ringed = Path(info.value.path()).read_text().splitlines()[0].split(",")
