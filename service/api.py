@@ -39,7 +39,14 @@ from service import background, cells3d, imaging, microscopy, objects, pipeline,
 from service.batcher import DynamicBatcher
 from service.engine import Engine
 from service.model_metadata import ModelMetadata
-from service.outputs import BACKGROUND_KINDS, CELL_KINDS, MAX_EXPAND_PX, measured_keys, object_rows
+from service.outputs import (
+    BACKGROUND_KINDS,
+    CELL_KINDS,
+    MAX_EXPAND_PX,
+    cells_and_rings,
+    measured_keys,
+    object_rows,
+)
 from service.outputs import encode as encode_output
 from service.polarity import POLARITIES, Polarity
 from service.preprocess import to_channels
@@ -378,9 +385,7 @@ class Segmenter:
         table = None
         if "objects" in wanted:
             assert grid.labels is not None
-            cells = None if expand is None else objects.expand_cells(grid.labels, expand)
-            rings = None if background_ring is None else background.ring_labels(
-                grid.labels, background_ring, expand or 0.0)
+            cells, rings = cells_and_rings(grid.labels, expand, background_ring)
             rows = object_rows(grid.labels, pixels, grid.probability, plane, cells, rings)
             calibrated = plane.pixel_size is not None
             dicts = objects.row_dicts(rows, calibrated, measured_keys(plane), cells is not None,

@@ -68,6 +68,18 @@ def object_rows(
     )
 
 
+def cells_and_rings(
+    labels: np.ndarray, expand: float | None, background_ring: float | None
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Each object's cell (``expand``: ``objects.expand_cells``) and background ring
+    (``background_ring``: ``background.ring_labels``), None where not asked for. With cells the
+    ring lies beyond them: a cytoplasmic marker's background is outside the cell."""
+    cells = None if expand is None else objects.expand_cells(labels, expand)
+    if background_ring is None:
+        return cells, None
+    return cells, background.ring_labels(labels, background_ring, expand or 0.0)
+
+
 def measured_keys(plane: Plane | None) -> list[str]:
     """The column names (``measured_channels.channel_key``) of the channels ``plane`` is measured in."""
     if plane is None:
@@ -135,10 +147,7 @@ def encode(
     if kind == "labels":
         return objects.encode_labels(labels)  # 16-bit PNG; 32-bit TIFF past 65535 objects
     assert probability is not None
-    cells = None if expand is None else objects.expand_cells(labels, expand)
-    # beyond each cell where cells are grown: a cytoplasmic marker's background lies outside the cell
-    reach = expand or 0.0
-    rings = None if background_ring is None else background.ring_labels(labels, background_ring, reach)
+    cells, rings = cells_and_rings(labels, expand, background_ring)
     rows = object_rows(labels, image, probability, plane, cells, rings)
     calibrated = plane is not None and plane.pixel_size is not None
     if kind == "rois":
