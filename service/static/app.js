@@ -176,32 +176,43 @@ function upload(url, step, runningText) {
  */
 function sendFile(url, step, runningText) {
   const file = state.file;
-  let sending = null;
-  const sent = () => {
-    if (!sending) return;
-    state.uploads.delete(sending);
-    sending = null;
-    showCancel();
-  };
+  const sending = uploadTracker();
   return request("POST", url, file, {
     contentType: file.type || "application/octet-stream",
-    onOpen: (xhr) => {
-      sent(); // a retry after a 401: the earlier request is over
-      sending = xhr;
-      state.uploads.add(xhr);
-    },
+    onOpen: sending.open,
     onUploadProgress: (f) => {
-      if (sending && f < 1 && !sending.partWay) {
-        sending.partWay = true;
+      const xhr = sending.current();
+      if (xhr && f < 1 && !xhr.partWay) {
+        xhr.partWay = true;
         showCancel();
       }
       showProgress(`${step}: uploading ${Math.round(100 * f)}%`, f);
     },
     onUploaded: () => {
-      sent();
+      sending.done();
       showProgress(`${step}: ${runningText}…`, null);
     },
-  }).finally(sent);
+  }).finally(sending.done);
+}
+
+/**
+ * The request sending the file's bytes, kept in state.uploads while it sends so Cancel can abort
+ * it: open(xhr) as it opens (a retry after a 401 ends the earlier one), done() when it is over.
+ */
+function uploadTracker() {
+  let sending = null;
+  const done = () => {
+    if (!sending) return;
+    state.uploads.delete(sending);
+    sending = null;
+    showCancel();
+  };
+  const open = (xhr) => {
+    done();
+    sending = xhr;
+    state.uploads.add(xhr);
+  };
+  return { open, done, current: () => sending };
 }
 
 /**
@@ -555,25 +566,17 @@ async function storeResumably(file, run) {
 
 /** PATCH one piece of a stored file at `offset`; Cancel aborts it; `onSent(bytes)` as it goes. */
 function sendPiece(url, piece, offset, onSent) {
-  let sending = null;
-  const over = () => {
-    if (!sending) return;
-    state.uploads.delete(sending);
-    sending = null;
-    showCancel();
-  };
+  const sending = uploadTracker();
   return request("PATCH", url, piece, {
     contentType: "application/offset+octet-stream",
     headers: { "Tus-Resumable": "1.0.0", "Upload-Offset": String(offset) },
     onOpen: (xhr) => {
-      over();
-      sending = xhr;
       xhr.partWay = true; // storing a large file: Cancel is offered from the start
-      state.uploads.add(xhr);
+      sending.open(xhr);
       showCancel();
     },
     onUploadProgress: (f) => onSent(f * piece.size),
-  }).finally(over);
+  }).finally(sending.done);
 }
 
 /** The bytes the server kept of a stored file (HEAD: Upload-Offset); `known` if it cannot say. */
