@@ -47,7 +47,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -76,6 +76,10 @@ class PendingUpload(BaseModel):
     length: int = Field(description="bytes the upload will have (tus Upload-Length)")
     filename: str | None = None
     created: float
+
+
+#: The JSON records an upload keeps (:meth:`UploadStore._record`).
+_Record = TypeVar("_Record", UploadInfo, PendingUpload)
 
 
 class UnknownUpload(LookupError):
@@ -247,11 +251,16 @@ class UploadStore:
             return data.read(count)
 
     def _pending(self, upload_id: str) -> PendingUpload:
+        return self._record(upload_id, _PENDING, PendingUpload)
+
+    def _record(self, upload_id: str, name: str, model: type[_Record]) -> _Record:
+        """The upload's JSON record ``name`` (its info, or its pending info); :class:`UnknownUpload`
+        when it has none."""
         try:
-            text = (self.folder(upload_id) / _PENDING).read_text()
+            text = (self.folder(upload_id) / name).read_text()
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise UnknownUpload(upload_id) from exc
-        return PendingUpload.model_validate_json(text)
+        return model.model_validate_json(text)
 
     def discard(self, upload_id: str) -> None:
         """An upload that did not arrive whole (refused, cut short)."""
@@ -262,15 +271,14 @@ class UploadStore:
     def info(self, upload_id: str) -> UploadInfo:
         """A usable upload's info; :class:`UploadIncomplete` for a resumable one still arriving."""
         try:
-            text = (self.folder(upload_id) / _INFO).read_text()
-        except (FileNotFoundError, NotADirectoryError) as exc:
+            return self._record(upload_id, _INFO, UploadInfo)
+        except UnknownUpload as exc:
             try:
                 length = self._pending(upload_id).length
                 offset = self.data_path(upload_id).stat().st_size
             except (UnknownUpload, FileNotFoundError):
-                raise UnknownUpload(upload_id) from exc
+                raise exc from None
             raise UploadIncomplete(upload_id, offset, length) from exc
-        return UploadInfo.model_validate_json(text)
 
     def open(self, upload_id: str) -> StoredImage:
         """The upload's bytes as a read-only map (:class:`StoredImage`); renews its expiry."""

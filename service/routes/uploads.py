@@ -246,12 +246,13 @@ async def _create_resumable(request: Request, store: UploadStore) -> JSONRespons
     except UploadsFull as exc:
         raise ProblemError(str(exc), status=507, slug="insufficient-storage", title="Insufficient storage",
                            headers={"Retry-After": "60"}) from exc
-    return JSONResponse(_resumable(pending, 0, store), status_code=201,
+    return JSONResponse(_created(pending, store), status_code=201,
                         headers=_tus_headers(Location=f"/uploads/{pending.id}", **{"Upload-Offset": "0"}))
 
 
-def _resumable(pending: PendingUpload, offset: int, store: UploadStore) -> dict[str, Any]:
-    return ResumableUpload(id=pending.id, url=f"/uploads/{pending.id}", length=pending.length, offset=offset,
+def _created(pending: PendingUpload, store: UploadStore) -> dict[str, Any]:
+    """A resumable upload just created: none of its bytes in yet."""
+    return ResumableUpload(id=pending.id, url=f"/uploads/{pending.id}", length=pending.length, offset=0,
                            filename=pending.filename, expires_after_s=store.retention_s).model_dump()
 
 

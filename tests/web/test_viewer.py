@@ -912,21 +912,33 @@ def small_upload_service(
         yield url, jobs
 
 
+def _project_of_noise_and_nuclei(
+    tmp_path: Path, fillers: int, side: int, seed: int, nuclei_last: bool
+) -> tuple[Path, int]:
+    """``session.lif``: ``fillers`` images of noise (``side`` px square, a LAS X session's other
+    acquisitions, making it large) and one of discs (0.5 µm/px), last or first; its path and the
+    nuclei image's index."""
+    from tests.lif_files import Image, lif_bytes
+
+    nuclei = cv2.imread(str(write_disc_tiff(tmp_path / "nuclei.tif", seed=9)), cv2.IMREAD_UNCHANGED)
+    rng = np.random.default_rng(seed)
+    noise = [Image(f"Series{k:03d}", rng.integers(0, 4096, (side, side), dtype=np.uint16), "YX", ("Gray",))
+             for k in range(1, fillers + 1)]
+    discs = Image("Series099" if nuclei_last else "Series000", nuclei, "YX", ("Gray",), 0.5)
+    project = tmp_path / "session.lif"
+    project.write_bytes(lif_bytes([*noise, discs] if nuclei_last else [discs, *noise]))
+    return project, fillers if nuclei_last else 0
+
+
 def test_a_project_past_the_upload_limit_is_sent_once_and_its_images_segmented(
     browser: Any, small_upload_service: tuple[str, Path], tmp_path: Path
 ) -> None:
     """A LAS X project three times what one request may carry: the page stores it once (POST
     uploads), then the probe, the preview and the segmentations name it (upload=) and send nothing;
     the image chosen is segmented as the server segments it; the next file frees the stored one."""
-    from tests.lif_files import Image, lif_bytes
-
     url, jobs = small_upload_service
-    nuclei = cv2.imread(str(write_disc_tiff(tmp_path / "nuclei.tif", seed=9)), cv2.IMREAD_UNCHANGED)
-    rng = np.random.default_rng(4)
-    filler = [Image(f"Series{k:03d}", rng.integers(0, 4096, (192, 192), dtype=np.uint16), "YX", ("Gray",))
-              for k in range(1, 11)]
-    project = tmp_path / "session.lif"
-    project.write_bytes(lif_bytes([*filler, Image("Series099", nuclei, "YX", ("Gray",), 0.5)]))
+    project, nuclei_at = _project_of_noise_and_nuclei(tmp_path, fillers=10, side=192, seed=4,
+                                                      nuclei_last=True)
     assert project.stat().st_size > 3 * SMALL_UPLOAD_BYTES
     page, requests = _recording_page(browser, url)
     try:
@@ -940,7 +952,7 @@ def test_a_project_past_the_upload_limit_is_sent_once_and_its_images_segmented(
                              r"about \d+ s left")
         assert any(sending.fullmatch(label) for label in labels), labels
         series = page.get_by_label("Image in the file")
-        series.select_option(str(len(filler)))
+        series.select_option(str(nuclei_at))
         page.wait_for_function("() => document.getElementById('info-pixel-size').textContent.includes('lif')")
         shown = _wait_for_count(page)
         (upload_id,) = [p.name for p in (jobs / "uploads").iterdir()]
@@ -958,12 +970,12 @@ def test_a_project_past_the_upload_limit_is_sent_once_and_its_images_segmented(
     assert ("DELETE", f"{url}/uploads/{upload_id}") in requests
     assert httpx.get(f"{url}/uploads/{upload_id}", timeout=10).status_code == 404
     # what the page showed is what the server gives for that image of the project
-    direct = httpx.post(f"{url}/segment", params={"series": str(len(filler))}, content=project.read_bytes(),
+    direct = httpx.post(f"{url}/segment", params={"series": str(nuclei_at)}, content=project.read_bytes(),
                         headers={"Content-Type": "application/octet-stream"}, timeout=120)
     assert direct.status_code == 413  # no request may carry it
     again = httpx.post(f"{url}/uploads", content=project.read_bytes(),
                        headers={"Content-Type": "application/octet-stream"}, timeout=120).json()
-    reply = httpx.post(f"{url}/segment", params={"output": "labels", "series": str(len(filler)),
+    reply = httpx.post(f"{url}/segment", params={"output": "labels", "series": str(nuclei_at),
                                                   "upload": again["id"]}, timeout=120)
     assert reply.status_code == 200, reply.text
     assert shown == int(reply.headers["X-Object-Count"]) > 0
@@ -975,15 +987,8 @@ def test_a_piece_lost_while_storing_is_sent_again_from_what_the_server_kept(
     """A project of ~11 MB is stored in 8 MiB pieces (a resumable upload); the connection drops on
     the second piece: the page asks the server how far it got (HEAD), sends the rest from there, and
     the stored file is the file, byte for byte; its image is then segmented as the server does."""
-    from tests.lif_files import Image, lif_bytes
-
     url, jobs = small_upload_service
-    nuclei = cv2.imread(str(write_disc_tiff(tmp_path / "nuclei.tif", seed=9)), cv2.IMREAD_UNCHANGED)
-    rng = np.random.default_rng(5)
-    filler = [Image(f"Series{k:03d}", rng.integers(0, 4096, (1024, 1024), dtype=np.uint16), "YX", ("Gray",))
-              for k in range(1, 6)]
-    project = tmp_path / "session.lif"
-    project.write_bytes(lif_bytes([Image("Series000", nuclei, "YX", ("Gray",), 0.5), *filler]))
+    project, _ = _project_of_noise_and_nuclei(tmp_path, fillers=5, side=1024, seed=5, nuclei_last=False)
     piece = 8 * 1024 * 1024
     assert piece < project.stat().st_size < 2 * piece
     page, requests = _recording_page(browser, url)
