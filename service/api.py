@@ -287,7 +287,7 @@ class Segmenter:
 
         Args:
             image: a file path (PNG, JPEG, BMP, TIFF / OME-TIFF / ImageJ hyperstack, Zeiss CZI, Leica
-                LIF; mapped, not read whole), the file's
+                LIF, Nikon ND2; mapped, not read whole), the file's
                 bytes, or a NumPy array: ``(H, W)`` grey, ``(H, W, 3|4)`` colour, or any other
                 shape with ``axes`` saying what its dimensions are.
             channel: the channel holding the nuclei: index, or name from the file (any case);
@@ -300,8 +300,8 @@ class Segmenter:
                 image is segmented as its optical density (``service.polarity``), a colour image's
                 colours mixed unless ``channel`` says otherwise.
             series: which image of a file holding several (an OME-TIFF's Images, a CZI's scenes, a
-                LIF project's images), 0-based; None: the first (a notice in ``warnings`` says how
-                many there are).
+                LIF project's images, an ND2's XY positions), 0-based; None: the first (a notice in
+                ``warnings`` says how many there are).
             measure: channels to measure each object in besides the one segmented (indices or
                 names, or ``"all"``): ``objects`` gains ``mean_intensity_KEY`` and
                 ``integrated_intensity_KEY`` per channel (KEY: the channel's name made column-safe,

@@ -47,7 +47,7 @@ Behaviour a batch of thousands of images needs:
   every image. The value used is printed, to be given as ``--diameter PX`` next time.
 - **Movies and stacks**: ``--t all`` / ``--z all`` make each time point (z-slice) of a file its
   own job and output (``NAME_t007.png``); each is sent as that frame alone, cut out of the file
-  (a TIFF, a Zeiss CZI or a Leica LIF) as a partial OME-TIFF that the service reads as the file
+  (a TIFF, a Zeiss CZI, a Leica LIF or a Nikon ND2) as a partial OME-TIFF that the service reads as the file
   (``service.frames``), so a movie is not uploaded once per frame and may be larger than the
   server's upload limit. ``--series`` sends the image chosen (an OME-TIFF's Image, a CZI's scene,
   a LIF project's image) cut out the same way, as that image alone: a LAS X project of gigabytes
@@ -262,6 +262,7 @@ CONTENT_TYPES: dict[str, str] = {
     ".bmp": "image/bmp",
     ".czi": "application/octet-stream",  # Zeiss ZEN: no registered media type; the service sniffs it
     ".lif": "application/octet-stream",  # Leica LAS X: likewise
+    ".nd2": "application/octet-stream",  # Nikon NIS-Elements: likewise
 }
 
 #: Statuses worth another try (overload, a replica restarting, a proxy timing out). Anything else
@@ -373,7 +374,8 @@ class Config:
     project: str | None = None
     pixel_size: float | None = None
     polarity: str | None = None  # dark: nuclei darker than their background (bright field, H&E)
-    series: int | None = None  # which image of a file of several (OME-TIFF Images, CZI scenes, LIF images)
+    #: which image of a file of several (OME-TIFF Images, CZI scenes, LIF images, ND2 positions)
+    series: int | None = None
     #: --measure: channels each nucleus is measured in besides the one segmented ("all", or indices /
     #: names with commas between), for --output objects / geojson; None: not sent
     measure: str | None = None
@@ -558,8 +560,8 @@ def count_planes(source: Path, axis: str, series: int | None = None) -> int:
     from service import frames
     from service.settings import get_settings
 
-    # Only TIFFs, CZIs and LIFs hold planes; the header is read, not the file (a movie may be larger than
-    # memory).
+    # Only TIFFs, CZIs, LIFs and ND2s hold planes; the header is read, not the file (a movie may be
+    # larger than memory).
     layout = frames.file_layout(source, get_settings().max_pixels, None if axis == "series" else series)
     if layout is None:
         return 1

@@ -27,10 +27,11 @@ the choices need, written as an OME-TIFF of that image alone, read without ``ser
 What does not carry over: the pixel size is given as OME's, so ``X-Pixel-Size-Source`` reads
 ``ome`` where the file said ``imagej`` or ``tiff``, and notices about the file's own metadata (a
 print resolution ignored, a second series) are not repeated per frame, and the answer for an image
-cut out of several has no ``X-Series``. A Zeiss CZI and a Leica LIF are cut the same way (their
-planes read by :mod:`service.czi` and :mod:`service.lif`), so a time-lapse or a project past the
-upload limit is segmented frame by frame, image by image, each sent as an OME-TIFF. Anything this
-module cannot cut (neither TIFF, CZI nor LIF, pages of mixed pixel types, colour samples that are
+cut out of several has no ``X-Series``. A Zeiss CZI, a Leica LIF and a Nikon ND2 are
+cut the same way (their planes read by :mod:`service.czi`, :mod:`service.lif` and
+:mod:`service.nd2`), so a time-lapse or a project past the upload limit is segmented frame by frame,
+image by image, each sent as an OME-TIFF. Anything this module cannot cut (neither TIFF, CZI, LIF
+nor ND2, pages of mixed pixel types, colour samples that are
 not RGB) is sent whole, as before, and the service says what it makes of it.
 """
 
@@ -46,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service import czi, imaging, lif, microscopy, structure
+from service import czi, imaging, lif, microscopy, nd2, structure
 from service.microscopy import Layout, Selection
 
 OME_NAMESPACE = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
@@ -54,6 +55,8 @@ OME_NAMESPACE = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
 OME_TYPES = {"uint8": "uint8", "uint16": "uint16", "float32": "float"}
 #: Past this many bytes of pages the cut is written as BigTIFF (classic TIFF offsets are 32-bit).
 BIGTIFF_ABOVE = 2**32 - 2**25
+#: Enough of a file's first bytes for every signature read here (an ND2's runs to byte 48).
+_HEAD_BYTES = 64
 
 Page = dict[str, int]  # {"C": c, "Z": z, "T": t}
 PageReader = Callable[[Page], np.ndarray]
@@ -141,7 +144,7 @@ def ome_xml(layout: Layout, pages: list[Page], dtype: np.dtype) -> str:
 
 
 def file_layout(path: Path, max_pixels: int, series: int | None = None) -> Layout | None:
-    """What the TIFF, CZI or LIF at ``path`` holds (at image ``series``, None: the first), read from
+    """What the TIFF, CZI, LIF or ND2 at ``path`` holds (at image ``series``, None: the first), read from
     its header (and a TIFF's first page) as the service reads an upload, without reading the file
     whole; None: neither, unreadable, no such image, or a plane over ``max_pixels`` (sent whole,
     the service says why)."""
@@ -154,7 +157,7 @@ def cut_frame(
 ) -> bytes | None:
     """The partial OME-TIFF of plane ``index`` along ``axis`` (``"t"`` or ``"z"``) of the file at
     ``path`` (of its image ``series``, None: the first), holding the pages :func:`pages_for` names;
-    None where the file is not cut (not a TIFF, CZI or LIF stack with that plane, unreadable, a
+    None where the file is not cut (not a TIFF, CZI, LIF or ND2 stack with that plane, unreadable, a
     frame over ``max_pixels``, pages of mixed pixel types): the caller sends the file whole and the
     service says what it makes of it."""
     return _cut(path, selection, max_pixels, series, axis.upper(), index)
@@ -205,6 +208,10 @@ def _opened(
         with _vendor_opened(path, max_pixels, series, structure.check_lif, lif.open_planes) as opened:
             yield opened
         return
+    if structure.is_nd2(head):
+        with _vendor_opened(path, max_pixels, series, structure.check_nd2, nd2.open_planes) as opened:
+            yield opened
+        return
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # odd tags; what matters is whether the pages read
@@ -223,11 +230,11 @@ def _opened(
 
 
 def _head(path: Path) -> bytes:
-    """The file's first bytes, enough for a CZI's or a LIF's signature (empty if it cannot be read:
+    """The file's first bytes, enough for a CZI's, a LIF's or an ND2's signature (empty if it cannot be read:
     then it is not read by plane)."""
     try:
         with open(path, "rb") as handle:
-            return handle.read(len(structure.CZI_MAGIC))
+            return handle.read(_HEAD_BYTES)
     except OSError:
         return b""
 
@@ -240,7 +247,7 @@ def _vendor_opened(
     walk: Callable[[bytes, structure.Limits], object],
     open_planes: Callable[[Path, int, int | None], tuple[Layout, PageReader, Callable[[], None]]],
 ) -> Iterator[tuple[Layout, Callable[[Page], np.ndarray]] | None]:
-    """A CZI's or a LIF's planes (at image ``series``), read from the file where it lies, its
+    """A CZI's, a LIF's or an ND2's planes (at image ``series``), read from the file where it lies, its
     structure walked on a map of it as the service walks an upload's: a movie or a project of any
     size is cut frame by frame, image by image. (A SelectionError, no such image, is a ValueError.)"""
     try:

@@ -136,7 +136,7 @@ def probe(data: bytes) -> ImageInfo:
     except UnidentifiedImageError as exc:
         raise UndecodableImage(
             f"not a recognised image ({len(data)} bytes starting {data[:8]!r}); "
-            f"send PNG, JPEG, TIFF, BMP, CZI or LIF"
+            f"send PNG, JPEG, TIFF, BMP, CZI, LIF or ND2"
         ) from exc
     except MemoryError:
         raise
@@ -144,7 +144,7 @@ def probe(data: bytes) -> ImageInfo:
         raise UndecodableImage(f"unreadable image header: {type(exc).__name__}: {exc}") from exc
     if fmt not in SUPPORTED_FORMATS:
         raise UnsupportedImageType(
-            f"image format {fmt} is not supported; send PNG, JPEG, TIFF, BMP, CZI or LIF"
+            f"image format {fmt} is not supported; send PNG, JPEG, TIFF, BMP, CZI, LIF or ND2"
         )
     if width <= 0 or height <= 0:
         raise UndecodableImage(f"image header gives an empty size {width}×{height}")

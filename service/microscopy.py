@@ -16,7 +16,8 @@ Pure functions on ``bytes`` and ``numpy`` arrays; no files, no HTTP.
   JPEG segments) so a file of a million tiny pages or chunks is refused before a decoder parses
   them, and the plane's size is checked from the header before any pixel buffer exists. Only
   the pages the choice needs are decoded (a max projection reads its z-slices one at a time).
-- CZI (Zeiss ZEN) is read by :mod:`service.czi`, LIF (Leica LAS X) by :mod:`service.lif`, into
+- CZI (Zeiss ZEN) is read by :mod:`service.czi`, LIF (Leica LAS X) by :mod:`service.lif`, ND2
+  (Nikon NIS-Elements) by :mod:`service.nd2`, into
   the same layout and plane reader.
 - PNG, JPEG and BMP keep their decoder (``imaging.decode``); their only "axis" is colour.
 - Whatever a decoder raises on hostile bytes becomes :class:`~service.imaging.UndecodableImage`
@@ -148,7 +149,7 @@ class Channel:
 class PixelSize:
     """Micrometres per pixel along x (columns) and y (rows); ``source`` says who said so:
     ``ome`` · ``imagej`` · ``tiff`` (ResolutionUnit centimetre) · ``czi`` (ZEN's Scaling) · ``lif``
-    (the image's dimensions) ·
+    (the image's dimensions) · ``nd2`` (NIS-Elements' calibration) ·
     ``request`` (``pixel_size=``). ``z_um``: the z-step (µm between z-slices) where the file
     gives one (OME ``PhysicalSizeZ``, ImageJ ``spacing``, ZEN's Scaling Z), for volumes in µm³;
     None for a file without it (a plain TIFF's resolution tags have no z)."""
@@ -508,6 +509,8 @@ def _open(data: bytes, max_pixels: int, limits: Limits, series: int | None = Non
         return _open_czi(data, max_pixels, series)
     if structure.is_lif(data):
         return _open_lif(data, max_pixels, series)
+    if structure.is_nd2(data):
+        return _open_nd2(data, max_pixels, series)
     if not is_tiff(data):
         check_series(1, (), series)
         return _open_flat(data, max_pixels, fmt=None)
@@ -530,6 +533,12 @@ def _open_lif(data: bytes, max_pixels: int, series: int | None) -> _Source:
     from service import lif  # it builds on this module's Layout
 
     return _vendor_source(*lif.open_planes(data, max_pixels, series))
+
+
+def _open_nd2(data: bytes, max_pixels: int, series: int | None) -> _Source:
+    from service import nd2  # it builds on this module's Layout
+
+    return _vendor_source(*nd2.open_planes(data, max_pixels, series))
 
 
 def _vendor_source(

@@ -29,6 +29,10 @@ what the decoders are then given is bounded by :class:`Limits`, whatever the upl
 - **LIF** (Leica LAS X): the XML header against ``max_metadata_bytes``, the memory blocks after it
   (one per image, each a small header and the image's raw bytes) against ``max_lif_blocks``,
   walked as liffile walks them (it reads every block's header in Python when it opens the file).
+- **ND2** (Nikon NIS-Elements, version 2 and 3 files): the chunk map at the end of the file against
+  ``max_nd2_chunks`` (one chunk per frame; the ``nd2`` reader parses the map in Python), each
+  chunk's header checked against the file (a truncated upload is named here), the metadata chunks
+  the service decodes against ``max_metadata_bytes``, also once inflated where NIS compressed them.
 - Other formats (BMP) have no variable structure to walk.
 
 Too much structure is :class:`TooComplex` (HTTP 413, naming the limit and its setting);
@@ -41,6 +45,7 @@ from __future__ import annotations
 import mmap
 import re
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +94,7 @@ class Limits:
     max_jpeg_scans: int = 32  # UNET_MAX_JPEG_SCANS
     max_czi_subblocks: int = 20_000  # UNET_MAX_CZI_SUBBLOCKS
     max_lif_blocks: int = 20_000  # UNET_MAX_LIF_BLOCKS
+    max_nd2_chunks: int = 50_000  # UNET_MAX_ND2_CHUNKS
 
 
 def as_limits(limits: Limits | int) -> Limits:
@@ -148,6 +154,8 @@ def check(data: bytes, limits: Limits) -> None:
         check_czi(data, limits)
     elif is_lif(data):
         check_lif(data, limits)
+    elif is_nd2(data):
+        check_nd2(data, limits)
 
 
 def is_lif(data: bytes) -> bool:
@@ -412,3 +420,111 @@ def _czi_segment(data: bytes, at: int, sid: bytes, what: str) -> None:
     found = data[at : at + 16].rstrip(b"\x00")
     if found != sid:
         raise UndecodableImage(f"malformed CZI: no {what} segment at byte {at:,} ({found[:16]!r})")
+
+
+# ND2 layout (NIS-Elements version 2 and 3 files, as the `nd2` reader and Nikon's SDK read them):
+# chunks of <magic 0x0ABECEDA, name length (uint32), data length (uint64)>, the name, the data; the
+# first is the signature chunk, the last the chunk map (each chunk's name, ending "!", then its offset
+# and size as two uint64), closed by ND2_MAP_SIGNATURE and the map's offset: the file's last 40 bytes.
+#: The signature chunk's header: the chunk magic 0x0ABECEDA, a 32-byte name, 64 bytes of data.
+_ND2_HEADER = struct.pack("<IIQ", 0x0ABECEDA, 32, 64)
+_ND2_SIGNATURE = b"ND2 FILE SIGNATURE CHUNK NAME01!"
+_ND2_MAP_NAME = b"ND2 FILEMAP SIGNATURE NAME 0001!"
+_ND2_MAP_SIGNATURE = b"ND2 CHUNK MAP SIGNATURE 0000001!"
+_ND2_CHUNK = struct.Struct("<IIQ")
+_ND2_ENTRY = struct.Struct("<QQ")
+_ND2_MAX_NAME = 256  # NIS's chunk names are tens of bytes ("ImageDataSeq|1234!")
+#: The metadata chunks the reader decodes (version 3 names, then version 2's).
+ND2_METADATA = (
+    b"ImageAttributesLV!", b"ImageMetadataLV!", b"ImageMetadataSeqLV|0!", b"ImageTextInfoLV!",
+    b"ImageAttributes!", b"ImageMetadata!", b"ImageMetadataSeq|0!", b"ImageTextInfo!",
+)
+_CLX_COMPRESSED = 76  # a CLX lite record of this type is zlib's stream of the records
+
+
+def is_nd2(data: bytes) -> bool:
+    """Whether ``data`` starts as a current (version 2 or 3) Nikon ND2 does: the signature chunk's
+    header (its first 16 bytes, all a stored upload's first-bytes check sees), then its name."""
+    return data[:16] == _ND2_HEADER and (len(data) < 48 or data[16:48] == _ND2_SIGNATURE)
+
+
+def check_nd2(data: bytes, limits: Limits) -> int:
+    """Chunks in an ND2, walked through its chunk map as the ``nd2`` reader walks it:
+    :class:`TooComplex` past ``limits.max_nd2_chunks`` chunks or metadata past
+    ``limits.max_metadata_bytes`` (inflated, where compressed), :class:`~service.imaging.UndecodableImage`
+    for a map or a chunk that is not in the file."""
+    return len(nd2_chunks(data, limits))
+
+
+def nd2_chunks(data: bytes, limits: Limits | None = None) -> dict[bytes, tuple[int, int]]:
+    """Each chunk of an ND2 by name: where its data starts and how many bytes it holds, every one
+    checked to lie in the file. ``limits`` bound the walk (None: a file already walked)."""
+    size = len(data)
+    if size < 112 + 40:
+        raise UndecodableImage(f"truncated ND2: {size} bytes, shorter than its header and chunk map")
+    signature, map_at = struct.unpack_from("<32sQ", data, size - 40)
+    if signature != _ND2_MAP_SIGNATURE:
+        raise UndecodableImage(
+            "truncated ND2: the file does not end with its chunk map (an upload cut short, or a file "
+            "NIS-Elements did not finish writing)"
+        )
+    start, length = _nd2_chunk(data, map_at, "chunk map")
+    entries = bytes(data[start : start + length])
+    chunks: dict[bytes, tuple[int, int]] = {}
+    metadata = 0
+    pos = 0
+    while True:
+        end = entries.find(b"!", pos, pos + _ND2_MAX_NAME)
+        if end < 0:
+            raise UndecodableImage(f"malformed ND2 chunk map: no chunk name at byte {pos:,} of the map")
+        name = entries[pos : end + 1]
+        if name == _ND2_MAP_SIGNATURE:
+            break
+        if end + 1 + _ND2_ENTRY.size > len(entries):
+            raise UndecodableImage("malformed ND2 chunk map: it ends inside an entry")
+        offset, _size = _ND2_ENTRY.unpack_from(entries, end + 1)
+        pos = end + 1 + _ND2_ENTRY.size
+        if limits is not None and len(chunks) >= limits.max_nd2_chunks:
+            raise TooComplex(
+                f"the ND2 has more than {limits.max_nd2_chunks:,} chunks (one per frame)",
+                limits.max_nd2_chunks, "UNET_MAX_ND2_CHUNKS", "; export the frames you need",
+            )
+        where = name.decode("ascii", "replace")
+        chunks[name] = _nd2_chunk(data, offset, f"chunk {where}")
+        if limits is not None and name in ND2_METADATA:
+            metadata += _nd2_metadata_bytes(data, *chunks[name], limits.max_metadata_bytes, metadata)
+    return chunks
+
+
+def _nd2_chunk(data: bytes, at: int, what: str) -> tuple[int, int]:
+    size = len(data)
+    if not 0 <= at <= size - _ND2_CHUNK.size:
+        raise UndecodableImage(f"truncated ND2: its {what} is not in the file (byte {at:,} of {size:,})")
+    magic, name_length, length = _ND2_CHUNK.unpack_from(data, at)
+    start = at + _ND2_CHUNK.size + name_length
+    if magic != 0x0ABECEDA:
+        raise UndecodableImage(f"malformed ND2: no chunk at byte {at:,} ({what})")
+    if start + length > size:
+        raise UndecodableImage(
+            f"truncated ND2: its {what} runs past the end of the file ({size:,} bytes)"
+        )
+    return start, length
+
+
+def _nd2_metadata_bytes(data: bytes, start: int, length: int, limit: int, used: int) -> int:
+    """A metadata chunk's bytes as decoded (inflated, where NIS compressed it), ``used`` of ``limit``
+    already decoded."""
+    left = limit - used
+    decoded = length
+    if length and data[start] == _CLX_COMPRESSED and length <= left:
+        # <type, name length 0> then 10 bytes before zlib's stream, as the reader skips them.
+        inflater = zlib.decompressobj()
+        try:
+            decoded = len(inflater.decompress(bytes(data[start + 12 : start + length]), left + 1))
+        except zlib.error as exc:
+            raise UndecodableImage(f"malformed ND2 metadata: {exc}") from exc
+    if decoded > left:
+        raise TooComplex(
+            f"the ND2's metadata holds more than {limit:,} bytes", limit, "UNET_MAX_METADATA_BYTES",
+        )
+    return decoded

@@ -28,6 +28,8 @@ def plane_pixels(data: bytes, max_pixels: int, limits: structure.Limits | int) -
         return _czi_pixels(data, max_pixels)
     if structure.is_lif(data):
         return _lif_pixels(data, max_pixels)
+    if structure.is_nd2(data):
+        return _nd2_pixels(data, max_pixels)
     width, height = _tiff_size(data) if microscopy.is_tiff(data) else (None, None)
     if width is None or height is None:
         try:
@@ -58,6 +60,14 @@ def _lif_pixels(data: bytes, max_pixels: int) -> int:
 
     with microscopy.decoder_errors():
         return lif.admitted_pixels(data, max_pixels)
+
+
+def _nd2_pixels(data: bytes, max_pixels: int) -> int:
+    """An ND2's plane, from its attributes (every position of the experiment has the same)."""
+    from service import nd2
+
+    with microscopy.decoder_errors():
+        return nd2.admitted_pixels(data, max_pixels)
 
 
 def _tiff_size(data: bytes) -> tuple[int | None, int | None]:

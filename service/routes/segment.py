@@ -917,7 +917,7 @@ IMAGE_BODY = {
                     "file": {
                         "type": "string",
                         "format": "binary",
-                        "description": "PNG, JPEG, TIFF, BMP, Zeiss CZI or Leica LIF image",
+                        "description": "PNG, JPEG, TIFF, BMP, Zeiss CZI, Leica LIF or Nikon ND2 image",
                     }
                 },
             }
