@@ -2,12 +2,14 @@
 
 Real PNG (8/16-bit; grey, RGB, RGBA), JPEG (grey, colour, progressive), TIFF (single page,
 multi-page, tiled, compressed, OME-TIFF with channels, ImageJ hyperstack), Zeiss CZI (zstd1
-channels and slices; a tile scan) and Leica LIF (a project of a z-stack and a colour image)
-bytes, small so a few hundred mutants decode in seconds, each
-mutated by one of: byte flips, truncation, duplicating a chunk / marker segment / IFD entry /
-CZI directory entry / LIF memory block, corrupting a length field (PNG chunk length, JPEG segment
-length, TIFF entry count / value count / offset, CZI entry count / dimension count / subblock
-position, LIF block size / id length / XML length).
+channels and slices; a tile scan), Leica LIF (a project of a z-stack and a colour image) and
+Nikon ND2 (positions of a two-channel z-stack; a lossless colour frame with padded rows) bytes,
+small so a few hundred mutants decode in seconds, each mutated by one of: byte flips, truncation,
+duplicating a chunk / marker segment / IFD entry / CZI directory entry / LIF memory block / ND2
+chunk, corrupting a length field (PNG chunk length,
+JPEG segment length, TIFF entry count / value count / offset, CZI entry count / dimension count /
+subblock position, LIF block size / id length / XML length, ND2 chunk name / data length and the
+chunk map's offset).
 The same seed always gives the same mutants, so a failure is reproducible from its name.
 """
 
@@ -26,6 +28,7 @@ import tifffile
 
 from tests.czi_files import ZSTD1, Tile, czi_bytes
 from tests.lif_files import Image, lif_bytes
+from tests.nd2_files import Nd2, write_nd2
 
 
 def _blobs(height: int, width: int, seed: int, dtype: type = np.uint8) -> np.ndarray:
@@ -57,7 +60,8 @@ def _tiff(array: np.ndarray, **kwargs: object) -> bytes:
 
 
 def seeds() -> dict[str, bytes]:
-    """The valid files the mutants start from: name → bytes (each under ~10 KB)."""
+    """The valid files the mutants start from: name → bytes (each under ~10 KB but the ND2s, whose
+    frame chunks pad their names to 4 KiB as NIS writes them)."""
     h, w = 24, 32
     grey8, grey16 = _blobs(h, w, 1), _blobs(h, w, 2, np.uint16)
     rgb8 = np.dstack([_blobs(h, w, k) for k in (3, 4, 5)])
@@ -95,6 +99,10 @@ def seeds() -> dict[str, bytes]:
             Image("Series001", np.stack([channels, channels[::-1]]), "ZCYX", ("Green", "Blue"), z_um=0.5),
             Image("Series002", rgb8, "YXS", folder="Position 2"),
         ]),
+        "nd2-positions": write_nd2(Nd2(
+            np.stack([np.stack([np.dstack(list(channels)), np.dstack(list(channels[::-1]))])] * 2), "PZYXC",
+            ("FITC", "DAPI"), 0.65, 0.5, ("A1", "B1"))),
+        "nd2-lossless-rgb": write_nd2(Nd2(rgb8[:, :31], "YXS", lossless=True, row_padding=3)),
     }
 
 
@@ -154,6 +162,19 @@ def _lif_blocks(data: bytes) -> list[tuple[int, int]]:
     return out
 
 
+def _nd2_chunks(data: bytes) -> list[tuple[int, int]]:
+    """(start, length) of each chunk of an ND2 the chunk map names: header, name and data."""
+    map_at = struct.unpack_from("<Q", data, len(data) - 8)[0]
+    entries = data[map_at + 48 : len(data) - 40]
+    out, pos = [], 0
+    while (end := entries.find(b"!", pos)) >= 0:
+        start = struct.unpack_from("<Q", entries, end + 1)[0]
+        name_length, length = struct.unpack_from("<IQ", data, start + 4)
+        out.append((start, 16 + name_length + length))
+        pos = end + 17
+    return out
+
+
 def _segments(name: str, data: bytes) -> list[tuple[int, int]]:
     if name.startswith("png"):
         return _png_chunks(data)
@@ -163,6 +184,8 @@ def _segments(name: str, data: bytes) -> list[tuple[int, int]]:
         return _czi_entries(data)
     if name.startswith("lif"):
         return _lif_blocks(data)
+    if name.startswith("nd2"):
+        return _nd2_chunks(data)
     return [(offset, 12) for offset in _tiff_entries(data)]
 
 
@@ -200,6 +223,9 @@ def corrupt_length(rng: random.Random, name: str, data: bytes) -> bytes:
         struct.pack_into(fmt, out, where, value if fmt == "<q" else value - (1 << 32) * (value >= 1 << 31))
     elif name.startswith("lif"):  # a memory block's size or id length, or the XML header's length
         where, fmt = rng.choice([(start + 9, "<Q"), (start + 18, "<I"), (9, "<I")])
+        struct.pack_into(fmt, out, where, value)
+    elif name.startswith("nd2"):  # a chunk's name or data length, or where the chunk map lies
+        where, fmt = rng.choice([(start + 4, "<I"), (start + 8, "<Q"), (len(data) - 8, "<Q")])
         struct.pack_into(fmt, out, where, value)
     else:  # an IFD entry's value count or value/offset, or the IFD's entry count
         order = "<" if data[:2] == b"II" else ">"

@@ -157,13 +157,13 @@ def _client_under_upload_limit(
         server.stop()
 
 
-@pytest.mark.parametrize("suffix", [".tif", ".czi", ".lif"])
+@pytest.mark.parametrize("suffix", [".tif", ".czi", ".lif", ".nd2"])
 def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Path, suffix: str) -> None:
     # --t all sends each frame cut out of the movie (service.frames), so a movie larger than the
     # server takes in one request (UNET_MAX_UPLOAD_BYTES) is still segmented, every frame of it;
     # sent whole, each frame would be a 413. The frames' objects come back in µm: the calibration
-    # travels with the cut. An ImageJ hyperstack, a Zeiss CZI as ZEN saves a time-lapse, and a Leica
-    # LIF as LAS X does (its channels named by their colour tables).
+    # travels with the cut. An ImageJ hyperstack, a Zeiss CZI as ZEN saves a time-lapse, a Leica
+    # LIF as LAS X does (its channels named by their colour tables), and a Nikon ND2 as NIS does.
     np = pytest.importorskip("numpy")
     tifffile = pytest.importorskip("tifffile")
     rng = np.random.default_rng(0)
@@ -178,10 +178,15 @@ def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Pat
 
         tiles = [Tile(movie[t, c], c=c, t=t) for t in range(6) for c in range(2)]
         (images / "movie.czi").write_bytes(czi_bytes(tiles, {0: "Actin", 1: "DAPI"}, 0.5e-6))
-    else:
+    elif suffix == ".lif":
         from tests.lif_files import Image, lif_bytes
 
         (images / "movie.lif").write_bytes(lif_bytes([Image("movie", movie, "TCYX", ("Green", "Blue"), 0.5)]))
+    else:
+        from tests.nd2_files import Nd2, write_nd2
+
+        frames = np.moveaxis(movie, 1, -1)  # TYXC: each frame's channels interleaved
+        (images / "movie.nd2").write_bytes(write_nd2(Nd2(frames, "TYXC", ("Actin", "DAPI"), 0.5)))
     limit = (images / f"movie{suffix}").stat().st_size // 3
     assert limit > 64 * 80 * 2 * 2  # one frame's pages fit, the movie does not
     proc = _client_under_upload_limit(tmp_path, images, limit, "--t", "all", "--channel",
@@ -193,23 +198,31 @@ def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Pat
     assert all("area_um2" in p.read_text().splitlines()[0] for p in tables)
 
 
-def test_a_project_over_the_upload_limit_is_segmented_image_by_image(tmp_path: Path) -> None:
-    # A LAS X project holds every acquisition of a session and is often gigabytes, past what a
-    # server takes in one request (UNET_MAX_UPLOAD_BYTES). --series all sends each image cut out of
-    # it (service.frames.cut_image: the pages the choices need, without series=), so every image is
-    # segmented; sent whole, each would be a 413. Sizes come back in µm: the calibration travels.
+@pytest.mark.parametrize("suffix", [".lif", ".nd2"])
+def test_a_project_over_the_upload_limit_is_segmented_image_by_image(tmp_path: Path, suffix: str) -> None:
+    # A LAS X project holds every acquisition of a session, an ND2 every position of a plate, and
+    # either is often gigabytes, past what a server takes in one request (UNET_MAX_UPLOAD_BYTES).
+    # --series all sends each image cut out of it (service.frames.cut_image: the pages the choices
+    # need, without series=), so every image is segmented; sent whole, each would be a 413. Sizes
+    # come back in µm: the calibration travels.
     np = pytest.importorskip("numpy")
     from tests.lif_files import Image, lif_bytes
+    from tests.nd2_files import Nd2, write_nd2
 
     rng = np.random.default_rng(1)
     fields = [rng.integers(0, 4000, (2, 64, 80), dtype=np.uint16) for _ in range(4)]  # CYX
     images = tmp_path / "in"
     images.mkdir()
-    project = lif_bytes([Image(f"Series{k + 1:03d}", field, "CYX", ("Green", "Blue"), 0.5)
-                         for k, field in enumerate(fields)])
-    (images / "session.lif").write_bytes(project)
+    if suffix == ".lif":
+        project = lif_bytes([Image(f"Series{k + 1:03d}", field, "CYX", ("Green", "Blue"), 0.5)
+                             for k, field in enumerate(fields)])
+    else:
+        positions = np.moveaxis(np.stack(fields), 1, -1)  # PYXC
+        project = write_nd2(Nd2(positions, "PYXC", ("GFP", "Blue"), 0.5,
+                                position_names=("A1", "A2", "B1", "B2")))
+    (images / f"session{suffix}").write_bytes(project)
     limit = len(project) // 3
-    assert limit > 64 * 80 * 2  # one image's nuclei channel fits, the project does not
+    assert limit > 64 * 80 * 2 * 2  # one image's pages fit, the project does not
     proc = _client_under_upload_limit(tmp_path, images, limit, "--series", "all", "--channel", "Blue",
                                       "--output", "objects")
     assert proc.returncode == 0, proc.stderr
