@@ -483,6 +483,48 @@ def test_a_leica_lif_is_dropped_as_saved_and_its_channels_offered_by_their_colou
         page.close()
 
 
+def test_a_nikon_nd2_is_dropped_as_saved_its_positions_and_channels_offered_by_their_names(
+    browser: Any, service_url: str, tmp_path: Path
+) -> None:
+    """NIS-Elements' own file: the page takes a .nd2, offers its XY positions and its channels by
+    their names in NIS, shows its calibration and segments the position and channel chosen as the
+    server does."""
+    from tests.nd2_files import Nd2, write_nd2
+
+    nuclei = cv2.imread(str(write_disc_tiff(tmp_path / "nuclei.tif", seed=9)), cv2.IMREAD_UNCHANGED)
+    marker = cv2.GaussianBlur(nuclei, (0, 0), 12)
+    other = nuclei.copy()
+    other[:, : other.shape[1] // 2] = nuclei.min()  # the second field: the right half's nuclei only
+    fields = np.stack([np.dstack([marker, nuclei]), np.dstack([marker, other])])  # PYXC
+    path = tmp_path / "plate.nd2"
+    path.write_bytes(write_nd2(Nd2(fields, "PYXC", ("FITC", "DAPI"), 0.5, position_names=("A1", "B2"))))
+    page = _new_page(browser, service_url)
+    try:
+        page.locator("#file-input").set_input_files(str(path))
+        picker = page.get_by_label("Nuclei channel")
+        picker.wait_for(state="visible")
+        assert picker.locator("option").all_text_contents()[1:] == ["0 · FITC", "1 · DAPI"]
+        series = page.get_by_label("Image in the file")
+        size = f"{nuclei.shape[1]}×{nuclei.shape[0]}"
+        assert series.locator("option").all_text_contents()[1:] == [f"0 · A1 ({size} · 2 ch)",
+                                                                    f"1 · B2 ({size} · 2 ch)"]
+        page.wait_for_function("() => document.getElementById('info-pixel-size').textContent.includes('nd2')")
+        assert page.locator("#info-pixel-size").text_content() == "0.5 µm/px (nd2)"
+        picker.select_option("1")
+        first = _wait_for_count(page)
+        assert first == _server_count(service_url, path, channel="1") > 0
+        series.select_option("1")
+        picker.wait_for(state="visible")
+        picker.select_option("1")
+        second = _server_count(service_url, path, series="1", channel="1")
+        assert second not in (first, 0)  # another field: the count tells the positions apart
+        page.wait_for_function(f"() => document.getElementById('info-count').textContent === '{second}'"
+                               " || document.getElementById('error').textContent !== ''")
+        assert _wait_for_count(page) == second
+    finally:
+        page.close()
+
+
 def test_a_file_of_several_images_offers_them_and_each_is_probed_when_chosen(
     browser: Any, service_url: str, tmp_path: Path
 ) -> None:
