@@ -266,6 +266,37 @@ def test_a_czi_path_and_its_scenes_read_as_the_service_reads_them(
     assert default.plane.describe()["series"] == 0 and any("series=1" in w for w in default.warnings)
 
 
+def test_a_long_nd2_by_path_is_mapped_not_read_and_its_last_frame_equals_the_plane_alone(
+    segmenter: Segmenter, tmp_path: Path
+) -> None:
+    """An ND2 time-lapse of 1,400 two-channel frames (57 MiB) by path, its last frame at its second
+    position chosen: the nuclei segmented are those of that plane sent alone, in µm from NIS's
+    calibration, and the call allocates far less than the file (mapped; one frame's channel read)."""
+    import tracemalloc
+
+    from tests.nd2_files import Nd2, write_nd2
+
+    nuclei, _ = nuclei_image(size=96, grid=3, seed=15)
+    frames = np.random.default_rng(1).integers(0, 4000, (1400, 2, 96, 96, 2), dtype=np.uint16)  # TPYXC
+    frames[-1, 1, :, :, 1] = nuclei.astype(np.uint16)
+    path = tmp_path / "timelapse.nd2"
+    path.write_bytes(write_nd2(Nd2(frames, "TPYXC", ("mCherry", "H2B-GFP"), 0.65)))
+    del frames
+    assert path.stat().st_size > 48 * 2**20
+    choice = {"series": 1, "t": 1399, "channel": "h2b-gfp", "outputs": ("labels",)}
+    segmenter.segment(path, **choice)  # warm: the model's arenas, caches
+    tracemalloc.start()
+    try:
+        by_path = segmenter.segment(path, **choice)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, peak
+    alone = segmenter.segment(nuclei.astype(np.uint16), outputs=("labels",))
+    assert np.array_equal(by_path.labels, alone.labels) and by_path.object_count == alone.object_count > 0
+    assert (by_path.plane.pixel_size.source, by_path.plane.pixel_size.x_um) == ("nd2", 0.65)
+
+
 def test_a_large_project_by_path_is_mapped_not_read_and_equals_its_bytes(
     segmenter: Segmenter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
