@@ -299,7 +299,7 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "File too large", 413, "The file has more bytes than the server reads for one image "
         "(UNET_MAX_UPLOAD_BYTES, the upload limit).",
         "Crop or convert the image, or ask the operator to raise UNET_MAX_UPLOAD_BYTES. A slide or a "
-        "stack (TIFF, CZI, a LIF project's image, OME-Zarr) is read by region from its path at any "
+        "stack (TIFF, CZI, a LIF project's image, ND2, OME-Zarr) is read by region from its path at any "
         "size: output=ome-zarr, or output=labels3d."),
     "data-file-changed": ProblemType(
         "File changed", 409,

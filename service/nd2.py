@@ -61,7 +61,7 @@ _STAMP_BYTES = 8  # each frame's data starts with its acquisition time (a double
 Reader = Callable[[dict[str, int]], np.ndarray]
 
 
-class _Frame(NamedTuple):
+class Frame(NamedTuple):
     """How each frame's pixels lie: ``components`` per pixel (channels × samples), rows
     ``row_bytes`` apart, zlib-compressed or not."""
 
@@ -96,11 +96,60 @@ def open_planes(
     """
     view, close = _mapped(source)
     try:
-        layout, read = _planes(view, max_pixels, series)
+        layout, read, _about = _planes(view, max_pixels, series)
     except BaseException:
         close()
         raise
     return layout, read, close
+
+
+class Stored(NamedTuple):
+    """Where position ``position``'s frames lie in the file, for reading windows from a map of it
+    (slide and stack jobs by path): each ``frame`` (rows ``row_bytes`` apart, components
+    interleaved) at its offset, the loops (axis letter, count) outermost first."""
+
+    frame: Frame
+    loops: tuple[tuple[str, int], ...]
+    position: int
+    offsets: dict[int, tuple[int, int]]  # frame index → (offset of its pixels, bytes there)
+
+    def where(self, coords: dict[str, int]) -> int:
+        """The offset of the pixels of the frame at ``coords`` (``{"T": t, "Z": z}``, 0 where left
+        out) at this position.
+
+        Raises:
+            UndecodableImage: the file has no such frame, or too few bytes for it.
+        """
+        index = _frame_index(self.loops, {**coords, "P": self.position})
+        offset, available = self.offsets.get(index, (0, -1))
+        if available < self.frame.nbytes:
+            raise UndecodableImage(
+                f"the ND2 holds no whole frame {index + 1} (an acquisition stopped early, or a file cut "
+                "short)"
+            )
+        return offset
+
+
+def open_stored(path: Path, max_pixels: int, series: int | None = None) -> tuple[Layout, Stored]:
+    """The layout of position ``series`` of the ND2 at ``path`` and where its frames lie. The file
+    is closed on return.
+
+    Raises: as :func:`open_planes`; UnsupportedImageType for compressed frames (not read by region).
+    """
+    view, close = _mapped(path)
+    try:
+        layout, _read, about = _planes(view, max_pixels, series)
+    finally:
+        close()
+    if about.frame.compressed:
+        raise UnsupportedImageType(
+            "this ND2's frames are compressed, so a window cannot be read without its whole frame; "
+            "send it as an upload, or save it uncompressed from NIS-Elements"
+        )
+    offsets = {int(name[len(_FRAME_PREFIX) : -1]): (start + _STAMP_BYTES, length - _STAMP_BYTES)
+               for name, (start, length) in about.chunks.items()
+               if name.startswith(_FRAME_PREFIX) and name[len(_FRAME_PREFIX) : -1].isdigit()}
+    return layout, Stored(about.frame, about.loops, layout.series, offsets)
 
 
 def admitted_pixels(data: bytes, max_pixels: int) -> int:
@@ -130,7 +179,7 @@ class _About(NamedTuple):
     """What the metadata says: the frame, the loops outermost first (axis letter, count), the
     channels' names, the positions' names, the calibration, each chunk's place."""
 
-    frame: _Frame
+    frame: Frame
     loops: tuple[tuple[str, int], ...]
     channel_names: tuple[str, ...]
     position_names: tuple[str, ...]
@@ -174,7 +223,7 @@ def _about(data: Any) -> _About:
         raise UndecodableImage(
             f"malformed ND2: frames of {width}×{height} px, {components} components, {row_bytes} bytes a row"
         )
-    frame = _Frame(height, width, components, dtype, row_bytes, attributes.compressionType == "lossless")
+    frame = Frame(height, width, components, dtype, row_bytes, attributes.compressionType == "lossless")
 
     loops = []
     for loop in experiment:
@@ -231,7 +280,7 @@ class _Borrowed:
         self.closed = True
 
 
-def _planes(data: Any, max_pixels: int, series: int | None) -> tuple[Layout, Reader]:
+def _planes(data: Any, max_pixels: int, series: int | None) -> tuple[Layout, Reader, _About]:
     about = _about(data)
     frame = about.frame
     sizes = dict(about.loops)
@@ -275,9 +324,7 @@ def _planes(data: Any, max_pixels: int, series: int | None) -> tuple[Layout, Rea
 
     def read(coords: dict[str, int]) -> np.ndarray:
         at = {**coords, "P": position}
-        index = 0
-        for axis, count in about.loops:
-            index = index * count + int(at.get(axis, 0))
+        index = _frame_index(about.loops, at)
         chunk = about.chunks.get(_FRAME_PREFIX + f"{index}!".encode())
         if chunk is None:
             place = ", ".join(f"{a.lower()}={at.get(a, 0)}" for a, _n in about.loops if a != "P")
@@ -307,10 +354,19 @@ def _planes(data: Any, max_pixels: int, series: int | None) -> tuple[Layout, Rea
         series_names=names if positions > 1 else (),
         series_about=about_each,
     )
-    return layout, read
+    return layout, read, about
 
 
-def _frame_pixels(data: Any, chunk: tuple[int, int], frame: _Frame) -> np.ndarray:
+def _frame_index(loops: tuple[tuple[str, int], ...], coords: dict[str, int]) -> int:
+    """The frame (``ImageDataSeq|N``) at ``coords``: the loops' indices raveled, the innermost
+    fastest, as NIS numbers them."""
+    index = 0
+    for axis, count in loops:
+        index = index * count + int(coords.get(axis, 0))
+    return index
+
+
+def _frame_pixels(data: Any, chunk: tuple[int, int], frame: Frame) -> np.ndarray:
     """One frame's pixels ``(H, W, components)``: a view of ``data`` (uncompressed), or its rows
     inflated (at most the frame's bytes: a chunk claiming more is not inflated further)."""
     start, length = chunk

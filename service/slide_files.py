@@ -1,4 +1,4 @@
-"""Slide-scale files read window by window: tiled TIFF / OME-TIFF / BigTIFF, OME-Zarr, CZI and LIF.
+"""Slide-scale files read window by window: tiled TIFF / OME-TIFF / BigTIFF, OME-Zarr, CZI, LIF, ND2.
 
 A slide of 50,000² px cannot be decoded whole (issue 16). :func:`open_slide` opens a file by
 *path*, reads only its header and metadata, checks the request's plane choice exactly as an
@@ -25,6 +25,11 @@ How each layout is read:
 - **LIF** (a Leica project's image: a merged tile scan, a large z-stack): each image is one raw
   array in the file (:func:`service.lif.open_stored`), read from a memory map as an uncompressed
   TIFF is; the memory blocks are walked and bounded first (``UNET_MAX_LIF_BLOCKS``).
+- **ND2** (a Nikon large image stitched in NIS-Elements, a position of a plate, a large z-stack):
+  each frame (one time point, position and z-slice, its channels interleaved) is one raw array in
+  the file (:func:`service.nd2.open_stored`), read from a memory map of that frame alone; the
+  chunk map is walked and bounded first (``UNET_MAX_ND2_CHUNKS``). Compressed frames are refused
+  (a window would inflate its whole frame).
 
 What is refused, before any pixel is read: a plane over ``UNET_MAX_SLIDE_PIXELS``
 (:class:`SlideTooLarge`, 413); chunks over :data:`MAX_CHUNK_BYTES` decoded (a compressed
@@ -57,6 +62,8 @@ from service.regions import RegionSource, check_window
 #: memory at ~10 × 32 MiB. Tiles are ~0.1–4 MiB; only an image stored as a few huge compressed
 #: strips comes near (a 32768² 8-bit image in one zlib strip is 1 GiB).
 MAX_CHUNK_BYTES = 32 * 1024 * 1024
+#: A file's first bytes read to tell its format (an ND2's signature runs to byte 48).
+_HEAD_BYTES = 64
 
 #: Input pixels read per overview window (bounded memory whatever the slide's size).
 _OVERVIEW_WINDOW = 2048
@@ -102,6 +109,37 @@ class _MappedArray:
             mapped = np.memmap(handle, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape)
             try:
                 return np.array(mapped[index])  # a copy: the map goes away below
+            finally:
+                mapped._mmap.close()  # type: ignore[attr-defined]  # unmap now, not at GC
+
+
+class _Nd2Frames:
+    """An ND2's frames at one position as one array: its loops but positions (``T``, ``Z`` in the
+    file's order), then Y, X and the frame's interleaved components (channels, or colour samples);
+    each read maps the one frame it lies in, for that read only."""
+
+    def __init__(self, path: Path, stored: Any) -> None:
+        self.path, self.stored = path, stored
+        frame = stored.frame
+        self.lead = tuple(axis for axis, _count in stored.loops if axis != "P")
+        counts = dict(stored.loops)
+        self.shape = tuple(counts[a] for a in self.lead) + (frame.height, frame.width, frame.components)
+        self.dtype = frame.dtype
+        self.chunks = self.shape  # read by byte range, as _MappedArray
+
+    def __getitem__(self, index: tuple) -> np.ndarray:
+        *lead, rows, columns, component = index
+        frame = self.stored.frame
+        offset = self.stored.where(dict(zip(self.lead, lead, strict=True)))
+        itemsize = frame.dtype.itemsize
+        with open(self.path, "rb") as handle:
+            mapped = np.memmap(handle, dtype=np.uint8, mode="r", offset=offset, shape=(frame.nbytes,))
+            try:
+                pixels = np.ndarray((frame.height, frame.width, frame.components), frame.dtype, buffer=mapped,
+                                    strides=(frame.row_bytes, frame.components * itemsize, itemsize))
+                window = np.array(pixels[rows, columns, component])  # a copy: the map goes away below
+                del pixels
+                return window
             finally:
                 mapped._mmap.close()  # type: ignore[attr-defined]  # unmap now, not at GC
 
@@ -177,7 +215,7 @@ class SlideSource:
         """Rows per chunk of level 0 when a read decodes whole chunks (tiles, strips, Zarr
         chunks); None for an uncompressed contiguous series (read by byte range)."""
         array = self._levels[0].array
-        if isinstance(array, _MappedArray):
+        if isinstance(array, (_MappedArray, _Nd2Frames)):
             return None
         return int(array.chunks[self._axes.index("Y")])
 
@@ -255,15 +293,16 @@ def _convert(window: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def is_slide_path(path: str | Path) -> bool:
-    """Whether ``path`` looks like something :func:`open_slide` reads (a TIFF, a CZI or a Zarr
-    folder)."""
+    """Whether ``path`` looks like something :func:`open_slide` reads (a TIFF, a CZI, a LIF, an
+    ND2 or a Zarr folder)."""
     p = Path(path)
     if p.is_dir():
         return any((p / name).exists() for name in (".zattrs", ".zgroup", "zarr.json"))
     try:
         with open(p, "rb") as handle:
-            head = handle.read(len(structure.CZI_MAGIC))
-            return microscopy.is_tiff(head) or head == structure.CZI_MAGIC or structure.is_lif(head)
+            head = handle.read(_HEAD_BYTES)
+            return (microscopy.is_tiff(head) or head[:10] == structure.CZI_MAGIC or structure.is_lif(head)
+                    or structure.is_nd2(head))
     except OSError:
         return False
 
@@ -292,17 +331,19 @@ def open_slide(
         return _open_zarr(p, selection, max_pixels, model_channels)
     try:
         with open(p, "rb") as handle:
-            head = handle.read(len(structure.CZI_MAGIC))
+            head = handle.read(_HEAD_BYTES)
     except OSError as exc:
         raise UndecodableImage(f"cannot open the slide file: {exc.strerror}") from exc
-    if head == structure.CZI_MAGIC:
+    if head[:10] == structure.CZI_MAGIC:
         return _open_czi(p, selection, max_pixels, structure.as_limits(limits), model_channels)
     if structure.is_lif(head):
         return _open_lif(p, selection, max_pixels, structure.as_limits(limits), model_channels)
+    if structure.is_nd2(head):
+        return _open_nd2(p, selection, max_pixels, structure.as_limits(limits), model_channels)
     if not microscopy.is_tiff(head):
         raise UnsupportedImageType(
-            "slides are read from TIFF (OME-TIFF, BigTIFF, tiled or not), OME-Zarr, CZI or LIF; this file is "
-            "none"
+            "slides are read from TIFF (OME-TIFF, BigTIFF, tiled or not), OME-Zarr, CZI, LIF or ND2; this "
+            "file is none"
         )
     return _open_tiff(p, selection, max_pixels, structure.as_limits(limits), model_channels)
 
@@ -487,6 +528,27 @@ def _open_lif(
     array = kind(path, stored.offset, stored.shape, stored.dtype)
     levels = [_Level(array, layout.height, layout.width)]
     return _source(levels, stored.axes, layout, selection, model_channels, lambda: None)
+
+
+# --- ND2 -------------------------------------------------------------------------------------
+
+
+def _open_nd2(
+    path: Path, selection: Selection, max_pixels: int, limits: structure.Limits, model_channels: int
+) -> SlideSource:
+    """A Nikon ND2's position (a stitched large image, a z-stack) read window by window: each
+    window maps only the frame it lies in, and reads only its own rows of it."""
+    from service import nd2
+
+    structure.walk_file(path, structure.check_nd2, limits)  # bounded before nd2 parses it
+    try:
+        layout, stored = nd2.open_stored(path, max_pixels, selection.series)
+    except ImageTooLarge as exc:
+        raise SlideTooLarge(exc.pixels, exc.limit, exc.width, exc.height) from exc
+    array = _Nd2Frames(path, stored)
+    axes = "".join(array.lead) + "YX" + ("S" if layout.rgb else "C")
+    levels = [_Level(array, layout.height, layout.width)]
+    return _source(levels, axes, layout, selection, model_channels, lambda: None)
 
 
 # --- OME-Zarr ---------------------------------------------------------------------------------

@@ -241,6 +241,19 @@ def test_a_lif_projects_image_is_a_slide_job(slide_server: Server, slide_image: 
                                         files={"file": ("session.lif", project)})
 
 
+def test_an_nd2_position_is_a_slide_job(slide_server: Server, slide_image: np.ndarray) -> None:
+    """A large image stitched in NIS-Elements at the second position of a plate, chosen with
+    series=: read window by window from a memory map of its frame, it gives the objects POST
+    /segment gives for the plane."""
+    from tests.nd2_files import Nd2, write_nd2
+
+    plane = np.ascontiguousarray(slide_image[:900, :1100])
+    positions = np.stack([np.zeros_like(np.dstack([plane, plane])), np.dstack([plane // 3, plane])])  # PYXC
+    plate = write_nd2(Nd2(positions, "PYXC", ("FITC", "DAPI"), 0.65, position_names=("A1", "A2")))
+    _assert_slide_job_matches_the_plane(slide_server, {"series": 1, "channel": "dapi"}, plane,
+                                        files={"file": ("plate.nd2", plate)})
+
+
 def test_a_stored_projects_image_is_a_slide_job(slide_server: Server, slide_image: np.ndarray) -> None:
     """The same project stored once (POST /uploads) and named by upload=: the slide job reads the
     stored file where it is and finds what POST /segment finds in the plane."""

@@ -15,7 +15,7 @@ from ome_zarr.format import FormatV04, FormatV05
 from ome_zarr.writer import write_image
 
 from service import microscopy, slide_files
-from service.imaging import UnsupportedImageType
+from service.imaging import UndecodableImage, UnsupportedImageType
 from service.microscopy import Selection, SelectionError
 from service.regions import ArraySource, RegionSource
 from service.slide_files import SlideTooLarge, open_slide, overview
@@ -148,7 +148,7 @@ def test_size_and_structure_limits_are_checked_before_pixels(cyx, tmp_path):
         open_slide(pages, max_pixels=BIG, limits=4)
     png = tmp_path / "image.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 32)
-    with pytest.raises(UnsupportedImageType, match="TIFF .*, OME-Zarr, CZI or LIF"):
+    with pytest.raises(UnsupportedImageType, match="TIFF .*, OME-Zarr, CZI, LIF or ND2"):
         open_slide(png, max_pixels=BIG, limits=100)
 
 
@@ -345,3 +345,70 @@ def test_a_lif_image_over_the_slide_limit_is_refused(lif_project):
     path, _, _ = lif_project
     with pytest.raises(SlideTooLarge):
         open_slide(path, Selection(series=1, channel="0", z=0, t=0), max_pixels=700 * 900 - 1, limits=100)
+
+
+# --- ND2: a Nikon file's frames, each read from a memory map of the frame alone ---------------------
+
+
+@pytest.fixture(scope="module")
+def nd2_plate(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """Two XY positions × 2 time points × 3 slices of 700×900 × 2 channels, stored as NIS does:
+    one frame per time point, position and slice, its channels interleaved, rows padded."""
+    from tests.nd2_files import Nd2, write_nd2
+
+    frames = _pattern((2, 2, 3, 700, 900, 2))  # TPZYXC
+    path = tmp_path_factory.mktemp("nd2") / "plate.nd2"
+    nd2 = Nd2(frames, "TPZYXC", ("FITC", "DAPI"), 0.5, 2.0, ("A1", "A2"), row_padding=4)
+    path.write_bytes(write_nd2(nd2))
+    return path, frames
+
+
+def test_nd2_windows_equal_crops_of_the_chosen_position_plane_and_channel(nd2_plate):
+    path, frames = nd2_plate
+    for position, t, z, channel, index in ((1, 0, 0, "dapi", 1), (0, 1, 2, "FITC", 0), (1, 1, 1, "0", 0)):
+        selection = Selection(series=position, channel=channel, z=z, t=t)
+        with open_slide(path, selection, max_pixels=BIG, limits=100) as source:
+            assert source.shape == (700, 900) and source.dtype == np.uint16
+            for y0, y1, x0, x1 in ((0, 700, 0, 900), (5, 133, 250, 257), (690, 700, 899, 900)):
+                expected = frames[t, position, z, y0:y1, x0:x1, index]
+                assert np.array_equal(source.read(y0, y1, x0, x1), expected)
+            assert source.pixel_size == microscopy.PixelSize(0.5, 0.5, "nd2", 2.0)
+            assert source.chunk_rows is None  # read by byte range
+    assert slide_files.is_slide_path(path)
+
+
+def test_an_nd2_slide_plane_is_the_uploads_plane(nd2_plate):
+    path, frames = nd2_plate
+    selection = Selection(series=1, channel="DAPI", z=2, t=1)
+    upload = microscopy.select(path.read_bytes(), selection, max_pixels=BIG, limits=100)
+    with open_slide(path, selection, max_pixels=BIG, limits=100) as slide:
+        assert np.array_equal(slide.read(0, 700, 0, 900), upload.image)
+        assert slide.plane.describe() == upload.describe()
+        measured = slide.of_channel(microscopy.Channel(0, "FITC"))
+        assert np.array_equal(measured.read(10, 20, 30, 40), frames[1, 1, 2, 10:20, 30:40, 0])
+
+
+def test_an_nd2_window_reads_only_its_own_bytes(nd2_plate):
+    path, frames = nd2_plate
+    with open_slide(path, Selection(series=0, channel="1", z=0, t=0), max_pixels=BIG, limits=100) as source:
+        window, peak = _read_traced(source, 100, 164, 200, 264)
+    assert np.array_equal(window, frames[0, 0, 0, 100:164, 200:264, 1])
+    assert peak < 2**20  # a frame is 2.4 MiB, the file 58 MiB
+
+
+def test_nd2_refusals_for_slides(nd2_plate, tmp_path):
+    from tests.nd2_files import Nd2, write_nd2
+
+    path, _ = nd2_plate
+    with pytest.raises(SlideTooLarge):
+        open_slide(path, Selection(series=0, channel="0", z=0, t=0), max_pixels=700 * 900 - 1, limits=100)
+    packed = tmp_path / "packed.nd2"
+    packed.write_bytes(write_nd2(Nd2(_pattern((64, 80)), lossless=True)))
+    with pytest.raises(UnsupportedImageType, match="compressed"):
+        open_slide(packed, max_pixels=BIG, limits=100)
+    stopped = tmp_path / "stopped.nd2"
+    unwritten = write_nd2(Nd2(_pattern((3, 64, 80)), "ZYX")).replace(b"ImageDataSeq|2!", b"ImageDataSeX|2!")
+    stopped.write_bytes(unwritten)  # the acquisition stopped after two slices of three
+    with (open_slide(stopped, Selection(z=2), max_pixels=BIG, limits=100) as source,
+          pytest.raises(UndecodableImage, match="no whole frame 3")):
+        source.read(0, 8, 0, 8)
