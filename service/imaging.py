@@ -49,6 +49,12 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 #: Pillow format names the service accepts (MPO is a multi-picture JPEG from cameras).
 SUPPORTED_FORMATS: frozenset[str] = frozenset({"PNG", "JPEG", "MPO", "TIFF", "BMP", "DIB"})
+#: A JPEG 2000 file's first box; NIS-Elements' ND2 files of its older format start with it too.
+JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+_JP2_ADVICE = (
+    "JPEG 2000 is not read (an ND2 of NIS-Elements' older, JPEG 2000 format is one): open the file in "
+    "NIS-Elements and save it again as ND2, or export it as TIFF"
+)
 
 _PIL_MODE_DTYPE = {
     "1": "uint8", "L": "uint8", "LA": "uint8", "P": "uint8", "PA": "uint8", "RGB": "uint8",
@@ -125,6 +131,8 @@ def probe(data: bytes) -> ImageInfo:
     """
     if not data:
         raise UndecodableImage("the upload is empty (0 bytes)")
+    if data[: len(JP2_SIGNATURE)] == JP2_SIGNATURE:
+        raise UnsupportedImageType(_JP2_ADVICE)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. TIFF tag warnings on odd headers

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import frames, microscopy, nd2, structure, workload
+from service import frames, imaging, microscopy, nd2, structure, workload
 from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType
 from service.microscopy import SelectionError
 from service.structure import Limits, TooComplex
@@ -147,6 +147,22 @@ def test_lossy_frames_and_custom_loops_are_refused_naming_what_to_do() -> None:
                             "eType\x00".encode("utf-16-le") + struct.pack("<i", 7))
     with pytest.raises(UnsupportedImageType, match="CustomLoop"):
         read(custom)
+
+
+def test_components_that_are_not_one_per_channel_are_refused() -> None:
+    """Attributes saying one component per pixel in a file of two named channels: not guessed at."""
+    data = bytearray(write_nd2(Nd2(np.zeros((H, W, 2), np.uint16), "YXC", ("DAPI", "GFP"))))
+    components = "uiComp\x00".encode("utf-16-le")
+    at = data.index(components) + len(components)
+    data[at : at + 4] = struct.pack("<I", 1)
+    with pytest.raises(UnsupportedImageType, match="1 components in 2 channels"):
+        read(bytes(data))
+
+
+def test_an_nd2_of_the_older_jpeg_2000_format_is_a_415_saying_to_save_it_again() -> None:
+    legacy = imaging.JP2_SIGNATURE + b"\x00\x00\x00\x14ftypjp2 \x00\x00\x00\x00jp2 " + bytes(200)
+    with pytest.raises(UnsupportedImageType, match="save it again as ND2"):
+        read(legacy)
 
 
 def test_hostile_and_broken_nd2s_are_refused_before_their_pixels_are_read(plate: bytes) -> None:

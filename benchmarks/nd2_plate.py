@@ -1,0 +1,122 @@
+"""What one position of a Nikon ND2 costs to read, and what an ND2's structure costs to parse.
+
+    .venv/bin/python benchmarks/nd2_plate.py [--positions 8] [--slices 10] [--size 1024] [--repeat 3]
+
+Part 1 writes a plate as NIS-Elements lays it out (``tests/nd2_files.py``: ``--positions`` XY
+positions × ``--slices`` z-slices × size² × 2 channels, uint16, calibrated, each frame's channels
+interleaved) and reads the last position's channel 1 at the middle slice three ways: from the
+file's bytes (an upload, in memory before the clock starts), from a memory map of the file (slide
+and stack jobs by path), and cut out as an OME-TIFF (``unet-segment --series``). Part 2 times
+``microscopy.select`` of one 64² frame of files of 1 to 49,990 frames (the chunk map walked,
+the metadata decoded by nd2, the frame read), and the decode of a metadata chunk of 16 MiB of the
+smallest records (the most ``UNET_MAX_METADATA_BYTES`` lets a file hold). Prints markdown tables
+(medians over ``--repeat`` rounds). One process, 2-core CPU: compare the rows of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.nd2_files: the NIS layout writer
+
+from service import frames, microscopy, slide_files  # noqa: E402
+from service.structure import Limits  # noqa: E402
+from tests import nd2_files  # noqa: E402
+from tests.nd2_files import Nd2, write_nd2  # noqa: E402
+
+
+def median_ms(call: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def plate(args: argparse.Namespace) -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 4096, (args.positions, args.slices, args.size, args.size, 2), dtype=np.uint16)
+    last, z = args.positions - 1, args.slices // 2
+    expected = pixels[last, z, :, :, 1].copy()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "plate.nd2"
+        path.write_bytes(write_nd2(Nd2(pixels, "PZYXC", ("FITC", "DAPI"), 0.325, 1.0)))
+        del pixels
+        choice = microscopy.Selection(series=last, channel="DAPI", z=z)
+        upload = path.read_bytes()
+
+        def from_upload() -> tuple[int, np.ndarray]:
+            return len(upload), microscopy.select(upload, choice, 1 << 30, Limits()).image
+
+        def from_map() -> tuple[int, np.ndarray]:
+            with slide_files.open_slide(path, choice, max_pixels=1 << 34, limits=Limits()) as source:
+                return args.size * args.size * 2, source.read(0, args.size, 0, args.size)
+
+        def cut() -> tuple[int, np.ndarray]:
+            data = frames.cut_image(path, last, microscopy.Selection(channel="DAPI", z=z), 1 << 30)
+            assert data is not None
+            return len(data), microscopy.select(data, microscopy.Selection(channel="DAPI", z=z), 1 << 30,
+                                                Limits()).image
+
+        print(f"plate: {args.positions} positions × {args.slices} slices × {args.size}² × 2 channels, "
+              f"uint16, {len(upload) / 2**20:.0f} MiB; the last position's channel 1 at z={z}; "
+              f"{args.repeat} rounds\n")
+        print("| read | MiB held or sent | ms (median) |")
+        print("|---|---|---|")
+        for name, read in {"the file's bytes, series= (an upload)": from_upload,
+                           "a memory map of the file (by path)": from_map,
+                           "the position cut out (unet-segment --series)": cut}.items():
+            size, plane = read()
+            assert np.array_equal(plane, expected), name
+            print(f"| {name} | {size / 2**20:.1f} | {median_ms(read, args.repeat):.0f} |")
+
+
+def structure_costs(args: argparse.Namespace) -> None:
+    print("\n| file | chunks | select one 64² frame, ms (median) |")
+    print("|---|---|---|")
+    for count in (1, 1_000, 10_000, 49_990):
+        data = write_nd2(Nd2(np.zeros((count, 64, 64), np.uint8), "TYX"))
+        choice = microscopy.Selection(t=count - 1) if count > 1 else microscopy.Selection()
+        ms = median_ms(lambda d=data, c=choice: microscopy.select(d, c, 1 << 30, Limits()), args.repeat)
+        frames_of = f"{count:,} frame{'s' if count > 1 else ''} of 64²"
+        print(f"| {frames_of}, {len(data) / 2**20:.1f} MiB | {count + 4:,} | {ms:.0f} |")
+    records = {"SLxImageTextInfo": {"TextInfoItem_5": "x", "pad": list(range(1_000_000))}}
+    text_info = nd2_files._clx(records)
+    written = nd2_files._clx
+
+    def with_text_info(found: dict) -> bytes:
+        return text_info if "SLxImageTextInfo" in found else written(found)
+
+    nd2_files._clx = with_text_info
+    try:
+        data = write_nd2(Nd2(np.zeros((64, 64), np.uint16)))
+    finally:
+        nd2_files._clx = written
+    limits = Limits(max_metadata_bytes=len(text_info) + 4096)
+    ms = median_ms(lambda: microscopy.select(data, microscopy.Selection(), 1 << 30, limits), args.repeat)
+    print(f"| one frame, a text-info chunk of {len(text_info) / 2**20:.1f} MiB of 1 M int32 records | "
+          f"{4 + 1} | {ms:.0f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--positions", type=int, default=8)
+    parser.add_argument("--slices", type=int, default=10)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    plate(args)
+    structure_costs(args)
+
+
+if __name__ == "__main__":
+    main()
