@@ -16,18 +16,17 @@ after it is written, so the times are of parsing and copying, not of a disk.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.lif_files: the LAS X layout writer
 
-from service import frames, microscopy, slide_files  # noqa: E402
-from service.structure import Limits  # noqa: E402
+from _plane_reads import print_reads, three_reads  # noqa: E402
+
+from service import microscopy  # noqa: E402
 from tests.lif_files import Image, lif_bytes  # noqa: E402
 
 
@@ -48,39 +47,11 @@ def main() -> None:
         path.write_bytes(lif_bytes([Image(f"Series{k + 1:03d}", s, "ZCYX", ("Green", "Blue"), 0.3, z_um=1.0)
                                     for k, s in enumerate(stacks)]))
         del stacks
-        project_bytes = path.stat().st_size
-        choice = microscopy.Selection(series=last, channel="Blue", z=z)
-
-        upload = path.read_bytes()  # what the service holds of an upload, received before the timing
-
-        def from_upload() -> tuple[int, np.ndarray]:
-            return len(upload), microscopy.select(upload, choice, 1 << 30, Limits()).image
-
-        def from_map() -> tuple[int, np.ndarray]:
-            with slide_files.open_slide(path, choice, max_pixels=1 << 34, limits=Limits()) as source:
-                return args.size * args.size * 2, source.read(0, args.size, 0, args.size)
-
-        def cut() -> tuple[int, np.ndarray]:
-            data = frames.cut_image(path, last, microscopy.Selection(channel="Blue", z=z), 1 << 30)
-            assert data is not None
-            return len(data), microscopy.select(data, microscopy.Selection(channel="Blue", z=z), 1 << 30,
-                                                Limits()).image
-
-        rows = {"the project's bytes, series= (an upload)": from_upload,
-                "a memory map of the file (by path)": from_map,
-                "the image cut out (unet-segment --series)": cut}
+        reads = three_reads(path, last, microscopy.Selection(channel="Blue", z=z), args.size)
         print(f"project: {args.images} images × {args.slices} slices × 2 channels × {args.size}², uint16, "
-              f"{project_bytes / 2**20:.0f} MiB; the last image's channel 1 at z={z}; {args.repeat} rounds\n")
-        print("| read | MiB held or sent | ms (median) |")
-        print("|---|---|---|")
-        for name, read in rows.items():
-            times, size = [], 0
-            for _ in range(args.repeat):
-                t0 = time.perf_counter()
-                size, plane = read()
-                times.append((time.perf_counter() - t0) * 1000)
-                assert np.array_equal(plane, expected), name
-            print(f"| {name} | {size / 2**20:.1f} | {statistics.median(times):.0f} |")
+              f"{path.stat().st_size / 2**20:.0f} MiB; the last image's channel 1 at z={z}; {args.repeat} "
+              "rounds\n")
+        print_reads(reads, expected, args.repeat)
 
 
 if __name__ == "__main__":

@@ -16,30 +16,20 @@ smallest records (the most ``UNET_MAX_METADATA_BYTES`` lets a file hold). Prints
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.nd2_files: the NIS layout writer
 
-from service import frames, microscopy, slide_files  # noqa: E402
+from _plane_reads import median_ms, print_reads, three_reads  # noqa: E402
+
+from service import microscopy  # noqa: E402
 from service.structure import Limits  # noqa: E402
 from tests import nd2_files  # noqa: E402
 from tests.nd2_files import Nd2, write_nd2  # noqa: E402
-
-
-def median_ms(call: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
 
 
 def plate(args: argparse.Namespace) -> None:
@@ -51,33 +41,11 @@ def plate(args: argparse.Namespace) -> None:
         path = Path(folder) / "plate.nd2"
         path.write_bytes(write_nd2(Nd2(pixels, "PZYXC", ("FITC", "DAPI"), 0.325, 1.0)))
         del pixels
-        choice = microscopy.Selection(series=last, channel="DAPI", z=z)
-        upload = path.read_bytes()
-
-        def from_upload() -> tuple[int, np.ndarray]:
-            return len(upload), microscopy.select(upload, choice, 1 << 30, Limits()).image
-
-        def from_map() -> tuple[int, np.ndarray]:
-            with slide_files.open_slide(path, choice, max_pixels=1 << 34, limits=Limits()) as source:
-                return args.size * args.size * 2, source.read(0, args.size, 0, args.size)
-
-        def cut() -> tuple[int, np.ndarray]:
-            data = frames.cut_image(path, last, microscopy.Selection(channel="DAPI", z=z), 1 << 30)
-            assert data is not None
-            return len(data), microscopy.select(data, microscopy.Selection(channel="DAPI", z=z), 1 << 30,
-                                                Limits()).image
-
+        reads = three_reads(path, last, microscopy.Selection(channel="DAPI", z=z), args.size)
         print(f"plate: {args.positions} positions × {args.slices} slices × {args.size}² × 2 channels, "
-              f"uint16, {len(upload) / 2**20:.0f} MiB; the last position's channel 1 at z={z}; "
+              f"uint16, {path.stat().st_size / 2**20:.0f} MiB; the last position's channel 1 at z={z}; "
               f"{args.repeat} rounds\n")
-        print("| read | MiB held or sent | ms (median) |")
-        print("|---|---|---|")
-        for name, read in {"the file's bytes, series= (an upload)": from_upload,
-                           "a memory map of the file (by path)": from_map,
-                           "the position cut out (unet-segment --series)": cut}.items():
-            size, plane = read()
-            assert np.array_equal(plane, expected), name
-            print(f"| {name} | {size / 2**20:.1f} | {median_ms(read, args.repeat):.0f} |")
+        print_reads(reads, expected, args.repeat)
 
 
 def structure_costs(args: argparse.Namespace) -> None:

@@ -146,9 +146,8 @@ def open_stored(path: Path, max_pixels: int, series: int | None = None) -> tuple
             "this ND2's frames are compressed, so a window cannot be read without its whole frame; "
             "send it as an upload, or save it uncompressed from NIS-Elements"
         )
-    offsets = {int(name[len(_FRAME_PREFIX) : -1]): (start + _STAMP_BYTES, length - _STAMP_BYTES)
-               for name, (start, length) in about.chunks.items()
-               if name.startswith(_FRAME_PREFIX) and name[len(_FRAME_PREFIX) : -1].isdigit()}
+    offsets = {index: (start + _STAMP_BYTES, length - _STAMP_BYTES)
+               for index, (start, length) in about.frames.items()}
     return layout, Stored(about.frame, about.loops, layout.series, offsets)
 
 
@@ -177,14 +176,15 @@ def _mapped(source: bytes | Path) -> tuple[Any, Callable[[], None]]:
 
 class _About(NamedTuple):
     """What the metadata says: the frame, the loops outermost first (axis letter, count), the
-    channels' names, the positions' names, the calibration, each chunk's place."""
+    channels' names, the positions' names, the calibration; and where each frame's chunk lies (by
+    its index: where its data starts, how many bytes)."""
 
     frame: Frame
     loops: tuple[tuple[str, int], ...]
     channel_names: tuple[str, ...]
     position_names: tuple[str, ...]
     pixel_size: PixelSize | None
-    chunks: dict[bytes, tuple[int, int]]
+    frames: dict[int, tuple[int, int]]
 
 
 def _about(data: Any) -> _About:
@@ -249,7 +249,9 @@ def _about(data: Any) -> _About:
     pixel_size = None
     if calibrated and voxel.x > 0 and voxel.y > 0:
         pixel_size = PixelSize(voxel.x, voxel.y, "nd2", z_um or None)
-    return _About(frame, tuple(loops), names, positions, pixel_size, chunks)
+    frames = {int(name[len(_FRAME_PREFIX) : -1]): place for name, place in chunks.items()
+              if name.startswith(_FRAME_PREFIX) and name[len(_FRAME_PREFIX) : -1].isdigit()}
+    return _About(frame, tuple(loops), names, positions, pixel_size, frames)
 
 
 class _Borrowed:
@@ -308,7 +310,7 @@ def _planes(data: Any, max_pixels: int, series: int | None) -> tuple[Layout, Rea
     if about.pixel_size is None:
         notes.append("the ND2 does not give its pixel size (not calibrated in NIS): sizes are in pixels")
     expected = int(np.prod([count for _axis, count in about.loops], dtype=np.int64))
-    written = sum(1 for name in about.chunks if name.startswith(_FRAME_PREFIX))
+    written = len(about.frames)
     if written < expected:
         notes.append(f"the acquisition stopped after {written} of {expected} frames (the ND2 holds no more)")
 
@@ -325,7 +327,7 @@ def _planes(data: Any, max_pixels: int, series: int | None) -> tuple[Layout, Rea
     def read(coords: dict[str, int]) -> np.ndarray:
         at = {**coords, "P": position}
         index = _frame_index(about.loops, at)
-        chunk = about.chunks.get(_FRAME_PREFIX + f"{index}!".encode())
+        chunk = about.frames.get(index)
         if chunk is None:
             place = ", ".join(f"{a.lower()}={at.get(a, 0)}" for a, _n in about.loops if a != "P")
             raise SelectionError(

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.api import _images as im
+from tests.api._vendor import alone, labels_of, segment_file
 from tests.czi_files import ZSTD1, Tile, czi_bytes, libczi_plane
 from tests.server import Server
 
@@ -33,12 +34,7 @@ MOVIE = czi_bytes(
 
 
 def segment(server: Server, data: bytes, **params):
-    return server.client.post("/segment", params=params, files={"file": ("cells.czi", data)})
-
-
-def labels_of(response) -> tuple[np.ndarray, int]:
-    assert response.status_code == 200, response.text
-    return im.decode(response.content), int(response.headers["X-Object-Count"])
+    return segment_file(server, "cells.czi", data, **params)
 
 
 def test_without_a_choice_the_422_lists_the_channels_and_time_points(server: Server) -> None:
@@ -53,13 +49,11 @@ def test_without_a_choice_the_422_lists_the_channels_and_time_points(server: Ser
 
 @pytest.mark.parametrize("t", [0, 1])
 def test_the_chosen_channel_and_frame_are_the_ones_segmented(server: Server, t: int) -> None:
-    alone = labels_of(server.client.post("/segment", params={"output": "labels"},
-                                         content=im.png(libczi_plane(MOVIE, c=1, t=t)),
-                                         headers={"Content-Type": "image/png"}))
-    assert alone[1] > 0
+    expected = alone(server, libczi_plane(MOVIE, c=1, t=t))
+    assert expected[1] > 0
     r = segment(server, MOVIE, channel="DAPI", t=t, output="labels")
     labels, count = labels_of(r)
-    assert (count, labels.tolist()) == (alone[1], alone[0].tolist())
+    assert (count, labels.tolist()) == (expected[1], expected[0].tolist())
     assert (r.headers["X-Channel"], r.headers["X-Channel-Name"], r.headers["X-T"]) == ("1", "DAPI", str(t))
     assert r.headers["Content-Disposition"].endswith('cells_labels.png"')
 
@@ -99,12 +93,10 @@ def test_scenes_are_chosen_with_series(server: Server) -> None:
     first = segment(server, scenes, output="labels")
     assert first.status_code == 200, first.text
     assert first.headers["X-Series"] == "0" and "series=1" in first.headers["X-Warnings"]
-    alone = labels_of(server.client.post("/segment", params={"output": "labels"},
-                                         content=im.png(np.roll(NUCLEI, 30, axis=0)),
-                                         headers={"Content-Type": "image/png"}))
+    expected = alone(server, np.roll(NUCLEI, 30, axis=0))
     second = segment(server, scenes, series=1, output="labels")
     labels, count = labels_of(second)
-    assert (count, labels.tolist()) == (alone[1], alone[0].tolist())
+    assert (count, labels.tolist()) == (expected[1], expected[0].tolist())
     assert second.headers["X-Series"] == "1" and "X-Warnings" not in second.headers
     assert labels.tolist() != im.decode(first.content).tolist()
     r = segment(server, scenes, series=2)
@@ -142,8 +134,8 @@ def test_a_batch_of_czis_reports_each_files_plane(server: Server) -> None:
     assert r.status_code == 200, r.text
     manifest = json.loads(zipfile.ZipFile(io.BytesIO(r.content)).read("manifest.json"))
     movie, field = manifest["files"]
-    alone = labels_of(segment(server, MOVIE, channel="DAPI", t=1, output="labels"))
-    assert movie["status"] == 200 and movie["object_count"] == alone[1]
+    by_itself = labels_of(segment(server, MOVIE, channel="DAPI", t=1, output="labels"))
+    assert movie["status"] == 200 and movie["object_count"] == by_itself[1]
     assert (movie["image"]["channel"], movie["image"]["t"]) == ({"index": 1, "name": "DAPI"}, 1)
     assert movie["image"]["pixel_size_um"] == {"x": UM, "y": UM, "source": "czi"}
     assert field["status"] == 422 and field["problem"]["choices"]["planes"] == {}  # no time point 1

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from tests.api import _images as im
+from tests.api._vendor import alone, labels_of, segment_file
 from tests.lif_files import Image, lif_bytes
 from tests.server import Server
 
@@ -34,17 +35,7 @@ PROJECT = lif_bytes([
 
 
 def segment(server: Server, data: bytes, **params):
-    return server.client.post("/segment", params=params, files={"file": ("session.lif", data)})
-
-
-def labels_of(response) -> tuple[np.ndarray, int]:
-    assert response.status_code == 200, response.text
-    return im.decode(response.content), int(response.headers["X-Object-Count"])
-
-
-def alone(server: Server, plane: np.ndarray) -> tuple[np.ndarray, int]:
-    return labels_of(server.client.post("/segment", params={"output": "labels"}, content=im.png(plane),
-                                        headers={"Content-Type": "image/png"}))
+    return segment_file(server, "session.lif", data, **params)
 
 
 def test_without_a_choice_the_422_lists_the_channels_time_points_and_images(server: Server) -> None:

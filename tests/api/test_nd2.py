@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from tests.api import _images as im
+from tests.api._vendor import alone, labels_of, segment_file
 from tests.nd2_files import Nd2, write_nd2
 from tests.server import Server
 
@@ -34,17 +35,7 @@ PLATE = write_nd2(Nd2(PIXELS, "TPYXC", ("FITC", "DAPI"), UM, position_names=("A1
 
 
 def segment(server: Server, data: bytes, **params):
-    return server.client.post("/segment", params=params, files={"file": ("plate.nd2", data)})
-
-
-def labels_of(response) -> tuple[np.ndarray, int]:
-    assert response.status_code == 200, response.text
-    return im.decode(response.content), int(response.headers["X-Object-Count"])
-
-
-def alone(server: Server, plane: np.ndarray) -> tuple[np.ndarray, int]:
-    return labels_of(server.client.post("/segment", params={"output": "labels"}, content=im.png(plane),
-                                        headers={"Content-Type": "image/png"}))
+    return segment_file(server, "plate.nd2", data, **params)
 
 
 def test_without_a_choice_the_422_lists_the_channels_time_points_and_positions(server: Server) -> None:
