@@ -152,17 +152,19 @@ def open_stored(path: Path, max_pixels: int, series: int | None = None) -> tuple
 
 
 def admitted_pixels(data: bytes, max_pixels: int) -> int:
-    """What an upload costs admission: one plane (every position of an ND2 has the same size).
+    """What an upload costs admission: one plane (every position of an ND2 has the same size), or,
+    where frames are compressed, a whole frame: a plane is read by inflating its frame, every
+    channel of it.
 
     Raises:
         ImageTooLarge: the plane is over ``max_pixels``.
         UndecodableImage / UnsupportedImageType: as :func:`open_planes`.
     """
-    about = _about(data)
-    frame = about.frame
-    if frame.width * frame.height > max_pixels:
-        raise ImageTooLarge(frame.width * frame.height, max_pixels, frame.width, frame.height)
-    return frame.width * frame.height
+    frame = _about(data).frame
+    plane = frame.width * frame.height
+    if plane > max_pixels:
+        raise ImageTooLarge(plane, max_pixels, frame.width, frame.height)
+    return plane * frame.components if frame.compressed else plane
 
 
 def _mapped(source: bytes | Path) -> tuple[Any, Callable[[], None]]:

@@ -218,6 +218,11 @@ def test_a_plane_over_the_limit_is_refused_from_the_attributes() -> None:
     with pytest.raises(ImageTooLarge):
         workload.plane_pixels(data, 100 * 119, Limits())
     assert nd2.admitted_pixels(data, 10**6) == 100 * 120
+    channels = np.zeros((100, 120, 3), np.uint16)
+    assert nd2.admitted_pixels(write_nd2(Nd2(channels, "YXC", ("a", "b", "c"))), 10**6) == 100 * 120
+    # A compressed frame is inflated whole to read one of its channels: all three are charged.
+    packed = write_nd2(Nd2(channels, "YXC", ("a", "b", "c"), lossless=True))
+    assert nd2.admitted_pixels(packed, 10**6) == 3 * 100 * 120
 
 
 def test_metadata_the_decoder_cannot_parse_is_undecodable() -> None:
