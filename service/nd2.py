@@ -1,5 +1,5 @@
-"""Nikon ND2 files (NIS-Elements, version 2 and 3) read as uploads: channels, z-slices, time
-points, pixel size, and the positions of a multi-point experiment as ``series=``.
+"""Nikon ND2 files (as NIS-Elements writes them: format version 3) read as uploads: channels,
+z-slices, time points, pixel size, and the positions of a multi-point experiment as ``series=``.
 
 An ND2 is a run of chunks: metadata (the frame's size and pixel type, the experiment's loops, the
 channels and the calibration) and one chunk per frame, a frame being every channel of one time
@@ -8,8 +8,8 @@ the :class:`~service.microscopy.Layout` and plane reader every other format has,
 plane and pixel-size rules of :mod:`service.microscopy` apply unchanged.
 
 - **Metadata**: the ``nd2`` package (T. Lambert, BSD-3; what napari and bioio read ND2 with)
-  decodes NIS's binary "CLX lite" (and version 2's XML) records: the experiment's loops, the
-  channels' names, the calibration. It is given the file only after
+  decodes NIS's binary "CLX lite" records (and version 2's XML ones, a path no test here takes):
+  the experiment's loops, the channels' names, the calibration. It is given the file only after
   :func:`service.structure.check_nd2` has walked and bounded the chunk map and the metadata.
 - **Pixels**: read here, by the frame's chunk (:func:`service.structure.nd2_chunks`), as a strided
   view of the upload's bytes or of a map of the file: one channel of one frame is copied, whatever

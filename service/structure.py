@@ -469,9 +469,11 @@ def nd2_chunks(data: bytes, limits: Limits | None = None) -> dict[bytes, tuple[i
             "NIS-Elements did not finish writing)"
         )
     start, length = _nd2_chunk(data, map_at, "chunk map")
+    if limits is not None and length > limits.max_nd2_chunks * (_ND2_MAX_NAME + _ND2_ENTRY.size) + 40:
+        raise _too_many_nd2_chunks(limits)  # more bytes than that many entries take: not copied
     entries = bytes(data[start : start + length])
     chunks: dict[bytes, tuple[int, int]] = {}
-    metadata = 0
+    metadata = count = 0
     pos = 0
     while True:
         end = entries.find(b"!", pos, pos + _ND2_MAX_NAME)
@@ -484,16 +486,21 @@ def nd2_chunks(data: bytes, limits: Limits | None = None) -> dict[bytes, tuple[i
             raise UndecodableImage("malformed ND2 chunk map: it ends inside an entry")
         offset, _size = _ND2_ENTRY.unpack_from(entries, end + 1)
         pos = end + 1 + _ND2_ENTRY.size
-        if limits is not None and len(chunks) >= limits.max_nd2_chunks:
-            raise TooComplex(
-                f"the ND2 has more than {limits.max_nd2_chunks:,} chunks (one per frame)",
-                limits.max_nd2_chunks, "UNET_MAX_ND2_CHUNKS", "; export the frames you need",
-            )
+        count += 1  # entries, not names: a map naming one chunk a million times is walked as long
+        if limits is not None and count > limits.max_nd2_chunks:
+            raise _too_many_nd2_chunks(limits)
         where = name.decode("ascii", "replace")
         chunks[name] = _nd2_chunk(data, offset, f"chunk {where}")
         if limits is not None and name in ND2_METADATA:
             metadata += _nd2_metadata_bytes(data, *chunks[name], limits.max_metadata_bytes, metadata)
     return chunks
+
+
+def _too_many_nd2_chunks(limits: Limits) -> TooComplex:
+    return TooComplex(
+        f"the ND2 has more than {limits.max_nd2_chunks:,} chunks (one per frame)",
+        limits.max_nd2_chunks, "UNET_MAX_ND2_CHUNKS", "; export the frames you need",
+    )
 
 
 def _nd2_chunk(data: bytes, at: int, what: str) -> tuple[int, int]:

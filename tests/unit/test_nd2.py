@@ -183,6 +183,31 @@ def test_hostile_and_broken_nd2s_are_refused_before_their_pixels_are_read(plate:
         read(bytes(moved))
 
 
+def test_a_chunk_map_is_bounded_by_its_entries_and_its_size() -> None:
+    """A map naming one frame 61 times counts 61 entries (a dict of names would count one), and a
+    map longer than the limit's entries take is refused before it is read."""
+    data = write_nd2(Nd2(np.zeros((H, W), np.uint16)))
+    map_at = struct.unpack_from("<Q", data, len(data) - 8)[0]
+    entries = data[map_at + 48 : len(data) - 40]
+    frame = entries.index(b"ImageDataSeq|0!")
+    entry = entries[frame : frame + len(b"ImageDataSeq|0!") + 16]
+    repeated = entries + entry * 60
+    tail = repeated + b"ND2 CHUNK MAP SIGNATURE 0000001!" + struct.pack("<Q", map_at)
+    header = struct.pack("<IIQ", 0x0ABECEDA, 32, len(tail)) + data[map_at + 16 : map_at + 48]
+    many = data[:map_at] + header + tail
+    structure.check_nd2(many, Limits(max_nd2_chunks=64))  # 4 chunks in 64 entries, one 61 times
+    with pytest.raises(TooComplex, match="UNET_MAX_ND2_CHUNKS"):
+        structure.check_nd2(many, Limits(max_nd2_chunks=63))
+    # Four entries, then 4,000 bytes after the map's end signature (the walk stops there): more
+    # bytes than four entries take, refused before the map is copied to be read.
+    padded_tail = entries + b"ND2 CHUNK MAP SIGNATURE 0000001!" + bytes(4000) + tail[-40:]
+    header = struct.pack("<IIQ", 0x0ABECEDA, 32, len(padded_tail)) + data[map_at + 16 : map_at + 48]
+    padded = data[:map_at] + header + padded_tail
+    structure.check_nd2(padded, Limits(max_nd2_chunks=20))
+    with pytest.raises(TooComplex, match="UNET_MAX_ND2_CHUNKS"):
+        structure.check_nd2(padded, Limits(max_nd2_chunks=4))
+
+
 def test_a_frame_claiming_more_than_its_chunk_holds_is_truncated_not_read_past() -> None:
     """Attributes claiming taller frames than were written: the frame's chunk is too short, named
     as such, not read on into the next chunk's bytes."""
