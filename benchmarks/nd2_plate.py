@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.nd2_files:
 
 from _plane_reads import median_ms, print_reads, three_reads  # noqa: E402
 
-from service import microscopy  # noqa: E402
+from service import microscopy, structure  # noqa: E402
 from service.structure import Limits  # noqa: E402
 from tests import nd2_files  # noqa: E402
 from tests.nd2_files import Nd2, write_nd2  # noqa: E402
@@ -56,23 +56,15 @@ def structure_costs(args: argparse.Namespace) -> None:
         choice = microscopy.Selection(t=count - 1) if count > 1 else microscopy.Selection()
         ms = median_ms(lambda d=data, c=choice: microscopy.select(d, c, 1 << 30, Limits()), args.repeat)
         frames_of = f"{count:,} frame{'s' if count > 1 else ''} of 64²"
-        print(f"| {frames_of}, {len(data) / 2**20:.1f} MiB | {count + 4:,} | {ms:.0f} |")
+        chunks = structure.check_nd2(data, Limits())
+        print(f"| {frames_of}, {len(data) / 2**20:.1f} MiB | {chunks:,} | {ms:.0f} |")
     records = {"SLxImageTextInfo": {"TextInfoItem_5": "x", "pad": list(range(1_000_000))}}
-    text_info = nd2_files._clx(records)
-    written = nd2_files._clx
-
-    def with_text_info(found: dict) -> bytes:
-        return text_info if "SLxImageTextInfo" in found else written(found)
-
-    nd2_files._clx = with_text_info
-    try:
-        data = write_nd2(Nd2(np.zeros((64, 64), np.uint16)))
-    finally:
-        nd2_files._clx = written
+    text_info = nd2_files.clx_records(records)
+    data = write_nd2(Nd2(np.zeros((64, 64), np.uint16), text_info=text_info))
     limits = Limits(max_metadata_bytes=len(text_info) + 4096)
     ms = median_ms(lambda: microscopy.select(data, microscopy.Selection(), 1 << 30, limits), args.repeat)
     print(f"| one frame, a text-info chunk of {len(text_info) / 2**20:.1f} MiB of 1 M int32 records | "
-          f"{4 + 1} | {ms:.0f} |")
+          f"{structure.check_nd2(data, limits)} | {ms:.0f} |")
 
 
 def main() -> None:

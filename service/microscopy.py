@@ -510,7 +510,7 @@ def _open(data: bytes, max_pixels: int, limits: Limits, series: int | None = Non
     if structure.is_lif(data):
         return _open_lif(data, max_pixels, series)
     if structure.is_nd2(data):
-        return _open_nd2(data, max_pixels, series)
+        return _open_nd2(data, max_pixels, series, limits.max_metadata_bytes)
     if not is_tiff(data):
         check_series(1, (), series)
         return _open_flat(data, max_pixels, fmt=None)
@@ -535,10 +535,10 @@ def _open_lif(data: bytes, max_pixels: int, series: int | None) -> _Source:
     return _vendor_source(*lif.open_planes(data, max_pixels, series))
 
 
-def _open_nd2(data: bytes, max_pixels: int, series: int | None) -> _Source:
+def _open_nd2(data: bytes, max_pixels: int, series: int | None, metadata_bytes: int) -> _Source:
     from service import nd2  # it builds on this module's Layout
 
-    return _vendor_source(*nd2.open_planes(data, max_pixels, series))
+    return _vendor_source(*nd2.open_planes(data, max_pixels, series, metadata_bytes))
 
 
 def _vendor_source(

@@ -31,6 +31,7 @@ plane and pixel-size rules of :mod:`service.microscopy` apply unchanged.
 from __future__ import annotations
 
 import mmap
+import threading
 import warnings
 import zlib
 from collections.abc import Callable
@@ -57,6 +58,8 @@ from service.microscopy import (
 _LOOP_AXES = {"TimeLoop": "T", "NETimeLoop": "T", "XYPosLoop": "P", "ZStackLoop": "Z"}
 _FRAME_PREFIX = b"ImageDataSeq|"
 _STAMP_BYTES = 8  # each frame's data starts with its acquisition time (a double, ms)
+#: The metadata bound of :class:`service.structure.Limits` where a caller gives none.
+_METADATA_BYTES = structure.Limits().max_metadata_bytes
 
 Reader = Callable[[dict[str, int]], np.ndarray]
 
@@ -79,14 +82,15 @@ class Frame(NamedTuple):
 
 
 def open_planes(
-    source: bytes | Path, max_pixels: int, series: int | None = None
+    source: bytes | Path, max_pixels: int, series: int | None = None, metadata_bytes: int = _METADATA_BYTES
 ) -> tuple[Layout, Reader, Callable[[], None]]:
     """The layout of an ND2 (an upload's bytes, or a file) at position ``series`` (0-based among
     the experiment's XY positions; None: the first, with a notice when there are more) and a reader
     of its planes by coordinates (``{"C": c, "Z": z, "T": t}``, 0 where left out): ``(H, W)`` grey
     or ``(H, W, 3)`` RGB, uint8 / uint16 / float32; and what closes the file.
 
-    The caller has walked the file with :func:`service.structure.check_nd2`.
+    The caller has walked the file with :func:`service.structure.check_nd2`. ``metadata_bytes``:
+    the most the metadata decoder may inflate, in all (``UNET_MAX_METADATA_BYTES``).
 
     Raises:
         UndecodableImage: what the metadata decoder cannot parse; a frame the file lacks or cuts short.
@@ -96,7 +100,7 @@ def open_planes(
     """
     view, close = _mapped(source)
     try:
-        layout, read, _about = _planes(view, max_pixels, series)
+        layout, read, _about = _planes(view, max_pixels, series, metadata_bytes)
     except BaseException:
         close()
         raise
@@ -130,7 +134,9 @@ class Stored(NamedTuple):
         return offset
 
 
-def open_stored(path: Path, max_pixels: int, series: int | None = None) -> tuple[Layout, Stored]:
+def open_stored(
+    path: Path, max_pixels: int, series: int | None = None, metadata_bytes: int = _METADATA_BYTES
+) -> tuple[Layout, Stored]:
     """The layout of position ``series`` of the ND2 at ``path`` and where its frames lie. The file
     is closed on return.
 
@@ -138,7 +144,7 @@ def open_stored(path: Path, max_pixels: int, series: int | None = None) -> tuple
     """
     view, close = _mapped(path)
     try:
-        layout, _read, about = _planes(view, max_pixels, series)
+        layout, _read, about = _planes(view, max_pixels, series, metadata_bytes)
     finally:
         close()
     if about.frame.compressed:
@@ -151,7 +157,7 @@ def open_stored(path: Path, max_pixels: int, series: int | None = None) -> tuple
     return layout, Stored(about.frame, about.loops, layout.series, offsets)
 
 
-def admitted_pixels(data: bytes, max_pixels: int) -> int:
+def admitted_pixels(data: bytes, max_pixels: int, metadata_bytes: int = _METADATA_BYTES) -> int:
     """What an upload costs admission: one plane (every position of an ND2 has the same size), or,
     where frames are compressed, a whole frame: a plane is read by inflating its frame, every
     channel of it.
@@ -160,7 +166,7 @@ def admitted_pixels(data: bytes, max_pixels: int) -> int:
         ImageTooLarge: the plane is over ``max_pixels``.
         UndecodableImage / UnsupportedImageType: as :func:`open_planes`.
     """
-    frame = _about(data).frame
+    frame = _about(data, metadata_bytes).frame
     plane = frame.width * frame.height
     if plane > max_pixels:
         raise ImageTooLarge(plane, max_pixels, frame.width, frame.height)
@@ -189,11 +195,13 @@ class _About(NamedTuple):
     frames: dict[int, tuple[int, int]]
 
 
-def _about(data: Any) -> _About:
+def _about(data: Any, metadata_bytes: int) -> _About:
     import nd2  # imported only for ND2 files
 
+    _bound_inflation()
     chunks = structure.nd2_chunks(data)
     borrowed = _Borrowed(data)
+    _inflation.left, _inflation.limit = metadata_bytes, metadata_bytes
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "failed to load frame times" and the like: not read here
@@ -205,9 +213,12 @@ def _about(data: Any) -> _About:
                 voxel = handle.voxel_size()
             finally:
                 handle.close()
+    except structure.TooComplex:
+        raise
     except Exception as exc:  # noqa: BLE001 - nd2 raises KeyError, ValueError, UnboundLocalError... on bad bytes
         raise UndecodableImage(f"unreadable ND2: {type(exc).__name__}: {exc}") from exc
     finally:
+        del _inflation.left, _inflation.limit
         borrowed.close()  # a map of the file is closed after this: no view of it may outlive the read
 
     if attributes.compressionType == "lossy":
@@ -256,6 +267,41 @@ def _about(data: Any) -> _About:
     return _About(frame, tuple(loops), names, positions, pixel_size, frames)
 
 
+#: What the metadata decoder may still inflate, on this thread, while it decodes one file.
+_inflation = threading.local()
+
+
+class _BoundedZlib:
+    """zlib as nd2's metadata decoder sees it. NIS may compress a run of metadata records, and the
+    decoder inflates such a run wherever it stands — inside a level, inside a byte array, inside
+    another compressed run — whole, whatever it holds; here each inflation stops at what the file
+    may still inflate (:data:`_inflation`), and going past it is :class:`~service.structure.TooComplex`.
+    (The structure walk can bound only a chunk's first run: the others are found by decoding.)"""
+
+    error = zlib.error
+
+    @staticmethod
+    def decompress(data: bytes, *args: Any, **kwargs: Any) -> bytes:
+        left = getattr(_inflation, "left", None)
+        if left is None:  # not while the service decodes a file: nd2's own behaviour
+            return zlib.decompress(data, *args, **kwargs)
+        out = zlib.decompressobj().decompress(data, left + 1)
+        if len(out) > left:
+            limit = _inflation.limit
+            raise structure.TooComplex(
+                f"the ND2's metadata inflates to more than {limit:,} bytes", limit, "UNET_MAX_METADATA_BYTES"
+            )
+        _inflation.left = left - len(out)
+        return out
+
+
+def _bound_inflation() -> None:
+    """Have nd2's metadata decoder inflate through :class:`_BoundedZlib` (once per process)."""
+    from nd2._parse import _clx_lite  # the decoder of NIS's binary records; nd2 <0.13
+
+    _clx_lite.zlib = _BoundedZlib  # type: ignore[assignment]
+
+
 class _Borrowed:
     """The upload's bytes as the file ``nd2`` reads, which it may close without closing them (a
     stored upload's map belongs to its caller)."""
@@ -284,8 +330,10 @@ class _Borrowed:
         self.closed = True
 
 
-def _planes(data: Any, max_pixels: int, series: int | None) -> tuple[Layout, Reader, _About]:
-    about = _about(data)
+def _planes(
+    data: Any, max_pixels: int, series: int | None, metadata_bytes: int
+) -> tuple[Layout, Reader, _About]:
+    about = _about(data, metadata_bytes)
     frame = about.frame
     sizes = dict(about.loops)
     channel_count = max(len(about.channel_names), 1)

@@ -542,7 +542,7 @@ def _open_nd2(
 
     structure.walk_file(path, structure.check_nd2, limits)  # bounded before nd2 parses it
     try:
-        layout, stored = nd2.open_stored(path, max_pixels, selection.series)
+        layout, stored = nd2.open_stored(path, max_pixels, selection.series, limits.max_metadata_bytes)
     except ImageTooLarge as exc:
         raise SlideTooLarge(exc.pixels, exc.limit, exc.width, exc.height) from exc
     array = _Nd2Frames(path, stored)

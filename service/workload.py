@@ -29,7 +29,7 @@ def plane_pixels(data: bytes, max_pixels: int, limits: structure.Limits | int) -
     if structure.is_lif(data):
         return _lif_pixels(data, max_pixels)
     if structure.is_nd2(data):
-        return _nd2_pixels(data, max_pixels)
+        return _nd2_pixels(data, max_pixels, structure.as_limits(limits).max_metadata_bytes)
     width, height = _tiff_size(data) if microscopy.is_tiff(data) else (None, None)
     if width is None or height is None:
         try:
@@ -62,12 +62,13 @@ def _lif_pixels(data: bytes, max_pixels: int) -> int:
         return lif.admitted_pixels(data, max_pixels)
 
 
-def _nd2_pixels(data: bytes, max_pixels: int) -> int:
-    """An ND2's plane, from its attributes (every position of the experiment has the same)."""
+def _nd2_pixels(data: bytes, max_pixels: int, metadata_bytes: int) -> int:
+    """An ND2's plane (every position of the experiment has the same size; compressed frames: every
+    channel of one), from its metadata (``nd2.admitted_pixels``)."""
     from service import nd2
 
     with microscopy.decoder_errors():
-        return nd2.admitted_pixels(data, max_pixels)
+        return nd2.admitted_pixels(data, max_pixels, metadata_bytes)
 
 
 def _tiff_size(data: bytes) -> tuple[int | None, int | None]:

@@ -58,6 +58,8 @@ class Nd2:
     version: bytes = b"Ver3.0"
     #: what is written for these frames instead of their pixels (a hostile or broken file)
     frame_bodies: dict[int, bytes] | None = None
+    #: the text-info chunk's records as written instead of NIS's (a hostile file)
+    text_info: bytes | None = None
 
 
 def write_nd2(image: Nd2) -> bytes:
@@ -101,13 +103,15 @@ def write_nd2(image: Nd2) -> bytes:
     }
 
     chunks: list[tuple[bytes, bytes, int]] = [
-        (b"ImageAttributesLV!", _clx({"SLxImageAttributes": attributes}), 0),
-        (b"ImageMetadataSeqLV|0!", _clx({"SLxPictureMetadata": picture}), 0),
-        (b"ImageTextInfoLV!", _clx({"SLxImageTextInfo": {"TextInfoItem_5": "written by tests"}}), 0),
+        (b"ImageAttributesLV!", clx_records({"SLxImageAttributes": attributes}), 0),
+        (b"ImageMetadataSeqLV|0!", clx_records({"SLxPictureMetadata": picture}), 0),
+        (b"ImageTextInfoLV!",
+         image.text_info or clx_records({"SLxImageTextInfo": {"TextInfoItem_5": "written by tests"}}), 0),
     ]
     if loops:
         sizes = dict(zip(loops, pixels.shape[: len(loops)], strict=True))
-        chunks.append((b"ImageMetadataLV!", _clx({"SLxExperiment": _experiment(loops, sizes, image)}), 0))
+        experiment = clx_records({"SLxExperiment": _experiment(loops, sizes, image)})
+        chunks.append((b"ImageMetadataLV!", experiment, 0))
     frames = pixels.reshape(-1, height, width, components)
     for index, frame in enumerate(frames):
         rows = np.ascontiguousarray(frame).reshape(height, -1).view(np.uint8)
@@ -161,7 +165,13 @@ def _experiment(loops: list[str], sizes: dict[str, int], image: Nd2) -> dict:
     return level
 
 
-def _clx(records: dict) -> bytes:
+def compressed_records(records: bytes) -> bytes:
+    """``records`` as NIS compresses a run of CLX lite records: a record of type 76 with no name,
+    10 bytes, then zlib's stream of the records."""
+    return bytes([76, 0]) + bytes(10) + zlib.compress(records, 9)
+
+
+def clx_records(records: dict) -> bytes:
     """``records`` as CLX lite: each value's type from its Python type (an ``int`` is uint32 where
     the name says ``ui``, else int32; a dict or a list is a level, a list's items unnamed)."""
     return b"".join(_record(name, value) for name, value in records.items())

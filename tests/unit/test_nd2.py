@@ -20,7 +20,7 @@ from service import frames, imaging, microscopy, nd2, structure, workload
 from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType
 from service.microscopy import SelectionError
 from service.structure import Limits, TooComplex
-from tests.nd2_files import Nd2, write_nd2
+from tests.nd2_files import Nd2, clx_records, compressed_records, write_nd2
 
 MAX_PIXELS = 10**8
 UM = 0.325
@@ -248,6 +248,25 @@ def test_a_plane_over_the_limit_is_refused_from_the_attributes() -> None:
     # A compressed frame is inflated whole to read one of its channels: all three are charged.
     packed = write_nd2(Nd2(channels, "YXC", ("a", "b", "c"), lossless=True))
     assert nd2.admitted_pixels(packed, 10**6) == 3 * 100 * 120
+
+
+def test_compressed_metadata_is_inflated_no_further_than_the_metadata_limit() -> None:
+    """A run of compressed records inside another (the walk inflates the outer, 130 KB: within the
+    limit) inflating to 128 MiB: the decoder stops at the limit, a 413, not 128 MiB allocated."""
+    bomb = compressed_records(compressed_records(bytes(128 * 1024 * 1024)))
+    data = write_nd2(Nd2(np.zeros((H, W), np.uint16), text_info=bomb))
+    structure.check_nd2(data, Limits())  # the outer run is small
+    tracemalloc.start()
+    try:
+        with pytest.raises(TooComplex, match="inflates to more than 16,777,216 bytes.*METADATA_BYTES"):
+            read(data)
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 48 * 1024 * 1024, f"{peak:,} bytes at the peak"
+    records = {"SLxImageTextInfo": {"TextInfoItem_5": "compressed by NIS"}}
+    honest = write_nd2(Nd2(np.ones((H, W), np.uint16), text_info=compressed_records(clx_records(records))))
+    assert read(honest).image.max() == 1  # compressed metadata within the limit is read as ever
 
 
 def test_metadata_the_decoder_cannot_parse_is_undecodable() -> None:
