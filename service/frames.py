@@ -27,12 +27,12 @@ the choices need, written as an OME-TIFF of that image alone, read without ``ser
 What does not carry over: the pixel size is given as OME's, so ``X-Pixel-Size-Source`` reads
 ``ome`` where the file said ``imagej`` or ``tiff``, and notices about the file's own metadata (a
 print resolution ignored, a second series) are not repeated per frame, and the answer for an image
-cut out of several has no ``X-Series``. A Zeiss CZI, a Leica LIF and a Nikon ND2 are
-cut the same way (their planes read by :mod:`service.czi`, :mod:`service.lif` and
-:mod:`service.nd2`), so a time-lapse or a project past the upload limit is segmented frame by frame,
-image by image, each sent as an OME-TIFF. Anything this module cannot cut (neither TIFF, CZI, LIF
-nor ND2, pages of mixed pixel types, colour samples that are
-not RGB) is sent whole, as before, and the service says what it makes of it.
+cut out of several has no ``X-Series``. A Zeiss CZI, a Leica LIF and a Nikon ND2 are cut the same
+way (their planes read by :mod:`service.czi`, :mod:`service.lif` and :mod:`service.nd2`), so a
+time-lapse or a project past the upload limit is segmented frame by frame, image by image, each
+sent as an OME-TIFF. Anything this module cannot cut (neither TIFF, CZI, LIF nor ND2, pages of
+mixed pixel types, colour samples that are not RGB) is sent whole, as before, and the service says
+what it makes of it.
 """
 
 from __future__ import annotations

@@ -544,7 +544,7 @@ def _open_nd2(data: bytes, max_pixels: int, series: int | None, metadata_bytes: 
 def _vendor_source(
     layout: Layout, read: Callable[[dict[str, int]], np.ndarray], close: Callable[[], None]
 ) -> _Source:
-    """A vendor file's planes (CZI, LIF) as a source; a colour image's pixels read once, to tell
+    """A vendor file's planes (CZI, LIF, ND2) as a source; a colour image's pixels read once, to tell
     grey saved as colour from a composite."""
     source = _Source(layout, read=read, close=close)
     if layout.rgb:

@@ -296,7 +296,8 @@ class _BoundedZlib:
 
 
 def _bound_inflation() -> None:
-    """Have nd2's metadata decoder inflate through :class:`_BoundedZlib` (once per process)."""
+    """Have nd2's metadata decoder inflate through :class:`_BoundedZlib` (idempotent: done before
+    each decode, so no decode can come first)."""
     from nd2._parse import _clx_lite  # the decoder of NIS's binary records; nd2 <0.13
 
     _clx_lite.zlib = _BoundedZlib  # type: ignore[assignment]
