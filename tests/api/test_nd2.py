@@ -17,7 +17,7 @@ import pytest
 
 from tests.api import _images as im
 from tests.api._vendor import alone, labels_of, segment_file
-from tests.nd2_files import Nd2, write_nd2
+from tests.nd2_files import Nd2, compressed_records, write_nd2
 from tests.server import Server
 
 H, W = 96, 120
@@ -123,3 +123,7 @@ def test_broken_and_hostile_nd2s_are_4xx_that_say_why(server: Server) -> None:
     garbled[at : at + 40] = bytes(40)
     r = segment(server, bytes(garbled), channel="DAPI", t=0)
     assert r.status_code == 400 and "unreadable ND2" in r.json()["detail"], r.text
+    bomb = compressed_records(compressed_records(bytes(64 * 1024 * 1024)))  # metadata inflating to 64 MiB
+    r = segment(server, write_nd2(Nd2(np.zeros((64, 64), np.uint16), text_info=bomb)))
+    assert r.status_code == 413 and r.json()["type"] == "/problems/image-too-complex", r.text
+    assert "UNET_MAX_METADATA_BYTES" in r.json()["detail"]
