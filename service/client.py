@@ -263,6 +263,7 @@ CONTENT_TYPES: dict[str, str] = {
     ".czi": "application/octet-stream",  # Zeiss ZEN: no registered media type; the service sniffs it
     ".lif": "application/octet-stream",  # Leica LAS X: likewise
     ".nd2": "application/octet-stream",  # Nikon NIS-Elements: likewise
+    ".oib": "application/octet-stream",  # Olympus FluoView: likewise
 }
 
 #: Statuses worth another try (overload, a replica restarting, a proxy timing out). Anything else
@@ -560,7 +561,7 @@ def count_planes(source: Path, axis: str, series: int | None = None) -> int:
     from service import frames
     from service.settings import get_settings
 
-    # Only TIFFs, CZIs, LIFs and ND2s hold planes; the header is read, not the file (a movie may be
+    # Only TIFFs, CZIs, LIFs, ND2s and OIBs hold planes; the header is read, not the file (a movie may be
     # larger than memory).
     layout = frames.file_layout(source, get_settings().max_pixels, None if axis == "series" else series)
     if layout is None:

@@ -199,7 +199,7 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "Send multipart/form-data with field 'file' (or 'files' for /segment/batch), or the raw image "
         "with Content-Type image/png, image/tiff, image/jpeg or image/bmp."),
     "unsupported-image-type": ProblemType(
-        "Unsupported image type", 415, "The body is not a PNG, TIFF, JPEG, BMP, CZI, LIF or ND2 image.",
+        "Unsupported image type", 415, "The body is not a PNG, TIFF, JPEG, BMP, CZI, LIF, ND2 or OIB image.",
         "Convert the image to PNG or TIFF."),
     "invalid-options": ProblemType(
         "Invalid request options", 422,

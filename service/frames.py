@@ -27,10 +27,11 @@ the choices need, written as an OME-TIFF of that image alone, read without ``ser
 What does not carry over: the pixel size is given as OME's, so ``X-Pixel-Size-Source`` reads
 ``ome`` where the file said ``imagej`` or ``tiff``, and notices about the file's own metadata (a
 print resolution ignored, a second series) are not repeated per frame, and the answer for an image
-cut out of several has no ``X-Series``. A Zeiss CZI, a Leica LIF and a Nikon ND2 are cut the same
-way (their planes read by :mod:`service.czi`, :mod:`service.lif` and :mod:`service.nd2`), so a
+cut out of several has no ``X-Series``. A Zeiss CZI, a Leica LIF, a Nikon ND2 and an Olympus OIB
+are cut the same way (their planes read by :mod:`service.czi`, :mod:`service.lif`,
+:mod:`service.nd2` and :mod:`service.oib`), so a
 time-lapse or a project past the upload limit is segmented frame by frame, image by image, each
-sent as an OME-TIFF. Anything this module cannot cut (neither TIFF, CZI, LIF nor ND2, pages of
+sent as an OME-TIFF. Anything this module cannot cut (neither TIFF, CZI, LIF, ND2 nor OIB, pages of
 mixed pixel types, colour samples that are not RGB) is sent whole, as before, and the service says
 what it makes of it.
 """
@@ -47,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service import czi, imaging, lif, microscopy, nd2, structure
+from service import czi, imaging, lif, microscopy, nd2, oib, structure
 from service.microscopy import Layout, Selection
 
 OME_NAMESPACE = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
@@ -144,7 +145,7 @@ def ome_xml(layout: Layout, pages: list[Page], dtype: np.dtype) -> str:
 
 
 def file_layout(path: Path, max_pixels: int, series: int | None = None) -> Layout | None:
-    """What the TIFF, CZI, LIF or ND2 at ``path`` holds (at image ``series``, None: the first), read from
+    """What the TIFF, CZI, LIF, ND2 or OIB at ``path`` holds (at image ``series``, None: the first), read from
     its header (and a TIFF's first page) as the service reads an upload, without reading the file
     whole; None: neither, unreadable, no such image, or a plane over ``max_pixels`` (sent whole,
     the service says why)."""
@@ -157,7 +158,7 @@ def cut_frame(
 ) -> bytes | None:
     """The partial OME-TIFF of plane ``index`` along ``axis`` (``"t"`` or ``"z"``) of the file at
     ``path`` (of its image ``series``, None: the first), holding the pages :func:`pages_for` names;
-    None where the file is not cut (not a TIFF, CZI, LIF or ND2 stack with that plane, unreadable, a
+    None where the file is not cut (not a TIFF, CZI, LIF, ND2 or OIB stack with that plane, unreadable, a
     frame over ``max_pixels``, pages of mixed pixel types): the caller sends the file whole and the
     service says what it makes of it."""
     return _cut(path, selection, max_pixels, series, axis.upper(), index)
@@ -210,6 +211,10 @@ def _opened(
         return
     if structure.is_nd2(head):
         with _vendor_opened(path, max_pixels, series, structure.check_nd2, nd2.open_planes) as opened:
+            yield opened
+        return
+    if structure.is_compound(head):
+        with _vendor_opened(path, max_pixels, series, structure.check_compound, oib.open_planes) as opened:
             yield opened
         return
     try:

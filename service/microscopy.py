@@ -17,7 +17,7 @@ Pure functions on ``bytes`` and ``numpy`` arrays; no files, no HTTP.
   them, and the plane's size is checked from the header before any pixel buffer exists. Only
   the pages the choice needs are decoded (a max projection reads its z-slices one at a time).
 - CZI (Zeiss ZEN) is read by :mod:`service.czi`, LIF (Leica LAS X) by :mod:`service.lif`, ND2
-  (Nikon NIS-Elements) by :mod:`service.nd2`, into
+  (Nikon NIS-Elements) by :mod:`service.nd2`, OIB (Olympus FluoView) by :mod:`service.oib`, into
   the same layout and plane reader.
 - PNG, JPEG and BMP keep their decoder (``imaging.decode``); their only "axis" is colour.
 - Whatever a decoder raises on hostile bytes becomes :class:`~service.imaging.UndecodableImage`
@@ -149,7 +149,7 @@ class Channel:
 class PixelSize:
     """Micrometres per pixel along x (columns) and y (rows); ``source`` says who said so:
     ``ome`` · ``imagej`` · ``tiff`` (ResolutionUnit centimetre) · ``czi`` (ZEN's Scaling) · ``lif``
-    (the image's dimensions) · ``nd2`` (NIS-Elements' calibration) ·
+    (the image's dimensions) · ``nd2`` (NIS-Elements' calibration) · ``oib`` (FluoView's) ·
     ``request`` (``pixel_size=``). ``z_um``: the z-step (µm between z-slices) where the file
     gives one (OME ``PhysicalSizeZ``, ImageJ ``spacing``, ZEN's Scaling Z), for volumes in µm³;
     None for a file without it (a plain TIFF's resolution tags have no z)."""
@@ -511,6 +511,8 @@ def _open(data: bytes, max_pixels: int, limits: Limits, series: int | None = Non
         return _open_lif(data, max_pixels, series)
     if structure.is_nd2(data):
         return _open_nd2(data, max_pixels, series, limits.max_metadata_bytes)
+    if structure.is_compound(data):
+        return _open_oib(data, max_pixels, series, limits.max_metadata_bytes)
     if not is_tiff(data):
         check_series(1, (), series)
         return _open_flat(data, max_pixels, fmt=None)
@@ -541,10 +543,16 @@ def _open_nd2(data: bytes, max_pixels: int, series: int | None, metadata_bytes: 
     return _vendor_source(*nd2.open_planes(data, max_pixels, series, metadata_bytes))
 
 
+def _open_oib(data: bytes, max_pixels: int, series: int | None, metadata_bytes: int) -> _Source:
+    from service import oib  # it builds on this module's Layout
+
+    return _vendor_source(*oib.open_planes(data, max_pixels, series, metadata_bytes))
+
+
 def _vendor_source(
     layout: Layout, read: Callable[[dict[str, int]], np.ndarray], close: Callable[[], None]
 ) -> _Source:
-    """A vendor file's planes (CZI, LIF, ND2) as a source; a colour image's pixels read once, to tell
+    """A vendor file's planes (CZI, LIF, ND2, OIB) as a source; a colour image's pixels read once, to tell
     grey saved as colour from a composite."""
     source = _Source(layout, read=read, close=close)
     if layout.rgb:

@@ -217,6 +217,10 @@ class Settings(BaseSettings):
         50_000, ge=1, description="most chunks (one per frame: a time point, position and z-slice with "
         "its channels) a Nikon ND2 may have; counted before it is parsed"
     )
+    max_oib_entries: int = Field(
+        50_000, ge=1, description="most directory entries (streams: a few per plane) an Olympus OIB may "
+        "have; counted before it is parsed"
+    )
     max_batch_files: int = Field(64, ge=1, description="most files in one /segment/batch request")
     request_timeout_s: float = Field(
         300.0, gt=0, description="a segmentation still running after this long is abandoned (503)"
@@ -343,6 +347,7 @@ class Settings(BaseSettings):
             max_czi_subblocks=self.max_czi_subblocks,
             max_lif_blocks=self.max_lif_blocks,
             max_nd2_chunks=self.max_nd2_chunks,
+            max_oib_entries=self.max_oib_entries,
         )
 
 

@@ -33,6 +33,11 @@ what the decoders are then given is bounded by :class:`Limits`, whatever the upl
   ``max_nd2_chunks`` (one chunk per frame; the ``nd2`` reader parses the map in Python), each
   chunk's header checked against the file (a truncated upload is named here), the metadata chunks
   the service decodes against ``max_metadata_bytes``, also once inflated where NIS compressed them.
+- **OIB** (Olympus FluoView): an OLE2 compound file (a FAT file system in one file). The header's
+  counts against the file's sectors, the FAT's and the directory's sector chains walked with loops
+  stopped, directory entries against ``max_oib_entries`` (olefile makes an object of each), the
+  directory's trees checked for entries reached twice and bounded in depth (olefile walks them
+  recursively), every stream's declared size against the file's.
 - Other formats (BMP) have no variable structure to walk.
 
 Too much structure is :class:`TooComplex` (HTTP 413, naming the limit and its setting);
@@ -95,6 +100,7 @@ class Limits:
     max_czi_subblocks: int = 20_000  # UNET_MAX_CZI_SUBBLOCKS
     max_lif_blocks: int = 20_000  # UNET_MAX_LIF_BLOCKS
     max_nd2_chunks: int = 50_000  # UNET_MAX_ND2_CHUNKS
+    max_oib_entries: int = 50_000  # UNET_MAX_OIB_ENTRIES
 
 
 def as_limits(limits: Limits | int) -> Limits:
@@ -156,6 +162,8 @@ def check(data: bytes, limits: Limits) -> None:
         check_lif(data, limits)
     elif is_nd2(data):
         check_nd2(data, limits)
+    elif is_compound(data):
+        check_compound(data, limits)
 
 
 def is_lif(data: bytes) -> bool:
@@ -535,3 +543,130 @@ def _nd2_metadata_bytes(data: bytes, start: int, length: int, limit: int, used: 
             f"the ND2's metadata holds more than {limit:,} bytes", limit, "UNET_MAX_METADATA_BYTES",
         )
     return decoded
+
+
+# OLE2 compound files ([MS-CFB], the container of Olympus OIB): a 512-byte header (version 3; 4096
+# in version 4, whose sectors are 4096 bytes), then sectors; sector n at byte (n + 1) × sector size.
+# The FAT (its sectors listed by the header's DIFAT array and DIFAT sectors) chains each stream's
+# sectors; the directory is a chain of 128-byte entries whose storages hold their children as a
+# binary tree through sibling ids.
+COMPOUND_SIGNATURE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_CFB_HEADER = struct.Struct("<8s16sHHHHH6sIIIIIIIII")
+_CFB_HEADER_DIFAT = 109
+_CFB_ENTRY = 128
+_CFB_END, _CFB_FREE = 0xFFFFFFFE, 0xFFFFFFFF
+_CFB_MAX_REGULAR = 0xFFFFFFFA
+#: How deep the directory's trees may nest, storages within storages included: FluoView writes
+#: balanced trees two storages deep (~15 levels for 10,000 planes); olefile walks them recursively.
+CFB_MAX_TREE_DEPTH = 100
+
+
+def is_compound(data: bytes) -> bool:
+    """Whether ``data`` starts as an OLE2 compound file does (an Olympus OIB; also a Zeiss ZVI or an
+    old Microsoft Office document)."""
+    return data[:8] == COMPOUND_SIGNATURE
+
+
+def check_compound(data: bytes, limits: Limits) -> int:
+    """Directory entries of an OLE2 compound file, walked as olefile reads them: :class:`TooComplex`
+    past ``limits.max_oib_entries``; :class:`~service.imaging.UndecodableImage` for a header,
+    chain or tree that is not the format's (a loop, a sector outside the file, an entry reached twice,
+    a tree deeper than :data:`CFB_MAX_TREE_DEPTH`) or a stream larger than the file."""
+    size = len(data)
+    if size < 512:
+        raise UndecodableImage(f"truncated compound file (OIB): {size} bytes, shorter than its header")
+    (_sig, _clsid, _minor, major, order, sector_shift, mini_shift, _reserved, _dir_sectors, fat_sectors,
+     dir_start, _transaction, cutoff, _minifat_start, minifat_sectors, difat_start,
+     difat_sectors) = _CFB_HEADER.unpack_from(data, 0)
+    if order != 0xFFFE or (major, sector_shift) not in ((3, 9), (4, 12)) or mini_shift != 6 or cutoff != 4096:
+        raise UndecodableImage(
+            f"malformed compound file (OIB): version {major}, byte order {order:#x}, sectors of "
+            f"2^{sector_shift} bytes, mini sectors of 2^{mini_shift}, cut-off {cutoff}"
+        )
+    sector = 1 << sector_shift
+    sectors = max(0, -(-(size - sector) // sector))  # the last one may be short, as olefile allows
+    if max(fat_sectors, difat_sectors, minifat_sectors) > sectors:
+        raise UndecodableImage(
+            f"malformed compound file (OIB): its header counts {fat_sectors:,} FAT, {difat_sectors:,} "
+            f"DIFAT and {minifat_sectors:,} mini FAT sectors in a file of {sectors:,}"
+        )
+    per_sector = sector // 4
+
+    def sector_ints(at: int) -> tuple[int, ...]:
+        if at >= sectors:
+            raise UndecodableImage(f"malformed compound file (OIB): sector {at:,} is not in the file")
+        start = (at + 1) * sector
+        return struct.unpack_from(f"<{per_sector}I", bytes(data[start:start + sector]).ljust(sector, b"\0"))
+
+    fat_ids = list(struct.unpack_from(f"<{_CFB_HEADER_DIFAT}I", data, _CFB_HEADER.size))
+    seen: set[int] = set()
+    at = difat_start
+    for _ in range(difat_sectors):
+        if at in seen or at > _CFB_MAX_REGULAR:
+            raise UndecodableImage("malformed compound file (OIB): a loop or a gap in its DIFAT chain")
+        seen.add(at)
+        *ids, at = sector_ints(at)
+        fat_ids += ids
+    fat_ids = fat_ids[:fat_sectors]
+
+    def next_sector(at: int) -> int:
+        """The FAT's entry for sector ``at``, read where it lies (the FAT is not copied)."""
+        holder = fat_ids[at // per_sector] if at // per_sector < len(fat_ids) else sectors
+        if holder >= sectors:
+            raise UndecodableImage(f"malformed compound file (OIB): the FAT does not cover sector {at:,}")
+        return struct.unpack_from("<I", data, (holder + 1) * sector + at % per_sector * 4)[0]
+
+    entries = 0
+    seen = set()
+    at = dir_start
+    directory = bytearray()
+    while at != _CFB_END:
+        if at in seen or at >= sectors:
+            raise UndecodableImage("malformed compound file (OIB): a loop or a gap in its directory chain")
+        seen.add(at)
+        entries += sector // _CFB_ENTRY
+        if entries > limits.max_oib_entries:
+            raise TooComplex(
+                f"the OIB has more than {limits.max_oib_entries:,} directory entries (a few per plane)",
+                limits.max_oib_entries, "UNET_MAX_OIB_ENTRIES", "; export the planes you need as TIFF",
+            )
+        directory += data[(at + 1) * sector:(at + 2) * sector]
+        at = next_sector(at)
+    _check_compound_tree(bytes(directory).ljust(entries * _CFB_ENTRY, b"\0"), entries, size)
+    return entries
+
+
+def _check_compound_tree(directory: bytes, entries: int, size: int) -> None:
+    """The directory's trees from the root entry: each entry reached once, depth bounded, every
+    stream's size within the file."""
+    if entries == 0:
+        raise UndecodableImage("malformed compound file (OIB): no directory")
+    reached = {0}
+    pending = [(0, 0)]  # (entry, depth)
+    while pending:
+        index, depth = pending.pop()
+        base = index * _CFB_ENTRY
+        kind = directory[base + 66]
+        left, right, child = struct.unpack_from("<III", directory, base + 68)
+        stream_size = struct.unpack_from("<Q", directory, base + 120)[0]
+        if kind in (2, 5) and stream_size > size:
+            raise UndecodableImage(
+                f"malformed compound file (OIB): entry {index} claims {stream_size:,} bytes in a file of "
+                f"{size:,}"
+            )
+        links = (left, right, child) if index else (child,)  # the root has no siblings
+        for link in links:
+            if link == _CFB_FREE:
+                continue
+            if link >= entries or link in reached:
+                raise UndecodableImage(
+                    f"malformed compound file (OIB): entry {index} links to entry {link}, "
+                    + ("reached twice" if link in reached else "not in the directory")
+                )
+            if depth + 1 > CFB_MAX_TREE_DEPTH:
+                raise UndecodableImage(
+                    "malformed compound file (OIB): its directory nests deeper than "
+                    f"{CFB_MAX_TREE_DEPTH} levels"
+                )
+            reached.add(link)
+            pending.append((link, depth + 1))

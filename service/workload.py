@@ -4,7 +4,8 @@ Admission (``service.admission``) charges a request by these pixels *before* dec
 decoding is where memory is first spent (eight 8192² RGBA16 previews decoded at once took
 14.6 GB). Only headers are read here, after the file's structure is walked and bounded
 (``service.structure``: Pillow's header parsing is what a hostile file makes slow): a TIFF's
-first IFD, a CZI's subblock directory, another format's header through Pillow, as ``imaging.probe`` does.
+first IFD, a CZI's subblock directory, an OIB's settings, another format's header through Pillow,
+as ``imaging.probe`` does.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def plane_pixels(data: bytes, max_pixels: int, limits: structure.Limits | int) -
         return _lif_pixels(data, max_pixels)
     if structure.is_nd2(data):
         return _nd2_pixels(data, max_pixels, structure.as_limits(limits).max_metadata_bytes)
+    if structure.is_compound(data):
+        return _oib_pixels(data, max_pixels, structure.as_limits(limits).max_metadata_bytes)
     width, height = _tiff_size(data) if microscopy.is_tiff(data) else (None, None)
     if width is None or height is None:
         try:
@@ -69,6 +72,14 @@ def _nd2_pixels(data: bytes, max_pixels: int, metadata_bytes: int) -> int:
 
     with microscopy.decoder_errors():
         return nd2.admitted_pixels(data, max_pixels, metadata_bytes)
+
+
+def _oib_pixels(data: bytes, max_pixels: int, metadata_bytes: int) -> int:
+    """An OIB's plane, from its main settings (``oib.admitted_pixels``)."""
+    from service import oib
+
+    with microscopy.decoder_errors():
+        return oib.admitted_pixels(data, max_pixels, metadata_bytes)
 
 
 def _tiff_size(data: bytes) -> tuple[int | None, int | None]:

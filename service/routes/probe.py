@@ -30,9 +30,10 @@ class ChannelInfo(BaseModel):
 class PixelSizeInfo(BaseModel):
     x: float = Field(description="µm per pixel along x (columns)")
     y: float = Field(description="µm per pixel along y (rows)")
-    source: str = Field(description="ome | imagej | tiff | czi | lif | nd2")
+    source: str = Field(description="ome | imagej | tiff | czi | lif | nd2 | oib")
     z: float | None = Field(
-        default=None, description="µm between z-slices, where the file gives it (OME, ImageJ, CZI, LIF, ND2)"
+        default=None,
+        description="µm between z-slices, where the file gives it (OME, ImageJ, CZI, LIF, ND2, OIB)",
     )
 
     @model_serializer(mode="wrap")
@@ -57,7 +58,7 @@ class SeriesInfo(BaseModel):
 
 
 class ProbeResult(BaseModel):
-    format: str = Field(description="OME-TIFF, ImageJ TIFF, TIFF, CZI, LIF, ND2, PNG, JPEG, BMP")
+    format: str = Field(description="OME-TIFF, ImageJ TIFF, TIFF, CZI, LIF, ND2, OIB, PNG, JPEG, BMP")
     width: int
     height: int
     dtype: str

@@ -1,0 +1,379 @@
+"""Olympus FluoView OIB files (FV1000, FV1200, FV10i) read as uploads: channels, z-slices, time
+points and pixel size.
+
+An OIB is an OLE2 compound file (a small FAT file system in one file) holding what FluoView's
+folder format (OIF) keeps as files: ``OibInfo.txt`` (which stream holds which OIF file), the main
+``.oif`` settings (the axes, the calibration, the channels), and one single-page grey TIFF per
+plane, ``s_C001Z002T003.tif`` (1-based indices), each with its ``.pty`` settings beside it. This
+module turns that into the :class:`~service.microscopy.Layout` and plane reader every other format
+has, so the channel, plane and pixel-size rules of :mod:`service.microscopy` apply unchanged.
+
+- **Container**: olefile (P. Lagadec, BSD-2; what oletools parses hostile Office documents with)
+  reads the compound file from the upload's bytes or from a file, one stream at a time, its
+  loops bounded by the streams' sizes; :func:`service.structure.check_compound` has walked the
+  header, the directory and its trees first. A plane costs its own TIFF stream, not the file.
+- **Settings**: FluoView's INI files (UTF-16 with a byte-order mark, quoted values) are parsed by
+  oiffile's ``SettingsFile`` (C. Gohlke, BSD-3, the author of tifffile), each stream at most
+  ``UNET_MAX_METADATA_BYTES``. oiffile's own compound-file reader is not used: it follows sector
+  chains without bounds (a loop in a hostile file never ends).
+- **Planes**: the TIFFs named ``s_`` + axis letters and indices; the stored planes are the
+  truth (an acquisition stopped early has fewer than its settings planned: a plane it never took
+  is a 422 naming it, never zeros); previews (``-R001``) and thumbnails are not planes. The pixel
+  type is the TIFFs' (FluoView's ``ImageDepth`` has been seen to disagree with them).
+- **Pixel size**: ``[Reference Image Parameter] WidthConvertValue`` / ``HeightConvertValue`` in
+  their ``WidthUnit`` (µm), a decimal comma read as a point; the z-step is the Z axis's span over its
+  slices (``|EndPosition - StartPosition| / (Z - 1)``, in nm unless the axis says), as Bio-Formats
+  reads them.
+- **Channel names**: each active channel's ``CH Name`` (``[GUI Channel N Parameters]``, else
+  ``[Channel N Parameters]``), the dye FluoView was set up with, as Bio-Formats names them;
+  never paired by guess (a count that differs from the planes' channels leaves indices only).
+- **What is refused, naming what to do**: λ-scans and other axes (``L``, ``A``, ``P``, ``Q``) with
+  more than one index, line scans (no Y), planes of different sizes or types; a compound file that
+  is not an OIB (a Zeiss ZVI, an Office document).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service import structure
+from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType, supported_dtype
+from service.microscopy import (
+    PLANE_AXES,
+    Channel,
+    Layout,
+    PixelSize,
+    SelectionError,
+    check_series,
+    container_stream,
+    unit_um,
+)
+
+_METADATA_BYTES = structure.Limits().max_metadata_bytes
+#: A plane's TIFF: ``s_`` then axis letters with their 1-based indices (``C001Z002``). Previews
+#: (``s_C001-R001.tif``) and thumbnails (``s_Thumb.bmp``) do not match.
+_PLANE_NAME = re.compile(r"s_((?:[A-Za-z]\d{1,4})+)\.tif", re.IGNORECASE)
+_AXIS_INDEX = re.compile(r"([A-Za-z])(\d+)")
+#: Axis letters FluoView writes besides C, Z, T, and what a refusal calls them.
+_OTHER_AXES = {"L": "emission wavelengths (a λ-scan)", "A": "rotations", "P": "stage positions",
+               "Q": "indices along FluoView's Q axis"}
+_NUMBER = re.compile(r"\s*(\d+(?:[.,]\d+)?(?:[eE][-+]?\d+)?)")
+
+Reader = Callable[[dict[str, int]], np.ndarray]
+
+
+def open_planes(
+    source: bytes | Path, max_pixels: int, series: int | None = None, metadata_bytes: int = _METADATA_BYTES
+) -> tuple[Layout, Reader, Callable[[], None]]:
+    """The layout of an OIB (an upload's bytes, or a file; ``series``: 0 or None, an OIB holds one
+    image) and a reader of its planes by coordinates (``{"C": c, "Z": z, "T": t}``, 0 where left
+    out): ``(H, W)`` uint8 / uint16 / float32; and what closes the file.
+
+    The caller has walked the file with :func:`service.structure.check_compound`.
+    ``metadata_bytes``: the most bytes a settings stream may hold (``UNET_MAX_METADATA_BYTES``).
+
+    Raises:
+        UndecodableImage: what olefile or the settings parser cannot read; planes the settings
+            contradict (size, type), a plane whose TIFF is unreadable.
+        UnsupportedImageType: not an OIB; λ-scans and other axes, line scans.
+        ImageTooLarge: a plane over ``max_pixels``.
+        TooComplex: a settings stream over ``metadata_bytes``.
+        SelectionError: ``series`` is not 0; a plane the acquisition never took.
+    """
+    ole = _open(source)
+    try:
+        layout, read = _planes(ole, max_pixels, series, metadata_bytes)
+    except BaseException:
+        ole.close()
+        raise
+    return layout, read, ole.close
+
+
+def admitted_pixels(data: bytes, max_pixels: int, metadata_bytes: int = _METADATA_BYTES) -> int:
+    """What an upload costs admission: its plane (X × Y, from the main settings; every plane of an
+    OIB has the size). Raises as :func:`open_planes`."""
+    ole = _open(data)
+    try:
+        settings = _main_settings(ole, metadata_bytes)[0]
+        width, height = _plane_size(settings)
+    finally:
+        ole.close()
+    if width * height > max_pixels:
+        raise ImageTooLarge(width * height, max_pixels, width, height)
+    return width * height
+
+
+def _open(source: bytes | Path) -> Any:
+    """The ``olefile.OleFileIO`` of a compound file, strict: a defect olefile calls incorrect or
+    worse is an error, not read past."""
+    import olefile  # imported only for compound files
+
+    try:
+        return olefile.OleFileIO(
+            str(source) if isinstance(source, Path) else container_stream(source),
+            raise_defects=olefile.DEFECT_INCORRECT,
+        )
+    except Exception as exc:  # noqa: BLE001 - olefile raises OSError, struct.error, IndexError... on bad bytes
+        raise UndecodableImage(f"unreadable OIB (compound file): {type(exc).__name__}: {exc}") from exc
+
+
+def _stream(ole: Any, path: str, limit: int, what: str | None = None) -> bytes:
+    """The bytes of stream ``path``, refused past ``limit`` before any is read: a settings file
+    (``what`` None) as too much metadata (413), plane ``what`` as malformed (400)."""
+    try:
+        size = ole.get_size(path)
+        if size > limit and what is None:
+            raise structure.TooComplex(
+                f"the OIB's settings stream {path} holds {size:,} bytes, more than {limit:,}", limit,
+                "UNET_MAX_METADATA_BYTES",
+            )
+        if size > limit:
+            raise UndecodableImage(
+                f"malformed OIB: plane {what} claims {size:,} bytes, more than its pixels need"
+            )
+        return ole.openstream(path).read()
+    except (structure.TooComplex, UndecodableImage):
+        raise
+    except Exception as exc:  # noqa: BLE001 - olefile: OSError, IndexError... on a broken chain
+        raise UndecodableImage(f"unreadable OIB: stream {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _settings(data: bytes, name: str) -> dict[str, Any]:
+    """A FluoView settings file (``.oif``, ``.txt``, ``.pty``) as ``{section: {key: value}}``."""
+    from oiffile import SettingsFile  # FluoView's INI dialect: UTF-16 with BOM, quoted values
+
+    try:
+        return dict(SettingsFile(io.BytesIO(data), name))
+    except Exception as exc:  # noqa: BLE001 - UnicodeDecodeError, ValueError on a broken file
+        raise UndecodableImage(f"unreadable OIB: its {name} is not a FluoView settings file ({exc})") from exc
+
+
+def _members(ole: Any, metadata_bytes: int) -> tuple[dict[str, str], str]:
+    """``OibInfo.txt``: each OIF file name (``Storage00001/s_C001.tif``) → the stream holding it
+    (``Storage00001/Stream00001``), and the main settings file's name."""
+    if not ole.exists("OibInfo.txt"):
+        raise UnsupportedImageType(
+            "this compound file is not an Olympus OIB (no OibInfo.txt; a Zeiss ZVI or an Office document "
+            "is one too): send TIFF, OIB, CZI, LIF, ND2, PNG or JPEG"
+        )
+    info = _settings(_stream(ole, "OibInfo.txt", metadata_bytes), "OibInfo.txt").get("OibSaveInfo", {})
+    members: dict[str, str] = {}
+    for key, value in info.items():
+        if key.startswith("Stream") and isinstance(value, str):
+            folder = value.replace("\\", "/").rpartition("/")[0]
+            members[value.replace("\\", "/")] = f"{folder}/{key}" if folder else key
+    main = info.get(str(info.get("MainFileName", "")))
+    if not isinstance(main, str) or not main.lower().endswith(".oif"):  # Bio-Formats: the .oif member
+        main = next((name for name in members if name.lower().endswith(".oif")), None)
+    if main is None or main not in members:
+        raise UndecodableImage("malformed OIB: OibInfo.txt names no main .oif settings file")
+    return members, main
+
+
+def _main_settings(ole: Any, metadata_bytes: int) -> tuple[dict[str, Any], dict[str, str]]:
+    members, main = _members(ole, metadata_bytes)
+    return _settings(_stream(ole, members[main], metadata_bytes), main), members
+
+
+def _axes(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``[Axis N Parameters Common]`` by axis code (``X``, ``Y``, ``C``, ``Z``, ``T``, ``L``...)."""
+    out: dict[str, dict[str, Any]] = {}
+    for section, values in settings.items():
+        if re.fullmatch(r"Axis \d+ Parameters Common", section) and isinstance(values, dict):
+            code = str(values.get("AxisCode", "")).strip().upper()
+            if code and code not in out:
+                out[code] = values
+    return out
+
+
+def _size(axis: dict[str, Any] | None) -> int:
+    try:
+        return max(0, int(axis.get("MaxSize", 0))) if axis else 0
+    except (TypeError, ValueError):
+        return 0
+
+
+def _plane_size(settings: dict[str, Any]) -> tuple[int, int]:
+    """(width, height) from the X and Y axes."""
+    axes = _axes(settings)
+    width, height = _size(axes.get("X")), _size(axes.get("Y"))
+    if width < 1:
+        raise UndecodableImage("malformed OIB: its settings give no X axis")
+    if height <= 1:
+        raise UnsupportedImageType(
+            "this OIB is a line scan (its planes have no Y axis: X against time); the service reads XY "
+            "images: export the planes to segment as TIFF"
+        )
+    return width, height
+
+
+def _plane_index(names: list[str]) -> dict[tuple[int, int, int], str]:
+    """Each plane's (c, z, t), 0-based, → its OIF file name; other axes refused where they hold more
+    than one index."""
+    planes: dict[tuple[int, int, int], str] = {}
+    others: dict[str, set[int]] = {}
+    for name in names:
+        found = _PLANE_NAME.fullmatch(name.rpartition("/")[2])
+        if not found:
+            continue
+        coords = {"C": 1, "Z": 1, "T": 1}
+        for letter, index in _AXIS_INDEX.findall(found.group(1)):
+            letter = letter.upper()
+            if letter in coords:
+                coords[letter] = int(index)
+            else:
+                others.setdefault(letter, set()).add(int(index))
+        key = (coords["C"] - 1, coords["Z"] - 1, coords["T"] - 1)
+        if min(key) < 0:
+            raise UndecodableImage(f"malformed OIB: plane {name} has an index 0 (FluoView counts from 1)")
+        planes.setdefault(key, name)
+    for letter, indices in others.items():
+        if len(indices) > 1:
+            what = _OTHER_AXES.get(letter, f"indices along an unknown axis ({letter})")
+            raise UnsupportedImageType(
+                f"the OIB holds {len(indices)} {what}; the service reads X, Y, channels, z-slices and time "
+                "points: export the planes to segment as TIFF"
+            )
+    if not planes:
+        raise UndecodableImage("malformed OIB: it holds no plane (no s_C001….tif)")
+    return planes
+
+
+def _planes(ole: Any, max_pixels: int, series: int | None, metadata_bytes: int) -> tuple[Layout, Reader]:
+    check_series(1, (), series)
+    settings, members = _main_settings(ole, metadata_bytes)
+    width, height = _plane_size(settings)
+    if width * height > max_pixels:
+        raise ImageTooLarge(width * height, max_pixels, width, height)
+    planes = _plane_index(list(members))
+    sizes = {axis: 1 + max(key[k] for key in planes) for k, axis in enumerate("CZT")}
+    # A plane's TIFF cannot need much more than its pixels (4 bytes for float) and a header: past
+    # that, a stream is refused before olefile reads it.
+    plane_limit = width * height * 4 + 1024 * 1024
+
+    def plane(key: tuple[int, int, int]) -> np.ndarray:
+        name = planes.get(key)
+        if name is None:
+            c, z, t = key
+            raise SelectionError(
+                f"the OIB holds no plane at channel {c}, z {z}, t {t} (an acquisition stopped early?)",
+                ("channel", "z", "t"), {"planes": {a: n for a, n in sizes.items() if n > 1 and a != "C"}},
+            )
+        shown = name.rpartition("/")[2]  # s_C001Z002.tif, as FluoView names the plane
+        return _read_tiff(_stream(ole, members[name], plane_limit, shown), shown, width, height)
+
+    first = plane(min(planes))
+    notes = []
+    planned = {axis: _size(_axes(settings).get(axis)) for axis in "CZT"}
+    short = [f"{sizes[a]} of {planned[a]} {_AXIS_WORDS[a]}" for a in "ZT" if planned[a] > sizes[a]]
+    if short or len(planes) < sizes["C"] * sizes["Z"] * sizes["T"]:
+        notes.append(
+            "the OIB holds fewer planes than its acquisition planned"
+            + (f" ({', '.join(short)})" if short else "")
+            + ": an acquisition stopped early; a plane it never took is refused"
+        )
+    pixel_size = _pixel_size(settings, sizes["Z"])
+    if pixel_size is None:
+        notes.append("the OIB does not give its pixel size: sizes are in pixels")
+    names = _channel_names(settings, sizes["C"])
+    lead = [a for a in ("T", "Z", "C") if sizes[a] > 1]
+
+    def read(coords: dict[str, int]) -> np.ndarray:
+        key = (int(coords.get("C", 0)), int(coords.get("Z", 0)), int(coords.get("T", 0)))
+        image = first if key == min(planes) else plane(key)
+        if image.dtype != first.dtype:
+            raise UndecodableImage(
+                f"malformed OIB: its planes have different pixel types ({first.dtype}, {image.dtype})"
+            )
+        return image
+
+    layout = Layout(
+        format="OIB",
+        width=width,
+        height=height,
+        dtype=str(first.dtype),
+        axes="".join(lead) + "YX",
+        shape=tuple(sizes[a] for a in lead) + (height, width),
+        channels=tuple(Channel(c, names[c] if names else None) for c in range(sizes["C"])),
+        planes={a: sizes[a] for a in PLANE_AXES if sizes.get(a, 1) > 1},
+        pixel_size=pixel_size,
+        warnings=tuple(notes),
+    )
+    return layout, read
+
+
+_AXIS_WORDS = {"Z": "z-slices", "T": "time points"}
+
+
+def _read_tiff(data: bytes, name: str, width: int, height: int) -> np.ndarray:
+    """One plane's TIFF, its size checked against the settings' before its pixels are decoded."""
+    import tifffile
+
+    structure.count_tiff(data, structure.Limits(max_tiff_pages=1_000))  # one page as written; bounded
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages.first
+            if page.shape[:2] != (height, width) or page.samplesperpixel != 1:
+                raise UndecodableImage(
+                    f"malformed OIB: plane {name} is {page.shape} where the settings give "
+                    f"{height}×{width} grey"
+                )
+            image = page.asarray()
+    except UndecodableImage:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds on corrupt input
+        raise UndecodableImage(f"unreadable OIB: plane {name}: {type(exc).__name__}: {exc}") from exc
+    return supported_dtype(image, "OIB")
+
+
+def _number(value: Any) -> float | None:
+    """A settings value as a number: FluoView writes some with a decimal comma (``0,207``)."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    found = _NUMBER.match(str(value))
+    return float(found.group(1).replace(",", ".")) if found else None
+
+
+def _pixel_size(settings: dict[str, Any], depth: int) -> PixelSize | None:
+    reference = settings.get("Reference Image Parameter", {})
+    spacing = []
+    for key in ("Width", "Height"):
+        value = _number(reference.get(f"{key}ConvertValue"))
+        factor = unit_um(str(reference.get(f"{key}Unit", "um")) or "um")
+        spacing.append(value * factor if value and factor and value > 0 else None)
+    x, y = spacing
+    if x is None:
+        return None
+    z = None
+    axis = _axes(settings).get("Z")
+    if depth > 1 and axis:
+        start, end = _number(axis.get("StartPosition")), _number(axis.get("EndPosition"))
+        factor = unit_um(str(axis.get("UnitName") or axis.get("PixUnit") or "nm")) or unit_um("nm")
+        if start is not None and end is not None and end != start:
+            z = abs(end - start) / (depth - 1) * factor
+    return PixelSize(x, y if y is not None else x, "oib", z)
+
+
+def _channel_names(settings: dict[str, Any], count: int) -> list[str | None]:
+    """Each channel's name (the dye it was set up for): the active channels' ``CH Name`` in
+    ``[GUI Channel N Parameters]`` (Bio-Formats' source), else ``[Channel N Parameters]``; none
+    unless there is one per channel."""
+    for prefix in ("GUI Channel", "Channel"):
+        sections = []
+        for section, values in settings.items():
+            found = re.fullmatch(rf"{prefix} (\d+) Parameters", section)
+            if found and isinstance(values, dict):
+                sections.append((int(found.group(1)), values))
+        active = [v for _n, v in sorted(sections, key=lambda item: item[0])
+                  if str(v.get("CH Activate", 1)).strip() not in ("0", "")]
+        if len(active) == count:
+            names = [str(v.get("CH Name", "")).strip() or None for v in active]
+            if any(names):
+                return names
+    return []
