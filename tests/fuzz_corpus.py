@@ -3,13 +3,15 @@
 Real PNG (8/16-bit; grey, RGB, RGBA), JPEG (grey, colour, progressive), TIFF (single page,
 multi-page, tiled, compressed, OME-TIFF with channels, ImageJ hyperstack), Zeiss CZI (zstd1
 channels and slices; a tile scan), Leica LIF (a project of a z-stack and a colour image) and
-Nikon ND2 (positions of a two-channel z-stack; a lossless colour frame with padded rows) bytes,
+Nikon ND2 (positions of a two-channel z-stack; a lossless colour frame with padded rows) and
+Olympus OIB (a two-channel z-stack) bytes,
 small so a few hundred mutants decode in seconds, each mutated by one of: byte flips, truncation,
 duplicating a chunk / marker segment / IFD entry / CZI directory entry / LIF memory block / ND2
-chunk, corrupting a length field (PNG chunk length,
+chunk / OIB directory entry, corrupting a length field (PNG chunk length,
 JPEG segment length, TIFF entry count / value count / offset, CZI entry count / dimension count /
 subblock position, LIF block size / id length / XML length, ND2 chunk name / data length and the
-chunk map's offset).
+chunk map's offset, an OIB directory entry's stream size / first sector / sibling or child link
+and the header's FAT sector count / directory start).
 The same seed always gives the same mutants, so a failure is reproducible from its name.
 """
 
@@ -29,6 +31,7 @@ import tifffile
 from tests.czi_files import ZSTD1, Tile, czi_bytes
 from tests.lif_files import Image, lif_bytes
 from tests.nd2_files import Nd2, write_nd2
+from tests.oib_files import Oib, write_oib
 
 
 def _blobs(height: int, width: int, seed: int, dtype: type = np.uint8) -> np.ndarray:
@@ -103,6 +106,7 @@ def seeds() -> dict[str, bytes]:
             np.stack([np.stack([np.dstack(list(channels)), np.dstack(list(channels[::-1]))])] * 2), "PZYXC",
             ("FITC", "DAPI"), 0.65, 0.5, ("A1", "B1"))),
         "nd2-lossless-rgb": write_nd2(Nd2(rgb8[:, :31], "YXS", lossless=True, row_padding=3)),
+        "oib-stack": write_oib(Oib(np.stack([channels, channels[::-1]]), "ZCYX", ("Alexa Fluor 488", "DAPI"))),
     }
 
 
@@ -175,6 +179,16 @@ def _nd2_chunks(data: bytes) -> list[tuple[int, int]]:
     return out
 
 
+def _oib_entries(data: bytes) -> list[tuple[int, int]]:
+    """(start, 128) of each used directory entry of an OIB (the writer's directory is contiguous)."""
+    directory = 512 * (struct.unpack_from("<I", data, 48)[0] + 1)
+    out, pos = [], directory
+    while pos + 128 <= len(data) and data[pos + 66] in (1, 2, 5):
+        out.append((pos, 128))
+        pos += 128
+    return out
+
+
 def _segments(name: str, data: bytes) -> list[tuple[int, int]]:
     if name.startswith("png"):
         return _png_chunks(data)
@@ -186,6 +200,8 @@ def _segments(name: str, data: bytes) -> list[tuple[int, int]]:
         return _lif_blocks(data)
     if name.startswith("nd2"):
         return _nd2_chunks(data)
+    if name.startswith("oib"):
+        return _oib_entries(data)
     return [(offset, 12) for offset in _tiff_entries(data)]
 
 
@@ -227,6 +243,9 @@ def corrupt_length(rng: random.Random, name: str, data: bytes) -> bytes:
     elif name.startswith("nd2"):  # a chunk's name or data length, or where the chunk map lies
         where, fmt = rng.choice([(start + 4, "<I"), (start + 8, "<Q"), (len(data) - 8, "<Q")])
         struct.pack_into(fmt, out, where, value)
+    elif name.startswith("oib"):  # an entry's size, first sector or links; the FAT's size, the directory
+        where = rng.choice([start + 120, start + 116, start + 68, start + 72, start + 76, 44, 48])
+        struct.pack_into("<I", out, where, value)
     else:  # an IFD entry's value count or value/offset, or the IFD's entry count
         order = "<" if data[:2] == b"II" else ">"
         where = rng.choice([start + 4, start + 8, _tiff_entries(data)[0] - 2])

@@ -230,3 +230,14 @@ def test_a_truncated_file_is_a_400_not_a_crash() -> None:
     for size in (100, 600, len(STACK) // 2, len(STACK) - 700):
         with pytest.raises(UndecodableImage):
             read(STACK[:size], channel="0", z=0, t=0)
+
+
+def test_a_plane_stream_larger_than_its_pixels_need_is_refused_before_it_is_read() -> None:
+    # Within the file (the walk allows it) but far more than an 8×8 plane's TIFF: a by-path file of
+    # gigabytes could otherwise have olefile read gigabytes for one plane.
+    data = bytearray(write_oib(Oib(np.ones((8, 8), np.uint8), "YX", extra={"s_Thumb.bmp": bytes(3 << 20)})))
+    name = "Stream00001".encode("utf-16-le")  # s_C001.tif: the first member after the main settings
+    entry = data.index(name, 512 * (_header(bytes(data))[10] + 1))  # in the directory, not OibInfo.txt
+    struct.pack_into("<Q", data, entry + 120, 2 << 20)
+    with pytest.raises(UndecodableImage, match="claims 2,097,152 bytes, more than its pixels need"):
+        read(bytes(data))
