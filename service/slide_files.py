@@ -1,4 +1,4 @@
-"""Slide-scale files read window by window: tiled TIFF / OME-TIFF / BigTIFF, OME-Zarr, CZI, LIF, ND2.
+"""Slide-scale files read window by window: tiled TIFF / OME-TIFF / BigTIFF, OME-Zarr, CZI, LIF, ND2, OIB.
 
 A slide of 50,000² px cannot be decoded whole (issue 16). :func:`open_slide` opens a file by
 *path*, reads only its header and metadata, checks the request's plane choice exactly as an
@@ -30,6 +30,10 @@ How each layout is read:
   the file (:func:`service.nd2.open_stored`), read from a memory map of that frame alone; the
   chunk map is walked and bounded first (``UNET_MAX_ND2_CHUNKS``). Compressed frames are refused
   (a window would inflate its whole frame).
+- **OIB** (an Olympus FluoView z-stack or time-lapse larger than an upload): each plane is a TIFF
+  of its own in the compound file, decoded whole when a window first touches it and kept until
+  another plane is read (:class:`_WholePlanes`): a stack job reads one plane at a time. Planes are
+  at most :data:`MAX_CHUNK_BYTES` / 2 pixels (4096², FluoView's largest scan): a chunk that large.
 
 What is refused, before any pixel is read: a plane over ``UNET_MAX_SLIDE_PIXELS``
 (:class:`SlideTooLarge`, 413); chunks over :data:`MAX_CHUNK_BYTES` decoded (a compressed
@@ -44,6 +48,7 @@ image is kept whole, ``(h, w, S)``; uint8, uint16 or float32 like ``imaging.deco
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,6 +147,29 @@ class _Nd2Frames:
                 return window
             finally:
                 mapped._mmap.close()  # type: ignore[attr-defined]  # unmap now, not at GC
+
+
+class _WholePlanes:
+    """A file whose planes are stored one blob each (an OIB's TIFF per plane) as one array over its
+    plane axes (``T``, ``Z``, ``C`` as the layout has them), then Y, X: a read decodes the plane it
+    lies in through ``read`` and keeps it, so the windows of one plane decode it once."""
+
+    def __init__(self, layout: Layout, read: Callable[[dict[str, int]], np.ndarray]) -> None:
+        self.lead = tuple(axis for axis in layout.axes if axis in "TZC")
+        self.shape = tuple(layout.shape[: len(self.lead)]) + (layout.height, layout.width)
+        self.dtype = np.dtype(layout.dtype)
+        self.chunks = self.shape  # one chunk: the whole plane is decoded by any read of it
+        self._read = read
+        self._kept: tuple[tuple[int, ...], np.ndarray] | None = None
+        self._lock = threading.Lock()  # one file handle: its reads seek
+
+    def __getitem__(self, index: tuple) -> np.ndarray:
+        *lead, rows, columns = index
+        key = tuple(int(i) for i in lead)
+        with self._lock:
+            if self._kept is None or self._kept[0] != key:
+                self._kept = (key, self._read(dict(zip(self.lead, key, strict=True))))
+            return np.array(self._kept[1][rows, columns])
 
 
 class _BlueFirstArray(_MappedArray):
@@ -294,7 +322,7 @@ def _convert(window: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def is_slide_path(path: str | Path) -> bool:
     """Whether ``path`` looks like something :func:`open_slide` reads (a TIFF, a CZI, a LIF, an
-    ND2 or a Zarr folder)."""
+    ND2, an OIB or a Zarr folder)."""
     p = Path(path)
     if p.is_dir():
         return any((p / name).exists() for name in (".zattrs", ".zgroup", "zarr.json"))
@@ -302,7 +330,7 @@ def is_slide_path(path: str | Path) -> bool:
         with open(p, "rb") as handle:
             head = handle.read(_HEAD_BYTES)
             return (microscopy.is_tiff(head) or head[:10] == structure.CZI_MAGIC or structure.is_lif(head)
-                    or structure.is_nd2(head))
+                    or structure.is_nd2(head) or structure.is_compound(head))
     except OSError:
         return False
 
@@ -340,10 +368,12 @@ def open_slide(
         return _open_lif(p, selection, max_pixels, structure.as_limits(limits), model_channels)
     if structure.is_nd2(head):
         return _open_nd2(p, selection, max_pixels, structure.as_limits(limits), model_channels)
+    if structure.is_compound(head):
+        return _open_oib(p, selection, max_pixels, structure.as_limits(limits), model_channels)
     if not microscopy.is_tiff(head):
         raise UnsupportedImageType(
-            "slides are read from TIFF (OME-TIFF, BigTIFF, tiled or not), OME-Zarr, CZI, LIF or ND2; this "
-            "file is none"
+            "slides are read from TIFF (OME-TIFF, BigTIFF, tiled or not), OME-Zarr, CZI, LIF, ND2 or OIB; "
+            "this file is none"
         )
     return _open_tiff(p, selection, max_pixels, structure.as_limits(limits), model_channels)
 
@@ -713,3 +743,36 @@ def overview(source: RegionSource, max_pixels: int, use_pyramid: bool = True) ->
             out[y0 // step : y0 // step + window.shape[0], x0 // step : x0 // step + window.shape[1]] = window
     h0, w0 = source.shape[:2]
     return Overview(out, (h0 / out_h, w0 / out_w), level)
+
+
+# --- OIB -------------------------------------------------------------------------------------
+
+#: The largest OIB plane read by path: each is decoded whole (a chunk of up to 4 bytes a pixel).
+OIB_MAX_PLANE_PIXELS = MAX_CHUNK_BYTES // 2
+
+
+def _open_oib(
+    path: Path, selection: Selection, max_pixels: int, limits: structure.Limits, model_channels: int
+) -> SlideSource:
+    """An Olympus OIB's planes (a z-stack or a time-lapse larger than an upload) read plane by
+    plane from the file: a window decodes the plane's TIFF, kept for the next window of it."""
+    from service import oib
+
+    structure.walk_file(path, structure.check_compound, limits)  # bounded before olefile parses it
+    try:
+        layout, read, close = oib.open_planes(path, min(max_pixels, OIB_MAX_PLANE_PIXELS), selection.series,
+                                              limits.max_metadata_bytes)
+    except ImageTooLarge as exc:
+        if exc.pixels > max_pixels:
+            raise SlideTooLarge(exc.pixels, max_pixels, exc.width, exc.height) from exc
+        raise UnsupportedImageType(
+            f"this OIB's planes are {exc.width}×{exc.height}: read by path, an OIB's planes are decoded "
+            f"whole, at most {OIB_MAX_PLANE_PIXELS:,} pixels each; send it as an upload"
+        ) from exc
+    try:
+        array = _WholePlanes(layout, read)
+        levels = [_Level(array, layout.height, layout.width)]
+        return _source(levels, "".join(array.lead) + "YX", layout, selection, model_channels, close)
+    except BaseException:
+        close()
+        raise

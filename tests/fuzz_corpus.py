@@ -106,7 +106,7 @@ def seeds() -> dict[str, bytes]:
             np.stack([np.stack([np.dstack(list(channels)), np.dstack(list(channels[::-1]))])] * 2), "PZYXC",
             ("FITC", "DAPI"), 0.65, 0.5, ("A1", "B1"))),
         "nd2-lossless-rgb": write_nd2(Nd2(rgb8[:, :31], "YXS", lossless=True, row_padding=3)),
-        "oib-stack": write_oib(Oib(np.stack([channels, channels[::-1]]), "ZCYX", ("Alexa Fluor 488", "DAPI"))),
+        "oib-stack": write_oib(Oib(np.stack([channels, channels[::-1]]), "ZCYX", ("Alexa 488", "DAPI"))),
     }
 
 

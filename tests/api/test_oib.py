@@ -40,7 +40,8 @@ def test_without_a_choice_the_422_lists_the_dyes_and_slices(server: Server) -> N
     body = r.json()
     assert body["type"] == "/problems/choose-plane"
     assert {e["loc"][1] for e in body["errors"]} == {"channel", "z"}
-    assert body["choices"]["channels"] == [{"index": 0, "name": "Alexa Fluor 488"}, {"index": 1, "name": "DAPI"}]
+    assert body["choices"]["channels"] == [{"index": 0, "name": "Alexa Fluor 488"},
+                                           {"index": 1, "name": "DAPI"}]
     assert body["choices"]["planes"] == {"Z": 2}
 
 
@@ -76,7 +77,8 @@ def test_the_raw_body_a_stored_upload_and_probe_read_it_by_its_signature(server:
     assert (count, labels.tolist()) == (by_name[1], by_name[0].tolist())
     stored = server.client.post("/uploads", files={"file": ("cells.oib", STACK)})
     assert stored.status_code == 201, stored.text
-    labels, count = labels_of(server.client.post("/segment", params={**params, "upload": stored.json()["id"]}))
+    named = server.client.post("/segment", params={**params, "upload": stored.json()["id"]})
+    labels, count = labels_of(named)
     assert (count, labels.tolist()) == (by_name[1], by_name[0].tolist())
     probe = server.client.post("/probe", files={"file": ("cells.oib", STACK)})
     assert probe.status_code == 200, probe.text

@@ -34,11 +34,12 @@ def read(data: bytes, limits: Limits | None = None, max_pixels: int = 10**8, **c
 
 @pytest.mark.parametrize("version", [3, 4])
 def test_every_plane_reads_back_with_its_channel_names_calibration_and_z_step(version: int) -> None:
-    data = STACK if version == 3 else write_oib(Oib(PIXELS, "TZCYX", channel_names=("Hoechst 33342", "Alexa Fluor 488"),
+    data = STACK if version == 3 else write_oib(Oib(PIXELS, "TZCYX", ("Hoechst 33342", "Alexa Fluor 488"),
                                                     pixel_um=0.207, z_step_nm=450.0, version=version))
     layout, read_plane, close = oib.open_planes(data, 10**8)
     try:
-        assert (layout.format, layout.axes, layout.shape, layout.dtype) == ("OIB", "TZCYX", (2, 3, 2, 40, 56), "uint16")
+        assert (layout.format, layout.axes, layout.dtype) == ("OIB", "TZCYX", "uint16")
+        assert layout.shape == (2, 3, 2, 40, 56)
         assert [c.name for c in layout.channels] == ["Hoechst 33342", "Alexa Fluor 488"]
         assert layout.planes == {"Z": 3, "T": 2}
         assert layout.pixel_size == microscopy.PixelSize(0.207, 0.207, "oib", 0.45)
@@ -188,8 +189,9 @@ def _header(data: bytes) -> list:
 
 
 def _with_header(data: bytes, **fields: int) -> bytes:
-    names = ["sig", "clsid", "minor", "major", "order", "shift", "mini", "reserved", "dir_sectors", "fat_sectors",
-             "dir_start", "transaction", "cutoff", "minifat_start", "minifat_sectors", "difat_start", "difat_sectors"]
+    names = ["sig", "clsid", "minor", "major", "order", "shift", "mini", "reserved", "dir_sectors",
+             "fat_sectors", "dir_start", "transaction", "cutoff", "minifat_start", "minifat_sectors",
+             "difat_start", "difat_sectors"]
     values = _header(data)
     for name, value in fields.items():
         values[names.index(name)] = value
@@ -241,3 +243,20 @@ def test_a_plane_stream_larger_than_its_pixels_need_is_refused_before_it_is_read
     struct.pack_into("<Q", data, entry + 120, 2 << 20)
     with pytest.raises(UndecodableImage, match="claims 2,097,152 bytes, more than its pixels need"):
         read(bytes(data))
+
+
+def test_unet_segment_cuts_a_frame_out_of_an_oib_file(tmp_path) -> None:
+    """``--t all`` / ``--z all`` on an OIB: the frame's pages cut out as an OME-TIFF, read by the
+    service as the OIB's own plane, pixel size included."""
+    from service import frames
+
+    path = tmp_path / "stack.oib"
+    path.write_bytes(STACK)
+    layout = frames.file_layout(path, 10**8)
+    assert layout is not None and layout.planes == {"Z": 3, "T": 2}
+    selection = Selection(channel="Alexa Fluor 488", z=2)
+    cut = frames.cut_frame(path, "t", 1, selection, 10**8)
+    assert cut is not None and microscopy.count_tiff_pages(cut, 100) == 1
+    plane = read(cut, channel="Alexa Fluor 488", z=2, t=1)
+    np.testing.assert_array_equal(plane.image, PIXELS[1, 2, 1])
+    assert plane.layout.pixel_size == microscopy.PixelSize(0.207, 0.207, "ome", 0.45)

@@ -412,3 +412,43 @@ def test_nd2_refusals_for_slides(nd2_plate, tmp_path):
     with (open_slide(stopped, Selection(z=2), max_pixels=BIG, limits=100) as source,
           pytest.raises(UndecodableImage, match="no whole frame 3")):
         source.read(0, 8, 0, 8)
+
+
+# --- OIB: an Olympus file's planes, each a TIFF of its own decoded whole and kept ----------------
+
+
+@pytest.fixture(scope="module")
+def oib_stack(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """Two time points × 3 slices × 2 channels of 300×400, one TIFF per plane as FluoView stores them."""
+    from tests.oib_files import Oib, write_oib
+
+    planes = _pattern((2, 3, 2, 300, 400))  # TZCYX
+    path = tmp_path_factory.mktemp("oib") / "stack.oib"
+    path.write_bytes(write_oib(Oib(planes, "TZCYX", ("Alexa Fluor 488", "DAPI"), 0.207, 450.0)))
+    return path, planes
+
+
+def test_oib_windows_equal_crops_of_the_chosen_plane_and_channel_and_equal_the_uploads(oib_stack):
+    path, planes = oib_stack
+    for t, z, channel, index in ((0, 0, "dapi", 1), (1, 2, "Alexa Fluor 488", 0), (1, 1, "1", 1)):
+        selection = Selection(channel=channel, z=z, t=t)
+        with open_slide(path, selection, max_pixels=BIG, limits=100) as source:
+            assert source.shape == (300, 400) and source.dtype == np.uint16
+            for y0, y1, x0, x1 in ((0, 300, 0, 400), (5, 133, 250, 257), (290, 300, 399, 400)):
+                assert np.array_equal(source.read(y0, y1, x0, x1), planes[t, z, index, y0:y1, x0:x1])
+            assert source.chunk_rows == 300  # a window decodes its whole plane
+            upload = microscopy.select(path.read_bytes(), selection, max_pixels=BIG, limits=100)
+            assert source.plane.describe() == upload.describe()
+            measured = source.of_channel(microscopy.Channel(1 - index))
+            assert np.array_equal(measured.read(10, 20, 30, 40), planes[t, z, 1 - index, 10:20, 30:40])
+    assert slide_files.is_slide_path(path)
+
+
+def test_oib_refusals_for_slides(oib_stack, monkeypatch):
+    path, _ = oib_stack
+    choice = Selection(channel="0", z=0, t=0)
+    with pytest.raises(SlideTooLarge):
+        open_slide(path, choice, max_pixels=300 * 400 - 1, limits=100)
+    monkeypatch.setattr(slide_files, "OIB_MAX_PLANE_PIXELS", 300 * 400 - 1)  # planes past the bound
+    with pytest.raises(UnsupportedImageType, match="decoded whole"):
+        open_slide(path, choice, max_pixels=BIG, limits=100)
