@@ -14,7 +14,7 @@ the same files ``unet-segment --stitch-z`` and ``Segmenter.segment_stack`` give.
 /jobs/{id}/result`` answers a JSON summary with their URLs; ``GET /jobs/{id}/files/NAME`` and
 ``GET /jobs/{id}/files.zip`` serve them (``routes.slide_jobs``).
 
-An upload is read from its bytes (:class:`UploadSlices`); a TIFF, CZI, LIF, ND2 or OME-Zarr stack under
+An upload is read from its bytes (:class:`UploadSlices`); a TIFF, CZI, LIF, ND2, OIB or OME-Zarr stack under
 the data root from the file, one slice at a time (:class:`FileSlices`), so it may be of any size.
 
 Memory: one slice at a time through the same pipeline as ``POST /segment``, plus the middle
@@ -133,7 +133,7 @@ class UploadSlices:
 
 
 class FileSlices:
-    """A TIFF, CZI, LIF, ND2 or OME-Zarr stack under the data root, each slice read from the file when its
+    """A TIFF, CZI, LIF, ND2, OIB or OME-Zarr stack under the data root, each slice read from the file when its
     turn comes (``slide_files.open_slide``, which bounds the file's structure before parsing it):
     the file is never read whole, so it may be larger than an upload. Grey planes only (a colour
     stack is read as an upload: :func:`file_slices`)."""
@@ -172,7 +172,7 @@ class FileSlices:
 
 def file_slices(runtime: Runtime, path: Path, options: SegmentOptions) -> FileSlices | None:
     """The stack at ``path`` read slice by slice from the file, or None where it must be read as an
-    upload: not a TIFF, CZI, LIF, ND2 or OME-Zarr, a layout read by region cannot take (a plane in one huge
+    upload: not a TIFF, CZI, LIF, ND2, OIB or OME-Zarr, a layout read by region cannot take (a plane in one huge
     compressed strip), or a colour plane (``microscopy.select`` mixes and picks colours). Raises
     what an unreadable file or a plane choice it lacks raises."""
     if not slide_files.is_slide_path(path):

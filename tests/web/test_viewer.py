@@ -525,6 +525,32 @@ def test_a_nikon_nd2_is_dropped_as_saved_its_positions_and_channels_offered_by_t
         page.close()
 
 
+def test_an_olympus_oib_is_dropped_as_saved_and_its_channels_offered_by_their_dyes(
+    browser: Any, service_url: str, tmp_path: Path
+) -> None:
+    """FluoView's own file: the page takes a .oib, offers its channels by their dye names, shows its
+    calibration and segments the channel chosen as the server does."""
+    from tests.oib_files import Oib, write_oib
+
+    nuclei = cv2.imread(str(write_disc_tiff(tmp_path / "nuclei.tif", seed=10)), cv2.IMREAD_UNCHANGED)
+    marker = cv2.GaussianBlur(nuclei, (0, 0), 12)
+    path = tmp_path / "cells.oib"
+    dyes = ("Alexa Fluor 488", "Hoechst 33342")
+    path.write_bytes(write_oib(Oib(np.stack([marker, nuclei]), "CYX", dyes, 0.31)))
+    page = _new_page(browser, service_url)
+    try:
+        page.locator("#file-input").set_input_files(str(path))
+        picker = page.get_by_label("Nuclei channel")
+        picker.wait_for(state="visible")
+        assert picker.locator("option").all_text_contents()[1:] == [f"0 · {dyes[0]}", f"1 · {dyes[1]}"]
+        page.wait_for_function("() => document.getElementById('info-pixel-size').textContent.includes('oib')")
+        assert page.locator("#info-pixel-size").text_content() == "0.31 µm/px (oib)"
+        picker.select_option("1")
+        assert _wait_for_count(page) == _server_count(service_url, path, channel="1") > 0
+    finally:
+        page.close()
+
+
 def test_a_file_of_several_images_offers_them_and_each_is_probed_when_chosen(
     browser: Any, service_url: str, tmp_path: Path
 ) -> None:
