@@ -157,13 +157,14 @@ def _client_under_upload_limit(
         server.stop()
 
 
-@pytest.mark.parametrize("suffix", [".tif", ".czi", ".lif", ".nd2"])
+@pytest.mark.parametrize("suffix", [".tif", ".czi", ".lif", ".nd2", ".oib"])
 def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Path, suffix: str) -> None:
     # --t all sends each frame cut out of the movie (service.frames), so a movie larger than the
     # server takes in one request (UNET_MAX_UPLOAD_BYTES) is still segmented, every frame of it;
     # sent whole, each frame would be a 413. The frames' objects come back in µm: the calibration
     # travels with the cut. An ImageJ hyperstack, a Zeiss CZI as ZEN saves a time-lapse, a Leica
-    # LIF as LAS X does (its channels named by their colour tables), and a Nikon ND2 as NIS does.
+    # LIF as LAS X does (its channels named by their colour tables), a Nikon ND2 as NIS does, and an
+    # Olympus OIB as FluoView does.
     np = pytest.importorskip("numpy")
     tifffile = pytest.importorskip("tifffile")
     rng = np.random.default_rng(0)
@@ -182,11 +183,15 @@ def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Pat
         from tests.lif_files import Image, lif_bytes
 
         (images / "movie.lif").write_bytes(lif_bytes([Image("movie", movie, "TCYX", ("Green", "Blue"), 0.5)]))
-    else:
+    elif suffix == ".nd2":
         from tests.nd2_files import Nd2, write_nd2
 
         frames = np.moveaxis(movie, 1, -1)  # TYXC: each frame's channels interleaved
         (images / "movie.nd2").write_bytes(write_nd2(Nd2(frames, "TYXC", ("Actin", "DAPI"), 0.5)))
+    else:
+        from tests.oib_files import Oib, write_oib
+
+        (images / "movie.oib").write_bytes(write_oib(Oib(movie, "TCYX", ("Actin", "DAPI"), 0.5)))
     limit = (images / f"movie{suffix}").stat().st_size // 3
     assert limit > 64 * 80 * 2 * 2  # one frame's pages fit, the movie does not
     proc = _client_under_upload_limit(tmp_path, images, limit, "--t", "all", "--channel",
