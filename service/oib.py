@@ -163,11 +163,15 @@ def _members(ole: Any, metadata_bytes: int) -> tuple[dict[str, str], str]:
             "is one too): send TIFF, OIB, CZI, LIF, ND2, PNG or JPEG"
         )
     info = _settings(_stream(ole, "OibInfo.txt", metadata_bytes), "OibInfo.txt").get("OibSaveInfo", {})
+    # FluoView stores member ``Storage00001/s_C001.tif`` (listed as ``Stream00001=...``) as stream
+    # ``Storage00001/Stream00001``; a stream is found by its own name wherever it lies, as oiffile
+    # finds it, so a file that stores it elsewhere is read too.
+    streams = {parts[-1]: "/".join(parts) for parts in ole.listdir(streams=True, storages=False)}
     members: dict[str, str] = {}
     for key, value in info.items():
         if key.startswith("Stream") and isinstance(value, str):
             folder = value.replace("\\", "/").rpartition("/")[0]
-            members[value.replace("\\", "/")] = f"{folder}/{key}" if folder else key
+            members[value.replace("\\", "/")] = streams.get(key, f"{folder}/{key}" if folder else key)
     main = info.get(str(info.get("MainFileName", "")))
     if not isinstance(main, str) or not main.lower().endswith(".oif"):  # Bio-Formats: the .oif member
         main = next((name for name in members if name.lower().endswith(".oif")), None)
