@@ -333,6 +333,8 @@ def _read_tiff(data: bytes, name: str, width: int, height: int) -> np.ndarray:
         raise
     except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds on corrupt input
         raise UndecodableImage(f"unreadable OIB: plane {name}: {type(exc).__name__}: {exc}") from exc
+    if image.shape != (height, width):  # tifffile gives an empty array for pixel data it cannot find
+        raise UndecodableImage(f"unreadable OIB: plane {name} decodes to {image.shape}, not {height}×{width}")
     return supported_dtype(image, "OIB")
 
 

@@ -133,8 +133,8 @@ class UploadSlices:
 
 
 class FileSlices:
-    """A TIFF, CZI, LIF, ND2, OIB or OME-Zarr stack under the data root, each slice read from the file when its
-    turn comes (``slide_files.open_slide``, which bounds the file's structure before parsing it):
+    """A TIFF, CZI, LIF, ND2, OIB or OME-Zarr stack under the data root, each slice read from the file
+    when its turn comes (``slide_files.open_slide``, which bounds the file's structure before parsing it):
     the file is never read whole, so it may be larger than an upload. Grey planes only (a colour
     stack is read as an upload: :func:`file_slices`)."""
 
@@ -172,8 +172,8 @@ class FileSlices:
 
 def file_slices(runtime: Runtime, path: Path, options: SegmentOptions) -> FileSlices | None:
     """The stack at ``path`` read slice by slice from the file, or None where it must be read as an
-    upload: not a TIFF, CZI, LIF, ND2, OIB or OME-Zarr, a layout read by region cannot take (a plane in one huge
-    compressed strip), or a colour plane (``microscopy.select`` mixes and picks colours). Raises
+    upload: not a TIFF, CZI, LIF, ND2, OIB or OME-Zarr, a layout read by region cannot take (a plane in
+    one huge compressed strip), or a colour plane (``microscopy.select`` mixes and picks colours). Raises
     what an unreadable file or a plane choice it lacks raises."""
     if not slide_files.is_slide_path(path):
         return None

@@ -260,3 +260,14 @@ def test_unet_segment_cuts_a_frame_out_of_an_oib_file(tmp_path) -> None:
     plane = read(cut, channel="Alexa Fluor 488", z=2, t=1)
     np.testing.assert_array_equal(plane.image, PIXELS[1, 2, 1])
     assert plane.layout.pixel_size == microscopy.PixelSize(0.207, 0.207, "ome", 0.45)
+
+
+@pytest.mark.parametrize(("tag_offset", "value"), [(42, 48), (66, 2)])
+def test_a_plane_tifffile_decodes_to_another_shape_is_a_400(tag_offset: int, value: int) -> None:
+    """Found by fuzzing: a plane TIFF whose BitsPerSample is 48 decodes to an empty array, one that
+    says RGB with one sample to (H, W, 1); both have the settings' size in their header."""
+    plane = bytearray(tiff_bytes(np.ones((40, 56), np.uint16)))
+    struct.pack_into("<H", plane, tag_offset, value)  # tifffile's first IFD: BitsPerSample / Photometric
+    data = write_oib(Oib(PIXELS[0, 0, 0], "YX", replace={"s_C001.tif": bytes(plane)}))
+    with pytest.raises(UndecodableImage, match="decodes to"):
+        read(data)
