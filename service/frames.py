@@ -188,7 +188,9 @@ def _cut(
             return None
         try:
             return _write(layout, pages_for(layout, axis, index, selection), read)
-        except (imaging.ImageError, OSError):
+        except (imaging.ImageError, OSError, microscopy.SelectionError):
+            # A page the file cannot give (an acquisition stopped early: a SelectionError) is the
+            # service's to answer: the file is sent whole.
             return None
 
 

@@ -612,9 +612,10 @@ def check_compound(data: bytes, limits: Limits) -> int:
     def next_sector(at: int) -> int:
         """The FAT's entry for sector ``at``, read where it lies (the FAT is not copied)."""
         holder = fat_ids[at // per_sector] if at // per_sector < len(fat_ids) else sectors
-        if holder >= sectors:
+        where = (holder + 1) * sector + at % per_sector * 4
+        if holder >= sectors or where + 4 > size:
             raise UndecodableImage(f"malformed compound file (OIB): the FAT does not cover sector {at:,}")
-        return struct.unpack_from("<I", data, (holder + 1) * sector + at % per_sector * 4)[0]
+        return struct.unpack_from("<I", data, where)[0]
 
     entries = 0
     seen = set()

@@ -271,3 +271,30 @@ def test_a_plane_tifffile_decodes_to_another_shape_is_a_400(tag_offset: int, val
     data = write_oib(Oib(PIXELS[0, 0, 0], "YX", replace={"s_C001.tif": bytes(plane)}))
     with pytest.raises(UndecodableImage, match="decodes to"):
         read(data)
+
+
+def test_a_file_cut_inside_the_fat_entry_the_walk_needs_is_named_truncated(tmp_path) -> None:
+    """The walk alone (slide and stack jobs by path run it outside the decoders' error mapping):
+    found by fuzzing, a file ending inside the FAT entry of a directory sector raised struct.error."""
+    directory_start, fat_sector = _header(STACK)[10], struct.unpack_from("<I", STACK, 76)[0]
+    entry = (fat_sector + 1) * 512 + directory_start * 4  # the FAT's word for the directory's first sector
+    cut = STACK[: entry + 2]
+    with pytest.raises(UndecodableImage, match="does not cover"):
+        structure.check_compound(cut, Limits())
+    path = tmp_path / "cut.oib"
+    path.write_bytes(cut)
+    from service import slide_files
+
+    with pytest.raises(UndecodableImage):
+        slide_files.open_slide(path, Selection(channel="0", z=0, t=0), max_pixels=10**8, limits=Limits())
+
+
+def test_a_frame_the_acquisition_never_took_is_not_cut_and_the_file_goes_whole(tmp_path) -> None:
+    """unet-segment then sends the file and the service's 422 names the missing plane (found by
+    fuzzing: the cut raised the SelectionError into the client)."""
+    from service import frames
+
+    path = tmp_path / "stopped.oib"
+    path.write_bytes(write_oib(Oib(PIXELS, "TZCYX", missing=((0, 2, 1),))))
+    assert frames.cut_frame(path, "t", 1, Selection(channel="0", z=2), 10**8) is None
+    assert frames.cut_frame(path, "t", 1, Selection(channel="0", z=1), 10**8) is not None
