@@ -17,7 +17,7 @@ import struct
 SIGNATURE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 MINI_SECTOR = 64
 MINI_CUTOFF = 4096
-FREE, END, FAT_SECTOR, NO_STREAM = 0xFFFFFFFF, 0xFFFFFFFE, 0xFFFFFFFD, 0xFFFFFFFF
+FREE, END, FAT_SECTOR, DIFAT_SECTOR, NO_STREAM = 0xFFFFFFFF, 0xFFFFFFFE, 0xFFFFFFFD, 0xFFFFFFFC, 0xFFFFFFFF
 _STORAGE, _STREAM, _ROOT = 1, 2, 5
 
 
@@ -79,25 +79,37 @@ def write_compound(streams: dict[str, bytes], *, sibling_chain: bool = False, ve
     directory_sectors = -(-len(directory) // sector)
     directory_start = allocate(directory.ljust(directory_sectors * sector, b"\0"))
 
-    # The FAT's own sectors come last and are marked as such in the FAT.
+    # The FAT's own sectors come last, then the DIFAT's (listing the FAT sectors the header's 109
+    # slots cannot), each kind marked as such in the FAT.
     per_sector = sector // 4
-    fat_sectors = 1
-    while len(fat) + fat_sectors > fat_sectors * per_sector:
-        fat_sectors += 1
-    assert fat_sectors <= 109, "the header's DIFAT holds 109 FAT sectors; no DIFAT sectors written"
+    fat_sectors = difat_sectors = 0
+    while True:
+        need_fat = -(-(len(fat) + fat_sectors + difat_sectors) // per_sector)
+        need_difat = max(0, -(-(need_fat - 109) // (per_sector - 1)))
+        if (need_fat, need_difat) == (fat_sectors, difat_sectors):
+            break
+        fat_sectors, difat_sectors = need_fat, need_difat
     fat_start = len(fat)
-    fat += [FAT_SECTOR] * fat_sectors
+    difat_start = fat_start + fat_sectors
+    fat += [FAT_SECTOR] * fat_sectors + [DIFAT_SECTOR] * difat_sectors
     fat += [FREE] * (fat_sectors * per_sector - len(fat))
     for k in range(fat_sectors):
         sectors.append(struct.pack(f"<{per_sector}I", *fat[k * per_sector:(k + 1) * per_sector]))
-    difat = [fat_start + k for k in range(fat_sectors)] + [FREE] * (109 - fat_sectors)
+    fat_ids = [fat_start + k for k in range(fat_sectors)]
+    rest = fat_ids[109:]
+    for k in range(difat_sectors):
+        listed = rest[k * (per_sector - 1):(k + 1) * (per_sector - 1)]
+        following = difat_start + k + 1 if k + 1 < difat_sectors else END
+        listed += [FREE] * (per_sector - 1 - len(listed))
+        sectors.append(struct.pack(f"<{per_sector}I", *listed, following))
+    difat = fat_ids[:109] + [FREE] * (109 - min(fat_sectors, 109))
 
     header = (
         SIGNATURE + b"\0" * 16
         + struct.pack("<HHHHH", 0x3E, version, 0xFFFE, 9 if version == 3 else 12, 6) + b"\0" * 6
         + struct.pack("<IIIIIIIII", 0 if version == 3 else directory_sectors, fat_sectors, directory_start, 0,
-                      MINI_CUTOFF,
-                      mini_fat_start, mini_fat_sectors, END, 0)
+                      MINI_CUTOFF, mini_fat_start, mini_fat_sectors,
+                      difat_start if difat_sectors else END, difat_sectors)
         + struct.pack("<109I", *difat)
     )
     assert len(header) == 512

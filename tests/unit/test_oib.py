@@ -298,3 +298,17 @@ def test_a_frame_the_acquisition_never_took_is_not_cut_and_the_file_goes_whole(t
     path.write_bytes(write_oib(Oib(PIXELS, "TZCYX", missing=((0, 2, 1),))))
     assert frames.cut_frame(path, "t", 1, Selection(channel="0", z=2), 10**8) is None
     assert frames.cut_frame(path, "t", 1, Selection(channel="0", z=1), 10**8) is not None
+
+
+def test_a_file_past_109_fat_sectors_lists_them_in_difat_sectors_and_reads() -> None:
+    """Past ~7 MB (109 FAT sectors of 128 sectors of 512 bytes) a compound file lists its FAT
+    sectors in a chain of DIFAT sectors: walked, read by olefile, and a loop in it refused."""
+    planes = RNG.integers(0, 4096, (8, 1, 1024, 1024), dtype=np.uint16)
+    data = write_oib(Oib(planes, "ZCYX"))
+    difat_start, difat_sectors = _header(data)[15:17]
+    assert difat_sectors >= 2
+    assert np.array_equal(read(data, z=7).image, planes[7, 0])
+    looped = bytearray(data)
+    struct.pack_into("<I", looped, (difat_start + 2) * 512 - 4, difat_start)  # the first's "next": itself
+    with pytest.raises(UndecodableImage, match="loop or a gap in its DIFAT chain"):
+        structure.check_compound(bytes(looped), Limits(max_oib_entries=10**6))
