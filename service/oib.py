@@ -278,6 +278,13 @@ def _planes(ole: Any, max_pixels: int, series: int | None, metadata_bytes: int) 
         raise ImageTooLarge(width * height, max_pixels, width, height)
     planes = _plane_index(list(members))
     sizes = {axis: 1 + max(key[k] for key in planes) for k, axis in enumerate("CZT")}
+    if max(sizes.values()) > len(planes):
+        # FluoView numbers every plane it takes; one index past the planes stored (s_C900.tif in a
+        # file of two) would make that many channels to list.
+        raise UndecodableImage(
+            f"malformed OIB: its plane names run to {max(sizes.values()):,} along one axis, with "
+            f"{len(planes):,} planes stored"
+        )
     # A plane's TIFF cannot need much more than its pixels (4 bytes for float) and a header: past
     # that, a stream is refused before olefile reads it.
     plane_limit = width * height * 4 + 1024 * 1024

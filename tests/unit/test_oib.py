@@ -324,3 +324,11 @@ def test_two_streams_starting_at_one_sector_are_refused() -> None:
     data[other + 116 : other + 120] = data[first + 116 : first + 120]
     with pytest.raises(UndecodableImage, match="referenced twice"):
         read(bytes(data), channel="0", z=0, t=0)
+
+
+def test_plane_indices_past_the_planes_stored_are_malformed() -> None:
+    """One plane named s_C900.tif would otherwise make 900 channels to offer."""
+    plane = tiff_bytes(np.ones((40, 56), np.uint16))
+    data = write_oib(Oib(PIXELS[0, 0, 0], "YX", extra={"s_C900.tif": plane}))
+    with pytest.raises(UndecodableImage, match="run to 900"):
+        read(data, channel="0")
