@@ -287,7 +287,7 @@ class Segmenter:
 
         Args:
             image: a file path (PNG, JPEG, BMP, TIFF / OME-TIFF / ImageJ hyperstack, Zeiss CZI, Leica
-                LIF, Nikon ND2; mapped, not read whole), the file's
+                LIF, Nikon ND2, Olympus OIB; mapped, not read whole), the file's
                 bytes, or a NumPy array: ``(H, W)`` grey, ``(H, W, 3|4)`` colour, or any other
                 shape with ``axes`` saying what its dimensions are.
             channel: the channel holding the nuclei: index, or name from the file (any case);

@@ -47,7 +47,8 @@ Behaviour a batch of thousands of images needs:
   every image. The value used is printed, to be given as ``--diameter PX`` next time.
 - **Movies and stacks**: ``--t all`` / ``--z all`` make each time point (z-slice) of a file its
   own job and output (``NAME_t007.png``); each is sent as that frame alone, cut out of the file
-  (a TIFF, a Zeiss CZI, a Leica LIF or a Nikon ND2) as a partial OME-TIFF that the service reads as the file
+  (a TIFF, a Zeiss CZI, a Leica LIF, a Nikon ND2 or an Olympus OIB) as a partial OME-TIFF that the
+  service reads as the file
   (``service.frames``), so a movie is not uploaded once per frame and may be larger than the
   server's upload limit. ``--series`` sends the image chosen (an OME-TIFF's Image, a CZI's scene,
   a LIF project's image) cut out the same way, as that image alone: a LAS X project of gigabytes

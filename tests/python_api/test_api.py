@@ -297,6 +297,37 @@ def test_a_long_nd2_by_path_is_mapped_not_read_and_its_last_frame_equals_the_pla
     assert (by_path.plane.pixel_size.source, by_path.plane.pixel_size.x_um) == ("nd2", 0.65)
 
 
+def test_an_oib_z_stack_by_path_is_mapped_not_read_and_its_slice_equals_the_plane_alone(
+    segmenter: Segmenter, tmp_path: Path
+) -> None:
+    """An OIB z-stack of 200 two-channel slices of 256² (50 MiB) by path, its last slice chosen: the nuclei
+    segmented are those of that plane sent alone, in µm from FluoView's calibration, and the call
+    allocates far less than the file (mapped; one plane's stream read)."""
+    import tracemalloc
+
+    from tests.oib_files import Oib, write_oib
+
+    nuclei, _ = nuclei_image(size=256, grid=5, seed=16)
+    planes = np.random.default_rng(2).integers(0, 4000, (200, 2, 256, 256), dtype=np.uint16)  # ZCYX
+    planes[-1, 0] = nuclei.astype(np.uint16)
+    path = tmp_path / "stack.oib"
+    path.write_bytes(write_oib(Oib(planes, "ZCYX", ("Hoechst 33342", "Alexa Fluor 568"), 0.31)))
+    del planes
+    assert path.stat().st_size > 48 * 2**20  # mapped (over api.MAP_ABOVE_BYTES), not read
+    choice = {"z": 199, "channel": "hoechst 33342", "outputs": ("labels",)}
+    segmenter.segment(path, **choice)  # warm: the model's arenas, caches
+    tracemalloc.start()
+    try:
+        by_path = segmenter.segment(path, **choice)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, peak
+    alone = segmenter.segment(nuclei.astype(np.uint16), outputs=("labels",))
+    assert np.array_equal(by_path.labels, alone.labels) and by_path.object_count == alone.object_count > 0
+    assert (by_path.plane.pixel_size.source, by_path.plane.pixel_size.x_um) == ("oib", 0.31)
+
+
 def test_a_large_project_by_path_is_mapped_not_read_and_equals_its_bytes(
     segmenter: Segmenter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
