@@ -24,9 +24,13 @@ has, so the channel, plane and pixel-size rules of :mod:`service.microscopy` app
   their ``WidthUnit`` (µm), a decimal comma read as a point; the z-step is the Z axis's span over its
   slices (``|EndPosition - StartPosition| / (Z - 1)``, in nm unless the axis says), as Bio-Formats
   reads them.
-- **Channel names**: each active channel's ``CH Name`` (``[GUI Channel N Parameters]``, else
-  ``[Channel N Parameters]``), the dye FluoView was set up with, as Bio-Formats names them;
-  never paired by guess (a count that differs from the planes' channels leaves indices only).
+- **Channel names**: each active channel's dye where FluoView has one (``DyeName``: ``Alexa Fluor
+  546``), else its detector channel (``CH Name``: ``CH1``, ``TD1``, Bio-Formats' names), from
+  ``[GUI Channel N Parameters]``, else ``[Channel N Parameters]``; never paired by guess (a count
+  that differs from the planes' channels leaves indices only).
+- **Checked against a real file**: oiffile's own FV1000 test file (``test.oib`` in its repository,
+  three channels of 256², read here and never committed) reads as oiffile reads it, plane for
+  plane, with its calibration (0.177 µm) and channels ``CH1``, ``Alexa Fluor 546``, ``TD1``.
 - **What is refused, naming what to do**: λ-scans and other axes (``L``, ``A``, ``P``, ``Q``) with
   more than one index, line scans (no Y), planes of different sizes or types; a compound file that
   is not an OIB (a Zeiss ZVI, an Office document).
@@ -395,9 +399,11 @@ def _pixel_size(settings: dict[str, Any], depth: int) -> PixelSize | None:
 
 
 def _channel_names(settings: dict[str, Any], count: int) -> list[str | None]:
-    """Each channel's name (the dye it was set up for): the active channels' ``CH Name`` in
-    ``[GUI Channel N Parameters]`` (Bio-Formats' source), else ``[Channel N Parameters]``; none
-    unless there is one per channel."""
+    """Each channel's name: the dye it was set up for (``DyeName``: ``Alexa Fluor 546``) where
+    FluoView has one, else its detector channel (``CH Name``: ``CH1``, ``TD1`` for transmitted
+    light, Bio-Formats' names); the active channels of ``[GUI Channel N Parameters]`` (the
+    detectors FluoView offers, used or not), else ``[Channel N Parameters]``; none unless there is
+    one per channel (FluoView's own test file: ``CH1``, ``Alexa Fluor 546``, ``TD1``)."""
     for prefix in ("GUI Channel", "Channel"):
         sections = []
         for section, values in settings.items():
@@ -407,7 +413,12 @@ def _channel_names(settings: dict[str, Any], count: int) -> list[str | None]:
         active = [v for _n, v in sorted(sections, key=lambda item: item[0])
                   if str(v.get("CH Activate", 1)).strip() not in ("0", "")]
         if len(active) == count:
-            names = [str(v.get("CH Name", "")).strip() or None for v in active]
+            names = [_dye(v) or str(v.get("CH Name", "")).strip() or None for v in active]
             if any(names):
                 return names
     return []
+
+
+def _dye(channel: dict[str, Any]) -> str | None:
+    dye = str(channel.get("DyeName", "")).strip()
+    return dye if dye and dye.casefold() != "none" else None

@@ -32,7 +32,7 @@ class Oib:
 
     pixels: np.ndarray
     axes: str = "YX"
-    channel_names: tuple[str, ...] = ()
+    channel_names: tuple[str, ...] = ()  # each channel's dye ("-": none set, named by its detector)
     pixel_um: float | str | None = 0.207  # a string is written as is ("0,207": a decimal comma)
     z_step_nm: float = 500.0
     name: str = "cells"
@@ -91,6 +91,7 @@ def write_oib(image: Oib) -> bytes:
                     "File Info": {"DataName": f"{stem}.tif"},
                 })
     files["s_Thumb.bmp"] = b"BM" + b"\0" * 60
+    files.update({f"s_LUT{c + 1}.lut": settings_text({"ColorLUT": {"Index": c}}) for c in range(channels)})
     files.update(image.extra)
 
     sizes = {"X": width, "Y": 1 if image.line_scan else height, **planned}
@@ -108,14 +109,19 @@ def write_oib(image: Oib) -> bytes:
         value = image.pixel_um if isinstance(image.pixel_um, str) else repr(float(image.pixel_um))
         reference.update(WidthConvertValue=_Raw(value), WidthUnit="um",
                          HeightConvertValue=_Raw(value), HeightUnit="um")
-    gui_channels = {
-        f"GUI Channel {c + 1} Parameters": {"CH Activate": 1, "CH Name": name}
-        for c, name in enumerate(image.channel_names)
-    }
+    # As FluoView writes them (its own test file): a section per detector it offers, used or not,
+    # each named CH1, CH2... (TD1: transmitted light), the dye in DyeName ("" or "None" when unset).
+    gui_channels: dict[str, dict[str, object]] = {}
+    for c, dye in enumerate(image.channel_names):
+        gui_channels[f"GUI Channel {len(gui_channels) + 1} Parameters"] = {
+            "CH Activate": 1, "CH Name": f"CH{c + 1}", "DyeName": "" if dye == "-" else dye}
+        if c == 0:  # an unused detector between two used ones
+            gui_channels[f"GUI Channel {len(gui_channels) + 1} Parameters"] = {
+                "CH Activate": 0, "CH Name": "OP4CH", "DyeName": ""}
     main = settings_text({
         "Version Info": {"SystemName": "FLUOVIEW FV1000", "FileVersion": "1.2.6.0"},
         "File Info": {"DataName": f"{image.name}.oib"},
-        "Axis Parameter Common": {"AxisOrder": "XYCZT"[: 2 + sum(planned[a] > 1 for a in "CZT")] or "XY"},
+        "Axis Parameter Common": {"AxisOrder": "XYCZT"[: 2 + sum(planned[a] > 1 for a in "CZT")]},
         **axis_sections,
         "Reference Image Parameter": reference,
         **gui_channels,

@@ -332,3 +332,13 @@ def test_plane_indices_past_the_planes_stored_are_malformed() -> None:
     data = write_oib(Oib(PIXELS[0, 0, 0], "YX", extra={"s_C900.tif": plane}))
     with pytest.raises(UndecodableImage, match="run to 900"):
         read(data, channel="0")
+
+
+def test_a_channel_without_a_dye_is_named_by_its_detector() -> None:
+    """As in FluoView's own test file (CH1 without a dye, CH2 with Alexa Fluor 546, TD1 the
+    transmitted-light detector with dye "None"): the dye where FluoView has one, else CH1, CH2..."""
+    data = write_oib(Oib(PIXELS[0, 0], "CYX", channel_names=("-", "Alexa Fluor 546")))
+    layout = microscopy.probe(data, 10**8, Limits())
+    assert [c.name for c in layout.channels] == ["CH1", "Alexa Fluor 546"]
+    assert np.array_equal(read(data, channel="ch1").image, PIXELS[0, 0, 0])
+    assert np.array_equal(read(data, channel="alexa fluor 546").image, PIXELS[0, 0, 1])
