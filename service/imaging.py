@@ -56,6 +56,15 @@ _JP2_ADVICE = (
     "NIS-Elements and save it again as ND2, or export it as TIFF"
 )
 
+#: A FluoView settings file's first bytes (UTF-16 with its byte-order mark, then a section): the
+#: ``.oif`` of FluoView's folder format, whose planes lie in the folder beside it.
+OIF_SETTINGS_SIGNATURE = b"\xff\xfe[\x00"
+_OIF_ADVICE = (
+    "this is an Olympus FluoView settings file (the .oif of FluoView's folder format, or one of its "
+    ".pty files): its images lie in the .oif.files folder beside it, which one upload cannot carry. "
+    "Save the acquisition as OIB in FluoView (one file, read here), or export it as TIFF"
+)
+
 _PIL_MODE_DTYPE = {
     "1": "uint8", "L": "uint8", "LA": "uint8", "P": "uint8", "PA": "uint8", "RGB": "uint8",
     "RGBA": "uint8", "RGBX": "uint8", "CMYK": "uint8", "YCbCr": "uint8", "LAB": "uint8",
@@ -133,6 +142,8 @@ def probe(data: bytes) -> ImageInfo:
         raise UndecodableImage("the upload is empty (0 bytes)")
     if data[: len(JP2_SIGNATURE)] == JP2_SIGNATURE:
         raise UnsupportedImageType(_JP2_ADVICE)
+    if data[: len(OIF_SETTINGS_SIGNATURE)] == OIF_SETTINGS_SIGNATURE:
+        raise UnsupportedImageType(_OIF_ADVICE)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. TIFF tag warnings on odd headers

@@ -18,7 +18,7 @@ import pytest
 from tests.api import _images as im
 from tests.api._vendor import alone, labels_of, segment_file
 from tests.compound_files import write_compound
-from tests.oib_files import Oib, write_oib
+from tests.oib_files import Oib, settings_text, write_oib
 from tests.server import Server
 
 H, W = 96, 120
@@ -100,6 +100,9 @@ def test_broken_and_hostile_oibs_are_4xx_that_say_why(server: Server) -> None:
     chained = write_oib(Oib(np.zeros((150, 8, 8), np.uint8), "ZYX", sibling_chain=True))
     r = segment(server, chained, z=0)
     assert r.status_code == 400 and "nests deeper" in r.json()["detail"], r.text
+    oif = settings_text({"Acquisition Parameters Common": {"Acquisition Device": "FV1000"}})
+    r = server.client.post("/segment", files={"file": ("cells.oif", oif)})
+    assert r.status_code == 415 and "Save the acquisition as OIB" in r.json()["detail"], r.text
     stopped = write_oib(Oib(PIXELS, "ZCYX", missing=((1, 1, 0),)))
     r = segment(server, stopped, channel="1", z=1)
     assert r.status_code == 422 and "no plane at channel 1, z 1" in r.json()["detail"], r.text

@@ -342,3 +342,12 @@ def test_a_channel_without_a_dye_is_named_by_its_detector() -> None:
     assert [c.name for c in layout.channels] == ["CH1", "Alexa Fluor 546"]
     assert np.array_equal(read(data, channel="ch1").image, PIXELS[0, 0, 0])
     assert np.array_equal(read(data, channel="alexa fluor 546").image, PIXELS[0, 0, 1])
+
+
+def test_an_oif_settings_file_sent_alone_is_a_415_saying_to_save_as_oib() -> None:
+    """The .oif of FluoView's folder format names planes in a folder no upload carries."""
+    oif = settings_text({"Acquisition Parameters Common": {"Acquisition Device": "FV1000"},
+                         "Axis 0 Parameters Common": {"AxisCode": "X", "MaxSize": 256}})
+    for reader in (lambda: read(oif), lambda: workload.plane_pixels(oif, 10**8, Limits())):
+        with pytest.raises(UnsupportedImageType, match="Save the acquisition as OIB in FluoView"):
+            reader()
