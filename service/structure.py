@@ -633,11 +633,11 @@ def check_compound(data: bytes, limits: Limits) -> int:
             )
         directory += data[(at + 1) * sector:(at + 2) * sector]
         at = next_sector(at)
-    _check_compound_tree(bytes(directory).ljust(entries * _CFB_ENTRY, b"\0"), entries, size)
+    _check_compound_tree(bytes(directory).ljust(entries * _CFB_ENTRY, b"\0"), entries, size, major)
     return entries
 
 
-def _check_compound_tree(directory: bytes, entries: int, size: int) -> None:
+def _check_compound_tree(directory: bytes, entries: int, size: int, major: int) -> None:
     """The directory's trees from the root entry: each entry reached once, depth bounded, every
     stream's size within the file."""
     if entries == 0:
@@ -649,7 +649,8 @@ def _check_compound_tree(directory: bytes, entries: int, size: int) -> None:
         base = index * _CFB_ENTRY
         kind = directory[base + 66]
         left, right, child = struct.unpack_from("<III", directory, base + 68)
-        stream_size = struct.unpack_from("<Q", directory, base + 120)[0]
+        # Version 3 sizes are 32-bit: old writers leave junk in the high word, which olefile ignores.
+        stream_size = struct.unpack_from("<Q" if major == 4 else "<I", directory, base + 120)[0]
         if kind in (2, 5) and stream_size > size:
             raise UndecodableImage(
                 f"malformed compound file (OIB): entry {index} claims {stream_size:,} bytes in a file of "

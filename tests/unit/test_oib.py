@@ -351,3 +351,13 @@ def test_an_oif_settings_file_sent_alone_is_a_415_saying_to_save_as_oib() -> Non
     for reader in (lambda: read(oif), lambda: workload.plane_pixels(oif, 10**8, Limits())):
         with pytest.raises(UnsupportedImageType, match="Save the acquisition as OIB in FluoView"):
             reader()
+
+
+def test_junk_in_a_version_3_sizes_high_word_is_ignored_as_olefile_ignores_it() -> None:
+    """[MS-CFB]: a version 3 file's stream sizes are 32-bit; some writers leave the high 32 bits
+    unset, and olefile reads such files. The walk does too."""
+    data = bytearray(STACK)
+    directory = 512 * (_header(STACK)[10] + 1)
+    entry = data.index("Stream00001".encode("utf-16-le"), directory)
+    struct.pack_into("<I", data, entry + 124, 0xDEADBEEF)  # the high word of its size
+    assert np.array_equal(read(bytes(data), channel="0", z=0, t=0).image, PIXELS[0, 0, 0])
