@@ -414,6 +414,24 @@ def _zstd1(raw: bytes, expected: int, itemsize: int) -> bytes:
     return joined.tobytes()
 
 
+def _channel_names(root: ET.Element) -> list[str | None]:
+    """Each channel's name as ZEN shows it: its ``Name`` in the image's channels; where that is
+    missing or empty, the display settings' name for it (``DAPI``, ``GFP``: paired by order, and
+    only when both list as many channels), else its dye (``Fluor``); else none, and the channel is
+    offered by index. Never its ``Id`` (``Channel:0``, or a GUID): real ZEN and libCZI files carry
+    channels with an Id and no Name, which read as if "Channel:0" were a name."""
+    channels = list(root.iterfind(".//Information/Image/Dimensions/Channels/Channel"))
+    displayed = root.iterfind(".//DisplaySetting/Channels/Channel")
+    shown = [(c.get("Name") or "").strip() or None for c in displayed]
+    names: list[str | None] = []
+    for k, channel in enumerate(channels):
+        name = (channel.get("Name") or "").strip() or None
+        if name is None and len(shown) == len(channels):
+            name = shown[k]
+        names.append(name or (channel.findtext("Fluor") or "").strip() or None)
+    return names
+
+
 def _metadata(xml: str) -> tuple[list[str | None], PixelSize | None, list[str], tuple[str | None, ...]]:
     """Channel names, the pixel size and the scenes' names from the CZI's XML; notes on what
     could not be read."""
@@ -425,10 +443,7 @@ def _metadata(xml: str) -> tuple[list[str | None], PixelSize | None, list[str], 
     except ET.ParseError as exc:
         note = f"the CZI's metadata is not readable XML ({exc}): no channel names or pixel size"
         return [], None, [note], ()
-    names: list[str | None] = [
-        c.get("Name") or c.get("Id")
-        for c in root.iterfind(".//Information/Image/Dimensions/Channels/Channel")
-    ]
+    names = _channel_names(root)
     lengths: dict[str, float] = {}
     for distance in root.iterfind(".//Scaling/Items/Distance"):
         axis, value = distance.get("Id"), distance.findtext("Value")

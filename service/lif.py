@@ -32,9 +32,10 @@ has, so the channel, plane and pixel-size rules of :mod:`service.microscopy` app
 
 from __future__ import annotations
 
+import contextlib
 import math
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -91,7 +92,8 @@ def open_planes(
     """
     lif = _open(source)
     try:
-        layout, read, _stored = _planes(lif, max_pixels, series)
+        with _other_images_hint(lif):
+            layout, read, _stored = _planes(lif, max_pixels, series)
     except BaseException:
         lif.close()
         raise
@@ -121,7 +123,8 @@ def open_stored(path: Path, max_pixels: int, series: int | None = None) -> tuple
     """
     lif = _open(path)
     try:
-        layout, _read, stored = _planes(lif, max_pixels, series)
+        with _other_images_hint(lif):
+            layout, _read, stored = _planes(lif, max_pixels, series)
     finally:
         lif.close()
     return layout, stored
@@ -168,6 +171,22 @@ def _open(source: bytes | Path) -> Any:
         lif.close()
         raise UnsupportedImageType(f"this is a Leica {lif.type.name} file, not a LIF project; send the .lif")
     return lif
+
+
+@contextlib.contextmanager
+def _other_images_hint(lif: Any) -> Iterator[None]:
+    """A refusal of the image asked for (by default the first) says so when the project holds
+    others: a λ-scan first in a project of fields would otherwise read as "this file is not read"."""
+    try:
+        yield
+    except UnsupportedImageType as exc:
+        count = len(lif.images)
+        if count > 1 and "series=" not in str(exc):
+            raise UnsupportedImageType(
+                f"{exc}. The project holds {count} images: choose another with series= (POST /probe, "
+                "or a request without a choice, lists them)"
+            ) from exc
+        raise
 
 
 def _planes(lif: Any, max_pixels: int, series: int | None) -> tuple[Layout, Reader, Stored]:
@@ -383,15 +402,17 @@ def _dye(info: ET.Element) -> str | None:
 
 
 def _pixel_size(dimensions: dict[str, _Dim]) -> PixelSize | None:
-    """µm per pixel along X and Y (and the z-step), from the dimensions' Length / (N - 1)."""
+    """µm per pixel along X and Y (and the z-step), from the dimensions' |Length| / (N - 1)."""
     spacing: dict[str, float] = {}
     for letter in ("X", "Y", "Z"):
         if letter not in dimensions:
             continue
         count, length, unit, _stride = dimensions[letter]
         factor = unit_um(unit) if unit else None
-        if count > 1 and factor is not None and math.isfinite(length) and length > 0:
-            spacing[letter] = length / (count - 1) * factor
+        # A stack recorded from the top down has a negative Z Length (a real LAS X file: -12.46 µm
+        # over 3 slices); the step between slices is its size.
+        if count > 1 and factor is not None and math.isfinite(length) and length != 0:
+            spacing[letter] = abs(length) / (count - 1) * factor
     if "X" not in spacing:
         return None
     return PixelSize(spacing["X"], spacing.get("Y", spacing["X"]), "lif", spacing.get("Z"))

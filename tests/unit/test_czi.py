@@ -348,3 +348,34 @@ def test_covers_tells_a_window_tiled_without_gaps_from_one_with_a_pixel_missing(
     assert not czi._covers([(0, 10, 0, 12), (0, 10, 13, 20)], window)  # one column missing
     assert not czi._covers([], window)  # no tile at all
     assert not czi._covers([(0, 9, 0, 20), (9, 10, 0, 19)], window)  # one pixel missing
+
+
+def _channels_xml(information: str, display: str = "") -> str:
+    return (f"<ImageDocument><Metadata><Information><Image><Dimensions><Channels>{information}</Channels>"
+            f"</Dimensions></Image></Information>{display}</Metadata></ImageDocument>")
+
+
+@pytest.mark.parametrize(("information", "display", "expected"), [
+    # as ZEN names them
+    ('<Channel Id="Channel:0" Name="DAPI"/><Channel Id="Channel:1" Name="EGFP"/>', "", ["DAPI", "EGFP"]),
+    # a real ZEN file (czitools' DAPI_GFP.czi): no Name in the image's channels, the display settings
+    # name them, the second by a GUID id: paired by order
+    ('<Channel Id="Channel:0"/><Channel Id="Channel:1"/>',
+     '<DisplaySetting><Channels><Channel Id="Channel:0" Name="DAPI"/>'
+     '<Channel Id="c15b6ce0-0000-4000-8000-000000000000" Name="GFP"/></Channels></DisplaySetting>',
+     ["DAPI", "GFP"]),
+    # libCZI without names, and real files with Name="": never the Id
+    ('<Channel Id="Channel:0"/><Channel Id="Channel:1" Name=""/>', "", [None, None]),
+    # display settings for another number of channels: not paired by guess; the dye where given
+    ('<Channel Id="Channel:0"><Fluor>Alexa Fluor 555</Fluor></Channel><Channel Id="Channel:1"/>',
+     '<DisplaySetting><Channels><Channel Name="C1"/></Channels></DisplaySetting>', ["Alexa Fluor 555", None]),
+])
+def test_channel_names_are_zens_never_the_channel_id(information: str, display: str, expected: list) -> None:
+    names, _pixel_size, _notes, _scenes = czi._metadata(_channels_xml(information, display))
+    assert names == expected
+
+
+def test_a_czi_libczi_wrote_without_names_offers_its_channels_by_index() -> None:
+    data = czi_bytes([Tile(np.zeros((8, 8), np.uint16), c=0), Tile(np.ones((8, 8), np.uint16), c=1)])
+    layout = microscopy.probe(data, 10**6, Limits())
+    assert [c.name for c in layout.channels] == [None, None]  # was "Channel:0", "Channel:1"

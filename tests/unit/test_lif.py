@@ -136,6 +136,31 @@ def test_what_is_not_read_is_a_415_naming_what_to_do(image: Image, match: str) -
         read(lif_bytes([image]))
 
 
+def test_a_refused_first_image_names_the_others_and_series(tmp_path) -> None:
+    """A λ-scan first in a project of fields (as LAS X's wavelength-sweep example has it): the 415
+    says the project holds other images and how to choose one, which then reads."""
+    field = np.arange(H * W, dtype=np.uint16).reshape(H, W)
+    data = lif_bytes([Image("sweep", np.zeros((5, H, W), np.uint8), "λYX"), Image("field", field)])
+    with pytest.raises(UnsupportedImageType, match="holds 2 images: choose another with series="):
+        read(data)
+    np.testing.assert_array_equal(read(data, series=1).image, field)
+    path = tmp_path / "project.lif"
+    path.write_bytes(data)
+    with pytest.raises(UnsupportedImageType, match="series="):
+        lif.open_stored(path, 10**8)
+    with pytest.raises(UnsupportedImageType) as alone:
+        read(lif_bytes([Image("sweep", np.zeros((5, H, W), np.uint8), "λYX")]))
+    assert "series=" not in str(alone.value)  # nothing else to choose
+
+
+def test_a_stack_recorded_top_down_keeps_its_z_step() -> None:
+    """LAS X writes a negative Z Length for a stack taken from the top down (a real file: -12.46 µm
+    over 3 slices); the step is its size."""
+    layout = microscopy.probe(lif_bytes([Image("down", np.zeros((3, H, W), np.uint8), "ZYX", z_um=-6.23)]),
+                              10**8, Limits())
+    assert layout.pixel_size == microscopy.PixelSize(0.65, 0.65, "lif", 6.23)
+
+
 def test_a_lifext_is_refused_naming_the_lif() -> None:
     data = bytearray(lif_bytes([Image("a", np.zeros((H, W), np.uint8))]))
     xml_units = int.from_bytes(data[9:13], "little")
