@@ -71,6 +71,8 @@ _ADVICE = {
 }
 
 Reader = Callable[[dict[str, int]], np.ndarray]
+#: Images a refusal lists (a session may hold hundreds; POST /probe with series= describes any one).
+_LISTED_IMAGES = 10
 
 
 def open_planes(
@@ -175,16 +177,19 @@ def _open(source: bytes | Path) -> Any:
 
 @contextlib.contextmanager
 def _other_images_hint(lif: Any) -> Iterator[None]:
-    """A refusal of the image asked for (by default the first) says so when the project holds
-    others: a λ-scan first in a project of fields would otherwise read as "this file is not read"."""
+    """A refusal of the image asked for (by default the first) lists the project's images when it
+    holds others: a λ-scan first in a project of fields would otherwise read as "this file is not
+    read", and ``POST /probe`` opens the same first image, so it cannot list them either."""
     try:
         yield
     except UnsupportedImageType as exc:
-        count = len(lif.images)
-        if count > 1 and "series=" not in str(exc):
+        images = list(lif.images)
+        if len(images) > 1 and "series=" not in str(exc):
+            listed = "; ".join(f"series={k}: {image.path} ({_summary(image) or 'not XY'})"
+                               for k, image in enumerate(images[:_LISTED_IMAGES]))
+            more = f"; and {len(images) - _LISTED_IMAGES} more" if len(images) > _LISTED_IMAGES else ""
             raise UnsupportedImageType(
-                f"{exc}. The project holds {count} images: choose another with series= (POST /probe, "
-                "or a request without a choice, lists them)"
+                f"{exc}. The project holds {len(images)} images; choose another with series= ({listed}{more})"
             ) from exc
         raise
 

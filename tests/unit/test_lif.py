@@ -138,11 +138,13 @@ def test_what_is_not_read_is_a_415_naming_what_to_do(image: Image, match: str) -
 
 def test_a_refused_first_image_names_the_others_and_series(tmp_path) -> None:
     """A λ-scan first in a project of fields (as LAS X's wavelength-sweep example has it): the 415
-    says the project holds other images and how to choose one, which then reads."""
+    lists the project's images and says how to choose one, which then reads (POST /probe opens the
+    same first image, so it could not list them)."""
     field = np.arange(H * W, dtype=np.uint16).reshape(H, W)
     data = lif_bytes([Image("sweep", np.zeros((5, H, W), np.uint8), "λYX"), Image("field", field)])
-    with pytest.raises(UnsupportedImageType, match="holds 2 images: choose another with series="):
+    with pytest.raises(UnsupportedImageType, match="holds 2 images; choose another with series=") as caught:
         read(data)
+    assert f"series=1: field ({W}×{H})" in str(caught.value)
     np.testing.assert_array_equal(read(data, series=1).image, field)
     path = tmp_path / "project.lif"
     path.write_bytes(data)
