@@ -199,8 +199,11 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "Send multipart/form-data with field 'file' (or 'files' for /segment/batch), or the raw image "
         "with Content-Type image/png, image/tiff, image/jpeg or image/bmp."),
     "unsupported-image-type": ProblemType(
-        "Unsupported image type", 415, "The body is not a PNG, TIFF, JPEG, BMP, CZI, LIF, ND2 or OIB image.",
-        "Convert the image to PNG or TIFF."),
+        "Unsupported image type", 415,
+        "The body is not a PNG, TIFF, JPEG, BMP, CZI, LIF, ND2 or OIB image, or the image asked for is "
+        "one the service does not read (the detail says what and what to do).",
+        "Convert the image to PNG or TIFF; where 'choices.series' lists the file's other images, "
+        "repeat the request with series= one of them."),
     "invalid-options": ProblemType(
         "Invalid request options", 422,
         "A query option is unknown, out of range, or does not fit this image; 'errors' names each one.",

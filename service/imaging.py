@@ -30,7 +30,7 @@ import io
 import mmap
 import warnings
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
@@ -82,7 +82,15 @@ class UndecodableImage(ImageError):
 
 
 class UnsupportedImageType(ImageError):
-    """A recognised image format or pixel type the service does not accept (HTTP 415)."""
+    """A recognised image format or pixel type the service does not accept (HTTP 415).
+
+    ``choices``: what the file offers instead, JSON-ready, as a 422's (``{"series": [...]}``: a
+    project whose first image is refused lists its others), carried in the problem's ``choices``.
+    """
+
+    def __init__(self, message: str = "", choices: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.choices = choices
 
 
 class ImageTooLarge(ImageError):

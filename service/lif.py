@@ -52,6 +52,7 @@ from service.microscopy import (
     container_stream,
     first_series_note,
     image_summary,
+    series_choices,
     unit_um,
 )
 
@@ -188,8 +189,12 @@ def _other_images_hint(lif: Any) -> Iterator[None]:
             listed = "; ".join(f"series={k}: {image.path} ({_summary(image) or 'not XY'})"
                                for k, image in enumerate(images[:_LISTED_IMAGES]))
             more = f"; and {len(images) - _LISTED_IMAGES} more" if len(images) > _LISTED_IMAGES else ""
+            names = tuple(image.path for image in images)
+            about = tuple(_summary(image) for image in images)
             raise UnsupportedImageType(
-                f"{exc}. The project holds {len(images)} images; choose another with series= ({listed}{more})"
+                f"{exc}. The project holds {len(images)} images; choose another with series= "
+                f"({listed}{more})",
+                choices={"series": series_choices(len(images), names, about)},
             ) from exc
         raise
 

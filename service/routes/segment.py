@@ -684,7 +684,8 @@ def problem_for(exc: Exception) -> ProblemError | None:
         return ProblemError(str(exc), status=413, slug="image-too-large", title="Image too large")
     if isinstance(exc, imaging.UnsupportedImageType):
         return ProblemError(
-            str(exc), status=415, slug="unsupported-image-type", title="Unsupported image type"
+            str(exc), status=415, slug="unsupported-image-type", title="Unsupported image type",
+            extra={"choices": exc.choices} if exc.choices else None,
         )
     if isinstance(exc, imaging.ImageError):
         return ProblemError(str(exc), status=400, slug="undecodable-image", title="Undecodable image")

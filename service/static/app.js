@@ -617,10 +617,32 @@ async function probeImage(run) {
     hideProgress();
     showError(err.message);
     $("stage").dataset.state = "empty";
+    // The image asked for is refused, the file holds others (a LAS X project opening on a
+    // λ-scan): offer them, as the 415 lists them.
+    const others = err.problem && err.problem.choices && err.problem.choices.series;
+    if (others && others.length > 1) showSeriesChoices(others);
     return;
   }
   showProbe(state.probe);
   await processPlane(run);
+}
+
+/** How the image picker names one image of a file: index, name, and what it holds. */
+function seriesLabel(index, name, about) {
+  return (name ? `${index} · ${name}` : `${index}`) + (about ? ` (${about})` : "");
+}
+
+/** Only the image picker, for a file whose image asked for is refused: choosing another probes it. */
+function showSeriesChoices(choices) {
+  const series = $("series");
+  series.replaceChildren(new Option(`— choose one of ${choices.length} images —`, ""));
+  for (const c of choices) series.add(new Option(seriesLabel(c.index, c.name, c.about), String(c.index)));
+  series.value = state.plane.series;
+  for (const box of ["channel-box", "z-box", "t-box", "stack-box", "every-box", "measure-sum-box"]) {
+    $(box).hidden = true;
+  }
+  $("series-box").hidden = false;
+  $("plane-controls").hidden = false;
 }
 
 /** What the probe found: file facts in the info panel, pickers for what must be chosen. */
@@ -658,11 +680,8 @@ function showProbe(probe) {
   const count = probe.series.count;
   series.replaceChildren(new Option(`(default: the first of ${count})`, ""));
   for (let k = 0; k < count; k++) {
-    const name = probe.series.names[k];
     // what each image holds tells apart a project's "Series001", "Series002"...
-    const about = (probe.series.about || [])[k];
-    const label = (name ? `${k} · ${name}` : `${k}`) + (about ? ` (${about})` : "");
-    series.add(new Option(label, String(k)));
+    series.add(new Option(seriesLabel(k, probe.series.names[k], (probe.series.about || [])[k]), String(k)));
   }
   series.value = state.plane.series;
   $("series-box").hidden = count < 2;
@@ -715,7 +734,7 @@ function onPlaneChange() {
 /** Another image of the file: its own channels and planes, so probed afresh and chosen anew. */
 function onSeriesChange() {
   state.plane = { channel: "", z: "", t: "", series: $("series").value };
-  if (!state.file || !state.probe) return;
+  if (!state.file) return;  // no probe yet either when the first image was refused
   const run = startRun();
   resetView();
   probeImage(run);

@@ -115,3 +115,23 @@ def test_broken_and_hostile_lifs_are_4xx_that_say_why(server: Server) -> None:
     wide = lif_bytes([Image("big", np.zeros((1500, 1500), np.uint8))])
     r = segment(server, wide)
     assert r.status_code == 413 and r.json()["type"] == "/problems/image-too-large", r.text
+
+
+def test_a_project_opening_on_a_refused_image_lists_its_images_in_the_415(server: Server) -> None:
+    """A λ-scan first: /probe and /segment without series= answer 415 with the reason and the
+    project's images in 'choices.series' (what the web page offers), and series=1 reads."""
+    field = im.blobs(H, W, seed=51, dtype=np.uint16)
+    project = lif_bytes([Image("sweep", np.zeros((5, H, W), np.uint8), "λYX"), Image("field", field)])
+    for route in ("/probe", "/segment"):
+        r = server.client.post(route, files={"file": ("session.lif", project)})
+        assert r.status_code == 415, r.text
+        body = r.json()
+        assert body["type"] == "/problems/unsupported-image-type" and "λ-scan" in body["detail"]
+        assert body["choices"]["series"] == [{"index": 0, "name": "sweep", "about": f"{W}×{H}"},
+                                             {"index": 1, "name": "field", "about": f"{W}×{H}"}]
+    expected = alone(server, field)
+    labels, count = labels_of(segment(server, project, series=1, output="labels"))
+    assert (count, labels.tolist()) == (expected[1], expected[0].tolist())
+    plain = server.client.post("/segment", files={"file": ("x.lif", lif_bytes([Image("sweep", np.zeros(
+        (5, H, W), np.uint8), "λYX")]))})
+    assert plain.status_code == 415 and "choices" not in plain.json()  # nothing else to offer

@@ -483,6 +483,39 @@ def test_a_leica_lif_is_dropped_as_saved_and_its_channels_offered_by_their_colou
         page.close()
 
 
+def test_a_leica_project_opening_on_a_refused_image_offers_its_other_images(
+    browser: Any, service_url: str, tmp_path: Path
+) -> None:
+    """A LAS X project whose first image the service refuses (a λ-scan, as LAS X's own example
+    projects open): the error says why, the image picker offers the project's images from the
+    415's choices, and choosing the field probes and segments it as the server does."""
+    from tests.lif_files import Image, lif_bytes
+
+    nuclei = cv2.imread(str(write_disc_tiff(tmp_path / "nuclei.tif", seed=11)), cv2.IMREAD_UNCHANGED)
+    cyto = cv2.GaussianBlur(nuclei, (0, 0), 12)
+    sweep = np.zeros((5, *nuclei.shape), nuclei.dtype)
+    path = tmp_path / "session.lif"
+    path.write_bytes(lif_bytes([Image("sweep", sweep, "λYX"),
+                                Image("field", np.stack([cyto, nuclei]), "CYX", ("Green", "Blue"), 0.5)]))
+    page = _new_page(browser, service_url)
+    try:
+        page.locator("#file-input").set_input_files(str(path))
+        series = page.get_by_label("Image in the file")
+        series.wait_for(state="visible")
+        assert "5 emission wavelengths" in page.locator("#error").text_content()
+        size = f"{nuclei.shape[1]}×{nuclei.shape[0]}"
+        assert series.locator("option").all_text_contents()[1:] == [f"0 · sweep ({size})",
+                                                                    f"1 · field ({size} · 2 ch)"]
+        series.select_option("1")
+        picker = page.get_by_label("Nuclei channel")
+        picker.wait_for(state="visible")
+        assert picker.locator("option").all_text_contents()[1:] == ["0 · Green", "1 · Blue"]
+        picker.select_option("1")
+        assert _wait_for_count(page) == _server_count(service_url, path, series="1", channel="1") > 0
+    finally:
+        page.close()
+
+
 def test_a_nikon_nd2_is_dropped_as_saved_its_positions_and_channels_offered_by_their_names(
     browser: Any, service_url: str, tmp_path: Path
 ) -> None:
