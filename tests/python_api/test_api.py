@@ -272,7 +272,6 @@ def test_a_long_nd2_by_path_is_mapped_not_read_and_its_last_frame_equals_the_pla
     """An ND2 time-lapse of 1,400 two-channel frames (57 MiB) by path, its last frame at its second
     position chosen: the nuclei segmented are those of that plane sent alone, in µm from NIS's
     calibration, and the call allocates far less than the file (mapped; one frame's channel read)."""
-    import tracemalloc
 
     from tests.nd2_files import Nd2, write_nd2
 
@@ -283,18 +282,8 @@ def test_a_long_nd2_by_path_is_mapped_not_read_and_its_last_frame_equals_the_pla
     path.write_bytes(write_nd2(Nd2(frames, "TPYXC", ("mCherry", "H2B-GFP"), 0.65)))
     del frames
     assert path.stat().st_size > 48 * 2**20
-    choice = {"series": 1, "t": 1399, "channel": "h2b-gfp", "outputs": ("labels",)}
-    segmenter.segment(path, **choice)  # warm: the model's arenas, caches
-    tracemalloc.start()
-    try:
-        by_path = segmenter.segment(path, **choice)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 8 * 2**20, peak
-    alone = segmenter.segment(nuclei.astype(np.uint16), outputs=("labels",))
-    assert np.array_equal(by_path.labels, alone.labels) and by_path.object_count == alone.object_count > 0
-    assert (by_path.plane.pixel_size.source, by_path.plane.pixel_size.x_um) == ("nd2", 0.65)
+    choice = {"series": 1, "t": 1399, "channel": "h2b-gfp"}
+    _mapped_plane_equals_it_alone(segmenter, path, choice, nuclei, ("nd2", 0.65))
 
 
 def test_an_oib_z_stack_by_path_is_mapped_not_read_and_its_slice_equals_the_plane_alone(
@@ -303,7 +292,6 @@ def test_an_oib_z_stack_by_path_is_mapped_not_read_and_its_slice_equals_the_plan
     """An OIB z-stack of 200 two-channel slices of 256² (50 MiB) by path, its last slice chosen: the nuclei
     segmented are those of that plane sent alone, in µm from FluoView's calibration, and the call
     allocates far less than the file (mapped; one plane's stream read)."""
-    import tracemalloc
 
     from tests.oib_files import Oib, write_oib
 
@@ -314,18 +302,29 @@ def test_an_oib_z_stack_by_path_is_mapped_not_read_and_its_slice_equals_the_plan
     path.write_bytes(write_oib(Oib(planes, "ZCYX", ("Hoechst 33342", "Alexa Fluor 568"), 0.31)))
     del planes
     assert path.stat().st_size > 48 * 2**20  # mapped (over api.MAP_ABOVE_BYTES), not read
-    choice = {"z": 199, "channel": "hoechst 33342", "outputs": ("labels",)}
-    segmenter.segment(path, **choice)  # warm: the model's arenas, caches
+    choice = {"z": 199, "channel": "hoechst 33342"}
+    _mapped_plane_equals_it_alone(segmenter, path, choice, nuclei, ("oib", 0.31))
+
+
+def _mapped_plane_equals_it_alone(
+    segmenter: Segmenter, path: Path, choice: dict, nuclei: np.ndarray, calibration: tuple[str, float]
+) -> None:
+    """The plane ``choice`` names in the file at ``path`` segments as ``nuclei`` sent alone, with
+    the file's ``calibration`` (source, µm), and reading it allocates under 8 MiB (the file is
+    mapped, not read: over ``api.MAP_ABOVE_BYTES``)."""
+    import tracemalloc
+
+    segmenter.segment(path, **choice, outputs=("labels",))  # warm: the model's arenas, caches
     tracemalloc.start()
     try:
-        by_path = segmenter.segment(path, **choice)
+        by_path = segmenter.segment(path, **choice, outputs=("labels",))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert peak < 8 * 2**20, peak
     alone = segmenter.segment(nuclei.astype(np.uint16), outputs=("labels",))
     assert np.array_equal(by_path.labels, alone.labels) and by_path.object_count == alone.object_count > 0
-    assert (by_path.plane.pixel_size.source, by_path.plane.pixel_size.x_um) == ("oib", 0.31)
+    assert (by_path.plane.pixel_size.source, by_path.plane.pixel_size.x_um) == calibration
 
 
 def test_a_large_project_by_path_is_mapped_not_read_and_equals_its_bytes(

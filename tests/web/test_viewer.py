@@ -433,6 +433,25 @@ def test_channel_picker_lists_the_files_channels_and_segments_the_one_chosen(
         page.close()
 
 
+def _drop_and_segment_channel_1(
+    browser: Any, service_url: str, path: Path, channels: list[str], pixel_size: str
+) -> None:
+    """A vendor file dropped on the page: its channels offered as ``channels``, its calibration
+    shown as ``pixel_size`` (``0.5 µm/px (lif)``), and channel 1 chosen segments as the server does."""
+    page = _new_page(browser, service_url)
+    try:
+        page.locator("#file-input").set_input_files(str(path))
+        picker = page.get_by_label("Nuclei channel")
+        picker.wait_for(state="visible")
+        assert picker.locator("option").all_text_contents()[1:] == channels
+        shown = "(expected) => document.getElementById('info-pixel-size').textContent === expected"
+        page.wait_for_function(shown, arg=pixel_size)
+        picker.select_option("1")
+        assert _wait_for_count(page) == _server_count(service_url, path, channel="1") > 0
+    finally:
+        page.close()
+
+
 def test_a_zeiss_czi_is_dropped_as_saved_and_its_channels_offered_by_name(
     browser: Any, service_url: str, tmp_path: Path
 ) -> None:
@@ -444,18 +463,7 @@ def test_a_zeiss_czi_is_dropped_as_saved_and_its_channels_offered_by_name(
     cyto = cv2.GaussianBlur(nuclei, (0, 0), 12)
     path = tmp_path / "experiment.czi"
     path.write_bytes(czi_bytes([Tile(cyto, c=0), Tile(nuclei, c=1)], {0: "AF488", 1: "DAPI"}, 0.65e-6, ZSTD1))
-    page = _new_page(browser, service_url)
-    try:
-        page.locator("#file-input").set_input_files(str(path))
-        picker = page.get_by_label("Nuclei channel")
-        picker.wait_for(state="visible")
-        assert picker.locator("option").all_text_contents()[1:] == ["0 · AF488", "1 · DAPI"]
-        page.wait_for_function("() => document.getElementById('info-pixel-size').textContent.includes('czi')")
-        assert page.locator("#info-pixel-size").text_content() == "0.65 µm/px (czi)"
-        picker.select_option("1")
-        assert _wait_for_count(page) == _server_count(service_url, path, channel="1") > 0
-    finally:
-        page.close()
+    _drop_and_segment_channel_1(browser, service_url, path, ["0 · AF488", "1 · DAPI"], "0.65 µm/px (czi)")
 
 
 def test_a_leica_lif_is_dropped_as_saved_and_its_channels_offered_by_their_colours(
@@ -469,18 +477,7 @@ def test_a_leica_lif_is_dropped_as_saved_and_its_channels_offered_by_their_colou
     cyto = cv2.GaussianBlur(nuclei, (0, 0), 12)
     path = tmp_path / "session.lif"
     path.write_bytes(lif_bytes([Image("Series001", np.stack([cyto, nuclei]), "CYX", ("Green", "Blue"), 0.5)]))
-    page = _new_page(browser, service_url)
-    try:
-        page.locator("#file-input").set_input_files(str(path))
-        picker = page.get_by_label("Nuclei channel")
-        picker.wait_for(state="visible")
-        assert picker.locator("option").all_text_contents()[1:] == ["0 · Green", "1 · Blue"]
-        page.wait_for_function("() => document.getElementById('info-pixel-size').textContent.includes('lif')")
-        assert page.locator("#info-pixel-size").text_content() == "0.5 µm/px (lif)"
-        picker.select_option("1")
-        assert _wait_for_count(page) == _server_count(service_url, path, channel="1") > 0
-    finally:
-        page.close()
+    _drop_and_segment_channel_1(browser, service_url, path, ["0 · Green", "1 · Blue"], "0.5 µm/px (lif)")
 
 
 def test_a_leica_project_opening_on_a_refused_image_offers_its_other_images(
@@ -570,18 +567,8 @@ def test_an_olympus_oib_is_dropped_as_saved_and_its_channels_offered_by_their_dy
     path = tmp_path / "cells.oib"
     dyes = ("Alexa Fluor 488", "Hoechst 33342")
     path.write_bytes(write_oib(Oib(np.stack([marker, nuclei]), "CYX", dyes, 0.31)))
-    page = _new_page(browser, service_url)
-    try:
-        page.locator("#file-input").set_input_files(str(path))
-        picker = page.get_by_label("Nuclei channel")
-        picker.wait_for(state="visible")
-        assert picker.locator("option").all_text_contents()[1:] == [f"0 · {dyes[0]}", f"1 · {dyes[1]}"]
-        page.wait_for_function("() => document.getElementById('info-pixel-size').textContent.includes('oib')")
-        assert page.locator("#info-pixel-size").text_content() == "0.31 µm/px (oib)"
-        picker.select_option("1")
-        assert _wait_for_count(page) == _server_count(service_url, path, channel="1") > 0
-    finally:
-        page.close()
+    _drop_and_segment_channel_1(browser, service_url, path, [f"0 · {dyes[0]}", f"1 · {dyes[1]}"],
+                                "0.31 µm/px (oib)")
 
 
 def test_a_file_of_several_images_offers_them_and_each_is_probed_when_chosen(
