@@ -34,7 +34,7 @@ import math
 import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +239,10 @@ def _planes(czi: Any, max_pixels: int, scene: int | None) -> tuple[Layout, Windo
             window[a - top : b - top, c - left : d - left] = pixels[a - ty : b - ty, c - tx : d - tx]
         return window
 
+    if pixel_size is not None and pixel_size.z_um is not None and sizes.get("Z", 1) < 2:
+        # A z-step is the distance between slices: ZEN writes a Z scaling for 2-D images too
+        # (czitools' 100x100.czi: 0.1 µm), which would read as a volume's where there is none.
+        pixel_size = replace(pixel_size, z_um=None)
     layout = Layout(
         format="CZI",
         width=width,

@@ -41,8 +41,10 @@ def czi_bytes(
     channel_names: dict[int, str] | None = None,
     pixel_size_m: float | None = None,
     compression: str | None = None,
+    z_step_m: float | None = None,
 ) -> bytes:
-    """The CZI libCZI writes for ``tiles`` (pixel size in metres, as ZEN's Scaling holds it)."""
+    """The CZI libCZI writes for ``tiles`` (pixel size and z-step in metres, as ZEN's Scaling holds
+    them)."""
     from pylibCZIrw import czi as pyczi
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,7 +57,7 @@ def czi_bytes(
                                     scene=tile.scene)
             scale = pixel_size_m or 0.0
             writer.write_metadata(document_name="test", channel_names=channel_names, scale_x=scale,
-                                  scale_y=scale)
+                                  scale_y=scale, scale_z=z_step_m or 0.0)
         data = bytearray(path.read_bytes())
     data[_GUIDS] = bytes(_GUIDS.stop - _GUIDS.start)
     return _UUID.sub(b"00000000-0000-4000-8000-000000000000", bytes(data))

@@ -379,3 +379,13 @@ def test_a_czi_libczi_wrote_without_names_offers_its_channels_by_index() -> None
     data = czi_bytes([Tile(np.zeros((8, 8), np.uint16), c=0), Tile(np.ones((8, 8), np.uint16), c=1)])
     layout = microscopy.probe(data, 10**6, Limits())
     assert [c.name for c in layout.channels] == [None, None]  # was "Channel:0", "Channel:1"
+
+
+def test_a_z_step_is_given_for_a_stack_only() -> None:
+    """ZEN writes a Z scaling for 2-D images too (a real file, czitools' 100x100.czi: 0.1 µm); a
+    z-step is the distance between slices, so a single plane has none."""
+    plane = np.zeros((8, 8), np.uint16)
+    flat = czi_bytes([Tile(plane)], pixel_size_m=0.2e-6, z_step_m=0.1e-6)
+    assert microscopy.probe(flat, 10**6, Limits()).pixel_size == microscopy.PixelSize(0.2, 0.2, "czi")
+    stack = czi_bytes([Tile(plane, z=0), Tile(plane, z=1)], pixel_size_m=0.2e-6, z_step_m=0.5e-6)
+    assert microscopy.probe(stack, 10**6, Limits()).pixel_size == microscopy.PixelSize(0.2, 0.2, "czi", 0.5)
