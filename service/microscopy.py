@@ -690,6 +690,9 @@ def _tiff_source(
     if width * height > max_pixels:
         raise ImageTooLarge(width * height, max_pixels, width, height)
     exotic = photometric not in (_MINISBLACK, _RGB, _YCBCR) or int(keyframe.bitspersample) == 1
+    display_lut = exotic and photometric == _PALETTE and _is_display_lut(tif, keyframe)
+    if display_lut:
+        exotic = False  # the stored values are the intensities; tifffile reads them as they are
     if exotic and n_pages == 1 and len(all_series) == 1:
         raise _NotForTifffile
     if exotic:
@@ -699,6 +702,9 @@ def _tiff_source(
         )
 
     notes: list[str] = []
+    if display_lut:
+        notes.append("the file's colour tables (ImageJ LUTs, for display) are not applied: the stored "
+                     "intensities are read")
     # Plane axes: the series' axes outside one page, in page order (C-order over pages).
     lead = [(a, int(n)) for a, n in zip(full_axes, full_shape, strict=True)
             if a not in page_axes and not (a == "S" and n == 1)]
@@ -807,6 +813,31 @@ def _tiff_source(
         source.first = first
         source.layout = with_colour(layout, first)
     return source
+
+
+def _is_display_lut(tif: Any, page: Any) -> bool:
+    """Whether a palette TIFF holds intensities shown through a colour table rather than the
+    indices of an indexed-colour picture. Fiji saves every 8-bit image whose LUT is not grey as a
+    palette TIFF: each channel of a composite (green, magenta...), an inverted grey, Fire; read
+    through its colours, a composite was refused and an inverted image read as 255 minus its
+    values (real Fiji files, NEUBIAS's training images). An ImageJ file is read as stored when it
+    has several channels (ImageJ makes no indexed-colour composite) or when its table's brightness
+    runs one way over the indices, as every display LUT's does (within 10% of steps: Fire has a
+    few wiggles); a picture's palette (ImageJ's "8-bit Color") jumps about and keeps its colours."""
+    if not tif.is_imagej or int(page.bitspersample) not in (8, 16):
+        return False
+    meta = tif.imagej_metadata or {}
+    try:
+        if int(meta.get("channels", 1) or 1) > 1:
+            return True
+    except (TypeError, ValueError):
+        pass
+    colormap = page.colormap
+    if colormap is None or np.asarray(colormap).ndim != 2 or np.asarray(colormap).shape[0] != 3:
+        return False
+    red, green, blue = np.asarray(colormap, dtype=np.float64)
+    steps = np.diff(0.299 * red + 0.587 * green + 0.114 * blue)
+    return bool(steps.size) and max(float((steps >= 0).mean()), float((steps <= 0).mean())) >= 0.9
 
 
 def _tiff_series_summary(series: Any) -> str | None:

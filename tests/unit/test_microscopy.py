@@ -14,6 +14,7 @@ from PIL import Image
 
 from service import imaging, microscopy
 from service.microscopy import Selection, SelectionError
+from service.structure import Limits
 
 LIMIT = 10_000_000
 PAGES = 1000
@@ -415,3 +416,53 @@ def test_a_looping_ifd_chain_is_counted_once() -> None:
 def test_bigtiff_pages_are_counted() -> None:
     data = tiff(np.zeros((7, 8, 9), np.uint8), photometric="minisblack", bigtiff=True)
     assert microscopy.count_tiff_pages(data, 100) == 7
+
+
+# --- Fiji's 8-bit images with a colour LUT: palette TIFFs of intensities ------------------------
+
+
+def _palette_tiff(pixels: np.ndarray, colormap: np.ndarray, imagej: bool = True, **metadata) -> bytes:
+    """A palette TIFF as Fiji saves an 8-bit image whose LUT is not grey (``imagej=False``: as any
+    other writer saves an indexed-colour picture)."""
+    buffer = io.BytesIO()
+    kwargs = {"imagej": True, "metadata": metadata, "resolution": (1 / 0.4, 1 / 0.4)} if imagej else {}
+    if imagej:
+        metadata.setdefault("unit", "um")
+    tifffile.imwrite(buffer, pixels, photometric="palette", colormap=colormap, **kwargs)
+    return buffer.getvalue()
+
+
+def _ramp(red: bool, green: bool, blue: bool, inverted: bool = False) -> np.ndarray:
+    ramp = np.arange(256, dtype=np.uint16) * 257
+    ramp = ramp[::-1] if inverted else ramp
+    return np.stack([ramp * red, ramp * green, ramp * blue]).astype(np.uint16)
+
+
+def test_a_fiji_composite_with_colour_luts_reads_its_stored_intensities() -> None:
+    """Fiji saves an 8-bit composite whose channels have colour LUTs (green, magenta) as a palette
+    TIFF; it was refused (415). Its stored values are the intensities, as tifffile and Fiji read
+    them, with the ImageJ calibration."""
+    stack = np.random.default_rng(3).integers(0, 256, (3, 2, 24, 32), dtype=np.uint8)  # ZCYX
+    data = _palette_tiff(stack, _ramp(False, True, False), axes="ZCYX", spacing=1.5)
+    layout = microscopy.probe(data, LIMIT, Limits())
+    assert (layout.axes, layout.dtype, layout.rgb) == ("ZCYX", "uint8", False)
+    assert layout.pixel_size == microscopy.PixelSize(0.4, 0.4, "imagej", 1.5)
+    assert any("LUTs, for display" in w for w in layout.warnings)
+    plane = microscopy.select(data, Selection(channel="1", z=2), LIMIT, Limits())
+    assert np.array_equal(plane.image, stack[2, 1])
+
+
+def test_an_inverted_lut_is_not_applied_and_a_pictures_palette_is() -> None:
+    """A single 8-bit image with an inverted grey LUT (a real Fiji file read 255 minus its values,
+    without its calibration); an ImageJ "8-bit Color" picture, whose palette jumps about, is still
+    read through its colours, and a palette stack no ImageJ wrote is still refused."""
+    pixels = np.arange(24 * 32, dtype=np.uint16).reshape(24, 32).astype(np.uint8)
+    inverted = _palette_tiff(pixels, _ramp(True, True, True, inverted=True))
+    plane = microscopy.select(inverted, Selection(), LIMIT, Limits())
+    assert np.array_equal(plane.image, pixels) and plane.pixel_size.source == "imagej"
+    shuffled = np.random.default_rng(4).integers(0, 65536, (3, 256)).astype(np.uint16)
+    picture = microscopy.probe(_palette_tiff(pixels, shuffled), LIMIT, Limits())
+    assert picture.rgb and picture.axes == "YXS"
+    foreign = _palette_tiff(np.stack([pixels, pixels]), _ramp(True, True, True), imagej=False)
+    with pytest.raises(imaging.UnsupportedImageType, match="PALETTE"):
+        microscopy.probe(foreign, LIMIT, Limits())
