@@ -758,6 +758,10 @@ def _tiff_source(
     channels = tuple(
         Channel(i, channel_names[i] if i < len(channel_names) else None) for i in range(n_channels)
     )
+    if pixel_size is not None and pixel_size.z_um is not None and sizes.get("Z", 1) < 2:
+        # A z-step is the distance between slices: ImageJ keeps its "spacing" on a time series or a
+        # single plane too (a real Fiji file: HeLa cells over time), which would read as a volume's.
+        pixel_size = replace(pixel_size, z_um=None)
 
     index_shape = tuple(n for _, n in lead)
     index_axes = [a for a, _ in lead]

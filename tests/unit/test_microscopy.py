@@ -466,3 +466,15 @@ def test_an_inverted_lut_is_not_applied_and_a_pictures_palette_is() -> None:
     foreign = _palette_tiff(np.stack([pixels, pixels]), _ramp(True, True, True), imagej=False)
     with pytest.raises(imaging.UnsupportedImageType, match="PALETTE"):
         microscopy.probe(foreign, LIMIT, Limits())
+
+
+def test_imagej_spacing_is_a_z_step_for_a_stack_only() -> None:
+    """ImageJ keeps its "spacing" on a time series too (a real Fiji file, HeLa cells over time):
+    that is no z-step, so the answer gives none; a z-stack keeps it."""
+    movie = np.zeros((3, 16, 20), np.uint16)
+    for axes, z_um in (("TYX", None), ("ZYX", 2.5)):
+        data = io.BytesIO()
+        tifffile.imwrite(data, movie, imagej=True, resolution=(1 / 0.5, 1 / 0.5),
+                         metadata={"axes": axes, "unit": "micron", "spacing": 2.5})
+        layout = microscopy.probe(data.getvalue(), LIMIT, Limits())
+        assert layout.pixel_size == microscopy.PixelSize(0.5, 0.5, "imagej", z_um), axes
