@@ -152,7 +152,8 @@ class PixelSize:
     (the image's dimensions) · ``nd2`` (NIS-Elements' calibration) · ``oib`` (FluoView's) ·
     ``request`` (``pixel_size=``). ``z_um``: the z-step (µm between z-slices) where the file
     gives one (OME ``PhysicalSizeZ``, ImageJ ``spacing``, ZEN's Scaling Z), for volumes in µm³;
-    None for a file without it (a plain TIFF's resolution tags have no z)."""
+    None for a file without it (a plain TIFF's resolution tags have no z) or without z-slices
+    (ImageJ and ZEN write one on 2-D images and time series too)."""
 
     x_um: float
     y_um: float
