@@ -186,11 +186,11 @@ def _other_images_hint(lif: Any) -> Iterator[None]:
     except UnsupportedImageType as exc:
         images = list(lif.images)
         if len(images) > 1 and "series=" not in str(exc):
-            listed = "; ".join(f"series={k}: {image.path} ({_summary(image) or 'not XY'})"
-                               for k, image in enumerate(images[:_LISTED_IMAGES]))
-            more = f"; and {len(images) - _LISTED_IMAGES} more" if len(images) > _LISTED_IMAGES else ""
             names = tuple(image.path for image in images)
             about = tuple(_summary(image) for image in images)
+            listed = "; ".join(f"series={k}: {names[k]} ({about[k] or 'not XY'})"
+                               for k in range(min(len(images), _LISTED_IMAGES)))
+            more = f"; and {len(images) - _LISTED_IMAGES} more" if len(images) > _LISTED_IMAGES else ""
             raise UnsupportedImageType(
                 f"{exc}. The project holds {len(images)} images; choose another with series= "
                 f"({listed}{more})",
