@@ -106,7 +106,7 @@ def admitted_pixels(data: bytes, max_pixels: int, metadata_bytes: int = _METADAT
     ole = _open(data)
     try:
         settings = _main_settings(ole, metadata_bytes)[0]
-        width, height = _plane_size(settings)
+        width, height = _plane_size(_axes(settings))
     finally:
         ole.close()
     if width * height > max_pixels:
@@ -228,9 +228,8 @@ def _size(axis: dict[str, Any] | None) -> int:
         return 0
 
 
-def _plane_size(settings: dict[str, Any]) -> tuple[int, int]:
-    """(width, height) from the X and Y axes."""
-    axes = _axes(settings)
+def _plane_size(axes: dict[str, dict[str, Any]]) -> tuple[int, int]:
+    """(width, height) from the X and Y axes (:func:`_axes`)."""
     width, height = _size(axes.get("X")), _size(axes.get("Y"))
     if width < 1:
         raise UndecodableImage("malformed OIB: its settings give no X axis")
@@ -277,7 +276,8 @@ def _plane_index(names: list[str]) -> dict[tuple[int, int, int], str]:
 def _planes(ole: Any, max_pixels: int, series: int | None, metadata_bytes: int) -> tuple[Layout, Reader]:
     check_series(1, (), series)
     settings, members = _main_settings(ole, metadata_bytes)
-    width, height = _plane_size(settings)
+    axes = _axes(settings)
+    width, height = _plane_size(axes)
     if width * height > max_pixels:
         raise ImageTooLarge(width * height, max_pixels, width, height)
     planes = _plane_index(list(members))
@@ -306,7 +306,7 @@ def _planes(ole: Any, max_pixels: int, series: int | None, metadata_bytes: int) 
 
     first = plane(min(planes))
     notes = []
-    planned = {axis: _size(_axes(settings).get(axis)) for axis in "CZT"}
+    planned = {axis: _size(axes.get(axis)) for axis in "CZT"}
     short = [f"{sizes[a]} of {planned[a]} {_AXIS_WORDS[a]}" for a in "ZT" if planned[a] > sizes[a]]
     if short or len(planes) < sizes["C"] * sizes["Z"] * sizes["T"]:
         notes.append(
@@ -314,7 +314,7 @@ def _planes(ole: Any, max_pixels: int, series: int | None, metadata_bytes: int) 
             + (f" ({', '.join(short)})" if short else "")
             + ": an acquisition stopped early; a plane it never took is refused"
         )
-    pixel_size = _pixel_size(settings, sizes["Z"])
+    pixel_size = _pixel_size(settings, axes.get("Z"), sizes["Z"])
     if pixel_size is None:
         notes.append("the OIB does not give its pixel size: sizes are in pixels")
     names = _channel_names(settings, sizes["C"])
@@ -378,7 +378,9 @@ def _number(value: Any) -> float | None:
     return float(found.group(1).replace(",", ".")) if found else None
 
 
-def _pixel_size(settings: dict[str, Any], depth: int) -> PixelSize | None:
+def _pixel_size(settings: dict[str, Any], axis: dict[str, Any] | None, depth: int) -> PixelSize | None:
+    """µm per pixel from the reference image's calibration; the z-step from the Z ``axis`` over
+    ``depth`` slices."""
     reference = settings.get("Reference Image Parameter", {})
     spacing = []
     for key in ("Width", "Height"):
@@ -389,7 +391,6 @@ def _pixel_size(settings: dict[str, Any], depth: int) -> PixelSize | None:
     if x is None:
         return None
     z = None
-    axis = _axes(settings).get("Z")
     if depth > 1 and axis:
         start, end = _number(axis.get("StartPosition")), _number(axis.get("EndPosition"))
         factor = unit_um(str(axis.get("UnitName") or axis.get("PixUnit") or "nm")) or unit_um("nm")
