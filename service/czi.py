@@ -34,7 +34,7 @@ import math
 import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from service.microscopy import (
     container_stream,
     first_series_note,
     image_summary,
+    stack_z_step,
 )
 
 #: CZI dimensions that may index planes; any other with more than one index is refused.
@@ -239,10 +240,7 @@ def _planes(czi: Any, max_pixels: int, scene: int | None) -> tuple[Layout, Windo
             window[a - top : b - top, c - left : d - left] = pixels[a - ty : b - ty, c - tx : d - tx]
         return window
 
-    if pixel_size is not None and pixel_size.z_um is not None and sizes.get("Z", 1) < 2:
-        # A z-step is the distance between slices: ZEN writes a Z scaling for 2-D images too
-        # (czitools' 100x100.czi: 0.1 µm), which would read as a volume's where there is none.
-        pixel_size = replace(pixel_size, z_um=None)
+    pixel_size = stack_z_step(pixel_size, sizes.get("Z", 1))
     layout = Layout(
         format="CZI",
         width=width,

@@ -181,6 +181,16 @@ class PixelSize:
         return x if x == y else f"{x},{y}"
 
 
+def stack_z_step(pixel_size: PixelSize | None, z_slices: int) -> PixelSize | None:
+    """``pixel_size`` with its z-step only where there are z-slices: a z-step is the distance
+    between slices, and ImageJ (its "spacing") and ZEN (a Z scaling) write one on single planes and
+    time series too (real files: a Fiji time series of HeLa cells, czitools' 100x100.czi), which
+    would read as a volume's."""
+    if pixel_size is None or pixel_size.z_um is None or z_slices > 1:
+        return pixel_size
+    return replace(pixel_size, z_um=None)
+
+
 @dataclass(frozen=True)
 class Layout:
     """What a file holds, from its header (and, for colour, its pixels).
@@ -759,10 +769,7 @@ def _tiff_source(
     channels = tuple(
         Channel(i, channel_names[i] if i < len(channel_names) else None) for i in range(n_channels)
     )
-    if pixel_size is not None and pixel_size.z_um is not None and sizes.get("Z", 1) < 2:
-        # A z-step is the distance between slices: ImageJ keeps its "spacing" on a time series or a
-        # single plane too (a real Fiji file: HeLa cells over time), which would read as a volume's.
-        pixel_size = replace(pixel_size, z_um=None)
+    pixel_size = stack_z_step(pixel_size, sizes.get("Z", 1))
 
     index_shape = tuple(n for _, n in lead)
     index_axes = [a for a, _ in lead]
