@@ -185,7 +185,7 @@ def _other_images_hint(lif: Any) -> Iterator[None]:
         yield
     except UnsupportedImageType as exc:
         images = list(lif.images)
-        if len(images) > 1 and "series=" not in str(exc):
+        if len(images) > 1:
             names = tuple(image.path for image in images)
             about = tuple(_summary(image) for image in images)
             listed = "; ".join(f"series={k}: {names[k]} ({about[k] or 'not XY'})"
@@ -210,7 +210,7 @@ def _planes(lif: Any, max_pixels: int, series: int | None) -> tuple[Layout, Read
     if image.is_flim:
         raise UnsupportedImageType(
             f"image {index} of the LIF ({names[index]}) is a FLIM histogram; export its intensity "
-            "image from LAS X, or choose another with series="
+            "image from LAS X"
         )
     dimensions = _dimensions(image.xml_element)
     _check_dimensions(dimensions, names[index])
