@@ -844,10 +844,12 @@ def _is_display_lut(tif: Any, page: Any) -> bool:
             return True
     except (TypeError, ValueError):
         pass
-    colormap = page.colormap
-    if colormap is None or np.asarray(colormap).ndim != 2 or np.asarray(colormap).shape[0] != 3:
+    if page.colormap is None:
         return False
-    red, green, blue = np.asarray(colormap, dtype=np.float64)
+    colormap = np.asarray(page.colormap, dtype=np.float64)
+    if colormap.ndim != 2 or colormap.shape[0] != 3:
+        return False
+    red, green, blue = colormap
     steps = np.diff(0.299 * red + 0.587 * green + 0.114 * blue)
     return bool(steps.size) and max(float((steps >= 0).mean()), float((steps <= 0).mean())) >= 0.9
 
