@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from service import microscopy, structure
+from service import microscopy, structure, tiff_sets
 from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType
 from service.microscopy import Channel, Layout, PixelSize, Selection, SelectionError
 from service.regions import RegionSource, check_window
@@ -390,6 +390,11 @@ def _open_tiff(
             tif = tifffile.TiffFile(path)
     except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds on corrupt input
         raise UndecodableImage(f"unreadable TIFF: {exc}") from exc
+    try:
+        tiff_sets.check_set(tif, limits)  # before its series: tifffile then opens a set's other files
+    except BaseException:
+        tif.close()
+        raise
     stores: list[Any] = []
 
     def close() -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from tests.api import _images as im
 from tests.api.test_jobs import BIG, finished, running_with_tiles, submit, wait_until
+from tests.ome_sets import write_channel_set
 from tests.server import Server
 
 SMALL = im.png(im.blobs(96, 128, seed=11))
@@ -37,6 +38,10 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     noise = np.random.default_rng(2).integers(0, 256, (500, 500), dtype=np.uint8)
     (root / "bulky.png").write_bytes(im.png(noise))  # 250,000 px but ~250 kB: over the byte limit
     os.mkfifo(root / "pipe.png")
+    # A multi-file OME-TIFF whose second channel's file is named outside the root: tifffile, asked
+    # for the set's series by path, opens whatever file the XML names.
+    planes = [im.blobs(96, 128, seed=12), np.full((96, 128), 200, np.uint8)]
+    write_channel_set(root / "sets", planes, ["DAPI", "GFP"], ["ok.ome.tif", "../../outside/gfp.ome.tif"])
     return {"root": root, "outside": outside}
 
 
@@ -127,6 +132,20 @@ def test_paths_that_lead_outside_the_root_are_refused(
         assert r.json()["type"] == "/problems/path-outside-data-root"
         assert str(layout["outside"]) not in r.text and str(layout["root"]) not in r.text
     assert sorted(jobs_dir.iterdir()) == before  # no job folder was made
+
+
+def test_a_slide_whose_set_names_a_file_outside_the_root_is_refused_at_submission(
+    server: Server, layout: dict[str, Path], jobs_dir: Path
+) -> None:
+    """Slide jobs (and stack jobs on z-stacks) read a TIFF by path, where tifffile opens the other
+    files of a multi-file OME-TIFF by the names its XML gives (``service.tiff_sets``)."""
+    assert (layout["outside"] / "gfp.ome.tif").is_file()
+    before = sorted(jobs_dir.iterdir())
+    r = post_path(server, {"path": "sets/ok.ome.tif", "output": "ome-zarr", "channel": "DAPI"})
+    assert r.status_code == 415, r.text
+    assert r.json()["type"] == "/problems/unsupported-image-type"
+    assert "outside its own folder" in r.json()["detail"] and str(layout["outside"]) not in r.text
+    assert sorted(jobs_dir.iterdir()) == before
 
 
 def test_absolute_paths_are_refused_even_inside_the_root(server: Server, layout: dict[str, Path]) -> None:

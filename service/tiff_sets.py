@@ -1,0 +1,176 @@
+"""The other files tifffile opens for a TIFF read by path, checked before it opens them.
+
+A TIFF read by *path* (a slide or stack job under ``UNET_DATA_ROOT``) can be one file of a set,
+and tifffile then opens the others by the names the file gives it:
+
+- an **OME-TIFF** split over several files names each in its OME-XML (``<UUID FileName=...>``),
+  joined by tifffile to the file's folder as they stand: ``../other/x.ome.tif`` or an absolute
+  name reaches any TIFF the server can read, outside the data root that :mod:`service.data_root`
+  confines every path to;
+- a **Micro-Manager** stack finds its other ``<prefix>_MMStack*.tif`` files by a glob in the folder
+  (a symlink among them may point anywhere);
+- an **NDTiff** dataset (Micro-Manager 2, pycro-manager) reads the folder's ``NDTiff.index`` (of
+  any size, entry by entry in Python) and opens every file it names.
+
+Those files were neither confined nor bounded: the data root checked the path the user gave, and
+:mod:`service.structure` walked that one file's IFD chain. :func:`check_set` is called after
+tifffile has read the file's first page and before anything asks for its series (which is when
+tifffile opens the others): every file the set names must be a regular file in the file's own
+folder once resolved (symlinks followed), and the set's pages together stay within
+``UNET_MAX_TIFF_PAGES`` (counted along each file's IFD chain, as for one file); the NDTiff index
+within ``UNET_MAX_METADATA_BYTES``. A named file that does not exist is left to tifffile, which
+reads it as missing (the service then answers for its planes with a 400 naming them).
+
+Uploads are not concerned: tifffile opens nothing else for a file it reads from bytes.
+"""
+
+from __future__ import annotations
+
+import glob
+import mmap
+import os
+import stat
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from service import microscopy, structure
+from service.imaging import UnsupportedImageType
+
+#: Micro-Manager's index of an NDTiff dataset, in the dataset's folder.
+NDTIFF_INDEX = "NDTiff.index"
+
+
+def check_set(tif: Any, limits: structure.Limits) -> None:
+    """Check the files that ``tif`` (a ``tifffile.TiffFile`` opened by path, its series not yet
+    read) would open besides itself.
+
+    Raises:
+        UnsupportedImageType: a named file lies outside the file's folder, or is not a regular file.
+        structure.TooManyPages / TooComplex: the set's pages past ``limits.max_tiff_pages``, the
+            NDTiff index past ``limits.max_metadata_bytes``.
+    """
+    handle = tif.filehandle
+    if not handle.is_file:
+        return  # read from bytes: tifffile opens nothing else
+    folder = Path(handle.dirname or ".")
+    names = _named_files(tif, folder, limits)
+    own = Path(handle.path).resolve()
+    pages = _count_pages(own, limits)
+    checked = {own}
+    for name in sorted(names):
+        resolved = _inside(folder, name)
+        if resolved is None or resolved in checked:
+            continue
+        checked.add(resolved)
+        pages += _count_pages(resolved, limits)
+        if pages > limits.max_tiff_pages:
+            raise structure.TooManyPages(limits.max_tiff_pages)
+
+
+def _named_files(tif: Any, folder: Path, limits: structure.Limits) -> set[str]:
+    """The names of the other files tifffile would open for ``tif``, as the file gives them."""
+    names: set[str] = set()
+    if tif.is_ome:
+        names |= _ome_file_names(tif.ome_metadata or "")
+    if tif.is_micromanager:
+        meta = _micromanager_summary(tif)
+        if meta is not None:
+            summary, version = meta
+            if version >= 2 and (folder / NDTIFF_INDEX).exists():
+                names |= _ndtiff_file_names(folder, limits)
+            names |= _mmstack_file_names(tif, folder, summary)
+    return names
+
+
+def _ome_file_names(xml: str) -> set[str]:
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return set()  # tifffile does not read an OME series from it either
+    return {
+        element.attrib["FileName"]
+        for element in root.iter()
+        if element.tag.endswith("UUID") and element.attrib.get("FileName")
+    }
+
+
+def _micromanager_summary(tif: Any) -> tuple[dict[str, Any], int] | None:
+    """(Summary, MajorVersion) of a Micro-Manager file, None if it has neither."""
+    try:
+        meta = tif.micromanager_metadata
+    except Exception:  # noqa: BLE001 - tifffile then reads no Micro-Manager series either
+        return None
+    if not isinstance(meta, dict):
+        return None
+    summary = meta.get("Summary")
+    try:
+        version = int(meta.get("MajorVersion", 0) or 0)
+    except (TypeError, ValueError):
+        version = 0
+    return (summary if isinstance(summary, dict) else {}), version
+
+
+def _mmstack_file_names(tif: Any, folder: Path, summary: dict[str, Any]) -> set[str]:
+    """The files tifffile's Micro-Manager stack reader globs for: ``<prefix>_MMStack*.tif``, with
+    the prefix chosen as tifffile chooses it."""
+    filename = tif.filehandle.name
+    if "_MMStack" not in filename:
+        return set()
+    prefix = summary.get("Prefix")
+    if not isinstance(prefix, str) or not filename.startswith(prefix):
+        prefix = filename.split("_MMStack")[0]
+    return {os.path.basename(p) for p in glob.glob(os.path.join(str(folder), prefix + "_MMStack*.tif"))}
+
+
+def _ndtiff_file_names(folder: Path, limits: structure.Limits) -> set[str]:
+    import tifffile
+
+    index = _inside(folder, NDTIFF_INDEX)
+    if index is None:
+        return set()
+    size = index.stat().st_size
+    if size > limits.max_metadata_bytes:
+        raise structure.TooComplex(
+            f"the dataset's {NDTIFF_INDEX} has {size:,} bytes, more than {limits.max_metadata_bytes:,}",
+            limits.max_metadata_bytes, "UNET_MAX_METADATA_BYTES",
+        )
+    try:
+        return {str(entry[1]) for entry in tifffile.read_ndtiff_index(index)}
+    except Exception:  # noqa: BLE001 - a broken index: tifffile fails on it too, and says so
+        return set()
+
+
+def _inside(folder: Path, name: str) -> Path | None:
+    """``name`` joined to ``folder`` as tifffile joins it, resolved; None where nothing is there.
+
+    Raises:
+        UnsupportedImageType: it resolves outside ``folder``, or to something not a regular file.
+    """
+    resolved = Path(os.path.join(str(folder), name)).resolve()
+    if resolved.parent != folder.resolve():
+        raise UnsupportedImageType(
+            f"the file names another file of its set, {name!r}, outside its own folder; the files "
+            "of a multi-file OME-TIFF or Micro-Manager dataset are read only from one folder"
+        )
+    try:
+        mode = os.stat(resolved).st_mode
+    except OSError:
+        return None
+    if not stat.S_ISREG(mode):
+        raise UnsupportedImageType(
+            f"the file names another file of its set, {name!r}, that is not a regular file"
+        )
+    return resolved
+
+
+def _count_pages(path: Path, limits: structure.Limits) -> int:
+    """``path``'s pages along its IFD chain (:func:`structure.count_tiff`: bounded, loops stopped);
+    0 for an empty file or one that is not a TIFF (tifffile names it)."""
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            return 0
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            if not microscopy.is_tiff(view[:4]):
+                return 0
+            return structure.count_tiff(view, limits)  # type: ignore[arg-type]  # bytes-like

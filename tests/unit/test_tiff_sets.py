@@ -1,0 +1,88 @@
+"""A TIFF read by path opens no file of its set outside its own folder, and a set's pages are
+bounded together (``service.tiff_sets``): multi-file OME-TIFFs written as Bio-Formats writes them,
+read through ``slide_files.open_slide`` as slide and stack jobs read them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service import slide_files, structure
+from service.imaging import UnsupportedImageType
+from service.microscopy import Selection
+from tests.ome_sets import write_channel_set
+
+SIZE = (48, 64)
+
+
+def _planes() -> list[np.ndarray]:
+    return [np.full(SIZE, 10, np.uint8), np.full(SIZE, 200, np.uint8)]
+
+
+def _read(path: Path, channel: str, limits: structure.Limits | None = None) -> np.ndarray:
+    with slide_files.open_slide(path, Selection(channel=channel), max_pixels=10**8,
+                                limits=limits or structure.Limits()) as source:
+        return np.asarray(source.read(0, SIZE[0], 0, SIZE[1]))
+
+
+def test_a_set_in_one_folder_reads_each_channel_from_its_own_file(tmp_path: Path) -> None:
+    first, _ = write_channel_set(tmp_path, _planes(), ["DAPI", "GFP"])
+    assert (_read(first, "DAPI") == 10).all()
+    assert (_read(first, "GFP") == 200).all()  # from the other file of the set
+
+
+@pytest.mark.parametrize("elsewhere", ["../outside/secret.ome.tif", "ABSOLUTE"])
+def test_a_set_naming_a_file_outside_its_folder_is_refused_before_it_is_read(
+    tmp_path: Path, elsewhere: str
+) -> None:
+    folder = tmp_path / "root"
+    folder.mkdir()
+    name = str(tmp_path / "abs" / "secret.ome.tif") if elsewhere == "ABSOLUTE" else elsewhere
+    first, secret = write_channel_set(folder, _planes(), ["DAPI", "GFP"], ["a.ome.tif", name])
+    assert secret.parent != folder and secret.is_file()  # tifffile alone reads it: 200 for GFP
+    with pytest.raises(UnsupportedImageType, match="outside its own folder"):
+        _read(first, "DAPI")
+
+
+def test_a_symlink_in_the_folder_to_a_file_outside_it_is_refused(tmp_path: Path) -> None:
+    folder, outside = tmp_path / "root", tmp_path / "outside"
+    folder.mkdir()
+    first, second = write_channel_set(folder, _planes(), ["DAPI", "GFP"])
+    outside.mkdir()
+    moved = outside / second.name
+    os.replace(second, moved)
+    second.symlink_to(moved)
+    with pytest.raises(UnsupportedImageType, match="outside its own folder"):
+        _read(first, "DAPI")
+
+
+def test_a_symlink_in_the_folder_to_a_file_in_it_is_followed(tmp_path: Path) -> None:
+    first, second = write_channel_set(tmp_path, _planes(), ["DAPI", "GFP"])
+    kept = tmp_path / "kept.tif"
+    os.replace(second, kept)
+    second.symlink_to(kept)
+    assert (_read(first, "GFP") == 200).all()
+
+
+def test_a_named_file_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    first, second = write_channel_set(tmp_path, _planes(), ["DAPI", "GFP"])
+    second.unlink()
+    os.mkfifo(second)  # would block tifffile's open
+    with pytest.raises(UnsupportedImageType, match="not a regular file"):
+        _read(first, "DAPI")
+
+
+def test_the_pages_of_the_set_are_bounded_together(tmp_path: Path) -> None:
+    first, _ = write_channel_set(tmp_path, _planes(), ["DAPI", "GFP"])
+    assert (_read(first, "DAPI", structure.Limits(max_tiff_pages=2)) == 10).all()
+    with pytest.raises(structure.TooManyPages):  # each file alone has one page: the set has two
+        _read(first, "DAPI", structure.Limits(max_tiff_pages=1))
+
+
+def test_a_missing_file_of_the_set_leaves_its_planes_missing_and_the_others_readable(tmp_path: Path) -> None:
+    first, second = write_channel_set(tmp_path, _planes(), ["DAPI", "GFP"])
+    second.unlink()
+    assert (_read(first, "DAPI") == 10).all()
