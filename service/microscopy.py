@@ -679,7 +679,7 @@ def _tiff_source(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            all_series = tif.series
+            all_series = _image_series(tif)
             series_names = tuple(getattr(s, "name", None) or None for s in all_series)
             series_about = tuple(_tiff_series_summary(s) for s in all_series) if len(all_series) > 1 else ()
             series_index = check_series(len(all_series), series_names, wanted_series, series_about)
@@ -717,8 +717,11 @@ def _tiff_source(
         notes.append("the file's colour tables (ImageJ LUTs, for display) are not applied: the stored "
                      "intensities are read")
     # Plane axes: the series' axes outside one page, in page order (C-order over pages).
+    # ZEN stores an LSM plane's channels as the samples of one page (planar, tagged RGB for three),
+    # which tifffile's series calls C: they are channels, not colour, and index no pages.
+    lsm_channels = bool(tif.is_lsm) and samples > 1
     lead = [(a, int(n)) for a, n in zip(full_axes, full_shape, strict=True)
-            if a not in page_axes and not (a == "S" and n == 1)]
+            if a not in page_axes and not (a == "S" and n == 1) and not (lsm_channels and a == "C")]
     if math.prod(n for _, n in lead) != n_pages:
         raise UnsupportedImageType(
             f"cannot map this TIFF's {n_pages} pages onto its axes {full_axes} {tuple(full_shape)}"
@@ -756,7 +759,7 @@ def _tiff_source(
         first = f"{width}×{height}, axes {series.axes}"
         notes.append(first_series_note(len(all_series), "images (series)", first))
 
-    rgb = photometric in (_RGB, _YCBCR) and samples >= 3
+    rgb = photometric in (_RGB, _YCBCR) and samples >= 3 and not lsm_channels
     if samples > 1:
         channel_axis, n_channels = "S", (3 if rgb else samples)
     else:
@@ -800,6 +803,8 @@ def _tiff_source(
             raise UndecodableImage(f"page {index} of the TIFF decodes to no plane (shape {array.shape})")
         return imaging.supported_dtype(array, "TIFF")
 
+    if tif.is_ome and _names_other_files(tif.ome_metadata or ""):
+        _note_pages_elsewhere(pages, lead, channels, notes)
     axes = "".join(a for a, n in lead if n > 1) + "YX" + ("S" if samples > 1 else "")
     shape = tuple(n for _, n in lead if n > 1) + (height, width) + ((samples,) if samples > 1 else ())
     layout = Layout(
@@ -865,29 +870,132 @@ def _tiff_series_summary(series: Any) -> str | None:
     return image_summary(sizes["X"], sizes["Y"], planes, colour=sizes.get("S", 1) in (3, 4))
 
 
+def _image_series(tif: Any) -> list[Any]:
+    """tifffile's series of ``tif`` less an LSM's thumbnails (a series of reduced pages after the
+    image's, for ZEN's file browser: not an image of the acquisition)."""
+    return [s for s in tif.series if not (s.kind == "lsm" and s.keyframe.is_reduced)]
+
+
 def _tiff_metadata(
     tif: Any, series: Any, lead: list[tuple[str, int]], n_channels: int, channel_axis: str, notes: list[str],
     series_index: int = 0,
 ) -> tuple[str, PixelSize | None, list[str | None]]:
     """(format name, pixel size, channel names) from OME-XML (its ``series_index``-th Image: tifffile
-    makes one series per OME Image, in order), ImageJ metadata or resolution tags."""
+    makes one series per OME Image, in order), ImageJ metadata, a microscope vendor's own metadata
+    (:mod:`service.tiff_vendors`) or resolution tags; a Micro-Manager file's acquisition summary
+    fills in what its OME-XML or ImageJ metadata lacks. A pixel size no microscope has is dropped
+    (:func:`_plausible`)."""
+    from service import tiff_vendors
+
     page = series.keyframe
+    names: list[str | None]
     if tif.is_ome:
+        fmt = "OME-TIFF"
         try:
             size, names = _ome_metadata(tif.ome_metadata or "", notes, series_index)
         except ET.ParseError:
             notes.append("the OME-XML metadata is not well-formed; channel names and pixel size unknown")
             size, names = None, []
-        return "OME-TIFF", size, names
-    if tif.is_imagej:
+    elif tif.is_imagej:
+        fmt = "ImageJ TIFF"
         meta = tif.imagej_metadata or {}
         names = _imagej_channel_names(meta, lead, n_channels)
-        return "ImageJ TIFF", _imagej_pixel_size(page, meta, notes), names
-    return "TIFF", _tiff_pixel_size(page, notes), []
+        size = _imagej_pixel_size(page, meta, notes)
+    else:
+        vendor = (tiff_vendors.lsm(tif, n_channels) or tiff_vendors.metaseries(tif, n_channels)
+                  or tiff_vendors.svs(tif, page, series_index) or tiff_vendors.fei(tif))
+        if vendor is None:
+            fmt, size, names = "TIFF", None, []
+        else:
+            fmt, size, names = vendor.format, _vendor_size(vendor), list(vendor.names)
+        if size is None:
+            size = _tiff_pixel_size(page, notes)
+    if size is None or not any(names):
+        summary = tiff_vendors.micromanager(tif, n_channels)
+        if summary is not None:
+            size = size or _vendor_size(summary)
+            names = names if any(names) else list(summary.names)
+    return fmt, _plausible(size, notes), names
+
+
+def _vendor_size(calibration: Any) -> PixelSize | None:
+    """A :class:`service.tiff_vendors.Calibration`'s pixel size, None where it gives none."""
+    if calibration.x_um is None:
+        return None
+    return PixelSize(calibration.x_um, calibration.y_um or calibration.x_um, calibration.source,
+                     calibration.z_um)
+
+
+#: The pixel sizes a light or electron microscope image can have, in µm: from 0.1 nm to 1 mm.
+#: A file outside them holds a unit mistake (Bio-Formats' Iron-Plate sample says 1.27e-12 µm: its
+#: writer put metres where the OME schema's default unit is µm), and µm measurements from it
+#: would be off by as much.
+PLAUSIBLE_PIXEL_UM = (1e-4, 1e3)
+
+
+def _plausible(size: PixelSize | None, notes: list[str]) -> PixelSize | None:
+    if size is None:
+        return None
+    low, high = PLAUSIBLE_PIXEL_UM
+    if not (low <= size.x_um <= high and low <= size.y_um <= high):
+        notes.append(
+            f"the file's pixel size, {size.header()} µm ({size.source}), is outside what microscopes "
+            f"give ({low:g}–{high:g} µm) and is not used; pass pixel_size= (µm) for measurements in µm"
+        )
+        return None
+    if size.z_um is not None and not low <= size.z_um <= high * 100:
+        notes.append(f"the file's z-step, {size.z_um:g} µm, is not plausible and is not used")
+        return replace(size, z_um=None)
+    return size
+
+
+def _names_other_files(xml: str) -> bool:
+    """Whether an OME-XML places planes in other files (``<UUID>`` of another file): a multi-file
+    set. Planes it places nowhere are left out on purpose (``unet-segment`` cuts such files)."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return False
+    own = root.get("UUID")
+    return any(e.tag.endswith("UUID") and (e.text or "").strip() != own for e in root.iter()
+               if e is not root)
+
+
+def _note_pages_elsewhere(pages: Any, lead: list[tuple[str, int]], channels: tuple[Channel, ...],
+                          notes: list[str]) -> None:
+    """A note naming the channels of a multi-file OME-TIFF set that lie wholly in its other files
+    (tifffile leaves their pages None when it reads one file alone): offered, they fail when chosen."""
+    missing = [i for i, p in enumerate(pages) if p is None]
+    if not missing:
+        return
+    axes = [a for a, _ in lead]
+    shape = tuple(n for _, n in lead)
+    if "C" in axes:
+        by_channel = np.ones(dict(lead)["C"], dtype=bool)
+        present = np.zeros(math.prod(shape), dtype=bool)
+        present[[i for i, p in enumerate(pages) if p is not None]] = True
+        present_c = np.moveaxis(present.reshape(shape), axes.index("C"), 0).reshape(len(by_channel), -1)
+        elsewhere = [channels[c].label() for c in range(len(by_channel)) if not present_c[c].any()]
+        if elsewhere:
+            notes.append(
+                f"channel{'s' if len(elsewhere) > 1 else ''} {', '.join(elsewhere)} of this multi-file "
+                "OME-TIFF lie in other files of its set, not in this one: send the file that holds "
+                f"{'them' if len(elsewhere) > 1 else 'it'}"
+            )
+            return
+    notes.append(f"{len(missing)} of the {len(pages)} planes of this multi-file OME-TIFF lie in other "
+                 "files of its set, not in this one")
 
 
 def _ome_metadata(xml: str, notes: list[str], image: int = 0) -> tuple[PixelSize | None, list[str | None]]:
     root = ET.fromstring(xml)
+    binary_only = root.find("{*}BinaryOnly")
+    if binary_only is not None:
+        notes.append(
+            "this file is one of a multi-file OME-TIFF set whose OME metadata lies in another file, "
+            f"{binary_only.get('MetadataFile') or 'unnamed'!r}: channel names and pixel size are "
+            "not in this one"
+        )
     images = root.findall("./{*}Image")
     pixels = images[image].find("{*}Pixels") if image < len(images) else None
     if pixels is None:

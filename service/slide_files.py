@@ -409,6 +409,8 @@ def _open_tiff(
             raise SlideTooLarge(exc.pixels, exc.limit, exc.width, exc.height) from exc
         series = tif.series[layout.series]
         axes = "".join("Z" if a in ("I", "Q") else a for a in series.axes)
+        if tif.is_lsm and "S" in series.keyframe.axes:
+            axes = axes.replace("C", "S")  # ZEN's channels are the samples of a page: the layout's too
         levels = [_tiff_level(tif, path, series, i, stores) for i in range(len(series.levels))]
         return _source(levels, axes, layout, selection, model_channels, close)
     except BaseException:

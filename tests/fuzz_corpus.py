@@ -32,6 +32,7 @@ from tests.czi_files import ZSTD1, Tile, czi_bytes
 from tests.lif_files import Image, lif_bytes
 from tests.nd2_files import Nd2, write_nd2
 from tests.oib_files import Oib, write_oib
+from tests.vendor_tiffs import lsm_bytes, metaseries_bytes
 
 
 def _blobs(height: int, width: int, seed: int, dtype: type = np.uint8) -> np.ndarray:
@@ -107,6 +108,9 @@ def seeds() -> dict[str, bytes]:
             ("FITC", "DAPI"), 0.65, 0.5, ("A1", "B1"))),
         "nd2-lossless-rgb": write_nd2(Nd2(rgb8[:, :31], "YXS", lossless=True, row_padding=3)),
         "oib-stack": write_oib(Oib(np.stack([channels, channels[::-1]]), "ZCYX", ("Alexa 488", "DAPI"))),
+        "tiff-lsm": lsm_bytes(np.stack([np.stack([grey8] * 3)] * 2), "ZCYX",
+                              names=["Ch1-T1", "ChS1-T2", "Ch2-T3"]),
+        "tiff-metaseries": metaseries_bytes(_blobs(h, w, 16, np.uint16), 0.65),
     }
 
 

@@ -1,0 +1,135 @@
+"""Pixel sizes and channel names that microscope software keeps in its own TIFF structures.
+
+Many TIFFs from microscopes carry no OME-XML, no ImageJ calibration and no usable resolution tags,
+yet know their pixel size: the software wrote it where its own reader looks. tifffile parses each
+of those structures (well kept, and tested on each vendor's files); this module only picks the
+calibration and the channel names out of what it parsed, in µm:
+
+- **Zeiss LSM** (LSM 510 … 880): ``CZ_LSMINFO`` ``VoxelSizeX/Y/Z`` (metres); channel names from
+  its ``ChannelColors`` record (``Ch1-T1``: detector and track, as ZEN shows them).
+- **MetaMorph / MetaXpress** (ImageXpress screens) MetaSeries TIFFs: the plane's
+  ``spatial-calibration-x/y`` in ``spatial-calibration-units``; the channel named after the
+  illumination setting (``_IllumSetting_``: ``DAPI``, ``FITC``).
+- **Micro-Manager**: the acquisition summary's ``PixelSize_um``, ``z-step_um`` and ``ChNames``, which
+  every file of a dataset carries; used where the OME-XML or ImageJ metadata does not give them
+  (a multi-file dataset's other files hold only a pointer to the first file's OME-XML).
+- **Aperio SVS**: ``MPP`` in the baseline image's description (µm per pixel of the full resolution).
+- **FEI / Thermo Fisher SEM**: ``[Scan] PixelWidth/PixelHeight`` (metres).
+
+Each reader returns None where its structure is absent, unreadable or gives no positive finite
+size; the caller then goes on to the next source. Real files of each kind were read with it
+(LSM 7xx, MetaXpress, Micro-Manager 1.4, Aperio and FEI files from public test sets).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+#: µm per unit, for the units MetaMorph writes in ``spatial-calibration-units``.
+_METASERIES_UNITS = {"um": 1.0, "µm": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3, "mm": 1e3}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a vendor's metadata says: ``format`` (shown to users), µm per pixel along x and y,
+    the z-step in µm (None if not given), ``source`` (``X-Pixel-Size-Source``) and channel names
+    (empty where it names none; None for a channel it leaves unnamed)."""
+
+    format: str
+    source: str
+    x_um: float | None = None
+    y_um: float | None = None
+    z_um: float | None = None
+    names: tuple[str | None, ...] = ()
+
+
+def lsm(tif: Any, n_channels: int) -> Calibration | None:
+    if not tif.is_lsm:
+        return None
+    meta = _safe(lambda: tif.lsm_metadata) or {}
+    x, y, z = (_length(meta.get(k), 1e6) for k in ("VoxelSizeX", "VoxelSizeY", "VoxelSizeZ"))
+    names: tuple[str | None, ...] = ()
+    colours = meta.get("ChannelColors")
+    if isinstance(colours, dict):
+        listed = [str(n).strip() or None for n in colours.get("ColorNames") or []]
+        if len(listed) == n_channels:
+            names = tuple(listed)
+    if z is not None and int(meta.get("DimensionZ", 1) or 1) <= 1:
+        z = None  # ZEN writes a z voxel size (1e-19 m) for single planes too
+    return Calibration("Zeiss LSM", "lsm", x, y or x, z, names)
+
+
+def metaseries(tif: Any, n_channels: int) -> Calibration | None:
+    if not tif.is_metaseries:
+        return None
+    meta = _safe(lambda: tif.metaseries_metadata) or {}
+    plane = meta.get("PlaneInfo") if isinstance(meta, dict) else None
+    if not isinstance(plane, dict):
+        return Calibration("MetaMorph TIFF", "metaseries")
+    x = y = None
+    factor = _METASERIES_UNITS.get(str(plane.get("spatial-calibration-units", "")).strip().lower())
+    if factor is not None and plane.get("spatial-calibration-state", True) not in (False, "off"):
+        x = _length(plane.get("spatial-calibration-x"), factor)
+        y = _length(plane.get("spatial-calibration-y"), factor)
+    illumination = str(plane.get("_IllumSetting_", "")).strip()
+    names = (illumination,) if illumination and n_channels == 1 else ()
+    return Calibration("MetaMorph TIFF", "metaseries", x or y, y or x, None, names)
+
+
+def micromanager(tif: Any, n_channels: int) -> Calibration | None:
+    if not tif.is_micromanager:
+        return None
+    meta = _safe(lambda: tif.micromanager_metadata)
+    summary = meta.get("Summary") if isinstance(meta, dict) else None
+    if not isinstance(summary, dict):
+        return None
+    size = _length(summary.get("PixelSize_um"), 1.0)
+    z = _length(summary.get("z-step_um"), 1.0)
+    listed = summary.get("ChNames")
+    names: tuple[str | None, ...] = ()
+    if isinstance(listed, list) and len(listed) == n_channels and n_channels > 1:
+        names = tuple(str(n).strip() or None for n in listed)
+    return Calibration("Micro-Manager TIFF", "micro-manager", size, size, z, names)
+
+
+def svs(tif: Any, page: Any, series_index: int) -> Calibration | None:
+    if not tif.is_svs:
+        return None
+    if series_index != 0:
+        return Calibration("Aperio SVS", "svs")  # the thumbnail, label and macro have their own scale
+    from tifffile.tifffile import svs_description_metadata  # not exported by tifffile's package
+
+    meta = _safe(lambda: svs_description_metadata(page.description or "")) or {}
+    size = _length(meta.get("MPP"), 1.0)
+    return Calibration("Aperio SVS", "svs", size, size)
+
+
+def fei(tif: Any) -> Calibration | None:
+    if not tif.is_fei:
+        return None
+    meta = _safe(lambda: tif.fei_metadata) or {}
+    scan = meta.get("Scan") if isinstance(meta, dict) else None
+    if not isinstance(scan, dict):
+        return Calibration("FEI TIFF", "fei")
+    x, y = _length(scan.get("PixelWidth"), 1e6), _length(scan.get("PixelHeight"), 1e6)
+    return Calibration("FEI TIFF", "fei", x or y, y or x)
+
+
+def _length(value: Any, factor: float) -> float | None:
+    """``value`` × ``factor`` (µm per unit) where it is a positive finite number, else None."""
+    try:
+        um = float(value) * factor
+    except (TypeError, ValueError):
+        return None
+    return um if math.isfinite(um) and um > 0 else None
+
+
+def _safe(read: Any) -> Any:
+    """What ``read()`` returns, None where tifffile fails on the structure (a broken or hostile
+    file: the image may still be read without its calibration)."""
+    try:
+        return read()
+    except Exception:  # noqa: BLE001 - tifffile's parsers raise many kinds on damaged input
+        return None

@@ -1,0 +1,133 @@
+"""Microscope vendors' TIFFs read with their calibration and channel names
+(``service.tiff_vendors``), written as each vendor's software writes them (``tests/vendor_tiffs.py``);
+implausible pixel sizes dropped; multi-file OME-TIFF sets that say so."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from service import microscopy, slide_files, structure
+from service.microscopy import Selection
+from tests.ome_sets import write_channel_set
+from tests.vendor_tiffs import fei_bytes, lsm_bytes, metaseries_bytes, svs_bytes
+
+MAX = 10**8
+RNG = np.random.default_rng(5)
+NAMES = ["Ch1-T1", "ChS1-T2", "Ch2-T3"]
+
+
+def probe(data: bytes, series: int | None = None) -> microscopy.Layout:
+    return microscopy.probe(data, MAX, 10_000, series)
+
+
+def select(data: bytes, **choice) -> microscopy.Plane:
+    return microscopy.select(data, Selection(**choice), MAX, 10_000)
+
+
+@pytest.mark.parametrize("axes, shape", [("ZCYX", (4, 3, 40, 56)), ("TZCYX", (2, 3, 3, 40, 56)),
+                                         ("TCYX", (3, 3, 40, 56))])
+def test_an_lsm_offers_its_channels_by_zen_names_with_voxel_sizes_not_as_colour(
+    axes: str, shape: tuple
+) -> None:
+    stack = RNG.integers(0, 255, shape, dtype=np.uint8)
+    data = lsm_bytes(stack, axes, voxel_um=(0.21, 0.21, 0.8), names=NAMES)
+    layout = probe(data)
+    assert layout.format == "Zeiss LSM" and not layout.rgb
+    assert [c.name for c in layout.channels] == NAMES
+    assert layout.series_count == 1  # the thumbnails are no image of their own
+    assert layout.pixel_size == microscopy.PixelSize(0.21, 0.21, "lsm", 0.8 if "Z" in axes else None)
+    sizes = dict(zip(axes, shape, strict=True))
+    assert layout.planes == {a: sizes[a] for a in "ZT" if a in sizes}
+    grid = stack.reshape(sizes.get("T", 1), sizes.get("Z", 1), 3, 40, 56)
+    t, z = sizes.get("T", 1) - 1, sizes.get("Z", 1) - 1
+    choice = {k: v for k, v in (("z", z), ("t", t)) if k.upper() in axes}
+    for c, name in enumerate(NAMES):
+        assert np.array_equal(select(data, channel=name, **choice).image, grid[t, z, c])
+
+
+def test_a_single_channel_lsm_is_a_grey_stack() -> None:
+    stack = RNG.integers(0, 255, (5, 1, 32, 48), dtype=np.uint8)
+    data = lsm_bytes(stack, "ZCYX", names=["Ch1-T1"])
+    layout = probe(data)
+    assert (layout.format, len(layout.channels), layout.planes) == ("Zeiss LSM", 1, {"Z": 5})
+    assert np.array_equal(select(data, z=3).image, stack[3, 0])
+
+
+def test_an_lsm_read_by_path_reads_the_chosen_channel(tmp_path: Path) -> None:
+    stack = RNG.integers(0, 255, (2, 3, 64, 80), dtype=np.uint8)
+    path = tmp_path / "cells.lsm"
+    path.write_bytes(lsm_bytes(stack, "ZCYX", names=NAMES))
+    for c, name in enumerate(NAMES):
+        with slide_files.open_slide(path, Selection(channel=name, z=1), max_pixels=MAX,
+                                    limits=structure.Limits()) as source:
+            assert np.array_equal(np.asarray(source.read(5, 50, 7, 70)), stack[1, c, 5:50, 7:70])
+            assert source.plane.pixel_size.source == "lsm"
+
+
+def test_a_metaxpress_site_has_its_calibration_and_illumination_name() -> None:
+    plane = RNG.integers(0, 4000, (40, 50), dtype=np.uint16)
+    layout = probe(metaseries_bytes(plane, (1.3668, 1.3672), "DAPI"))
+    assert layout.format == "MetaMorph TIFF"
+    assert layout.pixel_size == microscopy.PixelSize(1.3668, 1.3672, "metaseries")
+    assert [c.name for c in layout.channels] == ["DAPI"]
+    assert probe(metaseries_bytes(plane, 0.5, units="nm")).pixel_size.x_um == pytest.approx(0.0005)
+    assert probe(metaseries_bytes(plane, 0.5, units="pixel")).pixel_size is None
+
+
+def test_an_svs_baseline_has_its_mpp_and_its_thumbnail_none() -> None:
+    data = svs_bytes(RNG.integers(0, 255, (128, 192, 3), dtype=np.uint8), 0.499)
+    assert probe(data).format == "Aperio SVS"
+    assert probe(data).pixel_size == microscopy.PixelSize(0.499, 0.499, "svs")
+    assert probe(data, series=1).pixel_size is None  # a reduced copy: not 0.499 µm per pixel
+
+
+def test_an_fei_image_has_its_pixel_width_not_a_print_resolution() -> None:
+    layout = probe(fei_bytes(RNG.integers(0, 255, (40, 50), dtype=np.uint8), 7.70833e-09))
+    assert layout.format == "FEI TIFF"
+    assert layout.pixel_size == microscopy.PixelSize(0.00770833, 0.00770833, "fei")
+    assert not any("print resolution" in w for w in layout.warnings)
+
+
+def _ome(pixel_um: float, z_um: float | None = None) -> bytes:
+    metadata = {"axes": "ZYX" if z_um else "YX", "PhysicalSizeX": pixel_um, "PhysicalSizeY": pixel_um}
+    if z_um:
+        metadata["PhysicalSizeZ"] = z_um
+    shape = (2, 16, 16) if z_um else (16, 16)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.zeros(shape, np.uint8), metadata=metadata, ome=True)
+    return buffer.getvalue()
+
+
+def test_a_pixel_size_no_microscope_has_is_dropped_with_a_notice() -> None:
+    layout = probe(_ome(1.2691301e-12))  # Bio-Formats' Iron-Plate sample: metres in a µm field
+    assert layout.pixel_size is None
+    assert any("outside what microscopes give" in w and "pixel_size=" in w for w in layout.warnings)
+    assert probe(_ome(500.0)).pixel_size.x_um == 500.0  # an MRI's 0.5 mm: kept
+    assert probe(_ome(0.0077)).pixel_size.x_um == 0.0077  # an SEM's 7.7 nm: kept
+    odd_z = probe(_ome(0.65, z_um=1e9))
+    assert odd_z.pixel_size == microscopy.PixelSize(0.65, 0.65, "ome")
+    assert any("z-step" in w for w in odd_z.warnings)
+
+
+def test_one_file_of_a_multi_file_set_names_the_channels_it_lacks(tmp_path: Path) -> None:
+    first, second = write_channel_set(tmp_path, [np.full((16, 16), 10, np.uint8)] * 2, ["DAPI", "GFP"])
+    layout = probe(first.read_bytes())
+    assert any("1 (GFP)" in w and "other files of its set" in w for w in layout.warnings)
+    assert not any("0 (DAPI)" in w for w in layout.warnings)
+    assert (select(first.read_bytes(), channel="DAPI").image == 10).all()
+
+
+def test_a_binary_only_file_of_a_set_says_where_its_metadata_is() -> None:
+    xml = ('<?xml version="1.0" encoding="UTF-8"?>'
+           '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" UUID="urn:uuid:0">'
+           '<BinaryOnly MetadataFile="set_MMStack_Pos0.ome.tif" UUID="urn:uuid:1"/></OME>')
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.zeros((16, 16), np.uint8), description=xml, metadata=None)
+    layout = probe(buffer.getvalue())
+    assert layout.pixel_size is None
+    assert any("'set_MMStack_Pos0.ome.tif'" in w for w in layout.warnings)

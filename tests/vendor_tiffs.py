@@ -1,0 +1,118 @@
+"""Microscope vendors' TIFFs as their software writes them, for tests (no library writes them):
+
+**Zeiss LSM** (LSM 510 … 880, ZEN 2009–2012 and AIM): a TIFF whose first page carries the
+``CZ_LSMINFO`` record (tag 34412: sizes, voxel sizes in metres, scan
+type, offsets of sub-records such as the channel names), each plane of all channels one page whose
+samples are the channels (planar), every page followed by its thumbnail (a reduced image). A real
+LSM 7xx file (three tracks, 0.415 µm) was read the same way by tifffile.
+
+**MetaMorph / MetaXpress** MetaSeries TIFFs (ImageXpress screens), **Aperio SVS** and **FEI SEM**
+TIFFs: a plane with the vendor's description or tag, laid out as in real files of each (a
+MetaXpress plate's DAPI site, openslide's and libvips' SVS test slides, imageio's FEI image)."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+import tifffile
+from tifffile.tifffile import TIFF
+
+LSM_MAGIC = 67127628  # LSM 2.0 and later
+SCAN_TYPES = {"ZCYX": 0, "TCYX": 3, "TZCYX": 6}
+
+
+def _channel_colors(names: list[str]) -> bytes:
+    """The ChannelColors sub-record: header, RGBA colours, then each name length-prefixed."""
+    colours = b"".join(bytes((255, 255, 255, 0)) for _ in names)
+    encoded = b"".join(struct.pack("<I", len(n) + 1) + n.encode() + b"\x00" for n in names)
+    header = 24
+    size = header + len(colours) + len(encoded)
+    head = struct.pack("<IIIIII", size, len(names), len(names), header, header + len(colours), 0)
+    return head + colours + encoded
+
+
+def lsm_bytes(stack: np.ndarray, axes: str = "ZCYX",
+              voxel_um: tuple[float, float, float] = (0.415, 0.415, 1.0),
+              names: list[str] | None = None, photometric: str | None = None) -> bytes:
+    """An LSM file of ``stack`` (uint8/uint16 with ``axes`` ``ZCYX``, ``TCYX`` or ``TZCYX``)."""
+    if axes not in SCAN_TYPES:
+        raise ValueError(axes)
+    sizes = dict(zip(axes, stack.shape, strict=True))
+    channels, height, width = sizes["C"], sizes["Y"], sizes["X"]
+    planes = stack.reshape(-1, channels, height, width)
+    record = np.zeros((), dtype=np.dtype(TIFF.CZ_LSMINFO))
+    record["MagicNumber"], record["StructureSize"] = LSM_MAGIC, record.dtype.itemsize
+    record["DimensionX"], record["DimensionY"] = width, height
+    record["DimensionZ"], record["DimensionChannels"] = sizes.get("Z", 1), channels
+    record["DimensionTime"] = sizes.get("T", 1)
+    record["DataType"] = 1 if stack.dtype == np.uint8 else 2
+    record["ThumbnailX"], record["ThumbnailY"] = max(1, width // 4), max(1, height // 4)
+    record["VoxelSizeX"], record["VoxelSizeY"], record["VoxelSizeZ"] = (v * 1e-6 for v in voxel_um)
+    record["ScanType"] = SCAN_TYPES[axes]
+    record["DimensionP"] = record["DimensionM"] = 1  # as in real files: tifffile adds M and P axes of 1
+    colours = _channel_colors(names) if names else b""
+    info = record.tobytes()
+    # The sub-record sits after the record in the tag's value; its offset is from the file's start,
+    # known once the tag is placed: written twice, the second time with the offset filled in.
+    data = _write(planes, info + colours, photometric)
+    if names:
+        at = data.find(info[:16])
+        record["OffsetChannelColors"] = at + len(info)
+        data = _write(planes, record.tobytes() + colours, photometric)
+        assert data.find(record.tobytes()[:16]) == at
+    return data
+
+
+def _write(planes: np.ndarray, value: bytes, photometric: str | None) -> bytes:
+    buffer = io.BytesIO()
+    channels = planes.shape[1]
+    photometric = photometric or ("rgb" if channels == 3 else "minisblack")
+    with tifffile.TiffWriter(buffer) as tif:
+        for i, plane in enumerate(planes):
+            extratags = [(34412, 1, len(value), value, True)] if i == 0 else []
+            tif.write(plane, photometric=photometric, planarconfig="separate" if channels > 1 else None,
+                      extratags=extratags, metadata=None)
+            thumb = plane[:, ::4, ::4]
+            tif.write(thumb, photometric=photometric, planarconfig="separate" if channels > 1 else None,
+                      subfiletype=1, metadata=None)
+    return buffer.getvalue()
+
+
+def metaseries_bytes(plane: np.ndarray, pixel_um: float | tuple[float, float], illumination: str = "DAPI",
+                     units: str = "um") -> bytes:
+    """A MetaSeries TIFF of ``plane`` as MetaXpress exports a site: its calibration and illumination
+    setting in the description's ``PlaneInfo``."""
+    x, y = (pixel_um, pixel_um) if isinstance(pixel_um, float) else pixel_um
+    props = {"spatial-calibration-state": ("bool", "on"), "spatial-calibration-x": ("float", x),
+             "spatial-calibration-y": ("float", y), "spatial-calibration-units": ("string", units),
+             "_IllumSetting_": ("string", illumination), "wavelength": ("float", 452)}
+    info = "".join(f'<prop id="{k}" type="{t}" value="{v}"/>' for k, (t, v) in props.items())
+    description = f'<MetaData><PlaneInfo>{info}</PlaneInfo><SetInfo></SetInfo></MetaData>'
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, plane, description=description, software="MetaSeries", metadata=None,
+                     photometric="minisblack")
+    return buffer.getvalue()
+
+
+def svs_bytes(rgb: np.ndarray, mpp: float) -> bytes:
+    """An Aperio SVS slide: the baseline (tiled RGB, ``MPP`` in its description) and a thumbnail."""
+    height, width = rgb.shape[:2]
+    header = (f"Aperio Image Library v10.0.50\r\n{width}x{height} [0,0 {width}x{height}] (240x240) "
+              "JPEG/RGB Q=30")
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer) as tif:
+        tif.write(rgb, tile=(64, 64), photometric="rgb", metadata=None,
+                  description=f"{header}|AppMag = 20|MPP = {mpp}|ScanScope ID = CPAPERIOCS")
+        tif.write(rgb[::4, ::4], photometric="rgb", metadata=None, description=f"{header} -> thumbnail")
+    return buffer.getvalue()
+
+
+def fei_bytes(plane: np.ndarray, pixel_m: float) -> bytes:
+    """An FEI SEM TIFF: its settings (an INI text) in tag 34680, the print resolution of 96 dpi."""
+    text = f"[User]\r\nDate=01/01/2020\r\n[Scan]\r\nPixelWidth={pixel_m:g}\r\nPixelHeight={pixel_m:g}\r\n"
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, plane, resolution=(96, 96), resolutionunit="inch", metadata=None,
+                     extratags=[(34680, "s", 0, text, True)], photometric="minisblack")
+    return buffer.getvalue()
