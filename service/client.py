@@ -265,6 +265,8 @@ CONTENT_TYPES: dict[str, str] = {
     ".lif": "application/octet-stream",  # Leica LAS X: likewise
     ".nd2": "application/octet-stream",  # Nikon NIS-Elements: likewise
     ".oib": "application/octet-stream",  # Olympus FluoView: likewise
+    ".lsm": "image/tiff",  # Zeiss LSM and Aperio SVS are TIFFs under their own names
+    ".svs": "image/tiff",
 }
 
 #: Statuses worth another try (overload, a replica restarting, a proxy timing out). Anything else

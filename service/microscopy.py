@@ -36,8 +36,10 @@ Units: pixel sizes in micrometres (µm) per pixel; plane indices 0-based (Fiji's
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
+import mmap
 import re
 import warnings
 import xml.etree.ElementTree as ET
@@ -148,7 +150,8 @@ class Channel:
 @dataclass(frozen=True)
 class PixelSize:
     """Micrometres per pixel along x (columns) and y (rows); ``source`` says who said so:
-    ``ome`` · ``imagej`` · ``tiff`` (ResolutionUnit centimetre) · ``czi`` (ZEN's Scaling) · ``lif``
+    ``ome`` · ``imagej`` · ``lsm`` · ``metaseries`` · ``micro-manager`` · ``svs`` · ``fei``
+    (:mod:`service.tiff_vendors`) · ``tiff`` (ResolutionUnit centimetre) · ``czi`` (ZEN's Scaling) · ``lif``
     (the image's dimensions) · ``nd2`` (NIS-Elements' calibration) · ``oib`` (FluoView's) ·
     ``request`` (``pixel_size=``). ``z_um``: the z-step (µm between z-slices) where the file
     gives one (OME ``PhysicalSizeZ``, ImageJ ``spacing``, ZEN's Scaling Z), for volumes in µm³;
@@ -613,10 +616,13 @@ container_stream = imaging.as_file
 def _open_tiff(data: bytes, max_pixels: int, series: int | None = None) -> _Source:
     import tifffile  # the service imports it only for TIFF uploads
 
+    stream = container_stream(data)
+    if isinstance(stream, mmap.mmap):
+        stream = _MappedStream(stream)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tifffile warns about odd tags; errors still raise
-            tif = tifffile.TiffFile(container_stream(data))
+            tif = tifffile.TiffFile(stream)
     except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds on corrupt input
         if _single_page(data):
             raise _NotForTifffile from exc
@@ -626,6 +632,39 @@ def _open_tiff(data: bytes, max_pixels: int, series: int | None = None) -> _Sour
     except BaseException:
         tif.close()
         raise
+
+
+class _MappedStream(io.RawIOBase):
+    """A memory map (a stored upload, a file the Python API maps) as the raw stream tifffile reads.
+    tifffile reads LSM's and FluoView's header records with numpy's record reader, which takes a
+    file object only through ``readinto``: a bare map lacks it, and the record came back as raw
+    bytes (a stored LSM was a 400). Reads copy from the map as its own ``read`` does."""
+
+    def __init__(self, view: mmap.mmap) -> None:
+        super().__init__()
+        self._view = view
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        chunk = self._view[self._position:self._position + len(target)]
+        target[:len(chunk)] = chunk
+        self._position += len(chunk)
+        return len(chunk)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
 
 
 def _single_page(data: bytes) -> bool:

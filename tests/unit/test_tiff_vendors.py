@@ -131,3 +131,17 @@ def test_a_binary_only_file_of_a_set_says_where_its_metadata_is() -> None:
     layout = probe(buffer.getvalue())
     assert layout.pixel_size is None
     assert any("'set_MMStack_Pos0.ome.tif'" in w for w in layout.warnings)
+
+
+def test_an_lsm_stored_or_mapped_reads_as_its_bytes(tmp_path: Path) -> None:
+    """A stored upload and a file the Python API maps reach tifffile as a memory map, through which
+    numpy's record reader could not read the LSM header (a 400)."""
+    import mmap
+
+    stack = RNG.integers(0, 255, (2, 3, 32, 40), dtype=np.uint8)
+    path = tmp_path / "stored.lsm"
+    path.write_bytes(lsm_bytes(stack, "ZCYX", names=NAMES))
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        assert probe(view).format == "Zeiss LSM"  # type: ignore[arg-type]
+        plane = microscopy.select(view, Selection(channel="ChS1-T2", z=1), MAX, 10_000)  # type: ignore[arg-type]
+        assert np.array_equal(plane.image, stack[1, 1]) and plane.pixel_size.source == "lsm"
