@@ -31,8 +31,9 @@ cut out of several has no ``X-Series``. A Zeiss CZI, a Leica LIF, a Nikon ND2 an
 are cut the same way (their planes read by :mod:`service.czi`, :mod:`service.lif`,
 :mod:`service.nd2` and :mod:`service.oib`), so a
 time-lapse or a project past the upload limit is segmented frame by frame, image by image, each
-sent as an OME-TIFF. Anything this module cannot cut (neither TIFF, CZI, LIF, ND2 nor OIB, pages of
-mixed pixel types, colour samples that are not RGB) is sent whole, as before, and the service says
+sent as an OME-TIFF. A file whose channels are the samples of one page (a Zeiss LSM) is cut channel by
+channel, each a page. Anything this module cannot cut (neither TIFF, CZI, LIF, ND2 nor OIB, pages of
+mixed pixel types) is sent whole, as before, and the service says
 what it makes of it.
 """
 
@@ -185,13 +186,25 @@ def _cut(
         if axis is not None and not 0 <= (index or 0) < layout.planes.get(axis, 0):
             return None
         if "S" in layout.axes and not layout.rgb:
-            return None
+            layout, read = _samples_as_pages(layout, read)
         try:
             return _write(layout, pages_for(layout, axis, index, selection), read)
         except (imaging.ImageError, OSError, microscopy.SelectionError):
             # A page the file cannot give (an acquisition stopped early: a SelectionError) is the
             # service's to answer: the file is sent whole.
             return None
+
+
+def _samples_as_pages(layout: Layout, read: PageReader) -> tuple[Layout, PageReader]:
+    """A file whose channels are the samples of one page (a Zeiss LSM: ZEN stores a plane's
+    tracks so; a 2-sample TIFF) as one whose channels are pages: the cut then holds the chosen
+    channel (and those measured) as pages of their own, named, like any OME-TIFF's."""
+    by_page = replace(layout, axes=layout.axes.replace("S", ""), shape=layout.shape[:-1])
+
+    def read_channel(page: Page) -> np.ndarray:
+        return np.ascontiguousarray(read({**page, "C": 0})[..., page["C"]])
+
+    return by_page, read_channel
 
 
 @contextlib.contextmanager

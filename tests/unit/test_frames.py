@@ -219,3 +219,21 @@ def test_a_frame_of_a_chosen_image_is_cut_from_that_image(tmp_path: Path) -> Non
         cut = frames.cut_frame(path, "z", 1, microscopy.Selection(channel="DAPI"), MAX_PIXELS, series=0)
         assert cut is not None and page_count(cut) == 1, kind
         assert np.array_equal(read(cut, channel="DAPI", z=1).image, stack[1, 1]), kind
+
+
+def test_an_lsm_whose_channels_are_a_pages_samples_is_cut_channel_by_channel(tmp_path: Path) -> None:
+    from tests.vendor_tiffs import lsm_bytes
+
+    rng = np.random.default_rng(3)
+    movie = rng.integers(0, 4000, (6, 3, 40, 50), dtype=np.uint16)  # TCYX, the tracks one page
+    path = tmp_path / "movie.lsm"
+    path.write_bytes(lsm_bytes(movie, "TCYX", (0.5, 0.5, 1.0), ["Ch1-T1", "ChS1-T2", "Ch2-T3"]))
+    choice = {"channel": "ChS1-T2", "measure": ("Ch2-T3",)}
+    cut = frames.cut_frame(path, "t", 4, microscopy.Selection(**choice), MAX_PIXELS)  # type: ignore[arg-type]
+    assert cut is not None and page_count(cut) == 2  # the chosen track and the one measured
+    layout = microscopy.probe(cut, MAX_PIXELS, MAX_PAGES)
+    assert [c.name for c in layout.channels] == ["Ch1-T1", "ChS1-T2", "Ch2-T3"]
+    assert layout.pixel_size is not None and layout.pixel_size.x_um == 0.5
+    plane = read(cut, t=4, **choice)
+    assert np.array_equal(plane.image, movie[4, 1])
+    assert np.array_equal(plane.measured[0].image, movie[4, 2])
