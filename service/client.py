@@ -265,6 +265,7 @@ CONTENT_TYPES: dict[str, str] = {
     ".lif": "application/octet-stream",  # Leica LAS X: likewise
     ".nd2": "application/octet-stream",  # Nikon NIS-Elements: likewise
     ".oib": "application/octet-stream",  # Olympus FluoView: likewise
+    ".dv": "application/octet-stream",  # DeltaVision (softWoRx, OMX): likewise
     ".lsm": "image/tiff",  # Zeiss LSM and Aperio SVS are TIFFs under their own names
     ".svs": "image/tiff",
 }

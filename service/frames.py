@@ -31,10 +31,10 @@ cut out of several has no ``X-Series``. A Zeiss CZI, a Leica LIF, a Nikon ND2 an
 are cut the same way (their planes read by :mod:`service.czi`, :mod:`service.lif`,
 :mod:`service.nd2` and :mod:`service.oib`), so a
 time-lapse or a project past the upload limit is segmented frame by frame, image by image, each
-sent as an OME-TIFF. A file whose channels are the samples of one page (a Zeiss LSM) is cut channel by
-channel, each a page. Anything this module cannot cut (neither TIFF, CZI, LIF, ND2 nor OIB, pages of
-mixed pixel types) is sent whole, as before, and the service says
-what it makes of it.
+sent as an OME-TIFF; so is a DeltaVision file. A file whose channels are the samples of one page (a
+Zeiss LSM) is cut channel by channel, each a page. Anything this module cannot cut (neither TIFF,
+CZI, LIF, ND2, OIB nor DeltaVision, pages of mixed pixel types) is sent whole, as before, and the
+service says what it makes of it.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service import czi, imaging, lif, microscopy, nd2, oib, structure
+from service import czi, dv, imaging, lif, microscopy, nd2, oib, structure
 from service.microscopy import Layout, Selection
 
 OME_NAMESPACE = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
@@ -58,7 +58,7 @@ OME_TYPES = {"uint8": "uint8", "uint16": "uint16", "float32": "float"}
 #: Past this many bytes of pages the cut is written as BigTIFF (classic TIFF offsets are 32-bit).
 BIGTIFF_ABOVE = 2**32 - 2**25
 #: Enough of a file's first bytes for every signature read here (an ND2's runs to byte 48).
-_HEAD_BYTES = 64
+_HEAD_BYTES = 128
 
 Page = dict[str, int]  # {"C": c, "Z": z, "T": t}
 PageReader = Callable[[Page], np.ndarray]
@@ -146,10 +146,10 @@ def ome_xml(layout: Layout, pages: list[Page], dtype: np.dtype) -> str:
 
 
 def file_layout(path: Path, max_pixels: int, series: int | None = None) -> Layout | None:
-    """What the TIFF, CZI, LIF, ND2 or OIB at ``path`` holds (at image ``series``, None: the first), read from
-    its header (and a TIFF's first page) as the service reads an upload, without reading the file
-    whole; None: neither, unreadable, no such image, or a plane over ``max_pixels`` (sent whole,
-    the service says why)."""
+    """What the TIFF, CZI, LIF, ND2, OIB or DeltaVision file at ``path`` holds (at image ``series``,
+    None: the first), read from its header (and a TIFF's first page) as the service reads an upload,
+    without reading the file whole; None: neither, unreadable, no such image, or a plane over
+    ``max_pixels`` (sent whole, the service says why)."""
     with _opened(path, max_pixels, series) as opened:
         return None if opened is None else opened[0]
 
@@ -159,9 +159,9 @@ def cut_frame(
 ) -> bytes | None:
     """The partial OME-TIFF of plane ``index`` along ``axis`` (``"t"`` or ``"z"``) of the file at
     ``path`` (of its image ``series``, None: the first), holding the pages :func:`pages_for` names;
-    None where the file is not cut (not a TIFF, CZI, LIF, ND2 or OIB stack with that plane, unreadable, a
-    frame over ``max_pixels``, pages of mixed pixel types): the caller sends the file whole and the
-    service says what it makes of it."""
+    None where the file is not cut (not a TIFF, CZI, LIF, ND2, OIB or DeltaVision stack with that
+    plane, unreadable, a frame over ``max_pixels``, pages of mixed pixel types): the caller sends the
+    file whole and the service says what it makes of it."""
     return _cut(path, selection, max_pixels, series, axis.upper(), index)
 
 
@@ -230,6 +230,10 @@ def _opened(
         return
     if structure.is_compound(head):
         with _vendor_opened(path, max_pixels, series, structure.check_compound, oib.open_planes) as opened:
+            yield opened
+        return
+    if structure.is_dv(head):  # no structure to walk: the header's sizes are checked against the file
+        with _vendor_opened(path, max_pixels, series, lambda _data, _limits: None, dv.open_planes) as opened:
             yield opened
         return
     try:

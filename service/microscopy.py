@@ -527,6 +527,8 @@ def _open(data: bytes, max_pixels: int, limits: Limits, series: int | None = Non
         return _open_nd2(data, max_pixels, series, limits.max_metadata_bytes)
     if structure.is_compound(data):
         return _open_oib(data, max_pixels, series, limits.max_metadata_bytes)
+    if structure.is_dv(data):
+        return _open_dv(data, max_pixels, series)
     if not is_tiff(data):
         check_series(1, (), series)
         return _open_flat(data, max_pixels, fmt=None)
@@ -563,11 +565,17 @@ def _open_oib(data: bytes, max_pixels: int, series: int | None, metadata_bytes: 
     return _vendor_source(*oib.open_planes(data, max_pixels, series, metadata_bytes))
 
 
+def _open_dv(data: bytes, max_pixels: int, series: int | None) -> _Source:
+    from service import dv  # it builds on this module's Layout
+
+    return _vendor_source(*dv.open_planes(data, max_pixels, series))
+
+
 def _vendor_source(
     layout: Layout, read: Callable[[dict[str, int]], np.ndarray], close: Callable[[], None]
 ) -> _Source:
-    """A vendor file's planes (CZI, LIF, ND2, OIB) as a source; a colour image's pixels read once, to tell
-    grey saved as colour from a composite."""
+    """A vendor file's planes (CZI, LIF, ND2, OIB, DeltaVision) as a source; a colour image's pixels
+    read once, to tell grey saved as colour from a composite."""
     source = _Source(layout, read=read, close=close)
     if layout.rgb:
         try:

@@ -1,4 +1,5 @@
-"""Slide-scale files read window by window: tiled TIFF / OME-TIFF / BigTIFF, OME-Zarr, CZI, LIF, ND2, OIB.
+"""Slide-scale files read window by window: tiled TIFF / OME-TIFF / BigTIFF, OME-Zarr, CZI, LIF, ND2, OIB,
+DeltaVision.
 
 A slide of 50,000² px cannot be decoded whole (issue 16). :func:`open_slide` opens a file by
 *path*, reads only its header and metadata, checks the request's plane choice exactly as an
@@ -68,7 +69,7 @@ from service.regions import RegionSource, check_window
 #: strips comes near (a 32768² 8-bit image in one zlib strip is 1 GiB).
 MAX_CHUNK_BYTES = 32 * 1024 * 1024
 #: A file's first bytes read to tell its format (an ND2's signature runs to byte 48).
-_HEAD_BYTES = 64
+_HEAD_BYTES = 128
 
 #: Input pixels read per overview window (bounded memory whatever the slide's size).
 _OVERVIEW_WINDOW = 2048
@@ -322,7 +323,7 @@ def _convert(window: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def is_slide_path(path: str | Path) -> bool:
     """Whether ``path`` looks like something :func:`open_slide` reads (a TIFF, a CZI, a LIF, an
-    ND2, an OIB or a Zarr folder)."""
+    ND2, an OIB, a DeltaVision file or a Zarr folder)."""
     p = Path(path)
     if p.is_dir():
         return any((p / name).exists() for name in (".zattrs", ".zgroup", "zarr.json"))
@@ -330,7 +331,7 @@ def is_slide_path(path: str | Path) -> bool:
         with open(p, "rb") as handle:
             head = handle.read(_HEAD_BYTES)
             return (microscopy.is_tiff(head) or head[:10] == structure.CZI_MAGIC or structure.is_lif(head)
-                    or structure.is_nd2(head) or structure.is_compound(head))
+                    or structure.is_nd2(head) or structure.is_compound(head) or structure.is_dv(head))
     except OSError:
         return False
 
@@ -370,10 +371,12 @@ def open_slide(
         return _open_nd2(p, selection, max_pixels, structure.as_limits(limits), model_channels)
     if structure.is_compound(head):
         return _open_oib(p, selection, max_pixels, structure.as_limits(limits), model_channels)
+    if structure.is_dv(head):
+        return _open_dv(p, selection, max_pixels, model_channels)
     if not microscopy.is_tiff(head):
         raise UnsupportedImageType(
-            "slides are read from TIFF (OME-TIFF, BigTIFF, tiled or not), OME-Zarr, CZI, LIF, ND2 or OIB; "
-            "this file is none"
+            "slides are read from TIFF (OME-TIFF, BigTIFF, tiled or not), OME-Zarr, CZI, LIF, ND2, OIB or "
+            "DeltaVision; this file is none"
         )
     return _open_tiff(p, selection, max_pixels, structure.as_limits(limits), model_channels)
 
@@ -775,6 +778,30 @@ def _open_oib(
         raise UnsupportedImageType(
             f"this OIB's planes are {exc.width}×{exc.height}: read by path, an OIB's planes are decoded "
             f"whole, at most {OIB_MAX_PLANE_PIXELS:,} pixels each; send it as an upload"
+        ) from exc
+    try:
+        array = _WholePlanes(layout, read)
+        levels = [_Level(array, layout.height, layout.width)]
+        return _source(levels, "".join(array.lead) + "YX", layout, selection, model_channels, close)
+    except BaseException:
+        close()
+        raise
+
+
+def _open_dv(path: Path, selection: Selection, max_pixels: int, model_channels: int) -> SlideSource:
+    """A DeltaVision stack (z-slices, wavelengths, time points larger than an upload) read plane by
+    plane from a memory map of the file: a window copies its plane out of the map, kept for the
+    next window of it."""
+    from service import dv
+
+    try:
+        layout, read, close = dv.open_planes(path, min(max_pixels, OIB_MAX_PLANE_PIXELS), selection.series)
+    except ImageTooLarge as exc:
+        if exc.pixels > max_pixels:
+            raise SlideTooLarge(exc.pixels, max_pixels, exc.width, exc.height) from exc
+        raise UnsupportedImageType(
+            f"this DeltaVision file's planes are {exc.width}×{exc.height}: read by path, a plane is read "
+            f"whole, at most {OIB_MAX_PLANE_PIXELS:,} pixels; send it as an upload"
         ) from exc
     try:
         array = _WholePlanes(layout, read)

@@ -166,6 +166,28 @@ def check(data: bytes, limits: Limits) -> None:
         check_compound(data, limits)
 
 
+#: Bytes of a file's start that :func:`is_dv` needs (DeltaVision's ID is at byte 96).
+DV_SIGNATURE_BYTES = 98
+_DV_LITTLE, _DV_BIG = b"\xa0\xc0", b"\xc0\xa0"
+#: The most pixels along a side a header may claim and still be taken for DeltaVision's: the ID
+#: sits at byte 96, where another format may hold anything, so the sizes must be sane too.
+_DV_MAX_SIDE = 1 << 20
+
+
+def is_dv(data: bytes) -> bool:
+    """Whether ``data`` (at least its first :data:`DV_SIGNATURE_BYTES`) begins as a DeltaVision
+    file: DeltaVision's ID at byte 96 in either byte order, and plane sizes and a pixel type that
+    DeltaVision writes (a PNG's, a JPEG's or a TIFF's first bytes read as sizes are far out of range;
+    a BMP's are excluded by name)."""
+    if len(data) < DV_SIGNATURE_BYTES:
+        return False
+    dvid = bytes(data[96:DV_SIGNATURE_BYTES])
+    if dvid not in (_DV_LITTLE, _DV_BIG) or bytes(data[:2]) == b"BM":
+        return False
+    width, height, _, mode = struct.unpack_from(("<" if dvid == _DV_LITTLE else ">") + "4i", data, 0)
+    return 0 < width <= _DV_MAX_SIDE and 0 < height <= _DV_MAX_SIDE and 0 <= mode <= 7
+
+
 def is_lif(data: bytes) -> bool:
     """Whether ``data`` starts as a Leica LIF (or its ``.lifext``) does."""
     return len(data) >= 9 and data[:4] == LIF_TEST_VALUE and data[8] == _LIF_SEPARATOR

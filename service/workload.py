@@ -33,6 +33,8 @@ def plane_pixels(data: bytes, max_pixels: int, limits: structure.Limits | int) -
         return _nd2_pixels(data, max_pixels, structure.as_limits(limits).max_metadata_bytes)
     if structure.is_compound(data):
         return _oib_pixels(data, max_pixels, structure.as_limits(limits).max_metadata_bytes)
+    if structure.is_dv(data):
+        return _dv_pixels(data, max_pixels)
     width, height = _tiff_size(data) if microscopy.is_tiff(data) else (None, None)
     if width is None or height is None:
         try:
@@ -95,3 +97,13 @@ def _tiff_size(data: bytes) -> tuple[int | None, int | None]:
                 return int(page.imagewidth), int(page.imagelength)
     except Exception:  # noqa: BLE001 - tifffile raises many kinds on corrupt input
         return None, None
+
+
+def _dv_pixels(data: bytes, max_pixels: int) -> int:
+    """A DeltaVision file's plane, from its header (every section has the size)."""
+    from service import dv
+
+    width, height = dv.plane_pixels(data)
+    if width * height > max_pixels:
+        raise imaging.ImageTooLarge(width * height, max_pixels, width, height)
+    return width * height

@@ -29,6 +29,7 @@ import numpy as np
 import tifffile
 
 from tests.czi_files import ZSTD1, Tile, czi_bytes
+from tests.dv_files import dv_bytes
 from tests.lif_files import Image, lif_bytes
 from tests.nd2_files import Nd2, write_nd2
 from tests.oib_files import Oib, write_oib
@@ -111,6 +112,8 @@ def seeds() -> dict[str, bytes]:
         "tiff-lsm": lsm_bytes(np.stack([np.stack([grey8] * 3)] * 2), "ZCYX",
                               names=["Ch1-T1", "ChS1-T2", "Ch2-T3"]),
         "tiff-metaseries": metaseries_bytes(_blobs(h, w, 16, np.uint16), 0.65),
+        "dv-stack": dv_bytes(np.stack([channels[:, None], channels[::-1, None]]), wavelengths=(455, 525),
+                             extended_bytes=64),  # T, C, Z, Y, X
     }
 
 
@@ -206,6 +209,8 @@ def _segments(name: str, data: bytes) -> list[tuple[int, int]]:
         return _nd2_chunks(data)
     if name.startswith("oib"):
         return _oib_entries(data)
+    if name.startswith("dv"):  # the header's size fields, the extended header
+        return [(0, 16), (180, 4), (196, 12), (1024, 64)]
     return [(offset, 12) for offset in _tiff_entries(data)]
 
 
@@ -249,6 +254,9 @@ def corrupt_length(rng: random.Random, name: str, data: bytes) -> bytes:
         struct.pack_into(fmt, out, where, value)
     elif name.startswith("oib"):  # an entry's size, first sector or links; the FAT's size, the directory
         where = rng.choice([start + 120, start + 116, start + 68, start + 72, start + 76, 44, 48])
+        struct.pack_into("<I", out, where, value)
+    elif name.startswith("dv"):  # a size, the sections, the pixel type, the extended header's length
+        where = rng.choice([0, 4, 8, 12, 92])
         struct.pack_into("<I", out, where, value)
     else:  # an IFD entry's value count or value/offset, or the IFD's entry count
         order = "<" if data[:2] == b"II" else ">"

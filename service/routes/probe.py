@@ -33,7 +33,8 @@ class PixelSizeInfo(BaseModel):
     source: str = Field(description="ome | imagej | tiff | czi | lif | nd2 | oib")
     z: float | None = Field(
         default=None,
-        description="µm between z-slices, where the file gives it (OME, ImageJ, CZI, LIF, ND2, OIB)",
+        description="µm between z-slices, where the file gives it (OME, ImageJ, LSM, Micro-Manager, CZI, "
+                    "LIF, ND2, OIB, DeltaVision)",
     )
 
     @model_serializer(mode="wrap")
@@ -58,7 +59,8 @@ class SeriesInfo(BaseModel):
 
 
 class ProbeResult(BaseModel):
-    format: str = Field(description="OME-TIFF, ImageJ TIFF, TIFF, CZI, LIF, ND2, OIB, PNG, JPEG, BMP")
+    format: str = Field(description="OME-TIFF, ImageJ TIFF, Zeiss LSM, MetaMorph TIFF, Micro-Manager TIFF, "
+                        "Aperio SVS, FEI TIFF, TIFF, CZI, LIF, ND2, OIB, DeltaVision, PNG, JPEG, BMP")
     width: int
     height: int
     dtype: str

@@ -48,7 +48,8 @@ from service.uploads import (
 router = APIRouter(tags=["uploads"], dependencies=[Depends(require_api_key)])
 
 #: What a stored file must start with: the formats the service reads.
-_READABLE = "TIFF (OME-TIFF, BigTIFF, ImageJ), Zeiss CZI, Leica LIF, Nikon ND2, Olympus OIB, PNG, JPEG or BMP"
+_READABLE = ("TIFF (OME-TIFF, BigTIFF, ImageJ), Zeiss CZI, Leica LIF, Nikon ND2, Olympus OIB, DeltaVision, "
+             "PNG, JPEG or BMP")
 #: The tus protocol version spoken (https://tus.io/protocols/resumable-upload: the core, and the
 #: creation and termination extensions; no OPTIONS discovery, which tus clients do without).
 TUS_VERSION = "1.0.0"
@@ -90,6 +91,7 @@ def _readable(head: bytes) -> bool:
         or structure.is_lif(head)
         or structure.is_nd2(head)
         or structure.is_compound(head)
+        or structure.is_dv(head)
         or head.startswith((structure.PNG_SIGNATURE, b"\xff\xd8\xff", b"BM"))
     )
 
