@@ -149,14 +149,14 @@ class Channel:
 
 @dataclass(frozen=True)
 class PixelSize:
-    """Micrometres per pixel along x (columns) and y (rows); ``source`` says who said so:
-    ``ome`` · ``imagej`` · ``lsm`` · ``metaseries`` · ``micro-manager`` · ``svs`` · ``fei``
-    (:mod:`service.tiff_vendors`) · ``tiff`` (ResolutionUnit centimetre) · ``czi`` (ZEN's Scaling) · ``lif``
-    (the image's dimensions) · ``nd2`` (NIS-Elements' calibration) · ``oib`` (FluoView's) ·
-    ``request`` (``pixel_size=``). ``z_um``: the z-step (µm between z-slices) where the file
-    gives one (OME ``PhysicalSizeZ``, ImageJ ``spacing``, ZEN's Scaling Z), for volumes in µm³;
-    None for a file without it (a plain TIFF's resolution tags have no z) or without z-slices
-    (ImageJ and ZEN write one on 2-D images and time series too)."""
+    """Micrometres per pixel along x (columns) and y (rows); ``source`` says who said so: ``ome`` · ``imagej``
+    · ``lsm`` · ``metaseries`` · ``micro-manager`` · ``svs`` · ``fei`` (:mod:`service.tiff_vendors`) ·
+    ``tiff`` (ResolutionUnit centimetre) · ``czi`` (ZEN's Scaling) · ``lif`` (the image's dimensions) ·
+    ``nd2`` (NIS-Elements' calibration) · ``oib`` (FluoView's) · ``dv`` (DeltaVision's header) ·
+    ``request`` (``pixel_size=``). ``z_um``: the z-step (µm between z-slices) where the file gives one
+    (OME ``PhysicalSizeZ``, ImageJ ``spacing``, ZEN's Scaling Z), for volumes in µm³; None for a file
+    without it (a plain TIFF's resolution tags have no z) or without z-slices (ImageJ and ZEN write one
+    on 2-D images and time series too)."""
 
     x_um: float
     y_um: float

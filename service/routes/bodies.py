@@ -22,8 +22,8 @@ from service.routes.segment import RAW_TYPES, multipart_file, unsupported_media_
 
 #: Bytes gathered before a write to disk (on a worker thread).
 WRITE_CHUNK = 1 << 20
-#: Bytes of the file's start handed to ``check_head`` (a signature).
-HEAD_BYTES = 16
+#: Bytes of the file's start handed to ``check_head`` (a signature: DeltaVision's lies at byte 96).
+HEAD_BYTES = 128
 
 
 class TooBig(Exception):

@@ -157,14 +157,14 @@ def _client_under_upload_limit(
         server.stop()
 
 
-@pytest.mark.parametrize("suffix", [".tif", ".czi", ".lif", ".nd2", ".oib", ".lsm"])
+@pytest.mark.parametrize("suffix", [".tif", ".czi", ".lif", ".nd2", ".oib", ".lsm", ".dv"])
 def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Path, suffix: str) -> None:
     # --t all sends each frame cut out of the movie (service.frames), so a movie larger than the
     # server takes in one request (UNET_MAX_UPLOAD_BYTES) is still segmented, every frame of it;
     # sent whole, each frame would be a 413. The frames' objects come back in µm: the calibration
     # travels with the cut. An ImageJ hyperstack, a Zeiss CZI as ZEN saves a time-lapse, a Leica
     # LIF as LAS X does (its channels named by their colour tables), a Nikon ND2 as NIS does, and an
-    # Olympus OIB as FluoView does, and a Zeiss LSM as ZEN does.
+    # Olympus OIB as FluoView does, a Zeiss LSM as ZEN does and a DeltaVision file as softWoRx does.
     np = pytest.importorskip("numpy")
     tifffile = pytest.importorskip("tifffile")
     rng = np.random.default_rng(0)
@@ -192,6 +192,10 @@ def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Pat
         from tests.oib_files import Oib, write_oib
 
         (images / "movie.oib").write_bytes(write_oib(Oib(movie, "TCYX", ("Actin", "DAPI"), 0.5)))
+    elif suffix == ".dv":  # a DeltaVision time-lapse, its waves named by wavelength
+        from tests.dv_files import dv_bytes
+
+        (images / "movie.dv").write_bytes(dv_bytes(movie[:, :, None], 0.5, 1.0, wavelengths=(525, 455)))
     else:  # a Zeiss LSM time series of three tracks (ZEN's 2-track files need tifffile's quirk)
         from tests.vendor_tiffs import lsm_bytes
 
@@ -199,8 +203,9 @@ def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Pat
         (images / "movie.lsm").write_bytes(lsm_bytes(tracks, "TCYX", (0.5, 0.5, 1.0), ["Actin", "DAPI", "C"]))
     limit = (images / f"movie{suffix}").stat().st_size // 3
     assert limit > 64 * 80 * 2 * 2  # one frame's pages fit, the movie does not
-    proc = _client_under_upload_limit(tmp_path, images, limit, "--t", "all", "--channel",
-                                      "Blue" if suffix == ".lif" else "DAPI", "--output", "objects")
+    channel = {".lif": "Blue", ".dv": "455 nm"}.get(suffix, "DAPI")
+    proc = _client_under_upload_limit(tmp_path, images, limit, "--t", "all", "--channel", channel,
+                                      "--output", "objects")
     assert proc.returncode == 0, proc.stderr
     assert "6 written" in proc.stderr
     tables = sorted((tmp_path / "out").glob("movie_t*.csv"))
