@@ -178,7 +178,9 @@ function sendFile(url, step, runningText) {
   const file = state.file;
   const sending = uploadTracker();
   return request("POST", url, file, {
-    contentType: file.type || "application/octet-stream",
+    // The service reads a file by its signature. A browser's type comes from the name's extension and
+    // can be anything but an image's for a microscope's file (Chromium calls a .dv video/x-dv).
+    contentType: file.type.startsWith("image/") ? file.type : "application/octet-stream",
     onOpen: sending.open,
     onUploadProgress: (f) => {
       const xhr = sending.current();

@@ -571,6 +571,27 @@ def test_an_olympus_oib_is_dropped_as_saved_and_its_channels_offered_by_their_dy
                                 "0.31 µm/px (oib)")
 
 
+def test_a_zeiss_lsm_and_a_deltavision_file_are_dropped_as_saved_their_channels_offered_by_name(
+    browser: Any, service_url: str, tmp_path: Path
+) -> None:
+    """ZEN's LSM (its tracks the samples of one page, named as ZEN names them) and softWoRx's
+    DeltaVision file (waves named by wavelength): the page takes both, shows their calibration and
+    segments the channel chosen as the server does."""
+    from tests.dv_files import dv_bytes
+    from tests.vendor_tiffs import lsm_bytes
+
+    nuclei = cv2.imread(str(write_disc_tiff(tmp_path / "nuclei.tif", seed=11)), cv2.IMREAD_UNCHANGED)
+    marker = cv2.GaussianBlur(nuclei, (0, 0), 12)
+    lsm = tmp_path / "cells.lsm"
+    tracks = ["Ch1-T1", "ChS1-T2", "Ch2-T3"]
+    lsm.write_bytes(lsm_bytes(np.stack([marker, nuclei, marker])[None], "ZCYX", (0.42, 0.42, 1.0), tracks))
+    _drop_and_segment_channel_1(browser, service_url, lsm, [f"{i} · {n}" for i, n in enumerate(tracks)],
+                                "0.42 µm/px (lsm)")
+    dv = tmp_path / "cells.dv"
+    dv.write_bytes(dv_bytes(np.stack([marker, nuclei])[None, :, None], 0.13, 0.3, wavelengths=(525, 455)))
+    _drop_and_segment_channel_1(browser, service_url, dv, ["0 · 525 nm", "1 · 455 nm"], "0.13 µm/px (dv)")
+
+
 def test_a_file_of_several_images_offers_them_and_each_is_probed_when_chosen(
     browser: Any, service_url: str, tmp_path: Path
 ) -> None:
