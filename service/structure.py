@@ -33,6 +33,8 @@ what the decoders are then given is bounded by :class:`Limits`, whatever the upl
   ``max_nd2_chunks`` (one chunk per frame; the ``nd2`` reader parses the map in Python), each
   chunk's header checked against the file (a truncated upload is named here), the metadata chunks
   the service decodes against ``max_metadata_bytes``, also once inflated where NIS compressed them.
+- **DeltaVision**: nothing to walk (a fixed header, then raw planes); :func:`is_dv` recognises it,
+  and ``service.dv`` checks the header's sizes against the file before reading a plane.
 - **OIB** (Olympus FluoView): an OLE2 compound file (a FAT file system in one file). The header's
   counts against the file's sectors, the FAT's and the directory's sector chains walked with loops
   stopped, directory entries against ``max_oib_entries`` (olefile makes an object of each), the
