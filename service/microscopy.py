@@ -425,7 +425,7 @@ def decoder_errors() -> Iterator[None]:
     """
     try:
         yield
-    except (ImageError, SelectionError, DecodeCancelled, MemoryError):
+    except (ImageError, SelectionError, DecodeCancelled, MemoryError, _NotForTifffile):
         raise
     except Exception as exc:  # noqa: BLE001 - see the docstring
         log.debug("decoder error on an upload, answered as undecodable", exc_info=True)
@@ -692,7 +692,8 @@ def tiff_layout(tif: Any, max_pixels: int, series: int | None = None) -> Layout:
         SelectionError: ``series`` is not in the file.
     """
     try:
-        return _tiff_source(tif, b"", max_pixels, colour_pixels=False, wanted_series=series).layout
+        with decoder_errors():  # a slide's header is as hostile as an upload's
+            return _tiff_source(tif, b"", max_pixels, colour_pixels=False, wanted_series=series).layout
     except _NotForTifffile as exc:
         raise UnsupportedImageType(
             "this TIFF's photometric interpretation (palette, CMYK, YCbCr, min-is-white or 1-bit) "

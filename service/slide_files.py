@@ -410,11 +410,12 @@ def _open_tiff(
             layout = microscopy.tiff_layout(tif, max_pixels, selection.series)
         except ImageTooLarge as exc:
             raise SlideTooLarge(exc.pixels, exc.limit, exc.width, exc.height) from exc
-        series = tif.series[layout.series]
-        axes = "".join("Z" if a in ("I", "Q") else a for a in series.axes)
-        if tif.is_lsm and "S" in series.keyframe.axes:
-            axes = axes.replace("C", "S")  # ZEN's channels are the samples of a page: the layout's too
-        levels = [_tiff_level(tif, path, series, i, stores) for i in range(len(series.levels))]
+        with microscopy.decoder_errors():  # tifffile on a hostile header: a 400, as for an upload
+            series = tif.series[layout.series]
+            axes = "".join("Z" if a in ("I", "Q") else a for a in series.axes)
+            if tif.is_lsm and "S" in series.keyframe.axes:
+                axes = axes.replace("C", "S")  # ZEN's channels are the samples of a page: the layout's too
+            levels = [_tiff_level(tif, path, series, i, stores) for i in range(len(series.levels))]
         return _source(levels, axes, layout, selection, model_channels, close)
     except BaseException:
         close()

@@ -19,7 +19,7 @@ from tests.fuzz_corpus import MUTATIONS, mutants, seeds
 
 LIMIT = 10_000_000
 MAPPED = (imaging.ImageError, microscopy.SelectionError)
-PER_SEED = 24  # × 21 seed files = 504 mutants, each through four readers (a few seconds)
+PER_SEED = 24  # × 24 seed files = 576 mutants, each through four readers (a few seconds)
 
 
 def test_the_corpus_is_real_and_reproducible() -> None:
@@ -66,3 +66,39 @@ def test_truncation_at_forty_points_is_an_image_error(name: str) -> None:
     for end in range(1, len(data) - 1, max(1, len(data) // 40)):
         with contextlib.suppress(MAPPED):  # anything else fails the test
             microscopy.select(data[:end], microscopy.Selection(channel="0", z=0), LIMIT, Limits())
+
+
+#: The seeds a slide or stack job reads by path (``slide_files.open_slide``) and the client cuts
+#: frames from (``frames.cut_frame``): TIFFs of every kind and DeltaVision.
+BY_PATH = ("tiff-page", "tiff-rgb", "tiff-pages", "tiff-tiled", "tiff-lzw", "ome-tiff-channels",
+           "imagej-hyperstack", "tiff-lsm", "tiff-metaseries", "dv-stack")
+
+
+def test_mutants_read_by_path_raise_only_errors_that_map_to_4xx(tmp_path) -> None:
+    """A slide's header is as hostile as an upload's: tifffile's ZeroDivisionError on a tiled page
+    with a zero tile length, and TypeError on per-sample BitsPerSample, escaped ``open_slide``."""
+    from service import frames, slide_files
+
+    path = tmp_path / "slide"
+    escaped: list[str] = []
+    for mutant in mutants(40):
+        if not mutant.name.startswith(BY_PATH):
+            continue
+        path.write_bytes(mutant.data)
+
+        def window() -> None:
+            with slide_files.open_slide(path, microscopy.Selection(channel="1", z=0), max_pixels=LIMIT,
+                                        limits=Limits()) as source:
+                source.read(0, 1, 0, 1)
+
+        def cut() -> None:
+            frames.cut_frame(path, "t", 1, microscopy.Selection(), LIMIT)
+
+        for reader, call in (("open_slide", window), ("cut_frame", cut)):
+            try:
+                call()
+            except (*MAPPED, OSError):
+                pass
+            except Exception as exc:  # noqa: BLE001 - what the test is looking for
+                escaped.append(f"{mutant.name} {reader}: {type(exc).__name__}: {exc}")
+    assert not escaped, "\n".join(escaped[:20])
