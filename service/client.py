@@ -266,6 +266,7 @@ CONTENT_TYPES: dict[str, str] = {
     ".nd2": "application/octet-stream",  # Nikon NIS-Elements: likewise
     ".oib": "application/octet-stream",  # Olympus FluoView: likewise
     ".dv": "application/octet-stream",  # DeltaVision (softWoRx, OMX): likewise
+    ".r3d": "application/octet-stream",  # DeltaVision's raw acquisitions: the same format
     ".lsm": "image/tiff",  # Zeiss LSM and Aperio SVS are TIFFs under their own names
     ".svs": "image/tiff",
 }
