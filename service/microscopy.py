@@ -749,7 +749,9 @@ def _tiff_source(
     if width * height > max_pixels:
         raise ImageTooLarge(width * height, max_pixels, width, height)
     exotic = photometric not in (_MINISBLACK, _RGB, _YCBCR) or int(keyframe.bitspersample) == 1
-    display_lut = exotic and photometric == _PALETTE and _is_display_lut(tif, keyframe)
+    # ZEN saves a one-track LSM as a palette image: the track's display colour (a red ramp), over
+    # the intensities (real LSM 7xx files, 8- and 16-bit).
+    display_lut = exotic and photometric == _PALETTE and (bool(tif.is_lsm) or _is_display_lut(tif, keyframe))
     if display_lut:
         exotic = False  # the stored values are the intensities; tifffile reads them as they are
     if exotic and n_pages == 1 and len(all_series) == 1:
@@ -762,7 +764,8 @@ def _tiff_source(
 
     notes: list[str] = []
     if display_lut:
-        notes.append("the file's colour tables (ImageJ LUTs, for display) are not applied: the stored "
+        tables = "ZEN's channel colour" if tif.is_lsm else "ImageJ LUTs"
+        notes.append(f"the file's colour tables ({tables}, for display) are not applied: the stored "
                      "intensities are read")
     # Plane axes: the series' axes outside one page, in page order (C-order over pages).
     # ZEN stores an LSM plane's channels as the samples of one page (planar, tagged RGB for three),

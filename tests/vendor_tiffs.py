@@ -68,15 +68,21 @@ def lsm_bytes(stack: np.ndarray, axes: str = "ZCYX",
 def _write(planes: np.ndarray, value: bytes, photometric: str | None) -> bytes:
     buffer = io.BytesIO()
     channels = planes.shape[1]
-    photometric = photometric or ("rgb" if channels == 3 else "minisblack")
+    # ZEN tags three tracks RGB, and one track a palette image: its display colour, a red ramp.
+    photometric = photometric or {3: "rgb", 1: "palette"}.get(channels, "minisblack")
+    colormap = None
+    if photometric == "palette":
+        levels = 1 << (8 * planes.dtype.itemsize)
+        colormap = np.zeros((3, levels), np.uint16)
+        colormap[0] = np.linspace(0, 65535, levels).astype(np.uint16)
     with tifffile.TiffWriter(buffer) as tif:
         for i, plane in enumerate(planes):
             extratags = [(34412, 1, len(value), value, True)] if i == 0 else []
             tif.write(plane, photometric=photometric, planarconfig="separate" if channels > 1 else None,
-                      extratags=extratags, metadata=None)
+                      extratags=extratags, metadata=None, colormap=colormap)
             thumb = plane[:, ::4, ::4]
             tif.write(thumb, photometric=photometric, planarconfig="separate" if channels > 1 else None,
-                      subfiletype=1, metadata=None)
+                      subfiletype=1, metadata=None, colormap=colormap)
     return buffer.getvalue()
 
 

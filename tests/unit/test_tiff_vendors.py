@@ -50,12 +50,20 @@ def test_an_lsm_offers_its_channels_by_zen_names_with_voxel_sizes_not_as_colour(
         assert np.array_equal(select(data, channel=name, **choice).image, grid[t, z, c])
 
 
-def test_a_single_channel_lsm_is_a_grey_stack() -> None:
-    stack = RNG.integers(0, 255, (5, 1, 32, 48), dtype=np.uint8)
-    data = lsm_bytes(stack, "ZCYX", names=["Ch1-T1"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_single_track_lsm_saved_as_a_palette_image_is_its_intensities(dtype: type) -> None:
+    """ZEN saves one track as a palette image, its display colour a red ramp (a real 16-bit LSM 7xx
+    file was refused: 400 for the upload, 415 by path)."""
+    stack = RNG.integers(0, 4000 if dtype == np.uint16 else 255, (5, 1, 32, 48)).astype(dtype)
+    data = lsm_bytes(stack, "ZCYX", names=["ChS1"])
+    assert tifffile.TiffFile(io.BytesIO(data)).pages.first.photometric == 3  # PALETTE, as ZEN writes it
     layout = probe(data)
-    assert (layout.format, len(layout.channels), layout.planes) == ("Zeiss LSM", 1, {"Z": 5})
+    assert (layout.format, layout.planes) == ("Zeiss LSM", {"Z": 5})
+    assert [c.name for c in layout.channels] == ["ChS1"]
+    assert any("ZEN's channel colour" in w for w in layout.warnings)
     assert np.array_equal(select(data, z=3).image, stack[3, 0])
+    single = lsm_bytes(stack[:1], "ZCYX", names=["ChS1"])  # one plane: the single-page path
+    assert probe(single).format == "Zeiss LSM" and np.array_equal(select(single).image, stack[0, 0])
 
 
 def test_an_lsm_read_by_path_reads_the_chosen_channel(tmp_path: Path) -> None:
