@@ -182,10 +182,17 @@ def _settings(data: bytes, name: str) -> dict[str, Any]:
 def _members(ole: Any, metadata_bytes: int) -> tuple[dict[str, str], str]:
     """``OibInfo.txt``: each OIF file name (``Storage00001/s_C001.tif``) → the stream holding it
     (``Storage00001/Stream00001``), and the main settings file's name."""
+    if not ole.exists("OibInfo.txt") and ole.exists("Image/Contents"):
+        # AxioVision's ZVI: the same container, one storage per plane under Image/ (a real file, 4 items).
+        raise UnsupportedImageType(
+            "this is a Zeiss AxioVision ZVI file, which the service does not read: export it as "
+            "OME-TIFF or TIFF (ZEN: File → Export; Fiji: open it with Bio-Formats, save as TIFF) and "
+            "send that"
+        )
     if not ole.exists("OibInfo.txt"):
         raise UnsupportedImageType(
             "this compound file is not an Olympus OIB (no OibInfo.txt; a Zeiss ZVI or an Office document "
-            "is one too): send TIFF, OIB, CZI, LIF, ND2, PNG or JPEG"
+            "is one too): send TIFF, OIB, CZI, LIF, ND2, DeltaVision, PNG or JPEG"
         )
     info = _settings(_stream(ole, "OibInfo.txt", metadata_bytes), "OibInfo.txt").get("OibSaveInfo", {})
     # FluoView stores member ``Storage00001/s_C001.tif`` (listed as ``Stream00001=...``) as stream
