@@ -756,9 +756,10 @@ def overview(source: RegionSource, max_pixels: int, use_pyramid: bool = True) ->
     return Overview(out, (h0 / out_h, w0 / out_w), level)
 
 
-# --- OIB -------------------------------------------------------------------------------------
+# --- OIB and DeltaVision: planes read whole, one at a time ---------------------------------------
 
-#: The largest OIB plane read by path: each is decoded whole (a chunk of up to 4 bytes a pixel).
+#: The largest OIB or DeltaVision plane read by path: each is read whole (a chunk of up to 4 bytes a
+#: pixel).
 OIB_MAX_PLANE_PIXELS = MAX_CHUNK_BYTES // 2
 
 
@@ -770,39 +771,40 @@ def _open_oib(
     from service import oib
 
     structure.walk_file(path, structure.check_compound, limits)  # bounded before olefile parses it
-    try:
-        layout, read, close = oib.open_planes(path, min(max_pixels, OIB_MAX_PLANE_PIXELS), selection.series,
-                                              limits.max_metadata_bytes)
-    except ImageTooLarge as exc:
-        if exc.pixels > max_pixels:
-            raise SlideTooLarge(exc.pixels, max_pixels, exc.width, exc.height) from exc
-        raise UnsupportedImageType(
-            f"this OIB's planes are {exc.width}×{exc.height}: read by path, an OIB's planes are decoded "
-            f"whole, at most {OIB_MAX_PLANE_PIXELS:,} pixels each; send it as an upload"
-        ) from exc
-    try:
-        array = _WholePlanes(layout, read)
-        levels = [_Level(array, layout.height, layout.width)]
-        return _source(levels, "".join(array.lead) + "YX", layout, selection, model_channels, close)
-    except BaseException:
-        close()
-        raise
+    return _whole_planes(
+        "OIB", lambda limit: oib.open_planes(path, limit, selection.series, limits.max_metadata_bytes),
+        selection, max_pixels, model_channels,
+    )
 
 
 def _open_dv(path: Path, selection: Selection, max_pixels: int, model_channels: int) -> SlideSource:
     """A DeltaVision stack (z-slices, wavelengths, time points larger than an upload) read plane by
     plane from a memory map of the file: a window copies its plane out of the map, kept for the
-    next window of it."""
+    next window of it. The header's sizes are checked against the file when it is opened."""
     from service import dv
 
+    return _whole_planes("DeltaVision file", lambda limit: dv.open_planes(path, limit, selection.series),
+                         selection, max_pixels, model_channels)
+
+
+def _whole_planes(
+    what: str,
+    open_planes: Callable[[int], tuple[Layout, Callable[[dict[str, int]], np.ndarray], Callable[[], None]]],
+    selection: Selection,
+    max_pixels: int,
+    model_channels: int,
+) -> SlideSource:
+    """A file whose planes are read whole, one at a time (:class:`_WholePlanes`), opened by
+    ``open_planes(plane pixel limit)``: planes over :data:`OIB_MAX_PLANE_PIXELS` are refused (as
+    one chunk that large), over ``max_pixels`` as a slide too large."""
     try:
-        layout, read, close = dv.open_planes(path, min(max_pixels, OIB_MAX_PLANE_PIXELS), selection.series)
+        layout, read, close = open_planes(min(max_pixels, OIB_MAX_PLANE_PIXELS))
     except ImageTooLarge as exc:
         if exc.pixels > max_pixels:
             raise SlideTooLarge(exc.pixels, max_pixels, exc.width, exc.height) from exc
         raise UnsupportedImageType(
-            f"this DeltaVision file's planes are {exc.width}×{exc.height}: read by path, a plane is read "
-            f"whole, at most {OIB_MAX_PLANE_PIXELS:,} pixels; send it as an upload"
+            f"this {what}'s planes are {exc.width}×{exc.height}: read by path, its planes are decoded "
+            f"whole, at most {OIB_MAX_PLANE_PIXELS:,} pixels each; send it as an upload"
         ) from exc
     try:
         array = _WholePlanes(layout, read)
