@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.*: the vendors' layout writers
 
-from _plane_reads import median_ms  # noqa: E402
+from _plane_reads import print_reads  # noqa: E402
 
 from service import frames, microscopy, slide_files  # noqa: E402
 from service.structure import Limits  # noqa: E402
@@ -60,12 +60,7 @@ def table(title: str, path: Path, choice: microscopy.Selection, expected: np.nda
           args: argparse.Namespace) -> None:
     size = path.stat().st_size / 2**20
     print(f"\n{title}, {size:.0f} MiB; channel 1 at z={choice.z}; {args.repeat} rounds\n")
-    print("| read | MiB held or sent | ms (median) |")
-    print("|---|---|---|")
-    for name, read in reads(path, choice, args.size).items():
-        size, plane = read()
-        assert np.array_equal(plane, expected), name
-        print(f"| {name} | {size / 2**20:.1f} | {median_ms(read, args.repeat):.0f} |")
+    print_reads(reads(path, choice, args.size), expected, args.repeat)
 
 
 def main() -> None:
