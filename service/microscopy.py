@@ -1044,8 +1044,8 @@ def _ome_metadata(xml: str, notes: list[str], image: int = 0) -> tuple[PixelSize
     if binary_only is not None:
         notes.append(
             "this file is one of a multi-file OME-TIFF set whose OME metadata lies in another file, "
-            f"{binary_only.get('MetadataFile') or 'unnamed'!r}: channel names and pixel size are "
-            "not in this one"
+            f"{binary_only.get('MetadataFile') or 'unnamed'!r}: channel names and calibration are what "
+            "this file's own metadata gives, if any (a Micro-Manager file's summary)"
         )
     images = root.findall("./{*}Image")
     pixels = images[image].find("{*}Pixels") if image < len(images) else None

@@ -89,7 +89,7 @@ def micromanager(tif: Any, n_channels: int) -> Calibration | None:
     z = _length(summary.get("z-step_um"), 1.0)
     listed = summary.get("ChNames")
     names: tuple[str | None, ...] = ()
-    if isinstance(listed, list) and len(listed) == n_channels and n_channels > 1:
+    if isinstance(listed, list) and len(listed) == n_channels:
         names = tuple(str(n).strip() or None for n in listed)
     return Calibration("Micro-Manager TIFF", "micro-manager", size, size, z, names)
 
