@@ -966,6 +966,7 @@ def _tiff_metadata(
         if summary is not None:
             size = size or _vendor_size(summary)
             names = names if any(names) else list(summary.names)
+            fmt = summary.format if fmt == "TIFF" else fmt
     return fmt, _plausible(size, notes), names
 
 

@@ -122,3 +122,38 @@ def fei_bytes(plane: np.ndarray, pixel_m: float) -> bytes:
     tifffile.imwrite(buffer, plane, resolution=(96, 96), resolutionunit="inch", metadata=None,
                      extratags=[(34680, "s", 0, text, True)], photometric="minisblack")
     return buffer.getvalue()
+
+
+def micromanager_bytes(plane: np.ndarray, summary: dict, description: str | None = None) -> bytes:
+    """A Micro-Manager 1.4 stack file of one uint16 plane: its acquisition ``summary`` (JSON) in the
+    header Micro-Manager writes after the TIFF's own (byte 8: index map, display settings, comments,
+    summary), the MicroManagerMetadata tag (51123) on the page, and ``description`` (an OME-XML, or
+    the ``BinaryOnly`` pointer the files after a dataset's first carry). Written by hand: tifffile
+    leaves no room at byte 8."""
+    import json
+
+    text = json.dumps(summary).encode()
+    head = struct.pack("<2sHI", b"II", 42, 0)  # the IFD's offset is filled in below
+    mm = struct.pack("<8I", 54773648, 0, 483765892, 0, 99384722, 0, 2355492, len(text)) + text
+    pixels = np.ascontiguousarray(plane, dtype="<u2").tobytes()
+    extra = [(270, 2, (description or "").encode() + b"\0")] if description else []
+    extra.append((51123, 2, b'{"Channel": "DAPI"}\0'))
+    data_at = 8 + len(mm)
+    blobs_at = data_at + len(pixels)
+    blobs = b"".join(value for *_, value in extra)
+    ifd_at = blobs_at + len(blobs) + (blobs_at + len(blobs)) % 2
+    height, width = plane.shape
+    entries = [(256, 3, 1, width), (257, 3, 1, height), (258, 3, 1, 16), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 4, 1, data_at), (277, 3, 1, 1), (278, 3, 1, height), (279, 4, 1, len(pixels))]
+    at = blobs_at
+    for code, kind, value in extra:
+        entries.append((code, kind, len(value), at))
+        at += len(value)
+    entries.sort()
+    ifd = struct.pack("<H", len(entries))
+    for code, kind, count, value in entries:
+        packed = struct.pack("<H", value) + b"\0\0" if kind == 3 else struct.pack("<I", value)
+        ifd += struct.pack("<HHI", code, kind, count) + packed
+    ifd += struct.pack("<I", 0)
+    body = head[:4] + struct.pack("<I", ifd_at) + mm + pixels + blobs
+    return body + b"\0" * (ifd_at - len(body)) + ifd

@@ -14,7 +14,7 @@ import tifffile
 from service import microscopy, slide_files, structure
 from service.microscopy import Selection
 from tests.ome_sets import write_channel_set
-from tests.vendor_tiffs import fei_bytes, lsm_bytes, metaseries_bytes, svs_bytes
+from tests.vendor_tiffs import fei_bytes, lsm_bytes, metaseries_bytes, micromanager_bytes, svs_bytes
 
 MAX = 10**8
 RNG = np.random.default_rng(5)
@@ -153,3 +153,22 @@ def test_an_lsm_stored_or_mapped_reads_as_its_bytes(tmp_path: Path) -> None:
         assert probe(view).format == "Zeiss LSM"  # type: ignore[arg-type]
         plane = microscopy.select(view, Selection(channel="ChS1-T2", z=1), MAX, 10_000)  # type: ignore[arg-type]
         assert np.array_equal(plane.image, stack[1, 1]) and plane.pixel_size.source == "lsm"
+
+
+def test_a_micro_manager_file_takes_what_its_summary_gives_where_its_tiff_metadata_does_not() -> None:
+    """The files after a Micro-Manager dataset's first carry only a pointer to its OME-XML; each
+    still holds the acquisition summary (real MM 1.4 files: 1 µm, z 5 µm, Cy5 / DAPI)."""
+    plane = RNG.integers(0, 4000, (48, 64)).astype(np.uint16)
+    summary = {"PixelSize_um": 0.65, "z-step_um": 2.0, "ChNames": ["DAPI"]}
+    pointer = ('<?xml version="1.0" encoding="UTF-8"?>'
+               '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" UUID="urn:uuid:1">'
+               '<BinaryOnly MetadataFile="set_MMStack_Pos0.ome.tif" UUID="urn:uuid:0"/></OME>')
+    second = probe(micromanager_bytes(plane, summary, pointer))
+    assert (second.format, [c.name for c in second.channels]) == ("OME-TIFF", ["DAPI"])
+    assert second.pixel_size == microscopy.PixelSize(0.65, 0.65, "micro-manager")  # no z-slices: no z-step
+    assert any("'set_MMStack_Pos0.ome.tif'" in w for w in second.warnings)
+    plain = probe(micromanager_bytes(plane, summary))
+    assert (plain.format, plain.pixel_size.source) == ("Micro-Manager TIFF", "micro-manager")
+    uncalibrated = probe(micromanager_bytes(plane, {"PixelSize_um": 0, "ChNames": []}))
+    assert uncalibrated.pixel_size is None
+    assert np.array_equal(select(micromanager_bytes(plane, summary)).image, plane)
