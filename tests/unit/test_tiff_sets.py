@@ -86,3 +86,22 @@ def test_a_missing_file_of_the_set_leaves_its_planes_missing_and_the_others_read
     first, second = write_channel_set(tmp_path, _planes(), ["DAPI", "GFP"])
     second.unlink()
     assert (_read(first, "DAPI") == 10).all()
+
+
+def test_a_micro_manager_stacks_sibling_linked_out_of_the_folder_is_refused(tmp_path: Path) -> None:
+    """tifffile globs a Micro-Manager stack's other ``<prefix>_MMStack*.tif`` files in its folder."""
+    from tests.vendor_tiffs import micromanager_bytes
+
+    folder, outside = tmp_path / "root", tmp_path / "outside"
+    folder.mkdir()
+    outside.mkdir()
+    plane = np.full(SIZE, 7, np.uint16)
+    first = folder / "cells_MMStack_Pos0.ome.tif"
+    first.write_bytes(micromanager_bytes(plane, {"Prefix": "cells", "PixelSize_um": 0.5}))
+    (folder / "cells_MMStack_Pos1.ome.tif").write_bytes(first.read_bytes())  # a sibling in the folder: fine
+    with slide_files.open_slide(first, Selection(), max_pixels=10**8, limits=structure.Limits()) as source:
+        assert (np.asarray(source.read(0, 4, 0, 4)) == 7).all()
+    (outside / "secret.tif").write_bytes(first.read_bytes())
+    (folder / "cells_MMStack_Pos2.ome.tif").symlink_to(outside / "secret.tif")
+    with pytest.raises(UnsupportedImageType, match="outside its own folder"):
+        slide_files.open_slide(first, Selection(), max_pixels=10**8, limits=structure.Limits())
