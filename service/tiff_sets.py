@@ -147,19 +147,23 @@ def _inside(folder: Path, name: str) -> Path | None:
     Raises:
         UnsupportedImageType: it resolves outside ``folder``, or to something not a regular file.
     """
-    resolved = Path(os.path.join(str(folder), name)).resolve()
+    try:
+        resolved = Path(os.path.join(str(folder), name)).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:  # a name too long; a link loop (RuntimeError)
+        raise UnsupportedImageType(f"the file names another file of its set, {name[:200]!r}, that "
+                                   "cannot be found") from exc
     if resolved.parent != folder.resolve():
         raise UnsupportedImageType(
-            f"the file names another file of its set, {name!r}, outside its own folder; the files "
+            f"the file names another file of its set, {name[:200]!r}, outside its own folder; the files "
             "of a multi-file OME-TIFF or Micro-Manager dataset are read only from one folder"
         )
     try:
         mode = os.stat(resolved).st_mode
-    except OSError:
+    except (OSError, ValueError):
         return None
     if not stat.S_ISREG(mode):
         raise UnsupportedImageType(
-            f"the file names another file of its set, {name!r}, that is not a regular file"
+            f"the file names another file of its set, {name[:200]!r}, that is not a regular file"
         )
     return resolved
 

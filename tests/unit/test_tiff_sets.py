@@ -105,3 +105,13 @@ def test_a_micro_manager_stacks_sibling_linked_out_of_the_folder_is_refused(tmp_
     (folder / "cells_MMStack_Pos2.ome.tif").symlink_to(outside / "secret.tif")
     with pytest.raises(UnsupportedImageType, match="outside its own folder"):
         slide_files.open_slide(first, Selection(), max_pixels=10**8, limits=structure.Limits())
+
+
+def test_a_named_file_in_a_link_loop_is_refused(tmp_path: Path) -> None:
+    first, second = write_channel_set(tmp_path, _planes(), ["DAPI", "GFP"])
+    second.unlink()
+    loop = tmp_path / "loop"
+    second.symlink_to(loop)
+    loop.symlink_to(second)
+    with pytest.raises(UnsupportedImageType, match="cannot be found"):
+        _read(first, "DAPI")
