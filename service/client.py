@@ -265,6 +265,7 @@ CONTENT_TYPES: dict[str, str] = {
     ".lif": "application/octet-stream",  # Leica LAS X: likewise
     ".nd2": "application/octet-stream",  # Nikon NIS-Elements: likewise
     ".oib": "application/octet-stream",  # Olympus FluoView: likewise
+    ".zvi": "application/octet-stream",  # Zeiss AxioVision: likewise
     ".dv": "application/octet-stream",  # DeltaVision (softWoRx, OMX): likewise
     ".r3d": "application/octet-stream",  # DeltaVision's raw acquisitions: the same format
     ".lsm": "image/tiff",  # Zeiss LSM and Aperio SVS are TIFFs under their own names

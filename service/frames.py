@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service import czi, dv, imaging, lif, microscopy, nd2, oib, structure
+from service import compound, czi, dv, imaging, lif, microscopy, nd2, structure
 from service.microscopy import Layout, Selection
 
 OME_NAMESPACE = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
@@ -229,7 +229,8 @@ def _opened(
             yield opened
         return
     if structure.is_compound(head):
-        with _vendor_opened(path, max_pixels, series, structure.check_compound, oib.open_planes) as opened:
+        walk, open_planes = structure.check_compound, compound.open_planes  # an OIB or a ZVI
+        with _vendor_opened(path, max_pixels, series, walk, open_planes) as opened:
             yield opened
         return
     if structure.is_dv(head):  # no structure to walk: the header's sizes are checked against the file

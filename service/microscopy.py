@@ -152,7 +152,8 @@ class PixelSize:
     """Micrometres per pixel along x (columns) and y (rows); ``source`` says who said so: ``ome`` · ``imagej``
     · ``lsm`` · ``metaseries`` · ``micro-manager`` · ``svs`` · ``fei`` (:mod:`service.tiff_vendors`) ·
     ``tiff`` (ResolutionUnit centimetre) · ``czi`` (ZEN's Scaling) · ``lif`` (the image's dimensions) ·
-    ``nd2`` (NIS-Elements' calibration) · ``oib`` (FluoView's) · ``dv`` (DeltaVision's header) ·
+    ``nd2`` (NIS-Elements' calibration) · ``oib`` (FluoView's) · ``zvi`` (AxioVision's scale tags) ·
+    ``dv`` (DeltaVision's header) ·
     ``request`` (``pixel_size=``). ``z_um``: the z-step (µm between z-slices) where the file gives one
     (OME ``PhysicalSizeZ``, ImageJ ``spacing``, ZEN's Scaling Z), for volumes in µm³; None for a file
     without it (a plain TIFF's resolution tags have no z) or without z-slices (ImageJ and ZEN write one
@@ -560,9 +561,9 @@ def _open_nd2(data: bytes, max_pixels: int, series: int | None, metadata_bytes: 
 
 
 def _open_oib(data: bytes, max_pixels: int, series: int | None, metadata_bytes: int) -> _Source:
-    from service import oib  # it builds on this module's Layout
+    from service import compound  # an OIB or a ZVI; they build on this module's Layout
 
-    return _vendor_source(*oib.open_planes(data, max_pixels, series, metadata_bytes))
+    return _vendor_source(*compound.open_planes(data, max_pixels, series, metadata_bytes))
 
 
 def _open_dv(data: bytes, max_pixels: int, series: int | None) -> _Source:
@@ -574,7 +575,7 @@ def _open_dv(data: bytes, max_pixels: int, series: int | None) -> _Source:
 def _vendor_source(
     layout: Layout, read: Callable[[dict[str, int]], np.ndarray], close: Callable[[], None]
 ) -> _Source:
-    """A vendor file's planes (CZI, LIF, ND2, OIB, DeltaVision) as a source; a colour image's pixels
+    """A vendor file's planes (CZI, LIF, ND2, OIB, ZVI, DeltaVision) as a source; a colour image's pixels
     read once, to tell grey saved as colour from a composite."""
     source = _Source(layout, read=read, close=close)
     if layout.rgb:

@@ -8,9 +8,8 @@ plane, ``s_C001Z002T003.tif`` (1-based indices), each with its ``.pty`` settings
 module turns that into the :class:`~service.microscopy.Layout` and plane reader every other format
 has, so the channel, plane and pixel-size rules of :mod:`service.microscopy` apply unchanged.
 
-- **Container**: olefile (P. Lagadec, BSD-2; what oletools parses hostile Office documents with)
-  reads the compound file from the upload's bytes or from a file, one stream at a time, its
-  loops bounded by the streams' sizes; :func:`service.structure.check_compound` has walked the
+- **Container**: an OLE2 compound file read by olefile (:mod:`service.compound`, shared with
+  Zeiss's ZVI), one stream at a time; :func:`service.structure.check_compound` has walked the
   header, the directory and its trees first. A plane costs its own TIFF stream, not the file.
 - **Settings**: FluoView's INI files (UTF-16 with a byte-order mark, quoted values) are parsed by
   oiffile's ``SettingsFile`` (C. Gohlke, BSD-3, the author of tifffile), each stream at most
@@ -33,12 +32,11 @@ has, so the channel, plane and pixel-size rules of :mod:`service.microscopy` app
   plane, with its calibration (0.177 µm) and channels ``CH1``, ``Alexa Fluor 546``, ``TD1``.
 - **What is refused, naming what to do**: λ-scans and other axes (``L``, ``A``, ``P``, ``Q``) with
   more than one index, line scans (no Y), planes of different sizes or types; a compound file that
-  is not an OIB (a Zeiss ZVI, an Office document).
+  is neither an OIB nor a ZVI (an Office document).
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import re
 from collections.abc import Callable
@@ -47,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from service import structure
+from service import compound, structure
 from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType, supported_dtype
 from service.microscopy import (
     PLANE_AXES,
@@ -56,7 +54,6 @@ from service.microscopy import (
     PixelSize,
     SelectionError,
     check_series,
-    container_stream,
     unit_um,
 )
 
@@ -91,82 +88,23 @@ def open_planes(
         TooComplex: a settings stream over ``metadata_bytes``.
         SelectionError: ``series`` is not 0; a plane the acquisition never took.
     """
-    ole = _open(source)
+    ole = compound.open_file(source)
     try:
-        layout, read = _planes(ole, max_pixels, series, metadata_bytes)
+        layout, read = planes(ole, max_pixels, series, metadata_bytes)
     except BaseException:
         ole.close()
         raise
     return layout, read, ole.close
 
 
-def admitted_pixels(data: bytes, max_pixels: int, metadata_bytes: int = _METADATA_BYTES) -> int:
-    """What an upload costs admission: its plane (X × Y, from the main settings; every plane of an
-    OIB has the size). Raises as :func:`open_planes`."""
-    ole = _open(data)
-    try:
-        settings = _main_settings(ole, metadata_bytes)[0]
-        width, height = _plane_size(_axes(settings))
-    finally:
-        ole.close()
+def admitted_pixels(ole: Any, max_pixels: int, metadata_bytes: int = _METADATA_BYTES) -> int:
+    """What an open OIB costs admission: its plane (X × Y, from the main settings; every plane of
+    an OIB has the size). Raises as :func:`open_planes`."""
+    settings = _main_settings(ole, metadata_bytes)[0]
+    width, height = _plane_size(_axes(settings))
     if width * height > max_pixels:
         raise ImageTooLarge(width * height, max_pixels, width, height)
     return width * height
-
-
-@functools.cache
-def _reader() -> type:
-    """olefile's reader, with its check that no two streams start at one sector kept in constant
-    time: olefile keeps the sectors seen in a list (a TODO of its own), so opening a file of 10,000
-    streams took 4.8 s and one of 24,000 took 16 s here, quadratic; a set makes it linear."""
-    import olefile  # imported only for compound files
-
-    class Reader(olefile.OleFileIO):  # type: ignore[misc]
-        def _check_duplicate_stream(self, first_sect: int, minifat: bool = False) -> None:
-            if not minifat and first_sect in (olefile.DIFSECT, olefile.FATSECT, olefile.ENDOFCHAIN,
-                                              olefile.FREESECT):
-                return  # not a stream's first sector, as olefile skips them
-            seen = self.__dict__.setdefault("_first_sectors", (set(), set()))[bool(minifat)]
-            if first_sect in seen:
-                self._raise_defect(olefile.DEFECT_INCORRECT, "Stream referenced twice")
-            seen.add(first_sect)
-
-    return Reader
-
-
-def _open(source: bytes | Path) -> Any:
-    """The ``olefile.OleFileIO`` of a compound file, strict: a defect olefile calls incorrect or
-    worse is an error, not read past."""
-    import olefile
-
-    try:
-        return _reader()(
-            str(source) if isinstance(source, Path) else container_stream(source),
-            raise_defects=olefile.DEFECT_INCORRECT,
-        )
-    except Exception as exc:  # noqa: BLE001 - olefile raises OSError, struct.error, IndexError... on bad bytes
-        raise UndecodableImage(f"unreadable OIB (compound file): {type(exc).__name__}: {exc}") from exc
-
-
-def _stream(ole: Any, path: str, limit: int, what: str | None = None) -> bytes:
-    """The bytes of stream ``path``, refused past ``limit`` before any is read: a settings file
-    (``what`` None) as too much metadata (413), plane ``what`` as malformed (400)."""
-    try:
-        size = ole.get_size(path)
-        if size > limit and what is None:
-            raise structure.TooComplex(
-                f"the OIB's settings stream {path} holds {size:,} bytes, more than {limit:,}", limit,
-                "UNET_MAX_METADATA_BYTES",
-            )
-        if size > limit:
-            raise UndecodableImage(
-                f"malformed OIB: plane {what} claims {size:,} bytes, more than its pixels need"
-            )
-        return ole.openstream(path).read()
-    except (structure.TooComplex, UndecodableImage):
-        raise
-    except Exception as exc:  # noqa: BLE001 - olefile: OSError, IndexError... on a broken chain
-        raise UndecodableImage(f"unreadable OIB: stream {path}: {type(exc).__name__}: {exc}") from exc
 
 
 def _settings(data: bytes, name: str) -> dict[str, Any]:
@@ -182,19 +120,13 @@ def _settings(data: bytes, name: str) -> dict[str, Any]:
 def _members(ole: Any, metadata_bytes: int) -> tuple[dict[str, str], str]:
     """``OibInfo.txt``: each OIF file name (``Storage00001/s_C001.tif``) → the stream holding it
     (``Storage00001/Stream00001``), and the main settings file's name."""
-    if not ole.exists("OibInfo.txt") and ole.exists("Image/Contents"):
-        # AxioVision's ZVI: the same container, one storage per plane under Image/ (a real file, 4 items).
-        raise UnsupportedImageType(
-            "this is a Zeiss AxioVision ZVI file, which the service does not read: export it as "
-            "OME-TIFF or TIFF (ZEN: File → Export; Fiji: open it with Bio-Formats, save as TIFF) and "
-            "send that"
-        )
     if not ole.exists("OibInfo.txt"):
         raise UnsupportedImageType(
-            "this compound file is not an Olympus OIB (no OibInfo.txt; a Zeiss ZVI or an Office document "
-            "is one too): send TIFF, OIB, CZI, LIF, ND2, DeltaVision, PNG or JPEG"
+            "this compound file is neither an Olympus OIB nor a Zeiss ZVI (an Office document is one "
+            "too): send TIFF, OIB, ZVI, CZI, LIF, ND2, DeltaVision, PNG or JPEG"
         )
-    info = _settings(_stream(ole, "OibInfo.txt", metadata_bytes), "OibInfo.txt").get("OibSaveInfo", {})
+    info_text = compound.read_stream(ole, "OibInfo.txt", metadata_bytes)
+    info = _settings(info_text, "OibInfo.txt").get("OibSaveInfo", {})
     # FluoView stores member ``Storage00001/s_C001.tif`` (listed as ``Stream00001=...``) as stream
     # ``Storage00001/Stream00001``; a stream is found by its own name wherever it lies, as oiffile
     # finds it, so a file that stores it elsewhere is read too.
@@ -214,7 +146,7 @@ def _members(ole: Any, metadata_bytes: int) -> tuple[dict[str, str], str]:
 
 def _main_settings(ole: Any, metadata_bytes: int) -> tuple[dict[str, Any], dict[str, str]]:
     members, main = _members(ole, metadata_bytes)
-    return _settings(_stream(ole, members[main], metadata_bytes), main), members
+    return _settings(compound.read_stream(ole, members[main], metadata_bytes), main), members
 
 
 def _axes(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -280,7 +212,8 @@ def _plane_index(names: list[str]) -> dict[tuple[int, int, int], str]:
     return planes
 
 
-def _planes(ole: Any, max_pixels: int, series: int | None, metadata_bytes: int) -> tuple[Layout, Reader]:
+def planes(ole: Any, max_pixels: int, series: int | None, metadata_bytes: int) -> tuple[Layout, Reader]:
+    """An open OIB's layout and plane reader (:func:`open_planes`, which says what it raises)."""
     check_series(1, (), series)
     settings, members = _main_settings(ole, metadata_bytes)
     axes = _axes(settings)
@@ -309,7 +242,7 @@ def _planes(ole: Any, max_pixels: int, series: int | None, metadata_bytes: int) 
                 ("channel", "z", "t"), {"planes": {a: n for a, n in sizes.items() if n > 1 and a != "C"}},
             )
         shown = name.rpartition("/")[2]  # s_C001Z002.tif, as FluoView names the plane
-        return _read_tiff(_stream(ole, members[name], plane_limit, shown), shown, width, height)
+        return _read_tiff(compound.read_stream(ole, members[name], plane_limit, shown), shown, width, height)
 
     first = plane(min(planes))
     notes = []

@@ -766,13 +766,15 @@ OIB_MAX_PLANE_PIXELS = MAX_CHUNK_BYTES // 2
 def _open_oib(
     path: Path, selection: Selection, max_pixels: int, limits: structure.Limits, model_channels: int
 ) -> SlideSource:
-    """An Olympus OIB's planes (a z-stack or a time-lapse larger than an upload) read plane by
-    plane from the file: a window decodes the plane's TIFF, kept for the next window of it."""
-    from service import oib
+    """An Olympus OIB's or a Zeiss ZVI's planes (a z-stack or a time-lapse larger than an upload)
+    read plane by plane from the file: a window decodes the plane (an OIB's TIFF, a ZVI item's
+    pixels), kept for the next window of it."""
+    from service import compound
 
     structure.walk_file(path, structure.check_compound, limits)  # bounded before olefile parses it
     return _whole_planes(
-        "OIB", lambda limit: oib.open_planes(path, limit, selection.series, limits.max_metadata_bytes),
+        "compound file",
+        lambda limit: compound.open_planes(path, limit, selection.series, limits.max_metadata_bytes),
         selection, max_pixels, model_channels,
     )
 

@@ -77,11 +77,11 @@ def _nd2_pixels(data: bytes, max_pixels: int, metadata_bytes: int) -> int:
 
 
 def _oib_pixels(data: bytes, max_pixels: int, metadata_bytes: int) -> int:
-    """An OIB's plane, from its main settings (``oib.admitted_pixels``)."""
-    from service import oib
+    """An OIB's or a ZVI's plane, from its settings or its first item (``compound.admitted_pixels``)."""
+    from service import compound
 
     with microscopy.decoder_errors():
-        return oib.admitted_pixels(data, max_pixels, metadata_bytes)
+        return compound.admitted_pixels(data, max_pixels, metadata_bytes)
 
 
 def _tiff_size(data: bytes) -> tuple[int | None, int | None]:

@@ -34,6 +34,7 @@ from tests.lif_files import Image, lif_bytes
 from tests.nd2_files import Nd2, write_nd2
 from tests.oib_files import Oib, write_oib
 from tests.vendor_tiffs import lsm_bytes, metaseries_bytes
+from tests.zvi_files import Plane, zvi_bytes
 
 
 def _blobs(height: int, width: int, seed: int, dtype: type = np.uint8) -> np.ndarray:
@@ -112,6 +113,8 @@ def seeds() -> dict[str, bytes]:
         "tiff-lsm": lsm_bytes(np.stack([np.stack([grey8] * 3)] * 2), "ZCYX",
                               names=["Ch1-T1", "ChS1-T2", "Ch2-T3"]),
         "tiff-metaseries": metaseries_bytes(_blobs(h, w, 16, np.uint16), 0.65),
+        "oib-zvi": zvi_bytes(  # a ZVI: the OIB's container, mutated alike
+            [Plane(channels[0], c=0, name="DAPI"), Plane(channels[1], c=3, name="eGFP")]),
         "dv-stack": dv_bytes(np.stack([channels[:, None], channels[::-1, None]]), wavelengths=(455, 525),
                              extended_bytes=64),  # T, C, Z, Y, X
     }

@@ -34,7 +34,7 @@ class PixelSizeInfo(BaseModel):
     z: float | None = Field(
         default=None,
         description="µm between z-slices, where the file gives it (OME, ImageJ, LSM, Micro-Manager, CZI, "
-                    "LIF, ND2, OIB, DeltaVision)",
+                    "LIF, ND2, OIB, ZVI, DeltaVision)",
     )
 
     @model_serializer(mode="wrap")
@@ -60,7 +60,8 @@ class SeriesInfo(BaseModel):
 
 class ProbeResult(BaseModel):
     format: str = Field(description="OME-TIFF, ImageJ TIFF, Zeiss LSM, MetaMorph TIFF, Micro-Manager TIFF, "
-                        "Aperio SVS, FEI TIFF, TIFF, CZI, LIF, ND2, OIB, DeltaVision, PNG, JPEG, BMP")
+                        "Aperio SVS, FEI TIFF, TIFF, CZI, LIF, ND2, OIB, ZVI, DeltaVision, "
+                        "PNG, JPEG, BMP")
     width: int
     height: int
     dtype: str

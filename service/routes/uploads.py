@@ -48,8 +48,8 @@ from service.uploads import (
 router = APIRouter(tags=["uploads"], dependencies=[Depends(require_api_key)])
 
 #: What a stored file must start with: the formats the service reads.
-_READABLE = ("TIFF (OME-TIFF, BigTIFF, ImageJ), Zeiss CZI, Leica LIF, Nikon ND2, Olympus OIB, DeltaVision, "
-             "PNG, JPEG or BMP")
+_READABLE = ("TIFF (OME-TIFF, BigTIFF, ImageJ), Zeiss CZI, Leica LIF, Nikon ND2, Olympus OIB, Zeiss ZVI, "
+             "DeltaVision, PNG, JPEG or BMP")
 #: The tus protocol version spoken (https://tus.io/protocols/resumable-upload: the core, and the
 #: creation and termination extensions; no OPTIONS discovery, which tus clients do without).
 TUS_VERSION = "1.0.0"

@@ -94,7 +94,7 @@ def test_broken_and_hostile_oibs_are_4xx_that_say_why(server: Server) -> None:
     assert r.status_code == 413 and r.json()["type"] == "/problems/image-too-large", r.text
     office = write_compound({"WordDocument": bytes(5000)})
     r = segment(server, office)
-    assert r.status_code == 415 and "not an Olympus OIB" in r.json()["detail"], r.text
+    assert r.status_code == 415 and "neither an Olympus OIB nor a Zeiss ZVI" in r.json()["detail"], r.text
     r = segment(server, write_oib(Oib(np.zeros((8, 8), np.uint8), "YX", line_scan=True)))
     assert r.status_code == 415 and "line scan" in r.json()["detail"], r.text
     chained = write_oib(Oib(np.zeros((150, 8, 8), np.uint8), "ZYX", sibling_chain=True))

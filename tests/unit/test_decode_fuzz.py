@@ -19,7 +19,7 @@ from tests.fuzz_corpus import MUTATIONS, mutants, seeds
 
 LIMIT = 10_000_000
 MAPPED = (imaging.ImageError, microscopy.SelectionError)
-PER_SEED = 24  # × 24 seed files = 576 mutants, each through four readers (a few seconds)
+PER_SEED = 24  # × 25 seed files = 600 mutants, each through four readers (a few seconds)
 
 
 def test_the_corpus_is_real_and_reproducible() -> None:
@@ -69,9 +69,9 @@ def test_truncation_at_forty_points_is_an_image_error(name: str) -> None:
 
 
 #: The seeds a slide or stack job reads by path (``slide_files.open_slide``) and the client cuts
-#: frames from (``frames.cut_frame``): TIFFs of every kind and DeltaVision.
+#: frames from (``frames.cut_frame``): TIFFs of every kind, DeltaVision and ZVI.
 BY_PATH = ("tiff-page", "tiff-rgb", "tiff-pages", "tiff-tiled", "tiff-lzw", "ome-tiff-channels",
-           "imagej-hyperstack", "tiff-lsm", "tiff-metaseries", "dv-stack")
+           "imagej-hyperstack", "tiff-lsm", "tiff-metaseries", "dv-stack", "oib-zvi")
 
 
 def test_mutants_read_by_path_raise_only_errors_that_map_to_4xx(tmp_path) -> None:
