@@ -571,12 +571,12 @@ def test_an_olympus_oib_is_dropped_as_saved_and_its_channels_offered_by_their_dy
                                 "0.31 µm/px (oib)")
 
 
-def test_a_zeiss_lsm_and_a_deltavision_file_are_dropped_as_saved_their_channels_offered_by_name(
+def test_an_lsm_a_deltavision_file_and_a_zvi_are_dropped_as_saved_their_channels_offered_by_name(
     browser: Any, service_url: str, tmp_path: Path
 ) -> None:
-    """ZEN's LSM (its tracks the samples of one page, named as ZEN names them) and softWoRx's
-    DeltaVision file (waves named by wavelength): the page takes both, shows their calibration and
-    segments the channel chosen as the server does."""
+    """ZEN's LSM (its tracks the samples of one page, named as ZEN names them), softWoRx's
+    DeltaVision file (waves named by wavelength) and AxioVision's ZVI: the page takes each, shows
+    its calibration and segments the channel chosen as the server does."""
     from tests.dv_files import dv_bytes
     from tests.vendor_tiffs import lsm_bytes
 
@@ -590,6 +590,11 @@ def test_a_zeiss_lsm_and_a_deltavision_file_are_dropped_as_saved_their_channels_
     dv = tmp_path / "cells.dv"
     dv.write_bytes(dv_bytes(np.stack([marker, nuclei])[None, :, None], 0.13, 0.3, wavelengths=(525, 455)))
     _drop_and_segment_channel_1(browser, service_url, dv, ["0 · 525 nm", "1 · 455 nm"], "0.13 µm/px (dv)")
+    from tests.zvi_files import Plane, zvi_bytes
+
+    zvi = tmp_path / "cells.zvi"
+    zvi.write_bytes(zvi_bytes([Plane(marker, c=0, name="eGFP"), Plane(nuclei, c=3, name="DAPI")], 0.25))
+    _drop_and_segment_channel_1(browser, service_url, zvi, ["0 · eGFP", "1 · DAPI"], "0.25 µm/px (zvi)")
 
 
 def test_a_file_of_several_images_offers_them_and_each_is_probed_when_chosen(
