@@ -35,11 +35,11 @@ what the decoders are then given is bounded by :class:`Limits`, whatever the upl
   the service decodes against ``max_metadata_bytes``, also once inflated where NIS compressed them.
 - **DeltaVision**: nothing to walk (a fixed header, then raw planes); :func:`is_dv` recognises it,
   and ``service.dv`` checks the header's sizes against the file before reading a plane.
-- **OIB** (Olympus FluoView): an OLE2 compound file (a FAT file system in one file). The header's
-  counts against the file's sectors, the FAT's and the directory's sector chains walked with loops
-  stopped, directory entries against ``max_oib_entries`` (olefile makes an object of each), the
-  directory's trees checked for entries reached twice and bounded in depth (olefile walks them
-  recursively), every stream's declared size against the file's.
+- **OIB** (Olympus FluoView) and **ZVI** (Zeiss AxioVision): an OLE2 compound file (a FAT file
+  system in one file). The header's counts against the file's sectors, the FAT's and the directory's
+  sector chains walked with loops stopped, directory entries against ``max_oib_entries`` (olefile
+  makes an object of each), the directory's trees checked for entries reached twice and bounded in
+  depth (olefile walks them recursively), every stream's declared size against the file's.
 - Other formats (BMP) have no variable structure to walk.
 
 Too much structure is :class:`TooComplex` (HTTP 413, naming the limit and its setting);
