@@ -183,8 +183,11 @@ def _item_numbers(ole: Any) -> list[int]:
 def _item_header(ole: Any, item: int) -> tuple[int, int, int]:
     """(width, height, pixel format) from an item's header: its first ten typed values."""
     path = f"Image/Item({item})/Contents"
-    with ole.openstream(path) as stream:
-        head = stream.read(_MAX_ITEM_HEADER)
+    try:
+        with ole.openstream(path) as stream:
+            head = stream.read(_MAX_ITEM_HEADER)
+    except Exception as exc:  # noqa: BLE001 - olefile: OSError, IndexError... on a broken chain
+        raise UndecodableImage(f"unreadable ZVI: stream {path}: {type(exc).__name__}: {exc}") from exc
     values = [value for _, value in _variants(head, 10)]
     if len(values) < 8 or not all(isinstance(values[k], int) for k in (4, 5, 7)):
         raise UndecodableImage(f"malformed ZVI: the header of plane Item({item}) is unreadable")
