@@ -117,9 +117,10 @@ def planes(ole: Any, max_pixels: int, series: int | None, metadata_bytes: int) -
         if isinstance(name, str) and name.strip("\0 ") and key[0] not in names:
             names[key[0]] = name.strip("\0 ")
     ranks = [sorted({key[k] for key in indices.values()}) for k in range(3)]
+    rank_of = [{value: n for n, value in enumerate(values)} for values in ranks]
     where: dict[tuple[int, int, int], int] = {}
     for item, key in indices.items():
-        dense = tuple(ranks[k].index(key[k]) for k in range(3))
+        dense = tuple(rank_of[k][key[k]] for k in range(3))
         if dense in where:
             raise UndecodableImage(f"malformed ZVI: planes Item({where[dense]}) and Item({item}) are both "
                                    f"channel {key[0]}, z {key[1]}, t {key[2]}")
@@ -141,6 +142,9 @@ def planes(ole: Any, max_pixels: int, series: int | None, metadata_bytes: int) -
         if len(data) < plane_bytes:
             raise UndecodableImage(f"malformed ZVI: plane Item({item}) holds {len(data):,} bytes, its "
                                    f"{width}×{height} pixels need {plane_bytes:,}")
+        if _header_values(data, item) != (width, height, pixel_format):
+            raise UndecodableImage(f"malformed ZVI: plane Item({item}) differs in size or pixel format "
+                                   f"from Item({items[0]}) ({width}×{height}, format {pixel_format})")
         pixels = np.frombuffer(data, sample_type, width * height * samples, len(data) - plane_bytes)
         image = pixels.reshape(height, width, samples) if samples > 1 else pixels.reshape(height, width)
         if bgr:
@@ -188,7 +192,11 @@ def _item_header(ole: Any, item: int) -> tuple[int, int, int]:
             head = stream.read(_MAX_ITEM_HEADER)
     except Exception as exc:  # noqa: BLE001 - olefile: OSError, IndexError... on a broken chain
         raise UndecodableImage(f"unreadable ZVI: stream {path}: {type(exc).__name__}: {exc}") from exc
-    values = [value for _, value in _variants(head, 10)]
+    return _header_values(head, item)
+
+
+def _header_values(head: bytes, item: int) -> tuple[int, int, int]:
+    values = [value for _, value in _variants(head[:_MAX_ITEM_HEADER], 10)]
     if len(values) < 8 or not all(isinstance(values[k], int) for k in (4, 5, 7)):
         raise UndecodableImage(f"malformed ZVI: the header of plane Item({item}) is unreadable")
     return values[4], values[5], values[7]

@@ -77,8 +77,9 @@ def zvi_bytes(planes: list[Plane], pixel_um: float | None = 0.2475, z_um: float 
     streams["Image/Contents"] = _i4(0x30001003) + _i4(0) + _i4(width) + _i4(height)
     streams["Image/Tags/Contents"] = tags_stream(image_tags)
     for n, plane in enumerate(planes):
-        header = (_i4(0x30001003) + _i4(0) + struct.pack("<H", 0) + struct.pack("<H", 0) + _i4(width)
-                  + _i4(height) + _i4(1) + _i4(pixel_format) + _i4(0) + _i4(16) + _blob(bytes(16))
+        item_height, item_width = plane.pixels.shape[:2]  # each item's header gives its own size
+        header = (_i4(0x30001003) + _i4(0) + struct.pack("<H", 0) + struct.pack("<H", 0) + _i4(item_width)
+                  + _i4(item_height) + _i4(1) + _i4(pixel_format) + _i4(0) + _i4(16) + _blob(bytes(16))
                   + _blob(bytes(128)))
         pixels = plane.pixels[:, :, ::-1] if samples == 3 else plane.pixels  # RGB → BGR, as stored
         stored = np.ascontiguousarray(pixels).astype(pixels.dtype.newbyteorder("<")).tobytes()

@@ -86,6 +86,11 @@ def test_mosaics_duplicates_unknown_pixels_and_short_planes_are_refused_with_the
         microscopy.probe(zvi_bytes([Plane(grey())], pixel_format=9), MAX, 10_000)
     with pytest.raises(UndecodableImage, match="need"):  # the header's 324 bytes and more missing
         select(zvi_bytes([Plane(grey())], cut_bytes=2 * 56 * 20))
+    wider = np.hstack([grey(), grey()])  # a second plane of another size: its stream holds enough bytes
+    mixed = zvi_bytes([Plane(grey(), c=0), Plane(wider, c=1)])
+    assert microscopy.probe(mixed, MAX, 10_000).width == 56
+    with pytest.raises(UndecodableImage, match="differs in size"):
+        select(mixed, channel="1")
 
 
 def test_a_stream_of_tags_past_the_metadata_limit_is_refused() -> None:
