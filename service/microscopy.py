@@ -816,8 +816,9 @@ def _tiff_source(
         channel_axis, n_channels = "S", (3 if rgb else samples)
     else:
         channel_axis, n_channels = "C", n_channels_c
+    ome_root = _ome_root(tif, notes)
     fmt, pixel_size, channel_names = _tiff_metadata(
-        tif, series, lead, n_channels, channel_axis, notes, series_index
+        tif, series, lead, n_channels, channel_axis, notes, series_index, ome_root
     )
     if rgb:
         channel_names = list(RGB_NAMES)
@@ -855,7 +856,7 @@ def _tiff_source(
             raise UndecodableImage(f"page {index} of the TIFF decodes to no plane (shape {array.shape})")
         return imaging.supported_dtype(array, "TIFF")
 
-    if tif.is_ome and _names_other_files(tif.ome_metadata or ""):
+    if ome_root is not None and _names_other_files(ome_root):
         _note_pages_elsewhere(pages, lead, channels, notes)
     axes = "".join(a for a, n in lead if n > 1) + "YX" + ("S" if samples > 1 else "")
     shape = tuple(n for _, n in lead if n > 1) + (height, width) + ((samples,) if samples > 1 else ())
@@ -928,9 +929,21 @@ def _image_series(tif: Any) -> list[Any]:
     return [s for s in tif.series if not (s.kind == "lsm" and s.keyframe.is_reduced)]
 
 
+def _ome_root(tif: Any, notes: list[str]) -> ET.Element | None:
+    """An OME-TIFF's OME-XML, parsed once for what reads it; None for another TIFF, or (with a
+    notice) XML that is not well-formed."""
+    if not tif.is_ome:
+        return None
+    try:
+        return ET.fromstring(tif.ome_metadata or "")
+    except ET.ParseError:
+        notes.append("the OME-XML metadata is not well-formed; channel names and pixel size unknown")
+        return None
+
+
 def _tiff_metadata(
     tif: Any, series: Any, lead: list[tuple[str, int]], n_channels: int, channel_axis: str, notes: list[str],
-    series_index: int = 0,
+    series_index: int = 0, ome_root: ET.Element | None = None,
 ) -> tuple[str, PixelSize | None, list[str | None]]:
     """(format name, pixel size, channel names) from OME-XML (its ``series_index``-th Image: tifffile
     makes one series per OME Image, in order), ImageJ metadata, a microscope vendor's own metadata
@@ -943,11 +956,7 @@ def _tiff_metadata(
     names: list[str | None]
     if tif.is_ome:
         fmt = "OME-TIFF"
-        try:
-            size, names = _ome_metadata(tif.ome_metadata or "", notes, series_index)
-        except ET.ParseError:
-            notes.append("the OME-XML metadata is not well-formed; channel names and pixel size unknown")
-            size, names = None, []
+        size, names = (None, []) if ome_root is None else _ome_metadata(ome_root, notes, series_index)
     elif tif.is_imagej:
         fmt = "ImageJ TIFF"
         meta = tif.imagej_metadata or {}
@@ -1002,16 +1011,11 @@ def _plausible(size: PixelSize | None, notes: list[str]) -> PixelSize | None:
     return size
 
 
-def _names_other_files(xml: str) -> bool:
+def _names_other_files(root: ET.Element) -> bool:
     """Whether an OME-XML places planes in other files (``<UUID>`` of another file): a multi-file
     set. Planes it places nowhere are left out on purpose (``unet-segment`` cuts such files)."""
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return False
     own = root.get("UUID")
-    return any(e.tag.endswith("UUID") and (e.text or "").strip() != own for e in root.iter()
-               if e is not root)
+    return any(e.tag.endswith("UUID") and (e.text or "").strip() != own for e in root.iter())
 
 
 def _note_pages_elsewhere(pages: Any, lead: list[tuple[str, int]], channels: tuple[Channel, ...],
@@ -1024,11 +1028,10 @@ def _note_pages_elsewhere(pages: Any, lead: list[tuple[str, int]], channels: tup
     axes = [a for a, _ in lead]
     shape = tuple(n for _, n in lead)
     if "C" in axes:
-        by_channel = np.ones(dict(lead)["C"], dtype=bool)
-        present = np.zeros(math.prod(shape), dtype=bool)
-        present[[i for i, p in enumerate(pages) if p is not None]] = True
-        present_c = np.moveaxis(present.reshape(shape), axes.index("C"), 0).reshape(len(by_channel), -1)
-        elsewhere = [channels[c].label() for c in range(len(by_channel)) if not present_c[c].any()]
+        n_channels = dict(lead)["C"]
+        present = np.array([p is not None for p in pages], dtype=bool)
+        present_c = np.moveaxis(present.reshape(shape), axes.index("C"), 0).reshape(n_channels, -1)
+        elsewhere = [channels[c].label() for c in range(n_channels) if not present_c[c].any()]
         if elsewhere:
             notes.append(
                 f"channel{'s' if len(elsewhere) > 1 else ''} {', '.join(elsewhere)} of this multi-file "
@@ -1040,8 +1043,9 @@ def _note_pages_elsewhere(pages: Any, lead: list[tuple[str, int]], channels: tup
                  "files of its set, not in this one")
 
 
-def _ome_metadata(xml: str, notes: list[str], image: int = 0) -> tuple[PixelSize | None, list[str | None]]:
-    root = ET.fromstring(xml)
+def _ome_metadata(
+    root: ET.Element, notes: list[str], image: int = 0
+) -> tuple[PixelSize | None, list[str | None]]:
     binary_only = root.find("{*}BinaryOnly")
     if binary_only is not None:
         notes.append(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import struct
+import xml.etree.ElementTree as ET
 
 import cv2
 import numpy as np
@@ -317,8 +318,8 @@ def test_an_ome_z_stack_gives_its_z_step_in_micrometres(sizes: dict, z_um: float
 
 
 def test_an_ome_z_step_that_is_not_a_length_is_a_note_and_one_without_x_y_is_dropped() -> None:
-    def ome(attributes: str) -> str:
-        return f'<OME><Image ID="Image:0"><Pixels ID="Pixels:0" {attributes}/></Image></OME>'
+    def ome(attributes: str) -> ET.Element:  # parsed, as the reader parses a file's OME-XML once
+        return ET.fromstring(f'<OME><Image ID="Image:0"><Pixels ID="Pixels:0" {attributes}/></Image></OME>')
 
     notes: list[str] = []
     size, _ = microscopy._ome_metadata(ome('PhysicalSizeX="0.5" PhysicalSizeZ="two"'), notes)
