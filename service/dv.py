@@ -31,9 +31,6 @@ from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageTyp
 from service.microscopy import PLANE_AXES, Channel, Layout, PixelSize, check_series
 
 HEADER_BYTES = 1024
-#: The DeltaVision ID (0xC0A0, -16224) at byte 96, in the file's byte order.
-_DVID_OFFSET = 96
-_LITTLE = b"\xa0\xc0"
 #: Pixel types (the header's ``mode``) → numpy type and what the service reads it as. Signed
 #: integers become float32 whatever a plane holds, so every plane of a file has one type.
 _PIXEL_TYPES = {0: ("u1", np.uint8), 1: ("i2", np.float32), 2: ("f4", np.float32), 5: ("i2", np.float32),
@@ -52,7 +49,7 @@ class Header:
     def __init__(self, head: bytes) -> None:
         if len(head) < HEADER_BYTES or not structure.is_dv(head):
             raise UndecodableImage(f"not a DeltaVision file, or its {HEADER_BYTES}-byte header is cut short")
-        order = "<" if bytes(head[_DVID_OFFSET:_DVID_OFFSET + 2]) == _LITTLE else ">"
+        order = structure.dv_byte_order(head) or "<"  # is_dv found the ID
         self.byte_order = order
 
         def i32(offset: int) -> int:

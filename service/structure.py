@@ -181,13 +181,17 @@ def is_dv(data: bytes) -> bool:
     file: DeltaVision's ID at byte 96 in either byte order, and plane sizes and a pixel type that
     DeltaVision writes (a PNG's, a JPEG's or a TIFF's first bytes read as sizes are far out of range;
     a BMP's are excluded by name)."""
-    if len(data) < DV_SIGNATURE_BYTES:
+    order = dv_byte_order(data)
+    if order is None or bytes(data[:2]) == b"BM":
         return False
-    dvid = bytes(data[96:DV_SIGNATURE_BYTES])
-    if dvid not in (_DV_LITTLE, _DV_BIG) or bytes(data[:2]) == b"BM":
-        return False
-    width, height, _, mode = struct.unpack_from(("<" if dvid == _DV_LITTLE else ">") + "4i", data, 0)
+    width, height, _, mode = struct.unpack_from(order + "4i", data, 0)
     return 0 < width <= _DV_MAX_SIDE and 0 < height <= _DV_MAX_SIDE and 0 <= mode <= 7
+
+
+def dv_byte_order(data: bytes) -> str | None:
+    """``"<"`` or ``">"``: the byte order DeltaVision's ID at byte 96 is written in; None without it."""
+    dvid = bytes(data[96:DV_SIGNATURE_BYTES]) if len(data) >= DV_SIGNATURE_BYTES else b""
+    return {_DV_LITTLE: "<", _DV_BIG: ">"}.get(dvid)
 
 
 def is_lif(data: bytes) -> bool:
