@@ -25,7 +25,7 @@ import tifffile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.oib_files: the FluoView layout writer
 
-from _plane_reads import median_ms  # noqa: E402
+from _plane_reads import median_ms, print_reads  # noqa: E402
 
 from service import frames, microscopy, structure  # noqa: E402
 from service.structure import Limits  # noqa: E402
@@ -58,14 +58,9 @@ def stack(args: argparse.Namespace) -> None:
 
         print(f"stack: {args.slices} slices × {args.size}² × 2 channels, uint16, "
               f"{len(data) / 2**20:.0f} MiB; channel 1 at z={z}; {args.repeat} rounds\n")
-        print("| read | MiB held or sent | ms (median) |")
-        print("|---|---|---|")
         reads = {"the file's bytes (an upload)": from_upload, "the plane cut out (unet-segment --z all)": cut,
                  "for scale: the plane's own TIFF, tifffile alone": tiff_alone}
-        for name, read in reads.items():
-            size, plane = read()
-            assert np.array_equal(plane, expected), name
-            print(f"| {name} | {size / 2**20:.1f} | {median_ms(read, args.repeat):.0f} |")
+        print_reads(reads, expected, args.repeat)
 
 
 def structure_costs(args: argparse.Namespace) -> None:
