@@ -101,8 +101,9 @@ def planes(ole: Any, max_pixels: int, series: int | None, metadata_bytes: int) -
     names: dict[int, str] = {}
     for item in items:
         path = f"Image/Item({item})/Tags/Contents"
-        tags = _tags(compound.read_stream(ole, path, budget, kind="ZVI")) if ole.exists(path) else {}
-        budget -= ole.get_size(path) if ole.exists(path) else 0
+        raw = compound.read_stream(ole, path, budget, kind="ZVI") if ole.exists(path) else b""
+        budget -= len(raw)  # the tags of all planes together, too, under the metadata limit
+        tags = _tags(raw)
         for tag, axis in _OTHER_INDICES.items():
             if _int(tags.get(tag)) > 0:
                 raise UnsupportedImageType(
