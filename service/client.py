@@ -268,6 +268,7 @@ CONTENT_TYPES: dict[str, str] = {
     ".zvi": "application/octet-stream",  # Zeiss AxioVision: likewise
     ".dv": "application/octet-stream",  # DeltaVision (softWoRx, OMX): likewise
     ".r3d": "application/octet-stream",  # DeltaVision's raw acquisitions: the same format
+    ".ims": "application/octet-stream",  # Imaris (Andor Fusion, Dragonfly): likewise
     ".lsm": "image/tiff",  # Zeiss LSM and Aperio SVS are TIFFs under their own names
     ".svs": "image/tiff",
 }

@@ -200,8 +200,8 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         "with Content-Type image/png, image/tiff, image/jpeg or image/bmp."),
     "unsupported-image-type": ProblemType(
         "Unsupported image type", 415,
-        "The body is not a PNG, TIFF, JPEG, BMP, CZI, LIF, ND2, OIB, ZVI or DeltaVision image, or the image "
-        "asked for is one the service does not read (the detail says what and what to do).",
+        "The body is not a PNG, TIFF, JPEG, BMP, CZI, LIF, ND2, OIB, ZVI, DeltaVision or Imaris image, or "
+        "the image asked for is one the service does not read (the detail says what and what to do).",
         "Convert the image to PNG or TIFF; where 'choices.series' lists the file's other images, "
         "repeat the request with series= one of them."),
     "invalid-options": ProblemType(

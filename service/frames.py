@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service import compound, czi, dv, imaging, lif, microscopy, nd2, structure
+from service import compound, czi, dv, imaging, ims, lif, microscopy, nd2, structure
 from service.microscopy import Layout, Selection
 
 OME_NAMESPACE = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
@@ -235,6 +235,10 @@ def _opened(
         return
     if structure.is_dv(head):  # no structure to walk: the header's sizes are checked against the file
         with _vendor_opened(path, max_pixels, series, lambda _data, _limits: None, dv.open_planes) as opened:
+            yield opened
+        return
+    if structure.is_hdf5(head):  # an Imaris file: its reads are charged to a budget as they are made
+        with _vendor_opened(path, max_pixels, series, lambda _data, _limits: None, ims.open_planes) as opened:
             yield opened
         return
     try:

@@ -163,7 +163,7 @@ def probe(data: bytes) -> ImageInfo:
     except UnidentifiedImageError as exc:
         raise UndecodableImage(
             f"not a recognised image ({len(data)} bytes starting {data[:8]!r}); "
-            f"send PNG, JPEG, TIFF, BMP, CZI, LIF, ND2, OIB, ZVI or DeltaVision"
+            f"send PNG, JPEG, TIFF, BMP, CZI, LIF, ND2, OIB, ZVI, DeltaVision or Imaris"
         ) from exc
     except MemoryError:
         raise
@@ -171,8 +171,8 @@ def probe(data: bytes) -> ImageInfo:
         raise UndecodableImage(f"unreadable image header: {type(exc).__name__}: {exc}") from exc
     if fmt not in SUPPORTED_FORMATS:
         raise UnsupportedImageType(
-            f"image format {fmt} is not supported; send PNG, JPEG, TIFF, BMP, CZI, LIF, ND2, OIB, ZVI or "
-            "DeltaVision"
+            f"image format {fmt} is not supported; send PNG, JPEG, TIFF, BMP, CZI, LIF, ND2, OIB, ZVI, "
+            "DeltaVision or Imaris"
         )
     if width <= 0 or height <= 0:
         raise UndecodableImage(f"image header gives an empty size {width}×{height}")

@@ -153,7 +153,7 @@ class PixelSize:
     · ``lsm`` · ``metaseries`` · ``micro-manager`` · ``svs`` · ``fei`` (:mod:`service.tiff_vendors`) ·
     ``tiff`` (ResolutionUnit centimetre) · ``czi`` (ZEN's Scaling) · ``lif`` (the image's dimensions) ·
     ``nd2`` (NIS-Elements' calibration) · ``oib`` (FluoView's) · ``zvi`` (AxioVision's scale tags) ·
-    ``dv`` (DeltaVision's header) ·
+    ``dv`` (DeltaVision's header) · ``ims`` (Imaris's extents) ·
     ``request`` (``pixel_size=``). ``z_um``: the z-step (µm between z-slices) where the file gives one
     (OME ``PhysicalSizeZ``, ImageJ ``spacing``, ZEN's Scaling Z), for volumes in µm³; None for a file
     without it (a plain TIFF's resolution tags have no z) or without z-slices (ImageJ and ZEN write one
@@ -530,6 +530,8 @@ def _open(data: bytes, max_pixels: int, limits: Limits, series: int | None = Non
         return _open_oib(data, max_pixels, series, limits.max_metadata_bytes)
     if structure.is_dv(data):
         return _open_dv(data, max_pixels, series)
+    if structure.is_hdf5(data):
+        return _open_ims(data, max_pixels, series, limits.max_metadata_bytes)
     if not is_tiff(data):
         check_series(1, (), series)
         return _open_flat(data, max_pixels, fmt=None)
@@ -572,11 +574,17 @@ def _open_dv(data: bytes, max_pixels: int, series: int | None) -> _Source:
     return _vendor_source(*dv.open_planes(data, max_pixels, series))
 
 
+def _open_ims(data: bytes, max_pixels: int, series: int | None, metadata_bytes: int) -> _Source:
+    from service import ims  # it builds on this module's Layout
+
+    return _vendor_source(*ims.open_planes(data, max_pixels, series, metadata_bytes))
+
+
 def _vendor_source(
     layout: Layout, read: Callable[[dict[str, int]], np.ndarray], close: Callable[[], None]
 ) -> _Source:
-    """A vendor file's planes (CZI, LIF, ND2, OIB, ZVI, DeltaVision) as a source; a colour image's pixels
-    read once, to tell grey saved as colour from a composite."""
+    """A vendor file's planes (CZI, LIF, ND2, OIB, ZVI, DeltaVision, Imaris) as a source; a colour
+    image's pixels read once, to tell grey saved as colour from a composite."""
     source = _Source(layout, read=read, close=close)
     if layout.rgb:
         try:

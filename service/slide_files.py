@@ -331,7 +331,8 @@ def is_slide_path(path: str | Path) -> bool:
         with open(p, "rb") as handle:
             head = handle.read(_HEAD_BYTES)
             return (microscopy.is_tiff(head) or head[:10] == structure.CZI_MAGIC or structure.is_lif(head)
-                    or structure.is_nd2(head) or structure.is_compound(head) or structure.is_dv(head))
+                    or structure.is_nd2(head) or structure.is_compound(head) or structure.is_dv(head)
+                    or structure.is_hdf5(head))
     except OSError:
         return False
 
@@ -373,10 +374,12 @@ def open_slide(
         return _open_oib(p, selection, max_pixels, structure.as_limits(limits), model_channels)
     if structure.is_dv(head):
         return _open_dv(p, selection, max_pixels, model_channels)
+    if structure.is_hdf5(head):
+        return _open_ims(p, selection, max_pixels, structure.as_limits(limits), model_channels)
     if not microscopy.is_tiff(head):
         raise UnsupportedImageType(
-            "slides are read from TIFF (OME-TIFF, BigTIFF, tiled or not), OME-Zarr, CZI, LIF, ND2, OIB or "
-            "DeltaVision; this file is none"
+            "slides are read from TIFF (OME-TIFF, BigTIFF, tiled or not), OME-Zarr, CZI, LIF, ND2, OIB, "
+            "ZVI, DeltaVision or Imaris; this file is none"
         )
     return _open_tiff(p, selection, max_pixels, structure.as_limits(limits), model_channels)
 
@@ -787,6 +790,21 @@ def _open_dv(path: Path, selection: Selection, max_pixels: int, model_channels: 
 
     return _whole_planes("DeltaVision file", lambda limit: dv.open_planes(path, limit, selection.series),
                          selection, max_pixels, model_channels)
+
+
+def _open_ims(
+    path: Path, selection: Selection, max_pixels: int, limits: structure.Limits, model_channels: int
+) -> SlideSource:
+    """An Imaris file (a volume or a time-lapse larger than an upload) read plane by plane from a
+    memory map of the file: a window reads its plane's chunks, the plane kept for the next window
+    of it."""
+    from service import ims
+
+    return _whole_planes(
+        "Imaris file",
+        lambda limit: ims.open_planes(path, limit, selection.series, limits.max_metadata_bytes),
+        selection, max_pixels, model_channels,
+    )
 
 
 def _whole_planes(

@@ -40,6 +40,9 @@ what the decoders are then given is bounded by :class:`Limits`, whatever the upl
   sector chains walked with loops stopped, directory entries against ``max_oib_entries`` (olefile
   makes an object of each), the directory's trees checked for entries reached twice and bounded in
   depth (olefile walks them recursively), every stream's declared size against the file's.
+- **Imaris** (HDF5): nothing walked here; ``service.ims`` charges every byte its HDF5 reader
+  (pyfive) reads of the file's structure to ``max_metadata_bytes`` and inflates each chunk no
+  further than its size.
 - Other formats (BMP) have no variable structure to walk.
 
 Too much structure is :class:`TooComplex` (HTTP 413, naming the limit and its setting);
@@ -192,6 +195,17 @@ def dv_byte_order(data: bytes) -> str | None:
     """``"<"`` or ``">"``: the byte order DeltaVision's ID at byte 96 is written in; None without it."""
     dvid = bytes(data[96:DV_SIGNATURE_BYTES]) if len(data) >= DV_SIGNATURE_BYTES else b""
     return {_DV_LITTLE: "<", _DV_BIG: ">"}.get(dvid)
+
+
+#: HDF5's signature, at the start of an Imaris file (HDF5 allows it after a user block of 512,
+#: 1024... bytes; Imaris writes none, and the service reads only a file that starts with it).
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def is_hdf5(data: bytes) -> bool:
+    """Whether ``data`` starts as an HDF5 file does (an Imaris ``.ims``; ``service.ims`` tells an
+    Imaris dataset from other HDF5 files)."""
+    return bytes(data[:8]) == HDF5_SIGNATURE
 
 
 def is_lif(data: bytes) -> bool:

@@ -35,6 +35,8 @@ def plane_pixels(data: bytes, max_pixels: int, limits: structure.Limits | int) -
         return _oib_pixels(data, max_pixels, structure.as_limits(limits).max_metadata_bytes)
     if structure.is_dv(data):
         return _dv_pixels(data, max_pixels)
+    if structure.is_hdf5(data):
+        return _ims_pixels(data, max_pixels, structure.as_limits(limits).max_metadata_bytes)
     width, height = _tiff_size(data) if microscopy.is_tiff(data) else (None, None)
     if width is None or height is None:
         try:
@@ -107,3 +109,10 @@ def _dv_pixels(data: bytes, max_pixels: int) -> int:
     if width * height > max_pixels:
         raise imaging.ImageTooLarge(width * height, max_pixels, width, height)
     return width * height
+
+
+def _ims_pixels(data: bytes, max_pixels: int, metadata_bytes: int) -> int:
+    """An Imaris file's plane, from its description (``ims.admitted_pixels``)."""
+    from service import ims
+
+    return ims.admitted_pixels(data, max_pixels, metadata_bytes)

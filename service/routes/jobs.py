@@ -276,9 +276,10 @@ async def _check_stack_file(
     if not mapped and (source.is_store or source.size > limit):
         what = "an OME-Zarr folder" if source.is_store else f"a file of {source.size:,} bytes"
         raise data_path_problem(data_root.TooLarge(
-            f"{source.relative}: stacks are read slice by slice from TIFF, CZI, LIF, ND2, OIB, DeltaVision "
-            f"or OME-Zarr files of grey planes (a channel chosen with channel=); this one would be read "
-            f"whole, as an upload of at most {limit:,} bytes (UNET_MAX_UPLOAD_BYTES), and it is {what}",
+            f"{source.relative}: stacks are read slice by slice from TIFF, CZI, LIF, ND2, OIB, ZVI, "
+            f"DeltaVision, Imaris or OME-Zarr files of grey planes (a channel chosen with channel=); this "
+            f"one would be read whole, as an upload of at most {limit:,} bytes (UNET_MAX_UPLOAD_BYTES), "
+            f"and it is {what}",
             source.size, limit))
     data = await anyio.to_thread.run_sync(read)
     plan = await _check_image(runtime, data, options)

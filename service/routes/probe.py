@@ -30,11 +30,12 @@ class ChannelInfo(BaseModel):
 class PixelSizeInfo(BaseModel):
     x: float = Field(description="µm per pixel along x (columns)")
     y: float = Field(description="µm per pixel along y (rows)")
-    source: str = Field(description="ome | imagej | tiff | czi | lif | nd2 | oib")
+    source: str = Field(description="ome | imagej | lsm | metaseries | micro-manager | svs | fei | tiff | "
+                        "czi | lif | nd2 | oib | zvi | dv | ims | request")
     z: float | None = Field(
         default=None,
         description="µm between z-slices, where the file gives it (OME, ImageJ, LSM, Micro-Manager, CZI, "
-                    "LIF, ND2, OIB, ZVI, DeltaVision)",
+                    "LIF, ND2, OIB, ZVI, DeltaVision, Imaris)",
     )
 
     @model_serializer(mode="wrap")
@@ -60,7 +61,7 @@ class SeriesInfo(BaseModel):
 
 class ProbeResult(BaseModel):
     format: str = Field(description="OME-TIFF, ImageJ TIFF, Zeiss LSM, MetaMorph TIFF, Micro-Manager TIFF, "
-                        "Aperio SVS, FEI TIFF, TIFF, CZI, LIF, ND2, OIB, ZVI, DeltaVision, "
+                        "Aperio SVS, FEI TIFF, TIFF, CZI, LIF, ND2, OIB, ZVI, DeltaVision, Imaris, "
                         "PNG, JPEG, BMP")
     width: int
     height: int

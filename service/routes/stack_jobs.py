@@ -14,8 +14,8 @@ the same files ``unet-segment --stitch-z`` and ``Segmenter.segment_stack`` give.
 /jobs/{id}/result`` answers a JSON summary with their URLs; ``GET /jobs/{id}/files/NAME`` and
 ``GET /jobs/{id}/files.zip`` serve them (``routes.slide_jobs``).
 
-An upload is read from its bytes (:class:`UploadSlices`); a TIFF, CZI, LIF, ND2, OIB, DeltaVision or
-OME-Zarr stack under the data root from the file, one slice at a time (:class:`FileSlices`), so it
+An upload is read from its bytes (:class:`UploadSlices`); a TIFF, CZI, LIF, ND2, OIB, ZVI, DeltaVision,
+Imaris or OME-Zarr stack under the data root from the file, one slice at a time (:class:`FileSlices`), so it
 may be of any size.
 
 Memory: one slice at a time through the same pipeline as ``POST /segment``, plus the middle
@@ -134,10 +134,10 @@ class UploadSlices:
 
 
 class FileSlices:
-    """A TIFF, CZI, LIF, ND2, OIB, DeltaVision or OME-Zarr stack under the data root, each slice read
-    from the file when its turn comes (``slide_files.open_slide``, which bounds the file's structure
-    before parsing it): the file is never read whole, so it may be larger than an upload. Grey planes
-    only (a colour stack is read as an upload: :func:`file_slices`)."""
+    """A TIFF, CZI, LIF, ND2, OIB, ZVI, DeltaVision, Imaris or OME-Zarr stack under the data root, each
+    slice read from the file when its turn comes (``slide_files.open_slide``, which bounds the file's
+    structure before parsing it): the file is never read whole, so it may be larger than an upload.
+    Grey planes only (a colour stack is read as an upload: :func:`file_slices`)."""
 
     def __init__(self, runtime: Runtime, path: Path, options: SegmentOptions) -> None:
         self.runtime, self.path, self.options = runtime, path, options
@@ -173,9 +173,9 @@ class FileSlices:
 
 def file_slices(runtime: Runtime, path: Path, options: SegmentOptions) -> FileSlices | None:
     """The stack at ``path`` read slice by slice from the file, or None where it must be read as an
-    upload: not a TIFF, CZI, LIF, ND2, OIB, DeltaVision or OME-Zarr, a layout read by region cannot
-    take (a plane in one huge compressed strip), or a colour plane (``microscopy.select`` mixes and
-    picks colours). Raises what an unreadable file or a plane choice it lacks raises."""
+    upload: not a TIFF, CZI, LIF, ND2, OIB, ZVI, DeltaVision, Imaris or OME-Zarr, a layout read by
+    region cannot take (a plane in one huge compressed strip), or a colour plane (``microscopy.select``
+    mixes and picks colours). Raises what an unreadable file or a plane choice it lacks raises."""
     if not slide_files.is_slide_path(path):
         return None
     try:

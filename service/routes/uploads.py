@@ -49,7 +49,7 @@ router = APIRouter(tags=["uploads"], dependencies=[Depends(require_api_key)])
 
 #: What a stored file must start with: the formats the service reads.
 _READABLE = ("TIFF (OME-TIFF, BigTIFF, ImageJ), Zeiss CZI, Leica LIF, Nikon ND2, Olympus OIB, Zeiss ZVI, "
-             "DeltaVision, PNG, JPEG or BMP")
+             "DeltaVision, Imaris, PNG, JPEG or BMP")
 #: The tus protocol version spoken (https://tus.io/protocols/resumable-upload: the core, and the
 #: creation and termination extensions; no OPTIONS discovery, which tus clients do without).
 TUS_VERSION = "1.0.0"
@@ -92,6 +92,7 @@ def _readable(head: bytes) -> bool:
         or structure.is_nd2(head)
         or structure.is_compound(head)
         or structure.is_dv(head)
+        or structure.is_hdf5(head)
         or head.startswith((structure.PNG_SIGNATURE, b"\xff\xd8\xff", b"BM"))
     )
 
