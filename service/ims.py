@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 import mmap
 import threading
@@ -58,6 +59,9 @@ _RESOLUTION = "DataSet/ResolutionLevel 0"
 _METADATA_BYTES = structure.Limits().max_metadata_bytes  # UNET_MAX_METADATA_BYTES' default
 
 Reader = Callable[[dict[str, int]], np.ndarray]
+_UNREAD_DESCRIPTION = ("the Imaris file's description (DataSetInfo/Image) could not be read: sizes are in "
+                       "pixels (send pixel_size= for µm)")
+log = logging.getLogger(__name__)
 
 
 class BudgetExceeded(UndecodableImage):
@@ -79,18 +83,28 @@ class _ChargedStream(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
+    def read(self, size: int | None = -1) -> bytes:
+        """At most what the file still holds, charged before it is copied: io's own ``read`` would
+        first allocate the size asked for (a local heap claiming 2⁶⁰ bytes was a MemoryError)."""
+        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._position + size)
+        chunk = bytes(self._view[self._position:max(end, self._position)])
+        self._charge(len(chunk))
+        self._position += len(chunk)
+        return chunk
+
     def readinto(self, buffer: Any) -> int:
-        target = memoryview(buffer).cast("B")
-        chunk = self._view[self._position:self._position + len(target)]
-        self.allowance -= len(chunk)
+        chunk = self.read(memoryview(buffer).nbytes)
+        with memoryview(buffer).cast("B") as target:
+            target[:len(chunk)] = chunk
+        return len(chunk)
+
+    def _charge(self, count: int) -> None:
+        self.allowance -= count
         if self.allowance < 0:
             raise BudgetExceeded(
                 "the Imaris file's HDF5 structure reads more than UNET_MAX_METADATA_BYTES allows "
                 "(a malformed or hostile file)"
             )
-        target[:len(chunk)] = chunk
-        self._position += len(chunk)
-        return len(chunk)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
@@ -154,6 +168,12 @@ class _Dataset:
         import pyfive  # imported here: only Imaris files need it
 
         self.view, self.metadata_bytes = view, metadata_bytes
+        end = _declared_end(view)
+        if end is not None and end > len(view):
+            raise UndecodableImage(
+                f"the Imaris file is cut short: its HDF5 superblock says it ends at byte {end:,}, the file "
+                f"has {len(view):,}"
+            )
         self.stream = _ChargedStream(view, metadata_bytes)
         with _unsupported_storage():
             self.file = pyfive.File(self.stream)
@@ -164,13 +184,28 @@ class _Dataset:
             )
 
     def group_attrs(self, path: str) -> dict[str, Any]:
-        return dict(self.file[path].attrs) if path in self.file else {}
+        with _links_followed(path):
+            return dict(self.file[path].attrs) if path in self.file else {}
+
+    def description(self, path: str) -> dict[str, Any] | None:
+        """A ``DataSetInfo`` group's attributes; None where pyfive cannot read them. pyfive 1.3 reads
+        the attribute-info message of a group whose attributes HDF5 keeps in dense storage (many
+        attributes, newer file formats) in its longest form before looking at its flags, and fails
+        where the message ends its header (ImarisWriter's own example file): the image is still read
+        from ``DataSet``, without its calibration or channel names, and says so."""
+        try:
+            return self.group_attrs(path)
+        except (BudgetExceeded, MemoryError):
+            raise
+        except Exception:  # noqa: BLE001 - see the docstring; the pixels' groups are read apart
+            log.debug("Imaris description %s not read", path, exc_info=True)
+            return None
 
     def size(self) -> tuple[int, int, int]:
         """``(width, height, depth)`` of the image: the first channel's ``ImageSize*``, else
         ``DataSetInfo/Image``'s ``X``/``Y``/``Z``."""
         first = self.group_attrs(f"{_RESOLUTION}/TimePoint 0/Channel 0")
-        info = self.group_attrs("DataSetInfo/Image")
+        info = self.description("DataSetInfo/Image") or {}
         sizes = []
         for own, described in (("ImageSizeX", "X"), ("ImageSizeY", "Y"), ("ImageSizeZ", "Z")):
             value = _integer(first.get(own))
@@ -182,7 +217,8 @@ class _Dataset:
     def counted(self, path: str, prefix: str) -> int:
         """How many ``<prefix> 0``, ``<prefix> 1``... groups ``path`` holds (Imaris numbers them
         from 0 without gaps)."""
-        names = set(self.file[path].keys())
+        with _links_followed(path):
+            names = set(self.file[path].keys())
         count = 0
         while f"{prefix} {count}" in names:
             count += 1
@@ -195,10 +231,24 @@ class _Dataset:
         of its own."""
         self.stream.allowance = self.metadata_bytes
         path = f"{_RESOLUTION}/TimePoint {t}/Channel {c}/Data"
-        with _unsupported_storage():  # looking a dataset up opens it
+        with _unsupported_storage(), _links_followed(path):  # looking a dataset up opens it
             if path not in self.file:
                 raise UndecodableImage(f"the Imaris file lacks {path}")
             return self.file[path]
+
+
+@contextlib.contextmanager
+def _links_followed(path: str) -> Iterator[None]:
+    """pyfive asserts that every link it meets is a hard or soft link: an external link (to another
+    file) fails that assertion, as do bad bytes. Either way the groups on the way cannot be read."""
+    try:
+        yield
+    except AssertionError as exc:
+        raise UnsupportedImageType(
+            f"the Imaris file's {path} cannot be read: it links to other files (HDF5 external links: "
+            "BigDataProcessor keeps each channel's pixels in an .h5 file beside the .ims), which the "
+            "service does not follow, or it is malformed; save it from Imaris or Fiji as one file"
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -214,6 +264,28 @@ def _unsupported_storage() -> Iterator[None]:
         raise UnsupportedImageType(
             f"this HDF5 file uses storage the service does not read ({exc}): save it as TIFF or OME-TIFF"
         ) from exc
+
+
+def _declared_end(view: bytes | mmap.mmap) -> int | None:
+    """Where the HDF5 superblock at the file's start says the file ends (its base address plus its
+    end-of-file address), None where it cannot tell. Versions 0 and 1 keep the addresses after 24
+    and 28 bytes of fixed fields, versions 2 and 3 after 12; each address is ``size of offsets``
+    bytes."""
+    head = bytes(view[:64])
+    if len(head) < 16:
+        return None
+    version = head[8]
+    if version in (0, 1):
+        width, start = head[13], 24 if version == 0 else 28
+    elif version in (2, 3):
+        width, start = head[9], 12
+    else:
+        return None
+    if width not in (2, 4, 8) or len(head) < start + 3 * width:
+        return None
+    base = int.from_bytes(head[start:start + width], "little")
+    eof = int.from_bytes(head[start + 2 * width:start + 3 * width], "little")
+    return base + eof
 
 
 def _planes(view: bytes | mmap.mmap, max_pixels: int, metadata_bytes: int) -> tuple[Layout, Reader]:
@@ -241,8 +313,12 @@ def _planes(view: bytes | mmap.mmap, max_pixels: int, metadata_bytes: int) -> tu
 
     sizes = {"C": channels, "Z": depth, "T": times}
     lead = [a for a in ("T", "Z", "C") if sizes[a] > 1]
-    pixel_size, notes = _pixel_size(dataset.group_attrs("DataSetInfo/Image"), width, height, depth)
-    names = _channel_names([dataset.group_attrs(f"DataSetInfo/Channel {c}") for c in range(channels)])
+    image_info = dataset.description("DataSetInfo/Image")
+    if image_info is None:
+        pixel_size, notes = None, [_UNREAD_DESCRIPTION]
+    else:
+        pixel_size, notes = _pixel_size(image_info, width, height, depth)
+    names = _channel_names([dataset.description(f"DataSetInfo/Channel {c}") or {} for c in range(channels)])
     layout = Layout(
         format="Imaris",
         width=width,
@@ -408,13 +484,23 @@ def _text(value: Any) -> str | None:
         return None
     if isinstance(value, np.ndarray):
         if value.dtype.kind == "S":
-            return b"".join(value.reshape(-1).tolist()).decode("utf-8", "replace")
+            return _decoded(b"".join(value.reshape(-1).tolist()))
         if value.dtype.kind in "iuf" and value.size == 1:
             return str(value.reshape(-1)[0])
         return None
     if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
+        return _decoded(value)
     return str(value)
+
+
+def _decoded(raw: bytes) -> str:
+    """Text up to its first NUL (Imaris ends some values with one: ``b'0.100000000\\x00'``), as UTF-8,
+    else as Latin-1 (Imaris on Windows writes names in the system's code page)."""
+    raw = raw.split(b"\x00", 1)[0]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def _number(value: Any) -> float | None:

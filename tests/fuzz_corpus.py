@@ -30,6 +30,7 @@ import tifffile
 
 from tests.czi_files import ZSTD1, Tile, czi_bytes
 from tests.dv_files import dv_bytes
+from tests.ims_files import ims_bytes
 from tests.lif_files import Image, lif_bytes
 from tests.nd2_files import Nd2, write_nd2
 from tests.oib_files import Oib, write_oib
@@ -117,6 +118,8 @@ def seeds() -> dict[str, bytes]:
             [Plane(channels[0], c=0, name="DAPI"), Plane(channels[1], c=3, name="eGFP")]),
         "dv-stack": dv_bytes(np.stack([channels[:, None], channels[::-1, None]]), wavelengths=(455, 525),
                              extended_bytes=64),  # T, C, Z, Y, X
+        "ims-stack": ims_bytes(  # an Imaris file: HDF5, its chunks deflated after shuffling
+            np.stack([np.stack([channels, channels[::-1]])]), names=["DAPI", "GFP"], chunks=(1, 16, 16)),
     }
 
 
@@ -214,7 +217,21 @@ def _segments(name: str, data: bytes) -> list[tuple[int, int]]:
         return _oib_entries(data)
     if name.startswith("dv"):  # the header's size fields, the extended header
         return [(0, 16), (180, 4), (196, 12), (1024, 64)]
+    if name.startswith("ims"):
+        return _hdf5_structures(data)
     return [(offset, 12) for offset in _tiff_entries(data)]
+
+
+def _hdf5_structures(data: bytes) -> list[tuple[int, int]]:
+    """(start, 32) of the superblock and of each signed HDF5 structure: B-tree nodes (``TREE``), local
+    heaps (``HEAP``), symbol-table nodes (``SNOD``), version-2 object headers (``OHDR``)."""
+    found = [(0, 32)]
+    for signature in (b"TREE", b"HEAP", b"SNOD", b"OHDR"):
+        start = data.find(signature)
+        while start != -1:
+            found.append((start, 32))
+            start = data.find(signature, start + 4)
+    return found
 
 
 # --- mutations ------------------------------------------------------------------------------------
@@ -261,6 +278,9 @@ def corrupt_length(rng: random.Random, name: str, data: bytes) -> bytes:
     elif name.startswith("dv"):  # a size, the sections, the pixel type, the extended header's length
         where = rng.choice([0, 4, 8, 12, 92])
         struct.pack_into("<I", out, where, value)
+    elif name.startswith("ims"):  # a structure's counts, sizes or addresses (a B-tree's entries used at
+        # +6, its siblings and first child from +8; a heap's data size at +8 and address at +24)
+        struct.pack_into("<I", out, start + rng.choice([6, 8, 16, 24]), value)
     else:  # an IFD entry's value count or value/offset, or the IFD's entry count
         order = "<" if data[:2] == b"II" else ">"
         where = rng.choice([start + 4, start + 8, _tiff_entries(data)[0] - 2])

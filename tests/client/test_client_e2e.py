@@ -157,15 +157,15 @@ def _client_under_upload_limit(
         server.stop()
 
 
-@pytest.mark.parametrize("suffix", [".tif", ".czi", ".lif", ".nd2", ".oib", ".lsm", ".dv", ".zvi"])
+@pytest.mark.parametrize("suffix", [".tif", ".czi", ".lif", ".nd2", ".oib", ".lsm", ".dv", ".zvi", ".ims"])
 def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Path, suffix: str) -> None:
     # --t all sends each frame cut out of the movie (service.frames), so a movie larger than the
     # server takes in one request (UNET_MAX_UPLOAD_BYTES) is still segmented, every frame of it;
     # sent whole, each frame would be a 413. The frames' objects come back in µm: the calibration
     # travels with the cut. An ImageJ hyperstack, a Zeiss CZI as ZEN saves a time-lapse, a Leica
     # LIF as LAS X does (its channels named by their colour tables), a Nikon ND2 as NIS does, and an
-    # Olympus OIB as FluoView does, a Zeiss LSM as ZEN does, a ZVI as AxioVision does and a DeltaVision
-    # file as softWoRx does.
+    # Olympus OIB as FluoView does, a Zeiss LSM as ZEN does, a ZVI as AxioVision does, a DeltaVision
+    # file as softWoRx does and an Imaris file as Imaris does.
     np = pytest.importorskip("numpy")
     tifffile = pytest.importorskip("tifffile")
     rng = np.random.default_rng(0)
@@ -198,6 +198,11 @@ def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Pat
 
         items = [Plane(movie[t, c], c=c, t=t, name=("Actin", "DAPI")[c]) for t in range(6) for c in range(2)]
         (images / "movie.zvi").write_bytes(zvi_bytes(items, 0.5))
+    elif suffix == ".ims":  # an Imaris time-lapse, as Imaris and Andor's Fusion save one
+        from tests.ims_files import ims_bytes
+
+        (images / "movie.ims").write_bytes(ims_bytes(movie[:, :, None], (0.5, 0.5, 1.0), ["Actin", "DAPI"],
+                                                     compression=None, shuffle=False))
     elif suffix == ".dv":  # a DeltaVision time-lapse, its waves named by wavelength
         from tests.dv_files import dv_bytes
 

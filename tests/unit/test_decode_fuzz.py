@@ -69,9 +69,9 @@ def test_truncation_at_forty_points_is_an_image_error(name: str) -> None:
 
 
 #: The seeds a slide or stack job reads by path (``slide_files.open_slide``) and the client cuts
-#: frames from (``frames.cut_frame``): TIFFs of every kind, DeltaVision and ZVI.
+#: frames from (``frames.cut_frame``): TIFFs of every kind, DeltaVision, ZVI and Imaris.
 BY_PATH = ("tiff-page", "tiff-rgb", "tiff-pages", "tiff-tiled", "tiff-lzw", "ome-tiff-channels",
-           "imagej-hyperstack", "tiff-lsm", "tiff-metaseries", "dv-stack", "oib-zvi")
+           "imagej-hyperstack", "tiff-lsm", "tiff-metaseries", "dv-stack", "oib-zvi", "ims-stack")
 
 
 def test_mutants_read_by_path_raise_only_errors_that_map_to_4xx(tmp_path) -> None:

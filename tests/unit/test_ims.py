@@ -65,6 +65,22 @@ def test_calibration_in_other_units_missing_or_unknown() -> None:
     assert odd.pixel_size is None and any("'furlong'" in w for w in odd.warnings)
 
 
+def test_values_as_real_files_hold_them_nul_ended_text_latin1_names_big_endian_pixels() -> None:
+    """Imaris's own example file ends some extents with a NUL (``b'0.100000000\\x00'``), Imaris on
+    Windows writes names in its code page, and BigDataProcessor writes big-endian pixels."""
+    import h5py
+
+    out = io.BytesIO(ims_bytes(STACK[:1, :1].astype(">u2"), names=["DAPI"]))
+    with h5py.File(out, "r+") as f:
+        f["DataSetInfo/Image"].attrs["ExtMax0"] = np.frombuffer(b"25.000\x00", dtype="S1")
+        f["DataSetInfo/Channel 0"].attrs["Name"] = np.frombuffer("Höchst".encode("latin-1"), dtype="S1")
+    layout = microscopy.probe(out.getvalue(), MAX, 10_000)
+    assert layout.pixel_size == microscopy.PixelSize(0.5, 0.5, "ims", 2.0)
+    assert [c.name for c in layout.channels] == ["Höchst"]
+    plane = select(out.getvalue(), z=3).image
+    assert plane.dtype == np.uint16 and np.array_equal(plane, STACK[0, 0, 3])
+
+
 def test_channels_without_a_name_or_sharing_one_are_offered_by_index() -> None:
     assert [c.name for c in microscopy.probe(ims_bytes(STACK[:1, :2]), MAX, 10_000).channels] == [None, None]
     shared = ims_bytes(STACK[:1], names=["DAPI", "DAPI", "GFP"])
@@ -142,6 +158,8 @@ def test_structure_past_the_metadata_budget_is_a_400_even_by_path(tmp_path: Path
 
 def test_broken_files_are_400s() -> None:
     data = ims_bytes(STACK)
+    with pytest.raises(UndecodableImage, match="cut short: its HDF5 superblock says it ends at byte"):
+        ims.open_planes(data[:-1], MAX)
     for broken in (data[: len(data) // 2], data[:600], structure.HDF5_SIGNATURE + bytes(100)):
         with pytest.raises((UndecodableImage, UnsupportedImageType)):
             layout, read, close = ims.open_planes(broken, MAX)

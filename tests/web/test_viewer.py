@@ -571,12 +571,12 @@ def test_an_olympus_oib_is_dropped_as_saved_and_its_channels_offered_by_their_dy
                                 "0.31 µm/px (oib)")
 
 
-def test_an_lsm_a_deltavision_file_and_a_zvi_are_dropped_as_saved_their_channels_offered_by_name(
+def test_an_lsm_a_deltavision_file_a_zvi_and_an_imaris_file_are_dropped_their_channels_offered_by_name(
     browser: Any, service_url: str, tmp_path: Path
 ) -> None:
     """ZEN's LSM (its tracks the samples of one page, named as ZEN names them), softWoRx's
-    DeltaVision file (waves named by wavelength) and AxioVision's ZVI: the page takes each, shows
-    its calibration and segments the channel chosen as the server does."""
+    DeltaVision file (waves named by wavelength), AxioVision's ZVI and an Imaris file: the page takes
+    each, shows its calibration and segments the channel chosen as the server does."""
     from tests.dv_files import dv_bytes
     from tests.vendor_tiffs import lsm_bytes
 
@@ -595,6 +595,12 @@ def test_an_lsm_a_deltavision_file_and_a_zvi_are_dropped_as_saved_their_channels
     zvi = tmp_path / "cells.zvi"
     zvi.write_bytes(zvi_bytes([Plane(marker, c=0, name="eGFP"), Plane(nuclei, c=3, name="DAPI")], 0.25))
     _drop_and_segment_channel_1(browser, service_url, zvi, ["0 · eGFP", "1 · DAPI"], "0.25 µm/px (zvi)")
+    from tests.ims_files import ims_bytes
+
+    imaris = tmp_path / "cells.ims"  # Chromium gives a .ims no image type: sent as octet-stream
+    stack = np.stack([marker, nuclei])[None, :, None]  # T, C, Z, Y, X
+    imaris.write_bytes(ims_bytes(stack, (0.2, 0.2, 1.0), ["Ki67", "DAPI"]))
+    _drop_and_segment_channel_1(browser, service_url, imaris, ["0 · Ki67", "1 · DAPI"], "0.2 µm/px (ims)")
 
 
 def test_a_file_of_several_images_offers_them_and_each_is_probed_when_chosen(
