@@ -59,6 +59,7 @@ _RESOLUTION = "DataSet/ResolutionLevel 0"
 _METADATA_BYTES = structure.Limits().max_metadata_bytes  # UNET_MAX_METADATA_BYTES' default
 
 Reader = Callable[[dict[str, int]], np.ndarray]
+WindowReader = Callable[[dict[str, int], int, int, int, int], np.ndarray]
 _UNREAD_DESCRIPTION = ("the Imaris file's description (DataSetInfo/Image) could not be read: sizes are in "
                        "pixels (send pixel_size= for µm)")
 log = logging.getLogger(__name__)
@@ -145,11 +146,36 @@ def open_planes(
         view, close = source, lambda: None
     try:
         with decoder_errors():  # pyfive raises AssertionError, KeyError, struct.error... on bad bytes
-            layout, read = _planes(view, max_pixels, metadata_bytes)
+            layout, read, _, _ = _planes(view, max_pixels, metadata_bytes)
     except BaseException:
         close()
         raise
     return layout, read, close
+
+
+def open_windows(
+    path: Path, max_pixels: int, series: int | None = None, metadata_bytes: int = _METADATA_BYTES
+) -> tuple[Layout, WindowReader, tuple[int, int, int], Callable[[], None]]:
+    """An Imaris file by path read window by window (slide jobs: a stitched image of any size within
+    ``max_pixels``): its layout, a reader of ``[y0:y1, x0:x1]`` of a plane by coordinates that
+    inflates only the chunks the window touches, the chunks' shape (Z, Y, X) and what closes the
+    file.
+
+    Raises: as :func:`open_planes`.
+    """
+    check_series(1, (), series)
+    with open(path, "rb") as handle:
+        try:
+            view = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError as exc:  # an empty file cannot be mapped
+            raise UndecodableImage("the Imaris file is empty") from exc
+    try:
+        with decoder_errors():
+            layout, _, window, chunks = _planes(view, max_pixels, metadata_bytes)
+    except BaseException:
+        view.close()
+        raise
+    return layout, window, chunks, view.close
 
 
 def admitted_pixels(data: bytes | mmap.mmap, max_pixels: int, metadata_bytes: int) -> int:
@@ -288,7 +314,11 @@ def _declared_end(view: bytes | mmap.mmap) -> int | None:
     return base + eof
 
 
-def _planes(view: bytes | mmap.mmap, max_pixels: int, metadata_bytes: int) -> tuple[Layout, Reader]:
+def _planes(
+    view: bytes | mmap.mmap, max_pixels: int, metadata_bytes: int
+) -> tuple[Layout, Reader, WindowReader, tuple[int, int, int]]:
+    """The layout, a plane reader, a window reader and the first dataset's chunk shape (Z, Y, X;
+    contiguous storage: one slice of 256 rows, the rows a window's band is aligned to)."""
     dataset = _Dataset(view, metadata_bytes)
     width, height, depth = dataset.size()
     if width * height > max_pixels:
@@ -301,15 +331,20 @@ def _planes(view: bytes | mmap.mmap, max_pixels: int, metadata_bytes: int) -> tu
     lock = threading.Lock()  # pyfive's stream has one position; windows may read from threads
     opened: dict[tuple[int, int], _Plane] = {}
 
-    def read(coords: dict[str, int]) -> np.ndarray:
+    def window(coords: dict[str, int], y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         t, c, z = (int(coords.get(a, 0)) for a in ("T", "C", "Z"))
         with lock, decoder_errors():  # opening a dataset reads its chunk index through the stream
             if (t, c) not in opened:
-                opened[(t, c)] = _Plane(view, first if (t, c) == (0, 0) else dataset.data(t, c),
-                                        (depth, height, width), stored)
+                opened[(t, c)] = _Plane(view, dataset.data(t, c), (depth, height, width), stored)
             plane = opened[(t, c)]
         with decoder_errors():  # the chunks are read from the file's bytes, not the stream
-            return plane.read(z).astype(dtype, copy=False)
+            return plane.window(z, y0, y1, x0, x1).astype(dtype, copy=False)
+
+    def read(coords: dict[str, int]) -> np.ndarray:
+        return window(coords, 0, height, 0, width)
+
+    opened[(0, 0)] = _Plane(view, first, (depth, height, width), stored)
+    chunks = opened[(0, 0)].chunks if opened[(0, 0)].layout == 2 else (1, min(256, height), width)
 
     sizes = {"C": channels, "Z": depth, "T": times}
     lead = [a for a in ("T", "Z", "C") if sizes[a] > 1]
@@ -331,7 +366,7 @@ def _planes(view: bytes | mmap.mmap, max_pixels: int, metadata_bytes: int) -> tu
         pixel_size=pixel_size,
         warnings=tuple(notes),
     )
-    return layout, read
+    return layout, read, window, chunks
 
 
 def _stored_type(data: Any) -> np.dtype:
@@ -379,38 +414,43 @@ class _Plane:
         elif self.layout != 1:
             raise UnsupportedImageType(f"an Imaris dataset in HDF5 storage class {self.layout} is not read")
 
-    def read(self, z: int) -> np.ndarray:
+    def window(self, z: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """``[y0:y1, x0:x1]`` of slice ``z`` (within the image)."""
         depth, height, width = self.size
         if not 0 <= z < depth:
             raise UndecodableImage(f"z={z} is outside the Imaris image's {depth} slices")
+        if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
+            raise UndecodableImage(f"the window [{y0}:{y1}, {x0}:{x1}] is outside the Imaris image")
         if self.layout == 1:
-            return self._contiguous(z)
-        return self._chunked(z)
+            return self._contiguous(z, y0, y1, x0, x1)
+        return self._chunked(z, y0, y1, x0, x1)
 
-    def _contiguous(self, z: int) -> np.ndarray:
+    def _contiguous(self, z: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         _, rows, columns = self.shape
-        _, height, width = self.size
         plane_bytes = rows * columns * self.stored.itemsize
         start = int(self.data.id.data_offset) + z * plane_bytes
         if start < 0 or start + plane_bytes > len(self.view):
             raise UndecodableImage("the Imaris file is cut short: a plane lies past its end")
-        plane = np.frombuffer(self.view, self.stored, rows * columns, start).reshape(rows, columns)
-        return plane[:height, :width].copy()  # a copy: nothing keeps the file's bytes
+        row_bytes = columns * self.stored.itemsize
+        band = np.frombuffer(self.view, self.stored, (y1 - y0) * columns, start + y0 * row_bytes)
+        return band.reshape(y1 - y0, columns)[:, x0:x1].copy()  # a copy: nothing keeps the file's bytes
 
-    def _chunked(self, z: int) -> np.ndarray:
-        _, height, width = self.size
+    def _chunked(self, z: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Only the chunks the window touches are inflated, one at a time."""
         deep, tall, wide = self.chunks
         top = z - z % deep
-        plane = np.zeros((height, width), self.stored)  # a chunk never written is HDF5's fill, 0
-        for y in range(0, height, tall):
-            for x in range(0, width, wide):
+        window = np.zeros((y1 - y0, x1 - x0), self.stored)  # a chunk never written is HDF5's fill, 0
+        for y in range(y0 - y0 % tall, y1, tall):
+            for x in range(x0 - x0 % wide, x1, wide):
                 try:
                     info = self.data.id.get_chunk_info_by_coord((top, y, x))
                 except KeyError:
                     continue
                 block = self._inflate(info).reshape(deep, tall, wide)[z - top]
-                plane[y:y + tall, x:x + wide] = block[:min(tall, height - y), :min(wide, width - x)]
-        return plane
+                rows, columns = slice(max(y0, y), min(y1, y + tall)), slice(max(x0, x), min(x1, x + wide))
+                window[rows.start - y0:rows.stop - y0, columns.start - x0:columns.stop - x0] = (
+                    block[rows.start - y:rows.stop - y, columns.start - x:columns.stop - x])
+        return window
 
     def _inflate(self, info: Any) -> np.ndarray:
         """One chunk's samples: its stored bytes through the filters not masked out for it, last

@@ -500,14 +500,19 @@ def _bare_plane(layout: Layout) -> microscopy.Plane:
 # --- CZI -------------------------------------------------------------------------------------
 
 
-class _CziArray:
-    """A CZI's planes indexed like the numpy array of its layout's axes (an int for each of T, Z,
-    C; slices for Y and X; the colour samples), each read decoding only the subblocks the window
-    touches (:func:`service.czi.open_windows`)."""
+class _WindowedArray:
+    """A file's planes indexed like the numpy array of its layout's axes (an int for each of T, Z,
+    C; slices for Y and X; the colour samples), each read decoding only the pieces the window
+    touches: a CZI's subblocks (:func:`service.czi.open_windows`), an Imaris file's chunks
+    (:func:`service.ims.open_windows`, whose chunks hold ``depth`` z-slices, all inflated to read
+    one)."""
 
-    def __init__(self, layout: Layout, read_window: Callable[..., np.ndarray], tile: tuple[int, int]) -> None:
+    def __init__(
+        self, layout: Layout, read_window: Callable[..., np.ndarray], tile: tuple[int, int], depth: int = 1
+    ) -> None:
         self.axes, self.shape, self.dtype = layout.axes, layout.shape, np.dtype(layout.dtype)
-        self.chunks = tuple(tile[0] if a == "Y" else tile[1] if a == "X" else n if a == "S" else 1
+        per_axis = {"Y": tile[0], "X": tile[1], "Z": depth}
+        self.chunks = tuple(n if a == "S" else per_axis.get(a, 1)
                             for a, n in zip(layout.axes, layout.shape, strict=True))
         self._read = read_window
 
@@ -539,7 +544,7 @@ def _open_czi(
     except ImageTooLarge as exc:
         raise SlideTooLarge(exc.pixels, exc.limit, exc.width, exc.height) from exc
     try:
-        array = _CziArray(layout, read_window, tile)
+        array = _WindowedArray(layout, read_window, tile)
         _check_chunks(array, "CZI subblock")
         return _source([_Level(array, layout.height, layout.width)], layout.axes, layout, selection,
                        model_channels, close)
@@ -795,16 +800,24 @@ def _open_dv(path: Path, selection: Selection, max_pixels: int, model_channels: 
 def _open_ims(
     path: Path, selection: Selection, max_pixels: int, limits: structure.Limits, model_channels: int
 ) -> SlideSource:
-    """An Imaris file (a volume or a time-lapse larger than an upload) read plane by plane from a
-    memory map of the file: a window reads its plane's chunks, the plane kept for the next window
-    of it."""
+    """An Imaris file (a stitched image, a volume or a time-lapse larger than an upload) read window
+    by window from a memory map of the file: a window inflates only the chunks it touches, so a plane
+    may be of any size within the slide limit."""
     from service import ims
 
-    return _whole_planes(
-        "Imaris file",
-        lambda limit: ims.open_planes(path, limit, selection.series, limits.max_metadata_bytes),
-        selection, max_pixels, model_channels,
-    )
+    try:
+        layout, read_window, (depth, rows, columns), close = ims.open_windows(
+            path, max_pixels, selection.series, limits.max_metadata_bytes)
+    except ImageTooLarge as exc:
+        raise SlideTooLarge(exc.pixels, exc.limit, exc.width, exc.height) from exc
+    try:
+        array = _WindowedArray(layout, read_window, (rows, columns), depth)
+        _check_chunks(array, "Imaris chunk")
+        return _source([_Level(array, layout.height, layout.width)], layout.axes, layout, selection,
+                       model_channels, close)
+    except BaseException:
+        close()
+        raise
 
 
 def _whole_planes(

@@ -188,3 +188,33 @@ def test_only_hdf5_files_are_taken_for_imaris() -> None:
 
     assert structure.is_hdf5(ims_bytes(STACK[:1, :1, :1]))
     assert not structure.is_hdf5(im.png(im.blobs(64, 64, seed=1)))
+
+
+def test_by_path_a_plane_of_any_size_is_read_window_by_window_inflating_only_its_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stitched image past the 4096² a by-path read decodes whole (Imaris Stitcher writes such
+    files): a slide job reads it a window at a time, each window inflating the chunks it touches."""
+    side = 4160
+    rows, columns = np.mgrid[:side, :side]
+    image = ((rows * 31 + columns * 17) % 251).astype(np.uint8)
+    path = tmp_path / "stitched.ims"
+    path.write_bytes(ims_bytes(image[None, None, None], chunks=(1, 512, 512), shuffle=False, levels=1))
+    inflated: list[int] = []
+    real = ims._undo_filter
+
+    def counted(filter_id: int, *args: object) -> bytes:
+        inflated.append(filter_id)
+        return real(filter_id, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ims, "_undo_filter", counted)
+    limits = structure.Limits()
+    with slide_files.open_slide(path, Selection(), max_pixels=side * side, limits=limits) as source:
+        assert source.shape[:2] == (side, side)
+        window = np.asarray(source.read(4000, 4150, 3990, 4160))
+        assert np.array_equal(window, image[4000:4150, 3990:4160])
+        assert len(inflated) == 2 * 2  # rows 3584-4096 and 4096-4160, columns likewise
+        assert np.array_equal(np.asarray(source.read(10, 20, 30, 40)), image[10:20, 30:40])
+        assert len(inflated) == 5
+    with pytest.raises(slide_files.SlideTooLarge):
+        slide_files.open_slide(path, Selection(), max_pixels=side * side - 1, limits=limits)
