@@ -268,6 +268,9 @@ CONTENT_TYPES: dict[str, str] = {
     ".zvi": "application/octet-stream",  # Zeiss AxioVision: likewise
     ".dv": "application/octet-stream",  # DeltaVision (softWoRx, OMX): likewise
     ".r3d": "application/octet-stream",  # DeltaVision's raw acquisitions: the same format
+    # Olympus FluoView's folder format: the .oif is settings, its planes in the .oif.files folder
+    # beside it; the client sends the planes chosen as one OME-TIFF (frames.convert_file).
+    ".oif": "application/octet-stream",
     ".ims": "application/octet-stream",  # Imaris (Andor Fusion, Dragonfly): likewise
     ".lsm": "image/tiff",  # Zeiss LSM and Aperio SVS are TIFFs under their own names
     ".svs": "image/tiff",
@@ -437,7 +440,10 @@ def _glob_root(pattern: str) -> Path:
 
 
 def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in CONTENT_TYPES
+    """An image file by its type; not a plane of an Olympus OIF (its ``.oif.files`` folder): the
+    ``.oif`` beside the folder is the image, its planes sent with it."""
+    return (path.is_file() and path.suffix.lower() in CONTENT_TYPES
+            and not path.parent.name.casefold().endswith(".oif.files"))
 
 
 def _is_store(path: Path) -> bool:
@@ -599,7 +605,9 @@ def job_bytes(job: Job, config: Config) -> Payload:
     - one image of a file holding several (``--series``: an OME-TIFF's Images, a CZI's scenes, a LIF
       project's images): the pages of that image the choices need, sent without ``series=``
       (``frames.cut_image``), so a LAS X project of gigabytes goes one image at a time, within the
-      server's upload limit.
+      server's upload limit;
+    - an Olympus OIF (its ``.oif`` is settings, its planes in the folder beside it): the pages the
+      choices need, read from the folder (``frames.convert_file``).
 
     A file that cannot be cut is sent whole (with ``series=``), and the service says what it makes
     of it.
@@ -609,7 +617,8 @@ def job_bytes(job: Job, config: Config) -> Payload:
     """
     series = dict(job.plane).get("series", config.series)
     frame = [(axis, index) for axis, index in job.plane if axis != "series"]
-    if frame or series is not None:
+    folder_format = job.source.suffix.lower() == ".oif"  # its planes are not in the file sent
+    if frame or series is not None or folder_format:
         # Imported here: only --t all / --z all / --series cut files (NumPy, tifffile).
         from service import frames, microscopy
         from service.settings import get_settings
@@ -622,8 +631,10 @@ def job_bytes(job: Job, config: Config) -> Payload:
         if frame:
             (axis, index), = frame
             cut = frames.cut_frame(job.source, axis, index, selection, max_pixels, series=series)
-        else:
+        elif series is not None:
             cut = frames.cut_image(job.source, series, selection, max_pixels)
+        else:
+            cut = frames.convert_file(job.source, selection, max_pixels)
         if cut is not None:
             return Payload(cut, "image/tiff", image_cut=series is not None)
     return Payload(job.source.read_bytes(), CONTENT_TYPES[job.source.suffix.lower()], whole=True)

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service import compound, czi, dv, imaging, ims, lif, microscopy, nd2, structure
+from service import compound, czi, dv, imaging, ims, lif, microscopy, nd2, oib, structure
 from service.microscopy import Layout, Selection
 
 OME_NAMESPACE = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
@@ -174,14 +174,22 @@ def cut_image(path: Path, series: int, selection: Selection, max_pixels: int) ->
     return _cut(path, selection, max_pixels, series, None, None)
 
 
+def convert_file(path: Path, selection: Selection, max_pixels: int) -> bytes | None:
+    """The OME-TIFF of the pages ``selection`` needs (every page where the choices are incomplete)
+    of a file the service cannot take as it is: an Olympus OIF, whose planes lie in the folder
+    beside its ``.oif``. None where it cannot be read so (as :func:`cut_frame`)."""
+    return _cut(path, selection, max_pixels, None, None, None, whole=True)
+
+
 def _cut(
-    path: Path, selection: Selection, max_pixels: int, series: int | None, axis: str | None, index: int | None
+    path: Path, selection: Selection, max_pixels: int, series: int | None, axis: str | None,
+    index: int | None, whole: bool = False,
 ) -> bytes | None:
     with _opened(path, max_pixels, series) as opened:
         if opened is None:
             return None
         layout, read = opened
-        if axis is None and layout.series_count < 2:
+        if axis is None and layout.series_count < 2 and not whole:
             return None  # one image: nothing to cut it from
         if axis is not None and not 0 <= (index or 0) < layout.planes.get(axis, 0):
             return None
@@ -231,6 +239,10 @@ def _opened(
     if structure.is_compound(head):
         walk, open_planes = structure.check_compound, compound.open_planes  # an OIB or a ZVI
         with _vendor_opened(path, max_pixels, series, walk, open_planes) as opened:
+            yield opened
+        return
+    if path.suffix.lower() == ".oif":  # FluoView's folder format: the settings here, the planes beside
+        with _vendor_opened(path, max_pixels, series, lambda _data, _limits: None, oib.open_oif) as opened:
             yield opened
         return
     if structure.is_dv(head):  # no structure to walk: the header's sizes are checked against the file

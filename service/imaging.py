@@ -62,7 +62,8 @@ OIF_SETTINGS_SIGNATURE = b"\xff\xfe[\x00"
 _OIF_ADVICE = (
     "this is an Olympus FluoView settings file (the .oif of FluoView's folder format, or one of its "
     ".pty files): its images lie in the .oif.files folder beside it, which one upload cannot carry. "
-    "Save the acquisition as OIB in FluoView (one file, read here), or export it as TIFF"
+    "Send it with unet-segment (which reads the folder and sends the planes), submit it by path under "
+    "UNET_DATA_ROOT, save the acquisition as OIB in FluoView (one file), or export it as TIFF"
 )
 
 _PIL_MODE_DTYPE = {

@@ -38,7 +38,9 @@ has, so the channel, plane and pixel-size rules of :mod:`service.microscopy` app
 from __future__ import annotations
 
 import io
+import os
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,9 +60,11 @@ from service.microscopy import (
 )
 
 _METADATA_BYTES = structure.Limits().max_metadata_bytes
-#: A plane's TIFF: ``s_`` then axis letters with their 1-based indices (``C001Z002``). Previews
-#: (``s_C001-R001.tif``) and thumbnails (``s_Thumb.bmp``) do not match.
-_PLANE_NAME = re.compile(r"s_((?:[A-Za-z]\d{1,6})+)\.tif", re.IGNORECASE)
+#: A plane's TIFF: ``s_`` then axis letters with their 1-based indices (``C001Z002``); FluoView
+#: 1.7 (its settings' ProfileSaveInfo version 1.0.0.0) names it after the acquisition instead
+#: (``Pea root zstack_C001Z008.tif``). Previews (``s_C001-R001.tif``) and thumbnails
+#: (``s_Thumb.bmp``) do not match.
+_PLANE_NAME = re.compile(r".*_((?:[A-Za-z]\d{1,6})+)\.tif", re.IGNORECASE)
 _AXIS_INDEX = re.compile(r"([A-Za-z])(\d+)")
 #: Axis letters FluoView writes besides C, Z, T, and what a refusal calls them.
 _OTHER_AXES = {"L": "emission wavelengths (a λ-scan)", "A": "rotations", "P": "stage positions",
@@ -97,6 +101,86 @@ def open_planes(
     return layout, read, ole.close
 
 
+def open_oif(
+    path: Path, max_pixels: int, series: int | None = None, limits: structure.Limits | None = None
+) -> tuple[Layout, Reader, Callable[[], None]]:
+    """An OIF, FluoView's folder format, read by path: the main settings file at ``path``
+    (``cells.oif``) and the files FluoView keeps in the folder beside it (``cells.oif.files``: a
+    TIFF per plane, as an OIB's streams), as :func:`open_planes` reads an OIB (``series``: 0 or
+    None). Only the folder's own regular files are read (a link is not followed out of it), the
+    main file under ``UNET_MAX_METADATA_BYTES``, the folder's entries under ``UNET_MAX_OIB_ENTRIES``,
+    a plane's TIFF under what its pixels need.
+
+    Raises: as :func:`open_planes`; UnsupportedImageType where the folder is not beside the file.
+    """
+    limits = limits or structure.Limits()
+    check_series(1, (), series)
+    settings = _settings(_file_bytes(path, limits.max_metadata_bytes, None), path.name, "OIF")
+    files = _oif_files(_oif_folder(path), limits.max_oib_entries)
+
+    def member(name: str, limit: int, shown: str) -> bytes:
+        return _file_bytes(files[name], limit, shown)
+
+    layout, read = _fluoview_planes(settings, list(files), member, max_pixels, "OIF")
+    return layout, read, lambda: None
+
+
+def _oif_folder(path: Path) -> Path:
+    """The folder of an OIF's files: ``<name>.oif.files`` beside it (any case, as FluoView on
+    Windows may have written it), a real folder, not a link."""
+    wanted = path.name + ".files"
+    folder = path.with_name(wanted)
+    if not folder.is_dir():
+        with os.scandir(path.parent) as entries:
+            folder = next((Path(e.path) for e in entries if e.name.casefold() == wanted.casefold()), folder)
+    if folder.is_symlink() or not folder.is_dir():
+        raise UnsupportedImageType(
+            f"an OIF is its .oif file and the folder FluoView writes beside it ({wanted}), which is not "
+            "there: keep the two together, or save the acquisition as OIB in FluoView"
+        )
+    return folder
+
+
+def _oif_files(folder: Path, max_entries: int) -> dict[str, Path]:
+    """The folder's regular files by name (links and sub-folders left out), at most
+    ``max_entries`` entries listed."""
+    files: dict[str, Path] = {}
+    with os.scandir(folder) as entries:
+        for count, entry in enumerate(entries, 1):
+            if count > max_entries:
+                raise structure.TooComplex(
+                    f"the OIF's folder {folder.name} holds more than {max_entries:,} entries", max_entries,
+                    "UNET_MAX_OIB_ENTRIES",
+                )
+            if entry.is_file(follow_symlinks=False):
+                files[entry.name] = Path(entry.path)
+    return files
+
+
+def _file_bytes(path: Path, limit: int, plane: str | None) -> bytes:
+    """A file of an OIF, refused past ``limit`` before it is read: the settings (``plane`` None) as
+    too much metadata (413), plane ``plane`` as malformed (400). Opened without following a link
+    and checked to be a regular file once open (the name was one when listed)."""
+    try:
+        handle = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise UndecodableImage(f"unreadable OIF: {path.name}: {exc.strerror}") from exc
+    with os.fdopen(handle, "rb") as opened:
+        status = os.fstat(opened.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise UnsupportedImageType(f"the OIF's {path.name} is not a regular file")
+        if status.st_size > limit and plane is None:
+            raise structure.TooComplex(
+                f"the OIF's settings file {path.name} holds {status.st_size:,} bytes, more than {limit:,}",
+                limit, "UNET_MAX_METADATA_BYTES",
+            )
+        if status.st_size > limit:
+            raise UndecodableImage(
+                f"malformed OIF: plane {plane} holds {status.st_size:,} bytes, more than its pixels need"
+            )
+        return opened.read(limit + 1)[:limit]
+
+
 def admitted_pixels(ole: Any, max_pixels: int, metadata_bytes: int = _METADATA_BYTES) -> int:
     """What an open OIB costs admission: its plane (X × Y, from the main settings; every plane of
     an OIB has the size). Raises as :func:`open_planes`."""
@@ -107,14 +191,16 @@ def admitted_pixels(ole: Any, max_pixels: int, metadata_bytes: int = _METADATA_B
     return width * height
 
 
-def _settings(data: bytes, name: str) -> dict[str, Any]:
+def _settings(data: bytes, name: str, kind: str = "OIB") -> dict[str, Any]:
     """A FluoView settings file (``.oif``, ``.txt``, ``.pty``) as ``{section: {key: value}}``."""
     from oiffile import SettingsFile  # FluoView's INI dialect: UTF-16 with BOM, quoted values
 
     try:
         return dict(SettingsFile(io.BytesIO(data), name))
     except Exception as exc:  # noqa: BLE001 - UnicodeDecodeError, ValueError on a broken file
-        raise UndecodableImage(f"unreadable OIB: its {name} is not a FluoView settings file ({exc})") from exc
+        raise UndecodableImage(
+            f"unreadable {kind}: its {name} is not a FluoView settings file ({exc})"
+        ) from exc
 
 
 def _members(ole: Any, metadata_bytes: int) -> tuple[dict[str, str], str]:
@@ -167,20 +253,20 @@ def _size(axis: dict[str, Any] | None) -> int:
         return 0
 
 
-def _plane_size(axes: dict[str, dict[str, Any]]) -> tuple[int, int]:
+def _plane_size(axes: dict[str, dict[str, Any]], kind: str = "OIB") -> tuple[int, int]:
     """(width, height) from the X and Y axes (:func:`_axes`)."""
     width, height = _size(axes.get("X")), _size(axes.get("Y"))
     if width < 1:
-        raise UndecodableImage("malformed OIB: its settings give no X axis")
+        raise UndecodableImage(f"malformed {kind}: its settings give no X axis")
     if height <= 1:
         raise UnsupportedImageType(
-            "this OIB is a line scan (its planes have no Y axis: X against time); the service reads XY "
+            f"this {kind} is a line scan (its planes have no Y axis: X against time); the service reads XY "
             "images: export the planes to segment as TIFF"
         )
     return width, height
 
 
-def _plane_index(names: list[str]) -> dict[tuple[int, int, int], str]:
+def _plane_index(names: list[str], kind: str = "OIB") -> dict[tuple[int, int, int], str]:
     """Each plane's (c, z, t), 0-based, → its OIF file name; other axes refused where they hold more
     than one index."""
     planes: dict[tuple[int, int, int], str] = {}
@@ -198,17 +284,17 @@ def _plane_index(names: list[str]) -> dict[tuple[int, int, int], str]:
                 others.setdefault(letter, set()).add(int(index))
         key = (coords["C"] - 1, coords["Z"] - 1, coords["T"] - 1)
         if min(key) < 0:
-            raise UndecodableImage(f"malformed OIB: plane {name} has an index 0 (FluoView counts from 1)")
+            raise UndecodableImage(f"malformed {kind}: plane {name} has an index 0 (FluoView counts from 1)")
         planes.setdefault(key, name)
     for letter, indices in others.items():
         if len(indices) > 1:
             what = _OTHER_AXES.get(letter, f"indices along an unknown axis ({letter})")
             raise UnsupportedImageType(
-                f"the OIB holds {len(indices)} {what}; the service reads X, Y, channels, z-slices and time "
-                "points: export the planes to segment as TIFF"
+                f"the {kind} holds {len(indices)} {what}; the service reads X, Y, channels, z-slices and "
+                "time points: export the planes to segment as TIFF"
             )
     if not planes:
-        raise UndecodableImage("malformed OIB: it holds no plane (no s_C001….tif)")
+        raise UndecodableImage(f"malformed {kind}: it holds no plane (no s_C001….tif)")
     return planes
 
 
@@ -216,17 +302,31 @@ def planes(ole: Any, max_pixels: int, series: int | None, metadata_bytes: int) -
     """An open OIB's layout and plane reader (:func:`open_planes`, which says what it raises)."""
     check_series(1, (), series)
     settings, members = _main_settings(ole, metadata_bytes)
+
+    def member(name: str, limit: int, shown: str) -> bytes:
+        return compound.read_stream(ole, members[name], limit, shown)
+
+    return _fluoview_planes(settings, list(members), member, max_pixels, "OIB")
+
+
+def _fluoview_planes(
+    settings: dict[str, Any], names: list[str], member: Callable[[str, int, str], bytes], max_pixels: int,
+    kind: str,
+) -> tuple[Layout, Reader]:
+    """The layout and plane reader of a FluoView acquisition (an OIB's streams, an OIF folder's
+    files): its main ``settings``, the ``names`` of its files, and ``member(name, byte limit, name
+    shown)``, which reads one. ``kind`` (``OIB``, ``OIF``) names the format."""
     axes = _axes(settings)
-    width, height = _plane_size(axes)
+    width, height = _plane_size(axes, kind)
     if width * height > max_pixels:
         raise ImageTooLarge(width * height, max_pixels, width, height)
-    planes = _plane_index(list(members))
+    planes = _plane_index(names, kind)
     sizes = {axis: 1 + max(key[k] for key in planes) for k, axis in enumerate("CZT")}
     if max(sizes.values()) > len(planes):
         # FluoView numbers every plane it takes; one index past the planes stored (s_C900.tif in a
         # file of two) would make that many channels to list.
         raise UndecodableImage(
-            f"malformed OIB: its plane names run to {max(sizes.values()):,} along one axis, with "
+            f"malformed {kind}: its plane names run to {max(sizes.values()):,} along one axis, with "
             f"{len(planes):,} planes stored"
         )
     # A plane's TIFF cannot need much more than its pixels (4 bytes for float) and a header: past
@@ -238,11 +338,11 @@ def planes(ole: Any, max_pixels: int, series: int | None, metadata_bytes: int) -
         if name is None:
             c, z, t = key
             raise SelectionError(
-                f"the OIB holds no plane at channel {c}, z {z}, t {t} (an acquisition stopped early?)",
+                f"the {kind} holds no plane at channel {c}, z {z}, t {t} (an acquisition stopped early?)",
                 ("channel", "z", "t"), {"planes": {a: n for a, n in sizes.items() if n > 1 and a != "C"}},
             )
         shown = name.rpartition("/")[2]  # s_C001Z002.tif, as FluoView names the plane
-        return _read_tiff(compound.read_stream(ole, members[name], plane_limit, shown), shown, width, height)
+        return _read_tiff(member(name, plane_limit, shown), shown, width, height, kind)
 
     first = plane(min(planes))
     notes = []
@@ -250,13 +350,13 @@ def planes(ole: Any, max_pixels: int, series: int | None, metadata_bytes: int) -
     short = [f"{sizes[a]} of {planned[a]} {_AXIS_WORDS[a]}" for a in "ZT" if planned[a] > sizes[a]]
     if short or len(planes) < sizes["C"] * sizes["Z"] * sizes["T"]:
         notes.append(
-            "the OIB holds fewer planes than its acquisition planned"
+            f"the {kind} holds fewer planes than its acquisition planned"
             + (f" ({', '.join(short)})" if short else "")
             + ": an acquisition stopped early; a plane it never took is refused"
         )
     pixel_size = _pixel_size(settings, axes.get("Z"), sizes["Z"])
     if pixel_size is None:
-        notes.append("the OIB does not give its pixel size: sizes are in pixels")
+        notes.append(f"the {kind} does not give its pixel size: sizes are in pixels")
     names = _channel_names(settings, sizes["C"])
     lead = [a for a in ("T", "Z", "C") if sizes[a] > 1]
 
@@ -265,12 +365,12 @@ def planes(ole: Any, max_pixels: int, series: int | None, metadata_bytes: int) -
         image = first if key == min(planes) else plane(key)
         if image.dtype != first.dtype:
             raise UndecodableImage(
-                f"malformed OIB: its planes have different pixel types ({first.dtype}, {image.dtype})"
+                f"malformed {kind}: its planes have different pixel types ({first.dtype}, {image.dtype})"
             )
         return image
 
     layout = Layout(
-        format="OIB",
+        format=kind,
         width=width,
         height=height,
         dtype=str(first.dtype),
@@ -287,7 +387,7 @@ def planes(ole: Any, max_pixels: int, series: int | None, metadata_bytes: int) -
 _AXIS_WORDS = {"Z": "z-slices", "T": "time points"}
 
 
-def _read_tiff(data: bytes, name: str, width: int, height: int) -> np.ndarray:
+def _read_tiff(data: bytes, name: str, width: int, height: int, kind: str = "OIB") -> np.ndarray:
     """One plane's TIFF, its size checked against the settings' before its pixels are decoded."""
     import tifffile
 
@@ -297,17 +397,19 @@ def _read_tiff(data: bytes, name: str, width: int, height: int) -> np.ndarray:
             page = tif.pages.first
             if page.shape[:2] != (height, width) or page.samplesperpixel != 1:
                 raise UndecodableImage(
-                    f"malformed OIB: plane {name} is {page.shape} where the settings give "
+                    f"malformed {kind}: plane {name} is {page.shape} where the settings give "
                     f"{height}×{width} grey"
                 )
             image = page.asarray()
     except UndecodableImage:
         raise
     except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds on corrupt input
-        raise UndecodableImage(f"unreadable OIB: plane {name}: {type(exc).__name__}: {exc}") from exc
+        raise UndecodableImage(f"unreadable {kind}: plane {name}: {type(exc).__name__}: {exc}") from exc
     if image.shape != (height, width):  # tifffile gives an empty array for pixel data it cannot find
-        raise UndecodableImage(f"unreadable OIB: plane {name} decodes to {image.shape}, not {height}×{width}")
-    return supported_dtype(image, "OIB")
+        raise UndecodableImage(
+            f"unreadable {kind}: plane {name} decodes to {image.shape}, not {height}×{width}"
+        )
+    return supported_dtype(image, kind)
 
 
 def _number(value: Any) -> float | None:

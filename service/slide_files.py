@@ -327,6 +327,8 @@ def is_slide_path(path: str | Path) -> bool:
     p = Path(path)
     if p.is_dir():
         return any((p / name).exists() for name in (".zattrs", ".zgroup", "zarr.json"))
+    if p.suffix.lower() == ".oif":  # FluoView's settings file, its planes in the folder beside it
+        return p.is_file()
     try:
         with open(p, "rb") as handle:
             head = handle.read(_HEAD_BYTES)
@@ -359,6 +361,8 @@ def open_slide(
     p = Path(path)
     if p.is_dir():
         return _open_zarr(p, selection, max_pixels, model_channels)
+    if p.suffix.lower() == ".oif":
+        return _open_oif(p, selection, max_pixels, structure.as_limits(limits), model_channels)
     try:
         with open(p, "rb") as handle:
             head = handle.read(_HEAD_BYTES)
@@ -785,6 +789,17 @@ def _open_oib(
         lambda limit: compound.open_planes(path, limit, selection.series, limits.max_metadata_bytes),
         selection, max_pixels, model_channels,
     )
+
+
+def _open_oif(
+    path: Path, selection: Selection, max_pixels: int, limits: structure.Limits, model_channels: int
+) -> SlideSource:
+    """An Olympus OIF (FluoView's folder format: the ``.oif`` and its ``.oif.files`` folder) read
+    plane by plane, each plane's TIFF from the folder."""
+    from service import oib
+
+    return _whole_planes("OIF", lambda limit: oib.open_oif(path, limit, selection.series, limits),
+                         selection, max_pixels, model_channels)
 
 
 def _open_dv(path: Path, selection: Selection, max_pixels: int, model_channels: int) -> SlideSource:

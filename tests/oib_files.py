@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import tifffile
@@ -47,6 +48,9 @@ class Oib:
     sibling_chain: bool = False
     line_scan: bool = False
     version: int = 3  # the compound file's: 3 (512-byte sectors) or 4 (4096)
+    #: what a plane's file name starts with: ``s`` (``s_C001Z001.tif``); FluoView 1.7 wrote the
+    #: acquisition's name (``Pea root zstack_C001Z001.tif``)
+    plane_prefix: str = "s"
 
 
 def settings_text(sections: dict[str, dict[str, object]]) -> bytes:
@@ -67,6 +71,39 @@ def tiff_bytes(plane: np.ndarray) -> bytes:
 
 def write_oib(image: Oib) -> bytes:
     """The OIB file of ``image``."""
+    oif, main, files = fluoview_files(image)
+    members = {oif: main, **{f"Storage00001/{name}": data for name, data in files.items()}}
+    for name, data in image.replace.items():
+        members[name if name == oif else f"Storage00001/{name}"] = data
+    info: dict[str, object] = {"Version": "2.0.0.0", "Name": image.name, "MainFileName": _Raw("Stream00000"),
+                               "Compression": _Raw("None"), "Storage00001": f"{oif}.files"}
+    streams: dict[str, bytes] = {}
+    for k, (name, data) in enumerate(members.items()):
+        key = f"Stream{k:05d}"
+        info[key] = _Raw(name)
+        folder = name.rpartition("/")[0]
+        streams[f"{folder}/{key}" if folder else key] = data
+    streams["OibInfo.txt"] = settings_text({"OibSaveInfo": info})
+    return write_compound(streams, sibling_chain=image.sibling_chain, version=image.version)
+
+
+def write_oif(image: Oib, folder: Path) -> Path:
+    """``image`` in FluoView's folder format under ``folder``: ``NAME.oif`` (the main settings) and
+    ``NAME.oif.files/`` (a TIFF and its ``.pty`` per plane, the LUTs, the thumbnail); the path of
+    the ``.oif``."""
+    oif, main, files = fluoview_files(image)
+    files.update({name: data for name, data in image.replace.items() if name != oif})
+    (folder / f"{oif}.files").mkdir(parents=True)
+    for name, data in files.items():
+        (folder / f"{oif}.files" / name).write_bytes(data)
+    path = folder / oif
+    path.write_bytes(image.replace.get(oif, main))
+    return path
+
+
+def fluoview_files(image: Oib) -> tuple[str, bytes, dict[str, bytes]]:
+    """What FluoView writes for ``image``: the main settings file's name and bytes, and the files of
+    its folder by name (an OIB holds the same, as streams)."""
     pixels, axes = image.pixels, image.axes
     for axis in "TZC":
         if axis not in axes:
@@ -82,7 +119,7 @@ def write_oib(image: Oib) -> bytes:
             for t in range(times):
                 if (c, z, t) in image.missing:
                     continue
-                stem = f"s_C{c + 1:03d}" + (f"Z{z + 1:03d}" if depth > 1 else "") + (
+                stem = f"{image.plane_prefix}_C{c + 1:03d}" + (f"Z{z + 1:03d}" if depth > 1 else "") + (
                     f"T{t + 1:03d}" if times > 1 else "")
                 files[f"{stem}.tif"] = tiff_bytes(pixels[c, z, t])
                 files[f"{stem}.pty"] = settings_text({
@@ -126,20 +163,7 @@ def write_oib(image: Oib) -> bytes:
         "Reference Image Parameter": reference,
         **gui_channels,
     })
-
-    members = {oif: main, **{f"Storage00001/{name}": data for name, data in files.items()}}
-    for name, data in image.replace.items():
-        members[name if name == oif else f"Storage00001/{name}"] = data
-    info: dict[str, object] = {"Version": "2.0.0.0", "Name": image.name, "MainFileName": _Raw("Stream00000"),
-                               "Compression": _Raw("None"), "Storage00001": f"{oif}.files"}
-    streams: dict[str, bytes] = {}
-    for k, (name, data) in enumerate(members.items()):
-        key = f"Stream{k:05d}"
-        info[key] = _Raw(name)
-        folder = name.rpartition("/")[0]
-        streams[f"{folder}/{key}" if folder else key] = data
-    streams["OibInfo.txt"] = settings_text({"OibSaveInfo": info})
-    return write_compound(streams, sibling_chain=image.sibling_chain, version=image.version)
+    return oif, main, files
 
 
 class _Raw(str):

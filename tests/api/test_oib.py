@@ -102,7 +102,7 @@ def test_broken_and_hostile_oibs_are_4xx_that_say_why(server: Server) -> None:
     assert r.status_code == 400 and "nests deeper" in r.json()["detail"], r.text
     oif = settings_text({"Acquisition Parameters Common": {"Acquisition Device": "FV1000"}})
     r = server.client.post("/segment", files={"file": ("cells.oif", oif)})
-    assert r.status_code == 415 and "Save the acquisition as OIB" in r.json()["detail"], r.text
+    assert r.status_code == 415 and "save the acquisition as OIB" in r.json()["detail"], r.text
     stopped = write_oib(Oib(PIXELS, "ZCYX", missing=((1, 1, 0),)))
     r = segment(server, stopped, channel="1", z=1)
     assert r.status_code == 422 and "no plane at channel 1, z 1" in r.json()["detail"], r.text

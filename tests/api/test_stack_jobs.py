@@ -317,8 +317,8 @@ def test_a_stack_by_path_is_read_slice_by_slice_so_it_may_be_larger_than_an_uplo
 ) -> None:
     """With uploads capped below the stack's size, the same file by path under the data root is
     read a slice at a time from disk (a TIFF, and the same stack as an OME-Zarr folder, as a Leica
-    LIF project's image, as a Nikon ND2, as an Olympus OIB and as an Imaris file, its slices in chunks of
-    eight): the labels and table are those of the stack read whole."""
+    LIF project's image, as a Nikon ND2, as an Olympus OIB and OIF, and as an Imaris file, its slices in
+    chunks of eight): the labels and table are those of the stack read whole."""
     import zarr
     from ome_zarr.format import FormatV04
     from ome_zarr.writer import write_image
@@ -326,7 +326,7 @@ def test_a_stack_by_path_is_read_slice_by_slice_so_it_may_be_larger_than_an_uplo
     from tests.ims_files import ims_bytes
     from tests.lif_files import Image, lif_bytes
     from tests.nd2_files import Nd2, write_nd2
-    from tests.oib_files import Oib, write_oib
+    from tests.oib_files import Oib, write_oib, write_oif
 
     root = tmp_path / "root"
     root.mkdir()
@@ -338,6 +338,7 @@ def test_a_stack_by_path_is_read_slice_by_slice_so_it_may_be_larger_than_an_uplo
     (root / "big.nd2").write_bytes(write_nd2(Nd2(image, "ZYX", pixel_um=None)))
     (root / "big.oib").write_bytes(write_oib(Oib(image, "ZYX", pixel_um=None)))
     (root / "big.ims").write_bytes(ims_bytes(image[None, None], voxel_um=None, chunks=(8, 64, 64)))
+    write_oif(Oib(image, "ZYX", pixel_um=None, name="big"), root)  # big.oif and its big.oif.files folder
     server = start_server({"UNET_MODEL_PATH": str(DEFAULT_MODEL_PATH), "UNET_DATA_ROOT": str(root),
                            "UNET_MAX_UPLOAD_BYTES": str(len(stack_tiff) // 2)}).wait_ready()
     client = server.client
@@ -346,7 +347,7 @@ def test_a_stack_by_path_is_read_slice_by_slice_so_it_may_be_larger_than_an_uplo
     with Segmenter.load(DEFAULT_MODEL_PATH) as segmenter:
         expected = segmenter.segment_stack(stack_tiff, diameter=16)
     volumes = [row["volume_voxels"] for row in expected.objects]
-    for name in ("big.tif", "big.ome.zarr", "big.lif", "big.nd2", "big.oib", "big.ims"):
+    for name in ("big.tif", "big.ome.zarr", "big.lif", "big.nd2", "big.oib", "big.ims", "big.oif"):
         r = client.post("/jobs", json={"path": name, "output": "labels3d", "diameter": 16})
         assert r.status_code == 202, (name, r.text)
         files = f"/jobs/{r.json()['id']}/files"

@@ -157,7 +157,8 @@ def _client_under_upload_limit(
         server.stop()
 
 
-@pytest.mark.parametrize("suffix", [".tif", ".czi", ".lif", ".nd2", ".oib", ".lsm", ".dv", ".zvi", ".ims"])
+@pytest.mark.parametrize("suffix", [".tif", ".czi", ".lif", ".nd2", ".oib", ".oif", ".lsm", ".dv", ".zvi",
+                                    ".ims"])
 def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Path, suffix: str) -> None:
     # --t all sends each frame cut out of the movie (service.frames), so a movie larger than the
     # server takes in one request (UNET_MAX_UPLOAD_BYTES) is still segmented, every frame of it;
@@ -165,7 +166,8 @@ def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Pat
     # travels with the cut. An ImageJ hyperstack, a Zeiss CZI as ZEN saves a time-lapse, a Leica
     # LIF as LAS X does (its channels named by their colour tables), a Nikon ND2 as NIS does, and an
     # Olympus OIB as FluoView does, a Zeiss LSM as ZEN does, a ZVI as AxioVision does, a DeltaVision
-    # file as softWoRx does and an Imaris file as Imaris does.
+    # file as softWoRx does, an Imaris file as Imaris does, and an OIF (FluoView's folder format: the
+    # .oif and its .oif.files folder of plane TIFFs, sent as the frames cut from them).
     np = pytest.importorskip("numpy")
     tifffile = pytest.importorskip("tifffile")
     rng = np.random.default_rng(0)
@@ -193,6 +195,10 @@ def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Pat
         from tests.oib_files import Oib, write_oib
 
         (images / "movie.oib").write_bytes(write_oib(Oib(movie, "TCYX", ("Actin", "DAPI"), 0.5)))
+    elif suffix == ".oif":
+        from tests.oib_files import Oib, write_oif
+
+        write_oif(Oib(movie, "TCYX", ("Actin", "DAPI"), 0.5, name="movie"), images)
     elif suffix == ".zvi":  # an AxioVision time-lapse, one item per plane
         from tests.zvi_files import Plane, zvi_bytes
 
@@ -212,7 +218,7 @@ def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Pat
 
         tracks = np.concatenate([movie, movie[:, :1]], axis=1)
         (images / "movie.lsm").write_bytes(lsm_bytes(tracks, "TCYX", (0.5, 0.5, 1.0), ["Actin", "DAPI", "C"]))
-    limit = (images / f"movie{suffix}").stat().st_size // 3
+    limit = sum(f.stat().st_size for f in images.rglob("*") if f.is_file()) // 3  # an OIF: its folder too
     assert limit > 64 * 80 * 2 * 2  # one frame's pages fit, the movie does not
     channel = {".lif": "Blue", ".dv": "455 nm"}.get(suffix, "DAPI")
     proc = _client_under_upload_limit(tmp_path, images, limit, "--t", "all", "--channel", channel,
@@ -222,6 +228,26 @@ def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Pat
     tables = sorted((tmp_path / "out").glob("movie_t*.csv"))
     assert [p.name for p in tables] == [f"movie_t{k}.csv" for k in range(6)]
     assert all("area_um2" in p.read_text().splitlines()[0] for p in tables)
+
+
+def test_an_oif_folder_is_one_image_its_planes_read_from_the_folder_beside_it(tmp_path: Path) -> None:
+    # FluoView's folder format: cells.oif holds the settings, cells.oif.files/ a TIFF per plane. The
+    # client sends the planes the choices need as one OME-TIFF (the .oif alone is a 415), and does not
+    # take the plane TIFFs in the folder for images of their own.
+    np = pytest.importorskip("numpy")
+    from tests.oib_files import Oib, write_oif
+
+    rng = np.random.default_rng(2)
+    planes = rng.integers(0, 4000, (2, 64, 80), dtype=np.uint16)  # CYX
+    images = tmp_path / "in"
+    images.mkdir()
+    write_oif(Oib(planes, "CYX", ("Alexa Fluor 488", "DAPI"), 0.5), images)
+    proc = _client_under_upload_limit(tmp_path, images, 10**8, "--channel", "DAPI", "--output", "objects")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 written" in proc.stderr
+    outputs = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.csv"))
+    assert outputs == ["cells.csv", "summary.csv"]  # summary.csv: one row per image
+    assert "area_um2" in (tmp_path / "out" / "cells.csv").read_text().splitlines()[0]
 
 
 @pytest.mark.parametrize("suffix", [".lif", ".nd2"])

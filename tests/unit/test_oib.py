@@ -349,7 +349,7 @@ def test_an_oif_settings_file_sent_alone_is_a_415_saying_to_save_as_oib() -> Non
     oif = settings_text({"Acquisition Parameters Common": {"Acquisition Device": "FV1000"},
                          "Axis 0 Parameters Common": {"AxisCode": "X", "MaxSize": 256}})
     for reader in (lambda: read(oif), lambda: workload.plane_pixels(oif, 10**8, Limits())):
-        with pytest.raises(UnsupportedImageType, match="Save the acquisition as OIB in FluoView"):
+        with pytest.raises(UnsupportedImageType, match="save the acquisition as OIB in FluoView"):
             reader()
 
 
