@@ -51,8 +51,9 @@ router = APIRouter(tags=["uploads"], dependencies=[Depends(require_api_key)])
 _READABLE = ("TIFF (OME-TIFF, BigTIFF, ImageJ), Zeiss CZI, Leica LIF, Nikon ND2, Olympus OIB, Zeiss ZVI, "
              "DeltaVision, Imaris, PNG, JPEG or BMP")
 #: The tus protocol version spoken (https://tus.io/protocols/resumable-upload: the core, and the
-#: creation and termination extensions; no OPTIONS discovery, which tus clients do without).
+#: creation and termination extensions, told by ``OPTIONS /uploads``).
 TUS_VERSION = "1.0.0"
+TUS_EXTENSIONS = "creation,termination"
 #: The body type tus requires of a PATCH.
 OFFSET_STREAM = "application/offset+octet-stream"
 
@@ -259,6 +260,19 @@ def _created(pending: PendingUpload, store: UploadStore) -> dict[str, Any]:
     """A resumable upload just created: none of its bytes in yet."""
     return ResumableUpload(id=pending.id, url=f"/uploads/{pending.id}", length=pending.length, offset=0,
                            filename=pending.filename, expires_after_s=store.retention_s).model_dump()
+
+
+@router.options(
+    "/uploads",
+    summary="What the tus server supports: Tus-Version, Tus-Extension, Tus-Max-Size (tus discovery)",
+    status_code=204,
+    responses={204: {"description": "the tus versions and extensions spoken and the largest upload, in the "
+                                    "headers"}, **problem_responses(401, 503)},
+)
+async def tus_options(request: Request) -> Response:
+    store = upload_store(request)
+    return Response(status_code=204, headers=_tus_headers(**{
+        "Tus-Version": TUS_VERSION, "Tus-Extension": TUS_EXTENSIONS, "Tus-Max-Size": str(store.max_bytes)}))
 
 
 @router.head(

@@ -175,3 +175,15 @@ def test_a_file_shorter_than_a_signature_sent_in_pieces_is_still_checked(server:
     assert patch(server, url, 0, b"hello").status_code == 204
     refused = patch(server, url, 5, b"world")
     assert refused.status_code == 415 and server.client.head(url).status_code == 404
+
+
+def test_options_tells_the_tus_versions_extensions_and_largest_upload(server: Server) -> None:
+    """tus discovery: what a client may ask before it creates an upload."""
+    r = server.client.options("/uploads")
+    assert r.status_code == 204, r.text
+    assert (r.headers["Tus-Resumable"], r.headers["Tus-Version"]) == ("1.0.0", "1.0.0")
+    assert set(r.headers["Tus-Extension"].split(",")) == {"creation", "termination"}
+    too_big = int(r.headers["Tus-Max-Size"]) + 1
+    creation = {"Upload-Length": str(too_big), "Tus-Resumable": "1.0.0"}
+    refused = server.client.post("/uploads", headers=creation)
+    assert refused.status_code == 413, refused.text  # the size told is the size kept
