@@ -85,15 +85,7 @@ def open_planes(
         SelectionError: ``series`` is not 0.
     """
     check_series(1, (), series)
-    if isinstance(source, Path):
-        with open(source, "rb") as handle:
-            try:
-                view: bytes | mmap.mmap = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-            except ValueError as exc:  # an empty file cannot be mapped
-                raise UndecodableImage("the DeltaVision file is empty") from exc
-        close: Callable[[], None] = view.close  # type: ignore[union-attr]
-    else:
-        view, close = source, lambda: None
+    view, close = structure.mapped(source, "DeltaVision")
     try:
         layout, read = _planes(view, max_pixels)
     except BaseException:

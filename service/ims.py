@@ -31,7 +31,6 @@ that is not an Imaris dataset (a BigDataViewer or ilastik ``.h5``).
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import math
 import mmap
@@ -45,7 +44,15 @@ import numpy as np
 
 from service import structure
 from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType
-from service.microscopy import PLANE_AXES, Channel, Layout, PixelSize, check_series, decoder_errors
+from service.microscopy import (
+    PLANE_AXES,
+    Channel,
+    Layout,
+    MappedStream,
+    PixelSize,
+    check_series,
+    decoder_errors,
+)
 
 #: The most bytes one chunk of an Imaris dataset may hold once inflated. Imaris writes chunks of
 #: a few MiB at most (e.g. 16 × 256 × 256 × 2 bytes = 2 MiB), so this only bounds a hostile file.
@@ -69,20 +76,14 @@ class BudgetExceeded(UndecodableImage):
     """pyfive read more of the file's structure than ``UNET_MAX_METADATA_BYTES`` allows."""
 
 
-class _ChargedStream(io.RawIOBase):
+class _ChargedStream(MappedStream):
     """The file's bytes (an upload, or a map of a file by path) as the raw stream pyfive reads, every
     byte read charged to :attr:`allowance`. No ``fileno``: pyfive would otherwise read by file name,
     in threads, outside the budget."""
 
     def __init__(self, view: bytes | mmap.mmap, allowance: int) -> None:
-        super().__init__()
-        self._view, self._position, self.allowance = view, 0, allowance
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
+        super().__init__(view)  # type: ignore[arg-type]  # slicing is all it does with the view
+        self.allowance = allowance
 
     def read(self, size: int | None = -1) -> bytes:
         """At most what the file still holds, charged before it is copied: io's own ``read`` would
@@ -107,14 +108,6 @@ class _ChargedStream(io.RawIOBase):
                 "(a malformed or hostile file)"
             )
 
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
-        self._position = max(0, base + offset)
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
-
     def fileno(self) -> int:
         raise OSError("no file descriptor: every read goes through the budget")
 
@@ -135,15 +128,7 @@ def open_planes(
         SelectionError: ``series`` is not 0.
     """
     check_series(1, (), series)
-    if isinstance(source, Path):
-        with open(source, "rb") as handle:
-            try:
-                view: bytes | mmap.mmap = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-            except ValueError as exc:  # an empty file cannot be mapped
-                raise UndecodableImage("the Imaris file is empty") from exc
-        close: Callable[[], None] = view.close  # type: ignore[union-attr]
-    else:
-        view, close = source, lambda: None
+    view, close = structure.mapped(source, "Imaris")
     try:
         with decoder_errors():  # pyfive raises AssertionError, KeyError, struct.error... on bad bytes
             layout, read, _, _ = _planes(view, max_pixels, metadata_bytes)
@@ -164,18 +149,14 @@ def open_windows(
     Raises: as :func:`open_planes`.
     """
     check_series(1, (), series)
-    with open(path, "rb") as handle:
-        try:
-            view = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        except ValueError as exc:  # an empty file cannot be mapped
-            raise UndecodableImage("the Imaris file is empty") from exc
+    view, close = structure.mapped(path, "Imaris")
     try:
         with decoder_errors():
             layout, _, window, chunks = _planes(view, max_pixels, metadata_bytes)
     except BaseException:
-        view.close()
+        close()
         raise
-    return layout, window, chunks, view.close
+    return layout, window, chunks, close
 
 
 def admitted_pixels(data: bytes | mmap.mmap, max_pixels: int, metadata_bytes: int) -> int:

@@ -635,7 +635,7 @@ def _open_tiff(data: bytes, max_pixels: int, series: int | None = None) -> _Sour
 
     stream = container_stream(data)
     if isinstance(stream, mmap.mmap):
-        stream = _MappedStream(stream)
+        stream = MappedStream(stream)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tifffile warns about odd tags; errors still raise
@@ -651,7 +651,7 @@ def _open_tiff(data: bytes, max_pixels: int, series: int | None = None) -> _Sour
         raise
 
 
-class _MappedStream(io.RawIOBase):
+class MappedStream(io.RawIOBase):
     """A memory map (a stored upload, a file the Python API maps) as the raw stream tifffile reads.
     tifffile reads LSM's and FluoView's header records with numpy's record reader, which takes a
     file object only through ``readinto``: a bare map lacks it, and the record came back as raw

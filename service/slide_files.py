@@ -543,13 +543,30 @@ def _open_czi(
     from service import czi
 
     structure.walk_file(path, structure.check_czi, limits)  # bounded before czifile parses it
-    try:
+
+    def opened() -> tuple[Layout, Callable[..., np.ndarray], tuple[int, int], int, Callable[[], None]]:
         layout, read_window, tile, close = czi.open_windows(path, max_pixels, selection.series)
+        return layout, read_window, tile, 1, close
+
+    return _by_window(opened, "CZI subblock", selection, model_channels)
+
+
+def _by_window(
+    opened: Callable[[], tuple[Layout, Callable[..., np.ndarray], tuple[int, int], int, Callable[[], None]]],
+    kind: str,
+    selection: Selection,
+    model_channels: int,
+) -> SlideSource:
+    """A file read window by window (:class:`_WindowedArray`), opened by ``opened()``: its layout,
+    window reader, pieces' (rows, columns), z-depth and what closes it; a plane over the slide limit
+    is :class:`SlideTooLarge`, a piece over :data:`MAX_CHUNK_BYTES` refused (``kind`` names it)."""
+    try:
+        layout, read_window, tile, depth, close = opened()
     except ImageTooLarge as exc:
         raise SlideTooLarge(exc.pixels, exc.limit, exc.width, exc.height) from exc
     try:
-        array = _WindowedArray(layout, read_window, tile)
-        _check_chunks(array, "CZI subblock")
+        array = _WindowedArray(layout, read_window, tile, depth)
+        _check_chunks(array, kind)
         return _source([_Level(array, layout.height, layout.width)], layout.axes, layout, selection,
                        model_channels, close)
     except BaseException:
@@ -820,19 +837,12 @@ def _open_ims(
     may be of any size within the slide limit."""
     from service import ims
 
-    try:
+    def opened() -> tuple[Layout, Callable[..., np.ndarray], tuple[int, int], int, Callable[[], None]]:
         layout, read_window, (depth, rows, columns), close = ims.open_windows(
             path, max_pixels, selection.series, limits.max_metadata_bytes)
-    except ImageTooLarge as exc:
-        raise SlideTooLarge(exc.pixels, exc.limit, exc.width, exc.height) from exc
-    try:
-        array = _WindowedArray(layout, read_window, (rows, columns), depth)
-        _check_chunks(array, "Imaris chunk")
-        return _source([_Level(array, layout.height, layout.width)], layout.axes, layout, selection,
-                       model_channels, close)
-    except BaseException:
-        close()
-        raise
+        return layout, read_window, (rows, columns), depth, close
+
+    return _by_window(opened, "Imaris chunk", selection, model_channels)
 
 
 def _whole_planes(

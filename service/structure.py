@@ -141,6 +141,20 @@ class TooManyPages(TooComplex):
         )
 
 
+def mapped(source: bytes | mmap.mmap | Path, what: str) -> tuple[bytes | mmap.mmap, Callable[[], None]]:
+    """The bytes of ``source`` and what releases them: a file by path mapped read-only (``what``
+    names the format when the file is empty: an empty file cannot be mapped), an upload's bytes or
+    map as they are."""
+    if not isinstance(source, Path):
+        return source, lambda: None
+    with open(source, "rb") as handle:
+        try:
+            view = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError as exc:
+            raise UndecodableImage(f"the {what} file is empty") from exc
+    return view, view.close
+
+
 def walk_file(path: Path, walk: Callable[[bytes, Limits], object], limits: Limits) -> None:
     """``walk`` (:func:`count_tiff`, :func:`check_czi`) over a file read by path, on a memory map
     of it: a slide or a movie of gigabytes is bounded without being read into memory."""
