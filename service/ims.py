@@ -20,8 +20,9 @@ server process would take down every request in flight; pyfive's mistakes are Py
 - the pixels are not read through pyfive (its gzip filter inflates a chunk whole, whatever it
   holds): a plane's chunks are located by pyfive's index and inflated here, each no further than
   the chunk's own size, which must be at most :data:`MAX_CHUNK_BYTES`;
-- the stream pyfive is given has no file descriptor, so pyfive never opens a file by name: an HDF5
-  external link or external storage is refused (it reads nothing outside the file).
+- the stream pyfive is given has no file descriptor, so pyfive never reopens the file by name (its
+  threaded reads need one) and reads nothing but the file's bytes; an HDF5 external link (to
+  another file) is not followed but refused.
 
 Refused, with what to do: a dataset stored in HDF5 1.10's newer chunk indexes (pyfive reads the
 classic B-tree Imaris writes), filters other than deflate, shuffle and Fletcher-32, an HDF5 file
