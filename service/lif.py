@@ -206,6 +206,11 @@ def _planes(lif: Any, max_pixels: int, series: int | None) -> tuple[Layout, Read
     names = tuple(image.path for image in images)
     about = tuple(_summary(image) for image in images) if len(images) > 1 else ()
     index = check_series(len(images), names, series, about)
+    if series is None and about and about[0] is None:
+        # LAS X's Mark-and-Find projects begin with the environment's log (temperature, CO₂ over
+        # time: no XY image). Without series= the first image that is an XY image is read, and
+        # the notice names it; a project without one refuses its first, listing the others.
+        index = next((k for k, summary in enumerate(about) if summary not in (None, "FLIM")), 0)
     image = images[index]
     if image.is_flim:
         raise UnsupportedImageType(
@@ -258,7 +263,9 @@ def _planes(lif: Any, max_pixels: int, series: int | None) -> tuple[Layout, Read
 
     notes: list[str] = []
     if len(images) > 1 and series is None:
-        notes.append(first_series_note(len(images), "images", names[0]))
+        notes.append(first_series_note(len(images), "images", names[0]) if index == 0 else
+                     f"the file holds {len(images)} images; the first XY image, {names[index]} "
+                     f"(series={index}), is segmented: series= chooses another")
     pixel_size = _pixel_size(dimensions)
     if pixel_size is None:
         notes.append("the LIF does not give its pixel size: sizes are in pixels")

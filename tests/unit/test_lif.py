@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import frames, lif, microscopy, structure, workload
+from service import frames, lif, microscopy, slide_files, structure, workload
 from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType
 from service.structure import Limits, TooComplex
 from tests.lif_files import Image, lif_bytes
@@ -153,6 +153,26 @@ def test_a_refused_first_image_names_the_others_and_series(tmp_path) -> None:
     with pytest.raises(UnsupportedImageType) as alone:
         read(lif_bytes([Image("sweep", np.zeros((5, H, W), np.uint8), "λYX")]))
     assert "series=" not in str(alone.value)  # nothing else to choose
+
+
+def test_a_mark_and_find_project_reads_its_first_xy_image_not_the_environments_log(tmp_path) -> None:
+    """LAS X's Mark-and-Find projects begin with the incubator's log (temperature and CO₂ over time:
+    a real LAS X 2.0 file's is TS, 83,201 × 2), no XY image. Without series= the first XY image is
+    read, and the notice names it; series=0 still says what the log is."""
+    movie = np.arange(3 * H * W, dtype=np.uint16).reshape(3, H, W)
+    data = lif_bytes([Image("Mark_and_Find_001/EnvironmentalGraph", np.zeros((50, 2), np.uint16), "TX"),
+                      Image("Mark_and_Find_001/Position001", movie, "TYX")])
+    plane = read(data, t=2)
+    np.testing.assert_array_equal(plane.image, movie[2])
+    assert plane.layout.series == 1
+    assert any("the first XY image, Mark_and_Find_001/Position001 (series=1), is segmented" in w
+               for w in plane.layout.warnings)
+    path = tmp_path / "project.lif"
+    path.write_bytes(data)
+    with slide_files.open_slide(path, microscopy.Selection(t=1), max_pixels=10**8, limits=Limits()) as source:
+        np.testing.assert_array_equal(np.asarray(source.read(0, H, 0, W)), movie[1])
+    with pytest.raises(UnsupportedImageType, match="not XY"):
+        read(data, series=0)
 
 
 def test_a_stack_recorded_top_down_keeps_its_z_step() -> None:
