@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -395,25 +396,38 @@ def _stored_blue_first(element: ET.Element) -> bool:
 def _channel_names(element: ET.Element) -> list[str | None]:
     """Each channel's name, in the order stored: the dye a widefield camera's channel was set up
     with (``WideFieldChannelInfo``: its ``UserDefName``, else its filter cube's ``FluoCubeName``),
-    where LAS X wrote one per channel with the same colour tables in the same order; else the
-    channel's colour table (``LUTName``: ``Blue``, ``Green``...). Names are never paired by guess:
-    one channel described differently keeps every name a colour."""
+    where LAS X wrote one per channel with the same colour tables in the same order, or, where it
+    wrote more set-ups than channels were recorded, each channel's colour table is that of exactly
+    one set-up (a real LAS X 2.0 file keeps an autofocus set-up beside the one recorded: ``Gray``
+    beside ``Green``); else the channel's colour table
+    (``LUTName``: ``Blue``, ``Green``...). Names are never paired by guess: one channel described
+    differently keeps every name a colour."""
     described = list(element.iterfind("./Data/Image/ImageDescription/Channels/ChannelDescription"))
     names = [c.get("LUTName") or None for c in described]
     infos = element.findall(".//ATLCameraSettingDefinition/WideFieldChannelConfigurator/WideFieldChannelInfo")
     luts = [(c.get("LUTName") or "").casefold() for c in described]
-    if len(infos) == len(described) and luts == [(i.get("LUT") or "").casefold() for i in infos]:
-        dyes = [_dye(info) for info in infos]
-        if all(dyes):
-            names = list(dyes)
+    info_luts = [(i.get("LUT") or "").casefold() for i in infos]
+    if len(infos) == len(described) and luts == info_luts:
+        paired = list(infos)
+    elif len(infos) > len(described) and len(set(luts)) == len(luts) and all(
+            info_luts.count(lut) == 1 for lut in luts):  # set-ups not recorded beside those that were
+        paired = [infos[info_luts.index(lut)] for lut in luts]
+    else:
+        paired = []
+    dyes = [_dye(info) for info in paired]
+    if paired and all(dyes):
+        names = list(dyes)
     order = sorted(range(len(described)), key=lambda k: int(described[k].get("BytesInc", "0")))
     return [names[k] for k in order]
 
 
 def _dye(info: ET.Element) -> str | None:
+    """A widefield set-up's name: the user's (``UserDefName``), unless LAS X's placeholder for a
+    set-up nobody named (``new 1``, ``new 2``...), else its filter cube's (``FluoCubeName``)."""
     for attribute in ("UserDefName", "FluoCubeName"):
         value = (info.get(attribute) or "").strip()
-        if value and value.casefold() != "none":
+        placeholder = attribute == "UserDefName" and re.fullmatch(r"new \d+", value, re.IGNORECASE)
+        if value and value.casefold() != "none" and not placeholder:
             return value
     return None
 

@@ -272,3 +272,18 @@ def test_a_widefield_cameras_channels_are_named_by_their_dyes() -> None:
     assert names(shuffled) == ["Green", "Blue", "Red"]
     fewer = lif_bytes([Image("THUNDER", pixels, "CYX", ("Blue", "Green", "Red"), widefield=set_up[:2])])
     assert names(fewer) == ["Blue", "Green", "Red"]
+
+
+def test_a_set_up_not_recorded_beside_the_channel_leaves_it_named_by_its_own() -> None:
+    """A real LAS X 2.0 time series (a DMi8's Mark-and-Find) keeps two set-ups for its one channel:
+    the GFP one it recorded (its user name LAS X's placeholder "new 1") and an autofocus one in
+    bright field. The channel's colour table (Green) is that of one set-up: that set-up names it."""
+    movie = np.zeros((2, H, W), np.uint16)
+
+    def names(set_up: tuple[tuple[str, str, str], ...]) -> list[str | None]:
+        data = lif_bytes([Image("Position001", movie, "TYX", ("Green",), widefield=set_up)])
+        return [c.name for c in microscopy.probe(data, MAX_PIXELS, Limits()).channels]
+
+    assert names((("Green", "new 1", "GFP"), ("Gray", "AutoFocusHS", "EMP_BF"))) == ["GFP"]
+    # two set-ups of the channel's colour: which one it is cannot be told
+    assert names((("Green", "new 1", "GFP"), ("Green", "YFP", "YFP"), ("Gray", "AF", "EMP_BF"))) == ["Green"]
