@@ -269,7 +269,7 @@ CONTENT_TYPES: dict[str, str] = {
     ".dv": "application/octet-stream",  # DeltaVision (softWoRx, OMX): likewise
     ".r3d": "application/octet-stream",  # DeltaVision's raw acquisitions: the same format
     # Olympus FluoView's folder format: the .oif is settings, its planes in the .oif.files folder
-    # beside it; the client sends the planes chosen as one OME-TIFF (frames.convert_file).
+    # beside it; the client sends the planes chosen as one OME-TIFF (frames.convert_oif).
     ".oif": "application/octet-stream",
     ".ims": "application/octet-stream",  # Imaris (Andor Fusion, Dragonfly): likewise
     ".lsm": "image/tiff",  # Zeiss LSM and Aperio SVS are TIFFs under their own names
@@ -607,20 +607,20 @@ def job_bytes(job: Job, config: Config) -> Payload:
       (``frames.cut_image``), so a LAS X project of gigabytes goes one image at a time, within the
       server's upload limit;
     - an Olympus OIF (its ``.oif`` is settings, its planes in the folder beside it): the pages the
-      choices need, read from the folder (``frames.convert_file``).
+      choices need, read from the folder (``frames.convert_oif``).
 
     A file that cannot be cut is sent whole (with ``series=``), and the service says what it makes
-    of it.
+    of it; an OIF, which is nothing without its folder, is not sent then.
 
     Raises:
-        OSError: the file cannot be read.
+        OSError: the file cannot be read (an OIF: its folder or a plane, with the reason).
     """
     series = dict(job.plane).get("series", config.series)
     frame = [(axis, index) for axis, index in job.plane if axis != "series"]
     folder_format = job.source.suffix.lower() == ".oif"  # its planes are not in the file sent
     if frame or series is not None or folder_format:
-        # Imported here: only --t all / --z all / --series cut files (NumPy, tifffile).
-        from service import frames, microscopy
+        # Imported here: only --t all / --z all / --series and OIFs cut files (NumPy, tifffile).
+        from service import frames, imaging, microscopy
         from service.settings import get_settings
 
         selection = microscopy.Selection(channel=config.channel, z=config.z, t=config.t,
@@ -634,7 +634,10 @@ def job_bytes(job: Job, config: Config) -> Payload:
         elif series is not None:
             cut = frames.cut_image(job.source, series, selection, max_pixels)
         else:
-            cut = frames.convert_file(job.source, selection, max_pixels)
+            try:
+                return Payload(frames.convert_oif(job.source, selection, max_pixels), "image/tiff")
+            except (imaging.ImageError, microscopy.SelectionError) as exc:
+                raise OSError(f"an Olympus OIF read from its folder: {exc}") from exc
         if cut is not None:
             return Payload(cut, "image/tiff", image_cut=series is not None)
     return Payload(job.source.read_bytes(), CONTENT_TYPES[job.source.suffix.lower()], whole=True)
@@ -1212,8 +1215,8 @@ class LocalSegmenter:
         result = Result(job, ok=False, attempts=1)
         data: bytes | Path
         try:
-            if job.plane or self.config.series is not None:
-                payload = job_bytes(job, self.config)
+            if job.plane or self.config.series is not None or job.source.suffix.lower() == ".oif":
+                payload = job_bytes(job, self.config)  # an OIF: its planes read from its folder
                 data, image_cut = payload.data, payload.image_cut
             else:
                 # The file by path: the API maps a large one and reads the pages the plane needs,

@@ -174,22 +174,33 @@ def cut_image(path: Path, series: int, selection: Selection, max_pixels: int) ->
     return _cut(path, selection, max_pixels, series, None, None)
 
 
-def convert_file(path: Path, selection: Selection, max_pixels: int) -> bytes | None:
+def convert_oif(path: Path, selection: Selection, max_pixels: int) -> bytes:
     """The OME-TIFF of the pages ``selection`` needs (every page where the choices are incomplete)
-    of a file the service cannot take as it is: an Olympus OIF, whose planes lie in the folder
-    beside its ``.oif``. None where it cannot be read so (as :func:`cut_frame`)."""
-    return _cut(path, selection, max_pixels, None, None, None, whole=True)
+    of an Olympus OIF, whose planes lie in the folder beside its ``.oif``: the service cannot take
+    the file as it is, so there is nothing to fall back on.
+
+    Raises:
+        imaging.ImageError, microscopy.SelectionError, OSError: what keeps it from being read (no
+            folder, a plane the acquisition lacks, planes of different types), in the service's words.
+    """
+    layout, read, close = oib.open_oif(path, max_pixels)
+    try:
+        written = _write(layout, pages_for(layout, None, None, selection), read)
+    finally:
+        close()
+    if written is None:
+        raise imaging.UnsupportedImageType("the OIF's planes are of different pixel types")
+    return written
 
 
 def _cut(
-    path: Path, selection: Selection, max_pixels: int, series: int | None, axis: str | None,
-    index: int | None, whole: bool = False,
+    path: Path, selection: Selection, max_pixels: int, series: int | None, axis: str | None, index: int | None
 ) -> bytes | None:
     with _opened(path, max_pixels, series) as opened:
         if opened is None:
             return None
         layout, read = opened
-        if axis is None and layout.series_count < 2 and not whole:
+        if axis is None and layout.series_count < 2:
             return None  # one image: nothing to cut it from
         if axis is not None and not 0 <= (index or 0) < layout.planes.get(axis, 0):
             return None

@@ -242,12 +242,16 @@ def test_an_oif_folder_is_one_image_its_planes_read_from_the_folder_beside_it(tm
     images = tmp_path / "in"
     images.mkdir()
     write_oif(Oib(planes, "CYX", ("Alexa Fluor 488", "DAPI"), 0.5), images)
+    (images / "lonely.oif").write_bytes((images / "cells.oif").read_bytes())  # its folder left behind
     proc = _client_under_upload_limit(tmp_path, images, 10**8, "--channel", "DAPI", "--output", "objects")
-    assert proc.returncode == 0, proc.stderr
-    assert "1 written" in proc.stderr
+    assert proc.returncode != 0 and "1 written" in proc.stderr and "1 failed" in proc.stderr, proc.stderr
     outputs = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.csv"))
     assert outputs == ["cells.csv", "summary.csv"]  # summary.csv: one row per image
     assert "area_um2" in (tmp_path / "out" / "cells.csv").read_text().splitlines()[0]
+    # the OIF without its folder fails on the client, saying why; it is never sent
+    said = proc.stderr + "".join(p.read_text() for p in (tmp_path / "out").rglob("*.jsonl"))
+    assert "cannot read input: an Olympus OIF read from its folder" in said, said
+    assert "lonely.oif.files), which is not there" in said, said
 
 
 @pytest.mark.parametrize("suffix", [".lif", ".nd2"])

@@ -45,12 +45,10 @@ def test_every_plane_is_read_from_the_folder_with_fluoviews_names_and_calibratio
 
 def test_the_client_sends_the_planes_chosen_as_one_ome_tiff_the_service_reads(tmp_path: Path) -> None:
     path = acquisition(tmp_path)
-    converted = frames.convert_file(path, Selection(channel="Hoechst 33342", z=1, t=0), MAX)
-    assert converted is not None
+    converted = frames.convert_oif(path, Selection(channel="Hoechst 33342", z=1, t=0), MAX)
     plane = microscopy.select(converted, Selection(channel="Hoechst 33342", z=1, t=0), MAX, 10_000)
     assert np.array_equal(plane.image, STACK[0, 1, 1]) and plane.pixel_size.x_um == 0.31  # type: ignore[union-attr]
-    everything = frames.convert_file(path, Selection(), MAX)  # no choice: every page, the 422 lists them
-    assert everything is not None
+    everything = frames.convert_oif(path, Selection(), MAX)  # no choice: every page, the 422 lists them
     assert [c.name for c in microscopy.probe(everything, MAX, 10_000).channels] == list(NAMES)
     cut = frames.cut_frame(path, "t", 1, Selection(channel="Alexa Fluor 488", z=0), MAX)
     assert cut is not None
@@ -63,7 +61,8 @@ def test_without_its_folder_an_oif_is_a_415_that_says_what_an_oif_is(tmp_path: P
     (tmp_path / "cells.oif.files").rename(tmp_path / "elsewhere")
     with pytest.raises(UnsupportedImageType, match=r"cells\.oif\.files"):
         oib.open_oif(path, MAX)
-    assert frames.convert_file(path, Selection(), MAX) is None  # the client sends it whole: the 415
+    with pytest.raises(UnsupportedImageType, match=r"cells\.oif\.files"):  # the client's job fails so
+        frames.convert_oif(path, Selection(), MAX)
 
 
 def test_a_folder_named_in_another_case_is_found(tmp_path: Path) -> None:
