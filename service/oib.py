@@ -1,5 +1,6 @@
-"""Olympus FluoView OIB files (FV1000, FV1200, FV10i) read as uploads: channels, z-slices, time
-points and pixel size.
+"""Olympus FluoView OIB files (FV1000, FV1200, FV10i) read as uploads, and OIF folders (the same
+acquisition as separate files: :func:`open_oif`) read by path: channels, z-slices, time points and
+pixel size.
 
 An OIB is an OLE2 compound file (a small FAT file system in one file) holding what FluoView's
 folder format (OIF) keeps as files: ``OibInfo.txt`` (which stream holds which OIF file), the main
