@@ -399,9 +399,8 @@ def _channel_names(element: ET.Element) -> list[str | None]:
     where LAS X wrote one per channel with the same colour tables in the same order, or, where it
     wrote more set-ups than channels were recorded, each channel's colour table is that of exactly
     one set-up (a real LAS X 2.0 file keeps an autofocus set-up beside the one recorded: ``Gray``
-    beside ``Green``); else the channel's colour table
-    (``LUTName``: ``Blue``, ``Green``...). Names are never paired by guess: one channel described
-    differently keeps every name a colour."""
+    beside ``Green``); else the channel's colour table (``LUTName``: ``Blue``, ``Green``...). Names
+    are never paired by guess: one channel described differently keeps every name a colour."""
     described = list(element.iterfind("./Data/Image/ImageDescription/Channels/ChannelDescription"))
     names = [c.get("LUTName") or None for c in described]
     infos = element.findall(".//ATLCameraSettingDefinition/WideFieldChannelConfigurator/WideFieldChannelInfo")
