@@ -218,3 +218,21 @@ def test_by_path_a_plane_of_any_size_is_read_window_by_window_inflating_only_its
         assert len(inflated) == 5
     with pytest.raises(slide_files.SlideTooLarge):
         slide_files.open_slide(path, Selection(), max_pixels=side * side - 1, limits=limits)
+
+
+def test_soft_links_that_loop_or_lead_elsewhere_are_400s() -> None:
+    """A group that links to itself (pyfive follows soft links until Python's recursion limit) and a
+    channel that links to a group instead of its data: each a 400, at once."""
+    import h5py
+
+    looped = io.BytesIO(ims_bytes(STACK[:1, :1, :1]))
+    with h5py.File(looped, "r+") as f:
+        del f["DataSet/ResolutionLevel 0/TimePoint 0"]
+        f["DataSet/ResolutionLevel 0/TimePoint 0"] = h5py.SoftLink("/DataSet/ResolutionLevel 0/TimePoint 0")
+    elsewhere = io.BytesIO(ims_bytes(STACK[:1, :1, :1]))
+    with h5py.File(elsewhere, "r+") as f:
+        del f["DataSet/ResolutionLevel 0/TimePoint 0/Channel 0"]
+        f["DataSet/ResolutionLevel 0/TimePoint 0/Channel 0"] = h5py.SoftLink("/DataSet")
+    for data in (looped.getvalue(), elsewhere.getvalue()):
+        with pytest.raises(UndecodableImage):
+            microscopy.probe(data, MAX, 10_000)
