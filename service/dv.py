@@ -28,7 +28,7 @@ import numpy as np
 
 from service import structure
 from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType
-from service.microscopy import PLANE_AXES, Channel, Layout, PixelSize, check_series
+from service.microscopy import Layout, PixelSize, check_series, grey_planes_layout
 
 HEADER_BYTES = 1024
 #: Pixel types (the header's ``mode``) → numpy type and what the service reads it as. Signed
@@ -140,22 +140,9 @@ def _planes(data: bytes | mmap.mmap, max_pixels: int) -> tuple[Layout, Reader]:
         plane = np.frombuffer(data, stored_type, width * height, start + index * plane_bytes)
         return plane.reshape(height, width).astype(dtype)  # a copy: nothing keeps the file's bytes
 
-    lead = [a for a in ("T", "Z", "C") if sizes[a] > 1]
     pixel_size, notes = _pixel_size(header, depth)
     names = _channel_names(header.wavelengths[:waves])
-    layout = Layout(
-        format="DeltaVision",
-        width=width,
-        height=height,
-        dtype=str(np.dtype(dtype)),
-        axes="".join(lead) + "YX",
-        shape=tuple(sizes[a] for a in lead) + (height, width),
-        channels=tuple(Channel(c, names[c]) for c in range(waves)),
-        planes={a: sizes[a] for a in PLANE_AXES if sizes.get(a, 1) > 1},
-        pixel_size=pixel_size,
-        warnings=tuple(notes),
-    )
-    return layout, read
+    return grey_planes_layout("DeltaVision", width, height, dtype, sizes, names, pixel_size, notes), read
 
 
 def _pixel_size(header: Header, depth: int) -> tuple[PixelSize | None, list[str]]:

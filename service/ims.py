@@ -46,13 +46,12 @@ import numpy as np
 from service import structure
 from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType
 from service.microscopy import (
-    PLANE_AXES,
-    Channel,
     Layout,
     MappedStream,
     PixelSize,
     check_series,
     decoder_errors,
+    grey_planes_layout,
 )
 
 #: The most bytes one chunk of an Imaris dataset may hold once inflated. Imaris writes chunks of
@@ -329,25 +328,13 @@ def _planes(
     chunks = opened[(0, 0)].chunks if opened[(0, 0)].layout == 2 else (1, min(256, height), width)
 
     sizes = {"C": channels, "Z": depth, "T": times}
-    lead = [a for a in ("T", "Z", "C") if sizes[a] > 1]
     image_info = dataset.description("DataSetInfo/Image")
     if image_info is None:
         pixel_size, notes = None, [_UNREAD_DESCRIPTION]
     else:
         pixel_size, notes = _pixel_size(image_info, width, height, depth)
     names = _channel_names([dataset.description(f"DataSetInfo/Channel {c}") or {} for c in range(channels)])
-    layout = Layout(
-        format="Imaris",
-        width=width,
-        height=height,
-        dtype=str(np.dtype(dtype)),
-        axes="".join(lead) + "YX",
-        shape=tuple(sizes[a] for a in lead) + (height, width),
-        channels=tuple(Channel(c, names[c]) for c in range(channels)),
-        planes={a: sizes[a] for a in PLANE_AXES if sizes.get(a, 1) > 1},
-        pixel_size=pixel_size,
-        warnings=tuple(notes),
-    )
+    layout = grey_planes_layout("Imaris", width, height, dtype, sizes, names, pixel_size, notes)
     return layout, read, window, chunks
 
 

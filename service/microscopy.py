@@ -43,7 +43,7 @@ import mmap
 import re
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -289,6 +289,29 @@ def image_summary(width: int, height: int, sizes: dict[str, int], colour: bool =
     parts += [f"{sizes[axis]} {unit}" for axis, unit in (("C", "ch"), ("Z", "z"), ("T", "t"))
               if sizes.get(axis, 1) > 1]
     return " · ".join(parts)
+
+
+def grey_planes_layout(
+    format: str, width: int, height: int, dtype: Any, sizes: dict[str, int],
+    names: Sequence[str | None], pixel_size: PixelSize | None, warnings: Sequence[str],
+) -> Layout:
+    """The layout of a file whose planes are grey ``height`` × ``width`` along T, Z and C (``sizes``,
+    1 where it has none: a DeltaVision file, an Imaris file, an OIB): axes and shape as tifffile
+    gives a hyperstack's, T outermost and singletons dropped; channel ``c`` named ``names[c]`` where
+    there is one."""
+    lead = [a for a in ("T", "Z", "C") if sizes.get(a, 1) > 1]
+    return Layout(
+        format=format,
+        width=width,
+        height=height,
+        dtype=str(np.dtype(dtype)),
+        axes="".join(lead) + "YX",
+        shape=tuple(sizes[a] for a in lead) + (height, width),
+        channels=tuple(Channel(c, names[c] if c < len(names) else None) for c in range(sizes.get("C", 1))),
+        planes={a: sizes[a] for a in PLANE_AXES if sizes.get(a, 1) > 1},
+        pixel_size=pixel_size,
+        warnings=tuple(warnings),
+    )
 
 
 def check_series(

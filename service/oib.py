@@ -51,12 +51,11 @@ import numpy as np
 from service import compound, structure
 from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType, supported_dtype
 from service.microscopy import (
-    PLANE_AXES,
-    Channel,
     Layout,
     PixelSize,
     SelectionError,
     check_series,
+    grey_planes_layout,
     unit_um,
 )
 
@@ -359,7 +358,6 @@ def _fluoview_planes(
     if pixel_size is None:
         notes.append(f"the {kind} does not give its pixel size: sizes are in pixels")
     names = _channel_names(settings, sizes["C"])
-    lead = [a for a in ("T", "Z", "C") if sizes[a] > 1]
 
     def read(coords: dict[str, int]) -> np.ndarray:
         key = (int(coords.get("C", 0)), int(coords.get("Z", 0)), int(coords.get("T", 0)))
@@ -370,19 +368,7 @@ def _fluoview_planes(
             )
         return image
 
-    layout = Layout(
-        format=kind,
-        width=width,
-        height=height,
-        dtype=str(first.dtype),
-        axes="".join(lead) + "YX",
-        shape=tuple(sizes[a] for a in lead) + (height, width),
-        channels=tuple(Channel(c, names[c] if names else None) for c in range(sizes["C"])),
-        planes={a: sizes[a] for a in PLANE_AXES if sizes.get(a, 1) > 1},
-        pixel_size=pixel_size,
-        warnings=tuple(notes),
-    )
-    return layout, read
+    return grey_planes_layout(kind, width, height, first.dtype, sizes, names, pixel_size, notes), read
 
 
 _AXIS_WORDS = {"Z": "z-slices", "T": "time points"}
