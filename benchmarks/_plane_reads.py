@@ -3,6 +3,7 @@ what ``benchmarks/lif_project.py`` and ``benchmarks/nd2_plate.py`` compare."""
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -14,6 +15,16 @@ from service import frames, microscopy, slide_files
 from service.structure import Limits
 
 Read = Callable[[], tuple[int, np.ndarray]]
+
+
+def stack_arguments(doc: str) -> argparse.Namespace:
+    """The command line of a z-stack benchmark (its docstring's first line as the description):
+    ``--slices`` (30), ``--size`` (1024, px a side), ``--repeat`` (3 rounds)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=30)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--repeat", type=int, default=3)
+    return parser.parse_args()
 
 
 def three_reads(path: Path, series: int, choice: microscopy.Selection, side: int) -> dict[str, Read]:

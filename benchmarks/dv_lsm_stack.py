@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.*: the vendors' layout writers
 
-from _plane_reads import print_reads  # noqa: E402
+from _plane_reads import print_reads, stack_arguments  # noqa: E402
 
 from service import frames, microscopy, slide_files  # noqa: E402
 from service.structure import Limits  # noqa: E402
@@ -64,11 +64,7 @@ def table(title: str, path: Path, choice: microscopy.Selection, expected: np.nda
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--slices", type=int, default=30)
-    parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
+    args = stack_arguments(__doc__)
     rng = np.random.default_rng(0)
     z = args.slices // 2
     with tempfile.TemporaryDirectory() as folder:

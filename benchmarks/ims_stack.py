@@ -14,7 +14,6 @@ against the array written. One process, 2-core CPU: compare rows of one run.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.*: the layout writer
 
-from _plane_reads import print_reads  # noqa: E402
+from _plane_reads import print_reads, stack_arguments  # noqa: E402
 from dv_lsm_stack import reads  # noqa: E402
 
 from service import microscopy  # noqa: E402
@@ -45,11 +44,7 @@ def stack(slices: int, size: int, seed: int) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--slices", type=int, default=30)
-    parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
+    args = stack_arguments(__doc__)
     z = args.slices // 2
     volume = stack(args.slices, args.size, seed=0)
     expected = volume[0, 1, z].copy()

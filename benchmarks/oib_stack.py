@@ -25,7 +25,7 @@ import tifffile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.oib_files: the FluoView layout writer
 
-from _plane_reads import median_ms, print_reads  # noqa: E402
+from _plane_reads import median_ms, print_reads, stack_arguments  # noqa: E402
 
 from service import frames, microscopy, structure  # noqa: E402
 from service.structure import Limits  # noqa: E402
@@ -76,11 +76,7 @@ def structure_costs(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--slices", type=int, default=30)
-    parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
+    args = stack_arguments(__doc__)
     stack(args)
     structure_costs(args)
 
