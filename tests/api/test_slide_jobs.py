@@ -254,6 +254,19 @@ def test_an_nd2_position_is_a_slide_job(slide_server: Server, slide_image: np.nd
                                         files={"file": ("plate.nd2", plate)})
 
 
+def test_an_imaris_stitched_image_is_a_slide_job(slide_server: Server, slide_image: np.ndarray) -> None:
+    """An image stitched in Imaris (chunks of 256², deflated, as Imaris Stitcher writes a large one):
+    read window by window, each window inflating the chunks it touches, it gives the objects POST
+    /segment gives for the plane."""
+    from tests.ims_files import ims_bytes
+
+    plane = np.ascontiguousarray(slide_image[:900, :1100])
+    stitched = ims_bytes(np.stack([plane // 3, plane])[None, :, None], (0.65, 0.65, 1.0), ["GFP", "DAPI"],
+                         chunks=(1, 256, 256), levels=1)
+    _assert_slide_job_matches_the_plane(slide_server, {"channel": "dapi"}, plane,
+                                        files={"file": ("stitched.ims", stitched)})
+
+
 def test_a_stored_projects_image_is_a_slide_job(slide_server: Server, slide_image: np.ndarray) -> None:
     """The same project stored once (POST /uploads) and named by upload=: the slide job reads the
     stored file where it is and finds what POST /segment finds in the plane."""
