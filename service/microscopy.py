@@ -956,8 +956,10 @@ def _tiff_series_summary(series: Any) -> str | None:
 
 def _image_series(tif: Any) -> list[Any]:
     """tifffile's series of ``tif`` less an LSM's thumbnails (a series of reduced pages after the
-    image's, for ZEN's file browser: not an image of the acquisition)."""
-    return [s for s in tif.series if not (s.kind == "lsm" and s.keyframe.is_reduced)]
+    image's, for ZEN's file browser) and a QPTIFF's (an RGB rendering of the scan for Phenochart):
+    neither is an image of the acquisition."""
+    return [s for s in tif.series if not (s.kind == "lsm" and s.keyframe.is_reduced)
+            and not (s.kind == "qpi" and s.name == "Thumbnail")]
 
 
 def _ome_root(tif: Any, notes: list[str]) -> ET.Element | None:
@@ -995,7 +997,8 @@ def _tiff_metadata(
         size = _imagej_pixel_size(page, meta, notes)
     else:
         vendor = (tiff_vendors.lsm(tif, n_channels) or tiff_vendors.metaseries(tif, n_channels)
-                  or tiff_vendors.svs(tif, page, series_index) or tiff_vendors.fei(tif))
+                  or tiff_vendors.svs(tif, page, series_index) or tiff_vendors.fei(tif)
+                  or tiff_vendors.qpi(tif, series, n_channels))
         if vendor is None:
             fmt, size, names = "TIFF", None, []
         else:

@@ -15,6 +15,11 @@ calibration and the channel names out of what it parsed, in µm:
   (a multi-file dataset's other files hold only a pointer to the first file's OME-XML).
 - **Aperio SVS**: ``MPP`` in the baseline image's description (µm per pixel of the full resolution).
 - **FEI / Thermo Fisher SEM**: ``[Scan] PixelWidth/PixelHeight`` (metres).
+- **Akoya (PerkinElmer) QPTIFF** (Vectra, Polaris, PhenoImager; inForm's unmixed component images):
+  each full-resolution page's ``PerkinElmer-QPI-ImageDescription`` XML names its channel (``<Name>``:
+  ``DAPI``, ``Opal 520``, as Phenochart and Bio-Formats show it); the pixel size is the pages'
+  resolution tags (centimetres), which the caller reads. Its RGB thumbnail is no image of the scan
+  (the caller leaves that series out).
 
 Each reader returns None where its structure is absent, unreadable or gives no positive finite
 size; the caller then goes on to the next source. Real files of each kind were read with it
@@ -24,6 +29,7 @@ size; the caller then goes on to the next source. Real files of each kind were r
 from __future__ import annotations
 
 import math
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +121,27 @@ def fei(tif: Any) -> Calibration | None:
         return Calibration("FEI TIFF", "fei")
     x, y = _length(scan.get("PixelWidth"), 1e6), _length(scan.get("PixelHeight"), 1e6)
     return Calibration("FEI TIFF", "fei", x or y, y or x)
+
+
+def qpi(tif: Any, series: Any, n_channels: int) -> Calibration | None:
+    if not tif.is_qpi:
+        return None
+    names: tuple[str | None, ...] = ()
+    if series.name != "Thumbnail":
+        listed = [_qpi_name(page) for page in series.pages]
+        if len(listed) == n_channels and len({n for n in listed if n}) == len(listed):
+            names = tuple(listed)
+    return Calibration("Akoya QPTIFF", "tiff", names=names)  # the size: the resolution tags
+
+
+def _qpi_name(page: Any) -> str | None:
+    """A QPTIFF page's channel: the ``<Name>`` directly under its description's root (the first
+    page's description also names filters and the scan profile deeper down)."""
+    try:
+        root = ET.fromstring(page.description or "")
+    except (ET.ParseError, AttributeError):
+        return None
+    return (root.findtext("Name") or "").strip() or None
 
 
 def _length(value: Any, factor: float) -> float | None:

@@ -34,7 +34,7 @@ from tests.ims_files import ims_bytes
 from tests.lif_files import Image, lif_bytes
 from tests.nd2_files import Nd2, write_nd2
 from tests.oib_files import Oib, write_oib
-from tests.vendor_tiffs import lsm_bytes, metaseries_bytes
+from tests.vendor_tiffs import lsm_bytes, metaseries_bytes, qptiff_bytes
 from tests.zvi_files import Plane, zvi_bytes
 
 
@@ -120,6 +120,7 @@ def seeds() -> dict[str, bytes]:
                              extended_bytes=64),  # T, C, Z, Y, X
         "ims-stack": ims_bytes(  # an Imaris file: HDF5, its chunks deflated after shuffling
             np.stack([np.stack([channels, channels[::-1]])]), names=["DAPI", "GFP"], chunks=(1, 16, 16)),
+        "tiff-qptiff": qptiff_bytes(channels, ["DAPI", "FITC"], 0.4965),  # an Akoya scan: XML per page
     }
 
 

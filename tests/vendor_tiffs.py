@@ -115,6 +115,31 @@ def svs_bytes(rgb: np.ndarray, mpp: float) -> bytes:
     return buffer.getvalue()
 
 
+_QPI_HEAD = '<?xml version="1.0" encoding="utf-8"?>\r\n<PerkinElmer-QPI-ImageDescription>'
+_QPI_TAIL = "</PerkinElmer-QPI-ImageDescription>"
+
+
+def qptiff_bytes(planes: np.ndarray, names: list[str], pixel_um: float, thumbnail: bool = True) -> bytes:
+    """An Akoya (PerkinElmer) QPTIFF as Vectra Polaris writes one: a page per channel, each with its
+    ``PerkinElmer-QPI-ImageDescription`` XML (the first also naming the scan's filters, deeper
+    down), the resolution in pixels per centimetre, Software ``PerkinElmer-QPI``; then an RGB
+    thumbnail."""
+    buffer = io.BytesIO()
+    per_cm = 1e4 / pixel_um
+    profile = "<ScanProfile><Filter><Name>DAPI</Name></Filter><Name>einstein_panel</Name></ScanProfile>"
+    with tifffile.TiffWriter(buffer) as tif:
+        for k, (plane, name) in enumerate(zip(planes, names, strict=True)):
+            description = (f"{_QPI_HEAD}<DescriptionVersion>2</DescriptionVersion><ImageType>FullResolution"
+                           f"</ImageType><Name>{name}</Name>{profile if k == 0 else ''}{_QPI_TAIL}")
+            tif.write(plane, description=description, software="PerkinElmer-QPI", metadata=None,
+                      resolution=(per_cm, per_cm), resolutionunit="centimeter", photometric="minisblack")
+        if thumbnail:
+            rgb = np.stack([planes[0][::4, ::4]] * 3, axis=-1).astype(np.uint8)
+            tif.write(rgb, software="PerkinElmer-QPI", photometric="rgb", metadata=None,
+                      description=f"{_QPI_HEAD}<ImageType>Thumbnail</ImageType>{_QPI_TAIL}")
+    return buffer.getvalue()
+
+
 def fei_bytes(plane: np.ndarray, pixel_m: float) -> bytes:
     """An FEI SEM TIFF: its settings (an INI text) in tag 34680, the print resolution of 96 dpi."""
     text = f"[User]\r\nDate=01/01/2020\r\n[Scan]\r\nPixelWidth={pixel_m:g}\r\nPixelHeight={pixel_m:g}\r\n"

@@ -14,7 +14,14 @@ import tifffile
 from service import microscopy, slide_files, structure
 from service.microscopy import Selection
 from tests.ome_sets import write_channel_set
-from tests.vendor_tiffs import fei_bytes, lsm_bytes, metaseries_bytes, micromanager_bytes, svs_bytes
+from tests.vendor_tiffs import (
+    fei_bytes,
+    lsm_bytes,
+    metaseries_bytes,
+    micromanager_bytes,
+    qptiff_bytes,
+    svs_bytes,
+)
 
 MAX = 10**8
 RNG = np.random.default_rng(5)
@@ -92,6 +99,22 @@ def test_an_svs_baseline_has_its_mpp_and_its_thumbnail_none() -> None:
     assert probe(data).format == "Aperio SVS"
     assert probe(data).pixel_size == microscopy.PixelSize(0.499, 0.499, "svs")
     assert probe(data, series=1).pixel_size is None  # a reduced copy: not 0.499 µm per pixel
+
+
+def test_a_qptiff_offers_its_channels_by_name_and_not_its_thumbnail() -> None:
+    """An Akoya multiplexed scan (a real Vectra Polaris file and an inForm component image read the
+    same way): channels by the names each page's XML gives (DAPI among them), the pixel size from
+    the resolution tags, and its RGB thumbnail no second image to choose."""
+    planes = RNG.integers(0, 255, (3, 48, 64), dtype=np.uint8)
+    data = qptiff_bytes(planes, ["DAPI", "FITC", "Cy3"], 0.4965)
+    layout = probe(data)
+    assert (layout.format, [c.name for c in layout.channels]) == ("Akoya QPTIFF", ["DAPI", "FITC", "Cy3"])
+    assert layout.series_count == 1 and not layout.warnings
+    assert layout.pixel_size is not None and abs(layout.pixel_size.x_um - 0.4965) < 1e-6
+    assert np.array_equal(select(data, channel="dapi").image, planes[0])
+    assert np.array_equal(select(data, channel="Cy3").image, planes[2])
+    twice = qptiff_bytes(planes, ["DAPI", "DAPI", "Cy3"], 0.4965)  # a name must choose one channel
+    assert [c.name for c in probe(twice).channels] == [None, None, None]
 
 
 def test_an_fei_image_has_its_pixel_width_not_a_print_resolution() -> None:
