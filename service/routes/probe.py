@@ -61,8 +61,8 @@ class SeriesInfo(BaseModel):
 
 class ProbeResult(BaseModel):
     format: str = Field(description="OME-TIFF, ImageJ TIFF, Zeiss LSM, MetaMorph TIFF, Micro-Manager TIFF, "
-                        "Aperio SVS, FEI TIFF, TIFF, CZI, LIF, ND2, OIB, ZVI, DeltaVision, Imaris, "
-                        "PNG, JPEG, BMP")
+                        "Aperio SVS, FEI TIFF, Akoya QPTIFF, TIFF, CZI, LIF, ND2, OIB, ZVI, DeltaVision, "
+                        "Imaris, PNG, JPEG, BMP")
     width: int
     height: int
     dtype: str
