@@ -36,6 +36,7 @@ import logging
 import math
 import mmap
 import threading
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -70,6 +71,10 @@ WindowReader = Callable[[dict[str, int], int, int, int, int], np.ndarray]
 _UNREAD_DESCRIPTION = ("the Imaris file's description (DataSetInfo/Image) could not be read: sizes are in "
                        "pixels (send pixel_size= for µm)")
 log = logging.getLogger(__name__)
+# pyfive warns on every attribute of a type it does not read ("type not implemented, set to None"):
+# on hostile uploads that is chatter in the server's log, and the attributes that matter are
+# checked here. Set once, for pyfive's modules alone (catch_warnings is not thread-safe).
+warnings.filterwarnings("ignore", category=UserWarning, module=r"pyfive(\.|$)")
 
 
 class BudgetExceeded(UndecodableImage):
