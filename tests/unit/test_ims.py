@@ -143,8 +143,10 @@ def test_a_chunk_that_inflates_past_its_size_is_refused_before_it_is_held() -> N
 
 
 def test_structure_past_the_metadata_budget_is_a_400_even_by_path(tmp_path: Path) -> None:
-    """Every byte the HDF5 reader reads is charged, by path too: the stream it is given has no file
-    descriptor, so pyfive cannot read the file by name outside the budget."""
+    """Every byte the HDF5 reader reads is charged, by path too; the stream it is given has no file
+    descriptor (pyfive would otherwise reopen the file by name and read in threads, uncharged)."""
+    with pytest.raises(OSError):
+        ims._ChargedStream(b"", 10).fileno()
     path = tmp_path / "cells.ims"
     path.write_bytes(ims_bytes(STACK))
     with pytest.raises(UndecodableImage, match="UNET_MAX_METADATA_BYTES"):
