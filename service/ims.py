@@ -132,14 +132,7 @@ def open_planes(
         ImageTooLarge: a plane over ``max_pixels``.
         SelectionError: ``series`` is not 0.
     """
-    check_series(1, (), series)
-    view, close = structure.mapped(source, "Imaris")
-    try:
-        with decoder_errors():  # pyfive raises AssertionError, KeyError, struct.error... on bad bytes
-            layout, read, _, _ = _planes(view, max_pixels, metadata_bytes)
-    except BaseException:
-        close()
-        raise
+    layout, read, _, _, close = _opened(source, max_pixels, series, metadata_bytes)
     return layout, read, close
 
 
@@ -153,21 +146,29 @@ def open_windows(
 
     Raises: as :func:`open_planes`.
     """
+    layout, _, window, chunks, close = _opened(path, max_pixels, series, metadata_bytes)
+    return layout, window, chunks, close
+
+
+def _opened(
+    source: bytes | mmap.mmap | Path, max_pixels: int, series: int | None, metadata_bytes: int
+) -> tuple[Layout, Reader, WindowReader, tuple[int, int, int], Callable[[], None]]:
+    """:func:`_planes` of ``source`` (mapped where it is a path) and what closes it."""
     check_series(1, (), series)
-    view, close = structure.mapped(path, "Imaris")
+    view, close = structure.mapped(source, "Imaris")
     try:
-        with decoder_errors():
-            layout, _, window, chunks = _planes(view, max_pixels, metadata_bytes)
+        with decoder_errors():  # pyfive raises AssertionError, KeyError, struct.error... on bad bytes
+            return (*_planes(view, max_pixels, metadata_bytes), close)
     except BaseException:
         close()
         raise
-    return layout, window, chunks, close
 
 
 def admitted_pixels(data: bytes | mmap.mmap, max_pixels: int, metadata_bytes: int) -> int:
     """Pixels of an Imaris file's plane, from its description (admission)."""
     with decoder_errors():
-        width, height, _ = _Dataset(data, metadata_bytes).size()
+        dataset = _Dataset(data, metadata_bytes)
+        width, height, _ = dataset.size(dataset.description("DataSetInfo/Image") or {})
     if width * height > max_pixels:
         raise ImageTooLarge(width * height, max_pixels, width, height)
     return width * height
@@ -213,11 +214,10 @@ class _Dataset:
             log.debug("Imaris description %s not read", path, exc_info=True)
             return None
 
-    def size(self) -> tuple[int, int, int]:
+    def size(self, info: dict[str, Any]) -> tuple[int, int, int]:
         """``(width, height, depth)`` of the image: the first channel's ``ImageSize*``, else
-        ``DataSetInfo/Image``'s ``X``/``Y``/``Z``."""
+        ``DataSetInfo/Image``'s ``X``/``Y``/``Z`` (``info``: its attributes, read by the caller)."""
         first = self.group_attrs(f"{_RESOLUTION}/TimePoint 0/Channel 0")
-        info = self.description("DataSetInfo/Image") or {}
         sizes = []
         for own, described in (("ImageSizeX", "X"), ("ImageSizeY", "Y"), ("ImageSizeZ", "Z")):
             value = _integer(first.get(own))
@@ -306,7 +306,8 @@ def _planes(
     """The layout, a plane reader, a window reader and the first dataset's chunk shape (Z, Y, X;
     contiguous storage: one slice of 256 rows, the rows a window's band is aligned to)."""
     dataset = _Dataset(view, metadata_bytes)
-    width, height, depth = dataset.size()
+    image_info = dataset.description("DataSetInfo/Image")  # None: pyfive could not read it
+    width, height, depth = dataset.size(image_info or {})
     if width * height > max_pixels:
         raise ImageTooLarge(width * height, max_pixels, width, height)
     times = dataset.counted(_RESOLUTION, "TimePoint")
@@ -333,7 +334,6 @@ def _planes(
     chunks = opened[(0, 0)].chunks if opened[(0, 0)].layout == 2 else (1, min(256, height), width)
 
     sizes = {"C": channels, "Z": depth, "T": times}
-    image_info = dataset.description("DataSetInfo/Image")
     if image_info is None:
         pixel_size, notes = None, [_UNREAD_DESCRIPTION]
     else:
@@ -366,7 +366,7 @@ class _Plane:
         if np.dtype(data.dtype) != stored:
             raise UndecodableImage("the Imaris file's channels or time points are of different pixel types")
         self.view, self.data, self.size, self.shape = view, data, size, shape
-        self.stored = stored.newbyteorder("<") if stored.byteorder == "|" else stored
+        self.stored = stored
         self.layout = data.id.layout_class
         if self.layout == 2:
             self.chunks = tuple(int(c) for c in data.chunks)
