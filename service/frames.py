@@ -253,15 +253,15 @@ def _opened(
             yield opened
         return
     if path.suffix.lower() == ".oif":  # FluoView's folder format: the settings here, the planes beside
-        with _vendor_opened(path, max_pixels, series, lambda _data, _limits: None, oib.open_oif) as opened:
+        with _vendor_opened(path, max_pixels, series, None, oib.open_oif) as opened:
             yield opened
         return
     if structure.is_dv(head):  # no structure to walk: the header's sizes are checked against the file
-        with _vendor_opened(path, max_pixels, series, lambda _data, _limits: None, dv.open_planes) as opened:
+        with _vendor_opened(path, max_pixels, series, None, dv.open_planes) as opened:
             yield opened
         return
     if structure.is_hdf5(head):  # an Imaris file: its reads are charged to a budget as they are made
-        with _vendor_opened(path, max_pixels, series, lambda _data, _limits: None, ims.open_planes) as opened:
+        with _vendor_opened(path, max_pixels, series, None, ims.open_planes) as opened:
             yield opened
         return
     try:
@@ -296,14 +296,16 @@ def _vendor_opened(
     path: Path,
     max_pixels: int,
     series: int | None,
-    walk: Callable[[bytes, structure.Limits], object],
+    walk: Callable[[bytes, structure.Limits], object] | None,
     open_planes: Callable[[Path, int, int | None], tuple[Layout, PageReader, Callable[[], None]]],
 ) -> Iterator[tuple[Layout, Callable[[Page], np.ndarray]] | None]:
     """A CZI's, a LIF's or an ND2's planes (at image ``series``), read from the file where it lies, its
-    structure walked on a map of it as the service walks an upload's: a movie or a project of any
-    size is cut frame by frame, image by image. (A SelectionError, no such image, is a ValueError.)"""
+    structure walked on a map of it as the service walks an upload's (``walk`` None: a format whose
+    reader bounds itself, DeltaVision, Imaris, OIF): a movie or a project of any size is cut frame
+    by frame, image by image. (A SelectionError, no such image, is a ValueError.)"""
     try:
-        structure.walk_file(path, walk, structure.Limits())
+        if walk is not None:
+            structure.walk_file(path, walk, structure.Limits())
         layout, read, close = open_planes(path, max_pixels, series)
     except (imaging.ImageError, OSError, ValueError):
         yield None
