@@ -15,19 +15,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from service import structure
 from service.imaging import UndecodableImage
-from service.microscopy import Layout, container_stream
+from service.microscopy import Layout, PlaneReader, container_stream
 
 _METADATA_BYTES = structure.Limits().max_metadata_bytes
-Reader = Callable[[dict[str, int]], np.ndarray]
 
 
 def open_planes(
     source: bytes | Path, max_pixels: int, series: int | None = None, metadata_bytes: int = _METADATA_BYTES
-) -> tuple[Layout, Reader, Callable[[], None]]:
+) -> tuple[Layout, PlaneReader, Callable[[], None]]:
     """The layout of an OIB or a ZVI (an upload's bytes, or a file) and a reader of its planes by
     coordinates (``{"C": c, "Z": z, "T": t}``), and what closes the file: :func:`service.oib.planes`
     or :func:`service.zvi.planes`, which say what they raise."""
@@ -63,7 +60,7 @@ def _reader() -> type:
     streams took 4.8 s and one of 24,000 took 16 s here, quadratic; a set makes it linear."""
     import olefile  # imported only for compound files
 
-    class Reader(olefile.OleFileIO):  # type: ignore[misc]
+    class PlaneReader(olefile.OleFileIO):  # type: ignore[misc]
         def _check_duplicate_stream(self, first_sect: int, minifat: bool = False) -> None:
             if not minifat and first_sect in (olefile.DIFSECT, olefile.FATSECT, olefile.ENDOFCHAIN,
                                               olefile.FREESECT):
@@ -73,7 +70,7 @@ def _reader() -> type:
                 self._raise_defect(olefile.DEFECT_INCORRECT, "Stream referenced twice")
             seen.add(first_sect)
 
-    return Reader
+    return PlaneReader
 
 
 def open_file(source: bytes | Path) -> Any:

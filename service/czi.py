@@ -47,6 +47,7 @@ from service.microscopy import (
     Channel,
     Layout,
     PixelSize,
+    PlaneReader,
     check_series,
     container_stream,
     first_series_note,
@@ -100,14 +101,13 @@ class _Tile:
     entry: Any  # czifile.DirectoryEntryDV
 
 
-Reader = Callable[[dict[str, int]], np.ndarray]
 #: ``(coords, y0, y1, x0, x1)`` → the pixels ``[y0:y1, x0:x1]`` of that plane.
 WindowReader = Callable[[dict[str, int], int, int, int, int], np.ndarray]
 
 
 def open_planes(
     source: bytes | Path, max_pixels: int, scene: int | None = None
-) -> tuple[Layout, Reader, Callable[[], None]]:
+) -> tuple[Layout, PlaneReader, Callable[[], None]]:
     """The layout of a CZI (an upload's bytes, or a file) at ``scene`` (0-based among its scenes;
     None: the first, with a notice when there are more) and a reader of its planes by
     coordinates (``{"C": c, "Z": z, "T": t}``, 0 where left out): ``(H, W)`` grey or ``(H, W, 3)``

@@ -28,7 +28,7 @@ import numpy as np
 
 from service import structure
 from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType
-from service.microscopy import Layout, PixelSize, check_series, grey_planes_layout
+from service.microscopy import Layout, PixelSize, PlaneReader, check_series, grey_planes_layout
 
 HEADER_BYTES = 1024
 #: Pixel types (the header's ``mode``) → numpy type and what the service reads it as. Signed
@@ -40,7 +40,6 @@ _COMPLEX = {3, 4}
 #: then wavelength), 1 WZT, 2 ZWT.
 _ORDERS = {0: "CTZ", 1: "TZC", 2: "TCZ"}
 
-Reader = Callable[[dict[str, int]], np.ndarray]
 
 
 class Header:
@@ -72,7 +71,7 @@ class Header:
 
 def open_planes(
     source: bytes | Path, max_pixels: int, series: int | None = None
-) -> tuple[Layout, Reader, Callable[[], None]]:
+) -> tuple[Layout, PlaneReader, Callable[[], None]]:
     """The layout of a DeltaVision file (an upload's bytes or memory map, or a file by path, mapped;
     ``series``: 0 or None, a file holds one image) and a reader of its planes by coordinates
     (``{"C": c, "Z": z, "T": t}``, 0 where left out): ``(H, W)`` uint8 / uint16 / float32; and what
@@ -100,7 +99,7 @@ def plane_pixels(data: bytes) -> tuple[int, int]:
     return header.width, header.height
 
 
-def _planes(data: bytes | mmap.mmap, max_pixels: int) -> tuple[Layout, Reader]:
+def _planes(data: bytes | mmap.mmap, max_pixels: int) -> tuple[Layout, PlaneReader]:
     header = Header(data[:HEADER_BYTES])
     if header.mode in _COMPLEX:
         raise UnsupportedImageType(

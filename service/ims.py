@@ -50,6 +50,7 @@ from service.microscopy import (
     Layout,
     MappedStream,
     PixelSize,
+    PlaneReader,
     check_series,
     decoder_errors,
     grey_planes_layout,
@@ -66,7 +67,6 @@ _GZIP, _SHUFFLE, _FLETCHER32 = 1, 2, 3
 _RESOLUTION = "DataSet/ResolutionLevel 0"
 _METADATA_BYTES = structure.Limits().max_metadata_bytes  # UNET_MAX_METADATA_BYTES' default
 
-Reader = Callable[[dict[str, int]], np.ndarray]
 WindowReader = Callable[[dict[str, int], int, int, int, int], np.ndarray]
 _UNREAD_DESCRIPTION = ("the Imaris file's description (DataSetInfo/Image) could not be read: sizes are in "
                        "pixels (send pixel_size= for µm)")
@@ -120,7 +120,7 @@ class _ChargedStream(MappedStream):
 def open_planes(
     source: bytes | mmap.mmap | Path, max_pixels: int, series: int | None = None,
     metadata_bytes: int = _METADATA_BYTES,
-) -> tuple[Layout, Reader, Callable[[], None]]:
+) -> tuple[Layout, PlaneReader, Callable[[], None]]:
     """The layout of an Imaris file (an upload's bytes or memory map, or a file by path, mapped;
     ``series``: 0 or None, a file holds one image) and a reader of its planes by coordinates
     (``{"C": c, "Z": z, "T": t}``, 0 where left out): ``(H, W)`` uint8 / uint16 / float32; and what
@@ -152,7 +152,7 @@ def open_windows(
 
 def _opened(
     source: bytes | mmap.mmap | Path, max_pixels: int, series: int | None, metadata_bytes: int
-) -> tuple[Layout, Reader, WindowReader, tuple[int, int, int], Callable[[], None]]:
+) -> tuple[Layout, PlaneReader, WindowReader, tuple[int, int, int], Callable[[], None]]:
     """:func:`_planes` of ``source`` (mapped where it is a path) and what closes it."""
     check_series(1, (), series)
     view, close = structure.mapped(source, "Imaris")
@@ -302,7 +302,7 @@ def _declared_end(view: bytes | mmap.mmap) -> int | None:
 
 def _planes(
     view: bytes | mmap.mmap, max_pixels: int, metadata_bytes: int
-) -> tuple[Layout, Reader, WindowReader, tuple[int, int, int]]:
+) -> tuple[Layout, PlaneReader, WindowReader, tuple[int, int, int]]:
     """The layout, a plane reader, a window reader and the first dataset's chunk shape (Z, Y, X;
     contiguous storage: one slice of 256 rows, the rows a window's band is aligned to)."""
     dataset = _Dataset(view, metadata_bytes)

@@ -49,6 +49,7 @@ from service.microscopy import (
     Channel,
     Layout,
     PixelSize,
+    PlaneReader,
     check_series,
     container_stream,
     first_series_note,
@@ -72,14 +73,13 @@ _ADVICE = {
     "M": "; merge the tile scan in LAS X (Process → Mosaic Merge) and send the merged image",
 }
 
-Reader = Callable[[dict[str, int]], np.ndarray]
 #: Images a refusal lists (a session may hold hundreds; POST /probe with series= describes any one).
 _LISTED_IMAGES = 10
 
 
 def open_planes(
     source: bytes | Path, max_pixels: int, series: int | None = None
-) -> tuple[Layout, Reader, Callable[[], None]]:
+) -> tuple[Layout, PlaneReader, Callable[[], None]]:
     """The layout of a LIF (an upload's bytes, or a file) at image ``series`` (0-based among the
     project's images; None: the first, with a notice when there are more) and a reader of its
     planes by coordinates (``{"C": c, "Z": z, "T": t}``, 0 where left out): ``(H, W)`` grey or
@@ -200,7 +200,7 @@ def _other_images_hint(lif: Any) -> Iterator[None]:
         raise
 
 
-def _planes(lif: Any, max_pixels: int, series: int | None) -> tuple[Layout, Reader, Stored]:
+def _planes(lif: Any, max_pixels: int, series: int | None) -> tuple[Layout, PlaneReader, Stored]:
     images = list(lif.images)
     if not images:
         raise UnsupportedImageType("the LIF project holds no image")

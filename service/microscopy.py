@@ -67,6 +67,9 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 #: Axes a plane can be chosen along, and what a request calls them.
 PLANE_AXES = ("Z", "T")
+#: Reads one plane of a file by its coordinates (``{"C": c, "Z": z, "T": t}``, 0 where left out):
+#: what every vendor reader's ``open_planes`` gives (CZI, LIF, ND2, OIB/OIF, ZVI, DeltaVision, Imaris).
+PlaneReader = Callable[[dict[str, int]], np.ndarray]
 #: tifffile's letters for a page sequence nobody labelled (Pillow, plain tifffile writes).
 _UNLABELLED = ("I", "Q")
 #: Names of an RGB image's channels (alpha is never segmented).
@@ -462,7 +465,7 @@ class _Source:
 
     layout: Layout
     # (plane coordinates {"Z": z, "T": t, "C": c}) → (H, W) or (H, W, S) array
-    read: Callable[[dict[str, int]], np.ndarray]
+    read: PlaneReader
     close: Callable[[], None] = lambda: None
     # RGB pixels read while probing (to tell grey from colour), reused by select
     first: np.ndarray | None = None
@@ -604,7 +607,7 @@ def _open_ims(data: bytes, max_pixels: int, series: int | None, metadata_bytes: 
 
 
 def _vendor_source(
-    layout: Layout, read: Callable[[dict[str, int]], np.ndarray], close: Callable[[], None]
+    layout: Layout, read: PlaneReader, close: Callable[[], None]
 ) -> _Source:
     """A vendor file's planes (CZI, LIF, ND2, OIB, ZVI, DeltaVision, Imaris) as a source; a colour
     image's pixels read once, to tell grey saved as colour from a composite."""
@@ -735,7 +738,7 @@ def tiff_layout(tif: Any, max_pixels: int, series: int | None = None) -> Layout:
 
 def tiff_planes(
     tif: Any, max_pixels: int, series: int | None = None
-) -> tuple[Layout, Callable[[dict[str, int]], np.ndarray]]:
+) -> tuple[Layout, PlaneReader]:
     """The layout of an open ``tifffile.TiffFile`` (at image ``series``, None: the first) and a
     reader of its pages by plane coordinates (``{"T": t, "Z": z, "C": c}``, 0 where left out),
     each decoded as an upload's: ``(H, W)`` or ``(H, W, S)``, uint8 / uint16 / float32. For reading

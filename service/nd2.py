@@ -48,6 +48,7 @@ from service.microscopy import (
     Channel,
     Layout,
     PixelSize,
+    PlaneReader,
     SelectionError,
     check_series,
     first_series_note,
@@ -61,7 +62,6 @@ _STAMP_BYTES = 8  # each frame's data starts with its acquisition time (a double
 #: The metadata bound of :class:`service.structure.Limits` where a caller gives none.
 _METADATA_BYTES = structure.Limits().max_metadata_bytes
 
-Reader = Callable[[dict[str, int]], np.ndarray]
 
 
 class Frame(NamedTuple):
@@ -83,7 +83,7 @@ class Frame(NamedTuple):
 
 def open_planes(
     source: bytes | Path, max_pixels: int, series: int | None = None, metadata_bytes: int = _METADATA_BYTES
-) -> tuple[Layout, Reader, Callable[[], None]]:
+) -> tuple[Layout, PlaneReader, Callable[[], None]]:
     """The layout of an ND2 (an upload's bytes, or a file) at position ``series`` (0-based among
     the experiment's XY positions; None: the first, with a notice when there are more) and a reader
     of its planes by coordinates (``{"C": c, "Z": z, "T": t}``, 0 where left out): ``(H, W)`` grey
@@ -333,7 +333,7 @@ class _Borrowed:
 
 def _planes(
     data: Any, max_pixels: int, series: int | None, metadata_bytes: int
-) -> tuple[Layout, Reader, _About]:
+) -> tuple[Layout, PlaneReader, _About]:
     about = _about(data, metadata_bytes)
     frame = about.frame
     sizes = dict(about.loops)

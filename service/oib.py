@@ -53,6 +53,7 @@ from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageTyp
 from service.microscopy import (
     Layout,
     PixelSize,
+    PlaneReader,
     SelectionError,
     check_series,
     grey_planes_layout,
@@ -71,12 +72,11 @@ _OTHER_AXES = {"L": "emission wavelengths (a λ-scan)", "A": "rotations", "P": "
                "Q": "indices along FluoView's Q axis"}
 _NUMBER = re.compile(r"\s*(\d+(?:[.,]\d+)?(?:[eE][-+]?\d+)?)")
 
-Reader = Callable[[dict[str, int]], np.ndarray]
 
 
 def open_planes(
     source: bytes | Path, max_pixels: int, series: int | None = None, metadata_bytes: int = _METADATA_BYTES
-) -> tuple[Layout, Reader, Callable[[], None]]:
+) -> tuple[Layout, PlaneReader, Callable[[], None]]:
     """The layout of an OIB (an upload's bytes, or a file; ``series``: 0 or None, an OIB holds one
     image) and a reader of its planes by coordinates (``{"C": c, "Z": z, "T": t}``, 0 where left
     out): ``(H, W)`` uint8 / uint16 / float32; and what closes the file.
@@ -103,7 +103,7 @@ def open_planes(
 
 def open_oif(
     path: Path, max_pixels: int, series: int | None = None, limits: structure.Limits | None = None
-) -> tuple[Layout, Reader, Callable[[], None]]:
+) -> tuple[Layout, PlaneReader, Callable[[], None]]:
     """An OIF, FluoView's folder format, read by path: the main settings file at ``path``
     (``cells.oif``) and the files FluoView keeps in the folder beside it (``cells.oif.files``: a
     TIFF per plane, as an OIB's streams), as :func:`open_planes` reads an OIB (``series``: 0 or
@@ -298,7 +298,7 @@ def _plane_index(names: list[str], kind: str = "OIB") -> dict[tuple[int, int, in
     return planes
 
 
-def planes(ole: Any, max_pixels: int, series: int | None, metadata_bytes: int) -> tuple[Layout, Reader]:
+def planes(ole: Any, max_pixels: int, series: int | None, metadata_bytes: int) -> tuple[Layout, PlaneReader]:
     """An open OIB's layout and plane reader (:func:`open_planes`, which says what it raises)."""
     check_series(1, (), series)
     settings, members = _main_settings(ole, metadata_bytes)
@@ -312,7 +312,7 @@ def planes(ole: Any, max_pixels: int, series: int | None, metadata_bytes: int) -
 def _fluoview_planes(
     settings: dict[str, Any], names: list[str], member: Callable[[str, int, str], bytes], max_pixels: int,
     kind: str,
-) -> tuple[Layout, Reader]:
+) -> tuple[Layout, PlaneReader]:
     """The layout and plane reader of a FluoView acquisition (an OIB's streams, an OIF folder's
     files): its main ``settings``, the ``names`` of its files, and ``member(name, byte limit, name
     shown)``, which reads one. ``kind`` (``OIB``, ``OIF``) names the format."""

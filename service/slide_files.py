@@ -60,7 +60,7 @@ import numpy as np
 
 from service import microscopy, structure, tiff_sets
 from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType
-from service.microscopy import Channel, Layout, PixelSize, Selection, SelectionError
+from service.microscopy import Channel, Layout, PixelSize, PlaneReader, Selection, SelectionError
 from service.regions import RegionSource, check_window
 
 #: Largest decoded chunk (tile, strip, Zarr chunk) a slide may have: each window decodes whole
@@ -155,7 +155,7 @@ class _WholePlanes:
     plane axes (``T``, ``Z``, ``C`` as the layout has them), then Y, X: a read decodes the plane it
     lies in through ``read`` and keeps it, so the windows of one plane decode it once."""
 
-    def __init__(self, layout: Layout, read: Callable[[dict[str, int]], np.ndarray]) -> None:
+    def __init__(self, layout: Layout, read: PlaneReader) -> None:
         self.lead = tuple(axis for axis in layout.axes if axis in "TZC")
         self.shape = tuple(layout.shape[: len(self.lead)]) + (layout.height, layout.width)
         self.dtype = np.dtype(layout.dtype)
@@ -847,7 +847,7 @@ def _open_ims(
 
 def _whole_planes(
     what: str,
-    open_planes: Callable[[int], tuple[Layout, Callable[[dict[str, int]], np.ndarray], Callable[[], None]]],
+    open_planes: Callable[[int], tuple[Layout, PlaneReader, Callable[[], None]]],
     selection: Selection,
     max_pixels: int,
     model_channels: int,

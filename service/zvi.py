@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import re
 import struct
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -39,6 +38,7 @@ from service.microscopy import (
     Channel,
     Layout,
     PixelSize,
+    PlaneReader,
     SelectionError,
     check_series,
 )
@@ -55,7 +55,6 @@ _MICROMETRE_UNIT = 76
 #: Pixel formats → (numpy type of one sample, samples stored, colour stored as BGR).
 _PIXEL_FORMATS = {1: ("u1", 3, True), 2: ("u1", 4, True), 3: ("u1", 1, False), 4: ("<u2", 1, False),
                   6: ("<f4", 1, False), 8: ("<u2", 3, True)}
-Reader = Callable[[dict[str, int]], np.ndarray]
 
 
 def is_zvi(ole: Any) -> bool:
@@ -74,7 +73,7 @@ def admitted_pixels(ole: Any, max_pixels: int, metadata_bytes: int = _METADATA_B
     return width * height
 
 
-def planes(ole: Any, max_pixels: int, series: int | None, metadata_bytes: int) -> tuple[Layout, Reader]:
+def planes(ole: Any, max_pixels: int, series: int | None, metadata_bytes: int) -> tuple[Layout, PlaneReader]:
     """An open ZVI's layout and plane reader (``{"C": c, "Z": z, "T": t}`` → ``(H, W)`` uint8 /
     uint16 / float32, or ``(H, W, 3)`` for colour). Raises as :func:`service.compound.open_planes`
     says; a plane the file lacks is a SelectionError naming it."""
