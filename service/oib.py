@@ -178,7 +178,7 @@ def _file_bytes(path: Path, limit: int, plane: str | None) -> bytes:
             raise UndecodableImage(
                 f"malformed OIF: plane {plane} holds {status.st_size:,} bytes, more than its pixels need"
             )
-        return opened.read(limit + 1)[:limit]
+        return opened.read(limit)  # no more than was checked, should the file grow meanwhile
 
 
 def admitted_pixels(ole: Any, max_pixels: int, metadata_bytes: int = _METADATA_BYTES) -> int:
