@@ -579,7 +579,11 @@ def count_planes(source: Path, axis: str, series: int | None = None) -> int:
     layout = frames.file_layout(source, get_settings().max_pixels, None if axis == "series" else series)
     if layout is None:
         return 1
-    return layout.series_count if axis == "series" else layout.planes.get(axis.upper(), 1)
+    if axis == "series":
+        # A Micro-Manager position's file is that position, as sent whole: the acquisition's other
+        # positions are the files beside it, each its own job.
+        return 1 if layout.positions_in_files else layout.series_count
+    return layout.planes.get(axis.upper(), 1)
 
 
 class Payload(NamedTuple):

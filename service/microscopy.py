@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from service import imaging, structure
+from service import imaging, mm_positions, structure
 from service.imaging import ImageError, ImageTooLarge, UndecodableImage, UnsupportedImageType
 from service.measured_channels import admitted_extra
 from service.polarity import Polarity
@@ -230,6 +230,9 @@ class Layout:
     #: each image's size and planes as a person tells them apart (:func:`image_summary`), where
     #: the file holds several: a LAS X project's images are all "Series001", "Series002"...
     series_about: tuple[str | None, ...] = ()
+    #: the images are the stage positions of a Micro-Manager acquisition read by path, each in a
+    #: file of its own beside this one (:mod:`service.mm_positions`): this file holds ``series``
+    positions_in_files: bool = False
 
     @property
     def needs_channel(self) -> bool:
@@ -762,10 +765,12 @@ def _tiff_source(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            all_series = _image_series(tif)
+            all_series = image_series(tif)
             series_names = tuple(getattr(s, "name", None) or None for s in all_series)
             series_about = tuple(_tiff_series_summary(s) for s in all_series) if len(all_series) > 1 else ()
-            series_index = check_series(len(all_series), series_names, wanted_series, series_about)
+            own = mm_positions.own_image(tif, all_series) if wanted_series is None else None
+            series_index = (own if own is not None
+                            else check_series(len(all_series), series_names, wanted_series, series_about))
             series = all_series[series_index]
             keyframe = series.keyframe
             full_axes, full_shape = series.get_axes(False), series.get_shape(False)
@@ -841,7 +846,9 @@ def _tiff_source(
             f"the TIFF has {n_channels_c} channels of {samples}-sample colour pages; the service reads "
             "either channels or colour samples"
         )
-    if len(all_series) > 1 and wanted_series is None:
+    if own is not None:
+        notes.append(mm_positions.position_note(len(all_series), series_index, series_names[series_index]))
+    elif len(all_series) > 1 and wanted_series is None:
         first = f"{width}×{height}, axes {series.axes}"
         notes.append(first_series_note(len(all_series), "images (series)", first))
 
@@ -910,6 +917,7 @@ def _tiff_source(
         series=series_index,
         series_names=series_names if len(all_series) > 1 else (),
         series_about=series_about,
+        positions_in_files=own is not None,
     )
     source = _Source(layout, read=read, close=tif.close)
     if rgb and colour_pixels:
@@ -957,12 +965,15 @@ def _tiff_series_summary(series: Any) -> str | None:
     return image_summary(sizes["X"], sizes["Y"], planes, colour=sizes.get("S", 1) in (3, 4))
 
 
-def _image_series(tif: Any) -> list[Any]:
-    """tifffile's series of ``tif`` less an LSM's thumbnails (a series of reduced pages after the
-    image's, for ZEN's file browser) and a QPTIFF's (an RGB rendering of the scan for Phenochart):
-    neither is an image of the acquisition."""
-    return [s for s in tif.series if not (s.kind == "lsm" and s.keyframe.is_reduced)
+def image_series(tif: Any) -> list[Any]:
+    """The images of ``tif``, as ``series=`` indexes them: tifffile's series less an LSM's
+    thumbnails (a series of reduced pages after the image's, for ZEN's file browser) and a
+    QPTIFF's (an RGB rendering of the scan for Phenochart), neither an image of the acquisition;
+    a Micro-Manager acquisition read by path split into its stage positions
+    (:mod:`service.mm_positions`)."""
+    kept = [s for s in tif.series if not (s.kind == "lsm" and s.keyframe.is_reduced)
             and not (s.kind == "qpi" and s.name == "Thumbnail")]
+    return [image for s in kept for image in mm_positions.split(s, tif)]
 
 
 def _ome_root(tif: Any, notes: list[str]) -> ET.Element | None:
@@ -1008,6 +1019,8 @@ def _tiff_metadata(
             fmt, size, names = vendor.format, _vendor_size(vendor), list(vendor.names)
         if size is None:
             size = _tiff_pixel_size(page, notes)
+    if not any(names) and series.kind == "ndtiff":
+        names = mm_positions.ndtiff_channel_names(tif, n_channels)  # by path: its index names them
     if size is None or not any(names):
         summary = tiff_vendors.micromanager(tif, n_channels)
         if summary is not None:

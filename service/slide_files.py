@@ -209,12 +209,21 @@ class SlideSource:
         sample: int | None,
         plane: microscopy.Plane,
         close: Callable[[], None],
+        absent: Callable[[dict[str, int]], bool] | None = None,
     ) -> None:
+        """``absent``: whether the plane at these coordinates is missing from the file (a page of
+        a multi-file set whose file is not there), which a read would fill with zeros."""
+        if absent is not None and absent(fixed):
+            raise UndecodableImage(
+                f"the plane asked for ({', '.join(f'{a.lower()}={i}' for a, i in sorted(fixed.items()))}) "
+                "lies in a file of the set that is not beside this one: it is missing, not read as zeros"
+            )
         self._levels = levels
         self._axes = axes
         self._fixed = fixed
         self._sample = sample
         self._close = close
+        self._absent = absent
         self.plane = plane
         stored = np.dtype(levels[0].array.dtype)
         self._dtype = window_dtype(stored)
@@ -287,7 +296,7 @@ class SlideSource:
             sample = channel.index
         else:
             fixed["C"] = channel.index
-        return SlideSource(self._levels, self._axes, fixed, sample, self.plane, lambda: None)
+        return SlideSource(self._levels, self._axes, fixed, sample, self.plane, lambda: None, self._absent)
 
     def close(self) -> None:
         self._close()
@@ -418,15 +427,36 @@ def _open_tiff(
         except ImageTooLarge as exc:
             raise SlideTooLarge(exc.pixels, exc.limit, exc.width, exc.height) from exc
         with microscopy.decoder_errors():  # tifffile on a hostile header: a 400, as for an upload
-            series = tif.series[layout.series]
+            series = microscopy.image_series(tif)[layout.series]  # as series= counts them
             axes = "".join("Z" if a in ("I", "Q") else a for a in series.axes)
             if tif.is_lsm and "S" in series.keyframe.axes:
                 axes = axes.replace("C", "S")  # ZEN's channels are the samples of a page: the layout's too
             levels = [_tiff_level(tif, path, series, i, stores) for i in range(len(series.levels))]
-        return _source(levels, axes, layout, selection, model_channels, close)
+        return _source(levels, axes, layout, selection, model_channels, close, _pages_absent(series))
     except BaseException:
         close()
         raise
+
+
+def _pages_absent(series: Any) -> Callable[[dict[str, int]], bool] | None:
+    """Whether a plane of ``series`` (by its C, Z, T coordinates) has no page: tifffile leaves None
+    the pages of a multi-file OME-TIFF's or Micro-Manager acquisition's files that are not there,
+    and its Zarr store reads them as zeros. None where every page is there."""
+    pages = list(series.pages)
+    if all(page is not None for page in pages):
+        return None
+    page_axes = series.keyframe.axes
+    axes, sizes = series.get_axes(False), series.get_shape(False)
+    lead = [("Z" if a in ("I", "Q") else a, int(n))
+            for a, n in zip(axes, sizes, strict=True) if a not in page_axes]
+    shape = tuple(n for _, n in lead)
+    if math.prod(shape) != len(pages):
+        return None
+
+    def absent(fixed: dict[str, int]) -> bool:
+        return pages[int(np.ravel_multi_index(tuple(fixed.get(a, 0) for a, _ in lead), shape))] is None
+
+    return absent
 
 
 def _tiff_level(tif: Any, path: Path, base: Any, index: int, stores: list[Any]) -> _Level:
@@ -435,11 +465,16 @@ def _tiff_level(tif: Any, path: Path, base: Any, index: int, stores: list[Any]) 
     series = base.levels[index]
     height, width = (int(series.shape[series.axes.index(a)]) for a in "YX")
     keyframe = series.keyframe
-    if series.dataoffset is not None and keyframe.is_memmappable:
+    # Mapped from ``path`` only where every page is the file's own: a series may gather the pages
+    # of files beside it (a Micro-Manager position's), whose offsets mean nothing in this one.
+    own_pages = all(page is None or page.parent is tif for page in series.pages)
+    if own_pages and series.dataoffset is not None and keyframe.is_memmappable:
         dtype = np.dtype(series.dtype).newbyteorder(tif.byteorder)
         array: Any = _MappedArray(path, int(series.dataoffset), tuple(series.shape), dtype)
     else:
-        store = base.aszarr(level=index, maxworkers=DECODE_THREADS)
+        # read_only: a series of pages in files beside this one (a Micro-Manager position's) has its
+        # first page in a file tifffile has closed, which it asks whether it is writable otherwise.
+        store = base.aszarr(level=index, maxworkers=DECODE_THREADS, read_only=True)
         stores.append(store)
         array = zarr.open_array(store, mode="r")
         _check_chunks(array, "TIFF " + ("tile" if keyframe.is_tiled else "strip"))
@@ -464,8 +499,10 @@ def _source(
     selection: Selection,
     model_channels: int,
     close: Callable[[], None],
+    absent: Callable[[dict[str, int]], bool] | None = None,
 ) -> SlideSource:
-    """The chosen plane of a file whose level arrays have ``axes`` (C, Z, T, Y, X, S letters)."""
+    """The chosen plane of a file whose level arrays have ``axes`` (C, Z, T, Y, X, S letters);
+    ``absent``: whether a plane has no page (:class:`SlideSource`)."""
     for name, value in (("project", selection.project), ("measure_project", selection.measure_project)):
         if value is not None:
             raise SelectionError(
@@ -484,7 +521,8 @@ def _source(
         fixed["Z"] = choice.z
     sample = choice.channel.index if choice.samples and choice.channel is not None else None
     measured = tuple(microscopy.Measured(c, np.empty((0, 0), np.uint8)) for c in choice.measured)
-    return SlideSource(levels, axes, fixed, sample, choice.plane(np.empty((0, 0), np.uint8), measured), close)
+    return SlideSource(levels, axes, fixed, sample, choice.plane(np.empty((0, 0), np.uint8), measured), close,
+                       absent)
 
 
 def _sample(source: SlideSource, grid: int = 4, size: int = 256) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from service import slide_files, structure
-from service.imaging import UnsupportedImageType
+from service.imaging import UndecodableImage, UnsupportedImageType
 from service.microscopy import Selection
 from tests.ome_sets import write_channel_set
 
@@ -86,6 +86,8 @@ def test_a_missing_file_of_the_set_leaves_its_planes_missing_and_the_others_read
     first, second = write_channel_set(tmp_path, _planes(), ["DAPI", "GFP"])
     second.unlink()
     assert (_read(first, "DAPI") == 10).all()
+    with pytest.raises(UndecodableImage, match="missing, not read as zeros"):
+        _read(first, "GFP")  # tifffile's store would read the absent page as zeros
 
 
 def test_a_micro_manager_stacks_sibling_linked_out_of_the_folder_is_refused(tmp_path: Path) -> None:
