@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from service import imaging, mm_positions, structure
+from service import imaging, mm_positions, ndtiff_pages, structure
 from service.imaging import ImageError, ImageTooLarge, UndecodableImage, UnsupportedImageType
 from service.measured_channels import admitted_extra
 from service.polarity import Polarity
@@ -85,6 +85,8 @@ STACK_HINT = ("; for nuclei in 3-D, POST /jobs?output=labels3d (or `unet-segment
 PROJECTIONS = ("max", "sum")
 #: ``measure=`` value that measures the objects in every channel of the image.
 MEASURE_ALL = "all"
+#: The structure limits of TIFF readers not handed any (the settings' defaults).
+DEFAULT_LIMITS = Limits()
 
 # TIFF photometric interpretations tifffile hands back as the stored samples.
 _MINISWHITE, _MINISBLACK, _RGB, _PALETTE, _YCBCR = 0, 1, 2, 3, 6
@@ -565,7 +567,7 @@ def _open(data: bytes, max_pixels: int, limits: Limits, series: int | None = Non
         check_series(1, (), series)
         return _open_flat(data, max_pixels, fmt=None)
     try:
-        return _open_tiff(data, max_pixels, series)
+        return _open_tiff(data, max_pixels, series, limits)
     except _NotForTifffile:
         # A single page in a layout tifffile returns raw (palette, CMYK, YCbCr, min-is-white,
         # old JPEG): the decoder the service always used reads it.
@@ -659,7 +661,9 @@ def _open_flat(data: bytes, max_pixels: int, fmt: str | None) -> _Source:
 container_stream = imaging.as_file
 
 
-def _open_tiff(data: bytes, max_pixels: int, series: int | None = None) -> _Source:
+def _open_tiff(
+    data: bytes, max_pixels: int, series: int | None = None, limits: Limits = DEFAULT_LIMITS
+) -> _Source:
     import tifffile  # the service imports it only for TIFF uploads
 
     stream = container_stream(data)
@@ -674,7 +678,7 @@ def _open_tiff(data: bytes, max_pixels: int, series: int | None = None) -> _Sour
             raise _NotForTifffile from exc
         raise UndecodableImage(f"unreadable TIFF: {exc}") from exc
     try:
-        return _tiff_source(tif, data, max_pixels, wanted_series=series)
+        return _tiff_source(tif, data, max_pixels, wanted_series=series, limits=limits)
     except BaseException:
         tif.close()
         raise
@@ -720,7 +724,9 @@ def _single_page(data: bytes) -> bool:
         return False
 
 
-def tiff_layout(tif: Any, max_pixels: int, series: int | None = None) -> Layout:
+def tiff_layout(
+    tif: Any, max_pixels: int, series: int | None = None, limits: Limits = DEFAULT_LIMITS
+) -> Layout:
     """The layout of an open ``tifffile.TiffFile`` (at image ``series``, None: the first) from its
     header alone (slides: no page is decoded; ``grey_rgb`` is left False for the caller to decide
     from a sample of windows).
@@ -731,7 +737,8 @@ def tiff_layout(tif: Any, max_pixels: int, series: int | None = None) -> Layout:
     """
     try:
         with decoder_errors():  # a slide's header is as hostile as an upload's
-            return _tiff_source(tif, b"", max_pixels, colour_pixels=False, wanted_series=series).layout
+            return _tiff_source(tif, b"", max_pixels, colour_pixels=False, wanted_series=series,
+                                limits=limits).layout
     except _NotForTifffile as exc:
         raise UnsupportedImageType(
             "this TIFF's photometric interpretation (palette, CMYK, YCbCr, min-is-white or 1-bit) "
@@ -760,12 +767,13 @@ def tiff_planes(
 
 
 def _tiff_source(
-    tif: Any, data: bytes, max_pixels: int, colour_pixels: bool = True, wanted_series: int | None = None
+    tif: Any, data: bytes, max_pixels: int, colour_pixels: bool = True, wanted_series: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> _Source:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            all_series = image_series(tif)
+            all_series = image_series(tif, limits)
             series_names = tuple(getattr(s, "name", None) or None for s in all_series)
             series_about = tuple(_tiff_series_summary(s) for s in all_series) if len(all_series) > 1 else ()
             own = mm_positions.own_image(tif, all_series) if wanted_series is None else None
@@ -776,8 +784,8 @@ def _tiff_source(
             full_axes, full_shape = series.get_axes(False), series.get_shape(False)
             pages = series.pages
             n_pages = len(pages)
-    except SelectionError:
-        raise
+    except (SelectionError, UnsupportedImageType, structure.TooComplex):
+        raise  # the file read, and refused for what it holds
     except Exception as exc:  # noqa: BLE001
         raise UndecodableImage(f"unreadable TIFF structure: {exc}") from exc
     photometric = int(keyframe.photometric)
@@ -965,14 +973,18 @@ def _tiff_series_summary(series: Any) -> str | None:
     return image_summary(sizes["X"], sizes["Y"], planes, colour=sizes.get("S", 1) in (3, 4))
 
 
-def image_series(tif: Any) -> list[Any]:
+def image_series(tif: Any, limits: Limits = DEFAULT_LIMITS) -> list[Any]:
     """The images of ``tif``, as ``series=`` indexes them: tifffile's series less an LSM's
     thumbnails (a series of reduced pages after the image's, for ZEN's file browser) and a
     QPTIFF's (an RGB rendering of the scan for Phenochart), neither an image of the acquisition;
-    a Micro-Manager acquisition read by path split into its stage positions
-    (:mod:`service.mm_positions`)."""
-    kept = [s for s in tif.series if not (s.kind == "lsm" and s.keyframe.is_reduced)
-            and not (s.kind == "qpi" and s.name == "Thumbnail")]
+    an NDTiff upload's pages laid out by their own coordinates (:mod:`service.ndtiff_pages`,
+    their metadata within ``limits``); a Micro-Manager acquisition's stage positions each an image
+    (:mod:`service.mm_positions`, its extent within ``limits`` before tifffile sizes it)."""
+    mm_positions.check_extent(tif, limits.max_tiff_pages)
+    laid_out = ndtiff_pages.from_pages(tif, limits.max_metadata_bytes)
+    kept = [laid_out] if laid_out is not None else [
+        s for s in tif.series if not (s.kind == "lsm" and s.keyframe.is_reduced)
+        and not (s.kind == "qpi" and s.name == "Thumbnail")]
     return [image for s in kept for image in mm_positions.split(s, tif)]
 
 
@@ -1020,7 +1032,7 @@ def _tiff_metadata(
         if size is None:
             size = _tiff_pixel_size(page, notes)
     if not any(names) and series.kind == "ndtiff":
-        names = mm_positions.ndtiff_channel_names(tif, n_channels)  # by path: its index names them
+        names = mm_positions.ndtiff_channel_names(tif, series, n_channels)  # its pages or index name them
     if size is None or not any(names):
         summary = tiff_vendors.micromanager(tif, n_channels)
         if summary is not None:

@@ -10,8 +10,8 @@ or a CZI's scenes are: chosen with ``series=``, named by its label in the acquis
 the plane it gives when it is uploaded alone (tifffile then sees only its own pages); an NDTiff
 file, which may hold many positions, at its first.
 
-Uploads are not concerned: from bytes tifffile opens no other file, so an MMStack upload is its
-own position (an NDTiff's pages, without their index, have no R axis).
+From bytes tifffile opens no other file, so an MMStack upload is its own position; an NDTiff
+upload's positions, laid out from its pages (:mod:`service.ndtiff_pages`), are split here too.
 """
 
 from __future__ import annotations
@@ -21,11 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from service import structure
+from service import ndtiff_pages, structure
 
 #: The attribute of a position's series (``TiffPageSeries.attr``) that holds its index in the
 #: acquisition.
 POSITION = "micro-manager position"
+
+#: How many planes a Micro-Manager stack may describe per page the service reads
+#: (``UNET_MAX_TIFF_PAGES``): a list of 100 × 10,000 pages is 8 MB.
+EXTENT_FACTOR = 100
 
 #: The largest NDTiff index read for names here. By path, ``service.tiff_sets`` has already
 #: refused an index over ``UNET_MAX_METADATA_BYTES`` before tifffile read it; this bound is for
@@ -65,12 +69,49 @@ def split(series: Any, tif: Any) -> list[Any]:
         position = tifffile.TiffPageSeries(
             chosen, shape=kept_shape + shape[len(lead_axes):], dtype=series.dtype,
             axes=kept_axes + page_axes, parent=tif, name=names[k], kind=series.kind,
-            multifile=series.is_multifile, attr={POSITION: k},
+            multifile=series.is_multifile, attr={**series.attr, POSITION: k},
         )
         if missing:
             position._pages[0] = None  # noqa: SLF001 - a position whose files are all absent
         positions.append(position)
     return positions
+
+
+def check_extent(tif: Any, max_pages: int) -> None:
+    """Refuse a Micro-Manager stack whose summary and index map describe more than
+    :data:`EXTENT_FACTOR` × ``max_pages`` planes. tifffile sizes its series from them (channels ×
+    slices × frames × positions, each the larger of the summary's count and the index map's
+    highest index) and allocates a list of that many pages before it reads one: a byte flipped in
+    either asked for billions (found by fuzzing: a MemoryError, or many seconds of allocating).
+    The pages a file holds are bounded by ``max_pages`` already; the extent may be larger, as an
+    acquisition stopped early keeps the frames it planned in its summary.
+
+    Raises:
+        structure.TooComplex: past the bound (``UNET_MAX_TIFF_PAGES``).
+    """
+    try:
+        meta = tif.micromanager_metadata
+    except Exception:  # noqa: BLE001 - no Micro-Manager header: tifffile reads no stack from it
+        return
+    if not isinstance(meta, dict):
+        return
+    index_map, summary = meta.get("IndexMap"), meta.get("Summary")
+    if not isinstance(index_map, np.ndarray) or index_map.ndim != 2 or index_map.shape[1] < 4:
+        return
+    summary = summary if isinstance(summary, dict) else {}
+    extent = 1
+    for column, key in enumerate(("Channels", "Slices", "Frames", "Positions")):
+        highest = int(index_map[:, column].max()) + 1 if index_map.shape[0] else 1
+        try:
+            declared = int(summary.get(key, 1) or 1)
+        except (TypeError, ValueError, OverflowError):
+            declared = 1
+        extent *= max(highest, declared, 1)
+    if extent > EXTENT_FACTOR * max_pages:
+        raise structure.TooComplex(
+            f"the Micro-Manager stack's summary and index map describe {extent:,} planes, more than "
+            f"{EXTENT_FACTOR} × {max_pages:,}", max_pages, "UNET_MAX_TIFF_PAGES", "; send fewer planes",
+        )
 
 
 def own_image(tif: Any, images: list[Any]) -> int | None:
@@ -107,7 +148,10 @@ def _names(series: Any, tif: Any, count: int) -> list[str | None]:
     """Each position's label: an MMStack summary's position list (``StagePositions`` in Micro-Manager
     2, ``InitialPositionList`` in 1.4), in the order of the R index; an NDTiff's position values in
     the order tifffile numbers them (first seen in the index). None where the file gives none."""
-    if series.kind == "ndtiff":
+    laid_out = series.attr.get(ndtiff_pages.NAMES)
+    if laid_out is not None:  # an NDTiff upload's pages named them
+        labels = list(laid_out.get("R", []))
+    elif series.kind == "ndtiff":
         labels = _ndtiff_values(tif, "position")
     else:
         labels = []
@@ -122,10 +166,12 @@ def _names(series: Any, tif: Any, count: int) -> list[str | None]:
     return labels if len(labels) == count else [None] * count
 
 
-def ndtiff_channel_names(tif: Any, count: int) -> list[str | None]:
-    """An NDTiff dataset's channel names, as its index gives them (``channel`` values that are
-    names, in tifffile's order), where there are ``count``; else empty."""
-    names = _ndtiff_values(tif, "channel")
+def ndtiff_channel_names(tif: Any, series: Any, count: int) -> list[str | None]:
+    """An NDTiff dataset's channel names, as its pages (an upload's,
+    :mod:`service.ndtiff_pages`) or its index (by path, in tifffile's order) give them
+    (``channel`` values that are names), where there are ``count``; else empty."""
+    laid_out = series.attr.get(ndtiff_pages.NAMES)
+    names = list(laid_out.get("C", [])) if laid_out is not None else _ndtiff_values(tif, "channel")
     return names if len(names) == count else []
 
 

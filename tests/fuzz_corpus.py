@@ -34,7 +34,7 @@ from tests.ims_files import ims_bytes
 from tests.lif_files import Image, lif_bytes
 from tests.nd2_files import Nd2, write_nd2
 from tests.oib_files import Oib, write_oib
-from tests.vendor_tiffs import lsm_bytes, metaseries_bytes, qptiff_bytes
+from tests.vendor_tiffs import lsm_bytes, metaseries_bytes, mmstack_bytes, ndtiff_bytes, qptiff_bytes
 from tests.zvi_files import Plane, zvi_bytes
 
 
@@ -121,6 +121,12 @@ def seeds() -> dict[str, bytes]:
         "ims-stack": ims_bytes(  # an Imaris file: HDF5, its chunks deflated after shuffling
             np.stack([np.stack([channels, channels[::-1]])]), names=["DAPI", "GFP"], chunks=(1, 16, 16)),
         "tiff-qptiff": qptiff_bytes(channels, ["DAPI", "FITC"], 0.4965),  # an Akoya scan: XML per page
+        "tiff-ndtiff": ndtiff_bytes(  # a Micro-Manager 2 NDTiff: each page's coordinates in its JSON
+            [({"channel": name, "z": z, "position": "Pos0"}, channels[c].astype(np.uint16))
+             for z in range(2) for c, name in enumerate(("DAPI", "FITC"))], {"PixelSize_um": 0.65}),
+        "tiff-mmstack": mmstack_bytes(  # a Micro-Manager stack: its index map at the end
+            {(c, 0, 0): channels[c].astype(np.uint16) for c in range(2)}, 0,
+            {"MicroManagerVersion": "2.0.0", "Frames": 1, "Channels": 2, "ChNames": ["DAPI", "FITC"]}),
     }
 
 

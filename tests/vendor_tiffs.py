@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import struct
+from pathlib import Path
 
 import numpy as np
 import tifffile
@@ -184,9 +185,10 @@ def micromanager_bytes(plane: np.ndarray, summary: dict, description: str | None
     return body + b"\0" * (ifd_at - len(body)) + ifd
 
 
-#: Micro-Manager's headers: the index map's, its record's, display settings', comments', summary's.
-_MM_INDEX, _MM_INDEX_RECORD, _MM_DISPLAY, _MM_COMMENTS, _MM_SUMMARY = (
-    54773648, 3453623, 483765892, 99384722, 2355492)
+#: Micro-Manager's headers: the index map's, its record's, display settings', comments', summary's,
+#: and an NDTiff's (in place of the index map's).
+_MM_INDEX, _MM_INDEX_RECORD, _MM_DISPLAY, _MM_COMMENTS, _MM_SUMMARY, _NDTIFF = (
+    54773648, 3453623, 483765892, 99384722, 2355492, 483729)
 
 
 def mmstack_bytes(planes: dict[tuple[int, int, int], np.ndarray], position: int, summary: dict) -> bytes:
@@ -200,41 +202,81 @@ def mmstack_bytes(planes: dict[tuple[int, int, int], np.ndarray], position: int,
     import json
 
     text = json.dumps(summary).encode()
-    keys = list(planes)
     header_size = 8 + 32 + len(text)
-    pages: list[bytes] = []
-    index: list[tuple[int, int, int, int, int]] = []
-    at = header_size
-    for number, key in enumerate(keys):
-        plane = np.ascontiguousarray(planes[key], dtype="<u2")
+    metadata = [{"ChannelIndex": c, "SliceIndex": z, "FrameIndex": t, "PositionIndex": position}
+                for c, z, t in planes]
+    body, ifds = _micromanager_pages(list(planes.values()), metadata, header_size)
+    index = [(c, z, t, position, ifd) for (c, z, t), ifd in zip(planes, ifds, strict=True)]
+    index_at = header_size + len(body)
+    mm = struct.pack("<8I", _MM_INDEX, index_at, _MM_DISPLAY, 0, _MM_COMMENTS, 0, _MM_SUMMARY, len(text))
+    table = struct.pack("<2I", _MM_INDEX_RECORD, len(index)) + b"".join(struct.pack("<5I", *e) for e in index)
+    return struct.pack("<2sHI", b"II", 42, ifds[0]) + mm + text + body + table
+
+
+def ndtiff_bytes(planes: list[tuple[dict, np.ndarray]], summary: dict) -> bytes:
+    """One file of a Micro-Manager 2 / pycro-manager NDTiff (v3) dataset, as an upload has it
+    (without the ``NDTiff.index`` beside it): the NDTiff header after the TIFF's (its version and
+    summary JSON), then each uint16 plane a page whose Micro-Manager metadata (tag 51123) holds its
+    coordinates, ``Axes`` (``{"channel": "DAPI", "z": 3, "time": 0}``), in the order given, as
+    real NDTiff files do (Micro-Manager's NDStorage test data)."""
+    return _ndtiff(planes, summary)[0]
+
+
+def write_ndtiff(folder: Path, planes: list[tuple[dict, np.ndarray]], summary: dict) -> Path:
+    """An NDTiff dataset in ``folder``: :func:`ndtiff_bytes`'s file and the ``NDTiff.index`` that
+    tifffile reads by path (each page's axes, file name, pixel offset, size and pixel type)."""
+    import json
+
+    data, ifds = _ndtiff(planes, summary)
+    path = folder / "cells_NDTiffStack.tif"
+    path.write_bytes(data)
+    index = b""
+    for (axes, plane), ifd in zip(planes, ifds, strict=True):
+        text, name = json.dumps(axes).encode(), path.name.encode()
         height, width = plane.shape
-        channel, z, t = key
-        meta = json.dumps({"ChannelIndex": channel, "SliceIndex": z, "FrameIndex": t,
-                           "PositionIndex": position}).encode() + b"\0"
-        blobs = struct.pack("<4I", 1, 1, 1, 1) + meta  # X/YResolution, then the page's metadata
-        blobs += b"\0" * (len(blobs) % 2)
-        ifd_at = at + len(blobs)
+        index += struct.pack("<I", len(text)) + text + struct.pack("<I", len(name)) + name
+        index += struct.pack("<IiiiiIii", ifd + 162, width, height, 1, 0, 0, 0, 0)
+    (folder / "NDTiff.index").write_bytes(index)
+    return path
+
+
+def _ndtiff(planes: list[tuple[dict, np.ndarray]], summary: dict) -> tuple[bytes, list[int]]:
+    import json
+
+    text = json.dumps(summary).encode()
+    header_size = 8 + 20 + len(text)
+    metadata = [{"Axes": axes, "Camera": "Camera"} for axes, _ in planes]
+    body, ifds = _micromanager_pages([plane for _, plane in planes], metadata, header_size)
+    head = struct.pack("<2sHI", b"II", 42, ifds[0])
+    return head + struct.pack("<5I", _NDTIFF, 3, 2, _MM_SUMMARY, len(text)) + text + body, ifds
+
+
+def _micromanager_pages(planes: list[np.ndarray], metadata: list[dict], at: int) -> tuple[bytes, list[int]]:
+    """Pages from byte ``at`` on, as Micro-Manager writes them: the page's resolution and metadata
+    JSON (tag 51123), its IFD of 13 entries (162 bytes), its pixels; and each IFD's offset."""
+    import json
+
+    texts = [json.dumps(meta).encode() + b"\0" for meta in metadata]
+    blobs = [struct.pack("<4I", 1, 1, 1, 1) + text for text in texts]  # X/YResolution, the metadata
+    blobs = [blob + b"\0" * (len(blob) % 2) for blob in blobs]
+    pixels = [np.ascontiguousarray(plane, dtype="<u2").tobytes() for plane in planes]
+    starts = np.cumsum([at] + [len(b) + 162 + len(p) for b, p in zip(blobs, pixels, strict=True)])
+    ifds = [int(start) + len(blob) for start, blob in zip(starts, blobs, strict=False)]
+    pages: list[bytes] = []
+    for number, (plane, text, blob) in enumerate(zip(planes, texts, blobs, strict=True)):
+        height, width = plane.shape
+        start, ifd_at = int(starts[number]), ifds[number]
         pixels_at = ifd_at + 162
-        pixels = plane.tobytes()
-        next_ifd = 0 if number == len(keys) - 1 else pixels_at + len(pixels)
+        next_ifd = ifds[number + 1] if number + 1 < len(planes) else 0
         entries = [(256, 3, 1, width), (257, 3, 1, height), (258, 3, 1, 16), (259, 3, 1, 1),
                    (262, 3, 1, 1), (273, 4, 1, pixels_at), (277, 3, 1, 1), (278, 3, 1, height),
-                   (279, 4, 1, len(pixels)), (282, 5, 1, at), (283, 5, 1, at + 8), (296, 3, 1, 1),
-                   (51123, 2, len(meta), at + 16)]
+                   (279, 4, 1, len(pixels[number])), (282, 5, 1, start), (283, 5, 1, start + 8),
+                   (296, 3, 1, 1), (51123, 2, len(text), start + 16)]
         ifd = struct.pack("<H", len(entries))
         for code, kind, count, value in entries:
             packed = struct.pack("<H", value) + b"\0\0" if kind == 3 else struct.pack("<I", value)
             ifd += struct.pack("<HHI", code, kind, count) + packed
         ifd += struct.pack("<I", next_ifd)
         assert len(ifd) == 162
-        pages.append(blobs + ifd + pixels)
-        index.append((channel, z, t, position, ifd_at))
-        at = next_ifd
-    body = b"".join(pages)
-    index_at = header_size + len(body)
-    first_ifd = index[0][4]
-    head = struct.pack("<2sHI", b"II", 42, first_ifd)
-    mm = struct.pack("<8I", _MM_INDEX, index_at, _MM_DISPLAY, 0, _MM_COMMENTS, 0, _MM_SUMMARY, len(text))
-    mm += text
-    table = struct.pack("<2I", _MM_INDEX_RECORD, len(index)) + b"".join(struct.pack("<5I", *e) for e in index)
-    return head + mm + body + table
+        pages.append(blob + ifd + pixels[number])
+    return b"".join(pages), ifds

@@ -91,3 +91,89 @@ def test_the_client_sends_each_position_file_as_one_image_and_cuts_its_own_frame
     plane = microscopy.select(cut, Selection(channel="GFP", z=1), 10**8, 10_000)
     assert (plane.image == _value(2, 1, 1)).all()
 
+
+
+# --- NDTiff (Micro-Manager 2, pycro-manager): its pages' own coordinates, and its index by path ---
+
+NDTIFF_SUMMARY = {"PixelSize_um": 0.65, "PixelType": "GRAY16"}
+
+
+def _ndtiff_planes(positions: tuple[str, ...] = ()) -> list[tuple[dict, np.ndarray]]:
+    """Channels DAPI and FITC × 3 z × 2 time points (× ``positions``), in acquisition order (time,
+    then z, then channel, as pycro-manager records them); each plane's value encodes where it lies."""
+    planes = []
+    for p, position in enumerate(positions or ("",)):
+        for t in range(2):
+            for z in range(3):
+                for c, channel in enumerate(("DAPI", "FITC")):
+                    axes = {"channel": channel, "z": z, "time": t}
+                    if position:
+                        axes["position"] = position
+                    planes.append((axes, np.full(SIZE, 1000 * p + 100 * t + 10 * c + z + 1, np.uint16)))
+    return planes
+
+
+def test_an_ndtiff_upload_is_laid_out_by_its_pages_coordinates_not_as_z_planes() -> None:
+    """Before, the 12 pages were offered as 12 z-planes ("the file does not say..."): project=max
+    mixed channels and time points."""
+    from tests.vendor_tiffs import ndtiff_bytes
+
+    data = ndtiff_bytes(_ndtiff_planes(), NDTIFF_SUMMARY)
+    layout = microscopy.probe(data, 10**8, 10_000)
+    assert (layout.planes, [c.name for c in layout.channels]) == ({"T": 2, "Z": 3}, ["DAPI", "FITC"])
+    assert not any("does not say" in w for w in layout.warnings)
+    plane = microscopy.select(data, Selection(channel="FITC", z=2, t=1), 10**8, 10_000)
+    assert (plane.image == 100 + 10 + 2 + 1).all()
+    projected = microscopy.select(data, Selection(channel="DAPI", t=0, project="max"), 10**8, 10_000)
+    assert (projected.image == 3).all()  # DAPI's brightest slice at t=0, nothing of FITC or t=1
+
+
+def test_an_ndtiff_uploads_positions_are_its_images_named_as_recorded() -> None:
+    from tests.vendor_tiffs import ndtiff_bytes
+
+    data = ndtiff_bytes(_ndtiff_planes(("Pos2", "Pos0")), NDTIFF_SUMMARY)
+    layout = microscopy.probe(data, 10**8, 10_000)
+    assert (layout.series_count, layout.series_names) == (2, ("Pos2", "Pos0"))
+    plane = microscopy.select(data, Selection(channel="DAPI", z=0, t=0, series=1), 10**8, 10_000)
+    assert (plane.image == 1000 + 1).all()
+
+
+def test_an_ndtiff_upload_of_tiles_or_too_much_metadata_is_refused_with_the_reason() -> None:
+    from service.imaging import UnsupportedImageType
+    from tests.vendor_tiffs import ndtiff_bytes
+
+    tiles = [({"channel": 0, "row": r, "column": c}, np.zeros(SIZE, np.uint16))
+             for r in range(2) for c in range(2)]
+    with pytest.raises(UnsupportedImageType, match="row and column"):
+        microscopy.probe(ndtiff_bytes(tiles, NDTIFF_SUMMARY), 10**8, 10_000)
+    data = ndtiff_bytes(_ndtiff_planes(), NDTIFF_SUMMARY)
+    with pytest.raises(structure.TooComplex, match="UNET_MAX_METADATA_BYTES"):
+        microscopy.probe(data, 10**8, structure.Limits(max_metadata_bytes=400))
+
+
+def test_an_ndtiff_dataset_read_by_path_names_its_channels_and_positions_from_its_index(
+    tmp_path: Path,
+) -> None:
+    from tests.vendor_tiffs import write_ndtiff
+
+    path = write_ndtiff(tmp_path, _ndtiff_planes(("Pos2", "Pos0")), NDTIFF_SUMMARY)
+    plane, layout = _by_path(path, Selection(channel="FITC", z=1, t=1, series=1))
+    assert (plane == 1000 + 100 + 10 + 1 + 1).all()
+    assert [c.name for c in layout.channels] == ["DAPI", "FITC"]
+    assert layout.series_names == ("Pos2", "Pos0")
+    chosen = Selection(channel="FITC", z=1, t=1, series=1)
+    upload = microscopy.select(path.read_bytes(), chosen, 10**8, 10_000)
+    assert np.array_equal(plane, upload.image)  # the upload, laid out by its pages, reads it alike
+
+
+def test_a_stack_describing_billions_of_planes_is_refused_before_tifffile_allocates_them() -> None:
+    """tifffile sized the series from the summary and index map and allocated a list of that many
+    pages: one flipped byte (found by fuzzing) asked for billions, a MemoryError or seconds of work.
+    An acquisition stopped early, whose summary keeps the frames it planned, still reads."""
+    planes = {(c, 0, 0): np.full(SIZE, c + 1, np.uint16) for c in range(2)}
+    stopped = dict(SUMMARY, Slices=1, Positions=1, Frames=500)
+    data = mmstack_bytes(planes, 0, stopped)
+    assert (microscopy.select(data, Selection(channel="GFP", z=0), 10**8, 10_000).image == 2).all()
+    hostile = mmstack_bytes(planes, 0, dict(stopped, Frames=2**31))
+    with pytest.raises(structure.TooComplex, match="describe 4,294,967,296 planes"):
+        microscopy.probe(hostile, 10**8, 10_000)
