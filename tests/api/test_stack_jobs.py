@@ -56,9 +56,24 @@ def stack_server(start_server, jobs_dir: Path, stack_tiff: bytes, tmp_path_facto
     (root / "stacks").mkdir()
     (root / "stacks" / "cells.tif").write_bytes(stack_tiff)
     (root / "stacks" / "flat.png").write_bytes(im.png(synthetic_nuclei(96, 96, seed=4)))
+    for position, data in enumerate(_positions(stack_tiff)):  # a Micro-Manager acquisition, a file a position
+        (root / "stacks" / f"cells_MMStack_Pos{position}.ome.tif").write_bytes(data)
     env = {"UNET_MODEL_PATH": str(DEFAULT_MODEL_PATH), "UNET_JOBS_DIR": str(jobs_dir),
            "UNET_DATA_ROOT": str(root)}
     return start_server(env).wait_ready()
+
+
+def _positions(stack_tiff: bytes) -> list[bytes]:
+    """Two stage positions of a Micro-Manager z-stack acquisition (``tests.vendor_tiffs.mmstack_bytes``):
+    the ImageJ stack's slices, and the same slices mirrored left to right."""
+    from tests.vendor_tiffs import mmstack_bytes
+
+    stack = tifffile.imread(io.BytesIO(stack_tiff)).astype(np.uint16)
+    summary = {"Prefix": "cells", "MicroManagerVersion": "2.0.0", "Channels": 1, "Slices": len(stack),
+               "Frames": 1, "Positions": 2, "PixelSize_um": XY_UM, "z-step_um": Z_UM,
+               "StagePositions": [{"Label": "Pos0"}, {"Label": "Pos1"}]}
+    return [mmstack_bytes({(0, z, 0): plane for z, plane in enumerate(slices)}, position, summary)
+            for position, slices in enumerate((stack, stack[:, :, ::-1]))]
 
 
 def run_job(server: Server, body: bytes, params: dict[str, str]) -> tuple[str, dict]:
@@ -163,6 +178,29 @@ def test_a_stack_under_the_data_root_is_read_by_path(stack_server: Server, stack
     assert flat.status_code == 202, flat.text
     assert wait_until(client, flat.json()["id"], finished)["status"] == "succeeded"
     assert client.get(f"/jobs/{flat.json()['id']}/result").json()["depth"] == 1
+
+
+def test_a_micro_manager_positions_stack_is_read_by_path_at_its_own_position_or_the_one_chosen(
+    stack_server: Server, stack_tiff: bytes
+) -> None:
+    """Each file of a multi-position acquisition is a position; tifffile reads the files beside it as
+    well, which made every one of them a 415 by path ("an axis 'R'")."""
+    params = {"diameter": "16"}
+    tables = {}
+    for position, data in enumerate(_positions(stack_tiff)):
+        uploaded, _ = run_job(stack_server, data, params)  # an upload is its own position
+        tables[position] = stack_server.client.get(f"/jobs/{uploaded}/files/objects3d.csv").text
+    assert tables[0] != tables[1] and tables[0].count("\n") > 5
+    for path, series, expected in (("cells_MMStack_Pos1.ome.tif", None, 1),
+                                   ("cells_MMStack_Pos1.ome.tif", 0, 0)):
+        body = {"path": f"stacks/{path}", "output": "labels3d", **params}
+        if series is not None:
+            body["series"] = series
+        submitted = stack_server.client.post("/jobs", json=body)
+        assert submitted.status_code == 202, submitted.text
+        assert wait_until(stack_server.client, submitted.json()["id"], finished)["status"] == "succeeded"
+        table = stack_server.client.get(f"/jobs/{submitted.json()['id']}/files/objects3d.csv").text
+        assert table == tables[expected]
 
 
 def test_a_stored_stack_is_read_where_it_is_stored(stack_server: Server, stack_tiff: bytes) -> None:
