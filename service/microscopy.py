@@ -854,8 +854,11 @@ def _tiff_source(
             f"the TIFF has {n_channels_c} channels of {samples}-sample colour pages; the service reads "
             "either channels or colour samples"
         )
+    alone = mm_positions.alone_note(tif, series)
     if own is not None:
         notes.append(mm_positions.position_note(len(all_series), series_index, series_names[series_index]))
+    elif alone is not None:
+        notes.append(alone)
     elif len(all_series) > 1 and wanted_series is None:
         first = f"{width}×{height}, axes {series.axes}"
         notes.append(first_series_note(len(all_series), "images (series)", first))

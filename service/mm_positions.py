@@ -124,6 +124,25 @@ def own_image(tif: Any, images: list[Any]) -> int | None:
                 None)
 
 
+def alone_note(tif: Any, series: Any) -> str | None:
+    """The notice that a Micro-Manager stack read alone (an upload: tifffile opens no file beside
+    it) is one stage position of several, which lie in other files; None otherwise."""
+    if series.kind != "mmstack" or POSITION in series.attr:
+        return None
+    try:
+        summary = (tif.micromanager_metadata or {}).get("Summary") or {}
+        count = int(summary.get("Positions", 1) or 1)
+    except Exception:  # noqa: BLE001 - a summary tifffile could not read, or not a number
+        return None
+    own = _own_position(tif)
+    if count < 2 or own is None:
+        return None
+    label = next(iter(_names(series, tif, count)[own:own + 1]), None)
+    named = f" ({label})" if label else ""
+    return (f"this file is stage position {own}{named} of a Micro-Manager acquisition of {count}; the "
+            "others are in their own files: send each, or read them by path (series= chooses one)")
+
+
 def position_note(count: int, index: int, name: str | None) -> str:
     """The notice that a file of an acquisition of ``count`` positions was read at its own."""
     label = f" ({name})" if name else ""

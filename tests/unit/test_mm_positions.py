@@ -63,6 +63,8 @@ def test_series_chooses_another_position_and_reads_its_file_as_its_upload_does(t
     for chosen, path in enumerate(paths):
         upload = microscopy.select(path.read_bytes(), Selection(channel="DAPI", z=0), 10**8, 10_000)
         assert (upload.image == _value(chosen, 0, 0)).all()  # an upload is its own position
+        assert any(f"stage position {chosen} ({LABELS[chosen]}) of a Micro-Manager acquisition of 3" in w
+                   for w in upload.layout.warnings)  # and says the others are elsewhere
         plane, layout = _by_path(paths[0], Selection(channel="DAPI", z=0, series=chosen))
         assert np.array_equal(plane, upload.image)
         assert layout.series == chosen and not any("stage positions" in w for w in layout.warnings)
