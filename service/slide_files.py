@@ -76,6 +76,9 @@ _OVERVIEW_WINDOW = 2048
 
 #: NGFF axis names → the letters microscopy's layouts use.
 _NGFF_AXES = {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}
+#: The most images of one OME-Zarr group offered with ``series=`` (bioformats2raw's numbered
+#: images, a well's fields): each is a group to open.
+MAX_ZARR_IMAGES = 1_000
 
 #: Threads tifffile's tile store decodes a window's tiles in (imagecodecs releases the GIL). Its
 #: default on a 2-core machine is 1, serial. Reading 134 MP of the 32768² zlib slide in 1024-row
@@ -665,33 +668,32 @@ def _open_nd2(
 def _open_zarr(path: Path, selection: Selection, max_pixels: int, model_channels: int) -> SlideSource:
     import zarr
 
-    microscopy.check_series(1, (), selection.series)  # the first multiscale image is the one read
-
+    notes: list[str] = []
     try:
-        group = zarr.open_group(path, mode="r")
+        root = zarr.open_group(path, mode="r")
+        images = _zarr_images(root)
+        image_names = tuple(name for name, _, _ in images)
+        index = microscopy.check_series(len(images), image_names, selection.series)
+        _, group, which = images[index]
         attrs = group.attrs.asdict()
-        notes: list[str] = []
-        if "bioformats2raw.layout" in attrs and "multiscales" not in attrs.get("ome", attrs):
-            # bioformats2raw writes the first image at 0/ and only a marker at the root.
-            group = group["0"]
-            attrs = group.attrs.asdict()
         meta = attrs.get("ome", attrs)  # NGFF 0.5 nests its keys under "ome"
-        if "multiscales" not in meta:
+        multiscale = meta["multiscales"][which]
+        if "coordinateSystems" in multiscale:
             raise UnsupportedImageType(
-                "this Zarr store has no OME-NGFF 'multiscales' metadata; slides are read from OME-Zarr images"
+                "this OME-Zarr describes its scales in coordinateSystems (NGFF 0.6, a version still in "
+                "development); the service reads NGFF 0.1-0.5: write the image as OME-Zarr 0.4 or 0.5"
             )
-        multiscale = meta["multiscales"][0]
         version = str(meta.get("version") or multiscale.get("version") or "?")
         axes_meta = [a if isinstance(a, dict) else {"name": a} for a in multiscale.get("axes", [])]
         datasets = multiscale["datasets"]
         arrays = [group[d["path"]] for d in datasets]
-    except (UnsupportedImageType, MemoryError):
+    except (UnsupportedImageType, SelectionError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - missing keys, bad JSON, missing arrays
         raise UndecodableImage(f"unreadable OME-Zarr metadata: {type(exc).__name__}: {exc}") from exc
 
-    if len(meta["multiscales"]) > 1:
-        notes.append(f"the store holds {len(meta['multiscales'])} multiscale images; the first is used")
+    if len(images) > 1 and selection.series is None:
+        notes.append(microscopy.first_series_note(len(images), "images", image_names[0] or "0"))
     base = arrays[0]
     if not axes_meta and base.ndim in (2, 5):  # NGFF 0.1/0.2: always TCZYX (or YX)
         axes_meta = [{"name": n} for n in ("tczyx" if base.ndim == 5 else "yx")]
@@ -722,9 +724,8 @@ def _open_zarr(path: Path, selection: Selection, max_pixels: int, model_channels
     n_channels = sizes.get("C", 1)
     omero = meta.get("omero") or attrs.get("omero") or {}
     labels = [c.get("label") if isinstance(c, dict) else None for c in omero.get("channels", [])]
-    channels = tuple(
-        Channel(i, str(labels[i]) if i < len(labels) and labels[i] else None) for i in range(n_channels)
-    )
+    labels = [str(label).strip() or None if label is not None else None for label in labels]  # 0 is a name
+    channels = tuple(Channel(i, labels[i] if i < len(labels) else None) for i in range(n_channels))
     layout = Layout(
         format=f"OME-Zarr {version}",
         width=width,
@@ -734,8 +735,12 @@ def _open_zarr(path: Path, selection: Selection, max_pixels: int, model_channels
         shape=tuple(sizes[a] for a in "TCZ" if sizes.get(a, 1) > 1) + (height, width),
         channels=channels,
         planes={a: sizes[a] for a in microscopy.PLANE_AXES if sizes.get(a, 1) > 1},
-        pixel_size=_ngff_pixel_size(multiscale, datasets[0], axes_meta, axes, notes),
+        pixel_size=microscopy.stack_z_step(_ngff_pixel_size(multiscale, datasets[0], axes_meta, axes, notes),
+                                           sizes.get("Z", 1)),
         warnings=tuple(notes),
+        series_count=len(images),
+        series=index,
+        series_names=image_names if len(images) > 1 else (),
     )
     levels = [
         _Level(a, int(a.shape[axes.index("Y")]), int(a.shape[axes.index("X")])) for a in arrays
@@ -771,7 +776,58 @@ def _ngff_pixel_size(
         if not (math.isfinite(value) and value > 0):
             return None
         um.append(value)
-    return PixelSize(um[0], um[1], "ome-zarr")
+    return PixelSize(um[0], um[1], "ome-zarr", z_um=_ngff_z_step(scale, axes_meta, axes))
+
+
+def _ngff_z_step(scale: list[float], axes_meta: list[dict], axes: str) -> float | None:
+    """µm between z-slices from the z axis's scale, where the store has a z axis with a length unit."""
+    if "Z" not in axes:
+        return None
+    factor = microscopy.unit_um(str(axes_meta[axes.index("Z")].get("unit")))
+    value = scale[axes.index("Z")] * factor if factor is not None else math.nan
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def _zarr_images(root: Any) -> list[tuple[str | None, Any, int]]:
+    """The images of an OME-Zarr group, as ``series=`` counts them: ``(name, group, index of its
+    multiscale)``. An image's group holds its multiscales (usually one); bioformats2raw writes each
+    image of the file it converted at ``0/``, ``1/`` … beside a marker; an HCS well lists its fields.
+
+    Raises:
+        UnsupportedImageType: a plate (its fields are named by path: ``plate.zarr/A/1/0``) or a
+            group that is no image.
+    """
+    attrs = root.attrs.asdict()
+    meta = attrs.get("ome", attrs)
+    if "multiscales" in meta:
+        multiscales = meta["multiscales"]
+        return [(m.get("name") if isinstance(m, dict) and len(multiscales) > 1 else None, root, k)
+                for k, m in enumerate(multiscales)]
+    if "plate" in meta:
+        plate = meta["plate"] if isinstance(meta["plate"], dict) else {}
+        wells = [w.get("path") for w in plate.get("wells", []) if isinstance(w, dict) and w.get("path")]
+        example = f"{wells[0]}/0" if wells else "A/1/0"
+        raise UnsupportedImageType(
+            f"this OME-Zarr is an HCS plate of {len(wells)} well{'s' if len(wells) != 1 else ''}; a slide "
+            f"job reads one field of a well: name its folder, e.g. '{example}' under the plate"
+        )
+    if "well" in meta:
+        well = meta["well"] if isinstance(meta["well"], dict) else {}
+        fields = [f.get("path") for f in well.get("images", []) if isinstance(f, dict) and f.get("path")]
+        return [(str(field), root[str(field)], 0) for field in fields[:MAX_ZARR_IMAGES]]
+    if "bioformats2raw.layout" in meta:
+        images = []
+        while str(len(images)) in root and len(images) < MAX_ZARR_IMAGES:
+            group = root[str(len(images))]
+            inner = group.attrs.asdict()
+            inner_meta = inner.get("ome", inner)
+            named = (inner_meta.get("multiscales") or [{}])[0]
+            images.append((named.get("name") if isinstance(named, dict) else None, group, 0))
+        if images:
+            return images
+    raise UnsupportedImageType(
+        "this Zarr store has no OME-NGFF 'multiscales' metadata; slides are read from OME-Zarr images"
+    )
 
 
 # --- overview ---------------------------------------------------------------------------------

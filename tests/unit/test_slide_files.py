@@ -174,6 +174,7 @@ def test_ome_zarr_input_level_zero_axes_and_scale(tmp_path, fmt):
         assert source.shape == (300, 260) and source.dtype == np.uint16
         assert np.array_equal(source.read(31, 290, 5, 199), data[1, 2, 31:290, 5:199])
         assert source.pixel_size is not None and source.pixel_size.x_um == 0.25
+        assert source.pixel_size.z_um == 2.0  # the z axis's scale: volumes of stack jobs in µm³
         assert source.chunk_rows == 64  # the chunks' y edge (axis 2 of 4)
         assert source.plane.layout.format == f"OME-Zarr {fmt.version}"
         assert source.levels[0] == (300, 260) and len(source.levels) == 3
@@ -288,6 +289,55 @@ def test_ome_zarr_from_bioformats2raw_without_units_and_with_one_huge_chunk(tmp_
                 storage_options={"chunks": (6000, 6000)})
     with pytest.raises(UnsupportedImageType, match="re-save it tiled"):
         open_slide(big, max_pixels=BIG, limits=100)
+
+
+def test_ome_zarr_collections_offer_their_images_and_a_plate_says_how_to_name_a_field(tmp_path):
+    """Real stores (ome-zarr-py's bioformats2raw test data, Fractal's plate): bioformats2raw's
+    second image was unreachable (series=1 a 422), a well was "no multiscales", a bioformats2raw
+    plate a KeyError, and a channel labelled with the number 0 was unnamed."""
+    images = [_pattern((1, 2, 1, 40, 30)), _pattern((1, 2, 1, 40, 30))[..., ::-1]]
+    b2r = tmp_path / "b2r.ome.zarr"
+    root = zarr.open_group(b2r, mode="w", zarr_format=2)
+    root.attrs["bioformats2raw.layout"] = 3
+    for k, data in enumerate(images):
+        group = root.create_group(str(k))
+        write_image(data, group, fmt=FormatV04(), scale_factors=(), axes="tczyx")
+        group.attrs["omero"] = {"channels": [{"label": 0}, {"label": 1}]}
+    with open_slide(b2r, Selection(channel="0"), max_pixels=BIG, limits=100) as first:
+        assert np.array_equal(first.read(0, 40, 0, 30), images[0][0, 0, 0])
+        assert first.plane.layout.series_count == 2 and any("series=1" in w for w in first.plane.warnings)
+        assert [c.name for c in first.plane.layout.channels] == ["0", "1"]
+    with open_slide(b2r, Selection(channel="1", series=1), max_pixels=BIG, limits=100) as second:
+        assert np.array_equal(second.read(0, 40, 0, 30), images[1][0, 1, 0])
+    with pytest.raises(SelectionError):
+        open_slide(b2r, Selection(channel="0", series=2), max_pixels=BIG, limits=100)
+
+    plate = tmp_path / "plate.ome.zarr"
+    root = zarr.open_group(plate, mode="w", zarr_format=2)
+    root.attrs["plate"] = {"wells": [{"path": "B/03", "rowIndex": 0, "columnIndex": 0}],
+                           "rows": [{"name": "B"}], "columns": [{"name": "03"}], "version": "0.4"}
+    well = root.create_group("B/03")
+    well.attrs["well"] = {"images": [{"path": "0"}, {"path": "1"}], "version": "0.4"}
+    for k, data in enumerate(images):
+        write_image(data, well.create_group(str(k)), fmt=FormatV04(), scale_factors=(), axes="tczyx")
+    with pytest.raises(UnsupportedImageType, match="HCS plate of 1 well.*'B/03/0'"):
+        open_slide(plate, Selection(channel="0"), max_pixels=BIG, limits=100)
+    fields = plate / "B" / "03"
+    with open_slide(fields, Selection(channel="0", series=1), max_pixels=BIG, limits=100) as field:
+        assert np.array_equal(field.read(0, 40, 0, 30), images[1][0, 0, 0])
+        assert field.plane.layout.series_names == ("0", "1")
+    with open_slide(plate / "B" / "03" / "0", Selection(channel="0"), max_pixels=BIG, limits=100) as field:
+        assert np.array_equal(field.read(0, 40, 0, 30), images[0][0, 0, 0])
+
+
+def test_an_ngff_0_6_store_is_refused_for_its_coordinate_systems(tmp_path):
+    path = tmp_path / "new.ome.zarr"
+    root = zarr.open_group(path, mode="w", zarr_format=2)
+    write_image(_pattern((40, 30)), root, fmt=FormatV04(), scale_factors=(), axes="yx")
+    multiscale = dict(root.attrs["multiscales"][0], coordinateSystems=[{"name": "physical", "axes": []}])
+    root.attrs["multiscales"] = [multiscale]
+    with pytest.raises(UnsupportedImageType, match="NGFF 0.6"):
+        open_slide(path, max_pixels=BIG, limits=100)
 
 
 # --- LIF: a Leica project's image read from a memory map of the file ------------------------------
