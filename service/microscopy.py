@@ -72,6 +72,12 @@ PLANE_AXES = ("Z", "T")
 PlaneReader = Callable[[dict[str, int]], np.ndarray]
 #: tifffile's letters for a page sequence nobody labelled (Pillow, plain tifffile writes).
 _UNLABELLED = ("I", "Q")
+#: tifffile's letters for an OME Modulo sub-axis: lifetime (FLIM), lambda, angle, phase.
+_MODULO = ("H", "E", "A", "P")
+#: What tifffile's other axis letters stand for, for a refusal to name.
+_AXIS_MEANINGS = {"H": "FLIM lifetime bins", "E": "λ-scan wavelengths", "A": "angles", "P": "phases",
+                  "R": "stage positions or tiles", "L": "exposures", "V": "views", "J": "tile columns",
+                  "K": "tile rows", "M": "mosaic tiles"}
 #: Names of an RGB image's channels (alpha is never segmented).
 RGB_NAMES = ("red", "green", "blue")
 #: ``channel=`` value that mixes an RGB image's channels to grey (BT.601 luminance).
@@ -563,6 +569,11 @@ def _open(data: bytes, max_pixels: int, limits: Limits, series: int | None = Non
         return _open_dv(data, max_pixels, series)
     if structure.is_hdf5(data):
         return _open_ims(data, max_pixels, series, limits.max_metadata_bytes)
+    if structure.is_ome_xml(data):
+        raise UnsupportedImageType(
+            "this is OME-XML metadata (a multi-file OME-TIFF set's companion file), which holds no pixels: "
+            "send the set's TIFFs, or read the set by path, naming one of its TIFFs"
+        )
     if not is_tiff(data):
         check_series(1, (), series)
         return _open_flat(data, max_pixels, fmt=None)
@@ -825,6 +836,7 @@ def _tiff_source(
         raise UnsupportedImageType(
             f"cannot map this TIFF's {n_pages} pages onto its axes {full_axes} {tuple(full_shape)}"
         )
+    lead = _modulo_merged(lead, bool(tif.is_ome))
     names = [a for a, _ in lead]
     unlabelled = [n for a, n in lead if a in _UNLABELLED and n > 1]
     if len(unlabelled) > 1 or (unlabelled and ("Z" in names or "T" in names)):
@@ -842,8 +854,10 @@ def _tiff_source(
             )
             a = "Z"
         elif a not in ("C", "Z", "T") and n > 1:
+            meaning = _AXIS_MEANINGS.get(a)
             raise UnsupportedImageType(
-                f"the TIFF has an axis {a!r} of size {n} (axes {full_axes}); the service reads C, Z, T, Y, X"
+                f"the TIFF has an axis {a!r}{f' ({meaning})' if meaning else ''} of size {n} (axes "
+                f"{full_axes}); the service reads channels, z-slices and time points"
             )
         renamed.append((a, n))
     lead = renamed
@@ -936,6 +950,27 @@ def _tiff_source(
         source.first = first
         source.layout = with_colour(layout, first)
     return source
+
+
+def _modulo_merged(lead: list[tuple[str, int]], ome: bool) -> list[tuple[str, int]]:
+    """An OME-TIFF's plane axes with each OME Modulo sub-axis folded back into the axis it divides.
+
+    OME keeps FLIM lifetime bins, λ-scan wavelengths, angles or phases as a Modulo annotation on C,
+    Z or T (a FLIM file: SizeC 16, "ModuloAlongC" of 8 lifetime bins), and Bio-Formats, Fiji and
+    OMERO offer them as that axis's indices (16 channels). tifffile splits the axis in two
+    (C 2 × H 8, its letters H, E, A, P for the sub-axis, right after the one divided), which the
+    service refused ("an axis 'H'"): read as one axis again, channel k is OME's channel k, its name
+    the k-th ``<Channel>``'s. A sub-axis standing alone (every index a bin) is left as it is."""
+    if not ome:
+        return lead
+    merged: list[tuple[str, int]] = []
+    for axis, size in lead:
+        if axis in _MODULO and merged and merged[-1][0] in ("C", "Z", "T"):
+            divided, count = merged[-1]
+            merged[-1] = (divided, count * size)
+        else:
+            merged.append((axis, size))
+    return merged
 
 
 def _is_display_lut(tif: Any, page: Any) -> bool:

@@ -122,6 +122,45 @@ class _MappedArray:
                 mapped._mmap.close()  # type: ignore[attr-defined]  # unmap now, not at GC
 
 
+class _MergedAxes:
+    """A level array whose OME Modulo sub-axes (FLIM lifetime bins after C: tifffile's ``CH``) are
+    indexed as one axis with the one they divide, as :func:`service.microscopy._modulo_merged`
+    offers them (channel ``k`` = C ``k // bins``, bin ``k % bins``)."""
+
+    def __init__(self, inner: Any, groups: list[tuple[int, ...]]) -> None:
+        self.inner, self.groups = inner, groups
+        self.shape = tuple(math.prod(inner.shape[d] for d in group) for group in groups)
+        chunks = getattr(inner, "chunks", inner.shape)
+        self.chunks = tuple(chunks[g[0]] if len(g) == 1 else 1 for g in groups)
+        self.dtype = inner.dtype
+
+    def __getitem__(self, index: tuple) -> np.ndarray:
+        expanded: list[Any] = []
+        for group, value in zip(self.groups, index, strict=True):
+            if len(group) == 1:
+                expanded.append(value)
+            else:
+                sizes = [self.inner.shape[d] for d in group]
+                expanded += [int(i) for i in np.unravel_index(int(value), sizes)]
+        return self.inner[tuple(expanded)]
+
+
+def _merge_modulo(axes: str, levels: list[_Level]) -> tuple[str, list[_Level]]:
+    """``axes`` and ``levels`` with each OME Modulo sub-axis (H, E, A, P right after C, Z or T)
+    folded into the one it divides, as the layout offers them; unchanged where there is none."""
+    groups: list[tuple[int, ...]] = []
+    merged = ""
+    for d, axis in enumerate(axes):
+        if axis in "HEAP" and merged and merged[-1] in "CZT":
+            groups[-1] += (d,)
+        else:
+            groups.append((d,))
+            merged += axis
+    if merged == axes:
+        return axes, levels
+    return merged, [_Level(_MergedAxes(lv.array, groups), lv.height, lv.width) for lv in levels]
+
+
 class _Nd2Frames:
     """An ND2's frames at one position as one array: its loops but positions (``T``, ``Z`` in the
     file's order), then Y, X and the frame's interleaved components (channels, or colour samples);
@@ -256,7 +295,7 @@ class SlideSource:
         """Rows per chunk of level 0 when a read decodes whole chunks (tiles, strips, Zarr
         chunks); None for an uncompressed contiguous series (read by byte range)."""
         array = self._levels[0].array
-        if isinstance(array, (_MappedArray, _Nd2Frames)):
+        if isinstance(getattr(array, "inner", array), (_MappedArray, _Nd2Frames)):
             return None
         return int(array.chunks[self._axes.index("Y")])
 
@@ -392,12 +431,22 @@ def open_slide(
         return _open_dv(p, selection, max_pixels, model_channels)
     if structure.is_hdf5(head):
         return _open_ims(p, selection, max_pixels, structure.as_limits(limits), model_channels)
+    if head.lstrip().startswith(b"<") and structure.is_ome_xml(_read_head(p, structure.OME_XML_HEAD)):
+        raise UnsupportedImageType(
+            "this is an OME companion file: it describes a multi-file OME-TIFF set and holds no pixels; "
+            "name one of the set's TIFFs beside it (each is read with the set's metadata)"
+        )
     if not microscopy.is_tiff(head):
         raise UnsupportedImageType(
             "slides are read from TIFF (OME-TIFF, BigTIFF, tiled or not), OME-Zarr, CZI, LIF, ND2, OIB, "
             "ZVI, DeltaVision or Imaris; this file is none"
         )
     return _open_tiff(p, selection, max_pixels, structure.as_limits(limits), model_channels)
+
+
+def _read_head(path: Path, count: int) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(count)
 
 
 def _open_tiff(
@@ -413,6 +462,12 @@ def _open_tiff(
     except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds on corrupt input
         raise UndecodableImage(f"unreadable TIFF: {exc}") from exc
     try:
+        companion = tiff_sets.companion_xml(tif, limits)
+        if companion is not None:  # the set's metadata lies in another file: read the set by it
+            tif.close()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tif = tifffile.TiffFile(path, omexml=companion)
         tiff_sets.check_set(tif, limits)  # before its series: tifffile then opens a set's other files
     except BaseException:
         tif.close()
@@ -435,6 +490,8 @@ def _open_tiff(
             if tif.is_lsm and "S" in series.keyframe.axes:
                 axes = axes.replace("C", "S")  # ZEN's channels are the samples of a page: the layout's too
             levels = [_tiff_level(tif, path, series, i, stores) for i in range(len(series.levels))]
+            if tif.is_ome:
+                axes, levels = _merge_modulo(axes, levels)
         return _source(levels, axes, layout, selection, model_channels, close, _pages_absent(series))
     except BaseException:
         close()

@@ -68,6 +68,60 @@ def check_set(tif: Any, limits: structure.Limits) -> None:
             raise structure.TooManyPages(limits.max_tiff_pages)
 
 
+def companion_xml(tif: Any, limits: structure.Limits) -> str | None:
+    """The OME-XML of the set ``tif`` (a ``tifffile.TiffFile`` opened by path) belongs to, where the
+    file holds none of its own but points to it: Bio-Formats writes a set's metadata once, in a
+    companion file (``NAME.companion.ome``) or in the set's first TIFF, and each other file's XML is
+    a ``BinaryOnly`` element naming it. tifffile does not follow that pointer, so each such file read
+    as a lone plane (a 5-slice set's files each "no Z axis"); handed the XML (``TiffFile(path,
+    omexml=...)``), it reads the set. None where the file has its own metadata, or the one named is
+    not there or holds none.
+
+    Raises:
+        UnsupportedImageType: the file named lies outside the file's folder, or is not a regular file.
+        structure.TooComplex: a companion file larger than ``limits.max_metadata_bytes``.
+    """
+    import tifffile
+
+    handle = tif.filehandle
+    if not handle.is_file or not tif.is_ome:
+        return None
+    try:
+        own = ET.fromstring(tif.ome_metadata or "")
+    except ET.ParseError:
+        return None
+    pointer = next((e for e in own if e.tag.endswith("BinaryOnly") and e.attrib.get("MetadataFile")), None)
+    if pointer is None:
+        return None
+    folder = Path(handle.dirname or ".")
+    named = _inside(folder, pointer.attrib["MetadataFile"])
+    if named is None or named == Path(handle.path).resolve():
+        return None
+    with open(named, "rb") as source:
+        head = source.read(4)
+        if microscopy.is_tiff(head):  # the set's first TIFF holds it
+            try:
+                with tifffile.TiffFile(named) as master:
+                    xml = master.ome_metadata if master.is_ome else None
+            except Exception:  # noqa: BLE001 - tifffile names a broken file; this one reads alone
+                return None
+        else:
+            source.seek(0)
+            data = source.read(limits.max_metadata_bytes + 1)
+            if len(data) > limits.max_metadata_bytes:
+                limit = limits.max_metadata_bytes
+                what = f"the set's companion file {named.name!r} has more than {limit:,} bytes"
+                raise structure.TooComplex(what, limit, "UNET_MAX_METADATA_BYTES")
+            xml = data.decode("utf-8", errors="replace")
+    try:
+        root = ET.fromstring(xml or "")
+    except ET.ParseError:
+        return None
+    if not root.tag.endswith("OME") or any(e.tag.endswith("BinaryOnly") for e in root):
+        return None
+    return xml
+
+
 def _named_files(tif: Any, folder: Path, limits: structure.Limits) -> set[str]:
     """The names of the other files tifffile would open for ``tif``, as the file gives them."""
     names: set[str] = set()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import slide_files, structure
+from service import microscopy, slide_files, structure
 from service.imaging import UndecodableImage, UnsupportedImageType
 from service.microscopy import Selection
 from tests.ome_sets import write_channel_set
@@ -90,6 +90,38 @@ def test_a_missing_file_of_the_set_leaves_its_planes_missing_and_the_others_read
         _read(first, "GFP")  # tifffile's store would read the absent page as zeros
 
 
+def test_a_set_whose_metadata_lies_in_a_companion_file_is_read_as_the_set(tmp_path: Path) -> None:
+    """Bio-Formats writes a set's OME-XML once, in ``NAME.companion.ome``, each TIFF holding only a
+    pointer to it (real sets: Bio-Formats' samples, viv's 5-slice set); tifffile does not follow it,
+    and each file read as a lone plane without names or pixel size."""
+    first, second = write_channel_set(tmp_path, _planes(), ["DAPI", "GFP"], companion="set.companion.ome")
+    for path in (first, second):
+        with slide_files.open_slide(path, Selection(channel="GFP"), max_pixels=10**8,
+                                    limits=structure.Limits()) as source:
+            assert (np.asarray(source.read(0, SIZE[0], 0, SIZE[1])) == 200).all()
+            layout = source.plane.layout
+            assert [c.name for c in layout.channels] == ["DAPI", "GFP"] and layout.pixel_size.x_um == 0.5
+    companion = tmp_path / "set.companion.ome"
+    with pytest.raises(UnsupportedImageType, match="companion file.*holds no pixels"):
+        slide_files.open_slide(companion, Selection(), max_pixels=10**8, limits=structure.Limits())
+    with pytest.raises(UnsupportedImageType, match="holds no pixels"):
+        microscopy.probe(companion.read_bytes(), 10**8, 10_000)  # uploaded alone
+    with pytest.raises(structure.TooComplex, match="companion file"):
+        slide_files.open_slide(first, Selection(channel="GFP"), max_pixels=10**8,
+                               limits=structure.Limits(max_metadata_bytes=100))
+
+
+def test_a_companion_file_outside_the_sets_folder_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "root"
+    folder.mkdir()
+    first, _ = write_channel_set(folder, _planes(), ["DAPI", "GFP"], companion="set.companion.ome")
+    (tmp_path / "elsewhere1.ome").write_bytes((folder / "set.companion.ome").read_bytes())
+    first.write_bytes(first.read_bytes().replace(b'MetadataFile="set.companion.ome"',
+                                                 b'MetadataFile="../elsewhere1.ome"'))  # same length
+    with pytest.raises(UnsupportedImageType, match="outside its own folder"):
+        slide_files.open_slide(first, Selection(channel="GFP"), max_pixels=10**8, limits=structure.Limits())
+
+
 def test_a_micro_manager_stacks_sibling_linked_out_of_the_folder_is_refused(tmp_path: Path) -> None:
     """tifffile globs a Micro-Manager stack's other ``<prefix>_MMStack*.tif`` files in its folder."""
     from tests.vendor_tiffs import micromanager_bytes
@@ -117,3 +149,20 @@ def test_a_named_file_in_a_link_loop_is_refused(tmp_path: Path) -> None:
     loop.symlink_to(second)
     with pytest.raises(UnsupportedImageType, match="cannot be found"):
         _read(first, "DAPI")
+
+
+def test_a_flim_ome_tiffs_lifetime_bins_are_channels_as_ome_counts_them(tmp_path: Path) -> None:
+    """OME keeps FLIM lifetime bins as a Modulo annotation on C (2 channels × 8 bins: SizeC 16), and
+    tifffile splits C in two (C 2 × H 8), which was refused ("an axis 'H'"), uploaded and by path;
+    Bio-Formats' specification sample reads so too."""
+    from tests.ome_sets import flim_bytes
+
+    planes = np.stack([np.full(SIZE, 10 * c + 1, np.uint16) for c in range(16)])
+    data = flim_bytes(planes, bins=8)
+    layout = microscopy.probe(data, 10**8, 10_000)
+    assert (layout.axes, len(layout.channels)) == ("CYX", 16)
+    assert (microscopy.select(data, Selection(channel="9"), 10**8, 10_000).image == 91).all()
+    path = tmp_path / "flim.ome.tif"
+    path.write_bytes(data)
+    for channel in (0, 9, 15):
+        assert (_read(path, str(channel)) == 10 * channel + 1).all()
