@@ -836,7 +836,7 @@ def _tiff_source(
         raise UnsupportedImageType(
             f"cannot map this TIFF's {n_pages} pages onto its axes {full_axes} {tuple(full_shape)}"
         )
-    lead = _modulo_merged(lead, bool(tif.is_ome))
+    lead = modulo_merged(lead, bool(tif.is_ome))
     names = [a for a, _ in lead]
     unlabelled = [n for a, n in lead if a in _UNLABELLED and n > 1]
     if len(unlabelled) > 1 or (unlabelled and ("Z" in names or "T" in names)):
@@ -952,7 +952,7 @@ def _tiff_source(
     return source
 
 
-def _modulo_merged(lead: list[tuple[str, int]], ome: bool) -> list[tuple[str, int]]:
+def modulo_merged(lead: list[tuple[str, int]], ome: bool) -> list[tuple[str, int]]:
     """An OME-TIFF's plane axes with each OME Modulo sub-axis folded back into the axis it divides.
 
     OME keeps FLIM lifetime bins, λ-scan wavelengths, angles or phases as a Modulo annotation on C,

@@ -124,7 +124,7 @@ class _MappedArray:
 
 class _MergedAxes:
     """A level array whose OME Modulo sub-axes (FLIM lifetime bins after C: tifffile's ``CH``) are
-    indexed as one axis with the one they divide, as :func:`service.microscopy._modulo_merged`
+    indexed as one axis with the one they divide, as :func:`service.microscopy.modulo_merged`
     offers them (channel ``k`` = C ``k // bins``, bin ``k % bins``)."""
 
     def __init__(self, inner: Any, groups: list[tuple[int, ...]]) -> None:
@@ -509,6 +509,7 @@ def _pages_absent(series: Any) -> Callable[[dict[str, int]], bool] | None:
     axes, sizes = series.get_axes(False), series.get_shape(False)
     lead = [("Z" if a in ("I", "Q") else a, int(n))
             for a, n in zip(axes, sizes, strict=True) if a not in page_axes]
+    lead = microscopy.modulo_merged(lead, bool(series.parent is not None and series.parent.is_ome))
     shape = tuple(n for _, n in lead)
     if math.prod(shape) != len(pages):
         return None
