@@ -418,7 +418,10 @@ class Plane:
     def position(self) -> tuple[int | None, int | None, int | None]:
         """0-based (channel, z, t) of this plane in the file, None where not applicable (no C
         axis, a projection): where Fiji should show ROIs drawn on it."""
-        c = self.channel.index if self.channel is not None and "C" in self.layout.axes else None
+        # A page's samples are channels where they are not colour: a Zeiss LSM's tracks (Fiji opens
+        # them as channels), not an RGB picture's red, green and blue.
+        channels = "C" in self.layout.axes or ("S" in self.layout.axes and not self.layout.rgb)
+        c = self.channel.index if self.channel is not None and channels else None
         return c, self.z, self.t
 
     def describe(self) -> dict[str, Any]:
@@ -1320,21 +1323,18 @@ def _resolve_channel(layout: Layout, wanted: str, param: str = "channel") -> Cha
     text = wanted.strip()
     if text.lower() == MIX and layout.rgb and param == "channel":
         return MIX
-    if re.fullmatch(r"\d+", text):
-        index = int(text)
-        if index < len(layout.channels):
-            return layout.channels[index]
-    else:
-        matches = [c for c in layout.channels if c.name and c.name.casefold() == text.casefold()]
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            raise SelectionError(
-                f"{param} {wanted!r} names {len(matches)} channels "
-                f"({', '.join(c.label() for c in matches)}); choose one by index",
-                (param,),
-                layout.choices(),
-            )
+    if re.fullmatch(r"\d+", text) and int(text) < len(layout.channels):
+        return layout.channels[int(text)]  # an index first; a name of digits past them (ZEN's λ: "415")
+    matches = [c for c in layout.channels if c.name and c.name.casefold() == text.casefold()]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise SelectionError(
+            f"{param} {wanted!r} names {len(matches)} channels "
+            f"({', '.join(c.label() for c in matches)}); choose one by index",
+            (param,),
+            layout.choices(),
+        )
     mixable = layout.rgb and param == "channel"
     offer = _channel_list(layout) + (f", or {MIX} (colours mixed)" if mixable else "")
     if param == "measure":

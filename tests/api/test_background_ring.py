@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,6 +35,8 @@ _FLOOR = np.linspace(100, 900, W)[None, :].repeat(H, axis=0)
 MARKER = (_FLOOR + _rng.normal(0, 10, (H, W)) + 300 * _DISCS).astype(np.uint16)
 TWO = tiff(np.stack([NUCLEI, MARKER]), imagej=True, metadata={"axes": "CYX", "Labels": ["DAPI", "GFP"]})
 RING = 6
+#: A ring of 10 pixels or more only with the pixels it shares with a neighbour: may be measured or not.
+AMBIGUOUS = "ambiguous"
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +45,36 @@ def server(start_server) -> Server:
     return start_server({"UNET_MODEL_PATH": str(BUNDLED_MODEL)}).wait_ready()
 
 
-def brute_force_backgrounds(labels: np.ndarray, width: float, reach: float = 0.0) -> dict[int, float | None]:
+def brute_force_backgrounds(labels: np.ndarray, width: float, reach: float = 0.0) -> dict[int, Any]:
     """Each object's ring as the docs define it — background pixels more than ``reach`` + 2 and at
     most ``reach`` + 2 + ``width`` px from it that are nearer to it than to any other object — and
-    the marker's median over it (None under 10 pixels), one distance transform per object."""
+    the range the marker's median over it may take, one distance transform per object.
+
+    A pixel as near to two objects (a tie) goes to one of them, whichever the distance transform
+    picks, and scipy's pick has changed between releases; with ``k`` such pixels in reach, the
+    median lies between the sure ring's order statistics ``k/2`` either side of its middle. None:
+    no ring (fewer than 10 pixels even with every tie); ``AMBIGUOUS``: 10 or more only with ties."""
     ids = [int(i) for i in np.unique(labels[labels > 0])]
     distance = {i: ndimage.distance_transform_edt(labels != i) for i in ids}
     nearest = np.minimum.reduce([distance[i] for i in ids])
-    out: dict[int, float | None] = {}
+    tied = np.add.reduce([distance[i] == nearest for i in ids]) > 1
+    out: dict[int, Any] = {}
     for i in ids:
         d = distance[i]
         ring = (labels == 0) & (d > reach + 2) & (d <= reach + 2 + width) & (d == nearest)
-        out[i] = float(np.median(MARKER[ring].astype(np.float64))) if ring.sum() >= 10 else None
+        sure = np.sort(MARKER[ring & ~tied].astype(np.float64))
+        n, k = sure.size, int((ring & tied).sum())
+        if n + k < 10:
+            out[i] = None
+        elif n < 10:
+            out[i] = AMBIGUOUS
+        else:
+            out[i] = (sure[max(0, (n - k - 1) // 2)], sure[min(n - 1, (n + k) // 2)])
     return out
+
+
+def within(background: float, bounds: tuple[float, float]) -> bool:
+    return bounds[0] - 1e-6 <= background <= bounds[1] + 1e-6
 
 
 def test_each_nucleus_gets_its_rings_median_and_its_intensities_less_it(server: Server) -> None:
@@ -67,13 +87,14 @@ def test_each_nucleus_gets_its_rings_median_and_its_intensities_less_it(server: 
     measured = 0
     for row in rows:
         i = int(row["id"])
-        if expected[i] is None:
-            # a pixel ties between two nuclei at most here; a ring this small is no background
+        if expected[i] is None:  # a ring this small is no background
             assert row["background_GFP"] == row["mean_intensity_corrected_GFP"] == ""
+            continue
+        if expected[i] is AMBIGUOUS:
             continue
         measured += 1
         background = float(row["background_GFP"])
-        assert background == pytest.approx(expected[i], abs=2)  # a pixel as near to two nuclei goes to one
+        assert within(background, expected[i]), (i, background, expected[i])
         assert float(row["mean_intensity_corrected_GFP"]) == pytest.approx(
             float(row["mean_intensity_GFP"]) - background, abs=1e-3)
         assert float(row["integrated_intensity_corrected_GFP"]) == pytest.approx(
@@ -105,10 +126,11 @@ def test_with_cells_the_ring_lies_beyond_them_and_the_cytoplasm_is_corrected(ser
                                   "integrated_intensity_cytoplasm_corrected_GFP"]
     expected = brute_force_backgrounds(labels, RING, reach=3)
     for row in rows:
-        if expected[int(row["id"])] is None or not row["mean_intensity_cytoplasm_GFP"]:
+        bounds = expected[int(row["id"])]
+        if bounds is None or bounds is AMBIGUOUS or not row["mean_intensity_cytoplasm_GFP"]:
             continue
         background = float(row["background_GFP"])
-        assert background == pytest.approx(expected[int(row["id"])], abs=2)
+        assert within(background, bounds), (row["id"], background, bounds)
         assert float(row["mean_intensity_cytoplasm_corrected_GFP"]) == pytest.approx(
             float(row["mean_intensity_cytoplasm_GFP"]) - background, abs=1e-3)
 

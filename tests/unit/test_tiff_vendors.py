@@ -54,7 +54,22 @@ def test_an_lsm_offers_its_channels_by_zen_names_with_voxel_sizes_not_as_colour(
     t, z = sizes.get("T", 1) - 1, sizes.get("Z", 1) - 1
     choice = {k: v for k, v in (("z", z), ("t", t)) if k.upper() in axes}
     for c, name in enumerate(NAMES):
-        assert np.array_equal(select(data, channel=name, **choice).image, grid[t, z, c])
+        plane = select(data, channel=name, **choice)
+        assert np.array_equal(plane.image, grid[t, z, c])
+        # where Fiji shows ROIs drawn on it: the track is a channel (its position was None, as for colour)
+        assert plane.position() == (c, choice.get("z"), choice.get("t"))
+
+
+def test_a_lambda_stacks_channels_named_by_wavelength_are_chosen_by_those_names() -> None:
+    """ZEN names a λ-stack's channels by wavelength (real LSM 880 files: 415 … 691 nm); digits were
+    always read as an index, so channel=415 was "no channel '415'; its channels are 0 (415) ..."."""
+    names = [str(415 + 9 * k) for k in range(12)]
+    stack = RNG.integers(0, 255, (1, 12, 40, 56), dtype=np.uint8)
+    data = lsm_bytes(stack, "ZCYX", names=names)
+    assert np.array_equal(select(data, channel="424").image, stack[0, 1])  # a name: no channel 424
+    assert np.array_equal(select(data, channel="11").image, stack[0, 11])  # an index first
+    measured = select(data, channel="0", measure=("469", "5")).measured
+    assert [m.channel.name for m in measured] == ["469", "460"]
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
