@@ -66,6 +66,12 @@ def from_pages(tif: Any, max_metadata_bytes: int) -> Any | None:
         else:
             raise UnsupportedImageType(f"the NDTiff's pages give their {key} as names and numbers mixed; "
                                        "read the dataset by path (its NDTiff.index)")
+    repeated = len(coordinates) - len({tuple(row) for row in indices.tolist()})
+    if repeated:
+        raise UnsupportedImageType(
+            f"{repeated} of the NDTiff's {len(coordinates)} pages lie where another does (the same "
+            "channel, z, time and position, or none given); read the dataset by path (its NDTiff.index)"
+        )
     shape = tuple(int(n) + 1 for n in indices.max(axis=0)) if keys else ()
     pages: list[Any] = [None] * int(np.prod(shape))
     for page, index in zip(tif.pages, indices, strict=True):

@@ -148,6 +148,9 @@ def test_an_ndtiff_upload_of_tiles_or_too_much_metadata_is_refused_with_the_reas
              for r in range(2) for c in range(2)]
     with pytest.raises(UnsupportedImageType, match="row and column"):
         microscopy.probe(ndtiff_bytes(tiles, NDTIFF_SUMMARY), 10**8, 10_000)
+    unplaced = [({}, np.full(SIZE, k, np.uint16)) for k in range(3)]  # one page would stand for three
+    with pytest.raises(UnsupportedImageType, match="3 pages lie where another does"):
+        microscopy.probe(ndtiff_bytes(unplaced, NDTIFF_SUMMARY), 10**8, 10_000)
     data = ndtiff_bytes(_ndtiff_planes(), NDTIFF_SUMMARY)
     with pytest.raises(structure.TooComplex, match="UNET_MAX_METADATA_BYTES"):
         microscopy.probe(data, 10**8, structure.Limits(max_metadata_bytes=400))
