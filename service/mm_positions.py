@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from service import ndtiff_pages, structure
+from service import ndtiff_pages, structure, tiff_vendors
 
 #: The attribute of a position's series (``TiffPageSeries.attr``) that holds its index in the
 #: acquisition.
@@ -89,16 +89,9 @@ def check_extent(tif: Any, max_pages: int) -> None:
     Raises:
         structure.TooComplex: past the bound (``UNET_MAX_TIFF_PAGES``).
     """
-    try:
-        meta = tif.micromanager_metadata
-    except Exception:  # noqa: BLE001 - no Micro-Manager header: tifffile reads no stack from it
+    index_map, summary = _index_map(tif), tiff_vendors.micromanager_summary(tif)
+    if index_map is None:
         return
-    if not isinstance(meta, dict):
-        return
-    index_map, summary = meta.get("IndexMap"), meta.get("Summary")
-    if not isinstance(index_map, np.ndarray) or index_map.ndim != 2 or index_map.shape[1] < 4:
-        return
-    summary = summary if isinstance(summary, dict) else {}
     extent = 1
     for column, key in enumerate(("Channels", "Slices", "Frames", "Positions")):
         highest = int(index_map[:, column].max()) + 1 if index_map.shape[0] else 1
@@ -130,9 +123,8 @@ def alone_note(tif: Any, series: Any) -> str | None:
     if series.kind != "mmstack" or POSITION in series.attr:
         return None
     try:
-        summary = (tif.micromanager_metadata or {}).get("Summary") or {}
-        count = int(summary.get("Positions", 1) or 1)
-    except Exception:  # noqa: BLE001 - a summary tifffile could not read, or not a number
+        count = int(tiff_vendors.micromanager_summary(tif).get("Positions", 1) or 1)
+    except (TypeError, ValueError, OverflowError):  # not a number
         return None
     own = _own_position(tif)
     if count < 2 or own is None:
@@ -153,14 +145,20 @@ def position_note(count: int, index: int, name: str | None) -> str:
 def _own_position(tif: Any) -> int | None:
     """The stage position an MMStack file holds (each file one position, as Micro-Manager writes
     them), from its own index map; None for a file of several (an NDTiff's) or none."""
-    try:
-        index_map = (tif.micromanager_metadata or {}).get("IndexMap")
-    except Exception:  # noqa: BLE001 - tifffile read no Micro-Manager series from it either
-        return None
-    if not isinstance(index_map, np.ndarray) or index_map.ndim != 2 or index_map.shape[1] < 4:
+    index_map = _index_map(tif)
+    if index_map is None:
         return None
     held = np.unique(index_map[:, 3])
     return int(held[0]) if held.size == 1 else None
+
+
+def _index_map(tif: Any) -> np.ndarray | None:
+    """An MMStack file's index map (channel, slice, frame, position, offset of each page), None
+    where it has none tifffile could read."""
+    index_map = tiff_vendors.micromanager_metadata(tif).get("IndexMap")
+    if not isinstance(index_map, np.ndarray) or index_map.ndim != 2 or index_map.shape[1] < 4:
+        return None
+    return index_map
 
 
 def _names(series: Any, tif: Any, count: int) -> list[str | None]:
@@ -174,10 +172,7 @@ def _names(series: Any, tif: Any, count: int) -> list[str | None]:
         labels = _ndtiff_values(tif, "position")
     else:
         labels = []
-        try:
-            summary = (tif.micromanager_metadata or {}).get("Summary") or {}
-        except Exception:  # noqa: BLE001
-            summary = {}
+        summary = tiff_vendors.micromanager_summary(tif)
         listed = summary.get("StagePositions") or summary.get("InitialPositionList")
         if isinstance(listed, list):
             labels = [str(p.get("Label") or "").strip() or None if isinstance(p, dict) else None

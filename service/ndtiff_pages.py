@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from service import structure
+from service import structure, tiff_vendors
 from service.imaging import UnsupportedImageType
 
 #: Micro-Manager's metadata tag on each page.
@@ -49,8 +49,8 @@ def from_pages(tif: Any, max_metadata_bytes: int) -> Any | None:
 
     if tif.filehandle.is_file or not _is_ndtiff(tif) or len(tif.pages) < 2:
         return None
-    charged = _charged(tif.pages, max_metadata_bytes)
-    coordinates = [_axes_of(page, number) for number, page in enumerate(charged)]
+    tags = _charged(tif.pages, max_metadata_bytes)
+    coordinates = [_axes_of(tag, number) for number, tag in enumerate(tags)]
     keys = sorted({key for axes in coordinates for key in axes}, key=list(AXES).index)
     names: dict[str, list[str]] = {}
     indices = np.zeros((len(coordinates), len(keys)), dtype=np.int64)
@@ -86,16 +86,17 @@ def from_pages(tif: Any, max_metadata_bytes: int) -> Any | None:
 
 def _is_ndtiff(tif: Any) -> bool:
     """An NDTiff's header (after the TIFF's) gives its version, 2 or later, and no index map."""
+    meta = tiff_vendors.micromanager_metadata(tif)
     try:
-        meta = tif.micromanager_metadata
-        version = int((meta or {}).get("MajorVersion", 0) or 0)
-    except Exception:  # noqa: BLE001 - no Micro-Manager header tifffile can read
+        version = int(meta.get("MajorVersion", 0) or 0)
+    except (TypeError, ValueError, OverflowError):
         return False
-    return isinstance(meta, dict) and "IndexMap" not in meta and version >= 2
+    return "IndexMap" not in meta and version >= 2
 
 
 def _charged(pages: Any, max_metadata_bytes: int) -> Any:
-    """``pages``, each metadata tag's bytes counted against ``max_metadata_bytes`` as it is read."""
+    """Each page's Micro-Manager metadata tag (None where it has none), its bytes counted against
+    ``max_metadata_bytes`` as it is read."""
     spent = 0
     for page in pages:
         tag = page.tags.get(MICROMANAGER_TAG)
@@ -105,12 +106,12 @@ def _charged(pages: Any, max_metadata_bytes: int) -> Any:
                 f"the NDTiff pages' metadata has more than {max_metadata_bytes:,} bytes",
                 max_metadata_bytes, "UNET_MAX_METADATA_BYTES",
             )
-        yield page
+        yield tag
 
 
-def _axes_of(page: Any, number: int) -> dict[str, Any]:
-    """The page's coordinates (``Axes`` in its metadata), checked to be axes the service reads."""
-    tag = page.tags.get(MICROMANAGER_TAG)
+def _axes_of(tag: Any, number: int) -> dict[str, Any]:
+    """Page ``number``'s coordinates (``Axes`` in its metadata ``tag``), checked to be axes the
+    service reads."""
     value = tag.value if tag is not None else None
     axes = value.get("Axes") if isinstance(value, dict) else None
     if not isinstance(axes, dict):

@@ -84,11 +84,23 @@ def metaseries(tif: Any, n_channels: int) -> Calibration | None:
     return Calibration("MetaMorph TIFF", "metaseries", x or y, y or x, None, names)
 
 
+def micromanager_metadata(tif: Any) -> dict[str, Any]:
+    """What tifffile parses of a Micro-Manager file's own header (its summary, index map, NDTiff
+    version), ``{}`` where there is none or tifffile fails on it."""
+    meta = _safe(lambda: tif.micromanager_metadata)
+    return meta if isinstance(meta, dict) else {}
+
+
+def micromanager_summary(tif: Any) -> dict[str, Any]:
+    """A Micro-Manager file's acquisition summary, ``{}`` where it has none that is a mapping."""
+    summary = micromanager_metadata(tif).get("Summary")
+    return summary if isinstance(summary, dict) else {}
+
+
 def micromanager(tif: Any, n_channels: int) -> Calibration | None:
     if not tif.is_micromanager:
         return None
-    meta = _safe(lambda: tif.micromanager_metadata)
-    summary = meta.get("Summary") if isinstance(meta, dict) else None
+    summary = micromanager_metadata(tif).get("Summary")
     if not isinstance(summary, dict):
         return None
     size = _length(summary.get("PixelSize_um"), 1.0)
