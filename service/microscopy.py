@@ -966,14 +966,20 @@ def modulo_merged(lead: list[tuple[str, int]], ome: bool) -> list[tuple[str, int
     the k-th ``<Channel>``'s. A sub-axis standing alone (every index a bin) is left as it is."""
     if not ome:
         return lead
-    merged: list[tuple[str, int]] = []
-    for axis, size in lead:
-        if axis in _MODULO and merged and merged[-1][0] in ("C", "Z", "T"):
-            divided, count = merged[-1]
-            merged[-1] = (divided, count * size)
+    groups = modulo_groups("".join(axis for axis, _ in lead))
+    return [(lead[group[0]][0], math.prod(lead[d][1] for d in group)) for group in groups]
+
+
+def modulo_groups(axes: str) -> list[tuple[int, ...]]:
+    """The positions in ``axes`` grouped as :func:`modulo_merged` folds them: an OME Modulo
+    sub-axis (H, E, A, P) right after the C, Z or T it divides joins that axis's group."""
+    groups: list[tuple[int, ...]] = []
+    for d, axis in enumerate(axes):
+        if axis in _MODULO and groups and axes[groups[-1][0]] in ("C", "Z", "T"):
+            groups[-1] += (d,)
         else:
-            merged.append((axis, size))
-    return merged
+            groups.append((d,))
+    return groups
 
 
 def _is_display_lut(tif: Any, page: Any) -> bool:

@@ -148,16 +148,10 @@ class _MergedAxes:
 def _merge_modulo(axes: str, levels: list[_Level]) -> tuple[str, list[_Level]]:
     """``axes`` and ``levels`` with each OME Modulo sub-axis (H, E, A, P right after C, Z or T)
     folded into the one it divides, as the layout offers them; unchanged where there is none."""
-    groups: list[tuple[int, ...]] = []
-    merged = ""
-    for d, axis in enumerate(axes):
-        if axis in "HEAP" and merged and merged[-1] in "CZT":
-            groups[-1] += (d,)
-        else:
-            groups.append((d,))
-            merged += axis
-    if merged == axes:
+    groups = microscopy.modulo_groups(axes)
+    if len(groups) == len(axes):
         return axes, levels
+    merged = "".join(axes[group[0]] for group in groups)
     return merged, [_Level(_MergedAxes(lv.array, groups), lv.height, lv.width) for lv in levels]
 
 
