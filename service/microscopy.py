@@ -484,6 +484,8 @@ class _Source:
     # RGB pixels read while probing (to tell grey from colour), reused by select
     first: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # a TIFF's: the tifffile series read (of image_series), for reading it by window
+    series: Any = None
 
 
 def probe(data: bytes, max_pixels: int, limits: Limits | int, series: int | None = None) -> Layout:
@@ -738,12 +740,12 @@ def _single_page(data: bytes) -> bool:
         return False
 
 
-def tiff_layout(
+def tiff_image(
     tif: Any, max_pixels: int, series: int | None = None, limits: Limits = DEFAULT_LIMITS
-) -> Layout:
+) -> tuple[Layout, Any]:
     """The layout of an open ``tifffile.TiffFile`` (at image ``series``, None: the first) from its
     header alone (slides: no page is decoded; ``grey_rgb`` is left False for the caller to decide
-    from a sample of windows).
+    from a sample of windows), and the tifffile series it describes (of :func:`image_series`).
 
     Raises:
         imaging.ImageError subclasses: unsupported layout, more than ``max_pixels``.
@@ -751,8 +753,9 @@ def tiff_layout(
     """
     try:
         with decoder_errors():  # a slide's header is as hostile as an upload's
-            return _tiff_source(tif, b"", max_pixels, colour_pixels=False, wanted_series=series,
-                                limits=limits).layout
+            source = _tiff_source(tif, b"", max_pixels, colour_pixels=False, wanted_series=series,
+                                  limits=limits)
+            return source.layout, source.series
     except _NotForTifffile as exc:
         raise UnsupportedImageType(
             "this TIFF's photometric interpretation (palette, CMYK, YCbCr, min-is-white or 1-bit) "
@@ -947,7 +950,7 @@ def _tiff_source(
         series_about=series_about,
         positions_in_files=own is not None,
     )
-    source = _Source(layout, read=read, close=tif.close)
+    source = _Source(layout, read=read, close=tif.close, series=series)
     if rgb and colour_pixels:
         first = read({})
         source.first = first

@@ -475,11 +475,10 @@ def _open_tiff(
 
     try:
         try:
-            layout = microscopy.tiff_layout(tif, max_pixels, selection.series, limits)
+            layout, series = microscopy.tiff_image(tif, max_pixels, selection.series, limits)
         except ImageTooLarge as exc:
             raise SlideTooLarge(exc.pixels, exc.limit, exc.width, exc.height) from exc
         with microscopy.decoder_errors():  # tifffile on a hostile header: a 400, as for an upload
-            series = microscopy.image_series(tif, limits)[layout.series]  # as series= counts them
             axes = "".join("Z" if a in ("I", "Q") else a for a in series.axes)
             if tif.is_lsm and "S" in series.keyframe.axes:
                 axes = axes.replace("C", "S")  # ZEN's channels are the samples of a page: the layout's too
