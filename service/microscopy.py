@@ -484,8 +484,10 @@ class _Source:
     # RGB pixels read while probing (to tell grey from colour), reused by select
     first: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    # a TIFF's: the tifffile series read (of image_series), for reading it by window
+    # a TIFF's: the tifffile series read (of image_series), for reading it by window, and whether
+    # the page of a plane (its coordinates) is absent (in a file of its set that is not there)
     series: Any = None
+    absent: Callable[[dict[str, int]], bool] | None = None
 
 
 def probe(data: bytes, max_pixels: int, limits: Limits | int, series: int | None = None) -> Layout:
@@ -742,10 +744,12 @@ def _single_page(data: bytes) -> bool:
 
 def tiff_image(
     tif: Any, max_pixels: int, series: int | None = None, limits: Limits = DEFAULT_LIMITS
-) -> tuple[Layout, Any]:
+) -> tuple[Layout, Any, Callable[[dict[str, int]], bool]]:
     """The layout of an open ``tifffile.TiffFile`` (at image ``series``, None: the first) from its
     header alone (slides: no page is decoded; ``grey_rgb`` is left False for the caller to decide
-    from a sample of windows), and the tifffile series it describes (of :func:`image_series`).
+    from a sample of windows), the tifffile series it describes (of :func:`image_series`), and
+    whether a plane's page is absent, by its C, Z, T coordinates (a page of a set's file that is not
+    there: tifffile's Zarr store would read it as zeros).
 
     Raises:
         imaging.ImageError subclasses: unsupported layout, more than ``max_pixels``.
@@ -755,7 +759,7 @@ def tiff_image(
         with decoder_errors():  # a slide's header is as hostile as an upload's
             source = _tiff_source(tif, b"", max_pixels, colour_pixels=False, wanted_series=series,
                                   limits=limits)
-            return source.layout, source.series
+            return source.layout, source.series, source.absent
     except _NotForTifffile as exc:
         raise UnsupportedImageType(
             "this TIFF's photometric interpretation (palette, CMYK, YCbCr, min-is-white or 1-bit) "
@@ -903,9 +907,15 @@ def _tiff_source(
     index_axes = [a for a, _ in lead]
     planar = page_axes.startswith("S")
 
-    def read(coords: dict[str, int]) -> np.ndarray:
+    def page_index(coords: dict[str, int]) -> int:
         key = tuple(coords.get(a, 0) for a in index_axes)
-        index = int(np.ravel_multi_index(key, index_shape)) if index_shape else 0
+        return int(np.ravel_multi_index(key, index_shape)) if index_shape else 0
+
+    def absent(coords: dict[str, int]) -> bool:
+        return pages[page_index(coords)] is None
+
+    def read(coords: dict[str, int]) -> np.ndarray:
+        index = page_index(coords)
         page = pages[index]
         if page is None:
             raise UndecodableImage(
@@ -950,7 +960,7 @@ def _tiff_source(
         series_about=series_about,
         positions_in_files=own is not None,
     )
-    source = _Source(layout, read=read, close=tif.close, series=series)
+    source = _Source(layout, read=read, close=tif.close, series=series, absent=absent)
     if rgb and colour_pixels:
         first = read({})
         source.first = first

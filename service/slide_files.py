@@ -475,7 +475,7 @@ def _open_tiff(
 
     try:
         try:
-            layout, series = microscopy.tiff_image(tif, max_pixels, selection.series, limits)
+            layout, series, absent = microscopy.tiff_image(tif, max_pixels, selection.series, limits)
         except ImageTooLarge as exc:
             raise SlideTooLarge(exc.pixels, exc.limit, exc.width, exc.height) from exc
         with microscopy.decoder_errors():  # tifffile on a hostile header: a 400, as for an upload
@@ -485,32 +485,10 @@ def _open_tiff(
             levels = [_tiff_level(tif, path, series, i, stores) for i in range(len(series.levels))]
             if tif.is_ome:
                 axes, levels = _merge_modulo(axes, levels)
-        return _source(levels, axes, layout, selection, model_channels, close, _pages_absent(series))
+        return _source(levels, axes, layout, selection, model_channels, close, absent)
     except BaseException:
         close()
         raise
-
-
-def _pages_absent(series: Any) -> Callable[[dict[str, int]], bool] | None:
-    """Whether a plane of ``series`` (by its C, Z, T coordinates) has no page: tifffile leaves None
-    the pages of a multi-file OME-TIFF's or Micro-Manager acquisition's files that are not there,
-    and its Zarr store reads them as zeros. None where every page is there."""
-    pages = list(series.pages)
-    if all(page is not None for page in pages):
-        return None
-    page_axes = series.keyframe.axes
-    axes, sizes = series.get_axes(False), series.get_shape(False)
-    lead = [("Z" if a in ("I", "Q") else a, int(n))
-            for a, n in zip(axes, sizes, strict=True) if a not in page_axes]
-    lead = microscopy.modulo_merged(lead, bool(series.parent is not None and series.parent.is_ome))
-    shape = tuple(n for _, n in lead)
-    if math.prod(shape) != len(pages):
-        return None
-
-    def absent(fixed: dict[str, int]) -> bool:
-        return pages[int(np.ravel_multi_index(tuple(fixed.get(a, 0) for a, _ in lead), shape))] is None
-
-    return absent
 
 
 def _tiff_level(tif: Any, path: Path, base: Any, index: int, stores: list[Any]) -> _Level:
