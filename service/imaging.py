@@ -59,6 +59,13 @@ _JP2_ADVICE = (
 #: A FluoView settings file's first bytes (UTF-16 with its byte-order mark, then a section): the
 #: ``.oif`` of FluoView's folder format, whose planes lie in the folder beside it.
 OIF_SETTINGS_SIGNATURE = b"\xff\xfe[\x00"
+#: How far into a file its OME-XML root element is looked for (after the declaration and Bio-Formats'
+#: warning comment).
+OME_XML_HEAD = 4096
+_COMPANION_ADVICE = (
+    "this is OME-XML metadata (a multi-file OME-TIFF set's companion file), which holds no pixels: "
+    "send the set's TIFFs, or read the set by path, naming one of its TIFFs"
+)
 _OIF_ADVICE = (
     "this is an Olympus FluoView settings file (the .oif of FluoView's folder format, or one of its "
     ".pty files): its images lie in the .oif.files folder beside it, which one upload cannot carry. "
@@ -140,6 +147,13 @@ def as_file(data: bytes) -> BinaryIO:
     return io.BytesIO(data)
 
 
+def is_ome_xml(head: bytes) -> bool:
+    """Whether a file starting with ``head`` (its first :data:`OME_XML_HEAD` bytes) is an OME-XML
+    document: an OME-TIFF set's companion file (``NAME.companion.ome``), metadata without pixels."""
+    start = bytes(head[:OME_XML_HEAD]).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return start.startswith((b"<?xml", b"<OME")) and b"<OME" in start
+
+
 def probe(data: bytes) -> ImageInfo:
     """Read format, size, page count and pixel mode from the header only.
 
@@ -153,6 +167,8 @@ def probe(data: bytes) -> ImageInfo:
         raise UnsupportedImageType(_JP2_ADVICE)
     if data[: len(OIF_SETTINGS_SIGNATURE)] == OIF_SETTINGS_SIGNATURE:
         raise UnsupportedImageType(_OIF_ADVICE)
+    if is_ome_xml(data):
+        raise UnsupportedImageType(_COMPANION_ADVICE)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. TIFF tag warnings on odd headers

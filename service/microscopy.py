@@ -576,11 +576,6 @@ def _open(data: bytes, max_pixels: int, limits: Limits, series: int | None = Non
         return _open_dv(data, max_pixels, series)
     if structure.is_hdf5(data):
         return _open_ims(data, max_pixels, series, limits.max_metadata_bytes)
-    if structure.is_ome_xml(data):
-        raise UnsupportedImageType(
-            "this is OME-XML metadata (a multi-file OME-TIFF set's companion file), which holds no pixels: "
-            "send the set's TIFFs, or read the set by path, naming one of its TIFFs"
-        )
     if not is_tiff(data):
         check_series(1, (), series)
         return _open_flat(data, max_pixels, fmt=None)

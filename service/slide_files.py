@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from service import microscopy, structure, tiff_sets
+from service import imaging, microscopy, structure, tiff_sets
 from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType
 from service.microscopy import Channel, Layout, PixelSize, PlaneReader, Selection, SelectionError
 from service.regions import RegionSource, check_window
@@ -425,7 +425,7 @@ def open_slide(
         return _open_dv(p, selection, max_pixels, model_channels)
     if structure.is_hdf5(head):
         return _open_ims(p, selection, max_pixels, structure.as_limits(limits), model_channels)
-    if head.lstrip().startswith(b"<") and structure.is_ome_xml(_read_head(p, structure.OME_XML_HEAD)):
+    if head.lstrip().startswith(b"<") and imaging.is_ome_xml(_read_head(p, imaging.OME_XML_HEAD)):
         raise UnsupportedImageType(
             "this is an OME companion file: it describes a multi-file OME-TIFF set and holds no pixels; "
             "name one of the set's TIFFs beside it (each is read with the set's metadata)"

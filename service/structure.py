@@ -141,18 +141,6 @@ class TooManyPages(TooComplex):
         )
 
 
-#: How far into a file its OME-XML root element is looked for (after the declaration and Bio-Formats'
-#: warning comment).
-OME_XML_HEAD = 4096
-
-
-def is_ome_xml(head: bytes) -> bool:
-    """Whether a file starting with ``head`` (its first :data:`OME_XML_HEAD` bytes) is an OME-XML
-    document: an OME-TIFF set's companion file (``NAME.companion.ome``), metadata without pixels."""
-    start = bytes(head[:OME_XML_HEAD]).lstrip(b"\xef\xbb\xbf \t\r\n")
-    return start.startswith((b"<?xml", b"<OME")) and b"<OME" in start
-
-
 def mapped(source: bytes | mmap.mmap | Path, what: str) -> tuple[bytes | mmap.mmap, Callable[[], None]]:
     """The bytes of ``source`` and what releases them: a file by path mapped read-only (``what``
     names the format when the file is empty: an empty file cannot be mapped), an upload's bytes or

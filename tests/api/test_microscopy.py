@@ -335,3 +335,14 @@ def test_an_ome_tiff_of_several_images_is_read_at_the_one_asked_for(server: Serv
         "index": 1, "count": 2, "names": ["Pos0", "Pos1"]}
     assert len(probe["series"]["about"]) == 2
     assert probe["required"] == ["channel"] and [c["name"] for c in probe["channels"]] == ["Actin", "DAPI"]
+
+
+def test_an_ome_companion_file_uploaded_alone_is_a_415_saying_so(server: Server, tmp_path) -> None:
+    """A multi-file OME-TIFF set's ``.companion.ome`` is XML: it was a 400 "not a recognised image"."""
+    from tests.ome_sets import write_channel_set
+
+    planes = [np.zeros((16, 16), np.uint8), np.ones((16, 16), np.uint8)]
+    write_channel_set(tmp_path, planes, ["DAPI", "GFP"], companion="set.companion.ome")
+    companion = (tmp_path / "set.companion.ome").read_bytes()
+    r = server.client.post("/segment", files={"file": ("set.companion.ome", companion)})
+    assert r.status_code == 415 and "holds no pixels" in r.json()["detail"], r.text
