@@ -52,7 +52,7 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel, Field
 
-from service import uploads
+from service import durable, uploads
 
 log = logging.getLogger(__name__)
 
@@ -225,14 +225,17 @@ class JobStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, folder / _STATUS)
+            durable.sync_folder(folder)  # the rename itself, or a crash may bring the old status back
         except FileNotFoundError:
             log.info("job %s was deleted before its status could be saved", record.id)
 
     def write_result(self, job_id: str, body: bytes) -> None:
-        tmp = self.folder(job_id) / f".{_RESULT}.tmp"
+        """The job's result, and every file the job wrote in its folder (a slide job's store and
+        table, a stack job's TIFFs), on disk before the status that says ``succeeded`` is saved
+        (:mod:`service.durable`); the input is left out, deleted next."""
         with contextlib.suppress(FileNotFoundError):
-            tmp.write_bytes(body)
-            os.replace(tmp, self.result_path(job_id))
+            durable.write_atomic(self.result_path(job_id), body)
+            durable.sync_tree(self.folder(job_id), skip=(_INPUT, _STATUS))
 
     def remove_input(self, job_id: str) -> None:
         self.input_path(job_id).unlink(missing_ok=True)

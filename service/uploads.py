@@ -51,6 +51,8 @@ from typing import BinaryIO, TypeVar
 
 from pydantic import BaseModel, Field
 
+from service import durable
+
 #: The folder under the jobs folder that holds stored uploads (not a job id: ``JobStore`` skips it).
 FOLDER = "uploads"
 _ID = re.compile(r"^[0-9a-f]{32}$")
@@ -177,9 +179,10 @@ class UploadStore:
         """The bytes are all in (``size`` of them, hashed as they came): write the info that makes
         the upload usable."""
         info = UploadInfo(id=upload_id, size=size, sha256=sha256, filename=filename, created=time.time())
-        tmp = self.folder(upload_id) / f".{_INFO}.tmp"
-        tmp.write_text(info.model_dump_json())
-        os.replace(tmp, self.folder(upload_id) / _INFO)
+        # The bytes reach the disk before the info that makes them usable (service.durable): the
+        # client may delete its copy on the 201.
+        durable.sync_file(self.data_path(upload_id))
+        durable.write_atomic(self.folder(upload_id) / _INFO, info.model_dump_json().encode())
         return info
 
     def create(self, length: int, filename: str | None) -> PendingUpload:
@@ -191,7 +194,7 @@ class UploadStore:
         upload_id, _ = self.new(length)
         pending = PendingUpload(id=upload_id, length=length, filename=filename, created=time.time())
         self.data_path(upload_id).touch()
-        (self.folder(upload_id) / _PENDING).write_text(pending.model_dump_json())
+        durable.write_atomic(self.folder(upload_id) / _PENDING, pending.model_dump_json().encode())
         return pending
 
     def progress(self, upload_id: str) -> tuple[int, int]:

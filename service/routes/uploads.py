@@ -28,7 +28,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from service import microscopy, structure
+from service import durable, microscopy, structure
 from service.errors import BadRequest, ProblemError, problem_responses
 from service.routes import bodies
 from service.routes.deps import require_api_key
@@ -315,7 +315,9 @@ async def add_to_upload(upload_id: str, request: Request) -> Response:
     try:
         with store.appending(upload_id, offset) as (out, pending):
             reached = await _append(request, out, offset, pending.length)
-            out.flush()
+            # The offset answered is where the client resumes after any crash, the machine's too:
+            # the bytes before it on disk, not only in the page cache (service.durable).
+            await anyio.to_thread.run_sync(durable.sync_open, out)
             # still holding the upload: no other request sees it half-checked or half-hashed
             if offset < bodies.HEAD_BYTES and (reached >= bodies.HEAD_BYTES or reached == pending.length):
                 await _check_first_bytes(store, upload_id)
