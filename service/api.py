@@ -358,7 +358,7 @@ class Segmenter:
             measure_project=measure_project,
         )
         plane = microscopy.select(
-            self._read(image, axes), selection, s.max_pixels, s.decode_limits(), md.in_channels
+            self._read(image, axes, selection), selection, s.max_pixels, s.decode_limits(), md.in_channels
         )
         pixels = plane.image
         level = threshold if threshold is not None else md.threshold
@@ -512,7 +512,9 @@ class Segmenter:
             plane=middle.plane.without_pixels(),
         )
 
-    def _read(self, image: ImageInput, axes: str | None) -> bytes | mmap.mmap:
+    def _read(
+        self, image: ImageInput, axes: str | None, selection: microscopy.Selection | None = None
+    ) -> bytes | mmap.mmap:
         """What ``microscopy.select`` reads: bytes, an array as a TIFF, or a file — read whole up to
         :data:`MAP_ABOVE_BYTES`, above it a read-only memory map. Mapped, not read: a LAS X
         project or a CZI plate of gigabytes costs the pages of the plane asked for, not the file
@@ -520,7 +522,12 @@ class Segmenter:
         ``microscopy.container_stream``). Each call maps the file anew (a map is one file position:
         threads never share one), and the map closes when the call's last reference to it goes.
         Only large files are mapped because a map has one hazard a read has not: a file cut
-        short while it is read (rewritten in place) ends the process with SIGBUS."""
+        short while it is read (rewritten in place) ends the process with SIGBUS.
+
+        One file of an OME-TIFF image split over several (``tiff_sets.image_files``) is read as
+        the set, the pages ``selection`` needs cut out of it (``frames.cut_split_image``), as
+        ``unet-segment`` sends it: alone, it holds some of the image's planes and, where the set's
+        metadata lies in a companion file, none of its channel names."""
         if isinstance(image, np.ndarray):
             return array_as_tiff(image, axes)
         if axes is not None:
@@ -528,6 +535,12 @@ class Segmenter:
         if isinstance(image, bytes | bytearray | memoryview):
             return bytes(image)
         if isinstance(image, str | os.PathLike):
+            from service import frames, tiff_sets  # tifffile: for a split image only
+
+            if selection is not None and selection.series is None and tiff_sets.image_files(Path(image)):
+                cut = frames.cut_split_image(Path(image), selection, self.settings.max_pixels)
+                if cut is not None:
+                    return cut
             with open(image, "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size
                 if size <= MAP_ABOVE_BYTES or size == 0:  # an empty file cannot be mapped

@@ -493,7 +493,33 @@ def find_images(inputs: Iterable[str], stores: bool = False) -> list[tuple[Path,
         if not pairs:
             raise UsageError(f"{arg}: no image files found ({_allowed()})")
         found.extend(pairs)
-    return found
+    return one_per_split_image(found)
+
+
+def _split_image_files(source: Path) -> tuple[Path, ...]:
+    """The files of the OME-TIFF image ``source`` is one file of, where the image is split over
+    several (``service.tiff_sets.image_files``); ``()`` for every other file."""
+    if not source.name.lower().endswith((".ome.tif", ".ome.tiff")):
+        return ()  # without importing tifffile, which the HTTP mode of other files does not need
+    from service import tiff_sets
+
+    return tiff_sets.image_files(source)
+
+
+def one_per_split_image(found: Sequence[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+    """``found`` with one file for each OME-TIFF image split over several files: the first of them
+    listed, which is read as the set (:func:`job_bytes`); each of the others sent alone was a
+    failure or a part of the image (a companion set's files each "no channel 'DAPI'", the others
+    of a split by channel "page 0 is missing")."""
+    kept: list[tuple[Path, Path]] = []
+    covered: set[Path] = set()
+    for source, relative in found:
+        files = _split_image_files(source)
+        if source.resolve() in covered:
+            continue
+        covered.update(files)
+        kept.append((source, relative))
+    return kept
 
 
 def _allowed() -> str:
@@ -622,7 +648,8 @@ def job_bytes(job: Job, config: Config) -> Payload:
     series = dict(job.plane).get("series", config.series)
     frame = [(axis, index) for axis, index in job.plane if axis != "series"]
     folder_format = job.source.suffix.lower() == ".oif"  # its planes are not in the file sent
-    if frame or series is not None or folder_format:
+    split = not (frame or series is not None or folder_format) and bool(_split_image_files(job.source))
+    if frame or series is not None or folder_format or split:
         # Imported here: only --t all / --z all / --series and OIFs cut files (NumPy, tifffile).
         from service import frames, imaging, microscopy
         from service.settings import get_settings
@@ -637,6 +664,8 @@ def job_bytes(job: Job, config: Config) -> Payload:
             cut = frames.cut_frame(job.source, axis, index, selection, max_pixels, series=series)
         elif series is not None:
             cut = frames.cut_image(job.source, series, selection, max_pixels)
+        elif split:
+            cut = frames.cut_split_image(job.source, selection, max_pixels)
         else:
             try:
                 return Payload(frames.convert_oif(job.source, selection, max_pixels), "image/tiff")
@@ -1219,8 +1248,10 @@ class LocalSegmenter:
         result = Result(job, ok=False, attempts=1)
         data: bytes | Path
         try:
-            if job.plane or self.config.series is not None or job.source.suffix.lower() == ".oif":
-                payload = job_bytes(job, self.config)  # an OIF: its planes read from its folder
+            if (job.plane or self.config.series is not None or job.source.suffix.lower() == ".oif"
+                    or _split_image_files(job.source)):
+                # an OIF: its planes read from its folder; an image split over files: from the set
+                payload = job_bytes(job, self.config)
                 data, image_cut = payload.data, payload.image_cut
             else:
                 # The file by path: the API maps a large one and reads the pages the plane needs,

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service import compound, czi, dv, imaging, ims, lif, microscopy, nd2, oib, structure
+from service import compound, czi, dv, imaging, ims, lif, microscopy, nd2, oib, structure, tiff_sets
 from service.microscopy import Layout, Selection
 
 OME_NAMESPACE = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
@@ -174,6 +174,15 @@ def cut_image(path: Path, series: int, selection: Selection, max_pixels: int) ->
     return _cut(path, selection, max_pixels, series, None, None)
 
 
+def cut_split_image(path: Path, selection: Selection, max_pixels: int) -> bytes | None:
+    """The OME-TIFF of the pages ``selection`` needs (every page where the choices are incomplete)
+    of an OME-TIFF image split over several files (``tiff_sets.image_files``), read as the set from
+    ``path``, one of them: sent alone, the file holds some of the image's planes and, where the
+    set's metadata lies in a companion file, none of its channel names. None where it is not cut
+    (as :func:`cut_frame`)."""
+    return _cut(path, selection, max_pixels, None, None, None, whole=True)
+
+
 def convert_oif(path: Path, selection: Selection, max_pixels: int) -> bytes:
     """The OME-TIFF of the pages ``selection`` needs (every page where the choices are incomplete)
     of an Olympus OIF, whose planes lie in the folder beside its ``.oif``: the service cannot take
@@ -194,13 +203,14 @@ def convert_oif(path: Path, selection: Selection, max_pixels: int) -> bytes:
 
 
 def _cut(
-    path: Path, selection: Selection, max_pixels: int, series: int | None, axis: str | None, index: int | None
+    path: Path, selection: Selection, max_pixels: int, series: int | None, axis: str | None,
+    index: int | None, whole: bool = False,
 ) -> bytes | None:
     with _opened(path, max_pixels, series) as opened:
         if opened is None:
             return None
         layout, read = opened
-        if axis is None and layout.series_count < 2:
+        if axis is None and layout.series_count < 2 and not whole:
             return None  # one image: nothing to cut it from
         if axis is not None and not 0 <= (index or 0) < layout.planes.get(axis, 0):
             return None
@@ -268,6 +278,13 @@ def _opened(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # odd tags; what matters is whether the pages read
             tif = tifffile.TiffFile(path)
+            try:
+                companion = tiff_sets.companion_xml(tif, microscopy.DEFAULT_LIMITS)
+            except (imaging.ImageError, structure.TooComplex):
+                companion = None  # read alone, as the service reads it
+            if companion is not None:  # a set's metadata in its companion file: read the set by it
+                tif.close()
+                tif = tifffile.TiffFile(path, omexml=companion)
     except Exception:  # noqa: BLE001 - not a TIFF tifffile reads: sent whole, and answered as such
         yield None
         return

@@ -30,6 +30,7 @@ import glob
 import mmap
 import os
 import stat
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,50 @@ def companion_xml(tif: Any, limits: structure.Limits) -> str | None:
     if not root.tag.endswith("OME") or any(e.tag.endswith("BinaryOnly") for e in root):
         return None
     return xml
+
+
+def image_files(path: Path, limits: structure.Limits = microscopy.DEFAULT_LIMITS) -> tuple[Path, ...]:
+    """The files that together hold the image (or images) whose pages ``path`` holds, where an
+    OME-TIFF image is split over several files: Bio-Formats writes one file per channel, z-slice or
+    time point on request (``bfconvert`` with a pattern), and Micro-Manager continues a stack past
+    4 GB in ``NAME_1.ome.tif``. Sorted by name, ``path`` among them, each a regular file in its
+    folder; ``()`` where the file holds its images alone (a Micro-Manager acquisition's positions,
+    each in its own file, are images of their own, not one split), or cannot be read so.
+
+    For what reads a file by path (``unet-segment``, the Python API): one file of the set sent
+    alone holds some of the image's planes and, where the set's metadata lies in a companion file,
+    none of its names. Only names Bio-Formats and Micro-Manager give OME-TIFFs (``.ome.tif``) are
+    opened: a screen's thousands of plain TIFFs are not read twice.
+    """
+    import tifffile
+
+    if not path.name.lower().endswith((".ome.tif", ".ome.tiff")):
+        return ()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with tifffile.TiffFile(path) as tif:
+                if not tif.is_ome:
+                    return ()
+                xml = companion_xml(tif, limits) or tif.ome_metadata or ""
+        root = ET.fromstring(xml)
+    except Exception:  # noqa: BLE001 - unreadable here: the file goes as it is, and is answered so
+        return ()
+    folder, own = path.parent, path.resolve()
+    files: set[Path] = set()
+    for image in (e for e in root if e.tag.endswith("Image")):
+        named = set()
+        for uuid in image.iter():
+            name = uuid.attrib.get("FileName") if uuid.tag.endswith("UUID") else None
+            try:
+                found = _inside(folder, name) if name else None
+            except UnsupportedImageType:
+                found = None  # outside the folder: not read as part of the set
+            if found is not None:
+                named.add(found)
+        if own in named and len(named) > 1:
+            files |= named
+    return tuple(sorted(files))
 
 
 def _named_files(tif: Any, folder: Path, limits: structure.Limits) -> set[str]:

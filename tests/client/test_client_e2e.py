@@ -383,3 +383,39 @@ def test_series_all_segments_every_image_of_a_plate_file(service_url: str, tmp_p
             assert im.decode(got).tolist() == im.decode(expected.content).tolist(), (name, k)
         first, second = (im.decode((tmp_path / "out" / f"{name}_s{k}.png").read_bytes()) for k in (0, 1))
         assert first.tolist() != second.tolist()
+
+
+def test_an_ome_tiff_image_split_over_files_is_one_image_read_as_its_set(tmp_path: Path) -> None:
+    # Bio-Formats writes an image one file per channel (or z, or t) on request, and may keep the
+    # set's metadata in a companion file (NAME.companion.ome) with each TIFF pointing to it. Sent
+    # file by file, a companion set's files each failed ("no channel 'DAPI'; its channels are 0")
+    # and a split by channel failed on every file but the one holding DAPI ("page 0 is missing").
+    # The client sends one job per set, the pages the choices need read from the set.
+    np = pytest.importorskip("numpy")
+    cv2 = pytest.importorskip("cv2")
+    tifffile = pytest.importorskip("tifffile")
+    from tests.ome_sets import write_channel_set
+
+    rng = np.random.default_rng(5)
+    planes = [rng.integers(0, 4000, (64, 80), dtype=np.uint16) for _ in range(3)]
+    images = tmp_path / "in"
+    for folder in ("companion", "split"):
+        (images / folder).mkdir(parents=True)
+    write_channel_set(images / "companion", planes, ["GFP", "DAPI", "RFP"], companion="set.companion.ome")
+    write_channel_set(images / "split", planes, ["GFP", "DAPI", "RFP"])
+    # what the sets' DAPI must give: the plane in a file of its own, its one channel named DAPI
+    tifffile.imwrite(images / "dapi_alone.ome.tif", planes[1][None], ome=True,
+                     metadata={"axes": "CYX", "Channel": {"Name": ["DAPI"]}})
+    proc = _client_under_upload_limit(tmp_path, images, 10**8, "--channel", "DAPI", "--output", "labels")
+    assert proc.returncode == 0 and "3 written" in proc.stderr, proc.stderr
+    out = tmp_path / "out"
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == ["companion/set_C0.ome.png", "dapi_alone.ome.png", "split/set_C0.ome.png"], written
+
+    def labels(path: Path) -> np.ndarray:
+        return cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_UNCHANGED)
+
+    expected = labels(out / "dapi_alone.ome.png")
+    assert expected.max() > 0
+    for folder in ("companion", "split"):
+        np.testing.assert_array_equal(labels(out / folder / "set_C0.ome.png"), expected)

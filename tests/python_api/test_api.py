@@ -246,6 +246,23 @@ def test_bytes_and_paths_give_the_same_result(segmenter: Segmenter, tmp_path: Pa
     assert np.array_equal(a.probability, b.probability)
 
 
+@pytest.mark.parametrize("companion", [None, "set.companion.ome"])
+def test_one_file_of_an_image_split_over_files_reads_the_set(
+    segmenter: Segmenter, tmp_path: Path, companion: str | None
+) -> None:
+    # Bio-Formats' one file per channel, its metadata in each file or in a companion file: by path
+    # any file of the set gives the image, every channel by name, as unet-segment sends it.
+    from tests.ome_sets import write_channel_set
+
+    planes = [nuclei_image(size=96, grid=3, seed=s)[0] for s in (21, 22)]
+    paths = write_channel_set(tmp_path, planes, ["DAPI", "GFP"], companion=companion)
+    alone = segmenter.segment(planes[1], outputs=("labels",), pixel_size=0.5)
+    for path in paths:
+        result = segmenter.segment(path, channel="GFP", outputs=("labels",))
+        assert result.plane.channel.name == "GFP" and result.plane.pixel_size.x_um == 0.5
+        np.testing.assert_array_equal(result.labels, alone.labels)
+
+
 def test_a_czi_path_and_its_scenes_read_as_the_service_reads_them(
     segmenter: Segmenter, tmp_path: Path
 ) -> None:

@@ -5,12 +5,14 @@ read through ``slide_files.open_slide`` as slide and stack jobs read them."""
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 
-from service import microscopy, slide_files, structure
+from service import microscopy, slide_files, structure, tiff_sets
 from service.imaging import UndecodableImage, UnsupportedImageType
 from service.microscopy import Selection
 from tests.ome_sets import write_channel_set
@@ -166,3 +168,38 @@ def test_a_flim_ome_tiffs_lifetime_bins_are_channels_as_ome_counts_them(tmp_path
     path.write_bytes(data)
     for channel in (0, 9, 15):
         assert (_read(path, str(channel)) == 10 * channel + 1).all()
+
+
+@pytest.mark.parametrize("companion", [None, "set.companion.ome"])
+def test_the_files_of_an_image_split_over_files_are_found_from_any_of_them(
+    tmp_path: Path, companion: str | None
+) -> None:
+    """What ``unet-segment`` and the Python API read as one image (``tiff_sets.image_files``)."""
+    paths = write_channel_set(tmp_path, _planes(), ["DAPI", "GFP"], companion=companion)
+    for path in paths:
+        assert tiff_sets.image_files(path) == tuple(sorted(paths))
+    (tmp_path / "empty.ome.tif").write_bytes(b"")  # unreadable: sent as it is, and answered so
+    assert tiff_sets.image_files(tmp_path / "empty.ome.tif") == ()
+    lone = tmp_path / "lone.ome.tif"
+    tifffile.imwrite(lone, _planes()[0], ome=True)
+    assert tiff_sets.image_files(lone) == ()
+
+
+def test_images_each_in_their_own_file_are_no_split(tmp_path: Path) -> None:
+    """A Micro-Manager acquisition's positions: one OME-XML lists every position's Image, each in
+    its own file (the real MM 1.4 set reads so): each file is an image of its own, not a part."""
+    uuids = [f"urn:uuid:{uuid.uuid4()}" for _ in range(2)]
+    names = ["a_Pos0.ome.tif", "a_Pos1.ome.tif"]
+    images = "".join(
+        f'<Image ID="Image:{k}"><Pixels ID="Pixels:{k}" DimensionOrder="XYCZT" Type="uint8" '
+        f'SizeX="{SIZE[1]}" SizeY="{SIZE[0]}" SizeC="1" SizeZ="1" SizeT="1">'
+        f'<Channel ID="Channel:{k}:0" SamplesPerPixel="1"/>'
+        f'<TiffData IFD="0" PlaneCount="1"><UUID FileName="{name}">{u}</UUID></TiffData></Pixels></Image>'
+        for k, (name, u) in enumerate(zip(names, uuids, strict=True))
+    )
+    for k, name in enumerate(names):
+        xml = (f'<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" UUID="{uuids[k]}">'
+               f"{images}</OME>")
+        tifffile.imwrite(tmp_path / name, _planes()[k], description=xml, metadata=None)
+    for name in names:
+        assert tiff_sets.image_files(tmp_path / name) == ()
