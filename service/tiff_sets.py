@@ -146,7 +146,14 @@ def image_files(path: Path, limits: structure.Limits = microscopy.DEFAULT_LIMITS
             with tifffile.TiffFile(path) as tif:
                 if not tif.is_ome:
                     return ()
-                xml = companion_xml(tif, limits) or tif.ome_metadata or ""
+                companion = companion_xml(tif, limits)
+                xml = companion or tif.ome_metadata or ""
+            # Read as the set only where tifffile makes the set's series of it: a set whose pages
+            # contradict its XML (Bio-Formats' set-1-meta-companion sample stores its grey planes
+            # as RGB) is read file by file, as before, rather than as its first file alone.
+            with tifffile.TiffFile(path, omexml=companion) as tif:
+                if not any(series.kind == "ome" for series in tif.series):
+                    return ()
         root = ET.fromstring(xml)
     except Exception:  # noqa: BLE001 - unreadable here: the file goes as it is, and is answered so
         return ()

@@ -203,3 +203,14 @@ def test_images_each_in_their_own_file_are_no_split(tmp_path: Path) -> None:
         tifffile.imwrite(tmp_path / name, _planes()[k], description=xml, metadata=None)
     for name in names:
         assert tiff_sets.image_files(tmp_path / name) == ()
+
+
+def test_a_set_whose_pages_contradict_its_xml_is_read_file_by_file(tmp_path: Path) -> None:
+    """Bio-Formats' set-1-meta-companion sample stores its grey planes as RGB pages: tifffile makes
+    no set of it, and read as the set each file would stand for its first alone (4 of 5 z lost)."""
+    paths = write_channel_set(tmp_path, _planes(), ["DAPI", "GFP"], companion="set.companion.ome")
+    for path, plane in zip(paths, _planes(), strict=True):
+        description = tifffile.TiffFile(path).pages[0].description
+        tifffile.imwrite(path, np.stack([plane] * 3, axis=-1), description=description, metadata=None,
+                         photometric="rgb")
+    assert [tiff_sets.image_files(path) for path in paths] == [(), ()]
