@@ -1079,12 +1079,18 @@ def _tiff_metadata(
     else:
         vendor = (tiff_vendors.lsm(tif, n_channels) or tiff_vendors.metaseries(tif, n_channels)
                   or tiff_vendors.svs(tif, page, series_index) or tiff_vendors.fei(tif)
-                  or tiff_vendors.qpi(tif, series, n_channels))
+                  or tiff_vendors.qpi(tif, series, n_channels) or tiff_vendors.harmony(page, n_channels))
         if vendor is None:
             fmt, size, names = "TIFF", None, []
         else:
             fmt, size, names = vendor.format, _vendor_size(vendor), list(vendor.names)
-        if size is None:
+        if size is None and vendor is not None and not vendor.resolution_tags:
+            notes.append(
+                f"the {vendor.format}'s resolution tags give the camera's pixel pitch, not the pixel size, "
+                "and its own metadata gives none that reads; pass pixel_size= (µm) for measurements in µm "
+                "(Harmony's Index.idx.xml has it: ImageResolutionX, in metres)"
+            )
+        elif size is None:
             size = _tiff_pixel_size(page, notes)
     if not any(names) and series.kind == "ndtiff":
         names = mm_positions.ndtiff_channel_names(tif, series, n_channels)  # its pages or index name them

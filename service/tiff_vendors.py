@@ -21,6 +21,14 @@ calibration and the channel names out of what it parsed, in µm:
   resolution tags (centimetres), which the caller reads. Its RGB thumbnail is no image of the scan
   (the caller leaves that series out).
 
+- **PerkinElmer (Revvity) Harmony** (Operetta, Operetta CLS, Opera Phenix: one TIFF per plane of a
+  screen): each TIFF's private tag 65500 holds the plane's ``TiffImageDescription`` XML. Its
+  resolution tags give the camera's pixel pitch (6.45 µm on an Operetta CLS), not the sample's, so
+  the pixel size is worked out as Harmony's own ``Index.idx.xml`` gives it (``ImageResolutionX``):
+  the camera's ``PixelSizeX`` × the channel's binning / (the objective's magnification × the
+  instrument's); the channel is named by the ``<Name>`` Harmony shows (``Fluorescein (FITC)``).
+  tifffile does not parse this tag.
+
 Each reader returns None where its structure is absent, unreadable or gives no positive finite
 size; the caller then goes on to the next source. Real files of each kind were read with it
 (LSM 7xx, MetaXpress, Micro-Manager 1.4, Aperio and FEI files from public test sets).
@@ -49,6 +57,9 @@ class Calibration:
     y_um: float | None = None
     z_um: float | None = None
     names: tuple[str | None, ...] = ()
+    #: whether the file's resolution tags are a pixel size where this gives none (Harmony's are the
+    #: camera's pixel pitch: 5.4 times a 10x image's pixel size)
+    resolution_tags: bool = True
 
 
 def lsm(tif: Any, n_channels: int) -> Calibration | None:
@@ -154,6 +165,85 @@ def _qpi_name(page: Any) -> str | None:
     except (ET.ParseError, AttributeError):
         return None
     return (root.findtext("Name") or "").strip() or None
+
+
+#: The private tag in which Harmony writes a plane's description XML.
+HARMONY_TAG = 65500
+#: Past this many bytes the tag is not parsed (a real one: ~70 kB, most of it the instrument's parts list).
+HARMONY_XML_BYTES = 4 << 20
+#: µm per unit, for the units Harmony writes in ``Unit=``.
+_HARMONY_UNITS = {"m": 1e6, "mm": 1e3, "um": 1.0, "µm": 1.0, "nm": 1e-3}
+
+
+def harmony(page: Any, n_channels: int) -> Calibration | None:
+    tag = page.tags.get(HARMONY_TAG)
+    if tag is None:
+        return None
+    value = tag.value
+    if not isinstance(value, bytes | str) or len(value) > HARMONY_XML_BYTES:
+        return None
+    try:
+        root = ET.fromstring(value)
+    except ET.ParseError:
+        return None
+    namespace, _, local = root.tag.rpartition("}")
+    if local != "TiffImageDescription" or "perkinelmer" not in namespace.lower():
+        return None
+    size_x, size_y, name = _harmony_plane(root, f"{namespace}}}") or (None, None, None)
+    names = (name,) if n_channels == 1 else ()
+    return Calibration("Harmony TIFF", "harmony", size_x, size_y, None, names, resolution_tags=False)
+
+
+def _harmony_plane(root: ET.Element, ns: str) -> tuple[float | None, float | None, str | None] | None:
+    """(µm per pixel along x and y, channel name) of the plane a Harmony description describes:
+    its ``Image`` names (1-based) the exposure, the record in it and the channel in that; the
+    channel its camera and binning; the exposure its objective."""
+    def number(element: ET.Element | None, name: str, default: int = 1) -> int:
+        try:
+            return int((element.findtext(f"{ns}{name}") if element is not None else None) or default)
+        except ValueError:
+            return default
+
+    def nth(parent: ET.Element | None, path: str, index: int) -> ET.Element | None:
+        found = parent.findall(path) if parent is not None else []
+        return found[index - 1] if 1 <= index <= len(found) else None
+
+    image = root.find(f"{ns}Image")
+    exposure = nth(root, f"{ns}DeviceExperiment/{ns}Exposures/{ns}Exposure", number(image, "ExposureID"))
+    record = nth(exposure, f"{ns}Record", number(image, "RecordID"))
+    channel = nth(record, f"{ns}Channels/{ns}Channel", number(image, "ChannelID"))
+    if exposure is None or channel is None:
+        return None
+    name = (channel.findtext(f"{ns}Name") or "").strip() or None
+    instrument = root.find(f"{ns}InstrumentDescription")
+    setting = channel.find(f"{ns}CameraSetting")
+    if instrument is None or setting is None:
+        return None, None, name
+    camera_id = (setting.findtext(f"{ns}CameraID") or "").strip()
+    camera = next((c for c in instrument.iterfind(f"{ns}Cameras/{ns}Camera")
+                   if (c.findtext(f"{ns}ID") or "").strip() == camera_id), None)
+    objective_id = (exposure.findtext(f"{ns}Objective") or "").strip()
+    objective = next((o for o in instrument.iterfind(f"{ns}Objectives/{ns}Objective")
+                      if (o.findtext(f"{ns}ID") or "").strip() == objective_id), None)
+    magnification = (_harmony_length(objective, f"{ns}Magnification", unitless=True) or 0.0) * (
+        _harmony_length(instrument, f"{ns}Magnification", unitless=True) or 1.0)
+    if camera is None or not magnification > 0:
+        return None, None, name
+    sizes = []
+    for axis in ("X", "Y"):
+        pitch = _harmony_length(camera, f"{ns}PixelSize{axis}")
+        binning = number(setting, f"Binning{axis}")
+        sizes.append(None if pitch is None or binning < 1 else _length(pitch * binning / magnification, 1.0))
+    return sizes[0], sizes[1] or sizes[0], name
+
+
+def _harmony_length(parent: ET.Element | None, path: str, unitless: bool = False) -> float | None:
+    """The positive number at ``path`` in µm (by its ``Unit``), or as it stands (``unitless``)."""
+    element = parent.find(path) if parent is not None else None
+    if element is None:
+        return None
+    factor = 1.0 if unitless else _HARMONY_UNITS.get(element.get("Unit", "").strip().lower())
+    return None if factor is None else _length(element.text, factor)
 
 
 def _length(value: Any, factor: float) -> float | None:

@@ -34,7 +34,14 @@ from tests.ims_files import ims_bytes
 from tests.lif_files import Image, lif_bytes
 from tests.nd2_files import Nd2, write_nd2
 from tests.oib_files import Oib, write_oib
-from tests.vendor_tiffs import lsm_bytes, metaseries_bytes, mmstack_bytes, ndtiff_bytes, qptiff_bytes
+from tests.vendor_tiffs import (
+    harmony_bytes,
+    lsm_bytes,
+    metaseries_bytes,
+    mmstack_bytes,
+    ndtiff_bytes,
+    qptiff_bytes,
+)
 from tests.zvi_files import Plane, zvi_bytes
 
 
@@ -124,6 +131,8 @@ def seeds() -> dict[str, bytes]:
         "tiff-ndtiff": ndtiff_bytes(  # a Micro-Manager 2 NDTiff: each page's coordinates in its JSON
             [({"channel": name, "z": z, "position": "Pos0"}, channels[c].astype(np.uint16))
              for z in range(2) for c, name in enumerate(("DAPI", "FITC"))], {"PixelSize_um": 0.65}),
+        "tiff-harmony": harmony_bytes(  # an Operetta plane: its description XML in tag 65500
+            channels[0].astype(np.uint16), [[("HOECHST 33342", 1)], [("Alexa 488", 2)]], image=(2, 1)),
         "tiff-mmstack": mmstack_bytes(  # a Micro-Manager stack: its index map at the end
             {(c, 0, 0): channels[c].astype(np.uint16) for c in range(2)}, 0,
             {"MicroManagerVersion": "2.0.0", "Frames": 1, "Channels": 2, "ChNames": ["DAPI", "FITC"]}),

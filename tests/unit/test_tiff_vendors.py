@@ -16,6 +16,7 @@ from service.microscopy import Selection
 from tests.ome_sets import write_channel_set
 from tests.vendor_tiffs import (
     fei_bytes,
+    harmony_bytes,
     lsm_bytes,
     metaseries_bytes,
     micromanager_bytes,
@@ -130,6 +131,41 @@ def test_a_qptiff_offers_its_channels_by_name_and_not_its_thumbnail() -> None:
     assert np.array_equal(select(data, channel="Cy3").image, planes[2])
     twice = qptiff_bytes(planes, ["DAPI", "DAPI", "Cy3"], 0.4965)  # a name must choose one channel
     assert [c.name for c in probe(twice).channels] == [None, None, None]
+
+
+def test_a_harmony_tiff_has_the_pixel_size_at_the_sample_not_the_cameras_pitch(tmp_path: Path) -> None:
+    """An Operetta CLS / Opera Phenix plane (modelled on a real Harmony 4.9 export, whose
+    Index.idx.xml gives ImageResolutionX 1.19595e-6 m): its resolution tags say 6.45 µm, the
+    camera's pitch, which made lengths 5.4x and areas 29x too large; the pixel size is the camera's
+    pitch × binning / (objective × instrument magnification), the channel Harmony's name."""
+    plane = RNG.integers(0, 60000, (40, 56), dtype=np.uint16)
+    data = harmony_bytes(plane, [[("Fluorescein (FITC)", 2)]])
+    for layout in (probe(data), _by_path(tmp_path, data)):
+        assert (layout.format, [c.name for c in layout.channels]) == ("Harmony TIFF", ["Fluorescein (FITC)"])
+        at_sample = 6.5 * 2 / (10 * 1.087)  # µm: the real file's Index.idx.xml says 1.19595
+        assert layout.pixel_size == microscopy.PixelSize(at_sample, at_sample, "harmony")
+        assert not layout.warnings
+    assert np.array_equal(select(data, channel="Fluorescein (FITC)").image, plane)
+    # the plane's Image names its exposure and channel: the second channel of the second exposure
+    exposures = [[("HOECHST 33342", 1)], [("Alexa 488", 2), ("Alexa 647", 4)]]
+    second = harmony_bytes(plane, exposures, image=(2, 2))
+    layout = probe(second)
+    assert [c.name for c in layout.channels] == ["Alexa 647"]
+    assert layout.pixel_size is not None and layout.pixel_size.x_um == pytest.approx(6.5 * 4 / 10.87)
+
+
+def test_a_harmony_tiff_without_a_camera_it_names_says_so_and_does_not_take_the_pitch() -> None:
+    plane = RNG.integers(0, 60000, (40, 56), dtype=np.uint16)
+    layout = probe(harmony_bytes(plane, [[("DAPI", 2)]], camera="Camera9"))
+    assert layout.pixel_size is None and [c.name for c in layout.channels] == ["DAPI"]
+    assert any("camera's pixel pitch" in w and "pixel_size=" in w for w in layout.warnings), layout.warnings
+
+
+def _by_path(folder: Path, data: bytes) -> microscopy.Layout:
+    path = folder / "r03c03f01p01-ch1sk1fk1fl1.tiff"
+    path.write_bytes(data)
+    with slide_files.open_slide(path, Selection(), max_pixels=MAX, limits=structure.Limits()) as source:
+        return source.plane.layout
 
 
 def test_an_fei_image_has_its_pixel_width_not_a_print_resolution() -> None:
