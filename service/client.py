@@ -76,12 +76,14 @@ import concurrent.futures
 import contextlib
 import csv
 import email.utils
+import functools
 import glob
 import io
 import itertools
 import json
 import os
 import random
+import re
 import struct
 import sys
 import tempfile
@@ -439,6 +441,28 @@ def _glob_root(pattern: str) -> Path:
     return Path(*fixed) if fixed else Path(".")
 
 
+#: MetaXpress's preview of each image (``NAME_w1_thumb<GUID>.tif``: 80×64, squashed from the site),
+#: which ImageXpress writes beside every image it records.
+_METAXPRESS_THUMBNAIL = re.compile(r"_thumb[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\.tiff?$", re.IGNORECASE)
+
+
+def instrument_file(path: Path) -> str | None:
+    """What a screening instrument writes beside a plate's images that is no image of the sample,
+    by what it is (as faim-ipa's and Fractal's readers of these folders leave them out), else None:
+    MetaXpress's thumbnails, and a Yokogawa CellVoyager's dark-current and shading-correction frames
+    (``DC_*.tif``, ``SC_*.tif`` in a measurement folder, the one holding its ``.mrf``/``.mlf``)."""
+    if _METAXPRESS_THUMBNAIL.search(path.name):
+        return "MetaXpress thumbnails (*_thumb<GUID>.tif)"
+    if path.name[:3].upper() in ("DC_", "SC_") and _cellvoyager_folder(path.parent):
+        return "CellVoyager dark-current and shading-correction frames (DC_*.tif, SC_*.tif)"
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _cellvoyager_folder(folder: Path) -> bool:
+    return (folder / "MeasurementData.mlf").is_file() or any(folder.glob("*.mrf"))
+
+
 def _is_image(path: Path) -> bool:
     """An image file by its type; not a plane of an Olympus OIF (its ``.oif.files`` folder): the
     ``.oif`` beside the folder is the image, its planes sent with it."""
@@ -463,12 +487,16 @@ def _images_and_stores(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def find_images(inputs: Iterable[str], stores: bool = False) -> list[tuple[Path, Path]]:
+def find_images(
+    inputs: Iterable[str], stores: bool = False, left_out: dict[str, int] | None = None
+) -> list[tuple[Path, Path]]:
     """Expand INPUT arguments into ``(image file, path relative to the output folder)`` pairs.
 
     A file maps to its name; a folder to its images found recursively, relative to the folder; a
     glob to its image matches, relative to the glob's leading fixed folders. With ``stores``
-    (slides), an OME-Zarr store (``*.zarr`` folder) is an image too, never searched. Raises
+    (slides), an OME-Zarr store (``*.zarr`` folder) is an image too, never searched. What an
+    instrument wrote beside the images that is none (:func:`instrument_file`) is left out of
+    folders and globs, counted in ``left_out`` by kind; a file named is always taken. Raises
     :class:`UsageError` for an input that yields no image.
     """
     found: list[tuple[Path, Path]] = []
@@ -490,10 +518,25 @@ def find_images(inputs: Iterable[str], stores: bool = False) -> list[tuple[Path,
             pairs = [(p, p.relative_to(root)) for p in matches if _is_image(p) or (stores and _is_store(p))]
         else:
             raise UsageError(f"{arg}: no such file or folder")
+        if not path.is_file():
+            pairs = _without_instrument_files(pairs, left_out)
         if not pairs:
             raise UsageError(f"{arg}: no image files found ({_allowed()})")
         found.extend(pairs)
     return one_per_split_image(found)
+
+
+def _without_instrument_files(
+    pairs: list[tuple[Path, Path]], left_out: dict[str, int] | None
+) -> list[tuple[Path, Path]]:
+    kept = []
+    for source, relative in pairs:
+        kind = instrument_file(source)
+        if kind is None:
+            kept.append((source, relative))
+        elif left_out is not None:
+            left_out[kind] = left_out.get(kind, 0) + 1
+    return kept
 
 
 def _split_image_files(source: Path) -> tuple[Path, ...]:
@@ -1292,7 +1335,7 @@ def failed_locally(result: Result, exc: Exception) -> Result:
     else:
         result.status = problem.status
         result.problem = problem_body(problem.status, problem.title, problem.detail,
-                                      slug=problem.slug, extra=problem.extra)
+                                      slug=problem.slug, errors=problem.errors, extra=problem.extra)
         result.error = f"{problem.title}: {problem.detail}"
     return result
 
@@ -1340,6 +1383,9 @@ class Summary:
     #: --diameter once: the diameter sent with the batch, and the images it was estimated on
     diameter: float | None = None
     diameter_from: list[Path] = field(default_factory=list)
+    #: images whose channels are all named, none as --channel names (a screen's other channels,
+    #: one file each), left alone where others had it (:func:`settle_other_channels`)
+    other_channels: list[Result] = field(default_factory=list)
 
     def line(self, report: Path | None) -> str:
         failed = len(self.failures)
@@ -1347,12 +1393,41 @@ class Summary:
         mp_rate = self.megapixels / self.seconds if self.seconds else 0.0
         text = (f"{self.succeeded} written, {self.skipped} skipped (already there), {failed} failed "
                 f"in {self.seconds:.1f} s: {rate:.2f} images/s, {mp_rate:.2f} MP/s")
+        if self.other_channels:
+            text += (f"; {len(self.other_channels)} left alone: their channels are others "
+                     f"(e.g. {self.other_channels[0].job.source.name})")
         if self.diameter is not None:
             text += (f"; nucleus diameter {self.diameter:g} px for the batch, estimated on "
                      f"{len(self.diameter_from)} image(s) (--diameter {self.diameter:g} reuses it)")
         if failed and report:
             text += f"; failures listed in {report}"
         return text
+
+
+def of_other_channels(result: Result, channel: str | None) -> bool:
+    """Whether ``result`` failed only because the image has no channel named ``channel`` while it
+    names every channel it has: in a screen's export (MetaXpress, Harmony, CellVoyager) each
+    channel is a file of its own, and ``--channel DAPI`` on the plate's folder asks for the DAPI
+    files. A file that names no channel (``--channel DAPI`` cannot be told apart from a typo there)
+    or an index (``--channel 1``) still fails."""
+    if channel is None or channel.strip().isdigit() or result.status != 422 or not result.problem:
+        return False
+    if not str(result.problem.get("type", "")).endswith("/invalid-options"):
+        return False
+    if [e.get("loc") for e in result.problem.get("errors") or []] != [["query", "channel"]]:
+        return False
+    channels = (result.problem.get("choices") or {}).get("channels") or []
+    return bool(channels) and all(isinstance(c, dict) and c.get("name") for c in channels)
+
+
+def settle_other_channels(summary: Summary, bar: Any) -> None:
+    """Images of other channels are failures after all where no image had the channel chosen (none
+    written nor found written before: a name mistyped), else left alone, counted in the summary."""
+    if summary.other_channels and summary.succeeded + summary.skipped == 0:
+        for result in summary.other_channels:
+            summary.failures.append(result)
+            bar.write(f"failed: {result.job.label()}: {result.error}", file=sys.stderr)
+        summary.other_channels = []
 
 
 def failure_record(result: Result) -> dict:
@@ -1406,6 +1481,8 @@ def run(config: Config, jobs: Sequence[Job], backoff_base: float = BACKOFF_BASE_
             if result.ok:
                 summary.succeeded += 1
                 summary.megapixels += (result.pixels or 0) / 1e6
+            elif of_other_channels(result, config.channel):
+                summary.other_channels.append(result)
             else:
                 summary.failures.append(result)
                 bar.write(f"failed: {result.job.label()}: {result.error}", file=sys.stderr)
@@ -1442,6 +1519,7 @@ def run(config: Config, jobs: Sequence[Job], backoff_base: float = BACKOFF_BASE_
                 kept_now = KeptDiameter(summary.diameter, job_key(first[0]))
                 write_atomic(config.out / STITCH_DIAMETER_FILE, json.dumps(asdict(kept_now)).encode())
         send(rest)
+        settle_other_channels(summary, bar)
     except BaseException:
         segmenter.interrupt()  # jobs being polled (or slides segmented here) are cancelled, not waited for
         raise
@@ -1923,7 +2001,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.out.exists() and not config.out.is_dir():
             raise UsageError(f"--out {config.out}: exists and is not a folder")
         kind = output_kind(config)
-        found = find_images(config.inputs, stores=isinstance(kind, SlideOutput))
+        left_out: dict[str, int] = {}
+        found = find_images(config.inputs, stores=isinstance(kind, SlideOutput), left_out=left_out)
+        for what, count in left_out.items():
+            print(f"unet-segment: left out {count} {what}: no images of the sample (name one to send it)",
+                  file=sys.stderr)
         every = plan_jobs(found, config.out, kind, config.every_plane,
                           planes_of=lambda source, axis: count_planes(source, axis, config.series))
         jobs = shard_jobs(every, config.out, config.shard)

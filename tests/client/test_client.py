@@ -723,3 +723,45 @@ def test_background_ring_reaches_the_request_and_needs_measured_channels_in_a_ta
                     ["--output", "objects", "--measure", "1", "--background-ring", "501"]):
         with pytest.raises(SystemExit):
             client.parse_config([*argv, *refused])
+
+
+def test_what_screening_instruments_write_beside_the_images_is_left_out(tmp_path: Path) -> None:
+    # MetaXpress writes an 80x64 squashed thumbnail beside each image, and a Yokogawa CellVoyager
+    # its dark-current and shading-correction frames in the measurement folder (real plates of
+    # both, from faim-ipa's test data: 96 of 192 "images" were thumbnails, counted as nuclei).
+    plate = tmp_path / "plate"
+    cv = tmp_path / "cv8000"
+    other = tmp_path / "other"
+    for folder in (plate, cv, other):
+        folder.mkdir()
+    for name in ("P_E07_s1_w1E94C24BD-45E4-450A-9919-257C714278F7.tif",
+                 "P_E07_s1_w1_thumb4BFD4018-E675-475E-B5AB-2E959E6B6DA1.tif"):
+        (plate / name).write_bytes(b"II*\x00")
+    for name in ("W_B02_T0001F001L01A01Z01C01.tif", "DC_DCAM#1_CAM3.tif", "SC_BP445-45_20x v2_M01_CH01.tif"):
+        (cv / name).write_bytes(b"II*\x00")
+    (cv / "MeasurementDetail.mrf").write_text("<bts:MeasurementDetail/>")
+    (other / "DC_current.tif").write_bytes(b"II*\x00")  # no CellVoyager folder: an image like any
+    left_out: dict[str, int] = {}
+    found = client.find_images([str(tmp_path)], left_out=left_out)
+    assert sorted(relative.name for _, relative in found) == [
+        "DC_current.tif", "P_E07_s1_w1E94C24BD-45E4-450A-9919-257C714278F7.tif",
+        "W_B02_T0001F001L01A01Z01C01.tif",
+    ]
+    assert sorted(left_out.values()) == [1, 2] and any("thumbnail" in k for k in left_out)
+    thumbnail = plate / "P_E07_s1_w1_thumb4BFD4018-E675-475E-B5AB-2E959E6B6DA1.tif"
+    assert [source for source, _ in client.find_images([str(thumbnail)])] == [thumbnail]  # named: taken
+
+
+def test_only_a_named_channel_missing_from_images_naming_others_leaves_them_alone() -> None:
+    job = client.Job(Path("w2.tif"), Path("out/w2.png"))
+
+    def refused(channels: list, loc: list | None = None) -> client.Result:
+        problem = {"type": "/problems/invalid-options", "errors": [{"loc": loc or ["query", "channel"]}],
+                   "choices": {"channels": channels}}
+        return client.Result(job, ok=False, status=422, problem=problem)
+
+    assert client.of_other_channels(refused([{"index": 0, "name": "FITC"}]), "DAPI")
+    assert not client.of_other_channels(refused([{"index": 0, "name": None}]), "DAPI")  # unnamed: a typo?
+    assert not client.of_other_channels(refused([{"index": 0, "name": "FITC"}]), "3")  # an index
+    assert not client.of_other_channels(refused([{"index": 0, "name": "FITC"}], ["query", "z"]), "DAPI")
+    assert not client.of_other_channels(refused([{"index": 0, "name": "FITC"}]), None)

@@ -419,3 +419,39 @@ def test_an_ome_tiff_image_split_over_files_is_one_image_read_as_its_set(tmp_pat
     assert expected.max() > 0
     for folder in ("companion", "split"):
         np.testing.assert_array_equal(labels(out / folder / "set_C0.ome.png"), expected)
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_a_screens_files_of_other_channels_are_left_alone_with_channel(tmp_path: Path, local: bool) -> None:
+    # MetaXpress, Harmony and CellVoyager write each channel of a site as a file of its own: with
+    # --channel DAPI the FITC files were each a failure (exit 1, retried at every rerun). Files whose
+    # channels all have other names are left alone and counted; a name no file has is a mistake and
+    # fails them all. Local mode answers as the server does.
+    np = pytest.importorskip("numpy")
+    from tests.vendor_tiffs import metaseries_bytes
+
+    rng = np.random.default_rng(3)
+    images = tmp_path / "in"
+    images.mkdir()
+    for site in (1, 2):
+        for wave, name in ((1, "DAPI"), (2, "FITC")):
+            plane = rng.integers(0, 4000, (64, 80), dtype=np.uint16)
+            (images / f"9987_B02_s{site}_w{wave}.TIF").write_bytes(metaseries_bytes(plane, 0.65, name))
+
+    def segment(channel: str, out: str) -> subprocess.CompletedProcess[str]:
+        if not local:
+            return _client_under_upload_limit(tmp_path / out, images, 10**8, "--channel", channel)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("UNET_")}
+        return subprocess.run(
+            [sys.executable, "-m", "service.client", str(images), "--out", str(tmp_path / out / "out"),
+             "--no-progress", "--channel", channel], cwd=REPO, env=env, capture_output=True, text=True,
+            timeout=300,
+        )
+
+    proc = segment("DAPI", "a")
+    assert proc.returncode == 0, proc.stderr
+    assert "2 written" in proc.stderr and "0 failed" in proc.stderr and "2 left alone" in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "a" / "out").glob("*.png")) == ["9987_B02_s1_w1.png",
+                                                                              "9987_B02_s2_w1.png"]
+    typo = segment("DAPU", "b")
+    assert typo.returncode != 0 and "4 failed" in typo.stderr and "left alone" not in typo.stderr, typo.stderr
