@@ -66,6 +66,15 @@ _COMPANION_ADVICE = (
     "this is OME-XML metadata (a multi-file OME-TIFF set's companion file), which holds no pixels: "
     "send the set's TIFFs, or read the set by path, naming one of its TIFFs"
 )
+#: What a screening instrument's plate index starts with (within :data:`OME_XML_HEAD` bytes), and
+#: what it is: metadata beside a plate's images, which users drop on the page or post by mistake.
+_SCREEN_INDEXES = (
+    (b"<EvaluationInputData", b"perkinelmer", "a PerkinElmer Harmony plate index (Index.idx.xml)"),
+    (b"<AssayLayout", b"perkinelmer", "a PerkinElmer Harmony assay layout"),
+    (b"<bts:MeasurementData", b"yokogawa", "a Yokogawa CellVoyager measurement list (MeasurementData.mlf)"),
+    (b"<bts:MeasurementDetail", b"yokogawa", "a Yokogawa CellVoyager measurement setting (.mrf)"),
+    (b'"HTSInfoFile"', b"", "a MetaXpress plate description (.HTD)"),
+)
 _OIF_ADVICE = (
     "this is an Olympus FluoView settings file (the .oif of FluoView's folder format, or one of its "
     ".pty files): its images lie in the .oif.files folder beside it, which one upload cannot carry. "
@@ -154,6 +163,16 @@ def is_ome_xml(head: bytes) -> bool:
     return start.startswith((b"<?xml", b"<OME")) and b"<OME" in start
 
 
+def screen_index(head: bytes) -> str | None:
+    """What a screening instrument's plate index starting with ``head`` is, else None."""
+    start = bytes(head[:OME_XML_HEAD])
+    lowered = start.lower()
+    for marker, vendor, what in _SCREEN_INDEXES:
+        if marker in start and vendor in lowered:
+            return what
+    return None
+
+
 def probe(data: bytes) -> ImageInfo:
     """Read format, size, page count and pixel mode from the header only.
 
@@ -169,6 +188,11 @@ def probe(data: bytes) -> ImageInfo:
         raise UnsupportedImageType(_OIF_ADVICE)
     if is_ome_xml(data):
         raise UnsupportedImageType(_COMPANION_ADVICE)
+    if (index := screen_index(data)) is not None:
+        raise UnsupportedImageType(
+            f"this is {index}, which holds no pixels: send the plate's image files (unet-segment takes "
+            "the plate's folder and leaves the index out)"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. TIFF tag warnings on odd headers

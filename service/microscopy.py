@@ -1084,6 +1084,8 @@ def _tiff_metadata(
             fmt, size, names = "TIFF", None, []
         else:
             fmt, size, names = vendor.format, _vendor_size(vendor), list(vendor.names)
+            if vendor.note:
+                notes.append(vendor.note)
         if size is None and vendor is not None and not vendor.resolution_tags:
             notes.append(
                 f"the {vendor.format}'s resolution tags give the camera's pixel pitch, not the pixel size, "

@@ -60,6 +60,8 @@ class Calibration:
     #: whether the file's resolution tags are a pixel size where this gives none (Harmony's are the
     #: camera's pixel pitch: 5.4 times a 10x image's pixel size)
     resolution_tags: bool = True
+    #: a notice for whoever sent it (a preview sent in place of the image)
+    note: str | None = None
 
 
 def lsm(tif: Any, n_channels: int) -> Calibration | None:
@@ -92,7 +94,12 @@ def metaseries(tif: Any, n_channels: int) -> Calibration | None:
         y = _length(plane.get("spatial-calibration-y"), factor)
     illumination = str(plane.get("_IllumSetting_", "")).strip()
     names = (illumination,) if illumination and n_channels == 1 else ()
-    return Calibration("MetaMorph TIFF", "metaseries", x or y, y or x, None, names)
+    note = None
+    if str(plane.get("image-name", "")).strip() == METAXPRESS_THUMBNAIL:
+        note = ("this is MetaXpress's preview thumbnail of a site (NAME_thumb<GUID>.tif, shrunk and "
+                "squashed), not the image it recorded: send the image beside it (the same name without "
+                "_thumb<GUID>)")
+    return Calibration("MetaMorph TIFF", "metaseries", x or y, y or x, None, names, note=note)
 
 
 def micromanager_metadata(tif: Any) -> dict[str, Any]:
@@ -167,6 +174,8 @@ def _qpi_name(page: Any) -> str | None:
     return (root.findtext("Name") or "").strip() or None
 
 
+#: MetaXpress's ``image-name`` of the preview it writes beside each image (80×64, squashed).
+METAXPRESS_THUMBNAIL = "HTSThumbHTS"
 #: The private tag in which Harmony writes a plane's description XML.
 HARMONY_TAG = 65500
 #: Past this many bytes the tag is not parsed (a real one: ~70 kB, most of it the instrument's parts list).

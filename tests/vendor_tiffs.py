@@ -88,12 +88,14 @@ def _write(planes: np.ndarray, value: bytes, photometric: str | None) -> bytes:
 
 
 def metaseries_bytes(plane: np.ndarray, pixel_um: float | tuple[float, float], illumination: str = "DAPI",
-                     units: str = "um") -> bytes:
+                     units: str = "um", image_name: str = "DAPI") -> bytes:
     """A MetaSeries TIFF of ``plane`` as MetaXpress exports a site: its calibration and illumination
-    setting in the description's ``PlaneInfo``."""
+    setting in the description's ``PlaneInfo`` (``image_name`` ``HTSThumbHTS``: the preview thumbnail
+    MetaXpress writes beside each image)."""
     x, y = (pixel_um, pixel_um) if isinstance(pixel_um, float) else pixel_um
     props = {"spatial-calibration-state": ("bool", "on"), "spatial-calibration-x": ("float", x),
              "spatial-calibration-y": ("float", y), "spatial-calibration-units": ("string", units),
+             "image-name": ("string", image_name),
              "_IllumSetting_": ("string", illumination), "wavelength": ("float", 452)}
     info = "".join(f'<prop id="{k}" type="{t}" value="{v}"/>' for k, (t, v) in props.items())
     description = f'<MetaData><PlaneInfo>{info}</PlaneInfo><SetInfo></SetInfo></MetaData>'

@@ -346,3 +346,22 @@ def test_an_ome_companion_file_uploaded_alone_is_a_415_saying_so(server: Server,
     companion = (tmp_path / "set.companion.ome").read_bytes()
     r = server.client.post("/segment", files={"file": ("set.companion.ome", companion)})
     assert r.status_code == 415 and "holds no pixels" in r.json()["detail"], r.text
+
+
+@pytest.mark.parametrize("name, head, what", [
+    ("Index.idx.xml", '\ufeff<?xml version="1.0" encoding="utf-8"?>\r\n<EvaluationInputData xmlns:xsd='
+     '"http://www.w3.org/2001/XMLSchema" Version="1" xmlns="http://www.perkinelmer.com/PEHH/HarmonyV5">'
+     "<User>x</User><Plates/></EvaluationInputData>", "Harmony plate index"),
+    ("MeasurementData.mlf", '<?xml version="1.0" encoding="utf-8"?>\r\n<bts:MeasurementData '
+     'bts:Version="1.0" xmlns:bts="http://www.yokogawa.co.jp/BTS/BTSSchema/1.0"></bts:MeasurementData>',
+     "CellVoyager"),
+    ("9987.HTD", '"HTSInfoFile", Version 1.0\r\n"Description", "DAPI: 1z"\r\n"PlateType", 2\r\n',
+     "MetaXpress"),
+])
+def test_a_screens_plate_index_uploaded_alone_is_a_415_saying_so(server: Server, name: str, head: str,
+                                                                  what: str) -> None:
+    """Harmony's Index.idx.xml, a CellVoyager's .mlf/.mrf and MetaXpress's .HTD sit beside a plate's
+    images (heads as the real files have them): they were a 400 "not a recognised image"."""
+    r = server.client.post("/segment", files={"file": (name, head.encode())})
+    detail = r.json()["detail"]
+    assert r.status_code == 415 and "holds no pixels" in detail and what in detail, r.text

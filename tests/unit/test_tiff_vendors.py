@@ -133,6 +133,14 @@ def test_a_qptiff_offers_its_channels_by_name_and_not_its_thumbnail() -> None:
     assert [c.name for c in probe(twice).channels] == [None, None, None]
 
 
+def test_a_metaxpress_thumbnail_says_it_is_one() -> None:
+    """MetaXpress writes an 80x64 preview (image-name HTSThumbHTS) beside each image of a screen."""
+    thumbnail = RNG.integers(0, 4000, (64, 80), dtype=np.uint16)
+    layout = probe(metaseries_bytes(thumbnail, (8.75, 10.93), "FITC_05", image_name="HTSThumbHTS"))
+    assert any("preview thumbnail" in w for w in layout.warnings), layout.warnings
+    assert not probe(metaseries_bytes(thumbnail, 0.65, "FITC_05")).warnings  # the image itself
+
+
 def test_a_harmony_tiff_has_the_pixel_size_at_the_sample_not_the_cameras_pitch(tmp_path: Path) -> None:
     """An Operetta CLS / Opera Phenix plane (modelled on a real Harmony 4.9 export, whose
     Index.idx.xml gives ImageResolutionX 1.19595e-6 m): its resolution tags say 6.45 µm, the
