@@ -219,14 +219,18 @@ def _micromanager_summary(tif: Any) -> tuple[dict[str, Any], int] | None:
 
 def _mmstack_file_names(tif: Any, folder: Path, summary: dict[str, Any]) -> set[str]:
     """The files tifffile's Micro-Manager stack reader globs for: ``<prefix>_MMStack*.tif``, with
-    the prefix chosen as tifffile chooses it."""
+    the prefix chosen as tifffile chooses it, each relative to ``folder``. tifffile does not escape
+    the folder's name in its pattern: in a folder named ``star*`` it also matches the files of a
+    folder (or a link to one) named ``star_evil`` beside it, which then name a path out of the folder
+    (``../star_evil/x_MMStack_Pos1.tif``) that :func:`check_set` refuses."""
     filename = tif.filehandle.name
     if "_MMStack" not in filename:
         return set()
     prefix = summary.get("Prefix")
     if not isinstance(prefix, str) or not filename.startswith(prefix):
         prefix = filename.split("_MMStack")[0]
-    return {os.path.basename(p) for p in glob.glob(os.path.join(str(folder), prefix + "_MMStack*.tif"))}
+    pattern = os.path.join(str(folder), prefix + "_MMStack*.tif")  # as tifffile writes it, unescaped
+    return {os.path.relpath(p, str(folder)) for p in glob.glob(pattern)}
 
 
 def _ndtiff_file_names(folder: Path, limits: structure.Limits) -> set[str]:

@@ -143,6 +143,29 @@ def test_a_micro_manager_stacks_sibling_linked_out_of_the_folder_is_refused(tmp_
         slide_files.open_slide(first, Selection(), max_pixels=10**8, limits=structure.Limits())
 
 
+@pytest.mark.parametrize("folder_name, beside", [("star*", "star_evil"), ("q?x", "qZx"), ("[ab]", "a")])
+def test_a_micro_manager_stack_in_a_folder_named_like_a_glob_reads_nothing_beside_it(
+    tmp_path: Path, folder_name: str, beside: str
+) -> None:
+    """tifffile's glob for the other positions does not escape the folder's name: in ``star*`` it
+    matched a link ``star_evil`` beside it to a folder outside the data root, and a slide job with
+    series=1 segmented a file there (found by a hostile-input audit)."""
+    from tests.vendor_tiffs import mmstack_bytes
+
+    summary = {"Prefix": "cells", "MicroManagerVersion": "2.0.0", "Channels": 1, "Slices": 1, "Frames": 1,
+               "Positions": 2, "ChNames": ["DAPI"], "PixelSize_um": 0.5}
+    folder, outside = tmp_path / folder_name, tmp_path / "outside"
+    folder.mkdir()
+    outside.mkdir()
+    first = folder / "cells_MMStack_Pos0.ome.tif"
+    first.write_bytes(mmstack_bytes({(0, 0, 0): np.zeros(SIZE, np.uint16)}, 0, summary))
+    (outside / "cells_MMStack_Pos1.ome.tif").write_bytes(
+        mmstack_bytes({(0, 0, 0): np.full(SIZE, 9, np.uint16)}, 1, summary))
+    (tmp_path / beside).symlink_to(outside)
+    with pytest.raises(UnsupportedImageType, match="outside its own folder"):
+        slide_files.open_slide(first, Selection(series=1), max_pixels=10**8, limits=structure.Limits())
+
+
 def test_a_named_file_in_a_link_loop_is_refused(tmp_path: Path) -> None:
     first, second = write_channel_set(tmp_path, _planes(), ["DAPI", "GFP"])
     second.unlink()
