@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from service import imaging, mm_positions, ndtiff_pages, structure
+from service import extent, imaging, mm_positions, ndtiff_pages, structure
 from service.imaging import ImageError, ImageTooLarge, UndecodableImage, UnsupportedImageType
 from service.measured_channels import admitted_extra
 from service.polarity import Polarity
@@ -1034,9 +1034,11 @@ def image_series(tif: Any, limits: Limits = DEFAULT_LIMITS) -> list[Any]:
     QPTIFF's (an RGB rendering of the scan for Phenochart), neither an image of the acquisition;
     an NDTiff upload's pages laid out by their own coordinates (:mod:`service.ndtiff_pages`,
     their metadata within ``limits``); a Micro-Manager acquisition's stage positions each an image
-    (:mod:`service.mm_positions`, its extent within ``limits`` before tifffile sizes it)."""
+    (:mod:`service.mm_positions`), the planes its metadata describe within ``limits`` before
+    tifffile sizes a series by them (:mod:`service.extent`)."""
     mm_positions.check_extent(tif, limits.max_tiff_pages)
-    laid_out = ndtiff_pages.from_pages(tif, limits.max_metadata_bytes)
+    extent.check_ome(tif, limits.max_tiff_pages)
+    laid_out = ndtiff_pages.from_pages(tif, limits.max_metadata_bytes, limits.max_tiff_pages)
     kept = [laid_out] if laid_out is not None else [
         s for s in tif.series if not (s.kind == "lsm" and s.keyframe.is_reduced)
         and not (s.kind == "qpi" and s.name == "Thumbnail")]

@@ -21,15 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from service import extent as extent_of
 from service import ndtiff_pages, structure, tiff_vendors
 
 #: The attribute of a position's series (``TiffPageSeries.attr``) that holds its index in the
 #: acquisition.
 POSITION = "micro-manager position"
-
-#: How many planes a Micro-Manager stack may describe per page the service reads
-#: (``UNET_MAX_TIFF_PAGES``): a list of 100 × 10,000 pages is 8 MB.
-EXTENT_FACTOR = 100
 
 #: The largest NDTiff index read for names here. By path, ``service.tiff_sets`` has already
 #: refused an index over ``UNET_MAX_METADATA_BYTES`` before tifffile read it; this bound is for
@@ -78,10 +75,10 @@ def split(series: Any, tif: Any) -> list[Any]:
 
 
 def check_extent(tif: Any, max_pages: int) -> None:
-    """Refuse a Micro-Manager stack whose summary and index map describe more than
-    :data:`EXTENT_FACTOR` × ``max_pages`` planes. tifffile sizes its series from them (channels ×
-    slices × frames × positions, each the larger of the summary's count and the index map's
-    highest index) and allocates a list of that many pages before it reads one: a byte flipped in
+    """Refuse a Micro-Manager stack whose summary and index map describe more planes than
+    :mod:`service.extent` allows. tifffile sizes its series from them (channels × slices ×
+    frames × positions, each the larger of the summary's count and the index map's highest index)
+    and allocates a list of that many pages before it reads one: a byte flipped in
     either asked for billions (found by fuzzing: a MemoryError, or many seconds of allocating).
     The pages a file holds are bounded by ``max_pages`` already; the extent may be larger, as an
     acquisition stopped early keeps the frames it planned in its summary.
@@ -100,11 +97,7 @@ def check_extent(tif: Any, max_pages: int) -> None:
         except (TypeError, ValueError, OverflowError):
             declared = 1
         extent *= max(highest, declared, 1)
-    if extent > EXTENT_FACTOR * max_pages:
-        raise structure.TooComplex(
-            f"the Micro-Manager stack's summary and index map describe {extent:,} planes, more than "
-            f"{EXTENT_FACTOR} × {max_pages:,}", max_pages, "UNET_MAX_TIFF_PAGES", "; send fewer planes",
-        )
+    extent_of.check(extent, max_pages, "the Micro-Manager stack's metadata (summary and index map)")
 
 
 def own_image(tif: Any, images: list[Any]) -> int | None:

@@ -17,11 +17,12 @@ lies where tifffile puts it when it reads the dataset by path with its index.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-from service import structure, tiff_vendors
+from service import extent, structure, tiff_vendors
 from service.imaging import UnsupportedImageType
 
 #: Micro-Manager's metadata tag on each page.
@@ -35,7 +36,9 @@ AXES = {"position": "R", "time": "T", "z": "Z", "channel": "C"}
 NAMES = "ndtiff names"
 
 
-def from_pages(tif: Any, max_metadata_bytes: int) -> Any | None:
+def from_pages(
+    tif: Any, max_metadata_bytes: int, max_pages: int = structure.Limits().max_tiff_pages
+) -> Any | None:
     """The series of an NDTiff read from bytes, its pages laid out along R, T, Z and C by their own
     ``Axes``; None for any other TIFF, an NDTiff read by path (tifffile reads its index), or one of
     a single page.
@@ -43,7 +46,8 @@ def from_pages(tif: Any, max_metadata_bytes: int) -> Any | None:
     Raises:
         UnsupportedImageType: the pages lie along axes the service does not read (an explore
             acquisition's tile grid, row and column), or give no coordinates.
-        structure.TooComplex: their metadata together past ``max_metadata_bytes``.
+        structure.TooComplex: their metadata together past ``max_metadata_bytes``, or their
+            coordinates spanning more planes than :mod:`service.extent` allows (``max_pages``).
     """
     import tifffile
 
@@ -73,7 +77,8 @@ def from_pages(tif: Any, max_metadata_bytes: int) -> Any | None:
             "channel, z, time and position, or none given); read the dataset by path (its NDTiff.index)"
         )
     shape = tuple(int(n) + 1 for n in indices.max(axis=0)) if keys else ()
-    pages: list[Any] = [None] * int(np.prod(shape))
+    extent.check(math.prod(shape), max_pages, "the NDTiff's page coordinates")  # a list that long next
+    pages: list[Any] = [None] * math.prod(shape)
     for page, index in zip(tif.pages, indices, strict=True):
         pages[int(np.ravel_multi_index(tuple(index), shape))] = page
     keyframe = tif.pages.first

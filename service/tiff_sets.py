@@ -35,7 +35,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from service import microscopy, structure
+from service import extent, microscopy, structure
 from service.imaging import UnsupportedImageType
 
 #: Micro-Manager's index of an NDTiff dataset, in the dataset's folder.
@@ -246,9 +246,21 @@ def _ndtiff_file_names(folder: Path, limits: structure.Limits) -> set[str]:
             limits.max_metadata_bytes, "UNET_MAX_METADATA_BYTES",
         )
     try:
-        return {str(entry[1]) for entry in tifffile.read_ndtiff_index(index)}
+        entries = list(tifffile.read_ndtiff_index(index))
     except Exception:  # noqa: BLE001 - a broken index: tifffile fails on it too, and says so
         return set()
+    # tifffile lays the dataset out on a grid from each axis's lowest to its highest coordinate (a
+    # name is a category: one more each): one entry far out asked for a list of 10^8 pages
+    columns: dict[str, list[int]] = {}
+    names: dict[str, dict[str, int]] = {}
+    for axes in (entry[0] for entry in entries if isinstance(entry[0], dict)):
+        for axis, value in axes.items():
+            if isinstance(value, str):
+                value = names.setdefault(axis, {}).setdefault(value, len(names[axis]))
+            if isinstance(value, int):
+                columns.setdefault(axis, []).append(value)
+    extent.check(extent.spans(columns.values()), limits.max_tiff_pages, f"the dataset's {NDTIFF_INDEX}")
+    return {str(entry[1]) for entry in entries}
 
 
 def _inside(folder: Path, name: str) -> Path | None:

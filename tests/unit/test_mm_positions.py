@@ -180,5 +180,46 @@ def test_a_stack_describing_billions_of_planes_is_refused_before_tifffile_alloca
     data = mmstack_bytes(planes, 0, stopped)
     assert (microscopy.select(data, Selection(channel="GFP", z=0), 10**8, 10_000).image == 2).all()
     hostile = mmstack_bytes(planes, 0, dict(stopped, Frames=2**31))
-    with pytest.raises(structure.TooComplex, match="describe 4,294,967,296 planes"):
+    with pytest.raises(structure.TooComplex, match="describes 4,294,967,296 planes"):
         microscopy.probe(hostile, 10**8, 10_000)
+
+
+@pytest.mark.parametrize("by_path", [False, True])
+def test_an_ndtiff_whose_coordinates_span_billions_of_planes_is_refused_before_they_are_laid_out(
+    tmp_path: Path, by_path: bool
+) -> None:
+    """The pages are laid out on a grid from each axis's lowest coordinate to its highest (tifffile
+    by the index, ``ndtiff_pages`` by the pages'): one entry at z = 10^8 asked for a list of 10^8
+    pages (23 s and 5 GB, found by a hostile-input audit). Read by path and uploaded alike."""
+    from tests.vendor_tiffs import ndtiff_bytes, write_ndtiff
+
+    planes = [({"channel": "DAPI", "z": z}, np.full(SIZE, 5, np.uint16)) for z in (0, 10**8)]
+    with pytest.raises(structure.TooComplex, match="describes 100,000,001 planes"):
+        if by_path:
+            _by_path(write_ndtiff(tmp_path, planes, NDTIFF_SUMMARY), Selection(z=0))
+        else:
+            microscopy.probe(ndtiff_bytes(planes, NDTIFF_SUMMARY), 10**8, 10_000)
+
+
+def test_an_ome_tiff_describing_billions_of_planes_is_refused_before_tifffile_allocates_them() -> None:
+    """One OME-XML number (a TiffData's PlaneCount, a Size) sized tifffile's list of pages: a 13 kB
+    upload with PlaneCount 3e8 took 4.9 GB on POST /probe (a hostile-input audit)."""
+    import io
+
+    import tifffile
+
+    def ome_tiff(size_z: int, plane_count: int) -> bytes:
+        xml = ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/'
+               '2016-06"><Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint16" '
+               f'SizeX="{SIZE[1]}" SizeY="{SIZE[0]}" SizeZ="{size_z}" SizeC="1" SizeT="1">'
+               '<Channel ID="Channel:0:0" SamplesPerPixel="1"/>'
+               f'<TiffData IFD="0" PlaneCount="{plane_count}"/></Pixels></Image></OME>')
+        buffer = io.BytesIO()
+        tifffile.imwrite(buffer, np.full((3, *SIZE), 4, np.uint16), description=xml, metadata=None,
+                         photometric="minisblack")
+        return buffer.getvalue()
+
+    assert microscopy.probe(ome_tiff(3, 3), 10**8, 10_000).planes == {"Z": 3}
+    for hostile in (ome_tiff(3, 300_000_000), ome_tiff(300_000_000, 3)):
+        with pytest.raises(structure.TooComplex, match="describes 300,000,000 planes"):
+            microscopy.probe(hostile, 10**8, 10_000)
