@@ -48,10 +48,11 @@ image is kept whole, ``(h, w, S)``; uint8, uint16 or float32 like ``imaging.deco
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from service import imaging, microscopy, structure, tiff_sets
-from service.imaging import ImageTooLarge, UndecodableImage, UnsupportedImageType
+from service.imaging import ImageError, ImageTooLarge, UndecodableImage, UnsupportedImageType
 from service.microscopy import Channel, Layout, PixelSize, PlaneReader, Selection, SelectionError
 from service.regions import RegionSource, check_window
 
@@ -721,60 +722,79 @@ def _open_zarr(path: Path, selection: Selection, max_pixels: int, model_channels
     except Exception as exc:  # noqa: BLE001 - missing keys, bad JSON, missing arrays
         raise UndecodableImage(f"unreadable OME-Zarr metadata: {type(exc).__name__}: {exc}") from exc
 
-    if len(images) > 1 and selection.series is None:
-        notes.append(microscopy.first_series_note(len(images), "images", image_names[0] or "0"))
-    base = arrays[0]
-    if not axes_meta and base.ndim in (2, 5):  # NGFF 0.1/0.2: always TCZYX (or YX)
-        axes_meta = [{"name": n} for n in ("tczyx" if base.ndim == 5 else "yx")]
-    if len(axes_meta) != base.ndim:
-        raise UndecodableImage(f"the OME-Zarr axes ({len(axes_meta)}) do not match its {base.ndim}-D arrays")
-    names = [str(a.get("name", "")).lower() for a in axes_meta]
-    axes = ""
-    for name, size in zip(names, base.shape, strict=True):
-        letter = _NGFF_AXES.get(name)
-        if letter is None:
-            if size > 1:
-                raise UnsupportedImageType(
-                    f"the OME-Zarr has an axis {name!r} of size {size}; the service reads t, c, z, y, x"
-                )
-            letter = "?"
-        axes += letter
-    if "Y" not in axes or "X" not in axes:
-        raise UnsupportedImageType(f"the OME-Zarr's axes {names} have no y and x")
-    height, width = int(base.shape[axes.index("Y")]), int(base.shape[axes.index("X")])
-    if width * height > max_pixels:
-        raise SlideTooLarge(width * height, max_pixels, width, height)
-    for array in arrays:
-        if array.ndim != base.ndim:
-            raise UndecodableImage("the OME-Zarr's resolution levels differ in dimensions")
-        _check_chunks(array, "Zarr chunk")
+    # What the metadata says, read as it stands: a value of the wrong kind (an empty datasets list,
+    # omero channels that are no list, a scale of text) is the file's fault, a 400, not a 500.
+    with _zarr_metadata_errors():
+        if len(images) > 1 and selection.series is None:
+            notes.append(microscopy.first_series_note(len(images), "images", image_names[0] or "0"))
+        base = arrays[0]
+        if not axes_meta and base.ndim in (2, 5):  # NGFF 0.1/0.2: always TCZYX (or YX)
+            axes_meta = [{"name": n} for n in ("tczyx" if base.ndim == 5 else "yx")]
+        if len(axes_meta) != base.ndim:
+            raise UndecodableImage(
+                f"the OME-Zarr axes ({len(axes_meta)}) do not match its {base.ndim}-D arrays"
+            )
+        names = [str(a.get("name", "")).lower() for a in axes_meta]
+        axes = ""
+        for name, size in zip(names, base.shape, strict=True):
+            letter = _NGFF_AXES.get(name)
+            if letter is None:
+                if size > 1:
+                    raise UnsupportedImageType(
+                        f"the OME-Zarr has an axis {name!r} of size {size}; the service reads t, c, z, y, x"
+                    )
+                letter = "?"
+            axes += letter
+        if "Y" not in axes or "X" not in axes:
+            raise UnsupportedImageType(f"the OME-Zarr's axes {names} have no y and x")
+        height, width = int(base.shape[axes.index("Y")]), int(base.shape[axes.index("X")])
+        if width * height > max_pixels:
+            raise SlideTooLarge(width * height, max_pixels, width, height)
+        for array in arrays:
+            if array.ndim != base.ndim:
+                raise UndecodableImage("the OME-Zarr's resolution levels differ in dimensions")
+            _check_chunks(array, "Zarr chunk")
 
-    sizes = {a: int(n) for a, n in zip(axes, base.shape, strict=True) if a != "?"}
-    n_channels = sizes.get("C", 1)
-    omero = meta.get("omero") or attrs.get("omero") or {}
-    labels = [c.get("label") if isinstance(c, dict) else None for c in omero.get("channels", [])]
-    labels = [str(label).strip() or None if label is not None else None for label in labels]  # 0 is a name
-    channels = tuple(Channel(i, labels[i] if i < len(labels) else None) for i in range(n_channels))
-    layout = Layout(
-        format=f"OME-Zarr {version}",
-        width=width,
-        height=height,
-        dtype=str(base.dtype),
-        axes="".join(a for a in "TCZ" if sizes.get(a, 1) > 1) + "YX",
-        shape=tuple(sizes[a] for a in "TCZ" if sizes.get(a, 1) > 1) + (height, width),
-        channels=channels,
-        planes={a: sizes[a] for a in microscopy.PLANE_AXES if sizes.get(a, 1) > 1},
-        pixel_size=microscopy.stack_z_step(_ngff_pixel_size(multiscale, datasets[0], axes_meta, axes, notes),
-                                           sizes.get("Z", 1)),
-        warnings=tuple(notes),
-        series_count=len(images),
-        series=index,
-        series_names=image_names if len(images) > 1 else (),
-    )
-    levels = [
-        _Level(a, int(a.shape[axes.index("Y")]), int(a.shape[axes.index("X")])) for a in arrays
-    ]
+        sizes = {a: int(n) for a, n in zip(axes, base.shape, strict=True) if a != "?"}
+        n_channels = sizes.get("C", 1)
+        omero = meta.get("omero") or attrs.get("omero") or {}
+        labels = [c.get("label") if isinstance(c, dict) else None for c in omero.get("channels", [])]
+        # a label 0 is a name
+        labels = [str(label).strip() or None if label is not None else None for label in labels]
+        channels = tuple(Channel(i, labels[i] if i < len(labels) else None) for i in range(n_channels))
+        layout = Layout(
+            format=f"OME-Zarr {version}",
+            width=width,
+            height=height,
+            dtype=str(base.dtype),
+            axes="".join(a for a in "TCZ" if sizes.get(a, 1) > 1) + "YX",
+            shape=tuple(sizes[a] for a in "TCZ" if sizes.get(a, 1) > 1) + (height, width),
+            channels=channels,
+            planes={a: sizes[a] for a in microscopy.PLANE_AXES if sizes.get(a, 1) > 1},
+            pixel_size=microscopy.stack_z_step(
+                _ngff_pixel_size(multiscale, datasets[0], axes_meta, axes, notes), sizes.get("Z", 1)
+            ),
+            warnings=tuple(notes),
+            series_count=len(images),
+            series=index,
+            series_names=image_names if len(images) > 1 else (),
+        )
+        levels = [
+            _Level(a, int(a.shape[axes.index("Y")]), int(a.shape[axes.index("X")])) for a in arrays
+        ]
     return _source(levels, axes, layout, selection, model_channels, lambda: None)
+
+
+@contextlib.contextmanager
+def _zarr_metadata_errors() -> Iterator[None]:
+    """Errors of metadata values of the wrong kind as :class:`UndecodableImage`; the service's own
+    refusals (and a MemoryError) as they are."""
+    try:
+        yield
+    except (ImageError, SelectionError, MemoryError):
+        raise
+    except (TypeError, ValueError, AttributeError, IndexError, KeyError, ArithmeticError) as exc:
+        raise UndecodableImage(f"unreadable OME-Zarr metadata: {type(exc).__name__}: {exc}") from exc
 
 
 def _ngff_pixel_size(

@@ -502,3 +502,25 @@ def test_oib_refusals_for_slides(oib_stack, monkeypatch):
     monkeypatch.setattr(slide_files, "OIB_MAX_PLANE_PIXELS", 300 * 400 - 1)  # planes past the bound
     with pytest.raises(UnsupportedImageType, match="decoded whole"):
         open_slide(path, choice, max_pixels=BIG, limits=100)
+
+
+@pytest.mark.parametrize("change", ["no datasets", "omero channels a number", "omero a list", "scale of text"])
+def test_ome_zarr_metadata_values_of_the_wrong_kind_are_a_400_not_a_500(tmp_path, change):
+    """Found by a hostile-input audit: each was a 500 with a traceback at submission."""
+    path = tmp_path / "image.ome.zarr"
+    root = zarr.open_group(path, mode="w", zarr_format=2)
+    write_image(_pattern((60, 50)), root, fmt=FormatV04(), scale_factors=(), axes="yx",
+                coordinate_transformations=[[{"type": "scale", "scale": [0.5, 0.5]}]])
+    attrs = root.attrs.asdict()
+    multiscale = attrs["multiscales"][0]
+    if change == "no datasets":
+        multiscale["datasets"] = []
+    elif change == "omero channels a number":
+        attrs["omero"] = {"channels": 5}
+    elif change == "omero a list":
+        attrs["omero"] = [1]
+    else:
+        multiscale["datasets"][0]["coordinateTransformations"] = [{"type": "scale", "scale": ["x", None]}]
+    root.attrs.put(attrs)
+    with pytest.raises(UndecodableImage, match="unreadable OME-Zarr metadata"):
+        open_slide(path, max_pixels=BIG, limits=100)
