@@ -29,6 +29,7 @@ gave it, never the server's absolute paths.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -206,6 +207,11 @@ def locate(
         raise NotFound(f"{relative}: no such file under the data root") from exc
     except PermissionError as exc:
         raise NotFound(f"{relative}: the service may not read this path (file permissions)") from exc
+    except OSError as exc:
+        if exc.errno not in (errno.ENAMETOOLONG, errno.ELOOP):
+            raise  # the root's storage failing: the operator's to fix
+        # a name longer than the file system takes (255 bytes), a link loop: the request's, not a 503
+        raise NotFound(f"{relative}: no such file under the data root ({exc.strerror})") from exc
     if stat.S_ISDIR(st.st_mode) and store is not None:
         # The top level first (the predicate looks at its marker files), then the whole store.
         _check_store(base, target, relative, deep=False)

@@ -163,6 +163,8 @@ def test_missing_files_folders_and_special_files_are_refused(server: Server) -> 
         "slides/cells.png/inner.png": (404, "data-file-not-found"),  # a file used as a folder
         "slides": (400, "not-a-file"),
         "pipe.png": (400, "not-a-file"),  # a FIFO: opening it would block the worker
+        # a name longer than the file system takes: was a 503 "the data root cannot be read"
+        "slides/" + "b" * 300 + ".tif": (404, "data-file-not-found"),
     }
     for path, (status, slug) in cases.items():
         r = post_path(server, {"path": path})
