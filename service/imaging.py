@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import io
 import mmap
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -154,6 +155,19 @@ def as_file(data: bytes) -> BinaryIO:
         data.seek(0)
         return data  # type: ignore[return-value]  # read / seek / tell: what the readers need
     return io.BytesIO(data)
+
+
+def reason(exc: BaseException) -> str:
+    """What a reader's exception says, for a problem's detail: an ``OSError``'s text and the *name*
+    of the file it names, never the server's absolute path (``[Errno 2] No such file or directory:
+    '/data/root/x/gone.tif'`` named where the data root lies); an exception without text by its
+    type, not an empty detail."""
+    if isinstance(exc, OSError) and exc.strerror:
+        name = os.path.basename(str(exc.filename)) if exc.filename is not None else ""
+        return f"{exc.strerror}: {name}" if name else exc.strerror
+    if isinstance(exc, MemoryError):  # a count in the file asking for an array of billions at once
+        return "a count in it asks for more memory than the server has (MemoryError)"
+    return str(exc) or type(exc).__name__
 
 
 def is_ome_xml(head: bytes) -> bool:

@@ -689,7 +689,7 @@ def _open_tiff(
     except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds on corrupt input
         if _single_page(data):
             raise _NotForTifffile from exc
-        raise UndecodableImage(f"unreadable TIFF: {exc}") from exc
+        raise UndecodableImage(f"unreadable TIFF: {imaging.reason(exc)}") from exc
     try:
         return _tiff_source(tif, data, max_pixels, wanted_series=series, limits=limits)
     except BaseException:
@@ -803,7 +803,7 @@ def _tiff_source(
     except (SelectionError, UnsupportedImageType, structure.TooComplex):
         raise  # the file read, and refused for what it holds
     except Exception as exc:  # noqa: BLE001
-        raise UndecodableImage(f"unreadable TIFF structure: {exc}") from exc
+        raise UndecodableImage(f"unreadable TIFF structure: {imaging.reason(exc)}") from exc
     photometric = int(keyframe.photometric)
     page_axes = keyframe.axes  # "YX", "YXS" or "SYX"
     samples = int(keyframe.shape[page_axes.index("S")]) if "S" in page_axes else 1
@@ -921,7 +921,7 @@ def _tiff_source(
                 warnings.simplefilter("ignore")
                 array = page.asarray()
         except Exception as exc:  # noqa: BLE001 - codec errors, truncated strips
-            raise UndecodableImage(f"cannot decode page {index} of the TIFF: {exc}") from exc
+            raise UndecodableImage(f"cannot decode page {index} of the TIFF: {imaging.reason(exc)}") from exc
         array = np.asarray(array)
         if planar and array.ndim == 3:
             array = np.moveaxis(array, 0, -1)

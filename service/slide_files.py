@@ -319,7 +319,9 @@ class SlideSource:
         except MemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - codec errors, truncated tiles
-            raise UndecodableImage(f"cannot decode the slide's window [{y0}:{y1}, {x0}:{x1}]: {exc}") from exc
+            raise UndecodableImage(
+                f"cannot decode the slide's window [{y0}:{y1}, {x0}:{x1}]: {imaging.reason(exc)}"
+            ) from exc
         kept = [a for a in self._axes if a in "YXS" and not (a == "S" and self._sample is not None)]
         if kept != ["Y", "X"] and kept != ["Y", "X", "S"]:
             window = np.moveaxis(window, [kept.index(a) for a in "YXS" if a in kept], range(len(kept)))
@@ -455,7 +457,7 @@ def _open_tiff(
             warnings.simplefilter("ignore")
             tif = tifffile.TiffFile(path)
     except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds on corrupt input
-        raise UndecodableImage(f"unreadable TIFF: {exc}") from exc
+        raise UndecodableImage(f"unreadable TIFF: {imaging.reason(exc)}") from exc
     try:
         companion = tiff_sets.companion_xml(tif, limits)
         if companion is not None:  # the set's metadata lies in another file: read the set by it

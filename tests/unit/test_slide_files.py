@@ -504,7 +504,8 @@ def test_oib_refusals_for_slides(oib_stack, monkeypatch):
         open_slide(path, choice, max_pixels=BIG, limits=100)
 
 
-@pytest.mark.parametrize("change", ["no datasets", "omero channels a number", "omero a list", "scale of text"])
+@pytest.mark.parametrize("change", ["no datasets", "omero channels a number", "omero a list",
+                                    "scale of text"])
 def test_ome_zarr_metadata_values_of_the_wrong_kind_are_a_400_not_a_500(tmp_path, change):
     """Found by a hostile-input audit: each was a 500 with a traceback at submission."""
     path = tmp_path / "image.ome.zarr"

@@ -237,3 +237,19 @@ def test_a_set_whose_pages_contradict_its_xml_is_read_file_by_file(tmp_path: Pat
         tifffile.imwrite(path, np.stack([plane] * 3, axis=-1), description=description, metadata=None,
                          photometric="rgb")
     assert [tiff_sets.image_files(path) for path in paths] == [(), ()]
+
+
+def test_a_missing_member_is_named_without_the_servers_path(tmp_path: Path) -> None:
+    """A problem's detail names files as the client knows them: a dangling link among a Micro-Manager
+    stack's positions said "No such file or directory: '/srv/data/x/nowhere.tif'" (a hostile-input
+    audit), which told a client where the data root lies."""
+    from tests.vendor_tiffs import mmstack_bytes
+
+    summary = {"Prefix": "cells", "MicroManagerVersion": "2.0.0", "Channels": 1, "Slices": 1, "Frames": 1,
+               "Positions": 2, "ChNames": ["DAPI"], "PixelSize_um": 0.5}
+    first = tmp_path / "cells_MMStack_Pos0.ome.tif"
+    first.write_bytes(mmstack_bytes({(0, 0, 0): np.zeros(SIZE, np.uint16)}, 0, summary))
+    (tmp_path / "cells_MMStack_Pos1.ome.tif").symlink_to(tmp_path / "nowhere.tif")
+    with pytest.raises(UndecodableImage) as caught:
+        slide_files.open_slide(first, Selection(), max_pixels=10**8, limits=structure.Limits())
+    assert "nowhere.tif" in str(caught.value) and str(tmp_path) not in str(caught.value)
