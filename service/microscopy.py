@@ -782,6 +782,14 @@ def tiff_planes(
     return source.layout, source.read
 
 
+def _holds_data(page: Any) -> bool:
+    """Whether a series' page has pixels to read: not absent, and stored somewhere. tifffile gives
+    a Micro-Manager or NDTiff plane whose index places it past the end of its file (a file cut
+    short) as a frame at offset 0, which its reader fills with zeros (a hostile-input audit: jobs
+    succeeded with 0 objects on such planes); offset 0 is the TIFF's header, never a page's data."""
+    return page is not None and any(int(offset) for offset in page.dataoffsets)
+
+
 def _tiff_source(
     tif: Any, data: bytes, max_pixels: int, colour_pixels: bool = True, wanted_series: int | None = None,
     limits: Limits = DEFAULT_LIMITS,
@@ -907,7 +915,7 @@ def _tiff_source(
         return int(np.ravel_multi_index(key, index_shape)) if index_shape else 0
 
     def absent(coords: dict[str, int]) -> bool:
-        return pages[page_index(coords)] is None
+        return not _holds_data(pages[page_index(coords)])
 
     def read(coords: dict[str, int]) -> np.ndarray:
         index = page_index(coords)
@@ -915,6 +923,11 @@ def _tiff_source(
         if page is None:
             raise UndecodableImage(
                 f"page {index} of the TIFF is missing (an OME-TIFF split over several files?)"
+            )
+        if not _holds_data(page):
+            raise UndecodableImage(
+                f"page {index} of the TIFF holds no data: the file's index places it past the end of its "
+                "file, or nowhere (a file cut short?); it is not read as zeros"
             )
         try:
             with warnings.catch_warnings():

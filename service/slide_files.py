@@ -253,7 +253,8 @@ class SlideSource:
         if absent is not None and absent(fixed):
             raise UndecodableImage(
                 f"the plane asked for ({', '.join(f'{a.lower()}={i}' for a, i in sorted(fixed.items()))}) "
-                "lies in a file of the set that is not beside this one: it is missing, not read as zeros"
+                "is not in the files: the file of the set holding it is not beside this one, or the "
+                "file's index places it past the end of a file (cut short?); it is missing, not read as zeros"
             )
         self._levels = levels
         self._axes = axes

@@ -223,3 +223,30 @@ def test_an_ome_tiff_describing_billions_of_planes_is_refused_before_tifffile_al
     for hostile in (ome_tiff(3, 300_000_000), ome_tiff(300_000_000, 3)):
         with pytest.raises(structure.TooComplex, match="describes 300,000,000 planes"):
             microscopy.probe(hostile, 10**8, 10_000)
+
+
+@pytest.mark.parametrize("by_path", [False, True])
+def test_a_plane_its_index_places_past_the_end_of_the_file_is_missing_not_zeros(
+    tmp_path: Path, by_path: bool
+) -> None:
+    """A stack cut short keeps its index map: tifffile gives the planes past the end as frames at
+    offset 0 and reads them as zeros (a hostile-input audit: jobs succeeded with 0 objects)."""
+    import struct
+
+    planes = {(c, 0, 0): np.full(SIZE, c + 1, np.uint16) for c in range(2)}
+    data = bytearray(mmstack_bytes(planes, 0, dict(SUMMARY, Slices=1, Positions=1)))
+    # the index map at the end: its header and count, then (channel, slice, frame, position, IFD offset)
+    start = data.rindex(struct.pack("<I", 3453623)) + 8
+    entry = start + 20  # the second plane's
+    assert struct.unpack_from("<5I", data, entry)[0] == 1
+    struct.pack_into("<I", data, entry + 16, 0x7FFFFFF0)
+    if by_path:
+        path = tmp_path / "cells_MMStack_Pos0.ome.tif"
+        path.write_bytes(bytes(data))
+        _by_path(path, Selection(channel="DAPI"))  # the plane in the file still reads
+        with pytest.raises(UndecodableImage, match="missing, not read as zeros"):
+            _by_path(path, Selection(channel="GFP"))
+    else:
+        assert (microscopy.select(bytes(data), Selection(channel="DAPI"), 10**8, 10_000).image == 1).all()
+        with pytest.raises(UndecodableImage, match="holds no data"):
+            microscopy.select(bytes(data), Selection(channel="GFP"), 10**8, 10_000)
