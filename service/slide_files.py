@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from service import imaging, microscopy, structure, tiff_sets
+from service import bounded_codecs, imaging, microscopy, structure, tiff_sets
 from service.imaging import ImageError, ImageTooLarge, UndecodableImage, UnsupportedImageType
 from service.microscopy import Channel, Layout, PixelSize, PlaneReader, Selection, SelectionError
 from service.regions import RegionSource, check_window
@@ -701,6 +701,7 @@ def _open_nd2(
 def _open_zarr(path: Path, selection: Selection, max_pixels: int, model_channels: int) -> SlideSource:
     import zarr
 
+    bounded_codecs.install(MAX_CHUNK_BYTES)  # a chunk inflates no further than a chunk may hold
     notes: list[str] = []
     try:
         root = zarr.open_group(path, mode="r")
