@@ -74,19 +74,18 @@ def _inflate(new_decompressor: Any, data: bytes, limit: int, codec: str, streams
             return bytes(out)
 
 
+def _gzip_decompressor() -> Any:
+    return zlib.decompressobj(16 + zlib.MAX_WBITS)  # a gzip member's header and trailer
+
+
 def _lz4_size(data: bytes) -> int:
     return int.from_bytes(data[:4], "little")
 
 
 def _patch(limit: int) -> None:
+    import importlib
+
     import imagecodecs
-    import numcodecs.blosc
-    import numcodecs.bz2
-    import numcodecs.gzip
-    import numcodecs.lz4
-    import numcodecs.lzma
-    import numcodecs.zlib
-    import numcodecs.zstd
     from numcodecs.compat import ensure_bytes, ndarray_copy
 
     def streamed(codec: str, new_decompressor: Any, streams: bool = True) -> Any:
@@ -115,12 +114,24 @@ def _patch(limit: int) -> None:
 
         return decode
 
-    blosc_sizes = getattr(numcodecs.blosc, "cbuffer_sizes", None) or numcodecs.blosc._cbuffer_sizes
-    numcodecs.zlib.Zlib.decode = streamed("zlib", zlib.decompressobj, streams=False)
-    numcodecs.gzip.GZip.decode = streamed("gzip", lambda: zlib.decompressobj(16 + zlib.MAX_WBITS))
-    numcodecs.bz2.BZ2.decode = streamed("bz2", bz2.BZ2Decompressor)
-    numcodecs.lzma.LZMA.decode = streamed("LZMA", lzma.LZMADecompressor)
-    numcodecs.zstd.Zstd.decode = zstd_decode
-    numcodecs.blosc.Blosc.decode = sized(numcodecs.blosc.Blosc, "Blosc", lambda data: blosc_sizes(data)[0])
-    # numcodecs' LZ4 chunk starts with its decoded size (4 bytes, little-endian)
-    numcodecs.lz4.LZ4.decode = sized(numcodecs.lz4.LZ4, "LZ4", _lz4_size)
+    def blosc_size(data: bytes) -> int:
+        module = importlib.import_module("numcodecs.blosc")
+        sizes = getattr(module, "cbuffer_sizes", None) or module._cbuffer_sizes  # renamed across releases
+        return int(sizes(data)[0])
+
+    decoders = {
+        ("numcodecs.zlib", "Zlib"): lambda cls: streamed("zlib", zlib.decompressobj, streams=False),
+        ("numcodecs.gzip", "GZip"): lambda cls: streamed("gzip", _gzip_decompressor),
+        ("numcodecs.bz2", "BZ2"): lambda cls: streamed("bz2", bz2.BZ2Decompressor),
+        ("numcodecs.lzma", "LZMA"): lambda cls: streamed("LZMA", lzma.LZMADecompressor),
+        ("numcodecs.zstd", "Zstd"): lambda cls: zstd_decode,
+        ("numcodecs.blosc", "Blosc"): lambda cls: sized(cls, "Blosc", blosc_size),
+        # numcodecs' LZ4 chunk starts with its decoded size (4 bytes, little-endian)
+        ("numcodecs.lz4", "LZ4"): lambda cls: sized(cls, "LZ4", _lz4_size),
+    }
+    for (module_name, class_name), bounded in decoders.items():
+        try:  # a codec this numcodecs build lacks decodes nothing here either
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError):
+            continue
+        cls.decode = bounded(cls)
