@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -409,7 +410,7 @@ def open_slide(
     selection = selection or Selection()
     p = Path(path)
     if p.is_dir():
-        return _open_zarr(p, selection, max_pixels, model_channels)
+        return _open_zarr(p, selection, max_pixels, model_channels, structure.as_limits(limits))
     if p.suffix.lower() == ".oif":
         return _open_oif(p, selection, max_pixels, structure.as_limits(limits), model_channels)
     try:
@@ -698,13 +699,16 @@ def _open_nd2(
 # --- OME-Zarr ---------------------------------------------------------------------------------
 
 
-def _open_zarr(path: Path, selection: Selection, max_pixels: int, model_channels: int) -> SlideSource:
+def _open_zarr(
+    path: Path, selection: Selection, max_pixels: int, model_channels: int,
+    limits: structure.Limits = structure.Limits(),
+) -> SlideSource:
     import zarr
 
     bounded_codecs.install(MAX_CHUNK_BYTES)  # a chunk inflates no further than a chunk may hold
     notes: list[str] = []
     try:
-        root = zarr.open_group(path, mode="r")
+        root = zarr.open_group(_metadata_bounded_store(path, limits.max_metadata_bytes), mode="r")
         images = _zarr_images(root)
         image_names = tuple(name for name, _, _ in images)
         index = microscopy.check_series(len(images), image_names, selection.series)
@@ -721,7 +725,7 @@ def _open_zarr(path: Path, selection: Selection, max_pixels: int, model_channels
         axes_meta = [a if isinstance(a, dict) else {"name": a} for a in multiscale.get("axes", [])]
         datasets = multiscale["datasets"]
         arrays = [group[d["path"]] for d in datasets]
-    except (UnsupportedImageType, SelectionError, MemoryError):
+    except (UnsupportedImageType, SelectionError, structure.TooComplex, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - missing keys, bad JSON, missing arrays
         raise UndecodableImage(f"unreadable OME-Zarr metadata: {type(exc).__name__}: {exc}") from exc
@@ -787,6 +791,34 @@ def _open_zarr(path: Path, selection: Selection, max_pixels: int, model_channels
             _Level(a, int(a.shape[axes.index("Y")]), int(a.shape[axes.index("X")])) for a in arrays
         ]
     return _source(levels, axes, layout, selection, model_channels, lambda: None)
+
+
+#: The files in which a Zarr store keeps its JSON metadata (v2 and v3), which zarr reads whole.
+_ZARR_METADATA_FILES = frozenset({".zattrs", ".zgroup", ".zarray", ".zmetadata", "zarr.json"})
+
+
+def _metadata_bounded_store(path: Path, limit: int) -> Any:
+    """A read-only store of the folder whose metadata files are refused past ``limit`` bytes
+    (``UNET_MAX_METADATA_BYTES``) before zarr reads and parses one: a 400 MB ``.zattrs`` took 1.3 GB
+    (a hostile-input audit). Chunks are read as zarr reads them (their decoding is bounded by
+    :mod:`service.bounded_codecs`)."""
+    from zarr.storage import LocalStore
+
+    class MetadataBounded(LocalStore):
+        async def get(self, key: str, prototype: Any = None, byte_range: Any = None) -> Any:
+            if key.rsplit("/", 1)[-1] in _ZARR_METADATA_FILES:
+                try:
+                    size = os.stat(self.root / key).st_size
+                except OSError:
+                    size = 0  # absent: zarr looks for v2 and v3 files alike
+                if size > limit:
+                    raise structure.TooComplex(
+                        f"the store's {key} has {size:,} bytes, more than {limit:,}", limit,
+                        "UNET_MAX_METADATA_BYTES",
+                    )
+            return await super().get(key, prototype, byte_range)
+
+    return MetadataBounded(path, read_only=True)
 
 
 @contextlib.contextmanager

@@ -60,6 +60,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from service.imaging import ImageError, UndecodableImage
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -346,6 +348,8 @@ def count_tiff(data: bytes, limits: Limits) -> int:
     if len(data) < (16 if big else 8):
         return 0
     offset = struct.unpack_from(order + off_fmt, data, 8 if big else 4)[0]
+    wide = order + ("u8" if big else "u4")
+    entry_type = np.dtype([("tag", order + "u2"), ("type", order + "u2"), ("count", wide), ("value", wide)])
     seen: set[int] = set()
     tags = 0
     while offset and offset not in seen and offset + count_size <= len(data):
@@ -362,8 +366,34 @@ def count_tiff(data: bytes, limits: Limits) -> int:
                 f"the TIFF's pages have more than {limits.max_tiff_tags:,} tags (IFD entries) in all",
                 limits.max_tiff_tags, "UNET_MAX_TIFF_TAGS",
             )
+        # a copy of the entries (a slice): a view would pin a memory-mapped file open past an error
+        _check_tag_sizes(np.frombuffer(data[offset + count_size : nxt], entry_type), limits)
         offset = struct.unpack_from(order + off_fmt, data, nxt)[0]
     return len(seen)
+
+
+#: Bytes per value of each TIFF field type (1 BYTE ... 18 IFD8); other types are read as bytes.
+_TIFF_TYPE_BYTES = np.array([1, 1, 1, 2, 4, 8, 1, 1, 2, 4, 8, 4, 8, 4, 1, 1, 8, 8, 8], dtype=np.uint64)
+
+
+def _check_tag_sizes(entries: np.ndarray, limits: Limits) -> None:
+    """No one tag's value past ``limits.max_metadata_bytes``: tifffile reads a page's tag values
+    when it parses the page (a 700 MB ImageDescription, read by path where no upload limit bounds
+    the file, took 2.9 GB; a hostile-input audit). Pixel offsets and byte counts are tags too: a
+    slide's 40,000 tile offsets are 320 kB."""
+    if not len(entries):
+        return
+    kinds = entries["type"].astype(np.int64)
+    per_value = np.where((kinds > 0) & (kinds < len(_TIFF_TYPE_BYTES)),
+                         _TIFF_TYPE_BYTES[np.clip(kinds, 0, len(_TIFF_TYPE_BYTES) - 1)], 1)
+    sizes = entries["count"].astype(np.uint64) * per_value  # u64: a count of 2^32 x 8 does not wrap
+    largest = int(sizes.max())
+    if largest > limits.max_metadata_bytes:
+        tag = int(entries["tag"][int(sizes.argmax())])
+        raise TooComplex(
+            f"the TIFF's tag {tag} holds {largest:,} bytes, more than {limits.max_metadata_bytes:,}",
+            limits.max_metadata_bytes, "UNET_MAX_METADATA_BYTES",
+        )
 
 
 # CZI (ZISRAW) layout: every segment starts with a 32-byte header (16-byte id, allocated and used

@@ -101,6 +101,8 @@ def companion_xml(tif: Any, limits: structure.Limits) -> str | None:
     with open(named, "rb") as source:
         head = source.read(4)
         if microscopy.is_tiff(head):  # the set's first TIFF holds it
+            # bounded as the file itself was (pages, tags, a tag's bytes) before tifffile reads it
+            structure.walk_file(named, structure.count_tiff, limits)
             try:
                 with tifffile.TiffFile(named) as master:
                     xml = master.ome_metadata if master.is_ome else None

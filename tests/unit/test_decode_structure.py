@@ -214,3 +214,24 @@ def test_the_older_page_limit_argument_still_works() -> None:
     out = io.BytesIO()
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(out, format="PNG")
     assert microscopy.probe(out.getvalue(), LIMIT, 10).format == "PNG"
+
+
+@pytest.mark.parametrize("bigtiff", [False, True])
+def test_a_tiff_tag_holding_more_than_the_metadata_limit_is_refused_before_tifffile_reads_it(
+    bigtiff: bool, tmp_path
+) -> None:
+    """tifffile reads a page's tag values when it parses the page: a 700 MB ImageDescription read
+    by path (no upload limit there) took 2.9 GB (a hostile-input audit)."""
+    from service import slide_files
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.zeros((8, 8), np.uint8), description="x" * 5000, bigtiff=bigtiff,
+                     metadata=None)
+    data = buffer.getvalue()
+    assert structure.count_tiff(data, Limits(max_metadata_bytes=10_000)) == 1
+    with pytest.raises(TooComplex, match="tag 270 holds 5,001 bytes"):
+        structure.count_tiff(data, Limits(max_metadata_bytes=4_000))
+    path = tmp_path / "big-description.tif"
+    path.write_bytes(data)
+    with pytest.raises(TooComplex, match="tag 270"):
+        slide_files.open_slide(path, max_pixels=10**8, limits=Limits(max_metadata_bytes=4_000))

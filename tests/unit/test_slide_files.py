@@ -14,7 +14,7 @@ import zarr
 from ome_zarr.format import FormatV04, FormatV05
 from ome_zarr.writer import write_image
 
-from service import microscopy, slide_files
+from service import microscopy, slide_files, structure
 from service.imaging import UndecodableImage, UnsupportedImageType
 from service.microscopy import Selection, SelectionError
 from service.regions import ArraySource, RegionSource
@@ -525,3 +525,15 @@ def test_ome_zarr_metadata_values_of_the_wrong_kind_are_a_400_not_a_500(tmp_path
     root.attrs.put(attrs)
     with pytest.raises(UndecodableImage, match="unreadable OME-Zarr metadata"):
         open_slide(path, max_pixels=BIG, limits=100)
+
+
+def test_ome_zarr_metadata_past_the_limit_is_refused_before_zarr_reads_it(tmp_path):
+    """A 400 MB .zattrs took 1.3 GB to open (a hostile-input audit): zarr reads a metadata file whole."""
+    path = tmp_path / "image.ome.zarr"
+    root = zarr.open_group(path, mode="w", zarr_format=2)
+    write_image(_pattern((60, 50)), root, fmt=FormatV04(), scale_factors=(), axes="yx")
+    root.attrs["padding"] = "x" * 20_000
+    with open_slide(path, max_pixels=BIG, limits=structure.Limits(max_metadata_bytes=100_000)) as source:
+        assert source.shape == (60, 50)
+    with pytest.raises(structure.TooComplex, match=r"\.zattrs has"):
+        open_slide(path, max_pixels=BIG, limits=structure.Limits(max_metadata_bytes=10_000))

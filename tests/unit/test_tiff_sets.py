@@ -108,9 +108,10 @@ def test_a_set_whose_metadata_lies_in_a_companion_file_is_read_as_the_set(tmp_pa
         slide_files.open_slide(companion, Selection(), max_pixels=10**8, limits=structure.Limits())
     with pytest.raises(UnsupportedImageType, match="holds no pixels"):
         microscopy.probe(companion.read_bytes(), 10**8, 10_000)  # uploaded alone
+    below = companion.stat().st_size - 1  # still above each TIFF's own tags (its BinaryOnly pointer)
     with pytest.raises(structure.TooComplex, match="companion file"):
         slide_files.open_slide(first, Selection(channel="GFP"), max_pixels=10**8,
-                               limits=structure.Limits(max_metadata_bytes=100))
+                               limits=structure.Limits(max_metadata_bytes=below))
 
 
 def test_a_companion_file_outside_the_sets_folder_is_refused(tmp_path: Path) -> None:
@@ -253,3 +254,22 @@ def test_a_missing_member_is_named_without_the_servers_path(tmp_path: Path) -> N
     with pytest.raises(UndecodableImage) as caught:
         slide_files.open_slide(first, Selection(), max_pixels=10**8, limits=structure.Limits())
     assert "nowhere.tif" in str(caught.value) and str(tmp_path) not in str(caught.value)
+
+
+def test_a_sets_first_tiff_holding_its_metadata_is_bounded_as_the_file_is(tmp_path: Path) -> None:
+    """A set's metadata kept in its first TIFF (the others' BinaryOnly pointing at it) was read with
+    no bound: a 300 MB description there took 1.3 GB (a hostile-input audit)."""
+    import re
+
+    first, second = write_channel_set(tmp_path, _planes(), ["DAPI", "GFP"])
+    own_uuid = re.search(r'UUID="([^"]+)"', tifffile.TiffFile(second).pages[0].description).group(1)
+    pointer = ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/'
+               f'OME/2016-06" UUID="{own_uuid}"><BinaryOnly MetadataFile="{first.name}" UUID="urn:uuid:0"/>'
+               "</OME>")
+    tifffile.imwrite(second, _planes()[1], description=pointer, metadata=None, photometric="minisblack")
+    assert (_read(second, "GFP") == 200).all()  # read as the set, by the first file's XML
+    small = structure.Limits(max_metadata_bytes=len(pointer) + 10)
+    with pytest.raises(structure.TooComplex, match="tag 270"):
+        _read(second, "GFP", small)
+    with tifffile.TiffFile(second) as tif, pytest.raises(structure.TooComplex, match="tag 270"):
+        tiff_sets.companion_xml(tif, small)  # before tifffile reads the first file's description
