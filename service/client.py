@@ -544,7 +544,10 @@ def _split_image_files(source: Path) -> tuple[Path, ...]:
     several (``service.tiff_sets.image_files``); ``()`` for every other file."""
     if not source.name.lower().endswith((".ome.tif", ".ome.tiff")):
         return ()  # without importing tifffile, which the HTTP mode of other files does not need
-    from service import tiff_sets
+    try:
+        from service import tiff_sets
+    except ImportError:  # a client installed with httpx and tqdm alone: files are sent as they are
+        return ()
 
     return tiff_sets.image_files(source)
 
