@@ -9,7 +9,11 @@ were zeros or missing, or a job ``succeeded`` whose result file was empty. A ren
 only once its folder is synced, too (fsync(2): "calling fsync() on a file descriptor for the
 directory is also needed").
 
-The order is what matters: the bytes first, then the record that says they are there.
+The order is what matters: the bytes first, then the record that says they are there. What it
+costs is mostly the writing the kernel would have done anyway: 4,000 freshly written files of
+20 kB synced in 1.4 s on this project's 2-core test machine; a 32768² slide job's store holds about
+4,000 chunk files (1024² chunks, three outputs and their pyramids), a 100,000² one ten times as
+many, against hours of segmentation on a CPU.
 A process that dies (an out-of-memory kill, a restarted pod) loses nothing either way, as the
 page cache belongs to the kernel; these syncs are for the machine or its storage going down.
 """
