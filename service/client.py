@@ -1423,10 +1423,16 @@ def of_other_channels(result: Result, channel: str | None) -> bool:
     return bool(channels) and all(isinstance(c, dict) and c.get("name") for c in channels)
 
 
-def settle_other_channels(summary: Summary, bar: Any) -> None:
+def settle_other_channels(summary: Summary, bar: Any, sharded: bool = False) -> None:
     """Images of other channels are failures after all where no image had the channel chosen (none
-    written nor found written before: a name mistyped), else left alone, counted in the summary."""
-    if summary.other_channels and summary.succeeded + summary.skipped == 0:
+    written nor found written before: a name mistyped), else left alone, counted in the summary.
+    A shard (``--shard``) cannot tell: its share of a plate may hold another channel's files only
+    (they sort beside each other: ``s1_w1``, ``s1_w2``), so it leaves them alone and says so."""
+    if summary.other_channels and summary.succeeded + summary.skipped == 0 and sharded:
+        bar.write(f"unet-segment: no image of this shard has the channel asked for; "
+                  f"{len(summary.other_channels)} left alone (check the name if no shard writes any)",
+                  file=sys.stderr)
+    elif summary.other_channels and summary.succeeded + summary.skipped == 0:
         for result in summary.other_channels:
             summary.failures.append(result)
             bar.write(f"failed: {result.job.label()}: {result.error}", file=sys.stderr)
@@ -1522,7 +1528,7 @@ def run(config: Config, jobs: Sequence[Job], backoff_base: float = BACKOFF_BASE_
                 kept_now = KeptDiameter(summary.diameter, job_key(first[0]))
                 write_atomic(config.out / STITCH_DIAMETER_FILE, json.dumps(asdict(kept_now)).encode())
         send(rest)
-        settle_other_channels(summary, bar)
+        settle_other_channels(summary, bar, sharded=config.shard is not None)
     except BaseException:
         segmenter.interrupt()  # jobs being polled (or slides segmented here) are cancelled, not waited for
         raise

@@ -765,3 +765,22 @@ def test_only_a_named_channel_missing_from_images_naming_others_leaves_them_alon
     assert not client.of_other_channels(refused([{"index": 0, "name": "FITC"}]), "3")  # an index
     assert not client.of_other_channels(refused([{"index": 0, "name": "FITC"}], ["query", "z"]), "DAPI")
     assert not client.of_other_channels(refused([{"index": 0, "name": "FITC"}]), None)
+
+
+def test_a_shard_of_other_channels_only_leaves_them_alone_not_failed() -> None:
+    # A shard's share of a plate may hold only FITC files (s1_w1, s1_w2 sort side by side and every
+    # second one is taken): no image there has DAPI, and that is no typo to fail on.
+    job = client.Job(Path("s1_w2.tif"), Path("out/s1_w2.png"))
+    problem = {"type": "/problems/invalid-options", "errors": [{"loc": ["query", "channel"]}],
+               "choices": {"channels": [{"index": 0, "name": "FITC"}]}}
+    refused = client.Result(job, ok=False, status=422, problem=problem, error="no channel 'DAPI'")
+
+    class Bar:
+        def write(self, text: str, file=None) -> None:
+            said.append(text)
+
+    for sharded, failed in ((True, 0), (False, 1)):
+        said: list[str] = []
+        summary = client.Summary(other_channels=[refused])
+        client.settle_other_channels(summary, Bar(), sharded=sharded)
+        assert len(summary.failures) == failed and len(summary.other_channels) == 1 - failed, said
