@@ -150,15 +150,23 @@ def image_files(path: Path, limits: structure.Limits = microscopy.DEFAULT_LIMITS
                     return ()
                 companion = companion_xml(tif, limits)
                 xml = companion or tif.ome_metadata or ""
+            files = _split_image_members(ET.fromstring(xml), path)
+            # (the XML first: a file holding its images alone, most OME-TIFFs, costs no more)
             # Read as the set only where tifffile makes the set's series of it: a set whose pages
             # contradict its XML (Bio-Formats' set-1-meta-companion sample stores its grey planes
             # as RGB) is read file by file, as before, rather than as its first file alone.
-            with tifffile.TiffFile(path, omexml=companion) as tif:
-                if not any(series.kind == "ome" for series in tif.series):
-                    return ()
-        root = ET.fromstring(xml)
+            if files:
+                with tifffile.TiffFile(path, omexml=companion) as tif:
+                    if not any(series.kind == "ome" for series in tif.series):
+                        return ()
     except Exception:  # noqa: BLE001 - unreadable here: the file goes as it is, and is answered so
         return ()
+    return files
+
+
+def _split_image_members(root: ET.Element, path: Path) -> tuple[Path, ...]:
+    """The files an OME-XML's Images name, for those Images among whose files ``path`` is and which
+    name more than one; sorted."""
     folder, own = path.parent, path.resolve()
     files: set[Path] = set()
     for image in (e for e in root if e.tag.endswith("Image")):
