@@ -14,6 +14,7 @@ costs is mostly the writing the kernel would have done anyway: 4,000 freshly wri
 20 kB synced in 1.4 s on this project's 2-core test machine; a 32768² slide job's store holds about
 4,000 chunk files (1024² chunks, three outputs and their pyramids), a 100,000² one ten times as
 many, against hours of segmentation on a CPU.
+
 A process that dies (an out-of-memory kill, a restarted pod) loses nothing either way, as the
 page cache belongs to the kernel; these syncs are for the machine or its storage going down.
 """
