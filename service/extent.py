@@ -49,22 +49,37 @@ def spans(columns: Iterable[Iterable[int]]) -> int:
 
 def check_ome(tif: Any, max_pages: int) -> None:
     """Refuse an OME-TIFF whose OME-XML describes more planes than the bound: per ``Pixels``, its
-    ``SizeZ × SizeC × SizeT`` planes (× how many of the file's first page its ``SizeX × SizeY``
-    would fill: tifffile sizes the series by the whole), and each ``TiffData``'s ``PlaneCount``."""
+    ``SizeZ × SizeC × SizeT`` planes (× how many of its first page its ``SizeX × SizeY`` would
+    fill: tifffile sizes the series by the whole over that page), and each ``TiffData``'s
+    ``PlaneCount``."""
     if not tif.is_ome:
         return
     try:
         root = ET.fromstring(tif.ome_metadata or "")
     except ET.ParseError:
         return  # tifffile reads no OME series from it either
-    first = tif.pages.first
-    page_pixels = max(1, int(first.imagewidth) * int(first.imagelength))
     for pixels in (e for e in root.iter() if e.tag.endswith("Pixels")):
         size = {axis: _count(pixels.get(f"Size{axis}")) for axis in "XYZCT"}
-        planes = size["Z"] * size["C"] * size["T"] * max(1, size["X"] * size["Y"] // page_pixels)
-        for data in (e for e in pixels if e.tag.endswith("TiffData")):
+        datas = [e for e in pixels if e.tag.endswith("TiffData")]
+        page = _first_page(tif, datas[0]) if datas else None
+        fill = 1 if page is None else size["X"] * size["Y"] // max(1, page)
+        planes = size["Z"] * size["C"] * size["T"] * max(1, fill)
+        for data in datas:
             planes = max(planes, _count(data.get("PlaneCount", data.get("NumPlanes"))))
         check(planes, max_pages, "the OME-XML")
+
+
+def _first_page(tif: Any, data: ET.Element) -> int | None:
+    """Pixels of the page a ``TiffData`` starts at, in this file; None where it lies in another file
+    of a set, or is not there (tifffile then skips or pads it, within the planes counted)."""
+    own = tif.filehandle.name
+    if any(e.tag.endswith("UUID") and e.get("FileName") not in (None, own) for e in data):
+        return None
+    try:
+        page = tif.pages[_index(data.get("IFD"))]
+    except Exception:  # noqa: BLE001 - an IFD past the file's pages, or one tifffile cannot parse
+        return None
+    return int(page.imagewidth) * int(page.imagelength)
 
 
 def _count(text: str | None) -> int:
@@ -74,3 +89,11 @@ def _count(text: str | None) -> int:
         return max(int(text or 1), 1)
     except (TypeError, ValueError):
         return 1
+
+
+def _index(text: str | None) -> int:
+    """An IFD index as tifffile reads it, 0 where absent or not a number."""
+    try:
+        return max(int(text or 0), 0)
+    except (TypeError, ValueError):
+        return 0

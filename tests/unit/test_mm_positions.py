@@ -250,3 +250,20 @@ def test_a_plane_its_index_places_past_the_end_of_the_file_is_missing_not_zeros(
         assert (microscopy.select(bytes(data), Selection(channel="DAPI"), 10**8, 10_000).image == 1).all()
         with pytest.raises(UndecodableImage, match="holds no data"):
             microscopy.select(bytes(data), Selection(channel="GFP"), 10**8, 10_000)
+
+
+def test_an_ome_tiffs_images_of_different_sizes_are_each_measured_against_their_own_page() -> None:
+    """A slide's OME-TIFF may hold a small label image first and the scan after it: the scan's
+    SizeX × SizeY is over a million times the first page, and only its own page says how many
+    planes it describes (tifffile sizes each series by its own first page)."""
+    import io
+
+    import tifffile
+
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer, ome=True) as writer:
+        writer.write(np.zeros((4, 4), np.uint8), metadata={"axes": "YX"})
+        writer.write(np.zeros((4100, 4100), np.uint8), metadata={"axes": "YX"})
+    data = buffer.getvalue()
+    layout = microscopy.probe(data, 10**8, 10_000, series=1)
+    assert (layout.width, layout.height, layout.series_count) == (4100, 4100, 2)
