@@ -367,7 +367,7 @@ def count_tiff(data: bytes, limits: Limits) -> int:
                 limits.max_tiff_tags, "UNET_MAX_TIFF_TAGS",
             )
         # a copy of the entries (a slice): a view would pin a memory-mapped file open past an error
-        _check_tag_sizes(np.frombuffer(data[offset + count_size : nxt], entry_type), limits)
+        _check_tag_sizes(np.frombuffer(data[offset + count_size : nxt], entry_type), len(data), limits)
         offset = struct.unpack_from(order + off_fmt, data, nxt)[0]
     return len(seen)
 
@@ -376,17 +376,21 @@ def count_tiff(data: bytes, limits: Limits) -> int:
 _TIFF_TYPE_BYTES = np.array([1, 1, 1, 2, 4, 8, 1, 1, 2, 4, 8, 4, 8, 4, 1, 1, 8, 8, 8], dtype=np.uint64)
 
 
-def _check_tag_sizes(entries: np.ndarray, limits: Limits) -> None:
+def _check_tag_sizes(entries: np.ndarray, file_size: int, limits: Limits) -> None:
     """No one tag's value past ``limits.max_metadata_bytes``: tifffile reads a page's tag values
     when it parses the page (a 700 MB ImageDescription, read by path where no upload limit bounds
     the file, took 2.9 GB; a hostile-input audit). Pixel offsets and byte counts are tags too: a
-    slide's 40,000 tile offsets are 320 kB."""
+    slide's 40,000 tile offsets are 320 kB. A value said to lie past the file's end is left out:
+    tifffile skips such a tag (a camera's corrupt count) and reads the image."""
     if not len(entries):
         return
     kinds = entries["type"].astype(np.int64)
     per_value = np.where((kinds > 0) & (kinds < len(_TIFF_TYPE_BYTES)),
                          _TIFF_TYPE_BYTES[np.clip(kinds, 0, len(_TIFF_TYPE_BYTES) - 1)], 1)
     sizes = entries["count"].astype(np.uint64) * per_value  # u64: a count of 2^32 x 8 does not wrap
+    with np.errstate(over="ignore"):
+        in_file = entries["value"].astype(np.uint64) + sizes <= np.uint64(file_size)
+    sizes = np.where(in_file, sizes, np.uint64(0))
     largest = int(sizes.max())
     if largest > limits.max_metadata_bytes:
         tag = int(entries["tag"][int(sizes.argmax())])

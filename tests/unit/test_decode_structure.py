@@ -235,3 +235,9 @@ def test_a_tiff_tag_holding_more_than_the_metadata_limit_is_refused_before_tifff
     path.write_bytes(data)
     with pytest.raises(TooComplex, match="tag 270"):
         slide_files.open_slide(path, max_pixels=10**8, limits=Limits(max_metadata_bytes=4_000))
+    # a count that puts the value past the file's end (a camera's corrupt tag): tifffile skips the
+    # tag and reads the image, and so is it counted here
+    entry = data.index(struct.pack("<HH", 270, 2))
+    width = 8 if bigtiff else 4
+    corrupt = data[:entry + 4] + (10**9).to_bytes(width, "little") + data[entry + 4 + width:]
+    assert structure.count_tiff(corrupt, Limits(max_metadata_bytes=4_000)) == 1
