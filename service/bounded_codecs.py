@@ -74,8 +74,19 @@ def _inflate(new_decompressor: Any, data: bytes, limit: int, codec: str, streams
             return bytes(out)
 
 
-def _gzip_decompressor() -> Any:
+def _zlib_decompressor(codec: Any) -> Any:
+    return zlib.decompressobj()
+
+
+def _gzip_decompressor(codec: Any) -> Any:
     return zlib.decompressobj(16 + zlib.MAX_WBITS)  # a gzip member's header and trailer
+
+
+def _lzma_decompressor(codec: Any) -> Any:
+    """As numcodecs' LZMA decodes: its container format, and its filters where the stream is raw."""
+    fmt = getattr(codec, "format", lzma.FORMAT_AUTO)
+    filters = getattr(codec, "filters", None) if fmt == lzma.FORMAT_RAW else None
+    return lzma.LZMADecompressor(format=fmt, filters=filters)
 
 
 def _lz4_size(data: bytes) -> int:
@@ -89,8 +100,10 @@ def _patch(limit: int) -> None:
     from numcodecs.compat import ensure_bytes, ndarray_copy
 
     def streamed(codec: str, new_decompressor: Any, streams: bool = True) -> Any:
+        """``new_decompressor(the codec)``: a decompressor with the codec's own settings."""
         def decode(self: Any, buf: Any, out: Any = None) -> Any:
-            return ndarray_copy(_inflate(new_decompressor, ensure_bytes(buf), limit, codec, streams), out)
+            decoded = _inflate(lambda: new_decompressor(self), ensure_bytes(buf), limit, codec, streams)
+            return ndarray_copy(decoded, out)
 
         return decode
 
@@ -120,10 +133,10 @@ def _patch(limit: int) -> None:
         return int(sizes(data)[0])
 
     decoders = {
-        ("numcodecs.zlib", "Zlib"): lambda cls: streamed("zlib", zlib.decompressobj, streams=False),
+        ("numcodecs.zlib", "Zlib"): lambda cls: streamed("zlib", _zlib_decompressor, streams=False),
         ("numcodecs.gzip", "GZip"): lambda cls: streamed("gzip", _gzip_decompressor),
-        ("numcodecs.bz2", "BZ2"): lambda cls: streamed("bz2", bz2.BZ2Decompressor),
-        ("numcodecs.lzma", "LZMA"): lambda cls: streamed("LZMA", lzma.LZMADecompressor),
+        ("numcodecs.bz2", "BZ2"): lambda cls: streamed("bz2", lambda codec: bz2.BZ2Decompressor()),
+        ("numcodecs.lzma", "LZMA"): lambda cls: streamed("LZMA", _lzma_decompressor),
         ("numcodecs.zstd", "Zstd"): lambda cls: zstd_decode,
         ("numcodecs.blosc", "Blosc"): lambda cls: sized(cls, "Blosc", blosc_size),
         # numcodecs' LZ4 chunk starts with its decoded size (4 bytes, little-endian)
