@@ -178,8 +178,12 @@ def is_ome_xml(head: bytes) -> bool:
 
 
 def screen_index(head: bytes) -> str | None:
-    """What a screening instrument's plate index starting with ``head`` is, else None."""
-    start = bytes(head[:OME_XML_HEAD])
+    """What a screening instrument's plate index starting with ``head`` is, else None. Only a text
+    file is one (XML, or MetaXpress's quoted lines): an image whose own metadata names these
+    structures (a TIFF's tags may, within its first bytes) is read as the image it is."""
+    start = bytes(head[:OME_XML_HEAD]).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if not start.startswith((b"<", b'"HTSInfoFile"')):
+        return None
     lowered = start.lower()
     for marker, vendor, what in _SCREEN_INDEXES:
         if marker in start and vendor in lowered:
