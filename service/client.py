@@ -97,6 +97,8 @@ from typing import Any, NamedTuple, Protocol
 import httpx
 from tqdm import tqdm
 
+from service import cellvoyager
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -539,6 +541,14 @@ def _without_instrument_files(
     return kept
 
 
+def instrument_pixel_size(source: Path) -> float | None:
+    """µm per pixel of a plane whose instrument keeps it beside the file, not in it (a Yokogawa
+    CellVoyager's ``MeasurementDetail.mrf``: ``service.cellvoyager``), sent as ``pixel_size=``
+    where the command line gives none; None for every other file."""
+    size = cellvoyager.pixel_size_um(source)
+    return size[0] if size is not None and abs(size[0] - size[1]) <= 1e-9 * size[0] else None
+
+
 def _split_image_files(source: Path) -> tuple[Path, ...]:
     """The files of the OME-TIFF image ``source`` is one file of, where the image is split over
     several (``service.tiff_sets.image_files``); ``()`` for every other file."""
@@ -931,6 +941,8 @@ class Segmenter:
         params = {**self.params, **{name: str(index) for name, index in job.plane}}
         if image_cut:
             params.pop("series", None)
+        if "pixel_size" not in params and (um := instrument_pixel_size(job.source)) is not None:
+            params["pixel_size"] = str(um)
         return params
 
     def _first_turn(self) -> int:
@@ -1311,6 +1323,8 @@ class LocalSegmenter:
             options = {**self.options, **dict(job.plane)}
             if image_cut:
                 options["series"] = None  # the cut holds the chosen image alone
+            if options["pixel_size"] is None:
+                options["pixel_size"] = instrument_pixel_size(job.source)
             segmentation = self.segmenter.segment(data, outputs=self.outputs, **options)
             body, media_type = segmentation.encode(self.kind.query)
         except Exception as exc:  # noqa: BLE001 - one bad image must not end a batch of thousands

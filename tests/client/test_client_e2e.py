@@ -455,3 +455,51 @@ def test_a_screens_files_of_other_channels_are_left_alone_with_channel(tmp_path:
                                                                               "9987_B02_s2_w1.png"]
     typo = segment("DAPU", "b")
     assert typo.returncode != 0 and "4 failed" in typo.stderr and "left alone" not in typo.stderr, typo.stderr
+
+
+MRF = "".join([
+    '<?xml version="1.0" encoding="utf-8"?>\n',
+    '<bts:MeasurementDetail bts:Version="1.0" bts:TargetSystem="CV8000" ',
+    'xmlns:bts="http://www.yokogawa.co.jp/BTS/BTSSchema/1.0">\n',
+    '  <bts:MeasurementChannel bts:Ch="1" bts:HorizontalPixelDimension="0.325" ',
+    'bts:VerticalPixelDimension="0.325" bts:CameraNumber="3" />\n',
+    '  <bts:MeasurementChannel bts:Ch="2" bts:HorizontalPixelDimension="0.65" ',
+    'bts:VerticalPixelDimension="0.65" bts:CameraNumber="4" />\n</bts:MeasurementDetail>\n',
+])
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_a_cellvoyager_plates_planes_are_measured_in_um_from_its_measurement_settings(
+    tmp_path: Path, local: bool
+) -> None:
+    # A CellVoyager's TIFFs carry no calibration: its pixel size per channel is in the
+    # MeasurementDetail.mrf beside them (lines as a real CV8000's, R2.06), which the client sends as
+    # pixel_size= for each plane; its shading-correction frames there are left out.
+    np = pytest.importorskip("numpy")
+    tifffile = pytest.importorskip("tifffile")
+
+    from tests.unit.test_segment import synthetic_nuclei
+
+    images = tmp_path / "in"
+    images.mkdir()
+    (images / "MeasurementDetail.mrf").write_text(MRF)
+    for channel in (1, 2):
+        plane = synthetic_nuclei(160, 192, seed=channel)
+        tifffile.imwrite(images / f"Plate_B02_T0001F001L01A01Z01C0{channel}.tif", plane)
+    tifffile.imwrite(images / "SC_BP445-45_20x v2_M01_CH01.tif", np.ones((64, 80), np.uint16))
+    options = ("--output", "objects")
+    if local:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("UNET_")}
+        proc = subprocess.run([sys.executable, "-m", "service.client", str(images), "--out",
+                               str(tmp_path / "out"), "--no-progress", *options], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+    else:
+        proc = _client_under_upload_limit(tmp_path, images, 10**8, *options)
+    assert proc.returncode == 0 and "2 written" in proc.stderr, proc.stderr
+    assert "left out 1 CellVoyager" in proc.stderr
+    for channel, um in ((1, 0.325), (2, 0.65)):
+        rows = list(csv.DictReader(io.StringIO(
+            (tmp_path / "out" / f"Plate_B02_T0001F001L01A01Z01C0{channel}.csv").read_text())))
+        assert rows and "area_um2" in rows[0], rows[:1]
+        assert all(abs(float(r["area_um2"]) - float(r["area"]) * um * um) < 1e-6 * float(r["area"]) + 1e-9
+                   for r in rows)
