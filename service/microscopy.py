@@ -835,7 +835,7 @@ def _tiff_source(
         )
 
     notes: list[str] = []
-    if display_lut:
+    if display_lut and not _is_grey_ramp(keyframe.colormap):  # a grey ramp shows them as they are
         tables = "ZEN's channel colour" if tif.is_lsm else "ImageJ LUTs"
         notes.append(f"the file's colour tables ({tables}, for display) are not applied: the stored "
                      "intensities are read")
@@ -1012,7 +1012,11 @@ def _is_display_lut(tif: Any, page: Any) -> bool:
     has several channels (ImageJ makes no indexed-colour composite) or when its table's brightness
     runs one way over the indices, as every display LUT's does (within 10% of steps: Fire has a
     few wiggles); a picture's palette (ImageJ's "8-bit Color") jumps about and keeps its colours."""
-    if not tif.is_imagej or int(page.bitspersample) not in (8, 16):
+    if int(page.bitspersample) not in (8, 16):
+        return False
+    if _is_grey_ramp(page.colormap):
+        return True  # any writer's: the values are the intensities (Cellomics ArrayScan's exports)
+    if not tif.is_imagej:
         return False
     meta = tif.imagej_metadata or {}
     try:
@@ -1028,6 +1032,21 @@ def _is_display_lut(tif: Any, page: Any) -> bool:
     red, green, blue = colormap
     steps = np.diff(0.299 * red + 0.587 * green + 0.114 * blue)
     return bool(steps.size) and max(float((steps >= 0).mean()), float((steps <= 0).mean())) >= 0.9
+
+
+def _is_grey_ramp(colormap: Any) -> bool:
+    """Whether a palette maps its indices to greys that never get darker and do get lighter: an
+    identity table (Cellomics ArrayScan and Zeiss SmartSEM write their grey images so; CellProfiler's
+    examples) shows the stored values as they are. Read through it, such a file was a 3-channel RGB
+    picture with no calibration read, and refused by path (found reading real exports)."""
+    if colormap is None:
+        return False
+    table = np.asarray(colormap, dtype=np.int64)
+    if table.ndim != 2 or table.shape[0] != 3 or table.shape[1] < 2:
+        return False
+    red, green, blue = table
+    return bool((red == green).all() and (green == blue).all() and (np.diff(red) >= 0).all()
+                and red[-1] > red[0])
 
 
 def _tiff_series_summary(series: Any) -> str | None:

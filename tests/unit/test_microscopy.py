@@ -456,7 +456,7 @@ def test_a_fiji_composite_with_colour_luts_reads_its_stored_intensities() -> Non
 def test_an_inverted_lut_is_not_applied_and_a_pictures_palette_is() -> None:
     """A single 8-bit image with an inverted grey LUT (a real Fiji file read 255 minus its values,
     without its calibration); an ImageJ "8-bit Color" picture, whose palette jumps about, is still
-    read through its colours, and a palette stack no ImageJ wrote is still refused."""
+    read through its colours, and a colour palette stack no ImageJ wrote is still refused."""
     pixels = np.arange(24 * 32, dtype=np.uint16).reshape(24, 32).astype(np.uint8)
     inverted = _palette_tiff(pixels, _ramp(True, True, True, inverted=True))
     plane = microscopy.select(inverted, Selection(), LIMIT, Limits())
@@ -464,9 +464,12 @@ def test_an_inverted_lut_is_not_applied_and_a_pictures_palette_is() -> None:
     shuffled = np.random.default_rng(4).integers(0, 65536, (3, 256)).astype(np.uint16)
     picture = microscopy.probe(_palette_tiff(pixels, shuffled), LIMIT, Limits())
     assert picture.rgb and picture.axes == "YXS"
-    foreign = _palette_tiff(np.stack([pixels, pixels]), _ramp(True, True, True), imagej=False)
+    foreign = _palette_tiff(np.stack([pixels, pixels]), _ramp(True, False, False), imagej=False)
     with pytest.raises(imaging.UnsupportedImageType, match="PALETTE"):
         microscopy.probe(foreign, LIMIT, Limits())
+    # a grey ramp shows the values as they are, whoever wrote it (Cellomics): a stack of greys
+    greys = _palette_tiff(np.stack([pixels, pixels]), _ramp(True, True, True), imagej=False)
+    assert microscopy.probe(greys, LIMIT, Limits()).planes == {"Z": 2}
 
 
 def test_imagej_spacing_is_a_z_step_for_a_stack_only() -> None:

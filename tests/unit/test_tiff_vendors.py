@@ -254,3 +254,32 @@ def test_a_micro_manager_file_takes_what_its_summary_gives_where_its_tiff_metada
     uncalibrated = probe(micromanager_bytes(plane, {"PixelSize_um": 0, "ChNames": []}))
     assert uncalibrated.pixel_size is None
     assert np.array_equal(select(micromanager_bytes(plane, summary)).image, plane)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_palette_tiff_of_greys_is_read_as_its_grey_values_with_its_calibration(
+    tmp_path: Path, bits: int
+) -> None:
+    """Cellomics ArrayScan (and Zeiss SmartSEM) save grey images as palette TIFFs with an identity
+    grey table (real exports among CellProfiler's examples): read through the table they were RGB
+    pictures with red/green/blue channels and no calibration read, and refused by path."""
+    dtype = np.uint8 if bits == 8 else np.uint16
+    plane = RNG.integers(0, 2**bits, (40, 56), dtype=dtype)
+    ramp = np.arange(2**bits, dtype=np.uint16) * (257 if bits == 8 else 1)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, plane, photometric="palette", colormap=np.stack([ramp] * 3), metadata=None,
+                     resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="centimeter")
+    data = buffer.getvalue()
+    layout = probe(data)
+    assert (layout.axes, len(layout.channels), layout.rgb) == ("YX", 1, False)
+    assert layout.pixel_size is not None and abs(layout.pixel_size.x_um - 0.5) < 1e-9 and not layout.warnings
+    assert np.array_equal(select(data).image, plane)
+    path = tmp_path / "AS_09047_O01f00d2.TIF"
+    path.write_bytes(data)
+    with slide_files.open_slide(path, Selection(), max_pixels=MAX, limits=structure.Limits()) as source:
+        assert np.array_equal(np.asarray(source.read(0, 40, 0, 56)), plane)
+    if bits == 8:  # a picture's palette keeps its colours
+        buffer = io.BytesIO()
+        tifffile.imwrite(buffer, plane, photometric="palette", colormap=np.stack([ramp, ramp[::-1], ramp]),
+                         metadata=None)
+        assert probe(buffer.getvalue()).rgb
