@@ -1113,6 +1113,7 @@ def _tiff_metadata(
     else:
         vendor = (tiff_vendors.lsm(tif, n_channels) or tiff_vendors.metaseries(tif, n_channels)
                   or tiff_vendors.svs(tif, page, series_index) or tiff_vendors.fei(tif)
+                  or tiff_vendors.zeiss_sem(tif)
                   or tiff_vendors.qpi(tif, series, n_channels) or tiff_vendors.harmony(page, n_channels))
         if vendor is None:
             fmt, size, names = "TIFF", None, []

@@ -14,7 +14,8 @@ calibration and the channel names out of what it parsed, in µm:
   every file of a dataset carries; used where the OME-XML or ImageJ metadata does not give them
   (a multi-file dataset's other files hold only a pointer to the first file's OME-XML).
 - **Aperio SVS**: ``MPP`` in the baseline image's description (µm per pixel of the full resolution).
-- **FEI / Thermo Fisher SEM**: ``[Scan] PixelWidth/PixelHeight`` (metres).
+- **FEI / Thermo Fisher SEM**: ``[Scan] PixelWidth/PixelHeight`` (metres); a **Zeiss SEM** (SmartSEM)
+  image's ``Image Pixel Size`` in its ``CZ_SEM`` tag.
 - **Akoya (PerkinElmer) QPTIFF** (Vectra, Polaris, PhenoImager; inForm's unmixed component images):
   each full-resolution page's ``PerkinElmer-QPI-ImageDescription`` XML names its channel (``<Name>``:
   ``DAPI``, ``Opal 520``, as Phenochart and Bio-Formats show it); the pixel size is the pages'
@@ -151,6 +152,26 @@ def fei(tif: Any) -> Calibration | None:
         return Calibration("FEI TIFF", "fei")
     x, y = _length(scan.get("PixelWidth"), 1e6), _length(scan.get("PixelHeight"), 1e6)
     return Calibration("FEI TIFF", "fei", x or y, y or x)
+
+
+#: µm per unit of a Zeiss SEM's ``(label, value, unit)`` entries.
+_SEM_UNITS = {"pm": 1e-6, "nm": 1e-3, "um": 1.0, "µm": 1.0, "mm": 1e3}
+
+
+def zeiss_sem(tif: Any) -> Calibration | None:
+    """A Zeiss SEM's (SmartSEM's) image: its pixel size in tag 34118 (``CZ_SEM``, as tifffile
+    parses it: ``ap_image_pixel_size`` = ``("Image Pixel Size", 55.82, "nm")``; a real SmartSEM
+    file's, matching its width of 57.16 µm over 1024 px)."""
+    if not tif.is_sem:
+        return None
+    meta = _safe(lambda: tif.sem_metadata) or {}
+    for key in ("ap_image_pixel_size", "ap_pixel_size"):
+        entry = meta.get(key) if isinstance(meta, dict) else None
+        if isinstance(entry, tuple) and len(entry) >= 3:
+            size = _length(entry[1], _SEM_UNITS.get(str(entry[2]).strip().lower(), math.nan))
+            if size is not None:
+                return Calibration("Zeiss SEM TIFF", "zeiss-sem", size, size)
+    return Calibration("Zeiss SEM TIFF", "zeiss-sem")
 
 
 def qpi(tif: Any, series: Any, n_channels: int) -> Calibration | None:

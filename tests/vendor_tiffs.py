@@ -195,6 +195,16 @@ def fei_bytes(plane: np.ndarray, pixel_m: float) -> bytes:
     return buffer.getvalue()
 
 
+def zeiss_sem_bytes(plane: np.ndarray, pixel_nm: float) -> bytes:
+    """A Zeiss SmartSEM TIFF: its settings in tag 34118 (``CZ_SEM``), the image pixel size among
+    them as SmartSEM writes it (``AP_IMAGE_PIXEL_SIZE`` / ``Image Pixel Size = 55.82 nm``)."""
+    text = f"\r\n0\r\n\r\nAP_IMAGE_PIXEL_SIZE\r\nImage Pixel Size = {pixel_nm:g} nm\r\n"
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, plane, metadata=None, extratags=[(34118, "s", 0, text, True)],
+                     photometric="minisblack")
+    return buffer.getvalue()
+
+
 def micromanager_bytes(plane: np.ndarray, summary: dict, description: str | None = None) -> bytes:
     """A Micro-Manager 1.4 stack file of one uint16 plane: its acquisition ``summary`` (JSON) in the
     header Micro-Manager writes after the TIFF's own (byte 8: index map, display settings, comments,

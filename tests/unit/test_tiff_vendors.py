@@ -22,6 +22,7 @@ from tests.vendor_tiffs import (
     micromanager_bytes,
     qptiff_bytes,
     svs_bytes,
+    zeiss_sem_bytes,
 )
 
 MAX = 10**8
@@ -174,6 +175,13 @@ def _by_path(folder: Path, data: bytes) -> microscopy.Layout:
     path.write_bytes(data)
     with slide_files.open_slide(path, Selection(), max_pixels=MAX, limits=structure.Limits()) as source:
         return source.plane.layout
+
+
+def test_a_zeiss_sem_image_has_its_image_pixel_size() -> None:
+    """A real SmartSEM file (55.82 nm, its width of 57.16 µm over 1024 px) had no pixel size."""
+    layout = probe(zeiss_sem_bytes(RNG.integers(0, 255, (40, 50), dtype=np.uint8), 55.82))
+    assert (layout.format, layout.pixel_size) == ("Zeiss SEM TIFF", microscopy.PixelSize(0.05582, 0.05582,
+                                                                                        "zeiss-sem"))
 
 
 def test_an_fei_image_has_its_pixel_width_not_a_print_resolution() -> None:
