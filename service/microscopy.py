@@ -1292,7 +1292,25 @@ def _imagej_channel_names(meta: dict, lead: list[tuple[str, int]], n_channels: i
     for row in grid:
         values = {str(v).strip() for v in row}
         names.append(values.pop() if len(values) == 1 and "" not in values else None)
-    return names
+    return _without_position_labels(names)
+
+
+#: The label Bio-Formats gives each plane it opens in Fiji: its position and the file's name
+#: (``c:1/3 - cells.tif``), kept by Fiji as the plane's label when the image is saved again.
+_POSITION_LABEL = re.compile(r"^(?:[czt]:\d+/\d+\s*)+(?:-\s*(.*))?$")
+
+
+def _without_position_labels(names: list[str | None]) -> list[str | None]:
+    """Channel names without Bio-Formats' position labels: ``c:1/3 - cells.tif`` names no channel
+    (a real Fiji re-save of a ZEN export offered the file's name three times as channel names);
+    what follows the position is a name where the channels differ in it."""
+    found = [_POSITION_LABEL.match(n) if n else None for n in names]
+    if not any(found):
+        return names
+    rests = [(m.group(1) or "").strip() if m else n for m, n in zip(found, names, strict=True)]
+    if len({r for r in rests if r}) < len(rests) or not all(rests):
+        return [None] * len(names)  # the file's name, or nothing: no channel named
+    return rests
 
 
 def _resolution(page: Any) -> tuple[float, float] | None:

@@ -482,3 +482,19 @@ def test_imagej_spacing_is_a_z_step_for_a_stack_only() -> None:
                          metadata={"axes": axes, "unit": "micron", "spacing": 2.5})
         layout = microscopy.probe(data.getvalue(), LIMIT, Limits())
         assert layout.pixel_size == microscopy.PixelSize(0.5, 0.5, "imagej", z_um), axes
+
+
+def test_bio_formats_position_labels_are_no_channel_names() -> None:
+    """Fiji keeps the label Bio-Formats gives each plane it opens (``c:1/3 - cells.tif``) when the
+    image is saved again: a real re-save of a ZEN export offered the file's name three times as its
+    channels' names. What follows the position is a name where the channels differ in it."""
+    stack = np.zeros((3, 16, 20), np.uint8)
+
+    def names(labels: list[str]) -> list[str | None]:
+        data = io.BytesIO()
+        tifffile.imwrite(data, stack, imagej=True, metadata={"axes": "CYX", "Labels": labels})
+        return [c.name for c in microscopy.probe(data.getvalue(), LIMIT, Limits()).channels]
+
+    assert names([f"c:{k}/3 - CH=3_Fluorescence_8bit.tif" for k in (1, 2, 3)]) == [None, None, None]
+    assert names(["c:1/3 - DAPI", "c:2/3 - GFP", "c:3/3 - RFP"]) == ["DAPI", "GFP", "RFP"]
+    assert names(["DAPI", "GFP", "RFP"]) == ["DAPI", "GFP", "RFP"]
