@@ -41,7 +41,7 @@ def _channel_sizes(folder: Path) -> dict[int, tuple[float, float]]:
         if not mrf.is_file() or mrf.stat().st_size > MAX_MRF_BYTES:
             return {}
         root = ET.fromstring(mrf.read_bytes())
-    except (OSError, ET.ParseError):
+    except (OSError, ET.ParseError, ValueError, LookupError):  # an encoding expat cannot read: none
         return {}
     sizes: dict[int, tuple[float, float]] = {}
     for channel in (e for e in root.iter() if e.tag.endswith("MeasurementChannel")):

@@ -570,10 +570,9 @@ def one_per_split_image(found: Sequence[tuple[Path, Path]]) -> list[tuple[Path, 
     kept: list[tuple[Path, Path]] = []
     covered: set[Path] = set()
     for source, relative in found:
-        files = _split_image_files(source)
         if source.resolve() in covered:
-            continue
-        covered.update(files)
+            continue  # before its set is worked out: that opens every file of the set
+        covered.update(_split_image_files(source))
         kept.append((source, relative))
     return kept
 

@@ -48,38 +48,57 @@ def spans(columns: Iterable[Iterable[int]]) -> int:
 
 
 def check_ome(tif: Any, max_pages: int) -> None:
-    """Refuse an OME-TIFF whose OME-XML describes more planes than the bound: per ``Pixels``, its
-    ``SizeZ × SizeC × SizeT`` planes (× how many of its first page its ``SizeX × SizeY`` would
-    fill: tifffile sizes the series by the whole over that page), and each ``TiffData``'s
-    ``PlaneCount``."""
+    """Refuse an OME-TIFF whose OME-XML describes more planes than the bound, over all its Images
+    together: each ``Pixels``' ``SizeZ × SizeC × SizeT`` planes × how many of its keyframe its
+    ``SizeX × SizeY`` would fill (tifffile sizes a series by the whole over the first page its
+    ``TiffData`` give: a 1×1 page there for a 20000² image asked for 6.4 GB; :func:`_keyframe_pixels`
+    finds it as tifffile does), or each ``TiffData``'s ``PlaneCount`` where larger."""
     if not tif.is_ome:
         return
     try:
         root = ET.fromstring(tif.ome_metadata or "")
     except ET.ParseError:
         return  # tifffile reads no OME series from it either
+    own_uuid, own_name = root.get("UUID"), tif.filehandle.name.lower()
+    smallest: list[int] = []  # the file's smallest page, worked out once where needed
+    planes = 0
     for pixels in (e for e in root.iter() if e.tag.endswith("Pixels")):
         size = {axis: _count(pixels.get(f"Size{axis}")) for axis in "XYZCT"}
         datas = [e for e in pixels if e.tag.endswith("TiffData")]
-        page = _first_page(tif, datas[0]) if datas else None
-        fill = 1 if page is None else size["X"] * size["Y"] // max(1, page)
-        planes = size["Z"] * size["C"] * size["T"] * max(1, fill)
+        keyframe = _keyframe_pixels(tif, datas, own_uuid, own_name, smallest)
+        described = size["Z"] * size["C"] * size["T"] * max(1, size["X"] * size["Y"] // keyframe)
         for data in datas:
-            planes = max(planes, _count(data.get("PlaneCount", data.get("NumPlanes"))))
+            described = max(described, _count(data.get("PlaneCount", data.get("NumPlanes"))))
+        planes += described
         check(planes, max_pages, "the OME-XML")
 
 
-def _first_page(tif: Any, data: ET.Element) -> int | None:
-    """Pixels of the page a ``TiffData`` starts at, in this file; None where it lies in another file
-    of a set, or is not there (tifffile then skips or pads it, within the planes counted)."""
-    own = tif.filehandle.name
-    if any(e.tag.endswith("UUID") and e.get("FileName") not in (None, own) for e in data):
-        return None
-    try:
-        page = tif.pages[_index(data.get("IFD"))]
-    except Exception:  # noqa: BLE001 - an IFD past the file's pages, or one tifffile cannot parse
-        return None
-    return int(page.imagewidth) * int(page.imagelength)
+def _keyframe_pixels(tif: Any, datas: list[ET.Element], own_uuid: str | None, own_name: str,
+                     smallest: list[int]) -> int:
+    """Pixels of the page tifffile takes as an Image's keyframe: the first of its ``TiffData`` that
+    lies in this file (no UUID, the file's own UUID, or its name in any case, as tifffile matches
+    them) at an IFD the file has. Where the first that gives a page lies in another file of a set
+    (read by path), the file's smallest page stands for it."""
+    for data in datas:
+        uuid = next((e for e in data if e.tag.endswith("UUID")), None)
+        elsewhere = uuid is not None and (uuid.text or "").strip() != (own_uuid or "") and (
+            (uuid.get("FileName") or "").lower() != own_name)
+        if elsewhere:
+            break
+        try:
+            page = tif.pages[_index(data.get("IFD"))]
+        except Exception:  # noqa: BLE001 - an IFD past the file's pages: tifffile skips it too
+            continue
+        return max(1, int(page.imagewidth) * int(page.imagelength))
+    else:
+        return 1 if not datas else max(1, _smallest_page(tif, smallest))
+    return max(1, _smallest_page(tif, smallest))
+
+
+def _smallest_page(tif: Any, cache: list[int]) -> int:
+    if not cache:
+        cache.append(min((int(p.imagewidth) * int(p.imagelength) for p in tif.pages), default=1))
+    return cache[0]
 
 
 def _count(text: str | None) -> int:

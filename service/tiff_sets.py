@@ -143,6 +143,8 @@ def image_files(path: Path, limits: structure.Limits = microscopy.DEFAULT_LIMITS
     if not path.name.lower().endswith((".ome.tif", ".ome.tiff")):
         return ()
     try:
+        # bounded as the service bounds a file before tifffile parses it (pages, tags, a tag's bytes)
+        structure.walk_file(path, structure.count_tiff, limits)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with tifffile.TiffFile(path) as tif:
@@ -154,13 +156,16 @@ def image_files(path: Path, limits: structure.Limits = microscopy.DEFAULT_LIMITS
             # (the XML first: a file holding its images alone, most OME-TIFFs, costs no more)
             # Read as the set only where tifffile makes the set's series of it: a set whose pages
             # contradict its XML (Bio-Formats' set-1-meta-companion sample stores its grey planes
-            # as RGB) is read file by file, as before, rather than as its first file alone.
+            # as RGB) is read file by file, as before, rather than as its first file alone. The
+            # set's files and the planes its XML describes are bounded first, as by path.
             if files:
                 with tifffile.TiffFile(path, omexml=companion) as tif:
+                    check_set(tif, limits)
+                    extent.check_ome(tif, limits.max_tiff_pages)
                     if not any(series.kind == "ome" for series in tif.series):
                         return ()
-    except Exception:  # noqa: BLE001 - unreadable here: the file goes as it is, and is answered so
-        return ()
+    except Exception:  # noqa: BLE001 - unreadable or past a bound here: the file goes as it is,
+        return ()  # and the service answers for it (a 413 where it is too much)
     return files
 
 

@@ -214,7 +214,7 @@ def harmony(page: Any, n_channels: int) -> Calibration | None:
         return None
     try:
         root = ET.fromstring(value)
-    except ET.ParseError:
+    except (ET.ParseError, ValueError, LookupError):  # (an encoding expat cannot read): not Harmony's
         return None
     namespace, _, local = root.tag.rpartition("}")
     if local != "TiffImageDescription" or "perkinelmer" not in namespace.lower():

@@ -267,3 +267,29 @@ def test_an_ome_tiffs_images_of_different_sizes_are_each_measured_against_their_
     data = buffer.getvalue()
     layout = microscopy.probe(data, 10**8, 10_000, series=1)
     assert (layout.width, layout.height, layout.series_count) == (4100, 4100, 2)
+
+
+@pytest.mark.parametrize("trick", ["own uuid, another name", "name in another case", "first IFD absent"])
+def test_an_ome_images_keyframe_is_found_as_tifffile_finds_it(trick: str) -> None:
+    """tifffile divides an Image's size by its keyframe, the first page its TiffData give in this
+    file: a 20000² Image whose keyframe is a 1x1 page asked for 6.4 GB. The bound had taken a page
+    it could not place for a whole plane (a re-audit of this change found three ways)."""
+    import io
+    import uuid
+
+    import tifffile
+
+    own = f"urn:uuid:{uuid.uuid4()}"
+    data_xml = {
+        "own uuid, another name": f'<TiffData IFD="0"><UUID FileName="other.ome.tif">{own}</UUID></TiffData>',
+        "name in another case": '<TiffData IFD="0"><UUID FileName="A.OME.TIF">urn:uuid:x</UUID></TiffData>',
+        "first IFD absent": '<TiffData IFD="7" PlaneCount="1"/><TiffData IFD="0" PlaneCount="1"/>',
+    }[trick]
+    xml = (f'<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" UUID="{own}"><Image ID="Image:0">'
+           '<Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint8" SizeX="20000" SizeY="20000" '
+           f'SizeZ="1" SizeC="1" SizeT="1"><Channel ID="Channel:0:0" SamplesPerPixel="1"/>{data_xml}'
+           "</Pixels></Image></OME>")
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.zeros((1, 1), np.uint8), description=xml, metadata=None)
+    with pytest.raises(structure.TooComplex, match="describes 400,000,000 planes"):
+        microscopy.probe(buffer.getvalue(), 10**8, 10_000)

@@ -273,3 +273,15 @@ def test_a_sets_first_tiff_holding_its_metadata_is_bounded_as_the_file_is(tmp_pa
         _read(second, "GFP", small)
     with tifffile.TiffFile(second) as tif, pytest.raises(structure.TooComplex, match="tag 270"):
         tiff_sets.companion_xml(tif, small)  # before tifffile reads the first file's description
+
+
+def test_a_split_set_past_the_services_bounds_is_not_read_as_a_set_here(tmp_path: Path) -> None:
+    """``image_files`` opened the set's series with none of the bounds the service puts on a file
+    (a re-audit: 14 s and 4.7 GB on a set whose XML describes billions of planes, where the service
+    answers 413 at once); the file is now sent as it is, for the service to answer."""
+    paths = write_channel_set(tmp_path, _planes(), ["DAPI", "GFP"], companion="set.companion.ome")
+    assert tiff_sets.image_files(paths[0]) == tuple(sorted(paths))
+    companion = tmp_path / "set.companion.ome"
+    companion.write_text(companion.read_text().replace('SizeT="1"', 'SizeT="5000000"'))
+    assert tiff_sets.image_files(paths[0]) == ()
+

@@ -170,6 +170,17 @@ def test_a_harmony_tiff_without_a_camera_it_names_says_so_and_does_not_take_the_
     assert any("camera's pixel pitch" in w and "pixel_size=" in w for w in layout.warnings), layout.warnings
 
 
+@pytest.mark.parametrize("encoding", ["shift_jis", "no-such-encoding"])
+def test_a_tiff_whose_tag_65500_is_xml_expat_cannot_read_is_read_as_a_tiff(encoding: str) -> None:
+    """Any TIFF may carry private tag 65500: one whose XML declares an encoding expat cannot read
+    raised ValueError / LookupError past the Harmony reader and was a 400 (it read before)."""
+    xml = f'<?xml version="1.0" encoding="{encoding}"?><a/>'.encode()
+    plane = RNG.integers(0, 255, (16, 16), dtype=np.uint8)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, plane, metadata=None, extratags=[(65500, "B", len(xml), xml, True)])
+    assert np.array_equal(select(buffer.getvalue()).image, plane)
+
+
 def _by_path(folder: Path, data: bytes) -> microscopy.Layout:
     path = folder / "r03c03f01p01-ch1sk1fk1fl1.tiff"
     path.write_bytes(data)
