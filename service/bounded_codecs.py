@@ -70,7 +70,7 @@ def _inflate(new_decompressor: Any, data: bytes, limit: int, codec: str, streams
         if not decompressor.eof:
             raise UndecodableImage(f"a {codec} chunk of the store is cut short")
         rest = decompressor.unused_data
-        if not (rest and streams):
+        if not (rest and streams) or not rest.strip(b"\x00"):  # zero padding, as gzip allows
             return bytes(out)
 
 

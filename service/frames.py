@@ -218,9 +218,10 @@ def _cut(
             layout, read = _samples_as_pages(layout, read)
         try:
             return _write(layout, pages_for(layout, axis, index, selection), read)
-        except (imaging.ImageError, OSError, microscopy.SelectionError):
-            # A page the file cannot give (an acquisition stopped early: a SelectionError) is the
-            # service's to answer: the file is sent whole.
+        except (imaging.ImageError, OSError, microscopy.SelectionError, ValueError):
+            # A page the file cannot give (an acquisition stopped early: a SelectionError; a member
+            # of a set of another size: tifffile's ValueError) is the service's to answer: the file
+            # is sent whole.
             return None
 
 

@@ -1035,9 +1035,9 @@ def _is_display_lut(tif: Any, page: Any) -> bool:
 
 
 def _is_grey_ramp(colormap: Any) -> bool:
-    """Whether a palette maps its indices to greys that never get darker and do get lighter: an
-    identity table (Cellomics ArrayScan and Zeiss SmartSEM write their grey images so; CellProfiler's
-    examples) shows the stored values as they are. Read through it, such a file was a 3-channel RGB
+    """Whether a palette is an identity table of greys (index i → grey i, at 8 or 16 bits), as
+    Cellomics ArrayScan and Zeiss SmartSEM write their grey images (CellProfiler's examples): it
+    shows the stored values as they are. Read through it, such a file was a 3-channel RGB
     picture with no calibration read, and refused by path (found reading real exports)."""
     if colormap is None:
         return False
@@ -1045,8 +1045,12 @@ def _is_grey_ramp(colormap: Any) -> bool:
     if table.ndim != 2 or table.shape[0] != 3 or table.shape[1] < 2:
         return False
     red, green, blue = table
-    return bool((red == green).all() and (green == blue).all() and (np.diff(red) >= 0).all()
-                and red[-1] > red[0])
+    if not ((red == green).all() and (green == blue).all()):
+        return False
+    # an identity, at the scales writers put a 8- or 16-bit value on the table's 16 bits (a mask's
+    # palette of a few greys stays a picture: its values are labels, shown as greys)
+    index = np.arange(len(red), dtype=np.int64)
+    return any(np.array_equal(red, index * scale) for scale in (1, 256, 257))
 
 
 def _tiff_series_summary(series: Any) -> str | None:

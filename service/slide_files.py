@@ -518,6 +518,41 @@ def _tiff_level(tif: Any, path: Path, base: Any, index: int, stores: list[Any]) 
     return _Level(array, height, width)
 
 
+#: Zarr filters that decode to Python objects or text, never to a microscope's pixels.
+_OBJECT_FILTERS = frozenset({"categorize", "vlen-utf8", "vlen-bytes", "vlen-array", "json2", "msgpack2",
+                             "pickle"})
+
+
+def _check_filters(array: Any) -> None:
+    """Refuse a Zarr array whose filters decode a chunk to objects or to a wider type than the
+    array's: zarr applies them after the decompressor, whose output :mod:`service.bounded_codecs`
+    bounds, and an ``astype`` filter to ``<U20000`` made one 16 kB chunk 1.4 GB (a re-audit)."""
+    itemsize = np.dtype(array.dtype).itemsize
+    metadata = array.metadata
+    codecs = [*(getattr(metadata, "filters", None) or ()), *(getattr(metadata, "codecs", None) or ())]
+    for codec in codecs:
+        try:
+            config = codec.get_config() if hasattr(codec, "get_config") else codec.to_dict()
+        except Exception:  # noqa: BLE001 - a codec that describes nothing more: its name alone
+            config = {}
+        config = {**config, **(config.get("configuration") or {})} if isinstance(config, dict) else {}
+        name = str(config.get("id") or config.get("name") or type(codec).__name__).lower()
+        wide = None
+        for key in ("decode_dtype", "dtype", "astype"):
+            try:
+                kind = np.dtype(config[key]) if key in config else None
+            except TypeError:
+                kind = np.dtype(object)
+            if kind is not None and (kind.kind in "OUSV" or kind.itemsize > itemsize):
+                wide = kind
+        if name.rpartition(".")[2] in _OBJECT_FILTERS or wide is not None:
+            raise UnsupportedImageType(
+                f"the OME-Zarr's chunks pass through the filter {name!r}, which decodes them to "
+                + (f"{wide}, wider than" if wide is not None else "objects, not")
+                + f" its pixels ({array.dtype}): not read; save the image again without it"
+            )
+
+
 def _check_chunks(array: Any, kind: str) -> None:
     size = math.prod(array.chunks) * np.dtype(array.dtype).itemsize
     if size > MAX_CHUNK_BYTES:
@@ -728,11 +763,12 @@ def _open_zarr(
     except (UnsupportedImageType, SelectionError, structure.TooComplex, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - missing keys, bad JSON, missing arrays
-        raise UndecodableImage(f"unreadable OME-Zarr metadata: {type(exc).__name__}: {exc}") from exc
+        raise UndecodableImage(_store_relative(f"unreadable OME-Zarr metadata: {type(exc).__name__}: {exc}",
+                                               path)) from exc
 
     # What the metadata says, read as it stands: a value of the wrong kind (an empty datasets list,
     # omero channels that are no list, a scale of text) is the file's fault, a 400, not a 500.
-    with _zarr_metadata_errors():
+    with _zarr_metadata_errors(path):
         if len(images) > 1 and selection.series is None:
             notes.append(microscopy.first_series_note(len(images), "images", image_names[0] or "0"))
         base = arrays[0]
@@ -762,6 +798,7 @@ def _open_zarr(
             if array.ndim != base.ndim:
                 raise UndecodableImage("the OME-Zarr's resolution levels differ in dimensions")
             _check_chunks(array, "Zarr chunk")
+            _check_filters(array)
 
         sizes = {a: int(n) for a, n in zip(axes, base.shape, strict=True) if a != "?"}
         n_channels = sizes.get("C", 1)
@@ -822,7 +859,7 @@ def _metadata_bounded_store(path: Path, limit: int) -> Any:
 
 
 @contextlib.contextmanager
-def _zarr_metadata_errors() -> Iterator[None]:
+def _zarr_metadata_errors(path: Path) -> Iterator[None]:
     """Errors of metadata values of the wrong kind as :class:`UndecodableImage`; the service's own
     refusals (and a MemoryError) as they are."""
     try:
@@ -830,7 +867,17 @@ def _zarr_metadata_errors() -> Iterator[None]:
     except (ImageError, SelectionError, MemoryError):
         raise
     except (TypeError, ValueError, AttributeError, IndexError, KeyError, ArithmeticError) as exc:
-        raise UndecodableImage(f"unreadable OME-Zarr metadata: {type(exc).__name__}: {exc}") from exc
+        raise UndecodableImage(_store_relative(f"unreadable OME-Zarr metadata: {type(exc).__name__}: {exc}",
+                                               path)) from exc
+
+
+def _store_relative(text: str, path: Path) -> str:
+    """``text`` naming the store's files from the store's own name on, never the server's folders
+    above it: zarr's errors give a ``file:///srv/data/...`` URL (a re-audit found them in details)."""
+    above = str(path.resolve().parent)
+    for prefix in (f"file://{above}/", f"{above}/"):
+        text = text.replace(prefix, "")
+    return text
 
 
 def _ngff_pixel_size(

@@ -387,9 +387,10 @@ def _check_tag_sizes(entries: np.ndarray, file_size: int, limits: Limits) -> Non
     kinds = entries["type"].astype(np.int64)
     per_value = np.where((kinds > 0) & (kinds < len(_TIFF_TYPE_BYTES)),
                          _TIFF_TYPE_BYTES[np.clip(kinds, 0, len(_TIFF_TYPE_BYTES) - 1)], 1)
-    sizes = entries["count"].astype(np.uint64) * per_value  # u64: a count of 2^32 x 8 does not wrap
     with np.errstate(over="ignore"):
-        in_file = entries["value"].astype(np.uint64) + sizes <= np.uint64(file_size)
+        sizes = entries["count"].astype(np.uint64) * per_value  # u64: a count of 2^32 x 8 does not wrap
+    # in floats: a count near 2^64 must not wrap into a value that fits
+    in_file = entries["value"].astype(np.float64) + sizes.astype(np.float64) <= float(file_size)
     sizes = np.where(in_file, sizes, np.uint64(0))
     largest = int(sizes.max())
     if largest > limits.max_metadata_bytes:

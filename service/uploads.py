@@ -183,6 +183,7 @@ class UploadStore:
         # client may delete its copy on the 201.
         durable.sync_file(self.data_path(upload_id))
         durable.write_atomic(self.folder(upload_id) / _INFO, info.model_dump_json().encode())
+        durable.sync_folder(self.root)  # the upload's own folder in the uploads folder
         return info
 
     def create(self, length: int, filename: str | None) -> PendingUpload:

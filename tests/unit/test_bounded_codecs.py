@@ -66,3 +66,8 @@ def test_a_store_whose_chunk_inflates_past_the_limit_is_a_400_not_gigabytes(tmp_
                           cwd=REPO)
     said = done.stdout + done.stderr
     assert "UndecodableImage" in done.stdout and "decompression bomb" in done.stdout, said
+
+
+def test_a_gzip_chunk_followed_by_zero_padding_decodes_as_gzip_reads_it() -> None:
+    chunk = np.arange(1000, dtype=np.uint16).tobytes()
+    assert bytes(numcodecs.GZip().decode(numcodecs.GZip().encode(chunk) + bytes(64))) == chunk

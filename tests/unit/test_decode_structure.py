@@ -239,5 +239,6 @@ def test_a_tiff_tag_holding_more_than_the_metadata_limit_is_refused_before_tifff
     # tag and reads the image, and so is it counted here
     entry = data.index(struct.pack("<HH", 270, 2))
     width = 8 if bigtiff else 4
-    corrupt = data[:entry + 4] + (10**9).to_bytes(width, "little") + data[entry + 4 + width:]
-    assert structure.count_tiff(corrupt, Limits(max_metadata_bytes=4_000)) == 1
+    for count in (10**9, 2**(8 * width) - 1):  # the largest: a product that must not wrap to a fit
+        corrupt = data[:entry + 4] + count.to_bytes(width, "little") + data[entry + 4 + width:]
+        assert structure.count_tiff(corrupt, Limits(max_metadata_bytes=4_000)) == 1

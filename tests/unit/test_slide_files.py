@@ -537,3 +537,34 @@ def test_ome_zarr_metadata_past_the_limit_is_refused_before_zarr_reads_it(tmp_pa
         assert source.shape == (60, 50)
     with pytest.raises(structure.TooComplex, match=r"\.zattrs has"):
         open_slide(path, max_pixels=BIG, limits=structure.Limits(max_metadata_bytes=10_000))
+
+
+@pytest.mark.parametrize("filters", [
+    [{"id": "astype", "encode_dtype": "|u1", "decode_dtype": "<U2000"}],
+    [{"id": "categorize", "labels": ["a", "b"], "dtype": "<U2000", "astype": "|u1"}],
+])
+def test_ome_zarr_filters_that_decode_wider_than_the_pixels_are_refused(tmp_path, filters):
+    """zarr applies filters after the decompressor bounded_codecs bounds: an astype filter to
+    <U20000 made one 16 kB chunk 1.4 GB (a re-audit of the bounded decoders)."""
+    import json
+
+    path = tmp_path / "image.ome.zarr"
+    root = zarr.open_group(path, mode="w", zarr_format=2)
+    write_image(_pattern((60, 50)).astype(np.uint8), root, fmt=FormatV04(), scale_factors=(), axes="yx")
+    with open_slide(path, max_pixels=BIG, limits=100) as source:
+        assert source.shape == (60, 50)
+    zarray = next(path.rglob(".zarray"))  # level 0: the only one
+    meta = json.loads(zarray.read_text())
+    zarray.write_text(json.dumps({**meta, "filters": filters}))
+    with pytest.raises(UnsupportedImageType, match="decodes them to"):
+        open_slide(path, max_pixels=BIG, limits=100)
+
+
+def test_an_ome_zarr_error_names_the_store_not_the_servers_folders(tmp_path):
+    """zarr's errors give a file:// URL of the whole path (an array folder named as a store: a
+    re-audit found the data root's path in 76 real stores' details)."""
+    array = tmp_path / "deep" / "array.zarr"
+    zarr.create_array(array, shape=(8, 8), dtype="uint8", zarr_format=3)
+    with pytest.raises(UndecodableImage) as caught:
+        open_slide(array, max_pixels=BIG, limits=100)
+    assert str(tmp_path) not in str(caught.value) and "array.zarr" in str(caught.value), caught.value

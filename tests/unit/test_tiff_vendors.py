@@ -297,8 +297,9 @@ def test_a_palette_tiff_of_greys_is_read_as_its_grey_values_with_its_calibration
     path.write_bytes(data)
     with slide_files.open_slide(path, Selection(), max_pixels=MAX, limits=structure.Limits()) as source:
         assert np.array_equal(np.asarray(source.read(0, 40, 0, 56)), plane)
-    if bits == 8:  # a picture's palette keeps its colours
-        buffer = io.BytesIO()
-        tifffile.imwrite(buffer, plane, photometric="palette", colormap=np.stack([ramp, ramp[::-1], ramp]),
-                         metadata=None)
-        assert probe(buffer.getvalue()).rgb
+    if bits == 8:  # a picture's palette keeps its colours, and a mask's few greys are labels' colours
+        greys = np.array([0, 32896] + [65535] * 254, dtype=np.uint16)
+        for table in (np.stack([ramp, ramp[::-1], ramp]), np.stack([greys] * 3)):
+            buffer = io.BytesIO()
+            tifffile.imwrite(buffer, plane, photometric="palette", colormap=table, metadata=None)
+            assert probe(buffer.getvalue()).rgb
