@@ -157,6 +157,20 @@ def _client_under_upload_limit(
         server.stop()
 
 
+def _client_here_or_served(
+    tmp_path: Path, images: Path, local: bool, *options: str
+) -> subprocess.CompletedProcess[str]:
+    """``unet-segment images --out tmp_path/out`` with ``options``: in local mode (the bundled model
+    in the client's process), or against a server of the conv model."""
+    if not local:
+        return _client_under_upload_limit(tmp_path, images, 10**8, *options)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNET_")}
+    return subprocess.run(
+        [sys.executable, "-m", "service.client", str(images), "--out", str(tmp_path / "out"), "--no-progress",
+         *options], cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
 @pytest.mark.parametrize("suffix", [".tif", ".czi", ".lif", ".nd2", ".oib", ".oif", ".lsm", ".dv", ".zvi",
                                     ".ims"])
 def test_a_movie_over_the_upload_limit_is_segmented_frame_by_frame(tmp_path: Path, suffix: str) -> None:
@@ -439,14 +453,7 @@ def test_a_screens_files_of_other_channels_are_left_alone_with_channel(tmp_path:
             (images / f"9987_B02_s{site}_w{wave}.TIF").write_bytes(metaseries_bytes(plane, 0.65, name))
 
     def segment(channel: str, out: str) -> subprocess.CompletedProcess[str]:
-        if not local:
-            return _client_under_upload_limit(tmp_path / out, images, 10**8, "--channel", channel)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("UNET_")}
-        return subprocess.run(
-            [sys.executable, "-m", "service.client", str(images), "--out", str(tmp_path / out / "out"),
-             "--no-progress", "--channel", channel], cwd=REPO, env=env, capture_output=True, text=True,
-            timeout=300,
-        )
+        return _client_here_or_served(tmp_path / out, images, local, "--channel", channel)
 
     proc = segment("DAPI", "a")
     assert proc.returncode == 0, proc.stderr
@@ -487,14 +494,7 @@ def test_a_cellvoyager_plates_planes_are_measured_in_um_from_its_measurement_set
         plane = synthetic_nuclei(160, 192, seed=channel)
         tifffile.imwrite(images / f"Plate_B02_T0001F001L01A01Z01C0{channel}.tif", plane)
     tifffile.imwrite(images / "SC_BP445-45_20x v2_M01_CH01.tif", np.ones((64, 80), np.uint16))
-    options = ("--output", "objects")
-    if local:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("UNET_")}
-        proc = subprocess.run([sys.executable, "-m", "service.client", str(images), "--out",
-                               str(tmp_path / "out"), "--no-progress", *options], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=300)
-    else:
-        proc = _client_under_upload_limit(tmp_path, images, 10**8, *options)
+    proc = _client_here_or_served(tmp_path, images, local, "--output", "objects")
     assert proc.returncode == 0 and "2 written" in proc.stderr, proc.stderr
     assert "left out 1 CellVoyager" in proc.stderr
     for channel, um in ((1, 0.325), (2, 0.65)):
