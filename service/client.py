@@ -549,9 +549,12 @@ def instrument_pixel_size(source: Path) -> float | None:
     return size[0] if size is not None and abs(size[0] - size[1]) <= 1e-9 * size[0] else None
 
 
+@functools.lru_cache(maxsize=4096)
 def _split_image_files(source: Path) -> tuple[Path, ...]:
     """The files of the OME-TIFF image ``source`` is one file of, where the image is split over
-    several (``service.tiff_sets.image_files``); ``()`` for every other file."""
+    several (``service.tiff_sets.image_files``); ``()`` for every other file. Kept per file for
+    the run: planning asks, then each job's reading (twice in local mode), and for a set each ask
+    opens every file of it."""
     if not source.name.lower().endswith((".ome.tif", ".ome.tiff")):
         return ()  # without importing tifffile, which the HTTP mode of other files does not need
     try:

@@ -22,6 +22,7 @@ page cache belongs to the kernel; these syncs are for the machine or its storage
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
@@ -51,7 +52,8 @@ def sync_folder(path: Path) -> None:
 def write_atomic(path: Path, data: bytes) -> None:
     """``path`` holds ``data``, on disk: readers and a crash see the old file or the new one whole,
     never part of it (a temporary file beside it, synced, renamed over it, its folder synced)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # unique: two threads, or two replicas on a shared folder (each may be pid 1), never share one
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "wb") as out:
             out.write(data)

@@ -217,15 +217,8 @@ class JobStore:
             self._save(record)
 
     def _save(self, record: JobRecord) -> None:
-        folder = self.folder(record.id)
-        tmp = folder / f".{_STATUS}.{uuid.uuid4().hex[:8]}"
         try:
-            with open(tmp, "w") as f:
-                f.write(record.model_dump_json(indent=1))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, folder / _STATUS)
-            durable.sync_folder(folder)  # the rename itself, or a crash may bring the old status back
+            durable.write_atomic(self.folder(record.id) / _STATUS, record.model_dump_json(indent=1).encode())
         except FileNotFoundError:
             log.info("job %s was deleted before its status could be saved", record.id)
 
@@ -235,7 +228,7 @@ class JobStore:
         (:mod:`service.durable`); the input is left out, deleted next."""
         with contextlib.suppress(FileNotFoundError):
             durable.write_atomic(self.result_path(job_id), body)
-            durable.sync_tree(self.folder(job_id), skip=(_INPUT, _STATUS))
+            durable.sync_tree(self.folder(job_id), skip=(_INPUT, _STATUS, _RESULT))  # the result: just now
 
     def remove_input(self, job_id: str) -> None:
         self.input_path(job_id).unlink(missing_ok=True)

@@ -451,26 +451,7 @@ def _read_head(path: Path, count: int) -> bytes:
 def _open_tiff(
     path: Path, selection: Selection, max_pixels: int, limits: structure.Limits, model_channels: int
 ) -> SlideSource:
-    import tifffile
-
-    structure.walk_file(path, structure.count_tiff, limits)  # bounded before tifffile indexes it
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tif = tifffile.TiffFile(path)
-    except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds on corrupt input
-        raise UndecodableImage(f"unreadable TIFF: {imaging.reason(exc)}") from exc
-    try:
-        companion = tiff_sets.companion_xml(tif, limits)
-        if companion is not None:  # the set's metadata lies in another file: read the set by it
-            tif.close()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                tif = tifffile.TiffFile(path, omexml=companion)
-        tiff_sets.check_set(tif, limits)  # before its series: tifffile then opens a set's other files
-    except BaseException:
-        tif.close()
-        raise
+    tif = tiff_sets.open_by_path(path, limits)
     stores: list[Any] = []
 
     def close() -> None:

@@ -35,8 +35,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from service import extent, microscopy, structure
-from service.imaging import UnsupportedImageType
+from service import extent, imaging, microscopy, structure
+from service.imaging import UndecodableImage, UnsupportedImageType
 
 #: Micro-Manager's index of an NDTiff dataset, in the dataset's folder.
 NDTIFF_INDEX = "NDTiff.index"
@@ -67,6 +67,39 @@ def check_set(tif: Any, limits: structure.Limits) -> None:
         pages += _count_pages(resolved, limits)
         if pages > limits.max_tiff_pages:
             raise structure.TooManyPages(limits.max_tiff_pages)
+
+
+def open_by_path(path: Path, limits: structure.Limits) -> Any:
+    """``path`` open as tifffile reads it by path, with its set, once the service's bounds hold: the
+    file's IFD walk (pages, tags, a tag's bytes), a companion's metadata handed to tifffile
+    (:func:`companion_xml`), and the set's files (:func:`check_set`); its series not yet read.
+    The caller closes it.
+
+    Raises:
+        UndecodableImage: tifffile cannot open it.
+        UnsupportedImageType, structure.TooManyPages / TooComplex: what the checks refuse.
+    """
+    import tifffile
+
+    structure.walk_file(path, structure.count_tiff, limits)  # bounded before tifffile indexes it
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tif = tifffile.TiffFile(path)
+    except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds on corrupt input
+        raise UndecodableImage(f"unreadable TIFF: {imaging.reason(exc)}") from exc
+    try:
+        companion = companion_xml(tif, limits)
+        if companion is not None:  # the set's metadata lies in another file: read the set by it
+            tif.close()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tif = tifffile.TiffFile(path, omexml=companion)
+        check_set(tif, limits)  # before its series: tifffile then opens a set's other files
+    except BaseException:
+        tif.close()
+        raise
+    return tif
 
 
 def companion_xml(tif: Any, limits: structure.Limits) -> str | None:
@@ -138,32 +171,23 @@ def image_files(path: Path, limits: structure.Limits = microscopy.DEFAULT_LIMITS
     none of its names. Only names Bio-Formats and Micro-Manager give OME-TIFFs (``.ome.tif``) are
     opened: a screen's thousands of plain TIFFs are not read twice.
     """
-    import tifffile
-
     if not path.name.lower().endswith((".ome.tif", ".ome.tiff")):
         return ()
     try:
-        # bounded as the service bounds a file before tifffile parses it (pages, tags, a tag's bytes)
-        structure.walk_file(path, structure.count_tiff, limits)
-        with warnings.catch_warnings():
+        # opened as the service opens a file by path, within its bounds (the set's files included)
+        with open_by_path(path, limits) as tif, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with tifffile.TiffFile(path) as tif:
-                if not tif.is_ome:
-                    return ()
-                companion = companion_xml(tif, limits)
-                xml = companion or tif.ome_metadata or ""
-            files = _split_image_members(ET.fromstring(xml), path)
-            # (the XML first: a file holding its images alone, most OME-TIFFs, costs no more)
+            if not tif.is_ome:
+                return ()
+            files = _split_image_members(ET.fromstring(tif.ome_metadata or ""), path)
             # Read as the set only where tifffile makes the set's series of it: a set whose pages
             # contradict its XML (Bio-Formats' set-1-meta-companion sample stores its grey planes
             # as RGB) is read file by file, as before, rather than as its first file alone. The
-            # set's files and the planes its XML describes are bounded first, as by path.
+            # planes its XML describes are bounded first, as by path.
             if files:
-                with tifffile.TiffFile(path, omexml=companion) as tif:
-                    check_set(tif, limits)
-                    extent.check_ome(tif, limits.max_tiff_pages)
-                    if not any(series.kind == "ome" for series in tif.series):
-                        return ()
+                extent.check_ome(tif, limits.max_tiff_pages)
+                if not any(series.kind == "ome" for series in tif.series):
+                    return ()
     except Exception:  # noqa: BLE001 - unreadable or past a bound here: the file goes as it is,
         return ()  # and the service answers for it (a 413 where it is too much)
     return files
